@@ -1,0 +1,30 @@
+# Two commands do all set-up: `make run` and `make test`. Both create .venv on first use.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: run test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	USE_MOCK_DA=true $(BIN)/dsdn-coordinator
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.placement
+	$(BIN)/python -m bench.replay
+	$(BIN)/python -m bench.http
+
+clean:
+	rm -rf $(VENV) .dsdn .pytest_cache
