@@ -1,0 +1,299 @@
+"""The app factory and every route: the seed's 22 endpoints plus /state/root and /openapi.json.
+
+Errors are JSON everywhere: ``{"error": <code>, "message": <text>}`` plus the fields the seed
+documents (``node_id``, ``hash``). Malformed JSON → 400, wrong content type → 415, schema → 422,
+unknown → 404, too large → 413, unauthorized → 401. Never a 500 for bad input.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any
+
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from api import validation as v
+from api.asgi_fix import shield_final_send
+from api.openapi import ROUTES, openapi_document
+from node.coordinator import VERSION, Coordinator, NotFound
+from node.da.base import DAError
+from node.scheduler import WEIGHT_NAMES, Workload
+
+log = logging.getLogger("dsdn.api")
+MAX_BODY = 1024 * 1024
+JSONDict = dict[str, Any]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, body: JSONDict, headers: dict[str, str] | None = None) -> None:
+        super().__init__(body.get("message", body.get("error")))
+        self.status, self.body, self.headers = status, body, headers or {}
+
+
+def json_response(value: Any, status: int = 200) -> Response:
+    return Response(json.dumps(value, separators=(",", ":")), status, {"Content-Type": "application/json"})
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+async def json_body() -> JSONDict:
+    """The request body as a JSON object, or an ApiError with the right status."""
+    if request.mimetype != "application/json":
+        raise ApiError(415, {"error": "unsupported_media_type",
+                             "message": "send the body as JSON with Content-Type: application/json"})
+    data = await request.get_data(as_text=False)
+    try:
+        body = json.loads(data, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, {"error": "malformed_json", "message": f"body is not valid JSON: {exc}"}) from None
+    return v.require_object(body)
+
+
+def create_app(coord: Coordinator) -> QuartTrio:
+    app = QuartTrio("dsdn-coordinator")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.config["BODY_TIMEOUT"] = 30
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.asgi_app = shield_final_send(app.asgi_app)  # type: ignore[method-assign]
+    token = coord.config.api_token
+
+    def mutating(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        @wraps(fn)
+        async def guarded(*args: Any, **kwargs: Any) -> Any:
+            if token is not None:
+                given = request.headers.get("Authorization", "")
+                if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                    raise ApiError(401, {"error": "unauthorized",
+                                         "message": "this route needs Authorization: Bearer <COORDINATOR_API_TOKEN>"},
+                                   {"WWW-Authenticate": "Bearer"})
+            return await fn(*args, **kwargs)
+
+        return guarded
+
+    # ---- errors ----------------------------------------------------------------------------------
+
+    @app.errorhandler(ApiError)
+    async def api_error(e: ApiError) -> Response:
+        response = json_response(e.body, e.status)
+        response.headers.update(e.headers)
+        return response
+
+    @app.errorhandler(v.Invalid)
+    async def invalid(e: v.Invalid) -> tuple[JSONDict, int]:
+        return {"error": "invalid_request", "message": str(e), "field": e.field}, 422
+
+    @app.errorhandler(NotFound)
+    async def not_found(e: NotFound) -> tuple[JSONDict, int]:
+        return {**e.body, "message": e.body["error"]}, 404
+
+    @app.errorhandler(HTTPException)
+    async def http_error(e: HTTPException) -> tuple[JSONDict, int]:
+        code = e.code or 500
+        names = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 400: "bad_request"}
+        message = e.description or e.name
+        if code == 404:
+            message = f"no route for {request.method} {request.path}"
+        elif code == 413:
+            message = f"request body is larger than {MAX_BODY} bytes"
+        return {"error": names.get(code, e.name.lower().replace(" ", "_")), "message": message}, code
+
+    @app.errorhandler(Exception)
+    async def internal(e: Exception) -> tuple[JSONDict, int]:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return {"error": "internal", "message": f"internal error ({type(e).__name__}); see the coordinator log"}, 500
+
+    # ---- nodes -----------------------------------------------------------------------------------
+
+    @app.post("/register")
+    @mutating
+    async def register() -> JSONDict:
+        body = await json_body()
+        capacity = body.get("capacity_gb")
+        await coord.register_node(
+            v.node_id(body.get("id")), v.zone(body.get("zone")), v.addr(body.get("addr")),
+            100 if capacity is None else v.integer(capacity, "capacity_gb"),
+        )
+        return {"ok": True}
+
+    @app.get("/nodes")
+    async def nodes() -> Response:
+        return json_response(coord.list_nodes())
+
+    @app.get("/node/<node_id>")
+    async def node(node_id: str) -> JSONDict:
+        return coord.get_node(node_id)
+
+    @app.get("/node/<node_id>/stats")
+    async def node_stats(node_id: str) -> JSONDict:
+        return coord.get_stats(node_id)
+
+    @app.post("/node/<node_id>/stats")
+    @mutating
+    async def put_node_stats(node_id: str) -> JSONDict:
+        values = v.stats(await json_body())
+        coord.put_stats(node_id, values)
+        return {"ok": True, "node_id": node_id}
+
+    # ---- placement and scheduling ----------------------------------------------------------------
+
+    @app.get("/placement/<key>")
+    async def placement(key: str) -> Response:
+        v.object_hash(key)
+        raw = request.args.get("rf", "3")
+        try:
+            rf = int(raw)
+        except ValueError:
+            raise v.Invalid("rf", "an integer from 1 to 64") from None
+        v.integer(rf, "rf", 1, 64)
+        return json_response(coord.place(key, rf))
+
+    @app.post("/schedule")
+    async def schedule() -> JSONDict:
+        chosen = coord.schedule(Workload(**v.workload(await json_body())))
+        if chosen is None:
+            raise ApiError(404, {"error": "no suitable node", "message": "no node with fresh stats fits the workload"})
+        return {"node_id": chosen}
+
+    @app.post("/scheduler/config")
+    @mutating
+    async def scheduler_config() -> JSONDict:
+        weights = await coord.set_weights(v.weights(await json_body(), WEIGHT_NAMES))
+        return {"ok": True, "message": "scheduler config updated", "config": weights}
+
+    # ---- objects ---------------------------------------------------------------------------------
+
+    @app.post("/object/register")
+    @mutating
+    async def object_register() -> JSONDict:
+        body = await json_body()
+        if body.get("size") is None:
+            raise v.Invalid("size", "an integer (required)")
+        await coord.register_object(v.object_hash(body.get("hash")), v.integer(body.get("size"), "size"))
+        return {"ok": True}
+
+    @app.get("/object/<obj>")
+    async def get_object(obj: str) -> JSONDict:
+        return coord.get_object(obj)
+
+    async def _mark(present: bool) -> JSONDict:
+        body = await json_body()
+        await coord.mark_replica(v.object_hash(body.get("hash")), v.node_id(body.get("node_id"), "node_id"), present)
+        return {"ok": True}
+
+    @app.post("/replica/mark_missing")
+    @mutating
+    async def mark_missing() -> JSONDict:
+        return await _mark(False)
+
+    @app.post("/replica/mark_healed")
+    @mutating
+    async def mark_healed() -> JSONDict:
+        return await _mark(True)
+
+    # ---- DA and fallback ---------------------------------------------------------------------------
+
+    @app.post("/da/post")
+    @mutating
+    async def da_post() -> tuple[JSONDict, int]:
+        body = await json_body()
+        data_hex = body.get("data_hex")
+        if type(data_hex) is not str:
+            raise v.Invalid("data_hex", "a hex string")
+        try:
+            data = bytes.fromhex(data_hex)
+        except ValueError:
+            return {"success": False, "error": "invalid hex data",
+                    "message": "data_hex must be an even number of hex digits, no 0x prefix"}, 400
+        if len(data) > coord.config.blob_max_bytes:
+            return {"success": False, "error": "blob too large",
+                    "message": f"blob is {len(data)} bytes; the limit is {coord.config.blob_max_bytes}"}, 413
+        try:
+            ref = await coord.da_post(data)
+        except DAError as exc:
+            return {"success": False, "error": "da unavailable", "message": str(exc)}, 503
+        return {"success": True, "commitment": ref.commitment.hex(), "height": ref.height}, 200
+
+    @app.get("/da/metrics")
+    async def da_metrics() -> JSONDict:
+        return coord.da.metrics.as_dict(coord.da_view()["available"])
+
+    @app.get("/da/routing")
+    async def da_routing() -> JSONDict:
+        view = coord.da_view()
+        return {"current_state": view["routing"], "primary_healthy": view["available"],
+                "secondary_healthy": False, "emergency_healthy": False, "fallback_active": False,
+                "pending_reconcile": 0}
+
+    @app.get("/fallback/status")
+    async def fallback_status() -> JSONDict:
+        view = coord.da_view()
+        return {"current_status": "primary_healthy" if view["available"] else "unavailable",
+                "fallback_active": False, "fallback_reason": None, "pending_reconcile_count": 0,
+                "last_fallback_at": None}
+
+    @app.get("/fallback/pending")
+    async def fallback_pending() -> Response:
+        return json_response([])  # no fallback layer is configured yet
+
+    @app.post("/fallback/reconcile")
+    @mutating
+    async def fallback_reconcile() -> JSONDict:
+        return {"success": True, "blobs_processed": 0, "blobs_reconciled": 0, "blobs_failed": 0,
+                "duration_ms": 0, "errors": []}
+
+    @app.get("/fallback/consistency")
+    async def fallback_consistency() -> JSONDict:
+        return await coord.consistency()
+
+    # ---- system ----------------------------------------------------------------------------------
+
+    @app.get("/health")
+    async def health() -> JSONDict:
+        view = coord.da_view()
+        status = f"healthy (routing: {view['routing']})" if view["available"] else "unavailable"
+        return {"status": status, "da_available": view["available"], "da_health": view["da_health"],
+                "metrics": coord.da.metrics.as_dict(view["available"])}
+
+    @app.get("/ready")
+    async def ready() -> tuple[JSONDict, int]:
+        if not coord.ready:
+            return {"ready": False, "reason": "rebuilding state from DA"}, 503
+        if not coord.da_view()["available"]:
+            return {"ready": False, "reason": "no DA layer takes writes"}, 503
+        return {"ready": True}, 200
+
+    @app.get("/system/info")
+    async def system_info() -> JSONDict:
+        view = coord.da_view()
+        return {"version": VERSION, "node_count": coord.state.node_count, "da_status": view["da_health"],
+                "routing_state": view["routing"], "fallback_active": False,
+                "coordinator_id": coord.id, "public_key": coord.public_key.hex()}
+
+    @app.get("/state/root")
+    async def state_root() -> JSONDict:
+        return {"root": coord.state.root().hex(), "events_applied": coord.state.events_applied,
+                "pending": coord.outbox.pending}
+
+    @app.get("/openapi.json")
+    async def openapi() -> JSONDict:
+        return openapi_document(VERSION)
+
+    _check_routes(app)
+    return app
+
+
+def _check_routes(app: QuartTrio) -> None:
+    """Every served route is documented and every documented route is served."""
+    served = {(m, r.rule) for r in app.url_map.iter_rules() if r.endpoint != "static"
+              for m in (r.methods or ()) if m not in ("HEAD", "OPTIONS")}
+    documented = {(method, path) for method, path, *_ in ROUTES}
+    if served != documented:
+        raise RuntimeError(f"OpenAPI and routes differ: {sorted(served ^ documented)}")

@@ -1,0 +1,1 @@
+"""Local deployment helpers: cluster launcher, DA devnet, blob-store service (later issues)."""

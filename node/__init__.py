@@ -1,0 +1,1 @@
+"""One coordinator process: config, domain state, placement, scheduler, DA layer, pipeline, entry."""

@@ -1,0 +1,228 @@
+"""Coordinator configuration, read once from the environment.
+
+Owns: every variable of the seed's tables (with the seed's defaults) plus our own, their parsing and
+validation. An invalid value raises ``ConfigError`` naming the variable, the value and what is
+expected; the process entry turns it into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+NETWORKS = ("mainnet", "mocha", "local")
+FALLBACK_TYPES = ("none", "quorum", "emergency")
+_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_HOST_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+class ConfigError(ValueError):
+    """A variable has a value we cannot use."""
+
+    def __init__(self, var: str, value: str | None, expected: str) -> None:
+        self.var, self.value, self.expected = var, value, expected
+        shown = "unset" if value is None else repr(value)
+        super().__init__(f"{var}={shown}: expected {expected}")
+
+
+@dataclass(frozen=True)
+class Config:
+    # Primary DA (Celestia)
+    da_rpc_url: str | None = None
+    da_namespace: bytes | None = None
+    da_auth_token: str | None = None
+    da_network: str = "local"
+    da_timeout_ms: int = 30000
+    da_retry_count: int = 3
+    da_retry_delay_ms: int = 1000
+    use_mock_da: bool = False
+    mock_da_path: str = ""  # "" = <data_dir>/mock-da.sqlite; ":memory:" = in-process only
+    # Fallback DA
+    enable_fallback: bool = False
+    fallback_da_type: str = "none"
+    quorum_validators: tuple[str, ...] = ()
+    quorum_threshold: int = 67
+    quorum_signature_timeout_ms: int = 5000
+    emergency_da_url: str | None = None
+    # Reconciliation
+    reconcile_batch_size: int = 10
+    reconcile_retry_delay_ms: int = 1000
+    reconcile_max_retries: int = 3
+    reconcile_parallel: bool = False
+    # HTTP server and this coordinator
+    host: str = "127.0.0.1"
+    port: int = 8080
+    coordinator_id: str = "coordinator-0"
+    data_dir: Path = field(default_factory=lambda: Path(".dsdn/coordinator-0"))
+    api_token: str | None = None
+    stats_ttl_ms: int = 300_000
+    cluster_member_keys: tuple[bytes, ...] = ()
+    publish_interval_ms: int = 200
+    snapshot_interval_ms: int = 30_000
+    blob_max_bytes: int = 1_992_294  # 1.9 MiB
+    da_health_interval_ms: int = 5000
+
+    @property
+    def mock_da_file(self) -> str:
+        return self.mock_da_path or str(self.data_dir / "mock-da.sqlite")
+
+
+def _get(env: Mapping[str, str], var: str) -> str | None:
+    value = env.get(var)
+    if value is None or value.strip() == "":
+        return None
+    return value.strip()
+
+
+def _bool(env: Mapping[str, str], var: str, default: bool) -> bool:
+    raw = _get(env, var)
+    if raw is None:
+        return default
+    low = raw.lower()
+    if low in ("true", "1", "yes", "on"):
+        return True
+    if low in ("false", "0", "no", "off"):
+        return False
+    raise ConfigError(var, raw, "true or false")
+
+
+def _int(env: Mapping[str, str], var: str, default: int, lo: int, hi: int) -> int:
+    raw = _get(env, var)
+    if raw is None:
+        return default
+    try:
+        value = int(raw, 10)
+    except ValueError:
+        raise ConfigError(var, raw, f"an integer from {lo} to {hi}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(var, raw, f"an integer from {lo} to {hi}")
+    return value
+
+
+def _choice(env: Mapping[str, str], var: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = _get(env, var)
+    if raw is None:
+        return default
+    if raw.lower() not in choices:
+        raise ConfigError(var, raw, "one of " + ", ".join(choices))
+    return raw.lower()
+
+
+def _url(env: Mapping[str, str], var: str) -> str | None:
+    raw = _get(env, var)
+    if raw is not None and not re.match(r"^https?://[^\s/]+", raw):
+        raise ConfigError(var, raw, "an http:// or https:// URL")
+    return raw
+
+
+def _host(env: Mapping[str, str]) -> str:
+    raw = _get(env, "COORDINATOR_HOST")
+    if raw is None:
+        return "127.0.0.1"
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(raw)
+        return raw
+    except ValueError:
+        pass
+    if not _HOST_RE.match(raw):
+        raise ConfigError("COORDINATOR_HOST", raw, "an IP address or a host name")
+    return raw
+
+
+def _namespace(env: Mapping[str, str]) -> bytes | None:
+    raw = _get(env, "DA_NAMESPACE")
+    if raw is None:
+        return None
+    if not re.fullmatch(r"[0-9a-fA-F]{58}", raw):
+        raise ConfigError("DA_NAMESPACE", raw, "58 hexadecimal characters (a 29-byte Celestia namespace)")
+    return bytes.fromhex(raw)
+
+
+def _member_keys(env: Mapping[str, str]) -> tuple[bytes, ...]:
+    raw = _get(env, "CLUSTER_MEMBER_KEYS")
+    if raw is None:
+        return ()
+    keys = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", part):
+            raise ConfigError(
+                "CLUSTER_MEMBER_KEYS", raw, "comma-separated Ed25519 public keys, 64 hex characters each"
+            )
+        keys.append(bytes.fromhex(part))
+    return tuple(keys)
+
+
+def load(env: Mapping[str, str]) -> Config:
+    """Parse and validate the whole configuration; raise ConfigError on the first bad variable."""
+    coordinator_id = _get(env, "COORDINATOR_ID") or "coordinator-0"
+    if not _ID_RE.match(coordinator_id):
+        raise ConfigError("COORDINATOR_ID", coordinator_id, "1-128 characters of A-Z a-z 0-9 . _ : -")
+    use_mock = _bool(env, "USE_MOCK_DA", False)
+    network = _choice(env, "DA_NETWORK", "local", NETWORKS)
+    rpc_url = _url(env, "DA_RPC_URL")
+    namespace = _namespace(env)
+    token = _get(env, "DA_AUTH_TOKEN")
+    if not use_mock:
+        if rpc_url is None:
+            raise ConfigError("DA_RPC_URL", None, "a Celestia node RPC URL (or set USE_MOCK_DA=true)")
+        if namespace is None:
+            raise ConfigError("DA_NAMESPACE", None, "58 hexadecimal characters (or set USE_MOCK_DA=true)")
+        if network == "mainnet" and token is None:
+            raise ConfigError("DA_AUTH_TOKEN", None, "an auth token (required with DA_NETWORK=mainnet)")
+
+    enable_fallback = _bool(env, "ENABLE_FALLBACK", False)
+    fallback_type = _choice(env, "FALLBACK_DA_TYPE", "none", FALLBACK_TYPES)
+    if fallback_type != "none" and not enable_fallback:
+        raise ConfigError("ENABLE_FALLBACK", env.get("ENABLE_FALLBACK"), f"true when FALLBACK_DA_TYPE={fallback_type}")
+    validators_raw = _get(env, "QUORUM_VALIDATORS")
+    validators = tuple(v.strip() for v in (validators_raw or "").split(",") if v.strip())
+    if enable_fallback and fallback_type == "quorum" and not validators:
+        raise ConfigError("QUORUM_VALIDATORS", validators_raw, "comma-separated validator addresses")
+    emergency_url = _url(env, "EMERGENCY_DA_URL")
+    if enable_fallback and fallback_type == "emergency" and emergency_url is None:
+        raise ConfigError("EMERGENCY_DA_URL", None, "the emergency DA URL when FALLBACK_DA_TYPE=emergency")
+
+    api_token = _get(env, "COORDINATOR_API_TOKEN")
+    if network == "mainnet" and not use_mock and api_token is None:
+        raise ConfigError("COORDINATOR_API_TOKEN", None, "a token (mandatory with DA_NETWORK=mainnet)")
+    data_dir = Path(_get(env, "COORDINATOR_DATA_DIR") or f".dsdn/{coordinator_id}")
+
+    return Config(
+        da_rpc_url=rpc_url,
+        da_namespace=namespace,
+        da_auth_token=token,
+        da_network=network,
+        da_timeout_ms=_int(env, "DA_TIMEOUT_MS", 30000, 1, 3_600_000),
+        da_retry_count=_int(env, "DA_RETRY_COUNT", 3, 0, 100),
+        da_retry_delay_ms=_int(env, "DA_RETRY_DELAY_MS", 1000, 0, 3_600_000),
+        use_mock_da=use_mock,
+        mock_da_path=_get(env, "MOCK_DA_PATH") or "",
+        enable_fallback=enable_fallback,
+        fallback_da_type=fallback_type,
+        quorum_validators=validators,
+        quorum_threshold=_int(env, "QUORUM_THRESHOLD", 67, 1, 100),
+        quorum_signature_timeout_ms=_int(env, "QUORUM_SIGNATURE_TIMEOUT_MS", 5000, 1, 3_600_000),
+        emergency_da_url=emergency_url,
+        reconcile_batch_size=_int(env, "RECONCILE_BATCH_SIZE", 10, 1, 10_000),
+        reconcile_retry_delay_ms=_int(env, "RECONCILE_RETRY_DELAY_MS", 1000, 0, 3_600_000),
+        reconcile_max_retries=_int(env, "RECONCILE_MAX_RETRIES", 3, 0, 1000),
+        reconcile_parallel=_bool(env, "RECONCILE_PARALLEL", False),
+        host=_host(env),
+        port=_int(env, "COORDINATOR_PORT", 8080, 0, 65535),
+        coordinator_id=coordinator_id,
+        data_dir=data_dir,
+        api_token=api_token,
+        stats_ttl_ms=_int(env, "STATS_TTL_MS", 300_000, 1, 86_400_000),
+        cluster_member_keys=_member_keys(env),
+        publish_interval_ms=_int(env, "PUBLISH_INTERVAL_MS", 200, 1, 600_000),
+        snapshot_interval_ms=_int(env, "SNAPSHOT_INTERVAL_MS", 30_000, 100, 86_400_000),
+        blob_max_bytes=_int(env, "DA_BLOB_MAX_BYTES", 1_992_294, 4096, 8 * 1024 * 1024),
+        da_health_interval_ms=_int(env, "DA_HEALTH_INTERVAL_MS", 5000, 50, 3_600_000),
+    )

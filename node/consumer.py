@@ -1,0 +1,88 @@
+"""The consumer: follows a DA layer from a cursor, verifies each blob's signer, applies its events.
+
+Blobs not signed by a cluster member (DA namespaces are public) or malformed are dropped and counted
+by reason. Application is idempotent and order-free, so re-reading a blob is harmless. The cursor is
+persisted only inside snapshots, together with the state it produced.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+
+import trio
+
+from node.backoff import Backoff
+from node.blob import BlobError, decode_blob
+from node.da.base import DAError, DALayer
+from node.events import Event
+
+log = logging.getLogger("dsdn.consumer")
+READ_LIMIT = 32
+
+
+class Consumer:
+    def __init__(
+        self,
+        da: DALayer,
+        apply: Callable[[Event], bool],
+        members: frozenset[bytes],
+        max_blob_bytes: int,
+        cursor: int = 0,
+        poll_s: float = 0.1,
+        on_result: Callable[[bool, str | None], None] = lambda ok, err: None,
+    ) -> None:
+        self.da, self.apply, self.members = da, apply, members
+        self.max_blob_bytes, self.cursor, self.poll_s = max_blob_bytes, cursor, poll_s
+        self.on_result = on_result
+        self.caught_up = trio.Event()
+        self.blobs_applied = 0
+        self.events_new = 0
+        self.events_invalid = 0
+        self.rejected: Counter[str] = Counter()
+        self._backoff = Backoff(0.1, 10.0)
+
+    def ingest(self, data: bytes) -> int:
+        """Verify and apply one blob; return the number of new events it brought."""
+        try:
+            blob = decode_blob(data, self.members, self.max_blob_bytes)
+        except BlobError as exc:
+            self.rejected[exc.reason] += 1
+            if exc.reason != "foreign":
+                log.warning("dropped blob: %s", exc)
+            return 0
+        self.events_invalid += blob.invalid_events
+        new = 0
+        for event in blob.events:
+            new += self.apply(event)
+        self.blobs_applied += 1
+        self.events_new += new
+        return new
+
+    async def poll_once(self) -> int:
+        """Read and ingest the next blobs after the cursor; return how many were read."""
+        items = await self.da.read_after(self.cursor, READ_LIMIT)
+        for ref, data in items:
+            self.ingest(data)
+            self.cursor = ref.height
+        return len(items)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            try:
+                read = await self.poll_once()
+            except DAError as exc:
+                self.on_result(False, str(exc))
+                delay = self._backoff.next()
+                log.warning("reading DA failed (cursor %d, retry in %.2fs): %s", self.cursor, delay, exc)
+                await trio.sleep(delay)
+                continue
+            self._backoff.reset()
+            self.on_result(True, None)
+            if read < READ_LIMIT:
+                self.caught_up.set()
+                await trio.sleep(self.poll_s)
+            else:
+                await trio.sleep(0)

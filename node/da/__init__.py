@@ -1,0 +1,1 @@
+"""The DA layer: the interface every layer implements, the metering wrapper, and the layers."""

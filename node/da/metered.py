@@ -1,0 +1,83 @@
+"""Wraps a DA layer with a timeout on every call and real counters and latencies (for /da/metrics)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import trio
+
+from node.da.base import BlobRef, DAError, DALayer, DATimeout
+
+T = TypeVar("T")
+
+
+@dataclass
+class LayerMetrics:
+    post_count: int = 0
+    get_count: int = 0
+    read_count: int = 0
+    error_count: int = 0
+    health_check_count: int = 0
+    retry_count: int = 0
+    post_latency_us: int = 0
+    get_latency_us: int = 0
+
+    def as_dict(self, available: bool) -> dict[str, Any]:
+        return {
+            "available": available,
+            "post_count": self.post_count,
+            "get_count": self.get_count,
+            "error_count": self.error_count,
+            "health_check_count": self.health_check_count,
+            "retry_count": self.retry_count,
+            "avg_post_latency_us": self.post_latency_us // self.post_count if self.post_count else 0,
+            "avg_get_latency_us": self.get_latency_us // self.get_count if self.get_count else 0,
+        }
+
+
+class MeteredLayer:
+    """Same interface as the wrapped layer; every call is bounded by ``timeout_s`` and counted."""
+
+    def __init__(self, inner: DALayer, timeout_s: float) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.timeout_s = timeout_s
+        self.metrics = LayerMetrics()
+
+    async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        start = time.perf_counter_ns()
+        try:
+            with trio.fail_after(self.timeout_s):
+                result = await fn()
+        except trio.TooSlowError:
+            self.metrics.error_count += 1
+            raise DATimeout(f"{self.name}: {what} timed out after {self.timeout_s:.3g}s") from None
+        except DAError:
+            self.metrics.error_count += 1
+            raise
+        elapsed_us = (time.perf_counter_ns() - start) // 1000
+        if what == "post":
+            self.metrics.post_count += 1
+            self.metrics.post_latency_us += elapsed_us
+        elif what == "get":
+            self.metrics.get_count += 1
+            self.metrics.get_latency_us += elapsed_us
+        elif what == "read":
+            self.metrics.read_count += 1
+        return result
+
+    async def post(self, data: bytes) -> BlobRef:
+        return await self._call("post", lambda: self.inner.post(data))
+
+    async def get(self, ref: BlobRef) -> bytes:
+        return await self._call("get", lambda: self.inner.get(ref))
+
+    async def read_after(self, cursor: int, limit: int) -> list[tuple[BlobRef, bytes]]:
+        return await self._call("read", lambda: self.inner.read_after(cursor, limit))
+
+    async def head(self) -> int:
+        self.metrics.health_check_count += 1
+        return await self._call("head", self.inner.head)

@@ -1,0 +1,92 @@
+"""Process entry for ``dsdn-coordinator``: config from the environment, one trio nursery holding the
+coordinator's background tasks and the Hypercorn server; SIGTERM/SIGINT stop it gracefully.
+
+Exit codes: 0 after a clean stop, 2 for a configuration error (one line on stderr), 1 when the
+server cannot start (for example the port is taken).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from functools import partial
+
+import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.trio import serve
+
+from api.app import create_app
+from node import config as config_mod
+from node.coordinator import Coordinator
+
+log = logging.getLogger("dsdn.main")
+
+
+def setup_logging() -> None:
+    level = os.environ.get("LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=level if level in logging.getLevelNamesMapping() else "INFO",
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+async def _watch_signals(stop: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            stop.set()
+            return
+
+
+def _bind(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def run(cfg: config_mod.Config) -> None:
+    coord = Coordinator(cfg)
+    app = create_app(coord)
+    hcfg = HyperConfig()
+    hcfg.bind = [_bind(cfg.host, cfg.port)]
+    hcfg.accesslog = None
+    hcfg.errorlog = logging.getLogger("hypercorn.error")
+    hcfg.graceful_timeout = 5.0
+    stop = trio.Event()
+    async with trio.open_nursery() as outer:
+        outer.start_soon(_watch_signals, stop)
+        await outer.start(coord.run)
+        async with trio.open_nursery() as http:
+            binds = await http.start(partial(serve, app, hcfg, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+            log.info("coordinator %s listening on %s (public key %s, DA: %s)", coord.id, ", ".join(binds),
+                     coord.public_key.hex(), "mock " + (cfg.mock_da_file if cfg.mock_da_path != ":memory:" else
+                                                       "in memory"))
+            outer.start_soon(_announce_ready, coord)
+        outer.cancel_scope.cancel()
+    log.info("stopped cleanly")
+
+
+async def _announce_ready(coord: Coordinator) -> None:
+    await coord.consumer.caught_up.wait()
+    log.info("ready: state rebuilt (%d events, root %s)", coord.state.events_applied, coord.state.root().hex()[:16])
+
+
+def main() -> None:
+    setup_logging()
+    try:
+        cfg = config_mod.load(os.environ)
+    except config_mod.ConfigError as exc:
+        print(f"dsdn-coordinator: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if not cfg.use_mock_da:
+        print("dsdn-coordinator: configuration error: USE_MOCK_DA=false needs the Celestia client, which this "
+              "build does not have yet; set USE_MOCK_DA=true", file=sys.stderr)
+        sys.exit(2)
+    try:
+        trio.run(run, cfg)
+    except* OSError as group:
+        for exc in group.exceptions:
+            print(f"dsdn-coordinator: cannot start: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

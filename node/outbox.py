@@ -1,0 +1,194 @@
+"""The durable outbox: every locally created event is committed here (SQLite, WAL, synchronous=FULL)
+before the request that made it is answered. The publisher later records where each event landed.
+
+Writes are group-committed: concurrent ``append`` calls that arrive while a commit is in flight share
+the next transaction (one fsync), so throughput grows with concurrency instead of queueing on fsync.
+All SQLite work runs in ``trio.to_thread`` under one lock.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import trio
+
+from node.da.base import BlobRef
+from node.events import Event
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    raw BLOB NOT NULL,
+    created_ms INTEGER NOT NULL,
+    layer TEXT,
+    height INTEGER,
+    commitment BLOB,
+    published_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox (seq) WHERE layer IS NULL;
+"""
+
+MAX_GROUP = 1024
+
+
+@dataclass
+class _Waiter:
+    event: Event
+    done: trio.Event = field(default_factory=trio.Event)
+    seq: int = 0
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Landed:
+    seq: int
+    raw: bytes
+    ref: BlobRef
+
+
+class Outbox:
+    def __init__(self, path: Path, on_commit: Callable[[list[tuple[int, Event]]], None]) -> None:
+        """``on_commit`` runs synchronously after each commit, in sequence order, before any
+        ``append`` of that group returns: the coordinator applies the events to its state there."""
+        self._on_commit = on_commit
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._lock = trio.Lock()
+        self._queue: list[_Waiter] = []
+        self._wake = trio.Event()
+        self.appended = trio.Event()  # set after each commit; the publisher waits on it
+        row = self._db.execute("SELECT COUNT(*) FROM outbox WHERE layer IS NULL").fetchone()
+        self.pending = int(row[0])
+        self.commits = 0
+
+    def close(self) -> None:
+        self._db.close()
+
+    async def _db_call(self, fn: Callable[..., T], *args: object) -> T:
+        async with self._lock:
+            return await trio.to_thread.run_sync(fn, *args)
+
+    # ---- writing ---------------------------------------------------------------------------------
+
+    async def append(self, event: Event) -> int:
+        """Durably store one event; return its sequence number once committed (and applied)."""
+        waiter = _Waiter(event)
+        self._queue.append(waiter)
+        self._wake.set()
+        await waiter.done.wait()
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.seq
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The group-commit writer. Must run for ``append`` to complete."""
+        task_status.started()
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            while self._queue:
+                group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
+                try:
+                    with trio.CancelScope(shield=True):  # never abandon a commit half-way
+                        seqs = await self._db_call(self._insert, [w.event.raw for w in group])
+                except (sqlite3.Error, OSError) as exc:
+                    for w in group:
+                        w.error = exc
+                        w.done.set()
+                    continue
+                self.pending += len(group)
+                self.commits += 1
+                self._on_commit([(seq, w.event) for w, seq in zip(group, seqs, strict=True)])
+                for w, seq in zip(group, seqs, strict=True):
+                    w.seq = seq
+                    w.done.set()
+                self.appended.set()
+                self.appended = trio.Event()
+
+    def _insert(self, raws: list[bytes]) -> list[int]:
+        now = time.time_ns() // 1_000_000
+        with self._db_tx():
+            return [int(self._db.execute("INSERT INTO outbox (raw, created_ms) VALUES (?, ?)", (r, now)).lastrowid
+                        or 0) for r in raws]
+
+    async def mark_published(self, seqs: list[int], ref: BlobRef) -> None:
+        def mark() -> int:
+            now = time.time_ns() // 1_000_000
+            with self._db_tx():
+                cur = self._db.executemany(
+                    "UPDATE outbox SET layer = ?, height = ?, commitment = ?, published_ms = ? "
+                    "WHERE seq = ? AND layer IS NULL",
+                    [(ref.layer, ref.height, ref.commitment, now, s) for s in seqs],
+                )
+            return cur.rowcount
+
+        self.pending -= await self._db_call(mark)
+
+    def _db_tx(self) -> _Tx:
+        return _Tx(self._db)
+
+    # ---- reading ---------------------------------------------------------------------------------
+
+    async def unpublished(self, limit: int) -> list[tuple[int, bytes]]:
+        def read() -> list[tuple[int, bytes]]:
+            rows = self._db.execute(
+                "SELECT seq, raw FROM outbox WHERE layer IS NULL ORDER BY seq LIMIT ?", (limit,)
+            ).fetchall()
+            return [(int(s), bytes(r)) for s, r in rows]
+
+        return await self._db_call(read)
+
+    async def since(self, seq: int) -> list[tuple[int, bytes]]:
+        """Every stored event with a sequence number above ``seq`` (restart replay)."""
+        def read() -> list[tuple[int, bytes]]:
+            rows = self._db.execute("SELECT seq, raw FROM outbox WHERE seq > ? ORDER BY seq", (seq,)).fetchall()
+            return [(int(s), bytes(r)) for s, r in rows]
+
+        return await self._db_call(read)
+
+    async def recently_landed(self, limit: int) -> list[Landed]:
+        def read() -> list[Landed]:
+            rows = self._db.execute(
+                "SELECT seq, raw, layer, height, commitment FROM outbox WHERE layer IS NOT NULL "
+                "ORDER BY seq DESC LIMIT ?", (limit,)
+            ).fetchall()
+            return [Landed(int(s), bytes(r), BlobRef(layer, int(h), bytes(c))) for s, r, layer, h, c in rows]
+
+        return await self._db_call(read)
+
+    async def last_seq(self) -> int:
+        def read() -> int:
+            row = self._db.execute("SELECT MAX(seq) FROM outbox").fetchone()
+            return int(row[0] or 0)
+
+        return await self._db_call(read)
+
+    async def prune(self, upto_seq: int) -> int:
+        """Forget published events at or below ``upto_seq`` (they are in a snapshot and on DA)."""
+        def delete() -> int:
+            with self._db_tx():
+                cur = self._db.execute("DELETE FROM outbox WHERE seq <= ? AND layer IS NOT NULL", (upto_seq,))
+            return cur.rowcount
+
+        return await self._db_call(delete)
+
+
+class _Tx:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -1,0 +1,194 @@
+"""The convergent ledger state machine (pure: no I/O, no clock).
+
+Every key is a last-writer-wins register ordered by the version ``(hlc wall, hlc counter, origin,
+event id)``, a total order, so any permutation of a set of events, with any duplicates, yields the same
+state and the same root. Removals are tombstones (a register holding ``None``). Keys:
+
+* ``nodes[id]``            -> (zone, addr, capacity_gb) or tombstone
+* ``objects[hash]``        -> size
+* ``replicas[(hash, id)]`` -> True (healed / present) or False (missing)
+* ``scheduler``            -> the five weights
+
+``root()`` is the SHA-256 of a canonical encoding of all registers (versions included).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Any
+
+import msgpack
+
+from node import events as ev
+
+Version = tuple[int, int, str, bytes]
+NodeRecord = tuple[str, str, int]  # zone, addr, capacity_gb
+Weights = tuple[float, float, float, float, float]  # w_cpu, w_ram, w_gpu, w_latency, w_io
+
+_ZERO: Version = (-1, -1, "", b"")
+
+
+class State:
+    def __init__(self) -> None:
+        self.nodes: dict[str, tuple[Version, NodeRecord | None]] = {}
+        self.objects: dict[str, tuple[Version, int]] = {}
+        self.replicas: dict[tuple[str, str], tuple[Version, bool]] = {}
+        self.scheduler: tuple[Version, Weights] | None = None
+        self._present: dict[str, set[str]] = {}  # derived: object hash -> node ids holding a replica
+        self._seen: set[int] = set()  # 64-bit prefixes of applied event ids (dedupe + count)
+        self._live_nodes = 0
+        self.membership_epoch = 0  # bumps whenever a node's visible record changes (placement cache key)
+        self.max_hlc: tuple[int, int] = (0, 0)
+        self._root: bytes | None = None
+        self._handlers = {
+            ev.NODE_REGISTERED: self._node_registered,
+            ev.NODE_UNREGISTERED: self._node_unregistered,
+            ev.OBJECT_REGISTERED: self._object_registered,
+            ev.REPLICA_MISSING: self._replica_missing,
+            ev.REPLICA_HEALED: self._replica_healed,
+            ev.SCHEDULER_CONFIG: self._scheduler_config,
+        }
+
+    # ---- applying events -------------------------------------------------------------------------
+
+    @property
+    def events_applied(self) -> int:
+        """Distinct events applied (duplicates are not counted)."""
+        return len(self._seen)
+
+    def has(self, event_id: bytes) -> bool:
+        return int.from_bytes(event_id[:8], "big") in self._seen
+
+    def apply(self, event: ev.Event) -> bool:
+        """Apply one event; return False if it was already applied."""
+        key = int.from_bytes(event.id[:8], "big")
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        if event.hlc > self.max_hlc:
+            self.max_hlc = event.hlc
+        self._handlers[event.kind]((event.wall, event.counter, event.origin, event.id), event.fields)
+        return True
+
+    def apply_all(self, items: Iterable[ev.Event]) -> int:
+        return sum(1 for e in items if self.apply(e))
+
+    def _node_registered(self, version: Version, f: tuple[Any, ...]) -> None:
+        self._set_node(version, f[0], (f[1], f[2], f[3]))
+
+    def _node_unregistered(self, version: Version, f: tuple[Any, ...]) -> None:
+        self._set_node(version, f[0], None)
+
+    def _set_node(self, version: Version, node_id: str, record: NodeRecord | None) -> None:
+        current = self.nodes.get(node_id)
+        if current is not None and current[0] >= version:
+            return
+        old = current[1] if current is not None else None
+        self.nodes[node_id] = (version, record)
+        self._root = None
+        if old != record:
+            self.membership_epoch += 1
+            self._live_nodes += (record is not None) - (old is not None)
+
+    def _object_registered(self, version: Version, f: tuple[Any, ...]) -> None:
+        current = self.objects.get(f[0])
+        if current is None or current[0] < version:
+            self.objects[f[0]] = (version, f[1])
+            self._root = None
+
+    def _replica_missing(self, version: Version, f: tuple[Any, ...]) -> None:
+        self._set_replica(version, f[0], f[1], False)
+
+    def _replica_healed(self, version: Version, f: tuple[Any, ...]) -> None:
+        self._set_replica(version, f[0], f[1], True)
+
+    def _set_replica(self, version: Version, obj: str, node_id: str, present: bool) -> None:
+        key = (obj, node_id)
+        current = self.replicas.get(key)
+        if current is not None and current[0] >= version:
+            return
+        self.replicas[key] = (version, present)
+        self._root = None
+        holders = self._present.get(obj)
+        if present:
+            if holders is None:
+                self._present[obj] = holders = set()
+            holders.add(node_id)
+        elif holders is not None:
+            holders.discard(node_id)
+
+    def _scheduler_config(self, version: Version, f: tuple[Any, ...]) -> None:
+        if self.scheduler is None or self.scheduler[0] < version:
+            self.scheduler = (version, (f[0], f[1], f[2], f[3], f[4]))
+            self._root = None
+
+    # ---- reading ---------------------------------------------------------------------------------
+
+    def node(self, node_id: str) -> NodeRecord | None:
+        entry = self.nodes.get(node_id)
+        return entry[1] if entry is not None else None
+
+    def live_nodes(self) -> list[tuple[str, NodeRecord]]:
+        """Registered nodes sorted by id."""
+        return sorted((nid, rec) for nid, (_, rec) in self.nodes.items() if rec is not None)
+
+    @property
+    def node_count(self) -> int:
+        return self._live_nodes
+
+    def object(self, obj: str) -> tuple[int, list[str]] | None:
+        """(size, sorted replica node ids) of a registered object."""
+        entry = self.objects.get(obj)
+        if entry is None:
+            return None
+        return entry[1], sorted(self._present.get(obj, ()))
+
+    def weights(self) -> Weights | None:
+        return self.scheduler[1] if self.scheduler is not None else None
+
+    def root(self) -> bytes:
+        """SHA-256 over the canonical encoding of every register (cached until the next change)."""
+        if self._root is None:
+            self._root = hashlib.sha256(self._canonical()).digest()
+        return self._root
+
+    def _canonical(self) -> bytes:
+        return msgpack.packb(
+            [
+                sorted([k, list(v), list(r) if r is not None else None] for k, (v, r) in self.nodes.items()),
+                sorted([k, list(v), s] for k, (v, s) in self.objects.items()),
+                sorted([list(k), list(v), p] for k, (v, p) in self.replicas.items()),
+                [list(self.scheduler[0]), list(self.scheduler[1])] if self.scheduler else None,
+            ],
+            use_bin_type=True,
+        )
+
+    # ---- snapshots -------------------------------------------------------------------------------
+
+    def to_snapshot(self) -> dict[str, Any]:
+        return {
+            "nodes": [[k, list(v), list(r) if r is not None else None] for k, (v, r) in self.nodes.items()],
+            "objects": [[k, list(v), s] for k, (v, s) in self.objects.items()],
+            "replicas": [[k[0], k[1], list(v), p] for k, (v, p) in self.replicas.items()],
+            "scheduler": [list(self.scheduler[0]), list(self.scheduler[1])] if self.scheduler else None,
+            "seen": b"".join(x.to_bytes(8, "big") for x in self._seen),
+            "max_hlc": list(self.max_hlc),
+        }
+
+    @classmethod
+    def from_snapshot(cls, snap: dict[str, Any]) -> State:
+        st = cls()
+        for k, v, r in snap["nodes"]:
+            st._set_node(tuple(v), k, tuple(r) if r is not None else None)  # type: ignore[arg-type]
+        for k, v, s in snap["objects"]:
+            st.objects[k] = (tuple(v), s)  # type: ignore[assignment]
+        for h, n, v, p in snap["replicas"]:
+            st._set_replica(tuple(v), h, n, p)  # type: ignore[arg-type]
+        if snap["scheduler"] is not None:
+            st.scheduler = (tuple(snap["scheduler"][0]), tuple(snap["scheduler"][1]))  # type: ignore[assignment]
+        seen = snap["seen"]
+        st._seen = {int.from_bytes(seen[i : i + 8], "big") for i in range(0, len(seen), 8)}
+        st.max_hlc = (snap["max_hlc"][0], snap["max_hlc"][1])
+        st._root = None
+        return st
