@@ -11,9 +11,9 @@ import math
 import re
 from typing import Any
 
-ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+from node.naming import HOSTNAME_RE, ID_RE
+
 HASH_RE = re.compile(r"^[A-Za-z0-9._:-]{1,256}$")
-_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 MAX_ZONE = 128
 MAX_U63 = 2**63 - 1
 
@@ -67,7 +67,7 @@ def addr(value: Any) -> str:
         return value
     except ValueError:
         pass
-    if not _HOSTNAME_RE.match(host):
+    if not HOSTNAME_RE.match(host):
         raise Invalid("addr", expected)
     return value
 

@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from node.naming import HOSTNAME_RE, ID_RE
+
 NETWORKS = ("mainnet", "mocha", "local")
 FALLBACK_TYPES = ("none", "quorum", "emergency")
-_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_HOST_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
 
 class ConfigError(ValueError):
@@ -128,7 +128,7 @@ def _host(env: Mapping[str, str]) -> str:
         return raw
     except ValueError:
         pass
-    if not _HOST_RE.match(raw):
+    if not HOSTNAME_RE.match(raw):
         raise ConfigError("COORDINATOR_HOST", raw, "an IP address or a host name")
     return raw
 
@@ -162,7 +162,7 @@ def _member_keys(env: Mapping[str, str]) -> tuple[bytes, ...]:
 def load(env: Mapping[str, str]) -> Config:
     """Parse and validate the whole configuration; raise ConfigError on the first bad variable."""
     coordinator_id = _get(env, "COORDINATOR_ID") or "coordinator-0"
-    if not _ID_RE.match(coordinator_id):
+    if not ID_RE.match(coordinator_id):
         raise ConfigError("COORDINATOR_ID", coordinator_id, "1-128 characters of A-Z a-z 0-9 . _ : -")
     use_mock = _bool(env, "USE_MOCK_DA", False)
     network = _choice(env, "DA_NETWORK", "local", NETWORKS)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from bisect import bisect_left, insort
+from bisect import bisect_left
 
 from node.state import State
 

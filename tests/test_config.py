@@ -1,0 +1,85 @@
+"""Configuration: the seed's defaults, our variables, and one clear error per bad value."""
+
+from __future__ import annotations
+
+import pytest
+
+from node.config import ConfigError, load
+
+
+def test_defaults_follow_the_seed() -> None:
+    cfg = load({"USE_MOCK_DA": "true"})
+    assert (cfg.host, cfg.port, cfg.da_network) == ("127.0.0.1", 8080, "local")
+    assert (cfg.da_timeout_ms, cfg.da_retry_count, cfg.da_retry_delay_ms) == (30000, 3, 1000)
+    assert (cfg.enable_fallback, cfg.fallback_da_type, cfg.quorum_threshold) == (False, "none", 67)
+    assert cfg.quorum_signature_timeout_ms == 5000
+    assert (cfg.reconcile_batch_size, cfg.reconcile_retry_delay_ms, cfg.reconcile_max_retries) == (10, 1000, 3)
+    assert cfg.reconcile_parallel is False
+    assert cfg.coordinator_id == "coordinator-0"
+    assert str(cfg.data_dir) == ".dsdn/coordinator-0"
+    assert cfg.stats_ttl_ms == 300_000 and cfg.api_token is None
+
+
+def test_mock_needs_no_da_variables_but_celestia_does() -> None:
+    load({"USE_MOCK_DA": "true"})
+    with pytest.raises(ConfigError) as err:
+        load({})
+    assert err.value.var == "DA_RPC_URL"
+    with pytest.raises(ConfigError) as err:
+        load({"DA_RPC_URL": "http://localhost:26658"})
+    assert err.value.var == "DA_NAMESPACE"
+    with pytest.raises(ConfigError) as err:
+        load({"DA_RPC_URL": "http://x:1", "DA_NAMESPACE": "00" * 29, "DA_NETWORK": "mainnet"})
+    assert err.value.var == "DA_AUTH_TOKEN"
+
+
+def test_data_dir_follows_the_id_and_host_names_are_accepted() -> None:
+    cfg = load({"USE_MOCK_DA": "true", "COORDINATOR_ID": "c-7", "COORDINATOR_HOST": "localhost"})
+    assert str(cfg.data_dir) == ".dsdn/c-7" and cfg.host == "localhost"
+    assert load({"USE_MOCK_DA": "true", "COORDINATOR_HOST": "::1"}).host == "::1"
+    assert load({"USE_MOCK_DA": "true", "COORDINATOR_HOST": "coord-1.example.org"}).host == "coord-1.example.org"
+
+
+def test_member_keys_parse() -> None:
+    cfg = load({"USE_MOCK_DA": "true", "CLUSTER_MEMBER_KEYS": "aa" * 32 + ", " + "bb" * 32})
+    assert cfg.cluster_member_keys == (b"\xaa" * 32, b"\xbb" * 32)
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "expected"),
+    [
+        ("COORDINATOR_PORT", "70000", "integer from 0 to 65535"),
+        ("COORDINATOR_PORT", "eighty", "integer from 0 to 65535"),
+        ("COORDINATOR_HOST", "bad host!", "IP address or a host name"),
+        ("COORDINATOR_ID", "has space", "1-128 characters"),
+        ("DA_NETWORK", "testnet", "mainnet, mocha, local"),
+        ("USE_MOCK_DA", "maybe", "true or false"),
+        ("QUORUM_THRESHOLD", "0", "from 1 to 100"),
+        ("QUORUM_THRESHOLD", "101", "from 1 to 100"),
+        ("RECONCILE_BATCH_SIZE", "0", "from 1 to"),
+        ("DA_TIMEOUT_MS", "-5", "integer"),
+        ("FALLBACK_DA_TYPE", "carrier-pigeon", "none, quorum, emergency"),
+        ("STATS_TTL_MS", "0", "integer"),
+        ("CLUSTER_MEMBER_KEYS", "abcd", "64 hex characters"),
+        ("DA_NAMESPACE", "zz", "58 hexadecimal"),
+        ("EMERGENCY_DA_URL", "ftp://x", "http:// or https://"),
+    ],
+)
+def test_bad_values_name_the_variable_the_value_and_what_is_expected(var: str, value: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load({"USE_MOCK_DA": "true", var: value})
+    assert err.value.var == var
+    message = str(err.value)
+    assert message.startswith(f"{var}={value!r}: expected") and expected in message
+
+
+def test_fallback_consistency_rules() -> None:
+    with pytest.raises(ConfigError) as err:
+        load({"USE_MOCK_DA": "true", "FALLBACK_DA_TYPE": "quorum"})
+    assert err.value.var == "ENABLE_FALLBACK"
+    with pytest.raises(ConfigError) as err:
+        load({"USE_MOCK_DA": "true", "ENABLE_FALLBACK": "true", "FALLBACK_DA_TYPE": "quorum"})
+    assert err.value.var == "QUORUM_VALIDATORS"
+    cfg = load({"USE_MOCK_DA": "true", "ENABLE_FALLBACK": "1", "FALLBACK_DA_TYPE": "Quorum",
+                "QUORUM_VALIDATORS": " a:1, ,b:2 "})
+    assert cfg.quorum_validators == ("a:1", "b:2") and cfg.fallback_da_type == "quorum"
