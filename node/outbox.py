@@ -132,7 +132,8 @@ class Outbox:
                 )
             return cur.rowcount
 
-        self.pending -= await self._db_call(mark)
+        marked = await self._db_call(mark)  # not `pending -= await ...`: that would lose concurrent appends
+        self.pending -= marked
 
     def _db_tx(self) -> _Tx:
         return _Tx(self._db)
