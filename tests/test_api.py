@@ -1,0 +1,326 @@
+"""HTTP contract of every endpoint (through the ASGI app): seed shapes, status codes, JSON errors."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import trio
+
+from api.app import create_app
+from api.openapi import ROUTES, openapi_path
+from node.config import Config
+from node.coordinator import Coordinator
+from node.da.mock import MockDA
+from tests.conftest import start, wait_for
+
+NODE = {"id": "node-1", "zone": "zone-a", "addr": "10.0.0.1:50051", "capacity_gb": 100}
+STATS = {"cpu_free": 0.75, "ram_free_mb": 8192.0, "gpu_free": 0.5, "latency_ms": 5.0, "io_pressure": 0.1}
+
+
+async def post(client: Any, path: str, body: Any, status: int = 200, **kw: Any) -> Any:
+    resp = await client.post(path, json=body, **kw)
+    assert resp.status_code == status, (path, body, resp.status_code, await resp.get_data())
+    assert resp.mimetype == "application/json"
+    return await resp.get_json()
+
+
+async def get(client: Any, path: str, status: int = 200) -> Any:
+    resp = await client.get(path)
+    assert resp.status_code == status, (path, resp.status_code, await resp.get_data())
+    assert resp.mimetype == "application/json"
+    return await resp.get_json()
+
+
+# ---- nodes -------------------------------------------------------------------------------------
+
+async def test_register_list_and_get_nodes(client: Any) -> None:
+    assert await get(client, "/nodes") == []
+    assert await post(client, "/register", NODE) == {"ok": True}
+    expected = {**NODE, "meta": {}}
+    assert await get(client, "/nodes") == [expected]
+    assert await get(client, "/node/node-1") == expected
+    assert await post(client, "/register", {**NODE, "zone": "zone-b", "capacity_gb": None}) == {"ok": True}
+    assert await get(client, "/node/node-1") == {**expected, "zone": "zone-b", "capacity_gb": 100}
+    await post(client, "/register", {"id": "a:b.c_d-9", "zone": "z", "addr": "[::1]:1"})
+    await post(client, "/register", {"id": "n3", "zone": "z", "addr": "storage-3.example.org:65535"})
+    assert [n["id"] for n in await get(client, "/nodes")] == ["a:b.c_d-9", "n3", "node-1"]
+
+
+async def test_unknown_node_is_404_with_the_seed_body(client: Any) -> None:
+    body = await get(client, "/node/ghost", 404)
+    assert body["error"] == "node not found" and body["node_id"] == "ghost"
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"id": ""}, "id"), ({"id": "x" * 129}, "id"), ({"id": "has space"}, "id"), ({"id": "a/b"}, "id"),
+        ({"id": 7}, "id"), ({"id": None}, "id"),
+        ({"zone": ""}, "zone"), ({"zone": "   "}, "zone"), ({"zone": 3}, "zone"),
+        ({"addr": "10.0.0.1"}, "addr"), ({"addr": "10.0.0.1:0"}, "addr"), ({"addr": "10.0.0.1:70000"}, "addr"),
+        ({"addr": ":80"}, "addr"), ({"addr": "host:"}, "addr"), ({"addr": "bad host:80"}, "addr"),
+        ({"addr": "[zz]:80"}, "addr"), ({"addr": 5}, "addr"),
+        ({"capacity_gb": -1}, "capacity_gb"), ({"capacity_gb": 1.5}, "capacity_gb"),
+        ({"capacity_gb": True}, "capacity_gb"), ({"capacity_gb": "100"}, "capacity_gb"),
+    ],
+)
+async def test_register_schema_violations_are_422(client: Any, patch: dict[str, Any], field: str) -> None:
+    body = await post(client, "/register", {**NODE, **patch}, 422)
+    assert body["error"] == "invalid_request" and body["field"] == field and field in body["message"]
+    assert await get(client, "/nodes") == []
+
+
+async def test_bad_bodies(client: Any) -> None:
+    resp = await client.post("/register", data=b"{not json", headers={"Content-Type": "application/json"})
+    assert resp.status_code == 400 and (await resp.get_json())["error"] == "malformed_json"
+    resp = await client.post("/register", data=b'{"id": NaN}', headers={"Content-Type": "application/json"})
+    assert resp.status_code == 400
+    resp = await client.post("/register", data=b"id=node-1", headers={"Content-Type": "text/plain"})
+    assert resp.status_code == 415 and (await resp.get_json())["error"] == "unsupported_media_type"
+    resp = await client.post("/register", data=b"{}")  # no content type at all
+    assert resp.status_code == 415
+    assert (await post(client, "/register", [NODE], 422))["field"] == "body"
+    big = b'{"id": "' + b"x" * (1024 * 1024) + b'"}'
+    resp = await client.post("/register", data=big, headers={"Content-Type": "application/json"})
+    assert resp.status_code == 413 and (await resp.get_json())["error"] == "payload_too_large"
+
+
+async def test_unknown_routes_and_methods_are_json(client: Any) -> None:
+    body = await get(client, "/no/such/thing", 404)
+    assert body["error"] == "not_found"
+    resp = await client.delete("/nodes")
+    assert resp.status_code == 405 and (await resp.get_json())["error"] == "method_not_allowed"
+
+
+# ---- stats and scheduling ------------------------------------------------------------------------
+
+async def test_node_stats(client: Any) -> None:
+    assert await get(client, "/node/node-1/stats") == {"node_id": "node-1", "found": False}
+    body = await post(client, "/node/node-1/stats", STATS, 404)
+    assert body == {"error": "node not found", "node_id": "node-1", "message": "node not found"}
+    await post(client, "/register", NODE)
+    assert await post(client, "/node/node-1/stats", STATS) == {"ok": True, "node_id": "node-1"}
+    assert await get(client, "/node/node-1/stats") == {"node_id": "node-1", "found": True, "stats": STATS}
+    await post(client, "/node/node-1/stats", {"cpu_free": 0.5, "ram_free_mb": 100})
+    got = await get(client, "/node/node-1/stats")
+    assert got["stats"] == {"cpu_free": 0.5, "ram_free_mb": 100.0, "gpu_free": 0.0, "latency_ms": 10.0,
+                            "io_pressure": 0.0}
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [{"cpu_free": -0.1}, {"cpu_free": None}, {"ram_free_mb": "lots"}, {"latency_ms": 0}, {"io_pressure": 1.5},
+     {"gpu_free": -1}, {"cpu_free": 1e300}],
+)
+async def test_stats_out_of_range_are_422(client: Any, patch: dict[str, Any]) -> None:
+    await post(client, "/register", NODE)
+    body = await post(client, "/node/node-1/stats", {**STATS, **patch}, 422)
+    assert body["field"] == next(iter(patch))
+
+
+async def test_overflowing_number_literal_is_422_not_a_crash(client: Any) -> None:
+    await post(client, "/register", NODE)
+    data = b'{"cpu_free": 1e309, "ram_free_mb": 1}'  # valid JSON text that parses to infinity
+    resp = await client.post("/node/node-1/stats", data=data, headers={"Content-Type": "application/json"})
+    assert resp.status_code == 422 and (await resp.get_json())["field"] == "cpu_free"
+
+
+async def test_schedule(client: Any) -> None:
+    assert (await post(client, "/schedule", {}, 404))["error"] == "no suitable node"
+    for i, (cpu, ram, io) in enumerate([(0.9, 1000, 0.9), (0.2, 64_000, 0.1), (0.5, 2000, 0.2)]):
+        await post(client, "/register", {**NODE, "id": f"n{i}"})
+        await post(client, f"/node/n{i}/stats", {"cpu_free": cpu, "ram_free_mb": ram, "io_pressure": io})
+    await post(client, "/register", {**NODE, "id": "no-stats"})  # never reported: never chosen
+    assert await post(client, "/schedule", {}) == {"node_id": "n1"}
+    assert await post(client, "/schedule", {"cpu_req": 0.4, "ram_req_mb": None}) == {"node_id": "n2"}
+    assert await post(client, "/schedule", {"cpu_req": 0.4, "io_tolerance": 0.15}, 404) == {
+        "error": "no suitable node", "message": "no node with fresh stats fits the workload"}
+    assert (await post(client, "/schedule", {"cpu_req": -1}, 422))["field"] == "cpu_req"
+    assert (await post(client, "/schedule", {"max_latency_ms": "fast"}, 422))["field"] == "max_latency_ms"
+
+
+async def test_scheduler_config(client: Any) -> None:
+    body = await post(client, "/scheduler/config", {"w_cpu": 1.0, "w_ram": 1.5, "w_gpu": 0.5, "w_latency": 1.0,
+                                                    "w_io": 0.8})
+    assert body == {"ok": True, "message": "scheduler config updated",
+                    "config": {"w_cpu": 1.0, "w_ram": 1.5, "w_gpu": 0.5, "w_latency": 1.0, "w_io": 0.8}}
+    body = await post(client, "/scheduler/config", {"w_cpu": 3})
+    assert body["config"] == {"w_cpu": 3.0, "w_ram": 0.001, "w_gpu": 2.0, "w_latency": 50.0, "w_io": 1.5}
+    assert (await post(client, "/scheduler/config", {"w_io": -1}, 422))["field"] == "w_io"
+    assert (await post(client, "/scheduler/config", {"w_cpu": "x"}, 422))["field"] == "w_cpu"
+    # the weights change the choice: all on RAM picks the node with most RAM
+    for i, (cpu, ram) in enumerate([(1.0, 10.0), (0.0, 20.0)]):
+        await post(client, "/register", {**NODE, "id": f"n{i}"})
+        await post(client, f"/node/n{i}/stats", {"cpu_free": cpu, "ram_free_mb": ram})
+    await post(client, "/scheduler/config", {"w_cpu": 0, "w_ram": 1, "w_gpu": 0, "w_latency": 0, "w_io": 0})
+    assert await post(client, "/schedule", {}) == {"node_id": "n1"}
+    await post(client, "/scheduler/config", {"w_cpu": 100, "w_ram": 0, "w_gpu": 0, "w_latency": 0, "w_io": 0})
+    assert await post(client, "/schedule", {}) == {"node_id": "n0"}
+
+
+# ---- placement ---------------------------------------------------------------------------------
+
+async def test_placement(client: Any) -> None:
+    assert await get(client, "/placement/abc") == []
+    for i in range(5):
+        await post(client, "/register", {**NODE, "id": f"node-{i}", "zone": f"zone-{i % 3}"})
+    three = await get(client, "/placement/abc123")
+    assert len(three) == 3 and len(set(three)) == 3
+    assert three == await get(client, "/placement/abc123?rf=3")
+    assert len(await get(client, "/placement/abc123?rf=64")) == 5
+    for bad in ("0", "65", "abc", "-1", "2.5"):
+        assert (await get(client, f"/placement/abc?rf={bad}", 422))["field"] == "rf"
+
+
+# ---- objects and replicas ------------------------------------------------------------------------
+
+async def test_objects_and_replicas(client: Any) -> None:
+    assert await get(client, "/object/abc123", 404) == {"error": "not found", "hash": "abc123", "message": "not found"}
+    assert await post(client, "/object/register", {"hash": "abc123", "size": 1048576}) == {"ok": True}
+    assert await get(client, "/object/abc123") == {"hash": "abc123", "size": 1048576, "replicas": []}
+    await post(client, "/object/register", {"hash": "abc123", "size": 2048})  # updates the size
+    assert (await get(client, "/object/abc123"))["size"] == 2048
+    await post(client, "/register", NODE)
+    await post(client, "/register", {**NODE, "id": "node-2"})
+    assert await post(client, "/replica/mark_healed", {"hash": "abc123", "node_id": "node-2"}) == {"ok": True}
+    await post(client, "/replica/mark_healed", {"hash": "abc123", "node_id": "node-1"})
+    assert (await get(client, "/object/abc123"))["replicas"] == ["node-1", "node-2"]
+    assert await post(client, "/replica/mark_missing", {"hash": "abc123", "node_id": "node-1"}) == {"ok": True}
+    assert (await get(client, "/object/abc123"))["replicas"] == ["node-2"]
+
+
+async def test_object_and_replica_errors(client: Any) -> None:
+    assert (await post(client, "/object/register", {"hash": "h"}, 422))["field"] == "size"
+    assert (await post(client, "/object/register", {"hash": "h", "size": -5}, 422))["field"] == "size"
+    assert (await post(client, "/object/register", {"hash": "", "size": 1}, 422))["field"] == "hash"
+    assert (await post(client, "/object/register", {"hash": "a b", "size": 1}, 422))["field"] == "hash"
+    for route in ("/replica/mark_missing", "/replica/mark_healed"):
+        body = await post(client, route, {"hash": "nope", "node_id": "node-1"}, 404)
+        assert body["error"] == "not found" and body["hash"] == "nope"
+        assert (await post(client, route, {"hash": "nope"}, 422))["field"] == "node_id"
+    await post(client, "/object/register", {"hash": "h", "size": 1})
+    body = await post(client, "/replica/mark_healed", {"hash": "h", "node_id": "ghost"}, 404)
+    assert body["error"] == "node not found" and body["node_id"] == "ghost"
+    assert (await get(client, "/object/h"))["replicas"] == []
+
+
+# ---- DA, fallback, system ------------------------------------------------------------------------
+
+async def test_da_post_and_metrics(client: Any) -> None:
+    before = await get(client, "/da/metrics")
+    body = await post(client, "/da/post", {"data_hex": "68656c6c6f20776f726c64"})
+    assert body["success"] is True and body["commitment"] == hashlib.sha256(b"hello world").hexdigest()
+    second = await post(client, "/da/post", {"data_hex": ""})
+    assert second["height"] == body["height"] + 1
+    after = await get(client, "/da/metrics")
+    assert set(after) == {"available", "post_count", "get_count", "error_count", "health_check_count",
+                          "retry_count", "avg_post_latency_us", "avg_get_latency_us"}
+    assert after["available"] is True and after["post_count"] >= before["post_count"] + 2
+    assert after["avg_post_latency_us"] > 0
+    bad = await post(client, "/da/post", {"data_hex": "abc"}, 400)
+    assert bad["success"] is False and bad["error"] == "invalid hex data"
+    assert (await post(client, "/da/post", {"data_hex": "zz"}, 400))["success"] is False
+    assert (await post(client, "/da/post", {"data": "00"}, 422))["field"] == "data_hex"
+
+
+async def test_da_post_when_da_is_down_is_503(nursery: trio.Nursery, make_config: Callable[..., Config]) -> None:
+    da = MockDA()
+    coord = await start(nursery, make_config(), da)
+    client = create_app(coord).test_client()
+    da.down = True
+    body = await post(client, "/da/post", {"data_hex": "00"}, 503)
+    assert body["success"] is False and "down" in body["message"]
+    health = await get(client, "/health")
+    routing = await get(client, "/da/routing")
+    info = await get(client, "/system/info")
+    status = await get(client, "/fallback/status")
+    assert health["status"] == "unavailable" and health["da_available"] is False
+    assert routing["primary_healthy"] is False and info["da_status"] == health["da_health"] == "Ok(Unavailable)"
+    assert status["current_status"] == "unavailable"
+    assert (await get(client, "/ready", 503))["ready"] is False
+    da.down = False
+    await wait_for(lambda: coord.health.healthy, what="the health check to see DA back")
+    assert (await get(client, "/health"))["status"] == "healthy (routing: primary)"
+
+
+async def test_routing_and_fallback_views(client: Any) -> None:
+    assert await get(client, "/da/routing") == {
+        "current_state": "primary", "primary_healthy": True, "secondary_healthy": False,
+        "emergency_healthy": False, "fallback_active": False, "pending_reconcile": 0}
+    assert await get(client, "/fallback/status") == {
+        "current_status": "primary_healthy", "fallback_active": False, "fallback_reason": None,
+        "pending_reconcile_count": 0, "last_fallback_at": None}
+    assert await get(client, "/fallback/pending") == []
+    report = await post(client, "/fallback/reconcile", None)
+    assert report == {"success": True, "blobs_processed": 0, "blobs_reconciled": 0, "blobs_failed": 0,
+                      "duration_ms": 0, "errors": []}
+
+
+async def test_consistency_checks_published_blobs(client: Any, coord: Coordinator) -> None:
+    await post(client, "/register", NODE)
+    await wait_for(lambda: coord.outbox.pending == 0, what="publication")
+    report = await get(client, "/fallback/consistency")
+    assert report["is_consistent"] is True and report["items_verified"] >= 1
+    assert report["inconsistencies_found"] == 0 and report["details"] == [] and report["verified_at"] > 0
+    # make DA lose the blob: the report must say so
+    coord.da.inner._db.execute("UPDATE blobs SET data = x'00'")
+    report = await get(client, "/fallback/consistency")
+    assert report["is_consistent"] is False and report["inconsistencies_found"] >= 1
+    assert "events missing" in report["details"][0]
+    coord.da.inner._db.execute("DELETE FROM blobs")
+    report = await get(client, "/fallback/consistency")
+    assert report["is_consistent"] is False and "not readable" in report["details"][0]
+
+
+async def test_health_ready_info_and_state_root(client: Any, coord: Coordinator) -> None:
+    await wait_for(lambda: coord.ready, what="ready")
+    health = await get(client, "/health")
+    assert health["status"] == "healthy (routing: primary)" and health["da_available"] is True
+    assert health["da_health"] == "Ok(Healthy)" and health["metrics"]["available"] is True
+    assert await get(client, "/ready") == {"ready": True}
+    await post(client, "/register", NODE)
+    info = await get(client, "/system/info")
+    assert info["version"] == "0.1.0" and info["node_count"] == 1 and info["da_status"] == "Ok(Healthy)"
+    assert info["routing_state"] == "primary" and info["fallback_active"] is False
+    root = await get(client, "/state/root")
+    assert root == {"root": coord.state.root().hex(), "events_applied": 1, "pending": coord.outbox.pending}
+
+
+async def test_ready_is_503_while_rebuilding(make_config: Callable[..., Config]) -> None:
+    coord = Coordinator(make_config(), MockDA())  # not started: the consumer has not caught up
+    client = create_app(coord).test_client()
+    assert await get(client, "/ready", 503) == {"ready": False, "reason": "rebuilding state from DA"}
+    assert (await get(client, "/health"))["da_available"] is True  # /health is 200 while the process lives
+
+
+# ---- auth and OpenAPI ----------------------------------------------------------------------------
+
+async def test_token_guards_mutating_routes(nursery: trio.Nursery, make_config: Callable[..., Config]) -> None:
+    coord = await start(nursery, make_config(COORDINATOR_API_TOKEN="s3cret"))
+    client = create_app(coord).test_client()
+    for method, rule, *_ in ROUTES:
+        if method != "POST" or rule == "/schedule":
+            continue
+        path = rule.replace("<node_id>", "node-1")
+        resp = await client.post(path, json={})
+        assert resp.status_code == 401, path
+        assert resp.headers["WWW-Authenticate"] == "Bearer"
+        assert (await resp.get_json())["error"] == "unauthorized"
+    resp = await client.post("/register", json=NODE, headers={"Authorization": "Bearer wrong"})
+    assert resp.status_code == 401
+    assert await post(client, "/register", NODE, headers={"Authorization": "Bearer s3cret"}) == {"ok": True}
+    assert len(await get(client, "/nodes")) == 1  # reads need no token
+    assert (await post(client, "/schedule", {}, 404))["error"] == "no suitable node"
+
+
+async def test_openapi_documents_every_route(client: Any) -> None:
+    doc = await get(client, "/openapi.json")
+    assert doc["openapi"].startswith("3.")
+    documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+    assert documented == {(m, openapi_path(r)) for m, r, *_ in ROUTES}
+    assert len(documented) == 24  # the seed's 22 plus /state/root and /openapi.json
+    assert doc["paths"]["/register"]["post"]["requestBody"]["content"]["application/json"]["schema"]["required"] == [
+        "id", "zone", "addr"]
