@@ -42,14 +42,20 @@ def _bind(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def run(cfg: config_mod.Config) -> None:
-    coord = Coordinator(cfg)
-    app = create_app(coord)
+def hypercorn_config(host: str, port: int) -> HyperConfig:
+    """The server settings every coordinator (and the socket tests, and the HTTP benchmark) use."""
     hcfg = HyperConfig()
-    hcfg.bind = [_bind(cfg.host, cfg.port)]
+    hcfg.bind = [_bind(host, port)]
     hcfg.accesslog = None
     hcfg.errorlog = logging.getLogger("hypercorn.error")
     hcfg.graceful_timeout = 5.0
+    return hcfg
+
+
+async def run(cfg: config_mod.Config) -> None:
+    coord = Coordinator(cfg)
+    app = create_app(coord)
+    hcfg = hypercorn_config(cfg.host, cfg.port)
     stop = trio.Event()
     async with trio.open_nursery() as outer:
         outer.start_soon(_watch_signals, stop)

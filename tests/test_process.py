@@ -1,0 +1,150 @@
+"""Real ``dsdn-coordinator`` processes: the seed's Quick Test, signals, kill -9 restart, rebuild from a
+shared file Mock DA, start-up errors."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from tests.proc import CoordinatorProcess, free_port
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[list[CoordinatorProcess]]:
+    started: list[CoordinatorProcess] = []
+    yield started
+    for p in started:
+        p.stop_now()
+
+
+def launch(procs: list[CoordinatorProcess], tmp_path: Path, name: str, **env: str) -> CoordinatorProcess:
+    p = CoordinatorProcess(tmp_path / name, tmp_path / f"{name}.log", COORDINATOR_ID=name, **env).start()
+    procs.append(p)
+    return p
+
+
+async def test_seed_quick_test(procs: list[CoordinatorProcess], tmp_path: Path) -> None:
+    c = launch(procs, tmp_path, "c0")
+    await c.wait_ready()
+    async with httpx.AsyncClient(base_url=c.url, timeout=5) as http:
+        r = await http.post("/register", json={"id": "node-1", "zone": "zone-a", "addr": "10.0.0.1:50051",
+                                               "capacity_gb": 100})
+        assert (r.status_code, r.json()) == (200, {"ok": True})
+        r = await http.get("/nodes")
+        assert r.json() == [{"id": "node-1", "zone": "zone-a", "addr": "10.0.0.1:50051", "capacity_gb": 100,
+                             "meta": {}}]
+        info = (await http.get("/system/info")).json()
+        assert {k: info[k] for k in ("version", "node_count", "da_status", "routing_state", "fallback_active")} == {
+            "version": "0.1.0", "node_count": 1, "da_status": "Ok(Healthy)", "routing_state": "primary",
+            "fallback_active": False}
+        health = (await http.get("/health")).json()
+        assert health["status"] == "healthy (routing: primary)" and health["da_available"] is True
+        assert health["da_health"] == "Ok(Healthy)" and "post_count" in health["metrics"]
+
+
+async def test_sigterm_and_sigint_stop_gracefully_even_with_an_idle_keepalive(
+        procs: list[CoordinatorProcess], tmp_path: Path) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        c = launch(procs, tmp_path, f"c-{sig.name}")
+        await c.wait_ready()
+        async with httpx.AsyncClient(base_url=c.url, timeout=5) as http:
+            await http.post("/register", json={"id": "n", "zone": "z", "addr": "1.1.1.1:1"})  # keeps a connection
+            c.kill(sig)
+            started = trio.current_time()
+            assert await c.wait_exit() == 0
+            assert trio.current_time() - started < 3.0  # not the 5 s graceful timeout
+        assert "stopped cleanly" in c.log() and "snapshot written" in c.log()
+
+
+async def test_kill_9_then_restart_on_the_same_data_dir_gives_the_same_state(
+        procs: list[CoordinatorProcess], tmp_path: Path) -> None:
+    c = launch(procs, tmp_path, "c0")
+    await c.wait_ready()
+    async with httpx.AsyncClient(base_url=c.url, timeout=5) as http:
+        for i in range(20):
+            await http.post("/register", json={"id": f"node-{i}", "zone": f"z{i % 3}", "addr": f"10.0.0.{i}:1"})
+        for i in range(10):
+            await http.post("/object/register", json={"hash": f"obj-{i}", "size": i * 1000})
+            await http.post("/replica/mark_healed", json={"hash": f"obj-{i}", "node_id": f"node-{i}"})
+        root = (await http.get("/state/root")).json()
+        nodes = (await http.get("/nodes")).json()
+    c.kill(signal.SIGKILL)
+    await c.wait_exit()
+    assert "snapshot written" not in c.log()  # no graceful path ran
+    again = CoordinatorProcess(tmp_path / "c0", tmp_path / "c0-again.log", port=c.port, COORDINATOR_ID="c0")
+    procs.append(again.start())
+    await again.wait_ready()
+    async with httpx.AsyncClient(base_url=again.url, timeout=5) as http:
+        after = (await http.get("/state/root")).json()
+        assert after["root"] == root["root"] and after["events_applied"] == root["events_applied"] == 40
+        assert (await http.get("/nodes")).json() == nodes
+        assert (await http.get("/object/obj-3")).json() == {"hash": "obj-3", "size": 3000, "replicas": ["node-3"]}
+
+
+async def test_second_coordinator_with_empty_data_dir_rebuilds_from_shared_mock_da(
+        procs: list[CoordinatorProcess], tmp_path: Path) -> None:
+    shared = str(tmp_path / "shared-da.sqlite")
+    a = launch(procs, tmp_path, "a", MOCK_DA_PATH=shared)
+    await a.wait_ready()
+    async with httpx.AsyncClient(timeout=5) as http:
+        for i in range(30):
+            await http.post(f"{a.url}/register", json={"id": f"node-{i}", "zone": f"z{i % 4}", "addr": "1.2.3.4:5"})
+        await http.post(f"{a.url}/scheduler/config", json={"w_cpu": 9})
+        key = (await http.get(f"{a.url}/system/info")).json()["public_key"]
+        with trio.fail_after(10):
+            while (await http.get(f"{a.url}/state/root")).json()["pending"]:
+                await trio.sleep(0.05)
+        root_a = (await http.get(f"{a.url}/state/root")).json()
+        b = launch(procs, tmp_path, "b", MOCK_DA_PATH=shared, CLUSTER_MEMBER_KEYS=key)
+        await b.wait_ready()
+        root_b = (await http.get(f"{b.url}/state/root")).json()
+        assert root_b["root"] == root_a["root"] and root_b["events_applied"] == 31
+        # and a write on A reaches B through the shared DA
+        await http.post(f"{a.url}/register", json={"id": "late", "zone": "z", "addr": "1.2.3.4:5"})
+        with trio.fail_after(10):
+            while (await http.get(f"{b.url}/node/late")).status_code != 200:
+                await trio.sleep(0.05)
+
+
+def run_cli(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "node.main"], env={**os.environ, **env}, capture_output=True,
+                          text=True, timeout=30, stdin=subprocess.DEVNULL)
+
+
+def test_bad_configuration_exits_2_with_one_line(tmp_path: Path) -> None:
+    result = run_cli({"USE_MOCK_DA": "true", "COORDINATOR_PORT": "99999", "COORDINATOR_DATA_DIR": str(tmp_path)})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["dsdn-coordinator: configuration error: COORDINATOR_PORT='99999': expected an integer from 0 "
+                     "to 65535"]
+    result = run_cli({"USE_MOCK_DA": "", "DA_RPC_URL": "", "COORDINATOR_DATA_DIR": str(tmp_path)})
+    assert result.returncode == 2 and "DA_RPC_URL" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_port_in_use_exits_1_with_a_clear_message(tmp_path: Path) -> None:
+    import socket
+
+    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        result = run_cli({"USE_MOCK_DA": "true", "COORDINATOR_PORT": str(port), "COORDINATOR_DATA_DIR": str(tmp_path)})
+    assert result.returncode == 1
+    assert "cannot start" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_dsdn_cli_prints_the_identity(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "node.cli", "identity", "--data-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    again = subprocess.run([sys.executable, "-m", "node.cli", "identity", "--data-dir", str(tmp_path)],
+                           capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    assert len(out) == 64 and out == again and (tmp_path / "identity.key").stat().st_mode & 0o077 == 0
