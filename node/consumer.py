@@ -60,19 +60,19 @@ class Consumer:
         self.events_new += new
         return new
 
-    async def poll_once(self) -> int:
-        """Read and ingest the next blobs after the cursor; return how many were read."""
-        items = await self.da.read_after(self.cursor, READ_LIMIT)
-        for ref, data in items:
+    async def poll_once(self) -> bool:
+        """Read and ingest the next blobs after the cursor; return True when the head was reached."""
+        page = await self.da.read_after(self.cursor, READ_LIMIT)
+        for _, data in page.items:
             self.ingest(data)
-            self.cursor = ref.height
-        return len(items)
+        self.cursor = page.cursor
+        return page.at_head
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
             try:
-                read = await self.poll_once()
+                at_head = await self.poll_once()
             except DAError as exc:
                 self.on_result(False, str(exc))
                 delay = self._backoff.next()
@@ -81,7 +81,7 @@ class Consumer:
                 continue
             self._backoff.reset()
             self.on_result(True, None)
-            if read < READ_LIMIT:
+            if at_head:
                 self.caught_up.set()
                 await trio.sleep(self.poll_s)
             else:

@@ -93,8 +93,8 @@ async def test_blobs_respect_the_size_cap(make_config: Callable[..., Config]) ->
     async with running(make_config("a", DA_BLOB_MAX_BYTES="4096"), da) as a:
         await register_nodes(a, 200)
         await wait_for(lambda: a.outbox.pending == 0, what="publication")
-        blobs = await da.read_after(0, 1000)
-        assert len(blobs) > 1 and all(len(data) <= 4096 for _, data in blobs)
+        page = await da.read_after(0, 1000)
+        assert page.at_head and len(page.items) > 1 and all(len(data) <= 4096 for _, data in page.items)
 
 
 async def test_restart_restores_state_and_unpublished_writes(make_config: Callable[..., Config]) -> None:

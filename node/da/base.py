@@ -29,15 +29,28 @@ class BlobRef:
     commitment: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Page:
+    """What one ``read_after`` call found: blobs in log order, the cursor to continue from (it may
+    move past empty heights), and whether the layer's head was reached."""
+
+    items: list[tuple[BlobRef, bytes]]
+    cursor: int
+    at_head: bool
+
+
 class DALayer(Protocol):
     name: str
 
     async def post(self, data: bytes) -> BlobRef: ...
 
-    async def get(self, ref: BlobRef) -> bytes: ...
+    async def get(self, ref: BlobRef) -> bytes:
+        """The blob's bytes; raise BlobNotFound if the layer does not have it."""
+        ...
 
-    async def read_after(self, cursor: int, limit: int) -> list[tuple[BlobRef, bytes]]:
-        """Blobs with height > cursor, in height order, at most ``limit``."""
+    async def read_after(self, cursor: int, limit: int) -> Page:
+        """Blobs after ``cursor`` (a height or log position), in order, about ``limit`` of them; a
+        layer with several blobs per height returns whole heights only, so the cursor never splits one."""
         ...
 
     async def head(self) -> int:

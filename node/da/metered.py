@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from node.da.base import BlobRef, DAError, DALayer, DATimeout
+from node.da.base import BlobRef, DAError, DALayer, DATimeout, Page
 
 T = TypeVar("T")
 
@@ -75,7 +75,7 @@ class MeteredLayer:
     async def get(self, ref: BlobRef) -> bytes:
         return await self._call("get", lambda: self.inner.get(ref))
 
-    async def read_after(self, cursor: int, limit: int) -> list[tuple[BlobRef, bytes]]:
+    async def read_after(self, cursor: int, limit: int) -> Page:
         return await self._call("read", lambda: self.inner.read_after(cursor, limit))
 
     async def head(self) -> int:

@@ -13,7 +13,7 @@ import time
 
 import trio
 
-from node.da.base import BlobNotFound, BlobRef, DAUnavailable
+from node.da.base import BlobNotFound, BlobRef, DAUnavailable, Page
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (
@@ -71,13 +71,14 @@ class MockDA:
     async def get(self, ref: BlobRef) -> bytes:
         return await self._run(self._get, ref)
 
-    def _read_after(self, cursor: int, limit: int) -> list[tuple[BlobRef, bytes]]:
+    def _read_after(self, cursor: int, limit: int) -> Page:
         rows = self._db.execute(
             "SELECT height, commitment, data FROM blobs WHERE height > ? ORDER BY height LIMIT ?", (cursor, limit)
         ).fetchall()
-        return [(BlobRef(self.name, h, bytes(c)), bytes(d)) for h, c, d in rows]
+        items = [(BlobRef(self.name, h, bytes(c)), bytes(d)) for h, c, d in rows]
+        return Page(items, items[-1][0].height if items else cursor, len(items) < limit)
 
-    async def read_after(self, cursor: int, limit: int) -> list[tuple[BlobRef, bytes]]:
+    async def read_after(self, cursor: int, limit: int) -> Page:
         return await self._run(self._read_after, cursor, limit)
 
     def _head(self) -> int:
