@@ -1,0 +1,168 @@
+"""The one DA status machine (pure: no I/O; time is passed in).
+
+Fed by periodic health checks and by the outcome of real operations on each layer, it decides which
+layer takes writes. Every HTTP view (/health, /ready, /da/routing, /fallback/status, /system/info)
+reads one ``StatusSnapshot`` of it, so they never disagree.
+
+    Healthy ──primary fails──▶ Warning ──failures ≥ failure_threshold──▶ Degraded (secondary)
+       ▲                          │ primary ok                              │ secondary fails
+       │                          ▼                                         ▼
+       │                       Healthy                                  Emergency (emergency layer)
+       │                                                                    │
+       └── reconciliation done ◀── Recovering ◀── primary ok ≥ recovery_threshold (from either)
+
+In Recovering the primary takes writes again while blobs stored on fallbacks are re-posted to it;
+``failure_threshold`` failures in Recovering go back to Degraded/Emergency.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+PRIMARY, SECONDARY, EMERGENCY = "primary", "secondary", "emergency"
+
+
+class Status(Enum):
+    HEALTHY = "Healthy"
+    WARNING = "Warning"
+    DEGRADED = "Degraded"
+    EMERGENCY = "Emergency"
+    RECOVERING = "Recovering"
+
+
+@dataclass(frozen=True)
+class StatusSnapshot:
+    status: Status
+    routing: str  # the layer that takes writes first
+    write_order: tuple[str, ...]  # every configured layer, in the order a write tries them
+    healthy: dict[str, bool]  # per configured layer
+    fallback_active: bool
+    fallback_reason: str | None
+    last_fallback_at: int | None  # wall ms of the latest entry into Degraded/Emergency
+    primary_failures: int
+    transitions: int
+
+    @property
+    def takes_writes(self) -> bool:
+        return any(self.healthy.values())
+
+
+@dataclass
+class _Layer:
+    healthy: bool = True
+    failures: int = 0
+    successes: int = 0
+    last_error: str | None = None
+
+
+@dataclass
+class DAStatusMachine:
+    layers: tuple[str, ...] = (PRIMARY,)  # configured layers, a subset of (primary, secondary, emergency)
+    failure_threshold: int = 3
+    recovery_threshold: int = 2
+    status: Status = Status.HEALTHY
+    fallback_reason: str | None = None
+    last_fallback_at: int | None = None
+    transitions: int = 0
+    _state: dict[str, _Layer] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._state = {name: _Layer() for name in self.layers}
+
+    # ---- inputs ----------------------------------------------------------------------------------
+
+    def observe(self, layer: str, ok: bool, now_ms: int, error: str | None = None) -> Status:
+        """A health check or a real operation on ``layer`` succeeded or failed."""
+        st = self._state.get(layer)
+        if st is None:
+            return self.status
+        if ok:
+            st.healthy, st.failures, st.successes, st.last_error = True, 0, st.successes + 1, None
+        else:
+            st.failures, st.successes, st.last_error = st.failures + 1, 0, error
+            if layer != PRIMARY or st.failures >= self.failure_threshold:
+                st.healthy = False
+        self._step(now_ms)
+        return self.status
+
+    def reconciled(self, pending: int, now_ms: int) -> Status:
+        """Reconciliation finished a pass with ``pending`` blobs still waiting for the primary."""
+        if self.status is Status.RECOVERING and pending == 0:
+            self._go(Status.HEALTHY, None, now_ms)
+        return self.status
+
+    # ---- transitions -----------------------------------------------------------------------------
+
+    def _fallback_status(self) -> Status:
+        if SECONDARY in self._state and self._state[SECONDARY].healthy:
+            return Status.DEGRADED
+        if EMERGENCY in self._state and self._state[EMERGENCY].healthy:
+            return Status.EMERGENCY
+        return Status.DEGRADED if SECONDARY in self._state else (
+            Status.EMERGENCY if EMERGENCY in self._state else Status.DEGRADED)
+
+    def _step(self, now_ms: int) -> None:
+        primary = self._state[PRIMARY]
+        s = self.status
+        if s in (Status.HEALTHY, Status.WARNING, Status.RECOVERING):
+            if primary.failures >= self.failure_threshold:
+                target = self._fallback_status()
+                self._go(target, f"primary DA failed {primary.failures} times in a row: {primary.last_error}", now_ms)
+            elif primary.failures > 0 and s is Status.HEALTHY:
+                self._go(Status.WARNING, None, now_ms)
+            elif primary.failures == 0 and s is Status.WARNING:
+                self._go(Status.HEALTHY, None, now_ms)
+        elif s in (Status.DEGRADED, Status.EMERGENCY):
+            if primary.healthy and primary.successes >= self.recovery_threshold:
+                self._go(Status.RECOVERING, None, now_ms)
+            else:
+                target = self._fallback_status()
+                if target is not s:
+                    reason = (f"secondary DA unavailable: {self._state[SECONDARY].last_error}"
+                              if target is Status.EMERGENCY and SECONDARY in self._state else self.fallback_reason)
+                    self._go(target, reason, now_ms)
+
+    def _go(self, status: Status, reason: str | None, now_ms: int) -> None:
+        if status is self.status:
+            return
+        if status in (Status.DEGRADED, Status.EMERGENCY):
+            if self.status not in (Status.DEGRADED, Status.EMERGENCY):
+                self.last_fallback_at = now_ms
+            self.fallback_reason = reason
+        elif status is Status.HEALTHY or status is Status.WARNING:
+            self.fallback_reason = None
+        self.status = status
+        self.transitions += 1
+
+    # ---- output ----------------------------------------------------------------------------------
+
+    def write_order(self) -> tuple[str, ...]:
+        if self.status is Status.DEGRADED:
+            preferred = (SECONDARY, EMERGENCY, PRIMARY)
+        elif self.status is Status.EMERGENCY:
+            preferred = (EMERGENCY, SECONDARY, PRIMARY)
+        else:
+            preferred = (PRIMARY, SECONDARY, EMERGENCY)
+        configured = [name for name in preferred if name in self._state]
+        # layers believed healthy first (in preference order), the others after them as a last resort
+        return tuple([n for n in configured if self._state[n].healthy] +
+                     [n for n in configured if not self._state[n].healthy])
+
+    def snapshot(self) -> StatusSnapshot:
+        order = self.write_order()
+        return StatusSnapshot(
+            status=self.status,
+            routing=order[0],
+            write_order=order,
+            healthy={name: st.healthy for name, st in self._state.items()},
+            fallback_active=self.status in (Status.DEGRADED, Status.EMERGENCY, Status.RECOVERING),
+            fallback_reason=self.fallback_reason,
+            last_fallback_at=self.last_fallback_at,
+            primary_failures=self._state[PRIMARY].failures,
+            transitions=self.transitions,
+        )
+
+    def last_error(self, layer: str) -> str | None:
+        st = self._state.get(layer)
+        return st.last_error if st else None

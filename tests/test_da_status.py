@@ -1,0 +1,110 @@
+"""The DA status machine, as a pure unit: every transition and what each state routes to."""
+
+from __future__ import annotations
+
+from node.da.status import EMERGENCY, PRIMARY, SECONDARY, DAStatusMachine, Status
+
+ALL = (PRIMARY, SECONDARY, EMERGENCY)
+
+
+def fail(m: DAStatusMachine, layer: str, times: int = 1, t: int = 1000) -> Status:
+    for _ in range(times):
+        m.observe(layer, False, t, f"{layer} broke")
+    return m.status
+
+
+def ok(m: DAStatusMachine, layer: str, times: int = 1, t: int = 2000) -> Status:
+    for _ in range(times):
+        m.observe(layer, True, t)
+    return m.status
+
+
+def test_healthy_to_warning_and_back() -> None:
+    m = DAStatusMachine(ALL)
+    assert m.snapshot().routing == PRIMARY and not m.snapshot().fallback_active
+    assert fail(m, PRIMARY) is Status.WARNING
+    snap = m.snapshot()
+    assert snap.routing == PRIMARY and snap.primary_failures == 1 and not snap.fallback_active
+    assert ok(m, PRIMARY) is Status.HEALTHY
+
+
+def test_warning_to_degraded_at_the_failure_threshold() -> None:
+    m = DAStatusMachine(ALL, failure_threshold=3)
+    assert fail(m, PRIMARY, 2) is Status.WARNING
+    assert fail(m, PRIMARY, 1, t=1234) is Status.DEGRADED
+    snap = m.snapshot()
+    assert snap.routing == SECONDARY and snap.write_order == (SECONDARY, EMERGENCY, PRIMARY)
+    assert snap.fallback_active and snap.last_fallback_at == 1234
+    assert snap.fallback_reason is not None and "primary broke" in snap.fallback_reason
+
+
+def test_degraded_to_emergency_when_the_secondary_fails_and_back() -> None:
+    m = DAStatusMachine(ALL, failure_threshold=1)
+    fail(m, PRIMARY)
+    assert fail(m, SECONDARY) is Status.EMERGENCY
+    assert m.snapshot().routing == EMERGENCY and m.snapshot().write_order[0] == EMERGENCY
+    assert "secondary" in (m.snapshot().fallback_reason or "")
+    assert ok(m, SECONDARY) is Status.DEGRADED
+
+
+def test_straight_to_emergency_without_a_secondary() -> None:
+    m = DAStatusMachine((PRIMARY, EMERGENCY), failure_threshold=2)
+    assert fail(m, PRIMARY, 2) is Status.EMERGENCY
+    assert m.snapshot().routing == EMERGENCY
+
+
+def test_recovery_needs_recovery_threshold_successes_then_reconciliation() -> None:
+    m = DAStatusMachine(ALL, failure_threshold=1, recovery_threshold=2)
+    fail(m, PRIMARY)
+    assert ok(m, PRIMARY, 1) is Status.DEGRADED  # one success is not enough
+    assert ok(m, PRIMARY, 1) is Status.RECOVERING
+    snap = m.snapshot()
+    assert snap.routing == PRIMARY and snap.fallback_active
+    assert m.reconciled(pending=3, now_ms=3000) is Status.RECOVERING  # still blobs to move
+    assert m.reconciled(pending=0, now_ms=3000) is Status.HEALTHY
+    assert m.snapshot().fallback_reason is None and not m.snapshot().fallback_active
+    assert m.snapshot().last_fallback_at == 1000  # kept as history
+
+
+def test_recovery_from_emergency_and_relapse_during_recovering() -> None:
+    m = DAStatusMachine(ALL, failure_threshold=2, recovery_threshold=2)
+    fail(m, PRIMARY, 2)
+    fail(m, SECONDARY)
+    assert m.status is Status.EMERGENCY
+    assert ok(m, PRIMARY, 2) is Status.RECOVERING
+    assert fail(m, PRIMARY, 1) is Status.RECOVERING  # one failure is tolerated
+    assert fail(m, PRIMARY, 1) is Status.EMERGENCY  # secondary is still down
+
+
+def test_success_interrupts_a_failure_streak() -> None:
+    m = DAStatusMachine(ALL, failure_threshold=3)
+    fail(m, PRIMARY, 2)
+    ok(m, PRIMARY)
+    assert fail(m, PRIMARY, 2) is Status.WARNING
+
+
+def test_nothing_takes_writes_when_every_layer_is_down() -> None:
+    m = DAStatusMachine(ALL, failure_threshold=1)
+    fail(m, PRIMARY)
+    fail(m, SECONDARY)
+    assert m.snapshot().takes_writes
+    fail(m, EMERGENCY)
+    snap = m.snapshot()
+    assert not snap.takes_writes and set(snap.write_order) == set(ALL)
+
+
+def test_primary_only_cluster() -> None:
+    m = DAStatusMachine((PRIMARY,), failure_threshold=2, recovery_threshold=1)
+    assert fail(m, PRIMARY, 2) is Status.DEGRADED
+    assert not m.snapshot().takes_writes and m.snapshot().routing == PRIMARY
+    assert ok(m, PRIMARY) is Status.RECOVERING
+    assert m.reconciled(0, 5) is Status.HEALTHY
+
+
+def test_unconfigured_layers_are_ignored_and_transitions_counted() -> None:
+    m = DAStatusMachine((PRIMARY,))
+    assert fail(m, SECONDARY, 5) is Status.HEALTHY
+    before = m.transitions
+    fail(m, PRIMARY)
+    ok(m, PRIMARY)
+    assert m.transitions == before + 2
