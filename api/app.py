@@ -23,6 +23,8 @@ from api.asgi_fix import shield_final_send
 from api.openapi import ROUTES, openapi_document
 from node.coordinator import VERSION, Coordinator, NotFound
 from node.da.base import DAError
+from node.da.reconcile import AlreadyRunning
+from node.da.status import EMERGENCY, PRIMARY, SECONDARY, Status, StatusSnapshot
 from node.scheduler import WEIGHT_NAMES, Workload
 
 log = logging.getLogger("dsdn.api")
@@ -38,6 +40,19 @@ class ApiError(Exception):
 
 def json_response(value: Any, status: int = 200) -> Response:
     return Response(json.dumps(value, separators=(",", ":")), status, {"Content-Type": "application/json"})
+
+
+def da_health_text(snap: StatusSnapshot) -> str:
+    """The seed's ``Ok(<status>)`` text; ``Ok(Unavailable)`` when no layer takes writes."""
+    return f"Ok({snap.status.value})" if snap.takes_writes else "Ok(Unavailable)"
+
+
+def fallback_status_text(snap: StatusSnapshot) -> str:
+    if not snap.takes_writes:
+        return "unavailable"
+    return {Status.HEALTHY: "primary_healthy", Status.WARNING: "primary_degraded",
+            Status.DEGRADED: "fallback_secondary", Status.EMERGENCY: "fallback_emergency",
+            Status.RECOVERING: "recovering"}[snap.status]
 
 
 def _reject_constant(name: str) -> float:
@@ -219,35 +234,45 @@ def create_app(coord: Coordinator) -> QuartTrio:
             ref = await coord.da_post(data)
         except DAError as exc:
             return {"success": False, "error": "da unavailable", "message": str(exc)}, 503
-        return {"success": True, "commitment": ref.commitment.hex(), "height": ref.height}, 200
+        return {"success": True, "commitment": ref.commitment.hex(), "height": ref.height, "layer": ref.layer}, 200
 
     @app.get("/da/metrics")
     async def da_metrics() -> JSONDict:
-        return coord.da.metrics.as_dict(coord.da_view()["available"])
+        snap = coord.da_view()
+        layers = {name: layer.metrics_json(snap.healthy[name]) for name, layer in coord.da.layers.items()}
+        return {**layers[snap.routing], "routing": snap.routing, "layers": layers,
+                "router": {"fallthroughs": coord.da.router.fallthroughs, "posts": coord.da.router.posts_by_layer}}
 
     @app.get("/da/routing")
     async def da_routing() -> JSONDict:
-        view = coord.da_view()
-        return {"current_state": view["routing"], "primary_healthy": view["available"],
-                "secondary_healthy": False, "emergency_healthy": False, "fallback_active": False,
-                "pending_reconcile": 0}
+        snap = coord.da_view()
+        return {"current_state": snap.routing, "primary_healthy": snap.healthy[PRIMARY],
+                "secondary_healthy": snap.healthy.get(SECONDARY, False),
+                "emergency_healthy": snap.healthy.get(EMERGENCY, False), "fallback_active": snap.fallback_active,
+                "pending_reconcile": coord.da.pending.pending_count, "status": snap.status.value,
+                "write_order": list(snap.write_order)}
 
     @app.get("/fallback/status")
     async def fallback_status() -> JSONDict:
-        view = coord.da_view()
-        return {"current_status": "primary_healthy" if view["available"] else "unavailable",
-                "fallback_active": False, "fallback_reason": None, "pending_reconcile_count": 0,
-                "last_fallback_at": None}
+        snap = coord.da_view()
+        return {"current_status": fallback_status_text(snap), "fallback_active": snap.fallback_active,
+                "fallback_reason": snap.fallback_reason, "pending_reconcile_count": coord.da.pending.pending_count,
+                "last_fallback_at": snap.last_fallback_at, "status": snap.status.value,
+                "reconciling": coord.da.reconciler.running}
 
     @app.get("/fallback/pending")
     async def fallback_pending() -> Response:
-        return json_response([])  # no fallback layer is configured yet
+        return json_response([blob.as_json() for blob in await coord.da.pending.pending()])
 
     @app.post("/fallback/reconcile")
     @mutating
     async def fallback_reconcile() -> JSONDict:
-        return {"success": True, "blobs_processed": 0, "blobs_reconciled": 0, "blobs_failed": 0,
-                "duration_ms": 0, "errors": []}
+        try:
+            report = await coord.da.reconciler.run_pass()
+        except AlreadyRunning:
+            raise ApiError(409, {"error": "reconciliation_running",  # noqa: B904 - the cause is not an error
+                                 "message": "a reconciliation pass is already running; try again when it ends"})
+        return report.as_json()
 
     @app.get("/fallback/consistency")
     async def fallback_consistency() -> JSONDict:
@@ -257,24 +282,30 @@ def create_app(coord: Coordinator) -> QuartTrio:
 
     @app.get("/health")
     async def health() -> JSONDict:
-        view = coord.da_view()
-        status = f"healthy (routing: {view['routing']})" if view["available"] else "unavailable"
-        return {"status": status, "da_available": view["available"], "da_health": view["da_health"],
-                "metrics": coord.da.metrics.as_dict(view["available"])}
+        snap = coord.da_view()
+        if not snap.takes_writes:
+            status = "unavailable"
+        elif snap.status is Status.HEALTHY:
+            status = f"healthy (routing: {snap.routing})"
+        else:
+            status = f"degraded (routing: {snap.routing})"
+        return {"status": status, "da_available": snap.takes_writes, "da_health": da_health_text(snap),
+                "metrics": coord.da.layers[snap.routing].metrics_json(snap.healthy[snap.routing]),
+                "ready": coord.rebuilt and snap.takes_writes}
 
     @app.get("/ready")
     async def ready() -> tuple[JSONDict, int]:
-        if not coord.ready:
+        if not coord.rebuilt:
             return {"ready": False, "reason": "rebuilding state from DA"}, 503
-        if not coord.da_view()["available"]:
+        if not coord.da_view().takes_writes:
             return {"ready": False, "reason": "no DA layer takes writes"}, 503
         return {"ready": True}, 200
 
     @app.get("/system/info")
     async def system_info() -> JSONDict:
-        view = coord.da_view()
-        return {"version": VERSION, "node_count": coord.state.node_count, "da_status": view["da_health"],
-                "routing_state": view["routing"], "fallback_active": False,
+        snap = coord.da_view()
+        return {"version": VERSION, "node_count": coord.state.node_count, "da_status": da_health_text(snap),
+                "routing_state": snap.routing, "fallback_active": snap.fallback_active,
                 "coordinator_id": coord.id, "public_key": coord.public_key.hex()}
 
     @app.get("/state/root")

@@ -1,5 +1,6 @@
 """The ``dsdn`` command line. Subcommands: ``identity`` (print a data dir's public key, creating the
-key if needed, for CLUSTER_MEMBER_KEYS), ``version``. Later issues add more."""
+key if needed, for CLUSTER_MEMBER_KEYS), ``namespace NAME`` (a valid Celestia namespace for DA_NAMESPACE),
+``version``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from node import identity
 from node.coordinator import VERSION
+from node.da.namespace import namespace_from_name
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -16,10 +18,18 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     ident = sub.add_parser("identity", help="print the coordinator public key of a data dir (creating it)")
     ident.add_argument("--data-dir", default=".dsdn/coordinator-0", help="coordinator data dir")
+    ns = sub.add_parser("namespace", help="print a valid Celestia v0 namespace (for DA_NAMESPACE) derived from NAME")
+    ns.add_argument("name")
     sub.add_parser("version", help="print the version")
     args = parser.parse_args(argv)
     if args.command == "version":
         print(VERSION)
+    elif args.command == "namespace":
+        try:
+            print(namespace_from_name(args.name).hex())
+        except ValueError as exc:
+            print(f"dsdn namespace: {exc}", file=sys.stderr)
+            sys.exit(2)
     elif args.command == "identity":
         try:
             key = identity.load_or_create(Path(args.data_dir))

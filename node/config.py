@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from node.da.namespace import NamespaceError, parse_namespace
 from node.naming import HOSTNAME_RE, ID_RE
 
 NETWORKS = ("mainnet", "mocha", "local")
@@ -63,6 +64,8 @@ class Config:
     snapshot_interval_ms: int = 30_000
     blob_max_bytes: int = 1_992_294  # 1.9 MiB
     da_health_interval_ms: int = 5000
+    da_failure_threshold: int = 3
+    da_recovery_threshold: int = 2
 
     @property
     def mock_da_file(self) -> str:
@@ -137,9 +140,11 @@ def _namespace(env: Mapping[str, str]) -> bytes | None:
     raw = _get(env, "DA_NAMESPACE")
     if raw is None:
         return None
-    if not re.fullmatch(r"[0-9a-fA-F]{58}", raw):
-        raise ConfigError("DA_NAMESPACE", raw, "58 hexadecimal characters (a 29-byte Celestia namespace)")
-    return bytes.fromhex(raw)
+    try:
+        return parse_namespace(raw)
+    except NamespaceError as exc:
+        reason = str(exc).removeprefix("invalid Celestia namespace: ")
+        raise ConfigError("DA_NAMESPACE", raw, f"a valid Celestia namespace; {reason}") from None
 
 
 def _member_keys(env: Mapping[str, str]) -> tuple[bytes, ...]:
@@ -225,4 +230,6 @@ def load(env: Mapping[str, str]) -> Config:
         snapshot_interval_ms=_int(env, "SNAPSHOT_INTERVAL_MS", 30_000, 100, 86_400_000),
         blob_max_bytes=_int(env, "DA_BLOB_MAX_BYTES", 1_992_294, 4096, 8 * 1024 * 1024),
         da_health_interval_ms=_int(env, "DA_HEALTH_INTERVAL_MS", 5000, 50, 3_600_000),
+        da_failure_threshold=_int(env, "DA_FAILURE_THRESHOLD", 3, 1, 1000),
+        da_recovery_threshold=_int(env, "DA_RECOVERY_THRESHOLD", 2, 1, 1000),
     )

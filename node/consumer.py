@@ -41,6 +41,7 @@ class Consumer:
         self.events_new = 0
         self.events_invalid = 0
         self.rejected: Counter[str] = Counter()
+        self.last_ok = True
         self._backoff = Backoff(0.1, 10.0)
 
     def ingest(self, data: bytes) -> int:
@@ -74,12 +75,14 @@ class Consumer:
             try:
                 at_head = await self.poll_once()
             except DAError as exc:
+                self.last_ok = False
                 self.on_result(False, str(exc))
                 delay = self._backoff.next()
                 log.warning("reading DA failed (cursor %d, retry in %.2fs): %s", self.cursor, delay, exc)
                 await trio.sleep(delay)
                 continue
             self._backoff.reset()
+            self.last_ok = True
             self.on_result(True, None)
             if at_head:
                 self.caught_up.set()

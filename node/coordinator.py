@@ -2,15 +2,16 @@
 operations the HTTP API calls.
 
 Write path: validate (in the API) → event with an HLC timestamp → outbox commit (durable) → applied to
-the state → answer. Background tasks: outbox writer, publisher, consumer, snapshots, DA health checks.
-Start-up: snapshot (if any) → replay outbox events after its watermark → follow DA from its cursor.
+the state → answer. Background tasks: outbox writer, publisher (through the DA router), one consumer
+per followed DA log, snapshots, the DA health monitor.
+Start-up: snapshot (if any) → replay outbox events after its watermark → follow each DA log from its
+cursor.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -20,8 +21,9 @@ from node import identity, snapshot
 from node.config import Config
 from node.consumer import Consumer
 from node.da.base import BlobRef, DAError, DALayer
-from node.da.metered import MeteredLayer
 from node.da.mock import MockDA
+from node.da.stack import DAStack
+from node.da.status import EMERGENCY, PRIMARY, SECONDARY, StatusSnapshot
 from node.events import Event
 from node.hlc import HybridLogicalClock, wall_ms
 from node.outbox import Outbox
@@ -43,27 +45,11 @@ class NotFound(Exception):
         self.body = body
 
 
-@dataclass
-class DAHealth:
-    """What we know of the primary layer: fed by periodic checks and by real operations."""
-
-    healthy: bool = True
-    consecutive_failures: int = 0
-    last_error: str | None = None
-    checked_ms: int = 0
-
-    def record(self, ok: bool, error: str | None) -> None:
-        self.checked_ms = wall_ms()
-        if ok:
-            self.healthy, self.consecutive_failures, self.last_error = True, 0, None
-        else:
-            self.healthy = False
-            self.consecutive_failures += 1
-            self.last_error = error
-
-
 class Coordinator:
-    def __init__(self, config: Config, da: DALayer | None = None) -> None:
+    def __init__(self, config: Config, primary: DALayer | None = None, secondary: DALayer | None = None,
+                 emergency: DALayer | None = None, followed: dict[str, DALayer] | None = None) -> None:
+        """Layers default to a Mock DA primary from the config; ``followed`` lists the logs consumers
+        follow (default: every layer; with a QuorumDA, pass each validator's log instead)."""
         self.config = config
         self.id = config.coordinator_id
         config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -76,18 +62,25 @@ class Coordinator:
         self.placement = Placement(self.state)
         self.outbox = Outbox(config.data_dir / "outbox.sqlite", self._on_commit)
         self.applied_outbox_seq = 0
-        if da is None:
-            da = MockDA(config.mock_da_file if config.mock_da_path != ":memory:" else ":memory:")
-        self.da = MeteredLayer(da, config.da_timeout_ms / 1000)
-        self.health = DAHealth()
-        self.publisher = Publisher(
-            self.outbox, self.da, self.key, self.id, config.blob_max_bytes,
-            config.publish_interval_ms / 1000, self.health.record,
+        if primary is None:
+            primary = MockDA(config.mock_da_file if config.mock_da_path != ":memory:" else ":memory:")
+        layers = {PRIMARY: primary, SECONDARY: secondary, EMERGENCY: emergency}
+        self.da = DAStack(
+            {name: layer for name, layer in layers.items() if layer is not None}, config.data_dir,
+            timeout_s=config.da_timeout_ms / 1000, failure_threshold=config.da_failure_threshold,
+            recovery_threshold=config.da_recovery_threshold, health_interval_s=config.da_health_interval_ms / 1000,
+            batch_size=config.reconcile_batch_size, retry_delay_s=config.reconcile_retry_delay_ms / 1000,
+            max_retries=config.reconcile_max_retries, parallel=config.reconcile_parallel, followed=followed,
         )
-        self.consumer = Consumer(self.da, self._apply_remote, self.members, config.blob_max_bytes,
-                                 on_result=self.health.record)
+        self.publisher = Publisher(self.outbox, self.da.router, self.key, self.id, config.blob_max_bytes,
+                                   config.publish_interval_ms / 1000)
+        self.consumers = {
+            name: Consumer(log_, self._apply_remote, self.members, config.blob_max_bytes,
+                           on_result=self._consumer_result(name))
+            for name, log_ in self.da.followed.items()
+        }
         self.snapshots_written = 0
-        self._snapshot_mark: tuple[int, int] = (-1, -1)
+        self._snapshot_mark: tuple[int, dict[str, int]] = (-1, {})
         self.started_ms = wall_ms()
 
     # ---- life cycle ------------------------------------------------------------------------------
@@ -95,20 +88,26 @@ class Coordinator:
     async def restore(self) -> None:
         """Load the snapshot and replay outbox events after its watermark (acknowledged writes)."""
         t0 = time.perf_counter()
-        snap = await trio.to_thread.run_sync(snapshot.load, self.config.data_dir)
+        try:
+            snap = await trio.to_thread.run_sync(snapshot.load, self.config.data_dir)
+        except (ValueError, KeyError, TypeError) as exc:  # only an optimisation: rebuild from DA instead
+            log.warning("ignoring unreadable snapshot (%s); rebuilding from DA", exc)
+            snap = None
         if snap is not None:
             self.state = snap.state
             self.placement = Placement(self.state)
-            self.consumer.cursor = snap.cursor
+            for name, cursor in snap.cursors.items():
+                if name in self.consumers:
+                    self.consumers[name].cursor = cursor
             self.applied_outbox_seq = snap.outbox_seq
-            self._snapshot_mark = (snap.state.events_applied, snap.cursor)
+            self._snapshot_mark = (snap.state.events_applied, snap.cursors)
         replayed = 0
         for seq, raw in await self.outbox.since(self.applied_outbox_seq):
             replayed += self.state.apply(ev.decode_event(raw))
             self.applied_outbox_seq = seq
         self.hlc.observe(self.state.max_hlc)
-        log.info("restored: snapshot=%s cursor=%d events=%d outbox-replayed=%d pending=%d in %.3fs",
-                 "yes" if snap else "no", self.consumer.cursor, self.state.events_applied, replayed,
+        log.info("restored: snapshot=%s cursors=%s events=%d outbox-replayed=%d pending=%d in %.3fs",
+                 "yes" if snap else "no", self.cursors(), self.state.events_applied, replayed,
                  self.outbox.pending, time.perf_counter() - t0)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -118,26 +117,31 @@ class Coordinator:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.outbox.run)
                 await nursery.start(self.publisher.run)
-                await nursery.start(self.consumer.run)
+                for consumer in self.consumers.values():
+                    await nursery.start(consumer.run)
+                await nursery.start(self.da.monitor)
                 nursery.start_soon(self._snapshot_loop)
-                nursery.start_soon(self._health_loop)
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(10):
                 await self.write_snapshot()
             self.outbox.close()
+            self.da.close()
+
+    def cursors(self) -> dict[str, int]:
+        return {name: c.cursor for name, c in self.consumers.items()}
 
     async def write_snapshot(self) -> bool:
         """Write a snapshot if anything changed since the last one; prune the outbox below it."""
-        mark = (self.state.events_applied, self.consumer.cursor)
+        mark = (self.state.events_applied, self.cursors())
         if mark == self._snapshot_mark:
             return False
-        snap = snapshot.Snapshot(self.state, self.consumer.cursor, self.applied_outbox_seq)
+        snap = snapshot.Snapshot(self.state, mark[1], self.applied_outbox_seq)
         size = await snapshot.save(self.config.data_dir, snap)
         self._snapshot_mark = mark
         self.snapshots_written += 1
         pruned = await self.outbox.prune(snap.outbox_seq)
-        log.info("snapshot written: %d bytes, %d events, cursor %d, pruned %d outbox rows",
+        log.info("snapshot written: %d bytes, %d events, cursors %s, pruned %d outbox rows",
                  size, mark[0], mark[1], pruned)
         return True
 
@@ -146,15 +150,6 @@ class Coordinator:
             await trio.sleep(self.config.snapshot_interval_ms / 1000)
             await self.write_snapshot()
             self.stats.prune(wall_ms())
-
-    async def _health_loop(self) -> None:
-        while True:
-            try:
-                await self.da.head()
-                self.health.record(True, None)
-            except DAError as exc:
-                self.health.record(False, str(exc))
-            await trio.sleep(self.config.da_health_interval_ms / 1000)
 
     # ---- applying --------------------------------------------------------------------------------
 
@@ -172,9 +167,18 @@ class Coordinator:
         await self.outbox.append(event)
         return event
 
+    def _consumer_result(self, name: str) -> Any:
+        def record(ok: bool, error: str | None) -> None:
+            if name in self.da.layers:  # a validator's own log is not a layer of the status machine
+                self.da.observe(name, ok, error)
+
+        return record
+
     @property
-    def ready(self) -> bool:
-        return self.consumer.caught_up.is_set()
+    def rebuilt(self) -> bool:
+        """Every followed log that answers has been read up to its head at least once."""
+        caught = [c.caught_up.is_set() for c in self.consumers.values()]
+        return any(caught) and all(c.caught_up.is_set() or not c.last_ok for c in self.consumers.values())
 
     # ---- nodes -----------------------------------------------------------------------------------
 
@@ -250,24 +254,20 @@ class Coordinator:
     # ---- DA views (all read one snapshot of the health, so they never disagree) -------------------
 
     async def da_post(self, data: bytes) -> BlobRef:
-        try:
-            ref = await self.da.post(data)
-        except DAError as exc:
-            self.health.record(False, str(exc))
-            raise
-        self.health.record(True, None)
-        return ref
+        return await self.da.router.post(data)
 
-    def da_view(self) -> dict[str, Any]:
-        h = self.health
-        return {
-            "available": h.healthy,
-            "da_health": "Ok(Healthy)" if h.healthy else "Ok(Unavailable)",
-            "routing": "primary",
-            "last_error": h.last_error,
-        }
+    def da_view(self) -> StatusSnapshot:
+        return self.da.snapshot()
 
-    async def consistency(self, limit: int = 100) -> dict[str, Any]:
+    async def consistency(self) -> dict[str, Any]:
+        """Fallback blobs (pending and reconciled) and recently published event blobs, checked for real."""
+        report = await self.da.reconciler.consistency()
+        published = await self.published_consistency()
+        details = report["details"] + published["details"]
+        return {"is_consistent": not details, "items_verified": report["items_verified"] + published["items_verified"],
+                "inconsistencies_found": len(details), "details": details, "verified_at": wall_ms()}
+
+    async def published_consistency(self, limit: int = 100) -> dict[str, Any]:
         """Check for real that recently published events are readable from DA inside their blob."""
         landed = await self.outbox.recently_landed(limit)
         by_ref: dict[BlobRef, list[bytes]] = {}
@@ -276,7 +276,7 @@ class Coordinator:
         details: list[str] = []
         for ref, raws in by_ref.items():
             try:
-                data = await self.da.get(ref)
+                data = await self.da.router.get(ref)
             except DAError as exc:
                 details.append(f"blob {ref.layer}@{ref.height}: not readable: {exc}")
                 continue

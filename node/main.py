@@ -71,7 +71,8 @@ async def run(cfg: config_mod.Config) -> None:
 
 
 async def _announce_ready(coord: Coordinator) -> None:
-    await coord.consumer.caught_up.wait()
+    while not coord.rebuilt:
+        await trio.sleep(0.05)
     log.info("ready: state rebuilt (%d events, root %s)", coord.state.events_applied, coord.state.root().hex()[:16])
 
 

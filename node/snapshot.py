@@ -17,19 +17,19 @@ import trio
 from node.state import State
 
 FILE = "snapshot.msgpack"
-FORMAT = 1
+FORMAT = 2
 
 
 @dataclass
 class Snapshot:
     state: State
-    cursor: int
+    cursors: dict[str, int]  # one per followed DA log
     outbox_seq: int
 
 
 def encode(snap: Snapshot) -> bytes:
     return msgpack.packb(
-        {"format": FORMAT, "state": snap.state.to_snapshot(), "cursor": snap.cursor, "outbox_seq": snap.outbox_seq},
+        {"format": FORMAT, "state": snap.state.to_snapshot(), "cursors": snap.cursors, "outbox_seq": snap.outbox_seq},
         use_bin_type=True,
     )
 
@@ -38,7 +38,8 @@ def decode(data: bytes) -> Snapshot:
     obj: dict[str, Any] = msgpack.unpackb(data, raw=False, strict_map_key=False)
     if obj.get("format") != FORMAT:
         raise ValueError(f"unsupported snapshot format {obj.get('format')!r}")
-    return Snapshot(State.from_snapshot(obj["state"]), int(obj["cursor"]), int(obj["outbox_seq"]))
+    cursors = {str(k): int(v) for k, v in obj["cursors"].items()}
+    return Snapshot(State.from_snapshot(obj["state"]), cursors, int(obj["outbox_seq"]))
 
 
 def load(data_dir: Path) -> Snapshot | None:

@@ -216,8 +216,10 @@ async def test_da_post_and_metrics(client: Any) -> None:
     second = await post(client, "/da/post", {"data_hex": ""})
     assert second["height"] == body["height"] + 1
     after = await get(client, "/da/metrics")
-    assert set(after) == {"available", "post_count", "get_count", "error_count", "health_check_count",
-                          "retry_count", "avg_post_latency_us", "avg_get_latency_us"}
+    seed_fields = {"available", "post_count", "get_count", "error_count", "health_check_count", "retry_count",
+                   "avg_post_latency_us", "avg_get_latency_us"}
+    assert seed_fields <= set(after) and set(after["layers"]["primary"]) == seed_fields
+    assert after["routing"] == "primary" and after["router"]["posts"]["primary"] >= 2
     assert after["available"] is True and after["post_count"] >= before["post_count"] + 2
     assert after["avg_post_latency_us"] > 0
     bad = await post(client, "/da/post", {"data_hex": "abc"}, 400)
@@ -228,11 +230,13 @@ async def test_da_post_and_metrics(client: Any) -> None:
 
 async def test_da_post_when_da_is_down_is_503(nursery: trio.Nursery, make_config: Callable[..., Config]) -> None:
     da = MockDA()
-    coord = await start(nursery, make_config(), da)
+    coord = await start(nursery, make_config(DA_FAILURE_THRESHOLD="1"), da)
     client = create_app(coord).test_client()
     da.down = True
     body = await post(client, "/da/post", {"data_hex": "00"}, 503)
     assert body["success"] is False and "down" in body["message"]
+    # a health check already in flight when the outage began may still report success once
+    await wait_for(lambda: not coord.da_view().takes_writes, what="the outage to be seen")
     health = await get(client, "/health")
     routing = await get(client, "/da/routing")
     info = await get(client, "/system/info")
@@ -242,17 +246,19 @@ async def test_da_post_when_da_is_down_is_503(nursery: trio.Nursery, make_config
     assert status["current_status"] == "unavailable"
     assert (await get(client, "/ready", 503))["ready"] is False
     da.down = False
-    await wait_for(lambda: coord.health.healthy, what="the health check to see DA back")
+    await wait_for(lambda: coord.da_view().status.value == "Healthy", what="Degraded -> Recovering -> Healthy")
     assert (await get(client, "/health"))["status"] == "healthy (routing: primary)"
+    assert (await get(client, "/fallback/status"))["last_fallback_at"] is not None
 
 
 async def test_routing_and_fallback_views(client: Any) -> None:
     assert await get(client, "/da/routing") == {
         "current_state": "primary", "primary_healthy": True, "secondary_healthy": False,
-        "emergency_healthy": False, "fallback_active": False, "pending_reconcile": 0}
+        "emergency_healthy": False, "fallback_active": False, "pending_reconcile": 0,
+        "status": "Healthy", "write_order": ["primary"]}
     assert await get(client, "/fallback/status") == {
         "current_status": "primary_healthy", "fallback_active": False, "fallback_reason": None,
-        "pending_reconcile_count": 0, "last_fallback_at": None}
+        "pending_reconcile_count": 0, "last_fallback_at": None, "status": "Healthy", "reconciling": False}
     assert await get(client, "/fallback/pending") == []
     report = await post(client, "/fallback/reconcile", None)
     assert report == {"success": True, "blobs_processed": 0, "blobs_reconciled": 0, "blobs_failed": 0,
@@ -266,17 +272,17 @@ async def test_consistency_checks_published_blobs(client: Any, coord: Coordinato
     assert report["is_consistent"] is True and report["items_verified"] >= 1
     assert report["inconsistencies_found"] == 0 and report["details"] == [] and report["verified_at"] > 0
     # make DA lose the blob: the report must say so
-    coord.da.inner._db.execute("UPDATE blobs SET data = x'00'")
+    coord.da.primary.inner._db.execute("UPDATE blobs SET data = x'00'")
     report = await get(client, "/fallback/consistency")
     assert report["is_consistent"] is False and report["inconsistencies_found"] >= 1
     assert "events missing" in report["details"][0]
-    coord.da.inner._db.execute("DELETE FROM blobs")
+    coord.da.primary.inner._db.execute("DELETE FROM blobs")
     report = await get(client, "/fallback/consistency")
     assert report["is_consistent"] is False and "not readable" in report["details"][0]
 
 
 async def test_health_ready_info_and_state_root(client: Any, coord: Coordinator) -> None:
-    await wait_for(lambda: coord.ready, what="ready")
+    await wait_for(lambda: coord.rebuilt, what="ready")
     health = await get(client, "/health")
     assert health["status"] == "healthy (routing: primary)" and health["da_available"] is True
     assert health["da_health"] == "Ok(Healthy)" and health["metrics"]["available"] is True

@@ -28,9 +28,12 @@ def test_mock_needs_no_da_variables_but_celestia_does() -> None:
     with pytest.raises(ConfigError) as err:
         load({"DA_RPC_URL": "http://localhost:26658"})
     assert err.value.var == "DA_NAMESPACE"
+    valid = "00" * 19 + "0123456789abcdef0123"
     with pytest.raises(ConfigError) as err:
-        load({"DA_RPC_URL": "http://x:1", "DA_NAMESPACE": "00" * 29, "DA_NETWORK": "mainnet"})
+        load({"DA_RPC_URL": "http://x:1", "DA_NAMESPACE": valid, "DA_NETWORK": "mainnet"})
     assert err.value.var == "DA_AUTH_TOKEN"
+    cfg = load({"DA_RPC_URL": "http://x:1", "DA_NAMESPACE": valid})
+    assert cfg.da_namespace == bytes.fromhex(valid)
 
 
 def test_data_dir_follows_the_id_and_host_names_are_accepted() -> None:
@@ -61,7 +64,8 @@ def test_member_keys_parse() -> None:
         ("FALLBACK_DA_TYPE", "carrier-pigeon", "none, quorum, emergency"),
         ("STATS_TTL_MS", "0", "integer"),
         ("CLUSTER_MEMBER_KEYS", "abcd", "64 hex characters"),
-        ("DA_NAMESPACE", "zz", "58 hexadecimal"),
+        ("DA_NAMESPACE", "zz", "dsdn namespace"),
+        ("DA_NAMESPACE", "0" * 58, "reserves"),
         ("EMERGENCY_DA_URL", "ftp://x", "http:// or https://"),
     ],
 )

@@ -43,7 +43,7 @@ async def test_a_write_is_durable_applied_published_and_seen_by_a_peer(make_conf
             await wait_for(lambda: b.state.node("node-1") is not None, what="peer to see the node")
             await wait_for(lambda: a.outbox.pending == 0, what="publication")
             assert a.state.root() == b.state.root()
-            assert b.consumer.blobs_applied >= 1 and a.publisher.blobs_posted >= 1
+            assert b.consumers["primary"].blobs_applied >= 1 and a.publisher.blobs_posted >= 1
 
 
 async def test_blobs_from_unknown_signers_are_dropped_and_counted(make_config: Callable[..., Config]) -> None:
@@ -56,8 +56,8 @@ async def test_blobs_from_unknown_signers_are_dropped_and_counted(make_config: C
                              capacity_gb=1)
         await da.post(encode_blob(stranger, "evil", [evil.raw]))
         await da.post(b"not a blob at all")
-        await wait_for(lambda: a.consumer.rejected["unknown_signer"] == 1 and a.consumer.rejected["foreign"] == 1,
-                       what="rejections")
+        rejected = a.consumers["primary"].rejected
+        await wait_for(lambda: rejected["unknown_signer"] == 1 and rejected["foreign"] == 1, what="rejections")
         assert a.state.node("evil-node") is None
 
 
@@ -70,12 +70,12 @@ async def test_da_outage_loses_no_acknowledged_write(make_config: Callable[..., 
             await register_nodes(a, 30)  # every call returns: the outbox is durable without DA
             await trio.sleep(0.5)
             assert a.outbox.pending == 30 and a.publisher.failures >= 1
-            assert not a.health.healthy
+            assert not a.da_view().healthy["primary"]
             assert b.state.node_count == 0
             da.down = False
             await wait_for(lambda: b.state.node_count == 30, timeout=40, what="peer to converge after outage")
             assert a.outbox.pending == 0 and a.state.root() == b.state.root()
-            await wait_for(lambda: a.health.healthy, what="health to recover")
+            await wait_for(lambda: a.da_view().healthy["primary"], what="health to recover")
 
 
 async def test_group_commit_shares_transactions(make_config: Callable[..., Config]) -> None:
@@ -124,7 +124,7 @@ async def test_empty_data_dir_rebuilds_the_same_root_from_da(make_config: Callab
         root, count = a.state.root(), a.state.events_applied
         key = a.public_key.hex()
     async with running(make_config("fresh", CLUSTER_MEMBER_KEYS=key), da) as fresh:
-        await wait_for(lambda: fresh.ready, what="catch-up")
+        await wait_for(lambda: fresh.rebuilt, what="catch-up")
         assert fresh.state.root() == root and fresh.state.events_applied == count
         assert fresh.get_object("obj")["replicas"] == ["node-3"] and fresh.weights()["w_cpu"] == 2.0
 
@@ -134,8 +134,8 @@ async def test_concurrent_writers_on_two_coordinators_converge(make_config: Call
     a_cfg = make_config("a")
     b_cfg = make_config("b")
     ca, cb = Coordinator(a_cfg, da), Coordinator(b_cfg, da)
-    ca.members = ca.consumer.members = frozenset({ca.public_key, cb.public_key})
-    cb.members = cb.consumer.members = frozenset({ca.public_key, cb.public_key})
+    ca.members = ca.consumers["primary"].members = frozenset({ca.public_key, cb.public_key})
+    cb.members = cb.consumers["primary"].members = frozenset({ca.public_key, cb.public_key})
     async with trio.open_nursery() as nursery:
         await nursery.start(ca.run)
         await nursery.start(cb.run)

@@ -142,6 +142,15 @@ def test_port_in_use_exits_1_with_a_clear_message(tmp_path: Path) -> None:
     assert "cannot start" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_dsdn_namespace_prints_a_valid_namespace() -> None:
+    from node.da.namespace import validate_namespace
+
+    out = subprocess.run([sys.executable, "-m", "node.cli", "namespace", "my-cluster"], capture_output=True,
+                         text=True, timeout=30, check=True).stdout.strip()
+    assert len(out) == 58
+    validate_namespace(bytes.fromhex(out))
+
+
 def test_dsdn_cli_prints_the_identity(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "node.cli", "identity", "--data-dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=30, check=True).stdout.strip()

@@ -69,6 +69,10 @@ class MeteredLayer:
             self.metrics.read_count += 1
         return result
 
+    def metrics_json(self, available: bool) -> dict[str, Any]:
+        self.metrics.retry_count = int(getattr(self.inner, "retries", 0))  # layers that retry count them
+        return self.metrics.as_dict(available)
+
     async def post(self, data: bytes) -> BlobRef:
         return await self._call("post", lambda: self.inner.post(data))
 

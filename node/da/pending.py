@@ -1,0 +1,129 @@
+"""Durable record of every blob that landed on a fallback layer, until it is confirmed on the primary.
+
+Recorded when it lands (layer, reference, data); marked reconciled only after the primary returned it
+back byte for byte; never deleted by a failure (a blob that keeps failing stays pending with its last
+error). SQLite (WAL, synchronous=FULL) in the data dir, accessed through ``trio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import trio
+
+from node.da.base import BlobRef
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS fallback_blobs (
+    blob_id TEXT PRIMARY KEY,          -- hex SHA-256 of the data
+    layer TEXT NOT NULL, height INTEGER NOT NULL, commitment BLOB NOT NULL,
+    data BLOB NOT NULL,
+    stored_ms INTEGER NOT NULL,
+    retry_count INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    reconciled_ms INTEGER,
+    primary_height INTEGER, primary_commitment BLOB
+);
+CREATE INDEX IF NOT EXISTS fallback_pending ON fallback_blobs (stored_ms) WHERE reconciled_ms IS NULL;
+"""
+
+
+@dataclass(frozen=True)
+class FallbackBlob:
+    blob_id: str
+    ref: BlobRef
+    data: bytes
+    stored_ms: int
+    retry_count: int
+    last_error: str | None
+    primary_ref: BlobRef | None
+
+    def as_json(self) -> dict[str, object]:
+        return {"blob_id": self.blob_id, "source_da": self.ref.layer, "target_da": "primary",
+                "stored_at": self.stored_ms, "retry_count": self.retry_count, "last_error": self.last_error,
+                "height": self.ref.height, "size": len(self.data)}
+
+
+def _row(r: tuple) -> FallbackBlob:  # type: ignore[type-arg]
+    blob_id, layer, height, commitment, data, stored, retries, err, _, p_height, p_commit = r
+    primary = BlobRef("primary", int(p_height), bytes(p_commit)) if p_height is not None else None
+    return FallbackBlob(blob_id, BlobRef(layer, int(height), bytes(commitment)), bytes(data), int(stored),
+                        int(retries), err, primary)
+
+
+class PendingStore:
+    def __init__(self, path: Path | str) -> None:
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
+        if str(path) != ":memory:":
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._lock = trio.Lock()
+        self.pending_count = int(self._db.execute(
+            "SELECT COUNT(*) FROM fallback_blobs WHERE reconciled_ms IS NULL").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+    async def _call(self, fn: Callable[..., T], *args: object) -> T:
+        async with self._lock:
+            return await trio.to_thread.run_sync(fn, *args)
+
+    async def record(self, ref: BlobRef, data: bytes) -> str:
+        """Remember a blob that landed on a fallback (idempotent by content)."""
+        blob_id = hashlib.sha256(data).hexdigest()
+
+        def insert() -> int:
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO fallback_blobs (blob_id, layer, height, commitment, data, stored_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?)", (blob_id, ref.layer, ref.height, ref.commitment, data, _now()))
+            return cur.rowcount
+
+        added = await self._call(insert)
+        self.pending_count += added
+        return blob_id
+
+    async def pending(self, limit: int = 1_000_000) -> list[FallbackBlob]:
+        def read() -> list[FallbackBlob]:
+            rows = self._db.execute("SELECT * FROM fallback_blobs WHERE reconciled_ms IS NULL ORDER BY stored_ms, "
+                                    "blob_id LIMIT ?", (limit,)).fetchall()
+            return [_row(r) for r in rows]
+
+        return await self._call(read)
+
+    async def reconciled(self, limit: int = 1000) -> list[FallbackBlob]:
+        def read() -> list[FallbackBlob]:
+            rows = self._db.execute("SELECT * FROM fallback_blobs WHERE reconciled_ms IS NOT NULL "
+                                    "ORDER BY reconciled_ms DESC LIMIT ?", (limit,)).fetchall()
+            return [_row(r) for r in rows]
+
+        return await self._call(read)
+
+    async def mark_reconciled(self, blob_id: str, primary: BlobRef) -> None:
+        def update() -> int:
+            return self._db.execute(
+                "UPDATE fallback_blobs SET reconciled_ms = ?, primary_height = ?, primary_commitment = ?, "
+                "last_error = NULL WHERE blob_id = ? AND reconciled_ms IS NULL",
+                (_now(), primary.height, primary.commitment, blob_id)).rowcount
+
+        changed = await self._call(update)
+        self.pending_count -= changed
+
+    async def mark_failed(self, blob_id: str, error: str) -> None:
+        def update() -> None:
+            self._db.execute("UPDATE fallback_blobs SET retry_count = retry_count + 1, last_error = ? "
+                             "WHERE blob_id = ?", (error[:500], blob_id))
+
+        await self._call(update)
+
+
+def _now() -> int:
+    return time.time_ns() // 1_000_000
