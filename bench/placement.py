@@ -195,7 +195,8 @@ def balance() -> bool:
             f"stdev/mean {statistics.pstdev(ideal_loads) / mean:.3f}")
         say(f"         noise-free expected (computed from the ring, infinitely many keys; sum of shares "
             f"{sum(shares.values()):.6f}): max/mean {max(shares.values()) * n:.3f}, "
-            f"min/mean {min(shares.get(node_id(i), 0.0) for i in range(n)) * n:.3f}")
+            f"min/mean {min(shares.get(node_id(i), 0.0) for i in range(n)) * n:.4f}, nodes under half the mean "
+            f"{sum(1 for i in range(n) if shares.get(node_id(i), 0.0) * n < 0.5)}")
     return verdict("max/mean ≤ 1.10 (as measured, sampling noise included)", worst <= 1.10,
                    f"measured worst {worst:.3f}; uniform-random noise floor {floor:.3f}; noise-free expected "
                    f"{exact:.3f}")

@@ -36,6 +36,7 @@ from node.blob import HEADER, MAGIC, encode_blob
 from node.config import Config
 from node.consumer import Consumer
 from node.da.mock import MockDA
+from node.main import tune_gc
 from node.state import State
 
 EVENTS = 1_000_000
@@ -112,8 +113,9 @@ def build_log(path: str, keys: list[nacl.signing.SigningKey]) -> int:
 async def baseline(da: MockDA, members: frozenset[bytes]) -> int:
     """Read, verify, unpack, hash: the floor cost. Returns the number of events seen."""
     cursor, seen = 0, 0
-    while items := await da.read_after(cursor, 32):
-        for ref, data in items:
+    while True:
+        page = await da.read_after(cursor, 32)
+        for _, data in page.items:
             pub = data[len(MAGIC) + 1 : len(MAGIC) + 33]
             assert pub in members
             nacl.signing.VerifyKey(pub).verify(data[: len(MAGIC) + 33] + data[HEADER:], data[len(MAGIC) + 33 : HEADER])
@@ -122,12 +124,13 @@ async def baseline(da: MockDA, members: frozenset[bytes]) -> int:
                 msgpack.unpackb(raw, raw=False)
                 hashlib.sha256(raw).digest()
             seen += len(raws)
-            cursor = ref.height
-    return seen
+        cursor = page.cursor
+        if page.at_head:
+            return seen
 
 
 async def replay(consumer: Consumer) -> None:
-    while await consumer.poll_once():
+    while not await consumer.poll_once():  # True once the head is reached
         pass
 
 
@@ -154,6 +157,7 @@ def main() -> int:
 
         title("Replay: Consumer.poll_once until drained, applying into a fresh State")
         gc.collect()
+        tune_gc()  # the same collector settings as a dsdn-coordinator process
         rss0, peak0 = rss_mb(), peak_rss_mb()
         state = State()
         consumer = Consumer(da, state.apply, members, Config().blob_max_bytes)
@@ -178,7 +182,7 @@ def main() -> int:
         root = state.root()
         say(f"State.root(): {(time.perf_counter() - t0) * 1000:,.0f} ms (root {root.hex()[:16]}…)")
         t0 = time.perf_counter()
-        data = snapshot.encode(snapshot.Snapshot(state, consumer.cursor, 0))
+        data = snapshot.encode(snapshot.Snapshot(state, {da.name: consumer.cursor}, 0))
         enc_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         back = snapshot.decode(data)

@@ -67,7 +67,8 @@ class Coordinator:
         layers = {PRIMARY: primary, SECONDARY: secondary, EMERGENCY: emergency}
         self.da = DAStack(
             {name: layer for name, layer in layers.items() if layer is not None}, config.data_dir,
-            timeout_s=config.da_timeout_ms / 1000, failure_threshold=config.da_failure_threshold,
+            timeout_s=config.da_timeout_ms / 1000, da_retry_count=config.da_retry_count,
+            da_retry_delay_s=config.da_retry_delay_ms / 1000, failure_threshold=config.da_failure_threshold,
             recovery_threshold=config.da_recovery_threshold, health_interval_s=config.da_health_interval_ms / 1000,
             batch_size=config.reconcile_batch_size, retry_delay_s=config.reconcile_retry_delay_ms / 1000,
             max_retries=config.reconcile_max_retries, parallel=config.reconcile_parallel, followed=followed,

@@ -7,6 +7,7 @@ server cannot start (for example the port is taken).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -38,6 +39,12 @@ async def _watch_signals(stop: trio.Event) -> None:
             return
 
 
+def tune_gc() -> None:
+    """A coordinator holds a large, long-lived heap (the state): collect the young generation less
+    often, so a rebuild of millions of events does not spend a fifth of its time in the collector."""
+    gc.set_threshold(50_000, 20, 20)
+
+
 def _bind(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -53,6 +60,7 @@ def hypercorn_config(host: str, port: int) -> HyperConfig:
 
 
 async def run(cfg: config_mod.Config) -> None:
+    tune_gc()
     coord = Coordinator(cfg)
     app = create_app(coord)
     hcfg = hypercorn_config(cfg.host, cfg.port)

@@ -1,10 +1,12 @@
 """Replica placement: multi-probe consistent hashing over a cached ring of virtual nodes.
 
-Each node owns ``vnodes(capacity_gb)`` points on a 64-bit ring (1 per started 100 GB, capped at
-``MAX_VNODES`` so a huge capacity cannot blow up memory or time). A key is hashed to ``PROBES``
-positions; the point closest after any probe wins (multi-probe consistent hashing, Appleton &
-O'Reilly 2015). This gives a peak-to-mean load near 1.05 with a handful of points per node, where a
-plain ring would need ~1000 vnodes per node, and a joining node takes keys only from others' probes.
+Each node owns ``vnodes(capacity_gb)`` points on a 64-bit ring (one per started 8 GB, at least
+``MIN_VNODES``, at most ``MAX_VNODES`` so a huge capacity cannot blow up memory or time: 10k nodes cost
+at most 1.28M points). A key is hashed to ``PROBES`` positions; the point closest after any probe wins
+(multi-probe consistent hashing, Appleton & O'Reilly 2015). Probes bring the peak-to-mean load near
+1.05, where a plain ring would need ~1000 points per node; 32 points per node keep the least-loaded
+node near the mean too (with one point per node, nodes whose point follows closely after another's
+starve). A joining node takes keys only from the probes it wins.
 
 Replica ``r`` repeats the lookup with a per-round salt. Distinct zones come first; a node is never
 chosen twice; if rounds run out, the ring is walked clockwise from the primary. Every coordinator
@@ -23,15 +25,16 @@ from bisect import bisect_left
 from node.state import State
 
 PROBES = 21
-MAX_VNODES = 64
-GB_PER_VNODE = 100
+MIN_VNODES = 32
+MAX_VNODES = 128
+GB_PER_VNODE = 8
 MAX_ROUNDS_PER_REPLICA = 4
 _RING = 1 << 64
 _PROBE_STRUCT = struct.Struct(">24Q")  # 3 SHA-512 digests = 24 probe positions (PROBES of them used)
 
 
 def vnodes(capacity_gb: int) -> int:
-    return max(1, min(MAX_VNODES, -(-capacity_gb // GB_PER_VNODE)))
+    return max(MIN_VNODES, min(MAX_VNODES, -(-capacity_gb // GB_PER_VNODE)))
 
 
 def _point(node_id: str, v: int) -> int:
@@ -52,9 +55,18 @@ class Ring:
         self.positions: list[int] = []  # positions only, parallel to points (fast bisect)
         self.zone: dict[str, str] = {}
         self.weight: dict[str, int] = {}
+        self.zone_sizes: dict[str, int] = {}  # zone -> number of nodes in it
+
+    def _count(self, zone: str, delta: int) -> None:
+        size = self.zone_sizes.get(zone, 0) + delta
+        if size:
+            self.zone_sizes[zone] = size
+        else:
+            del self.zone_sizes[zone]
 
     def add(self, node_id: str, zone: str, weight: int) -> None:
         self.zone[node_id], self.weight[node_id] = zone, weight
+        self._count(zone, 1)
         for v in range(weight):
             item = (_point(node_id, v), node_id)
             i = bisect_left(self.points, item)
@@ -67,13 +79,14 @@ class Ring:
             i = bisect_left(self.points, item)
             del self.points[i]
             del self.positions[i]
-        del self.zone[node_id]
+        self._count(self.zone.pop(node_id), -1)
 
     @classmethod
     def build(cls, nodes: dict[str, tuple[str, int]]) -> Ring:
         ring = cls()
         for node_id, (zone, weight) in nodes.items():
             ring.zone[node_id], ring.weight[node_id] = zone, weight
+            ring._count(zone, 1)
             ring.points.extend((_point(node_id, v), node_id) for v in range(weight))
         ring.points.sort()
         ring.positions = [p for p, _ in ring.points]
@@ -128,7 +141,7 @@ class Placement:
         ring = self.ring()
         if not ring.points or rf <= 0:
             return []
-        total_nodes, total_zones = len(ring.zone), len(set(ring.zone.values()))
+        total_nodes, total_zones = len(ring.zone), len(ring.zone_sizes)
         want = min(rf, total_nodes)
         kb = key.encode()
         chosen: list[str] = []

@@ -9,7 +9,12 @@ state and the same root. Removals are tombstones (a register holding ``None``). 
 * ``replicas[(hash, id)]`` -> True (healed / present) or False (missing)
 * ``scheduler``            -> the five weights
 
-``root()`` is the SHA-256 of a canonical encoding of all registers (versions included).
+``root()`` is an incremental set hash: the sum, mod 2^256, of the SHA-256 of each register's canonical
+encoding (key, version, value), hashed once more. It changes with every register write in O(1), so a
+coordinator holding millions of registers answers /state/root at once, and it is the same whatever the
+order in which the registers were written. (An additive set hash is not collision-resistant against an
+adversary who can choose many registers; it detects divergence between cluster members, whose events
+are all signed, which is what it is for.)
 """
 
 from __future__ import annotations
@@ -26,7 +31,12 @@ Version = tuple[int, int, str, bytes]
 NodeRecord = tuple[str, str, int]  # zone, addr, capacity_gb
 Weights = tuple[float, float, float, float, float]  # w_cpu, w_ram, w_gpu, w_latency, w_io
 
-_ZERO: Version = (-1, -1, "", b"")
+_MOD = 1 << 256
+_pack = msgpack.Packer(use_bin_type=True).pack
+
+
+def _entry_hash(tag: str, key: Any, version: Version, value: Any) -> int:
+    return int.from_bytes(hashlib.sha256(_pack((tag, key, version, value))).digest(), "big")
 
 
 class State:
@@ -40,7 +50,7 @@ class State:
         self._live_nodes = 0
         self.membership_epoch = 0  # bumps whenever a node's visible record changes (placement cache key)
         self.max_hlc: tuple[int, int] = (0, 0)
-        self._root: bytes | None = None
+        self._acc = 0  # the set hash accumulator, see root()
         self._handlers = {
             ev.NODE_REGISTERED: self._node_registered,
             ev.NODE_UNREGISTERED: self._node_unregistered,
@@ -80,22 +90,31 @@ class State:
     def _node_unregistered(self, version: Version, f: tuple[Any, ...]) -> None:
         self._set_node(version, f[0], None)
 
+    def _rehash(self, tag: str, key: Any, old: tuple[Version, Any] | None, version: Version, value: Any) -> None:
+        acc = self._acc + _entry_hash(tag, key, version, value)
+        if old is not None:
+            acc -= _entry_hash(tag, key, old[0], old[1])
+        self._acc = acc % _MOD
+
     def _set_node(self, version: Version, node_id: str, record: NodeRecord | None) -> None:
         current = self.nodes.get(node_id)
         if current is not None and current[0] >= version:
             return
         old = current[1] if current is not None else None
         self.nodes[node_id] = (version, record)
-        self._root = None
+        self._rehash("n", node_id, current, version, record)
         if old != record:
             self.membership_epoch += 1
             self._live_nodes += (record is not None) - (old is not None)
 
     def _object_registered(self, version: Version, f: tuple[Any, ...]) -> None:
-        current = self.objects.get(f[0])
+        self._set_object(version, f[0], f[1])
+
+    def _set_object(self, version: Version, obj: str, size: int) -> None:
+        current = self.objects.get(obj)
         if current is None or current[0] < version:
-            self.objects[f[0]] = (version, f[1])
-            self._root = None
+            self.objects[obj] = (version, size)
+            self._rehash("o", obj, current, version, size)
 
     def _replica_missing(self, version: Version, f: tuple[Any, ...]) -> None:
         self._set_replica(version, f[0], f[1], False)
@@ -109,7 +128,7 @@ class State:
         if current is not None and current[0] >= version:
             return
         self.replicas[key] = (version, present)
-        self._root = None
+        self._rehash("r", key, current, version, present)
         holders = self._present.get(obj)
         if present:
             if holders is None:
@@ -119,9 +138,12 @@ class State:
             holders.discard(node_id)
 
     def _scheduler_config(self, version: Version, f: tuple[Any, ...]) -> None:
+        self._set_scheduler(version, (f[0], f[1], f[2], f[3], f[4]))
+
+    def _set_scheduler(self, version: Version, weights: Weights) -> None:
         if self.scheduler is None or self.scheduler[0] < version:
-            self.scheduler = (version, (f[0], f[1], f[2], f[3], f[4]))
-            self._root = None
+            self._rehash("s", "", self.scheduler, version, weights)
+            self.scheduler = (version, weights)
 
     # ---- reading ---------------------------------------------------------------------------------
 
@@ -148,21 +170,7 @@ class State:
         return self.scheduler[1] if self.scheduler is not None else None
 
     def root(self) -> bytes:
-        """SHA-256 over the canonical encoding of every register (cached until the next change)."""
-        if self._root is None:
-            self._root = hashlib.sha256(self._canonical()).digest()
-        return self._root
-
-    def _canonical(self) -> bytes:
-        return msgpack.packb(
-            [
-                sorted([k, list(v), list(r) if r is not None else None] for k, (v, r) in self.nodes.items()),
-                sorted([k, list(v), s] for k, (v, s) in self.objects.items()),
-                sorted([list(k), list(v), p] for k, (v, p) in self.replicas.items()),
-                [list(self.scheduler[0]), list(self.scheduler[1])] if self.scheduler else None,
-            ],
-            use_bin_type=True,
-        )
+        return hashlib.sha256(b"dsdn-state-root-v1" + self._acc.to_bytes(32, "big")).digest()
 
     # ---- snapshots -------------------------------------------------------------------------------
 
@@ -181,14 +189,13 @@ class State:
         st = cls()
         for k, v, r in snap["nodes"]:
             st._set_node(tuple(v), k, tuple(r) if r is not None else None)  # type: ignore[arg-type]
-        for k, v, s in snap["objects"]:
-            st.objects[k] = (tuple(v), s)  # type: ignore[assignment]
+        for k, v, size in snap["objects"]:
+            st._set_object(tuple(v), k, size)  # type: ignore[arg-type]
         for h, n, v, p in snap["replicas"]:
             st._set_replica(tuple(v), h, n, p)  # type: ignore[arg-type]
         if snap["scheduler"] is not None:
-            st.scheduler = (tuple(snap["scheduler"][0]), tuple(snap["scheduler"][1]))  # type: ignore[assignment]
+            st._set_scheduler(tuple(snap["scheduler"][0]), tuple(snap["scheduler"][1]))  # type: ignore[arg-type]
         seen = snap["seen"]
         st._seen = {int.from_bytes(seen[i : i + 8], "big") for i in range(0, len(seen), 8)}
         st.max_hlc = (snap["max_hlc"][0], snap["max_hlc"][1])
-        st._root = None
         return st

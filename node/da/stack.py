@@ -26,12 +26,16 @@ log = logging.getLogger("dsdn.da")
 
 class DAStack:
     def __init__(self, layers: Mapping[str, DALayer], data_dir: Path, *, timeout_s: float,
+                 da_retry_count: int = 0, da_retry_delay_s: float = 0.0,
                  failure_threshold: int = 3, recovery_threshold: int = 2, health_interval_s: float = 5.0,
                  batch_size: int = 10, retry_delay_s: float = 1.0, max_retries: int = 3, parallel: bool = False,
                  followed: Mapping[str, DALayer] | None = None) -> None:
         """``layers``: primary (required), secondary, emergency. ``followed``: extra logs for consumers
         (e.g. each quorum validator); by default every layer is followed."""
-        self.layers = {name: MeteredLayer(layer, timeout_s) for name, layer in layers.items()}
+        # Layers that retry internally (Celestia) need room for every attempt and the backoff between them.
+        backoff_s = sum(min(30.0, da_retry_delay_s * 2**k) * 1.25 for k in range(da_retry_count))
+        budget_s = timeout_s * (da_retry_count + 1) + backoff_s
+        self.layers = {name: MeteredLayer(layer, budget_s) for name, layer in layers.items()}
         self.machine = DAStatusMachine(tuple(self.layers), failure_threshold, recovery_threshold)
         self.pending = PendingStore(data_dir / "fallback.sqlite")
         self.router = DARouter(self.layers, self.machine, self.pending, wall_ms)
@@ -41,7 +45,7 @@ class DAStack:
         if followed is None:
             self.followed: dict[str, DALayer] = dict(self.layers)
         else:
-            self.followed = {name: MeteredLayer(layer, timeout_s) for name, layer in followed.items()}
+            self.followed = {name: MeteredLayer(layer, budget_s) for name, layer in followed.items()}
         self._last_status = self.machine.status
 
     @property

@@ -1,0 +1,211 @@
+"""``dsdn cluster up``: a local cluster of real processes on loopback.
+
+A devnet (the Celestia-compatible primary DA), an emergency blob store, and N coordinators; each
+coordinator hosts a quorum validator under /quorum/v1/ and the N of them form the QuorumDA. Ports:
+coordinator i serves HTTP on base-port + i; the devnet on base-port + 100, the blob store on
+base-port + 101. Output lines of every process are prefixed with its name; ``cluster.json`` in the
+data dir lists every process (role, id, pid, URL). Ctrl-C (or SIGTERM) stops everything cleanly:
+coordinators first (they write their final snapshots), then the blob store and the devnet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from node import identity
+from node.da.namespace import namespace_from_name
+
+STOP_TIMEOUT_S = 10.0
+READY_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Member:
+    role: str
+    id: str
+    url: str
+    ready_path: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    process: trio.Process | None = None
+    ready: bool = False
+
+    def record(self) -> dict[str, Any]:
+        return {"role": self.role, "id": self.id, "pid": self.process.pid if self.process else None,
+                "url": self.url, "peer_address": None}
+
+
+def plan(n: int, base_port: int, data_dir: Path, block_interval_ms: int = 500) -> list[Member]:
+    """Every process of the cluster with its command line and environment."""
+    py = sys.executable
+    token = secrets.token_hex(16)
+    devnet_url = f"http://127.0.0.1:{base_port + 100}"
+    store_url = f"http://127.0.0.1:{base_port + 101}"
+    devnet = Member("devnet", "devnet", devnet_url, "/admin/status", [
+        py, "-c", "from deploy.devnet import main; main()", "--port", str(base_port + 100),
+        "--db", str(data_dir / "devnet.sqlite"), "--block-interval-ms", str(block_interval_ms),
+        "--auth-token", token])
+    store = Member("emergency-da", "blobstore", store_url, "/quorum/v1/health", [
+        py, "-c", "from deploy.blobstore import main; main()", "--port", str(base_port + 101),
+        "--data-dir", str(data_dir / "blobstore")])
+    ids = [f"coordinator-{i}" for i in range(n)]
+    keys = [bytes(identity.load_or_create(data_dir / cid).verify_key).hex() for cid in ids]
+    urls = [f"http://127.0.0.1:{base_port + i}" for i in range(n)]
+    common = {
+        "USE_MOCK_DA": "false", "DA_RPC_URL": devnet_url, "DA_AUTH_TOKEN": token, "DA_NETWORK": "local",
+        "DA_NAMESPACE": namespace_from_name("dsdn-local-cluster").hex(), "DA_TIMEOUT_MS": "5000",
+        "DA_RETRY_COUNT": "1", "DA_RETRY_DELAY_MS": "200", "DA_HEALTH_INTERVAL_MS": "1000",
+        "ENABLE_FALLBACK": "true", "FALLBACK_DA_TYPE": "quorum", "QUORUM_VALIDATORS": ",".join(urls),
+        "QUORUM_VALIDATOR_KEYS": ",".join(keys), "QUORUM_VALIDATOR": "true", "EMERGENCY_DA_URL": store_url,
+        "CLUSTER_MEMBER_KEYS": ",".join(keys), "PUBLISH_INTERVAL_MS": "50", "QUORUM_SIGNATURE_TIMEOUT_MS": "2000",
+    }
+    coordinators = [
+        Member("coordinator", cid, url, "/ready", [py, "-m", "node.main"],
+               {**common, "COORDINATOR_ID": cid, "COORDINATOR_PORT": str(base_port + i),
+                "COORDINATOR_DATA_DIR": str(data_dir / cid)})
+        for i, (cid, url) in enumerate(zip(ids, urls, strict=True))
+    ]
+    return [devnet, store, *coordinators]
+
+
+async def _pump(member: Member, stream: trio.abc.ReceiveStream) -> None:
+    """Copy a child's output to ours, one prefixed line at a time."""
+    buffer = b""
+    width = 16
+    async for chunk in stream:
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            print(f"[{member.id:<{width}}] {line.decode(errors='replace')}", flush=True)
+    if buffer:
+        print(f"[{member.id:<{width}}] {buffer.decode(errors='replace')}", flush=True)
+
+
+async def _start(nursery: trio.Nursery, member: Member) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **member.env}
+    member.process = await trio.lowlevel.open_process(member.argv, env=env, stdout=subprocess.PIPE,
+                                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    assert member.process.stdout is not None
+    nursery.start_soon(_pump, member, member.process.stdout)
+
+
+async def _wait_ready(member: Member, http: httpx.AsyncClient) -> None:
+    with trio.move_on_after(READY_TIMEOUT_S):
+        while True:
+            if member.process is not None and member.process.returncode is not None:
+                raise RuntimeError(f"{member.id} exited with code {member.process.returncode}")
+            try:
+                if (await http.get(member.url + member.ready_path)).status_code == 200:
+                    member.ready = True
+                    return
+            except httpx.TransportError:
+                pass
+            await trio.sleep(0.1)
+    raise RuntimeError(f"{member.id} not ready after {READY_TIMEOUT_S:.0f}s ({member.url}{member.ready_path})")
+
+
+async def _stop(members: list[Member]) -> None:
+    """SIGTERM, wait, then SIGKILL what is left; coordinators first, the DA services last."""
+    for group in (
+        [m for m in members if m.role == "coordinator"],
+        [m for m in members if m.role != "coordinator"],
+    ):
+        for m in group:
+            if m.process is not None and m.process.returncode is None:
+                m.process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(STOP_TIMEOUT_S):
+            for m in group:
+                if m.process is not None:
+                    await m.process.wait()
+        for m in group:
+            if m.process is not None and m.process.returncode is None:
+                print(f"[cluster] {m.id} did not stop in {STOP_TIMEOUT_S:.0f}s; killing it", flush=True)
+                m.process.kill()
+                await m.process.wait()
+
+
+def table(members: list[Member]) -> str:
+    rows = [f"{'role':<14} {'id':<16} {'pid':>7}  {'url':<28} ready"]
+    for m in members:
+        pid = m.process.pid if m.process else "-"
+        rows.append(f"{m.role:<14} {m.id:<16} {pid:>7}  {m.url:<28} {'yes' if m.ready else 'no'}")
+    return "\n".join(rows)
+
+
+async def run_cluster(n: int, base_port: int, data_dir: Path, block_interval_ms: int = 500,
+                      *, task_status: trio.TaskStatus[list[Member]] = trio.TASK_STATUS_IGNORED) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    members = plan(n, base_port, data_dir, block_interval_ms)
+    stop = trio.Event()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_signals, stop)
+            try:
+                async with httpx.AsyncClient(timeout=2.0) as http:
+                    for m in members[:2]:  # the DA services first
+                        await _start(nursery, m)
+                    for m in members[:2]:
+                        await _wait_ready(m, http)
+                    for m in members[2:]:
+                        await _start(nursery, m)
+                    for m in members[2:]:
+                        await _wait_ready(m, http)
+                (data_dir / "cluster.json").write_text(json.dumps(
+                    {"data_dir": str(data_dir), "processes": [m.record() for m in members]}, indent=2) + "\n")
+                print("\n" + table(members) + f"\n\ncluster.json: {data_dir / 'cluster.json'}\n"
+                      "Press Ctrl-C to stop.\n", flush=True)
+                task_status.started(members)
+                await _wait_for_stop_or_exit(stop, members)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await _stop(members)
+                nursery.cancel_scope.cancel()
+    finally:
+        print("[cluster] stopped", flush=True)
+
+
+async def _watch_signals(stop: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            stop.set()
+            return
+
+
+async def _wait_for_stop_or_exit(stop: trio.Event, members: list[Member]) -> None:
+    while not stop.is_set():
+        for m in members:
+            if m.process is not None and m.process.returncode is not None:
+                raise RuntimeError(f"{m.id} exited unexpectedly with code {m.process.returncode}")
+        with trio.move_on_after(0.5):
+            await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="dsdn cluster up", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", type=int, default=3, help="number of coordinators (default 3)")
+    parser.add_argument("--base-port", type=int, default=8080, help="coordinator i serves on base-port + i")
+    parser.add_argument("--data-dir", type=Path, default=Path(".dsdn/cluster"))
+    parser.add_argument("--block-interval-ms", type=int, default=500)
+    args = parser.parse_args(argv)
+    if not 1 <= args.n <= 50:
+        parser.error("-n must be from 1 to 50")
+    if not 1 <= args.base_port <= 65535 - 101:
+        parser.error("--base-port must leave room for base-port + 101")
+    try:
+        trio.run(run_cluster, args.n, args.base_port, args.data_dir, args.block_interval_ms)
+    except* RuntimeError as group:
+        for exc in group.exceptions:
+            print(f"dsdn cluster: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,250 @@
+"""BlobStoreDA: the DA layer over ONE blob-store service (deploy/blobstore.py) — the emergency layer, and
+each validator inside QuorumDA — plus the protocol pieces the server shares: the signed message, the
+namespace size, the route prefix.
+
+Every answer is checked before it is believed: a post must come back with sha256(data) and an Ed25519
+signature over ``signed_message(namespace, sha256(data))`` by the expected key; a fetched blob must hash
+to the commitment asked for; log items must hash to the hash they claim, in increasing positions.
+
+The expected key is given (preferred) or pinned on first use: the first answer that names the store's key
+(a post or /health) fixes it for the life of this object, and any later answer under another key fails.
+
+Errors: connection refused / reset → DAUnavailable; no answer within ``timeout_s`` (a total deadline per
+call, so a store that accepts TCP and never answers cannot stall a caller) → DATimeout; 404 for a blob →
+BlobNotFound; the store refusing the blob itself (413/415/422) → BlobRejected; an answer that fails a
+check → VerificationFailed. Refs: BlobRef(name, position in the store's log, sha256(data)).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import nacl.exceptions
+import nacl.signing
+import trio
+
+from node.da.base import BlobNotFound, BlobRef, DAError, DATimeout, DAUnavailable, Page
+
+PREFIX = "/quorum/v1"
+DOMAIN = b"dsdn-quorum-v1"
+NAMESPACE_LEN = 29
+HASH_LEN = 32
+KEY_LEN = 32
+MAX_LOG_LIMIT = 1000
+# Celestia v0 shape (version 0, 18 zero bytes, 10-byte id); the store accepts any 29 bytes.
+DEFAULT_NAMESPACE = bytes(19) + b"dsdn-coord"
+
+
+def signed_message(namespace: bytes, blob_hash: bytes) -> bytes:
+    """What a store signs for a blob it has durably stored: ``b"dsdn-quorum-v1" || namespace (29 bytes) ||
+    sha256(data) (32 bytes)`` — 75 bytes, fixed layout, so no two inputs give the same message."""
+    if len(namespace) != NAMESPACE_LEN:
+        raise ValueError(f"namespace must be {NAMESPACE_LEN} bytes, not {len(namespace)}")
+    if len(blob_hash) != HASH_LEN:
+        raise ValueError(f"blob hash must be {HASH_LEN} bytes, not {len(blob_hash)}")
+    return DOMAIN + namespace + blob_hash
+
+
+def verify_signature(public_key: bytes, namespace: bytes, blob_hash: bytes, signature: bytes) -> bool:
+    try:
+        nacl.signing.VerifyKey(public_key).verify(signed_message(namespace, blob_hash), signature)
+    except (nacl.exceptions.CryptoError, ValueError, TypeError):
+        return False
+    return True
+
+
+class VerificationFailed(DAError):
+    """A store's answer did not check out: wrong hash, bad signature, or a key other than the expected one."""
+
+
+class BlobRejected(DAError):
+    """The store refused the blob itself (too large, malformed request): retrying will not help."""
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A verified answer to a post: the store committed the blob at ``position`` and signed it."""
+
+    position: int
+    blob_hash: bytes
+    signature: bytes
+    public_key: bytes
+
+
+class BlobStoreDA:
+    def __init__(self, url: str, *, name: str = "emergency", namespace: bytes = DEFAULT_NAMESPACE,
+                 public_key: bytes | None = None, timeout_s: float = 10.0) -> None:
+        parsed = httpx.URL(url)
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ValueError(f"blob store URL must be http(s)://host[:port], not {url!r}")
+        if len(namespace) != NAMESPACE_LEN:
+            raise ValueError(f"namespace must be {NAMESPACE_LEN} bytes")
+        if public_key is not None and len(public_key) != KEY_LEN:
+            raise ValueError(f"public key must be {KEY_LEN} bytes")
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be positive")
+        self.name = name
+        self.url = url.rstrip("/")
+        self.namespace = namespace
+        self.timeout_s = timeout_s
+        self._base = self.url if self.url.endswith(PREFIX) else self.url + PREFIX
+        self._key = public_key
+        self._http = httpx.AsyncClient(timeout=timeout_s)
+
+    @property
+    def public_key(self) -> bytes | None:
+        """The key answers must be signed with: given, or pinned from the first answer (None before)."""
+        return self._key
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> BlobStoreDA:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    # ---- DALayer -----------------------------------------------------------------------------------
+
+    async def post(self, data: bytes) -> BlobRef:
+        receipt = await self.store(data)
+        return BlobRef(self.name, receipt.position, receipt.blob_hash)
+
+    async def get(self, ref: BlobRef) -> bytes:
+        return await self.fetch(ref.commitment)
+
+    async def read_after(self, cursor: int, limit: int) -> Page:
+        limit = max(1, min(limit, MAX_LOG_LIMIT))
+        body = await self._call("GET", "/log", "read",
+                                params={"after": str(cursor), "limit": str(limit), "namespace": self.namespace.hex()})
+        raw_items, page_cursor, at_head = body.get("items"), body.get("cursor"), body.get("at_head")
+        if type(raw_items) is not list or not _is_int(page_cursor) or type(at_head) is not bool:
+            raise self._malformed("log page")
+        items: list[tuple[BlobRef, bytes]] = []
+        last = cursor
+        for item in raw_items:
+            position, blob_hash, data = self._blob_fields(item)
+            if position <= last:
+                raise VerificationFailed(f"{self.name}: log positions out of order ({position} after {last})")
+            items.append((BlobRef(self.name, position, blob_hash), data))
+            last = position
+        if page_cursor < last:
+            raise self._malformed("log cursor")
+        return Page(items, page_cursor, at_head)
+
+    async def head(self) -> int:
+        return int((await self.health())["head"])
+
+    # ---- the store's own calls ---------------------------------------------------------------------
+
+    async def store(self, data: bytes, *, timeout_s: float | None = None) -> Receipt:
+        """Post ``data``; return the verified receipt (position, hash, signature, key). ``timeout_s``
+        overrides this store's call timeout (QuorumDA passes its signature timeout)."""
+        data = bytes(data)
+        body = await self._call("POST", "/blobs", "post", params={"namespace": self.namespace.hex()}, content=data,
+                                headers={"Content-Type": "application/octet-stream"}, timeout_s=timeout_s)
+        position, blob_hash = body.get("position"), _hex(body.get("hash"), HASH_LEN)
+        signature, key = _hex(body.get("signature"), 64), _hex(body.get("validator"), KEY_LEN)
+        if not _is_int(position) or position < 1 or blob_hash is None or signature is None or key is None:
+            raise self._malformed("post answer")
+        expected_hash = hashlib.sha256(data).digest()
+        if blob_hash != expected_hash:
+            raise VerificationFailed(f"{self.name}: store answered hash {blob_hash.hex()}, the blob's is "
+                                     f"{expected_hash.hex()}")
+        key = self._check_key(key)
+        if not verify_signature(key, self.namespace, expected_hash, signature):
+            raise VerificationFailed(f"{self.name}: signature does not verify under key {key.hex()[:16]}…")
+        return Receipt(position, expected_hash, signature, key)
+
+    async def fetch(self, blob_hash: bytes) -> bytes:
+        """The blob with this sha256, checked; BlobNotFound if this store does not have it."""
+        body = await self._call("GET", f"/blobs/{blob_hash.hex()}", "get", params={"namespace": self.namespace.hex()})
+        _, got_hash, data = self._blob_fields(body)
+        if got_hash != blob_hash:
+            raise VerificationFailed(f"{self.name}: asked for {blob_hash.hex()}, got {got_hash.hex()}")
+        return data
+
+    async def health(self) -> dict[str, Any]:
+        body = await self._call("GET", "/health", "health")
+        key = _hex(body.get("public_key"), KEY_LEN)
+        if body.get("ok") is not True or not _is_int(body.get("head")) or key is None:
+            raise self._malformed("health answer")
+        self._check_key(key)
+        return body
+
+    # ---- plumbing ----------------------------------------------------------------------------------
+
+    def _check_key(self, key: bytes) -> bytes:
+        if self._key is None:
+            self._key = key  # trust on first use
+        elif key != self._key:
+            raise VerificationFailed(f"{self.name}: store signs with key {key.hex()[:16]}…, expected "
+                                     f"{self._key.hex()[:16]}…")
+        return self._key
+
+    def _blob_fields(self, item: object) -> tuple[int, bytes, bytes]:
+        """(position, hash, data) of one blob in an answer, with data checked against hash and namespace."""
+        if not isinstance(item, dict):
+            raise self._malformed("blob")
+        position, blob_hash = item.get("position"), _hex(item.get("hash"), HASH_LEN)
+        namespace, raw = _hex(item.get("namespace"), NAMESPACE_LEN), item.get("data")
+        if not _is_int(position) or blob_hash is None or namespace is None or type(raw) is not str:
+            raise self._malformed("blob")
+        try:
+            data = base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError):
+            raise self._malformed("blob data") from None
+        if hashlib.sha256(data).digest() != blob_hash:
+            raise VerificationFailed(f"{self.name}: blob at position {position} does not hash to {blob_hash.hex()}")
+        if namespace != self.namespace:
+            raise VerificationFailed(f"{self.name}: blob at position {position} is in another namespace")
+        return position, blob_hash, data
+
+    def _malformed(self, what: str) -> DAUnavailable:
+        return DAUnavailable(f"{self.name} ({self.url}): malformed {what}; is this a blob store?")
+
+    async def _call(self, method: str, path: str, what: str, *, timeout_s: float | None = None,
+                    **kwargs: Any) -> dict[str, Any]:
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        try:
+            with trio.fail_after(timeout):  # a total deadline; httpx's own timeouts are per phase
+                response = await self._http.request(method, self._base + path, timeout=timeout, **kwargs)
+        except (trio.TooSlowError, httpx.TimeoutException):
+            raise DATimeout(f"{self.name} ({self.url}): {what} got no answer within {timeout:.3g}s") from None
+        except httpx.HTTPError as exc:
+            raise DAUnavailable(f"{self.name} ({self.url}): {what} failed: {type(exc).__name__}: {exc}") from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise DAUnavailable(f"{self.name} ({self.url}): {what} answered {response.status_code} without a JSON "
+                                "object; is this a blob store?")
+        status, message = response.status_code, f"{body.get('error')}: {body.get('message')}"
+        if status == 404 and body.get("error") == "blob_not_found":
+            raise BlobNotFound(f"{self.name} ({self.url}): {message}")
+        if status in (400, 413, 415, 422):
+            raise BlobRejected(f"{self.name} ({self.url}): {what} rejected with {status} {message}")
+        if status != 200:
+            raise DAUnavailable(f"{self.name} ({self.url}): {what} answered {status} {message}")
+        return body
+
+
+def _is_int(value: object) -> bool:
+    return type(value) is int
+
+
+def _hex(value: object, size: int) -> bytes | None:
+    """``value`` decoded from hex if it is a string of exactly ``size`` bytes, else None."""
+    if type(value) is not str or len(value) != 2 * size:
+        return None
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        return None

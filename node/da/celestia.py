@@ -1,0 +1,358 @@
+"""Celestia DA over celestia-node's JSON-RPC API (HTTP POST of JSON-RPC 2.0 envelopes to one URL).
+
+Methods used: ``blob.Submit``, ``blob.Get``, ``blob.GetAll``, ``header.NetworkHead``,
+``header.GetByHeight``, ``header.WaitForHeight``. Binary fields (namespace, data, commitment) are
+base64; header heights are decimal strings. The share commitment is computed locally
+(node.da.commitment) before posting and re-checked on every blob read back, so a node can never hand
+us data that does not match the reference we hold.
+
+Every attempt is bounded by ``timeout_s`` (a peer that accepts TCP and never answers times out).
+Transport failures (refused/reset connections, timeouts, HTTP 5xx without a JSON-RPC error body) are
+retried ``retry_count`` times with exponential backoff and jitter; JSON-RPC errors never are. Note
+that a retried ``blob.Submit`` whose first attempt timed out may have been included anyway: readers
+must tolerate a blob that appears twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import json
+import logging
+import random
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import httpx
+import trio
+
+from node.da.base import BlobNotFound, BlobRef, DAError, DATimeout, DAUnavailable, Page
+from node.da.commitment import blob_commitment
+from node.da.namespace import validate_namespace
+
+log = logging.getLogger("dsdn.da.celestia")
+
+DEFAULT_MAX_BLOB_BYTES = 1_992_294
+#: Longest single backoff sleep (unless retry_delay itself is longer).
+MAX_BACKOFF_S = 30.0
+#: Heights fetched concurrently by ``read_after``.
+READ_CONCURRENCY = 8
+#: JSON-RPC 2.0 protocol-level error codes (parse error, invalid request, method not found, invalid params).
+_PROTOCOL_ERRORS = frozenset({-32700, -32600, -32601, -32602})
+
+
+class DAUnauthorized(DAError):
+    """The node rejected our credentials (HTTP 401/403 or a permission error): fix DA_AUTH_TOKEN."""
+
+
+class BlobTooLarge(DAError):
+    """The blob exceeds the size limit (ours, checked before any I/O, or the node's)."""
+
+
+class InvalidBlob(DAError):
+    """The blob cannot be posted at all (for example it is empty)."""
+
+
+class CommitmentMismatch(DAError):
+    """The node returned data whose share commitment is not the one asked for / announced."""
+
+
+class DARPCError(DAError):
+    """Any other JSON-RPC error, or a response that is not valid JSON-RPC."""
+
+    def __init__(self, code: int | None, message: str, method: str = "") -> None:
+        self.code, self.message, self.method = code, message, method
+        where = f"{method}: " if method else ""
+        super().__init__(f"{where}JSON-RPC error {code}: {message}" if code is not None else f"{where}{message}")
+
+
+class _Retryable(Exception):
+    """Internal: one attempt failed in a way worth retrying."""
+
+    def __init__(self, message: str, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def unb64(value: Any, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise DARPCError(None, f"{what} is not a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise DARPCError(None, f"{what} is not valid base64") from None
+
+
+def map_rpc_error(code: Any, message: str, method: str) -> DAError:
+    """A JSON-RPC error object as the most specific DAError."""
+    low = message.lower()
+    if code in _PROTOCOL_ERRORS:  # e.g. -32601 "method 'x' not found" is not a missing blob
+        return DARPCError(code, message, method)
+    if "not found" in low:
+        return BlobNotFound(f"{method}: {message}")
+    if any(s in low for s in ("missing permission", "unauthorized", "permission denied", "invalid token",
+                              "jwt", "authorization")):
+        return DAUnauthorized(f"{method}: {message}")
+    if "too large" in low or "too big" in low or ("exceeds" in low and "size" in low):
+        return BlobTooLarge(f"{method}: {message}")
+    return DARPCError(code if isinstance(code, int) else None, message, method)
+
+
+def header_height(header: Any) -> int:
+    """``result.header.height`` of an ExtendedHeader (a decimal string; a number is accepted too)."""
+    try:
+        raw = header["header"]["height"]
+    except (TypeError, KeyError):
+        raise DARPCError(None, "header has no header.height") from None
+    if isinstance(raw, bool) or not isinstance(raw, str | int):
+        raise DARPCError(None, f"header.height is {raw!r}, not a decimal string")
+    try:
+        height = int(raw)
+    except ValueError:
+        raise DARPCError(None, f"header.height is {raw!r}, not a decimal string") from None
+    if height < 0:
+        raise DARPCError(None, f"header.height is negative: {raw!r}")
+    return height
+
+
+class CelestiaDA:
+    """A DALayer on a celestia-node (or the local devnet, deploy/devnet.py) JSON-RPC endpoint."""
+
+    def __init__(self, url: str, namespace: bytes, auth_token: str | None = None, *, timeout_s: float = 30.0,
+                 retry_count: int = 3, retry_delay_s: float = 1.0, gas_price: float = -1.0,
+                 max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES, name: str = "primary") -> None:
+        validate_namespace(namespace)
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if retry_count < 0 or retry_delay_s < 0:
+            raise ValueError("retry_count and retry_delay_s must be >= 0")
+        self.name = name
+        self.url = url
+        self.namespace = bytes(namespace)
+        self.auth_token = auth_token
+        self.timeout_s = float(timeout_s)
+        self.retry_count = int(retry_count)
+        self.retry_delay_s = float(retry_delay_s)
+        self.gas_price = float(gas_price)
+        self.max_blob_bytes = int(max_blob_bytes)
+        self.retries = 0  # cumulative retried attempts (read by the metrics)
+        self.rng = random.Random()
+        self._ns_b64 = b64(self.namespace)
+        self._ids = itertools.count(1)
+        self._client: httpx.AsyncClient | None = None
+        self._client_run: object | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Any, name: str = "primary") -> CelestiaDA:
+        if not cfg.da_rpc_url or cfg.da_namespace is None:
+            raise ValueError("CelestiaDA needs DA_RPC_URL and DA_NAMESPACE")
+        return cls(cfg.da_rpc_url, cfg.da_namespace, cfg.da_auth_token, timeout_s=cfg.da_timeout_ms / 1000,
+                   retry_count=cfg.da_retry_count, retry_delay_s=cfg.da_retry_delay_ms / 1000,
+                   max_blob_bytes=cfg.blob_max_bytes, name=name)
+
+    # ---- HTTP client lifecycle ------------------------------------------------------------------
+
+    def _http(self) -> httpx.AsyncClient:
+        """The client, created lazily inside the running trio loop (and again if the loop changed)."""
+        run = trio.lowlevel.current_root_task()
+        if self._client is None or self._client_run is not run:
+            headers = {"Content-Type": "application/json", "Accept": "application/json"}
+            if self.auth_token:
+                headers["Authorization"] = f"Bearer {self.auth_token}"
+            # trust_env=False: a DA node is a local/private endpoint; HTTP(S)_PROXY must not reroute it.
+            self._client = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(self.timeout_s),
+                                             trust_env=False)
+            self._client_run = run
+        return self._client
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with trio.CancelScope(shield=True):
+                await client.aclose()
+
+    async def __aenter__(self) -> CelestiaDA:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    # ---- JSON-RPC ---------------------------------------------------------------------------------
+
+    async def _attempt(self, method: str, params: list[Any]) -> Any:
+        request_id = next(self._ids)
+        body = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params},
+                          separators=(",", ":"))
+        try:
+            with trio.fail_after(self.timeout_s):
+                response = await self._http().post(self.url, content=body)
+        except trio.TooSlowError:
+            raise _Retryable(f"{method}: no answer within {self.timeout_s:.3g}s", timeout=True) from None
+        except httpx.TimeoutException as exc:
+            raise _Retryable(f"{method}: timed out ({type(exc).__name__})", timeout=True) from None
+        except httpx.TransportError as exc:
+            raise _Retryable(f"{method}: {type(exc).__name__}: {exc or 'transport failure'}") from None
+
+        status = response.status_code
+        if status in (401, 403):
+            raise DAUnauthorized(f"{method}: HTTP {status} from the DA node (check DA_AUTH_TOKEN)")
+        try:
+            envelope = response.json()
+        except ValueError:
+            envelope = None
+        error = envelope.get("error") if isinstance(envelope, dict) else None
+        if isinstance(error, dict):
+            message = error.get("message")
+            raise map_rpc_error(error.get("code"), message if isinstance(message, str) else repr(error), method)
+        if status == 413:
+            raise BlobTooLarge(f"{method}: HTTP 413, the request is too large for the DA node")
+        if status >= 500:
+            raise _Retryable(f"{method}: HTTP {status} from the DA node")
+        if status != 200:
+            raise DARPCError(status, f"unexpected HTTP status {status}", method)
+        if not isinstance(envelope, dict) or "result" not in envelope:
+            raise DARPCError(None, "response is not a JSON-RPC 2.0 result", method)
+        if envelope.get("id") != request_id:
+            raise DARPCError(None, f"response id {envelope.get('id')!r} does not match request id {request_id}",
+                             method)
+        return envelope["result"]
+
+    def _backoff(self, retry: int) -> float:
+        base = self.retry_delay_s * 2 ** (retry - 1)
+        base = min(base, max(MAX_BACKOFF_S, self.retry_delay_s))
+        return base * (0.75 + 0.5 * self.rng.random())
+
+    async def call(self, method: str, params: Sequence[Any]) -> Any:
+        """One JSON-RPC call with retries on transport failures; the ``result`` or a DAError."""
+        attempt = 0
+        while True:
+            try:
+                return await self._attempt(method, list(params))
+            except _Retryable as exc:
+                if attempt >= self.retry_count:
+                    tail = f" (after {attempt} retries)" if attempt else ""
+                    cls = DATimeout if exc.timeout else DAUnavailable
+                    raise cls(f"{self.name}: {exc}{tail}") from None
+                attempt += 1
+                self.retries += 1
+                delay = self._backoff(attempt)
+                log.warning("%s: %s; retry %d/%d in %.2fs", self.name, exc, attempt, self.retry_count, delay)
+                await trio.sleep(delay)
+
+    # ---- DALayer --------------------------------------------------------------------------------
+
+    async def post(self, data: bytes) -> BlobRef:
+        data = bytes(data)
+        if not data:
+            raise InvalidBlob(f"{self.name}: a blob can not be empty")
+        if len(data) > self.max_blob_bytes:
+            raise BlobTooLarge(f"{self.name}: blob is {len(data)} bytes; the limit is {self.max_blob_bytes}")
+        commitment = blob_commitment(self.namespace, data)
+        blob = {"namespace": self._ns_b64, "data": b64(data), "share_version": 0, "commitment": b64(commitment)}
+        # celestia-node TxConfig: gas_price is only used when is_gas_price_set is true; otherwise the node
+        # estimates it (our gas_price < 0 means exactly that).
+        options: dict[str, Any] = {}
+        if self.gas_price >= 0:
+            options = {"gas_price": self.gas_price, "is_gas_price_set": True}
+        result = await self.call("blob.Submit", [[blob], options])
+        if isinstance(result, bool) or not isinstance(result, int) or result <= 0:
+            raise DARPCError(None, f"blob.Submit returned {result!r}, not an inclusion height", "blob.Submit")
+        return BlobRef(self.name, result, commitment)
+
+    def _decode_blob(self, obj: Any, height: int) -> tuple[BlobRef, bytes, int] | None:
+        """(ref, data, index) for a blob JSON of our namespace, None for another namespace."""
+        if not isinstance(obj, dict):
+            raise DARPCError(None, f"blob at height {height} is not an object")
+        if unb64(obj.get("namespace"), "blob.namespace") != self.namespace:
+            return None
+        data = unb64(obj.get("data"), "blob.data")
+        claimed = unb64(obj.get("commitment"), "blob.commitment")
+        actual = blob_commitment(self.namespace, data, 0)
+        if claimed != actual:
+            raise CommitmentMismatch(f"{self.name}: blob at height {height} has commitment {actual.hex()}, "
+                                     f"the node says {claimed.hex()}")
+        index = obj.get("index")
+        return BlobRef(self.name, height, actual), data, index if isinstance(index, int) else -1
+
+    async def get(self, ref: BlobRef) -> bytes:
+        result = await self.call("blob.Get", [ref.height, self._ns_b64, b64(ref.commitment)])
+        if result is None:
+            raise BlobNotFound(f"{self.name}: no blob at height {ref.height} with commitment {ref.commitment.hex()}")
+        if not isinstance(result, dict):
+            raise DARPCError(None, "blob.Get returned a non-object", "blob.Get")
+        data = unb64(result.get("data"), "blob.data")
+        actual = blob_commitment(self.namespace, data, 0)
+        if actual != ref.commitment:
+            raise CommitmentMismatch(f"{self.name}: blob at height {ref.height}: asked for commitment "
+                                     f"{ref.commitment.hex()}, got data with commitment {actual.hex()}")
+        return data
+
+    async def blobs_at(self, height: int) -> list[tuple[BlobRef, bytes]]:
+        """Every blob of our namespace at ``height``, in index order (empty if none)."""
+        try:
+            result = await self.call("blob.GetAll", [height, [self._ns_b64]])
+        except BlobNotFound:  # celestia-node < 0.15 reports an empty height as "blob: not found"
+            return []
+        if result is None:
+            return []
+        if not isinstance(result, list):
+            raise DARPCError(None, "blob.GetAll returned neither a list nor null", "blob.GetAll")
+        found = [b for b in (self._decode_blob(obj, height) for obj in result) if b is not None]
+        found.sort(key=lambda b: b[2])  # stable: blobs without an index keep the node's order
+        return [(ref, data) for ref, data, _ in found]
+
+    async def _fetch_into(self, height: int, results: dict[int, list[tuple[BlobRef, bytes]]],
+                          errors: dict[int, DAError]) -> None:
+        try:
+            results[height] = await self.blobs_at(height)
+        except DAError as exc:  # kept per height, so the caller can return the heights before it
+            errors[height] = exc
+
+    async def read_after(self, cursor: int, limit: int) -> Page:
+        head = await self.head()
+        if cursor >= head:
+            return Page([], cursor, True)
+        last = min(head, cursor + max(1, limit))
+        items: list[tuple[BlobRef, bytes]] = []
+        height = cursor
+        while height < last and len(items) < limit:
+            batch = list(range(height + 1, min(last, height + READ_CONCURRENCY) + 1))
+            results: dict[int, list[tuple[BlobRef, bytes]]] = {}
+            errors: dict[int, DAError] = {}
+            async with trio.open_nursery() as nursery:
+                for h in batch:
+                    nursery.start_soon(self._fetch_into, h, results, errors)
+            for h in batch:  # whole heights, in order; stop at the first failed one
+                if h in errors:
+                    if height == cursor:
+                        raise errors[h]
+                    return Page(items, height, False)
+                items.extend(results[h])
+                height = h
+                if len(items) >= limit:
+                    break
+        return Page(items, height, height >= head)
+
+    async def head(self) -> int:
+        return header_height(await self.call("header.NetworkHead", []))
+
+    # ---- headers ----------------------------------------------------------------------------------
+
+    async def header_by_height(self, height: int) -> dict[str, Any]:
+        """The ExtendedHeader JSON at ``height`` (``header.GetByHeight``)."""
+        result = await self.call("header.GetByHeight", [height])
+        header_height(result)
+        return dict(result)
+
+    async def wait_for_height(self, height: int) -> dict[str, Any]:
+        """Block until the node has ``height`` (``header.WaitForHeight``); its ExtendedHeader JSON."""
+        result = await self.call("header.WaitForHeight", [height])
+        header_height(result)
+        return dict(result)

@@ -1,0 +1,351 @@
+"""The blob-store service (deploy/blobstore.py) over real sockets with real SQLite, and BlobStoreDA against it.
+The server helpers here are shared with tests/test_quorum.py."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import httpx
+import nacl.signing
+import pytest
+import trio
+from quart_trio import QuartTrio
+
+from deploy.blobstore import BlobStore, register_blobstore_routes, serve_blobstore, serve_store
+from node.da.base import BlobNotFound, BlobRef, DATimeout, DAUnavailable
+from node.da.blobstore_client import (
+    DEFAULT_NAMESPACE,
+    BlobRejected,
+    BlobStoreDA,
+    VerificationFailed,
+    signed_message,
+    verify_signature,
+)
+
+NS = DEFAULT_NAMESPACE
+OTHER_NS = bytes(19) + b"other-ns00"
+OCTET = {"Content-Type": "application/octet-stream"}
+
+
+@dataclass
+class Server:
+    url: str
+    store: BlobStore
+    stop: trio.Event
+    stopped: trio.Event
+
+    async def shutdown(self) -> None:
+        self.stop.set()
+        with trio.fail_after(10):
+            await self.stopped.wait()
+
+
+async def start_server(nursery: trio.Nursery, data_dir: Path, **kwargs: int) -> Server:
+    store = BlobStore(data_dir, **kwargs)
+    stop, stopped = trio.Event(), trio.Event()
+
+    async def run(task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await serve_store(store, "127.0.0.1", 0, shutdown_trigger=stop.wait, task_status=task_status)
+        finally:
+            store.close()
+            stopped.set()
+
+    url = await nursery.start(run)
+    return Server(url, store, stop, stopped)
+
+
+async def dead_url() -> str:
+    """A URL on which nothing listens (connection refused)."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    for listener in listeners:
+        await listener.aclose()
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def hung_url() -> AsyncIterator[str]:
+    """A URL whose socket accepts TCP connections (kernel backlog) but never answers."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    yield f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    for listener in listeners:
+        await listener.aclose()
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery, tmp_path: Path) -> Server:
+    return await start_server(nursery, tmp_path / "store")
+
+
+async def post_raw(http: httpx.AsyncClient, data: bytes, namespace: bytes = NS) -> httpx.Response:
+    return await http.post("/quorum/v1/blobs", params={"namespace": namespace.hex()}, content=data, headers=OCTET)
+
+
+# ---- the service ---------------------------------------------------------------------------------------
+
+
+async def test_store_read_log_and_signature(server: Server) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=5) as http:
+        health = (await http.get("/quorum/v1/health")).json()
+        assert health == {"ok": True, "head": 0, "public_key": server.store.public_key.hex()}
+        r = await post_raw(http, b"hello")
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+        body = r.json()
+        digest = hashlib.sha256(b"hello").digest()
+        assert body["position"] == 1 and body["hash"] == digest.hex() and body["duplicate"] is False
+        assert body["validator"] == health["public_key"]
+        key = nacl.signing.VerifyKey(bytes.fromhex(body["validator"]))
+        assert key.verify(b"dsdn-quorum-v1" + NS + digest, bytes.fromhex(body["signature"]))
+        assert signed_message(NS, digest) == b"dsdn-quorum-v1" + NS + digest and len(signed_message(NS, digest)) == 75
+        assert not verify_signature(key.encode(), OTHER_NS, digest, bytes.fromhex(body["signature"]))
+
+        got = (await http.get(f"/quorum/v1/blobs/{digest.hex()}")).json()
+        assert base64.b64decode(got["data"]) == b"hello"
+        assert (got["position"], got["namespace"], got["signature"]) == (1, NS.hex(), body["signature"])
+        await post_raw(http, b"world")
+        page = (await http.get("/quorum/v1/log", params={"after": 0})).json()
+        assert [base64.b64decode(i["data"]) for i in page["items"]] == [b"hello", b"world"]
+        assert (page["head"], page["cursor"], page["at_head"]) == (2, 2, True)
+        page = (await http.get("/quorum/v1/log", params={"after": 1})).json()
+        assert [i["position"] for i in page["items"]] == [2]
+
+
+async def test_idempotent_by_namespace_and_hash(server: Server) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=5) as http:
+        first = (await post_raw(http, b"same")).json()
+        again = (await post_raw(http, b"same")).json()
+        assert (again["position"], again["duplicate"], again["signature"]) == (first["position"], True,
+                                                                               first["signature"])
+        other = (await post_raw(http, b"same", OTHER_NS)).json()
+        assert other["position"] == 2 and other["duplicate"] is False and other["signature"] != first["signature"]
+        assert (await http.get("/quorum/v1/health")).json()["head"] == 2
+
+
+async def test_log_pages_and_namespace_filter(server: Server) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=5) as http:
+        for i in range(5):
+            await post_raw(http, f"a{i}".encode())
+            await post_raw(http, f"b{i}".encode(), OTHER_NS)
+        seen, cursor = [], 0
+        while True:
+            page = (await http.get("/quorum/v1/log", params={"after": cursor, "limit": 2,
+                                                             "namespace": NS.hex()})).json()
+            assert page["head"] == 10 and all(i["namespace"] == NS.hex() for i in page["items"])
+            seen += [base64.b64decode(i["data"]) for i in page["items"]]
+            assert page["cursor"] > cursor or page["at_head"]
+            cursor = page["cursor"]
+            if page["at_head"]:
+                break
+        assert seen == [f"a{i}".encode() for i in range(5)]
+        assert cursor == 10  # the follower moved past the other namespace's last blob
+
+
+async def test_size_limit(nursery: trio.Nursery, tmp_path: Path) -> None:
+    server = await start_server(nursery, tmp_path / "small", max_body_bytes=1024)
+    async with httpx.AsyncClient(base_url=server.url, timeout=5) as http:
+        assert (await post_raw(http, b"x" * 1024)).status_code == 200
+        r = await post_raw(http, b"y" * 1025)
+        assert r.status_code == 413 and r.json()["error"] == "payload_too_large" and "1024" in r.json()["message"]
+
+        async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: the limit applies while reading
+            for _ in range(4):
+                yield b"z" * 512
+
+        r = await http.post("/quorum/v1/blobs", params={"namespace": NS.hex()}, content=chunked(), headers=OCTET)
+        assert r.status_code == 413 and r.json()["error"] == "payload_too_large"
+        assert (await http.get("/quorum/v1/health")).json()["head"] == 1
+
+
+async def test_bad_input_gets_json_errors(server: Server) -> None:
+    ns = NS.hex()
+    async with httpx.AsyncClient(base_url=server.url, timeout=5) as http:
+        cases = [
+            (http.post("/quorum/v1/blobs", params={"namespace": ns}, content=b"x",
+                       headers={"Content-Type": "application/json"}), 415, "unsupported_media_type"),
+            (http.post("/quorum/v1/blobs", content=b"x", headers=OCTET), 422, "invalid_request"),
+            (http.post("/quorum/v1/blobs", params={"namespace": "zz" * 29}, content=b"x", headers=OCTET), 422,
+             "invalid_request"),
+            (http.post("/quorum/v1/blobs", params={"namespace": "00" * 28}, content=b"x", headers=OCTET), 422,
+             "invalid_request"),
+            (http.post("/quorum/v1/blobs", params={"namespace": ns}, content=b"", headers=OCTET), 422,
+             "invalid_request"),
+            (http.get("/quorum/v1/blobs/nothex"), 422, "invalid_request"),
+            (http.get(f"/quorum/v1/blobs/{'ab' * 32}"), 404, "blob_not_found"),
+            (http.get(f"/quorum/v1/blobs/{'ab' * 32}", params={"namespace": "x"}), 422, "invalid_request"),
+            (http.get("/quorum/v1/log", params={"after": "-1"}), 422, "invalid_request"),
+            (http.get("/quorum/v1/log", params={"after": "x"}), 422, "invalid_request"),
+            (http.get("/quorum/v1/log", params={"limit": "0"}), 422, "invalid_request"),
+            (http.get("/quorum/v1/log", params={"limit": "1001"}), 422, "invalid_request"),
+            (http.get("/quorum/v1/log", params={"after": "9" * 40}), 422, "invalid_request"),
+            (http.get("/quorum/v1/nowhere"), 404, "not_found"),
+            (http.delete("/quorum/v1/blobs"), 405, "method_not_allowed"),
+        ]
+        for request, status, error in cases:
+            r = await request
+            assert (r.status_code, r.headers["content-type"], r.json()["error"]) == (status, "application/json",
+                                                                                     error), r.text
+            assert r.json()["message"]
+        assert (await http.get("/quorum/v1/health")).json()["head"] == 0
+
+
+async def test_restart_keeps_log_and_key(tmp_path: Path) -> None:
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(partial(serve_blobstore, "127.0.0.1", 0, tmp_path / "s", shutdown_trigger=stop.wait))
+        async with httpx.AsyncClient(base_url=url, timeout=5) as http:
+            first = (await post_raw(http, b"durable")).json()
+        stop.set()
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(partial(serve_blobstore, "127.0.0.1", 0, tmp_path / "s", shutdown_trigger=stop.wait))
+        async with httpx.AsyncClient(base_url=url, timeout=5) as http:
+            assert (await http.get("/quorum/v1/health")).json()["public_key"] == first["validator"]
+            again = (await post_raw(http, b"durable")).json()
+            assert (again["position"], again["duplicate"], again["signature"]) == (1, True, first["signature"])
+        stop.set()
+
+
+async def test_routes_can_be_hosted_by_another_app(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "hosted")
+    app = QuartTrio("host")
+    app.config["MAX_CONTENT_LENGTH"] = store.max_body_bytes
+
+    @app.get("/own")
+    async def own() -> dict[str, bool]:
+        return {"own": True}
+
+    register_blobstore_routes(app, store)
+    client = app.test_client()
+    r = await client.post(f"/quorum/v1/blobs?namespace={NS.hex()}", data=b"hosted", headers=OCTET)
+    assert r.status_code == 200 and (await r.get_json())["position"] == 1
+    r = await client.get(f"/quorum/v1/blobs/{'cd' * 32}")
+    assert r.status_code == 404 and (await r.get_json())["error"] == "blob_not_found"
+    assert (await (await client.get("/own")).get_json()) == {"own": True}
+    store.close()
+
+
+async def test_process_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.blobstore", "--port", "0", "--data-dir",
+                             str(tmp_path / "p")], stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            cwd=Path(__file__).parent.parent)
+    try:
+        assert proc.stderr is not None
+        line = await trio.to_thread.run_sync(proc.stderr.readline)
+        while b"listening on" not in line:
+            assert line, "blob store exited before listening"
+            line = await trio.to_thread.run_sync(proc.stderr.readline)
+        url = line.split(b"listening on ")[1].split()[0].decode()
+        async with httpx.AsyncClient(timeout=5) as http:
+            r = await http.get(f"{url}/quorum/v1/health")
+            assert r.status_code == 200 and r.json()["ok"] is True
+        proc.send_signal(signal.SIGTERM)
+        assert await trio.to_thread.run_sync(partial(proc.wait, 10)) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def test_bad_arguments_exit_2() -> None:
+    r = subprocess.run([sys.executable, "-m", "deploy.blobstore", "--port", "70000"], capture_output=True,
+                       cwd=Path(__file__).parent.parent, timeout=30)
+    assert r.returncode == 2 and b"--port" in r.stderr
+
+
+# ---- BlobStoreDA -------------------------------------------------------------------------------------------
+
+
+async def test_blobstore_da_roundtrip(server: Server) -> None:
+    async with BlobStoreDA(server.url, public_key=server.store.public_key, timeout_s=5) as da:
+        ref = await da.post(b"event batch")
+        assert ref == BlobRef("emergency", 1, hashlib.sha256(b"event batch").digest())
+        assert await da.post(b"event batch") == ref
+        assert await da.get(ref) == b"event batch"
+        ref2 = await da.post(b"second")
+        page = await da.read_after(0, 10)
+        assert [(r, d) for r, d in page.items] == [(ref, b"event batch"), (ref2, b"second")]
+        assert (page.cursor, page.at_head) == (2, True)
+        page = await da.read_after(0, 1)
+        assert (len(page.items), page.cursor, page.at_head) == (1, 1, False)
+        assert await da.head() == 2
+        with pytest.raises(BlobNotFound):
+            await da.get(BlobRef("emergency", 9, hashlib.sha256(b"never").digest()))
+
+
+async def test_blobstore_da_rejects_tampered_signature(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    good_sign = server.store.sign
+
+    def tampered(namespace: bytes, blob_hash: bytes) -> bytes:
+        sig = bytearray(good_sign(namespace, blob_hash))
+        sig[0] ^= 1
+        return bytes(sig)
+
+    async with BlobStoreDA(server.url, public_key=server.store.public_key, timeout_s=5) as da:
+        monkeypatch.setattr(server.store, "sign", tampered)
+        with pytest.raises(VerificationFailed, match="signature does not verify"):
+            await da.post(b"tampered")
+        monkeypatch.setattr(server.store, "sign", good_sign)
+        assert (await da.post(b"tampered")).height == 1  # the store had it; only the answer was bad
+
+
+async def test_blobstore_da_rejects_unexpected_key(server: Server) -> None:
+    other = bytes(nacl.signing.SigningKey.generate().verify_key)
+    async with BlobStoreDA(server.url, public_key=other, timeout_s=5) as da:
+        with pytest.raises(VerificationFailed, match="expected"):
+            await da.post(b"x")
+
+
+async def test_blobstore_da_pins_key_on_first_use(server: Server) -> None:
+    async with BlobStoreDA(server.url, timeout_s=5) as da:
+        assert da.public_key is None
+        await da.post(b"first")
+        assert da.public_key == server.store.public_key
+        server.store.key = nacl.signing.SigningKey.generate()  # the store's key changes under us
+        with pytest.raises(VerificationFailed):
+            await da.post(b"second")
+        with pytest.raises(VerificationFailed):
+            await da.head()
+
+
+async def test_blobstore_da_detects_corrupt_blob(server: Server) -> None:
+    async with BlobStoreDA(server.url, timeout_s=5) as da:
+        ref = await da.post(b"original")
+        await trio.to_thread.run_sync(
+            lambda: server.store._db.execute("UPDATE blobs SET data = ? WHERE position = 1", (b"forged",)))
+        with pytest.raises(VerificationFailed):
+            await da.get(ref)
+        with pytest.raises(VerificationFailed):
+            await da.read_after(0, 10)
+
+
+async def test_blobstore_da_errors(nursery: trio.Nursery, tmp_path: Path, hung_url: str) -> None:
+    async with BlobStoreDA(hung_url, timeout_s=0.3) as da:
+        for call in (da.post(b"x"), da.get(BlobRef("emergency", 1, bytes(32))), da.read_after(0, 10), da.head()):
+            start = trio.current_time()
+            with pytest.raises(DATimeout, match=r"no answer within 0\.3s"):
+                await call
+            assert trio.current_time() - start < 1.5
+    async with BlobStoreDA(await dead_url(), timeout_s=5) as da:
+        with pytest.raises(DAUnavailable) as caught:
+            await da.post(b"x")
+        assert not isinstance(caught.value, DATimeout)
+    small = await start_server(nursery, tmp_path / "small", max_body_bytes=10)
+    async with BlobStoreDA(small.url, timeout_s=5) as da:
+        with pytest.raises(BlobRejected, match="413"):
+            await da.post(b"x" * 11)
+    async with BlobStoreDA(small.url + "/elsewhere", timeout_s=5) as da:  # not a blob store
+        with pytest.raises(DAUnavailable):
+            await da.get(BlobRef("emergency", 1, bytes(32)))
+    with pytest.raises(ValueError):
+        BlobStoreDA("ftp://x")

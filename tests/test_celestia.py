@@ -1,0 +1,441 @@
+"""CelestiaDA against the local devnet (deploy/devnet.py) running in the test's nursery, plus tiny fake
+servers for what the devnet cannot do (never answer, lie about a blob)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from deploy.devnet import serve_devnet
+from node import config as config_mod
+from node.da.base import BlobNotFound, BlobRef, DATimeout, DAUnavailable
+from node.da.celestia import (
+    BlobTooLarge,
+    CelestiaDA,
+    CommitmentMismatch,
+    DARPCError,
+    DAUnauthorized,
+    InvalidBlob,
+)
+from node.da.commitment import blob_commitment
+from node.da.namespace import namespace_from_name
+
+NS = namespace_from_name("dsdn-test")
+OTHER_NS = namespace_from_name("someone-else")
+TOKEN = "devnet-secret"
+BLOCK_S = 0.05
+VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "celestia-commitments.json"
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def make_client(url: str, token: str | None = TOKEN, **kw: Any) -> CelestiaDA:
+    kw.setdefault("timeout_s", 5.0)
+    kw.setdefault("retry_count", 2)
+    kw.setdefault("retry_delay_s", 0.02)
+    return CelestiaDA(url, kw.pop("namespace", NS), token, **kw)
+
+
+async def start_devnet(nursery: trio.Nursery, db: str = ":memory:", **kw: Any) -> str:
+    url: str = await nursery.start(partial(serve_devnet, "127.0.0.1", 0, db, kw.pop("block_s", BLOCK_S), TOKEN, **kw))
+    return url
+
+
+@pytest.fixture
+async def devnet(nursery: trio.Nursery) -> str:
+    return await start_devnet(nursery)
+
+
+async def admin(url: str, mode: str | None = None, **body: Any) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=url, timeout=5, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        if mode is None:
+            r = await http.get("/admin/status")
+        else:
+            r = await http.post("/admin/fault", json={"mode": mode, **body})
+        assert r.status_code == 200, r.text
+        result: dict[str, Any] = r.json()
+        return result
+
+
+async def raw_rpc(url: str, method: str, params: list[Any], token: str | None = TOKEN) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(timeout=5, headers=headers) as http:
+        r = await http.post(url, json={"jsonrpc": "2.0", "id": 7, "method": method, "params": params})
+        return r.status_code, r.json()
+
+
+def blob_obj(ns: bytes, data: bytes, commitment: bytes | None = None) -> dict[str, Any]:
+    c = blob_commitment(ns, data) if commitment is None else commitment
+    return {"namespace": b64(ns), "data": b64(data), "share_version": 0, "commitment": b64(c)}
+
+
+# ---- fake servers -------------------------------------------------------------------------------
+
+
+class FakeServer:
+    """Raw HTTP/1.1 on a trio TCP listener: ``respond(request_json) -> (status, body_json)``, or None to
+    accept the connection and never answer."""
+
+    def __init__(self, respond: Callable[[dict[str, Any]], tuple[int, Any]] | None) -> None:
+        self.respond = respond
+        self.connections = 0
+        self.url = ""
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                return
+            buf += chunk
+        if self.respond is None:
+            await trio.sleep_forever()
+        head, _, body = buf.partition(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length"))
+        while len(body) < length:
+            body += await stream.receive_some(65536)
+        status, answer = self.respond(json.loads(body))
+        out = json.dumps(answer).encode()
+        await stream.send_all(b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                              b"Connection: close\r\n\r\n%s" % (status, len(out), out))
+        await stream.aclose()
+
+    async def start(self, nursery: trio.Nursery) -> FakeServer:
+        listeners = await nursery.start(partial(trio.serve_tcp, self.handle, 0, host="127.0.0.1"))
+        self.url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+        return self
+
+
+# ---- happy paths ----------------------------------------------------------------------------------
+
+
+async def test_post_get_roundtrip_with_real_commitment(devnet: str) -> None:
+    async with make_client(devnet) as da:
+        data = os.urandom(3000)  # several shares
+        ref = await da.post(data)
+        assert ref.layer == "primary" and ref.height >= 2
+        assert ref.commitment == blob_commitment(NS, data)
+        assert await da.get(ref) == data
+        # The devnet stores and serves the exact commitment Celestia would (a verified vector).
+        vector = json.loads(VECTORS.read_text())[0]
+        vns, vdata = bytes.fromhex(vector["namespace_hex"]), bytes.fromhex(vector["data_hex"])
+        async with make_client(devnet, namespace=vns) as other:
+            vref = await other.post(vdata)
+            assert vref.commitment.hex() == vector["commitment_hex"]
+            assert await other.get(vref) == vdata
+
+
+async def test_submit_waits_for_inclusion_in_the_next_block(devnet: str) -> None:
+    async with make_client(devnet) as da:
+        before = await da.head()
+        ref = await da.post(b"included")
+        after = await da.head()
+        assert before < ref.height <= after
+        header = await da.header_by_height(ref.height)
+        assert header["header"]["height"] == str(ref.height)
+        assert header["header"]["chain_id"] == "dsdn-devnet"
+
+
+async def test_read_after_whole_heights_in_order_and_empty_heights(devnet: str) -> None:
+    async with make_client(devnet) as da:
+        start = await da.head()
+        # Three blobs of ours and one of another namespace in a single Submit: one height, index order.
+        datas = [b"first", b"second", b"third"]
+        status, answer = await raw_rpc(devnet, "blob.Submit",
+                                       [[blob_obj(NS, d) for d in datas[:2]] + [blob_obj(OTHER_NS, b"not ours")]
+                                        + [blob_obj(NS, datas[2])], {}])
+        assert status == 200, answer
+        multi = answer["result"]
+        await da.wait_for_height(multi + 3)  # empty heights in between
+        single = await da.post(b"later")
+        assert single.height > multi + 3
+
+        page = await da.read_after(start, 1000)
+        assert [d for _, d in page.items] == [*datas, b"later"]
+        assert [r.height for r, _ in page.items] == [multi, multi, multi, single.height]
+        assert all(r.commitment == blob_commitment(NS, d) for r, d in page.items)
+        assert page.at_head and page.cursor >= single.height
+
+        # A small limit never splits a height: all three come together, then the rest.
+        first = await da.read_after(start, 2)
+        assert [d for _, d in first.items] == datas and first.cursor == multi and not first.at_head
+        rest = await da.read_after(first.cursor, 1000)
+        assert [d for _, d in rest.items] == [b"later"]
+
+        # Only empty heights in the window: the cursor still moves over them.
+        empty = await da.read_after(multi, 2)
+        assert empty.items == [] and empty.cursor == multi + 2 and not empty.at_head
+
+        head = await da.head()
+        caught_up = await da.read_after(head, 10)
+        assert caught_up == type(caught_up)([], head, True)
+
+
+async def test_head_advances_and_wait_for_height(devnet: str) -> None:
+    async with make_client(devnet) as da:
+        h1 = await da.head()
+        header = await da.wait_for_height(h1 + 3)
+        assert header["header"]["height"] == str(h1 + 3)
+        assert await da.head() >= h1 + 3
+        status = await admin(devnet)
+        assert status["height"] >= h1 + 3 and status["mode"] == "ok"
+
+
+# ---- errors ---------------------------------------------------------------------------------------
+
+
+async def test_wrong_or_missing_token_is_unauthorized_without_retries(devnet: str) -> None:
+    for token in ("wrong", None):
+        da = make_client(devnet, token=token, retry_count=3)
+        with pytest.raises(DAUnauthorized):
+            await da.head()
+        with pytest.raises(DAUnauthorized):
+            await da.post(b"x")
+        assert da.retries == 0
+        await da.aclose()
+    status, body = await raw_rpc(devnet, "header.NetworkHead", [], token=None)
+    assert status == 401 and body["error"] == "unauthorized"
+
+
+async def test_missing_blob_is_blob_not_found(devnet: str) -> None:
+    async with make_client(devnet) as da:
+        ref = await da.post(b"exists")
+        with pytest.raises(BlobNotFound):
+            await da.get(BlobRef("primary", ref.height, os.urandom(32)))
+        with pytest.raises(BlobNotFound):
+            await da.get(BlobRef("primary", ref.height - 1, ref.commitment))
+        assert da.retries == 0
+
+
+async def test_rpc_errors_are_mapped_and_not_retried(devnet: str) -> None:
+    async with make_client(devnet, retry_count=3) as da:
+        await admin(devnet, "error")
+        with pytest.raises(DARPCError) as info:
+            await da.head()
+        assert info.value.code == 1 and "injected" in info.value.message
+        with pytest.raises(DARPCError):
+            await da.post(b"x")
+        assert da.retries == 0
+        await admin(devnet, "ok")
+        assert await da.head() >= 1
+        # A protocol error (unknown method) is not mistaken for a missing blob.
+        with pytest.raises(DARPCError) as info:
+            await da.call("blob.Nope", [])
+        assert info.value.code == -32601 and not isinstance(info.value, BlobNotFound)
+        # Future heights are errors, not "no blobs".
+        with pytest.raises(DARPCError, match="future"):
+            await da.header_by_height(10**9)
+
+
+async def test_too_large_rejected_before_any_network_call(nursery: trio.Nursery) -> None:
+    fake = await FakeServer(lambda req: (200, {"jsonrpc": "2.0", "id": req["id"], "result": 5})).start(nursery)
+    da = make_client(fake.url, max_blob_bytes=1000)
+    with pytest.raises(BlobTooLarge):
+        await da.post(b"x" * 1001)
+    with pytest.raises(InvalidBlob):
+        await da.post(b"")
+    assert fake.connections == 0 and da.retries == 0
+    ref = await da.post(b"x" * 1000)  # at the limit: goes out (the fake answers height 5)
+    assert ref.height == 5 and fake.connections == 1
+    await da.aclose()
+
+
+async def test_devnet_rejects_too_large_and_client_maps_it(nursery: trio.Nursery) -> None:
+    url = await start_devnet(nursery, max_blob_bytes=4096)
+    async with make_client(url, max_blob_bytes=10_000) as da:
+        with pytest.raises(BlobTooLarge, match="too large"):
+            await da.post(b"y" * 5000)
+        assert da.retries == 0
+        assert (await da.post(b"y" * 4096)).height > 0
+
+
+async def test_devnet_validates_submissions(devnet: str) -> None:
+    good = blob_obj(NS, b"data")
+    cases = [
+        ({**good, "commitment": b64(bytes(32))}, "mismatched commitment"),
+        ({**good, "namespace": b64(bytes(29))}, "reserves"),  # all-zero namespace is reserved
+        ({**good, "namespace": b64(b"\x01" + bytes(28))}, "version"),
+        ({**good, "namespace": b64(b"short")}, "29 bytes"),
+        ({**good, "data": ""}, "empty"),
+        ({**good, "share_version": 1}, "share version"),
+    ]
+    for blob, expected in cases:
+        status, answer = await raw_rpc(devnet, "blob.Submit", [[blob], {}])
+        assert status == 200 and expected in answer["error"]["message"], (expected, answer)
+    status, answer = await raw_rpc(devnet, "blob.GetAll", [1, [b64(NS)]])
+    assert answer == {"jsonrpc": "2.0", "id": 7, "result": None}
+    status, answer = await raw_rpc(devnet, "blob.Get", [1, b64(NS), b64(bytes(32))])
+    assert answer["error"]["message"] == "blob: not found"
+    status, answer = await raw_rpc(devnet, "header.GetByHeight", ["1"])
+    assert answer["error"]["code"] == -32602
+    # Without the commitment field the devnet computes it.
+    status, answer = await raw_rpc(devnet, "blob.Submit", [[{k: v for k, v in good.items() if k != "commitment"}]])
+    height = answer["result"]
+    status, answer = await raw_rpc(devnet, "blob.GetAll", [height, [b64(NS)]])
+    assert [b["commitment"] for b in answer["result"]] == [good["commitment"]]
+
+
+async def test_commitment_is_verified_on_read(nursery: trio.Nursery) -> None:
+    data, lie = b"what was posted", b"something else"
+
+    def respond(req: dict[str, Any]) -> tuple[int, Any]:
+        if req["method"] == "blob.Get":
+            result: Any = {**blob_obj(NS, lie), "index": 1}
+        elif req["method"] == "header.NetworkHead":
+            result = {"header": {"height": "3"}}
+        else:  # GetAll: data with someone else's commitment
+            result = [{**blob_obj(NS, lie, blob_commitment(NS, data)), "index": 1}]
+        return 200, {"jsonrpc": "2.0", "id": req["id"], "result": result}
+
+    fake = await FakeServer(respond).start(nursery)
+    async with make_client(fake.url) as da:
+        with pytest.raises(CommitmentMismatch):
+            await da.get(BlobRef("primary", 3, blob_commitment(NS, data)))
+        with pytest.raises(CommitmentMismatch):
+            await da.read_after(2, 10)
+
+
+async def test_silent_peer_times_out(nursery: trio.Nursery) -> None:
+    fake = await FakeServer(None).start(nursery)
+    da = make_client(fake.url, timeout_s=0.3, retry_count=0)
+    start = trio.current_time()
+    with pytest.raises(DATimeout):
+        await da.head()
+    elapsed = trio.current_time() - start
+    assert 0.25 <= elapsed < 1.5, elapsed
+    assert da.retries == 0
+
+    da = make_client(fake.url, timeout_s=0.2, retry_count=1, retry_delay_s=0.01)
+    start = trio.current_time()
+    with pytest.raises(DATimeout, match="after 1 retries"):
+        await da.post(b"x")
+    assert da.retries == 1 and trio.current_time() - start >= 0.4
+    assert fake.connections == 3
+
+
+async def test_retries_until_the_node_comes_back(devnet: str, nursery: trio.Nursery) -> None:
+    da = make_client(devnet, retry_count=10, retry_delay_s=0.05)
+    assert await da.head() >= 1  # connection is up before the outage
+    await admin(devnet, "down")
+    result: list[BlobRef] = []
+
+    async def post() -> None:
+        result.append(await da.post(b"through the outage"))
+
+    nursery.start_soon(post)
+    await trio.sleep(0.3)
+    assert not result and da.retries >= 1
+    await admin(devnet, "ok")
+    with trio.fail_after(5):
+        while not result:
+            await trio.sleep(0.01)
+    assert await da.get(result[0]) == b"through the outage"
+    assert da.retries >= 2
+    await da.aclose()
+
+
+async def test_down_for_good_is_unavailable_after_all_retries(devnet: str) -> None:
+    await admin(devnet, "down")
+    async with make_client(devnet, retry_count=3, retry_delay_s=0.01) as da:
+        with pytest.raises(DAUnavailable, match="503") as info:
+            await da.head()
+        assert not isinstance(info.value, DATimeout)
+        assert da.retries == 3
+        assert (await admin(devnet))["mode"] == "down"  # admin routes still answer
+
+
+async def test_connection_refused_is_unavailable(nursery: trio.Nursery) -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    await listeners[0].aclose()  # nothing listens there now
+    async with make_client(f"http://127.0.0.1:{port}", retry_count=2, retry_delay_s=0.01) as da:
+        with pytest.raises(DAUnavailable, match="after 2 retries"):
+            await da.head()
+        assert da.retries == 2
+
+
+async def test_slow_mode_adds_latency(devnet: str) -> None:
+    async with make_client(devnet) as da:
+        await da.head()
+        await admin(devnet, "slow", latency_ms=300)
+        start = trio.current_time()
+        await da.head()
+        assert trio.current_time() - start >= 0.3
+    async with make_client(devnet, timeout_s=0.1, retry_count=0) as hasty:
+        with pytest.raises(DATimeout):
+            await hasty.head()
+    await admin(devnet, "ok")
+    async with make_client(devnet) as da:
+        start = trio.current_time()
+        await da.head()
+        assert trio.current_time() - start < 0.25
+
+
+async def test_admin_routes_need_the_token_and_validate(devnet: str) -> None:
+    async with httpx.AsyncClient(base_url=devnet, timeout=5) as http:
+        assert (await http.get("/admin/status")).status_code == 401
+        r = await http.post("/admin/fault", json={"mode": "sideways"}, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 422
+    assert (await admin(devnet))["mode"] == "ok"
+
+
+async def test_devnet_keeps_its_chain_across_a_restart(nursery: trio.Nursery, tmp_path: Path) -> None:
+    db = str(tmp_path / "devnet.sqlite")
+    with trio.CancelScope() as first_run:
+        async with trio.open_nursery() as inner:
+            url = await start_devnet(inner, db)
+            async with make_client(url) as da:
+                ref = await da.post(b"survives")
+                await da.wait_for_height(ref.height + 2)
+                head_before = await da.head()
+            first_run.cancel()
+    url = await start_devnet(nursery, db)
+    async with make_client(url) as da:
+        assert await da.head() >= head_before
+        assert await da.get(ref) == b"survives"
+        page = await da.read_after(ref.height - 1, 1)
+        assert [d for _, d in page.items] == [b"survives"]
+        header = await da.wait_for_height(head_before + 2)  # the chain continues where it stopped
+        assert int(header["header"]["height"]) == head_before + 2
+    assert (await admin(url))["blobs"] == 1
+
+
+def test_from_config() -> None:
+    cfg = config_mod.load({"DA_RPC_URL": "http://127.0.0.1:26658", "DA_NAMESPACE": NS.hex(), "DA_AUTH_TOKEN": "t",
+                           "DA_TIMEOUT_MS": "1500", "DA_RETRY_COUNT": "4", "DA_RETRY_DELAY_MS": "250"})
+    da = CelestiaDA.from_config(cfg)
+    assert (da.url, da.namespace, da.auth_token) == ("http://127.0.0.1:26658", NS, "t")
+    assert (da.timeout_s, da.retry_count, da.retry_delay_s, da.max_blob_bytes) == (1.5, 4, 0.25, cfg.blob_max_bytes)
+    assert da.name == "primary" and da.retries == 0
+    with pytest.raises(ValueError):
+        CelestiaDA("http://x", bytes(29))  # reserved namespace
+
+
+async def test_gas_price_option_follows_celestia_node_txconfig(nursery: trio.Nursery) -> None:
+    seen: list[Any] = []
+
+    def respond(req: dict[str, Any]) -> tuple[int, Any]:
+        seen.append(req["params"])
+        return 200, {"jsonrpc": "2.0", "id": req["id"], "result": 9}
+
+    fake = await FakeServer(respond).start(nursery)
+    async with make_client(fake.url) as estimate, make_client(fake.url, gas_price=0.004) as fixed:
+        await estimate.post(b"a")
+        await fixed.post(b"b")
+    (blobs, opts_estimate), (_, opts_fixed) = seen
+    assert blobs == [blob_obj(NS, b"a")]
+    assert opts_estimate == {}
+    assert opts_fixed == {"gas_price": 0.004, "is_gas_price_set": True}

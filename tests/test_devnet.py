@@ -1,0 +1,87 @@
+"""The devnet as a real process: CLI flags, graceful SIGTERM, chain kept on disk, port already taken."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from deploy.devnet import main
+from node.da.celestia import CelestiaDA
+from node.da.namespace import namespace_from_name
+from tests.proc import free_port
+
+TOKEN = "proc-secret"
+NS = namespace_from_name("dsdn-devnet-proc")
+
+
+def spawn(port: int, db: Path, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "deploy.devnet", "--port", str(port), "--db", str(db),
+                                 "--block-interval-ms", "50", "--auth-token", TOKEN],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+async def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    async with httpx.AsyncClient(timeout=1, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        with trio.move_on_after(timeout):
+            while proc.poll() is None:
+                try:
+                    if (await http.get(f"{url}/admin/status")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await trio.sleep(0.05)
+    raise AssertionError(f"devnet at {url} did not become ready (exit code {proc.poll()})")
+
+
+async def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
+    proc.send_signal(signal.SIGTERM)
+    with trio.fail_after(timeout):
+        while proc.poll() is None:
+            await trio.sleep(0.02)
+    return proc.returncode
+
+
+async def test_process_serves_stops_on_sigterm_and_keeps_its_chain(tmp_path: Path) -> None:
+    db, log = tmp_path / "chain" / "devnet.sqlite", tmp_path / "devnet.log"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = spawn(port, db, log)
+    try:
+        await wait_ready(url, proc)
+        async with CelestiaDA(url, NS, TOKEN, timeout_s=5, retry_count=0) as da:
+            ref = await da.post(b"on disk")
+            head = await da.head()
+        assert await stop(proc) == 0
+        assert "stopped cleanly" in log.read_text()
+        assert db.exists()
+
+        proc = spawn(port, db, log)
+        await wait_ready(url, proc)
+        async with CelestiaDA(url, NS, TOKEN, timeout_s=5, retry_count=0) as da:
+            assert await da.get(ref) == b"on disk"
+            assert await da.head() >= head
+
+        # A second devnet on the same port cannot start: exit code 1 and one clear line.
+        other = subprocess.run([sys.executable, "-m", "deploy.devnet", "--port", str(port), "--db", ":memory:"],
+                               capture_output=True, timeout=30)
+        assert other.returncode == 1 and b"cannot start" in other.stderr
+        assert await stop(proc) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_bad_flags_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--block-interval-ms", "0"], ["--port", "70000"], ["--port", "x"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+    assert "--block-interval-ms must be >= 1" in capsys.readouterr().err
