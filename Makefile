@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run run-single test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
+	$(BIN)/dsdn cluster up
+
+run-single: $(STAMP)
 	USE_MOCK_DA=true $(BIN)/dsdn-coordinator
 
 test: $(STAMP)

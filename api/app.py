@@ -20,7 +20,8 @@ from werkzeug.exceptions import HTTPException
 
 from api import validation as v
 from api.asgi_fix import shield_final_send
-from api.openapi import ROUTES, openapi_document
+from api.blobstore import BlobStore, register_blobstore_routes
+from api.openapi import QUORUM_ROUTES, ROUTES, openapi_document
 from node.coordinator import VERSION, Coordinator, NotFound
 from node.da.base import DAError
 from node.da.reconcile import AlreadyRunning
@@ -64,7 +65,11 @@ async def json_body() -> JSONDict:
     if request.mimetype != "application/json":
         raise ApiError(415, {"error": "unsupported_media_type",
                              "message": "send the body as JSON with Content-Type: application/json"})
+    if (request.content_length or 0) > MAX_BODY:
+        raise ApiError(413, {"error": "payload_too_large", "message": f"request body is larger than {MAX_BODY} bytes"})
     data = await request.get_data(as_text=False)
+    if len(data) > MAX_BODY:  # a body without Content-Length
+        raise ApiError(413, {"error": "payload_too_large", "message": f"request body is larger than {MAX_BODY} bytes"})
     try:
         body = json.loads(data, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -72,9 +77,10 @@ async def json_body() -> JSONDict:
     return v.require_object(body)
 
 
-def create_app(coord: Coordinator) -> QuartTrio:
+def create_app(coord: Coordinator, validator: BlobStore | None = None) -> QuartTrio:
+    """The coordinator's app; with ``validator`` it also hosts the quorum validator routes (/quorum/v1)."""
     app = QuartTrio("dsdn-coordinator")
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.config["MAX_CONTENT_LENGTH"] = max(MAX_BODY, validator.max_body_bytes if validator else 0)
     app.config["BODY_TIMEOUT"] = 30
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.asgi_app = shield_final_send(app.asgi_app)  # type: ignore[method-assign]
@@ -315,16 +321,18 @@ def create_app(coord: Coordinator) -> QuartTrio:
 
     @app.get("/openapi.json")
     async def openapi() -> JSONDict:
-        return openapi_document(VERSION)
+        return openapi_document(VERSION, quorum=validator is not None)
 
-    _check_routes(app)
+    if validator is not None:
+        register_blobstore_routes(app, validator)
+    _check_routes(app, quorum=validator is not None)
     return app
 
 
-def _check_routes(app: QuartTrio) -> None:
+def _check_routes(app: QuartTrio, quorum: bool) -> None:
     """Every served route is documented and every documented route is served."""
     served = {(m, r.rule) for r in app.url_map.iter_rules() if r.endpoint != "static"
               for m in (r.methods or ()) if m not in ("HEAD", "OPTIONS")}
-    documented = {(method, path) for method, path, *_ in ROUTES}
+    documented = {(method, path) for method, path, *_ in ROUTES + (QUORUM_ROUTES if quorum else [])}
     if served != documented:
         raise RuntimeError(f"OpenAPI and routes differ: {sorted(served ^ documented)}")

@@ -64,6 +64,15 @@ ROUTES: list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any], tuple[i
     ("GET", "/openapi.json", "This document", None, OBJ, ()),
 ]
 
+# Hosted only by a coordinator with QUORUM_VALIDATOR=true (api/blobstore.py documents them in full).
+QUORUM_ROUTES: list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any], tuple[int, ...]]] = [
+    ("POST", "/quorum/v1/blobs", "Store a blob (raw body, ?namespace=<58 hex>); returns the signed receipt",
+     None, OBJ, (413, 415, 422, 503)),
+    ("GET", "/quorum/v1/blobs/<blob_hash>", "A stored blob by SHA-256", None, OBJ, (404, 422)),
+    ("GET", "/quorum/v1/log", "Stored blobs in log order (?after=&limit=&namespace=)", None, OBJ, (422,)),
+    ("GET", "/quorum/v1/health", "Validator health, head position and public key", None, OBJ, ()),
+]
+
 _DESCRIPTIONS = {400: "Malformed JSON", 401: "Missing or wrong bearer token", 404: "Not found",
                  413: "Body too large", 415: "Content-Type is not application/json",
                  422: "Schema violation", 503: "Not ready / DA unavailable"}
@@ -73,9 +82,9 @@ def openapi_path(rule: str) -> str:
     return re.sub(r"<(?:[a-z]+:)?([A-Za-z_]+)>", r"{\1}", rule)
 
 
-def openapi_document(version: str) -> dict[str, Any]:
+def openapi_document(version: str, quorum: bool = False) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
-    for method, rule, summary, request_schema, ok_schema, errors in ROUTES:
+    for method, rule, summary, request_schema, ok_schema, errors in ROUTES + (QUORUM_ROUTES if quorum else []):
         op: dict[str, Any] = {
             "summary": summary,
             "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": ok_schema}}}},
@@ -92,7 +101,7 @@ def openapi_document(version: str) -> dict[str, Any]:
         for code in errors:
             op["responses"][str(code)] = {"description": _DESCRIPTIONS[code],
                                           "content": {"application/json": {"schema": ERROR}}}
-        if method == "POST" and rule not in ("/schedule",):
+        if method == "POST" and rule not in ("/schedule", "/quorum/v1/blobs"):
             op["security"] = [{"bearer": []}, {}]
         paths.setdefault(openapi_path(rule), {})[method.lower()] = op
     return {

@@ -39,12 +39,14 @@ class Member:
     ready_path: str
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)  # for the readiness probe
     process: trio.Process | None = None
     ready: bool = False
 
     def record(self) -> dict[str, Any]:
+        """Its cluster.json entry; ``env`` is what it was started with (enough to start it again)."""
         return {"role": self.role, "id": self.id, "pid": self.process.pid if self.process else None,
-                "url": self.url, "peer_address": None}
+                "url": self.url, "peer_address": None, "argv": self.argv, "env": self.env}
 
 
 def plan(n: int, base_port: int, data_dir: Path, block_interval_ms: int = 500) -> list[Member]:
@@ -55,8 +57,9 @@ def plan(n: int, base_port: int, data_dir: Path, block_interval_ms: int = 500) -
     store_url = f"http://127.0.0.1:{base_port + 101}"
     devnet = Member("devnet", "devnet", devnet_url, "/admin/status", [
         py, "-c", "from deploy.devnet import main; main()", "--port", str(base_port + 100),
-        "--db", str(data_dir / "devnet.sqlite"), "--block-interval-ms", str(block_interval_ms),
-        "--auth-token", token])
+        "--db", str(data_dir / "devnet.sqlite"), "--block-interval-ms", str(block_interval_ms)],
+        {"DEVNET_AUTH_TOKEN": token},  # in the environment, not on the command line (ps shows argv)
+        {"Authorization": f"Bearer {token}"})
     store = Member("emergency-da", "blobstore", store_url, "/quorum/v1/health", [
         py, "-c", "from deploy.blobstore import main; main()", "--port", str(base_port + 101),
         "--data-dir", str(data_dir / "blobstore")])
@@ -70,6 +73,7 @@ def plan(n: int, base_port: int, data_dir: Path, block_interval_ms: int = 500) -
         "ENABLE_FALLBACK": "true", "FALLBACK_DA_TYPE": "quorum", "QUORUM_VALIDATORS": ",".join(urls),
         "QUORUM_VALIDATOR_KEYS": ",".join(keys), "QUORUM_VALIDATOR": "true", "EMERGENCY_DA_URL": store_url,
         "CLUSTER_MEMBER_KEYS": ",".join(keys), "PUBLISH_INTERVAL_MS": "50", "QUORUM_SIGNATURE_TIMEOUT_MS": "2000",
+        "RECONCILE_PARALLEL": "true", "RECONCILE_RETRY_DELAY_MS": "500",
     }
     coordinators = [
         Member("coordinator", cid, url, "/ready", [py, "-m", "node.main"],
@@ -95,8 +99,10 @@ async def _pump(member: Member, stream: trio.abc.ReceiveStream) -> None:
 
 async def _start(nursery: trio.Nursery, member: Member) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **member.env}
+    # A session of its own: Ctrl-C in the terminal reaches only us, and we stop the children in order.
     member.process = await trio.lowlevel.open_process(member.argv, env=env, stdout=subprocess.PIPE,
-                                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                      start_new_session=True)
     assert member.process.stdout is not None
     nursery.start_soon(_pump, member, member.process.stdout)
 
@@ -107,7 +113,7 @@ async def _wait_ready(member: Member, http: httpx.AsyncClient) -> None:
             if member.process is not None and member.process.returncode is not None:
                 raise RuntimeError(f"{member.id} exited with code {member.process.returncode}")
             try:
-                if (await http.get(member.url + member.ready_path)).status_code == 200:
+                if (await http.get(member.url + member.ready_path, headers=member.headers)).status_code == 200:
                     member.ready = True
                     return
             except httpx.TransportError:
@@ -136,6 +142,13 @@ async def _stop(members: list[Member]) -> None:
                 await m.process.wait()
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (it holds the devnet's auth token)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
 def table(members: list[Member]) -> str:
     rows = [f"{'role':<14} {'id':<16} {'pid':>7}  {'url':<28} ready"]
     for m in members:
@@ -162,7 +175,7 @@ async def run_cluster(n: int, base_port: int, data_dir: Path, block_interval_ms:
                         await _start(nursery, m)
                     for m in members[2:]:
                         await _wait_ready(m, http)
-                (data_dir / "cluster.json").write_text(json.dumps(
+                _write_private(data_dir / "cluster.json", json.dumps(
                     {"data_dir": str(data_dir), "processes": [m.record() for m in members]}, indent=2) + "\n")
                 print("\n" + table(members) + f"\n\ncluster.json: {data_dir / 'cluster.json'}\n"
                       "Press Ctrl-C to stop.\n", flush=True)

@@ -38,15 +38,19 @@ class Config:
     da_timeout_ms: int = 30000
     da_retry_count: int = 3
     da_retry_delay_ms: int = 1000
+    da_gas_price: float = -1.0  # -1: the node estimates the gas price
     use_mock_da: bool = False
     mock_da_path: str = ""  # "" = <data_dir>/mock-da.sqlite; ":memory:" = in-process only
     # Fallback DA
     enable_fallback: bool = False
     fallback_da_type: str = "none"
     quorum_validators: tuple[str, ...] = ()
+    quorum_validator_keys: tuple[bytes, ...] = ()  # expected keys, in the order of quorum_validators
+    quorum_validator: bool = False  # host the validator routes (/quorum/v1) in this coordinator
     quorum_threshold: int = 67
     quorum_signature_timeout_ms: int = 5000
     emergency_da_url: str | None = None
+    emergency_da_key: bytes | None = None
     # Reconciliation
     reconcile_batch_size: int = 10
     reconcile_retry_delay_ms: int = 1000
@@ -104,6 +108,19 @@ def _int(env: Mapping[str, str], var: str, default: int, lo: int, hi: int) -> in
     return value
 
 
+def _float(env: Mapping[str, str], var: str, default: float, lo: float, hi: float) -> float:
+    raw = _get(env, var)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(var, raw, f"a number from {lo:g} to {hi:g}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(var, raw, f"a number from {lo:g} to {hi:g}")
+    return value
+
+
 def _choice(env: Mapping[str, str], var: str, default: str, choices: tuple[str, ...]) -> str:
     raw = _get(env, var)
     if raw is None:
@@ -147,8 +164,8 @@ def _namespace(env: Mapping[str, str]) -> bytes | None:
         raise ConfigError("DA_NAMESPACE", raw, f"a valid Celestia namespace; {reason}") from None
 
 
-def _member_keys(env: Mapping[str, str]) -> tuple[bytes, ...]:
-    raw = _get(env, "CLUSTER_MEMBER_KEYS")
+def _keys(env: Mapping[str, str], var: str) -> tuple[bytes, ...]:
+    raw = _get(env, var)
     if raw is None:
         return ()
     keys = []
@@ -157,9 +174,7 @@ def _member_keys(env: Mapping[str, str]) -> tuple[bytes, ...]:
         if not part:
             continue
         if not re.fullmatch(r"[0-9a-fA-F]{64}", part):
-            raise ConfigError(
-                "CLUSTER_MEMBER_KEYS", raw, "comma-separated Ed25519 public keys, 64 hex characters each"
-            )
+            raise ConfigError(var, raw, "comma-separated Ed25519 public keys, 64 hex characters each")
         keys.append(bytes.fromhex(part))
     return tuple(keys)
 
@@ -190,6 +205,13 @@ def load(env: Mapping[str, str]) -> Config:
     validators = tuple(v.strip() for v in (validators_raw or "").split(",") if v.strip())
     if enable_fallback and fallback_type == "quorum" and not validators:
         raise ConfigError("QUORUM_VALIDATORS", validators_raw, "comma-separated validator addresses")
+    validator_keys = _keys(env, "QUORUM_VALIDATOR_KEYS")
+    if validator_keys and len(validator_keys) != len(validators):
+        raise ConfigError("QUORUM_VALIDATOR_KEYS", env.get("QUORUM_VALIDATOR_KEYS"),
+                          f"one key per QUORUM_VALIDATORS entry ({len(validators)}), in the same order")
+    emergency_keys = _keys(env, "EMERGENCY_DA_KEY")
+    if len(emergency_keys) > 1:
+        raise ConfigError("EMERGENCY_DA_KEY", env.get("EMERGENCY_DA_KEY"), "one Ed25519 public key (64 hex)")
     emergency_url = _url(env, "EMERGENCY_DA_URL")
     if enable_fallback and fallback_type == "emergency" and emergency_url is None:
         raise ConfigError("EMERGENCY_DA_URL", None, "the emergency DA URL when FALLBACK_DA_TYPE=emergency")
@@ -207,14 +229,18 @@ def load(env: Mapping[str, str]) -> Config:
         da_timeout_ms=_int(env, "DA_TIMEOUT_MS", 30000, 1, 3_600_000),
         da_retry_count=_int(env, "DA_RETRY_COUNT", 3, 0, 100),
         da_retry_delay_ms=_int(env, "DA_RETRY_DELAY_MS", 1000, 0, 3_600_000),
+        da_gas_price=_float(env, "DA_GAS_PRICE", -1.0, -1.0, 1e6),
         use_mock_da=use_mock,
         mock_da_path=_get(env, "MOCK_DA_PATH") or "",
         enable_fallback=enable_fallback,
         fallback_da_type=fallback_type,
         quorum_validators=validators,
+        quorum_validator_keys=validator_keys,
+        quorum_validator=_bool(env, "QUORUM_VALIDATOR", False),
         quorum_threshold=_int(env, "QUORUM_THRESHOLD", 67, 1, 100),
         quorum_signature_timeout_ms=_int(env, "QUORUM_SIGNATURE_TIMEOUT_MS", 5000, 1, 3_600_000),
         emergency_da_url=emergency_url,
+        emergency_da_key=emergency_keys[0] if emergency_keys else None,
         reconcile_batch_size=_int(env, "RECONCILE_BATCH_SIZE", 10, 1, 10_000),
         reconcile_retry_delay_ms=_int(env, "RECONCILE_RETRY_DELAY_MS", 1000, 0, 3_600_000),
         reconcile_max_retries=_int(env, "RECONCILE_MAX_RETRIES", 3, 0, 1000),
@@ -225,7 +251,7 @@ def load(env: Mapping[str, str]) -> Config:
         data_dir=data_dir,
         api_token=api_token,
         stats_ttl_ms=_int(env, "STATS_TTL_MS", 300_000, 1, 86_400_000),
-        cluster_member_keys=_member_keys(env),
+        cluster_member_keys=_keys(env, "CLUSTER_MEMBER_KEYS"),
         publish_interval_ms=_int(env, "PUBLISH_INTERVAL_MS", 200, 1, 600_000),
         snapshot_interval_ms=_int(env, "SNAPSHOT_INTERVAL_MS", 30_000, 100, 86_400_000),
         blob_max_bytes=_int(env, "DA_BLOB_MAX_BYTES", 1_992_294, 4096, 8 * 1024 * 1024),

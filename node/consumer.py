@@ -75,13 +75,18 @@ class Consumer:
             try:
                 at_head = await self.poll_once()
             except DAError as exc:
+                if self.last_ok:  # once per failure streak; the rest at debug level
+                    log.warning("reading %s failed (cursor %d); retrying with backoff: %s", self.da.name,
+                                self.cursor, exc)
                 self.last_ok = False
                 self.on_result(False, str(exc))
                 delay = self._backoff.next()
-                log.warning("reading DA failed (cursor %d, retry in %.2fs): %s", self.cursor, delay, exc)
+                log.debug("reading %s failed again (retry in %.2fs): %s", self.da.name, delay, exc)
                 await trio.sleep(delay)
                 continue
             self._backoff.reset()
+            if not self.last_ok:
+                log.info("reading %s works again (cursor %d)", self.da.name, self.cursor)
             self.last_ok = True
             self.on_result(True, None)
             if at_head:

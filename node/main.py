@@ -11,6 +11,7 @@ import gc
 import logging
 import os
 import signal
+import sqlite3
 import sys
 from functools import partial
 
@@ -19,8 +20,10 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve
 
 from api.app import create_app
+from api.blobstore import BlobStore
 from node import config as config_mod
 from node.coordinator import Coordinator
+from node.da.factory import build_layers
 
 log = logging.getLogger("dsdn.main")
 
@@ -29,6 +32,7 @@ def setup_logging() -> None:
     level = os.environ.get("LOG_LEVEL", "INFO").upper()
     logging.basicConfig(level=level if level in logging.getLevelNamesMapping() else "INFO",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at INFO
 
 
 async def _watch_signals(stop: trio.Event) -> None:
@@ -61,8 +65,10 @@ def hypercorn_config(host: str, port: int) -> HyperConfig:
 
 async def run(cfg: config_mod.Config) -> None:
     tune_gc()
-    coord = Coordinator(cfg)
-    app = create_app(coord)
+    layers = build_layers(cfg)
+    coord = Coordinator(cfg, layers.primary, layers.secondary, layers.emergency, layers.followed)
+    validator = BlobStore(cfg.data_dir) if cfg.quorum_validator else None
+    app = create_app(coord, validator)
     hcfg = hypercorn_config(cfg.host, cfg.port)
     stop = trio.Event()
     async with trio.open_nursery() as outer:
@@ -70,11 +76,15 @@ async def run(cfg: config_mod.Config) -> None:
         await outer.start(coord.run)
         async with trio.open_nursery() as http:
             binds = await http.start(partial(serve, app, hcfg, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
-            log.info("coordinator %s listening on %s (public key %s, DA: %s)", coord.id, ", ".join(binds),
-                     coord.public_key.hex(), "mock " + (cfg.mock_da_file if cfg.mock_da_path != ":memory:" else
-                                                       "in memory"))
+            primary = (("mock " + (cfg.mock_da_file if cfg.mock_da_path != ":memory:" else "in memory"))
+                       if cfg.use_mock_da else f"celestia {cfg.da_rpc_url}")
+            log.info("coordinator %s listening on %s (public key %s; DA primary: %s; layers: %s; follows: %s%s)",
+                     coord.id, ", ".join(binds), coord.public_key.hex(), primary, ", ".join(coord.da.layers),
+                     ", ".join(coord.da.followed), "; hosts a quorum validator" if validator else "")
             outer.start_soon(_announce_ready, coord)
         outer.cancel_scope.cancel()
+    if validator is not None:
+        validator.close()
     log.info("stopped cleanly")
 
 
@@ -91,13 +101,9 @@ def main() -> None:
     except config_mod.ConfigError as exc:
         print(f"dsdn-coordinator: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
-    if not cfg.use_mock_da:
-        print("dsdn-coordinator: configuration error: USE_MOCK_DA=false needs the Celestia client, which this "
-              "build does not have yet; set USE_MOCK_DA=true", file=sys.stderr)
-        sys.exit(2)
     try:
         trio.run(run, cfg)
-    except* OSError as group:
+    except* (OSError, sqlite3.Error) as group:
         for exc in group.exceptions:
             print(f"dsdn-coordinator: cannot start: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -81,8 +81,8 @@ class Publisher:
                 self.last_error = str(exc)
                 self.on_result(False, str(exc))
                 delay = self._backoff.next()
-                log.warning("publish failed (%s pending events kept, retry in %.2fs): %s",
-                            self.outbox.pending, delay, exc)
+                (log.warning if self._backoff.attempt == 1 else log.debug)(
+                    "publish failed (%s pending events kept, retry in %.2fs): %s", self.outbox.pending, delay, exc)
                 await trio.sleep(delay)
                 continue
             self._backoff.reset()

@@ -19,7 +19,8 @@ import pytest
 import trio
 from quart_trio import QuartTrio
 
-from deploy.blobstore import BlobStore, register_blobstore_routes, serve_blobstore, serve_store
+from api.blobstore import BlobStore, register_blobstore_routes
+from deploy.blobstore import serve_blobstore, serve_store
 from node.da.base import BlobNotFound, BlobRef, DATimeout, DAUnavailable
 from node.da.blobstore_client import (
     DEFAULT_NAMESPACE,

@@ -145,15 +145,15 @@ def test_port_in_use_exits_1_with_a_clear_message(tmp_path: Path) -> None:
 def test_dsdn_namespace_prints_a_valid_namespace() -> None:
     from node.da.namespace import validate_namespace
 
-    out = subprocess.run([sys.executable, "-m", "node.cli", "namespace", "my-cluster"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "deploy.cli", "namespace", "my-cluster"], capture_output=True,
                          text=True, timeout=30, check=True).stdout.strip()
     assert len(out) == 58
     validate_namespace(bytes.fromhex(out))
 
 
 def test_dsdn_cli_prints_the_identity(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "node.cli", "identity", "--data-dir", str(tmp_path)],
+    out = subprocess.run([sys.executable, "-m", "deploy.cli", "identity", "--data-dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=30, check=True).stdout.strip()
-    again = subprocess.run([sys.executable, "-m", "node.cli", "identity", "--data-dir", str(tmp_path)],
+    again = subprocess.run([sys.executable, "-m", "deploy.cli", "identity", "--data-dir", str(tmp_path)],
                            capture_output=True, text=True, timeout=30, check=True).stdout.strip()
     assert len(out) == 64 and out == again and (tmp_path / "identity.key").stat().st_mode & 0o077 == 0

@@ -154,7 +154,7 @@ class CelestiaDA:
             raise ValueError("CelestiaDA needs DA_RPC_URL and DA_NAMESPACE")
         return cls(cfg.da_rpc_url, cfg.da_namespace, cfg.da_auth_token, timeout_s=cfg.da_timeout_ms / 1000,
                    retry_count=cfg.da_retry_count, retry_delay_s=cfg.da_retry_delay_ms / 1000,
-                   max_blob_bytes=cfg.blob_max_bytes, name=name)
+                   max_blob_bytes=cfg.blob_max_bytes, gas_price=cfg.da_gas_price, name=name)
 
     # ---- HTTP client lifecycle ------------------------------------------------------------------
 

@@ -61,9 +61,10 @@ class DAStack:
 
     def _log_transition(self) -> None:
         if self.machine.status is not self._last_status:
+            entering_fallback = self.machine.status in (Status.DEGRADED, Status.EMERGENCY)
             log.warning("DA status %s -> %s (routing: %s)%s", self._last_status.value, self.machine.status.value,
                         self.machine.snapshot().routing,
-                        f": {self.machine.fallback_reason}" if self.machine.fallback_reason else "")
+                        f": {self.machine.fallback_reason}" if entering_fallback else "")
             self._last_status = self.machine.status
 
     async def check_once(self) -> None:

@@ -1,6 +1,10 @@
-"""The ``dsdn`` command line. Subcommands: ``identity`` (print a data dir's public key, creating the
-key if needed, for CLUSTER_MEMBER_KEYS), ``namespace NAME`` (a valid Celestia namespace for DA_NAMESPACE),
-``version``."""
+"""The ``dsdn`` command line.
+
+``cluster up`` (a local cluster: devnet + emergency blob store + N coordinators), ``devnet`` (the local
+Celestia-compatible DA node), ``blobstore`` (the blob-store service), ``identity`` (print a data dir's
+public key, creating the key if needed, for CLUSTER_MEMBER_KEYS), ``namespace NAME`` (a valid Celestia
+namespace for DA_NAMESPACE), ``version``.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +18,24 @@ from node.da.namespace import namespace_from_name
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    # Services parse their own flags: everything after the subcommand goes to them.
+    if argv[:2] == ["cluster", "up"]:
+        from deploy import cluster
+
+        cluster.main(argv[2:])
+        return
+    if argv[:1] in (["devnet"], ["blobstore"]):
+        from deploy import blobstore, devnet
+
+        (devnet if argv[0] == "devnet" else blobstore).main(argv[1:])
+        return
     parser = argparse.ArgumentParser(prog="dsdn", description="DSDN coordinator tools")
     sub = parser.add_subparsers(dest="command", required=True)
+    cl = sub.add_parser("cluster", help="local cluster: `dsdn cluster up [-n N] [--base-port P] [--data-dir D]`")
+    cl.add_argument("action", choices=["up"])
+    sub.add_parser("devnet", help="run the local Celestia-compatible devnet (`dsdn devnet --help`)")
+    sub.add_parser("blobstore", help="run the blob-store service (`dsdn blobstore --help`)")
     ident = sub.add_parser("identity", help="print the coordinator public key of a data dir (creating it)")
     ident.add_argument("--data-dir", default=".dsdn/coordinator-0", help="coordinator data dir")
     ns = sub.add_parser("namespace", help="print a valid Celestia v0 namespace (for DA_NAMESPACE) derived from NAME")

@@ -1,0 +1,327 @@
+"""The blob store: an append-only, signed blob log over HTTP, backed by SQLite. The ``dsdn blobstore``
+service (deploy/blobstore.py) serves it alone, as the emergency DA (EMERGENCY_DA_URL) or one QuorumDA
+validator (QUORUM_VALIDATORS); a coordinator with QUORUM_VALIDATOR=true hosts the same routes in its own
+app (``register_blobstore_routes``).
+
+Routes (prefix /quorum/v1). Every error is JSON ``{"error": <code>, "message": <text>}``, never a 500 for bad
+input; hashes, keys, signatures and namespaces are lowercase hex, blob data in answers is base64.
+
+``POST /quorum/v1/blobs?namespace=<58 hex>`` with the raw blob as the body, ``Content-Type:
+application/octet-stream`` → 200 ``{"position", "hash", "signature", "validator", "duplicate"}``.
+    Raw bytes rather than base64-in-JSON so the body limit (default 2 MiB) is the blob limit: the
+    coordinator's DA_BLOB_MAX_BYTES default (1,992,294) fits, which it would not after base64 (+33%).
+    Idempotent by (namespace, sha256(data)): the same blob again returns its first position with
+    ``"duplicate": true``. Errors: 415 other content type, 422 missing/bad namespace or empty body,
+    413 body over the limit, 503 storage failure.
+``GET /quorum/v1/blobs/<hash>[?namespace=<hex>]`` → 200 ``{"position", "hash", "namespace", "data", "signature",
+    "validator"}`` (the earliest copy if the hash is in several namespaces and none is given);
+    404 ``{"error": "blob_not_found"}``; 422 bad hash or namespace.
+``GET /quorum/v1/log?after=<position>&limit=<1..1000>[&namespace=<hex>]`` (defaults after=0, limit=100) →
+    200 ``{"items": [{"position", "hash", "namespace", "data"}, ...], "head", "cursor", "at_head"}``: blobs in
+    log order after ``after``, at most ``limit`` and about 8 MiB of data (always at least one). ``head`` is
+    the newest position in the whole log; ``cursor`` is where to continue: the last item returned, or
+    ``head`` when the page reached the end (so a follower of one namespace skips the others' blobs).
+``GET /quorum/v1/health`` → 200 ``{"ok": true, "head", "public_key"}``.
+
+Positions start at 1 and grow by one per new blob, across namespaces. The signature is Ed25519 by the
+store's key over ``signed_message(namespace, sha256(data))`` (node/da/blobstore_client.py), exactly::
+
+    b"dsdn-quorum-v1" || namespace (29 bytes) || sha256(data) (32 bytes)       -- 75 bytes
+
+It is only issued after the blob is committed (SQLite WAL, synchronous=FULL), so it means "stored durably".
+Files: ``<data_dir>/blobs.sqlite3`` and the key ``<data_dir>/identity.key`` (node.identity.load_or_create).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import re
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+from quart import Blueprint, Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from api.asgi_fix import shield_final_send
+from node.da.blobstore_client import MAX_LOG_LIMIT, NAMESPACE_LEN, PREFIX, signed_message
+from node.identity import load_or_create
+
+log = logging.getLogger("dsdn.blobstore")
+T = TypeVar("T")
+DEFAULT_MAX_BODY = 2 * 1024 * 1024
+DEFAULT_LOG_LIMIT = 100
+LOG_PAGE_BYTES = 8 * 1024 * 1024
+DB_FILE = "blobs.sqlite3"
+JSONDict = dict[str, Any]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS blobs (
+    position INTEGER PRIMARY KEY AUTOINCREMENT,
+    namespace BLOB NOT NULL,
+    hash BLOB NOT NULL,
+    data BLOB NOT NULL,
+    stored_ms INTEGER NOT NULL,
+    UNIQUE (namespace, hash)
+);
+CREATE INDEX IF NOT EXISTS blobs_by_hash ON blobs (hash);
+CREATE INDEX IF NOT EXISTS blobs_by_namespace ON blobs (namespace, position);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    position: int
+    blob_hash: bytes
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    position: int
+    namespace: bytes
+    blob_hash: bytes
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LogPage:
+    items: list[Record]
+    head: int
+    cursor: int
+    at_head: bool
+
+
+class BlobStore:
+    """The SQLite blob log and the signing key. All SQLite work runs in ``trio.to_thread`` under one lock."""
+
+    def __init__(self, data_dir: Path, *, max_body_bytes: int = DEFAULT_MAX_BODY) -> None:
+        if max_body_bytes < 1:
+            raise ValueError("max_body_bytes must be positive")
+        self.max_body_bytes = max_body_bytes
+        self.key = load_or_create(data_dir)  # creates data_dir
+        self._db = sqlite3.connect(str(data_dir / DB_FILE), check_same_thread=False, isolation_level=None,
+                                   timeout=30.0)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._lock = trio.Lock()
+
+    @property
+    def public_key(self) -> bytes:
+        return bytes(self.key.verify_key)
+
+    def sign(self, namespace: bytes, blob_hash: bytes) -> bytes:
+        return self.key.sign(signed_message(namespace, blob_hash)).signature
+
+    def close(self) -> None:
+        self._db.close()
+
+    async def _db_call(self, fn: Callable[..., T], *args: object) -> T:
+        async with self._lock:
+            return await trio.to_thread.run_sync(fn, *args)
+
+    async def put(self, namespace: bytes, data: bytes) -> Stored:
+        """Store ``data`` durably (or find it already stored) and return its position."""
+        blob_hash = hashlib.sha256(data).digest()
+
+        def insert() -> Stored:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT position FROM blobs WHERE namespace = ? AND hash = ?",
+                                       (namespace, blob_hash)).fetchone()
+                if row is None:  # look first: a conflicting INSERT would still use up a position
+                    cur = self._db.execute("INSERT INTO blobs (namespace, hash, data, stored_ms) VALUES (?, ?, ?, ?)",
+                                           (namespace, blob_hash, data, time.time_ns() // 1_000_000))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            if row is not None:
+                return Stored(int(row[0]), blob_hash, True)
+            return Stored(int(cur.lastrowid or 0), blob_hash, False)
+
+        return await self._db_call(insert)
+
+    async def by_hash(self, blob_hash: bytes, namespace: bytes | None = None) -> Record | None:
+        def read() -> Record | None:
+            if namespace is None:
+                row = self._db.execute("SELECT position, namespace, hash, data FROM blobs WHERE hash = ? "
+                                       "ORDER BY position LIMIT 1", (blob_hash,)).fetchone()
+            else:
+                row = self._db.execute("SELECT position, namespace, hash, data FROM blobs WHERE hash = ? "
+                                       "AND namespace = ?", (blob_hash, namespace)).fetchone()
+            return None if row is None else Record(int(row[0]), bytes(row[1]), bytes(row[2]), bytes(row[3]))
+
+        return await self._db_call(read)
+
+    async def log(self, after: int, limit: int, namespace: bytes | None = None) -> LogPage:
+        def read() -> LogPage:
+            self._db.execute("BEGIN")  # one snapshot for the items and the head
+            try:
+                if namespace is None:
+                    cur = self._db.execute("SELECT position, namespace, hash, data FROM blobs WHERE position > ? "
+                                           "ORDER BY position LIMIT ?", (after, limit))
+                else:
+                    cur = self._db.execute("SELECT position, namespace, hash, data FROM blobs WHERE namespace = ? "
+                                           "AND position > ? ORDER BY position LIMIT ?", (namespace, after, limit))
+                items: list[Record] = []
+                size, full = 0, False
+                for row in cur:
+                    if items and size + len(row[3]) > LOG_PAGE_BYTES:
+                        full = True
+                        break
+                    items.append(Record(int(row[0]), bytes(row[1]), bytes(row[2]), bytes(row[3])))
+                    size += len(row[3])
+                head = int(self._db.execute("SELECT MAX(position) FROM blobs").fetchone()[0] or 0)
+            finally:
+                self._db.execute("COMMIT")
+            cursor = items[-1].position if full or len(items) == limit else max(after, head)
+            return LogPage(items, head, cursor, cursor >= head)
+
+        return await self._db_call(read)
+
+    async def head(self) -> int:
+        def read() -> int:
+            return int(self._db.execute("SELECT MAX(position) FROM blobs").fetchone()[0] or 0)
+
+        return await self._db_call(read)
+
+
+# ---- HTTP ------------------------------------------------------------------------------------------------
+
+
+class Reject(Exception):
+    """A request the store refuses; becomes a JSON error answer."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.error, self.message = status, error, message
+
+
+def _json(value: JSONDict, status: int = 200) -> Response:
+    return Response(json.dumps(value, separators=(",", ":")), status, {"Content-Type": "application/json"})
+
+
+def _hex_arg(raw: str | None, size: int, field: str) -> bytes:
+    if raw is None or not re.fullmatch(f"[0-9a-fA-F]{{{2 * size}}}", raw):
+        raise Reject(422, "invalid_request", f"{field} must be {2 * size} hexadecimal characters ({size} bytes)")
+    return bytes.fromhex(raw)
+
+
+def _namespace_arg() -> bytes | None:
+    """The optional ``namespace`` query argument."""
+    raw = request.args.get("namespace")
+    return None if raw is None else _hex_arg(raw, NAMESPACE_LEN, "namespace")
+
+
+def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not re.fullmatch(r"[0-9]{1,19}", raw) or not lo <= int(raw) <= hi:
+        raise Reject(422, "invalid_request", f"{name} must be an integer from {lo} to {hi}")
+    return int(raw)
+
+
+def _too_large(store: BlobStore) -> Response:
+    return _json({"error": "payload_too_large",
+                  "message": f"request body is larger than {store.max_body_bytes} bytes"}, 413)
+
+
+def register_blobstore_routes(app: QuartTrio, store: BlobStore) -> None:
+    """Add the blob-store routes (under /quorum/v1) and their JSON error handlers to ``app``."""
+    bp = Blueprint("blobstore", __name__, url_prefix=PREFIX)
+
+    @bp.errorhandler(Reject)
+    async def rejected(e: Reject) -> Response:
+        return _json({"error": e.error, "message": e.message}, e.status)
+
+    @bp.errorhandler(sqlite3.Error)
+    async def storage_failed(e: sqlite3.Error) -> Response:
+        log.error("blob store storage error on %s %s: %s", request.method, request.path, e)
+        return _json({"error": "storage_unavailable", "message": f"the blob store cannot use its database: {e}"}, 503)
+
+    @bp.errorhandler(HTTPException)
+    async def http_error(e: HTTPException) -> Response:
+        if e.code == 413:
+            return _too_large(store)
+        return _json({"error": e.name.lower().replace(" ", "_"), "message": e.description or e.name}, e.code or 500)
+
+    @bp.post("/blobs")
+    async def post_blob() -> Response:
+        if request.mimetype != "application/octet-stream":
+            raise Reject(415, "unsupported_media_type",
+                         "send the blob as the raw body with Content-Type: application/octet-stream")
+        namespace = _hex_arg(request.args.get("namespace"), NAMESPACE_LEN, "namespace")
+        if request.content_length is not None and request.content_length > store.max_body_bytes:
+            return _too_large(store)
+        data = await request.get_data(cache=False, as_text=False)
+        if len(data) > store.max_body_bytes:
+            return _too_large(store)
+        if not data:
+            raise Reject(422, "invalid_request", "the blob is empty")
+        stored = await store.put(namespace, data)
+        return _json({"position": stored.position, "hash": stored.blob_hash.hex(),
+                      "signature": store.sign(namespace, stored.blob_hash).hex(),
+                      "validator": store.public_key.hex(), "duplicate": stored.duplicate})
+
+    @bp.get("/blobs/<blob_hash>")
+    async def get_blob(blob_hash: str) -> Response:
+        wanted = _hex_arg(blob_hash, 32, "hash")
+        record = await store.by_hash(wanted, _namespace_arg())
+        if record is None:
+            raise Reject(404, "blob_not_found", f"no blob with hash {wanted.hex()}")
+        return _json({"position": record.position, "hash": record.blob_hash.hex(), "namespace": record.namespace.hex(),
+                      "data": base64.b64encode(record.data).decode(),
+                      "signature": store.sign(record.namespace, record.blob_hash).hex(),
+                      "validator": store.public_key.hex()})
+
+    @bp.get("/log")
+    async def get_log() -> Response:
+        after = _int_arg("after", 0, 0, 2**63 - 1)
+        limit = _int_arg("limit", DEFAULT_LOG_LIMIT, 1, MAX_LOG_LIMIT)
+        page = await store.log(after, limit, _namespace_arg())
+        items = [{"position": r.position, "hash": r.blob_hash.hex(), "namespace": r.namespace.hex(),
+                  "data": base64.b64encode(r.data).decode()} for r in page.items]
+        return _json({"items": items, "head": page.head, "cursor": page.cursor, "at_head": page.at_head})
+
+    @bp.get("/health")
+    async def health() -> Response:
+        return _json({"ok": True, "head": await store.head(), "public_key": store.public_key.hex()})
+
+    app.register_blueprint(bp)
+
+
+def create_blobstore_app(store: BlobStore) -> QuartTrio:
+    """A stand-alone app serving only the blob store, with JSON errors for every path."""
+    app = QuartTrio("dsdn-blobstore")
+    app.config["MAX_CONTENT_LENGTH"] = store.max_body_bytes
+    app.config["BODY_TIMEOUT"] = 30
+    app.asgi_app = shield_final_send(app.asgi_app)  # type: ignore[method-assign]
+
+    @app.errorhandler(HTTPException)
+    async def http_error(e: HTTPException) -> Response:
+        if e.code == 413:
+            return _too_large(store)
+        names = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
+        message = f"no route for {request.method} {request.path}" if e.code == 404 else (e.description or e.name)
+        return _json({"error": names.get(e.code or 500, e.name.lower().replace(" ", "_")), "message": message},
+                     e.code or 500)
+
+    @app.errorhandler(Exception)
+    async def internal(e: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _json({"error": "internal", "message": f"internal error ({type(e).__name__}); see the blob store log"},
+                     500)
+
+    register_blobstore_routes(app, store)
+    return app
