@@ -194,7 +194,25 @@ class QuorumDA:
                     page.cursor, page.at_head)
 
     async def head(self) -> int:
-        return await self._validators[self.follow_index].head()
+        """The followed validator's head, but only while enough validators answer to reach the threshold:
+        a health check must fail when a post could not succeed."""
+        heads: dict[int, int] = {}
+        errors: list[str] = []
+
+        async def ask(index: int, validator: BlobStoreDA) -> None:
+            try:
+                with trio.fail_after(self.signature_timeout_s):
+                    heads[index] = await validator.head()
+            except (DAError, trio.TooSlowError) as exc:
+                errors.append(f"{validator.name}: {exc or 'no answer'}")
+
+        async with trio.open_nursery() as nursery:
+            for index, validator in enumerate(self._validators):
+                nursery.start_soon(ask, index, validator)
+        if len(heads) < self.required:
+            raise DAUnavailable(f"{self.name}: {len(heads)} of {len(self._validators)} validators answer, "
+                                f"{self.required} needed: " + "; ".join(errors))
+        return heads.get(self.follow_index, max(heads.values()))
 
     # ---- internals ---------------------------------------------------------------------------------
 
