@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import sqlite3
-import sys
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -20,6 +17,7 @@ from hypercorn.trio import serve
 
 from api.blobstore import DEFAULT_MAX_BODY, BlobStore, create_blobstore_app
 from node.main import hypercorn_config
+from node.process import run_process, setup_logging, stop_on_signals
 
 log = logging.getLogger("dsdn.blobstore")
 
@@ -49,18 +47,10 @@ async def serve_blobstore(host: str, port: int, data_dir: Path, *, max_body_byte
         store.close()
 
 
-async def _watch_signals(stop: trio.Event) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("received %s, shutting down", signal.Signals(signum).name)
-            stop.set()
-            return
-
-
 async def _run(args: argparse.Namespace) -> None:
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_signals, stop)
+        nursery.start_soon(stop_on_signals, stop)
         await nursery.start(partial(serve_blobstore, args.host, args.port, Path(args.data_dir),
                                     max_body_bytes=args.max_body_bytes, shutdown_trigger=stop.wait))
     log.info("stopped cleanly")
@@ -78,18 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535 or args.max_body_bytes < 1:
         parser.error("--port must be 0..65535 and --max-body-bytes positive")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    try:
-        trio.run(_run, args)
-    except* ValueError as group:  # a corrupt identity.key
-        for exc in group.exceptions:
-            print(f"dsdn blobstore: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except* (OSError, sqlite3.Error) as group:
-        for exc in group.exceptions:
-            print(f"dsdn blobstore: cannot start: {exc}", file=sys.stderr)
-        sys.exit(1)
+    setup_logging()
+    run_process("dsdn blobstore", _run, args)
 
 
 if __name__ == "__main__":

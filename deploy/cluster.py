@@ -26,6 +26,7 @@ import trio
 
 from node import identity
 from node.da.namespace import namespace_from_name
+from node.process import run_process, stop_on_signals
 
 STOP_TIMEOUT_S = 10.0
 READY_TIMEOUT_S = 60.0
@@ -164,7 +165,7 @@ async def run_cluster(n: int, base_port: int, data_dir: Path, block_interval_ms:
     stop = trio.Event()
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_signals, stop)
+            nursery.start_soon(stop_on_signals, stop)
             try:
                 async with httpx.AsyncClient(timeout=2.0) as http:
                     for m in members[:2]:  # the DA services first
@@ -189,13 +190,6 @@ async def run_cluster(n: int, base_port: int, data_dir: Path, block_interval_ms:
         print("[cluster] stopped", flush=True)
 
 
-async def _watch_signals(stop: trio.Event) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
-            stop.set()
-            return
-
-
 async def _wait_for_stop_or_exit(stop: trio.Event, members: list[Member]) -> None:
     while not stop.is_set():
         for m in members:
@@ -216,9 +210,4 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("-n must be from 1 to 50")
     if not 1 <= args.base_port <= 65535 - 101:
         parser.error("--base-port must leave room for base-port + 101")
-    try:
-        trio.run(run_cluster, args.n, args.base_port, args.data_dir, args.block_interval_ms)
-    except* RuntimeError as group:
-        for exc in group.exceptions:
-            print(f"dsdn cluster: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run_process("dsdn cluster", run_cluster, args.n, args.base_port, args.data_dir, args.block_interval_ms)

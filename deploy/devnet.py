@@ -27,9 +27,7 @@ import hmac
 import json
 import logging
 import os
-import signal
 import sqlite3
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -47,7 +45,8 @@ from werkzeug.exceptions import HTTPException
 from api.asgi_fix import shield_final_send
 from node.da.commitment import blob_commitment, share_count
 from node.da.namespace import NamespaceError, validate_namespace
-from node.main import hypercorn_config, setup_logging
+from node.main import hypercorn_config
+from node.process import run_process, setup_logging, stop_on_signals
 
 log = logging.getLogger("dsdn.devnet")
 T = TypeVar("T")
@@ -494,18 +493,10 @@ async def serve_devnet(host: str = "127.0.0.1", port: int = DEFAULT_PORT, db_pat
         devnet.close()
 
 
-async def _watch_signals(stop: trio.Event) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("received %s, shutting down", signal.Signals(signum).name)
-            stop.set()
-            return
-
-
 async def _run(args: argparse.Namespace) -> None:
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_signals, stop)
+        nursery.start_soon(stop_on_signals, stop)
         await nursery.start(partial(serve_devnet, args.host, args.port, args.db, args.block_interval_ms / 1000,
                                     args.auth_token, max_blob_bytes=args.max_blob_bytes, shutdown_trigger=stop.wait))
         # on SIGTERM/SIGINT the server drains and serve_devnet returns; then the nursery is done
@@ -528,12 +519,7 @@ def main(argv: list[str] | None = None) -> None:
     if not 0 <= args.port <= 65535:
         parser.error("--port must be 0..65535")
     setup_logging()
-    try:
-        trio.run(_run, args)
-    except* (OSError, sqlite3.Error) as group:
-        for exc in group.exceptions:
-            print(f"dsdn devnet: cannot start: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run_process("dsdn devnet", _run, args)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ import nacl.signing
 KEY_FILE = "identity.key"
 
 
+class KeyFileError(ValueError):
+    """The key file exists but is not a 32-byte Ed25519 seed."""
+
+
 def load_or_create(data_dir: Path) -> nacl.signing.SigningKey:
     """Read ``<data_dir>/identity.key`` (32-byte seed), creating it (mode 0600) if missing."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -17,7 +21,7 @@ def load_or_create(data_dir: Path) -> nacl.signing.SigningKey:
     if path.exists():
         seed = path.read_bytes()
         if len(seed) != 32:
-            raise ValueError(f"{path}: expected a 32-byte Ed25519 seed, found {len(seed)} bytes")
+            raise KeyFileError(f"{path}: expected a 32-byte Ed25519 seed, found {len(seed)} bytes")
         return nacl.signing.SigningKey(seed)
     key = nacl.signing.SigningKey.generate()
     tmp = path.with_suffix(".tmp")

@@ -10,8 +10,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import signal
-import sqlite3
 import sys
 from functools import partial
 
@@ -24,23 +22,9 @@ from api.blobstore import BlobStore
 from node import config as config_mod
 from node.coordinator import Coordinator
 from node.da.factory import build_layers
+from node.process import run_process, setup_logging, stop_on_signals
 
 log = logging.getLogger("dsdn.main")
-
-
-def setup_logging() -> None:
-    level = os.environ.get("LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(level=level if level in logging.getLevelNamesMapping() else "INFO",
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at INFO
-
-
-async def _watch_signals(stop: trio.Event) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("received %s, shutting down", signal.Signals(signum).name)
-            stop.set()
-            return
 
 
 def tune_gc() -> None:
@@ -72,7 +56,7 @@ async def run(cfg: config_mod.Config) -> None:
     hcfg = hypercorn_config(cfg.host, cfg.port)
     stop = trio.Event()
     async with trio.open_nursery() as outer:
-        outer.start_soon(_watch_signals, stop)
+        outer.start_soon(stop_on_signals, stop)
         await outer.start(coord.run)
         async with trio.open_nursery() as http:
             binds = await http.start(partial(serve, app, hcfg, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
@@ -101,12 +85,7 @@ def main() -> None:
     except config_mod.ConfigError as exc:
         print(f"dsdn-coordinator: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
-    try:
-        trio.run(run, cfg)
-    except* (OSError, sqlite3.Error) as group:
-        for exc in group.exceptions:
-            print(f"dsdn-coordinator: cannot start: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run_process("dsdn-coordinator", run, cfg)
 
 
 if __name__ == "__main__":

@@ -45,9 +45,12 @@ class MockDA:
             raise DAUnavailable(f"{self.name}: mock DA is down")
         async with self._lock:
             try:
-                return await trio.to_thread.run_sync(fn, *args)
+                result = await trio.to_thread.run_sync(fn, *args)
             except sqlite3.Error as exc:
                 raise DAUnavailable(f"{self.name}: {exc}") from exc
+        if self.down:  # the outage began while the call was in flight: its answer is lost too
+            raise DAUnavailable(f"{self.name}: mock DA is down")
+        return result
 
     def _post(self, data: bytes) -> BlobRef:
         commitment = hashlib.sha256(data).digest()

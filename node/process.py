@@ -1,0 +1,49 @@
+"""What every long-running process of ours shares (coordinator, devnet, blob store, cluster launcher):
+logging set-up, a graceful stop on SIGTERM/SIGINT (hypercorn under trio installs no handlers), and
+start-up failures turned into one line on stderr and an exit code instead of a traceback."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sqlite3
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from node.identity import KeyFileError
+
+log = logging.getLogger("dsdn.process")
+
+
+def setup_logging() -> None:
+    level = os.environ.get("LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=level if level in logging.getLevelNamesMapping() else "INFO",
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at INFO
+
+
+async def stop_on_signals(stop: trio.Event) -> None:
+    """Set ``stop`` at the first SIGTERM or SIGINT."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            stop.set()
+            return
+
+
+def run_process(prog: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    """``trio.run(fn, *args)``; exit 2 for a corrupt key file, 1 when it cannot start (port taken, storage)."""
+    try:
+        trio.run(fn, *args)
+    except* KeyFileError as group:
+        for exc in group.exceptions:
+            print(f"{prog}: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except* (OSError, sqlite3.Error, RuntimeError) as group:
+        for exc in group.exceptions:
+            print(f"{prog}: cannot start: {exc}", file=sys.stderr)
+        sys.exit(1)
