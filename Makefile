@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.placement
 	$(BIN)/python -m bench.replay
 	$(BIN)/python -m bench.http
+	$(BIN)/python -m bench.frost
 
 clean:
 	rm -rf $(VENV) .dsdn .pytest_cache

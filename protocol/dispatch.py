@@ -1,0 +1,96 @@
+"""What a node does with messages whatever carries them (real links or the simulated network):
+subscriptions by type, request/response with timeouts, and request handlers.
+
+Subscriber channels are bounded: a full one drops the message (counted by the caller). A handler's
+exception is logged and counted, never raised into the transport.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from protocol.envelope import Message
+
+log = logging.getLogger("dsdn.peers")
+Handler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class SendFn(Protocol):
+    def __call__(self, peer_id: str, type_: str, body: dict[str, Any], *, id_: int | None = None,
+                 re: int | None = None) -> bool: ...
+
+
+@dataclass
+class _Pending:
+    done: trio.Event = field(default_factory=trio.Event)
+    reply: Message | None = None
+
+
+class Dispatcher:
+    def __init__(self, send: SendFn, subscriber_buffer: int = 1024) -> None:
+        self._send = send
+        self.subscriber_buffer = subscriber_buffer
+        self._subscribers: dict[str, list[trio.MemorySendChannel[tuple[str, Message]]]] = {}
+        self._handlers: dict[str, tuple[str, Handler]] = {}
+        self._pending: dict[int, _Pending] = {}
+        self._next_id = 1
+        self.nursery: trio.Nursery | None = None  # where request handlers run; set by the transport
+
+    def subscribe(self, type_: str) -> trio.MemoryReceiveChannel[tuple[str, Message]]:
+        """Every message of ``type_`` as ``(peer id, message)``."""
+        send, recv = trio.open_memory_channel[tuple[str, Message]](self.subscriber_buffer)
+        self._subscribers.setdefault(type_, []).append(send)
+        return recv
+
+    def on_request(self, type_: str, reply_type: str, handler: Handler) -> None:
+        """Answer requests of ``type_`` with ``reply_type`` messages whose body ``handler`` returns."""
+        self._handlers[type_] = (reply_type, handler)
+
+    async def request(self, peer_id: str, type_: str, body: dict[str, Any], timeout_s: float) -> Message:
+        """Send a request and wait for its reply; raise TimeoutError if none arrives in time."""
+        rid = self._next_id
+        self._next_id += 1
+        pending = self._pending[rid] = _Pending()
+        try:
+            if not self._send(peer_id, type_, body, id_=rid):
+                raise TimeoutError(f"could not queue {type_} to {peer_id}")
+            with trio.move_on_after(timeout_s):
+                await pending.done.wait()
+            if pending.reply is None:
+                raise TimeoutError(f"no reply from {peer_id} to {type_} within {timeout_s}s")
+            return pending.reply
+        finally:
+            del self._pending[rid]
+
+    def deliver(self, peer_id: str, msg: Message) -> int:
+        """Hand a received message to whoever wants it; return how many copies were dropped."""
+        if msg.re is not None:
+            pending = self._pending.get(msg.re)
+            if pending is not None and pending.reply is None:
+                pending.reply = msg
+                pending.done.set()
+            return 0
+        if msg.id is not None and msg.type in self._handlers and self.nursery is not None:
+            self.nursery.start_soon(self._answer, peer_id, msg)
+            return 0
+        dropped = 0
+        for channel in self._subscribers.get(msg.type, ()):
+            try:
+                channel.send_nowait((peer_id, msg))
+            except (trio.WouldBlock, trio.BrokenResourceError):
+                dropped += 1
+        return dropped
+
+    async def _answer(self, peer_id: str, msg: Message) -> None:
+        reply_type, handler = self._handlers[msg.type]
+        try:
+            body = await handler(peer_id, msg.body)
+        except Exception:  # a handler must never take the transport down
+            log.exception("handler for %s from %s failed", msg.type, peer_id)
+            return
+        self._send(peer_id, reply_type, body, re=msg.id)

@@ -1,0 +1,344 @@
+"""The peer manager: one authenticated, encrypted websocket link per pair of cluster members.
+
+* Links: the member with the smaller id dials (exponential backoff with jitter), the other accepts on
+  ``/peer/v1``; a new link from a peer replaces its old one. The handshake has a deadline (trio-websocket's
+  connect timeout does not cover a silent peer). Refusals close with a code and reason and are logged.
+* Liveness: a ping every heartbeat; a link is ``up`` while pongs come back, ``suspect`` after
+  ``SUSPECT_AFTER`` missed heartbeats, closed (``down``) after ``DOWN_AFTER``; RTT from the pongs.
+* Send queues: one bounded queue per peer (``queue_size``), kept across reconnects, so messages sent
+  while a link is being (re)established go out when it is up. Policy when full: the new message is
+  dropped and counted (``send`` returns False). Delivery is at most once; layers that need an answer
+  use ``request`` with a timeout.
+* Receiving: frames that fail to open close the link; malformed messages are counted and dropped, and
+  a link that sends ``MAX_MALFORMED`` of them is closed (the dialer then redials with backoff).
+  Messages go to the dispatcher (protocol/dispatch.py): subscriptions, requests, handlers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import nacl.signing
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    WebSocketConnection,
+    WebSocketRequest,
+    open_websocket_url,
+    serve_websocket,
+)
+
+from protocol.dispatch import Dispatcher
+from protocol.envelope import MAX_FRAME, Message, ProtocolError, Registry, is_int
+from protocol.handshake import (
+    CLOSE_PROTOCOL,
+    CLOSE_REPLACED,
+    ChannelBroken,
+    Handshake,
+    HandshakeRefused,
+    Session,
+)
+
+log = logging.getLogger("dsdn.peers")
+PATH = "/peer/v1"
+PING, PONG = "peer.ping", "peer.pong"
+SUSPECT_AFTER = 3
+DOWN_AFTER = 6
+CLOSE_HEARTBEAT = 4007
+MAX_MALFORMED = 10
+HANDSHAKE_TIMEOUT_S = 5.0
+WS_MAX_MESSAGE = MAX_FRAME + 4096  # a sealed frame: the message plus the AEAD tag
+
+
+class State(Enum):
+    CONNECTING = "connecting"
+    UP = "up"
+    SUSPECT = "suspect"
+    DOWN = "down"
+
+
+@dataclass(frozen=True)
+class Member:
+    id: str
+    public_key: bytes
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass
+class PeerLink:
+    member: Member
+    queue_send: trio.MemorySendChannel[bytes]
+    queue_recv: trio.MemoryReceiveChannel[bytes]
+    state: State = State.DOWN
+    rtt_ms: float | None = None
+    last_seen: float | None = None  # wall-clock seconds of the last frame from the peer
+    msgs_in: int = 0
+    msgs_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    errors: int = 0
+    dropped: int = 0
+    links: int = 0  # how many times a link came up
+    last_error: str | None = None
+    conn: _Conn | None = None  # the current connection
+    missed: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.member.id, "address": self.member.address, "state": self.state.value,
+                "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 3),
+                "last_seen": None if self.last_seen is None else int(self.last_seen * 1000),
+                "messages_in": self.msgs_in, "messages_out": self.msgs_out, "bytes_in": self.bytes_in,
+                "bytes_out": self.bytes_out, "errors": self.errors, "dropped": self.dropped,
+                "links": self.links, "last_error": self.last_error}
+
+
+@dataclass
+class _Conn:
+    """One connection of a link: cancelling ``scope`` ends it with close ``code`` and ``reason``."""
+
+    scope: trio.CancelScope
+    code: int = 1000
+    reason: str = "bye"
+
+    def close(self, code: int, reason: str) -> None:
+        self.code, self.reason = code, reason
+        self.scope.cancel()
+
+
+class PeerManager:
+    def __init__(self, my_id: str, identity: nacl.signing.SigningKey, cluster: str, members: list[Member],
+                 registry: Registry, *, host: str = "127.0.0.1", port: int = 0, heartbeat_s: float = 1.0,
+                 queue_size: int = 1024, subscriber_buffer: int = 1024) -> None:
+        self.my_id, self.identity, self.cluster, self.registry = my_id, identity, cluster, registry
+        self.host, self.port, self.heartbeat_s = host, port, heartbeat_s
+        self.subscriber_buffer = subscriber_buffer
+        self.members = {m.public_key: m for m in members}
+        self._keys = {m.id: m.public_key for m in members}
+        self.peers: dict[str, PeerLink] = {}
+        for m in members:
+            if m.id != my_id:
+                send, recv = trio.open_memory_channel[bytes](queue_size)
+                self.peers[m.id] = PeerLink(m, send, recv)
+        registry.register(PING, _PING_SCHEMA)
+        registry.register(PONG, _PING_SCHEMA)
+        self.dispatcher = Dispatcher(self.send, subscriber_buffer)
+        self.subscribe = self.dispatcher.subscribe
+        self.on_request = self.dispatcher.on_request
+        self.request = self.dispatcher.request
+        self._on_up: list[Callable[[str], None]] = []
+        self.url = ""
+
+    # ---- API for the layers above ---------------------------------------------------------------
+
+    def on_link_up(self, callback: Callable[[str], None]) -> None:
+        self._on_up.append(callback)
+
+    def send(self, peer_id: str, type_: str, body: dict[str, Any], *, id_: int | None = None,
+             re: int | None = None) -> bool:
+        link = self.peers[peer_id]
+        frame = self.registry.encode(Message(type_, body, id_, re))
+        try:
+            link.queue_send.send_nowait(frame)
+        except trio.WouldBlock:
+            link.dropped += 1
+            return False
+        return True
+
+    def broadcast(self, type_: str, body: dict[str, Any]) -> int:
+        """Queue a message to every peer; return how many queues took it."""
+        return sum(self.send(peer_id, type_, body) for peer_id in self.peers)
+
+    def up_peers(self) -> list[str]:
+        return [pid for pid, link in self.peers.items() if link.state in (State.UP, State.SUSPECT)]
+
+    def status(self) -> list[dict[str, Any]]:
+        return [link.as_json() for link in self.peers.values()]
+
+    # ---- running ----------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve inbound links, dial the peers we dial; ``nursery.start`` returns our ws:// URL."""
+        async with trio.open_nursery() as nursery:
+            self.dispatcher.nursery = nursery
+            server = await nursery.start(lambda task_status: serve_websocket(
+                self._accept, self.host, self.port, ssl_context=None, handler_nursery=nursery,
+                max_message_size=WS_MAX_MESSAGE, task_status=task_status))
+            self.port = server.port
+            self.url = f"ws://{self.host}:{self.port}{PATH}"
+            for peer_id, link in self.peers.items():
+                if self.my_id < peer_id:
+                    nursery.start_soon(self._dial_forever, link)
+            task_status.started(self.url)
+
+    async def _dial_forever(self, link: PeerLink) -> None:
+        m = link.member
+        url = f"ws://{m.host}:{m.port}{PATH}"
+        delay = 0.1
+        while True:
+            link.state = State.CONNECTING
+            lasted = 0.0
+            try:
+                with trio.CancelScope(deadline=trio.current_time() + HANDSHAKE_TIMEOUT_S) as handshake_scope:
+                    async with open_websocket_url(url, max_message_size=WS_MAX_MESSAGE,
+                                                  connect_timeout=HANDSHAKE_TIMEOUT_S, disconnect_timeout=2) as ws:
+                        session = await self._handshake(ws, dialer=True, expect=m.id)
+                        if session is not None:
+                            handshake_scope.deadline = math.inf
+                            started = trio.current_time()
+                            await self._serve_link(link, ws, session)
+                            lasted = trio.current_time() - started
+                if handshake_scope.cancelled_caught:
+                    link.last_error = f"handshake with {url} timed out"
+            except (HandshakeError, ConnectionClosed, OSError, trio.BrokenResourceError, ProtocolError) as exc:
+                link.last_error = f"{type(exc).__name__}: {exc}"
+            link.state = State.DOWN
+            delay = 0.1 if lasted > 10 else min(10.0, delay * 2)
+            await trio.sleep(random.uniform(delay / 2, delay))
+
+    async def _accept(self, request: WebSocketRequest) -> None:
+        """Runs in the server's nursery: nothing a remote sends may escape from here."""
+        try:
+            if request.path != PATH:
+                await request.reject(404, body=b"unknown path")
+                return
+            ws = await request.accept()
+            session = None
+            with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
+                session = await self._handshake(ws, dialer=False, expect=None)
+            if session is None:
+                with trio.move_on_after(1):
+                    await ws.aclose(CLOSE_PROTOCOL, "handshake failed or timed out")
+                return
+            await self._serve_link(self.peers[session.peer.id], ws, session)
+        except (ConnectionClosed, trio.BrokenResourceError, OSError):
+            pass
+        except Exception:
+            log.exception("unexpected error on an inbound peer connection")
+
+    async def _handshake(self, ws: WebSocketConnection, *, dialer: bool, expect: str | None) -> Session | None:
+        hs = Handshake(dialer=dialer, my_id=self.my_id, identity=self.identity, cluster=self.cluster,
+                       members=self._keys, expect=expect)
+        try:
+            await ws.send_message(hs.hello())
+            auth = hs.receive_hello(_as_bytes(await ws.get_message()))
+            await ws.send_message(auth)
+            return hs.receive_auth(_as_bytes(await ws.get_message()))
+        except HandshakeRefused as exc:
+            log.warning("peer link refused (%s side, remote %s): %s", "dialing" if dialer else "accepting",
+                        ws.remote, exc.reason)
+            target = hs.peer.id if hs.peer is not None else expect
+            if target in self.peers:
+                self.peers[target].last_error = exc.reason
+            await ws.aclose(exc.code, exc.reason[:120])
+            return None
+        except ProtocolError as exc:
+            log.warning("peer link refused (remote %s): %s", ws.remote, exc)
+            with trio.move_on_after(1):
+                await ws.aclose(CLOSE_PROTOCOL, str(exc)[:120])
+            return None
+        except ConnectionClosed as exc:
+            reason = exc.reason
+            log.warning("peer link closed during the handshake by %s: %s %s", ws.remote,
+                        reason.code if reason else "", reason.reason if reason else "")
+            if expect is not None:
+                self.peers[expect].last_error = f"refused: {reason.reason if reason else 'closed'}"
+            return None
+
+    async def _serve_link(self, link: PeerLink, ws: WebSocketConnection, session: Session) -> None:
+        if link.conn is not None:  # a new link from this peer replaces the old one
+            link.conn.close(CLOSE_REPLACED, "replaced by a newer link")
+        conn = link.conn = _Conn(trio.CancelScope())
+        link.links += 1
+        link.state, link.missed, link.last_seen = State.UP, 0, time.time()
+        log.info("peer link up: %s (%s)", link.member.id, "dialed" if self.my_id < link.member.id else "accepted")
+        for callback in self._on_up:
+            callback(link.member.id)
+        malformed = 0
+        try:
+            with conn.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._sender, link, ws, session)
+                    nursery.start_soon(self._heartbeat, link, conn)
+                    while True:
+                        frame = await ws.get_message()
+                        link.last_seen, link.missed = time.time(), 0
+                        if link.state is State.SUSPECT:
+                            link.state = State.UP
+                        try:
+                            msg = self.registry.decode(session.open(_as_bytes(frame)))
+                        except ProtocolError as exc:
+                            link.errors += 1
+                            malformed += 1
+                            link.last_error = f"malformed message: {exc}"
+                            if malformed >= MAX_MALFORMED:
+                                conn.close(CLOSE_PROTOCOL, "too many malformed messages")
+                            continue
+                        link.bytes_in += len(frame)
+                        link.msgs_in += 1
+                        self._dispatch(link, msg)
+        except* ChannelBroken as group:
+            link.errors += 1
+            link.last_error = str(group.exceptions[0])
+            conn.code, conn.reason = CLOSE_PROTOCOL, "frame failed authentication"
+            log.warning("peer link to %s closed: %s", link.member.id, link.last_error)
+        except* (ConnectionClosed, trio.BrokenResourceError) as group:
+            link.last_error = f"connection closed: {group.exceptions[0]}"
+        finally:
+            if link.conn is conn:
+                link.conn = None
+                link.state = State.DOWN
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await ws.aclose(conn.code, conn.reason)
+            log.info("peer link down: %s (%s)", link.member.id, conn.reason if conn.code != 1000 else
+                     link.last_error)
+
+    async def _sender(self, link: PeerLink, ws: WebSocketConnection, session: Session) -> None:
+        async for frame in link.queue_recv:
+            sealed = session.seal(frame)
+            await ws.send_message(sealed)
+            link.msgs_out += 1
+            link.bytes_out += len(sealed)
+
+    async def _heartbeat(self, link: PeerLink, conn: _Conn) -> None:
+        while True:
+            self.send(link.member.id, PING, {"t": time.monotonic_ns()})
+            await trio.sleep(self.heartbeat_s)
+            link.missed += 1
+            if link.missed >= DOWN_AFTER:
+                link.last_error = f"no answer for {link.missed} heartbeats"
+                conn.close(CLOSE_HEARTBEAT, link.last_error)
+                return
+            if link.missed >= SUSPECT_AFTER:
+                link.state = State.SUSPECT
+
+    def _dispatch(self, link: PeerLink, msg: Message) -> None:
+        peer_id = link.member.id
+        if msg.type == PING:
+            self.send(peer_id, PONG, {"t": msg.body["t"]})
+            return
+        if msg.type == PONG:
+            link.rtt_ms = (time.monotonic_ns() - msg.body["t"]) / 1e6
+            return
+        link.dropped += self.dispatcher.deliver(peer_id, msg)
+
+
+_PING_SCHEMA = {"t": is_int()}
+
+
+def _as_bytes(data: bytes | str) -> bytes:
+    if isinstance(data, str):
+        raise ProtocolError("text frame on a binary protocol")
+    return data

@@ -1,0 +1,398 @@
+"""DKG state machine: 4 in-process participants over a shuffling, duplicating router (msgpack on the wire) agree
+on one group key that FROST can sign with; lying dealers are named; thresholds and wire decoding are strict."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import random
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import nacl.exceptions
+import nacl.secret
+import nacl.signing
+import pytest
+
+from consensus import dkg, frost
+from consensus.dkg import Complaint, Confirm, DkgError, DkgMessageError, DkgParticipant, DkgState, Round1, Round2
+from consensus.dkg_messages import Message
+from consensus.group import L, base_mul, serialize_scalar
+
+Tamper = Callable[[DkgParticipant, int, Message], Message | None]
+
+
+class Net:
+    """Routes every message through msgpack, delivers in random order, duplicates some, starts peers lazily."""
+
+    def __init__(self, seed: int, dup: float = 0.3, tamper: Tamper | None = None) -> None:
+        self.rng, self.dup, self.tamper = random.Random(seed), dup, tamper
+        self.endpoints: dict[int, list[DkgParticipant]] = {}
+        self.queue: list[tuple[Any, ...]] = []
+        self.log: list[Message] = []
+        self.delivered = self.duplicated = self.rejected = 0
+
+    def add(self, p: DkgParticipant) -> None:
+        self.endpoints.setdefault(p.identifier, []).append(p)
+        self.queue.append(("start", p))
+
+    def post(self, src: DkgParticipant, outs: list[dkg.Outgoing]) -> None:
+        for o in outs:
+            self.log.append(o.message)
+            for dst in [o.to] if o.to is not None else [i for i in self.endpoints if i != src.identifier]:
+                msg = self.tamper(src, dst, o.message) if self.tamper else o.message
+                if msg is not None:
+                    self.queue.append(("msg", dst, msgpack.packb(msg.to_wire()), False))
+
+    def run(self) -> None:
+        while self.queue:
+            item = self.queue.pop(self.rng.randrange(len(self.queue)))
+            if item[0] == "start":
+                self.post(item[1], item[1].start())
+                continue
+            _, dst, wire, is_copy = item
+            if not is_copy and self.rng.random() < self.dup:
+                self.queue.append(("msg", dst, wire, True))
+                self.duplicated += 1
+            for p in self.endpoints[dst]:
+                self.delivered += 1
+                try:
+                    self.post(p, p.receive(msgpack.unpackb(wire)))
+                except DkgMessageError:
+                    self.rejected += 1
+
+
+def cluster(n: int) -> tuple[bytes, dict[int, nacl.signing.SigningKey], dict[int, bytes]]:
+    keys = [nacl.signing.SigningKey.generate() for _ in range(n)]
+    participants = dkg.assign_identifiers(bytes(k.verify_key) for k in keys)
+    by_id = {i: next(k for k in keys if bytes(k.verify_key) == pk) for i, pk in participants.items()}
+    return os.urandom(32), by_id, participants
+
+
+def run_dkg(n: int, seed: int, threshold: int | None = None, cls: dict[int, type[DkgParticipant]] | None = None,
+            tamper: Tamper | None = None) -> tuple[Net, dict[int, DkgParticipant]]:
+    sid, keys, participants = cluster(n)
+    net = Net(seed, tamper=tamper)
+    nodes = {i: (cls or {}).get(i, DkgParticipant)(sid, keys[i], participants, threshold) for i in keys}
+    for i in random.Random(seed).sample(sorted(nodes), n):
+        net.add(nodes[i])
+    net.run()
+    return net, nodes
+
+
+def sign_with(shares: dict[int, frost.KeyShare], signers: tuple[int, ...], msg: bytes) -> bytes:
+    gpk = shares[signers[0]].group_public_key
+    rounds = {i: frost.commit(shares[i].secret_share) for i in signers}
+    commitments = {i: rounds[i][1] for i in signers}
+    sig_shares = {i: frost.sign(i, shares[i].secret_share, gpk, rounds[i][0], msg, commitments) for i in signers}
+    return frost.aggregate_or_blame(commitments, msg, gpk, sig_shares, shares[signers[0]].verifying_shares)
+
+
+# ---- the honest run -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_four_participants_agree_on_a_key_any_threshold_subset_can_sign(seed: int) -> None:
+    net, nodes = run_dkg(4, seed)
+    assert net.rejected == 0 and net.duplicated > 0 and net.delivered > 4 * 3 * 3
+    assert all(p.state is DkgState.COMPLETE and not p.complaints and not p.waiting_for() for p in nodes.values())
+    results = {i: p.result for i, p in nodes.items()}
+    assert all(r is not None for r in results.values())
+    shares: dict[int, frost.KeyShare] = {i: r for i, r in results.items() if r is not None}
+    assert len({s.group_public_key for s in shares.values()}) == 1
+    assert all(s.verifying_shares == shares[1].verifying_shares and s.threshold == 3 for s in shares.values())
+    assert [s.identifier for s in shares.values()] == list(shares)
+    for s in shares.values():
+        s.validate()  # secret matches its verifying share; all verifying shares interpolate to the group key
+    gpk = shares[1].group_public_key
+    vk = nacl.signing.VerifyKey(gpk)
+    msg = b"receipt #%d" % seed
+    for signers in [*itertools.combinations(range(1, 5), 3), (1, 2, 3, 4)]:
+        assert vk.verify(msg, sign_with(shares, signers, msg)) == msg
+    with pytest.raises(frost.FrostError, match="fewer signers than the threshold"):
+        sign_with(shares, (1, 4), msg)
+    # nobody ever held the group secret, but t shares reconstruct it (sanity of the sharing itself)
+    secret = frost.secret_share_combine({i: shares[i].secret_share for i in (2, 3, 4)})
+    assert secret == frost.secret_share_combine({i: shares[i].secret_share for i in (1, 2, 4)})
+    assert base_mul(int.from_bytes(secret, "little")) == gpk
+
+
+def test_configurable_threshold_at_the_minimum() -> None:
+    _, nodes = run_dkg(5, seed=7, threshold=3)  # 5 // 2 + 1
+    assert all(p.state is DkgState.COMPLETE for p in nodes.values())
+    shares = {i: p.result for i, p in nodes.items() if p.result is not None}
+    assert len(shares) == 5 and all(s.threshold == 3 for s in shares.values())
+    gpk = shares[1].group_public_key
+    for signers in itertools.combinations(range(1, 6), 3):
+        nacl.signing.VerifyKey(gpk).verify(b"m", sign_with(shares, signers, b"m"))
+
+
+def test_threshold_rules() -> None:
+    assert [dkg.default_threshold(n) for n in range(2, 11)] == [2, 3, 3, 4, 5, 5, 6, 7, 7]
+    sid, keys, participants = cluster(7)
+    for bad in (0, 1, 2, 3, 8, True, "5", 4.0):  # below 7 // 2 + 1 = 4, above n, or not an int
+        with pytest.raises(DkgError, match="threshold"):
+            DkgParticipant(sid, keys[1], participants, bad)  # type: ignore[arg-type]
+    assert DkgParticipant(sid, keys[1], participants, 4).threshold == 4
+    assert DkgParticipant(sid, keys[1], participants).threshold == 5
+    sid1, keys1, participants1 = cluster(1)
+    with pytest.raises(DkgError, match="participants"):
+        DkgParticipant(sid1, keys1[1], participants1)
+    with pytest.raises(DkgError):
+        dkg.check_threshold(4, 2)
+
+
+def test_configuration_errors() -> None:
+    sid, keys, participants = cluster(4)
+    with pytest.raises(DkgError, match="session id"):
+        DkgParticipant(sid[:16], keys[1], participants)
+    with pytest.raises(DkgError, match="not among"):
+        DkgParticipant(sid, nacl.signing.SigningKey.generate(), participants)
+    with pytest.raises(DkgError, match=r"1\.\.n"):
+        DkgParticipant(sid, keys[1], {i + 1: pk for i, pk in participants.items()})
+    with pytest.raises(DkgError, match="distinct valid"):
+        DkgParticipant(sid, keys[1], {**participants, 4: bytes(32)})
+    with pytest.raises(DkgError, match="duplicate"):
+        dkg.assign_identifiers([participants[1], participants[1]])
+
+
+# ---- lying dealers ----------------------------------------------------------------------------------------------
+
+
+def _blame(nodes: dict[int, DkgParticipant], liar: int) -> None:
+    """Nobody has a key; every honest participant names the liar, with proof, and proves nothing against others."""
+    for i, p in nodes.items():
+        assert p.state is DkgState.FAILED and p.result is None
+        if i != liar:
+            assert liar in p.accused
+            assert any(r.accused == liar and r.proven for r in p.complaints)
+            assert {r.accused for r in p.complaints if r.proven} == {liar}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dealer_sending_a_bad_share_is_named(seed: int) -> None:
+    liar, victim = 2, 4
+
+    class BadDealer(DkgParticipant):
+        def _share_for(self, recipient: int) -> int:
+            return (super()._share_for(recipient) + (recipient == victim)) % L
+
+    net, nodes = run_dkg(4, seed, cls={liar: BadDealer})
+    assert net.rejected == 0
+    _blame(nodes, liar)
+    assert next((r.complainer, r.reason) for r in nodes[victim].complaints if r.accused == liar) == (victim,
+                                                                                                      "bad_share")
+    for i in (1, 3):  # they checked the victim's evidence: the revealed key opens a share off the liar's polynomial
+        assert any(r.complainer == victim and r.proven for r in nodes[i].complaints)
+    complaints = [m for m in net.log if isinstance(m, Complaint)]
+    assert {(c.sender, c.accused) for c in complaints} == {(victim, liar)}
+    assert len(complaints[0].key) == 32 and [type(e) for e in complaints[0].evidence] == [Round1, Round2]
+
+
+def test_dealer_with_a_bad_proof_of_knowledge_is_named() -> None:
+    liar = 3
+    nodes_ref: dict[str, Any] = {}
+
+    def forge(src: DkgParticipant, dst: int, msg: Message) -> Message | None:
+        if isinstance(msg, Round1) and msg.sender == liar == src.identifier:
+            mu = (int.from_bytes(msg.proof[32:], "little") + 1) % L
+            bad = dataclasses.replace(msg, proof=msg.proof[:32] + serialize_scalar(mu))
+            return bad.signed(nodes_ref["keys"][liar], dkg.session_context(src.session_id, src.threshold,
+                                                                            src.participants))
+        return msg
+
+    sid, keys, participants = cluster(4)
+    nodes_ref["keys"] = keys
+    net = Net(5, tamper=forge)
+    nodes = {i: DkgParticipant(sid, keys[i], participants) for i in keys}
+    for p in nodes.values():
+        net.add(p)
+    net.run()
+    assert net.rejected == 0
+    _blame(nodes, liar)
+    for i in (1, 2, 4):
+        assert (i, liar, "bad_proof", True) in {(r.complainer, r.accused, r.reason, r.proven)
+                                                for r in nodes[i].complaints}
+
+
+def test_equivocating_dealer_is_caught_by_the_confirmation_round() -> None:
+    """The liar runs two consistent personas: one for {1, 3}, another for {4}. Every share verifies; the round-1
+    echo brings both signed round-1 messages to someone, who proves the equivocation to all."""
+    liar, side_a, side_b = 2, {1, 3}, {4}
+    sid, keys, participants = cluster(4)
+    persona_a, persona_b = (DkgParticipant(sid, keys[liar], participants) for _ in range(2))
+
+    def split(src: DkgParticipant, dst: int, msg: Message) -> Message | None:
+        if (src is persona_a and dst in side_b) or (src is persona_b and dst in side_a):
+            return None
+        return msg
+
+    net = Net(11, tamper=split)
+    honest = {i: DkgParticipant(sid, keys[i], participants) for i in side_a | side_b}
+    for p in [*honest.values(), persona_a, persona_b]:
+        net.add(p)
+    net.run()
+    assert net.rejected == 0
+    for p in honest.values():
+        assert p.state is DkgState.FAILED and p.result is None
+        assert any((r.accused, r.reason, r.proven) == (liar, "equivocation", True) for r in p.complaints)
+        assert {r.accused for r in p.complaints if r.proven} == {liar}
+    proofs = [m for m in net.log if isinstance(m, Complaint) and m.reason == "equivocation"]
+    assert proofs and all(m.accused == liar and len(m.evidence) == 2 for m in proofs)
+
+
+def test_false_accusation_proves_nothing() -> None:
+    """A participant claims an honest dealer's (valid) share is bad and reveals the real key: others open the share,
+    find it valid, and record the accusation as unproven."""
+    accuser, target = 1, 3
+
+    class FalseAccuser(DkgParticipant):
+        def _decrypt_share(self, m: Round2, key: bytes, commitment: tuple[bytes, ...]) -> int | None:
+            if (m.sender, m.recipient) == (target, self.identifier):
+                return None
+            return super()._decrypt_share(m, key, commitment)
+
+    net, nodes = run_dkg(4, 9, cls={accuser: FalseAccuser})
+    assert net.rejected == 0
+    for i, p in nodes.items():
+        assert p.state is DkgState.FAILED and p.result is None
+        if i != accuser:
+            assert [(r.complainer, r.accused, r.reason, r.proven) for r in p.complaints] == [
+                (accuser, target, "bad_share", False)]
+
+
+def test_lying_confirmation_fails_the_session() -> None:
+    liar = 4
+
+    def lie(src: DkgParticipant, dst: int, msg: Message) -> Message | None:
+        if isinstance(msg, Confirm) and msg.sender == liar:
+            fake = dataclasses.replace(msg, group_public_key=msg.verifying_shares[0])
+            return fake.signed(src._identity, src._context)
+        return msg
+
+    net, nodes = run_dkg(4, 4, tamper=lie)
+    assert net.rejected == 0
+    for i, p in nodes.items():
+        assert p.state is DkgState.FAILED and p.result is None
+        if i != liar:
+            assert (liar, "mismatch") in {(r.accused, r.reason) for r in p.complaints}  # raised by i or a peer
+            assert not any(r.proven for r in p.complaints)
+    assert {(m.accused, m.reason) for m in net.log if isinstance(m, Complaint)} == {(liar, "mismatch")}
+
+
+# ---- messages ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def transcript() -> dict[str, Any]:
+    liar = 2
+
+    class BadDealer(DkgParticipant):
+        def _share_for(self, recipient: int) -> int:
+            return super()._share_for(recipient) + (recipient == 1)
+
+    honest_net, honest = run_dkg(4, 3)
+    bad_net, _ = run_dkg(4, 3, cls={liar: BadDealer})
+    by_kind: dict[type, Message] = {}
+    for m in honest_net.log + bad_net.log:
+        by_kind.setdefault(type(m), m)
+    return {"by_kind": by_kind, "honest": honest, "log": honest_net.log}
+
+
+def test_wire_round_trip(transcript: dict[str, Any]) -> None:
+    assert set(transcript["by_kind"]) == {Round1, Round2, Confirm, Complaint}
+    for kind, m in transcript["by_kind"].items():
+        wire = msgpack.unpackb(msgpack.packb(m.to_wire()))
+        assert dkg.decode(wire) == m and kind.from_wire(wire) == m
+        assert all(isinstance(k, str) for k in wire)
+    with pytest.raises(DkgMessageError, match=r"expected a dkg\.round2"):
+        Round2.from_wire(transcript["by_kind"][Round1].to_wire())
+
+
+def _mutations(wire: dict[str, Any]) -> list[dict[str, Any]]:
+    out = [{**wire, "extra": 1}, {k: v for k, v in wire.items() if k != "sig"}, {**wire, "type": "dkg.round9"},
+           {**wire, "sender": True}, {**wire, "sender": 0}, {**wire, "sender": 256}, {**wire, "sender": "1"},
+           {**wire, "session": wire["session"][:31]}, {**wire, "sig": wire["sig"][:63]},
+           {**wire, "session": bytearray(wire["session"])}, {**wire, "sig": 5}]
+    for key, value in wire.items():
+        if key in ("type", "session", "sender", "sig"):
+            continue
+        if isinstance(value, bytes):
+            out += [{**wire, key: value + b"\0"}, {**wire, key: value.hex()}]
+        elif isinstance(value, list):
+            out += [{**wire, key: [*value, b"\0" * 31]} if key != "evidence" else {**wire, key: [{"type": "x"}]},
+                    {**wire, key: "nope"}]
+        elif isinstance(value, int):
+            out += [{**wire, key: 0}, {**wire, key: -1}, {**wire, key: 2**70}]
+        elif isinstance(value, str):
+            out += [{**wire, key: "nonsense"}, {**wire, key: b"bad_share"}]
+    return out
+
+
+def test_wire_decoding_is_strict(transcript: dict[str, Any]) -> None:
+    for m in transcript["by_kind"].values():
+        wire = m.to_wire()
+        for bad in _mutations(wire):
+            with pytest.raises(DkgMessageError):
+                dkg.decode(bad)
+    complaint = transcript["by_kind"][Complaint].to_wire()
+    with pytest.raises(DkgMessageError, match="unexpected message type"):
+        dkg.decode({**complaint, "evidence": [complaint]})  # complaints do not nest
+    r1 = transcript["by_kind"][Round1].to_wire()
+    for bad in ({**r1, "commitment": []}, {**r1, "commitment": [b"\1" * 32] * 256}, [r1], None, b"x"):
+        with pytest.raises(DkgMessageError):
+            dkg.decode(bad)
+
+
+def test_unauthenticated_foreign_or_misaddressed_messages_change_nothing(transcript: dict[str, Any]) -> None:
+    sid, keys, participants = cluster(4)
+    p1 = DkgParticipant(sid, keys[1], participants)
+    p2 = DkgParticipant(sid, keys[2], participants)
+    p1.start()
+    r1 = p2.start()[0].message
+    ctx = dkg.session_context(sid, 3, participants)
+    flipped = dataclasses.replace(r1, signature=bytes([r1.sig[0] ^ 1]) + r1.sig[1:])
+    other_session = dataclasses.replace(r1, session=os.urandom(32)).signed(keys[2], ctx)
+    wrong_signer = r1.signed(keys[3], ctx)
+    stranger = dataclasses.replace(r1, sender=9).signed(keys[2], ctx)
+    for bad, why in ((flipped, "bad signature"), (other_session, "another DKG session"),
+                     (wrong_signer, "bad signature"), (stranger, "unknown sender")):
+        with pytest.raises(DkgMessageError, match=why):
+            p1.receive(bad)
+        assert p1.waiting_for() == {2, 3, 4} and p1.state is DkgState.ROUND1
+    share_for_3 = next(m for m in transcript["log"] if isinstance(m, Round2) and m.recipient == 3 and m.sender == 2)
+    node3 = transcript["honest"][3]
+    node1 = transcript["honest"][1]
+    share_for_3_to_1 = dataclasses.replace(share_for_3, recipient=1)
+    with pytest.raises(DkgMessageError, match="bad signature"):
+        node1.receive(share_for_3_to_1)  # re-addressing breaks the sender's signature
+    with pytest.raises(DkgMessageError, match="not to 1"):
+        node1.receive(share_for_3)
+    assert node1.state is node3.state is DkgState.COMPLETE
+    assert [o.message for o in p1.receive(r1)] == [r1]  # echoed once...
+    assert p1.receive(r1) == [] and p1.waiting_for() == {3, 4}  # ...and a duplicate is ignored
+
+
+def test_shares_are_encrypted_to_their_recipient(transcript: dict[str, Any]) -> None:
+    nodes = transcript["honest"]
+    m = next(m for m in transcript["log"] if isinstance(m, Round2) and m.sender == 1 and m.recipient == 2)
+    plain = nacl.secret.SecretBox(nodes[2]._share_key(1, 2)).decrypt(m.box)
+    assert len(plain) == 32 and plain not in m.box
+    for eavesdropper in (3, 4):
+        with pytest.raises(nacl.exceptions.CryptoError):
+            nacl.secret.SecretBox(nodes[eavesdropper]._share_key(1, 2)).decrypt(m.box)
+
+
+def test_messages_received_before_start_are_kept() -> None:
+    sid, keys, participants = cluster(4)
+    nodes = {i: DkgParticipant(sid, keys[i], participants) for i in keys}
+    round1 = {i: p.start()[0].message for i, p in nodes.items() if i != 1}
+    late = nodes[1]
+    assert all(late.receive(m.to_wire()) == [] for m in round1.values())
+    out = late.start()
+    assert [type(o.message) for o in out] == [Round1] * 4 + [Round2] * 3  # own, the three echoes, the shares
+    assert [o.message.sender for o in out[:4]] == [1, *round1]
+    assert all(o.to is None for o in out[:4]) and sorted(o.to for o in out[4:]) == [2, 3, 4]  # type: ignore[type-var]
+    assert late.state is DkgState.ROUND2 and late.waiting_for() == {2, 3, 4}

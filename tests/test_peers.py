@@ -1,0 +1,329 @@
+"""The peer protocol: envelope limits, handshake and sealed channel (pure), real websocket links between
+managers in one process, and the simulated network under MockClock."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+
+import msgpack
+import nacl.signing
+import pytest
+import trio
+import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from trio_websocket import open_websocket_url
+
+from protocol.envelope import Message, ProtocolError, Registry, is_bytes, is_int, is_str
+from protocol.handshake import (
+    CLOSE_BAD_VERSION,
+    CLOSE_UNKNOWN_PEER,
+    CLOSE_WRONG_CLUSTER,
+    ChannelBroken,
+    Handshake,
+    HandshakeRefused,
+)
+from protocol.manager import Member, PeerManager, State
+from protocol.simnet import SimNetwork
+from tests.proc import free_port
+
+
+def registry() -> Registry:
+    r = Registry()
+    r.register("chat", {"text": is_str(), "n": is_int()})
+    r.register("echo", {"data": is_bytes()})
+    r.register("echo.reply", {"data": is_bytes()})
+    return r
+
+
+# ---- envelope ---------------------------------------------------------------------------------------
+
+def test_envelope_roundtrip_and_strictness() -> None:
+    r = registry()
+    msg = Message("chat", {"text": "hi", "n": 3}, id=7)
+    assert r.decode(r.encode(msg)) == msg
+    bad = [
+        {"v": 2, "type": "chat", "body": {"text": "hi", "n": 3}},  # version
+        {"v": 1, "type": "nope", "body": {}},  # unknown type
+        {"v": 1, "type": "chat", "body": {"text": "hi"}},  # missing field
+        {"v": 1, "type": "chat", "body": {"text": "hi", "n": 3, "x": 1}},  # unknown field
+        {"v": 1, "type": "chat", "body": {"text": 5, "n": 3}},  # wrong type
+        {"v": 1, "type": "chat", "body": {"text": "hi", "n": -1}},  # out of range
+        {"v": 1, "type": "chat", "body": {"text": "hi", "n": 3}, "id": "x"},  # bad id
+        [1, "chat", {}],  # not a map
+    ]
+    for obj in bad:
+        with pytest.raises(ProtocolError):
+            r.decode(msgpack.packb(obj))
+    with pytest.raises(ProtocolError):
+        r.decode(r.encode(msg) + b"\x00")  # trailing data
+    deep: object = 1
+    for _ in range(20):
+        deep = [deep]
+    with pytest.raises(ProtocolError):
+        r.decode(msgpack.packb({"v": 1, "type": "chat", "body": {"text": "hi", "n": deep}}))
+    with pytest.raises(ProtocolError):
+        r.encode(Message("echo", {"data": b"x" * (1024 * 1024)}))  # over the frame limit
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300))
+def test_decoder_fuzz_random_bytes_only_raises_protocol_error(data: bytes) -> None:
+    with suppress(ProtocolError):
+        registry().decode(data)
+
+
+scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=10)
+json_like = st.recursive(scalars | st.binary(max_size=10),
+                         lambda children: st.lists(children, max_size=4)
+                         | st.dictionaries(st.text(max_size=5), children, max_size=4), max_leaves=20)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.sampled_from(["v", "type", "body", "id", "re", "x"]), json_like, max_size=6))
+def test_decoder_fuzz_envelope_shaped_objects_only_raises_protocol_error(obj: dict[str, object]) -> None:
+    with suppress(ProtocolError):
+        registry().decode(msgpack.packb(obj, use_bin_type=True))
+
+
+# ---- handshake --------------------------------------------------------------------------------------
+
+KEYS = {name: nacl.signing.SigningKey.generate() for name in ("a", "b", "c", "stranger")}
+MEMBERS = {name: bytes(KEYS[name].verify_key) for name in ("a", "b", "c")}
+
+
+def pair(**overrides: object) -> tuple[Handshake, Handshake]:
+    dialer = Handshake(dialer=True, my_id="a", identity=KEYS["a"], cluster="test", members=MEMBERS, expect="b")
+    kw: dict[str, object] = {"dialer": False, "my_id": "b", "identity": KEYS["b"], "cluster": "test",
+                             "members": MEMBERS}
+    kw.update(overrides)
+    return dialer, Handshake(**kw)  # type: ignore[arg-type]
+
+
+def test_handshake_gives_working_sessions_in_both_directions() -> None:
+    a, b = pair()
+    auth_a, auth_b = a.receive_hello(b.hello()), b.receive_hello(a.hello())
+    sa, sb = a.receive_auth(auth_b), b.receive_auth(auth_a)
+    assert sa.peer.id == "b" and sb.peer.id == "a"
+    for i in range(3):
+        assert sb.open(sa.seal(f"to b {i}".encode())) == f"to b {i}".encode()
+        assert sa.open(sb.seal(f"to a {i}".encode())) == f"to a {i}".encode()
+
+
+def test_replayed_reordered_and_tampered_frames_break_the_channel() -> None:
+    a, b = pair()
+    auth_a, auth_b = a.receive_hello(b.hello()), b.receive_hello(a.hello())
+    sa, sb = a.receive_auth(auth_b), b.receive_auth(auth_a)
+    f0, f1 = sa.seal(b"zero"), sa.seal(b"one")
+    with pytest.raises(ChannelBroken):
+        sb.open(f1)  # reordered
+    assert sb.open(f0) == b"zero"
+    with pytest.raises(ChannelBroken):
+        sb.open(f0)  # replayed
+    tampered = bytearray(f1)
+    tampered[3] ^= 1
+    with pytest.raises(ChannelBroken):
+        sb.open(bytes(tampered))
+
+
+def test_refusals_carry_a_code_and_reason() -> None:
+    stranger = Handshake(dialer=True, my_id="stranger", identity=KEYS["stranger"], cluster="test", members=MEMBERS)
+    _, b = pair()
+    with pytest.raises(HandshakeRefused) as err:
+        b.receive_hello(stranger.hello())
+    assert err.value.code == CLOSE_UNKNOWN_PEER
+    impostor = Handshake(dialer=True, my_id="c", identity=KEYS["stranger"], cluster="test", members=MEMBERS)
+    with pytest.raises(HandshakeRefused) as err:
+        b.receive_hello(impostor.hello())  # a member's id with another key
+    assert err.value.code == CLOSE_UNKNOWN_PEER
+    a, other_cluster = pair(cluster="other")
+    with pytest.raises(HandshakeRefused) as err:
+        other_cluster.receive_hello(a.hello())
+    assert err.value.code == CLOSE_WRONG_CLUSTER and "cluster" in err.value.reason
+    hello = msgpack.unpackb(a.hello())
+    hello["v"] = 99
+    with pytest.raises(HandshakeRefused) as err:
+        pair()[1].receive_hello(msgpack.packb(hello))
+    assert err.value.code == CLOSE_BAD_VERSION
+    a, b = pair()
+    b.receive_hello(a.hello())
+    with pytest.raises(HandshakeRefused):
+        b.receive_auth(msgpack.packb({"sig": bytes(64)}))  # a forged transcript signature
+
+
+# ---- real links -------------------------------------------------------------------------------------
+
+def members(ids: list[str]) -> list[Member]:
+    return [Member(i, bytes(KEYS[i].verify_key), "127.0.0.1", free_port()) for i in ids]
+
+
+@asynccontextmanager
+async def running(member: Member, all_members: list[Member], key: nacl.signing.SigningKey | None = None,
+                  cluster: str = "test") -> AsyncIterator[PeerManager]:
+    mgr = PeerManager(member.id, key or KEYS[member.id], cluster, all_members, registry(), port=member.port,
+                      heartbeat_s=0.1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(mgr.run)
+        yield mgr
+        nursery.cancel_scope.cancel()
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    with trio.move_on_after(timeout):
+        while not predicate():
+            await trio.sleep(0.02)
+        return
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_three_managers_link_exchange_request_and_broadcast() -> None:
+    ms = members(["a", "b", "c"])
+    async with running(ms[0], ms) as a, running(ms[1], ms) as b, running(ms[2], ms) as c:
+        mgrs = (a, b, c)
+        await wait_until(lambda: all(len(m.up_peers()) == 2 for m in mgrs), what="a full mesh")
+        assert all(link.links == 1 for m in mgrs for link in m.peers.values())  # one link per pair
+        inbox = c.subscribe("chat")
+        assert a.send("c", "chat", {"text": "hello", "n": 1})
+        with trio.fail_after(5):
+            peer, msg = await inbox.receive()
+        assert (peer, msg.body) == ("a", {"text": "hello", "n": 1})
+
+        async def echo(peer_id: str, body: dict[str, object]) -> dict[str, object]:
+            return {"data": peer_id.encode() + body["data"]}  # type: ignore[operator]
+
+        b.on_request("echo", "echo.reply", echo)
+        reply = await c.request("b", "echo", {"data": b"!"}, timeout_s=5)
+        assert reply.body == {"data": b"c!"}
+        inbox_a, inbox_b = a.subscribe("chat"), b.subscribe("chat")
+        assert c.broadcast("chat", {"text": "all", "n": 2}) == 2
+        with trio.fail_after(5):
+            assert (await inbox_a.receive()) [1].body["text"] == "all"
+            assert (await inbox_b.receive())[1].body["text"] == "all"
+        await wait_until(lambda: all(link.rtt_ms is not None for m in mgrs for link in m.peers.values()), what="rtt")
+        status = {s["id"]: s for s in a.status()}
+        assert status["c"]["state"] == "up" and status["c"]["messages_out"] >= 1 and status["c"]["rtt_ms"] < 1000
+        with pytest.raises(TimeoutError):
+            await c.request("a", "echo", {"data": b"?"}, timeout_s=0.3)  # a has no handler: no reply
+
+
+async def test_unknown_key_and_wrong_cluster_are_refused(caplog: pytest.LogCaptureFixture) -> None:
+    ms = members(["a", "b"])
+    async with running(ms[1], ms) as b:
+        # "a" dials b with a key that is not a's: b refuses and logs why; b never sees "a" up
+        async with running(ms[0], ms, key=KEYS["stranger"]) as impostor:
+            await wait_until(lambda: impostor.peers["b"].last_error is not None, what="a refusal")
+            await trio.sleep(0.3)
+            assert b.peers["a"].state is State.DOWN and b.peers["a"].links == 0
+            assert "refused" in (impostor.peers["b"].last_error or "")
+        async with running(ms[0], ms, cluster="other-cluster") as wrong:
+            await wait_until(lambda: "cluster" in (wrong.peers["b"].last_error or ""), what="cluster refusal")
+            assert b.peers["a"].links == 0
+    assert any("not a member" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_tampered_frame_kills_the_link_and_the_dialer_reconnects() -> None:
+    ms = members(["a", "b"])
+    async with running(ms[1], ms) as b:
+        # act as "a" by hand: complete the handshake, then send a frame sealed with the wrong counter
+        hs = Handshake(dialer=True, my_id="a", identity=KEYS["a"], cluster="test", members={m.id: m.public_key
+                                                                                          for m in ms}, expect="b")
+        async with open_websocket_url(f"ws://127.0.0.1:{ms[1].port}/peer/v1") as ws:
+            await ws.send_message(hs.hello())
+            auth = hs.receive_hello(await ws.get_message())
+            await ws.send_message(auth)
+            session = hs.receive_auth(await ws.get_message())
+            await wait_until(lambda: b.peers["a"].state is State.UP, what="link up")
+            frame = bytearray(session.seal(registry().encode(Message("chat", {"text": "x", "n": 1}))))
+            frame[-1] ^= 0xFF
+            await ws.send_message(bytes(frame))
+            await wait_until(lambda: b.peers["a"].state is State.DOWN, what="the link to close")
+        assert "authentication" in (b.peers["a"].last_error or "")
+        # b survived: the real "a" connects normally afterwards
+        async with running(ms[0], ms) as a:
+            await wait_until(lambda: a.peers["b"].state is State.UP and b.peers["a"].state is State.UP, what="relink")
+
+
+async def test_malformed_messages_are_counted_then_the_link_is_closed() -> None:
+    ms = members(["a", "b"])
+    async with running(ms[1], ms) as b:
+        hs = Handshake(dialer=True, my_id="a", identity=KEYS["a"], cluster="test",
+                       members={m.id: m.public_key for m in ms}, expect="b")
+        async with open_websocket_url(f"ws://127.0.0.1:{ms[1].port}/peer/v1") as ws:
+            await ws.send_message(hs.hello())
+            await ws.send_message(hs.receive_hello(await ws.get_message()))
+            session = hs.receive_auth(await ws.get_message())
+            await ws.send_message(session.seal(b"\xc1 not msgpack"))
+            await wait_until(lambda: b.peers["a"].errors == 1, what="one malformed message counted")
+            assert b.peers["a"].state is State.UP  # one bad message does not close the link
+            for _ in range(10):
+                await ws.send_message(session.seal(msgpack.packb({"v": 1, "type": "chat", "body": {}})))
+            await wait_until(lambda: b.peers["a"].state is State.DOWN, what="the link to close")
+        assert b.peers["a"].errors >= 10
+
+
+async def test_a_restarted_peer_is_reconnected() -> None:
+    ms = members(["a", "b"])
+    async with running(ms[0], ms) as a:
+        async with running(ms[1], ms):
+            await wait_until(lambda: a.peers["b"].state is State.UP, what="link up")
+        await wait_until(lambda: a.peers["b"].state in (State.DOWN, State.CONNECTING), what="link down")
+        async with running(ms[1], ms) as b2:
+            started = trio.current_time()
+            await wait_until(lambda: a.peers["b"].state is State.UP and b2.peers["a"].state is State.UP,
+                             what="reconnection")
+            assert trio.current_time() - started < 5
+            assert a.peers["b"].links == 2
+
+
+# ---- simulated network --------------------------------------------------------------------------------
+
+async def test_simnet_delivers_drops_delays_duplicates_and_partitions(autojump_clock: trio.testing.MockClock
+                                                                      ) -> None:
+    net = SimNetwork(registry(), seed=42, delay=(0.01, 0.5))
+    a, b, c = net.add("a"), net.add("b"), net.add("c")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        inbox = b.subscribe("chat")
+        start = trio.current_time()
+        for i in range(100):
+            a.send("b", "chat", {"text": "m", "n": i})
+        with trio.fail_after(10):
+            got = [(await inbox.receive())[1].body["n"] for _ in range(100)]
+        assert sorted(got) == list(range(100)) and got != list(range(100))  # all delivered, reordered
+        assert 0.01 <= trio.current_time() - start <= 0.5 + 1e-6  # virtual time: the configured delays
+
+        net.drop, net.duplicate = 0.3, 0.2
+        for i in range(1000):
+            a.send("b", "chat", {"text": "m", "n": i})
+        await trio.sleep(1)
+        received = 0
+        while True:
+            try:
+                inbox.receive_nowait()
+                received += 1
+            except trio.WouldBlock:
+                break
+        assert 250 <= net.stats.dropped <= 350 and net.stats.duplicated > 100
+        assert received == 1000 - net.stats.dropped + net.stats.duplicated
+
+        net.drop = net.duplicate = 0.0
+        net.partition({"a"}, {"b", "c"})
+        assert a.up_peers() == [] and b.up_peers() == ["c"]
+        a.send("b", "chat", {"text": "cut", "n": 1})
+        c.send("b", "chat", {"text": "same side", "n": 2})
+        await trio.sleep(1)
+        assert inbox.receive_nowait()[1].body["text"] == "same side"
+        with pytest.raises(trio.WouldBlock):
+            inbox.receive_nowait()
+        net.heal()
+
+        async def echo(peer_id: str, body: dict[str, object]) -> dict[str, object]:
+            return {"data": b"pong"}
+
+        c.on_request("echo", "echo.reply", echo)
+        assert (await a.request("c", "echo", {"data": b""}, timeout_s=2)).body == {"data": b"pong"}
+        net.partition({"a"}, {"c"})
+        with pytest.raises(TimeoutError):
+            await a.request("c", "echo", {"data": b""}, timeout_s=2)
+        nursery.cancel_scope.cancel()
