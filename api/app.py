@@ -74,6 +74,8 @@ async def json_body() -> JSONDict:
         body = json.loads(data, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, {"error": "malformed_json", "message": f"body is not valid JSON: {exc}"}) from None
+    except RecursionError:
+        raise ApiError(400, {"error": "malformed_json", "message": "body is nested too deeply"}) from None
     return v.require_object(body)
 
 
@@ -233,6 +235,8 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None) -> QuartT
         except ValueError:
             return {"success": False, "error": "invalid hex data",
                     "message": "data_hex must be an even number of hex digits, no 0x prefix"}, 400
+        if not data:
+            raise v.Invalid("data_hex", "at least one byte (DA layers refuse empty blobs)")
         if len(data) > coord.config.blob_max_bytes:
             return {"success": False, "error": "blob too large",
                     "message": f"blob is {len(data)} bytes; the limit is {coord.config.blob_max_bytes}"}, 413

@@ -79,9 +79,14 @@ def integer(value: Any, field: str, lo: int = 0, hi: int = MAX_U63) -> int:
 
 
 def number(value: Any, field: str, lo: float, hi: float, lo_open: bool = False) -> float:
-    if type(value) not in (int, float) or not math.isfinite(value):
+    if type(value) not in (int, float):
         raise Invalid(field, "a finite number")
-    v = float(value)
+    try:
+        v = float(value)  # an integer literal of 400 digits overflows here
+    except OverflowError:
+        raise Invalid(field, "a finite number") from None
+    if not math.isfinite(v):
+        raise Invalid(field, "a finite number")
     if v < lo or v > hi or (lo_open and v == lo):
         raise Invalid(field, f"a number {'>' if lo_open else '>='} {lo:g} and <= {hi:g}")
     return v

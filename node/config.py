@@ -254,7 +254,8 @@ def load(env: Mapping[str, str]) -> Config:
         cluster_member_keys=_keys(env, "CLUSTER_MEMBER_KEYS"),
         publish_interval_ms=_int(env, "PUBLISH_INTERVAL_MS", 200, 1, 600_000),
         snapshot_interval_ms=_int(env, "SNAPSHOT_INTERVAL_MS", 30_000, 100, 86_400_000),
-        blob_max_bytes=_int(env, "DA_BLOB_MAX_BYTES", 1_992_294, 4096, 8 * 1024 * 1024),
+        # at most what every layer accepts: Celestia blobs (1.9 MiB), blob stores (2 MiB bodies)
+        blob_max_bytes=_int(env, "DA_BLOB_MAX_BYTES", 1_992_294, 4096, 1_992_294),
         da_health_interval_ms=_int(env, "DA_HEALTH_INTERVAL_MS", 5000, 50, 3_600_000),
         da_failure_threshold=_int(env, "DA_FAILURE_THRESHOLD", 3, 1, 1000),
         da_recovery_threshold=_int(env, "DA_RECOVERY_THRESHOLD", 2, 1, 1000),

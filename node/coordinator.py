@@ -56,6 +56,10 @@ class Coordinator:
         self.key = identity.load_or_create(config.data_dir)
         self.public_key = bytes(self.key.verify_key)
         self.members = frozenset({self.public_key, *config.cluster_member_keys})
+        if config.cluster_member_keys and self.public_key not in config.cluster_member_keys:
+            log.warning("this coordinator's key %s is not in CLUSTER_MEMBER_KEYS: if the other members' lists do "
+                        "not have it either (a new data dir makes a new key), they will drop its writes",
+                        self.public_key.hex())
         self.state = State()
         self.hlc = HybridLogicalClock()
         self.stats = StatsTable(config.stats_ttl_ms)
@@ -177,9 +181,10 @@ class Coordinator:
 
     @property
     def rebuilt(self) -> bool:
-        """Every followed log that answers has been read up to its head at least once."""
-        caught = [c.caught_up.is_set() for c in self.consumers.values()]
-        return any(caught) and all(c.caught_up.is_set() or not c.last_ok for c in self.consumers.values())
+        """The primary log (the source of truth) has been read up to its head at least once, and so has
+        every other followed log that answers."""
+        return self.consumers[PRIMARY].caught_up.is_set() and all(
+            c.caught_up.is_set() or not c.last_ok for c in self.consumers.values())
 
     # ---- nodes -----------------------------------------------------------------------------------
 

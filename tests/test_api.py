@@ -128,6 +128,23 @@ async def test_overflowing_number_literal_is_422_not_a_crash(client: Any) -> Non
     assert resp.status_code == 422 and (await resp.get_json())["field"] == "cpu_free"
 
 
+async def test_hostile_bodies_are_client_errors(client: Any) -> None:
+    await post(client, "/register", NODE)
+    deep = b"[" * 200_000 + b"]" * 200_000
+    resp = await client.post("/register", data=deep, headers={"Content-Type": "application/json"})
+    assert resp.status_code in (400, 413) and (await resp.get_json())["error"] in ("malformed_json",
+                                                                                    "payload_too_large")
+    deep = b"[" * 100_000 + b"]" * 100_000  # under the size limit: the nesting must be refused
+    resp = await client.post("/schedule", data=deep, headers={"Content-Type": "application/json"})
+    assert resp.status_code == 400
+    huge = b'{"cpu_free": 1' + b"0" * 400 + b', "ram_free_mb": 1}'
+    resp = await client.post("/node/node-1/stats", data=huge, headers={"Content-Type": "application/json"})
+    assert resp.status_code == 422 and (await resp.get_json())["field"] == "cpu_free"
+    resp = await client.post("/scheduler/config", data=b'{"w_io": 1' + b"0" * 400 + b"}",
+                             headers={"Content-Type": "application/json"})
+    assert resp.status_code == 422
+
+
 async def test_schedule(client: Any) -> None:
     assert (await post(client, "/schedule", {}, 404))["error"] == "no suitable node"
     for i, (cpu, ram, io) in enumerate([(0.9, 1000, 0.9), (0.2, 64_000, 0.1), (0.5, 2000, 0.2)]):
@@ -213,8 +230,9 @@ async def test_da_post_and_metrics(client: Any) -> None:
     before = await get(client, "/da/metrics")
     body = await post(client, "/da/post", {"data_hex": "68656c6c6f20776f726c64"})
     assert body["success"] is True and body["commitment"] == hashlib.sha256(b"hello world").hexdigest()
-    second = await post(client, "/da/post", {"data_hex": ""})
+    second = await post(client, "/da/post", {"data_hex": "00"})
     assert second["height"] == body["height"] + 1
+    assert (await post(client, "/da/post", {"data_hex": ""}, 422))["field"] == "data_hex"
     after = await get(client, "/da/metrics")
     seed_fields = {"available", "post_count", "get_count", "error_count", "health_check_count", "retry_count",
                    "avg_post_latency_us", "avg_get_latency_us"}
