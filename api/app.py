@@ -27,6 +27,7 @@ from node.da.base import DAError
 from node.da.reconcile import AlreadyRunning
 from node.da.status import EMERGENCY, PRIMARY, SECONDARY, Status, StatusSnapshot
 from node.scheduler import WEIGHT_NAMES, Workload
+from protocol.manager import PeerManager
 
 log = logging.getLogger("dsdn.api")
 MAX_BODY = 1024 * 1024
@@ -79,8 +80,9 @@ async def json_body() -> JSONDict:
     return v.require_object(body)
 
 
-def create_app(coord: Coordinator, validator: BlobStore | None = None) -> QuartTrio:
-    """The coordinator's app; with ``validator`` it also hosts the quorum validator routes (/quorum/v1)."""
+def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: PeerManager | None = None) -> QuartTrio:
+    """The coordinator's app; with ``validator`` it also hosts the quorum validator routes (/quorum/v1);
+    ``peers``: its peer links, shown by /cluster/peers."""
     app = QuartTrio("dsdn-coordinator")
     app.config["MAX_CONTENT_LENGTH"] = max(MAX_BODY, validator.max_body_bytes if validator else 0)
     app.config["BODY_TIMEOUT"] = 30
@@ -317,6 +319,10 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None) -> QuartT
         return {"version": VERSION, "node_count": coord.state.node_count, "da_status": da_health_text(snap),
                 "routing_state": snap.routing, "fallback_active": snap.fallback_active,
                 "coordinator_id": coord.id, "public_key": coord.public_key.hex()}
+
+    @app.get("/cluster/peers")
+    async def cluster_peers() -> Response:
+        return json_response(peers.status() if peers is not None else [])
 
     @app.get("/state/root")
     async def state_root() -> JSONDict:

@@ -61,6 +61,8 @@ ROUTES: list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any], tuple[i
     ("GET", "/ready", "Readiness (503 while rebuilding or when no DA layer takes writes)", None, OBJ, (503,)),
     ("GET", "/system/info", "Version, node count and DA status", None, OBJ, ()),
     ("GET", "/state/root", "State root, events applied, events pending publication", None, OBJ, ()),
+    ("GET", "/cluster/peers", "Each peer: id, address, state, rtt_ms, last_seen, messages in/out, errors", None,
+     {"type": "array"}, ()),
     ("GET", "/openapi.json", "This document", None, OBJ, ()),
 ]
 

@@ -1,9 +1,9 @@
 """The ``dsdn`` command line.
 
 ``cluster up`` (a local cluster: devnet + emergency blob store + N coordinators), ``devnet`` (the local
-Celestia-compatible DA node), ``blobstore`` (the blob-store service), ``identity`` (print a data dir's
-public key, creating the key if needed, for CLUSTER_MEMBER_KEYS), ``namespace NAME`` (a valid Celestia
-namespace for DA_NAMESPACE), ``version``.
+Celestia-compatible DA node), ``blobstore`` (the blob-store service), ``keys show`` / ``identity`` (print a
+data dir's public key, creating the key if needed, for the cluster config), ``namespace NAME`` (a valid
+Celestia namespace for DA_NAMESPACE), ``version``.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("blobstore", help="run the blob-store service (`dsdn blobstore --help`)")
     ident = sub.add_parser("identity", help="print the coordinator public key of a data dir (creating it)")
     ident.add_argument("--data-dir", default=".dsdn/coordinator-0", help="coordinator data dir")
+    keys = sub.add_parser("keys", help="`dsdn keys show [--data-dir D]`: the same as identity")
+    keys.add_argument("action", choices=["show"])
+    keys.add_argument("--data-dir", default=".dsdn/coordinator-0", help="coordinator data dir")
     ns = sub.add_parser("namespace", help="print a valid Celestia v0 namespace (for DA_NAMESPACE) derived from NAME")
     ns.add_argument("name")
     sub.add_parser("version", help="print the version")
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError as exc:
             print(f"dsdn namespace: {exc}", file=sys.stderr)
             sys.exit(2)
-    elif args.command == "identity":
+    elif args.command in ("identity", "keys"):
         try:
             key = identity.load_or_create(Path(args.data_dir))
         except (OSError, ValueError) as exc:

@@ -1,9 +1,10 @@
 """``dsdn cluster up``: a local cluster of real processes on loopback.
 
 A devnet (the Celestia-compatible primary DA), an emergency blob store, and N coordinators; each
-coordinator hosts a quorum validator under /quorum/v1/ and the N of them form the QuorumDA. Ports:
-coordinator i serves HTTP on base-port + i; the devnet on base-port + 100, the blob store on
-base-port + 101. Output lines of every process are prefixed with its name; ``cluster.json`` in the
+coordinator hosts a quorum validator under /quorum/v1/ and the N of them form the QuorumDA; they are
+linked by the peer protocol (CLUSTER_PEERS). Ports: coordinator i serves HTTP on base-port + i and peer
+links on base-port + 200 + i; the devnet on base-port + 100, the blob store on base-port + 101.
+Output lines of every process are prefixed with its name; ``cluster.json`` in the
 data dir lists every process (role, id, pid, URL). Ctrl-C (or SIGTERM) stops everything cleanly:
 coordinators first (they write their final snapshots), then the blob store and the devnet.
 """
@@ -46,8 +47,10 @@ class Member:
 
     def record(self) -> dict[str, Any]:
         """Its cluster.json entry; ``env`` is what it was started with (enough to start it again)."""
+        port = self.env.get("PEER_PORT")
         return {"role": self.role, "id": self.id, "pid": self.process.pid if self.process else None,
-                "url": self.url, "peer_address": None, "argv": self.argv, "env": self.env}
+                "url": self.url, "peer_address": f"127.0.0.1:{port}" if port else None, "argv": self.argv,
+                "env": self.env}
 
 
 def plan(n: int, base_port: int, data_dir: Path, block_interval_ms: int = 500) -> list[Member]:
@@ -67,18 +70,22 @@ def plan(n: int, base_port: int, data_dir: Path, block_interval_ms: int = 500) -
     ids = [f"coordinator-{i}" for i in range(n)]
     keys = [bytes(identity.load_or_create(data_dir / cid).verify_key).hex() for cid in ids]
     urls = [f"http://127.0.0.1:{base_port + i}" for i in range(n)]
+    peers = ",".join(f"{cid}={key}@127.0.0.1:{base_port + 200 + i}" for i, (cid, key) in enumerate(zip(ids, keys,
+                                                                                                       strict=True)))
     common = {
         "USE_MOCK_DA": "false", "DA_RPC_URL": devnet_url, "DA_AUTH_TOKEN": token, "DA_NETWORK": "local",
         "DA_NAMESPACE": namespace_from_name("dsdn-local-cluster").hex(), "DA_TIMEOUT_MS": "5000",
         "DA_RETRY_COUNT": "1", "DA_RETRY_DELAY_MS": "200", "DA_HEALTH_INTERVAL_MS": "1000",
         "ENABLE_FALLBACK": "true", "FALLBACK_DA_TYPE": "quorum", "QUORUM_VALIDATORS": ",".join(urls),
         "QUORUM_VALIDATOR_KEYS": ",".join(keys), "QUORUM_VALIDATOR": "true", "EMERGENCY_DA_URL": store_url,
-        "CLUSTER_MEMBER_KEYS": ",".join(keys), "PUBLISH_INTERVAL_MS": "50", "QUORUM_SIGNATURE_TIMEOUT_MS": "2000",
+        "CLUSTER_PEERS": peers, "CLUSTER_ID": "dsdn-local", "PEER_HEARTBEAT_MS": "500",
+        "PUBLISH_INTERVAL_MS": "50", "QUORUM_SIGNATURE_TIMEOUT_MS": "2000",
         "RECONCILE_PARALLEL": "true", "RECONCILE_RETRY_DELAY_MS": "500",
     }
     coordinators = [
         Member("coordinator", cid, url, "/ready", [py, "-m", "node.main"],
                {**common, "COORDINATOR_ID": cid, "COORDINATOR_PORT": str(base_port + i),
+                "PEER_PORT": str(base_port + 200 + i),
                 "COORDINATOR_DATA_DIR": str(data_dir / cid)})
         for i, (cid, url) in enumerate(zip(ids, urls, strict=True))
     ]
@@ -191,10 +198,17 @@ async def run_cluster(n: int, base_port: int, data_dir: Path, block_interval_ms:
 
 
 async def _wait_for_stop_or_exit(stop: trio.Event, members: list[Member]) -> None:
+    """Until Ctrl-C; a member that exits is reported and the others keep running (so faults can be
+    studied), except the DA services, without which the cluster cannot work."""
+    reported: set[str] = set()
     while not stop.is_set():
         for m in members:
-            if m.process is not None and m.process.returncode is not None:
+            if m.process is None or m.process.returncode is None or m.id in reported:
+                continue
+            if m.role != "coordinator":
                 raise RuntimeError(f"{m.id} exited unexpectedly with code {m.process.returncode}")
+            reported.add(m.id)
+            print(f"[cluster] {m.id} exited with code {m.process.returncode}; the others keep running", flush=True)
         with trio.move_on_after(0.5):
             await stop.wait()
 
@@ -208,6 +222,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not 1 <= args.n <= 50:
         parser.error("-n must be from 1 to 50")
-    if not 1 <= args.base_port <= 65535 - 101:
-        parser.error("--base-port must leave room for base-port + 101")
+    if not 1 <= args.base_port <= 65535 - 200 - args.n:
+        parser.error("--base-port must leave room for base-port + 200 + n (the peer ports)")
     run_process("dsdn cluster", run_cluster, args.n, args.base_port, args.data_dir, args.block_interval_ms)

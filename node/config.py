@@ -29,6 +29,16 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class PeerSpec:
+    """One cluster member as the cluster config lists it."""
+
+    id: str
+    public_key: bytes
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
 class Config:
     # Primary DA (Celestia)
     da_rpc_url: str | None = None
@@ -68,6 +78,11 @@ class Config:
     snapshot_interval_ms: int = 30_000
     blob_max_bytes: int = 1_992_294  # 1.9 MiB
     da_health_interval_ms: int = 5000
+    cluster_id: str = "dsdn-local"
+    peers: tuple[PeerSpec, ...] = ()  # every member, this coordinator included
+    peer_host: str = "127.0.0.1"
+    peer_port: int = 0  # 0: the port of our own entry in the cluster config
+    peer_heartbeat_ms: int = 1000
     da_failure_threshold: int = 3
     da_recovery_threshold: int = 2
 
@@ -179,6 +194,58 @@ def _keys(env: Mapping[str, str], var: str) -> tuple[bytes, ...]:
     return tuple(keys)
 
 
+def _peer_address(var: str, raw: str, address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(var, raw, f"peer addresses as host:port, not {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def _peer(var: str, raw: str, node_id: object, key: object, address: object) -> PeerSpec:
+    if not isinstance(node_id, str) or not ID_RE.match(node_id):
+        raise ConfigError(var, raw, f"member ids of 1-128 characters of A-Z a-z 0-9 . _ : -, not {node_id!r}")
+    if not isinstance(key, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", key):
+        raise ConfigError(var, raw, f"member {node_id}: an Ed25519 public key of 64 hex characters")
+    if not isinstance(address, str):
+        raise ConfigError(var, raw, f"member {node_id}: a peer address host:port")
+    return PeerSpec(node_id, bytes.fromhex(key), *_peer_address(var, raw, address))
+
+
+def _cluster(env: Mapping[str, str]) -> tuple[str | None, tuple[PeerSpec, ...]]:
+    """(cluster id from the file, members) from CLUSTER_CONFIG (TOML) or CLUSTER_PEERS."""
+    path = _get(env, "CLUSTER_CONFIG")
+    raw = _get(env, "CLUSTER_PEERS")
+    if path is not None:
+        import tomllib
+
+        try:
+            with open(path, "rb") as f:
+                doc = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError("CLUSTER_CONFIG", path, f"a readable TOML file ({exc})") from None
+        members = doc.get("member")
+        if not isinstance(members, list) or not members or not all(isinstance(m, dict) for m in members):
+            raise ConfigError("CLUSTER_CONFIG", path, "[[member]] tables with id, public_key, peer_address")
+        peers = tuple(_peer("CLUSTER_CONFIG", path, m.get("id"), m.get("public_key"), m.get("peer_address"))
+                      for m in members)
+        cluster_id = doc.get("cluster_id")
+        if cluster_id is not None and not (isinstance(cluster_id, str) and ID_RE.match(cluster_id)):
+            raise ConfigError("CLUSTER_CONFIG", path, "cluster_id: 1-128 characters of A-Z a-z 0-9 . _ : -")
+    elif raw is not None:
+        specs = []
+        for part in (p.strip() for p in raw.split(",") if p.strip()):
+            node_id, _, rest = part.partition("=")
+            key, _, address = rest.partition("@")
+            specs.append(_peer("CLUSTER_PEERS", raw, node_id.strip(), key.strip(), address.strip()))
+        peers, cluster_id = tuple(specs), None
+    else:
+        return None, ()
+    ids = [p.id for p in peers]
+    if len(set(ids)) != len(ids) or len({p.public_key for p in peers}) != len(peers):
+        raise ConfigError("CLUSTER_CONFIG" if path else "CLUSTER_PEERS", path or raw, "distinct member ids and keys")
+    return cluster_id, peers
+
+
 def load(env: Mapping[str, str]) -> Config:
     """Parse and validate the whole configuration; raise ConfigError on the first bad variable."""
     coordinator_id = _get(env, "COORDINATOR_ID") or "coordinator-0"
@@ -220,6 +287,13 @@ def load(env: Mapping[str, str]) -> Config:
     if network == "mainnet" and not use_mock and api_token is None:
         raise ConfigError("COORDINATOR_API_TOKEN", None, "a token (mandatory with DA_NETWORK=mainnet)")
     data_dir = Path(_get(env, "COORDINATOR_DATA_DIR") or f".dsdn/{coordinator_id}")
+    file_cluster_id, peers = _cluster(env)
+    if peers and coordinator_id not in {p.id for p in peers}:
+        names = ", ".join(p.id for p in peers)
+        raise ConfigError("COORDINATOR_ID", coordinator_id, f"one of the cluster members: {names}")
+    cluster_id = _get(env, "CLUSTER_ID") or file_cluster_id or "dsdn-local"
+    if not ID_RE.match(cluster_id):
+        raise ConfigError("CLUSTER_ID", cluster_id, "1-128 characters of A-Z a-z 0-9 . _ : -")
 
     return Config(
         da_rpc_url=rpc_url,
@@ -251,7 +325,12 @@ def load(env: Mapping[str, str]) -> Config:
         data_dir=data_dir,
         api_token=api_token,
         stats_ttl_ms=_int(env, "STATS_TTL_MS", 300_000, 1, 86_400_000),
-        cluster_member_keys=_keys(env, "CLUSTER_MEMBER_KEYS"),
+        cluster_member_keys=tuple(dict.fromkeys([*_keys(env, "CLUSTER_MEMBER_KEYS"), *(p.public_key for p in peers)])),
+        cluster_id=cluster_id,
+        peers=peers,
+        peer_host=_get(env, "PEER_HOST") or "127.0.0.1",
+        peer_port=_int(env, "PEER_PORT", 0, 0, 65535),
+        peer_heartbeat_ms=_int(env, "PEER_HEARTBEAT_MS", 1000, 10, 60_000),
         publish_interval_ms=_int(env, "PUBLISH_INTERVAL_MS", 200, 1, 600_000),
         snapshot_interval_ms=_int(env, "SNAPSHOT_INTERVAL_MS", 30_000, 100, 86_400_000),
         # at most what every layer accepts: Celestia blobs (1.9 MiB), blob stores (2 MiB bodies)

@@ -213,7 +213,16 @@ class Coordinator:
     def put_stats(self, node_id: str, values: dict[str, float]) -> None:
         if self.state.node(node_id) is None:
             raise NotFound({"error": "node not found", "node_id": node_id})
-        self.stats.put(node_id, NodeStats(reported_ms=wall_ms(), **values))
+        stats = NodeStats(reported_ms=wall_ms(), **values)
+        self.stats.put(node_id, stats)
+        self.on_stats(node_id, stats)
+
+    def on_stats(self, node_id: str, stats: NodeStats) -> None:
+        """Called with every locally reported stats update; the process entry shares them with peers."""
+
+    def accept_stats(self, node_id: str, stats: NodeStats) -> None:
+        """Stats a peer received (last writer wins by report time; the node may not be replicated here yet)."""
+        self.stats.put(node_id, stats)
 
     # ---- placement and scheduling ----------------------------------------------------------------
 

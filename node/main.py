@@ -20,9 +20,12 @@ from hypercorn.trio import serve
 from api.app import create_app
 from api.blobstore import BlobStore
 from node import config as config_mod
+from node import gossip
 from node.coordinator import Coordinator
 from node.da.factory import build_layers
 from node.process import run_process, setup_logging, stop_on_signals
+from protocol.envelope import Registry
+from protocol.manager import Member, PeerManager
 
 log = logging.getLogger("dsdn.main")
 
@@ -52,24 +55,45 @@ async def run(cfg: config_mod.Config) -> None:
     layers = build_layers(cfg)
     coord = Coordinator(cfg, layers.primary, layers.secondary, layers.emergency, layers.followed)
     validator = BlobStore(cfg.data_dir) if cfg.quorum_validator else None
-    app = create_app(coord, validator)
+    peers = peer_manager(cfg, coord)
+    app = create_app(coord, validator, peers)
     hcfg = hypercorn_config(cfg.host, cfg.port)
     stop = trio.Event()
     async with trio.open_nursery() as outer:
         outer.start_soon(stop_on_signals, stop)
         await outer.start(coord.run)
+        if peers is not None:
+            await outer.start(peers.run)
+            outer.start_soon(gossip.run_stats_gossip, coord, peers)
         async with trio.open_nursery() as http:
             binds = await http.start(partial(serve, app, hcfg, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
             primary = (("mock " + (cfg.mock_da_file if cfg.mock_da_path != ":memory:" else "in memory"))
                        if cfg.use_mock_da else f"celestia {cfg.da_rpc_url}")
-            log.info("coordinator %s listening on %s (public key %s; DA primary: %s; layers: %s; follows: %s%s)",
+            log.info("coordinator %s listening on %s (public key %s; DA primary: %s; layers: %s; follows: %s%s%s)",
                      coord.id, ", ".join(binds), coord.public_key.hex(), primary, ", ".join(coord.da.layers),
-                     ", ".join(coord.da.followed), "; hosts a quorum validator" if validator else "")
+                     ", ".join(coord.da.followed), "; hosts a quorum validator" if validator else "",
+                     f"; peers at {peers.url} ({len(peers.peers)} members)" if peers else "")
             outer.start_soon(_announce_ready, coord)
         outer.cancel_scope.cancel()
     if validator is not None:
         validator.close()
     log.info("stopped cleanly")
+
+
+def peer_manager(cfg: config_mod.Config, coord: Coordinator) -> PeerManager | None:
+    """The peer links of a coordinator that is a member of a configured cluster."""
+    if not cfg.peers:
+        return None
+    me = next(p for p in cfg.peers if p.id == cfg.coordinator_id)
+    if me.public_key != coord.public_key:
+        raise config_mod.ConfigError("CLUSTER_CONFIG/CLUSTER_PEERS", me.public_key.hex(),
+                                     f"the public key of {cfg.data_dir}/identity.key ({coord.public_key.hex()}) "
+                                     f"for member {me.id}")
+    registry = Registry()
+    gossip.register(registry)
+    members = [Member(p.id, p.public_key, p.host, p.port) for p in cfg.peers]
+    return PeerManager(cfg.coordinator_id, coord.key, cfg.cluster_id, members, registry, host=cfg.peer_host,
+                       port=cfg.peer_port or me.port, heartbeat_s=cfg.peer_heartbeat_ms / 1000)
 
 
 async def _announce_ready(coord: Coordinator) -> None:

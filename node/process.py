@@ -14,6 +14,7 @@ from typing import Any
 
 import trio
 
+from node.config import ConfigError
 from node.identity import KeyFileError
 
 log = logging.getLogger("dsdn.process")
@@ -36,12 +37,14 @@ async def stop_on_signals(stop: trio.Event) -> None:
 
 
 def run_process(prog: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
-    """``trio.run(fn, *args)``; exit 2 for a corrupt key file, 1 when it cannot start (port taken, storage)."""
+    """``trio.run(fn, *args)``; exit 2 for a corrupt key file or a setting found wrong at start, 1 when it
+    cannot start (port taken, storage)."""
     try:
         trio.run(fn, *args)
-    except* KeyFileError as group:
+    except* (KeyFileError, ConfigError) as group:
         for exc in group.exceptions:
-            print(f"{prog}: {exc}", file=sys.stderr)
+            kind = "configuration error: " if isinstance(exc, ConfigError) else ""
+            print(f"{prog}: {kind}{exc}", file=sys.stderr)
         sys.exit(2)
     except* (OSError, sqlite3.Error, RuntimeError) as group:
         for exc in group.exceptions:

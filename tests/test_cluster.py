@@ -28,7 +28,7 @@ def free_base_port() -> int:
     for _ in range(100):
         base = random.randrange(20000, 40000)
         try:
-            for port in (base, base + 1, base + 2, base + 100, base + 101):
+            for port in (base, base + 1, base + 2, base + 100, base + 101, base + 200, base + 201, base + 202):
                 with socket.socket() as s:
                     s.bind(("127.0.0.1", port))
         except OSError:
@@ -43,6 +43,7 @@ class Cluster:
         self.base = free_base_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.info: dict[str, Any] = {}
+        self.extra: list[subprocess.Popen[bytes]] = []  # processes a test started besides the launcher's
 
     def start(self) -> None:
         log = open(self.log_path, "wb")  # noqa: SIM115 - the child owns it for its lifetime
@@ -99,6 +100,10 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     yield c
     code = c.stop()
     assert code == 0, f"the cluster did not stop cleanly (exit {code}):\n{c.log()}"
+    for extra in c.extra:
+        if extra.poll() is None:
+            extra.terminate()
+            extra.wait(20)
     assert "[cluster] stopped" in c.log()
 
 
@@ -137,6 +142,10 @@ async def converged(http: httpx.AsyncClient, urls: list[str], ids: list[str]) ->
     return set(ids) <= nodes
 
 
+async def _all_have(http: httpx.AsyncClient, urls: list[str], node_id: str) -> bool:
+    return all([(await http.get(f"{u}/node/{node_id}")).status_code == 200 for u in urls])
+
+
 async def write_during(http: httpx.AsyncClient, url: str, prefix: str, seconds: float) -> list[str]:
     """Register nodes on ``url`` for ``seconds``; return the ids whose write was acknowledged (200)."""
     acked = []
@@ -159,6 +168,56 @@ async def test_cluster_replicates_survives_outages_and_rebuilds(cluster: Cluster
     for url in cluster.coordinators:
         assert (await http.get(f"{url}/ready")).status_code == 200
         assert (await http.get(f"{url}/quorum/v1/health")).json()["ok"] is True
+
+    # 0. Peer links: a full mesh, and node stats posted on one coordinator reach the others over it.
+    async def mesh() -> bool:
+        for url in cluster.coordinators:
+            peers = (await http.get(f"{url}/cluster/peers")).json()
+            if sorted(p["state"] for p in peers) != ["up", "up"]:
+                return False
+        return True
+
+    await until("a full mesh of peer links", mesh, 30, cluster)
+    peers = (await http.get(f"{c0}/cluster/peers")).json()
+    assert {p["id"] for p in peers} == {"coordinator-1", "coordinator-2"}
+    assert all(p["rtt_ms"] is not None and p["messages_in"] > 0 and p["errors"] == 0 for p in peers)
+    await http.post(f"{c0}/register", json={"id": "worker", "zone": "z", "addr": "10.0.0.9:1"})
+    await until("worker registered everywhere", lambda: _all_have(http, cluster.coordinators, "worker"), 10)
+    stats = {"cpu_free": 0.9, "ram_free_mb": 4096.0, "gpu_free": 0.0, "latency_ms": 3.0, "io_pressure": 0.1}
+    assert (await http.post(f"{c0}/node/worker/stats", json=stats)).status_code == 200
+
+    async def stats_everywhere() -> bool:
+        got = [(await http.get(f"{u}/node/worker/stats")).json() for u in (c1, c2)]
+        return all(g["found"] and g["stats"] == stats for g in got)
+
+    took = await until("stats to reach the other coordinators", stats_everywhere, 5, cluster)
+    print(f"\nstats reached both peers in {took * 1000:.0f} ms")
+    assert (await http.post(f"{c2}/schedule", json={"cpu_req": 0.5})).json() == {"node_id": "worker"}
+
+    # a coordinator killed with SIGKILL and started again is relinked
+    c2_proc = cluster.process("coordinator-2")
+    os.kill(c2_proc["pid"], signal.SIGKILL)
+
+    async def c2_down_on_c0() -> bool:
+        return any(p["id"] == "coordinator-2" and p["state"] != "up"
+                   for p in (await http.get(f"{c0}/cluster/peers")).json())
+
+    await until("c0 to see c2 down", c2_down_on_c0, 15, cluster)
+    with open(cluster.log_path.with_name("c2-restarted.log"), "wb") as log:
+        restarted = subprocess.Popen([sys.executable, "-m", "node.main"], env={**os.environ, **c2_proc["env"]},
+                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    cluster.extra.append(restarted)
+    c2_proc["pid"] = restarted.pid  # the steps below pause and resume the new process
+
+    async def relinked() -> bool:
+        try:
+            return await mesh()
+        except httpx.TransportError:
+            return False
+
+    took = await until("c2 to be relinked after its restart", relinked, 30, cluster)
+    print(f"restarted coordinator relinked in {took:.2f}s")
+    assert (await http.get(f"{c2}/node/worker/stats")).json()["found"]  # caught up on stats at link-up
 
     # 1. Replication: a node registered on one coordinator appears on the others within two blocks.
     delays = []
@@ -233,7 +292,9 @@ async def test_cluster_replicates_survives_outages_and_rebuilds(cluster: Cluster
     env = {**os.environ, **cluster.process("coordinator-2")["env"]}
     port = free_base_port()
     env.update(COORDINATOR_ID="rebuilt", COORDINATOR_PORT=str(port), COORDINATOR_DATA_DIR=str(tmp_path / "rebuilt"),
-               QUORUM_VALIDATOR="false")
+               QUORUM_VALIDATOR="false", CLUSTER_PEERS="", PEER_PORT="")  # an outsider: no peer links
+    members = cluster.process("coordinator-0")["env"]["CLUSTER_PEERS"]
+    env["CLUSTER_MEMBER_KEYS"] = ",".join(m.split("=")[1].split("@")[0] for m in members.split(","))
     with open(tmp_path / "rebuilt.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "node.main"], env=env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)

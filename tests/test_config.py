@@ -87,3 +87,37 @@ def test_fallback_consistency_rules() -> None:
     cfg = load({"USE_MOCK_DA": "true", "ENABLE_FALLBACK": "1", "FALLBACK_DA_TYPE": "Quorum",
                 "QUORUM_VALIDATORS": " a:1, ,b:2 "})
     assert cfg.quorum_validators == ("a:1", "b:2") and cfg.fallback_da_type == "quorum"
+
+
+K0, K1 = "aa" * 32, "bb" * 32
+
+
+def test_cluster_members_from_cluster_peers_and_from_a_toml_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cfg = load({"USE_MOCK_DA": "true", "COORDINATOR_ID": "c0",
+                "CLUSTER_PEERS": f"c0={K0}@127.0.0.1:9200, c1={K1}@[::1]:9201", "CLUSTER_ID": "prod-1"})
+    assert [(p.id, p.host, p.port) for p in cfg.peers] == [("c0", "127.0.0.1", 9200), ("c1", "::1", 9201)]
+    assert cfg.cluster_id == "prod-1" and set(cfg.cluster_member_keys) == {bytes.fromhex(K0), bytes.fromhex(K1)}
+    toml = tmp_path / "cluster.toml"
+    toml.write_text(f'cluster_id = "from-file"\n[[member]]\nid = "c0"\npublic_key = "{K0}"\npeer_address = '
+                    f'"10.0.0.1:9200"\n[[member]]\nid = "c1"\npublic_key = "{K1}"\npeer_address = "10.0.0.2:9200"\n')
+    cfg = load({"USE_MOCK_DA": "true", "COORDINATOR_ID": "c1", "CLUSTER_CONFIG": str(toml)})
+    assert cfg.cluster_id == "from-file" and [p.host for p in cfg.peers] == ["10.0.0.1", "10.0.0.2"]
+    assert load({"USE_MOCK_DA": "true", "COORDINATOR_ID": "c1", "CLUSTER_CONFIG": str(toml),
+                 "CLUSTER_ID": "override"}).cluster_id == "override"
+
+
+@pytest.mark.parametrize(
+    ("env", "var", "expected"),
+    [
+        ({"CLUSTER_PEERS": f"c0={K0}@127.0.0.1:9200"}, "COORDINATOR_ID", "one of the cluster members: c0"),
+        ({"COORDINATOR_ID": "c0", "CLUSTER_PEERS": "c0=abcd@127.0.0.1:9200"}, "CLUSTER_PEERS", "64 hex"),
+        ({"COORDINATOR_ID": "c0", "CLUSTER_PEERS": f"c0={K0}@127.0.0.1"}, "CLUSTER_PEERS", "host:port"),
+        ({"COORDINATOR_ID": "c0", "CLUSTER_PEERS": f"c0={K0}@h:1,c0={K1}@h:2"}, "CLUSTER_PEERS", "distinct"),
+        ({"COORDINATOR_ID": "c0", "CLUSTER_CONFIG": "/nonexistent.toml"}, "CLUSTER_CONFIG", "readable TOML"),
+        ({"COORDINATOR_ID": "c0", "CLUSTER_PEERS": f"c0={K0}@h:1", "CLUSTER_ID": "bad id"}, "CLUSTER_ID", "1-128"),
+    ],
+)
+def test_bad_cluster_membership_is_refused(env: dict[str, str], var: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load({"USE_MOCK_DA": "true", **env})
+    assert err.value.var == var and expected in str(err.value)

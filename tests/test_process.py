@@ -157,3 +157,15 @@ def test_dsdn_cli_prints_the_identity(tmp_path: Path) -> None:
     again = subprocess.run([sys.executable, "-m", "deploy.cli", "identity", "--data-dir", str(tmp_path)],
                            capture_output=True, text=True, timeout=30, check=True).stdout.strip()
     assert len(out) == 64 and out == again and (tmp_path / "identity.key").stat().st_mode & 0o077 == 0
+
+
+def test_keys_show_and_a_member_key_mismatch_is_a_clear_start_error(tmp_path: Path) -> None:
+    key = subprocess.run([sys.executable, "-m", "deploy.cli", "keys", "show", "--data-dir", str(tmp_path / "c0")],
+                         capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    assert len(key) == 64
+    wrong = "cd" * 32
+    result = run_cli({"USE_MOCK_DA": "true", "COORDINATOR_ID": "c0", "COORDINATOR_DATA_DIR": str(tmp_path / "c0"),
+                      "COORDINATOR_PORT": str(free_port()), "CLUSTER_PEERS": f"c0={wrong}@127.0.0.1:{free_port()}"})
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert "configuration error" in line and key in line and "Traceback" not in result.stderr
