@@ -22,6 +22,8 @@ from api import validation as v
 from api.asgi_fix import shield_final_send
 from api.blobstore import BlobStore, register_blobstore_routes
 from api.openapi import QUORUM_ROUTES, ROUTES, openapi_document
+from consensus.dkg import DkgError
+from consensus.dkg_service import DkgService
 from node.coordinator import VERSION, Coordinator, NotFound
 from node.da.base import DAError
 from node.da.reconcile import AlreadyRunning
@@ -80,9 +82,10 @@ async def json_body() -> JSONDict:
     return v.require_object(body)
 
 
-def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: PeerManager | None = None) -> QuartTrio:
+def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: PeerManager | None = None,
+               dkg: DkgService | None = None) -> QuartTrio:
     """The coordinator's app; with ``validator`` it also hosts the quorum validator routes (/quorum/v1);
-    ``peers``: its peer links, shown by /cluster/peers."""
+    ``peers``: its peer links (/cluster/peers); ``dkg``: the cluster key (/cluster/status, /cluster/dkg)."""
     app = QuartTrio("dsdn-coordinator")
     app.config["MAX_CONTENT_LENGTH"] = max(MAX_BODY, validator.max_body_bytes if validator else 0)
     app.config["BODY_TIMEOUT"] = 30
@@ -323,6 +326,31 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
     @app.get("/cluster/peers")
     async def cluster_peers() -> Response:
         return json_response(peers.status() if peers is not None else [])
+
+    @app.get("/cluster/status")
+    async def cluster_status() -> JSONDict:
+        if dkg is None:
+            return {"group_public_key": None, "threshold": None, "members": [],
+                    "dkg": {"state": "unavailable", "session": None, "error": "this coordinator has no cluster "
+                            "configuration (CLUSTER_CONFIG or CLUSTER_PEERS)", "waiting_for": [], "sessions_run": 0}}
+        return dkg.status()
+
+    @app.post("/cluster/dkg")
+    @mutating
+    async def cluster_dkg() -> tuple[JSONDict, int]:
+        threshold = None
+        if request.content_length:
+            body = await json_body()
+            if body.get("threshold") is not None:
+                threshold = v.integer(body["threshold"], "threshold", 1, 255)
+        if dkg is None:
+            raise ApiError(409, {"error": "no_cluster", "message": "this coordinator has no cluster configuration"})
+        try:
+            session = dkg.start(threshold)
+        except DkgError as exc:
+            already = "already" in str(exc)
+            raise ApiError(409 if already else 422, {"error": "dkg_refused", "message": str(exc)}) from None
+        return {"session": session.hex(), "threshold": dkg.status()["threshold"]}, 202
 
     @app.get("/state/root")
     async def state_root() -> JSONDict:

@@ -55,7 +55,7 @@ ROUTES: list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any], tuple[i
     ("GET", "/da/routing", "DA routing state", None, OBJ, ()),
     ("GET", "/fallback/status", "Fallback status", None, OBJ, ()),
     ("GET", "/fallback/pending", "Blobs pending reconciliation", None, {"type": "array"}, ()),
-    ("POST", "/fallback/reconcile", "Run reconciliation now", None, OBJ, (401,)),
+    ("POST", "/fallback/reconcile", "Run reconciliation now", None, OBJ, (401, 409)),
     ("GET", "/fallback/consistency", "Check published blobs are readable from DA", None, OBJ, ()),
     ("GET", "/health", "Liveness and DA health (always 200 while the process lives)", None, OBJ, ()),
     ("GET", "/ready", "Readiness (503 while rebuilding or when no DA layer takes writes)", None, OBJ, (503,)),
@@ -63,6 +63,10 @@ ROUTES: list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any], tuple[i
     ("GET", "/state/root", "State root, events applied, events pending publication", None, OBJ, ()),
     ("GET", "/cluster/peers", "Each peer: id, address, state, rtt_ms, last_seen, messages in/out, errors", None,
      {"type": "array"}, ()),
+    ("GET", "/cluster/status", "Group public key, threshold, members with their verifying shares, DKG state", None,
+     OBJ, ()),
+    ("POST", "/cluster/dkg", "Start a distributed key generation ({threshold?}); 202 with the session", None, OBJ,
+     (401, 409, 422)),
     ("GET", "/openapi.json", "This document", None, OBJ, ()),
 ]
 
@@ -77,7 +81,8 @@ QUORUM_ROUTES: list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any], 
 
 _DESCRIPTIONS = {400: "Malformed JSON", 401: "Missing or wrong bearer token", 404: "Not found",
                  413: "Body too large", 415: "Content-Type is not application/json",
-                 422: "Schema violation", 503: "Not ready / DA unavailable"}
+                 409: "Conflict with the current state", 422: "Schema violation",
+                 503: "Not ready / DA unavailable"}
 
 
 def openapi_path(rule: str) -> str:

@@ -83,6 +83,9 @@ class Config:
     peer_host: str = "127.0.0.1"
     peer_port: int = 0  # 0: the port of our own entry in the cluster config
     peer_heartbeat_ms: int = 1000
+    dkg_threshold: int | None = None  # None: floor(2n/3) + 1
+    dkg_auto: bool = True
+    keystore_passphrase: bytes | None = field(default=None, repr=False)
     da_failure_threshold: int = 3
     da_recovery_threshold: int = 2
 
@@ -246,6 +249,14 @@ def _cluster(env: Mapping[str, str]) -> tuple[str | None, tuple[PeerSpec, ...]]:
     return cluster_id, peers
 
 
+def _dkg_threshold(env: Mapping[str, str], n: int) -> int | None:
+    raw = _get(env, "DKG_THRESHOLD")
+    if raw is None:
+        return None
+    lo = n // 2 + 1
+    return _int(env, "DKG_THRESHOLD", 0, lo, max(lo, n))
+
+
 def load(env: Mapping[str, str]) -> Config:
     """Parse and validate the whole configuration; raise ConfigError on the first bad variable."""
     coordinator_id = _get(env, "COORDINATOR_ID") or "coordinator-0"
@@ -331,6 +342,9 @@ def load(env: Mapping[str, str]) -> Config:
         peer_host=_get(env, "PEER_HOST") or "127.0.0.1",
         peer_port=_int(env, "PEER_PORT", 0, 0, 65535),
         peer_heartbeat_ms=_int(env, "PEER_HEARTBEAT_MS", 1000, 10, 60_000),
+        dkg_threshold=_dkg_threshold(env, len(peers)),
+        dkg_auto=_bool(env, "DKG_AUTO", True),
+        keystore_passphrase=(env.get("KEYSTORE_PASSPHRASE") or "").encode() or None,
         publish_interval_ms=_int(env, "PUBLISH_INTERVAL_MS", 200, 1, 600_000),
         snapshot_interval_ms=_int(env, "SNAPSHOT_INTERVAL_MS", 30_000, 100, 86_400_000),
         # at most what every layer accepts: Celestia blobs (1.9 MiB), blob stores (2 MiB bodies)

@@ -19,6 +19,8 @@ from hypercorn.trio import serve
 
 from api.app import create_app
 from api.blobstore import BlobStore
+from consensus import dkg_service
+from consensus.dkg_service import DkgService
 from node import config as config_mod
 from node import gossip
 from node.coordinator import Coordinator
@@ -56,7 +58,11 @@ async def run(cfg: config_mod.Config) -> None:
     coord = Coordinator(cfg, layers.primary, layers.secondary, layers.emergency, layers.followed)
     validator = BlobStore(cfg.data_dir) if cfg.quorum_validator else None
     peers = peer_manager(cfg, coord)
-    app = create_app(coord, validator, peers)
+    dkg = None
+    if peers is not None:
+        dkg = DkgService(peers, coord.key, {p.id: p.public_key for p in cfg.peers}, cfg.data_dir / "keyshare.bin",
+                         passphrase=cfg.keystore_passphrase, threshold=cfg.dkg_threshold, auto=cfg.dkg_auto)
+    app = create_app(coord, validator, peers, dkg)
     hcfg = hypercorn_config(cfg.host, cfg.port)
     stop = trio.Event()
     async with trio.open_nursery() as outer:
@@ -65,6 +71,8 @@ async def run(cfg: config_mod.Config) -> None:
         if peers is not None:
             await outer.start(peers.run)
             outer.start_soon(gossip.run_stats_gossip, coord, peers)
+        if dkg is not None:
+            await outer.start(dkg.run)
         async with trio.open_nursery() as http:
             binds = await http.start(partial(serve, app, hcfg, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
             primary = (("mock " + (cfg.mock_da_file if cfg.mock_da_path != ":memory:" else "in memory"))
@@ -91,6 +99,7 @@ def peer_manager(cfg: config_mod.Config, coord: Coordinator) -> PeerManager | No
                                      f"for member {me.id}")
     registry = Registry()
     gossip.register(registry)
+    dkg_service.register(registry)
     members = [Member(p.id, p.public_key, p.host, p.port) for p in cfg.peers]
     return PeerManager(cfg.coordinator_id, coord.key, cfg.cluster_id, members, registry, host=cfg.peer_host,
                        port=cfg.peer_port or me.port, heartbeat_s=cfg.peer_heartbeat_ms / 1000)

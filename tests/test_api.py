@@ -345,6 +345,6 @@ async def test_openapi_documents_every_route(client: Any) -> None:
     assert doc["openapi"].startswith("3.")
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
     assert documented == {(m, openapi_path(r)) for m, r, *_ in ROUTES}
-    assert len(documented) == 25  # the seed's 22 plus /state/root, /cluster/peers and /openapi.json
+    assert len(documented) == 27  # the seed's 22 plus /state/root, /cluster/{peers,status,dkg}, /openapi.json
     assert doc["paths"]["/register"]["post"]["requestBody"]["content"]["application/json"]["schema"]["required"] == [
         "id", "zone", "addr"]

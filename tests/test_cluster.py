@@ -17,8 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nacl.signing
 import pytest
 import trio
+
+from consensus import frost, keystore
+from node import identity
 
 BLOCK_MS = 500
 
@@ -194,6 +198,29 @@ async def test_cluster_replicates_survives_outages_and_rebuilds(cluster: Cluster
     print(f"\nstats reached both peers in {took * 1000:.0f} ms")
     assert (await http.post(f"{c2}/schedule", json={"cpu_req": 0.5})).json() == {"node_id": "worker"}
 
+    # The DKG starts by itself once the mesh is up: one group key; the key shares in the three data dirs
+    # (encrypted key stores) sign a message any Ed25519 verifier accepts.
+    async def keyed() -> bool:
+        statuses = [(await http.get(f"{u}/cluster/status")).json() for u in cluster.coordinators]
+        return all(st["dkg"]["state"] == "complete" for st in statuses) and len(
+            {st["group_public_key"] for st in statuses}) == 1
+
+    took = await until("the DKG to complete on every coordinator", keyed, 60, cluster)
+    key_status = (await http.get(f"{c1}/cluster/status")).json()
+    print(f"DKG complete on all three in {took:.2f}s: group key {key_status['group_public_key'][:16]}…, "
+          f"{key_status['threshold']}-of-{len(key_status['members'])}")
+    assert key_status["threshold"] == 3 and all(m["verifying_share"] for m in key_status["members"])
+    assert (await http.post(f"{c0}/cluster/dkg", json={})).status_code == 409  # a key exists
+    shares = [keystore.load(cluster.data_dir / f"coordinator-{i}" / "keyshare.bin",
+                            identity=identity.load_or_create(cluster.data_dir / f"coordinator-{i}")) for i in range(3)]
+    commitments, nonces = {}, {}
+    for sh in shares:
+        nonces[sh.identifier], commitments[sh.identifier] = frost.commit(sh.secret_share)
+    parts = {sh.identifier: frost.sign(sh.identifier, sh.secret_share, sh.group_public_key, nonces[sh.identifier],
+                                       b"usage receipt", commitments) for sh in shares}
+    signature = frost.aggregate(commitments, b"usage receipt", shares[0].group_public_key, parts)
+    nacl.signing.VerifyKey(bytes.fromhex(key_status["group_public_key"])).verify(b"usage receipt", signature)
+
     # a coordinator killed with SIGKILL and started again is relinked
     c2_proc = cluster.process("coordinator-2")
     os.kill(c2_proc["pid"], signal.SIGKILL)
@@ -217,6 +244,8 @@ async def test_cluster_replicates_survives_outages_and_rebuilds(cluster: Cluster
 
     took = await until("c2 to be relinked after its restart", relinked, 30, cluster)
     print(f"restarted coordinator relinked in {took:.2f}s")
+    restarted_status = (await http.get(f"{c2}/cluster/status")).json()
+    assert restarted_status["group_public_key"] == key_status["group_public_key"]  # its key share was kept
     assert (await http.get(f"{c2}/node/worker/stats")).json()["found"]  # caught up on stats at link-up
 
     # 1. Replication: a node registered on one coordinator appears on the others within two blocks.
