@@ -174,15 +174,19 @@ async def run_cluster(n: int, base_port: int, data_dir: Path, block_interval_ms:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stop_on_signals, stop)
             try:
-                async with httpx.AsyncClient(timeout=2.0) as http:
-                    for m in members[:2]:  # the DA services first
-                        await _start(nursery, m)
-                    for m in members[:2]:
-                        await _wait_ready(m, http)
-                    for m in members[2:]:
-                        await _start(nursery, m)
-                    for m in members[2:]:
-                        await _wait_ready(m, http)
+                with trio.CancelScope() as startup:  # Ctrl-C during start-up stops at once, not after it
+                    nursery.start_soon(_cancel_when_set, stop, startup)
+                    async with httpx.AsyncClient(timeout=2.0) as http:
+                        for m in members[:2]:  # the DA services first
+                            await _start(nursery, m)
+                        for m in members[:2]:
+                            await _wait_ready(m, http)
+                        for m in members[2:]:
+                            await _start(nursery, m)
+                        for m in members[2:]:
+                            await _wait_ready(m, http)
+                if stop.is_set():
+                    return
                 _write_private(data_dir / "cluster.json", json.dumps(
                     {"data_dir": str(data_dir), "processes": [m.record() for m in members]}, indent=2) + "\n")
                 print("\n" + table(members) + f"\n\ncluster.json: {data_dir / 'cluster.json'}\n"
@@ -195,6 +199,11 @@ async def run_cluster(n: int, base_port: int, data_dir: Path, block_interval_ms:
                 nursery.cancel_scope.cancel()
     finally:
         print("[cluster] stopped", flush=True)
+
+
+async def _cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 async def _wait_for_stop_or_exit(stop: trio.Event, members: list[Member]) -> None:
