@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.replay
 	$(BIN)/python -m bench.http
 	$(BIN)/python -m bench.frost
+	$(BIN)/python -m bench.peer
 
 clean:
 	rm -rf $(VENV) .dsdn .pytest_cache

@@ -1,8 +1,10 @@
 """What a node does with messages whatever carries them (real links or the simulated network):
 subscriptions by type, request/response with timeouts, and request handlers.
 
-Subscriber channels are bounded: a full one drops the message (counted by the caller). A handler's
-exception is logged and counted, never raised into the transport.
+Subscriber channels are bounded. A full one makes delivery wait (the link's reader stops reading, so
+TCP slows the sender down) for up to ``backpressure_s``; a subscriber stuck longer than that loses the
+message (counted by the caller), so one stuck layer cannot stall a link forever. A handler's exception
+is logged, never raised into the transport.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ class _Pending:
 
 
 class Dispatcher:
-    def __init__(self, send: SendFn, subscriber_buffer: int = 1024) -> None:
+    def __init__(self, send: SendFn, subscriber_buffer: int = 1024, backpressure_s: float = 1.0) -> None:
         self._send = send
+        self.backpressure_s = backpressure_s
         self.subscriber_buffer = subscriber_buffer
         self._subscribers: dict[str, list[trio.MemorySendChannel[tuple[str, Message]]]] = {}
         self._handlers: dict[str, tuple[str, Handler]] = {}
@@ -67,7 +70,7 @@ class Dispatcher:
         finally:
             del self._pending[rid]
 
-    def deliver(self, peer_id: str, msg: Message) -> int:
+    async def deliver(self, peer_id: str, msg: Message) -> int:
         """Hand a received message to whoever wants it; return how many copies were dropped."""
         if msg.re is not None:
             pending = self._pending.get(msg.re)
@@ -82,8 +85,19 @@ class Dispatcher:
         for channel in self._subscribers.get(msg.type, ()):
             try:
                 channel.send_nowait((peer_id, msg))
-            except (trio.WouldBlock, trio.BrokenResourceError):
+                continue
+            except trio.WouldBlock:
+                pass
+            except trio.BrokenResourceError:
                 dropped += 1
+                continue
+            with trio.move_on_after(self.backpressure_s):
+                try:
+                    await channel.send((peer_id, msg))
+                    continue
+                except trio.BrokenResourceError:
+                    pass
+            dropped += 1
         return dropped
 
     async def _answer(self, peer_id: str, msg: Message) -> None:

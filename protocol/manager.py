@@ -7,8 +7,9 @@
   ``SUSPECT_AFTER`` missed heartbeats, closed (``down``) after ``DOWN_AFTER``; RTT from the pongs.
 * Send queues: one bounded queue per peer (``queue_size``), kept across reconnects, so messages sent
   while a link is being (re)established go out when it is up. Policy when full: the new message is
-  dropped and counted (``send`` returns False). Delivery is at most once; layers that need an answer
-  use ``request`` with a timeout.
+  dropped and counted (``send`` returns False; a caller that must not lose it waits and retries).
+  Delivery is at most once; layers that need an answer use ``request`` with a timeout. Whatever is
+  queued goes out sealed as one batch frame (up to ``MAX_BATCH`` messages).
 * Receiving: frames that fail to open close the link; malformed messages are counted and dropped, and
   a link that sends ``MAX_MALFORMED`` of them is closed (the dialer then redials with backoff).
   Messages go to the dispatcher (protocol/dispatch.py): subscriptions, requests, handlers.
@@ -37,7 +38,7 @@ from trio_websocket import (
 )
 
 from protocol.dispatch import Dispatcher
-from protocol.envelope import MAX_FRAME, Message, ProtocolError, Registry, is_int
+from protocol.envelope import MAX_FRAME, Message, ProtocolError, Registry, is_int, pack_batch, unpack_batch
 from protocol.handshake import (
     CLOSE_PROTOCOL,
     CLOSE_REPLACED,
@@ -55,7 +56,8 @@ DOWN_AFTER = 6
 CLOSE_HEARTBEAT = 4007
 MAX_MALFORMED = 10
 HANDSHAKE_TIMEOUT_S = 5.0
-WS_MAX_MESSAGE = MAX_FRAME + 4096  # a sealed frame: the message plus the AEAD tag
+MAX_BATCH = 64  # messages per frame: a receiver's subscriber channels (1024) absorb several frames
+WS_MAX_MESSAGE = MAX_FRAME + 4096  # a sealed frame: a batch of at most MAX_FRAME bytes plus the AEAD tag
 
 
 class State(Enum):
@@ -94,6 +96,7 @@ class PeerLink:
     links: int = 0  # how many times a link came up
     last_error: str | None = None
     conn: _Conn | None = None  # the current connection
+    carry: bytes | None = None  # a message that did not fit in the previous batch
     missed: int = 0
 
     def as_json(self) -> dict[str, Any]:
@@ -277,18 +280,27 @@ class PeerManager:
                         link.last_seen, link.missed = time.time(), 0
                         if link.state is State.SUSPECT:
                             link.state = State.UP
-                        try:
-                            msg = self.registry.decode(session.open(_as_bytes(frame)))
-                        except ProtocolError as exc:
-                            link.errors += 1
-                            malformed += 1
-                            link.last_error = f"malformed message: {exc}"
-                            if malformed >= MAX_MALFORMED:
-                                conn.close(CLOSE_PROTOCOL, "too many malformed messages")
-                            continue
+                        plaintext = session.open(_as_bytes(frame))
                         link.bytes_in += len(frame)
-                        link.msgs_in += 1
-                        self._dispatch(link, msg)
+                        try:
+                            batch = unpack_batch(plaintext)
+                        except ProtocolError as exc:
+                            batch = []
+                            malformed += 1
+                            link.errors += 1
+                            link.last_error = f"malformed batch: {exc}"
+                        for data in batch:
+                            try:
+                                msg = self.registry.decode(data)
+                            except ProtocolError as exc:
+                                malformed += 1
+                                link.errors += 1
+                                link.last_error = f"malformed message: {exc}"
+                                continue
+                            link.msgs_in += 1
+                            await self._dispatch(link, msg)
+                        if malformed >= MAX_MALFORMED:
+                            conn.close(CLOSE_PROTOCOL, "too many malformed messages")
         except* ChannelBroken as group:
             link.errors += 1
             link.last_error = str(group.exceptions[0])
@@ -306,11 +318,31 @@ class PeerManager:
                      link.last_error)
 
     async def _sender(self, link: PeerLink, ws: WebSocketConnection, session: Session) -> None:
-        async for frame in link.queue_recv:
-            sealed = session.seal(frame)
-            await ws.send_message(sealed)
-            link.msgs_out += 1
-            link.bytes_out += len(sealed)
+        """Seal whatever is queued (up to MAX_BATCH messages, MAX_FRAME bytes) into one frame: one message
+        when the link is idle, a batch when it is busy."""
+        async for first in link.queue_recv:
+            batch, size = [first], len(first)
+            while size < MAX_FRAME and len(batch) < MAX_BATCH:
+                try:
+                    nxt = link.queue_recv.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                if size + len(nxt) + 4 > MAX_FRAME:
+                    link.carry = nxt
+                    break
+                batch.append(nxt)
+                size += len(nxt) + 4
+            await self._send_sealed(link, ws, session, batch)
+            if link.carry is not None:
+                carried, link.carry = link.carry, None
+                await self._send_sealed(link, ws, session, [carried])
+
+    async def _send_sealed(self, link: PeerLink, ws: WebSocketConnection, session: Session,
+                           batch: list[bytes]) -> None:
+        sealed = session.seal(pack_batch(batch))
+        await ws.send_message(sealed)
+        link.msgs_out += len(batch)
+        link.bytes_out += len(sealed)
 
     async def _heartbeat(self, link: PeerLink, conn: _Conn) -> None:
         while True:
@@ -324,7 +356,7 @@ class PeerManager:
             if link.missed >= SUSPECT_AFTER:
                 link.state = State.SUSPECT
 
-    def _dispatch(self, link: PeerLink, msg: Message) -> None:
+    async def _dispatch(self, link: PeerLink, msg: Message) -> None:
         peer_id = link.member.id
         if msg.type == PING:
             self.send(peer_id, PONG, {"t": msg.body["t"]})
@@ -332,7 +364,7 @@ class PeerManager:
         if msg.type == PONG:
             link.rtt_ms = (time.monotonic_ns() - msg.body["t"]) / 1e6
             return
-        link.dropped += self.dispatcher.deliver(peer_id, msg)
+        link.dropped += await self.dispatcher.deliver(peer_id, msg)
 
 
 _PING_SCHEMA = {"t": is_int()}

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from trio_websocket import open_websocket_url
 
-from protocol.envelope import Message, ProtocolError, Registry, is_bytes, is_int, is_str
+from protocol.envelope import Message, ProtocolError, Registry, is_bytes, is_int, is_str, pack_batch, unpack_batch
 from protocol.handshake import (
     CLOSE_BAD_VERSION,
     CLOSE_UNKNOWN_PEER,
@@ -65,6 +65,14 @@ def test_envelope_roundtrip_and_strictness() -> None:
         r.decode(msgpack.packb({"v": 1, "type": "chat", "body": {"text": "hi", "n": deep}}))
     with pytest.raises(ProtocolError):
         r.encode(Message("echo", {"data": b"x" * (1024 * 1024)}))  # over the frame limit
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.binary(max_size=50), min_size=1, max_size=5), st.binary(max_size=12))
+def test_batches_roundtrip_and_bad_framing_only_raises_protocol_error(msgs: list[bytes], junk: bytes) -> None:
+    assert unpack_batch(pack_batch(msgs)) == msgs
+    with suppress(ProtocolError):
+        unpack_batch(pack_batch(msgs)[:-1] + junk)
 
 
 @settings(max_examples=400, deadline=None)
@@ -234,7 +242,7 @@ async def test_a_tampered_frame_kills_the_link_and_the_dialer_reconnects() -> No
             await ws.send_message(auth)
             session = hs.receive_auth(await ws.get_message())
             await wait_until(lambda: b.peers["a"].state is State.UP, what="link up")
-            frame = bytearray(session.seal(registry().encode(Message("chat", {"text": "x", "n": 1}))))
+            frame = bytearray(session.seal(pack_batch([registry().encode(Message("chat", {"text": "x", "n": 1}))])))
             frame[-1] ^= 0xFF
             await ws.send_message(bytes(frame))
             await wait_until(lambda: b.peers["a"].state is State.DOWN, what="the link to close")
@@ -253,11 +261,18 @@ async def test_malformed_messages_are_counted_then_the_link_is_closed() -> None:
             await ws.send_message(hs.hello())
             await ws.send_message(hs.receive_hello(await ws.get_message()))
             session = hs.receive_auth(await ws.get_message())
-            await ws.send_message(session.seal(b"\xc1 not msgpack"))
+            await ws.send_message(session.seal(pack_batch([b"\xc1 not msgpack"])))
             await wait_until(lambda: b.peers["a"].errors == 1, what="one malformed message counted")
             assert b.peers["a"].state is State.UP  # one bad message does not close the link
+            good = registry().encode(Message("chat", {"text": "ok", "n": 1}))
+            inbox = b.subscribe("chat")
+            await ws.send_message(session.seal(pack_batch([b"\x00", good])))  # a bad and a good one in a batch
+            with trio.fail_after(5):
+                assert (await inbox.receive())[1].body["text"] == "ok"
+            await ws.send_message(session.seal(b"\x00\x00\x00\x09short"))  # broken batch framing
+            await wait_until(lambda: b.peers["a"].errors == 3, what="the framing error counted")
             for _ in range(10):
-                await ws.send_message(session.seal(msgpack.packb({"v": 1, "type": "chat", "body": {}})))
+                await ws.send_message(session.seal(pack_batch([msgpack.packb({"v": 1, "type": "chat", "body": {}})])))
             await wait_until(lambda: b.peers["a"].state is State.DOWN, what="the link to close")
         assert b.peers["a"].errors >= 10
 
