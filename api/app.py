@@ -26,7 +26,9 @@ from consensus.dkg import DkgError
 from consensus.dkg_service import DkgService
 from node.coordinator import VERSION, Coordinator, NotFound
 from node.da.base import DAError
+from node.da.celestia import BlobTooLarge
 from node.da.reconcile import AlreadyRunning
+from node.da.router import is_caller_error
 from node.da.status import EMERGENCY, PRIMARY, SECONDARY, Status, StatusSnapshot
 from node.scheduler import WEIGHT_NAMES, Workload
 from protocol.manager import PeerManager
@@ -248,6 +250,9 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
         try:
             ref = await coord.da_post(data)
         except DAError as exc:
+            if is_caller_error(exc):  # the DA layer refused this blob itself: not an outage
+                return {"success": False, "error": "blob refused", "message": str(exc)}, (
+                    413 if isinstance(exc, BlobTooLarge) else 422)
             return {"success": False, "error": "da unavailable", "message": str(exc)}, 503
         return {"success": True, "commitment": ref.commitment.hex(), "height": ref.height, "layer": ref.layer}, 200
 
@@ -277,7 +282,12 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
 
     @app.get("/fallback/pending")
     async def fallback_pending() -> Response:
-        return json_response([blob.as_json() for blob in await coord.da.pending.pending()])
+        raw = request.args.get("limit", "1000")
+        try:
+            limit = int(raw)
+        except ValueError:
+            raise v.Invalid("limit", "an integer from 1 to 1000") from None
+        return json_response(await coord.da.pending.list_pending(v.integer(limit, "limit", 1, 1000)))
 
     @app.post("/fallback/reconcile")
     @mutating

@@ -131,7 +131,7 @@ class Coordinator:
             with trio.CancelScope(shield=True), trio.move_on_after(10):
                 await self.write_snapshot()
             self.outbox.close()
-            self.da.close()
+            await self.da.aclose(close_layers=False)  # the layers belong to whoever made them
 
     def cursors(self) -> dict[str, int]:
         return {name: c.cursor for name, c in self.consumers.items()}
@@ -279,7 +279,8 @@ class Coordinator:
         report = await self.da.reconciler.consistency()
         published = await self.published_consistency()
         details = report["details"] + published["details"]
-        return {"is_consistent": not details, "items_verified": report["items_verified"] + published["items_verified"],
+        return {**report, "is_consistent": not details,
+                "items_verified": report["items_verified"] + published["items_verified"],
                 "inconsistencies_found": len(details), "details": details, "verified_at": wall_ms()}
 
     async def published_consistency(self, limit: int = 100) -> dict[str, Any]:

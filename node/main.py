@@ -83,6 +83,7 @@ async def run(cfg: config_mod.Config) -> None:
                      f"; peers at {peers.url} ({len(peers.peers)} members)" if peers else "")
             outer.start_soon(_announce_ready, coord)
         outer.cancel_scope.cancel()
+    await coord.da.aclose()  # we built the layers: close them (their HTTP clients, the Mock DA file)
     if validator is not None:
         validator.close()
     log.info("stopped cleanly")

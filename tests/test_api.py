@@ -269,6 +269,29 @@ async def test_da_post_when_da_is_down_is_503(nursery: trio.Nursery, make_config
     assert (await get(client, "/fallback/status"))["last_fallback_at"] is not None
 
 
+async def test_a_blob_the_layer_refuses_is_a_client_error_not_an_outage(
+        nursery: trio.Nursery, make_config: Callable[..., Config]) -> None:
+    from node.da.celestia import BlobTooLarge, InvalidBlob
+
+    class Picky(MockDA):
+        async def post(self, data: bytes) -> Any:
+            if data == b"\x00":
+                raise InvalidBlob("primary: the node refuses this blob")
+            if data == b"\x01":
+                raise BlobTooLarge("primary: blob too large for the node")
+            return await super().post(data)
+
+    coord = await start(nursery, make_config(DA_FAILURE_THRESHOLD="1"), Picky())
+    client = create_app(coord).test_client()
+    assert (await post(client, "/da/post", {"data_hex": "00"}, 422))["error"] == "blob refused"
+    assert (await post(client, "/da/post", {"data_hex": "01"}, 413))["success"] is False
+    assert coord.da_view().status.value == "Healthy"  # a bad blob is not a sick DA
+    assert (await post(client, "/da/post", {"data_hex": "02"}))["success"] is True
+    pending = await get(client, "/fallback/pending?limit=5")
+    assert pending == []
+    assert (await get(client, "/fallback/pending?limit=0", 422))["field"] == "limit"
+
+
 async def test_routing_and_fallback_views(client: Any) -> None:
     assert await get(client, "/da/routing") == {
         "current_state": "primary", "primary_healthy": True, "secondary_healthy": False,

@@ -304,8 +304,93 @@ async def test_commitment_is_verified_on_read(nursery: trio.Nursery) -> None:
     async with make_client(fake.url) as da:
         with pytest.raises(CommitmentMismatch):
             await da.get(BlobRef("primary", 3, blob_commitment(NS, data)))
-        with pytest.raises(CommitmentMismatch):
-            await da.read_after(2, 10)
+        # following the log, the lie is skipped (and counted), not believed and not fatal
+        page = await da.read_after(2, 10)
+        assert page.items == [] and page.cursor == 3 and page.at_head and da.skipped_blobs == 1
+
+
+async def test_foreign_blobs_in_our_namespace_are_skipped_not_fatal(nursery: trio.Nursery) -> None:
+    """The namespace is public: a share-version-1 blob or one with a wrong commitment at some height must not
+    stop every coordinator's primary consumer at that height forever."""
+    good, later = b"ours", b"ours, later"
+
+    def respond(req: dict[str, Any]) -> tuple[int, Any]:
+        if req["method"] == "header.NetworkHead":
+            return 200, {"jsonrpc": "2.0", "id": req["id"], "result": {"header": {"height": "4"}}}
+        height = req["params"][0]
+        result: Any = None
+        if height == 2:
+            result = [{**blob_obj(NS, b"signed by someone", bytes(32)), "share_version": 1, "index": 0,
+                       "signer": b64(bytes(20))},
+                      {**blob_obj(NS, good), "index": 5},
+                      {**blob_obj(NS, b"liar", blob_commitment(NS, good)), "index": 9}]
+        elif height == 4:
+            result = [{**blob_obj(NS, later), "index": 1}]
+        return 200, {"jsonrpc": "2.0", "id": req["id"], "result": result}
+
+    fake = await FakeServer(respond).start(nursery)
+    async with make_client(fake.url) as da:
+        page = await da.read_after(1, 10)
+        assert [d for _, d in page.items] == [good, later] and page.cursor == 4 and page.at_head
+        assert da.skipped_blobs == 2
+        assert [d for _, d in await da.blobs_at(2)] == [good] and da.skipped_blobs == 4
+
+
+def scripted_client(handler: Callable[[httpx.Request], httpx.Response], **kw: Any) -> CelestiaDA:
+    """A client whose HTTP layer is ``handler`` (httpx.MockTransport), bound to the running trio loop."""
+    da = make_client("http://dsdn.invalid", **kw)
+    da._client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    da._client_run = trio.lowlevel.current_root_task()
+    return da
+
+
+async def test_every_httpx_error_and_a_non_json_body_is_a_da_error() -> None:
+    def raising(exc: Exception) -> Callable[[httpx.Request], httpx.Response]:
+        def handler(request: httpx.Request) -> httpx.Response:
+            raise exc
+        return handler
+
+    not_retried = [httpx.DecodingError("bad gzip"), httpx.TooManyRedirects("loop"),
+                   httpx.ProtocolError("odd"), httpx.HTTPError("something")]
+    for exc in not_retried:
+        da = scripted_client(raising(exc), retry_count=2, retry_delay_s=0.001)
+        with pytest.raises(DAUnavailable, match=type(exc).__name__) as info:
+            await da.head()
+        assert not isinstance(info.value, DATimeout)
+        assert da.retries == (2 if isinstance(exc, httpx.TransportError) else 0), exc
+        await da.aclose()
+    # a transport-like failure is retried
+    da = scripted_client(raising(httpx.ReadError("reset")), retry_count=2, retry_delay_s=0.001)
+    with pytest.raises(DAUnavailable, match="ReadError"):
+        await da.post(b"x")
+    assert da.retries == 2
+    await da.aclose()
+    # a body that is not JSON (a proxy's page, a body that does not decode) is "unavailable", not a crash
+    for response in (httpx.Response(200, text="<html>hello</html>"), httpx.Response(404, text="nope"),
+                     httpx.Response(200, content=b"\xff\xfe{", headers={"Content-Type": "application/json"})):
+        da = scripted_client(lambda request, r=response: r, retry_count=2)
+        with pytest.raises(DAUnavailable, match="not JSON"):
+            await da.head()
+        assert da.retries == 0
+        await da.aclose()
+
+
+async def test_an_undecodable_response_body_is_unavailable(nursery: trio.Nursery) -> None:
+    """Through a real socket: a gzip Content-Encoding over garbage raises httpx.DecodingError inside httpx."""
+    async def handle(stream: trio.SocketStream) -> None:
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += await stream.receive_some(65536)
+        body = b"definitely not gzip"
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+                              b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        await stream.aclose()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+    async with make_client(f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}") as da:
+        with pytest.raises(DAUnavailable, match="DecodingError"):
+            await da.head()
+        assert da.retries == 0
 
 
 async def test_silent_peer_times_out(nursery: trio.Nursery) -> None:

@@ -7,15 +7,15 @@ from node.da.status import EMERGENCY, PRIMARY, SECONDARY, DAStatusMachine, Statu
 ALL = (PRIMARY, SECONDARY, EMERGENCY)
 
 
-def fail(m: DAStatusMachine, layer: str, times: int = 1, t: int = 1000) -> Status:
+def fail(m: DAStatusMachine, layer: str, times: int = 1, t: int = 1000, write: bool = False) -> Status:
     for _ in range(times):
-        m.observe(layer, False, t, f"{layer} broke")
+        m.observe(layer, False, t, f"{layer} broke", write=write)
     return m.status
 
 
-def ok(m: DAStatusMachine, layer: str, times: int = 1, t: int = 2000) -> Status:
+def ok(m: DAStatusMachine, layer: str, times: int = 1, t: int = 2000, write: bool = False) -> Status:
     for _ in range(times):
-        m.observe(layer, True, t)
+        m.observe(layer, True, t, write=write)
     return m.status
 
 
@@ -108,3 +108,49 @@ def test_unconfigured_layers_are_ignored_and_transitions_counted() -> None:
     fail(m, PRIMARY)
     ok(m, PRIMARY)
     assert m.transitions == before + 2
+
+
+def test_reads_do_not_reset_write_failures() -> None:
+    """A primary that serves reads and health checks but rejects every write reaches the threshold."""
+    m = DAStatusMachine(ALL, failure_threshold=3)
+    for _ in range(2):
+        assert fail(m, PRIMARY, write=True) is Status.WARNING
+        assert ok(m, PRIMARY, 10) is Status.WARNING  # consumer polls and health checks keep succeeding
+        assert m.snapshot().healthy[PRIMARY]
+    assert fail(m, PRIMARY, write=True) is Status.DEGRADED
+    assert "primary broke" in (m.snapshot().fallback_reason or "") and not m.snapshot().healthy[PRIMARY]
+
+
+def test_only_a_write_success_resets_write_failures_and_reads_count_too() -> None:
+    m = DAStatusMachine(ALL, failure_threshold=3)
+    fail(m, PRIMARY, 2, write=True)
+    assert ok(m, PRIMARY, write=True) is Status.HEALTHY and m.snapshot().primary_failures == 0
+    fail(m, PRIMARY, 1, write=True)
+    assert fail(m, PRIMARY, 1) is Status.WARNING and m.snapshot().primary_failures == 2  # unreachable: both fail
+    assert ok(m, PRIMARY) is Status.WARNING and m.snapshot().primary_failures == 1  # the read failure is cleared
+    assert fail(m, PRIMARY, 2) is Status.DEGRADED  # 1 write + 2 read failures in a row
+    m = DAStatusMachine(ALL, failure_threshold=3)
+    fail(m, PRIMARY, 2)
+    assert ok(m, PRIMARY) is Status.HEALTHY  # read failures alone are cleared by a read success
+
+
+def test_recovery_by_health_checks_then_failed_writes_go_back_to_the_fallback() -> None:
+    m = DAStatusMachine(ALL, failure_threshold=2, recovery_threshold=2)
+    assert fail(m, PRIMARY, 2, write=True) is Status.DEGRADED
+    assert ok(m, PRIMARY) is Status.DEGRADED and not m.snapshot().healthy[PRIMARY]
+    assert ok(m, PRIMARY) is Status.RECOVERING  # health checks may bring it back ...
+    snap = m.snapshot()
+    assert snap.healthy[PRIMARY] and snap.primary_failures == 0 and snap.routing == PRIMARY
+    assert fail(m, PRIMARY, write=True) is Status.RECOVERING
+    assert ok(m, PRIMARY, 5) is Status.RECOVERING  # ... but reads do not excuse failed writes
+    assert fail(m, PRIMARY, write=True) is Status.DEGRADED  # reconciliation's writes failed: back to the fallback
+    assert ok(m, PRIMARY, 2) is Status.RECOVERING
+    assert ok(m, PRIMARY, write=True) is Status.RECOVERING
+    assert m.reconciled(0, 3000) is Status.HEALTHY
+
+
+def test_a_fallback_layer_recovers_with_any_success() -> None:
+    m = DAStatusMachine(ALL, failure_threshold=1)
+    fail(m, PRIMARY)
+    assert fail(m, SECONDARY, write=True) is Status.EMERGENCY
+    assert ok(m, SECONDARY) is Status.DEGRADED  # no other write probe exists for a fallback

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
+import pytest
 import trio
 
 from api.app import create_app
 from node.config import Config
 from node.coordinator import Coordinator
+from node.da.base import BlobRef
 from node.da.mock import MockDA
 from node.da.reconcile import AlreadyRunning
 from node.da.status import Status
@@ -22,9 +25,29 @@ FAST = {"DA_FAILURE_THRESHOLD": "2", "DA_RECOVERY_THRESHOLD": "2", "DA_HEALTH_IN
         "RECONCILE_RETRY_DELAY_MS": "10", "DA_TIMEOUT_MS": "2000"}
 
 
+class SlowPrimary(MockDA):
+    """A Mock DA primary whose posts take ``delay`` seconds, counting the posts in flight at once."""
+
+    def __init__(self, path: str = ":memory:") -> None:
+        super().__init__(path)
+        self.delay = 0.0
+        self.in_flight = self.max_in_flight = 0
+
+    async def post(self, data: bytes) -> BlobRef:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await trio.sleep(self.delay)
+            return await super().post(data)
+        finally:
+            self.in_flight -= 1
+
+
 class Layers:
-    def __init__(self) -> None:
-        self.primary, self.secondary, self.emergency = MockDA(), MockDA(name="secondary"), MockDA(name="emergency")
+    def __init__(self, primary_path: Path | None = None) -> None:
+        # a file-backed primary outlives the coordinators that close their layers when they stop
+        self.primary = SlowPrimary(str(primary_path) if primary_path else ":memory:")
+        self.secondary, self.emergency = MockDA(name="secondary"), MockDA(name="emergency")
 
 
 @asynccontextmanager
@@ -39,8 +62,9 @@ async def coordinator(cfg: Config, layers: Layers, members: frozenset[bytes] = f
         nursery.cancel_scope.cancel()
 
 
-async def test_outage_fallthrough_emergency_and_reconciliation(make_config: Callable[..., Config]) -> None:
-    layers = Layers()
+async def test_outage_fallthrough_emergency_and_reconciliation(make_config: Callable[..., Config],
+                                                                tmp_path: Path) -> None:
+    layers = Layers(tmp_path / "primary.sqlite")
     async with (
         coordinator(make_config("a", **FAST), layers) as a,
         coordinator(make_config("b", **FAST), layers, frozenset({a.public_key})) as b,
@@ -72,9 +96,8 @@ async def test_outage_fallthrough_emergency_and_reconciliation(make_config: Call
         assert a.state.root() == b.state.root()
 
     # a coordinator that follows only the primary now sees every write: nothing was lost
-    only_primary = Layers()
-    only_primary.primary = layers.primary
-    fresh = Coordinator(make_config("fresh", CLUSTER_MEMBER_KEYS=a.public_key.hex()), only_primary.primary)
+    fresh = Coordinator(make_config("fresh", CLUSTER_MEMBER_KEYS=a.public_key.hex()),
+                        MockDA(str(tmp_path / "primary.sqlite")))
     async with trio.open_nursery() as nursery:
         await nursery.start(fresh.run)
         await wait_for(lambda: fresh.rebuilt, what="rebuild")
@@ -106,14 +129,20 @@ async def test_failed_reconciliation_keeps_blobs_pending_with_their_error(make_c
         assert await (await client.get("/fallback/pending")).get_json() == []
 
 
-async def test_one_reconciliation_at_a_time_and_parallel_batches(make_config: Callable[..., Config]) -> None:
+@pytest.mark.parametrize("parallel", [True, False])
+async def test_one_reconciliation_at_a_time_and_parallel_batches(make_config: Callable[..., Config],
+                                                                 parallel: bool) -> None:
     layers = Layers()
-    cfg = make_config("a", **FAST, RECONCILE_PARALLEL="true", RECONCILE_BATCH_SIZE="3", DA_BLOB_MAX_BYTES="4096")
+    cfg = make_config("a", **FAST, RECONCILE_PARALLEL=str(parallel).lower(), RECONCILE_BATCH_SIZE="3",
+                      DA_BLOB_MAX_BYTES="4096")
     async with coordinator(cfg, layers) as a:
         layers.primary.down = True
         for i in range(40):
             await a.register_node(f"n{i}", "z", "1.1.1.1:1", 1)
         await wait_for(lambda: a.outbox.pending == 0, what="fallback writes")
+        assert a.da.pending.pending_count >= 6  # at least two full batches
+        primary = layers.primary
+        primary.delay, primary.max_in_flight = 0.05, 0  # slow enough for the posts of one batch to overlap
         layers.primary.down = False
         results: list[object] = []
 
@@ -128,3 +157,7 @@ async def test_one_reconciliation_at_a_time_and_parallel_batches(make_config: Ca
             nursery.start_soon(run)
         assert sum(isinstance(r, AlreadyRunning) for r in results) >= 1
         await wait_for(lambda: a.da.pending.pending_count == 0, what="all reconciled")
+        if parallel:  # a batch of RECONCILE_BATCH_SIZE posts at once, never more
+            assert 2 <= primary.max_in_flight <= 3, primary.max_in_flight
+        else:
+            assert primary.max_in_flight == 1

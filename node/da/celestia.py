@@ -4,7 +4,10 @@ Methods used: ``blob.Submit``, ``blob.Get``, ``blob.GetAll``, ``header.NetworkHe
 ``header.GetByHeight``, ``header.WaitForHeight``. Binary fields (namespace, data, commitment) are
 base64; header heights are decimal strings. The share commitment is computed locally
 (node.da.commitment) before posting and re-checked on every blob read back, so a node can never hand
-us data that does not match the reference we hold.
+us data that does not match the reference we hold: ``get`` raises CommitmentMismatch, while
+``read_after``/``blobs_at`` skip (and count in ``skipped_blobs``) a blob of our — public — namespace that
+they cannot verify (share version other than 0, mismatched commitment) instead of failing its height.
+Anything httpx raises becomes a DAError (transport failures DAUnavailable/DATimeout after the retries).
 
 Every attempt is bounded by ``timeout_s`` (a peer that accepts TCP and never answers times out).
 Transport failures (refused/reset connections, timeouts, HTTP 5xx without a JSON-RPC error body) are
@@ -142,6 +145,7 @@ class CelestiaDA:
         self.gas_price = float(gas_price)
         self.max_blob_bytes = int(max_blob_bytes)
         self.retries = 0  # cumulative retried attempts (read by the metrics)
+        self.skipped_blobs = 0  # blobs in our namespace read_after/blobs_at could not verify and skipped
         self.rng = random.Random()
         self._ns_b64 = b64(self.namespace)
         self._ids = itertools.count(1)
@@ -199,13 +203,15 @@ class CelestiaDA:
             raise _Retryable(f"{method}: timed out ({type(exc).__name__})", timeout=True) from None
         except httpx.TransportError as exc:
             raise _Retryable(f"{method}: {type(exc).__name__}: {exc or 'transport failure'}") from None
+        except httpx.HTTPError as exc:  # anything else httpx raises (bad encoding, redirects...): not retried
+            raise DAUnavailable(f"{self.name}: {method}: {type(exc).__name__}: {exc or 'HTTP failure'}") from None
 
         status = response.status_code
         if status in (401, 403):
             raise DAUnauthorized(f"{method}: HTTP {status} from the DA node (check DA_AUTH_TOKEN)")
         try:
             envelope = response.json()
-        except ValueError:
+        except (ValueError, httpx.HTTPError):  # not JSON (or undecodable text)
             envelope = None
         error = envelope.get("error") if isinstance(envelope, dict) else None
         if isinstance(error, dict):
@@ -215,6 +221,9 @@ class CelestiaDA:
             raise BlobTooLarge(f"{method}: HTTP 413, the request is too large for the DA node")
         if status >= 500:
             raise _Retryable(f"{method}: HTTP {status} from the DA node")
+        if envelope is None:  # e.g. a proxy's HTML page: not a JSON-RPC endpoint (now)
+            raise DAUnavailable(f"{self.name}: {method}: HTTP {status} answer is not JSON; is {self.url} a "
+                                "celestia-node RPC endpoint?")
         if status != 200:
             raise DARPCError(status, f"unexpected HTTP status {status}", method)
         if not isinstance(envelope, dict) or "result" not in envelope:
@@ -267,19 +276,31 @@ class CelestiaDA:
         return BlobRef(self.name, result, commitment)
 
     def _decode_blob(self, obj: Any, height: int) -> tuple[BlobRef, bytes, int] | None:
-        """(ref, data, index) for a blob JSON of our namespace, None for another namespace."""
+        """(ref, data, index) for a blob JSON of our namespace; None for another namespace, and None (counted
+        in ``skipped_blobs``) for a blob of ours we cannot verify: share version other than 0, or a commitment
+        that does not match its data. The namespace is public: one such blob must not stop a reader."""
         if not isinstance(obj, dict):
             raise DARPCError(None, f"blob at height {height} is not an object")
         if unb64(obj.get("namespace"), "blob.namespace") != self.namespace:
             return None
+        version = obj.get("share_version", 0)
+        if version != 0 or isinstance(version, bool):
+            return self._skip(height, f"share version {version!r}")
         data = unb64(obj.get("data"), "blob.data")
         claimed = unb64(obj.get("commitment"), "blob.commitment")
-        actual = blob_commitment(self.namespace, data, 0)
+        try:
+            actual = blob_commitment(self.namespace, data, 0)
+        except ValueError as exc:  # e.g. empty data
+            return self._skip(height, str(exc))
         if claimed != actual:
-            raise CommitmentMismatch(f"{self.name}: blob at height {height} has commitment {actual.hex()}, "
-                                     f"the node says {claimed.hex()}")
+            return self._skip(height, f"commitment {actual.hex()}, the node says {claimed.hex()}")
         index = obj.get("index")
         return BlobRef(self.name, height, actual), data, index if isinstance(index, int) else -1
+
+    def _skip(self, height: int, why: str) -> None:
+        self.skipped_blobs += 1
+        log.warning("%s: skipping a blob at height %d in our namespace: %s", self.name, height, why)
+        return None
 
     async def get(self, ref: BlobRef) -> bytes:
         result = await self.call("blob.Get", [ref.height, self._ns_b64, b64(ref.commitment)])
@@ -288,7 +309,10 @@ class CelestiaDA:
         if not isinstance(result, dict):
             raise DARPCError(None, "blob.Get returned a non-object", "blob.Get")
         data = unb64(result.get("data"), "blob.data")
-        actual = blob_commitment(self.namespace, data, 0)
+        try:
+            actual = blob_commitment(self.namespace, data, 0)
+        except ValueError as exc:
+            raise CommitmentMismatch(f"{self.name}: blob at height {ref.height}: {exc}") from None
         if actual != ref.commitment:
             raise CommitmentMismatch(f"{self.name}: blob at height {ref.height}: asked for commitment "
                                      f"{ref.commitment.hex()}, got data with commitment {actual.hex()}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -36,6 +36,15 @@ CREATE INDEX IF NOT EXISTS fallback_pending ON fallback_blobs (stored_ms) WHERE 
 """
 
 
+@dataclass(frozen=True, order=True)
+class PageKey:
+    """Where a pending blob sits in the order reconciliation takes them (oldest first)."""
+
+    stored_ms: int
+    rowid: int
+    blob_id: str
+
+
 @dataclass(frozen=True)
 class FallbackBlob:
     blob_id: str
@@ -45,11 +54,6 @@ class FallbackBlob:
     retry_count: int
     last_error: str | None
     primary_ref: BlobRef | None
-
-    def as_json(self) -> dict[str, object]:
-        return {"blob_id": self.blob_id, "source_da": self.ref.layer, "target_da": "primary",
-                "stored_at": self.stored_ms, "retry_count": self.retry_count, "last_error": self.last_error,
-                "height": self.ref.height, "size": len(self.data)}
 
 
 def _row(r: tuple) -> FallbackBlob:  # type: ignore[type-arg]
@@ -97,6 +101,62 @@ class PendingStore:
                                     "blob_id LIMIT ?", (limit,)).fetchall()
             return [_row(r) for r in rows]
 
+        return await self._call(read)
+
+    async def list_pending(self, limit: int) -> list[dict[str, object]]:
+        """The oldest ``limit`` pending blobs as /fallback/pending shows them (without their data)."""
+        def read() -> list[dict[str, object]]:
+            rows = self._db.execute(
+                "SELECT blob_id, layer, height, stored_ms, retry_count, last_error, length(data) FROM fallback_blobs "
+                "WHERE reconciled_ms IS NULL ORDER BY stored_ms, rowid LIMIT ?", (limit,)).fetchall()
+            return [{"blob_id": b, "source_da": layer, "target_da": "primary", "stored_at": ms, "retry_count": r,
+                     "last_error": err, "height": h, "size": size} for b, layer, h, ms, r, err, size in rows]
+
+        return await self._call(read)
+
+    async def pending_keys(self, after: PageKey | None = None, limit: int = 100) -> list[PageKey]:
+        """Keys of up to ``limit`` pending blobs after ``after``, oldest first (no data): page through
+        every pending blob with ``pending_keys(keys[-1])`` and load each page's data with ``load``."""
+        def read() -> list[PageKey]:
+            if after is None:
+                rows = self._db.execute(
+                    "SELECT stored_ms, rowid, blob_id FROM fallback_blobs WHERE reconciled_ms IS NULL "
+                    "ORDER BY stored_ms, rowid LIMIT ?", (limit,)).fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT stored_ms, rowid, blob_id FROM fallback_blobs WHERE reconciled_ms IS NULL "
+                    "AND (stored_ms > ? OR (stored_ms = ? AND rowid > ?)) ORDER BY stored_ms, rowid LIMIT ?",
+                    (after.stored_ms, after.stored_ms, after.rowid, limit)).fetchall()
+            return [PageKey(int(ms), int(rowid), str(blob_id)) for ms, rowid, blob_id in rows]
+
+        return await self._call(read)
+
+    async def recent_ids(self, reconciled: bool, limit: int) -> tuple[list[str], int]:
+        """Ids of the ``limit`` most recent pending (by storage) or reconciled (by reconciliation) blobs,
+        newest first, and how many such blobs there are in all."""
+        def read() -> tuple[list[str], int]:
+            if reconciled:
+                where, order = "reconciled_ms IS NOT NULL", "reconciled_ms DESC, rowid DESC"
+            else:
+                where, order = "reconciled_ms IS NULL", "stored_ms DESC, rowid DESC"
+            total = int(self._db.execute(f"SELECT COUNT(*) FROM fallback_blobs WHERE {where}").fetchone()[0])
+            rows = self._db.execute(f"SELECT blob_id FROM fallback_blobs WHERE {where} ORDER BY {order} LIMIT ?",
+                                    (limit,)).fetchall()
+            return [str(r[0]) for r in rows], total
+
+        return await self._call(read)
+
+    async def load(self, blob_ids: Sequence[str]) -> list[FallbackBlob]:
+        """The rows (with data) of these blobs, in the order given; unknown ids are left out."""
+        def read() -> list[FallbackBlob]:
+            marks = ",".join("?" * len(blob_ids))
+            rows = self._db.execute(f"SELECT * FROM fallback_blobs WHERE blob_id IN ({marks})",
+                                    tuple(blob_ids)).fetchall()
+            by_id = {r[0]: _row(r) for r in rows}
+            return [by_id[i] for i in blob_ids if i in by_id]
+
+        if not blob_ids:
+            return []
         return await self._call(read)
 
     async def reconciled(self, limit: int = 1000) -> list[FallbackBlob]:

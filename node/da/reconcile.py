@@ -2,8 +2,16 @@
 
 One pass at a time. Blobs go to the primary directly (not through the router), in batches of
 RECONCILE_BATCH_SIZE, concurrently within a batch when RECONCILE_PARALLEL; each blob gets up to
-1 + RECONCILE_MAX_RETRIES attempts, RECONCILE_RETRY_DELAY_MS apart. A blob is marked reconciled only
-after the primary returned it byte for byte; a blob that still fails stays pending with its error.
+1 + RECONCILE_MAX_RETRIES attempts, RECONCILE_RETRY_DELAY_MS apart. A pass pages through the pending
+blobs (keys first, then the data of one batch at a time), so memory stays bounded by one batch. A blob
+is marked reconciled only after the primary returned it byte for byte; a blob that still fails stays
+pending with its error. A blob the primary refuses as bad input (router.CALLER_ERRORS) is not the
+primary's failure: it is not reported to the status machine, not retried within the pass (nor by the
+monitor's later passes; a manual pass tries it again), and stays pending with its error.
+
+The consistency check reads the most recent ``check_limit`` pending blobs (from their fallback) and the
+most recent ``check_limit`` reconciled blobs (from the primary), ``check_concurrency`` at a time, within
+``check_deadline_s``; what a deadline left unchecked is reported in ``details``.
 """
 
 from __future__ import annotations
@@ -17,10 +25,16 @@ from typing import Any
 import trio
 
 from node.da.base import DAError, DALayer
-from node.da.pending import FallbackBlob, PendingStore
-from node.da.status import PRIMARY, DAStatusMachine
+from node.da.pending import FallbackBlob, PageKey, PendingStore
+from node.da.router import is_caller_error
+from node.da.status import PRIMARY, DAStatusMachine, Status
 
 log = logging.getLogger("dsdn.reconcile")
+
+#: Defaults of the consistency check's bounds.
+CHECK_LIMIT = 200
+CHECK_CONCURRENCY = 4
+CHECK_DEADLINE_S = 10.0
 
 
 @dataclass
@@ -31,6 +45,8 @@ class Report:
     blobs_failed: int = 0
     duration_ms: int = 0
     errors: list[str] = field(default_factory=list)
+    blobs_rejected: int = 0  # of blobs_failed: refused by the primary as bad input (not in as_json)
+    aborted: bool = False  # stopped early because the primary failed (automatic passes only)
 
     def as_json(self) -> dict[str, Any]:
         return {"success": self.success, "blobs_processed": self.blobs_processed,
@@ -47,9 +63,14 @@ class Reconciler:
                  clock: Callable[[], int], batch_size: int = 10, retry_delay_s: float = 1.0,
                  max_retries: int = 3, parallel: bool = False) -> None:
         self.layers, self.pending, self.machine, self.clock = layers, pending, machine, clock
-        self.batch_size, self.retry_delay_s = batch_size, retry_delay_s
+        self.batch_size, self.retry_delay_s = max(1, batch_size), retry_delay_s
         self.max_retries, self.parallel = max_retries, parallel
+        self.check_limit = CHECK_LIMIT  # most recent pending (and reconciled) blobs a consistency check reads
+        self.check_concurrency = CHECK_CONCURRENCY
+        self.check_deadline_s = CHECK_DEADLINE_S
         self._lock = trio.Lock()
+        self._stop_on_fallback = False
+        self._rejected: set[str] = set()  # pending blobs the primary refused as bad input (automatic passes skip them)
         self.passes = 0
         self.total_reconciled = 0
         self.last_report: Report | None = None
@@ -58,15 +79,32 @@ class Reconciler:
     def running(self) -> bool:
         return self._lock.locked()
 
-    async def run_pass(self) -> Report:
+    @property
+    def waiting(self) -> int:
+        """Pending blobs worth another automatic pass (not those the primary refused as bad input)."""
+        return max(0, self.pending.pending_count - len(self._rejected))
+
+    async def run_pass(self, *, stop_on_fallback: bool = False) -> Report:
+        """One pass over every pending blob. ``stop_on_fallback`` (the monitor's passes): stop once the status
+        machine has gone back to a fallback, and skip blobs the primary already refused as bad input; a
+        manual pass tries every blob."""
         if self._lock.locked():
             raise AlreadyRunning("a reconciliation pass is already running")
         async with self._lock:
             started = time.perf_counter()
             report = Report()
-            blobs = await self.pending.pending()
-            for i in range(0, len(blobs), self.batch_size):
-                batch = blobs[i : i + self.batch_size]
+            after: PageKey | None = None
+            self._stop_on_fallback = stop_on_fallback
+            while True:
+                if self._should_stop():
+                    report.aborted = True
+                    break
+                keys = await self.pending.pending_keys(after, self.batch_size)
+                if not keys:
+                    break
+                after = keys[-1]
+                ids = [k.blob_id for k in keys if not (stop_on_fallback and k.blob_id in self._rejected)]
+                batch = [b for b in await self.pending.load(ids) if b.primary_ref is None]
                 if self.parallel:
                     async with trio.open_nursery() as nursery:
                         for blob in batch:
@@ -74,17 +112,21 @@ class Reconciler:
                 else:
                     for blob in batch:
                         await self._reconcile_one(blob, report)
-            report.success = report.blobs_failed == 0
+            report.success = report.blobs_failed == 0 and not report.aborted
             report.duration_ms = int((time.perf_counter() - started) * 1000)
             self.passes += 1
             self.total_reconciled += report.blobs_reconciled
             self.last_report = report
-            self.machine.reconciled(self.pending.pending_count, self.clock())
+            if not report.aborted:  # blobs the primary refuses as bad input do not keep it in Recovering
+                self.machine.reconciled(self.waiting, self.clock())
             if report.blobs_processed:
-                log.info("reconciliation: %d processed, %d reconciled, %d failed in %d ms (%d still pending)",
+                log.info("reconciliation: %d processed, %d reconciled, %d failed in %d ms (%d still pending)%s",
                          report.blobs_processed, report.blobs_reconciled, report.blobs_failed, report.duration_ms,
-                         self.pending.pending_count)
+                         self.pending.pending_count, "; stopped: the primary failed" if report.aborted else "")
             return report
+
+    def _should_stop(self) -> bool:
+        return self._stop_on_fallback and self.machine.status in (Status.DEGRADED, Status.EMERGENCY)
 
     async def _reconcile_one(self, blob: FallbackBlob, report: Report) -> None:
         report.blobs_processed += 1
@@ -93,36 +135,82 @@ class Reconciler:
         for attempt in range(self.max_retries + 1):
             if attempt:
                 await trio.sleep(self.retry_delay_s)
+                if self._should_stop():
+                    break
             try:
                 ref = await primary.post(blob.data)
+            except DAError as exc:
+                error = str(exc)
+                await self.pending.mark_failed(blob.blob_id, error)
+                if is_caller_error(exc):  # the blob's fault, not the primary's: no retry, no failure counted
+                    self._rejected.add(blob.blob_id)
+                    report.blobs_failed += 1
+                    report.blobs_rejected += 1
+                    report.errors.append(f"blob {blob.blob_id[:16]}: rejected by the primary: {error} (stays pending)")
+                    return
+                self.machine.observe(PRIMARY, False, self.clock(), error, write=True)
+                continue
+            try:
                 back = await primary.get(ref)
-                if back != blob.data:
-                    raise DAError(f"primary returned different bytes at height {ref.height}")
             except DAError as exc:
                 error = str(exc)
                 self.machine.observe(PRIMARY, False, self.clock(), error)
                 await self.pending.mark_failed(blob.blob_id, error)
                 continue
-            self.machine.observe(PRIMARY, True, self.clock())
+            if back != blob.data:
+                error = f"primary returned different bytes at height {ref.height}"
+                self.machine.observe(PRIMARY, False, self.clock(), error, write=True)
+                await self.pending.mark_failed(blob.blob_id, error)
+                continue
+            self.machine.observe(PRIMARY, True, self.clock(), write=True)
             await self.pending.mark_reconciled(blob.blob_id, ref)
+            self._rejected.discard(blob.blob_id)
             report.blobs_reconciled += 1
             return
         report.blobs_failed += 1
         report.errors.append(f"blob {blob.blob_id[:16]}: {error} (stays pending)")
 
     async def consistency(self) -> dict[str, Any]:
-        """Check for real: each pending blob readable from its fallback, each reconciled blob readable
-        from the primary, with the same bytes."""
+        """Check for real, within bounds: the most recent pending blobs readable from their fallback, the
+        most recent reconciled blobs readable from the primary, with the same bytes."""
         details: list[str] = []
-        pending = await self.pending.pending()
-        reconciled = await self.pending.reconciled()
-        for blob in pending:
-            details += await self._check(blob.ref.layer, blob, blob.ref)
-        for blob in reconciled:
-            assert blob.primary_ref is not None
-            details += await self._check(PRIMARY, blob, blob.primary_ref)
-        return {"is_consistent": not details, "items_verified": len(pending) + len(reconciled),
-                "inconsistencies_found": len(details), "details": details, "verified_at": self.clock()}
+        pending_ids, pending_total = await self.pending.recent_ids(False, self.check_limit)
+        reconciled_ids, reconciled_total = await self.pending.recent_ids(True, self.check_limit)
+        todo = [(blob_id, False) for blob_id in pending_ids] + [(blob_id, True) for blob_id in reconciled_ids]
+        checked = {False: 0, True: 0}
+        position = 0
+
+        async def worker() -> None:
+            nonlocal position
+            while position < len(todo):
+                blob_id, reconciled = todo[position]
+                position += 1
+                found = await self.pending.load([blob_id])
+                if found:
+                    blob = found[0]
+                    if reconciled:
+                        assert blob.primary_ref is not None
+                        details.extend(await self._check(PRIMARY, blob, blob.primary_ref))
+                    else:
+                        details.extend(await self._check(blob.ref.layer, blob, blob.ref))
+                checked[reconciled] += 1
+
+        with trio.move_on_after(self.check_deadline_s) as deadline:
+            async with trio.open_nursery() as nursery:
+                for _ in range(max(1, min(self.check_concurrency, len(todo)))):
+                    nursery.start_soon(worker)
+        pending_left = pending_total - checked[False]
+        reconciled_left = reconciled_total - checked[True]
+        inconsistencies = len(details)
+        if deadline.cancelled_caught:  # not verified is not consistent
+            details.append(f"consistency check stopped at its {self.check_deadline_s:.3g}s deadline: "
+                           f"{len(pending_ids) - checked[False]} pending and {len(reconciled_ids) - checked[True]} "
+                           f"reconciled blobs of the sample left unchecked ({pending_left} pending and "
+                           f"{reconciled_left} reconciled blobs unchecked in all)")
+        return {"is_consistent": not details, "items_verified": checked[False] + checked[True],
+                "inconsistencies_found": inconsistencies, "details": details, "verified_at": self.clock(),
+                "pending_unchecked": pending_left, "reconciled_unchecked": reconciled_left,
+                "complete": not deadline.cancelled_caught}
 
     async def _check(self, layer_name: str, blob: FallbackBlob, ref: Any) -> list[str]:
         layer = self.layers.get(layer_name)

@@ -1,8 +1,11 @@
 """The DA router: the single way writes reach DA.
 
-A write tries the layers in the order the status machine gives; a failure is reported to the machine
-and the write falls through to the next layer at once. A blob that lands on a fallback is recorded
-durably (node.da.pending) before the write returns, so reconciliation can move it to the primary.
+A write tries the layers in the order the status machine gives; a failure of the layer is reported to
+the machine (as a write) and the write falls through to the next layer at once. A caller error (the blob
+itself is unacceptable: empty, too large, rejected as malformed) is not the layer's fault: it is raised
+at once, neither reported nor tried elsewhere. A blob that lands on a fallback is recorded durably
+(node.da.pending) before the write returns — shielded from cancellation, so a caller that goes away
+cannot leave it on the fallback unrecorded — so reconciliation can move it to the primary.
 """
 
 from __future__ import annotations
@@ -10,11 +13,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 
+import trio
+
 from node.da.base import BlobRef, DAError, DALayer, DAUnavailable
+from node.da.blobstore_client import BlobRejected
+from node.da.celestia import BlobTooLarge, InvalidBlob
 from node.da.pending import PendingStore
 from node.da.status import PRIMARY, DAStatusMachine
 
 log = logging.getLogger("dsdn.router")
+
+#: Errors that blame the blob, not the layer: retrying it (here or on another layer) will not help.
+CALLER_ERRORS: tuple[type[DAError], ...] = (InvalidBlob, BlobTooLarge, BlobRejected)
+
+
+def is_caller_error(exc: BaseException) -> bool:
+    """The request was bad (see CALLER_ERRORS; any error may also say so with ``caller_error = True``)."""
+    return isinstance(exc, CALLER_ERRORS) or getattr(exc, "caller_error", False) is True
 
 
 class DARouter:
@@ -25,6 +40,7 @@ class DARouter:
         self.layers, self.machine, self.pending, self.clock = layers, machine, pending, clock
         self.posts_by_layer: dict[str, int] = dict.fromkeys(layers, 0)
         self.fallthroughs = 0
+        self.rejected = 0  # writes refused as caller errors
 
     async def post(self, data: bytes) -> BlobRef:
         errors: list[str] = []
@@ -32,14 +48,18 @@ class DARouter:
             try:
                 ref = await self.layers[name].post(data)
             except DAError as exc:
-                self.machine.observe(name, False, self.clock(), str(exc))
+                if is_caller_error(exc):
+                    self.rejected += 1
+                    raise
+                self.machine.observe(name, False, self.clock(), str(exc), write=True)
                 errors.append(f"{name}: {exc}")
                 self.fallthroughs += 1
                 log.warning("write to %s DA failed, trying the next layer: %s", name, exc)
                 continue
-            self.machine.observe(name, True, self.clock())
+            self.machine.observe(name, True, self.clock(), write=True)
             if name != PRIMARY:
-                await self.pending.record(ref, data)
+                with trio.CancelScope(shield=True):  # the blob is on the fallback now: it must be recorded
+                    await self.pending.record(ref, data)
             self.posts_by_layer[name] += 1
             return ref
         raise DAUnavailable("no DA layer took the write: " + "; ".join(errors))

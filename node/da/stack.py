@@ -47,6 +47,8 @@ class DAStack:
         else:
             self.followed = {name: MeteredLayer(layer, budget_s) for name, layer in followed.items()}
         self._last_status = self.machine.status
+        self._nursery: trio.Nursery | None = None
+        self._pass_running = False
 
     @property
     def primary(self) -> MeteredLayer:
@@ -55,8 +57,9 @@ class DAStack:
     def snapshot(self) -> StatusSnapshot:
         return self.machine.snapshot()
 
-    def observe(self, layer: str, ok: bool, error: str | None = None) -> None:
-        self.machine.observe(layer, ok, wall_ms(), error)
+    def observe(self, layer: str, ok: bool, error: str | None = None, *, write: bool = False) -> None:
+        """The outcome of an operation on ``layer``: a read (a consumer's poll) unless ``write``."""
+        self.machine.observe(layer, ok, wall_ms(), error, write=write)
         self._log_transition()
 
     def _log_transition(self) -> None:
@@ -67,8 +70,17 @@ class DAStack:
                         f": {self.machine.fallback_reason}" if entering_fallback else "")
             self._last_status = self.machine.status
 
+    def _should_reconcile(self) -> bool:
+        """The primary takes writes and blobs wait on fallbacks (or Recovering waits for a pass to end)."""
+        status = self.machine.status
+        if status is Status.RECOVERING:
+            return True
+        return status in (Status.HEALTHY, Status.WARNING) and self.reconciler.waiting > 0
+
     async def check_once(self) -> None:
-        """Health-check every layer concurrently; reconcile while Recovering."""
+        """Health-check every layer concurrently; then, when the primary takes writes and blobs are waiting
+        on fallbacks (or while Recovering), start a reconciliation pass in the monitor's nursery (it runs
+        alongside the next health checks; inline when no monitor runs)."""
         async def check(name: str, layer: MeteredLayer) -> None:
             try:
                 await layer.head()
@@ -80,16 +92,55 @@ class DAStack:
         async with trio.open_nursery() as nursery:
             for name, layer in self.layers.items():
                 nursery.start_soon(check, name, layer)
-        if self.machine.status is Status.RECOVERING:
-            with contextlib.suppress(AlreadyRunning):
-                await self.reconciler.run_pass()
+        if self._should_reconcile() and not self._pass_running:
+            self._pass_running = True
+            if self._nursery is not None:
+                self._nursery.start_soon(self._reconcile_pass)
+            else:
+                await self._reconcile_pass()
+
+    async def _reconcile_pass(self) -> None:
+        try:
+            with contextlib.suppress(AlreadyRunning):  # a manual pass (POST /fallback/reconcile) is running
+                await self.reconciler.run_pass(stop_on_fallback=True)
+        except Exception:  # a broken pass must not take the health monitor (and the coordinator) down
+            log.exception("reconciliation pass failed")
+        finally:
+            self._pass_running = False
             self._log_transition()
 
     async def monitor(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        while True:
-            await self.check_once()
-            await trio.sleep(self.health_interval_s)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                task_status.started()
+                while True:
+                    await self.check_once()
+                    await trio.sleep(self.health_interval_s)
+            finally:
+                self._nursery = None
 
-    def close(self) -> None:
-        self.pending.close()
+    async def aclose(self, *, close_layers: bool = True) -> None:
+        """Close every layer and followed log once each (``aclose()`` or ``close()``, whichever the layer has;
+        a QuorumDA closes its validators, which are also followed logs), then the pending store. Shielded: safe
+        in a ``finally`` of a cancelled task. ``close_layers=False`` closes the pending store only (the caller
+        owns the layers, e.g. a test that hands the same Mock DA to the next coordinator)."""
+        with trio.CancelScope(shield=True):
+            if close_layers:
+                done: set[int] = set()
+                for metered in [*self.layers.values(), *self.followed.values()]:
+                    layer = getattr(metered, "inner", metered)
+                    if id(layer) in done:
+                        continue
+                    done.add(id(layer))
+                    children = getattr(layer, "validators", None)
+                    if callable(children):
+                        done.update(id(child) for child in children())
+                    try:
+                        if callable(getattr(layer, "aclose", None)):
+                            await layer.aclose()
+                        elif callable(getattr(layer, "close", None)):
+                            layer.close()
+                    except Exception:
+                        log.exception("closing DA layer %s failed", getattr(layer, "name", layer))
+            self.pending.close()

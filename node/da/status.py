@@ -13,6 +13,15 @@ reads one ``StatusSnapshot`` of it, so they never disagree.
 
 In Recovering the primary takes writes again while blobs stored on fallbacks are re-posted to it;
 ``failure_threshold`` failures in Recovering go back to Degraded/Emergency.
+
+Writes and reads are told apart (``observe(..., write=True)`` for a post): a primary that serves reads and
+health checks but rejects every write must still reach the failure threshold. So the primary's failure
+count is its failed writes plus its failed reads in a row; a successful read resets only the read
+failures, only a successful write resets the write failures. Recovery from Degraded/Emergency may come
+from reads alone (``recovery_threshold`` successes in a row): Recovering then starts with a clean count,
+and reconciliation's writes are the probe (if they fail, the status goes back to the fallback). A
+fallback layer is unhealthy after any failure and healthy again after any success (it has no other
+write probe; a write that fails on it falls through to the next layer at once).
 """
 
 from __future__ import annotations
@@ -51,9 +60,14 @@ class StatusSnapshot:
 @dataclass
 class _Layer:
     healthy: bool = True
-    failures: int = 0
-    successes: int = 0
+    write_failures: int = 0  # failed writes in a row; only a successful write resets them
+    read_failures: int = 0  # failed reads/health checks in a row; any success resets them
+    successes: int = 0  # successes (of any kind) in a row
     last_error: str | None = None
+
+    @property
+    def failures(self) -> int:
+        return self.write_failures + self.read_failures
 
 
 @dataclass
@@ -72,15 +86,26 @@ class DAStatusMachine:
 
     # ---- inputs ----------------------------------------------------------------------------------
 
-    def observe(self, layer: str, ok: bool, now_ms: int, error: str | None = None) -> Status:
-        """A health check or a real operation on ``layer`` succeeded or failed."""
+    def observe(self, layer: str, ok: bool, now_ms: int, error: str | None = None, write: bool = False) -> Status:
+        """A health check, a read, or (``write=True``) a write on ``layer`` succeeded or failed."""
         st = self._state.get(layer)
         if st is None:
             return self.status
         if ok:
-            st.healthy, st.failures, st.successes, st.last_error = True, 0, st.successes + 1, None
+            st.successes += 1
+            st.read_failures = 0
+            if write or layer != PRIMARY:
+                st.write_failures = 0
+            if st.failures == 0:
+                st.last_error = None
+            if layer != PRIMARY or st.failures < self.failure_threshold:
+                st.healthy = True
         else:
-            st.failures, st.successes, st.last_error = st.failures + 1, 0, error
+            st.successes, st.last_error = 0, error
+            if write:
+                st.write_failures += 1
+            else:
+                st.read_failures += 1
             if layer != PRIMARY or st.failures >= self.failure_threshold:
                 st.healthy = False
         self._step(now_ms)
@@ -114,7 +139,10 @@ class DAStatusMachine:
             elif primary.failures == 0 and s is Status.WARNING:
                 self._go(Status.HEALTHY, None, now_ms)
         elif s in (Status.DEGRADED, Status.EMERGENCY):
-            if primary.healthy and primary.successes >= self.recovery_threshold:
+            if primary.successes >= self.recovery_threshold:
+                # reads alone may bring the primary back; Recovering starts with a clean count and its writes
+                # (reconciliation, then every write) decide whether it stays
+                primary.healthy, primary.write_failures, primary.read_failures = True, 0, 0
                 self._go(Status.RECOVERING, None, now_ms)
             else:
                 target = self._fallback_status()
