@@ -161,3 +161,33 @@ async def test_one_reconciliation_at_a_time_and_parallel_batches(make_config: Ca
             assert 2 <= primary.max_in_flight <= 3, primary.max_in_flight
         else:
             assert primary.max_in_flight == 1
+
+
+async def test_quorum_certificates_are_kept_with_the_fallback_record(make_config: Callable[..., Config],
+                                                                      tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from functools import partial
+
+    from deploy.blobstore import serve_blobstore
+    from node.da.quorum import QuorumCertificate, QuorumDA
+
+    async with trio.open_nursery() as servers:
+        urls = [await servers.start(partial(serve_blobstore, "127.0.0.1", 0, tmp_path / f"v{i}")) for i in range(3)]
+        from node import identity
+
+        keys = [bytes(identity.load_or_create(tmp_path / f"v{i}").verify_key) for i in range(3)]
+        quorum = QuorumDA(urls, threshold_percent=67, signature_timeout_s=2, public_keys=keys)
+        primary = MockDA()
+        coord = Coordinator(make_config("a", **FAST), primary, quorum)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(coord.run)
+            primary.down = True
+            await coord.register_node("n1", "z", "1.1.1.1:1", 1)
+            await wait_for(lambda: coord.da.pending.pending_count > 0, what="a blob on the QuorumDA")
+            [pending] = await coord.da.pending.pending_keys()
+            raw = await coord.da.pending.certificate(pending.blob_id)
+            assert raw is not None
+            cert = QuorumCertificate.from_bytes(raw)
+            assert cert.blob_hash.hex() == pending.blob_id and cert.verify(keys) and len(cert.valid_signers(keys)) >= 2
+            nursery.cancel_scope.cancel()
+        await quorum.aclose()
+        servers.cancel_scope.cancel()

@@ -33,6 +33,10 @@ CREATE TABLE IF NOT EXISTS fallback_blobs (
     primary_height INTEGER, primary_commitment BLOB
 );
 CREATE INDEX IF NOT EXISTS fallback_pending ON fallback_blobs (stored_ms) WHERE reconciled_ms IS NULL;
+CREATE TABLE IF NOT EXISTS certificates (      -- what a fallback layer signed for a blob (QuorumDA)
+    blob_id TEXT PRIMARY KEY,
+    certificate BLOB NOT NULL
+);
 """
 
 
@@ -81,14 +85,19 @@ class PendingStore:
         async with self._lock:
             return await trio.to_thread.run_sync(fn, *args)
 
-    async def record(self, ref: BlobRef, data: bytes) -> str:
-        """Remember a blob that landed on a fallback (idempotent by content)."""
+    async def record(self, ref: BlobRef, data: bytes, certificate: bytes | None = None) -> str:
+        """Remember a blob that landed on a fallback (idempotent by content), with the layer's certificate."""
         blob_id = hashlib.sha256(data).hexdigest()
 
         def insert() -> int:
-            cur = self._db.execute(
-                "INSERT OR IGNORE INTO fallback_blobs (blob_id, layer, height, commitment, data, stored_ms) "
-                "VALUES (?, ?, ?, ?, ?, ?)", (blob_id, ref.layer, ref.height, ref.commitment, data, _now()))
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                cur = self._db.execute(
+                    "INSERT OR IGNORE INTO fallback_blobs (blob_id, layer, height, commitment, data, stored_ms) "
+                    "VALUES (?, ?, ?, ?, ?, ?)", (blob_id, ref.layer, ref.height, ref.commitment, data, _now()))
+                if certificate is not None:
+                    self._db.execute("INSERT OR REPLACE INTO certificates (blob_id, certificate) VALUES (?, ?)",
+                                     (blob_id, certificate))
             return cur.rowcount
 
         added = await self._call(insert)
@@ -100,6 +109,13 @@ class PendingStore:
             rows = self._db.execute("SELECT * FROM fallback_blobs WHERE reconciled_ms IS NULL ORDER BY stored_ms, "
                                     "blob_id LIMIT ?", (limit,)).fetchall()
             return [_row(r) for r in rows]
+
+        return await self._call(read)
+
+    async def certificate(self, blob_id: str) -> bytes | None:
+        def read() -> bytes | None:
+            row = self._db.execute("SELECT certificate FROM certificates WHERE blob_id = ?", (blob_id,)).fetchone()
+            return bytes(row[0]) if row else None
 
         return await self._call(read)
 

@@ -33,6 +33,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import msgpack
 import trio
 
 from node.da.base import BlobNotFound, BlobRef, DAError, DATimeout, DAUnavailable, Page
@@ -79,6 +80,19 @@ class QuorumCertificate:
 
     def verify(self, keys: Sequence[bytes]) -> bool:
         return len(self.valid_signers(keys)) >= self.required
+
+    def to_bytes(self) -> bytes:
+        """msgpack, to keep the certificate with the fallback record of its blob."""
+        return msgpack.packb({"namespace": self.namespace, "hash": self.blob_hash, "required": self.required,
+                              "validators": self.validators,
+                              "signatures": [[s.url, s.public_key, s.signature, s.position] for s in self.signatures]},
+                             use_bin_type=True)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> QuorumCertificate:
+        obj = msgpack.unpackb(data, raw=False)
+        return cls(obj["namespace"], obj["hash"], tuple(ValidatorSignature(*s) for s in obj["signatures"]),
+                   obj["required"], obj["validators"])
 
 
 @dataclass

@@ -58,8 +58,10 @@ class DARouter:
                 continue
             self.machine.observe(name, True, self.clock(), write=True)
             if name != PRIMARY:
+                layer = getattr(self.layers[name], "inner", self.layers[name])
+                cert = layer.certificate(ref) if callable(getattr(layer, "certificate", None)) else None
                 with trio.CancelScope(shield=True):  # the blob is on the fallback now: it must be recorded
-                    await self.pending.record(ref, data)
+                    await self.pending.record(ref, data, cert.to_bytes() if cert is not None else None)
             self.posts_by_layer[name] += 1
             return ref
         raise DAUnavailable("no DA layer took the write: " + "; ".join(errors))
