@@ -17,7 +17,7 @@ from hypercorn.trio import serve
 
 from api.blobstore import DEFAULT_MAX_BODY, BlobStore, create_blobstore_app
 from node.main import hypercorn_config
-from node.process import run_process, setup_logging, stop_on_signals
+from node.process import run_process, serve_until_signalled, setup_logging
 
 log = logging.getLogger("dsdn.blobstore")
 
@@ -47,15 +47,6 @@ async def serve_blobstore(host: str, port: int, data_dir: Path, *, max_body_byte
         store.close()
 
 
-async def _run(args: argparse.Namespace) -> None:
-    stop = trio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(stop_on_signals, stop)
-        await nursery.start(partial(serve_blobstore, args.host, args.port, Path(args.data_dir),
-                                    max_body_bytes=args.max_body_bytes, shutdown_trigger=stop.wait))
-    log.info("stopped cleanly")
-
-
 def main(argv: list[str] | None = None) -> None:
     """``dsdn blobstore``: exit 0 after SIGTERM/SIGINT, 2 for bad arguments or key file, 1 if it cannot start."""
     parser = argparse.ArgumentParser(prog="dsdn blobstore", description="Serve an append-only signed blob log "
@@ -69,7 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     if not 0 <= args.port <= 65535 or args.max_body_bytes < 1:
         parser.error("--port must be 0..65535 and --max-body-bytes positive")
     setup_logging()
-    run_process("dsdn blobstore", _run, args)
+    run_process("dsdn blobstore", serve_until_signalled, partial(
+        serve_blobstore, args.host, args.port, Path(args.data_dir), max_body_bytes=args.max_body_bytes), "blobstore")
 
 
 if __name__ == "__main__":

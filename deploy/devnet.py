@@ -46,7 +46,7 @@ from api.asgi_fix import shield_final_send
 from node.da.commitment import blob_commitment, share_count
 from node.da.namespace import NamespaceError, validate_namespace
 from node.main import hypercorn_config
-from node.process import run_process, setup_logging, stop_on_signals
+from node.process import run_process, serve_until_signalled, setup_logging
 
 log = logging.getLogger("dsdn.devnet")
 T = TypeVar("T")
@@ -493,16 +493,6 @@ async def serve_devnet(host: str = "127.0.0.1", port: int = DEFAULT_PORT, db_pat
         devnet.close()
 
 
-async def _run(args: argparse.Namespace) -> None:
-    stop = trio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(stop_on_signals, stop)
-        await nursery.start(partial(serve_devnet, args.host, args.port, args.db, args.block_interval_ms / 1000,
-                                    args.auth_token, max_blob_bytes=args.max_blob_bytes, shutdown_trigger=stop.wait))
-        # on SIGTERM/SIGINT the server drains and serve_devnet returns; then the nursery is done
-    log.info("stopped cleanly")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="dsdn devnet", description="Local Celestia devnet (celestia-node JSON-RPC "
                                      "subset, blocks in SQLite, fault injection under /admin).")
@@ -519,7 +509,9 @@ def main(argv: list[str] | None = None) -> None:
     if not 0 <= args.port <= 65535:
         parser.error("--port must be 0..65535")
     setup_logging()
-    run_process("dsdn devnet", _run, args)
+    run_process("dsdn devnet", serve_until_signalled, partial(
+        serve_devnet, args.host, args.port, args.db, args.block_interval_ms / 1000, args.auth_token,
+        max_blob_bytes=args.max_blob_bytes), "devnet")
 
 
 if __name__ == "__main__":

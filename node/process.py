@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import trio
@@ -34,6 +35,15 @@ async def stop_on_signals(stop: trio.Event) -> None:
             log.info("received %s, shutting down", signal.Signals(signum).name)
             stop.set()
             return
+
+
+async def serve_until_signalled(serve: Callable[..., Awaitable[Any]], what: str) -> None:
+    """``nursery.start(serve, shutdown_trigger=...)``; SIGTERM/SIGINT trigger its graceful stop."""
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stop_on_signals, stop)
+        await nursery.start(partial(serve, shutdown_trigger=stop.wait))
+    logging.getLogger(f"dsdn.{what}").info("stopped cleanly")
 
 
 def run_process(prog: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
