@@ -302,8 +302,9 @@ async def test_routing_and_fallback_views(client: Any) -> None:
         "pending_reconcile_count": 0, "last_fallback_at": None, "status": "Healthy", "reconciling": False}
     assert await get(client, "/fallback/pending") == []
     report = await post(client, "/fallback/reconcile", None)
+    assert 0 <= report.pop("duration_ms") < 1000  # an empty pass still takes a moment
     assert report == {"success": True, "blobs_processed": 0, "blobs_reconciled": 0, "blobs_failed": 0,
-                      "duration_ms": 0, "errors": []}
+                      "errors": []}
 
 
 async def test_consistency_checks_published_blobs(client: Any, coord: Coordinator) -> None:
