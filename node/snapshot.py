@@ -64,7 +64,13 @@ def _write(path: Path, data: bytes) -> None:
 
 
 async def save(data_dir: Path, snap: Snapshot) -> int:
-    """Encode in the caller's task (a consistent cut), write and fsync in a thread; return the size."""
-    data = encode(snap)
-    await trio.to_thread.run_sync(_write, data_dir / FILE, data)
-    return len(data)
+    """Take a consistent cut in the caller's task (``State.frozen``, a shallow copy), then encode, write and
+    fsync it in a thread, so a large state does not stall the event loop; return the size."""
+    cut = Snapshot(snap.state.frozen(), dict(snap.cursors), snap.outbox_seq)
+
+    def encode_and_write() -> int:
+        data = encode(cut)
+        _write(data_dir / FILE, data)
+        return len(data)
+
+    return await trio.to_thread.run_sync(encode_and_write)

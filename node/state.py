@@ -174,6 +174,14 @@ class State:
 
     # ---- snapshots -------------------------------------------------------------------------------
 
+    def frozen(self) -> State:
+        """A copy that later events do not change, cheap enough to take on the event loop (the tables are
+        copied, not their entries, which are immutable tuples); encode it in a thread."""
+        copy = State()
+        copy.nodes, copy.objects, copy.replicas = self.nodes.copy(), self.objects.copy(), self.replicas.copy()
+        copy.scheduler, copy._seen, copy.max_hlc, copy._acc = self.scheduler, self._seen.copy(), self.max_hlc, self._acc
+        return copy
+
     def to_snapshot(self) -> dict[str, Any]:
         return {
             "nodes": [[k, list(v), list(r) if r is not None else None] for k, (v, r) in self.nodes.items()],

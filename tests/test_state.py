@@ -162,3 +162,27 @@ def test_different_event_sets_usually_differ_in_root(events: list[ev.Event]) -> 
     b.apply_all(events[:-1])
     if view(a)[:3] != view(b)[:3]:
         assert a.root() != b.root()
+
+
+async def test_a_snapshot_is_the_state_at_the_moment_it_was_taken(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import trio
+
+    from node import snapshot
+
+    s = State()
+    s.apply(reg("n1", "z", 1))
+    root, applied = s.root(), s.events_applied
+
+    async def write() -> None:
+        await snapshot.save(tmp_path, snapshot.Snapshot(s, {"primary": 3}, 1))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write)
+        await trio.sleep(0)  # the cut is taken; the encoding runs in a thread while the state moves on
+        s.apply(reg("n2", "z", 2))
+        s.apply(make_event(ev.NODE_UNREGISTERED, (3, 0), "c0", id="n1"))
+    back = snapshot.load(tmp_path)
+    assert back is not None and back.cursors == {"primary": 3} and back.outbox_seq == 1
+    assert back.state.root() == root and back.state.events_applied == applied
+    assert back.state.node("n1") is not None and back.state.node("n2") is None
+    assert s.node("n1") is None and s.root() != root
