@@ -173,12 +173,15 @@ async def test_a_snapshot_is_the_state_at_the_moment_it_was_taken(tmp_path) -> N
     s.apply(reg("n1", "z", 1))
     root, applied = s.root(), s.events_applied
 
+    cutting = trio.Event()
+
     async def write() -> None:
+        cutting.set()  # save() takes its cut before its first checkpoint, so once we run again it is taken
         await snapshot.save(tmp_path, snapshot.Snapshot(s, {"primary": 3}, 1))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(write)
-        await trio.sleep(0)  # the cut is taken; the encoding runs in a thread while the state moves on
+        await cutting.wait()  # the encoding now runs in a thread while the state moves on
         s.apply(reg("n2", "z", 2))
         s.apply(make_event(ev.NODE_UNREGISTERED, (3, 0), "c0", id="n1"))
     back = snapshot.load(tmp_path)
