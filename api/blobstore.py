@@ -11,7 +11,10 @@ application/octet-stream`` → 200 ``{"position", "hash", "signature", "validato
     Raw bytes rather than base64-in-JSON so the body limit (default 2 MiB) is the blob limit: the
     coordinator's DA_BLOB_MAX_BYTES default (1,992,294) fits, which it would not after base64 (+33%).
     Idempotent by (namespace, sha256(data)): the same blob again returns its first position with
-    ``"duplicate": true``. Errors: 415 other content type, 422 missing/bad namespace or empty body,
+    ``"duplicate": true``. A store with a writer list takes only writes signed by a listed key: headers
+    ``X-Dsdn-Writer`` (hex key) and ``X-Dsdn-Writer-Signature`` (hex Ed25519 over ``write_message``);
+    401 without a valid signature, 403 for an unlisted writer.
+    Errors: 415 other content type, 422 missing/bad namespace or empty body,
     413 body over the limit, 503 storage failure.
 ``GET /quorum/v1/blobs/<hash>[?namespace=<hex>]`` → 200 ``{"position", "hash", "namespace", "data", "signature",
     "validator"}`` (the earliest copy if the hash is in several namespaces and none is given);
@@ -46,13 +49,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import nacl.exceptions
+import nacl.signing
 import trio
 from quart import Blueprint, Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from api.asgi_fix import shield_final_send
-from node.da.blobstore_client import MAX_LOG_LIMIT, NAMESPACE_LEN, PREFIX, signed_message
+from node.da.blobstore_client import (
+    MAX_LOG_LIMIT,
+    NAMESPACE_LEN,
+    PREFIX,
+    WRITER_HEADER,
+    WRITER_SIGNATURE_HEADER,
+    signed_message,
+    write_message,
+)
 from node.identity import load_or_create
 
 log = logging.getLogger("dsdn.blobstore")
@@ -103,10 +116,13 @@ class LogPage:
 class BlobStore:
     """The SQLite blob log and the signing key. All SQLite work runs in ``trio.to_thread`` under one lock."""
 
-    def __init__(self, data_dir: Path, *, max_body_bytes: int = DEFAULT_MAX_BODY) -> None:
+    def __init__(self, data_dir: Path, *, max_body_bytes: int = DEFAULT_MAX_BODY,
+                 writers: frozenset[bytes] | None = None) -> None:
+        """``writers``: the Ed25519 keys whose signed writes are accepted (None: anyone may write)."""
         if max_body_bytes < 1:
             raise ValueError("max_body_bytes must be positive")
         self.max_body_bytes = max_body_bytes
+        self.writers = writers
         self.key = load_or_create(data_dir)  # creates data_dir
         self._db = sqlite3.connect(str(data_dir / DB_FILE), check_same_thread=False, isolation_level=None,
                                    timeout=30.0)
@@ -232,6 +248,30 @@ def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
     return int(raw)
 
 
+def _check_writer(writers: frozenset[bytes], namespace: bytes, data: bytes) -> None:
+    """401 unless the request carries a valid writer signature over the blob; 403 if the writer is not listed."""
+    key = _hex_header(WRITER_HEADER, 32)
+    signature = _hex_header(WRITER_SIGNATURE_HEADER, 64)
+    try:
+        nacl.signing.VerifyKey(key).verify(write_message(namespace, hashlib.sha256(data).digest()), signature)
+    except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
+        raise Reject(401, "unauthorized", "the writer signature does not verify") from None
+    if key not in writers:
+        raise Reject(403, "forbidden", f"writer {key.hex()} is not allowed to write to this store")
+
+
+def _hex_header(name: str, size: int) -> bytes:
+    raw = request.headers.get(name, "")
+    try:
+        value = bytes.fromhex(raw)
+    except ValueError:
+        value = b""
+    if len(value) != size:
+        raise Reject(401, "unauthorized", f"this store only takes signed writes: send {WRITER_HEADER} and "
+                                          f"{WRITER_SIGNATURE_HEADER}")
+    return value
+
+
 def _too_large(store: BlobStore) -> Response:
     return _json({"error": "payload_too_large",
                   "message": f"request body is larger than {store.max_body_bytes} bytes"}, 413)
@@ -269,6 +309,8 @@ def register_blobstore_routes(app: QuartTrio, store: BlobStore) -> None:
             return _too_large(store)
         if not data:
             raise Reject(422, "invalid_request", "the blob is empty")
+        if store.writers is not None:
+            _check_writer(store.writers, namespace, data)
         stored = await store.put(namespace, data)
         return _json({"position": stored.position, "hash": stored.blob_hash.hex(),
                       "signature": store.sign(namespace, stored.blob_hash).hex(),

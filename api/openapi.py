@@ -73,14 +73,15 @@ ROUTES: list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any], tuple[i
 
 # Hosted only by a coordinator with QUORUM_VALIDATOR=true (api/blobstore.py documents them in full).
 QUORUM_ROUTES: list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any], tuple[int, ...]]] = [
-    ("POST", "/quorum/v1/blobs", "Store a blob (raw body, ?namespace=<58 hex>); returns the signed receipt",
-     None, OBJ, (413, 415, 422, 503)),
+    ("POST", "/quorum/v1/blobs", "Store a blob (raw body, ?namespace=<58 hex>, signed by a cluster member); "
+     "returns the signed receipt", None, OBJ, (401, 403, 413, 415, 422, 503)),
     ("GET", "/quorum/v1/blobs/<blob_hash>", "A stored blob by SHA-256", None, OBJ, (404, 422)),
     ("GET", "/quorum/v1/log", "Stored blobs in log order (?after=&limit=&namespace=)", None, OBJ, (422,)),
     ("GET", "/quorum/v1/health", "Validator health, head position and public key", None, OBJ, ()),
 ]
 
-_DESCRIPTIONS = {400: "Malformed JSON", 401: "Missing or wrong bearer token", 404: "Not found",
+_DESCRIPTIONS = {400: "Malformed JSON", 401: "Missing or wrong bearer token or signature",
+                 403: "Writer not allowed", 404: "Not found",
                  413: "Body too large", 415: "Content-Type is not application/json",
                  409: "Conflict with the current state", 422: "Schema violation",
                  503: "Not ready / DA unavailable"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -34,10 +35,13 @@ async def serve_store(store: BlobStore, host: str, port: int, *,
 
 
 async def serve_blobstore(host: str, port: int, data_dir: Path, *, max_body_bytes: int = DEFAULT_MAX_BODY,
+                          writers: frozenset[bytes] | None = None,
                           shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
                           task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
     """Open the store in ``data_dir`` and serve it; ``nursery.start`` returns the bound URL (port 0 works)."""
-    store = BlobStore(Path(data_dir), max_body_bytes=max_body_bytes)
+    store = BlobStore(Path(data_dir), max_body_bytes=max_body_bytes, writers=writers)
+    if writers is None:
+        log.warning("this blob store accepts writes from anyone; list the writers' keys with --writers")
     try:
         async with trio.open_nursery() as nursery:
             url = await nursery.start(partial(serve_store, store, host, port, shutdown_trigger=shutdown_trigger))
@@ -54,14 +58,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8090, help="port to bind; 0 picks a free one (default 8090)")
     parser.add_argument("--data-dir", default=".dsdn/blobstore", help="SQLite log and identity.key live here")
+    parser.add_argument("--writers", default=os.environ.get("BLOBSTORE_WRITERS", ""),
+                        help="comma-separated Ed25519 public keys (hex) whose signed writes are accepted "
+                             "(default $BLOBSTORE_WRITERS; none: anyone may write)")
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY,
                         help=f"largest accepted blob (default {DEFAULT_MAX_BODY})")
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535 or args.max_body_bytes < 1:
         parser.error("--port must be 0..65535 and --max-body-bytes positive")
+    try:
+        writers = frozenset(bytes.fromhex(k.strip()) for k in args.writers.split(",") if k.strip()) or None
+    except ValueError:
+        parser.error("--writers: comma-separated hex public keys")
+    if writers is not None and any(len(k) != 32 for k in writers):
+        parser.error("--writers: each key is 64 hex characters")
     setup_logging()
     run_process("dsdn blobstore", serve_until_signalled, partial(
-        serve_blobstore, args.host, args.port, Path(args.data_dir), max_body_bytes=args.max_body_bytes), "blobstore")
+        serve_blobstore, args.host, args.port, Path(args.data_dir), max_body_bytes=args.max_body_bytes,
+        writers=writers), "blobstore")
 
 
 if __name__ == "__main__":

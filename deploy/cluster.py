@@ -64,11 +64,12 @@ def plan(n: int, base_port: int, data_dir: Path, block_interval_ms: int = 500) -
         "--db", str(data_dir / "devnet.sqlite"), "--block-interval-ms", str(block_interval_ms)],
         {"DEVNET_AUTH_TOKEN": token},  # in the environment, not on the command line (ps shows argv)
         {"Authorization": f"Bearer {token}"})
-    store = Member("emergency-da", "blobstore", store_url, "/quorum/v1/health", [
-        py, "-c", "from deploy.blobstore import main; main()", "--port", str(base_port + 101),
-        "--data-dir", str(data_dir / "blobstore")])
     ids = [f"coordinator-{i}" for i in range(n)]
     keys = [bytes(identity.load_or_create(data_dir / cid).verify_key).hex() for cid in ids]
+    store_key = bytes(identity.load_or_create(data_dir / "blobstore").verify_key).hex()
+    store = Member("emergency-da", "blobstore", store_url, "/quorum/v1/health", [
+        py, "-c", "from deploy.blobstore import main; main()", "--port", str(base_port + 101),
+        "--data-dir", str(data_dir / "blobstore")], {"BLOBSTORE_WRITERS": ",".join(keys)})
     urls = [f"http://127.0.0.1:{base_port + i}" for i in range(n)]
     peers = ",".join(f"{cid}={key}@127.0.0.1:{base_port + 200 + i}" for i, (cid, key) in enumerate(zip(ids, keys,
                                                                                                        strict=True)))
@@ -78,6 +79,7 @@ def plan(n: int, base_port: int, data_dir: Path, block_interval_ms: int = 500) -
         "DA_RETRY_COUNT": "1", "DA_RETRY_DELAY_MS": "200", "DA_HEALTH_INTERVAL_MS": "1000",
         "ENABLE_FALLBACK": "true", "FALLBACK_DA_TYPE": "quorum", "QUORUM_VALIDATORS": ",".join(urls),
         "QUORUM_VALIDATOR_KEYS": ",".join(keys), "QUORUM_VALIDATOR": "true", "EMERGENCY_DA_URL": store_url,
+        "EMERGENCY_DA_KEY": store_key,
         "CLUSTER_PEERS": peers, "CLUSTER_ID": "dsdn-local", "PEER_HEARTBEAT_MS": "500",
         "PUBLISH_INTERVAL_MS": "50", "QUORUM_SIGNATURE_TIMEOUT_MS": "2000",
         "RECONCILE_PARALLEL": "true", "RECONCILE_RETRY_DELAY_MS": "500",

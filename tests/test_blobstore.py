@@ -350,3 +350,30 @@ async def test_blobstore_da_errors(nursery: trio.Nursery, tmp_path: Path, hung_u
             await da.get(BlobRef("emergency", 1, bytes(32)))
     with pytest.raises(ValueError):
         BlobStoreDA("ftp://x")
+
+
+async def test_a_store_with_a_writer_list_takes_only_signed_writes_from_listed_keys(
+        nursery: trio.Nursery, tmp_path: Path) -> None:
+    import nacl.signing
+
+    from node.da.base import DAUnavailable
+
+    writer, stranger = nacl.signing.SigningKey.generate(), nacl.signing.SigningKey.generate()
+    server = await start_server(nursery, tmp_path / "s", writers=frozenset({bytes(writer.verify_key)}))  # type: ignore[arg-type]
+    async with httpx.AsyncClient(base_url=server.url, timeout=5) as http:
+        r = await post_raw(http, b"unsigned")
+        assert r.status_code == 401 and r.json()["error"] == "unauthorized"
+        data = b"blob"
+        message = b"dsdn-blobstore-write-v1" + NS + hashlib.sha256(b"another blob").digest()  # signs other data
+        r = await http.post("/quorum/v1/blobs", params={"namespace": NS.hex()}, content=data,
+                            headers={"Content-Type": "application/octet-stream",
+                                     "X-Dsdn-Writer": bytes(writer.verify_key).hex(),
+                                     "X-Dsdn-Writer-Signature": writer.sign(message).signature.hex()})
+        assert r.status_code == 401
+    async with BlobStoreDA(server.url, namespace=NS, timeout_s=5, signer=stranger) as da:
+        with pytest.raises(DAUnavailable, match="403"):
+            await da.post(b"from a stranger")
+    async with BlobStoreDA(server.url, namespace=NS, timeout_s=5, signer=writer) as da:
+        ref = await da.post(b"from the writer")
+        assert await da.get(ref) == b"from the writer"
+    assert await server.store.head() == 1  # nothing else got in

@@ -40,6 +40,16 @@ MAX_LOG_LIMIT = 1000
 DEFAULT_NAMESPACE = bytes(19) + b"dsdn-coord"
 
 
+WRITE_DOMAIN = b"dsdn-blobstore-write-v1"
+WRITER_HEADER, WRITER_SIGNATURE_HEADER = "X-Dsdn-Writer", "X-Dsdn-Writer-Signature"
+
+
+def write_message(namespace: bytes, blob_hash: bytes) -> bytes:
+    """What a writer signs to be allowed to store a blob: ``b"dsdn-blobstore-write-v1" || namespace ||
+    sha256(data)`` (a store with a writer list accepts only blobs signed by a listed key)."""
+    return WRITE_DOMAIN + namespace + blob_hash
+
+
 def signed_message(namespace: bytes, blob_hash: bytes) -> bytes:
     """What a store signs for a blob it has durably stored: ``b"dsdn-quorum-v1" || namespace (29 bytes) ||
     sha256(data) (32 bytes)`` — 75 bytes, fixed layout, so no two inputs give the same message."""
@@ -78,7 +88,10 @@ class Receipt:
 
 class BlobStoreDA:
     def __init__(self, url: str, *, name: str = "emergency", namespace: bytes = DEFAULT_NAMESPACE,
-                 public_key: bytes | None = None, timeout_s: float = 10.0) -> None:
+                 public_key: bytes | None = None, timeout_s: float = 10.0,
+                 signer: nacl.signing.SigningKey | None = None) -> None:
+        """``signer``: our identity key, to sign each write for a store that only accepts listed writers."""
+        self.signer = signer
         parsed = httpx.URL(url)
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ValueError(f"blob store URL must be http(s)://host[:port], not {url!r}")
@@ -147,8 +160,13 @@ class BlobStoreDA:
         """Post ``data``; return the verified receipt (position, hash, signature, key). ``timeout_s``
         overrides this store's call timeout (QuorumDA passes its signature timeout)."""
         data = bytes(data)
+        headers = {"Content-Type": "application/octet-stream"}
+        if self.signer is not None:
+            message = write_message(self.namespace, hashlib.sha256(data).digest())
+            headers[WRITER_HEADER] = bytes(self.signer.verify_key).hex()
+            headers[WRITER_SIGNATURE_HEADER] = self.signer.sign(message).signature.hex()
         body = await self._call("POST", "/blobs", "post", params={"namespace": self.namespace.hex()}, content=data,
-                                headers={"Content-Type": "application/octet-stream"}, timeout_s=timeout_s)
+                                headers=headers, timeout_s=timeout_s)
         position, blob_hash = body.get("position"), _hex(body.get("hash"), HASH_LEN)
         signature, key = _hex(body.get("signature"), 64), _hex(body.get("validator"), KEY_LEN)
         if not _is_int(position) or position < 1 or blob_hash is None or signature is None or key is None:
@@ -231,6 +249,8 @@ class BlobStoreDA:
             raise BlobNotFound(f"{self.name} ({self.url}): {message}")
         if status in (400, 413, 415, 422):
             raise BlobRejected(f"{self.name} ({self.url}): {what} rejected with {status} {message}")
+        if status in (401, 403):  # this store does not take our writes: a layer we cannot use, not a bad blob
+            raise DAUnavailable(f"{self.name} ({self.url}): {what} refused with {status} {message}")
         if status != 200:
             raise DAUnavailable(f"{self.name} ({self.url}): {what} answered {status} {message}")
         return body

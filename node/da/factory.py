@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from node import identity
 from node.config import Config
 from node.da.base import DALayer
 from node.da.blobstore_client import DEFAULT_NAMESPACE, BlobStoreDA
@@ -33,18 +34,20 @@ def build_layers(cfg: Config) -> Layers:
     else:
         primary = CelestiaDA.from_config(cfg)
     namespace = cfg.da_namespace or DEFAULT_NAMESPACE
+    signer = identity.load_or_create(cfg.data_dir)  # blob stores with a writer list take our signed writes
     timeout_s = cfg.da_timeout_ms / 1000
     followed: dict[str, DALayer] = {PRIMARY: primary}
     secondary = emergency = None
     if cfg.enable_fallback and cfg.quorum_validators:
         quorum = QuorumDA(cfg.quorum_validators, threshold_percent=cfg.quorum_threshold,
                           signature_timeout_s=cfg.quorum_signature_timeout_ms / 1000,
-                          public_keys=cfg.quorum_validator_keys or None, namespace=namespace, timeout_s=timeout_s)
+                          public_keys=cfg.quorum_validator_keys or None, namespace=namespace, timeout_s=timeout_s,
+                          signer=signer)
         secondary = quorum
         for validator in quorum.validators():
             followed[validator.name] = validator
     if cfg.enable_fallback and cfg.emergency_da_url:
         emergency = BlobStoreDA(cfg.emergency_da_url, name=EMERGENCY, namespace=namespace,
-                                public_key=cfg.emergency_da_key, timeout_s=timeout_s)
+                                public_key=cfg.emergency_da_key, timeout_s=timeout_s, signer=signer)
         followed[EMERGENCY] = emergency
     return Layers(primary, secondary, emergency, followed)

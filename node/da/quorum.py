@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import msgpack
+import nacl.signing
 import trio
 
 from node.da.base import BlobNotFound, BlobRef, DAError, DATimeout, DAUnavailable, Page
@@ -126,7 +127,8 @@ class _Tally:
 class QuorumDA:
     def __init__(self, urls: Sequence[str], *, threshold_percent: int, signature_timeout_s: float,
                  public_keys: Sequence[bytes | None] | None = None, namespace: bytes = DEFAULT_NAMESPACE,
-                 timeout_s: float = 10.0, name: str = "secondary", follow_index: int = 0) -> None:
+                 timeout_s: float = 10.0, name: str = "secondary", follow_index: int = 0,
+                 signer: nacl.signing.SigningKey | None = None) -> None:
         """``urls``: the validators (QUORUM_VALIDATORS); ``public_keys``: their expected keys in the same
         order (None entries, or no list, pin the key on first use); ``timeout_s`` bounds each get/read call."""
         keys = list(public_keys) if public_keys is not None else [None] * len(urls)
@@ -146,7 +148,8 @@ class QuorumDA:
         self.signature_timeout_s = signature_timeout_s
         self.follow_index = follow_index
         self._validators = [
-            BlobStoreDA(url, name=f"{name}/{i}", namespace=namespace, public_key=key, timeout_s=timeout_s)
+            BlobStoreDA(url, name=f"{name}/{i}", namespace=namespace, public_key=key, timeout_s=timeout_s,
+                        signer=signer)
             for i, (url, key) in enumerate(zip(urls, keys, strict=True))
         ]
         self._certificates: OrderedDict[bytes, QuorumCertificate] = OrderedDict()
