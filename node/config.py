@@ -49,6 +49,7 @@ class Config:
     da_retry_count: int = 3
     da_retry_delay_ms: int = 1000
     da_gas_price: float = -1.0  # -1: the node estimates the gas price
+    da_start_height: int = 1  # the first primary height read when no snapshot says where to resume
     use_mock_da: bool = False
     mock_da_path: str = ""  # "" = <data_dir>/mock-da.sqlite; ":memory:" = in-process only
     # Fallback DA
@@ -315,6 +316,7 @@ def load(env: Mapping[str, str]) -> Config:
         da_retry_count=_int(env, "DA_RETRY_COUNT", 3, 0, 100),
         da_retry_delay_ms=_int(env, "DA_RETRY_DELAY_MS", 1000, 0, 3_600_000),
         da_gas_price=_float(env, "DA_GAS_PRICE", -1.0, -1.0, 1e6),
+        da_start_height=_int(env, "DA_START_HEIGHT", 1, 1, 2**62),
         use_mock_da=use_mock,
         mock_da_path=_get(env, "MOCK_DA_PATH") or "",
         enable_fallback=enable_fallback,

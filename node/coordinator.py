@@ -84,6 +84,8 @@ class Coordinator:
                            on_result=self._consumer_result(name))
             for name, log_ in self.da.followed.items()
         }
+        # A pruned Celestia node does not keep old heights: start where the cluster's history begins.
+        self.consumers[PRIMARY].cursor = config.da_start_height - 1
         self.snapshots_written = 0
         self._snapshot_mark: tuple[int, dict[str, int]] = (-1, {})
         self.started_ms = wall_ms()

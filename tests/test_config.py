@@ -63,6 +63,7 @@ def test_member_keys_parse() -> None:
         ("DA_TIMEOUT_MS", "-5", "integer"),
         ("FALLBACK_DA_TYPE", "carrier-pigeon", "none, quorum, emergency"),
         ("STATS_TTL_MS", "0", "integer"),
+        ("DA_START_HEIGHT", "0", "from 1 to"),
         ("CLUSTER_MEMBER_KEYS", "abcd", "64 hex characters"),
         ("DA_NAMESPACE", "zz", "dsdn namespace"),
         ("DA_NAMESPACE", "0" * 58, "reserves"),

@@ -147,3 +147,19 @@ async def test_concurrent_writers_on_two_coordinators_converge(make_config: Call
         assert ca.state.root() == cb.state.root()
         assert ca.list_nodes() == cb.list_nodes()
         nursery.cancel_scope.cancel()
+
+
+async def test_the_primary_log_is_read_from_da_start_height(make_config: Callable[..., Config]) -> None:
+    da = MockDA()
+    async with running(make_config("a"), da) as a:
+        await a.register_node("early", "z", "1.1.1.1:1", 1)
+        await wait_for(lambda: a.outbox.pending == 0, what="publication")
+        early_height = await da.head()
+        await a.register_node("late", "z", "1.1.1.1:1", 1)
+        await wait_for(lambda: a.outbox.pending == 0, what="publication")
+        key = a.public_key.hex()
+    cfg = make_config("b", CLUSTER_MEMBER_KEYS=key, DA_START_HEIGHT=str(early_height + 1))
+    async with running(cfg, da) as b:
+        await wait_for(lambda: b.rebuilt, what="catch-up")
+        assert b.state.node("late") is not None and b.state.node("early") is None
+        assert b.consumers["primary"].cursor == await da.head()
