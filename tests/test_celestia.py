@@ -181,7 +181,8 @@ async def test_read_after_whole_heights_in_order_and_empty_heights(devnet: str) 
 
         head = await da.head()
         caught_up = await da.read_after(head, 10)
-        assert caught_up == type(caught_up)([], head, True)
+        # the devnet may produce another (empty) block between the two calls
+        assert caught_up.items == [] and caught_up.at_head and head <= caught_up.cursor <= head + 2
 
 
 async def test_head_advances_and_wait_for_height(devnet: str) -> None:
