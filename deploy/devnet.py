@@ -20,8 +20,6 @@ Run: ``dsdn devnet --port 26658 --db .dsdn/devnet.sqlite`` (or ``python -m deplo
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -43,6 +41,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from api.asgi_fix import shield_final_send
+from node.da.celestia import b64, b64decode_strict
 from node.da.commitment import blob_commitment, share_count
 from node.da.namespace import NamespaceError, validate_namespace
 from node.main import hypercorn_config
@@ -162,21 +161,15 @@ def header_json(block: Block) -> dict[str, Any]:
 
 def blob_json(row: BlobRow) -> dict[str, Any]:
     _, idx, namespace, commitment, data = row
-    return {"namespace": _b64(namespace), "data": _b64(data), "share_version": 0, "commitment": _b64(commitment),
+    return {"namespace": b64(namespace), "data": b64(data), "share_version": 0, "commitment": b64(commitment),
             "index": idx}
 
 
-def _b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode("ascii")
-
-
 def _unb64(value: Any, what: str) -> bytes:
-    if not isinstance(value, str):
-        raise RPCError(INVALID_PARAMS, f"invalid params: {what} must be a base64 string")
     try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise RPCError(INVALID_PARAMS, f"invalid params: {what} is not valid base64") from None
+        return b64decode_strict(value, what)
+    except ValueError as exc:
+        raise RPCError(INVALID_PARAMS, f"invalid params: {exc}") from None
 
 
 def _height_param(value: Any) -> int:

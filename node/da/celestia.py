@@ -83,13 +83,21 @@ def b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
-def unb64(value: Any, what: str) -> bytes:
+def b64decode_strict(value: Any, what: str) -> bytes:
+    """celestia-node's base64 fields, strictly (ValueError naming ``what`` otherwise); the devnet uses it too."""
     if not isinstance(value, str):
-        raise DARPCError(None, f"{what} is not a base64 string")
+        raise ValueError(f"{what} must be a base64 string")
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise DARPCError(None, f"{what} is not valid base64") from None
+        raise ValueError(f"{what} is not valid base64") from None
+
+
+def unb64(value: Any, what: str) -> bytes:
+    try:
+        return b64decode_strict(value, what)
+    except ValueError as exc:
+        raise DARPCError(None, str(exc)) from None
 
 
 def map_rpc_error(code: Any, message: str, method: str) -> DAError:
