@@ -19,6 +19,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+async def wait_http_ok(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0,
+                       headers: dict[str, str] | None = None) -> bool:
+    """Poll ``url`` until it answers 200 (True), the process exits or the timeout passes (False)."""
+    async with httpx.AsyncClient(timeout=2, headers=headers) as http:
+        with trio.move_on_after(timeout):
+            while proc.poll() is None:
+                try:
+                    if (await http.get(url)).status_code == 200:
+                        return True
+                except httpx.TransportError:
+                    pass
+                await trio.sleep(0.05)
+    return False
+
+
 class CoordinatorProcess:
     def __init__(self, data_dir: Path, log_path: Path, port: int | None = None, **env: str) -> None:
         self.port = port or free_port()
@@ -37,18 +52,9 @@ class CoordinatorProcess:
 
     async def wait_ready(self, timeout: float = 20.0) -> None:
         assert self.proc is not None
-        async with httpx.AsyncClient(timeout=2) as http:
-            with trio.move_on_after(timeout):
-                while True:
-                    if self.proc.poll() is not None:
-                        raise AssertionError(f"coordinator exited with {self.proc.returncode}:\n{self.log()}")
-                    try:
-                        if (await http.get(f"{self.url}/ready")).status_code == 200:
-                            return
-                    except httpx.TransportError:
-                        pass
-                    await trio.sleep(0.05)
-        raise AssertionError(f"coordinator not ready after {timeout}s:\n{self.log()}")
+        if not await wait_http_ok(f"{self.url}/ready", self.proc, timeout):
+            state = f"exited with {self.proc.returncode}" if self.proc.poll() is not None else "not ready"
+            raise AssertionError(f"coordinator {state} after {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

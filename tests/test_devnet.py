@@ -7,14 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 import trio
 
 from deploy.devnet import main
 from node.da.celestia import CelestiaDA
 from node.da.namespace import namespace_from_name
-from tests.proc import free_port
+from tests.proc import free_port, wait_http_ok
 
 TOKEN = "proc-secret"
 NS = namespace_from_name("dsdn-devnet-proc")
@@ -28,16 +27,8 @@ def spawn(port: int, db: Path, log: Path) -> subprocess.Popen[bytes]:
 
 
 async def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    async with httpx.AsyncClient(timeout=1, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
-        with trio.move_on_after(timeout):
-            while proc.poll() is None:
-                try:
-                    if (await http.get(f"{url}/admin/status")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await trio.sleep(0.05)
-    raise AssertionError(f"devnet at {url} did not become ready (exit code {proc.poll()})")
+    if not await wait_http_ok(f"{url}/admin/status", proc, timeout, {"Authorization": f"Bearer {TOKEN}"}):
+        raise AssertionError(f"devnet at {url} did not become ready (exit code {proc.poll()})")
 
 
 async def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:

@@ -3,8 +3,9 @@ managers in one process, and the simulated network under MockClock."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from functools import partial
 
 import msgpack
 import nacl.signing
@@ -26,7 +27,10 @@ from protocol.handshake import (
 )
 from protocol.manager import Member, PeerManager, State
 from protocol.simnet import SimNetwork
+from tests.conftest import wait_for as _wait_for
 from tests.proc import free_port
+
+wait_for = partial(_wait_for, timeout=10.0)  # links take longer than in-process state to settle
 
 
 def registry() -> Registry:
@@ -177,19 +181,13 @@ async def running(member: Member, all_members: list[Member], key: nacl.signing.S
         nursery.cancel_scope.cancel()
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    with trio.move_on_after(timeout):
-        while not predicate():
-            await trio.sleep(0.02)
-        return
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def test_three_managers_link_exchange_request_and_broadcast() -> None:
     ms = members(["a", "b", "c"])
     async with running(ms[0], ms) as a, running(ms[1], ms) as b, running(ms[2], ms) as c:
         mgrs = (a, b, c)
-        await wait_until(lambda: all(len(m.up_peers()) == 2 for m in mgrs), what="a full mesh")
+        await wait_for(lambda: all(len(m.up_peers()) == 2 for m in mgrs), what="a full mesh")
         assert all(link.links == 1 for m in mgrs for link in m.peers.values())  # one link per pair
         inbox = c.subscribe("chat")
         assert a.send("c", "chat", {"text": "hello", "n": 1})
@@ -208,7 +206,7 @@ async def test_three_managers_link_exchange_request_and_broadcast() -> None:
         with trio.fail_after(5):
             assert (await inbox_a.receive()) [1].body["text"] == "all"
             assert (await inbox_b.receive())[1].body["text"] == "all"
-        await wait_until(lambda: all(link.rtt_ms is not None for m in mgrs for link in m.peers.values()), what="rtt")
+        await wait_for(lambda: all(link.rtt_ms is not None for m in mgrs for link in m.peers.values()), what="rtt")
         status = {s["id"]: s for s in a.status()}
         assert status["c"]["state"] == "up" and status["c"]["messages_out"] >= 1 and status["c"]["rtt_ms"] < 1000
         with pytest.raises(TimeoutError):
@@ -220,12 +218,12 @@ async def test_unknown_key_and_wrong_cluster_are_refused(caplog: pytest.LogCaptu
     async with running(ms[1], ms) as b:
         # "a" dials b with a key that is not a's: b refuses and logs why; b never sees "a" up
         async with running(ms[0], ms, key=KEYS["stranger"]) as impostor:
-            await wait_until(lambda: impostor.peers["b"].last_error is not None, what="a refusal")
+            await wait_for(lambda: impostor.peers["b"].last_error is not None, what="a refusal")
             await trio.sleep(0.3)
             assert b.peers["a"].state is State.DOWN and b.peers["a"].links == 0
             assert "refused" in (impostor.peers["b"].last_error or "")
         async with running(ms[0], ms, cluster="other-cluster") as wrong:
-            await wait_until(lambda: "cluster" in (wrong.peers["b"].last_error or ""), what="cluster refusal")
+            await wait_for(lambda: "cluster" in (wrong.peers["b"].last_error or ""), what="cluster refusal")
             assert b.peers["a"].links == 0
     assert any("not a member" in r.getMessage() for r in caplog.records)
 
@@ -241,15 +239,15 @@ async def test_a_tampered_frame_kills_the_link_and_the_dialer_reconnects() -> No
             auth = hs.receive_hello(await ws.get_message())
             await ws.send_message(auth)
             session = hs.receive_auth(await ws.get_message())
-            await wait_until(lambda: b.peers["a"].state is State.UP, what="link up")
+            await wait_for(lambda: b.peers["a"].state is State.UP, what="link up")
             frame = bytearray(session.seal(pack_batch([registry().encode(Message("chat", {"text": "x", "n": 1}))])))
             frame[-1] ^= 0xFF
             await ws.send_message(bytes(frame))
-            await wait_until(lambda: b.peers["a"].state is State.DOWN, what="the link to close")
+            await wait_for(lambda: b.peers["a"].state is State.DOWN, what="the link to close")
         assert "authentication" in (b.peers["a"].last_error or "")
         # b survived: the real "a" connects normally afterwards
         async with running(ms[0], ms) as a:
-            await wait_until(lambda: a.peers["b"].state is State.UP and b.peers["a"].state is State.UP, what="relink")
+            await wait_for(lambda: a.peers["b"].state is State.UP and b.peers["a"].state is State.UP, what="relink")
 
 
 async def test_malformed_messages_are_counted_then_the_link_is_closed() -> None:
@@ -262,7 +260,7 @@ async def test_malformed_messages_are_counted_then_the_link_is_closed() -> None:
             await ws.send_message(hs.receive_hello(await ws.get_message()))
             session = hs.receive_auth(await ws.get_message())
             await ws.send_message(session.seal(pack_batch([b"\xc1 not msgpack"])))
-            await wait_until(lambda: b.peers["a"].errors == 1, what="one malformed message counted")
+            await wait_for(lambda: b.peers["a"].errors == 1, what="one malformed message counted")
             assert b.peers["a"].state is State.UP  # one bad message does not close the link
             good = registry().encode(Message("chat", {"text": "ok", "n": 1}))
             inbox = b.subscribe("chat")
@@ -270,10 +268,10 @@ async def test_malformed_messages_are_counted_then_the_link_is_closed() -> None:
             with trio.fail_after(5):
                 assert (await inbox.receive())[1].body["text"] == "ok"
             await ws.send_message(session.seal(b"\x00\x00\x00\x09short"))  # broken batch framing
-            await wait_until(lambda: b.peers["a"].errors == 3, what="the framing error counted")
+            await wait_for(lambda: b.peers["a"].errors == 3, what="the framing error counted")
             for _ in range(10):
                 await ws.send_message(session.seal(pack_batch([msgpack.packb({"v": 1, "type": "chat", "body": {}})])))
-            await wait_until(lambda: b.peers["a"].state is State.DOWN, what="the link to close")
+            await wait_for(lambda: b.peers["a"].state is State.DOWN, what="the link to close")
         assert b.peers["a"].errors >= 10
 
 
@@ -281,11 +279,11 @@ async def test_a_restarted_peer_is_reconnected() -> None:
     ms = members(["a", "b"])
     async with running(ms[0], ms) as a:
         async with running(ms[1], ms):
-            await wait_until(lambda: a.peers["b"].state is State.UP, what="link up")
-        await wait_until(lambda: a.peers["b"].state in (State.DOWN, State.CONNECTING), what="link down")
+            await wait_for(lambda: a.peers["b"].state is State.UP, what="link up")
+        await wait_for(lambda: a.peers["b"].state in (State.DOWN, State.CONNECTING), what="link down")
         async with running(ms[1], ms) as b2:
             started = trio.current_time()
-            await wait_until(lambda: a.peers["b"].state is State.UP and b2.peers["a"].state is State.UP,
+            await wait_for(lambda: a.peers["b"].state is State.UP and b2.peers["a"].state is State.UP,
                              what="reconnection")
             assert trio.current_time() - started < 5
             assert a.peers["b"].links == 2
