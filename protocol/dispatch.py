@@ -1,6 +1,8 @@
 """What a node does with messages whatever carries them (real links or the simulated network):
 subscriptions by type, request/response with timeouts, and request handlers.
 
+Request handlers are bounded too: at most ``max_handlers`` run at once (a request beyond that is
+dropped and counted; the requester times out) and each gets ``handler_timeout_s`` to answer.
 Subscriber channels are bounded. A full one makes delivery wait (the link's reader stops reading, so
 TCP slows the sender down) for up to ``backpressure_s``; a subscriber stuck longer than that loses the
 message (counted by the caller), so one stuck layer cannot stall a link forever. A handler's exception
@@ -34,8 +36,11 @@ class _Pending:
 
 
 class Dispatcher:
-    def __init__(self, send: SendFn, subscriber_buffer: int = 1024, backpressure_s: float = 1.0) -> None:
+    def __init__(self, send: SendFn, subscriber_buffer: int = 1024, backpressure_s: float = 1.0,
+                 max_handlers: int = 64, handler_timeout_s: float = 30.0) -> None:
         self._send = send
+        self.max_handlers, self.handler_timeout_s = max_handlers, handler_timeout_s
+        self.running_handlers = 0
         self.backpressure_s = backpressure_s
         self.subscriber_buffer = subscriber_buffer
         self._subscribers: dict[str, list[trio.MemorySendChannel[tuple[str, Message]]]] = {}
@@ -79,6 +84,9 @@ class Dispatcher:
                 pending.done.set()
             return 0
         if msg.id is not None and msg.type in self._handlers and self.nursery is not None:
+            if self.running_handlers >= self.max_handlers:
+                return 1
+            self.running_handlers += 1
             self.nursery.start_soon(self._answer, peer_id, msg)
             return 0
         dropped = 0
@@ -103,8 +111,15 @@ class Dispatcher:
     async def _answer(self, peer_id: str, msg: Message) -> None:
         reply_type, handler = self._handlers[msg.type]
         try:
-            body = await handler(peer_id, msg.body)
+            with trio.move_on_after(self.handler_timeout_s) as scope:
+                body = await handler(peer_id, msg.body)
+            if scope.cancelled_caught:
+                log.warning("handler for %s from %s gave no answer within %gs", msg.type, peer_id,
+                            self.handler_timeout_s)
+                return
         except Exception:  # a handler must never take the transport down
             log.exception("handler for %s from %s failed", msg.type, peer_id)
             return
+        finally:
+            self.running_handlers -= 1
         self._send(peer_id, reply_type, body, re=msg.id)

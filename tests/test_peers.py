@@ -340,3 +340,35 @@ async def test_simnet_delivers_drops_delays_duplicates_and_partitions(autojump_c
         with pytest.raises(TimeoutError):
             await a.request("c", "echo", {"data": b""}, timeout_s=2)
         nursery.cancel_scope.cancel()
+
+
+async def test_request_handlers_are_bounded_in_number_and_time(autojump_clock: trio.testing.MockClock) -> None:
+    net = SimNetwork(registry(), seed=1)
+    a, b = net.add("a"), net.add("b")
+    b.dispatcher.max_handlers, b.dispatcher.handler_timeout_s = 2, 5.0
+    release = trio.Event()
+
+    async def slow(peer_id: str, body: dict[str, object]) -> dict[str, object]:
+        await release.wait()
+        return {"data": b"late"}
+
+    b.on_request("echo", "echo.reply", slow)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        results: list[object] = []
+
+        async def ask() -> None:
+            try:
+                results.append((await a.request("b", "echo", {"data": b""}, timeout_s=10)).body)
+            except TimeoutError:
+                results.append("timeout")
+
+        for _ in range(3):
+            nursery.start_soon(ask)
+        await trio.sleep(1)
+        assert b.dispatcher.running_handlers == 2  # the third request was refused, not queued
+        await trio.sleep(5)  # the handlers' time runs out: they give up without answering
+        assert b.dispatcher.running_handlers == 0
+        await trio.sleep(5)
+        assert results == ["timeout"] * 3
+        nursery.cancel_scope.cancel()
