@@ -160,7 +160,7 @@ def bench(wrk: str, tmp: Path, procs: list[subprocess.Popen[bytes]]) -> bool:
     bare_port, coord_port = free_port(), free_port()
     procs.append(subprocess.Popen([sys.executable, "-m", "bench.http", "--bare", str(bare_port)]))
     exe = Path(sys.executable).with_name("dsdn-coordinator")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "node.main"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "deploy.coordinator"]
     env = {**os.environ, "USE_MOCK_DA": "true", "COORDINATOR_PORT": str(coord_port),
            "COORDINATOR_DATA_DIR": str(tmp / "coordinator"), "LOG_LEVEL": "WARNING"}
     env.pop("COORDINATOR_API_TOKEN", None)

@@ -36,7 +36,7 @@ from node.blob import HEADER, MAGIC, encode_blob
 from node.config import Config
 from node.consumer import Consumer
 from node.da.mock import MockDA
-from node.main import tune_gc
+from node.process import tune_gc
 from node.state import State
 
 EVENTS = 1_000_000

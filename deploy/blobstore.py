@@ -17,8 +17,7 @@ import trio
 from hypercorn.trio import serve
 
 from api.blobstore import DEFAULT_MAX_BODY, BlobStore, create_blobstore_app
-from node.main import hypercorn_config
-from node.process import run_process, serve_until_signalled, setup_logging
+from node.process import hypercorn_config, run_process, serve_until_signalled, setup_logging
 
 log = logging.getLogger("dsdn.blobstore")
 

@@ -85,7 +85,7 @@ def plan(n: int, base_port: int, data_dir: Path, block_interval_ms: int = 500) -
         "RECONCILE_PARALLEL": "true", "RECONCILE_RETRY_DELAY_MS": "500",
     }
     coordinators = [
-        Member("coordinator", cid, url, "/ready", [py, "-m", "node.main"],
+        Member("coordinator", cid, url, "/ready", [py, "-m", "deploy.coordinator"],
                {**common, "COORDINATOR_ID": cid, "COORDINATOR_PORT": str(base_port + i),
                 "PEER_PORT": str(base_port + 200 + i),
                 "COORDINATOR_DATA_DIR": str(data_dir / cid)})

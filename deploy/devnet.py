@@ -44,8 +44,7 @@ from api.asgi_fix import shield_final_send
 from node.da.celestia import b64, b64decode_strict
 from node.da.commitment import blob_commitment, share_count
 from node.da.namespace import NamespaceError, validate_namespace
-from node.main import hypercorn_config
-from node.process import run_process, serve_until_signalled, setup_logging
+from node.process import hypercorn_config, run_process, serve_until_signalled, setup_logging
 
 log = logging.getLogger("dsdn.devnet")
 T = TypeVar("T")

@@ -45,7 +45,7 @@ class CoordinatorProcess:
 
     def start(self) -> CoordinatorProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
-        self.proc = subprocess.Popen([sys.executable, "-m", "node.main"], env=self.env, stdout=log,
+        self.proc = subprocess.Popen([sys.executable, "-m", "deploy.coordinator"], env=self.env, stdout=log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         return self

@@ -231,7 +231,7 @@ async def test_cluster_replicates_survives_outages_and_rebuilds(cluster: Cluster
 
     await until("c0 to see c2 down", c2_down_on_c0, 15, cluster)
     with open(cluster.log_path.with_name("c2-restarted.log"), "wb") as log:
-        restarted = subprocess.Popen([sys.executable, "-m", "node.main"], env={**os.environ, **c2_proc["env"]},
+        restarted = subprocess.Popen([sys.executable, "-m", "deploy.coordinator"], env={**os.environ, **c2_proc["env"]},
                                      stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     cluster.extra.append(restarted)
     c2_proc["pid"] = restarted.pid  # the steps below pause and resume the new process
@@ -325,8 +325,8 @@ async def test_cluster_replicates_survives_outages_and_rebuilds(cluster: Cluster
     members = cluster.process("coordinator-0")["env"]["CLUSTER_PEERS"]
     env["CLUSTER_MEMBER_KEYS"] = ",".join(m.split("=")[1].split("@")[0] for m in members.split(","))
     with open(tmp_path / "rebuilt.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "node.main"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen([sys.executable, "-m", "deploy.coordinator"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
 

@@ -1,4 +1,4 @@
-"""Celestia blob share commitments: all shared vectors, share counts, subtree widths, mountain ranges, rejections."""
+"""Celestia blob share commitments: 16 real-chain vectors, share counts, subtree widths, mountain ranges, rejections."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ import pytest
 from node.da import commitment as c
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# The shared directory sits beside the repository (dev layout and CI both): <repo>/../shared.
-VECTORS_PATH = REPO_ROOT.parent / "shared" / "vectors" / "celestia-commitments.json"
+VECTORS_PATH = REPO_ROOT / "tests" / "vectors" / "celestia-commitments.json"  # provenance: tests/vectors/README.md
 NS = bytes(19) + b"\x01" * 10
 
 
@@ -29,8 +28,7 @@ VECTORS = _load_vectors()
 
 def test_vectors_file_present() -> None:
     assert VECTORS_PATH.is_file(), (
-        f"Celestia commitment vectors not found at {VECTORS_PATH}; the shared/ directory must sit beside the "
-        "repository clone (<repo>/../shared/vectors/celestia-commitments.json)"
+        f"Celestia commitment vectors not found at {VECTORS_PATH}"
     )
     assert len(VECTORS) == 16
 

@@ -21,7 +21,7 @@ from consensus import frost
 from consensus.frost import FrostError, InvalidShareError
 from consensus.group import IDENTITY, L, base_mul, random_scalar, serialize_scalar
 
-VECTORS = Path(__file__).resolve().parent.parent.parent / "shared" / "vectors" / "frost-ed25519-sha512-rfc9591.json"
+VECTORS = Path(__file__).resolve().parent / "vectors" / "frost-ed25519-sha512-rfc9591.json"  # see vectors/README.md
 
 SMALL_ORDER = {  # encodings of the points of order 1, 2, 4 and 8, and a non-canonical identity (y = p + 1)
     "identity": IDENTITY,
@@ -37,7 +37,7 @@ SMALL_ORDER = {  # encodings of the points of order 1, 2, 4 and 8, and a non-can
 @pytest.fixture(scope="module")
 def vec() -> dict[str, Any]:
     if not VECTORS.is_file():
-        pytest.fail(f"RFC 9591 test vectors not found at {VECTORS}: CI must place shared/ beside the repository")
+        pytest.fail(f"RFC 9591 test vectors not found at {VECTORS}")
     return json.loads(VECTORS.read_text())
 
 

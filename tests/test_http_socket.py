@@ -12,7 +12,7 @@ from hypercorn.trio import serve
 
 from api.app import create_app
 from node.config import Config
-from node.main import hypercorn_config
+from node.process import hypercorn_config
 from tests.conftest import start
 
 

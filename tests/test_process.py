@@ -116,7 +116,7 @@ async def test_second_coordinator_with_empty_data_dir_rebuilds_from_shared_mock_
 def run_cli(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     import os
 
-    return subprocess.run([sys.executable, "-m", "node.main"], env={**os.environ, **env}, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "deploy.coordinator"], env={**os.environ, **env}, capture_output=True,
                           text=True, timeout=30, stdin=subprocess.DEVNULL)
 
 

@@ -1,5 +1,7 @@
-"""Process entry for ``dsdn-coordinator``: config from the environment, one trio nursery holding the
-coordinator's background tasks and the Hypercorn server; SIGTERM/SIGINT stop it gracefully.
+"""Process entry for ``dsdn-coordinator``, and the composition root that wires node, api, consensus and
+protocol together (it lives in deploy/ so that node never imports api or consensus): config from the
+environment, one trio nursery holding the coordinator's background tasks and the Hypercorn server;
+SIGTERM/SIGINT stop it gracefully.
 
 Exit codes: 0 after a clean stop, 2 for a configuration error (one line on stderr), 1 when the
 server cannot start (for example the port is taken).
@@ -7,14 +9,12 @@ server cannot start (for example the port is taken).
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import sys
 from functools import partial
 
 import trio
-from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve
 
 from api.app import create_app
@@ -25,31 +25,11 @@ from node import config as config_mod
 from node import gossip
 from node.coordinator import Coordinator
 from node.da.factory import build_layers
-from node.process import run_process, setup_logging, stop_on_signals
+from node.process import hypercorn_config, run_process, setup_logging, stop_on_signals, tune_gc
 from protocol.envelope import Registry
 from protocol.manager import Member, PeerManager
 
 log = logging.getLogger("dsdn.main")
-
-
-def tune_gc() -> None:
-    """A coordinator holds a large, long-lived heap (the state): collect the young generation less
-    often, so a rebuild of millions of events does not spend a fifth of its time in the collector."""
-    gc.set_threshold(50_000, 20, 20)
-
-
-def _bind(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def hypercorn_config(host: str, port: int) -> HyperConfig:
-    """The server settings every coordinator (and the socket tests, and the HTTP benchmark) use."""
-    hcfg = HyperConfig()
-    hcfg.bind = [_bind(host, port)]
-    hcfg.accesslog = None
-    hcfg.errorlog = logging.getLogger("hypercorn.error")
-    hcfg.graceful_timeout = 5.0
-    return hcfg
 
 
 async def run(cfg: config_mod.Config) -> None:
