@@ -2,11 +2,17 @@
 
 Layout: ``b"DSDNEV" | version (1 byte) | signer public key (32) | signature (64) | body``, where body is
 msgpack ``[origin id, [event bytes, ...]]`` and the signature covers ``magic | version | key | body``.
-DA namespaces are public, so consumers accept a blob only if its signer is a cluster member.
+DA namespaces are public, so consumers accept a blob only if its signer is a cluster member, and keep
+only the events whose origin is that member's id (the others are counted as ``wrong_origin``).
+
+Acceptance is a property of the protocol, the same on every coordinator: a blob of up to
+``MAX_BLOB_BYTES`` is accepted whatever this coordinator's ``DA_BLOB_MAX_BYTES`` (which only limits the
+blobs it posts itself), so coordinators configured differently never disagree on which events exist.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import msgpack
@@ -20,6 +26,9 @@ VERSION = 1
 HEADER = len(MAGIC) + 1 + 32 + 64
 BODY_OVERHEAD = 64  # msgpack array headers and the origin string's header, generously
 MAX_EVENTS_PER_BLOB = 100_000
+# The largest blob any coordinator accepts (the protocol's limit: a Celestia blob of 1.9 MiB; blob stores take
+# 2 MiB bodies). DA_BLOB_MAX_BYTES may lower what a coordinator posts, never what it accepts.
+MAX_BLOB_BYTES = 1_992_294
 
 
 class BlobError(ValueError):
@@ -33,9 +42,10 @@ class BlobError(ValueError):
 @dataclass(frozen=True)
 class DecodedBlob:
     signer: bytes
-    origin: str
-    events: list[Event]
-    invalid_events: int
+    origin: str  # as the blob declares it
+    events: list[Event]  # the valid events whose origin is the signer's member id
+    invalid_events: int  # undecodable events
+    wrong_origin: int = 0  # valid events whose origin is not the signer's member id
 
 
 def encode_blob(key: nacl.signing.SigningKey, origin: str, raw_events: list[bytes]) -> bytes:
@@ -51,11 +61,25 @@ def blob_size(origin: str, raw_events: list[bytes]) -> int:
     return HEADER + BODY_OVERHEAD + len(origin.encode()) + sum(len(r) + 5 for r in raw_events)
 
 
-def decode_blob(data: bytes, members: frozenset[bytes], max_bytes: int) -> DecodedBlob:
+def expected_origin(signer: bytes, declared: str, member_ids: Mapping[bytes, str]) -> str | None:
+    """The only origin a blob's events may carry: the signer's member id when the cluster configuration
+    binds one to its key (``member_ids``: key -> id); for a member listed by key alone, the origin the blob
+    declares, unless that id is bound to another member's key (then None: no event is accepted)."""
+    bound = member_ids.get(signer)
+    if bound is not None:
+        return bound
+    if declared in member_ids.values():
+        return None
+    return declared
+
+
+def decode_blob(data: bytes, members: frozenset[bytes], *,
+                member_ids: Mapping[bytes, str] | None = None) -> DecodedBlob:
     """Verify and decode; raise BlobError (not ours / unsigned / malformed). Bad events are skipped
-    and counted in ``invalid_events``, the rest of a validly signed blob is kept."""
-    if len(data) > max_bytes:
-        raise BlobError("too_large", f"{len(data)} bytes")
+    and counted in ``invalid_events``, events from another origin than the signer's (see
+    ``expected_origin``) in ``wrong_origin``; the rest of a validly signed blob is kept."""
+    if len(data) > MAX_BLOB_BYTES:
+        raise BlobError("too_large", f"{len(data)} bytes; the protocol's limit is {MAX_BLOB_BYTES}")
     if not data.startswith(MAGIC):
         raise BlobError("foreign")
     if len(data) < HEADER or data[len(MAGIC)] != VERSION:
@@ -71,17 +95,23 @@ def decode_blob(data: bytes, members: frozenset[bytes], max_bytes: int) -> Decod
         raise BlobError("bad_signature") from None
     try:
         obj = msgpack.unpackb(body, raw=False, use_list=True, max_array_len=MAX_EVENTS_PER_BLOB,
-                              max_bin_len=max_bytes, max_str_len=1024, max_map_len=0)
+                              max_bin_len=MAX_BLOB_BYTES, max_str_len=1024, max_map_len=0)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         raise BlobError("malformed", str(exc)) from None
     if type(obj) is not list or len(obj) != 2 or type(obj[0]) is not str or type(obj[1]) is not list:
         raise BlobError("malformed", "body is not [origin, [events]]")
-    events, invalid = [], 0
+    origin = expected_origin(pub, obj[0], member_ids or {})
+    events, invalid, wrong = [], 0, 0
     for raw in obj[1]:
         try:
             if type(raw) is not bytes:
                 raise EventDecodeError("event is not bytes")
-            events.append(decode_event(raw))
+            event = decode_event(raw)
         except EventDecodeError:
             invalid += 1
-    return DecodedBlob(pub, obj[0], events, invalid)
+            continue
+        if event.origin != origin:
+            wrong += 1
+            continue
+        events.append(event)
+    return DecodedBlob(pub, obj[0], events, invalid, wrong)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from node.blob import MAX_BLOB_BYTES
 from node.da.namespace import NamespaceError, parse_namespace
 from node.naming import HOSTNAME_RE, ID_RE
 
@@ -75,9 +76,13 @@ class Config:
     api_token: str | None = None
     stats_ttl_ms: int = 300_000
     cluster_member_keys: tuple[bytes, ...] = ()
+    # (key, member id) for the members whose id is known (CLUSTER_PEERS/CLUSTER_CONFIG, id=key entries of
+    # CLUSTER_MEMBER_KEYS): their blobs may only carry events of that origin
+    cluster_member_ids: tuple[tuple[bytes, str], ...] = ()
+    max_inflight_writes: int = 1024  # writes waiting for the outbox commit at once; more get 503
     publish_interval_ms: int = 200
     snapshot_interval_ms: int = 30_000
-    blob_max_bytes: int = 1_992_294  # 1.9 MiB
+    blob_max_bytes: int = MAX_BLOB_BYTES  # what this coordinator posts; it accepts up to MAX_BLOB_BYTES
     da_health_interval_ms: int = 5000
     cluster_id: str = "dsdn-local"
     peers: tuple[PeerSpec, ...] = ()  # every member, this coordinator included
@@ -198,6 +203,38 @@ def _keys(env: Mapping[str, str], var: str) -> tuple[bytes, ...]:
     return tuple(keys)
 
 
+def _member_keys(env: Mapping[str, str], peers: tuple[PeerSpec, ...]) -> tuple[tuple[bytes, ...],
+                                                                              tuple[tuple[bytes, str], ...]]:
+    """CLUSTER_MEMBER_KEYS (entries ``key`` or ``id=key``) and the cluster's members: (every member key,
+    the (key, id) bindings). A key bound to two ids, or an id to two keys, is refused."""
+    var = "CLUSTER_MEMBER_KEYS"
+    raw = _get(env, var)
+    keys: list[bytes] = []
+    bindings: dict[bytes, str] = {}
+    ids: dict[str, bytes] = {}
+
+    def bind(key: bytes, member_id: str) -> None:
+        if bindings.setdefault(key, member_id) != member_id or ids.setdefault(member_id, key) != key:
+            raise ConfigError(var, raw, f"one id per member key and one key per member id ({member_id!r} "
+                              "conflicts with another entry or with the cluster config)")
+
+    for peer in peers:
+        bind(peer.public_key, peer.id)
+    for part in (raw or "").split(","):
+        member_id, _, key_hex = part.strip().rpartition("=")
+        key_hex, member_id = key_hex.strip(), member_id.strip()
+        if not key_hex:
+            continue
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", key_hex) or (member_id and not ID_RE.match(member_id)):
+            raise ConfigError(var, raw, "comma-separated Ed25519 public keys, 64 hex characters each, "
+                              "optionally as id=key (id: 1-128 characters of A-Z a-z 0-9 . _ : -)")
+        keys.append(bytes.fromhex(key_hex))
+        if member_id:
+            bind(keys[-1], member_id)
+    all_keys = tuple(dict.fromkeys([*keys, *(p.public_key for p in peers)]))
+    return all_keys, tuple(bindings.items())
+
+
 def _peer_address(var: str, raw: str, address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
@@ -304,6 +341,7 @@ def load(env: Mapping[str, str]) -> Config:
         names = ", ".join(p.id for p in peers)
         raise ConfigError("COORDINATOR_ID", coordinator_id, f"one of the cluster members: {names}")
     cluster_id = _get(env, "CLUSTER_ID") or file_cluster_id or "dsdn-local"
+    member_keys, member_ids = _member_keys(env, peers)
     if not ID_RE.match(cluster_id):
         raise ConfigError("CLUSTER_ID", cluster_id, "1-128 characters of A-Z a-z 0-9 . _ : -")
 
@@ -338,7 +376,9 @@ def load(env: Mapping[str, str]) -> Config:
         data_dir=data_dir,
         api_token=api_token,
         stats_ttl_ms=_int(env, "STATS_TTL_MS", 300_000, 1, 86_400_000),
-        cluster_member_keys=tuple(dict.fromkeys([*_keys(env, "CLUSTER_MEMBER_KEYS"), *(p.public_key for p in peers)])),
+        cluster_member_keys=member_keys,
+        cluster_member_ids=member_ids,
+        max_inflight_writes=_int(env, "MAX_INFLIGHT_WRITES", 1024, 1, 1_000_000),
         cluster_id=cluster_id,
         peers=peers,
         peer_host=_get(env, "PEER_HOST") or "127.0.0.1",
@@ -349,8 +389,9 @@ def load(env: Mapping[str, str]) -> Config:
         keystore_passphrase=(env.get("KEYSTORE_PASSPHRASE") or "").encode() or None,
         publish_interval_ms=_int(env, "PUBLISH_INTERVAL_MS", 200, 1, 600_000),
         snapshot_interval_ms=_int(env, "SNAPSHOT_INTERVAL_MS", 30_000, 100, 86_400_000),
-        # at most what every layer accepts: Celestia blobs (1.9 MiB), blob stores (2 MiB bodies)
-        blob_max_bytes=_int(env, "DA_BLOB_MAX_BYTES", 1_992_294, 4096, 1_992_294),
+        # at most what every layer accepts: Celestia blobs (1.9 MiB), blob stores (2 MiB bodies); this only
+        # limits what we post: every coordinator accepts blobs up to the protocol's MAX_BLOB_BYTES
+        blob_max_bytes=_int(env, "DA_BLOB_MAX_BYTES", MAX_BLOB_BYTES, 4096, MAX_BLOB_BYTES),
         da_health_interval_ms=_int(env, "DA_HEALTH_INTERVAL_MS", 5000, 50, 3_600_000),
         da_failure_threshold=_int(env, "DA_FAILURE_THRESHOLD", 3, 1, 1000),
         da_recovery_threshold=_int(env, "DA_RECOVERY_THRESHOLD", 2, 1, 1000),

@@ -1,15 +1,17 @@
 """The consumer: follows a DA layer from a cursor, verifies each blob's signer, applies its events.
 
-Blobs not signed by a cluster member (DA namespaces are public) or malformed are dropped and counted
-by reason. Application is idempotent and order-free, so re-reading a blob is harmless. The cursor is
-persisted only inside snapshots, together with the state it produced.
+Blobs not signed by a cluster member (DA namespaces are public), larger than the protocol's limit
+(``node.blob.MAX_BLOB_BYTES``, the same on every coordinator) or malformed are dropped and counted by
+reason; events whose origin is not the signer's member id are dropped and counted too. Application is
+idempotent and order-free, so re-reading a blob is harmless. The cursor is persisted only inside
+snapshots, together with the state it produced.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import trio
 
@@ -28,18 +30,23 @@ class Consumer:
         da: DALayer,
         apply: Callable[[Event], bool],
         members: frozenset[bytes],
-        max_blob_bytes: int,
+        *,
+        member_ids: Mapping[bytes, str] | None = None,
         cursor: int = 0,
         poll_s: float = 0.1,
         on_result: Callable[[bool, str | None], None] = lambda ok, err: None,
     ) -> None:
+        """``members``: the keys whose blobs are accepted; ``member_ids``: the member id bound to each key
+        that has one (see ``node.blob.expected_origin``)."""
         self.da, self.apply, self.members = da, apply, members
-        self.max_blob_bytes, self.cursor, self.poll_s = max_blob_bytes, cursor, poll_s
+        self.member_ids: Mapping[bytes, str] = member_ids or {}
+        self.cursor, self.poll_s = cursor, poll_s
         self.on_result = on_result
         self.caught_up = trio.Event()
         self.blobs_applied = 0
         self.events_new = 0
         self.events_invalid = 0
+        self.events_wrong_origin = 0
         self.rejected: Counter[str] = Counter()
         self.last_ok = True
         self._backoff = Backoff(0.1, 10.0)
@@ -47,13 +54,17 @@ class Consumer:
     def ingest(self, data: bytes) -> int:
         """Verify and apply one blob; return the number of new events it brought."""
         try:
-            blob = decode_blob(data, self.members, self.max_blob_bytes)
+            blob = decode_blob(data, self.members, member_ids=self.member_ids)
         except BlobError as exc:
             self.rejected[exc.reason] += 1
             if exc.reason != "foreign":
                 log.warning("dropped blob: %s", exc)
             return 0
         self.events_invalid += blob.invalid_events
+        if blob.wrong_origin:
+            self.events_wrong_origin += blob.wrong_origin
+            log.warning("dropped %d events of a blob signed by %s (declaring origin %r): their origin is not the "
+                        "signer's member id", blob.wrong_origin, blob.signer.hex(), blob.origin)
         new = 0
         for event in blob.events:
             new += self.apply(event)

@@ -56,6 +56,8 @@ class Coordinator:
         self.key = identity.load_or_create(config.data_dir)
         self.public_key = bytes(self.key.verify_key)
         self.members = frozenset({self.public_key, *config.cluster_member_keys})
+        # a member's blobs may carry only its own events: the id bound to its key, where the config binds one
+        self.member_ids = dict(config.cluster_member_ids)
         if config.cluster_member_keys and self.public_key not in config.cluster_member_keys:
             log.warning("this coordinator's key %s is not in CLUSTER_MEMBER_KEYS: if the other members' lists do "
                         "not have it either (a new data dir makes a new key), they will drop its writes",
@@ -64,7 +66,7 @@ class Coordinator:
         self.hlc = HybridLogicalClock()
         self.stats = StatsTable(config.stats_ttl_ms)
         self.placement = Placement(self.state)
-        self.outbox = Outbox(config.data_dir / "outbox.sqlite", self._on_commit)
+        self.outbox = Outbox(config.data_dir / "outbox.sqlite", self._on_commit, config.max_inflight_writes)
         self.applied_outbox_seq = 0
         if primary is None:
             primary = MockDA(config.mock_da_file if config.mock_da_path != ":memory:" else ":memory:")
@@ -80,7 +82,7 @@ class Coordinator:
         self.publisher = Publisher(self.outbox, self.da.router, self.key, self.id, config.blob_max_bytes,
                                    config.publish_interval_ms / 1000)
         self.consumers = {
-            name: Consumer(log_, self._apply_remote, self.members, config.blob_max_bytes,
+            name: Consumer(log_, self._apply_remote, self.members, member_ids=self.member_ids,
                            on_result=self._consumer_result(name))
             for name, log_ in self.da.followed.items()
         }

@@ -2,6 +2,11 @@
 
 A timestamp is ``(wall_ms, counter)``; ties between coordinators are broken by the origin id, which
 the event carries. Pure: the wall clock is injected.
+
+Observed timestamps move the clock forward by at most ``max_drift_ms`` past the wall clock: a member's
+event stamped far in the future (up to ``2**63 - 1``) is still applied to the state, but it no longer
+drags every later local timestamp with it. Both parts stay within ``0..2**63 - 1``, the range the event
+encoding accepts, so ``now()`` always gives a timestamp that can be encoded.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ import time
 from collections.abc import Callable
 
 Timestamp = tuple[int, int]
+MAX_PART = 2**63 - 1  # the largest wall or counter an event may carry (node.events.MAX_U63)
+MAX_DRIFT_MS = 60_000  # how far past the wall clock an observed timestamp may move ours
 
 
 def wall_ms() -> int:
@@ -17,24 +24,36 @@ def wall_ms() -> int:
 
 
 class HybridLogicalClock:
-    def __init__(self, clock: Callable[[], int] = wall_ms, last: Timestamp = (0, 0)) -> None:
+    def __init__(self, clock: Callable[[], int] = wall_ms, last: Timestamp = (0, 0),
+                 max_drift_ms: int = MAX_DRIFT_MS) -> None:
         self._clock = clock
-        self._wall, self._counter = last
+        self.max_drift_ms = max_drift_ms
+        self.clamped = 0  # observed timestamps that were further ahead than max_drift_ms
+        self._wall, self._counter = 0, 0
+        self.observe(last)
 
     @property
     def last(self) -> Timestamp:
         return (self._wall, self._counter)
 
     def now(self) -> Timestamp:
-        """A timestamp strictly greater than every one issued or observed before."""
-        physical = self._clock()
+        """A timestamp strictly greater than every one issued or observed before (observed ones as far as
+        ``max_drift_ms`` lets them count)."""
+        physical = min(self._clock(), MAX_PART - 1)
         if physical > self._wall:
             self._wall, self._counter = physical, 0
-        else:
+        elif self._counter < MAX_PART:
             self._counter += 1
+        else:  # the counter is exhausted: borrow a millisecond (observe keeps wall far below MAX_PART)
+            self._wall, self._counter = self._wall + 1, 0
         return (self._wall, self._counter)
 
     def observe(self, remote: Timestamp) -> None:
-        """Fold in a timestamp seen on a remote event, so our next one orders after it."""
+        """Fold in a timestamp seen on a remote event, so our next one orders after it; a timestamp more
+        than ``max_drift_ms`` ahead of the wall clock only moves ours to that bound."""
+        limit = min(self._clock() + self.max_drift_ms, MAX_PART - 1)
+        if remote[0] > limit:
+            self.clamped += 1
+            remote = (limit, 0)
         if remote > (self._wall, self._counter):
             self._wall, self._counter = remote

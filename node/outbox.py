@@ -3,7 +3,9 @@ before the request that made it is answered. The publisher later records where e
 
 Writes are group-committed: concurrent ``append`` calls that arrive while a commit is in flight share
 the next transaction (one fsync), so throughput grows with concurrency instead of queueing on fsync.
-All SQLite work runs in ``trio.to_thread`` under one lock.
+At most ``max_inflight`` appends wait at once (queued or being committed); one more raises
+``Overloaded`` at once (the API answers 503 with Retry-After), so a write flood cannot grow the queue
+without bound. All SQLite work runs in ``trio.to_thread`` under one lock.
 """
 
 from __future__ import annotations
@@ -36,6 +38,15 @@ CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox (seq) WHERE layer IS NUL
 """
 
 MAX_GROUP = 1024
+MAX_INFLIGHT = 1024  # default bound of appends waiting at once (config MAX_INFLIGHT_WRITES)
+
+
+class Overloaded(Exception):
+    """Too many writes are in flight; the caller should retry later. Nothing was stored."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"{limit} writes are already waiting for their commit (MAX_INFLIGHT_WRITES); retry later")
 
 
 @dataclass
@@ -54,10 +65,15 @@ class Landed:
 
 
 class Outbox:
-    def __init__(self, path: Path, on_commit: Callable[[list[tuple[int, Event]]], None]) -> None:
+    def __init__(self, path: Path, on_commit: Callable[[list[tuple[int, Event]]], None],
+                 max_inflight: int = MAX_INFLIGHT) -> None:
         """``on_commit`` runs synchronously after each commit, in sequence order, before any
-        ``append`` of that group returns: the coordinator applies the events to its state there."""
+        ``append`` of that group returns: the coordinator applies the events to its state there.
+        ``max_inflight``: appends allowed to wait at once (see ``Overloaded``)."""
         self._on_commit = on_commit
+        self.max_inflight = max_inflight
+        self.inflight = 0  # appends queued or being committed (a cancelled caller's stays until committed)
+        self.overloaded = 0  # appends refused with Overloaded
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -81,10 +97,15 @@ class Outbox:
     # ---- writing ---------------------------------------------------------------------------------
 
     async def append(self, event: Event) -> int:
-        """Durably store one event; return its sequence number once committed (and applied)."""
+        """Durably store one event; return its sequence number once committed (and applied). Raise
+        ``Overloaded`` at once, storing nothing, when ``max_inflight`` appends already wait."""
+        if self.inflight >= self.max_inflight:
+            self.overloaded += 1
+            raise Overloaded(self.max_inflight)
         waiter = _Waiter(event)
         self._queue.append(waiter)
         self._wake.set()
+        self.inflight += 1  # until the writer is done with it, whether or not the caller still waits
         await waiter.done.wait()
         if waiter.error is not None:
             raise waiter.error
@@ -102,11 +123,13 @@ class Outbox:
                     with trio.CancelScope(shield=True):  # never abandon a commit half-way
                         seqs = await self._db_call(self._insert, [w.event.raw for w in group])
                 except (sqlite3.Error, OSError) as exc:
+                    self.inflight -= len(group)
                     for w in group:
                         w.error = exc
                         w.done.set()
                     continue
                 self.pending += len(group)
+                self.inflight -= len(group)
                 self.commits += 1
                 self._on_commit([(seq, w.event) for w, seq in zip(group, seqs, strict=True)])
                 for w, seq in zip(group, seqs, strict=True):

@@ -1,7 +1,9 @@
 """Local snapshots: the state, the consumer cursor and the outbox watermark, written atomically.
 
 A snapshot lets a restart skip replaying DA from height 0. It is only an optimisation: with no
-snapshot (an empty data dir) the state is rebuilt from DA alone.
+snapshot (an empty data dir) the state is rebuilt from DA alone. Its size follows the registers, not
+the number of events ever applied (format 3: a bounded cache of recent event ids instead of format 2's
+set of every id prefix; format 2 is still read).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import trio
 from node.state import State
 
 FILE = "snapshot.msgpack"
-FORMAT = 2
+FORMAT = 3
+READABLE = (2, 3)
 
 
 @dataclass
@@ -36,7 +39,7 @@ def encode(snap: Snapshot) -> bytes:
 
 def decode(data: bytes) -> Snapshot:
     obj: dict[str, Any] = msgpack.unpackb(data, raw=False, strict_map_key=False)
-    if obj.get("format") != FORMAT:
+    if obj.get("format") not in READABLE:
         raise ValueError(f"unsupported snapshot format {obj.get('format')!r}")
     cursors = {str(k): int(v) for k, v in obj["cursors"].items()}
     return Snapshot(State.from_snapshot(obj["state"]), cursors, int(obj["outbox_seq"]))

@@ -1,4 +1,5 @@
-"""The signed blob envelope: members only, tamper-evident, size-capped, bad events counted."""
+"""The signed blob envelope: members only, tamper-evident, size-capped by the protocol, bad events and events
+of another origin than the signer's counted."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import nacl.signing
 import pytest
 
 from node import events as ev
-from node.blob import BlobError, blob_size, decode_blob, encode_blob
+from node.blob import MAX_BLOB_BYTES, BlobError, blob_size, decode_blob, encode_blob
 from node.events import make_event
 
 KEY = nacl.signing.SigningKey(b"\x01" * 32)
@@ -23,7 +24,7 @@ def test_roundtrip() -> None:
     evs = events(5)
     blob = encode_blob(KEY, "c0", [e.raw for e in evs])
     assert len(blob) <= blob_size("c0", [e.raw for e in evs])
-    decoded = decode_blob(blob, MEMBERS, 1 << 20)
+    decoded = decode_blob(blob, MEMBERS)
     assert decoded.events == evs and decoded.origin == "c0" and decoded.invalid_events == 0
 
 
@@ -34,16 +35,58 @@ def test_rejections_carry_a_reason() -> None:
         "foreign": b"hello world",
         "unknown_signer": encode_blob(OTHER, "c0", raws),
         "bad_signature": good[:-1] + bytes([good[-1] ^ 1]),
-        "too_large": good,
+        "too_large": good + b"\0" * MAX_BLOB_BYTES,
         "bad_version": good[:6] + b"\x09" + good[7:],
     }
     for reason, data in cases.items():
         with pytest.raises(BlobError) as err:
-            decode_blob(data, MEMBERS, 100 if reason == "too_large" else 1 << 20)
+            decode_blob(data, MEMBERS)
         assert err.value.reason == reason
 
 
 def test_signed_blob_with_a_bad_event_keeps_the_good_ones() -> None:
     raws = [e.raw for e in events(2)] + [msgpack.packb([1, "nope", 1, 0, "c0", []])]
-    decoded = decode_blob(encode_blob(KEY, "c0", raws), MEMBERS, 1 << 20)
+    decoded = decode_blob(encode_blob(KEY, "c0", raws), MEMBERS)
     assert len(decoded.events) == 2 and decoded.invalid_events == 1
+
+
+def test_acceptance_is_the_protocol_limit_not_a_local_setting() -> None:
+    # a blob as large as the protocol allows, from a member whose DA_BLOB_MAX_BYTES is the maximum
+    filler = [make_event(ev.OBJECT_REGISTERED, (i, 0), "c0", hash="h" * 200, size=i).raw for i in range(8000)]
+    raws: list[bytes] = []
+    size = blob_size("c0", [])
+    for raw in filler:
+        if size + len(raw) + 5 > MAX_BLOB_BYTES:
+            break
+        raws.append(raw)
+        size += len(raw) + 5
+    blob = encode_blob(KEY, "c0", raws)
+    assert 1_800_000 < len(blob) <= MAX_BLOB_BYTES  # far above a 4096-byte DA_BLOB_MAX_BYTES
+    assert len(decode_blob(blob, MEMBERS).events) == len(raws)  # no local setting can refuse it
+    with pytest.raises(BlobError) as err:
+        decode_blob(blob + b"\0" * (MAX_BLOB_BYTES - len(blob) + 1), MEMBERS)
+    assert err.value.reason == "too_large"
+
+
+def test_events_must_carry_the_signers_member_id() -> None:
+    members = frozenset({bytes(KEY.verify_key), bytes(OTHER.verify_key)})
+    ids = {bytes(KEY.verify_key): "c0", bytes(OTHER.verify_key): "c1"}
+    mine = make_event(ev.NODE_UNREGISTERED, (1, 0), "c0", id="n")
+    forged = make_event(ev.NODE_UNREGISTERED, (2, 0), "c1", id="n")  # c0 signing an event of c1
+    decoded = decode_blob(encode_blob(KEY, "c0", [mine.raw, forged.raw]), members, member_ids=ids)
+    assert decoded.events == [mine] and decoded.wrong_origin == 1 and decoded.invalid_events == 0
+    # the blob's declared origin does not matter when the key is bound to an id
+    decoded = decode_blob(encode_blob(KEY, "c1", [mine.raw, forged.raw]), members, member_ids=ids)
+    assert decoded.events == [mine] and decoded.wrong_origin == 1
+
+
+def test_a_member_listed_by_key_alone_speaks_only_for_the_origin_it_declares() -> None:
+    members = frozenset({bytes(KEY.verify_key), bytes(OTHER.verify_key)})
+    a = make_event(ev.NODE_UNREGISTERED, (1, 0), "a", id="n")
+    b = make_event(ev.NODE_UNREGISTERED, (2, 0), "b", id="n")
+    decoded = decode_blob(encode_blob(KEY, "a", [a.raw, b.raw]), members)
+    assert decoded.events == [a] and decoded.wrong_origin == 1
+    # nor may it declare an id the configuration binds to another member's key
+    ids = {bytes(OTHER.verify_key): "b"}
+    decoded = decode_blob(encode_blob(KEY, "b", [a.raw, b.raw]), members, member_ids=ids)
+    assert decoded.events == [] and decoded.wrong_origin == 2
