@@ -158,7 +158,7 @@ async def ours_rtt(mgr: PeerManager, n: int) -> list[float]:
     out = []
     for i in range(n):
         t0 = time.perf_counter_ns()
-        await mgr.request("b", REQ, body(i, n, "ping"), timeout_s=5)
+        await mgr.request("b", REQ, body(i, n, "ping"), timeout_s=5, expect=RESP)
         out.append((time.perf_counter_ns() - t0) / 1e3)
     return out
 
@@ -249,8 +249,8 @@ def cost_breakdown() -> str:
     pubs = {i: bytes(k.verify_key) for i, k in keys.items()}
     a = Handshake(dialer=True, my_id="a", identity=keys["a"], cluster=CLUSTER, members=pubs, expect="b")
     b = Handshake(dialer=False, my_id="b", identity=keys["b"], cluster=CLUSTER, members=pubs)
-    auth_a, auth_b = a.receive_hello(b.hello()), b.receive_hello(a.hello())
-    tx, rx = a.receive_auth(auth_b), b.receive_auth(auth_a)
+    welcome, rx = b.receive_auth(a.receive_challenge(b.receive_hello(a.hello())))
+    tx = a.receive_welcome(welcome)
     reg, msg = make_registry(), Message(DATA, body(1, 2))
     frame = reg.encode(msg)
     sealed = [tx.seal(frame) for _ in range(20_000)]

@@ -7,6 +7,11 @@ Subscriber channels are bounded. A full one makes delivery wait (the link's read
 TCP slows the sender down) for up to ``backpressure_s``; a subscriber stuck longer than that loses the
 message (counted by the caller), so one stuck layer cannot stall a link forever. A handler's exception
 is logged, never raised into the transport.
+
+A reply is bound to its request: it must come from the peer asked and be of the type the requester
+expects (``request(..., expect=...)``); any other message naming the request, or a reply to no pending
+request (late, or made up), is dropped and counted (``stray_replies``, ``late_replies``), and the
+request keeps waiting for the real answer.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ class SendFn(Protocol):
 
 @dataclass
 class _Pending:
+    peer_id: str
+    expect: str
     done: trio.Event = field(default_factory=trio.Event)
     reply: Message | None = None
 
@@ -46,6 +53,8 @@ class Dispatcher:
         self._subscribers: dict[str, list[trio.MemorySendChannel[tuple[str, Message]]]] = {}
         self._handlers: dict[str, tuple[str, Handler]] = {}
         self._pending: dict[int, _Pending] = {}
+        self.stray_replies = 0  # from another peer than the one asked, or of another type than expected
+        self.late_replies = 0  # naming no pending request (it timed out, or never existed)
         self._next_id = 1
         self.nursery: trio.Nursery | None = None  # where request handlers run; set by the transport
 
@@ -59,11 +68,13 @@ class Dispatcher:
         """Answer requests of ``type_`` with ``reply_type`` messages whose body ``handler`` returns."""
         self._handlers[type_] = (reply_type, handler)
 
-    async def request(self, peer_id: str, type_: str, body: dict[str, Any], timeout_s: float) -> Message:
-        """Send a request and wait for its reply; raise TimeoutError if none arrives in time."""
+    async def request(self, peer_id: str, type_: str, body: dict[str, Any], timeout_s: float, *,
+                      expect: str) -> Message:
+        """Send a request and wait for its reply: a message of type ``expect`` from ``peer_id`` (anything
+        else answering it is dropped); raise TimeoutError if none arrives in time."""
         rid = self._next_id
         self._next_id += 1
-        pending = self._pending[rid] = _Pending()
+        pending = self._pending[rid] = _Pending(peer_id, expect)
         try:
             if not self._send(peer_id, type_, body, id_=rid):
                 raise TimeoutError(f"could not queue {type_} to {peer_id}")
@@ -79,9 +90,16 @@ class Dispatcher:
         """Hand a received message to whoever wants it; return how many copies were dropped."""
         if msg.re is not None:
             pending = self._pending.get(msg.re)
-            if pending is not None and pending.reply is None:
-                pending.reply = msg
-                pending.done.set()
+            if pending is None or pending.reply is not None:
+                self.late_replies += 1
+                return 1
+            if peer_id != pending.peer_id or msg.type != pending.expect:
+                self.stray_replies += 1
+                log.debug("dropped a %s from %s answering request %d (asked %s for a %s)", msg.type, peer_id,
+                          msg.re, pending.peer_id, pending.expect)
+                return 1
+            pending.reply = msg
+            pending.done.set()
             return 0
         if msg.id is not None and msg.type in self._handlers and self.nursery is not None:
             if self.running_handlers >= self.max_handlers:

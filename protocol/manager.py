@@ -3,6 +3,15 @@
 * Links: the member with the smaller id dials (exponential backoff with jitter), the other accepts on
   ``/peer/v1``; a new link from a peer replaces its old one. The handshake has a deadline (trio-websocket's
   connect timeout does not cover a silent peer). Refusals close with a code and reason and are logged.
+  A failure of one link (a refusal, a broken frame, an unexpected error) ends that link only.
+* Unauthenticated inbound connections (from the TCP accept until the dialer's transcript signature is
+  verified) are bounded: at most ``max_unauthenticated`` at once (more are closed at once, counted),
+  ``upgrade_timeout_s`` to send the websocket upgrade, then ``handshake_timeout_s`` for the handshake,
+  and websocket messages of at most ``PRE_AUTH_MAX_MESSAGE`` bytes (a larger one closes the connection
+  with 1009 before it is read whole); the limit rises to ``WS_MAX_MESSAGE`` once the peer is verified
+  (both sides). An upgrade to another path than ``/peer/v1`` gets a 404 and its TCP connection is closed.
+  Every rejected or failed connection is closed, and the warnings they cause are rate limited (one line
+  per ``log_every_s`` and kind, with the number suppressed since); ``inbound`` counts them all.
 * Liveness: a ping every heartbeat; a link is ``up`` while pongs come back, ``suspect`` after
   ``SUSPECT_AFTER`` missed heartbeats, closed (``down``) after ``DOWN_AFTER``; RTT from the pongs.
 * Send queues: one bounded queue per peer (``queue_size``), kept across reconnects, so messages sent
@@ -24,6 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from functools import partial
 from typing import Any
 
 import nacl.signing
@@ -34,8 +44,8 @@ from trio_websocket import (
     WebSocketConnection,
     WebSocketRequest,
     open_websocket_url,
-    serve_websocket,
 )
+from wsproto import ConnectionType, WSConnection
 
 from protocol.dispatch import Dispatcher
 from protocol.envelope import MAX_FRAME, Message, ProtocolError, Registry, is_int, pack_batch, unpack_batch
@@ -56,8 +66,12 @@ DOWN_AFTER = 6
 CLOSE_HEARTBEAT = 4007
 MAX_MALFORMED = 10
 HANDSHAKE_TIMEOUT_S = 5.0
+UPGRADE_TIMEOUT_S = 5.0  # from the TCP accept to the websocket upgrade request (the library waits 60 s)
+MAX_UNAUTHENTICATED = 16  # inbound connections not yet authenticated, at once
+LOG_EVERY_S = 10.0  # at most one warning per kind and interval about inbound connections
 MAX_BATCH = 64  # messages per frame: a receiver's subscriber channels (1024) absorb several frames
 WS_MAX_MESSAGE = MAX_FRAME + 4096  # a sealed frame: a batch of at most MAX_FRAME bytes plus the AEAD tag
+PRE_AUTH_MAX_MESSAGE = 4096  # a handshake message (at most MAX_HANDSHAKE_FRAME) before the peer is verified
 
 
 class State(Enum):
@@ -121,12 +135,43 @@ class _Conn:
         self.scope.cancel()
 
 
+class RateLimitedLog:
+    """Warnings that a remote can cause at will: at most one line per ``every_s`` seconds and ``kind``;
+    the next line that gets out says how many were suppressed since the last one."""
+
+    def __init__(self, logger: logging.Logger, every_s: float) -> None:
+        self.logger, self.every_s = logger, every_s
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, kind: str, msg: str, *args: object, exc_info: bool = False) -> None:
+        now = time.monotonic()
+        last = self._last.get(kind)
+        if last is not None and now - last < self.every_s:
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        suppressed = self._suppressed.pop(kind, 0)
+        if suppressed:
+            msg += " (%d more like this suppressed in the last %gs)"
+            args = (*args, suppressed, self.every_s)
+        self.logger.warning(msg, *args, exc_info=exc_info)
+
+
 class PeerManager:
     def __init__(self, my_id: str, identity: nacl.signing.SigningKey, cluster: str, members: list[Member],
                  registry: Registry, *, host: str = "127.0.0.1", port: int = 0, heartbeat_s: float = 1.0,
-                 queue_size: int = 1024, subscriber_buffer: int = 1024) -> None:
+                 queue_size: int = 1024, subscriber_buffer: int = 1024,
+                 max_unauthenticated: int = MAX_UNAUTHENTICATED, upgrade_timeout_s: float = UPGRADE_TIMEOUT_S,
+                 handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S, log_every_s: float = LOG_EVERY_S) -> None:
         self.my_id, self.identity, self.cluster, self.registry = my_id, identity, cluster, registry
         self.host, self.port, self.heartbeat_s = host, port, heartbeat_s
+        self.max_unauthenticated, self.upgrade_timeout_s = max_unauthenticated, upgrade_timeout_s
+        self.handshake_timeout_s = handshake_timeout_s
+        self.warn = RateLimitedLog(log, log_every_s)
+        self.unauthenticated = 0  # inbound connections between the TCP accept and a verified peer
+        self.inbound = {"accepted": 0, "refused_busy": 0, "no_upgrade": 0, "bad_path": 0, "refused": 0,
+                        "failed": 0, "authenticated": 0}
         self.subscriber_buffer = subscriber_buffer
         self.members = {m.public_key: m for m in members}
         self._keys = {m.id: m.public_key for m in members}
@@ -176,10 +221,10 @@ class PeerManager:
         """Serve inbound links, dial the peers we dial; ``nursery.start`` returns our ws:// URL."""
         async with trio.open_nursery() as nursery:
             self.dispatcher.nursery = nursery
-            server = await nursery.start(lambda task_status: serve_websocket(
-                self._accept, self.host, self.port, ssl_context=None, handler_nursery=nursery,
-                max_message_size=WS_MAX_MESSAGE, task_status=task_status))
-            self.port = server.port
+            listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+            self.port = listeners[0].socket.getsockname()[1]
+            await nursery.start(partial(trio.serve_listeners, self._inbound, list(listeners),
+                                        handler_nursery=nursery))
             self.url = f"ws://{self.host}:{self.port}{PATH}"
             for peer_id, link in self.peers.items():
                 if self.my_id < peer_id:
@@ -194,9 +239,10 @@ class PeerManager:
             link.state = State.CONNECTING
             lasted = 0.0
             try:
-                with trio.CancelScope(deadline=trio.current_time() + HANDSHAKE_TIMEOUT_S) as handshake_scope:
-                    async with open_websocket_url(url, max_message_size=WS_MAX_MESSAGE,
-                                                  connect_timeout=HANDSHAKE_TIMEOUT_S, disconnect_timeout=2) as ws:
+                with trio.CancelScope(deadline=trio.current_time() + self.handshake_timeout_s) as handshake_scope:
+                    async with open_websocket_url(url, max_message_size=PRE_AUTH_MAX_MESSAGE,
+                                                  connect_timeout=self.handshake_timeout_s,
+                                                  disconnect_timeout=2) as ws:
                         session = await self._handshake(ws, dialer=True, expect=m.id)
                         if session is not None:
                             handshake_scope.deadline = math.inf
@@ -207,57 +253,127 @@ class PeerManager:
                     link.last_error = f"handshake with {url} timed out"
             except (HandshakeError, ConnectionClosed, OSError, trio.BrokenResourceError, ProtocolError) as exc:
                 link.last_error = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # one link's failure never takes the manager down
+                link.errors += 1
+                link.last_error = f"{type(exc).__name__}: {exc}"
+                self.warn.warning(f"dial {m.id}", "peer link to %s failed", m.id, exc_info=True)
             link.state = State.DOWN
             delay = 0.1 if lasted > 10 else min(10.0, delay * 2)
             await trio.sleep(random.uniform(delay / 2, delay))
 
-    async def _accept(self, request: WebSocketRequest) -> None:
-        """Runs in the server's nursery: nothing a remote sends may escape from here."""
+    async def _inbound(self, stream: trio.SocketStream) -> None:
+        """One inbound TCP connection, in the manager's nursery: nothing a remote sends may escape from here,
+        and the connection is closed whatever happens."""
+        if self.unauthenticated >= self.max_unauthenticated:
+            self.inbound["refused_busy"] += 1
+            self.warn.warning("busy", "refused an inbound peer connection from %s: %d unauthenticated already",
+                              _remote(stream), self.unauthenticated)
+            await trio.aclose_forcefully(stream)
+            return
+        self.inbound["accepted"] += 1
+        self.unauthenticated += 1
+        counted = True
+
+        def authenticated() -> None:
+            nonlocal counted
+            if counted:
+                counted = False
+                self.unauthenticated -= 1
+                self.inbound["authenticated"] += 1
+
         try:
-            if request.path != PATH:
+            async with trio.open_nursery() as nursery:  # the connection's reader task
+                try:
+                    await self._serve_inbound(nursery, stream, authenticated)
+                finally:
+                    nursery.cancel_scope.cancel()
+        except* (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # the remote went away
+        except* Exception:
+            self.inbound["failed"] += 1
+            self.warn.warning("error", "unexpected error on an inbound peer connection from %s", _remote(stream),
+                              exc_info=True)
+        finally:
+            if counted:
+                self.unauthenticated -= 1
+            await trio.aclose_forcefully(stream)
+
+    async def _serve_inbound(self, nursery: trio.Nursery, stream: trio.SocketStream,
+                             authenticated: Callable[[], None]) -> None:
+        # What trio-websocket's serve_websocket does, but it keeps a rejected connection open until the
+        # client leaves, gives a silent one 60 s, and keeps one message limit for the connection's life.
+        ws = WebSocketConnection(stream, WSConnection(ConnectionType.SERVER), max_message_size=PRE_AUTH_MAX_MESSAGE)
+        request: WebSocketRequest | None = None
+        with trio.move_on_after(self.upgrade_timeout_s) as upgrade_scope:
+
+            async def read() -> None:
+                await ws._reader_task()
+                upgrade_scope.cancel()  # the stream ended (closed, or not HTTP) before an upgrade request
+
+            nursery.start_soon(read)
+            request = await ws._get_request()
+        if request is None:
+            self.inbound["no_upgrade"] += 1
+            self.warn.warning("upgrade", "closed an inbound peer connection from %s: no websocket upgrade %s",
+                              _remote(stream), f"within {self.upgrade_timeout_s:g}s"
+                              if trio.current_time() >= upgrade_scope.deadline else "before it closed")
+            return
+        if request.path != PATH:
+            self.inbound["bad_path"] += 1
+            self.warn.warning("path", "refused a websocket upgrade from %s to %r (404)", _remote(stream),
+                              request.path[:80])
+            with trio.move_on_after(1):
                 await request.reject(404, body=b"unknown path")
-                return
-            ws = await request.accept()
-            session = None
-            with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
-                session = await self._handshake(ws, dialer=False, expect=None)
-            if session is None:
+            return
+        await request.accept()
+        session = None
+        with trio.move_on_after(self.handshake_timeout_s) as handshake_scope:
+            session = await self._handshake(ws, dialer=False, expect=None)
+        if session is None:
+            self.inbound["refused"] += 1
+            if handshake_scope.cancelled_caught:
+                self.warn.warning("handshake", "peer handshake with %s timed out after %gs", _remote(stream),
+                                  self.handshake_timeout_s)
                 with trio.move_on_after(1):
-                    await ws.aclose(CLOSE_PROTOCOL, "handshake failed or timed out")
-                return
-            await self._serve_link(self.peers[session.peer.id], ws, session)
-        except (ConnectionClosed, trio.BrokenResourceError, OSError):
-            pass
-        except Exception:
-            log.exception("unexpected error on an inbound peer connection")
+                    await ws.aclose(CLOSE_PROTOCOL, "handshake timed out")
+            return
+        authenticated()
+        await self._serve_link(self.peers[session.peer.id], ws, session)
 
     async def _handshake(self, ws: WebSocketConnection, *, dialer: bool, expect: str | None) -> Session | None:
+        """Run our side of the handshake; on success the connection takes full-size messages. On a refusal
+        close the connection with its code, log and return None."""
         hs = Handshake(dialer=dialer, my_id=self.my_id, identity=self.identity, cluster=self.cluster,
                        members=self._keys, expect=expect)
+        side = "dialing" if dialer else "accepting"
+        kind = f"dial {expect}" if dialer else "handshake"  # a refused dialer: one line per peer and interval
         try:
-            await ws.send_message(hs.hello())
-            auth = hs.receive_hello(_as_bytes(await ws.get_message()))
-            await ws.send_message(auth)
-            return hs.receive_auth(_as_bytes(await ws.get_message()))
-        except HandshakeRefused as exc:
-            log.warning("peer link refused (%s side, remote %s): %s", "dialing" if dialer else "accepting",
-                        ws.remote, exc.reason)
+            if dialer:
+                await ws.send_message(hs.hello())
+                await ws.send_message(hs.receive_challenge(_as_bytes(await ws.get_message())))
+                session = hs.receive_welcome(_as_bytes(await ws.get_message()))
+                _allow_full_messages(ws)
+            else:
+                await ws.send_message(hs.receive_hello(_as_bytes(await ws.get_message())))
+                welcome, session = hs.receive_auth(_as_bytes(await ws.get_message()))
+                _allow_full_messages(ws)  # before the welcome: the peer may send at once after it
+                await ws.send_message(welcome)
+            return session
+        except (HandshakeRefused, ProtocolError) as exc:
+            code, reason = (exc.code, exc.reason) if isinstance(exc, HandshakeRefused) else (CLOSE_PROTOCOL, str(exc))
+            self.warn.warning(kind, "peer link refused (%s side, remote %s): %s", side, ws.remote, reason)
             target = hs.peer.id if hs.peer is not None else expect
             if target in self.peers:
-                self.peers[target].last_error = exc.reason
-            await ws.aclose(exc.code, exc.reason[:120])
-            return None
-        except ProtocolError as exc:
-            log.warning("peer link refused (remote %s): %s", ws.remote, exc)
+                self.peers[target].last_error = reason
             with trio.move_on_after(1):
-                await ws.aclose(CLOSE_PROTOCOL, str(exc)[:120])
+                await ws.aclose(code, reason[:120])
             return None
         except ConnectionClosed as exc:
-            reason = exc.reason
-            log.warning("peer link closed during the handshake by %s: %s %s", ws.remote,
-                        reason.code if reason else "", reason.reason if reason else "")
+            closed = exc.reason
+            self.warn.warning(kind, "peer link closed during the handshake (%s side) by %s: %s %s", side,
+                              ws.remote, closed.code if closed else "", closed.reason if closed else "")
             if expect is not None:
-                self.peers[expect].last_error = f"refused: {reason.reason if reason else 'closed'}"
+                self.peers[expect].last_error = f"refused: {closed.reason if closed else 'closed'}"
             return None
 
     async def _serve_link(self, link: PeerLink, ws: WebSocketConnection, session: Session) -> None:
@@ -374,3 +490,20 @@ def _as_bytes(data: bytes | str) -> bytes:
     if isinstance(data, str):
         raise ProtocolError("text frame on a binary protocol")
     return data
+
+
+def _allow_full_messages(ws: WebSocketConnection) -> None:
+    """Raise the connection's message limit from PRE_AUTH_MAX_MESSAGE to WS_MAX_MESSAGE once the peer is
+    verified. trio-websocket (pinned ==0.12.2) fixes the limit at construction, so this sets its attribute;
+    tests/test_peer_limits.py fails if that attribute goes away."""
+    if not hasattr(ws, "_max_message_size"):
+        raise RuntimeError("trio-websocket no longer has WebSocketConnection._max_message_size")
+    ws._max_message_size = WS_MAX_MESSAGE
+
+
+def _remote(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"{host}:{port}"

@@ -14,16 +14,18 @@ import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from trio_websocket import open_websocket_url
+from trio_websocket import WebSocketConnection, open_websocket_url
 
 from protocol.envelope import Message, ProtocolError, Registry, is_bytes, is_int, is_str, pack_batch, unpack_batch
 from protocol.handshake import (
+    CLOSE_BAD_AUTH,
     CLOSE_BAD_VERSION,
     CLOSE_UNKNOWN_PEER,
     CLOSE_WRONG_CLUSTER,
     ChannelBroken,
     Handshake,
     HandshakeRefused,
+    Session,
 )
 from protocol.manager import Member, PeerManager, State
 from protocol.simnet import SimNetwork
@@ -113,10 +115,15 @@ def pair(**overrides: object) -> tuple[Handshake, Handshake]:
     return dialer, Handshake(**kw)  # type: ignore[arg-type]
 
 
+def complete(dialer: Handshake, listener: Handshake) -> tuple[Session, Session]:
+    """Run the four steps; return the dialer's and the listener's sessions."""
+    auth = dialer.receive_challenge(listener.receive_hello(dialer.hello()))
+    welcome, listener_session = listener.receive_auth(auth)
+    return dialer.receive_welcome(welcome), listener_session
+
+
 def test_handshake_gives_working_sessions_in_both_directions() -> None:
-    a, b = pair()
-    auth_a, auth_b = a.receive_hello(b.hello()), b.receive_hello(a.hello())
-    sa, sb = a.receive_auth(auth_b), b.receive_auth(auth_a)
+    sa, sb = complete(*pair())
     assert sa.peer.id == "b" and sb.peer.id == "a"
     for i in range(3):
         assert sb.open(sa.seal(f"to b {i}".encode())) == f"to b {i}".encode()
@@ -124,9 +131,7 @@ def test_handshake_gives_working_sessions_in_both_directions() -> None:
 
 
 def test_replayed_reordered_and_tampered_frames_break_the_channel() -> None:
-    a, b = pair()
-    auth_a, auth_b = a.receive_hello(b.hello()), b.receive_hello(a.hello())
-    sa, sb = a.receive_auth(auth_b), b.receive_auth(auth_a)
+    sa, sb = complete(*pair())
     f0, f1 = sa.seal(b"zero"), sa.seal(b"one")
     with pytest.raises(ChannelBroken):
         sb.open(f1)  # reordered
@@ -140,28 +145,41 @@ def test_replayed_reordered_and_tampered_frames_break_the_channel() -> None:
 
 
 def test_refusals_carry_a_code_and_reason() -> None:
-    stranger = Handshake(dialer=True, my_id="stranger", identity=KEYS["stranger"], cluster="test", members=MEMBERS)
+    stranger = Handshake(dialer=True, my_id="stranger", identity=KEYS["stranger"], cluster="test",
+                         members={**MEMBERS, "stranger": bytes(KEYS["stranger"].verify_key)}, expect="b")
     _, b = pair()
     with pytest.raises(HandshakeRefused) as err:
         b.receive_hello(stranger.hello())
     assert err.value.code == CLOSE_UNKNOWN_PEER
-    impostor = Handshake(dialer=True, my_id="c", identity=KEYS["stranger"], cluster="test", members=MEMBERS)
+    impostor = Handshake(dialer=True, my_id="c", identity=KEYS["stranger"], cluster="test", members=MEMBERS,
+                         expect="b")
     with pytest.raises(HandshakeRefused) as err:
-        b.receive_hello(impostor.hello())  # a member's id with another key
+        pair()[1].receive_hello(impostor.hello())  # a member's id with another key
     assert err.value.code == CLOSE_UNKNOWN_PEER
     a, other_cluster = pair(cluster="other")
     with pytest.raises(HandshakeRefused) as err:
         other_cluster.receive_hello(a.hello())
     assert err.value.code == CLOSE_WRONG_CLUSTER and "cluster" in err.value.reason
-    hello = msgpack.unpackb(a.hello())
+    hello = msgpack.unpackb(pair()[0].hello())
     hello["v"] = 99
     with pytest.raises(HandshakeRefused) as err:
         pair()[1].receive_hello(msgpack.packb(hello))
     assert err.value.code == CLOSE_BAD_VERSION
     a, b = pair()
     b.receive_hello(a.hello())
-    with pytest.raises(HandshakeRefused):
+    with pytest.raises(HandshakeRefused) as err:
         b.receive_auth(msgpack.packb({"sig": bytes(64)}))  # a forged transcript signature
+    assert err.value.code == CLOSE_BAD_AUTH
+    a, b = pair()
+    a.receive_challenge(b.receive_hello(a.hello()))
+    with pytest.raises(HandshakeRefused) as err:  # the listener's forged signature
+        a.receive_welcome(msgpack.packb({"id": "b", "identity": MEMBERS["b"], "sig": bytes(64)}))
+    assert err.value.code == CLOSE_BAD_AUTH
+    a, c = pair(my_id="c", identity=KEYS["c"])  # a dials "b", but c answers
+    auth = a.receive_challenge(c.receive_hello(a.hello()))
+    with pytest.raises(HandshakeRefused) as err:  # a signed for b: c cannot use it
+        c.receive_auth(auth)
+    assert err.value.code == CLOSE_BAD_AUTH
 
 
 # ---- real links -------------------------------------------------------------------------------------
@@ -181,8 +199,6 @@ async def running(member: Member, all_members: list[Member], key: nacl.signing.S
         nursery.cancel_scope.cancel()
 
 
-
-
 async def test_three_managers_link_exchange_request_and_broadcast() -> None:
     ms = members(["a", "b", "c"])
     async with running(ms[0], ms) as a, running(ms[1], ms) as b, running(ms[2], ms) as c:
@@ -199,7 +215,7 @@ async def test_three_managers_link_exchange_request_and_broadcast() -> None:
             return {"data": peer_id.encode() + body["data"]}  # type: ignore[operator]
 
         b.on_request("echo", "echo.reply", echo)
-        reply = await c.request("b", "echo", {"data": b"!"}, timeout_s=5)
+        reply = await c.request("b", "echo", {"data": b"!"}, timeout_s=5, expect="echo.reply")
         assert reply.body == {"data": b"c!"}
         inbox_a, inbox_b = a.subscribe("chat"), b.subscribe("chat")
         assert c.broadcast("chat", {"text": "all", "n": 2}) == 2
@@ -210,7 +226,7 @@ async def test_three_managers_link_exchange_request_and_broadcast() -> None:
         status = {s["id"]: s for s in a.status()}
         assert status["c"]["state"] == "up" and status["c"]["messages_out"] >= 1 and status["c"]["rtt_ms"] < 1000
         with pytest.raises(TimeoutError):
-            await c.request("a", "echo", {"data": b"?"}, timeout_s=0.3)  # a has no handler: no reply
+            await c.request("a", "echo", {"data": b"?"}, timeout_s=0.3, expect="echo.reply")  # a has no handler
 
 
 async def test_unknown_key_and_wrong_cluster_are_refused(caplog: pytest.LogCaptureFixture) -> None:
@@ -228,17 +244,23 @@ async def test_unknown_key_and_wrong_cluster_are_refused(caplog: pytest.LogCaptu
     assert any("not a member" in r.getMessage() for r in caplog.records)
 
 
+@asynccontextmanager
+async def raw_dial(port: int, ms: list[Member], my_id: str = "a", expect: str = "b"
+                   ) -> AsyncIterator[tuple[WebSocketConnection, Session]]:
+    """Act as ``my_id`` by hand: complete the handshake with ``expect`` at ``port``."""
+    hs = Handshake(dialer=True, my_id=my_id, identity=KEYS[my_id], cluster="test",
+                   members={m.id: m.public_key for m in ms}, expect=expect)
+    async with open_websocket_url(f"ws://127.0.0.1:{port}/peer/v1") as ws:
+        await ws.send_message(hs.hello())
+        await ws.send_message(hs.receive_challenge(await ws.get_message()))  # type: ignore[arg-type]
+        yield ws, hs.receive_welcome(await ws.get_message())  # type: ignore[arg-type]
+
+
 async def test_a_tampered_frame_kills_the_link_and_the_dialer_reconnects() -> None:
     ms = members(["a", "b"])
     async with running(ms[1], ms) as b:
         # act as "a" by hand: complete the handshake, then send a frame sealed with the wrong counter
-        hs = Handshake(dialer=True, my_id="a", identity=KEYS["a"], cluster="test", members={m.id: m.public_key
-                                                                                          for m in ms}, expect="b")
-        async with open_websocket_url(f"ws://127.0.0.1:{ms[1].port}/peer/v1") as ws:
-            await ws.send_message(hs.hello())
-            auth = hs.receive_hello(await ws.get_message())
-            await ws.send_message(auth)
-            session = hs.receive_auth(await ws.get_message())
+        async with raw_dial(ms[1].port, ms) as (ws, session):
             await wait_for(lambda: b.peers["a"].state is State.UP, what="link up")
             frame = bytearray(session.seal(pack_batch([registry().encode(Message("chat", {"text": "x", "n": 1}))])))
             frame[-1] ^= 0xFF
@@ -253,12 +275,7 @@ async def test_a_tampered_frame_kills_the_link_and_the_dialer_reconnects() -> No
 async def test_malformed_messages_are_counted_then_the_link_is_closed() -> None:
     ms = members(["a", "b"])
     async with running(ms[1], ms) as b:
-        hs = Handshake(dialer=True, my_id="a", identity=KEYS["a"], cluster="test",
-                       members={m.id: m.public_key for m in ms}, expect="b")
-        async with open_websocket_url(f"ws://127.0.0.1:{ms[1].port}/peer/v1") as ws:
-            await ws.send_message(hs.hello())
-            await ws.send_message(hs.receive_hello(await ws.get_message()))
-            session = hs.receive_auth(await ws.get_message())
+        async with raw_dial(ms[1].port, ms) as (ws, session):
             await ws.send_message(session.seal(pack_batch([b"\xc1 not msgpack"])))
             await wait_for(lambda: b.peers["a"].errors == 1, what="one malformed message counted")
             assert b.peers["a"].state is State.UP  # one bad message does not close the link
@@ -335,10 +352,10 @@ async def test_simnet_delivers_drops_delays_duplicates_and_partitions(autojump_c
             return {"data": b"pong"}
 
         c.on_request("echo", "echo.reply", echo)
-        assert (await a.request("c", "echo", {"data": b""}, timeout_s=2)).body == {"data": b"pong"}
+        assert (await a.request("c", "echo", {"data": b""}, timeout_s=2, expect="echo.reply")).body == {"data": b"pong"}
         net.partition({"a"}, {"c"})
         with pytest.raises(TimeoutError):
-            await a.request("c", "echo", {"data": b""}, timeout_s=2)
+            await a.request("c", "echo", {"data": b""}, timeout_s=2, expect="echo.reply")
         nursery.cancel_scope.cancel()
 
 
@@ -359,7 +376,7 @@ async def test_request_handlers_are_bounded_in_number_and_time(autojump_clock: t
 
         async def ask() -> None:
             try:
-                results.append((await a.request("b", "echo", {"data": b""}, timeout_s=10)).body)
+                results.append((await a.request("b", "echo", {"data": b""}, timeout_s=10, expect="echo.reply")).body)
             except TimeoutError:
                 results.append("timeout")
 
