@@ -2,7 +2,8 @@
 
 Errors are JSON everywhere: ``{"error": <code>, "message": <text>}`` plus the fields the seed
 documents (``node_id``, ``hash``). Malformed JSON → 400, wrong content type → 415, schema → 422,
-unknown → 404, too large → 413, unauthorized → 401. Never a 500 for bad input.
+unknown → 404, too large → 413, unauthorized → 401; too many writes in flight → 503 ``overloaded`` with
+Retry-After (MAX_INFLIGHT_WRITES). Never a 500 for bad input.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from node.da.celestia import BlobTooLarge
 from node.da.reconcile import AlreadyRunning
 from node.da.router import is_caller_error
 from node.da.status import EMERGENCY, PRIMARY, SECONDARY, Status, StatusSnapshot
+from node.outbox import Overloaded
 from node.scheduler import WEIGHT_NAMES, Workload
 from protocol.manager import PeerManager
 
@@ -119,6 +121,12 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
     @app.errorhandler(v.Invalid)
     async def invalid(e: v.Invalid) -> tuple[JSONDict, int]:
         return {"error": "invalid_request", "message": str(e), "field": e.field}, 422
+
+    @app.errorhandler(Overloaded)
+    async def overloaded(e: Overloaded) -> Response:
+        response = json_response({"error": "overloaded", "message": str(e)}, 503)
+        response.headers["Retry-After"] = "1"
+        return response
 
     @app.errorhandler(NotFound)
     async def not_found(e: NotFound) -> tuple[JSONDict, int]:
