@@ -8,10 +8,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import nacl.signing
 import trio
 
 from node import events as ev
-from node.blob import encode_blob
+from node.blob import MAX_BLOB_BYTES, encode_blob
 from node.config import Config
 from node.coordinator import Coordinator
 from node.da.mock import MockDA
@@ -163,3 +164,66 @@ async def test_the_primary_log_is_read_from_da_start_height(make_config: Callabl
         await wait_for(lambda: b.rebuilt, what="catch-up")
         assert b.state.node("late") is not None and b.state.node("early") is None
         assert b.consumers["primary"].cursor == await da.head()
+
+
+# ---- issue 8 §4: what every coordinator accepts does not depend on local settings or on trust in the blob --
+
+
+async def test_a_small_local_blob_cap_does_not_refuse_larger_blobs_of_other_members(
+        make_config: Callable[..., Config]) -> None:
+    da = MockDA()
+    member = nacl.signing.SigningKey.generate()
+    raws = [ev.make_event(ev.NODE_REGISTERED, (1000 + i, 0), "big", id=f"node-{i}", zone="z", addr="1.2.3.4:5",
+                          capacity_gb=i).raw for i in range(300)]
+    blob = encode_blob(member, "big", raws)
+    assert 4096 < len(blob) <= MAX_BLOB_BYTES  # posted by a member whose DA_BLOB_MAX_BYTES is the default
+    await da.post(blob)
+    cfg = make_config("small", DA_BLOB_MAX_BYTES="4096", CLUSTER_MEMBER_KEYS=bytes(member.verify_key).hex())
+    async with running(cfg, da) as small:
+        await wait_for(lambda: small.rebuilt, what="catch-up")
+        assert small.state.node_count == 300 and not small.consumers["primary"].rejected
+
+
+async def test_events_whose_origin_is_not_the_signers_member_id_are_dropped_and_counted(
+        make_config: Callable[..., Config]) -> None:
+    da = MockDA()
+    ka, kc = nacl.signing.SigningKey.generate(), nacl.signing.SigningKey.generate()
+
+    def node(origin: str, name: str) -> bytes:
+        return ev.make_event(ev.NODE_REGISTERED, (1, 0), origin, id=name, zone="z", addr="1.2.3.4:5",
+                             capacity_gb=1).raw
+
+    # member a (bound to its id) signs an event of its own and one claiming to be c's
+    await da.post(encode_blob(ka, "a", [node("a", "by-a"), node("c", "forged-c")]))
+    # member c is listed by key alone: it speaks for the origin its blob declares, and only for that one
+    await da.post(encode_blob(kc, "c", [node("c", "by-c"), node("a", "forged-a")]))
+    # ... and may not declare an id bound to another member's key
+    await da.post(encode_blob(kc, "a", [node("a", "forged-a-2")]))
+    members = f"a={bytes(ka.verify_key).hex()},{bytes(kc.verify_key).hex()}"
+    async with running(make_config("b", CLUSTER_MEMBER_KEYS=members), da) as b:
+        await wait_for(lambda: b.rebuilt, what="catch-up")
+        assert [nid for nid, _ in b.state.live_nodes()] == ["by-a", "by-c"]
+        consumer = b.consumers["primary"]
+        assert consumer.events_wrong_origin == 3 and consumer.blobs_applied == 3 and consumer.events_invalid == 0
+
+
+async def test_a_far_future_event_of_a_member_is_applied_without_breaking_local_writes(
+        make_config: Callable[..., Config]) -> None:
+    from node.hlc import wall_ms
+
+    max_drift_ms = 60_000  # node.hlc.MAX_DRIFT_MS
+    da = MockDA()
+    member = nacl.signing.SigningKey.generate()
+    future = ev.make_event(ev.NODE_REGISTERED, (ev.MAX_U63, ev.MAX_U63), "m", id="from-the-future", zone="z",
+                           addr="1.2.3.4:5", capacity_gb=1)
+    await da.post(encode_blob(member, "m", [future.raw]))
+    cfg = make_config("b", CLUSTER_MEMBER_KEYS=bytes(member.verify_key).hex())
+    async with running(cfg, da) as b:
+        await wait_for(lambda: b.rebuilt, what="catch-up")
+        assert b.state.node("from-the-future") is not None  # signed by a member: applied
+        await b.register_node("local", "z", "1.1.1.1:1", 1)  # the clock was not dragged to 2^63 - 1
+        await b.register_object("obj", 1)
+        assert b.state.node("local") is not None and b.hlc.last[0] <= wall_ms() + max_drift_ms
+    async with running(cfg, da) as again:  # the restored state's max timestamp is bounded the same way
+        await again.register_node("after-restart", "z", "1.1.1.1:1", 1)
+        assert again.hlc.last[0] <= wall_ms() + max_drift_ms
