@@ -88,7 +88,11 @@ class State:
             self.max_hlc = event.hlc
         if self._handlers[event.kind]((event.wall, event.counter, event.origin, eid), event.fields) == _SAME:
             return False
-        self._remember(eid)
+        self._recent.add(eid)  # _remember, inlined: this is the hot path of a rebuild
+        order = self._recent_order
+        order.append(eid)
+        if len(order) > self._recent_cap:
+            self._recent.discard(order.popleft())
         self._applied += 1
         return True
 
