@@ -171,6 +171,15 @@ class Coordinator:
         self.hlc.observe(event.hlc)
         return self.state.apply(event)
 
+    def apply_peer_event(self, event: Event) -> bool:
+        """An event a cluster member sent over its authenticated link (a signed receipt batch), applied
+        before its blob arrives from DA (where it is deduplicated)."""
+        return self._apply_remote(event)
+
+    async def submit_event(self, kind: str, **fields: Any) -> Event:
+        """Append an event of this coordinator durably (outbox → DA) and apply it; for the receipt engine."""
+        return await self._submit(kind, **fields)
+
     async def _submit(self, kind: str, **fields: Any) -> Event:
         event = ev.make_event(kind, self.hlc.now(), self.id, **fields)
         await self.outbox.append(event)
@@ -192,12 +201,20 @@ class Coordinator:
 
     # ---- nodes -----------------------------------------------------------------------------------
 
-    async def register_node(self, node_id: str, zone: str, addr: str, capacity_gb: int) -> None:
+    async def register_node(self, node_id: str, zone: str, addr: str, capacity_gb: int,
+                            public_key: str | None = None) -> None:
+        """``public_key``: the node's Ed25519 key (64 lower-case hex), which it needs to earn receipts."""
         await self._submit(ev.NODE_REGISTERED, id=node_id, zone=zone, addr=addr, capacity_gb=capacity_gb)
+        if public_key is not None:
+            await self._submit(ev.NODE_KEY, id=node_id, public_key=public_key)
 
-    @staticmethod
-    def node_json(node_id: str, rec: tuple[str, str, int]) -> dict[str, Any]:
-        return {"id": node_id, "zone": rec[0], "addr": rec[1], "capacity_gb": rec[2], "meta": {}}
+    def node_json(self, node_id: str, rec: tuple[str, str, int]) -> dict[str, Any]:
+        """The seed's node shape, plus ``public_key`` for a node that registered one."""
+        out: dict[str, Any] = {"id": node_id, "zone": rec[0], "addr": rec[1], "capacity_gb": rec[2], "meta": {}}
+        key = self.state.ledger.node_keys.get(node_id)
+        if key is not None:
+            out["public_key"] = key[1]
+        return out
 
     def list_nodes(self) -> list[dict[str, Any]]:
         return [self.node_json(nid, rec) for nid, rec in self.state.live_nodes()]

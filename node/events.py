@@ -17,6 +17,7 @@ import msgpack
 FORMAT_VERSION = 1
 MAX_STR = 256
 MAX_U63 = 2**63 - 1
+MAX_BIN = 512 * 1024  # a bin field (a signed receipt batch)
 
 NODE_REGISTERED = "node.registered"
 NODE_UNREGISTERED = "node.unregistered"
@@ -24,8 +25,10 @@ OBJECT_REGISTERED = "object.registered"
 REPLICA_MISSING = "replica.missing"
 REPLICA_HEALED = "replica.healed"
 SCHEDULER_CONFIG = "scheduler.config"
+NODE_KEY = "node.key"
+RECEIPT_BATCH = "receipt.batch"
 
-# kind -> field names and their types ("str", "int", "float"). New kinds (receipts) are added here
+# kind -> field names and their types ("str", "int", "float", "bin"). New kinds (receipts) are added here
 # and in state.py; a decoder that meets an unknown kind rejects that event (and counts it).
 SCHEMAS: dict[str, tuple[tuple[str, str], ...]] = {
     NODE_REGISTERED: (("id", "str"), ("zone", "str"), ("addr", "str"), ("capacity_gb", "int")),
@@ -35,6 +38,12 @@ SCHEMAS: dict[str, tuple[tuple[str, str], ...]] = {
     REPLICA_HEALED: (("hash", "str"), ("node_id", "str")),
     SCHEDULER_CONFIG: (("w_cpu", "float"), ("w_ram", "float"), ("w_gpu", "float"), ("w_latency", "float"),
                        ("w_io", "float")),
+    # a node's Ed25519 key (64 hex), needed for it to earn usage receipts
+    NODE_KEY: (("id", "str"), ("public_key", "str")),
+    # a threshold-signed batch of usage receipts: receipts = msgpack array of [receipt_bytes, node_signature]
+    # in batch order; root = its RFC 9162 Merkle root; signature over the batch message (consensus/receipts.py)
+    RECEIPT_BATCH: (("group_key", "str"), ("root", "str"), ("tree_size", "int"), ("signature", "str"),
+                    ("signers", "str"), ("receipts", "bin")),
 }
 
 
@@ -82,7 +91,7 @@ def _coerce(value: Any, typ: str) -> Any:
     return value
 
 
-_TYPES = {"str": str, "int": int, "float": float}
+_TYPES = {"str": str, "int": int, "float": float, "bin": bytes}
 
 
 class _Rule(NamedTuple):
@@ -90,6 +99,7 @@ class _Rule(NamedTuple):
     strs: tuple[int, ...]  # positions of str fields: 1..MAX_STR characters
     ints: tuple[int, ...]  # positions of int fields: 0..MAX_U63
     floats: tuple[int, ...]  # positions of float fields: finite
+    bins: tuple[int, ...]  # positions of bin fields: 1..MAX_BIN bytes
 
 
 # kind -> its rule, compiled once: decoding is the hot path of a rebuild
@@ -97,7 +107,8 @@ _RULES = {
     kind: _Rule(tuple(_TYPES[t] for _, t in schema),
                 tuple(i for i, (_, t) in enumerate(schema) if t == "str"),
                 tuple(i for i, (_, t) in enumerate(schema) if t == "int"),
-                tuple(i for i, (_, t) in enumerate(schema) if t == "float"))
+                tuple(i for i, (_, t) in enumerate(schema) if t == "float"),
+                tuple(i for i, (_, t) in enumerate(schema) if t == "bin"))
     for kind, schema in SCHEMAS.items()
 }
 _sha256 = hashlib.sha256
@@ -114,6 +125,8 @@ def _fields_ok(rule: _Rule, fields: list[Any]) -> bool:
     for i in rule.ints:
         if not 0 <= fields[i] <= MAX_U63:
             return False
+    if not all(0 < len(fields[i]) <= MAX_BIN for i in rule.bins):
+        return False
     return all(math.isfinite(fields[i]) for i in rule.floats) if rule.floats else True
 
 
@@ -121,7 +134,7 @@ def decode_event(raw: bytes) -> Event:
     """Strictly decode one event (``raw`` must be ``bytes``); raise EventDecodeError if anything is off."""
     try:
         obj = _unpackb(raw, use_list=True, raw=False, strict_map_key=True,
-                       max_str_len=1024, max_bin_len=0, max_array_len=64, max_map_len=0)
+                       max_str_len=1024, max_bin_len=MAX_BIN, max_array_len=64, max_map_len=0)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         raise EventDecodeError(f"not msgpack: {exc}") from None
     if type(obj) is not list or len(obj) != 6:

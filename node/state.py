@@ -8,6 +8,7 @@ state and the same root. Removals are tombstones (a register holding ``None``). 
 * ``objects[hash]``        -> size
 * ``replicas[(hash, id)]`` -> True (healed / present) or False (missing)
 * ``scheduler``            -> the five weights
+* ``ledger``               -> node keys and signed receipt batches (node/receipt_ledger.py)
 
 Re-applying an event changes nothing (its register already holds its version or a later one), so
 duplicates need no unbounded record: ``apply`` recognises one when its register holds exactly its
@@ -33,6 +34,7 @@ from typing import Any
 import msgpack
 
 from node import events as ev
+from node.receipt_ledger import SAME, ReceiptLedger
 
 Version = tuple[int, int, str, bytes]
 NodeRecord = tuple[str, str, int]  # zone, addr, capacity_gb
@@ -40,7 +42,7 @@ Weights = tuple[float, float, float, float, float]  # w_cpu, w_ram, w_gpu, w_lat
 
 _MOD = 1 << 256
 RECENT_IDS = 1 << 16  # ids of the latest applied events kept for duplicate detection (2 MiB in a snapshot)
-_SAME = 2  # what a register write returns when the register already holds exactly this version
+_SAME = SAME  # what a register write returns when the register already holds exactly this version
 _pack = msgpack.Packer(use_bin_type=True).pack
 
 
@@ -63,6 +65,7 @@ class State:
         self.membership_epoch = 0  # bumps whenever a node's visible record changes (placement cache key)
         self.max_hlc: tuple[int, int] = (0, 0)
         self._acc = 0  # the set hash accumulator, see root()
+        self.ledger = ReceiptLedger(self._rehash)
         self._handlers = {
             ev.NODE_REGISTERED: self._node_registered,
             ev.NODE_UNREGISTERED: self._node_unregistered,
@@ -70,6 +73,8 @@ class State:
             ev.REPLICA_MISSING: self._replica_missing,
             ev.REPLICA_HEALED: self._replica_healed,
             ev.SCHEDULER_CONFIG: self._scheduler_config,
+            ev.NODE_KEY: lambda version, f: self.ledger.set_key(version, f[0], f[1]),
+            ev.RECEIPT_BATCH: lambda version, f: self.ledger.add_batch(version, f),
         }
 
     # ---- applying events -------------------------------------------------------------------------
@@ -211,6 +216,7 @@ class State:
         copy.nodes, copy.objects, copy.replicas = self.nodes.copy(), self.objects.copy(), self.replicas.copy()
         copy.scheduler, copy.max_hlc, copy._acc = self.scheduler, self.max_hlc, self._acc
         copy._recent, copy._recent_order, copy._applied = self._recent.copy(), self._recent_order.copy(), self._applied
+        copy.ledger = self.ledger.copy(copy._rehash)
         return copy
 
     def to_snapshot(self) -> dict[str, Any]:
@@ -222,6 +228,7 @@ class State:
             "applied": self._applied,
             "recent": b"".join(self._recent_order),  # oldest first, 32 bytes each: bounded by RECENT_IDS
             "max_hlc": list(self.max_hlc),
+            "ledger": self.ledger.to_snapshot(),
         }
 
     @classmethod
@@ -245,4 +252,5 @@ class State:
         else:
             st._applied = len(snap["seen"]) // 8
         st.max_hlc = (snap["max_hlc"][0], snap["max_hlc"][1])
+        st.ledger.load_snapshot(snap.get("ledger", {}))
         return st

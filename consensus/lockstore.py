@@ -1,0 +1,132 @@
+"""The durable slot-lock table (SQLite, WAL, synchronous=FULL): checked and written in one exclusive
+transaction per batch, committed before any signature share for the batch leaves the process.
+
+It also keeps the conflict evidence (both receipts of a slot) and each lock's receipt bytes, proposer and
+time, so a signer can take over a batch whose proposer died. A table that fails its integrity check, or that
+was lost while this member already holds a key share, puts the store in ``broken`` state: the coordinator
+then refuses to sign (never sign blind). Blocking calls: run them with ``trio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from consensus.receipts import Receipt
+from consensus.slots import Decision, Validate, Verdict, decide, slot_key
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS locks (
+    slot BLOB PRIMARY KEY, receipt_id BLOB NOT NULL, wire BLOB NOT NULL, proposer TEXT NOT NULL,
+    locked_ms INTEGER NOT NULL, final INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS locks_open ON locks (final, locked_ms);
+CREATE TABLE IF NOT EXISTS conflicts (
+    receipt_id BLOB NOT NULL, conflicting_id BLOB NOT NULL, wire BLOB NOT NULL, seen_ms INTEGER NOT NULL,
+    PRIMARY KEY (receipt_id, conflicting_id));
+"""
+
+
+class LockTableBroken(RuntimeError):
+    """The lock table is lost or corrupt: this coordinator must not sign."""
+
+
+@dataclass(frozen=True)
+class OpenLock:
+    receipt: Receipt
+    proposer: str
+    locked_ms: int
+
+
+class LockStore:
+    def __init__(self, path: Path, *, expect_existing: bool = False) -> None:
+        """``expect_existing``: this member already holds a key share, so a missing table means it was lost."""
+        self.path = path
+        self.broken: str | None = None
+        existed = path.exists()
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            if existed:
+                check = self.db.execute("PRAGMA quick_check").fetchone()
+                if check is None or check[0] != "ok":
+                    self.broken = f"lock table {path} failed its integrity check: {check}"
+            self.db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            self.broken = f"lock table {path} is unreadable: {exc}"
+        if not existed and expect_existing and self.broken is None:
+            self.broken = (f"lock table {path} is missing although this coordinator holds a key share: its locks "
+                           "were lost, so it will not sign (restore the file, or run a new DKG)")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _check(self) -> None:
+        if self.broken is not None:
+            raise LockTableBroken(self.broken)
+
+    def lock_batch(self, receipts: Sequence[Receipt], validate: Validate, proposer: str,
+                   now_ms: int | None = None) -> list[Decision]:
+        """Check every slot and lock the free ones, in one exclusive transaction (blocking)."""
+        self._check()
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                keys = [slot_key(r.slot) for r in receipts]
+                held: dict[bytes, bytes] = {}
+                for i in range(0, len(keys), 500):
+                    chunk = keys[i:i + 500]
+                    rows = self.db.execute(f"SELECT slot, receipt_id FROM locks WHERE slot IN "
+                                           f"({','.join('?' * len(chunk))})", chunk)
+                    held.update((bytes(s), bytes(r)) for s, r in rows)
+                decisions, new = decide(receipts, held, validate)
+                self.db.executemany("INSERT INTO locks (slot, receipt_id, wire, proposer, locked_ms) VALUES "
+                                    "(?, ?, ?, ?, ?)",
+                                    [(k, r.id, r.to_wire(), proposer, now) for k, r in new.items()])
+                by_id = {r.id: r for r in receipts}
+                self.db.executemany("INSERT OR IGNORE INTO conflicts VALUES (?, ?, ?, ?)",
+                                    [(d.receipt_id, d.conflicting_id, by_id[d.receipt_id].to_wire(), now)
+                                     for d in decisions if d.verdict is Verdict.CONFLICT])
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        except sqlite3.DatabaseError as exc:
+            self.broken = f"lock table {self.path} failed: {exc}"
+            raise LockTableBroken(self.broken) from None
+        return decisions
+
+    def holds(self, receipt_ids: Sequence[bytes]) -> list[Receipt] | None:
+        """The locked receipts with these ids, in order, or None if any is not locked here (blocking)."""
+        self._check()
+        found: dict[bytes, Receipt] = {}
+        for i in range(0, len(receipt_ids), 500):
+            chunk = list(receipt_ids[i:i + 500])
+            rows = self.db.execute(f"SELECT receipt_id, wire FROM locks WHERE receipt_id IN "
+                                   f"({','.join('?' * len(chunk))})", chunk)
+            found.update((bytes(r), Receipt.from_wire(bytes(w))) for r, w in rows)
+        if any(r not in found for r in receipt_ids):
+            return None
+        return [found[r] for r in receipt_ids]
+
+    def mark_final(self, receipt_ids: Sequence[bytes]) -> None:
+        self.db.executemany("UPDATE locks SET final = 1 WHERE receipt_id = ?", [(r,) for r in receipt_ids])
+
+    def open_locks(self, older_than_ms: int, limit: int = 1024) -> list[OpenLock]:
+        """Locks not known to be final, taken before ``older_than_ms`` (candidates for a takeover)."""
+        rows = self.db.execute("SELECT wire, proposer, locked_ms FROM locks WHERE final = 0 AND locked_ms < ? "
+                               "ORDER BY locked_ms LIMIT ?", (older_than_ms, limit))
+        return [OpenLock(Receipt.from_wire(bytes(w)), p, t) for w, p, t in rows]
+
+    def conflict_for(self, receipt_id: bytes) -> bytes | None:
+        row = self.db.execute("SELECT conflicting_id FROM conflicts WHERE receipt_id = ? LIMIT 1",
+                              (receipt_id,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM locks").fetchone()[0])

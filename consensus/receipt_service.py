@@ -1,0 +1,730 @@
+"""Receipt consensus over the peer links: batches, slot locks, ROAST-driven FROST signing, takeovers.
+
+A thin trio layer over the pure cores (receipts, slots, roast, merkle). Roles, in every coordinator:
+
+* **proposer** (whoever a client sent the receipt to): queue → batch (closes at ``batch_max`` receipts or
+  ``batch_wait_s`` after its first) → lock its own slots durably → ``rc.lock`` to every peer (each validates,
+  locks durably, answers per receipt, plus a fresh nonce commitment) → the receipts locked by ≥ t members and
+  a signer set that locked all of them (``slots.choose_batch``) → ROAST sessions of ``rc.sign`` requests until
+  t valid shares aggregate → the batch event goes to the outbox (DA) and ``rc.final`` to every peer.
+* **signer**: answers ``rc.lock`` and ``rc.sign``. A share is released only for a batch whose every receipt
+  this member has locked to exactly that receipt (the lock table is durable before the reply leaves). Secret
+  nonces live in memory only, each bound to the proposer and batch it was offered to, used once, then gone;
+  after a restart no earlier commitment is honoured.
+* **takeover**: a lock that stays open (its receipt not final) for ``takeover_s`` is re-proposed by a member
+  holding it (staggered by rank), so a proposer that died mid-batch strands no slot.
+
+Replies are taken only from the peer asked and of the expected type (the dispatcher's ``expect``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Protocol
+
+import msgpack
+import nacl.signing
+import trio
+
+from consensus import frost, merkle
+from consensus import receipts as rc
+from consensus.dkg import assign_identifiers
+from consensus.lockstore import LockStore, LockTableBroken
+from consensus.roast import Outcome, RoastTracker, Session
+from consensus.slots import Decision, Verdict, choose_batch
+from protocol.envelope import Message, Registry, is_bytes, is_int, is_list, is_str
+
+log = logging.getLogger("dsdn.receipts")
+LOCK, LOCK_REPLY = "rc.lock", "rc.lock.reply"
+SIGN, SIGN_REPLY = "rc.sign", "rc.sign.reply"
+FINAL = "rc.final"
+BATCH_ID_SIZE = 16
+MAX_BATCH = 1024  # receipts per batch: an rc.lock message stays far below the 1 MiB frame
+MAX_NONCES = 8192
+NOT_YET_RETRY_S = 0.5
+NOT_YET_GIVE_UP_S = 30.0
+RunBlocking = Callable[..., Awaitable[Any]]
+
+
+def register(registry: Registry) -> None:
+    wire = is_bytes(max_len=rc.MAX_RECEIPT_BYTES + 64)
+    point = is_bytes(32)
+    registry.register(LOCK, {"batch": is_bytes(BATCH_ID_SIZE), "receipts": is_list(wire, MAX_BATCH)})
+    registry.register(LOCK_REPLY, {"verdicts": is_bytes(max_len=MAX_BATCH), "conflicts": is_list(is_bytes(36),
+                                   MAX_BATCH), "reasons": is_list(is_str(200), MAX_BATCH),
+                                   "commitment": is_list(point, 2)})
+    registry.register(SIGN, {"batch": is_bytes(BATCH_ID_SIZE), "ids": is_bytes(max_len=32 * MAX_BATCH),
+                             "session": is_int(0, 2**31), "signers": is_bytes(max_len=255),
+                             "hiding": is_list(point, 255), "binding": is_list(point, 255)})
+    registry.register(SIGN_REPLY, {"share": is_bytes(max_len=32), "commitment": is_list(point, 2),
+                                   "error": is_str(200)})
+    registry.register(FINAL, {"event": is_bytes(max_len=900 * 1024)})
+
+
+class Network(Protocol):
+    my_id: str
+
+    def send(self, peer_id: str, type_: str, body: dict[str, Any]) -> bool: ...
+    def broadcast(self, type_: str, body: dict[str, Any]) -> int: ...
+    def subscribe(self, type_: str) -> trio.MemoryReceiveChannel[tuple[str, Message]]: ...
+    def on_request(self, type_: str, reply_type: str, handler: Any) -> None: ...
+    async def request(self, peer_id: str, type_: str, body: dict[str, Any], timeout_s: float, *,
+                      expect: str) -> Message: ...
+    def up_peers(self) -> list[str]: ...
+
+
+class LedgerView(Protocol):
+    """What the service needs of the coordinator's DA-derived state."""
+
+    def node_key(self, node_id: str) -> tuple[bool, bytes | None]:
+        """(registered, its Ed25519 key or None)."""
+        ...
+
+    def replica(self, object_hash: str, node_id: str) -> bool | None:
+        """None: object unknown here; True: the node is a present replica; False: it is not."""
+        ...
+
+    def signed_document(self, receipt_id: bytes) -> dict[str, Any] | None: ...
+
+    async def publish_batch(self, fields: dict[str, Any]) -> bytes:
+        """Append the batch event durably (outbox → DA) and apply it; return its raw event bytes."""
+        ...
+
+    def apply_batch_event(self, raw: bytes) -> list[bytes] | None:
+        """Verify a peer's batch event (raw event bytes: kind, group key, Merkle root, signature) and apply it
+        to the local state; the ids of its receipts, or None if it is not a valid batch."""
+        ...
+
+
+class KeySource(Protocol):
+    key: frost.KeyShare | None
+
+
+@dataclass
+class Record:
+    """A receipt this coordinator has seen, and where it stands."""
+
+    receipt: rc.Receipt
+    status: str = "pending"  # pending | locked | final | conflict | rejected
+    reason: str = ""
+    conflicting_id: bytes | None = None
+    first_seen: float = field(default_factory=trio.current_time)
+    changed: trio.Event = field(default_factory=trio.Event)
+    optimistic: dict[str, Any] | None = None
+
+    def settle(self, status: str, reason: str = "", conflicting_id: bytes | None = None) -> None:
+        if self.status in ("final",):
+            return
+        self.status, self.reason = status, reason
+        if conflicting_id is not None:
+            self.conflicting_id = conflicting_id
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+@dataclass
+class _Nonce:
+    nonces: tuple[bytes, bytes]
+    peer: str
+    batch: bytes
+
+
+@dataclass
+class Counters:
+    proposed: int = 0
+    final: int = 0
+    conflicts: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    batches: int = 0
+    batches_failed: int = 0
+    sessions: int = 0
+    blamed: dict[str, int] = field(default_factory=dict)
+    takeovers: int = 0
+    shares_released: int = 0
+    sign_refused: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Unavailable(Exception):
+    """The cluster cannot sign now (no key yet, too few peers, lock table broken)."""
+
+
+class ReceiptService:
+    def __init__(self, net: Network, identity: nacl.signing.SigningKey, members: dict[str, bytes],
+                 keys: KeySource, view: LedgerView, locks: LockStore, *, batch_max: int = 256,
+                 batch_wait_s: float = 0.002, epoch_length_s: int = 3600, epoch_grace: int = 1,
+                 lock_timeout_s: float = 2.0, sign_timeout_s: float = 2.0, batch_deadline_s: float = 10.0,
+                 takeover_s: float = 5.0, sign_patience_s: float = 0.1, clock: Callable[[], float] = time.time,
+                 run_blocking: RunBlocking = trio.to_thread.run_sync, max_inflight_batches: int = 8) -> None:
+        self.net, self.identity, self.members, self.keys, self.view = net, identity, members, keys, view
+        self.locks = locks
+        self.batch_max, self.batch_wait_s = min(batch_max, MAX_BATCH), batch_wait_s
+        self.epoch_length_s, self.epoch_grace, self.clock = epoch_length_s, epoch_grace, clock
+        self.lock_timeout_s, self.sign_timeout_s, self.batch_deadline_s = lock_timeout_s, sign_timeout_s, \
+            batch_deadline_s
+        self.takeover_s, self.run_blocking, self.sign_patience_s = takeover_s, run_blocking, sign_patience_s
+        self.identifiers = assign_identifiers(members.values())
+        by_key = {k: m for m, k in members.items()}
+        self.member_of: dict[int, str] = {i: by_key[k] for i, k in self.identifiers.items()}
+        self.identifier_of: dict[str, int] = {m: i for i, m in self.member_of.items()}
+        self.records: OrderedDict[bytes, Record] = OrderedDict()
+        self.max_records = 200_000
+        self.counters = Counters()
+        self._queue: list[rc.Receipt] = []
+        self._queued: set[bytes] = set()
+        self._queue_wake = trio.Event()
+        self._nonces: OrderedDict[tuple[bytes, bytes], _Nonce] = OrderedDict()
+        self._db = trio.Lock()  # one lock-table call at a time (one SQLite connection)
+        self._inflight = trio.Semaphore(max_inflight_batches)
+        self._retry: dict[bytes, float] = {}  # not-yet-valid receipts: id -> next try (monotonic)
+        self.latencies: list[float] = []  # seconds from first seen to final, the latest ones
+
+    # ---- views -------------------------------------------------------------------------------------
+
+    @property
+    def my_id(self) -> str:
+        return self.net.my_id
+
+    @property
+    def threshold(self) -> int | None:
+        key = self.keys.key
+        return key.threshold if key is not None else None
+
+    def status(self) -> dict[str, Any]:
+        by_status: dict[str, int] = {}
+        for r in self.records.values():
+            by_status[r.status] = by_status.get(r.status, 0) + 1
+        return {**self.counters.as_json(), "by_status": by_status, "queued": len(self._queue),
+                "lock_table": {"locks": self._safe_count(), "broken": self.locks.broken},
+                "nonces_held": len(self._nonces)}
+
+    def _safe_count(self) -> int | None:
+        try:
+            return self.locks.count()
+        except Exception:  # a broken table: the status says so above
+            return None
+
+    def current_epoch(self) -> int:
+        return int(self.clock() // self.epoch_length_s) + 1
+
+    def lookup(self, receipt_id: bytes) -> dict[str, Any] | None:
+        doc = self.view.signed_document(receipt_id)
+        if doc is not None:
+            return doc
+        record = self.records.get(receipt_id)
+        if record is None:
+            return None
+        out: dict[str, Any] = {"receipt_id": receipt_id.hex(), "receipt": record.receipt.to_json(),
+                               "receipt_bytes": record.receipt.to_bytes().hex(), "epoch": record.receipt.epoch,
+                               "status": record.status}
+        if record.reason:
+            out["reason"] = record.reason
+        if record.conflicting_id is not None:
+            out["conflicting_receipt_id"] = record.conflicting_id.hex()
+        if record.optimistic is not None:
+            out["optimistic"] = record.optimistic
+        return out
+
+    # ---- validation against the DA-derived state ---------------------------------------------------
+
+    def validate(self, r: rc.Receipt) -> tuple[Verdict, str]:
+        registered, key = self.view.node_key(r.node_id)
+        if not registered:
+            return Verdict.NOT_YET, f"node {r.node_id} is not registered here (yet)"
+        if key is None:
+            return Verdict.NOT_YET, f"node {r.node_id} has no registered public key (yet)"
+        if key != r.node_public_key:
+            return Verdict.INVALID, "node_public_key is not the node's registered key"
+        if not r.node_signature_valid():
+            return Verdict.INVALID, "the node signature is invalid"
+        current = self.current_epoch()
+        if not current - self.epoch_grace <= r.epoch <= current:
+            return Verdict.INVALID, f"epoch {r.epoch} is outside [{current - self.epoch_grace}, {current}]"
+        if r.receipt_type == "storage":
+            present = self.view.replica(r.subject, r.node_id)
+            if present is None:
+                return Verdict.NOT_YET, f"object {r.subject} is not registered here (yet)"
+            if not present:
+                return Verdict.NOT_YET, f"node {r.node_id} is not a present replica of {r.subject} (yet)"
+        elif r.execution_commitment is None:
+            return Verdict.INVALID, "a compute receipt needs an execution commitment"
+        return Verdict.OK, ""
+
+    # ---- submitting --------------------------------------------------------------------------------
+
+    def check_available(self) -> None:
+        key = self.keys.key
+        if key is None:
+            raise Unavailable("the cluster has no group key yet (DKG not complete)")
+        if self.locks.broken is not None:
+            raise Unavailable(self.locks.broken)
+        up = len(self.net.up_peers()) + 1
+        if up < key.threshold:
+            raise Unavailable(f"only {up} of {len(self.members)} coordinators are connected; signing needs "
+                              f"{key.threshold}")
+
+    def submit(self, receipt: rc.Receipt) -> Record:
+        """Queue a receipt (idempotent); raise Unavailable when signing is impossible now."""
+        rid = receipt.id
+        record = self.records.get(rid)
+        if record is not None:
+            if record.receipt.node_signature != receipt.node_signature and not receipt.node_signature_valid():
+                return Record(receipt, "rejected", "the node signature is invalid")
+            return record
+        if self.view.signed_document(rid) is not None:
+            record = self._record(receipt)
+            record.settle("final")
+            return record
+        self.check_available()
+        verdict, reason = self.validate(receipt)
+        if verdict is Verdict.INVALID:
+            self._count_rejected(reason)
+            return Record(receipt, "rejected", reason)
+        record = self._record(receipt)
+        self.counters.proposed += 1
+        if verdict is Verdict.NOT_YET:
+            record.reason = reason
+            self._retry[rid] = trio.current_time() + NOT_YET_RETRY_S
+        else:
+            self._enqueue(receipt)
+        return record
+
+    def _record(self, receipt: rc.Receipt) -> Record:
+        record = self.records.get(receipt.id)
+        if record is None:
+            record = self.records[receipt.id] = Record(receipt)
+            while len(self.records) > self.max_records:
+                self.records.popitem(last=False)
+        return record
+
+    def _enqueue(self, receipt: rc.Receipt) -> None:
+        if receipt.id in self._queued:
+            return
+        self._queued.add(receipt.id)
+        self._queue.append(receipt)
+        self._queue_wake.set()
+
+    def _count_rejected(self, reason: str) -> None:
+        key = reason.split(" ")[0] if reason else "invalid"
+        key = {"node": "node", "epoch": "epoch", "object": "object"}.get(key, reason[:40])
+        self.counters.rejected[key] = self.counters.rejected.get(key, 0) + 1
+
+    # ---- running -----------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.net.on_request(LOCK, LOCK_REPLY, self._on_lock)
+        self.net.on_request(SIGN, SIGN_REPLY, self._on_sign)
+        finals = self.net.subscribe(FINAL)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._batcher, nursery)
+            nursery.start_soon(self._on_finals, finals)
+            nursery.start_soon(self._housekeeping, nursery)
+            task_status.started()
+
+    async def _batcher(self, nursery: trio.Nursery) -> None:
+        while True:
+            if not self._queue:
+                await self._queue_wake.wait()
+                self._queue_wake = trio.Event()
+                continue
+            if len(self._queue) < self.batch_max:
+                await trio.sleep(self.batch_wait_s)
+            batch, self._queue = self._queue[: self.batch_max], self._queue[self.batch_max:]
+            for r in batch:
+                self._queued.discard(r.id)
+            await self._inflight.acquire()
+            nursery.start_soon(self._run_batch_released, batch, False)
+
+    async def _run_batch_released(self, batch: list[rc.Receipt], takeover: bool) -> None:
+        try:
+            await self._run_batch(batch, takeover)
+        except LockTableBroken as exc:
+            log.error("receipt signing stopped: %s", exc)
+        finally:
+            self._inflight.release()
+
+    async def _housekeeping(self, nursery: trio.Nursery) -> None:
+        """Retry not-yet-valid receipts; take over locks left open; mark locks final."""
+        last_takeover = trio.current_time()
+        while True:
+            await trio.sleep(NOT_YET_RETRY_S)
+            now = trio.current_time()
+            for rid, when in list(self._retry.items()):
+                record = self.records.get(rid)
+                if record is None or record.status not in ("pending", "locked"):
+                    del self._retry[rid]
+                    continue
+                if when > now:
+                    continue
+                verdict, reason = self.validate(record.receipt)
+                if verdict is Verdict.OK:
+                    del self._retry[rid]
+                    self._enqueue(record.receipt)
+                elif record.status == "pending" and (verdict is Verdict.INVALID
+                                                      or now - record.first_seen > NOT_YET_GIVE_UP_S):
+                    del self._retry[rid]
+                    self._count_rejected(reason)
+                    record.settle("rejected", reason)
+                else:
+                    self._retry[rid] = now + NOT_YET_RETRY_S
+            if now - last_takeover >= self.takeover_s / 2 and self.keys.key is not None \
+                    and self.locks.broken is None:
+                last_takeover = now
+                await self._take_over(nursery)
+
+    async def _take_over(self, nursery: trio.Nursery) -> None:
+        older = int(self.clock() * 1000 - self.takeover_s * 1000 * (1 + self._rank()))
+        async with self._db:
+            open_locks = await self.run_blocking(partial(self.locks.open_locks, older, self.batch_max))
+        final = [o.receipt.id for o in open_locks if self.view.signed_document(o.receipt.id) is not None]
+        if final:
+            async with self._db:
+                await self.run_blocking(partial(self.locks.mark_final, final))
+        todo = [o.receipt for o in open_locks if o.receipt.id not in set(final)
+                and o.receipt.id not in self._queued]
+        if todo and len(self.net.up_peers()) + 1 >= (self.threshold or 1):
+            self.counters.takeovers += 1
+            log.info("taking over %d receipt(s) locked here and still not final", len(todo))
+            for r in todo:
+                record = self._record(r)
+                if record.status == "final":
+                    continue
+                self._enqueue(r)
+
+    def _rank(self) -> int:
+        """0 for the first member in id order, 1 for the next... (staggers takeovers)."""
+        return sorted(self.members).index(self.my_id)
+
+    # ---- proposer ----------------------------------------------------------------------------------
+
+    async def _lock_local(self, batch: list[rc.Receipt], proposer: str) -> list[Decision]:
+        async with self._db:
+            return await self.run_blocking(partial(self.locks.lock_batch, batch, self.validate, proposer,
+                                                   int(self.clock() * 1000)))
+
+    def _offer(self, peer: str, batch_id: bytes) -> tuple[bytes, bytes]:
+        key = self.keys.key
+        assert key is not None
+        nonces, commitment = frost.commit(key.secret_share)
+        self._nonces[commitment] = _Nonce(nonces, peer, batch_id)
+        while len(self._nonces) > MAX_NONCES:
+            self._nonces.popitem(last=False)
+        return commitment
+
+    async def _run_batch(self, batch: list[rc.Receipt], takeover: bool) -> None:
+        key = self.keys.key
+        if key is None:
+            for r in batch:
+                self._retry[r.id] = trio.current_time() + NOT_YET_RETRY_S
+            return
+        t = key.threshold
+        self.counters.batches += 1
+        batch_id = os.urandom(BATCH_ID_SIZE)
+        me = key.identifier
+        decisions = await self._lock_local(batch, self.my_id)
+        accepted: dict[int, set[bytes]] = {me: set()}
+        refusals: dict[bytes, list[Decision]] = {r.id: [] for r in batch}
+        for d in decisions:
+            record = self.records.get(d.receipt_id)
+            if d.verdict is Verdict.OK:
+                accepted[me].add(d.receipt_id)
+                if record is not None and record.status == "pending":
+                    record.optimistic = self._optimistic(d.receipt_id)
+                    record.settle("locked")
+            else:
+                refusals[d.receipt_id].append(d)
+                if record is not None and d.verdict is Verdict.CONFLICT:
+                    self.counters.conflicts += 1
+                    record.settle("conflict", "slot conflict", d.conflicting_id)
+                elif record is not None and d.verdict is Verdict.INVALID:
+                    self._count_rejected(d.reason)
+                    record.settle("rejected", d.reason)
+                elif record is not None:
+                    self._retry[d.receipt_id] = trio.current_time() + NOT_YET_RETRY_S
+        candidates = [r for r in batch if r.id in accepted[me]]
+        if not candidates:
+            return
+        commitments: dict[int, tuple[bytes, bytes]] = {me: self._offer(self.my_id, batch_id)}
+        wires = [r.to_wire() for r in candidates]
+        peers = [p for p in self.net.up_peers() if p in self.identifier_of]
+        got_all = trio.Event()
+        replies = 0
+
+        async def ask(peer: str) -> None:
+            nonlocal replies
+            try:
+                msg = await self.net.request(peer, LOCK, {"batch": batch_id, "receipts": wires},
+                                             timeout_s=self.lock_timeout_s, expect=LOCK_REPLY)
+                self._take_lock_reply(peer, msg.body, candidates, accepted, refusals, commitments)
+            except TimeoutError:
+                log.debug("no lock reply from %s", peer)
+            finally:
+                replies += 1
+                if replies == len(peers):
+                    got_all.set()
+
+        async with trio.open_nursery() as nursery:
+            for p in peers:
+                nursery.start_soon(ask, p)
+            if peers:
+                with trio.move_on_after(self.lock_timeout_s):
+                    await got_all.wait()
+            nursery.cancel_scope.cancel()
+        ids = [r.id for r in candidates]
+        accepted = {i: ok for i, ok in accepted.items() if i in commitments}  # no commitment: cannot sign
+        chosen, signer_set = choose_batch(ids, accepted, t)
+        closed = self._settle_refused(candidates, set(chosen), accepted, refusals, t)
+        if closed:
+            async with self._db:
+                await self.run_blocking(partial(self.locks.mark_final, closed))
+        if not chosen:
+            self.counters.batches_failed += 1
+            return
+        by_id = {r.id: r for r in candidates}
+        final = [by_id[i] for i in chosen]
+        signature, signers = await self._sign(key, batch_id, final, signer_set, commitments)
+        if signature is None:
+            self.counters.batches_failed += 1
+            for r in final:  # still locked everywhere: try again (a takeover would do it too)
+                self._retry[r.id] = trio.current_time() + NOT_YET_RETRY_S
+            return
+        await self._finish(key, final, signature, signers)
+
+    def _take_lock_reply(self, peer: str, body: dict[str, Any], candidates: list[rc.Receipt],
+                         accepted: dict[int, set[bytes]], refusals: dict[bytes, list[Decision]],
+                         commitments: dict[int, tuple[bytes, bytes]]) -> None:
+        verdicts = body["verdicts"]
+        if len(verdicts) != len(candidates):
+            log.warning("malformed lock reply from %s: %d verdicts for %d receipts", peer, len(verdicts),
+                        len(candidates))
+            return
+        conflicts = {int.from_bytes(c[:4], "big"): c[4:] for c in body["conflicts"] if len(c) == 36}
+        reasons = body["reasons"]
+        ident = self.identifier_of[peer]
+        ok: set[bytes] = set()
+        for i, (r, v) in enumerate(zip(candidates, verdicts, strict=True)):
+            try:
+                verdict = Verdict(v)
+            except ValueError:
+                verdict = Verdict.INVALID
+            if verdict is Verdict.OK:
+                ok.add(r.id)
+            else:
+                reason = reasons[i] if i < len(reasons) else ""
+                refusals[r.id].append(Decision(r.id, verdict, reason, conflicts.get(i)))
+        accepted[ident] = ok
+        if len(body["commitment"]) == 2 and ok:
+            commitments[ident] = (body["commitment"][0], body["commitment"][1])
+
+    def _settle_refused(self, candidates: list[rc.Receipt], chosen: set[bytes], accepted: dict[int, set[bytes]],
+                        refusals: dict[bytes, list[Decision]], t: int) -> list[bytes]:
+        """Settle the receipts left out of the batch; return those that can never be signed."""
+        n = len(self.members)
+        closed: list[bytes] = []
+        for r in candidates:
+            if r.id in chosen:
+                continue
+            record = self.records.get(r.id)
+            refused = refusals[r.id]
+            conflicts = [d for d in refused if d.verdict is Verdict.CONFLICT]
+            invalid = [d for d in refused if d.verdict is Verdict.INVALID]
+            if len(conflicts) > n - t or len(invalid) > n - t:
+                closed.append(r.id)  # can never be signed: no takeover of our lock either
+            if len(conflicts) > n - t:
+                self.counters.conflicts += 1
+                if record is not None:
+                    record.settle("conflict", "slot conflict", conflicts[0].conflicting_id)
+            elif len(invalid) > n - t:
+                self._count_rejected(invalid[0].reason)
+                if record is not None:
+                    record.settle("rejected", invalid[0].reason)
+            else:  # not yet valid elsewhere, or too few answers: retry later
+                self._retry[r.id] = trio.current_time() + NOT_YET_RETRY_S
+                if record is None:
+                    self._record(r)
+        return closed
+
+    async def _sign(self, key: frost.KeyShare, batch_id: bytes, final: list[rc.Receipt], signer_set: set[int],
+                    commitments: dict[int, tuple[bytes, bytes]]) -> tuple[bytes | None, tuple[int, ...]]:
+        root = merkle.root([r.to_bytes() for r in final])
+        message = rc.batch_message(key.group_public_key, root, len(final))
+        tracker = RoastTracker(key.threshold, signer_set, message, key.group_public_key, key.verifying_shares,
+                               eager=False)
+        ids_blob = b"".join(r.id for r in final)
+        done = trio.Event()
+
+        def handle(out: Outcome) -> None:
+            for culprit in out.blamed:
+                name = self.member_of.get(culprit, str(culprit))
+                self.counters.blamed[name] = self.counters.blamed.get(name, 0) + 1
+                log.warning("signer %s sent an invalid signature share: excluded from this batch", name)
+            if out.signature is not None or tracker.stalled():
+                done.set()
+            for session in out.start:
+                self.counters.sessions += 1
+                for ident in session.commitments:
+                    nursery.start_soon(ask, ident, session)
+
+        async def ask(ident: int, session: Session) -> None:
+            body = {"batch": batch_id, "ids": ids_blob, "session": session.id,
+                    "signers": bytes(sorted(session.commitments)),
+                    "hiding": [session.commitments[i][0] for i in sorted(session.commitments)],
+                    "binding": [session.commitments[i][1] for i in sorted(session.commitments)]}
+            if ident == key.identifier:
+                reply = self._sign_share(self.my_id, body, final)
+            else:
+                peer = self.member_of[ident]
+                try:
+                    msg = await self.net.request(peer, SIGN, body, timeout_s=self.sign_timeout_s, expect=SIGN_REPLY)
+                    reply = msg.body
+                except TimeoutError:
+                    handle(tracker.forget(ident))
+                    return
+            share = reply["share"] if len(reply["share"]) == 32 else None
+            commitment = tuple(reply["commitment"]) if len(reply["commitment"]) == 2 else None
+            if share is None:
+                handle(tracker.forget(ident))
+                if reply["error"]:
+                    log.info("%s refused to sign: %s", self.member_of.get(ident), reply["error"])
+            handle(tracker.receive(ident, session.id if share is not None else None, share,
+                                   commitment))  # type: ignore[arg-type]
+
+        async with trio.open_nursery() as nursery:
+            for ident, commitment in commitments.items():
+                if ident in signer_set:
+                    handle(tracker.add_commitment(ident, commitment))
+            with trio.move_on_after(self.batch_deadline_s):
+                while not done.is_set():  # patience: a new session only when the live ones are slow
+                    with trio.move_on_after(self.sign_patience_s):
+                        await done.wait()
+                    if not done.is_set():
+                        handle(tracker.kick())
+            nursery.cancel_scope.cancel()
+        if tracker.signature is None:
+            log.warning("batch of %d receipt(s) not signed: %s", len(final),
+                        "too many signers blamed" if tracker.stalled() else "no t signers answered in time")
+            return None, ()
+        return tracker.signature, tracker.signers
+
+    def _optimistic(self, receipt_id: bytes) -> dict[str, Any]:
+        signature = self.identity.sign(rc.optimistic_message(receipt_id)).signature
+        return {"coordinator": self.my_id, "public_key": bytes(self.identity.verify_key).hex(),
+                "signature": signature.hex()}
+
+    async def _finish(self, key: frost.KeyShare, final: list[rc.Receipt], signature: bytes,
+                      signers: tuple[int, ...]) -> None:
+        raws = [r.to_bytes() for r in final]
+        root = merkle.root(raws)
+        fields = {"group_key": key.group_public_key.hex(), "root": root.hex(), "tree_size": len(final),
+                  "signature": signature.hex(), "signers": ",".join(sorted(self.member_of[i] for i in signers)),
+                  "receipts": msgpack.packb([[raw, r.node_signature] for raw, r in zip(raws, final, strict=True)],
+                                            use_bin_type=True)}
+        raw_event = await self.view.publish_batch(fields)
+        self.net.broadcast(FINAL, {"event": raw_event})
+        self._settle_final(final)
+        async with self._db:
+            await self.run_blocking(partial(self.locks.mark_final, [r.id for r in final]))
+
+    def _settle_final(self, final: list[rc.Receipt]) -> None:
+        now = trio.current_time()
+        for r in final:
+            record = self.records.get(r.id)
+            if record is not None and record.status != "final":
+                self.counters.final += 1
+                self.latencies.append(now - record.first_seen)
+                record.settle("final")
+            self._retry.pop(r.id, None)
+        del self.latencies[:-4096]
+
+    # ---- signer ------------------------------------------------------------------------------------
+
+    async def _on_lock(self, peer: str, body: dict[str, Any]) -> dict[str, Any]:
+        receipts: list[rc.Receipt | None] = []
+        for w in body["receipts"]:
+            try:
+                receipts.append(rc.Receipt.from_wire(w))
+            except rc.ReceiptError:
+                receipts.append(None)
+        valid = [r for r in receipts if r is not None]
+        decisions: dict[bytes, Decision] = {}
+        if valid and self.locks.broken is None:
+            try:
+                for d in await self._lock_local(valid, peer):
+                    decisions.setdefault(d.receipt_id, d)
+            except LockTableBroken as exc:
+                log.error("refusing to lock: %s", exc)
+        verdicts, conflicts, reasons = bytearray(), [], []
+        for i, r in enumerate(receipts):
+            d = decisions.get(r.id) if r is not None else None
+            if d is None:
+                verdicts.append(Verdict.INVALID if r is None or self.locks.broken is None else Verdict.NOT_YET)
+                reasons.append("malformed receipt" if r is None else (self.locks.broken or "")[:200])
+                continue
+            verdicts.append(d.verdict)
+            reasons.append(d.reason[:200])
+            if d.conflicting_id is not None:
+                conflicts.append(i.to_bytes(4, "big") + d.conflicting_id)
+        commitment: list[bytes] = []
+        if self.keys.key is not None and any(v == Verdict.OK for v in verdicts):
+            commitment = list(self._offer(peer, body["batch"]))
+        return {"verdicts": bytes(verdicts), "conflicts": conflicts, "reasons": reasons, "commitment": commitment}
+
+    async def _on_sign(self, peer: str, body: dict[str, Any]) -> dict[str, Any]:
+        ids = body["ids"]
+        if not ids or len(ids) % 32:
+            return self._refuse("malformed receipt id list")
+        receipt_ids = [ids[i:i + 32] for i in range(0, len(ids), 32)]
+        try:
+            async with self._db:
+                held = await self.run_blocking(partial(self.locks.holds, receipt_ids))
+        except LockTableBroken as exc:
+            return self._refuse(str(exc))
+        if held is None:
+            return self._refuse("not every receipt of the batch is locked here to that receipt")
+        return self._sign_share(peer, body, held)
+
+    def _refuse(self, error: str) -> dict[str, Any]:
+        self.counters.sign_refused += 1
+        return {"share": b"", "commitment": [], "error": error[:200]}
+
+    def _sign_share(self, peer: str, body: dict[str, Any], held: list[rc.Receipt]) -> dict[str, Any]:
+        """Release a share for a batch every receipt of which is locked here (checked by the caller)."""
+        key = self.keys.key
+        if key is None:
+            return self._refuse("no key share")
+        signers = list(body["signers"])
+        if not (len(signers) == len(body["hiding"]) == len(body["binding"])) or key.identifier not in signers:
+            return self._refuse("malformed commitment list")
+        commitments = {i: (d, e) for i, d, e in zip(signers, body["hiding"], body["binding"], strict=True)}
+        mine = commitments[key.identifier]
+        nonce = self._nonces.get(mine)
+        if nonce is None or nonce.peer != peer or nonce.batch != body["batch"]:
+            return self._refuse("unknown or already used commitment")
+        del self._nonces[mine]  # used at most once, whatever happens next
+        root = merkle.root([r.to_bytes() for r in held])
+        message = rc.batch_message(key.group_public_key, root, len(held))
+        try:
+            share = frost.sign(key.identifier, key.secret_share, key.group_public_key, nonce.nonces, message,
+                               commitments)
+        except frost.FrostError as exc:
+            return self._refuse(f"cannot sign: {exc}")
+        self.counters.shares_released += 1
+        return {"share": share, "commitment": list(self._offer(peer, body["batch"])), "error": ""}
+
+    async def _on_finals(self, inbox: trio.MemoryReceiveChannel[tuple[str, Message]]) -> None:
+        async for peer, msg in inbox:
+            ids = self.view.apply_batch_event(msg.body["event"])
+            if ids is None:
+                log.warning("ignored an invalid receipt batch from %s", peer)
+                continue
+            self._settle_final([self.records[rid].receipt for rid in ids if rid in self.records])
+            async with self._db:
+                await self.run_blocking(partial(self.locks.mark_final, ids))

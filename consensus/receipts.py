@@ -1,0 +1,262 @@
+"""Usage receipts: the fields, their canonical bytes, ids and slots, the messages that get signed, and the
+offline verification of a signed receipt document. Pure; no I/O.
+
+``receipt_bytes`` = msgpack (``use_bin_type=True``) of
+``[1, receipt_type, node_id, node_public_key(32 B), subject, epoch, usage_proof_hash(32 B),
+execution_commitment (None or 6 × 32 B), reward_base, submitter_address(20 B), timestamp]``;
+``receipt_id`` = SHA-256(receipt_bytes). The node signs ``b"dsdn/usage/v1" + receipt_bytes``; the cluster
+signs, with FROST, ``b"dsdn/receipt-batch/v1" ‖ group key ‖ Merkle root ‖ tree size (u64 BE)`` over a batch.
+The slot ``(receipt_type, node_id, subject, epoch)`` gets at most one signed receipt, ever.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import nacl.exceptions
+import nacl.signing
+
+from consensus import merkle
+
+RECEIPT_VERSION = 1
+USAGE_DOMAIN = b"dsdn/usage/v1"
+BATCH_DOMAIN = b"dsdn/receipt-batch/v1"
+OPTIMISTIC_DOMAIN = b"dsdn/receipt-optimistic/v1"
+TYPES = ("storage", "compute")
+MAX_REWARD = 10**12
+MAX_U63 = 2**63 - 1
+MAX_RECEIPT_BYTES = 1024
+COMMITMENT_FIELDS = ("workload_id", "input_hash", "output_hash", "state_root_before", "state_root_after",
+                     "trace_root")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+_HEX128 = re.compile(r"^[0-9a-f]{128}$")
+_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_SUBJECT = re.compile(r"^[A-Za-z0-9._:-]{1,256}$")
+
+Slot = tuple[str, str, str, int]
+
+
+class ReceiptError(ValueError):
+    """A receipt whose fields are malformed; ``field`` names the first bad one."""
+
+    def __init__(self, field: str, expected: str) -> None:
+        super().__init__(f"{field}: expected {expected}")
+        self.field = field
+
+
+def _hex(value: Any, field: str, pattern: re.Pattern[str], what: str) -> str:
+    if type(value) is not str or not pattern.match(value.lower()):
+        raise ReceiptError(field, what)
+    return value.lower()
+
+
+def _int(value: Any, field: str, lo: int, hi: int) -> int:
+    if type(value) is not int or not lo <= value <= hi:
+        raise ReceiptError(field, f"an integer from {lo} to {hi}")
+    return value
+
+
+@dataclass(frozen=True)
+class Receipt:
+    receipt_type: str
+    node_id: str
+    node_public_key: bytes
+    subject: str
+    epoch: int
+    usage_proof_hash: bytes
+    execution_commitment: tuple[bytes, ...] | None
+    reward_base: int
+    submitter_address: bytes
+    timestamp: int
+    node_signature: bytes
+
+    # ---- encoding ------------------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        return msgpack.packb([
+            RECEIPT_VERSION, self.receipt_type, self.node_id, self.node_public_key, self.subject, self.epoch,
+            self.usage_proof_hash, list(self.execution_commitment) if self.execution_commitment is not None else None,
+            self.reward_base, self.submitter_address, self.timestamp,
+        ], use_bin_type=True)
+
+    @property
+    def id(self) -> bytes:
+        return hashlib.sha256(self.to_bytes()).digest()
+
+    @property
+    def slot(self) -> Slot:
+        return (self.receipt_type, self.node_id, self.subject, self.epoch)
+
+    def signing_message(self) -> bytes:
+        return USAGE_DOMAIN + self.to_bytes()
+
+    def node_signature_valid(self) -> bool:
+        try:
+            nacl.signing.VerifyKey(self.node_public_key).verify(self.signing_message(), self.node_signature)
+        except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, nacl.exceptions.TypeError):
+            return False
+        return True
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "receipt_type": self.receipt_type, "node_id": self.node_id,
+            "node_public_key": self.node_public_key.hex(), "subject": self.subject, "epoch": self.epoch,
+            "usage_proof_hash": self.usage_proof_hash.hex(),
+            "execution_commitment": [c.hex() for c in self.execution_commitment]
+            if self.execution_commitment is not None else None,
+            "reward_base": self.reward_base, "submitter_address": self.submitter_address.hex(),
+            "timestamp": self.timestamp, "node_signature": self.node_signature.hex(),
+        }
+
+    # ---- the wire form between coordinators: receipt bytes + node signature ----------------------
+
+    def to_wire(self) -> bytes:
+        return self.to_bytes() + self.node_signature
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> Receipt:
+        if not isinstance(data, bytes) or not 64 < len(data) <= MAX_RECEIPT_BYTES + 64:
+            raise ReceiptError("receipt", "receipt bytes followed by a 64-byte node signature")
+        return decode(data[:-64], data[-64:])
+
+
+def from_json(body: dict[str, Any], node_public_key: bytes | None = None) -> Receipt:
+    """A receipt from its JSON fields (hex strings, lower or upper case). ``node_public_key`` comes from the
+    registry when the body does not carry one."""
+    rtype = body.get("receipt_type")
+    if rtype not in TYPES:
+        raise ReceiptError("receipt_type", "storage or compute")
+    node_id = body.get("node_id")
+    if type(node_id) is not str or not _ID.match(node_id):
+        raise ReceiptError("node_id", "a registered node id (1-128 characters of A-Z a-z 0-9 . _ : -)")
+    subject = body.get("subject")
+    if rtype == "compute":
+        subject = _hex(subject, "subject", _HEX64, "a workload id: 64 hex characters")
+    elif type(subject) is not str or not _SUBJECT.match(subject):
+        raise ReceiptError("subject", "a registered object hash (1-256 characters of A-Z a-z 0-9 . _ : -)")
+    epoch = _int(body.get("epoch"), "epoch", 1, MAX_U63)
+    proof = bytes.fromhex(_hex(body.get("usage_proof_hash"), "usage_proof_hash", _HEX64, "64 hex characters"))
+    ec_raw = body.get("execution_commitment")
+    commitment: tuple[bytes, ...] | None = None
+    if rtype == "compute":
+        if isinstance(ec_raw, dict):
+            ec_raw = [ec_raw.get(name) for name in COMMITMENT_FIELDS]
+        if not isinstance(ec_raw, list) or len(ec_raw) != 6:
+            raise ReceiptError("execution_commitment", "6 hashes of 64 hex characters (workload_id, input_hash, "
+                                                       "output_hash, state_root_before, state_root_after, trace_root)")
+        commitment = tuple(bytes.fromhex(_hex(c, f"execution_commitment[{i}]", _HEX64, "64 hex characters"))
+                           for i, c in enumerate(ec_raw))
+        if commitment[0].hex() != subject:
+            raise ReceiptError("execution_commitment", "its workload_id equal to the subject")
+    elif ec_raw is not None:
+        raise ReceiptError("execution_commitment", "null for a storage receipt")
+    reward = _int(body.get("reward_base"), "reward_base", 1, MAX_REWARD)
+    submitter = bytes.fromhex(_hex(body.get("submitter_address"), "submitter_address", _HEX40, "40 hex characters"))
+    timestamp = _int(body.get("timestamp"), "timestamp", 0, MAX_U63)
+    signature = bytes.fromhex(_hex(body.get("node_signature"), "node_signature", _HEX128, "128 hex characters"))
+    key_field = body.get("node_public_key")
+    if key_field is not None:
+        node_public_key = bytes.fromhex(_hex(key_field, "node_public_key", _HEX64, "64 hex characters"))
+    if node_public_key is None:
+        raise ReceiptError("node_public_key", "64 hex characters (or a registered node key)")
+    return Receipt(rtype, node_id, node_public_key, subject, epoch, proof, commitment, reward, submitter, timestamp,
+                   signature)
+
+
+def decode(receipt_bytes: bytes, node_signature: bytes = bytes(64)) -> Receipt:
+    """Strictly decode canonical ``receipt_bytes``; ReceiptError if anything is off."""
+    if not isinstance(receipt_bytes, bytes) or len(receipt_bytes) > MAX_RECEIPT_BYTES:
+        raise ReceiptError("receipt_bytes", f"at most {MAX_RECEIPT_BYTES} bytes")
+    try:
+        obj = msgpack.unpackb(receipt_bytes, raw=False, max_str_len=256, max_bin_len=64, max_array_len=16,
+                              max_map_len=0)
+    except Exception:  # msgpack raises several unrelated types for garbage
+        raise ReceiptError("receipt_bytes", "msgpack") from None
+    if type(obj) is not list or len(obj) != 11 or obj[0] != RECEIPT_VERSION:
+        raise ReceiptError("receipt_bytes", "an 11-element array of version 1")
+    _, rtype, node_id, key, subject, epoch, proof, ec, reward, submitter, ts = obj
+    if not (type(key) is bytes and len(key) == 32 and type(proof) is bytes and len(proof) == 32
+            and type(submitter) is bytes and len(submitter) == 20):
+        raise ReceiptError("receipt_bytes", "32-byte key and proof, 20-byte submitter")
+    if ec is not None and not (type(ec) is list and len(ec) == 6 and all(type(c) is bytes and len(c) == 32
+                                                                          for c in ec)):
+        raise ReceiptError("execution_commitment", "6 × 32 bytes")
+    body = {"receipt_type": rtype, "node_id": node_id, "node_public_key": key.hex(), "subject": subject,
+            "epoch": epoch, "usage_proof_hash": proof.hex(), "execution_commitment": [c.hex() for c in ec]
+            if ec is not None else None, "reward_base": reward, "submitter_address": submitter.hex(),
+            "timestamp": ts, "node_signature": node_signature.hex() if isinstance(node_signature, bytes)
+            and len(node_signature) == 64 else ""}
+    receipt = from_json(body)
+    if receipt.to_bytes() != receipt_bytes:
+        raise ReceiptError("receipt_bytes", "the canonical encoding")
+    return receipt
+
+
+def sign_as_node(key: nacl.signing.SigningKey, **fields: Any) -> Receipt:
+    """A receipt signed by a node's key (tools and tests)."""
+    body = {**fields, "node_public_key": bytes(key.verify_key).hex(), "node_signature": "00" * 64}
+    unsigned = from_json(body)
+    signature = key.sign(unsigned.signing_message()).signature
+    return from_json({**body, "node_signature": signature.hex()})
+
+
+# ---- batches and documents --------------------------------------------------------------------------
+
+
+def batch_message(group_public_key: bytes, root: bytes, tree_size: int) -> bytes:
+    return BATCH_DOMAIN + group_public_key + root + struct.pack(">Q", tree_size)
+
+
+def optimistic_message(receipt_id: bytes) -> bytes:
+    return OPTIMISTIC_DOMAIN + receipt_id
+
+
+def document(receipt: Receipt, root: bytes, tree_size: int, index: int, path: list[bytes], signature: bytes,
+             group_public_key: bytes, signers: list[str]) -> dict[str, Any]:
+    """The signed receipt document: everything a third party needs to verify it."""
+    return {
+        "receipt_id": receipt.id.hex(), "receipt": receipt.to_json(), "receipt_bytes": receipt.to_bytes().hex(),
+        "batch": {"root": root.hex(), "tree_size": tree_size, "index": index, "path": [p.hex() for p in path]},
+        "signature": signature.hex(), "group_public_key": group_public_key.hex(), "signers": signers,
+        "epoch": receipt.epoch, "status": "final",
+    }
+
+
+def verify_document(doc: Any, group_public_key: bytes | None = None) -> tuple[bool, str]:
+    """Offline verification: the receipt bytes match its fields and id, the node signed them, the Merkle path
+    leads to the root, and the root carries a valid Ed25519 signature of the group key (``group_public_key``
+    pins the key; otherwise the document's own key is used)."""
+    try:
+        if not isinstance(doc, dict):
+            return False, "the document is not a JSON object"
+        raw = bytes.fromhex(doc["receipt_bytes"])
+        receipt = decode(raw, bytes.fromhex(doc["receipt"]["node_signature"]))
+        if receipt != from_json(doc["receipt"]):
+            return False, "receipt fields do not match receipt_bytes"
+        if doc["receipt_id"] != receipt.id.hex():
+            return False, "receipt_id is not SHA-256(receipt_bytes)"
+        if not receipt.node_signature_valid():
+            return False, "the node signature is invalid"
+        key = bytes.fromhex(doc["group_public_key"])
+        if group_public_key is not None and key != group_public_key:
+            return False, "signed under another group key"
+        batch = doc["batch"]
+        root, size, index = bytes.fromhex(batch["root"]), batch["tree_size"], batch["index"]
+        path = [bytes.fromhex(p) for p in batch["path"]]
+        if type(size) is not int or type(index) is not int or not 1 <= size <= MAX_U63:
+            return False, "bad tree_size or index"
+        if not merkle.verify_inclusion(raw, index, size, path, root):
+            return False, "the Merkle path does not lead to the batch root"
+        signature = bytes.fromhex(doc["signature"])
+        nacl.signing.VerifyKey(key).verify(batch_message(key, root, size), signature)
+    except nacl.exceptions.BadSignatureError:
+        return False, "the batch signature is invalid"
+    except (KeyError, TypeError, ValueError, AttributeError, nacl.exceptions.CryptoError) as exc:
+        return False, f"malformed document: {exc}"
+    return True, "valid"

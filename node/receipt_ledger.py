@@ -1,0 +1,163 @@
+"""The receipt part of the ledger state: node keys and threshold-signed receipt batches (pure: no I/O).
+
+* ``node_keys[id]``      -> the node's Ed25519 key (64 hex), a last-writer-wins register
+* ``receipts[id]``       -> (batch event id, index in the batch), a last-writer-wins register: a receipt
+  signed in two batches (a takeover re-signed it) converges on one of them everywhere
+* ``batches[event id]``  -> the batch as published (group key, root, size, signature, signers, receipts)
+
+The batch's signature is checked where it is made (consensus/receipt_service.py) and by anyone holding the
+document; here a batch event is trusted like every other event: it comes signed by a cluster member. A batch
+whose receipts cannot be decoded is kept out whole, the same way on every coordinator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+Version = tuple[int, int, str, bytes]
+Rehash = Callable[[str, Any, "tuple[Version, Any] | None", Version, Any], None]
+MAX_BATCH = 4096
+SAME = 2  # what a write returns when the register already holds exactly this version (as in state.py)
+
+
+@dataclass(frozen=True)
+class ReceiptInfo:
+    receipt_type: str
+    node_id: str
+    subject: str
+    epoch: int
+
+
+@dataclass(frozen=True)
+class Batch:
+    group_key: str
+    root: str
+    tree_size: int
+    signature: str
+    signers: tuple[str, ...]
+    wires: tuple[tuple[bytes, bytes], ...]  # (receipt_bytes, node_signature) in batch order
+
+
+def parse_receipt(receipt_bytes: bytes) -> ReceiptInfo | None:
+    """The slot fields of canonical receipt bytes, or None if they are not a version-1 receipt."""
+    try:
+        obj = msgpack.unpackb(receipt_bytes, raw=False, max_str_len=256, max_bin_len=64, max_array_len=16,
+                              max_map_len=0)
+    except Exception:  # msgpack raises several unrelated types for garbage
+        return None
+    if type(obj) is not list or len(obj) != 11 or obj[0] != 1:
+        return None
+    _, rtype, node_id, _, subject, epoch = obj[:6]
+    if type(rtype) is not str or type(node_id) is not str or type(subject) is not str or type(epoch) is not int:
+        return None
+    return ReceiptInfo(rtype, node_id, subject, epoch)
+
+
+def parse_batch(fields: tuple[Any, ...]) -> Batch | None:
+    group_key, root, tree_size, signature, signers, receipts = fields
+    try:
+        wires = msgpack.unpackb(receipts, raw=False, max_bin_len=1024, max_array_len=MAX_BATCH, max_str_len=0,
+                                max_map_len=0)
+    except Exception:  # msgpack raises several unrelated types for garbage
+        return None
+    if (type(wires) is not list or len(wires) != tree_size or not wires
+            or not all(type(w) is list and len(w) == 2 and type(w[0]) is bytes and type(w[1]) is bytes
+                       and len(w[1]) == 64 for w in wires)):
+        return None
+    return Batch(group_key, root, tree_size, signature, tuple(signers.split(",")),
+                 tuple((w[0], w[1]) for w in wires))
+
+
+class ReceiptLedger:
+    def __init__(self, rehash: Rehash) -> None:
+        self._rehash = rehash
+        self.node_keys: dict[str, tuple[Version, str]] = {}
+        self.receipts: dict[bytes, tuple[Version, tuple[bytes, int]]] = {}
+        self.batches: dict[bytes, Batch] = {}
+        self.info: dict[bytes, ReceiptInfo] = {}  # derived: receipt id -> its slot fields
+        self.by_slot: dict[tuple[str, str, str, int], set[bytes]] = {}  # derived: slot -> signed receipt ids
+
+    # Writes return True when they wrote, False when they did not (a later version, an unreadable batch) and
+    # SAME when the register already holds exactly this version (the event was applied before).
+
+    def set_key(self, version: Version, node_id: str, key: str) -> int:
+        current = self.node_keys.get(node_id)
+        if current is not None and current[0] >= version:
+            return SAME if current[0] == version else False
+        self.node_keys[node_id] = (version, key)
+        self._rehash("k", node_id, current, version, key)
+        return True
+
+    def add_batch(self, version: Version, fields: tuple[Any, ...]) -> int:
+        batch_id = version[3]
+        if batch_id in self.batches:
+            return SAME
+        batch = parse_batch(fields)
+        if batch is None:
+            return False
+        infos = [parse_receipt(raw) for raw, _ in batch.wires]
+        if any(i is None for i in infos):
+            return False
+        self.batches[batch_id] = batch
+        for index, ((raw, _), info) in enumerate(zip(batch.wires, infos, strict=True)):
+            assert info is not None
+            rid = hashlib.sha256(raw).digest()
+            self.info[rid] = info
+            self.by_slot.setdefault((info.receipt_type, info.node_id, info.subject, info.epoch), set()).add(rid)
+            current = self.receipts.get(rid)
+            if current is None or current[0] < version:
+                self.receipts[rid] = (version, (batch_id, index))
+                self._rehash("rc", rid, current, version, (batch_id, index))
+        return True
+
+    def locate(self, receipt_id: bytes) -> tuple[Batch, int] | None:
+        entry = self.receipts.get(receipt_id)
+        if entry is None:
+            return None
+        batch_id, index = entry[1]
+        return self.batches[batch_id], index
+
+    def double_signed(self) -> list[tuple[tuple[str, str, str, int], set[bytes]]]:
+        """Slots holding more than one signed receipt (must always be empty)."""
+        return [(slot, ids) for slot, ids in self.by_slot.items() if len(ids) > 1]
+
+    # ---- snapshots -------------------------------------------------------------------------------
+
+    def copy(self, rehash: Rehash) -> ReceiptLedger:
+        other = ReceiptLedger(rehash)
+        other.node_keys, other.receipts = self.node_keys.copy(), self.receipts.copy()
+        other.batches, other.info = self.batches.copy(), self.info.copy()
+        other.by_slot = {k: set(v) for k, v in self.by_slot.items()}
+        return other
+
+    def to_snapshot(self) -> dict[str, Any]:
+        return {
+            "keys": [[k, list(v), key] for k, (v, key) in self.node_keys.items()],
+            "batches": [[bid, b.group_key, b.root, b.tree_size, b.signature, ",".join(b.signers),
+                         [list(w) for w in b.wires]] for bid, b in self.batches.items()],
+            "receipts": [[rid, list(v), bid, i] for rid, (v, (bid, i)) in self.receipts.items()],
+        }
+
+    def load_snapshot(self, snap: dict[str, Any]) -> None:
+        for k, v, key in snap.get("keys", []):
+            self.set_key(tuple(v), k, key)  # type: ignore[arg-type]
+        for bid, gk, root, size, sig, signers, wires in snap.get("batches", []):
+            self.batches[bid] = Batch(gk, root, size, sig, tuple(signers.split(",")),
+                                      tuple((w[0], w[1]) for w in wires))
+        for rid, v, bid, i in snap.get("receipts", []):
+            version = tuple(v)
+            self.receipts[rid] = (version, (bid, i))  # type: ignore[assignment]
+            self._rehash("rc", rid, None, version, (bid, i))  # type: ignore[arg-type]
+        for b in self.batches.values():
+            for raw, _ in b.wires:
+                info = parse_receipt(raw)
+                rid = hashlib.sha256(raw).digest()
+                if info is not None:
+                    self.info[rid] = info
+                    self.by_slot.setdefault((info.receipt_type, info.node_id, info.subject, info.epoch),
+                                            set()).add(rid)

@@ -1,0 +1,209 @@
+"""Receipt consensus on the simulated network under MockClock, n = 4..7: every valid receipt signed and
+verifiable, conflicting receipts never both signed, a lying signer named, crashed and slow signers tolerated,
+a dead proposer's batch taken over, lossy/duplicating/reordering links and healed partitions, equal roots."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import nacl.signing
+import pytest
+import trio
+import trio.testing
+
+from consensus import merkle
+from consensus import receipts as rc
+from consensus.receipt_service import ReceiptService, Unavailable
+from tests.receipt_sim import EPOCH, SimCluster
+
+
+def check_document(doc: dict, group_key: bytes) -> None:
+    """Verify like a third party: Ed25519 under the group key, the Merkle path, the receipt bytes."""
+    batch = doc["batch"]
+    root = bytes.fromhex(batch["root"])
+    raw = bytes.fromhex(doc["receipt_bytes"])
+    nacl.signing.VerifyKey(group_key).verify(rc.batch_message(group_key, root, batch["tree_size"]),
+                                             bytes.fromhex(doc["signature"]))
+    assert merkle.verify_inclusion(raw, batch["index"], batch["tree_size"],
+                                   [bytes.fromhex(p) for p in batch["path"]], root)
+    assert rc.verify_document(doc, group_key) == (True, "valid")
+
+
+async def settle(cluster: SimCluster, seconds: float = 3.0) -> None:
+    await trio.sleep(seconds)  # virtual time: let DA delivery reach every member
+
+
+@pytest.mark.parametrize("n", [4, 5, 7])
+async def test_receipts_sent_to_every_coordinator_are_all_signed(tmp_path: Path, n: int,
+                                                                autojump_clock: trio.testing.MockClock) -> None:
+    cluster = SimCluster(tmp_path, n, seed=n, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    receipts = [distinct_receipt(cluster, k)
+                for k in range(30)]
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        records = [cluster.service(f"c{k % n}").submit(r) for k, r in enumerate(receipts)]
+        ids = {r.id for r in receipts}
+        await cluster.wait_final(ids)
+        assert all(rec.status == "final" for rec in records)
+        await settle(cluster)
+        for m in cluster.members.values():
+            for r in receipts:
+                doc = cluster.service(m.id).lookup(r.id)
+                assert doc is not None and doc["status"] == "final"
+                check_document(doc, cluster.group_key)
+        assert len(cluster.roots()) == 1
+        assert not cluster.double_signed()
+        nursery.cancel_scope.cancel()
+
+
+def distinct_receipt(cluster: SimCluster, k: int) -> rc.Receipt:
+    """Receipt k of a workload whose slots all differ: (node, object) pairs, then the previous epoch."""
+    return cluster.receipt(f"n{k % 6}", f"obj{(k // 6) % 6}", proof=k, epoch=EPOCH - (k // 36) % 2)
+
+
+@pytest.mark.parametrize("seed", range(12))
+async def test_conflicting_receipts_for_one_slot_are_never_both_signed(tmp_path: Path, seed: int,
+                                                                      autojump_clock: trio.testing.MockClock) -> None:
+    rng = random.Random(seed)
+    n = rng.choice([4, 5, 6, 7])
+    cluster = SimCluster(tmp_path, n, seed=seed, delay=(0.0, 0.05), duplicate=0.1)
+    cluster.seed_ledger()
+    a = cluster.receipt("n1", "obj1", reward=10)
+    b = cluster.receipt("n1", "obj1", reward=20)  # same slot (storage, n1, obj1, epoch), another receipt
+    assert a.slot == b.slot and a.id != b.id
+    ids = sorted(cluster.members)
+    half = len(ids) // 2
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        first = [cluster.service(i).submit(a) for i in ids[:half]]
+        second = [cluster.service(i).submit(b) for i in ids[half:]]
+        with trio.fail_after(60):
+            while any(r.status in ("pending", "locked") for r in first + second):
+                await trio.sleep(0.1)
+        await settle(cluster)
+        assert not cluster.double_signed()
+        signed = cluster.signed_ids() & {a.id, b.id}
+        assert len(signed) <= 1
+        for rec in first + second:
+            if rec.receipt.id in signed:
+                assert rec.status == "final"
+            else:
+                assert rec.status == "conflict" and rec.conflicting_id in {a.id, b.id} - {rec.receipt.id}
+        assert len(cluster.roots()) == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_signer_sending_bad_shares_is_named_and_signing_completes(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    cluster = SimCluster(tmp_path, 4, seed=3, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    liar = "c2"
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        honest_sign = ReceiptService._sign_share
+
+        def lying_sign(self: ReceiptService, peer: str, body: dict, held: list) -> dict:
+            reply = honest_sign(self, peer, body, held)
+            if self.my_id == liar and reply["share"]:
+                reply["share"] = bytes(32 - 1) + b"\x01"  # a well-formed but wrong share
+            return reply
+
+        cluster.service(liar)._sign_share = lying_sign.__get__(cluster.service(liar))  # type: ignore[method-assign]
+        receipts = [cluster.receipt(f"n{k}", f"obj{k}") for k in range(4)]
+        for k, r in enumerate(receipts):
+            cluster.service(["c0", "c1", "c3"][k % 3]).submit(r)
+        await cluster.wait_final({r.id for r in receipts})
+        blamed = {name for m in cluster.members.values() for name in cluster.service(m.id).counters.blamed}
+        assert blamed == {liar}
+        await settle(cluster)
+        for r in receipts:
+            doc = cluster.service("c0").lookup(r.id)
+            assert doc is not None
+            check_document(doc, cluster.group_key)
+            assert liar not in doc["signers"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_one_crashed_and_one_slow_signer_do_not_stop_signing(tmp_path: Path,
+                                                                   autojump_clock: trio.testing.MockClock) -> None:
+    cluster = SimCluster(tmp_path, 7, seed=5, delay=(0.001, 0.01))  # t = 5: two faults tolerated
+    cluster.seed_ledger()
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        cluster.crash("c6")
+        slow = cluster.service("c5")
+        honest_lock = slow._on_lock
+
+        async def slow_lock(peer: str, body: dict) -> dict:
+            await trio.sleep(0.8)  # answers, but late (lock timeout is 1 s)
+            return await honest_lock(peer, body)
+
+        slow._on_lock = slow_lock  # type: ignore[method-assign]
+        cluster.net.partition(set(cluster.members) - {"c6"}, {"c6"})
+        receipts = [cluster.receipt(f"n{k}", f"obj{k}") for k in range(6)]
+        for k, r in enumerate(receipts):
+            cluster.service(f"c{k % 5}").submit(r)
+        await cluster.wait_final({r.id for r in receipts}, members={f"c{k}" for k in range(6)})
+        assert not cluster.double_signed()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_proposer_dying_mid_batch_is_taken_over(tmp_path: Path,
+                                                        autojump_clock: trio.testing.MockClock) -> None:
+    cluster = SimCluster(tmp_path, 4, seed=9, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        proposer = cluster.service("c1")
+
+        async def die_before_signing(*args: object) -> tuple[None, tuple[int, ...]]:
+            cluster.crash("c1")  # every peer has locked the batch; the proposer dies before any share
+            await trio.sleep_forever()
+            return None, ()
+
+        proposer._sign = die_before_signing  # type: ignore[method-assign]
+        receipts = [cluster.receipt(f"n{k}", f"obj{k}") for k in range(3)]
+        for r in receipts:
+            proposer.submit(r)
+        survivors = {"c0", "c2", "c3"}
+        await cluster.wait_final({r.id for r in receipts}, members=survivors)
+        assert sum(cluster.service(i).counters.takeovers for i in survivors) >= 1
+        # the dead proposer comes back with its lock table and converges
+        await cluster.restart("c1")
+        await settle(cluster)
+        assert len(cluster.roots()) == 1 and not cluster.double_signed()
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("seed", range(8))
+async def test_lossy_links_and_a_healed_partition_still_sign_every_valid_receipt(
+        tmp_path: Path, seed: int, autojump_clock: trio.testing.MockClock) -> None:
+    rng = random.Random(1000 + seed)
+    n = rng.choice([4, 5, 6, 7])
+    cluster = SimCluster(tmp_path, n, seed=seed, drop=0.05, duplicate=0.1, delay=(0.0, 0.08))
+    cluster.seed_ledger()
+    receipts = [distinct_receipt(cluster, k) for k in range(20)]
+    ids = sorted(cluster.members)
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        minority = set(ids[: n - cluster.threshold]) if n - cluster.threshold > 0 else set()
+        cluster.net.partition(set(ids) - minority, minority)
+        refused = []
+        for k, r in enumerate(receipts):
+            try:
+                cluster.service(ids[k % n]).submit(r)
+            except Unavailable:  # a member cut off from t − 1 peers says so at once
+                assert ids[k % n] in minority
+                refused.append((ids[k % n], r))
+        await trio.sleep(rng.uniform(1, 4))
+        cluster.net.heal()
+        await trio.sleep(1)
+        for member, r in refused:
+            cluster.service(member).submit(r)
+        await cluster.wait_final({r.id for r in receipts}, timeout=120)
+        await settle(cluster)
+        assert not cluster.double_signed()
+        assert len(cluster.roots()) == 1
+        nursery.cancel_scope.cancel()
