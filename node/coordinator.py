@@ -18,7 +18,7 @@ import trio
 
 from node import events as ev
 from node import identity, snapshot
-from node.config import Config
+from node.config import Config, ConfigError
 from node.consumer import Consumer
 from node.da.base import BlobRef, DAError, DALayer
 from node.da.mock import MockDA
@@ -58,6 +58,9 @@ class Coordinator:
         self.members = frozenset({self.public_key, *config.cluster_member_keys})
         # a member's blobs may carry only its own events: the id bound to its key, where the config binds one
         self.member_ids = dict(config.cluster_member_ids)
+        if self.member_ids.get(self.public_key, self.id) != self.id:  # our own events would be dropped on DA
+            raise ConfigError("CLUSTER_MEMBER_KEYS", f"{self.member_ids[self.public_key]}={self.public_key.hex()}",
+                              f"this coordinator's key bound to its own id {self.id!r}")
         if config.cluster_member_keys and self.public_key not in config.cluster_member_keys:
             log.warning("this coordinator's key %s is not in CLUSTER_MEMBER_KEYS: if the other members' lists do "
                         "not have it either (a new data dir makes a new key), they will drop its writes",

@@ -48,3 +48,16 @@ def test_the_coordinator_hands_the_bindings_to_every_consumer(make_config: Calla
         assert coord.members == frozenset({coord.public_key, bytes.fromhex(K0), bytes.fromhex(K1)})
     finally:
         coord.outbox.close()
+
+
+def test_a_coordinator_whose_own_key_is_bound_to_another_id_refuses_to_start(
+        make_config: Callable[..., Config]) -> None:
+    from node import identity
+    from node.coordinator import Coordinator
+    from node.da.mock import MockDA
+
+    own = bytes(identity.load_or_create(make_config("b").data_dir).verify_key).hex()
+    with pytest.raises(ConfigError, match="CLUSTER_MEMBER_KEYS"):
+        Coordinator(make_config("b", CLUSTER_MEMBER_KEYS=f"someone-else={own}"), MockDA())
+    coord = Coordinator(make_config("b", CLUSTER_MEMBER_KEYS=f"b={own}"), MockDA())
+    coord.outbox.close()
