@@ -12,7 +12,10 @@ real share commitment and a mismatch is rejected.
 Auth: with a token, every route needs ``Authorization: Bearer <token>`` (HTTP 401 otherwise).
 Fault injection for tests and demos: ``POST /admin/fault {"mode": "down"|"slow"|"error"|"ok",
 "latency_ms": N}`` (down: JSON-RPC answers HTTP 503; slow: added latency; error: every call is a
-JSON-RPC error), ``GET /admin/status``. Admin routes keep working in every mode.
+JSON-RPC error), ``GET /admin/status``. Admin routes keep working in every mode. Pruning, as a pruned
+celestia-node behaves: ``POST /admin/prune {"below": N}`` makes every height below N answer go-header's
+``header: not found`` (``blob.Get``, ``blob.GetAll``, ``header.GetByHeight``); ``{"below": 0}`` undoes it
+(the blocks are kept).
 
 Run: ``dsdn devnet --port 26658 --db .dsdn/devnet.sqlite`` (or ``python -m deploy.devnet``).
 """
@@ -205,6 +208,7 @@ class Devnet:
         self.max_wait_s = max_wait_s
         self.mode = "ok"
         self.latency_s = 0.0
+        self.pruned_below = 0  # heights below this answer "header: not found", as on a pruned node
         self.blob_total = 0
         self.head: Block | None = None
         self._pending: list[_Pending] = []
@@ -287,8 +291,8 @@ class Devnet:
         if height > self.height:
             raise RPCError(SERVER_ERROR, f"header: given height is from the future: networkHeight: {self.height}, "
                                          f"requestedHeight: {height}")
-        block = await self._db(self.store.block, height)
-        if block is None:
+        block = await self._db(self.store.block, height) if height >= self.pruned_below else None
+        if block is None:  # go-header's ErrNotFound, as celestia-node wraps it
             raise RPCError(SERVER_ERROR, f"header: not found: height {height}")
         return block
 
@@ -370,7 +374,14 @@ class Devnet:
     def status(self) -> dict[str, Any]:
         return {"height": self.height, "mode": self.mode, "latency_ms": round(self.latency_s * 1000),
                 "blobs": self.blob_total, "pending": len(self._pending), "chain_id": CHAIN_ID,
-                "block_interval_ms": round(self.block_interval_s * 1000)}
+                "block_interval_ms": round(self.block_interval_s * 1000), "pruned_below": self.pruned_below}
+
+    def set_prune(self, body: Any) -> None:
+        below = body.get("below") if isinstance(body, dict) else None
+        if isinstance(below, bool) or not isinstance(below, int) or below < 0:
+            raise ValueError('send {"below": N}: heights below N (>= 0) answer "header: not found"')
+        self.pruned_below = below
+        log.info("pruned: heights below %d are gone", below)
 
     def set_fault(self, body: Any) -> None:
         if not isinstance(body, dict) or body.get("mode") not in FAULT_MODES:
@@ -446,6 +457,16 @@ class Devnet:
                 return denied
             try:
                 self.set_fault(json.loads(await request.get_data(as_text=False)))
+            except ValueError as exc:
+                return reply({"error": "invalid_request", "message": str(exc)}, 422)
+            return reply(self.status())
+
+        @app.post("/admin/prune")
+        async def admin_prune() -> Response:
+            if (denied := unauthorized()) is not None:
+                return denied
+            try:
+                self.set_prune(json.loads(await request.get_data(as_text=False)))
             except ValueError as exc:
                 return reply({"error": "invalid_request", "message": str(exc)}, 422)
             return reply(self.status())

@@ -68,6 +68,7 @@ class Config:
     reconcile_retry_delay_ms: int = 1000
     reconcile_max_retries: int = 3
     reconcile_parallel: bool = False
+    reconcile_adopt_grace_ms: int = 30_000  # before re-posting another member's fallback blob to the primary
     # HTTP server and this coordinator
     host: str = "127.0.0.1"
     port: int = 8080
@@ -84,6 +85,7 @@ class Config:
     snapshot_interval_ms: int = 30_000
     blob_max_bytes: int = MAX_BLOB_BYTES  # what this coordinator posts; it accepts up to MAX_BLOB_BYTES
     da_health_interval_ms: int = 5000
+    da_health_timeout_ms: int = 1500  # deadline of one health check (no retries): slower is a failure
     cluster_id: str = "dsdn-local"
     peers: tuple[PeerSpec, ...] = ()  # every member, this coordinator included
     peer_host: str = "127.0.0.1"
@@ -370,6 +372,7 @@ def load(env: Mapping[str, str]) -> Config:
         reconcile_retry_delay_ms=_int(env, "RECONCILE_RETRY_DELAY_MS", 1000, 0, 3_600_000),
         reconcile_max_retries=_int(env, "RECONCILE_MAX_RETRIES", 3, 0, 1000),
         reconcile_parallel=_bool(env, "RECONCILE_PARALLEL", False),
+        reconcile_adopt_grace_ms=_int(env, "RECONCILE_ADOPT_GRACE_MS", 30_000, 0, 86_400_000),
         host=_host(env),
         port=_int(env, "COORDINATOR_PORT", 8080, 0, 65535),
         coordinator_id=coordinator_id,
@@ -393,6 +396,7 @@ def load(env: Mapping[str, str]) -> Config:
         # limits what we post: every coordinator accepts blobs up to the protocol's MAX_BLOB_BYTES
         blob_max_bytes=_int(env, "DA_BLOB_MAX_BYTES", MAX_BLOB_BYTES, 4096, MAX_BLOB_BYTES),
         da_health_interval_ms=_int(env, "DA_HEALTH_INTERVAL_MS", 5000, 50, 3_600_000),
+        da_health_timeout_ms=_int(env, "DA_HEALTH_TIMEOUT_MS", 1500, 10, 3_600_000),
         da_failure_threshold=_int(env, "DA_FAILURE_THRESHOLD", 3, 1, 1000),
         da_recovery_threshold=_int(env, "DA_RECOVERY_THRESHOLD", 2, 1, 1000),
     )

@@ -9,11 +9,17 @@ us data that does not match the reference we hold: ``get`` raises CommitmentMism
 they cannot verify (share version other than 0, mismatched commitment) instead of failing its height.
 Anything httpx raises becomes a DAError (transport failures DAUnavailable/DATimeout after the retries).
 
+Only celestia-node's ``blob: not found`` (``blob.ErrBlobNotFound``) means "no such blob" (BlobNotFound), and for
+``blob.GetAll`` "no blob of ours at this height". Every other error is an error, in particular go-header's
+``header: not found`` (a pruned node that no longer has the height, or one that does not have it yet): a
+reader must not take it for an empty height and move its cursor past it.
+
 Every attempt is bounded by ``timeout_s`` (a peer that accepts TCP and never answers times out).
 Transport failures (refused/reset connections, timeouts, HTTP 5xx without a JSON-RPC error body) are
 retried ``retry_count`` times with exponential backoff and jitter; JSON-RPC errors never are. Note
 that a retried ``blob.Submit`` whose first attempt timed out may have been included anyway: readers
-must tolerate a blob that appears twice.
+must tolerate a blob that appears twice. ``probe(timeout_s)`` is the health check: one attempt of
+``header.NetworkHead`` within its own deadline, never retried.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ MAX_BACKOFF_S = 30.0
 READ_CONCURRENCY = 8
 #: JSON-RPC 2.0 protocol-level error codes (parse error, invalid request, method not found, invalid params).
 _PROTOCOL_ERRORS = frozenset({-32700, -32600, -32601, -32602})
+#: celestia-node's blob.ErrBlobNotFound: the one answer that means "no such blob" / "no blob at this height".
+BLOB_NOT_FOUND = "blob: not found"
 
 
 class DAUnauthorized(DAError):
@@ -105,7 +113,7 @@ def map_rpc_error(code: Any, message: str, method: str) -> DAError:
     low = message.lower()
     if code in _PROTOCOL_ERRORS:  # e.g. -32601 "method 'x' not found" is not a missing blob
         return DARPCError(code, message, method)
-    if "not found" in low:
+    if BLOB_NOT_FOUND in low:  # not any "not found": "header: not found" is a pruned (or missing) height
         return BlobNotFound(f"{method}: {message}")
     if any(s in low for s in ("missing permission", "unauthorized", "permission denied", "invalid token",
                               "jwt", "authorization")):
@@ -198,15 +206,16 @@ class CelestiaDA:
 
     # ---- JSON-RPC ---------------------------------------------------------------------------------
 
-    async def _attempt(self, method: str, params: list[Any]) -> Any:
+    async def _attempt(self, method: str, params: list[Any], timeout_s: float | None = None) -> Any:
         request_id = next(self._ids)
         body = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params},
                           separators=(",", ":"))
+        deadline = self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s)
         try:
-            with trio.fail_after(self.timeout_s):
+            with trio.fail_after(deadline):
                 response = await self._http().post(self.url, content=body)
         except trio.TooSlowError:
-            raise _Retryable(f"{method}: no answer within {self.timeout_s:.3g}s", timeout=True) from None
+            raise _Retryable(f"{method}: no answer within {deadline:.3g}s", timeout=True) from None
         except httpx.TimeoutException as exc:
             raise _Retryable(f"{method}: timed out ({type(exc).__name__})", timeout=True) from None
         except httpx.TransportError as exc:
@@ -330,7 +339,7 @@ class CelestiaDA:
         """Every blob of our namespace at ``height``, in index order (empty if none)."""
         try:
             result = await self.call("blob.GetAll", [height, [self._ns_b64]])
-        except BlobNotFound:  # celestia-node < 0.15 reports an empty height as "blob: not found"
+        except BlobNotFound:  # celestia-node < 0.15 reports an empty height as "blob: not found" (only that)
             return []
         if result is None:
             return []
@@ -374,6 +383,14 @@ class CelestiaDA:
 
     async def head(self) -> int:
         return header_height(await self.call("header.NetworkHead", []))
+
+    async def probe(self, timeout_s: float) -> int:
+        """The health check: ``header.NetworkHead`` in one attempt within ``timeout_s`` (no retries)."""
+        try:
+            return header_height(await self._attempt("header.NetworkHead", [], timeout_s))
+        except _Retryable as exc:
+            cls = DATimeout if exc.timeout else DAUnavailable
+            raise cls(f"{self.name}: health check: {exc}") from None
 
     # ---- headers ----------------------------------------------------------------------------------
 

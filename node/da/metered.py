@@ -1,4 +1,10 @@
-"""Wraps a DA layer with a timeout on every call and real counters and latencies (for /da/metrics)."""
+"""Wraps a DA layer with a timeout on every call and real counters and latencies (for /da/metrics).
+
+Also: ``probe(timeout_s)``, the health check (one attempt, its own short deadline: a layer slower than that
+fails it); the outcome of the latest ``read_after`` (``last_read_error``, what /ready reports while a log
+cannot be read); and ``on_page``, an optional hook that sees every page a consumer reads (the stack uses it to
+find fallback blobs that are not on the primary yet).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from typing import Any, TypeVar
 import trio
 
 from node.da.base import BlobRef, DAError, DALayer, DATimeout, Page
+from node.hlc import wall_ms
 
 T = TypeVar("T")
 
@@ -46,6 +53,12 @@ class MeteredLayer:
         self.name = inner.name
         self.timeout_s = timeout_s
         self.metrics = LayerMetrics()
+        self.last_read_error: str | None = None  # the latest read_after failed with this (None: it worked)
+        self.last_read_ms: int | None = None  # wall ms when the latest successful read_after started
+        self.marker: Callable[[], int] | None = None  # the status machine's mark(), taken when a read starts
+        self.read_mark: int | None = None  # its value at the start of the latest read_after
+        #: called with (page, wall ms when its read started) after every successful read_after
+        self.on_page: Callable[[Page, int], Awaitable[None]] | None = None
 
     async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         start = time.perf_counter_ns()
@@ -80,8 +93,35 @@ class MeteredLayer:
         return await self._call("get", lambda: self.inner.get(ref))
 
     async def read_after(self, cursor: int, limit: int) -> Page:
-        return await self._call("read", lambda: self.inner.read_after(cursor, limit))
+        started = wall_ms()
+        if self.marker is not None:
+            self.read_mark = self.marker()
+        try:
+            page = await self._call("read", lambda: self.inner.read_after(cursor, limit))
+        except DAError as exc:
+            self.last_read_error = f"reading after {cursor} failed: {exc}"
+            raise
+        self.last_read_error, self.last_read_ms = None, started
+        if self.on_page is not None:
+            await self.on_page(page, started)
+        return page
 
     async def head(self) -> int:
         self.metrics.health_check_count += 1
         return await self._call("head", self.inner.head)
+
+    async def probe(self, timeout_s: float) -> int:
+        """A health check: the head, in one attempt (``inner.probe(timeout_s)`` when the layer has one, e.g.
+        Celestia without its retries), within ``timeout_s``: slower counts as failing (DATimeout)."""
+        self.metrics.health_check_count += 1
+        probe = getattr(self.inner, "probe", None)
+        fn: Callable[[], Awaitable[int]] = (lambda: probe(timeout_s)) if callable(probe) else self.inner.head
+        try:
+            with trio.fail_after(timeout_s):
+                return await fn()
+        except trio.TooSlowError:
+            self.metrics.error_count += 1
+            raise DATimeout(f"{self.name}: health check got no answer within {timeout_s:.3g}s") from None
+        except DAError:
+            self.metrics.error_count += 1
+            raise

@@ -3,6 +3,12 @@
 Recorded when it lands (layer, reference, data); marked reconciled only after the primary returned it
 back byte for byte; never deleted by a failure (a blob that keeps failing stays pending with its last
 error). SQLite (WAL, synchronous=FULL) in the data dir, accessed through ``trio.to_thread``.
+
+Other members' fallback blobs too, so any member can move them to the primary (its writer may be gone for
+good): ``foreign_blobs`` holds the blobs signed by a cluster member that this coordinator read from a fallback
+log, did not write itself and has not seen on the primary; ``on_primary`` the ids of the event blobs it read
+from the primary log. A foreign blob is resolved when it is read from the primary (whoever posted it) or once
+this coordinator re-posted it there; an own pending blob read from the primary is reconciled at once.
 """
 
 from __future__ import annotations
@@ -33,6 +39,19 @@ CREATE TABLE IF NOT EXISTS fallback_blobs (
     primary_height INTEGER, primary_commitment BLOB
 );
 CREATE INDEX IF NOT EXISTS fallback_pending ON fallback_blobs (stored_ms) WHERE reconciled_ms IS NULL;
+CREATE TABLE IF NOT EXISTS foreign_blobs (     -- members' blobs read from a fallback log, not written by us
+    blob_id TEXT PRIMARY KEY,
+    layer TEXT NOT NULL, height INTEGER NOT NULL, commitment BLOB NOT NULL,
+    data BLOB NOT NULL,
+    seen_ms INTEGER NOT NULL,
+    retry_count INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    resolved_ms INTEGER,
+    resolution TEXT,                   -- 'on_primary' (read from the primary log) or 'adopted' (we posted it)
+    primary_height INTEGER, primary_commitment BLOB
+);
+CREATE INDEX IF NOT EXISTS foreign_unresolved ON foreign_blobs (seen_ms) WHERE resolved_ms IS NULL;
+CREATE TABLE IF NOT EXISTS on_primary (blob_id TEXT PRIMARY KEY) WITHOUT ROWID;  -- event blobs read there
 CREATE TABLE IF NOT EXISTS certificates (      -- what a fallback layer signed for a blob (QuorumDA)
     blob_id TEXT PRIMARY KEY,
     certificate BLOB NOT NULL
@@ -77,6 +96,8 @@ class PendingStore:
         self._lock = trio.Lock()
         self.pending_count = int(self._db.execute(
             "SELECT COUNT(*) FROM fallback_blobs WHERE reconciled_ms IS NULL").fetchone()[0])
+        self.foreign_waiting = int(self._db.execute(
+            "SELECT COUNT(*) FROM foreign_blobs WHERE resolved_ms IS NULL").fetchone()[0])
 
     def close(self) -> None:
         self._db.close()
@@ -199,6 +220,121 @@ class PendingStore:
                              "WHERE blob_id = ?", (error[:500], blob_id))
 
         await self._call(update)
+
+    # ---- other members' fallback blobs --------------------------------------------------------------
+
+    async def note_primary(self, seen: Sequence[tuple[BlobRef, bytes]]) -> int:
+        """Blobs read from the primary log: remembered as being there; a foreign blob among them is resolved, an
+        own pending one reconciled (someone else, or an earlier attempt of ours, put it there). Returns how many
+        foreign or pending blobs this resolved."""
+        rows = [(hashlib.sha256(data).hexdigest(), ref) for ref, data in seen]
+
+        def update() -> tuple[int, int]:
+            now = _now()
+            foreign = pending = 0
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany("INSERT OR IGNORE INTO on_primary (blob_id) VALUES (?)",
+                                     [(blob_id,) for blob_id, _ in rows])
+                for blob_id, ref in rows:
+                    foreign += self._db.execute(
+                        "UPDATE foreign_blobs SET resolved_ms = ?, resolution = 'on_primary', primary_height = ?, "
+                        "primary_commitment = ? WHERE blob_id = ? AND resolved_ms IS NULL",
+                        (now, ref.height, ref.commitment, blob_id)).rowcount
+                    pending += self._db.execute(
+                        "UPDATE fallback_blobs SET reconciled_ms = ?, primary_height = ?, primary_commitment = ?, "
+                        "last_error = NULL WHERE blob_id = ? AND reconciled_ms IS NULL",
+                        (now, ref.height, ref.commitment, blob_id)).rowcount
+            return foreign, pending
+
+        if not rows:
+            return 0
+        foreign, pending = await self._call(update)
+        self.foreign_waiting -= foreign
+        self.pending_count -= pending
+        return foreign + pending
+
+    async def note_fallback(self, seen: Sequence[tuple[BlobRef, bytes]]) -> int:
+        """Members' blobs read from a fallback log: each one we did not write and have not seen on the primary
+        is recorded as a foreign blob (idempotent). Returns how many are new."""
+        rows = [(hashlib.sha256(data).hexdigest(), ref, data) for ref, data in seen]
+
+        def insert() -> int:
+            now = _now()
+            added = 0
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                for blob_id, ref, data in rows:
+                    if self._db.execute("SELECT 1 FROM fallback_blobs WHERE blob_id = ? UNION ALL "
+                                        "SELECT 1 FROM on_primary WHERE blob_id = ?", (blob_id, blob_id)).fetchone():
+                        continue
+                    added += self._db.execute(
+                        "INSERT OR IGNORE INTO foreign_blobs (blob_id, layer, height, commitment, data, seen_ms) "
+                        "VALUES (?, ?, ?, ?, ?, ?)", (blob_id, ref.layer, ref.height, ref.commitment, data, now)
+                    ).rowcount
+            return added
+
+        if not rows:
+            return 0
+        added = await self._call(insert)
+        self.foreign_waiting += added
+        return added
+
+    async def foreign_keys(self, after: PageKey | None, limit: int, seen_before_ms: int) -> list[PageKey]:
+        """Keys (``stored_ms`` = when we first read it) of unresolved foreign blobs first read at or before
+        ``seen_before_ms``, oldest first, after ``after``."""
+        def read() -> list[PageKey]:
+            start = (-1, -1) if after is None else (after.stored_ms, after.rowid)
+            rows = self._db.execute(
+                "SELECT seen_ms, rowid, blob_id FROM foreign_blobs WHERE resolved_ms IS NULL AND seen_ms <= ? "
+                "AND (seen_ms > ? OR (seen_ms = ? AND rowid > ?)) ORDER BY seen_ms, rowid LIMIT ?",
+                (seen_before_ms, start[0], start[0], start[1], limit)).fetchall()
+            return [PageKey(int(ms), int(rowid), str(blob_id)) for ms, rowid, blob_id in rows]
+
+        return await self._call(read)
+
+    async def load_foreign(self, blob_ids: Sequence[str]) -> list[FallbackBlob]:
+        """Unresolved foreign blobs with these ids (``stored_ms``: when we first read it), in the order given."""
+        def read() -> list[FallbackBlob]:
+            marks = ",".join("?" * len(blob_ids))
+            rows = self._db.execute(
+                "SELECT blob_id, layer, height, commitment, data, seen_ms, retry_count, last_error, NULL, NULL, NULL "
+                f"FROM foreign_blobs WHERE resolved_ms IS NULL AND blob_id IN ({marks})", tuple(blob_ids)).fetchall()
+            by_id = {r[0]: _row(r) for r in rows}
+            return [by_id[i] for i in blob_ids if i in by_id]
+
+        if not blob_ids:
+            return []
+        return await self._call(read)
+
+    async def mark_adopted(self, blob_id: str, primary: BlobRef) -> None:
+        """We re-posted a foreign blob to the primary and read it back."""
+        def update() -> int:
+            return self._db.execute(
+                "UPDATE foreign_blobs SET resolved_ms = ?, resolution = 'adopted', primary_height = ?, "
+                "primary_commitment = ?, last_error = NULL WHERE blob_id = ? AND resolved_ms IS NULL",
+                (_now(), primary.height, primary.commitment, blob_id)).rowcount
+
+        self.foreign_waiting -= await self._call(update)
+
+    async def mark_foreign_failed(self, blob_id: str, error: str) -> None:
+        def update() -> None:
+            self._db.execute("UPDATE foreign_blobs SET retry_count = retry_count + 1, last_error = ? "
+                             "WHERE blob_id = ?", (error[:500], blob_id))
+
+        await self._call(update)
+
+    async def foreign(self, resolved: bool | None = None) -> list[tuple[str, str | None, BlobRef | None]]:
+        """(blob_id, resolution, primary ref) of every foreign blob (or only the resolved / unresolved ones)."""
+        def read() -> list[tuple[str, str | None, BlobRef | None]]:
+            where = "" if resolved is None else (
+                "WHERE resolved_ms IS NOT NULL" if resolved else "WHERE resolved_ms IS NULL")
+            rows = self._db.execute(f"SELECT blob_id, resolution, primary_height, primary_commitment FROM "
+                                    f"foreign_blobs {where} ORDER BY seen_ms, rowid").fetchall()
+            return [(str(b), r, BlobRef("primary", int(h), bytes(c)) if h is not None else None)
+                    for b, r, h, c in rows]
+
+        return await self._call(read)
 
 
 def _now() -> int:

@@ -9,6 +9,17 @@ pending with its error. A blob the primary refuses as bad input (router.CALLER_E
 primary's failure: it is not reported to the status machine, not retried within the pass (nor by the
 monitor's later passes; a manual pass tries it again), and stays pending with its error.
 
+Other members' fallback blobs (node.da.pending's foreign blobs: signed by a cluster member, read from a
+fallback log this coordinator follows, not seen on the primary) are re-posted the same way ("adopted") after
+the own ones, so they reach the primary even if their writer is gone for good. Not at once: a foreign blob is
+due only once the primary has worked (its current run of successes) and the blob has been known for
+``adopt_grace_s`` plus a random share of it (0–100 %, different on every member, so members do not all
+re-post the same blob at once), and only if the primary log was read up to its head after that moment
+(``primary_read_ms``) without it, and no blob signed by its writer was read from the primary within the grace
+period (``signer_active``): the writer, if alive, reconciles its blobs first and the others see them land.
+A blob posted twice anyway is harmless (events are deduplicated by id). Foreign blobs do not keep the status
+in Recovering.
+
 The consistency check reads the most recent ``check_limit`` pending blobs (from their fallback) and the
 most recent ``check_limit`` reconciled blobs (from the primary), ``check_concurrency`` at a time, within
 ``check_deadline_s``; what a deadline left unchecked is reported in ``details``.
@@ -16,7 +27,9 @@ most recent ``check_limit`` reconciled blobs (from the primary), ``check_concurr
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +37,7 @@ from typing import Any
 
 import trio
 
+from node.blob import MAGIC
 from node.da.base import DAError, DALayer
 from node.da.pending import FallbackBlob, PageKey, PendingStore
 from node.da.router import is_caller_error
@@ -47,11 +61,18 @@ class Report:
     errors: list[str] = field(default_factory=list)
     blobs_rejected: int = 0  # of blobs_failed: refused by the primary as bad input (not in as_json)
     aborted: bool = False  # stopped early because the primary failed (automatic passes only)
+    foreign_processed: int = 0  # other members' fallback blobs tried (not in as_json, nor in blobs_processed)
+    blobs_adopted: int = 0  # of those: now on the primary, posted by us
 
     def as_json(self) -> dict[str, Any]:
         return {"success": self.success, "blobs_processed": self.blobs_processed,
                 "blobs_reconciled": self.blobs_reconciled, "blobs_failed": self.blobs_failed,
                 "duration_ms": self.duration_ms, "errors": self.errors}
+
+
+def _signer(data: bytes) -> bytes:
+    """The signer key of an event blob (node.blob's envelope: magic, version, key, ...)."""
+    return data[len(MAGIC) + 1 : len(MAGIC) + 33]
 
 
 class AlreadyRunning(Exception):
@@ -61,8 +82,14 @@ class AlreadyRunning(Exception):
 class Reconciler:
     def __init__(self, layers: Mapping[str, DALayer], pending: PendingStore, machine: DAStatusMachine,
                  clock: Callable[[], int], batch_size: int = 10, retry_delay_s: float = 1.0,
-                 max_retries: int = 3, parallel: bool = False) -> None:
+                 max_retries: int = 3, parallel: bool = False, *, adopt_grace_s: float | None = None,
+                 primary_read_ms: Callable[[], int | None] = lambda: None) -> None:
+        """``adopt_grace_s`` (None: off) and ``primary_read_ms`` (when the latest read of the primary log that
+        reached its head started, wall ms): see the module docstring on other members' blobs."""
         self.layers, self.pending, self.machine, self.clock = layers, pending, machine, clock
+        self.adopt_grace_s, self.primary_read_ms = adopt_grace_s, primary_read_ms
+        self._salt = os.urandom(16)  # this member's share of the grace period for each foreign blob
+        self.signer_active: dict[bytes, int] = {}  # signer key -> wall ms a blob it signed was last read on the primary
         self.batch_size, self.retry_delay_s = max(1, batch_size), retry_delay_s
         self.max_retries, self.parallel = max_retries, parallel
         self.check_limit = CHECK_LIMIT  # most recent pending (and reconciled) blobs a consistency check reads
@@ -71,6 +98,7 @@ class Reconciler:
         self._lock = trio.Lock()
         self._stop_on_fallback = False
         self._rejected: set[str] = set()  # pending blobs the primary refused as bad input (automatic passes skip them)
+        self._rejected_foreign: set[str] = set()  # the same for other members' blobs
         self.passes = 0
         self.total_reconciled = 0
         self.last_report: Report | None = None
@@ -83,6 +111,18 @@ class Reconciler:
     def waiting(self) -> int:
         """Pending blobs worth another automatic pass (not those the primary refused as bad input)."""
         return max(0, self.pending.pending_count - len(self._rejected))
+
+    def adoption_due(self) -> bool:
+        """Foreign blobs wait and the primary has worked for the grace period: worth an automatic pass."""
+        if self.adopt_grace_s is None or self.pending.foreign_waiting <= len(self._rejected_foreign):
+            return False
+        ok_since = self.machine.primary_ok_since
+        return ok_since is not None and self.clock() - ok_since >= self.adopt_grace_s * 1000
+
+    def _adopt_delay_ms(self, blob_id: str) -> int:
+        assert self.adopt_grace_s is not None
+        share = int.from_bytes(hashlib.blake2b(self._salt + bytes.fromhex(blob_id), digest_size=8).digest(), "big")
+        return int(self.adopt_grace_s * 1000 * (1 + share / 2**64))
 
     async def run_pass(self, *, stop_on_fallback: bool = False) -> Report:
         """One pass over every pending blob. ``stop_on_fallback`` (the monitor's passes): stop once the status
@@ -105,13 +145,9 @@ class Reconciler:
                 after = keys[-1]
                 ids = [k.blob_id for k in keys if not (stop_on_fallback and k.blob_id in self._rejected)]
                 batch = [b for b in await self.pending.load(ids) if b.primary_ref is None]
-                if self.parallel:
-                    async with trio.open_nursery() as nursery:
-                        for blob in batch:
-                            nursery.start_soon(self._reconcile_one, blob, report)
-                else:
-                    for blob in batch:
-                        await self._reconcile_one(blob, report)
+                await self._run_batch(batch, report, foreign=False)
+            if not report.aborted:
+                await self._adopt(report)
             report.success = report.blobs_failed == 0 and not report.aborted
             report.duration_ms = int((time.perf_counter() - started) * 1000)
             self.passes += 1
@@ -119,17 +155,64 @@ class Reconciler:
             self.last_report = report
             if not report.aborted:  # blobs the primary refuses as bad input do not keep it in Recovering
                 self.machine.reconciled(self.waiting, self.clock())
-            if report.blobs_processed:
-                log.info("reconciliation: %d processed, %d reconciled, %d failed in %d ms (%d still pending)%s",
+            if report.blobs_processed or report.foreign_processed:
+                log.info("reconciliation: %d processed, %d reconciled, %d failed in %d ms (%d still pending); other "
+                         "members' fallback blobs: %d tried, %d adopted (%d still waiting)%s",
                          report.blobs_processed, report.blobs_reconciled, report.blobs_failed, report.duration_ms,
-                         self.pending.pending_count, "; stopped: the primary failed" if report.aborted else "")
+                         self.pending.pending_count, report.foreign_processed, report.blobs_adopted,
+                         self.pending.foreign_waiting, "; stopped: the primary failed" if report.aborted else "")
             return report
+
+    async def _run_batch(self, batch: list[FallbackBlob], report: Report, *, foreign: bool) -> None:
+        if self.parallel:
+            async with trio.open_nursery() as nursery:
+                for blob in batch:
+                    nursery.start_soon(self._reconcile_one, blob, report, foreign)
+        else:
+            for blob in batch:
+                await self._reconcile_one(blob, report, foreign)
+
+    async def _adopt(self, report: Report) -> None:
+        """Re-post the foreign blobs that are due (see the module docstring), oldest first, a batch at a time."""
+        if self.adopt_grace_s is None or self.pending.foreign_waiting == 0:
+            return
+        ok_since, read_ms = self.machine.primary_ok_since, self.primary_read_ms()
+        if ok_since is None or read_ms is None:
+            return
+        # due when max(first read, primary ok since) + delay <= both now and the start of the latest full read of
+        # the primary log (so a copy the writer posted before that moment would have been seen)
+        limit_ms = min(self.clock(), read_ms)
+        if limit_ms - ok_since < self.adopt_grace_s * 1000:
+            return
+        after: PageKey | None = None
+        while True:
+            if self._should_stop():
+                report.aborted = True
+                return
+            keys = await self.pending.foreign_keys(after, self.batch_size, limit_ms - int(self.adopt_grace_s * 1000))
+            if not keys:
+                return
+            after = keys[-1]
+            due = [k.blob_id for k in keys if max(k.stored_ms, ok_since) + self._adopt_delay_ms(k.blob_id) <= limit_ms
+                   and not (self._stop_on_fallback and k.blob_id in self._rejected_foreign)]
+            quiet_since = limit_ms - int(self.adopt_grace_s * 1000)
+            batch = [b for b in await self.pending.load_foreign(due)
+                     if self.signer_active.get(_signer(b.data), -1) < quiet_since]
+            await self._run_batch(batch, report, foreign=True)
 
     def _should_stop(self) -> bool:
         return self._stop_on_fallback and self.machine.status in (Status.DEGRADED, Status.EMERGENCY)
 
-    async def _reconcile_one(self, blob: FallbackBlob, report: Report) -> None:
-        report.blobs_processed += 1
+    async def _reconcile_one(self, blob: FallbackBlob, report: Report, foreign: bool = False) -> None:
+        """Post one blob (ours, or ``foreign``: another member's) to the primary and read it back."""
+        if foreign:
+            report.foreign_processed += 1
+            mark_failed, mark_done = self.pending.mark_foreign_failed, self.pending.mark_adopted
+            what, rejected = f"another member's blob {blob.blob_id[:16]}", self._rejected_foreign
+        else:
+            report.blobs_processed += 1
+            mark_failed, mark_done = self.pending.mark_failed, self.pending.mark_reconciled
+            what, rejected = f"blob {blob.blob_id[:16]}", self._rejected
         primary = self.layers[PRIMARY]
         error = ""
         for attempt in range(self.max_retries + 1):
@@ -137,16 +220,17 @@ class Reconciler:
                 await trio.sleep(self.retry_delay_s)
                 if self._should_stop():
                     break
+            since = self.machine.mark()
             try:
                 ref = await primary.post(blob.data)
             except DAError as exc:
                 error = str(exc)
-                await self.pending.mark_failed(blob.blob_id, error)
+                await mark_failed(blob.blob_id, error)
                 if is_caller_error(exc):  # the blob's fault, not the primary's: no retry, no failure counted
-                    self._rejected.add(blob.blob_id)
+                    rejected.add(blob.blob_id)
                     report.blobs_failed += 1
                     report.blobs_rejected += 1
-                    report.errors.append(f"blob {blob.blob_id[:16]}: rejected by the primary: {error} (stays pending)")
+                    report.errors.append(f"{what}: rejected by the primary: {error} (stays pending)")
                     return
                 self.machine.observe(PRIMARY, False, self.clock(), error, write=True)
                 continue
@@ -155,20 +239,23 @@ class Reconciler:
             except DAError as exc:
                 error = str(exc)
                 self.machine.observe(PRIMARY, False, self.clock(), error)
-                await self.pending.mark_failed(blob.blob_id, error)
+                await mark_failed(blob.blob_id, error)
                 continue
             if back != blob.data:
                 error = f"primary returned different bytes at height {ref.height}"
                 self.machine.observe(PRIMARY, False, self.clock(), error, write=True)
-                await self.pending.mark_failed(blob.blob_id, error)
+                await mark_failed(blob.blob_id, error)
                 continue
-            self.machine.observe(PRIMARY, True, self.clock(), write=True)
-            await self.pending.mark_reconciled(blob.blob_id, ref)
-            self._rejected.discard(blob.blob_id)
-            report.blobs_reconciled += 1
+            self.machine.observe(PRIMARY, True, self.clock(), write=True, since=since)
+            await mark_done(blob.blob_id, ref)
+            rejected.discard(blob.blob_id)
+            if foreign:
+                report.blobs_adopted += 1
+            else:
+                report.blobs_reconciled += 1
             return
         report.blobs_failed += 1
-        report.errors.append(f"blob {blob.blob_id[:16]}: {error} (stays pending)")
+        report.errors.append(f"{what}: {error} (stays pending)")
 
     async def consistency(self) -> dict[str, Any]:
         """Check for real, within bounds: the most recent pending blobs readable from their fallback, the

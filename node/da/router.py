@@ -6,6 +6,11 @@ itself is unacceptable: empty, too large, rejected as malformed) is not the laye
 at once, neither reported nor tried elsewhere. A blob that lands on a fallback is recorded durably
 (node.da.pending) before the write returns — shielded from cancellation, so a caller that goes away
 cannot leave it on the fallback unrecorded — so reconciliation can move it to the primary.
+
+A write in flight on a layer that the status machine declares unhealthy meanwhile (e.g. the health checks
+found the primary too slow and the status went to Degraded) is abandoned (``abandon_unhealthy``) and falls
+through to the next layer at once, instead of waiting for its own timeout and retries. The abandoned write
+may still land: the blob then exists twice, which readers tolerate (events are deduplicated by id).
 """
 
 from __future__ import annotations
@@ -41,22 +46,43 @@ class DARouter:
         self.posts_by_layer: dict[str, int] = dict.fromkeys(layers, 0)
         self.fallthroughs = 0
         self.rejected = 0  # writes refused as caller errors
+        self.abandoned = 0  # writes given up on a layer that became unhealthy while they were in flight
+        self._in_flight: dict[str, set[trio.CancelScope]] = {name: set() for name in layers}
+
+    def abandon_unhealthy(self) -> None:
+        """Give up the writes in flight on every layer the status machine now holds unhealthy."""
+        for name, scopes in self._in_flight.items():
+            if not self.machine.is_healthy(name):
+                for scope in scopes:
+                    scope.cancel()
 
     async def post(self, data: bytes) -> BlobRef:
         errors: list[str] = []
         for name in self.machine.write_order():
-            try:
-                ref = await self.layers[name].post(data)
-            except DAError as exc:
-                if is_caller_error(exc):
-                    self.rejected += 1
-                    raise
-                self.machine.observe(name, False, self.clock(), str(exc), write=True)
-                errors.append(f"{name}: {exc}")
+            since = self.machine.mark()
+            with trio.CancelScope() as scope:
+                if self.machine.is_healthy(name):  # a last-resort write on an unhealthy layer is never abandoned
+                    self._in_flight[name].add(scope)
+                try:
+                    ref = await self.layers[name].post(data)
+                except DAError as exc:
+                    if is_caller_error(exc):
+                        self.rejected += 1
+                        raise
+                    self.machine.observe(name, False, self.clock(), str(exc), write=True)
+                    errors.append(f"{name}: {exc}")
+                    self.fallthroughs += 1
+                    log.warning("write to %s DA failed, trying the next layer: %s", name, exc)
+                    continue
+                finally:
+                    self._in_flight[name].discard(scope)
+            if scope.cancelled_caught:  # the layer failed meanwhile (not this write's verdict: not observed)
+                errors.append(f"{name}: abandoned, the layer became unhealthy during the write")
+                self.abandoned += 1
                 self.fallthroughs += 1
-                log.warning("write to %s DA failed, trying the next layer: %s", name, exc)
+                log.warning("write to %s DA abandoned (the layer became unhealthy), trying the next layer", name)
                 continue
-            self.machine.observe(name, True, self.clock(), write=True)
+            self.machine.observe(name, True, self.clock(), write=True, since=since)
             if name != PRIMARY:
                 layer = getattr(self.layers[name], "inner", self.layers[name])
                 cert = layer.certificate(ref) if callable(getattr(layer, "certificate", None)) else None

@@ -1,19 +1,34 @@
 """Everything DA for one coordinator: the configured layers (metered), the status machine, the router,
 the durable record of fallback blobs, the reconciler and the health monitor task.
 
-``logs()`` lists what consumers follow: the primary, each quorum validator's log, the emergency log.
+``followed`` lists what consumers follow: the primary, each quorum validator's log, the emergency log.
+
+Health checks: every ``health_interval_s`` each layer is probed (``MeteredLayer.probe``: one attempt within
+``health_timeout_s``, so a layer slower than that fails its check), on a fixed cadence that a slow probe does
+not stretch (at most MAX_PROBES_IN_FLIGHT per layer at once). A status change abandons the writes in flight on
+a layer that became unhealthy (the router), and is logged.
+
+With ``members`` and ``adopt_grace_s``, the pages consumers read are tapped: event blobs read from the primary
+log are remembered, and blobs signed by a cluster member read from a fallback log that are neither ours nor
+seen on the primary are recorded as foreign blobs, which reconciliation re-posts to the primary after the
+grace period (node.da.reconcile) — so another member's fallback blobs reach the primary even if that member
+is gone. ``read_problems()`` tells which followed logs cannot be read, and why (for /ready).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping
+import sqlite3
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import nacl.exceptions
+import nacl.signing
 import trio
 
-from node.da.base import DAError, DALayer
+from node.blob import HEADER, MAGIC, VERSION
+from node.da.base import DAError, DALayer, Page
 from node.da.metered import MeteredLayer
 from node.da.pending import PendingStore
 from node.da.reconcile import AlreadyRunning, Reconciler
@@ -23,15 +38,36 @@ from node.hlc import wall_ms
 
 log = logging.getLogger("dsdn.da")
 
+#: Default deadline of a health check (DA_HEALTH_TIMEOUT_MS).
+HEALTH_TIMEOUT_S = 1.5
+#: Health checks of one layer in flight at once (a slow layer is probed again before the previous one ends).
+MAX_PROBES_IN_FLIGHT = 2
+
+
+def member_signed(data: bytes, members: frozenset[bytes]) -> bool:
+    """An event blob (node.blob's envelope) with a valid signature of one of ``members``."""
+    if len(data) < HEADER or not data.startswith(MAGIC) or data[len(MAGIC)] != VERSION:
+        return False
+    key = data[len(MAGIC) + 1 : len(MAGIC) + 33]
+    if key not in members:
+        return False
+    try:
+        nacl.signing.VerifyKey(key).verify(data[: len(MAGIC) + 33] + data[HEADER:], data[len(MAGIC) + 33 : HEADER])
+    except nacl.exceptions.BadSignatureError:
+        return False
+    return True
+
 
 class DAStack:
     def __init__(self, layers: Mapping[str, DALayer], data_dir: Path, *, timeout_s: float,
                  da_retry_count: int = 0, da_retry_delay_s: float = 0.0,
                  failure_threshold: int = 3, recovery_threshold: int = 2, health_interval_s: float = 5.0,
                  batch_size: int = 10, retry_delay_s: float = 1.0, max_retries: int = 3, parallel: bool = False,
-                 followed: Mapping[str, DALayer] | None = None) -> None:
+                 followed: Mapping[str, DALayer] | None = None, health_timeout_s: float = HEALTH_TIMEOUT_S,
+                 members: Callable[[], frozenset[bytes]] | None = None, adopt_grace_s: float | None = None) -> None:
         """``layers``: primary (required), secondary, emergency. ``followed``: extra logs for consumers
-        (e.g. each quorum validator); by default every layer is followed."""
+        (e.g. each quorum validator); by default every layer is followed. ``members`` (the cluster members' keys)
+        and ``adopt_grace_s``: reconcile other members' fallback blobs too (off without either)."""
         # Layers that retry internally (Celestia) need room for every attempt and the backoff between them.
         backoff_s = sum(min(30.0, da_retry_delay_s * 2**k) * 1.25 for k in range(da_retry_count))
         budget_s = timeout_s * (da_retry_count + 1) + backoff_s
@@ -39,14 +75,25 @@ class DAStack:
         self.machine = DAStatusMachine(tuple(self.layers), failure_threshold, recovery_threshold)
         self.pending = PendingStore(data_dir / "fallback.sqlite")
         self.router = DARouter(self.layers, self.machine, self.pending, wall_ms)
-        self.reconciler = Reconciler(self.layers, self.pending, self.machine, wall_ms, batch_size, retry_delay_s,
-                                     max_retries, parallel)
-        self.health_interval_s = health_interval_s
         if followed is None:
-            self.followed: dict[str, DALayer] = dict(self.layers)
+            self.followed: dict[str, MeteredLayer] = dict(self.layers)
         else:
             self.followed = {name: MeteredLayer(layer, budget_s) for name, layer in followed.items()}
+        self.members = members
+        adopting = members is not None and adopt_grace_s is not None and PRIMARY in self.followed
+        self.primary_head_read_ms: int | None = None  # start of the latest read that reached the primary's head
+        self.reconciler = Reconciler(self.layers, self.pending, self.machine, wall_ms, batch_size, retry_delay_s,
+                                     max_retries, parallel, adopt_grace_s=adopt_grace_s if adopting else None,
+                                     primary_read_ms=lambda: self.primary_head_read_ms)
+        for name, log_ in self.followed.items():
+            log_.marker = self.machine.mark
+            if adopting:
+                log_.on_page = self._primary_page if name == PRIMARY else self._fallback_page
+        self.health_interval_s = health_interval_s
+        self.health_timeout_s = health_timeout_s
+        self._probing: dict[str, int] = dict.fromkeys(self.layers, 0)
         self._last_status = self.machine.status
+        self.machine.on_change = self._on_change
         self._nursery: trio.Nursery | None = None
         self._pass_running = False
 
@@ -57,10 +104,50 @@ class DAStack:
     def snapshot(self) -> StatusSnapshot:
         return self.machine.snapshot()
 
-    def observe(self, layer: str, ok: bool, error: str | None = None, *, write: bool = False) -> None:
-        """The outcome of an operation on ``layer``: a read (a consumer's poll) unless ``write``."""
-        self.machine.observe(layer, ok, wall_ms(), error, write=write)
+    def observe(self, layer: str, ok: bool, error: str | None = None, *, write: bool = False,
+                since: int | None = None) -> None:
+        """The outcome of an operation on ``layer``: a read (a consumer's poll) unless ``write``. ``since``: the
+        machine's mark when it started; for a read of a followed log, by default the mark its latest
+        ``read_after`` took (a success of a read that began before a later failure is stale)."""
+        if since is None and not write and layer in self.followed:
+            since = self.followed[layer].read_mark
+        self.machine.observe(layer, ok, wall_ms(), error, write=write, since=since)
         self._log_transition()
+
+    def _on_change(self) -> None:
+        self._log_transition()
+        self.router.abandon_unhealthy()
+
+    def read_problems(self) -> dict[str, str]:
+        """The followed logs whose latest read failed, with the error (the cursor stays where it was)."""
+        return {name: log_.last_read_error for name, log_ in self.followed.items() if log_.last_read_error}
+
+    # ---- taps on the consumers' reads (other members' fallback blobs) ---------------------------------
+
+    async def _primary_page(self, page: Page, started_ms: int) -> None:
+        blobs = [(ref, data) for ref, data in page.items if data.startswith(MAGIC)]
+        now = wall_ms()
+        for _, data in blobs:  # a writer still active on the primary reconciles its own fallback blobs
+            self.reconciler.signer_active[data[len(MAGIC) + 1 : len(MAGIC) + 33]] = now
+        try:
+            if blobs:
+                await self.pending.note_primary(blobs)
+        except sqlite3.Error as exc:  # never the consumer's problem; the blob is simply not remembered
+            log.warning("cannot record blobs read from the primary: %s", exc)
+            return
+        if page.at_head:
+            self.primary_head_read_ms = started_ms
+
+    async def _fallback_page(self, page: Page, started_ms: int) -> None:
+        members = self.members() if self.members is not None else frozenset()
+        blobs = [(ref, data) for ref, data in page.items if member_signed(data, members)]
+        try:
+            added = await self.pending.note_fallback(blobs) if blobs else 0
+            if added:
+                log.info("%d blobs of other members found on %s and not (yet) on the primary", added,
+                         blobs[0][0].layer)
+        except sqlite3.Error as exc:
+            log.warning("cannot record blobs read from a fallback log: %s", exc)
 
     def _log_transition(self) -> None:
         if self.machine.status is not self._last_status:
@@ -75,23 +162,30 @@ class DAStack:
         status = self.machine.status
         if status is Status.RECOVERING:
             return True
-        return status in (Status.HEALTHY, Status.WARNING) and self.reconciler.waiting > 0
+        return status in (Status.HEALTHY, Status.WARNING) and (
+            self.reconciler.waiting > 0 or self.reconciler.adoption_due())
 
     async def check_once(self) -> None:
-        """Health-check every layer concurrently; then, when the primary takes writes and blobs are waiting
-        on fallbacks (or while Recovering), start a reconciliation pass in the monitor's nursery (it runs
+        """Health-check every layer concurrently (each within ``health_timeout_s``; a layer that already has
+        MAX_PROBES_IN_FLIGHT checks running is skipped); then, when the primary takes writes and blobs are
+        waiting on fallbacks (or while Recovering), start a reconciliation pass in the monitor's nursery (it runs
         alongside the next health checks; inline when no monitor runs)."""
         async def check(name: str, layer: MeteredLayer) -> None:
+            since = self.machine.mark()
             try:
-                await layer.head()
+                await layer.probe(self.health_timeout_s)
             except DAError as exc:
                 self.observe(name, False, str(exc))
             else:
-                self.observe(name, True)
+                self.observe(name, True, since=since)
+            finally:
+                self._probing[name] -= 1
 
         async with trio.open_nursery() as nursery:
             for name, layer in self.layers.items():
-                nursery.start_soon(check, name, layer)
+                if self._probing[name] < MAX_PROBES_IN_FLIGHT:
+                    self._probing[name] += 1
+                    nursery.start_soon(check, name, layer)
         if self._should_reconcile() and not self._pass_running:
             self._pass_running = True
             if self._nursery is not None:
@@ -114,9 +208,11 @@ class DAStack:
             self._nursery = nursery
             try:
                 task_status.started()
-                while True:
-                    await self.check_once()
-                    await trio.sleep(self.health_interval_s)
+                next_at = trio.current_time()
+                while True:  # a fixed cadence: a slow check does not delay the next one
+                    nursery.start_soon(self.check_once)
+                    next_at = max(next_at + self.health_interval_s, trio.current_time())
+                    await trio.sleep_until(next_at)
             finally:
                 self._nursery = None
 

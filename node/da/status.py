@@ -22,10 +22,22 @@ from reads alone (``recovery_threshold`` successes in a row): Recovering then st
 and reconciliation's writes are the probe (if they fail, the status goes back to the fallback). A
 fallback layer is unhealthy after any failure and healthy again after any success (it has no other
 write probe; a write that fails on it falls through to the next layer at once).
+
+Outcomes arrive out of order: a write or read that started before an outage may succeed after the first
+failures of that outage were observed. Such a success says nothing about the present, so a caller that
+takes ``mark()`` when an operation starts and passes it as ``since`` has a success ignored (counted in
+``stale_successes``) when the layer failed after the mark: one failure sequence gives one transition
+(Healthy → Warning → fallback), not Healthy → Warning → Healthy → Warning as late answers arrive. A success
+without ``since`` counts as fresh. ``on_change`` (if set) is called after every observation that changed the
+status or a layer's health (the stack logs it and abandons writes in flight on a layer that failed).
+
+``primary_ok_since`` is when the primary's current run of successes began (None after a failure): how long the
+primary has worked again, e.g. before adopting other members' fallback blobs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -64,6 +76,8 @@ class _Layer:
     read_failures: int = 0  # failed reads/health checks in a row; any success resets them
     successes: int = 0  # successes (of any kind) in a row
     last_error: str | None = None
+    last_failure_seq: int = 0  # the machine's observation number of this layer's latest failure
+    ok_since_ms: int | None = None  # when the current run of successes began (None: the latest outcome failed)
 
     @property
     def failures(self) -> int:
@@ -79,19 +93,35 @@ class DAStatusMachine:
     fallback_reason: str | None = None
     last_fallback_at: int | None = None
     transitions: int = 0
+    stale_successes: int = 0  # successes ignored: their operation started before a later failure of the layer
+    on_change: Callable[[], None] | None = None
     _state: dict[str, _Layer] = field(default_factory=dict)
+    _seq: int = 0  # observations so far (failures are stamped with it)
 
     def __post_init__(self) -> None:
         self._state = {name: _Layer() for name in self.layers}
 
+    def mark(self) -> int:
+        """Take when an operation starts; pass as ``observe(..., since=mark)`` with its outcome."""
+        return self._seq
+
     # ---- inputs ----------------------------------------------------------------------------------
 
-    def observe(self, layer: str, ok: bool, now_ms: int, error: str | None = None, write: bool = False) -> Status:
-        """A health check, a read, or (``write=True``) a write on ``layer`` succeeded or failed."""
+    def observe(self, layer: str, ok: bool, now_ms: int, error: str | None = None, write: bool = False,
+                since: int | None = None) -> Status:
+        """A health check, a read, or (``write=True``) a write on ``layer`` succeeded or failed. ``since``: the
+        ``mark()`` taken when the operation started; a success is ignored if the layer failed after it."""
         st = self._state.get(layer)
         if st is None:
             return self.status
+        if ok and since is not None and st.last_failure_seq > since:
+            self.stale_successes += 1
+            return self.status
+        before = (self.status, st.healthy)
+        self._seq += 1
         if ok:
+            if st.successes == 0:
+                st.ok_since_ms = now_ms
             st.successes += 1
             st.read_failures = 0
             if write or layer != PRIMARY:
@@ -101,7 +131,8 @@ class DAStatusMachine:
             if layer != PRIMARY or st.failures < self.failure_threshold:
                 st.healthy = True
         else:
-            st.successes, st.last_error = 0, error
+            st.successes, st.last_error, st.ok_since_ms = 0, error, None
+            st.last_failure_seq = self._seq
             if write:
                 st.write_failures += 1
             else:
@@ -109,13 +140,22 @@ class DAStatusMachine:
             if layer != PRIMARY or st.failures >= self.failure_threshold:
                 st.healthy = False
         self._step(now_ms)
+        if self.on_change is not None and (self.status, st.healthy) != before:
+            self.on_change()
         return self.status
 
     def reconciled(self, pending: int, now_ms: int) -> Status:
         """Reconciliation finished a pass with ``pending`` blobs still waiting for the primary."""
         if self.status is Status.RECOVERING and pending == 0:
             self._go(Status.HEALTHY, None, now_ms)
+            if self.on_change is not None:
+                self.on_change()
         return self.status
+
+    @property
+    def primary_ok_since(self) -> int | None:
+        """Wall ms when the primary's current run of successes began; None if its latest outcome failed."""
+        return self._state[PRIMARY].ok_since_ms
 
     # ---- transitions -----------------------------------------------------------------------------
 
@@ -190,6 +230,10 @@ class DAStatusMachine:
             primary_failures=self._state[PRIMARY].failures,
             transitions=self.transitions,
         )
+
+    def is_healthy(self, layer: str) -> bool:
+        st = self._state.get(layer)
+        return st.healthy if st else False
 
     def last_error(self, layer: str) -> str | None:
         st = self._state.get(layer)
