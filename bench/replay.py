@@ -33,7 +33,6 @@ from bench._common import peak_rss_mb, rss_mb, say, title, verdict
 from node import events as ev
 from node import snapshot
 from node.blob import HEADER, MAGIC, encode_blob
-from node.config import Config
 from node.consumer import Consumer
 from node.da.mock import MockDA
 from node.process import tune_gc
@@ -160,7 +159,7 @@ def main() -> int:
         tune_gc()  # the same collector settings as a dsdn-coordinator process
         rss0, peak0 = rss_mb(), peak_rss_mb()
         state = State()
-        consumer = Consumer(da, state.apply, members, Config().blob_max_bytes)
+        consumer = Consumer(da, state.apply, members)
         t0 = time.perf_counter()
         trio.run(replay, consumer)
         ours_s = time.perf_counter() - t0

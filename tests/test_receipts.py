@@ -1,0 +1,293 @@
+"""The pure receipt cores: receipt bytes (golden, hand-assembled), ids, slots, JSON validation, RFC 9162
+Merkle trees (the RFC 6962 reference roots and every proof of trees of 1…65 leaves), the lock rules and
+batch choice, the ROAST tracker (bad share excluded, withheld shares, t reached late), documents."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import struct
+
+import nacl.signing
+import pytest
+
+from consensus import frost, merkle
+from consensus import receipts as rc
+from consensus.roast import RoastTracker
+from consensus.slots import Verdict, choose_batch, decide, slot_key
+
+NODE = nacl.signing.SigningKey(bytes(range(32)))
+FIELDS = dict(receipt_type="storage", node_id="n1", subject="obj", epoch=5, usage_proof_hash="11" * 32,
+              execution_commitment=None, reward_base=1000, submitter_address="22" * 20, timestamp=1_700_000_000)
+
+
+def test_receipt_bytes_golden() -> None:
+    r = rc.sign_as_node(NODE, **FIELDS)
+    key = bytes(NODE.verify_key)
+    expected = (b"\x9b" + b"\x01"  # fixarray of 11, version 1
+                + b"\xa7storage" + b"\xa2n1" + b"\xc4\x20" + key + b"\xa3obj" + b"\x05"
+                + b"\xc4\x20" + b"\x11" * 32 + b"\xc0"  # usage proof, no execution commitment
+                + b"\xcd\x03\xe8"  # 1000 as uint16
+                + b"\xc4\x14" + b"\x22" * 20 + b"\xce" + struct.pack(">I", 1_700_000_000))
+    assert r.to_bytes() == expected
+    assert r.id == hashlib.sha256(expected).digest()
+    nacl.signing.VerifyKey(key).verify(b"dsdn/usage/v1" + expected, r.node_signature)
+    assert r.slot == ("storage", "n1", "obj", 5)
+    assert rc.decode(expected, r.node_signature) == r
+    assert rc.Receipt.from_wire(r.to_wire()) == r
+
+
+def test_compute_receipt_carries_six_hashes_and_its_workload_is_the_subject() -> None:
+    commitment = [f"{i:02x}" * 32 for i in range(6)]
+    fields = {**FIELDS, "receipt_type": "compute", "subject": commitment[0], "execution_commitment": commitment}
+    r = rc.sign_as_node(NODE, **fields)
+    assert r.execution_commitment == tuple(bytes.fromhex(c) for c in commitment)
+    assert b"\x96" + b"".join(b"\xc4\x20" + bytes.fromhex(c) for c in commitment) in r.to_bytes()
+    with pytest.raises(rc.ReceiptError, match="execution_commitment"):
+        rc.sign_as_node(NODE, **{**fields, "subject": "ff" * 32})
+    with pytest.raises(rc.ReceiptError, match="execution_commitment"):
+        rc.sign_as_node(NODE, **{**fields, "execution_commitment": None})
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("receipt_type", "bandwidth"), ("node_id", ""), ("epoch", 0), ("epoch", True), ("usage_proof_hash", "zz"),
+    ("reward_base", 0), ("reward_base", 10**12 + 1), ("submitter_address", "00" * 19), ("timestamp", -1),
+    ("subject", ""), ("execution_commitment", ["00" * 32] * 6),
+])
+def test_malformed_fields_are_named(field: str, value: object) -> None:
+    with pytest.raises(rc.ReceiptError) as err:
+        rc.sign_as_node(NODE, **{**FIELDS, field: value})
+    assert err.value.field == field
+
+
+def test_non_canonical_or_oversized_bytes_are_refused() -> None:
+    r = rc.sign_as_node(NODE, **FIELDS)
+    raw = r.to_bytes()
+    longer = raw.replace(b"\x05", b"\xcc\x05", 1)  # epoch 5 as uint8 instead of fixint: same value, not canonical
+    with pytest.raises(rc.ReceiptError):
+        rc.decode(longer)
+    with pytest.raises(rc.ReceiptError):
+        rc.Receipt.from_wire(b"\x00" * 2000)
+
+
+# ---- Merkle (RFC 9162 §2.1) -------------------------------------------------------------------------
+
+CT_LEAVES = [bytes.fromhex(h) for h in ["", "00", "10", "2021", "3031", "40414243", "5051525354555657",
+                                         "606162636465666768696a6b6c6d6e6f"]]
+CT_ROOTS = [  # RFC 6962 reference tree heads (certificate-transparency test data) for sizes 1..8
+    "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+    "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
+    "aeb6bcfe274b70a14fb067a5e5578264db0fa9b51af5e0ba159158f329e06e77",
+    "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+    "4e3bbb1f7b478dcfe71fb631631519a3bca12c9aefca1612bfce4c13a86264d4",
+    "76e67dadbcdf1e10e1b74ddc608abd2f98dfb16fbce75277b5232a127f2087ef",
+    "ddb89be403809e325750d3d263cd78929c2942b7942a34b77e122c9594a74c8c",
+    "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328",
+]
+
+
+def test_merkle_roots_match_the_rfc6962_reference() -> None:
+    for n in range(1, 9):
+        assert merkle.root(CT_LEAVES[:n]).hex() == CT_ROOTS[n - 1]
+    assert [p.hex() for p in merkle.inclusion_path(0, CT_LEAVES)] == [
+        "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+        "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+        "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4"]
+
+
+def test_every_proof_of_trees_of_1_to_65_leaves_verifies_and_nothing_else_does() -> None:
+    for n in range(1, 66):
+        leaves = [hashlib.sha256(b"%d/%d" % (n, i)).digest()[: 1 + i % 40] for i in range(n)]
+        root, paths = merkle.all_paths(leaves)
+        assert root == merkle.root(leaves)
+        for i, leaf in enumerate(leaves):
+            path = paths[i]
+            assert path == merkle.inclusion_path(i, leaves)
+            assert merkle.verify_inclusion(leaf, i, n, path, root)
+            assert not merkle.verify_inclusion(leaf + b"x", i, n, path, root)
+            if n > 1:
+                assert not merkle.verify_inclusion(leaf, (i + 1) % n, n, path, root)
+                # (the tree size itself is bound by the batch signature, not by the path: RFC 9162 §2.1.3.2
+                # accepts some paths for a neighbouring size, so a verifier must check the signed size)
+                assert not merkle.verify_inclusion(leaf, i, n, [*path[:-1], bytes(32)], root)
+            assert not merkle.verify_inclusion(leaf, i, n, [*path, bytes(32)], root)
+        assert not merkle.verify_inclusion(leaves[0], n, n, paths[0], root)
+
+
+# ---- lock rules --------------------------------------------------------------------------------------
+
+
+def receipt(reward: int = 1000, **over: object) -> rc.Receipt:
+    return rc.sign_as_node(NODE, **{**FIELDS, "reward_base": reward, **over})
+
+
+def ok(_: rc.Receipt) -> tuple[Verdict, str]:
+    return Verdict.OK, ""
+
+
+def test_lock_rules_absent_same_and_conflict() -> None:
+    a, b, c = receipt(1), receipt(2), receipt(3, epoch=6)
+    decisions, new = decide([a, c], {}, ok)
+    assert [d.verdict for d in decisions] == [Verdict.OK, Verdict.OK]
+    assert {k: r.id for k, r in new.items()} == {slot_key(a.slot): a.id, slot_key(c.slot): c.id}
+    held = {k: r.id for k, r in new.items()}
+    decisions, new = decide([a, b], held, ok)
+    assert decisions[0].verdict is Verdict.OK and not new  # the same receipt again: fine, nothing new
+    assert decisions[1].verdict is Verdict.CONFLICT and decisions[1].conflicting_id == a.id
+    decisions, new = decide([b, a], {}, ok)  # two receipts of one slot in one batch: the first wins
+    assert [d.verdict for d in decisions] == [Verdict.OK, Verdict.CONFLICT] and list(new.values()) == [b]
+
+
+def test_invalid_and_not_yet_valid_receipts_take_no_lock() -> None:
+    a = receipt()
+    for verdict in (Verdict.INVALID, Verdict.NOT_YET):
+        decisions, new = decide([a], {}, lambda _, v=verdict: (v, "because"))
+        assert decisions[0].verdict is verdict and decisions[0].reason == "because" and not new
+
+
+def test_batch_choice_drops_receipts_without_t_lockers_then_the_weakest() -> None:
+    r = [bytes([i]) * 32 for i in range(4)]
+    accepted = {1: set(r), 2: set(r), 3: {r[0], r[1], r[2]}, 4: {r[0]}}
+    chosen, signers = choose_batch(r, accepted, 3)
+    assert chosen == [r[0], r[1], r[2]] and signers == {1, 2, 3}  # r3 has two lockers only
+    accepted = {1: {r[0], r[1]}, 2: {r[0], r[2]}, 3: {r[0], r[1], r[2]}, 4: {r[1], r[2]}}
+    chosen, signers = choose_batch(r[:3], accepted, 3)
+    assert len(signers) >= 3 and all(all(x in accepted[s] for x in chosen) for s in signers)
+    assert r[0] in chosen or r[1] in chosen or r[2] in chosen
+    assert choose_batch(r, {1: set(r), 2: set(r)}, 3) == ([], set())
+
+
+# ---- ROAST ---------------------------------------------------------------------------------------------
+
+MESSAGE = b"batch message"
+
+
+@pytest.fixture(scope="module")
+def keys() -> dict[int, frost.KeyShare]:
+    return frost.trusted_dealer_key_shares(5, 3)
+
+
+def tracker(keys: dict[int, frost.KeyShare], eager: bool = True) -> RoastTracker:
+    k = keys[1]
+    return RoastTracker(3, set(keys), MESSAGE, k.group_public_key, k.verifying_shares, eager=eager)
+
+
+class Signer:
+    def __init__(self, key: frost.KeyShare) -> None:
+        self.key, self.nonces = key, {}
+
+    def commit(self) -> tuple[bytes, bytes]:
+        nonces, commitment = frost.commit(self.key.secret_share)
+        self.nonces[commitment] = nonces
+        return commitment
+
+    def share(self, commitments: dict[int, tuple[bytes, bytes]]) -> bytes:
+        nonces = self.nonces.pop(commitments[self.key.identifier])
+        return frost.sign(self.key.identifier, self.key.secret_share, self.key.group_public_key, nonces, MESSAGE,
+                          commitments)
+
+
+def test_roast_signs_with_the_first_t_ready_signers(keys: dict[int, frost.KeyShare]) -> None:
+    tr, signers = tracker(keys), {i: Signer(k) for i, k in keys.items()}
+    started = [s for i in (1, 2, 3) for s in tr.add_commitment(i, signers[i].commit()).start]
+    assert len(started) == 1 and set(started[0].commitments) == {1, 2, 3}
+    for i in (1, 2, 3):
+        out = tr.receive(i, 0, signers[i].share(started[0].commitments), signers[i].commit())
+    assert tr.done and out.signature == tr.signature and out.signers == (1, 2, 3)
+    nacl.signing.VerifyKey(keys[1].group_public_key).verify(MESSAGE, tr.signature)
+
+
+def test_roast_excludes_a_bad_share_and_completes_with_others(keys: dict[int, frost.KeyShare]) -> None:
+    tr, signers = tracker(keys), {i: Signer(k) for i, k in keys.items()}
+    sessions = [s for i in (1, 2, 3, 4, 5) for s in tr.add_commitment(i, signers[i].commit()).start]
+    first = sessions[0]
+    assert set(first.commitments) == {1, 2, 3}
+    bad = bytes(31) + b"\x07"
+    blamed: set[int] = set()
+    pending = [(i, first) for i in (1, 2, 3)]
+    while not tr.done:
+        i, session = pending.pop(0)
+        share = bad if i == 2 else signers[i].share(session.commitments)
+        out = tr.receive(i, session.id, share, signers[i].commit())
+        blamed |= out.blamed
+        pending += [(j, s) for s in out.start for j in s.commitments]
+    assert blamed == {2} and 2 not in tr.signers and 2 in tr.malicious
+    nacl.signing.VerifyKey(keys[1].group_public_key).verify(MESSAGE, tr.signature)  # type: ignore[arg-type]
+
+
+def test_roast_withheld_shares_and_t_reached_late(keys: dict[int, frost.KeyShare]) -> None:
+    tr, signers = tracker(keys, eager=False), {i: Signer(k) for i, k in keys.items()}
+    assert not tr.add_commitment(1, signers[1].commit()).start
+    assert not tr.add_commitment(2, signers[2].commit()).start  # t not reached yet
+    first = tr.add_commitment(3, signers[3].commit()).start[0]
+    assert set(first.commitments) == {1, 2, 3}
+    # 3 withholds its share; 1 and 2 answer with fresh commitments; 4 comes late
+    tr.receive(1, 0, signers[1].share(first.commitments), signers[1].commit())
+    tr.receive(2, 0, signers[2].share(first.commitments), signers[2].commit())
+    assert not tr.add_commitment(4, signers[4].commit()).start  # patient: session 0 is still live
+    second = tr.kick().start  # the driver's patience ran out
+    assert len(second) == 1 and set(second[0].commitments) == {1, 2, 4}
+    for i in (1, 2, 4):
+        tr.receive(i, 1, signers[i].share(second[0].commitments), signers[i].commit())
+    assert tr.done and tr.signers == (1, 2, 4)
+    # a commitment offered twice, or a share nobody asked for, makes a signer malicious
+    tr2 = tracker(keys)
+    c = signers[5].commit()
+    tr2.add_commitment(5, c)
+    assert tr2.add_commitment(5, c).blamed == {5}
+    tr3 = tracker(keys)
+    assert tr3.receive(1, 0, bytes(32), None).blamed == {1}
+
+
+def test_roast_forgets_a_timed_out_signer_without_blaming_it(keys: dict[int, frost.KeyShare]) -> None:
+    tr, signers = tracker(keys, eager=False), {i: Signer(k) for i, k in keys.items()}
+    first = next(s for i in (1, 2, 3) for s in tr.add_commitment(i, signers[i].commit()).start)
+    tr.add_commitment(4, signers[4].commit())
+    tr.receive(1, 0, signers[1].share(first.commitments), signers[1].commit())
+    tr.receive(2, 0, signers[2].share(first.commitments), signers[2].commit())
+    out = tr.forget(3)  # 3's request timed out: its session is dead, a new one starts at once
+    assert not out.blamed and len(out.start) == 1 and 3 not in out.start[0].commitments
+    late = tr.receive(3, 0, signers[3].share(first.commitments), signers[3].commit())
+    assert not late.blamed and 3 not in tr.malicious
+
+
+def test_at_most_n_minus_t_plus_one_sessions_with_silent_signers(keys: dict[int, frost.KeyShare]) -> None:
+    """Signers 4 and 5 never answer: ROAST needs no timeout to finish with 1, 2, 3."""
+    for order in itertools.permutations([1, 2, 3, 4, 5]):
+        tr, signers = tracker(keys), {i: Signer(k) for i, k in keys.items()}
+        queue = [(i, s) for i in order for s in tr.add_commitment(i, signers[i].commit()).start]
+        queue = [(j, s) for _, s in queue for j in s.commitments]
+        while queue and not tr.done:
+            i, s = queue.pop(0)
+            if i in (4, 5):
+                continue
+            out = tr.receive(i, s.id, signers[i].share(s.commitments), signers[i].commit())
+            queue += [(j, n) for n in out.start for j in n.commitments]
+        assert tr.done and set(tr.signers) == {1, 2, 3} and len(tr.sessions) <= 5 - 3 + 1
+
+
+def test_documents_verify_offline_and_tampering_is_caught(keys: dict[int, frost.KeyShare]) -> None:
+    receipts = [receipt(i + 1, epoch=7 + i) for i in range(5)]
+    raws = [r.to_bytes() for r in receipts]
+    root, paths = merkle.all_paths(raws)
+    group = keys[1].group_public_key
+    message = rc.batch_message(group, root, len(raws))
+    assert message == b"dsdn/receipt-batch/v1" + group + root + (5).to_bytes(8, "big")
+    signers = {i: Signer(keys[i]) for i in (1, 2, 3)}
+    commitments = {i: s.commit() for i, s in signers.items()}
+    shares = {i: frost.sign(i, keys[i].secret_share, group, s.nonces.pop(commitments[i]), message, commitments)
+              for i, s in signers.items()}
+    signature = frost.aggregate(commitments, message, group, shares)
+    doc = rc.document(receipts[3], root, 5, 3, paths[3], signature, group, ["c0", "c1", "c2"])
+    assert rc.verify_document(doc) == (True, "valid") and rc.verify_document(doc, group) == (True, "valid")
+    assert not rc.verify_document(doc, bytes(keys[1].verifying_shares[2]))[0]
+    for path, value in [(("receipt", "reward_base"), 999), (("batch", "index"), 2), (("receipt_id",), "00" * 32),
+                        (("signature",), "00" * 64), (("batch", "tree_size"), 6)]:
+        bad = {**doc, "receipt": dict(doc["receipt"]), "batch": dict(doc["batch"])}
+        target = bad
+        for p in path[:-1]:
+            target = target[p]
+        target[path[-1]] = value
+        valid, reason = rc.verify_document(bad)
+        assert not valid and reason
+    assert rc.verify_document("not a doc")[0] is False
