@@ -40,6 +40,7 @@ import nacl.signing
 import trio
 from trio_websocket import (
     ConnectionClosed,
+    Endpoint,
     HandshakeError,
     WebSocketConnection,
     WebSocketRequest,
@@ -139,13 +140,13 @@ class RateLimitedLog:
     """Warnings that a remote can cause at will: at most one line per ``every_s`` seconds and ``kind``;
     the next line that gets out says how many were suppressed since the last one."""
 
-    def __init__(self, logger: logging.Logger, every_s: float) -> None:
-        self.logger, self.every_s = logger, every_s
+    def __init__(self, logger: logging.Logger, every_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.logger, self.every_s, self.clock = logger, every_s, clock
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
     def warning(self, kind: str, msg: str, *args: object, exc_info: bool = False) -> None:
-        now = time.monotonic()
+        now = self.clock()
         last = self._last.get(kind)
         if last is not None and now - last < self.every_s:
             self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
@@ -153,8 +154,8 @@ class RateLimitedLog:
         self._last[kind] = now
         suppressed = self._suppressed.pop(kind, 0)
         if suppressed:
-            msg += " (%d more like this suppressed in the last %gs)"
-            args = (*args, suppressed, self.every_s)
+            msg += " (%d similar suppressed since the last one)"
+            args = (*args, suppressed)
         self.logger.warning(msg, *args, exc_info=exc_info)
 
 
@@ -361,7 +362,7 @@ class PeerManager:
             return session
         except (HandshakeRefused, ProtocolError) as exc:
             code, reason = (exc.code, exc.reason) if isinstance(exc, HandshakeRefused) else (CLOSE_PROTOCOL, str(exc))
-            self.warn.warning(kind, "peer link refused (%s side, remote %s): %s", side, ws.remote, reason)
+            self.warn.warning(kind, "peer link refused (%s side, remote %s): %s", side, _address(ws), reason)
             target = hs.peer.id if hs.peer is not None else expect
             if target in self.peers:
                 self.peers[target].last_error = reason
@@ -371,7 +372,7 @@ class PeerManager:
         except ConnectionClosed as exc:
             closed = exc.reason
             self.warn.warning(kind, "peer link closed during the handshake (%s side) by %s: %s %s", side,
-                              ws.remote, closed.code if closed else "", closed.reason if closed else "")
+                              _address(ws), closed.code if closed else "", closed.reason if closed else "")
             if expect is not None:
                 self.peers[expect].last_error = f"refused: {closed.reason if closed else 'closed'}"
             return None
@@ -499,6 +500,11 @@ def _allow_full_messages(ws: WebSocketConnection) -> None:
     if not hasattr(ws, "_max_message_size"):
         raise RuntimeError("trio-websocket no longer has WebSocketConnection._max_message_size")
     ws._max_message_size = WS_MAX_MESSAGE
+
+
+def _address(ws: WebSocketConnection) -> str:
+    remote = ws.remote
+    return f"{remote.address}:{remote.port}" if isinstance(remote, Endpoint) else str(remote)
 
 
 def _remote(stream: trio.SocketStream) -> str:

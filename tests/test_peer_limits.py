@@ -1,0 +1,185 @@
+"""Limits on what an unauthenticated remote can make a peer manager hold (issue 8 §3, items 2 and 4):
+connections handshaking at once, message size before authentication, time before the websocket upgrade,
+rejected upgrades really closed, and warnings about them rate limited."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+import trio.testing
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+from wsproto import ConnectionType, WSConnection
+
+from protocol.envelope import Message
+from protocol.manager import (
+    MAX_UNAUTHENTICATED,
+    PRE_AUTH_MAX_MESSAGE,
+    UPGRADE_TIMEOUT_S,
+    WS_MAX_MESSAGE,
+    Member,
+    PeerManager,
+    RateLimitedLog,
+    State,
+)
+from tests.test_peers import KEYS, members, registry, wait_for
+
+
+@asynccontextmanager
+async def manager(member: Member, all_members: list[Member], **kw: float) -> AsyncIterator[PeerManager]:
+    mgr = PeerManager(member.id, KEYS[member.id], "test", all_members, registry(), port=member.port,
+                      heartbeat_s=0.1, **kw)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(mgr.run)
+        yield mgr
+        nursery.cancel_scope.cancel()
+
+
+def upgrade(path: str) -> bytes:
+    return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+
+
+async def read_until_eof(stream: trio.SocketStream) -> bytes:
+    data = b""
+    while True:
+        try:
+            chunk = await stream.receive_some(65536)
+        except trio.BrokenResourceError:  # reset by the server: closed too
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def peer_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "dsdn.peers" and r.levelno >= logging.WARNING]
+
+
+def test_the_defaults() -> None:
+    assert MAX_UNAUTHENTICATED == 16 and UPGRADE_TIMEOUT_S == 5.0 and PRE_AUTH_MAX_MESSAGE == 4096
+    # manager.py relies on these trio-websocket (==0.12.2) internals: fail loudly if an upgrade drops one
+    ws = WebSocketConnection(trio.testing.memory_stream_pair()[0], WSConnection(ConnectionType.SERVER))
+    assert ws._max_message_size == 2**20
+    assert callable(ws._reader_task) and callable(ws._get_request)
+
+
+async def test_unauthenticated_connections_are_bounded() -> None:
+    ms = members(["a", "b"])
+    async with manager(ms[1], ms) as b:
+        idle = [await trio.open_tcp_stream("127.0.0.1", ms[1].port) for _ in range(MAX_UNAUTHENTICATED)]
+        await wait_for(lambda: b.unauthenticated == MAX_UNAUTHENTICATED, what="16 unauthenticated connections")
+        extra = await trio.open_tcp_stream("127.0.0.1", ms[1].port)
+        with trio.fail_after(1):  # the 17th is closed at once
+            assert await read_until_eof(extra) == b""
+        assert b.inbound["refused_busy"] == 1 and b.unauthenticated == MAX_UNAUTHENTICATED
+        with trio.move_on_after(0.3) as still_open:  # the first 16 are still being served
+            await idle[0].receive_some(1)
+        assert still_open.cancelled_caught
+        await idle.pop().aclose()
+        await wait_for(lambda: b.unauthenticated == MAX_UNAUTHENTICATED - 1, what="a slot to free up")
+        async with manager(ms[0], ms) as a:  # a member gets the free slot; once linked it holds none
+            await wait_for(lambda: a.peers["b"].state is State.UP, what="the link")
+            assert b.unauthenticated == MAX_UNAUTHENTICATED - 1
+        for stream in idle:
+            await stream.aclose()
+        await wait_for(lambda: b.unauthenticated == 0, what="every slot to free up")
+        await extra.aclose()
+
+
+async def test_messages_before_authentication_are_small_and_full_size_after() -> None:
+    ms = members(["a", "b"])
+    async with manager(ms[1], ms) as b:
+        async with open_websocket_url(f"ws://127.0.0.1:{ms[1].port}/peer/v1") as ws:
+            with pytest.raises(ConnectionClosed) as err, trio.fail_after(5):
+                await ws.send_message(b"\x00" * (PRE_AUTH_MAX_MESSAGE + 1))  # not read whole: closed at 4 KiB
+                await ws.get_message()
+            assert err.value.reason is not None and err.value.reason.code == 1009  # MESSAGE_TOO_BIG
+        await wait_for(lambda: b.unauthenticated == 0, what="the connection to be released")
+    # once both sides are verified, frames up to WS_MAX_MESSAGE flow; messages queued before the link
+    # comes up go out right after the handshake and must not hit the small limit on either side
+    big = {"data": os.urandom(512 * 1024)}
+    a_mgr = PeerManager("a", KEYS["a"], "test", ms, registry(), port=ms[0].port, heartbeat_s=0.1)
+    b_mgr = PeerManager("b", KEYS["b"], "test", ms, registry(), port=ms[1].port, heartbeat_s=0.1)
+    inbox_a, inbox_b = a_mgr.subscribe("echo"), b_mgr.subscribe("echo")
+    assert a_mgr.send("b", "echo", big) and b_mgr.send("a", "echo", big)
+    assert len(registry().encode(Message("echo", big))) < WS_MAX_MESSAGE
+    async with trio.open_nursery() as nursery:
+        await nursery.start(b_mgr.run)
+        await nursery.start(a_mgr.run)
+        with trio.fail_after(10):
+            assert (await inbox_a.receive())[1].body == big
+            assert (await inbox_b.receive())[1].body == big
+        assert a_mgr.peers["b"].links == 1 and b_mgr.peers["a"].links == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_bad_paths_and_idle_connections_are_closed_and_warnings_rate_limited(
+        caplog: pytest.LogCaptureFixture) -> None:
+    ms = members(["a", "b"])
+    async with manager(ms[1], ms, upgrade_timeout_s=0.5) as b:
+        caplog.clear()
+
+        async def bad_path(i: int) -> None:
+            stream = await trio.open_tcp_stream("127.0.0.1", ms[1].port)
+            await stream.send_all(upgrade(f"/not-peer/{i}"))
+            with trio.fail_after(2):  # the server closes it: 404, then EOF
+                assert (await read_until_eof(stream)).startswith(b"HTTP/1.1 404")
+            await stream.aclose()
+
+        async def idle(data: bytes) -> None:
+            stream = await trio.open_tcp_stream("127.0.0.1", ms[1].port)
+            if data:
+                await stream.send_all(data)
+            started = trio.current_time()
+            with trio.fail_after(2):  # the server closes it after the upgrade timeout (0.5 s)
+                await read_until_eof(stream)
+            assert trio.current_time() - started >= 0.4
+            await stream.aclose()
+
+        async def slowloris() -> None:  # a byte every 0.1 s never finishes the upgrade request
+            stream = await trio.open_tcp_stream("127.0.0.1", ms[1].port)
+            started = trio.current_time()
+            with trio.fail_after(2):
+                for byte in upgrade("/peer/v1"):
+                    try:
+                        await stream.send_all(bytes([byte]))
+                    except trio.BrokenResourceError:
+                        break
+                    await trio.sleep(0.1)
+            assert trio.current_time() - started < 1.5
+            await stream.aclose()
+
+        for batch in range(20):  # 200 upgrades to another path, 10 at once (under the unauthenticated bound)
+            async with trio.open_nursery() as nursery:
+                for i in range(10):
+                    nursery.start_soon(bad_path, batch * 10 + i)
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):
+                nursery.start_soon(idle, b"")  # connects and says nothing
+            nursery.start_soon(idle, b"GET /peer/v1 HTTP/1.1\r\n")  # half a request
+            nursery.start_soon(slowloris)
+        assert b.inbound["bad_path"] == 200 and b.inbound["no_upgrade"] == 12
+        await wait_for(lambda: b.unauthenticated == 0, what="every connection to be released")
+        warnings = peer_warnings(caplog)
+        assert 2 <= len(warnings) <= 3, [r.getMessage() for r in warnings]  # one per kind, not one per connection
+        # and b still links with its real peer
+        async with manager(ms[0], ms) as a:
+            await wait_for(lambda: a.peers["b"].state is State.UP, what="the link")
+
+
+def test_rate_limited_log_reports_what_it_suppressed(caplog: pytest.LogCaptureFixture) -> None:
+    clock = [100.0]
+    limited = RateLimitedLog(logging.getLogger("dsdn.peers"), every_s=10.0, clock=lambda: clock[0])
+    for i in range(50):
+        limited.warning("path", "refused %d", i)
+        limited.warning("busy", "busy %d", i)
+        clock[0] += 0.1
+    clock[0] += 10
+    limited.warning("path", "refused %d", 50)
+    lines = [r.getMessage() for r in peer_warnings(caplog)]
+    assert lines == ["refused 0", "busy 0", "refused 50 (49 similar suppressed since the last one)"]
