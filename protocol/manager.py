@@ -385,7 +385,10 @@ class PeerManager:
         link.state, link.missed, link.last_seen = State.UP, 0, time.time()
         log.info("peer link up: %s (%s)", link.member.id, "dialed" if self.my_id < link.member.id else "accepted")
         for callback in self._on_up:
-            callback(link.member.id)
+            try:
+                callback(link.member.id)
+            except Exception:  # a layer's bug must not break the link or the manager
+                log.exception("link-up callback %r failed for %s", callback, link.member.id)
         malformed = 0
         try:
             with conn.scope:

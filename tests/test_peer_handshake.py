@@ -20,8 +20,8 @@ from protocol.handshake import (
     Handshake,
     HandshakeRefused,
 )
-from protocol.manager import State
-from tests.test_peers import KEYS, MEMBERS, members, running, wait_for
+from protocol.manager import PeerManager, State
+from tests.test_peers import KEYS, MEMBERS, members, registry, running, wait_for
 
 P = 2**255 - 19
 # X25519 public keys that give no shared secret: zero, one, the two points of order 8, and the
@@ -165,3 +165,22 @@ async def test_the_listener_reveals_nothing_before_the_dialer_has_proved_members
             assert isinstance(welcome, bytes) and msgpack.unpackb(welcome)["identity"] == MEMBERS["b"]
             assert hs.receive_welcome(welcome).peer.id == "b"
             await wait_for(lambda: b.peers["a"].state is State.UP, what="the link")
+
+
+async def test_a_failing_link_up_callback_is_logged_and_breaks_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    ms = members(["a", "b", "c"])
+    async with running(ms[1], ms) as b, running(ms[2], ms) as c:
+        mgr = PeerManager("a", KEYS["a"], "test", ms, registry(), port=ms[0].port, heartbeat_s=0.1)
+
+        def broken(peer_id: str) -> None:
+            raise RuntimeError(f"a layer's bug ({peer_id})")
+
+        mgr.on_link_up(broken)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(mgr.run)  # "a" dials b and c: both links come up and stay up
+            await wait_for(lambda: len(mgr.up_peers()) == 2 and len(b.up_peers()) == len(c.up_peers()) == 2,
+                           what="a full mesh")
+            await trio.sleep(0.3)
+            assert all(link.links == 1 for link in mgr.peers.values())
+            nursery.cancel_scope.cancel()
+    assert any("a layer's bug" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)

@@ -70,7 +70,7 @@ def test_the_defaults() -> None:
 
 async def test_unauthenticated_connections_are_bounded() -> None:
     ms = members(["a", "b"])
-    async with manager(ms[1], ms) as b:
+    async with manager(ms[1], ms, upgrade_timeout_s=60) as b:  # the idle ones stay for the whole test
         idle = [await trio.open_tcp_stream("127.0.0.1", ms[1].port) for _ in range(MAX_UNAUTHENTICATED)]
         await wait_for(lambda: b.unauthenticated == MAX_UNAUTHENTICATED, what="16 unauthenticated connections")
         extra = await trio.open_tcp_stream("127.0.0.1", ms[1].port)
