@@ -96,9 +96,9 @@ class LedgerView(Protocol):
         """Append the batch event durably (outbox → DA) and apply it; return its raw event bytes."""
         ...
 
-    def apply_batch_event(self, raw: bytes) -> list[bytes] | None:
-        """Verify a peer's batch event (raw event bytes: kind, group key, Merkle root, signature) and apply it
-        to the local state; the ids of its receipts, or None if it is not a valid batch."""
+    def apply_batch_event(self, raw: bytes, origin: str) -> list[bytes] | None:
+        """Verify a peer's batch event (raw event bytes: kind, its origin is the sending member, group key,
+        Merkle root, signature) and apply it to the local state; the ids of its receipts, or None."""
         ...
 
 
@@ -721,7 +721,7 @@ class ReceiptService:
 
     async def _on_finals(self, inbox: trio.MemoryReceiveChannel[tuple[str, Message]]) -> None:
         async for peer, msg in inbox:
-            ids = self.view.apply_batch_event(msg.body["event"])
+            ids = self.view.apply_batch_event(msg.body["event"], peer)
             if ids is None:
                 log.warning("ignored an invalid receipt batch from %s", peer)
                 continue

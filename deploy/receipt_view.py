@@ -11,11 +11,14 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import trio
+
 from consensus import merkle
 from consensus import receipts as rc
 from consensus.frost import verify
 from consensus.receipt_service import KeySource
 from node import events as ev
+from node.outbox import Overloaded
 from node.receipt_ledger import Batch, parse_batch
 from node.state import State
 
@@ -63,15 +66,22 @@ class StateLedgerView:
         return paths[index]
 
     async def publish_batch(self, fields: dict[str, Any]) -> bytes:
-        event = await self._submit(ev.RECEIPT_BATCH, **fields)
-        return event.raw
+        """A signed batch is never dropped: an outbox full of in-flight writes is waited out."""
+        delay = 0.01
+        while True:
+            try:
+                event = await self._submit(ev.RECEIPT_BATCH, **fields)
+                return event.raw
+            except Overloaded:
+                await trio.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
-    def apply_batch_event(self, raw: bytes) -> list[bytes] | None:
+    def apply_batch_event(self, raw: bytes, origin: str) -> list[bytes] | None:
         try:
             event = ev.decode_event(raw)
         except ev.EventDecodeError:
             return None
-        if event.kind != ev.RECEIPT_BATCH:
+        if event.kind != ev.RECEIPT_BATCH or event.origin != origin:  # a member speaks only for itself
             return None
         ids = verify_batch(event, self._keys)
         if ids is None:

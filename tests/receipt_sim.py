@@ -71,6 +71,7 @@ class SimCluster:
         self.nodes: dict[str, nacl.signing.SigningKey] = {}
         self.service_options: dict[str, Any] = {}
         self.nursery: trio.Nursery | None = None
+        self.t0 = 0.0
 
     # ---- ledger set-up: nodes with keys, objects with replicas, the same on every member ------------
 
@@ -116,11 +117,12 @@ class SimCluster:
         options = {"batch_wait_s": 0.002, "lock_timeout_s": 1.0, "sign_timeout_s": 1.0, "takeover_s": 3.0,
                    "batch_deadline_s": 5.0, **self.service_options}
         return ReceiptService(node, m.identity, self.member_keys, m.keys, view, m.locks,
-                              clock=lambda: NOW + trio.current_time(),
+                              clock=lambda: NOW + trio.current_time() - self.t0,
                               run_blocking=inline, **options)
 
     async def start(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery
+        self.t0 = trio.current_time()  # the members' wall clock reads NOW at the start, then follows trio's
         await nursery.start(self.net.run)
         nursery.start_soon(self._follow_da)
         for m in self.members.values():

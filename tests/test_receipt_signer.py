@@ -1,0 +1,124 @@
+"""A signer's guarantees, driven directly through its handlers: a share only for a batch locked here to
+exactly those receipts, every commitment used once and bound to the proposer it was offered to, none honoured
+after a restart, and no signing at all with a lost or corrupt lock table (never sign blind)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from consensus import frost, merkle
+from consensus import receipts as rc
+from consensus.lockstore import LockStore
+from consensus.receipt_service import ReceiptService, Unavailable
+from consensus.slots import Verdict
+from tests.receipt_sim import SimCluster
+
+
+def sign_request(batch: bytes, receipts: list[rc.Receipt], commitments: dict[int, tuple[bytes, bytes]]) -> dict:
+    ids = sorted(commitments)
+    return {"batch": batch, "ids": b"".join(r.id for r in receipts), "session": 0, "signers": bytes(ids),
+            "hiding": [commitments[i][0] for i in ids], "binding": [commitments[i][1] for i in ids]}
+
+
+async def lock_and_commit(signer: ReceiptService, proposer: str, batch: bytes, receipts: list[rc.Receipt]
+                          ) -> tuple[bytes, bytes]:
+    reply = await signer._on_lock(proposer, {"batch": batch, "receipts": [r.to_wire() for r in receipts]})
+    assert list(reply["verdicts"]) == [Verdict.OK] * len(receipts), reply["reasons"]
+    return reply["commitment"][0], reply["commitment"][1]
+
+
+def others(cluster: SimCluster, signer: ReceiptService, n: int = 2) -> dict[int, tuple[bytes, bytes]]:
+    """Commitments of n other members (their nonces are irrelevant here)."""
+    out = {}
+    for m in cluster.members.values():
+        key = m.keys.key
+        assert key is not None
+        if key.identifier != signer.keys.key.identifier and len(out) < n:  # type: ignore[union-attr]
+            out[key.identifier] = frost.commit(key.secret_share)[1]
+    return out
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> Any:
+    c = SimCluster(tmp_path, 4, seed=21)
+    c.seed_ledger()
+    async with trio.open_nursery() as nursery:
+        await c.start(nursery)
+        yield c
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_share_is_released_once_per_commitment_and_only_to_its_proposer(cluster: SimCluster) -> None:
+    signer = cluster.service("c2")
+    receipts = [cluster.receipt("n1", "obj1"), cluster.receipt("n2", "obj2")]
+    batch = b"B" * 16
+    mine = await lock_and_commit(signer, "c0", batch, receipts)
+    commitments = {signer.keys.key.identifier: mine, **others(cluster, signer)}  # type: ignore[union-attr]
+    request = sign_request(batch, receipts, commitments)
+    stolen = await signer._on_sign("c1", request)  # another member replaying c0's request
+    assert stolen["share"] == b"" and "commitment" in stolen["error"]
+    first = await signer._on_sign("c0", request)
+    assert len(first["share"]) == 32 and len(first["commitment"]) == 2
+    key = signer.keys.key
+    assert key is not None
+    message = rc.batch_message(key.group_public_key, merkle.root([r.to_bytes() for r in receipts]), 2)
+    assert frost.verify_signature_share(key.identifier, key.public_share, first["share"], commitments, message,
+                                        key.group_public_key)
+    again = await signer._on_sign("c0", request)  # the same commitment twice: never
+    assert again["share"] == b"" and "already used" in again["error"]
+
+
+async def test_no_share_for_a_receipt_not_locked_here_or_locked_to_another(cluster: SimCluster) -> None:
+    signer = cluster.service("c3")
+    a, b = cluster.receipt("n1", "obj1", reward=1), cluster.receipt("n1", "obj1", reward=2)  # one slot
+    mine = await lock_and_commit(signer, "c0", b"X" * 16, [a])
+    commitments = {signer.keys.key.identifier: mine, **others(cluster, signer)}  # type: ignore[union-attr]
+    refused = await signer._on_sign("c0", sign_request(b"X" * 16, [b], commitments))
+    assert refused["share"] == b"" and "not every receipt" in refused["error"]
+    reply = await signer._on_lock("c1", {"batch": b"Y" * 16, "receipts": [b.to_wire()]})
+    assert list(reply["verdicts"]) == [Verdict.CONFLICT] and reply["conflicts"] == [(0).to_bytes(4, "big") + a.id]
+    assert reply["commitment"] == []  # nothing to sign: no nonce handed out
+    assert signer.locks.conflict_for(b.id) == a.id  # the evidence is kept
+
+
+async def test_after_a_restart_no_earlier_commitment_is_honoured_and_locks_are_kept(cluster: SimCluster) -> None:
+    before = cluster.service("c1")
+    receipts = [cluster.receipt("n4", "obj4")]
+    mine = await lock_and_commit(before, "c0", b"R" * 16, receipts)
+    commitments = {before.keys.key.identifier: mine, **others(cluster, before)}  # type: ignore[union-attr]
+    cluster.crash("c1")
+    await cluster.restart("c1")
+    after = cluster.service("c1")
+    assert after is not before and after.locks.holds([receipts[0].id]) is not None  # the lock survived
+    reply = await after._on_sign("c0", sign_request(b"R" * 16, receipts, commitments))
+    assert reply["share"] == b"" and "commitment" in reply["error"]
+
+
+async def test_a_lost_lock_table_stops_signing(tmp_path: Path, cluster: SimCluster) -> None:
+    m = cluster.members["c2"]
+    cluster.crash("c2")
+    (tmp_path / "c2.locks.sqlite").unlink()
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"c2.locks.sqlite{suffix}").unlink(missing_ok=True)
+    await cluster.restart("c2")  # the harness opens it with expect_existing=True: this member holds a key share
+    service = cluster.service("c2")
+    assert m.locks is not None and m.locks.broken is not None and "missing" in m.locks.broken
+    with pytest.raises(Unavailable, match="missing"):
+        service.submit(cluster.receipt("n1", "obj1"))
+    reply = await service._on_lock("c0", {"batch": b"L" * 16, "receipts": [cluster.receipt("n1", "obj1").to_wire()]})
+    assert list(reply["verdicts"]) == [Verdict.NOT_YET] and reply["commitment"] == []
+    assert "missing" in reply["reasons"][0]
+
+
+def test_a_corrupt_lock_table_is_broken(tmp_path: Path) -> None:
+    path = tmp_path / "locks.sqlite"
+    path.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
+    store = LockStore(path)
+    assert store.broken is not None
+    fresh = LockStore(tmp_path / "new.sqlite")  # a first start: an empty table is fine
+    assert fresh.broken is None and fresh.count() == 0
