@@ -3,45 +3,62 @@ confirmation round, as a pure state machine.
 
 Owns one participant's view of one DKG session. No I/O and no clock (like h11): the caller feeds received
 messages to :meth:`DkgParticipant.receive` and sends whatever it returns (:class:`Outgoing`, to one
-participant or to all others); it decides timeouts itself, using :meth:`DkgParticipant.waiting_for`.
+participant or to all others); it decides timeouts itself (:meth:`DkgParticipant.waiting_for`,
+:meth:`DkgParticipant.abort`) and repairs losses by asking peers for what it lacks (:meth:`DkgParticipant.want`,
+answered by :meth:`DkgParticipant.answer`).
 
 Rounds:
-1. every participant broadcasts commitments to a random degree-(t-1) polynomial and a Schnorr proof of
-   knowledge of its constant term, bound to the session context (session id, threshold, participants);
-   everyone echoes each round-1 message the first time it sees it (they are signed, so they can be relayed),
-   so a dealer that shows different commitments to different participants is caught with proof;
-2. once all n round-1 messages verified, it sends each other participant its polynomial's value there,
-   encrypted end to end (SecretBox under a key derived from the pair's X25519 Box key, which comes from their
-   Ed25519 identity keys, and bound to the session, dealer and recipient) and signed;
-3. once all n-1 shares verified against their dealers' commitments, it derives its key share, the group key
-   and every verifying share, and broadcasts a signed confirmation of (group key, verifying shares, round-1
-   transcript hash). The result is COMPLETE only when all n confirmations are identical.
+1. every participant broadcasts commitments to a degree-(t-1) polynomial, a Schnorr proof of knowledge of its
+   constant term and an ephemeral encryption key E = e·B, all bound to the session context (session id,
+   threshold, participants); everyone echoes each round-1 message the first time it sees it (they are signed, so
+   they can be relayed), so a dealer that shows different commitments to different participants is caught;
+2. once all round-1 messages verified, it sends each other participant its polynomial's value there, encrypted
+   (SecretBox under a key derived from the pair's ephemeral Diffie-Hellman point e_d·E_r = e_r·E_d) and signed;
+3. once every share verified against its dealer's commitments, it derives its key share, the group key and every
+   verifying share, and broadcasts a signed confirmation of (group key, verifying shares, round-1 transcript
+   hash). The caller must store the key share durably *before* sending that confirmation (:attr:`committed`).
+   The session is COMPLETE for a participant once it holds, from every participant, a signed confirmation
+   identical to its own (a "certificate", :meth:`certificate`); completion is final, and anyone holding the
+   same key share completes on the same certificate, however late it arrives.
 
-Every message is signed by its sender's identity key. Misbehaviour produces a signed, broadcast complaint
-naming the culprit with evidence others can check: a bad proof of knowledge (the dealer's signed round-1
-message), a bad share (the dealer's signed ciphertext plus the key that opens exactly that share),
-equivocation (two different signed messages for one slot), or a mismatching confirmation (the accused's signed
-confirmation; not proof of guilt, since the accused may have been misled). Any complaint ends the session in
-FAILED; the caller restarts without the participants named with proof (``ComplaintRecord.proven``).
+Secrets (polynomial, ephemeral key, proof nonces) are derived from the identity seed and the session context,
+so a participant that restarts and joins the same session again sends byte-identical messages (no equivocation).
+
+Leaving: a participant that has not confirmed may leave (timeout, complaint) and then broadcasts a signed
+:class:`Abort`; it never confirms that session afterwards. A participant that has confirmed never leaves: it
+waits for the certificate, and the session is FAILED for it (it can still complete) once some participant
+withdrew (signed an abort, or a confirmation different from its own) without having confirmed identically.
+
+Misbehaviour produces a signed, broadcast complaint naming the culprit with evidence anyone can check
+(:func:`judge_complaint`): a bad proof of knowledge (the dealer's signed round-1 message), a bad or
+undecryptable share (the dealer's signed round 1 and ciphertext, the complainer's round 1, and the pair's
+Diffie-Hellman point with a Chaum-Pedersen proof that it is the right one, so anyone can open exactly that
+share), equivocation (two different signed messages for one slot), or a confirmation that does not follow
+from the round-1 transcript it names (the confirmation plus every round-1 message). A complaint whose evidence
+does not hold proves its own sender a liar; it does not stop the session. Either way the culprit is recorded in
+:attr:`DkgParticipant.proven_bad`, with a self-contained proof (:func:`exclusion_proof`) that lets the next
+session leave it out.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import nacl.bindings as sodium
+import msgpack
 import nacl.exceptions
-import nacl.public
 import nacl.secret
 import nacl.signing
 
 from consensus.dkg_messages import (
     MAX_PARTICIPANTS,
+    MAX_REASON,
+    PROOF_SIZE,
     SESSION_ID_SIZE,
+    Abort,
     Complaint,
     Confirm,
     DkgMessageError,
@@ -53,6 +70,7 @@ from consensus.dkg_messages import (
 )
 from consensus.frost import CONTEXT_STRING, FrostError, KeyShare, evaluate_commitment, polynomial_evaluate
 from consensus.group import (
+    GroupError,
     L,
     add,
     add_all,
@@ -60,13 +78,13 @@ from consensus.group import (
     hash_to_scalar,
     is_valid_element,
     mul,
-    random_scalar,
     serialize_scalar,
 )
 
-__all__ = ["Complaint", "ComplaintRecord", "Confirm", "DkgError", "DkgMessageError", "DkgParticipant",
-           "DkgState", "Outgoing", "Round1", "Round2", "assign_identifiers", "check_threshold", "decode",
-           "default_threshold", "session_context"]
+__all__ = ["Abort", "Complaint", "ComplaintRecord", "Confirm", "DkgError", "DkgMessageError", "DkgParticipant",
+           "DkgState", "Outgoing", "Round1", "Round2", "Want", "assign_identifiers", "check_exclusion_proof",
+           "check_threshold", "decode", "default_threshold", "exclusion_proof", "judge_complaint",
+           "session_context", "sign_abort", "threshold_refusal"]
 
 
 class DkgError(ValueError):
@@ -91,15 +109,36 @@ class Outgoing:
 
 @dataclass(frozen=True)
 class ComplaintRecord:
-    """An accusation this participant knows of. ``proven``: it checked the misbehaviour itself."""
+    """An accusation this participant knows of. ``proven``: the evidence holds (else the complainer lied)."""
 
     complainer: int
     accused: int
     reason: str
     proven: bool
 
+    @property
+    def culprit(self) -> int:
+        return self.accused if self.proven else self.complainer
+
+
+@dataclass(frozen=True)
+class Want:
+    """What a participant lacks: round-1 messages (by sender), shares to it (by dealer), confirmations (by sender)."""
+
+    round1: frozenset[int] = frozenset()
+    round2: frozenset[int] = frozenset()
+    confirm: frozenset[int] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.round1 or self.round2 or self.confirm)
+
+
+# ---- thresholds -------------------------------------------------------------------------------------------------
+
 
 def default_threshold(n: int) -> int:
+    """⌊2n/3⌋ + 1: the smallest t with t > (n + f)/2 for f = n - t faulty members (two signing quorums always
+    share an honest member, and t honest members can sign without the others)."""
     return 2 * n // 3 + 1
 
 
@@ -109,6 +148,25 @@ def check_threshold(n: int, t: int) -> None:
         raise DkgError(f"need 2..{MAX_PARTICIPANTS} participants, got {n}")
     if isinstance(t, bool) or not isinstance(t, int) or not n // 2 + 1 <= t <= n:
         raise DkgError(f"threshold {t!r} out of range: need {n // 2 + 1} <= t <= {n} for n = {n}")
+
+
+def threshold_refusal(n: int, t: int, configured: int | None) -> str | None:
+    """Why a member of an ``n``-member cluster refuses a session of threshold ``t`` (None: it accepts).
+
+    The rule: with a configured threshold, exactly that one; without, any t with ⌊2n/3⌋ + 1 <= t <= n (the
+    default and above). A lower threshold (never below the strict majority ⌊n/2⌋ + 1) needs every member to
+    configure it.
+    """
+    try:
+        check_threshold(n, t)
+    except DkgError as exc:
+        return str(exc)
+    if configured is not None and t != configured:
+        return f"threshold {t} differs from the configured threshold {configured}"
+    if configured is None and t < default_threshold(n):
+        return (f"threshold {t} is below {default_threshold(n)} = floor(2n/3) + 1 for n = {n} "
+                f"(configure DKG_THRESHOLD on every member to use a lower one)")
+    return None
 
 
 def assign_identifiers(identity_keys: Iterable[bytes]) -> dict[int, bytes]:
@@ -125,12 +183,193 @@ def session_context(session_id: bytes, threshold: int, participants: Mapping[int
     return hashlib.sha512(encode(b"dsdn/dkg/context", session_id, threshold, members)).digest()
 
 
+def _check_participants(participants: Mapping[int, bytes]) -> None:
+    if not all(type(i) is int and 1 <= i <= MAX_PARTICIPANTS for i in participants):
+        raise DkgError(f"participant identifiers must be in 1..{MAX_PARTICIPANTS}")
+    if len(set(participants.values())) != len(participants) or not all(
+            is_valid_element(k) for k in participants.values()):
+        raise DkgError("identity keys must be distinct valid Ed25519 public keys")
+
+
+# ---- the pure checks anyone can run ---------------------------------------------------------------------------------
+
+
 def _pok_challenge(context: bytes, identifier: int, constant: bytes, r: bytes) -> int:
     return hash_to_scalar(CONTEXT_STRING, b"dkg", context, serialize_scalar(identifier), constant, r)
 
 
+def _dleq_challenge(context: bytes, dealer: int, recipient: int, own: bytes, other: bytes, shared: bytes,
+                    r1: bytes, r2: bytes) -> int:
+    return hash_to_scalar(CONTEXT_STRING, b"dkg-dh", context, serialize_scalar(dealer), serialize_scalar(recipient),
+                          own, other, shared, r1, r2)
+
+
+def _dleq_verify(context: bytes, dealer: int, recipient: int, own: bytes, other: bytes, shared: bytes,
+                 proof: bytes) -> bool:
+    """The recipient's proof that ``shared`` = e·``other`` for the e with e·B = ``own`` (Chaum-Pedersen)."""
+    if len(proof) != PROOF_SIZE or not all(is_valid_element(p) for p in (own, other, shared)):
+        return False
+    c, z = int.from_bytes(proof[:32], "little"), int.from_bytes(proof[32:], "little")
+    if c >= L or z >= L:
+        return False
+    r1 = add(base_mul(z), mul(own, L - c))
+    r2 = add(mul(other, z), mul(shared, L - c))
+    return _dleq_challenge(context, dealer, recipient, own, other, shared, r1, r2) == c
+
+
+def _round1_valid(m: Round1, context: bytes, threshold: int) -> bool:
+    if len(m.commitment) != threshold or not all(is_valid_element(p) for p in (*m.commitment, m.enc_key)):
+        return False
+    r, mu = m.proof[:32], int.from_bytes(m.proof[32:], "little")
+    if not is_valid_element(r) or mu >= L:
+        return False
+    c = _pok_challenge(context, m.sender, m.commitment[0], r)
+    return base_mul(mu) == add(r, mul(m.commitment[0], c))
+
+
+def _pair_key(context: bytes, dealer: int, recipient: int, shared: bytes) -> bytes:
+    """SecretBox key of the one share ``dealer`` sends ``recipient`` in this session."""
+    return hashlib.blake2b(encode(context, dealer, recipient, shared), digest_size=32,
+                           person=b"dsdn/dkg/share").digest()
+
+
+def _seal(key: bytes, plain: bytes) -> bytes:
+    nonce = hashlib.blake2b(plain, key=key, digest_size=24, person=b"dsdn/dkg/nonce").digest()  # SIV-like
+    return bytes(nacl.secret.SecretBox(key).encrypt(plain, nonce))
+
+
+def _open_share(m: Round2, key: bytes, commitment: Sequence[bytes]) -> int | None:
+    """The share in ``m`` if it opens under ``key`` and lies on ``commitment``'s polynomial, else None."""
+    try:
+        plain = nacl.secret.SecretBox(key).decrypt(m.box)
+    except (nacl.exceptions.CryptoError, nacl.exceptions.ValueError, TypeError):
+        return None
+    share = int.from_bytes(plain, "little")
+    if len(plain) != 32 or share >= L or base_mul(share) != evaluate_commitment(commitment, m.recipient):
+        return None
+    return share
+
+
+def _transcript(round1: Sequence[Round1], context: bytes) -> bytes:
+    # content only: the same message under another (valid) signature must not make transcripts differ
+    return hashlib.sha512(encode(*[m.signing_bytes(context) for m in round1])).digest()
+
+
+def _group_info(round1: Sequence[Round1], threshold: int, identifiers: Iterable[int]) -> tuple[bytes, dict[int, bytes]]:
+    summed = [add_all([m.commitment[k] for m in round1]) for k in range(threshold)]
+    return summed[0], {i: evaluate_commitment(summed, i) for i in sorted(identifiers)}
+
+
+def judge_complaint(c: Complaint, context: bytes, participants: Mapping[int, bytes], threshold: int) -> bool:
+    """Whether ``c``'s evidence proves its accusation (pure: anyone with the session context gets the same answer).
+
+    The complaint's own signature is the caller's to check. False means the evidence does not hold; since an
+    honest participant only sends complaints whose evidence holds, a signed complaint judged False proves its
+    sender a liar.
+    """
+    try:
+        return _judge(c, context, participants, threshold)
+    except (GroupError, FrostError, ValueError, TypeError):
+        return False
+
+
+def _judge(c: Complaint, context: bytes, participants: Mapping[int, bytes], threshold: int) -> bool:
+    ev = c.evidence
+
+    def signed_by(e: Message, who: int) -> bool:
+        return (e.session == c.session and e.sender == who and who in participants
+                and e.verify_signature(participants[who], context))
+
+    if c.accused not in participants:
+        return False
+    if c.reason == "equivocation":
+        return (len(ev) == 2 and all(signed_by(e, c.accused) for e in ev) and type(ev[0]) is type(ev[1])
+                and not ev[0].same_content(ev[1])
+                and (not isinstance(ev[0], Round2) or ev[0].recipient == ev[1].recipient))  # type: ignore[attr-defined]
+    if c.reason == "bad_proof":
+        return (len(ev) == 1 and isinstance(ev[0], Round1) and signed_by(ev[0], c.accused)
+                and not _round1_valid(ev[0], context, threshold))
+    if c.reason == "bad_share":  # evidence: the dealer's round 1 and ciphertext, the complainer's round 1
+        if len(ev) != 3 or not (isinstance(ev[0], Round1) and isinstance(ev[1], Round2) and isinstance(ev[2], Round1)):
+            return False
+        dealt, m, own = ev
+        if not (signed_by(dealt, c.accused) and signed_by(m, c.accused) and signed_by(own, c.sender)
+                and m.recipient == c.sender != c.accused):
+            return False
+        if not _round1_valid(dealt, context, threshold):
+            return True  # the dealer signed an invalid round 1: misbehaviour whatever its share
+        if not _round1_valid(own, context, threshold) or not _dleq_verify(
+                context, c.accused, c.sender, own.enc_key, dealt.enc_key, c.key, c.proof):
+            return False
+        return _open_share(m, _pair_key(context, c.accused, c.sender, c.key), dealt.commitment) is None
+    if c.reason == "bad_confirm":  # evidence: the confirmation, then every round-1 message in identifier order
+        if len(ev) != 1 + len(participants) or not isinstance(ev[0], Confirm) or not signed_by(ev[0], c.accused):
+            return False
+        confirm, round1 = ev[0], ev[1:]
+        if [m.sender for m in round1] != sorted(participants) or not all(
+                isinstance(m, Round1) and signed_by(m, m.sender) for m in round1):
+            return False
+        if _transcript(round1, context) != confirm.transcript:  # type: ignore[arg-type]
+            return False
+        if not all(_round1_valid(m, context, threshold) for m in round1):  # type: ignore[arg-type]
+            return True  # it confirmed a transcript with an invalid round 1, which no honest participant does
+        gpk, verifying = _group_info(round1, threshold, participants)  # type: ignore[arg-type]
+        return (confirm.group_public_key, confirm.verifying_shares) != (gpk, tuple(verifying.values()))
+    return False
+
+
+def exclusion_proof(session_id: bytes, threshold: int, participants: Iterable[int], complaint: Complaint) -> bytes:
+    """A self-contained proof against a culprit: the complaint plus the session parameters needed to check it."""
+    return msgpack.packb({"session": session_id, "threshold": threshold, "participants": sorted(participants),
+                          "complaint": complaint.to_wire()}, use_bin_type=True)
+
+
+def check_exclusion_proof(data: bytes, members: Mapping[int, bytes]) -> tuple[int, str]:
+    """(culprit, description) proven by ``data`` among ``members`` (identifier -> identity key); DkgMessageError if
+    it proves nothing. The culprit is the accused when the evidence holds, else the complainer (who lied)."""
+    try:
+        d = msgpack.unpackb(data, raw=False, max_bin_len=64 * 1024, max_array_len=1024, max_map_len=64)
+    except Exception:  # msgpack raises many unrelated types for garbage
+        raise DkgMessageError("undecodable exclusion proof") from None
+    if not isinstance(d, dict) or set(d) != {"session", "threshold", "participants", "complaint"}:
+        raise DkgMessageError("malformed exclusion proof")
+    session, threshold, ids = d["session"], d["threshold"], d["participants"]
+    if type(session) is not bytes or len(session) != SESSION_ID_SIZE or type(threshold) is not int or not (
+            isinstance(ids, list) and all(type(i) is int and i in members for i in ids) and len(set(ids)) == len(ids)):
+        raise DkgMessageError("malformed exclusion proof")
+    participants = {i: members[i] for i in ids}
+    c = decode(d["complaint"])
+    if not isinstance(c, Complaint) or c.session != session or c.sender not in participants:
+        raise DkgMessageError("an exclusion proof must hold a complaint of a participant of its session")
+    context = session_context(session, threshold, participants)
+    if not c.verify_signature(participants[c.sender], context):
+        raise DkgMessageError("bad signature on the complaint of an exclusion proof")
+    if judge_complaint(c, context, participants, threshold):
+        return c.accused, f"{c.reason} by {c.accused} (proven by {c.sender})"
+    return c.sender, f"false {c.reason} complaint against {c.accused}"
+
+
+def sign_abort(identity: nacl.signing.SigningKey, session_id: bytes, threshold: int,
+               participants: Mapping[int, bytes], reason: str) -> Abort:
+    """A signed abort for a session this member is not (or no longer) running (it never confirmed it)."""
+    own = bytes(identity.verify_key)
+    me = [i for i, k in participants.items() if k == own]
+    if not me:
+        raise DkgError("this identity key is not among the participants")
+    return Abort(session_id, me[0], reason[:MAX_REASON]).signed(identity, session_context(
+        session_id, threshold, participants))
+
+
+# ---- one participant ---------------------------------------------------------------------------------------------
+
+
 class DkgParticipant:
-    """One participant of one DKG session (see the module docstring for the protocol)."""
+    """One participant of one DKG session (see the module docstring for the protocol).
+
+    ``participants`` maps identifiers (any distinct values in 1..255, e.g. a cluster's identifiers without the
+    members left out) to identity keys. ``entropy`` is mixed into the derivation of this participant's secrets;
+    a restarted participant must use the same value to rejoin a session without equivocating.
+    """
 
     def __init__(
         self,
@@ -138,45 +377,73 @@ class DkgParticipant:
         identity: nacl.signing.SigningKey,
         participants: Mapping[int, bytes],
         threshold: int | None = None,
+        *,
+        entropy: bytes = b"",
     ) -> None:
         if type(session_id) is not bytes or len(session_id) != SESSION_ID_SIZE:
             raise DkgError(f"session id must be {SESSION_ID_SIZE} bytes")
         n = len(participants)
         t = default_threshold(n) if threshold is None else threshold
         check_threshold(n, t)
-        if sorted(participants) != list(range(1, n + 1)):
-            raise DkgError("participant identifiers must be 1..n")
-        if len(set(participants.values())) != n or not all(is_valid_element(k) for k in participants.values()):
-            raise DkgError("identity keys must be distinct valid Ed25519 public keys")
+        _check_participants(participants)
         own = bytes(identity.verify_key)
         me = [i for i, k in participants.items() if k == own]
         if not me:
             raise DkgError("this identity key is not among the participants")
         self.session_id, self.identifier, self.n, self.threshold = session_id, me[0], n, t
-        self.participants = dict(participants)
+        self.participants = dict(sorted(participants.items()))
         self.state = DkgState.ROUND1
         self.result: KeyShare | None = None
         self.complaints: list[ComplaintRecord] = []
+        self.proven_bad: dict[int, Complaint] = {}  # culprit -> the complaint proving it (see ComplaintRecord)
         self._identity = identity
         self._context = session_context(session_id, t, self.participants)
-        _, sk64 = sodium.crypto_sign_seed_keypair(bytes(identity))
-        self._x25519 = nacl.public.PrivateKey(sodium.crypto_sign_ed25519_sk_to_curve25519(sk64))
+        self._seed, self._entropy = bytes(identity), bytes(entropy)
         self._started = False
         self._outbox: list[Outgoing] = []
         self._complained: set[tuple[int, str]] = set()
+        self._complaint_msgs: dict[tuple[int, int, str], Complaint] = {}
         self._round1: dict[int, Round1] = {}
         self._round2: dict[int, Round2] = {}  # shares addressed to me, by dealer
+        self._dealt: dict[int, Round2] = {}  # shares I sent, by recipient (to answer who lost one)
         self._shares: dict[int, int] = {}  # verified shares, by dealer
-        self._confirms: dict[int, Confirm] = {}
-        self._confirm: Confirm | None = None
+        self._seen_confirms: dict[int, list[Confirm]] = {}  # distinct confirmations, by sender (at most two)
+        self._aborts: dict[int, Abort] = {}
+        self._abort: Abort | None = None  # mine
+        self._confirm: Confirm | None = None  # mine
+        self._transcript: bytes | None = None
         self._key_share: KeyShare | None = None
-        self._coefficients: list[int] | None = [random_scalar() for _ in range(t)]
+        self._coefficients: list[int] | None = [self._derive("coefficient", k) for k in range(t)]
+        self._enc_secret: int | None = self._derive("encryption", 0)
         commitment = tuple(base_mul(a) for a in self._coefficients)
-        k = random_scalar()
+        k = self._derive("proof-nonce", 0)
         r = base_mul(k)
         mu = (k + self._coefficients[0] * _pok_challenge(self._context, self.identifier, commitment[0], r)) % L
         self._round1[self.identifier] = self._sign(Round1(session_id, self.identifier, commitment,
-                                                          r + serialize_scalar(mu)))
+                                                          r + serialize_scalar(mu), base_mul(self._enc_secret)))
+
+    @classmethod
+    def restore(cls, session_id: bytes, identity: nacl.signing.SigningKey, participants: Mapping[int, bytes],
+                threshold: int, key_share: KeyShare, confirm: Confirm | Mapping[str, Any], *,
+                entropy: bytes = b"") -> DkgParticipant:
+        """A participant that had confirmed (with ``confirm``, holding ``key_share``) before a restart: it waits for
+        the certificate and answers others' requests for confirmations; DkgError if the pieces do not fit."""
+        p = cls(session_id, identity, participants, threshold, entropy=entropy)
+        msg = decode(confirm) if isinstance(confirm, Mapping) else confirm
+        if not isinstance(msg, Confirm) or msg.sender != p.identifier or msg.session != session_id:
+            raise DkgError("not this participant's confirmation of this session")
+        if not msg.verify_signature(participants[p.identifier], p._context):
+            raise DkgError("bad signature on the stored confirmation")
+        if (key_share.identifier, key_share.threshold, key_share.group_public_key) != (
+                p.identifier, threshold, msg.group_public_key) or tuple(
+                key_share.verifying_shares.get(i) for i in p.participants) != msg.verifying_shares:
+            raise DkgError("the key share does not match the stored confirmation")
+        p._started, p._coefficients, p._enc_secret = True, None, None
+        p._key_share, p._confirm, p._transcript = key_share, msg, msg.transcript
+        p._seen_confirms[p.identifier] = [msg]
+        p.state = DkgState.CONFIRM
+        p._advance()
+        return p
 
     # ---- public interface ---------------------------------------------------------------------------------
 
@@ -185,7 +452,8 @@ class DkgParticipant:
         if self._started:
             return []
         self._started = True
-        self._outbox.insert(0, Outgoing(None, self._round1[self.identifier]))
+        if self._abort is None:
+            self._outbox.insert(0, Outgoing(None, self._round1[self.identifier]))
         return self._flush()
 
     def receive(self, message: Message | Mapping[str, Any]) -> list[Outgoing]:
@@ -206,7 +474,15 @@ class DkgParticipant:
             self._on_confirm(msg)
         elif isinstance(msg, Complaint):
             self._on_complaint(msg)
+        elif isinstance(msg, Abort):
+            self._on_abort(msg)
         return self._flush()
+
+    def abort(self, reason: str) -> list[Outgoing]:
+        """Leave the session (timeout, or another session wins): the signed abort to broadcast. A participant that
+        has confirmed cannot leave (others may complete with its confirmation): then nothing happens."""
+        self._withdraw(reason)
+        return self._flush(force=True)
 
     def waiting_for(self) -> set[int]:
         """Participants whose message for the current round has not arrived (for the caller's timeouts)."""
@@ -215,15 +491,90 @@ class DkgParticipant:
             return everyone - set(self._round1)
         if self.state is DkgState.ROUND2:
             return everyone - set(self._shares) - {self.identifier}
-        if self.state is DkgState.CONFIRM:
-            return everyone - set(self._confirms)
+        if self.state is DkgState.CONFIRM or (self.state is DkgState.FAILED and self.committed):
+            return everyone - set(self._matching())
         return set()
+
+    def want(self) -> Want:
+        """What to ask peers for (nothing once complete, or once left without confirming)."""
+        everyone = set(self.participants)
+        if self.state is DkgState.COMPLETE or (self.state is DkgState.FAILED and not self.committed):
+            return Want()
+        if self.committed:
+            return Want(confirm=frozenset(everyone - set(self._matching())))
+        missing_shares = frozenset(everyone - {self.identifier} - set(self._round2))
+        if self.state is DkgState.ROUND1:
+            return Want(round1=frozenset(everyone - set(self._round1)), round2=missing_shares)
+        return Want(round2=missing_shares)
+
+    def answer(self, requester: int, want: Want) -> list[Outgoing]:
+        """The messages this participant holds that ``requester`` says it lacks, plus every abort and complaint it
+        knows (they tell the requester why it may wait in vain)."""
+        if requester not in self.participants or requester == self.identifier:
+            return []
+        out = [self._round1[j] for j in sorted(want.round1) if j in self._round1]
+        if self.identifier in want.round2 and requester in self._dealt:
+            out.append(self._dealt[requester])
+        matching = self._matching()
+        for j in sorted(want.confirm):
+            m = matching.get(j) or next(iter(self._seen_confirms.get(j, [])), None)
+            if m is not None:
+                out.append(m)
+        out += [*self._aborts.values(), *self._complaint_msgs.values()]
+        if self._abort is not None:
+            out.append(self._abort)
+        return [Outgoing(requester, m) for m in out]
+
+    def certificate(self) -> tuple[Confirm, ...]:
+        """Every participant's confirmation identical to mine, in identifier order (empty until COMPLETE)."""
+        if self.state is not DkgState.COMPLETE:
+            return ()
+        matching = self._matching()
+        return tuple(matching[i] for i in self.participants)
+
+    def proofs(self) -> dict[int, bytes]:
+        """Culprit -> self-contained exclusion proof (see :func:`exclusion_proof`)."""
+        return {i: exclusion_proof(self.session_id, self.threshold, self.participants, c)
+                for i, c in self.proven_bad.items()}
+
+    @property
+    def committed(self) -> bool:
+        """Whether this participant has confirmed (its key share must then be durable before anything is sent)."""
+        return self._confirm is not None
+
+    @property
+    def left(self) -> bool:
+        """Whether this participant has signed an abort (it will never confirm this session)."""
+        return self._abort is not None
+
+    @property
+    def key_share(self) -> KeyShare | None:
+        """The key share derived when confirming (final only once COMPLETE)."""
+        return self._key_share
+
+    @property
+    def own_confirm(self) -> Confirm | None:
+        return self._confirm
+
+    @property
+    def withdrawn(self) -> set[int]:
+        """Participants that signed an abort, or (once I confirmed) a confirmation different from mine."""
+        out = set(self._aborts)
+        if self._confirm is not None:
+            matching = self._matching()
+            out |= {j for j in self._seen_confirms if j not in matching}
+        return out
 
     @property
     def accused(self) -> set[int]:
         return {c.accused for c in self.complaints}
 
     # ---- helpers --------------------------------------------------------------------------------------------
+
+    def _derive(self, label: str, index: int) -> int:
+        digest = hashlib.blake2b(encode(self._context, self._entropy, label, index), key=self._seed, digest_size=64,
+                                 person=b"dsdn/dkg/secret").digest()
+        return int.from_bytes(digest, "little") % L or 1  # 0 has negligible probability
 
     def _sign(self, msg: Message) -> Any:
         return msg.signed(self._identity, self._context)
@@ -236,59 +587,58 @@ class DkgParticipant:
         if not msg.verify_signature(self.participants[msg.sender], self._context):
             raise DkgMessageError(f"bad signature on a {msg.TYPE} message from {msg.sender}")
 
-    def _flush(self) -> list[Outgoing]:
-        if self._started:
-            self._advance()
+    def _flush(self, force: bool = False) -> list[Outgoing]:
+        if self._started or force:
+            if self._started:
+                self._advance()
             out, self._outbox = self._outbox, []
             return out
         return []
 
     def _share_key(self, dealer: int, recipient: int) -> bytes:
         """Key for the one share ``dealer`` sends ``recipient`` in this session (both ends can derive it)."""
+        assert self._enc_secret is not None
         peer = recipient if dealer == self.identifier else dealer
-        peer_x = sodium.crypto_sign_ed25519_pk_to_curve25519(self.participants[peer])
-        shared = nacl.public.Box(self._x25519, nacl.public.PublicKey(peer_x)).shared_key()
-        return hashlib.blake2b(encode(self._context, dealer, recipient), key=shared, digest_size=32,
-                               person=b"dsdn/dkg/share").digest()
+        return _pair_key(self._context, dealer, recipient, mul(self._round1[peer].enc_key, self._enc_secret))
 
     def _share_for(self, recipient: int) -> int:
         assert self._coefficients is not None
         return polynomial_evaluate(recipient, self._coefficients)
 
+    def _decrypt_share(self, m: Round2, key: bytes, commitment: tuple[bytes, ...]) -> int | None:
+        return _open_share(m, key, commitment)
+
+    def _round1_valid(self, m: Round1) -> bool:
+        return _round1_valid(m, self._context, self.threshold)
+
+    def _matching(self) -> dict[int, Confirm]:
+        if self._confirm is None:
+            return {}
+        mine = self._confirm.body()
+        return {j: m for j, seen in self._seen_confirms.items() for m in seen if m.body() == mine}
+
     def _complain(self, accused: int, reason: str, evidence: Iterable[Message], key: bytes = b"",
-                  proven: bool = True) -> None:
-        self._fail()
+                  proof: bytes = b"") -> None:
         if (accused, reason) in self._complained:
             return
         self._complained.add((accused, reason))
-        self.complaints.append(ComplaintRecord(self.identifier, accused, reason, proven))
-        c = Complaint(self.session_id, self.identifier, accused, reason, key, tuple(evidence))
-        self._outbox.append(Outgoing(None, self._sign(c)))
+        c = self._sign(Complaint(self.session_id, self.identifier, accused, reason, key, proof, tuple(evidence)))
+        self.complaints.append(ComplaintRecord(self.identifier, accused, reason, True))
+        self.proven_bad.setdefault(accused, c)
+        self._complaint_msgs[(self.identifier, accused, reason)] = c
+        self._outbox.append(Outgoing(None, c))
+        self._withdraw(f"{reason} by participant {accused}")
 
-    def _fail(self) -> None:
-        """Any complaint ends the session: even a confirmed key is withdrawn, since not everyone may hold it."""
+    def _withdraw(self, reason: str) -> None:
+        """Leave, unless confirmed (then only completion or others' withdrawal decide) or already complete."""
+        if self._confirm is not None or self.state is DkgState.COMPLETE:
+            return
         self.state = DkgState.FAILED
         self.result = None
-
-    def _round1_valid(self, m: Round1) -> bool:
-        if len(m.commitment) != self.threshold or not all(is_valid_element(p) for p in m.commitment):
-            return False
-        r, mu = m.proof[:32], int.from_bytes(m.proof[32:], "little")
-        if not is_valid_element(r) or mu >= L:
-            return False
-        c = _pok_challenge(self._context, m.sender, m.commitment[0], r)
-        return base_mul(mu) == add(r, mul(m.commitment[0], c))
-
-    def _decrypt_share(self, m: Round2, key: bytes, commitment: tuple[bytes, ...]) -> int | None:
-        """The share in ``m`` if it opens under ``key`` and lies on ``commitment``'s polynomial, else None."""
-        try:
-            plain = nacl.secret.SecretBox(key).decrypt(m.box)
-        except (nacl.exceptions.CryptoError, nacl.exceptions.ValueError, TypeError):
-            return None
-        share = int.from_bytes(plain, "little")
-        if len(plain) != 32 or share >= L or base_mul(share) != evaluate_commitment(commitment, m.recipient):
-            return None
-        return share
+        self._coefficients = self._enc_secret = None
+        if self._abort is None:
+            self._abort = self._sign(Abort(self.session_id, self.identifier, reason[:MAX_REASON]))
+            self._outbox.append(Outgoing(None, self._abort))
 
     # ---- message handlers -------------------------------------------------------------------------------------
 
@@ -299,7 +649,7 @@ class DkgParticipant:
                 self._complain(m.sender, "equivocation", [prev, m])
             return
         self._round1[m.sender] = m
-        if m.sender != self.identifier:  # echo: a dealer showing two faces to two groups gets caught by either
+        if m.sender != self.identifier and self._abort is None:  # echo: a two-faced dealer gets caught by either
             self._outbox.append(Outgoing(None, m))
         if not self._round1_valid(m):
             self._complain(m.sender, "bad_proof", [m])
@@ -321,107 +671,99 @@ class DkgParticipant:
             self._check_share(m.sender)
 
     def _check_share(self, dealer: int) -> None:
-        dealt = self._round1[dealer]
-        if not self._round1_valid(dealt):
-            return  # already complained about the dealer's round 1
-        m, key = self._round2[dealer], self._share_key(dealer, self.identifier)
-        share = self._decrypt_share(m, key, dealt.commitment)
-        if share is None:
-            self._complain(dealer, "bad_share", [dealt, m], key=key)
-        else:
+        dealt, own = self._round1[dealer], self._round1[self.identifier]
+        if not self._round1_valid(dealt) or self._enc_secret is None or self._key_share is not None:
+            return  # already complained about the dealer's round 1, left, or past this round
+        m = self._round2[dealer]
+        shared = mul(dealt.enc_key, self._enc_secret)
+        share = self._decrypt_share(m, _pair_key(self._context, dealer, self.identifier, shared), dealt.commitment)
+        if share is not None:
             self._shares[dealer] = share
+            return
+        k = self._derive(f"dh-proof/{dealer}", 0)
+        r1, r2 = base_mul(k), mul(dealt.enc_key, k)
+        c = _dleq_challenge(self._context, dealer, self.identifier, own.enc_key, dealt.enc_key, shared, r1, r2)
+        proof = serialize_scalar(c) + serialize_scalar((k + c * self._enc_secret) % L)
+        self._complain(dealer, "bad_share", [dealt, m, own], key=shared, proof=proof)
 
     def _on_confirm(self, m: Confirm) -> None:
-        prev = self._confirms.get(m.sender)
-        if prev is not None:
-            if not prev.same_content(m):
-                self._complain(m.sender, "equivocation", [prev, m])
+        seen = self._seen_confirms.setdefault(m.sender, [])
+        if any(s.same_content(m) for s in seen):
             return
-        self._confirms[m.sender] = m
-        self._compare_confirm(m)
+        if len(seen) >= 2:
+            return  # already proven an equivocator; more copies add nothing
+        seen.append(m)
+        if len(seen) == 2:
+            self._complain(m.sender, "equivocation", seen)
 
-    def _compare_confirm(self, m: Confirm) -> None:
-        if self._confirm is not None and not m.same_content(
-                Confirm(m.session, m.sender, *self._confirm.body())):
-            self._complain(m.sender, "mismatch", [m], proven=False)
+    def _on_abort(self, m: Abort) -> None:
+        if m.sender in self._aborts or m.sender == self.identifier:
+            return
+        self._aborts[m.sender] = m
+        self._withdraw(f"participant {m.sender} left: {m.reason}")
 
     def _on_complaint(self, c: Complaint) -> None:
-        if c.sender == self.identifier or any(
-                (r.complainer, r.accused, r.reason) == (c.sender, c.accused, c.reason) for r in self.complaints):
+        key = (c.sender, c.accused, c.reason)
+        if c.sender == self.identifier or key in self._complaint_msgs:
             return  # my own complaint echoed back, or one already recorded
-        self._fail()
-        proven = self._check_evidence(c)
-        self.complaints.append(ComplaintRecord(c.sender, c.accused, c.reason, proven))
-
-    def _check_evidence(self, c: Complaint) -> bool:
-        ev = [e for e in c.evidence
-              if e.session == self.session_id and e.sender in self.participants
-              and e.verify_signature(self.participants[e.sender], self._context)]
-        if len(ev) != len(c.evidence):
-            return False
-        if not ev or any(e.sender != c.accused for e in ev):
-            return False
-        if c.reason == "mismatch":  # the accused did confirm something else, but it may be the one misled
-            return False
-        if c.reason == "equivocation":
-            return len(ev) == 2 and type(ev[0]) is type(ev[1]) and not ev[0].same_content(ev[1]) and (
-                not isinstance(ev[0], Round2) or ev[0].recipient == ev[1].recipient)  # type: ignore[attr-defined]
-        if c.reason == "bad_proof":
-            return len(ev) == 1 and isinstance(ev[0], Round1) and not self._round1_valid(ev[0])
-        if c.reason == "bad_share":  # evidence: the dealer's signed round 1 and its signed ciphertext
-            if len(ev) != 2 or not isinstance(ev[0], Round1) or not isinstance(ev[1], Round2):
-                return False
-            dealt, m = ev[0], ev[1]
-            self._on_round1(dealt)  # learn it if new; a conflicting copy is equivocation
-            if m.recipient != c.sender or not self._round1_valid(dealt) or len(c.key) != 32:
-                return False
-            try:
-                nacl.secret.SecretBox(c.key).decrypt(m.box)
-            except (nacl.exceptions.CryptoError, nacl.exceptions.ValueError, TypeError):
-                return False  # undecryptable under the revealed key: cannot tell who lies
-            return self._decrypt_share(m, c.key, dealt.commitment) is None
-        return False
+        proven = judge_complaint(c, self._context, self.participants, self.threshold)
+        self._complaint_msgs[key] = c
+        record = ComplaintRecord(c.sender, c.accused, c.reason, proven)
+        self.complaints.append(record)
+        self.proven_bad.setdefault(record.culprit, c)
+        for e in c.evidence:  # learn what it shows (a conflicting copy is equivocation)
+            if isinstance(e, Round1) and e.session == self.session_id:
+                try:
+                    self._authenticate(e)
+                except DkgMessageError:
+                    continue
+                self._on_round1(e)
+        if proven:  # the complainer cannot finish this session; a false complaint changes nothing else
+            self._withdraw(f"participant {c.accused} proven to misbehave ({c.reason})")
 
     # ---- progress ----------------------------------------------------------------------------------------------
 
     def _advance(self) -> None:
         if self.state is DkgState.ROUND1 and len(self._round1) == self.n:
             self.state = DkgState.ROUND2
-            for j in sorted(self.participants):
+            for j in self.participants:
                 if j != self.identifier:
-                    box = nacl.secret.SecretBox(self._share_key(self.identifier, j)).encrypt(
-                        serialize_scalar(self._share_for(j)))
-                    self._outbox.append(Outgoing(j, self._sign(Round2(self.session_id, self.identifier, j,
-                                                                        bytes(box)))))
+                    box = _seal(self._share_key(self.identifier, j), serialize_scalar(self._share_for(j)))
+                    self._dealt[j] = self._sign(Round2(self.session_id, self.identifier, j, box))
+                    self._outbox.append(Outgoing(j, self._dealt[j]))
         if self.state is DkgState.ROUND2 and len(self._shares) == self.n - 1:
             self._derive_key()
-        if (self.state is DkgState.CONFIRM and len(self._confirms) == self.n
-                and all(c.same_content(Confirm(c.session, c.sender, *self._confirm.body()))  # type: ignore[union-attr]
-                        for c in self._confirms.values())):
-            self.state = DkgState.COMPLETE
-            self.result = self._key_share
+        if self._confirm is not None and self.state is not DkgState.COMPLETE:
+            matching = self._matching()
+            round1 = [self._round1[i] for i in sorted(self._round1)]
+            for j, seen in self._seen_confirms.items():
+                bad = next((m for m in seen if m.transcript == self._transcript), None)
+                if (j not in matching and bad is not None and (j, "bad_confirm") not in self._complained
+                        and len(round1) == self.n and _transcript(round1, self._context) == self._transcript):
+                    self._complain(j, "bad_confirm", [bad, *round1])  # same transcript, other key: provably false
+            if len(matching) == self.n:
+                self.state = DkgState.COMPLETE
+                self.result = self._key_share
+            elif self.withdrawn - set(matching):
+                self.state = DkgState.FAILED  # someone will not confirm as I did; a certificate can still come
 
     def _derive_key(self) -> None:
         assert self._coefficients is not None
         secret = (self._share_for(self.identifier) + sum(self._shares.values())) % L
-        self._coefficients = None  # the polynomial is no longer needed
-        dealers = [self._round1[i].commitment for i in sorted(self._round1)]
-        summed = [add_all([c[k] for c in dealers]) for k in range(self.threshold)]
-        verifying = {i: evaluate_commitment(summed, i) for i in sorted(self.participants)}
-        share = KeyShare(self.identifier, self.threshold, serialize_scalar(secret), summed[0], verifying)
+        self._coefficients = self._enc_secret = None  # no longer needed
+        self._round1 = dict(sorted(self._round1.items()))
+        round1 = list(self._round1.values())
+        gpk, verifying = _group_info(round1, self.threshold, self.participants)
+        share = KeyShare(self.identifier, self.threshold, serialize_scalar(secret), gpk, verifying)
         try:
             share.validate()
         except FrostError:
-            self.state = DkgState.FAILED  # only with negligible probability (an identity verifying share)
+            self._withdraw("degenerate key share")  # only with negligible probability (an identity verifying share)
             return
-        # content only: the same message under another (valid) signature must not make transcripts differ
-        transcript = hashlib.sha512(encode(*[self._round1[i].signing_bytes(self._context)
-                                             for i in sorted(self._round1)])).digest()
+        self._transcript = _transcript(round1, self._context)
         self._key_share = share
-        self._confirm = self._sign(Confirm(self.session_id, self.identifier, summed[0],
-                                           tuple(verifying[i] for i in sorted(verifying)), transcript))
+        self._confirm = self._sign(Confirm(self.session_id, self.identifier, gpk, tuple(verifying.values()),
+                                           self._transcript))
         self.state = DkgState.CONFIRM
-        self._confirms[self.identifier] = self._confirm
+        self._seen_confirms.setdefault(self.identifier, []).insert(0, self._confirm)
         self._outbox.append(Outgoing(None, self._confirm))
-        for c in list(self._confirms.values()):
-            self._compare_confirm(c)

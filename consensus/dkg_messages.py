@@ -1,10 +1,10 @@
 """The DKG's wire messages: signed dataclasses with a canonical signing encoding and strict wire codecs.
 
-Owns the four message kinds of :mod:`consensus.dkg` (round-1 commitments with proof of knowledge, encrypted
-round-2 shares, complaints, confirmations), how each is signed by its sender's Ed25519 identity key (over
-an unambiguous length-prefixed encoding bound to the session context), and ``to_wire()``/``from_wire()``:
-plain dicts of str keys to bytes/ints/strs/lists that msgpack carries, decoded with exact key sets,
-exact types and sizes (anything else raises :class:`DkgMessageError`).
+Owns the five message kinds of :mod:`consensus.dkg` (round-1 commitments with proof of knowledge and an
+ephemeral encryption key, encrypted round-2 shares, complaints, confirmations, aborts), how each is signed by
+its sender's Ed25519 identity key (over an unambiguous length-prefixed encoding bound to the session context),
+and ``to_wire()``/``from_wire()``: plain dicts of str keys to bytes/ints/strs/lists that msgpack carries,
+decoded with exact key sets, exact types and sizes (anything else raises :class:`DkgMessageError`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ DOMAIN = b"dsdn/dkg/v1"
 MAX_PARTICIPANTS = 255
 SESSION_ID_SIZE = 32
 BOX_SIZE = 24 + 32 + 16  # SecretBox nonce + 32-byte scalar + Poly1305 tag
-REASONS = frozenset({"bad_proof", "bad_share", "equivocation", "mismatch"})
+PROOF_SIZE = 64  # a Chaum-Pedersen proof: challenge || response
+MAX_REASON = 200  # characters of an abort's reason
+REASONS = frozenset({"bad_proof", "bad_share", "equivocation", "bad_confirm"})
 
 
 class DkgMessageError(ValueError):
@@ -134,18 +136,22 @@ class Message:
 
 @dataclass(frozen=True)
 class Round1(Message):
-    """Broadcast: commitments to the sender's polynomial coefficients and a Schnorr proof of knowledge of a_0."""
+    """Broadcast: commitments to the sender's polynomial coefficients, a Schnorr proof of knowledge of a_0, and the
+    sender's ephemeral encryption key for this session (shares to and from it are encrypted under a key derived
+    from the pair's ephemeral Diffie-Hellman point)."""
 
     TYPE: ClassVar[str] = "dkg.round1"
-    FIELDS: ClassVar[tuple[str, ...]] = ("commitment", "proof")
+    FIELDS: ClassVar[tuple[str, ...]] = ("commitment", "proof", "enc_key")
 
     commitment: tuple[bytes, ...]
     proof: bytes  # R || mu
+    enc_key: bytes  # E = e·B
     signature: bytes = b""
 
     @classmethod
     def _parse(cls, d: Mapping[str, Any]) -> dict[str, Any]:
-        return {"commitment": _points(d, "commitment", 1), "proof": _bytes(d, "proof", 64)}
+        return {"commitment": _points(d, "commitment", 1), "proof": _bytes(d, "proof", 64),
+                "enc_key": _bytes(d, "enc_key", 32)}
 
 
 @dataclass(frozen=True)
@@ -184,20 +190,23 @@ class Confirm(Message):
 
 @dataclass(frozen=True)
 class Complaint(Message):
-    """Broadcast: the sender accuses ``accused``; ``evidence`` holds the accused's signed messages and ``key`` the
-    per-message decryption key of a bad share (it opens that one share and nothing else)."""
+    """Broadcast: the sender accuses ``accused``; ``evidence`` holds signed messages that prove it (see
+    :func:`consensus.dkg.judge_complaint`). For a bad share, ``key`` is the pair's ephemeral Diffie-Hellman point
+    of this session and ``proof`` a Chaum-Pedersen proof that it is the right one, so anyone can open the share."""
 
     TYPE: ClassVar[str] = "dkg.complaint"
-    FIELDS: ClassVar[tuple[str, ...]] = ("accused", "reason", "key", "evidence")
+    FIELDS: ClassVar[tuple[str, ...]] = ("accused", "reason", "key", "proof", "evidence")
 
     accused: int
     reason: str
     key: bytes
+    proof: bytes
     evidence: tuple[Message, ...]
     signature: bytes = b""
 
     def body(self) -> tuple[object, ...]:
-        return (self.accused, self.reason, self.key, [encode(e.signing_bytes(b""), e.sig) for e in self.evidence])
+        return (self.accused, self.reason, self.key, self.proof,
+                [encode(e.signing_bytes(b""), e.sig) for e in self.evidence])
 
     @classmethod
     def _parse(cls, d: Mapping[str, Any]) -> dict[str, Any]:
@@ -205,14 +214,32 @@ class Complaint(Message):
         if type(reason) is not str or reason not in REASONS:
             raise DkgMessageError(f"field 'reason': expected one of {sorted(REASONS)}")
         ev = d["evidence"]
-        if type(ev) not in (list, tuple) or len(ev) > MAX_PARTICIPANTS:
-            raise DkgMessageError(f"field 'evidence': expected a list of at most {MAX_PARTICIPANTS} messages")
+        if type(ev) not in (list, tuple) or len(ev) > MAX_PARTICIPANTS + 1:
+            raise DkgMessageError(f"field 'evidence': expected a list of at most {MAX_PARTICIPANTS + 1} messages")
         evidence = tuple(decode(e, nested=True) for e in ev)
         return {"accused": _ident(d, "accused"), "reason": reason, "key": _bytes(d, "key", (0, 32)),
-                "evidence": evidence}
+                "proof": _bytes(d, "proof", (0, PROOF_SIZE)), "evidence": evidence}
 
 
-_KINDS: dict[str, type[Message]] = {k.TYPE: k for k in (Round1, Round2, Confirm, Complaint)}
+@dataclass(frozen=True)
+class Abort(Message):
+    """Broadcast: the sender leaves the session without confirming it (and never will confirm it)."""
+
+    TYPE: ClassVar[str] = "dkg.abort"
+    FIELDS: ClassVar[tuple[str, ...]] = ("reason",)
+
+    reason: str
+    signature: bytes = b""
+
+    @classmethod
+    def _parse(cls, d: Mapping[str, Any]) -> dict[str, Any]:
+        reason = d["reason"]
+        if type(reason) is not str or len(reason) > MAX_REASON:
+            raise DkgMessageError(f"field 'reason': expected a string of at most {MAX_REASON} characters")
+        return {"reason": reason}
+
+
+_KINDS: dict[str, type[Message]] = {k.TYPE: k for k in (Round1, Round2, Confirm, Complaint, Abort)}
 _EVIDENCE_KINDS = (Round1, Round2, Confirm)
 
 

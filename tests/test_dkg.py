@@ -1,5 +1,6 @@
-"""DKG state machine: 4 in-process participants over a shuffling, duplicating router (msgpack on the wire) agree
-on one group key that FROST can sign with; lying dealers are named; thresholds and wire decoding are strict."""
+"""DKG state machine: 4 in-process participants over a shuffling, duplicating, lossy router (msgpack on the wire)
+agree on one group key that FROST can sign with, repairing losses by asking peers for what they lack; lying
+dealers and lying accusers are proven to everyone; thresholds and wire decoding are strict."""
 
 from __future__ import annotations
 
@@ -27,12 +28,12 @@ Tamper = Callable[[DkgParticipant, int, Message], Message | None]
 class Net:
     """Routes every message through msgpack, delivers in random order, duplicates some, starts peers lazily."""
 
-    def __init__(self, seed: int, dup: float = 0.3, tamper: Tamper | None = None) -> None:
-        self.rng, self.dup, self.tamper = random.Random(seed), dup, tamper
+    def __init__(self, seed: int, dup: float = 0.3, tamper: Tamper | None = None, drop: float = 0.0) -> None:
+        self.rng, self.dup, self.tamper, self.drop = random.Random(seed), dup, tamper, drop
         self.endpoints: dict[int, list[DkgParticipant]] = {}
         self.queue: list[tuple[Any, ...]] = []
         self.log: list[Message] = []
-        self.delivered = self.duplicated = self.rejected = 0
+        self.delivered = self.duplicated = self.rejected = self.dropped = 0
 
     def add(self, p: DkgParticipant) -> None:
         self.endpoints.setdefault(p.identifier, []).append(p)
@@ -53,6 +54,9 @@ class Net:
                 self.post(item[1], item[1].start())
                 continue
             _, dst, wire, is_copy = item
+            if self.rng.random() < self.drop:
+                self.dropped += 1
+                continue
             if not is_copy and self.rng.random() < self.dup:
                 self.queue.append(("msg", dst, wire, True))
                 self.duplicated += 1
@@ -62,6 +66,22 @@ class Net:
                     self.post(p, p.receive(msgpack.unpackb(wire)))
                 except DkgMessageError:
                     self.rejected += 1
+
+
+    def run_with_repair(self, max_rounds: int = 200) -> int:
+        """Deliver; then let every participant that lacks something ask the others (requests and answers cross the
+        same lossy network), until nobody lacks anything. Returns the number of repair rounds."""
+        self.run()
+        for rounds in range(max_rounds):
+            wanting = [(p, p.want()) for ps in self.endpoints.values() for p in ps if p.want()]
+            if not wanting:
+                return rounds
+            for p, want in wanting:
+                for q in (q for ps in self.endpoints.values() for q in ps if q.identifier != p.identifier):
+                    if self.rng.random() >= self.drop:
+                        self.post(q, q.answer(p.identifier, want))
+            self.run()
+        raise AssertionError(f"still lacking messages after {max_rounds} repair rounds")
 
 
 def cluster(n: int) -> tuple[bytes, dict[int, nacl.signing.SigningKey], dict[int, bytes]]:
@@ -119,6 +139,96 @@ def test_four_participants_agree_on_a_key_any_threshold_subset_can_sign(seed: in
     assert base_mul(int.from_bytes(secret, "little")) == gpk
 
 
+def test_lossy_network_every_participant_completes_by_asking_for_what_it_lacks() -> None:
+    """Issue 8 §2.2 at the core: a quarter of all messages (requests and answers included) are lost, some
+    duplicated, all reordered; over many seeds every participant still completes with the same key."""
+    repairs = 0
+    for seed in range(60):
+        sid, keys, participants = cluster(4)
+        net = Net(seed, dup=0.2, drop=0.25)
+        nodes = {i: DkgParticipant(sid, keys[i], participants) for i in keys}
+        for p in nodes.values():
+            net.add(p)
+        repairs += net.run_with_repair()
+        assert all(p.state is DkgState.COMPLETE for p in nodes.values()), seed
+        assert len({p.result.group_public_key for p in nodes.values()}) == 1  # type: ignore[union-attr]
+        assert all(p.certificate() == nodes[1].certificate() for p in nodes.values())  # type: ignore[union-attr]
+        assert net.rejected == 0 and net.dropped > 0
+    assert repairs > 60  # losses were repaired, not avoided
+
+
+def test_a_lost_confirmation_is_fetched_from_any_peer() -> None:
+    """The issue's scenario at the core: only 2's confirmation to 4 is lost. 1-3 complete; 4 waits for 2, asks
+    anyone, gets 2's signed confirmation from 1 (relayed, since it is signed) and completes."""
+    sid, keys, participants = cluster(4)
+    net = Net(3, tamper=lambda src, dst, m: None if isinstance(m, Confirm) and (src.identifier, dst) == (2, 4) else m)
+    nodes = {i: DkgParticipant(sid, keys[i], participants) for i in keys}
+    for p in nodes.values():
+        net.add(p)
+    net.run()
+    assert [nodes[i].state for i in (1, 2, 3)] == [DkgState.COMPLETE] * 3
+    assert nodes[4].state is DkgState.CONFIRM and nodes[4].waiting_for() == {2}
+    assert nodes[4].want() == dkg.Want(confirm=frozenset({2}))
+    net.post(nodes[1], nodes[1].answer(4, nodes[4].want()))
+    net.run()
+    assert nodes[4].state is DkgState.COMPLETE and nodes[4].result == nodes[4].key_share
+    assert nodes[4].certificate() == nodes[1].certificate()
+
+
+def test_a_restarted_participant_completes_from_its_stored_confirmation() -> None:
+    """After a restart, a participant that had confirmed is rebuilt from its stored key share and confirmation; the
+    certificate completes it. A participant that confirmed cannot leave; one that did not, can."""
+    sid, keys, participants = cluster(4)
+    net = Net(5, tamper=lambda src, dst, m: None if isinstance(m, Confirm) and dst == 4 else m)
+    nodes = {i: DkgParticipant(sid, keys[i], participants) for i in keys}
+    for p in nodes.values():
+        net.add(p)
+    net.run()
+    p4 = nodes[4]
+    assert p4.committed and p4.state is DkgState.CONFIRM and p4.abort("timeout") == [] and not p4.left
+    assert p4.key_share is not None and p4.own_confirm is not None
+    with pytest.raises(DkgError, match="does not match"):
+        DkgParticipant.restore(sid, keys[4], participants, 3, nodes[1].key_share,  # type: ignore[arg-type]
+                               p4.own_confirm)
+    again = DkgParticipant.restore(sid, keys[4], participants, 3, p4.key_share, p4.own_confirm.to_wire())
+    assert again.state is DkgState.CONFIRM and again.waiting_for() == {1, 2, 3}
+    for c in nodes[1].certificate():
+        again.receive(c.to_wire())
+    assert again.state is DkgState.COMPLETE and again.result == p4.key_share
+    fresh = DkgParticipant(sid, keys[1], participants)
+    fresh.start()
+    out = fresh.abort("timed out")
+    assert fresh.left and fresh.state is DkgState.FAILED and [type(o.message) for o in out] == [dkg.Abort]
+
+
+def test_an_abort_ends_the_session_for_all_but_not_a_confirmed_certificate() -> None:
+    """3 leaves before confirming: nobody can complete; those that had confirmed stay FAILED-but-committed and can
+    still complete if a certificate turns up (here: never). The abort is signed, so it is relayed to whoever asks."""
+    sid, keys, participants = cluster(4)
+    nodes = {i: DkgParticipant(sid, keys[i], participants) for i in keys}
+    net = Net(8, tamper=lambda src, dst, m: None if isinstance(m, Round2) and dst == 3 and m.sender == 1 else m)
+    for p in nodes.values():
+        net.add(p)
+    net.run()
+    assert nodes[3].state is DkgState.ROUND2 and nodes[3].waiting_for() == {1}
+    assert all(nodes[i].committed for i in (1, 2, 4))
+    net.post(nodes[3], nodes[3].abort("timed out waiting for 1"))
+    net.run()
+    for i in (1, 2, 4):
+        assert nodes[i].state is DkgState.FAILED and nodes[i].withdrawn == {3} and nodes[i].result is None
+    asked = nodes[1].answer(2, dkg.Want(confirm=frozenset({3})))
+    assert [type(o.message) for o in asked] == [dkg.Abort]
+
+
+def test_threshold_refusal_rule() -> None:
+    assert dkg.threshold_refusal(4, 3, None) is None and dkg.threshold_refusal(4, 4, None) is None
+    assert "below 5" in (dkg.threshold_refusal(7, 4, None) or "")  # 7 // 2 + 1 = 4 needs configuring
+    assert dkg.threshold_refusal(7, 4, 4) is None
+    assert "configured threshold 5" in (dkg.threshold_refusal(7, 6, 5) or "")
+    assert "out of range" in (dkg.threshold_refusal(7, 3, 3) or "")  # never below a strict majority
+    assert "out of range" in (dkg.threshold_refusal(7, 8, None) or "")
+
+
 def test_configurable_threshold_at_the_minimum() -> None:
     _, nodes = run_dkg(5, seed=7, threshold=3)  # 5 // 2 + 1
     assert all(p.state is DkgState.COMPLETE for p in nodes.values())
@@ -150,8 +260,8 @@ def test_configuration_errors() -> None:
         DkgParticipant(sid[:16], keys[1], participants)
     with pytest.raises(DkgError, match="not among"):
         DkgParticipant(sid, nacl.signing.SigningKey.generate(), participants)
-    with pytest.raises(DkgError, match=r"1\.\.n"):
-        DkgParticipant(sid, keys[1], {i + 1: pk for i, pk in participants.items()})
+    with pytest.raises(DkgError, match=r"1\.\.255"):
+        DkgParticipant(sid, keys[1], {i - 1: pk for i, pk in participants.items()})
     with pytest.raises(DkgError, match="distinct valid"):
         DkgParticipant(sid, keys[1], {**participants, 4: bytes(32)})
     with pytest.raises(DkgError, match="duplicate"):
@@ -188,7 +298,10 @@ def test_dealer_sending_a_bad_share_is_named(seed: int) -> None:
         assert any(r.complainer == victim and r.proven for r in nodes[i].complaints)
     complaints = [m for m in net.log if isinstance(m, Complaint)]
     assert {(c.sender, c.accused) for c in complaints} == {(victim, liar)}
-    assert len(complaints[0].key) == 32 and [type(e) for e in complaints[0].evidence] == [Round1, Round2]
+    assert len(complaints[0].key) == 32 and len(complaints[0].proof) == 64
+    assert [type(e) for e in complaints[0].evidence] == [Round1, Round2, Round1]
+    for p in nodes.values():  # anyone can check the proof later, from the proof alone
+        assert dkg.check_exclusion_proof(p.proofs()[liar], p.participants)[0] == liar
 
 
 def test_dealer_with_a_bad_proof_of_knowledge_is_named() -> None:
@@ -222,7 +335,7 @@ def test_equivocating_dealer_is_caught_by_the_confirmation_round() -> None:
     echo brings both signed round-1 messages to someone, who proves the equivocation to all."""
     liar, side_a, side_b = 2, {1, 3}, {4}
     sid, keys, participants = cluster(4)
-    persona_a, persona_b = (DkgParticipant(sid, keys[liar], participants) for _ in range(2))
+    persona_a, persona_b = (DkgParticipant(sid, keys[liar], participants, entropy=e) for e in (b"a", b"b"))
 
     def split(src: DkgParticipant, dst: int, msg: Message) -> Message | None:
         if (src is persona_a and dst in side_b) or (src is persona_b and dst in side_a):
@@ -243,9 +356,9 @@ def test_equivocating_dealer_is_caught_by_the_confirmation_round() -> None:
     assert proofs and all(m.accused == liar and len(m.evidence) == 2 for m in proofs)
 
 
-def test_false_accusation_proves_nothing() -> None:
-    """A participant claims an honest dealer's (valid) share is bad and reveals the real key: others open the share,
-    find it valid, and record the accusation as unproven."""
+def test_false_accusation_proves_the_accuser_a_liar() -> None:
+    """A participant claims an honest dealer's (valid) share is bad, reveals the real key with a valid proof, and
+    leaves: others open the share, find it valid, and hold a proof against the accuser (not the dealer)."""
     accuser, target = 1, 3
 
     class FalseAccuser(DkgParticipant):
@@ -257,13 +370,81 @@ def test_false_accusation_proves_nothing() -> None:
     net, nodes = run_dkg(4, 9, cls={accuser: FalseAccuser})
     assert net.rejected == 0
     for i, p in nodes.items():
-        assert p.state is DkgState.FAILED and p.result is None
+        assert p.state is DkgState.FAILED and p.result is None  # the accuser left, so nobody can finish
         if i != accuser:
             assert [(r.complainer, r.accused, r.reason, r.proven) for r in p.complaints] == [
                 (accuser, target, "bad_share", False)]
+            assert set(p.proven_bad) == {accuser}
+            assert dkg.check_exclusion_proof(p.proofs()[accuser], p.participants) == (
+                accuser, f"false bad_share complaint against {target}")
 
 
-def test_lying_confirmation_fails_the_session() -> None:
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_complaint_without_valid_evidence_does_not_stop_the_session(seed: int) -> None:
+    """Issue 8 §2.4: the liar broadcasts complaints whose evidence does not hold (a share it got is fine; a forged
+    round 1; nothing at all) but otherwise follows the protocol: everyone still completes, and holds a proof
+    against the liar."""
+    liar = 2
+    sent: set[int] = set()
+
+    def lie(src: DkgParticipant, dst: int, msg: Message) -> Message | None:
+        if src.identifier == liar and isinstance(msg, Confirm) and dst not in sent:
+            sent.add(dst)
+            honest_r1 = src._round1[3]
+            forged = dataclasses.replace(honest_r1, proof=honest_r1.proof[:32] + bytes(32))  # bad sig, valid-looking
+            for c in (Complaint(src.session_id, liar, 3, "bad_proof", b"", b"", (honest_r1,)),
+                      Complaint(src.session_id, liar, 4, "bad_proof", b"", b"", (forged,)),
+                      Complaint(src.session_id, liar, 1, "equivocation", b"", b"", ())):
+                net.queue.append(("msg", dst, msgpack.packb(c.signed(src._identity, src._context).to_wire()), False))
+        return msg
+
+    net = Net(seed, tamper=lie)
+    sid, keys, participants = cluster(4)
+    nodes = {i: DkgParticipant(sid, keys[i], participants) for i in keys}
+    for p in nodes.values():
+        net.add(p)
+    net.run()
+    assert net.rejected == 0 and len(sent) == 3
+    assert all(p.state is DkgState.COMPLETE for p in nodes.values())
+    assert len({p.result.group_public_key for p in nodes.values()}) == 1  # type: ignore[union-attr]
+    for i in (1, 3, 4):
+        p = nodes[i]
+        assert {(r.accused, r.proven) for r in p.complaints} == {(3, False), (4, False), (1, False)}
+        assert set(p.proven_bad) == {liar}
+        assert dkg.check_exclusion_proof(p.proofs()[liar], participants)[0] == liar
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dealer_sending_an_undecryptable_share_is_proven_to_everyone(seed: int) -> None:
+    """Issue 8 §2.4: a box that does not open cannot be blamed on the dealer without the key; the victim reveals the
+    pair's Diffie-Hellman point of this session with a Chaum-Pedersen proof, so everyone sees the box does not open."""
+    liar, victim = 3, 1
+
+    def garble(src: DkgParticipant, dst: int, msg: Message) -> Message | None:
+        if isinstance(msg, Round2) and msg.sender == liar and msg.recipient == victim:
+            return dataclasses.replace(msg, box=os.urandom(len(msg.box))).signed(src._identity, src._context)
+        return msg
+
+    net, nodes = run_dkg(4, seed, tamper=garble)
+    assert net.rejected == 0
+    _blame(nodes, liar)
+    for i, p in nodes.items():
+        if i != liar:
+            assert (victim, liar, "bad_share", True) in {(r.complainer, r.accused, r.reason, r.proven)
+                                                         for r in p.complaints}
+    proof = nodes[2].proofs()[liar]
+    assert dkg.check_exclusion_proof(proof, nodes[2].participants) == (
+        liar, f"bad_share by {liar} (proven by {victim})")
+    # a wrong Diffie-Hellman point (the honest dealer framed) does not verify
+    complaint = next(m for m in net.log if isinstance(m, Complaint))
+    p4 = nodes[4]
+    for key in (base_mul(5), complaint.key[:31] + bytes([complaint.key[31] ^ 1])):
+        framed = dataclasses.replace(complaint, key=key)
+        assert not dkg.judge_complaint(framed, p4._context, p4.participants, p4.threshold)
+    assert dkg.judge_complaint(complaint, p4._context, p4.participants, p4.threshold)
+
+
+def test_lying_confirmation_is_proven_and_fails_the_session() -> None:
     liar = 4
 
     def lie(src: DkgParticipant, dst: int, msg: Message) -> Message | None:
@@ -275,11 +456,12 @@ def test_lying_confirmation_fails_the_session() -> None:
     net, nodes = run_dkg(4, 4, tamper=lie)
     assert net.rejected == 0
     for i, p in nodes.items():
-        assert p.state is DkgState.FAILED and p.result is None
         if i != liar:
-            assert (liar, "mismatch") in {(r.accused, r.reason) for r in p.complaints}  # raised by i or a peer
-            assert not any(r.proven for r in p.complaints)
-    assert {(m.accused, m.reason) for m in net.log if isinstance(m, Complaint)} == {(liar, "mismatch")}
+            assert p.state is DkgState.FAILED and p.result is None and p.committed  # it cannot leave: it confirmed
+            assert p.withdrawn == {liar} and p.waiting_for() == {liar}
+            assert (liar, "bad_confirm", True) in {(r.accused, r.reason, r.proven) for r in p.complaints}
+            assert set(p.proven_bad) == {liar}
+    assert {(m.accused, m.reason) for m in net.log if isinstance(m, Complaint)} == {(liar, "bad_confirm")}
 
 
 # ---- messages ---------------------------------------------------------------------------------------------------
@@ -302,7 +484,7 @@ def transcript() -> dict[str, Any]:
 
 
 def test_wire_round_trip(transcript: dict[str, Any]) -> None:
-    assert set(transcript["by_kind"]) == {Round1, Round2, Confirm, Complaint}
+    assert set(transcript["by_kind"]) == {Round1, Round2, Confirm, Complaint, dkg.Abort}
     for kind, m in transcript["by_kind"].items():
         wire = msgpack.unpackb(msgpack.packb(m.to_wire()))
         assert dkg.decode(wire) == m and kind.from_wire(wire) == m
@@ -327,7 +509,7 @@ def _mutations(wire: dict[str, Any]) -> list[dict[str, Any]]:
         elif isinstance(value, int):
             out += [{**wire, key: 0}, {**wire, key: -1}, {**wire, key: 2**70}]
         elif isinstance(value, str):
-            out += [{**wire, key: "nonsense"}, {**wire, key: b"bad_share"}]
+            out += [{**wire, key: "nonsense" * 30}, {**wire, key: b"bad_share"}]
     return out
 
 
@@ -376,13 +558,24 @@ def test_unauthenticated_foreign_or_misaddressed_messages_change_nothing(transcr
 
 
 def test_shares_are_encrypted_to_their_recipient(transcript: dict[str, Any]) -> None:
-    nodes = transcript["honest"]
+    """Each share opens under the pair's ephemeral Diffie-Hellman key only. Secrets are derived from the identity seed
+    and the session context, so a fresh participant with the same identity (a restart) has the same keys."""
+    nodes: dict[int, DkgParticipant] = transcript["honest"]
+    again = {}
+    for i, p in nodes.items():
+        again[i] = DkgParticipant(p.session_id, p._identity, p.participants, p.threshold)
+        assert again[i]._round1[i] == p._round1[i]  # byte-identical round 1: no equivocation after a restart
+        again[i]._round1 = dict(p._round1)
     m = next(m for m in transcript["log"] if isinstance(m, Round2) and m.sender == 1 and m.recipient == 2)
-    plain = nacl.secret.SecretBox(nodes[2]._share_key(1, 2)).decrypt(m.box)
+    plain = nacl.secret.SecretBox(again[2]._share_key(1, 2)).decrypt(m.box)
     assert len(plain) == 32 and plain not in m.box
+    assert again[1]._share_key(1, 2) == again[2]._share_key(1, 2)
     for eavesdropper in (3, 4):
         with pytest.raises(nacl.exceptions.CryptoError):
-            nacl.secret.SecretBox(nodes[eavesdropper]._share_key(1, 2)).decrypt(m.box)
+            nacl.secret.SecretBox(again[eavesdropper]._share_key(1, 2)).decrypt(m.box)
+    other = DkgParticipant(nodes[1].session_id, nodes[1]._identity, nodes[1].participants, nodes[1].threshold,
+                           entropy=b"x")
+    assert other._round1[1].enc_key != nodes[1]._round1[1].enc_key
 
 
 def test_messages_received_before_start_are_kept() -> None:
