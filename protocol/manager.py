@@ -353,6 +353,8 @@ class PeerManager:
                 await ws.send_message(hs.hello())
                 await ws.send_message(hs.receive_challenge(_as_bytes(await ws.get_message())))
                 session = hs.receive_welcome(_as_bytes(await ws.get_message()))
+                # no await since the welcome arrived: the reader task has parsed at most the rest of the
+                # 4 KiB chunk that held it, so a large first frame from the peer is not cut at 4 KiB
                 _allow_full_messages(ws)
             else:
                 await ws.send_message(hs.receive_hello(_as_bytes(await ws.get_message())))
@@ -363,9 +365,8 @@ class PeerManager:
         except (HandshakeRefused, ProtocolError) as exc:
             code, reason = (exc.code, exc.reason) if isinstance(exc, HandshakeRefused) else (CLOSE_PROTOCOL, str(exc))
             self.warn.warning(kind, "peer link refused (%s side, remote %s): %s", side, _address(ws), reason)
-            target = hs.peer.id if hs.peer is not None else expect
-            if target in self.peers:
-                self.peers[target].last_error = reason
+            if expect is not None:  # not on the accepting side: the remote's claimed id is unproven
+                self.peers[expect].last_error = reason
             with trio.move_on_after(1):
                 await ws.aclose(code, reason[:120])
             return None
