@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from node.da.base import BlobRef, DAError, DALayer, DATimeout, Page
+from node.da.base import BlobRef, DAError, DALayer, DATimeout, DAUnavailable, Page
 from node.hlc import wall_ms
 
 T = TypeVar("T")
@@ -54,6 +54,7 @@ class MeteredLayer:
         self.timeout_s = timeout_s
         self.metrics = LayerMetrics()
         self.last_read_error: str | None = None  # the latest read_after failed with this (None: it worked)
+        self.last_read_answered = False  # ... and the layer did answer (an error, not an outage: not DAUnavailable)
         self.last_read_ms: int | None = None  # wall ms when the latest successful read_after started
         self.marker: Callable[[], int] | None = None  # the status machine's mark(), taken when a read starts
         self.read_mark: int | None = None  # its value at the start of the latest read_after
@@ -100,6 +101,7 @@ class MeteredLayer:
             page = await self._call("read", lambda: self.inner.read_after(cursor, limit))
         except DAError as exc:
             self.last_read_error = f"reading after {cursor} failed: {exc}"
+            self.last_read_answered = not isinstance(exc, DAUnavailable)
             raise
         self.last_read_error, self.last_read_ms = None, started
         if self.on_page is not None:

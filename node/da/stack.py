@@ -108,9 +108,15 @@ class DAStack:
                 since: int | None = None) -> None:
         """The outcome of an operation on ``layer``: a read (a consumer's poll) unless ``write``. ``since``: the
         machine's mark when it started; for a read of a followed log, by default the mark its latest
-        ``read_after`` took (a success of a read that began before a later failure is stale)."""
+        ``read_after`` took (see node.da.status on stale outcomes). A consumer's read that failed because the
+        layer answered with an error (e.g. ``header: not found`` for a pruned height) is not an outage: it is
+        not counted (the health checks and writes judge the layer; ``read_problems`` tells why reading
+        stopped), so such a log does not flap the status between Healthy and Warning."""
         if since is None and not write and layer in self.followed:
-            since = self.followed[layer].read_mark
+            followed = self.followed[layer]
+            if not ok and followed.last_read_answered and followed.last_read_error is not None:
+                return
+            since = followed.read_mark
         self.machine.observe(layer, ok, wall_ms(), error, write=write, since=since)
         self._log_transition()
 
@@ -175,7 +181,7 @@ class DAStack:
             try:
                 await layer.probe(self.health_timeout_s)
             except DAError as exc:
-                self.observe(name, False, str(exc))
+                self.observe(name, False, str(exc), since=since)
             else:
                 self.observe(name, True, since=since)
             finally:

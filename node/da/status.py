@@ -26,10 +26,13 @@ write probe; a write that fails on it falls through to the next layer at once).
 Outcomes arrive out of order: a write or read that started before an outage may succeed after the first
 failures of that outage were observed. Such a success says nothing about the present, so a caller that
 takes ``mark()`` when an operation starts and passes it as ``since`` has a success ignored (counted in
-``stale_successes``) when the layer failed after the mark: one failure sequence gives one transition
-(Healthy → Warning → fallback), not Healthy → Warning → Healthy → Warning as late answers arrive. A success
-without ``since`` counts as fresh. ``on_change`` (if set) is called after every observation that changed the
-status or a layer's health (the stack logs it and abandons writes in flight on a layer that failed).
+``stale``) when the layer failed after the mark: one failure sequence gives one transition (Healthy →
+Warning → fallback), not Healthy → Warning → Healthy → Warning as late answers arrive. Likewise a failed
+read or health check that started before a later success (a slow read timing out after the layer answered
+again) is ignored; a failed write always counts. An outcome without ``since`` counts as fresh.
+
+``on_change`` (if set) is called after every observation that changed the status or a layer's health (the
+stack logs it and abandons the writes in flight on a layer that failed).
 
 ``primary_ok_since`` is when the primary's current run of successes began (None after a failure): how long the
 primary has worked again, e.g. before adopting other members' fallback blobs.
@@ -77,6 +80,7 @@ class _Layer:
     successes: int = 0  # successes (of any kind) in a row
     last_error: str | None = None
     last_failure_seq: int = 0  # the machine's observation number of this layer's latest failure
+    last_success_seq: int = 0  # ... and of its latest success
     ok_since_ms: int | None = None  # when the current run of successes began (None: the latest outcome failed)
 
     @property
@@ -93,7 +97,7 @@ class DAStatusMachine:
     fallback_reason: str | None = None
     last_fallback_at: int | None = None
     transitions: int = 0
-    stale_successes: int = 0  # successes ignored: their operation started before a later failure of the layer
+    stale: int = 0  # outcomes ignored: their operation started before a later opposite outcome (see above)
     on_change: Callable[[], None] | None = None
     _state: dict[str, _Layer] = field(default_factory=dict)
     _seq: int = 0  # observations so far (failures are stamped with it)
@@ -110,16 +114,18 @@ class DAStatusMachine:
     def observe(self, layer: str, ok: bool, now_ms: int, error: str | None = None, write: bool = False,
                 since: int | None = None) -> Status:
         """A health check, a read, or (``write=True``) a write on ``layer`` succeeded or failed. ``since``: the
-        ``mark()`` taken when the operation started; a success is ignored if the layer failed after it."""
+        ``mark()`` taken when the operation started: a success is ignored if the layer failed after it, a failed
+        read if the layer succeeded after it."""
         st = self._state.get(layer)
         if st is None:
             return self.status
-        if ok and since is not None and st.last_failure_seq > since:
-            self.stale_successes += 1
+        if since is not None and (st.last_failure_seq > since if ok else (not write and st.last_success_seq > since)):
+            self.stale += 1
             return self.status
         before = (self.status, st.healthy)
         self._seq += 1
         if ok:
+            st.last_success_seq = self._seq
             if st.successes == 0:
                 st.ok_since_ms = now_ms
             st.successes += 1
