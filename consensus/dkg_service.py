@@ -1,18 +1,38 @@
 """Drives the DKG state machine (consensus/dkg.py) over the peer network and keeps the resulting key.
 
-* ``start()`` (``POST /cluster/dkg``) broadcasts ``dkg.start`` {session, threshold}; every member without
-  a key joins. With ``auto``, the member with the smallest id starts one by itself when every peer is
-  connected and no key exists, and again after a failed or timed-out session.
-* Two sessions at once (two starts racing): every member keeps the one with the smaller session id.
-* A session that does not complete within ``timeout_s`` fails, naming the members it still waited for.
-* The key share is written to the encrypted key store (0600) when the session completes and loaded at
-  start, so a restarted coordinator keeps its key.
+* ``start()`` (``POST /cluster/dkg``) broadcasts ``dkg.start`` {session, threshold, participants, proofs}; every
+  member without a key joins, unless it refuses the start (see below). With ``auto``, the member with the
+  smallest id among those not proven to misbehave starts one by itself when every participant is connected and
+  no key exists, and again (with a growing back-off) after a session ends without a key.
+* Thresholds: a joiner with a configured threshold accepts exactly that one; without one, any t with
+  ⌊2n/3⌋ + 1 <= t <= n (n: cluster members). ⌊n/2⌋ + 1 is the floor everywhere
+  (:func:`consensus.dkg.threshold_refusal`). Refused starts are logged and listed in ``status()``.
+* Two sessions at once (two starts racing): every member keeps the one with the smaller session id, unless it
+  already confirmed the other; leaving a session means broadcasting a signed abort.
+* Losses: a member lacking messages broadcasts ``dkg.sync`` (what it lacks) every ``sync_interval_s``; peers
+  answer with what they hold (signed messages can be relayed by anyone), members with a key answer with the
+  certificate of their session (every member's confirmation), and members that left answer with their abort.
+  The starter re-sends ``dkg.start`` while round-1 messages are missing; a sync also lets a member that missed
+  the start (or restarted: its secrets are derived, so its messages are identical) join.
+* Durability: the key share is written to the encrypted key store (0600) before the confirmation is sent (as a
+  pending share, ``<key store>.pending-<session>``, plus the journal ``<key store>.dkg``), and becomes the key
+  store (an atomic rename) once every member's identical confirmation is in hand; the certificate is kept
+  (``<key store>.cert``) to help members that missed it. A session id this member left is journaled before its
+  abort is sent, so it never confirms it later. A restarted member that had confirmed resumes waiting.
+* Timeouts: a session not confirmed within ``timeout_s`` is left (naming the members still waited for). A member
+  that confirmed never leaves (others may complete with its confirmation); it gives up waiting only when some
+  member withdrew, and even then completes if the certificate turns up.
+* Misbehaviour: a participant proven to misbehave (see :mod:`consensus.dkg`; a complaint whose evidence does not
+  hold proves its sender a liar) is left out of the next session when at least ``threshold`` members remain; the
+  start carries the proofs, and every joiner checks them.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -23,14 +43,29 @@ import nacl.signing
 import trio
 
 from consensus import keystore
-from consensus.dkg import DkgError, DkgParticipant, DkgState, Outgoing, assign_identifiers, check_threshold
-from consensus.dkg_messages import SESSION_ID_SIZE, DkgMessageError
+from consensus.dkg import (
+    DkgError,
+    DkgParticipant,
+    DkgState,
+    Outgoing,
+    Want,
+    assign_identifiers,
+    check_exclusion_proof,
+    check_threshold,
+    default_threshold,
+    sign_abort,
+    threshold_refusal,
+)
+from consensus.dkg_messages import SESSION_ID_SIZE, Confirm, DkgMessageError, decode
 from consensus.frost import KeyShare
-from protocol.envelope import Message, Registry, is_bytes, is_int
+from protocol.envelope import Message, Registry, is_bytes, is_int, is_list
 
 log = logging.getLogger("dsdn.dkg")
-START, MSG = "dkg.start", "dkg.msg"
+START, MSG, SYNC, PROOFS = "dkg.start", "dkg.msg", "dkg.sync", "dkg.proofs"
 MAX_BUFFERED = 4096  # messages of a session we have not joined yet
+MAX_ABORTED = 256  # session ids left, remembered (journaled)
+MAX_PROOF = 64 * 1024
+RunBlocking = Callable[..., Awaitable[Any]]
 
 
 class Network(Protocol):
@@ -43,8 +78,14 @@ class Network(Protocol):
 
 
 def register(registry: Registry) -> None:
-    registry.register(START, {"session": is_bytes(SESSION_ID_SIZE), "threshold": is_int(1, 255)})
+    ids = is_list(is_int(1, 255), max_len=255)
+    proofs = is_list(is_bytes(max_len=MAX_PROOF), max_len=255)
+    registry.register(START, {"session": is_bytes(SESSION_ID_SIZE), "threshold": is_int(1, 255),
+                              "participants": ids, "proofs": proofs})
     registry.register(MSG, {"data": is_bytes(max_len=512 * 1024)})
+    registry.register(SYNC, {"session": is_bytes(SESSION_ID_SIZE), "threshold": is_int(1, 255),
+                             "participants": ids, "round1": ids, "round2": ids, "confirm": ids})
+    registry.register(PROOFS, {"proofs": proofs})
 
 
 @dataclass
@@ -52,29 +93,102 @@ class SessionInfo:
     id: bytes
     threshold: int
     participant: DkgParticipant
+    starter: str | None = None
     started: float = field(default_factory=trio.current_time)
+    last_sync: float = field(default_factory=trio.current_time)
+    durable: bool = False  # the pending key share is in the key store
+    reason: str | None = None  # why we left it
+    abandoned: bool = False  # confirmed, then someone withdrew: kept only to complete on a late certificate
+    held: list[Outgoing] = field(default_factory=list)  # not sent yet: their precondition could not be stored
+
+    @property
+    def participants(self) -> dict[int, bytes]:
+        return self.participant.participants
+
+
+@dataclass(frozen=True)
+class Certificate:
+    session: bytes
+    threshold: int
+    participants: tuple[int, ...]
+    confirms: tuple[bytes, ...]  # msgpack wire of every participant's confirmation
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, max_bin_len=64 * 1024, max_str_len=1024, max_array_len=1024,
+                           max_map_len=64)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class DkgService:
     def __init__(self, net: Network, identity: nacl.signing.SigningKey, members: dict[str, bytes],
                  keystore_path: Path, *, passphrase: bytes | None = None, threshold: int | None = None,
-                 auto: bool = True, timeout_s: float = 30.0) -> None:
-        """``members``: member id -> Ed25519 identity key, this coordinator included."""
-        self.net, self.identity, self.members = net, identity, members
-        self.keystore_path, self.passphrase, self.auto, self.timeout_s = keystore_path, passphrase, auto, timeout_s
-        self.identifiers = assign_identifiers(members.values())  # identifier -> key, the same on every member
-        self._member_of = {key: member for member, key in members.items()}
-        self.threshold = threshold
+                 auto: bool = True, timeout_s: float = 30.0, sync_interval_s: float = 1.0,
+                 run_blocking: RunBlocking = trio.to_thread.run_sync,
+                 participant_class: type[DkgParticipant] = DkgParticipant) -> None:
+        """``members``: member id -> Ed25519 identity key, this coordinator included. ``run_blocking`` runs the
+        key store's file I/O (tests pass an inline runner); ``participant_class`` lets tests inject misbehaviour."""
         if threshold is not None:
             check_threshold(len(members), threshold)
+        self.threshold = threshold
+        self.net, self.identity, self.members = net, identity, members
+        self.keystore_path, self.passphrase, self.auto, self.timeout_s = keystore_path, passphrase, auto, timeout_s
+        self.sync_interval_s, self.run_blocking = sync_interval_s, run_blocking
+        self.participant_class = participant_class
+        self.identifiers = assign_identifiers(members.values())  # identifier -> key, the same on every member
+        self._member_of = {key: member for member, key in members.items()}
+        self._ident_of = {self._member_of[key]: i for i, key in self.identifiers.items()}
+        self.me = self._ident_of.get(net.my_id, 0)
         self.key: KeyShare | None = None
+        self.cert: Certificate | None = None
         self.session: SessionInfo | None = None
         self.last_error: str | None = None
         self.sessions_run = 0
+        self.refused_starts: deque[dict[str, Any]] = deque(maxlen=16)
+        self.proofs: dict[int, tuple[bytes, str]] = {}  # identifier -> (exclusion proof, what it proves)
+        self._pending: dict[bytes, SessionInfo] = {}  # sessions confirmed and not yet resolved
+        self._aborted: list[bytes] = []
         self._buffer: dict[bytes, list[bytes]] = {}
-        self._wake = trio.Event()
+        self._lock = trio.Lock()
+        self._failures = 0
+        self._next_auto = 0.0
+        self._all_up_since: float | None = None
+        self._cert_sent: dict[str, float] = {}
+        self._last_pending_sync = 0.0
+        path = Path(keystore_path)
+        self._journal_path = path.with_name(path.name + ".dkg")
+        self._cert_path = path.with_name(path.name + ".cert")
 
     # ---- views and commands ------------------------------------------------------------------------
+
+    def name(self, identifier: int) -> str:
+        return self._member_of[self.identifiers[identifier]]
+
+    def names(self, identifiers: set[int] | list[int]) -> list[str]:
+        return sorted(self.name(i) for i in identifiers)
 
     def status(self) -> dict[str, Any]:
         key = self.key
@@ -82,7 +196,8 @@ class DkgService:
         for identifier, public_key in sorted(self.identifiers.items()):
             share = key.verifying_shares.get(identifier) if key else None
             members.append({"id": self._member_of[public_key], "identifier": identifier, "public_key": public_key.hex(),
-                            "verifying_share": share.hex() if share else None})
+                            "verifying_share": share.hex() if share else None,
+                            "excluded": identifier in self.proofs})
         s = self.session
         state = "complete" if key else (s.participant.state.value if s else ("failed" if self.last_error else "none"))
         return {
@@ -90,77 +205,168 @@ class DkgService:
             "threshold": key.threshold if key else (s.threshold if s else None),
             "members": members,
             "dkg": {"state": state, "session": s.id.hex() if s else None, "error": self.last_error,
-                    "waiting_for": sorted(self._member_of[self.identifiers[i]] for i in s.participant.waiting_for())
-                    if s and s.participant.state not in (DkgState.COMPLETE, DkgState.FAILED) else [],
-                    "sessions_run": self.sessions_run},
+                    "waiting_for": self.names(s.participant.waiting_for())
+                    if s and s.participant.state is not DkgState.COMPLETE else [],
+                    "sessions_run": self.sessions_run,
+                    "excluded": [{"id": self.name(i), "proof": what} for i, (_, what) in sorted(self.proofs.items())],
+                    "refused_starts": list(self.refused_starts),
+                    "pending_sessions": [sid.hex() for sid in self._pending if self.key is None]},
         }
 
     def start(self, threshold: int | None = None) -> bytes:
-        """Begin a session; DkgError if a key exists or a session is running, or the threshold is wrong."""
+        """Begin a session; DkgError if a key exists, a session is running, or the threshold or the members left
+        after exclusions do not allow one."""
         if self.key is not None:
             raise DkgError("this cluster already has a key")
         if self.session is not None:
             raise DkgError(f"DKG session {self.session.id.hex()} is already running")
-        t = threshold or self.threshold or None
+        n = len(self.members)
+        t = threshold or self.threshold or default_threshold(n)
+        refusal = threshold_refusal(n, t, self.threshold)
+        if refusal is not None:
+            raise DkgError(refusal)
+        if self.me in self.proofs:
+            raise DkgError(f"this member is excluded from DKG: {self.proofs[self.me][1]}")
+        participants = {i: k for i, k in self.identifiers.items() if i not in self.proofs}
+        if len(participants) < t:
+            raise DkgError(f"only {len(participants)} members remain after leaving out "
+                           f"{self.names(list(self.proofs))} (proven to misbehave), fewer than the threshold {t}")
         session_id = os.urandom(SESSION_ID_SIZE)
-        self._join(session_id, t)
-        assert self.session is not None
-        self.net.broadcast(START, {"session": session_id, "threshold": self.session.threshold})
-        self._send(self.session.participant.start())
+        s = self._new_session(session_id, t, participants, self.net.my_id)
+        self.net.broadcast(START, self._start_body(s))
+        self._send(s, s.participant.start())
         return session_id
 
     # ---- running -------------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        if self.keystore_path.exists():
-            self.key = await trio.to_thread.run_sync(self._load)
-            log.info("key share loaded: group key %s, identifier %d, %d-of-%d", self.key.group_public_key.hex(),
-                     self.key.identifier, self.key.threshold, len(self.key.verifying_shares))
-        starts, msgs = self.net.subscribe(START), self.net.subscribe(MSG)
+        await self._restore()
+        channels = [(t, self.net.subscribe(t)) for t in (START, MSG, SYNC, PROOFS)]
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._on_starts, starts)
-            nursery.start_soon(self._on_msgs, msgs)
+            for type_, channel in channels:
+                nursery.start_soon(self._inbox, type_, channel)
             nursery.start_soon(self._supervise)
             task_status.started()
 
     def _load(self) -> KeyShare:
         return keystore.load(self.keystore_path, identity=self.identity, passphrase=self.passphrase)
 
-    async def _on_starts(self, inbox: trio.MemoryReceiveChannel[tuple[str, Message]]) -> None:
+    async def _inbox(self, type_: str, inbox: trio.MemoryReceiveChannel[tuple[str, Message]]) -> None:
+        handler = {START: self._on_start, MSG: self._on_msg, SYNC: self._on_sync, PROOFS: self._on_proofs}[type_]
         async for peer, msg in inbox:
-            session_id, threshold = msg.body["session"], msg.body["threshold"]
-            if self.key is not None:
+            if peer not in self._ident_of:
                 continue
-            current = self.session
-            if current is not None and (current.id == session_id or current.id < session_id):
-                continue  # the smaller session id wins a race between two starts
-            try:
-                self._join(session_id, threshold)
-            except DkgError as exc:
-                log.warning("ignoring DKG start from %s: %s", peer, exc)
-                continue
-            assert self.session is not None
-            log.info("joining DKG session %s started by %s (%d-of-%d)", session_id.hex()[:12], peer,
-                     self.session.threshold, len(self.members))
-            self._send(self.session.participant.start())
-            for data in self._buffer.pop(session_id, []):
-                self._feed(data)
+            async with self._lock:
+                await handler(peer, msg.body)
 
-    async def _on_msgs(self, inbox: trio.MemoryReceiveChannel[tuple[str, Message]]) -> None:
-        async for peer, msg in inbox:
-            self._feed(msg.body["data"], peer)
-            self._wake.set()
+    async def _supervise(self) -> None:
+        """Time sessions out, ask for what is missing, start sessions by ourselves when ``auto``."""
+        while True:
+            await trio.sleep(min(0.25, self.sync_interval_s / 2))
+            async with self._lock:
+                await self._tick()
 
-    def _feed(self, data: bytes, peer: str = "?") -> None:
+    async def _tick(self) -> None:
+        now = trio.current_time()
+        s = self.session
+        if s is not None and s.held:
+            await self._deliver(s, [])
+        if s is not None and self.session is s:
+            p = s.participant
+            if not p.committed and now - s.started > self.timeout_s:
+                await self._leave(s, f"timed out after {self.timeout_s:.0f}s waiting for {self.names(p.waiting_for())}")
+            elif now - s.last_sync >= self.sync_interval_s:
+                s.last_sync = now
+                if p.committed and now - s.started > self.timeout_s:
+                    self.last_error = (f"confirmed session {s.id.hex()[:12]}; still waiting for the confirmations "
+                                       f"of {self.names(p.waiting_for())}")
+                self._send_sync(s)
+                if s.starter == self.net.my_id and p.state is DkgState.ROUND1:
+                    for j in p.waiting_for():
+                        self.net.send(self.name(j), START, self._start_body(s))
+        elif self.key is None and self._pending and now - self._last_pending_sync >= 4 * self.sync_interval_s:
+            self._last_pending_sync = now  # ask for a late certificate of a session we confirmed
+            self._send_sync(list(self._pending.values())[-1])
+        self._maybe_auto_start(now)
+
+    def _maybe_auto_start(self, now: float) -> None:
+        if not self.auto or self.key is not None or self.session is not None or self.me in self.proofs:
+            return
+        participants = [i for i in self.identifiers if i not in self.proofs]
+        if self.net.my_id != min(self.name(i) for i in participants):
+            return
+        up = set(self.net.up_peers())
+        if not all(self.name(i) in up for i in participants if i != self.me):
+            self._all_up_since = None
+            return
+        if self._all_up_since is None:
+            self._all_up_since = now
+        if now - self._all_up_since < 0.2 or now < self._next_auto:  # let links settle; back off after failures
+            return
+        log.info("every participant is connected and no key exists: starting a DKG session")
         try:
-            wire = msgpack.unpackb(data, raw=False, max_bin_len=64 * 1024, max_str_len=1024,
-                                   max_array_len=1024, max_map_len=64)
+            self.start()
+        except DkgError as exc:
+            if self.last_error != f"cannot start a DKG session: {exc}":
+                log.warning("cannot start a DKG session: %s", exc)
+            self.last_error = f"cannot start a DKG session: {exc}"
+            self._next_auto = now + self.timeout_s
+
+    # ---- handlers ------------------------------------------------------------------------------------
+
+    async def _on_start(self, peer: str, body: dict[str, Any]) -> None:
+        session_id, threshold, ids, proofs = body["session"], body["threshold"], body["participants"], body["proofs"]
+        if self.key is not None:
+            self._send_certificate(peer)
+            return
+        if (self.session is not None and self.session.id == session_id) or session_id in self._pending:
+            return
+        if session_id in self._aborted:
+            self._send_abort(peer, session_id, threshold, ids)
+            return
+        refusal, participants = await self._check_start(peer, threshold, ids, proofs)
+        if refusal is not None:
+            self._refuse(peer, session_id, threshold, refusal)
+            return
+        current = self.session
+        if current is not None:
+            if current.participant.committed or current.id < session_id:
+                return  # the smaller session id wins a race between two starts; a confirmed session is kept
+            await self._leave(current, f"session {session_id.hex()[:12]} started by {peer} wins the race")
+            if self.key is not None or self.session is not None:
+                return
+        await self._join(session_id, threshold, participants, peer)
+
+    async def _on_sync(self, peer: str, body: dict[str, Any]) -> None:
+        session_id, threshold, ids = body["session"], body["threshold"], body["participants"]
+        if self.key is not None:
+            self._send_certificate(peer)
+            return
+        s = self.session if self.session is not None and self.session.id == session_id else self._pending.get(
+            session_id)
+        if s is None and session_id in self._aborted:
+            self._send_abort(peer, session_id, threshold, ids)
+            return
+        if s is None and self.session is None:  # missed the start, or restarted before confirming: join now
+            refusal, participants = await self._check_start(peer, threshold, ids, [])
+            if refusal is None:
+                await self._join(session_id, threshold, participants, None)
+                s = self.session if self.session is not None and self.session.id == session_id else None
+        if s is not None:
+            want = Want(frozenset(body["round1"]), frozenset(body["round2"]), frozenset(body["confirm"]))
+            self._send(s, s.participant.answer(self._ident_of[peer], want), only=peer)
+
+    async def _on_msg(self, peer: str, body: dict[str, Any]) -> None:
+        data = body["data"]
+        try:
+            wire = _unpack(data)
             session_id = wire["session"] if isinstance(wire, dict) else None
         except Exception:  # msgpack raises many unrelated types for garbage
             log.warning("dropped an undecodable DKG message from %s", peer)
             return
-        s = self.session
-        if s is None or session_id != s.id:
+        s = self.session if self.session is not None and self.session.id == session_id else self._pending.get(
+            session_id)  # type: ignore[arg-type]
+        if s is None:
             if self.key is None and isinstance(session_id, bytes):
                 buffered = self._buffer.setdefault(session_id, [])
                 if len(buffered) < MAX_BUFFERED and len(self._buffer) <= 8:
@@ -171,70 +377,352 @@ class DkgService:
         except (DkgMessageError, DkgError) as exc:
             log.warning("dropped a DKG message from %s: %s", peer, exc)
             return
-        self._send(out)
-        self._check_done()
+        await self._deliver(s, out)
 
-    def _join(self, session_id: bytes, threshold: int | None) -> None:
-        participant = DkgParticipant(session_id, self.identity, self.identifiers, threshold)
-        self.session = SessionInfo(session_id, participant.threshold, participant)
+    async def _on_proofs(self, peer: str, body: dict[str, Any]) -> None:
+        await self._learn_proofs(body["proofs"], peer)
+
+    # ---- sessions ------------------------------------------------------------------------------------
+
+    async def _check_start(self, peer: str, threshold: int, ids: list[int],
+                           proofs: list[bytes]) -> tuple[str | None, dict[int, bytes]]:
+        """(why this start is refused or None, its participants)."""
+        if len(set(ids)) != len(ids) or not set(ids) <= set(self.identifiers):
+            return "participants are not members of this cluster", {}
+        if self._ident_of[peer] not in ids:
+            return f"the starter {peer} is not a participant", {}
+        if self.me not in ids:
+            for proof in proofs:
+                try:
+                    culprit, what = check_exclusion_proof(proof, self.identifiers)
+                except DkgMessageError:
+                    continue
+                if culprit == self.me:
+                    await self._learn_proofs([proof], peer)
+                    return f"this member is left out: {what}", {}
+            return "this member is left out without proof", {}
+        refusal = threshold_refusal(len(self.members), threshold, self.threshold)
+        if refusal is not None:
+            return refusal, {}
+        if len(ids) < threshold:
+            return f"{len(ids)} participants are fewer than the threshold {threshold}", {}
+        proven: dict[int, bytes] = {}
+        for proof in proofs:
+            try:
+                culprit, _ = check_exclusion_proof(proof, self.identifiers)
+            except DkgMessageError as exc:
+                return f"invalid exclusion proof: {exc}", {}
+            proven.setdefault(culprit, proof)
+        left_out = set(self.identifiers) - set(ids)
+        unproven = left_out - set(proven) - set(self.proofs)
+        if unproven:
+            return f"leaves out {self.names(unproven)} without proof", {}
+        bad = set(ids) & set(self.proofs)
+        if bad:
+            self.net.send(peer, PROOFS, {"proofs": [self.proofs[i][0] for i in sorted(bad)]})
+            return f"includes {self.names(bad)}, proven to misbehave", {}
+        await self._learn_proofs([proven[i] for i in sorted(left_out & set(proven))], peer)
+        return None, {i: self.identifiers[i] for i in sorted(ids)}
+
+    def _refuse(self, peer: str, session_id: bytes, threshold: int, reason: str) -> None:
+        if self.refused_starts and self.refused_starts[-1]["session"] == session_id.hex():
+            self.refused_starts[-1]["count"] += 1  # the starter re-sends its start
+            return
+        log.warning("refusing DKG session %s started by %s (threshold %d): %s", session_id.hex()[:12], peer,
+                    threshold, reason)
+        self.refused_starts.append({"session": session_id.hex(), "from": peer, "threshold": threshold,
+                                    "reason": reason, "count": 1})
+        self.last_error = f"refused DKG session {session_id.hex()[:12]} started by {peer}: {reason}"
+
+    def _new_session(self, session_id: bytes, threshold: int, participants: dict[int, bytes],
+                     starter: str | None) -> SessionInfo:
+        participant = self.participant_class(session_id, self.identity, participants, threshold)
+        s = self.session = SessionInfo(session_id, threshold, participant, starter)
         self.sessions_run += 1
         self.last_error = None
+        return s
 
-    def _send(self, out: list[Outgoing]) -> None:
-        for item in out:
-            body = {"data": msgpack.packb(item.message.to_wire(), use_bin_type=True)}
-            if item.to is None:
-                self.net.broadcast(MSG, body)
-            else:
-                self.net.send(self._member_of[self.identifiers[item.to]], MSG, body)
-        self._check_done()
-
-    def _check_done(self) -> None:
-        s = self.session
-        if s is None:
+    async def _join(self, session_id: bytes, threshold: int, participants: dict[int, bytes],
+                    starter: str | None) -> None:
+        try:
+            s = self._new_session(session_id, threshold, participants, starter)
+        except DkgError as exc:
+            log.warning("cannot join DKG session %s: %s", session_id.hex()[:12], exc)
             return
-        if s.participant.state is DkgState.COMPLETE and s.participant.result is not None:
-            self.key = s.participant.result
-            self.session = None
-            self._buffer.clear()
-            self._wake.set()
-        elif s.participant.state is DkgState.FAILED:
-            accused = [self._member_of[self.identifiers[i]] for i in sorted(s.participant.accused)]
-            self._fail(s, f"complaints against {accused}: "
-                          + "; ".join(c.reason for c in s.participant.complaints)[:500])
+        log.info("joining DKG session %s %s (%d-of-%d)", session_id.hex()[:12],
+                 f"started by {starter}" if starter else "(asked for by a peer)", threshold, len(participants))
+        out = s.participant.start()
+        for data in self._buffer.pop(session_id, []):
+            try:
+                out += s.participant.receive(_unpack(data))
+            except Exception:  # undecodable or rejected: it was never going to count
+                continue
+        await self._deliver(s, out)
 
-    def _fail(self, s: SessionInfo, error: str) -> None:
+    async def _leave(self, s: SessionInfo, reason: str) -> None:
+        """Stop running ``s``: abort it when not confirmed, else keep it only for a late certificate."""
+        s.reason = reason
+        await self._deliver(s, s.participant.abort(reason))
+        if self.session is s:
+            await self._end(s, reason)
+
+    async def _deliver(self, s: SessionInfo, out: list[Outgoing]) -> None:
+        """Send ``out`` once what it requires is durable: the key share before a confirmation, the left session's
+        id before an abort. Then act on the session's new state."""
+        p = s.participant
+        out, s.held = s.held + out, []
+        try:
+            if p.committed and not s.durable:
+                await self._store_pending(s)
+            if p.left and s.id not in self._aborted:
+                aborted = [*self._aborted, s.id][-MAX_ABORTED:]
+                await self._save_journal(aborted)
+                self._aborted = aborted
+        except (OSError, keystore.KeystoreError) as exc:
+            log.error("cannot store DKG state for session %s (will retry): %s", s.id.hex()[:12], exc)
+            self.last_error = f"cannot store the DKG state: {exc}"
+            s.held = out
+            return
+        self._send(s, out)
+        if p.state is DkgState.COMPLETE and p.result is not None:
+            await self._adopt(s)
+        elif p.state is DkgState.FAILED and self.session is s:
+            await self._end(s, self._why(s))
+
+    def _why(self, s: SessionInfo) -> str:
+        p = s.participant
+        parts = [s.reason] if s.reason else []
+        if p.proven_bad:
+            parts.append("proven to misbehave: " + ", ".join(
+                f"{self.name(r.culprit)} ({r.reason}{'' if r.proven else ', false accusation'})"
+                for r in p.complaints if r.culprit in p.proven_bad))
+        if p.withdrawn:
+            parts.append(f"{self.names(p.withdrawn)} left the session")
+        return "; ".join(parts)[:500] or "failed"
+
+    async def _end(self, s: SessionInfo, error: str) -> None:
+        """The running session is over without a key."""
         log.warning("DKG session %s failed: %s", s.id.hex()[:12], error)
         self.last_error = error
         self.session = None
+        now = trio.current_time()
+        self._failures += 1
+        self._next_auto = now + min(self.timeout_s, 0.5 * 2 ** min(self._failures, 8))
+        new = {i: p for i, p in s.participant.proofs().items() if i not in self.proofs}
+        if new:
+            await self._learn_proofs(list(new.values()), None)
+            for peer in self.members:
+                if peer != self.net.my_id:
+                    self.net.send(peer, PROOFS, {"proofs": list(new.values())})
+        if s.participant.committed and not s.abandoned:
+            s.abandoned = True
+            await self._save_journal()
 
-    async def _supervise(self) -> None:
-        """Store a completed key; time sessions out; start sessions by ourselves when ``auto``."""
-        stored = False
-        while True:
-            with trio.move_on_after(0.5):
-                await self._wake.wait()
-            self._wake = trio.Event()
-            if self.key is not None and not stored:
-                if not self.keystore_path.exists():
-                    key = self.key
-                    await trio.to_thread.run_sync(partial(keystore.save, self.keystore_path, key,
-                                                          identity=self.identity, passphrase=self.passphrase))
-                    log.info("DKG complete: group key %s (%d-of-%d), key share stored in %s",
-                             key.group_public_key.hex(), key.threshold, len(key.verifying_shares),
-                             self.keystore_path)
-                stored = True
-            s = self.session
-            if s is not None and trio.current_time() - s.started > self.timeout_s:
-                waiting = sorted(self._member_of[self.identifiers[i]] for i in s.participant.waiting_for())
-                self._fail(s, f"timed out after {self.timeout_s:.0f}s waiting for {waiting}")
-            if (self.auto and self.key is None and self.session is None
-                    and self.net.my_id == min(self.members)
-                    and len(self.net.up_peers()) == len(self.members) - 1):
-                await trio.sleep(1.0 if self.last_error else 0.2)  # let links settle; back off after a failure
-                if self.key is None and self.session is None and len(self.net.up_peers()) == len(self.members) - 1:
-                    log.info("every peer is connected and no key exists: starting a DKG session")
-                    try:
-                        self.start()
-                    except DkgError as exc:
-                        log.warning("cannot start a DKG session: %s", exc)
+    async def _adopt(self, s: SessionInfo) -> None:
+        p = s.participant
+        key = p.result
+        assert key is not None
+        cert = Certificate(s.id, s.threshold, tuple(s.participants),
+                           tuple(msgpack.packb(c.to_wire(), use_bin_type=True) for c in p.certificate()))
+        stale = [self._pending_path(sid) for sid in self._pending if sid != s.id]
+        try:
+            await self.run_blocking(self._store_final, s.id, key, cert, stale)
+        except (OSError, keystore.KeystoreError) as exc:
+            log.error("cannot store the DKG key share: %s", exc)
+            self.last_error = f"cannot store the key share: {exc}"
+            return
+        self.key, self.cert = key, cert
+        self.session = None
+        self._pending.clear()
+        self._buffer.clear()
+        self.last_error = None
+        log.info("DKG complete: group key %s (%d-of-%d), key share stored in %s", key.group_public_key.hex(),
+                 key.threshold, len(key.verifying_shares), self.keystore_path)
+        try:
+            await self._save_journal()
+        except OSError as exc:
+            log.warning("cannot update the DKG journal: %s", exc)
+
+    # ---- sending -------------------------------------------------------------------------------------
+
+    def _start_body(self, s: SessionInfo) -> dict[str, Any]:
+        left_out = set(self.identifiers) - set(s.participants)
+        return {"session": s.id, "threshold": s.threshold, "participants": sorted(s.participants),
+                "proofs": [self.proofs[i][0] for i in sorted(left_out) if i in self.proofs]}
+
+    def _send(self, s: SessionInfo, out: list[Outgoing], only: str | None = None) -> None:
+        for item in out:
+            body = {"data": msgpack.packb(item.message.to_wire(), use_bin_type=True)}
+            if item.to is not None:
+                self.net.send(only or self.name(item.to), MSG, body)
+            else:
+                for j in s.participants:
+                    if j != self.me:
+                        self.net.send(self.name(j), MSG, body)
+
+    def _send_sync(self, s: SessionInfo) -> None:
+        want = s.participant.want()
+        body = {"session": s.id, "threshold": s.threshold, "participants": sorted(s.participants),
+                "round1": sorted(want.round1), "round2": sorted(want.round2), "confirm": sorted(want.confirm)}
+        for j in s.participants:
+            if j != self.me:
+                self.net.send(self.name(j), SYNC, body)
+
+    def _send_certificate(self, peer: str) -> None:
+        now = trio.current_time()
+        if self.cert is None or now - self._cert_sent.get(peer, -1e9) < self.sync_interval_s / 2:
+            return
+        self._cert_sent[peer] = now
+        for data in self.cert.confirms:
+            self.net.send(peer, MSG, {"data": data})
+
+    def _send_abort(self, peer: str, session_id: bytes, threshold: int, ids: list[int]) -> None:
+        if not set(ids) <= set(self.identifiers) or len(set(ids)) != len(ids):
+            return
+        try:
+            abort = sign_abort(self.identity, session_id, threshold, {i: self.identifiers[i] for i in ids},
+                               "left this session")
+        except DkgError:
+            return
+        self.net.send(peer, MSG, {"data": msgpack.packb(abort.to_wire(), use_bin_type=True)})
+
+    async def _learn_proofs(self, proofs: list[bytes], peer: str | None) -> None:
+        new = False
+        for proof in proofs:
+            try:
+                culprit, what = check_exclusion_proof(proof, self.identifiers)
+            except DkgMessageError as exc:
+                log.warning("ignoring an invalid exclusion proof from %s: %s", peer, exc)
+                continue
+            if culprit not in self.proofs:
+                self.proofs[culprit] = (proof, what)
+                new = True
+                log.warning("member %s is proven to misbehave (%s): left out of DKG sessions", self.name(culprit), what)
+        if new:
+            try:
+                await self._save_journal()
+            except OSError as exc:
+                log.warning("cannot update the DKG journal: %s", exc)
+
+    # ---- storage -------------------------------------------------------------------------------------
+
+    def _pending_path(self, session_id: bytes) -> Path:
+        return self.keystore_path.with_name(f"{self.keystore_path.name}.pending-{session_id.hex()[:32]}")
+
+    async def _store_pending(self, s: SessionInfo) -> None:
+        share = s.participant.key_share
+        assert share is not None
+        await self.run_blocking(partial(keystore.save, self._pending_path(s.id), share, identity=self.identity,
+                                        passphrase=self.passphrase))
+        self._pending[s.id] = s
+        await self._save_journal()
+        s.durable = True
+
+    async def _save_journal(self, aborted: list[bytes] | None = None) -> None:
+        pending = [{"session": s.id, "threshold": s.threshold, "participants": sorted(s.participants),
+                    "confirm": msgpack.packb(s.participant.own_confirm.to_wire(), use_bin_type=True),  # type: ignore[union-attr]
+                    "abandoned": s.abandoned} for s in self._pending.values() if self.key is None]
+        data = msgpack.packb({"v": 1, "aborted": self._aborted if aborted is None else aborted, "pending": pending,
+                              "proofs": [p for p, _ in self.proofs.values()]}, use_bin_type=True)
+        await self.run_blocking(_write_atomic, self._journal_path, data)
+
+    def _store_final(self, session_id: bytes, key: KeyShare, cert: Certificate, stale: list[Path]) -> None:
+        _write_atomic(self._cert_path, msgpack.packb(
+            {"session": cert.session, "threshold": cert.threshold, "participants": list(cert.participants),
+             "confirms": list(cert.confirms)}, use_bin_type=True))
+        pending = self._pending_path(session_id)
+        if pending.exists():
+            os.replace(pending, self.keystore_path)
+            _fsync_dir(self.keystore_path.parent)
+        else:
+            keystore.save(self.keystore_path, key, identity=self.identity, passphrase=self.passphrase)
+        for path in stale:
+            path.unlink(missing_ok=True)
+
+    def _read_state(self) -> dict[str, Any]:
+        """Everything stored (blocking): the key and its certificate, or the journal and its pending shares."""
+        out: dict[str, Any] = {"key": None, "cert": None, "journal": None, "pending": {}}
+        if self._cert_path.exists():
+            try:
+                out["cert"] = msgpack.unpackb(self._cert_path.read_bytes(), raw=False)
+            except Exception as exc:  # msgpack raises many unrelated types for garbage
+                log.warning("ignoring an unreadable DKG certificate %s: %s", self._cert_path, exc)
+        if self.keystore_path.exists():
+            out["key"] = self._load()
+            return out
+        if self._journal_path.exists():
+            try:
+                journal = msgpack.unpackb(self._journal_path.read_bytes(), raw=False)
+                if not isinstance(journal, dict) or journal.get("v") != 1:
+                    raise ValueError("unknown format")
+            except Exception as exc:  # msgpack raises many unrelated types for garbage
+                log.error("ignoring an unreadable DKG journal %s: %s", self._journal_path, exc)
+                return out
+            out["journal"] = journal
+            for entry in journal.get("pending", []):
+                try:
+                    out["pending"][entry["session"]] = keystore.load(self._pending_path(entry["session"]),
+                                                                     identity=self.identity, passphrase=self.passphrase)
+                except keystore.KeystoreError as exc:
+                    log.warning("ignoring pending DKG session %s: %s", entry["session"].hex()[:12], exc)
+        return out
+
+    async def _restore(self) -> None:
+        state = await self.run_blocking(self._read_state)
+        cert = state["cert"]
+        if isinstance(cert, dict):
+            self.cert = Certificate(cert["session"], cert["threshold"], tuple(cert["participants"]),
+                                    tuple(cert["confirms"]))
+        if state["key"] is not None:
+            self.key = state["key"]
+            log.info("key share loaded: group key %s, identifier %d, %d-of-%d", self.key.group_public_key.hex(),
+                     self.key.identifier, self.key.threshold, len(self.key.verifying_shares))
+            if self.cert is not None:
+                self._check_cert()
+            return
+        journal = state["journal"] or {}
+        self._aborted = list(journal.get("aborted", []))[-MAX_ABORTED:]
+        for proof in journal.get("proofs", []):
+            try:
+                culprit, what = check_exclusion_proof(proof, self.identifiers)
+            except DkgMessageError:
+                continue
+            self.proofs.setdefault(culprit, (proof, what))
+        for entry in journal.get("pending", []):
+            share = state["pending"].get(entry["session"])
+            if share is None:
+                continue
+            try:
+                participants = {i: self.identifiers[i] for i in entry["participants"]}
+                p = self.participant_class.restore(entry["session"], self.identity, participants, entry["threshold"],
+                                                   share, msgpack.unpackb(entry["confirm"], raw=False))
+            except (DkgError, DkgMessageError, KeyError, ValueError) as exc:
+                log.warning("ignoring pending DKG session %s: %s", entry["session"].hex()[:12], exc)
+                continue
+            s = SessionInfo(entry["session"], entry["threshold"], p, durable=True, abandoned=entry["abandoned"])
+            self._pending[s.id] = s
+            log.info("resuming DKG session %s: confirmed before the restart, waiting for the certificate",
+                     s.id.hex()[:12])
+        active = [s for s in self._pending.values() if not s.abandoned]
+        if active:
+            self.session = active[-1]
+        if self.cert is not None and self.cert.session in self._pending:  # stored, but not yet renamed into place
+            s = self._pending[self.cert.session]
+            for data in self.cert.confirms:
+                try:
+                    s.participant.receive(msgpack.unpackb(data, raw=False))
+                except (DkgMessageError, DkgError):
+                    break
+            if s.participant.state is DkgState.COMPLETE:
+                await self._adopt(s)
+
+    def _check_cert(self) -> None:
+        """Drop a stored certificate that does not belong to the stored key."""
+        assert self.key is not None and self.cert is not None
+        try:
+            first = decode(msgpack.unpackb(self.cert.confirms[0], raw=False))
+        except (DkgMessageError, ValueError, IndexError, TypeError):
+            first = None
+        if not isinstance(first, Confirm) or first.group_public_key != self.key.group_public_key:
+            log.warning("ignoring a DKG certificate that does not match the key share")
+            self.cert = None
