@@ -25,6 +25,7 @@ from node.da.celestia import (
     DARPCError,
     DAUnauthorized,
     InvalidBlob,
+    map_rpc_error,
 )
 from node.da.commitment import blob_commitment
 from node.da.namespace import namespace_from_name
@@ -63,6 +64,14 @@ async def admin(url: str, mode: str | None = None, **body: Any) -> dict[str, Any
             r = await http.get("/admin/status")
         else:
             r = await http.post("/admin/fault", json={"mode": mode, **body})
+        assert r.status_code == 200, r.text
+        result: dict[str, Any] = r.json()
+        return result
+
+
+async def admin_prune(url: str, below: int) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=url, timeout=5, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        r = await http.post("/admin/prune", json={"below": below})
         assert r.status_code == 200, r.text
         result: dict[str, Any] = r.json()
         return result
@@ -526,3 +535,63 @@ async def test_gas_price_option_follows_celestia_node_txconfig(nursery: trio.Nur
     assert blobs == [blob_obj(NS, b"a")]
     assert opts_estimate == {}
     assert opts_fixed == {"gas_price": 0.004, "is_gas_price_set": True}
+
+
+# ---- pruned heights (issue 8 §4.1) and the health check (§4.2) ----------------------------------------------------
+
+
+def test_only_blob_not_found_means_no_blob() -> None:
+    assert isinstance(map_rpc_error(1, "blob: not found", "blob.Get"), BlobNotFound)
+    assert isinstance(map_rpc_error(1, "getting blob: blob: not found", "blob.GetAll"), BlobNotFound)
+    for message in ("header: not found", "header: not found: height 3", "datastore: key not found",
+                    "share: not found", "not found"):
+        error = map_rpc_error(1, message, "blob.GetAll")
+        assert isinstance(error, DARPCError) and not isinstance(error, BlobNotFound), message
+
+
+async def test_a_pruned_height_is_an_error_not_an_empty_height(devnet: str) -> None:
+    """A pruned node answers "header: not found": the reader must stop there, not skip the height for ever."""
+    async with make_client(devnet) as da:
+        ref = await da.post(b"history")
+        await da.wait_for_height(ref.height + 1)
+        status = await admin_prune(devnet, ref.height + 1)
+        assert status["pruned_below"] == ref.height + 1
+        _, answer = await raw_rpc(devnet, "blob.GetAll", [ref.height, [b64(NS)]])
+        assert answer["error"]["message"].startswith("header: not found")
+        with pytest.raises(DARPCError, match="header: not found") as info:
+            await da.blobs_at(ref.height)
+        assert not isinstance(info.value, BlobNotFound)
+        with pytest.raises(DARPCError, match="header: not found"):
+            await da.read_after(ref.height - 1, 10)  # the first height fails: nothing is returned, no cursor move
+        with pytest.raises(DARPCError, match="header: not found") as info:
+            await da.get(ref)
+        assert not isinstance(info.value, BlobNotFound)
+        assert (await da.blobs_at(ref.height + 1)) == []  # not pruned: an empty height stays empty
+        await admin_prune(devnet, 0)
+        page = await da.read_after(ref.height - 1, 1)
+        assert [d for _, d in page.items] == [b"history"] and page.cursor == ref.height
+        assert da.retries == 0  # JSON-RPC errors are never retried
+
+
+async def test_probe_is_one_attempt_within_its_own_deadline(devnet: str) -> None:
+    async with make_client(devnet, timeout_s=5.0, retry_count=3, retry_delay_s=0.05) as da:
+        assert await da.probe(1.0) == await da.head()
+        await admin(devnet, "slow", latency_ms=2000)
+        start = trio.current_time()
+        with pytest.raises(DATimeout, match="health check"):
+            await da.probe(0.3)
+        assert trio.current_time() - start < 1.0 and da.retries == 0
+        await admin(devnet, "down")
+        with pytest.raises(DAUnavailable, match="503"):
+            await da.probe(1.0)
+        assert da.retries == 0  # head() would have retried 3 times
+        await admin(devnet, "ok")
+        assert await da.probe(1.0) >= 1
+
+
+async def test_admin_prune_validates(devnet: str) -> None:
+    async with httpx.AsyncClient(base_url=devnet, timeout=5, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        for body in ({"below": -1}, {"below": "3"}, {"below": True}, {}):
+            assert (await http.post("/admin/prune", json=body)).status_code == 422
+    async with httpx.AsyncClient(base_url=devnet, timeout=5) as http:
+        assert (await http.post("/admin/prune", json={"below": 2})).status_code == 401

@@ -154,3 +154,64 @@ def test_a_fallback_layer_recovers_with_any_success() -> None:
     fail(m, PRIMARY)
     assert fail(m, SECONDARY, write=True) is Status.EMERGENCY
     assert ok(m, SECONDARY) is Status.DEGRADED  # no other write probe exists for a fallback
+
+
+# ---- outcomes that arrive out of order (issue 8 §4.2) ----------------------------------------------------------
+
+
+def test_late_successes_at_the_start_of_an_outage_do_not_flap_the_status() -> None:
+    """A write and a read that started before the outage answer after its first failures: one failure sequence
+    is one transition sequence, Healthy → Warning → Degraded, never back to Healthy in between."""
+    m = DAStatusMachine(ALL, failure_threshold=3)
+    seen = [m.status]
+    m.on_change = lambda: seen.append(m.status)
+    write_started, read_started = m.mark(), m.mark()  # in flight when the outage begins
+    fail(m, PRIMARY)  # a health check fails
+    m.observe(PRIMARY, True, 1001, write=True, since=write_started)  # the in-flight Submit is included anyway
+    m.observe(PRIMARY, True, 1002, since=read_started)  # the consumer's read answers late
+    assert m.status is Status.WARNING and m.snapshot().primary_failures == 1 and m.stale == 2
+    probe = m.mark()
+    fail(m, PRIMARY)
+    m.observe(PRIMARY, True, 1003, since=probe)  # started before that failure: stale too
+    fail(m, PRIMARY)
+    assert seen == [Status.HEALTHY, Status.WARNING, Status.DEGRADED]
+    assert m.transitions == 2
+
+
+def test_a_success_that_started_after_the_failures_still_counts() -> None:
+    m = DAStatusMachine(ALL, failure_threshold=3)
+    fail(m, PRIMARY, 2)
+    fresh = m.mark()
+    assert m.observe(PRIMARY, True, 2000, since=fresh) is Status.HEALTHY
+    assert m.stale == 0 and m.primary_ok_since == 2000
+    assert m.observe(PRIMARY, True, 2500) is Status.HEALTHY and m.primary_ok_since == 2000  # the run goes on
+    fail(m, PRIMARY)
+    assert m.primary_ok_since is None
+
+
+def test_a_failed_read_that_started_before_a_success_is_stale_a_failed_write_is_not() -> None:
+    """The end of an outage: a read that started while the layer was slow times out after fresh successes."""
+    m = DAStatusMachine(ALL, failure_threshold=2, recovery_threshold=2)
+    fail(m, PRIMARY, 2)
+    assert m.status is Status.DEGRADED
+    slow_read, slow_write = m.mark(), m.mark()
+    ok(m, PRIMARY, 2)
+    assert m.status is Status.RECOVERING
+    m.reconciled(0, 3000)
+    assert m.status is Status.HEALTHY
+    assert m.observe(PRIMARY, False, 3001, "read timed out", since=slow_read) is Status.HEALTHY
+    assert m.stale == 1 and m.snapshot().primary_failures == 0
+    # a write failure always counts: a primary that answers reads but not writes must still be noticed
+    assert m.observe(PRIMARY, False, 3002, "write failed", write=True, since=slow_write) is Status.WARNING
+
+
+def test_recovery_needs_fresh_successes() -> None:
+    m = DAStatusMachine(ALL, failure_threshold=1, recovery_threshold=2)
+    before = m.mark()
+    fail(m, PRIMARY)
+    assert m.status is Status.DEGRADED
+    for _ in range(5):  # answers to requests sent before the failure do not bring the primary back
+        m.observe(PRIMARY, True, 1500, since=before)
+    assert m.status is Status.DEGRADED and m.stale == 5
+    ok(m, PRIMARY, 2)
+    assert m.status is Status.RECOVERING
