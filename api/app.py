@@ -16,6 +16,7 @@ from functools import wraps
 from typing import Any
 
 from quart import Response, request
+from quart.globals import request_ctx
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -133,7 +134,7 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
         return {**e.body, "message": e.body["error"]}, 404
 
     @app.errorhandler(HTTPException)
-    async def http_error(e: HTTPException) -> tuple[JSONDict, int]:
+    async def http_error(e: HTTPException) -> Response:
         code = e.code or 500
         names = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 400: "bad_request"}
         message = e.description or e.name
@@ -141,7 +142,16 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
             message = f"no route for {request.method} {request.path}"
         elif code == 413:
             message = f"request body is larger than {MAX_BODY} bytes"
-        return {"error": names.get(code, e.name.lower().replace(" ", "_")), "message": message}, code
+        response = json_response({"error": names.get(code, e.name.lower().replace(" ", "_")), "message": message},
+                                 code)
+        if code == 405:  # RFC 9110 §15.5.6: a 405 lists the methods the resource supports
+            response.headers["Allow"] = _allow(getattr(e, "valid_methods", None) or ())
+        return response
+
+    async def options() -> Response:
+        return Response("", 200, {"Allow": _allow(())})
+
+    app.make_default_options_response = options  # type: ignore[method-assign]
 
     @app.errorhandler(Exception)
     async def internal(e: Exception) -> tuple[JSONDict, int]:
@@ -171,7 +181,7 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
 
     @app.get("/node/<node_id>/stats")
     async def node_stats(node_id: str) -> JSONDict:
-        return coord.get_stats(node_id)
+        return coord.get_stats(v.node_id(node_id, "node_id"))  # an id that can never be registered: 422
 
     @app.post("/node/<node_id>/stats")
     @mutating
@@ -185,13 +195,7 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
     @app.get("/placement/<key>")
     async def placement(key: str) -> Response:
         v.object_hash(key)
-        raw = request.args.get("rf", "3")
-        try:
-            rf = int(raw)
-        except ValueError:
-            raise v.Invalid("rf", "an integer from 1 to 64") from None
-        v.integer(rf, "rf", 1, 64)
-        return json_response(coord.place(key, rf))
+        return json_response(coord.place(key, v.query_integer(request.args.get("rf"), "rf", 3, 1, 64)))
 
     @app.post("/schedule")
     async def schedule() -> JSONDict:
@@ -241,17 +245,7 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
     @app.post("/da/post")
     @mutating
     async def da_post() -> tuple[JSONDict, int]:
-        body = await json_body()
-        data_hex = body.get("data_hex")
-        if type(data_hex) is not str:
-            raise v.Invalid("data_hex", "a hex string")
-        try:
-            data = bytes.fromhex(data_hex)
-        except ValueError:
-            return {"success": False, "error": "invalid hex data",
-                    "message": "data_hex must be an even number of hex digits, no 0x prefix"}, 400
-        if not data:
-            raise v.Invalid("data_hex", "at least one byte (DA layers refuse empty blobs)")
+        data = v.data_hex((await json_body()).get("data_hex"))  # bad hex: 422 like every schema violation
         if len(data) > coord.config.blob_max_bytes:
             return {"success": False, "error": "blob too large",
                     "message": f"blob is {len(data)} bytes; the limit is {coord.config.blob_max_bytes}"}, 413
@@ -290,12 +284,8 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
 
     @app.get("/fallback/pending")
     async def fallback_pending() -> Response:
-        raw = request.args.get("limit", "1000")
-        try:
-            limit = int(raw)
-        except ValueError:
-            raise v.Invalid("limit", "an integer from 1 to 1000") from None
-        return json_response(await coord.da.pending.list_pending(v.integer(limit, "limit", 1, 1000)))
+        limit = v.query_integer(request.args.get("limit"), "limit", 1000, 1, 1000)
+        return json_response(await coord.da.pending.list_pending(limit))
 
     @app.post("/fallback/reconcile")
     @mutating
@@ -383,6 +373,18 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
         register_blobstore_routes(app, validator)
     _check_routes(app, quorum=validator is not None)
     return app
+
+
+def _allow(fallback: Any) -> str:
+    """The methods of the route the request's path names. A fixed route wins over one with a parameter:
+    /object/register allows POST (and OPTIONS), though GET /object/<obj> serves the object named register."""
+    try:
+        adapter = request_ctx.url_adapter
+        rule, _ = adapter.match(method="OPTIONS", return_rule=True)  # type: ignore[union-attr]
+        methods = {m for r in adapter.map.iter_rules() if r.rule == rule.rule for m in r.methods or ()}  # type: ignore[union-attr]
+    except HTTPException:
+        methods = fallback
+    return ", ".join(sorted(methods))
 
 
 def _check_routes(app: QuartTrio, quorum: bool) -> None:

@@ -5,17 +5,75 @@ score = w_cpu·cpu_free + w_ram·ram_free_mb + w_gpu·gpu_free + w_latency/laten
 A node is eligible only with fresh stats (reported within the stats TTL) that meet every requirement
 given: cpu_free ≥ cpu_req, ram_free_mb ≥ ram_req_mb, gpu_free ≥ gpu_req, latency_ms ≤ max_latency_ms,
 io_pressure ≤ io_tolerance. The highest score wins; equal scores go to the smaller node id.
+
+Also the one definition of valid stats (``STAT_RANGES``, ``check_stats``): the HTTP route
+``POST /node/{id}/stats`` and the stats received from peers (node/gossip.py) both go through it, and
+``choose`` skips any entry that would not pass it (zero latency, non-finite values, a report time far
+in the future), so no stored value can make scheduling fail.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 # The one default weight set: used at start and for fields a /scheduler/config request omits.
 # Scales match the units: ram in MB (1 GB free ~ 1 point), latency as 1/ms (5 ms ~ 10 points).
 DEFAULT_WEIGHTS: dict[str, float] = {"w_cpu": 1.0, "w_ram": 0.001, "w_gpu": 2.0, "w_latency": 50.0, "w_io": 1.5}
 WEIGHT_NAMES = ("w_cpu", "w_ram", "w_gpu", "w_latency", "w_io")
+WEIGHT_RANGE = (0.0, 1e9)
+
+# Valid node stats (and workload requirements on them): field -> (lo, hi, lower bound excluded)
+STAT_RANGES: dict[str, tuple[float, float, bool]] = {
+    "cpu_free": (0.0, 1e6, False),
+    "ram_free_mb": (0.0, 1e12, False),
+    "gpu_free": (0.0, 1e6, False),
+    "latency_ms": (0.0, 1e7, True),
+    "io_pressure": (0.0, 1.0, False),
+}
+# What the HTTP route assumes for an omitted optional field (peers always send all five)
+STAT_DEFAULTS: dict[str, float] = {"gpu_free": 0.0, "latency_ms": 10.0, "io_pressure": 0.0}
+# Clock skew tolerated between coordinators: a report stamped later than this in the future is refused
+MAX_FUTURE_MS = 60_000
+
+
+class InvalidValue(ValueError):
+    """A value outside its documented rule; ``field`` names it (the HTTP API answers 422 with it)."""
+
+    def __init__(self, field: str, expected: str) -> None:
+        super().__init__(f"{field}: expected {expected}")
+        self.field, self.expected = field, expected
+
+
+def check_number(value: Any, field: str, lo: float, hi: float, lo_open: bool = False) -> float:
+    """``value`` as a float if it is a JSON number (not a bool) in range; InvalidValue otherwise."""
+    if type(value) not in (int, float):
+        raise InvalidValue(field, "a finite number")
+    try:
+        v = float(value)  # an integer literal of 400 digits overflows here
+    except OverflowError:
+        raise InvalidValue(field, "a finite number") from None
+    if not math.isfinite(v):
+        raise InvalidValue(field, "a finite number")
+    if v < lo or v > hi or (lo_open and v == lo):
+        raise InvalidValue(field, f"a number {'>' if lo_open else '>='} {lo:g} and <= {hi:g}")
+    return v
+
+
+def check_stats(values: Mapping[str, Any], defaults: Mapping[str, float] | None = None) -> dict[str, float]:
+    """The five stats, checked against ``STAT_RANGES``; a missing (or null) field takes its value from
+    ``defaults`` if it has one there, else it is an error."""
+    out = {}
+    for name, (lo, hi, lo_open) in STAT_RANGES.items():
+        value = values.get(name)
+        if value is None:
+            if defaults is None or name not in defaults:
+                raise InvalidValue(name, "a finite number (required)")
+            value = defaults[name]
+        out[name] = check_number(value, name, lo, hi, lo_open)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +108,20 @@ class Workload:
         )
 
 
+def usable(s: NodeStats, now_ms: int, ttl_ms: int) -> bool:
+    """Fresh (reported within the TTL, not beyond the tolerated clock skew in the future) and valid."""
+    if not -MAX_FUTURE_MS <= now_ms - s.reported_ms <= ttl_ms:
+        return False
+    for name, (lo, hi, lo_open) in STAT_RANGES.items():
+        v = getattr(s, name)
+        if not lo <= v <= hi or (lo_open and v == lo):  # NaN fails every comparison, ±inf the range
+            return False
+    return True
+
+
 def score(w: tuple[float, float, float, float, float], s: NodeStats) -> float:
-    return w[0] * s.cpu_free + w[1] * s.ram_free_mb + w[2] * s.gpu_free + w[3] / s.latency_ms - w[4] * s.io_pressure
+    latency = w[3] / s.latency_ms if s.latency_ms > 0 else 0.0  # never 0 for checked stats; no crash if it is
+    return w[0] * s.cpu_free + w[1] * s.ram_free_mb + w[2] * s.gpu_free + latency - w[4] * s.io_pressure
 
 
 def choose(
@@ -61,12 +131,15 @@ def choose(
     now_ms: int,
     ttl_ms: int,
 ) -> str | None:
-    """The best eligible node id, or None when nothing fits."""
+    """The best eligible node id, or None when nothing fits (stats that are stale, stamped in the future or
+    outside ``STAT_RANGES`` are not eligible)."""
     best: tuple[float, str] | None = None
     for node_id, stats in candidates:
-        if now_ms - stats.reported_ms > ttl_ms or not workload.admits(stats):
+        if not usable(stats, now_ms, ttl_ms) or not workload.admits(stats):
             continue
         sc = score(weights, stats)
+        if math.isnan(sc):  # weights from a (signed) event are checked on the way in; stay safe anyway
+            continue
         if best is None or sc > best[0] or (sc == best[0] and node_id < best[1]):
             best = (sc, node_id)
     return best[1] if best is not None else None
