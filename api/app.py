@@ -318,8 +318,9 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
 
     @app.get("/ready")
     async def ready() -> tuple[JSONDict, int]:
-        if not coord.rebuilt:
-            return {"ready": False, "reason": "rebuilding state from DA"}, 503
+        if not coord.rebuilt:  # a log that cannot be read keeps its cursor: say why instead of skipping it
+            why = "; ".join(f"{name} log: {error}" for name, error in coord.da.read_problems().items())
+            return {"ready": False, "reason": "rebuilding state from DA" + (f": {why}" if why else "")}, 503
         if not coord.da_view().takes_writes:
             return {"ready": False, "reason": "no DA layer takes writes"}, 503
         return {"ready": True}, 200
