@@ -62,7 +62,8 @@ async def test_a_pruned_height_keeps_the_cursor_and_ready_says_why(make_config: 
         body = await response.get_json()
         assert response.status_code == 503, body
         assert "header: not found" in body["reason"] and body["reason"].startswith("rebuilding state from DA")
-        assert "header: not found" in body["read_errors"][PRIMARY]
+        assert f"{PRIMARY} log: reading after 0 failed" in body["reason"]
+        assert "header: not found" in b.da.read_problems()[PRIMARY]
         # the node answered (an error, not an outage): the primary still takes writes, no flapping to Warning
         assert b.da_view().status is Status.HEALTHY and b.da.machine.transitions == 0
 
