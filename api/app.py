@@ -24,8 +24,10 @@ from api import validation as v
 from api.asgi_fix import shield_final_send
 from api.blobstore import BlobStore, register_blobstore_routes
 from api.openapi import QUORUM_ROUTES, ROUTES, openapi_document
+from api.receipts import node_public_key, register_receipt_routes
 from consensus.dkg import DkgError
 from consensus.dkg_service import DkgService
+from consensus.receipt_service import ReceiptService
 from node.coordinator import VERSION, Coordinator, NotFound
 from node.da.base import DAError
 from node.da.celestia import BlobTooLarge
@@ -88,9 +90,10 @@ async def json_body() -> JSONDict:
 
 
 def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: PeerManager | None = None,
-               dkg: DkgService | None = None) -> QuartTrio:
+               dkg: DkgService | None = None, receipts: ReceiptService | None = None) -> QuartTrio:
     """The coordinator's app; with ``validator`` it also hosts the quorum validator routes (/quorum/v1);
-    ``peers``: its peer links (/cluster/peers); ``dkg``: the cluster key (/cluster/status, /cluster/dkg)."""
+    ``peers``: its peer links (/cluster/peers); ``dkg``: the cluster key (/cluster/status, /cluster/dkg);
+    ``receipts``: the receipt engine (/receipts, api/receipts.py)."""
     app = QuartTrio("dsdn-coordinator")
     app.config["MAX_CONTENT_LENGTH"] = max(MAX_BODY, validator.max_body_bytes if validator else 0)
     app.config["BODY_TIMEOUT"] = 30
@@ -167,7 +170,7 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
         capacity = body.get("capacity_gb")
         await coord.register_node(
             v.node_id(body.get("id")), v.zone(body.get("zone")), v.addr(body.get("addr")),
-            100 if capacity is None else v.integer(capacity, "capacity_gb"),
+            100 if capacity is None else v.integer(capacity, "capacity_gb"), node_public_key(body.get("public_key")),
         )
         return {"ok": True}
 
@@ -341,8 +344,9 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
         if dkg is None:
             return {"group_public_key": None, "threshold": None, "members": [],
                     "dkg": {"state": "unavailable", "session": None, "error": "this coordinator has no cluster "
-                            "configuration (CLUSTER_CONFIG or CLUSTER_PEERS)", "waiting_for": [], "sessions_run": 0}}
-        return dkg.status()
+                            "configuration (CLUSTER_CONFIG or CLUSTER_PEERS)", "waiting_for": [], "sessions_run": 0},
+                    "receipts": None}
+        return {**dkg.status(), "receipts": receipts.status() if receipts is not None else None}
 
     @app.post("/cluster/dkg")
     @mutating
@@ -370,6 +374,11 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
     async def openapi() -> JSONDict:
         return openapi_document(VERSION, quorum=validator is not None)
 
+    def registered_key(node_id: str) -> bytes | None:
+        entry = coord.state.ledger.node_keys.get(node_id) if coord.state.node(node_id) is not None else None
+        return bytes.fromhex(entry[1]) if entry is not None else None
+
+    register_receipt_routes(app, receipts, mutating, json_body, ApiError, registered_key)
     if validator is not None:
         register_blobstore_routes(app, validator)
     _check_routes(app, quorum=validator is not None)

@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from api import validation as v
+from api.receipts import RECEIPT_DOC, RECEIPT_PATH_PARAMS, RECEIPT_QUERY_PARAMS, RECEIPT_ROUTES, RECEIPT_SUCCESS
 from node.da.blobstore_client import MAX_LOG_LIMIT, NAMESPACE_LEN, WRITER_HEADER, WRITER_SIGNATURE_HEADER
 from node.scheduler import STAT_DEFAULTS, STAT_RANGES, WEIGHT_NAMES, WEIGHT_RANGE
 
@@ -120,6 +121,7 @@ ROUTES: list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any], tuple[i
     ("POST", "/cluster/dkg", "Start a distributed key generation ({threshold?}); 202 with the session", DKG_IN, OBJ,
      (400, 401, 409, 413, 415, 422)),
     ("GET", "/openapi.json", "This document", None, OBJ, ()),
+    *RECEIPT_ROUTES,
 ]
 
 # Hosted only by a coordinator with QUORUM_VALIDATOR=true (api/blobstore.py documents them in full).
@@ -132,10 +134,10 @@ QUORUM_ROUTES: list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any], 
 ]
 
 # What differs from "200, JSON, schema of the table": another success status, another body for an error.
-_SUCCESS = {("POST", "/cluster/dkg"): 202}
+_SUCCESS = {("POST", "/cluster/dkg"): 202, **RECEIPT_SUCCESS}
 _ERROR_BODIES: dict[tuple[str, str, int], Schema] = {("GET", "/ready", 503): READY}
 _REQUEST_OPTIONAL = {("POST", "/cluster/dkg")}  # an empty body is allowed
-_PATH_PARAMS: dict[str, Schema] = {"node_id": ID, "key": HASH, "obj": HASH, "blob_hash": HEX32}
+_PATH_PARAMS: dict[str, Schema] = {"node_id": ID, "key": HASH, "obj": HASH, "blob_hash": HEX32, **RECEIPT_PATH_PARAMS}
 _QUERY_PARAMS: dict[str, list[tuple[str, Schema, bool]]] = {
     "/placement/<key>": [("rf", {"type": "integer", "minimum": 1, "maximum": 64, "default": 3}, False)],
     "/fallback/pending": [("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1000}, False)],
@@ -169,13 +171,15 @@ def _operation(method: str, rule: str, summary: str, request_schema: Schema | No
     params = [{"name": n, "in": "path", "required": True, "schema": _PATH_PARAMS.get(n, STR)}
               for n in re.findall(r"\{([A-Za-z_]+)\}", openapi_path(rule))]
     params += [{"name": n, "in": "query", "required": req, "schema": schema}
-               for n, schema, req in _QUERY_PARAMS.get(rule, [])]
+               for n, schema, req in RECEIPT_QUERY_PARAMS.get((method, rule), _QUERY_PARAMS.get(rule, []))]
     if rule == "/quorum/v1/blobs":
         params += [{"name": h, "in": "header", "required": False, "schema": STR,
                     "description": "hex; required when the store lists its writers"}
                    for h in (WRITER_HEADER, WRITER_SIGNATURE_HEADER)]
         op["requestBody"] = {"required": True, "content": {"application/octet-stream": {
             "schema": {"type": "string", "format": "binary", "minLength": 1}}}}
+    if (method, rule) == ("POST", "/receipts"):  # with ?wait_ms: the signed document once final
+        op["responses"]["200"] = {"description": "Final", "content": {"application/json": {"schema": RECEIPT_DOC}}}
     if params:
         op["parameters"] = params
     if request_schema is not None:

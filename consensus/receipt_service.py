@@ -92,6 +92,10 @@ class LedgerView(Protocol):
 
     def signed_document(self, receipt_id: bytes) -> dict[str, Any] | None: ...
 
+    def signed_ids(self) -> list[bytes]:
+        """Every receipt id the state holds as signed."""
+        ...
+
     async def publish_batch(self, fields: dict[str, Any]) -> bytes:
         """Append the batch event durably (outbox → DA) and apply it; return its raw event bytes."""
         ...
@@ -117,6 +121,7 @@ class Record:
     first_seen: float = field(default_factory=trio.current_time)
     changed: trio.Event = field(default_factory=trio.Event)
     optimistic: dict[str, Any] | None = None
+    document: dict[str, Any] | None = None  # the signed document, as soon as the signature exists
 
     def settle(self, status: str, reason: str = "", conflicting_id: bytes | None = None) -> None:
         if self.status in ("final",):
@@ -222,6 +227,8 @@ class ReceiptService:
         record = self.records.get(receipt_id)
         if record is None:
             return None
+        if record.document is not None:
+            return record.document
         out: dict[str, Any] = {"receipt_id": receipt_id.hex(), "receipt": record.receipt.to_json(),
                                "receipt_bytes": record.receipt.to_bytes().hex(), "epoch": record.receipt.epoch,
                                "status": record.status}
@@ -232,6 +239,10 @@ class ReceiptService:
         if record.optimistic is not None:
             out["optimistic"] = record.optimistic
         return out
+
+    def receipt_ids(self) -> list[bytes]:
+        """Every receipt known here (signed in the state, or seen by this coordinator), in id order."""
+        return sorted(set(self.view.signed_ids()) | set(self.records))
 
     # ---- validation against the DA-derived state ---------------------------------------------------
 
@@ -429,55 +440,55 @@ class ReceiptService:
         self.counters.batches += 1
         batch_id = os.urandom(BATCH_ID_SIZE)
         me = key.identifier
-        decisions = await self._lock_local(batch, self.my_id)
+        t_start, t_locked = time.perf_counter(), 0.0
+        # our own lock and the peers' locks in parallel: our share is released only once our lock is
+        # durable (the signing sessions start after both), and the optimistic receipt right after it
+        commitments: dict[int, tuple[bytes, bytes]] = {me: self._offer(self.my_id, batch_id)}
         accepted: dict[int, set[bytes]] = {me: set()}
         refusals: dict[bytes, list[Decision]] = {r.id: [] for r in batch}
-        for d in decisions:
-            record = self.records.get(d.receipt_id)
-            if d.verdict is Verdict.OK:
-                accepted[me].add(d.receipt_id)
-                if record is not None and record.status == "pending":
-                    record.optimistic = self._optimistic(d.receipt_id)
-                    record.settle("locked")
-            else:
-                refusals[d.receipt_id].append(d)
-                if record is not None and d.verdict is Verdict.CONFLICT:
-                    self.counters.conflicts += 1
-                    record.settle("conflict", "slot conflict", d.conflicting_id)
-                elif record is not None and d.verdict is Verdict.INVALID:
-                    self._count_rejected(d.reason)
-                    record.settle("rejected", d.reason)
-                elif record is not None:
-                    self._retry[d.receipt_id] = trio.current_time() + NOT_YET_RETRY_S
-        candidates = [r for r in batch if r.id in accepted[me]]
-        if not candidates:
-            return
-        commitments: dict[int, tuple[bytes, bytes]] = {me: self._offer(self.my_id, batch_id)}
-        wires = [r.to_wire() for r in candidates]
+        wires = [r.to_wire() for r in batch]
         peers = [p for p in self.net.up_peers() if p in self.identifier_of]
         got_all = trio.Event()
         replies = 0
+
+        async def lock_here() -> None:
+            nonlocal replies, t_locked
+            try:
+                self._take_own_decisions(await self._lock_local(batch, self.my_id), accepted[me], refusals)
+                t_locked = time.perf_counter()
+            finally:
+                replies += 1
+                if replies == len(peers) + 1:
+                    got_all.set()
 
         async def ask(peer: str) -> None:
             nonlocal replies
             try:
                 msg = await self.net.request(peer, LOCK, {"batch": batch_id, "receipts": wires},
                                              timeout_s=self.lock_timeout_s, expect=LOCK_REPLY)
-                self._take_lock_reply(peer, msg.body, candidates, accepted, refusals, commitments)
+                self._take_lock_reply(peer, msg.body, batch, accepted, refusals, commitments)
             except TimeoutError:
                 log.debug("no lock reply from %s", peer)
             finally:
                 replies += 1
-                if replies == len(peers):
+                if replies == len(peers) + 1:
                     got_all.set()
 
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(lock_here)
             for p in peers:
                 nursery.start_soon(ask, p)
-            if peers:
-                with trio.move_on_after(self.lock_timeout_s):
-                    await got_all.wait()
+            with trio.move_on_after(self.lock_timeout_s):
+                await got_all.wait()
             nursery.cancel_scope.cancel()
+        if t_locked == 0.0:  # our own lock did not complete in time: try the batch again later
+            for r in batch:
+                self._retry[r.id] = trio.current_time() + NOT_YET_RETRY_S
+            return
+        candidates = [r for r in batch if r.id in accepted[me]]
+        if not candidates:
+            return
+        t_peers = time.perf_counter()
         ids = [r.id for r in candidates]
         accepted = {i: ok for i, ok in accepted.items() if i in commitments}  # no commitment: cannot sign
         chosen, signer_set = choose_batch(ids, accepted, t)
@@ -496,7 +507,33 @@ class ReceiptService:
             for r in final:  # still locked everywhere: try again (a takeover would do it too)
                 self._retry[r.id] = trio.current_time() + NOT_YET_RETRY_S
             return
+        t_signed = time.perf_counter()
         await self._finish(key, final, signature, signers)
+        log.debug("batch of %d signed: own lock %.1f ms, all locks %.1f ms, signing %.1f ms, publishing %.1f ms",
+                  len(final), (t_locked - t_start) * 1000, (t_peers - t_start) * 1000, (t_signed - t_peers) * 1000,
+                  (time.perf_counter() - t_signed) * 1000)
+
+    def _take_own_decisions(self, decisions: list[Decision], mine: set[bytes],
+                            refusals: dict[bytes, list[Decision]]) -> None:
+        for d in decisions:
+            record = self.records.get(d.receipt_id)
+            if d.verdict is Verdict.OK:
+                mine.add(d.receipt_id)
+                if record is not None and record.status == "pending":
+                    record.optimistic = self._optimistic(d.receipt_id)
+                    record.settle("locked")
+                continue
+            refusals[d.receipt_id].append(d)
+            if record is None:
+                continue
+            if d.verdict is Verdict.CONFLICT:
+                self.counters.conflicts += 1
+                record.settle("conflict", "slot conflict", d.conflicting_id)
+            elif d.verdict is Verdict.INVALID:
+                self._count_rejected(d.reason)
+                record.settle("rejected", d.reason)
+            else:
+                self._retry[d.receipt_id] = trio.current_time() + NOT_YET_RETRY_S
 
     def _take_lock_reply(self, peer: str, body: dict[str, Any], candidates: list[rc.Receipt],
                          accepted: dict[int, set[bytes]], refusals: dict[bytes, list[Decision]],
@@ -621,15 +658,24 @@ class ReceiptService:
 
     async def _finish(self, key: frost.KeyShare, final: list[rc.Receipt], signature: bytes,
                       signers: tuple[int, ...]) -> None:
+        """The signature exists: the receipts are final now (their documents answer clients at once); then the
+        batch event is made durable (outbox → DA), and only then do peers hear of it — a peer closes its locks
+        on ``rc.final``, so a batch lost with a proposer that died before its outbox commit is taken over."""
         raws = [r.to_bytes() for r in final]
-        root = merkle.root(raws)
+        root, paths = merkle.all_paths(raws)
+        names = sorted(self.member_of[i] for i in signers)
+        for i, r in enumerate(final):
+            record = self.records.get(r.id)
+            if record is not None:
+                record.document = rc.document(r, root, len(final), i, paths[i], signature, key.group_public_key,
+                                              names)
+        self._settle_final(final)
         fields = {"group_key": key.group_public_key.hex(), "root": root.hex(), "tree_size": len(final),
-                  "signature": signature.hex(), "signers": ",".join(sorted(self.member_of[i] for i in signers)),
+                  "signature": signature.hex(), "signers": ",".join(names),
                   "receipts": msgpack.packb([[raw, r.node_signature] for raw, r in zip(raws, final, strict=True)],
                                             use_bin_type=True)}
         raw_event = await self.view.publish_batch(fields)
         self.net.broadcast(FINAL, {"event": raw_event})
-        self._settle_final(final)
         async with self._db:
             await self.run_blocking(partial(self.locks.mark_final, [r.id for r in final]))
 

@@ -3,7 +3,8 @@
 ``cluster up`` (a local cluster: devnet + emergency blob store + N coordinators), ``devnet`` (the local
 Celestia-compatible DA node), ``blobstore`` (the blob-store service), ``keys show`` / ``identity`` (print a
 data dir's public key, creating the key if needed, for the cluster config), ``namespace NAME`` (a valid
-Celestia namespace for DA_NAMESPACE), ``version``.
+Celestia namespace for DA_NAMESPACE), ``receipt make|submit|get|verify`` (usage receipts by hand, offline
+verification), ``version``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ def main(argv: list[str] | None = None) -> None:
 
         cluster.main(argv[2:])
         return
+    if argv[:1] == ["receipt"]:
+        from deploy import receipt_cli
+
+        receipt_cli.main(argv[1:])
+        return
     if argv[:1] in (["devnet"], ["blobstore"]):
         from deploy import blobstore, devnet
 
@@ -43,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     keys.add_argument("--data-dir", default=".dsdn/coordinator-0", help="coordinator data dir")
     ns = sub.add_parser("namespace", help="print a valid Celestia v0 namespace (for DA_NAMESPACE) derived from NAME")
     ns.add_argument("name")
+    sub.add_parser("receipt", help="usage receipts: `dsdn receipt make|submit|get|verify --help`")
     sub.add_parser("version", help="print the version")
     args = parser.parse_args(argv)
     if args.command == "version":

@@ -19,8 +19,11 @@ from hypercorn.trio import serve
 
 from api.app import create_app
 from api.blobstore import BlobStore
-from consensus import dkg_service
+from consensus import dkg_service, keystore, receipt_service
 from consensus.dkg_service import DkgService
+from consensus.lockstore import LockStore
+from consensus.receipt_service import ReceiptService
+from deploy.receipt_view import StateLedgerView
 from node import config as config_mod
 from node import gossip
 from node.coordinator import Coordinator
@@ -44,7 +47,15 @@ async def run(cfg: config_mod.Config) -> None:
     if peers is not None:
         dkg = DkgService(peers, coord.key, {p.id: p.public_key for p in cfg.peers}, cfg.data_dir / "keyshare.bin",
                          passphrase=cfg.keystore_passphrase, threshold=cfg.dkg_threshold, auto=cfg.dkg_auto)
-    app = create_app(coord, validator, peers, dkg)
+        if cfg.keystore_passphrase is None:
+            log.warning(keystore.at_rest_warning(cfg.data_dir / "keyshare.bin"))
+    if cfg.api_token is None and not config_mod.is_loopback(cfg.host):  # ALLOW_UNAUTHENTICATED=true said so
+        log.warning("HTTP on %s without COORDINATOR_API_TOKEN (ALLOW_UNAUTHENTICATED=true): POST /cluster/dkg and "
+                    "every write are open to anyone who can reach it", cfg.host)
+    receipts = locks = None
+    if peers is not None and dkg is not None:
+        receipts, locks = receipt_engine(cfg, coord, peers, dkg)
+    app = create_app(coord, validator, peers, dkg, receipts)
     hcfg = hypercorn_config(cfg.host, cfg.port)
     stop = trio.Event()
     async with trio.open_nursery() as outer:
@@ -55,6 +66,8 @@ async def run(cfg: config_mod.Config) -> None:
             outer.start_soon(gossip.run_stats_gossip, coord, peers)
         if dkg is not None:
             await outer.start(dkg.run)
+        if receipts is not None:
+            await outer.start(receipts.run)
         async with trio.open_nursery() as http:
             binds = await http.start(partial(serve, app, hcfg, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
             primary = (("mock " + (cfg.mock_da_file if cfg.mock_da_path != ":memory:" else "in memory"))
@@ -65,6 +78,8 @@ async def run(cfg: config_mod.Config) -> None:
                      f"; peers at {peers.url} ({len(peers.peers)} members)" if peers else "")
             outer.start_soon(_announce_ready, coord)
         outer.cancel_scope.cancel()
+    if locks is not None:
+        locks.close()
     await coord.da.aclose()  # we built the layers: close them (their HTTP clients, the Mock DA file)
     if validator is not None:
         validator.close()
@@ -83,9 +98,24 @@ def peer_manager(cfg: config_mod.Config, coord: Coordinator) -> PeerManager | No
     registry = Registry()
     gossip.register(registry)
     dkg_service.register(registry)
+    receipt_service.register(registry)
     members = [Member(p.id, p.public_key, p.host, p.port) for p in cfg.peers]
     return PeerManager(cfg.coordinator_id, coord.key, cfg.cluster_id, members, registry, host=cfg.peer_host,
                        port=cfg.peer_port or me.port, heartbeat_s=cfg.peer_heartbeat_ms / 1000)
+
+
+def receipt_engine(cfg: config_mod.Config, coord: Coordinator, peers: PeerManager, dkg: DkgService
+                   ) -> tuple[ReceiptService, LockStore]:
+    """The receipt engine over the peer links, the DKG's key share and the coordinator's state. A member that
+    already holds a key share must find its lock table (a lost one stops signing)."""
+    locks = LockStore(cfg.data_dir / "locks.sqlite", expect_existing=(cfg.data_dir / "keyshare.bin").exists())
+    if locks.broken:
+        log.error("receipt signing disabled: %s", locks.broken)
+    view = StateLedgerView(lambda: coord.state, coord.submit_event, coord.apply_peer_event, dkg)
+    service = ReceiptService(peers, coord.key, {p.id: p.public_key for p in cfg.peers}, dkg, view, locks,
+                             batch_max=cfg.receipt_batch_max, batch_wait_s=cfg.receipt_batch_wait_ms / 1000,
+                             epoch_length_s=cfg.epoch_length_s, epoch_grace=cfg.receipt_epoch_grace)
+    return service, locks
 
 
 async def _announce_ready(coord: Coordinator) -> None:

@@ -75,6 +75,7 @@ class Config:
     coordinator_id: str = "coordinator-0"
     data_dir: Path = field(default_factory=lambda: Path(".dsdn/coordinator-0"))
     api_token: str | None = None
+    allow_unauthenticated: bool = False  # ALLOW_UNAUTHENTICATED: no token on a non-loopback address is meant
     stats_ttl_ms: int = 300_000
     cluster_member_keys: tuple[bytes, ...] = ()
     # (key, member id) for the members whose id is known (CLUSTER_PEERS/CLUSTER_CONFIG, id=key entries of
@@ -94,6 +95,11 @@ class Config:
     dkg_threshold: int | None = None  # None: floor(2n/3) + 1
     dkg_auto: bool = True
     keystore_passphrase: bytes | None = field(default=None, repr=False)
+    # Receipt consensus
+    receipt_batch_max: int = 256
+    receipt_batch_wait_ms: int = 2
+    receipt_epoch_grace: int = 1
+    epoch_length_s: int = 3600
     da_failure_threshold: int = 3
     da_recovery_threshold: int = 2
 
@@ -177,6 +183,19 @@ def _host(env: Mapping[str, str]) -> str:
     if not HOSTNAME_RE.match(raw):
         raise ConfigError("COORDINATOR_HOST", raw, "an IP address or a host name")
     return raw
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback IP address (127.0.0.0/8, ::1); a host name is not resolved, so any other
+    name counts as reachable from the network."""
+    import ipaddress
+
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _namespace(env: Mapping[str, str]) -> bytes | None:
@@ -337,6 +356,12 @@ def load(env: Mapping[str, str]) -> Config:
     api_token = _get(env, "COORDINATOR_API_TOKEN")
     if network == "mainnet" and not use_mock and api_token is None:
         raise ConfigError("COORDINATOR_API_TOKEN", None, "a token (mandatory with DA_NETWORK=mainnet)")
+    host = _host(env)
+    allow_unauthenticated = _bool(env, "ALLOW_UNAUTHENTICATED", False)
+    if api_token is None and not allow_unauthenticated and not is_loopback(host):
+        raise ConfigError("COORDINATOR_API_TOKEN", None, f"a token when COORDINATOR_HOST={host} is not a loopback "
+                          "address: without one, POST /cluster/dkg and every write are open to the network "
+                          "(set ALLOW_UNAUTHENTICATED=true if that is meant)")
     data_dir = Path(_get(env, "COORDINATOR_DATA_DIR") or f".dsdn/{coordinator_id}")
     file_cluster_id, peers = _cluster(env)
     if peers and coordinator_id not in {p.id for p in peers}:
@@ -373,7 +398,8 @@ def load(env: Mapping[str, str]) -> Config:
         reconcile_max_retries=_int(env, "RECONCILE_MAX_RETRIES", 3, 0, 1000),
         reconcile_parallel=_bool(env, "RECONCILE_PARALLEL", False),
         reconcile_adopt_grace_ms=_int(env, "RECONCILE_ADOPT_GRACE_MS", 30_000, 0, 86_400_000),
-        host=_host(env),
+        host=host,
+        allow_unauthenticated=allow_unauthenticated,
         port=_int(env, "COORDINATOR_PORT", 8080, 0, 65535),
         coordinator_id=coordinator_id,
         data_dir=data_dir,
@@ -390,6 +416,10 @@ def load(env: Mapping[str, str]) -> Config:
         dkg_threshold=_dkg_threshold(env, len(peers)),
         dkg_auto=_bool(env, "DKG_AUTO", True),
         keystore_passphrase=(env.get("KEYSTORE_PASSPHRASE") or "").encode() or None,
+        receipt_batch_max=_int(env, "RECEIPT_BATCH_MAX", 256, 1, 1024),
+        receipt_batch_wait_ms=_int(env, "RECEIPT_BATCH_WAIT_MS", 2, 0, 10_000),
+        receipt_epoch_grace=_int(env, "RECEIPT_EPOCH_GRACE", 1, 0, 1_000_000),
+        epoch_length_s=_int(env, "EPOCH_LENGTH_S", 3600, 1, 10**9),
         publish_interval_ms=_int(env, "PUBLISH_INTERVAL_MS", 200, 1, 600_000),
         snapshot_interval_ms=_int(env, "SNAPSHOT_INTERVAL_MS", 30_000, 100, 86_400_000),
         # at most what every layer accepts: Celestia blobs (1.9 MiB), blob stores (2 MiB bodies); this only

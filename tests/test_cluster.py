@@ -27,12 +27,12 @@ from node import identity
 BLOCK_MS = 500
 
 
-def free_base_port() -> int:
-    """A base port whose coordinator ports and DA service ports (+100, +101) are all free."""
+def free_base_port(n: int = 3) -> int:
+    """A base port whose n coordinator ports, DA service ports (+100, +101) and peer ports (+200…) are free."""
     for _ in range(100):
         base = random.randrange(20000, 40000)
         try:
-            for port in (base, base + 1, base + 2, base + 100, base + 101, base + 200, base + 201, base + 202):
+            for port in (*range(base, base + n), base + 100, base + 101, *range(base + 200, base + 200 + n)):
                 with socket.socket() as s:
                     s.bind(("127.0.0.1", port))
         except OSError:
@@ -42,9 +42,9 @@ def free_base_port() -> int:
 
 
 class Cluster:
-    def __init__(self, data_dir: Path, log_path: Path) -> None:
-        self.data_dir, self.log_path = data_dir, log_path
-        self.base = free_base_port()
+    def __init__(self, data_dir: Path, log_path: Path, n: int = 3) -> None:
+        self.data_dir, self.log_path, self.n = data_dir, log_path, n
+        self.base = free_base_port(n)
         self.proc: subprocess.Popen[bytes] | None = None
         self.info: dict[str, Any] = {}
         self.extra: list[subprocess.Popen[bytes]] = []  # processes a test started besides the launcher's
@@ -52,7 +52,7 @@ class Cluster:
     def start(self) -> None:
         log = open(self.log_path, "wb")  # noqa: SIM115 - the child owns it for its lifetime
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from deploy.cli import main; main()", "cluster", "up", "-n", "3",
+            [sys.executable, "-c", "from deploy.cli import main; main()", "cluster", "up", "-n", str(self.n),
              "--base-port", str(self.base), "--data-dir", str(self.data_dir), "--block-interval-ms", str(BLOCK_MS)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()

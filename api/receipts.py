@@ -1,0 +1,206 @@
+"""The receipt routes: submit (optionally waiting for the threshold signature), fetch, list, verify.
+
+* ``POST /receipts[?wait_ms=N]`` → 202 ``{receipt_id, status[, optimistic]}``; with ``wait_ms`` (≤ 30000) 200 and
+  the signed document once final. 409 ``{"error": "slot conflict", receipt_id, conflicting_receipt_id}``; 422
+  invalid or rejected (with the reason); 503 when the cluster cannot sign now (no key, too few peers up).
+* ``GET /receipts/<id>``: the document (final) or the receipt and its status; 404 when unknown here.
+* ``GET /receipts?node=&epoch=&status=&after=&limit=``: pages ordered by receipt id.
+* ``POST /receipts/verify``: a document in, ``{valid, reason}`` out (pinned to this cluster's group key).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nacl.bindings
+import trio
+from quart import request
+from quart_trio import QuartTrio
+
+from api import validation as v
+from consensus import receipts as rc
+from consensus.receipt_service import ReceiptService, Record, Unavailable
+
+MAX_WAIT_MS = 30_000
+LOCK_WAIT_S = 1.0  # how long a 202 waits for the proposer's own durable lock (the optimistic receipt)
+MAX_LIMIT = 1000
+STATUSES = ("final", "pending", "locked", "conflict", "rejected")
+_RID = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def node_public_key(value: Any) -> str | None:
+    """``public_key`` of POST /register: absent/null, or a valid Ed25519 point (64 hex, canonical, not of small
+    order), returned in lower case."""
+    if value is None:
+        return None
+    if type(value) is not str or not _RID.match(value) or not nacl.bindings.crypto_core_ed25519_is_valid_point(
+            bytes.fromhex(value)):
+        raise v.Invalid("public_key", "an Ed25519 public key: 64 hex characters encoding a valid curve point")
+    return value.lower()
+
+
+def register_receipt_routes(app: QuartTrio, service: ReceiptService | None, mutating: Callable[..., Any],
+                            json_body: Callable[[], Awaitable[dict[str, Any]]], error: type[Exception],
+                            node_key: Callable[[str], bytes | None]) -> None:
+    """``error(status, body)`` is the app's JSON error; ``node_key(id)`` the registered key of a node."""
+
+    def fail(status: int, code: str, message: str, **extra: Any) -> Exception:
+        return error(status, {"error": code, "message": message, **extra})  # type: ignore[call-arg]
+
+    def need_service() -> ReceiptService:
+        if service is None:
+            raise fail(503, "no_cluster", "this coordinator has no cluster configuration: it cannot sign receipts")
+        return service
+
+    def settled(record: Record) -> None:
+        rid = record.receipt.id.hex()
+        if record.status == "conflict":
+            raise fail(409, "slot conflict", "another receipt holds this slot (receipt type, node, subject, "
+                       "epoch): at most one is ever signed", receipt_id=rid,
+                       conflicting_receipt_id=record.conflicting_id.hex() if record.conflicting_id else None)
+        if record.status == "rejected":
+            raise fail(422, "receipt_rejected", record.reason, receipt_id=rid)
+
+    async def wait_for(record: Record, seconds: float, until: tuple[str, ...]) -> None:
+        with trio.move_on_after(seconds):
+            while record.status not in until:
+                await record.changed.wait()
+
+    @app.post("/receipts")
+    @mutating
+    async def submit_receipt() -> Any:
+        wait_ms = v.query_integer(request.args.get("wait_ms"), "wait_ms", 0, 0, MAX_WAIT_MS)
+        body = await json_body()
+        node_id = body.get("node_id")
+        registered = node_key(node_id) if isinstance(node_id, str) else None
+        try:
+            receipt = rc.from_json(body, registered)
+        except rc.ReceiptError as exc:
+            raise fail(422, "invalid_receipt", str(exc), field=exc.field) from None
+        svc = need_service()
+        try:
+            record = svc.submit(receipt)
+        except Unavailable as exc:
+            raise error(503, {"error": "unavailable", "message": str(exc)}, {"Retry-After": "1"}) from None  # type: ignore[call-arg]
+        settled(record)
+        await wait_for(record, LOCK_WAIT_S, ("locked", "final", "conflict", "rejected"))
+        if wait_ms:
+            await wait_for(record, wait_ms / 1000, ("final", "conflict", "rejected"))
+        settled(record)
+        if record.status == "final":
+            doc = svc.lookup(receipt.id)
+            if doc is not None and wait_ms:
+                return doc, 200
+        out: dict[str, Any] = {"receipt_id": receipt.id.hex(), "status": record.status}
+        if record.optimistic is not None:
+            out["optimistic"] = record.optimistic
+        if record.status == "pending" and record.reason:
+            out["reason"] = record.reason
+        return out, 202
+
+    @app.get("/receipts/<receipt_id>")
+    async def get_receipt(receipt_id: str) -> Any:
+        if not _RID.match(receipt_id):
+            raise fail(404, "receipt not found", "a receipt id is 64 hex characters", receipt_id=receipt_id)
+        doc = need_service().lookup(bytes.fromhex(receipt_id))
+        if doc is None:
+            raise fail(404, "receipt not found", "no receipt with this id is known here", receipt_id=receipt_id.lower())
+        return doc
+
+    @app.get("/receipts")
+    async def list_receipts() -> Any:
+        svc = need_service()
+        args = request.args
+        node = args.get("node")
+        if node is not None:
+            v.node_id(node, "node")
+        epoch = v.query_integer(args["epoch"], "epoch", 1, 1, v.MAX_U63) if "epoch" in args else None
+        status = args.get("status")
+        if status is not None and status not in STATUSES:
+            raise v.Invalid("status", " or ".join(STATUSES))
+        after = args.get("after")
+        if after is not None and not _RID.match(after):
+            raise v.Invalid("after", "a receipt id: 64 hex characters")
+        limit = v.query_integer(args.get("limit"), "limit", 100, 1, MAX_LIMIT)
+        ids = svc.receipt_ids()
+        picked: list[dict[str, Any]] = []
+        next_after = None
+        for rid in ids:
+            if after is not None and rid.hex() <= after.lower():
+                continue
+            doc = svc.lookup(rid)
+            if doc is None or (status is not None and doc["status"] != status):
+                continue
+            if (node is not None and doc["receipt"]["node_id"] != node) or (epoch is not None
+                                                                             and doc["epoch"] != epoch):
+                continue
+            if len(picked) == limit:
+                next_after = picked[-1]["receipt_id"]
+                break
+            picked.append(doc)
+        return {"receipts": picked, "next_after": next_after}
+
+    @app.post("/receipts/verify")
+    async def verify_receipt() -> Any:
+        doc = await json_body()
+        key = service.keys.key if service is not None else None
+        valid, reason = rc.verify_document(doc, key.group_public_key if key is not None else None)
+        return {"valid": valid, "reason": reason}
+
+
+# ---- the OpenAPI description of these routes (merged into api/openapi.py's table) ----------------------
+
+_HEX64 = {"type": "string", "pattern": "^[0-9a-fA-F]{64}$", "description": "32 bytes in hex"}
+_OBJ = {"type": "object"}
+RECEIPT_IN = {"type": "object", "required": ["receipt_type", "node_id", "subject", "epoch", "usage_proof_hash",
+                                             "reward_base", "submitter_address", "timestamp", "node_signature"],
+              "description": "A usage receipt signed by its node: the node signs b'dsdn/usage/v1' + receipt_bytes",
+              "properties": {
+                  "receipt_type": {"enum": list(rc.TYPES)},
+                  "node_id": {"type": "string", "pattern": v.ID_PATTERN},
+                  "node_public_key": {**_HEX64, "type": ["string", "null"],
+                                      "description": "omitted: the node's registered key"},
+                  "subject": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,256}$",
+                              "description": "storage: a registered object hash; compute: a workload id (64 hex)"},
+                  "epoch": {"type": "integer", "minimum": 1, "maximum": rc.MAX_U63},
+                  "usage_proof_hash": _HEX64,
+                  "execution_commitment": {"type": ["array", "null"], "items": _HEX64, "minItems": 6, "maxItems": 6,
+                                           "description": "compute only: workload_id (= subject), input_hash, "
+                                                          "output_hash, state_root_before, state_root_after, "
+                                                          "trace_root"},
+                  "reward_base": {"type": "integer", "minimum": 1, "maximum": rc.MAX_REWARD},
+                  "submitter_address": {"type": "string", "pattern": "^[0-9a-fA-F]{40}$"},
+                  "timestamp": {"type": "integer", "minimum": 0, "maximum": rc.MAX_U63},
+                  "node_signature": {"type": "string", "pattern": "^[0-9a-fA-F]{128}$"}}}
+RECEIPT_DOC = {"type": "object", "required": ["receipt_id", "receipt", "receipt_bytes", "epoch", "status"],
+               "description": "final: with batch {root, tree_size, index, path}, signature, group_public_key, "
+                              "signers — verifiable with Ed25519 and SHA-256 alone"}
+RECEIPT_PAGE = {"type": "object", "required": ["receipts", "next_after"],
+                "properties": {"receipts": {"type": "array", "items": RECEIPT_DOC},
+                               "next_after": {"type": ["string", "null"]}}}
+VERIFIED = {"type": "object", "required": ["valid", "reason"],
+            "properties": {"valid": {"type": "boolean"}, "reason": {"type": "string"}}}
+RECEIPT_ROUTES: list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any], tuple[int, ...]]] = [
+    ("POST", "/receipts", "Submit a usage receipt for threshold signing; 202 {receipt_id, status, optimistic?}, "
+     "or with ?wait_ms=N 200 and the signed document once final", RECEIPT_IN, _OBJ,
+     (400, 401, 409, 413, 415, 422, 503)),
+    ("GET", "/receipts", "Receipts known here, by receipt id (?node=&epoch=&status=&after=&limit=)", None,
+     RECEIPT_PAGE, (422, 503)),
+    ("GET", "/receipts/<receipt_id>", "A receipt: the signed document when final, else its status", None,
+     RECEIPT_DOC, (404, 503)),
+    ("POST", "/receipts/verify", "Verify a signed receipt document offline: {valid, reason}", _OBJ, VERIFIED,
+     (400, 413, 415, 422)),
+]
+RECEIPT_SUCCESS = {("POST", "/receipts"): 202}
+RECEIPT_PATH_PARAMS = {"receipt_id": {"type": "string", "description": "64 hex characters"}}
+RECEIPT_QUERY_PARAMS: dict[tuple[str, str], list[tuple[str, dict[str, Any], bool]]] = {
+    ("POST", "/receipts"): [("wait_ms", {"type": "integer", "minimum": 0, "maximum": MAX_WAIT_MS, "default": 0},
+                             False)],
+    ("GET", "/receipts"): [("node", {"type": "string", "pattern": v.ID_PATTERN}, False),
+                           ("epoch", {"type": "integer", "minimum": 1, "maximum": rc.MAX_U63}, False),
+                           ("status", {"enum": list(STATUSES)}, False),
+                           ("after", _HEX64, False),
+                           ("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100}, False)],
+}
