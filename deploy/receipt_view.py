@@ -55,6 +55,9 @@ class StateLedgerView:
         return rc.document(receipt, bytes.fromhex(batch.root), batch.tree_size, index, path,
                            bytes.fromhex(batch.signature), bytes.fromhex(batch.group_key), list(batch.signers))
 
+    def signed_ids(self) -> list[bytes]:
+        return list(self._state().ledger.receipts)
+
     def _path(self, batch: Batch, index: int) -> list[bytes]:
         root = bytes.fromhex(batch.root)
         paths = self._paths.get(root)
