@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
 from deploy.blobstore import serve_blobstore
@@ -21,9 +22,11 @@ from deploy.devnet import serve_devnet
 from node import identity
 from node.config import Config
 from node.coordinator import Coordinator
+from node.da.base import DAUnavailable
 from node.da.blobstore_client import BlobStoreDA
 from node.da.celestia import CelestiaDA
 from node.da.namespace import namespace_from_name
+from node.da.quorum import QuorumDA
 from node.da.status import Status
 from tests.conftest import wait_for
 
@@ -113,3 +116,24 @@ async def test_a_slow_primary_fails_over_in_seconds_without_flapping(make_config
     for coord in coords.values():
         await coord.da.primary.inner.aclose()  # type: ignore[attr-defined]
         await coord.da.layers["emergency"].inner.aclose()  # type: ignore[attr-defined]
+
+
+async def test_quorum_health_check_needs_only_enough_validators_within_its_deadline(
+        tmp_path: Path, nursery: trio.Nursery) -> None:
+    async def silent(stream: trio.SocketStream) -> None:  # accepts, never answers (a stopped process)
+        await trio.sleep_forever()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
+    hung = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    stores = [await nursery.start(partial(serve_blobstore, "127.0.0.1", 0, tmp_path / f"v{i}")) for i in range(2)]
+    quorum = QuorumDA([*stores, hung], threshold_percent=67, signature_timeout_s=5, namespace=NS)
+    start = trio.current_time()
+    assert await quorum.probe(1.5) >= 0  # 2 of 3 answer: healthy, without waiting for the third
+    assert trio.current_time() - start < 1.0
+    one_left = QuorumDA([stores[0], hung, hung], threshold_percent=67, signature_timeout_s=5, namespace=NS)
+    start = trio.current_time()
+    with pytest.raises(DAUnavailable, match=r"1 of 3 validators answer within 0\.5s, 2 needed"):
+        await one_left.probe(0.5)
+    assert trio.current_time() - start < 1.5
+    await quorum.aclose()
+    await one_left.aclose()

@@ -23,7 +23,8 @@ Following: one int cursor cannot track n logs, and no single validator is guaran
 quorum blob (it may have been down or cancelled). ``read_after``/``head`` follow ONE validator's log
 (``follow_index``, refs renamed to this layer) for convenience; a complete follower should follow every
 ``validators()`` entry (a BlobStoreDA each, own cursor) and de-duplicate by commitment — every quorum blob
-is on at least ``required`` of them.
+is on at least ``required`` of them. ``probe(timeout_s)``, the health check, is ``head`` within its own
+deadline that is done as soon as ``required`` validators answered (a stopped validator does not fail it).
 """
 
 from __future__ import annotations
@@ -229,6 +230,31 @@ class QuorumDA:
         if len(heads) < self.required:
             raise DAUnavailable(f"{self.name}: {len(heads)} of {len(self._validators)} validators answer, "
                                 f"{self.required} needed: " + "; ".join(errors))
+        return heads.get(self.follow_index, max(heads.values()))
+
+    async def probe(self, timeout_s: float) -> int:
+        """The health check: like ``head`` within ``timeout_s``, but done as soon as enough validators answered
+        (one slow or stopped validator of three does not fail it)."""
+        heads: dict[int, int] = {}
+        errors: list[str] = []
+        with trio.move_on_after(timeout_s):
+            async with trio.open_nursery() as nursery:
+                async def ask(index: int, validator: BlobStoreDA) -> None:
+                    try:
+                        heads[index] = await validator.head()
+                    except DAError as exc:
+                        errors.append(f"{validator.name}: {exc}")
+                        return
+                    if len(heads) >= self.required:
+                        nursery.cancel_scope.cancel()
+
+                for index, validator in enumerate(self._validators):
+                    nursery.start_soon(ask, index, validator)
+        if len(heads) < self.required:
+            silent = len(self._validators) - len(heads) - len(errors)
+            raise DAUnavailable(f"{self.name}: {len(heads)} of {len(self._validators)} validators answer within "
+                                f"{timeout_s:.3g}s, {self.required} needed" + (f"; {silent} silent" if silent else "")
+                                + ("; " + "; ".join(errors) if errors else ""))
         return heads.get(self.follow_index, max(heads.values()))
 
     # ---- internals ---------------------------------------------------------------------------------
