@@ -132,9 +132,10 @@ class DAStack:
 
     async def _primary_page(self, page: Page, started_ms: int) -> None:
         blobs = [(ref, data) for ref, data in page.items if data.startswith(MAGIC)]
-        now = wall_ms()
+        now, members = wall_ms(), self.members() if self.members is not None else frozenset()
         for _, data in blobs:  # a writer still active on the primary reconciles its own fallback blobs
-            self.reconciler.signer_active[data[len(MAGIC) + 1 : len(MAGIC) + 33]] = now
+            if member_signed(data, members):  # (verified: nobody else can make a member look active)
+                self.reconciler.signer_active[data[len(MAGIC) + 1 : len(MAGIC) + 33]] = now
         try:
             if blobs:
                 await self.pending.note_primary(blobs)
