@@ -352,7 +352,7 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
     @mutating
     async def cluster_dkg() -> tuple[JSONDict, int]:
         threshold = None
-        if request.content_length:
+        if request.content_length or await request.get_data(as_text=False):  # the body {threshold?} is optional
             body = await json_body()
             if body.get("threshold") is not None:
                 threshold = v.integer(body["threshold"], "threshold", 1, 255)

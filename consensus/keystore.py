@@ -28,6 +28,7 @@ import nacl.signing
 import nacl.utils
 
 from consensus.frost import FrostError, KeyShare
+from node.identity import KeyFileError
 
 MAGIC = b"DSDNKEY\x01"
 KDF_IDENTITY = 1
@@ -41,8 +42,18 @@ MAX_MEMLIMIT = 1 << 30
 MAX_FILE_SIZE = 64 * 1024
 
 
-class KeystoreError(Exception):
-    """The key store cannot be written or read: missing, wrong key or passphrase, tampered, or malformed."""
+class KeystoreError(KeyFileError):
+    """The key store cannot be written or read: missing, wrong key or passphrase, tampered, or malformed.
+
+    A KeyFileError, so a key share that does not open at start-up (DkgService.run loads it) ends the process
+    with one line on stderr and exit code 2 (node/process.py), not a traceback."""
+
+
+def at_rest_warning(path: Path) -> str:
+    """The start-up warning of a coordinator whose key share is (or will be) encrypted without a passphrase."""
+    return (f"KEYSTORE_PASSPHRASE is not set: the key share {path} is encrypted with a key derived from "
+            f"{path.parent / 'identity.key'} in the same folder, so anyone who can read that folder can use the "
+            f"cluster key share; set KEYSTORE_PASSPHRASE to encrypt it with a passphrase (Argon2id) instead")
 
 
 def _base_key(kdf: int, salt: bytes, opslimit: int, memlimit: int,
@@ -84,6 +95,8 @@ def _decode(body: bytes) -> KeyShare:
             raise KeystoreError("duplicate identifiers in verifying shares")
         share = KeyShare(d["identifier"], d["threshold"], d["secret_share"], d["group_public_key"], verifying)
         share.validate()
+    except KeystoreError:
+        raise
     except (ValueError, TypeError, FrostError, msgpack.UnpackException) as e:
         raise KeystoreError(f"key store contents are invalid: {e}") from None
     return share

@@ -1,20 +1,38 @@
 """Node stats as soft state over the peer protocol: every locally reported update is broadcast to the
 peers at once, a peer whose link comes up gets every fresh entry, and received updates are merged last
-writer wins by report time. Stats never go to DA."""
+writer wins by report time. Stats never go to DA.
+
+Received stats are checked exactly as ``POST /node/{id}/stats`` checks them (``node.scheduler.check_stats``,
+the one validator), plus what only a peer can get wrong: the node id must be a valid id, the report time
+neither older than the TTL nor more than ``MAX_FUTURE_MS`` ahead of our clock (a report from the future
+would win every merge and never expire; a little skew is clamped to now). Stats of a node this coordinator
+does not know yet (its registration may still be on its way through DA) wait in a bounded buffer until it
+is registered or the report goes stale; when the buffer is full, more are dropped and counted. So nothing
+a peer sends can make ``/schedule`` fail or grow the stats table beyond the registered nodes.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from typing import Any
+
+import trio
 
 from node.coordinator import Coordinator
 from node.hlc import wall_ms
-from node.scheduler import NodeStats
+from node.naming import ID_RE
+from node.scheduler import MAX_FUTURE_MS, STAT_RANGES, InvalidValue, NodeStats, check_stats
 from protocol.envelope import Registry, is_float, is_int, is_str
 from protocol.manager import PeerManager
 
+log = logging.getLogger("dsdn.gossip")
+
 STATS = "node.stats"
-_FIELDS = ("cpu_free", "ram_free_mb", "gpu_free", "latency_ms", "io_pressure")
+_FIELDS = tuple(STAT_RANGES)
 SCHEMA = {"node_id": is_str(128), "reported_ms": is_int(), **{name: is_float() for name in _FIELDS}}
+MAX_WAITING = 1024  # stats of not-yet-registered nodes held at once
+FLUSH_INTERVAL_S = 1.0
 
 
 def register(registry: Registry) -> None:
@@ -25,12 +43,62 @@ def to_body(node_id: str, stats: NodeStats) -> dict[str, Any]:
     return {"node_id": node_id, "reported_ms": stats.reported_ms, **stats.as_dict()}
 
 
-def from_body(body: dict[str, Any]) -> tuple[str, NodeStats]:
-    return body["node_id"], NodeStats(reported_ms=body["reported_ms"], **{name: body[name] for name in _FIELDS})
+def from_body(body: Mapping[str, Any], now_ms: int, ttl_ms: int) -> tuple[str, NodeStats]:
+    """The node id and stats of a received message; InvalidValue (naming the field) if any rule fails."""
+    node_id = body.get("node_id")
+    if type(node_id) is not str or not ID_RE.fullmatch(node_id):
+        raise InvalidValue("node_id", "1-128 characters of A-Z a-z 0-9 . _ : -")
+    reported = body.get("reported_ms")
+    if type(reported) is not int or not now_ms - ttl_ms <= reported <= now_ms + MAX_FUTURE_MS:
+        raise InvalidValue("reported_ms", f"a time within the stats TTL ({ttl_ms} ms) and at most "
+                                          f"{MAX_FUTURE_MS} ms ahead of this coordinator's clock")
+    values = check_stats(body)  # all five required: a peer sends what it stored, defaults already applied
+    return node_id, NodeStats(reported_ms=min(reported, now_ms), **values)
 
 
-async def run_stats_gossip(coord: Coordinator, peers: PeerManager) -> None:
+class StatsIntake:
+    """Checks and merges the stats peers send; holds those of nodes not registered here yet."""
+
+    def __init__(self, coord: Coordinator, max_waiting: int = MAX_WAITING) -> None:
+        self.coord, self.max_waiting = coord, max_waiting
+        self.waiting: dict[str, NodeStats] = {}
+        self.accepted = self.refused = self.dropped = 0
+
+    def receive(self, peer_id: str, body: Mapping[str, Any], now_ms: int) -> bool:
+        """True if the update was merged now or kept until its node is registered."""
+        try:
+            node_id, stats = from_body(body, now_ms, self.coord.stats.ttl_ms)
+        except InvalidValue as exc:
+            self.refused += 1
+            log.debug("stats from %s refused: %s", peer_id, exc)
+            return False
+        if self.coord.state.node(node_id) is not None:
+            self.coord.accept_stats(node_id, stats)
+            self.accepted += 1
+            return True
+        current = self.waiting.get(node_id)
+        if current is None and len(self.waiting) >= self.max_waiting:
+            self.dropped += 1
+            return False
+        if current is None or stats.reported_ms >= current.reported_ms:
+            self.waiting[node_id] = stats
+        return True
+
+    def flush(self, now_ms: int) -> None:
+        """Merge the waiting stats whose node is now registered; forget those gone stale."""
+        ttl = self.coord.stats.ttl_ms
+        for node_id, stats in list(self.waiting.items()):
+            if self.coord.state.node(node_id) is not None:
+                del self.waiting[node_id]
+                self.coord.accept_stats(node_id, stats)
+                self.accepted += 1
+            elif now_ms - stats.reported_ms > ttl:
+                del self.waiting[node_id]
+
+
+async def run_stats_gossip(coord: Coordinator, peers: PeerManager, intake: StatsIntake | None = None) -> None:
     inbox = peers.subscribe(STATS)
+    intake = intake or StatsIntake(coord)
 
     def share(node_id: str, stats: NodeStats) -> None:
         peers.broadcast(STATS, to_body(node_id, stats))
@@ -41,7 +109,15 @@ async def run_stats_gossip(coord: Coordinator, peers: PeerManager) -> None:
             if now - stats.reported_ms <= coord.stats.ttl_ms:
                 peers.send(peer_id, STATS, to_body(node_id, stats))
 
+    async def flush_waiting() -> None:
+        while True:
+            await trio.sleep(FLUSH_INTERVAL_S)
+            intake.flush(wall_ms())
+
     coord.on_stats = share  # type: ignore[method-assign]
     peers.on_link_up(catch_up)
-    async for _, msg in inbox:
-        coord.accept_stats(*from_body(msg.body))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flush_waiting)
+        async for peer_id, msg in inbox:
+            intake.receive(peer_id, msg.body, wall_ms())
+        nursery.cancel_scope.cancel()

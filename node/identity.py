@@ -1,8 +1,13 @@
-"""The coordinator's Ed25519 identity key: generated into the data dir on first start, then reused."""
+"""The coordinator's Ed25519 identity key: generated into the data dir on first start, then reused.
+
+Without ``KEYSTORE_PASSPHRASE`` this seed is also what the key share at rest (``keyshare.bin``, consensus/
+keystore.py) is encrypted with, so it gets the same protection: mode 0600, checked on every load.
+"""
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import nacl.signing
@@ -11,14 +16,25 @@ KEY_FILE = "identity.key"
 
 
 class KeyFileError(ValueError):
-    """The key file exists but is not a 32-byte Ed25519 seed."""
+    """A key file cannot be used: not a 32-byte Ed25519 seed, readable by group or others, or (the subclass
+    consensus.keystore.KeystoreError) a key share that does not open. The process entry (node/process.py)
+    turns it into one line on stderr and exit code 2."""
+
+
+def check_private(path: Path, st: os.stat_result | None = None) -> None:
+    """KeyFileError unless only the owner may read or write ``path`` (no group or other permission bits)."""
+    mode = (st or path.stat()).st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(f"{path}: permissions {stat.S_IMODE(mode):o} are too open: it holds a secret key "
+                           f"(run chmod 600 {path})")
 
 
 def load_or_create(data_dir: Path) -> nacl.signing.SigningKey:
-    """Read ``<data_dir>/identity.key`` (32-byte seed), creating it (mode 0600) if missing."""
+    """Read ``<data_dir>/identity.key`` (32-byte seed, mode 0600 or stricter), creating it (mode 0600) if missing."""
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / KEY_FILE
     if path.exists():
+        check_private(path)
         seed = path.read_bytes()
         if len(seed) != 32:
             raise KeyFileError(f"{path}: expected a 32-byte Ed25519 seed, found {len(seed)} bytes")

@@ -65,6 +65,11 @@ async def test_unknown_node_is_404_with_the_seed_body(client: Any) -> None:
         ({"addr": "[zz]:80"}, "addr"), ({"addr": 5}, "addr"),
         ({"capacity_gb": -1}, "capacity_gb"), ({"capacity_gb": 1.5}, "capacity_gb"),
         ({"capacity_gb": True}, "capacity_gb"), ({"capacity_gb": "100"}, "capacity_gb"),
+        # found by fuzzing the contract: a trailing newline passed `$`, a lone surrogate or an address over an
+        # event's 256 characters answered 500
+        ({"id": "node-1\n"}, "id"), ({"zone": "\ud800"}, "zone"), ({"zone": " z"}, "zone"), ({"zone": "z\x1f"}, "zone"),
+        ({"addr": "h" * 250 + ".io:80"}, "addr"), ({"addr": "[::1%eth0]:80"}, "addr"),
+        ({"addr": "10.0.0.1:080\n"}, "addr"),
     ],
 )
 async def test_register_schema_violations_are_422(client: Any, patch: dict[str, Any], field: str) -> None:
@@ -200,7 +205,7 @@ async def test_placement(client: Any) -> None:
     assert len(three) == 3 and len(set(three)) == 3
     assert three == await get(client, "/placement/abc123?rf=3")
     assert len(await get(client, "/placement/abc123?rf=64")) == 5
-    for bad in ("0", "65", "abc", "-1", "2.5"):
+    for bad in ("0", "65", "abc", "-1", "2.5", "3_0", "%203", "%D9%A3", "", "+3"):  # int() took 3_0, " 3", "٣", "+3"
         assert (await get(client, f"/placement/abc?rf={bad}", 422))["field"] == "rf"
 
 

@@ -40,7 +40,29 @@ def test_data_dir_follows_the_id_and_host_names_are_accepted() -> None:
     cfg = load({"USE_MOCK_DA": "true", "COORDINATOR_ID": "c-7", "COORDINATOR_HOST": "localhost"})
     assert str(cfg.data_dir) == ".dsdn/c-7" and cfg.host == "localhost"
     assert load({"USE_MOCK_DA": "true", "COORDINATOR_HOST": "::1"}).host == "::1"
-    assert load({"USE_MOCK_DA": "true", "COORDINATOR_HOST": "coord-1.example.org"}).host == "coord-1.example.org"
+    assert load({"USE_MOCK_DA": "true", "COORDINATOR_HOST": "coord-1.example.org",
+                 "COORDINATOR_API_TOKEN": "t"}).host == "coord-1.example.org"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.0.0.5", "192.168.1.2", "coord-1.example.org", "2001:db8::1"])
+def test_a_non_loopback_bind_without_a_token_is_refused_unless_meant(host: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load({"USE_MOCK_DA": "true", "COORDINATOR_HOST": host})
+    message = str(err.value)
+    assert err.value.var == "COORDINATOR_API_TOKEN" and "\n" not in message
+    assert f"COORDINATOR_HOST={host} is not a loopback address" in message and "ALLOW_UNAUTHENTICATED=true" in message
+    assert load({"USE_MOCK_DA": "true", "COORDINATOR_HOST": host, "COORDINATOR_API_TOKEN": "t"}).host == host
+    cfg = load({"USE_MOCK_DA": "true", "COORDINATOR_HOST": host, "ALLOW_UNAUTHENTICATED": "true"})
+    assert cfg.host == host and cfg.api_token is None and cfg.allow_unauthenticated is True
+    with pytest.raises(ConfigError) as err:
+        load({"USE_MOCK_DA": "true", "COORDINATOR_HOST": host, "ALLOW_UNAUTHENTICATED": "false"})
+    assert err.value.var == "COORDINATOR_API_TOKEN"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "::1", "localhost", "LOCALHOST"])
+def test_loopback_binds_need_no_token(host: str) -> None:
+    cfg = load({"USE_MOCK_DA": "true", "COORDINATOR_HOST": host})
+    assert cfg.host == host and cfg.api_token is None and cfg.allow_unauthenticated is False
 
 
 def test_member_keys_parse() -> None:
@@ -68,6 +90,7 @@ def test_member_keys_parse() -> None:
         ("DA_NAMESPACE", "zz", "dsdn namespace"),
         ("DA_NAMESPACE", "0" * 58, "reserves"),
         ("EMERGENCY_DA_URL", "ftp://x", "http:// or https://"),
+        ("ALLOW_UNAUTHENTICATED", "sure", "true or false"),
     ],
 )
 def test_bad_values_name_the_variable_the_value_and_what_is_expected(var: str, value: str, expected: str) -> None:

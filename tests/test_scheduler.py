@@ -52,3 +52,41 @@ def test_stats_table_keeps_the_newest_report_and_prunes_by_ttl() -> None:
     assert table.get("n", 60).cpu_free == 0.2
     assert table.get("n", 200) is None
     assert table.prune(200) == 1 and list(table.items()) == []
+
+
+def test_zero_or_invalid_stats_are_never_eligible_and_never_crash() -> None:
+    import math
+
+    good = ("good", stats(cpu=0.1))
+    for bad in (stats(lat=0.0), stats(lat=-1.0), stats(cpu=math.nan), stats(ram=math.inf), stats(io=2.0),
+                stats(gpu=-math.inf), stats(lat=math.nan)):
+        assert choose([("bad", bad), good], Workload(), W, 1000, 10_000) == "good"
+        assert choose([("bad", bad)], Workload(), W, 1000, 10_000) is None
+    assert score(W, stats(lat=0.0)) == score((*W[:3], 0.0, W[4]), stats(lat=0.0))  # no division by zero
+    # a tiny latency gives an infinite latency term: still a valid, comparable score
+    assert choose([("fast", stats(lat=5e-324)), good], Workload(), W, 1000, 10_000) == "fast"
+    # NaN weights (never accepted by the API) make no node win rather than an arbitrary one
+    assert choose([good], Workload(), (math.nan, *W[1:]), 1000, 10_000) is None
+
+
+def test_stats_stamped_in_the_future_are_eligible_only_within_the_clock_skew() -> None:
+    from node.scheduler import MAX_FUTURE_MS
+
+    nodes = [("skewed", stats(cpu=0.9, at=1000 + MAX_FUTURE_MS)), ("pinned", stats(cpu=1.0, at=2**62))]
+    assert choose(nodes, Workload(), W, 1000, 10_000) == "skewed"
+    assert choose(nodes[1:], Workload(), W, 1000, 10_000) is None
+
+
+def test_the_stats_rules_are_the_http_rules() -> None:
+    import pytest
+
+    from node.scheduler import STAT_DEFAULTS, InvalidValue, check_stats
+
+    assert check_stats({"cpu_free": 1, "ram_free_mb": 2}, STAT_DEFAULTS) == {
+        "cpu_free": 1.0, "ram_free_mb": 2.0, "gpu_free": 0.0, "latency_ms": 10.0, "io_pressure": 0.0}
+    with pytest.raises(InvalidValue, match="latency_ms: expected a number > 0"):
+        check_stats({"cpu_free": 1, "ram_free_mb": 2, "latency_ms": 0}, STAT_DEFAULTS)
+    with pytest.raises(InvalidValue, match=r"gpu_free: expected a finite number \(required\)"):
+        check_stats({"cpu_free": 1, "ram_free_mb": 2})  # without defaults (peers), every field is required
+    with pytest.raises(InvalidValue, match="cpu_free"):
+        check_stats({"cpu_free": True, "ram_free_mb": 2}, STAT_DEFAULTS)

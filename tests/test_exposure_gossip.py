@@ -1,0 +1,124 @@
+"""Stats from peers are checked like POST /node/{id}/stats: zero latency, out-of-range or non-finite values,
+report times from the future and unknown node ids cannot reach the scheduler, pin an entry or grow the
+table; /schedule never answers 500 whatever the table holds."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+import trio
+
+from node import gossip
+from node.coordinator import Coordinator
+from node.hlc import wall_ms
+from node.scheduler import MAX_FUTURE_MS, NodeStats
+from protocol.envelope import Registry
+from protocol.simnet import SimNetwork
+
+NODE = {"id": "n1", "zone": "z", "addr": "10.0.0.1:50051"}
+GOOD = {"cpu_free": 0.5, "ram_free_mb": 1000.0, "gpu_free": 0.0, "latency_ms": 5.0, "io_pressure": 0.1}
+
+
+def body(node_id: str = "n1", reported_ms: int | None = None, **values: Any) -> dict[str, Any]:
+    return {"node_id": node_id, "reported_ms": wall_ms() if reported_ms is None else reported_ms, **GOOD, **values}
+
+
+async def registered(client: Any, *ids: str) -> None:
+    for node_id in ids:
+        resp = await client.post("/register", json={**NODE, "id": node_id})
+        assert resp.status_code == 200
+
+
+@pytest.mark.parametrize(("values", "field"), [
+    ({"latency_ms": 0.0}, "latency_ms"), ({"latency_ms": -1.0}, "latency_ms"), ({"cpu_free": -0.5}, "cpu_free"),
+    ({"io_pressure": 1.5}, "io_pressure"), ({"ram_free_mb": 1e13}, "ram_free_mb"), ({"gpu_free": math.inf}, "gpu_free"),
+    ({"cpu_free": math.nan}, "cpu_free"), ({"latency_ms": 1e8}, "latency_ms")])
+async def test_gossip_uses_the_http_validator(coord: Coordinator, client: Any, values: dict[str, float],
+                                             field: str) -> None:
+    await registered(client, "n1")
+    with pytest.raises(gossip.InvalidValue) as err:
+        gossip.from_body(body(**values), wall_ms(), coord.stats.ttl_ms)
+    assert err.value.field == field
+    value = values[field]
+    literal = repr(value) if math.isfinite(value) else "1e400"  # JSON has no NaN/inf: 1e400 overflows to inf
+    data = json.dumps({**GOOD, field: 0}).replace(f'"{field}": 0', f'"{field}": {literal}')
+    resp = await client.post("/node/n1/stats", data=data, headers={"Content-Type": "application/json"})
+    assert resp.status_code == 422 and (await resp.get_json())["field"] == field  # the HTTP route agrees
+    intake = gossip.StatsIntake(coord)
+    assert intake.receive("peer", body(**values), wall_ms()) is False and intake.refused == 1
+    assert coord.stats.get("n1", wall_ms()) is None
+
+
+async def test_report_times_from_the_future_or_the_past_are_refused_and_small_skew_is_clamped(
+        coord: Coordinator, client: Any) -> None:
+    await registered(client, "n1")
+    intake = gossip.StatsIntake(coord)
+    now = wall_ms()
+    assert not intake.receive("peer", body(reported_ms=2**62), now)  # would win every merge and never expire
+    assert not intake.receive("peer", body(reported_ms=now + MAX_FUTURE_MS + 1), now)
+    assert not intake.receive("peer", body(reported_ms=now - coord.stats.ttl_ms - 1), now)  # already stale
+    assert not intake.receive("peer", body(reported_ms=-5), now)
+    assert intake.refused == 4 and coord.stats.get("n1", now) is None
+    assert intake.receive("peer", body(reported_ms=now + 5_000), now)  # a little clock skew: taken, as now
+    assert coord.stats.get("n1", now).reported_ms == now  # type: ignore[union-attr]
+    later = now + 10
+    resp = await client.post("/node/n1/stats", json=GOOD)  # a newer local report still wins the merge
+    assert resp.status_code == 200 and coord.stats.get("n1", later).reported_ms >= now  # type: ignore[union-attr]
+
+
+async def test_unknown_node_ids_wait_in_a_bounded_buffer(coord: Coordinator, client: Any) -> None:
+    intake = gossip.StatsIntake(coord, max_waiting=100)
+    now = wall_ms()
+    accepted = sum(intake.receive("peer", body(f"ghost-{i}"), now) for i in range(5000))
+    assert accepted == 100 and intake.dropped == 4900 and len(intake.waiting) == 100
+    assert list(coord.stats.items()) == []  # the table holds registered nodes only
+    assert intake.receive("peer", body("ghost-7", reported_ms=now + 1), now)  # a newer report for a waiting id
+    await registered(client, "ghost-7")  # its registration arrives: the waiting report is merged
+    intake.flush(now)
+    assert coord.stats.get("ghost-7", now) is not None and len(intake.waiting) == 99
+    intake.flush(now + coord.stats.ttl_ms + 10)  # the others went stale
+    assert intake.waiting == {}
+
+
+async def test_schedule_never_500s_whatever_the_stats_table_holds(coord: Coordinator, client: Any) -> None:
+    await registered(client, "a", "b", "c", "d")
+    now = wall_ms()
+    # what the old gossip path stored without a check: every coordinator answered 500 from then on
+    coord.accept_stats("a", NodeStats(0.9, 1e6, 1.0, 0.0, 0.0, now))  # latency 0: w_latency / 0
+    coord.accept_stats("b", NodeStats(math.nan, 1e6, 1.0, 1.0, 0.0, now))
+    coord.accept_stats("c", NodeStats(math.inf, 1e6, 1.0, 1.0, 0.0, now + 10**12))  # pinned in the future
+    for workload in ({}, {"max_latency_ms": 1e7}, {"cpu_req": 0.0, "io_tolerance": 1.0}):
+        resp = await client.post("/schedule", json=workload)
+        assert resp.status_code == 404, await resp.get_data()
+    assert (await client.post("/node/d/stats", json=GOOD)).status_code == 200
+    resp = await client.post("/schedule", json={})
+    assert resp.status_code == 200 and (await resp.get_json()) == {"node_id": "d"}
+
+
+async def test_over_the_peer_protocol_only_checked_stats_of_known_nodes_are_merged(
+        nursery: trio.Nursery, coord: Coordinator, client: Any) -> None:
+    registry = Registry()
+    gossip.register(registry)
+    net = SimNetwork(registry, seed=3)
+    sender, receiver = net.add("peer"), net.add("me")
+    receiver.on_link_up = lambda callback: None  # type: ignore[attr-defined]
+    await nursery.start(net.run)
+    intake = gossip.StatsIntake(coord)
+    nursery.start_soon(gossip.run_stats_gossip, coord, receiver, intake)
+    await registered(client, "n1", "n2")
+    await trio.sleep(0.05)
+    sender.broadcast(gossip.STATS, body("n1", latency_ms=0.0))
+    sender.broadcast(gossip.STATS, body("n2", reported_ms=wall_ms() + 3_600_000))
+    sender.broadcast(gossip.STATS, body("stranger"))
+    sender.broadcast(gossip.STATS, body("n2", cpu_free=0.25))
+    with trio.fail_after(5):
+        while intake.accepted + intake.refused + len(intake.waiting) < 4:
+            await trio.sleep(0.01)
+    assert (intake.accepted, intake.refused, set(intake.waiting)) == (1, 2, {"stranger"})
+    assert coord.stats.get("n1", wall_ms()) is None
+    assert coord.stats.get("n2", wall_ms()).cpu_free == 0.25  # type: ignore[union-attr]
+    resp = await client.post("/schedule", json={})
+    assert resp.status_code == 200 and (await resp.get_json()) == {"node_id": "n2"}
