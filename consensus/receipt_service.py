@@ -168,7 +168,7 @@ class ReceiptService:
                  batch_wait_s: float = 0.002, epoch_length_s: int = 3600, epoch_grace: int = 1,
                  lock_timeout_s: float = 2.0, sign_timeout_s: float = 2.0, batch_deadline_s: float = 10.0,
                  takeover_s: float = 5.0, sign_patience_s: float = 0.1, clock: Callable[[], float] = time.time,
-                 run_blocking: RunBlocking = trio.to_thread.run_sync, max_inflight_batches: int = 8) -> None:
+                 run_blocking: RunBlocking = trio.to_thread.run_sync, max_inflight_batches: int = 4) -> None:
         self.net, self.identity, self.members, self.keys, self.view = net, identity, members, keys, view
         self.locks = locks
         self.batch_max, self.batch_wait_s = min(batch_max, MAX_BATCH), batch_wait_s
@@ -341,17 +341,22 @@ class ReceiptService:
             task_status.started()
 
     async def _batcher(self, nursery: trio.Nursery) -> None:
+        """A batch closes at ``batch_max`` receipts or ``batch_wait_s`` after its first; while every in-flight
+        slot is busy the queue keeps growing, so batches grow with the load."""
         while True:
-            if not self._queue:
-                await self._queue_wake.wait()
-                self._queue_wake = trio.Event()
-                continue
-            if len(self._queue) < self.batch_max:
-                await trio.sleep(self.batch_wait_s)
+            await self._inflight.acquire()
+            try:
+                while not self._queue:
+                    await self._queue_wake.wait()
+                    self._queue_wake = trio.Event()
+                if len(self._queue) < self.batch_max and self.batch_wait_s > 0:
+                    await trio.sleep(self.batch_wait_s)
+            except BaseException:
+                self._inflight.release()
+                raise
             batch, self._queue = self._queue[: self.batch_max], self._queue[self.batch_max:]
             for r in batch:
                 self._queued.discard(r.id)
-            await self._inflight.acquire()
             nursery.start_soon(self._run_batch_released, batch, False)
 
     async def _run_batch_released(self, batch: list[rc.Receipt], takeover: bool) -> None:
@@ -607,6 +612,8 @@ class ReceiptService:
                 done.set()
             for session in out.start:
                 self.counters.sessions += 1
+                log.debug("signing session %d with %s", session.id,
+                          sorted(self.member_of.get(i, str(i)) for i in session.commitments))
                 for ident in session.commitments:
                     nursery.start_soon(ask, ident, session)
 

@@ -14,7 +14,7 @@ import trio.testing
 
 from consensus import merkle
 from consensus import receipts as rc
-from consensus.receipt_service import ReceiptService, Unavailable
+from consensus.receipt_service import LOCK, LOCK_REPLY, ReceiptService, Unavailable
 from tests.receipt_sim import EPOCH, SimCluster
 
 
@@ -111,9 +111,17 @@ async def test_a_signer_sending_bad_shares_is_named_and_signing_completes(
             return reply
 
         cluster.service(liar)._sign_share = lying_sign.__get__(cluster.service(liar))  # type: ignore[method-assign]
+        for honest in ("c1", "c3"):  # they answer lock requests a little later, so the liar is always in the
+            service = cluster.service(honest)  # first session (ROAST takes the first t ready signers)
+
+            async def later(peer: str, body: dict, lock: object = service._on_lock) -> dict:
+                await trio.sleep(0.05)
+                return await lock(peer, body)  # type: ignore[operator]
+
+            cluster.net.nodes[honest].on_request(LOCK, LOCK_REPLY, later)
         receipts = [cluster.receipt(f"n{k}", f"obj{k}") for k in range(4)]
-        for k, r in enumerate(receipts):
-            cluster.service(["c0", "c1", "c3"][k % 3]).submit(r)
+        for r in receipts:
+            cluster.service("c0").submit(r)
         await cluster.wait_final({r.id for r in receipts})
         blamed = {name for m in cluster.members.values() for name in cluster.service(m.id).counters.blamed}
         assert blamed == {liar}
@@ -140,7 +148,7 @@ async def test_one_crashed_and_one_slow_signer_do_not_stop_signing(tmp_path: Pat
             await trio.sleep(0.8)  # answers, but late (lock timeout is 1 s)
             return await honest_lock(peer, body)
 
-        slow._on_lock = slow_lock  # type: ignore[method-assign]
+        cluster.net.nodes["c5"].on_request(LOCK, LOCK_REPLY, slow_lock)
         cluster.net.partition(set(cluster.members) - {"c6"}, {"c6"})
         receipts = [cluster.receipt(f"n{k}", f"obj{k}") for k in range(6)]
         for k, r in enumerate(receipts):

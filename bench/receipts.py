@@ -1,0 +1,196 @@
+"""Receipt consensus benchmark: a real local cluster (``dsdn cluster up -n 5``: devnet, emergency blob store,
+5 coordinator processes on loopback, t = 4) signing compute receipts submitted over HTTP.
+
+Measured in the same run:
+1. Floors: the in-process FROST signing of one batch message by t signers (commit, sign, aggregate and one
+   Ed25519 verification), and the peer links' heartbeat RTT (/cluster/peers) between the coordinators.
+2. Latency: 200 receipts one at a time (``POST /receipts?wait_ms=``, round-robin over the coordinators),
+   p50/p99 from request to the signed document.
+3. Throughput: N receipts by C concurrent submitters (each POST waits for its signed document), receipts
+   final per second.
+Goals (issue 9): p50 ≤ 15 ms, p99 ≤ 50 ms, ≥ 1,000 receipts/s final. Run ``python -m bench.receipts``
+(``--receipts N --concurrency C``); the cluster runs in a temporary directory and is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nacl.signing
+import trio
+
+from bench._common import say, title, verdict
+from consensus import frost
+from consensus import receipts as rc
+
+N_COORDINATORS = 5
+NODES = 16
+
+
+def free_base(n: int) -> int:
+    for _ in range(100):
+        base = random.randrange(20000, 40000)
+        try:
+            for port in (*range(base, base + n), base + 100, base + 101, *range(base + 200, base + 200 + n)):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free port range")
+
+
+def frost_floor(t: int, n: int, rounds: int = 50) -> float:
+    """Seconds for one t-of-n FROST signature of a batch message, all parties in one process."""
+    keys = frost.trusted_dealer_key_shares(n, t)
+    group = keys[1].group_public_key
+    message = rc.batch_message(group, secrets.token_bytes(32), 256)
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        signers = list(keys.values())[:t]
+        nonces, commitments = {}, {}
+        for k in signers:
+            nonces[k.identifier], commitments[k.identifier] = frost.commit(k.secret_share)
+        shares = {k.identifier: frost.sign(k.identifier, k.secret_share, group, nonces[k.identifier], message,
+                                           commitments) for k in signers}
+        frost.aggregate_or_blame(commitments, message, group, shares, keys[1].verifying_shares)
+        times.append(time.perf_counter() - t0)
+        frost.clear_session_cache()
+    return statistics.median(times)
+
+
+def compute_receipt(key: nacl.signing.SigningKey, node: str, epoch: int) -> dict[str, Any]:
+    workload = secrets.token_hex(32)
+    return rc.sign_as_node(key, receipt_type="compute", node_id=node, subject=workload, epoch=epoch,
+                           usage_proof_hash=secrets.token_hex(32),
+                           execution_commitment=[workload, *(secrets.token_hex(32) for _ in range(5))],
+                           reward_base=1000, submitter_address="ab" * 20, timestamp=int(time.time())).to_json()
+
+
+async def run(receipts: int, concurrency: int, sequential: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="dsdn-bench-receipts-") as tmp:
+        data = Path(tmp) / "cluster"
+        base = free_base(N_COORDINATORS)
+        log = open(Path(tmp) / "cluster.log", "wb")  # noqa: SIM115 - the child owns it
+        proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "cluster", "up", "-n", str(N_COORDINATORS),
+                                 "--base-port", str(base), "--data-dir", str(data)],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env={**os.environ, "LOG_LEVEL": "WARNING"})
+        try:
+            await measure(data, receipts, concurrency, sequential)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+            log.close()
+
+
+async def measure(data: Path, receipts: int, concurrency: int, sequential: int) -> None:
+    with trio.fail_after(90):
+        while not (data / "cluster.json").exists():
+            await trio.sleep(0.2)
+    info = json.loads((data / "cluster.json").read_text())
+    urls = [p["url"] for p in info["processes"] if p["role"] == "coordinator"]
+    limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+        with trio.fail_after(90):
+            while True:
+                keys = {(await http.get(f"{u}/cluster/status")).json()["group_public_key"] for u in urls}
+                if len(keys) == 1 and None not in keys:
+                    break
+                await trio.sleep(0.2)
+        status = (await http.get(f"{urls[0]}/cluster/status")).json()
+        t = status["threshold"]
+        title(f"receipts: {len(urls)} coordinator processes, t = {t}, group key {status['group_public_key'][:16]}…")
+        node_keys = {f"bn{i}": nacl.signing.SigningKey(bytes([i + 1]) * 32) for i in range(NODES)}
+        for node, key in node_keys.items():
+            r = await http.post(f"{urls[0]}/register", json={"id": node, "zone": "z", "addr": "h:1",
+                                                               "public_key": bytes(key.verify_key).hex()})
+            r.raise_for_status()
+        with trio.fail_after(30):
+            while len({(await http.get(f"{u}/state/root")).json()["root"] for u in urls}) > 1:
+                await trio.sleep(0.1)
+        epoch = int(time.time() // 3600) + 1
+        rtts = [p["rtt_ms"] for u in urls for p in (await http.get(f"{u}/cluster/peers")).json()
+                if p["rtt_ms"] is not None]
+        floor = frost_floor(t, len(urls))
+        say(f"floor: FROST {t}-of-{len(urls)} signing in one process {floor * 1000:.2f} ms; "
+            f"peer heartbeat RTT p50 {statistics.median(rtts):.2f} ms (over {len(rtts)} links)")
+
+        # warm-up, then sequential latency
+        names = list(node_keys)
+        for k in range(10):
+            node = names[k % NODES]
+            (await http.post(f"{urls[k % len(urls)]}/receipts", params={"wait_ms": 10000},
+                             json=compute_receipt(node_keys[node], node, epoch))).raise_for_status()
+        latencies = []
+        for k in range(sequential):
+            node = names[k % NODES]
+            body = compute_receipt(node_keys[node], node, epoch)
+            t0 = time.perf_counter()
+            r = await http.post(f"{urls[k % len(urls)]}/receipts", params={"wait_ms": 10000}, json=body)
+            latencies.append(time.perf_counter() - t0)
+            if r.status_code != 200:
+                raise RuntimeError(f"receipt not final: {r.status_code} {r.text}")
+        latencies.sort()
+        p50, p99 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99) - 1]
+        say(f"sequential: {sequential} receipts, p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms "
+            f"({p50 / floor:.1f}× the FROST floor)")
+
+        # throughput
+        bodies = [(urls[k % len(urls)], compute_receipt(node_keys[names[k % NODES]], names[k % NODES], epoch))
+                  for k in range(receipts)]
+        done, failed = 0, 0
+
+        async def submitter(items: list[tuple[str, dict[str, Any]]]) -> None:
+            nonlocal done, failed
+            for url, body in items:
+                r = await http.post(f"{url}/receipts", params={"wait_ms": 30000}, json=body)
+                if r.status_code == 200:
+                    done += 1
+                else:
+                    failed += 1
+
+        t0 = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for c in range(concurrency):
+                nursery.start_soon(submitter, bodies[c::concurrency])
+        elapsed = time.perf_counter() - t0
+        rate = done / elapsed
+        engines = [(await http.get(f"{u}/cluster/status")).json()["receipts"] for u in urls]
+        batches = sum(e["batches"] for e in engines)
+        say(f"throughput: {done} final ({failed} not) by {concurrency} concurrent submitters in {elapsed:.2f} s "
+            f"= {rate:.0f} receipts/s; {batches} batches (mean {done / max(batches, 1):.1f} receipts each)")
+        verdict("receipt latency p50 ≤ 15 ms", p50 <= 0.015, f"{p50 * 1000:.1f} ms")
+        verdict("receipt latency p99 ≤ 50 ms", p99 <= 0.050, f"{p99 * 1000:.1f} ms")
+        verdict("receipts final ≥ 1,000/s", rate >= 1000, f"{rate:.0f}/s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--receipts", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--sequential", type=int, default=200)
+    args = parser.parse_args()
+    trio.run(run, args.receipts, args.concurrency, args.sequential)
+
+
+if __name__ == "__main__":
+    main()
