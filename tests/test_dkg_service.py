@@ -1,34 +1,95 @@
 """The DKG driven over the simulated network: automatic start, one group key that signs, timeouts under a
-partition and recovery after it heals, the key kept across a restart, races between two starts."""
+partition and recovery after it heals, the key kept across a restart, races between two starts; a lost
+confirmation repaired, the key share durable before the confirmation goes out, a member that restarts after
+confirming; thresholds other than configured refused; members proven to misbehave left out of the rerun.
+
+Key-store I/O runs inline (``run_blocking``): under trio's MockClock a worker thread lets virtual time jump
+while it runs, so a loaded machine would time sessions out (the flaky test of issue 8 §2.1)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import msgpack
 import nacl.signing
 import pytest
 import trio
 import trio.testing
 
-from consensus import frost
-from consensus.dkg import DkgError
+from consensus import dkg, frost, keystore
+from consensus.dkg import DkgError, DkgParticipant
+from consensus.dkg_messages import Confirm, Round2
+from consensus.dkg_messages import Message as DkgMessage
 from consensus.dkg_service import DkgService, register
-from protocol.envelope import Registry
+from protocol.envelope import Message, Registry
 from protocol.simnet import SimNetwork
 
 IDS = ["c0", "c1", "c2", "c3"]
 
 
-def setup(tmp_path: Path, **net_options: object) -> tuple[SimNetwork, dict[str, DkgService]]:
+async def inline(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run blocking key-store I/O on the event loop: virtual time cannot jump meanwhile."""
+    return fn(*args)
+
+
+def dkg_message(msg: Message) -> DkgMessage | None:
+    return dkg.decode(msgpack.unpackb(msg.body["data"], raw=False)) if msg.type == "dkg.msg" else None
+
+
+class FilterNet(SimNetwork):
+    """A simulated network that also drops (or rewrites) the messages ``tamper`` says to (returns None: drop)."""
+
+    tamper: Callable[[str, str, Message], Message | None] | None = None
+
+    def transmit(self, src: str, dst: str, frame: bytes) -> bool:
+        if self.tamper is not None:
+            msg = self.tamper(src, dst, self.registry.decode(frame))
+            if msg is None:
+                self.stats.dropped += 1
+                return True
+            frame = self.registry.encode(msg)
+        return super().transmit(src, dst, frame)
+
+
+def setup(tmp_path: Path, ids: list[str] = IDS, seed: int = 7, thresholds: dict[str, int | None] | None = None,
+          classes: dict[str, type[DkgParticipant]] | None = None, timeout_s: float = 5,
+          **net_options: Any) -> tuple[FilterNet, dict[str, DkgService]]:
     registry = Registry()
     register(registry)
-    net = SimNetwork(registry, seed=7, **net_options)  # type: ignore[arg-type]
-    keys = {i: nacl.signing.SigningKey.generate() for i in IDS}
+    net = FilterNet(registry, seed=seed, **net_options)
+    keys = {i: nacl.signing.SigningKey(bytes([n + 1]) * 32) for n, i in enumerate(ids)}
     members = {i: bytes(k.verify_key) for i, k in keys.items()}
-    services = {i: DkgService(net.add(i), keys[i], members, tmp_path / f"{i}.keyshare", timeout_s=5)
-                for i in IDS}
+    services = {i: DkgService(net.add(i), keys[i], members, tmp_path / f"{i}.keyshare", timeout_s=timeout_s,
+                              run_blocking=inline, threshold=(thresholds or {}).get(i),
+                              participant_class=(classes or {}).get(i, DkgParticipant))
+                for i in ids}
     return net, services
+
+
+async def run_service(nursery: trio.Nursery, service: DkgService) -> trio.CancelScope:
+    """Run ``service`` in its own cancel scope (cancel it to "crash" that member)."""
+    scope = trio.CancelScope()
+
+    async def runner(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with scope:
+            await service.run(task_status=task_status)
+
+    await nursery.start(runner)
+    return scope
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 120) -> None:
+    """Wait on a condition (virtual time under the MockClock), not on timing."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.1)
+
+
+def ident(service: DkgService) -> int:
+    return next(i for i, k in service.identifiers.items() if k == bytes(service.identity.verify_key))
 
 
 def sign_with(shares: list[frost.KeyShare], message: bytes) -> bytes:
@@ -40,6 +101,12 @@ def sign_with(shares: list[frost.KeyShare], message: bytes) -> bytes:
     return frost.aggregate(commitments, message, shares[0].group_public_key, sig_shares)
 
 
+def one_group_key(services: list[DkgService]) -> bytes:
+    keys = {s.key.group_public_key for s in services}  # type: ignore[union-attr]
+    assert len(keys) == 1
+    return keys.pop()
+
+
 async def test_auto_dkg_gives_one_group_key_that_signs(tmp_path: Path,
                                                        autojump_clock: trio.testing.MockClock) -> None:
     net, services = setup(tmp_path, delay=(0.001, 0.05), duplicate=0.1)
@@ -47,27 +114,25 @@ async def test_auto_dkg_gives_one_group_key_that_signs(tmp_path: Path,
         await nursery.start(net.run)
         for s in services.values():
             await nursery.start(s.run)
-        with trio.fail_after(60):
-            while not all(s.key for s in services.values()) or not all(
-                    (tmp_path / f"{i}.keyshare").exists() for i in IDS):
-                await trio.sleep(0.1)
-        group_keys = {s.key.group_public_key for s in services.values()}  # type: ignore[union-attr]
-        assert len(group_keys) == 1
+        await wait_until(lambda: all(s.key for s in services.values()) and all(
+            (tmp_path / f"{i}.keyshare").exists() for i in IDS), timeout=60)
+        group_key = one_group_key(list(services.values()))
         shares = [s.key for s in services.values()]
         t = shares[0].threshold  # type: ignore[union-attr]
         assert t == 3  # floor(2n/3) + 1 for n = 4
         sig = sign_with(shares[:t], b"receipt")  # type: ignore[arg-type]
-        nacl.signing.VerifyKey(group_keys.pop()).verify(b"receipt", sig)
+        nacl.signing.VerifyKey(group_key).verify(b"receipt", sig)
         status = services["c2"].status()
         assert status["dkg"]["state"] == "complete" and status["threshold"] == 3
         assert all(m["verifying_share"] for m in status["members"]) and len(status["members"]) == 4
+        assert status["dkg"]["refused_starts"] == [] and status["dkg"]["excluded"] == []
         with pytest.raises(DkgError, match="already has a key"):
             services["c1"].start()
         nursery.cancel_scope.cancel()
+    assert not list(tmp_path.glob("*.pending-*"))  # pending shares became the key store
     # restart: the key comes back from the encrypted key store
     _, again = setup(tmp_path)
-    again["c1"].identity = services["c1"].identity
-    assert again["c1"]._load().group_public_key == services["c1"].key.group_public_key  # type: ignore[union-attr]
+    assert again["c1"]._load().group_public_key == group_key
 
 
 async def test_a_partition_times_the_session_out_then_it_completes(tmp_path: Path,
@@ -81,17 +146,13 @@ async def test_a_partition_times_the_session_out_then_it_completes(tmp_path: Pat
         for s in services.values():
             await nursery.start(s.run)
         services["c0"].start()
-        with trio.fail_after(30):
-            while services["c0"].last_error is None:
-                await trio.sleep(0.1)
-        assert "timed out" in services["c0"].last_error and "c3" in services["c0"].last_error
+        await wait_until(lambda: services["c0"].last_error is not None, timeout=30)
+        assert "timed out" in services["c0"].last_error and "c3" in services["c0"].last_error  # type: ignore[operator]
         assert services["c0"].status()["dkg"]["state"] == "failed"
         net.heal()
         services["c0"].auto = True
-        with trio.fail_after(60):
-            while not all(s.key for s in services.values()):
-                await trio.sleep(0.1)
-        assert len({s.key.group_public_key for s in services.values()}) == 1  # type: ignore[union-attr]
+        await wait_until(lambda: all(s.key for s in services.values()), timeout=60)
+        one_group_key(list(services.values()))
         nursery.cancel_scope.cancel()
 
 
@@ -106,10 +167,8 @@ async def test_two_racing_starts_settle_on_one_session(tmp_path: Path,
             await nursery.start(s.run)
         a, b = services["c1"].start(), services["c3"].start()
         assert a != b
-        with trio.fail_after(60):
-            while not all(s.key for s in services.values()):
-                await trio.sleep(0.1)
-        assert len({s.key.group_public_key for s in services.values()}) == 1  # type: ignore[union-attr]
+        await wait_until(lambda: all(s.key for s in services.values()), timeout=60)
+        one_group_key(list(services.values()))
         nursery.cancel_scope.cancel()
 
 
@@ -118,3 +177,222 @@ def test_threshold_below_a_majority_is_refused(tmp_path: Path) -> None:
         DkgService(object(), nacl.signing.SigningKey(os.urandom(32)), {"a": b"1" * 32, "b": b"2" * 32,  # type: ignore[arg-type]
                                                                         "c": b"3" * 32, "d": b"4" * 32},
                    tmp_path / "k", threshold=2)
+
+
+# ---- issue 8 §2.2: one lost message must not leave a member keyless; durability before confirming ------------------
+
+
+async def test_a_lost_confirmation_is_repaired(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """Only c1's confirmation to c3 is lost: c0-c2 complete at once, c3 asks for what it lacks and completes too."""
+    net, services = setup(tmp_path, delay=(0.001, 0.01))
+    lost: list[str] = []
+
+    def drop_c1_confirm_to_c3(src: str, dst: str, msg: Message) -> Message | None:
+        if (src, dst) == ("c1", "c3") and isinstance(dkg_message(msg), Confirm) and not lost:
+            lost.append(msg.type)
+            return None
+        return msg
+
+    net.tamper = drop_c1_confirm_to_c3
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        for s in services.values():
+            await nursery.start(s.run)
+        await wait_until(lambda: all(services[i].key for i in ("c0", "c1", "c2")), timeout=60)
+        assert lost == ["dkg.msg"] and services["c0"].sessions_run == 1
+        await wait_until(lambda: services["c3"].key is not None, timeout=30)
+        one_group_key(list(services.values()))
+        assert all(s.sessions_run == 1 for s in services.values())  # repaired, not rerun
+        assert keystore.load(tmp_path / "c3.keyshare", identity=services["c3"].identity) == services["c3"].key
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_key_share_is_durable_before_the_confirmation_is_sent(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    net, services = setup(tmp_path, delay=(0.001, 0.05))
+    checked: set[str] = set()
+
+    def check(src: str, dst: str, msg: Message) -> Message | None:
+        m = dkg_message(msg)
+        if isinstance(m, Confirm) and m.sender == ident(services[src]):
+            stored = [*tmp_path.glob(f"{src}.keyshare.pending-*"), *tmp_path.glob(f"{src}.keyshare")]
+            assert stored, f"{src} sends its confirmation before its key share is stored"
+            assert keystore.load(stored[0], identity=services[src].identity).group_public_key == m.group_public_key
+            checked.add(src)
+        return msg
+
+    net.tamper = check
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        for s in services.values():
+            await nursery.start(s.run)
+        await wait_until(lambda: all(s.key for s in services.values()), timeout=60)
+        assert checked == set(IDS)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_member_that_confirmed_then_crashed_completes_after_restarting(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """c3 confirms, but no confirmation reaches it; it crashes. Restarted from its data dir, it resumes the session
+    from its stored pending share and completes with the others' certificate."""
+    net, services = setup(tmp_path, delay=(0.001, 0.01))
+    net.tamper = lambda src, dst, msg: None if dst == "c3" and isinstance(dkg_message(msg), Confirm) else msg
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        scopes = {i: await run_service(nursery, s) for i, s in services.items()}
+        await wait_until(lambda: all(services[i].key for i in ("c0", "c1", "c2")), timeout=60)
+        await trio.sleep(3)  # c3 keeps asking; the certificates it is sent are lost
+        c3 = services["c3"]
+        assert c3.key is None and c3.status()["dkg"]["state"] == "confirm"
+        assert c3.status()["dkg"]["waiting_for"] == ["c0", "c1", "c2"]
+        assert list(tmp_path.glob("c3.keyshare.pending-*")) and not (tmp_path / "c3.keyshare").exists()
+        scopes["c3"].cancel()
+        await trio.sleep(1)
+        net.tamper = None
+        again = DkgService(net.add("c3"), c3.identity, c3.members, c3.keystore_path, timeout_s=5, run_blocking=inline)
+        await run_service(nursery, again)
+        assert again.key is None and again.status()["dkg"]["pending_sessions"]
+        await wait_until(lambda: again.key is not None, timeout=30)
+        one_group_key([*[services[i] for i in ("c0", "c1", "c2")], again])
+        assert again.sessions_run == 0  # it completed the session it had confirmed, nothing new
+        nursery.cancel_scope.cancel()
+
+
+# ---- issue 8 §2.3: the threshold is not whatever the starter says ----------------------------------------------
+
+
+async def test_joiners_refuse_a_threshold_other_than_their_configured_one(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    net, services = setup(tmp_path, delay=(0.001, 0.01), thresholds={"c1": 4, "c2": 4, "c3": 4})
+    for s in services.values():
+        s.auto = False
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        for s in services.values():
+            await nursery.start(s.run)
+        session = services["c0"].start(3)
+        await trio.sleep(10)
+        for i in ("c1", "c2", "c3"):
+            assert services[i].key is None and services[i].session is None
+            status = services[i].status()["dkg"]
+            assert status["refused_starts"][0]["session"] == session.hex()
+            assert status["refused_starts"][0]["reason"] == "threshold 3 differs from the configured threshold 4"
+            assert "differs from the configured threshold 4" in status["error"]
+        assert services["c0"].key is None and "timed out" in services["c0"].last_error  # type: ignore[operator]
+        with pytest.raises(DkgError, match="configured threshold 4"):
+            services["c1"].start(3)
+        services["c1"].start()  # their own threshold: c0 (unconfigured) accepts 4 >= floor(2n/3) + 1
+        await wait_until(lambda: all(s.key for s in services.values()), timeout=60)
+        one_group_key(list(services.values()))
+        assert {s.key.threshold for s in services.values()} == {4}  # type: ignore[union-attr]
+        nursery.cancel_scope.cancel()
+
+
+async def test_unconfigured_joiners_refuse_a_threshold_below_two_thirds(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """n = 7: the starter is configured for 4 (a strict majority, allowed when configured); members without a
+    configured threshold refuse anything below floor(2n/3) + 1 = 5, and say why in /cluster/status."""
+    ids = [f"c{i}" for i in range(7)]
+    net, services = setup(tmp_path, ids=ids, delay=(0.001, 0.01), thresholds={"c0": 4})
+    for s in services.values():
+        s.auto = False
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        for s in services.values():
+            await nursery.start(s.run)
+        services["c0"].start()
+        await trio.sleep(1)
+        for i in ids[1:]:
+            assert services[i].session is None and services[i].key is None
+            assert "threshold 4 is below 5" in services[i].status()["dkg"]["refused_starts"][0]["reason"]
+        nursery.cancel_scope.cancel()
+
+
+# ---- issue 8 §2.4: lying members are proven to all and left out -----------------------------------------------------
+
+
+def victim(p: DkgParticipant) -> int:
+    return min(i for i in p.participants if i != p.identifier)
+
+
+class FalseAccuser(DkgParticipant):
+    """Claims the share it got from another member does not open (it does), every session."""
+
+    def _decrypt_share(self, m: Round2, key: bytes, commitment: tuple[bytes, ...]) -> int | None:
+        return None if m.sender == victim(self) else super()._decrypt_share(m, key, commitment)
+
+
+class GarblingDealer(DkgParticipant):
+    """Sends another member a share that does not decrypt, every session."""
+
+    def _advance(self) -> None:
+        super()._advance()
+        for i, o in enumerate(self._outbox):
+            if isinstance(o.message, Round2) and o.message.recipient == victim(self):
+                bad = Round2(self.session_id, self.identifier, o.message.recipient, os.urandom(len(o.message.box)))
+                self._outbox[i] = type(o)(o.to, self._sign(bad))
+
+
+class LyingComplainer(DkgParticipant):
+    """Broadcasts a complaint with no evidence once it confirmed, and otherwise follows the protocol."""
+
+    def _derive_key(self) -> None:
+        super()._derive_key()
+        c = dkg.Complaint(self.session_id, self.identifier, victim(self), "bad_share", b"", b"", ())
+        self._outbox.append(dkg.Outgoing(None, self._sign(c)))
+
+
+@pytest.mark.parametrize(("culprit", "cls"), [("c1", FalseAccuser), ("c2", GarblingDealer)])
+async def test_a_member_proven_to_misbehave_is_left_out_of_the_rerun(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock, culprit: str, cls: type[DkgParticipant]) -> None:
+    """A false accuser (its complaint proves it a liar) or a dealer of an undecryptable share (the victim proves it
+    by revealing the pair's key) is left out of the next session: the others (3 >= t) get a key, it does not."""
+    net, services = setup(tmp_path, delay=(0.001, 0.02), classes={culprit: cls})
+    bad_id = ident(services[culprit])
+    honest = [s for i, s in services.items() if i != culprit]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        for s in services.values():
+            await nursery.start(s.run)
+        await wait_until(lambda: all(s.key for s in honest), timeout=120)
+        group_key = one_group_key(honest)
+        assert services[culprit].key is None
+        for s in honest:
+            assert s.sessions_run == 2 and set(s.proofs) == {bad_id}
+            assert set(s.key.verifying_shares) == set(s.identifiers) - {bad_id}  # type: ignore[union-attr]
+            assert s.key.threshold == 3  # type: ignore[union-attr]
+            members = {m["id"]: m for m in s.status()["members"]}
+            assert members[culprit]["excluded"] and members[culprit]["verifying_share"] is None
+        shares = [s.key for s in honest]
+        nacl.signing.VerifyKey(group_key).verify(b"m", sign_with(shares, b"m"))  # type: ignore[arg-type]
+        status = services[culprit].status()["dkg"]
+        assert "left out" in status["error"] and status["excluded"][0]["id"] == culprit
+        with pytest.raises(DkgError, match="excluded"):
+            services[culprit].start()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_complaint_without_evidence_does_not_stop_the_session(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    net, services = setup(tmp_path, delay=(0.001, 0.02), classes={"c3": LyingComplainer})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        for s in services.values():
+            await nursery.start(s.run)
+        await wait_until(lambda: all(s.key for s in services.values()), timeout=60)
+        one_group_key(list(services.values()))
+        assert all(s.sessions_run == 1 for s in services.values())  # no rerun: the complaint changed nothing
+        nursery.cancel_scope.cancel()
+
+
+async def test_not_enough_members_left_says_so(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """With threshold 4 of 4, a proven liar leaves too few members: no rerun, and the status says why."""
+    net, services = setup(tmp_path, delay=(0.001, 0.02), classes={"c1": FalseAccuser},
+                          thresholds=dict.fromkeys(IDS, 4))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        for s in services.values():
+            await nursery.start(s.run)
+        await wait_until(lambda: "fewer than the threshold 4" in (services["c0"].last_error or ""), timeout=60)
+        assert all(s.key is None for s in services.values()) and services["c0"].sessions_run == 1
+        nursery.cancel_scope.cancel()
