@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.http
 	$(BIN)/python -m bench.frost
 	$(BIN)/python -m bench.peer
+	$(BIN)/python -m bench.receipts
 
 clean:
 	rm -rf $(VENV) .dsdn .pytest_cache

@@ -22,8 +22,9 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS locks (
     slot BLOB PRIMARY KEY, receipt_id BLOB NOT NULL, wire BLOB NOT NULL, proposer TEXT NOT NULL,
-    locked_ms INTEGER NOT NULL, final INTEGER NOT NULL DEFAULT 0);
+    locked_ms INTEGER NOT NULL, batch BLOB NOT NULL, idx INTEGER NOT NULL, final INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS locks_open ON locks (final, locked_ms);
+CREATE INDEX IF NOT EXISTS locks_receipt ON locks (receipt_id);
 CREATE TABLE IF NOT EXISTS conflicts (
     receipt_id BLOB NOT NULL, conflicting_id BLOB NOT NULL, wire BLOB NOT NULL, seen_ms INTEGER NOT NULL,
     PRIMARY KEY (receipt_id, conflicting_id));
@@ -39,6 +40,8 @@ class OpenLock:
     receipt: Receipt
     proposer: str
     locked_ms: int
+    batch: bytes  # the batch it was locked for, and its place there: a takeover re-proposes the same batch
+    idx: int
 
 
 class LockStore:
@@ -70,7 +73,7 @@ class LockStore:
             raise LockTableBroken(self.broken)
 
     def lock_batch(self, receipts: Sequence[Receipt], validate: Validate, proposer: str,
-                   now_ms: int | None = None) -> list[Decision]:
+                   now_ms: int | None = None, batch: bytes = b"") -> list[Decision]:
         """Check every slot and lock the free ones, in one exclusive transaction (blocking)."""
         self._check()
         now = int(time.time() * 1000) if now_ms is None else now_ms
@@ -85,9 +88,11 @@ class LockStore:
                                            f"({','.join('?' * len(chunk))})", chunk)
                     held.update((bytes(s), bytes(r)) for s, r in rows)
                 decisions, new = decide(receipts, held, validate)
-                self.db.executemany("INSERT INTO locks (slot, receipt_id, wire, proposer, locked_ms) VALUES "
-                                    "(?, ?, ?, ?, ?)",
-                                    [(k, r.id, r.to_wire(), proposer, now) for k, r in new.items()])
+                index = {r.id: i for i, r in enumerate(receipts)}
+                self.db.executemany("INSERT INTO locks (slot, receipt_id, wire, proposer, locked_ms, batch, idx) "
+                                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                    [(k, r.id, r.to_wire(), proposer, now, batch, index[r.id])
+                                     for k, r in new.items()])
                 by_id = {r.id: r for r in receipts}
                 self.db.executemany("INSERT OR IGNORE INTO conflicts VALUES (?, ?, ?, ?)",
                                     [(d.receipt_id, d.conflicting_id, by_id[d.receipt_id].to_wire(), now)
@@ -119,9 +124,9 @@ class LockStore:
 
     def open_locks(self, older_than_ms: int, limit: int = 1024) -> list[OpenLock]:
         """Locks not known to be final, taken before ``older_than_ms`` (candidates for a takeover)."""
-        rows = self.db.execute("SELECT wire, proposer, locked_ms FROM locks WHERE final = 0 AND locked_ms < ? "
-                               "ORDER BY locked_ms LIMIT ?", (older_than_ms, limit))
-        return [OpenLock(Receipt.from_wire(bytes(w)), p, t) for w, p, t in rows]
+        rows = self.db.execute("SELECT wire, proposer, locked_ms, batch, idx FROM locks WHERE final = 0 AND "
+                               "locked_ms < ? ORDER BY locked_ms, batch, idx LIMIT ?", (older_than_ms, limit))
+        return [OpenLock(Receipt.from_wire(bytes(w)), p, t, bytes(b), i) for w, p, t, b, i in rows]
 
     def conflict_for(self, receipt_id: bytes) -> bytes | None:
         row = self.db.execute("SELECT conflicting_id FROM conflicts WHERE receipt_id = ? LIMIT 1",

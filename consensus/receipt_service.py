@@ -47,6 +47,7 @@ FINAL = "rc.final"
 BATCH_ID_SIZE = 16
 MAX_BATCH = 1024  # receipts per batch: an rc.lock message stays far below the 1 MiB frame
 MAX_NONCES = 8192
+MAX_LOCKED_CACHE = 65_536
 NOT_YET_RETRY_S = 0.5
 NOT_YET_GIVE_UP_S = 30.0
 RunBlocking = Callable[..., Awaitable[Any]]
@@ -189,6 +190,7 @@ class ReceiptService:
         self._nonces: OrderedDict[tuple[bytes, bytes], _Nonce] = OrderedDict()
         self._db = trio.Lock()  # one lock-table call at a time (one SQLite connection)
         self._inflight = trio.Semaphore(max_inflight_batches)
+        self._locked: OrderedDict[bytes, rc.Receipt] = OrderedDict()  # recently locked here (durable)
         self._retry: dict[bytes, float] = {}  # not-yet-valid receipts: id -> next try (monotonic)
         self.latencies: list[float] = []  # seconds from first seen to final, the latest ones
 
@@ -404,16 +406,21 @@ class ReceiptService:
         if final:
             async with self._db:
                 await self.run_blocking(partial(self.locks.mark_final, final))
-        todo = [o.receipt for o in open_locks if o.receipt.id not in set(final)
-                and o.receipt.id not in self._queued]
-        if todo and len(self.net.up_peers()) + 1 >= (self.threshold or 1):
-            self.counters.takeovers += 1
-            log.info("taking over %d receipt(s) locked here and still not final", len(todo))
-            for r in todo:
-                record = self._record(r)
-                if record.status == "final":
-                    continue
-                self._enqueue(r)
+        closed = set(final)
+        groups: dict[bytes, list[rc.Receipt]] = {}
+        for o in open_locks:  # the batches as they were locked (same receipts, same order: same root)
+            if o.receipt.id not in closed and o.receipt.id not in self._queued:
+                groups.setdefault(o.batch, []).append(o.receipt)
+        if not groups or len(self.net.up_peers()) + 1 < (self.threshold or 1):
+            return
+        self.counters.takeovers += 1
+        log.info("taking over %d batch(es), %d receipt(s) locked here and still not final", len(groups),
+                 sum(map(len, groups.values())))
+        for receipts in groups.values():
+            for r in receipts:
+                self._record(r)
+            await self._inflight.acquire()
+            nursery.start_soon(self._run_batch_released, receipts, True)
 
     def _rank(self) -> int:
         """0 for the first member in id order, 1 for the next... (staggers takeovers)."""
@@ -421,10 +428,17 @@ class ReceiptService:
 
     # ---- proposer ----------------------------------------------------------------------------------
 
-    async def _lock_local(self, batch: list[rc.Receipt], proposer: str) -> list[Decision]:
+    async def _lock_local(self, batch: list[rc.Receipt], proposer: str, batch_id: bytes) -> list[Decision]:
         async with self._db:
-            return await self.run_blocking(partial(self.locks.lock_batch, batch, self.validate, proposer,
-                                                   int(self.clock() * 1000)))
+            decisions = await self.run_blocking(partial(self.locks.lock_batch, batch, self.validate, proposer,
+                                                        int(self.clock() * 1000), batch_id))
+        by_id = {r.id: r for r in batch}
+        for d in decisions:  # durable now: remembered so a sign request needs no second trip to the table
+            if d.verdict is Verdict.OK:
+                self._locked[d.receipt_id] = by_id[d.receipt_id]
+        while len(self._locked) > MAX_LOCKED_CACHE:
+            self._locked.popitem(last=False)
+        return decisions
 
     def _offer(self, peer: str, batch_id: bytes) -> tuple[bytes, bytes]:
         key = self.keys.key
@@ -459,7 +473,8 @@ class ReceiptService:
         async def lock_here() -> None:
             nonlocal replies, t_locked
             try:
-                self._take_own_decisions(await self._lock_local(batch, self.my_id), accepted[me], refusals)
+                self._take_own_decisions(await self._lock_local(batch, self.my_id, batch_id), accepted[me],
+                                         refusals)
                 t_locked = time.perf_counter()
             finally:
                 replies += 1
@@ -710,7 +725,7 @@ class ReceiptService:
         decisions: dict[bytes, Decision] = {}
         if valid and self.locks.broken is None:
             try:
-                for d in await self._lock_local(valid, peer):
+                for d in await self._lock_local(valid, peer, body["batch"]):
                     decisions.setdefault(d.receipt_id, d)
             except LockTableBroken as exc:
                 log.error("refusing to lock: %s", exc)
@@ -735,11 +750,15 @@ class ReceiptService:
         if not ids or len(ids) % 32:
             return self._refuse("malformed receipt id list")
         receipt_ids = [ids[i:i + 32] for i in range(0, len(ids), 32)]
-        try:
-            async with self._db:
-                held = await self.run_blocking(partial(self.locks.holds, receipt_ids))
-        except LockTableBroken as exc:
-            return self._refuse(str(exc))
+        if self.locks.broken is not None:
+            return self._refuse(self.locks.broken)
+        held: list[rc.Receipt] | None = [self._locked[r] for r in receipt_ids if r in self._locked]
+        if held is None or len(held) != len(receipt_ids):
+            try:
+                async with self._db:
+                    held = await self.run_blocking(partial(self.locks.holds, receipt_ids))
+            except LockTableBroken as exc:
+                return self._refuse(str(exc))
         if held is None:
             return self._refuse("not every receipt of the batch is locked here to that receipt")
         return self._sign_share(peer, body, held)

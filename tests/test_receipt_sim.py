@@ -178,6 +178,9 @@ async def test_a_proposer_dying_mid_batch_is_taken_over(tmp_path: Path,
         survivors = {"c0", "c2", "c3"}
         await cluster.wait_final({r.id for r in receipts}, members=survivors)
         assert sum(cluster.service(i).counters.takeovers for i in survivors) >= 1
+        # the same batch: same receipts, same order, so the same root as the dead proposer would have signed
+        roots = {cluster.service("c0").lookup(r.id)["batch"]["root"] for r in receipts}  # type: ignore[index]
+        assert roots == {merkle.root([r.to_bytes() for r in receipts]).hex()}
         # the dead proposer comes back with its lock table and converges
         await cluster.restart("c1")
         await settle(cluster)
