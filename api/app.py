@@ -27,7 +27,7 @@ from api.openapi import QUORUM_ROUTES, ROUTES, openapi_document
 from api.receipts import node_public_key, register_receipt_routes
 from consensus.dkg import DkgError
 from consensus.dkg_service import DkgService
-from consensus.receipt_service import ReceiptService
+from consensus.receipt_service import LedgerView, ReceiptService
 from node.coordinator import VERSION, Coordinator, NotFound
 from node.da.base import DAError
 from node.da.celestia import BlobTooLarge
@@ -90,10 +90,12 @@ async def json_body() -> JSONDict:
 
 
 def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: PeerManager | None = None,
-               dkg: DkgService | None = None, receipts: ReceiptService | None = None) -> QuartTrio:
+               dkg: DkgService | None = None, receipts: ReceiptService | None = None,
+               receipt_view: LedgerView | None = None) -> QuartTrio:
     """The coordinator's app; with ``validator`` it also hosts the quorum validator routes (/quorum/v1);
     ``peers``: its peer links (/cluster/peers); ``dkg``: the cluster key (/cluster/status, /cluster/dkg);
-    ``receipts``: the receipt engine (/receipts, api/receipts.py)."""
+    ``receipts``: the receipt engine (/receipts, api/receipts.py); ``receipt_view``: the signed receipts of the
+    state, served without an engine too."""
     app = QuartTrio("dsdn-coordinator")
     app.config["MAX_CONTENT_LENGTH"] = max(MAX_BODY, validator.max_body_bytes if validator else 0)
     app.config["BODY_TIMEOUT"] = 30
@@ -378,7 +380,7 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
         entry = coord.state.ledger.node_keys.get(node_id) if coord.state.node(node_id) is not None else None
         return bytes.fromhex(entry[1]) if entry is not None else None
 
-    register_receipt_routes(app, receipts, mutating, json_body, ApiError, registered_key)
+    register_receipt_routes(app, receipts, receipt_view, mutating, json_body, ApiError, registered_key)
     if validator is not None:
         register_blobstore_routes(app, validator)
     _check_routes(app, quorum=validator is not None)

@@ -21,7 +21,7 @@ from quart_trio import QuartTrio
 
 from api import validation as v
 from consensus import receipts as rc
-from consensus.receipt_service import ReceiptService, Record, Unavailable
+from consensus.receipt_service import LedgerView, ReceiptService, Record, Unavailable
 
 MAX_WAIT_MS = 30_000
 LOCK_WAIT_S = 1.0  # how long a 202 waits for the proposer's own durable lock (the optimistic receipt)
@@ -41,10 +41,28 @@ def node_public_key(value: Any) -> str | None:
     return value.lower()
 
 
-def register_receipt_routes(app: QuartTrio, service: ReceiptService | None, mutating: Callable[..., Any],
-                            json_body: Callable[[], Awaitable[dict[str, Any]]], error: type[Exception],
-                            node_key: Callable[[str], bytes | None]) -> None:
-    """``error(status, body)`` is the app's JSON error; ``node_key(id)`` the registered key of a node."""
+def register_receipt_routes(app: QuartTrio, service: ReceiptService | None, view: LedgerView | None,
+                            mutating: Callable[..., Any], json_body: Callable[[], Awaitable[dict[str, Any]]],
+                            error: type[Exception], node_key: Callable[[str], bytes | None]) -> None:
+    """``service``: the receipt engine of a cluster member (submitting needs it); ``view``: the signed receipts
+    of the state, which any coordinator serves (one rebuilt from DA outside the cluster too); ``error(status,
+    body)`` is the app's JSON error; ``node_key(id)`` the registered key of a node."""
+    if view is None and service is not None:
+        view = service.view
+
+    def lookup(receipt_id: bytes) -> dict[str, Any] | None:
+        if service is not None:
+            return service.lookup(receipt_id)
+        if view is None:
+            raise fail(503, "no_cluster", "this coordinator serves no receipts")
+        return view.signed_document(receipt_id)
+
+    def known_ids() -> list[bytes]:
+        if service is not None:
+            return service.receipt_ids()
+        if view is None:
+            raise fail(503, "no_cluster", "this coordinator serves no receipts")
+        return sorted(view.signed_ids())
 
     def fail(status: int, code: str, message: str, **extra: Any) -> Exception:
         return error(status, {"error": code, "message": message, **extra})  # type: ignore[call-arg]
@@ -104,14 +122,13 @@ def register_receipt_routes(app: QuartTrio, service: ReceiptService | None, muta
     async def get_receipt(receipt_id: str) -> Any:
         if not _RID.match(receipt_id):
             raise fail(404, "receipt not found", "a receipt id is 64 hex characters", receipt_id=receipt_id)
-        doc = need_service().lookup(bytes.fromhex(receipt_id))
+        doc = lookup(bytes.fromhex(receipt_id))
         if doc is None:
             raise fail(404, "receipt not found", "no receipt with this id is known here", receipt_id=receipt_id.lower())
         return doc
 
     @app.get("/receipts")
     async def list_receipts() -> Any:
-        svc = need_service()
         args = request.args
         node = args.get("node")
         if node is not None:
@@ -124,13 +141,13 @@ def register_receipt_routes(app: QuartTrio, service: ReceiptService | None, muta
         if after is not None and not _RID.match(after):
             raise v.Invalid("after", "a receipt id: 64 hex characters")
         limit = v.query_integer(args.get("limit"), "limit", 100, 1, MAX_LIMIT)
-        ids = svc.receipt_ids()
+        ids = known_ids()
         picked: list[dict[str, Any]] = []
         next_after = None
         for rid in ids:
             if after is not None and rid.hex() <= after.lower():
                 continue
-            doc = svc.lookup(rid)
+            doc = lookup(rid)
             if doc is None or (status is not None and doc["status"] != status):
                 continue
             if (node is not None and doc["receipt"]["node_id"] != node) or (epoch is not None

@@ -55,7 +55,9 @@ async def run(cfg: config_mod.Config) -> None:
     receipts = locks = None
     if peers is not None and dkg is not None:
         receipts, locks = receipt_engine(cfg, coord, peers, dkg)
-    app = create_app(coord, validator, peers, dkg, receipts)
+    # outside a cluster the signed receipts of the state are still served (a coordinator rebuilt from DA)
+    view = StateLedgerView(lambda: coord.state, coord.submit_event, coord.apply_peer_event, _NoKey())
+    app = create_app(coord, validator, peers, dkg, receipts, view if receipts is None else None)
     hcfg = hypercorn_config(cfg.host, cfg.port)
     stop = trio.Event()
     async with trio.open_nursery() as outer:
@@ -102,6 +104,10 @@ def peer_manager(cfg: config_mod.Config, coord: Coordinator) -> PeerManager | No
     members = [Member(p.id, p.public_key, p.host, p.port) for p in cfg.peers]
     return PeerManager(cfg.coordinator_id, coord.key, cfg.cluster_id, members, registry, host=cfg.peer_host,
                        port=cfg.peer_port or me.port, heartbeat_s=cfg.peer_heartbeat_ms / 1000)
+
+
+class _NoKey:
+    key = None
 
 
 def receipt_engine(cfg: config_mod.Config, coord: Coordinator, peers: PeerManager, dkg: DkgService

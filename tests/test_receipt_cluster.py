@@ -22,7 +22,7 @@ import trio
 
 from consensus import merkle
 from consensus import receipts as rc
-from tests.test_cluster import Cluster, until
+from tests.test_cluster import Cluster, free_base_port, until
 
 NODES = 8
 EPOCH = int(time.time() // 3600) + 1
@@ -209,3 +209,29 @@ async def test_receipts_across_real_coordinators_with_a_kill_9(cluster4: Cluster
                  for d in signed]
         assert len(slots) == len(set(slots))  # no slot signed twice
         assert set(acknowledged) <= {d["receipt_id"] for d in signed}
+
+        # 4. a coordinator outside the cluster, rebuilt from DA with an empty data dir, serves the receipts
+        env = {**os.environ, **cluster.process("coordinator-2")["env"]}
+        port = free_base_port(1)
+        members = cluster.process("coordinator-0")["env"]["CLUSTER_PEERS"]
+        env.update(COORDINATOR_ID="rebuilt", COORDINATOR_PORT=str(port), COORDINATOR_DATA_DIR=str(tmp_path / "rebuilt"),
+                   QUORUM_VALIDATOR="false", CLUSTER_PEERS="", PEER_PORT="",
+                   CLUSTER_MEMBER_KEYS=",".join(m.split("@")[0] for m in members.split(",")))
+        with open(tmp_path / "rebuilt.log", "wb") as log:
+            rebuilt = subprocess.Popen([sys.executable, "-m", "deploy.coordinator"], env=env, stdout=log,
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        cluster.extra.append(rebuilt)
+        url = f"http://127.0.0.1:{port}"
+        some = sorted(acknowledged)[:5]
+
+        async def serves() -> bool:
+            try:
+                docs = [(await http.get(f"{url}/receipts/{rid}")).json() for rid in some]
+            except httpx.TransportError:
+                return False
+            return all(d.get("status") == "final" for d in docs)
+
+        await until("the rebuilt coordinator to serve the signed receipts", serves, 60)
+        for rid in some:
+            verify_like_a_third_party((await http.get(f"{url}/receipts/{rid}")).json(), group_key)
+        assert len(await all_pages(http, url)) == len(signed)
