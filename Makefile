@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: run run-single test lint bench clean
+.PHONY: run run-single test lint bench simulate clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -20,6 +20,9 @@ run-single: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest
+
+simulate: $(STAMP)
+	$(BIN)/dsdn simulate --seeds 0:10000
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

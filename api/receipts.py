@@ -190,7 +190,12 @@ RECEIPT_IN = {"type": "object", "required": ["receipt_type", "node_id", "subject
                   "reward_base": {"type": "integer", "minimum": 1, "maximum": rc.MAX_REWARD},
                   "submitter_address": {"type": "string", "pattern": "^[0-9a-fA-F]{40}$"},
                   "timestamp": {"type": "integer", "minimum": 0, "maximum": rc.MAX_U63},
-                  "node_signature": {"type": "string", "pattern": "^[0-9a-fA-F]{128}$"}}}
+                  "node_signature": {"type": "string", "pattern": "^[0-9a-fA-F]{128}$"}},
+              # storage: no execution commitment; compute: one, and its subject is a 64-hex workload id
+              "if": {"properties": {"receipt_type": {"const": "storage"}}},
+              "then": {"properties": {"execution_commitment": {"type": "null"}}},
+              "else": {"properties": {"subject": _HEX64, "execution_commitment": {"type": "array"}},
+                       "required": ["execution_commitment"]}}
 RECEIPT_DOC = {"type": "object", "required": ["receipt_id", "receipt", "receipt_bytes", "epoch", "status"],
                "description": "final: with batch {root, tree_size, index, path}, signature, group_public_key, "
                               "signers — verifiable with Ed25519 and SHA-256 alone"}

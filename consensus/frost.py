@@ -541,9 +541,11 @@ class KeyShare:
 
 
 def trusted_dealer_key_shares(
-    max_participants: int, min_participants: int, secret_key: bytes | None = None
+    max_participants: int, min_participants: int, secret_key: bytes | None = None,
+    coefficients: Sequence[bytes] | None = None,
 ) -> dict[int, KeyShare]:
     """Dealer-generated :class:`KeyShare` for identifiers 1..max_participants (tests and tools only)."""
-    shares, group_key, commitment = trusted_dealer_keygen(secret_key, max_participants, min_participants)
+    shares, group_key, commitment = trusted_dealer_keygen(secret_key, max_participants, min_participants,
+                                                          coefficients)
     _, public = derive_group_info(max_participants, min_participants, commitment)
     return {i: KeyShare(i, min_participants, sk, group_key, dict(public)) for i, sk in shares.items()}

@@ -169,7 +169,9 @@ class ReceiptService:
                  batch_wait_s: float = 0.002, epoch_length_s: int = 3600, epoch_grace: int = 1,
                  lock_timeout_s: float = 2.0, sign_timeout_s: float = 2.0, batch_deadline_s: float = 10.0,
                  takeover_s: float = 5.0, sign_patience_s: float = 0.1, clock: Callable[[], float] = time.time,
-                 run_blocking: RunBlocking = trio.to_thread.run_sync, max_inflight_batches: int = 4) -> None:
+                 run_blocking: RunBlocking = trio.to_thread.run_sync, max_inflight_batches: int = 4,
+                 random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+        """``random_bytes`` feeds batch ids and nonces (a simulation seeds it to replay a run exactly)."""
         self.net, self.identity, self.members, self.keys, self.view = net, identity, members, keys, view
         self.locks = locks
         self.batch_max, self.batch_wait_s = min(batch_max, MAX_BATCH), batch_wait_s
@@ -177,6 +179,7 @@ class ReceiptService:
         self.lock_timeout_s, self.sign_timeout_s, self.batch_deadline_s = lock_timeout_s, sign_timeout_s, \
             batch_deadline_s
         self.takeover_s, self.run_blocking, self.sign_patience_s = takeover_s, run_blocking, sign_patience_s
+        self.random_bytes = random_bytes
         self.identifiers = assign_identifiers(members.values())
         by_key = {k: m for m, k in members.items()}
         self.member_of: dict[int, str] = {i: by_key[k] for i, k in self.identifiers.items()}
@@ -443,7 +446,7 @@ class ReceiptService:
     def _offer(self, peer: str, batch_id: bytes) -> tuple[bytes, bytes]:
         key = self.keys.key
         assert key is not None
-        nonces, commitment = frost.commit(key.secret_share)
+        nonces, commitment = frost.commit(key.secret_share, self.random_bytes(32), self.random_bytes(32))
         self._nonces[commitment] = _Nonce(nonces, peer, batch_id)
         while len(self._nonces) > MAX_NONCES:
             self._nonces.popitem(last=False)
@@ -457,7 +460,7 @@ class ReceiptService:
             return
         t = key.threshold
         self.counters.batches += 1
-        batch_id = os.urandom(BATCH_ID_SIZE)
+        batch_id = self.random_bytes(BATCH_ID_SIZE)
         me = key.identifier
         t_start, t_locked = time.perf_counter(), 0.0
         # our own lock and the peers' locks in parallel: our share is released only once our lock is

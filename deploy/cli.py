@@ -4,7 +4,7 @@
 Celestia-compatible DA node), ``blobstore`` (the blob-store service), ``keys show`` / ``identity`` (print a
 data dir's public key, creating the key if needed, for the cluster config), ``namespace NAME`` (a valid
 Celestia namespace for DA_NAMESPACE), ``receipt make|submit|get|verify`` (usage receipts by hand, offline
-verification), ``version``.
+verification), ``simulate`` (seeded fault schedules with safety/liveness/convergence checkers), ``version``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,11 @@ def main(argv: list[str] | None = None) -> None:
         from deploy import cluster
 
         cluster.main(argv[2:])
+        return
+    if argv[:1] == ["simulate"]:
+        from deploy import simulate
+
+        simulate.main(argv[1:])
         return
     if argv[:1] == ["receipt"]:
         from deploy import receipt_cli
@@ -50,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     ns = sub.add_parser("namespace", help="print a valid Celestia v0 namespace (for DA_NAMESPACE) derived from NAME")
     ns.add_argument("name")
     sub.add_parser("receipt", help="usage receipts: `dsdn receipt make|submit|get|verify --help`")
+    sub.add_parser("simulate", help="seeded fault schedules against a simulated cluster (`dsdn simulate --help`)")
     sub.add_parser("version", help="print the version")
     args = parser.parse_args(argv)
     if args.command == "version":

@@ -16,7 +16,7 @@ from consensus import receipts as rc
 from consensus.lockstore import LockStore
 from consensus.receipt_service import ReceiptService, Unavailable
 from consensus.slots import Verdict
-from tests.receipt_sim import SimCluster
+from deploy.simulation import SimCluster
 
 
 def sign_request(batch: bytes, receipts: list[rc.Receipt], commitments: dict[int, tuple[bytes, bytes]]) -> dict:

@@ -15,7 +15,7 @@ import trio.testing
 from consensus import merkle
 from consensus import receipts as rc
 from consensus.receipt_service import LOCK, LOCK_REPLY, ReceiptService, Unavailable
-from tests.receipt_sim import EPOCH, SimCluster
+from deploy.simulation import EPOCH, SimCluster
 
 
 def check_document(doc: dict, group_key: bytes) -> None:

@@ -1,0 +1,133 @@
+"""Byzantine members for the simulator: an equivocating proposer, a replayer of other members' messages, and a
+forger of replies. Each speaks the real peer protocol through its member's simulated links and records any
+signature it manages to obtain, so the safety checker can prove it never got two receipts of one slot signed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from consensus import frost, merkle
+from consensus import receipts as rc
+from consensus.receipt_service import FINAL, LOCK, LOCK_REPLY, SIGN, SIGN_REPLY
+from consensus.slots import Verdict
+
+if TYPE_CHECKING:
+    from deploy.simulation import Member, SimCluster
+
+
+class Adversary:
+    def __init__(self, cluster: SimCluster, member: Member) -> None:
+        self.cluster, self.member = cluster, member
+        self.node = cluster.net.nodes[member.id]
+        self.rng = cluster.rng
+        self.seen: list[tuple[str, dict[str, Any]]] = []  # (type, body) of requests it received
+
+    async def run(self, behaviour: str) -> None:
+        if behaviour == "equivocate":
+            await self.equivocate()
+        elif behaviour == "replay":
+            await self.replay()
+        elif behaviour == "forge":
+            await self.forge()
+
+    def _peers(self) -> list[str]:
+        return sorted(p for p in self.cluster.members if p != self.member.id)
+
+    # ---- equivocation: conflicting batches to the two halves of the cluster --------------------------
+
+    async def equivocate(self) -> None:
+        await trio.sleep(self.rng.uniform(0.1, 2.0))
+        for a, b in self.cluster.conflicts:
+            peers = self._peers()
+            self.rng.shuffle(peers)
+            half = len(peers) // 2
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._push, [a], peers[:half])
+                nursery.start_soon(self._push, [b], peers[half:])
+
+    async def _push(self, receipts: list[rc.Receipt], peers: list[str]) -> None:
+        """Lock ``receipts`` at ``peers`` and try to get them signed with our own share added."""
+        key = self.member.keys.key
+        if key is None:
+            return
+        batch = self.rng.randbytes(16)
+        commitments: dict[int, tuple[bytes, bytes]] = {}
+        names: dict[int, str] = {}
+        for peer in peers:
+            try:
+                wires = [r.to_wire() for r in receipts]
+                reply = await self.node.request(peer, LOCK, {"batch": batch, "receipts": wires}, timeout_s=1.0,
+                                                expect=LOCK_REPLY)
+            except TimeoutError:
+                continue
+            body = reply.body
+            if list(body["verdicts"]) == [Verdict.OK] * len(receipts) and len(body["commitment"]) == 2:
+                ident = self.cluster.service(self.member.id).identifier_of[peer]
+                commitments[ident], names[ident] = (body["commitment"][0], body["commitment"][1]), peer
+        chosen = dict(list(commitments.items())[: key.threshold - 1])
+        if len(chosen) < key.threshold - 1:
+            return
+        own_nonces, own_commitment = frost.commit(key.secret_share, self.rng.randbytes(32), self.rng.randbytes(32))
+        chosen[key.identifier] = own_commitment
+        root = merkle.root([r.to_bytes() for r in receipts])
+        message = rc.batch_message(key.group_public_key, root, len(receipts))
+        ids = sorted(chosen)
+        request = {"batch": batch, "ids": b"".join(r.id for r in receipts), "session": 0, "signers": bytes(ids),
+                   "hiding": [chosen[i][0] for i in ids], "binding": [chosen[i][1] for i in ids]}
+        shares = {key.identifier: frost.sign(key.identifier, key.secret_share, key.group_public_key, own_nonces,
+                                             message, chosen)}
+        for ident in ids:
+            if ident == key.identifier:
+                continue
+            try:
+                reply = await self.node.request(names[ident], SIGN, request, timeout_s=1.0, expect=SIGN_REPLY)
+            except TimeoutError:
+                return
+            if len(reply.body["share"]) != 32:
+                return
+            shares[ident] = reply.body["share"]
+        signature = frost.aggregate(chosen, message, key.group_public_key, shares)
+        if frost.verify(key.group_public_key, message, signature):
+            self.cluster.observed.adversary_signatures.append((receipts, root, signature))
+
+    # ---- replay: other members' requests and finals, sent again as our own --------------------------
+
+    async def replay(self) -> None:
+        service = self.cluster.service(self.member.id)
+        for type_, reply_type, handler in ((SIGN, SIGN_REPLY, service._on_sign), (LOCK, LOCK_REPLY, service._on_lock)):
+            self.node.on_request(type_, reply_type, self._recording(type_, handler))
+        while True:
+            await trio.sleep(self.rng.uniform(0.2, 1.0))
+            for type_, body in list(self.seen)[-8:]:
+                peer = self.rng.choice(self._peers())
+                expect = SIGN_REPLY if type_ == SIGN else LOCK_REPLY
+                with contextlib.suppress(TimeoutError):
+                    await self.node.request(peer, type_, body, timeout_s=0.5, expect=expect)
+
+    def _recording(self, type_: str, handler: Any) -> Any:
+        async def record(peer: str, body: dict[str, Any]) -> dict[str, Any]:
+            self.seen.append((type_, body))
+            del self.seen[:-64]
+            return await handler(peer, body)
+
+        return record
+
+    # ---- forged replies: answers nobody asked this member for ---------------------------------------
+
+    async def forge(self) -> None:
+        while True:
+            await trio.sleep(self.rng.uniform(0.05, 0.3))
+            peer = self.rng.choice(self._peers())
+            re = self.rng.randrange(1, 400)
+            if self.rng.random() < 0.5:
+                self.node.send(peer, SIGN_REPLY, {"share": self.rng.randbytes(32), "commitment": [], "error": ""},
+                               re=re)
+            else:
+                self.node.send(peer, LOCK_REPLY, {"verdicts": bytes(1), "conflicts": [], "reasons": [""],
+                                                  "commitment": []}, re=re)
+            if self.rng.random() < 0.1:
+                self.node.send(peer, FINAL, {"event": self.rng.randbytes(64)})

@@ -1,0 +1,389 @@
+"""``dsdn simulate``: seeded fault schedules against a simulated receipt-signing cluster, with checkers.
+
+A seed fixes everything: the cluster size (4..7), the byzantine members and their behaviour (within the fault
+budget n − t), clock skews, the network (loss, duplication, delay), the workload (receipts, conflicting pairs
+for one slot, receipts of a node registered on DA only later) and the fault schedule (crashes and restarts —
+also right after a durable lock write, before the share it guards —, symmetric and one-way partitions, a slow
+member, DA outages and lag). The run happens in one trio run under MockClock with deterministic scheduling,
+so a seed replays exactly. After the last fault heals, a client resubmits what is not final yet; then:
+
+* safety — never two signed receipts for one slot (member ledgers, documents, adversary signatures), every
+  signed batch verifies (Ed25519 under the group key + Merkle root), no nonce commitment used twice, no
+  honest member blamed;
+* liveness — every valid receipt without a rival for its slot is final on every honest member within
+  ``LIVENESS_BOUND_S`` of simulated time;
+* convergence — honest members hold the same state root and the same signed receipts.
+
+``dsdn simulate --seeds START:COUNT [--nodes N] [--receipts K] [-v]`` prints a line per failing seed (with the
+command that replays it) and ``simulate: <COUNT> seeds, <V> violations (<S> safety, <L> liveness, <C>
+convergence)``; exit 0 only without violations. The DKG is not part of these runs (members start from a
+dealt key): it has its own lossy-network seeds in the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio.testing
+
+from consensus import merkle
+from consensus import receipts as rc
+from consensus.receipt_service import Unavailable
+from deploy.simulation import EPOCH, SimCluster
+
+LIVENESS_BOUND_S = 90.0
+SETTLE_S = 4.0
+
+
+@dataclass
+class Fault:
+    at: float
+    kind: str  # crash | crash_after_lock | partition | cut | slow | da_outage
+    members: tuple[str, ...]
+    duration: float
+
+    def describe(self) -> str:
+        return f"{self.at:5.2f}s {self.kind} {','.join(self.members)} for {self.duration:.2f}s"
+
+
+@dataclass
+class Plan:
+    seed: int
+    n: int
+    byzantine: dict[str, str]
+    skew: dict[str, float]
+    drop: float
+    duplicate: float
+    delay: tuple[float, float]
+    da_lag: float
+    receipts: list[tuple[float, str, rc.Receipt]]  # (time, member it is sent to, receipt)
+    conflicts: list[tuple[rc.Receipt, rc.Receipt]]
+    late_node_at: float
+    faults: list[Fault]
+
+    @property
+    def heal_at(self) -> float:
+        return max([f.at + f.duration for f in self.faults] + [r[0] for r in self.receipts] + [self.late_node_at])
+
+    def describe(self) -> str:
+        lines = [f"seed {self.seed}: n={self.n} t={(2 * self.n) // 3 + 1} byzantine={self.byzantine or 'none'} "
+                 f"drop={self.drop:.2f} dup={self.duplicate:.2f} delay={self.delay[0]:.3f}-{self.delay[1]:.3f}s "
+                 f"da_lag={self.da_lag:.2f}s skew={ {m: round(s, 2) for m, s in self.skew.items() if s} }",
+                 f"  workload: {len(self.receipts)} submissions, {len(self.conflicts)} conflicting pairs, "
+                 f"late node at {self.late_node_at:.2f}s; heal at {self.heal_at:.2f}s"]
+        lines += [f"  fault {f.describe()}" for f in self.faults]
+        return "\n".join(lines)
+
+
+@dataclass
+class Outcome:
+    safety: list[str] = field(default_factory=list)
+    liveness: list[str] = field(default_factory=list)
+    convergence: list[str] = field(default_factory=list)
+    fingerprint: str = ""
+
+    @property
+    def violations(self) -> list[str]:
+        return [*(f"safety: {v}" for v in self.safety), *(f"liveness: {v}" for v in self.liveness),
+                *(f"convergence: {v}" for v in self.convergence)]
+
+
+def make_plan(seed: int, nodes: int | None = None, receipts: int | None = None) -> tuple[Plan, SimCluster]:
+    """The plan for ``seed`` and the cluster it runs on (its members, nodes and receipts)."""
+    rng = random.Random(seed)
+    n = nodes or rng.choice([4, 5, 6, 7])
+    tmp = Path(tempfile.mkdtemp(prefix=f"dsdn-sim-{seed}-"))
+    drop = rng.choice([0.0, 0.0, 0.02, 0.05, 0.1])
+    duplicate = rng.choice([0.0, 0.05, 0.2])
+    delay = (0.0, rng.choice([0.005, 0.02, 0.1, 0.3]))
+    cluster = SimCluster(tmp, n, seed, drop=drop, duplicate=duplicate, delay=delay)
+    cluster.seed_ledger()
+    ids = sorted(cluster.members)
+    budget = n - cluster.threshold
+    byzantine = {m: rng.choice(SimCluster.BEHAVIOURS) for m in rng.sample(ids, rng.randint(0, budget))}
+    skew = {m: rng.choice([0.0, 0.0, rng.uniform(-5, 5)]) for m in ids}
+    honest = [m for m in ids if m not in byzantine]
+    k = receipts or rng.randint(4, 10)
+    work: list[tuple[float, str, rc.Receipt]] = []
+    slots = rng.sample([(node, obj) for node in range(6) for obj in range(6)], k)
+    for i, (node, obj) in enumerate(slots):
+        r = cluster.receipt(f"n{node}", f"obj{obj}", proof=i, epoch=EPOCH - rng.randint(0, 1))
+        work.append((rng.uniform(0, 4), rng.choice(ids), r))
+    conflicts = []
+    for _ in range(rng.randint(0, 2)):  # a rival receipt for the slot of an existing one, sent elsewhere
+        _, _, original = rng.choice(work)
+        rival = cluster.receipt(original.node_id, original.subject, epoch=original.epoch,
+                                reward=original.reward_base + 1 + rng.randint(0, 50), proof=rng.randint(100, 999))
+        if all(rival.slot != a.slot for a, _ in conflicts):
+            conflicts.append((original, rival))
+            work.append((rng.uniform(0, 4), rng.choice(ids), rival))
+    late_at = rng.uniform(1, 6)
+    cluster.late_events = cluster.late_node("late")  # type: ignore[attr-defined]
+    for i in range(rng.randint(0, 2)):
+        work.append((rng.uniform(0, late_at), rng.choice(ids), cluster.receipt("late", f"obj{i}", proof=500 + i)))
+    cluster.conflicts = conflicts
+    faults: list[Fault] = []
+    for _ in range(rng.randint(0, 4)):
+        kind = rng.choice(["crash", "crash_after_lock", "partition", "cut", "slow", "da_outage"])
+        at, duration = rng.uniform(0, 5), rng.uniform(0.3, 4)
+        if kind in ("crash", "crash_after_lock"):
+            members: tuple[str, ...] = (rng.choice(honest),)
+        elif kind == "partition":
+            members = tuple(sorted(rng.sample(ids, rng.randint(1, n // 2))))
+        elif kind == "cut":
+            members = tuple(rng.sample(ids, 2))
+        elif kind == "slow":
+            members = (rng.choice(ids),)
+        else:
+            members = ()
+        faults.append(Fault(at, kind, members, duration))
+    plan = Plan(seed, n, byzantine, skew, drop, duplicate, delay, rng.choice([0.1, 0.2, 0.5, 1.0]), work,
+                conflicts, late_at, sorted(faults, key=lambda f: f.at))
+    for m, behaviour in byzantine.items():
+        cluster.members[m].behaviour = behaviour
+    for m, s in skew.items():
+        cluster.members[m].skew_s = s
+    cluster.da_lag = plan.da_lag
+    return plan, cluster
+
+
+async def run_plan(plan: Plan, cluster: SimCluster) -> Outcome:
+    outcome = Outcome()
+    records: list[Any] = []
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        t0 = cluster.t0
+
+        async def submit_at(at: float, member: str, receipt: rc.Receipt) -> None:
+            await trio.sleep_until(t0 + at)
+            m = cluster.members[member]
+            if m.up and m.service is not None:
+                with contextlib.suppress(Unavailable):  # the client is told to come back later; it resubmits
+                    records.append(m.service.submit(receipt))
+
+        async def apply_fault(f: Fault) -> None:
+            await trio.sleep_until(t0 + f.at)
+            await inject(cluster, f)
+
+        async def post_late_node() -> None:
+            await trio.sleep_until(t0 + plan.late_node_at)
+            cluster.da.extend(cluster.late_events)  # type: ignore[attr-defined]
+
+        async with trio.open_nursery() as schedule:
+            for at, member, receipt in plan.receipts:
+                schedule.start_soon(submit_at, at, member, receipt)
+            for f in plan.faults:
+                schedule.start_soon(apply_fault, f)
+            schedule.start_soon(post_late_node)
+        await trio.sleep_until(t0 + plan.heal_at + 0.01)
+        await heal(cluster)
+        # the client resubmits whatever is not final yet, to an honest member that is up
+        honest = [m for m in cluster.honest() if m.up]
+        rng = random.Random(plan.seed ^ 0x5EED)
+        final_ids = cluster.signed_ids()
+        for _, _, receipt in plan.receipts:
+            if receipt.id not in final_ids:
+                member = rng.choice(honest)
+                try:
+                    records.append(member.service.submit(receipt))  # type: ignore[union-attr]
+                except Unavailable as exc:
+                    outcome.liveness.append(f"{member.id} refused a resubmission after the heal: {exc}")
+        rivals = {r.id for pair in plan.conflicts for r in pair}
+        expected = {r.id for _, _, r in plan.receipts if r.id not in rivals}
+        with trio.move_on_after(LIVENESS_BOUND_S):
+            while not all(expected <= set(m.state.ledger.receipts) for m in cluster.honest()):
+                await trio.sleep(0.25)
+        for m in cluster.honest():
+            missing = expected - set(m.state.ledger.receipts)
+            if missing:
+                states = sorted({f"{r.status}({r.reason[:60]})" for r in records if r.receipt.id in missing})
+                outcome.liveness.append(f"{len(missing)} valid receipt(s) not final on {m.id} "
+                                        f"{LIVENESS_BOUND_S:.0f}s after the heal; their records: {states}")
+        await trio.sleep(SETTLE_S)
+        check_safety(plan, cluster, records, outcome)
+        check_convergence(cluster, outcome)
+        outcome.fingerprint = hashlib.sha256(b"".join(
+            [m.state.root() for m in cluster.members.values()] + sorted(cluster.signed_ids()))).hexdigest()[:16]
+        nursery.cancel_scope.cancel()
+    for m in cluster.members.values():
+        if m.locks is not None:
+            m.locks.close()
+    return outcome
+
+
+async def inject(cluster: SimCluster, f: Fault) -> None:
+    """Apply one fault and, after its duration, undo it (a crashed member restarts from its data dir)."""
+    assert cluster.nursery is not None
+    if f.kind == "crash":
+        if cluster.members[f.members[0]].up:
+            cluster.crash(f.members[0])
+            cluster.nursery.start_soon(_restart_later, cluster, f.members[0], f.duration)
+    elif f.kind == "crash_after_lock":
+        m = cluster.members[f.members[0]]
+        if m.up and m.locks is not None:
+            store, original = m.locks, m.locks.lock_batch
+
+            def then_crash(*args: Any, **kwargs: Any) -> Any:
+                decisions = original(*args, **kwargs)  # durable: committed
+                store.lock_batch = original  # type: ignore[method-assign]
+                if m.up:
+                    cluster.crash(m.id)  # before any share it guards leaves
+                    assert cluster.nursery is not None
+                    cluster.nursery.start_soon(_restart_later, cluster, m.id, f.duration)
+                return decisions
+
+            store.lock_batch = then_crash  # type: ignore[method-assign]
+    elif f.kind == "partition":
+        cluster.net.partition(set(f.members), set(cluster.members) - set(f.members))
+        cluster.nursery.start_soon(_later, f.duration, cluster.net.heal)
+    elif f.kind == "cut":
+        pair = (f.members[0], f.members[1])
+        cluster.net.cuts.add(pair)
+        cluster.nursery.start_soon(_later, f.duration, lambda: cluster.net.cuts.discard(pair))
+    elif f.kind == "slow":
+        cluster.net.slow[f.members[0]] = 0.4
+        cluster.nursery.start_soon(_later, f.duration, lambda: cluster.net.slow.pop(f.members[0], None))
+    elif f.kind == "da_outage":
+        cluster.da_down_until = max(cluster.da_down_until, trio.current_time() - cluster.t0 + f.duration)
+
+
+async def _later(delay: float, undo: Callable[[], Any]) -> None:
+    await trio.sleep(delay)
+    undo()
+
+
+async def _restart_later(cluster: SimCluster, member: str, delay: float) -> None:
+    await trio.sleep(delay)
+    if not cluster.members[member].up:
+        await cluster.restart(member)
+
+
+async def heal(cluster: SimCluster) -> None:
+    cluster.net.heal()
+    cluster.net.cuts.clear()
+    cluster.net.slow.clear()
+    cluster.da_down_until = 0.0
+    for m in cluster.members.values():
+        if not m.up:
+            await cluster.restart(m.id)
+
+
+def check_safety(plan: Plan, cluster: SimCluster, records: list[Any], outcome: Outcome) -> None:
+    key = cluster.group_key
+    signed: dict[tuple[str, str, str, int], set[bytes]] = {}
+    for m in cluster.members.values():
+        for slot, ids in m.state.ledger.by_slot.items():
+            signed.setdefault(slot, set()).update(ids)
+        for batch in m.state.ledger.batches.values():
+            raws = [raw for raw, _ in batch.wires]
+            root = bytes.fromhex(batch.root)
+            if merkle.root(raws) != root or not rc_verify(key, root, len(raws), bytes.fromhex(batch.signature)):
+                outcome.safety.append(f"a batch on {m.id} does not verify under the group key")
+    for record in records:
+        doc = record.document
+        if doc is not None:
+            valid, reason = rc.verify_document(doc, key)
+            if not valid:
+                outcome.safety.append(f"a document given to a client does not verify: {reason}")
+            signed.setdefault(record.receipt.slot, set()).add(record.receipt.id)
+    for receipts, root, signature in cluster.observed.adversary_signatures:
+        if rc_verify(key, root, len(receipts), signature):
+            for r in receipts:
+                signed.setdefault(r.slot, set()).add(r.id)
+    for slot, ids in signed.items():
+        if len(ids) > 1:
+            outcome.safety.append(f"slot {slot} has {len(ids)} signed receipts")
+    seen: set[tuple[str, tuple[bytes, bytes]]] = set()
+    for share in cluster.observed.shares:
+        if share in seen:
+            outcome.safety.append(f"{share[0]} released two shares for one nonce commitment")
+        seen.add(share)
+    for m in cluster.members.values():
+        if m.service is None:
+            continue
+        honest_blamed = {name for name in m.service.counters.blamed if cluster.members[name].behaviour is None}
+        if honest_blamed and m.behaviour is None:
+            outcome.safety.append(f"{m.id} blamed honest member(s) {sorted(honest_blamed)}")
+
+
+def rc_verify(key: bytes, root: bytes, size: int, signature: bytes) -> bool:
+    from consensus.frost import verify
+
+    return verify(key, rc.batch_message(key, root, size), signature)
+
+
+def check_convergence(cluster: SimCluster, outcome: Outcome) -> None:
+    honest = cluster.honest()
+    roots = {m.state.root() for m in honest}
+    if len(roots) > 1:
+        outcome.convergence.append(f"{len(roots)} different state roots among honest members")
+    sets = {frozenset(m.state.ledger.receipts) for m in honest}
+    if len(sets) > 1:
+        outcome.convergence.append("honest members hold different signed receipts")
+
+
+def run_seed(seed: int, nodes: int | None = None, receipts: int | None = None) -> tuple[Plan, Outcome]:
+    """One seed, deterministically: trio's scheduler and every RNG are seeded from it."""
+    from trio._core import _run  # the scheduler's own RNG: seeded, the run is replayable
+
+    _run._ALLOW_DETERMINISTIC_SCHEDULING = True  # type: ignore[misc]
+    _run._r.seed(seed)
+    plan, cluster = make_plan(seed, nodes, receipts)
+    try:
+        outcome = trio.run(run_plan, plan, cluster, clock=trio.testing.MockClock(autojump_threshold=0))
+    finally:
+        for p in cluster.tmp.glob("*"):
+            p.unlink(missing_ok=True)
+        cluster.tmp.rmdir()
+    return plan, outcome
+
+
+def parse_seeds(text: str) -> range:
+    start, _, count = text.partition(":")
+    if not start.isdigit() or not count.isdigit() or int(count) < 1:
+        raise argparse.ArgumentTypeError("expected START:COUNT, e.g. 0:1000")
+    return range(int(start), int(start) + int(count))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="dsdn simulate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=parse_seeds, default=parse_seeds("0:100"), help="START:COUNT")
+    parser.add_argument("--nodes", type=int, choices=range(4, 8), metavar="N", help="4..7 (default: from the seed)")
+    parser.add_argument("--receipts", type=int, help="receipts per seed (default: from the seed)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print every seed's schedule")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    import logging
+
+    logging.disable(logging.WARNING)  # the engines' warnings are expected under faults
+    safety = liveness = convergence = 0
+    started = time.perf_counter()
+    for seed in args.seeds:
+        plan, outcome = run_seed(seed, args.nodes, args.receipts)
+        if args.verbose:
+            print(f"{plan.describe()}\n  outcome {outcome.fingerprint}", flush=True)
+        for violation in outcome.violations:
+            print(f"seed {seed}: {violation}\n  replay: dsdn simulate --seeds {seed}:1 -v"
+                  + (f" --nodes {args.nodes}" if args.nodes else "")
+                  + (f" --receipts {args.receipts}" if args.receipts else ""), flush=True)
+        safety += len(outcome.safety)
+        liveness += len(outcome.liveness)
+        convergence += len(outcome.convergence)
+    total = safety + liveness + convergence
+    print(f"simulate: {len(args.seeds)} seeds, {total} violations ({safety} safety, {liveness} liveness, "
+          f"{convergence} convergence) in {time.perf_counter() - started:.1f}s", flush=True)
+    sys.exit(1 if total else 0)
+
+
+if __name__ == "__main__":
+    main()

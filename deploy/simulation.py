@@ -1,0 +1,322 @@
+"""A cluster of receipt engines in one trio run, for simulation (``dsdn simulate``) and the simulation tests.
+
+Each member runs the real ReceiptService, LockStore (SQLite in its own directory: a crash keeps exactly what
+was made durable), State and StateLedgerView, linked by a seeded ``FaultNet`` (protocol/simnet plus one-way
+cuts and slow members), with an in-memory DA log that every member's state follows (with a settable lag and
+outages). Everything waits with ``trio.sleep``, so it runs in virtual time under ``MockClock``. Byzantine
+behaviours plug in per member (bad or withheld shares, signing anything, equivocation, replays, forged
+replies); ``observe`` hooks record what safety checkers need (every share released, every signature made).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nacl.signing
+import trio
+
+from consensus import frost
+from consensus import receipts as rc
+from consensus.dkg import assign_identifiers
+from consensus.group import L, serialize_scalar
+from consensus.lockstore import LockStore
+from consensus.receipt_service import SIGN, SIGN_REPLY, ReceiptService, register
+from consensus.slots import Decision, Verdict
+from deploy.receipt_view import StateLedgerView
+from node import events as ev
+from node.state import State
+from protocol.envelope import Registry
+from protocol.simnet import SimNetwork
+
+NOW = 1_800_000_000.0 + 1800  # the wall clock every member reads at the start (mid-epoch), in seconds
+EPOCH = int(NOW // 3600) + 1
+
+
+async def inline(fn: Callable[[], Any]) -> Any:
+    """Blocking calls run inline: a thread would let MockClock's virtual time jump while it runs."""
+    return fn()
+
+
+class FaultNet(SimNetwork):
+    """The simulated network plus one-way cuts (``cut(a, b)``: a cannot reach b) and slow members."""
+
+    def __init__(self, registry: Registry, seed: int, **options: Any) -> None:
+        super().__init__(registry, seed, **options)
+        self.cuts: set[tuple[str, str]] = set()
+        self.slow: dict[str, float] = {}  # member -> extra delay on every message to or from it
+
+    def reachable(self, a: str, b: str) -> bool:
+        return super().reachable(a, b) and (a, b) not in self.cuts
+
+    def transmit(self, src: str, dst: str, frame: bytes) -> bool:
+        extra = self.slow.get(src, 0.0) + self.slow.get(dst, 0.0)
+        if not extra:
+            return super().transmit(src, dst, frame)
+        if dst not in self.nodes or self._nursery is None:
+            return False
+        self.stats.sent += 1
+        if self.rng.random() < self.drop:
+            self.stats.dropped += 1
+            return True
+        self._nursery.start_soon(self._deliver, src, dst, frame, self.rng.uniform(*self.delay) + extra)
+        return True
+
+    async def _deliver(self, src: str, dst: str, frame: bytes, delay: float) -> None:
+        await trio.sleep(delay)
+        node = self.nodes.get(dst)
+        if node is None or not self.reachable(src, dst):  # crashed meanwhile, or cut off
+            self.stats.partitioned += 1
+            return
+        node.received += 1
+        self.stats.delivered += 1
+        await node.dispatcher.deliver(src, self.registry.decode(frame))
+
+
+@dataclass
+class Keys:
+    key: frost.KeyShare | None
+
+
+@dataclass
+class Member:
+    id: str
+    identity: nacl.signing.SigningKey
+    keys: Keys
+    state: State = field(default_factory=State)
+    service: ReceiptService | None = None
+    scope: trio.CancelScope | None = None
+    locks: LockStore | None = None
+    counter: int = 0
+    skew_s: float = 0.0
+    behaviour: str | None = None  # None: honest; else a byzantine behaviour (see SimCluster.BEHAVIOURS)
+    up: bool = False
+
+
+@dataclass
+class Observed:
+    """What the safety checkers read: shares released (member, commitment) and signatures made anywhere."""
+
+    shares: list[tuple[str, tuple[bytes, bytes]]] = field(default_factory=list)
+    adversary_signatures: list[tuple[list[rc.Receipt], bytes, bytes]] = field(default_factory=list)
+
+
+class SimCluster:
+    BEHAVIOURS = ("bad_shares", "withhold", "signs_anything", "equivocate", "replay", "forge")
+
+    def __init__(self, tmp: Path, n: int, seed: int, **net_options: Any) -> None:
+        self.tmp, self.n, self.seed, self.rng = tmp, n, seed, random.Random(seed)
+        self.registry = Registry()
+        register(self.registry)
+        self.net = FaultNet(self.registry, seed=seed, **net_options)
+        ids = [f"c{i}" for i in range(n)]
+        identities = {i: nacl.signing.SigningKey(self.rng.randbytes(32)) for i in ids}
+        self.member_keys = {i: bytes(k.verify_key) for i, k in identities.items()}
+        identifiers = assign_identifiers(self.member_keys.values())
+        t = (2 * n) // 3 + 1
+        scalars = [serialize_scalar(int.from_bytes(self.rng.randbytes(64), "little") % (L - 1) + 1) for _ in range(t)]
+        shares = frost.trusted_dealer_key_shares(n, t, scalars[0], scalars[1:])  # seeded: replayable
+        by_key = {k: m for m, k in self.member_keys.items()}
+        self.threshold = t
+        self.group_key = shares[1].group_public_key
+        self.members = {by_key[identifiers[i]]: Member(by_key[identifiers[i]], identities[by_key[identifiers[i]]],
+                                                       Keys(shares[i])) for i in identifiers}
+        self.da: list[bytes] = []  # the shared DA log: raw events in the order they were posted
+        self.da_lag = 0.2  # how often members' consumers read the log (seconds)
+        self.da_down_until = 0.0  # a DA outage: nothing is read before this time
+        self.nodes: dict[str, nacl.signing.SigningKey] = {}
+        self.service_options: dict[str, Any] = {}
+        self.nursery: trio.Nursery | None = None
+        self.t0 = 0.0
+        self.observed = Observed()
+        self.conflicts: list[tuple[rc.Receipt, rc.Receipt]] = []  # pairs of receipts for one slot
+
+    # ---- ledger set-up: nodes with keys, objects with replicas, the same on every member ------------
+
+    def seed_ledger(self, nodes: int = 6, objects: int = 6) -> None:
+        raws = []
+        for k in range(nodes):
+            key = nacl.signing.SigningKey(bytes([k + 1]) * 32)
+            self.nodes[f"n{k}"] = key
+            raws.append(ev.make_event(ev.NODE_REGISTERED, (1, k), "c0", id=f"n{k}", zone="z", addr="h:1",
+                                      capacity_gb=10).raw)
+            raws.append(ev.make_event(ev.NODE_KEY, (1, k), "c0", id=f"n{k}",
+                                      public_key=bytes(key.verify_key).hex()).raw)
+        for o in range(objects):
+            raws.append(ev.make_event(ev.OBJECT_REGISTERED, (2, o), "c0", hash=f"obj{o}", size=1).raw)
+            for k in range(nodes):
+                raws.append(ev.make_event(ev.REPLICA_HEALED, (3, o * nodes + k), "c0", hash=f"obj{o}",
+                                          node_id=f"n{k}").raw)
+        self.da.extend(raws)
+        for m in self.members.values():
+            for raw in raws:
+                m.state.apply(ev.decode_event(raw))
+
+    def late_node(self, name: str) -> list[bytes]:
+        """Events registering one more node with its key, holding obj0 and obj1 (posted to DA later)."""
+        key = nacl.signing.SigningKey(self.rng.randbytes(32))
+        self.nodes[name] = key
+        return [ev.make_event(ev.NODE_REGISTERED, (4, 0), "c0", id=name, zone="z", addr="h:2", capacity_gb=1).raw,
+                ev.make_event(ev.NODE_KEY, (4, 1), "c0", id=name, public_key=bytes(key.verify_key).hex()).raw,
+                *(ev.make_event(ev.REPLICA_HEALED, (4, 2 + o), "c0", hash=f"obj{o}", node_id=name).raw
+                  for o in range(2))]
+
+    def receipt(self, node: str, subject: str, *, epoch: int = EPOCH, reward: int = 100, proof: int = 0,
+                ) -> rc.Receipt:
+        return rc.sign_as_node(self.nodes[node], receipt_type="storage", node_id=node, subject=subject, epoch=epoch,
+                               usage_proof_hash=f"{proof:064x}", execution_commitment=None, reward_base=reward,
+                               submitter_address="ab" * 20, timestamp=int(NOW))
+
+    # ---- members -----------------------------------------------------------------------------------
+
+    def _make_service(self, m: Member) -> ReceiptService:
+        node = self.net.add(m.id)
+        node.dispatcher.nursery = self.net._nursery
+        m.locks = LockStore(self.tmp / f"{m.id}.locks.sqlite", expect_existing=m.locks is not None)
+
+        async def submit(kind: str, **fields: Any) -> ev.Event:
+            m.counter += 1
+            event = ev.make_event(kind, (int(NOW * 1000), m.counter), m.id, **fields)
+            self.da.append(event.raw)
+            m.state.apply(event)
+            return event
+
+        view = StateLedgerView(lambda: m.state, submit, m.state.apply, m.keys)
+        options = {"batch_wait_s": 0.002, "lock_timeout_s": 1.0, "sign_timeout_s": 1.0, "takeover_s": 3.0,
+                   "batch_deadline_s": 5.0, **self.service_options}
+        rng = random.Random(self.rng.getrandbits(64))
+        service = ReceiptService(node, m.identity, self.member_keys, m.keys, view, m.locks,
+                                 clock=lambda: NOW + m.skew_s + trio.current_time() - self.t0,
+                                 run_blocking=inline, random_bytes=rng.randbytes, **options)
+        self._observe(m, service)
+        return service
+
+    def _observe(self, m: Member, service: ReceiptService) -> None:
+        honest_sign = service._sign_share
+
+        def sign_share(peer: str, body: dict[str, Any], held: list[rc.Receipt]) -> dict[str, Any]:
+            reply = honest_sign(peer, body, held)
+            key = m.keys.key
+            if reply["share"] and key is not None:
+                signers = list(body["signers"])
+                i = signers.index(key.identifier)
+                self.observed.shares.append((m.id, (body["hiding"][i], body["binding"][i])))
+            return reply
+
+        service._sign_share = sign_share  # type: ignore[method-assign]
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
+        self.t0 = trio.current_time()  # the members' wall clock reads NOW at the start, then follows trio's
+        await nursery.start(self.net.run)
+        nursery.start_soon(self._follow_da)
+        for m in self.members.values():
+            await self.start_member(m.id)
+
+    async def start_member(self, member_id: str) -> None:
+        assert self.nursery is not None
+        m = self.members[member_id]
+        m.service = self._make_service(m)
+
+        async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with trio.CancelScope() as scope:
+                m.scope = scope
+                assert m.service is not None
+                async with trio.open_nursery() as inner:
+                    await inner.start(m.service.run)
+                    if m.behaviour is not None:
+                        self._misbehave(m, inner)
+                    task_status.started()
+
+        await self.nursery.start(run)
+        m.up = True
+
+    def crash(self, member_id: str) -> None:
+        """Stop a member at once: its tasks end, its memory (nonces, queue) is gone, its lock table stays."""
+        m = self.members[member_id]
+        assert m.scope is not None
+        m.scope.cancel()
+        m.up = False
+        self.net.nodes.pop(m.id, None)  # messages to it go nowhere until it restarts
+        if m.locks is not None:
+            m.locks.close()
+
+    async def restart(self, member_id: str) -> None:
+        await self.start_member(member_id)
+
+    async def _follow_da(self) -> None:
+        """Every member's consumer: apply what DA holds (each member in its own random order: the state machine
+        converges whatever the order)."""
+        seen: dict[str, int] = {}
+        while True:
+            await trio.sleep(self.da_lag)
+            if trio.current_time() - self.t0 < self.da_down_until:
+                continue
+            for m in self.members.values():
+                fresh = self.da[seen.get(m.id, 0):]
+                seen[m.id] = len(self.da)
+                order = list(fresh)
+                self.rng.shuffle(order)
+                for raw in order:
+                    m.state.apply(ev.decode_event(raw))
+
+    # ---- byzantine behaviours --------------------------------------------------------------------------
+
+    def _misbehave(self, m: Member, nursery: trio.Nursery) -> None:
+        service = m.service
+        assert service is not None
+        node = self.net.nodes[m.id]
+        if m.behaviour == "bad_shares":
+            observed_sign = service._sign_share
+
+            def lying(peer: str, body: dict[str, Any], held: list[rc.Receipt]) -> dict[str, Any]:
+                reply = observed_sign(peer, body, held)
+                if reply["share"]:
+                    reply["share"] = (int.from_bytes(reply["share"], "little") ^ 1).to_bytes(32, "little")
+                return reply
+
+            service._sign_share = lying  # type: ignore[method-assign]
+        elif m.behaviour == "withhold":
+            async def never(peer: str, body: dict[str, Any]) -> dict[str, Any]:
+                await trio.sleep_forever()
+                raise AssertionError
+
+            node.on_request(SIGN, SIGN_REPLY, never)
+        elif m.behaviour == "signs_anything":  # locks nothing, answers OK to every receipt, signs every batch
+            def lock_anything(receipts: list[rc.Receipt], *_: Any) -> list[Decision]:
+                return [Decision(r.id, Verdict.OK) for r in receipts]
+
+            assert m.locks is not None
+            m.locks.lock_batch = lock_anything  # type: ignore[method-assign]
+        elif m.behaviour in ("replay", "forge", "equivocate"):
+            from deploy.adversary import Adversary
+
+            nursery.start_soon(Adversary(self, m).run, m.behaviour)
+
+    # ---- checks ------------------------------------------------------------------------------------
+
+    def service(self, member_id: str) -> ReceiptService:
+        s = self.members[member_id].service
+        assert s is not None
+        return s
+
+    def honest(self) -> list[Member]:
+        return [m for m in self.members.values() if m.behaviour is None]
+
+    def signed_ids(self) -> set[bytes]:
+        return {rid for m in self.members.values() for rid in m.state.ledger.receipts}
+
+    def double_signed(self) -> list[Any]:
+        return [d for m in self.members.values() for d in m.state.ledger.double_signed()]
+
+    def roots(self) -> set[bytes]:
+        return {m.state.root() for m in self.members.values()}
+
+    async def wait_final(self, ids: set[bytes], timeout: float = 60.0, members: set[str] | None = None) -> None:
+        targets = [self.members[i] for i in (members or set(self.members))]
+        with trio.fail_after(timeout):
+            while not all(ids <= set(m.state.ledger.receipts) for m in targets):
+                await trio.sleep(0.1)
