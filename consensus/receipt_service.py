@@ -291,6 +291,9 @@ class ReceiptService:
         """Queue a receipt (idempotent); raise Unavailable when signing is impossible now."""
         rid = receipt.id
         record = self.records.get(rid)
+        if record is not None and record.status == "rejected":
+            del self.records[rid]  # rejected for now (e.g. its node was not registered in time): judge it again
+            record = None
         if record is not None:
             if record.receipt.node_signature != receipt.node_signature and not receipt.node_signature_valid():
                 return Record(receipt, "rejected", "the node signature is invalid")

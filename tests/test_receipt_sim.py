@@ -218,3 +218,28 @@ async def test_lossy_links_and_a_healed_partition_still_sign_every_valid_receipt
         assert not cluster.double_signed()
         assert len(cluster.roots()) == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_a_receipt_waits_for_its_node_and_a_rejected_one_can_come_back(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    cluster = SimCluster(tmp_path, 4, seed=12, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    early = cluster.receipt("n1", "obj1")  # an ordinary receipt, for comparison
+    events = cluster.late_node("late")
+    waiting = cluster.receipt("late", "obj0")
+    given_up = cluster.receipt("late", "obj1")
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        assert cluster.service("c0").submit(early).status == "pending"
+        first = cluster.service("c1").submit(given_up)
+        assert first.status == "pending" and "not registered" in first.reason  # not yet valid: not rejected
+        await trio.sleep(35)  # nobody registers the node within the 30 s it is waited for
+        assert first.status == "rejected" and "not registered" in first.reason
+        second = cluster.service("c2").submit(waiting)
+        await trio.sleep(2)
+        cluster.da.extend(events)  # the node's registration reaches DA
+        await cluster.wait_final({early.id, waiting.id})
+        again = cluster.service("c1").submit(given_up)  # the client tries again: judged anew
+        await cluster.wait_final({given_up.id})
+        assert second.status == "final" and again.status == "final"
+        nursery.cancel_scope.cancel()
