@@ -324,9 +324,9 @@ def exclusion_proof(session_id: bytes, threshold: int, participants: Iterable[in
                           "complaint": complaint.to_wire()}, use_bin_type=True)
 
 
-def check_exclusion_proof(data: bytes, members: Mapping[int, bytes]) -> tuple[int, str]:
-    """(culprit, description) proven by ``data`` among ``members`` (identifier -> identity key); DkgMessageError if
-    it proves nothing. The culprit is the accused when the evidence holds, else the complainer (who lied)."""
+def check_exclusion_proof(data: bytes, members: Mapping[int, bytes]) -> ComplaintRecord:
+    """What ``data`` proves among ``members`` (identifier -> identity key); DkgMessageError if it proves nothing. The
+    record's culprit is the accused when the evidence holds, else the complainer (who lied)."""
     try:
         d = msgpack.unpackb(data, raw=False, max_bin_len=64 * 1024, max_array_len=1024, max_map_len=64)
     except Exception:  # msgpack raises many unrelated types for garbage
@@ -344,9 +344,7 @@ def check_exclusion_proof(data: bytes, members: Mapping[int, bytes]) -> tuple[in
     context = session_context(session, threshold, participants)
     if not c.verify_signature(participants[c.sender], context):
         raise DkgMessageError("bad signature on the complaint of an exclusion proof")
-    if judge_complaint(c, context, participants, threshold):
-        return c.accused, f"{c.reason} by {c.accused} (proven by {c.sender})"
-    return c.sender, f"false {c.reason} complaint against {c.accused}"
+    return ComplaintRecord(c.sender, c.accused, c.reason, judge_complaint(c, context, participants, threshold))
 
 
 def sign_abort(identity: nacl.signing.SigningKey, session_id: bytes, threshold: int,
@@ -564,6 +562,11 @@ class DkgParticipant:
             matching = self._matching()
             out |= {j for j in self._seen_confirms if j not in matching}
         return out
+
+    @property
+    def abort_reasons(self) -> dict[int, str]:
+        """Why each participant that signed an abort left, as it said."""
+        return {i: m.reason for i, m in self._aborts.items()}
 
     @property
     def accused(self) -> set[int]:

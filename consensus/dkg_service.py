@@ -44,6 +44,7 @@ import trio
 
 from consensus import keystore
 from consensus.dkg import (
+    ComplaintRecord,
     DkgError,
     DkgParticipant,
     DkgState,
@@ -170,6 +171,7 @@ class DkgService:
         self.refused_starts: deque[dict[str, Any]] = deque(maxlen=16)
         self.proofs: dict[int, tuple[bytes, str]] = {}  # identifier -> (exclusion proof, what it proves)
         self._pending: dict[bytes, SessionInfo] = {}  # sessions confirmed and not yet resolved
+        self._recent: dict[bytes, SessionInfo] = {}  # the last sessions left (late complaints still count)
         self._aborted: list[bytes] = []
         self._buffer: dict[bytes, list[bytes]] = {}
         self._lock = trio.Lock()
@@ -189,6 +191,11 @@ class DkgService:
 
     def names(self, identifiers: set[int] | list[int]) -> list[str]:
         return sorted(self.name(i) for i in identifiers)
+
+    def describe(self, record: ComplaintRecord) -> str:
+        if record.proven:
+            return f"{record.reason} by {self.name(record.accused)}, proven by {self.name(record.complainer)}"
+        return f"false {record.reason} complaint by {self.name(record.complainer)} against {self.name(record.accused)}"
 
     def status(self) -> dict[str, Any]:
         key = self.key
@@ -326,7 +333,7 @@ class DkgService:
             return
         refusal, participants = await self._check_start(peer, threshold, ids, proofs)
         if refusal is not None:
-            self._refuse(peer, session_id, threshold, refusal)
+            await self._refuse(peer, session_id, threshold, ids, refusal)
             return
         current = self.session
         if current is not None:
@@ -342,8 +349,7 @@ class DkgService:
         if self.key is not None:
             self._send_certificate(peer)
             return
-        s = self.session if self.session is not None and self.session.id == session_id else self._pending.get(
-            session_id)
+        s = self._find(session_id)
         if s is None and session_id in self._aborted:
             self._send_abort(peer, session_id, threshold, ids)
             return
@@ -364,8 +370,7 @@ class DkgService:
         except Exception:  # msgpack raises many unrelated types for garbage
             log.warning("dropped an undecodable DKG message from %s", peer)
             return
-        s = self.session if self.session is not None and self.session.id == session_id else self._pending.get(
-            session_id)  # type: ignore[arg-type]
+        s = self._find(session_id) or self._recent.get(session_id)  # type: ignore[arg-type]
         if s is None:
             if self.key is None and isinstance(session_id, bytes):
                 buffered = self._buffer.setdefault(session_id, [])
@@ -378,6 +383,12 @@ class DkgService:
             log.warning("dropped a DKG message from %s: %s", peer, exc)
             return
         await self._deliver(s, out)
+
+    def _find(self, session_id: bytes) -> SessionInfo | None:
+        """The running session or a confirmed one with that id."""
+        if self.session is not None and self.session.id == session_id:
+            return self.session
+        return self._pending.get(session_id)
 
     async def _on_proofs(self, peer: str, body: dict[str, Any]) -> None:
         await self._learn_proofs(body["proofs"], peer)
@@ -394,12 +405,12 @@ class DkgService:
         if self.me not in ids:
             for proof in proofs:
                 try:
-                    culprit, what = check_exclusion_proof(proof, self.identifiers)
+                    record = check_exclusion_proof(proof, self.identifiers)
                 except DkgMessageError:
                     continue
-                if culprit == self.me:
+                if record.culprit == self.me:
                     await self._learn_proofs([proof], peer)
-                    return f"this member is left out: {what}", {}
+                    return f"this member is left out: {self.describe(record)}", {}
             return "this member is left out without proof", {}
         refusal = threshold_refusal(len(self.members), threshold, self.threshold)
         if refusal is not None:
@@ -409,7 +420,7 @@ class DkgService:
         proven: dict[int, bytes] = {}
         for proof in proofs:
             try:
-                culprit, _ = check_exclusion_proof(proof, self.identifiers)
+                culprit = check_exclusion_proof(proof, self.identifiers).culprit
             except DkgMessageError as exc:
                 return f"invalid exclusion proof: {exc}", {}
             proven.setdefault(culprit, proof)
@@ -424,7 +435,9 @@ class DkgService:
         await self._learn_proofs([proven[i] for i in sorted(left_out & set(proven))], peer)
         return None, {i: self.identifiers[i] for i in sorted(ids)}
 
-    def _refuse(self, peer: str, session_id: bytes, threshold: int, reason: str) -> None:
+    async def _refuse(self, peer: str, session_id: bytes, threshold: int, ids: list[int], reason: str) -> None:
+        """Log and list a refused start, and tell the starter with a signed abort (so its session ends now, saying
+        why); the session id is journaled first, as for any abort."""
         if self.refused_starts and self.refused_starts[-1]["session"] == session_id.hex():
             self.refused_starts[-1]["count"] += 1  # the starter re-sends its start
             return
@@ -433,6 +446,15 @@ class DkgService:
         self.refused_starts.append({"session": session_id.hex(), "from": peer, "threshold": threshold,
                                     "reason": reason, "count": 1})
         self.last_error = f"refused DKG session {session_id.hex()[:12]} started by {peer}: {reason}"
+        if self.me in ids and session_id not in self._aborted:
+            aborted = [*self._aborted, session_id][-MAX_ABORTED:]
+            try:
+                await self._save_journal(aborted)
+            except OSError as exc:
+                log.warning("cannot update the DKG journal: %s", exc)
+                return
+            self._aborted = aborted
+            self._send_abort(peer, session_id, threshold, ids, f"refused: {reason}")
 
     def _new_session(self, session_id: bytes, threshold: int, participants: dict[int, bytes],
                      starter: str | None) -> SessionInfo:
@@ -488,16 +510,18 @@ class DkgService:
             await self._adopt(s)
         elif p.state is DkgState.FAILED and self.session is s:
             await self._end(s, self._why(s))
+        elif self.session is not s:
+            await self._share_new_proofs(s)
 
     def _why(self, s: SessionInfo) -> str:
         p = s.participant
         parts = [s.reason] if s.reason else []
-        if p.proven_bad:
-            parts.append("proven to misbehave: " + ", ".join(
-                f"{self.name(r.culprit)} ({r.reason}{'' if r.proven else ', false accusation'})"
-                for r in p.complaints if r.culprit in p.proven_bad))
-        if p.withdrawn:
-            parts.append(f"{self.names(p.withdrawn)} left the session")
+        if p.complaints:
+            parts.append("; ".join(self.describe(r) for r in p.complaints))
+        reasons = p.abort_reasons
+        for i in sorted(p.withdrawn, key=self.name):
+            parts.append(f"{self.name(i)} left the session" + (f" ({reasons[i]})" if i in reasons else
+                                                                 " (confirmed another result)"))
         return "; ".join(parts)[:500] or "failed"
 
     async def _end(self, s: SessionInfo, error: str) -> None:
@@ -508,15 +532,22 @@ class DkgService:
         now = trio.current_time()
         self._failures += 1
         self._next_auto = now + min(self.timeout_s, 0.5 * 2 ** min(self._failures, 8))
-        new = {i: p for i, p in s.participant.proofs().items() if i not in self.proofs}
-        if new:
-            await self._learn_proofs(list(new.values()), None)
-            for peer in self.members:
-                if peer != self.net.my_id:
-                    self.net.send(peer, PROOFS, {"proofs": list(new.values())})
+        self._recent[s.id] = s
+        while len(self._recent) > 4:
+            del self._recent[next(iter(self._recent))]
+        await self._share_new_proofs(s)
         if s.participant.committed and not s.abandoned:
             s.abandoned = True
             await self._save_journal()
+
+    async def _share_new_proofs(self, s: SessionInfo) -> None:
+        """Learn the proofs of misbehaviour ``s`` holds and we did not know, and pass them on to every member."""
+        new = [proof for i, proof in s.participant.proofs().items() if i not in self.proofs]
+        if new:
+            await self._learn_proofs(new, None)
+            for peer in self.members:
+                if peer != self.net.my_id:
+                    self.net.send(peer, PROOFS, {"proofs": new})
 
     async def _adopt(self, s: SessionInfo) -> None:
         p = s.participant
@@ -536,6 +567,7 @@ class DkgService:
         self._pending.clear()
         self._buffer.clear()
         self.last_error = None
+        self._failures = 0
         log.info("DKG complete: group key %s (%d-of-%d), key share stored in %s", key.group_public_key.hex(),
                  key.threshold, len(key.verifying_shares), self.keystore_path)
         try:
@@ -576,12 +608,12 @@ class DkgService:
         for data in self.cert.confirms:
             self.net.send(peer, MSG, {"data": data})
 
-    def _send_abort(self, peer: str, session_id: bytes, threshold: int, ids: list[int]) -> None:
+    def _send_abort(self, peer: str, session_id: bytes, threshold: int, ids: list[int],
+                    reason: str = "left this session") -> None:
         if not set(ids) <= set(self.identifiers) or len(set(ids)) != len(ids):
             return
         try:
-            abort = sign_abort(self.identity, session_id, threshold, {i: self.identifiers[i] for i in ids},
-                               "left this session")
+            abort = sign_abort(self.identity, session_id, threshold, {i: self.identifiers[i] for i in ids}, reason)
         except DkgError:
             return
         self.net.send(peer, MSG, {"data": msgpack.packb(abort.to_wire(), use_bin_type=True)})
@@ -590,10 +622,11 @@ class DkgService:
         new = False
         for proof in proofs:
             try:
-                culprit, what = check_exclusion_proof(proof, self.identifiers)
+                record = check_exclusion_proof(proof, self.identifiers)
             except DkgMessageError as exc:
                 log.warning("ignoring an invalid exclusion proof from %s: %s", peer, exc)
                 continue
+            culprit, what = record.culprit, self.describe(record)
             if culprit not in self.proofs:
                 self.proofs[culprit] = (proof, what)
                 new = True
@@ -684,10 +717,10 @@ class DkgService:
         self._aborted = list(journal.get("aborted", []))[-MAX_ABORTED:]
         for proof in journal.get("proofs", []):
             try:
-                culprit, what = check_exclusion_proof(proof, self.identifiers)
+                record = check_exclusion_proof(proof, self.identifiers)
             except DkgMessageError:
                 continue
-            self.proofs.setdefault(culprit, (proof, what))
+            self.proofs.setdefault(record.culprit, (proof, self.describe(record)))
         for entry in journal.get("pending", []):
             share = state["pending"].get(entry["session"])
             if share is None:

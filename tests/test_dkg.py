@@ -301,7 +301,7 @@ def test_dealer_sending_a_bad_share_is_named(seed: int) -> None:
     assert len(complaints[0].key) == 32 and len(complaints[0].proof) == 64
     assert [type(e) for e in complaints[0].evidence] == [Round1, Round2, Round1]
     for p in nodes.values():  # anyone can check the proof later, from the proof alone
-        assert dkg.check_exclusion_proof(p.proofs()[liar], p.participants)[0] == liar
+        assert dkg.check_exclusion_proof(p.proofs()[liar], p.participants).culprit == liar
 
 
 def test_dealer_with_a_bad_proof_of_knowledge_is_named() -> None:
@@ -375,8 +375,8 @@ def test_false_accusation_proves_the_accuser_a_liar() -> None:
             assert [(r.complainer, r.accused, r.reason, r.proven) for r in p.complaints] == [
                 (accuser, target, "bad_share", False)]
             assert set(p.proven_bad) == {accuser}
-            assert dkg.check_exclusion_proof(p.proofs()[accuser], p.participants) == (
-                accuser, f"false bad_share complaint against {target}")
+            assert dkg.check_exclusion_proof(p.proofs()[accuser], p.participants) == dkg.ComplaintRecord(
+                accuser, target, "bad_share", False)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -411,7 +411,7 @@ def test_a_complaint_without_valid_evidence_does_not_stop_the_session(seed: int)
         p = nodes[i]
         assert {(r.accused, r.proven) for r in p.complaints} == {(3, False), (4, False), (1, False)}
         assert set(p.proven_bad) == {liar}
-        assert dkg.check_exclusion_proof(p.proofs()[liar], participants)[0] == liar
+        assert dkg.check_exclusion_proof(p.proofs()[liar], participants).culprit == liar
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -433,8 +433,10 @@ def test_dealer_sending_an_undecryptable_share_is_proven_to_everyone(seed: int) 
             assert (victim, liar, "bad_share", True) in {(r.complainer, r.accused, r.reason, r.proven)
                                                          for r in p.complaints}
     proof = nodes[2].proofs()[liar]
-    assert dkg.check_exclusion_proof(proof, nodes[2].participants) == (
-        liar, f"bad_share by {liar} (proven by {victim})")
+    assert dkg.check_exclusion_proof(proof, nodes[2].participants) == dkg.ComplaintRecord(
+        victim, liar, "bad_share", True)
+    with pytest.raises(DkgMessageError):
+        dkg.check_exclusion_proof(proof[:-1], nodes[2].participants)
     # a wrong Diffie-Hellman point (the honest dealer framed) does not verify
     complaint = next(m for m in net.log if isinstance(m, Complaint))
     p4 = nodes[4]
