@@ -282,9 +282,12 @@ def _judge(c: Complaint, context: bytes, participants: Mapping[int, bytes], thre
 
     if c.accused not in participants:
         return False
-    if c.reason == "equivocation":
-        return (len(ev) == 2 and all(signed_by(e, c.accused) for e in ev) and type(ev[0]) is type(ev[1])
-                and not ev[0].same_content(ev[1])
+    if c.reason == "equivocation":  # two different messages for one slot, or an abort and a confirmation
+        if len(ev) != 2 or not all(signed_by(e, c.accused) for e in ev):
+            return False
+        if {type(ev[0]), type(ev[1])} == {Confirm, Abort}:
+            return True
+        return (type(ev[0]) is type(ev[1]) and not isinstance(ev[0], Abort) and not ev[0].same_content(ev[1])
                 and (not isinstance(ev[0], Round2) or ev[0].recipient == ev[1].recipient))  # type: ignore[attr-defined]
     if c.reason == "bad_proof":
         return (len(ev) == 1 and isinstance(ev[0], Round1) and signed_by(ev[0], c.accused)
@@ -698,11 +701,15 @@ class DkgParticipant:
         seen.append(m)
         if len(seen) == 2:
             self._complain(m.sender, "equivocation", seen)
+        elif m.sender in self._aborts:
+            self._complain(m.sender, "equivocation", [m, self._aborts[m.sender]])
 
     def _on_abort(self, m: Abort) -> None:
         if m.sender in self._aborts or m.sender == self.identifier:
             return
         self._aborts[m.sender] = m
+        if m.sender in self._seen_confirms:  # it confirmed, and now says it left
+            self._complain(m.sender, "equivocation", [self._seen_confirms[m.sender][0], m])
         self._withdraw(f"participant {m.sender} left: {m.reason}")
 
     def _on_complaint(self, c: Complaint) -> None:

@@ -240,7 +240,7 @@ class Abort(Message):
 
 
 _KINDS: dict[str, type[Message]] = {k.TYPE: k for k in (Round1, Round2, Confirm, Complaint, Abort)}
-_EVIDENCE_KINDS = (Round1, Round2, Confirm)
+_EVIDENCE_KINDS = (Round1, Round2, Confirm, Abort)
 
 
 def decode(wire: object, *, nested: bool = False) -> Message:

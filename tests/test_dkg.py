@@ -220,6 +220,29 @@ def test_an_abort_ends_the_session_for_all_but_not_a_confirmed_certificate() -> 
     assert [type(o.message) for o in asked] == [dkg.Abort]
 
 
+def test_an_abort_after_a_confirmation_is_proven_equivocation() -> None:
+    """A member that signs both a confirmation and an abort for one session is proven to equivocate (a certificate
+    holding its confirmation still completes those that have it: completion is final)."""
+    sid, keys, participants = cluster(4)
+    nodes = {i: DkgParticipant(sid, keys[i], participants) for i in keys}
+    net = Net(2)
+    for p in nodes.values():
+        net.add(p)
+    net.run()
+    assert all(p.state is DkgState.COMPLETE for p in nodes.values())
+    liar = nodes[3]
+    abort = dkg.sign_abort(keys[3], sid, 3, participants, "changed my mind")
+    fresh = DkgParticipant(sid, keys[1], participants)
+    fresh.start()
+    fresh.receive(abort.to_wire())
+    fresh.receive(liar.own_confirm)  # type: ignore[arg-type]
+    assert (3, "equivocation", True) in {(r.accused, r.reason, r.proven) for r in fresh.complaints}
+    proof = fresh.proofs()[3]
+    assert dkg.check_exclusion_proof(proof, participants) == dkg.ComplaintRecord(1, 3, "equivocation", True)
+    nodes[1].receive(abort)
+    assert nodes[1].state is DkgState.COMPLETE
+
+
 def test_threshold_refusal_rule() -> None:
     assert dkg.threshold_refusal(4, 3, None) is None and dkg.threshold_refusal(4, 4, None) is None
     assert "below 5" in (dkg.threshold_refusal(7, 4, None) or "")  # 7 // 2 + 1 = 4 needs configuring
