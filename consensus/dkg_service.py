@@ -6,7 +6,8 @@
   no key exists, and again (with a growing back-off) after a session ends without a key.
 * Thresholds: a joiner with a configured threshold accepts exactly that one; without one, any t with
   ⌊2n/3⌋ + 1 <= t <= n (n: cluster members). ⌊n/2⌋ + 1 is the floor everywhere
-  (:func:`consensus.dkg.threshold_refusal`). Refused starts are logged and listed in ``status()``.
+  (:func:`consensus.dkg.threshold_refusal`). A refused start is logged, listed in ``status()`` (``dkg.error``,
+  ``dkg.refused_starts``) and answered with a signed abort, so the starter's session ends saying why.
 * Two sessions at once (two starts racing): every member keeps the one with the smaller session id, unless it
   already confirmed the other; leaving a session means broadcasting a signed abort.
 * Losses: a member lacking messages broadcasts ``dkg.sync`` (what it lacks) every ``sync_interval_s``; peers
@@ -24,7 +25,9 @@
   member withdrew, and even then completes if the certificate turns up.
 * Misbehaviour: a participant proven to misbehave (see :mod:`consensus.dkg`; a complaint whose evidence does not
   hold proves its sender a liar) is left out of the next session when at least ``threshold`` members remain; the
-  start carries the proofs, and every joiner checks them.
+  start carries the proofs, and every joiner checks them (and refuses a start that includes a member it holds a
+  proof against). Proofs are journaled: a proven member stays left out (``status()``: ``dkg.excluded``).
+* File I/O goes through ``run_blocking`` (a worker thread by default; tests run it inline under the MockClock).
 """
 
 from __future__ import annotations
