@@ -283,7 +283,8 @@ async def test_joiners_refuse_a_threshold_other_than_their_configured_one(
             assert status["refused_starts"][0]["session"] == session.hex()
             assert status["refused_starts"][0]["reason"] == "threshold 3 differs from the configured threshold 4"
             assert "differs from the configured threshold 4" in status["error"]
-        assert services["c0"].key is None and "timed out" in services["c0"].last_error  # type: ignore[operator]
+        assert services["c0"].key is None and services["c0"].session is None
+        assert "(refused: threshold 3 differs from the configured threshold 4)" in services["c0"].last_error  # type: ignore[operator]
         with pytest.raises(DkgError, match="configured threshold 4"):
             services["c1"].start(3)
         services["c1"].start()  # their own threshold: c0 (unconfigured) accepts 4 >= floor(2n/3) + 1
