@@ -50,6 +50,7 @@ MAX_NONCES = 8192
 MAX_LOCKED_CACHE = 65_536
 NOT_YET_RETRY_S = 0.5
 NOT_YET_GIVE_UP_S = 30.0
+BLAME_S = 60.0  # a signer proven to have sent a bad share is left out of signer sets this long
 RunBlocking = Callable[..., Awaitable[Any]]
 
 
@@ -194,6 +195,7 @@ class ReceiptService:
         self._db = trio.Lock()  # one lock-table call at a time (one SQLite connection)
         self._inflight = trio.Semaphore(max_inflight_batches)
         self._locked: OrderedDict[bytes, rc.Receipt] = OrderedDict()  # recently locked here (durable)
+        self._blamed_until: dict[int, float] = {}  # identifier -> until when it is left out of signer sets
         self._retry: dict[bytes, float] = {}  # not-yet-valid receipts: id -> next try (monotonic)
         self.latencies: list[float] = []  # seconds from first seen to final, the latest ones
 
@@ -516,7 +518,10 @@ class ReceiptService:
             return
         t_peers = time.perf_counter()
         ids = [r.id for r in candidates]
-        accepted = {i: ok for i, ok in accepted.items() if i in commitments}  # no commitment: cannot sign
+        now = trio.current_time()
+        accepted = {i: ok for i, ok in accepted.items()  # no commitment: cannot sign; proven liars: will not
+                    if i in commitments and i in key.verifying_shares
+                    and (i == me or self._blamed_until.get(i, 0.0) <= now)}
         chosen, signer_set = choose_batch(ids, accepted, t)
         closed = self._settle_refused(candidates, set(chosen), accepted, refusals, t)
         if closed:
@@ -626,6 +631,7 @@ class ReceiptService:
 
         def handle(out: Outcome) -> None:
             for culprit in out.blamed:
+                self._blamed_until[culprit] = trio.current_time() + BLAME_S
                 name = self.member_of.get(culprit, str(culprit))
                 self.counters.blamed[name] = self.counters.blamed.get(name, 0) + 1
                 log.warning("signer %s sent an invalid signature share: excluded from this batch", name)

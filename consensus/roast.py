@@ -92,7 +92,7 @@ class RoastTracker:
             session.shares[signer] = share
             if len(session.shares) == len(session.commitments) and not session.dead:
                 self._aggregate(session, out)
-                if self.done:
+                if self.done or signer in self.malicious:  # a signer just proven to lie offers nothing more
                     return out
         elif signer in self.current:
             return out  # a commitment while a session of its own is pending: ignore it

@@ -16,7 +16,32 @@ from consensus.receipt_service import FINAL, LOCK, LOCK_REPLY, SIGN, SIGN_REPLY
 from consensus.slots import Verdict
 
 if TYPE_CHECKING:
+    from consensus.receipt_service import ReceiptService
     from deploy.simulation import Member, SimCluster
+
+SIGNER_BEHAVIOURS = ("bad_shares", "withhold")
+
+
+class Withheld(Exception):
+    """A byzantine signer does not answer (the dispatcher logs it and sends nothing)."""
+
+
+def corrupt_signer(service: ReceiptService, behaviour: str) -> None:
+    """Make a signer lie: ``bad_shares`` sends well-formed but wrong shares, ``withhold`` never answers a sign
+    request. Used by the simulator and by a coordinator started with DSDN_BYZANTINE (test clusters only)."""
+    if behaviour not in SIGNER_BEHAVIOURS:
+        raise ValueError(f"unknown byzantine behaviour {behaviour!r}: expected one of {SIGNER_BEHAVIOURS}")
+    honest = service._sign_share
+
+    def lying(peer: str, body: dict[str, Any], held: list[rc.Receipt]) -> dict[str, Any]:
+        if behaviour == "withhold" and peer != service.my_id:  # its own batches it still signs
+            raise Withheld
+        reply = honest(peer, body, held)
+        if reply["share"]:
+            reply["share"] = (int.from_bytes(reply["share"], "little") ^ 1).to_bytes(32, "little")
+        return reply
+
+    service._sign_share = lying  # type: ignore[method-assign]
 
 
 class Adversary:

@@ -4,7 +4,8 @@
 Celestia-compatible DA node), ``blobstore`` (the blob-store service), ``keys show`` / ``identity`` (print a
 data dir's public key, creating the key if needed, for the cluster config), ``namespace NAME`` (a valid
 Celestia namespace for DA_NAMESPACE), ``receipt make|submit|get|verify`` (usage receipts by hand, offline
-verification), ``simulate`` (seeded fault schedules with safety/liveness/convergence checkers), ``version``.
+verification), ``simulate`` (seeded fault schedules with safety/liveness/convergence checkers), ``nemesis`` (faults
+against a real local cluster under load, then a check of the history), ``version``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ def main(argv: list[str] | None = None) -> None:
         from deploy import cluster
 
         cluster.main(argv[2:])
+        return
+    if argv[:1] == ["nemesis"]:
+        from deploy import nemesis
+
+        nemesis.main(argv[1:])
         return
     if argv[:1] == ["simulate"]:
         from deploy import simulate
@@ -56,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     ns.add_argument("name")
     sub.add_parser("receipt", help="usage receipts: `dsdn receipt make|submit|get|verify --help`")
     sub.add_parser("simulate", help="seeded fault schedules against a simulated cluster (`dsdn simulate --help`)")
+    sub.add_parser("nemesis", help="faults against a real local cluster under load (`dsdn nemesis --help`)")
     sub.add_parser("version", help="print the version")
     args = parser.parse_args(argv)
     if args.command == "version":

@@ -23,6 +23,7 @@ from consensus import dkg_service, keystore, receipt_service
 from consensus.dkg_service import DkgService
 from consensus.lockstore import LockStore
 from consensus.receipt_service import ReceiptService
+from deploy.adversary import SIGNER_BEHAVIOURS, corrupt_signer
 from deploy.receipt_view import StateLedgerView
 from node import config as config_mod
 from node import gossip
@@ -121,6 +122,15 @@ def receipt_engine(cfg: config_mod.Config, coord: Coordinator, peers: PeerManage
     service = ReceiptService(peers, coord.key, {p.id: p.public_key for p in cfg.peers}, dkg, view, locks,
                              batch_max=cfg.receipt_batch_max, batch_wait_s=cfg.receipt_batch_wait_ms / 1000,
                              epoch_length_s=cfg.epoch_length_s, epoch_grace=cfg.receipt_epoch_grace)
+    behaviour = os.environ.get("DSDN_BYZANTINE")
+    if behaviour:  # a lying member for fault-injection runs (dsdn nemesis); never on mainnet
+        if cfg.da_network == "mainnet":
+            raise config_mod.ConfigError("DSDN_BYZANTINE", behaviour, "unset: a test-only switch, refused on mainnet")
+        if behaviour not in SIGNER_BEHAVIOURS:
+            raise config_mod.ConfigError("DSDN_BYZANTINE", behaviour, " or ".join(SIGNER_BEHAVIOURS))
+        corrupt_signer(service, behaviour)
+        log.warning("BYZANTINE: this coordinator is a %s signer (DSDN_BYZANTINE, for fault-injection runs)",
+                    behaviour)
     return service, locks
 
 

@@ -24,8 +24,9 @@ from consensus import receipts as rc
 from consensus.dkg import assign_identifiers
 from consensus.group import L, serialize_scalar
 from consensus.lockstore import LockStore
-from consensus.receipt_service import SIGN, SIGN_REPLY, ReceiptService, register
+from consensus.receipt_service import ReceiptService, register
 from consensus.slots import Decision, Verdict
+from deploy.adversary import SIGNER_BEHAVIOURS, Adversary, corrupt_signer
 from deploy.receipt_view import StateLedgerView
 from node import events as ev
 from node.state import State
@@ -268,23 +269,8 @@ class SimCluster:
     def _misbehave(self, m: Member, nursery: trio.Nursery) -> None:
         service = m.service
         assert service is not None
-        node = self.net.nodes[m.id]
-        if m.behaviour == "bad_shares":
-            observed_sign = service._sign_share
-
-            def lying(peer: str, body: dict[str, Any], held: list[rc.Receipt]) -> dict[str, Any]:
-                reply = observed_sign(peer, body, held)
-                if reply["share"]:
-                    reply["share"] = (int.from_bytes(reply["share"], "little") ^ 1).to_bytes(32, "little")
-                return reply
-
-            service._sign_share = lying  # type: ignore[method-assign]
-        elif m.behaviour == "withhold":
-            async def never(peer: str, body: dict[str, Any]) -> dict[str, Any]:
-                await trio.sleep_forever()
-                raise AssertionError
-
-            node.on_request(SIGN, SIGN_REPLY, never)
+        if m.behaviour in SIGNER_BEHAVIOURS:
+            corrupt_signer(service, m.behaviour)
         elif m.behaviour == "signs_anything":  # locks nothing, answers OK to every receipt, signs every batch
             def lock_anything(receipts: list[rc.Receipt], *_: Any) -> list[Decision]:
                 return [Decision(r.id, Verdict.OK) for r in receipts]
@@ -292,8 +278,6 @@ class SimCluster:
             assert m.locks is not None
             m.locks.lock_batch = lock_anything  # type: ignore[method-assign]
         elif m.behaviour in ("replay", "forge", "equivocate"):
-            from deploy.adversary import Adversary
-
             nursery.start_soon(Adversary(self, m).run, m.behaviour)
 
     # ---- checks ------------------------------------------------------------------------------------

@@ -243,3 +243,25 @@ async def test_a_receipt_waits_for_its_node_and_a_rejected_one_can_come_back(
         await cluster.wait_final({given_up.id})
         assert second.status == "final" and again.status == "final"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_proven_liar_is_left_out_so_a_stuck_rival_cannot_hold_back_its_batch(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """Found by dsdn nemesis: receipt A is locked by c0, c2 and the liar c3 (c1 holds A's rival B), so every
+    signer set for a batch holding A includes the liar. Without remembering the proof against c3 the batch
+    [A, C] failed for ever, and C with it; now c3 is left out, A waits (it may never be signed) and C is."""
+    cluster = SimCluster(tmp_path, 4, seed=31, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    cluster.members["c3"].behaviour = "bad_shares"
+    cluster.service_options["takeover_s"] = 600.0  # no takeover by another member rescues C here
+    a, b = cluster.receipt("n1", "obj1", reward=1), cluster.receipt("n1", "obj1", reward=2)
+    c = cluster.receipt("n2", "obj2")
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        await cluster.service("c1")._on_lock("c2", {"batch": b"B" * 16, "receipts": [b.to_wire()]})
+        first, third = cluster.service("c0").submit(a), cluster.service("c0").submit(c)
+        await cluster.wait_final({c.id}, timeout=30, members={"c0", "c1", "c2"})
+        assert third.status == "final" and first.status == "locked"  # A: no t honest lockers, possibly never
+        assert set(cluster.service("c0").counters.blamed) == {"c3"}
+        assert not cluster.double_signed()
+        nursery.cancel_scope.cancel()

@@ -212,6 +212,7 @@ def test_roast_excludes_a_bad_share_and_completes_with_others(keys: dict[int, fr
         blamed |= out.blamed
         pending += [(j, s) for s in out.start for j in s.commitments]
     assert blamed == {2} and 2 not in tr.signers and 2 in tr.malicious
+    assert all(2 not in s.commitments for s in tr.sessions[1:])  # its next commitment was not taken either
     nacl.signing.VerifyKey(keys[1].group_public_key).verify(MESSAGE, tr.signature)  # type: ignore[arg-type]
 
 
@@ -291,3 +292,16 @@ def test_documents_verify_offline_and_tampering_is_caught(keys: dict[int, frost.
         valid, reason = rc.verify_document(bad)
         assert not valid and reason
     assert rc.verify_document("not a doc")[0] is False
+
+
+def test_roast_takes_nothing_more_from_a_signer_whose_share_just_failed(keys: dict[int, frost.KeyShare]) -> None:
+    """The liar answers last: its bad share makes the aggregate fail, and its next commitment must not make it
+    ready for the next session (found by dsdn nemesis: a blamed signer kept being chosen again)."""
+    tr, signers = tracker(keys, eager=False), {i: Signer(k) for i, k in keys.items()}
+    first = next(s for i in (1, 2, 3) for s in tr.add_commitment(i, signers[i].commit()).start)
+    tr.receive(1, 0, signers[1].share(first.commitments), signers[1].commit())
+    tr.receive(3, 0, signers[3].share(first.commitments), signers[3].commit())
+    out = tr.receive(2, 0, bytes(31) + b"\x05", signers[2].commit())
+    assert out.blamed == {2} and 2 not in tr.ready
+    second = tr.add_commitment(4, signers[4].commit()).start
+    assert len(second) == 1 and set(second[0].commitments) == {1, 3, 4}

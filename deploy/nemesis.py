@@ -1,0 +1,370 @@
+"""``dsdn nemesis``: break a real local cluster under load, then check the recorded history.
+
+It starts a devnet, an emergency blob store and n coordinators (as ``dsdn cluster up`` does), with every peer
+link through a fault proxy of its own (deploy/faultproxy.py), and optionally one coordinator started
+byzantine (``--byzantine bad_shares|withhold``). A bounded client load (receipts, some of them rival receipts
+for one slot, and node registrations) runs throughout; each request, its answer and its time go into a
+history file (JSON lines). Meanwhile faults come one at a time: kill -9 and restart, SIGSTOP/SIGCONT, a cut
+link, a slow link, the devnet down or slow. Then everything heals and the checker reads every coordinator:
+no slot signed twice, every acknowledged node registration present everywhere, every acknowledged receipt
+final and verifiable under the group key, equal state roots within 10 s of healing. It prints a report and
+exits 0 only if all of that holds.
+
+``dsdn nemesis [--duration S] [-n N] [--seed X] [--byzantine B] [--history FILE] [--data-dir D]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import secrets
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nacl.signing
+import trio
+
+from consensus import receipts as rc
+from deploy import cluster as launcher
+from deploy.faultproxy import LinkProxy
+
+FAULTS = ("kill", "pause", "cut", "slow_link", "devnet_down", "devnet_slow")
+CONVERGE_S = 10.0
+NODES = 6
+
+
+@dataclass
+class Nemesis:
+    n: int
+    duration: float
+    seed: int
+    data_dir: Path
+    history_path: Path
+    byzantine: str | None = None
+    rng: random.Random = field(init=False)
+    members: list[launcher.Member] = field(default_factory=list)
+    proxies: dict[tuple[str, str], LinkProxy] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    faults: dict[str, int] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+    converge_s: float | None = None
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    @property
+    def coordinators(self) -> list[launcher.Member]:
+        return [m for m in self.members if m.role == "coordinator"]
+
+    def member(self, member_id: str) -> launcher.Member:
+        return next(m for m in self.members if m.id == member_id)
+
+    # ---- the cluster, with a proxy on every directed peer link ---------------------------------------
+
+    async def start(self, nursery: trio.Nursery, http: httpx.AsyncClient) -> None:
+        base = free_base(self.n)
+        self.members = launcher.plan(self.n, base, self.data_dir)
+        coords = self.coordinators
+        peers = {m.id: m.env["CLUSTER_PEERS"] for m in coords}
+        entries = {e.split("=")[0]: e for e in next(iter(peers.values())).split(",")}
+        for a in coords:
+            for b in coords:
+                if a.id != b.id:
+                    proxy = LinkProxy(f"{a.id}->{b.id}", int(b.env["PEER_PORT"]))
+                    await nursery.start(proxy.serve)
+                    self.proxies[(a.id, b.id)] = proxy
+        for a in coords:  # a reaches every other member b through proxy a->b
+            view = [entries[b.id] if b.id == a.id else
+                    f"{entries[b.id].split('@')[0]}@127.0.0.1:{self.proxies[(a.id, b.id)].port}" for b in coords]
+            a.env["CLUSTER_PEERS"] = ",".join(view)
+            a.env["LOG_LEVEL"] = "WARNING"
+        if self.byzantine:
+            coords[-1].env["DSDN_BYZANTINE"] = self.byzantine
+        for m in self.members[:2]:
+            await launcher._start(nursery, m)
+            await launcher._wait_ready(m, http)
+        for m in coords:
+            await launcher._start(nursery, m)
+        for m in coords:
+            await launcher._wait_ready(m, http)
+        with trio.fail_after(60):
+            while True:
+                keys = {(await get(http, f"{m.url}/cluster/status") or {}).get("group_public_key") for m in coords}
+                if len(keys) == 1 and None not in keys:
+                    break
+                await trio.sleep(0.2)
+
+    # ---- load -----------------------------------------------------------------------------------------
+
+    async def load(self, http: httpx.AsyncClient, until: float) -> None:
+        node_keys = {f"nem{i}": nacl.signing.SigningKey(self.rng.randbytes(32)) for i in range(NODES)}
+        for node, key in node_keys.items():  # before the faults: the receipts' nodes
+            await self.op(http, "register", "POST", "/register", {"id": node, "zone": "z", "addr": "h:1",
+                                                                  "public_key": bytes(key.verify_key).hex()})
+        epoch = int(time.time() // 3600) + 1
+        k = 0
+        while trio.current_time() < until:
+            k += 1
+            choice = self.rng.random()
+            if choice < 0.15:
+                await self.op(http, "register", "POST", "/register", {"id": f"w{self.seed}-{k}", "zone": "z",
+                                                                      "addr": "h:2"})
+                continue
+            node = self.rng.choice(list(node_keys))
+            workload = secrets.token_hex(32)
+            body = rc.sign_as_node(node_keys[node], receipt_type="compute", node_id=node, subject=workload,
+                                   epoch=epoch, usage_proof_hash=secrets.token_hex(32),
+                                   execution_commitment=[workload, *(secrets.token_hex(32) for _ in range(5))],
+                                   reward_base=10, submitter_address="ab" * 20, timestamp=int(time.time())).to_json()
+            await self.op(http, "receipt", "POST", "/receipts", body)
+            if choice > 0.9:  # a rival receipt for the same slot, sent to another coordinator
+                rival = {**body, "reward_base": 11}
+                rival.update(rc.sign_as_node(node_keys[node], **{f: v for f, v in rival.items()
+                                                                 if f not in ("node_public_key", "node_signature")}
+                                             ).to_json())
+                await self.op(http, "receipt", "POST", "/receipts", rival)
+            await trio.sleep(0.05)
+
+    async def op(self, http: httpx.AsyncClient, kind: str, method: str, path: str, body: dict[str, Any]) -> None:
+        target = self.rng.choice(self.coordinators)
+        entry: dict[str, Any] = {"t": round(time.time(), 3), "op": kind, "to": target.id, "path": path,
+                                 "body": body}
+        try:
+            r = await http.request(method, target.url + path, json=body, timeout=5.0)
+            entry["status"] = r.status_code
+            entry["answer"] = r.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            entry["status"], entry["answer"] = None, f"{type(exc).__name__}: {exc}"
+        self.history.append(entry)
+
+    # ---- faults -------------------------------------------------------------------------------------------
+
+    async def nemesis(self, nursery: trio.Nursery, http: httpx.AsyncClient, until: float,
+                      sequence: list[str] | None) -> None:
+        kinds = list(sequence or [])
+        while trio.current_time() < until - 2:
+            kind = kinds.pop(0) if kinds else self.rng.choice(FAULTS)
+            span = self.rng.uniform(1.5, 3.0)
+            self.faults[kind] = self.faults.get(kind, 0) + 1
+            await self.inject(nursery, http, kind, span)
+            await trio.sleep(self.rng.uniform(0.5, 1.5))
+
+    async def inject(self, nursery: trio.Nursery, http: httpx.AsyncClient, kind: str, span: float) -> None:
+        victim = self.rng.choice(self.coordinators)
+        if kind == "kill":
+            assert victim.process is not None
+            victim.process.kill()
+            await victim.process.wait()
+            await trio.sleep(span)
+            await launcher._start(nursery, victim)
+        elif kind == "pause":
+            assert victim.process is not None
+            victim.process.send_signal(signal.SIGSTOP)
+            await trio.sleep(span)
+            victim.process.send_signal(signal.SIGCONT)
+        elif kind in ("cut", "slow_link"):
+            other = self.rng.choice([m for m in self.coordinators if m is not victim])
+            links = [self.proxies[(victim.id, other.id)], self.proxies[(other.id, victim.id)]]
+            for p in links:
+                p.set(cut=kind == "cut", delay_ms=0 if kind == "cut" else 300, rate=0 if kind == "cut" else 20_000)
+            await trio.sleep(span)
+            for p in links:
+                p.set()
+        else:
+            await self.devnet(http, "down" if kind == "devnet_down" else "slow")
+            await trio.sleep(span)
+            await self.devnet(http, "ok")
+
+    async def devnet(self, http: httpx.AsyncClient, mode: str) -> None:
+        devnet = self.member("devnet")
+        await http.post(f"{devnet.url}/admin/fault", json={"mode": mode}, headers=devnet.headers)
+
+    async def heal(self, http: httpx.AsyncClient, nursery: trio.Nursery) -> None:
+        for p in self.proxies.values():
+            p.set()
+        await self.devnet(http, "ok")
+        for m in self.coordinators:
+            assert m.process is not None
+            if m.process.returncode is not None:
+                await launcher._start(nursery, m)
+            else:
+                m.process.send_signal(signal.SIGCONT)
+
+    # ---- the checker ------------------------------------------------------------------------------------
+
+    async def check(self, http: httpx.AsyncClient, healed_at: float) -> dict[str, Any]:
+        coords = self.coordinators
+        roots: set[str] = set()
+        with trio.move_on_after(60):  # processes restarted at the heal need a moment to come up
+            while True:
+                roots = {(await get(http, f"{m.url}/state/root") or {}).get("root") for m in coords}
+                if len(roots) == 1 and None not in roots:
+                    self.converge_s = trio.current_time() - healed_at
+                    break
+                await trio.sleep(0.2)
+        if self.converge_s is None or self.converge_s > CONVERGE_S:
+            self.violations.append(f"state roots not equal within {CONVERGE_S:.0f}s of healing "
+                                   f"({'never' if self.converge_s is None else f'{self.converge_s:.1f}s'})")
+        group = bytes.fromhex((await get(http, f"{coords[0].url}/cluster/status"))["group_public_key"])
+        acked = [h for h in self.history if h["op"] == "receipt" and h["status"] in (200, 202)]
+        per_slot: dict[tuple[Any, ...], int] = {}
+        for h in self.history:
+            if h["op"] == "receipt":
+                b = h["body"]
+                key = (b["receipt_type"], b["node_id"], b["subject"], b["epoch"])
+                per_slot[key] = per_slot.get(key, 0) + 1
+
+        def rival(h: dict[str, Any]) -> bool:
+            b = h["body"]
+            return per_slot[(b["receipt_type"], b["node_id"], b["subject"], b["epoch"])] > 1
+
+        final, unsettled = 0, acked
+        with trio.move_on_after(60):  # a receipt with a rival may end in conflict; every other one final
+            while True:
+                final, unsettled = 0, []
+                for h in acked:
+                    url = self.member(h["to"]).url if rival(h) else coords[0].url
+                    status = ((await get(http, f"{url}/receipts/{h['answer']['receipt_id']}")) or {}).get("status")
+                    final += status == "final"
+                    if status != "final" and not (rival(h) and status == "conflict"):
+                        unsettled.append(h)
+                if not unsettled:
+                    break
+                await trio.sleep(0.5)
+        if unsettled:
+            examples = []
+            for h in unsettled[:3]:
+                doc = await get(http, f"{self.member(h['to']).url}/receipts/{h['answer']['receipt_id']}") or {}
+                examples.append(f"{h['answer']['receipt_id'][:12]}… on {h['to']}: {doc.get('status')} "
+                                f"{doc.get('reason', '')}".strip())
+            engines = [(await get(http, f"{m.url}/cluster/status") or {}).get("receipts") for m in coords]
+            self.violations.append(f"{len(unsettled)} acknowledged receipt(s) neither final nor (with a rival "
+                                   f"for their slot) in conflict, e.g. {examples}; engines: {engines}")
+        for h in acked:
+            doc = await get(http, f"{self.rng.choice(coords).url}/receipts/{h['answer']['receipt_id']}")
+            if doc and doc.get("status") == "final":
+                valid, reason = rc.verify_document(doc, group)
+                if not valid:
+                    self.violations.append(f"receipt {doc['receipt_id'][:12]}… does not verify: {reason}")
+        for m in coords:
+            slots: dict[tuple[Any, ...], str] = {}
+            for doc in await all_final(http, m.url):
+                r = doc["receipt"]
+                slot = (r["receipt_type"], r["node_id"], r["subject"], r["epoch"])
+                if slot in slots and slots[slot] != doc["receipt_id"]:
+                    self.violations.append(f"{m.id}: slot {slot} signed twice")
+                slots[slot] = doc["receipt_id"]
+        registered = [h["body"]["id"] for h in self.history if h["op"] == "register" and h["status"] == 200]
+        for m in coords:
+            missing = [node for node in registered if (await http.get(f"{m.url}/node/{node}")).status_code != 200]
+            if missing:
+                self.violations.append(f"{m.id} lacks {len(missing)} acknowledged node registration(s)")
+        return {"acked_receipts": len(acked), "final": final, "registrations": len(registered)}
+
+
+async def get(http: httpx.AsyncClient, url: str) -> Any:
+    try:
+        r = await http.get(url, timeout=5.0)
+        return r.json()
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+async def all_final(http: httpx.AsyncClient, url: str) -> list[dict[str, Any]]:
+    docs, after = [], None
+    while True:
+        page = await get(http, f"{url}/receipts?status=final&limit=1000" + (f"&after={after}" if after else ""))
+        if not page:
+            return docs
+        docs += page["receipts"]
+        after = page["next_after"]
+        if after is None:
+            return docs
+
+
+def free_base(n: int) -> int:
+    import socket
+
+    for _ in range(100):
+        base = random.randrange(20000, 40000)
+        try:
+            for port in (*range(base, base + n), base + 100, base + 101, *range(base + 200, base + 200 + n)):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free port range")
+
+
+async def run(nem: Nemesis, sequence: list[str] | None) -> dict[str, Any]:
+    async with httpx.AsyncClient(timeout=10) as http, trio.open_nursery() as nursery:
+        try:
+            started = time.perf_counter()
+            await nem.start(nursery, http)
+            print(f"[nemesis] cluster of {nem.n} up in {time.perf_counter() - started:.1f}s; "
+                  f"{nem.duration:.0f}s of load and faults (seed {nem.seed})", flush=True)
+            until = trio.current_time() + nem.duration
+            async with trio.open_nursery() as work:
+                work.start_soon(nem.load, http, until)
+                work.start_soon(nem.nemesis, nursery, http, until, sequence)
+            await nem.heal(http, nursery)
+            summary = await nem.check(http, trio.current_time())
+        finally:
+            with trio.CancelScope(shield=True):
+                for p in nem.members:  # a paused process cannot stop
+                    if p.process is not None and p.process.returncode is None:
+                        p.process.send_signal(signal.SIGCONT)
+                await launcher._stop(nem.members)
+            nursery.cancel_scope.cancel()
+    with open(nem.history_path, "w") as f:
+        for entry in nem.history:
+            f.write(json.dumps(entry, separators=(",", ":")) + "\n")
+    return summary
+
+
+def report(nem: Nemesis, summary: dict[str, Any]) -> str:
+    acked = sum(1 for h in nem.history if h["status"] in (200, 202))
+    rows = [("faults injected", ", ".join(f"{k} {v}" for k, v in sorted(nem.faults.items())) or "none"),
+            ("operations (acknowledged)", f"{len(nem.history)} ({acked})"),
+            ("receipts acknowledged / final", f"{summary['acked_receipts']} / {summary['final']}"),
+            ("node registrations acknowledged", str(summary["registrations"])),
+            ("time to converge after healing", "never" if nem.converge_s is None else f"{nem.converge_s:.1f}s"),
+            ("violations", str(len(nem.violations)))]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{name:<{width}}  {value}" for name, value in rows] + [f"  - {v}" for v in nem.violations]
+    return "\n".join(lines) + f"\nhistory: {nem.history_path}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="dsdn nemesis", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of load and faults")
+    parser.add_argument("-n", type=int, default=4, choices=(4, 5), help="coordinators (4 or 5)")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--byzantine", choices=("bad_shares", "withhold"), help="start the last coordinator lying")
+    parser.add_argument("--faults", help="comma-separated fault kinds to inject first, in order: " + ",".join(FAULTS))
+    parser.add_argument("--history", type=Path, help="history file (JSON lines); default in the data dir")
+    parser.add_argument("--data-dir", type=Path, help="default: a new temporary directory")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 30)
+    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="dsdn-nemesis-"))
+    sequence = args.faults.split(",") if args.faults else None
+    if sequence and any(k not in FAULTS for k in sequence):
+        parser.error(f"--faults: kinds are {', '.join(FAULTS)}")
+    nem = Nemesis(args.n, args.duration, seed, data_dir, args.history or data_dir / "history.jsonl", args.byzantine)
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    summary = trio.run(run, nem, sequence)
+    print(report(nem, summary), flush=True)
+    sys.exit(1 if nem.violations else 0)
+
+
+if __name__ == "__main__":
+    main()
