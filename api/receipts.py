@@ -24,7 +24,7 @@ from consensus import receipts as rc
 from consensus.receipt_service import LedgerView, ReceiptService, Record, Unavailable
 
 MAX_WAIT_MS = 30_000
-LOCK_WAIT_S = 1.0  # how long a 202 waits for the proposer's own durable lock (the optimistic receipt)
+LOCK_WAIT_S = 10.0  # how long a submission waits for the proposer's own durable lock before answering
 MAX_LIMIT = 1000
 STATUSES = ("final", "pending", "locked", "conflict", "rejected")
 _RID = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -103,7 +103,13 @@ def register_receipt_routes(app: QuartTrio, service: ReceiptService | None, view
         except Unavailable as exc:
             raise error(503, {"error": "unavailable", "message": str(exc)}, {"Retry-After": "1"}) from None  # type: ignore[call-arg]
         settled(record)
-        await wait_for(record, LOCK_WAIT_S, ("locked", "final", "conflict", "rejected"))
+        with trio.move_on_after(LOCK_WAIT_S):  # acknowledged = locked here durably (or already settled)
+            while record.status == "pending" and not record.reason:
+                await record.changed.wait()
+        if record.status == "pending" and not record.reason:
+            raise error(503, {"error": "unavailable", "receipt_id": receipt.id.hex(),  # type: ignore[call-arg]
+                              "message": "the receipt is not locked here durably yet: submit it again"},
+                        {"Retry-After": "1"})
         if wait_ms:
             await wait_for(record, wait_ms / 1000, ("final", "conflict", "rejected"))
         settled(record)

@@ -467,52 +467,44 @@ class ReceiptService:
         self.counters.batches += 1
         batch_id = self.random_bytes(BATCH_ID_SIZE)
         me = key.identifier
-        t_start, t_locked = time.perf_counter(), 0.0
-        # our own lock and the peers' locks in parallel: our share is released only once our lock is
-        # durable (the signing sessions start after both), and the optimistic receipt right after it
-        commitments: dict[int, tuple[bytes, bytes]] = {me: self._offer(self.my_id, batch_id)}
+        t_start = time.perf_counter()
+        # Our own lock first, then the peers' for what we locked: a receipt we refuse (its slot is ours for
+        # another receipt) must not reach a peer's lock table, where it would take the slot from the one we hold
+        # (found by dsdn nemesis: locking in parallel left rival receipts unsignable).
         accepted: dict[int, set[bytes]] = {me: set()}
         refusals: dict[bytes, list[Decision]] = {r.id: [] for r in batch}
-        wires = [r.to_wire() for r in batch]
+        conflicted_by: dict[bytes, set[int]] = {}  # receipt -> members holding its slot for a rival
+        self._take_own_decisions(await self._lock_local(batch, self.my_id, batch_id), accepted[me], refusals)
+        t_locked = time.perf_counter()
+        mine = [r for r in batch if r.id in accepted[me]]
+        if not mine:
+            return
+        commitments: dict[int, tuple[bytes, bytes]] = {me: self._offer(self.my_id, batch_id)}
+        wires = [r.to_wire() for r in mine]
         peers = [p for p in self.net.up_peers() if p in self.identifier_of]
         got_all = trio.Event()
         replies = 0
-
-        async def lock_here() -> None:
-            nonlocal replies, t_locked
-            try:
-                self._take_own_decisions(await self._lock_local(batch, self.my_id, batch_id), accepted[me],
-                                         refusals)
-                t_locked = time.perf_counter()
-            finally:
-                replies += 1
-                if replies == len(peers) + 1:
-                    got_all.set()
 
         async def ask(peer: str) -> None:
             nonlocal replies
             try:
                 msg = await self.net.request(peer, LOCK, {"batch": batch_id, "receipts": wires},
                                              timeout_s=self.lock_timeout_s, expect=LOCK_REPLY)
-                self._take_lock_reply(peer, msg.body, batch, accepted, refusals, commitments)
+                self._take_lock_reply(peer, msg.body, mine, accepted, refusals, commitments, conflicted_by)
             except TimeoutError:
                 log.debug("no lock reply from %s", peer)
             finally:
                 replies += 1
-                if replies == len(peers) + 1:
+                if replies == len(peers):
                     got_all.set()
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(lock_here)
             for p in peers:
                 nursery.start_soon(ask, p)
-            with trio.move_on_after(self.lock_timeout_s):
-                await got_all.wait()
+            if peers:
+                with trio.move_on_after(self.lock_timeout_s):
+                    await got_all.wait()
             nursery.cancel_scope.cancel()
-        if t_locked == 0.0:  # our own lock did not complete in time: try the batch again later
-            for r in batch:
-                self._retry[r.id] = trio.current_time() + NOT_YET_RETRY_S
-            return
         candidates = [r for r in batch if r.id in accepted[me]]
         if not candidates:
             return
@@ -523,7 +515,7 @@ class ReceiptService:
                     if i in commitments and i in key.verifying_shares
                     and (i == me or self._blamed_until.get(i, 0.0) <= now)}
         chosen, signer_set = choose_batch(ids, accepted, t)
-        closed = self._settle_refused(candidates, set(chosen), accepted, refusals, t)
+        closed = self._settle_refused(candidates, set(chosen), accepted, refusals, t, conflicted_by)
         if closed:
             async with self._db:
                 await self.run_blocking(partial(self.locks.mark_final, closed))
@@ -568,7 +560,7 @@ class ReceiptService:
 
     def _take_lock_reply(self, peer: str, body: dict[str, Any], candidates: list[rc.Receipt],
                          accepted: dict[int, set[bytes]], refusals: dict[bytes, list[Decision]],
-                         commitments: dict[int, tuple[bytes, bytes]]) -> None:
+                         commitments: dict[int, tuple[bytes, bytes]], conflicted_by: dict[bytes, set[int]]) -> None:
         verdicts = body["verdicts"]
         if len(verdicts) != len(candidates):
             log.warning("malformed lock reply from %s: %d verdicts for %d receipts", peer, len(verdicts),
@@ -588,12 +580,15 @@ class ReceiptService:
             else:
                 reason = reasons[i] if i < len(reasons) else ""
                 refusals[r.id].append(Decision(r.id, verdict, reason, conflicts.get(i)))
+                if verdict is Verdict.CONFLICT:
+                    conflicted_by.setdefault(r.id, set()).add(ident)
         accepted[ident] = ok
         if len(body["commitment"]) == 2 and ok:
             commitments[ident] = (body["commitment"][0], body["commitment"][1])
 
     def _settle_refused(self, candidates: list[rc.Receipt], chosen: set[bytes], accepted: dict[int, set[bytes]],
-                        refusals: dict[bytes, list[Decision]], t: int) -> list[bytes]:
+                        refusals: dict[bytes, list[Decision]], t: int,
+                        conflicted_by: dict[bytes, set[int]]) -> list[bytes]:
         """Settle the receipts left out of the batch; return those that can never be signed."""
         n = len(self.members)
         closed: list[bytes] = []
@@ -606,7 +601,11 @@ class ReceiptService:
             invalid = [d for d in refused if d.verdict is Verdict.INVALID]
             if len(conflicts) > n - t or len(invalid) > n - t:
                 closed.append(r.id)  # can never be signed: no takeover of our lock either
-            if len(conflicts) > n - t:
+            # members that hold the slot for a rival, and proven liars, will not sign this one: with fewer than t
+            # others left it cannot be signed now (its lock stays open: a takeover may still sign it later)
+            blocked = conflicted_by.get(r.id, set()) | {i for i, until in self._blamed_until.items()
+                                                         if until > trio.current_time()}
+            if len(conflicts) > n - t or (conflicts and n - len(blocked) < t):
                 self.counters.conflicts += 1
                 if record is not None:
                     record.settle("conflict", "slot conflict", conflicts[0].conflicting_id)

@@ -104,11 +104,21 @@ class Nemesis:
 
     # ---- load -----------------------------------------------------------------------------------------
 
-    async def load(self, http: httpx.AsyncClient, until: float) -> None:
+    async def setup_nodes(self, http: httpx.AsyncClient) -> dict[str, nacl.signing.SigningKey]:
+        """The nodes that earn the receipts, registered with their keys on every coordinator before any fault."""
         node_keys = {f"nem{i}": nacl.signing.SigningKey(self.rng.randbytes(32)) for i in range(NODES)}
-        for node, key in node_keys.items():  # before the faults: the receipts' nodes
+        for node, key in node_keys.items():
             await self.op(http, "register", "POST", "/register", {"id": node, "zone": "z", "addr": "h:1",
                                                                   "public_key": bytes(key.verify_key).hex()})
+        with trio.fail_after(30):
+            for m in self.coordinators:
+                for node in node_keys:
+                    while (await http.get(f"{m.url}/node/{node}")).status_code != 200:
+                        await trio.sleep(0.1)
+        return node_keys
+
+    async def load(self, http: httpx.AsyncClient, until: float, node_keys: dict[str, nacl.signing.SigningKey]
+                   ) -> None:
         epoch = int(time.time() // 3600) + 1
         k = 0
         while trio.current_time() < until:
@@ -214,7 +224,10 @@ class Nemesis:
             self.violations.append(f"state roots not equal within {CONVERGE_S:.0f}s of healing "
                                    f"({'never' if self.converge_s is None else f'{self.converge_s:.1f}s'})")
         group = bytes.fromhex((await get(http, f"{coords[0].url}/cluster/status"))["group_public_key"])
-        acked = [h for h in self.history if h["op"] == "receipt" and h["status"] in (200, 202)]
+        liar = coords[-1].id if self.byzantine else None  # what a lying coordinator acknowledges proves nothing
+        acked = [h for h in self.history if h["op"] == "receipt" and h["status"] in (200, 202)
+                 and h["answer"].get("status") in ("locked", "final", None)  # not a "pending": not yet valid
+                 and h["to"] != liar]
         per_slot: dict[tuple[Any, ...], int] = {}
         for h in self.history:
             if h["op"] == "receipt":
@@ -227,7 +240,7 @@ class Nemesis:
             return per_slot[(b["receipt_type"], b["node_id"], b["subject"], b["epoch"])] > 1
 
         final, unsettled = 0, acked
-        with trio.move_on_after(60):  # a receipt with a rival may end in conflict; every other one final
+        with trio.move_on_after(90):  # a receipt with a rival may end in conflict; every other one final
             while True:
                 final, unsettled = 0, []
                 for h in acked:
@@ -312,9 +325,10 @@ async def run(nem: Nemesis, sequence: list[str] | None) -> dict[str, Any]:
             await nem.start(nursery, http)
             print(f"[nemesis] cluster of {nem.n} up in {time.perf_counter() - started:.1f}s; "
                   f"{nem.duration:.0f}s of load and faults (seed {nem.seed})", flush=True)
+            node_keys = await nem.setup_nodes(http)
             until = trio.current_time() + nem.duration
             async with trio.open_nursery() as work:
-                work.start_soon(nem.load, http, until)
+                work.start_soon(nem.load, http, until, node_keys)
                 work.start_soon(nem.nemesis, nursery, http, until, sequence)
             await nem.heal(http, nursery)
             summary = await nem.check(http, trio.current_time())

@@ -249,7 +249,7 @@ async def test_a_proven_liar_is_left_out_so_a_stuck_rival_cannot_hold_back_its_b
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     """Found by dsdn nemesis: receipt A is locked by c0, c2 and the liar c3 (c1 holds A's rival B), so every
     signer set for a batch holding A includes the liar. Without remembering the proof against c3 the batch
-    [A, C] failed for ever, and C with it; now c3 is left out, A waits (it may never be signed) and C is."""
+    [A, C] failed for ever, and C with it; now c3 is left out, C is signed and A is reported a conflict."""
     cluster = SimCluster(tmp_path, 4, seed=31, delay=(0.001, 0.01))
     cluster.seed_ledger()
     cluster.members["c3"].behaviour = "bad_shares"
@@ -261,7 +261,37 @@ async def test_a_proven_liar_is_left_out_so_a_stuck_rival_cannot_hold_back_its_b
         await cluster.service("c1")._on_lock("c2", {"batch": b"B" * 16, "receipts": [b.to_wire()]})
         first, third = cluster.service("c0").submit(a), cluster.service("c0").submit(c)
         await cluster.wait_final({c.id}, timeout=30, members={"c0", "c1", "c2"})
-        assert third.status == "final" and first.status == "locked"  # A: no t honest lockers, possibly never
+        assert third.status == "final"
+        # A: the rival's holder and the proven liar leave fewer than t possible signers: a conflict (409) now
+        with trio.fail_after(10):
+            while first.status != "conflict":
+                await trio.sleep(0.1)
+        assert first.conflicting_id == b.id and a.id not in cluster.signed_ids()
         assert set(cluster.service("c0").counters.blamed) == {"c3"}
         assert not cluster.double_signed()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_receipt_its_proposer_refuses_never_reaches_a_peers_lock_table(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """Found by dsdn nemesis (history: rival B sent to the member that had already locked A for another
+    proposer): when a proposer locked locally and at its peers in parallel, its peers locked B although the
+    proposer refused it, so A lost t honest lockers and could never be signed. A refused receipt stays home."""
+    cluster = SimCluster(tmp_path, 4, seed=33, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    a, b = cluster.receipt("n4", "obj4", reward=1), cluster.receipt("n4", "obj4", reward=2)
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        await cluster.service("c3")._on_lock("c1", {"batch": b"A" * 16, "receipts": [a.to_wire()]})
+        rival = cluster.service("c3").submit(b)
+        with trio.fail_after(10):
+            while rival.status not in ("conflict", "final"):
+                await trio.sleep(0.05)
+        assert rival.status == "conflict" and rival.conflicting_id == a.id
+        await trio.sleep(1)
+        for member in ("c0", "c1", "c2"):
+            assert cluster.service(member).locks.holds([b.id]) is None  # B locked nowhere else
+        record = cluster.service("c1").submit(a)  # so A can still be signed by the honest majority
+        await cluster.wait_final({a.id})
+        assert record.status == "final"
         nursery.cancel_scope.cancel()
