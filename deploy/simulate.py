@@ -211,6 +211,12 @@ async def run_plan(plan: Plan, cluster: SimCluster) -> Outcome:
                 outcome.liveness.append(f"{len(missing)} valid receipt(s) not final on {m.id} "
                                         f"{LIVENESS_BOUND_S:.0f}s after the heal; their records: {states}")
         await trio.sleep(SETTLE_S)
+        with trio.move_on_after(60):  # quiescence: no new DA event for two reads of every member's consumer
+            while True:
+                posted = len(cluster.da)
+                await trio.sleep(2 * cluster.da_lag + 0.1)
+                if len(cluster.da) == posted:
+                    break
         check_safety(plan, cluster, records, outcome)
         check_convergence(cluster, outcome)
         outcome.fingerprint = hashlib.sha256(b"".join(
