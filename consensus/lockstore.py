@@ -120,7 +120,10 @@ class LockStore:
         return [found[r] for r in receipt_ids]
 
     def mark_final(self, receipt_ids: Sequence[bytes]) -> None:
-        self.db.executemany("UPDATE locks SET final = 1 WHERE receipt_id = ?", [(r,) for r in receipt_ids])
+        """Close these locks (final, or never signable): no takeover re-proposes them. One transaction."""
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("UPDATE locks SET final = 1 WHERE receipt_id = ?", [(r,) for r in receipt_ids])
 
     def open_locks(self, older_than_ms: int, limit: int = 1024) -> list[OpenLock]:
         """Locks not known to be final, taken before ``older_than_ms`` (candidates for a takeover)."""

@@ -170,7 +170,7 @@ class ReceiptService:
                  batch_wait_s: float = 0.002, epoch_length_s: int = 3600, epoch_grace: int = 1,
                  lock_timeout_s: float = 2.0, sign_timeout_s: float = 2.0, batch_deadline_s: float = 10.0,
                  takeover_s: float = 5.0, sign_patience_s: float = 0.1, clock: Callable[[], float] = time.time,
-                 run_blocking: RunBlocking = trio.to_thread.run_sync, max_inflight_batches: int = 4,
+                 run_blocking: RunBlocking = trio.to_thread.run_sync, max_inflight_batches: int = 2,
                  random_bytes: Callable[[int], bytes] = os.urandom) -> None:
         """``random_bytes`` feeds batch ids and nonces (a simulation seeds it to replay a run exactly)."""
         self.net, self.identity, self.members, self.keys, self.view = net, identity, members, keys, view
@@ -196,6 +196,7 @@ class ReceiptService:
         self._inflight = trio.Semaphore(max_inflight_batches)
         self._locked: OrderedDict[bytes, rc.Receipt] = OrderedDict()  # recently locked here (durable)
         self._blamed_until: dict[int, float] = {}  # identifier -> until when it is left out of signer sets
+        self._closing: list[bytes] = []  # final receipts whose locks are closed in the next housekeeping pass
         self._retry: dict[bytes, float] = {}  # not-yet-valid receipts: id -> next try (monotonic)
         self.latencies: list[float] = []  # seconds from first seen to final, the latest ones
 
@@ -382,6 +383,10 @@ class ReceiptService:
         last_takeover = trio.current_time()
         while True:
             await trio.sleep(NOT_YET_RETRY_S)
+            if self._closing and self.locks.broken is None:  # one transaction for every batch final since
+                closing, self._closing = self._closing, []
+                async with self._db:
+                    await self.run_blocking(partial(self.locks.mark_final, closing))
             now = trio.current_time()
             for rid, when in list(self._retry.items()):
                 record = self.records.get(rid)
@@ -709,8 +714,7 @@ class ReceiptService:
                                             use_bin_type=True)}
         raw_event = await self.view.publish_batch(fields)
         self.net.broadcast(FINAL, {"event": raw_event})
-        async with self._db:
-            await self.run_blocking(partial(self.locks.mark_final, [r.id for r in final]))
+        self._closing.extend(r.id for r in final)
 
     def _settle_final(self, final: list[rc.Receipt]) -> None:
         now = trio.current_time()
@@ -809,5 +813,4 @@ class ReceiptService:
                 log.warning("ignored an invalid receipt batch from %s", peer)
                 continue
             self._settle_final([self.records[rid].receipt for rid in ids if rid in self.records])
-            async with self._db:
-                await self.run_blocking(partial(self.locks.mark_final, ids))
+            self._closing.extend(ids)
