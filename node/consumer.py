@@ -34,13 +34,15 @@ class Consumer:
         member_ids: Mapping[bytes, str] | None = None,
         cursor: int = 0,
         poll_s: float = 0.1,
+        idle_poll_s: float = 1.0,
         on_result: Callable[[bool, str | None], None] = lambda ok, err: None,
     ) -> None:
         """``members``: the keys whose blobs are accepted; ``member_ids``: the member id bound to each key
         that has one (see ``node.blob.expected_origin``)."""
         self.da, self.apply, self.members = da, apply, members
         self.member_ids: Mapping[bytes, str] = member_ids or {}
-        self.cursor, self.poll_s = cursor, poll_s
+        self.cursor, self.poll_s, self.idle_poll_s = cursor, poll_s, idle_poll_s
+        self._idle = poll_s  # the pause at the head: doubles while reads find nothing, back to poll_s on data
         self.on_result = on_result
         self.caught_up = trio.Event()
         self.blobs_applied = 0
@@ -78,6 +80,7 @@ class Consumer:
         for _, data in page.items:
             self.ingest(data)
         self.cursor = page.cursor
+        self._idle = self.poll_s if page.items else min(self._idle * 2, self.idle_poll_s)
         return page.at_head
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -102,6 +105,6 @@ class Consumer:
             self.on_result(True, None)
             if at_head:
                 self.caught_up.set()
-                await trio.sleep(self.poll_s)
+                await trio.sleep(self._idle)  # an idle log (a fallback in good times) is read about once a second
             else:
                 await trio.sleep(0)

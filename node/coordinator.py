@@ -88,7 +88,9 @@ class Coordinator:
                                    config.publish_interval_ms / 1000)
         self.consumers = {
             name: Consumer(log_, self._apply_remote, self.members, member_ids=self.member_ids,
-                           on_result=self._consumer_result(name))
+                           on_result=self._consumer_result(name),
+                           # the primary makes a block every interval; a quiet fallback log is read once a second
+                           idle_poll_s=0.25 if name == PRIMARY else 1.0)
             for name, log_ in self.da.followed.items()
         }
         # A pruned Celestia node does not keep old heights: start where the cluster's history begins.

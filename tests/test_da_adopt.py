@@ -88,7 +88,8 @@ async def test_a_lost_writers_fallback_blobs_reach_the_primary_through_another_m
             for i in range(12):
                 await a.register_node(f"during-{i}", "z", "10.0.0.1:1", 1)
             await wait_for(lambda: a.outbox.pending == 0, timeout=10, what="A's writes on the emergency store")
-            assert a.da_view().status is Status.EMERGENCY and a.da.pending.pending_count >= 1
+            assert a.da.pending.pending_count >= 1
+            await wait_for(lambda: a.da_view().status is Status.EMERGENCY, what="A's status to reach Emergency")
             await wait_for(lambda: all(b.state.node(f"during-{i}") for i in range(12)), what="B reading them")
             a_blobs = {p.blob_id for p in await a.da.pending.pending()}
             a_scope.cancel_scope.cancel()  # A is gone ...

@@ -137,9 +137,9 @@ async def test_one_reconciliation_at_a_time_and_parallel_batches(make_config: Ca
                       DA_BLOB_MAX_BYTES="4096")
     async with coordinator(cfg, layers) as a:
         layers.primary.down = True
-        for i in range(40):
+        for i in range(8):  # one blob each (each write published before the next): batches of 3, 3 and 2
             await a.register_node(f"n{i}", "z", "1.1.1.1:1", 1)
-        await wait_for(lambda: a.outbox.pending == 0, what="fallback writes")
+            await wait_for(lambda: a.outbox.pending == 0, what="fallback write")
         assert a.da.pending.pending_count >= 6  # at least two full batches
         primary = layers.primary
         primary.delay, primary.max_in_flight = 0.05, 0  # slow enough for the posts of one batch to overlap
