@@ -346,7 +346,8 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
         if dkg is None:
             return {"group_public_key": None, "threshold": None, "members": [],
                     "dkg": {"state": "unavailable", "session": None, "error": "this coordinator has no cluster "
-                            "configuration (CLUSTER_CONFIG or CLUSTER_PEERS)", "waiting_for": [], "sessions_run": 0},
+                            "configuration (CLUSTER_CONFIG or CLUSTER_PEERS)", "waiting_for": [], "sessions_run": 0,
+                            "excluded": [], "refused_starts": [], "pending_sessions": []},
                     "receipts": None}
         return {**dkg.status(), "receipts": receipts.status() if receipts is not None else None}
 

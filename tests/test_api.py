@@ -392,3 +392,20 @@ async def test_openapi_documents_every_route(client: Any) -> None:
     assert len(documented) >= 27  # the seed's 22 plus /state/root, /cluster/{peers,status,dkg}, /openapi.json
     assert doc["paths"]["/register"]["post"]["requestBody"]["content"]["application/json"]["schema"]["required"] == [
         "id", "zone", "addr"]
+
+
+async def test_cluster_status_without_a_cluster_has_the_shape_of_a_member(client: Any, tmp_path: Any) -> None:
+    from types import SimpleNamespace
+
+    import nacl.signing
+
+    from consensus.dkg_service import DkgService
+
+    body = await get(client, "/cluster/status")
+    assert body["dkg"]["state"] == "unavailable" and body["receipts"] is None and body["group_public_key"] is None
+    keys = {m: nacl.signing.SigningKey.generate() for m in ("a", "b", "c")}
+    net = SimpleNamespace(my_id="a")  # only the member's status() is read: no network runs
+    member = DkgService(net, keys["a"], {m: bytes(k.verify_key) for m, k in keys.items()},  # type: ignore[arg-type]
+                        tmp_path / "keyshare.bin")
+    assert set(body) == set(member.status()) | {"receipts"}
+    assert set(body["dkg"]) == set(member.status()["dkg"])
