@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,22 +34,10 @@ import trio
 from bench._common import say, title, verdict
 from consensus import frost
 from consensus import receipts as rc
+from deploy.cluster import free_base_port
 
 N_COORDINATORS = 5
 NODES = 16
-
-
-def free_base(n: int) -> int:
-    for _ in range(100):
-        base = random.randrange(20000, 40000)
-        try:
-            for port in (*range(base, base + n), base + 100, base + 101, *range(base + 200, base + 200 + n)):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free port range")
 
 
 def frost_floor(t: int, n: int, rounds: int = 50) -> float:
@@ -85,7 +71,7 @@ def compute_receipt(key: nacl.signing.SigningKey, node: str, epoch: int) -> dict
 async def run(receipts: int, concurrency: int, sequential: int) -> None:
     with tempfile.TemporaryDirectory(prefix="dsdn-bench-receipts-") as tmp:
         data = Path(tmp) / "cluster"
-        base = free_base(N_COORDINATORS)
+        base = free_base_port(N_COORDINATORS)
         log = open(Path(tmp) / "cluster.log", "wb")  # noqa: SIM115 - the child owns it
         proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "cluster", "up", "-n", str(N_COORDINATORS),
                                  "--base-port", str(base), "--data-dir", str(data)],

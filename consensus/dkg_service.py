@@ -118,33 +118,9 @@ class Certificate:
     confirms: tuple[bytes, ...]  # msgpack wire of every participant's confirmation
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def _unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, max_bin_len=64 * 1024, max_str_len=1024, max_array_len=1024,
                            max_map_len=64)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class DkgService:
@@ -660,16 +636,16 @@ class DkgService:
                     "abandoned": s.abandoned} for s in self._pending.values() if self.key is None]
         data = msgpack.packb({"v": 1, "aborted": self._aborted if aborted is None else aborted, "pending": pending,
                               "proofs": [p for p, _ in self.proofs.values()]}, use_bin_type=True)
-        await self.run_blocking(_write_atomic, self._journal_path, data)
+        await self.run_blocking(keystore.write_private, self._journal_path, data)
 
     def _store_final(self, session_id: bytes, key: KeyShare, cert: Certificate, stale: list[Path]) -> None:
-        _write_atomic(self._cert_path, msgpack.packb(
+        keystore.write_private(self._cert_path, msgpack.packb(
             {"session": cert.session, "threshold": cert.threshold, "participants": list(cert.participants),
              "confirms": list(cert.confirms)}, use_bin_type=True))
         pending = self._pending_path(session_id)
         if pending.exists():
             os.replace(pending, self.keystore_path)
-            _fsync_dir(self.keystore_path.parent)
+            keystore.fsync_dir(self.keystore_path.parent)
         else:
             keystore.save(self.keystore_path, key, identity=self.identity, passphrase=self.passphrase)
         for path in stale:

@@ -121,9 +121,14 @@ def save(path: Path, share: KeyShare, *, identity: nacl.signing.SigningKey | Non
         header = _HEADER.pack(MAGIC, KDF_IDENTITY, salt, 0, 0)
         base = _base_key(KDF_IDENTITY, salt, 0, 0, identity, None)
     data = header + bytes(_box(header, base).encrypt(_encode(share)))
-    path = Path(path)
+    write_private(Path(path), data)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically and durably, readable by its owner only (0600): a temporary file,
+    fsync, rename, fsync of the directory."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         try:
             os.fchmod(fd, 0o600)
@@ -135,7 +140,12 @@ def save(path: Path, share: KeyShare, *, identity: nacl.signing.SigningKey | Non
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or an unlink in ``directory`` durable."""
+    dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:

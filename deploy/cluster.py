@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -51,6 +53,20 @@ class Member:
         return {"role": self.role, "id": self.id, "pid": self.process.pid if self.process else None,
                 "url": self.url, "peer_address": f"127.0.0.1:{port}" if port else None, "argv": self.argv,
                 "env": self.env}
+
+
+def free_base_port(n: int) -> int:
+    """A base port whose n coordinator ports, DA service ports (+100, +101) and peer ports (+200…) are free."""
+    for _ in range(100):
+        base = random.randrange(20000, 40000)
+        try:
+            for port in (*range(base, base + n), base + 100, base + 101, *range(base + 200, base + 200 + n)):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free port range")
 
 
 def plan(n: int, base_port: int, data_dir: Path, block_interval_ms: int = 500) -> list[Member]:

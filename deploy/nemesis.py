@@ -70,7 +70,7 @@ class Nemesis:
     # ---- the cluster, with a proxy on every directed peer link ---------------------------------------
 
     async def start(self, nursery: trio.Nursery, http: httpx.AsyncClient) -> None:
-        base = free_base(self.n)
+        base = launcher.free_base_port(self.n)
         self.members = launcher.plan(self.n, base, self.data_dir)
         coords = self.coordinators
         peers = {m.id: m.env["CLUSTER_PEERS"] for m in coords}
@@ -301,21 +301,6 @@ async def all_final(http: httpx.AsyncClient, url: str) -> list[dict[str, Any]]:
         after = page["next_after"]
         if after is None:
             return docs
-
-
-def free_base(n: int) -> int:
-    import socket
-
-    for _ in range(100):
-        base = random.randrange(20000, 40000)
-        try:
-            for port in (*range(base, base + n), base + 100, base + 101, *range(base + 200, base + 200 + n)):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free port range")
 
 
 async def run(nem: Nemesis, sequence: list[str] | None) -> dict[str, Any]:

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,23 +20,10 @@ import pytest
 import trio
 
 from consensus import frost, keystore
+from deploy.cluster import free_base_port
 from node import identity
 
 BLOCK_MS = 500
-
-
-def free_base_port(n: int = 3) -> int:
-    """A base port whose n coordinator ports, DA service ports (+100, +101) and peer ports (+200…) are free."""
-    for _ in range(100):
-        base = random.randrange(20000, 40000)
-        try:
-            for port in (*range(base, base + n), base + 100, base + 101, *range(base + 200, base + 200 + n)):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free port range")
 
 
 class Cluster:
@@ -319,7 +304,7 @@ async def test_cluster_replicates_survives_outages_and_rebuilds(cluster: Cluster
 
     # 4. A coordinator started with an empty data dir rebuilds the same root from devnet + fallbacks.
     env = {**os.environ, **cluster.process("coordinator-2")["env"]}
-    port = free_base_port()
+    port = free_base_port(1)
     env.update(COORDINATOR_ID="rebuilt", COORDINATOR_PORT=str(port), COORDINATOR_DATA_DIR=str(tmp_path / "rebuilt"),
                QUORUM_VALIDATOR="false", CLUSTER_PEERS="", PEER_PORT="")  # an outsider: no peer links
     members = cluster.process("coordinator-0")["env"]["CLUSTER_PEERS"]
