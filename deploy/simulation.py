@@ -134,6 +134,7 @@ class SimCluster:
         self.t0 = 0.0
         self.observed = Observed()
         self.conflicts: list[tuple[rc.Receipt, rc.Receipt]] = []  # pairs of receipts for one slot
+        self.traps: list[tuple[LockStore, Any]] = []  # armed crash-after-lock faults: (store, its real lock_batch)
 
     # ---- ledger set-up: nodes with keys, objects with replicas, the same on every member ------------
 

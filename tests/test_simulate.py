@@ -133,3 +133,12 @@ def test_the_cli_reports_exits_by_its_findings_and_replays_across_processes() ->
     assert len(outcomes[0]) == 2 and outcomes[0] == outcomes[1]  # same schedule, same result, other process
     bad = subprocess.run([sys.executable, "-m", "deploy.simulate", "--seeds", "x"], capture_output=True, text=True)
     assert bad.returncode == 2 and "START:COUNT" in bad.stderr
+
+
+@pytest.mark.parametrize("seed", [534722, 15479])
+def test_seeds_that_once_failed_hold(seed: int) -> None:
+    """534722: convergence was checked before a late batch reached every member through DA (checker bug).
+    15479: a receipt answered "pending" (not yet valid, nothing durable) was lost when its member crashed, and
+    the simulated client never tried again; clients now resubmit until final, and crash traps end at the heal."""
+    _, outcome = simulate.run_seed(seed)
+    assert outcome.violations == []
