@@ -48,6 +48,7 @@ BATCH_ID_SIZE = 16
 MAX_BATCH = 1024  # receipts per batch: an rc.lock message stays far below the 1 MiB frame
 MAX_NONCES = 8192
 MAX_LOCKED_CACHE = 65_536
+MAX_QUEUED = 8192  # receipts waiting for a batch; beyond that a submission is refused (503, submit again)
 NOT_YET_RETRY_S = 0.5
 NOT_YET_GIVE_UP_S = 30.0
 BLAME_S = 60.0  # a signer proven to have sent a bad share is left out of signer sets this long
@@ -306,6 +307,8 @@ class ReceiptService:
             record.settle("final")
             return record
         self.check_available()
+        if len(self._queue) + len(self._retry) >= MAX_QUEUED:
+            raise Unavailable(f"{MAX_QUEUED} receipts are waiting to be signed here: submit again shortly")
         verdict, reason = self.validate(receipt)
         if verdict is Verdict.INVALID:
             self._count_rejected(reason)

@@ -122,3 +122,14 @@ def test_a_corrupt_lock_table_is_broken(tmp_path: Path) -> None:
     assert store.broken is not None
     fresh = LockStore(tmp_path / "new.sqlite")  # a first start: an empty table is fine
     assert fresh.broken is None and fresh.count() == 0
+
+
+async def test_a_full_queue_refuses_new_receipts(cluster: SimCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    from consensus import receipt_service
+
+    monkeypatch.setattr(receipt_service, "MAX_QUEUED", 2)
+    service = cluster.service("c0")
+    service.submit(cluster.receipt("n1", "obj1"))  # no checkpoint in between: the batcher takes nothing yet
+    service.submit(cluster.receipt("n2", "obj2"))
+    with pytest.raises(Unavailable, match="waiting to be signed"):
+        service.submit(cluster.receipt("n3", "obj3"))
