@@ -48,6 +48,9 @@ BATCH_ID_SIZE = 16
 MAX_BATCH = 1024  # receipts per batch: an rc.lock message stays far below the 1 MiB frame
 MAX_NONCES = 8192
 MAX_LOCKED_CACHE = 65_536
+REJECT_CAUSES = (("node_key", ("node_public_key", "public key")), ("node_signature", ("node signature",)),
+                 ("epoch", ("epoch",)), ("not_registered", ("not registered", "not a present replica")),
+                 ("commitment", ("commitment",)), ("malformed", ("malformed",)))
 MAX_QUEUED = 8192  # receipts waiting for a batch; beyond that a submission is refused (503, submit again)
 NOT_YET_RETRY_S = 0.5
 NOT_YET_GIVE_UP_S = 30.0
@@ -216,7 +219,11 @@ class ReceiptService:
         by_status: dict[str, int] = {}
         for r in self.records.values():
             by_status[r.status] = by_status.get(r.status, 0) + 1
+        lat = sorted(self.latencies)
+        latency = ({"p50": round(lat[len(lat) // 2] * 1000, 2), "p99": round(lat[int(len(lat) * 0.99)] * 1000, 2),
+                    "samples": len(lat)} if lat else None)
         return {**self.counters.as_json(), "by_status": by_status, "queued": len(self._queue),
+                "final_latency_ms": latency,
                 "lock_table": {"locks": self._safe_count(), "broken": self.locks.broken},
                 "nonces_held": len(self._nonces)}
 
@@ -338,8 +345,9 @@ class ReceiptService:
         self._queue_wake.set()
 
     def _count_rejected(self, reason: str) -> None:
-        key = reason.split(" ")[0] if reason else "invalid"
-        key = {"node": "node", "epoch": "epoch", "object": "object"}.get(key, reason[:40])
+        """Count a rejection under one of a few fixed causes (reasons carry ids, and peers' reasons are theirs to
+        choose: keyed by the text, the counter would grow without bound)."""
+        key = next((cause for cause, words in REJECT_CAUSES if any(w in reason for w in words)), "other")
         self.counters.rejected[key] = self.counters.rejected.get(key, 0) + 1
 
     # ---- running -----------------------------------------------------------------------------------
@@ -371,11 +379,11 @@ class ReceiptService:
             batch, self._queue = self._queue[: self.batch_max], self._queue[self.batch_max:]
             for r in batch:
                 self._queued.discard(r.id)
-            nursery.start_soon(self._run_batch_released, batch, False)
+            nursery.start_soon(self._run_batch_released, batch)
 
-    async def _run_batch_released(self, batch: list[rc.Receipt], takeover: bool) -> None:
+    async def _run_batch_released(self, batch: list[rc.Receipt]) -> None:
         try:
-            await self._run_batch(batch, takeover)
+            await self._run_batch(batch)
         except LockTableBroken as exc:
             log.error("receipt signing stopped: %s", exc)
         finally:
@@ -436,7 +444,7 @@ class ReceiptService:
             for r in receipts:
                 self._record(r)
             await self._inflight.acquire()
-            nursery.start_soon(self._run_batch_released, receipts, True)
+            nursery.start_soon(self._run_batch_released, receipts)
 
     def _rank(self) -> int:
         """0 for the first member in id order, 1 for the next... (staggers takeovers)."""
@@ -465,7 +473,7 @@ class ReceiptService:
             self._nonces.popitem(last=False)
         return commitment
 
-    async def _run_batch(self, batch: list[rc.Receipt], takeover: bool) -> None:
+    async def _run_batch(self, batch: list[rc.Receipt]) -> None:
         key = self.keys.key
         if key is None:
             for r in batch:

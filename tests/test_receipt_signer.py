@@ -133,3 +133,19 @@ async def test_a_full_queue_refuses_new_receipts(cluster: SimCluster, monkeypatc
     service.submit(cluster.receipt("n2", "obj2"))
     with pytest.raises(Unavailable, match="waiting to be signed"):
         service.submit(cluster.receipt("n3", "obj3"))
+
+
+async def test_rejections_are_counted_under_a_few_causes_and_latency_is_reported(cluster: SimCluster) -> None:
+    service = cluster.service("c1")
+    for i in range(100):  # reasons carry ids, and a peer chooses its own: the counter must not grow with them
+        service._count_rejected(f"peer says: made-up reason {i}")
+        service._count_rejected(f"node n{i} is not registered here (yet)")
+    service._count_rejected("the node signature is invalid")
+    service._count_rejected("epoch 3 is outside [7, 8]")
+    assert service.counters.rejected == {"other": 100, "not_registered": 100, "node_signature": 1, "epoch": 1}
+    assert service.status()["final_latency_ms"] is None
+    r = cluster.receipt("n5", "obj5")
+    service.submit(r)
+    await cluster.wait_final({r.id})
+    latency = service.status()["final_latency_ms"]
+    assert latency is not None and latency["samples"] == 1 and 0 < latency["p50"] == latency["p99"]
