@@ -173,7 +173,8 @@ class ReceiptService:
                  keys: KeySource, view: LedgerView, locks: LockStore, *, batch_max: int = 256,
                  batch_wait_s: float = 0.002, epoch_length_s: int = 3600, epoch_grace: int = 1,
                  lock_timeout_s: float = 2.0, sign_timeout_s: float = 2.0, batch_deadline_s: float = 10.0,
-                 takeover_s: float = 5.0, sign_patience_s: float = 0.1, clock: Callable[[], float] = time.time,
+                 takeover_s: float = 5.0, sign_patience_s: float = 0.1, lock_grace_s: float = 0.05,
+                 clock: Callable[[], float] = time.time,
                  run_blocking: RunBlocking = trio.to_thread.run_sync, max_inflight_batches: int = 2,
                  random_bytes: Callable[[int], bytes] = os.urandom) -> None:
         """``random_bytes`` feeds batch ids and nonces (a simulation seeds it to replay a run exactly)."""
@@ -185,6 +186,7 @@ class ReceiptService:
             batch_deadline_s
         self.takeover_s, self.run_blocking, self.sign_patience_s = takeover_s, run_blocking, sign_patience_s
         self.random_bytes = random_bytes
+        self.lock_grace_s = lock_grace_s
         self.identifiers = assign_identifiers(members.values())
         by_key = {k: m for m, k in members.items()}
         self.member_of: dict[int, str] = {i: by_key[k] for i, k in self.identifiers.items()}
@@ -498,27 +500,35 @@ class ReceiptService:
         commitments: dict[int, tuple[bytes, bytes]] = {me: self._offer(self.my_id, batch_id)}
         wires = [r.to_wire() for r in mine]
         peers = [p for p in self.net.up_peers() if p in self.identifier_of]
-        got_all = trio.Event()
-        replies = 0
+        got_all, enough = trio.Event(), trio.Event()
+        replies = answered = 0
 
         async def ask(peer: str) -> None:
-            nonlocal replies
+            nonlocal replies, answered
             try:
                 msg = await self.net.request(peer, LOCK, {"batch": batch_id, "receipts": wires},
                                              timeout_s=self.lock_timeout_s, expect=LOCK_REPLY)
                 self._take_lock_reply(peer, msg.body, mine, accepted, refusals, commitments, conflicted_by)
+                answered += 1
+                if answered + 1 >= t:
+                    enough.set()
             except TimeoutError:
                 log.debug("no lock reply from %s", peer)
             finally:
                 replies += 1
                 if replies == len(peers):
                     got_all.set()
+                    enough.set()
 
+        # every peer's answer, or t answers and a short grace for the rest: a silent member (crashed, paused,
+        # or withholding) must not cost every batch the whole lock timeout
         async with trio.open_nursery() as nursery:
             for p in peers:
                 nursery.start_soon(ask, p)
             if peers:
                 with trio.move_on_after(self.lock_timeout_s):
+                    await enough.wait()
+                with trio.move_on_after(self.lock_grace_s):
                     await got_all.wait()
             nursery.cancel_scope.cancel()
         candidates = [r for r in batch if r.id in accepted[me]]

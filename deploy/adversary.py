@@ -22,20 +22,22 @@ if TYPE_CHECKING:
 SIGNER_BEHAVIOURS = ("bad_shares", "withhold")
 
 
-class Withheld(Exception):
-    """A byzantine signer does not answer (the dispatcher logs it and sends nothing)."""
-
-
 def corrupt_signer(service: ReceiptService, behaviour: str) -> None:
-    """Make a signer lie: ``bad_shares`` sends well-formed but wrong shares, ``withhold`` never answers a sign
-    request. Used by the simulator and by a coordinator started with DSDN_BYZANTINE (test clusters only)."""
+    """Make a signer lie, before its service runs: ``bad_shares`` sends well-formed but wrong shares, ``withhold``
+    never answers another member's sign request (its own batches it still signs). Used by the simulator and by a
+    coordinator started with DSDN_BYZANTINE (test clusters only)."""
     if behaviour not in SIGNER_BEHAVIOURS:
         raise ValueError(f"unknown byzantine behaviour {behaviour!r}: expected one of {SIGNER_BEHAVIOURS}")
+    if behaviour == "withhold":
+        async def silent(peer: str, body: dict[str, Any]) -> dict[str, Any]:
+            await trio.sleep_forever()  # the dispatcher's handler deadline ends it; no answer ever leaves
+            raise AssertionError("unreachable")
+
+        service._on_sign = silent  # type: ignore[method-assign]  # run() registers what this attribute holds
+        return
     honest = service._sign_share
 
     def lying(peer: str, body: dict[str, Any], held: list[rc.Receipt]) -> dict[str, Any]:
-        if behaviour == "withhold" and peer != service.my_id:  # its own batches it still signs
-            raise Withheld
         reply = honest(peer, body, held)
         if reply["share"]:
             reply["share"] = (int.from_bytes(reply["share"], "little") ^ 1).to_bytes(32, "little")

@@ -194,6 +194,8 @@ class SimCluster:
                                  clock=lambda: NOW + m.skew_s + trio.current_time() - self.t0,
                                  run_blocking=inline, random_bytes=rng.randbytes, **options)
         self._observe(m, service)
+        if m.behaviour in SIGNER_BEHAVIOURS:
+            corrupt_signer(service, m.behaviour)  # before it runs: run() registers its handlers
         return service
 
     def _observe(self, m: Member, service: ReceiptService) -> None:
@@ -270,9 +272,7 @@ class SimCluster:
     def _misbehave(self, m: Member, nursery: trio.Nursery) -> None:
         service = m.service
         assert service is not None
-        if m.behaviour in SIGNER_BEHAVIOURS:
-            corrupt_signer(service, m.behaviour)
-        elif m.behaviour == "signs_anything":  # locks nothing, answers OK to every receipt, signs every batch
+        if m.behaviour == "signs_anything":  # locks nothing, answers OK to every receipt, signs every batch
             def lock_anything(receipts: list[rc.Receipt], *_: Any) -> list[Decision]:
                 return [Decision(r.id, Verdict.OK) for r in receipts]
 
