@@ -128,7 +128,8 @@ def register_receipt_routes(app: QuartTrio, service: ReceiptService | None, view
     async def get_receipt(receipt_id: str) -> Any:
         if not _RID.match(receipt_id):
             raise fail(404, "receipt not found", "a receipt id is 64 hex characters", receipt_id=receipt_id)
-        doc = lookup(bytes.fromhex(receipt_id))
+        rid = bytes.fromhex(receipt_id)
+        doc = await service.lookup_durable(rid) if service is not None else lookup(rid)
         if doc is None:
             raise fail(404, "receipt not found", "no receipt with this id is known here", receipt_id=receipt_id.lower())
         return doc

@@ -31,6 +31,9 @@ CREATE TABLE IF NOT EXISTS conflicts (
 """
 
 
+OPEN, SIGNED, CLOSED_CONFLICT, CLOSED_REJECTED = 0, 1, 2, 3  # the ``final`` column: why a lock is closed
+
+
 class LockTableBroken(RuntimeError):
     """The lock table is lost or corrupt: this coordinator must not sign."""
 
@@ -119,17 +122,47 @@ class LockStore:
             return None
         return [found[r] for r in receipt_ids]
 
-    def mark_final(self, receipt_ids: Sequence[bytes]) -> None:
-        """Close these locks (final, or never signable): no takeover re-proposes them. One transaction."""
+    def mark_final(self, receipt_ids: Sequence[bytes], why: int = SIGNED) -> None:
+        """Close these locks (signed, or never signable: ``why``): no takeover re-proposes them. One
+        transaction."""
         with self.db:
             self.db.execute("BEGIN")
-            self.db.executemany("UPDATE locks SET final = 1 WHERE receipt_id = ?", [(r,) for r in receipt_ids])
+            self.db.executemany("UPDATE locks SET final = ? WHERE receipt_id = ?", [(why, r) for r in receipt_ids])
 
-    def open_locks(self, older_than_ms: int, limit: int = 1024) -> list[OpenLock]:
-        """Locks not known to be final, taken before ``older_than_ms`` (candidates for a takeover)."""
+    def close_conflicts(self, lost: Sequence[tuple[Receipt, bytes | None]], now_ms: int | None = None) -> None:
+        """Close the locks of receipts that lost their slot to a rival (receipt, the rival's id when known), and
+        keep the rival as evidence, in one transaction: after a restart the status is still known."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("UPDATE locks SET final = ? WHERE receipt_id = ?",
+                                [(CLOSED_CONFLICT, r.id) for r, _ in lost])
+            self.db.executemany("INSERT OR IGNORE INTO conflicts VALUES (?, ?, ?, ?)",
+                                [(r.id, rival, r.to_wire(), now) for r, rival in lost if rival is not None])
+
+    def open_locks(self, older_than_ms: int, limit: int = 1024,
+                   after: tuple[int, bytes, int] | None = None) -> list[OpenLock]:
+        """Locks not known to be final, taken before ``older_than_ms`` (candidates for a takeover), in lock
+        order from just past ``after`` (locked_ms, batch, idx): a caller that pages through them keeps old
+        locks nobody can sign (a liar among the few holding them) from starving newer ones."""
+        lo_ms, lo_batch, lo_idx = after if after is not None else (-1, b"", -1)
         rows = self.db.execute("SELECT wire, proposer, locked_ms, batch, idx FROM locks WHERE final = 0 AND "
-                               "locked_ms < ? ORDER BY locked_ms, batch, idx LIMIT ?", (older_than_ms, limit))
+                               "locked_ms < ? AND (locked_ms, batch, idx) > (?, ?, ?) "
+                               "ORDER BY locked_ms, batch, idx LIMIT ?",
+                               (older_than_ms, lo_ms, lo_batch, lo_idx, limit))
         return [OpenLock(Receipt.from_wire(bytes(w)), p, t, bytes(b), i) for w, p, t, b, i in rows]
+
+    def lock_of(self, receipt_id: bytes) -> tuple[Receipt, int, bytes | None] | None:
+        """The receipt locked here under this id, why its lock is closed (OPEN, SIGNED, ...), and a rival
+        receipt of its slot seen here if any; None when it holds no lock here (blocking)."""
+        self._check()
+        row = self.db.execute("SELECT wire, final FROM locks WHERE receipt_id = ?", (receipt_id,)).fetchone()
+        if row is None:
+            return None
+        rival = self.db.execute("SELECT conflicting_id FROM conflicts WHERE receipt_id = ? UNION ALL "
+                                "SELECT receipt_id FROM conflicts WHERE conflicting_id = ? LIMIT 1",
+                                (receipt_id, receipt_id)).fetchone()
+        return Receipt.from_wire(bytes(row[0])), int(row[1]), bytes(rival[0]) if rival else None
 
     def conflict_for(self, receipt_id: bytes) -> bytes | None:
         row = self.db.execute("SELECT conflicting_id FROM conflicts WHERE receipt_id = ? LIMIT 1",

@@ -35,7 +35,7 @@ import trio
 from consensus import frost, merkle
 from consensus import receipts as rc
 from consensus.dkg import assign_identifiers
-from consensus.lockstore import LockStore, LockTableBroken
+from consensus.lockstore import CLOSED_CONFLICT, CLOSED_REJECTED, LockStore, LockTableBroken
 from consensus.roast import Outcome, RoastTracker, Session
 from consensus.slots import Decision, Verdict, choose_batch
 from protocol.envelope import Message, Registry, is_bytes, is_int, is_list, is_str
@@ -204,6 +204,7 @@ class ReceiptService:
         self._blamed_until: dict[int, float] = {}  # identifier -> until when it is left out of signer sets
         self._closing: list[bytes] = []  # final receipts whose locks are closed in the next housekeeping pass
         self._retry: dict[bytes, float] = {}  # not-yet-valid receipts: id -> next try (monotonic)
+        self._takeover_after: tuple[int, bytes, int] | None = None  # where the next takeover pass starts
         self.latencies: list[float] = []  # seconds from first seen to final, the latest ones
 
     # ---- views -------------------------------------------------------------------------------------
@@ -257,6 +258,26 @@ class ReceiptService:
         if record.optimistic is not None:
             out["optimistic"] = record.optimistic
         return out
+
+    async def lookup_durable(self, receipt_id: bytes) -> dict[str, Any] | None:
+        """``lookup``, falling back to the lock table: a receipt this coordinator locked (and acknowledged)
+        before a restart keeps its status — locked, or closed as a conflict or as rejected."""
+        doc = self.lookup(receipt_id)
+        if doc is not None or self.locks.broken is not None:
+            return doc
+        async with self._db:
+            held = await self.run_blocking(partial(self.locks.lock_of, receipt_id))
+        if held is None:
+            return None
+        receipt, why, rival = held
+        record = self._record(receipt)
+        if why == CLOSED_CONFLICT:
+            record.settle("conflict", "slot conflict", rival)
+        elif why == CLOSED_REJECTED:
+            record.settle("rejected", "refused by more than n - t coordinators")
+        else:  # open, or signed and on its way to the state: locked until the batch event arrives
+            record.settle("locked")
+        return self.lookup(receipt_id)
 
     def receipt_ids(self) -> list[bytes]:
         """Every receipt known here (signed in the state, or seen by this coordinator), in id order."""
@@ -426,8 +447,11 @@ class ReceiptService:
 
     async def _take_over(self, nursery: trio.Nursery) -> None:
         older = int(self.clock() * 1000 - self.takeover_s * 1000 * (1 + self._rank()))
-        async with self._db:
-            open_locks = await self.run_blocking(partial(self.locks.open_locks, older, self.batch_max))
+        async with self._db:  # page through the open locks, so unsignable old ones cannot starve newer ones
+            open_locks = await self.run_blocking(partial(self.locks.open_locks, older, self.batch_max,
+                                                         self._takeover_after))
+        last = open_locks[-1] if len(open_locks) == self.batch_max else None
+        self._takeover_after = (last.locked_ms, last.batch, last.idx) if last is not None else None
         final = [o.receipt.id for o in open_locks if self.view.signed_document(o.receipt.id) is not None]
         if final:
             async with self._db:
@@ -542,9 +566,15 @@ class ReceiptService:
                     and (i == me or self._blamed_until.get(i, 0.0) <= now)}
         chosen, signer_set = choose_batch(ids, accepted, t)
         closed = self._settle_refused(candidates, set(chosen), accepted, refusals, t, conflicted_by)
-        if closed:
+        lost = [(r, next(d.conflicting_id for d in refusals[r.id] if d.verdict is Verdict.CONFLICT))
+                for r in candidates if closed.get(r.id) == CLOSED_CONFLICT]
+        rejected = [rid for rid, why in closed.items() if why == CLOSED_REJECTED]
+        if lost:
             async with self._db:
-                await self.run_blocking(partial(self.locks.mark_final, closed))
+                await self.run_blocking(partial(self.locks.close_conflicts, lost, int(self.clock() * 1000)))
+        if rejected:
+            async with self._db:
+                await self.run_blocking(partial(self.locks.mark_final, rejected, CLOSED_REJECTED))
         if not chosen:
             self.counters.batches_failed += 1
             return
@@ -614,10 +644,11 @@ class ReceiptService:
 
     def _settle_refused(self, candidates: list[rc.Receipt], chosen: set[bytes], accepted: dict[int, set[bytes]],
                         refusals: dict[bytes, list[Decision]], t: int,
-                        conflicted_by: dict[bytes, set[int]]) -> list[bytes]:
-        """Settle the receipts left out of the batch; return those that can never be signed."""
+                        conflicted_by: dict[bytes, set[int]]) -> dict[bytes, int]:
+        """Settle the receipts left out of the batch; return those that can never be signed, and why
+        (CLOSED_CONFLICT or CLOSED_REJECTED)."""
         n = len(self.members)
-        closed: list[bytes] = []
+        closed: dict[bytes, int] = {}
         for r in candidates:
             if r.id in chosen:
                 continue
@@ -625,8 +656,8 @@ class ReceiptService:
             refused = refusals[r.id]
             conflicts = [d for d in refused if d.verdict is Verdict.CONFLICT]
             invalid = [d for d in refused if d.verdict is Verdict.INVALID]
-            if len(conflicts) > n - t or len(invalid) > n - t:
-                closed.append(r.id)  # can never be signed: no takeover of our lock either
+            if len(conflicts) > n - t or len(invalid) > n - t:  # can never be signed: no takeover of our lock
+                closed[r.id] = CLOSED_CONFLICT if len(conflicts) > n - t else CLOSED_REJECTED
             # members that hold the slot for a rival, and proven liars, will not sign this one: with fewer than t
             # others left it cannot be signed now (its lock stays open: a takeover may still sign it later)
             blocked = conflicted_by.get(r.id, set()) | {i for i, until in self._blamed_until.items()

@@ -149,3 +149,23 @@ async def test_rejections_are_counted_under_a_few_causes_and_latency_is_reported
     await cluster.wait_final({r.id})
     latency = service.status()["final_latency_ms"]
     assert latency is not None and latency["samples"] == 1 and 0 < latency["p50"] == latency["p99"]
+
+
+async def test_open_locks_are_paged_so_old_unsignable_ones_cannot_starve_newer_ones(tmp_path: Path,
+                                                                                    cluster: SimCluster) -> None:
+    """Found by dsdn nemesis (CI, seed 5): a takeover pass read the oldest ``batch_max`` open locks only, so old
+    locks nobody can sign (a liar among the exactly t members holding them) would hide every newer one."""
+    store = LockStore(tmp_path / "paged.sqlite")
+    receipts = [cluster.receipt(f"n{k % 6}", f"obj{k // 6}", proof=k) for k in range(7)]
+    for k, r in enumerate(receipts):
+        store.lock_batch([r], lambda _: (Verdict.OK, ""), "c1", now_ms=1000 + k, batch=bytes([k]) * 16)
+    pages, after = [], None
+    while True:
+        page = store.open_locks(10_000, limit=3, after=after)
+        pages.append([o.receipt.id for o in page])
+        if len(page) < 3:
+            break
+        after = (page[-1].locked_ms, page[-1].batch, page[-1].idx)
+    assert pages == [[r.id for r in receipts[i:i + 3]] for i in (0, 3, 6)]
+    assert store.open_locks(1003, limit=10) == store.open_locks(1003, limit=10, after=None)
+    assert [o.receipt.id for o in store.open_locks(1003, limit=10)] == [r.id for r in receipts[:3]]

@@ -295,3 +295,37 @@ async def test_a_receipt_its_proposer_refuses_never_reaches_a_peers_lock_table(
         await cluster.wait_final({a.id})
         assert record.status == "final"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_coordinator_restarted_after_acknowledging_still_answers_for_its_receipt(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """Found by dsdn nemesis (CI, seed 5): c2 acknowledged A (202 locked), then found that c0, c1 and the liar c3
+    held the slot for B, so A could never be signed (conflict); c2 was killed, and after its restart GET
+    /receipts/A on c2 answered 404: the status lived in memory only. The lock table now answers for it."""
+    cluster = SimCluster(tmp_path, 4, seed=35, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    cluster.members["c3"].behaviour = "bad_shares"
+    a, b = cluster.receipt("n3", "obj3", reward=1), cluster.receipt("n3", "obj3", reward=2)
+    c = cluster.receipt("n4", "obj4")
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        for member in ("c0", "c1", "c3"):
+            await cluster.service(member)._on_lock("c1", {"batch": b"B" * 16, "receipts": [b.to_wire()]})
+        first = cluster.service("c2").submit(a)
+        with trio.fail_after(10):
+            while first.status in ("pending", "locked"):
+                await trio.sleep(0.05)
+        assert first.status == "conflict" and first.conflicting_id == b.id
+        await cluster.service("c2")._on_lock("c0", {"batch": b"C" * 16, "receipts": [c.to_wire()]})
+        cluster.crash("c2")
+        await cluster.restart("c2")
+        restarted = cluster.service("c2")
+        assert restarted.lookup(a.id) is None  # nothing in memory...
+        doc = await restarted.lookup_durable(a.id)  # ...but the lock table remembers
+        assert doc is not None and doc["status"] == "conflict" and doc["conflicting_receipt_id"] == b.id.hex()
+        assert doc["receipt_id"] == a.id.hex() and bytes.fromhex(doc["receipt_bytes"]) == a.to_bytes()
+        held = await restarted.lookup_durable(c.id)  # locked here for another proposer: still locked
+        assert held is not None and held["status"] in ("locked", "final")
+        assert await restarted.lookup_durable(cluster.receipt("n5", "obj5").id) is None
+        assert a.id not in cluster.signed_ids() and not cluster.double_signed()
+        nursery.cancel_scope.cancel()
