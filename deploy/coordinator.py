@@ -29,7 +29,7 @@ from node import config as config_mod
 from node import gossip
 from node.coordinator import Coordinator
 from node.da.factory import build_layers
-from node.process import hypercorn_config, run_process, setup_logging, stop_on_signals, tune_gc
+from node.process import hypercorn_config, run_process, set_log_context, setup_logging, stop_on_signals, tune_gc
 from protocol.envelope import Registry
 from protocol.manager import Member, PeerManager
 
@@ -141,12 +141,13 @@ async def _announce_ready(coord: Coordinator) -> None:
 
 
 def main() -> None:
-    setup_logging()
+    setup_logging("dsdn-coordinator")
     try:
         cfg = config_mod.load(os.environ)
     except config_mod.ConfigError as exc:
         print(f"dsdn-coordinator: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
+    set_log_context(coordinator=cfg.coordinator_id)  # every JSON log line names this coordinator
     run_process("dsdn-coordinator", run, cfg)
 
 

@@ -18,6 +18,8 @@ from node.naming import HOSTNAME_RE, ID_RE
 
 NETWORKS = ("mainnet", "mocha", "local")
 FALLBACK_TYPES = ("none", "quorum", "emergency")
+#: LOG_FORMAT: ``text`` (human-readable lines, the default) or ``json`` (one object per line, node.process)
+LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(ValueError):
@@ -102,6 +104,7 @@ class Config:
     epoch_length_s: int = 3600
     da_failure_threshold: int = 3
     da_recovery_threshold: int = 2
+    log_format: str = "text"  # LOG_FORMAT (logging is set up before the config is read: node.process)
 
     @property
     def mock_da_file(self) -> str:
@@ -160,6 +163,11 @@ def _choice(env: Mapping[str, str], var: str, default: str, choices: tuple[str, 
     if raw.lower() not in choices:
         raise ConfigError(var, raw, "one of " + ", ".join(choices))
     return raw.lower()
+
+
+def log_format(env: Mapping[str, str]) -> str:
+    """LOG_FORMAT: ``text`` (default) or ``json``; ConfigError otherwise."""
+    return _choice(env, "LOG_FORMAT", "text", LOG_FORMATS)
 
 
 def _url(env: Mapping[str, str], var: str) -> str | None:
@@ -429,4 +437,5 @@ def load(env: Mapping[str, str]) -> Config:
         da_health_timeout_ms=_int(env, "DA_HEALTH_TIMEOUT_MS", 1500, 10, 3_600_000),
         da_failure_threshold=_int(env, "DA_FAILURE_THRESHOLD", 3, 1, 1000),
         da_recovery_threshold=_int(env, "DA_RECOVERY_THRESHOLD", 2, 1, 1000),
+        log_format=log_format(env),
     )

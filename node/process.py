@@ -1,15 +1,19 @@
 """What every long-running process of ours shares (coordinator, devnet, blob store, cluster launcher):
-logging set-up, a graceful stop on SIGTERM/SIGINT (hypercorn under trio installs no handlers), and
-start-up failures turned into one line on stderr and an exit code instead of a traceback."""
+logging set-up (LOG_LEVEL; LOG_FORMAT ``text``, the default, or ``json``: one object per line with time,
+level, logger, coordinator id, message and the structured fields a call passes in ``extra=``), a graceful
+stop on SIGTERM/SIGINT (hypercorn under trio installs no handlers), and start-up failures turned into one
+line on stderr and an exit code instead of a traceback."""
 
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import signal
 import sqlite3
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -17,7 +21,7 @@ from typing import Any
 import trio
 from hypercorn.config import Config as HyperConfig
 
-from node.config import ConfigError
+from node.config import ConfigError, log_format
 from node.identity import KeyFileError
 
 log = logging.getLogger("dsdn.process")
@@ -43,10 +47,53 @@ def hypercorn_config(host: str, port: int) -> HyperConfig:
     return hcfg
 
 
-def setup_logging() -> None:
+#: the attributes every LogRecord has; any other attribute came from ``extra=`` and is a structured field
+_RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime",
+                                                                                     "taskName"}
+#: what every JSON line carries (``coordinator``: set_log_context, null in processes that are no coordinator)
+_context: dict[str, str | None] = {"coordinator": None}
+
+
+def set_log_context(*, coordinator: str | None) -> None:
+    """The coordinator id every JSON log line carries from now on (known once the config is read)."""
+    _context["coordinator"] = coordinator
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time`` (UTC, ISO 8601 with milliseconds), ``level``, ``logger``,
+    ``coordinator``, ``message``, every field passed in ``extra=`` (values JSON cannot hold become strings),
+    and ``exception`` (the formatted traceback, one string) when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        out: dict[str, Any] = {"time": f"{stamp}.{int(record.msecs):03d}Z", "level": record.levelname,
+                               "logger": record.name, "coordinator": _context["coordinator"],
+                               "message": record.getMessage()}
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRS and key not in out:
+                out[key] = value
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exception"] = record.exc_text
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(out, default=str, separators=(",", ":"))
+
+
+def setup_logging(prog: str = "dsdn") -> None:
+    """Configure the root logger from LOG_LEVEL and LOG_FORMAT; an invalid LOG_FORMAT stops the process with
+    one line on stderr and exit code 2, as every invalid setting does."""
     level = os.environ.get("LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(level=level if level in logging.getLevelNamesMapping() else "INFO",
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        fmt = log_format(os.environ)
+    except ConfigError as exc:
+        print(f"{prog}: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json"
+                         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level if level in logging.getLevelNamesMapping() else "INFO", handlers=[handler])
     logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at INFO
 
 
