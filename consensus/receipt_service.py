@@ -206,6 +206,9 @@ class ReceiptService:
         self._retry: dict[bytes, float] = {}  # not-yet-valid receipts: id -> next try (monotonic)
         self._takeover_after: tuple[int, bytes, int] | None = None  # where the next takeover pass starts
         self.latencies: list[float] = []  # seconds from first seen to final, the latest ones
+        #: called at event time with (what, value): "batch_size" and "sign_seconds" of each batch signed here,
+        #: "final_seconds" (first seen → final) of each receipt (GET /metrics, api/metrics.py)
+        self.observers: list[Callable[[str, float], None]] = []
 
     # ---- views -------------------------------------------------------------------------------------
 
@@ -229,6 +232,10 @@ class ReceiptService:
                 "final_latency_ms": latency,
                 "lock_table": {"locks": self._safe_count(), "broken": self.locks.broken},
                 "nonces_held": len(self._nonces)}
+
+    def _observe(self, what: str, value: float) -> None:
+        for observe in self.observers:
+            observe(what, value)
 
     def _safe_count(self) -> int | None:
         try:
@@ -587,6 +594,8 @@ class ReceiptService:
                 self._retry[r.id] = trio.current_time() + NOT_YET_RETRY_S
             return
         t_signed = time.perf_counter()
+        self._observe("batch_size", len(final))
+        self._observe("sign_seconds", t_signed - t_peers)
         await self._finish(key, final, signature, signers)
         log.debug("batch of %d signed: own lock %.1f ms, all locks %.1f ms, signing %.1f ms, publishing %.1f ms",
                   len(final), (t_locked - t_start) * 1000, (t_peers - t_start) * 1000, (t_signed - t_peers) * 1000,
@@ -775,6 +784,7 @@ class ReceiptService:
             if record is not None and record.status != "final":
                 self.counters.final += 1
                 self.latencies.append(now - record.first_seen)
+                self._observe("final_seconds", now - record.first_seen)
                 record.settle("final")
             self._retry.pop(r.id, None)
         del self.latencies[:-4096]

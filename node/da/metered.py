@@ -3,7 +3,8 @@
 Also: ``probe(timeout_s)``, the health check (one attempt, its own short deadline: a layer slower than that
 fails it); the outcome of the latest ``read_after`` (``last_read_error``, what /ready reports while a log
 cannot be read); and ``on_page``, an optional hook that sees every page a consumer reads (the stack uses it to
-find fallback blobs that are not on the primary yet).
+find fallback blobs that are not on the primary yet). ``observers`` see the duration of every successful call
+and ``head_seen`` keeps the newest head a health check or a read reported (for GET /metrics).
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ class MeteredLayer:
         self.read_mark: int | None = None  # its value at the start of the latest read_after
         #: called with (page, wall ms when its read started) after every successful read_after
         self.on_page: Callable[[Page, int], Awaitable[None]] | None = None
+        #: called with (operation, seconds) after every successful call (post, get, read, head)
+        self.observers: list[Callable[[str, float], None]] = []
+        self.head_seen: int | None = None  # the newest head a health check, head() or a read at the head reported
 
     async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         start = time.perf_counter_ns()
@@ -81,6 +85,8 @@ class MeteredLayer:
             self.metrics.get_latency_us += elapsed_us
         elif what == "read":
             self.metrics.read_count += 1
+        for observe in self.observers:
+            observe(what, elapsed_us / 1e6)
         return result
 
     def metrics_json(self, available: bool) -> dict[str, Any]:
@@ -104,13 +110,16 @@ class MeteredLayer:
             self.last_read_answered = not isinstance(exc, DAUnavailable)
             raise
         self.last_read_error, self.last_read_ms = None, started
+        if page.at_head:
+            self.head_seen = max(self.head_seen or 0, page.cursor)
         if self.on_page is not None:
             await self.on_page(page, started)
         return page
 
     async def head(self) -> int:
         self.metrics.health_check_count += 1
-        return await self._call("head", self.inner.head)
+        self.head_seen = await self._call("head", self.inner.head)
+        return self.head_seen
 
     async def probe(self, timeout_s: float) -> int:
         """A health check: the head, in one attempt (``inner.probe(timeout_s)`` when the layer has one, e.g.
@@ -120,7 +129,8 @@ class MeteredLayer:
         fn: Callable[[], Awaitable[int]] = (lambda: probe(timeout_s)) if callable(probe) else self.inner.head
         try:
             with trio.fail_after(timeout_s):
-                return await fn()
+                self.head_seen = await fn()
+                return self.head_seen
         except trio.TooSlowError:
             self.metrics.error_count += 1
             raise DATimeout(f"{self.name}: health check got no answer within {timeout_s:.3g}s") from None
