@@ -23,6 +23,7 @@ from werkzeug.exceptions import HTTPException
 from api import validation as v
 from api.asgi_fix import shield_final_send
 from api.blobstore import BlobStore, register_blobstore_routes
+from api.dashboard import register_dashboard_routes
 from api.openapi import QUORUM_ROUTES, ROUTES, openapi_document
 from api.receipts import node_public_key, register_receipt_routes
 from consensus.dkg import DkgError
@@ -382,6 +383,7 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
         return bytes.fromhex(entry[1]) if entry is not None else None
 
     register_receipt_routes(app, receipts, receipt_view, mutating, json_body, ApiError, registered_key)
+    register_dashboard_routes(app, coord.config, coord.public_key)  # GET /dashboard, /cluster/members
     if validator is not None:
         register_blobstore_routes(app, validator)
     _check_routes(app, quorum=validator is not None)

@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from api import validation as v
+from api.dashboard import DASHBOARD_MEDIA, DASHBOARD_ROUTES
 from api.receipts import RECEIPT_DOC, RECEIPT_PATH_PARAMS, RECEIPT_QUERY_PARAMS, RECEIPT_ROUTES, RECEIPT_SUCCESS
 from node.da.blobstore_client import MAX_LOG_LIMIT, NAMESPACE_LEN, WRITER_HEADER, WRITER_SIGNATURE_HEADER
 from node.scheduler import STAT_DEFAULTS, STAT_RANGES, WEIGHT_NAMES, WEIGHT_RANGE
@@ -122,6 +123,7 @@ ROUTES: list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any], tuple[i
      (400, 401, 409, 413, 415, 422)),
     ("GET", "/openapi.json", "This document", None, OBJ, ()),
     *RECEIPT_ROUTES,
+    *DASHBOARD_ROUTES,
 ]
 
 # Hosted only by a coordinator with QUORUM_VALIDATOR=true (api/blobstore.py documents them in full).
@@ -167,7 +169,7 @@ def _operation(method: str, rule: str, summary: str, request_schema: Schema | No
     ok = str(_SUCCESS.get((method, rule), 200))
     op: Schema = {"summary": summary, "responses": {
         ok: {"description": "OK" if ok == "200" else "Accepted",
-             "content": {"application/json": {"schema": ok_schema}}}}}
+             "content": {DASHBOARD_MEDIA.get((method, rule), "application/json"): {"schema": ok_schema}}}}}
     params = [{"name": n, "in": "path", "required": True, "schema": _PATH_PARAMS.get(n, STR)}
               for n in re.findall(r"\{([A-Za-z_]+)\}", openapi_path(rule))]
     params += [{"name": n, "in": "query", "required": req, "schema": schema}
