@@ -77,7 +77,14 @@ DKG_IN = {"type": "object", "properties": {"threshold": {
     "type": ["integer", "null"], "minimum": 1, "maximum": 255, "description": "omitted or null: DKG_THRESHOLD"}}}
 NODE_STATS = {"type": "object", "required": ["node_id", "found"],
               "properties": {"node_id": STR, "found": BOOL, "stats": STATS}}
-READY = {"type": "object", "required": ["ready"], "properties": {"ready": BOOL, "reason": STR}}
+READY = {"type": "object", "required": ["ready"], "properties": {
+    "ready": BOOL, "reason": STR,
+    # 503 while rebuilding: events applied, events/s, ETA, and per followed log cursor, head, heights/s (nulls
+    # while unknown; node.consumer.RebuildProgress)
+    "progress": {"type": "object", "required": ["events_applied", "events_per_s", "eta_s", "elapsed_s", "logs"],
+                 "properties": {"events_applied": INT, "events_per_s": {"type": ["number", "null"]},
+                                "eta_s": {"type": ["number", "null"]}, "elapsed_s": NUM, "reports": INT,
+                                "logs": {"type": "object", "additionalProperties": {"type": "object"}}}}}}
 IDS = {"type": "array", "items": STR}
 
 # (method, path as Quart writes it, summary, request body schema or None, 200 schema, other statuses)

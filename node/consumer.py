@@ -5,6 +5,15 @@ Blobs not signed by a cluster member (DA namespaces are public), larger than the
 reason; events whose origin is not the signer's member id are dropped and counted too. Application is
 idempotent and order-free, so re-reading a blob is harmless. The cursor is persisted only inside
 snapshots, together with the state it produced.
+
+``RebuildProgress`` reports a rebuild from DA (the consumers catching up at start): every 2 s while behind,
+one log line (structured fields in ``extra=``) with events applied and events/s, each followed log's cursor,
+head and heights/s, and an ETA; /ready's 503 body carries the same fields. A log's *head* is what its layer's
+``head()`` answered at the latest report (fetched then, once per behind log, with a short deadline): for
+Celestia the network head height (``header.NetworkHead``: heights without blobs of ours count), for a blob
+store or QuorumDA validator log the position of its newest blob, for the Mock DA the height of its newest blob;
+cursor and head are in the same unit (the consumer's cursor). Unknown (null) until the first report or while
+the layer does not answer.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import trio
 
@@ -22,6 +32,8 @@ from node.events import Event
 
 log = logging.getLogger("dsdn.consumer")
 READ_LIMIT = 32
+PROGRESS_INTERVAL_S = 2.0
+HEAD_TIMEOUT_S = 5.0
 
 
 class Consumer:
@@ -108,3 +120,106 @@ class Consumer:
                 await trio.sleep(self._idle)  # an idle log (a fallback in good times) is read about once a second
             else:
                 await trio.sleep(0)
+
+
+class RebuildProgress:
+    """Progress of the consumers catching up with their logs (see the module docstring)."""
+
+    def __init__(self, consumers: Mapping[str, Consumer], events_applied: Callable[[], int],
+                 done: Callable[[], bool], *, interval_s: float = PROGRESS_INTERVAL_S,
+                 head_timeout_s: float = HEAD_TIMEOUT_S) -> None:
+        """``events_applied``: the state's count; ``done``: the rebuild is over (the coordinator's ``rebuilt``)."""
+        self.consumers, self.events_applied, self.done = consumers, events_applied, done
+        self.interval_s, self.head_timeout_s = interval_s, head_timeout_s
+        self.heads: dict[str, int | None] = dict.fromkeys(consumers)
+        self.head_errors: dict[str, str] = {}
+        self.cursor_rates: dict[str, float | None] = dict.fromkeys(consumers)
+        self.events_per_s: float | None = None
+        self.reports = 0  # progress lines logged
+        self._started = self._last_t = 0.0
+        self._last_events = 0
+        self._last_cursors: dict[str, int] = {}
+
+    def _mark(self) -> None:
+        self._last_t = trio.current_time()
+        self._last_events = self.events_applied()
+        self._last_cursors = {name: c.cursor for name, c in self.consumers.items()}
+
+    async def run(self) -> None:
+        """Report every ``interval_s`` until the rebuild is over; then one line with the totals."""
+        self._started = trio.current_time()
+        self._mark()
+        first_events = self._last_events
+        while not self.done():
+            await trio.sleep(self.interval_s)
+            if self.done():
+                break
+            await self.report()
+        elapsed = trio.current_time() - self._started
+        if self.reports:  # a rebuild long enough to be reported gets its summary too
+            events = self.events_applied() - first_events
+            log.info("rebuild from DA complete: %d events in %.1fs (%.0f events/s)", events, elapsed,
+                     events / elapsed if elapsed > 0 else 0.0,
+                     extra={"events": events, "elapsed_s": round(elapsed, 3)})
+
+    async def _fetch_head(self, name: str, consumer: Consumer) -> None:
+        layer = getattr(consumer.da, "inner", consumer.da)  # past the metering wrapper: this is no health check
+        try:
+            with trio.fail_after(self.head_timeout_s):
+                self.heads[name] = await layer.head()
+            self.head_errors.pop(name, None)
+        except (DAError, trio.TooSlowError) as exc:
+            self.head_errors[name] = str(exc) or f"no answer within {self.head_timeout_s:g}s"
+
+    async def report(self) -> dict[str, Any]:
+        """Fetch the head of every log still behind, update the rates since the previous report, log one line
+        and return the progress."""
+        async with trio.open_nursery() as nursery:
+            for name, consumer in self.consumers.items():
+                if not consumer.caught_up.is_set():
+                    nursery.start_soon(self._fetch_head, name, consumer)
+        now = trio.current_time()
+        dt = now - self._last_t
+        if dt > 0:
+            self.events_per_s = (self.events_applied() - self._last_events) / dt
+            for name, consumer in self.consumers.items():
+                self.cursor_rates[name] = max(0, consumer.cursor - self._last_cursors.get(name, consumer.cursor)) / dt
+        self._mark()
+        progress = self.snapshot()
+        self.reports += 1
+        behind = ", ".join(
+            f"{name} {entry['cursor']}/{'?' if entry['head'] is None else entry['head']}"
+            + (f" ({entry['heights_per_s']:.1f}/s)" if entry["heights_per_s"] is not None else "")
+            for name, entry in progress["logs"].items() if not entry["caught_up"])
+        eta = progress["eta_s"]
+        log.info("rebuilding from DA: %d events applied (%.0f events/s); behind: %s; ETA %s",
+                 progress["events_applied"], progress["events_per_s"] or 0.0, behind or "none",
+                 "unknown" if eta is None else f"{eta:.0f}s", extra={"progress": progress})
+        return progress
+
+    def snapshot(self) -> dict[str, Any]:
+        """The progress now: live cursors and counts, heads and rates of the latest report (null before it).
+        ``eta_s``: the slowest behind log's (head − cursor) / heights per second; null while unknown."""
+        logs: dict[str, dict[str, Any]] = {}
+        etas: list[float | None] = []
+        for name, consumer in self.consumers.items():
+            caught_up = consumer.caught_up.is_set()
+            head = self.heads.get(name)
+            if head is not None or caught_up:
+                head = max(head or 0, consumer.cursor)  # at its head, or past the head seen at the last report
+            behind = None if head is None else head - consumer.cursor
+            rate = self.cursor_rates.get(name)
+            eta: float | None = 0.0 if caught_up or behind == 0 else None
+            if eta is None and behind is not None and rate:
+                eta = behind / rate
+            if not caught_up:
+                etas.append(eta)
+            logs[name] = {"cursor": consumer.cursor, "head": head, "behind": behind, "caught_up": caught_up,
+                          "heights_per_s": None if rate is None else round(rate, 3),
+                          "eta_s": None if eta is None else round(eta, 3),
+                          "error": self.head_errors.get(name) or (None if consumer.last_ok else "read failing")}
+        started = self._started or trio.current_time()
+        return {"events_applied": self.events_applied(),
+                "events_per_s": None if self.events_per_s is None else round(self.events_per_s, 1),
+                "eta_s": None if any(e is None for e in etas) else round(max(etas, default=0.0), 3),
+                "elapsed_s": round(trio.current_time() - started, 3), "reports": self.reports, "logs": logs}

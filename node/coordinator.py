@@ -19,7 +19,7 @@ import trio
 from node import events as ev
 from node import identity, snapshot
 from node.config import Config, ConfigError
-from node.consumer import Consumer
+from node.consumer import Consumer, RebuildProgress
 from node.da.base import BlobRef, DAError, DALayer
 from node.da.mock import MockDA
 from node.da.stack import DAStack
@@ -95,6 +95,8 @@ class Coordinator:
         }
         # A pruned Celestia node does not keep old heights: start where the cluster's history begins.
         self.consumers[PRIMARY].cursor = config.da_start_height - 1
+        # logged every 2 s while the consumers catch up at start; /ready's 503 body carries it
+        self.progress = RebuildProgress(self.consumers, lambda: self.state.events_applied, lambda: self.rebuilt)
         self.snapshots_written = 0
         self._snapshot_mark: tuple[int, dict[str, int]] = (-1, {})
         self.started_ms = wall_ms()
@@ -137,6 +139,7 @@ class Coordinator:
                     await nursery.start(consumer.run)
                 await nursery.start(self.da.monitor)
                 nursery.start_soon(self._snapshot_loop)
+                nursery.start_soon(self.progress.run)
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(10):
