@@ -24,6 +24,7 @@ from api import validation as v
 from api.asgi_fix import shield_final_send
 from api.blobstore import BlobStore, register_blobstore_routes
 from api.dashboard import register_dashboard_routes
+from api.metrics import register_metrics_routes
 from api.openapi import QUORUM_ROUTES, ROUTES, openapi_document
 from api.receipts import node_public_key, register_receipt_routes
 from consensus.dkg import DkgError
@@ -384,6 +385,7 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
         return bytes.fromhex(entry[1]) if entry is not None else None
 
     register_receipt_routes(app, receipts, receipt_view, mutating, json_body, ApiError, registered_key)
+    register_metrics_routes(app, coord, peers, dkg, receipts)  # GET /metrics, no auth (like /health)
     register_dashboard_routes(app, coord.config, coord.public_key)  # GET /dashboard, /cluster/members
     if validator is not None:
         register_blobstore_routes(app, validator)

@@ -14,6 +14,7 @@ from typing import Any
 
 from api import validation as v
 from api.dashboard import DASHBOARD_MEDIA, DASHBOARD_ROUTES
+from api.metrics import METRICS_MEDIA_TYPE, METRICS_ROUTE
 from api.receipts import RECEIPT_DOC, RECEIPT_PATH_PARAMS, RECEIPT_QUERY_PARAMS, RECEIPT_ROUTES, RECEIPT_SUCCESS
 from node.da.blobstore_client import MAX_LOG_LIMIT, NAMESPACE_LEN, WRITER_HEADER, WRITER_SIGNATURE_HEADER
 from node.scheduler import STAT_DEFAULTS, STAT_RANGES, WEIGHT_NAMES, WEIGHT_RANGE
@@ -131,6 +132,7 @@ ROUTES: list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any], tuple[i
     ("GET", "/openapi.json", "This document", None, OBJ, ()),
     *RECEIPT_ROUTES,
     *DASHBOARD_ROUTES,
+    METRICS_ROUTE,
 ]
 
 # Hosted only by a coordinator with QUORUM_VALIDATOR=true (api/blobstore.py documents them in full).
@@ -146,6 +148,7 @@ QUORUM_ROUTES: list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any], 
 _SUCCESS = {("POST", "/cluster/dkg"): 202, **RECEIPT_SUCCESS}
 _ERROR_BODIES: dict[tuple[str, str, int], Schema] = {("GET", "/ready", 503): READY}
 _REQUEST_OPTIONAL = {("POST", "/cluster/dkg")}  # an empty body is allowed
+_MEDIA_TYPES = {**DASHBOARD_MEDIA, METRICS_ROUTE[:2]: METRICS_MEDIA_TYPE}  # successes that are not JSON
 _PATH_PARAMS: dict[str, Schema] = {"node_id": ID, "key": HASH, "obj": HASH, "blob_hash": HEX32, **RECEIPT_PATH_PARAMS}
 _QUERY_PARAMS: dict[str, list[tuple[str, Schema, bool]]] = {
     "/placement/<key>": [("rf", {"type": "integer", "minimum": 1, "maximum": 64, "default": 3}, False)],
@@ -176,7 +179,7 @@ def _operation(method: str, rule: str, summary: str, request_schema: Schema | No
     ok = str(_SUCCESS.get((method, rule), 200))
     op: Schema = {"summary": summary, "responses": {
         ok: {"description": "OK" if ok == "200" else "Accepted",
-             "content": {DASHBOARD_MEDIA.get((method, rule), "application/json"): {"schema": ok_schema}}}}}
+             "content": {_MEDIA_TYPES.get((method, rule), "application/json"): {"schema": ok_schema}}}}}
     params = [{"name": n, "in": "path", "required": True, "schema": _PATH_PARAMS.get(n, STR)}
               for n in re.findall(r"\{([A-Za-z_]+)\}", openapi_path(rule))]
     params += [{"name": n, "in": "query", "required": req, "schema": schema}
