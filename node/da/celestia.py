@@ -275,22 +275,45 @@ class CelestiaDA:
     # ---- DALayer --------------------------------------------------------------------------------
 
     async def post(self, data: bytes) -> BlobRef:
+        return (await self.post_many([data]))[0]
+
+    def _checked(self, data: bytes) -> bytes:
         data = bytes(data)
         if not data:
             raise InvalidBlob(f"{self.name}: a blob can not be empty")
         if len(data) > self.max_blob_bytes:
             raise BlobTooLarge(f"{self.name}: blob is {len(data)} bytes; the limit is {self.max_blob_bytes}")
-        commitment = blob_commitment(self.namespace, data)
-        blob = {"namespace": self._ns_b64, "data": b64(data), "share_version": 0, "commitment": b64(commitment)}
+        return data
+
+    async def post_many(self, blobs: Sequence[bytes]) -> list[BlobRef]:
+        """Several blobs in one ``blob.Submit`` call (one pay-for-blobs transaction: all of them are included at
+        the same height, or none is). Each blob is checked before any I/O (InvalidBlob, BlobTooLarge), and so is
+        their total: at most ``max_blob_bytes`` together (``max_submit_bytes``), the most one transaction
+        carries; a caller with more splits them into several calls. The refs, in the order given."""
+        datas = [self._checked(d) for d in blobs]
+        if not datas:
+            raise InvalidBlob(f"{self.name}: blob.Submit needs at least one blob")
+        total = sum(len(d) for d in datas)
+        if len(datas) > 1 and total > self.max_submit_bytes:
+            raise BlobTooLarge(f"{self.name}: {len(datas)} blobs of {total} bytes together; one blob.Submit "
+                               f"carries at most {self.max_submit_bytes}")
+        commitments = [blob_commitment(self.namespace, d) for d in datas]
+        payload = [{"namespace": self._ns_b64, "data": b64(d), "share_version": 0, "commitment": b64(c)}
+                   for d, c in zip(datas, commitments, strict=True)]
         # celestia-node TxConfig: gas_price is only used when is_gas_price_set is true; otherwise the node
         # estimates it (our gas_price < 0 means exactly that).
         options: dict[str, Any] = {}
         if self.gas_price >= 0:
             options = {"gas_price": self.gas_price, "is_gas_price_set": True}
-        result = await self.call("blob.Submit", [[blob], options])
+        result = await self.call("blob.Submit", [payload, options])
         if isinstance(result, bool) or not isinstance(result, int) or result <= 0:
             raise DARPCError(None, f"blob.Submit returned {result!r}, not an inclusion height", "blob.Submit")
-        return BlobRef(self.name, result, commitment)
+        return [BlobRef(self.name, result, c) for c in commitments]
+
+    @property
+    def max_submit_bytes(self) -> int:
+        """The most blob bytes one ``post_many`` call takes (one transaction's worth: ``max_blob_bytes``)."""
+        return self.max_blob_bytes
 
     def _decode_blob(self, obj: Any, height: int) -> tuple[BlobRef, bytes, int] | None:
         """(ref, data, index) for a blob JSON of our namespace; None for another namespace, and None (counted
