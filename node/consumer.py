@@ -136,7 +136,8 @@ class RebuildProgress:
         self.cursor_rates: dict[str, float | None] = dict.fromkeys(consumers)
         self.events_per_s: float | None = None
         self.reports = 0  # progress lines logged
-        self._started = self._last_t = 0.0
+        self._started: float | None = None  # trio time when run() began
+        self._last_t = 0.0
         self._last_events = 0
         self._last_cursors: dict[str, int] = {}
 
@@ -147,15 +148,16 @@ class RebuildProgress:
 
     async def run(self) -> None:
         """Report every ``interval_s`` until the rebuild is over; then one line with the totals."""
-        self._started = trio.current_time()
+        self._started = started = trio.current_time()
         self._mark()
         first_events = self._last_events
-        while not self.done():
-            await trio.sleep(self.interval_s)
-            if self.done():
-                break
-            await self.report()
-        elapsed = trio.current_time() - self._started
+        next_at = started + self.interval_s
+        while not self.done():  # looked at every 0.1 s, so the summary's time is that of the rebuild
+            if trio.current_time() >= next_at:
+                await self.report()
+                next_at = max(next_at + self.interval_s, trio.current_time())
+            await trio.sleep(max(0.0, min(0.1, next_at - trio.current_time())))
+        elapsed = trio.current_time() - started
         if self.reports:  # a rebuild long enough to be reported gets its summary too
             events = self.events_applied() - first_events
             log.info("rebuild from DA complete: %d events in %.1fs (%.0f events/s)", events, elapsed,
@@ -218,7 +220,7 @@ class RebuildProgress:
                           "heights_per_s": None if rate is None else round(rate, 3),
                           "eta_s": None if eta is None else round(eta, 3),
                           "error": self.head_errors.get(name) or (None if consumer.last_ok else "read failing")}
-        started = self._started or trio.current_time()
+        started = trio.current_time() if self._started is None else self._started
         return {"events_applied": self.events_applied(),
                 "events_per_s": None if self.events_per_s is None else round(self.events_per_s, 1),
                 "eta_s": None if any(e is None for e in etas) else round(max(etas, default=0.0), 3),
