@@ -14,6 +14,7 @@ needs Docker.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import importlib
 import json
 import os
@@ -324,6 +325,25 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return [(text.split(None, 1)[0].upper(), text.split(None, 1)[1].strip()) for text in logical]
 
 
+DOCKERIGNORE = DEPLOY / "Dockerfile.dockerignore"
+
+
+def is_docker_ignored(path: str) -> bool:
+    """Docker's rule for a path and the .dockerignore patterns: the last matching pattern wins ("!" keeps)."""
+    ignored = False
+    for line in DOCKERIGNORE.read_text().splitlines():
+        pattern = line.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        keep = pattern.startswith("!")
+        pattern = pattern.lstrip("!").rstrip("/")
+        matches = (pattern == "**" or fnmatch.fnmatchcase(path, pattern) or fnmatch.fnmatchcase(path, pattern + "/*")
+                   or (pattern.startswith("**/") and fnmatch.fnmatchcase(path.rsplit("/", 1)[-1], pattern[3:])))
+        if matches:
+            ignored = not keep
+    return ignored
+
+
 def docker_env(args: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in shlex.split(args))
 
@@ -339,8 +359,10 @@ def test_dockerfile_paths_commands_and_variables() -> None:
     for args in by_name["COPY"]:
         *sources, _dest = shlex.split(args)
         for source in sources:
-            assert (ROOT / source).exists(), f"COPY {source}: no such path in the repository"
-            copied.add(source)
+            assert list(ROOT.glob(source)), f"COPY {source}: no such path in the repository"
+            assert not is_docker_ignored(source), f"COPY {source}: excluded by {DOCKERIGNORE.name}"
+            copied.add(source.split("/")[0])
+    assert is_docker_ignored(".dsdn") and is_docker_ignored(".venv") and is_docker_ignored("deploy/.env")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     packages = {pattern.rstrip("*") for pattern in project["tool"]["setuptools"]["packages"]["find"]["include"]}
     assert packages | {"pyproject.toml", project["project"]["readme"]} <= copied, "pip install . needs these"
