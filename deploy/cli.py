@@ -5,7 +5,8 @@ Celestia-compatible DA node), ``blobstore`` (the blob-store service), ``keys sho
 data dir's public key, creating the key if needed, for the cluster config), ``namespace NAME`` (a valid
 Celestia namespace for DA_NAMESPACE), ``receipt make|submit|get|verify`` (usage receipts by hand, offline
 verification), ``simulate`` (seeded fault schedules with safety/liveness/convergence checkers), ``nemesis`` (faults
-against a real local cluster under load, then a check of the history), ``version``.
+against a real local cluster under load, then a check of the history), ``status`` / ``nodes`` / ``objects`` /
+``placement`` (the cluster's HTTP API as a client, deploy/ctl.py), ``version``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ def main(argv: list[str] | None = None) -> None:
 
         simulate.main(argv[1:])
         return
+    if argv[:1] and argv[0] in ("status", "nodes", "objects", "placement"):
+        from deploy import ctl
+
+        ctl.main(argv)
+        return
     if argv[:1] == ["receipt"]:
         from deploy import receipt_cli
 
@@ -63,6 +69,10 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("receipt", help="usage receipts: `dsdn receipt make|submit|get|verify --help`")
     sub.add_parser("simulate", help="seeded fault schedules against a simulated cluster (`dsdn simulate --help`)")
     sub.add_parser("nemesis", help="faults against a real local cluster under load (`dsdn nemesis --help`)")
+    sub.add_parser("status", help="one row per coordinator of the cluster (`dsdn status --help`)")
+    sub.add_parser("nodes", help="`dsdn nodes list|get|register` (client of the HTTP API)")
+    sub.add_parser("objects", help="`dsdn objects register|get`")
+    sub.add_parser("placement", help="`dsdn placement HASH [--rf N]`")
     sub.add_parser("version", help="print the version")
     args = parser.parse_args(argv)
     if args.command == "version":
