@@ -205,22 +205,23 @@
                                   + (name === routing.current_state ? " (writes go here)" : "")},
                   `${name} ${healthy ? "✓" : "✗"}`);
       }) : [];
-      const url = m.self ? location.origin : (m.http_url || "unknown");
+      const url = m.self ? location.origin : (m.http_url || "");
+      const host = url.replace(/^https?:\/\//, "");
       return el("tr", {"data-member": m.id, class: `member status-${status.toLowerCase().replace(" ", "-")}`},
         el("td", {class: "id"}, m.id, m.self ? el("span", {class: "muted"}, " (this page)") : null),
-        el("td", {}, m.http_url || m.self ? el("a", {href: `${url}/dashboard`}, url) : "unknown"),
+        el("td", {}, url ? el("a", {href: `${url}/dashboard`, title: `${url}/dashboard`}, host) : "unknown"),
         el("td", {class: `status ${status.toLowerCase().replace(" ", "-")}`, "data-status": status,
                   title: v && v.error ? v.error : (v && v.health ? v.health.status : "")}, status),
-        el("td", {class: `mono${root && roots.distinct > 1 && root !== roots.value ? " differs" : ""}`,
-                  title: root || ""}, root ? short(root, 16) : "—"),
+        el("td", {class: `mono root${root && roots.distinct > 1 && root !== roots.value ? " differs" : ""}`,
+                  title: root || ""}, root ? short(root, 12) : "—"),
         el("td", {class: "num"}, up && v.root ? v.root.events_applied : "—"),
         el("td", {class: "num"}, up && v.root ? v.root.pending : "—"),
         el("td", {}, routing ? `${routing.current_state} (${routing.status})` +
                      (routing.pending_reconcile ? `, ${routing.pending_reconcile} to reconcile` : "") : "—"),
-        el("td", {}, ...layers),
-        el("td", {class: `mono${key && keys.distinct > 1 && key !== keys.value ? " differs" : ""}`, title: key || ""},
-           key ? short(key, 16) : (up && v.cluster ? (v.cluster.dkg ? `DKG ${v.cluster.dkg.state}` : "none") : "—")),
-        el("td", {class: "num"}, receipts ? receipts.final : "—"),
+        el("td", {class: "layers"}, ...layers),
+        el("td", {class: `mono group-key${key && keys.distinct > 1 && key !== keys.value ? " differs" : ""}`, title: key || ""},
+           key ? short(key, 12) : (up && v.cluster ? (v.cluster.dkg ? `DKG ${v.cluster.dkg.state}` : "none") : "—")),
+        el("td", {class: "num final"}, receipts ? receipts.final : "—"),
         el("td", {class: "num"}, lat ? `${lat.p50} / ${lat.p99}` : "—"));
     });
     replaceRows(document.querySelector("#members tbody"), rows);
@@ -256,7 +257,8 @@
         const link = v.peers.find(p => p.id === to);
         if (!link) return el("td", {class: "unknown", "data-link": `${m.id}>${to}`}, "not a peer");
         const cls = link.state === "up" ? "ok" : (link.state === "suspect" ? "warn" : "bad");
-        const rtt = link.rtt_ms === null || link.rtt_ms === undefined ? "" : ` ${Number(link.rtt_ms).toFixed(1)} ms`;
+        const rtt = link.state !== "up" || link.rtt_ms === null || link.rtt_ms === undefined ? ""
+          : ` ${Number(link.rtt_ms).toFixed(1)} ms`;
         return el("td", {class: `link ${cls}`, "data-link": `${m.id}>${to}`, "data-state": link.state,
                          title: `${link.address}; in ${link.messages_in} / out ${link.messages_out} messages; ` +
                                 `${link.errors} errors${link.last_error ? "; last: " + link.last_error : ""}`},
@@ -267,12 +269,19 @@
     replaceRows(table.querySelector("tbody"), rows);
   }
 
+  function niceCeil(v) {  // the next 1, 2 or 5 times a power of ten: round grid lines
+    if (!(v > 0)) return 1;
+    const p = Math.pow(10, Math.floor(Math.log10(v)));
+    for (const m of [1, 2, 5, 10]) if (m * p >= v) return m * p;
+    return 10 * p;
+  }
+
   function drawChart(node, field, unit) {
     const W = 600, H = 200, L = 44, R = 8, T = 10, B = 22;
     const now = Date.now() / 1000;
     let max = 0;
     for (const series of state.history.values()) for (const p of series) if (p[field] !== null) max = Math.max(max, p[field]);
-    max = max > 0 ? max * 1.15 : 1;
+    max = niceCeil(max * 1.1);
     const x = t => L + (W - L - R) * (1 - (now - t) / HISTORY_S);
     const y = v => T + (H - T - B) * (1 - v / max);
     const parts = [];
@@ -280,7 +289,7 @@
       const v = (max * i) / 4;
       parts.push(svg("line", {x1: L, x2: W - R, y1: y(v), y2: y(v), class: "gridline"}));
       parts.push(svg("text", {x: L - 4, y: y(v) + 4, class: "axis", "text-anchor": "end"},
-                     v >= 10 ? v.toFixed(0) : v.toFixed(1)));
+                     String(Number(v.toPrecision(3)))));
     }
     for (const s of [300, 240, 180, 120, 60, 0]) {
       parts.push(svg("text", {x: x(now - s), y: H - 6, class: "axis", "text-anchor": "middle"},

@@ -1,0 +1,159 @@
+"""The dashboard in a real headless Chromium (Debian's ``chromium``, driven by Playwright's sync API) against a
+real cluster of processes (``dsdn cluster up -n 3``): the page loads without console errors, shows every member
+UP with its peer links, shows a coordinator killed with SIGKILL as DOWN within seconds, and is saved as a
+screenshot. Chromium is installed with apt-get when it is missing (as bench/http.py does for wrk); the test is
+skipped, saying why, when that is impossible."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nacl.signing
+import pytest
+
+from consensus import receipts as rc
+from tests.test_cluster import Cluster
+
+N = 3
+DOWN_WITHIN_S = 10.0
+RECEIPTS = 3
+
+
+def find_chromium() -> tuple[str | None, str]:
+    """(path to chromium, why not): installs Debian's package when it is missing and apt-get can."""
+    path = shutil.which("chromium")
+    if path is not None:
+        return path, ""
+    if shutil.which("apt-get") is None:
+        return None, "chromium is not on PATH and there is no apt-get to install it"
+    if os.geteuid() != 0:
+        return None, "chromium is not on PATH and installing it needs root (apt-get install -y chromium)"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+        done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+        if done.returncode != 0:
+            return None, f"installing chromium failed ({' '.join(cmd)}): {done.stderr.decode(errors='replace')[-500:]}"
+    path = shutil.which("chromium")
+    return (path, "") if path else (None, "apt-get installed chromium but it is not on PATH")
+
+
+def wait_cluster_json(cluster: Cluster, timeout: float = 60.0) -> dict[str, Any]:
+    path = cluster.data_dir / "cluster.json"
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert cluster.proc is not None and cluster.proc.poll() is None, cluster.log()
+        assert time.monotonic() < deadline, f"cluster not up after {timeout}s:\n{cluster.log()}"
+        time.sleep(0.1)
+    return json.loads(path.read_text())
+
+
+def sign_receipts(urls: list[str]) -> list[str]:
+    """A node with a key, an object it holds, and RECEIPTS receipts signed by the cluster (on urls[0]); their ids."""
+    key = nacl.signing.SigningKey(bytes(range(32)))
+    epoch = int(time.time() // 3600) + 1
+    with httpx.Client(timeout=30) as http:
+        steps: list[tuple[str, dict[str, Any]]] = [("/register", {"id": "dash-node", "zone": "z", "addr": "h:1",
+                                                                  "public_key": bytes(key.verify_key).hex()})]
+        for k in range(RECEIPTS):  # one slot (type, node, subject, epoch) per receipt: one object each
+            steps += [("/object/register", {"hash": f"dash-obj{k}", "size": 1}),
+                      ("/replica/mark_healed", {"hash": f"dash-obj{k}", "node_id": "dash-node"})]
+        for path, body in steps:
+            assert http.post(urls[0] + path, json=body).status_code == 200
+        deadline = time.monotonic() + 20
+        while len({http.get(f"{u}/state/root").json()["root"] for u in urls}) != 1:  # every signer knows the node
+            assert time.monotonic() < deadline, "the ledger did not reach every coordinator"
+            time.sleep(0.1)
+        ids = []
+        for k in range(RECEIPTS):
+            receipt = rc.sign_as_node(key, receipt_type="storage", node_id="dash-node", subject=f"dash-obj{k}",
+                                      epoch=epoch, usage_proof_hash=f"{k:064x}", execution_commitment=None,
+                                      reward_base=100, submitter_address="ab" * 20, timestamp=int(time.time()))
+            r = http.post(f"{urls[0]}/receipts", params={"wait_ms": 15000}, json=receipt.to_json())
+            assert r.status_code == 200, r.text
+            ids.append(r.json()["receipt_id"])
+        return ids
+
+
+def test_dashboard_shows_every_member_and_a_killed_one_as_down(tmp_path: Path) -> None:
+    chromium, why = find_chromium()
+    if chromium is None:
+        pytest.skip(why)
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+
+    cluster = Cluster(tmp_path / "cluster", tmp_path / "cluster.log", n=N)
+    cluster.start()
+    try:
+        info = wait_cluster_json(cluster)
+        coordinators = [p for p in info["processes"] if p["role"] == "coordinator"]
+        ids = [p["id"] for p in coordinators]
+        victim = coordinators[-1]
+        errors: list[str] = []  # console errors and uncaught exceptions, with where they came from
+
+        def on_console(msg: Any) -> None:
+            if msg.type == "error":
+                errors.append(f"console: {msg.text} ({msg.location.get('url', '')})")
+
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, headless=True,
+                                         args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1100})
+                page.on("console", on_console)
+                page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+                response = page.goto(f"{coordinators[0]['url']}/dashboard")
+                assert response is not None and response.status == 200
+                expect = sync_api.expect
+                rows = page.locator("#members tbody tr[data-member]")
+                expect(rows).to_have_count(N, timeout=10_000)
+                assert [rows.nth(i).get_attribute("data-member") for i in range(N)] == ids
+                for cid in ids:
+                    expect(page.locator(f'tr[data-member="{cid}"] td.status')).to_have_text("UP", timeout=15_000)
+                # every directed peer link as its reporting member sees it: up, with an RTT
+                links = page.locator("#links td[data-link]")
+                expect(links).to_have_count(N * (N - 1))
+                expect(page.locator('#links td[data-state="up"]')).to_have_count(N * (N - 1), timeout=15_000)
+                for cid in ids:  # its state root
+                    expect(page.locator(f'tr[data-member="{cid}"] td.root')).to_have_attribute(
+                        "title", re.compile(r"^[0-9a-f]{64}$"))
+                # the DKG's key on every member, then receipts the cluster signed: listed final, counted
+                expect(page.locator("#summary-key")).to_have_text(re.compile(r"^group key [0-9a-f]{16}"),
+                                                                  timeout=30_000)
+                receipt_ids = sign_receipts([p["url"] for p in coordinators])
+                for rid in receipt_ids:
+                    expect(page.locator(f'#receipts tr[data-receipt="{rid}"] td.status')).to_have_text(
+                        "final", timeout=10_000)
+                expect(page.locator(f'tr[data-member="{ids[0]}"] td.final')).to_have_text(
+                    str(RECEIPTS), timeout=5_000)  # receipts final on the member that proposed them
+                expect(page.locator("#chart-rate path.series")).to_have_count(N)
+                assert errors == [], errors
+
+                os.kill(victim["pid"], signal.SIGKILL)
+                killed_at = time.monotonic()
+                status = page.locator(f'tr[data-member="{victim["id"]}"] td.status')
+                expect(status).to_have_text("DOWN", timeout=DOWN_WITHIN_S * 1000)
+                took = time.monotonic() - killed_at
+                for cid in ids[:-1]:
+                    expect(page.locator(f'tr[data-member="{cid}"] td.status')).to_have_text("UP")
+                expect(page.locator("#summary-up")).to_have_text(f"{N - 1} / {N} members up")
+                print(f"dashboard: {victim['id']} shown DOWN {took:.2f}s after SIGKILL")
+
+                shot = tmp_path / "dashboard.png"
+                page.screenshot(path=str(shot), full_page=True)
+                assert shot.exists() and shot.stat().st_size > 0
+            finally:
+                browser.close()
+        # the killed member's refused connections are expected (Chromium logs each one); nothing else is
+        unexpected = [e for e in errors if not (e.startswith("console: Failed to load resource")
+                                                and victim["url"] in e)]
+        assert unexpected == [], unexpected
+    finally:
+        cluster.stop()
