@@ -152,7 +152,7 @@ async def start_cluster(nursery: trio.Nursery, make_config: Callable[..., Config
     mock = MockDA()
     clients = []
     for i in range(n):
-        cfg = make_config(f"c{i}", CLUSTER_PEERS=spec, PEER_HEARTBEAT_MS="200", KEYSTORE_PASSPHRASE="metrics-test")
+        cfg = make_config(f"c{i}", CLUSTER_PEERS=spec, PEER_HEARTBEAT_MS="200")
         coord = Coordinator(cfg, mock)
         peers = peer_manager(cfg, coord)
         assert peers is not None
