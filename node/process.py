@@ -33,6 +33,9 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
+KEEP_ALIVE_S = 75.0
+
+
 def _bind(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -44,6 +47,11 @@ def hypercorn_config(host: str, port: int) -> HyperConfig:
     hcfg.accesslog = None
     hcfg.errorlog = logging.getLogger("hypercorn.error")
     hcfg.graceful_timeout = 5.0
+    # Longer than any client's idle-connection expiry (httpx 5 s, aiohttp 15 s, nginx 60 s): with hypercorn's
+    # 5 s, a client reusing a connection idle for just under 5 s raced the server's close and got "server
+    # disconnected without sending a response" (seen under load). Idle connections still close at once on
+    # SIGTERM (api/asgi_fix.py), so shutdown does not wait for this.
+    hcfg.keep_alive_timeout = KEEP_ALIVE_S
     return hcfg
 
 

@@ -63,6 +63,34 @@ async def test_sigterm_and_sigint_stop_gracefully_even_with_an_idle_keepalive(
         assert "stopped cleanly" in c.log() and "snapshot written" in c.log()
 
 
+async def test_an_idle_keepalive_connection_outlives_common_client_expiries(
+        procs: list[CoordinatorProcess], tmp_path: Path) -> None:
+    """Under load a client saw "server disconnected without sending a response": httpx reuses a connection idle
+    for up to 5 s, and hypercorn closed idle connections at exactly 5 s. Now an idle connection is kept far
+    longer than that, so a request on a connection idle for 6 s is answered."""
+    c = launch(procs, tmp_path, "c0")
+    await c.wait_ready()
+    host, port = c.url.removeprefix("http://").rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    request = f"GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+
+    async def exchange() -> bytes:
+        await stream.send_all(request)
+        data = b""
+        with trio.fail_after(5):
+            while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    return data
+                data += chunk
+        return data
+
+    assert (await exchange()).startswith(b"HTTP/1.1 200")
+    await trio.sleep(6.0)
+    assert (await exchange()).startswith(b"HTTP/1.1 200")  # same connection, not closed under the client
+    await stream.aclose()
+
+
 async def test_kill_9_then_restart_on_the_same_data_dir_gives_the_same_state(
         procs: list[CoordinatorProcess], tmp_path: Path) -> None:
     c = launch(procs, tmp_path, "c0")
