@@ -297,13 +297,17 @@
     }
     for (const [id, series] of state.history) {
       let d = "";
-      let pen = false;
-      for (const p of series) {
-        if (p[field] === null) { pen = false; continue; }
-        d += `${pen ? "L" : "M"}${x(p.t).toFixed(1)},${y(p[field]).toFixed(1)}`;
-        pen = true;
-      }
+      const dots = [];  // samples with no neighbour to draw a line to
+      series.forEach((p, i) => {
+        if (p[field] === null) return;
+        const joined = i > 0 && series[i - 1][field] !== null;
+        d += `${joined ? "L" : "M"}${x(p.t).toFixed(1)},${y(p[field]).toFixed(1)}`;
+        if (!joined && (i + 1 >= series.length || series[i + 1][field] === null)) dots.push(p);
+      });
       if (d) parts.push(svg("path", {d, fill: "none", stroke: colorOf(id), "stroke-width": 2, class: "series"}));
+      for (const p of dots) {
+        parts.push(svg("circle", {cx: x(p.t).toFixed(1), cy: y(p[field]).toFixed(1), r: 2.5, fill: colorOf(id)}));
+      }
     }
     parts.push(svg("text", {x: L + 4, y: T + 10, class: "axis unit"}, unit));
     node.replaceChildren(...parts);
