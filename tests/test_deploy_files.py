@@ -467,11 +467,14 @@ def test_compose_services_and_commands(compose: dict[str, Any]) -> None:
         assert (COMPOSE.parent / services[name]["build"]["context"] / "deploy" / "Dockerfile").resolve() == DOCKERFILE
     init = services["init"]["command"]
     compile(init[2], "init", "exec")
+    assert init[5] == [args for name, args in dockerfile_instructions() if name == "USER"][-1]  # owns the data
     assert "from node import identity" in init[2] and hasattr(identity, "load_or_create")
     assert init[6:] == COORDINATORS
     for name in COORDINATORS:  # each coordinator its own volume, declared at the top level
         assert mounts(services[name])["/var/lib/dsdn"] == name and name in compose["volumes"]
-        assert services[name]["stop_grace_period"] == "30s"
+        # as long as the unit waits for the graceful stop before SIGKILL
+        stop_unit = seconds(unit_value(parse_unit(UNIT.read_text())["Service"], "TimeoutStopSec"))
+        assert seconds(services[name]["stop_grace_period"]) == stop_unit
 
 
 def test_compose_environments_are_read_and_consistent(compose: dict[str, Any], tmp_path: Path) -> None:
