@@ -15,13 +15,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from node import identity
-from node.coordinator import VERSION
-from node.da.namespace import namespace_from_name
-
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] and argv[0] in ("status", "nodes", "objects", "placement"):  # before the imports below: a
+        from deploy import ctl  # client command starts without loading the coordinator's modules
+
+        ctl.main(argv)
+        return
+    from node import identity
+    from node.coordinator import VERSION
+    from node.da.namespace import namespace_from_name
+
     # Services parse their own flags: everything after the subcommand goes to them.
     if argv[:2] == ["cluster", "up"]:
         from deploy import cluster
@@ -37,11 +42,6 @@ def main(argv: list[str] | None = None) -> None:
         from deploy import simulate
 
         simulate.main(argv[1:])
-        return
-    if argv[:1] and argv[0] in ("status", "nodes", "objects", "placement"):
-        from deploy import ctl
-
-        ctl.main(argv)
         return
     if argv[:1] == ["receipt"]:
         from deploy import receipt_cli

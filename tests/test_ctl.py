@@ -1,0 +1,338 @@
+"""``dsdn status|nodes|objects|placement`` (deploy/ctl.py) against real coordinator processes.
+
+Three real ``dsdn-coordinator`` processes with an API token: two cluster members (peer links, a DKG between
+them, one shared Mock DA log) and a third outside the cluster (its own DA log, so its state root differs from
+the majority's). A cluster file lists them as ``dsdn cluster up`` would. The CLI runs in this process (its
+``main``, exit code and output captured) and, for the entry point, as the real ``dsdn`` command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nacl.signing
+import pytest
+
+from consensus import receipts as rc
+from deploy import ctl
+from node import identity
+from tests.proc import free_port
+
+TOKEN = "ctl-test-token"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Procs:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.urls: dict[str, str] = {}
+
+    def start(self, cid: str, **env: str) -> None:
+        port = free_port()
+        self.urls[cid] = f"http://127.0.0.1:{port}"
+        full = {**os.environ, "USE_MOCK_DA": "true", "COORDINATOR_ID": cid, "COORDINATOR_PORT": str(port),
+                "COORDINATOR_DATA_DIR": str(self.base / cid), "PUBLISH_INTERVAL_MS": "20",
+                "COORDINATOR_API_TOKEN": TOKEN, "DA_HEALTH_INTERVAL_MS": "500", "PEER_HEARTBEAT_MS": "200", **env}
+        log = open(self.base / f"{cid}.log", "wb")  # noqa: SIM115 - the child owns it for its lifetime
+        self.procs[cid] = subprocess.Popen([sys.executable, "-m", "deploy.coordinator"], env=full, stdout=log,
+                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT)
+        log.close()
+
+    def log(self, cid: str) -> str:
+        return (self.base / f"{cid}.log").read_text(errors="replace")[-5000:]
+
+    def wait(self, what: str, predicate: Any, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for cid, proc in self.procs.items():
+                assert proc.poll() is None, f"{cid} exited:\n{self.log(cid)}"
+            try:
+                if predicate():
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}:\n" + "\n".join(self.log(c) for c in self.procs))
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Procs]:
+    base = tmp_path_factory.mktemp("ctl")
+    procs = Procs(base)
+    members = ["ctl-a", "ctl-b"]
+    keys = [bytes(identity.load_or_create(base / cid).verify_key).hex() for cid in members]
+    peers = ",".join(f"{cid}={key}@127.0.0.1:{free_port()}" for cid, key in zip(members, keys, strict=True))
+    try:
+        for cid in members:
+            procs.start(cid, CLUSTER_PEERS=peers, MOCK_DA_PATH=str(base / "shared-da.sqlite"))
+        procs.start("ctl-outsider", MOCK_DA_PATH=str(base / "own-da.sqlite"))
+        with httpx.Client(timeout=5) as http:
+            procs.wait("every coordinator ready",
+                       lambda: all(http.get(f"{u}/ready").status_code == 200 for u in procs.urls.values()))
+            procs.wait("the DKG of the two members", lambda: all(
+                http.get(f"{procs.urls[c]}/cluster/status").json()["group_public_key"] for c in members))
+        cluster_file = base / "work" / ".dsdn" / "cluster" / "cluster.json"  # where `dsdn cluster up` writes it
+        cluster_file.parent.mkdir(parents=True)
+        entries = [{"role": "devnet", "id": "devnet", "pid": None, "url": "http://127.0.0.1:1"}]
+        entries += [{"role": "coordinator", "id": cid, "pid": procs.procs[cid].pid, "url": url, "argv": [], "env": {}}
+                    for cid, url in procs.urls.items()]
+        cluster_file.write_text(json.dumps({"data_dir": str(base), "processes": entries}, indent=2))
+        yield procs
+    finally:
+        procs.stop()
+
+
+@pytest.fixture
+def in_cluster_dir(cluster: Procs, monkeypatch: pytest.MonkeyPatch) -> Procs:
+    """The working directory holds .dsdn/cluster/cluster.json, as after `dsdn cluster up`; no token in the env."""
+    monkeypatch.chdir(cluster.base / "work")
+    monkeypatch.delenv(ctl.TOKEN_ENV, raising=False)
+    return cluster
+
+
+def dsdn(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run the CLI in this process: (exit code, stdout, stderr)."""
+    from deploy.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    code = exited.value.code
+    return (code if isinstance(code, int) else 1), out, err
+
+
+def one_line(err: str) -> str:
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def converge(cluster: Procs) -> None:
+    with httpx.Client(timeout=5) as http:
+        cluster.wait("the two members to agree", lambda: len(
+            {http.get(f"{cluster.urls[c]}/state/root").json()["root"] for c in ("ctl-a", "ctl-b")}) == 1
+            and http.get(f"{cluster.urls['ctl-a']}/state/root").json()["pending"] == 0)
+
+
+# ---- status -----------------------------------------------------------------------------------------------
+
+def test_status_one_row_per_coordinator_marks_the_root_off_the_majority(
+        in_cluster_dir: Procs, capsys: pytest.CaptureFixture[str]) -> None:
+    cluster = in_cluster_dir
+    code, _, err = dsdn(capsys, "nodes", "register", "status-node", "--zone", "z1", "--addr", "10.0.0.9:5000",
+                        "--token", TOKEN)
+    assert code == 0, err
+    converge(cluster)
+    code, out, err = dsdn(capsys, "status")
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert lines[0].split() == ["ID", "READY", "ROOT", "EVENTS", "DA", "PEERS", "UP", "RECEIPTS", "FINAL"]
+    rows = {line.split()[0]: line.split() for line in lines[1:4]}
+    assert set(rows) == {"ctl-a", "ctl-b", "ctl-outsider"}
+    with httpx.Client(timeout=5) as http:
+        roots = {c: http.get(f"{u}/state/root").json() for c, u in cluster.urls.items()}
+    for cid in ("ctl-a", "ctl-b"):  # ready, root prefix, events, DA, one peer of one up, receipts final
+        assert rows[cid][:6] == [cid, "yes", roots[cid]["root"][:16], str(roots[cid]["events_applied"]), "Healthy",
+                                 "1/1"]
+        assert len(rows[cid]) == 7 and rows[cid][6].isdigit()
+    outsider = rows["ctl-outsider"]
+    assert outsider == ["ctl-outsider", "yes", roots["ctl-outsider"]["root"][:16], "*",
+                        str(roots["ctl-outsider"]["events_applied"]), "Healthy", "0/0", "-"]
+    assert lines[-1] == f"* root differs from the majority ({roots['ctl-a']['root'][:16]})"
+
+    code, out, err = dsdn(capsys, "status", "--json")
+    assert code == 0 and err == ""
+    report = json.loads(out)
+    assert report["majority_root"] == roots["ctl-a"]["root"] and report["unreachable"] == 0
+    by_id = {r["id"]: r for r in report["coordinators"]}
+    assert by_id["ctl-a"]["root_matches_majority"] is True and by_id["ctl-outsider"]["root_matches_majority"] is False
+    assert by_id["ctl-b"]["peers_up"] == 1 and by_id["ctl-b"]["peers_total"] == 1 and by_id["ctl-b"]["ready"] is True
+    assert by_id["ctl-outsider"]["receipts_final"] is None and isinstance(by_id["ctl-a"]["receipts_final"], int)
+    assert by_id["ctl-a"]["url"] == cluster.urls["ctl-a"] and by_id["ctl-a"]["da_status"] == "Healthy"
+
+
+def test_status_counts_a_final_receipt(in_cluster_dir: Procs, capsys: pytest.CaptureFixture[str]) -> None:
+    cluster = in_cluster_dir
+    node_key = nacl.signing.SigningKey(bytes([42]) * 32)
+    code, _, err = dsdn(capsys, "nodes", "register", "rnode", "--zone", "z", "--addr", "10.0.0.7:1", "--public-key",
+                        bytes(node_key.verify_key).hex(), "--token", TOKEN)
+    assert code == 0, err
+    assert dsdn(capsys, "objects", "register", "robj", "--size", "1", "--token", TOKEN)[0] == 0
+    a = cluster.urls["ctl-a"]
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(timeout=40, headers=headers) as http:
+        assert http.post(f"{a}/replica/mark_healed", json={"hash": "robj", "node_id": "rnode"}).status_code == 200
+        converge(cluster)
+        receipt = rc.sign_as_node(node_key, receipt_type="storage", node_id="rnode", subject="robj",
+                                  epoch=int(time.time() // 3600) + 1, usage_proof_hash="ab" * 32,
+                                  execution_commitment=None, reward_base=10, submitter_address="cd" * 20,
+                                  timestamp=int(time.time())).to_json()
+        r = http.post(f"{a}/receipts", params={"wait_ms": 20000}, json=receipt)
+        assert r.status_code == 200, r.text
+    code, out, _ = dsdn(capsys, "status", "--json")
+    final = {r["id"]: r["receipts_final"] for r in json.loads(out)["coordinators"]}
+    assert final["ctl-a"] >= 1 and final["ctl-outsider"] is None
+
+
+def test_status_with_a_coordinator_down_prints_its_row_and_fails(
+        in_cluster_dir: Procs, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    cluster = in_cluster_dir
+    dead = f"http://127.0.0.1:{free_port()}"
+    code, out, err = dsdn(capsys, "status", "--url", cluster.urls["ctl-a"], "--url", dead)
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[1].split()[:2] == ["ctl-a", "yes"] and lines[2].split()[:2] == [dead, "unreachable"]
+    assert one_line(err) == f"dsdn status: 1 of 2 coordinators unreachable: {dead} (Connection refused)"
+    code, out, err = dsdn(capsys, "status", "--json", "--url", dead)
+    assert code == 1 and json.loads(out)["unreachable"] == 1 and json.loads(out)["majority_root"] is None
+    one_line(err)
+
+
+# ---- nodes, objects, placement ---------------------------------------------------------------------------
+
+def test_nodes_objects_placement_tables_and_json(in_cluster_dir: Procs, capsys: pytest.CaptureFixture[str]) -> None:
+    cluster = in_cluster_dir
+    for i in range(3):
+        code, out, err = dsdn(capsys, "nodes", "register", f"pn-{i}", "--zone", f"zone-{i}", "--addr",
+                              f"10.1.0.{i}:4000", "--capacity-gb", str(100 + i), "--token", TOKEN)
+        assert code == 0 and err == "" and out == f"node pn-{i} registered (via ctl-a)\n"
+    code, out, _ = dsdn(capsys, "nodes", "list")
+    table = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+    assert out.splitlines()[0].split() == ["ID", "ZONE", "ADDR", "CAPACITY_GB", "PUBLIC", "KEY"]
+    assert table["pn-1"] == ["pn-1", "zone-1", "10.1.0.1:4000", "101", "-"]
+    code, out, _ = dsdn(capsys, "nodes", "list", "--json")
+    with httpx.Client(timeout=5) as http:
+        assert json.loads(out) == http.get(f"{cluster.urls['ctl-a']}/nodes").json()
+    code, out, _ = dsdn(capsys, "nodes", "get", "pn-2")
+    assert [line.split() for line in out.splitlines()][:5] == [
+        ["FIELD", "VALUE"], ["id", "pn-2"], ["zone", "zone-2"], ["addr", "10.1.0.2:4000"], ["capacity_gb", "102"]]
+    code, out, _ = dsdn(capsys, "nodes", "get", "pn-2", "--json")
+    assert json.loads(out) == {"id": "pn-2", "zone": "zone-2", "addr": "10.1.0.2:4000", "capacity_gb": 102, "meta": {}}
+
+    code, out, err = dsdn(capsys, "objects", "register", "obj-ctl", "--size", "2048", "--token", TOKEN, "--json")
+    assert code == 0 and json.loads(out) == {"ok": True}
+    code, out, _ = dsdn(capsys, "objects", "get", "obj-ctl")
+    assert [line.split() for line in out.splitlines()] == [["FIELD", "VALUE"], ["hash", "obj-ctl"], ["size", "2048"],
+                                                           ["replicas", "none"]]
+    code, out, _ = dsdn(capsys, "objects", "get", "obj-ctl", "--json")
+    assert json.loads(out) == {"hash": "obj-ctl", "size": 2048, "replicas": []}
+
+    code, out, _ = dsdn(capsys, "placement", "obj-ctl", "--rf", "2", "--json")
+    chosen = json.loads(out)
+    with httpx.Client(timeout=5) as http:
+        assert chosen == http.get(f"{cluster.urls['ctl-a']}/placement/obj-ctl", params={"rf": 2}).json()
+        zones = {n["id"]: n["zone"] for n in http.get(f"{cluster.urls['ctl-a']}/nodes").json()}
+    assert len(chosen) == 2
+    code, out, _ = dsdn(capsys, "placement", "obj-ctl", "--rf", "2")
+    assert [line.split() for line in out.splitlines()] == [["RANK", "NODE", "ZONE"]] + [
+        [str(i), nid, zones[nid]] for i, nid in enumerate(chosen, 1)]
+
+
+def test_the_first_reachable_coordinator_answers(cluster: Procs, capsys: pytest.CaptureFixture[str],
+                                                 tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    cluster_file = tmp_path / "cluster.json"
+    cluster_file.write_text(json.dumps({"processes": [
+        {"role": "coordinator", "id": "gone", "url": dead},
+        {"role": "coordinator", "id": "ctl-b", "url": cluster.urls["ctl-b"]}]}))
+    code, out, err = dsdn(capsys, "nodes", "register", "via-b", "--zone", "z", "--addr", "10.2.0.1:1",
+                          "--cluster", str(cluster_file), "--token", TOKEN)
+    assert code == 0 and out == "node via-b registered (via ctl-b)\n" and err == ""
+
+
+# ---- tokens and errors -------------------------------------------------------------------------------------
+
+def test_token_from_flag_or_environment(in_cluster_dir: Procs, capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    args = ("objects", "register", "tok-obj", "--size", "5")
+    code, out, err = dsdn(capsys, *args)
+    assert code == 1 and out == ""
+    assert one_line(err) == (
+        f"dsdn objects register: {in_cluster_dir.urls['ctl-a']}: HTTP 401 POST /object/register: unauthorized: "
+        f"this route needs Authorization: Bearer <COORDINATOR_API_TOKEN> (pass --token or set DSDN_API_TOKEN)")
+    code, _, err = dsdn(capsys, *args, "--token", "wrong")
+    assert code == 1 and "HTTP 401" in one_line(err)
+    monkeypatch.setenv("DSDN_API_TOKEN", TOKEN)
+    code, out, err = dsdn(capsys, *args)
+    assert code == 0 and err == "" and out.startswith("object tok-obj registered")
+    code, _, err = dsdn(capsys, *args, "--token", "wrong")  # the flag wins over the environment
+    assert code == 1 and "HTTP 401" in one_line(err)
+    assert dsdn(capsys, "nodes", "list")[0] == 0  # reads need no token
+
+
+def test_errors_are_one_line_with_the_servers_message(in_cluster_dir: Procs,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    a = in_cluster_dir.urls["ctl-a"]
+    code, out, err = dsdn(capsys, "nodes", "get", "ghost")
+    assert code == 1 and out == ""
+    assert one_line(err) == f"dsdn nodes get: {a}: HTTP 404 GET /node/ghost: node not found (node_id=ghost)"
+    code, _, err = dsdn(capsys, "objects", "get", "nothing-here")
+    assert code == 1 and one_line(err).endswith("HTTP 404 GET /object/nothing-here: not found (hash=nothing-here)")
+    code, _, err = dsdn(capsys, "nodes", "register", "n-bad", "--zone", "z", "--addr", "no-port", "--token", TOKEN)
+    assert code == 1 and "HTTP 422 POST /register: invalid_request: addr: " in one_line(err)
+    code, _, err = dsdn(capsys, "objects", "register", "o", "--size", "-1", "--token", TOKEN)
+    assert code == 1 and "HTTP 422" in one_line(err) and "size" in err
+    dead = f"http://127.0.0.1:{free_port()}"
+    code, _, err = dsdn(capsys, "nodes", "list", "--url", dead)
+    assert code == 1 and one_line(err) == f"dsdn nodes list: coordinator unreachable: {dead}: Connection refused"
+    code, _, err = dsdn(capsys, "placement", "x", "--url", f"{dead},{dead}")
+    assert code == 1 and one_line(err).startswith("dsdn placement: no coordinator reachable: ")
+
+
+def test_bad_arguments_exit_2_with_one_line(in_cluster_dir: Procs, capsys: pytest.CaptureFixture[str],
+                                            tmp_path: Path) -> None:
+    for argv, expected in [
+        (["placement", "h", "--rf", "0"], "dsdn placement: error: --rf must be from 1 to 64"),
+        (["nodes", "register", "n"], "dsdn nodes register: error: the following arguments are required: --zone, "
+                                     "--addr (see --help)"),
+        (["nodes"], "dsdn nodes: error: the following arguments are required: action (see --help)"),
+        (["objects", "register", "h", "--size", "big"], "dsdn objects register: error: argument --size: invalid "
+                                                        "int value: 'big' (see --help)"),
+        (["status", "--url", "ftp://x"], "dsdn status: --url 'ftp://x': expected an http:// or https:// URL"),
+        (["status", "--timeout", "0"], "dsdn status: error: --timeout must be above 0"),
+        (["status", "--cluster", str(tmp_path / "none.json")],
+         f"dsdn status: no cluster file at {tmp_path / 'none.json'} (start a cluster with `dsdn cluster up`, or pass "
+         "--url)"),
+    ]:
+        code, out, err = dsdn(capsys, *argv)
+        assert (code, out, one_line(err)) == (2, "", expected), argv
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    code, _, err = dsdn(capsys, "status", "--cluster", str(broken))
+    assert code == 2 and one_line(err) == f"dsdn status: {broken} is not a cluster file written by `dsdn cluster up`"
+
+
+def test_the_dsdn_command_itself(in_cluster_dir: Procs) -> None:
+    """The console script, run as a user would, from the directory holding .dsdn/cluster/cluster.json."""
+    dsdn_bin = Path(sys.executable).parent / "dsdn"
+    command = [str(dsdn_bin)] if dsdn_bin.exists() else [sys.executable, "-c", "from deploy.cli import main; main()"]
+    env = {k: v for k, v in os.environ.items() if k != ctl.TOKEN_ENV}
+    done = subprocess.run([*command, "status"], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0 and len(done.stdout.splitlines()) == 6 and done.stderr == "", done.stderr
+    done = subprocess.run([*command, "nodes", "get", "ghost"], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 1 and done.stdout == "" and len(done.stderr.splitlines()) == 1
+    assert "HTTP 404" in done.stderr and "Traceback" not in done.stderr
+    done = subprocess.run([*command, "nodes", "register", "env-node", "--zone", "z", "--addr", "10.3.0.1:1"],
+                          capture_output=True, text=True, timeout=60, env={**env, ctl.TOKEN_ENV: TOKEN})
+    assert done.returncode == 0 and done.stdout == "node env-node registered (via ctl-a)\n"
