@@ -232,6 +232,9 @@ def status_table(report: dict[str, Any]) -> str:
         root = None if r["root"] is None else r["root"][:16] + (" *" if r["root_matches_majority"] is False else "")
         peers = None if r["peers_up"] is None else f"{r['peers_up']}/{r['peers_total']}"
         ready = "unreachable" if not r["reachable"] else ("error" if r["ready"] is None else r["ready"])
+        if r["ready"] is False and r.get("progress"):  # rebuilding from DA: say how long it should take
+            eta = r["progress"].get("eta_s")
+            ready = "no (rebuilding" + ("" if eta is None else f", ETA {eta:.0f}s") + ")"
         rows.append([r["id"], ready, root, r["events_applied"], r["da_status"], peers, r["receipts_final"]])
     out = table(["ID", "READY", "ROOT", "EVENTS", "DA", "PEERS UP", "RECEIPTS FINAL"], rows)
     marked = [r for r in report["coordinators"] if r["root_matches_majority"] is False]

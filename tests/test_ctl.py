@@ -336,3 +336,19 @@ def test_the_dsdn_command_itself(in_cluster_dir: Procs) -> None:
     done = subprocess.run([*command, "nodes", "register", "env-node", "--zone", "z", "--addr", "10.3.0.1:1"],
                           capture_output=True, text=True, timeout=60, env={**env, ctl.TOKEN_ENV: TOKEN})
     assert done.returncode == 0 and done.stdout == "node env-node registered (via ctl-a)\n"
+
+
+def test_status_table_rebuilding_row_and_no_majority() -> None:
+    """The table alone (rows as the coordinators would give them): a coordinator rebuilding from DA shows its
+    ETA; with no root held by a majority, every root is marked."""
+    row = {"id": "c0", "reachable": True, "ready": False, "root": "ab" * 32, "events_applied": 5,
+           "da_status": "Healthy", "peers_up": 1, "peers_total": 3, "receipts_final": 0,
+           "progress": {"eta_s": 12.4}}
+    other = {**row, "id": "c1", "ready": True, "root": "cd" * 32, "progress": None}
+    report = {"coordinators": [row, other], "majority_root": None}
+    for r in report["coordinators"]:
+        r["root_matches_majority"] = False
+    lines = ctl.status_table(report).splitlines()
+    assert lines[1].startswith("c0  no (rebuilding, ETA 12s)  abababababababab *  5")
+    assert lines[2].split()[:4] == ["c1", "yes", "cdcdcdcdcdcdcdcd", "*"]
+    assert lines[-1] == "* root differs from the majority (no root is held by a majority)"
