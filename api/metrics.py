@@ -139,7 +139,7 @@ async def _oldest_unpublished_age(coord: Coordinator) -> float | None:
     path = coord.config.data_dir / OUTBOX_FILE
 
     def read() -> int | None:
-        db = sqlite3.connect(str(path), timeout=1.0)
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=1.0)  # never creates a file
         try:
             db.execute("PRAGMA query_only = 1")
             row = db.execute("SELECT created_ms FROM outbox WHERE layer IS NULL ORDER BY seq LIMIT 1").fetchone()
