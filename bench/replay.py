@@ -14,6 +14,7 @@ encode/decode round trip of the rebuilt state are timed.
 
 from __future__ import annotations
 
+import argparse
 import gc
 import hashlib
 import random
@@ -133,7 +134,11 @@ async def replay(consumer: Consumer) -> None:
         pass
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    global EVENTS
+    parser = argparse.ArgumentParser(description="replay benchmark")
+    parser.add_argument("--events", type=int, default=EVENTS, help="events in the log (the goals are at 1,000,000)")
+    EVENTS = parser.parse_args(argv).events
     say(__doc__.split("\n\n")[0] if __doc__ else "")
     check_encoding()
     keys = [nacl.signing.SigningKey(bytes([k + 1]) * 32) for k in range(ORIGINS)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import msgpack
@@ -91,50 +92,46 @@ def _coerce(value: Any, typ: str) -> Any:
     return value
 
 
-_TYPES = {"str": str, "int": int, "float": float, "bin": bytes}
+_TYPES = {"str": "str", "int": "int", "float": "float", "bin": "bytes"}
+_CHECKS = {
+    "str": "0 < len({v}) <= MAX_STR",
+    "int": "0 <= {v} <= MAX_U63",
+    "float": "_isfinite({v})",
+    "bin": "0 < len({v}) <= MAX_BIN",
+}
 
 
-class _Rule(NamedTuple):
-    types: tuple[type, ...]  # exact type of each field (bool is not int)
-    strs: tuple[int, ...]  # positions of str fields: 1..MAX_STR characters
-    ints: tuple[int, ...]  # positions of int fields: 0..MAX_U63
-    floats: tuple[int, ...]  # positions of float fields: finite
-    bins: tuple[int, ...]  # positions of bin fields: 1..MAX_BIN bytes
+def _compile_check(kind: str, schema: tuple[tuple[str, str], ...]) -> Callable[[list[Any]], bool]:
+    """The field check of one kind as one generated expression (decoding is the hot path of a rebuild): the
+    exact arity, the exact type of each field (bool is not int), then its bounds: str 1..MAX_STR characters,
+    int 0..MAX_U63, float finite, bin 1..MAX_BIN bytes."""
+    names = [f"f{i}" for i in range(len(schema))]
+    types = " and ".join(f"type({n}) is {_TYPES[t]}" for n, (_, t) in zip(names, schema, strict=True))
+    bounds = " and ".join(_CHECKS[t].format(v=n) for n, (_, t) in zip(names, schema, strict=True))
+    unpack = f"{', '.join(names)}, = fields" if names else ""
+    source = (f"def check_{kind.replace('.', '_')}(fields):\n"
+              f"    if len(fields) != {len(schema)}:\n        return False\n"
+              f"    {unpack}\n"
+              f"    return {types} and {bounds}\n")
+    scope: dict[str, Any] = {"MAX_STR": MAX_STR, "MAX_U63": MAX_U63, "MAX_BIN": MAX_BIN, "_isfinite": math.isfinite}
+    exec(compile(source, f"<event check {kind}>", "exec"), scope)  # the source is built from SCHEMAS alone
+    return scope[f"check_{kind.replace('.', '_')}"]  # type: ignore[no-any-return]
 
 
-# kind -> its rule, compiled once: decoding is the hot path of a rebuild
-_RULES = {
-    kind: _Rule(tuple(_TYPES[t] for _, t in schema),
-                tuple(i for i, (_, t) in enumerate(schema) if t == "str"),
-                tuple(i for i, (_, t) in enumerate(schema) if t == "int"),
-                tuple(i for i, (_, t) in enumerate(schema) if t == "float"),
-                tuple(i for i, (_, t) in enumerate(schema) if t == "bin"))
-    for kind, schema in SCHEMAS.items()
+# kind -> (the kind's own string, so events carry one shared object per kind; its field check)
+_RULES: dict[str, tuple[str, Callable[[list[Any]], bool]]] = {
+    kind: (kind, _compile_check(kind, schema)) for kind, schema in SCHEMAS.items()
 }
 _sha256 = hashlib.sha256
 _unpackb = msgpack.unpackb
 _pack = msgpack.Packer(use_bin_type=True).pack
-
-
-def _fields_ok(rule: _Rule, fields: list[Any]) -> bool:
-    if tuple(map(type, fields)) != rule.types:
-        return False
-    for i in rule.strs:
-        if not 0 < len(fields[i]) <= MAX_STR:
-            return False
-    for i in rule.ints:
-        if not 0 <= fields[i] <= MAX_U63:
-            return False
-    if not all(0 < len(fields[i]) <= MAX_BIN for i in rule.bins):
-        return False
-    return all(math.isfinite(fields[i]) for i in rule.floats) if rule.floats else True
+_new_event = tuple.__new__  # Event(...) without the NamedTuple's Python-level __new__
 
 
 def decode_event(raw: bytes) -> Event:
     """Strictly decode one event (``raw`` must be ``bytes``); raise EventDecodeError if anything is off."""
-    try:
-        obj = _unpackb(raw, use_list=True, raw=False, strict_map_key=True,
-                       max_str_len=1024, max_bin_len=MAX_BIN, max_array_len=64, max_map_len=0)
+    try:  # use_list, raw=False and strict_map_key are msgpack's defaults; the limits bound what garbage costs
+        obj = _unpackb(raw, max_str_len=1024, max_bin_len=MAX_BIN, max_array_len=64, max_map_len=0)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         raise EventDecodeError(f"not msgpack: {exc}") from None
     if type(obj) is not list or len(obj) != 6:
@@ -151,6 +148,6 @@ def decode_event(raw: bytes) -> Event:
         raise EventDecodeError("bad hybrid logical clock timestamp")
     if not (type(origin) is str and 0 < len(origin) <= MAX_STR):
         raise EventDecodeError("bad origin")
-    if type(fields) is not list or not _fields_ok(rule, fields):
+    if type(fields) is not list or not rule[1](fields):
         raise EventDecodeError(f"{kind}: bad fields {fields!r}; expected {SCHEMAS[kind]}")
-    return Event(kind, wall, counter, origin, tuple(fields), raw, _sha256(raw).digest())
+    return _new_event(Event, (rule[0], wall, counter, origin, tuple(fields), raw, _sha256(raw).digest()))  # type: ignore[no-any-return]

@@ -143,16 +143,31 @@ class ReceiptLedger:
             "receipts": [[rid, list(v), bid, i] for rid, (v, (bid, i)) in self.receipts.items()],
         }
 
-    def load_snapshot(self, snap: dict[str, Any]) -> None:
+    def recomputed_acc(self) -> int:
+        """The sum of the entry hashes of every register here, as the state's accumulator counts them."""
+        def entry_hash(tag: str, key: Any, version: Version, value: Any) -> int:
+            packed = msgpack.packb((tag, key, version, value), use_bin_type=True)
+            return int.from_bytes(hashlib.sha256(packed).digest(), "big")
+
+        return (sum(entry_hash("k", k, v, key) for k, (v, key) in self.node_keys.items())
+                + sum(entry_hash("rc", rid, v, loc) for rid, (v, loc) in self.receipts.items()))
+
+    def load_snapshot(self, snap: dict[str, Any], *, rehash: bool = True) -> None:
+        """Load the registers; ``rehash=False`` when the state's accumulator is restored with them (it already
+        counts every register)."""
         for k, v, key in snap.get("keys", []):
-            self.set_key(tuple(v), k, key)  # type: ignore[arg-type]
+            if rehash:
+                self.set_key(tuple(v), k, key)  # type: ignore[arg-type]
+            else:
+                self.node_keys[k] = (tuple(v), key)  # type: ignore[assignment]
         for bid, gk, root, size, sig, signers, wires in snap.get("batches", []):
             self.batches[bid] = Batch(gk, root, size, sig, tuple(signers.split(",")),
                                       tuple((w[0], w[1]) for w in wires))
         for rid, v, bid, i in snap.get("receipts", []):
             version = tuple(v)
             self.receipts[rid] = (version, (bid, i))  # type: ignore[assignment]
-            self._rehash("rc", rid, None, version, (bid, i))  # type: ignore[arg-type]
+            if rehash:
+                self._rehash("rc", rid, None, version, (bid, i))  # type: ignore[arg-type]
         for b in self.batches.values():
             for raw, _ in b.wires:
                 info = parse_receipt(raw)
