@@ -10,7 +10,8 @@ receipt batches and finality through ``ReceiptService.observers``.
 
 Names follow the Prometheus conventions: a ``dsdn_`` prefix, base units (seconds, bytes), ``_total`` on
 counters. The route label of HTTP metrics is the route template as /openapi.json writes it
-(``/node/{node_id}``), ``unmatched`` for a path no route serves, so the label set stays bounded.
+(``/node/{node_id}``), ``unmatched`` for a path no route serves (or a method it does not allow), and a method
+outside the standard ones is ``other``, so the label set stays bounded whatever clients send.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ METRICS_ROUTE: tuple[str, str, str, None, dict[str, Any], tuple[int, ...]] = (
     "receipts); no auth", None, {"type": "string"}, ())
 #: its media type in the document (the answer carries the format version too: CONTENT_TYPE_LATEST)
 METRICS_MEDIA_TYPE = "text/plain"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
 _PARAM = re.compile(r"<(?:[a-z]+:)?([A-Za-z_]+)>")  # api.openapi.openapi_path (which imports this module)
 
 HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -81,14 +83,22 @@ def register_metrics_routes(app: QuartTrio, coord: Coordinator, peers: PeerManag
     async def _start_timer() -> None:
         g.dsdn_started = time.perf_counter()
 
+    children: dict[tuple[str, str | None, int], tuple[Any, Any]] = {}  # labels() costs more than inc/observe
+
     @app.after_request
     async def _count_request(response: Response) -> Response:
         rule = request.url_rule
-        route = _PARAM.sub(r"{\1}", rule.rule) if rule is not None else "unmatched"
-        requests.labels(request.method, route, str(response.status_code)).inc()
+        method = request.method if request.method in _METHODS else "other"  # any token is a method: bounded
+        key = (method, rule.rule if rule is not None else None, response.status_code)
+        child = children.get(key)
+        if child is None:
+            route = _PARAM.sub(r"{\1}", rule.rule) if rule is not None else "unmatched"
+            child = children[key] = (requests.labels(method, route, str(response.status_code)),
+                                     durations.labels(method, route))
+        child[0].inc()
         started = g.get("dsdn_started")
         if started is not None:
-            durations.labels(request.method, route).observe(time.perf_counter() - started)
+            child[1].observe(time.perf_counter() - started)
         return response
 
     @app.get(PATH)

@@ -63,6 +63,8 @@ async def test_request_counters_and_scrape_time_values_of_one_coordinator(client
     assert (await client.get("/node/n0")).status_code == 200
     assert (await client.get("/node/ghost")).status_code == 404
     assert (await client.get("/no/such/route")).status_code == 404
+    assert (await client.delete("/nodes")).status_code == 405
+    assert (await client.open("/nodes", method="BREW")).status_code == 405
     after = await scrape(client)
 
     def grew(name: str, **labels: str) -> float:
@@ -75,6 +77,8 @@ async def test_request_counters_and_scrape_time_values_of_one_coordinator(client
     assert grew(requests, method="GET", route="/node/{node_id}", status="200") == 1  # the template, not the id
     assert grew(requests, method="GET", route="/node/{node_id}", status="404") == 1
     assert grew(requests, method="GET", route="unmatched", status="404") == 1
+    assert grew(requests, method="DELETE", route="unmatched", status="405") == 1
+    assert grew(requests, method="other", route="unmatched", status="405") == 1  # any token: one label value
     assert not any(("node_id", "n0") in labels or dict(labels).get("route") == "/node/n0"
                    for labels in labelled(after, requests))
     assert value(after, requests, method="GET", route="/metrics", status="200") == 1  # the first scrape
