@@ -358,6 +358,29 @@ class CelestiaDA:
                                      f"{ref.commitment.hex()}, got data with commitment {actual.hex()}")
         return data
 
+    async def included(self, refs: Sequence[BlobRef], datas: Sequence[bytes]) -> list[bool]:
+        """Whether the node returns each blob (a ref we hold, with the data we posted) byte for byte at its
+        height: one ``blob.GetAll`` per height. The node's claimed commitment only picks the candidates; a blob
+        counts as there only if the node returns exactly our bytes, whose commitment we computed ourselves."""
+        found: dict[int, dict[bytes, list[bytes]]] = {}
+        for height in sorted({ref.height for ref in refs}):
+            try:
+                result = await self.call("blob.GetAll", [height, [self._ns_b64]])
+            except BlobNotFound:  # celestia-node < 0.15: an empty height
+                result = None
+            if result is not None and not isinstance(result, list):
+                raise DARPCError(None, "blob.GetAll returned neither a list nor null", "blob.GetAll")
+            by_commitment: dict[bytes, list[bytes]] = {}
+            for obj in result or []:
+                if not isinstance(obj, dict) or obj.get("share_version", 0) != 0 or \
+                        unb64(obj.get("namespace"), "blob.namespace") != self.namespace:
+                    continue
+                claimed = unb64(obj.get("commitment"), "blob.commitment")
+                by_commitment.setdefault(claimed, []).append(unb64(obj.get("data"), "blob.data"))
+            found[height] = by_commitment
+        return [bytes(data) in found[ref.height].get(ref.commitment, ())
+                for ref, data in zip(refs, datas, strict=True)]
+
     async def blobs_at(self, height: int) -> list[tuple[BlobRef, bytes]]:
         """Every blob of our namespace at ``height``, in index order (empty if none)."""
         try:

@@ -214,12 +214,37 @@ class PendingStore:
         changed = await self._call(update)
         self.pending_count -= changed
 
-    async def mark_failed(self, blob_id: str, error: str) -> None:
-        def update() -> None:
-            self._db.execute("UPDATE fallback_blobs SET retry_count = retry_count + 1, last_error = ? "
-                             "WHERE blob_id = ?", (error[:500], blob_id))
+    async def mark_reconciled_many(self, done: Sequence[tuple[str, BlobRef]]) -> None:
+        """``mark_reconciled`` for several blobs, in one transaction (one fsync)."""
+        def update() -> int:
+            now = _now()
+            changed = 0
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                for blob_id, primary in done:
+                    changed += self._db.execute(
+                        "UPDATE fallback_blobs SET reconciled_ms = ?, primary_height = ?, primary_commitment = ?, "
+                        "last_error = NULL WHERE blob_id = ? AND reconciled_ms IS NULL",
+                        (now, primary.height, primary.commitment, blob_id)).rowcount
+            return changed
 
-        await self._call(update)
+        if done:
+            changed = await self._call(update)  # not ``-= await``: that reads the count before the await
+            self.pending_count -= changed
+
+    async def mark_failed(self, blob_id: str, error: str) -> None:
+        await self.mark_failed_many([blob_id], error)
+
+    async def mark_failed_many(self, blob_ids: Sequence[str], error: str) -> None:
+        """One more failed attempt, with its error, for each of these blobs (one transaction)."""
+        def update() -> None:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany("UPDATE fallback_blobs SET retry_count = retry_count + 1, last_error = ? "
+                                     "WHERE blob_id = ?", [(error[:500], blob_id) for blob_id in blob_ids])
+
+        if blob_ids:
+            await self._call(update)
 
     # ---- other members' fallback blobs --------------------------------------------------------------
 
@@ -309,20 +334,38 @@ class PendingStore:
 
     async def mark_adopted(self, blob_id: str, primary: BlobRef) -> None:
         """We re-posted a foreign blob to the primary and read it back."""
-        def update() -> int:
-            return self._db.execute(
-                "UPDATE foreign_blobs SET resolved_ms = ?, resolution = 'adopted', primary_height = ?, "
-                "primary_commitment = ?, last_error = NULL WHERE blob_id = ? AND resolved_ms IS NULL",
-                (_now(), primary.height, primary.commitment, blob_id)).rowcount
+        await self.mark_adopted_many([(blob_id, primary)])
 
-        self.foreign_waiting -= await self._call(update)
+    async def mark_adopted_many(self, done: Sequence[tuple[str, BlobRef]]) -> None:
+        """``mark_adopted`` for several foreign blobs, in one transaction."""
+        def update() -> int:
+            now = _now()
+            changed = 0
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                for blob_id, primary in done:
+                    changed += self._db.execute(
+                        "UPDATE foreign_blobs SET resolved_ms = ?, resolution = 'adopted', primary_height = ?, "
+                        "primary_commitment = ?, last_error = NULL WHERE blob_id = ? AND resolved_ms IS NULL",
+                        (now, primary.height, primary.commitment, blob_id)).rowcount
+            return changed
+
+        if done:
+            changed = await self._call(update)  # not ``-= await``: that reads the count before the await
+            self.foreign_waiting -= changed
 
     async def mark_foreign_failed(self, blob_id: str, error: str) -> None:
-        def update() -> None:
-            self._db.execute("UPDATE foreign_blobs SET retry_count = retry_count + 1, last_error = ? "
-                             "WHERE blob_id = ?", (error[:500], blob_id))
+        await self.mark_foreign_failed_many([blob_id], error)
 
-        await self._call(update)
+    async def mark_foreign_failed_many(self, blob_ids: Sequence[str], error: str) -> None:
+        def update() -> None:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany("UPDATE foreign_blobs SET retry_count = retry_count + 1, last_error = ? "
+                                     "WHERE blob_id = ?", [(error[:500], blob_id) for blob_id in blob_ids])
+
+        if blob_ids:
+            await self._call(update)
 
     async def foreign(self, resolved: bool | None = None) -> list[tuple[str, str | None, BlobRef | None]]:
         """(blob_id, resolution, primary ref) of every foreign blob (or only the resolved / unresolved ones)."""

@@ -27,6 +27,7 @@ most recent ``check_limit`` reconciled blobs (from the primary), ``check_concurr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -44,6 +45,11 @@ from node.da.router import is_caller_error
 from node.da.status import PRIMARY, DAStatusMachine, Status
 
 log = logging.getLogger("dsdn.reconcile")
+
+#: A primary that takes several blobs per call (Celestia's blob.Submit takes an array): the most blobs one call
+#: carries (its byte limit, ``max_submit_bytes``, applies too), and how many such calls a pass keeps in flight.
+SUBMIT_BLOBS = 256
+SUBMITS_IN_FLIGHT = 4
 
 #: Defaults of the consistency check's bounds.
 CHECK_LIMIT = 200
@@ -99,6 +105,9 @@ class Reconciler:
         self._stop_on_fallback = False
         self._rejected: set[str] = set()  # pending blobs the primary refused as bad input (automatic passes skip them)
         self._rejected_foreign: set[str] = set()  # the same for other members' blobs
+        self._batching = False  # this pass posts several blobs per call (see _submitter)
+        self._submits: trio.Nursery | None = None  # the pass's submits in flight
+        self._in_flight = trio.Semaphore(SUBMITS_IN_FLIGHT)
         self.passes = 0
         self.total_reconciled = 0
         self.last_report: Report | None = None
@@ -135,19 +144,23 @@ class Reconciler:
             report = Report()
             after: PageKey | None = None
             self._stop_on_fallback = stop_on_fallback
-            while True:
-                if self._should_stop():
-                    report.aborted = True
-                    break
-                keys = await self.pending.pending_keys(after, self.batch_size)
-                if not keys:
-                    break
-                after = keys[-1]
-                ids = [k.blob_id for k in keys if not (stop_on_fallback and k.blob_id in self._rejected)]
-                batch = [b for b in await self.pending.load(ids) if b.primary_ref is None]
-                await self._run_batch(batch, report, foreign=False)
-            if not report.aborted:
-                await self._adopt(report)
+            self._batching = self._submitter() is not None
+            async with trio.open_nursery() as nursery:  # the submits in flight (a primary that takes several)
+                self._submits = nursery
+                while True:
+                    if self._should_stop():
+                        report.aborted = True
+                        break
+                    keys = await self.pending.pending_keys(after, self._page_size)
+                    if not keys:
+                        break
+                    after = keys[-1]
+                    ids = [k.blob_id for k in keys if not (stop_on_fallback and k.blob_id in self._rejected)]
+                    batch = [b for b in await self.pending.load(ids) if b.primary_ref is None]
+                    await self._run_batch(batch, report, foreign=False)
+                if not report.aborted:
+                    await self._adopt(report)
+            self._submits = None
             report.success = report.blobs_failed == 0 and not report.aborted
             report.duration_ms = int((time.perf_counter() - started) * 1000)
             self.passes += 1
@@ -163,7 +176,25 @@ class Reconciler:
                          self.pending.foreign_waiting, "; stopped: the primary failed" if report.aborted else "")
             return report
 
+    @property
+    def _page_size(self) -> int:
+        return max(self.batch_size, SUBMIT_BLOBS) if self._batching else self.batch_size
+
+    def _submitter(self) -> Any:
+        """The primary itself (unwrapped from its MeteredLayer) if it takes several blobs per call and confirms
+        them in one read (``post_many`` and ``included``: CelestiaDA), else None."""
+        primary = self.layers[PRIMARY]
+        inner = getattr(primary, "inner", primary)
+        if callable(getattr(inner, "post_many", None)) and callable(getattr(inner, "included", None)):
+            return inner
+        return None
+
     async def _run_batch(self, batch: list[FallbackBlob], report: Report, *, foreign: bool) -> None:
+        if self._batching and self._submits is not None:
+            for group in self._groups(batch):
+                await self._in_flight.acquire()  # at most SUBMITS_IN_FLIGHT; the pass pages on meanwhile
+                self._submits.start_soon(self._submit_group, group, report, foreign)
+            return
         if self.parallel:
             async with trio.open_nursery() as nursery:
                 for blob in batch:
@@ -171,6 +202,110 @@ class Reconciler:
         else:
             for blob in batch:
                 await self._reconcile_one(blob, report, foreign)
+
+    def _groups(self, batch: list[FallbackBlob]) -> list[list[FallbackBlob]]:
+        """``batch`` in order, cut into calls of at most SUBMIT_BLOBS blobs and ``max_submit_bytes`` bytes."""
+        limit = int(getattr(self._submitter(), "max_submit_bytes", 0)) or 1
+        groups: list[list[FallbackBlob]] = []
+        size = 0
+        for blob in batch:
+            if not groups or len(groups[-1]) >= SUBMIT_BLOBS or size + len(blob.data) > limit:
+                groups.append([])
+                size = 0
+            groups[-1].append(blob)
+            size += len(blob.data)
+        return groups
+
+    async def _submit_group(self, group: list[FallbackBlob], report: Report, foreign: bool) -> None:
+        try:
+            await self._reconcile_group(group, report, foreign)
+        finally:
+            self._in_flight.release()
+
+    async def _reconcile_group(self, group: list[FallbackBlob], report: Report, foreign: bool,
+                               counted: bool = False) -> None:
+        """Post ``group`` to the primary in one call, read it back in one call, and mark what came back byte for
+        byte in one transaction; with the same retries as one blob. A group the primary refuses as bad input
+        (e.g. too large together) is split in halves, down to the one blob at fault."""
+        if not counted:
+            if foreign:
+                report.foreign_processed += len(group)
+            else:
+                report.blobs_processed += len(group)
+        if foreign:
+            mark_failed, mark_done = self.pending.mark_foreign_failed_many, self.pending.mark_adopted_many
+            rejected = self._rejected_foreign
+        else:
+            mark_failed, mark_done = self.pending.mark_failed_many, self.pending.mark_reconciled_many
+            rejected = self._rejected
+        primary = self.layers[PRIMARY]
+        submitter = self._submitter()
+        budget = float(getattr(primary, "timeout_s", 0)) or None
+        todo = list(group)
+        error = ""
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                await trio.sleep(self.retry_delay_s)
+                if self._should_stop():
+                    break
+            since = self.machine.mark()
+            ids = [b.blob_id for b in todo]
+            try:
+                with trio.fail_after(budget) if budget else contextlib.nullcontext():
+                    refs = await submitter.post_many([b.data for b in todo])
+            except trio.TooSlowError:
+                error = f"{primary.name}: blob.Submit of {len(todo)} blobs timed out after {budget:.3g}s"
+                await mark_failed(ids, error)
+                self.machine.observe(PRIMARY, False, self.clock(), error, write=True)
+                continue
+            except DAError as exc:
+                error = str(exc)
+                if is_caller_error(exc):
+                    if len(todo) > 1:  # not the primary's failure: find the blob at fault, post the others
+                        half = len(todo) // 2
+                        await self._reconcile_group(todo[:half], report, foreign, True)
+                        await self._reconcile_group(todo[half:], report, foreign, True)
+                        return
+                    await mark_failed(ids, error)
+                    rejected.add(todo[0].blob_id)
+                    report.blobs_failed += 1
+                    report.blobs_rejected += 1
+                    report.errors.append(f"{self._what(todo[0], foreign)}: rejected by the primary: {error} "
+                                         "(stays pending)")
+                    return
+                await mark_failed(ids, error)
+                self.machine.observe(PRIMARY, False, self.clock(), error, write=True)
+                continue
+            try:
+                with trio.fail_after(budget) if budget else contextlib.nullcontext():
+                    back = await submitter.included(refs, [b.data for b in todo])
+            except (DAError, trio.TooSlowError) as exc:
+                error = str(exc) or f"{primary.name}: reading the blobs back timed out"
+                self.machine.observe(PRIMARY, False, self.clock(), error)
+                await mark_failed(ids, error)
+                continue
+            done = [(b.blob_id, ref) for b, ref, ok in zip(todo, refs, back, strict=True) if ok]
+            if done:
+                self.machine.observe(PRIMARY, True, self.clock(), write=True, since=since)
+                await mark_done(done)
+                for blob_id, _ in done:
+                    rejected.discard(blob_id)
+                if foreign:
+                    report.blobs_adopted += len(done)
+                else:
+                    report.blobs_reconciled += len(done)
+            todo = [b for b, ok in zip(todo, back, strict=True) if not ok]
+            if not todo:
+                return
+            error = f"the primary did not return the blob at height {refs[0].height}"
+            self.machine.observe(PRIMARY, False, self.clock(), error, write=True)
+            await mark_failed([b.blob_id for b in todo], error)
+        report.blobs_failed += len(todo)
+        report.errors.extend(f"{self._what(b, foreign)}: {error} (stays pending)" for b in todo)
+
+    @staticmethod
+    def _what(blob: FallbackBlob, foreign: bool) -> str:
+        return f"another member's blob {blob.blob_id[:16]}" if foreign else f"blob {blob.blob_id[:16]}"
 
     async def _adopt(self, report: Report) -> None:
         """Re-post the foreign blobs that are due (see the module docstring), oldest first, a batch at a time."""
@@ -189,7 +324,7 @@ class Reconciler:
             if self._should_stop():
                 report.aborted = True
                 return
-            keys = await self.pending.foreign_keys(after, self.batch_size, limit_ms - int(self.adopt_grace_s * 1000))
+            keys = await self.pending.foreign_keys(after, self._page_size, limit_ms - int(self.adopt_grace_s * 1000))
             if not keys:
                 return
             after = keys[-1]
