@@ -3,6 +3,10 @@
 * ``POST /receipts[?wait_ms=N]`` → 202 ``{receipt_id, status[, optimistic]}``; with ``wait_ms`` (≤ 30000) 200 and
   the signed document once final. 409 ``{"error": "slot conflict", receipt_id, conflicting_receipt_id}``; 422
   invalid or rejected (with the reason); 503 when the cluster cannot sign now (no key, too few peers up).
+* ``POST /receipts/batch[?wait_ms=N]``: up to 1,024 receipts in one request (an aggregator reporting for many
+  nodes); 200 ``{"results": [...]}``, one entry per receipt in order, each with the status a single POST would
+  have given (``locked`` = acknowledged; ``unavailable`` = not acknowledged, submit it again), and with
+  ``wait_ms`` the signed document of each receipt final by then.
 * ``GET /receipts/<id>``: the document (final) or the receipt and its status; 404 when unknown here.
 * ``GET /receipts?node=&epoch=&status=&after=&limit=``: pages ordered by receipt id.
 * ``POST /receipts/verify``: a document in, ``{valid, reason}`` out (pinned to this cluster's group key).
@@ -26,6 +30,7 @@ from consensus.receipt_service import LedgerView, ReceiptService, Record, Unavai
 MAX_WAIT_MS = 30_000
 LOCK_WAIT_S = 10.0  # how long a submission waits for the proposer's own durable lock before answering
 MAX_LIMIT = 1000
+MAX_BULK = 1024
 STATUSES = ("final", "pending", "locked", "conflict", "rejected")
 _RID = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -124,6 +129,68 @@ def register_receipt_routes(app: QuartTrio, service: ReceiptService | None, view
             out["reason"] = record.reason
         return out, 202
 
+    @app.post("/receipts/batch")
+    @mutating
+    async def submit_receipts() -> Any:
+        wait_ms = v.query_integer(request.args.get("wait_ms"), "wait_ms", 0, 0, MAX_WAIT_MS)
+        items = (await json_body()).get("receipts")
+        if not isinstance(items, list) or not 1 <= len(items) <= MAX_BULK:
+            raise v.Invalid("receipts", f"a list of 1 to {MAX_BULK} receipts")
+        svc = need_service()
+        results: list[dict[str, Any]] = []
+        records: list[Record | None] = []
+        for body in items:
+            record, answer = None, None
+            if not isinstance(body, dict):
+                answer = {"status": "invalid", "error": "invalid_receipt", "message": "a receipt is a JSON object"}
+            else:
+                node_id = body.get("node_id")
+                try:
+                    receipt = rc.from_json(body, node_key(node_id) if isinstance(node_id, str) else None)
+                    record = svc.submit(receipt)
+                except rc.ReceiptError as exc:
+                    answer = {"status": "invalid", "error": "invalid_receipt", "message": str(exc),
+                              "field": exc.field}
+                except Unavailable as exc:
+                    if not records or all(r is None for r in records):
+                        raise error(503, {"error": "unavailable", "message": str(exc)},  # type: ignore[call-arg]
+                                    {"Retry-After": "1"}) from None
+                    answer = {"status": "unavailable", "error": "unavailable", "message": str(exc)}
+            records.append(record)
+            results.append(answer or {})
+        with trio.move_on_after(LOCK_WAIT_S):  # acknowledged = locked here durably (or already settled)
+            for record in records:
+                while record is not None and record.status == "pending" and not record.reason:
+                    await record.changed.wait()
+        if wait_ms:
+            with trio.move_on_after(wait_ms / 1000):
+                for record in records:
+                    if record is not None:
+                        await wait_for(record, MAX_WAIT_MS / 1000, ("final", "conflict", "rejected"))
+        for k, record in enumerate(records):
+            if record is not None:
+                results[k] = bulk_answer(svc, record, with_document=bool(wait_ms))
+        return {"results": results}
+
+    def bulk_answer(svc: ReceiptService, record: Record, with_document: bool) -> dict[str, Any]:
+        rid = record.receipt.id.hex()
+        if record.status == "final" and with_document:
+            doc = svc.lookup(record.receipt.id)
+            if doc is not None:
+                return {"receipt_id": rid, "status": "final", "document": doc}
+        if record.status == "pending" and not record.reason:
+            return {"receipt_id": rid, "status": "unavailable", "error": "unavailable",
+                    "message": "the receipt is not locked here durably yet: submit it again"}
+        out: dict[str, Any] = {"receipt_id": rid, "status": record.status}
+        if record.status == "conflict":
+            out["error"] = "slot conflict"
+            out["conflicting_receipt_id"] = record.conflicting_id.hex() if record.conflicting_id else None
+        elif record.status == "rejected" or (record.status == "pending" and record.reason):
+            out["reason"] = record.reason
+        if record.optimistic is not None and record.status in ("locked", "final"):
+            out["optimistic"] = record.optimistic
+        return out
+
     @app.get("/receipts/<receipt_id>")
     async def get_receipt(receipt_id: str) -> Any:
         if not _RID.match(receipt_id):
@@ -206,6 +273,10 @@ RECEIPT_IN = {"type": "object", "required": ["receipt_type", "node_id", "subject
 RECEIPT_DOC = {"type": "object", "required": ["receipt_id", "receipt", "receipt_bytes", "epoch", "status"],
                "description": "final: with batch {root, tree_size, index, path}, signature, group_public_key, "
                               "signers — verifiable with Ed25519 and SHA-256 alone"}
+BULK_IN = {"type": "object", "required": ["receipts"],
+           "properties": {"receipts": {"type": "array", "minItems": 1, "maxItems": MAX_BULK, "items": RECEIPT_IN}}}
+BULK_OUT = {"type": "object", "required": ["results"],
+            "properties": {"results": {"type": "array", "items": {"type": "object", "required": ["status"]}}}}
 RECEIPT_PAGE = {"type": "object", "required": ["receipts", "next_after"],
                 "properties": {"receipts": {"type": "array", "items": RECEIPT_DOC},
                                "next_after": {"type": ["string", "null"]}}}
@@ -215,6 +286,10 @@ RECEIPT_ROUTES: list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any],
     ("POST", "/receipts", "Submit a usage receipt for threshold signing; 202 {receipt_id, status, optimistic?}, "
      "or with ?wait_ms=N 200 and the signed document once final", RECEIPT_IN, _OBJ,
      (400, 401, 409, 413, 415, 422, 503)),
+    ("POST", "/receipts/batch", f"Submit up to {MAX_BULK} receipts in one request: 200 {{results}}, one entry per "
+     "receipt in order ({receipt_id, status, ...}: locked = acknowledged, unavailable = submit it again; with "
+     "?wait_ms=N the signed document of each receipt final by then)", BULK_IN, BULK_OUT,
+     (400, 401, 413, 415, 422, 503)),
     ("GET", "/receipts", "Receipts known here, by receipt id (?node=&epoch=&status=&after=&limit=)", None,
      RECEIPT_PAGE, (422, 503)),
     ("GET", "/receipts/<receipt_id>", "A receipt: the signed document when final, else its status", None,
@@ -227,6 +302,8 @@ RECEIPT_PATH_PARAMS = {"receipt_id": {"type": "string", "description": "64 hex c
 RECEIPT_QUERY_PARAMS: dict[tuple[str, str], list[tuple[str, dict[str, Any], bool]]] = {
     ("POST", "/receipts"): [("wait_ms", {"type": "integer", "minimum": 0, "maximum": MAX_WAIT_MS, "default": 0},
                              False)],
+    ("POST", "/receipts/batch"): [("wait_ms", {"type": "integer", "minimum": 0, "maximum": MAX_WAIT_MS,
+                                               "default": 0}, False)],
     ("GET", "/receipts"): [("node", {"type": "string", "pattern": v.ID_PATTERN}, False),
                            ("epoch", {"type": "integer", "minimum": 1, "maximum": rc.MAX_U63}, False),
                            ("status", {"enum": list(STATUSES)}, False),

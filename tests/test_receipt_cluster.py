@@ -151,6 +151,25 @@ async def test_receipts_across_real_coordinators_with_a_kill_9(cluster4: Cluster
                 body = r.json()
                 assert body["error"] == "slot conflict" and body["conflicting_receipt_id"]
 
+        # 2b. one bulk request: valid receipts final and verifiable, rivals within it never both signed, the
+        # malformed and the badly signed ones named in their own entries
+        bulk = [make(node_keys, k) for k in range(40, 80)]
+        forged = {**make(node_keys, 80), "node_signature": "00" * 64}
+        rivals = [make(node_keys, 96, reward=1), make(node_keys, 96, reward=2)]
+        r = await http.post(f"{urls[2]}/receipts/batch", params={"wait_ms": 10000},
+                            json={"receipts": [*bulk, forged, "not a receipt", {**bulk[0], "epoch": 0}, *rivals]})
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert len(results) == len(bulk) + 5
+        for entry in results[:len(bulk)]:
+            assert entry["status"] == "final", entry
+            verify_like_a_third_party(entry["document"], group_key)
+        assert results[len(bulk)]["status"] == "rejected" and "signature" in results[len(bulk)]["reason"]
+        assert results[len(bulk) + 1]["status"] == "invalid" and results[len(bulk) + 2]["field"] == "epoch"
+        assert sorted(e["status"] for e in results[-2:]) in (["conflict", "final"], ["conflict", "conflict"])
+        r = await http.post(f"{urls[2]}/receipts/batch", json={"receipts": []})
+        assert r.status_code == 422 and r.json()["field"] == "receipts"
+
         # 3. kill -9 a coordinator under load; acknowledged receipts all end final
         victim = cluster.process("coordinator-3")
         locks_before = (await http.get(f"{victim['url']}/cluster/status")).json()["receipts"]["lock_table"]["locks"]
