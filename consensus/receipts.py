@@ -15,6 +15,7 @@ import hashlib
 import re
 import struct
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import msgpack
@@ -79,15 +80,19 @@ class Receipt:
     # ---- encoding ------------------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
+        return self._bytes
+
+    @cached_property
+    def _bytes(self) -> bytes:  # a receipt is immutable: its bytes, id and signature check are computed once
         return msgpack.packb([
             RECEIPT_VERSION, self.receipt_type, self.node_id, self.node_public_key, self.subject, self.epoch,
             self.usage_proof_hash, list(self.execution_commitment) if self.execution_commitment is not None else None,
             self.reward_base, self.submitter_address, self.timestamp,
         ], use_bin_type=True)
 
-    @property
+    @cached_property
     def id(self) -> bytes:
-        return hashlib.sha256(self.to_bytes()).digest()
+        return hashlib.sha256(self._bytes).digest()
 
     @property
     def slot(self) -> Slot:
@@ -97,6 +102,10 @@ class Receipt:
         return USAGE_DOMAIN + self.to_bytes()
 
     def node_signature_valid(self) -> bool:
+        return self._signature_valid
+
+    @cached_property
+    def _signature_valid(self) -> bool:
         try:
             nacl.signing.VerifyKey(self.node_public_key).verify(self.signing_message(), self.node_signature)
         except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, nacl.exceptions.TypeError):
