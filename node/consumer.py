@@ -199,6 +199,12 @@ class RebuildProgress:
                  "unknown" if eta is None else f"{eta:.0f}s", extra={"progress": progress})
         return progress
 
+    def _error(self, name: str, consumer: Consumer) -> str | None:
+        """Why the log does not move: its latest read failed (the metered layer's error), or its head is unknown."""
+        if not consumer.last_ok:
+            return getattr(consumer.da, "last_read_error", None) or "reading fails"
+        return self.head_errors.get(name)
+
     def snapshot(self) -> dict[str, Any]:
         """The progress now: live cursors and counts, heads and rates of the latest report (null before it).
         ``eta_s``: the slowest behind log's (head − cursor) / heights per second; null while unknown."""
@@ -219,7 +225,7 @@ class RebuildProgress:
             logs[name] = {"cursor": consumer.cursor, "head": head, "behind": behind, "caught_up": caught_up,
                           "heights_per_s": None if rate is None else round(rate, 3),
                           "eta_s": None if eta is None else round(eta, 3),
-                          "error": self.head_errors.get(name) or (None if consumer.last_ok else "read failing")}
+                          "error": self._error(name, consumer)}
         started = trio.current_time() if self._started is None else self._started
         return {"events_applied": self.events_applied(),
                 "events_per_s": None if self.events_per_s is None else round(self.events_per_s, 1),

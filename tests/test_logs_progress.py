@@ -25,7 +25,8 @@ from node.blob import encode_blob
 from node.config import Config
 from node.consumer import Consumer, RebuildProgress
 from node.coordinator import Coordinator
-from node.da.base import BlobNotFound, BlobRef, Page
+from node.da.base import BlobNotFound, BlobRef, DAUnavailable, Page
+from node.da.metered import MeteredLayer
 from node.process import JsonFormatter, set_log_context
 from tests.conftest import wait_for
 from tests.proc import CoordinatorProcess
@@ -243,3 +244,25 @@ async def test_ready_503_carries_the_progress_while_rebuilding(make_config: Call
         assert response.status_code == 200 and await response.get_json() == {"ready": True}
         assert coord.state.node_count == 200 * EVENTS_PER_BLOB
         nursery.cancel_scope.cancel()
+
+
+async def test_a_log_that_cannot_be_read_names_the_error(autojump_clock: trio.testing.MockClock) -> None:
+    key = nacl.signing.SigningKey.generate()
+    log = SlowLog(signed_blobs(key, 10), read_s=0.1)
+
+    async def failing(cursor: int, limit: int) -> Page:
+        raise DAUnavailable("primary: connection refused")
+
+    log.read_after = failing  # type: ignore[method-assign]
+    consumer = Consumer(MeteredLayer(log, 5.0), Applied(), frozenset({bytes(key.verify_key)}))
+    progress = RebuildProgress({"primary": consumer}, lambda: consumer.events_new, consumer.caught_up.is_set)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(consumer.run)
+        nursery.start_soon(progress.run)
+        await trio.sleep(2.5)
+        report = progress.snapshot()
+        nursery.cancel_scope.cancel()
+    primary = report["logs"]["primary"]
+    assert primary["error"] == "reading after 0 failed: primary: connection refused"
+    assert primary["cursor"] == 0 and primary["head"] == 10 and primary["heights_per_s"] == 0.0
+    assert report["eta_s"] is None and progress.reports == 1
