@@ -187,8 +187,8 @@ class RebuildProgress:
             for name, consumer in self.consumers.items():
                 self.cursor_rates[name] = max(0, consumer.cursor - self._last_cursors.get(name, consumer.cursor)) / dt
         self._mark()
-        progress = self.snapshot()
         self.reports += 1
+        progress = self.snapshot()  # its ``reports`` counts this one
         behind = ", ".join(
             f"{name} {entry['cursor']}/{'?' if entry['head'] is None else entry['head']}"
             + (f" ({entry['heights_per_s']:.1f}/s)" if entry["heights_per_s"] is not None else "")
