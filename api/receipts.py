@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -218,9 +220,8 @@ def register_receipt_routes(app: QuartTrio, service: ReceiptService | None, view
         ids = known_ids()
         picked: list[dict[str, Any]] = []
         next_after = None
-        for rid in ids:
-            if after is not None and rid.hex() <= after.lower():
-                continue
+        start = bisect.bisect_right(ids, bytes.fromhex(after)) if after is not None else 0
+        for rid in itertools.islice(ids, start, None):
             doc = lookup(rid)
             if doc is None or (status is not None and doc["status"] != status):
                 continue

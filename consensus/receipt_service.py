@@ -205,6 +205,8 @@ class ReceiptService:
         self._closing: list[bytes] = []  # final receipts whose locks are closed in the next housekeeping pass
         self._retry: dict[bytes, float] = {}  # not-yet-valid receipts: id -> next try (monotonic)
         self._takeover_after: tuple[int, bytes, int] | None = None  # where the next takeover pass starts
+        self._records_version = 0  # grows with every record added: receipt_ids' cache key
+        self._sorted_ids: tuple[tuple[int, bytes | None, int], list[bytes]] | None = None
         self.latencies: list[float] = []  # seconds from first seen to final, the latest ones
         #: called at event time with (what, value): "batch_size" and "sign_seconds" of each batch signed here,
         #: "final_seconds" (first seen → final) of each receipt (GET /metrics, api/metrics.py)
@@ -287,8 +289,13 @@ class ReceiptService:
         return self.lookup(receipt_id)
 
     def receipt_ids(self) -> list[bytes]:
-        """Every receipt known here (signed in the state, or seen by this coordinator), in id order."""
-        return sorted(set(self.view.signed_ids()) | set(self.records))
+        """Every receipt known here (signed in the state, or seen by this coordinator), in id order. Sorted once
+        per change, not per call (the dashboard lists receipts every second on every member)."""
+        signed = self.view.signed_ids()
+        key = (len(signed), signed[-1] if signed else None, self._records_version)
+        if self._sorted_ids is None or self._sorted_ids[0] != key:
+            self._sorted_ids = (key, sorted(set(signed) | set(self.records)))
+        return self._sorted_ids[1]
 
     # ---- validation against the DA-derived state ---------------------------------------------------
 
@@ -363,6 +370,7 @@ class ReceiptService:
         record = self.records.get(receipt.id)
         if record is None:
             record = self.records[receipt.id] = Record(receipt)
+            self._records_version += 1
             while len(self.records) > self.max_records:
                 self.records.popitem(last=False)
         return record

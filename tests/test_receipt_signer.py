@@ -169,3 +169,19 @@ async def test_open_locks_are_paged_so_old_unsignable_ones_cannot_starve_newer_o
     assert pages == [[r.id for r in receipts[i:i + 3]] for i in (0, 3, 6)]
     assert store.open_locks(1003, limit=10) == store.open_locks(1003, limit=10, after=None)
     assert [o.receipt.id for o in store.open_locks(1003, limit=10)] == [r.id for r in receipts[:3]]
+
+
+async def test_receipt_ids_are_sorted_once_per_change(cluster: SimCluster) -> None:
+    service = cluster.service("c2")
+    first = [cluster.receipt(f"n{k}", f"obj{k}", proof=k) for k in range(3)]
+    for r in first:
+        service.submit(r)
+    ids = service.receipt_ids()
+    assert ids == sorted(r.id for r in first) and service.receipt_ids() is ids  # unchanged: the same list
+    await cluster.wait_final({r.id for r in first})
+    await trio.sleep(2)  # the batch event reaches c2's state too
+    more = cluster.receipt("n4", "obj4", proof=9)
+    service.submit(more)
+    assert service.receipt_ids() == sorted([*(r.id for r in first), more.id])
+    other = cluster.service("c0")  # signed in the state only (c0 never saw them as records): listed too
+    assert set(other.receipt_ids()) >= {r.id for r in first}
