@@ -247,6 +247,11 @@ def status_table(report: dict[str, Any]) -> str:
 
 # ---- the commands -----------------------------------------------------------------------------------------
 
+def _fail_line(text: str) -> None:
+    """The error, as one line on stderr (a server's message could hold a newline)."""
+    print(" ".join(text.split()), file=sys.stderr)
+
+
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2))
 
@@ -263,7 +268,7 @@ def run(args: argparse.Namespace, client: Client) -> int:
         if failed:
             names = ", ".join(f"{r['id']} ({r['error']})" for r in failed)
             what = "unreachable" if all(not r["reachable"] for r in failed) else "unreachable or failing"
-            print(f"dsdn status: {len(failed)} of {len(found)} coordinators {what}: {names}", file=sys.stderr)
+            _fail_line(f"dsdn status: {len(failed)} of {len(found)} coordinators {what}: {names}")
             return 1
         return 0
     if args.command == "nodes":
@@ -408,13 +413,13 @@ def main(argv: list[str]) -> None:
     try:
         code = run(args, client)
     except CtlError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
+        _fail_line(f"{prog}: {exc}")
         code = exc.code
     except httpx.HTTPError as exc:  # anything call() did not turn into a CtlError
-        print(f"{prog}: {_describe(exc)}", file=sys.stderr)
+        _fail_line(f"{prog}: {_describe(exc)}")
         code = 1
     except (ValueError, KeyError, TypeError, AttributeError) as exc:  # an answer of an unexpected shape
-        print(f"{prog}: unexpected answer from the coordinator: {type(exc).__name__}: {exc}", file=sys.stderr)
+        _fail_line(f"{prog}: unexpected answer from the coordinator: {type(exc).__name__}: {exc}")
         code = 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
