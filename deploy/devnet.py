@@ -101,7 +101,10 @@ class _Pending:
 
 
 class ChainStore:
-    """Blocks and blobs in SQLite. Blocking methods: call them through ``Devnet._db``."""
+    """Blocks and blobs in SQLite. Blocking methods: call them through ``Devnet._db`` (writes) or
+    ``Devnet._read`` (``head``, ``block``, ``blob_count``, ``blobs``). A file has a second connection for the
+    reads (WAL: they see every committed block and never wait for the block being written); ``:memory:`` has
+    one connection for both."""
 
     def __init__(self, path: str) -> None:
         if path != ":memory:":
@@ -111,20 +114,29 @@ class ChainStore:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
+        self.reader = self.db
+        if path != ":memory:":
+            self.reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10.0)
+
+    @property
+    def separate_reader(self) -> bool:
+        return self.reader is not self.db
 
     def close(self) -> None:
+        if self.separate_reader:
+            self.reader.close()
         self.db.close()
 
     def head(self) -> Block | None:
-        return self.db.execute("SELECT height, time_ns, hash, prev_hash, data_hash FROM blocks "
-                               "ORDER BY height DESC LIMIT 1").fetchone()
+        return self.reader.execute("SELECT height, time_ns, hash, prev_hash, data_hash FROM blocks "
+                                   "ORDER BY height DESC LIMIT 1").fetchone()
 
     def block(self, height: int) -> Block | None:
-        return self.db.execute("SELECT height, time_ns, hash, prev_hash, data_hash FROM blocks WHERE height = ?",
-                               (height,)).fetchone()
+        return self.reader.execute("SELECT height, time_ns, hash, prev_hash, data_hash FROM blocks WHERE height = ?",
+                                   (height,)).fetchone()
 
     def blob_count(self) -> int:
-        return int(self.db.execute("SELECT COUNT(*) FROM blobs").fetchone()[0])
+        return int(self.reader.execute("SELECT COUNT(*) FROM blobs").fetchone()[0])
 
     def add_block(self, block: Block, blobs: list[BlobRow]) -> None:
         with self.db:
@@ -133,7 +145,7 @@ class ChainStore:
             self.db.executemany("INSERT INTO blobs VALUES (?, ?, ?, ?, ?)", blobs)
 
     def blobs(self, height: int, namespace: bytes) -> list[BlobRow]:
-        return self.db.execute("SELECT height, idx, namespace, commitment, data FROM blobs "
+        return self.reader.execute("SELECT height, idx, namespace, commitment, data FROM blobs "
                                "WHERE height = ? AND namespace = ? ORDER BY idx", (height, namespace)).fetchall()
 
 
@@ -214,15 +226,24 @@ class Devnet:
         self._pending: list[_Pending] = []
         self._new_block = trio.Event()
         self._lock = trio.Lock()
+        self._read_lock = trio.Lock()
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
         async with self._lock:
             return await trio.to_thread.run_sync(fn, *args)
 
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        """A read of the chain: on its own connection (and lock) when the store has one, so a read does not
+        wait for the block being committed (with a short block interval, nearly always one)."""
+        if not self.store.separate_reader:
+            return await self._db(fn, *args)
+        async with self._read_lock:
+            return await trio.to_thread.run_sync(fn, *args)
+
     async def open(self) -> None:
         """Load the chain, or create block 1 (genesis) for a new one."""
-        self.head = await self._db(self.store.head)
-        self.blob_total = await self._db(self.store.blob_count)
+        self.head = await self._read(self.store.head)
+        self.blob_total = await self._read(self.store.blob_count)
         if self.head is None:
             await self.produce_block()
         log.info("devnet chain at height %d (%d blobs)", self.height, self.blob_total)
@@ -291,7 +312,7 @@ class Devnet:
         if height > self.height:
             raise RPCError(SERVER_ERROR, f"header: given height is from the future: networkHeight: {self.height}, "
                                          f"requestedHeight: {height}")
-        block = await self._db(self.store.block, height) if height >= self.pruned_below else None
+        block = await self._read(self.store.block, height) if height >= self.pruned_below else None
         if block is None:  # go-header's ErrNotFound, as celestia-node wraps it
             raise RPCError(SERVER_ERROR, f"header: not found: height {height}")
         return block
@@ -331,7 +352,7 @@ class Devnet:
         height, namespace = _height_param(height), _namespace_param(ns)
         wanted = _unb64(commitment, "commitment")
         await self._block_at(height)
-        for row in await self._db(self.store.blobs, height, namespace):
+        for row in await self._read(self.store.blobs, height, namespace):
             if row[3] == wanted:
                 return blob_json(row)
         raise RPCError(SERVER_ERROR, "blob: not found")
@@ -343,7 +364,7 @@ class Devnet:
             raise RPCError(INVALID_PARAMS, "invalid params: namespaces must be a non-empty list")
         wanted = [_namespace_param(ns) for ns in namespaces]
         await self._block_at(height)
-        found = [blob_json(row) for ns in wanted for row in await self._db(self.store.blobs, height, ns)]
+        found = [blob_json(row) for ns in wanted for row in await self._read(self.store.blobs, height, ns)]
         return found or None
 
     async def dispatch(self, method: str, params: list[Any]) -> Any:

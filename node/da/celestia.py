@@ -31,6 +31,7 @@ import json
 import logging
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -140,6 +141,15 @@ def header_height(header: Any) -> int:
     return height
 
 
+@dataclass
+class _SharedRead:
+    """One ``blob.GetAll`` that several callers wait for (``CelestiaDA.included``)."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    blobs: dict[str, list[str]] | None = None
+    error: DAError | None = None
+
+
 class CelestiaDA:
     """A DALayer on a celestia-node (or the local devnet, deploy/devnet.py) JSON-RPC endpoint."""
 
@@ -167,6 +177,7 @@ class CelestiaDA:
         self._ids = itertools.count(1)
         self._client: httpx.AsyncClient | None = None
         self._client_run: object | None = None
+        self._shared_reads: dict[int, _SharedRead] = {}  # blob.GetAll in flight for ``included``, by height
 
     @classmethod
     def from_config(cls, cfg: Any, name: str = "primary") -> CelestiaDA:
@@ -360,26 +371,45 @@ class CelestiaDA:
 
     async def included(self, refs: Sequence[BlobRef], datas: Sequence[bytes]) -> list[bool]:
         """Whether the node returns each blob (a ref we hold, with the data we posted) byte for byte at its
-        height: one ``blob.GetAll`` per height. The node's claimed commitment only picks the candidates; a blob
-        counts as there only if the node returns exactly our bytes, whose commitment we computed ourselves."""
-        found: dict[int, dict[bytes, list[bytes]]] = {}
-        for height in sorted({ref.height for ref in refs}):
-            try:
-                result = await self.call("blob.GetAll", [height, [self._ns_b64]])
-            except BlobNotFound:  # celestia-node < 0.15: an empty height
-                result = None
-            if result is not None and not isinstance(result, list):
-                raise DARPCError(None, "blob.GetAll returned neither a list nor null", "blob.GetAll")
-            by_commitment: dict[bytes, list[bytes]] = {}
-            for obj in result or []:
-                if not isinstance(obj, dict) or obj.get("share_version", 0) != 0 or \
-                        unb64(obj.get("namespace"), "blob.namespace") != self.namespace:
-                    continue
-                claimed = unb64(obj.get("commitment"), "blob.commitment")
-                by_commitment.setdefault(claimed, []).append(unb64(obj.get("data"), "blob.data"))
-            found[height] = by_commitment
-        return [bytes(data) in found[ref.height].get(ref.commitment, ())
+        height: one ``blob.GetAll`` per height, shared by the callers that ask for the same height at the same
+        time (several calls of ``post_many`` often land in one block). The node's claimed commitment only picks
+        the candidates; a blob counts as there only if the node returns exactly our bytes (compared in their
+        base64 form: a node that encodes them otherwise only makes us post them again), whose commitment we
+        computed ourselves."""
+        found = {height: await self._namespace_blobs(height) for height in sorted({ref.height for ref in refs})}
+        return [b64(data) in found[ref.height].get(b64(ref.commitment), ())
                 for ref, data in zip(refs, datas, strict=True)]
+
+    async def _namespace_blobs(self, height: int) -> dict[str, list[str]]:
+        """Our namespace's share-version-0 blobs at ``height`` as {claimed commitment: [data]}, both base64 as
+        the node sent them; one ``blob.GetAll`` for all the callers asking for ``height`` at the same time."""
+        shared = self._shared_reads.get(height)
+        if shared is not None:
+            await shared.done.wait()
+        else:
+            shared = self._shared_reads[height] = _SharedRead()
+            try:
+                try:
+                    result = await self.call("blob.GetAll", [height, [self._ns_b64]])
+                except BlobNotFound:  # celestia-node < 0.15: an empty height
+                    result = None
+                if result is not None and not isinstance(result, list):
+                    raise DARPCError(None, "blob.GetAll returned neither a list nor null", "blob.GetAll")
+                blobs: dict[str, list[str]] = {}
+                for obj in result or []:
+                    if (isinstance(obj, dict) and obj.get("namespace") == self._ns_b64
+                            and obj.get("share_version", 0) == 0 and isinstance(obj.get("commitment"), str)
+                            and isinstance(obj.get("data"), str)):
+                        blobs.setdefault(obj["commitment"], []).append(obj["data"])
+                shared.blobs = blobs
+            except DAError as exc:
+                shared.error = exc
+            finally:
+                del self._shared_reads[height]
+                shared.done.set()
+        if shared.blobs is None:
+            raise shared.error or DAUnavailable(f"{self.name}: blob.GetAll at {height} was abandoned")
+        return shared.blobs
 
     async def blobs_at(self, height: int) -> list[tuple[BlobRef, bytes]]:
         """Every blob of our namespace at ``height``, in index order (empty if none)."""
