@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.frost
 	$(BIN)/python -m bench.peer
 	$(BIN)/python -m bench.receipts
+	$(BIN)/python -m bench.reconcile
 
 clean:
 	rm -rf $(VENV) .dsdn .pytest_cache

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from deploy.devnet import main
-from node.da.celestia import CelestiaDA
+from deploy.devnet import Devnet, main
+from node.da.celestia import CelestiaDA, b64
 from node.da.namespace import namespace_from_name
 from tests.proc import free_port, wait_http_ok
 
@@ -76,3 +76,17 @@ def test_bad_flags_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
             main(argv)
         assert info.value.code == 2
     assert "--block-interval-ms must be >= 1" in capsys.readouterr().err
+
+
+async def test_reads_do_not_wait_for_the_block_being_committed(tmp_path: Path) -> None:
+    devnet = Devnet(str(tmp_path / "devnet.sqlite"), 0.05)
+    await devnet.open()
+    try:
+        await devnet.produce_block()
+        async with devnet._lock:  # the writer is busy (a block commit holds it): reads go on their own connection
+            with trio.fail_after(2):
+                header = await devnet.dispatch("header.GetByHeight", [2])
+                assert await devnet.dispatch("blob.GetAll", [2, [b64(NS)]]) is None
+        assert header["header"]["height"] == "2"
+    finally:
+        devnet.close()

@@ -1,0 +1,238 @@
+"""Reconciliation in batches (issue 12 goal 4): a primary that takes several blobs per call (Celestia's blob.Submit
+takes an array) gets them in calls of up to SUBMIT_BLOBS blobs and ``max_submit_bytes`` bytes, several calls in
+flight, each read back in one call and marked in one transaction. The durability rules still hold: a blob is
+marked reconciled only once the primary returned it; a crash between the submit and the mark leaves it pending
+and a later pass posts it again (a harmless duplicate); a call the primary refuses as too large is split down
+to the blob at fault, which alone stays pending. A fake batching layer here, and the real devnet."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from deploy.devnet import serve_devnet
+from node.da.base import BlobRef
+from node.da.celestia import BlobTooLarge, CelestiaDA
+from node.da.mock import MockDA
+from node.da.namespace import namespace_from_name
+from node.da.reconcile import SUBMIT_BLOBS, SUBMITS_IN_FLIGHT
+from node.da.stack import DAStack
+from node.da.status import PRIMARY, SECONDARY, Status
+
+NS = namespace_from_name("dsdn-reconcile")
+TOKEN = "reconcile-devnet"
+
+
+class BatchingDA(MockDA):
+    """A Mock DA primary with ``post_many``/``included``, as CelestiaDA has them. ``node_limit``: calls with more
+    bytes than that are refused as too large (a node whose limit is below ours); ``missing``: data ``included``
+    pretends not to find; ``after_submit``: called once a call's blobs are stored, before it returns."""
+
+    def __init__(self, max_submit_bytes: int = 1_000_000, node_limit: int | None = None, delay: float = 0.0) -> None:
+        super().__init__()
+        self.max_submit_bytes, self.node_limit, self.delay = max_submit_bytes, node_limit, delay
+        self.calls: list[list[int]] = []  # blob sizes of every accepted call
+        self.refused = 0
+        self.in_flight = self.max_in_flight = 0
+        self.missing: set[bytes] = set()
+        self.after_submit: Callable[[], None] | None = None
+
+    async def post_many(self, datas: Sequence[bytes]) -> list[BlobRef]:
+        if self.node_limit is not None and sum(len(d) for d in datas) > self.node_limit:
+            self.refused += 1
+            raise BlobTooLarge(f"{self.name}: blob too large: exceeds the maximum size")
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await trio.sleep(self.delay)
+            refs = [await self.post(d) for d in datas]
+        finally:
+            self.in_flight -= 1
+        self.calls.append([len(d) for d in datas])
+        if self.after_submit is not None:
+            self.after_submit()
+            await trio.sleep(0)
+        return refs
+
+    async def included(self, refs: Sequence[BlobRef], datas: Sequence[bytes]) -> list[bool]:
+        return [d not in self.missing and await self.get(r) == d for r, d in zip(refs, datas, strict=True)]
+
+
+def make_stack(tmp_path: Path, primary: Any, **kw: Any) -> DAStack:
+    kw.setdefault("retry_delay_s", 0.01)
+    return DAStack({PRIMARY: primary, SECONDARY: MockDA(name=SECONDARY)}, tmp_path, timeout_s=5.0, **kw)
+
+
+async def fill(stack: DAStack, datas: Sequence[bytes]) -> None:
+    """Blobs that landed on the secondary, recorded as the router records them."""
+    for data in datas:
+        await stack.pending.record(await stack.layers[SECONDARY].post(data), data)
+
+
+async def primary_blobs(primary: MockDA) -> list[bytes]:
+    return [d for _, d in (await primary.read_after(0, 1_000_000)).items]
+
+
+async def test_calls_are_filled_up_to_the_count_and_byte_limits_with_several_in_flight(tmp_path: Path) -> None:
+    primary = BatchingDA(max_submit_bytes=20_000, delay=0.02)
+    stack = make_stack(tmp_path, primary)
+    small = [b"small %04d" % i for i in range(600)]  # pages of 256 keys: 256, 256, then 88 small + 100 big
+    big = [os.urandom(1000) for _ in range(100)]  # byte-bound: 20 a call (19 after the 88 small ones)
+    await fill(stack, small + big)
+    report = await stack.reconciler.run_pass()
+    assert report.success and report.blobs_processed == report.blobs_reconciled == 700
+    assert stack.pending.pending_count == 0 and await stack.pending.pending() == []  # the counter agrees
+    assert all(len(c) <= SUBMIT_BLOBS and sum(c) <= primary.max_submit_bytes for c in primary.calls)
+    assert sorted(len(c) for c in primary.calls) == [1, 20, 20, 20, 20, 88 + 19, 256, 256]
+    assert 2 <= primary.max_in_flight <= SUBMITS_IN_FLIGHT
+    assert sorted(await primary_blobs(primary)) == sorted(small + big)
+    assert all(b.primary_ref is not None for b in await stack.pending.reconciled())
+    await stack.aclose()
+
+
+async def test_a_call_refused_as_too_large_is_split_down_to_the_blob_at_fault(tmp_path: Path) -> None:
+    primary = BatchingDA(node_limit=4000)  # the node takes less than our max_submit_bytes
+    stack = make_stack(tmp_path, primary)
+    fits = [os.urandom(900) for _ in range(20)]
+    too_big = b"x" * 5000
+    await fill(stack, [*fits[:7], too_big, *fits[7:]])
+    report = await stack.reconciler.run_pass()
+    assert report.blobs_processed == 21 and report.blobs_reconciled == 20
+    assert report.blobs_failed == report.blobs_rejected == 1 and not report.success
+    assert all(sum(c) <= 4000 for c in primary.calls) and primary.refused >= 2
+    [left] = await stack.pending.pending()
+    assert left.data == too_big and left.last_error and "too large" in left.last_error
+    assert sorted(await primary_blobs(primary)) == sorted(fits)
+    assert stack.machine.status is Status.HEALTHY  # the blob's fault, not the primary's
+    assert stack.reconciler.waiting == 0  # automatic passes leave it alone; it stays visible
+    await stack.aclose()
+
+
+async def test_a_blob_the_primary_does_not_return_stays_pending(tmp_path: Path) -> None:
+    primary = BatchingDA()
+    stack = make_stack(tmp_path, primary, max_retries=2)
+    datas = [b"blob %d" % i for i in range(10)]
+    primary.missing.add(datas[3])
+    await fill(stack, datas)
+    report = await stack.reconciler.run_pass()
+    assert report.blobs_reconciled == 9 and report.blobs_failed == 1
+    [left] = await stack.pending.pending()
+    assert left.data == datas[3] and left.retry_count == 3 and "did not return" in (left.last_error or "")
+    assert [len(c) for c in primary.calls] == [10, 1, 1]  # only the missing blob is posted again
+    primary.missing.clear()
+    assert (await stack.reconciler.run_pass()).blobs_reconciled == 1 and stack.pending.pending_count == 0
+    await stack.aclose()
+
+
+async def test_a_crash_between_submit_and_mark_leaves_the_blobs_pending_and_they_are_posted_again(
+        tmp_path: Path) -> None:
+    primary = BatchingDA()
+    stack = make_stack(tmp_path, primary)
+    datas = [b"event blob %d" % i for i in range(300)]
+    await fill(stack, datas)
+    with trio.CancelScope() as crash:
+        primary.after_submit = crash.cancel  # the process dies once the primary took the first call
+        await stack.reconciler.run_pass()
+    assert crash.cancelled_caught and len(primary.calls) == 1
+    await stack.aclose(close_layers=False)
+
+    restarted = make_stack(tmp_path, primary)  # the same data dir: the fallback record survived
+    assert restarted.pending.pending_count == 300  # nothing was marked: the blobs on the primary stay pending
+    primary.after_submit = None
+    report = await restarted.reconciler.run_pass()
+    assert report.success and report.blobs_reconciled == 300 and restarted.pending.pending_count == 0
+    on_primary = await primary_blobs(primary)
+    assert sorted(set(on_primary)) == sorted(datas)  # every blob is there, those posted before the crash twice
+    assert len(on_primary) >= 300 + len(primary.calls[0]) and max(map(on_primary.count, datas)) == 2
+    await restarted.aclose()
+
+
+async def test_a_pass_that_stops_on_fallback_leaves_the_rest_pending(tmp_path: Path) -> None:
+    primary = BatchingDA(delay=0.01)
+    stack = make_stack(tmp_path, primary, failure_threshold=1)
+    await fill(stack, [b"b%d" % i for i in range(2000)])
+
+    def fail_over() -> None:
+        stack.observe(PRIMARY, False, "down again", write=True)
+
+    primary.after_submit = fail_over  # the primary fails again during the pass
+    report = await stack.reconciler.run_pass(stop_on_fallback=True)
+    assert report.aborted and stack.machine.status is Status.DEGRADED
+    done = report.blobs_reconciled
+    assert 0 < done < 2000 and stack.pending.pending_count == 2000 - done
+    await stack.aclose()
+
+
+# ---- the real devnet --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def devnet(nursery: trio.Nursery) -> str:
+    url: str = await nursery.start(partial(serve_devnet, "127.0.0.1", 0, ":memory:", 0.01, TOKEN))
+    return url
+
+
+async def test_reconciliation_through_the_devnet_posts_many_blobs_per_submit(devnet: str, tmp_path: Path) -> None:
+    primary = CelestiaDA(devnet, NS, TOKEN, timeout_s=10, retry_count=0)
+    stack = make_stack(tmp_path, primary)
+    datas = [b"on the fallback %d " % i + os.urandom(200) for i in range(600)]
+    await fill(stack, datas)
+    submits = 0
+    call = primary.call
+
+    async def counting(method: str, params: Sequence[Any]) -> Any:
+        nonlocal submits
+        submits += method == "blob.Submit"
+        return await call(method, params)
+
+    primary.call = counting  # type: ignore[method-assign]
+    report = await stack.reconciler.run_pass()
+    assert report.success and report.blobs_reconciled == 600 and stack.pending.pending_count == 0
+    assert submits == 3  # 256 + 256 + 88
+    reconciled = await stack.pending.reconciled()
+    for blob in reconciled[:20]:
+        assert blob.primary_ref is not None and await primary.get(blob.primary_ref) == blob.data
+    assert len({b.primary_ref.height for b in reconciled if b.primary_ref}) <= 3
+    consistency = await stack.reconciler.consistency()
+    assert consistency["is_consistent"] and consistency["complete"]
+    await stack.aclose()
+
+
+async def test_post_many_checks_the_total_before_any_io_and_included_reads_a_height_once(devnet: str) -> None:
+    async with CelestiaDA("http://127.0.0.1:9", NS, max_blob_bytes=1000) as nowhere:  # nothing listens there
+        with pytest.raises(BlobTooLarge, match="together"):
+            await nowhere.post_many([b"a" * 600, b"b" * 600])
+        with pytest.raises(BlobTooLarge):
+            await nowhere.post_many([b"c" * 1001])
+    async with CelestiaDA(devnet, NS, TOKEN, timeout_s=10, retry_count=0) as da:
+        datas = [b"one", b"two", b"three"]
+        refs = await da.post_many(datas)
+        assert len({r.height for r in refs}) == 1
+        assert [await da.get(r) for r in refs] == datas
+        reads = 0
+        call = da.call
+
+        async def counting(method: str, params: Sequence[Any]) -> Any:
+            nonlocal reads
+            reads += method == "blob.GetAll"
+            await trio.sleep(0.05)  # the other callers arrive while it is in flight
+            return await call(method, params)
+
+        da.call = counting  # type: ignore[method-assign]
+        results: list[list[bool]] = []
+
+        async def ask(i: int) -> None:
+            results.append(await da.included([refs[i]], [datas[i]]))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(3):
+                nursery.start_soon(ask, i)
+        assert reads == 1 and results == [[True]] * 3
+        assert await da.included(refs, [b"one", b"TWO", b"three"]) == [True, False, True]  # bytes, not claims
+        assert reads == 2
