@@ -1,11 +1,16 @@
 """Byzantine members for the simulator: an equivocating proposer, a replayer of other members' messages, and a
 forger of replies. Each speaks the real peer protocol through its member's simulated links and records any
 signature it manages to obtain, so the safety checker can prove it never got two receipts of one slot signed.
+
+The behaviours a real coordinator takes with DSDN_BYZANTINE (``BYZANTINE_BEHAVIOURS``, test clusters only, see
+deploy/coordinator.py) are installed by :func:`make_byzantine`: the lying signers of :func:`corrupt_signer` and
+the equivocating proposer of :func:`equivocate_batches`.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -13,13 +18,100 @@ import trio
 from consensus import frost, merkle
 from consensus import receipts as rc
 from consensus.receipt_service import FINAL, LOCK, LOCK_REPLY, SIGN, SIGN_REPLY
-from consensus.slots import Verdict
+from consensus.slots import Decision, Verdict
 
 if TYPE_CHECKING:
     from consensus.receipt_service import ReceiptService
     from deploy.simulation import Member, SimCluster
 
 SIGNER_BEHAVIOURS = ("bad_shares", "withhold")
+BYZANTINE_BEHAVIOURS = (*SIGNER_BEHAVIOURS, "equivocate")  # what DSDN_BYZANTINE accepts
+SEEN_SLOTS = 4096  # slots whose receipts an equivocating proposer remembers
+
+
+def make_byzantine(service: ReceiptService, behaviour: str) -> None:
+    """Make a real coordinator's receipt engine lie (before it runs): see :func:`corrupt_signer` and
+    :func:`equivocate_batches`."""
+    if behaviour == "equivocate":
+        equivocate_batches(service)
+    else:
+        corrupt_signer(service, behaviour)
+
+
+def equivocate_batches(service: ReceiptService) -> None:
+    """Make a proposer equivocate, before its service runs: every batch it proposes goes to half of its peers as
+    proposed, and to the other half as a different batch under the same batch id — each receipt for whose slot
+    this coordinator has seen a rival (submitted to it, or in a peer's lock request) replaced by that rival, or
+    else the first receipt replaced by another receipt it has seen, and the order reversed. It ignores its own
+    lock table for its own batches (it proposes a receipt whose slot it locked to a rival for another proposer).
+    Its signing requests are the honest ones (for the batch as proposed): the peers that locked the other batch
+    must refuse them, and no slot may end up signed twice."""
+    seen: OrderedDict[tuple[Any, ...], dict[bytes, bytes]] = OrderedDict()  # slot -> receipt id -> wire
+
+    def remember(r: rc.Receipt) -> None:
+        seen.setdefault(r.slot, {})[r.id] = r.to_wire()
+        seen.move_to_end(r.slot)
+        while len(seen) > SEEN_SLOTS:
+            seen.popitem(last=False)
+
+    honest_submit, honest_lock, honest_lock_local = service.submit, service._on_lock, service._lock_local
+
+    def submit(receipt: rc.Receipt) -> Any:
+        remember(receipt)
+        return honest_submit(receipt)
+
+    async def on_lock(peer: str, body: dict[str, Any]) -> dict[str, Any]:
+        for wire in body["receipts"]:
+            with contextlib.suppress(rc.ReceiptError):
+                remember(rc.Receipt.from_wire(wire))
+        return await honest_lock(peer, body)
+
+    async def lock_local(batch: list[rc.Receipt], proposer: str, *args: Any) -> list[Decision]:
+        decisions = await honest_lock_local(batch, proposer, *args)
+        if proposer != service.net.my_id:
+            return decisions
+        return [Decision(d.receipt_id, Verdict.OK) if d.verdict is Verdict.CONFLICT else d for d in decisions]
+
+    def other_batch(wires: list[bytes]) -> list[bytes]:
+        out, changed = [], False
+        for wire in wires:
+            try:
+                r = rc.Receipt.from_wire(wire)
+            except rc.ReceiptError:
+                out.append(wire)
+                continue
+            rival = next((w for rid, w in seen.get(r.slot, {}).items() if rid != r.id), None)
+            out.append(rival or wire)
+            changed |= rival is not None
+        if not changed and out:
+            first = rc.Receipt.from_wire(out[0])
+            other = next((w for slot in reversed(seen) if slot != first.slot for w in seen[slot].values()), None)
+            if other is not None:
+                out[0] = other
+        return out[::-1]
+
+    service.submit = submit  # type: ignore[method-assign]
+    service._on_lock = on_lock  # type: ignore[method-assign]  # run() registers what this attribute holds
+    service._lock_local = lock_local  # type: ignore[method-assign]
+    service.net = _EquivocatingNet(service.net, sorted(service.members), other_batch)  # type: ignore[assignment]
+
+
+class _EquivocatingNet:
+    """The proposer's peer links, with every lock request to the second half of the peers rewritten."""
+
+    def __init__(self, net: Any, members: list[str], rewrite: Any) -> None:
+        self._net, self._rewrite = net, rewrite
+        peers = [m for m in members if m != net.my_id]
+        self._other_half = set(peers[len(peers) // 2:])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._net, name)
+
+    async def request(self, peer_id: str, type_: str, body: dict[str, Any], timeout_s: float, *,
+                      expect: str) -> Any:
+        if type_ == LOCK and peer_id in self._other_half:
+            body = {**body, "receipts": self._rewrite(list(body["receipts"]))}
+        return await self._net.request(peer_id, type_, body, timeout_s, expect=expect)
 
 
 def corrupt_signer(service: ReceiptService, behaviour: str) -> None:
@@ -34,6 +126,7 @@ def corrupt_signer(service: ReceiptService, behaviour: str) -> None:
             raise AssertionError("unreachable")
 
         service._on_sign = silent  # type: ignore[method-assign]  # run() registers what this attribute holds
+        service._fast_share = lambda peer, body, held: b""  # type: ignore[method-assign]  # nor in a lock reply
         return
     honest = service._sign_share
 
@@ -67,6 +160,8 @@ class Adversary:
     # ---- equivocation: conflicting batches to the two halves of the cluster --------------------------
 
     async def equivocate(self) -> None:
+        while self.member.keys.key is None:  # a key from the DKG first
+            await trio.sleep(0.1)
         await trio.sleep(self.rng.uniform(0.1, 2.0))
         for a, b in self.cluster.conflicts:
             peers = self._peers()

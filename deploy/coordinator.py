@@ -23,7 +23,7 @@ from consensus import dkg_service, keystore, receipt_service
 from consensus.dkg_service import DkgService
 from consensus.lockstore import LockStore
 from consensus.receipt_service import ReceiptService
-from deploy.adversary import SIGNER_BEHAVIOURS, corrupt_signer
+from deploy.adversary import BYZANTINE_BEHAVIOURS, make_byzantine
 from deploy.receipt_view import StateLedgerView
 from node import config as config_mod
 from node import gossip
@@ -126,11 +126,11 @@ def receipt_engine(cfg: config_mod.Config, coord: Coordinator, peers: PeerManage
     if behaviour:  # a lying member for fault-injection runs (dsdn nemesis); never on mainnet
         if cfg.da_network == "mainnet":
             raise config_mod.ConfigError("DSDN_BYZANTINE", behaviour, "unset: a test-only switch, refused on mainnet")
-        if behaviour not in SIGNER_BEHAVIOURS:
-            raise config_mod.ConfigError("DSDN_BYZANTINE", behaviour, " or ".join(SIGNER_BEHAVIOURS))
-        corrupt_signer(service, behaviour)
-        log.warning("BYZANTINE: this coordinator is a %s signer (DSDN_BYZANTINE, for fault-injection runs)",
-                    behaviour)
+        if behaviour not in BYZANTINE_BEHAVIOURS:
+            raise config_mod.ConfigError("DSDN_BYZANTINE", behaviour, " or ".join(BYZANTINE_BEHAVIOURS))
+        make_byzantine(service, behaviour)
+        log.warning("BYZANTINE: this coordinator is a %s %s (DSDN_BYZANTINE, for fault-injection runs)",
+                    behaviour, "proposer" if behaviour == "equivocate" else "signer")
     return service, locks
 
 

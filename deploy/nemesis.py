@@ -2,7 +2,7 @@
 
 It starts a devnet, an emergency blob store and n coordinators (as ``dsdn cluster up`` does), with every peer
 link through a fault proxy of its own (deploy/faultproxy.py), and optionally one coordinator started
-byzantine (``--byzantine bad_shares|withhold``). A bounded client load (receipts, some of them rival receipts
+byzantine (``--byzantine bad_shares|withhold|equivocate``). A bounded client load (receipts, some of them rival receipts
 for one slot, and node registrations) runs throughout; each request, its answer and its time go into a
 history file (JSON lines). Meanwhile faults come one at a time: kill -9 and restart, SIGSTOP/SIGCONT, a cut
 link, a slow link, the devnet down or slow. Then everything heals and the checker reads every coordinator:
@@ -34,6 +34,7 @@ import trio
 
 from consensus import receipts as rc
 from deploy import cluster as launcher
+from deploy.adversary import BYZANTINE_BEHAVIOURS
 from deploy.faultproxy import LinkProxy
 
 FAULTS = ("kill", "pause", "cut", "slow_link", "devnet_down", "devnet_slow")
@@ -56,6 +57,7 @@ class Nemesis:
     faults: dict[str, int] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
     converge_s: float | None = None
+    wall_s: float = 0.0  # the whole run: cluster start, load and faults, heal, checks, stop
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -337,7 +339,8 @@ def report(nem: Nemesis, summary: dict[str, Any]) -> str:
             ("receipts acknowledged / final", f"{summary['acked_receipts']} / {summary['final']}"),
             ("node registrations acknowledged", str(summary["registrations"])),
             ("time to converge after healing", "never" if nem.converge_s is None else f"{nem.converge_s:.1f}s"),
-            ("violations", str(len(nem.violations)))]
+            ("violations", str(len(nem.violations))),
+            ("wall time", f"{nem.wall_s:.0f}s")]
     width = max(len(r[0]) for r in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows] + [f"  - {v}" for v in nem.violations]
     return "\n".join(lines) + f"\nhistory: {nem.history_path}"
@@ -348,7 +351,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load and faults")
     parser.add_argument("-n", type=int, default=4, choices=(4, 5), help="coordinators (4 or 5)")
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--byzantine", choices=("bad_shares", "withhold"), help="start the last coordinator lying")
+    parser.add_argument("--byzantine", choices=BYZANTINE_BEHAVIOURS,
+                        help="start the last coordinator lying: bad shares, withheld shares, or an equivocating "
+                             "proposer (different batches to different peers under one batch id)")
     parser.add_argument("--faults", help="comma-separated fault kinds to inject first, in order: " + ",".join(FAULTS))
     parser.add_argument("--history", type=Path, help="history file (JSON lines); default in the data dir")
     parser.add_argument("--data-dir", type=Path, help="default: a new temporary directory")
@@ -360,7 +365,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--faults: kinds are {', '.join(FAULTS)}")
     nem = Nemesis(args.n, args.duration, seed, data_dir, args.history or data_dir / "history.jsonl", args.byzantine)
     os.environ.setdefault("LOG_LEVEL", "WARNING")
+    started = time.perf_counter()
     summary = trio.run(run, nem, sequence)
+    nem.wall_s = time.perf_counter() - started
     print(report(nem, summary), flush=True)
     sys.exit(1 if nem.violations else 0)
 

@@ -14,10 +14,16 @@ so a seed replays exactly. After the last fault heals, a client resubmits what i
   ``LIVENESS_BOUND_S`` of simulated time;
 * convergence — honest members hold the same state root and the same signed receipts.
 
-``dsdn simulate --seeds START:COUNT [--nodes N] [--receipts K] [-v]`` prints a line per failing seed (with the
-command that replays it) and ``simulate: <COUNT> seeds, <V> violations (<S> safety, <L> liveness, <C>
-convergence)``; exit 0 only without violations. The DKG is not part of these runs (members start from a
-dealt key): it has its own lossy-network seeds in the tests.
+Keys: in a seeded fraction of the runs (``DKG_FRACTION``; ``--dkg all|none`` overrides) the members start
+without a key and run the real DKG (consensus/dkg_service.py) under the seed's message faults plus a crash and
+restart of a member while it runs; the receipts then get signed with the key it produced. Those runs also check
+liveness — after the heal, the DKG completes on every honest member within the bound — and convergence — every
+honest member holds the same group key. The other runs start from a seeded dealt key (cheaper: the DKG roughly
+doubles a seed's cost, and ``make test`` runs 1,000 seeds).
+
+``dsdn simulate --seeds START:COUNT [--nodes N] [--receipts K] [--dkg seeded|all|none] [-v]`` prints a line per
+failing seed (with the command that replays it) and ``simulate: <COUNT> seeds, <V> violations (<S> safety, <L>
+liveness, <C> convergence)``; exit 0 only without violations.
 """
 
 from __future__ import annotations
@@ -44,6 +50,9 @@ from deploy.simulation import EPOCH, SimCluster
 
 LIVENESS_BOUND_S = 90.0
 SETTLE_S = 4.0
+RESUBMIT_S = 3.0  # how often the simulated client resubmits what is not final yet
+DKG_FRACTION = 0.25  # of the seeds run the DKG (see the module docstring)
+DKG_MODES = ("seeded", "all", "none")
 
 
 @dataclass
@@ -71,6 +80,7 @@ class Plan:
     conflicts: list[tuple[rc.Receipt, rc.Receipt]]
     late_node_at: float
     faults: list[Fault]
+    dkg: bool = False  # members start without a key and run the DKG (one of ``faults`` crashes a member during it)
 
     @property
     def heal_at(self) -> float:
@@ -79,7 +89,8 @@ class Plan:
     def describe(self) -> str:
         lines = [f"seed {self.seed}: n={self.n} t={(2 * self.n) // 3 + 1} byzantine={self.byzantine or 'none'} "
                  f"drop={self.drop:.2f} dup={self.duplicate:.2f} delay={self.delay[0]:.3f}-{self.delay[1]:.3f}s "
-                 f"da_lag={self.da_lag:.2f}s skew={ {m: round(s, 2) for m, s in self.skew.items() if s} }",
+                 f"da_lag={self.da_lag:.2f}s skew={ {m: round(s, 2) for m, s in self.skew.items() if s} } "
+                 f"keys={'DKG' if self.dkg else 'dealt'}",
                  f"  workload: {len(self.receipts)} submissions, {len(self.conflicts)} conflicting pairs, "
                  f"late node at {self.late_node_at:.2f}s; heal at {self.heal_at:.2f}s"]
         lines += [f"  fault {f.describe()}" for f in self.faults]
@@ -92,6 +103,8 @@ class Outcome:
     liveness: list[str] = field(default_factory=list)
     convergence: list[str] = field(default_factory=list)
     fingerprint: str = ""
+    group_key: bytes | None = None  # the key receipts were signed with (dealt, or the DKG's)
+    signed: int = 0  # receipts final on some member
 
     @property
     def violations(self) -> list[str]:
@@ -99,15 +112,25 @@ class Outcome:
                 *(f"convergence: {v}" for v in self.convergence)]
 
 
-def make_plan(seed: int, nodes: int | None = None, receipts: int | None = None) -> tuple[Plan, SimCluster]:
+def uses_dkg(seed: int, mode: str = "seeded") -> bool:
+    """Whether ``seed`` runs the DKG: drawn from an RNG of its own, so the rest of a seed's plan is the same either
+    way (a seed that ran with a dealt key before the DKG was added keeps its schedule)."""
+    if mode != "seeded":
+        return mode == "all"
+    return random.Random(seed ^ 0xD1C0_5EED).random() < DKG_FRACTION
+
+
+def make_plan(seed: int, nodes: int | None = None, receipts: int | None = None,
+              dkg: str = "seeded") -> tuple[Plan, SimCluster]:
     """The plan for ``seed`` and the cluster it runs on (its members, nodes and receipts)."""
     rng = random.Random(seed)
+    with_dkg = uses_dkg(seed, dkg)
     n = nodes or rng.choice([4, 5, 6, 7])
     tmp = Path(tempfile.mkdtemp(prefix=f"dsdn-sim-{seed}-"))
     drop = rng.choice([0.0, 0.0, 0.02, 0.05, 0.1])
     duplicate = rng.choice([0.0, 0.05, 0.2])
     delay = (0.0, rng.choice([0.005, 0.02, 0.1, 0.3]))
-    cluster = SimCluster(tmp, n, seed, drop=drop, duplicate=duplicate, delay=delay)
+    cluster = SimCluster(tmp, n, seed, dkg=with_dkg, drop=drop, duplicate=duplicate, delay=delay)
     cluster.seed_ledger()
     ids = sorted(cluster.members)
     budget = n - cluster.threshold
@@ -148,8 +171,12 @@ def make_plan(seed: int, nodes: int | None = None, receipts: int | None = None) 
         else:
             members = ()
         faults.append(Fault(at, kind, members, duration))
-    plan = Plan(seed, n, byzantine, skew, drop, duplicate, delay, rng.choice([0.1, 0.2, 0.5, 1.0]), work,
-                conflicts, late_at, sorted(faults, key=lambda f: f.at))
+    da_lag = rng.choice([0.1, 0.2, 0.5, 1.0])
+    if with_dkg:  # a member crashes while the DKG runs (it starts once every member is connected, ~0.2 s in)
+        dkg_rng = random.Random(seed ^ 0xD1C0_FA17)
+        faults.append(Fault(dkg_rng.uniform(0.1, 2.5), "crash", (dkg_rng.choice(honest),), dkg_rng.uniform(0.3, 4)))
+    plan = Plan(seed, n, byzantine, skew, drop, duplicate, delay, da_lag, work, conflicts, late_at,
+                sorted(faults, key=lambda f: f.at), with_dkg)
     for m, behaviour in byzantine.items():
         cluster.members[m].behaviour = behaviour
     for m, s in skew.items():
@@ -193,16 +220,24 @@ async def run_plan(plan: Plan, cluster: SimCluster) -> Outcome:
         rng = random.Random(plan.seed ^ 0x5EED)
         rivals = {r.id for pair in plan.conflicts for r in pair}
         expected = {r.id for _, _, r in plan.receipts if r.id not in rivals}
-        with trio.move_on_after(LIVENESS_BOUND_S):
-            while not all(expected <= set(m.state.ledger.receipts) for m in cluster.honest()):
-                final_ids = cluster.signed_ids()
-                for _, _, receipt in plan.receipts:
-                    honest = [m for m in cluster.honest() if m.up]
-                    if receipt.id not in final_ids and honest:
-                        member = rng.choice(honest)
-                        with contextlib.suppress(Unavailable):
-                            records.append(member.service.submit(receipt))  # type: ignore[union-attr]
-                await trio.sleep(3.0)
+        with trio.move_on_after(LIVENESS_BOUND_S):  # the DKG too must complete within the bound
+            resubmit_at = trio.current_time()
+            while not all(expected <= set(m.state.ledger.receipts) for m in cluster.honest()) or cluster.keyless():
+                if trio.current_time() >= resubmit_at:
+                    resubmit_at += RESUBMIT_S
+                    final_ids = cluster.signed_ids()
+                    for _, _, receipt in plan.receipts:
+                        honest = [m for m in cluster.honest() if m.up]
+                        if receipt.id not in final_ids and honest:
+                            member = rng.choice(honest)
+                            with contextlib.suppress(Unavailable):
+                                records.append(member.service.submit(receipt))  # type: ignore[union-attr]
+                await trio.sleep(0.25)  # look often, resubmit every RESUBMIT_S: the run ends soon after the last
+        if cluster.dkg and cluster.keyless():
+            errors = sorted({str(m.dkg.status()["dkg"]["error"])[:120] for m in cluster.honest()
+                             if m.dkg is not None and m.keys.key is None})
+            outcome.liveness.append(f"the DKG did not complete on {cluster.keyless()} {LIVENESS_BOUND_S:.0f}s after "
+                                    f"the heal; their errors: {errors}")
         for m in cluster.honest():
             missing = expected - set(m.state.ledger.receipts)
             if missing:
@@ -219,7 +254,9 @@ async def run_plan(plan: Plan, cluster: SimCluster) -> Outcome:
         check_safety(plan, cluster, records, outcome)
         check_convergence(cluster, outcome)
         outcome.fingerprint = hashlib.sha256(b"".join(
-            [m.state.root() for m in cluster.members.values()] + sorted(cluster.signed_ids()))).hexdigest()[:16]
+            [m.state.root() for m in cluster.members.values()] + sorted(cluster.signed_ids())
+            + [cluster.group_key or b""])).hexdigest()[:16]
+        outcome.group_key, outcome.signed = cluster.group_key, len(cluster.signed_ids())
         nursery.cancel_scope.cancel()
     for m in cluster.members.values():
         if m.locks is not None:
@@ -290,6 +327,10 @@ async def heal(cluster: SimCluster) -> None:
 
 def check_safety(plan: Plan, cluster: SimCluster, records: list[Any], outcome: Outcome) -> None:
     key = cluster.group_key
+    if key is None:  # no DKG key anywhere: nothing can have been signed (the liveness checker reports it)
+        if cluster.signed_ids() or any(r.document is not None for r in records):
+            outcome.safety.append("receipts signed while no honest member holds a group key")
+        return
     signed: dict[tuple[str, str, str, int], set[bytes]] = {}
     for m in cluster.members.values():
         for slot, ids in m.state.ledger.by_slot.items():
@@ -334,6 +375,10 @@ def rc_verify(key: bytes, root: bytes, size: int, signature: bytes) -> bool:
 
 def check_convergence(cluster: SimCluster, outcome: Outcome) -> None:
     honest = cluster.honest()
+    keys = {k for k in cluster.group_keys().values() if k is not None}
+    if len(keys) > 1:
+        outcome.convergence.append(f"honest members hold {len(keys)} different group keys: "
+                                   f"{ {m: k.hex()[:12] if k else None for m, k in cluster.group_keys().items()} }")
     roots = {m.state.root() for m in honest}
     if len(roots) > 1:
         outcome.convergence.append(f"{len(roots)} different state roots among honest members")
@@ -342,13 +387,14 @@ def check_convergence(cluster: SimCluster, outcome: Outcome) -> None:
         outcome.convergence.append("honest members hold different signed receipts")
 
 
-def run_seed(seed: int, nodes: int | None = None, receipts: int | None = None) -> tuple[Plan, Outcome]:
+def run_seed(seed: int, nodes: int | None = None, receipts: int | None = None,
+             dkg: str = "seeded") -> tuple[Plan, Outcome]:
     """One seed, deterministically: trio's scheduler and every RNG are seeded from it."""
     from trio._core import _run  # the scheduler's own RNG: seeded, the run is replayable
 
     _run._ALLOW_DETERMINISTIC_SCHEDULING = True  # type: ignore[misc]
     _run._r.seed(seed)
-    plan, cluster = make_plan(seed, nodes, receipts)
+    plan, cluster = make_plan(seed, nodes, receipts, dkg)
     try:
         outcome = trio.run(run_plan, plan, cluster, clock=trio.testing.MockClock(autojump_threshold=0))
     finally:
@@ -370,27 +416,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=parse_seeds, default=parse_seeds("0:100"), help="START:COUNT")
     parser.add_argument("--nodes", type=int, choices=range(4, 8), metavar="N", help="4..7 (default: from the seed)")
     parser.add_argument("--receipts", type=int, help="receipts per seed (default: from the seed)")
+    parser.add_argument("--dkg", choices=DKG_MODES, default="seeded",
+                        help=f"run the DKG first: in a seeded {DKG_FRACTION * 100:.0f}%% of the seeds (default), "
+                             "all, none")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every seed's schedule")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     import logging
 
     logging.disable(logging.WARNING)  # the engines' warnings are expected under faults
-    safety = liveness = convergence = 0
+    safety = liveness = convergence = dkg_runs = 0
     started = time.perf_counter()
     for seed in args.seeds:
-        plan, outcome = run_seed(seed, args.nodes, args.receipts)
+        plan, outcome = run_seed(seed, args.nodes, args.receipts, args.dkg)
+        dkg_runs += plan.dkg
         if args.verbose:
-            print(f"{plan.describe()}\n  outcome {outcome.fingerprint}", flush=True)
+            key = outcome.group_key.hex()[:16] if outcome.group_key else None
+            print(f"{plan.describe()}\n  outcome {outcome.fingerprint} ({outcome.signed} signed, group key {key})",
+                  flush=True)
         for violation in outcome.violations:
             print(f"seed {seed}: {violation}\n  replay: dsdn simulate --seeds {seed}:1 -v"
                   + (f" --nodes {args.nodes}" if args.nodes else "")
-                  + (f" --receipts {args.receipts}" if args.receipts else ""), flush=True)
+                  + (f" --receipts {args.receipts}" if args.receipts else "")
+                  + (f" --dkg {args.dkg}" if args.dkg != "seeded" else ""), flush=True)
         safety += len(outcome.safety)
         liveness += len(outcome.liveness)
         convergence += len(outcome.convergence)
     total = safety + liveness + convergence
     print(f"simulate: {len(args.seeds)} seeds, {total} violations ({safety} safety, {liveness} liveness, "
-          f"{convergence} convergence) in {time.perf_counter() - started:.1f}s", flush=True)
+          f"{convergence} convergence) in {time.perf_counter() - started:.1f}s; {dkg_runs} ran the DKG", flush=True)
     sys.exit(1 if total else 0)
 
 

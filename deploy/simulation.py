@@ -6,10 +6,17 @@ cuts and slow members), with an in-memory DA log that every member's state follo
 outages). Everything waits with ``trio.sleep``, so it runs in virtual time under ``MockClock``. Byzantine
 behaviours plug in per member (bad or withheld shares, signing anything, equivocation, replays, forged
 replies); ``observe`` hooks record what safety checkers need (every share released, every signature made).
+
+Keys: by default a seeded trusted dealer deals them (cheap, replayable). With ``dkg=True`` every member instead
+runs the real DkgService (consensus/dkg_service.py) on the same simulated links, with its key store, journal and
+certificate in the member's directory (a crash keeps what was made durable, a restart resumes from it); the
+receipt engine reads its key from the DKG service, as a real coordinator does, and refuses work until the DKG
+completes. The DKG's session ids come from a seeded RNG, so a run replays exactly.
 """
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,14 +26,15 @@ from typing import Any
 import nacl.signing
 import trio
 
-from consensus import frost
+from consensus import dkg_service, frost
 from consensus import receipts as rc
 from consensus.dkg import assign_identifiers
+from consensus.dkg_service import DkgService
 from consensus.group import L, serialize_scalar
 from consensus.lockstore import LockStore
 from consensus.receipt_service import ReceiptService, register
 from consensus.slots import Decision, Verdict
-from deploy.adversary import SIGNER_BEHAVIOURS, Adversary, corrupt_signer
+from deploy.adversary import SIGNER_BEHAVIOURS, Adversary, corrupt_signer, equivocate_batches
 from deploy.receipt_view import StateLedgerView
 from node import events as ev
 from node.state import State
@@ -37,9 +45,38 @@ NOW = 1_800_000_000.0 + 1800  # the wall clock every member reads at the start (
 EPOCH = int(NOW // 3600) + 1
 
 
-async def inline(fn: Callable[[], Any]) -> Any:
+async def inline(fn: Callable[..., Any], *args: Any) -> Any:
     """Blocking calls run inline: a thread would let MockClock's virtual time jump while it runs."""
-    return fn()
+    return fn(*args)
+
+
+class _SeededOs:
+    """``os`` as consensus.dkg_service sees it while a simulated member starts a session: ``urandom`` (the session
+    id) draws from a seeded RNG; everything else is the real module."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+
+    def urandom(self, size: int) -> bytes:
+        return self.rng.randbytes(size)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+
+class SimDkgService(DkgService):
+    """The real DKG service; only its session ids are seeded (``start`` is synchronous: nothing else runs while the
+    module's ``os`` is swapped)."""
+
+    session_rng: random.Random
+
+    def start(self, threshold: int | None = None) -> bytes:
+        saved = dkg_service.os
+        dkg_service.os = _SeededOs(self.session_rng)  # type: ignore[assignment]
+        try:
+            return super().start(threshold)
+        finally:
+            dkg_service.os = saved
 
 
 class FaultNet(SimNetwork):
@@ -86,7 +123,7 @@ class Keys:
 class Member:
     id: str
     identity: nacl.signing.SigningKey
-    keys: Keys
+    keys: Keys | DkgService  # whatever holds the key share: dealt, or the member's DKG service
     state: State = field(default_factory=State)
     service: ReceiptService | None = None
     scope: trio.CancelScope | None = None
@@ -95,6 +132,7 @@ class Member:
     skew_s: float = 0.0
     behaviour: str | None = None  # None: honest; else a byzantine behaviour (see SimCluster.BEHAVIOURS)
     up: bool = False
+    dkg: DkgService | None = None  # with SimCluster(dkg=True)
 
 
 @dataclass
@@ -108,21 +146,31 @@ class Observed:
 class SimCluster:
     BEHAVIOURS = ("bad_shares", "withhold", "signs_anything", "equivocate", "replay", "forge")
 
-    def __init__(self, tmp: Path, n: int, seed: int, **net_options: Any) -> None:
+    def __init__(self, tmp: Path, n: int, seed: int, *, dkg: bool = False, dkg_timeout_s: float = 30.0,
+                 **net_options: Any) -> None:
         self.tmp, self.n, self.seed, self.rng = tmp, n, seed, random.Random(seed)
+        self.dkg, self.dkg_timeout_s = dkg, dkg_timeout_s
         self.registry = Registry()
         register(self.registry)
+        if dkg:
+            dkg_service.register(self.registry)
         self.net = FaultNet(self.registry, seed=seed, **net_options)
         ids = [f"c{i}" for i in range(n)]
         identities = {i: nacl.signing.SigningKey(self.rng.randbytes(32)) for i in ids}
         self.member_keys = {i: bytes(k.verify_key) for i, k in identities.items()}
         identifiers = assign_identifiers(self.member_keys.values())
         t = (2 * n) // 3 + 1
-        scalars = [serialize_scalar(int.from_bytes(self.rng.randbytes(64), "little") % (L - 1) + 1) for _ in range(t)]
-        shares = frost.trusted_dealer_key_shares(n, t, scalars[0], scalars[1:])  # seeded: replayable
-        by_key = {k: m for m, k in self.member_keys.items()}
         self.threshold = t
-        self.group_key = shares[1].group_public_key
+        by_key = {k: m for m, k in self.member_keys.items()}
+        self.dealt_key: bytes | None = None
+        if dkg:
+            shares: dict[int, frost.KeyShare | None] = dict.fromkeys(identifiers)
+        else:
+            scalars = [serialize_scalar(int.from_bytes(self.rng.randbytes(64), "little") % (L - 1) + 1)
+                       for _ in range(t)]
+            dealt = frost.trusted_dealer_key_shares(n, t, scalars[0], scalars[1:])  # seeded: replayable
+            shares = dict(dealt)
+            self.dealt_key = dealt[1].group_public_key
         self.members = {by_key[identifiers[i]]: Member(by_key[identifiers[i]], identities[by_key[identifiers[i]]],
                                                        Keys(shares[i])) for i in identifiers}
         self.da: list[bytes] = []  # the shared DA log: raw events in the order they were posted
@@ -177,6 +225,11 @@ class SimCluster:
     def _make_service(self, m: Member) -> ReceiptService:
         node = self.net.add(m.id)
         node.dispatcher.nursery = self.net._nursery
+        if self.dkg:  # a new DKG service on every (re)start: it resumes from its key store and journal
+            m.dkg = SimDkgService(node, m.identity, self.member_keys, self.tmp / f"{m.id}.keyshare",
+                                  timeout_s=self.dkg_timeout_s, run_blocking=inline)
+            m.dkg.session_rng = random.Random(self.rng.getrandbits(64))
+            m.keys = m.dkg
         m.locks = LockStore(self.tmp / f"{m.id}.locks.sqlite", expect_existing=m.locks is not None)
 
         async def submit(kind: str, **fields: Any) -> ev.Event:
@@ -196,6 +249,8 @@ class SimCluster:
         self._observe(m, service)
         if m.behaviour in SIGNER_BEHAVIOURS:
             corrupt_signer(service, m.behaviour)  # before it runs: run() registers its handlers
+        elif m.behaviour == "equivocate":  # its own batches too (as DSDN_BYZANTINE=equivocate does), see _misbehave
+            equivocate_batches(service)
         return service
 
     def _observe(self, m: Member, service: ReceiptService) -> None:
@@ -230,6 +285,8 @@ class SimCluster:
                 m.scope = scope
                 assert m.service is not None
                 async with trio.open_nursery() as inner:
+                    if m.dkg is not None:
+                        await inner.start(m.dkg.run)  # loads a stored key before the receipt engine starts
                     await inner.start(m.service.run)
                     if m.behaviour is not None:
                         self._misbehave(m, inner)
@@ -290,6 +347,21 @@ class SimCluster:
 
     def honest(self) -> list[Member]:
         return [m for m in self.members.values() if m.behaviour is None]
+
+    @property
+    def group_key(self) -> bytes | None:
+        """The dealt group key, or the one the DKG gave the first honest member that holds one (None: no key)."""
+        if self.dealt_key is not None:
+            return self.dealt_key
+        return next((k.group_public_key for m in self.honest() if (k := m.keys.key) is not None), None)
+
+    def group_keys(self) -> dict[str, bytes | None]:
+        """Every honest member's group key (None: it has none)."""
+        return {m.id: k.group_public_key if (k := m.keys.key) is not None else None for m in self.honest()}
+
+    def keyless(self) -> list[str]:
+        """Honest members without a key share (the DKG has not completed there)."""
+        return sorted(i for i, k in self.group_keys().items() if k is None)
 
     def signed_ids(self) -> set[bytes]:
         return {rid for m in self.members.values() for rid in m.state.ledger.receipts}

@@ -1,6 +1,8 @@
 """dsdn nemesis against a real 4-coordinator cluster (one of them byzantine: bad shares) under load: kill -9,
 a pause, a cut link and a devnet outage, then the checker — no slot signed twice, every acknowledged write and
-receipt present and final, equal roots within 10 s of healing. Also the history it leaves behind."""
+receipt present and final, equal roots within 10 s of healing. Also the history it leaves behind; the
+equivocating proposer that DSDN_BYZANTINE=equivocate makes (in process, on the simulated network: different
+batches under one batch id, and no slot signed twice); the byzantine switch refused on mainnet."""
 
 from __future__ import annotations
 
@@ -9,6 +11,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from consensus import receipts as rc
+from consensus.receipt_service import LOCK
+from deploy.adversary import BYZANTINE_BEHAVIOURS
+from deploy.simulation import SimCluster
 
 
 def test_a_short_nemesis_run_holds(tmp_path: Path) -> None:
@@ -29,8 +40,50 @@ def test_a_short_nemesis_run_holds(tmp_path: Path) -> None:
     assert sum(h["status"] in (200, 202) for h in receipts) > 30
 
 
-def test_the_byzantine_switch_is_refused_on_mainnet(tmp_path: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "DSDN_BYZANTINE": "bad_shares", "DA_NETWORK": "mainnet",
+async def test_an_equivocating_proposer_sends_different_batches_under_one_id_and_no_slot_is_signed_twice(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    cluster = SimCluster(tmp_path, 4, seed=10, delay=(0.0, 0.02))
+    cluster.seed_ledger()
+    liar = "c3"
+    cluster.members[liar].behaviour = "equivocate"  # its proposals as with DSDN_BYZANTINE=equivocate
+    sent: dict[bytes, dict[str, list[bytes]]] = {}  # batch id -> peer -> the receipt ids it was asked to lock
+    transmit = cluster.net.transmit
+
+    def record(src: str, dst: str, frame: bytes) -> bool:
+        msg = cluster.registry.decode(frame)
+        if src == liar and msg.type == LOCK:
+            sent.setdefault(msg.body["batch"], {})[dst] = [rc.Receipt.from_wire(w).id for w in msg.body["receipts"]]
+        return transmit(src, dst, frame)
+
+    cluster.net.transmit = record  # type: ignore[method-assign]
+    pairs = [(cluster.receipt(f"n{k}", f"obj{k}", reward=10), cluster.receipt(f"n{k}", f"obj{k}", reward=20))
+             for k in range(3)]  # rivals: one slot each
+    plain = [cluster.receipt(f"n{k}", f"obj{k + 1}", proof=k) for k in range(4)]
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        for a, b in pairs:
+            cluster.service("c0").submit(b)  # an honest proposer locks the rival at the peers first
+            await trio.sleep(0.5)
+            cluster.service(liar).submit(a)  # the liar has seen b (in c0's lock request): it equivocates with it
+        for r in plain:
+            cluster.service(liar).submit(r)
+            cluster.service("c1").submit(r)
+        await trio.sleep(20)
+        nursery.cancel_scope.cancel()
+    split = [b for b, by_peer in sent.items() if len({tuple(ids) for ids in by_peer.values()}) > 1]
+    assert split, "the liar never sent two different batches under one batch id"
+    rivals = {b.id for _, b in pairs}  # the liar proposed only the a's: a b in its lock request is equivocation
+    assert any(rivals & set(ids) for by_peer in sent.values() for ids in by_peer.values())
+    assert not cluster.double_signed()
+    for m in cluster.members.values():
+        assert all(len(ids) == 1 for ids in m.state.ledger.by_slot.values())
+    for m in cluster.honest():  # what an honest member was given is final everywhere (the liar's say is void)
+        assert {r.id for r in plain} | {b.id for _, b in pairs} <= set(m.state.ledger.receipts)
+
+
+@pytest.mark.parametrize("behaviour", BYZANTINE_BEHAVIOURS)
+def test_the_byzantine_switch_is_refused_on_mainnet(tmp_path: Path, behaviour: str) -> None:
+    env = {"PATH": "/usr/bin:/bin", "DSDN_BYZANTINE": behaviour, "DA_NETWORK": "mainnet",
            "COORDINATOR_DATA_DIR": str(tmp_path / "c")}
     done = subprocess.run([sys.executable, "-m", "deploy.coordinator"], env=env, capture_output=True, text=True,
                           timeout=60)

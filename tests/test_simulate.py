@@ -1,9 +1,12 @@
 """The deterministic simulator (``dsdn simulate``): ≥ 1,000 seeded fault schedules without a violation (a fixed
-range and one that changes with every run, printed), exact replay of a seed, and planted bugs it must catch
-— the slot-lock check disabled, a nonce commitment reused, share verification skipped."""
+range and one that changes with every run, printed; a seeded quarter of them run the real DKG first, under the
+seed's message faults and a crash of a member while it runs), exact replay of a seed, and planted bugs it must
+catch — the slot-lock check disabled, a nonce commitment reused, share verification skipped, the DKG never
+started, members adopting different group keys."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -15,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from consensus import frost, lockstore, roast
+from consensus import dkg_service, frost, lockstore, roast
+from consensus.dkg_service import DkgService
 from consensus.receipt_service import ReceiptService
 from consensus.slots import Decision, Verdict
 from deploy import simulate
@@ -41,9 +45,12 @@ def test_a_thousand_seeds_hold_safety_liveness_and_convergence() -> None:
     outputs = [p.communicate(timeout=900)[0] for p in procs]
     print(f"{sum(FIXED[1:]) + ROTATING} seeds in {time.perf_counter() - t0:.0f}s")
     for proc, out in zip(procs, outputs, strict=True):
-        print(out.strip().splitlines()[-1])
+        last = out.strip().splitlines()[-1]
+        print(last)
         assert proc.returncode == 0, out[-5000:]
         assert ", 0 violations (0 safety, 0 liveness, 0 convergence)" in out
+        dkg_runs = int(last.rsplit("; ", 1)[1].split()[0])
+        assert 0.15 * ROTATING < dkg_runs < 0.35 * ROTATING  # a seeded quarter ran the real DKG
 
 
 def test_a_seed_replays_exactly() -> None:
@@ -55,12 +62,55 @@ def test_a_seed_replays_exactly() -> None:
     assert simulate.run_seed(4)[1].fingerprint != simulate.run_seed(5)[1].fingerprint
 
 
-def first_violation(max_seeds: int = 300) -> tuple[int, list[str]]:
+def first_violation(max_seeds: int = 300, dkg: str = "seeded") -> tuple[int, list[str]]:
     for seed in range(max_seeds):
-        _, outcome = simulate.run_seed(seed)
+        _, outcome = simulate.run_seed(seed, dkg=dkg)
         if outcome.violations:
             return seed, outcome.violations
     raise AssertionError(f"the planted bug went unnoticed for {max_seeds} seeds")
+
+
+@pytest.mark.parametrize("seed", [0, 3, 9, 12])
+def test_the_dkg_completes_under_faults_and_its_key_signs_the_receipts(seed: int) -> None:
+    """Members start without a key; the real DKG runs over the faulty network (a member crashes and restarts while
+    it runs), every honest member ends with the same group key, and the receipts are signed with it."""
+    plan, outcome = simulate.run_seed(seed, dkg="all")
+    assert plan.dkg and "keys=DKG" in plan.describe()
+    assert any(f.kind == "crash" and f.at < 2.5 for f in plan.faults)
+    assert outcome.violations == []
+    assert outcome.group_key is not None and outcome.signed > 0
+    dealt_plan, dealt = simulate.run_seed(seed, dkg="none")  # the same schedule otherwise, with a dealt key
+    assert not dealt_plan.dkg and dealt.group_key != outcome.group_key
+
+
+def test_a_seeded_quarter_of_the_seeds_runs_the_dkg() -> None:
+    chosen = [s for s in range(2000) if simulate.uses_dkg(s)]
+    assert 400 < len(chosen) < 600 and chosen == [s for s in range(2000) if simulate.uses_dkg(s)]
+    assert not any(simulate.uses_dkg(s, "none") for s in range(50)) and all(simulate.uses_dkg(s, "all")
+                                                                              for s in range(50))
+
+
+def test_a_dkg_that_never_starts_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planted bug: no member ever starts a session by itself."""
+    monkeypatch.setattr(DkgService, "_maybe_auto_start", lambda self, now: None)
+    seed, violations = first_violation(20, dkg="all")
+    print(f"DKG never started: caught at seed {seed}: {violations[0]}")
+    assert any(v.startswith("liveness: the DKG did not complete") for v in violations)
+
+
+def test_members_with_different_group_keys_are_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planted bug: one member takes its own public share for the group key when it adopts the DKG's result."""
+    adopt = DkgService._adopt
+
+    async def wrong_key(self: DkgService, s: dkg_service.SessionInfo) -> None:
+        await adopt(self, s)
+        if self.net.my_id == "c1" and self.key is not None:
+            self.key = dataclasses.replace(self.key, group_public_key=self.key.public_share)
+
+    monkeypatch.setattr(DkgService, "_adopt", wrong_key)
+    seed, violations = first_violation(20, dkg="all")
+    print(f"group keys differ: caught at seed {seed}: {violations[0]}")
+    assert any(v.startswith("convergence: honest members hold 2 different group keys") for v in violations)
 
 
 def test_disabling_the_lock_check_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -122,12 +172,13 @@ def test_skipping_share_verification_is_caught(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_the_cli_reports_exits_by_its_findings_and_replays_across_processes() -> None:
-    runs = [subprocess.run([sys.executable, "-c", "from deploy.cli import main; main()", "simulate", "--seeds", "7:2",
+    runs = [subprocess.run([sys.executable, "-c", "from deploy.cli import main; main()", "simulate", "--seeds", "9:2",
                             "-v"], capture_output=True, text=True, timeout=300,
                            env={**os.environ, "PYTHONHASHSEED": hash_seed}) for hash_seed in ("1", "2")]
     for done in runs:
         assert done.returncode == 0, done.stdout + done.stderr
-        assert "seed 7: n=" in done.stdout and "seed 8: n=" in done.stdout
+        assert "seed 9: n=" in done.stdout and "seed 10: n=" in done.stdout
+        assert "keys=dealt" in done.stdout and "keys=DKG" in done.stdout  # seed 10 runs the DKG
         assert "simulate: 2 seeds, 0 violations (0 safety, 0 liveness, 0 convergence)" in done.stdout
     outcomes = [[line for line in done.stdout.splitlines() if "outcome" in line] for done in runs]
     assert len(outcomes[0]) == 2 and outcomes[0] == outcomes[1]  # same schedule, same result, other process
