@@ -1,13 +1,14 @@
 """A local Celestia devnet: the subset of celestia-node's JSON-RPC API the coordinator uses, on one
 POST endpoint at ``/``, with a real chain of blocks kept in SQLite.
 
-Methods: ``blob.Submit`` (waits until the blob is in a block and returns that height, like
-celestia-node), ``blob.Get`` (error ``blob: not found``), ``blob.GetAll`` (list, or null when the
+Methods: ``blob.Submit`` (waits until the blobs — one or several per call — are in a block and returns
+that height, like celestia-node), ``blob.Get`` (error ``blob: not found``), ``blob.GetAll`` (list, or null when the
 height has no blob in the namespaces), ``header.NetworkHead`` / ``header.LocalHead``,
 ``header.GetByHeight`` and ``header.WaitForHeight`` (ExtendedHeader-like JSON, ``header.height`` a
 decimal string). A block is produced every block interval, empty or not; submitted blobs go into the
 next block. Namespaces must be valid v0 blob namespaces; commitments are recomputed with Celestia's
-real share commitment and a mismatch is rejected.
+real share commitment and a mismatch is rejected. A chain kept in a file is read on a connection of its own
+(WAL), so reads never wait for the block being committed.
 
 Auth: with a token, every route needs ``Authorization: Bearer <token>`` (HTTP 401 otherwise).
 Fault injection for tests and demos: ``POST /admin/fault {"mode": "down"|"slow"|"error"|"ok",

@@ -9,6 +9,10 @@ us data that does not match the reference we hold: ``get`` raises CommitmentMism
 they cannot verify (share version other than 0, mismatched commitment) instead of failing its height.
 Anything httpx raises becomes a DAError (transport failures DAUnavailable/DATimeout after the retries).
 
+``post`` submits one blob; ``post_many`` several in one ``blob.Submit`` call (one transaction: one inclusion
+height for all; their total bounded by ``max_submit_bytes``), which reconciliation uses, and ``included``
+checks that the node returns such blobs byte for byte with one ``blob.GetAll`` per height.
+
 Only celestia-node's ``blob: not found`` (``blob.ErrBlobNotFound``) means "no such blob" (BlobNotFound), and for
 ``blob.GetAll`` "no blob of ours at this height". Every other error is an error, in particular go-header's
 ``header: not found`` (a pruned node that no longer has the height, or one that does not have it yet): a

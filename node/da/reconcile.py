@@ -1,13 +1,23 @@
 """Reconciliation: re-post blobs stored on fallback layers to the primary, and check consistency.
 
-One pass at a time. Blobs go to the primary directly (not through the router), in batches of
-RECONCILE_BATCH_SIZE, concurrently within a batch when RECONCILE_PARALLEL; each blob gets up to
-1 + RECONCILE_MAX_RETRIES attempts, RECONCILE_RETRY_DELAY_MS apart. A pass pages through the pending
-blobs (keys first, then the data of one batch at a time), so memory stays bounded by one batch. A blob
-is marked reconciled only after the primary returned it byte for byte; a blob that still fails stays
-pending with its error. A blob the primary refuses as bad input (router.CALLER_ERRORS) is not the
-primary's failure: it is not reported to the status machine, not retried within the pass (nor by the
+One pass at a time. Blobs go to the primary directly (not through the router). A pass pages through the
+pending blobs, oldest first (keys first, then the data of one page at a time), so memory stays bounded by a
+few pages. A blob is marked reconciled only after the primary returned it byte for byte; a blob that still
+fails stays pending with its error. A blob the primary refuses as bad input (router.CALLER_ERRORS) is not
+the primary's failure: it is not reported to the status machine, not retried within the pass (nor by the
 monitor's later passes; a manual pass tries it again), and stays pending with its error.
+
+A primary that takes several blobs per call and reads them back in one (``post_many`` and ``included``:
+CelestiaDA, whose blob.Submit takes an array) gets them in calls of up to SUBMIT_BLOBS blobs and its
+``max_submit_bytes`` bytes (pages of max(RECONCILE_BATCH_SIZE, SUBMIT_BLOBS) keys), SUBMITS_IN_FLIGHT calls
+at once while the pass pages on (RECONCILE_PARALLEL does not apply). Each call is one attempt for all its
+blobs (1 + RECONCILE_MAX_RETRIES attempts, RECONCILE_RETRY_DELAY_MS apart), read back with one call, and what
+came back is marked in one SQLite transaction; a blob not read back is posted again on the next attempt. A
+call the primary refuses as bad input (e.g. too large together: a node whose limit is below ours) is split in
+halves, down to the one blob at fault. A crash between a call and its mark leaves its blobs pending: the next
+pass posts them again, and a blob on the primary twice is harmless (events are deduplicated by id). Any other
+primary (one blob per post) gets batches of RECONCILE_BATCH_SIZE blobs, concurrently within a batch when
+RECONCILE_PARALLEL; each blob gets up to 1 + RECONCILE_MAX_RETRIES attempts, RECONCILE_RETRY_DELAY_MS apart.
 
 Other members' fallback blobs (node.da.pending's foreign blobs: signed by a cluster member, read from a
 fallback log this coordinator follows, not seen on the primary) are re-posted the same way ("adopted") after
