@@ -8,6 +8,9 @@
    random assignment of as many keys (the sampling-noise floor). Goal: ≤ 1.10.
 3. Movement: share of keys whose rf=1 placement changes when one node joins, against the ideal
    1/(n+1). Goal: ≤ 1.2/n. The share of rf=3 replica sets that change is reported too.
+4. Churn: µs of the first ``place(key, rf=3)`` after each of a number of joins and leaves on a registry of
+   10,000 nodes (the ring follows the change in place), against warm lookups timed between the changes in
+   the same run. Goal: ≤ 10× a warm lookup (mean over the changes).
 
 Lookups for 2 and 3 are spread over a fork pool (one worker per core); each worker holds a copy of the
 same placement.
@@ -80,7 +83,8 @@ def expected_shares(placement: Placement, probes: int = PROBES) -> dict[str, flo
     distance x when no other probe is closer: share_i = ∫_0^{g_i} k·S(x)^(k-1) dx, S(x) = Σ_j max(0, g_j - x).
     """
     ring = placement.ring()
-    pos, n, k = ring.positions, len(ring.positions), probes
+    pos, k = ring.positions(), probes
+    n = len(pos)
     gaps = [((pos[i] - pos[i - 1]) % (1 << 64) or (1 << 64)) / (1 << 64) for i in range(n)]
     order = sorted(range(n), key=gaps.__getitem__)
     remaining, prev, cum = 1.0, 0.0, 0.0  # S(prev) = remaining; gaps still longer than prev: n - rank
@@ -91,8 +95,8 @@ def expected_shares(placement: Placement, probes: int = PROBES) -> dict[str, flo
         cum += (remaining**k - s_end**k) / c
         at[i], remaining, prev = cum, s_end, g
     shares: Counter[str] = Counter()
-    for i in range(n):
-        shares[ring.points[i][1]] += at[i]
+    for i, (_, owner) in enumerate(ring.points()):
+        shares[owner] += at[i]
     return shares
 
 
@@ -233,12 +237,58 @@ def movement() -> bool:
     return verdict("rf=1 moved share ≤ 1.2/n (mean over the joins, each size)", all_ok)
 
 
+def churn(n: int = 10_000, changes: int = 40, warm_calls: int = 300) -> bool:
+    title(f"4. First lookup after a change, rf=3 ({n:,} nodes of capacity_gb=1, 10 zones; {changes // 2} joins of "
+          f"32–125 points and {changes // 2} leaves, alternating)")
+    state = registry(n, capacity_gb=1)
+    placement = Placement(state)
+    t0 = time.perf_counter()
+    placement.place("warm-up", 3)
+    say(f"first build of the ring: {(time.perf_counter() - t0) * 1e3:,.0f} ms (once per process)")
+    rng = random.Random(4)
+    live = [node_id(i) for i in range(n)]
+    warm_us: list[float] = []
+    first_us: list[float] = []
+    key = 0
+    for c in range(changes):
+        t0 = time.perf_counter()  # warm lookups right before each change: same machine load as the first one
+        for _ in range(warm_calls):
+            placement.place(_key(key), 3)
+            key += 1
+        warm_us.append((time.perf_counter() - t0) / warm_calls * 1e6)
+        when = (1_900_000_000_000 + c, 0)
+        if c % 2 == 0:
+            new_id = f"node-join-{c}"
+            state.apply(ev.make_event(ev.NODE_REGISTERED, when, "coordinator-0", id=new_id, zone=f"zone-{c % 10}",
+                                      addr=ADDR, capacity_gb=rng.choice((1, 100, 500, 1000))))
+            live.append(new_id)
+        else:
+            gone = live.pop(rng.randrange(len(live)))
+            state.apply(ev.make_event(ev.NODE_UNREGISTERED, when, "coordinator-0", id=gone))
+        t0 = time.perf_counter()
+        placement.place(_key(key), 3)
+        first_us.append((time.perf_counter() - t0) * 1e6)
+        key += 1
+    warm = statistics.fmean(warm_us)
+    ratio = statistics.fmean(first_us) / warm
+    fresh = Placement(state)
+    same_ring = fresh.ring().points() == placement.ring().points()
+    same_answers = all(fresh.place(_key(i), 3) == placement.place(_key(i), 3) for i in range(2_000))
+    say(f"n={n:,}: warm {warm:.1f} µs/lookup ({changes * warm_calls:,} calls between the changes) | first lookup "
+        f"after a change: mean {statistics.fmean(first_us):,.0f} µs, median {statistics.median(first_us):,.0f} µs, "
+        f"worst {max(first_us):,.0f} µs ({changes} changes) | ring after the changes equals a fresh build: "
+        f"{'yes' if same_ring else 'NO'}, same answers for 2,000 keys: {'yes' if same_answers else 'NO'}; "
+        f"full builds {placement.full_builds}, incremental refreshes {placement.refreshes - placement.full_builds}")
+    return verdict("first lookup after a change ≤ 10× warm", ratio <= 10 and same_ring and same_answers,
+                   f"{ratio:.1f}× (mean over {changes} changes; worst {max(first_us) / warm:.1f}×)")
+
+
 def main() -> int:
     say(__doc__.split("\n\n")[0] if __doc__ else "")
     t0 = time.perf_counter()
-    results = [speed(), balance(), movement()]
+    results = [speed(), balance(), movement(), churn()]
     title("Summary")
-    say(f"{sum(results)}/3 goals met; total {time.perf_counter() - t0:.0f} s")
+    say(f"{sum(results)}/{len(results)} goals met; total {time.perf_counter() - t0:.0f} s")
     return 0
 
 

@@ -1,11 +1,17 @@
-"""Placement: no duplicates, distinct zones first, deterministic, stable, capped, cached."""
+"""Placement: no duplicates, distinct zones first, deterministic, stable, capped, cached, updated in place."""
 
 from __future__ import annotations
+
+import hashlib
+import json
+import random
+from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node import events as ev
+from node import placement as placement_module
 from node.events import make_event
 from node.placement import MAX_VNODES, MIN_VNODES, Placement, Ring, vnodes
 from node.state import State
@@ -55,8 +61,9 @@ def test_incremental_ring_equals_a_fresh_build() -> None:
     s.apply(make_event(ev.NODE_REGISTERED, (1000, 0), "c0", id="n5", zone="z9", addr="1.1.1.1:1", capacity_gb=900))
     s.apply(make_event(ev.NODE_UNREGISTERED, (1001, 0), "c0", id="n6"))
     fresh = Ring.build({nid: (rec[0], vnodes(rec[2])) for nid, rec in s.live_nodes()})
-    assert p.ring().points == fresh.points and p.ring().zone == fresh.zone
+    assert p.ring().points() == fresh.points() and p.ring().zone == fresh.zone
     assert p.ring().zone_sizes == fresh.zone_sizes == {"z0": 13, "z1": 13, "z2": 12, "z9": 1}
+    assert p.full_builds == 1 and p.refreshes == 2  # the change was followed in place
 
 
 def test_few_keys_move_when_an_unrelated_node_joins() -> None:
@@ -87,7 +94,8 @@ def test_load_is_balanced_across_equal_nodes() -> None:
 def test_capacity_weights_but_is_capped() -> None:
     assert vnodes(0) == vnodes(256) == MIN_VNODES and vnodes(257) == 33 and vnodes(10**15) == MAX_VNODES
     p = Placement(registry([("big", "z", 10**15), ("small", "z", 100)]))  # 128 points against 32
-    assert len(p.ring().points) == MAX_VNODES + MIN_VNODES  # a huge capacity costs at most MAX_VNODES points
+    # a huge capacity costs at most MAX_VNODES points
+    assert len(p.ring()) == len(p.ring().points()) == MAX_VNODES + MIN_VNODES
     counts = {"big": 0, "small": 0}
     for k in range(3000):
         counts[p.place(f"k{k}", 1)[0]] += 1
@@ -99,13 +107,110 @@ def test_ring_is_cached_until_membership_changes() -> None:
     p = Placement(s)
     p.place("x", 2)
     p.place("y", 2)
-    assert p.rebuilds == 1
+    assert p.refreshes == 1
     s.apply(make_event(ev.OBJECT_REGISTERED, (99, 0), "c0", hash="h", size=1))  # not membership
     p.place("x", 2)
-    assert p.rebuilds == 1
+    assert p.refreshes == 1
     s.apply(make_event(ev.NODE_REGISTERED, (100, 0), "c0", id="c", zone="z3", addr="1.1.1.1:1", capacity_gb=100))
-    assert len(p.place("x", 3)) == 3 and p.rebuilds == 2
+    assert len(p.place("x", 3)) == 3 and p.refreshes == 2
 
 
 def test_empty_registry() -> None:
     assert Placement(State()).place("x", 3) == []
+
+
+# ---- answers pinned, and the incremental ring against a fresh build ----------------------------------
+
+
+def test_answers_are_pinned() -> None:
+    """The answers of the flat-list ring this module replaced (state roots and stored replicas depend on them)."""
+    p = Placement(registry([(f"node-{i}", f"z{i % 4}", (1, 100, 300, 1000, 10**6)[i % 5]) for i in range(30)]))
+    assert p.place("k0", 1) == ["node-27"]
+    assert p.place("k1", 3) == ["node-8", "node-19", "node-18"]
+    assert p.place("k2", 5) == ["node-21", "node-23", "node-28", "node-14", "node-4"]
+    assert p.place("k3", 8) == ["node-28", "node-3", "node-13", "node-14", "node-25", "node-23", "node-0", "node-26"]
+    digest = hashlib.sha256()
+    for k in range(300):
+        for rf in (1, 3, 6):
+            digest.update(json.dumps(p.place(f"obj-{k}", rf)).encode())
+    few_zones = Placement(registry([("a", "z1", 100), ("b", "z1", 100), ("c", "z2", 5000), ("d", "z1", 1)]))
+    for k in range(300):
+        digest.update(json.dumps(few_zones.place(f"obj-{k}", 4)).encode())
+    assert digest.hexdigest() == "044ab751a8894b7d9b81ffd4cdf7f3ef2d6690103f14b17d57c7d6fd8a13d4a9"
+
+
+def _check_against_fresh(s: State, p: Placement, keys: list[str]) -> None:
+    fresh = Placement(s)
+    ring, built = p.ring(), fresh.ring()
+    assert ring.points() == built.points() and ring.positions() == built.positions()
+    assert ring.zone == built.zone and ring.weight == built.weight and ring.zone_sizes == built.zone_sizes
+    assert all(ring._pos) and ring._last == [b[-1] for b in ring._pos] and len(ring) == len(built)
+    assert all(len(b) <= 2 * placement_module.BLOCK for b in ring._pos)
+    for i, key in enumerate(keys):
+        rf = (1, 2, 3, 5, 64)[i % 5]
+        assert p.place(key, rf) == fresh.place(key, rf)
+
+
+ops = st.lists(
+    st.tuples(st.sampled_from(["join", "leave"]), st.integers(0, 14), st.sampled_from(["za", "zb", "zc"]),
+              st.sampled_from([0, 100, 300, 1000, 10**6]), st.booleans()),
+    min_size=1, max_size=30,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 12), ops, st.sampled_from([3, 8, 512]))
+def test_any_joins_and_leaves_give_the_ring_and_answers_of_a_fresh_build(start: int, changes, block: int) -> None:
+    with mock.patch.object(placement_module, "BLOCK", block):  # small blocks: splits and merges happen
+        s = registry([(f"n{i}", "za" if i % 2 else "zb", 100 * i) for i in range(start)])
+        p = Placement(s)
+        p.place("warm", 3)
+        keys = [f"key-{k}" for k in range(12)]
+        for t, (op, i, zone, cap, look) in enumerate(changes, start=10_000):
+            if op == "join":  # also re-registers a present node, possibly in another zone or with another size
+                s.apply(make_event(ev.NODE_REGISTERED, (t, 0), "c0", id=f"n{i}", zone=zone, addr="1.1.1.1:1",
+                                   capacity_gb=cap))
+            else:
+                s.apply(make_event(ev.NODE_UNREGISTERED, (t, 0), "c0", id=f"n{i}"))
+            if look:  # sometimes several changes arrive between two lookups
+                _check_against_fresh(s, p, keys)
+        _check_against_fresh(s, p, keys)
+
+
+def test_seeded_churn_on_a_larger_registry_never_rebuilds() -> None:
+    rng = random.Random(7)
+    s = registry([(f"node-{i}", f"z{i % 5}", rng.choice([1, 100, 2000])) for i in range(300)])
+    p = Placement(s)
+    p.place("warm", 3)
+    live = {f"node-{i}" for i in range(300)}
+    for t in range(10_000, 10_120):
+        if rng.random() < 0.5 or len(live) < 10:
+            nid = f"node-{rng.randrange(400)}"
+            s.apply(make_event(ev.NODE_REGISTERED, (t, 0), "c0", id=nid, zone=f"z{rng.randrange(6)}",
+                               addr="1.1.1.1:1", capacity_gb=rng.choice([1, 100, 2000])))
+            live.add(nid)
+        else:
+            nid = rng.choice(sorted(live))
+            s.apply(make_event(ev.NODE_UNREGISTERED, (t, 0), "c0", id=nid))
+            live.discard(nid)
+        p.place(f"probe-{t}", 3)
+    assert p.full_builds == 1 and p.refreshes == 121
+    _check_against_fresh(s, p, [f"key-{k}" for k in range(200)])
+
+
+def test_points_at_equal_positions_keep_id_order_across_blocks() -> None:
+    """A 64-bit collision between nodes is all but impossible, but the order must still be (position, id)."""
+    rng = random.Random(3)
+    with mock.patch.object(placement_module, "BLOCK", 2):
+        ring = Ring()
+        expected: list[tuple[int, str]] = []
+        for _ in range(400):
+            item = (rng.choice([5, 6, 7, 1 << 63]), rng.choice("abcdefgh"))
+            if expected and rng.random() < 0.4:
+                gone = expected.pop(rng.randrange(len(expected)))
+                ring._delete(*gone)
+            else:
+                ring._insert(*item)
+                expected.append(item)
+            assert ring.points() == sorted(expected)
+            assert ring._last == [b[-1] for b in ring._pos] and all(ring._pos)
