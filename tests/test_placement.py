@@ -214,3 +214,16 @@ def test_points_at_equal_positions_keep_id_order_across_blocks() -> None:
                 expected.append(item)
             assert ring.points() == sorted(expected)
             assert ring._last == [b[-1] for b in ring._pos] and all(ring._pos)
+
+
+def test_a_registry_that_lost_or_reordered_ids_is_compared_by_value() -> None:
+    """State never deletes a node id (unregistering leaves a tombstone), but if one went missing the ring
+    must not keep it: the identity comparison then falls back to comparing every node by value."""
+    s = registry([(f"n{i}", f"z{i % 3}", 100) for i in range(20)])
+    p = Placement(s)
+    p.place("warm", 3)
+    del s.nodes["n4"]
+    s.nodes["n4"] = s.nodes.pop("n2")  # same entry object, under another id at another position
+    s.membership_epoch += 1
+    _check_against_fresh(s, p, [f"key-{k}" for k in range(50)])
+    assert "n2" not in p.ring().zone and "n4" in p.ring().zone
