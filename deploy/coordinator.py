@@ -129,8 +129,7 @@ def receipt_engine(cfg: config_mod.Config, coord: Coordinator, peers: PeerManage
         if behaviour not in BYZANTINE_BEHAVIOURS:
             raise config_mod.ConfigError("DSDN_BYZANTINE", behaviour, " or ".join(BYZANTINE_BEHAVIOURS))
         make_byzantine(service, behaviour)
-        log.warning("BYZANTINE: this coordinator is a %s %s (DSDN_BYZANTINE, for fault-injection runs)",
-                    behaviour, "proposer" if behaviour == "equivocate" else "signer")
+        log.warning("BYZANTINE: this coordinator lies: %s (DSDN_BYZANTINE, for fault-injection runs)", behaviour)
     return service, locks
 
 
