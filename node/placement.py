@@ -274,7 +274,7 @@ class Placement:
             have = (ring.zone[nid], ring.weight[nid]) if nid in ring.zone else None
             if want != have:
                 updates.append((nid, have, want))
-        if not ring.zone or len(updates) > max(64, len(ring.zone) // 4):  # a first fill, or most of the ring
+        if updates and (not ring.zone or len(updates) > max(64, len(ring.zone) // 4)):  # first fill, or many
             self._ring = Ring.build({nid: t for nid, (_, rec) in nodes.items() if (t := _target(rec)) is not None})
             self.full_builds += 1
         else:
