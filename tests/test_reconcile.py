@@ -91,6 +91,8 @@ async def test_calls_are_filled_up_to_the_count_and_byte_limits_with_several_in_
     assert all(len(c) <= SUBMIT_BLOBS and sum(c) <= primary.max_submit_bytes for c in primary.calls)
     assert sorted(len(c) for c in primary.calls) == [1, 20, 20, 20, 20, 88 + 19, 256, 256]
     assert 2 <= primary.max_in_flight <= SUBMITS_IN_FLIGHT
+    metrics = stack.primary.metrics  # each call counted once by the primary's MeteredLayer, and its read back
+    assert metrics.post_count == metrics.get_count == len(primary.calls) and metrics.error_count == 0
     assert sorted(await primary_blobs(primary)) == sorted(small + big)
     assert all(b.primary_ref is not None for b in await stack.pending.reconciled())
     await stack.aclose()

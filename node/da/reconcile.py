@@ -14,10 +14,12 @@ at once while the pass pages on (RECONCILE_PARALLEL does not apply). Each call i
 blobs (1 + RECONCILE_MAX_RETRIES attempts, RECONCILE_RETRY_DELAY_MS apart), read back with one call, and what
 came back is marked in one SQLite transaction; a blob not read back is posted again on the next attempt. A
 call the primary refuses as bad input (e.g. too large together: a node whose limit is below ours) is split in
-halves, down to the one blob at fault. A crash between a call and its mark leaves its blobs pending: the next
-pass posts them again, and a blob on the primary twice is harmless (events are deduplicated by id). Any other
-primary (one blob per post) gets batches of RECONCILE_BATCH_SIZE blobs, concurrently within a batch when
-RECONCILE_PARALLEL; each blob gets up to 1 + RECONCILE_MAX_RETRIES attempts, RECONCILE_RETRY_DELAY_MS apart.
+halves, down to the one blob at fault. These calls go through the primary's MeteredLayer bookkeeping (its
+timeout, counters and observers; a call of several blobs counts once). A crash between a call and its mark
+leaves its blobs pending: the next pass posts them again, and a blob on the primary twice is harmless (events
+are deduplicated by id). Any other primary (one blob per post) gets batches of RECONCILE_BATCH_SIZE blobs,
+concurrently within a batch when RECONCILE_PARALLEL; each blob gets up to 1 + RECONCILE_MAX_RETRIES attempts,
+RECONCILE_RETRY_DELAY_MS apart.
 
 Other members' fallback blobs (node.da.pending's foreign blobs: signed by a cluster member, read from a
 fallback log this coordinator follows, not seen on the primary) are re-posted the same way ("adopted") after
@@ -37,24 +39,25 @@ most recent ``check_limit`` reconciled blobs (from the primary), ``check_concurr
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import trio
 
 from node.blob import MAGIC
-from node.da.base import DAError, DALayer
+from node.da.base import DAError, DALayer, DATimeout
 from node.da.pending import FallbackBlob, PageKey, PendingStore
 from node.da.router import is_caller_error
 from node.da.status import PRIMARY, DAStatusMachine, Status
 
 log = logging.getLogger("dsdn.reconcile")
+T = TypeVar("T")
 
 #: A primary that takes several blobs per call (Celestia's blob.Submit takes an array): the most blobs one call
 #: carries (its byte limit, ``max_submit_bytes``, applies too), and how many such calls a pass keeps in flight.
@@ -248,9 +251,7 @@ class Reconciler:
         else:
             mark_failed, mark_done = self.pending.mark_failed_many, self.pending.mark_reconciled_many
             rejected = self._rejected
-        primary = self.layers[PRIMARY]
         submitter = self._submitter()
-        budget = float(getattr(primary, "timeout_s", 0)) or None
         todo = list(group)
         error = ""
         for attempt in range(self.max_retries + 1):
@@ -260,14 +261,9 @@ class Reconciler:
                     break
             since = self.machine.mark()
             ids = [b.blob_id for b in todo]
+            datas = [b.data for b in todo]
             try:
-                with trio.fail_after(budget) if budget else contextlib.nullcontext():
-                    refs = await submitter.post_many([b.data for b in todo])
-            except trio.TooSlowError:
-                error = f"{primary.name}: blob.Submit of {len(todo)} blobs timed out after {budget:.3g}s"
-                await mark_failed(ids, error)
-                self.machine.observe(PRIMARY, False, self.clock(), error, write=True)
-                continue
+                refs = await self._on_primary("post", partial(submitter.post_many, datas))
             except DAError as exc:
                 error = str(exc)
                 if is_caller_error(exc):
@@ -287,10 +283,9 @@ class Reconciler:
                 self.machine.observe(PRIMARY, False, self.clock(), error, write=True)
                 continue
             try:
-                with trio.fail_after(budget) if budget else contextlib.nullcontext():
-                    back = await submitter.included(refs, [b.data for b in todo])
-            except (DAError, trio.TooSlowError) as exc:
-                error = str(exc) or f"{primary.name}: reading the blobs back timed out"
+                back = await self._on_primary("get", partial(submitter.included, refs, datas))
+            except DAError as exc:
+                error = str(exc)
                 self.machine.observe(PRIMARY, False, self.clock(), error)
                 await mark_failed(ids, error)
                 continue
@@ -312,6 +307,21 @@ class Reconciler:
             await mark_failed([b.blob_id for b in todo], error)
         report.blobs_failed += len(todo)
         report.errors.extend(f"{self._what(b, foreign)}: {error} (stays pending)" for b in todo)
+
+    async def _on_primary(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """One call on the unwrapped primary, bounded, counted and timed by its MeteredLayer like its own calls (a
+        call of several blobs counts once); a DATimeout past the layer's ``timeout_s`` without one."""
+        primary = self.layers[PRIMARY]
+        metered = getattr(primary, "_call", None)
+        if callable(metered):
+            result: T = await metered(what, fn)
+            return result
+        timeout_s = float(getattr(primary, "timeout_s", 0) or 3600.0)
+        try:
+            with trio.fail_after(timeout_s):
+                return await fn()
+        except trio.TooSlowError:
+            raise DATimeout(f"{primary.name}: {what} timed out after {timeout_s:.3g}s") from None
 
     @staticmethod
     def _what(blob: FallbackBlob, foreign: bool) -> str:
