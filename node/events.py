@@ -126,12 +126,16 @@ _sha256 = hashlib.sha256
 _unpackb = msgpack.unpackb
 _pack = msgpack.Packer(use_bin_type=True).pack
 _new_event = tuple.__new__  # Event(...) without the NamedTuple's Python-level __new__
+_SMALL = 1024  # events up to this size are unpacked without limits (see decode_event)
 
 
 def decode_event(raw: bytes) -> Event:
     """Strictly decode one event (``raw`` must be ``bytes``); raise EventDecodeError if anything is off."""
-    try:  # use_list, raw=False and strict_map_key are msgpack's defaults; the limits bound what garbage costs
-        obj = _unpackb(raw, max_str_len=1024, max_bin_len=MAX_BIN, max_array_len=64, max_map_len=0)
+    try:  # use_list, raw=False and strict_map_key are msgpack's defaults
+        if len(raw) <= _SMALL:  # too short for the limits to matter (< 1,024 items); what they stop, checks reject
+            obj = _unpackb(raw)
+        else:  # the limits bound what garbage costs (whatever they stop, the checks below would reject too)
+            obj = _unpackb(raw, max_str_len=1024, max_bin_len=MAX_BIN, max_array_len=64, max_map_len=0)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         raise EventDecodeError(f"not msgpack: {exc}") from None
     if type(obj) is not list or len(obj) != 6:

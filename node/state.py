@@ -22,15 +22,25 @@ coordinator holding millions of registers answers /state/root at once, and it is
 order in which the registers were written. (An additive set hash is not collision-resistant against an
 adversary who can choose many registers; it detects divergence between cluster members, whose events
 are all signed, which is what it is for.)
+
+Representation (the object and replica registers are nearly every register: a rebuild's hot path). Such a
+register is kept as its canonical encoding, the very bytes the root hashes: one bytes object per register,
+hashed once when written (an overwrite hashes the old bytes again, never re-encodes them), decoded only
+to compare versions on a conflict or to answer a read. ``objects`` maps a hash to its entry; ``replicas``
+maps a hash to a tuple ``(node id, entry, node id, entry, ...)``, whose entries end with msgpack's true
+when the replica is present. Both are split into ``SHARDS`` dicts by the key's last character, and a cut
+for a snapshot (``frozen``) shares them: the live state copies a shard the first time it writes to it
+after a cut, so a cut costs microseconds on the event loop however large the state.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 from collections import deque
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import msgpack
 
@@ -40,22 +50,20 @@ from node.receipt_ledger import SAME, ReceiptLedger
 Version = tuple[int, int, str, bytes]
 NodeRecord = tuple[str, str, int]  # zone, addr, capacity_gb
 Weights = tuple[float, float, float, float, float]  # w_cpu, w_ram, w_gpu, w_latency, w_io
+V = TypeVar("V")
 
 _MOD = 1 << 256
 RECENT_IDS = 1 << 16  # ids of the latest applied events kept for duplicate detection (2 MiB in a snapshot)
 LAYOUT = 4  # the snapshot layout to_snapshot writes; from_snapshot also reads the earlier ones (no "layout")
-CHUNK = 8192  # list items packed per call when a snapshot is encoded in pieces (each call holds the GIL)
+SHARDS = 32  # a key's shard: ord(its last character) % SHARDS (part of layout 4: snapshots keep the shards)
+_MASK = SHARDS - 1
+CHUNK = 4096  # list items packed per call when a snapshot is encoded in pieces (each call holds the GIL)
 _SAME = SAME  # what a register write returns when the register already holds exactly this version
 _TRUE = 0xC3  # msgpack's true: the last byte of the entry of a replica marked present
 _pack = msgpack.Packer(use_bin_type=True).pack
 _sha256 = hashlib.sha256
 _from_bytes = int.from_bytes
 _unpack_tuples = functools.partial(msgpack.unpackb, use_list=False)
-
-
-def _entry(tag: str, key: Any, version: Version, value: Any) -> bytes:
-    """A register's canonical encoding: what the root hashes, and how objects and replicas are stored."""
-    return _pack((tag, key, version, value))
 
 
 def _entry_hash(tag: str, key: Any, version: Version, value: Any) -> int:
@@ -70,17 +78,42 @@ def _entry_version(entry: bytes) -> Version:
     return _unpack_tuples(entry)[2]  # type: ignore[no-any-return]
 
 
+class ShardedView(Mapping[str, V]):
+    """A read-only mapping over the shards of a table (``State.objects``, ``State.replicas``)."""
+
+    __slots__ = ("_shards",)
+
+    def __init__(self, shards: list[dict[str, V]]) -> None:
+        self._shards = shards
+
+    def __getitem__(self, key: str) -> V:
+        if type(key) is not str or not key:
+            raise KeyError(key)
+        return self._shards[ord(key[-1]) & _MASK][key]
+
+    def __contains__(self, key: object) -> bool:
+        return type(key) is str and bool(key) and key in self._shards[ord(key[-1]) & _MASK]
+
+    def __iter__(self) -> Iterator[str]:
+        return itertools.chain.from_iterable(self._shards)
+
+    def __len__(self) -> int:
+        return sum(map(len, self._shards))
+
+
 class State:
     def __init__(self, recent_ids: int = RECENT_IDS) -> None:
         self.nodes: dict[str, tuple[Version, NodeRecord | None]] = {}
-        # object hash -> its register's entry ("o", hash, version, size): one bytes object per register
-        self.objects: dict[str, bytes] = {}
+        # object hash -> its register's entry ("o", hash, version, size), in SHARDS dicts
+        self._objects: list[dict[str, bytes]] = [{} for _ in range(SHARDS)]
         # object hash -> (node id, entry ("r", (hash, node id), version, present), node id, entry, ...)
-        self.replicas: dict[str, tuple[Any, ...]] = {}
+        self._replicas: list[dict[str, tuple[Any, ...]]] = [{} for _ in range(SHARDS)]
+        self._shared: set[int] = set()  # shards a cut still holds (objects 0.., replicas SHARDS..): copy first
         self.scheduler: tuple[Version, Weights] | None = None
-        self._names: dict[str, str] = {}  # node ids held in `replicas`, one string object each
+        self._names: dict[str, str] = {}  # node ids held in replica tuples, one string object each
         self._recent_cap = recent_ids
-        self._recent: set[bytes] = set()  # ids of the last `recent_ids` events applied (duplicate detection)
+        # ids of the last `recent_ids` events applied (duplicate detection)
+        self._recent: set[bytes] | frozenset[bytes] = set()
         self._recent_order: deque[bytes] = deque()  # the same ids, oldest first
         self._applied = 0
         self._live_nodes = 0
@@ -99,6 +132,16 @@ class State:
             ev.RECEIPT_BATCH: lambda version, f: self.ledger.add_batch(version, f),
         }
 
+    @property
+    def objects(self) -> ShardedView[bytes]:
+        """object hash -> its register's entry (read-only; ``object()`` decodes one)."""
+        return ShardedView(self._objects)
+
+    @property
+    def replicas(self) -> ShardedView[tuple[Any, ...]]:
+        """object hash -> (node id, entry, node id, entry, ...) (read-only; ``object()`` decodes one)."""
+        return ShardedView(self._replicas)
+
     # ---- applying events -------------------------------------------------------------------------
 
     @property
@@ -109,39 +152,65 @@ class State:
     def apply(self, event: ev.Event) -> bool:
         """Apply one event; return False if it is recognised as already applied (a no-op either way)."""
         kind, wall, counter, origin, f, _, eid = event
-        if eid in self._recent:
-            return False
         hlc = self.max_hlc
         if wall >= hlc[0] and (wall > hlc[0] or counter > hlc[1]):
             self.max_hlc = (wall, counter)
-        # decode_event gives every event of a kind the same kind string: the hot kinds are found by identity
-        if kind is _HEALED:
-            wrote = self._set_replica((wall, counter, origin, eid), f[0], f[1], True)
+        # The hot kinds, inlined (the same as _set_replica and _set_object): decode_event gives every event of
+        # a kind the same kind string, so they are found by identity; any other string goes through _handlers.
+        if kind is _HEALED or kind is _MISSING:
+            obj, node_id = f
+            entry = _pack(("r", f, (wall, counter, origin, eid), kind is _HEALED))
+            shard = ord(obj[-1]) & _MASK
+            if self._shared:
+                self._own(SHARDS + shard)
+            table = self._replicas[shard]
+            held = table.get(obj)
+            if held is None:
+                table[obj] = (self._names.setdefault(node_id, node_id), entry)
+                self._acc += _from_bytes(_sha256(entry).digest(), "big")
+                wrote = True
+            else:
+                wrote = self._replace_replica(table, held, obj, node_id, (wall, counter, origin, eid), entry)
         elif kind is _OBJECT:
-            wrote = self._set_object((wall, counter, origin, eid), f[0], f[1])
-        elif kind is _MISSING:
-            wrote = self._set_replica((wall, counter, origin, eid), f[0], f[1], False)
+            obj = f[0]
+            entry = _pack(("o", obj, (wall, counter, origin, eid), f[1]))
+            shard = ord(obj[-1]) & _MASK
+            if self._shared:
+                self._own(shard)
+            table = self._objects[shard]
+            old = table.get(obj)
+            if old is None:
+                table[obj] = entry
+                self._acc += _from_bytes(_sha256(entry).digest(), "big")
+                wrote = True
+            else:
+                wrote = self._replace_object(table, old, obj, (wall, counter, origin, eid), entry)
         else:
             wrote = self._handlers[kind]((wall, counter, origin, eid), f)
-        if wrote == _SAME:
+        # A write (True) proves the event new: a register never goes back to an older version. _SAME proves it
+        # applied before. Only an event that lost to a later version needs the recent-id cache.
+        if wrote is not True and (wrote == _SAME or eid in self._recent):
             return False
         recent = self._recent  # _remember, inlined: this is the hot path of a rebuild
-        recent.add(eid)
+        recent.add(eid)  # type: ignore[union-attr]  # a frozen cut has a frozenset: it takes no events
         order = self._recent_order
         order.append(eid)
         if len(order) > self._recent_cap:
-            recent.discard(order.popleft())
+            recent.discard(order.popleft())  # type: ignore[union-attr]
         self._applied += 1
         return True
 
-    def _remember(self, eid: bytes) -> None:
-        self._recent.add(eid)
-        self._recent_order.append(eid)
-        if len(self._recent_order) > self._recent_cap:
-            self._recent.discard(self._recent_order.popleft())
-
     def apply_all(self, items: Iterable[ev.Event]) -> int:
         return sum(1 for e in items if self.apply(e))
+
+    def _own(self, shard: int) -> None:
+        """Copy a shard a cut still holds before the first write to it."""
+        if shard in self._shared:
+            self._shared.discard(shard)
+            if shard < SHARDS:
+                self._objects[shard] = self._objects[shard].copy()
+            else:
+                self._replicas[shard - SHARDS] = self._replicas[shard - SHARDS].copy()
 
     # Each register write returns True when it wrote, False when the register holds a later version and
     # _SAME when it holds exactly this one (the event was applied before).
@@ -172,35 +241,53 @@ class State:
 
     def _set_object(self, version: Version, obj: str, size: int) -> int:
         entry = _pack(("o", obj, version, size))
-        old = self.objects.get(obj)
+        shard = ord(obj[-1]) & _MASK
+        if self._shared:
+            self._own(shard)
+        table = self._objects[shard]
+        old = table.get(obj)
         if old is None:
-            self.objects[obj] = entry
-            self._acc += _from_bytes(_sha256(entry).digest(), "big")
+            table[obj] = entry
+            self._acc += _hash(entry)
             return True
+        return self._replace_object(table, old, obj, version, entry)
+
+    def _replace_object(self, table: dict[str, bytes], old: bytes, obj: str, version: Version, entry: bytes) -> int:
         current = _entry_version(old)
         if current >= version:
             return _SAME if current == version else False
-        self.objects[obj] = entry
+        table[obj] = entry
         self._acc += _hash(entry) - _hash(old)
         return True
 
     def _set_replica(self, version: Version, obj: str, node_id: str, present: bool) -> int:
         entry = _pack(("r", (obj, node_id), version, present))
-        held = self.replicas.get(obj)
+        shard = ord(obj[-1]) & _MASK
+        if self._shared:
+            self._own(SHARDS + shard)
+        table = self._replicas[shard]
+        held = table.get(obj)
         if held is None:
-            self.replicas[obj] = (self._names.setdefault(node_id, node_id), entry)
-            self._acc += _from_bytes(_sha256(entry).digest(), "big")
+            table[obj] = (self._names.setdefault(node_id, node_id), entry)
+            self._acc += _hash(entry)
             return True
-        at = _index_of(held, node_id)
-        if at < 0:
-            self.replicas[obj] = (*held, self._names.setdefault(node_id, node_id), entry)
+        return self._replace_replica(table, held, obj, node_id, version, entry)
+
+    def _replace_replica(self, table: dict[str, tuple[Any, ...]], held: tuple[Any, ...], obj: str, node_id: str,
+                         version: Version, entry: bytes) -> int:
+        """Write a replica register of an object that already has some (``held``)."""
+        for at in range(0, len(held), 2):
+            if held[at] == node_id:
+                break
+        else:
+            table[obj] = (*held, self._names.setdefault(node_id, node_id), entry)
             self._acc += _hash(entry)
             return True
         old = held[at + 1]
         current = _entry_version(old)
         if current >= version:
             return _SAME if current == version else False
-        self.replicas[obj] = (*held[: at + 1], entry, *held[at + 2 :])
+        table[obj] = (*held[: at + 1], entry, *held[at + 2 :])
         self._acc += _hash(entry) - _hash(old)
         return True
 
@@ -231,14 +318,16 @@ class State:
     @property
     def replica_count(self) -> int:
         """Replica registers (present or missing)."""
-        return sum(len(held) for held in self.replicas.values()) // 2
+        return sum(len(held) for table in self._replicas for held in table.values()) // 2
 
     def object(self, obj: str) -> tuple[int, list[str]] | None:
         """(size, sorted replica node ids) of a registered object."""
-        entry = self.objects.get(obj)
+        if not obj:
+            return None
+        entry = self._objects[ord(obj[-1]) & _MASK].get(obj)
         if entry is None:
             return None
-        held = self.replicas.get(obj, ())
+        held = self._replicas[ord(obj[-1]) & _MASK].get(obj, ())
         return _unpack_tuples(entry)[3], sorted(held[i] for i in range(0, len(held), 2) if held[i + 1][-1] == _TRUE)
 
     def weights(self) -> Weights | None:
@@ -249,8 +338,9 @@ class State:
 
     def recomputed_root(self) -> bytes:
         """The root computed afresh from every register (slow: for tests and audits); equals ``root()``."""
-        acc = sum(_hash(entry) for entry in self.objects.values())
-        acc += sum(_hash(held[i]) for held in self.replicas.values() for i in range(1, len(held), 2))
+        acc = sum(_hash(entry) for table in self._objects for entry in table.values())
+        acc += sum(_hash(held[i]) for table in self._replicas for held in table.values()
+                   for i in range(1, len(held), 2))
         acc += sum(_entry_hash("n", k, v, r) for k, (v, r) in self.nodes.items())
         if self.scheduler is not None:
             acc += _entry_hash("s", "", *self.scheduler)
@@ -260,24 +350,28 @@ class State:
     # ---- snapshots -------------------------------------------------------------------------------
 
     def frozen(self) -> State:
-        """A copy that later events do not change, cheap enough to take on the event loop (the tables are
-        copied, not their entries, which are immutable bytes and tuples); encode it in a thread."""
+        """A cut that later events do not change, taken in microseconds plus the small tables' copies: the
+        object and replica shards are shared, and the live state copies each before writing to it again.
+        Encode it in a thread; it is for reading, not for applying events (its recent-id set is frozen)."""
         copy = State(self._recent_cap)
-        copy.nodes, copy.objects, copy.replicas = self.nodes.copy(), self.objects.copy(), self.replicas.copy()
+        copy._objects, copy._replicas = list(self._objects), list(self._replicas)
+        self._shared = copy._shared = set(range(2 * SHARDS))
+        copy.nodes = self.nodes.copy()
         copy.scheduler, copy.max_hlc, copy._acc = self.scheduler, self.max_hlc, self._acc
-        copy._recent, copy._recent_order, copy._applied = self._recent.copy(), self._recent_order.copy(), self._applied
+        # the ids in order, not their set: a snapshot holds only their order
+        copy._recent, copy._recent_order, copy._applied = frozenset(), self._recent_order.copy(), self._applied
         copy._live_nodes, copy.membership_epoch = self._live_nodes, self.membership_epoch
         copy.ledger = self.ledger.copy(copy._rehash)
         return copy
 
     def to_snapshot(self) -> dict[str, Any]:
-        """Layout 4: objects and replicas as two flat columns each (keys, stored entries), so a restore is a
-        few C calls and no per-register hashing: the accumulator is stored with them."""
+        """Layout 4: objects and replicas as flat columns (keys, stored entries) per shard, so a restore is a
+        few C calls and no register is decoded or hashed: the accumulator is stored with them."""
         return {
             "layout": LAYOUT,
             "nodes": [[k, list(v), list(r) if r is not None else None] for k, (v, r) in self.nodes.items()],
-            "objects": [list(self.objects), list(self.objects.values())],
-            "replicas": [list(self.replicas), list(self.replicas.values())],
+            "objects": [[list(table), list(table.values())] for table in self._objects],
+            "replicas": [[list(table), list(table.values())] for table in self._replicas],
             "scheduler": [list(self.scheduler[0]), list(self.scheduler[1])] if self.scheduler else None,
             "applied": self._applied,
             "recent": b"".join(self._recent_order),  # oldest first, 32 bytes each: bounded by RECENT_IDS
@@ -294,7 +388,7 @@ class State:
         yield packer.pack_map_header(len(snap))
         for key, value in snap.items():
             yield packer.pack(key)
-            yield from _pack_pieces(packer, value)
+            yield from _pack_pieces(packer, value, (key,))
 
     @classmethod
     def from_snapshot(cls, snap: dict[str, Any], recent_ids: int = RECENT_IDS) -> State:
@@ -318,9 +412,9 @@ class State:
                 st._set_scheduler(tuple(snap["scheduler"][0]), tuple(snap["scheduler"][1]))  # type: ignore[arg-type]
             st.ledger.load_snapshot(snap.get("ledger", {}))
         if "recent" in snap:
-            recent = snap["recent"]
-            for i in range(max(0, len(recent) - 32 * recent_ids), len(recent), 32):
-                st._remember(bytes(recent[i : i + 32]))
+            recent = bytes(snap["recent"])
+            ids = [recent[i : i + 32] for i in range(max(0, len(recent) - 32 * recent_ids), len(recent), 32)]
+            st._recent, st._recent_order = set(ids), deque(ids)
             st._applied = int(snap["applied"])
         else:
             st._applied = len(snap["seen"]) // 8
@@ -335,16 +429,12 @@ class State:
             if record is not None:
                 self._live_nodes += 1
                 self.membership_epoch += 1
-        keys, entries = snap["objects"]
-        if len(keys) != len(entries):
-            raise ValueError("snapshot objects: columns of different lengths")
-        self.objects = dict(zip(keys, entries, strict=True))
-        keys, held = snap["replicas"]
-        if len(keys) != len(held):
-            raise ValueError("snapshot replicas: columns of different lengths")
-        if held and type(held[0]) is not tuple:  # a snapshot decoded with lists (use_list=True)
-            held = [tuple(h) for h in held]
-        self.replicas = dict(zip(keys, held, strict=True))
+        objects, replicas = snap["objects"], snap["replicas"]
+        if len(objects) != SHARDS or len(replicas) != SHARDS:
+            raise ValueError(f"snapshot tables: not {SHARDS} shards")
+        self._objects = [dict(zip(keys, entries, strict=True)) for keys, entries in objects]
+        self._replicas = [dict(zip(keys, held if not held or type(held[0]) is tuple else map(tuple, held),
+                                   strict=True)) for keys, held in replicas]
         if snap["scheduler"] is not None:
             self.scheduler = (tuple(snap["scheduler"][0]), tuple(snap["scheduler"][1]))  # type: ignore[assignment]
         self.ledger.load_snapshot(snap["ledger"], rehash=False)
@@ -357,18 +447,10 @@ class State:
 _HEALED, _OBJECT, _MISSING = ev.REPLICA_HEALED, ev.OBJECT_REGISTERED, ev.REPLICA_MISSING
 
 
-def _index_of(held: tuple[Any, ...], node_id: str) -> int:
-    """Where ``node_id`` is among the node ids (even positions) of a replica tuple, or -1."""
-    for i in range(0, len(held), 2):
-        if held[i] == node_id:
-            return i
-    return -1
-
-
-def _pack_pieces(packer: msgpack.Packer, value: Any, path: tuple[str, ...] = ()) -> Iterator[bytes]:
-    """``packer.pack(value)`` in pieces: maps and short structural lists are opened here, long lists packed
-    CHUNK items at a time (each chunk's own array header stripped: the whole list has one), and the ledger's
-    batches (up to MAX_BIN bytes each) one at a time."""
+def _pack_pieces(packer: msgpack.Packer, value: Any, path: tuple[str, ...]) -> Iterator[bytes]:
+    """``packer.pack(value)`` in pieces: maps and short lists of lists are opened here, long lists packed
+    CHUNK items at a time (each chunk's own array header stripped: the whole list has one), and the
+    ledger's batches (up to MAX_BIN bytes each) one at a time."""
     if type(value) is dict:
         yield packer.pack_map_header(len(value))
         for k, v in value.items():
@@ -376,7 +458,7 @@ def _pack_pieces(packer: msgpack.Packer, value: Any, path: tuple[str, ...] = ())
             yield from _pack_pieces(packer, v, (*path, k))
     elif type(value) is not list:
         yield packer.pack(value)
-    elif path == ("ledger", "batches") or (len(value) <= 4 and any(type(v) in (list, dict) for v in value)):
+    elif path == ("ledger", "batches") or (len(value) <= SHARDS and any(type(v) in (list, dict) for v in value)):
         yield packer.pack_array_header(len(value))
         for v in value:
             yield from _pack_pieces(packer, v, (*path, "[]"))

@@ -1,0 +1,269 @@
+"""Issue 12: the faster state machine, event decoder and snapshot format change no outcome.
+
+The root, the event count and every read are pinned against the previous implementation; the decoder
+accepts and rejects exactly what the previous one did; a snapshot restores the state a replay builds, in
+the new format and from the old one; a snapshot cut is isolated from later events and its encoding
+runs beside the event loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import trio
+
+from node import events as ev
+from node import snapshot
+from node import state as state_mod
+from node.events import EventDecodeError, decode_event, make_event
+from node.state import State
+
+T0 = 1_760_000_000_000
+
+
+def stream(n: int, nodes: int, seed: int) -> list[ev.Event]:
+    """A deterministic mix of every kind but receipt batches; object hashes of 64, 9 and 1 characters."""
+    rng = random.Random(seed)
+    out: list[ev.Event] = []
+    objects: list[str] = []
+    for i in range(n):
+        t, origin = (T0 + i // 20, i % 20), f"c{i // 500 % 3}"
+        r = rng.random()
+        if i < nodes:
+            out.append(make_event(ev.NODE_REGISTERED, t, origin, id=f"node-{i:04d}", zone=f"z{i % 5}",
+                                  addr=f"10.0.{i % 250}.1:5000", capacity_gb=100 + i))
+        elif r < 0.35 or not objects:
+            obj = hashlib.sha256(i.to_bytes(8, "big")).hexdigest()[: rng.choice((64, 64, 9, 1))]
+            objects.append(obj)
+            out.append(make_event(ev.OBJECT_REGISTERED, t, origin, hash=obj, size=rng.randrange(1, 1 << 40)))
+        elif r < 0.75:
+            out.append(make_event(ev.REPLICA_HEALED, t, origin, hash=rng.choice(objects),
+                                  node_id=f"node-{rng.randrange(nodes):04d}"))
+        elif r < 0.90:
+            out.append(make_event(ev.REPLICA_MISSING, t, origin, hash=rng.choice(objects),
+                                  node_id=f"node-{rng.randrange(nodes):04d}"))
+        elif r < 0.95:
+            n = rng.randrange(nodes)
+            out.append(make_event(ev.NODE_REGISTERED, t, origin, id=f"node-{n:04d}", zone="z9", addr="10.9.9.9:1",
+                                  capacity_gb=n))
+        elif r < 0.97:
+            out.append(make_event(ev.NODE_UNREGISTERED, t, origin, id=f"node-{rng.randrange(nodes):04d}"))
+        elif r < 0.99:
+            out.append(make_event(ev.NODE_KEY, t, origin, id=f"node-{rng.randrange(nodes):04d}",
+                                  public_key=hashlib.sha256(bytes([i % 256])).hexdigest()))
+        else:
+            out.append(make_event(ev.SCHEDULER_CONFIG, t, origin, w_cpu=1.0, w_ram=rng.random(), w_gpu=0.5,
+                                  w_latency=0.8, w_io=0.6))
+    return out
+
+
+def view(s: State) -> tuple[Any, ...]:
+    return (s.live_nodes(), {h: s.object(h) for h in s.objects}, s.weights(), s.events_applied, s.max_hlc,
+            s.node_count, dict(s.ledger.node_keys), s.replica_count)
+
+
+@pytest.fixture(scope="module")
+def events() -> list[ev.Event]:
+    return stream(6000, 200, 7)
+
+
+# ---- the same root as before ------------------------------------------------------------------------
+
+
+def test_the_root_and_the_count_are_those_of_the_previous_state_machine(events: list[ev.Event]) -> None:
+    # pinned with the state machine of commit 5b197fc (before issue 12) on the same events
+    s = State()
+    assert s.apply_all(events) == 6000
+    assert s.root().hex() == "79a8913a802c3f6d61008a8e3a7bc9bb228b024b042bf3ee447f8b5d82ee5440"
+    assert s.recomputed_root() == s.root()
+    assert (len(s.objects), s.node_count, s.max_hlc) == (1533, 160, (1_760_000_000_299, 19))
+    shuffled = events + events[:1000]
+    random.Random(3).shuffle(shuffled)
+    small = State(recent_ids=50)  # duplicates found through the registers and a tiny id cache, as before
+    small.apply_all(shuffled)
+    assert small.root() == s.root() and small.events_applied == 6297
+
+
+# ---- the decoder accepts and rejects exactly what it did ---------------------------------------------
+
+
+def reference_decode(raw: bytes) -> ev.Event:
+    """The decoder of commit 5b197fc, verbatim but for names."""
+    try:
+        obj = msgpack.unpackb(raw, use_list=True, raw=False, strict_map_key=True, max_str_len=1024,
+                              max_bin_len=ev.MAX_BIN, max_array_len=64, max_map_len=0)
+    except Exception as exc:
+        raise EventDecodeError(f"not msgpack: {exc}") from None
+    if type(obj) is not list or len(obj) != 6:
+        raise EventDecodeError("event is not a 6-element array")
+    if msgpack.packb(obj, use_bin_type=True) != raw:
+        raise EventDecodeError("event is not in canonical encoding")
+    version, kind, wall, counter, origin, fields = obj
+    if version != ev.FORMAT_VERSION:
+        raise EventDecodeError("version")
+    schema = ev.SCHEMAS.get(kind) if type(kind) is str else None
+    if schema is None:
+        raise EventDecodeError("kind")
+    if not (type(wall) is int and type(counter) is int and 0 <= wall <= ev.MAX_U63 and 0 <= counter <= ev.MAX_U63):
+        raise EventDecodeError("hlc")
+    if not (type(origin) is str and 0 < len(origin) <= ev.MAX_STR):
+        raise EventDecodeError("origin")
+    types = {"str": str, "int": int, "float": float, "bin": bytes}
+    if type(fields) is not list or tuple(map(type, fields)) != tuple(types[t] for _, t in schema):
+        raise EventDecodeError("fields")
+    for value, (_, t) in zip(fields, schema, strict=True):
+        if ((t == "str" and not 0 < len(value) <= ev.MAX_STR) or (t == "int" and not 0 <= value <= ev.MAX_U63)
+                or (t == "bin" and not 0 < len(value) <= ev.MAX_BIN) or (t == "float" and not math.isfinite(value))):
+            raise EventDecodeError("fields")
+    return ev.Event(kind, wall, counter, origin, tuple(fields), raw, hashlib.sha256(raw).digest())
+
+
+def outcome(decode: Any, raw: bytes) -> ev.Event | None:
+    try:
+        return decode(raw)  # type: ignore[no-any-return]
+    except EventDecodeError:
+        return None
+
+
+def candidates(events: list[ev.Event], rng: random.Random) -> list[bytes]:
+    pack = msgpack.Packer(use_bin_type=True).pack
+    out = [e.raw for e in events[:300]]
+    for e in rng.sample(events, 600):
+        raw = bytearray(e.raw)
+        for _ in range(rng.randrange(1, 4)):  # flipped bytes
+            raw[rng.randrange(len(raw))] = rng.randrange(256)
+        out.append(bytes(raw))
+        out.append(e.raw[: rng.randrange(len(e.raw))])  # truncated
+        out.append(e.raw + b"\x00")  # trailing data
+    odd = ["", "x" * 257, "x" * 256, "é" * 256, -1, 2**63, 2**63 - 1, 1.5, float("inf"), float("nan"), True, None,
+           b"", b"b", [], {}, {"k": 1}, [1, 2], "ok", 0, 7]
+    for _ in range(3000):  # well-formed msgpack, wrong values anywhere
+        kind = rng.choice([*ev.SCHEMAS, "node.exploded", 5])
+        arity = len(ev.SCHEMAS[kind]) if kind in ev.SCHEMAS else 2
+        fields = [rng.choice(odd) for _ in range(arity + rng.choice((0, 0, 0, 1, -1)))]
+        obj = [rng.choice((1, 1, 1, 2, True)), kind, rng.choice((T0, 0, -1, 2**63)), rng.choice((0, 3, 2**64 - 1)),
+               rng.choice(("c0", "", "c" * 257)), fields]
+        raw = pack(obj)
+        out.append(raw)
+        if rng.random() < 0.2:  # the same with the version written as a uint16: not canonical
+            out.append(raw.replace(b"\x96\x01", b"\x96\xcd\x00\x01", 1))
+    big = pack([1, ev.RECEIPT_BATCH, T0, 0, "c0", ["g", "r", 1, "s", "a", b"\x01" * 2000]])  # a long event
+    out += [big, big.replace(b"\x96\x01", b"\x96\xcd\x00\x01", 1), pack(list(range(70))), pack({"kind": "x"}),
+            pack([1, ev.NODE_UNREGISTERED, 1, 0, "c0", ["n"] * 70]), b"\xc1garbage", b""]
+    return out
+
+
+def test_the_decoder_accepts_and_rejects_exactly_what_the_previous_one_did(events: list[ev.Event]) -> None:
+    raws = candidates(events, random.Random(11))
+    accepted = 0
+    for raw in raws:
+        ours, theirs = outcome(decode_event, raw), outcome(reference_decode, raw)
+        assert ours == theirs, raw
+        accepted += ours is not None
+    assert 300 <= accepted < len(raws) // 2  # both paths exercised
+
+
+# ---- snapshots ----------------------------------------------------------------------------------------
+
+
+def test_a_restored_snapshot_is_the_replayed_state_and_stays_in_step(events: list[ev.Event]) -> None:
+    s = State()
+    s.apply_all(events[:5000])
+    back = snapshot.decode(snapshot.encode(snapshot.Snapshot(s, {"primary": 9}, 4)))
+    assert back.cursors == {"primary": 9} and back.outbox_seq == 4
+    r = back.state
+    assert r.root() == s.root() and r.recomputed_root() == s.root() and view(r) == view(s)
+    # ready: the rest of the events (with duplicates) lead both to the state a plain replay reaches
+    rest = events[4000:]
+    assert r.apply_all(rest) == s.apply_all(rest) == 1000
+    full = State()
+    full.apply_all(events)
+    assert r.root() == s.root() == full.root() and view(r) == view(s) == view(full)
+
+
+def test_the_encoding_in_pieces_is_msgpack_of_the_snapshot(events: list[ev.Event],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(state_mod, "CHUNK", 7)  # every long list is split, at every header size
+    s = State()
+    s.apply_all(events)
+    pieces = list(s.snapshot_pieces())
+    assert len(pieces) > 200
+    assert b"".join(pieces) == msgpack.packb(s.to_snapshot(), use_bin_type=True)
+    assert State.from_snapshot(msgpack.unpackb(b"".join(pieces), use_list=False)).root() == s.root()
+
+
+def legacy_state(s: State) -> dict[str, Any]:
+    """The state as format 3 wrote it (registers as nested lists)."""
+    objects, replicas = [], []
+    for h in s.objects:
+        _, key, version, size = msgpack.unpackb(s.objects[h])
+        objects.append([key, version, size])
+    for h in s.replicas:
+        held = s.replicas[h]
+        for i in range(0, len(held), 2):
+            _, (obj, node), version, present = msgpack.unpackb(held[i + 1])
+            replicas.append([obj, node, version, present])
+    return {"nodes": [[k, list(v), list(r) if r is not None else None] for k, (v, r) in s.nodes.items()],
+            "objects": objects, "replicas": replicas,
+            "scheduler": [list(s.scheduler[0]), list(s.scheduler[1])] if s.scheduler else None,
+            "applied": s.events_applied, "recent": b"".join(s._recent_order), "max_hlc": list(s.max_hlc),
+            "ledger": s.ledger.to_snapshot()}
+
+
+def test_a_format_3_snapshot_is_migrated_and_unknown_formats_are_refused(events: list[ev.Event]) -> None:
+    s = State()
+    s.apply_all(events)
+    old = msgpack.packb({"format": 3, "state": legacy_state(s), "cursors": {"primary": 2}, "outbox_seq": 1},
+                        use_bin_type=True)
+    back = snapshot.decode(old)
+    assert back.state.root() == s.root() and view(back.state) == view(s) and back.cursors == {"primary": 2}
+    assert back.state.apply_all(events) == 0  # the recent ids came along
+    with pytest.raises(ValueError, match="format"):
+        snapshot.decode(msgpack.packb({"format": 5, "state": {}, "cursors": {}, "outbox_seq": 0}))
+    new = msgpack.unpackb(snapshot.encode(snapshot.Snapshot(s, {}, 0)))
+    new["state"]["layout"] = 5
+    with pytest.raises(ValueError, match="layout"):
+        snapshot.decode(msgpack.packb(new, use_bin_type=True))
+
+
+def test_a_cut_is_isolated_from_later_writes_to_every_table(events: list[ev.Event]) -> None:
+    s = State()
+    s.apply_all(events[:4000])
+    root, before = s.root(), view(s)
+    cut = s.frozen()
+    s.apply_all(events[4000:])  # new registers and overwrites in objects, replicas, nodes, keys, scheduler
+    later = State()
+    later.apply_all(events)
+    assert s.root() == later.root() and view(s) == view(later)
+    assert cut.root() == root and cut.recomputed_root() == root and view(cut) == before
+    again = s.frozen()  # a second cut while the first is held
+    s.apply(make_event(ev.OBJECT_REGISTERED, (T0 * 2, 0), "c0", hash="zz", size=1))
+    assert again.root() == later.root() and cut.root() == root and s.object("zz") == (1, [])
+
+
+async def test_saving_a_snapshot_lets_the_event_loop_run(tmp_path: Path, events: list[ev.Event]) -> None:
+    s = State()
+    s.apply_all(events)
+    root = s.root()
+    ticks = 0
+    saving = True
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while saving:
+            await trio.sleep(0)
+            ticks += 1
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker)
+        size = await snapshot.save(tmp_path, snapshot.Snapshot(s, {"primary": 1}, 0))
+        saving = False
+    assert ticks > 0 and size == (tmp_path / snapshot.FILE).stat().st_size
+    back = snapshot.load(tmp_path)
+    assert back is not None and back.state.root() == root and view(back.state) == view(s)
