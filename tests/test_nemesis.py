@@ -11,15 +11,23 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import nacl.signing
 import pytest
 import trio
 import trio.testing
 
+from consensus import receipt_service
 from consensus import receipts as rc
 from consensus.receipt_service import LOCK
+from deploy import coordinator
 from deploy.adversary import BYZANTINE_BEHAVIOURS
 from deploy.simulation import SimCluster
+from node import config as config_mod
+from node.state import State
+from protocol.envelope import Registry
+from protocol.simnet import SimNetwork
 
 
 def test_a_short_nemesis_run_holds(tmp_path: Path) -> None:
@@ -79,6 +87,38 @@ async def test_an_equivocating_proposer_sends_different_batches_under_one_id_and
         assert all(len(ids) == 1 for ids in m.state.ledger.by_slot.values())
     for m in cluster.honest():  # what an honest member was given is final everywhere (the liar's say is void)
         assert {r.id for r in plain} | {b.id for _, b in pairs} <= set(m.state.ledger.receipts)
+
+
+@pytest.mark.parametrize("behaviour", BYZANTINE_BEHAVIOURS)
+def test_the_receipt_engine_takes_the_byzantine_switch_except_on_mainnet(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, behaviour: str) -> None:
+    """Where the switch is read (deploy/coordinator.receipt_engine): mainnet refuses it, a test network takes it."""
+    registry = Registry()
+    receipt_service.register(registry)
+    keys = [nacl.signing.SigningKey(bytes([k + 1]) * 32) for k in range(4)]
+    members = [SimpleNamespace(id=f"c{k}", public_key=bytes(key.verify_key)) for k, key in enumerate(keys)]
+    coord = SimpleNamespace(key=keys[0], state=State(), submit_event=None, apply_peer_event=None)
+    peers = SimNetwork(registry).add("c0")
+    monkeypatch.setenv("DSDN_BYZANTINE", behaviour)
+    for network in ("mainnet", "mocha"):
+        (tmp_path / network).mkdir()
+        cfg = SimpleNamespace(data_dir=tmp_path / network, da_network=network, peers=members, receipt_batch_max=64,
+                              receipt_batch_wait_ms=2, epoch_length_s=3600, receipt_epoch_grace=1)
+        if network == "mainnet":
+            with pytest.raises(config_mod.ConfigError, match="DSDN_BYZANTINE"):
+                coordinator.receipt_engine(cfg, coord, peers, SimpleNamespace(key=None))  # type: ignore[arg-type]
+            continue
+        service, locks = coordinator.receipt_engine(cfg, coord, peers, SimpleNamespace(key=None))  # type: ignore[arg-type]
+        locks.close()
+        replaced = {"bad_shares": ["_sign_share"], "withhold": ["_on_sign"],
+                    "equivocate": ["_on_lock", "_lock_local", "submit", "net"]}[behaviour]
+        assert all(name in vars(service) for name in replaced)  # the lying versions, installed on the instance
+        assert (service.net is not peers) == (behaviour == "equivocate")
+    monkeypatch.setenv("DSDN_BYZANTINE", "lies")
+    (tmp_path / "x").mkdir()
+    with pytest.raises(config_mod.ConfigError, match="bad_shares or withhold or equivocate"):
+        coordinator.receipt_engine(SimpleNamespace(**{**vars(cfg), "data_dir": tmp_path / "x"}), coord, peers,
+                                   SimpleNamespace(key=None))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("behaviour", BYZANTINE_BEHAVIOURS)
