@@ -7,6 +7,12 @@ A thin trio layer over the pure cores (receipts, slots, roast, merkle). Roles, i
   locks durably, answers per receipt, plus a fresh nonce commitment) → the receipts locked by ≥ t members and
   a signer set that locked all of them (``slots.choose_batch``) → ROAST sessions of ``rc.sign`` requests until
   t valid shares aggregate → the batch event goes to the outbox (DA) and ``rc.final`` to every peer.
+* **one round when it can**: FROST lets a signer publish nonce commitments ahead of use. Each lock reply may carry
+  a *spare* commitment offered to that proposer for a later batch; a proposer holding spares from t − 1 peers
+  names a signer set in its ``rc.lock`` (the spares plus a fresh commitment of its own), and each named peer that
+  locks every receipt of the batch answers with its signature share in the lock reply. t valid shares: signed in
+  one round trip. Anything less (a refusal, a restarted peer that forgot its spare, a bad share — named and
+  excluded) falls back to the ROAST sessions below with the commitments the lock replies carried anyway.
 * **signer**: answers ``rc.lock`` and ``rc.sign``. A share is released only for a batch whose every receipt
   this member has locked to exactly that receipt (the lock table is durable before the reply leaves). Secret
   nonces live in memory only, each bound to the proposer and batch it was offered to, used once, then gone;
@@ -38,7 +44,7 @@ from consensus.dkg import assign_identifiers
 from consensus.lockstore import CLOSED_CONFLICT, CLOSED_REJECTED, LockStore, LockTableBroken
 from consensus.roast import Outcome, RoastTracker, Session
 from consensus.slots import Decision, Verdict, choose_batch
-from protocol.envelope import Message, Registry, is_bytes, is_int, is_list, is_str
+from protocol.envelope import Message, Registry, is_bytes, is_int, is_list, is_str, optional
 
 log = logging.getLogger("dsdn.receipts")
 LOCK, LOCK_REPLY = "rc.lock", "rc.lock.reply"
@@ -55,16 +61,23 @@ MAX_QUEUED = 8192  # receipts waiting for a batch; beyond that a submission is r
 NOT_YET_RETRY_S = 0.5
 NOT_YET_GIVE_UP_S = 30.0
 BLAME_S = 60.0  # a signer proven to have sent a bad share is left out of signer sets this long
+SPARES = 2  # spare commitments a proposer keeps per peer for the one-round path
 RunBlocking = Callable[..., Awaitable[Any]]
 
 
 def register(registry: Registry) -> None:
     wire = is_bytes(max_len=rc.MAX_RECEIPT_BYTES + 64)
     point = is_bytes(32)
-    registry.register(LOCK, {"batch": is_bytes(BATCH_ID_SIZE), "receipts": is_list(wire, MAX_BATCH)})
+    registry.register(LOCK, {"batch": is_bytes(BATCH_ID_SIZE), "receipts": is_list(wire, MAX_BATCH),
+                             # the one-round path: the signer set and its commitments; a spare wanted for later
+                             "fast_signers": optional(is_bytes(max_len=255)),
+                             "fast_hiding": optional(is_list(point, 255)),
+                             "fast_binding": optional(is_list(point, 255)),
+                             "spare": optional(is_int(0, 1))})
     registry.register(LOCK_REPLY, {"verdicts": is_bytes(max_len=MAX_BATCH), "conflicts": is_list(is_bytes(36),
                                    MAX_BATCH), "reasons": is_list(is_str(200), MAX_BATCH),
-                                   "commitment": is_list(point, 2)})
+                                   "commitment": is_list(point, 2),
+                                   "share": optional(is_bytes(max_len=32)), "spare": optional(is_list(point, 2))})
     registry.register(SIGN, {"batch": is_bytes(BATCH_ID_SIZE), "ids": is_bytes(max_len=32 * MAX_BATCH),
                              "session": is_int(0, 2**31), "signers": is_bytes(max_len=255),
                              "hiding": is_list(point, 255), "binding": is_list(point, 255)})
@@ -143,7 +156,7 @@ class Record:
 class _Nonce:
     nonces: tuple[bytes, bytes]
     peer: str
-    batch: bytes
+    batch: bytes | None  # None: a spare, offered to ``peer`` for any one later batch
 
 
 @dataclass
@@ -159,6 +172,7 @@ class Counters:
     takeovers: int = 0
     shares_released: int = 0
     sign_refused: int = 0
+    one_round: int = 0  # batches signed in the lock round, with spare commitments
 
     def as_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -206,6 +220,8 @@ class ReceiptService:
         self._retry: dict[bytes, float] = {}  # not-yet-valid receipts: id -> next try (monotonic)
         self._takeover_after: tuple[int, bytes, int] | None = None  # where the next takeover pass starts
         self._records_version = 0  # grows with every record added: receipt_ids' cache key
+        self._spares: dict[str, list[tuple[bytes, bytes]]] = {}  # peer -> commitments it offered us for later
+        self._lag: dict[str, float] = {}  # peer -> smoothed lock reply time (s): the one-round path asks the fastest
         self._sorted_ids: tuple[tuple[int, bytes | None, int], list[bytes]] | None = None
         self.latencies: list[float] = []  # seconds from first seen to final, the latest ones
         #: called at event time with (what, value): "batch_size" and "sign_seconds" of each batch signed here,
@@ -505,7 +521,7 @@ class ReceiptService:
             self._locked.popitem(last=False)
         return decisions
 
-    def _offer(self, peer: str, batch_id: bytes) -> tuple[bytes, bytes]:
+    def _offer(self, peer: str, batch_id: bytes | None) -> tuple[bytes, bytes]:
         key = self.keys.key
         assert key is not None
         nonces, commitment = frost.commit(key.secret_share, self.random_bytes(32), self.random_bytes(32))
@@ -541,13 +557,32 @@ class ReceiptService:
         peers = [p for p in self.net.up_peers() if p in self.identifier_of]
         got_all, enough = trio.Event(), trio.Event()
         replies = answered = 0
+        fast = self._fast_plan(key, peers, batch_id)  # the one-round path, when spares allow it
+        fast_shares: dict[int, bytes] = {}
 
         async def ask(peer: str) -> None:
             nonlocal replies, answered
+            ident = self.identifier_of[peer]
+            body: dict[str, Any] = {"batch": batch_id, "receipts": wires}
+            if fast is not None and ident in fast[0]:
+                body.update(fast[1])
+            if len(self._spares.get(peer, ())) < SPARES:
+                body["spare"] = 1
+            sent = trio.current_time()
             try:
-                msg = await self.net.request(peer, LOCK, {"batch": batch_id, "receipts": wires},
-                                             timeout_s=self.lock_timeout_s, expect=LOCK_REPLY)
+                msg = await self.net.request(peer, LOCK, body, timeout_s=self.lock_timeout_s, expect=LOCK_REPLY)
+                lag = trio.current_time() - sent
+                self._lag[peer] = 0.8 * self._lag.get(peer, lag) + 0.2 * lag
                 self._take_lock_reply(peer, msg.body, mine, accepted, refusals, commitments, conflicted_by)
+                share = msg.body.get("share") or b""
+                if fast is not None and ident in fast[0]:
+                    if len(share) == 32:
+                        fast_shares[ident] = share
+                    else:  # refused, or forgot its spares (restarted): they are of no use any more
+                        self._spares.pop(peer, None)
+                spare = msg.body.get("spare") or []
+                if len(spare) == 2:
+                    self._spares[peer] = [*self._spares.get(peer, []), (spare[0], spare[1])][-SPARES:]
                 answered += 1
                 if answered + 1 >= t:
                     enough.set()
@@ -567,13 +602,20 @@ class ReceiptService:
             if peers:
                 with trio.move_on_after(self.lock_timeout_s):
                     await enough.wait()
-                with trio.move_on_after(self.lock_grace_s):
-                    await got_all.wait()
+                if fast is None or len(fast_shares) < t - 1:
+                    with trio.move_on_after(self.lock_grace_s):
+                        await got_all.wait()
             nursery.cancel_scope.cancel()
+        t_peers = time.perf_counter()
+        if fast is not None and len(fast_shares) == t - 1:
+            signature = self._fast_sign(key, batch_id, fast, fast_shares, mine)
+            if signature is not None:
+                self.counters.one_round += 1
+                await self._signed(key, mine, signature, tuple(sorted(fast[0])), (t_start, t_locked, t_peers))
+                return
         candidates = [r for r in batch if r.id in accepted[me]]
         if not candidates:
             return
-        t_peers = time.perf_counter()
         ids = [r.id for r in candidates]
         now = trio.current_time()
         accepted = {i: ok for i, ok in accepted.items()  # no commitment: cannot sign; proven liars: will not
@@ -601,6 +643,11 @@ class ReceiptService:
             for r in final:  # still locked everywhere: try again (a takeover would do it too)
                 self._retry[r.id] = trio.current_time() + NOT_YET_RETRY_S
             return
+        await self._signed(key, final, signature, signers, (t_start, t_locked, t_peers))
+
+    async def _signed(self, key: frost.KeyShare, final: list[rc.Receipt], signature: bytes, signers: tuple[int, ...],
+                      times: tuple[float, float, float]) -> None:
+        t_start, t_locked, t_peers = times
         t_signed = time.perf_counter()
         self._observe("batch_size", len(final))
         self._observe("sign_seconds", t_signed - t_peers)
@@ -608,6 +655,51 @@ class ReceiptService:
         log.debug("batch of %d signed: own lock %.1f ms, all locks %.1f ms, signing %.1f ms, publishing %.1f ms",
                   len(final), (t_locked - t_start) * 1000, (t_peers - t_start) * 1000, (t_signed - t_peers) * 1000,
                   (time.perf_counter() - t_signed) * 1000)
+
+    def _fast_plan(self, key: frost.KeyShare, peers: list[str], batch_id: bytes
+                   ) -> tuple[dict[int, tuple[bytes, bytes]], dict[str, Any]] | None:
+        """A signer set for the one-round path: this member (a fresh commitment) and the t − 1 quickest peers
+        holding a spare commitment for us, not proven liars; None when there are not enough."""
+        now = trio.current_time()
+        ready = sorted((p for p in peers if self._spares.get(p)
+                        and self._blamed_until.get(self.identifier_of[p], 0.0) <= now),
+                       key=lambda p: self._lag.get(p, 1.0))
+        if len(ready) < key.threshold - 1:
+            return None
+        chosen = {self.identifier_of[p]: self._spares[p].pop(0) for p in ready[:key.threshold - 1]}
+        chosen[key.identifier] = self._offer(self.my_id, batch_id)
+        order = sorted(chosen)
+        return chosen, {"fast_signers": bytes(order), "fast_hiding": [chosen[i][0] for i in order],
+                        "fast_binding": [chosen[i][1] for i in order]}
+
+    def _fast_sign(self, key: frost.KeyShare, batch_id: bytes,
+                   fast: tuple[dict[int, tuple[bytes, bytes]], dict[str, Any]], shares: dict[int, bytes],
+                   receipts: list[rc.Receipt]) -> bytes | None:
+        """Our own share, then aggregate and verify; a bad share names its signer (left out for BLAME_S)."""
+        chosen, fields = fast
+        own = self._fast_share(self.my_id, {"batch": batch_id, "signers": fields["fast_signers"],
+                                            "hiding": fields["fast_hiding"], "binding": fields["fast_binding"]},
+                               receipts)
+        if len(own) != 32:
+            return None
+        message = rc.batch_message(key.group_public_key, merkle.root([r.to_bytes() for r in receipts]),
+                                   len(receipts))
+        try:
+            return frost.aggregate_or_blame(chosen, message, key.group_public_key, {**shares, key.identifier: own},
+                                            key.verifying_shares)
+        except frost.InvalidShareError as exc:
+            for culprit in exc.culprits:
+                self._blame(culprit)
+        except frost.FrostError as exc:
+            log.warning("one-round signing failed: %s", exc)
+        return None
+
+    def _blame(self, culprit: int) -> None:
+        self._blamed_until[culprit] = trio.current_time() + BLAME_S
+        name = self.member_of.get(culprit, str(culprit))
+        self.counters.blamed[name] = self.counters.blamed.get(name, 0) + 1
+        self._spares.pop(name, None)
+        log.warning("signer %s sent an invalid signature share: excluded from this batch", name)
 
     def _take_own_decisions(self, decisions: list[Decision], mine: set[bytes],
                             refusals: dict[bytes, list[Decision]]) -> None:
@@ -704,10 +796,7 @@ class ReceiptService:
 
         def handle(out: Outcome) -> None:
             for culprit in out.blamed:
-                self._blamed_until[culprit] = trio.current_time() + BLAME_S
-                name = self.member_of.get(culprit, str(culprit))
-                self.counters.blamed[name] = self.counters.blamed.get(name, 0) + 1
-                log.warning("signer %s sent an invalid signature share: excluded from this batch", name)
+                self._blame(culprit)
             if out.signature is not None or tracker.stalled():
                 done.set()
             for session in out.start:
@@ -828,7 +917,22 @@ class ReceiptService:
         commitment: list[bytes] = []
         if self.keys.key is not None and any(v == Verdict.OK for v in verdicts):
             commitment = list(self._offer(peer, body["batch"]))
-        return {"verdicts": bytes(verdicts), "conflicts": conflicts, "reasons": reasons, "commitment": commitment}
+        share = b""
+        if body.get("fast_signers") is not None and valid and len(valid) == len(receipts) \
+                and all(v == Verdict.OK for v in verdicts):  # every receipt locked here: the one-round share
+            share = self._fast_share(peer, {"batch": body["batch"], "signers": body["fast_signers"],
+                                            "hiding": body.get("fast_hiding") or [],
+                                            "binding": body.get("fast_binding") or []}, valid)
+        spare = list(self._offer(peer, None)) if body.get("spare") and self.keys.key is not None else []
+        return {"verdicts": bytes(verdicts), "conflicts": conflicts, "reasons": reasons, "commitment": commitment,
+                "share": share, "spare": spare}
+
+    def _fast_share(self, peer: str, body: dict[str, Any], held: list[rc.Receipt]) -> bytes:
+        """A share for the one-round path (the same checks as an ``rc.sign``); empty when refused."""
+        reply = self._sign_share(peer, body, held)
+        if len(reply["commitment"]) == 2:  # the next-session commitment _sign_share offers: not needed here
+            self._nonces.pop(tuple(reply["commitment"]), None)  # type: ignore[call-overload]
+        return bytes(reply["share"]) if len(reply["share"]) == 32 else b""
 
     async def _on_sign(self, peer: str, body: dict[str, Any]) -> dict[str, Any]:
         ids = body["ids"]
@@ -863,7 +967,7 @@ class ReceiptService:
         commitments = {i: (d, e) for i, d, e in zip(signers, body["hiding"], body["binding"], strict=True)}
         mine = commitments[key.identifier]
         nonce = self._nonces.get(mine)
-        if nonce is None or nonce.peer != peer or nonce.batch != body["batch"]:
+        if nonce is None or nonce.peer != peer or nonce.batch not in (None, body["batch"]):
             return self._refuse("unknown or already used commitment")
         del self._nonces[mine]  # used at most once, whatever happens next
         root = merkle.root([r.to_bytes() for r in held])

@@ -57,8 +57,20 @@ def is_map(key: Checker, value: Checker, max_len: int = MAX_CONTAINER) -> Checke
     return lambda v: type(v) is dict and len(v) <= max_len and all(key(k) and value(x) for k, x in v.items())
 
 
+class _Optional:
+    """A field that may be absent (or None): newer senders add such fields without breaking older bodies."""
+
+    __slots__ = ("check",)
+
+    def __init__(self, check: Checker) -> None:
+        self.check = check
+
+    def __call__(self, value: Any) -> bool:
+        return value is None or self.check(value)
+
+
 def optional(check: Checker) -> Checker:
-    return lambda v: v is None or check(v)
+    return _Optional(check)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +99,11 @@ class Registry:
         schema = self._schemas.get(type_)
         if schema is None:
             raise ProtocolError(f"unknown message type {type_!r}")
-        if body.keys() != schema.keys():
+        if body.keys() != schema.keys() and (body.keys() - schema.keys() or any(
+                not isinstance(schema[k], _Optional) for k in schema.keys() - body.keys())):
             raise ProtocolError(f"{type_}: fields {sorted(body)} != {sorted(schema)}")
-        for name, check in schema.items():
-            if not check(body[name]):
+        for name, value in body.items():
+            if not schema[name](value):
                 raise ProtocolError(f"{type_}: bad field {name!r}")
 
     def encode(self, msg: Message) -> bytes:

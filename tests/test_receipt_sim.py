@@ -329,3 +329,72 @@ async def test_a_coordinator_restarted_after_acknowledging_still_answers_for_its
         assert await restarted.lookup_durable(cluster.receipt("n5", "obj5").id) is None
         assert a.id not in cluster.signed_ids() and not cluster.double_signed()
         nursery.cancel_scope.cancel()
+
+
+async def sign_one_by_one(cluster: SimCluster, proposer: str, receipts: list[rc.Receipt]) -> None:
+    for r in receipts:
+        cluster.service(proposer).submit(r)
+        await cluster.wait_final({r.id}, members={proposer})
+
+
+async def test_with_spare_commitments_a_batch_is_signed_in_the_lock_round(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """A lock reply carries a spare commitment for the proposer's next batch; with t − 1 of them the next rc.lock
+    names a signer set and each named peer answers with its share: no rc.sign round at all."""
+    cluster = SimCluster(tmp_path, 5, seed=41, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    receipts = [cluster.receipt(f"n{k % 6}", f"obj{k // 6}", proof=k) for k in range(8)]
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        proposer = cluster.service("c0")
+        await sign_one_by_one(cluster, "c0", receipts)
+        c = proposer.counters
+        assert c.batches == 8 and c.one_round == 7  # the first batch gathers the spares
+        assert c.sessions == 1  # only the first batch needed a ROAST session
+        await settle(cluster)
+        for r in receipts:
+            check_document(cluster.service("c3").lookup(r.id), cluster.group_key)  # type: ignore[arg-type]
+        assert len(cluster.roots()) == 1 and not cluster.double_signed()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_bad_share_in_the_lock_round_is_named_and_the_batch_still_signed(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    cluster = SimCluster(tmp_path, 4, seed=43, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    cluster.members["c2"].behaviour = "bad_shares"
+    receipts = [cluster.receipt(f"n{k % 6}", f"obj{k // 6}", proof=k) for k in range(6)]
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        await sign_one_by_one(cluster, "c0", receipts)
+        c = cluster.service("c0").counters
+        assert c.blamed == {"c2": c.blamed["c2"]} and c.blamed["c2"] >= 1
+        assert c.one_round >= 3  # once c2 is named, the one-round path goes on with c0, c1 and c3
+        await settle(cluster)
+        for r in receipts:
+            doc = cluster.service("c1").lookup(r.id)
+            assert doc is not None and "c2" not in doc["signers"]
+            check_document(doc, cluster.group_key)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_restarted_signer_forgot_its_spares_and_signing_falls_back(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    cluster = SimCluster(tmp_path, 4, seed=45, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    receipts = [cluster.receipt(f"n{k % 6}", f"obj{k // 6}", proof=k) for k in range(8)]
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        proposer = cluster.service("c0")
+        await sign_one_by_one(cluster, "c0", receipts[:3])
+        assert proposer.counters.one_round == 2 and all(proposer._spares.get(p) for p in ("c1", "c2", "c3"))
+        for member in ("c1", "c2", "c3"):  # every spare c0 holds is now unknown to its signer
+            cluster.crash(member)
+            await cluster.restart(member)
+        await trio.sleep(3)  # links back up
+        refused = sum(cluster.service(m).counters.sign_refused for m in ("c1", "c2", "c3"))
+        await sign_one_by_one(cluster, "c0", receipts[3:])
+        assert sum(cluster.service(m).counters.sign_refused for m in ("c1", "c2", "c3")) > refused
+        assert proposer.counters.one_round >= 5  # the batch after the restarts fell back; later ones did not
+        assert all(r.id in cluster.signed_ids() for r in receipts) and not cluster.double_signed()
+        nursery.cancel_scope.cancel()
