@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgpack
 import trio
@@ -24,6 +24,7 @@ import trio
 from node.state import State
 
 FILE = "snapshot.msgpack"
+WRITE_BATCH = 4 << 20  # encoded bytes handed to the writing thread at a time
 FORMAT = 4
 READABLE = (2, 3, 4)
 
@@ -36,8 +37,7 @@ class Snapshot:
 
 
 def pieces(snap: Snapshot) -> Iterator[bytes]:
-    """The encoding in pieces, each packed by its own short C call (see ``State.snapshot_pieces``): a thread
-    that writes them holds the GIL a few milliseconds at a time, never for the whole state."""
+    """The encoding in pieces, each a short, bounded amount of work (see ``State.snapshot_pieces``)."""
     packer = msgpack.Packer(use_bin_type=True)
     yield packer.pack_map_header(4)
     yield packer.pack("format") + packer.pack(FORMAT)
@@ -69,26 +69,49 @@ def load(data_dir: Path) -> Snapshot | None:
     return decode(path.read_bytes())
 
 
-def _write(path: Path, chunks: Iterator[bytes]) -> int:
-    tmp = path.with_suffix(".tmp")
-    size = 0
-    with open(tmp, "wb") as f:
-        for chunk in chunks:  # written as they are packed: the whole encoding is never joined in memory
-            f.write(chunk)
-            size += len(chunk)
+def _finish(f: BinaryIO, tail: list[bytes], tmp: Path, path: Path) -> None:
+    """Write the last pieces, fsync, move into place, fsync the directory (in a thread)."""
+    try:
+        f.writelines(tail)
         f.flush()
         os.fsync(f.fileno())
+    finally:
+        f.close()
     os.replace(tmp, path)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    return size
+
+
+def _discard(f: BinaryIO, tmp: Path) -> None:
+    f.close()
+    tmp.unlink(missing_ok=True)
 
 
 async def save(data_dir: Path, snap: Snapshot) -> int:
-    """Take a consistent cut in the caller's task (``State.frozen``, a shallow copy), then encode, write and
-    fsync it in a thread, in pieces, so a large state does not stall the event loop; return the size."""
+    """Write a snapshot atomically; return its size. The cut (``State.frozen``) is taken at once, in the
+    caller's task; the encoding runs on the event loop one short piece at a time, with a checkpoint after
+    each, and the file is written and fsynced in a thread, a few MiB at a time: however large the state,
+    no step holds the loop (or the GIL) for long. Cancelled, it leaves the previous snapshot in place."""
     cut = Snapshot(snap.state.frozen(), dict(snap.cursors), snap.outbox_seq)
-    return await trio.to_thread.run_sync(_write, data_dir / FILE, pieces(cut))
+    path = data_dir / FILE
+    tmp = path.with_suffix(".tmp")
+    f: BinaryIO = await trio.to_thread.run_sync(open, tmp, "wb")
+    size, batch, batch_size = 0, [], 0
+    try:
+        for piece in pieces(cut):
+            batch.append(piece)
+            batch_size += len(piece)
+            if batch_size >= WRITE_BATCH:
+                await trio.to_thread.run_sync(f.writelines, batch)
+                size, batch, batch_size = size + batch_size, [], 0
+            else:
+                await trio.lowlevel.checkpoint()
+        await trio.to_thread.run_sync(_finish, f, batch, tmp, path)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(_discard, f, tmp)
+        raise
+    return size + batch_size

@@ -57,7 +57,7 @@ RECENT_IDS = 1 << 16  # ids of the latest applied events kept for duplicate dete
 LAYOUT = 4  # the snapshot layout to_snapshot writes; from_snapshot also reads the earlier ones (no "layout")
 SHARDS = 32  # a key's shard: ord(its last character) % SHARDS (part of layout 4: snapshots keep the shards)
 _MASK = SHARDS - 1
-CHUNK = 4096  # list items packed per call when a snapshot is encoded in pieces (each call holds the GIL)
+CHUNK = 1024  # list items (recent ids) per piece of a snapshot's encoding: ~1-5 ms of work each at most
 _SAME = SAME  # what a register write returns when the register already holds exactly this version
 _TRUE = 0xC3  # msgpack's true: the last byte of the entry of a replica marked present
 _pack = msgpack.Packer(use_bin_type=True).pack
@@ -381,14 +381,34 @@ class State:
         }
 
     def snapshot_pieces(self) -> Iterator[bytes]:
-        """``msgpack.packb(self.to_snapshot())``, byte for byte, in pieces of at most ``CHUNK`` list items, so
-        a thread encoding a large state lets the event loop run between pieces (one C call holds the GIL)."""
-        snap = self.to_snapshot()
-        packer = msgpack.Packer(use_bin_type=True)  # not the module's: this runs in another thread
-        yield packer.pack_map_header(len(snap))
-        for key, value in snap.items():
-            yield packer.pack(key)
-            yield from _pack_pieces(packer, value, (key,))
+        """``msgpack.packb(self.to_snapshot())``, byte for byte, in pieces that each take a short, bounded
+        amount of work (at most ``CHUNK`` list items, built when the piece is asked for): an encoder can run
+        on the event loop with a checkpoint between pieces (see ``node.snapshot.save``), or in a thread."""
+        packer = msgpack.Packer(use_bin_type=True)  # not the module's: an encoder may run in another thread
+        pack = packer.pack
+        yield packer.pack_map_header(10)  # the keys of to_snapshot, in its order
+        yield pack("layout") + pack(LAYOUT)
+        nodes = list(self.nodes.items())
+        yield pack("nodes") + packer.pack_array_header(len(nodes))
+        for i in range(0, len(nodes), CHUNK):
+            yield b"".join([pack([k, list(v), list(r) if r is not None else None])
+                            for k, (v, r) in nodes[i : i + CHUNK]])
+        for name, tables in (("objects", self._objects), ("replicas", self._replicas)):
+            yield pack(name) + packer.pack_array_header(len(tables))
+            for table in tables:
+                yield packer.pack_array_header(2)
+                yield from _pack_list(packer, list(table))
+                yield from _pack_list(packer, list(table.values()))
+        yield pack("scheduler") + pack([list(self.scheduler[0]), list(self.scheduler[1])] if self.scheduler else None)
+        yield pack("applied") + pack(self._applied)
+        order = list(self._recent_order)  # oldest first, 32 bytes each, as one bin
+        yield pack("recent") + _bin_header(32 * len(order))
+        for i in range(0, len(order), CHUNK):
+            yield b"".join(order[i : i + CHUNK])
+        yield pack("max_hlc") + pack(list(self.max_hlc))
+        yield pack("acc") + pack((self._acc % _MOD).to_bytes(32, "big"))
+        yield pack("ledger")
+        yield from _pack_pieces(packer, self.ledger.to_snapshot(), ("ledger",))
 
     @classmethod
     def from_snapshot(cls, snap: dict[str, Any], recent_ids: int = RECENT_IDS) -> State:
@@ -447,10 +467,19 @@ class State:
 _HEALED, _OBJECT, _MISSING = ev.REPLICA_HEALED, ev.OBJECT_REGISTERED, ev.REPLICA_MISSING
 
 
+def _pack_list(packer: msgpack.Packer, items: list[Any]) -> Iterator[bytes]:
+    """``packer.pack(items)`` in pieces of CHUNK items (each chunk's own array header stripped)."""
+    if len(items) <= CHUNK:
+        yield packer.pack(items)
+        return
+    yield packer.pack_array_header(len(items))
+    for i in range(0, len(items), CHUNK):
+        yield packer.pack(items[i : i + CHUNK])[_array_header_size(min(CHUNK, len(items) - i)) :]
+
+
 def _pack_pieces(packer: msgpack.Packer, value: Any, path: tuple[str, ...]) -> Iterator[bytes]:
-    """``packer.pack(value)`` in pieces: maps and short lists of lists are opened here, long lists packed
-    CHUNK items at a time (each chunk's own array header stripped: the whole list has one), and the
-    ledger's batches (up to MAX_BIN bytes each) one at a time."""
+    """``packer.pack(value)`` in pieces (the ledger's snapshot): maps and short lists of lists are opened
+    here, long lists packed CHUNK items at a time, the batches (up to MAX_BIN bytes each) one at a time."""
     if type(value) is dict:
         yield packer.pack_map_header(len(value))
         for k, v in value.items():
@@ -462,12 +491,17 @@ def _pack_pieces(packer: msgpack.Packer, value: Any, path: tuple[str, ...]) -> I
         yield packer.pack_array_header(len(value))
         for v in value:
             yield from _pack_pieces(packer, v, (*path, "[]"))
-    elif len(value) > CHUNK:
-        yield packer.pack_array_header(len(value))
-        for i in range(0, len(value), CHUNK):
-            yield packer.pack(value[i : i + CHUNK])[_array_header_size(min(CHUNK, len(value) - i)) :]
     else:
-        yield packer.pack(value)
+        yield from _pack_list(packer, value)
+
+
+def _bin_header(n: int) -> bytes:
+    """msgpack's header of a bin of ``n`` bytes (what ``pack(bytes(n))`` starts with)."""
+    if n < 1 << 8:
+        return bytes((0xC4, n))
+    if n < 1 << 16:
+        return b"\xc5" + n.to_bytes(2, "big")
+    return b"\xc6" + n.to_bytes(4, "big")
 
 
 def _array_header_size(n: int) -> int:

@@ -190,6 +190,10 @@ def test_a_restored_snapshot_is_the_replayed_state_and_stays_in_step(events: lis
 def test_the_encoding_in_pieces_is_msgpack_of_the_snapshot(events: list[ev.Event],
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(state_mod, "CHUNK", 7)  # every long list is split, at every header size
+    for n in (0, 1, 7, 9, 2100):  # and the recent ids' bin at each of its header sizes
+        small = State()
+        small.apply_all(events[:n])
+        assert b"".join(small.snapshot_pieces()) == msgpack.packb(small.to_snapshot(), use_bin_type=True)
     s = State()
     s.apply_all(events)
     pieces = list(s.snapshot_pieces())
