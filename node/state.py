@@ -164,9 +164,9 @@ class State:
             if self._shared:
                 self._own(SHARDS + shard)
             table = self._replicas[shard]
-            held = table.get(obj)
-            if held is None:
-                table[obj] = (self._names.setdefault(node_id, node_id), entry)
+            first = (node_id, entry)
+            held = table.setdefault(obj, first)  # one lookup for an object's first replica register
+            if held is first:
                 self._acc += _from_bytes(_sha256(entry).digest(), "big")
                 wrote = True
             else:
@@ -178,9 +178,8 @@ class State:
             if self._shared:
                 self._own(shard)
             table = self._objects[shard]
-            old = table.get(obj)
-            if old is None:
-                table[obj] = entry
+            old = table.setdefault(obj, entry)  # one lookup for a new register
+            if old is entry:
                 self._acc += _from_bytes(_sha256(entry).digest(), "big")
                 wrote = True
             else:
