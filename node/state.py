@@ -112,9 +112,10 @@ class State:
         self.scheduler: tuple[Version, Weights] | None = None
         self._names: dict[str, str] = {}  # node ids held in replica tuples, one string object each
         self._recent_cap = recent_ids
-        # ids of the last `recent_ids` events applied (duplicate detection)
-        self._recent: set[bytes] | frozenset[bytes] = set()
-        self._recent_order: deque[bytes] = deque()  # the same ids, oldest first
+        # ids of the last `recent_ids` events applied (duplicate detection), oldest first; a cut has a tuple
+        self._recent_order: deque[bytes] | tuple[bytes, ...] = deque(maxlen=recent_ids)
+        self._recent: set[bytes] | None = None  # the same ids as a set, kept only while lookups need it
+        self._recent_idle = 0  # events applied since the set was last looked up
         self._applied = 0
         self._live_nodes = 0
         self.membership_epoch = 0  # bumps whenever a node's visible record changes (placement cache key)
@@ -188,16 +189,35 @@ class State:
             wrote = self._handlers[kind]((wall, counter, origin, eid), f)
         # A write (True) proves the event new: a register never goes back to an older version. _SAME proves it
         # applied before. Only an event that lost to a later version needs the recent-id cache.
-        if wrote is not True and (wrote == _SAME or eid in self._recent):
+        if wrote is not True and (wrote == _SAME or self._recently_applied(eid)):
             return False
-        recent = self._recent  # _remember, inlined: this is the hot path of a rebuild
-        recent.add(eid)  # type: ignore[union-attr]  # a frozen cut has a frozenset: it takes no events
-        order = self._recent_order
-        order.append(eid)
-        if len(order) > self._recent_cap:
-            recent.discard(order.popleft())  # type: ignore[union-attr]
+        if self._recent is None:
+            self._recent_order.append(eid)  # type: ignore[union-attr]  # (a cut's tuple takes no events)
+        else:
+            self._remember(eid)
         self._applied += 1
         return True
+
+    def _recently_applied(self, eid: bytes) -> bool:
+        """Whether ``eid`` is among the last ``recent_ids`` applied. The set is built on the first lookup and
+        kept in step while lookups keep coming: a rebuild whose events all win their registers never needs
+        it, and pays one deque append per event."""
+        if self._recent is None:
+            self._recent = set(self._recent_order)
+        self._recent_idle = 0
+        return eid in self._recent
+
+    def _remember(self, eid: bytes) -> None:
+        recent, order = self._recent, self._recent_order
+        assert recent is not None and type(order) is deque
+        if order and len(order) == self._recent_cap:
+            recent.discard(order[0])  # the ids in the deque are distinct: a counted event was not among them
+        order.append(eid)
+        if self._recent_cap:
+            recent.add(eid)
+        self._recent_idle += 1
+        if self._recent_idle > 2 * self._recent_cap:  # no lookup for a while: stop keeping the set
+            self._recent = None
 
     def apply_all(self, items: Iterable[ev.Event]) -> int:
         return sum(1 for e in items if self.apply(e))
@@ -351,14 +371,13 @@ class State:
     def frozen(self) -> State:
         """A cut that later events do not change, taken in microseconds plus the small tables' copies: the
         object and replica shards are shared, and the live state copies each before writing to it again.
-        Encode it in a thread; it is for reading, not for applying events (its recent-id set is frozen)."""
+        Encode it in pieces; it is for reading, not for applying events (its recent ids are a tuple)."""
         copy = State(self._recent_cap)
         copy._objects, copy._replicas = list(self._objects), list(self._replicas)
         self._shared = copy._shared = set(range(2 * SHARDS))
         copy.nodes = self.nodes.copy()
         copy.scheduler, copy.max_hlc, copy._acc = self.scheduler, self.max_hlc, self._acc
-        # the ids in order, not their set: a snapshot holds only their order
-        copy._recent, copy._recent_order, copy._applied = frozenset(), self._recent_order.copy(), self._applied
+        copy._recent_order, copy._applied = tuple(self._recent_order), self._applied  # a tuple: no events
         copy._live_nodes, copy.membership_epoch = self._live_nodes, self.membership_epoch
         copy.ledger = self.ledger.copy(copy._rehash)
         return copy
@@ -433,7 +452,7 @@ class State:
         if "recent" in snap:
             recent = bytes(snap["recent"])
             ids = [recent[i : i + 32] for i in range(max(0, len(recent) - 32 * recent_ids), len(recent), 32)]
-            st._recent, st._recent_order = set(ids), deque(ids)
+            st._recent_order = deque(ids, maxlen=recent_ids)
             st._applied = int(snap["applied"])
         else:
             st._applied = len(snap["seen"]) // 8

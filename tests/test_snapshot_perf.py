@@ -271,3 +271,32 @@ async def test_saving_a_snapshot_lets_the_event_loop_run(tmp_path: Path, events:
     assert ticks > 0 and size == (tmp_path / snapshot.FILE).stat().st_size
     back = snapshot.load(tmp_path)
     assert back is not None and back.state.root() == root and view(back.state) == view(s)
+
+
+@pytest.mark.parametrize("cap", [0, 1, 3, 8])
+def test_the_count_follows_the_last_ids_exactly_while_the_id_set_comes_and_goes(cap: int) -> None:
+    # A model of the previous algorithm: an event among the last `cap` counted is a duplicate; otherwise a
+    # register holding exactly its version makes it one; anything else (a win or a loss) is counted.
+    rng = random.Random(cap)
+    pool = [make_event(ev.OBJECT_REGISTERED, (rng.randrange(40), 0), "c0", hash=f"h{rng.randrange(6)}", size=1)
+            for _ in range(60)]
+    fresh = iter(range(10**6))
+    s = State(recent_ids=cap)
+    last: list[bytes] = []
+    registers: dict[str, tuple[Any, ...]] = {}
+    expected = 0
+    for step in range(3000):
+        if rng.random() < 0.5:  # runs of new registers: no lookups, the set is dropped, later rebuilt
+            e = make_event(ev.OBJECT_REGISTERED, (100 + step, 0), "c0", hash=f"new{next(fresh)}", size=1)
+        else:
+            e = rng.choice(pool)
+        version = (e.wall, e.counter, e.origin, e.id)
+        current = registers.get(e.fields[0])
+        counted = e.id not in last and current != version
+        if counted:
+            expected += 1
+            last = [*last, e.id][-cap:] if cap else []
+            if current is None or version > current:
+                registers[e.fields[0]] = version
+        assert s.apply(e) is counted, step
+    assert s.events_applied == expected
