@@ -16,7 +16,8 @@ so a seed replays exactly. After the last fault heals, a client resubmits what i
 
 Keys: in a seeded fraction of the runs (``DKG_FRACTION``; ``--dkg all|none`` overrides) the members start
 without a key and run the real DKG (consensus/dkg_service.py) under the seed's message faults plus a crash and
-restart of a member while it runs; the receipts then get signed with the key it produced. Those runs also check
+restart of a member while it runs (at a random moment, or right after its key share is durable and before its
+confirmation leaves); the receipts then get signed with the key it produced. Those runs also check
 liveness — after the heal, the DKG completes on every honest member within the bound — and convergence — every
 honest member holds the same group key. The other runs start from a seeded dealt key (cheaper: the DKG roughly
 doubles a seed's cost, and ``make test`` runs 1,000 seeds).
@@ -58,7 +59,7 @@ DKG_MODES = ("seeded", "all", "none")
 @dataclass
 class Fault:
     at: float
-    kind: str  # crash | crash_after_lock | partition | cut | slow | da_outage
+    kind: str  # crash | crash_after_lock | crash_after_dkg_share | partition | cut | slow | da_outage
     members: tuple[str, ...]
     duration: float
 
@@ -172,9 +173,12 @@ def make_plan(seed: int, nodes: int | None = None, receipts: int | None = None,
             members = ()
         faults.append(Fault(at, kind, members, duration))
     da_lag = rng.choice([0.1, 0.2, 0.5, 1.0])
-    if with_dkg:  # a member crashes while the DKG runs (it starts once every member is connected, ~0.2 s in)
+    if with_dkg:  # a member crashes while the DKG runs (it starts once every member is connected, ~0.2 s in):
+        # at a random moment, or right after its key share of the session is durable, before its confirmation leaves
         dkg_rng = random.Random(seed ^ 0xD1C0_FA17)
-        faults.append(Fault(dkg_rng.uniform(0.1, 2.5), "crash", (dkg_rng.choice(honest),), dkg_rng.uniform(0.3, 4)))
+        kind = dkg_rng.choice(["crash", "crash_after_dkg_share"])
+        at = dkg_rng.uniform(0.1, 2.5) if kind == "crash" else 0.0
+        faults.append(Fault(at, kind, (dkg_rng.choice(honest),), dkg_rng.uniform(0.3, 4)))
     plan = Plan(seed, n, byzantine, skew, drop, duplicate, delay, da_lag, work, conflicts, late_at,
                 sorted(faults, key=lambda f: f.at), with_dkg)
     for m, behaviour in byzantine.items():
@@ -287,6 +291,22 @@ async def inject(cluster: SimCluster, f: Fault) -> None:
 
             store.lock_batch = then_crash  # type: ignore[method-assign]
             cluster.traps.append((store, original))  # disarmed at the heal if it has not gone off
+    elif f.kind == "crash_after_dkg_share":
+        m = cluster.members[f.members[0]]
+        service = m.dkg
+        if m.up and service is not None and service.key is None:
+            store = service._store_pending
+
+            async def then_crash_dkg(session: Any) -> None:
+                await store(session)  # the pending key share and the journal are durable
+                service._store_pending = store  # type: ignore[method-assign]
+                if m.up and m.dkg is service:
+                    cluster.crash(m.id)  # before the confirmation it guards leaves
+                    assert cluster.nursery is not None
+                    cluster.nursery.start_soon(_restart_later, cluster, m.id, f.duration)
+
+            service._store_pending = then_crash_dkg  # type: ignore[method-assign]
+            cluster.dkg_traps.append((service, store))
     elif f.kind == "partition":
         cluster.net.partition(set(f.members), set(cluster.members) - set(f.members))
         cluster.nursery.start_soon(_later, f.duration, cluster.net.heal)
@@ -316,6 +336,9 @@ async def heal(cluster: SimCluster) -> None:
     for store, original in cluster.traps:
         store.lock_batch = original  # type: ignore[method-assign]
     cluster.traps.clear()
+    for service, store in cluster.dkg_traps:
+        service._store_pending = store  # type: ignore[method-assign]
+    cluster.dkg_traps.clear()
     cluster.net.heal()
     cluster.net.cuts.clear()
     cluster.net.slow.clear()

@@ -39,7 +39,7 @@ from deploy.receipt_view import StateLedgerView
 from node import events as ev
 from node.state import State
 from protocol.envelope import Registry
-from protocol.simnet import SimNetwork
+from protocol.simnet import SimNetwork, SimNode
 
 NOW = 1_800_000_000.0 + 1800  # the wall clock every member reads at the start (mid-epoch), in seconds
 EPOCH = int(NOW // 3600) + 1
@@ -79,6 +79,18 @@ class SimDkgService(DkgService):
             dkg_service.os = saved
 
 
+class _Incarnation(SimNode):
+    """A member's links for one run of it: once it crashed (another incarnation replaced it, or none is
+    registered), nothing it still tries to send leaves — a handler that was running when the crash came and goes
+    on until its next checkpoint, or a request handler running in the network's nursery, is a dead process."""
+
+    def send(self, peer_id: str, type_: str, body: dict[str, Any], *, id_: int | None = None,
+             re: int | None = None) -> bool:
+        if self.net.nodes.get(self.my_id) is not self:
+            return False
+        return super().send(peer_id, type_, body, id_=id_, re=re)
+
+
 class FaultNet(SimNetwork):
     """The simulated network plus one-way cuts (``cut(a, b)``: a cannot reach b) and slow members."""
 
@@ -86,6 +98,11 @@ class FaultNet(SimNetwork):
         super().__init__(registry, seed, **options)
         self.cuts: set[tuple[str, str]] = set()
         self.slow: dict[str, float] = {}  # member -> extra delay on every message to or from it
+
+    def add(self, node_id: str) -> SimNode:
+        node = self.nodes[node_id] = _Incarnation(self, node_id)
+        node.dispatcher.nursery = self._nursery
+        return node
 
     def reachable(self, a: str, b: str) -> bool:
         return super().reachable(a, b) and (a, b) not in self.cuts
@@ -183,6 +200,8 @@ class SimCluster:
         self.observed = Observed()
         self.conflicts: list[tuple[rc.Receipt, rc.Receipt]] = []  # pairs of receipts for one slot
         self.traps: list[tuple[LockStore, Any]] = []  # armed crash-after-lock faults: (store, its real lock_batch)
+        self.dkg_traps: list[tuple[DkgService, Any]] = []  # armed crash-after-DKG-share faults: (service, its real
+        #                                                    _store_pending)
 
     # ---- ledger set-up: nodes with keys, objects with replicas, the same on every member ------------
 
