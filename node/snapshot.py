@@ -12,6 +12,8 @@ from them) are still read; a coordinator that only knows 2 and 3 refuses format 
 
 from __future__ import annotations
 
+import gc
+import mmap
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,22 +53,33 @@ def encode(snap: Snapshot) -> bytes:
     return b"".join(pieces(snap))
 
 
-def decode(data: bytes) -> Snapshot:
-    # use_list=False: the replica tuples of layout 4 come out as the tuples the state keeps
-    obj: dict[str, Any] = msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=False)
-    if type(obj) is not dict or obj.get("format") not in READABLE:
-        raise ValueError(f"unsupported snapshot format {obj.get('format') if type(obj) is dict else None!r}")
-    if obj["format"] == FORMAT and obj["state"].get("layout") != 4:
-        raise ValueError("snapshot format 4 without state layout 4")
-    cursors = {str(k): int(v) for k, v in obj["cursors"].items()}
-    return Snapshot(State.from_snapshot(obj["state"]), cursors, int(obj["outbox_seq"]))
+def decode(data: bytes | mmap.mmap) -> Snapshot:
+    # The collector is paused meanwhile: the decoding creates a tuple per replica holder, nothing cyclic, and
+    # a collection every few ten thousand of them would walk the growing heap again and again (the load took
+    # twice as long). use_list=False: the replica tuples of layout 4 come out as the tuples the state keeps.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        obj: dict[str, Any] = msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=False)
+        if type(obj) is not dict or obj.get("format") not in READABLE:
+            raise ValueError(f"unsupported snapshot format {obj.get('format') if type(obj) is dict else None!r}")
+        if obj["format"] == FORMAT and obj["state"].get("layout") != 4:
+            raise ValueError("snapshot format 4 without state layout 4")
+        cursors = {str(k): int(v) for k, v in obj["cursors"].items()}
+        return Snapshot(State.from_snapshot(obj["state"]), cursors, int(obj["outbox_seq"]))
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def load(data_dir: Path) -> Snapshot | None:
+    """The snapshot in ``data_dir`` (None if there is none), decoded straight from a read-only map of the
+    file; ValueError if it is unreadable (an empty file included)."""
     path = data_dir / FILE
     if not path.exists():
         return None
-    return decode(path.read_bytes())
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        return decode(data)
 
 
 def _finish(f: BinaryIO, tail: list[bytes], tmp: Path, path: Path) -> None:
