@@ -101,25 +101,25 @@ _CHECKS = {
 }
 
 
-def _compile_check(kind: str, schema: tuple[tuple[str, str], ...]) -> Callable[[list[Any]], bool]:
-    """The field check of one kind as one generated expression (decoding is the hot path of a rebuild): the
-    exact arity, the exact type of each field (bool is not int), then its bounds: str 1..MAX_STR characters,
-    int 0..MAX_U63, float finite, bin 1..MAX_BIN bytes."""
+def _compile_check(kind: str, schema: tuple[tuple[str, str], ...]) -> Callable[[list[Any]], tuple[Any, ...] | None]:
+    """The field check of one kind as generated code (decoding is the hot path of a rebuild): the exact
+    arity, the exact type of each field (bool is not int), then its bounds: str 1..MAX_STR characters, int
+    0..MAX_U63, float finite, bin 1..MAX_BIN bytes. Returns the fields as a tuple, or None."""
     names = [f"f{i}" for i in range(len(schema))]
     types = " and ".join(f"type({n}) is {_TYPES[t]}" for n, (_, t) in zip(names, schema, strict=True))
     bounds = " and ".join(_CHECKS[t].format(v=n) for n, (_, t) in zip(names, schema, strict=True))
     unpack = f"{', '.join(names)}, = fields" if names else ""
     source = (f"def check_{kind.replace('.', '_')}(fields):\n"
-              f"    if len(fields) != {len(schema)}:\n        return False\n"
+              f"    if len(fields) != {len(schema)}:\n        return None\n"
               f"    {unpack}\n"
-              f"    return {types} and {bounds}\n")
+              f"    return ({', '.join(names)},) if {types} and {bounds} else None\n")
     scope: dict[str, Any] = {"MAX_STR": MAX_STR, "MAX_U63": MAX_U63, "MAX_BIN": MAX_BIN, "_isfinite": math.isfinite}
     exec(compile(source, f"<event check {kind}>", "exec"), scope)  # the source is built from SCHEMAS alone
     return scope[f"check_{kind.replace('.', '_')}"]  # type: ignore[no-any-return]
 
 
 # kind -> (the kind's own string, so events carry one shared object per kind; its field check)
-_RULES: dict[str, tuple[str, Callable[[list[Any]], bool]]] = {
+_RULES: dict[str, tuple[str, Callable[[list[Any]], tuple[Any, ...] | None]]] = {
     kind: (kind, _compile_check(kind, schema)) for kind, schema in SCHEMAS.items()
 }
 _sha256 = hashlib.sha256
@@ -152,6 +152,7 @@ def decode_event(raw: bytes) -> Event:
         raise EventDecodeError("bad hybrid logical clock timestamp")
     if not (type(origin) is str and 0 < len(origin) <= MAX_STR):
         raise EventDecodeError("bad origin")
-    if type(fields) is not list or not rule[1](fields):
+    checked = rule[1](fields) if type(fields) is list else None
+    if checked is None:
         raise EventDecodeError(f"{kind}: bad fields {fields!r}; expected {SCHEMAS[kind]}")
-    return _new_event(Event, (rule[0], wall, counter, origin, tuple(fields), raw, _sha256(raw).digest()))  # type: ignore[no-any-return]
+    return _new_event(Event, (rule[0], wall, counter, origin, checked, raw, _sha256(raw).digest()))  # type: ignore[no-any-return]
