@@ -4,10 +4,11 @@ A snapshot lets a restart skip replaying DA from height 0. It is only an optimis
 snapshot (an empty data dir) the state is rebuilt from DA alone. Its size follows the registers, not
 the number of events ever applied.
 
-Format 4 (state layout 4, see ``State.to_snapshot``): objects and replicas as flat columns of their stored
-register entries plus the state root's accumulator, so a restore is one msgpack call and a few dict builds,
-with no register decoded or hashed again. Formats 2 and 3 (registers as nested lists, the root recomputed
-from them) are still read; a coordinator that only knows 2 and 3 refuses format 4 and rebuilds from DA.
+Format 4 (state layout 4, see ``State.to_snapshot``): objects and replicas as flat columns (per shard) of
+their stored register entries plus the state root's accumulator, so a restore is one msgpack call and a
+few dict builds, with no register decoded or hashed again. Formats 2 and 3 (registers as nested lists, the
+root recomputed from them) are still read; a coordinator that only knows 2 and 3 refuses format 4 (its
+``decode`` raises) and rebuilds from DA. ``save`` never holds the event loop for long: see there.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def decode(data: bytes | mmap.mmap) -> Snapshot:
         obj: dict[str, Any] = msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=False)
         if type(obj) is not dict or obj.get("format") not in READABLE:
             raise ValueError(f"unsupported snapshot format {obj.get('format') if type(obj) is dict else None!r}")
-        if obj["format"] == FORMAT and obj["state"].get("layout") != 4:
+        if type(obj.get("state")) is not dict or (obj["format"] == FORMAT and obj["state"].get("layout") != 4):
             raise ValueError("snapshot format 4 without state layout 4")
         cursors = {str(k): int(v) for k, v in obj["cursors"].items()}
         return Snapshot(State.from_snapshot(obj["state"]), cursors, int(obj["outbox_seq"]))

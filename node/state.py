@@ -15,6 +15,8 @@ duplicates need no unbounded record: ``apply`` recognises one when its register 
 version, or when its full 32-byte id is among the last ``RECENT_IDS`` applied (a bounded cache kept in
 snapshots). ``events_applied`` counts the events that were not recognised as duplicates: exact unless a
 superseded event comes back after ``RECENT_IDS`` newer ones; the state and its root never depend on it.
+The cache is consulted only for an event that lost to a later version (a write proves an event new, an
+exact version proves it old), so its set is built on demand and dropped when unused.
 
 ``root()`` is an incremental set hash: the sum, mod 2^256, of the SHA-256 of each register's canonical
 encoding (key, version, value), hashed once more. It changes with every register write in O(1), so a
