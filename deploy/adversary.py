@@ -17,6 +17,8 @@ import trio
 
 from consensus import frost, merkle
 from consensus import receipts as rc
+from consensus.dkg import DkgParticipant, Outgoing
+from consensus.dkg_messages import Round2
 from consensus.receipt_service import FINAL, LOCK, LOCK_REPLY, SIGN, SIGN_REPLY
 from consensus.slots import Decision, Verdict
 
@@ -137,6 +139,22 @@ def corrupt_signer(service: ReceiptService, behaviour: str) -> None:
         return reply
 
     service._sign_share = lying  # type: ignore[method-assign]
+
+
+class GarblingDealer(DkgParticipant):
+    """A DKG participant that deals one other participant (the one with the smallest identifier) a share that does
+    not decrypt, in every session: the victim proves it (revealing the pair's key) and the others leave the dealer
+    out of the next session. Deterministic (the garbled box is the real one with every byte flipped), so a
+    simulated run replays."""
+
+    def _advance(self) -> None:
+        super()._advance()
+        target = min(i for i in self.participants if i != self.identifier)
+        for k, out in enumerate(self._outbox):
+            m = out.message
+            if isinstance(m, Round2) and m.recipient == target:
+                bad = Round2(self.session_id, self.identifier, m.recipient, bytes(b ^ 0xFF for b in m.box))
+                self._outbox[k] = Outgoing(out.to, self._sign(bad))
 
 
 class Adversary:

@@ -349,11 +349,9 @@ async def heal(cluster: SimCluster) -> None:
 
 
 def check_safety(plan: Plan, cluster: SimCluster, records: list[Any], outcome: Outcome) -> None:
-    key = cluster.group_key
-    if key is None:  # no DKG key anywhere: nothing can have been signed (the liveness checker reports it)
-        if cluster.signed_ids() or any(r.document is not None for r in records):
-            outcome.safety.append("receipts signed while no honest member holds a group key")
-        return
+    key = cluster.group_key  # None: no honest member has a key (the DKG did not complete: a liveness violation)
+    if key is None and (cluster.signed_ids() or any(r.document is not None for r in records)):
+        outcome.safety.append("receipts signed while no honest member holds a group key")
     signed: dict[tuple[str, str, str, int], set[bytes]] = {}
     for m in cluster.members.values():
         for slot, ids in m.state.ledger.by_slot.items():
@@ -361,17 +359,18 @@ def check_safety(plan: Plan, cluster: SimCluster, records: list[Any], outcome: O
         for batch in m.state.ledger.batches.values():
             raws = [raw for raw, _ in batch.wires]
             root = bytes.fromhex(batch.root)
-            if merkle.root(raws) != root or not rc_verify(key, root, len(raws), bytes.fromhex(batch.signature)):
+            if key is None or merkle.root(raws) != root or not rc_verify(key, root, len(raws),
+                                                                         bytes.fromhex(batch.signature)):
                 outcome.safety.append(f"a batch on {m.id} does not verify under the group key")
     for record in records:
         doc = record.document
         if doc is not None:
-            valid, reason = rc.verify_document(doc, key)
+            valid, reason = rc.verify_document(doc, key) if key is not None else (False, "no group key")
             if not valid:
                 outcome.safety.append(f"a document given to a client does not verify: {reason}")
             signed.setdefault(record.receipt.slot, set()).add(record.receipt.id)
     for receipts, root, signature in cluster.observed.adversary_signatures:
-        if rc_verify(key, root, len(receipts), signature):
+        if key is not None and rc_verify(key, root, len(receipts), signature):
             for r in receipts:
                 signed.setdefault(r.slot, set()).add(r.id)
     for slot, ids in signed.items():
@@ -388,6 +387,10 @@ def check_safety(plan: Plan, cluster: SimCluster, records: list[Any], outcome: O
         honest_blamed = {name for name in m.service.counters.blamed if cluster.members[name].behaviour is None}
         if honest_blamed and m.behaviour is None:
             outcome.safety.append(f"{m.id} blamed honest member(s) {sorted(honest_blamed)}")
+        if m.dkg is not None and m.behaviour is None:
+            left_out = {m.dkg.name(i) for i in m.dkg.proofs}
+            if any(cluster.members[name].behaviour is None for name in left_out):
+                outcome.safety.append(f"{m.id} left honest member(s) out of the DKG: {sorted(left_out)}")
 
 
 def rc_verify(key: bytes, root: bytes, size: int, signature: bytes) -> bool:

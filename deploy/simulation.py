@@ -28,13 +28,13 @@ import trio
 
 from consensus import dkg_service, frost
 from consensus import receipts as rc
-from consensus.dkg import assign_identifiers
+from consensus.dkg import DkgParticipant, assign_identifiers
 from consensus.dkg_service import DkgService
 from consensus.group import L, serialize_scalar
 from consensus.lockstore import LockStore
 from consensus.receipt_service import ReceiptService, register
 from consensus.slots import Decision, Verdict
-from deploy.adversary import SIGNER_BEHAVIOURS, Adversary, corrupt_signer, equivocate_batches
+from deploy.adversary import SIGNER_BEHAVIOURS, Adversary, GarblingDealer, corrupt_signer, equivocate_batches
 from deploy.receipt_view import StateLedgerView
 from node import events as ev
 from node.state import State
@@ -245,8 +245,9 @@ class SimCluster:
         node = self.net.add(m.id)
         node.dispatcher.nursery = self.net._nursery
         if self.dkg:  # a new DKG service on every (re)start: it resumes from its key store and journal
+            dealer = GarblingDealer if m.behaviour == "bad_shares" else DkgParticipant  # bad shares in the DKG too
             m.dkg = SimDkgService(node, m.identity, self.member_keys, self.tmp / f"{m.id}.keyshare",
-                                  timeout_s=self.dkg_timeout_s, run_blocking=inline)
+                                  timeout_s=self.dkg_timeout_s, run_blocking=inline, participant_class=dealer)
             m.dkg.session_rng = random.Random(self.rng.getrandbits(64))
             m.keys = m.dkg
         m.locks = LockStore(self.tmp / f"{m.id}.locks.sqlite", expect_existing=m.locks is not None)

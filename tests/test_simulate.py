@@ -2,7 +2,7 @@
 range and one that changes with every run, printed; a seeded quarter of them run the real DKG first, under the
 seed's message faults and a crash of a member while it runs), exact replay of a seed, and planted bugs it must
 catch — the slot-lock check disabled, a nonce commitment reused, share verification skipped, the DKG never
-started, members adopting different group keys."""
+started, an honest member left out of the DKG, members adopting different group keys."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from consensus import dkg_service, frost, lockstore, roast
+from consensus.dkg import DkgParticipant
 from consensus.dkg_service import DkgService
 from consensus.receipt_service import ReceiptService
 from consensus.slots import Decision, Verdict
@@ -97,6 +98,22 @@ def test_a_dkg_that_never_starts_is_caught(monkeypatch: pytest.MonkeyPatch) -> N
     seed, violations = first_violation(20, dkg="all")
     print(f"DKG never started: caught at seed {seed}: {violations[0]}")
     assert any(v.startswith("liveness: the DKG did not complete") for v in violations)
+
+
+def test_an_honest_member_left_out_of_the_dkg_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planted bug: share decryption fails on a valid share (in the participant with the largest identifier, for
+    the dealer with the smallest), so an honest member complains falsely, is proven a liar and left out."""
+    decrypt = DkgParticipant._decrypt_share
+
+    def broken(self: DkgParticipant, m: Any, key: bytes, commitment: tuple[bytes, ...]) -> int | None:
+        if self.identifier == max(self.participants) and m.sender == min(self.participants):
+            return None
+        return decrypt(self, m, key, commitment)
+
+    monkeypatch.setattr(DkgParticipant, "_decrypt_share", broken)
+    seed, violations = first_violation(20, dkg="all")
+    print(f"honest member left out of the DKG: caught at seed {seed}: {violations[0]}")
+    assert any("left honest member(s) out of the DKG" in v for v in violations)
 
 
 def test_members_with_different_group_keys_are_caught(monkeypatch: pytest.MonkeyPatch) -> None:
