@@ -244,8 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         with Clock() as save:
             written, stall = trio.run(ticking, lambda: snapshot.save(snap_dir, snap))
         _, idle_stall = trio.run(ticking, None, save.wall)
-        say(f"snapshot.save (cut on the loop, encode + write + fsync in a thread): {written / 2**20:.1f} MiB in "
-            f"{save.wall * 1000:,.0f} ms; longest event-loop stall meanwhile {stall * 1000:,.1f} ms (an idle loop, "
+        say(f"snapshot.save (cut, then encoding on the loop in pieces with checkpoints, writes and fsync in a "
+            f"thread): {written / 2**20:.1f} MiB in {save.wall * 1000:,.0f} ms; longest event-loop stall "
+            f"meanwhile {stall * 1000:,.1f} ms (an idle loop, "
             f"same duration: {idle_stall * 1000:,.1f} ms)")
         gc.collect()
         with Clock() as restore:
