@@ -580,6 +580,8 @@ class ReceiptService:
                         fast_shares[ident] = share
                     else:  # refused, or forgot its spares (restarted): they are of no use any more
                         self._spares.pop(peer, None)
+                        if accepted.get(ident) == {r.id for r in mine}:  # locked it all, yet no share: withheld?
+                            self._penalize(peer)
                 spare = msg.body.get("spare") or []
                 if len(spare) == 2:
                     self._spares[peer] = [*self._spares.get(peer, []), (spare[0], spare[1])][-SPARES:]
@@ -693,6 +695,11 @@ class ReceiptService:
         except frost.FrostError as exc:
             log.warning("one-round signing failed: %s", exc)
         return None
+
+    def _penalize(self, peer: str) -> None:
+        """A peer that let a share request go unanswered is asked last for a while (its lag decays with every
+        lock reply it sends)."""
+        self._lag[peer] = self._lag.get(peer, 0.0) + 1.0
 
     def _blame(self, culprit: int) -> None:
         self._blamed_until[culprit] = trio.current_time() + BLAME_S
@@ -819,6 +826,7 @@ class ReceiptService:
                     msg = await self.net.request(peer, SIGN, body, timeout_s=self.sign_timeout_s, expect=SIGN_REPLY)
                     reply = msg.body
                 except TimeoutError:
+                    self._penalize(peer)
                     handle(tracker.forget(ident))
                     return
             share = reply["share"] if len(reply["share"]) == 32 else None
@@ -831,9 +839,12 @@ class ReceiptService:
                                    commitment))  # type: ignore[arg-type]
 
         async with trio.open_nursery() as nursery:
-            for ident, commitment in commitments.items():
+            # the first session takes the first t ready signers: the responsive ones first, a member that lately
+            # let a share request time out (crashed, paused, withholding) last
+            for ident in sorted(commitments, key=lambda i: 0.0 if i == key.identifier
+                                else self._lag.get(self.member_of[i], 1.0)):
                 if ident in signer_set:
-                    handle(tracker.add_commitment(ident, commitment))
+                    handle(tracker.add_commitment(ident, commitments[ident]))
             with trio.move_on_after(self.batch_deadline_s):
                 while not done.is_set():  # patience: a new session only when the live ones are slow
                     with trio.move_on_after(self.sign_patience_s):

@@ -398,3 +398,23 @@ async def test_a_restarted_signer_forgot_its_spares_and_signing_falls_back(
         assert proposer.counters.one_round >= 5  # the batch after the restarts fell back; later ones did not
         assert all(r.id in cluster.signed_ids() for r in receipts) and not cluster.double_signed()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_withholding_signer_is_asked_last_so_batches_keep_their_one_round(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """c3 locks everything and never releases a share (nor answers rc.sign): each time it costs a batch its one
+    round, or a session its patience, it goes to the back of the line, and the batches after it sign in one round
+    with c0, c1 and c2."""
+    cluster = SimCluster(tmp_path, 4, seed=47, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    cluster.members["c3"].behaviour = "withhold"
+    receipts = [cluster.receipt(f"n{k % 6}", f"obj{k // 6}", proof=k) for k in range(10)]
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        started = trio.current_time()
+        await sign_one_by_one(cluster, "c0", receipts)
+        c = cluster.service("c0").counters
+        print(f"one round {c.one_round}/{c.batches}, sessions {c.sessions}, {trio.current_time() - started:.2f}s")
+        assert c.batches == 10 and c.one_round >= 7 and c.sessions <= 4
+        assert all(r.id in cluster.signed_ids() for r in receipts) and not cluster.double_signed()
+        nursery.cancel_scope.cancel()
