@@ -112,7 +112,6 @@ class State:
         self._replicas: list[dict[str, tuple[Any, ...]]] = [{} for _ in range(SHARDS)]
         self._shared: set[int] = set()  # shards a cut still holds (objects 0.., replicas SHARDS..): copy first
         self.scheduler: tuple[Version, Weights] | None = None
-        self._names: dict[str, str] = {}  # node ids held in replica tuples, one string object each
         self._recent_cap = recent_ids
         # ids of the last `recent_ids` events applied (duplicate detection), oldest first; a cut has a tuple
         self._recent_order: deque[bytes] | tuple[bytes, ...] = deque(maxlen=recent_ids)
@@ -170,6 +169,10 @@ class State:
             first = (node_id, entry)
             held = table.setdefault(obj, first)  # one lookup for an object's first replica register
             if held is first:
+                self._acc += _from_bytes(_sha256(entry).digest(), "big")
+                wrote = True
+            elif node_id not in held[::2]:  # another node's replica of this object
+                table[obj] = (*held, node_id, entry)
                 self._acc += _from_bytes(_sha256(entry).digest(), "big")
                 wrote = True
             else:
@@ -289,7 +292,7 @@ class State:
         table = self._replicas[shard]
         held = table.get(obj)
         if held is None:
-            table[obj] = (self._names.setdefault(node_id, node_id), entry)
+            table[obj] = (node_id, entry)
             self._acc += _hash(entry)
             return True
         return self._replace_replica(table, held, obj, node_id, version, entry)
@@ -301,7 +304,7 @@ class State:
             if held[at] == node_id:
                 break
         else:
-            table[obj] = (*held, self._names.setdefault(node_id, node_id), entry)
+            table[obj] = (*held, node_id, entry)
             self._acc += _hash(entry)
             return True
         old = held[at + 1]
