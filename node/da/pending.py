@@ -205,14 +205,7 @@ class PendingStore:
         return await self._call(read)
 
     async def mark_reconciled(self, blob_id: str, primary: BlobRef) -> None:
-        def update() -> int:
-            return self._db.execute(
-                "UPDATE fallback_blobs SET reconciled_ms = ?, primary_height = ?, primary_commitment = ?, "
-                "last_error = NULL WHERE blob_id = ? AND reconciled_ms IS NULL",
-                (_now(), primary.height, primary.commitment, blob_id)).rowcount
-
-        changed = await self._call(update)
-        self.pending_count -= changed
+        await self.mark_reconciled_many([(blob_id, primary)])
 
     async def mark_reconciled_many(self, done: Sequence[tuple[str, BlobRef]]) -> None:
         """``mark_reconciled`` for several blobs, in one transaction (one fsync)."""
