@@ -556,12 +556,20 @@ class ReceiptService:
         wires = [r.to_wire() for r in mine]
         peers = [p for p in self.net.up_peers() if p in self.identifier_of]
         got_all, enough = trio.Event(), trio.Event()
-        replies = answered = 0
+        replies = 0
+        answered: set[int] = set()
         fast = self._fast_plan(key, peers, batch_id)  # the one-round path, when spares allow it
         fast_shares: dict[int, bytes] = {}
+        fast_signature: bytes | None = None
+        fast_waiting = set(fast[0]) - {me} if fast is not None else set()
+        fast_replied = trio.Event()  # every peer of the one-round set answered (or gave up)
+
+        def usable() -> int:  # this member and the peers that answered, proven liars left out
+            now = trio.current_time()
+            return 1 + sum(self._blamed_until.get(i, 0.0) <= now for i in answered)
 
         async def ask(peer: str) -> None:
-            nonlocal replies, answered
+            nonlocal replies, enough
             ident = self.identifier_of[peer]
             body: dict[str, Any] = {"batch": batch_id, "receipts": wires}
             if fast is not None and ident in fast[0]:
@@ -585,8 +593,8 @@ class ReceiptService:
                 spare = msg.body.get("spare") or []
                 if len(spare) == 2:
                     self._spares[peer] = [*self._spares.get(peer, []), (spare[0], spare[1])][-SPARES:]
-                answered += 1
-                if answered + 1 >= t:
+                answered.add(ident)
+                if usable() >= t:
                     enough.set()
             except TimeoutError:
                 log.debug("no lock reply from %s", peer)
@@ -595,6 +603,9 @@ class ReceiptService:
                 if replies == len(peers):
                     got_all.set()
                     enough.set()
+                fast_waiting.discard(ident)
+                if not fast_waiting:
+                    fast_replied.set()
 
         # every peer's answer, or t answers and a short grace for the rest: a silent member (crashed, paused,
         # or withholding) must not cost every batch the whole lock timeout
@@ -602,19 +613,27 @@ class ReceiptService:
             for p in peers:
                 nursery.start_soon(ask, p)
             if peers:
-                with trio.move_on_after(self.lock_timeout_s):
+                deadline = trio.current_time() + self.lock_timeout_s
+                with trio.move_on_at(deadline):
                     await enough.wait()
-                if fast is None or len(fast_shares) < t - 1:
+                if fast is not None:
+                    with trio.move_on_after(self.lock_grace_s):
+                        await fast_replied.wait()
+                if fast is not None and len(fast_shares) == t - 1:
+                    fast_signature = self._fast_sign(key, batch_id, fast, fast_shares, mine)
+                    if fast_signature is None and usable() < t and not got_all.is_set():
+                        enough = trio.Event()  # a liar just named: wait for other answers to make up for it
+                        with trio.move_on_at(deadline):
+                            await enough.wait()
+                if fast_signature is None:
                     with trio.move_on_after(self.lock_grace_s):
                         await got_all.wait()
             nursery.cancel_scope.cancel()
         t_peers = time.perf_counter()
-        if fast is not None and len(fast_shares) == t - 1:
-            signature = self._fast_sign(key, batch_id, fast, fast_shares, mine)
-            if signature is not None:
-                self.counters.one_round += 1
-                await self._signed(key, mine, signature, tuple(sorted(fast[0])), (t_start, t_locked, t_peers))
-                return
+        if fast is not None and fast_signature is not None:
+            self.counters.one_round += 1
+            await self._signed(key, mine, fast_signature, tuple(sorted(fast[0])), (t_start, t_locked, t_peers))
+            return
         candidates = [r for r in batch if r.id in accepted[me]]
         if not candidates:
             return
