@@ -350,6 +350,8 @@ class _Collector:
                 ("dsdn_receipt_batches", "batches", "Batches proposed"),
                 ("dsdn_receipt_batches_failed", "batches_failed", "Batches that ended unsigned"),
                 ("dsdn_receipt_roast_sessions", "sessions", "ROAST signing sessions started"),
+                ("dsdn_receipt_one_round_batches", "one_round",
+                 "Batches signed in the lock round itself (with spare nonce commitments), no ROAST session"),
                 ("dsdn_receipt_takeovers", "takeovers", "Open locks re-proposed by this coordinator"),
                 ("dsdn_receipt_shares_released", "shares_released", "Signature shares released as a signer"),
                 ("dsdn_receipt_sign_refused", "sign_refused", "Signing requests refused as a signer")):

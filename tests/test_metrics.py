@@ -247,6 +247,7 @@ async def test_cluster_metrics_match_cluster_status_and_peers(
     assert value(m, "dsdn_receipt_conflicts_total") == r["conflicts"] >= 1
     assert value(m, "dsdn_receipt_batches_total") == r["batches"]
     assert value(m, "dsdn_receipt_roast_sessions_total") == r["sessions"] >= 1
+    assert value(m, "dsdn_receipt_one_round_batches_total") == r["one_round"]
     assert value(m, "dsdn_receipt_shares_released_total") == r["shares_released"]
     assert r["rejected"] and {k: v for k, v in r["rejected"].items()} == {
         dict(labels)["reason"]: v for labels, v in labelled(m, "dsdn_receipts_rejected_total").items()}
