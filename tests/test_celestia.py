@@ -475,9 +475,12 @@ async def test_slow_mode_adds_latency(devnet: str) -> None:
             await hasty.head()
     await admin(devnet, "ok")
     async with make_client(devnet) as da:
-        start = trio.current_time()
-        await da.head()
-        assert trio.current_time() - start < 0.25
+        took = []
+        for _ in range(3):  # the quickest of three: a loaded machine may stall one call, not the added latency
+            start = trio.current_time()
+            await da.head()
+            took.append(trio.current_time() - start)
+        assert min(took) < 0.25
 
 
 async def test_admin_routes_need_the_token_and_validate(devnet: str) -> None:
