@@ -209,21 +209,22 @@ class PendingStore:
 
     async def mark_reconciled_many(self, done: Sequence[tuple[str, BlobRef]]) -> None:
         """``mark_reconciled`` for several blobs, in one transaction (one fsync)."""
+        changed = await self._resolve_many(
+            "UPDATE fallback_blobs SET reconciled_ms = ?, primary_height = ?, primary_commitment = ?, "
+            "last_error = NULL WHERE blob_id = ? AND reconciled_ms IS NULL", done)
+        self.pending_count -= changed
+
+    async def _resolve_many(self, sql: str, done: Sequence[tuple[str, BlobRef]]) -> int:
+        """Run ``sql`` (now, height, commitment, blob id) for each blob, in one transaction; how many rows
+        changed. (The caller subtracts it after the await: ``x -= await`` would read ``x`` before it.)"""
         def update() -> int:
             now = _now()
-            changed = 0
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
-                for blob_id, primary in done:
-                    changed += self._db.execute(
-                        "UPDATE fallback_blobs SET reconciled_ms = ?, primary_height = ?, primary_commitment = ?, "
-                        "last_error = NULL WHERE blob_id = ? AND reconciled_ms IS NULL",
-                        (now, primary.height, primary.commitment, blob_id)).rowcount
-            return changed
+                return sum(self._db.execute(sql, (now, primary.height, primary.commitment, blob_id)).rowcount
+                           for blob_id, primary in done)
 
-        if done:
-            changed = await self._call(update)  # not ``-= await``: that reads the count before the await
-            self.pending_count -= changed
+        return await self._call(update) if done else 0
 
     async def mark_failed(self, blob_id: str, error: str) -> None:
         await self.mark_failed_many([blob_id], error)
@@ -331,21 +332,10 @@ class PendingStore:
 
     async def mark_adopted_many(self, done: Sequence[tuple[str, BlobRef]]) -> None:
         """``mark_adopted`` for several foreign blobs, in one transaction."""
-        def update() -> int:
-            now = _now()
-            changed = 0
-            with self._db:
-                self._db.execute("BEGIN IMMEDIATE")
-                for blob_id, primary in done:
-                    changed += self._db.execute(
-                        "UPDATE foreign_blobs SET resolved_ms = ?, resolution = 'adopted', primary_height = ?, "
-                        "primary_commitment = ?, last_error = NULL WHERE blob_id = ? AND resolved_ms IS NULL",
-                        (now, primary.height, primary.commitment, blob_id)).rowcount
-            return changed
-
-        if done:
-            changed = await self._call(update)  # not ``-= await``: that reads the count before the await
-            self.foreign_waiting -= changed
+        changed = await self._resolve_many(
+            "UPDATE foreign_blobs SET resolved_ms = ?, resolution = 'adopted', primary_height = ?, "
+            "primary_commitment = ?, last_error = NULL WHERE blob_id = ? AND resolved_ms IS NULL", done)
+        self.foreign_waiting -= changed
 
     async def mark_foreign_failed(self, blob_id: str, error: str) -> None:
         await self.mark_foreign_failed_many([blob_id], error)
