@@ -579,7 +579,7 @@ async def test_a_pruned_height_is_an_error_not_an_empty_height(devnet: str) -> N
 async def test_probe_is_one_attempt_within_its_own_deadline(devnet: str) -> None:
     async with make_client(devnet, timeout_s=5.0, retry_count=3, retry_delay_s=0.05) as da:
         probed = await da.probe(1.0)  # the head: a block may land between the two calls
-        assert 1 <= probed <= await da.head() <= probed + 10  # 50 ms blocks: a loaded machine may see a few
+        assert probed >= 1 and probed <= await da.head() <= probed + 10  # 50 ms blocks: a loaded machine sees a few
         await admin(devnet, "slow", latency_ms=2000)
         start = trio.current_time()
         with pytest.raises(DATimeout, match="health check"):
