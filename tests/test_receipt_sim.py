@@ -58,6 +58,17 @@ async def test_receipts_sent_to_every_coordinator_are_all_signed(tmp_path: Path,
         nursery.cancel_scope.cancel()
 
 
+def answer_locks_late(cluster: SimCluster, member: str, delay: float = 0.05) -> None:
+    """``member`` answers every rc.lock ``delay`` seconds late (its handler otherwise unchanged)."""
+    lock = cluster.service(member)._on_lock
+
+    async def later(peer: str, body: dict) -> dict:
+        await trio.sleep(delay)
+        return await lock(peer, body)
+
+    cluster.net.nodes[member].on_request(LOCK, LOCK_REPLY, later)
+
+
 def distinct_receipt(cluster: SimCluster, k: int) -> rc.Receipt:
     """Receipt k of a workload whose slots all differ: (node, object) pairs, then the previous epoch."""
     return cluster.receipt(f"n{k % 6}", f"obj{(k // 6) % 6}", proof=k, epoch=EPOCH - (k // 36) % 2)
@@ -112,13 +123,7 @@ async def test_a_signer_sending_bad_shares_is_named_and_signing_completes(
 
         cluster.service(liar)._sign_share = lying_sign.__get__(cluster.service(liar))  # type: ignore[method-assign]
         for honest in ("c1", "c3"):  # they answer lock requests a little later, so the liar is always in the
-            service = cluster.service(honest)  # first session (ROAST takes the first t ready signers)
-
-            async def later(peer: str, body: dict, lock: object = service._on_lock) -> dict:
-                await trio.sleep(0.05)
-                return await lock(peer, body)  # type: ignore[operator]
-
-            cluster.net.nodes[honest].on_request(LOCK, LOCK_REPLY, later)
+            answer_locks_late(cluster, honest)  # first session (ROAST takes the first t ready signers)
         receipts = [cluster.receipt(f"n{k}", f"obj{k}") for k in range(4)]
         for r in receipts:
             cluster.service("c0").submit(r)
@@ -367,13 +372,7 @@ async def test_a_bad_share_in_the_lock_round_is_named_and_the_batch_still_signed
     receipts = [cluster.receipt(f"n{k % 6}", f"obj{k // 6}", proof=k) for k in range(6)]
     async with trio.open_nursery() as nursery:
         await cluster.start(nursery)
-        c3 = cluster.service("c3")
-
-        async def later(peer: str, body: dict, lock: object = c3._on_lock) -> dict:
-            await trio.sleep(0.05)  # c3 answers last, so the quickest two (the one-round set) hold the liar
-            return await lock(peer, body)  # type: ignore[operator]
-
-        cluster.net.nodes["c3"].on_request(LOCK, LOCK_REPLY, later)
+        answer_locks_late(cluster, "c3")  # c3 answers last, so the quickest two (the one-round set) hold the liar
         await sign_one_by_one(cluster, "c0", receipts)
         c = cluster.service("c0").counters
         assert c.blamed == {"c2": c.blamed["c2"]} and c.blamed["c2"] >= 1
