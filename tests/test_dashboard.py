@@ -39,7 +39,11 @@ def find_chromium() -> tuple[str | None, str]:
         return None, "chromium is not on PATH and installing it needs root (apt-get install -y chromium)"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
-        done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+        try:
+            done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False,
+                                  timeout=600)
+        except subprocess.TimeoutExpired:
+            return None, f"installing chromium timed out after 600 s ({' '.join(cmd)})"
         if done.returncode != 0:
             return None, f"installing chromium failed ({' '.join(cmd)}): {done.stderr.decode(errors='replace')[-500:]}"
     path = shutil.which("chromium")
