@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from typing import Any
 import httpx
 
 from bench._common import say, title, verdict
+from deploy.cluster import free_port
 
 CONNECTIONS = 32
 DURATION_S = 6
@@ -94,11 +94,6 @@ def find_wrk() -> str | None:
         wrk = shutil.which("wrk")
     return wrk
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:

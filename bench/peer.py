@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from trio_websocket import (
 )
 
 from bench._common import say, title, verdict
+from deploy.cluster import free_port
 from protocol.envelope import Message, Registry, is_bytes, is_int, is_str
 from protocol.handshake import Handshake
 from protocol.manager import Member, PeerManager
@@ -294,11 +294,6 @@ def report(res: Results) -> bool:
 
 # ---- processes ----------------------------------------------------------------------------------------
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

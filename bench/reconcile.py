@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ import nacl.signing
 import trio
 
 from bench._common import say, title
+from deploy.cluster import free_port
 from node.blob import encode_blob
 from node.config import Config, load
 from node.da.base import DALayer
@@ -68,11 +68,6 @@ def make_blobs(n: int, tag: bytes) -> list[bytes]:
         out.append(encode_blob(key, "coordinator-0", events))
     return out
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_devnet(tmp: Path, port: int) -> subprocess.Popen[bytes]:

@@ -55,14 +55,41 @@ class Member:
                 "env": self.env}
 
 
+def ephemeral_port_range() -> tuple[int, int]:
+    """The ports the kernel hands out to outgoing connections (Linux's default when unreadable)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_base_port(n: int) -> int:
     """A base port whose n coordinator ports, DA service ports (+100, +101) and peer ports (+200…) are free."""
+    return _free_ports((*range(n), 100, 101, *range(200, 200 + n)))
+
+
+def free_port() -> int:
+    """One free port for a server started later (outside the ephemeral range, like ``free_base_port``)."""
+    return _free_ports((0,))
+
+
+def _free_ports(offsets: tuple[int, ...]) -> int:
+    """A base port such that base + each offset is free now, chosen outside the ephemeral range: otherwise
+    any outgoing connection (a coordinator dialing a peer, a test's client) can take one of them between
+    this check and the server's bind (seen in CI: a coordinator of a test cluster could not start)."""
+    span = max(offsets) + 1
+    low, high = ephemeral_port_range()
+    choices = [(start, stop) for start, stop in ((10000, low - span), (high + 1, 65536 - span)) if stop > start]
+    if not choices:
+        raise RuntimeError(f"no port range outside the ephemeral range {low}-{high}")
+    start, stop = max(choices, key=lambda c: c[1] - c[0])
     for _ in range(100):
-        base = random.randrange(20000, 40000)
+        base = random.randrange(start, stop)
         try:
-            for port in (*range(base, base + n), base + 100, base + 101, *range(base + 200, base + 200 + n)):
+            for offset in offsets:
                 with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
+                    s.bind(("127.0.0.1", base + offset))
         except OSError:
             continue
         return base

@@ -123,17 +123,25 @@ async def serve_until_signalled(serve: Callable[..., Awaitable[Any]], what: str)
     logging.getLogger(f"dsdn.{what}").info("stopped cleanly")
 
 
+def leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    """The exceptions a (nested) exception group carries, without the groups: what to tell the user."""
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found += leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return found
+
+
 def run_process(prog: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
     """``trio.run(fn, *args)``; exit 2 for a corrupt key file or a setting found wrong at start, 1 when it
     cannot start (port taken, storage)."""
     try:
         trio.run(fn, *args)
     except* (KeyFileError, ConfigError) as group:
-        for exc in group.exceptions:
+        for exc in leaves(group):
             kind = "configuration error: " if isinstance(exc, ConfigError) else ""
             print(f"{prog}: {kind}{exc}", file=sys.stderr)
         sys.exit(2)
     except* (OSError, sqlite3.Error, RuntimeError) as group:
-        for exc in group.exceptions:
+        for exc in leaves(group):
             print(f"{prog}: cannot start: {exc}", file=sys.stderr)
         sys.exit(1)

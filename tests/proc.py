@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,11 +11,7 @@ from pathlib import Path
 import httpx
 import trio
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from deploy.cluster import free_port
 
 
 async def wait_http_ok(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0,

@@ -332,3 +332,17 @@ async def test_cluster_replicates_survives_outages_and_rebuilds(cluster: Cluster
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
+
+
+def test_cluster_ports_are_never_ones_the_kernel_gives_outgoing_connections() -> None:
+    """An outgoing connection's local port comes from the ephemeral range; a member port chosen there can be
+    taken between the check and the member's bind (seen in CI: a coordinator could not start)."""
+    from deploy.cluster import ephemeral_port_range, free_port
+
+    low, high = ephemeral_port_range()
+    assert all(not low <= free_port() <= high for _ in range(50))
+    for n in (1, 4, 7):
+        for _ in range(50):
+            base = free_base_port(n)
+            ports = [*range(base, base + n), base + 100, base + 101, *range(base + 200, base + 200 + n)]
+            assert all(not low <= port <= high for port in ports), (base, low, high)
