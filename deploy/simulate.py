@@ -1,10 +1,12 @@
 """``dsdn simulate``: seeded fault schedules against a simulated receipt-signing cluster, with checkers.
 
-A seed fixes everything: the cluster size (4..7), the byzantine members and their behaviour (within the fault
-budget n − t), clock skews, the network (loss, duplication, delay), the workload (receipts, conflicting pairs
-for one slot, receipts of a node registered on DA only later) and the fault schedule (crashes and restarts —
-also right after a durable lock write, before the share it guards —, symmetric and one-way partitions, a slow
-member, DA outages and lag). The run happens in one trio run under MockClock with deterministic scheduling,
+A seed fixes everything: the cluster size (4..7), the byzantine members and their behaviour (within the fault budget
+n − t), clock skews, the network (loss, duplication, delay), the workload (receipts, conflicting pairs for one slot,
+receipts of a node registered on DA only later) and the fault schedule (crashes and restarts — also right after a
+durable step, before what it guards leaves: a lock write and its share, an outbox commit and its acknowledgement, a
+blob on DA and the outbox's record of it —, symmetric and one-way partitions, a slow member, DA outages and
+inclusion lag). Every member runs a coordinator's real DA pipeline (outbox, publisher, consumer) over a shared
+in-memory DA (deploy/simulation.py). The run happens in one trio run under MockClock with deterministic scheduling,
 so a seed replays exactly. After the last fault heals, a client resubmits what is not final yet; then:
 
 * safety — never two signed receipts for one slot (member ledgers, documents, adversary signatures), every
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import os
 import random
 import sys
 import tempfile
@@ -39,6 +42,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import trio
@@ -47,7 +51,7 @@ import trio.testing
 from consensus import merkle
 from consensus import receipts as rc
 from consensus.receipt_service import Unavailable
-from deploy.simulation import EPOCH, SimCluster
+from deploy.simulation import EPOCH, IDLE_POLL_S, Member, SimCluster
 
 LIVENESS_BOUND_S = 90.0
 SETTLE_S = 4.0
@@ -59,7 +63,7 @@ DKG_MODES = ("seeded", "all", "none")
 @dataclass
 class Fault:
     at: float
-    kind: str  # crash | crash_after_lock | crash_after_dkg_share | partition | cut | slow | da_outage
+    kind: str  # crash | crash_after_{lock,dkg_share,commit,post} | partition | cut | slow | da_outage
     members: tuple[str, ...]
     duration: float
 
@@ -121,13 +125,20 @@ def uses_dkg(seed: int, mode: str = "seeded") -> bool:
     return random.Random(seed ^ 0xD1C0_5EED).random() < DKG_FRACTION
 
 
+def scratch_dir() -> str | None:
+    """Where the members' files go: memory-backed when the machine has it (a simulated crash keeps what was written
+    whether or not it reached the disk, so fsync only costs time), else the default temporary folder."""
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
 def make_plan(seed: int, nodes: int | None = None, receipts: int | None = None,
               dkg: str = "seeded") -> tuple[Plan, SimCluster]:
     """The plan for ``seed`` and the cluster it runs on (its members, nodes and receipts)."""
     rng = random.Random(seed)
     with_dkg = uses_dkg(seed, dkg)
     n = nodes or rng.choice([4, 5, 6, 7])
-    tmp = Path(tempfile.mkdtemp(prefix=f"dsdn-sim-{seed}-"))
+    tmp = Path(tempfile.mkdtemp(prefix=f"dsdn-sim-{seed}-", dir=scratch_dir()))
     drop = rng.choice([0.0, 0.0, 0.02, 0.05, 0.1])
     duplicate = rng.choice([0.0, 0.05, 0.2])
     delay = (0.0, rng.choice([0.005, 0.02, 0.1, 0.3]))
@@ -159,9 +170,10 @@ def make_plan(seed: int, nodes: int | None = None, receipts: int | None = None,
     cluster.conflicts = conflicts
     faults: list[Fault] = []
     for _ in range(rng.randint(0, 4)):
-        kind = rng.choice(["crash", "crash_after_lock", "partition", "cut", "slow", "da_outage"])
+        kind = rng.choice(["crash", "crash_after_lock", "crash_after_commit", "crash_after_post", "partition", "cut",
+                           "slow", "da_outage"])
         at, duration = rng.uniform(0, 5), rng.uniform(0.3, 4)
-        if kind in ("crash", "crash_after_lock"):
+        if kind == "crash" or kind in CRASH_AFTER:
             members: tuple[str, ...] = (rng.choice(honest),)
         elif kind == "partition":
             members = tuple(sorted(rng.sample(ids, rng.randint(1, n // 2))))
@@ -185,7 +197,7 @@ def make_plan(seed: int, nodes: int | None = None, receipts: int | None = None,
         cluster.members[m].behaviour = behaviour
     for m, s in skew.items():
         cluster.members[m].skew_s = s
-    cluster.da_lag = plan.da_lag
+    cluster.da.lag = plan.da_lag
     return plan, cluster
 
 
@@ -209,7 +221,7 @@ async def run_plan(plan: Plan, cluster: SimCluster) -> Outcome:
 
         async def post_late_node() -> None:
             await trio.sleep_until(t0 + plan.late_node_at)
-            cluster.da.extend(cluster.late_events)  # type: ignore[attr-defined]
+            await cluster.post_events(cluster.late_events)  # type: ignore[attr-defined]
 
         async with trio.open_nursery() as schedule:
             for at, member, receipt in plan.receipts:
@@ -249,11 +261,13 @@ async def run_plan(plan: Plan, cluster: SimCluster) -> Outcome:
                 outcome.liveness.append(f"{len(missing)} valid receipt(s) not final on {m.id} "
                                         f"{LIVENESS_BOUND_S:.0f}s after the heal; their records: {states}")
         await trio.sleep(SETTLE_S)
-        with trio.move_on_after(60):  # quiescence: no new DA event for two reads of every member's consumer
+        with trio.move_on_after(60):  # quiescence: nothing in flight, and nothing new for two idle reads
             while True:
-                posted = len(cluster.da)
-                await trio.sleep(2 * cluster.da_lag + 0.1)
-                if len(cluster.da) == posted:
+                while not cluster.quiet():
+                    await trio.sleep(0.1)
+                posted = cluster.da.posts
+                await trio.sleep(2 * IDLE_POLL_S)
+                if cluster.da.posts == posted and cluster.quiet():
                     break
         check_safety(plan, cluster, records, outcome)
         check_convergence(cluster, outcome)
@@ -262,9 +276,7 @@ async def run_plan(plan: Plan, cluster: SimCluster) -> Outcome:
             + [cluster.group_key or b""])).hexdigest()[:16]
         outcome.group_key, outcome.signed = cluster.group_key, len(cluster.signed_ids())
         nursery.cancel_scope.cancel()
-    for m in cluster.members.values():
-        if m.locks is not None:
-            m.locks.close()
+    cluster.close()
     return outcome
 
 
@@ -275,38 +287,10 @@ async def inject(cluster: SimCluster, f: Fault) -> None:
         if cluster.members[f.members[0]].up:
             cluster.crash(f.members[0])
             cluster.nursery.start_soon(_restart_later, cluster, f.members[0], f.duration)
-    elif f.kind == "crash_after_lock":
+    elif f.kind in CRASH_AFTER:
         m = cluster.members[f.members[0]]
-        if m.up and m.locks is not None:
-            store, original = m.locks, m.locks.lock_batch
-
-            def then_crash(*args: Any, **kwargs: Any) -> Any:
-                decisions = original(*args, **kwargs)  # durable: committed
-                store.lock_batch = original  # type: ignore[method-assign]
-                if m.up:
-                    cluster.crash(m.id)  # before any share it guards leaves
-                    assert cluster.nursery is not None
-                    cluster.nursery.start_soon(_restart_later, cluster, m.id, f.duration)
-                return decisions
-
-            store.lock_batch = then_crash  # type: ignore[method-assign]
-            cluster.traps.append((store, original))  # disarmed at the heal if it has not gone off
-    elif f.kind == "crash_after_dkg_share":
-        m = cluster.members[f.members[0]]
-        service = m.dkg
-        if m.up and service is not None and service.key is None:
-            store = service._store_pending
-
-            async def then_crash_dkg(session: Any) -> None:
-                await store(session)  # the pending key share and the journal are durable
-                service._store_pending = store  # type: ignore[method-assign]
-                if m.up and m.dkg is service:
-                    cluster.crash(m.id)  # before the confirmation it guards leaves
-                    assert cluster.nursery is not None
-                    cluster.nursery.start_soon(_restart_later, cluster, m.id, f.duration)
-
-            service._store_pending = then_crash_dkg  # type: ignore[method-assign]
-            cluster.dkg_traps.append((service, store))
+        if m.up:
+            CRASH_AFTER[f.kind](cluster, m, lambda: _crash_now(cluster, m.id, f.duration))
     elif f.kind == "partition":
         cluster.net.partition(set(f.members), set(cluster.members) - set(f.members))
         cluster.nursery.start_soon(_later, f.duration, cluster.net.heal)
@@ -318,7 +302,90 @@ async def inject(cluster: SimCluster, f: Fault) -> None:
         cluster.net.slow[f.members[0]] = 0.4
         cluster.nursery.start_soon(_later, f.duration, lambda: cluster.net.slow.pop(f.members[0], None))
     elif f.kind == "da_outage":
-        cluster.da_down_until = max(cluster.da_down_until, trio.current_time() - cluster.t0 + f.duration)
+        cluster.da.down_until = max(cluster.da.down_until, trio.current_time() + f.duration)
+
+
+def _crash_now(cluster: SimCluster, member: str, downtime: float) -> None:
+    """A trap went off: the member crashes at once (unless it is down already) and restarts after ``downtime``."""
+    if cluster.members[member].up:
+        cluster.crash(member)
+        assert cluster.nursery is not None
+        cluster.nursery.start_soon(_restart_later, cluster, member, downtime)
+
+
+# Crashes right after a durable step, before what it guards leaves the member. Each arms a trap on the member's
+# current incarnation (``crash``: call it after the step) and records how to disarm it at the heal.
+
+def _after_lock(cluster: SimCluster, m: Member, crash: Callable[[], None]) -> None:
+    """After a durable slot-lock write, before the share it guards is sent."""
+    store = m.locks
+    if store is None:
+        return
+    original = store.lock_batch
+
+    def then_crash(*args: Any, **kwargs: Any) -> Any:
+        decisions = original(*args, **kwargs)  # durable: committed
+        store.lock_batch = original  # type: ignore[method-assign]
+        crash()
+        return decisions
+
+    store.lock_batch = then_crash  # type: ignore[method-assign]
+    cluster.traps.append(lambda: setattr(store, "lock_batch", original))
+
+
+def _after_dkg_share(cluster: SimCluster, m: Member, crash: Callable[[], None]) -> None:
+    """After its DKG key share and journal are durable, before its confirmation leaves."""
+    service = m.dkg
+    if service is None or service.key is not None:
+        return
+    store = service._store_pending
+
+    async def then_crash(session: Any) -> None:
+        await store(session)
+        service._store_pending = store  # type: ignore[method-assign]
+        if m.dkg is service:
+            crash()
+
+    service._store_pending = then_crash  # type: ignore[method-assign]
+    cluster.traps.append(lambda: setattr(service, "_store_pending", store))
+
+
+def _after_commit(cluster: SimCluster, m: Member, crash: Callable[[], None]) -> None:
+    """After an outbox commit (the events are durable), before the writes it acknowledges are answered."""
+    outbox = m.outbox
+    if outbox is None:
+        return
+    original = outbox._on_commit
+
+    def then_crash(committed: Any) -> None:
+        original(committed)
+        outbox._on_commit = original
+        crash()
+
+    outbox._on_commit = then_crash
+    cluster.traps.append(lambda: setattr(outbox, "_on_commit", original))
+
+
+def _after_post(cluster: SimCluster, m: Member, crash: Callable[[], None]) -> None:
+    """After a blob is on DA, before the outbox records where it landed: the restarted member posts it again."""
+    publisher = m.publisher
+    if publisher is None:
+        return
+    da = publisher.da
+
+    async def post_then_crash(data: bytes) -> Any:
+        ref = await da.post(data)
+        publisher.da = da
+        crash()
+        return ref
+
+    publisher.da = SimpleNamespace(name=da.name, post=post_then_crash)  # type: ignore[assignment]
+    cluster.traps.append(lambda: setattr(publisher, "da", da))
+
+
+CRASH_AFTER: dict[str, Callable[[SimCluster, Member, Callable[[], None]], None]] = {
+    "crash_after_lock": _after_lock, "crash_after_dkg_share": _after_dkg_share,
+    "crash_after_commit": _after_commit, "crash_after_post": _after_post}
 
 
 async def _later(delay: float, undo: Callable[[], Any]) -> None:
@@ -333,16 +400,13 @@ async def _restart_later(cluster: SimCluster, member: str, delay: float) -> None
 
 
 async def heal(cluster: SimCluster) -> None:
-    for store, original in cluster.traps:
-        store.lock_batch = original  # type: ignore[method-assign]
+    for disarm in cluster.traps:
+        disarm()
     cluster.traps.clear()
-    for service, store in cluster.dkg_traps:
-        service._store_pending = store  # type: ignore[method-assign]
-    cluster.dkg_traps.clear()
     cluster.net.heal()
     cluster.net.cuts.clear()
     cluster.net.slow.clear()
-    cluster.da_down_until = 0.0
+    cluster.da.down_until = 0.0
     for m in cluster.members.values():
         if not m.up:
             await cluster.restart(m.id)

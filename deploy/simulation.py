@@ -1,9 +1,14 @@
 """A cluster of receipt engines in one trio run, for simulation (``dsdn simulate``) and the simulation tests.
 
-Each member runs the real ReceiptService, LockStore (SQLite in its own directory: a crash keeps exactly what
-was made durable), State and StateLedgerView, linked by a seeded ``FaultNet`` (protocol/simnet plus one-way
-cuts and slow members), with an in-memory DA log that every member's state follows (with a settable lag and
-outages). Everything waits with ``trio.sleep``, so it runs in virtual time under ``MockClock``. Byzantine
+Each member runs the real ReceiptService, LockStore, State and StateLedgerView, and the real DA pipeline of a
+coordinator: its events go to its durable Outbox (SQLite), its Publisher posts them as blobs signed by its
+identity to a shared in-memory DA (deploy/sim_da.py: outages and inclusion lag), and its Consumer follows that DA
+and verifies every blob's signer. Members are linked by a seeded ``FaultNet`` (protocol/simnet plus one-way cuts
+and slow members). Each member has its own files, so a crash keeps exactly what was made durable: a crash loses
+the member's memory (its State included) and a restart rebuilds it as a coordinator does without a snapshot —
+its outbox replayed, then DA read from the start. Every blocking call runs inline through the member's
+``run_blocking``, which refuses once the member crashed (nothing reaches its files after the crash). Everything
+waits with ``trio.sleep``, so it runs in virtual time under ``MockClock``. Byzantine
 behaviours plug in per member (bad or withheld shares, signing anything, equivocation, replays, forged
 replies); ``observe`` hooks record what safety checkers need (every share released, every signature made).
 
@@ -36,7 +41,13 @@ from consensus.receipt_service import ReceiptService, register
 from consensus.slots import Decision, Verdict
 from deploy.adversary import SIGNER_BEHAVIOURS, Adversary, GarblingDealer, corrupt_signer, equivocate_batches
 from deploy.receipt_view import StateLedgerView
+from deploy.sim_da import MemoryDA
 from node import events as ev
+from node.blob import encode_blob
+from node.consumer import Consumer
+from node.da.base import DAUnavailable
+from node.outbox import Outbox
+from node.publisher import Publisher
 from node.state import State
 from protocol.envelope import Registry
 from protocol.simnet import SimNetwork, SimNode
@@ -45,9 +56,18 @@ NOW = 1_800_000_000.0 + 1800  # the wall clock every member reads at the start (
 EPOCH = int(NOW // 3600) + 1
 
 
+BLOB_BYTES = 64 * 1024  # what a simulated member's publisher puts in one blob
+PUBLISH_INTERVAL_S = 0.05
+POLL_S, IDLE_POLL_S = 0.05, 0.4  # how often a member's consumer reads the DA (busy, idle)
+
+
 async def inline(fn: Callable[..., Any], *args: Any) -> Any:
     """Blocking calls run inline: a thread would let MockClock's virtual time jump while it runs."""
     return fn(*args)
+
+
+class MemberCrashed(Exception):
+    """A crashed member's task tried to reach its files (only a shielded one can: the others are cancelled)."""
 
 
 class _SeededOs:
@@ -150,6 +170,10 @@ class Member:
     behaviour: str | None = None  # None: honest; else a byzantine behaviour (see SimCluster.BEHAVIOURS)
     up: bool = False
     dkg: DkgService | None = None  # with SimCluster(dkg=True)
+    incarnation: int = 0  # bumped by a crash: what the previous run of the member still tries is refused
+    outbox: Outbox | None = None
+    publisher: Publisher | None = None
+    consumer: Consumer | None = None
 
 
 @dataclass
@@ -190,18 +214,15 @@ class SimCluster:
             self.dealt_key = dealt[1].group_public_key
         self.members = {by_key[identifiers[i]]: Member(by_key[identifiers[i]], identities[by_key[identifiers[i]]],
                                                        Keys(shares[i])) for i in identifiers}
-        self.da: list[bytes] = []  # the shared DA log: raw events in the order they were posted
-        self.da_lag = 0.2  # how often members' consumers read the log (seconds)
-        self.da_down_until = 0.0  # a DA outage: nothing is read before this time
+        self.da = MemoryDA()  # the shared DA: its outages and lag are set on it
+        self.ids = {key: m for m, key in self.member_keys.items()}
         self.nodes: dict[str, nacl.signing.SigningKey] = {}
         self.service_options: dict[str, Any] = {}
         self.nursery: trio.Nursery | None = None
         self.t0 = 0.0
         self.observed = Observed()
         self.conflicts: list[tuple[rc.Receipt, rc.Receipt]] = []  # pairs of receipts for one slot
-        self.traps: list[tuple[LockStore, Any]] = []  # armed crash-after-lock faults: (store, its real lock_batch)
-        self.dkg_traps: list[tuple[DkgService, Any]] = []  # armed crash-after-DKG-share faults: (service, its real
-        #                                                    _store_pending)
+        self.traps: list[Callable[[], None]] = []  # how to disarm each armed crash-after-a-durable-step fault
 
     # ---- ledger set-up: nodes with keys, objects with replicas, the same on every member ------------
 
@@ -219,10 +240,21 @@ class SimCluster:
             for k in range(nodes):
                 raws.append(ev.make_event(ev.REPLICA_HEALED, (3, o * nodes + k), "c0", hash=f"obj{o}",
                                           node_id=f"n{k}").raw)
-        self.da.extend(raws)
-        for m in self.members.values():
-            for raw in raws:
-                m.state.apply(ev.decode_event(raw))
+        self.da.preload(self.blob_of_c0(raws))  # already on DA when the members start: they read it first
+
+    def blob_of_c0(self, raws: list[bytes]) -> bytes:
+        """A blob of c0's events, signed by c0 (what c0's publisher would post)."""
+        return encode_blob(self.members["c0"].identity, "c0", raws)
+
+    async def post_events(self, raws: list[bytes]) -> None:
+        """Post c0's events to DA in one blob, retrying through an outage (an operator's write landing)."""
+        blob = self.blob_of_c0(raws)
+        while True:
+            try:
+                await self.da.post(blob)
+                return
+            except DAUnavailable:
+                await trio.sleep(0.1)
 
     def late_node(self, name: str) -> list[bytes]:
         """Events registering one more node with its key, holding obj0 and obj1 (posted to DA later)."""
@@ -241,31 +273,60 @@ class SimCluster:
 
     # ---- members -----------------------------------------------------------------------------------
 
+    def _blocking(self, m: Member) -> Callable[..., Any]:
+        """This incarnation's ``run_blocking``: inline, and refused once the member crashed."""
+        incarnation = m.incarnation
+
+        async def run_blocking(fn: Callable[..., Any], *args: Any) -> Any:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if m.incarnation != incarnation:
+                raise MemberCrashed(m.id)
+            return fn(*args)
+
+        return run_blocking
+
+    def _make_pipeline(self, m: Member) -> None:
+        """The member's state and DA pipeline, fresh as after a process start: outbox, publisher, consumer."""
+        m.state = State()
+        blocking = self._blocking(m)
+
+        def on_commit(committed: list[tuple[int, ev.Event]]) -> None:
+            for _, event in committed:
+                m.state.apply(event)
+
+        m.outbox = Outbox(self.tmp / f"{m.id}.outbox.sqlite", on_commit, run_blocking=blocking)
+        m.publisher = Publisher(m.outbox, self.da, m.identity, m.id, BLOB_BYTES, PUBLISH_INTERVAL_S,
+                                rng=random.Random(self.rng.getrandbits(64)))
+        m.consumer = Consumer(self.da, lambda event: m.state.apply(event), frozenset(self.member_keys.values()),
+                              member_ids=self.ids, poll_s=POLL_S, idle_poll_s=IDLE_POLL_S,
+                              rng=random.Random(self.rng.getrandbits(64)))
+
     def _make_service(self, m: Member) -> ReceiptService:
         node = self.net.add(m.id)
-        node.dispatcher.nursery = self.net._nursery
+        node.dispatcher.nursery = None  # requests are answered once the member runs (its nursery: see run())
+        blocking = self._blocking(m)
         if self.dkg:  # a new DKG service on every (re)start: it resumes from its key store and journal
             dealer = GarblingDealer if m.behaviour == "bad_shares" else DkgParticipant  # bad shares in the DKG too
             m.dkg = SimDkgService(node, m.identity, self.member_keys, self.tmp / f"{m.id}.keyshare",
-                                  timeout_s=self.dkg_timeout_s, run_blocking=inline, participant_class=dealer)
+                                  timeout_s=self.dkg_timeout_s, run_blocking=blocking, participant_class=dealer)
             m.dkg.session_rng = random.Random(self.rng.getrandbits(64))
             m.keys = m.dkg
         m.locks = LockStore(self.tmp / f"{m.id}.locks.sqlite", expect_existing=m.locks is not None)
 
         async def submit(kind: str, **fields: Any) -> ev.Event:
-            m.counter += 1
+            m.counter += 1  # survives a crash, as a hybrid logical clock following the wall clock would
             event = ev.make_event(kind, (int(NOW * 1000), m.counter), m.id, **fields)
-            self.da.append(event.raw)
-            m.state.apply(event)
+            assert m.outbox is not None
+            await m.outbox.append(event)  # durable, then applied (on_commit); the publisher takes it to DA
             return event
 
-        view = StateLedgerView(lambda: m.state, submit, m.state.apply, m.keys)
+        view = StateLedgerView(lambda: m.state, submit, lambda event: m.state.apply(event), m.keys)
         options = {"batch_wait_s": 0.002, "lock_timeout_s": 1.0, "sign_timeout_s": 1.0, "takeover_s": 3.0,
                    "batch_deadline_s": 5.0, **self.service_options}
         rng = random.Random(self.rng.getrandbits(64))
         service = ReceiptService(node, m.identity, self.member_keys, m.keys, view, m.locks,
                                  clock=lambda: NOW + m.skew_s + trio.current_time() - self.t0,
-                                 run_blocking=inline, random_bytes=rng.randbytes, **options)
+                                 run_blocking=blocking, random_bytes=rng.randbytes, **options)
         self._observe(m, service)
         if m.behaviour in SIGNER_BEHAVIOURS:
             corrupt_signer(service, m.behaviour)  # before it runs: run() registers its handlers
@@ -291,26 +352,39 @@ class SimCluster:
         self.nursery = nursery
         self.t0 = trio.current_time()  # the members' wall clock reads NOW at the start, then follows trio's
         await nursery.start(self.net.run)
-        nursery.start_soon(self._follow_da)
         for m in self.members.values():
             await self.start_member(m.id)
+        for m in self.members.values():  # ready, as a coordinator is, once it has read what DA holds
+            assert m.consumer is not None
+            await m.consumer.caught_up.wait()
 
     async def start_member(self, member_id: str) -> None:
         assert self.nursery is not None
         m = self.members[member_id]
+        self._make_pipeline(m)
         m.service = self._make_service(m)
 
         async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-            with trio.CancelScope() as scope:
-                m.scope = scope
-                assert m.service is not None
-                async with trio.open_nursery() as inner:
-                    if m.dkg is not None:
-                        await inner.start(m.dkg.run)  # loads a stored key before the receipt engine starts
-                    await inner.start(m.service.run)
-                    if m.behaviour is not None:
-                        self._misbehave(m, inner)
-                    task_status.started()
+            assert m.outbox is not None and m.publisher is not None and m.consumer is not None
+            try:
+                with trio.CancelScope() as scope:
+                    m.scope = scope
+                    assert m.service is not None
+                    for _, raw in await m.outbox.since(0):  # acknowledged writes, published or not
+                        m.state.apply(ev.decode_event(raw))
+                    async with trio.open_nursery() as inner:
+                        self.net.nodes[m.id].dispatcher.nursery = inner  # a crash ends the requests it serves
+                        await inner.start(m.outbox.run)
+                        await inner.start(m.publisher.run)
+                        await inner.start(m.consumer.run)
+                        if m.dkg is not None:
+                            await inner.start(m.dkg.run)  # loads a stored key before the receipt engine starts
+                        await inner.start(m.service.run)
+                        if m.behaviour is not None:
+                            self._misbehave(m, inner)
+                        task_status.started()
+            except* MemberCrashed:
+                pass  # a shielded step of the dead incarnation (an outbox commit) found its files gone
 
         await self.nursery.start(run)
         m.up = True
@@ -319,30 +393,17 @@ class SimCluster:
         """Stop a member at once: its tasks end, its memory (nonces, queue) is gone, its lock table stays."""
         m = self.members[member_id]
         assert m.scope is not None
+        m.incarnation += 1
         m.scope.cancel()
         m.up = False
         self.net.nodes.pop(m.id, None)  # messages to it go nowhere until it restarts
         if m.locks is not None:
             m.locks.close()
+        if m.outbox is not None:
+            m.outbox.close()
 
     async def restart(self, member_id: str) -> None:
         await self.start_member(member_id)
-
-    async def _follow_da(self) -> None:
-        """Every member's consumer: apply what DA holds (each member in its own random order: the state machine
-        converges whatever the order)."""
-        seen: dict[str, int] = {}
-        while True:
-            await trio.sleep(self.da_lag)
-            if trio.current_time() - self.t0 < self.da_down_until:
-                continue
-            for m in self.members.values():
-                fresh = self.da[seen.get(m.id, 0):]
-                seen[m.id] = len(self.da)
-                order = list(fresh)
-                self.rng.shuffle(order)
-                for raw in order:
-                    m.state.apply(ev.decode_event(raw))
 
     # ---- byzantine behaviours --------------------------------------------------------------------------
 
@@ -388,6 +449,18 @@ class SimCluster:
 
     def double_signed(self) -> list[Any]:
         return [d for m in self.members.values() for d in m.state.ledger.double_signed()]
+
+    def quiet(self) -> bool:
+        """Nothing in flight: every member is up, its outbox is empty and its consumer has read every blob on DA."""
+        return all(m.up and m.outbox is not None and m.outbox.pending == 0 and m.consumer is not None
+                   and m.consumer.cursor == len(self.da.blobs) for m in self.members.values())
+
+    def close(self) -> None:
+        """Close every member's files (after the run)."""
+        for m in self.members.values():
+            for store in (m.locks, m.outbox):
+                if store is not None:
+                    store.close()
 
     def roots(self) -> set[bytes]:
         return {m.state.root() for m in self.members.values()}

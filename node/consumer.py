@@ -19,6 +19,7 @@ the layer does not answer.
 from __future__ import annotations
 
 import logging
+import random
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -48,9 +49,11 @@ class Consumer:
         poll_s: float = 0.1,
         idle_poll_s: float = 1.0,
         on_result: Callable[[bool, str | None], None] = lambda ok, err: None,
+        rng: random.Random | None = None,
     ) -> None:
         """``members``: the keys whose blobs are accepted; ``member_ids``: the member id bound to each key
-        that has one (see ``node.blob.expected_origin``)."""
+        that has one (see ``node.blob.expected_origin``); ``rng``: the retry jitter's source (the simulator's is
+        seeded)."""
         self.da, self.apply, self.members = da, apply, members
         self.member_ids: Mapping[bytes, str] = member_ids or {}
         self.cursor, self.poll_s, self.idle_poll_s = cursor, poll_s, idle_poll_s
@@ -63,7 +66,7 @@ class Consumer:
         self.events_wrong_origin = 0
         self.rejected: Counter[str] = Counter()
         self.last_ok = True
-        self._backoff = Backoff(0.1, 10.0)
+        self._backoff = Backoff(0.1, 10.0, rng)
 
     def ingest(self, data: bytes) -> int:
         """Verify and apply one blob; return the number of new events it brought."""

@@ -5,14 +5,15 @@ Writes are group-committed: concurrent ``append`` calls that arrive while a comm
 the next transaction (one fsync), so throughput grows with concurrency instead of queueing on fsync.
 At most ``max_inflight`` appends wait at once (queued or being committed); one more raises
 ``Overloaded`` at once (the API answers 503 with Retry-After), so a write flood cannot grow the queue
-without bound. All SQLite work runs in ``trio.to_thread`` under one lock.
+without bound. All SQLite work runs in ``trio.to_thread`` (or the ``run_blocking`` given: the simulator runs
+it inline, in virtual time) under one lock.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -66,11 +67,13 @@ class Landed:
 
 class Outbox:
     def __init__(self, path: Path, on_commit: Callable[[list[tuple[int, Event]]], None],
-                 max_inflight: int = MAX_INFLIGHT) -> None:
+                 max_inflight: int = MAX_INFLIGHT,
+                 run_blocking: Callable[..., Awaitable[object]] = trio.to_thread.run_sync) -> None:
         """``on_commit`` runs synchronously after each commit, in sequence order, before any
         ``append`` of that group returns: the coordinator applies the events to its state there.
         ``max_inflight``: appends allowed to wait at once (see ``Overloaded``)."""
         self._on_commit = on_commit
+        self._run_blocking = run_blocking
         self.max_inflight = max_inflight
         self.inflight = 0  # appends queued or being committed (a cancelled caller's stays until committed)
         self.overloaded = 0  # appends refused with Overloaded
@@ -92,7 +95,7 @@ class Outbox:
 
     async def _db_call(self, fn: Callable[..., T], *args: object) -> T:
         async with self._lock:
-            return await trio.to_thread.run_sync(fn, *args)
+            return await self._run_blocking(fn, *args)  # type: ignore[return-value]
 
     # ---- writing ---------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ posts at most once per publish interval unless a blob is full.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable
 
 import nacl.signing
@@ -32,7 +33,9 @@ class Publisher:
         max_blob_bytes: int,
         interval_s: float,
         on_result: Callable[[bool, str | None], None] = lambda ok, err: None,
+        rng: random.Random | None = None,
     ) -> None:
+        """``rng``: the retry jitter's source (seeded by the simulator)."""
         self.outbox, self.da, self.key, self.origin = outbox, da, key, origin
         self.max_blob_bytes, self.interval_s = max_blob_bytes, interval_s
         self.on_result = on_result
@@ -40,7 +43,7 @@ class Publisher:
         self.events_published = 0
         self.failures = 0
         self.last_error: str | None = None
-        self._backoff = Backoff(0.2, 30.0)
+        self._backoff = Backoff(0.2, 30.0, rng)
 
     def take(self, rows: list[tuple[int, bytes]]) -> tuple[list[int], list[bytes]]:
         """The longest prefix of ``rows`` that fits in one blob (at least one event)."""

@@ -242,7 +242,7 @@ async def test_a_receipt_waits_for_its_node_and_a_rejected_one_can_come_back(
         assert first.status == "rejected" and "not registered" in first.reason
         second = cluster.service("c2").submit(waiting)
         await trio.sleep(2)
-        cluster.da.extend(events)  # the node's registration reaches DA
+        await cluster.post_events(events)  # the node's registration reaches DA
         await cluster.wait_final({early.id, waiting.id})
         again = cluster.service("c1").submit(given_up)  # the client tries again: judged anew
         await cluster.wait_final({given_up.id})

@@ -1,0 +1,170 @@
+"""The simulator's members run a coordinator's real DA pipeline (outbox → publisher → in-memory DA → consumer):
+the in-memory DA's outages and inclusion lag, a crash right after a blob is on DA (posted again after the
+restart, applied once), a crash right after an outbox commit (the write survives and reaches DA), a restart
+that rebuilds the member's state from its outbox and DA, and a planted pipeline bug the simulator catches."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from deploy import simulate
+from deploy.sim_da import MemoryDA
+from deploy.simulation import SimCluster
+from node import events as ev
+from node.blob import decode_blob
+from node.da.base import DAUnavailable
+from node.publisher import Publisher
+
+
+@pytest.fixture(autouse=True)
+def quiet() -> Iterator[None]:
+    logging.disable(logging.WARNING)  # crashes make the engines warn on purpose
+    yield
+    logging.disable(logging.NOTSET)
+
+
+async def test_memory_da_has_inclusion_lag_outages_and_pages(autojump_clock: trio.testing.MockClock) -> None:
+    da = MemoryDA()
+    da.lag = 1.0
+    first = await da.post(b"a")
+    await da.post(b"b")
+    assert (await da.read_after(0, 10)).items == [] and await da.head() == 0  # not included yet
+    await trio.sleep(1.0)
+    page = await da.read_after(0, 1)
+    assert page.items == [(first, b"a")] and page.cursor == 1 and not page.at_head
+    page = await da.read_after(page.cursor, 10)
+    assert [d for _, d in page.items] == [b"b"] and page.at_head and await da.get(first) == b"a"
+    da.down_until = trio.current_time() + 5
+    with pytest.raises(DAUnavailable):
+        await da.read_after(0, 10)
+    await trio.sleep(5)
+    assert await da.head() == 2
+
+    async def outage_during_the_call() -> None:
+        await trio.sleep(0.1)
+        da.down_until = trio.current_time() + 1
+
+    da.latency = 0.5
+
+    async with trio.open_nursery() as nursery:  # an outage that begins while a post is in flight loses it
+        nursery.start_soon(outage_during_the_call)
+        with pytest.raises(DAUnavailable):
+            await da.post(b"c")
+    assert da.posts == 2 and da.refused >= 1
+
+
+def blobs_of(cluster: SimCluster, member: str) -> list[list[ev.Event]]:
+    """The events of every blob on DA that ``member`` signed, in log order."""
+    keys = frozenset(cluster.member_keys.values())
+    out = []
+    for _, data in cluster.da.blobs:
+        blob = decode_blob(data, keys, member_ids=cluster.ids)
+        if blob.origin == member:
+            out.append(blob.events)
+    return out
+
+
+async def sign_some(cluster: SimCluster, proposer: str, k: int = 3, objects_from: int = 0) -> set[bytes]:
+    receipts = [cluster.receipt(f"n{i}", f"obj{objects_from + i}", proof=i) for i in range(k)]
+    for r in receipts:
+        cluster.service(proposer).submit(r)
+    return {r.id for r in receipts}
+
+
+async def wait_quiet(cluster: SimCluster) -> None:
+    with trio.fail_after(60):
+        while not cluster.quiet():
+            await trio.sleep(0.2)
+
+
+@pytest.mark.parametrize("step", ["crash_after_post", "crash_after_commit"])
+async def test_a_crash_right_after_a_durable_pipeline_step_loses_nothing(
+        tmp_path: Path, step: str, autojump_clock: trio.testing.MockClock) -> None:
+    cluster = SimCluster(tmp_path, 4, seed=3, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    crashed: list[float] = []
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        m = cluster.members["c1"]
+
+        def crash() -> None:
+            crashed.append(trio.current_time())
+            simulate._crash_now(cluster, "c1", 1.0)
+
+        simulate.CRASH_AFTER[step](cluster, m, crash)
+        ids = await sign_some(cluster, "c1")
+        with trio.fail_after(60):
+            while not crashed:
+                await trio.sleep(0.05)
+        await cluster.wait_final(ids, timeout=60)
+        await wait_quiet(cluster)
+        assert m.up and len(cluster.roots()) == 1  # the restarted member rebuilt the same state
+        assert ids <= set(m.state.ledger.receipts)
+        batches = [e for events in blobs_of(cluster, "c1") for e in events if e.kind == ev.RECEIPT_BATCH]
+        on_da = {e.id for e in batches}
+        if step == "crash_after_post":  # the blob was on DA, its record was not: posted again after the restart
+            assert len(batches) > len(on_da) >= 1
+        else:  # committed, never acknowledged, then published by the restarted member
+            assert on_da and m.outbox is not None and m.outbox.pending == 0
+        assert not cluster.double_signed()
+        nursery.cancel_scope.cancel()
+    cluster.close()
+
+
+async def test_a_restarted_member_rebuilds_its_state_from_its_outbox_and_da(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    cluster = SimCluster(tmp_path, 4, seed=8, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        ids = await sign_some(cluster, "c2", 4)
+        await cluster.wait_final(ids)
+        cluster.da.down_until = trio.current_time() + 30  # nothing reaches DA or is read from it meanwhile
+        more = await sign_some(cluster, "c0", 2, objects_from=4)  # other slots, signed while DA is down
+        await cluster.wait_final(more, members={"c0", "c1", "c3"})
+        cluster.crash("c2")
+        await cluster.restart("c2")
+        m = cluster.members["c2"]
+        # DA is down: what c2 holds now came from its own outbox only (its batch events), not from DA
+        assert m.state.events_applied > 0 and ids <= set(m.state.ledger.receipts)
+        assert not m.consumer.caught_up.is_set()  # type: ignore[union-attr]
+        await trio.sleep(31)
+        await cluster.wait_final(ids | more)
+        await wait_quiet(cluster)
+        assert len(cluster.roots()) == 1
+        nursery.cancel_scope.cancel()
+    cluster.close()
+
+
+def test_a_publisher_that_forgets_events_it_could_not_post_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planted bug: when DA refuses a blob, the publisher records its events as published anyway (lost)."""
+    publish_once = Publisher.publish_once
+
+    async def lossy(self: Publisher) -> int:
+        try:
+            return await publish_once(self)
+        except DAUnavailable:
+            rows = await self.outbox.unpublished(10_000)
+            seqs, _ = self.take(rows)
+            await self.outbox.mark_published(seqs, simulate_ref())
+            raise
+
+    def simulate_ref() -> Any:
+        from node.da.base import BlobRef
+        return BlobRef("primary", 0, b"\0" * 32)
+
+    monkeypatch.setattr(Publisher, "publish_once", lossy)
+    for seed in range(300):
+        _, outcome = simulate.run_seed(seed, dkg="none")
+        if outcome.violations:
+            print(f"lossy publisher: caught at seed {seed}: {outcome.violations[0]}")
+            assert any(v.startswith(("convergence", "liveness")) for v in outcome.violations)
+            return
+    raise AssertionError("the lossy publisher went unnoticed for 300 seeds")
