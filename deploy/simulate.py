@@ -11,7 +11,8 @@ so a seed replays exactly. After the last fault heals, a client resubmits what i
 
 * safety — never two signed receipts for one slot (member ledgers, documents, adversary signatures), every
   signed batch verifies (Ed25519 under the group key + Merkle root), no nonce commitment used twice, no
-  honest member blamed;
+  honest member blamed, every acknowledged node/object write (the workload writes some through members' outboxes)
+  present on every honest member;
 * liveness — every valid receipt without a rival for its slot is final on every honest member within
   ``LIVENESS_BOUND_S`` of simulated time;
 * convergence — honest members hold the same state root and the same signed receipts.
@@ -52,6 +53,7 @@ from consensus import merkle
 from consensus import receipts as rc
 from consensus.receipt_service import Unavailable
 from deploy.simulation import EPOCH, IDLE_POLL_S, Member, SimCluster
+from node import events as ev
 
 LIVENESS_BOUND_S = 90.0
 SETTLE_S = 4.0
@@ -86,10 +88,12 @@ class Plan:
     late_node_at: float
     faults: list[Fault]
     dkg: bool = False  # members start without a key and run the DKG (one of ``faults`` crashes a member during it)
+    writes: list[tuple[float, str, str, dict[str, Any]]] = field(default_factory=list)  # (time, member, kind, fields)
 
     @property
     def heal_at(self) -> float:
-        return max([f.at + f.duration for f in self.faults] + [r[0] for r in self.receipts] + [self.late_node_at])
+        return max([f.at + f.duration for f in self.faults] + [r[0] for r in self.receipts] + [self.late_node_at]
+                   + [w[0] for w in self.writes])
 
     def describe(self) -> str:
         lines = [f"seed {self.seed}: n={self.n} t={(2 * self.n) // 3 + 1} byzantine={self.byzantine or 'none'} "
@@ -97,7 +101,8 @@ class Plan:
                  f"da_lag={self.da_lag:.2f}s skew={ {m: round(s, 2) for m, s in self.skew.items() if s} } "
                  f"keys={'DKG' if self.dkg else 'dealt'}",
                  f"  workload: {len(self.receipts)} submissions, {len(self.conflicts)} conflicting pairs, "
-                 f"late node at {self.late_node_at:.2f}s; heal at {self.heal_at:.2f}s"]
+                 f"{len(self.writes)} node/object writes, late node at {self.late_node_at:.2f}s; "
+                 f"heal at {self.heal_at:.2f}s"]
         lines += [f"  fault {f.describe()}" for f in self.faults]
         return "\n".join(lines)
 
@@ -191,8 +196,14 @@ def make_plan(seed: int, nodes: int | None = None, receipts: int | None = None,
         kind = dkg_rng.choice(["crash", "crash_after_dkg_share"])
         at = dkg_rng.uniform(0.1, 2.5) if kind == "crash" else 0.0
         faults.append(Fault(at, kind, (dkg_rng.choice(honest),), dkg_rng.uniform(0.3, 4)))
+    writes: list[tuple[float, str, str, dict[str, Any]]] = []
+    for i in range(rng.randint(0, 6)):  # writes to the ledger through a member's outbox: each must never be lost
+        fields: dict[str, Any] = ({"id": f"w{i}", "zone": "z", "addr": "h:3", "capacity_gb": 1} if rng.random() < 0.5
+                                  else {"hash": f"wobj{i}", "size": rng.randint(1, 10**6)})
+        kind = ev.NODE_REGISTERED if "id" in fields else ev.OBJECT_REGISTERED
+        writes.append((rng.uniform(0, 6), rng.choice(honest), kind, fields))
     plan = Plan(seed, n, byzantine, skew, drop, duplicate, delay, da_lag, work, conflicts, late_at,
-                sorted(faults, key=lambda f: f.at), with_dkg)
+                sorted(faults, key=lambda f: f.at), with_dkg, writes)
     for m, behaviour in byzantine.items():
         cluster.members[m].behaviour = behaviour
     for m, s in skew.items():
@@ -204,6 +215,7 @@ def make_plan(seed: int, nodes: int | None = None, receipts: int | None = None,
 async def run_plan(plan: Plan, cluster: SimCluster) -> Outcome:
     outcome = Outcome()
     records: list[Any] = []
+    acknowledged: list[ev.Event] = []  # writes a member acknowledged
     async with trio.open_nursery() as nursery:
         await cluster.start(nursery)
         t0 = cluster.t0
@@ -214,6 +226,12 @@ async def run_plan(plan: Plan, cluster: SimCluster) -> Outcome:
             if m.up and m.service is not None:
                 with contextlib.suppress(Unavailable):  # the client is told to come back later; it resubmits
                     records.append(m.service.submit(receipt))
+
+        async def write_at(at: float, member: str, kind: str, fields: dict[str, Any]) -> None:
+            await trio.sleep_until(t0 + at)
+            if cluster.members[member].up:
+                with trio.move_on_after(5):  # a member that crashes meanwhile never answers: not acknowledged
+                    acknowledged.append(await cluster.write(member, kind, **fields))
 
         async def apply_fault(f: Fault) -> None:
             await trio.sleep_until(t0 + f.at)
@@ -228,6 +246,8 @@ async def run_plan(plan: Plan, cluster: SimCluster) -> Outcome:
                 schedule.start_soon(submit_at, at, member, receipt)
             for f in plan.faults:
                 schedule.start_soon(apply_fault, f)
+            for write in plan.writes:
+                schedule.start_soon(write_at, *write)
             schedule.start_soon(post_late_node)
         await trio.sleep_until(t0 + plan.heal_at + 0.01)
         await heal(cluster)
@@ -270,6 +290,7 @@ async def run_plan(plan: Plan, cluster: SimCluster) -> Outcome:
                 if cluster.da.posts == posted and cluster.quiet():
                     break
         check_safety(plan, cluster, records, outcome)
+        check_writes(cluster, acknowledged, outcome)
         check_convergence(cluster, outcome)
         outcome.fingerprint = hashlib.sha256(b"".join(
             [m.state.root() for m in cluster.members.values()] + sorted(cluster.signed_ids())
@@ -455,6 +476,16 @@ def check_safety(plan: Plan, cluster: SimCluster, records: list[Any], outcome: O
             left_out = {m.dkg.name(i) for i in m.dkg.proofs}
             if any(cluster.members[name].behaviour is None for name in left_out):
                 outcome.safety.append(f"{m.id} left honest member(s) out of the DKG: {sorted(left_out)}")
+
+
+def check_writes(cluster: SimCluster, acknowledged: list[ev.Event], outcome: Outcome) -> None:
+    """Every acknowledged node/object write is in every honest member's state (nothing acknowledged is lost)."""
+    for event in acknowledged:
+        key = event.field("id" if event.kind == ev.NODE_REGISTERED else "hash")
+        for m in cluster.honest():
+            if (m.state.node(key) if event.kind == ev.NODE_REGISTERED else m.state.object(key)) is None:
+                outcome.safety.append(f"an acknowledged write ({event.kind} {key}, to {event.origin}) is missing "
+                                      f"on {m.id}")
 
 
 def rc_verify(key: bytes, root: bytes, size: int, signature: bytes) -> bool:

@@ -301,6 +301,16 @@ class SimCluster:
                               member_ids=self.ids, poll_s=POLL_S, idle_poll_s=IDLE_POLL_S,
                               rng=random.Random(self.rng.getrandbits(64)))
 
+    async def write(self, member_id: str, kind: str, **fields: Any) -> ev.Event:
+        """An event of this member, made durable in its outbox and applied (as a coordinator's write is); its
+        publisher then takes it to DA."""
+        m = self.members[member_id]
+        m.counter += 1  # survives a crash, as a hybrid logical clock following the wall clock would
+        event = ev.make_event(kind, (int(NOW * 1000), m.counter), m.id, **fields)
+        assert m.outbox is not None
+        await m.outbox.append(event)
+        return event
+
     def _make_service(self, m: Member) -> ReceiptService:
         node = self.net.add(m.id)
         node.dispatcher.nursery = None  # requests are answered once the member runs (its nursery: see run())
@@ -314,11 +324,7 @@ class SimCluster:
         m.locks = LockStore(self.tmp / f"{m.id}.locks.sqlite", expect_existing=m.locks is not None)
 
         async def submit(kind: str, **fields: Any) -> ev.Event:
-            m.counter += 1  # survives a crash, as a hybrid logical clock following the wall clock would
-            event = ev.make_event(kind, (int(NOW * 1000), m.counter), m.id, **fields)
-            assert m.outbox is not None
-            await m.outbox.append(event)  # durable, then applied (on_commit); the publisher takes it to DA
-            return event
+            return await self.write(m.id, kind, **fields)
 
         view = StateLedgerView(lambda: m.state, submit, lambda event: m.state.apply(event), m.keys)
         options = {"batch_wait_s": 0.002, "lock_timeout_s": 1.0, "sign_timeout_s": 1.0, "takeover_s": 3.0,

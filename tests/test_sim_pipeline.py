@@ -1,7 +1,8 @@
 """The simulator's members run a coordinator's real DA pipeline (outbox → publisher → in-memory DA → consumer):
 the in-memory DA's outages and inclusion lag, a crash right after a blob is on DA (posted again after the
 restart, applied once), a crash right after an outbox commit (the write survives and reaches DA), a restart
-that rebuilds the member's state from its outbox and DA, and a planted pipeline bug the simulator catches."""
+that rebuilds the member's state from its outbox and DA, and planted pipeline bugs the simulator catches (a
+publisher losing events DA refused, an outbox forgetting unpublished writes at a restart)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from deploy.simulation import SimCluster
 from node import events as ev
 from node.blob import decode_blob
 from node.da.base import DAUnavailable
+from node.outbox import Outbox
 from node.publisher import Publisher
 
 
@@ -168,3 +170,28 @@ def test_a_publisher_that_forgets_events_it_could_not_post_is_caught(monkeypatch
             assert any(v.startswith(("convergence", "liveness")) for v in outcome.violations)
             return
     raise AssertionError("the lossy publisher went unnoticed for 300 seeds")
+
+
+def test_an_outbox_that_forgets_unpublished_writes_at_a_restart_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planted bug: after a restart the publisher only sees events appended since (the acknowledged writes still
+    unpublished at the crash stay on the member's disk for ever)."""
+    opened = Outbox.__init__
+    unpublished = Outbox.unpublished
+
+    def remember_the_start(self: Outbox, *args: Any, **kwargs: Any) -> None:
+        opened(self, *args, **kwargs)
+        self.born = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0]  # type: ignore
+        self.pending = 0
+
+    async def only_new(self: Outbox, limit: int) -> list[tuple[int, bytes]]:
+        return [(seq, raw) for seq, raw in await unpublished(self, limit) if seq > self.born]  # type: ignore
+
+    monkeypatch.setattr(Outbox, "__init__", remember_the_start)
+    monkeypatch.setattr(Outbox, "unpublished", only_new)
+    for seed in range(300):
+        _, outcome = simulate.run_seed(seed, dkg="none")
+        if outcome.violations:
+            print(f"forgetful outbox: caught at seed {seed}: {outcome.violations[0]}")
+            assert any("an acknowledged write" in v for v in outcome.violations)
+            return
+    raise AssertionError("the forgetful outbox went unnoticed for 300 seeds")
