@@ -76,8 +76,10 @@ class LockStore:
             raise LockTableBroken(self.broken)
 
     def lock_batch(self, receipts: Sequence[Receipt], validate: Validate, proposer: str,
-                   now_ms: int | None = None, batch: bytes = b"") -> list[Decision]:
-        """Check every slot and lock the free ones, in one exclusive transaction (blocking)."""
+                   now_ms: int | None = None, batch: bytes = b"", *, commit: bool = True) -> list[Decision]:
+        """Check every slot and lock the free ones, in one exclusive transaction (blocking). ``commit=False``
+        leaves that transaction open: the decisions are final for this connection, but nothing is durable (and
+        no share may rest on it) until ``commit()``; the caller makes no other call in between."""
         self._check()
         now = int(time.time() * 1000) if now_ms is None else now_ms
         try:
@@ -100,7 +102,8 @@ class LockStore:
                 self.db.executemany("INSERT OR IGNORE INTO conflicts VALUES (?, ?, ?, ?)",
                                     [(d.receipt_id, d.conflicting_id, by_id[d.receipt_id].to_wire(), now)
                                      for d in decisions if d.verdict is Verdict.CONFLICT])
-                self.db.execute("COMMIT")
+                if commit:
+                    self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
@@ -108,6 +111,18 @@ class LockStore:
             self.broken = f"lock table {self.path} failed: {exc}"
             raise LockTableBroken(self.broken) from None
         return decisions
+
+    def commit(self) -> None:
+        """Make the locks of a ``lock_batch(commit=False)`` durable (blocking; nothing to do without one)."""
+        if not self.db.in_transaction:
+            return
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            self.broken = f"lock table {self.path} failed: {exc}"
+            raise LockTableBroken(self.broken) from None
 
     def holds(self, receipt_ids: Sequence[bytes]) -> list[Receipt] | None:
         """The locked receipts with these ids, in order, or None if any is not locked here (blocking)."""

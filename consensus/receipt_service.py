@@ -513,13 +513,22 @@ class ReceiptService:
         async with self._db:
             decisions = await self.run_blocking(partial(self.locks.lock_batch, batch, self.validate, proposer,
                                                         int(self.clock() * 1000), batch_id))
+        self._remember_locked(batch, decisions)
+        return decisions
+
+    async def _lock_own(self, batch: list[rc.Receipt], batch_id: bytes) -> list[Decision]:
+        """The proposer's own lock for its batch, decided and left uncommitted (the caller holds ``_db`` and
+        commits)."""
+        return await self.run_blocking(partial(self.locks.lock_batch, batch, self.validate, self.my_id,
+                                               int(self.clock() * 1000), batch_id, commit=False))
+
+    def _remember_locked(self, batch: list[rc.Receipt], decisions: list[Decision]) -> None:
         by_id = {r.id: r for r in batch}
         for d in decisions:  # durable now: remembered so a sign request needs no second trip to the table
             if d.verdict is Verdict.OK:
                 self._locked[d.receipt_id] = by_id[d.receipt_id]
         while len(self._locked) > MAX_LOCKED_CACHE:
             self._locked.popitem(last=False)
-        return decisions
 
     def _offer(self, peer: str, batch_id: bytes | None) -> tuple[bytes, bytes]:
         key = self.keys.key
@@ -541,27 +550,24 @@ class ReceiptService:
         batch_id = self.random_bytes(BATCH_ID_SIZE)
         me = key.identifier
         t_start = time.perf_counter()
-        # Our own lock first, then the peers' for what we locked: a receipt we refuse (its slot is ours for
-        # another receipt) must not reach a peer's lock table, where it would take the slot from the one we hold
-        # (found by dsdn nemesis: locking in parallel left rival receipts unsignable).
+        # Our own lock decides first, then the peers are asked for what we locked: a receipt we refuse (its slot is
+        # ours for another receipt) must not reach a peer's lock table, where it would take the slot from the one
+        # we hold (found by dsdn nemesis: locking in parallel left rival receipts unsignable). Our decision is
+        # committed while the peers lock: every share of ours is made after that commit.
         accepted: dict[int, set[bytes]] = {me: set()}
         refusals: dict[bytes, list[Decision]] = {r.id: [] for r in batch}
         conflicted_by: dict[bytes, set[int]] = {}  # receipt -> members holding its slot for a rival
-        self._take_own_decisions(await self._lock_local(batch, self.my_id, batch_id), accepted[me], refusals)
-        t_locked = time.perf_counter()
-        mine = [r for r in batch if r.id in accepted[me]]
-        if not mine:
-            return
-        commitments: dict[int, tuple[bytes, bytes]] = {me: self._offer(self.my_id, batch_id)}
-        wires = [r.to_wire() for r in mine]
-        peers = [p for p in self.net.up_peers() if p in self.identifier_of]
+        commitments: dict[int, tuple[bytes, bytes]] = {}
+        mine: list[rc.Receipt] = []
+        wires: list[bytes] = []
+        peers: list[str] = []
         got_all, enough = trio.Event(), trio.Event()
         replies = 0
         answered: set[int] = set()
-        fast = self._fast_plan(key, peers, batch_id)  # the one-round path, when spares allow it
+        fast: tuple[dict[int, tuple[bytes, bytes]], dict[str, Any]] | None = None  # the one-round path
         fast_shares: dict[int, bytes] = {}
         fast_signature: bytes | None = None
-        fast_waiting = set(fast[0]) - {me} if fast is not None else set()
+        fast_waiting: set[int] = set()
         fast_replied = trio.Event()  # every peer of the one-round set answered (or gave up)
 
         def usable() -> int:  # this member and the peers that answered, proven liars left out
@@ -610,8 +616,26 @@ class ReceiptService:
         # every peer's answer, or t answers and a short grace for the rest: a silent member (crashed, paused,
         # or withholding) must not cost every batch the whole lock timeout
         async with trio.open_nursery() as nursery:
-            for p in peers:
-                nursery.start_soon(ask, p)
+            async with self._db:
+                with trio.CancelScope(shield=True):  # decided and committed together (nothing in between waits)
+                    decisions = await self._lock_own(batch, batch_id)
+                    try:
+                        self._take_own_decisions(decisions, accepted[me], refusals)
+                        mine = [r for r in batch if r.id in accepted[me]]
+                        if mine:
+                            commitments[me] = self._offer(self.my_id, batch_id)
+                            wires = [r.to_wire() for r in mine]
+                            peers = [p for p in self.net.up_peers() if p in self.identifier_of]
+                            fast = self._fast_plan(key, peers, batch_id)
+                            fast_waiting = set(fast[0]) - {me} if fast is not None else set()
+                            for p in peers:
+                                nursery.start_soon(ask, p)
+                    finally:
+                        await self.run_blocking(self.locks.commit)  # durable, before any share of ours exists
+            self._remember_locked(batch, decisions)
+            t_locked = time.perf_counter()
+            if not mine:
+                return
             if peers:
                 deadline = trio.current_time() + self.lock_timeout_s
                 with trio.move_on_at(deadline):

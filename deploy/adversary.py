@@ -56,7 +56,7 @@ def equivocate_batches(service: ReceiptService) -> None:
         while len(seen) > SEEN_SLOTS:
             seen.popitem(last=False)
 
-    honest_submit, honest_lock, honest_lock_local = service.submit, service._on_lock, service._lock_local
+    honest_submit, honest_lock, honest_lock_own = service.submit, service._on_lock, service._lock_own
 
     def submit(receipt: rc.Receipt) -> Any:
         remember(receipt)
@@ -68,10 +68,8 @@ def equivocate_batches(service: ReceiptService) -> None:
                 remember(rc.Receipt.from_wire(wire))
         return await honest_lock(peer, body)
 
-    async def lock_local(batch: list[rc.Receipt], proposer: str, *args: Any) -> list[Decision]:
-        decisions = await honest_lock_local(batch, proposer, *args)
-        if proposer != service.net.my_id:
-            return decisions
+    async def lock_own(batch: list[rc.Receipt], batch_id: bytes) -> list[Decision]:
+        decisions = await honest_lock_own(batch, batch_id)
         return [Decision(d.receipt_id, Verdict.OK) if d.verdict is Verdict.CONFLICT else d for d in decisions]
 
     def other_batch(wires: list[bytes]) -> list[bytes]:
@@ -94,7 +92,7 @@ def equivocate_batches(service: ReceiptService) -> None:
 
     service.submit = submit  # type: ignore[method-assign]
     service._on_lock = on_lock  # type: ignore[method-assign]  # run() registers what this attribute holds
-    service._lock_local = lock_local  # type: ignore[method-assign]
+    service._lock_own = lock_own  # type: ignore[method-assign]
     service.net = _EquivocatingNet(service.net, sorted(service.members), other_batch)  # type: ignore[assignment]
 
 

@@ -345,13 +345,25 @@ def _after_lock(cluster: SimCluster, m: Member, crash: Callable[[], None]) -> No
     original = store.lock_batch
 
     def then_crash(*args: Any, **kwargs: Any) -> Any:
-        decisions = original(*args, **kwargs)  # durable: committed
+        decisions = original(*args, **kwargs)
         store.lock_batch = original  # type: ignore[method-assign]
-        crash()
+        if kwargs.get("commit", True):  # durable: committed
+            crash()
+        else:  # a proposer's own lock: durable once its commit returns (its peers are being asked meanwhile)
+            def commit_then_crash() -> None:
+                del store.commit  # the class's again
+                store.commit()
+                crash()
+
+            store.commit = commit_then_crash  # type: ignore[method-assign]
         return decisions
 
+    def disarm() -> None:
+        store.__dict__.pop("lock_batch", None)
+        store.__dict__.pop("commit", None)
+
     store.lock_batch = then_crash  # type: ignore[method-assign]
-    cluster.traps.append(lambda: setattr(store, "lock_batch", original))
+    cluster.traps.append(disarm)
 
 
 def _after_dkg_share(cluster: SimCluster, m: Member, crash: Callable[[], None]) -> None:

@@ -417,7 +417,7 @@ class SimCluster:
         service = m.service
         assert service is not None
         if m.behaviour == "signs_anything":  # locks nothing, answers OK to every receipt, signs every batch
-            def lock_anything(receipts: list[rc.Receipt], *_: Any) -> list[Decision]:
+            def lock_anything(receipts: list[rc.Receipt], *_: Any, **__: Any) -> list[Decision]:
                 return [Decision(r.id, Verdict.OK) for r in receipts]
 
             assert m.locks is not None

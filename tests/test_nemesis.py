@@ -111,7 +111,7 @@ def test_the_receipt_engine_takes_the_byzantine_switch_except_on_mainnet(
         service, locks = coordinator.receipt_engine(cfg, coord, peers, SimpleNamespace(key=None))  # type: ignore[arg-type]
         locks.close()
         replaced = {"bad_shares": ["_sign_share"], "withhold": ["_on_sign"],
-                    "equivocate": ["_on_lock", "_lock_local", "submit", "net"]}[behaviour]
+                    "equivocate": ["_on_lock", "_lock_own", "submit", "net"]}[behaviour]
         assert all(name in vars(service) for name in replaced)  # the lying versions, installed on the instance
         assert (service.net is not peers) == (behaviour == "equivocate")
     monkeypatch.setenv("DSDN_BYZANTINE", "lies")

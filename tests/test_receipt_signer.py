@@ -185,3 +185,23 @@ async def test_receipt_ids_are_sorted_once_per_change(cluster: SimCluster) -> No
     assert service.receipt_ids() == sorted([*(r.id for r in first), more.id])
     other = cluster.service("c0")  # signed in the state only (c0 never saw them as records): listed too
     assert set(other.receipt_ids()) >= {r.id for r in first}
+
+
+async def test_an_uncommitted_own_lock_is_gone_after_a_crash_and_durable_once_committed(tmp_path: Path,
+                                                                                         cluster: SimCluster) -> None:
+    """A proposer decides its own lock, asks its peers, and commits meanwhile: until the commit nothing is
+    durable (a crash then leaves no lock, and no share of its can exist), after it the lock survives."""
+    ok = lambda _: (Verdict.OK, "")  # noqa: E731
+    a, b = (cluster.receipt("n1", "obj1", proof=p) for p in (1, 2))  # rivals for one slot
+    store = LockStore(tmp_path / "own.sqlite")
+    assert [d.verdict for d in store.lock_batch([a], ok, "c0", commit=False)] == [Verdict.OK]
+    store.close()  # the crash: the open transaction dies with the process
+    store = LockStore(tmp_path / "own.sqlite")
+    assert store.holds([a.id]) is None and store.holds([b.id]) is None
+    store.lock_batch([a], ok, "c0", commit=False)
+    store.commit()
+    store.commit()  # nothing open any more: nothing to do
+    store.close()
+    again = LockStore(tmp_path / "own.sqlite")
+    assert again.holds([a.id]) == [a]
+    assert [d.verdict for d in again.lock_batch([b], ok, "c1")] == [Verdict.CONFLICT]

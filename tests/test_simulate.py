@@ -138,7 +138,7 @@ def test_disabling_the_lock_check_is_caught(monkeypatch: pytest.MonkeyPatch) -> 
     """Signers lock every receipt they are asked about, whatever their table holds for its slot."""
 
     def lock_blind(self: lockstore.LockStore, receipts: list[Any], validate: Any, proposer: str,
-                   now_ms: int | None = None, batch: bytes = b"") -> list[Decision]:
+                   now_ms: int | None = None, batch: bytes = b"", *, commit: bool = True) -> list[Decision]:
         decisions = []
         for i, r in enumerate(receipts):
             verdict, reason = validate(r)
