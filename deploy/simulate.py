@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import inspect
 import os
 import random
 import sys
@@ -350,53 +351,44 @@ def _after_lock(cluster: SimCluster, m: Member, crash: Callable[[], None]) -> No
         if kwargs.get("commit", True):  # durable: committed
             crash()
         else:  # a proposer's own lock: durable once its commit returns (its peers are being asked meanwhile)
-            def commit_then_crash() -> None:
-                del store.commit  # the class's again
-                store.commit()
-                crash()
-
-            store.commit = commit_then_crash  # type: ignore[method-assign]
+            _crash_after_call(cluster, store, "commit", crash)
         return decisions
 
-    def disarm() -> None:
-        store.__dict__.pop("lock_batch", None)
-        store.__dict__.pop("commit", None)
-
     store.lock_batch = then_crash  # type: ignore[method-assign]
-    cluster.traps.append(disarm)
+    cluster.traps.append(lambda: setattr(store, "lock_batch", original))
+
+
+def _crash_after_call(cluster: SimCluster, owner: Any, name: str, crash: Callable[[], None],
+                      when: Callable[[], bool] = lambda: True) -> None:
+    """Wrap ``owner.name`` (a function or a coroutine function) so that its next call completes, then the member
+    crashes (if ``when()``); disarmed at the heal."""
+    original = getattr(owner, name)
+
+    def after(result: Any) -> Any:
+        setattr(owner, name, original)
+        if when():
+            crash()
+        return result
+
+    async def then_crash_async(*args: Any, **kwargs: Any) -> Any:
+        return after(await original(*args, **kwargs))
+
+    setattr(owner, name, then_crash_async if inspect.iscoroutinefunction(original)
+            else lambda *args, **kwargs: after(original(*args, **kwargs)))
+    cluster.traps.append(lambda: setattr(owner, name, original))
 
 
 def _after_dkg_share(cluster: SimCluster, m: Member, crash: Callable[[], None]) -> None:
     """After its DKG key share and journal are durable, before its confirmation leaves."""
     service = m.dkg
-    if service is None or service.key is not None:
-        return
-    store = service._store_pending
-
-    async def then_crash(session: Any) -> None:
-        await store(session)
-        service._store_pending = store  # type: ignore[method-assign]
-        if m.dkg is service:
-            crash()
-
-    service._store_pending = then_crash  # type: ignore[method-assign]
-    cluster.traps.append(lambda: setattr(service, "_store_pending", store))
+    if service is not None and service.key is None:
+        _crash_after_call(cluster, service, "_store_pending", crash, lambda: m.dkg is service)
 
 
 def _after_commit(cluster: SimCluster, m: Member, crash: Callable[[], None]) -> None:
     """After an outbox commit (the events are durable), before the writes it acknowledges are answered."""
-    outbox = m.outbox
-    if outbox is None:
-        return
-    original = outbox._on_commit
-
-    def then_crash(committed: Any) -> None:
-        original(committed)
-        outbox._on_commit = original
-        crash()
-
-    outbox._on_commit = then_crash
-    cluster.traps.append(lambda: setattr(outbox, "_on_commit", original))
+    if m.outbox is not None:
+        _crash_after_call(cluster, m.outbox, "_on_commit", crash)
 
 
 def _after_post(cluster: SimCluster, m: Member, crash: Callable[[], None]) -> None:
