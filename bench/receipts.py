@@ -3,7 +3,9 @@
 
 Measured in the same run:
 1. Floors: the in-process FROST signing of one batch message by t signers (commit, sign, aggregate and one
-   Ed25519 verification), and the peer links' heartbeat RTT (/cluster/peers) between the coordinators.
+   Ed25519 verification), the peer links' heartbeat RTT (/cluster/peers) between the coordinators, and the HTTP
+   floor: ``GET /health`` by the same client with the same concurrency, round-robin over the coordinators (the
+   most requests per second this client and these servers exchange on this machine, with no consensus at all).
 2. Latency: 200 receipts one at a time (``POST /receipts?wait_ms=``, round-robin over the coordinators),
    p50/p99 from request to the signed document.
 3. Throughput: N receipts by C concurrent submitters (each POST waits for its signed document), receipts
@@ -141,6 +143,23 @@ async def measure(data: Path, receipts: int, concurrency: int, sequential: int, 
         say(f"sequential: {sequential} receipts, p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms "
             f"({p50 / floor:.1f}× the FROST floor)")
 
+        # the HTTP floor: requests per second with no work behind them
+        health_done = 0
+
+        async def health_submitter(count: int) -> None:
+            nonlocal health_done
+            for k in range(count):
+                (await http.get(f"{urls[k % len(urls)]}/health")).raise_for_status()
+                health_done += 1
+
+        t0 = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for _ in range(concurrency):
+                nursery.start_soon(health_submitter, max(1, receipts // concurrency))
+        http_floor = health_done / (time.perf_counter() - t0)
+        say(f"HTTP floor: {health_done} GET /health by {concurrency} concurrent submitters = {http_floor:.0f} "
+            f"requests/s")
+
         # throughput
         bodies = [(urls[k % len(urls)], compute_receipt(node_keys[names[k % NODES]], names[k % NODES], epoch))
                   for k in range(receipts)]
@@ -164,7 +183,8 @@ async def measure(data: Path, receipts: int, concurrency: int, sequential: int, 
         engines = [(await http.get(f"{u}/cluster/status")).json()["receipts"] for u in urls]
         batches = sum(e["batches"] for e in engines)
         say(f"throughput: {done} final ({failed} not) by {concurrency} concurrent submitters in {elapsed:.2f} s "
-            f"= {rate:.0f} receipts/s; {batches} batches (mean {done / max(batches, 1):.1f} receipts each)")
+            f"= {rate:.0f} receipts/s ({rate / http_floor:.2f}× the HTTP floor); {batches} batches (mean "
+            f"{done / max(batches, 1):.1f} receipts each)")
 
         # throughput, bulk submission
         bulk_bodies = [compute_receipt(node_keys[names[k % NODES]], names[k % NODES], epoch) for k in range(receipts)]
