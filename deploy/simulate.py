@@ -61,6 +61,7 @@ SETTLE_S = 4.0
 RESUBMIT_S = 3.0  # how often the simulated client resubmits what is not final yet
 DKG_FRACTION = 0.25  # of the seeds run the DKG (see the module docstring)
 DKG_MODES = ("seeded", "all", "none")
+PROGRESS_S = 10.0  # a long ``dsdn simulate`` prints its progress this often (wall-clock seconds)
 
 
 @dataclass
@@ -551,7 +552,15 @@ def main(argv: list[str] | None = None) -> None:
     logging.disable(logging.WARNING)  # the engines' warnings are expected under faults
     safety = liveness = convergence = dkg_runs = 0
     started = time.perf_counter()
-    for seed in args.seeds:
+    report_at = started + PROGRESS_S
+    for done, seed in enumerate(args.seeds):
+        if done and time.perf_counter() >= report_at:  # a long run says how far it is, on stderr (stdout: the record)
+            report_at += PROGRESS_S
+            elapsed = time.perf_counter() - started
+            rate = done / elapsed
+            print(f"simulate: {done}/{len(args.seeds)} seeds done, {safety + liveness + convergence} violations so "
+                  f"far, {rate:.1f} seeds/s, about {(len(args.seeds) - done) / rate:.0f}s to go", file=sys.stderr,
+                  flush=True)
         plan, outcome = run_seed(seed, args.nodes, args.receipts, args.dkg)
         dkg_runs += plan.dkg
         if args.verbose:

@@ -214,3 +214,17 @@ def test_seeds_that_once_failed_hold(seed: int) -> None:
     the simulated client never tried again; clients now resubmit until final, and crash traps end at the heal."""
     _, outcome = simulate.run_seed(seed)
     assert outcome.violations == []
+
+
+def test_a_long_run_reports_its_progress_on_stderr(monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """stdout stays the record (failing seeds, then the summary); stderr says how far a long run is."""
+    monkeypatch.setattr(simulate, "PROGRESS_S", 0.0)
+    with pytest.raises(SystemExit) as exit_:
+        simulate.main(["--seeds", "20:3", "--dkg", "none"])
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 0
+    assert out.splitlines()[-1].startswith("simulate: 3 seeds, 0 violations")
+    progress = err.strip().splitlines()
+    assert [line.split()[1] for line in progress] == ["1/3", "2/3"]
+    assert all("0 violations so far" in line and "seeds/s" in line and "to go" in line for line in progress)
