@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,20 @@ def compute_receipt(key: nacl.signing.SigningKey, node: str, epoch: int) -> dict
                            usage_proof_hash=secrets.token_hex(32),
                            execution_commitment=[workload, *(secrets.token_hex(32) for _ in range(5))],
                            reward_base=1000, submitter_address="ab" * 20, timestamp=int(time.time())).to_json()
+
+
+async def timed(worker: Callable[[list[Any]], Awaitable[None]], work: list[Any], workers: int) -> float:
+    """Seconds for ``workers`` concurrent ``worker`` tasks to get through ``work`` (dealt round-robin)."""
+    t0 = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for c in range(workers):
+            nursery.start_soon(worker, work[c::workers])
+    return time.perf_counter() - t0
+
+
+async def signed_batches(http: httpx.AsyncClient, urls: list[str]) -> int:
+    """Batches signed so far, over every coordinator."""
+    return sum([(await http.get(f"{u}/cluster/status")).json()["receipts"]["batches"] for u in urls])
 
 
 async def run(receipts: int, concurrency: int, sequential: int, bulk: int) -> None:
@@ -146,17 +161,14 @@ async def measure(data: Path, receipts: int, concurrency: int, sequential: int, 
         # the HTTP floor: requests per second with no work behind them
         health_done = 0
 
-        async def health_submitter(count: int) -> None:
+        async def health_submitter(items: list[str]) -> None:
             nonlocal health_done
-            for k in range(count):
-                (await http.get(f"{urls[k % len(urls)]}/health")).raise_for_status()
+            for url in items:
+                (await http.get(f"{url}/health")).raise_for_status()
                 health_done += 1
 
-        t0 = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for _ in range(concurrency):
-                nursery.start_soon(health_submitter, max(1, receipts // concurrency))
-        http_floor = health_done / (time.perf_counter() - t0)
+        http_floor = receipts / await timed(health_submitter, [urls[k % len(urls)] for k in range(receipts)],
+                                            concurrency)
         say(f"HTTP floor: {health_done} GET /health by {concurrency} concurrent submitters = {http_floor:.0f} "
             f"requests/s")
 
@@ -174,14 +186,10 @@ async def measure(data: Path, receipts: int, concurrency: int, sequential: int, 
                 else:
                     failed += 1
 
-        t0 = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for c in range(concurrency):
-                nursery.start_soon(submitter, bodies[c::concurrency])
-        elapsed = time.perf_counter() - t0
+        before = await signed_batches(http, urls)
+        elapsed = await timed(submitter, bodies, concurrency)
         rate = done / elapsed
-        engines = [(await http.get(f"{u}/cluster/status")).json()["receipts"] for u in urls]
-        batches = sum(e["batches"] for e in engines)
+        batches = await signed_batches(http, urls) - before
         say(f"throughput: {done} final ({failed} not) by {concurrency} concurrent submitters in {elapsed:.2f} s "
             f"= {rate:.0f} receipts/s ({rate / http_floor:.2f}× the HTTP floor); {batches} batches (mean "
             f"{done / max(batches, 1):.1f} receipts each)")
@@ -201,15 +209,10 @@ async def measure(data: Path, receipts: int, concurrency: int, sequential: int, 
 
         submitters = max(1, concurrency // 8)
         work = [(urls[i % len(urls)], c) for i, c in enumerate(chunks)]
-        before = sum(e["batches"] for e in engines)
-        t0 = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for c in range(submitters):
-                nursery.start_soon(bulk_submitter, work[c::submitters])
-        elapsed = time.perf_counter() - t0
+        before = await signed_batches(http, urls)
+        elapsed = await timed(bulk_submitter, work, submitters)
         bulk_rate = bulk_done / elapsed
-        engines = [(await http.get(f"{u}/cluster/status")).json()["receipts"] for u in urls]
-        batches = sum(e["batches"] for e in engines) - before
+        batches = await signed_batches(http, urls) - before
         say(f"bulk throughput: {bulk_done} final ({bulk_failed} not) in requests of {bulk} by {submitters} "
             f"concurrent submitters in {elapsed:.2f} s = {bulk_rate:.0f} receipts/s; {batches} batches (mean "
             f"{bulk_done / max(batches, 1):.1f} receipts each)")

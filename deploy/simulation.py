@@ -43,6 +43,7 @@ from deploy.adversary import SIGNER_BEHAVIOURS, Adversary, GarblingDealer, corru
 from deploy.receipt_view import StateLedgerView
 from deploy.sim_da import MemoryDA
 from node import events as ev
+from node.backoff import Backoff
 from node.blob import encode_blob
 from node.consumer import Consumer
 from node.da.base import DAUnavailable
@@ -248,13 +249,13 @@ class SimCluster:
 
     async def post_events(self, raws: list[bytes]) -> None:
         """Post c0's events to DA in one blob, retrying through an outage (an operator's write landing)."""
-        blob = self.blob_of_c0(raws)
+        blob, backoff = self.blob_of_c0(raws), Backoff(0.1, 2.0, random.Random(self.rng.getrandbits(64)))
         while True:
             try:
                 await self.da.post(blob)
                 return
             except DAUnavailable:
-                await trio.sleep(0.1)
+                await trio.sleep(backoff.next())
 
     def late_node(self, name: str) -> list[bytes]:
         """Events registering one more node with its key, holding obj0 and obj1 (posted to DA later)."""

@@ -17,6 +17,7 @@ from consensus.lockstore import LockStore
 from consensus.receipt_service import ReceiptService, Unavailable
 from consensus.slots import Verdict
 from deploy.simulation import SimCluster
+from tests.test_receipt_sim import distinct_receipt
 
 
 def sign_request(batch: bytes, receipts: list[rc.Receipt], commitments: dict[int, tuple[bytes, bytes]]) -> dict:
@@ -156,7 +157,7 @@ async def test_open_locks_are_paged_so_old_unsignable_ones_cannot_starve_newer_o
     """Found by dsdn nemesis (CI, seed 5): a takeover pass read the oldest ``batch_max`` open locks only, so old
     locks nobody can sign (a liar among the exactly t members holding them) would hide every newer one."""
     store = LockStore(tmp_path / "paged.sqlite")
-    receipts = [cluster.receipt(f"n{k % 6}", f"obj{k // 6}", proof=k) for k in range(7)]
+    receipts = [distinct_receipt(cluster, k) for k in range(7)]
     for k, r in enumerate(receipts):
         store.lock_batch([r], lambda _: (Verdict.OK, ""), "c1", now_ms=1000 + k, batch=bytes([k]) * 16)
     pages, after = [], None

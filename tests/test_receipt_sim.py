@@ -348,7 +348,7 @@ async def test_with_spare_commitments_a_batch_is_signed_in_the_lock_round(
     names a signer set and each named peer answers with its share: no rc.sign round at all."""
     cluster = SimCluster(tmp_path, 5, seed=41, delay=(0.001, 0.01))
     cluster.seed_ledger()
-    receipts = [cluster.receipt(f"n{k % 6}", f"obj{k // 6}", proof=k) for k in range(8)]
+    receipts = [distinct_receipt(cluster, k) for k in range(8)]
     async with trio.open_nursery() as nursery:
         await cluster.start(nursery)
         proposer = cluster.service("c0")
@@ -369,7 +369,7 @@ async def test_a_bad_share_in_the_lock_round_is_named_and_the_batch_still_signed
     cluster.seed_ledger()
     cluster.members["c2"].behaviour = "bad_shares"
     cluster.service_options["lock_grace_s"] = 0.2  # c3's late lock replies (below) still count in every batch
-    receipts = [cluster.receipt(f"n{k % 6}", f"obj{k // 6}", proof=k) for k in range(6)]
+    receipts = [distinct_receipt(cluster, k) for k in range(6)]
     async with trio.open_nursery() as nursery:
         await cluster.start(nursery)
         answer_locks_late(cluster, "c3")  # c3 answers last, so the quickest two (the one-round set) hold the liar
@@ -391,7 +391,7 @@ async def test_a_restarted_signer_forgot_its_spares_and_signing_falls_back(
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     cluster = SimCluster(tmp_path, 4, seed=45, delay=(0.001, 0.01))
     cluster.seed_ledger()
-    receipts = [cluster.receipt(f"n{k % 6}", f"obj{k // 6}", proof=k) for k in range(8)]
+    receipts = [distinct_receipt(cluster, k) for k in range(8)]
     async with trio.open_nursery() as nursery:
         await cluster.start(nursery)
         proposer = cluster.service("c0")
@@ -417,7 +417,7 @@ async def test_a_withholding_signer_is_asked_last_so_batches_keep_their_one_roun
     cluster = SimCluster(tmp_path, 4, seed=47, delay=(0.001, 0.01))
     cluster.seed_ledger()
     cluster.members["c3"].behaviour = "withhold"
-    receipts = [cluster.receipt(f"n{k % 6}", f"obj{k // 6}", proof=k) for k in range(10)]
+    receipts = [distinct_receipt(cluster, k) for k in range(10)]
     async with trio.open_nursery() as nursery:
         await cluster.start(nursery)
         started = trio.current_time()

@@ -20,7 +20,7 @@ from deploy.sim_da import MemoryDA
 from deploy.simulation import SimCluster
 from node import events as ev
 from node.blob import decode_blob
-from node.da.base import DAUnavailable
+from node.da.base import BlobRef, DAUnavailable
 from node.outbox import Outbox
 from node.publisher import Publisher
 
@@ -155,12 +155,8 @@ def test_a_publisher_that_forgets_events_it_could_not_post_is_caught(monkeypatch
         except DAUnavailable:
             rows = await self.outbox.unpublished(10_000)
             seqs, _ = self.take(rows)
-            await self.outbox.mark_published(seqs, simulate_ref())
+            await self.outbox.mark_published(seqs, BlobRef("primary", 0, b"\0" * 32))  # where nothing is
             raise
-
-    def simulate_ref() -> Any:
-        from node.da.base import BlobRef
-        return BlobRef("primary", 0, b"\0" * 32)
 
     monkeypatch.setattr(Publisher, "publish_once", lossy)
     for seed in range(300):
