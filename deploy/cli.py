@@ -3,7 +3,7 @@
 ``cluster up`` (a local cluster: devnet + emergency blob store + N coordinators), ``devnet`` (the local
 Celestia-compatible DA node), ``blobstore`` (the blob-store service), ``keys show`` / ``identity`` (print a
 data dir's public key, creating the key if needed, for the cluster config), ``namespace NAME`` (a valid
-Celestia namespace for DA_NAMESPACE), ``receipt make|submit|get|verify`` (usage receipts by hand, offline
+Celestia namespace for DA_NAMESPACE), ``receipt make|submit|get|list|verify`` (usage receipts by hand, offline
 verification), ``simulate`` (seeded fault schedules with safety/liveness/convergence checkers), ``nemesis`` (faults
 against a real local cluster under load, then a check of the history), ``status`` / ``nodes`` / ``objects`` /
 ``placement`` (the cluster's HTTP API as a client, deploy/ctl.py), ``version``.
@@ -22,6 +22,11 @@ def main(argv: list[str] | None = None) -> None:
         from deploy import ctl  # client command starts without loading the coordinator's modules
 
         ctl.main(argv)
+        return
+    if argv[:1] == ["receipt"]:  # a client command too (deploy/receipt_cli.py, on ctl's machinery)
+        from deploy import receipt_cli
+
+        receipt_cli.main(argv[1:])
         return
     from node import identity
     from node.coordinator import VERSION
@@ -43,11 +48,6 @@ def main(argv: list[str] | None = None) -> None:
 
         simulate.main(argv[1:])
         return
-    if argv[:1] == ["receipt"]:
-        from deploy import receipt_cli
-
-        receipt_cli.main(argv[1:])
-        return
     if argv[:1] in (["devnet"], ["blobstore"]):
         from deploy import blobstore, devnet
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     keys.add_argument("--data-dir", default=".dsdn/coordinator-0", help="coordinator data dir")
     ns = sub.add_parser("namespace", help="print a valid Celestia v0 namespace (for DA_NAMESPACE) derived from NAME")
     ns.add_argument("name")
-    sub.add_parser("receipt", help="usage receipts: `dsdn receipt make|submit|get|verify --help`")
+    sub.add_parser("receipt", help="usage receipts: `dsdn receipt make|submit|get|list|verify --help`")
     sub.add_parser("simulate", help="seeded fault schedules against a simulated cluster (`dsdn simulate --help`)")
     sub.add_parser("nemesis", help="faults against a real local cluster under load (`dsdn nemesis --help`)")
     sub.add_parser("status", help="one row per coordinator of the cluster (`dsdn status --help`)")

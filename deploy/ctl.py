@@ -16,7 +16,10 @@ another). The API token: ``--token`` or ``DSDN_API_TOKEN``. Tables for people, `
 server's JSON as it came; ``status``: ``{"coordinators": [...], "majority_root", "unreachable"}``).
 
 Errors are ONE line on stderr, never a traceback. Exit codes: 0 done; 1 a coordinator answered with an error
-(the line carries its status and JSON message) or none could be reached; 2 bad arguments or no cluster to ask.
+(the line carries its status and JSON message) or none could be reached; 2 bad arguments or no cluster to ask;
+141 stdout was closed before the output was written (``dsdn status --json | head -1``: no traceback, the rest
+of the output is dropped). ``dsdn receipt submit|get|list`` (deploy/receipt_cli.py) run on the same machinery
+(``common_parser``, ``targets``, ``Client.call``, ``execute``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import json
 import os
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -37,6 +40,7 @@ DEFAULT_CLUSTER_FILE = Path(".dsdn/cluster/cluster.json")
 DEFAULT_TIMEOUT_S = 5.0
 TOKEN_ENV = "DSDN_API_TOKEN"
 COMMANDS = ("status", "nodes", "objects", "placement")
+EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE, as a shell reports `cmd | head -1` killed by SIGPIPE
 
 
 class CtlError(Exception):
@@ -343,7 +347,8 @@ def _segment(value: str) -> str:
 
 # ---- argument parsing -------------------------------------------------------------------------------------
 
-def parser() -> argparse.ArgumentParser:
+def common_parser() -> argparse.ArgumentParser:
+    """The options every client command takes (a ``parents=`` parser; ``dsdn receipt`` shares it)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", action="append", metavar="URL",
                         help="a coordinator's base URL (repeat, or comma-separate, for several); default: the "
@@ -354,6 +359,11 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="print JSON (for scripts) instead of a table")
     common.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
                         help=f"seconds per HTTP request (default {DEFAULT_TIMEOUT_S:g})")
+    return common
+
+
+def parser() -> argparse.ArgumentParser:
+    common = common_parser()
     top = argparse.ArgumentParser(prog="dsdn", description="The cluster's HTTP API from the command line.")
     sub = top.add_subparsers(dest="command", required=True)
     sub.add_parser("status", parents=[common], help="one row per coordinator: ready, root, events, DA, peers, "
@@ -398,20 +408,28 @@ def _one_line_errors(p: argparse.ArgumentParser) -> None:
                 _one_line_errors(child)
 
 
-def main(argv: list[str]) -> None:
-    p = parser()
-    _one_line_errors(p)
-    args = p.parse_args(argv)
-    prog = f"dsdn {args.command}" + (f" {args.action}" if getattr(args, "action", None) else "")
-    bad = ("--timeout must be above 0" if not args.timeout > 0 else
-           "--rf must be from 1 to 64" if args.command == "placement" and not 1 <= args.rf <= 64 else None)
-    if bad:
-        print(f"{prog}: error: {bad}", file=sys.stderr)
-        sys.exit(2)
+def stdout_closed() -> int:
+    """stdout's reader went away (``dsdn … | head -1``): the rest of the output goes to /dev/null (so that
+    Python's own flush at exit fails no more), no traceback; the exit code a shell gives a command killed by
+    SIGPIPE."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return EXIT_STDOUT_CLOSED
+
+
+def execute(prog: str, args: argparse.Namespace, command: Callable[[argparse.Namespace, Client], int]) -> NoReturn:
+    """Run ``command(args, client)`` and exit with its code; every failure ends as one line on stderr."""
     token = args.token or os.environ.get(TOKEN_ENV) or None
     client = Client(token, args.timeout)
     try:
-        code = run(args, client)
+        code = command(args, client)
+        sys.stdout.flush()  # a closed stdout shows here, not in the interpreter's flush at exit
+    except BrokenPipeError:
+        code = stdout_closed()
     except CtlError as exc:
         _fail_line(f"{prog}: {exc}")
         code = exc.code
@@ -427,3 +445,16 @@ def main(argv: list[str]) -> None:
     finally:
         client.close()
     sys.exit(code)
+
+
+def main(argv: list[str]) -> None:
+    p = parser()
+    _one_line_errors(p)
+    args = p.parse_args(argv)
+    prog = f"dsdn {args.command}" + (f" {args.action}" if getattr(args, "action", None) else "")
+    bad = ("--timeout must be above 0" if not args.timeout > 0 else
+           "--rf must be from 1 to 64" if args.command == "placement" and not 1 <= args.rf <= 64 else None)
+    if bad:
+        print(f"{prog}: error: {bad}", file=sys.stderr)
+        sys.exit(2)
+    execute(prog, args, run)

@@ -1,11 +1,34 @@
-"""``dsdn receipt make|submit|get|verify``: try receipts by hand, and verify a signed one offline.
+"""``dsdn receipt make|submit|get|list|verify``: usage receipts from the command line, and offline verification.
+
+Offline (no coordinator is contacted):
 
 * ``make``: a node key (created in ``--node-key`` if missing, 0600) and a receipt it signs, as JSON on stdout;
-  the node's public key goes to stderr (register the node with it: ``POST /register {"public_key": …}``).
-* ``submit FILE|-``: POST it to a coordinator (``--url``, ``--wait-ms``, ``--token`` or COORDINATOR_API_TOKEN).
-* ``get ID``: fetch a receipt from a coordinator.
-* ``verify FILE|- --group-key HEX``: check a signed document with nothing but the group key (exit 0 valid,
-  1 invalid, 2 bad input). No coordinator is contacted.
+  the node's public key goes to stderr (register the node with it: ``dsdn nodes register ID … --public-key K``).
+* ``verify FILE|- --group-key HEX``: check a signed document with nothing but the group key; prints
+  ``{"valid", "reason"}``. Exit 0 valid, 1 invalid, 2 bad input (no such file, not JSON, not a document).
+
+Against the cluster, as ``dsdn status|nodes|objects|placement`` (deploy/ctl.py, whose machinery they use): the
+coordinators of ``--url`` (repeatable) or of ``--cluster`` (default ``.dsdn/cluster/cluster.json``), the first
+that accepts a connection answering; the API token from ``--token`` or ``DSDN_API_TOKEN`` (submitting needs it
+when the cluster has one; reading does not); a table for people, ``--json`` for scripts (the server's JSON as
+it came); errors as ONE line on stderr, exit 1 (a coordinator answered with an error, or none could be reached)
+or 2 (bad arguments, no cluster file):
+
+* ``submit FILE|- [--wait-ms N]``: POST the receipt and wait up to N ms (default 5000, at most 30000) for the
+  threshold signature. Final by then: the signed document (``--json``: exactly what ``verify`` checks, so
+  ``dsdn receipt submit r.json --json > signed.json && dsdn receipt verify signed.json --group-key K``).
+  Not final by then (the server's 202): the receipt IS accepted (locked: submitting it again changes nothing),
+  so the exit code is still 0 and one line on stderr says it is not final yet and how to fetch it; stdout holds
+  the server's ``{"receipt_id", "status", …}``. A script tells the two apart by ``status == "final"`` in the
+  JSON (only a final document has ``signature``), and fetches the document later with ``get ID --json``. A
+  slot conflict (409), an invalid or rejected receipt (422) or a cluster that cannot sign now (503) exit 1.
+  The answer may take ``--wait-ms`` plus the server's own wait for its lock (≤ 10 s): ``--timeout`` counts on
+  top of both.
+* ``get ID``: a receipt: the signed document when final, else the receipt and its status. Unknown: exit 1.
+* ``list [--node ID] [--epoch N] [--status S] [--after ID] [--limit N]``: one page of the receipts the
+  coordinator knows, by receipt id; the next page starts ``--after`` the ``next_after`` it prints.
+
+A stdout closed early (``dsdn receipt list --json | head -1``) ends the command quietly with exit 141.
 """
 
 from __future__ import annotations
@@ -13,17 +36,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import nacl.signing
 
 from consensus import receipts as rc
+from deploy import ctl
 
+MAX_WAIT_MS = 30_000  # the server's limit (api/receipts.py)
+SERVER_LOCK_WAIT_S = 10.0  # a submission may first wait this long for the proposer's durable lock (api/receipts.py)
+MAX_LIMIT = 1000
+STATUSES = ("final", "pending", "locked", "conflict", "rejected")
+_RID = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+# ---- offline: make, verify -----------------------------------------------------------------------------------
 
 def _read_json(source: str) -> Any:
     text = sys.stdin.read() if source == "-" else Path(source).read_text()
@@ -59,15 +92,119 @@ def make(args: argparse.Namespace) -> dict[str, Any]:
     return receipt.to_json()
 
 
-def _headers(args: argparse.Namespace) -> dict[str, str]:
-    token = args.token or os.environ.get("COORDINATOR_API_TOKEN")
-    return {"Authorization": f"Bearer {token}"} if token else {}
+def _offline(args: argparse.Namespace) -> int:
+    prog = f"dsdn receipt {args.action}"
+    try:
+        if args.action == "make":
+            if args.type == "storage" and not args.subject:
+                print(f"{prog}: error: --subject is required for a storage receipt (see --help)", file=sys.stderr)
+                return 2
+            print(json.dumps(make(args), indent=2))
+            code = 0
+        else:
+            valid, reason = rc.verify_document(_read_json(args.target), bytes.fromhex(args.group_key))
+            print(json.dumps({"valid": valid, "reason": reason}))
+            code = 0 if valid else 1
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return ctl.stdout_closed()
+    except OSError as exc:
+        ctl._fail_line(f"{prog}: {exc.filename or args.target}: {exc.strerror or exc}")
+        return 2
+    except (ValueError, rc.ReceiptError) as exc:
+        ctl._fail_line(f"{prog}: {exc}")
+        return 2
+    return code
 
 
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="dsdn receipt", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="action", required=True)
-    mk = sub.add_parser("make", help="a node key and a receipt it signs (JSON on stdout)")
+# ---- against the cluster: submit, get, list ---------------------------------------------------------------------
+
+def _short(value: Any, n: int = 16) -> Any:
+    return value[:n] + "…" if isinstance(value, str) and len(value) > n else value
+
+
+def _receipt_rows(doc: dict[str, Any]) -> list[list[Any]]:
+    """FIELD/VALUE rows of a receipt document (final or not) or of a submission's 202 answer."""
+    receipt = doc.get("receipt") if isinstance(doc.get("receipt"), dict) else {}
+    batch = doc.get("batch") if isinstance(doc.get("batch"), dict) else {}
+    signers = doc.get("signers")
+    rows: list[list[Any]] = [
+        ["receipt_id", doc["receipt_id"]], ["status", doc["status"]], ["type", receipt.get("receipt_type")],
+        ["node", receipt.get("node_id")], ["subject", receipt.get("subject")],
+        ["epoch", doc.get("epoch", receipt.get("epoch"))],
+        ["signers", ", ".join(map(str, signers)) if isinstance(signers, list) else signers],
+        ["batch_root", _short(batch.get("root"))]]
+    rows += [[key, doc[key]] for key in ("reason", "conflicting_receipt_id") if doc.get(key)]
+    return rows
+
+
+def _is_document(answer: Any) -> bool:
+    return isinstance(answer, dict) and answer.get("status") == "final" and "signature" in answer
+
+
+def submit(args: argparse.Namespace, client: ctl.Client) -> int:
+    try:
+        body = _read_json(args.target)
+    except OSError as exc:
+        raise ctl.CtlError(f"cannot read {args.target}: {exc.strerror or exc}", 2) from None
+    except ValueError as exc:
+        raise ctl.CtlError(f"{args.target} is not JSON: {exc}", 2) from None
+    if not isinstance(body, dict):
+        raise ctl.CtlError(f"{args.target}: a receipt is a JSON object (from `dsdn receipt make`)", 2)
+    found = ctl.targets(args)
+    # the answer may take the wait plus the server's own wait for its durable lock: --timeout on top of both
+    read_s = args.timeout + args.wait_ms / 1000 + SERVER_LOCK_WAIT_S
+    target, answer = client.call("POST", found, "/receipts", ok=(200, 202), params={"wait_ms": args.wait_ms},
+                                 json=body, timeout=httpx.Timeout(args.timeout, read=read_s))
+    if args.json:
+        ctl._print_json(answer)
+    else:
+        print(ctl.table(["FIELD", "VALUE"], _receipt_rows(answer)))
+    if not _is_document(answer):
+        rid = answer["receipt_id"]
+        when = "yet" if answer["status"] != "final" else "in the answer (--wait-ms 0)"
+        sys.stdout.flush()
+        ctl._fail_line(f"dsdn receipt submit: receipt {rid} accepted by {target.id}, status {answer['status']}: "
+                       f"no signed document {when}; fetch it later with `dsdn receipt get {rid}`")
+    return 0
+
+
+def get(args: argparse.Namespace, client: ctl.Client) -> int:
+    _, doc = client.call("GET", ctl.targets(args), f"/receipts/{ctl._segment(args.id)}")
+    if args.json:
+        ctl._print_json(doc)
+    else:
+        print(ctl.table(["FIELD", "VALUE"], _receipt_rows(doc)))
+    return 0
+
+
+def list_receipts(args: argparse.Namespace, client: ctl.Client) -> int:
+    params = {k: v for k, v in (("node", args.node), ("epoch", args.epoch), ("status", args.status),
+                                ("after", args.after), ("limit", args.limit)) if v is not None}
+    _, page = client.call("GET", ctl.targets(args), "/receipts", params=params)
+    if args.json:
+        ctl._print_json(page)
+        return 0
+    docs = page["receipts"]
+    if not docs:
+        print("no receipts" + (" after " + args.after if args.after else ""))
+    else:
+        print(ctl.table(["RECEIPT ID", "STATUS", "TYPE", "NODE", "SUBJECT", "EPOCH", "BATCH ROOT"], [
+            [d["receipt_id"], d["status"], d["receipt"]["receipt_type"], d["receipt"]["node_id"],
+             _short(d["receipt"]["subject"]), d["epoch"], _short((d.get("batch") or {}).get("root"))]
+            for d in docs]))
+    if page.get("next_after"):
+        print(f"\nmore: dsdn receipt list … --after {page['next_after']}")
+    return 0
+
+
+# ---- arguments --------------------------------------------------------------------------------------------------
+
+def parser() -> argparse.ArgumentParser:
+    common = ctl.common_parser()
+    top = argparse.ArgumentParser(prog="dsdn receipt", description=__doc__.split("\n\n")[0])
+    sub = top.add_subparsers(dest="action", required=True)
+    mk = sub.add_parser("make", help="a node key and a receipt it signs (JSON on stdout; offline)")
     mk.add_argument("--node-key", default=".dsdn/node.key", help="the node's Ed25519 seed (created if missing)")
     mk.add_argument("--node", required=True, help="the node's registry id")
     mk.add_argument("--type", choices=rc.TYPES, default="storage")
@@ -77,36 +214,51 @@ def main(argv: list[str]) -> None:
     mk.add_argument("--reward", type=int, default=1000)
     mk.add_argument("--submitter", default="00" * 20, help="40 hex characters")
     mk.add_argument("--proof", help="usage proof hash (64 hex; default random)")
-    for name in ("submit", "get"):
-        p = sub.add_parser(name, help=f"{name} a receipt ({'FILE or -' if name == 'submit' else 'ID'})")
-        p.add_argument("target")
-        p.add_argument("--url", default="http://127.0.0.1:8080")
-        p.add_argument("--token", help="default: COORDINATOR_API_TOKEN")
-        p.add_argument("--timeout", type=float, default=35.0)
-        if name == "submit":
-            p.add_argument("--wait-ms", type=int, default=5000, help="wait for the threshold signature (≤ 30000)")
-    vf = sub.add_parser("verify", help="verify a signed document offline")
-    vf.add_argument("target", help="the document: FILE or -")
+    sm = sub.add_parser("submit", parents=[common], help="submit a receipt and wait for its threshold signature")
+    sm.add_argument("target", metavar="FILE", help="the receipt (from `dsdn receipt make`): a file, or - for stdin")
+    sm.add_argument("--wait-ms", type=int, default=5000,
+                    help=f"wait up to this long for the signed document (default 5000, at most {MAX_WAIT_MS}; "
+                         "0: do not wait)")
+    gt = sub.add_parser("get", parents=[common], help="a receipt: the signed document when final, else its status")
+    gt.add_argument("id", help="the receipt id (64 hex)")
+    ls = sub.add_parser("list", parents=[common], help="a page of receipts, by receipt id")
+    ls.add_argument("--node", help="only this node's receipts")
+    ls.add_argument("--epoch", type=int, help="only this epoch's")
+    ls.add_argument("--status", choices=STATUSES, help="only receipts in this status")
+    ls.add_argument("--after", metavar="ID", help="start after this receipt id (the previous page's next_after)")
+    ls.add_argument("--limit", type=int, help=f"receipts per page, 1..{MAX_LIMIT} (server default 100)")
+    vf = sub.add_parser("verify", help="verify a signed document offline (exit 0 valid, 1 invalid, 2 bad input)")
+    vf.add_argument("target", metavar="FILE", help="the document: a file, or - for stdin")
     vf.add_argument("--group-key", required=True, help="the cluster's group public key (64 hex)")
-    args = parser.parse_args(argv)
-    try:
-        if args.action == "make":
-            if args.type == "storage" and not args.subject:
-                parser.error("--subject is required for a storage receipt")
-            print(json.dumps(make(args), indent=2))
-        elif args.action == "verify":
-            valid, reason = rc.verify_document(_read_json(args.target), bytes.fromhex(args.group_key))
-            print(json.dumps({"valid": valid, "reason": reason}))
-            sys.exit(0 if valid else 1)
-        else:
-            with httpx.Client(timeout=args.timeout) as http:
-                if args.action == "submit":
-                    response = http.post(f"{args.url}/receipts", params={"wait_ms": args.wait_ms},
-                                         json=_read_json(args.target), headers=_headers(args))
-                else:
-                    response = http.get(f"{args.url}/receipts/{args.target}", headers=_headers(args))
-            print(json.dumps(response.json(), indent=2))
-            sys.exit(0 if response.status_code < 300 else 1)
-    except (OSError, ValueError, rc.ReceiptError, httpx.HTTPError) as exc:
-        print(f"dsdn receipt {args.action}: {exc}", file=sys.stderr)
+    return top
+
+
+def _bad_argument(args: argparse.Namespace) -> str | None:
+    if args.action in ("make", "verify"):
+        return None
+    if not args.timeout > 0:
+        return "--timeout must be above 0"
+    if args.action == "submit" and not 0 <= args.wait_ms <= MAX_WAIT_MS:
+        return f"--wait-ms must be from 0 to {MAX_WAIT_MS}"
+    if args.action == "list":
+        if args.limit is not None and not 1 <= args.limit <= MAX_LIMIT:
+            return f"--limit must be from 1 to {MAX_LIMIT}"
+        if args.epoch is not None and args.epoch < 1:
+            return "--epoch must be 1 or more"
+        if args.after is not None and not _RID.match(args.after):
+            return "--after must be a receipt id (64 hex characters)"
+    return None
+
+
+def main(argv: list[str]) -> NoReturn:
+    p = parser()
+    ctl._one_line_errors(p)
+    args = p.parse_args(argv)
+    prog = f"dsdn receipt {args.action}"
+    bad = _bad_argument(args)
+    if bad:
+        print(f"{prog}: error: {bad}", file=sys.stderr)
         sys.exit(2)
+    if args.action in ("make", "verify"):
+        sys.exit(_offline(args))
+    ctl.execute(prog, args, {"submit": submit, "get": get, "list": list_receipts}[args.action])

@@ -346,3 +346,30 @@ def test_cluster_ports_are_never_ones_the_kernel_gives_outgoing_connections() ->
             base = free_base_port(n)
             ports = [*range(base, base + n), base + 100, base + 101, *range(base + 200, base + 200 + n)]
             assert all(not low <= port <= high for port in ports), (base, low, high)
+
+
+def test_cluster_up_by_default_plans_4_coordinators_whose_dkg_threshold_is_3(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dsdn cluster up` with no -n: 4 coordinators (one may crash or lie), and the configuration each of them
+    loads gives the DKG threshold floor(2n/3) + 1 = 3. No process is started: the command's arguments are caught
+    where it would run the cluster, and its plan is loaded as each coordinator would load its environment."""
+    from consensus.dkg import default_threshold, threshold_refusal
+    from deploy import cluster as cluster_mod
+    from node import config as config_mod
+
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(cluster_mod, "run_process", lambda name, fn, *args: calls.append((fn, *args)))
+    cluster_mod.main(["--data-dir", str(tmp_path)])
+    [(fn, n, base_port, data_dir, block_interval_ms)] = calls
+    assert fn is cluster_mod.run_cluster and n == 4 and data_dir == tmp_path
+    members = cluster_mod.plan(n, base_port, data_dir, block_interval_ms)
+    coordinators = [m for m in members if m.role == "coordinator"]
+    assert [m.id for m in coordinators] == [f"coordinator-{i}" for i in range(4)]
+    for member in coordinators:
+        cfg = config_mod.load(member.env)  # as deploy/coordinator.py loads it (its environment is the plan's)
+        assert cfg.coordinator_id == member.id and len({p.id for p in cfg.peers}) == 4
+        # deploy/coordinator.py hands cfg.dkg_threshold to the DKG service, which falls back to the default
+        threshold = cfg.dkg_threshold or default_threshold(len(cfg.peers))
+        assert threshold == 3
+        assert threshold_refusal(4, 3, cfg.dkg_threshold) is None  # a session of 3 is accepted, 2 refused
+        assert threshold_refusal(4, 2, cfg.dkg_threshold) is not None

@@ -4,6 +4,8 @@ Three real ``dsdn-coordinator`` processes with an API token: two cluster members
 them, one shared Mock DA log) and a third outside the cluster (its own DA log, so its state root differs from
 the majority's). A cluster file lists them as ``dsdn cluster up`` would. The CLI runs in this process (its
 ``main``, exit code and output captured) and, for the entry point, as the real ``dsdn`` command.
+``dsdn receipt submit|get|list|verify`` (deploy/receipt_cli.py, on ctl's machinery) run against the same
+cluster: receipts made by ``dsdn receipt make`` for nodes registered with their keys, signed by the two members.
 """
 
 from __future__ import annotations
@@ -352,3 +354,213 @@ def test_status_table_rebuilding_row_and_no_majority() -> None:
     assert lines[1].startswith("c0  no (rebuilding, ETA 12s)  abababababababab *  5")
     assert lines[2].split()[:4] == ["c1", "yes", "cdcdcdcdcdcdcdcd", "*"]
     assert lines[-1] == "* root differs from the majority (no root is held by a majority)"
+
+
+# ---- dsdn receipt submit|get|list (deploy/receipt_cli.py, on ctl's machinery) --------------------------------
+
+def register_receipt_node(capsys: pytest.CaptureFixture[str], cluster: Procs, tmp_path: Path,
+                          node: str) -> Path:
+    """A node registered with its public key (converged on both members, who both validate its receipts); the
+    path of its key, for `dsdn receipt make --node-key`."""
+    key = nacl.signing.SigningKey(os.urandom(32))
+    key_file = tmp_path / f"{node}.key"
+    key_file.write_bytes(bytes(key))
+    code, _, err = dsdn(capsys, "nodes", "register", node, "--zone", "z", "--addr", "10.5.0.1:1", "--public-key",
+                        bytes(key.verify_key).hex(), "--token", TOKEN)
+    assert code == 0, err
+    converge(cluster)
+    return key_file
+
+
+def make_receipt(capsys: pytest.CaptureFixture[str], key_file: Path, node: str, path: Path) -> dict[str, Any]:
+    """A compute receipt of ``node`` made by `dsdn receipt make` (offline), written to ``path``."""
+    code, out, err = dsdn(capsys, "receipt", "make", "--node", node, "--type", "compute", "--node-key", str(key_file))
+    assert code == 0 and err.startswith("node public key: "), err
+    path.write_text(out)
+    return json.loads(out)
+
+
+def receipt_id(receipt: dict[str, Any]) -> str:
+    return rc.from_json(receipt).id.hex()
+
+
+def group_key(cluster: Procs) -> str:
+    with httpx.Client(timeout=5) as http:
+        return http.get(f"{cluster.urls['ctl-a']}/cluster/status").json()["group_public_key"]
+
+
+def test_receipt_submit_token_json_verifies_offline_and_table(
+        in_cluster_dir: Procs, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster = in_cluster_dir
+    a = cluster.urls["ctl-a"]
+    key_file = register_receipt_node(capsys, cluster, tmp_path, "rc-node")
+    receipt = make_receipt(capsys, key_file, "rc-node", tmp_path / "r1.json")
+
+    code, out, err = dsdn(capsys, "receipt", "submit", str(tmp_path / "r1.json"))  # cluster.json; no token
+    assert code == 1 and out == ""
+    assert one_line(err) == (
+        f"dsdn receipt submit: {a}: HTTP 401 POST /receipts: unauthorized: this route needs Authorization: Bearer "
+        f"<COORDINATOR_API_TOKEN> (pass --token or set DSDN_API_TOKEN)")
+    monkeypatch.setenv("DSDN_API_TOKEN", TOKEN)
+    code, out, err = dsdn(capsys, "receipt", "submit", str(tmp_path / "r1.json"), "--wait-ms", "20000", "--json")
+    assert code == 0 and err == "", err
+    doc = json.loads(out)
+    with httpx.Client(timeout=5) as http:  # --json: the server's document, unchanged
+        assert doc == http.get(f"{a}/receipts/{receipt_id(receipt)}").json()
+    assert doc["status"] == "final" and doc["receipt_id"] == receipt_id(receipt) and doc["receipt"] == receipt
+    signed = tmp_path / "signed.json"
+    signed.write_text(out)
+    key = group_key(cluster)
+    code, out, err = dsdn(capsys, "receipt", "verify", str(signed), "--group-key", key)
+    assert (code, json.loads(out), err) == (0, {"valid": True, "reason": "valid"}, "")
+    tampered = tmp_path / "tampered.json"
+    tampered.write_text(json.dumps({**doc, "signature": "00" * 64}))
+    code, out, _ = dsdn(capsys, "receipt", "verify", str(tampered), "--group-key", key)
+    assert code == 1 and json.loads(out)["valid"] is False
+    code, out, err = dsdn(capsys, "receipt", "verify", str(tmp_path / "missing.json"), "--group-key", key)
+    assert code == 2 and out == ""
+    assert one_line(err) == f"dsdn receipt verify: {tmp_path / 'missing.json'}: No such file or directory"
+
+    second = make_receipt(capsys, key_file, "rc-node", tmp_path / "r2.json")  # from stdin, a table for people
+    monkeypatch.setattr(sys, "stdin", __import__("io").StringIO((tmp_path / "r2.json").read_text()))
+    code, out, err = dsdn(capsys, "receipt", "submit", "-", "--wait-ms", "20000")
+    assert code == 0 and err == "", err
+    with httpx.Client(timeout=5) as http:
+        doc2 = http.get(f"{a}/receipts/{receipt_id(second)}").json()
+    rows = [line.split(None, 1) for line in out.splitlines()]
+    assert rows == [["FIELD", "VALUE"], ["receipt_id", receipt_id(second)], ["status", "final"], ["type", "compute"],
+                    ["node", "rc-node"], ["subject", second["subject"]], ["epoch", str(second["epoch"])],
+                    ["signers", ", ".join(map(str, doc2["signers"]))], ["batch_root", doc2["batch"]["root"][:16] + "…"]]
+    assert len(doc2["signers"]) == 2  # both members signed: the row shows real content
+
+
+def test_receipt_submit_not_final_in_time_is_accepted_and_says_so(
+        in_cluster_dir: Procs, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    cluster = in_cluster_dir
+    key_file = register_receipt_node(capsys, cluster, tmp_path, "rc-202")
+    receipt = make_receipt(capsys, key_file, "rc-202", tmp_path / "r.json")
+    rid = receipt_id(receipt)
+    code, out, err = dsdn(capsys, "receipt", "submit", str(tmp_path / "r.json"), "--wait-ms", "0", "--json",
+                          "--token", TOKEN)
+    assert code == 0
+    answer = json.loads(out)  # the server's 202 answer, not a document
+    assert answer["receipt_id"] == rid and "signature" not in answer
+    line = one_line(err)
+    assert line.startswith(f"dsdn receipt submit: receipt {rid} accepted by ctl-a, status {answer['status']}: ")
+    assert line.endswith(f"fetch it later with `dsdn receipt get {rid}`")
+
+
+def test_receipt_get_table_json_and_unknown(in_cluster_dir: Procs, capsys: pytest.CaptureFixture[str],
+                                            tmp_path: Path) -> None:
+    cluster = in_cluster_dir
+    a = cluster.urls["ctl-a"]
+    key_file = register_receipt_node(capsys, cluster, tmp_path, "rg-node")
+    receipt = make_receipt(capsys, key_file, "rg-node", tmp_path / "r.json")
+    rid = receipt_id(receipt)
+    assert dsdn(capsys, "receipt", "submit", str(tmp_path / "r.json"), "--wait-ms", "20000", "--json",
+                "--token", TOKEN)[0] == 0
+    code, out, err = dsdn(capsys, "receipt", "get", rid, "--json")  # reads need no token
+    with httpx.Client(timeout=5) as http:
+        expected = http.get(f"{a}/receipts/{rid}").json()
+    assert code == 0 and err == "" and json.loads(out) == expected and expected["status"] == "final"
+    code, out, err = dsdn(capsys, "receipt", "get", rid, "--url", cluster.urls["ctl-b"])  # any member serves it
+    rows = dict(line.split(None, 1) for line in out.splitlines()[1:])
+    assert code == 0 and err == "" and out.splitlines()[0].split() == ["FIELD", "VALUE"]
+    assert rows["receipt_id"] == rid and rows["status"] == "final" and rows["node"] == "rg-node"
+    assert rows["batch_root"] == expected["batch"]["root"][:16] + "…" and rows["epoch"] == str(receipt["epoch"])
+    unknown = "0" * 64
+    code, out, err = dsdn(capsys, "receipt", "get", unknown)
+    assert code == 1 and out == ""
+    assert one_line(err) == (f"dsdn receipt get: {a}: HTTP 404 GET /receipts/{unknown}: receipt not found: no receipt "
+                             f"with this id is known here (receipt_id={unknown})")
+
+
+def test_receipt_list_filters_by_node_and_pages(in_cluster_dir: Procs, capsys: pytest.CaptureFixture[str],
+                                                tmp_path: Path) -> None:
+    cluster = in_cluster_dir
+    key_file = register_receipt_node(capsys, cluster, tmp_path, "rl-node")
+    other_key = register_receipt_node(capsys, cluster, tmp_path, "rl-other")
+    ids = []
+    for k in range(3):
+        ids.append(receipt_id(make_receipt(capsys, key_file, "rl-node", tmp_path / f"r{k}.json")))
+        assert dsdn(capsys, "receipt", "submit", str(tmp_path / f"r{k}.json"), "--wait-ms", "20000",
+                    "--token", TOKEN)[0] == 0
+    make_receipt(capsys, other_key, "rl-other", tmp_path / "other.json")
+    assert dsdn(capsys, "receipt", "submit", str(tmp_path / "other.json"), "--token", TOKEN)[0] == 0
+    ids.sort()
+
+    code, out, err = dsdn(capsys, "receipt", "list", "--node", "rl-node", "--json")
+    page = json.loads(out)
+    assert code == 0 and err == "" and [d["receipt_id"] for d in page["receipts"]] == ids
+    assert page["next_after"] is None
+    code, out, _ = dsdn(capsys, "receipt", "list", "--node", "rl-node", "--limit", "2", "--json")
+    first = json.loads(out)
+    assert [d["receipt_id"] for d in first["receipts"]] == ids[:2] and first["next_after"] == ids[1]
+    code, out, _ = dsdn(capsys, "receipt", "list", "--node", "rl-node", "--limit", "2", "--after", ids[1], "--json")
+    assert [d["receipt_id"] for d in json.loads(out)["receipts"]] == ids[2:] and json.loads(out)["next_after"] is None
+
+    code, out, err = dsdn(capsys, "receipt", "list", "--node", "rl-node", "--limit", "2")  # the table
+    lines = out.splitlines()
+    assert code == 0 and err == ""
+    assert lines[0].split() == ["RECEIPT", "ID", "STATUS", "TYPE", "NODE", "SUBJECT", "EPOCH", "BATCH", "ROOT"]
+    assert [line.split()[:4] for line in lines[1:3]] == [[rid, "final", "compute", "rl-node"] for rid in ids[:2]]
+    assert lines[3:] == ["", f"more: dsdn receipt list … --after {ids[1]}"]
+    code, out, _ = dsdn(capsys, "receipt", "list", "--node", "nobody-here")
+    assert code == 0 and out == "no receipts\n"
+    code, out, _ = dsdn(capsys, "receipt", "list", "--node", "rl-other", "--status", "final", "--json")
+    assert all(d["receipt"]["node_id"] == "rl-other" and d["status"] == "final" for d in json.loads(out)["receipts"])
+
+
+def test_receipt_commands_errors_are_one_line(in_cluster_dir: Procs, capsys: pytest.CaptureFixture[str],
+                                              tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    receipt_file = tmp_path / "r.json"
+    receipt_file.write_text(json.dumps({"receipt_type": "storage"}))
+    for argv, prog in [(["submit", str(receipt_file)], "submit"), (["get", "ab" * 32], "get"), (["list"], "list")]:
+        code, out, err = dsdn(capsys, "receipt", *argv, "--url", dead, "--token", TOKEN)
+        assert (code, out, one_line(err)) == (1, "", f"dsdn receipt {prog}: coordinator unreachable: {dead}: "
+                                                     "Connection refused")
+        none = tmp_path / "none.json"
+        code, out, err = dsdn(capsys, "receipt", *argv, "--cluster", str(none))
+        assert (code, out, one_line(err)) == (2, "", f"dsdn receipt {prog}: no cluster file at {none} (start a "
+                                                     "cluster with `dsdn cluster up`, or pass --url)")
+    code, _, err = dsdn(capsys, "receipt", "submit", str(receipt_file), "--token", TOKEN)  # the server's 422
+    assert code == 1 and "HTTP 422 POST /receipts: invalid_receipt: " in one_line(err)
+    not_json = tmp_path / "bad.json"
+    not_json.write_text("{nope")
+    for argv, expected in [
+        (["submit", str(tmp_path / "missing.json")],
+         f"dsdn receipt submit: cannot read {tmp_path / 'missing.json'}: No such file or directory"),
+        (["submit", str(not_json)], f"dsdn receipt submit: {not_json} is not JSON: Expecting property name "
+                                    "enclosed in double quotes: line 1 column 2 (char 1)"),
+        (["submit", "x.json", "--wait-ms", "30001"], "dsdn receipt submit: error: --wait-ms must be from 0 to 30000"),
+        (["list", "--limit", "0"], "dsdn receipt list: error: --limit must be from 1 to 1000"),
+        (["list", "--after", "xyz"], "dsdn receipt list: error: --after must be a receipt id (64 hex characters)"),
+        (["list", "--epoch", "soon"], "dsdn receipt list: error: argument --epoch: invalid int value: 'soon' (see "
+                                      "--help)"),
+        (["get"], "dsdn receipt get: error: the following arguments are required: id (see --help)"),
+        (["make", "--node", "n"], "dsdn receipt make: error: --subject is required for a storage receipt (see "
+                                  "--help)"),
+    ]:
+        code, out, err = dsdn(capsys, "receipt", *argv)
+        assert (code, out, one_line(err)) == (2, "", expected), argv
+
+
+def test_a_closed_stdout_ends_quietly(in_cluster_dir: Procs, tmp_path: Path) -> None:
+    """`dsdn status --json | head -1`: the reader goes away before the output is written. A real pipe whose read
+    end is closed: every write fails with EPIPE; the command must not end in a BrokenPipeError traceback."""
+    dsdn_bin = Path(sys.executable).parent / "dsdn"
+    command = [str(dsdn_bin)] if dsdn_bin.exists() else [sys.executable, "-c", "from deploy.cli import main; main()"]
+    signed = tmp_path / "doc.json"
+    signed.write_text("{}")
+    for argv in (["status", "--json"], ["nodes", "list", "--json"], ["nodes", "list"], ["receipt", "list", "--json"],
+                 ["receipt", "verify", str(signed), "--group-key", "00" * 32]):
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            done = subprocess.run([*command, *argv], stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+        finally:
+            os.close(write_end)
+        assert done.returncode == ctl.EXIT_STDOUT_CLOSED == 141, (argv, done.stderr)
+        assert "Traceback" not in done.stderr and done.stderr == "", (argv, done.stderr)
