@@ -62,6 +62,8 @@ NOT_YET_RETRY_S = 0.5
 NOT_YET_GIVE_UP_S = 30.0
 BLAME_S = 60.0  # a signer proven to have sent a bad share is left out of signer sets this long
 SPARES = 2  # spare commitments a proposer keeps per peer for the one-round path
+HEDGE_LAGS = 3.0  # the one-round set's lock replies may take this many of their usual round trips before the
+#                   other peers are asked too
 RunBlocking = Callable[..., Awaitable[Any]]
 
 
@@ -569,6 +571,7 @@ class ReceiptService:
         fast_signature: bytes | None = None
         fast_waiting: set[int] = set()
         fast_replied = trio.Event()  # every peer of the one-round set answered (or gave up)
+        hedge = trio.Event()  # ask the peers outside the one-round set now (it fell short, or took too long)
 
         def usable() -> int:  # this member and the peers that answered, proven liars left out
             now = trio.current_time()
@@ -593,6 +596,7 @@ class ReceiptService:
                     if len(share) == 32:
                         fast_shares[ident] = share
                     else:  # refused, or forgot its spares (restarted): they are of no use any more
+                        hedge.set()
                         self._spares.pop(peer, None)
                         if accepted.get(ident) == {r.id for r in mine}:  # locked it all, yet no share: withheld?
                             self._penalize(peer)
@@ -604,6 +608,7 @@ class ReceiptService:
                     enough.set()
             except TimeoutError:
                 log.debug("no lock reply from %s", peer)
+                hedge.set()
             finally:
                 replies += 1
                 if replies == len(peers):
@@ -628,14 +633,19 @@ class ReceiptService:
                             peers = [p for p in self.net.up_peers() if p in self.identifier_of]
                             fast = self._fast_plan(key, peers, batch_id)
                             fast_waiting = set(fast[0]) - {me} if fast is not None else set()
-                            for p in peers:
+                            first = [p for p in peers if self.identifier_of[p] in fast_waiting] or peers
+                            for p in first:
                                 nursery.start_soon(ask, p)
+                            if len(first) < len(peers):
+                                nursery.start_soon(self._ask_later, hedge, self._hedge_s(first), nursery, ask,
+                                                   [p for p in peers if p not in first])
                     finally:
                         await self.run_blocking(self.locks.commit)  # durable, before any share of ours exists
             self._remember_locked(batch, decisions)
             t_locked = time.perf_counter()
             if not mine:
                 return
+            own_share = self._own_fast_share(batch_id, fast, mine)  # while the peers answer
             if peers:
                 deadline = trio.current_time() + self.lock_timeout_s
                 with trio.move_on_at(deadline):
@@ -644,8 +654,10 @@ class ReceiptService:
                     with trio.move_on_after(self.lock_grace_s):
                         await fast_replied.wait()
                 if fast is not None and len(fast_shares) == t - 1:
-                    fast_signature = self._fast_sign(key, batch_id, fast, fast_shares, mine)
-                    if fast_signature is None and usable() < t and not got_all.is_set():
+                    fast_signature = self._fast_sign(key, fast, fast_shares, own_share, mine)
+                if fast_signature is None:
+                    hedge.set()  # the one-round set fell short: every peer's answer counts now
+                    if fast is not None and len(fast_shares) == t - 1 and usable() < t and not got_all.is_set():
                         enough = trio.Event()  # a liar just named: wait for other answers to make up for it
                         with trio.move_on_at(deadline):
                             await enough.wait()
@@ -701,6 +713,22 @@ class ReceiptService:
                   len(final), (t_locked - t_start) * 1000, (t_peers - t_start) * 1000, (t_signed - t_peers) * 1000,
                   (time.perf_counter() - t_signed) * 1000)
 
+    @staticmethod
+    async def _ask_later(hedge: trio.Event, delay_s: float, nursery: trio.Nursery,
+                         ask: Callable[[str], Awaitable[None]], peers: list[str]) -> None:
+        """Ask ``peers`` once ``hedge`` is set or ``delay_s`` has passed (a hedged request: the one-round set
+        usually answers first, and the batch is done before these are needed)."""
+        with trio.move_on_after(delay_s):
+            await hedge.wait()
+        for p in peers:
+            nursery.start_soon(ask, p)
+
+    def _hedge_s(self, asked: list[str]) -> float:
+        """How long the one-round set may take before the other peers are asked too: a few of its slowest
+        member's usual lock round trips, at least the lock grace, at most half the lock timeout."""
+        slowest = max(self._lag.get(p, self.lock_grace_s) for p in asked)
+        return min(max(HEDGE_LAGS * slowest, self.lock_grace_s), self.lock_timeout_s / 2)
+
     def _fast_plan(self, key: frost.KeyShare, peers: list[str], batch_id: bytes
                    ) -> tuple[dict[int, tuple[bytes, bytes]], dict[str, Any]] | None:
         """A signer set for the one-round path: this member (a fresh commitment) and the t − 1 quickest peers
@@ -717,14 +745,21 @@ class ReceiptService:
         return chosen, {"fast_signers": bytes(order), "fast_hiding": [chosen[i][0] for i in order],
                         "fast_binding": [chosen[i][1] for i in order]}
 
-    def _fast_sign(self, key: frost.KeyShare, batch_id: bytes,
-                   fast: tuple[dict[int, tuple[bytes, bytes]], dict[str, Any]], shares: dict[int, bytes],
-                   receipts: list[rc.Receipt]) -> bytes | None:
-        """Our own share, then aggregate and verify; a bad share names its signer (left out for BLAME_S)."""
-        chosen, fields = fast
-        own = self._fast_share(self.my_id, {"batch": batch_id, "signers": fields["fast_signers"],
-                                            "hiding": fields["fast_hiding"], "binding": fields["fast_binding"]},
-                               receipts)
+    def _own_fast_share(self, batch_id: bytes, fast: tuple[dict[int, tuple[bytes, bytes]], dict[str, Any]] | None,
+                        receipts: list[rc.Receipt]) -> bytes:
+        """Our share for the one-round path (our lock is durable by now); empty without one."""
+        if fast is None:
+            return b""
+        fields = fast[1]
+        return self._fast_share(self.my_id, {"batch": batch_id, "signers": fields["fast_signers"],
+                                             "hiding": fields["fast_hiding"], "binding": fields["fast_binding"]},
+                                receipts)
+
+    def _fast_sign(self, key: frost.KeyShare, fast: tuple[dict[int, tuple[bytes, bytes]], dict[str, Any]],
+                   shares: dict[int, bytes], own: bytes, receipts: list[rc.Receipt]) -> bytes | None:
+        """Aggregate the peers' shares with ours and verify; a bad share names its signer (left out for
+        BLAME_S)."""
+        chosen = fast[0]
         if len(own) != 32:
             return None
         message = rc.batch_message(key.group_public_key, merkle.root([r.to_bytes() for r in receipts]),
