@@ -12,7 +12,9 @@ A thin trio layer over the pure cores (receipts, slots, roast, merkle). Roles, i
   names a signer set in its ``rc.lock`` (the spares plus a fresh commitment of its own), and each named peer that
   locks every receipt of the batch answers with its signature share in the lock reply. t valid shares: signed in
   one round trip. Anything less (a refusal, a restarted peer that forgot its spare, a bad share — named and
-  excluded) falls back to the ROAST sessions below with the commitments the lock replies carried anyway.
+  excluded) falls back to the ROAST sessions below with the commitments the lock replies carried anyway. Such a
+  batch's ``rc.lock`` goes to the named peers first; the others are asked as soon as that set falls short, or
+  when it takes longer than ``HEDGE_LAGS`` of its usual round trips (their work is not needed otherwise).
 * **signer**: answers ``rc.lock`` and ``rc.sign``. A share is released only for a batch whose every receipt
   this member has locked to exactly that receipt (the lock table is durable before the reply leaves). Secret
   nonces live in memory only, each bound to the proposer and batch it was offered to, used once, then gone;
