@@ -140,7 +140,26 @@ def test_dashboard_shows_every_member_and_a_killed_one_as_down(tmp_path: Path) -
                     ".reduce((sum, td) => sum + (parseInt(td.textContent, 10) || 0), 0) >= n", arg=RECEIPTS,
                     timeout=5_000)
                 expect(page.locator("#chart-rate path.series")).to_have_count(N)
+                for cid in ids:  # the DA layers each member writes to, healthy, and no root marked as differing
+                    expect(page.locator(f'tr[data-member="{cid}"] td.layers span.chip.ok')).not_to_have_count(0)
+                expect(page.locator("#members td.root.differs")).to_have_count(0)
                 assert errors == [], errors
+
+                # a member whose state root disagrees stands out, and only that one: its /state/root answer is
+                # replaced in the browser (a real divergence cannot be held still long enough to look at)
+                odd = "f" * 64
+                real = httpx.get(f"{victim['url']}/state/root", timeout=10).json()
+
+                def diverge(route: Any) -> None:
+                    route.fulfill(status=200, content_type="application/json", body=json.dumps({**real, "root": odd}),
+                                  headers={"Access-Control-Allow-Origin": "*"})
+
+                page.route(f"{victim['url']}/state/root", diverge)
+                differs = page.locator("#members td.root.differs")
+                expect(differs).to_have_count(1, timeout=5_000)
+                expect(page.locator(f'tr[data-member="{victim["id"]}"] td.root')).to_have_attribute("title", odd)
+                page.unroute(f"{victim['url']}/state/root")
+                expect(differs).to_have_count(0, timeout=5_000)
 
                 os.kill(victim["pid"], signal.SIGKILL)
                 killed_at = time.monotonic()
