@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.app import create_app
 from consensus import receipts as rc
 from consensus.dkg_service import DkgService
+from deploy.adversary import make_byzantine
 from deploy.coordinator import peer_manager, receipt_engine
 from node import identity
 from node.config import Config
@@ -147,9 +148,11 @@ async def test_a_da_outage_shows_in_errors_status_and_the_age_of_the_oldest_unpu
 
 # ---- a cluster of three coordinators in one process ----------------------------------------------------------
 
-async def start_cluster(nursery: trio.Nursery, make_config: Callable[..., Config], n: int = 3) -> list[Any]:
+async def start_cluster(nursery: trio.Nursery, make_config: Callable[..., Config], n: int = 3,
+                        liars: dict[int, str] | None = None) -> list[Any]:
     """n coordinators on one Mock DA, linked by real peer links, each with its DKG and receipt engine, as
-    deploy/coordinator.py composes them; returns their test clients."""
+    deploy/coordinator.py composes them (``liars``: member index -> a DSDN_BYZANTINE behaviour); returns their
+    test clients."""
     cfgs = [make_config(f"c{i}") for i in range(n)]  # only for the data dirs: the keys must exist first
     keys = [identity.load_or_create(cfg.data_dir) for cfg in cfgs]
     spec = ",".join(f"c{i}={bytes(k.verify_key).hex()}@127.0.0.1:{free_port()}" for i, k in enumerate(keys))
@@ -163,6 +166,8 @@ async def start_cluster(nursery: trio.Nursery, make_config: Callable[..., Config
         dkg = DkgService(peers, coord.key, {p.id: p.public_key for p in cfg.peers}, cfg.data_dir / "keyshare.bin",
                          passphrase=cfg.keystore_passphrase, threshold=cfg.dkg_threshold, auto=cfg.dkg_auto)
         receipts, _ = receipt_engine(cfg, coord, peers, dkg)
+        if liars and i in liars:
+            make_byzantine(receipts, liars[i])
         app = create_app(coord, None, peers, dkg, receipts)
         await nursery.start(coord.run)
         await nursery.start(peers.run)
@@ -292,3 +297,41 @@ async def test_cluster_metrics_match_cluster_status_and_peers(
         root = await get_json(client, "/state/root")
         assert value(await scrape(client), "dsdn_state_events_applied_total") >= root["events_applied"] > 0
     assert c2 is clients[2]
+
+
+async def test_a_signer_sending_bad_shares_is_counted_by_name(
+        nursery: trio.Nursery, make_config: Callable[..., Config]) -> None:
+    """c2 sends wrong signature shares: the proposer names it, and /metrics counts it under its name as
+    /cluster/status does (t = n = 3, so nothing gets signed while it lies)."""
+    c0, c1, _ = clients = await start_cluster(nursery, make_config, liars={2: "bad_shares"})
+
+    async def keyed() -> bool:
+        keys = {(await get_json(c, "/cluster/status"))["group_public_key"] for c in clients}
+        return len(keys) == 1 and None not in keys
+
+    await until("the DKG to give every coordinator the group key", keyed, 60)
+    key = nacl.signing.SigningKey(bytes([9]) * 32)
+    assert (await c0.post("/register", json={"id": "bn", "zone": "z", "addr": "h:1",
+                                             "public_key": bytes(key.verify_key).hex()})).status_code == 200
+
+    async def replicated() -> bool:
+        return len({(await get_json(c, "/state/root"))["root"] for c in clients}) == 1
+
+    await until("the node on every coordinator", replicated)
+    workload = "ab" * 32
+    body = rc.sign_as_node(key, receipt_type="compute", node_id="bn", subject=workload,
+                           epoch=int(time.time() // 3600) + 1, usage_proof_hash="cd" * 32,
+                           execution_commitment=[workload, *(f"{k:064x}" for k in range(5))], reward_base=5,
+                           submitter_address="ab" * 20, timestamp=int(time.time())).to_json()
+    assert (await c0.post("/receipts", json=body)).status_code == 202
+
+    async def blamed() -> bool:
+        return bool((await get_json(c0, "/cluster/status"))["receipts"]["blamed"])
+
+    await until("c0 to name the liar", blamed)
+    status, m = await steady_status(c0)
+    assert set(status["receipts"]["blamed"]) == {"c2"}
+    assert {dict(labels)["signer"]: v for labels, v in labelled(m, "dsdn_receipt_blamed_signers_total").items()} \
+        == status["receipts"]["blamed"]
+    assert value(m, "dsdn_receipt_blamed_signers_total", signer="c2") >= 1
+    assert value(await scrape(c1), "dsdn_receipt_blamed_signers_total", signer="c2") == 0  # c1 proposed nothing
