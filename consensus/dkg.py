@@ -83,8 +83,8 @@ from consensus.group import (
 
 __all__ = ["Abort", "Complaint", "ComplaintRecord", "Confirm", "DkgError", "DkgMessageError", "DkgParticipant",
            "DkgState", "Outgoing", "Round1", "Round2", "Want", "assign_identifiers", "check_exclusion_proof",
-           "check_threshold", "decode", "default_threshold", "exclusion_proof", "judge_complaint",
-           "session_context", "sign_abort", "threshold_refusal"]
+           "check_threshold", "decode", "default_threshold", "exclusion_proof", "faults_tolerated",
+           "judge_complaint", "session_context", "sign_abort", "threshold_floor", "threshold_refusal"]
 
 
 class DkgError(ValueError):
@@ -136,26 +136,50 @@ class Want:
 # ---- thresholds -------------------------------------------------------------------------------------------------
 
 
+def faults_tolerated(n: int) -> int:
+    """f = ⌊(n - 1)/3⌋: the Byzantine members an ``n``-member cluster tolerates (n >= 3f + 1)."""
+    return (n - 1) // 3
+
+
+def threshold_floor(n: int) -> int:
+    """⌊(n + f)/2⌋ + 1 with f = :func:`faults_tolerated` (n): the smallest threshold an ``n``-member cluster may use.
+
+    Any two signing quorums of this size share more than f members, so at least one honest member: two receipts
+    for one slot can never both be signed. The one formula for it: the configuration (DKG_THRESHOLD), the
+    starter and every joiner call this. n = 1..10: 1, 2, 2, 3, 4, 4, 5, 6, 6, 7."""
+    if n < 1:
+        raise ValueError(f"need at least one member, got {n}")
+    return (n + faults_tolerated(n)) // 2 + 1
+
+
 def default_threshold(n: int) -> int:
     """⌊2n/3⌋ + 1: the smallest t with t > (n + f)/2 for f = n - t faulty members (two signing quorums always
-    share an honest member, and t honest members can sign without the others)."""
+    share an honest member, and t honest members can sign without the others); never below
+    :func:`threshold_floor`."""
     return 2 * n // 3 + 1
 
 
 def check_threshold(n: int, t: int) -> None:
-    """2 <= n <= 255 and n//2 + 1 <= t <= n (a strict majority must sign), else DkgError."""
+    """2 <= n <= 255 and :func:`threshold_floor` (n) <= t <= n, else DkgError saying which bound ``t`` breaks."""
     if not 2 <= n <= MAX_PARTICIPANTS:
         raise DkgError(f"need 2..{MAX_PARTICIPANTS} participants, got {n}")
-    if isinstance(t, bool) or not isinstance(t, int) or not n // 2 + 1 <= t <= n:
-        raise DkgError(f"threshold {t!r} out of range: need {n // 2 + 1} <= t <= {n} for n = {n}")
+    lo = threshold_floor(n)
+    if isinstance(t, bool) or not isinstance(t, int):
+        raise DkgError(f"threshold {t!r} is not an integer (allowed: {lo} to {n} for n = {n})")
+    if t < lo:
+        raise DkgError(f"threshold {t} is below the floor {lo} = floor((n + f)/2) + 1 for n = {n}, "
+                       f"f = {faults_tolerated(n)} (allowed: {lo} to {n})")
+    if t > n:
+        raise DkgError(f"threshold {t} is above the {n} members (allowed: {lo} to {n})")
 
 
 def threshold_refusal(n: int, t: int, configured: int | None) -> str | None:
     """Why a member of an ``n``-member cluster refuses a session of threshold ``t`` (None: it accepts).
 
-    The rule: with a configured threshold, exactly that one; without, any t with ⌊2n/3⌋ + 1 <= t <= n (the
-    default and above). A lower threshold (never below the strict majority ⌊n/2⌋ + 1) needs every member to
-    configure it.
+    The rule: never below :func:`threshold_floor` (n) nor above n, whatever the configuration says (this does not
+    rely on the configuration having been validated); with a configured threshold, exactly that one; without,
+    any t with ⌊2n/3⌋ + 1 <= t <= n (the default and above). A lower threshold, down to the floor, needs every
+    member to configure it.
     """
     try:
         check_threshold(n, t)

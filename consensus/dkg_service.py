@@ -4,10 +4,13 @@
   member without a key joins, unless it refuses the start (see below). With ``auto``, the member with the
   smallest id among those not proven to misbehave starts one by itself when every participant is connected and
   no key exists, and again (with a growing back-off) after a session ends without a key.
-* Thresholds: a joiner with a configured threshold accepts exactly that one; without one, any t with
-  ⌊2n/3⌋ + 1 <= t <= n (n: cluster members). ⌊n/2⌋ + 1 is the floor everywhere
-  (:func:`consensus.dkg.threshold_refusal`). A refused start is logged, listed in ``status()`` (``dkg.error``,
-  ``dkg.refused_starts``) and answered with a signed abort, so the starter's session ends saying why.
+* Thresholds: the floor everywhere is ⌊(n + f)/2⌋ + 1 with f = ⌊(n - 1)/3⌋ (n: cluster members;
+  :func:`consensus.dkg.threshold_floor`): a start below it (or above n) is refused even by a joiner configured
+  with that very threshold. Above the floor, a joiner with a configured threshold accepts exactly that one;
+  without one, any t with ⌊2n/3⌋ + 1 <= t <= n (:func:`consensus.dkg.threshold_refusal`). A refused start is
+  logged (one warning naming the starter, the threshold and the reason), listed in ``status()`` (``dkg.error``,
+  ``dkg.refused_starts``: starter, threshold, reason) and answered with a signed abort, so the starter's session
+  ends saying why.
 * Two sessions at once (two starts racing): every member keeps the one with the smaller session id, unless it
   already confirmed the other; leaving a session means broadcasting a signed abort.
 * Losses: a member lacking messages broadcasts ``dkg.sync`` (what it lacks) every ``sync_interval_s``; peers

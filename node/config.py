@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from consensus.dkg import faults_tolerated, threshold_floor
 from node.blob import MAX_BLOB_BYTES
 from node.da.namespace import NamespaceError, parse_namespace
 from node.naming import HOSTNAME_RE, ID_RE
@@ -94,7 +95,7 @@ class Config:
     peer_host: str = "127.0.0.1"
     peer_port: int = 0  # 0: the port of our own entry in the cluster config
     peer_heartbeat_ms: int = 1000
-    dkg_threshold: int | None = None  # None: floor(2n/3) + 1
+    dkg_threshold: int | None = None  # None: floor(2n/3) + 1; else floor((n + f)/2) + 1 .. n (consensus.dkg)
     dkg_auto: bool = True
     keystore_passphrase: bytes | None = field(default=None, repr=False)
     # Receipt consensus
@@ -317,11 +318,21 @@ def _cluster(env: Mapping[str, str]) -> tuple[str | None, tuple[PeerSpec, ...]]:
 
 
 def _dkg_threshold(env: Mapping[str, str], n: int) -> int | None:
+    """DKG_THRESHOLD: from :func:`consensus.dkg.threshold_floor` (n) to n for ``n`` cluster members (None: unset)."""
     raw = _get(env, "DKG_THRESHOLD")
     if raw is None:
         return None
-    lo = n // 2 + 1
-    return _int(env, "DKG_THRESHOLD", 0, lo, max(lo, n))
+    lo = threshold_floor(max(n, 1))
+    hi = max(lo, n)
+    why = (f"an integer from {lo} to {hi} (n = {n} members: at least floor((n + f)/2) + 1 with "
+           f"f = floor((n - 1)/3) = {faults_tolerated(max(n, 1))} faulty members tolerated, at most n)")
+    try:
+        value = int(raw, 10)
+    except ValueError:
+        raise ConfigError("DKG_THRESHOLD", raw, why) from None
+    if not lo <= value <= hi:
+        raise ConfigError("DKG_THRESHOLD", raw, why)
+    return value
 
 
 def load(env: Mapping[str, str]) -> Config:

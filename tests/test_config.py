@@ -145,3 +145,34 @@ def test_bad_cluster_membership_is_refused(env: dict[str, str], var: str, expect
     with pytest.raises(ConfigError) as err:
         load({"USE_MOCK_DA": "true", **env})
     assert err.value.var == var and expected in str(err.value)
+
+
+def _members(n: int) -> str:
+    return ",".join(f"c{i}={i + 1:02x}{'00' * 31}@127.0.0.1:{9200 + i}" for i in range(n))
+
+
+@pytest.mark.parametrize(("n", "floor"), [(2, 2), (3, 2), (4, 3), (5, 4), (6, 4), (7, 5), (9, 6), (10, 7)])
+def test_dkg_threshold_from_the_floor_to_n(n: int, floor: int) -> None:
+    """DKG_THRESHOLD: floor((n + f)/2) + 1 (f = floor((n - 1)/3)) to n (issue "Hardening" §2)."""
+    env = {"USE_MOCK_DA": "true", "COORDINATOR_ID": "c0", "CLUSTER_PEERS": _members(n)}
+    assert load(env).dkg_threshold is None
+    for t in range(floor, n + 1):
+        assert load({**env, "DKG_THRESHOLD": str(t)}).dkg_threshold == t
+    for t in (floor - 1, n + 1):
+        with pytest.raises(ConfigError) as err:
+            load({**env, "DKG_THRESHOLD": str(t)})
+        assert err.value.var == "DKG_THRESHOLD" and f"an integer from {floor} to {n} (n = {n} members" in str(err.value)
+
+
+def test_dkg_threshold_below_the_floor_is_a_configuration_error() -> None:
+    """4 of 7 is a strict majority but below the floor 5 (f = 2): refused, naming the variable, the value and the
+    allowed range (the coordinator prints this one line and exits 2)."""
+    env = {"USE_MOCK_DA": "true", "COORDINATOR_ID": "c0", "CLUSTER_PEERS": _members(7)}
+    with pytest.raises(ConfigError) as err:
+        load({**env, "DKG_THRESHOLD": "4"})
+    assert err.value.var == "DKG_THRESHOLD" and err.value.value == "4"
+    assert str(err.value) == ("DKG_THRESHOLD='4': expected an integer from 5 to 7 (n = 7 members: at least "
+                              "floor((n + f)/2) + 1 with f = floor((n - 1)/3) = 2 faulty members tolerated, at most n)")
+    with pytest.raises(ConfigError, match="DKG_THRESHOLD='five': expected an integer from 5 to 7"):
+        load({**env, "DKG_THRESHOLD": "five"})
+    assert load({**env, "DKG_THRESHOLD": "5"}).dkg_threshold == 5

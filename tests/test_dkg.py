@@ -243,32 +243,54 @@ def test_an_abort_after_a_confirmation_is_proven_equivocation() -> None:
     assert nodes[1].state is DkgState.COMPLETE
 
 
+def test_threshold_floor_is_the_smallest_quorum_whose_overlaps_hold_an_honest_member() -> None:
+    """floor = floor((n + f)/2) + 1 with f = floor((n - 1)/3): two quorums of that size share more than f members
+    (so an honest one), one fewer does not; it is never above n nor above the default floor(2n/3) + 1."""
+    assert [dkg.threshold_floor(n) for n in range(1, 11)] == [1, 2, 2, 3, 4, 4, 5, 6, 6, 7]
+    assert [dkg.default_threshold(n) for n in range(1, 11)] == [1, 2, 3, 3, 4, 5, 5, 6, 7, 7]
+    for n in range(1, 256):
+        f, t = dkg.faults_tolerated(n), dkg.threshold_floor(n)
+        assert n >= 3 * f + 1 and n < 3 * (f + 1) + 1
+        assert 2 * t - n > f and (n == 1 or 2 * (t - 1) - n <= f)
+        assert t <= dkg.default_threshold(n) <= n
+    with pytest.raises(ValueError):
+        dkg.threshold_floor(0)
+
+
 def test_threshold_refusal_rule() -> None:
     assert dkg.threshold_refusal(4, 3, None) is None and dkg.threshold_refusal(4, 4, None) is None
-    assert "below 5" in (dkg.threshold_refusal(7, 4, None) or "")  # 7 // 2 + 1 = 4 needs configuring
-    assert dkg.threshold_refusal(7, 4, 4) is None
+    assert "threshold 4 is below the floor 5" in (dkg.threshold_refusal(7, 4, None) or "")
+    # the floor holds even for a member configured with that very threshold (the check does not rely on the
+    # configuration having been validated)
+    assert dkg.threshold_refusal(7, 4, 4) == ("threshold 4 is below the floor 5 = floor((n + f)/2) + 1 for n = 7, "
+                                              "f = 2 (allowed: 5 to 7)")
+    assert dkg.threshold_refusal(7, 5, 5) is None
     assert "configured threshold 5" in (dkg.threshold_refusal(7, 6, 5) or "")
-    assert "out of range" in (dkg.threshold_refusal(7, 3, 3) or "")  # never below a strict majority
-    assert "out of range" in (dkg.threshold_refusal(7, 8, None) or "")
+    assert "below the floor 5" in (dkg.threshold_refusal(7, 3, 3) or "")
+    assert dkg.threshold_refusal(7, 8, None) == "threshold 8 is above the 7 members (allowed: 5 to 7)"
+    # between the floor and the default: only when configured
+    assert dkg.threshold_refusal(9, 6, 6) is None
+    assert "below 7 = floor(2n/3) + 1" in (dkg.threshold_refusal(9, 6, None) or "")
+    assert "configured threshold 7" in (dkg.threshold_refusal(9, 6, 7) or "")
 
 
 def test_configurable_threshold_at_the_minimum() -> None:
-    _, nodes = run_dkg(5, seed=7, threshold=3)  # 5 // 2 + 1
+    _, nodes = run_dkg(6, seed=7, threshold=4)  # the floor for n = 6 (f = 1), below the default 5
     assert all(p.state is DkgState.COMPLETE for p in nodes.values())
     shares = {i: p.result for i, p in nodes.items() if p.result is not None}
-    assert len(shares) == 5 and all(s.threshold == 3 for s in shares.values())
+    assert len(shares) == 6 and all(s.threshold == 4 for s in shares.values())
     gpk = shares[1].group_public_key
-    for signers in itertools.combinations(range(1, 6), 3):
+    for signers in itertools.combinations(range(1, 7), 4):
         nacl.signing.VerifyKey(gpk).verify(b"m", sign_with(shares, signers, b"m"))
 
 
 def test_threshold_rules() -> None:
     assert [dkg.default_threshold(n) for n in range(2, 11)] == [2, 3, 3, 4, 5, 5, 6, 7, 7]
     sid, keys, participants = cluster(7)
-    for bad in (0, 1, 2, 3, 8, True, "5", 4.0):  # below 7 // 2 + 1 = 4, above n, or not an int
+    for bad in (0, 1, 2, 3, 4, 8, True, "5", 4.0):  # below the floor 5 for n = 7, above n, or not an int
         with pytest.raises(DkgError, match="threshold"):
             DkgParticipant(sid, keys[1], participants, bad)  # type: ignore[arg-type]
-    assert DkgParticipant(sid, keys[1], participants, 4).threshold == 4
+    assert DkgParticipant(sid, keys[1], participants, 5).threshold == 5
     assert DkgParticipant(sid, keys[1], participants).threshold == 5
     sid1, keys1, participants1 = cluster(1)
     with pytest.raises(DkgError, match="participants"):

@@ -8,6 +8,7 @@ while it runs, so a loaded machine would time sessions out (the flaky test of is
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ import trio.testing
 
 from consensus import dkg, frost, keystore
 from consensus.dkg import DkgError, DkgParticipant
-from consensus.dkg_messages import Confirm, Round2
+from consensus.dkg_messages import SESSION_ID_SIZE, Confirm, Round2
 from consensus.dkg_messages import Message as DkgMessage
 from consensus.dkg_service import DkgService, register
 from protocol.envelope import Message, Registry
@@ -294,23 +295,105 @@ async def test_joiners_refuse_a_threshold_other_than_their_configured_one(
         nursery.cancel_scope.cancel()
 
 
-async def test_unconfigured_joiners_refuse_a_threshold_below_two_thirds(
-        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
-    """n = 7: the starter is configured for 4 (a strict majority, allowed when configured); members without a
-    configured threshold refuse anything below floor(2n/3) + 1 = 5, and say why in /cluster/status."""
+def rogue_start(service: DkgService, threshold: int) -> bytes:
+    """Broadcast a ``dkg.start`` of ``threshold`` from ``service``'s member without its checks (an old or lying
+    starter: :meth:`DkgService.start` itself refuses a threshold below the floor); returns the session id."""
+    session_id = os.urandom(SESSION_ID_SIZE)
+    service.net.broadcast("dkg.start", {"session": session_id, "threshold": threshold,
+                                        "participants": sorted(service.identifiers), "proofs": []})
+    return session_id
+
+
+FLOOR_7 = "threshold 4 is below the floor 5 = floor((n + f)/2) + 1 for n = 7, f = 2 (allowed: 5 to 7)"
+
+
+async def test_a_threshold_below_the_floor_is_refused_even_when_configured(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    """n = 7: f = 2, so the floor is floor((7 + 2)/2) + 1 = 5 (issue "Hardening" §2). 4 of 7 is a strict majority,
+    but two quorums of 4 share only one member, possibly faulty: nobody may configure it, the starter cannot start
+    it, and every joiner refuses such a start, unconfigured, configured for 5, or configured for 4 behind the
+    configuration check's back (the joiner's check does not rely on it). Each refusal is one warning naming the
+    starter, the threshold and the reason, and is listed in the status /cluster/status serves."""
+    caplog.set_level(logging.WARNING, logger="dsdn.dkg")
     ids = [f"c{i}" for i in range(7)]
-    net, services = setup(tmp_path, ids=ids, delay=(0.001, 0.01), thresholds={"c0": 4})
+    with pytest.raises(DkgError, match=r"threshold 4 is below the floor 5"):
+        setup(tmp_path, ids=ids, thresholds={"c6": 4})
+    net, services = setup(tmp_path, ids=ids, delay=(0.001, 0.01), thresholds={"c4": 5, "c5": 5})
+    services["c6"].threshold = 4  # as if its configuration had never been checked
+    for s in services.values():
+        s.auto = False
+    with pytest.raises(DkgError, match=r"threshold 4 is below the floor 5"):
+        services["c0"].start(4)
+    with pytest.raises(DkgError, match=r"threshold 4 is below the floor 5"):
+        services["c6"].start()  # its own (unchecked) threshold
+    assert services["c0"].session is None and services["c6"].session is None
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        for s in services.values():
+            await nursery.start(s.run)
+        session = rogue_start(services["c0"], 4)
+        await trio.sleep(1)
+        for i in ids[1:]:
+            assert services[i].session is None and services[i].key is None and services[i].sessions_run == 0
+            status = services[i].status()["dkg"]
+            assert status["refused_starts"] == [{"session": session.hex(), "from": "c0", "threshold": 4,
+                                                 "reason": FLOOR_7, "count": 1}]
+            assert status["error"] == f"refused DKG session {session.hex()[:12]} started by c0: {FLOOR_7}"
+        nursery.cancel_scope.cancel()
+    refusals = [r for r in caplog.records if r.name == "dsdn.dkg" and r.getMessage().startswith("refusing")]
+    assert [r.levelno for r in refusals] == [logging.WARNING] * 6
+    assert {r.getMessage() for r in refusals} == {
+        f"refusing DKG session {session.hex()[:12]} started by c0 (threshold 4): {FLOOR_7}"}
+
+
+async def test_a_start_other_than_the_configured_threshold_is_logged_and_listed(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    """A start at or above the floor that differs from the joiner's configured threshold: one warning line naming
+    the starter, the threshold and the reason, and the same reason in the status (/cluster/status)."""
+    caplog.set_level(logging.WARNING, logger="dsdn.dkg")
+    net, services = setup(tmp_path, delay=(0.001, 0.01), thresholds={"c1": 3, "c2": 3, "c3": 3})
     for s in services.values():
         s.auto = False
     async with trio.open_nursery() as nursery:
         await nursery.start(net.run)
         for s in services.values():
             await nursery.start(s.run)
-        services["c0"].start()
+        session = services["c0"].start(4)
         await trio.sleep(1)
-        for i in ids[1:]:
+        reason = "threshold 4 differs from the configured threshold 3"
+        for i in ("c1", "c2", "c3"):
+            assert services[i].session is None
+            status = services[i].status()
+            assert status["dkg"]["refused_starts"][0] == {"session": session.hex(), "from": "c0", "threshold": 4,
+                                                          "reason": reason, "count": 1}
+            assert status["dkg"]["error"] == f"refused DKG session {session.hex()[:12]} started by c0: {reason}"
+        nursery.cancel_scope.cancel()
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "dsdn.dkg"
+             and r.getMessage().startswith("refusing")]
+    assert lines == [f"refusing DKG session {session.hex()[:12]} started by c0 (threshold 4): {reason}"] * 3
+
+
+async def test_unconfigured_joiners_refuse_a_threshold_below_two_thirds(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """n = 9: the starter is configured for 6 (the floor: f = 2, floor((9 + 2)/2) + 1 = 6, allowed when
+    configured); members without a configured threshold refuse anything below floor(2n/3) + 1 = 7, and say why
+    in /cluster/status; members configured for 6 join."""
+    ids = [f"c{i}" for i in range(9)]
+    net, services = setup(tmp_path, ids=ids, delay=(0.001, 0.01), thresholds={"c0": 6, "c1": 6})
+    for s in services.values():
+        s.auto = False
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        for s in services.values():
+            await nursery.start(s.run)
+        session = services["c0"].start()
+        await trio.sleep(1)
+        for i in ids[2:]:
             assert services[i].session is None and services[i].key is None
-            assert "threshold 4 is below 5" in services[i].status()["dkg"]["refused_starts"][0]["reason"]
+            assert "threshold 6 is below 7" in services[i].status()["dkg"]["refused_starts"][0]["reason"]
+        assert not services["c1"].refused_starts and services["c1"].sessions_run == 1
+        assert "(refused: threshold 6 is below 7" in (services["c0"].last_error or "")
+        assert all(services[i].status()["dkg"]["refused_starts"][0]["session"] == session.hex() for i in ids[2:])
         nursery.cancel_scope.cancel()
 
 
