@@ -14,6 +14,12 @@ Celestia the network head height (``header.NetworkHead``: heights without blobs 
 store or QuorumDA validator log the position of its newest blob, for the Mock DA the height of its newest blob;
 cursor and head are in the same unit (the consumer's cursor). Unknown (null) until the first report or while
 the layer does not answer.
+
+A *stuck* log (``Consumer.stuck``, ``stuck_logs``; /ready's 503 once rebuilt): its reads have kept failing with an
+answer — the layer replied, with an error (e.g. a pruned Celestia node's ``header: not found``), as opposed to an
+outage (``DAUnavailable``/``DATimeout``, which the DA status machine's health checks report) — for
+``STUCK_AFTER_S`` or longer with no successful read in between. Its cursor stays, so events after it may be
+missing from the state; the first successful read ends it.
 """
 
 from __future__ import annotations
@@ -21,20 +27,31 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import trio
 
 from node.backoff import Backoff
 from node.blob import BlobError, decode_blob
-from node.da.base import DAError, DALayer
+from node.da.base import DAError, DALayer, DAUnavailable
 from node.events import Event
+from node.hlc import wall_ms
 
 log = logging.getLogger("dsdn.consumer")
 READ_LIMIT = 32
 PROGRESS_INTERVAL_S = 2.0
 HEAD_TIMEOUT_S = 5.0
+#: How long a followed log's reads must keep failing with an answered error (no successful read in between)
+#: before it counts as stuck and /ready answers 503 (see the module docstring). Why 30 s: one failed read, or a
+#: few in a row, is normal and heals by itself (a node restarting, a load-balanced RPC whose replica is a block
+#: behind and answers ``header: not found`` for a height it does not have yet), and readiness drives load
+#: balancers: flipping it for a blip would drain a coordinator that is fine. The consumer retries with backoff
+#: (0.1 s doubling to 10 s, full jitter), so 30 s spans about ten failed reads, and an error that outlasts them
+#: (a pruned height) will not heal alone. Only a successful read resets the streak, so a steadily failing log
+#: turns unready once and stays so (no flapping on every retry), while a log that fails now and then but keeps
+#: reading moves its cursor and stays ready. Short next to the alternative (a stuck log went unnoticed for ever).
+STUCK_AFTER_S = 30.0
 
 
 class Consumer:
@@ -67,6 +84,13 @@ class Consumer:
         self.rejected: Counter[str] = Counter()
         self.last_ok = True
         self._backoff = Backoff(0.1, 10.0, rng)
+        self.stuck_after_s = STUCK_AFTER_S  # tests shorten it
+        # the current streak of failed reads (all None/0 after a successful read)
+        self.last_error: str | None = None  # the latest failure: "reading after <cursor> failed: <error>"
+        self.failed_reads = 0
+        self.failing_since: float | None = None  # trio time of the streak's first failed read
+        self.failing_since_ms: int | None = None  # ... in wall ms (for /ready)
+        self.answered_since: float | None = None  # trio time of the streak's first failure the layer answered
 
     def ingest(self, data: bytes) -> int:
         """Verify and apply one blob; return the number of new events it brought."""
@@ -108,6 +132,7 @@ class Consumer:
                     log.warning("reading %s failed (cursor %d); retrying with backoff: %s", self.da.name,
                                 self.cursor, exc)
                 self.last_ok = False
+                self._note_failure(exc)
                 self.on_result(False, str(exc))
                 delay = self._backoff.next()
                 log.debug("reading %s failed again (retry in %.2fs): %s", self.da.name, delay, exc)
@@ -117,12 +142,51 @@ class Consumer:
             if not self.last_ok:
                 log.info("reading %s works again (cursor %d)", self.da.name, self.cursor)
             self.last_ok = True
+            self.last_error, self.failed_reads = None, 0
+            self.failing_since = self.failing_since_ms = self.answered_since = None
             self.on_result(True, None)
             if at_head:
                 self.caught_up.set()
                 await trio.sleep(self._idle)  # an idle log (a fallback in good times) is read about once a second
             else:
                 await trio.sleep(0)
+
+    def _note_failure(self, exc: DAError) -> None:
+        now = trio.current_time()
+        if self.failing_since is None:
+            self.failing_since, self.failing_since_ms = now, wall_ms()
+        if self.answered_since is None and not isinstance(exc, DAUnavailable):  # an outage is not an answer
+            self.answered_since = now
+        self.failed_reads += 1
+        self.last_error = f"reading after {self.cursor} failed: {exc}"
+
+    def stuck(self) -> dict[str, Any] | None:
+        """Why this log is stuck (see the module docstring), or None: ``cursor`` (where it stays), ``error``
+        (the latest failure), ``failing_since_ms`` (wall ms of the streak's first failed read), ``failing_for_s``
+        and ``failed_reads`` (in the streak)."""
+        if self.answered_since is None or self.failing_since is None:
+            return None
+        now = trio.current_time()
+        if now - self.answered_since < self.stuck_after_s:
+            return None
+        return {"cursor": self.cursor, "error": self.last_error, "failing_since_ms": self.failing_since_ms,
+                "failing_for_s": round(now - self.failing_since, 3), "failed_reads": self.failed_reads}
+
+
+def stuck_logs(consumers: Mapping[str, Consumer], down: Collection[str] = (), quorum_logs: Collection[str] = (),
+               quorum_required: int = 1) -> dict[str, dict[str, Any]]:
+    """The stuck logs among ``consumers`` (name → ``Consumer.stuck()``), except:
+
+    - those in ``down``, the layers the DA status machine already reports unhealthy: an outage is a DA-status
+      matter (/health, /da/routing) and writes go to the next layer; the coordinator stays ready through it;
+    - the quorum validators' own logs (``quorum_logs``) while fewer than ``quorum_required`` of them are stuck:
+      a quorum blob is stored on at least that many validators, so it can still be read from another one (and one
+      faulty validator must not make every coordinator unready: the quorum is there to tolerate it)."""
+    found = {name: consumer.stuck() for name, consumer in consumers.items() if name not in down}
+    stuck = {name: why for name, why in found.items() if why is not None}
+    if sum(name in quorum_logs for name in stuck) < quorum_required:
+        stuck = {name: why for name, why in stuck.items() if name not in quorum_logs}
+    return stuck
 
 
 class RebuildProgress:

@@ -1,7 +1,10 @@
 """A pruned Celestia node (issue 8 §4.1): a height it no longer has answers ``header: not found``. A coordinator
 whose history starts there must not skip it as an empty height and report ready without its events: its primary
 cursor stays, /ready is 503 and says why, and once the height can be read the events are applied. Real devnet
-(its socket, its pruning), coordinators in process."""
+(its socket, its pruning), coordinators in process.
+
+Once ready, a log stuck on such an answer (node.consumer.STUCK_AFTER_S, shortened here) makes /ready 503 too,
+naming the log, its cursor and the error, until a read works again; a transient error does not."""
 
 from __future__ import annotations
 
@@ -11,11 +14,14 @@ from typing import Any
 
 import httpx
 import trio
+import trio.testing
 
 from api.app import create_app
 from deploy.devnet import serve_devnet
 from node.config import Config
+from node.consumer import Consumer, stuck_logs
 from node.coordinator import Coordinator
+from node.da.base import DAError, DAUnavailable, Page
 from node.da.celestia import CelestiaDA
 from node.da.namespace import namespace_from_name
 from node.da.status import PRIMARY, Status
@@ -75,3 +81,140 @@ async def test_a_pruned_height_keeps_the_cursor_and_ready_says_why(make_config: 
         inner.cancel_scope.cancel()
     await primary.aclose()
     await a.da.primary.inner.aclose()  # type: ignore[attr-defined]
+
+
+BOUND_S = 1.0  # the stuck bound in these tests (STUCK_AFTER_S is 30 s)
+EVERY_HEIGHT = 10**9  # pruning below this makes every height, the next one too, answer "header: not found"
+
+
+async def ready(client: Any) -> tuple[int, dict[str, Any]]:
+    response = await client.get("/ready")
+    return response.status_code, await response.get_json()
+
+
+async def ready_coordinator(make_config: Callable[..., Config], nursery: trio.Nursery,
+                            inner: trio.Nursery) -> tuple[str, Coordinator, Any]:
+    url: str = await nursery.start(partial(serve_devnet, "127.0.0.1", 0, ":memory:", 0.05, TOKEN))
+    cfg = make_config("c", **celestia_env(url))
+    coord = Coordinator(cfg, CelestiaDA.from_config(cfg))
+    coord.consumers[PRIMARY].stuck_after_s = BOUND_S
+    coord.consumers[PRIMARY]._backoff.cap_s = 0.2  # retries every 0.2 s at most: several within the bound
+    client = create_app(coord).test_client()
+    await inner.start(coord.run)
+    await wait_for(lambda: coord.rebuilt, what="the coordinator to be rebuilt")
+    assert await ready(client) == (200, {"ready": True})
+    return url, coord, client
+
+
+async def test_a_lasting_read_error_after_ready_makes_ready_503_until_a_read_works(
+        make_config: Callable[..., Config], nursery: trio.Nursery) -> None:
+    async with trio.open_nursery() as inner:
+        url, coord, client = await ready_coordinator(make_config, nursery, inner)
+        consumer = coord.consumers[PRIMARY]
+        await prune(url, EVERY_HEIGHT)  # the node starts answering "header: not found" for the next height
+        await wait_for(lambda: consumer.failing_since is not None, what="the first failed read")
+        assert consumer.failing_since is not None
+        with trio.fail_after(BOUND_S + 5):
+            while (answer := await ready(client))[0] == 200:
+                await trio.sleep(0.02)
+        assert trio.current_time() - consumer.failing_since >= BOUND_S  # not before the bound
+        status, body = answer
+        cursor = consumer.cursor
+        assert status == 503 and body["ready"] is False and set(body["stuck"]) == {PRIMARY}, body
+        stuck = body["stuck"][PRIMARY]
+        assert stuck["cursor"] == cursor and stuck["failed_reads"] >= 1 and stuck["failing_for_s"] >= BOUND_S
+        assert f"reading after {cursor} failed" in stuck["error"] and "header: not found" in stuck["error"]
+        assert isinstance(stuck["failing_since_ms"], int)
+        assert body["reason"].startswith(f"a DA log cannot be read: {PRIMARY} log: reading after {cursor} failed")
+        assert "header: not found" in body["reason"]
+        # the node answers its health checks: the DA status has nothing to say, /ready is the only report
+        assert coord.da_view().status is Status.HEALTHY and coord.da_view().takes_writes
+        reads = stuck["failed_reads"]
+        await wait_for(lambda: consumer.failed_reads >= reads + 3, what="more failed reads")
+        assert consumer.cursor == cursor < await coord.da.primary.inner.head()  # nothing skipped
+        assert (await ready(client))[0] == 503
+
+        await prune(url, 0)  # the heights can be read again
+        await wait_for(lambda: consumer.cursor > cursor, what="the cursor to move on")
+        assert await ready(client) == (200, {"ready": True}) and consumer.stuck() is None
+        inner.cancel_scope.cancel()
+    await coord.da.primary.inner.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_transient_read_error_after_ready_keeps_it_ready(make_config: Callable[..., Config],
+                                                                 nursery: trio.Nursery) -> None:
+    async with trio.open_nursery() as inner:
+        url, coord, client = await ready_coordinator(make_config, nursery, inner)
+        consumer = coord.consumers[PRIMARY]
+        answers: list[int] = []
+
+        async def watch() -> None:
+            while True:
+                answers.append((await ready(client))[0])
+                await trio.sleep(0.02)
+
+        inner.start_soon(watch)
+        await prune(url, EVERY_HEIGHT)
+        await wait_for(lambda: consumer.failing_since is not None, what="a failed read")
+        failed_at = consumer.failing_since
+        assert failed_at is not None
+        await prune(url, 0)  # it heals before the bound
+        await wait_for(lambda: consumer.last_ok, what="a read to work again")
+        await trio.sleep_until(failed_at + 2 * BOUND_S)  # well past the bound since the failure
+        assert answers and set(answers) == {200} and consumer.stuck() is None
+        inner.cancel_scope.cancel()
+    await coord.da.primary.inner.aclose()  # type: ignore[attr-defined]
+
+
+class ScriptedLog:
+    """A log of no blobs whose reads raise ``error`` while it is set (the test changes it)."""
+
+    name = PRIMARY
+
+    def __init__(self) -> None:
+        self.error: DAError | None = None
+
+    async def read_after(self, cursor: int, limit: int) -> Page:
+        if self.error is not None:
+            raise self.error
+        return Page([], cursor + 1, True)
+
+
+async def test_the_stuck_rule_counts_answered_errors_only(autojump_clock: trio.testing.MockClock) -> None:
+    """Under trio's MockClock: an outage is never stuck (the DA status reports it), an answered error is stuck
+    once it lasted STUCK_AFTER_S, a successful read ends it; a layer the DA status reports down is left out, and
+    quorum validators' logs count only once as many as a quorum needs are stuck."""
+    log = ScriptedLog()
+    consumer = Consumer(log, lambda event: True, frozenset())  # type: ignore[arg-type]
+    assert consumer.stuck_after_s == 30.0
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(consumer.run)
+        await trio.sleep(1)
+        log.error = DAUnavailable("primary: connection refused")
+        await trio.sleep(100)
+        assert not consumer.last_ok and consumer.failed_reads > 5 and consumer.stuck() is None
+        log.error = DAError("primary: blob.GetAll: header: not found: height 2")
+        while consumer.answered_since is None:  # the next retry (the backoff is at its cap by now)
+            await trio.sleep(0.01)
+        await trio.sleep(29)
+        assert consumer.stuck() is None
+        await trio.sleep(1)
+        stuck = consumer.stuck()
+        assert stuck is not None and stuck["cursor"] == consumer.cursor
+        assert consumer.failing_since is not None and consumer.answered_since is not None
+        assert consumer.failing_since < consumer.answered_since - 99  # the outage began the streak
+        assert stuck["failing_for_s"] == round(trio.current_time() - consumer.failing_since, 3)  # the whole streak
+        assert stuck["error"] == f"reading after {consumer.cursor} failed: primary: blob.GetAll: header: not found: " \
+                                 "height 2"
+        assert stuck_logs({PRIMARY: consumer}) == {PRIMARY: stuck}
+        assert stuck_logs({PRIMARY: consumer}, down=[PRIMARY]) == {}
+        # as one of three quorum validators' logs: stuck only once as many as a quorum needs are stuck
+        logs = {"v1": consumer, "v2": Consumer(ScriptedLog(), lambda event: True, frozenset()),  # type: ignore[arg-type]
+                "v3": consumer}
+        assert stuck_logs(logs, quorum_logs=["v1", "v2"], quorum_required=2) == {"v3": stuck}
+        assert stuck_logs(logs, quorum_logs=["v1", "v2"], quorum_required=1) == {"v1": stuck, "v3": stuck}
+        assert stuck_logs(logs, quorum_logs=["v1", "v2", "v3"], quorum_required=2) == {"v1": stuck, "v3": stuck}
+        log.error = None
+        await trio.sleep(11)  # the backoff's cap
+        assert consumer.last_ok and consumer.stuck() is None and stuck_logs({PRIMARY: consumer}) == {}
+        nursery.cancel_scope.cancel()
