@@ -30,7 +30,6 @@ from api.receipts import node_public_key, register_receipt_routes
 from consensus.dkg import DkgError
 from consensus.dkg_service import DkgService
 from consensus.receipt_service import LedgerView, ReceiptService
-from node.consumer import stuck_logs
 from node.coordinator import VERSION, Coordinator, NotFound
 from node.da.base import DAError
 from node.da.celestia import BlobTooLarge
@@ -322,28 +321,12 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
             status = f"degraded (routing: {snap.routing})"
         return {"status": status, "da_available": snap.takes_writes, "da_health": da_health_text(snap),
                 "metrics": coord.da.layers[snap.routing].metrics_json(snap.healthy[snap.routing]),
-                "ready": coord.rebuilt and snap.takes_writes}
+                "ready": coord.readiness()["ready"]}
 
     @app.get("/ready")
     async def ready() -> tuple[JSONDict, int]:
-        if not coord.rebuilt:  # a log that cannot be read keeps its cursor: say why instead of skipping it
-            why = "; ".join(f"{name} log: {error}" for name, error in coord.da.read_problems().items())
-            return {"ready": False, "reason": "rebuilding state from DA" + (f": {why}" if why else ""),
-                    "progress": coord.progress.snapshot()}, 503  # cursor/head per log, events/s, ETA
-        snap = coord.da_view()
-        # once rebuilt: a log whose reads keep failing with an answer (its cursor stays: events after it may be
-        # missing) — not a layer the DA status reports down: an outage is that view's matter (writes fall back)
-        quorum = getattr(coord.da.layers.get(SECONDARY), "inner", None)  # a QuorumDA: its validators' logs
-        stuck = stuck_logs(coord.consumers, down=[name for name, ok in snap.healthy.items() if not ok],
-                           quorum_logs=[name for name in coord.consumers if name not in coord.da.layers],
-                           quorum_required=getattr(quorum, "required", 1))
-        if stuck:
-            why = "; ".join(f"{name} log: {s['error']} (cursor stays at {s['cursor']}; failing for "
-                            f"{s['failing_for_s']:.0f}s, {s['failed_reads']} reads)" for name, s in stuck.items())
-            return {"ready": False, "reason": f"a DA log cannot be read: {why}", "stuck": stuck}, 503
-        if not snap.takes_writes:
-            return {"ready": False, "reason": "no DA layer takes writes"}, 503
-        return {"ready": True}, 200
+        verdict = coord.readiness()
+        return verdict, 200 if verdict["ready"] else 503
 
     @app.get("/system/info")
     async def system_info() -> JSONDict:

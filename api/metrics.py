@@ -290,8 +290,8 @@ class _Collector:
         yield _counter("dsdn_state_events_applied", "Events applied to the state (what /state/root reports)",
                        coord.state.events_applied)
         yield _gauge("dsdn_state_nodes", "Registered nodes", coord.state.node_count)
-        yield _gauge("dsdn_ready", "1 when /ready answers 200 (state rebuilt, DA takes writes)",
-                     int(coord.rebuilt and coord.da_view().takes_writes))
+        yield _gauge("dsdn_ready", "1 when /ready answers 200 (state rebuilt, no followed log stuck, DA takes "
+                     "writes)", int(coord.readiness()["ready"]))
         yield _counter("dsdn_snapshots_written", "Local snapshots written", coord.snapshots_written)
 
     # ---- peers -------------------------------------------------------------------------------------------

@@ -85,7 +85,12 @@ READY = {"type": "object", "required": ["ready"], "properties": {
     "progress": {"type": "object", "required": ["events_applied", "events_per_s", "eta_s", "elapsed_s", "logs"],
                  "properties": {"events_applied": INT, "events_per_s": {"type": ["number", "null"]},
                                 "eta_s": {"type": ["number", "null"]}, "elapsed_s": NUM, "reports": INT,
-                                "logs": {"type": "object", "additionalProperties": {"type": "object"}}}}}}
+                                "logs": {"type": "object", "additionalProperties": {"type": "object"}}}},
+    # 503 once rebuilt while a followed log is stuck (node.consumer.Consumer.stuck): per log why, since when
+    "stuck": {"type": "object", "additionalProperties": {
+        "type": "object", "required": ["cursor", "error", "failing_since_ms", "failing_for_s", "failed_reads"],
+        "properties": {"cursor": INT, "error": STR, "failing_since_ms": INT, "failing_for_s": NUM,
+                       "failed_reads": INT}}}}}
 IDS = {"type": "array", "items": STR}
 
 # (method, path as Quart writes it, summary, request body schema or None, 200 schema, other statuses)
@@ -120,7 +125,8 @@ ROUTES: list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any], tuple[i
     ("GET", "/fallback/consistency", "Check the newest published blobs (200 of each kind, within 10 s) are "
      "readable from DA", None, OBJ, ()),
     ("GET", "/health", "Liveness and DA health (always 200 while the process lives)", None, OBJ, ()),
-    ("GET", "/ready", "Readiness (503 while rebuilding or when no DA layer takes writes)", None, READY, (503,)),
+    ("GET", "/ready", "Readiness (503 while rebuilding, while a followed DA log is stuck on a read error, or when "
+     "no DA layer takes writes)", None, READY, (503,)),
     ("GET", "/system/info", "Version, node count and DA status", None, OBJ, ()),
     ("GET", "/state/root", "State root, events applied, events pending publication", None, OBJ, ()),
     ("GET", "/cluster/peers", "Each peer: id, address, state, rtt_ms, last_seen, messages in/out, errors", None,

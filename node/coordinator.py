@@ -19,7 +19,7 @@ import trio
 from node import events as ev
 from node import identity, snapshot
 from node.config import Config, ConfigError
-from node.consumer import Consumer, RebuildProgress
+from node.consumer import Consumer, RebuildProgress, stuck_logs
 from node.da.base import BlobRef, DAError, DALayer
 from node.da.mock import MockDA
 from node.da.stack import DAStack
@@ -304,6 +304,28 @@ class Coordinator:
 
     def da_view(self) -> StatusSnapshot:
         return self.da.snapshot()
+
+    def readiness(self) -> dict[str, Any]:
+        """``{"ready": True}``, or ``{"ready": False, "reason", ...}`` saying why not (GET /ready answers it with
+        200 or 503; /health and /metrics report the same verdict)."""
+        if not self.rebuilt:  # a log that cannot be read keeps its cursor: say why instead of skipping it
+            why = "; ".join(f"{name} log: {error}" for name, error in self.da.read_problems().items())
+            return {"ready": False, "reason": "rebuilding state from DA" + (f": {why}" if why else ""),
+                    "progress": self.progress.snapshot()}  # cursor/head per log, events/s, ETA
+        snap = self.da_view()
+        # once rebuilt: a log whose reads keep failing with an answer (its cursor stays: events after it may be
+        # missing) — not a layer the DA status reports down: an outage is that view's matter (writes fall back)
+        quorum = getattr(self.da.layers.get(SECONDARY), "inner", None)  # a QuorumDA: its validators' logs
+        stuck = stuck_logs(self.consumers, down=[name for name, ok in snap.healthy.items() if not ok],
+                           quorum_logs=[name for name in self.consumers if name not in self.da.layers],
+                           quorum_required=getattr(quorum, "required", 1))
+        if stuck:
+            why = "; ".join(f"{name} log: {s['error']} (cursor stays at {s['cursor']}; failing for "
+                            f"{s['failing_for_s']:.0f}s, {s['failed_reads']} reads)" for name, s in stuck.items())
+            return {"ready": False, "reason": f"a DA log cannot be read: {why}", "stuck": stuck}
+        if not snap.takes_writes:
+            return {"ready": False, "reason": "no DA layer takes writes"}
+        return {"ready": True}
 
     async def consistency(self) -> dict[str, Any]:
         """Fallback blobs (pending and reconciled) and recently published event blobs, checked for real."""

@@ -127,8 +127,11 @@ async def test_a_lasting_read_error_after_ready_makes_ready_503_until_a_read_wor
         assert isinstance(stuck["failing_since_ms"], int)
         assert body["reason"].startswith(f"a DA log cannot be read: {PRIMARY} log: reading after {cursor} failed")
         assert "header: not found" in body["reason"]
-        # the node answers its health checks: the DA status has nothing to say, /ready is the only report
+        # the node answers its health checks: the DA status has nothing to say; /ready says why, /health and
+        # /metrics give the same verdict
         assert coord.da_view().status is Status.HEALTHY and coord.da_view().takes_writes
+        assert (await (await client.get("/health")).get_json())["ready"] is False
+        assert "dsdn_ready 0.0" in (await (await client.get("/metrics")).get_data()).decode()
         reads = stuck["failed_reads"]
         await wait_for(lambda: consumer.failed_reads >= reads + 3, what="more failed reads")
         assert consumer.cursor == cursor < await coord.da.primary.inner.head()  # nothing skipped
@@ -137,6 +140,8 @@ async def test_a_lasting_read_error_after_ready_makes_ready_503_until_a_read_wor
         await prune(url, 0)  # the heights can be read again
         await wait_for(lambda: consumer.cursor > cursor, what="the cursor to move on")
         assert await ready(client) == (200, {"ready": True}) and consumer.stuck() is None
+        assert (await (await client.get("/health")).get_json())["ready"] is True
+        assert "dsdn_ready 1.0" in (await (await client.get("/metrics")).get_data()).decode()
         inner.cancel_scope.cancel()
     await coord.da.primary.inner.aclose()  # type: ignore[attr-defined]
 
