@@ -52,6 +52,7 @@ import trio.testing
 
 from consensus import merkle
 from consensus import receipts as rc
+from consensus.dkg import default_threshold
 from consensus.receipt_service import Unavailable
 from deploy.simulation import EPOCH, IDLE_POLL_S, Member, SimCluster
 from node import events as ev
@@ -98,7 +99,7 @@ class Plan:
                    + [w[0] for w in self.writes])
 
     def describe(self) -> str:
-        lines = [f"seed {self.seed}: n={self.n} t={(2 * self.n) // 3 + 1} byzantine={self.byzantine or 'none'} "
+        lines = [f"seed {self.seed}: n={self.n} t={default_threshold(self.n)} byzantine={self.byzantine or 'none'} "
                  f"drop={self.drop:.2f} dup={self.duplicate:.2f} delay={self.delay[0]:.3f}-{self.delay[1]:.3f}s "
                  f"da_lag={self.da_lag:.2f}s skew={ {m: round(s, 2) for m, s in self.skew.items() if s} } "
                  f"keys={'DKG' if self.dkg else 'dealt'}",

@@ -33,7 +33,7 @@ import trio
 
 from consensus import dkg_service, frost
 from consensus import receipts as rc
-from consensus.dkg import DkgParticipant, assign_identifiers
+from consensus.dkg import DkgParticipant, assign_identifiers, default_threshold
 from consensus.dkg_service import DkgService
 from consensus.group import L, serialize_scalar
 from consensus.lockstore import LockStore
@@ -201,7 +201,7 @@ class SimCluster:
         identities = {i: nacl.signing.SigningKey(self.rng.randbytes(32)) for i in ids}
         self.member_keys = {i: bytes(k.verify_key) for i, k in identities.items()}
         identifiers = assign_identifiers(self.member_keys.values())
-        t = (2 * n) // 3 + 1
+        t = default_threshold(n)
         self.threshold = t
         by_key = {k: m for m, k in self.member_keys.items()}
         self.dealt_key: bytes | None = None
