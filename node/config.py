@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from consensus.dkg import faults_tolerated, threshold_floor
 from node.blob import MAX_BLOB_BYTES
 from node.da.namespace import NamespaceError, parse_namespace
 from node.naming import HOSTNAME_RE, ID_RE
+from node.thresholds import faults_tolerated, threshold_floor
 
 NETWORKS = ("mainnet", "mocha", "local")
 FALLBACK_TYPES = ("none", "quorum", "emergency")
@@ -318,7 +318,7 @@ def _cluster(env: Mapping[str, str]) -> tuple[str | None, tuple[PeerSpec, ...]]:
 
 
 def _dkg_threshold(env: Mapping[str, str], n: int) -> int | None:
-    """DKG_THRESHOLD: from :func:`consensus.dkg.threshold_floor` (n) to n for ``n`` cluster members (None: unset)."""
+    """DKG_THRESHOLD: from :func:`node.thresholds.threshold_floor` (n) to n for ``n`` cluster members (None: unset)."""
     raw = _get(env, "DKG_THRESHOLD")
     if raw is None:
         return None
