@@ -3,7 +3,7 @@
 A thin trio layer over the pure cores (receipts, slots, roast, merkle). Roles, in every coordinator:
 
 * **proposer** (whoever a client sent the receipt to): queue → batch (closes at ``batch_max`` receipts or
-  ``batch_wait_s`` after its first) → lock its own slots durably → ``rc.lock`` to every peer (each validates,
+  ``batch_wait_s`` after its first) → lock its own slots durably → ``rc.lock`` to the peers (each validates,
   locks durably, answers per receipt, plus a fresh nonce commitment) → the receipts locked by ≥ t members and
   a signer set that locked all of them (``slots.choose_batch``) → ROAST sessions of ``rc.sign`` requests until
   t valid shares aggregate → the batch event goes to the outbox (DA) and ``rc.final`` to every peer.
@@ -14,7 +14,8 @@ A thin trio layer over the pure cores (receipts, slots, roast, merkle). Roles, i
   one round trip. Anything less (a refusal, a restarted peer that forgot its spare, a bad share — named and
   excluded) falls back to the ROAST sessions below with the commitments the lock replies carried anyway. Such a
   batch's ``rc.lock`` goes to the named peers first; the others are asked as soon as that set falls short, or
-  when it takes longer than ``HEDGE_LAGS`` of its usual round trips (their work is not needed otherwise).
+  when it takes longer than ``HEDGE_LAGS`` of its usual round trips (their work is not needed otherwise: they
+  neither lock nor hand out spares then). A named peer that never answers loses its spares and is asked last.
 * **signer**: answers ``rc.lock`` and ``rc.sign``. A share is released only for a batch whose every receipt
   this member has locked to exactly that receipt (the lock table is durable before the reply leaves). Secret
   nonces live in memory only, each bound to the proposer and batch it was offered to, used once, then gone;
@@ -574,6 +575,8 @@ class ReceiptService:
         fast_waiting: set[int] = set()
         fast_replied = trio.Event()  # every peer of the one-round set answered (or gave up)
         hedge = trio.Event()  # ask the peers outside the one-round set now (it fell short, or took too long)
+        rest: list[str] = []  # those peers
+        hedged_at: float | None = None  # when they were asked
 
         def usable() -> int:  # this member and the peers that answered, proven liars left out
             now = trio.current_time()
@@ -620,6 +623,14 @@ class ReceiptService:
                 if not fast_waiting:
                     fast_replied.set()
 
+        async def ask_rest(delay_s: float) -> None:
+            nonlocal hedged_at
+            with trio.move_on_after(delay_s):
+                await hedge.wait()
+            hedged_at = trio.current_time()
+            for p in rest:
+                nursery.start_soon(ask, p)
+
         # every peer's answer, or t answers and a short grace for the rest: a silent member (crashed, paused,
         # or withholding) must not cost every batch the whole lock timeout
         async with trio.open_nursery() as nursery:
@@ -638,9 +649,9 @@ class ReceiptService:
                             first = [p for p in peers if self.identifier_of[p] in fast_waiting] or peers
                             for p in first:
                                 nursery.start_soon(ask, p)
-                            if len(first) < len(peers):
-                                nursery.start_soon(self._ask_later, hedge, self._hedge_s(first), nursery, ask,
-                                                   [p for p in peers if p not in first])
+                            rest = [p for p in peers if p not in first]
+                            if rest:
+                                nursery.start_soon(ask_rest, self._hedge_s(first))
                     finally:
                         await self.run_blocking(self.locks.commit)  # durable, before any share of ours exists
             self._remember_locked(batch, decisions)
@@ -664,9 +675,16 @@ class ReceiptService:
                         with trio.move_on_at(deadline):
                             await enough.wait()
                 if fast_signature is None:
-                    with trio.move_on_after(self.lock_grace_s):
+                    until = trio.current_time() + self.lock_grace_s
+                    if hedged_at is not None:  # peers asked late get their usual round trip, and the grace
+                        until = max(until, hedged_at + self._hedge_s(rest) + self.lock_grace_s)
+                    with trio.move_on_at(min(until, deadline)):
                         await got_all.wait()
             nursery.cancel_scope.cancel()
+        if fast is not None:  # a one-round signer that never answered goes to the back of the line, spares gone
+            for ident in set(fast[0]) - answered - {me}:
+                self._spares.pop(self.member_of[ident], None)
+                self._penalize(self.member_of[ident])
         t_peers = time.perf_counter()
         if fast is not None and fast_signature is not None:
             self.counters.one_round += 1
@@ -714,16 +732,6 @@ class ReceiptService:
         log.debug("batch of %d signed: own lock %.1f ms, all locks %.1f ms, signing %.1f ms, publishing %.1f ms",
                   len(final), (t_locked - t_start) * 1000, (t_peers - t_start) * 1000, (t_signed - t_peers) * 1000,
                   (time.perf_counter() - t_signed) * 1000)
-
-    @staticmethod
-    async def _ask_later(hedge: trio.Event, delay_s: float, nursery: trio.Nursery,
-                         ask: Callable[[str], Awaitable[None]], peers: list[str]) -> None:
-        """Ask ``peers`` once ``hedge`` is set or ``delay_s`` has passed (a hedged request: the one-round set
-        usually answers first, and the batch is done before these are needed)."""
-        with trio.move_on_after(delay_s):
-            await hedge.wait()
-        for p in peers:
-            nursery.start_soon(ask, p)
 
     def _hedge_s(self, asked: list[str]) -> float:
         """How long the one-round set may take before the other peers are asked too: a few of its slowest

@@ -363,6 +363,75 @@ async def test_with_spare_commitments_a_batch_is_signed_in_the_lock_round(
         nursery.cancel_scope.cancel()
 
 
+def count_locks(cluster: SimCluster, member: str, asked: dict[str, int]) -> None:
+    """Count in ``asked[member]`` every rc.lock ``member`` receives (its handler otherwise unchanged)."""
+    lock = cluster.service(member)._on_lock
+
+    async def counted(peer: str, body: dict) -> dict:
+        asked[member] = asked.get(member, 0) + 1
+        return await lock(peer, body)
+
+    cluster.net.nodes[member].on_request(LOCK, LOCK_REPLY, counted)
+
+
+async def test_a_one_round_batch_asks_only_its_signer_set_to_lock(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """n = 5, t = 4: the first batch asks every peer (no spares yet); each later batch asks only the t − 1 peers
+    named for the one-round path (a hedged request: the fourth is asked only if they fall short or are slow)."""
+    cluster = SimCluster(tmp_path, 5, seed=51, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    receipts = [distinct_receipt(cluster, k) for k in range(8)]
+    asked: dict[str, int] = {}
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        for m in ("c1", "c2", "c3", "c4"):
+            count_locks(cluster, m, asked)
+        await sign_one_by_one(cluster, "c0", receipts)
+        c = cluster.service("c0").counters
+        assert c.batches == 8 and c.one_round == 7
+        assert sum(asked.values()) == 4 + 3 * 7, asked
+        await settle(cluster)
+        assert all(r.id in cluster.signed_ids() for r in receipts) and not cluster.double_signed()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_silent_one_round_signer_costs_one_batch_a_hedge_then_is_left_out(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """A named one-round signer goes silent (its link stays up): that batch asks the other peer after the hedge
+    delay and signs with it, well before the lock timeout; the silent member loses its spares, so the batches after
+    it sign in one round without it and without waiting."""
+    cluster = SimCluster(tmp_path, 5, seed=53, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    receipts = [distinct_receipt(cluster, k) for k in range(8)]
+    asked: dict[str, int] = {}
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        proposer = cluster.service("c0")
+        await sign_one_by_one(cluster, "c0", receipts[:3])
+        quickest = min((p for p in proposer._spares if proposer._spares[p]), key=lambda p: proposer._lag[p])
+
+        async def silent(peer: str, body: dict) -> dict:
+            await trio.sleep_forever()
+            raise AssertionError("unreachable")
+
+        cluster.net.nodes[quickest].on_request(LOCK, LOCK_REPLY, silent)
+        for m in ("c1", "c2", "c3", "c4"):
+            if m != quickest:
+                count_locks(cluster, m, asked)
+        took = []
+        for r in receipts[3:]:
+            t0 = trio.current_time()
+            await sign_one_by_one(cluster, "c0", [r])
+            took.append(trio.current_time() - t0)
+        assert took[0] < proposer.lock_timeout_s / 2, took  # the hedge, not the lock timeout
+        assert max(took[1:]) < 0.1, took  # no more waiting for the silent member
+        assert proposer.counters.one_round == 2 + 4, proposer.counters  # only the hedged batch lost its round
+        assert quickest not in proposer._spares and sum(asked.values()) == 3 * 5, asked
+        await settle(cluster)
+        assert all(r.id in cluster.signed_ids() for r in receipts) and not cluster.double_signed()
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_bad_share_in_the_lock_round_is_named_and_the_batch_still_signed(
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     cluster = SimCluster(tmp_path, 4, seed=43, delay=(0.001, 0.01))
