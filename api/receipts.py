@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,15 +25,10 @@ from quart import request
 from quart_trio import QuartTrio
 
 from api import validation as v
+from api.limits import LOCK_WAIT_S, MAX_BULK, MAX_LIMIT, MAX_WAIT_MS, STATUSES
+from api.limits import RECEIPT_ID as _RID
 from consensus import receipts as rc
 from consensus.receipt_service import LedgerView, ReceiptService, Record, Unavailable
-
-MAX_WAIT_MS = 30_000
-LOCK_WAIT_S = 10.0  # how long a submission waits for the proposer's own durable lock before answering
-MAX_LIMIT = 1000
-MAX_BULK = 1024
-STATUSES = ("final", "pending", "locked", "conflict", "rejected")
-_RID = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 def node_public_key(value: Any) -> str | None:

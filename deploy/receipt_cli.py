@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import secrets
 import sys
 import time
@@ -46,15 +45,11 @@ from typing import Any, NoReturn
 import httpx
 import nacl.signing
 
+from api.limits import LOCK_WAIT_S as SERVER_LOCK_WAIT_S
+from api.limits import MAX_LIMIT, MAX_WAIT_MS, STATUSES
+from api.limits import RECEIPT_ID as _RID
 from consensus import receipts as rc
 from deploy import ctl
-
-MAX_WAIT_MS = 30_000  # the server's limit (api/receipts.py)
-SERVER_LOCK_WAIT_S = 10.0  # a submission may first wait this long for the proposer's durable lock (api/receipts.py)
-MAX_LIMIT = 1000
-STATUSES = ("final", "pending", "locked", "conflict", "rejected")
-_RID = re.compile(r"^[0-9a-fA-F]{64}$")
-
 
 # ---- offline: make, verify -----------------------------------------------------------------------------------
 
@@ -162,7 +157,7 @@ def submit(args: argparse.Namespace, client: ctl.Client) -> int:
         print(ctl.table(["FIELD", "VALUE"], _receipt_rows(answer)))
     if not _is_document(answer):
         rid = answer["receipt_id"]
-        when = "yet" if answer["status"] != "final" else "in the answer (--wait-ms 0)"
+        when = "yet" if answer["status"] != "final" else f"in the answer (--wait-ms {args.wait_ms})"
         sys.stdout.flush()
         ctl._fail_line(f"dsdn receipt submit: receipt {rid} accepted by {target.id}, status {answer['status']}: "
                        f"no signed document {when}; fetch it later with `dsdn receipt get {rid}`")

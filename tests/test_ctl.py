@@ -487,7 +487,8 @@ def test_receipt_list_filters_by_node_and_pages(in_cluster_dir: Procs, capsys: p
         assert dsdn(capsys, "receipt", "submit", str(tmp_path / f"r{k}.json"), "--wait-ms", "20000",
                     "--token", TOKEN)[0] == 0
     make_receipt(capsys, other_key, "rl-other", tmp_path / "other.json")
-    assert dsdn(capsys, "receipt", "submit", str(tmp_path / "other.json"), "--token", TOKEN)[0] == 0
+    assert dsdn(capsys, "receipt", "submit", str(tmp_path / "other.json"), "--wait-ms", "20000",
+                "--token", TOKEN)[0] == 0
     ids.sort()
 
     code, out, err = dsdn(capsys, "receipt", "list", "--node", "rl-node", "--json")
@@ -509,7 +510,11 @@ def test_receipt_list_filters_by_node_and_pages(in_cluster_dir: Procs, capsys: p
     code, out, _ = dsdn(capsys, "receipt", "list", "--node", "nobody-here")
     assert code == 0 and out == "no receipts\n"
     code, out, _ = dsdn(capsys, "receipt", "list", "--node", "rl-other", "--status", "final", "--json")
-    assert all(d["receipt"]["node_id"] == "rl-other" and d["status"] == "final" for d in json.loads(out)["receipts"])
+    others = json.loads(out)["receipts"]
+    assert code == 0 and len(others) == 1
+    assert others[0]["receipt"]["node_id"] == "rl-other" and others[0]["status"] == "final"
+    code, out, _ = dsdn(capsys, "receipt", "list", "--node", "rl-other", "--status", "pending", "--json")
+    assert code == 0 and json.loads(out)["receipts"] == []
 
 
 def test_receipt_commands_errors_are_one_line(in_cluster_dir: Procs, capsys: pytest.CaptureFixture[str],
