@@ -131,16 +131,18 @@ def _bool(env: Mapping[str, str], var: str, default: bool) -> bool:
     raise ConfigError(var, raw, "true or false")
 
 
-def _int(env: Mapping[str, str], var: str, default: int, lo: int, hi: int) -> int:
+def _int(env: Mapping[str, str], var: str, default: int, lo: int, hi: int, why: str = "") -> int:
+    """``var`` as an integer from ``lo`` to ``hi`` (``default`` when unset); ``why`` explains the range."""
     raw = _get(env, var)
     if raw is None:
         return default
+    expected = f"an integer from {lo} to {hi}" + (f" ({why})" if why else "")
     try:
         value = int(raw, 10)
     except ValueError:
-        raise ConfigError(var, raw, f"an integer from {lo} to {hi}") from None
+        raise ConfigError(var, raw, expected) from None
     if not lo <= value <= hi:
-        raise ConfigError(var, raw, f"an integer from {lo} to {hi}")
+        raise ConfigError(var, raw, expected)
     return value
 
 
@@ -319,20 +321,12 @@ def _cluster(env: Mapping[str, str]) -> tuple[str | None, tuple[PeerSpec, ...]]:
 
 def _dkg_threshold(env: Mapping[str, str], n: int) -> int | None:
     """DKG_THRESHOLD: from :func:`node.thresholds.threshold_floor` (n) to n for ``n`` cluster members (None: unset)."""
-    raw = _get(env, "DKG_THRESHOLD")
-    if raw is None:
+    if _get(env, "DKG_THRESHOLD") is None:
         return None
     lo = threshold_floor(max(n, 1))
-    hi = max(lo, n)
-    why = (f"an integer from {lo} to {hi} (n = {n} members: at least floor((n + f)/2) + 1 with "
-           f"f = floor((n - 1)/3) = {faults_tolerated(max(n, 1))} faulty members tolerated, at most n)")
-    try:
-        value = int(raw, 10)
-    except ValueError:
-        raise ConfigError("DKG_THRESHOLD", raw, why) from None
-    if not lo <= value <= hi:
-        raise ConfigError("DKG_THRESHOLD", raw, why)
-    return value
+    return _int(env, "DKG_THRESHOLD", lo, lo, max(lo, n),
+                f"n = {n} members: at least floor((n + f)/2) + 1 with f = floor((n - 1)/3) = "
+                f"{faults_tolerated(max(n, 1))} faulty members tolerated, at most n")
 
 
 def load(env: Mapping[str, str]) -> Config:
