@@ -61,6 +61,7 @@ from consensus.dkg import (
     check_threshold,
     default_threshold,
     sign_abort,
+    threshold_floor,
     threshold_refusal,
 )
 from consensus.dkg_messages import SESSION_ID_SIZE, Confirm, DkgMessageError, decode
@@ -692,6 +693,13 @@ class DkgService:
             self.key = state["key"]
             log.info("key share loaded: group key %s, identifier %d, %d-of-%d", self.key.group_public_key.hex(),
                      self.key.identifier, self.key.threshold, len(self.key.verifying_shares))
+            floor = threshold_floor(len(self.identifiers))
+            if self.key.threshold < floor:  # made before the floor was enforced: it still signs, but say so loudly
+                self.last_error = (f"the key share is {self.key.threshold}-of-{len(self.identifiers)}, below the "
+                                   f"floor {floor} for {len(self.identifiers)} members: lying members could get two "
+                                   f"receipts for one slot signed; move {self.keystore_path.name} aside and run a new "
+                                   f"DKG (POST /cluster/dkg) at threshold {floor} or more")
+                log.error("%s", self.last_error)
             if self.cert is not None:
                 self._check_cert()
             return

@@ -485,3 +485,20 @@ async def test_not_enough_members_left_says_so(tmp_path: Path, autojump_clock: t
         await wait_until(lambda: "fewer than the threshold 4" in (services["c0"].last_error or ""), timeout=60)
         assert all(s.key is None for s in services.values()) and services["c0"].sessions_run == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_a_key_share_below_the_threshold_floor_is_reported_at_start(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock) -> None:
+    """A 2-of-4 key share (made before the floor, 3 for 4 members, was enforced) still loads, but the start-up log
+    and the status say it is below the floor and what to do."""
+    _, services = setup(tmp_path)
+    c0 = services["c0"]
+    keystore.save(c0.keystore_path, frost.trusted_dealer_key_shares(4, 2)[ident(c0)], identity=c0.identity)
+    caplog.set_level(logging.ERROR, logger="dsdn.dkg")
+    async with trio.open_nursery() as nursery:
+        await run_service(nursery, c0)
+        assert c0.key is not None and c0.key.threshold == 2
+        error = c0.status()["dkg"]["error"]
+        assert error is not None and "2-of-4, below the floor 3" in error and "POST /cluster/dkg" in error
+        assert [r.getMessage() for r in caplog.records if r.name == "dsdn.dkg"] == [error]
+        nursery.cancel_scope.cancel()
