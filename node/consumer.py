@@ -179,12 +179,14 @@ def stuck_logs(consumers: Mapping[str, Consumer], down: Collection[str] = (), qu
 
     - those in ``down``, the layers the DA status machine already reports unhealthy: an outage is a DA-status
       matter (/health, /da/routing) and writes go to the next layer; the coordinator stays ready through it;
-    - the quorum validators' own logs (``quorum_logs``) while fewer than ``quorum_required`` of them are stuck:
-      a quorum blob is stored on at least that many validators, so it can still be read from another one (and one
-      faulty validator must not make every coordinator unready: the quorum is there to tolerate it)."""
+    - the quorum validators' own logs (``quorum_logs``) while fewer than ``quorum_required`` of them cannot be
+      read (stuck, or failing for any other reason, an outage included): a quorum blob is stored on at least that
+      many validators, so it can still be read from another one (and one faulty validator must not make every
+      coordinator unready: the quorum is there to tolerate it)."""
     found = {name: consumer.stuck() for name, consumer in consumers.items() if name not in down}
     stuck = {name: why for name, why in found.items() if why is not None}
-    if sum(name in quorum_logs for name in stuck) < quorum_required:
+    unreadable = sum(consumers[name].failing_since is not None for name in quorum_logs if name in consumers)
+    if unreadable < quorum_required:
         stuck = {name: why for name, why in stuck.items() if name not in quorum_logs}
     return stuck
 

@@ -188,7 +188,7 @@ class ScriptedLog:
 async def test_the_stuck_rule_counts_answered_errors_only(autojump_clock: trio.testing.MockClock) -> None:
     """Under trio's MockClock: an outage is never stuck (the DA status reports it), an answered error is stuck
     once it lasted STUCK_AFTER_S, a successful read ends it; a layer the DA status reports down is left out, and
-    quorum validators' logs count only once as many as a quorum needs are stuck."""
+    quorum validators' logs count only once as many as a quorum needs cannot be read (stuck, or in an outage)."""
     log = ScriptedLog()
     consumer = Consumer(log, lambda event: True, frozenset())  # type: ignore[arg-type]
     assert consumer.stuck_after_s == 30.0
@@ -219,6 +219,18 @@ async def test_the_stuck_rule_counts_answered_errors_only(autojump_clock: trio.t
         assert stuck_logs(logs, quorum_logs=["v1", "v2"], quorum_required=2) == {"v3": stuck}
         assert stuck_logs(logs, quorum_logs=["v1", "v2"], quorum_required=1) == {"v1": stuck, "v3": stuck}
         assert stuck_logs(logs, quorum_logs=["v1", "v2", "v3"], quorum_required=2) == {"v1": stuck, "v3": stuck}
+        # a validator in an outage is not stuck, but it cannot be read either: with one stuck beside it, a blob
+        # stored on just those two would be missed
+        outage = ScriptedLog()
+        outage.error = DAUnavailable("v2: connection refused")
+        in_outage = Consumer(outage, lambda event: True, frozenset())  # type: ignore[arg-type]
+        nursery.start_soon(in_outage.run)
+        while in_outage.failing_since is None:
+            await trio.sleep(0.01)
+        assert in_outage.stuck() is None
+        mixed = {"v1": consumer, "v2": in_outage}
+        assert set(stuck_logs(mixed, quorum_logs=["v1", "v2"], quorum_required=2)) == {"v1"}
+        assert stuck_logs(mixed, quorum_logs=["v1", "v2"], quorum_required=3) == {}
         log.error = None
         await trio.sleep(11)  # the backoff's cap
         assert consumer.last_ok and consumer.stuck() is None and stuck_logs({PRIMARY: consumer}) == {}
