@@ -87,6 +87,15 @@ async def run_service(nursery: trio.Nursery, service: DkgService) -> trio.Cancel
     return scope
 
 
+async def start_manual(nursery: trio.Nursery, net: FilterNet, services: dict[str, DkgService]) -> None:
+    """Run the network and every service, none of them starting a DKG by itself."""
+    for s in services.values():
+        s.auto = False
+    await nursery.start(net.run)
+    for s in services.values():
+        await nursery.start(s.run)
+
+
 async def wait_until(predicate: Callable[[], bool], timeout: float = 120) -> None:
     """Wait on a condition (virtual time under the MockClock), not on timing."""
     with trio.fail_after(timeout):
@@ -145,12 +154,8 @@ async def test_a_partition_times_the_session_out_then_it_completes(tmp_path: Pat
                                                                   autojump_clock: trio.testing.MockClock) -> None:
     net, services = setup(tmp_path, delay=(0.001, 0.01))
     net.partition({"c0", "c1", "c2"}, {"c3"})
-    for s in services.values():
-        s.auto = False
     async with trio.open_nursery() as nursery:
-        await nursery.start(net.run)
-        for s in services.values():
-            await nursery.start(s.run)
+        await start_manual(nursery, net, services)
         services["c0"].start()
         await wait_until(lambda: services["c0"].last_error is not None, timeout=30)
         assert "timed out" in services["c0"].last_error and "c3" in services["c0"].last_error  # type: ignore[operator]
@@ -165,12 +170,8 @@ async def test_a_partition_times_the_session_out_then_it_completes(tmp_path: Pat
 async def test_two_racing_starts_settle_on_one_session(tmp_path: Path,
                                                        autojump_clock: trio.testing.MockClock) -> None:
     net, services = setup(tmp_path, delay=(0.01, 0.2))
-    for s in services.values():
-        s.auto = False
     async with trio.open_nursery() as nursery:
-        await nursery.start(net.run)
-        for s in services.values():
-            await nursery.start(s.run)
+        await start_manual(nursery, net, services)
         a, b = services["c1"].start(), services["c3"].start()
         assert a != b
         await wait_until(lambda: all(s.key for s in services.values()), timeout=60)
@@ -270,12 +271,8 @@ async def test_a_member_that_confirmed_then_crashed_completes_after_restarting(
 async def test_joiners_refuse_a_threshold_other_than_their_configured_one(
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     net, services = setup(tmp_path, delay=(0.001, 0.01), thresholds={"c1": 4, "c2": 4, "c3": 4})
-    for s in services.values():
-        s.auto = False
     async with trio.open_nursery() as nursery:
-        await nursery.start(net.run)
-        for s in services.values():
-            await nursery.start(s.run)
+        await start_manual(nursery, net, services)
         session = services["c0"].start(3)
         await trio.sleep(10)
         for i in ("c1", "c2", "c3"):
@@ -320,17 +317,13 @@ async def test_a_threshold_below_the_floor_is_refused_even_when_configured(
         setup(tmp_path, ids=ids, thresholds={"c6": 4})
     net, services = setup(tmp_path, ids=ids, delay=(0.001, 0.01), thresholds={"c4": 5, "c5": 5})
     services["c6"].threshold = 4  # as if its configuration had never been checked
-    for s in services.values():
-        s.auto = False
     with pytest.raises(DkgError, match=r"threshold 4 is below the floor 5"):
         services["c0"].start(4)
     with pytest.raises(DkgError, match=r"threshold 4 is below the floor 5"):
         services["c6"].start()  # its own (unchecked) threshold
     assert services["c0"].session is None and services["c6"].session is None
     async with trio.open_nursery() as nursery:
-        await nursery.start(net.run)
-        for s in services.values():
-            await nursery.start(s.run)
+        await start_manual(nursery, net, services)
         session = rogue_start(services["c0"], 4)
         await trio.sleep(1)
         for i in ids[1:]:
@@ -352,12 +345,8 @@ async def test_a_start_other_than_the_configured_threshold_is_logged_and_listed(
     the starter, the threshold and the reason, and the same reason in the status (/cluster/status)."""
     caplog.set_level(logging.WARNING, logger="dsdn.dkg")
     net, services = setup(tmp_path, delay=(0.001, 0.01), thresholds={"c1": 3, "c2": 3, "c3": 3})
-    for s in services.values():
-        s.auto = False
     async with trio.open_nursery() as nursery:
-        await nursery.start(net.run)
-        for s in services.values():
-            await nursery.start(s.run)
+        await start_manual(nursery, net, services)
         session = services["c0"].start(4)
         await trio.sleep(1)
         reason = "threshold 4 differs from the configured threshold 3"
@@ -380,12 +369,8 @@ async def test_unconfigured_joiners_refuse_a_threshold_below_two_thirds(
     in /cluster/status; members configured for 6 join."""
     ids = [f"c{i}" for i in range(9)]
     net, services = setup(tmp_path, ids=ids, delay=(0.001, 0.01), thresholds={"c0": 6, "c1": 6})
-    for s in services.values():
-        s.auto = False
     async with trio.open_nursery() as nursery:
-        await nursery.start(net.run)
-        for s in services.values():
-            await nursery.start(s.run)
+        await start_manual(nursery, net, services)
         session = services["c0"].start()
         await trio.sleep(1)
         for i in ids[2:]:
