@@ -34,7 +34,7 @@ import trio
 
 from node.backoff import Backoff
 from node.blob import BlobError, decode_blob
-from node.da.base import DAError, DALayer, DAUnavailable
+from node.da.base import DAError, DALayer, read_failure
 from node.events import Event
 from node.hlc import wall_ms
 
@@ -155,10 +155,10 @@ class Consumer:
         now = trio.current_time()
         if self.failing_since is None:
             self.failing_since, self.failing_since_ms = now, wall_ms()
-        if self.answered_since is None and not isinstance(exc, DAUnavailable):  # an outage is not an answer
+        self.last_error, answered = read_failure(self.cursor, exc)
+        if self.answered_since is None and answered:  # an outage is not an answer
             self.answered_since = now
         self.failed_reads += 1
-        self.last_error = f"reading after {self.cursor} failed: {exc}"
 
     def stuck(self) -> dict[str, Any] | None:
         """Why this log is stuck (see the module docstring), or None: ``cursor`` (where it stays), ``error``

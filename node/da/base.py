@@ -22,6 +22,12 @@ class BlobNotFound(DAError):
     """No blob at that reference."""
 
 
+def read_failure(cursor: int, exc: DAError) -> tuple[str, bool]:
+    """How a failed ``read_after(cursor)`` is reported (/ready, logs), and whether the layer answered it (an error
+    such as a pruned height's ``header: not found``) rather than being out (DAUnavailable, DATimeout)."""
+    return f"reading after {cursor} failed: {exc}", not isinstance(exc, DAUnavailable)
+
+
 @dataclass(frozen=True, slots=True)
 class BlobRef:
     layer: str

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from node.da.base import BlobRef, DAError, DALayer, DATimeout, DAUnavailable, Page
+from node.da.base import BlobRef, DAError, DALayer, DATimeout, Page, read_failure
 from node.hlc import wall_ms
 
 T = TypeVar("T")
@@ -106,8 +106,7 @@ class MeteredLayer:
         try:
             page = await self._call("read", lambda: self.inner.read_after(cursor, limit))
         except DAError as exc:
-            self.last_read_error = f"reading after {cursor} failed: {exc}"
-            self.last_read_answered = not isinstance(exc, DAUnavailable)
+            self.last_read_error, self.last_read_answered = read_failure(cursor, exc)
             raise
         self.last_read_error, self.last_read_ms = None, started
         if page.at_head:
