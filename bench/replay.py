@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         tune_gc()  # the same collector settings as a dsdn-coordinator process
         rss0, peak0 = rss_mb(), peak_rss_mb()
         state = State()
-        consumer = Consumer(da, state.apply, members)
+        consumer = Consumer(da, state.apply_events, members)
         with Clock() as ours:
             trio.run(replay, consumer)
         rate = consumer.events_new / ours.wall

@@ -298,7 +298,8 @@ class SimCluster:
         m.outbox = Outbox(self.tmp / f"{m.id}.outbox.sqlite", on_commit, run_blocking=blocking)
         m.publisher = Publisher(m.outbox, self.da, m.identity, m.id, BLOB_BYTES, PUBLISH_INTERVAL_S,
                                 rng=random.Random(self.rng.getrandbits(64)))
-        m.consumer = Consumer(self.da, lambda event: m.state.apply(event), frozenset(self.member_keys.values()),
+        m.consumer = Consumer(self.da, lambda events: m.state.apply_events(events),
+                              frozenset(self.member_keys.values()),
                               member_ids=self.ids, poll_s=POLL_S, idle_poll_s=IDLE_POLL_S,
                               rng=random.Random(self.rng.getrandbits(64)))
 

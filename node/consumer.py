@@ -58,7 +58,7 @@ class Consumer:
     def __init__(
         self,
         da: DALayer,
-        apply: Callable[[Event], bool],
+        apply_events: Callable[[list[Event]], int],
         members: frozenset[bytes],
         *,
         member_ids: Mapping[bytes, str] | None = None,
@@ -68,10 +68,11 @@ class Consumer:
         on_result: Callable[[bool, str | None], None] = lambda ok, err: None,
         rng: random.Random | None = None,
     ) -> None:
-        """``members``: the keys whose blobs are accepted; ``member_ids``: the member id bound to each key
+        """``apply_events``: applies a blob's events in order and returns how many were new; ``members``: the
+        keys whose blobs are accepted; ``member_ids``: the member id bound to each key
         that has one (see ``node.blob.expected_origin``); ``rng``: the retry jitter's source (the simulator's is
         seeded)."""
-        self.da, self.apply, self.members = da, apply, members
+        self.da, self.apply_events, self.members = da, apply_events, members
         self.member_ids: Mapping[bytes, str] = member_ids or {}
         self.cursor, self.poll_s, self.idle_poll_s = cursor, poll_s, idle_poll_s
         self._idle = poll_s  # the pause at the head: doubles while reads find nothing, back to poll_s on data
@@ -106,9 +107,7 @@ class Consumer:
             self.events_wrong_origin += blob.wrong_origin
             log.warning("dropped %d events of a blob signed by %s (declaring origin %r): their origin is not the "
                         "signer's member id", blob.wrong_origin, blob.signer.hex(), blob.origin)
-        new = 0
-        for event in blob.events:
-            new += self.apply(event)
+        new = self.apply_events(blob.events)
         self.blobs_applied += 1
         self.events_new += new
         return new

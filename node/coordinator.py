@@ -11,6 +11,7 @@ cursor.
 from __future__ import annotations
 
 import logging
+import operator
 import time
 from typing import Any
 
@@ -36,6 +37,8 @@ from node.stats import StatsTable
 log = logging.getLogger("dsdn.coordinator")
 VERSION = "0.1.0"
 
+
+_hlc_of = operator.itemgetter(1, 2)  # an event's (hlc wall, hlc counter)
 
 class NotFound(Exception):
     """A referenced entity does not exist; ``body`` is the JSON error the API returns."""
@@ -87,7 +90,7 @@ class Coordinator:
         self.publisher = Publisher(self.outbox, self.da.router, self.key, self.id, config.blob_max_bytes,
                                    config.publish_interval_ms / 1000)
         self.consumers = {
-            name: Consumer(log_, self._apply_remote, self.members, member_ids=self.member_ids,
+            name: Consumer(log_, self._apply_remote_events, self.members, member_ids=self.member_ids,
                            on_result=self._consumer_result(name),
                            # the primary makes a block every interval; a quiet fallback log is read once a second
                            idle_poll_s=0.25 if name == PRIMARY else 1.0)
@@ -180,6 +183,13 @@ class Coordinator:
     def _apply_remote(self, event: Event) -> bool:
         self.hlc.observe(event.hlc)
         return self.state.apply(event)
+
+    def _apply_remote_events(self, events: list[Event]) -> int:
+        """A blob's events, read from DA: the clock observes the latest of them (it ends as if it had observed
+        each in turn; ``clamped`` counts one per blob), then they are applied."""
+        if events:
+            self.hlc.observe(max(map(_hlc_of, events)))
+        return self.state.apply_events(events)
 
     def apply_peer_event(self, event: Event) -> bool:
         """An event a cluster member sent over its authenticated link (a signed receipt batch), applied

@@ -4,11 +4,13 @@ A snapshot lets a restart skip replaying DA from height 0. It is only an optimis
 snapshot (an empty data dir) the state is rebuilt from DA alone. Its size follows the registers, not
 the number of events ever applied.
 
-Format 4 (state layout 4, see ``State.to_snapshot``): objects and replicas as flat columns (per shard) of
-their stored register entries plus the state root's accumulator, so a restore is one msgpack call and a
-few dict builds, with no register decoded or hashed again. Formats 2 and 3 (registers as nested lists, the
-root recomputed from them) are still read; a coordinator that only knows 2 and 3 refuses format 4 (its
-``decode`` raises) and rebuilds from DA. ``save`` never holds the event loop for long: see there.
+Format 5 (state layout 5, see ``State.to_snapshot``): objects and replicas as flat columns (per shard) of
+their stored registers (the events that wrote them) plus the state root's accumulator, so a restore is one
+msgpack call and a few dict builds, with no register decoded or hashed again. Format 4 (state layout 4:
+registers stored as re-encoded entries, the root defined over those) and formats 2 and 3 (registers as nested
+lists) are still read, and migrated (``State.from_snapshot``); a coordinator that knows only older formats
+refuses a newer one (its ``decode`` raises) and rebuilds from DA.
+``save`` never holds the event loop for long: see there.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from node.state import State
 
 FILE = "snapshot.msgpack"
 WRITE_BATCH = 4 << 20  # encoded bytes handed to the writing thread at a time
-FORMAT = 4
-READABLE = (2, 3, 4)
+FORMAT = 5
+READABLE = (2, 3, 4, 5)
+LAYOUTS = {4: 4, 5: 5}  # format -> the state layout it carries (2 and 3 carry none)
 
 
 @dataclass
@@ -57,15 +60,16 @@ def encode(snap: Snapshot) -> bytes:
 def decode(data: bytes | mmap.mmap) -> Snapshot:
     # The collector is paused meanwhile: the decoding creates a tuple per replica holder, nothing cyclic, and
     # a collection every few ten thousand of them would walk the growing heap again and again (the load took
-    # twice as long). use_list=False: the replica tuples of layout 4 come out as the tuples the state keeps.
+    # twice as long). use_list=False: the replica tuples of layouts 4 and 5 come out as the tuples the state keeps.
     collecting = gc.isenabled()
     gc.disable()
     try:
         obj: dict[str, Any] = msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=False)
         if type(obj) is not dict or obj.get("format") not in READABLE:
             raise ValueError(f"unsupported snapshot format {obj.get('format') if type(obj) is dict else None!r}")
-        if type(obj.get("state")) is not dict or (obj["format"] == FORMAT and obj["state"].get("layout") != 4):
-            raise ValueError("snapshot format 4 without state layout 4")
+        layout = LAYOUTS.get(obj["format"])
+        if type(obj.get("state")) is not dict or obj["state"].get("layout") != layout:
+            raise ValueError(f"snapshot format {obj['format']} without state layout {layout}")
         cursors = {str(k): int(v) for k, v in obj["cursors"].items()}
         return Snapshot(State.from_snapshot(obj["state"]), cursors, int(obj["outbox_seq"]))
     finally:

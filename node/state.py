@@ -18,21 +18,28 @@ superseded event comes back after ``RECENT_IDS`` newer ones; the state and its r
 The cache is consulted only for an event that lost to a later version (a write proves an event new, an
 exact version proves it old), so its set is built on demand and dropped when unused.
 
-``root()`` is an incremental set hash: the sum, mod 2^256, of the SHA-256 of each register's canonical
-encoding (key, version, value), hashed once more. It changes with every register write in O(1), so a
-coordinator holding millions of registers answers /state/root at once, and it is the same whatever the
-order in which the registers were written. (An additive set hash is not collision-resistant against an
-adversary who can choose many registers; it detects divergence between cluster members, whose events
-are all signed, which is what it is for.)
+``root()`` is an incremental set hash: the sum, mod 2^256, of one 256-bit hash per register, hashed once
+more. It changes with every register write in O(1), so a coordinator holding millions of registers answers
+/state/root at once, and it is the same whatever the order in which the registers were written. A register's
+hash is that of its canonical encoding (key, version, value): for an object or replica register, the
+canonical encoding of the event that wrote it (which holds the key, the value and the version but for the id)
+and so its hash is that event's id, already computed when the event was decoded; for the other registers the
+SHA-256 of the msgpack of ``(tag, key, version, value)``. (An additive set hash is not collision-resistant
+against an adversary who can choose many registers; it detects divergence between cluster members, whose
+events are all signed, which is what it is for.) Layout 5 defined object and replica registers this way
+(layout 4 hashed a msgpack ``("o"|"r", key, version, value)`` built and hashed again per write: a third of a
+rebuild's time); a layout-4 snapshot is migrated on load (``from_snapshot``).
 
 Representation (the object and replica registers are nearly every register: a rebuild's hot path). Such a
-register is kept as its canonical encoding, the very bytes the root hashes: one bytes object per register,
-hashed once when written (an overwrite hashes the old bytes again, never re-encodes them), decoded only
-to compare versions on a conflict or to answer a read. ``objects`` maps a hash to its entry; ``replicas``
-maps a hash to a tuple ``(node id, entry, node id, entry, ...)``, whose entries end with msgpack's true
-when the replica is present. Both are split into ``SHARDS`` dicts by the key's last character, and a cut
-for a snapshot (``frozen``) shares them: the live state copies a shard the first time it writes to it
-after a cut, so a cut costs microseconds on the event loop however large the state.
+register is kept as the bytes of the event that wrote it: the very object the decoded blob holds, so a
+write allocates nothing but its table slot, decoded only to compare versions on a conflict or to answer a
+read. ``objects`` maps a hash to its event; ``replicas`` maps a hash to a tuple ``(node id, event, node id,
+event, ...)``, whose events are ``replica.healed`` when the replica is present, ``replica.missing`` when not.
+Both are split into ``SHARDS`` dicts by the key's last character, and a cut for a snapshot (``frozen``) shares
+them: the live state copies a shard the first time it writes to it after a cut, so a cut costs microseconds
+on the event loop however large the state.
+
+``apply_events`` applies a decoded blob's events in one loop (the consumer's path); ``apply`` is one event.
 """
 
 from __future__ import annotations
@@ -56,28 +63,48 @@ V = TypeVar("V")
 
 _MOD = 1 << 256
 RECENT_IDS = 1 << 16  # ids of the latest applied events kept for duplicate detection (2 MiB in a snapshot)
-LAYOUT = 4  # the snapshot layout to_snapshot writes; from_snapshot also reads the earlier ones (no "layout")
-SHARDS = 32  # a key's shard: ord(its last character) % SHARDS (part of layout 4: snapshots keep the shards)
+LAYOUT = 5  # the snapshot layout to_snapshot writes; from_snapshot also reads layout 4 and the earlier ones
+SHARDS = 32  # a key's shard: ord(its last character) % SHARDS (part of layouts 4 and 5: snapshots keep the shards)
 _MASK = SHARDS - 1
 CHUNK = 1024  # list items (recent ids) per piece of a snapshot's encoding: ~1-5 ms of work each at most
 _SAME = SAME  # what a register write returns when the register already holds exactly this version
-_TRUE = 0xC3  # msgpack's true: the last byte of the entry of a replica marked present
 _pack = msgpack.Packer(use_bin_type=True).pack
 _sha256 = hashlib.sha256
 _from_bytes = int.from_bytes
 _unpack_tuples = functools.partial(msgpack.unpackb, use_list=False)
+_HEALED, _OBJECT, _MISSING = ev.REPLICA_HEALED, ev.OBJECT_REGISTERED, ev.REPLICA_MISSING
+# what every replica.healed event starts with: its 6-element array header, the format version and the kind
+_HEALED_PREFIX = b"\x96" + _pack(ev.FORMAT_VERSION) + _pack(_HEALED)
 
 
 def _entry_hash(tag: str, key: Any, version: Version, value: Any) -> int:
     return _from_bytes(_sha256(_pack((tag, key, version, value))).digest(), "big")
 
 
-def _hash(entry: bytes) -> int:
-    return _from_bytes(_sha256(entry).digest(), "big")
+def _event_hash(raw: bytes) -> int:
+    """The hash of an object or replica register: the id of the event it holds, as an integer."""
+    return _from_bytes(_sha256(raw).digest(), "big")
 
 
-def _entry_version(entry: bytes) -> Version:
-    return _unpack_tuples(entry)[2]  # type: ignore[no-any-return]
+def _event_version(raw: bytes) -> Version:
+    """The version of the event an object or replica register holds."""
+    _, _, wall, counter, origin, _ = _unpack_tuples(raw)
+    return (wall, counter, origin, _sha256(raw).digest())
+
+
+def _present(raw: bytes) -> bool:
+    """Whether a replica register (the event it holds) marks the replica present."""
+    return raw.startswith(_HEALED_PREFIX)
+
+
+def _event_raw(kind: str, version: Version, fields: list[Any]) -> bytes:
+    """The canonical encoding of the event of ``kind`` with ``version`` and ``fields`` (a register read from an
+    older snapshot layout); ValueError unless its id is the version's."""
+    wall, counter, origin, eid = version
+    raw = _pack([ev.FORMAT_VERSION, kind, wall, counter, origin, fields])
+    if _sha256(raw).digest() != eid:
+        raise ValueError(f"snapshot register {kind} {fields!r}: its version's id is not that of its event")
+    return raw
 
 
 class ShardedView(Mapping[str, V]):
@@ -124,14 +151,14 @@ class State:
         self._acc = 0  # the set hash accumulator, reduced mod 2^256 when read (see root())
         self.ledger = ReceiptLedger(self._rehash)
         self._handlers = {
-            ev.REPLICA_HEALED: lambda version, f: self._set_replica(version, f[0], f[1], True),
-            ev.OBJECT_REGISTERED: lambda version, f: self._set_object(version, f[0], f[1]),
-            ev.REPLICA_MISSING: lambda version, f: self._set_replica(version, f[0], f[1], False),
-            ev.NODE_REGISTERED: self._node_registered,
-            ev.NODE_UNREGISTERED: self._node_unregistered,
-            ev.SCHEDULER_CONFIG: self._scheduler_config,
-            ev.NODE_KEY: lambda version, f: self.ledger.set_key(version, f[0], f[1]),
-            ev.RECEIPT_BATCH: lambda version, f: self.ledger.add_batch(version, f),
+            ev.REPLICA_HEALED: lambda version, f, raw: self._set_replica(version, f[0], f[1], raw),
+            ev.OBJECT_REGISTERED: lambda version, f, raw: self._set_object(version, f[0], raw),
+            ev.REPLICA_MISSING: lambda version, f, raw: self._set_replica(version, f[0], f[1], raw),
+            ev.NODE_REGISTERED: lambda version, f, raw: self._set_node(version, f[0], (f[1], f[2], f[3])),
+            ev.NODE_UNREGISTERED: lambda version, f, raw: self._set_node(version, f[0], None),
+            ev.SCHEDULER_CONFIG: lambda version, f, raw: self._set_scheduler(version, (f[0], f[1], f[2], f[3], f[4])),
+            ev.NODE_KEY: lambda version, f, raw: self.ledger.set_key(version, f[0], f[1]),
+            ev.RECEIPT_BATCH: lambda version, f, raw: self.ledger.add_batch(version, f),
         }
 
     @property
@@ -153,55 +180,67 @@ class State:
 
     def apply(self, event: ev.Event) -> bool:
         """Apply one event; return False if it is recognised as already applied (a no-op either way)."""
-        kind, wall, counter, origin, f, _, eid = event
-        hlc = self.max_hlc
-        if wall >= hlc[0] and (wall > hlc[0] or counter > hlc[1]):
-            self.max_hlc = (wall, counter)
-        # The hot kinds, inlined (the same as _set_replica and _set_object): decode_event gives every event of
-        # a kind the same kind string, so they are found by identity; any other string goes through _handlers.
-        if kind is _HEALED or kind is _MISSING:
-            obj, node_id = f
-            entry = _pack(("r", f, (wall, counter, origin, eid), kind is _HEALED))
-            shard = ord(obj[-1]) & _MASK
-            if self._shared:
-                self._own(SHARDS + shard)
-            table = self._replicas[shard]
-            first = (node_id, entry)
-            held = table.setdefault(obj, first)  # one lookup for an object's first replica register
-            if held is first:
-                self._acc += _from_bytes(_sha256(entry).digest(), "big")
-                wrote = True
-            elif node_id not in held[::2]:  # another node's replica of this object
-                table[obj] = (*held, node_id, entry)
-                self._acc += _from_bytes(_sha256(entry).digest(), "big")
-                wrote = True
-            else:
-                wrote = self._replace_replica(table, held, obj, node_id, (wall, counter, origin, eid), entry)
-        elif kind is _OBJECT:
-            obj = f[0]
-            entry = _pack(("o", obj, (wall, counter, origin, eid), f[1]))
-            shard = ord(obj[-1]) & _MASK
-            if self._shared:
-                self._own(shard)
-            table = self._objects[shard]
-            old = table.setdefault(obj, entry)  # one lookup for a new register
-            if old is entry:
-                self._acc += _from_bytes(_sha256(entry).digest(), "big")
-                wrote = True
-            else:
-                wrote = self._replace_object(table, old, obj, (wall, counter, origin, eid), entry)
-        else:
-            wrote = self._handlers[kind]((wall, counter, origin, eid), f)
-        # A write (True) proves the event new: a register never goes back to an older version. _SAME proves it
-        # applied before. Only an event that lost to a later version needs the recent-id cache.
-        if wrote is not True and (wrote == _SAME or self._recently_applied(eid)):
-            return False
-        if self._recent is None:
-            self._recent_order.append(eid)  # type: ignore[union-attr]  # (a cut's tuple takes no events)
-        else:
-            self._remember(eid)
-        self._applied += 1
-        return True
+        return self.apply_events((event,)) == 1
+
+    def apply_events(self, events: Iterable[ev.Event]) -> int:
+        """Apply events in order (a decoded blob's); return how many were new, i.e. not recognised as already
+        applied (each a no-op either way). One loop with the tables in locals: a rebuild's hot path."""
+        objects, replicas, shared, handlers = self._objects, self._replicas, self._shared, self._handlers
+        wall_max, counter_max = self.max_hlc
+        acc = new = 0
+        try:
+            for kind, wall, counter, origin, f, raw, eid in events:
+                if wall >= wall_max and (wall > wall_max or counter > counter_max):
+                    wall_max, counter_max = wall, counter
+                # The hot kinds, inlined (the same as _set_replica and _set_object): decode_event gives every
+                # event of a kind the same kind string, so they are found by identity; any other string goes
+                # through the handlers. A new register adds the event's id to the accumulator.
+                if kind is _HEALED or kind is _MISSING:
+                    obj, node_id = f
+                    shard = ord(obj[-1]) & _MASK
+                    if shared:
+                        self._own(SHARDS + shard)
+                    table = replicas[shard]
+                    first = (node_id, raw)
+                    held = table.setdefault(obj, first)  # one lookup for an object's first replica register
+                    if held is first:
+                        acc += _from_bytes(eid, "big")
+                        wrote = True
+                    elif node_id not in held[::2]:  # another node's replica of this object
+                        table[obj] = (*held, node_id, raw)
+                        acc += _from_bytes(eid, "big")
+                        wrote = True
+                    else:
+                        wrote = self._replace_replica(table, held, obj, node_id, (wall, counter, origin, eid), raw)
+                elif kind is _OBJECT:
+                    obj = f[0]
+                    shard = ord(obj[-1]) & _MASK
+                    if shared:
+                        self._own(shard)
+                    table = objects[shard]
+                    old = table.get(obj)  # (not setdefault: a duplicate may hold this very bytes object)
+                    if old is None:
+                        table[obj] = raw
+                        acc += _from_bytes(eid, "big")
+                        wrote = True
+                    else:
+                        wrote = self._replace_object(table, old, obj, (wall, counter, origin, eid), raw)
+                else:
+                    wrote = handlers[kind]((wall, counter, origin, eid), f, raw)
+                # A write (True) proves the event new: a register never goes back to an older version. _SAME
+                # proves it applied before. Only an event that lost to a later version needs the recent-id cache.
+                if wrote is not True and (wrote == _SAME or self._recently_applied(eid)):
+                    continue
+                if self._recent is None:
+                    self._recent_order.append(eid)  # type: ignore[union-attr]  # (a cut's tuple takes no events)
+                else:
+                    self._remember(eid)
+                new += 1
+        finally:  # what the loop kept in locals (an exception cannot leave the state half-counted)
+            self._acc += acc
+            self._applied += new
+            self.max_hlc = (wall_max, counter_max)
+        return new
 
     def _recently_applied(self, eid: bytes) -> bool:
         """Whether ``eid`` is among the last ``recent_ids`` applied. The set is built on the first lookup and
@@ -225,7 +264,7 @@ class State:
             self._recent = None
 
     def apply_all(self, items: Iterable[ev.Event]) -> int:
-        return sum(1 for e in items if self.apply(e))
+        return self.apply_events(items)
 
     def _own(self, shard: int) -> None:
         """Copy a shard a cut still holds before the first write to it."""
@@ -238,12 +277,6 @@ class State:
 
     # Each register write returns True when it wrote, False when the register holds a later version and
     # _SAME when it holds exactly this one (the event was applied before).
-
-    def _node_registered(self, version: Version, f: tuple[Any, ...]) -> int:
-        return self._set_node(version, f[0], (f[1], f[2], f[3]))
-
-    def _node_unregistered(self, version: Version, f: tuple[Any, ...]) -> int:
-        return self._set_node(version, f[0], None)
 
     def _rehash(self, tag: str, key: Any, old: tuple[Version, Any] | None, version: Version, value: Any) -> None:
         acc = self._acc + _entry_hash(tag, key, version, value)
@@ -263,60 +296,56 @@ class State:
             self._live_nodes += (record is not None) - (old is not None)
         return True
 
-    def _set_object(self, version: Version, obj: str, size: int) -> int:
-        entry = _pack(("o", obj, version, size))
+    def _set_object(self, version: Version, obj: str, raw: bytes) -> int:
+        """Write an object register: ``raw`` is the object.registered event of ``version``."""
         shard = ord(obj[-1]) & _MASK
         if self._shared:
             self._own(shard)
         table = self._objects[shard]
         old = table.get(obj)
         if old is None:
-            table[obj] = entry
-            self._acc += _hash(entry)
+            table[obj] = raw
+            self._acc += _from_bytes(version[3], "big")
             return True
-        return self._replace_object(table, old, obj, version, entry)
+        return self._replace_object(table, old, obj, version, raw)
 
-    def _replace_object(self, table: dict[str, bytes], old: bytes, obj: str, version: Version, entry: bytes) -> int:
-        current = _entry_version(old)
+    def _replace_object(self, table: dict[str, bytes], old: bytes, obj: str, version: Version, raw: bytes) -> int:
+        current = _event_version(old)
         if current >= version:
             return _SAME if current == version else False
-        table[obj] = entry
-        self._acc += _hash(entry) - _hash(old)
+        table[obj] = raw
+        self._acc += _from_bytes(version[3], "big") - _from_bytes(current[3], "big")
         return True
 
-    def _set_replica(self, version: Version, obj: str, node_id: str, present: bool) -> int:
-        entry = _pack(("r", (obj, node_id), version, present))
+    def _set_replica(self, version: Version, obj: str, node_id: str, raw: bytes) -> int:
+        """Write a replica register: ``raw`` is the replica.healed or replica.missing event of ``version``."""
         shard = ord(obj[-1]) & _MASK
         if self._shared:
             self._own(SHARDS + shard)
         table = self._replicas[shard]
         held = table.get(obj)
         if held is None:
-            table[obj] = (node_id, entry)
-            self._acc += _hash(entry)
+            table[obj] = (node_id, raw)
+            self._acc += _from_bytes(version[3], "big")
             return True
-        return self._replace_replica(table, held, obj, node_id, version, entry)
+        return self._replace_replica(table, held, obj, node_id, version, raw)
 
     def _replace_replica(self, table: dict[str, tuple[Any, ...]], held: tuple[Any, ...], obj: str, node_id: str,
-                         version: Version, entry: bytes) -> int:
+                         version: Version, raw: bytes) -> int:
         """Write a replica register of an object that already has some (``held``)."""
         for at in range(0, len(held), 2):
             if held[at] == node_id:
                 break
         else:
-            table[obj] = (*held, node_id, entry)
-            self._acc += _hash(entry)
+            table[obj] = (*held, node_id, raw)
+            self._acc += _from_bytes(version[3], "big")
             return True
-        old = held[at + 1]
-        current = _entry_version(old)
+        current = _event_version(held[at + 1])
         if current >= version:
             return _SAME if current == version else False
-        table[obj] = (*held[: at + 1], entry, *held[at + 2 :])
-        self._acc += _hash(entry) - _hash(old)
+        table[obj] = (*held[: at + 1], raw, *held[at + 2 :])
+        self._acc += _from_bytes(version[3], "big") - _from_bytes(current[3], "big")
         return True
-
-    def _scheduler_config(self, version: Version, f: tuple[Any, ...]) -> int:
-        return self._set_scheduler(version, (f[0], f[1], f[2], f[3], f[4]))
 
     def _set_scheduler(self, version: Version, weights: Weights) -> int:
         if self.scheduler is not None and self.scheduler[0] >= version:
@@ -352,7 +381,7 @@ class State:
         if entry is None:
             return None
         held = self._replicas[ord(obj[-1]) & _MASK].get(obj, ())
-        return _unpack_tuples(entry)[3], sorted(held[i] for i in range(0, len(held), 2) if held[i + 1][-1] == _TRUE)
+        return _unpack_tuples(entry)[5][1], sorted(held[i] for i in range(0, len(held), 2) if _present(held[i + 1]))
 
     def weights(self) -> Weights | None:
         return self.scheduler[1] if self.scheduler is not None else None
@@ -362,14 +391,16 @@ class State:
 
     def recomputed_root(self) -> bytes:
         """The root computed afresh from every register (slow: for tests and audits); equals ``root()``."""
-        acc = sum(_hash(entry) for table in self._objects for entry in table.values())
-        acc += sum(_hash(held[i]) for table in self._replicas for held in table.values()
+        return hashlib.sha256(b"dsdn-state-root-v1" + (self._recomputed_acc() % _MOD).to_bytes(32, "big")).digest()
+
+    def _recomputed_acc(self) -> int:
+        acc = sum(_event_hash(raw) for table in self._objects for raw in table.values())
+        acc += sum(_event_hash(held[i]) for table in self._replicas for held in table.values()
                    for i in range(1, len(held), 2))
         acc += sum(_entry_hash("n", k, v, r) for k, (v, r) in self.nodes.items())
         if self.scheduler is not None:
             acc += _entry_hash("s", "", *self.scheduler)
-        acc += self.ledger.recomputed_acc()
-        return hashlib.sha256(b"dsdn-state-root-v1" + (acc % _MOD).to_bytes(32, "big")).digest()
+        return acc + self.ledger.recomputed_acc()
 
     # ---- snapshots -------------------------------------------------------------------------------
 
@@ -388,8 +419,8 @@ class State:
         return copy
 
     def to_snapshot(self) -> dict[str, Any]:
-        """Layout 4: objects and replicas as flat columns (keys, stored entries) per shard, so a restore is a
-        few C calls and no register is decoded or hashed: the accumulator is stored with them."""
+        """Layout 5: objects and replicas as flat columns (keys, stored registers: events) per shard, so a
+        restore is a few C calls and no register is decoded or hashed: the accumulator is stored with them."""
         return {
             "layout": LAYOUT,
             "nodes": [[k, list(v), list(r) if r is not None else None] for k, (v, r) in self.nodes.items()],
@@ -435,22 +466,28 @@ class State:
 
     @classmethod
     def from_snapshot(cls, snap: dict[str, Any], recent_ids: int = RECENT_IDS) -> State:
-        """The state of ``to_snapshot`` (lists may come back as tuples); also reads the earlier layouts (no
-        ``layout`` key: every register is written and hashed again; the oldest has a ``seen`` set of 64-bit
-        id prefixes instead of ``recent``: its size is the count, and duplicate detection restarts from the
-        registers)."""
+        """The state of ``to_snapshot`` (lists may come back as tuples); also reads the earlier layouts: 4
+        (registers stored as ``("o"|"r", key, version, value)`` entries: each is turned back into the event
+        it came from, which must have the version's id, and the accumulator is recomputed), and those with
+        no ``layout`` key (every register is written and hashed again; the oldest has a ``seen`` set of
+        64-bit id prefixes instead of ``recent``: its size is the count, and duplicate detection restarts
+        from the registers). ValueError if it is none of these or inconsistent."""
         st = cls(recent_ids)
         if snap.get("layout") == LAYOUT:
             st._load_columns(snap)
+        elif snap.get("layout") == 4:
+            st._load_columns(snap)
+            st._migrate_layout_4()
         elif "layout" in snap:
             raise ValueError(f"unknown state snapshot layout {snap['layout']!r}")
         else:
             for k, v, r in snap["nodes"]:
                 st._set_node(tuple(v), k, tuple(r) if r is not None else None)  # type: ignore[arg-type]
             for k, v, size in snap["objects"]:
-                st._set_object(tuple(v), k, size)  # type: ignore[arg-type]
+                st._set_object(tuple(v), k, _event_raw(_OBJECT, tuple(v), [k, size]))  # type: ignore[arg-type]
             for h, n, v, p in snap["replicas"]:
-                st._set_replica(tuple(v), h, n, p)  # type: ignore[arg-type]
+                st._set_replica(tuple(v), h, n,  # type: ignore[arg-type]
+                                _event_raw(_HEALED if p else _MISSING, tuple(v), [h, n]))  # type: ignore[arg-type]
             if snap["scheduler"] is not None:
                 st._set_scheduler(tuple(snap["scheduler"][0]), tuple(snap["scheduler"][1]))  # type: ignore[arg-type]
             st.ledger.load_snapshot(snap.get("ledger", {}))
@@ -465,7 +502,7 @@ class State:
         return st
 
     def _load_columns(self, snap: dict[str, Any]) -> None:
-        """Layout 4: the tables are rebuilt from their columns without decoding or hashing a register."""
+        """Layouts 4 and 5: the tables are rebuilt from their columns without decoding or hashing a register."""
         for k, v, r in snap["nodes"]:
             record = tuple(r) if r is not None else None
             self.nodes[k] = (tuple(v), record)  # type: ignore[assignment]
@@ -486,8 +523,21 @@ class State:
             raise ValueError("snapshot accumulator is not 32 bytes")
         self._acc = int.from_bytes(acc, "big")
 
+    def _migrate_layout_4(self) -> None:
+        """Turn layout 4's register entries into the events they came from; recompute the accumulator."""
+        for table in self._objects:
+            for obj, entry in table.items():
+                _, key, version, size = _unpack_tuples(entry)
+                table[obj] = _event_raw(_OBJECT, version, [key, size])
+        for table in self._replicas:
+            for obj, held in table.items():
+                events = []
+                for at in range(1, len(held), 2):
+                    _, (key, node_id), version, present = _unpack_tuples(held[at])
+                    events.append(_event_raw(_HEALED if present else _MISSING, version, [key, node_id]))
+                table[obj] = tuple(itertools.chain.from_iterable(zip(held[::2], events, strict=True)))
+        self._acc = self._recomputed_acc()
 
-_HEALED, _OBJECT, _MISSING = ev.REPLICA_HEALED, ev.OBJECT_REGISTERED, ev.REPLICA_MISSING
 
 
 def _pack_list(packer: msgpack.Packer, items: list[Any]) -> Iterator[bytes]:

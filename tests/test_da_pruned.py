@@ -190,7 +190,7 @@ async def test_the_stuck_rule_counts_answered_errors_only(autojump_clock: trio.t
     once it lasted STUCK_AFTER_S, a successful read ends it; a layer the DA status reports down is left out, and
     quorum validators' logs count only once as many as a quorum needs cannot be read (stuck, or in an outage)."""
     log = ScriptedLog()
-    consumer = Consumer(log, lambda event: True, frozenset())  # type: ignore[arg-type]
+    consumer = Consumer(log, len, frozenset())  # type: ignore[arg-type]
     assert consumer.stuck_after_s == 30.0
     async with trio.open_nursery() as nursery:
         nursery.start_soon(consumer.run)
@@ -214,7 +214,7 @@ async def test_the_stuck_rule_counts_answered_errors_only(autojump_clock: trio.t
         assert stuck_logs({PRIMARY: consumer}) == {PRIMARY: stuck}
         assert stuck_logs({PRIMARY: consumer}, down=[PRIMARY]) == {}
         # as one of three quorum validators' logs: stuck only once as many as a quorum needs are stuck
-        logs = {"v1": consumer, "v2": Consumer(ScriptedLog(), lambda event: True, frozenset()),  # type: ignore[arg-type]
+        logs = {"v1": consumer, "v2": Consumer(ScriptedLog(), len, frozenset()),  # type: ignore[arg-type]
                 "v3": consumer}
         assert stuck_logs(logs, quorum_logs=["v1", "v2"], quorum_required=2) == {"v3": stuck}
         assert stuck_logs(logs, quorum_logs=["v1", "v2"], quorum_required=1) == {"v1": stuck, "v3": stuck}
@@ -223,7 +223,7 @@ async def test_the_stuck_rule_counts_answered_errors_only(autojump_clock: trio.t
         # stored on just those two would be missed
         outage = ScriptedLog()
         outage.error = DAUnavailable("v2: connection refused")
-        in_outage = Consumer(outage, lambda event: True, frozenset())  # type: ignore[arg-type]
+        in_outage = Consumer(outage, len, frozenset())  # type: ignore[arg-type]
         nursery.start_soon(in_outage.run)
         while in_outage.failing_since is None:
             await trio.sleep(0.01)

@@ -148,10 +148,10 @@ class Applied:
     def __init__(self) -> None:
         self.ids: set[bytes] = set()
 
-    def __call__(self, event: ev.Event) -> bool:
-        new = event.id not in self.ids
-        self.ids.add(event.id)
-        return new
+    def __call__(self, events: list[ev.Event]) -> int:
+        before = len(self.ids)
+        self.ids.update(event.id for event in events)
+        return len(self.ids) - before
 
 
 async def test_a_rebuild_reports_cursor_head_rate_and_eta_every_two_seconds(

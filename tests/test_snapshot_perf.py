@@ -76,11 +76,38 @@ def events() -> list[ev.Event]:
 # ---- the same root as before ------------------------------------------------------------------------
 
 
-def test_the_root_and_the_count_are_those_of_the_previous_state_machine(events: list[ev.Event]) -> None:
-    # pinned with the state machine of commit 5b197fc (before issue 12) on the same events
+def registers(s: State) -> list[tuple[Any, ...]]:
+    """Every register but the ledger's, decoded to (tag, key, version, value), in a fixed order."""
+    regs: list[tuple[Any, ...]] = [("n", k, list(v), list(r) if r else None) for k, (v, r) in s.nodes.items()]
+    for h in s.objects:
+        raw = s.objects[h]
+        _, kind, wall, counter, origin, (key, size) = msgpack.unpackb(raw)
+        assert kind == ev.OBJECT_REGISTERED and key == h
+        regs.append(("o", key, [wall, counter, origin, hashlib.sha256(raw).digest()], size))
+    for h in s.replicas:
+        held = s.replicas[h]
+        for i in range(0, len(held), 2):
+            raw = held[i + 1]
+            _, kind, wall, counter, origin, key = msgpack.unpackb(raw)
+            assert key == [h, held[i]] and kind in (ev.REPLICA_HEALED, ev.REPLICA_MISSING)
+            regs.append(("r", key, [wall, counter, origin, hashlib.sha256(raw).digest()], kind == ev.REPLICA_HEALED))
+    if s.scheduler:
+        regs.append(("s", "", list(s.scheduler[0]), list(s.scheduler[1])))
+    return sorted(regs, key=msgpack.packb)
+
+
+def test_the_registers_and_the_count_are_those_of_the_previous_state_machine(events: list[ev.Event]) -> None:
+    # The digest of every register was pinned with the state machine of commit 8647a53 (state layout 4) on the
+    # same events; that one's root was pinned with the state machine of 5b197fc (before issue 12), so the
+    # registers are what they have been since. The root is layout 5's (an object or replica register hashes
+    # as the event it holds); it equals the one recomputed from every register.
     s = State()
     assert s.apply_all(events) == 6000
-    assert s.root().hex() == "79a8913a802c3f6d61008a8e3a7bc9bb228b024b042bf3ee447f8b5d82ee5440"
+    regs = registers(s)
+    assert len(regs) == 4836
+    assert hashlib.sha256(msgpack.packb(regs)).hexdigest() == (
+        "2cb44e6ac7d2580e1148656bc73c998f5300b0a297d130d732a177101fbe7f97")
+    assert s.root().hex() == "13f7ddabe444cbc5ac69c25c2412004f9c7d3024a7c520705a3ec3e1e5d6ad22"
     assert s.recomputed_root() == s.root()
     assert (len(s.objects), s.node_count, s.max_hlc) == (1533, 160, (1_760_000_000_299, 19))
     shuffled = events + events[:1000]
@@ -204,15 +231,10 @@ def test_the_encoding_in_pieces_is_msgpack_of_the_snapshot(events: list[ev.Event
 
 def legacy_state(s: State) -> dict[str, Any]:
     """The state as format 3 wrote it (registers as nested lists)."""
-    objects, replicas = [], []
-    for h in s.objects:
-        _, key, version, size = msgpack.unpackb(s.objects[h])
-        objects.append([key, version, size])
-    for h in s.replicas:
-        held = s.replicas[h]
-        for i in range(0, len(held), 2):
-            _, (obj, node), version, present = msgpack.unpackb(held[i + 1])
-            replicas.append([obj, node, version, present])
+    regs = registers(s)
+    objects = [[key, version, size] for tag, key, version, size in regs if tag == "o"]
+    replicas = [[obj, node, version, present] for tag, (obj, node), version, present in
+                (r for r in regs if r[0] == "r")]
     return {"nodes": [[k, list(v), list(r) if r is not None else None] for k, (v, r) in s.nodes.items()],
             "objects": objects, "replicas": replicas,
             "scheduler": [list(s.scheduler[0]), list(s.scheduler[1])] if s.scheduler else None,
@@ -229,11 +251,42 @@ def test_a_format_3_snapshot_is_migrated_and_unknown_formats_are_refused(events:
     assert back.state.root() == s.root() and view(back.state) == view(s) and back.cursors == {"primary": 2}
     assert back.state.apply_all(events) == 0  # the recent ids came along
     with pytest.raises(ValueError, match="format"):
-        snapshot.decode(msgpack.packb({"format": 5, "state": {}, "cursors": {}, "outbox_seq": 0}))
+        snapshot.decode(msgpack.packb({"format": 6, "state": {}, "cursors": {}, "outbox_seq": 0}))
     new = msgpack.unpackb(snapshot.encode(snapshot.Snapshot(s, {}, 0)))
-    new["state"]["layout"] = 5
-    with pytest.raises(ValueError, match="layout"):
-        snapshot.decode(msgpack.packb(new, use_bin_type=True))
+    for layout in (4, 6, None):
+        new["state"]["layout"] = layout
+        with pytest.raises(ValueError, match="layout"):
+            snapshot.decode(msgpack.packb(new, use_bin_type=True))
+
+
+FORMAT_4 = Path(__file__).parent / "vectors" / "snapshot-format4.msgpack"
+
+
+def test_a_format_4_snapshot_is_migrated_to_the_same_registers_and_root_as_a_replay() -> None:
+    # written by commit 8647a53 (state layout 4: registers as re-encoded entries, the root over those) from
+    # stream(400, 30, 11), whose root then was bbbdc565…; see tests/vectors/README.md
+    data = FORMAT_4.read_bytes()
+    assert msgpack.unpackb(data)["format"] == 4 and msgpack.unpackb(data)["state"]["layout"] == 4
+    back = snapshot.decode(data)
+    replayed = State()
+    events = stream(400, 30, 11)
+    replayed.apply_all(events)
+    assert registers(back.state) == registers(replayed) and view(back.state) == view(replayed)
+    assert back.state.root() == replayed.root() == back.state.recomputed_root()
+    assert (back.cursors, back.outbox_seq) == ({"primary": 7}, 3)
+    assert back.state.apply_all(events) == 0  # every event is recognised as applied
+    again = snapshot.decode(snapshot.encode(back))  # and it is saved again in the current format
+    assert msgpack.unpackb(snapshot.encode(back))["format"] == snapshot.FORMAT == 5
+    assert again.state.root() == replayed.root() and registers(again.state) == registers(replayed)
+
+
+def test_a_format_4_snapshot_whose_register_does_not_match_its_event_id_is_refused() -> None:
+    obj = msgpack.unpackb(FORMAT_4.read_bytes(), use_list=True)
+    keys, entries = next(column for column in obj["state"]["objects"] if column[0])
+    _, key, version, size = msgpack.unpackb(entries[0])
+    entries[0] = msgpack.packb(("o", key, version, size + 1), use_bin_type=True)  # not what the event said
+    with pytest.raises(ValueError, match="not that of its event"):
+        snapshot.decode(msgpack.packb(obj, use_bin_type=True))
 
 
 def test_a_cut_is_isolated_from_later_writes_to_every_table(events: list[ev.Event]) -> None:
