@@ -227,3 +227,22 @@ async def test_a_far_future_event_of_a_member_is_applied_without_breaking_local_
     async with running(cfg, da) as again:  # the restored state's max timestamp is bounded the same way
         await again.register_node("after-restart", "z", "1.1.1.1:1", 1)
         assert again.hlc.last[0] <= wall_ms() + max_drift_ms
+
+
+async def test_the_clock_observes_the_latest_event_of_every_blob_read_from_da(
+        make_config: Callable[..., Config]) -> None:
+    from node.hlc import wall_ms
+
+    da = MockDA()
+    member = nacl.signing.SigningKey.generate()
+    async with running(make_config("b", CLUSTER_MEMBER_KEYS=bytes(member.verify_key).hex()), da) as b:
+        await wait_for(lambda: b.rebuilt, what="catch-up")
+        ahead = wall_ms() + 30_000  # ahead of the wall clock, within the drift bound: only observing moves ours
+        stamps = [(ahead, 5), (ahead + 2, 0), (ahead + 1, 9)]  # the latest is not the blob's last
+        await da.post(encode_blob(member, "m", [
+            ev.make_event(ev.NODE_REGISTERED, t, "m", id=f"n{i}", zone="z", addr="1.2.3.4:5", capacity_gb=1).raw
+            for i, t in enumerate(stamps)]))
+        await wait_for(lambda: b.state.node("n2") is not None, what="the member's blob")
+        assert b.hlc.last >= (ahead + 2, 0)
+        await b.register_node("local", "z", "1.1.1.1:1", 1)  # orders after every event it has seen
+        assert b.hlc.last > (ahead + 2, 0) and b.hlc.clamped == 0

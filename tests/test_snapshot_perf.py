@@ -282,7 +282,7 @@ def test_a_format_4_snapshot_is_migrated_to_the_same_registers_and_root_as_a_rep
 
 def test_a_format_4_snapshot_whose_register_does_not_match_its_event_id_is_refused() -> None:
     obj = msgpack.unpackb(FORMAT_4.read_bytes(), use_list=True)
-    keys, entries = next(column for column in obj["state"]["objects"] if column[0])
+    _, entries = next(column for column in obj["state"]["objects"] if column[0])
     _, key, version, size = msgpack.unpackb(entries[0])
     entries[0] = msgpack.packb(("o", key, version, size + 1), use_bin_type=True)  # not what the event said
     with pytest.raises(ValueError, match="not that of its event"):

@@ -89,6 +89,35 @@ def test_objects_and_replicas() -> None:
     assert s.object("other") is None
 
 
+def test_a_blob_applied_at_once_counts_and_ends_as_its_events_applied_one_by_one() -> None:
+    obj = make_event(ev.OBJECT_REGISTERED, (5, 0), "c0", hash="h", size=10)
+    newer = make_event(ev.OBJECT_REGISTERED, (6, 0), "c1", hash="h", size=11)
+    healed = make_event(ev.REPLICA_HEALED, (7, 0), "c0", hash="h", node_id="n1")
+    missing = make_event(ev.REPLICA_MISSING, (7, 1), "c0", hash="h", node_id="n1")
+    # the very same Event (and bytes object) twice in one blob, an overwrite, an older write after a newer one
+    blob = [reg("n1", "z", 1), obj, healed, obj, newer, missing, healed, make_event(
+        ev.SCHEDULER_CONFIG, (9, 0), "c0", w_cpu=1.0, w_ram=0.5, w_gpu=0.5, w_latency=0.8, w_io=0.6), obj]
+    one_by_one = State()
+    assert [one_by_one.apply(e) for e in blob] == [True, True, True, False, True, True, False, True, False]
+    at_once = State()
+    assert at_once.apply_events(blob) == 6
+    assert at_once.root() == one_by_one.root() == at_once.recomputed_root()
+    assert at_once.object("h") == (11, []) and at_once.max_hlc == (9, 0) and at_once.events_applied == 6
+    assert at_once.apply_events(blob) == 0 and at_once.root() == one_by_one.root()
+
+
+def test_an_event_that_fails_midway_leaves_the_earlier_ones_applied_and_counted() -> None:
+    s = State()
+    good = [reg("n1", "z", 1), make_event(ev.OBJECT_REGISTERED, (2, 0), "c0", hash="h", size=1)]
+    alien = good[1]._replace(kind="no.such.kind")
+    with pytest.raises(KeyError):
+        s.apply_events([*good, alien, reg("n2", "z", 3)])
+    clean = State()
+    clean.apply_events(good)
+    assert s.root() == clean.root() == s.recomputed_root()
+    assert (s.events_applied, s.max_hlc) == (2, (2, 0))
+
+
 def test_duplicates_are_not_counted_and_change_nothing() -> None:
     s = State()
     e = reg("n1", "z", 1)
