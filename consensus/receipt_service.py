@@ -157,6 +157,10 @@ class Record:
         self.changed = trio.Event()
 
 
+#: The first receipts of a batch, locked here while its window was open: (batch id, own lock decisions).
+Early = tuple[bytes, list[Decision]]
+
+
 @dataclass
 class _Nonce:
     nonces: tuple[bytes, bytes]
@@ -423,26 +427,43 @@ class ReceiptService:
 
     async def _batcher(self, nursery: trio.Nursery) -> None:
         """A batch closes at ``batch_max`` receipts or ``batch_wait_s`` after its first; while every in-flight
-        slot is busy the queue keeps growing, so batches grow with the load."""
+        slot is busy the queue keeps growing, so batches grow with the load. The receipts already queued when
+        the window opens are locked here (durably) during the window, so a lone receipt's own lock costs no
+        time of its own; those arriving later are locked when the batch runs."""
         while True:
             await self._inflight.acquire()
+            early: Early | None = None
             try:
                 while not self._queue:
                     await self._queue_wake.wait()
                     self._queue_wake = trio.Event()
                 if len(self._queue) < self.batch_max and self.batch_wait_s > 0:
-                    await trio.sleep(self.batch_wait_s)
+                    async with trio.open_nursery() as window:
+                        window.start_soon(trio.sleep, self.batch_wait_s)
+                        early = await self._lock_early(list(self._queue))
             except BaseException:
                 self._inflight.release()
                 raise
             batch, self._queue = self._queue[: self.batch_max], self._queue[self.batch_max:]
             for r in batch:
                 self._queued.discard(r.id)
-            nursery.start_soon(self._run_batch_released, batch)
+            nursery.start_soon(self._run_batch_released, batch, early)
 
-    async def _run_batch_released(self, batch: list[rc.Receipt]) -> None:
+    async def _lock_early(self, first: list[rc.Receipt]) -> Early | None:
+        """Lock the first receipts of a batch (durably) while its window is open: (batch id, decisions)."""
+        if self.keys.key is None or self.locks.broken is not None:
+            return None  # the batch will say why (retried later, or refused)
+        batch_id = self.random_bytes(BATCH_ID_SIZE)
         try:
-            await self._run_batch(batch)
+            decisions = await self._lock_local(first, self.my_id, batch_id)
+        except LockTableBroken:
+            return None
+        self._acknowledge(decisions)
+        return batch_id, decisions
+
+    async def _run_batch_released(self, batch: list[rc.Receipt], early: Early | None = None) -> None:
+        try:
+            await self._run_batch(batch, early)
         except LockTableBroken as exc:
             log.error("receipt signing stopped: %s", exc)
         finally:
@@ -544,7 +565,9 @@ class ReceiptService:
             self._nonces.popitem(last=False)
         return commitment
 
-    async def _run_batch(self, batch: list[rc.Receipt]) -> None:
+    async def _run_batch(self, batch: list[rc.Receipt], early: Early | None = None) -> None:
+        """Sign a batch; ``early``: the batch id and the own (durable) lock decisions of its first receipts, taken
+        while its window was open (see ``_batcher``)."""
         key = self.keys.key
         if key is None:
             for r in batch:
@@ -552,13 +575,15 @@ class ReceiptService:
             return
         t = key.threshold
         self.counters.batches += 1
-        batch_id = self.random_bytes(BATCH_ID_SIZE)
+        batch_id, decided = early if early is not None else (self.random_bytes(BATCH_ID_SIZE), [])
+        undecided = [r for r in batch if r.id not in {d.receipt_id for d in decided}]
         me = key.identifier
         t_start = time.perf_counter()
         # Our own lock decides first, then the peers are asked for what we locked: a receipt we refuse (its slot is
         # ours for another receipt) must not reach a peer's lock table, where it would take the slot from the one
-        # we hold (found by dsdn nemesis: locking in parallel left rival receipts unsignable). Our decision is
-        # committed while the peers lock: every share of ours is made after that commit.
+        # we hold (found by dsdn nemesis: locking in parallel left rival receipts unsignable). Our decision on the
+        # receipts not locked early is committed while the peers lock: every share of ours is made after that
+        # commit, and the submitters hear "locked" (with the optimistic document) only then.
         accepted: dict[int, set[bytes]] = {me: set()}
         refusals: dict[bytes, list[Decision]] = {r.id: [] for r in batch}
         conflicted_by: dict[bytes, set[int]] = {}  # receipt -> members holding its slot for a rival
@@ -636,7 +661,7 @@ class ReceiptService:
         async with trio.open_nursery() as nursery:
             async with self._db:
                 with trio.CancelScope(shield=True):  # decided and committed together (nothing in between waits)
-                    decisions = await self._lock_own(batch, batch_id)
+                    decisions = decided + (await self._lock_own(undecided, batch_id) if undecided else [])
                     try:
                         self._take_own_decisions(decisions, accepted[me], refusals)
                         mine = [r for r in batch if r.id in accepted[me]]
@@ -653,8 +678,10 @@ class ReceiptService:
                             if rest:
                                 nursery.start_soon(ask_rest, self._hedge_s(first))
                     finally:
-                        await self.run_blocking(self.locks.commit)  # durable, before any share of ours exists
+                        if undecided:
+                            await self.run_blocking(self.locks.commit)  # durable, before any share of ours exists
             self._remember_locked(batch, decisions)
+            self._acknowledge(decisions)
             t_locked = time.perf_counter()
             if not mine:
                 return
@@ -796,15 +823,20 @@ class ReceiptService:
         self._spares.pop(name, None)
         log.warning("signer %s sent an invalid signature share: excluded from this batch", name)
 
+    def _acknowledge(self, decisions: list[Decision]) -> None:
+        """The receipts locked here durably (the decisions committed): "locked", with the optimistic document."""
+        for d in decisions:
+            record = self.records.get(d.receipt_id)
+            if d.verdict is Verdict.OK and record is not None and record.status == "pending":
+                record.optimistic = self._optimistic(d.receipt_id)
+                record.settle("locked")
+
     def _take_own_decisions(self, decisions: list[Decision], mine: set[bytes],
                             refusals: dict[bytes, list[Decision]]) -> None:
         for d in decisions:
             record = self.records.get(d.receipt_id)
             if d.verdict is Verdict.OK:
                 mine.add(d.receipt_id)
-                if record is not None and record.status == "pending":
-                    record.optimistic = self._optimistic(d.receipt_id)
-                    record.settle("locked")
                 continue
             refusals[d.receipt_id].append(d)
             if record is None:

@@ -496,3 +496,39 @@ async def test_a_withholding_signer_is_asked_last_so_batches_keep_their_one_roun
         assert c.batches == 10 and c.one_round >= 7 and c.sessions <= 4
         assert all(r.id in cluster.signed_ids() for r in receipts) and not cluster.double_signed()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_receipt_is_acknowledged_only_once_its_own_lock_is_durable(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """The first receipt of a batch is locked (durably) while the batch window is open, so a lone receipt's own
+    lock costs no time after the window; one arriving during the window is locked when the batch runs, and
+    answers "locked" (with the optimistic document) only after that commit: a crash before it must not leave a
+    client holding an optimistic receipt for a lock that was never written (it did, before)."""
+    cluster = SimCluster(tmp_path, 4, seed=41, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    first, second = cluster.receipt("n1", "obj1"), cluster.receipt("n2", "obj2")
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        service = cluster.service("c1")
+        commits: list[tuple[str, str]] = []
+        commit = service.locks.commit
+
+        def watched_commit() -> None:
+            commits.append((records[0].status, records[1].status))
+            commit()
+
+        service.locks.commit = watched_commit  # type: ignore[method-assign]
+        records = [service.submit(first)]
+        with trio.fail_after(0.0015):  # the window opens and locks the first receipt at once, well within it
+            while records[0].status != "locked":
+                await trio.sleep(0.0001)
+        assert records[0].optimistic is not None
+        assert service.locks.lock_of(first.id) is not None  # durable: in the table, committed
+        await trio.sleep(0.001)  # still within the 2 ms window
+        records.append(service.submit(second))
+        await cluster.wait_final({first.id, second.id})
+        assert commits == [("locked", "pending")]  # one commit in the batch, for the second, acknowledged after it
+        assert [r.status for r in records] == ["final", "final"]
+        doc = service.lookup(second.id)
+        assert doc is not None and doc["batch"]["tree_size"] == 2  # one batch for both
+        nursery.cancel_scope.cancel()
