@@ -7,7 +7,10 @@ Measured in the same run:
    floor: ``GET /health`` by the same client with the same concurrency, round-robin over the coordinators (the
    most requests per second this client and these servers exchange on this machine, with no consensus at all).
 2. Latency: 200 receipts one at a time (``POST /receipts?wait_ms=``, round-robin over the coordinators),
-   p50/p99 from request to the signed document.
+   p50/p99 from request to the signed document, as a lean client sees it: a minimal HTTP/1.1 client on one
+   kept-alive connection per coordinator (what wrk, curl or a Go/Rust client cost: next to nothing). The same
+   with httpx is printed beside it, in alternating blocks of the same run: the difference is httpx's own CPU
+   time per request on this machine, not the cluster's.
 3. Throughput: N receipts by C concurrent submitters (each POST waits for its signed document), receipts
    final per second; then the same through ``POST /receipts/batch`` (B receipts per request, C/8 concurrent
    submitters: an aggregator reporting for many nodes), where the HTTP cost per receipt no longer dominates.
@@ -30,6 +33,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import nacl.signing
@@ -70,6 +74,39 @@ def compute_receipt(key: nacl.signing.SigningKey, node: str, epoch: int) -> dict
                            usage_proof_hash=secrets.token_hex(32),
                            execution_commitment=[workload, *(secrets.token_hex(32) for _ in range(5))],
                            reward_base=1000, submitter_address="ab" * 20, timestamp=int(time.time())).to_json()
+
+
+class LeanHttp:
+    """A minimal HTTP/1.1 client: one kept-alive connection per server, JSON bodies, Content-Length responses."""
+
+    def __init__(self) -> None:
+        self.streams: dict[str, trio.SocketStream] = {}
+
+    async def post_json(self, url: str, target: str, body: Any) -> tuple[int, bytes]:
+        u = urlsplit(url)
+        stream = self.streams.get(url)
+        if stream is None:  # trio sets TCP_NODELAY on its TCP streams
+            stream = self.streams[url] = await trio.open_tcp_stream(u.hostname or "127.0.0.1", u.port or 80)
+        data = json.dumps(body).encode()
+        await stream.send_all(f"POST {target} HTTP/1.1\r\nHost: {u.netloc}\r\nContent-Type: application/json\r\n"
+                              f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                raise ConnectionError(f"{url} closed the connection")
+            buf += chunk
+        head, rest = buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        length = next(int(v) for k, _, v in (line.partition(":") for line in lines[1:])
+                      if k.strip().lower() == "content-length")
+        while len(rest) < length:
+            rest += await stream.receive_some(65536)
+        return int(lines[0].split()[1]), rest
+
+    async def aclose(self) -> None:
+        for stream in self.streams.values():
+            await stream.aclose()
 
 
 async def timed(worker: Callable[[list[Any]], Awaitable[None]], work: list[Any], workers: int) -> float:
@@ -144,19 +181,36 @@ async def measure(data: Path, receipts: int, concurrency: int, sequential: int, 
             node = names[k % NODES]
             (await http.post(f"{urls[k % len(urls)]}/receipts", params={"wait_ms": 10000},
                              json=compute_receipt(node_keys[node], node, epoch))).raise_for_status()
-        latencies = []
-        for k in range(sequential):
+        lean = LeanHttp()
+        latencies: dict[str, list[float]] = {"lean": [], "httpx": []}
+        block = max(1, sequential // 4)  # alternating blocks: both clients see the same machine, drift included
+        for k in range(2 * sequential):
+            client = "lean" if (k // block) % 2 == 0 else "httpx"
+            if len(latencies[client]) == sequential:
+                client = "httpx" if client == "lean" else "lean"
             node = names[k % NODES]
             body = compute_receipt(node_keys[node], node, epoch)
+            url = urls[k % len(urls)]
             t0 = time.perf_counter()
-            r = await http.post(f"{urls[k % len(urls)]}/receipts", params={"wait_ms": 10000}, json=body)
-            latencies.append(time.perf_counter() - t0)
-            if r.status_code != 200:
-                raise RuntimeError(f"receipt not final: {r.status_code} {r.text}")
-        latencies.sort()
-        p50, p99 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99) - 1]
+            if client == "lean":
+                status, text = await lean.post_json(url, "/receipts?wait_ms=10000", body)
+            else:
+                r = await http.post(f"{url}/receipts", params={"wait_ms": 10000}, json=body)
+                status, text = r.status_code, r.content
+            latencies[client].append(time.perf_counter() - t0)
+            if status != 200:
+                raise RuntimeError(f"receipt not final: {status} {text[:300]!r}")
+        await lean.aclose()
+        percentiles = {}
+        for client, times in latencies.items():
+            times.sort()
+            percentiles[client] = (times[len(times) // 2], times[int(len(times) * 0.99) - 1])
+        p50, p99 = percentiles["lean"]
         say(f"sequential: {sequential} receipts, p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms "
-            f"({p50 / floor:.1f}× the FROST floor)")
+            f"({p50 / floor:.1f}× the FROST floor), minimal HTTP/1.1 client")
+        x50, x99 = percentiles["httpx"]
+        say(f"sequential: {sequential} receipts, p50 {x50 * 1000:.1f} ms, p99 {x99 * 1000:.1f} ms with httpx, in "
+            f"alternating blocks of {block} (its own cost per request: {(x50 - p50) * 1000:+.1f} ms at the median)")
 
         # the HTTP floor: requests per second with no work behind them
         health_done = 0

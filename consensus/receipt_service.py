@@ -455,9 +455,11 @@ class ReceiptService:
             return None  # the batch will say why (retried later, or refused)
         batch_id = self.random_bytes(BATCH_ID_SIZE)
         try:
-            decisions = await self._lock_local(first, self.my_id, batch_id)
+            async with self._db:
+                decisions = await self._lock_own(first, batch_id, commit=True)
         except LockTableBroken:
             return None
+        self._remember_locked(first, decisions)
         self._acknowledge(decisions)
         return batch_id, decisions
 
@@ -542,11 +544,11 @@ class ReceiptService:
         self._remember_locked(batch, decisions)
         return decisions
 
-    async def _lock_own(self, batch: list[rc.Receipt], batch_id: bytes) -> list[Decision]:
-        """The proposer's own lock for its batch, decided and left uncommitted (the caller holds ``_db`` and
-        commits)."""
+    async def _lock_own(self, batch: list[rc.Receipt], batch_id: bytes, *, commit: bool) -> list[Decision]:
+        """The proposer's own lock for its batch (the caller holds ``_db``): committed, or decided and left
+        uncommitted for the caller to commit."""
         return await self.run_blocking(partial(self.locks.lock_batch, batch, self.validate, self.my_id,
-                                               int(self.clock() * 1000), batch_id, commit=False))
+                                               int(self.clock() * 1000), batch_id, commit=commit))
 
     def _remember_locked(self, batch: list[rc.Receipt], decisions: list[Decision]) -> None:
         by_id = {r.id: r for r in batch}
@@ -661,7 +663,7 @@ class ReceiptService:
         async with trio.open_nursery() as nursery:
             async with self._db:
                 with trio.CancelScope(shield=True):  # decided and committed together (nothing in between waits)
-                    decisions = decided + (await self._lock_own(undecided, batch_id) if undecided else [])
+                    decisions = decided + (await self._lock_own(undecided, batch_id, commit=False) if undecided else [])
                     try:
                         self._take_own_decisions(decisions, accepted[me], refusals)
                         mine = [r for r in batch if r.id in accepted[me]]
