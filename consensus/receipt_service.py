@@ -28,6 +28,7 @@ Replies are taken only from the peer asked and of the expected type (the dispatc
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -68,6 +69,14 @@ SPARES = 2  # spare commitments a proposer keeps per peer for the one-round path
 HEDGE_LAGS = 3.0  # the one-round set's lock replies may take this many of their usual round trips before the
 #                   other peers are asked too
 RunBlocking = Callable[..., Awaitable[Any]]
+
+
+def _session_inputs(key: frost.KeyShare, signers: list[int], hiding: list[bytes], binding: list[bytes],
+                    held: list[rc.Receipt]) -> tuple[dict[int, tuple[bytes, bytes]], bytes]:
+    """The commitment list and the batch message of a signing request for the receipts ``held``."""
+    commitments = {i: (d, e) for i, d, e in zip(signers, hiding, binding, strict=True)}
+    root = merkle.root([r.to_bytes() for r in held])
+    return commitments, rc.batch_message(key.group_public_key, root, len(held))
 
 
 def register(registry: Registry) -> None:
@@ -537,8 +546,12 @@ class ReceiptService:
 
     # ---- proposer ----------------------------------------------------------------------------------
 
-    async def _lock_local(self, batch: list[rc.Receipt], proposer: str, batch_id: bytes) -> list[Decision]:
+    async def _lock_local(self, batch: list[rc.Receipt], proposer: str, batch_id: bytes,
+                          locking: trio.Event | None = None) -> list[Decision]:
+        """Lock a peer's batch here, durably; ``locking`` is set as the lock table's thread starts."""
         async with self._db:
+            if locking is not None:
+                locking.set()
             decisions = await self.run_blocking(partial(self.locks.lock_batch, batch, self.validate, proposer,
                                                         int(self.clock() * 1000), batch_id))
         self._remember_locked(batch, decisions)
@@ -1030,12 +1043,18 @@ class ReceiptService:
                 receipts.append(None)
         valid = [r for r in receipts if r is not None]
         decisions: dict[bytes, Decision] = {}
-        if valid and self.locks.broken is None:
+        async with trio.open_nursery() as nursery:
+            locking = trio.Event()  # the lock table's thread is at work
+            if body.get("fast_signers") is not None and len(valid) == len(receipts):
+                nursery.start_soon(self._warm_fast_session, body, valid, locking)
             try:
-                for d in await self._lock_local(valid, peer, body["batch"]):
-                    decisions.setdefault(d.receipt_id, d)
+                if valid and self.locks.broken is None:
+                    for d in await self._lock_local(valid, peer, body["batch"], locking):
+                        decisions.setdefault(d.receipt_id, d)
             except LockTableBroken as exc:
                 log.error("refusing to lock: %s", exc)
+            finally:
+                locking.set()
         verdicts, conflicts, reasons = bytearray(), [], []
         for i, r in enumerate(receipts):
             d = decisions.get(r.id) if r is not None else None
@@ -1059,6 +1078,19 @@ class ReceiptService:
         spare = list(self._offer(peer, None)) if body.get("spare") and self.keys.key is not None else []
         return {"verdicts": bytes(verdicts), "conflicts": conflicts, "reasons": reasons, "commitment": commitment,
                 "share": share, "spare": spare}
+
+    async def _warm_fast_session(self, body: dict[str, Any], held: list[rc.Receipt], locking: trio.Event) -> None:
+        """Compute the FROST session of a one-round share request (the binding factors, group commitment and
+        challenge: public inputs only, most of a share's cost) while the lock table's thread writes the locks,
+        so the share itself, made once the locks are durable, finds it ready (``frost.prepare`` memoises it)."""
+        await locking.wait()
+        key = self.keys.key
+        if key is None:
+            return
+        with contextlib.suppress(frost.FrostError, ValueError, TypeError):  # the share will refuse, saying why
+            commitments, message = _session_inputs(key, body["fast_signers"], body.get("fast_hiding") or [],
+                                                   body.get("fast_binding") or [], held)
+            frost.prepare(commitments, message, key.group_public_key)
 
     def _fast_share(self, peer: str, body: dict[str, Any], held: list[rc.Receipt]) -> bytes:
         """A share for the one-round path (the same checks as an ``rc.sign``); empty when refused."""
@@ -1097,14 +1129,12 @@ class ReceiptService:
         signers = list(body["signers"])
         if not (len(signers) == len(body["hiding"]) == len(body["binding"])) or key.identifier not in signers:
             return self._refuse("malformed commitment list")
-        commitments = {i: (d, e) for i, d, e in zip(signers, body["hiding"], body["binding"], strict=True)}
+        commitments, message = _session_inputs(key, signers, body["hiding"], body["binding"], held)
         mine = commitments[key.identifier]
         nonce = self._nonces.get(mine)
         if nonce is None or nonce.peer != peer or nonce.batch not in (None, body["batch"]):
             return self._refuse("unknown or already used commitment")
         del self._nonces[mine]  # used at most once, whatever happens next
-        root = merkle.root([r.to_bytes() for r in held])
-        message = rc.batch_message(key.group_public_key, root, len(held))
         try:
             share = frost.sign(key.identifier, key.secret_share, key.group_public_key, nonce.nonces, message,
                                commitments)

@@ -206,3 +206,42 @@ async def test_an_uncommitted_own_lock_is_gone_after_a_crash_and_durable_once_co
     again = LockStore(tmp_path / "own.sqlite")
     assert again.holds([a.id]) == [a]
     assert [d.verdict for d in again.lock_batch([b], ok, "c1")] == [Verdict.CONFLICT]
+
+
+async def test_a_one_round_session_is_computed_while_the_lock_table_is_written(
+        cluster: SimCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The public part of a one-round share (binding factors, group commitment, challenge: most of its cost) is
+    computed while the lock table's thread writes the locks; the share is still released only after them."""
+    signer = cluster.service("c2")
+    key = signer.keys.key
+    assert key is not None
+    offer = await signer._on_lock("c0", {"batch": b"S" * 16, "receipts": [cluster.receipt("n1", "obj1").to_wire()],
+                                         "spare": 1})
+    commitments = {key.identifier: (offer["spare"][0], offer["spare"][1]), **others(cluster, signer)}
+    ids = sorted(commitments)
+    receipts = [cluster.receipt("n2", "obj2"), cluster.receipt("n3", "obj3")]
+    steps: list[str] = []
+
+    async def slow_thread(fn: Any, *args: Any) -> Any:  # a lock table that takes 10 ms in its thread
+        steps.append("lock table starts")
+        await trio.sleep(0.01)
+        result = fn(*args)
+        steps.append("lock table done")
+        return result
+
+    prepare = frost.prepare
+
+    def watched_prepare(*args: Any) -> Any:
+        steps.append("session")
+        return prepare(*args)
+
+    monkeypatch.setattr(signer, "run_blocking", slow_thread)
+    monkeypatch.setattr(frost, "prepare", watched_prepare)
+    reply = await signer._on_lock("c0", {"batch": b"T" * 16, "receipts": [r.to_wire() for r in receipts],
+                                         "fast_signers": bytes(ids), "fast_hiding": [commitments[i][0] for i in ids],
+                                         "fast_binding": [commitments[i][1] for i in ids]})
+    assert steps == ["lock table starts", "session", "lock table done", "session"]  # meanwhile; the share after
+    message = rc.batch_message(key.group_public_key, merkle.root([r.to_bytes() for r in receipts]), 2)
+    assert list(reply["verdicts"]) == [Verdict.OK] * 2 and len(reply["share"]) == 32
+    assert frost.verify_signature_share(key.identifier, key.public_share, reply["share"], commitments, message,
+                                        key.group_public_key)
