@@ -28,7 +28,6 @@ Replies are taken only from the peer asked and of the expected type (the dispatc
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -69,14 +68,6 @@ SPARES = 2  # spare commitments a proposer keeps per peer for the one-round path
 HEDGE_LAGS = 3.0  # the one-round set's lock replies may take this many of their usual round trips before the
 #                   other peers are asked too
 RunBlocking = Callable[..., Awaitable[Any]]
-
-
-def _session_inputs(key: frost.KeyShare, signers: list[int], hiding: list[bytes], binding: list[bytes],
-                    held: list[rc.Receipt]) -> tuple[dict[int, tuple[bytes, bytes]], bytes]:
-    """The commitment list and the batch message of a signing request for the receipts ``held``."""
-    commitments = {i: (d, e) for i, d, e in zip(signers, hiding, binding, strict=True)}
-    root = merkle.root([r.to_bytes() for r in held])
-    return commitments, rc.batch_message(key.group_public_key, root, len(held))
 
 
 def register(registry: Registry) -> None:
@@ -164,10 +155,6 @@ class Record:
             self.conflicting_id = conflicting_id
         self.changed.set()
         self.changed = trio.Event()
-
-
-#: The first receipts of a batch, locked here while its window was open: (batch id, own lock decisions).
-Early = tuple[bytes, list[Decision]]
 
 
 @dataclass
@@ -436,45 +423,26 @@ class ReceiptService:
 
     async def _batcher(self, nursery: trio.Nursery) -> None:
         """A batch closes at ``batch_max`` receipts or ``batch_wait_s`` after its first; while every in-flight
-        slot is busy the queue keeps growing, so batches grow with the load. The receipts already queued when
-        the window opens are locked here (durably) during the window, so a lone receipt's own lock costs no
-        time of its own; those arriving later are locked when the batch runs."""
+        slot is busy the queue keeps growing, so batches grow with the load."""
         while True:
             await self._inflight.acquire()
-            early: Early | None = None
             try:
                 while not self._queue:
                     await self._queue_wake.wait()
                     self._queue_wake = trio.Event()
                 if len(self._queue) < self.batch_max and self.batch_wait_s > 0:
-                    async with trio.open_nursery() as window:
-                        window.start_soon(trio.sleep, self.batch_wait_s)
-                        early = await self._lock_early(list(self._queue))
+                    await trio.sleep(self.batch_wait_s)
             except BaseException:
                 self._inflight.release()
                 raise
             batch, self._queue = self._queue[: self.batch_max], self._queue[self.batch_max:]
             for r in batch:
                 self._queued.discard(r.id)
-            nursery.start_soon(self._run_batch_released, batch, early)
+            nursery.start_soon(self._run_batch_released, batch)
 
-    async def _lock_early(self, first: list[rc.Receipt]) -> Early | None:
-        """Lock the first receipts of a batch (durably) while its window is open: (batch id, decisions)."""
-        if self.keys.key is None or self.locks.broken is not None:
-            return None  # the batch will say why (retried later, or refused)
-        batch_id = self.random_bytes(BATCH_ID_SIZE)
+    async def _run_batch_released(self, batch: list[rc.Receipt]) -> None:
         try:
-            async with self._db:
-                decisions = await self._lock_own(first, batch_id, commit=True)
-        except LockTableBroken:
-            return None
-        self._remember_locked(first, decisions)
-        self._acknowledge(decisions)
-        return batch_id, decisions
-
-    async def _run_batch_released(self, batch: list[rc.Receipt], early: Early | None = None) -> None:
-        try:
-            await self._run_batch(batch, early)
+            await self._run_batch(batch)
         except LockTableBroken as exc:
             log.error("receipt signing stopped: %s", exc)
         finally:
@@ -546,22 +514,18 @@ class ReceiptService:
 
     # ---- proposer ----------------------------------------------------------------------------------
 
-    async def _lock_local(self, batch: list[rc.Receipt], proposer: str, batch_id: bytes,
-                          locking: trio.Event | None = None) -> list[Decision]:
-        """Lock a peer's batch here, durably; ``locking`` is set as the lock table's thread starts."""
+    async def _lock_local(self, batch: list[rc.Receipt], proposer: str, batch_id: bytes) -> list[Decision]:
         async with self._db:
-            if locking is not None:
-                locking.set()
             decisions = await self.run_blocking(partial(self.locks.lock_batch, batch, self.validate, proposer,
                                                         int(self.clock() * 1000), batch_id))
         self._remember_locked(batch, decisions)
         return decisions
 
-    async def _lock_own(self, batch: list[rc.Receipt], batch_id: bytes, *, commit: bool) -> list[Decision]:
-        """The proposer's own lock for its batch (the caller holds ``_db``): committed, or decided and left
-        uncommitted for the caller to commit."""
+    async def _lock_own(self, batch: list[rc.Receipt], batch_id: bytes) -> list[Decision]:
+        """The proposer's own lock for its batch, decided and left uncommitted (the caller holds ``_db`` and
+        commits)."""
         return await self.run_blocking(partial(self.locks.lock_batch, batch, self.validate, self.my_id,
-                                               int(self.clock() * 1000), batch_id, commit=commit))
+                                               int(self.clock() * 1000), batch_id, commit=False))
 
     def _remember_locked(self, batch: list[rc.Receipt], decisions: list[Decision]) -> None:
         by_id = {r.id: r for r in batch}
@@ -580,9 +544,7 @@ class ReceiptService:
             self._nonces.popitem(last=False)
         return commitment
 
-    async def _run_batch(self, batch: list[rc.Receipt], early: Early | None = None) -> None:
-        """Sign a batch; ``early``: the batch id and the own (durable) lock decisions of its first receipts, taken
-        while its window was open (see ``_batcher``)."""
+    async def _run_batch(self, batch: list[rc.Receipt]) -> None:
         key = self.keys.key
         if key is None:
             for r in batch:
@@ -590,15 +552,14 @@ class ReceiptService:
             return
         t = key.threshold
         self.counters.batches += 1
-        batch_id, decided = early if early is not None else (self.random_bytes(BATCH_ID_SIZE), [])
-        undecided = [r for r in batch if r.id not in {d.receipt_id for d in decided}]
+        batch_id = self.random_bytes(BATCH_ID_SIZE)
         me = key.identifier
         t_start = time.perf_counter()
         # Our own lock decides first, then the peers are asked for what we locked: a receipt we refuse (its slot is
         # ours for another receipt) must not reach a peer's lock table, where it would take the slot from the one
-        # we hold (found by dsdn nemesis: locking in parallel left rival receipts unsignable). Our decision on the
-        # receipts not locked early is committed while the peers lock: every share of ours is made after that
-        # commit, and the submitters hear "locked" (with the optimistic document) only then.
+        # we hold (found by dsdn nemesis: locking in parallel left rival receipts unsignable). Our decision is
+        # committed while the peers lock: every share of ours is made after that commit, and the submitters hear
+        # "locked" (with the optimistic document) only then.
         accepted: dict[int, set[bytes]] = {me: set()}
         refusals: dict[bytes, list[Decision]] = {r.id: [] for r in batch}
         conflicted_by: dict[bytes, set[int]] = {}  # receipt -> members holding its slot for a rival
@@ -676,7 +637,7 @@ class ReceiptService:
         async with trio.open_nursery() as nursery:
             async with self._db:
                 with trio.CancelScope(shield=True):  # decided and committed together (nothing in between waits)
-                    decisions = decided + (await self._lock_own(undecided, batch_id, commit=False) if undecided else [])
+                    decisions = await self._lock_own(batch, batch_id)
                     try:
                         self._take_own_decisions(decisions, accepted[me], refusals)
                         mine = [r for r in batch if r.id in accepted[me]]
@@ -693,8 +654,7 @@ class ReceiptService:
                             if rest:
                                 nursery.start_soon(ask_rest, self._hedge_s(first))
                     finally:
-                        if undecided:
-                            await self.run_blocking(self.locks.commit)  # durable, before any share of ours exists
+                        await self.run_blocking(self.locks.commit)  # durable, before any share of ours exists
             self._remember_locked(batch, decisions)
             self._acknowledge(decisions)
             t_locked = time.perf_counter()
@@ -1043,18 +1003,12 @@ class ReceiptService:
                 receipts.append(None)
         valid = [r for r in receipts if r is not None]
         decisions: dict[bytes, Decision] = {}
-        async with trio.open_nursery() as nursery:
-            locking = trio.Event()  # the lock table's thread is at work
-            if body.get("fast_signers") is not None and len(valid) == len(receipts):
-                nursery.start_soon(self._warm_fast_session, body, valid, locking)
+        if valid and self.locks.broken is None:
             try:
-                if valid and self.locks.broken is None:
-                    for d in await self._lock_local(valid, peer, body["batch"], locking):
-                        decisions.setdefault(d.receipt_id, d)
+                for d in await self._lock_local(valid, peer, body["batch"]):
+                    decisions.setdefault(d.receipt_id, d)
             except LockTableBroken as exc:
                 log.error("refusing to lock: %s", exc)
-            finally:
-                locking.set()
         verdicts, conflicts, reasons = bytearray(), [], []
         for i, r in enumerate(receipts):
             d = decisions.get(r.id) if r is not None else None
@@ -1078,19 +1032,6 @@ class ReceiptService:
         spare = list(self._offer(peer, None)) if body.get("spare") and self.keys.key is not None else []
         return {"verdicts": bytes(verdicts), "conflicts": conflicts, "reasons": reasons, "commitment": commitment,
                 "share": share, "spare": spare}
-
-    async def _warm_fast_session(self, body: dict[str, Any], held: list[rc.Receipt], locking: trio.Event) -> None:
-        """Compute the FROST session of a one-round share request (the binding factors, group commitment and
-        challenge: public inputs only, most of a share's cost) while the lock table's thread writes the locks,
-        so the share itself, made once the locks are durable, finds it ready (``frost.prepare`` memoises it)."""
-        await locking.wait()
-        key = self.keys.key
-        if key is None:
-            return
-        with contextlib.suppress(frost.FrostError, ValueError, TypeError):  # the share will refuse, saying why
-            commitments, message = _session_inputs(key, body["fast_signers"], body.get("fast_hiding") or [],
-                                                   body.get("fast_binding") or [], held)
-            frost.prepare(commitments, message, key.group_public_key)
 
     def _fast_share(self, peer: str, body: dict[str, Any], held: list[rc.Receipt]) -> bytes:
         """A share for the one-round path (the same checks as an ``rc.sign``); empty when refused."""
@@ -1129,12 +1070,14 @@ class ReceiptService:
         signers = list(body["signers"])
         if not (len(signers) == len(body["hiding"]) == len(body["binding"])) or key.identifier not in signers:
             return self._refuse("malformed commitment list")
-        commitments, message = _session_inputs(key, signers, body["hiding"], body["binding"], held)
+        commitments = {i: (d, e) for i, d, e in zip(signers, body["hiding"], body["binding"], strict=True)}
         mine = commitments[key.identifier]
         nonce = self._nonces.get(mine)
         if nonce is None or nonce.peer != peer or nonce.batch not in (None, body["batch"]):
             return self._refuse("unknown or already used commitment")
         del self._nonces[mine]  # used at most once, whatever happens next
+        root = merkle.root([r.to_bytes() for r in held])
+        message = rc.batch_message(key.group_public_key, root, len(held))
         try:
             share = frost.sign(key.identifier, key.secret_share, key.group_public_key, nonce.nonces, message,
                                commitments)

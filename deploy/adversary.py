@@ -68,8 +68,8 @@ def equivocate_batches(service: ReceiptService) -> None:
                 remember(rc.Receipt.from_wire(wire))
         return await honest_lock(peer, body)
 
-    async def lock_own(batch: list[rc.Receipt], batch_id: bytes, *, commit: bool) -> list[Decision]:
-        decisions = await honest_lock_own(batch, batch_id, commit=commit)
+    async def lock_own(batch: list[rc.Receipt], batch_id: bytes) -> list[Decision]:
+        decisions = await honest_lock_own(batch, batch_id)
         return [Decision(d.receipt_id, Verdict.OK) if d.verdict is Verdict.CONFLICT else d for d in decisions]
 
     def other_batch(wires: list[bytes]) -> list[bytes]:
