@@ -77,36 +77,56 @@ def compute_receipt(key: nacl.signing.SigningKey, node: str, epoch: int) -> dict
 
 
 class LeanHttp:
-    """A minimal HTTP/1.1 client: one kept-alive connection per server, JSON bodies, Content-Length responses."""
+    """A minimal HTTP/1.1 client: one kept-alive connection per server, JSON bodies, Content-Length responses.
+    A connection that fails or answers in a way this client does not read is closed (the next request opens
+    a new one), and the error raised."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float = 60.0) -> None:
         self.streams: dict[str, trio.SocketStream] = {}
+        self.timeout_s = timeout_s
 
     async def post_json(self, url: str, target: str, body: Any) -> tuple[int, bytes]:
-        u = urlsplit(url)
         stream = self.streams.get(url)
-        if stream is None:  # trio sets TCP_NODELAY on its TCP streams
-            stream = self.streams[url] = await trio.open_tcp_stream(u.hostname or "127.0.0.1", u.port or 80)
-        data = json.dumps(body).encode()
-        await stream.send_all(f"POST {target} HTTP/1.1\r\nHost: {u.netloc}\r\nContent-Type: application/json\r\n"
-                              f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
-        buf = b""
-        while b"\r\n\r\n" not in buf:
+        try:
+            with trio.fail_after(self.timeout_s):
+                if stream is None:  # trio sets TCP_NODELAY on its TCP streams
+                    u = urlsplit(url)
+                    stream = self.streams[url] = await trio.open_tcp_stream(u.hostname or "127.0.0.1", u.port or 80)
+                return await self._exchange(stream, url, target, json.dumps(body).encode())
+        except BaseException:
+            if self.streams.pop(url, None) is not None:
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()  # type: ignore[union-attr]
+            raise
+
+    @staticmethod
+    async def _exchange(stream: trio.SocketStream, url: str, target: str, data: bytes) -> tuple[int, bytes]:
+        await stream.send_all(f"POST {target} HTTP/1.1\r\nHost: {urlsplit(url).netloc}\r\n"
+                              f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+
+        async def more(buf: bytes) -> bytes:
             chunk = await stream.receive_some(65536)
             if not chunk:
-                raise ConnectionError(f"{url} closed the connection")
-            buf += chunk
+                raise ConnectionError(f"{url} closed the connection mid-response")
+            return buf + chunk
+
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf = await more(buf)
         head, rest = buf.split(b"\r\n\r\n", 1)
         lines = head.decode("latin-1").split("\r\n")
-        length = next(int(v) for k, _, v in (line.partition(":") for line in lines[1:])
-                      if k.strip().lower() == "content-length")
+        length = next((int(v) for k, _, v in (line.partition(":") for line in lines[1:])
+                       if k.strip().lower() == "content-length"), None)
+        if length is None:
+            raise ConnectionError(f"{url} answered without Content-Length: {lines[0]}")
         while len(rest) < length:
-            rest += await stream.receive_some(65536)
+            rest = await more(rest)
         return int(lines[0].split()[1]), rest
 
     async def aclose(self) -> None:
         for stream in self.streams.values():
             await stream.aclose()
+        self.streams.clear()
 
 
 async def timed(worker: Callable[[list[Any]], Awaitable[None]], work: list[Any], workers: int) -> float:

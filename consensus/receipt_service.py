@@ -443,8 +443,8 @@ class ReceiptService:
     async def _run_batch_released(self, batch: list[rc.Receipt]) -> None:
         try:
             await self._run_batch(batch)
-        except LockTableBroken as exc:
-            log.error("receipt signing stopped: %s", exc)
+        except* LockTableBroken as group:  # raised in the batch's nursery too (the own lock's commit)
+            log.error("receipt signing stopped: %s", group.exceptions[0])
         finally:
             self._inflight.release()
 
@@ -654,7 +654,11 @@ class ReceiptService:
                             if rest:
                                 nursery.start_soon(ask_rest, self._hedge_s(first))
                     finally:
-                        await self.run_blocking(self.locks.commit)  # durable, before any share of ours exists
+                        try:
+                            await self.run_blocking(self.locks.commit)  # durable, before any share of ours
+                        except LockTableBroken:
+                            self._forget_unlocked(decisions)
+                            raise
             self._remember_locked(batch, decisions)
             self._acknowledge(decisions)
             t_locked = time.perf_counter()
@@ -805,6 +809,16 @@ class ReceiptService:
             if d.verdict is Verdict.OK and record is not None and record.status == "pending":
                 record.optimistic = self._optimistic(d.receipt_id)
                 record.settle("locked")
+
+    def _forget_unlocked(self, decisions: list[Decision]) -> None:
+        """The own lock's commit failed: the receipts it was to lock are not locked here. Their records go, so a
+        submitter waiting for the lock answers 503 (not locked durably) and a resubmission is judged again (503
+        while the lock table is broken)."""
+        for d in decisions:
+            record = self.records.get(d.receipt_id)
+            if d.verdict is Verdict.OK and record is not None and record.status == "pending":
+                del self.records[d.receipt_id]
+                self._records_version += 1
 
     def _take_own_decisions(self, decisions: list[Decision], mine: set[bytes],
                             refusals: dict[bytes, list[Decision]]) -> None:

@@ -185,10 +185,8 @@ class Coordinator:
         return self.state.apply(event)
 
     def _apply_remote_events(self, events: list[Event]) -> int:
-        """A blob's events, read from DA: the clock observes the latest of them (it ends as if it had observed
-        each in turn; ``clamped`` counts one per blob), then they are applied."""
-        if events:
-            self.hlc.observe(max(map(_hlc_of, events)))
+        """A blob's events, read from DA: the clock observes them, then they are applied."""
+        self.hlc.observe_all(map(_hlc_of, events))
         return self.state.apply_events(events)
 
     def apply_peer_event(self, event: Event) -> bool:

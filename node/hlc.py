@@ -12,7 +12,7 @@ encoding accepts, so ``now()`` always gives a timestamp that can be encoded.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 Timestamp = tuple[int, int]
 MAX_PART = 2**63 - 1  # the largest wall or counter an event may carry (node.events.MAX_U63)
@@ -51,9 +51,16 @@ class HybridLogicalClock:
     def observe(self, remote: Timestamp) -> None:
         """Fold in a timestamp seen on a remote event, so our next one orders after it; a timestamp more
         than ``max_drift_ms`` ahead of the wall clock only moves ours to that bound."""
+        self.observe_all((remote,))
+
+    def observe_all(self, remotes: Iterable[Timestamp]) -> None:
+        """``observe`` each of ``remotes`` (one reading of the wall clock for all: a blob's events)."""
         limit = min(self._clock() + self.max_drift_ms, MAX_PART - 1)
-        if remote[0] > limit:
-            self.clamped += 1
-            remote = (limit, 0)
-        if remote > (self._wall, self._counter):
-            self._wall, self._counter = remote
+        latest = (self._wall, self._counter)
+        for remote in remotes:
+            if remote[0] > limit:  # clamped one by one: (limit, 0) may order before another one at the bound
+                self.clamped += 1
+                remote = (limit, 0)
+            if remote > latest:
+                latest = remote
+        self._wall, self._counter = latest

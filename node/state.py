@@ -133,9 +133,9 @@ class ShardedView(Mapping[str, V]):
 class State:
     def __init__(self, recent_ids: int = RECENT_IDS) -> None:
         self.nodes: dict[str, tuple[Version, NodeRecord | None]] = {}
-        # object hash -> its register's entry ("o", hash, version, size), in SHARDS dicts
+        # object hash -> its register: the object.registered event that wrote it, in SHARDS dicts
         self._objects: list[dict[str, bytes]] = [{} for _ in range(SHARDS)]
-        # object hash -> (node id, entry ("r", (hash, node id), version, present), node id, entry, ...)
+        # object hash -> (node id, its replica.healed or replica.missing event, node id, event, ...)
         self._replicas: list[dict[str, tuple[Any, ...]]] = [{} for _ in range(SHARDS)]
         self._shared: set[int] = set()  # shards a cut still holds (objects 0.., replicas SHARDS..): copy first
         self.scheduler: tuple[Version, Weights] | None = None
@@ -163,12 +163,12 @@ class State:
 
     @property
     def objects(self) -> ShardedView[bytes]:
-        """object hash -> its register's entry (read-only; ``object()`` decodes one)."""
+        """object hash -> its register's event (read-only; ``object()`` decodes one)."""
         return ShardedView(self._objects)
 
     @property
     def replicas(self) -> ShardedView[tuple[Any, ...]]:
-        """object hash -> (node id, entry, node id, entry, ...) (read-only; ``object()`` decodes one)."""
+        """object hash -> (node id, event, node id, event, ...) (read-only; ``object()`` decodes one)."""
         return ShardedView(self._replicas)
 
     # ---- applying events -------------------------------------------------------------------------
@@ -528,12 +528,17 @@ class State:
         for table in self._objects:
             for obj, entry in table.items():
                 _, key, version, size = _unpack_tuples(entry)
+                if key != obj:
+                    raise ValueError(f"snapshot object register {obj!r} holds the entry of {key!r}")
                 table[obj] = _event_raw(_OBJECT, version, [key, size])
         for table in self._replicas:
             for obj, held in table.items():
                 events = []
                 for at in range(1, len(held), 2):
                     _, (key, node_id), version, present = _unpack_tuples(held[at])
+                    if (key, node_id) != (obj, held[at - 1]):
+                        raise ValueError(f"snapshot replica register {obj!r}/{held[at - 1]!r} holds the entry of "
+                                         f"{key!r}/{node_id!r}")
                     events.append(_event_raw(_HEALED if present else _MISSING, version, [key, node_id]))
                 table[obj] = tuple(itertools.chain.from_iterable(zip(held[::2], events, strict=True)))
         self._acc = self._recomputed_acc()

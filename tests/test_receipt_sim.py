@@ -14,6 +14,7 @@ import trio.testing
 
 from consensus import merkle
 from consensus import receipts as rc
+from consensus.lockstore import LockTableBroken
 from consensus.receipt_service import LOCK, LOCK_REPLY, ReceiptService, Unavailable
 from deploy.simulation import EPOCH, SimCluster
 
@@ -526,4 +527,33 @@ async def test_a_receipt_is_acknowledged_only_once_its_own_lock_is_durable(
         assert all(r.status in ("locked", "final") and r.optimistic is not None for r in records)
         await cluster.wait_final({first.id, second.id})
         assert [r.status for r in records] == ["final", "final"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_receipt_whose_own_lock_failed_to_commit_is_not_acknowledged_and_is_refused_again(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """The lock table breaks as the own lock commits (a disk error): the receipt is not locked here, so it is
+    never "locked"; its record goes (a waiting submitter answers 503 once it stops waiting for the lock), and
+    submitting it again is refused at once: the table is broken, nothing is signed blind."""
+    cluster = SimCluster(tmp_path, 4, seed=43, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    receipt = cluster.receipt("n1", "obj1")
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        service = cluster.service("c1")
+
+        def failing_commit() -> None:
+            service.locks.broken = "lock table failed: disk I/O error"
+            raise LockTableBroken(service.locks.broken)
+
+        service.locks.commit = failing_commit  # type: ignore[method-assign]
+        record = service.submit(receipt)
+        with trio.fail_after(5):
+            while receipt.id in service.records:
+                await trio.sleep(0.01)
+        assert record.status == "pending" and record.optimistic is None  # never acknowledged
+        with pytest.raises(Unavailable, match="disk I/O error"):
+            service.submit(receipt)
+        await trio.sleep(2)
+        assert receipt.id not in cluster.signed_ids()
         nursery.cancel_scope.cancel()

@@ -287,6 +287,20 @@ def test_a_format_4_snapshot_whose_register_does_not_match_its_event_id_is_refus
     entries[0] = msgpack.packb(("o", key, version, size + 1), use_bin_type=True)  # not what the event said
     with pytest.raises(ValueError, match="not that of its event"):
         snapshot.decode(msgpack.packb(obj, use_bin_type=True))
+    entries[0] = msgpack.packb(("o", key, version, size), use_bin_type=True)  # intact again: it loads
+    assert snapshot.decode(msgpack.packb(obj, use_bin_type=True)).state.object(key) is not None
+    object_keys = next(column for column in obj["state"]["objects"] if column[0])[0]
+    object_keys[0] = "x" + object_keys[0]  # an entry filed under another object (same shard: same last character)
+    with pytest.raises(ValueError, match="holds the entry of"):
+        snapshot.decode(msgpack.packb(obj, use_bin_type=True))
+    object_keys[0] = object_keys[0][1:]
+    keys, held = next(column for column in obj["state"]["replicas"] if column[0])
+    held[0][0] = "node-that-never-held-it"  # the node id beside the entry no longer matches it
+    with pytest.raises(ValueError, match="holds the entry of"):
+        snapshot.decode(msgpack.packb(obj, use_bin_type=True))
+    held[0][0], keys[0] = msgpack.unpackb(held[0][1])[1][1], "x" + keys[0]  # ... nor the object it is filed under
+    with pytest.raises(ValueError, match="holds the entry of"):
+        snapshot.decode(msgpack.packb(obj, use_bin_type=True))
 
 
 def test_a_cut_is_isolated_from_later_writes_to_every_table(events: list[ev.Event]) -> None:

@@ -296,6 +296,20 @@ def test_a_far_future_timestamp_moves_the_clock_at_most_max_drift_ahead() -> Non
     assert clock.now() == (wall[0], 0)
 
 
+def test_a_blob_observed_at_once_orders_after_each_of_its_timestamps_even_beside_a_clamped_one() -> None:
+    # a timestamp at the bound and one past it (clamped to (bound, 0)): the latest of the two after clamping is
+    # the one at the bound; taking the latest before clamping would have ordered our next stamp before it
+    clock = HybridLogicalClock(lambda: 1000, max_drift_ms=100)
+    clock.observe_all([(1100, 5), (5000, 0)])
+    assert clock.clamped == 1 and clock.now() == (1100, 6)
+    one_by_one = HybridLogicalClock(lambda: 1000, max_drift_ms=100)
+    for stamp in [(5000, 0), (1100, 5), (900, 2)]:
+        one_by_one.observe(stamp)
+    at_once = HybridLogicalClock(lambda: 1000, max_drift_ms=100)
+    at_once.observe_all([(5000, 0), (1100, 5), (900, 2)])
+    assert at_once.last == one_by_one.last == (1100, 5) and at_once.clamped == one_by_one.clamped == 1
+
+
 def test_an_exhausted_counter_borrows_a_millisecond_instead_of_overflowing() -> None:
     clock = HybridLogicalClock(lambda: 5)
     clock.observe((6, ev.MAX_U63))
