@@ -58,6 +58,7 @@ def encode(snap: Snapshot) -> bytes:
 
 
 def decode(data: bytes | mmap.mmap) -> Snapshot:
+    """The snapshot in ``data``; ValueError if it is not one this version reads (whatever is wrong with it)."""
     # The collector is paused meanwhile: the decoding creates a tuple per replica holder, nothing cyclic, and
     # a collection every few ten thousand of them would walk the growing heap again and again (the load took
     # twice as long). use_list=False: the replica tuples of layouts 4 and 5 come out as the tuples the state keeps.
@@ -70,8 +71,11 @@ def decode(data: bytes | mmap.mmap) -> Snapshot:
         layout = LAYOUTS.get(obj["format"])
         if type(obj.get("state")) is not dict or obj["state"].get("layout") != layout:
             raise ValueError(f"snapshot format {obj['format']} without state layout {layout}")
-        cursors = {str(k): int(v) for k, v in obj["cursors"].items()}
-        return Snapshot(State.from_snapshot(obj["state"]), cursors, int(obj["outbox_seq"]))
+        try:
+            cursors = {str(k): int(v) for k, v in obj["cursors"].items()}
+            return Snapshot(State.from_snapshot(obj["state"]), cursors, int(obj["outbox_seq"]))
+        except (KeyError, TypeError, AttributeError, IndexError) as exc:  # a field of the wrong shape
+            raise ValueError(f"malformed snapshot: {type(exc).__name__}: {exc}") from None
     finally:
         if collecting:
             gc.enable()

@@ -492,7 +492,9 @@ class State:
                 st._set_scheduler(tuple(snap["scheduler"][0]), tuple(snap["scheduler"][1]))  # type: ignore[arg-type]
             st.ledger.load_snapshot(snap.get("ledger", {}))
         if "recent" in snap:
-            recent = bytes(snap["recent"])
+            recent = snap["recent"]
+            if type(recent) is not bytes or len(recent) % 32:
+                raise ValueError("snapshot recent ids are not a bin of 32-byte ids")
             ids = [recent[i : i + 32] for i in range(max(0, len(recent) - 32 * recent_ids), len(recent), 32)]
             st._recent_order = deque(ids, maxlen=recent_ids)
             st._applied = int(snap["applied"])

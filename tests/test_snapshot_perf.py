@@ -367,3 +367,17 @@ def test_the_count_follows_the_last_ids_exactly_while_the_id_set_comes_and_goes(
                 registers[e.fields[0]] = version
         assert s.apply(e) is counted, step
     assert s.events_applied == expected
+
+
+@pytest.mark.parametrize("field, value", [("cursors", [1, 2]), ("outbox_seq", None), ("state.recent", 10**9),
+                                          ("state.nodes", 7), ("state.objects", [[1]]), ("state.acc", b"short")])
+def test_a_snapshot_with_a_field_of_the_wrong_shape_is_refused_with_a_value_error(events: list[ev.Event], field: str,
+                                                                                  value: Any) -> None:
+    # the coordinator rebuilds from DA on ValueError; anything else would stop it at start
+    s = State()
+    s.apply_all(events[:50])
+    obj = msgpack.unpackb(snapshot.encode(snapshot.Snapshot(s, {"primary": 1}, 0)))
+    where, _, name = field.rpartition(".")
+    (obj[where] if where else obj)[name] = value
+    with pytest.raises(ValueError):
+        snapshot.decode(msgpack.packb(obj, use_bin_type=True))
