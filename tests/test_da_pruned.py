@@ -152,11 +152,13 @@ async def test_a_transient_read_error_after_ready_keeps_it_ready(make_config: Ca
         url, coord, client = await ready_coordinator(make_config, nursery, inner)
         consumer = coord.consumers[PRIMARY]
         answers: list[int] = []
+        watching, watched = True, trio.Event()
 
-        async def watch() -> None:
-            while True:
+        async def watch() -> None:  # stopped between requests: cancelling the test client mid-request can corrupt
+            while watching:        # its nursery stack (trio's "Nursery stack corrupted"), a flake of the harness
                 answers.append((await ready(client))[0])
                 await trio.sleep(0.02)
+            watched.set()
 
         inner.start_soon(watch)
         await prune(url, EVERY_HEIGHT)
@@ -166,6 +168,8 @@ async def test_a_transient_read_error_after_ready_keeps_it_ready(make_config: Ca
         await prune(url, 0)  # it heals before the bound
         await wait_for(lambda: consumer.last_ok, what="a read to work again")
         await trio.sleep_until(failed_at + 2 * BOUND_S)  # well past the bound since the failure
+        watching = False
+        await watched.wait()
         assert answers and set(answers) == {200} and consumer.stuck() is None
         inner.cancel_scope.cancel()
     await coord.da.primary.inner.aclose()  # type: ignore[attr-defined]
