@@ -105,7 +105,7 @@ def register_receipt_routes(app: QuartTrio, service: ReceiptService | None, view
             raise error(503, {"error": "unavailable", "message": str(exc)}, {"Retry-After": "1"}) from None  # type: ignore[call-arg]
         settled(record)
         with trio.move_on_after(LOCK_WAIT_S):  # acknowledged = locked here durably (or already settled)
-            while record.status == "pending" and not record.reason:
+            while record.awaiting_lock:
                 await record.changed.wait()
         if record.status == "pending" and not record.reason:
             raise error(503, {"error": "unavailable", "receipt_id": receipt.id.hex(),  # type: ignore[call-arg]
@@ -156,7 +156,7 @@ def register_receipt_routes(app: QuartTrio, service: ReceiptService | None, view
             results.append(answer or {})
         with trio.move_on_after(LOCK_WAIT_S):  # acknowledged = locked here durably (or already settled)
             for record in records:
-                while record is not None and record.status == "pending" and not record.reason:
+                while record is not None and record.awaiting_lock:
                     await record.changed.wait()
         if wait_ms:
             with trio.move_on_after(wait_ms / 1000):

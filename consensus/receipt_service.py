@@ -146,6 +146,17 @@ class Record:
     changed: trio.Event = field(default_factory=trio.Event)
     optimistic: dict[str, Any] | None = None
     document: dict[str, Any] | None = None  # the signed document, as soon as the signature exists
+    abandoned: bool = False  # dropped unlocked (the own lock failed): whoever waits for its lock stops waiting
+
+    @property
+    def awaiting_lock(self) -> bool:
+        """Still waiting for this coordinator's own durable lock (not yet locked, settled or abandoned)."""
+        return self.status == "pending" and not self.reason and not self.abandoned
+
+    def abandon(self) -> None:
+        self.abandoned = True
+        self.changed.set()
+        self.changed = trio.Event()
 
     def settle(self, status: str, reason: str = "", conflicting_id: bytes | None = None) -> None:
         if self.status in ("final",):
@@ -819,6 +830,7 @@ class ReceiptService:
             if d.verdict is Verdict.OK and record is not None and record.status == "pending":
                 del self.records[d.receipt_id]
                 self._records_version += 1
+                record.abandon()
 
     def _take_own_decisions(self, decisions: list[Decision], mine: set[bytes],
                             refusals: dict[bytes, list[Decision]]) -> None:

@@ -533,8 +533,9 @@ async def test_a_receipt_is_acknowledged_only_once_its_own_lock_is_durable(
 async def test_a_receipt_whose_own_lock_failed_to_commit_is_not_acknowledged_and_is_refused_again(
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     """The lock table breaks as the own lock commits (a disk error): the receipt is not locked here, so it is
-    never "locked"; its record goes (a waiting submitter answers 503 once it stops waiting for the lock), and
-    submitting it again is refused at once: the table is broken, nothing is signed blind."""
+    never "locked"; its record goes and a waiting submitter stops waiting (POST /receipts answers 503 "not
+    locked here durably"), and submitting it again is refused at once: the table is broken, nothing is signed
+    blind."""
     cluster = SimCluster(tmp_path, 4, seed=43, delay=(0.001, 0.01))
     cluster.seed_ledger()
     receipt = cluster.receipt("n1", "obj1")
@@ -548,9 +549,10 @@ async def test_a_receipt_whose_own_lock_failed_to_commit_is_not_acknowledged_and
 
         service.locks.commit = failing_commit  # type: ignore[method-assign]
         record = service.submit(receipt)
-        with trio.fail_after(5):
-            while receipt.id in service.records:
-                await trio.sleep(0.01)
+        with trio.fail_after(5):  # a submitter waiting for the lock (as POST /receipts does) stops at once
+            while record.awaiting_lock:
+                await record.changed.wait()
+        assert receipt.id not in service.records and record.abandoned
         assert record.status == "pending" and record.optimistic is None  # never acknowledged
         with pytest.raises(Unavailable, match="disk I/O error"):
             service.submit(receipt)
