@@ -155,8 +155,7 @@ class Record:
 
     def abandon(self) -> None:
         self.abandoned = True
-        self.changed.set()
-        self.changed = trio.Event()
+        self._changed()
 
     def settle(self, status: str, reason: str = "", conflicting_id: bytes | None = None) -> None:
         if self.status in ("final",):
@@ -164,6 +163,10 @@ class Record:
         self.status, self.reason = status, reason
         if conflicting_id is not None:
             self.conflicting_id = conflicting_id
+        self._changed()
+
+    def _changed(self) -> None:
+        """Wake whoever waits on ``changed`` (each wait takes the event current at the time)."""
         self.changed.set()
         self.changed = trio.Event()
 

@@ -40,6 +40,7 @@ VERSION = "0.1.0"
 
 _hlc_of = operator.itemgetter(1, 2)  # an event's (hlc wall, hlc counter)
 
+
 class NotFound(Exception):
     """A referenced entity does not exist; ``body`` is the JSON error the API returns."""
 
@@ -180,19 +181,15 @@ class Coordinator:
             self.state.apply(event)
             self.applied_outbox_seq = seq
 
-    def _apply_remote(self, event: Event) -> bool:
-        self.hlc.observe(event.hlc)
-        return self.state.apply(event)
-
     def _apply_remote_events(self, events: list[Event]) -> int:
-        """A blob's events, read from DA: the clock observes them, then they are applied."""
+        """Events of other members (a blob's, read from DA): the clock observes them, then they are applied."""
         self.hlc.observe_all(map(_hlc_of, events))
         return self.state.apply_events(events)
 
     def apply_peer_event(self, event: Event) -> bool:
         """An event a cluster member sent over its authenticated link (a signed receipt batch), applied
         before its blob arrives from DA (where it is deduplicated)."""
-        return self._apply_remote(event)
+        return self._apply_remote_events([event]) == 1
 
     async def submit_event(self, kind: str, **fields: Any) -> Event:
         """Append an event of this coordinator durably (outbox → DA) and apply it; for the receipt engine."""
