@@ -231,7 +231,11 @@ async def test_cluster_replicates_survives_outages_and_rebuilds(cluster: Cluster
     print(f"restarted coordinator relinked in {took:.2f}s")
     restarted_status = (await http.get(f"{c2}/cluster/status")).json()
     assert restarted_status["group_public_key"] == key_status["group_public_key"]  # its key share was kept
-    assert (await http.get(f"{c2}/node/worker/stats")).json()["found"]  # caught up on stats at link-up
+
+    async def stats_on_c2() -> bool:  # sent at link-up; merged once c2 has replayed the worker's registration
+        return bool((await http.get(f"{c2}/node/worker/stats")).json()["found"])
+
+    await until("the restarted c2 to catch up on stats", stats_on_c2, 5, cluster)
 
     # 1. Replication: a node registered on one coordinator appears on the others within two blocks.
     delays = []

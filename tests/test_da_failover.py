@@ -42,77 +42,80 @@ async def test_a_slow_primary_fails_over_in_seconds_without_flapping(make_config
     devnet: str = await nursery.start(partial(serve_devnet, "127.0.0.1", 0, ":memory:", 0.2, TOKEN))
     store: str = await nursery.start(partial(serve_blobstore, "127.0.0.1", 0, tmp_path / "store"))
     keys = {name: bytes(identity.load_or_create(tmp_path / name).verify_key).hex() for name in ("a", "b")}
-    coords: dict[str, Coordinator] = {}
-    for name in ("a", "b"):  # the settings of `dsdn cluster up`, the health check's deadline at its default
-        cfg = make_config(name, USE_MOCK_DA="false", DA_RPC_URL=devnet, DA_AUTH_TOKEN=TOKEN, DA_NAMESPACE=NS.hex(),
-                          DA_TIMEOUT_MS="5000", DA_RETRY_COUNT="1", DA_RETRY_DELAY_MS="200",
-                          DA_HEALTH_INTERVAL_MS="1000", ENABLE_FALLBACK="true", EMERGENCY_DA_URL=store,
-                          PUBLISH_INTERVAL_MS="50", CLUSTER_MEMBER_KEYS=",".join(keys.values()))
-        assert cfg.da_health_timeout_ms == 1500
-        coord = Coordinator(cfg, CelestiaDA.from_config(cfg), None,
-                            BlobStoreDA(store, name="emergency", namespace=NS, timeout_s=5))
-        await nursery.start(coord.run)
-        coords[name] = coord
-    a, b = coords["a"], coords["b"]
-    await wait_for(lambda: a.rebuilt and b.rebuilt, what="both coordinators ready")
+    async with trio.open_nursery() as running:  # the coordinators stop before the test closes their layers
+        coords: dict[str, Coordinator] = {}
+        for name in ("a", "b"):  # the settings of `dsdn cluster up`, the health check's deadline at its default
+            cfg = make_config(name, USE_MOCK_DA="false", DA_RPC_URL=devnet, DA_AUTH_TOKEN=TOKEN, DA_NAMESPACE=NS.hex(),
+                              DA_TIMEOUT_MS="5000", DA_RETRY_COUNT="1", DA_RETRY_DELAY_MS="200",
+                              DA_HEALTH_INTERVAL_MS="1000", ENABLE_FALLBACK="true", EMERGENCY_DA_URL=store,
+                              PUBLISH_INTERVAL_MS="50", CLUSTER_MEMBER_KEYS=",".join(keys.values()))
+            assert cfg.da_health_timeout_ms == 1500
+            coord = Coordinator(cfg, CelestiaDA.from_config(cfg), None,
+                                BlobStoreDA(store, name="emergency", namespace=NS, timeout_s=5))
+            await running.start(coord.run)
+            coords[name] = coord
+        a, b = coords["a"], coords["b"]
+        await wait_for(lambda: a.rebuilt and b.rebuilt, what="both coordinators ready")
 
-    written: dict[str, float] = {}
-    seen: dict[str, float] = {}
-    statuses: list[Status] = [a.da_view().status]
-    fallback_at: list[float] = []
-    stop = trio.Event()
+        written: dict[str, float] = {}
+        seen: dict[str, float] = {}
+        statuses: list[Status] = [a.da_view().status]
+        fallback_at: list[float] = []
+        stop = trio.Event()
 
-    async def writer() -> None:
-        i = 0
-        while not stop.is_set():
-            written[f"w{i}"] = time.monotonic()
-            await a.register_node(f"w{i}", "z", "10.0.0.1:1", 1)
-            i += 1
-            await trio.sleep(0.1)
+        async def writer() -> None:
+            i = 0
+            while not stop.is_set():
+                written[f"w{i}"] = time.monotonic()
+                await a.register_node(f"w{i}", "z", "10.0.0.1:1", 1)
+                i += 1
+                await trio.sleep(0.1)
 
-    async def watcher() -> None:
-        while True:
-            now = time.monotonic()
-            for node in list(written):
-                if node not in seen and b.state.node(node) is not None:
-                    seen[node] = now
-            status = a.da_view().status
-            if status is not statuses[-1]:
-                statuses.append(status)
-                if status is Status.EMERGENCY and not fallback_at:
-                    fallback_at.append(now)
-            await trio.sleep(0.01)
+        async def watcher() -> None:
+            while True:
+                now = time.monotonic()
+                for node in list(written):
+                    if node not in seen and b.state.node(node) is not None:
+                        seen[node] = now
+                status = a.da_view().status
+                if status is not statuses[-1]:
+                    statuses.append(status)
+                    if status is Status.EMERGENCY and not fallback_at:
+                        fallback_at.append(now)
+                await trio.sleep(0.01)
 
-    async with trio.open_nursery() as load:
-        load.start_soon(writer)
-        load.start_soon(watcher)
-        await trio.sleep(1.5)
-        async with httpx.AsyncClient(base_url=devnet, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
-            transitions = a.da.machine.transitions
-            began = time.monotonic()
-            assert (await http.post("/admin/fault", json={"mode": "slow", "latency_ms": SLOW_MS})).status_code == 200
-            await trio.sleep(SLOW_FOR_S)
-            during = list(statuses)
-            assert (await http.post("/admin/fault", json={"mode": "ok"})).status_code == 200
-        await wait_for(lambda: a.da_view().status is Status.HEALTHY, timeout=30, what="A back on the primary")
-        stop.set()
-        await wait_for(lambda: len(seen) == len(written), timeout=30, what="every write on B")
-        load.cancel_scope.cancel()
+        async with trio.open_nursery() as load:
+            load.start_soon(writer)
+            load.start_soon(watcher)
+            await trio.sleep(1.5)
+            async with httpx.AsyncClient(base_url=devnet, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+                transitions = a.da.machine.transitions
+                began = time.monotonic()
+                slow = {"mode": "slow", "latency_ms": SLOW_MS}
+                assert (await http.post("/admin/fault", json=slow)).status_code == 200
+                await trio.sleep(SLOW_FOR_S)
+                during = list(statuses)
+                assert (await http.post("/admin/fault", json={"mode": "ok"})).status_code == 200
+            await wait_for(lambda: a.da_view().status is Status.HEALTHY, timeout=30, what="A back on the primary")
+            stop.set()
+            await wait_for(lambda: len(seen) == len(written), timeout=30, what="every write on B")
+            load.cancel_scope.cancel()
 
-    failover = round(fallback_at[0] - began, 2) if fallback_at else None
-    after = [seen[n] - t for n, t in written.items() if t >= began]
-    visible = sorted(t for t in seen.values() if t >= began)
-    stall = max(y - x for x, y in zip([began, *visible], visible, strict=False))
-    print(f"\nslow primary ({SLOW_MS} ms for {SLOW_FOR_S:g} s): fallback after {failover}s; writes made during the "
-          f"slowness visible on B after at most {max(after):.2f}s; B saw no new write for at most {stall:.2f}s; "
-          f"A's statuses {[s.value for s in statuses]}")
-    assert failover is not None and failover < FAILOVER_BOUND_S, (failover, during)
-    assert during == [Status.HEALTHY, Status.WARNING, Status.EMERGENCY], during  # one transition per step
-    assert a.da.machine.transitions - transitions >= 2
-    assert statuses[:5] == [Status.HEALTHY, Status.WARNING, Status.EMERGENCY, Status.RECOVERING, Status.HEALTHY]
-    assert stall < STALL_BOUND_S and max(after) < STALL_BOUND_S, (stall, max(after))
-    assert a.da.router.abandoned + a.da.router.fallthroughs >= 1
-    assert a.da.pending.pending_count == 0  # everything that went to the emergency store is on the devnet now
+        failover = round(fallback_at[0] - began, 2) if fallback_at else None
+        after = [seen[n] - t for n, t in written.items() if t >= began]
+        visible = sorted(t for t in seen.values() if t >= began)
+        stall = max(y - x for x, y in zip([began, *visible], visible, strict=False))
+        print(f"\nslow primary ({SLOW_MS} ms for {SLOW_FOR_S:g} s): fallback after {failover}s; writes made during the "
+              f"slowness visible on B after at most {max(after):.2f}s; B saw no new write for at most {stall:.2f}s; "
+              f"A's statuses {[s.value for s in statuses]}")
+        assert failover is not None and failover < FAILOVER_BOUND_S, (failover, during)
+        assert during == [Status.HEALTHY, Status.WARNING, Status.EMERGENCY], during  # one transition per step
+        assert a.da.machine.transitions - transitions >= 2
+        assert statuses[:5] == [Status.HEALTHY, Status.WARNING, Status.EMERGENCY, Status.RECOVERING, Status.HEALTHY]
+        assert stall < STALL_BOUND_S and max(after) < STALL_BOUND_S, (stall, max(after))
+        assert a.da.router.abandoned + a.da.router.fallthroughs >= 1
+        assert a.da.pending.pending_count == 0  # everything that went to the emergency store is on the devnet now
+        running.cancel_scope.cancel()
     for coord in coords.values():
         await coord.da.primary.inner.aclose()  # type: ignore[attr-defined]
         await coord.da.layers["emergency"].inner.aclose()  # type: ignore[attr-defined]
