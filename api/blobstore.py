@@ -19,11 +19,15 @@ application/octet-stream`` → 200 ``{"position", "hash", "signature", "validato
 ``GET /quorum/v1/blobs/<hash>[?namespace=<hex>]`` → 200 ``{"position", "hash", "namespace", "data", "signature",
     "validator"}`` (the earliest copy if the hash is in several namespaces and none is given);
     404 ``{"error": "blob_not_found"}``; 422 bad hash or namespace.
-``GET /quorum/v1/log?after=<position>&limit=<1..1000>[&namespace=<hex>]`` (defaults after=0, limit=100) →
+``GET /quorum/v1/log?after=<position>&limit=<1..1000>[&namespace=<hex>][&wait_ms=<0..30000>]`` (defaults after=0,
+    limit=100, wait_ms=0) →
     200 ``{"items": [{"position", "hash", "namespace", "data"}, ...], "head", "cursor", "at_head"}``: blobs in
     log order after ``after``, at most ``limit`` and about 8 MiB of data (always at least one). ``head`` is
     the newest position in the whole log; ``cursor`` is where to continue: the last item returned, or
     ``head`` when the page reached the end (so a follower of one namespace skips the others' blobs).
+    ``wait_ms`` makes it a long poll: with nothing (of that namespace) after ``after``, the answer waits up to
+    that long for a blob to be stored, so a follower learns of a new blob at once and an idle one asks once per
+    wait instead of polling; the store's shutdown answers waiting polls at once (an empty page).
 ``GET /quorum/v1/health`` → 200 ``{"ok": true, "head", "public_key"}``.
 
 Positions start at 1 and grow by one per new blob, across namespaces. The signature is Ed25519 by the
@@ -59,6 +63,7 @@ from werkzeug.exceptions import HTTPException
 from api.asgi_fix import shield_final_send
 from node.da.blobstore_client import (
     MAX_LOG_LIMIT,
+    MAX_LOG_WAIT_MS,
     NAMESPACE_LEN,
     PREFIX,
     WRITER_HEADER,
@@ -130,6 +135,9 @@ class BlobStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         self._lock = trio.Lock()
+        self.appended = 0  # blobs stored since start: a long poll waits for this to move
+        self._append_event = trio.Event()  # set (and replaced) at each new blob and at stop_waiting
+        self.stopping = False
 
     @property
     def public_key(self) -> bytes:
@@ -165,7 +173,25 @@ class BlobStore:
                 return Stored(int(row[0]), blob_hash, True)
             return Stored(int(cur.lastrowid or 0), blob_hash, False)
 
-        return await self._db_call(insert)
+        stored = await self._db_call(insert)
+        if not stored.duplicate:
+            self._wake()
+        return stored
+
+    def _wake(self) -> None:
+        self.appended += 1
+        self._append_event.set()
+        self._append_event = trio.Event()
+
+    async def wait_appended(self, seen: int) -> None:
+        """Return once a blob was stored after ``appended`` was ``seen`` (at once if one was, or when stopping)."""
+        while self.appended == seen and not self.stopping:
+            await self._append_event.wait()
+
+    def stop_waiting(self) -> None:
+        """The server is shutting down: answer every long poll now and take no new wait."""
+        self.stopping = True
+        self._wake()
 
     async def by_hash(self, blob_hash: bytes, namespace: bytes | None = None) -> Record | None:
         def read() -> Record | None:
@@ -331,7 +357,16 @@ def register_blobstore_routes(app: QuartTrio, store: BlobStore) -> None:
     async def get_log() -> Response:
         after = _int_arg("after", 0, 0, 2**63 - 1)
         limit = _int_arg("limit", DEFAULT_LOG_LIMIT, 1, MAX_LOG_LIMIT)
-        page = await store.log(after, limit, _namespace_arg())
+        wait_ms = _int_arg("wait_ms", 0, 0, MAX_LOG_WAIT_MS)
+        namespace = _namespace_arg()
+        seen = store.appended  # before the read: a blob stored during it ends the wait at once
+        page = await store.log(after, limit, namespace)
+        if wait_ms and not page.items:
+            with trio.move_on_after(wait_ms / 1000):
+                while not page.items and not store.stopping:
+                    await store.wait_appended(seen)
+                    seen = store.appended
+                    page = await store.log(after, limit, namespace)
         items = [{"position": r.position, "hash": r.blob_hash.hex(), "namespace": r.namespace.hex(),
                   "data": base64.b64encode(r.data).decode()} for r in page.items]
         return _json({"items": items, "head": page.head, "cursor": page.cursor, "at_head": page.at_head})

@@ -61,6 +61,12 @@ async def run(cfg: config_mod.Config) -> None:
     app = create_app(coord, validator, peers, dkg, receipts, view if receipts is None else None)
     hcfg = hypercorn_config(cfg.host, cfg.port)
     stop = trio.Event()
+
+    async def shutdown_trigger() -> None:
+        await stop.wait()
+        if validator is not None:  # answer the peers' long polls now: the graceful stop would wait for them
+            validator.stop_waiting()
+
     async with trio.open_nursery() as outer:
         outer.start_soon(stop_on_signals, stop)
         await outer.start(coord.run)
@@ -72,7 +78,7 @@ async def run(cfg: config_mod.Config) -> None:
         if receipts is not None:
             await outer.start(receipts.run)
         async with trio.open_nursery() as http:
-            binds = await http.start(partial(serve, app, hcfg, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+            binds = await http.start(partial(serve, app, hcfg, shutdown_trigger=shutdown_trigger))  # type: ignore[arg-type]
             primary = (("mock " + (cfg.mock_da_file if cfg.mock_da_path != ":memory:" else "in memory"))
                        if cfg.use_mock_da else f"celestia {cfg.da_rpc_url}")
             log.info("coordinator %s listening on %s (public key %s; DA primary: %s; layers: %s; follows: %s%s%s)",

@@ -62,7 +62,8 @@ class MemoryDA:
             return self.blobs[ref.height - 1][1]
         raise BlobNotFound(f"{self.name}: no blob at height {ref.height} with that commitment")
 
-    async def read_after(self, cursor: int, limit: int) -> Page:
+    async def read_after(self, cursor: int, limit: int, wait_s: float = 0.0) -> Page:
+        """Answers after the simulated latency, never waiting for new blobs (the consumer paces itself)."""
         await trio.sleep(self.latency)
         self._check()
         visible = self._visible()

@@ -40,6 +40,10 @@ from node.hlc import wall_ms
 
 log = logging.getLogger("dsdn.consumer")
 READ_LIMIT = 32
+#: A coordinator's long poll at the head of a log (see ``Consumer.poll_once``). Longer costs fewer idle requests
+#: (each is one HTTP exchange on both sides); it does not delay anything: new blobs end the wait at once, a store
+#: shutting down answers its waiting polls at once, and a Celestia block (about 6 s on mainnet) ends it.
+LONG_POLL_S = 10.0
 PROGRESS_INTERVAL_S = 2.0
 HEAD_TIMEOUT_S = 5.0
 #: How long a followed log's reads must keep failing with an answered error (no successful read in between)
@@ -65,17 +69,21 @@ class Consumer:
         cursor: int = 0,
         poll_s: float = 0.1,
         idle_poll_s: float = 1.0,
+        wait_s: float = 0.0,
         on_result: Callable[[bool, str | None], None] = lambda ok, err: None,
         rng: random.Random | None = None,
     ) -> None:
         """``apply_events``: applies a blob's events in order and returns how many were new; ``members``: the
         keys whose blobs are accepted; ``member_ids``: the member id bound to each key
         that has one (see ``node.blob.expected_origin``); ``rng``: the retry jitter's source (the simulator's is
-        seeded)."""
+        seeded); ``wait_s`` > 0: at the head, read with long polls of that length (see ``poll_once``)."""
         self.da, self.apply_events, self.members = da, apply_events, members
         self.member_ids: Mapping[bytes, str] = member_ids or {}
         self.cursor, self.poll_s, self.idle_poll_s = cursor, poll_s, idle_poll_s
         self._idle = poll_s  # the pause at the head: doubles while reads find nothing, back to poll_s on data
+        self.wait_s = wait_s
+        self._at_head = False  # the latest read reached the head: the next one is a long poll (if wait_s)
+        self._pause = 0.0  # how long to sleep after the latest read, if it reached the head
         self.on_result = on_result
         self.caught_up = trio.Event()
         self.blobs_applied = 0
@@ -113,12 +121,25 @@ class Consumer:
         return new
 
     async def poll_once(self) -> bool:
-        """Read and ingest the next blobs after the cursor; return True when the head was reached."""
-        page = await self.da.read_after(self.cursor, READ_LIMIT)
+        """Read and ingest the next blobs after the cursor; return True when the head was reached.
+
+        Once at the head, with ``wait_s`` set, every read is a long poll: the layer answers when something
+        follows the cursor (or after ``wait_s``), so a new blob is applied as soon as the layer has it and an idle
+        log costs one read per ``wait_s``, not one per poll interval. A layer that cannot wait answers at once with
+        nothing: then the reads are paced as without long polls (``poll_s`` doubling to ``idle_poll_s``)."""
+        wait = self.wait_s if self._at_head else 0.0
+        started, before = trio.current_time(), self.cursor
+        page = await self.da.read_after(self.cursor, READ_LIMIT, wait)
         for _, data in page.items:
             self.ingest(data)
         self.cursor = page.cursor
         self._idle = self.poll_s if page.items else min(self._idle * 2, self.idle_poll_s)
+        if self.wait_s and (not wait or page.items or page.cursor != before
+                            or trio.current_time() - started >= wait / 2):
+            self._pause = 0.0  # the next read waits on the layer instead
+        else:
+            self._pause = self._idle
+        self._at_head = page.at_head
         return page.at_head
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -133,6 +154,7 @@ class Consumer:
                 self.last_ok = False
                 self._note_failure(exc)
                 self.on_result(False, str(exc))
+                self._at_head = False  # the retry reads at once: no long poll until the head is reached again
                 delay = self._backoff.next()
                 log.debug("reading %s failed again (retry in %.2fs): %s", self.da.name, delay, exc)
                 await trio.sleep(delay)
@@ -146,7 +168,7 @@ class Consumer:
             self.on_result(True, None)
             if at_head:
                 self.caught_up.set()
-                await trio.sleep(self._idle)  # an idle log (a fallback in good times) is read about once a second
+                await trio.sleep(self._pause)  # 0 with long polls; else an idle log is read about once a second
             else:
                 await trio.sleep(0)
 

@@ -20,7 +20,7 @@ import trio
 from node import events as ev
 from node import identity, snapshot
 from node.config import Config, ConfigError
-from node.consumer import Consumer, RebuildProgress, stuck_logs
+from node.consumer import LONG_POLL_S, Consumer, RebuildProgress, stuck_logs
 from node.da.base import BlobRef, DAError, DALayer
 from node.da.mock import MockDA
 from node.da.stack import DAStack
@@ -93,8 +93,9 @@ class Coordinator:
         self.consumers = {
             name: Consumer(log_, self._apply_remote_events, self.members, member_ids=self.member_ids,
                            on_result=self._consumer_result(name),
-                           # the primary makes a block every interval; a quiet fallback log is read once a second
-                           idle_poll_s=0.25 if name == PRIMARY else 1.0)
+                           # long polls at the head; a layer that cannot wait (the mock) is polled: the primary
+                           # makes a block every interval, a quiet fallback log is read once a second
+                           wait_s=LONG_POLL_S, idle_poll_s=0.25 if name == PRIMARY else 1.0)
             for name, log_ in self.da.followed.items()
         }
         # A pruned Celestia node does not keep old heights: start where the cluster's history begins.

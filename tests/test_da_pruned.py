@@ -183,7 +183,7 @@ class ScriptedLog:
     def __init__(self) -> None:
         self.error: DAError | None = None
 
-    async def read_after(self, cursor: int, limit: int) -> Page:
+    async def read_after(self, cursor: int, limit: int, wait_s: float = 0.0) -> Page:
         if self.error is not None:
             raise self.error
         return Page([], cursor + 1, True)

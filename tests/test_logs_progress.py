@@ -53,7 +53,7 @@ class SlowLog:
         self.release = trio.Event()
         self.head_calls = 0
 
-    async def read_after(self, cursor: int, limit: int) -> Page:
+    async def read_after(self, cursor: int, limit: int, wait_s: float = 0.0) -> Page:
         await trio.sleep(self.read_s)
         top = len(self.blobs) if self.gate is None or self.release.is_set() else self.gate
         heights = range(cursor + 1, min(top, cursor + limit) + 1)
@@ -250,7 +250,7 @@ async def test_a_log_that_cannot_be_read_names_the_error(autojump_clock: trio.te
     key = nacl.signing.SigningKey.generate()
     log = SlowLog(signed_blobs(key, 10), read_s=0.1)
 
-    async def failing(cursor: int, limit: int) -> Page:
+    async def failing(cursor: int, limit: int, wait_s: float = 0.0) -> Page:
         raise DAUnavailable("primary: connection refused")
 
     log.read_after = failing  # type: ignore[method-assign]

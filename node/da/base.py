@@ -54,9 +54,13 @@ class DALayer(Protocol):
         """The blob's bytes; raise BlobNotFound if the layer does not have it."""
         ...
 
-    async def read_after(self, cursor: int, limit: int) -> Page:
+    async def read_after(self, cursor: int, limit: int, wait_s: float = 0.0) -> Page:
         """Blobs after ``cursor`` (a height or log position), in order, about ``limit`` of them; a
-        layer with several blobs per height returns whole heights only, so the cursor never splits one."""
+        layer with several blobs per height returns whole heights only, so the cursor never splits one.
+
+        ``wait_s`` > 0 asks for a long poll: when nothing follows the cursor, a layer that can be told of new
+        blobs (a blob store, a Celestia node's ``header.WaitForHeight``) waits up to ``wait_s`` for some before it
+        answers; one that cannot answers at once, and the caller paces its next read itself."""
         ...
 
     async def head(self) -> int:

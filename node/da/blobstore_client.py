@@ -36,6 +36,7 @@ NAMESPACE_LEN = 29
 HASH_LEN = 32
 KEY_LEN = 32
 MAX_LOG_LIMIT = 1000
+MAX_LOG_WAIT_MS = 30_000  # the longest long poll of GET /log a store accepts
 # Celestia v0 shape (version 0, 18 zero bytes, 10-byte id); the store accepts any 29 bytes.
 DEFAULT_NAMESPACE = bytes(19) + b"dsdn-coord"
 
@@ -132,10 +133,14 @@ class BlobStoreDA:
     async def get(self, ref: BlobRef) -> bytes:
         return await self.fetch(ref.commitment)
 
-    async def read_after(self, cursor: int, limit: int) -> Page:
+    async def read_after(self, cursor: int, limit: int, wait_s: float = 0.0) -> Page:
+        """One ``GET /log`` page; ``wait_s`` > 0 makes it a long poll (``wait_ms``), its deadline longer by it."""
         limit = max(1, min(limit, MAX_LOG_LIMIT))
-        body = await self._call("GET", "/log", "read",
-                                params={"after": str(cursor), "limit": str(limit), "namespace": self.namespace.hex()})
+        params = {"after": str(cursor), "limit": str(limit), "namespace": self.namespace.hex()}
+        wait_ms = min(round(wait_s * 1000), MAX_LOG_WAIT_MS)
+        if wait_ms > 0:
+            params["wait_ms"] = str(wait_ms)
+        body = await self._call("GET", "/log", "read", params=params, timeout_s=self.timeout_s + wait_ms / 1000)
         raw_items, page_cursor, at_head = body.get("items"), body.get("cursor"), body.get("at_head")
         if type(raw_items) is not list or not _is_int(page_cursor) or type(at_head) is not bool:
             raise self._malformed("log page")

@@ -221,14 +221,17 @@ class CelestiaDA:
 
     # ---- JSON-RPC ---------------------------------------------------------------------------------
 
-    async def _attempt(self, method: str, params: list[Any], timeout_s: float | None = None) -> Any:
+    async def _attempt(self, method: str, params: list[Any], timeout_s: float | None = None,
+                       wait_s: float = 0.0) -> Any:
+        """One JSON-RPC call within ``timeout_s`` (at most the layer's timeout), longer by ``wait_s`` for a call
+        that waits by design (``header.WaitForHeight``)."""
         request_id = next(self._ids)
         body = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params},
                           separators=(",", ":"))
-        deadline = self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s)
+        deadline = (self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s)) + wait_s
         try:
             with trio.fail_after(deadline):
-                response = await self._http().post(self.url, content=body)
+                response = await self._http().post(self.url, content=body, timeout=deadline)
         except trio.TooSlowError:
             raise _Retryable(f"{method}: no answer within {deadline:.3g}s", timeout=True) from None
         except httpx.TimeoutException as exc:
@@ -436,8 +439,17 @@ class CelestiaDA:
         except DAError as exc:  # kept per height, so the caller can return the heights before it
             errors[height] = exc
 
-    async def read_after(self, cursor: int, limit: int) -> Page:
-        head = await self.head()
+    async def read_after(self, cursor: int, limit: int, wait_s: float = 0.0) -> Page:
+        """Whole heights after ``cursor``. A long poll (``wait_s`` > 0, asked by a consumer at the head) skips
+        ``header.NetworkHead``: ``header.WaitForHeight(cursor + 1)`` answers when that height exists (at once if
+        it does), then only that height is read and the page says "at the head" (the next long poll answers at
+        once if more heights came meanwhile). No height within ``wait_s``: an empty page at the head."""
+        if wait_s > 0:
+            head = await self._next_height(cursor + 1, wait_s)
+            if head is None:
+                return Page([], cursor, True)
+        else:
+            head = await self.head()
         if cursor >= head:
             return Page([], cursor, True)
         last = min(head, cursor + max(1, limit))
@@ -463,6 +475,16 @@ class CelestiaDA:
 
     async def head(self) -> int:
         return header_height(await self.call("header.NetworkHead", []))
+
+    async def _next_height(self, height: int, wait_s: float) -> int | None:
+        """``height`` once the node has it (``header.WaitForHeight``, one attempt), None if not within ``wait_s``."""
+        with trio.move_on_after(wait_s):
+            try:
+                header = await self._attempt("header.WaitForHeight", [height], wait_s=wait_s)
+            except _Retryable as exc:
+                raise (DATimeout if exc.timeout else DAUnavailable)(f"{self.name}: {exc}") from None
+            return min(header_height(header), height)
+        return None
 
     async def probe(self, timeout_s: float) -> int:
         """The health check: ``header.NetworkHead`` in one attempt within ``timeout_s`` (no retries)."""

@@ -4,7 +4,8 @@ Also: ``probe(timeout_s)``, the health check (one attempt, its own short deadlin
 fails it); the outcome of the latest ``read_after`` (``last_read_error``, what /ready reports while a log
 cannot be read); and ``on_page``, an optional hook that sees every page a consumer reads (the stack uses it to
 find fallback blobs that are not on the primary yet). ``observers`` see the duration of every successful call
-and ``head_seen`` keeps the newest head a health check or a read reported (for GET /metrics).
+but long polls (a read given ``wait_s``, whose deadline grows by it); ``head_seen`` keeps the newest head a
+health check or a read reported (for GET /metrics).
 """
 
 from __future__ import annotations
@@ -65,14 +66,15 @@ class MeteredLayer:
         self.observers: list[Callable[[str, float], None]] = []
         self.head_seen: int | None = None  # the newest head a health check, head() or a read at the head reported
 
-    async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, what: str, fn: Callable[[], Awaitable[T]], wait_s: float = 0.0) -> T:
+        """``fn()`` within ``timeout_s`` (plus ``wait_s``, a long poll's own wait), counted."""
         start = time.perf_counter_ns()
         try:
-            with trio.fail_after(self.timeout_s):
+            with trio.fail_after(self.timeout_s + wait_s):
                 result = await fn()
         except trio.TooSlowError:
             self.metrics.error_count += 1
-            raise DATimeout(f"{self.name}: {what} timed out after {self.timeout_s:.3g}s") from None
+            raise DATimeout(f"{self.name}: {what} timed out after {self.timeout_s + wait_s:.3g}s") from None
         except DAError:
             self.metrics.error_count += 1
             raise
@@ -85,8 +87,9 @@ class MeteredLayer:
             self.metrics.get_latency_us += elapsed_us
         elif what == "read":
             self.metrics.read_count += 1
-        for observe in self.observers:
-            observe(what, elapsed_us / 1e6)
+        if not wait_s:  # a long poll's duration is mostly its wait: it says nothing of the layer's speed
+            for observe in self.observers:
+                observe(what, elapsed_us / 1e6)
         return result
 
     def metrics_json(self, available: bool) -> dict[str, Any]:
@@ -99,12 +102,12 @@ class MeteredLayer:
     async def get(self, ref: BlobRef) -> bytes:
         return await self._call("get", lambda: self.inner.get(ref))
 
-    async def read_after(self, cursor: int, limit: int) -> Page:
-        started = wall_ms()
+    async def read_after(self, cursor: int, limit: int, wait_s: float = 0.0) -> Page:
+        started = wall_ms()  # a long poll's empty answer holds for its end too, so its start is the safe bound
         if self.marker is not None:
             self.read_mark = self.marker()
         try:
-            page = await self._call("read", lambda: self.inner.read_after(cursor, limit))
+            page = await self._call("read", lambda: self.inner.read_after(cursor, limit, wait_s), wait_s)
         except DAError as exc:
             self.last_read_error, self.last_read_answered = read_failure(cursor, exc)
             raise

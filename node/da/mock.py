@@ -81,7 +81,8 @@ class MockDA:
         items = [(BlobRef(self.name, h, bytes(c)), bytes(d)) for h, c, d in rows]
         return Page(items, items[-1][0].height if items else cursor, len(items) < limit)
 
-    async def read_after(self, cursor: int, limit: int) -> Page:
+    async def read_after(self, cursor: int, limit: int, wait_s: float = 0.0) -> Page:
+        """Answers at once (no long poll: other processes may append to the same file unseen)."""
         return await self._run(self._read_after, cursor, limit)
 
     def _head(self) -> int:

@@ -205,9 +205,9 @@ class QuorumDA:
             raise BlobNotFound(f"{self.name}: no validator has blob {ref.commitment.hex()}: {summary}")
         raise DAUnavailable(f"{self.name}: could not read blob {ref.commitment.hex()} from any validator: {summary}")
 
-    async def read_after(self, cursor: int, limit: int) -> Page:
-        """Follows validator ``follow_index`` only (see the module docstring)."""
-        page = await self._validators[self.follow_index].read_after(cursor, limit)
+    async def read_after(self, cursor: int, limit: int, wait_s: float = 0.0) -> Page:
+        """Follows validator ``follow_index`` only (see the module docstring); a long poll waits on it."""
+        page = await self._validators[self.follow_index].read_after(cursor, limit, wait_s)
         return Page([(BlobRef(self.name, ref.height, ref.commitment), data) for ref, data in page.items],
                     page.cursor, page.at_head)
 
