@@ -6,6 +6,8 @@ Measured in the same run:
    Ed25519 verification), the peer links' heartbeat RTT (/cluster/peers) between the coordinators, and the HTTP
    floor: ``GET /health`` by the same client with the same concurrency, round-robin over the coordinators (the
    most requests per second this client and these servers exchange on this machine, with no consensus at all).
+   And the idle cluster's CPU (every process, 10 s before any receipt): the background load each receipt
+   competes with on these 2-core machines.
 2. Latency: 200 receipts one at a time (``POST /receipts?wait_ms=``, round-robin over the coordinators),
    p50/p99 from request to the signed document, as a lean client sees it: a minimal HTTP/1.1 client on one
    kept-alive connection per coordinator (what wrk, curl or a Go/Rust client cost: next to nothing). The same
@@ -129,6 +131,33 @@ class LeanHttp:
         self.streams.clear()
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a process has used so far (Linux /proc), None where that cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def idle_cpu(processes: list[dict[str, Any]], seconds: float = 10.0) -> None:
+    """Print the CPU the idle cluster uses (health checks, long polls, heartbeats): the background every
+    receipt competes with on this 2-core machine."""
+    before = {p["id"]: cpu_seconds(p["pid"]) for p in processes}
+    await trio.sleep(seconds)
+    used: dict[str, float] = {}
+    for p in processes:
+        after, start = cpu_seconds(p["pid"]), before[p["id"]]
+        if after is None or start is None:
+            say("idle CPU: not measured (no /proc here)")
+            return
+        used[p["id"]] = (after - start) / seconds * 1000
+    coordinators = [ms for pid, ms in used.items() if pid.startswith("coordinator")]
+    others = ", ".join(f"{pid} {ms:.0f}" for pid, ms in used.items() if not pid.startswith("coordinator"))
+    say(f"idle CPU over {seconds:g} s: {sum(used.values()):.0f} ms/s in all ({sum(used.values()) / 10:.0f}% of one "
+        f"core): coordinators {min(coordinators):.0f}–{max(coordinators):.0f} ms/s each, {others} ms/s")
+
+
 async def timed(worker: Callable[[list[Any]], Awaitable[None]], work: list[Any], workers: int) -> float:
     """Seconds for ``workers`` concurrent ``worker`` tasks to get through ``work`` (dealt round-robin)."""
     t0 = time.perf_counter()
@@ -188,6 +217,7 @@ async def measure(data: Path, receipts: int, concurrency: int, sequential: int, 
         with trio.fail_after(30):
             while len({(await http.get(f"{u}/state/root")).json()["root"] for u in urls}) > 1:
                 await trio.sleep(0.1)
+        await idle_cpu(info["processes"])
         epoch = int(time.time() // 3600) + 1
         rtts = [p["rtt_ms"] for u in urls for p in (await http.get(f"{u}/cluster/peers")).json()
                 if p["rtt_ms"] is not None]

@@ -348,3 +348,37 @@ async def test_consistency_stops_at_its_deadline_and_says_so(tmp_path: Path) -> 
     assert "deadline" in report["details"][-1] and "8 pending" in report["details"][-1]
     assert secondary.max_in_flight == 3
     pending.close()
+
+
+# ---- fallbacks on standby while Healthy ----------------------------------------------------------------------
+
+
+async def test_fallbacks_are_probed_every_fifth_round_while_healthy_and_every_round_from_warning(
+        tmp_path: Path) -> None:
+    from node.da.stack import STANDBY_CHECK_EVERY
+
+    primary, secondary = MockDA(name=PRIMARY), MockDA(name=SECONDARY)
+    stack = make_stack(tmp_path, primary, secondary)
+    probes = {PRIMARY: 0, SECONDARY: 0}
+    for name in probes:
+        inner = stack.layers[name].inner
+
+        async def counted(inner: Any = inner, name: str = name) -> int:
+            probes[name] += 1
+            return await MockDA.head(inner)
+
+        inner.head = counted  # MeteredLayer.probe falls back to head() for a layer without probe()
+    for _ in range(2 * STANDBY_CHECK_EVERY):
+        await stack.check_once()
+    assert probes == {PRIMARY: 2 * STANDBY_CHECK_EVERY, SECONDARY: 2}
+    assert stack.machine.status is Status.HEALTHY
+
+    primary.down = True  # the first failed check: Warning; from then on every layer every round
+    await stack.check_once()
+    assert stack.machine.status is Status.WARNING
+    before = dict(probes)
+    await stack.check_once()
+    await stack.check_once()
+    assert probes[SECONDARY] - before[SECONDARY] == 2 and stack.machine.status is Status.DEGRADED
+    assert stack.machine.snapshot().routing == SECONDARY  # chosen on a fresh check of the secondary
+    await stack.aclose()
