@@ -181,3 +181,23 @@ async def test_a_consumer_of_a_layer_that_cannot_wait_paces_its_reads(tmp_path: 
         nursery.cancel_scope.cancel()
     mock.close()
     assert 3 <= len(log_.reads) <= 8, log_.reads  # 0.1 s doubling to 1 s, as without long polls; no hot loop
+
+
+async def test_celestia_long_poll_held_by_a_gateway_still_reads_new_heights(nursery: trio.Nursery) -> None:
+    url = await nursery.start(partial(serve_devnet, "127.0.0.1", 0, ":memory:", 0.2, TOKEN))
+    async with CelestiaDA(url, NS, TOKEN, timeout_s=2, retry_count=0) as da:
+        attempt = da._attempt
+
+        async def holding(method: str, params: list[object], timeout_s: float | None = None,
+                          wait_s: float = 0.0) -> object:
+            if method == "header.WaitForHeight":  # a proxy that never passes this one on
+                await trio.sleep_forever()
+            return await attempt(method, params, timeout_s, wait_s)  # type: ignore[arg-type]
+
+        da._attempt = holding  # type: ignore[method-assign]
+        cursor = await da.head()
+        ref = await da.post(b"past a held wait")
+        start = time.monotonic()
+        page = await da.read_after(cursor, 100, wait_s=0.5)  # the wait runs out: NetworkHead, then the heights
+        assert b"past a held wait" in [d for _, d in page.items] and page.cursor >= ref.height
+        assert 0.5 <= time.monotonic() - start < 2.5

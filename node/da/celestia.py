@@ -443,11 +443,12 @@ class CelestiaDA:
         """Whole heights after ``cursor``. A long poll (``wait_s`` > 0, asked by a consumer at the head) skips
         ``header.NetworkHead``: ``header.WaitForHeight(cursor + 1)`` answers when that height exists (at once if
         it does), then only that height is read and the page says "at the head" (the next long poll answers at
-        once if more heights came meanwhile). No height within ``wait_s``: an empty page at the head."""
+        once if more heights came meanwhile). No answer within ``wait_s``: ``header.NetworkHead``, as a plain read
+        asks, so a gateway that holds WaitForHeight without answering slows the reads down but never stops them."""
         if wait_s > 0:
             head = await self._next_height(cursor + 1, wait_s)
             if head is None:
-                return Page([], cursor, True)
+                head = await self.head()
         else:
             head = await self.head()
         if cursor >= head:
