@@ -353,24 +353,33 @@ async def test_consistency_stops_at_its_deadline_and_says_so(tmp_path: Path) -> 
 # ---- fallbacks on standby while Healthy ----------------------------------------------------------------------
 
 
-async def test_fallbacks_are_probed_every_fifth_round_while_healthy_and_every_round_from_warning(
-        tmp_path: Path) -> None:
-    from node.da.stack import STANDBY_CHECK_EVERY
-
-    primary, secondary = MockDA(name=PRIMARY), MockDA(name=SECONDARY)
-    stack = make_stack(tmp_path, primary, secondary)
-    probes = {PRIMARY: 0, SECONDARY: 0}
+def count_probes(stack: DAStack) -> dict[str, int]:
+    """Count each layer's health probes (MeteredLayer.probe falls back to head() for a layer without probe())."""
+    probes = dict.fromkeys(stack.layers, 0)
     for name in probes:
         inner = stack.layers[name].inner
 
-        async def counted(inner: Any = inner, name: str = name) -> int:
+        async def counted(inner: Any = inner, name: str = name) -> int:  # no thread: the tests step the clock
             probes[name] += 1
-            return await MockDA.head(inner)
+            if inner.down:
+                raise DAUnavailable(f"{name}: down")
+            return 0
 
-        inner.head = counted  # MeteredLayer.probe falls back to head() for a layer without probe()
-    for _ in range(2 * STANDBY_CHECK_EVERY):
+        inner.head = counted
+    return probes
+
+
+async def test_fallbacks_are_probed_every_five_seconds_while_healthy_and_every_round_from_warning(
+        tmp_path: Path, mock_clock: trio.testing.MockClock) -> None:
+    from node.da.stack import STANDBY_MAX_AGE_S
+
+    primary, secondary = MockDA(name=PRIMARY), MockDA(name=SECONDARY)
+    stack = make_stack(tmp_path, primary, secondary, health_interval_s=1.0)
+    probes = count_probes(stack)
+    for _ in range(10):  # ten rounds a second apart
         await stack.check_once()
-    assert probes == {PRIMARY: 2 * STANDBY_CHECK_EVERY, SECONDARY: 2}
+        mock_clock.jump(1.0)
+    assert STANDBY_MAX_AGE_S == 5.0 and probes == {PRIMARY: 10, SECONDARY: 2}  # at 0 s and 5 s
     assert stack.machine.status is Status.HEALTHY
 
     primary.down = True  # the first failed check: Warning; from then on every layer every round
@@ -381,4 +390,33 @@ async def test_fallbacks_are_probed_every_fifth_round_while_healthy_and_every_ro
     await stack.check_once()
     assert probes[SECONDARY] - before[SECONDARY] == 2 and stack.machine.status is Status.DEGRADED
     assert stack.machine.snapshot().routing == SECONDARY  # chosen on a fresh check of the secondary
+    await stack.aclose()
+
+
+async def test_a_longer_interval_probes_the_fallbacks_every_round(tmp_path: Path,
+                                                                   mock_clock: trio.testing.MockClock) -> None:
+    stack = make_stack(tmp_path, MockDA(name=PRIMARY), MockDA(name=SECONDARY), health_interval_s=5.0)
+    probes = count_probes(stack)
+    for _ in range(4):
+        await stack.check_once()
+        mock_clock.jump(5.0)
+    assert probes == {PRIMARY: 4, SECONDARY: 4}  # as before standby existed: the default interval is 5 s
+    await stack.aclose()
+
+
+async def test_leaving_healthy_by_failed_writes_probes_the_fallbacks_at_once(
+        tmp_path: Path, mock_clock: trio.testing.MockClock) -> None:
+    stack = make_stack(tmp_path, MockDA(name=PRIMARY), MockDA(name=SECONDARY), health_interval_s=1.0)
+    probes = count_probes(stack)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(stack.monitor)
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(1.0)
+        await trio.testing.wait_all_tasks_blocked()  # rounds at 0 s and 1 s: the secondary probed at 0 s only
+        assert probes == {PRIMARY: 2, SECONDARY: 1}
+        stack.observe(PRIMARY, False, "post failed", write=True)  # not a probe: a publisher's failed write
+        assert stack.machine.status is Status.WARNING
+        await trio.testing.wait_all_tasks_blocked()
+        assert probes[SECONDARY] == 2  # at once, not at the next round
+        nursery.cancel_scope.cancel()
     await stack.aclose()

@@ -16,7 +16,7 @@ from deploy.devnet import serve_devnet
 from node.consumer import Consumer
 from node.da.base import Page
 from node.da.blobstore_client import BlobStoreDA
-from node.da.celestia import CelestiaDA
+from node.da.celestia import CelestiaDA, _Retryable, map_rpc_error
 from node.da.mock import MockDA
 from node.events import Event
 from tests.test_blobstore import NS, OTHER_NS, Server, post_raw, start_server
@@ -115,7 +115,7 @@ async def test_celestia_long_poll_waits_for_the_next_height(nursery: trio.Nurser
         head = await da.head()
         start = time.monotonic()
         page = await da.read_after(head, 10, wait_s=5)  # the next block ends the wait (one every 0.4 s)
-        assert page.items == [] and page.cursor == head + 1 and page.at_head
+        assert page.items == [] and page.cursor >= head + 1 and page.at_head
         assert time.monotonic() - start < 2
         posted = await da.post(b"later")
         page = await da.read_after(posted.height - 1, 10, wait_s=5)
@@ -183,6 +183,17 @@ async def test_a_consumer_of_a_layer_that_cannot_wait_paces_its_reads(tmp_path: 
     assert 3 <= len(log_.reads) <= 8, log_.reads  # 0.1 s doubling to 1 s, as without long polls; no hot loop
 
 
+async def test_celestia_long_poll_reads_every_height_up_to_the_head_it_reports(nursery: trio.Nursery) -> None:
+    url = await nursery.start(partial(serve_devnet, "127.0.0.1", 0, ":memory:", 0.1, TOKEN))
+    async with CelestiaDA(url, NS, TOKEN, timeout_s=2, retry_count=0) as da:
+        first = await da.post(b"first")
+        await trio.sleep(0.6)  # several more heights, one more blob among them
+        second = await da.post(b"second")
+        page = await da.read_after(first.height - 1, 100, wait_s=5)  # the next height exists: no wait
+        assert [d for _, d in page.items] == [b"first", b"second"]  # not just the height the wait was for
+        assert page.at_head and page.cursor >= second.height
+
+
 async def test_celestia_long_poll_held_by_a_gateway_still_reads_new_heights(nursery: trio.Nursery) -> None:
     url = await nursery.start(partial(serve_devnet, "127.0.0.1", 0, ":memory:", 0.2, TOKEN))
     async with CelestiaDA(url, NS, TOKEN, timeout_s=2, retry_count=0) as da:
@@ -201,3 +212,30 @@ async def test_celestia_long_poll_held_by_a_gateway_still_reads_new_heights(nurs
         page = await da.read_after(cursor, 100, wait_s=0.5)  # the wait runs out: NetworkHead, then the heights
         assert b"past a held wait" in [d for _, d in page.items] and page.cursor >= ref.height
         assert 0.5 <= time.monotonic() - start < 2.5
+
+
+async def test_celestia_long_polls_end_for_a_node_that_refuses_wait_for_height(
+        nursery: trio.Nursery, caplog: pytest.LogCaptureFixture) -> None:
+    url = await nursery.start(partial(serve_devnet, "127.0.0.1", 0, ":memory:", 0.2, TOKEN))
+    async with CelestiaDA(url, NS, TOKEN, timeout_s=2, retry_count=1, retry_delay_s=0.01) as da:
+        attempt, asked = da._attempt, {"wait": 0, "failures": 1}
+
+        async def gateway(method: str, params: list[object], timeout_s: float | None = None,
+                          wait_s: float = 0.0) -> object:
+            if method == "header.WaitForHeight":
+                asked["wait"] += 1
+                if asked["wait"] == 1:  # a connection reset: the plain read (with its retries) goes on
+                    raise _Retryable("WaitForHeight: ReadError: connection reset")
+                raise map_rpc_error(-32601, "method 'header.WaitForHeight' not found", method)
+            return await attempt(method, params, timeout_s, wait_s)  # type: ignore[arg-type]
+
+        da._attempt = gateway  # type: ignore[method-assign]
+        ref = await da.post(b"still read")
+        page = await da.read_after(ref.height - 1, 100, wait_s=5)  # the reset: read on at once
+        assert [d for _, d in page.items] == [b"still read"] and da.long_polls
+        ref = await da.post(b"read again")
+        page = await da.read_after(ref.height - 1, 100, wait_s=5)  # refused: long polls off, the read goes on
+        assert [d for _, d in page.items] == [b"read again"] and not da.long_polls
+        await da.read_after(page.cursor, 100, wait_s=5)
+        assert asked["wait"] == 2  # not asked again
+        assert sum("reading without long polls" in r.getMessage() for r in caplog.records) == 1

@@ -175,6 +175,7 @@ class CelestiaDA:
         self.gas_price = float(gas_price)
         self.max_blob_bytes = int(max_blob_bytes)
         self.retries = 0  # cumulative retried attempts (read by the metrics)
+        self.long_polls = True  # off once the node refuses header.WaitForHeight (see read_after)
         self.skipped_blobs = 0  # blobs in our namespace read_after/blobs_at could not verify and skipped
         self.rng = random.Random()
         self._ns_b64 = b64(self.namespace)
@@ -440,17 +441,16 @@ class CelestiaDA:
             errors[height] = exc
 
     async def read_after(self, cursor: int, limit: int, wait_s: float = 0.0) -> Page:
-        """Whole heights after ``cursor``. A long poll (``wait_s`` > 0, asked by a consumer at the head) skips
-        ``header.NetworkHead``: ``header.WaitForHeight(cursor + 1)`` answers when that height exists (at once if
-        it does), then only that height is read and the page says "at the head" (the next long poll answers at
-        once if more heights came meanwhile). No answer within ``wait_s``: ``header.NetworkHead``, as a plain read
-        asks, so a gateway that holds WaitForHeight without answering slows the reads down but never stops them."""
-        if wait_s > 0:
-            head = await self._next_height(cursor + 1, wait_s)
-            if head is None:
-                head = await self.head()
-        else:
-            head = await self.head()
+        """Whole heights after ``cursor``, up to the network head (``header.NetworkHead``). A long poll
+        (``wait_s`` > 0, asked by a consumer at the head) first waits for the next height with
+        ``header.WaitForHeight(cursor + 1)`` (it answers at once if that height exists), at most ``wait_s``; then it
+        reads as a plain read does, so its page ends at the head it reports. A wait that gets no answer, or fails
+        on the way (the plain read retries), ends in that plain read too: a gateway that holds WaitForHeight slows
+        the reads down but never stops them; one that refuses the method (an answered error) turns long polls off
+        for this layer, logged once."""
+        if wait_s > 0 and self.long_polls:
+            await self._wait_for_height(cursor + 1, wait_s)
+        head = await self.head()
         if cursor >= head:
             return Page([], cursor, True)
         last = min(head, cursor + max(1, limit))
@@ -477,15 +477,18 @@ class CelestiaDA:
     async def head(self) -> int:
         return header_height(await self.call("header.NetworkHead", []))
 
-    async def _next_height(self, height: int, wait_s: float) -> int | None:
-        """``height`` once the node has it (``header.WaitForHeight``, one attempt), None if not within ``wait_s``."""
+    async def _wait_for_height(self, height: int, wait_s: float) -> None:
+        """Return once the node has ``height`` (``header.WaitForHeight``, one attempt), or after ``wait_s``, or
+        at once when the attempt fails (see ``read_after``)."""
         with trio.move_on_after(wait_s):
             try:
-                header = await self._attempt("header.WaitForHeight", [height], wait_s=wait_s)
-            except _Retryable as exc:
-                raise (DATimeout if exc.timeout else DAUnavailable)(f"{self.name}: {exc}") from None
-            return min(header_height(header), height)
-        return None
+                await self._attempt("header.WaitForHeight", [height], wait_s=wait_s)
+            except _Retryable:
+                return
+            except DARPCError as exc:
+                self.long_polls = False
+                log.warning("%s: header.WaitForHeight refused (%s): reading without long polls from now on",
+                            self.name, exc)
 
     async def probe(self, timeout_s: float) -> int:
         """The health check: ``header.NetworkHead`` in one attempt within ``timeout_s`` (no retries)."""

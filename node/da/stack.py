@@ -6,10 +6,13 @@ the durable record of fallback blobs, the reconciler and the health monitor task
 Health checks: every ``health_interval_s`` each layer is probed (``MeteredLayer.probe``: one attempt within
 ``health_timeout_s``, so a layer slower than that fails its check), on a fixed cadence that a slow probe does not
 stretch (at most MAX_PROBES_IN_FLIGHT per layer at once). While the status is Healthy the fallback layers are on
-standby: they are probed every STANDBY_CHECK_EVERY-th interval only (a failed read or write of one still counts at
-once); from the primary's first failure (Warning) on, every layer is probed every interval, so the failover that
-follows ``failure_threshold`` failures later chooses its fallback on fresh checks. A status change abandons the
-writes in flight on a layer that became unhealthy (the router), and is logged.
+standby: they are probed once every STANDBY_MAX_AGE_S (5 s) only, or every interval if that is longer, so their
+health is never older than it could be at the default interval (a failed read or write of one still counts at
+once). The moment the status leaves Healthy, whatever the cause (probes, failed writes or reads), the fallbacks are
+probed at once, and from then on every layer every interval: the failover that follows ``failure_threshold``
+failures chooses its fallback on fresh checks as far as they can be (a write failing on it falls through
+regardless). A status change abandons the writes in flight on a layer that became unhealthy (the router), and is
+logged.
 
 With ``members`` and ``adopt_grace_s``, the pages consumers read are tapped: event blobs read from the primary
 log are remembered, and blobs signed by a cluster member read from a fallback log that are neither ours nor
@@ -45,10 +48,11 @@ log = logging.getLogger("dsdn.da")
 HEALTH_TIMEOUT_S = 1.5
 #: Health checks of one layer in flight at once (a slow layer is probed again before the previous one ends).
 MAX_PROBES_IN_FLIGHT = 2
-#: While Healthy a fallback layer is probed every this many health intervals (see the module docstring). In a
-#: ``dsdn cluster up`` of 5 this drops 25 of the 35 health requests a second (each QuorumDA probe asks every
-#: validator), whose bursts delayed the receipts in flight: the slowest tenth of them by 13 ms in a benchmark.
-STANDBY_CHECK_EVERY = 5
+#: While Healthy a fallback layer is probed once this many seconds, or every health interval if that is longer
+#: (see the module docstring): the age its health could have before, at the default DA_HEALTH_INTERVAL_MS. In a
+#: ``dsdn cluster up`` of 5 (1 s interval) this drops 25 of the 35 health requests a second (each QuorumDA probe
+#: asks every validator), whose bursts delayed the receipts in flight: the slowest tenth by 13 ms in a benchmark.
+STANDBY_MAX_AGE_S = 5.0
 
 
 def member_signed(data: bytes, members: frozenset[bytes]) -> bool:
@@ -99,7 +103,7 @@ class DAStack:
         self.health_interval_s = health_interval_s
         self.health_timeout_s = health_timeout_s
         self._probing: dict[str, int] = dict.fromkeys(self.layers, 0)
-        self._rounds = 0  # health-check rounds so far
+        self._fallbacks_probed_at: float | None = None  # trio time of the latest probe of the fallbacks
         self._last_status = self.machine.status
         self.machine.on_change = self._on_change
         self._nursery: trio.Nursery | None = None
@@ -129,8 +133,11 @@ class DAStack:
         self._log_transition()
 
     def _on_change(self) -> None:
+        left_healthy = self._last_status is Status.HEALTHY and self.machine.status is not Status.HEALTHY
         self._log_transition()
         self.router.abandon_unhealthy()
+        if left_healthy and self._nursery is not None:  # the fallbacks' health may be a standby's: check it now
+            self._nursery.start_soon(self._probe, [name for name in self.layers if name != PRIMARY])
 
     def read_problems(self) -> dict[str, str]:
         """The followed logs whose latest read failed, with the error (the cursor stays where it was)."""
@@ -186,6 +193,19 @@ class DAStack:
         primary takes writes and blobs are waiting on fallbacks (or while Recovering), start a reconciliation
         pass in the monitor's nursery (it runs alongside the next health checks; inline when no monitor
         runs)."""
+        now = trio.current_time()
+        standby = (self.machine.status is Status.HEALTHY and self._fallbacks_probed_at is not None
+                   and now - self._fallbacks_probed_at < STANDBY_MAX_AGE_S - self.health_interval_s / 2)
+        await self._probe([name for name in self.layers if not standby or name == PRIMARY])
+        if self._should_reconcile() and not self._pass_running:
+            self._pass_running = True
+            if self._nursery is not None:
+                self._nursery.start_soon(self._reconcile_pass)
+            else:
+                await self._reconcile_pass()
+
+    async def _probe(self, names: list[str]) -> None:
+        """Health-check these layers concurrently (a layer with MAX_PROBES_IN_FLIGHT checks running is skipped)."""
         async def check(name: str, layer: MeteredLayer) -> None:
             since = self.machine.mark()
             try:
@@ -197,21 +217,13 @@ class DAStack:
             finally:
                 self._probing[name] -= 1
 
-        standby = self.machine.status is Status.HEALTHY and self._rounds % STANDBY_CHECK_EVERY != 0
-        self._rounds += 1
+        if any(name != PRIMARY for name in names):
+            self._fallbacks_probed_at = trio.current_time()
         async with trio.open_nursery() as nursery:
-            for name, layer in self.layers.items():
-                if standby and name != PRIMARY:
-                    continue
+            for name in names:
                 if self._probing[name] < MAX_PROBES_IN_FLIGHT:
                     self._probing[name] += 1
-                    nursery.start_soon(check, name, layer)
-        if self._should_reconcile() and not self._pass_running:
-            self._pass_running = True
-            if self._nursery is not None:
-                self._nursery.start_soon(self._reconcile_pass)
-            else:
-                await self._reconcile_pass()
+                    nursery.start_soon(check, name, self.layers[name])
 
     async def _reconcile_pass(self) -> None:
         try:
