@@ -28,14 +28,15 @@ async def serve_store(store: BlobStore, host: str, port: int, *,
     """Serve ``store`` until ``shutdown_trigger`` returns (graceful) or the caller cancels; reports the URL."""
     app = create_blobstore_app(store)
 
-    async def stopping() -> None:
-        assert shutdown_trigger is not None
-        await shutdown_trigger()
-        store.stop_waiting()  # answer the long polls now: the graceful stop would wait for them
+    trigger = None
+    if shutdown_trigger is not None:
+        async def trigger() -> None:
+            await shutdown_trigger()
+            store.stop_waiting()  # answer the long polls now: the graceful stop would wait for them
 
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(partial(serve, app, hypercorn_config(host, port),  # type: ignore[arg-type]
-                                            shutdown_trigger=stopping if shutdown_trigger else None))
+                                            shutdown_trigger=trigger))
         task_status.started(binds[0])
 
 

@@ -63,6 +63,26 @@ async def test_sigterm_and_sigint_stop_gracefully_even_with_an_idle_keepalive(
         assert "stopped cleanly" in c.log() and "snapshot written" in c.log()
 
 
+async def test_sigterm_answers_a_peers_long_poll_on_the_hosted_validator_at_once(
+        procs: list[CoordinatorProcess], tmp_path: Path) -> None:
+    c = launch(procs, tmp_path, "validator", QUORUM_VALIDATOR="true")
+    await c.wait_ready()
+    answers: list[httpx.Response] = []
+    async with httpx.AsyncClient(base_url=c.url, timeout=30) as http, trio.open_nursery() as nursery:
+
+        async def poll() -> None:  # a peer following this validator's log, at its head
+            answers.append(await http.get("/quorum/v1/log", params={"after": 0, "wait_ms": 25_000}))
+
+        nursery.start_soon(poll)
+        await trio.sleep(0.5)
+        assert not answers  # it waits
+        c.kill(signal.SIGTERM)
+        started = trio.current_time()
+        assert await c.wait_exit() == 0
+        assert trio.current_time() - started < 3.0  # neither the 25 s poll nor the 5 s graceful timeout
+    assert answers[0].status_code == 200 and answers[0].json()["items"] == []
+
+
 async def test_an_idle_keepalive_connection_outlives_common_client_expiries(
         procs: list[CoordinatorProcess], tmp_path: Path) -> None:
     """Under load a client saw "server disconnected without sending a response": httpx reuses a connection idle

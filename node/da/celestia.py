@@ -479,7 +479,8 @@ class CelestiaDA:
 
     async def _wait_for_height(self, height: int, wait_s: float) -> None:
         """Return once the node has ``height`` (``header.WaitForHeight``, one attempt), or after ``wait_s``, or
-        at once when the attempt fails (see ``read_after``)."""
+        at once when the attempt fails (see ``read_after``): a best-effort wait, where ``wait_for_height`` is
+        the call that must succeed (retried, within the layer's timeout, the header returned)."""
         with trio.move_on_after(wait_s):
             try:
                 await self._attempt("header.WaitForHeight", [height], wait_s=wait_s)
