@@ -3,8 +3,9 @@
 A thin trio layer over the pure cores (receipts, slots, roast, merkle). Roles, in every coordinator:
 
 * **proposer** (whoever a client sent the receipt to): queue → batch (closes at ``batch_max`` receipts or
-  ``batch_wait_s`` after its first) → lock its own slots durably → ``rc.lock`` to the peers (each validates,
-  locks durably, answers per receipt, plus a fresh nonce commitment) → the receipts locked by ≥ t members and
+  ``batch_wait_s`` after its first; at once when no other batch is in flight) → lock its own slots durably →
+  ``rc.lock`` to the peers (each validates, locks durably, answers per receipt, plus a fresh nonce commitment) →
+  the receipts locked by ≥ t members and
   a signer set that locked all of them (``slots.choose_batch``) → ROAST sessions of ``rc.sign`` requests until
   t valid shares aggregate → the batch event goes to the outbox (DA) and ``rc.final`` to every peer.
 * **one round when it can**: FROST lets a signer publish nonce commitments ahead of use. Each lock reply may carry
@@ -17,7 +18,8 @@ A thin trio layer over the pure cores (receipts, slots, roast, merkle). Roles, i
   when it takes longer than ``HEDGE_LAGS`` of its usual round trips (their work is not needed otherwise: they
   neither lock nor hand out spares then). A named peer that never answers loses its spares and is asked last.
 * **signer**: answers ``rc.lock`` and ``rc.sign``. A share is released only for a batch whose every receipt
-  this member has locked to exactly that receipt (the lock table is durable before the reply leaves). Secret
+  this member has locked to exactly that receipt (the lock table is durable before the reply leaves; a share is
+  made while the lock commits in a worker thread, and dropped if the commit fails). Secret
   nonces live in memory only, each bound to the proposer and batch it was offered to, used once, then gone;
   after a restart no earlier commitment is honoured.
 * **takeover**: a lock that stays open (its receipt not final) for ``takeover_s`` is re-proposed by a member
@@ -35,7 +37,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgpack
 import nacl.signing
@@ -67,7 +69,12 @@ BLAME_S = 60.0  # a signer proven to have sent a bad share is left out of signer
 SPARES = 2  # spare commitments a proposer keeps per peer for the one-round path
 HEDGE_LAGS = 3.0  # the one-round set's lock replies may take this many of their usual round trips before the
 #                   other peers are asked too
+INLINE_DECIDE_MAX = 16  # a batch this small is checked and locked (uncommitted) in the event loop: SQLite page-cache
+#                         work and signature checks, well under a millisecond, where a worker thread's round trip
+#                         costs 1-3 ms on a loaded 2-core machine; larger ones go to a thread (the loop stays
+#                         responsive). The commit, with its fsync, always runs in a thread.
 RunBlocking = Callable[..., Awaitable[Any]]
+T = TypeVar("T")
 
 
 def register(registry: Registry) -> None:
@@ -233,6 +240,7 @@ class ReceiptService:
         self._nonces: OrderedDict[tuple[bytes, bytes], _Nonce] = OrderedDict()
         self._db = trio.Lock()  # one lock-table call at a time (one SQLite connection)
         self._inflight = trio.Semaphore(max_inflight_batches)
+        self._max_inflight = max_inflight_batches
         self._locked: OrderedDict[bytes, rc.Receipt] = OrderedDict()  # recently locked here (durable)
         self._blamed_until: dict[int, float] = {}  # identifier -> until when it is left out of signer sets
         self._closing: list[bytes] = []  # final receipts whose locks are closed in the next housekeeping pass
@@ -444,7 +452,7 @@ class ReceiptService:
                 while not self._queue:
                     await self._queue_wake.wait()
                     self._queue_wake = trio.Event()
-                if len(self._queue) < self.batch_max and self.batch_wait_s > 0:
+                if len(self._queue) < self.batch_max and self.batch_wait_s > 0 and self._batch_in_flight():
                     await trio.sleep(self.batch_wait_s)
             except BaseException:
                 self._inflight.release()
@@ -453,6 +461,12 @@ class ReceiptService:
             for r in batch:
                 self._queued.discard(r.id)
             nursery.start_soon(self._run_batch_released, batch)
+
+    def _batch_in_flight(self) -> bool:
+        """Another batch is being signed (the caller holds a slot of its own): worth waiting for company. With
+        none, a lone receipt's batch starts at once: waiting would only add ``batch_wait_s`` to its latency, as
+        the next receipt could start a batch of its own anyway."""
+        return self._inflight.value < self._max_inflight - 1
 
     async def _run_batch_released(self, batch: list[rc.Receipt]) -> None:
         try:
@@ -528,18 +542,32 @@ class ReceiptService:
 
     # ---- proposer ----------------------------------------------------------------------------------
 
-    async def _lock_local(self, batch: list[rc.Receipt], proposer: str, batch_id: bytes) -> list[Decision]:
-        async with self._db:
-            decisions = await self.run_blocking(partial(self.locks.lock_batch, batch, self.validate, proposer,
-                                                        int(self.clock() * 1000), batch_id))
-        self._remember_locked(batch, decisions)
-        return decisions
+    async def _decide(self, batch: list[rc.Receipt], proposer: str, batch_id: bytes) -> list[Decision]:
+        """Check and lock a batch's slots, left uncommitted (the caller holds ``_db`` and commits with
+        ``_durably``): in the event loop for a small batch, in a worker thread otherwise."""
+        call = partial(self.locks.lock_batch, batch, self.validate, proposer, int(self.clock() * 1000), batch_id,
+                       commit=False)
+        return call() if len(batch) <= INLINE_DECIDE_MAX else await self.run_blocking(call)
 
     async def _lock_own(self, batch: list[rc.Receipt], batch_id: bytes) -> list[Decision]:
         """The proposer's own lock for its batch, decided and left uncommitted (the caller holds ``_db`` and
         commits)."""
-        return await self.run_blocking(partial(self.locks.lock_batch, batch, self.validate, self.my_id,
-                                               int(self.clock() * 1000), batch_id, commit=False))
+        return await self._decide(batch, self.my_id, batch_id)
+
+    async def _durably(self, work: Callable[[], T]) -> T:
+        """Commit the open lock transaction in a worker thread while ``work`` (in memory only: a signature
+        share) runs in the event loop; its result once the commit is durable. A failed commit raises
+        ``LockTableBroken`` and the result is dropped: nothing made from it leaves before the locks it rests on
+        are durable. The caller holds ``_db``."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.run_blocking, self.locks.commit)
+                for _ in range(3):  # its worker thread starts at the task's second step: the fsync overlaps work
+                    await trio.lowlevel.checkpoint()
+                result = work()
+        except* LockTableBroken as group:
+            raise group.exceptions[0] from None
+        return result
 
     def _remember_locked(self, batch: list[rc.Receipt], decisions: list[Decision]) -> None:
         by_id = {r.id: r for r in batch}
@@ -668,8 +696,8 @@ class ReceiptService:
                             if rest:
                                 nursery.start_soon(ask_rest, self._hedge_s(first))
                     finally:
-                        try:
-                            await self.run_blocking(self.locks.commit)  # durable, before any share of ours
+                        try:  # durable before any share of ours leaves (ours is made meanwhile)
+                            own_share = await self._durably(partial(self._own_fast_share, batch_id, fast, mine))
                         except LockTableBroken:
                             self._forget_unlocked(decisions)
                             raise
@@ -678,7 +706,6 @@ class ReceiptService:
             t_locked = time.perf_counter()
             if not mine:
                 return
-            own_share = self._own_fast_share(batch_id, fast, mine)  # while the peers answer
             if peers:
                 deadline = trio.current_time() + self.lock_timeout_s
                 with trio.move_on_at(deadline):
@@ -1032,12 +1059,19 @@ class ReceiptService:
                 receipts.append(None)
         valid = [r for r in receipts if r is not None]
         decisions: dict[bytes, Decision] = {}
+        share = b""
         if valid and self.locks.broken is None:
             try:
-                for d in await self._lock_local(valid, peer, body["batch"]):
-                    decisions.setdefault(d.receipt_id, d)
+                async with self._db:
+                    decided = await self._decide(valid, peer, body["batch"])
+                    for d in decided:
+                        decisions.setdefault(d.receipt_id, d)
+                    share = await self._durably(partial(self._lock_share, peer, body, len(receipts), valid,
+                                                        decisions))
+                self._remember_locked(valid, decided)
             except LockTableBroken as exc:
                 log.error("refusing to lock: %s", exc)
+                decisions, share = {}, b""
         verdicts, conflicts, reasons = bytearray(), [], []
         for i, r in enumerate(receipts):
             d = decisions.get(r.id) if r is not None else None
@@ -1052,15 +1086,20 @@ class ReceiptService:
         commitment: list[bytes] = []
         if self.keys.key is not None and any(v == Verdict.OK for v in verdicts):
             commitment = list(self._offer(peer, body["batch"]))
-        share = b""
-        if body.get("fast_signers") is not None and valid and len(valid) == len(receipts) \
-                and all(v == Verdict.OK for v in verdicts):  # every receipt locked here: the one-round share
-            share = self._fast_share(peer, {"batch": body["batch"], "signers": body["fast_signers"],
-                                            "hiding": body.get("fast_hiding") or [],
-                                            "binding": body.get("fast_binding") or []}, valid)
         spare = list(self._offer(peer, None)) if body.get("spare") and self.keys.key is not None else []
         return {"verdicts": bytes(verdicts), "conflicts": conflicts, "reasons": reasons, "commitment": commitment,
                 "share": share, "spare": spare}
+
+    def _lock_share(self, peer: str, body: dict[str, Any], count: int, valid: list[rc.Receipt],
+                    decisions: dict[bytes, Decision]) -> bytes:
+        """The one-round share of an ``rc.lock`` that names us in its signer set, when every one of its ``count``
+        receipts is locked here (decided; the caller releases it only once that is durable); empty otherwise."""
+        if body.get("fast_signers") is None or len(valid) != count or any(
+                (d := decisions.get(r.id)) is None or d.verdict is not Verdict.OK for r in valid):
+            return b""
+        return self._fast_share(peer, {"batch": body["batch"], "signers": body["fast_signers"],
+                                       "hiding": body.get("fast_hiding") or [],
+                                       "binding": body.get("fast_binding") or []}, valid)
 
     def _fast_share(self, peer: str, body: dict[str, Any], held: list[rc.Receipt]) -> bytes:
         """A share for the one-round path (the same checks as an ``rc.sign``); empty when refused."""

@@ -87,7 +87,10 @@ class SimNetwork:
             for node in self.nodes.values():
                 node.dispatcher.nursery = nursery
             task_status.started()
-            await trio.sleep_forever()
+            try:
+                await trio.sleep_forever()
+            finally:  # closing: what is sent from now on is lost, as on a network going down
+                self._nursery = None
 
     def transmit(self, src: str, dst: str, frame: bytes) -> bool:
         if dst not in self.nodes or self._nursery is None:

@@ -13,7 +13,7 @@ import trio.testing
 
 from consensus import frost, merkle
 from consensus import receipts as rc
-from consensus.lockstore import LockStore
+from consensus.lockstore import LockStore, LockTableBroken
 from consensus.receipt_service import ReceiptService, Unavailable
 from consensus.slots import Verdict
 from deploy.simulation import SimCluster
@@ -98,6 +98,54 @@ async def test_after_a_restart_no_earlier_commitment_is_honoured_and_locks_are_k
     assert after is not before and after.locks.holds([receipts[0].id]) is not None  # the lock survived
     reply = await after._on_sign("c0", sign_request(b"R" * 16, receipts, commitments))
     assert reply["share"] == b"" and "commitment" in reply["error"]
+
+
+async def test_a_one_round_share_made_while_the_lock_commits_is_dropped_when_the_commit_fails(
+        cluster: SimCluster) -> None:
+    """A signer named in an rc.lock's one-round set makes its share while its lock commits (the fsync overlaps
+    the signing work): the share leaves only once the lock is durable. When the commit fails, the reply carries
+    no share and no lock, and the table is broken (no more signing)."""
+    signer = cluster.service("c2")
+    me = signer.keys.key.identifier  # type: ignore[union-attr]
+
+    async def spare(batch: bytes) -> tuple[bytes, bytes]:  # a spare commitment for c0's next batch
+        offered = await signer._on_lock("c0", {"batch": batch, "receipts": [distinct_receipt(
+            cluster, batch[0]).to_wire()], "spare": 1})
+        return offered["spare"][0], offered["spare"][1]
+
+    async def one_round(batch: bytes, receipt: rc.Receipt, mine: tuple[bytes, bytes]) -> dict[str, Any]:
+        commitments = {me: mine, **others(cluster, signer)}
+        ids = sorted(commitments)
+        return await signer._on_lock("c0", {"batch": batch, "receipts": [receipt.to_wire()],
+                                            "fast_signers": bytes(ids), "fast_hiding": [commitments[i][0] for i in ids],
+                                            "fast_binding": [commitments[i][1] for i in ids]})
+
+    spares = [await spare(bytes([k]) * 16) for k in (1, 2)]
+    durable = await one_round(b"D" * 16, cluster.receipt("n1", "obj1"), spares[0])
+    assert list(durable["verdicts"]) == [Verdict.OK] and len(durable["share"]) == 32  # the control
+
+    commits: list[str] = []
+
+    def failing_commit() -> None:
+        commits.append("failed")
+        signer.locks.broken = "lock table failed: disk I/O error"
+        raise LockTableBroken(signer.locks.broken)
+
+    async def slow_disk(fn: Any, *args: Any) -> Any:  # the commit takes a while, as an fsync does
+        await trio.sleep(0.01)
+        return fn(*args)
+
+    signer.locks.commit = failing_commit  # type: ignore[method-assign]
+    signer.run_blocking = slow_disk
+    made: list[bytes] = []
+    fast_share = signer._fast_share
+    signer._fast_share = lambda *args: made.append(fast_share(*args)) or made[-1]  # type: ignore[method-assign]
+    receipt = cluster.receipt("n2", "obj2")
+    failed = await one_round(b"F" * 16, receipt, spares[1])
+    assert commits == ["failed"] and len(made) == 1 and len(made[0]) == 32  # decided, share made, commit failed
+    assert failed["share"] == b"" and list(failed["verdicts"]) == [Verdict.NOT_YET]
+    assert "disk I/O error" in failed["reasons"][0] and failed["commitment"] == []
+    assert receipt.id not in signer._locked
 
 
 async def test_a_lost_lock_table_stops_signing(tmp_path: Path, cluster: SimCluster) -> None:

@@ -530,6 +530,40 @@ async def test_a_receipt_is_acknowledged_only_once_its_own_lock_is_durable(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_lone_receipt_starts_its_batch_at_once_and_waits_for_company_only_behind_a_batch_in_flight(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """With no batch in flight, waiting ``batch_wait_s`` would only add to a lone receipt's latency: its batch
+    starts at once. Behind a batch in flight, receipts wait for company and go together."""
+    cluster = SimCluster(tmp_path, 4, seed=47, delay=(0.001, 0.002))
+    cluster.service_options["batch_wait_s"] = 0.5
+    cluster.seed_ledger()
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        for peer in ("c1", "c2", "c3"):
+            answer_locks_late(cluster, peer, 0.3)  # the first batch stays in flight for a while
+        service = cluster.service("c0")
+        started: list[tuple[float, list[bytes]]] = []
+        run_batch = service._run_batch
+
+        async def watched(batch: list[rc.Receipt]) -> None:
+            started.append((trio.current_time(), [r.id for r in batch]))
+            await run_batch(batch)
+
+        service._run_batch = watched  # type: ignore[method-assign]
+        first, second, third = (distinct_receipt(cluster, k) for k in range(3))
+        t0 = trio.current_time()
+        service.submit(first)
+        await trio.sleep(0.05)
+        service.submit(second)
+        await trio.sleep(0.05)
+        service.submit(third)
+        await cluster.wait_final({first.id, second.id, third.id})
+        assert [ids for _, ids in started] == [[first.id], [second.id, third.id]]
+        assert started[0][0] - t0 < 0.01  # at once, not 0.5 s later
+        assert started[1][0] - (t0 + 0.05) >= 0.5  # the second waited its batch_wait_s, and the third joined it
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_receipt_whose_own_lock_failed_to_commit_is_not_acknowledged_and_is_refused_again(
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     """The lock table breaks as the own lock commits (a disk error): the receipt is not locked here, so it is
