@@ -179,7 +179,9 @@ def from_json(body: dict[str, Any], node_public_key: bytes | None = None) -> Rec
 
 
 def decode(receipt_bytes: bytes, node_signature: bytes = bytes(64)) -> Receipt:
-    """Strictly decode canonical ``receipt_bytes``; ReceiptError if anything is off."""
+    """Strictly decode canonical ``receipt_bytes``; ReceiptError if anything is off. The same rules as
+    ``from_json`` (hex fields are lower case in canonical bytes), checked on the binary fields directly: every
+    coordinator decodes every receipt of every batch it locks."""
     if not isinstance(receipt_bytes, bytes) or len(receipt_bytes) > MAX_RECEIPT_BYTES:
         raise ReceiptError("receipt_bytes", f"at most {MAX_RECEIPT_BYTES} bytes")
     try:
@@ -193,15 +195,30 @@ def decode(receipt_bytes: bytes, node_signature: bytes = bytes(64)) -> Receipt:
     if not (type(key) is bytes and len(key) == 32 and type(proof) is bytes and len(proof) == 32
             and type(submitter) is bytes and len(submitter) == 20):
         raise ReceiptError("receipt_bytes", "32-byte key and proof, 20-byte submitter")
-    if ec is not None and not (type(ec) is list and len(ec) == 6 and all(type(c) is bytes and len(c) == 32
-                                                                          for c in ec)):
-        raise ReceiptError("execution_commitment", "6 × 32 bytes")
-    body = {"receipt_type": rtype, "node_id": node_id, "node_public_key": key.hex(), "subject": subject,
-            "epoch": epoch, "usage_proof_hash": proof.hex(), "execution_commitment": [c.hex() for c in ec]
-            if ec is not None else None, "reward_base": reward, "submitter_address": submitter.hex(),
-            "timestamp": ts, "node_signature": node_signature.hex() if isinstance(node_signature, bytes)
-            and len(node_signature) == 64 else ""}
-    receipt = from_json(body)
+    if rtype not in TYPES:
+        raise ReceiptError("receipt_type", "storage or compute")
+    if type(node_id) is not str or not _ID.match(node_id):
+        raise ReceiptError("node_id", "a registered node id (1-128 characters of A-Z a-z 0-9 . _ : -)")
+    commitment: tuple[bytes, ...] | None = None
+    if rtype == "compute":
+        if type(subject) is not str or not _HEX64.match(subject):
+            raise ReceiptError("subject", "a workload id: 64 hex characters")
+        if not (type(ec) is list and len(ec) == 6 and all(type(c) is bytes and len(c) == 32 for c in ec)):
+            raise ReceiptError("execution_commitment", "6 × 32 bytes")
+        commitment = tuple(ec)
+        if commitment[0].hex() != subject:
+            raise ReceiptError("execution_commitment", "its workload_id equal to the subject")
+    else:
+        if type(subject) is not str or not _SUBJECT.match(subject):
+            raise ReceiptError("subject", "a registered object hash (1-256 characters of A-Z a-z 0-9 . _ : -)")
+        if ec is not None:
+            raise ReceiptError("execution_commitment", "null for a storage receipt")
+    epoch = _int(epoch, "epoch", 1, MAX_U63)
+    reward = _int(reward, "reward_base", 1, MAX_REWARD)
+    ts = _int(ts, "timestamp", 0, MAX_U63)
+    if not isinstance(node_signature, bytes) or len(node_signature) != 64:
+        raise ReceiptError("node_signature", "128 hex characters")
+    receipt = Receipt(rtype, node_id, key, subject, epoch, proof, commitment, reward, submitter, ts, node_signature)
     if receipt.to_bytes() != receipt_bytes:
         raise ReceiptError("receipt_bytes", "the canonical encoding")
     return receipt

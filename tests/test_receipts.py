@@ -8,8 +8,11 @@ import hashlib
 import itertools
 import struct
 
+import msgpack
 import nacl.signing
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from consensus import frost, merkle
 from consensus import receipts as rc
@@ -68,6 +71,73 @@ def test_non_canonical_or_oversized_bytes_are_refused() -> None:
         rc.decode(longer)
     with pytest.raises(rc.ReceiptError):
         rc.Receipt.from_wire(b"\x00" * 2000)
+
+
+def _decode_via_json(raw: bytes, signature: bytes) -> rc.Receipt:
+    """The oracle for ``rc.decode``: the binary fields turned into JSON and judged by ``from_json``, then the
+    canonical-encoding check (what decode did before it checked the binary fields directly)."""
+    obj = msgpack.unpackb(raw, raw=False, max_str_len=256, max_bin_len=64, max_array_len=16, max_map_len=0)
+    if type(obj) is not list or len(obj) != 11 or obj[0] != 1:
+        raise rc.ReceiptError("receipt_bytes", "an 11-element array of version 1")
+    _, rtype, node_id, key, subject, epoch, proof, ec, reward, submitter, ts = obj
+    if not (type(key) is bytes and len(key) == 32 and type(proof) is bytes and len(proof) == 32
+            and type(submitter) is bytes and len(submitter) == 20):
+        raise rc.ReceiptError("receipt_bytes", "sizes")
+    if ec is not None and not (type(ec) is list and len(ec) == 6 and all(type(c) is bytes and len(c) == 32
+                                                                          for c in ec)):
+        raise rc.ReceiptError("execution_commitment", "6 × 32 bytes")
+    receipt = rc.from_json({"receipt_type": rtype, "node_id": node_id, "node_public_key": key.hex(),
+                            "subject": subject, "epoch": epoch, "usage_proof_hash": proof.hex(),
+                            "execution_commitment": [c.hex() for c in ec] if ec is not None else None,
+                            "reward_base": reward, "submitter_address": submitter.hex(), "timestamp": ts,
+                            "node_signature": signature.hex() if len(signature) == 64 else ""})
+    if receipt.to_bytes() != raw:
+        raise rc.ReceiptError("receipt_bytes", "the canonical encoding")
+    return receipt
+
+
+_FIELD_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2, 2**64), st.text(max_size=70),
+                          st.sampled_from([-1, 0, 1, 10**12, 10**12 + 1, 2**63 - 1, 2**63]),
+                          st.sampled_from(["storage", "compute", "STORAGE", "ab" * 32, "AB" * 32, "n1", "obj"]),
+                          st.binary(max_size=40), st.lists(st.binary(min_size=31, max_size=33), max_size=7))
+
+
+def _agree(fields: dict, index: int, value: object, signature: bytes) -> None:
+    obj = msgpack.unpackb(rc.sign_as_node(NODE, **fields).to_bytes(), raw=False)
+    obj[index] = value
+    try:
+        raw = msgpack.packb(obj, use_bin_type=True)
+    except (OverflowError, TypeError):
+        return
+    try:
+        expected: rc.Receipt | None = _decode_via_json(raw, signature)
+    except Exception:  # a ReceiptError, or the oracle's own msgpack limits: decode must refuse these too
+        expected = None
+    if expected is None:
+        with pytest.raises(rc.ReceiptError):
+            rc.decode(raw, signature)
+    else:
+        assert rc.decode(raw, signature) == expected
+
+
+@pytest.mark.parametrize(("index", "value"), [(i, v) for i in (5, 8, 10) for v in (-1, 0, 1, 10**12, 10**12 + 1,
+                                                                                   2**63 - 1, 2**63, True)])
+def test_binary_decode_checks_the_integer_bounds(index: int, value: int) -> None:
+    _agree(FIELDS, index, value, bytes(64))
+
+
+@pytest.mark.parametrize("index", range(1, 11))
+@settings(max_examples=200, deadline=None)
+@given(value=_FIELD_VALUES, signature=st.one_of(st.just(bytes(64)), st.binary(min_size=63, max_size=65)),
+       compute=st.booleans())
+def test_binary_decode_agrees_with_the_json_rules(index: int, value: object, signature: bytes,
+                                                  compute: bool) -> None:
+    """Field ``index`` of a valid receipt replaced by anything: ``decode`` accepts exactly what the JSON route
+    accepts, and decodes it to the same receipt."""
+    workload = "cd" * 32
+    fields = {**FIELDS, "receipt_type": "compute", "subject": workload,
+              "execution_commitment": [workload] + ["ee" * 32] * 5} if compute else FIELDS
+    _agree(fields, index, value, signature)
 
 
 # ---- Merkle (RFC 9162 §2.1) -------------------------------------------------------------------------
