@@ -558,15 +558,25 @@ class ReceiptService:
         """Commit the open lock transaction in a worker thread while ``work`` (in memory only: a signature
         share) runs in the event loop; its result once the commit is durable. A failed commit raises
         ``LockTableBroken`` and the result is dropped: nothing made from it leaves before the locks it rests on
-        are durable. The caller holds ``_db``."""
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self.run_blocking, self.locks.commit)
-                for _ in range(3):  # its worker thread starts at the task's second step: the fsync overlaps work
-                    await trio.lowlevel.checkpoint()
-                result = work()
-        except* LockTableBroken as group:
-            raise group.exceptions[0] from None
+        are durable. The commit runs to its end whatever happens meanwhile (a cancelled caller, a failing
+        ``work``): a transaction left open would take every later lock into it, never durable. The caller
+        holds ``_db`` and calls this right after deciding (no checkpoint in between)."""
+        failed: list[LockTableBroken] = []
+
+        async def commit() -> None:
+            with trio.CancelScope(shield=True):  # entered in the task's first step, before any checkpoint
+                try:
+                    await self.run_blocking(self.locks.commit)
+                except LockTableBroken as exc:
+                    failed.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(commit)
+            for _ in range(3):  # its worker thread starts at the task's second step: the fsync overlaps work
+                await trio.lowlevel.checkpoint()
+            result = work()
+        if failed:
+            raise failed[0]
         return result
 
     def _remember_locked(self, batch: list[rc.Receipt], decisions: list[Decision]) -> None:

@@ -352,7 +352,8 @@ def _after_lock(cluster: SimCluster, m: Member, crash: Callable[[], None]) -> No
         store.lock_batch = original  # type: ignore[method-assign]
         if kwargs.get("commit", True):  # durable: committed
             crash()
-        else:  # a proposer's own lock: durable once its commit returns (its peers are being asked meanwhile)
+        else:  # decided in the event loop: durable once its commit returns (a proposer's peers are being asked,
+            #    a signer's share is made, meanwhile)
             _crash_after_call(cluster, store, "commit", crash)
         return decisions
 

@@ -4,6 +4,7 @@ after a restart, and no signing at all with a lost or corrupt lock table (never 
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,33 @@ async def test_a_one_round_share_made_while_the_lock_commits_is_dropped_when_the
     assert failed["share"] == b"" and list(failed["verdicts"]) == [Verdict.NOT_YET]
     assert "disk I/O error" in failed["reasons"][0] and failed["commitment"] == []
     assert receipt.id not in signer._locked
+
+
+async def test_a_lock_request_cancelled_while_its_lock_commits_leaves_it_durable_and_the_table_usable(
+        cluster: SimCluster) -> None:
+    """The dispatcher's handler deadline (or a shutdown) cancels an rc.lock while its lock commits: the commit
+    still runs to its end. A transaction left open would take every later lock into it, never durable, and
+    the next lock's BEGIN would break the table."""
+    signer = cluster.service("c2")
+
+    async def slow_disk(fn: Any, *args: Any) -> Any:  # the commit takes a while, as an fsync does
+        await trio.sleep(0.01)
+        return fn(*args)
+
+    signer.run_blocking = slow_disk
+    first, second = cluster.receipt("n1", "obj1"), cluster.receipt("n2", "obj2")
+    t0 = trio.current_time()
+    with trio.move_on_after(0.001):  # fires while the commit is under way (the reply may still go out after it)
+        await signer._on_lock("c0", {"batch": b"C" * 16, "receipts": [first.to_wire()]})
+    assert trio.current_time() - t0 >= 0.01  # the commit ran to its end
+    assert not signer.locks.db.in_transaction
+    other = sqlite3.connect(signer.locks.path)  # what another connection (a restart) sees: committed rows only
+    try:
+        assert other.execute("SELECT count(*) FROM locks WHERE receipt_id = ?", (first.id,)).fetchone() == (1,)
+    finally:
+        other.close()
+    reply = await signer._on_lock("c1", {"batch": b"D" * 16, "receipts": [second.to_wire()]})
+    assert list(reply["verdicts"]) == [Verdict.OK] and signer.locks.broken is None
 
 
 async def test_a_lost_lock_table_stops_signing(tmp_path: Path, cluster: SimCluster) -> None:
