@@ -36,7 +36,7 @@ def node_public_key(value: Any) -> str | None:
     order), returned in lower case."""
     if value is None:
         return None
-    if type(value) is not str or not _RID.match(value) or not nacl.bindings.crypto_core_ed25519_is_valid_point(
+    if type(value) is not str or not _RID.fullmatch(value) or not nacl.bindings.crypto_core_ed25519_is_valid_point(
             bytes.fromhex(value)):
         raise v.Invalid("public_key", "an Ed25519 public key: 64 hex characters encoding a valid curve point")
     return value.lower()
@@ -189,7 +189,7 @@ def register_receipt_routes(app: QuartTrio, service: ReceiptService | None, view
 
     @app.get("/receipts/<receipt_id>")
     async def get_receipt(receipt_id: str) -> Any:
-        if not _RID.match(receipt_id):
+        if not _RID.fullmatch(receipt_id):
             raise fail(404, "receipt not found", "a receipt id is 64 hex characters", receipt_id=receipt_id)
         rid = bytes.fromhex(receipt_id)
         doc = await service.lookup_durable(rid) if service is not None else lookup(rid)
@@ -208,7 +208,7 @@ def register_receipt_routes(app: QuartTrio, service: ReceiptService | None, view
         if status is not None and status not in STATUSES:
             raise v.Invalid("status", " or ".join(STATUSES))
         after = args.get("after")
-        if after is not None and not _RID.match(after):
+        if after is not None and not _RID.fullmatch(after):
             raise v.Invalid("after", "a receipt id: 64 hex characters")
         limit = v.query_integer(args.get("limit"), "limit", 100, 1, MAX_LIMIT)
         ids = known_ids()

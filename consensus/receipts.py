@@ -52,7 +52,7 @@ class ReceiptError(ValueError):
 
 
 def _hex(value: Any, field: str, pattern: re.Pattern[str], what: str) -> str:
-    if type(value) is not str or not pattern.match(value.lower()):
+    if type(value) is not str or not pattern.fullmatch(value.lower()):
         raise ReceiptError(field, what)
     return value.lower()
 
@@ -142,12 +142,12 @@ def from_json(body: dict[str, Any], node_public_key: bytes | None = None) -> Rec
     if rtype not in TYPES:
         raise ReceiptError("receipt_type", "storage or compute")
     node_id = body.get("node_id")
-    if type(node_id) is not str or not _ID.match(node_id):
+    if type(node_id) is not str or not _ID.fullmatch(node_id):
         raise ReceiptError("node_id", "a registered node id (1-128 characters of A-Z a-z 0-9 . _ : -)")
     subject = body.get("subject")
     if rtype == "compute":
         subject = _hex(subject, "subject", _HEX64, "a workload id: 64 hex characters")
-    elif type(subject) is not str or not _SUBJECT.match(subject):
+    elif type(subject) is not str or not _SUBJECT.fullmatch(subject):
         raise ReceiptError("subject", "a registered object hash (1-256 characters of A-Z a-z 0-9 . _ : -)")
     epoch = _int(body.get("epoch"), "epoch", 1, MAX_U63)
     proof = bytes.fromhex(_hex(body.get("usage_proof_hash"), "usage_proof_hash", _HEX64, "64 hex characters"))
@@ -197,11 +197,11 @@ def decode(receipt_bytes: bytes, node_signature: bytes = bytes(64)) -> Receipt:
         raise ReceiptError("receipt_bytes", "32-byte key and proof, 20-byte submitter")
     if rtype not in TYPES:
         raise ReceiptError("receipt_type", "storage or compute")
-    if type(node_id) is not str or not _ID.match(node_id):
+    if type(node_id) is not str or not _ID.fullmatch(node_id):
         raise ReceiptError("node_id", "a registered node id (1-128 characters of A-Z a-z 0-9 . _ : -)")
     commitment: tuple[bytes, ...] | None = None
     if rtype == "compute":
-        if type(subject) is not str or not _HEX64.match(subject):
+        if type(subject) is not str or not _HEX64.fullmatch(subject):
             raise ReceiptError("subject", "a workload id: 64 hex characters")
         if not (type(ec) is list and len(ec) == 6 and all(type(c) is bytes and len(c) == 32 for c in ec)):
             raise ReceiptError("execution_commitment", "6 × 32 bytes")
@@ -209,7 +209,7 @@ def decode(receipt_bytes: bytes, node_signature: bytes = bytes(64)) -> Receipt:
         if commitment[0].hex() != subject:
             raise ReceiptError("execution_commitment", "its workload_id equal to the subject")
     else:
-        if type(subject) is not str or not _SUBJECT.match(subject):
+        if type(subject) is not str or not _SUBJECT.fullmatch(subject):
             raise ReceiptError("subject", "a registered object hash (1-256 characters of A-Z a-z 0-9 . _ : -)")
         if ec is not None:
             raise ReceiptError("execution_commitment", "null for a storage receipt")

@@ -191,7 +191,7 @@ def _host(env: Mapping[str, str]) -> str:
         return raw
     except ValueError:
         pass
-    if not HOSTNAME_RE.match(raw):
+    if not HOSTNAME_RE.fullmatch(raw):
         raise ConfigError("COORDINATOR_HOST", raw, "an IP address or a host name")
     return raw
 
@@ -257,7 +257,7 @@ def _member_keys(env: Mapping[str, str], peers: tuple[PeerSpec, ...]) -> tuple[t
         key_hex, member_id = key_hex.strip(), member_id.strip()
         if not key_hex:
             continue
-        if not re.fullmatch(r"[0-9a-fA-F]{64}", key_hex) or (member_id and not ID_RE.match(member_id)):
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", key_hex) or (member_id and not ID_RE.fullmatch(member_id)):
             raise ConfigError(var, raw, "comma-separated Ed25519 public keys, 64 hex characters each, "
                               "optionally as id=key (id: 1-128 characters of A-Z a-z 0-9 . _ : -)")
         keys.append(bytes.fromhex(key_hex))
@@ -275,7 +275,7 @@ def _peer_address(var: str, raw: str, address: str) -> tuple[str, int]:
 
 
 def _peer(var: str, raw: str, node_id: object, key: object, address: object) -> PeerSpec:
-    if not isinstance(node_id, str) or not ID_RE.match(node_id):
+    if not isinstance(node_id, str) or not ID_RE.fullmatch(node_id):
         raise ConfigError(var, raw, f"member ids of 1-128 characters of A-Z a-z 0-9 . _ : -, not {node_id!r}")
     if not isinstance(key, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", key):
         raise ConfigError(var, raw, f"member {node_id}: an Ed25519 public key of 64 hex characters")
@@ -302,7 +302,7 @@ def _cluster(env: Mapping[str, str]) -> tuple[str | None, tuple[PeerSpec, ...]]:
         peers = tuple(_peer("CLUSTER_CONFIG", path, m.get("id"), m.get("public_key"), m.get("peer_address"))
                       for m in members)
         cluster_id = doc.get("cluster_id")
-        if cluster_id is not None and not (isinstance(cluster_id, str) and ID_RE.match(cluster_id)):
+        if cluster_id is not None and not (isinstance(cluster_id, str) and ID_RE.fullmatch(cluster_id)):
             raise ConfigError("CLUSTER_CONFIG", path, "cluster_id: 1-128 characters of A-Z a-z 0-9 . _ : -")
     elif raw is not None:
         specs = []
@@ -332,7 +332,7 @@ def _dkg_threshold(env: Mapping[str, str], n: int) -> int | None:
 def load(env: Mapping[str, str]) -> Config:
     """Parse and validate the whole configuration; raise ConfigError on the first bad variable."""
     coordinator_id = _get(env, "COORDINATOR_ID") or "coordinator-0"
-    if not ID_RE.match(coordinator_id):
+    if not ID_RE.fullmatch(coordinator_id):
         raise ConfigError("COORDINATOR_ID", coordinator_id, "1-128 characters of A-Z a-z 0-9 . _ : -")
     use_mock = _bool(env, "USE_MOCK_DA", False)
     network = _choice(env, "DA_NETWORK", "local", NETWORKS)
@@ -382,7 +382,7 @@ def load(env: Mapping[str, str]) -> Config:
         raise ConfigError("COORDINATOR_ID", coordinator_id, f"one of the cluster members: {names}")
     cluster_id = _get(env, "CLUSTER_ID") or file_cluster_id or "dsdn-local"
     member_keys, member_ids = _member_keys(env, peers)
-    if not ID_RE.match(cluster_id):
+    if not ID_RE.fullmatch(cluster_id):
         raise ConfigError("CLUSTER_ID", cluster_id, "1-128 characters of A-Z a-z 0-9 . _ : -")
 
     return Config(

@@ -56,6 +56,7 @@ def test_compute_receipt_carries_six_hashes_and_its_workload_is_the_subject() ->
     ("receipt_type", "bandwidth"), ("node_id", ""), ("epoch", 0), ("epoch", True), ("usage_proof_hash", "zz"),
     ("reward_base", 0), ("reward_base", 10**12 + 1), ("submitter_address", "00" * 19), ("timestamp", -1),
     ("subject", ""), ("execution_commitment", ["00" * 32] * 6),
+    ("node_id", "n1\n"), ("subject", "obj\n"), ("usage_proof_hash", "11" * 32 + "\n"),  # (a regex $ allows that \n)
 ])
 def test_malformed_fields_are_named(field: str, value: object) -> None:
     with pytest.raises(rc.ReceiptError) as err:
