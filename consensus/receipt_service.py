@@ -708,6 +708,7 @@ class ReceiptService:
                     finally:
                         try:  # durable before any share of ours leaves (ours is made meanwhile)
                             own_share = await self._durably(partial(self._own_fast_share, batch_id, fast, mine))
+                            self.counters.shares_released += bool(own_share)
                         except LockTableBroken:
                             self._forget_unlocked(decisions)
                             raise
@@ -1079,6 +1080,7 @@ class ReceiptService:
                     share = await self._durably(partial(self._lock_share, peer, body, len(receipts), valid,
                                                         decisions))
                 self._remember_locked(valid, decided)
+                self.counters.shares_released += bool(share)  # counted once it may leave (the lock is durable)
             except LockTableBroken as exc:
                 log.error("refusing to lock: %s", exc)
                 decisions, share = {}, b""
@@ -1134,7 +1136,10 @@ class ReceiptService:
                 return self._refuse(str(exc))
         if held is None:
             return self._refuse("not every receipt of the batch is locked here to that receipt")
-        return self._sign_share(peer, body, held)
+        reply = self._sign_share(peer, body, held)
+        if reply["share"]:
+            self.counters.shares_released += 1
+        return reply
 
     def _refuse(self, error: str) -> dict[str, Any]:
         self.counters.sign_refused += 1
@@ -1161,7 +1166,6 @@ class ReceiptService:
                                commitments)
         except frost.FrostError as exc:
             return self._refuse(f"cannot sign: {exc}")
-        self.counters.shares_released += 1
         return {"share": share, "commitment": list(self._offer(peer, body["batch"])), "error": ""}
 
     async def _on_finals(self, inbox: trio.MemoryReceiveChannel[tuple[str, Message]]) -> None:

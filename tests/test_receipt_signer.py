@@ -122,8 +122,10 @@ async def test_a_one_round_share_made_while_the_lock_commits_is_dropped_when_the
                                             "fast_binding": [commitments[i][1] for i in ids]})
 
     spares = [await spare(bytes([k]) * 16) for k in (1, 2)]
+    released = signer.counters.shares_released
     durable = await one_round(b"D" * 16, cluster.receipt("n1", "obj1"), spares[0])
     assert list(durable["verdicts"]) == [Verdict.OK] and len(durable["share"]) == 32  # the control
+    assert signer.counters.shares_released == released + 1
 
     commits: list[str] = []
 
@@ -146,6 +148,7 @@ async def test_a_one_round_share_made_while_the_lock_commits_is_dropped_when_the
     assert commits == ["failed"] and len(made) == 1 and len(made[0]) == 32  # decided, share made, commit failed
     assert failed["share"] == b"" and list(failed["verdicts"]) == [Verdict.NOT_YET]
     assert "disk I/O error" in failed["reasons"][0] and failed["commitment"] == []
+    assert signer.counters.shares_released == released + 1  # the dropped share was never released
     assert receipt.id not in signer._locked
 
 
