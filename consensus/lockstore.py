@@ -52,6 +52,7 @@ class LockStore:
         """``expect_existing``: this member already holds a key share, so a missing table means it was lost."""
         self.path = path
         self.broken: str | None = None
+        self._count: int | None = None  # rows in ``locks``, counted once, then kept (uncommitted ones included)
         existed = path.exists()
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
@@ -110,6 +111,8 @@ class LockStore:
         except sqlite3.DatabaseError as exc:
             self.broken = f"lock table {self.path} failed: {exc}"
             raise LockTableBroken(self.broken) from None
+        if self._count is not None:
+            self._count += len(new)
         return decisions
 
     def commit(self) -> None:
@@ -185,4 +188,7 @@ class LockStore:
         return bytes(row[0]) if row else None
 
     def count(self) -> int:
-        return int(self.db.execute("SELECT count(*) FROM locks").fetchone()[0])
+        """Locks held (kept in memory: a status page asks every second, and counting rows scans the table)."""
+        if self._count is None:
+            self._count = int(self.db.execute("SELECT count(*) FROM locks").fetchone()[0])
+        return self._count

@@ -154,6 +154,7 @@ class Record:
     optimistic: dict[str, Any] | None = None
     document: dict[str, Any] | None = None  # the signed document, as soon as the signature exists
     abandoned: bool = False  # dropped unlocked (the own lock failed): whoever waits for its lock stops waiting
+    tally: dict[str, int] | None = field(default=None, repr=False, compare=False)  # records per status, kept here
 
     @property
     def awaiting_lock(self) -> bool:
@@ -167,6 +168,9 @@ class Record:
     def settle(self, status: str, reason: str = "", conflicting_id: bytes | None = None) -> None:
         if self.status in ("final",):
             return
+        if self.tally is not None and status != self.status:
+            self.tally[self.status] -= 1
+            self.tally[status] = self.tally.get(status, 0) + 1
         self.status, self.reason = status, reason
         if conflicting_id is not None:
             self.conflicting_id = conflicting_id
@@ -232,6 +236,7 @@ class ReceiptService:
         self.member_of: dict[int, str] = {i: by_key[k] for i, k in self.identifiers.items()}
         self.identifier_of: dict[str, int] = {m: i for i, m in self.member_of.items()}
         self.records: OrderedDict[bytes, Record] = OrderedDict()
+        self._by_status: dict[str, int] = {}  # records per status, kept as they change (status() is polled)
         self.max_records = 200_000
         self.counters = Counters()
         self._queue: list[rc.Receipt] = []
@@ -267,9 +272,7 @@ class ReceiptService:
         return key.threshold if key is not None else None
 
     def status(self) -> dict[str, Any]:
-        by_status: dict[str, int] = {}
-        for r in self.records.values():
-            by_status[r.status] = by_status.get(r.status, 0) + 1
+        by_status = {k: n for k, n in self._by_status.items() if n}
         lat = sorted(self.latencies)
         latency = ({"p50": round(lat[len(lat) // 2] * 1000, 2), "p99": round(lat[int(len(lat) * 0.99)] * 1000, 2),
                     "samples": len(lat)} if lat else None)
@@ -383,7 +386,7 @@ class ReceiptService:
         rid = receipt.id
         record = self.records.get(rid)
         if record is not None and record.status == "rejected":
-            del self.records[rid]  # rejected for now (e.g. its node was not registered in time): judge it again
+            self._drop(rid)  # rejected for now (e.g. its node was not registered in time): judge it again
             record = None
         if record is not None:
             if record.receipt.node_signature != receipt.node_signature and not receipt.node_signature_valid():
@@ -412,10 +415,17 @@ class ReceiptService:
     def _record(self, receipt: rc.Receipt) -> Record:
         record = self.records.get(receipt.id)
         if record is None:
-            record = self.records[receipt.id] = Record(receipt)
+            record = self.records[receipt.id] = Record(receipt, tally=self._by_status)
+            self._by_status["pending"] = self._by_status.get("pending", 0) + 1
             self._records_version += 1
             while len(self.records) > self.max_records:
-                self.records.popitem(last=False)
+                self._drop(next(iter(self.records)))
+        return record
+
+    def _drop(self, receipt_id: bytes) -> Record:
+        record = self.records.pop(receipt_id)
+        self._by_status[record.status] -= 1
+        record.tally = None
         return record
 
     def _enqueue(self, receipt: rc.Receipt) -> None:
@@ -869,7 +879,7 @@ class ReceiptService:
         for d in decisions:
             record = self.records.get(d.receipt_id)
             if d.verdict is Verdict.OK and record is not None and record.status == "pending":
-                del self.records[d.receipt_id]
+                self._drop(d.receipt_id)
                 self._records_version += 1
                 record.abandon()
 

@@ -231,6 +231,34 @@ async def test_rejections_are_counted_under_a_few_causes_and_latency_is_reported
     assert latency is not None and latency["samples"] == 1 and 0 < latency["p50"] == latency["p99"]
 
 
+async def test_status_counts_kept_as_records_change_match_a_recount(cluster: SimCluster) -> None:
+    """``status()`` is polled every second (dashboard, metrics): its records per status and its lock count are
+    kept as they change instead of being recounted. They must still equal a recount, through finals, slot
+    conflicts, rejections, evictions and not-yet-valid receipts."""
+    service = cluster.service("c1")
+    service.max_records = 12  # evictions happen below
+    for m in cluster.members.values():
+        assert cluster.service(m.id).status()["lock_table"]["locks"] == 0  # counted once; from now on, kept
+    receipts = [distinct_receipt(cluster, k) for k in range(10)]
+    rivals = [cluster.receipt("n1", "obj1", reward=r) for r in (7, 8)]  # one slot: at most one signed
+    unknown = cluster.receipt("n1", "obj99")  # its object is not registered: not yet valid, retried
+    for r in [*receipts, *rivals, unknown]:
+        service.submit(r)
+    service.submit(cluster.receipt("n1", "obj2", epoch=1))  # outside the epoch window: rejected, not kept
+    await cluster.wait_final({r.id for r in receipts})
+    await trio.sleep(1)
+    for m in cluster.members.values():
+        svc = cluster.service(m.id)
+        recount: dict[str, int] = {}
+        for record in svc.records.values():
+            recount[record.status] = recount.get(record.status, 0) + 1
+        assert svc.status()["by_status"] == recount
+        rows = svc.locks.db.execute("SELECT count(*) FROM locks").fetchone()[0]
+        assert svc.status()["lock_table"]["locks"] == rows > 0
+    kept = service.status()["by_status"]
+    assert sum(kept.values()) == len(service.records) == 12 and kept.get("final", 0) >= 9
+
+
 async def test_open_locks_are_paged_so_old_unsignable_ones_cannot_starve_newer_ones(tmp_path: Path,
                                                                                     cluster: SimCluster) -> None:
     """Found by dsdn nemesis (CI, seed 5): a takeover pass read the oldest ``batch_max`` open locks only, so old
