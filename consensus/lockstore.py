@@ -52,7 +52,7 @@ class LockStore:
         """``expect_existing``: this member already holds a key share, so a missing table means it was lost."""
         self.path = path
         self.broken: str | None = None
-        self._count: int | None = None  # rows in ``locks``, counted once, then kept (uncommitted ones included)
+        self._count: int | None = None  # rows in ``locks``, counted at open, then kept (uncommitted ones included)
         existed = path.exists()
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
@@ -63,6 +63,7 @@ class LockStore:
                 if check is None or check[0] != "ok":
                     self.broken = f"lock table {path} failed its integrity check: {check}"
             self.db.executescript(SCHEMA)
+            self._count = int(self.db.execute("SELECT count(*) FROM locks").fetchone()[0])  # before any thread uses it
         except sqlite3.DatabaseError as exc:
             self.broken = f"lock table {path} is unreadable: {exc}"
         if not existed and expect_existing and self.broken is None:
@@ -188,7 +189,8 @@ class LockStore:
         return bytes(row[0]) if row else None
 
     def count(self) -> int:
-        """Locks held (kept in memory: a status page asks every second, and counting rows scans the table)."""
+        """Locks held (kept in memory: a status page asks every second, and counting rows scans the table); a
+        table that failed to open is counted here (and raises when unreadable)."""
         if self._count is None:
             self._count = int(self.db.execute("SELECT count(*) FROM locks").fetchone()[0])
         return self._count

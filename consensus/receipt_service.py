@@ -718,7 +718,6 @@ class ReceiptService:
                     finally:
                         try:  # durable before any share of ours leaves (ours is made meanwhile)
                             own_share = await self._durably(partial(self._own_fast_share, batch_id, fast, mine))
-                            self.counters.shares_released += bool(own_share)
                         except LockTableBroken:
                             self._forget_unlocked(decisions)
                             raise

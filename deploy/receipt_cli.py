@@ -240,7 +240,7 @@ def _bad_argument(args: argparse.Namespace) -> str | None:
             return f"--limit must be from 1 to {MAX_LIMIT}"
         if args.epoch is not None and args.epoch < 1:
             return "--epoch must be 1 or more"
-        if args.after is not None and not _RID.match(args.after):
+        if args.after is not None and not _RID.fullmatch(args.after):
             return "--after must be a receipt id (64 hex characters)"
     return None
 
