@@ -19,7 +19,7 @@ import msgpack
 import nacl.exceptions
 import nacl.signing
 
-from node.events import Event, EventDecodeError, decode_event
+from node.events import EventDecodeError, EventTuple, decode_event_tuple
 
 MAGIC = b"DSDNEV"
 VERSION = 1
@@ -43,7 +43,9 @@ class BlobError(ValueError):
 class DecodedBlob:
     signer: bytes
     origin: str  # as the blob declares it
-    events: list[Event]  # the valid events whose origin is the signer's member id
+    # the valid events whose origin is the signer's member id, as plain tuples in Event's field order
+    # (Event._make(e) gives the named view; State.apply_events reads them as they are)
+    events: list[EventTuple]
     invalid_events: int  # undecodable events
     wrong_origin: int = 0  # valid events whose origin is not the signer's member id
 
@@ -106,11 +108,11 @@ def decode_blob(data: bytes, members: frozenset[bytes], *,
         try:
             if type(raw) is not bytes:
                 raise EventDecodeError("event is not bytes")
-            event = decode_event(raw)
+            event = decode_event_tuple(raw)
         except EventDecodeError:
             invalid += 1
             continue
-        if event.origin != origin:
+        if event[3] != origin:  # the origin
             wrong += 1
             continue
         events.append(event)

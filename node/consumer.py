@@ -35,7 +35,7 @@ import trio
 from node.backoff import Backoff
 from node.blob import BlobError, decode_blob
 from node.da.base import DAError, DALayer, read_failure
-from node.events import Event
+from node.events import EventTuple
 from node.hlc import wall_ms
 
 log = logging.getLogger("dsdn.consumer")
@@ -62,7 +62,7 @@ class Consumer:
     def __init__(
         self,
         da: DALayer,
-        apply_events: Callable[[list[Event]], int],
+        apply_events: Callable[[list[EventTuple]], int],
         members: frozenset[bytes],
         *,
         member_ids: Mapping[bytes, str] | None = None,

@@ -25,7 +25,7 @@ from node.da.base import BlobRef, DAError, DALayer
 from node.da.mock import MockDA
 from node.da.stack import DAStack
 from node.da.status import EMERGENCY, PRIMARY, SECONDARY, StatusSnapshot
-from node.events import Event
+from node.events import Event, EventTuple
 from node.hlc import HybridLogicalClock, wall_ms
 from node.outbox import Outbox
 from node.placement import Placement
@@ -182,7 +182,7 @@ class Coordinator:
             self.state.apply(event)
             self.applied_outbox_seq = seq
 
-    def _apply_remote_events(self, events: list[Event]) -> int:
+    def _apply_remote_events(self, events: list[EventTuple]) -> int:
         """Events of other members (a blob's, read from DA): the clock observes them, then they are applied."""
         self.hlc.observe_all(map(_hlc_of, events))
         return self.state.apply_events(events)

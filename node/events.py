@@ -52,6 +52,10 @@ class EventDecodeError(ValueError):
     """Bytes that are not a valid event."""
 
 
+# An event's fields in Event's order, as a plain tuple (what ``decode_event_tuple`` gives; an Event is one too)
+EventTuple = tuple[str, int, int, str, tuple[Any, ...], bytes, bytes]
+
+
 class Event(NamedTuple):
     kind: str
     wall: int
@@ -129,8 +133,9 @@ _new_event = tuple.__new__  # Event(...) without the NamedTuple's Python-level _
 _SMALL = 1024  # events up to this size are unpacked without limits (see decode_event)
 
 
-def decode_event(raw: bytes) -> Event:
-    """Strictly decode one event (``raw`` must be ``bytes``); raise EventDecodeError if anything is off."""
+def decode_event_tuple(raw: bytes) -> EventTuple:
+    """``decode_event`` as a plain tuple: the same checks, the same fields in the same order. A rebuild's hot
+    path (``node.blob.decode_blob``): a plain tuple costs a third of a NamedTuple's ``tuple.__new__``."""
     try:  # use_list, raw=False and strict_map_key are msgpack's defaults
         if len(raw) <= _SMALL:  # too short for the limits to matter (< 1,024 items); what they stop, checks reject
             obj = _unpackb(raw)
@@ -155,4 +160,9 @@ def decode_event(raw: bytes) -> Event:
     checked = rule[1](fields) if type(fields) is list else None
     if checked is None:
         raise EventDecodeError(f"{kind}: bad fields {fields!r}; expected {SCHEMAS[kind]}")
-    return _new_event(Event, (rule[0], wall, counter, origin, checked, raw, _sha256(raw).digest()))  # type: ignore[no-any-return]
+    return (rule[0], wall, counter, origin, checked, raw, _sha256(raw).digest())
+
+
+def decode_event(raw: bytes) -> Event:
+    """Strictly decode one event (``raw`` must be ``bytes``); raise EventDecodeError if anything is off."""
+    return _new_event(Event, decode_event_tuple(raw))  # type: ignore[no-any-return]

@@ -182,12 +182,15 @@ class State:
         """Apply one event; return False if it is recognised as already applied (a no-op either way)."""
         return self.apply_events((event,)) == 1
 
-    def apply_events(self, events: Iterable[ev.Event]) -> int:
-        """Apply events in order (a decoded blob's); return how many were new, i.e. not recognised as already
-        applied (each a no-op either way). One loop with the tables in locals: a rebuild's hot path."""
+    def apply_events(self, events: Iterable[ev.EventTuple]) -> int:
+        """Apply events in order (a decoded blob's: Events or plain tuples in their field order); return how many
+        were new, i.e. not recognised as already applied (each a no-op either way). One loop with the tables in
+        locals: a rebuild's hot path. The ids of new events join the recent ids once per call (``_note_new``)."""
         objects, replicas, shared, handlers = self._objects, self._replicas, self._shared, self._handlers
         wall_max, counter_max = self.max_hlc
-        acc = new = 0
+        applied_before, acc = self._applied, 0
+        new: list[bytes] = []  # ids of the events found new since the last _note_new
+        new_append = new.append
         try:
             for kind, wall, counter, origin, f, raw, eid in events:
                 if wall >= wall_max and (wall > wall_max or counter > counter_max):
@@ -228,19 +231,33 @@ class State:
                 else:
                     wrote = handlers[kind]((wall, counter, origin, eid), f, raw)
                 # A write (True) proves the event new: a register never goes back to an older version. _SAME
-                # proves it applied before. Only an event that lost to a later version needs the recent-id cache.
-                if wrote is not True and (wrote == _SAME or self._recently_applied(eid)):
-                    continue
-                if self._recent is None:
-                    self._recent_order.append(eid)  # type: ignore[union-attr]  # (a cut's tuple takes no events)
-                else:
-                    self._remember(eid)
-                new += 1
+                # proves it applied before. Only an event that lost to a later version needs the recent-id cache,
+                # which must hold this call's earlier new events first.
+                if wrote is not True:
+                    if wrote == _SAME:
+                        continue
+                    self._note_new(new)
+                    if self._recently_applied(eid):
+                        continue
+                new_append(eid)
         finally:  # what the loop kept in locals (an exception cannot leave the state half-counted)
             self._acc += acc
-            self._applied += new
+            self._note_new(new)
             self.max_hlc = (wall_max, counter_max)
-        return new
+        return self._applied - applied_before
+
+    def _note_new(self, ids: list[bytes]) -> None:
+        """Count the events of ``ids`` (found new) as applied and add them to the recent ids; empty ``ids``."""
+        self._applied += len(ids)
+        if self._recent is None:
+            self._recent_order.extend(ids)  # type: ignore[union-attr]  # (a cut's tuple takes no events)
+        else:
+            for eid in ids:
+                if self._recent is None:  # _remember stopped keeping the set
+                    self._recent_order.append(eid)  # type: ignore[union-attr]
+                else:
+                    self._remember(eid)
+        ids.clear()
 
     def _recently_applied(self, eid: bytes) -> bool:
         """Whether ``eid`` is among the last ``recent_ids`` applied. The set is built on the first lookup and

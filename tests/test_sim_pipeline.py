@@ -69,7 +69,7 @@ def blobs_of(cluster: SimCluster, member: str) -> list[list[ev.Event]]:
     for _, data in cluster.da.blobs:
         blob = decode_blob(data, keys, member_ids=cluster.ids)
         if blob.origin == member:
-            out.append(blob.events)
+            out.append([ev.Event._make(e) for e in blob.events])
     return out
 
 
