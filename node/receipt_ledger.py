@@ -13,7 +13,7 @@ whose receipts cannot be decoded is kept out whole, the same way on every coordi
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,20 +128,42 @@ class ReceiptLedger:
 
     # ---- snapshots -------------------------------------------------------------------------------
 
-    def copy(self, rehash: Rehash) -> ReceiptLedger:
+    def cut(self, rehash: Rehash) -> ReceiptLedger:
+        """The registers as they are now, for a snapshot (``State.frozen``): three dict copies, a few
+        milliseconds at 100,000 receipts. The derived indexes (``info``, ``by_slot``) stay empty: a cut is
+        encoded, never queried (copying a set per slot took 200 ms at 100,000 receipts, on the event loop)."""
         other = ReceiptLedger(rehash)
         other.node_keys, other.receipts = self.node_keys.copy(), self.receipts.copy()
-        other.batches, other.info = self.batches.copy(), self.info.copy()
-        other.by_slot = {k: set(v) for k, v in self.by_slot.items()}
+        other.batches = self.batches.copy()
         return other
 
     def to_snapshot(self) -> dict[str, Any]:
         return {
-            "keys": [[k, list(v), key] for k, (v, key) in self.node_keys.items()],
-            "batches": [[bid, b.group_key, b.root, b.tree_size, b.signature, ",".join(b.signers),
-                         [list(w) for w in b.wires]] for bid, b in self.batches.items()],
-            "receipts": [[rid, list(v), bid, i] for rid, (v, (bid, i)) in self.receipts.items()],
+            "keys": [_key_entry(item) for item in self.node_keys.items()],
+            "batches": [_batch_entry(item) for item in self.batches.items()],
+            "receipts": [_receipt_entry(item) for item in self.receipts.items()],
         }
+
+    def snapshot_pieces(self, packer: msgpack.Packer, chunk: int) -> Iterator[bytes]:
+        """``packer.pack(self.to_snapshot())``, byte for byte, in pieces of about ``chunk`` entries (batches: of
+        about ``chunk`` receipts) each, built when the piece is asked for: the encoder checkpoints between
+        pieces (``node.snapshot.save``), so a large ledger never holds the event loop for long."""
+        pack = packer.pack
+        yield packer.pack_map_header(3)
+        for name, table, entry in (("keys", self.node_keys, _key_entry), ("batches", self.batches, _batch_entry),
+                                   ("receipts", self.receipts, _receipt_entry)):
+            items = list(table.items())
+            yield pack(name) + packer.pack_array_header(len(items))
+            piece: list[bytes] = []
+            weight = 0
+            for item in items:
+                piece.append(pack(entry(item)))
+                weight += item[1].tree_size if name == "batches" else 1
+                if weight >= chunk:
+                    yield b"".join(piece)
+                    piece, weight = [], 0
+            if piece:
+                yield b"".join(piece)
 
     def recomputed_acc(self) -> int:
         """The sum of the entry hashes of every register here, as the state's accumulator counts them."""
@@ -176,3 +198,18 @@ class ReceiptLedger:
                     self.info[rid] = info
                     self.by_slot.setdefault((info.receipt_type, info.node_id, info.subject, info.epoch),
                                             set()).add(rid)
+
+
+def _key_entry(item: tuple[str, tuple[Version, str]]) -> list[Any]:
+    node_id, (version, key) = item
+    return [node_id, list(version), key]
+
+
+def _batch_entry(item: tuple[bytes, Batch]) -> list[Any]:
+    bid, b = item
+    return [bid, b.group_key, b.root, b.tree_size, b.signature, ",".join(b.signers), [list(w) for w in b.wires]]
+
+
+def _receipt_entry(item: tuple[bytes, tuple[Version, tuple[bytes, int]]]) -> list[Any]:
+    rid, (version, (bid, index)) = item
+    return [rid, list(version), bid, index]

@@ -432,7 +432,7 @@ class State:
         copy.scheduler, copy.max_hlc, copy._acc = self.scheduler, self.max_hlc, self._acc
         copy._recent_order, copy._applied = tuple(self._recent_order), self._applied  # a tuple: no events
         copy._live_nodes, copy.membership_epoch = self._live_nodes, self.membership_epoch
-        copy.ledger = self.ledger.copy(copy._rehash)
+        copy.ledger = self.ledger.cut(copy._rehash)
         return copy
 
     def to_snapshot(self) -> dict[str, Any]:
@@ -479,7 +479,7 @@ class State:
         yield pack("max_hlc") + pack(list(self.max_hlc))
         yield pack("acc") + pack((self._acc % _MOD).to_bytes(32, "big"))
         yield pack("ledger")
-        yield from _pack_pieces(packer, self.ledger.to_snapshot(), ("ledger",))
+        yield from self.ledger.snapshot_pieces(packer, CHUNK)
 
     @classmethod
     def from_snapshot(cls, snap: dict[str, Any], recent_ids: int = RECENT_IDS) -> State:
@@ -572,24 +572,6 @@ def _pack_list(packer: msgpack.Packer, items: list[Any]) -> Iterator[bytes]:
     yield packer.pack_array_header(len(items))
     for i in range(0, len(items), CHUNK):
         yield packer.pack(items[i : i + CHUNK])[_array_header_size(min(CHUNK, len(items) - i)) :]
-
-
-def _pack_pieces(packer: msgpack.Packer, value: Any, path: tuple[str, ...]) -> Iterator[bytes]:
-    """``packer.pack(value)`` in pieces (the ledger's snapshot): maps and short lists of lists are opened
-    here, long lists packed CHUNK items at a time, the batches (up to MAX_BIN bytes each) one at a time."""
-    if type(value) is dict:
-        yield packer.pack_map_header(len(value))
-        for k, v in value.items():
-            yield packer.pack(k)
-            yield from _pack_pieces(packer, v, (*path, k))
-    elif type(value) is not list:
-        yield packer.pack(value)
-    elif path == ("ledger", "batches") or (len(value) <= SHARDS and any(type(v) in (list, dict) for v in value)):
-        yield packer.pack_array_header(len(value))
-        for v in value:
-            yield from _pack_pieces(packer, v, (*path, "[]"))
-    else:
-        yield from _pack_list(packer, value)
 
 
 def _bin_header(n: int) -> bytes:

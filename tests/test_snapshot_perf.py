@@ -19,7 +19,7 @@ import pytest
 import trio
 
 from node import events as ev
-from node import snapshot
+from node import receipt_ledger, snapshot
 from node import state as state_mod
 from node.events import EventDecodeError, decode_event, make_event
 from node.state import State
@@ -227,6 +227,50 @@ def test_the_encoding_in_pieces_is_msgpack_of_the_snapshot(events: list[ev.Event
     assert len(pieces) > 200
     assert b"".join(pieces) == msgpack.packb(s.to_snapshot(), use_bin_type=True)
     assert State.from_snapshot(msgpack.unpackb(b"".join(pieces), use_list=False)).root() == s.root()
+
+
+def receipt_events(batches: int, per: int, t0: int = T0) -> list[ev.Event]:
+    """Node keys and receipt batches of ``per`` version-1 receipts each (what the ledger holds)."""
+    out = [make_event(ev.NODE_KEY, (t0, i), "c0", id=f"n{i}", public_key=f"{i:064x}") for i in range(5)]
+    for b in range(batches):
+        wires = [[msgpack.packb([1, "compute", f"n{i % 5}", bytes(32), f"{t0 + b:032x}{i:032x}", 1, bytes(32), None,
+                                 1, bytes(20), 0], use_bin_type=True), bytes(64)] for i in range(per)]
+        out.append(make_event(ev.RECEIPT_BATCH, (t0 + b, 1), "c1", group_key="g", root="r", tree_size=per,
+                              signature="s", signers="c0,c1", receipts=msgpack.packb(wires, use_bin_type=True)))
+    return out
+
+
+def test_the_ledger_is_encoded_in_bounded_pieces_and_a_cut_keeps_it_as_it_was(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(state_mod, "CHUNK", 7)  # a piece closes at 7 entries, or 7 receipts' worth of batches
+    s = State()
+    assert s.apply_all(receipt_events(40, 3)) == 45 and len(s.ledger.receipts) == 120
+    root, receipts = s.root(), dict(s.ledger.receipts)
+    cut = s.frozen()
+    s.apply_all(receipt_events(10, 3, T0 + 1000))  # later batches do not reach the cut
+    assert len(s.ledger.receipts) == 150 and cut.ledger.receipts == receipts and cut.root() == root
+    pieces = list(cut.snapshot_pieces())
+    data = b"".join(pieces)
+    assert data == msgpack.packb(cut.to_snapshot(), use_bin_type=True)
+    # the ledger (about 25 KiB here) comes in many small pieces: 3 batches (9 receipts) or 7 receipts at most each;
+    # encoded whole, as before, it was one piece per batch or receipt list
+    ledger = data[data.index(msgpack.packb("ledger")):]
+    assert len(ledger) > 20_000 and max(map(len, pieces)) < 3_000
+    # and each piece's entries are built when it is asked for, not the whole ledger up front (250 ms on the event
+    # loop at 100,000 receipts)
+    built = []
+    entry = receipt_ledger._receipt_entry
+    monkeypatch.setattr(receipt_ledger, "_receipt_entry", lambda item: built.append(item) or entry(item))
+    lazy = cut.snapshot_pieces()
+    while not built:
+        next(lazy)
+    assert len(built) == 7
+    back = snapshot.decode(snapshot.encode(snapshot.Snapshot(cut, {}, 0))).state
+    assert back.root() == back.recomputed_root() == root and back.ledger.receipts == receipts
+    rid = next(iter(receipts))
+    located = back.ledger.locate(rid)  # the derived indexes, which a cut leaves out, are rebuilt on load
+    assert located is not None and hashlib.sha256(located[0].wires[located[1]][0]).digest() == rid
+    assert sum(len(ids) for ids in back.ledger.by_slot.values()) == 120
 
 
 def legacy_state(s: State) -> dict[str, Any]:
