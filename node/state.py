@@ -248,6 +248,8 @@ class State:
 
     def _note_new(self, ids: list[bytes]) -> None:
         """Count the events of ``ids`` (found new) as applied and add them to the recent ids; empty ``ids``."""
+        if not ids:
+            return
         self._applied += len(ids)
         if self._recent is None:
             self._recent_order.extend(ids)  # type: ignore[union-attr]  # (a cut's tuple takes no events)

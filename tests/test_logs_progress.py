@@ -148,9 +148,9 @@ class Applied:
     def __init__(self) -> None:
         self.ids: set[bytes] = set()
 
-    def __call__(self, events: list[ev.Event]) -> int:
+    def __call__(self, events: list[ev.EventTuple]) -> int:
         before = len(self.ids)
-        self.ids.update(event.id for event in events)
+        self.ids.update(event[6] for event in events)  # plain tuples: [6] is the id
         return len(self.ids) - before
 
 
