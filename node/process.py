@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 from hypercorn.config import Config as HyperConfig
+from hypercorn.trio.tcp_server import TCPServer
 
 from node.config import ConfigError, log_format
 from node.identity import KeyFileError
@@ -40,8 +41,30 @@ def _bind(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def close_connections_at_eof() -> None:
+    """Workaround for hypercorn-trio 0.18 (pinned) keeping a connection its client closed open until the
+    keep-alive timeout: once a connection's reader sees the end of the stream, its idle-timeout task is still
+    sleeping in the connection's task group, so the socket stays in CLOSE-WAIT for ``keep_alive_timeout``
+    (75 s here). A client that opens and closes connections (every short-lived CLI call, every load generator)
+    made a coordinator leak one file descriptor per connection: 300 in 30 s under the receipt benchmark, the
+    default limit of 1,024 within minutes. Hypercorn's asyncio server stops that task when the connection ends;
+    this does the same for the trio one. Idempotent."""
+    if getattr(TCPServer, "_dsdn_closes_at_eof", False):
+        return
+    read_data = TCPServer._read_data
+
+    async def read_then_stop_idle_timer(self: TCPServer) -> None:
+        await read_data(self)  # returns at the end of the stream, a broken connection or a read timeout
+        await self.idle_task.stop()
+
+    TCPServer._read_data = read_then_stop_idle_timer  # type: ignore[method-assign]
+    TCPServer._dsdn_closes_at_eof = True  # type: ignore[attr-defined]
+
+
 def hypercorn_config(host: str, port: int) -> HyperConfig:
-    """The server settings every coordinator (and the socket tests, and the HTTP benchmark) use."""
+    """The server settings every coordinator (and the socket tests, and the HTTP benchmark) use; also applies
+    ``close_connections_at_eof`` (every server of ours is configured here)."""
+    close_connections_at_eof()
     hcfg = HyperConfig()
     hcfg.bind = [_bind(host, port)]
     hcfg.accesslog = None

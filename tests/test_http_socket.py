@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable
 from functools import partial
 
@@ -72,3 +73,35 @@ async def test_connection_close_is_honoured(base_url: str) -> None:
                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     data, closed = await raw_exchange(base_url, request, 3)
     assert data.startswith(b"HTTP/1.1 200") and closed
+
+
+async def test_connections_their_clients_close_are_closed_at_once(base_url: str) -> None:
+    # hypercorn-trio kept each one open (CLOSE-WAIT) until its keep-alive timeout, 75 s: a client opening and
+    # closing connections leaked a file descriptor per connection (node.process.close_connections_at_eof)
+    host, port = base_url.removeprefix("http://").split(":")
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    async def list_nodes(stream: trio.SocketStream) -> None:  # keep-alive: the server keeps the connection
+        await stream.send_all(b"GET /nodes HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while not data.endswith(b"\r\n\r\n[]"):  # the whole response: no node is registered
+            data += await stream.receive_some(65536)
+        assert data.startswith(b"HTTP/1.1 200"), data
+
+    await trio.sleep(0.1)
+    before = open_fds()
+    for _ in range(20):
+        stream = await trio.open_tcp_stream(host, int(port))
+        await list_nodes(stream)
+        await trio.sleep(0.02)  # the server has gone idle on it (closed at once, the leak did not show)
+        await stream.aclose()
+    with trio.fail_after(5):
+        while open_fds() > before + 2:  # the server's side of all 20 is closed (not in 75 s)
+            await trio.sleep(0.05)
+    stream = await trio.open_tcp_stream(host, int(port))  # while one its client keeps serves request after request
+    for _ in range(3):
+        await list_nodes(stream)
+        await trio.sleep(0.1)
+    await stream.aclose()
