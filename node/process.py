@@ -47,14 +47,15 @@ def close_connections_at_eof() -> None:
     sleeping in the connection's task group, so the socket stays in CLOSE-WAIT for ``keep_alive_timeout``
     (75 s here). A client that opens and closes connections (every short-lived CLI call, every load generator)
     made a coordinator leak one file descriptor per connection: 300 in 30 s under the receipt benchmark, the
-    default limit of 1,024 within minutes. Hypercorn's asyncio server stops that task when the connection ends;
-    this does the same for the trio one. Idempotent."""
+    default limit of 1,024 within minutes. Hypercorn's asyncio server stops that task when it closes the
+    connection; this stops it as soon as the reader is done (end of stream or a broken connection: no read
+    timeout is configured), while request handlers still running finish in the task group. Idempotent."""
     if getattr(TCPServer, "_dsdn_closes_at_eof", False):
         return
     read_data = TCPServer._read_data
 
     async def read_then_stop_idle_timer(self: TCPServer) -> None:
-        await read_data(self)  # returns at the end of the stream, a broken connection or a read timeout
+        await read_data(self)  # returns at the end of the stream or on a broken connection
         await self.idle_task.stop()
 
     TCPServer._read_data = read_then_stop_idle_timer  # type: ignore[method-assign]
@@ -62,8 +63,8 @@ def close_connections_at_eof() -> None:
 
 
 def hypercorn_config(host: str, port: int) -> HyperConfig:
-    """The server settings every coordinator (and the socket tests, and the HTTP benchmark) use; also applies
-    ``close_connections_at_eof`` (every server of ours is configured here)."""
+    """The server settings every coordinator (and the blob store, the devnet, the socket tests and the HTTP
+    benchmark's coordinator) use; also applies ``close_connections_at_eof``."""
     close_connections_at_eof()
     hcfg = HyperConfig()
     hcfg.bind = [_bind(host, port)]

@@ -87,7 +87,9 @@ async def test_connections_their_clients_close_are_closed_at_once(base_url: str)
         await stream.send_all(b"GET /nodes HTTP/1.1\r\nHost: x\r\n\r\n")
         data = b""
         while not data.endswith(b"\r\n\r\n[]"):  # the whole response: no node is registered
-            data += await stream.receive_some(65536)
+            chunk = await stream.receive_some(65536)
+            assert chunk, f"the server closed a kept-alive connection: {data!r}"
+            data += chunk
         assert data.startswith(b"HTTP/1.1 200"), data
 
     await trio.sleep(0.1)
