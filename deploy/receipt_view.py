@@ -55,6 +55,9 @@ class StateLedgerView:
         return rc.document(receipt, bytes.fromhex(batch.root), batch.tree_size, index, path,
                            bytes.fromhex(batch.signature), bytes.fromhex(batch.group_key), list(batch.signers))
 
+    def holds(self, receipt_id: bytes) -> bool:
+        return receipt_id in self._state().ledger.receipts
+
     def signed_ids(self) -> list[bytes]:
         return list(self._state().ledger.receipts)
 
