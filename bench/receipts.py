@@ -20,6 +20,8 @@ Measured in the same run:
    is printed beside the lean one; then the same through ``POST /receipts/batch`` (B receipts per request, C/8
    concurrent submitters: an aggregator reporting for many nodes), where the HTTP cost per receipt no longer
    dominates.
+4. Resources: each coordinator's open file descriptors and RSS before and after both throughput runs (a leak of
+   one descriptor per client connection showed up so).
 Goals (issue 9): p50 ≤ 15 ms, p99 ≤ 50 ms, ≥ 1,000 receipts/s final. Run ``python -m bench.receipts``
 (``--receipts N --concurrency C``); the cluster runs in a temporary directory and is stopped at the end.
 """
@@ -140,6 +142,17 @@ class LeanHttp:
         for stream in self.streams.values():
             await stream.aclose()
         self.streams.clear()
+
+
+def resources(pid: int) -> tuple[int, float] | None:
+    """(open file descriptors, resident MiB) of a process (Linux /proc), None where that cannot be read."""
+    try:
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
+        rss_kib = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                       if line.startswith("VmRSS:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+    return fds, rss_kib / 1024
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -319,6 +332,8 @@ async def measure(data: Path, receipts: int, concurrency: int, sequential: int, 
             finally:
                 await client.aclose()
 
+        coordinators = [p for p in info["processes"] if p["role"] == "coordinator"]
+        held = {p["id"]: resources(p["pid"]) for p in coordinators}
         before = await signed_batches(http, urls)
         elapsed = await timed(submitter, bodies, concurrency)
         rate = done / elapsed
@@ -353,6 +368,14 @@ async def measure(data: Path, receipts: int, concurrency: int, sequential: int, 
         say(f"bulk throughput: {bulk_done} final ({bulk_failed} not) in requests of {bulk} by {submitters} "
             f"concurrent submitters in {elapsed:.2f} s = {bulk_rate:.0f} receipts/s; {batches} batches (mean "
             f"{bulk_done / max(batches, 1):.1f} receipts each)")
+        # what the coordinators hold after 2 × N receipts from 64 + 8 clients that closed their connections: open
+        # file descriptors should come back to where they were (a leak of one per client connection was found so)
+        await trio.sleep(1.0)
+        after = {p["id"]: resources(p["pid"]) for p in coordinators}
+        if all(held.values()) and all(after.values()):
+            say("coordinators before → after both throughput runs: open fds "
+                + ", ".join(f"{held[k][0]}→{after[k][0]}" for k in held)  # type: ignore[index]
+                + "; RSS MiB " + ", ".join(f"{held[k][1]:.0f}→{after[k][1]:.0f}" for k in held))  # type: ignore[index]
         verdict("receipt latency p50 ≤ 15 ms", p50 <= 0.015, f"{p50 * 1000:.1f} ms")
         verdict("receipt latency p99 ≤ 50 ms", p99 <= 0.050, f"{p99 * 1000:.1f} ms")
         verdict("receipts final ≥ 1,000/s (one receipt per POST)", rate >= 1000, f"{rate:.0f}/s")
