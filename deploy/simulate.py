@@ -442,7 +442,8 @@ async def heal(cluster: SimCluster) -> None:
 
 def check_safety(plan: Plan, cluster: SimCluster, records: list[Any], outcome: Outcome) -> None:
     key = cluster.group_key  # None: no honest member has a key (the DKG did not complete: a liveness violation)
-    if key is None and (cluster.signed_ids() or any(r.document is not None for r in records)):
+    if key is None and (cluster.signed_ids() or cluster.observed.documents
+                        or any(r.document is not None for r in records)):
         outcome.safety.append("receipts signed while no honest member holds a group key")
     signed: dict[tuple[str, str, str, int], set[bytes]] = {}
     for m in cluster.members.values():
@@ -454,13 +455,12 @@ def check_safety(plan: Plan, cluster: SimCluster, records: list[Any], outcome: O
             if key is None or merkle.root(raws) != root or not rc_verify(key, root, len(raws),
                                                                          bytes.fromhex(batch.signature)):
                 outcome.safety.append(f"a batch on {m.id} does not verify under the group key")
-    for record in records:
-        doc = record.document
-        if doc is not None:
-            valid, reason = rc.verify_document(doc, key) if key is not None else (False, "no group key")
-            if not valid:
-                outcome.safety.append(f"a document given to a client does not verify: {reason}")
-            signed.setdefault(record.receipt.slot, set()).add(record.receipt.id)
+    given = [*cluster.observed.documents, *((r.receipt, r.document) for r in records if r.document is not None)]
+    for receipt, doc in given:
+        valid, reason = rc.verify_document(doc, key) if key is not None else (False, "no group key")
+        if not valid:
+            outcome.safety.append(f"a document given to a client does not verify: {reason}")
+        signed.setdefault(receipt.slot, set()).add(receipt.id)
     for receipts, root, signature in cluster.observed.adversary_signatures:
         if key is not None and rc_verify(key, root, len(receipts), signature):
             for r in receipts:

@@ -183,6 +183,8 @@ class Observed:
 
     shares: list[tuple[str, tuple[bytes, bytes]]] = field(default_factory=list)
     adversary_signatures: list[tuple[list[rc.Receipt], bytes, bytes]] = field(default_factory=list)
+    # the signed documents as the clients waiting on them got them (the proposer lets go of them later)
+    documents: list[tuple[rc.Receipt, dict[str, Any]]] = field(default_factory=list)
 
 
 class SimCluster:
@@ -355,6 +357,16 @@ class SimCluster:
             return reply
 
         service._sign_share = sign_share  # type: ignore[method-assign]
+        honest_settle = service._settle_final
+
+        def settle_final(final: list[rc.Receipt]) -> None:
+            for r in final:
+                record = service.records.get(r.id)
+                if record is not None and record.document is not None and record.status != "final":
+                    self.observed.documents.append((r, record.document))
+            honest_settle(final)
+
+        service._settle_final = settle_final  # type: ignore[method-assign]
 
     async def start(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery
