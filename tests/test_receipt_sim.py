@@ -54,6 +54,8 @@ async def test_receipts_sent_to_every_coordinator_are_all_signed(tmp_path: Path,
         for _, doc in cluster.observed.documents:
             check_document(doc, cluster.group_key)
         assert all(rec.document is None for rec in records)
+        # and no member keeps them in its cache of receipts locked for signing any more
+        assert not any(ids & set(cluster.service(m.id)._locked) for m in cluster.members.values())
         for m in cluster.members.values():
             for r in receipts:
                 doc = cluster.service(m.id).lookup(r.id)
