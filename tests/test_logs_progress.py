@@ -4,6 +4,7 @@ on a real Coordinator whose DA log holds back its second half until the test rel
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import logging
@@ -266,3 +267,28 @@ async def test_a_log_that_cannot_be_read_names_the_error(autojump_clock: trio.te
     assert primary["error"] == "reading after 0 failed: primary: connection refused"
     assert primary["cursor"] == 0 and primary["head"] == 10 and primary["heights_per_s"] == 0.0
     assert report["eta_s"] is None and progress.reports == 1
+
+
+async def test_catching_up_freezes_the_collected_heap_until_the_head(autojump_clock: trio.testing.MockClock) -> None:
+    """While behind, each page's registers leave the collector's generations (gc.freeze: no young-generation pass
+    walks them again); a page at the head, or the consumer stopping mid-way, hands them all back (gc.unfreeze)."""
+    key = nacl.signing.SigningKey.generate()
+    log = SlowLog(signed_blobs(key, 80), read_s=0.1)  # pages of 32 blobs: 32, 64 behind, then 80 at the head
+    consumer = Consumer(log, Applied(), frozenset({bytes(key.verify_key)}))
+    gc.unfreeze()
+    try:
+        frozen = []
+        for _ in range(3):
+            at_head = await consumer.poll_once()
+            frozen.append((consumer.cursor, at_head, gc.get_freeze_count() > 0))
+        assert frozen == [(32, False, True), (64, False, True), (80, True, False)]
+        # a consumer cancelled behind the head unfreezes too
+        behind = Consumer(SlowLog(signed_blobs(key, 40), read_s=0.1), Applied(), frozenset({bytes(key.verify_key)}))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(behind.run)
+            await wait_for(lambda: behind.cursor == 32, timeout=5)
+            assert gc.get_freeze_count() > 0
+            nursery.cancel_scope.cancel()  # stopped behind the head
+        assert gc.get_freeze_count() == 0
+    finally:
+        gc.unfreeze()
