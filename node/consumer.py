@@ -65,9 +65,10 @@ def spare_collector(*, catching_up: bool) -> None:
     5% of a rebuild's CPU time, in a few passes of ~25 ms. So while catching up, ``gc.freeze()`` after each page
     moves everything alive to the permanent generation, which no collection walks; once a page reaches the head,
     ``gc.unfreeze()`` hands all of it to the oldest generation, where the next full collection finds any cycles
-    among it as usual: nothing escapes the collector for longer than a catch-up. Both are O(1) and process-wide:
-    with several consumers (one per followed log), one at its head unfreezes while another still catches up,
-    which only costs the latter part of the gain."""
+    among it as usual: nothing escapes the collector for longer than a catch-up. The price: cyclic garbage made
+    meanwhile waits for the head too (measured: ~140 objects a page of Celestia reads, ~0.1% of what a page adds to
+    the state). Both calls are O(1) and process-wide: with several consumers (one per followed log), one at its
+    head unfreezes while another still catches up, which only costs the latter part of the gain."""
     if catching_up:
         gc.freeze()
     else:
