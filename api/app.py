@@ -8,7 +8,6 @@ Retry-After (MAX_INFLIGHT_WRITES). Never a 500 for bad input.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -21,7 +20,8 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from api import validation as v
-from api.asgi_fix import shield_final_send
+from api.asgi_fix import quart_app
+from api.auth import bearer_matches
 from api.blobstore import BlobStore, register_blobstore_routes
 from api.dashboard import register_dashboard_routes
 from api.metrics import register_metrics_routes
@@ -98,11 +98,10 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
     ``peers``: its peer links (/cluster/peers); ``dkg``: the cluster key (/cluster/status, /cluster/dkg);
     ``receipts``: the receipt engine (/receipts, api/receipts.py); ``receipt_view``: the signed receipts of the
     state, served without an engine too."""
-    app = QuartTrio("dsdn-coordinator")
+    app = quart_app("dsdn-coordinator")
     app.config["MAX_CONTENT_LENGTH"] = max(MAX_BODY, validator.max_body_bytes if validator else 0)
     app.config["BODY_TIMEOUT"] = 30
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.asgi_app = shield_final_send(app.asgi_app)  # type: ignore[method-assign]
     token = coord.config.api_token
 
     def mutating(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -110,7 +109,7 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
         async def guarded(*args: Any, **kwargs: Any) -> Any:
             if token is not None:
                 given = request.headers.get("Authorization", "")
-                if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                if not bearer_matches(given, token):
                     raise ApiError(401, {"error": "unauthorized",
                                          "message": "this route needs Authorization: Bearer <COORDINATOR_API_TOKEN>"},
                                    {"WWW-Authenticate": "Bearer"})
@@ -376,8 +375,7 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
         return openapi_document(VERSION, quorum=validator is not None)
 
     def registered_key(node_id: str) -> bytes | None:
-        entry = coord.state.ledger.node_keys.get(node_id) if coord.state.node(node_id) is not None else None
-        return bytes.fromhex(entry[1]) if entry is not None else None
+        return coord.state.ledger.key_of(node_id) if coord.state.node(node_id) is not None else None
 
     register_receipt_routes(app, receipts, receipt_view, mutating, json_body, ApiError, registered_key)
     register_metrics_routes(app, coord, peers, dkg, receipts)  # GET /metrics, no auth (like /health)

@@ -60,7 +60,7 @@ from quart import Blueprint, Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from api.asgi_fix import shield_final_send
+from api.asgi_fix import quart_app
 from node.da.blobstore_client import (
     MAX_LOG_LIMIT,
     MAX_LOG_WAIT_MS,
@@ -380,10 +380,9 @@ def register_blobstore_routes(app: QuartTrio, store: BlobStore) -> None:
 
 def create_blobstore_app(store: BlobStore) -> QuartTrio:
     """A stand-alone app serving only the blob store, with JSON errors for every path."""
-    app = QuartTrio("dsdn-blobstore")
+    app = quart_app("dsdn-blobstore")
     app.config["MAX_CONTENT_LENGTH"] = store.max_body_bytes
     app.config["BODY_TIMEOUT"] = 30
-    app.asgi_app = shield_final_send(app.asgi_app)  # type: ignore[method-assign]
 
     @app.errorhandler(HTTPException)
     async def http_error(e: HTTPException) -> Response:

@@ -232,7 +232,11 @@ def register_receipt_routes(app: QuartTrio, service: ReceiptService | None, view
     async def verify_receipt() -> Any:
         doc = await json_body()
         key = service.keys.key if service is not None else None
-        valid, reason = rc.verify_document(doc, key.group_public_key if key is not None else None)
+        if key is None:  # the document's own key proves nothing: anyone can sign a batch with a key of their own
+            raise fail(503, "no_group_key", "this coordinator holds no group key yet (no cluster, or its key "
+                       "generation has not finished), so it cannot tell the cluster's signature from anyone's: "
+                       "verify offline with `dsdn receipt verify --group-key <the cluster's key>`")
+        valid, reason = rc.verify_document(doc, key.group_public_key)
         return {"valid": valid, "reason": reason}
 
 
@@ -289,8 +293,8 @@ RECEIPT_ROUTES: list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any],
      RECEIPT_PAGE, (422, 503)),
     ("GET", "/receipts/<receipt_id>", "A receipt: the signed document when final, else its status", None,
      RECEIPT_DOC, (404, 503)),
-    ("POST", "/receipts/verify", "Verify a signed receipt document offline: {valid, reason}", _OBJ, VERIFIED,
-     (400, 413, 415, 422)),
+    ("POST", "/receipts/verify", "Verify a signed receipt document against this cluster's group key: {valid, "
+     "reason}", _OBJ, VERIFIED, (400, 413, 415, 422, 503)),
 ]
 RECEIPT_SUCCESS = {("POST", "/receipts"): 202}
 RECEIPT_PATH_PARAMS = {"receipt_id": {"type": "string", "description": "64 hex characters"}}

@@ -25,8 +25,8 @@ MAX_U63 = 2**63 - 1
 
 ID_PATTERN = ID_RE.pattern  # ^[A-Za-z0-9._:-]{1,128}$
 HASH_PATTERN = r"^[A-Za-z0-9._:-]{1,256}$"
-# 1-128 characters, no control characters, neither starting nor ending with a space
-ZONE_PATTERN = r"^[^\x00-\x20\x7f](?:[^\x00-\x1f\x7f]*[^\x00-\x20\x7f])?$"
+# 1-128 characters, no control characters (C0, DEL, C1), neither starting nor ending with a space
+ZONE_PATTERN = r"^[^\x00-\x20\x7f-\x9f](?:[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\x9f])?$"
 MAX_ZONE = 128
 DATA_HEX_PATTERN = r"^(?:[0-9A-Fa-f]{2})+$"  # whole bytes, no 0x, no spaces
 

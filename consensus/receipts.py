@@ -63,6 +63,11 @@ def _int(value: Any, field: str, lo: int, hi: int) -> int:
     return value
 
 
+def _json_int(value: Any) -> Any:
+    """A JSON number as JSON Schema reads it: ``5.0`` is the integer 5 (``receipt_bytes`` keep strict types)."""
+    return int(value) if type(value) is float and value.is_integer() else value
+
+
 @dataclass(frozen=True)
 class Receipt:
     receipt_type: str
@@ -149,7 +154,7 @@ def from_json(body: dict[str, Any], node_public_key: bytes | None = None) -> Rec
         subject = _hex(subject, "subject", _HEX64, "a workload id: 64 hex characters")
     elif type(subject) is not str or not _SUBJECT.fullmatch(subject):
         raise ReceiptError("subject", "a registered object hash (1-256 characters of A-Z a-z 0-9 . _ : -)")
-    epoch = _int(body.get("epoch"), "epoch", 1, MAX_U63)
+    epoch = _int(_json_int(body.get("epoch")), "epoch", 1, MAX_U63)
     proof = bytes.fromhex(_hex(body.get("usage_proof_hash"), "usage_proof_hash", _HEX64, "64 hex characters"))
     ec_raw = body.get("execution_commitment")
     commitment: tuple[bytes, ...] | None = None
@@ -165,9 +170,9 @@ def from_json(body: dict[str, Any], node_public_key: bytes | None = None) -> Rec
             raise ReceiptError("execution_commitment", "its workload_id equal to the subject")
     elif ec_raw is not None:
         raise ReceiptError("execution_commitment", "null for a storage receipt")
-    reward = _int(body.get("reward_base"), "reward_base", 1, MAX_REWARD)
+    reward = _int(_json_int(body.get("reward_base")), "reward_base", 1, MAX_REWARD)
     submitter = bytes.fromhex(_hex(body.get("submitter_address"), "submitter_address", _HEX40, "40 hex characters"))
-    timestamp = _int(body.get("timestamp"), "timestamp", 0, MAX_U63)
+    timestamp = _int(_json_int(body.get("timestamp")), "timestamp", 0, MAX_U63)
     signature = bytes.fromhex(_hex(body.get("node_signature"), "node_signature", _HEX128, "128 hex characters"))
     key_field = body.get("node_public_key")
     if key_field is not None:

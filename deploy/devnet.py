@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import hmac
 import json
 import logging
 import os
@@ -44,7 +43,8 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from api.asgi_fix import shield_final_send
+from api.asgi_fix import quart_app
+from api.auth import bearer_matches
 from node.da.celestia import b64, b64decode_strict
 from node.da.commitment import blob_commitment, share_count
 from node.da.namespace import NamespaceError, validate_namespace
@@ -416,9 +416,8 @@ class Devnet:
         log.info("fault mode %s%s", self.mode, f" ({latency:g} ms)" if self.mode == "slow" else "")
 
     def create_app(self) -> QuartTrio:
-        app = QuartTrio("dsdn-devnet")
+        app = quart_app("dsdn-devnet")
         app.config["MAX_CONTENT_LENGTH"] = 4 * self.max_blob_bytes + 1024 * 1024
-        app.asgi_app = shield_final_send(app.asgi_app)  # type: ignore[method-assign]
 
         def reply(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
             return Response(json.dumps(value, separators=(",", ":")), status,
@@ -431,7 +430,7 @@ class Devnet:
             if self.auth_token is None:
                 return None
             given = request.headers.get("Authorization", "")
-            if hmac.compare_digest(given.encode(), f"Bearer {self.auth_token}".encode()):
+            if bearer_matches(given, self.auth_token):
                 return None
             return reply({"error": "unauthorized", "message": "send Authorization: Bearer <token>"}, 401,
                          {"WWW-Authenticate": "Bearer"})

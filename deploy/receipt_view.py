@@ -35,8 +35,7 @@ class StateLedgerView:
         state = self._state()
         if state.node(node_id) is None:
             return False, None
-        entry = state.ledger.node_keys.get(node_id)
-        return True, bytes.fromhex(entry[1]) if entry is not None else None
+        return True, state.ledger.key_of(node_id)
 
     def replica(self, object_hash: str, node_id: str) -> bool | None:
         found = self._state().object(object_hash)

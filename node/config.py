@@ -367,6 +367,11 @@ def load(env: Mapping[str, str]) -> Config:
         raise ConfigError("EMERGENCY_DA_URL", None, "the emergency DA URL when FALLBACK_DA_TYPE=emergency")
 
     api_token = _get(env, "COORDINATOR_API_TOKEN")
+    if api_token is not None and not all("!" <= c <= "~" for c in api_token):
+        # it travels in a header, which the server decodes as latin-1 and clients encode as they like: a token
+        # with "é" in it could never match, whatever the client sent
+        raise ConfigError("COORDINATOR_API_TOKEN", "<not shown>", "visible ASCII characters only (no spaces): it "
+                          "is sent in an HTTP header (Authorization: Bearer <token>)")
     if network == "mainnet" and not use_mock and api_token is None:
         raise ConfigError("COORDINATOR_API_TOKEN", None, "a token (mandatory with DA_NETWORK=mainnet)")
     host = _host(env)

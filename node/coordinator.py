@@ -227,9 +227,9 @@ class Coordinator:
     def node_json(self, node_id: str, rec: tuple[str, str, int]) -> dict[str, Any]:
         """The seed's node shape, plus ``public_key`` for a node that registered one."""
         out: dict[str, Any] = {"id": node_id, "zone": rec[0], "addr": rec[1], "capacity_gb": rec[2], "meta": {}}
-        key = self.state.ledger.node_keys.get(node_id)
+        key = self.state.ledger.key_of(node_id)
         if key is not None:
-            out["public_key"] = key[1]
+            out["public_key"] = key.hex()
         return out
 
     def list_nodes(self) -> list[dict[str, Any]]:

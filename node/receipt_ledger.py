@@ -93,6 +93,17 @@ class ReceiptLedger:
         self._rehash("k", node_id, current, version, key)
         return True
 
+    def key_of(self, node_id: str) -> bytes | None:
+        """The node's key as 32 bytes, or None: none registered, or the register holds something that is not 64
+        hex digits (the API only writes valid keys, but a faulty or lying member may publish any string; the
+        register keeps it like any other value, and every reader takes it for "no key")."""
+        entry = self.node_keys.get(node_id)
+        try:
+            key = bytes.fromhex(entry[1]) if entry is not None and len(entry[1]) == 64 else None
+        except ValueError:
+            return None
+        return key if key is not None and len(key) == 32 else None  # (fromhex skips spaces)
+
     def add_batch(self, version: Version, fields: tuple[Any, ...]) -> int:
         batch_id = version[3]
         if batch_id in self.batches:

@@ -6,11 +6,16 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
+import nacl.signing
 import pytest
 import trio
 
 from api.app import create_app
 from api.openapi import ROUTES, openapi_path
+from consensus import merkle
+from consensus import receipts as rc
+from deploy.receipt_view import StateLedgerView
+from node import events as ev
 from node.config import Config
 from node.coordinator import Coordinator
 from node.da.mock import MockDA
@@ -49,6 +54,43 @@ async def test_register_list_and_get_nodes(client: Any) -> None:
     assert [n["id"] for n in await get(client, "/nodes")] == ["a:b.c_d-9", "n3", "node-1"]
 
 
+def compute_receipt(key: nacl.signing.SigningKey) -> rc.Receipt:
+    return rc.sign_as_node(key, receipt_type="compute", node_id="node-1", subject="ab" * 32, epoch=1,
+                           usage_proof_hash="cd" * 32, execution_commitment=["ab" * 32] + ["ef" * 32] * 5,
+                           reward_base=1, submitter_address="12" * 20, timestamp=1)
+
+
+async def test_a_node_key_that_is_not_hex_reads_as_no_key(client: Any, coord: Coordinator) -> None:
+    """The API writes only valid keys, but the log may carry any string from a faulty member: it reads as no key
+    (GET /node leaves it out, the receipt engine's validation finds no key), never as a 500."""
+    view = StateLedgerView(lambda: coord.state, None, None, None)  # type: ignore[arg-type]
+    key = nacl.signing.SigningKey(b"k" * 32)
+    await post(client, "/register", {**NODE, "public_key": bytes(key.verify_key).hex()})
+    assert (await get(client, "/node/node-1"))["public_key"] == bytes(key.verify_key).hex()
+    for junk in ("not-hex", "a b" * 21 + "c", "zz" * 32, "ab" * 31):
+        assert coord.state.apply(ev.make_event(ev.NODE_KEY, (2**62, len(junk) + ord(junk[0])), "c9", id="node-1",
+                                               public_key=junk))
+        assert "public_key" not in await get(client, "/node/node-1")
+        body = await post(client, "/receipts", compute_receipt(key).to_json(), 503)  # past the key: no receipt engine
+        assert body["error"] == "no_cluster", body
+        assert view.node_key("node-1") == (True, None)
+
+
+async def test_without_a_group_key_a_document_is_not_called_valid(client: Any) -> None:
+    """A coordinator with no group key cannot tell the cluster's signature from anyone's: a document signed with a
+    key of the forger's own (carried in the document) gets a 503, not {"valid": true}."""
+    node, forger = nacl.signing.SigningKey(b"n" * 32), nacl.signing.SigningKey(b"f" * 32)
+    receipt = compute_receipt(node)
+    group = bytes(forger.verify_key)
+    leaf = receipt.to_bytes()
+    root = merkle.root([leaf])
+    signature = forger.sign(rc.batch_message(group, root, 1)).signature
+    doc = rc.document(receipt, root, 1, 0, [], signature, group, ["c0"])
+    assert rc.verify_document(doc) == (True, "valid")  # self-consistent: only a pinned key tells it apart
+    body = await post(client, "/receipts/verify", doc, 503)
+    assert body["error"] == "no_group_key" and "--group-key" in body["message"]
+
+
 async def test_unknown_node_is_404_with_the_seed_body(client: Any) -> None:
     body = await get(client, "/node/ghost", 404)
     assert body["error"] == "node not found" and body["node_id"] == "ghost"
@@ -68,6 +110,7 @@ async def test_unknown_node_is_404_with_the_seed_body(client: Any) -> None:
         # found by fuzzing the contract: a trailing newline passed `$`, a lone surrogate or an address over an
         # event's 256 characters answered 500
         ({"id": "node-1\n"}, "id"), ({"zone": "\ud800"}, "zone"), ({"zone": " z"}, "zone"), ({"zone": "z\x1f"}, "zone"),
+        ({"zone": "a\x85b"}, "zone"), ({"zone": "\x9fz"}, "zone"),
         ({"addr": "h" * 250 + ".io:80"}, "addr"), ({"addr": "[::1%eth0]:80"}, "addr"),
         ({"addr": "10.0.0.1:080\n"}, "addr"),
     ],
@@ -98,6 +141,10 @@ async def test_unknown_routes_and_methods_are_json(client: Any) -> None:
     assert body["error"] == "not_found"
     resp = await client.delete("/nodes")
     assert resp.status_code == 405 and (await resp.get_json())["error"] == "method_not_allowed"
+    # repeated slashes are no route either (werkzeug would answer a 308 redirect with an HTML body)
+    for path in ("/system//info", "/node//node-1", "/nodes//"):
+        assert (await get(client, path, 404))["error"] == "not_found"
+    assert (await post(client, "/fallback//reconcile", {}, 404))["error"] == "not_found"
 
 
 @pytest.mark.parametrize(("method", "path", "allow"), [
@@ -379,7 +426,12 @@ async def test_token_guards_mutating_routes(nursery: trio.Nursery, make_config: 
         assert (await resp.get_json())["error"] == "unauthorized"
     resp = await client.post("/register", json=NODE, headers={"Authorization": "Bearer wrong"})
     assert resp.status_code == 401
+    for wrong in ("Bearer s3cret2", "Bearer s3cre", "Basic s3cret", "Bearers3cret", "s3cret", "Bearer  s3cret x"):
+        assert (await client.post("/register", json=NODE, headers={"Authorization": wrong})).status_code == 401
     assert await post(client, "/register", NODE, headers={"Authorization": "Bearer s3cret"}) == {"ok": True}
+    # the scheme name is case-insensitive (RFC 9110 §11.1), and one or more spaces may follow it
+    for right in ("bearer s3cret", "BEARER s3cret", "Bearer   s3cret"):
+        assert await post(client, "/register", NODE, headers={"Authorization": right}) == {"ok": True}
     assert len(await get(client, "/nodes")) == 1  # reads need no token
     assert (await post(client, "/schedule", {}, 404))["error"] == "no suitable node"
 

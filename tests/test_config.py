@@ -44,6 +44,15 @@ def test_data_dir_follows_the_id_and_host_names_are_accepted() -> None:
                  "COORDINATOR_API_TOKEN": "t"}).host == "coord-1.example.org"
 
 
+@pytest.mark.parametrize("token", ["s3crét", "two words", "tab\there"])
+def test_a_token_that_cannot_travel_in_a_header_is_refused_without_showing_it(token: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load({"USE_MOCK_DA": "true", "COORDINATOR_API_TOKEN": token})
+    assert err.value.var == "COORDINATOR_API_TOKEN" and "visible ASCII" in str(err.value)
+    assert token not in str(err.value)
+    assert load({"USE_MOCK_DA": "true", "COORDINATOR_API_TOKEN": "Ab0-._~+/=!#$%&*^`|"}).api_token is not None
+
+
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.0.0.5", "192.168.1.2", "coord-1.example.org", "2001:db8::1"])
 def test_a_non_loopback_bind_without_a_token_is_refused_unless_meant(host: str) -> None:
     with pytest.raises(ConfigError) as err:

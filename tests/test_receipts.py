@@ -55,6 +55,7 @@ def test_compute_receipt_carries_six_hashes_and_its_workload_is_the_subject() ->
 @pytest.mark.parametrize(("field", "value"), [
     ("receipt_type", "bandwidth"), ("node_id", ""), ("epoch", 0), ("epoch", True), ("usage_proof_hash", "zz"),
     ("reward_base", 0), ("reward_base", 10**12 + 1), ("submitter_address", "00" * 19), ("timestamp", -1),
+    ("epoch", 5.5), ("reward_base", 1e13), ("timestamp", float("nan")), ("epoch", "5"),
     ("subject", ""), ("execution_commitment", ["00" * 32] * 6),
     ("node_id", "n1\n"), ("subject", "obj\n"), ("usage_proof_hash", "11" * 32 + "\n"),  # (a regex $ allows that \n)
 ])
@@ -62,6 +63,13 @@ def test_malformed_fields_are_named(field: str, value: object) -> None:
     with pytest.raises(rc.ReceiptError) as err:
         rc.sign_as_node(NODE, **{**FIELDS, field: value})
     assert err.value.field == field
+
+
+def test_a_json_number_with_no_fraction_is_an_integer() -> None:
+    """As JSON Schema (and the OpenAPI document's ``integer``) read it: 5.0 is the receipt of epoch 5."""
+    as_floats = {**FIELDS, "epoch": float(FIELDS["epoch"]), "reward_base": float(FIELDS["reward_base"]),
+                 "timestamp": float(FIELDS["timestamp"])}
+    assert rc.sign_as_node(NODE, **as_floats) == rc.sign_as_node(NODE, **FIELDS)
 
 
 def test_non_canonical_or_oversized_bytes_are_refused() -> None:
