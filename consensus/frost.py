@@ -53,6 +53,14 @@ class FrostError(ValueError):
     """Invalid input to a FROST operation (bad encoding, identity/small-order point, bad identifier, ...)."""
 
 
+class InvalidCommitmentError(FrostError):
+    """A session's nonce commitment is not a valid group element; ``culprits`` names whose it is."""
+
+    def __init__(self, culprit: int, message: str) -> None:
+        self.culprits: tuple[int, ...] = (culprit,)
+        super().__init__(message)
+
+
 class InvalidShareError(FrostError):
     """Signature shares failed verification; ``culprits`` names exactly the signers whose shares are bad."""
 
@@ -254,7 +262,10 @@ class SigningSession:
 def _session(group_public_key: bytes, message: bytes, clist: CommitmentList) -> SigningSession:
     _long_lived_element(group_public_key, "group public key")
     for i, d, _ in clist:
-        _element(d, f"hiding commitment of participant {i}")
+        try:
+            deserialize_element(d, f"hiding commitment of participant {i}")
+        except GroupError as err:
+            raise InvalidCommitmentError(i, str(err)) from None
     prefix = group_public_key + H4(message) + H5(b"".join(serialize_scalar(i) + d + e for i, d, e in clist))
     rho = {i: hash_to_scalar(CONTEXT_STRING, b"rho", prefix, serialize_scalar(i)) for i, _, _ in clist}
     shares: dict[int, bytes] = {}
@@ -262,7 +273,7 @@ def _session(group_public_key: bytes, message: bytes, clist: CommitmentList) -> 
         try:  # mul validates E (canonical, on the curve, prime-order subgroup, not identity)
             shares[i] = add(d, mul(e, rho[i], f"binding commitment of participant {i}"))
         except GroupError as err:
-            raise FrostError(str(err)) from None
+            raise InvalidCommitmentError(i, str(err)) from None
     r = add_all(list(shares.values()))
     if r == IDENTITY:
         raise FrostError("group commitment is the identity element")

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +78,18 @@ class LockStore:
         if self.broken is not None:
             raise LockTableBroken(self.broken)
 
+    @contextmanager
+    def _using(self) -> Iterator[None]:
+        """Around every other read or write of the table: refused once broken; a database error (disk full, an
+        I/O error) breaks the store, so the caller sees ``LockTableBroken`` and the coordinator stops signing
+        but keeps serving, rather than an sqlite3 error taking the service down."""
+        self._check()
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            self.broken = f"lock table {self.path} failed: {exc}"
+            raise LockTableBroken(self.broken) from None
+
     def lock_batch(self, receipts: Sequence[Receipt], validate: Validate, proposer: str,
                    now_ms: int | None = None, batch: bytes = b"", *, commit: bool = True) -> list[Decision]:
         """Check every slot and lock the free ones, in one exclusive transaction (blocking). ``commit=False``
@@ -130,13 +143,13 @@ class LockStore:
 
     def holds(self, receipt_ids: Sequence[bytes]) -> list[Receipt] | None:
         """The locked receipts with these ids, in order, or None if any is not locked here (blocking)."""
-        self._check()
         found: dict[bytes, Receipt] = {}
-        for i in range(0, len(receipt_ids), 500):
-            chunk = list(receipt_ids[i:i + 500])
-            rows = self.db.execute(f"SELECT receipt_id, wire FROM locks WHERE receipt_id IN "
-                                   f"({','.join('?' * len(chunk))})", chunk)
-            found.update((bytes(r), Receipt.from_wire(bytes(w))) for r, w in rows)
+        with self._using():
+            for i in range(0, len(receipt_ids), 500):
+                chunk = list(receipt_ids[i:i + 500])
+                rows = self.db.execute(f"SELECT receipt_id, wire FROM locks WHERE receipt_id IN "
+                                       f"({','.join('?' * len(chunk))})", chunk)
+                found.update((bytes(r), Receipt.from_wire(bytes(w))) for r, w in rows)
         if any(r not in found for r in receipt_ids):
             return None
         return [found[r] for r in receipt_ids]
@@ -144,7 +157,7 @@ class LockStore:
     def mark_final(self, receipt_ids: Sequence[bytes], why: int = SIGNED) -> None:
         """Close these locks (signed, or never signable: ``why``): no takeover re-proposes them. One
         transaction."""
-        with self.db:
+        with self._using(), self.db:
             self.db.execute("BEGIN")
             self.db.executemany("UPDATE locks SET final = ? WHERE receipt_id = ?", [(why, r) for r in receipt_ids])
 
@@ -152,7 +165,7 @@ class LockStore:
         """Close the locks of receipts that lost their slot to a rival (receipt, the rival's id when known), and
         keep the rival as evidence, in one transaction: after a restart the status is still known."""
         now = int(time.time() * 1000) if now_ms is None else now_ms
-        with self.db:
+        with self._using(), self.db:
             self.db.execute("BEGIN")
             self.db.executemany("UPDATE locks SET final = ? WHERE receipt_id = ?",
                                 [(CLOSED_CONFLICT, r.id) for r, _ in lost])
@@ -165,27 +178,29 @@ class LockStore:
         order from just past ``after`` (locked_ms, batch, idx): a caller that pages through them keeps old
         locks nobody can sign (a liar among the few holding them) from starving newer ones."""
         lo_ms, lo_batch, lo_idx = after if after is not None else (-1, b"", -1)
-        rows = self.db.execute("SELECT wire, proposer, locked_ms, batch, idx FROM locks WHERE final = 0 AND "
-                               "locked_ms < ? AND (locked_ms, batch, idx) > (?, ?, ?) "
-                               "ORDER BY locked_ms, batch, idx LIMIT ?",
-                               (older_than_ms, lo_ms, lo_batch, lo_idx, limit))
+        with self._using():
+            rows = self.db.execute("SELECT wire, proposer, locked_ms, batch, idx FROM locks WHERE final = 0 AND "
+                                   "locked_ms < ? AND (locked_ms, batch, idx) > (?, ?, ?) "
+                                   "ORDER BY locked_ms, batch, idx LIMIT ?",
+                                   (older_than_ms, lo_ms, lo_batch, lo_idx, limit)).fetchall()
         return [OpenLock(Receipt.from_wire(bytes(w)), p, t, bytes(b), i) for w, p, t, b, i in rows]
 
     def lock_of(self, receipt_id: bytes) -> tuple[Receipt, int, bytes | None] | None:
         """The receipt locked here under this id, why its lock is closed (OPEN, SIGNED, ...), and a rival
         receipt of its slot seen here if any; None when it holds no lock here (blocking)."""
-        self._check()
-        row = self.db.execute("SELECT wire, final FROM locks WHERE receipt_id = ?", (receipt_id,)).fetchone()
-        if row is None:
-            return None
-        rival = self.db.execute("SELECT conflicting_id FROM conflicts WHERE receipt_id = ? UNION ALL "
-                                "SELECT receipt_id FROM conflicts WHERE conflicting_id = ? LIMIT 1",
-                                (receipt_id, receipt_id)).fetchone()
+        with self._using():
+            row = self.db.execute("SELECT wire, final FROM locks WHERE receipt_id = ?", (receipt_id,)).fetchone()
+            if row is None:
+                return None
+            rival = self.db.execute("SELECT conflicting_id FROM conflicts WHERE receipt_id = ? UNION ALL "
+                                    "SELECT receipt_id FROM conflicts WHERE conflicting_id = ? LIMIT 1",
+                                    (receipt_id, receipt_id)).fetchone()
         return Receipt.from_wire(bytes(row[0])), int(row[1]), bytes(rival[0]) if rival else None
 
     def conflict_for(self, receipt_id: bytes) -> bytes | None:
-        row = self.db.execute("SELECT conflicting_id FROM conflicts WHERE receipt_id = ? LIMIT 1",
-                              (receipt_id,)).fetchone()
+        with self._using():
+            row = self.db.execute("SELECT conflicting_id FROM conflicts WHERE receipt_id = ? LIMIT 1",
+                                  (receipt_id,)).fetchone()
         return bytes(row[0]) if row else None
 
     def count(self) -> int:

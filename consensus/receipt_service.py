@@ -245,6 +245,7 @@ class ReceiptService:
         self.counters = Counters()
         self._queue: list[rc.Receipt] = []
         self._queued: set[bytes] = set()
+        self._signing: set[bytes] = set()  # receipts of the batches in flight here (a takeover leaves them be)
         self._queue_wake = trio.Event()
         self._nonces: OrderedDict[tuple[bytes, bytes], _Nonce] = OrderedDict()
         self._db = trio.Lock()  # one lock-table call at a time (one SQLite connection)
@@ -324,8 +325,11 @@ class ReceiptService:
         doc = self.lookup(receipt_id)
         if doc is not None or self.locks.broken is not None:
             return doc
-        async with self._db:
-            held = await self.run_blocking(partial(self.locks.lock_of, receipt_id))
+        try:
+            async with self._db:
+                held = await self.run_blocking(partial(self.locks.lock_of, receipt_id))
+        except LockTableBroken:
+            return None  # it just broke: this coordinator knows no more than its records
         if held is None:
             return None
         receipt, why, rival = held
@@ -494,11 +498,14 @@ class ReceiptService:
         return self._inflight.value < self._max_inflight - 1
 
     async def _run_batch_released(self, batch: list[rc.Receipt]) -> None:
+        ids = {r.id for r in batch} - self._signing
+        self._signing |= ids
         try:
             await self._run_batch(batch)
         except* LockTableBroken as group:  # raised in the batch's nursery too (the own lock's commit)
             log.error("receipt signing stopped: %s", group.exceptions[0])
         finally:
+            self._signing -= ids
             self._inflight.release()
 
     async def _housekeeping(self, nursery: trio.Nursery) -> None:
@@ -506,10 +513,10 @@ class ReceiptService:
         last_takeover = trio.current_time()
         while True:
             await trio.sleep(NOT_YET_RETRY_S)
-            if self._closing and self.locks.broken is None:  # one transaction for every batch final since
+            if self._closing:  # one transaction for every batch final since (none with a broken table)
                 closing, self._closing = self._closing, []
-                async with self._db:
-                    await self.run_blocking(partial(self.locks.mark_final, closing))
+                if self.locks.broken is None:
+                    await self._lock_table_work(partial(self.locks.mark_final, closing))
                 self._let_go_of_finals(closing)
             now = trio.current_time()
             for rid, when in list(self._retry.items()):
@@ -533,7 +540,19 @@ class ReceiptService:
             if now - last_takeover >= self.takeover_s / 2 and self.keys.key is not None \
                     and self.locks.broken is None:
                 last_takeover = now
-                await self._take_over(nursery)
+                try:
+                    await self._take_over(nursery)
+                except LockTableBroken as exc:
+                    log.error("receipt signing stopped: %s", exc)
+
+    async def _lock_table_work(self, work: Callable[[], object]) -> None:
+        """Housekeeping's writes to the lock table: a failure (disk full, an I/O error) breaks the table, so this
+        coordinator stops signing and says why, and keeps serving (it took the whole service down before)."""
+        try:
+            async with self._db:
+                await self.run_blocking(work)
+        except LockTableBroken as exc:
+            log.error("receipt signing stopped: %s", exc)
 
     async def _take_over(self, nursery: trio.Nursery) -> None:
         older = int(self.clock() * 1000 - self.takeover_s * 1000 * (1 + self._rank()))
@@ -546,10 +565,31 @@ class ReceiptService:
         if final:
             async with self._db:
                 await self.run_blocking(partial(self.locks.mark_final, final))
-        closed = set(final)
+        busy = set(final) | self._queued | self._signing  # final, or on its way in a batch of this coordinator
+        candidates = [o for o in open_locks if o.receipt.id not in busy]
+        # A lock whose receipt can no longer be signed anywhere (its epoch left the window while its proposer was
+        # gone, say) is closed, not taken over: else every pass proposed it again, in vain, and such locks, the
+        # oldest, filled the first pages ahead of locks a takeover can still save. The slot stays locked to it.
+        unsignable: list[tuple[rc.Receipt, str]] = []
+        for o in candidates:
+            verdict, reason = self.validate(o.receipt)
+            if verdict is Verdict.INVALID:
+                unsignable.append((o.receipt, reason))
+        if unsignable:
+            async with self._db:
+                await self.run_blocking(partial(self.locks.mark_final, [r.id for r, _ in unsignable],
+                                                CLOSED_REJECTED))
+            for r, reason in unsignable:
+                busy.add(r.id)
+                self._count_rejected(reason)
+                record = self.records.get(r.id)
+                if record is not None and record.status in ("pending", "locked"):
+                    record.settle("rejected", reason)
+            log.info("closed %d lock(s) whose receipts can no longer be signed (%s)", len(unsignable),
+                     unsignable[0][1])
         groups: dict[bytes, list[rc.Receipt]] = {}
-        for o in open_locks:  # the batches as they were locked (same receipts, same order: same root)
-            if o.receipt.id not in closed and o.receipt.id not in self._queued:
+        for o in candidates:  # the batches as they were locked (same receipts, same order: same root)
+            if o.receipt.id not in busy:
                 groups.setdefault(o.batch, []).append(o.receipt)
         if not groups or len(self.net.up_peers()) + 1 < (self.threshold or 1):
             return

@@ -9,6 +9,8 @@ members of it are already back in R with their next commitments. A slow, crashed
 signing but cannot stall it: at most n − t + 1 sessions start while fewer than t honest signers answer.
 
 Every commitment is accepted once: a signer that repeats a commitment already used (or offered) is put in M.
+A session is checked before it starts (``frost.prepare``, memoised for the signing that follows): a signer whose
+commitment is no group element goes to M there, so no honest signer spends a commitment on a doomed session.
 
 Patience: with ``eager=False`` a new session starts from R only when no live session remains (a live session
 is one that may still gather all its shares); ``kick()`` — called by the driver after a short patience —
@@ -117,9 +119,24 @@ class RoastTracker:
         return out
 
     def _start(self, out: Outcome) -> None:
-        if len(self.ready) < self.t:
-            return
-        chosen = dict(list(self.ready.items())[: self.t])
+        while True:
+            if len(self.ready) < self.t:
+                return
+            chosen = dict(list(self.ready.items())[: self.t])
+            try:  # the session's values, checked before anyone is asked (memoised: signing reuses them)
+                frost.prepare(chosen, self.message, self.group_public_key)
+            except frost.InvalidCommitmentError as exc:
+                # a commitment that is no group element would make every honest signer of the session refuse,
+                # spending their commitments for nothing: its sender is named, the others stay ready
+                culprits = set(exc.culprits)
+                self.malicious |= culprits & self.eligible
+                out.blamed |= culprits & self.eligible
+                for i in culprits:
+                    self.ready.pop(i, None)
+                continue
+            except frost.FrostError:
+                pass  # not any one signer's fault (a group commitment that sums to the identity): signers refuse
+            break
         for i in chosen:
             del self.ready[i]
         session = Session(len(self.sessions), chosen)

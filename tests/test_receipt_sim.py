@@ -5,6 +5,7 @@ a dead proposer's batch taken over, lossy/duplicating/reordering links and heale
 from __future__ import annotations
 
 import random
+import sqlite3
 from pathlib import Path
 
 import nacl.signing
@@ -14,8 +15,10 @@ import trio.testing
 
 from consensus import merkle
 from consensus import receipts as rc
+from consensus.group import GroupError, deserialize_element
 from consensus.lockstore import LockTableBroken
 from consensus.receipt_service import LOCK, LOCK_REPLY, ReceiptService, Unavailable
+from consensus.slots import Verdict
 from deploy.simulation import EPOCH, SimCluster
 
 
@@ -198,6 +201,35 @@ async def test_a_proposer_dying_mid_batch_is_taken_over(tmp_path: Path,
         await cluster.restart("c1")
         await settle(cluster)
         assert len(cluster.roots()) == 1 and not cluster.double_signed()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_lock_whose_epoch_left_the_window_is_closed_not_taken_over_again_and_again(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    cluster = SimCluster(tmp_path, 4, seed=3, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        c3 = cluster.service("c3")
+        r = cluster.receipt("n1", "obj1")
+        # c1 proposed r and died right after c3 locked it (no one else got the lock request)
+        reply = await c3._on_lock("c1", {"batch": b"Z" * 16, "receipts": [r.to_wire()]})
+        assert list(reply["verdicts"]) == [Verdict.OK]
+        cluster.crash("c1")
+        for m in cluster.members.values():
+            m.skew_s = 2 * 3600.0  # two hours later everywhere: r's epoch is out of the window for good
+        await trio.sleep(60)
+        assert c3.locks.open_locks(10**15) == []  # closed: no takeover will propose it again
+        takeovers, batches = c3.counters.takeovers, c3.counters.batches
+        await trio.sleep(60)
+        assert (c3.counters.takeovers, c3.counters.batches) == (takeovers, batches)
+        assert c3.counters.rejected.get("epoch") == 1
+        assert (await c3.lookup_durable(r.id))["status"] == "rejected"  # type: ignore[index]
+        # the slot stays locked to r: a rival for it is still a conflict here
+        rival = cluster.receipt("n1", "obj1", reward=7)
+        assert rival.slot == r.slot and rival.id != r.id
+        held = c3.locks.lock_batch([rival], lambda _: (Verdict.OK, ""), "c0")
+        assert held[0].verdict is Verdict.CONFLICT
         nursery.cancel_scope.cancel()
 
 
@@ -599,4 +631,118 @@ async def test_a_receipt_whose_own_lock_failed_to_commit_is_not_acknowledged_and
             service.submit(receipt)
         await trio.sleep(2)
         assert receipt.id not in cluster.signed_ids()
+        nursery.cancel_scope.cancel()
+
+
+class DiskFullOnUpdates:
+    """A lock table's connection whose UPDATEs fail as on a full disk (reads and lock inserts still work)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.db, name)
+
+    def __enter__(self) -> sqlite3.Connection:
+        return self.db.__enter__()
+
+    def __exit__(self, *exc: object) -> object:
+        return self.db.__exit__(*exc)  # type: ignore[arg-type]
+
+    def executemany(self, sql: str, rows: object) -> sqlite3.Cursor:
+        if sql.startswith("UPDATE"):
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.db.executemany(sql, rows)  # type: ignore[arg-type]
+
+
+async def test_a_lock_table_that_fails_in_housekeeping_stops_signing_here_not_the_service(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """Closing the locks of final receipts fails (disk full): the table is broken, so this coordinator refuses
+    to sign, says why and keeps answering; the others go on signing. Before, the sqlite3 error took the whole
+    service down, and with the disk still full it would again after every restart."""
+    cluster = SimCluster(tmp_path, 4, seed=3, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        c0 = cluster.service("c0")
+        c0.locks.db = DiskFullOnUpdates(c0.locks.db)  # type: ignore[assignment]
+        first = cluster.receipt("n1", "obj1")
+        c0.submit(first)
+        await cluster.wait_final({first.id})
+        await trio.sleep(5)  # housekeeping tries to close its lock
+        assert c0.locks.broken is not None and "disk is full" in c0.locks.broken
+        with pytest.raises(Unavailable, match="disk is full"):
+            c0.submit(cluster.receipt("n2", "obj2"))
+        assert c0.lookup(first.id)["status"] == "final"  # type: ignore[index]  # still serving
+        later = cluster.receipt("n3", "obj3")
+        cluster.service("c1").submit(later)  # three healthy members of four: t = 3 still sign
+        await cluster.wait_final({later.id}, members={"c1", "c2", "c3"})
+        nursery.cancel_scope.cancel()
+
+
+def no_point() -> list[bytes]:
+    """A nonce commitment whose hiding part is no group element (about half of all 32-byte strings)."""
+    for k in range(256):
+        try:
+            deserialize_element(bytes([k]) * 32, "candidate")
+        except GroupError:
+            return [bytes([k]) * 32, bytes([k]) * 32]
+    raise AssertionError("no invalid encoding found")
+
+
+async def test_a_signer_whose_commitments_are_no_points_is_named_and_costs_no_batch(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """c2 answers every lock request with commitments that are no group elements. Each honest signer of a session
+    with one of them refused it and was left without a fresh commitment, so batches waited out their deadline
+    (~5 s) and c2 was never named. Now the proposer checks a session before asking anyone: c2 is named, and every
+    batch is signed at once by the others."""
+    cluster = SimCluster(tmp_path, 4, seed=3, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    liar = "c2"
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        honest_lock = cluster.service(liar)._on_lock
+
+        async def lock(peer: str, body: dict) -> dict:
+            reply = await honest_lock(peer, body)
+            for part in ("commitment", "spare"):
+                if reply[part]:
+                    reply[part] = no_point()
+            return reply
+
+        cluster.net.nodes[liar].on_request(LOCK, LOCK_REPLY, lock)
+        for honest in ("c1", "c3"):
+            answer_locks_late(cluster, honest)  # so that c2's reply is among the first t
+        proposer = cluster.service("c0")
+        receipts = [distinct_receipt(cluster, k) for k in range(12)]
+        for r in receipts:
+            proposer.submit(r)
+            await trio.sleep(1.0)
+        await cluster.wait_final({r.id for r in receipts}, timeout=30)
+        assert proposer.counters.blamed == {liar: 1} and proposer.counters.batches_failed == 0
+        assert max(proposer.latencies) < 1.0, proposer.latencies
+        assert cluster.service("c1").counters.sign_refused == cluster.service("c3").counters.sign_refused == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_proposer_does_not_take_over_its_own_batch_while_signing_it(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """A batch may take longer than the takeover delay (a slow signer: up to the lock and signing timeouts):
+    the proposer's own housekeeping must not propose it a second time meanwhile (twice the work, two roots)."""
+    cluster = SimCluster(tmp_path, 4, seed=5, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        proposer = cluster.service("c0")
+        sign = proposer._sign
+
+        async def slow_sign(*args: object) -> object:
+            await trio.sleep(3 * proposer.takeover_s)
+            return await sign(*args)  # type: ignore[arg-type]
+
+        proposer._sign = slow_sign  # type: ignore[method-assign]
+        receipt = cluster.receipt("n1", "obj1")
+        proposer.submit(receipt)
+        await cluster.wait_final({receipt.id}, timeout=10 * proposer.takeover_s)
+        assert proposer.counters.takeovers == 0 and proposer.counters.batches == 1
         nursery.cancel_scope.cancel()

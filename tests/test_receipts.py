@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from consensus import frost, merkle
 from consensus import receipts as rc
+from consensus.group import GroupError, deserialize_element
 from consensus.roast import RoastTracker
 from consensus.slots import Verdict, choose_batch, decide, slot_key
 
@@ -292,6 +293,38 @@ def test_roast_excludes_a_bad_share_and_completes_with_others(keys: dict[int, fr
         pending += [(j, s) for s in out.start for j in s.commitments]
     assert blamed == {2} and 2 not in tr.signers and 2 in tr.malicious
     assert all(2 not in s.commitments for s in tr.sessions[1:])  # its next commitment was not taken either
+    nacl.signing.VerifyKey(keys[1].group_public_key).verify(MESSAGE, tr.signature)  # type: ignore[arg-type]
+
+
+def not_a_point() -> bytes:
+    """32 bytes that decode to no point of the prime-order group (about half of all strings do not)."""
+    for k in range(256):
+        candidate = bytes([k]) * 32
+        try:
+            deserialize_element(candidate, "candidate")
+        except GroupError:
+            return candidate
+    raise AssertionError("no invalid encoding found")
+
+
+@pytest.mark.parametrize("which", ["hiding", "binding"])
+def test_roast_names_a_commitment_that_is_no_point_before_anyone_is_asked(keys: dict[int, frost.KeyShare],
+                                                                          which: str) -> None:
+    """A liar's nonce commitment that is no group element would make every honest signer of its session refuse
+    (spending their commitments): the session is not started, the liar is named, the others stay ready."""
+    tr, signers = tracker(keys), {i: Signer(k) for i, k in keys.items()}
+    junk = not_a_point()
+    out = tr.add_commitment(1, signers[1].commit())
+    liar = signers[2].commit()
+    out = tr.add_commitment(2, (junk, liar[1]) if which == "hiding" else (liar[0], junk))
+    assert not out.start and not out.blamed  # fewer than t ready: nothing checked yet
+    out = tr.add_commitment(3, signers[3].commit())
+    assert out.blamed == {2} and not out.start and 2 in tr.malicious and set(tr.ready) == {1, 3}
+    started = [s for s in tr.add_commitment(4, signers[4].commit()).start]
+    assert len(started) == 1 and set(started[0].commitments) == {1, 3, 4}
+    for i in (1, 3, 4):
+        tr.receive(i, 0, signers[i].share(started[0].commitments), signers[i].commit())
+    assert tr.signers == (1, 3, 4)
     nacl.signing.VerifyKey(keys[1].group_public_key).verify(MESSAGE, tr.signature)  # type: ignore[arg-type]
 
 
