@@ -3,12 +3,20 @@
 Batches up to the blob size cap, posts through the DA layer, records where each event landed, retries
 with exponential backoff and jitter while the layer fails (the events simply stay in the outbox), and
 posts at most once per publish interval unless a blob is full.
+
+A blob the layer refuses as such (too large for a node or proxy whose limit is below ``DA_BLOB_MAX_BYTES``, or
+refused by every quorum validator: ``node.da.router.is_caller_error``) is split: at most half as many events
+per blob, at once, until one passes; the cap relaxes again after ``RELAX_AFTER`` posts. Before, the same
+oldest blob was rebuilt and refused for ever, and no later event reached DA. A failing outbox or pending-blob
+record (a full disk) is retried with the same backoff: the events stay in the outbox (a blob posted twice is
+harmless, events are deduplicated by id), and the task lives on.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import sqlite3
 from collections.abc import Callable
 
 import nacl.signing
@@ -17,10 +25,12 @@ import trio
 from node.backoff import Backoff
 from node.blob import blob_size, encode_blob
 from node.da.base import DAError, DALayer
+from node.da.router import is_caller_error
 from node.outbox import Outbox
 
 log = logging.getLogger("dsdn.publisher")
 READ_AHEAD = 4096
+RELAX_AFTER = 100  # posts under a cap of events per blob before it doubles again
 
 
 class Publisher:
@@ -44,14 +54,17 @@ class Publisher:
         self.failures = 0
         self.last_error: str | None = None
         self._backoff = Backoff(0.2, 30.0, rng)
+        self.cap: int | None = None  # events per blob while the layer refuses larger blobs (see the module doc)
+        self._under_cap = 0  # posts since the cap last changed
+        self._taken = 0  # events in the blob being posted
 
     def take(self, rows: list[tuple[int, bytes]]) -> tuple[list[int], list[bytes]]:
-        """The longest prefix of ``rows`` that fits in one blob (at least one event)."""
+        """The longest prefix of ``rows`` that fits in one blob and the cap (at least one event)."""
         seqs: list[int] = []
         raws: list[bytes] = []
         size = blob_size(self.origin, [])
         for seq, raw in rows:
-            if raws and size + len(raw) + 5 > self.max_blob_bytes:
+            if raws and (size + len(raw) + 5 > self.max_blob_bytes or len(raws) == self.cap):
                 break
             seqs.append(seq)
             raws.append(raw)
@@ -64,6 +77,7 @@ class Publisher:
         if not rows:
             return 0
         seqs, raws = self.take(rows)
+        self._taken = len(seqs)
         blob = encode_blob(self.key, self.origin, raws)
         ref = await self.da.post(blob)
         await self.outbox.mark_published(seqs, ref)
@@ -82,11 +96,35 @@ class Publisher:
             except DAError as exc:
                 self.failures += 1
                 self.last_error = str(exc)
+                if is_caller_error(exc) and self._taken > 1:
+                    self.cap, self._under_cap = self._taken // 2, 0
+                    log.warning("the DA layer refused a blob of %d events (%s): at most %d events per blob now",
+                                self._taken, exc, self.cap)
+                    continue  # the smaller blob at once
                 self.on_result(False, str(exc))
                 delay = self._backoff.next()
-                (log.warning if self._backoff.attempt == 1 else log.debug)(
-                    "publish failed (%s pending events kept, retry in %.2fs): %s", self.outbox.pending, delay, exc)
+                if is_caller_error(exc):  # one event alone: it stays in the outbox, nothing is dropped
+                    log.error("the DA layer refuses even a blob of one event (%s); it stays in the outbox with %d "
+                              "more after it: raise the layer's blob size limit (retry in %.2fs)", exc,
+                              self.outbox.pending - 1, delay)
+                else:
+                    (log.warning if self._backoff.attempt == 1 else log.debug)(
+                        "publish failed (%s pending events kept, retry in %.2fs): %s", self.outbox.pending, delay,
+                        exc)
+                await trio.sleep(delay)
+                continue
+            except (sqlite3.Error, OSError) as exc:  # the outbox or the pending-blob record (a full disk?)
+                self.failures += 1
+                self.last_error = f"local storage: {exc}"
+                self.on_result(False, self.last_error)
+                delay = self._backoff.next()
+                log.error("publish failed on local storage (%s pending events kept, retry in %.2fs): %s",
+                          self.outbox.pending, delay, exc)
                 await trio.sleep(delay)
                 continue
             self._backoff.reset()
             self.on_result(True, None)
+            if self.cap is not None:
+                self._under_cap += 1
+                if self._under_cap >= RELAX_AFTER:
+                    self.cap, self._under_cap = (None if self.cap * 2 >= READ_AHEAD else self.cap * 2), 0

@@ -385,6 +385,18 @@ async def test_consistency_checks_published_blobs(client: Any, coord: Coordinato
     coord.da.primary.inner._db.execute("DELETE FROM blobs")
     report = await get(client, "/fallback/consistency")
     assert report["is_consistent"] is False and "not readable" in report["details"][0]
+    # a primary that never answers: the check stops at its deadline and says what it left unchecked
+    coord.da.reconciler.check_deadline_s = 0.3
+
+    async def silent(ref: object) -> bytes:
+        await trio.sleep_forever()
+        raise AssertionError
+
+    coord.da.router.get = silent  # type: ignore[method-assign]
+    with trio.fail_after(5):
+        report = await get(client, "/fallback/consistency")
+    assert report["is_consistent"] is False and report["complete"] is False
+    assert "stopped at its 0.3s deadline: 1 of 1 recent blobs unchecked" in report["details"][-1]
 
 
 async def test_health_ready_info_and_state_root(client: Any, coord: Coordinator) -> None:

@@ -543,6 +543,15 @@ async def test_gas_price_option_follows_celestia_node_txconfig(nursery: trio.Nur
 # ---- pruned heights (issue 8 §4.1) and the health check (§4.2) ----------------------------------------------------
 
 
+def test_an_error_code_of_any_json_type_is_mapped_not_raised() -> None:
+    """A node (or a proxy) answering an error whose code is a list or an object: a DA error, not a TypeError
+    escaping every caller (it took the coordinator down, from a post, a read or a health check)."""
+    for code in ([1], {"a": 1}, "x", None, 1.5, True):
+        error = map_rpc_error(code, "something odd", "blob.Submit")
+        assert isinstance(error, DARPCError) and error.code is None, code
+    assert map_rpc_error(-32601, "method not found", "x").code == -32601
+
+
 def test_only_blob_not_found_means_no_blob() -> None:
     assert isinstance(map_rpc_error(1, "blob: not found", "blob.Get"), BlobNotFound)
     assert isinstance(map_rpc_error(1, "getting blob: blob: not found", "blob.GetAll"), BlobNotFound)

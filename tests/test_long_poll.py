@@ -14,9 +14,9 @@ import trio
 
 from deploy.devnet import serve_devnet
 from node.consumer import Consumer
-from node.da.base import Page
+from node.da.base import DAError, DAUnavailable, Page
 from node.da.blobstore_client import BlobStoreDA
-from node.da.celestia import CelestiaDA, _Retryable, map_rpc_error
+from node.da.celestia import CelestiaDA, DAUnauthorized, _Retryable, map_rpc_error
 from node.da.mock import MockDA
 from node.events import Event
 from tests.test_blobstore import NS, OTHER_NS, Server, post_raw, start_server
@@ -214,8 +214,13 @@ async def test_celestia_long_poll_held_by_a_gateway_still_reads_new_heights(nurs
         assert 0.5 <= time.monotonic() - start < 2.5
 
 
+@pytest.mark.parametrize("refusal", [
+    map_rpc_error(-32601, "method 'header.WaitForHeight' not found", "header.WaitForHeight"),
+    DAUnavailable("header.WaitForHeight: HTTP 404 from a gateway, not JSON-RPC"),  # these escaped the read before
+    DAUnauthorized("header.WaitForHeight: missing permission"),
+])
 async def test_celestia_long_polls_end_for_a_node_that_refuses_wait_for_height(
-        nursery: trio.Nursery, caplog: pytest.LogCaptureFixture) -> None:
+        nursery: trio.Nursery, caplog: pytest.LogCaptureFixture, refusal: DAError) -> None:
     url = await nursery.start(partial(serve_devnet, "127.0.0.1", 0, ":memory:", 0.2, TOKEN))
     async with CelestiaDA(url, NS, TOKEN, timeout_s=2, retry_count=1, retry_delay_s=0.01) as da:
         attempt, asked = da._attempt, {"wait": 0, "failures": 1}
@@ -226,7 +231,7 @@ async def test_celestia_long_polls_end_for_a_node_that_refuses_wait_for_height(
                 asked["wait"] += 1
                 if asked["wait"] == 1:  # a connection reset: the plain read (with its retries) goes on
                     raise _Retryable("WaitForHeight: ReadError: connection reset")
-                raise map_rpc_error(-32601, "method 'header.WaitForHeight' not found", method)
+                raise refusal
             return await attempt(method, params, timeout_s, wait_s)  # type: ignore[arg-type]
 
         da._attempt = gateway  # type: ignore[method-assign]

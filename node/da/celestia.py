@@ -116,7 +116,7 @@ def unb64(value: Any, what: str) -> bytes:
 def map_rpc_error(code: Any, message: str, method: str) -> DAError:
     """A JSON-RPC error object as the most specific DAError."""
     low = message.lower()
-    if code in _PROTOCOL_ERRORS:  # e.g. -32601 "method 'x' not found" is not a missing blob
+    if type(code) is int and code in _PROTOCOL_ERRORS:  # e.g. -32601 "method 'x' not found" is not a missing blob
         return DARPCError(code, message, method)
     if BLOB_NOT_FOUND in low:  # not any "not found": "header: not found" is a pruned (or missing) height
         return BlobNotFound(f"{method}: {message}")
@@ -125,7 +125,7 @@ def map_rpc_error(code: Any, message: str, method: str) -> DAError:
         return DAUnauthorized(f"{method}: {message}")
     if "too large" in low or "too big" in low or ("exceeds" in low and "size" in low):
         return BlobTooLarge(f"{method}: {message}")
-    return DARPCError(code if isinstance(code, int) else None, message, method)
+    return DARPCError(code if type(code) is int else None, message, method)
 
 
 def header_height(header: Any) -> int:
@@ -486,7 +486,7 @@ class CelestiaDA:
                 await self._attempt("header.WaitForHeight", [height], wait_s=wait_s)
             except _Retryable:
                 return
-            except DARPCError as exc:
+            except DAError as exc:  # refused (an RPC error, a gateway's 404 or non-JSON answer, no permission)
                 self.long_polls = False
                 log.warning("%s: header.WaitForHeight refused (%s): reading without long polls from now on",
                             self.name, exc)

@@ -1,0 +1,111 @@
+"""The publisher against a DA layer that refuses some blobs as such (too large for it) and a local store that
+fails: every event still reaches DA, exactly the events of the outbox, and the publisher task lives on."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+import msgpack
+import nacl.signing
+import pytest
+import trio
+import trio.testing
+
+from node import events as ev
+from node.blob import HEADER
+from node.da.base import BlobRef
+from node.da.celestia import BlobTooLarge
+from node.outbox import Outbox
+from node.publisher import Publisher
+
+KEY = nacl.signing.SigningKey(b"p" * 32)
+
+
+class SmallLayer:
+    """A DA layer (a node or proxy) whose blob limit is below what the publisher was told: larger blobs are
+    refused as such (BlobTooLarge), the rest land and are kept."""
+
+    name = "primary"
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.blobs, self.refused = limit, [], 0
+
+    async def post(self, data: bytes) -> BlobRef:
+        await trio.sleep(0.001)
+        if len(data) > self.limit:
+            self.refused += 1
+            raise BlobTooLarge(f"blob.Submit: blob of {len(data)} bytes is too large")
+        self.blobs.append(data)
+        return BlobRef(self.name, len(self.blobs), b"c" * 32)
+
+    def events(self) -> list[bytes]:
+        return [raw for blob in self.blobs for raw in msgpack.unpackb(blob[HEADER:])[1]]
+
+
+def event(k: int) -> ev.Event:
+    return ev.make_event(ev.NODE_REGISTERED, (1_000 + k, 0), "c0", id=f"node-{k:04d}", zone="z", addr="h:1",
+                         capacity_gb=k + 1)
+
+
+async def publish(tmp_path: Path, layer: SmallLayer, events: int, run_s: float) -> tuple[Publisher, Outbox]:
+    outbox = Outbox(tmp_path / "outbox.sqlite", lambda committed: None, run_blocking=_now)
+    publisher = Publisher(outbox, layer, KEY, "c0", max_blob_bytes=1_000_000, interval_s=0.01)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(outbox.run)
+        await nursery.start(publisher.run)
+        for k in range(events):
+            await outbox.append(event(k))
+        await trio.sleep(run_s)
+        nursery.cancel_scope.cancel()
+    return publisher, outbox
+
+
+async def _now(fn: object, *args: object) -> object:
+    return fn(*args)  # type: ignore[operator]
+
+
+async def test_a_layer_refusing_large_blobs_gets_smaller_ones_and_every_event(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    layer = SmallLayer(limit=2_000)  # ~20 events of ~90 bytes a blob
+    publisher, outbox = await publish(tmp_path, layer, 200, run_s=30)
+    assert outbox.pending == 0 and layer.refused >= 1 and publisher.cap is not None
+    assert layer.events() == [event(k).raw for k in range(200)]  # each once, in order
+    assert all(len(blob) <= 2_000 for blob in layer.blobs)
+
+
+async def test_an_event_no_blob_can_carry_stays_in_the_outbox_and_the_publisher_lives_on(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    layer = SmallLayer(limit=100)  # not even one event fits
+    caplog.set_level(logging.ERROR, logger="dsdn.publisher")
+    publisher, outbox = await publish(tmp_path, layer, 3, run_s=60)
+    assert outbox.pending == 3 and layer.blobs == [] and publisher.cap == 1
+    assert any("raise the layer's blob size limit" in r.getMessage() for r in caplog.records)
+    assert layer.refused < 30  # with backoff, not a tight loop
+
+
+async def test_a_failing_local_store_is_retried_not_fatal(tmp_path: Path,
+                                                         autojump_clock: trio.testing.MockClock) -> None:
+    layer = SmallLayer(limit=1_000_000)
+    outbox = Outbox(tmp_path / "outbox.sqlite", lambda committed: None, run_blocking=_now)
+    publisher = Publisher(outbox, layer, KEY, "c0", max_blob_bytes=1_000_000, interval_s=0.01)  # type: ignore[arg-type]
+    mark, failures = outbox.mark_published, [2]
+
+    async def full_disk(*args: object) -> None:
+        if failures[0]:
+            failures[0] -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        await mark(*args)  # type: ignore[arg-type]
+
+    outbox.mark_published = full_disk  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(outbox.run)
+        await nursery.start(publisher.run)
+        for k in range(5):
+            await outbox.append(event(k))
+        await trio.sleep(30)
+        nursery.cancel_scope.cancel()
+    assert outbox.pending == 0 and publisher.failures == 2 and "disk is full" in (publisher.last_error or "")
+    # the blob posted before each failed record is posted again: harmless (events are deduplicated by id)
+    assert sorted(set(layer.events())) == sorted(event(k).raw for k in range(5))
