@@ -340,7 +340,8 @@ def check_exclusion_proof(data: bytes, members: Mapping[int, bytes]) -> Complain
         raise DkgMessageError("malformed exclusion proof")
     session, threshold, ids = d["session"], d["threshold"], d["participants"]
     if type(session) is not bytes or len(session) != SESSION_ID_SIZE or type(threshold) is not int or not (
-            isinstance(ids, list) and all(type(i) is int and i in members for i in ids) and len(set(ids)) == len(ids)):
+            isinstance(ids, list) and all(type(i) is int and i in members for i in ids) and len(set(ids)) == len(ids)
+            and 1 <= threshold <= len(ids)):  # (a negative threshold raised OverflowError, past every caller)
         raise DkgMessageError("malformed exclusion proof")
     participants = {i: members[i] for i in ids}
     c = decode(d["complaint"])

@@ -71,6 +71,8 @@ from protocol.envelope import Message, Registry, is_bytes, is_int, is_list
 log = logging.getLogger("dsdn.dkg")
 START, MSG, SYNC, PROOFS = "dkg.start", "dkg.msg", "dkg.sync", "dkg.proofs"
 MAX_BUFFERED = 4096  # messages of a session we have not joined yet
+MAX_BUFFERED_SESSIONS = 8  # sessions not joined yet whose messages are kept
+MAX_BUFFERED_BYTES = 32 << 20  # their messages together
 MAX_ABORTED = 256  # session ids left, remembered (journaled)
 MAX_PROOF = 64 * 1024
 RunBlocking = Callable[..., Awaitable[Any]]
@@ -157,6 +159,7 @@ class DkgService:
         self._recent: dict[bytes, SessionInfo] = {}  # the last sessions left (late complaints still count)
         self._aborted: list[bytes] = []
         self._buffer: dict[bytes, list[bytes]] = {}
+        self._buffered_bytes = 0
         self._lock = trio.Lock()
         self._failures = 0
         self._next_auto = 0.0
@@ -170,7 +173,9 @@ class DkgService:
     # ---- views and commands ------------------------------------------------------------------------
 
     def name(self, identifier: int) -> str:
-        return self._member_of[self.identifiers[identifier]]
+        """The member id of an identifier; a complaint may name any number (a false one, by its complainer)."""
+        key = self.identifiers.get(identifier)
+        return self._member_of[key] if key is not None else f"non-member {identifier}"
 
     def names(self, identifiers: set[int] | list[int]) -> list[str]:
         return sorted(self.name(i) for i in identifiers)
@@ -353,12 +358,18 @@ class DkgService:
         except Exception:  # msgpack raises many unrelated types for garbage
             log.warning("dropped an undecodable DKG message from %s", peer)
             return
-        s = self._find(session_id) or self._recent.get(session_id)  # type: ignore[arg-type]
-        if s is None:
-            if self.key is None and isinstance(session_id, bytes):
-                buffered = self._buffer.setdefault(session_id, [])
-                if len(buffered) < MAX_BUFFERED and len(self._buffer) <= 8:
-                    buffered.append(data)
+        if type(session_id) is not bytes or len(session_id) != SESSION_ID_SIZE:  # (a list was unhashable: crash)
+            log.warning("dropped a DKG message from %s: no session id of %d bytes", peer, SESSION_ID_SIZE)
+            return
+        s = self._find(session_id) or self._recent.get(session_id)
+        if s is None:  # kept for a session not joined yet, within bounds (a peer chooses both ids and sizes)
+            buffered = self._buffer.get(session_id)
+            if buffered is None and self.key is None and len(self._buffer) < MAX_BUFFERED_SESSIONS:
+                buffered = self._buffer[session_id] = []
+            if (buffered is not None and len(buffered) < MAX_BUFFERED
+                    and self._buffered_bytes + len(data) <= MAX_BUFFERED_BYTES):
+                buffered.append(data)
+                self._buffered_bytes += len(data)
             return
         try:
             out = s.participant.receive(wire)
@@ -457,7 +468,9 @@ class DkgService:
         log.info("joining DKG session %s %s (%d-of-%d)", session_id.hex()[:12],
                  f"started by {starter}" if starter else "(asked for by a peer)", threshold, len(participants))
         out = s.participant.start()
-        for data in self._buffer.pop(session_id, []):
+        buffered = self._buffer.pop(session_id, [])
+        self._buffered_bytes -= sum(map(len, buffered))
+        for data in buffered:
             try:
                 out += s.participant.receive(_unpack(data))
             except Exception:  # undecodable or rejected: it was never going to count
@@ -549,6 +562,7 @@ class DkgService:
         self.session = None
         self._pending.clear()
         self._buffer.clear()
+        self._buffered_bytes = 0
         self.last_error = None
         self._failures = 0
         log.info("DKG complete: group key %s (%d-of-%d), key share stored in %s", key.group_public_key.hex(),

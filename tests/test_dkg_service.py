@@ -22,9 +22,9 @@ import trio.testing
 
 from consensus import dkg, frost, keystore
 from consensus.dkg import DkgError, DkgParticipant
-from consensus.dkg_messages import SESSION_ID_SIZE, Confirm, Round2
+from consensus.dkg_messages import SESSION_ID_SIZE, Complaint, Confirm, Round2
 from consensus.dkg_messages import Message as DkgMessage
-from consensus.dkg_service import DkgService, register
+from consensus.dkg_service import MAX_BUFFERED_BYTES, MAX_BUFFERED_SESSIONS, DkgService, register
 from protocol.envelope import Message, Registry
 from protocol.simnet import SimNetwork
 
@@ -486,4 +486,42 @@ async def test_a_key_share_below_the_threshold_floor_is_reported_at_start(
         error = c0.status()["dkg"]["error"]
         assert error is not None and "2-of-4, below the floor 3" in error and "POST /cluster/dkg" in error
         assert [r.getMessage() for r in caplog.records if r.name == "dsdn.dkg"] == [error]
+        nursery.cancel_scope.cancel()
+
+
+async def test_malformed_input_from_a_member_neither_kills_the_service_nor_grows_its_memory(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """What a faulty member (c3) may send before any key exists: a dkg.msg whose session is a list (an unhashable
+    key: TypeError), messages under thousands of fresh session ids (each kept a buffer entry), exclusion proofs
+    with a negative threshold (OverflowError) or accusing a non-member (KeyError naming it). Each used to escape
+    the service's task group, taking the coordinator down. The service drops them and a DKG still completes."""
+    net, services = setup(tmp_path, delay=(0.001, 0.01))
+    liar = services["c3"]
+    async with trio.open_nursery() as nursery:
+        await start_manual(nursery, net, services)
+        c1 = services["c1"]
+        await c1._on_msg("c3", {"data": msgpack.packb({"session": [1]})})
+        await c1._on_msg("c3", {"data": msgpack.packb({"session": b"short"})})
+        for k in range(2_000):
+            await c1._on_msg("c3", {"data": msgpack.packb({"session": k.to_bytes(SESSION_ID_SIZE, "big"),
+                                                           "pad": b"x" * 64 * 1024})})
+        assert len(c1._buffer) == MAX_BUFFERED_SESSIONS and c1._buffered_bytes <= MAX_BUFFERED_BYTES
+        me = ident(liar)
+        session = os.urandom(SESSION_ID_SIZE)
+        for threshold, accused in ((-1, ident(c1)), (1, 200)):
+            participants = {me: liar.identifiers[me]}
+            complaint = Complaint(session, me, accused, "equivocation", b"", b"", ()).signed(
+                liar.identity, dkg.session_context(session, max(threshold, 1), participants))
+            proof = msgpack.packb({"session": session, "threshold": threshold, "participants": [me],
+                                   "complaint": complaint.to_wire()}, use_bin_type=True)
+            await c1._on_proofs("c3", {"proofs": [proof]})
+        assert c1.describe(dkg.ComplaintRecord(me, 200, "equivocation", False)).endswith("against non-member 200")
+        assert me in c1.proofs  # its own false complaint proves c3 lied: it is left out
+        # every service is still running: a DKG of the others completes
+        for s in services.values():
+            s.auto = True
+        honest = [services[i] for i in ("c0", "c1", "c2")]
+        await wait_until(lambda: all(s.key for s in honest), timeout=120)
+        one_group_key(honest)
+        assert c1._buffer == {} and c1._buffered_bytes == 0
         nursery.cancel_scope.cancel()
