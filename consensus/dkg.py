@@ -429,9 +429,11 @@ class DkgParticipant:
     @classmethod
     def restore(cls, session_id: bytes, identity: nacl.signing.SigningKey, participants: Mapping[int, bytes],
                 threshold: int, key_share: KeyShare, confirm: Confirm | Mapping[str, Any], *,
-                entropy: bytes = b"") -> DkgParticipant:
+                dealt: Iterable[Round2 | Mapping[str, Any]] = (), entropy: bytes = b"") -> DkgParticipant:
         """A participant that had confirmed (with ``confirm``, holding ``key_share``) before a restart: it waits for
-        the certificate and answers others' requests for confirmations; DkgError if the pieces do not fit."""
+        the certificate and answers others' requests for confirmations, and for the round-two shares it had sent
+        (``dealt``, as sent: signed and sealed to their recipients, so a member that lost one can still confirm);
+        DkgError if the pieces do not fit."""
         p = cls(session_id, identity, participants, threshold, entropy=entropy)
         msg = decode(confirm) if isinstance(confirm, Mapping) else confirm
         if not isinstance(msg, Confirm) or msg.sender != p.identifier or msg.session != session_id:
@@ -442,6 +444,13 @@ class DkgParticipant:
                 p.identifier, threshold, msg.group_public_key) or tuple(
                 key_share.verifying_shares.get(i) for i in p.participants) != msg.verifying_shares:
             raise DkgError("the key share does not match the stored confirmation")
+        for item in dealt:
+            share = decode(item) if isinstance(item, Mapping) else item
+            if not (isinstance(share, Round2) and share.sender == p.identifier and share.session == session_id
+                    and share.recipient in p.participants and share.verify_signature(participants[p.identifier],
+                                                                                        p._context)):
+                raise DkgError("a stored round-two share is not one this participant sent in this session")
+            p._dealt[share.recipient] = share
         p._started, p._coefficients, p._enc_secret = True, None, None
         p._key_share, p._confirm, p._transcript = key_share, msg, msg.transcript
         p._seen_confirms[p.identifier] = [msg]
@@ -559,6 +568,12 @@ class DkgParticipant:
     @property
     def own_confirm(self) -> Confirm | None:
         return self._confirm
+
+    @property
+    def dealt(self) -> list[Round2]:
+        """The round-two shares this participant sent (signed, sealed to their recipients), to keep with the
+        confirmation: restored (see ``restore``), it can still answer a member that lost one."""
+        return list(self._dealt.values())
 
     @property
     def withdrawn(self) -> set[int]:

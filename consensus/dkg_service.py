@@ -651,6 +651,7 @@ class DkgService:
     async def _save_journal(self, aborted: list[bytes] | None = None) -> None:
         pending = [{"session": s.id, "threshold": s.threshold, "participants": sorted(s.participants),
                     "confirm": msgpack.packb(s.participant.own_confirm.to_wire(), use_bin_type=True),  # type: ignore[union-attr]
+                    "dealt": [msgpack.packb(m.to_wire(), use_bin_type=True) for m in s.participant.dealt],
                     "abandoned": s.abandoned} for s in self._pending.values() if self.key is None]
         data = msgpack.packb({"v": 1, "aborted": self._aborted if aborted is None else aborted, "pending": pending,
                               "proofs": [p for p, _ in self.proofs.values()]}, use_bin_type=True)
@@ -731,8 +732,10 @@ class DkgService:
                 continue
             try:
                 participants = {i: self.identifiers[i] for i in entry["participants"]}
-                p = self.participant_class.restore(entry["session"], self.identity, participants, entry["threshold"],
-                                                   share, msgpack.unpackb(entry["confirm"], raw=False))
+                p = self.participant_class.restore(
+                    entry["session"], self.identity, participants, entry["threshold"], share,
+                    msgpack.unpackb(entry["confirm"], raw=False),
+                    dealt=[msgpack.unpackb(d, raw=False) for d in entry.get("dealt", [])])  # (journals before it: none)
             except (DkgError, DkgMessageError, KeyError, ValueError) as exc:
                 log.warning("ignoring pending DKG session %s: %s", entry["session"].hex()[:12], exc)
                 continue

@@ -190,8 +190,16 @@ def test_a_restarted_participant_completes_from_its_stored_confirmation() -> Non
     with pytest.raises(DkgError, match="does not match"):
         DkgParticipant.restore(sid, keys[4], participants, 3, nodes[1].key_share,  # type: ignore[arg-type]
                                p4.own_confirm)
-    again = DkgParticipant.restore(sid, keys[4], participants, 3, p4.key_share, p4.own_confirm.to_wire())
+    with pytest.raises(DkgError, match="not one this participant sent"):  # another dealer's share is no own one
+        DkgParticipant.restore(sid, keys[4], participants, 3, p4.key_share, p4.own_confirm,
+                               dealt=nodes[1].dealt)
+    again = DkgParticipant.restore(sid, keys[4], participants, 3, p4.key_share, p4.own_confirm.to_wire(),
+                                   dealt=[m.to_wire() for m in p4.dealt])
     assert again.state is DkgState.CONFIRM and again.waiting_for() == {1, 2, 3}
+    # it answers for the shares it had sent, exactly as sent
+    lost = dkg.Want(round2=frozenset({4}))
+    assert [o.message for o in again.answer(2, lost) if isinstance(o.message, Round2)] == [
+        m for m in p4.dealt if m.recipient == 2]
     for c in nodes[1].certificate():
         again.receive(c.to_wire())
     assert again.state is DkgState.COMPLETE and again.result == p4.key_share

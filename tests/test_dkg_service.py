@@ -265,6 +265,32 @@ async def test_a_member_that_confirmed_then_crashed_completes_after_restarting(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_member_restarted_after_confirming_still_answers_for_a_share_it_had_sent(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """c0's round-two share for c3 is lost (every copy, the answers to c3's requests too); c0 confirms, then
+    crashes. Restarted, it answers c3's request from the shares it keeps with its confirmation (before, a
+    restarted member had none: c3 timed out and the whole session failed for everyone)."""
+    net, services = setup(tmp_path, delay=(0.001, 0.01), timeout_s=20)
+    net.tamper = lambda src, dst, msg: None if (src, dst) == ("c0", "c3") and isinstance(
+        dkg_message(msg), Round2) else msg
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        scopes = {i: await run_service(nursery, s) for i, s in services.items()}
+        c0 = services["c0"]
+        await wait_until(lambda: c0.status()["dkg"]["state"] == "confirm", timeout=10)
+        assert services["c3"].key is None
+        scopes["c0"].cancel()
+        await trio.sleep(1)
+        net.tamper = None
+        again = DkgService(net.add("c0"), c0.identity, c0.members, c0.keystore_path, timeout_s=20, run_blocking=inline)
+        await run_service(nursery, again)
+        await wait_until(lambda: again.key is not None and all(services[i].key for i in ("c1", "c2", "c3")),
+                         timeout=30)
+        one_group_key([again, *[services[i] for i in ("c1", "c2", "c3")]])
+        assert all(services[i].sessions_run == 1 for i in ("c1", "c2", "c3"))  # that session, not a new one
+        nursery.cancel_scope.cancel()
+
+
 # ---- issue 8 §2.3: the threshold is not whatever the starter says ----------------------------------------------
 
 
