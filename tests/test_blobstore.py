@@ -377,3 +377,37 @@ async def test_a_store_with_a_writer_list_takes_only_signed_writes_from_listed_k
         ref = await da.post(b"from the writer")
         assert await da.get(ref) == b"from the writer"
     assert await server.store.head() == 1  # nothing else got in
+
+
+@pytest.mark.parametrize("answer", [b"[" * 200_000, b'{"pad": "' + b"x" * (40 << 20) + b'"}'])
+async def test_a_store_answering_nested_or_huge_bodies_is_unavailable_not_a_crash(answer: bytes) -> None:
+    """A faulty store or proxy: a body nested past the JSON parser (RecursionError escaped every DA caller and took
+    the coordinator down), or one larger than any page (read whole into memory): both are DAUnavailable."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=answer, headers={"Content-Type": "application/json"})
+
+    async with BlobStoreDA("http://store.invalid:1", timeout_s=5) as da:
+        await da._http.aclose()
+        da._http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        for call in (da.health(), da.read_after(0, 10), da.store(b"blob")):
+            with pytest.raises(DAUnavailable, match="more than 32 MiB" if len(answer) > 1 << 20 else "JSON"):
+                await call
+
+
+async def test_an_answer_whose_signature_fails_does_not_pin_its_key() -> None:
+    """Trust on first use pins a store's key only from a signature that verifies: a forged answer (any key, a
+    bad signature) used to pin its key for the client's life, failing every genuine answer after it."""
+    forger = bytes(nacl.signing.SigningKey.generate().verify_key)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        digest = hashlib.sha256(request.content).hexdigest()
+        return httpx.Response(200, json={"position": 1, "hash": digest, "signature": "00" * 64,
+                                         "validator": forger.hex()})
+
+    async with BlobStoreDA("http://store.invalid:1", timeout_s=5) as da:
+        await da._http.aclose()
+        da._http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        with pytest.raises(VerificationFailed, match="does not verify"):
+            await da.store(b"blob")
+        assert da._key is None

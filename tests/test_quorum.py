@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import msgpack
 import nacl.signing
 import pytest
 import trio
 
 from node.da.base import BlobNotFound, BlobRef, DAUnavailable
 from node.da.blobstore_client import BlobRejected, BlobStoreDA
-from node.da.quorum import QuorumDA, required_signatures
+from node.da.quorum import QuorumCertificate, QuorumDA, required_signatures
 from tests.test_blobstore import Server, dead_url, hung_url, start_server
 
 __all__ = ["hung_url"]  # the fixture, re-used from test_blobstore
@@ -32,7 +33,8 @@ def keys_of(servers: list[Server]) -> list[bytes | None]:
 
 def test_required_signatures() -> None:
     table = {(3, 67): 2, (3, 100): 3, (3, 1): 1, (3, 34): 2, (3, 33): 1, (2, 67): 2, (2, 50): 1, (1, 67): 1,
-             (4, 67): 3, (6, 67): 4, (9, 67): 6, (100, 67): 67, (10, 51): 6, (5, 60): 3}
+             (4, 67): 3, (6, 67): 4, (9, 67): 6, (100, 67): 67, (10, 51): 6, (5, 60): 3, (200, 100): 200,
+             (1000, 100): 1000}
     assert {k: required_signatures(*k) for k in table} == table
     with pytest.raises(ValueError):
         required_signatures(3, 0)
@@ -58,8 +60,15 @@ async def test_all_up(validators: list[Server]) -> None:
     assert ref == BlobRef("secondary", 1, digest)
     cert = q.certificate(ref)
     assert cert is not None and cert.blob_hash == digest and cert.required == 2 and len(cert.signatures) >= 2
-    assert cert.verify(keys) and cert.valid_signers(keys) == {s.public_key for s in cert.signatures}
-    assert not cert.verify([bytes(nacl.signing.SigningKey.generate().verify_key)])
+    assert cert.verify(keys, q.required) and cert.valid_signers(keys) == {s.public_key for s in cert.signatures}
+    assert not cert.verify([bytes(nacl.signing.SigningKey.generate().verify_key)], q.required)
+    # the verifier's threshold counts, not the one a certificate states: one saying it needs none is not enough
+    empty = QuorumCertificate(cert.namespace, cert.blob_hash, (), 0, 3)
+    assert not empty.verify(keys, q.required) and not empty.verify(keys, 0)
+    assert QuorumCertificate.from_bytes(cert.to_bytes()) == cert
+    for junk in (b"", b"\x93\x01\x02\x03", msgpack.packb({"namespace": 1})):
+        with pytest.raises(ValueError, match="not a quorum certificate"):
+            QuorumCertificate.from_bytes(junk)
     assert await q.get(ref) == b"batch-1"
     assert [v.url for v in q.validators()] == [v.url for v in validators]
     holders = [follower for follower in q.validators() if (await follower.read_after(0, 10)).items]

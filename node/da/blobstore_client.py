@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,9 @@ NAMESPACE_LEN = 29
 HASH_LEN = 32
 KEY_LEN = 32
 MAX_LOG_LIMIT = 1000
+#: The largest answer read from a store: a log page is at most ~8 MiB of blobs plus one (the store's
+#: LOG_PAGE_BYTES), in base64 inside JSON. A store (or proxy) sending more is misbehaving: it is not read on.
+MAX_ANSWER_BYTES = 32 << 20
 MAX_LOG_WAIT_MS = 30_000  # the longest long poll of GET /log a store accepts
 # Celestia v0 shape (version 0, 18 zero bytes, 10-byte id); the store accepts any 29 bytes.
 DEFAULT_NAMESPACE = bytes(19) + b"dsdn-coord"
@@ -180,9 +184,9 @@ class BlobStoreDA:
         if blob_hash != expected_hash:
             raise VerificationFailed(f"{self.name}: store answered hash {blob_hash.hex()}, the blob's is "
                                      f"{expected_hash.hex()}")
-        key = self._check_key(key)
-        if not verify_signature(key, self.namespace, expected_hash, signature):
+        if not verify_signature(key, self.namespace, expected_hash, signature):  # before pinning it on first use
             raise VerificationFailed(f"{self.name}: signature does not verify under key {key.hex()[:16]}…")
+        key = self._check_key(key)
         return Receipt(position, expected_hash, signature, key)
 
     async def fetch(self, blob_hash: bytes) -> bytes:
@@ -237,14 +241,20 @@ class BlobStoreDA:
         timeout = self.timeout_s if timeout_s is None else timeout_s
         try:
             with trio.fail_after(timeout):  # a total deadline; httpx's own timeouts are per phase
-                response = await self._http.request(method, self._base + path, timeout=timeout, **kwargs)
+                async with self._http.stream(method, self._base + path, timeout=timeout, **kwargs) as response:
+                    content = bytearray()
+                    async for chunk in response.aiter_bytes():
+                        content += chunk
+                        if len(content) > MAX_ANSWER_BYTES:
+                            raise DAUnavailable(f"{self.name} ({self.url}): {what} answered more than "
+                                                f"{MAX_ANSWER_BYTES >> 20} MiB; is this a blob store?")
         except (trio.TooSlowError, httpx.TimeoutException):
             raise DATimeout(f"{self.name} ({self.url}): {what} got no answer within {timeout:.3g}s") from None
         except httpx.HTTPError as exc:
             raise DAUnavailable(f"{self.name} ({self.url}): {what} failed: {type(exc).__name__}: {exc}") from None
         try:
-            body = response.json()
-        except ValueError:
+            body = json.loads(content)
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
             body = None
         if not isinstance(body, dict):
             raise DAUnavailable(f"{self.name} ({self.url}): {what} answered {response.status_code} without a JSON "

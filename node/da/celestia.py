@@ -247,7 +247,7 @@ class CelestiaDA:
             raise DAUnauthorized(f"{method}: HTTP {status} from the DA node (check DA_AUTH_TOKEN)")
         try:
             envelope = response.json()
-        except (ValueError, httpx.HTTPError):  # not JSON (or undecodable text)
+        except (ValueError, RecursionError, httpx.HTTPError):  # not JSON (undecodable, or nested past the parser)
             envelope = None
         error = envelope.get("error") if isinstance(envelope, dict) else None
         if isinstance(error, dict):

@@ -55,6 +55,8 @@ def required_signatures(n: int, threshold_percent: int) -> int:
     """Fewest k of n with round_half_up(100·k/n) ≥ threshold_percent, i.e. 200·k ≥ (2·threshold − 1)·n."""
     if n < 1 or not 1 <= threshold_percent <= 100:
         raise ValueError("need at least one validator and a threshold from 1 to 100")
+    if threshold_percent == 100:  # all, whatever n (199 of 200 would round to 100%)
+        return n
     return max(1, -(-(2 * threshold_percent - 1) * n // 200))
 
 
@@ -80,8 +82,10 @@ class QuorumCertificate:
         return {s.public_key for s in self.signatures if s.public_key in wanted
                 and verify_signature(s.public_key, self.namespace, self.blob_hash, s.signature)}
 
-    def verify(self, keys: Sequence[bytes]) -> bool:
-        return len(self.valid_signers(keys)) >= self.required
+    def verify(self, keys: Sequence[bytes], required: int) -> bool:
+        """At least ``required`` of ``keys`` signed: the verifier's own threshold, never the one the certificate
+        states (a certificate saying it needs none would pass with no signature)."""
+        return len(self.valid_signers(keys)) >= max(1, required)
 
     def to_bytes(self) -> bytes:
         """msgpack, to keep the certificate with the fallback record of its blob."""
@@ -92,9 +96,13 @@ class QuorumCertificate:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> QuorumCertificate:
-        obj = msgpack.unpackb(data, raw=False)
-        return cls(obj["namespace"], obj["hash"], tuple(ValidatorSignature(*s) for s in obj["signatures"]),
-                   obj["required"], obj["validators"])
+        """The certificate ``to_bytes`` wrote; ValueError for anything else."""
+        try:
+            obj = msgpack.unpackb(data, raw=False)
+            return cls(obj["namespace"], obj["hash"], tuple(ValidatorSignature(*s) for s in obj["signatures"]),
+                       obj["required"], obj["validators"])
+        except Exception as exc:  # msgpack and a wrong shape raise many unrelated types
+            raise ValueError(f"not a quorum certificate: {type(exc).__name__}: {exc}") from None
 
 
 @dataclass
