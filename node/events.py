@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import reprlib
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -128,6 +129,9 @@ _RULES: dict[str, tuple[str, Callable[[list[Any]], tuple[Any, ...] | None]]] = {
 }
 _sha256 = hashlib.sha256
 _unpackb = msgpack.unpackb
+_repr = reprlib.Repr()  # for error messages: bounded, never recursing deep (a peer's nesting blew the stack)
+_repr.maxlevel, _repr.maxstring, _repr.maxother = 3, 64, 64
+_brief = _repr.repr
 _pack = msgpack.Packer(use_bin_type=True).pack
 _new_event = tuple.__new__  # Event(...) without the NamedTuple's Python-level __new__
 _SMALL = 1024  # events up to this size are unpacked without limits (see decode_event)
@@ -145,21 +149,25 @@ def decode_event_tuple(raw: bytes) -> EventTuple:
         raise EventDecodeError(f"not msgpack: {exc}") from None
     if type(obj) is not list or len(obj) != 6:
         raise EventDecodeError("event is not a 6-element array")
-    if _pack(obj) != raw:
+    try:  # (free unless raised) msgpack refuses to re-pack an array nested past its limit: garbage too
+        canonical = _pack(obj) == raw
+    except ValueError as exc:
+        raise EventDecodeError(f"not re-encodable: {exc}") from None
+    if not canonical:
         raise EventDecodeError("event is not in canonical encoding")
     version, kind, wall, counter, origin, fields = obj
-    if version != FORMAT_VERSION:
-        raise EventDecodeError(f"unknown event format version {version!r}")
+    if version is not FORMAT_VERSION:  # the int 1 itself (a small int: one object); True and 1.0 only equal it
+        raise EventDecodeError(f"unknown event format version {_brief(version)}")
     rule = _RULES.get(kind) if type(kind) is str else None
     if rule is None:
-        raise EventDecodeError(f"unknown event kind {kind!r}")
+        raise EventDecodeError(f"unknown event kind {_brief(kind)}")
     if not (type(wall) is int and type(counter) is int and 0 <= wall <= MAX_U63 and 0 <= counter <= MAX_U63):
         raise EventDecodeError("bad hybrid logical clock timestamp")
     if not (type(origin) is str and 0 < len(origin) <= MAX_STR):
         raise EventDecodeError("bad origin")
     checked = rule[1](fields) if type(fields) is list else None
     if checked is None:
-        raise EventDecodeError(f"{kind}: bad fields {fields!r}; expected {SCHEMAS[kind]}")
+        raise EventDecodeError(f"{kind}: bad fields {_brief(fields)}; expected {SCHEMAS[kind]}")
     return (rule[0], wall, counter, origin, checked, raw, _sha256(raw).digest())
 
 

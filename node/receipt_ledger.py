@@ -6,8 +6,12 @@
 * ``batches[event id]``  -> the batch as published (group key, root, size, signature, signers, receipts)
 
 The batch's signature is checked where it is made (consensus/receipt_service.py) and by anyone holding the
-document; here a batch event is trusted like every other event: it comes signed by a cluster member. A batch
-whose receipts cannot be decoded is kept out whole, the same way on every coordinator.
+document. Here a batch event comes signed by a cluster member, and is still checked on its own terms before it
+counts: its root must be the Merkle root of its receipts and its signature must verify under the group key it
+names. Else a lying member could point every receipt at a batch of its own (the register is last-writer-wins)
+and leave no coordinator a document that verifies. A batch that fails, or whose receipts cannot be decoded, is
+kept out whole, the same way on every coordinator. (A member that signs a batch under a key of its own still
+passes this check; its documents then fail against the cluster's key, which verifiers pin.)
 """
 
 from __future__ import annotations
@@ -18,6 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+import nacl.exceptions
+import nacl.signing
+
+from consensus import merkle
+from consensus.receipts import batch_message
 
 Version = tuple[int, int, str, bytes]
 Rehash = Callable[[str, Any, "tuple[Version, Any] | None", Version, Any], None]
@@ -56,6 +65,20 @@ def parse_receipt(receipt_bytes: bytes) -> ReceiptInfo | None:
     if type(rtype) is not str or type(node_id) is not str or type(subject) is not str or type(epoch) is not int:
         return None
     return ReceiptInfo(rtype, node_id, subject, epoch)
+
+
+def _signed(batch: Batch) -> bool:
+    """The batch's root is the Merkle root of its receipts, signed (the batch message) under its group key."""
+    try:
+        key, root, signature = bytes.fromhex(batch.group_key), bytes.fromhex(batch.root), bytes.fromhex(batch.signature)
+        if len(key) != 32 or len(root) != 32 or len(signature) != 64:
+            return False
+        if merkle.root([raw for raw, _ in batch.wires]) != root:
+            return False
+        nacl.signing.VerifyKey(key).verify(batch_message(key, root, batch.tree_size), signature)
+    except (ValueError, nacl.exceptions.CryptoError):  # bad hex, a key that is no point, a bad signature
+        return False
+    return True
 
 
 def parse_batch(fields: tuple[Any, ...]) -> Batch | None:
@@ -112,7 +135,7 @@ class ReceiptLedger:
         if batch is None:
             return False
         infos = [parse_receipt(raw) for raw, _ in batch.wires]
-        if any(i is None for i in infos):
+        if any(i is None for i in infos) or not _signed(batch):
             return False
         self.batches[batch_id] = batch
         for index, ((raw, _), info) in enumerate(zip(batch.wires, infos, strict=True)):
