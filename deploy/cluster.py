@@ -175,22 +175,27 @@ async def _wait_ready(member: Member, http: httpx.AsyncClient) -> None:
     raise RuntimeError(f"{member.id} not ready after {READY_TIMEOUT_S:.0f}s ({member.url}{member.ready_path})")
 
 
-async def _stop(members: list[Member]) -> None:
-    """SIGTERM, wait, then SIGKILL what is left; coordinators first, the DA services last."""
+async def _stop(members: list[Member], hurry: trio.Event) -> None:
+    """SIGTERM, wait, then SIGKILL what is left; coordinators first, the DA services last. Once ``hurry`` is set
+    (Ctrl-C again), what is still running is killed at once."""
     for group in (
         [m for m in members if m.role == "coordinator"],
         [m for m in members if m.role != "coordinator"],
     ):
         for m in group:
             if m.process is not None and m.process.returncode is None:
-                m.process.send_signal(signal.SIGTERM)
-        with trio.move_on_after(STOP_TIMEOUT_S):
-            for m in group:
-                if m.process is not None:
-                    await m.process.wait()
+                m.process.send_signal(signal.SIGKILL if hurry.is_set() else signal.SIGTERM)
+        with trio.move_on_after(STOP_TIMEOUT_S) as waiting:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_cancel_when_set, hurry, waiting)
+                for m in group:
+                    if m.process is not None:
+                        await m.process.wait()
+                nursery.cancel_scope.cancel()
         for m in group:
             if m.process is not None and m.process.returncode is None:
-                print(f"[cluster] {m.id} did not stop in {STOP_TIMEOUT_S:.0f}s; killing it", flush=True)
+                why = "Ctrl-C again" if hurry.is_set() else f"it did not stop in {STOP_TIMEOUT_S:.0f}s"
+                print(f"[cluster] killing {m.id} ({why})", flush=True)
                 m.process.kill()
                 await m.process.wait()
 
@@ -214,10 +219,10 @@ async def run_cluster(n: int, base_port: int, data_dir: Path, block_interval_ms:
                       *, task_status: trio.TaskStatus[list[Member]] = trio.TASK_STATUS_IGNORED) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     members = plan(n, base_port, data_dir, block_interval_ms)
-    stop = trio.Event()
+    stop, hurry = trio.Event(), trio.Event()
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(stop_on_signals, stop)
+            nursery.start_soon(stop_on_signals, stop, hurry)
             try:
                 with trio.CancelScope() as startup:  # Ctrl-C during start-up stops at once, not after it
                     nursery.start_soon(_cancel_when_set, stop, startup)
@@ -240,7 +245,7 @@ async def run_cluster(n: int, base_port: int, data_dir: Path, block_interval_ms:
                 await _wait_for_stop_or_exit(stop, members)
             finally:
                 with trio.CancelScope(shield=True):
-                    await _stop(members)
+                    await _stop(members, hurry)
                 nursery.cancel_scope.cancel()
     finally:
         print("[cluster] stopped", flush=True)

@@ -67,31 +67,33 @@ async def run(cfg: config_mod.Config) -> None:
         if validator is not None:  # answer the peers' long polls now: the graceful stop would wait for them
             validator.stop_waiting()
 
-    async with trio.open_nursery() as outer:
-        outer.start_soon(stop_on_signals, stop)
-        await outer.start(coord.run)
-        if peers is not None:
-            await outer.start(peers.run)
-            outer.start_soon(gossip.run_stats_gossip, coord, peers)
-        if dkg is not None:
-            await outer.start(dkg.run)
-        if receipts is not None:
-            await outer.start(receipts.run)
-        async with trio.open_nursery() as http:
-            binds = await http.start(partial(serve, app, hcfg, shutdown_trigger=shutdown_trigger))  # type: ignore[arg-type]
-            primary = (("mock " + (cfg.mock_da_file if cfg.mock_da_path != ":memory:" else "in memory"))
-                       if cfg.use_mock_da else f"celestia {cfg.da_rpc_url}")
-            log.info("coordinator %s listening on %s (public key %s; DA primary: %s; layers: %s; follows: %s%s%s)",
-                     coord.id, ", ".join(binds), coord.public_key.hex(), primary, ", ".join(coord.da.layers),
-                     ", ".join(coord.da.followed), "; hosts a quorum validator" if validator else "",
-                     f"; peers at {peers.url} ({len(peers.peers)} members)" if peers else "")
-            outer.start_soon(_announce_ready, coord)
-        outer.cancel_scope.cancel()
-    if locks is not None:
-        locks.close()
-    await coord.da.aclose()  # we built the layers: close them (their HTTP clients, the Mock DA file)
-    if validator is not None:
-        validator.close()
+    try:
+        async with trio.open_nursery() as outer:
+            outer.start_soon(stop_on_signals, stop)
+            await outer.start(coord.run)
+            if peers is not None:
+                await outer.start(peers.run)
+                outer.start_soon(gossip.run_stats_gossip, coord, peers)
+            if dkg is not None:
+                await outer.start(dkg.run)
+            if receipts is not None:
+                await outer.start(receipts.run)
+            async with trio.open_nursery() as http:
+                binds = await http.start(partial(serve, app, hcfg, shutdown_trigger=shutdown_trigger))  # type: ignore[arg-type]
+                primary = (("mock " + (cfg.mock_da_file if cfg.mock_da_path != ":memory:" else "in memory"))
+                           if cfg.use_mock_da else f"celestia {cfg.da_rpc_url}")
+                log.info("coordinator %s listening on %s (public key %s; DA primary: %s; layers: %s; follows: %s%s%s)",
+                         coord.id, ", ".join(binds), coord.public_key.hex(), primary, ", ".join(coord.da.layers),
+                         ", ".join(coord.da.followed), "; hosts a quorum validator" if validator else "",
+                         f"; peers at {peers.url} ({len(peers.peers)} members)" if peers else "")
+                outer.start_soon(_announce_ready, coord)
+            outer.cancel_scope.cancel()
+    finally:  # also after a second signal (StoppedBySignal): the lock table and the DA clients are closed
+        if locks is not None:
+            locks.close()
+        await coord.da.aclose()  # we built the layers: close them (their HTTP clients, the Mock DA file)
+        if validator is not None:
+            validator.close()
     log.info("stopped cleanly")
 
 

@@ -324,7 +324,7 @@ async def run(nem: Nemesis, sequence: list[str] | None) -> dict[str, Any]:
                 for p in nem.members:  # a paused process cannot stop
                     if p.process is not None and p.process.returncode is None:
                         p.process.send_signal(signal.SIGCONT)
-                await launcher._stop(nem.members)
+                await launcher._stop(nem.members, trio.Event())
             nursery.cancel_scope.cancel()
     with open(nem.history_path, "w") as f:
         for entry in nem.history:

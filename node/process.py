@@ -129,13 +129,31 @@ def setup_logging(prog: str = "dsdn") -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at INFO
 
 
-async def stop_on_signals(stop: trio.Event) -> None:
-    """Set ``stop`` at the first SIGTERM or SIGINT."""
+class StoppedBySignal(Exception):
+    """A second SIGTERM or SIGINT during a graceful stop: stop at once (``run_process`` exits 128 + signal)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"stopped at once by a second {signal.Signals(signum).name}")
+
+
+async def stop_on_signals(stop: trio.Event, hurry: trio.Event | None = None) -> None:
+    """Set ``stop`` at the first SIGTERM or SIGINT. At a second one (Ctrl-C pressed again while a slow request or
+    child holds the graceful stop up): set ``hurry`` when given (the caller cuts its stop short), else raise
+    ``StoppedBySignal`` (everything is cancelled; ``finally`` blocks still close files). Listening until the end:
+    once the receiver closed, a second Ctrl-C was Python's KeyboardInterrupt, a traceback in the middle of the
+    stop (a cluster launcher left its DA services running, holding their ports)."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
-            log.info("received %s, shutting down", signal.Signals(signum).name)
-            stop.set()
-            return
+            name = signal.Signals(signum).name
+            if not stop.is_set():
+                log.info("received %s, shutting down", name)
+                stop.set()
+            elif hurry is not None:
+                log.warning("received %s again: stopping at once", name)
+                hurry.set()
+            else:
+                raise StoppedBySignal(signum)
 
 
 async def serve_until_signalled(serve: Callable[..., Awaitable[Any]], what: str) -> None:
@@ -160,6 +178,10 @@ def run_process(prog: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> Non
     cannot start (port taken, storage)."""
     try:
         trio.run(fn, *args)
+    except* StoppedBySignal as group:
+        first = leaves(group)[0]
+        print(f"{prog}: {first}", file=sys.stderr)
+        sys.exit(128 + first.signum)  # type: ignore[attr-defined]
     except* (KeyFileError, ConfigError) as group:
         for exc in leaves(group):
             kind = "configuration error: " if isinstance(exc, ConfigError) else ""

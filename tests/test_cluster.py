@@ -377,3 +377,34 @@ def test_cluster_up_by_default_plans_4_coordinators_whose_dkg_threshold_is_3(
         assert threshold == 3
         assert threshold_refusal(4, 3, cfg.dkg_threshold) is None  # a session of 3 is accepted, 2 refused
         assert threshold_refusal(4, 2, cfg.dkg_threshold) is not None
+
+
+async def test_ctrl_c_twice_stops_every_process_of_the_cluster_at_once(tmp_path: Path) -> None:
+    """A request whose body never comes holds coordinator-0's graceful stop up; Ctrl-C again kills what still runs
+    and the launcher ends normally. Before, the second Ctrl-C was a KeyboardInterrupt in the middle of the stop:
+    a traceback, and the devnet and blob store left running, holding their ports (the next `cluster up` failed)."""
+    c = Cluster(tmp_path / "cluster", tmp_path / "cluster.log", n=2)
+    c.start()
+    try:
+        await c.wait_up()
+        pids = [p["pid"] for p in c.info["processes"]]
+        host, port = c.coordinators[0].removeprefix("http://").split(":")
+        stream = await trio.open_tcp_stream(host, int(port))
+        await stream.send_all(b"POST /register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                              b"Content-Length: 100\r\n\r\n{")
+        await trio.sleep(0.3)
+        assert c.proc is not None
+        c.proc.send_signal(signal.SIGINT)
+        await trio.sleep(0.5)
+        c.proc.send_signal(signal.SIGINT)
+        with trio.fail_after(10):
+            while c.proc.poll() is None:
+                await trio.sleep(0.05)
+        assert c.proc.returncode == 0 and "Traceback" not in c.log() and "[cluster] stopped" in c.log()
+        assert "(Ctrl-C again)" in c.log()
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)  # gone (reaped by the launcher)
+        await stream.aclose()
+    finally:
+        c.stop()

@@ -63,6 +63,27 @@ async def test_sigterm_and_sigint_stop_gracefully_even_with_an_idle_keepalive(
         assert "stopped cleanly" in c.log() and "snapshot written" in c.log()
 
 
+async def test_a_second_signal_during_a_held_up_stop_exits_at_once_with_one_line(
+        procs: list[CoordinatorProcess], tmp_path: Path) -> None:
+    """A request whose body never comes holds the graceful stop up; Ctrl-C again stops at once: exit 130 and one
+    line (it was Python's KeyboardInterrupt, a traceback, and the lock table and DA clients left unclosed)."""
+    c = launch(procs, tmp_path, "c0")
+    await c.wait_ready()
+    stream = await trio.open_tcp_stream("127.0.0.1", c.port)
+    await stream.send_all(b"POST /register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: 100\r\n\r\n{")  # and nothing more
+    await trio.sleep(0.3)
+    c.kill(signal.SIGINT)
+    await trio.sleep(0.5)
+    assert c.proc is not None and c.proc.poll() is None  # held up by the open request
+    c.kill(signal.SIGINT)
+    started = trio.current_time()
+    assert await c.wait_exit() == 128 + signal.SIGINT
+    assert trio.current_time() - started < 3.0
+    assert "stopped at once by a second SIGINT" in c.log() and "Traceback" not in c.log()
+    await stream.aclose()
+
+
 async def test_sigterm_answers_a_peers_long_poll_on_the_hosted_validator_at_once(
         procs: list[CoordinatorProcess], tmp_path: Path) -> None:
     c = launch(procs, tmp_path, "validator", QUORUM_VALIDATOR="true")
