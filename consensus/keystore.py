@@ -60,10 +60,13 @@ def _base_key(kdf: int, salt: bytes, opslimit: int, memlimit: int,
               identity: nacl.signing.SigningKey | None, passphrase: bytes | None) -> bytes:
     if kdf == KDF_ARGON2ID:
         if passphrase is None:
-            raise KeystoreError("this key store is protected by a passphrase, and none was given")
+            raise KeystoreError("this key store is protected by a passphrase, and none was given (set "
+                                "KEYSTORE_PASSPHRASE to the one it was written with)")
         return nacl.pwhash.argon2id.kdf(32, passphrase, salt, opslimit=opslimit, memlimit=memlimit)
     if passphrase is not None:
-        raise KeystoreError("this key store is encrypted with the identity key, but a passphrase was given")
+        raise KeystoreError("this key store was written without a passphrase (encrypted with the identity key), but "
+                            "KEYSTORE_PASSPHRASE is set: unset it (a key share is read the way it was written; "
+                            "to protect it with a passphrase, set one before the DKG that makes it)")
     if identity is None:
         raise KeystoreError("an identity key is needed to open this key store")
     return hashlib.blake2b(b"key share at rest", key=bytes(identity), salt=salt, person=b"dsdn/keystore/v1",
@@ -178,7 +181,10 @@ def load(path: Path, *, identity: nacl.signing.SigningKey | None = None, passphr
             raise KeystoreError(f"{path}: Argon2id limits in the header are out of range (tampered?)")
     else:
         raise KeystoreError(f"{path}: unknown key derivation {kdf}")
-    base = _base_key(kdf, salt, opslimit, memlimit, identity, passphrase)
+    try:
+        base = _base_key(kdf, salt, opslimit, memlimit, identity, passphrase)
+    except KeystoreError as e:
+        raise KeystoreError(f"{path}: {e}") from None
     try:
         body = _box(header, base).decrypt(data[_HEADER.size:])
     except nacl.exceptions.CryptoError:

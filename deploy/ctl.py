@@ -38,6 +38,7 @@ import httpx
 
 DEFAULT_CLUSTER_FILE = Path(".dsdn/cluster/cluster.json")
 DEFAULT_TIMEOUT_S = 5.0
+MAX_TIMEOUT_S = 3600.0  # (inf or nan overflowed in the HTTP client: a traceback)
 TOKEN_ENV = "DSDN_API_TOKEN"
 COMMANDS = ("status", "nodes", "objects", "placement")
 EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE, as a shell reports `cmd | head -1` killed by SIGPIPE
@@ -452,7 +453,7 @@ def main(argv: list[str]) -> None:
     _one_line_errors(p)
     args = p.parse_args(argv)
     prog = f"dsdn {args.command}" + (f" {args.action}" if getattr(args, "action", None) else "")
-    bad = ("--timeout must be above 0" if not args.timeout > 0 else
+    bad = (f"--timeout must be above 0 and at most {MAX_TIMEOUT_S:.0f}" if not 0 < args.timeout <= MAX_TIMEOUT_S else
            "--rf must be from 1 to 64" if args.command == "placement" and not 1 <= args.rf <= 64 else None)
     if bad:
         print(f"{prog}: error: {bad}", file=sys.stderr)

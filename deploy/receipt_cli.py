@@ -99,7 +99,8 @@ def _offline(args: argparse.Namespace) -> int:
         else:
             valid, reason = rc.verify_document(_read_json(args.target), bytes.fromhex(args.group_key))
             print(json.dumps({"valid": valid, "reason": reason}))
-            code = 0 if valid else 1
+            not_a_document = reason.startswith(("malformed document", "the document is not"))
+            code = 0 if valid else 2 if not_a_document else 1
         sys.stdout.flush()
     except BrokenPipeError:
         return ctl.stdout_closed()
@@ -229,10 +230,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _bad_argument(args: argparse.Namespace) -> str | None:
+    if args.action == "make" and args.epoch_length < 1:  # (checked before the node key is made)
+        return "--epoch-length must be 1 or more"
     if args.action in ("make", "verify"):
         return None
-    if not args.timeout > 0:
-        return "--timeout must be above 0"
+    if not 0 < args.timeout <= ctl.MAX_TIMEOUT_S:
+        return f"--timeout must be above 0 and at most {ctl.MAX_TIMEOUT_S:.0f}"
     if args.action == "submit" and not 0 <= args.wait_ms <= MAX_WAIT_MS:
         return f"--wait-ms must be from 0 to {MAX_WAIT_MS}"
     if args.action == "list":

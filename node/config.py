@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from node.blob import MAX_BLOB_BYTES
 from node.da.namespace import NamespaceError, parse_namespace
@@ -21,6 +22,7 @@ NETWORKS = ("mainnet", "mocha", "local")
 FALLBACK_TYPES = ("none", "quorum", "emergency")
 #: LOG_FORMAT: ``text`` (human-readable lines, the default) or ``json`` (one object per line, node.process)
 LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 class ConfigError(ValueError):
@@ -106,6 +108,7 @@ class Config:
     da_failure_threshold: int = 3
     da_recovery_threshold: int = 2
     log_format: str = "text"  # LOG_FORMAT (logging is set up before the config is read: node.process)
+    log_level: str = "INFO"  # LOG_LEVEL (likewise)
 
     @property
     def mock_da_file(self) -> str:
@@ -173,11 +176,30 @@ def log_format(env: Mapping[str, str]) -> str:
     return _choice(env, "LOG_FORMAT", "text", LOG_FORMATS)
 
 
+def log_level(env: Mapping[str, str]) -> str:
+    """LOG_LEVEL, any case: DEBUG, INFO (default), WARNING, ERROR or CRITICAL; ConfigError otherwise (``verbose``
+    was ignored, silently, at INFO)."""
+    return _choice(env, "LOG_LEVEL", "info", LOG_LEVELS).upper()
+
+
 def _url(env: Mapping[str, str], var: str) -> str | None:
     raw = _get(env, var)
-    if raw is not None and not re.match(r"^https?://[^\s/]+", raw):
-        raise ConfigError(var, raw, "an http:// or https:// URL")
+    if raw is not None:
+        _check_url(raw, var)
     return raw
+
+
+def _check_url(raw: str, var: str) -> None:
+    """An http(s)://host[:port][/path] URL whose port, if any, is 1..65535 (``http://x:abc`` passed a prefix check,
+    then failed in the HTTP client at start with a traceback and exit 1, which systemd restarts for ever)."""
+    try:
+        parts = urlsplit(raw)
+        port = parts.port  # ValueError for a port that is no number or out of range
+    except ValueError:
+        parts, port = None, 0
+    if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname or port == 0
+            or any(c.isspace() for c in raw)):
+        raise ConfigError(var, raw, "an http:// or https:// URL (http(s)://host[:port][/path], port 1-65535)")
 
 
 def _host(env: Mapping[str, str]) -> str:
@@ -353,6 +375,8 @@ def load(env: Mapping[str, str]) -> Config:
         raise ConfigError("ENABLE_FALLBACK", env.get("ENABLE_FALLBACK"), f"true when FALLBACK_DA_TYPE={fallback_type}")
     validators_raw = _get(env, "QUORUM_VALIDATORS")
     validators = tuple(v.strip() for v in (validators_raw or "").split(",") if v.strip())
+    for url in validators:
+        _check_url(url, "QUORUM_VALIDATORS")
     if enable_fallback and fallback_type == "quorum" and not validators:
         raise ConfigError("QUORUM_VALIDATORS", validators_raw, "comma-separated validator addresses")
     validator_keys = _keys(env, "QUORUM_VALIDATOR_KEYS")
@@ -448,4 +472,5 @@ def load(env: Mapping[str, str]) -> Config:
         da_failure_threshold=_int(env, "DA_FAILURE_THRESHOLD", 3, 1, 1000),
         da_recovery_threshold=_int(env, "DA_RECOVERY_THRESHOLD", 2, 1, 1000),
         log_format=log_format(env),
+        log_level=log_level(env),
     )

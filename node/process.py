@@ -22,7 +22,7 @@ import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio.tcp_server import TCPServer
 
-from node.config import ConfigError, log_format
+from node.config import ConfigError, log_format, log_level
 from node.identity import KeyFileError
 
 log = logging.getLogger("dsdn.process")
@@ -114,18 +114,17 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(prog: str = "dsdn") -> None:
-    """Configure the root logger from LOG_LEVEL and LOG_FORMAT; an invalid LOG_FORMAT stops the process with
-    one line on stderr and exit code 2, as every invalid setting does."""
-    level = os.environ.get("LOG_LEVEL", "INFO").upper()
+    """Configure the root logger from LOG_LEVEL and LOG_FORMAT; an invalid one stops the process with one line on
+    stderr and exit code 2, as every invalid setting does."""
     try:
-        fmt = log_format(os.environ)
+        level, fmt = log_level(os.environ), log_format(os.environ)
     except ConfigError as exc:
         print(f"{prog}: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json"
                          else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=level if level in logging.getLevelNamesMapping() else "INFO", handlers=[handler])
+    logging.basicConfig(level=level, handlers=[handler])
     logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at INFO
 
 

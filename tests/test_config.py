@@ -118,8 +118,8 @@ def test_fallback_consistency_rules() -> None:
         load({"USE_MOCK_DA": "true", "ENABLE_FALLBACK": "true", "FALLBACK_DA_TYPE": "quorum"})
     assert err.value.var == "QUORUM_VALIDATORS"
     cfg = load({"USE_MOCK_DA": "true", "ENABLE_FALLBACK": "1", "FALLBACK_DA_TYPE": "Quorum",
-                "QUORUM_VALIDATORS": " a:1, ,b:2 "})
-    assert cfg.quorum_validators == ("a:1", "b:2") and cfg.fallback_da_type == "quorum"
+                "QUORUM_VALIDATORS": " http://a:1, ,https://b:2 "})
+    assert cfg.quorum_validators == ("http://a:1", "https://b:2") and cfg.fallback_da_type == "quorum"
 
 
 K0, K1 = "aa" * 32, "bb" * 32
@@ -185,3 +185,22 @@ def test_dkg_threshold_below_the_floor_is_a_configuration_error() -> None:
     with pytest.raises(ConfigError, match="DKG_THRESHOLD='five': expected an integer from 5 to 7"):
         load({**env, "DKG_THRESHOLD": "five"})
     assert load({**env, "DKG_THRESHOLD": "5"}).dkg_threshold == 5
+
+
+@pytest.mark.parametrize(("var", "value", "extra"), [
+    ("DA_RPC_URL", "http://celestia:26658x", {}), ("DA_RPC_URL", "http://127.0.0.1:99999", {}),
+    ("DA_RPC_URL", "http://127.0.0.1:0", {}), ("DA_RPC_URL", "ftp://celestia:26658", {}),
+    ("EMERGENCY_DA_URL", "http://x:abc", {"ENABLE_FALLBACK": "true", "FALLBACK_DA_TYPE": "emergency"}),
+    ("QUORUM_VALIDATORS", "http://v1:8080,not-a-url", {"ENABLE_FALLBACK": "true", "FALLBACK_DA_TYPE": "quorum"}),
+])
+def test_a_url_the_http_client_cannot_use_is_a_configuration_error(var: str, value: str,
+                                                                    extra: dict[str, str]) -> None:
+    """These passed a prefix check, then failed in the HTTP client at start: a traceback and exit 1, which systemd
+    restarts for ever (exit 2, a configuration error, it does not)."""
+    env = {"DA_RPC_URL": "http://127.0.0.1:26658", "DA_NAMESPACE": "00" * 19 + "0123456789abcdef0123", **extra,
+           var: value}
+    with pytest.raises(ConfigError) as err:
+        load(env)
+    assert err.value.var == var and "port 1-65535" in str(err.value)
+    assert load({**env, var: value.replace("not-a-url", "http://v2:8080").replace("26658x", "26658")
+                 .replace("99999", "9999").replace(":0", ":1").replace("ftp", "https").replace(":abc", ":80")})

@@ -312,13 +312,18 @@ def test_bad_arguments_exit_2_with_one_line(in_cluster_dir: Procs, capsys: pytes
         (["objects", "register", "h", "--size", "big"], "dsdn objects register: error: argument --size: invalid "
                                                         "int value: 'big' (see --help)"),
         (["status", "--url", "ftp://x"], "dsdn status: --url 'ftp://x': expected an http:// or https:// URL"),
-        (["status", "--timeout", "0"], "dsdn status: error: --timeout must be above 0"),
+        (["status", "--timeout", "0"], "dsdn status: error: --timeout must be above 0 and at most 3600"),
+        (["status", "--timeout", "inf"], "dsdn status: error: --timeout must be above 0 and at most 3600"),
+        (["status", "--timeout", "nan"], "dsdn status: error: --timeout must be above 0 and at most 3600"),
+        (["receipt", "make", "--node", "n", "--epoch-length", "0", "--node-key", str(tmp_path / "k")],
+         "dsdn receipt make: error: --epoch-length must be 1 or more"),
         (["status", "--cluster", str(tmp_path / "none.json")],
          f"dsdn status: no cluster file at {tmp_path / 'none.json'} (start a cluster with `dsdn cluster up`, or pass "
          "--url)"),
     ]:
         code, out, err = dsdn(capsys, *argv)
         assert (code, out, one_line(err)) == (2, "", expected), argv
+    assert not (tmp_path / "k").exists()  # refused before the node key was made
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")
     code, _, err = dsdn(capsys, "status", "--cluster", str(broken))
@@ -418,6 +423,10 @@ def test_receipt_submit_token_json_verifies_offline_and_table(
     tampered.write_text(json.dumps({**doc, "signature": "00" * 64}))
     code, out, _ = dsdn(capsys, "receipt", "verify", str(tampered), "--group-key", key)
     assert code == 1 and json.loads(out)["valid"] is False
+    not_a_document = tmp_path / "other.json"
+    not_a_document.write_text(json.dumps({"x": 1}))  # JSON, but no document: bad input (2), not invalid (1)
+    code, out, _ = dsdn(capsys, "receipt", "verify", str(not_a_document), "--group-key", key)
+    assert code == 2 and json.loads(out)["reason"].startswith("malformed document")
     code, out, err = dsdn(capsys, "receipt", "verify", str(tmp_path / "missing.json"), "--group-key", key)
     assert code == 2 and out == ""
     assert one_line(err) == f"dsdn receipt verify: {tmp_path / 'missing.json'}: No such file or directory"

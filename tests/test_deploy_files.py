@@ -5,9 +5,9 @@ Checked: the unit passes ``systemd-analyze verify`` (when present; ExecStart poi
 since /opt/dsdn is not installed here) and has its hardening; every command they run is a console script of
 pyproject's [project.scripts] and its arguments parse with that command's own parser; every environment
 variable they set is one the code reads (node/config.py, recorded while it loads the very environment; the
-few read elsewhere: LOG_LEVEL in node/process.py, DEVNET_AUTH_TOKEN and BLOBSTORE_WRITERS by the devnet and the
-blob store); the example cluster config and the cluster config the compose ``init`` service writes parse with
-node/config.py into the right members; the Dockerfile's COPY sources exist. Nothing here builds an image or
+few read elsewhere: DEVNET_AUTH_TOKEN and BLOBSTORE_WRITERS by the devnet and the blob store); the example
+cluster config and the cluster config the compose ``init`` service writes parse with node/config.py into the
+right members; the Dockerfile's COPY sources exist. Nothing here builds an image or
 needs Docker.
 """
 
@@ -85,12 +85,19 @@ def environ_reads(*modules: str) -> set[str]:
     return names
 
 
-PROCESS_VARS = environ_reads("node.process")  # LOG_LEVEL: every process of ours
+def logging_reads() -> set[str]:
+    """What node.process.setup_logging reads in every process of ours (through node.config)."""
+    recording = RecordingEnv({})
+    config.log_level(recording), config.log_format(recording)
+    return recording.read
+
+
+PROCESS_VARS = environ_reads("node.process") | logging_reads()  # LOG_LEVEL, LOG_FORMAT: every process of ours
 COORDINATOR_VARS = PROCESS_VARS | environ_reads("deploy.coordinator")
 
 
 def test_environ_reads_finds_the_entry_points_variables() -> None:
-    assert "LOG_LEVEL" in PROCESS_VARS
+    assert {"LOG_LEVEL", "LOG_FORMAT"} <= PROCESS_VARS
     assert "DEVNET_AUTH_TOKEN" in environ_reads("deploy.devnet")
     assert "BLOBSTORE_WRITERS" in environ_reads("deploy.blobstore")
 

@@ -71,8 +71,14 @@ def test_wrong_identity_key_fails(tmp_path: Path, share: frost.KeyShare, identit
     keystore.save(path, share, identity=identity)
     with pytest.raises(KeystoreError, match="cannot decrypt the key store: wrong identity key or passphrase"):
         keystore.load(path, identity=nacl.signing.SigningKey.generate())
-    with pytest.raises(KeystoreError, match="encrypted with the identity key, but a passphrase was given"):
+    with pytest.raises(KeystoreError) as err:  # the file, the variable and what to do: one line
         keystore.load(path, identity=identity, passphrase=b"x")
+    assert str(err.value).startswith(f"{path}: this key store was written without a passphrase")
+    assert "KEYSTORE_PASSPHRASE is set: unset it" in str(err.value)
+    keystore.save(path, share, passphrase=b"pw")
+    with pytest.raises(KeystoreError, match=f"^{path}: .*none was given .*KEYSTORE_PASSPHRASE"):
+        keystore.load(path, identity=identity)
+    keystore.save(path, share, identity=identity)
     with pytest.raises(KeystoreError, match="identity key is needed"):
         keystore.load(path)
 

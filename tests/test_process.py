@@ -197,6 +197,10 @@ def test_bad_configuration_exits_2_with_one_line(tmp_path: Path) -> None:
                      "to 65535"]
     result = run_cli({"USE_MOCK_DA": "", "DA_RPC_URL": "", "COORDINATOR_DATA_DIR": str(tmp_path)})
     assert result.returncode == 2 and "DA_RPC_URL" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli({"USE_MOCK_DA": "true", "LOG_LEVEL": "verbose", "COORDINATOR_DATA_DIR": str(tmp_path)})
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "dsdn-coordinator: configuration error: LOG_LEVEL='verbose': expected one of debug, info, warning, error, "
+        "critical"]  # it was ignored, silently
 
 
 def test_port_in_use_exits_1_with_a_clear_message(tmp_path: Path) -> None:
