@@ -43,12 +43,13 @@ import msgpack
 import nacl.signing
 import trio
 
-from consensus import frost, merkle
+from consensus import frost
 from consensus import receipts as rc
 from consensus.dkg import assign_identifiers
 from consensus.lockstore import CLOSED_CONFLICT, CLOSED_REJECTED, LockStore, LockTableBroken
 from consensus.roast import Outcome, RoastTracker, Session
 from consensus.slots import Decision, Verdict, choose_batch
+from node import merkle
 from protocol.envelope import Message, Registry, is_bytes, is_int, is_list, is_str, optional
 
 log = logging.getLogger("dsdn.receipts")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import struct
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -22,11 +21,11 @@ import msgpack
 import nacl.exceptions
 import nacl.signing
 
-from consensus import merkle
+from node import merkle
+from node.receipt_ledger import batch_message  # (the ledger checks batches too)
 
 RECEIPT_VERSION = 1
 USAGE_DOMAIN = b"dsdn/usage/v1"
-BATCH_DOMAIN = b"dsdn/receipt-batch/v1"
 OPTIMISTIC_DOMAIN = b"dsdn/receipt-optimistic/v1"
 TYPES = ("storage", "compute")
 MAX_REWARD = 10**12
@@ -240,8 +239,6 @@ def sign_as_node(key: nacl.signing.SigningKey, **fields: Any) -> Receipt:
 # ---- batches and documents --------------------------------------------------------------------------
 
 
-def batch_message(group_public_key: bytes, root: bytes, tree_size: int) -> bytes:
-    return BATCH_DOMAIN + group_public_key + root + struct.pack(">Q", tree_size)
 
 
 def optimistic_message(receipt_id: bytes) -> bytes:

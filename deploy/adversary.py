@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from consensus import frost, merkle
+from consensus import frost
 from consensus import receipts as rc
 from consensus.dkg import DkgParticipant, Outgoing
 from consensus.dkg_messages import Round2
 from consensus.receipt_service import FINAL, LOCK, LOCK_REPLY, SIGN, SIGN_REPLY
 from consensus.slots import Decision, Verdict
+from node import merkle
 
 if TYPE_CHECKING:
     from consensus.receipt_service import ReceiptService

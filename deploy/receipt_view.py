@@ -13,11 +13,11 @@ from typing import Any
 
 import trio
 
-from consensus import merkle
 from consensus import receipts as rc
 from consensus.frost import verify
 from consensus.receipt_service import KeySource
 from node import events as ev
+from node import merkle
 from node.outbox import Overloaded
 from node.receipt_ledger import Batch, parse_batch
 from node.state import State

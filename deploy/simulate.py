@@ -50,12 +50,12 @@ from typing import Any
 import trio
 import trio.testing
 
-from consensus import merkle
 from consensus import receipts as rc
 from consensus.dkg import default_threshold
 from consensus.receipt_service import Unavailable
 from deploy.simulation import EPOCH, IDLE_POLL_S, Member, SimCluster
 from node import events as ev
+from node import merkle
 
 LIVENESS_BOUND_S = 90.0
 SETTLE_S = 4.0

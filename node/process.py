@@ -159,8 +159,10 @@ async def serve_until_signalled(serve: Callable[..., Awaitable[Any]], what: str)
     """``nursery.start(serve, shutdown_trigger=...)``; SIGTERM/SIGINT trigger its graceful stop."""
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(stop_on_signals, stop)
-        await nursery.start(partial(serve, shutdown_trigger=stop.wait))
+        nursery.start_soon(stop_on_signals, stop)  # listens until the end (a second signal: StoppedBySignal)
+        async with trio.open_nursery() as serving:
+            await serving.start(partial(serve, shutdown_trigger=stop.wait))
+        nursery.cancel_scope.cancel()
     logging.getLogger(f"dsdn.{what}").info("stopped cleanly")
 
 

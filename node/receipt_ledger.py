@@ -17,6 +17,7 @@ passes this check; its documents then fail against the cluster's key, which veri
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,9 +26,9 @@ import msgpack
 import nacl.exceptions
 import nacl.signing
 
-from consensus import merkle
-from consensus.receipts import batch_message
+from node import merkle
 
+BATCH_DOMAIN = b"dsdn/receipt-batch/v1"
 Version = tuple[int, int, str, bytes]
 Rehash = Callable[[str, Any, "tuple[Version, Any] | None", Version, Any], None]
 MAX_BATCH = 4096
@@ -65,6 +66,11 @@ def parse_receipt(receipt_bytes: bytes) -> ReceiptInfo | None:
     if type(rtype) is not str or type(node_id) is not str or type(subject) is not str or type(epoch) is not int:
         return None
     return ReceiptInfo(rtype, node_id, subject, epoch)
+
+
+def batch_message(group_public_key: bytes, root: bytes, tree_size: int) -> bytes:
+    """What the cluster signs for a batch (issue 9 §2): the domain, its group key, its Merkle root, its size."""
+    return BATCH_DOMAIN + group_public_key + root + struct.pack(">Q", tree_size)
 
 
 def _signed(batch: Batch) -> bool:

@@ -12,10 +12,10 @@ import trio
 
 from api.app import create_app
 from api.openapi import ROUTES, openapi_path
-from consensus import merkle
 from consensus import receipts as rc
 from deploy.receipt_view import StateLedgerView
 from node import events as ev
+from node import merkle
 from node.config import Config
 from node.coordinator import Coordinator
 from node.da.mock import MockDA

@@ -20,8 +20,8 @@ import nacl.signing
 import pytest
 import trio
 
-from consensus import merkle
 from consensus import receipts as rc
+from node import merkle
 from tests.test_cluster import Cluster, free_base_port, until
 
 NODES = 8

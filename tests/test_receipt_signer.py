@@ -12,12 +12,13 @@ import pytest
 import trio
 import trio.testing
 
-from consensus import frost, merkle
+from consensus import frost
 from consensus import receipts as rc
 from consensus.lockstore import LockStore, LockTableBroken
 from consensus.receipt_service import ReceiptService, Unavailable
 from consensus.slots import Verdict
 from deploy.simulation import SimCluster
+from node import merkle
 from tests.test_receipt_sim import distinct_receipt
 
 

@@ -13,13 +13,13 @@ import pytest
 import trio
 import trio.testing
 
-from consensus import merkle
 from consensus import receipts as rc
 from consensus.group import GroupError, deserialize_element
 from consensus.lockstore import LockTableBroken
 from consensus.receipt_service import LOCK, LOCK_REPLY, ReceiptService, Unavailable
 from consensus.slots import Verdict
 from deploy.simulation import EPOCH, SimCluster
+from node import merkle
 
 
 def check_document(doc: dict, group_key: bytes) -> None:

@@ -14,11 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consensus import frost, merkle
+from consensus import frost
 from consensus import receipts as rc
 from consensus.group import GroupError, deserialize_element
 from consensus.roast import RoastTracker
 from consensus.slots import Verdict, choose_batch, decide, slot_key
+from node import merkle
 
 NODE = nacl.signing.SigningKey(bytes(range(32)))
 FIELDS = dict(receipt_type="storage", node_id="n1", subject="obj", epoch=5, usage_proof_hash="11" * 32,

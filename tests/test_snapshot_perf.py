@@ -19,10 +19,9 @@ import nacl.signing
 import pytest
 import trio
 
-from consensus import merkle
 from consensus import receipts as rc
 from node import events as ev
-from node import receipt_ledger, snapshot
+from node import merkle, receipt_ledger, snapshot
 from node import state as state_mod
 from node.events import EventDecodeError, decode_event, make_event
 from node.state import State
