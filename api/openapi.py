@@ -122,8 +122,8 @@ ROUTES: list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any], tuple[i
     ("GET", "/fallback/pending", "Blobs pending reconciliation, oldest first (?limit=1..1000, default 1000)", None,
      {"type": "array"}, (422,)),
     ("POST", "/fallback/reconcile", "Run reconciliation now", None, OBJ, (401, 409)),
-    ("GET", "/fallback/consistency", "Check the newest published blobs (200 of each kind, within 10 s) are "
-     "readable from DA", None, OBJ, ()),
+    ("GET", "/fallback/consistency", "Check the newest published blobs (200 of each kind, within 10 s, then the "
+     "newest 100 event blobs, within 10 s more) are readable from DA", None, OBJ, ()),
     ("GET", "/health", "Liveness and DA health (always 200 while the process lives)", None, OBJ, ()),
     ("GET", "/ready", "Readiness (503 while rebuilding, while a followed DA log is stuck on a read error, or when "
      "no DA layer takes writes)", None, READY, (503,)),

@@ -340,7 +340,8 @@ class Coordinator:
         details = report["details"] + published["details"]
         return {**report, "is_consistent": not details, "complete": report["complete"] and published["complete"],
                 "items_verified": report["items_verified"] + published["items_verified"],
-                "inconsistencies_found": len(details), "details": details, "verified_at": wall_ms()}
+                "inconsistencies_found": report["inconsistencies_found"] + published["inconsistencies_found"],
+                "details": details, "verified_at": wall_ms()}
 
     async def published_consistency(self, limit: int = 100) -> dict[str, Any]:
         """Check for real that recently published events are readable from DA inside their blob, within the

@@ -396,6 +396,7 @@ async def test_consistency_checks_published_blobs(client: Any, coord: Coordinato
     with trio.fail_after(5):
         report = await get(client, "/fallback/consistency")
     assert report["is_consistent"] is False and report["complete"] is False
+    assert report["inconsistencies_found"] == 0  # unchecked is not found inconsistent (it is not consistent either)
     assert "stopped at its 0.3s deadline: 1 of 1 recent blobs unchecked" in report["details"][-1]
 
 

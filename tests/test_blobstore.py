@@ -396,18 +396,33 @@ async def test_a_store_answering_nested_or_huge_bodies_is_unavailable_not_a_cras
 
 
 async def test_an_answer_whose_signature_fails_does_not_pin_its_key() -> None:
-    """Trust on first use pins a store's key only from a signature that verifies: a forged answer (any key, a
-    bad signature) used to pin its key for the client's life, failing every genuine answer after it."""
+    """Trust on first use pins a store's key only from a signature that verifies: a forged answer (a bad
+    signature, or a bare /health claim from a proxy) used to pin its key for the client's life, failing every
+    genuine answer after it."""
     forger = bytes(nacl.signing.SigningKey.generate().verify_key)
+    store = nacl.signing.SigningKey.generate()
+    genuine = [False]
 
     def handler(request: httpx.Request) -> httpx.Response:
-        digest = hashlib.sha256(request.content).hexdigest()
-        return httpx.Response(200, json={"position": 1, "hash": digest, "signature": "00" * 64,
-                                         "validator": forger.hex()})
+        if request.url.path.endswith("/health"):
+            return httpx.Response(200, json={"ok": True, "head": 0, "public_key": forger.hex()})
+        digest = hashlib.sha256(request.content).digest()
+        if not genuine[0]:
+            return httpx.Response(200, json={"position": 1, "hash": digest.hex(), "signature": "00" * 64,
+                                             "validator": forger.hex()})
+        signature = store.sign(signed_message(NS, digest)).signature
+        return httpx.Response(200, json={"position": 1, "hash": digest.hex(), "signature": signature.hex(),
+                                         "validator": bytes(store.verify_key).hex()})
 
     async with BlobStoreDA("http://store.invalid:1", timeout_s=5) as da:
         await da._http.aclose()
         da._http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
         with pytest.raises(VerificationFailed, match="does not verify"):
             await da.store(b"blob")
+        await da.health()
         assert da._key is None
+        genuine[0] = True
+        await da.store(b"blob")  # the genuine store's signed answer pins its key
+        assert da._key == bytes(store.verify_key)
+        with pytest.raises(VerificationFailed):  # and a claim of another key is refused from then on
+            await da.health()

@@ -193,8 +193,11 @@ def test_a_member_s_deeply_nested_event_is_invalid_not_a_crash() -> None:
     """An event of at most 1,024 bytes is unpacked without a depth limit: one nested ~1,000 deep made the error
     message's repr() blow the stack (RecursionError past decode_blob and the consumer: every coordinator following
     that log went down, again at each restart). Any value a member may put anywhere is an EventDecodeError."""
-    head = msgpack.packb([1, ev.NODE_REGISTERED, T0, 0, "c0", []])[:-1]
-    for raw in (b"\x96" + b"\x91" * 1000 + b"\x01" + head[2:], head + b"\x91" * 1000 + b"\x90",
+    head = msgpack.packb([1, ev.NODE_REGISTERED, T0, 0, "c0", []])[:-1]  # then the fields, nested 990 deep:
+    deep_fields, deep_version = head + b"\x91" * 990 + b"\x90", b"\x96" + b"\x91" * 985 + b"\x01" + head[2:] + b"\x90"
+    assert len(deep_fields) <= 1024 and len(deep_version) <= 1024  # well-formed, unpacked without limits
+    assert msgpack.unpackb(deep_fields) and msgpack.unpackb(deep_version)
+    for raw in (deep_fields, deep_version,
                 msgpack.packb([True, ev.REPLICA_HEALED, T0, 0, "c0", ["h", "n1"]]),
                 msgpack.packb([1.0, ev.REPLICA_HEALED, T0, 0, "c0", ["h", "n1"]])):
         with pytest.raises(EventDecodeError) as err:
