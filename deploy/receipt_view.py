@@ -44,7 +44,8 @@ class StateLedgerView:
         return node_id in found[1]
 
     def signed_document(self, receipt_id: bytes) -> dict[str, Any] | None:
-        located = self._state().ledger.locate(receipt_id)
+        key = self._keys.key  # the cluster's: a member may have signed the receipt again under a key of its own
+        located = self._state().ledger.locate(receipt_id, key.group_public_key.hex() if key is not None else None)
         if located is None:
             return None
         batch, index = located

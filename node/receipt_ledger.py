@@ -10,8 +10,9 @@ document. Here a batch event comes signed by a cluster member, and is still chec
 counts: its root must be the Merkle root of its receipts and its signature must verify under the group key it
 names. Else a lying member could point every receipt at a batch of its own (the register is last-writer-wins)
 and leave no coordinator a document that verifies. A batch that fails, or whose receipts cannot be decoded, is
-kept out whole, the same way on every coordinator. (A member that signs a batch under a key of its own still
-passes this check; its documents then fail against the cluster's key, which verifiers pin.)
+kept out whole, the same way on every coordinator. A member may still sign a batch under a key of its own (the
+state does not know the cluster's key: it is no event), later than the cluster's batch of the same receipts, so
+the register points at it; ``locate`` given the cluster's key still finds the batch signed under it.
 """
 
 from __future__ import annotations
@@ -110,6 +111,9 @@ class ReceiptLedger:
         self.batches: dict[bytes, Batch] = {}
         self.info: dict[bytes, ReceiptInfo] = {}  # derived: receipt id -> its slot fields
         self.by_slot: dict[tuple[str, str, str, int], set[bytes]] = {}  # derived: slot -> signed receipt ids
+        # derived: receipt id -> every (batch, index) holding it, for the receipts held by more than one batch (a
+        # takeover re-signed it, or a member signed it again under a key of its own: see ``locate``)
+        self.also: dict[bytes, set[tuple[bytes, int]]] = {}
 
     # Writes return True when they wrote, False when they did not (a later version, an unreadable batch) and
     # SAME when the register already holds exactly this version (the event was applied before).
@@ -150,17 +154,30 @@ class ReceiptLedger:
             self.info[rid] = info
             self.by_slot.setdefault((info.receipt_type, info.node_id, info.subject, info.epoch), set()).add(rid)
             current = self.receipts.get(rid)
+            if current is not None:
+                self.also.setdefault(rid, {current[1]}).add((batch_id, index))
             if current is None or current[0] < version:
                 self.receipts[rid] = (version, (batch_id, index))
                 self._rehash("rc", rid, current, version, (batch_id, index))
         return True
 
-    def locate(self, receipt_id: bytes) -> tuple[Batch, int] | None:
+    def locate(self, receipt_id: bytes, group_key: str | None = None) -> tuple[Batch, int] | None:
+        """The batch holding a receipt, and its place there: the register's (the latest batch), unless
+        ``group_key`` (hex) is given and that batch is signed under another key while one signed under
+        ``group_key`` holds the receipt too. A member may sign a batch under a key of its own, later than the
+        cluster's batch: the register is last-writer-wins, but a coordinator that knows the cluster's key still
+        serves the document that verifies under it."""
         entry = self.receipts.get(receipt_id)
         if entry is None:
             return None
         batch_id, index = entry[1]
-        return self.batches[batch_id], index
+        batch = self.batches[batch_id]
+        if group_key is not None and batch.group_key != group_key:
+            for other_id, other_index in sorted(self.also.get(receipt_id, ())):
+                other = self.batches[other_id]
+                if other.group_key == group_key:
+                    return other, other_index
+        return batch, index
 
     def double_signed(self) -> list[tuple[tuple[str, str, str, int], set[bytes]]]:
         """Slots holding more than one signed receipt (must always be empty)."""
@@ -170,7 +187,7 @@ class ReceiptLedger:
 
     def cut(self, rehash: Rehash) -> ReceiptLedger:
         """The registers as they are now, for a snapshot (``State.frozen``): three dict copies, a few
-        milliseconds at 100,000 receipts. The derived indexes (``info``, ``by_slot``) stay empty: a cut is
+        milliseconds at 100,000 receipts. The derived indexes (``info``, ``by_slot``, ``also``) stay empty: a cut is
         encoded, never queried (copying a set per slot took 200 ms at 100,000 receipts, on the event loop)."""
         other = ReceiptLedger(rehash)
         other.node_keys, other.receipts = self.node_keys.copy(), self.receipts.copy()
@@ -230,10 +247,15 @@ class ReceiptLedger:
             self.receipts[rid] = (version, (bid, i))  # type: ignore[assignment]
             if rehash:
                 self._rehash("rc", rid, None, version, (bid, i))  # type: ignore[arg-type]
-        for b in self.batches.values():
-            for raw, _ in b.wires:
+        first: dict[bytes, tuple[bytes, int]] = {}
+        for bid, b in self.batches.items():
+            for index, (raw, _) in enumerate(b.wires):
                 info = parse_receipt(raw)
                 rid = hashlib.sha256(raw).digest()
+                if rid in first:
+                    self.also.setdefault(rid, {first[rid]}).add((bid, index))
+                else:
+                    first[rid] = (bid, index)
                 if info is not None:
                     self.info[rid] = info
                     self.by_slot.setdefault((info.receipt_type, info.node_id, info.subject, info.epoch),

@@ -475,3 +475,26 @@ def test_a_batch_that_does_not_verify_on_its_own_terms_is_kept_out_whole() -> No
         assert all(s.ledger.locate(rid)[0] is s.ledger.batches[batch.id] for rid in s.ledger.receipts)  # type: ignore[index]
         roots.add(s.root())
     assert len(roots) == 1
+
+
+def test_a_receipt_signed_again_under_a_member_s_own_key_is_still_served_under_the_cluster_s() -> None:
+    """A member signs the cluster's receipts again under a key of its own, later: that batch passes the ledger's
+    check and the last-writer-wins register points at it, but a coordinator that knows the cluster's key locates
+    the batch signed under that key, also after a snapshot round trip (the index is rebuilt on load)."""
+    good = receipt_events(1, 3)
+    batch = good[-1]
+    fields = dict(zip([name for name, _ in ev.SCHEMAS[ev.RECEIPT_BATCH]], batch.fields, strict=True))
+    own = nacl.signing.SigningKey(b"o" * 32)
+    own_key, root = bytes(own.verify_key), bytes.fromhex(fields["root"])
+    signature = own.sign(rc.batch_message(own_key, root, 3)).signature.hex()
+    rival = make_event(ev.RECEIPT_BATCH, (T0 + 99, 1), "c2", **{**fields, "group_key": own_key.hex(),
+                                                               "signature": signature})
+    cluster_key = bytes(GROUP.verify_key).hex()
+    for order in ([*good, rival], [rival, *good]):
+        s = State()
+        s.apply_all(order)
+        assert set(s.ledger.batches) == {batch.id, rival.id}
+        for state in (s, snapshot.decode(snapshot.encode(snapshot.Snapshot(s, {}, 0))).state):
+            for rid in state.ledger.receipts:
+                assert state.ledger.locate(rid)[0].group_key == own_key.hex()  # type: ignore[index]  # the register
+                assert state.ledger.locate(rid, cluster_key)[0].group_key == cluster_key  # type: ignore[index]
