@@ -76,6 +76,10 @@ from node.identity import load_or_create
 log = logging.getLogger("dsdn.blobstore")
 T = TypeVar("T")
 DEFAULT_MAX_BODY = 2 * 1024 * 1024
+#: The largest --max-body-bytes: a log page (LOG_PAGE_BYTES of blobs, plus one) in base64 inside JSON must stay
+#: under what a follower reads of one answer (node.da.blobstore_client.MAX_ANSWER_BYTES), or one large blob would
+#: make every follower's read of that page fail for ever
+MAX_BODY_LIMIT = 12 * 1024 * 1024
 DEFAULT_LOG_LIMIT = 100
 LOG_PAGE_BYTES = 8 * 1024 * 1024
 DB_FILE = "blobs.sqlite3"
@@ -124,8 +128,8 @@ class BlobStore:
     def __init__(self, data_dir: Path, *, max_body_bytes: int = DEFAULT_MAX_BODY,
                  writers: frozenset[bytes] | None = None) -> None:
         """``writers``: the Ed25519 keys whose signed writes are accepted (None: anyone may write)."""
-        if max_body_bytes < 1:
-            raise ValueError("max_body_bytes must be positive")
+        if not 1 <= max_body_bytes <= MAX_BODY_LIMIT:
+            raise ValueError(f"max_body_bytes must be from 1 to {MAX_BODY_LIMIT}")
         self.max_body_bytes = max_body_bytes
         self.writers = writers
         self.key = load_or_create(data_dir)  # creates data_dir

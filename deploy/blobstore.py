@@ -16,7 +16,7 @@ from pathlib import Path
 import trio
 from hypercorn.trio import serve
 
-from api.blobstore import DEFAULT_MAX_BODY, BlobStore, create_blobstore_app
+from api.blobstore import DEFAULT_MAX_BODY, MAX_BODY_LIMIT, BlobStore, create_blobstore_app
 from node.process import hypercorn_config, run_process, serve_until_signalled, setup_logging
 
 log = logging.getLogger("dsdn.blobstore")
@@ -70,8 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY,
                         help=f"largest accepted blob (default {DEFAULT_MAX_BODY})")
     args = parser.parse_args(argv)
-    if not 0 <= args.port <= 65535 or args.max_body_bytes < 1:
-        parser.error("--port must be 0..65535 and --max-body-bytes positive")
+    if not 0 <= args.port <= 65535 or not 1 <= args.max_body_bytes <= MAX_BODY_LIMIT:
+        parser.error(f"--port must be 0..65535 and --max-body-bytes from 1 to {MAX_BODY_LIMIT} (what its followers "
+                     "read of one log page bounds it)")
     try:
         writers = frozenset(bytes.fromhex(k.strip()) for k in args.writers.split(",") if k.strip()) or None
     except ValueError:

@@ -19,11 +19,12 @@ import pytest
 import trio
 from quart_trio import QuartTrio
 
-from api.blobstore import BlobStore, register_blobstore_routes
+from api.blobstore import LOG_PAGE_BYTES, MAX_BODY_LIMIT, BlobStore, register_blobstore_routes
 from deploy.blobstore import serve_blobstore, serve_store
 from node.da.base import BlobNotFound, BlobRef, DATimeout, DAUnavailable
 from node.da.blobstore_client import (
     DEFAULT_NAMESPACE,
+    MAX_ANSWER_BYTES,
     BlobRejected,
     BlobStoreDA,
     VerificationFailed,
@@ -262,6 +263,13 @@ def test_bad_arguments_exit_2() -> None:
     r = subprocess.run([sys.executable, "-m", "deploy.blobstore", "--port", "70000"], capture_output=True,
                        cwd=Path(__file__).parent.parent, timeout=30)
     assert r.returncode == 2 and b"--port" in r.stderr
+    # a blob larger than this would push a log page past what a follower reads of one answer: every follower's read
+    # of that page would fail for ever
+    r = subprocess.run([sys.executable, "-m", "deploy.blobstore", "--max-body-bytes", str(MAX_BODY_LIMIT + 1)],
+                       capture_output=True, cwd=Path(__file__).parent.parent, timeout=30)
+    assert r.returncode == 2 and b"--max-body-bytes from 1 to" in r.stderr
+    largest_page = (LOG_PAGE_BYTES + MAX_BODY_LIMIT) * 4 // 3 + (1 << 20)  # base64 in JSON, and room for the rest
+    assert largest_page <= MAX_ANSWER_BYTES
 
 
 # ---- BlobStoreDA -------------------------------------------------------------------------------------------
