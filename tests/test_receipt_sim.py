@@ -16,6 +16,7 @@ import trio.testing
 from consensus import receipts as rc
 from consensus.group import GroupError, deserialize_element
 from consensus.lockstore import LockTableBroken
+from consensus import receipt_service as rs
 from consensus.receipt_service import LOCK, LOCK_REPLY, ReceiptService, Unavailable
 from consensus.slots import Verdict
 from deploy.simulation import EPOCH, SimCluster
@@ -600,6 +601,59 @@ async def test_a_lone_receipt_starts_its_batch_at_once_and_waits_for_company_onl
         assert [ids for _, ids in started] == [[first.id], [second.id, third.id]]
         assert started[0][0] - t0 < 0.01  # at once, not 0.5 s later
         assert started[1][0] - (t0 + 0.05) >= 0.5  # the second waited its batch_wait_s, and the third joined it
+        nursery.cancel_scope.cancel()
+
+
+async def test_behind_a_batch_in_flight_the_next_waits_for_it_to_end_unless_it_stalls(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """One batch at a time makes batches larger under load: receipts queued behind a batch in flight go together
+    once it ended, not in a batch of their own beside it. A batch in flight far longer than usual (stalled) no
+    longer holds them back: they start beside it at ``STALL_FACTOR`` times the usual batch's time."""
+    cluster = SimCluster(tmp_path, 4, seed=53, delay=(0.001, 0.002))
+    cluster.seed_ledger()
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        service = cluster.service("c0")
+        started: list[tuple[float, list[bytes]]] = []
+        ended: dict[bytes, float] = {}
+        run_batch = service._run_batch
+
+        async def watched(batch: list[rc.Receipt]) -> None:
+            started.append((trio.current_time(), [r.id for r in batch]))
+            await run_batch(batch)
+            ended[batch[0].id] = trio.current_time()
+
+        service._run_batch = watched  # type: ignore[method-assign]
+        receipts = [distinct_receipt(cluster, k) for k in range(6)]
+        for peer in ("c1", "c2", "c3"):
+            answer_locks_late(cluster, peer, 0.1)
+        service.submit(receipts[0])
+        await cluster.wait_final({receipts[0].id})
+        usual = service._batch_s
+        assert usual >= 0.1
+        t0 = trio.current_time()
+        service.submit(receipts[1])
+        await trio.sleep(0.01)
+        service.submit(receipts[2])
+        await trio.sleep(0.05)
+        service.submit(receipts[3])
+        await cluster.wait_final({r.id for r in receipts[1:4]})
+        assert [ids for _, ids in started[1:]] == [[receipts[1].id], [receipts[2].id, receipts[3].id]]
+        assert started[1][0] - t0 < 0.01  # nothing in flight: at once
+        assert started[2][0] >= ended[receipts[1].id]  # behind it: once it ended
+        # A stalled batch: its locks come back far later than usual (yet within the lock timeout).
+        for peer in ("c1", "c2", "c3"):
+            answer_locks_late(cluster, peer, 0.9)
+        usual = service._batch_s
+        stall_after = max(rs.STALL_MIN_S, rs.STALL_FACTOR * usual)
+        assert stall_after < 0.8
+        service.submit(receipts[4])
+        await trio.sleep(0.01)
+        service.submit(receipts[5])
+        await cluster.wait_final({receipts[4].id, receipts[5].id})
+        assert [ids for _, ids in started[3:]] == [[receipts[4].id], [receipts[5].id]]
+        assert abs(started[4][0] - (started[3][0] + stall_after)) < 0.01  # beside it, once it counted as stalled
+        assert started[4][0] < ended[receipts[4].id] - 0.05
         nursery.cancel_scope.cancel()
 
 
