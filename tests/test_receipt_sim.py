@@ -13,10 +13,10 @@ import pytest
 import trio
 import trio.testing
 
+from consensus import receipt_service as rs
 from consensus import receipts as rc
 from consensus.group import GroupError, deserialize_element
 from consensus.lockstore import LockTableBroken
-from consensus import receipt_service as rs
 from consensus.receipt_service import LOCK, LOCK_REPLY, ReceiptService, Unavailable
 from consensus.slots import Verdict
 from deploy.simulation import EPOCH, SimCluster
