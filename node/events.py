@@ -12,7 +12,7 @@ import hashlib
 import math
 import reprlib
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import msgpack
 
@@ -106,26 +106,37 @@ _CHECKS = {
 }
 
 
-def _compile_check(kind: str, schema: tuple[tuple[str, str], ...]) -> Callable[[list[Any]], tuple[Any, ...] | None]:
-    """The field check of one kind as generated code (decoding is the hot path of a rebuild): the exact
-    arity, the exact type of each field (bool is not int), then its bounds: str 1..MAX_STR characters, int
-    0..MAX_U63, float finite, bin 1..MAX_BIN bytes. Returns the fields as a tuple, or None."""
+def _compile_decoder(kind: str, schema: tuple[tuple[str, str], ...]) -> Callable[[list[Any], bytes], EventTuple | None]:
+    """The checks of one kind's events as generated code (decoding is the hot path of a rebuild), over an event
+    unpacked as ``[version, kind, wall, counter, origin, fields]``: the format version is the int 1, the clock two
+    ints in 0..MAX_U63, the origin 1..MAX_STR characters, the fields the kind's exact arity, each of the exact type
+    (bool is not int) and within its bounds: str 1..MAX_STR characters, int 0..MAX_U63, float finite, bin
+    1..MAX_BIN bytes. Returns the event as a plain tuple (its kind the shared string of ``SCHEMAS``), or None."""
     names = [f"f{i}" for i in range(len(schema))]
     types = " and ".join(f"type({n}) is {_TYPES[t]}" for n, (_, t) in zip(names, schema, strict=True))
     bounds = " and ".join(_CHECKS[t].format(v=n) for n, (_, t) in zip(names, schema, strict=True))
-    unpack = f"{', '.join(names)}, = fields" if names else ""
-    source = (f"def check_{kind.replace('.', '_')}(fields):\n"
-              f"    if len(fields) != {len(schema)}:\n        return None\n"
+    unpack = f"{', '.join(names)}, = fields" if names else "pass"
+    name = f"decode_{kind.replace('.', '_')}"
+    source = (f"def {name}(obj, raw):\n"
+              f"    version, _, wall, counter, origin, fields = obj\n"
+              f"    if not (version is ONE and type(wall) is int and type(counter) is int and 0 <= wall <= MAX_U63\n"
+              f"            and 0 <= counter <= MAX_U63 and type(origin) is str and 0 < len(origin) <= MAX_STR\n"
+              f"            and type(fields) is list and len(fields) == {len(schema)}):\n"
+              f"        return None\n"
               f"    {unpack}\n"
-              f"    return ({', '.join(names)},) if {types} and {bounds} else None\n")
-    scope: dict[str, Any] = {"MAX_STR": MAX_STR, "MAX_U63": MAX_U63, "MAX_BIN": MAX_BIN, "_isfinite": math.isfinite}
-    exec(compile(source, f"<event check {kind}>", "exec"), scope)  # the source is built from SCHEMAS alone
-    return scope[f"check_{kind.replace('.', '_')}"]  # type: ignore[no-any-return]
+              f"    if {types or 'True'} and {bounds or 'True'}:\n"
+              f"        return (KIND, wall, counter, origin, ({''.join(n + ', ' for n in names)}), raw,\n"
+              f"                _sha256(raw).digest())\n"
+              f"    return None\n")
+    scope: dict[str, Any] = {"MAX_STR": MAX_STR, "MAX_U63": MAX_U63, "MAX_BIN": MAX_BIN, "_isfinite": math.isfinite,
+                             "ONE": FORMAT_VERSION, "KIND": kind, "_sha256": hashlib.sha256}
+    exec(compile(source, f"<event decoder {kind}>", "exec"), scope)  # the source is built from SCHEMAS alone
+    return scope[name]  # type: ignore[no-any-return]
 
 
-# kind -> (the kind's own string, so events carry one shared object per kind; its field check)
-_RULES: dict[str, tuple[str, Callable[[list[Any]], tuple[Any, ...] | None]]] = {
-    kind: (kind, _compile_check(kind, schema)) for kind, schema in SCHEMAS.items()
+# kind -> its decoder (``_compile_decoder``); the kind strings of SCHEMAS are the ones events carry (one object)
+_DECODERS: dict[str, Callable[[list[Any], bytes], EventTuple | None]] = {
+    kind: _compile_decoder(kind, schema) for kind, schema in SCHEMAS.items()
 }
 _sha256 = hashlib.sha256
 _unpackb = msgpack.unpackb
@@ -139,7 +150,9 @@ _SMALL = 1024  # events up to this size are unpacked without limits (see decode_
 
 def decode_event_tuple(raw: bytes) -> EventTuple:
     """``decode_event`` as a plain tuple: the same checks, the same fields in the same order. A rebuild's hot
-    path (``node.blob.decode_blob``): a plain tuple costs a third of a NamedTuple's ``tuple.__new__``."""
+    path (``node.blob.decode_blob``): a plain tuple costs a third of a NamedTuple's ``tuple.__new__``; the kind's
+    generated decoder checks everything but the encoding in one call, and only an event it refuses, or one not in
+    canonical encoding, goes through ``_refuse`` for the reason."""
     try:  # use_list, raw=False and strict_map_key are msgpack's defaults
         if len(raw) <= _SMALL:  # too short for the limits to matter (< 1,024 items); what they stop, checks reject
             obj = _unpackb(raw)
@@ -147,9 +160,21 @@ def decode_event_tuple(raw: bytes) -> EventTuple:
             obj = _unpackb(raw, max_str_len=1024, max_bin_len=MAX_BIN, max_array_len=64, max_map_len=0)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         raise EventDecodeError(f"not msgpack: {exc}") from None
+    if type(obj) is list and len(obj) == 6:
+        kind = obj[1]
+        decoder = _DECODERS.get(kind) if type(kind) is str else None
+        # (its fields are scalars once the decoder took it: re-packing cannot fail then)
+        if decoder is not None and (event := decoder(obj, raw)) is not None and _pack(obj) == raw:
+            return event
+    _refuse(obj, raw)
+
+
+def _refuse(obj: Any, raw: bytes) -> NoReturn:
+    """Raise the EventDecodeError saying why ``obj`` (``raw`` unpacked) is no valid event, checking in this order:
+    the shape, the encoding, the format version, the kind, the clock, the origin, then the fields."""
     if type(obj) is not list or len(obj) != 6:
         raise EventDecodeError("event is not a 6-element array")
-    try:  # (free unless raised) msgpack refuses to re-pack an array nested past its limit: garbage too
+    try:  # msgpack refuses to re-pack an array nested past its limit: garbage too
         canonical = _pack(obj) == raw
     except ValueError as exc:
         raise EventDecodeError(f"not re-encodable: {exc}") from None
@@ -158,17 +183,13 @@ def decode_event_tuple(raw: bytes) -> EventTuple:
     version, kind, wall, counter, origin, fields = obj
     if version is not FORMAT_VERSION:  # the int 1 itself (a small int: one object); True and 1.0 only equal it
         raise EventDecodeError(f"unknown event format version {_brief(version)}")
-    rule = _RULES.get(kind) if type(kind) is str else None
-    if rule is None:
+    if type(kind) is not str or kind not in _DECODERS:
         raise EventDecodeError(f"unknown event kind {_brief(kind)}")
     if not (type(wall) is int and type(counter) is int and 0 <= wall <= MAX_U63 and 0 <= counter <= MAX_U63):
         raise EventDecodeError("bad hybrid logical clock timestamp")
     if not (type(origin) is str and 0 < len(origin) <= MAX_STR):
         raise EventDecodeError("bad origin")
-    checked = rule[1](fields) if type(fields) is list else None
-    if checked is None:
-        raise EventDecodeError(f"{kind}: bad fields {_brief(fields)}; expected {SCHEMAS[kind]}")
-    return (rule[0], wall, counter, origin, checked, raw, _sha256(raw).digest())
+    raise EventDecodeError(f"{kind}: bad fields {_brief(fields)}; expected {SCHEMAS[kind]}")
 
 
 def decode_event(raw: bytes) -> Event:
