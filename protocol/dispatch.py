@@ -1,29 +1,34 @@
 """What a node does with messages whatever carries them (real links or the simulated network):
 subscriptions by type, request/response with timeouts, and request handlers.
 
-Request handlers are bounded too: at most ``max_handlers`` run at once (a request beyond that is
-dropped and counted; the requester times out) and each gets ``handler_timeout_s`` to answer.
+Request handlers are bounded too: at most ``max_handlers`` run at once, and at most ``max_handlers_per_peer``
+(a quarter of them) for one peer, so a member flooding requests it never waits for cannot take every handler
+from the others (a cluster tolerates at most three faulty members of ten); a request beyond either is dropped
+and counted (the requester times out). Each handler gets ``handler_timeout_s`` to answer; a reply that cannot
+be encoded (a handler's bug) is logged and not sent, never raised into the transport.
 Subscriber channels are bounded. A full one makes delivery wait (the link's reader stops reading, so
 TCP slows the sender down) for up to ``backpressure_s``; a subscriber stuck longer than that loses the
 message (counted by the caller), so one stuck layer cannot stall a link forever. A handler's exception
 is logged, never raised into the transport.
 
-A reply is bound to its request: it must come from the peer asked and be of the type the requester
-expects (``request(..., expect=...)``); any other message naming the request, or a reply to no pending
-request (late, or made up), is dropped and counted (``stray_replies``, ``late_replies``), and the
-request keeps waiting for the real answer.
+A reply is bound to its request: it names its id, which starts at a random 62-bit number in every process (a
+reply queued for a previous run of this node, before a restart, names none of this run's requests), it must
+come from the peer asked and be of the type the requester expects (``request(..., expect=...)``); any other
+message naming the request, or a reply to no pending request (late, or made up), is dropped and counted
+(``stray_replies``, ``late_replies``), and the request keeps waiting for the real answer.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import trio
 
-from protocol.envelope import Message
+from protocol.envelope import Message, ProtocolError
 
 log = logging.getLogger("dsdn.peers")
 Handler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -44,10 +49,13 @@ class _Pending:
 
 class Dispatcher:
     def __init__(self, send: SendFn, subscriber_buffer: int = 1024, backpressure_s: float = 1.0,
-                 max_handlers: int = 64, handler_timeout_s: float = 30.0) -> None:
+                 max_handlers: int = 64, handler_timeout_s: float = 30.0, *, first_id: int | None = None) -> None:
+        """``first_id``: the id of the first request (random unless given: the simulation's are seeded)."""
         self._send = send
         self.max_handlers, self.handler_timeout_s = max_handlers, handler_timeout_s
+        self.max_handlers_per_peer = max(1, max_handlers // 4)
         self.running_handlers = 0
+        self._running_by_peer: dict[str, int] = {}
         self.backpressure_s = backpressure_s
         self.subscriber_buffer = subscriber_buffer
         self._subscribers: dict[str, list[trio.MemorySendChannel[tuple[str, Message]]]] = {}
@@ -55,7 +63,7 @@ class Dispatcher:
         self._pending: dict[int, _Pending] = {}
         self.stray_replies = 0  # from another peer than the one asked, or of another type than expected
         self.late_replies = 0  # naming no pending request (it timed out, or never existed)
-        self._next_id = 1
+        self._next_id = first_id if first_id is not None else 1 + secrets.randbits(62)
         self.nursery: trio.Nursery | None = None  # where request handlers run; set by the transport
 
     def subscribe(self, type_: str) -> trio.MemoryReceiveChannel[tuple[str, Message]]:
@@ -102,9 +110,11 @@ class Dispatcher:
             pending.done.set()
             return 0
         if msg.id is not None and msg.type in self._handlers and self.nursery is not None:
-            if self.running_handlers >= self.max_handlers:
+            mine = self._running_by_peer.get(peer_id, 0)
+            if self.running_handlers >= self.max_handlers or mine >= self.max_handlers_per_peer:
                 return 1
             self.running_handlers += 1
+            self._running_by_peer[peer_id] = mine + 1
             self.nursery.start_soon(self._answer, peer_id, msg)
             return 0
         dropped = 0
@@ -140,4 +150,10 @@ class Dispatcher:
             return
         finally:
             self.running_handlers -= 1
-        self._send(peer_id, reply_type, body, re=msg.id)
+            left = self._running_by_peer.pop(peer_id) - 1
+            if left:
+                self._running_by_peer[peer_id] = left
+        try:
+            self._send(peer_id, reply_type, body, re=msg.id)
+        except ProtocolError:  # a handler's answer that breaks its schema: the requester times out
+            log.exception("handler for %s from %s answered what cannot be sent", msg.type, peer_id)

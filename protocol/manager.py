@@ -5,7 +5,8 @@
   connect timeout does not cover a silent peer). Refusals close with a code and reason and are logged.
   A failure of one link (a refusal, a broken frame, an unexpected error) ends that link only.
 * Unauthenticated inbound connections (from the TCP accept until the dialer's transcript signature is
-  verified) are bounded: at most ``max_unauthenticated`` at once (more are closed at once, counted),
+  verified) are bounded: at most ``max_unauthenticated`` at once (one more closes the oldest that has not asked for
+  the websocket upgrade, else the oldest: counted as ``evicted``),
   ``upgrade_timeout_s`` to send the websocket upgrade, then ``handshake_timeout_s`` for the handshake,
   and websocket messages of at most ``PRE_AUTH_MAX_MESSAGE`` bytes (a larger one closes the connection
   with 1009 before it is read whole); the limit rises to ``WS_MAX_MESSAGE`` once the peer is verified
@@ -136,6 +137,14 @@ class _Conn:
         self.scope.cancel()
 
 
+@dataclass(eq=False)
+class _Unverified:
+    """An inbound connection not authenticated yet: cancelling ``scope`` closes it."""
+
+    scope: trio.CancelScope
+    upgraded: bool = False  # it asked for the websocket upgrade
+
+
 class RateLimitedLog:
     """Warnings that a remote can cause at will: at most one line per ``every_s`` seconds and ``kind``;
     the next line that gets out says how many were suppressed since the last one."""
@@ -170,8 +179,9 @@ class PeerManager:
         self.max_unauthenticated, self.upgrade_timeout_s = max_unauthenticated, upgrade_timeout_s
         self.handshake_timeout_s = handshake_timeout_s
         self.warn = RateLimitedLog(log, log_every_s)
-        self.unauthenticated = 0  # inbound connections between the TCP accept and a verified peer
-        self.inbound = {"accepted": 0, "refused_busy": 0, "no_upgrade": 0, "bad_path": 0, "refused": 0,
+        # inbound connections between the TCP accept and a verified peer, oldest first
+        self._unverified: dict[_Unverified, None] = {}
+        self.inbound = {"accepted": 0, "evicted": 0, "no_upgrade": 0, "bad_path": 0, "refused": 0,
                         "failed": 0, "authenticated": 0}
         self.subscriber_buffer = subscriber_buffer
         self.members = {m.public_key: m for m in members}
@@ -237,7 +247,8 @@ class PeerManager:
         url = f"ws://{m.host}:{m.port}{PATH}"
         delay = 0.1
         while True:
-            link.state = State.CONNECTING
+            if link.conn is None:
+                link.state = State.CONNECTING
             lasted = 0.0
             try:
                 with trio.CancelScope(deadline=trio.current_time() + self.handshake_timeout_s) as handshake_scope:
@@ -258,36 +269,31 @@ class PeerManager:
                 link.errors += 1
                 link.last_error = f"{type(exc).__name__}: {exc}"
                 self.warn.warning(f"dial {m.id}", "peer link to %s failed", m.id, exc_info=True)
-            link.state = State.DOWN
+            if link.conn is None:  # (an inbound link from this peer may have replaced ours: it is up)
+                link.state = State.DOWN
             delay = 0.1 if lasted > 10 else min(10.0, delay * 2)
             await trio.sleep(random.uniform(delay / 2, delay))
 
     async def _inbound(self, stream: trio.SocketStream) -> None:
         """One inbound TCP connection, in the manager's nursery: nothing a remote sends may escape from here,
         and the connection is closed whatever happens."""
-        if self.unauthenticated >= self.max_unauthenticated:
-            self.inbound["refused_busy"] += 1
-            self.warn.warning("busy", "refused an inbound peer connection from %s: %d unauthenticated already",
-                              _remote(stream), self.unauthenticated)
-            await trio.aclose_forcefully(stream)
-            return
+        if len(self._unverified) >= self.max_unauthenticated:
+            self._evict(_remote(stream))
         self.inbound["accepted"] += 1
-        self.unauthenticated += 1
-        counted = True
+        pending = _Unverified(trio.CancelScope())
+        self._unverified[pending] = None
 
         def authenticated() -> None:
-            nonlocal counted
-            if counted:
-                counted = False
-                self.unauthenticated -= 1
+            if self._unverified.pop(pending, 0) is None:
                 self.inbound["authenticated"] += 1
 
         try:
-            async with trio.open_nursery() as nursery:  # the connection's reader task
-                try:
-                    await self._serve_inbound(nursery, stream, authenticated)
-                finally:
-                    nursery.cancel_scope.cancel()
+            with pending.scope:
+                async with trio.open_nursery() as nursery:  # the connection's reader task
+                    try:
+                        await self._serve_inbound(nursery, stream, authenticated, pending)
+                    finally:
+                        nursery.cancel_scope.cancel()
         except* (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # the remote went away
         except* Exception:
@@ -295,12 +301,29 @@ class PeerManager:
             self.warn.warning("error", "unexpected error on an inbound peer connection from %s", _remote(stream),
                               exc_info=True)
         finally:
-            if counted:
-                self.unauthenticated -= 1
+            self._unverified.pop(pending, None)
             await trio.aclose_forcefully(stream)
 
+    def _evict(self, newcomer: str) -> None:
+        """Make room for a new inbound connection: close the oldest unauthenticated one that has not asked for the
+        websocket upgrade yet, else the oldest of all. Refusing the newcomer instead let a stranger holding every
+        slot (reopening each as it timed out) keep every member from linking for ever; now a member's
+        connection, which asks at once and handshakes in milliseconds, pushes out those idling."""
+        victim = next((c for c in self._unverified if not c.upgraded), None) or next(iter(self._unverified))
+        del self._unverified[victim]
+        victim.scope.cancel()
+        self.inbound["evicted"] += 1
+        self.warn.warning("busy", "closed the oldest of %d unauthenticated inbound peer connections (%s) to make "
+                          "room for one from %s", self.max_unauthenticated,
+                          "upgraded" if victim.upgraded else "no upgrade yet", newcomer)
+
+    @property
+    def unauthenticated(self) -> int:
+        """Inbound connections between the TCP accept and a verified peer."""
+        return len(self._unverified)
+
     async def _serve_inbound(self, nursery: trio.Nursery, stream: trio.SocketStream,
-                             authenticated: Callable[[], None]) -> None:
+                             authenticated: Callable[[], None], pending: _Unverified) -> None:
         # What trio-websocket's serve_websocket does, but it keeps a rejected connection open until the
         # client leaves, gives a silent one 60 s, and keeps one message limit for the connection's life.
         ws = WebSocketConnection(stream, WSConnection(ConnectionType.SERVER), max_message_size=PRE_AUTH_MAX_MESSAGE)
@@ -319,6 +342,7 @@ class PeerManager:
                               _remote(stream), f"within {self.upgrade_timeout_s:g}s"
                               if trio.current_time() >= upgrade_scope.deadline else "before it closed")
             return
+        pending.upgraded = True
         if request.path != PATH:
             self.inbound["bad_path"] += 1
             self.warn.warning("path", "refused a websocket upgrade from %s to %r (404)", _remote(stream),

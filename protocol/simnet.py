@@ -33,7 +33,8 @@ class SimNode:
 
     def __init__(self, net: SimNetwork, node_id: str) -> None:
         self.net, self.my_id = net, node_id
-        self.dispatcher = Dispatcher(self.send)
+        net.incarnations += 1  # request ids distinct per incarnation (as the random ones of real nodes), seeded
+        self.dispatcher = Dispatcher(self.send, first_id=net.incarnations << 40)
         self.subscribe = self.dispatcher.subscribe
         self.on_request = self.dispatcher.on_request
         self.request = self.dispatcher.request
@@ -61,6 +62,7 @@ class SimNetwork:
         self.rng = random.Random(seed)
         self.drop, self.duplicate, self.delay = drop, duplicate, delay
         self.nodes: dict[str, SimNode] = {}
+        self.incarnations = 0  # nodes added so far (a restarted node is added again)
         self.stats = SimStats()
         self._group: dict[str, int] = {}
         self._nursery: trio.Nursery | None = None

@@ -68,27 +68,58 @@ def test_the_defaults() -> None:
     assert callable(ws._reader_task) and callable(ws._get_request)
 
 
-async def test_unauthenticated_connections_are_bounded() -> None:
+async def test_unauthenticated_connections_are_bounded_and_the_oldest_idle_one_makes_room() -> None:
     ms = members(["a", "b"])
     async with manager(ms[1], ms, upgrade_timeout_s=60) as b:  # the idle ones stay for the whole test
         idle = [await trio.open_tcp_stream("127.0.0.1", ms[1].port) for _ in range(MAX_UNAUTHENTICATED)]
         await wait_for(lambda: b.unauthenticated == MAX_UNAUTHENTICATED, what="16 unauthenticated connections")
         extra = await trio.open_tcp_stream("127.0.0.1", ms[1].port)
-        with trio.fail_after(1):  # the 17th is closed at once
-            assert await read_until_eof(extra) == b""
-        assert b.inbound["refused_busy"] == 1 and b.unauthenticated == MAX_UNAUTHENTICATED
-        with trio.move_on_after(0.3) as still_open:  # the first 16 are still being served
-            await idle[0].receive_some(1)
+        with trio.fail_after(1):  # the 17th closes the oldest
+            assert await read_until_eof(idle[0]) == b""
+        assert b.inbound["evicted"] == 1 and b.unauthenticated == MAX_UNAUTHENTICATED
+        with trio.move_on_after(0.3) as still_open:  # the others and the newcomer are still being served
+            await trio.testing.wait_all_tasks_blocked()
+            await idle[1].receive_some(1)
         assert still_open.cancelled_caught
-        await idle.pop().aclose()
-        await wait_for(lambda: b.unauthenticated == MAX_UNAUTHENTICATED - 1, what="a slot to free up")
-        async with manager(ms[0], ms) as a:  # a member gets the free slot; once linked it holds none
+        # one that asked for the upgrade is kept over idle ones, even older: the oldest idle one goes
+        await idle[1].send_all(upgrade("/peer/v1"))
+        await wait_for(lambda: any(c.upgraded for c in b._unverified), what="the upgrade")
+        newer = await trio.open_tcp_stream("127.0.0.1", ms[1].port)
+        with trio.fail_after(1):
+            assert await read_until_eof(idle[2]) == b""
+        assert b.inbound["evicted"] == 2 and b.unauthenticated == MAX_UNAUTHENTICATED
+        async with manager(ms[0], ms) as a:  # a member gets in though every slot is taken; linked, it holds none
             await wait_for(lambda: a.peers["b"].state is State.UP, what="the link")
-            assert b.unauthenticated == MAX_UNAUTHENTICATED - 1
-        for stream in idle:
+            assert b.unauthenticated == MAX_UNAUTHENTICATED - 1 and b.inbound["evicted"] == 3
+        for stream in [*idle, extra, newer]:
             await stream.aclose()
         await wait_for(lambda: b.unauthenticated == 0, what="every slot to free up")
-        await extra.aclose()
+
+
+async def test_a_stranger_holding_every_slot_does_not_keep_a_member_from_linking() -> None:
+    """A stranger keeps every unauthenticated slot taken (it reopens a connection whenever one is closed): before,
+    the newcomer was the one refused, so member a never linked to b (a reviewer's reproduction: down for 30 s)."""
+    ms = members(["a", "b"])
+
+    async def hog(port: int) -> None:
+        while True:
+            try:
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+            except OSError:
+                await trio.sleep(0.01)
+                continue
+            try:
+                await read_until_eof(stream)  # until b closes it
+            finally:
+                await stream.aclose()
+
+    async with manager(ms[1], ms, upgrade_timeout_s=0.5) as b, trio.open_nursery() as hogs:
+        for _ in range(MAX_UNAUTHENTICATED + 4):
+            hogs.start_soon(hog, ms[1].port)
+        await wait_for(lambda: b.unauthenticated == MAX_UNAUTHENTICATED, what="every slot taken")
+        async with manager(ms[0], ms) as a:
+            await wait_for(lambda: a.peers["b"].state is State.UP, what="the link despite the stranger")
+        hogs.cancel_scope.cancel()
 
 
 async def test_messages_before_authentication_are_small_and_full_size_after() -> None:

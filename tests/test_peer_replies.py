@@ -96,3 +96,82 @@ async def test_a_forged_reply_over_a_real_link_is_dropped_and_counted() -> None:
             assert got == [] and a.peers["c"].dropped == dropped + 1
             release.set()
         assert [m.body for m in got] == [{"data": b"from b"}]
+
+
+async def test_a_reply_queued_for_a_previous_run_answers_none_of_the_restarted_nodes_requests() -> None:
+    """b's reply to request #n of a's previous run waits in b's send queue (kept across reconnects) and reaches the
+    restarted a. Request ids used to start at 1 in every process, so it answered the new run's first request (a
+    reviewer's reproduction: "reply to old batch" accepted for "new batch"). They start at a random number now."""
+    ms = members(["a", "b"])
+    b = PeerManager("b", KEYS["b"], "test", ms, registry(), port=ms[1].port, heartbeat_s=0.2)
+
+    async def echo(peer_id: str, body: dict[str, bytes]) -> dict[str, bytes]:
+        if body["data"] == b"old":
+            await trio.sleep(0.5)  # still working when a goes down
+        return {"data": b"reply to " + body["data"]}
+
+    b.on_request("echo", "echo.reply", echo)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(b.run)
+        async with trio.open_nursery() as first_run:
+            a1 = PeerManager("a", KEYS["a"], "test", ms, registry(), port=ms[0].port, heartbeat_s=0.2)
+            await first_run.start(a1.run)
+            await wait_for(lambda: bool(a1.up_peers()), what="a's first run linked")
+            first_run.start_soon(lambda: a1.request("b", "echo", {"data": b"old"}, timeout_s=5, expect="echo.reply"))
+            await trio.sleep(0.1)
+            first_run.cancel_scope.cancel()
+        await trio.sleep(0.6)  # b's answer to the old request is queued for the link that went down
+        a2 = PeerManager("a", KEYS["a"], "test", ms, registry(), port=ms[0].port, heartbeat_s=0.2)
+        await nursery.start(a2.run)
+        reply = await a2.request("b", "echo", {"data": b"new"}, timeout_s=5, expect="echo.reply")
+        assert reply.body == {"data": b"reply to new"}
+        await wait_for(lambda: a2.dispatcher.late_replies == 1, what="the old reply dropped as late")
+        nursery.cancel_scope.cancel()
+
+
+def test_request_ids_start_at_random_in_every_run() -> None:
+    ms = members(["a", "b"])
+    firsts = {PeerManager("a", KEYS["a"], "test", ms, registry()).dispatcher._next_id for _ in range(20)}
+    assert len(firsts) == 20 and all(0 < i < 2**63 - 2**40 for i in firsts)
+
+
+async def test_one_peer_flooding_requests_cannot_take_every_handler(autojump_clock: trio.testing.MockClock) -> None:
+    """c sends requests it never waits for, whose handlers take long: it gets a quarter of b's handlers at most,
+    and a's requests are still answered (a reviewer's reproduction: 0 of 10 before)."""
+    net = SimNetwork(registry(), seed=5)
+    a, b, c = net.add("a"), net.add("b"), net.add("c")
+    assert b.dispatcher.max_handlers == 64 and b.dispatcher.max_handlers_per_peer == 16
+
+    async def slow(peer_id: str, body: dict[str, object]) -> dict[str, object]:
+        await trio.sleep(0.05 if peer_id == "a" else 20)
+        return {"data": b"done"}
+
+    b.on_request("echo", "echo.reply", slow)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        for k in range(200):  # requests c never waits for
+            c.send("b", "echo", {"data": b"flood"}, id_=k + 1)
+        await trio.sleep(1)
+        assert b.dispatcher.running_handlers == 16
+        answers = [await a.request("b", "echo", {"data": b"?"}, timeout_s=2, expect="echo.reply") for _ in range(10)]
+        assert len(answers) == 10
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_answer_that_cannot_be_sent_is_logged_and_the_node_keeps_serving(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    net = SimNetwork(registry(), seed=6)
+    a, b = net.add("a"), net.add("b")
+
+    async def broken(peer_id: str, body: dict[str, object]) -> dict[str, object]:
+        return {"data": "not bytes"} if body["data"] == b"bad" else {"data": b"fine"}
+
+    b.on_request("echo", "echo.reply", broken)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        with pytest.raises(TimeoutError):
+            await a.request("b", "echo", {"data": b"bad"}, timeout_s=1, expect="echo.reply")
+        assert (await a.request("b", "echo", {"data": b"ok"}, timeout_s=1, expect="echo.reply")).body == {
+            "data": b"fine"}
+        nursery.cancel_scope.cancel()
+    assert any("cannot be sent" in r.getMessage() for r in caplog.records)

@@ -306,6 +306,24 @@ async def test_a_restarted_peer_is_reconnected() -> None:
             assert a.peers["b"].links == 2
 
 
+async def test_a_dialer_whose_link_an_inbound_one_replaced_does_not_mark_the_peer_down() -> None:
+    """b dials a too (a member that should only accept, misconfigured or faulty): a's inbound link from b replaces
+    a's own, which ends; a must not mark b down while the new link is up (a reviewer found it did, so b dropped
+    out of a's up_peers while they were linked)."""
+    ms = members(["a", "b"])
+    async with running(ms[0], ms) as a, running(ms[1], ms) as b:
+        await wait_for(lambda: a.peers["b"].state is State.UP, what="link up")
+        states: list[State] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(b._dial_forever, b.peers["a"])
+            await wait_for(lambda: a.peers["b"].links >= 3, what="the links to replace each other")
+            for _ in range(100):
+                states.append(a.peers["b"].state)
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+        assert State.DOWN not in states and State.CONNECTING not in states
+
+
 # ---- simulated network --------------------------------------------------------------------------------
 
 async def test_simnet_delivers_drops_delays_duplicates_and_partitions(autojump_clock: trio.testing.MockClock
