@@ -293,6 +293,8 @@ class _Collector:
         yield _gauge("dsdn_ready", "1 when /ready answers 200 (state rebuilt, no followed log stuck, DA takes "
                      "writes)", int(coord.readiness()["ready"]))
         yield _counter("dsdn_snapshots_written", "Local snapshots written", coord.snapshots_written)
+        yield _counter("dsdn_snapshots_failed", "Local snapshots that failed to be written (the previous one stays)",
+                       coord.snapshots_failed)
 
     # ---- peers -------------------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import sqlite3
 import time
 from typing import Any
 
@@ -103,6 +104,7 @@ class Coordinator:
         # logged every 2 s while the consumers catch up at start; /ready's 503 body carries it
         self.progress = RebuildProgress(self.consumers, lambda: self.state.events_applied, lambda: self.rebuilt)
         self.snapshots_written = 0
+        self.snapshots_failed = 0
         self._snapshot_mark: tuple[int, dict[str, int]] = (-1, {})
         self.started_ms = wall_ms()
 
@@ -113,8 +115,8 @@ class Coordinator:
         t0 = time.perf_counter()
         try:
             snap = await trio.to_thread.run_sync(snapshot.load, self.config.data_dir)
-        except (ValueError, KeyError, TypeError) as exc:  # only an optimisation: rebuild from DA instead
-            log.warning("ignoring unreadable snapshot (%s); rebuilding from DA", exc)
+        except Exception as exc:  # only an optimisation: rebuild from DA instead (whatever is wrong with it)
+            log.warning("ignoring unreadable snapshot (%s: %s); rebuilding from DA", type(exc).__name__, exc)
             snap = None
         if snap is not None:
             self.state = snap.state
@@ -148,7 +150,7 @@ class Coordinator:
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(10):
-                await self.write_snapshot()
+                await self._snapshot_or_log()
             self.outbox.close()
             await self.da.aclose(close_layers=False)  # the layers belong to whoever made them
 
@@ -169,10 +171,22 @@ class Coordinator:
                  size, mark[0], mark[1], pruned)
         return True
 
+    async def _snapshot_or_log(self) -> None:
+        """``write_snapshot``, its failure logged and counted (``snapshots_failed``): a snapshot is only an
+        optimisation, and a full disk must not take the coordinator down (it did), nor skip the clean-up after
+        the final one. The previous snapshot stays in place, the outbox is not pruned; the next interval tries
+        again."""
+        try:
+            await self.write_snapshot()
+        except (OSError, sqlite3.Error) as exc:
+            self.snapshots_failed += 1
+            log.error("writing a snapshot failed (%s: %s); the previous one stays, trying again in %g s",
+                      type(exc).__name__, exc, self.config.snapshot_interval_ms / 1000)
+
     async def _snapshot_loop(self) -> None:
         while True:
             await trio.sleep(self.config.snapshot_interval_ms / 1000)
-            await self.write_snapshot()
+            await self._snapshot_or_log()
             self.stats.prune(wall_ms())
 
     # ---- applying --------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ it inline, in virtual time) under one lock.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -218,4 +219,13 @@ class _Tx:
         self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, *_: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type:
+            self._db.execute("ROLLBACK")
+            return
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error:  # SQLite may keep the transaction open after a failed COMMIT (IOERR, FULL, BUSY):
+            if self._db.in_transaction:  # then every later BEGIN failed until a restart (a reviewer's finding)
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+            raise

@@ -4,9 +4,14 @@ A snapshot lets a restart skip replaying DA from height 0. It is only an optimis
 snapshot (an empty data dir) the state is rebuilt from DA alone. Its size follows the registers, not
 the number of events ever applied.
 
-Format 5 (state layout 5, see ``State.to_snapshot``): objects and replicas as flat columns (per shard) of
+Format 6 (state layout 5, see ``State.to_snapshot``): objects and replicas as flat columns (per shard) of
 their stored registers (the events that wrote them) plus the state root's accumulator, so a restore is one
-msgpack call and a few dict builds, with no register decoded or hashed again. Format 4 (state layout 4:
+msgpack call and a few dict builds, with no register decoded or hashed again; the map's last entry, ``crc``, is
+the CRC-32 of every byte before it (``TAIL``): a snapshot damaged on disk is refused (the state is rebuilt from
+DA) rather than loaded (format 5, the same without it, loaded one flipped bit as a wrong object size, and the
+state root, restored with the registers, did not show it). A CRC, not a cryptographic hash: it guards against
+accidents (whoever can write the data folder can also replace the key share); it costs 60 ms at 1M events
+where SHA-256 cost 115 ms, against a restore of ~300 ms. Format 5 is still read. Format 4 (state layout 4:
 registers stored as re-encoded entries, the root defined over those) and formats 2 and 3 (registers as nested
 lists) are still read, and migrated (``State.from_snapshot``); a coordinator that knows only older formats
 refuses a newer one (its ``decode`` raises) and rebuilds from DA.
@@ -18,6 +23,7 @@ from __future__ import annotations
 import gc
 import mmap
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +36,11 @@ from node.state import State
 
 FILE = "snapshot.msgpack"
 WRITE_BATCH = 4 << 20  # encoded bytes handed to the writing thread at a time
-FORMAT = 5
-READABLE = (2, 3, 4, 5)
-LAYOUTS = {4: 4, 5: 5}  # format -> the state layout it carries (2 and 3 carry none)
+FORMAT = 6
+READABLE = (2, 3, 4, 5, 6)
+LAYOUTS = {4: 4, 5: 5, 6: 5}  # format -> the state layout it carries (2 and 3 carry none)
+CHECKED = 6  # formats from this one on end with the CRC entry
+TAIL = msgpack.packb("crc") + b"\xce"  # the last entry's key and its value's header (uint 32): the CRC follows
 
 
 @dataclass
@@ -43,9 +51,10 @@ class Snapshot:
 
 
 def pieces(snap: Snapshot) -> Iterator[bytes]:
-    """The encoding in pieces, each a short, bounded amount of work (see ``State.snapshot_pieces``)."""
+    """The encoding in pieces, each a short, bounded amount of work (see ``State.snapshot_pieces``), but for its
+    last entry: ``tail`` of the CRC-32 of these pieces."""
     packer = msgpack.Packer(use_bin_type=True)
-    yield packer.pack_map_header(4)
+    yield packer.pack_map_header(5)
     yield packer.pack("format") + packer.pack(FORMAT)
     yield packer.pack("cursors") + packer.pack(snap.cursors)
     yield packer.pack("outbox_seq") + packer.pack(snap.outbox_seq)
@@ -53,8 +62,14 @@ def pieces(snap: Snapshot) -> Iterator[bytes]:
     yield from snap.state.snapshot_pieces()
 
 
+def tail(crc: int) -> bytes:
+    """The snapshot's last entry, ``crc``: the CRC-32 of every byte before it (``TAIL`` included)."""
+    return (crc & 0xFFFFFFFF).to_bytes(4, "big")
+
+
 def encode(snap: Snapshot) -> bytes:
-    return b"".join(pieces(snap))
+    body = b"".join(pieces(snap)) + TAIL
+    return body + tail(zlib.crc32(body))
 
 
 def decode(data: bytes | mmap.mmap) -> Snapshot:
@@ -71,14 +86,31 @@ def decode(data: bytes | mmap.mmap) -> Snapshot:
         layout = LAYOUTS.get(obj["format"])
         if type(obj.get("state")) is not dict or obj["state"].get("layout") != layout:
             raise ValueError(f"snapshot format {obj['format']} without state layout {layout}")
+        if obj["format"] >= CHECKED:
+            with memoryview(data) as view:
+                if (view[-9:-4] != TAIL or type(obj.get("crc")) is not int
+                        or tail(zlib.crc32(view[:-4])) != view[-4:]):
+                    raise ValueError("snapshot damaged: its CRC-32 does not match its contents")
         try:
-            cursors = {str(k): int(v) for k, v in obj["cursors"].items()}
-            return Snapshot(State.from_snapshot(obj["state"]), cursors, int(obj["outbox_seq"]))
-        except (KeyError, TypeError, AttributeError, IndexError) as exc:  # a field of the wrong shape
+            cursors = {str(k): _int(v) for k, v in obj["cursors"].items()}
+            return Snapshot(State.from_snapshot(obj["state"]), cursors, _count(obj["outbox_seq"]))
+        except (KeyError, TypeError, AttributeError, IndexError, OverflowError) as exc:  # a field of the wrong shape
             raise ValueError(f"malformed snapshot: {type(exc).__name__}: {exc}") from None
     finally:
         if collecting:
             gc.enable()
+
+
+def _int(value: Any) -> int:
+    if type(value) is not int:
+        raise ValueError(f"malformed snapshot: {value!r} where an integer belongs")
+    return value
+
+
+def _count(value: Any) -> int:
+    if _int(value) < 0:
+        raise ValueError(f"malformed snapshot: {value!r} where a count belongs")
+    return value  # type: ignore[no-any-return]
 
 
 def load(data_dir: Path) -> Snapshot | None:
@@ -91,10 +123,18 @@ def load(data_dir: Path) -> Snapshot | None:
         return decode(data)
 
 
-def _finish(f: BinaryIO, tail: list[bytes], tmp: Path, path: Path) -> None:
+def _write(f: BinaryIO, batch: list[bytes], crc: int) -> int:
+    """Write pieces (in a thread); the CRC-32 of what was written so far, these pieces included."""
+    for piece in batch:
+        crc = zlib.crc32(piece, crc)
+    f.writelines(batch)
+    return crc
+
+
+def _finish(f: BinaryIO, last: list[bytes], tmp: Path, path: Path) -> None:
     """Write the last pieces, fsync, move into place, fsync the directory (in a thread)."""
     try:
-        f.writelines(tail)
+        f.writelines(last)
         f.flush()
         os.fsync(f.fileno())
     finally:
@@ -121,17 +161,20 @@ async def save(data_dir: Path, snap: Snapshot) -> int:
     path = data_dir / FILE
     tmp = path.with_suffix(".tmp")
     f: BinaryIO = await trio.to_thread.run_sync(open, tmp, "wb")
-    size, batch, batch_size = 0, [], 0
+    size, batch, batch_size, crc = 0, [], 0, 0
     try:
         for piece in pieces(cut):
             batch.append(piece)
             batch_size += len(piece)
             if batch_size >= WRITE_BATCH:
-                await trio.to_thread.run_sync(f.writelines, batch)
+                crc = await trio.to_thread.run_sync(_write, f, batch, crc)
                 size, batch, batch_size = size + batch_size, [], 0
             else:
                 await trio.lowlevel.checkpoint()
-        await trio.to_thread.run_sync(_finish, f, batch, tmp, path)
+        batch.append(TAIL)
+        crc = await trio.to_thread.run_sync(_write, f, batch, crc)
+        await trio.to_thread.run_sync(_finish, f, [tail(crc)], tmp, path)
+        batch_size += 9
     except BaseException:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(_discard, f, tmp)

@@ -519,13 +519,19 @@ class State:
             st._applied = int(snap["applied"])
         else:
             st._applied = len(snap["seen"]) // 8
-        st.max_hlc = (snap["max_hlc"][0], snap["max_hlc"][1])
+        wall, counter = snap["max_hlc"]
+        if type(wall) is not int or type(counter) is not int:
+            raise ValueError(f"snapshot max_hlc is not two integers: {snap['max_hlc']!r}")
+        st.max_hlc = (wall, counter)
         return st
 
     def _load_columns(self, snap: dict[str, Any]) -> None:
         """Layouts 4 and 5: the tables are rebuilt from their columns without decoding or hashing a register."""
         for k, v, r in snap["nodes"]:
             record = tuple(r) if r is not None else None
+            if record is not None and not (len(record) == 3 and type(record[0]) is str and type(record[1]) is str
+                                           and type(record[2]) is int):
+                raise ValueError(f"snapshot node {k!r}: its record is not (zone, addr, capacity): {record!r}")
             self.nodes[k] = (tuple(v), record)  # type: ignore[assignment]
             if record is not None:
                 self._live_nodes += 1

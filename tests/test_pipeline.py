@@ -5,17 +5,25 @@ Several coordinators share one Mock DA (the stand-in for Celestia); everything e
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import nacl.signing
+import pytest
 import trio
 
 from node import events as ev
+from node import snapshot
 from node.blob import MAX_BLOB_BYTES, encode_blob
 from node.config import Config
 from node.coordinator import Coordinator
 from node.da.mock import MockDA
+from node.hlc import HybridLogicalClock
+from node.outbox import Outbox
 from tests.conftest import wait_for
 
 
@@ -246,3 +254,84 @@ async def test_the_clock_observes_the_latest_event_of_every_blob_read_from_da(
         assert b.hlc.last >= (ahead + 2, 0)
         await b.register_node("local", "z", "1.1.1.1:1", 1)  # orders after every event it has seen
         assert b.hlc.last > (ahead + 2, 0) and b.hlc.clamped == 0
+
+
+async def test_a_failing_snapshot_write_is_logged_and_counted_and_the_coordinator_keeps_running(
+        make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk as a snapshot is written (a reviewer's reproduction: the whole coordinator died with the
+    OSError, and a failing final snapshot skipped closing the outbox and the DA clients)."""
+    failing = {"left": 1}
+    finish = snapshot._finish
+
+    def full_disk(*args: Any) -> None:
+        if failing["left"]:
+            failing["left"] -= 1
+            args[0].close()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        finish(*args)
+
+    monkeypatch.setattr(snapshot, "_finish", full_disk)
+    cfg = make_config("a", SNAPSHOT_INTERVAL_MS="100")
+    da = MockDA()
+    async with running(cfg, da) as a:
+        await register_nodes(a, 3)
+        await wait_for(lambda: a.snapshots_failed == 1 and a.snapshots_written >= 1, what="a failure, then a snapshot")
+        await a.register_object("after", 1)  # still serving writes
+        failing["left"] = 1  # the final snapshot fails too: the outbox is closed all the same
+    assert a.snapshots_failed == 2
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        a.outbox._db.execute("SELECT 1")
+    async with running(cfg, da) as again:  # the previous snapshot plus the outbox: nothing lost
+        assert again.state.object("after") == (1, [])
+
+
+async def test_a_damaged_snapshot_is_ignored_and_the_state_rebuilt_from_da(make_config: Callable[..., Config],
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    da = MockDA()
+    cfg = make_config("a")
+    async with running(cfg, da) as a:
+        await register_nodes(a, 10)
+        await wait_for(lambda: a.outbox.pending == 0, what="publication")
+        root = a.state.root()
+    path = cfg.data_dir / "snapshot.msgpack"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x04  # one bit, somewhere in the state
+    path.write_bytes(bytes(data))
+    async with running(cfg, da) as again:
+        await wait_for(lambda: again.rebuilt, what="the rebuild from DA")
+        assert again.state.root() == root == again.state.recomputed_root()
+    assert any("ignoring unreadable snapshot" in r.getMessage() and "damaged" in r.getMessage()
+               for r in caplog.records)
+
+
+async def test_a_failed_outbox_commit_is_rolled_back_and_later_writes_go_through(tmp_path: Path) -> None:
+    """SQLite may keep a transaction open after a failed COMMIT: every later write then failed ("cannot start a
+    transaction within a transaction") until a restart (a reviewer's fault injection)."""
+    outbox = Outbox(tmp_path / "outbox.sqlite", lambda committed: None)
+    real = outbox._db
+
+    class FailingCommitOnce:
+        armed = True
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            if sql == "COMMIT" and self.armed:
+                self.armed = False
+                real.execute("SELECT 1")  # the transaction is still open, as after SQLITE_IOERR at commit
+                raise sqlite3.OperationalError("disk I/O error")
+            return real.execute(sql, *args)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+    outbox._db = FailingCommitOnce()  # type: ignore[assignment]
+    hlc = HybridLogicalClock()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(outbox.run)
+        with pytest.raises(sqlite3.OperationalError):
+            await outbox.append(ev.make_event(ev.NODE_UNREGISTERED, hlc.now(), "c0", id="lost"))
+        assert not real.in_transaction
+        for i in range(3):
+            await outbox.append(ev.make_event(ev.NODE_UNREGISTERED, hlc.now(), "c0", id=f"n{i}"))
+        assert [ev.decode_event(raw).fields[0] for _, raw in await outbox.unpublished(10)] == ["n0", "n1", "n2"]
+        nursery.cancel_scope.cancel()
+    outbox.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -323,12 +324,61 @@ def test_a_format_3_snapshot_is_migrated_and_unknown_formats_are_refused(events:
     assert back.state.root() == s.root() and view(back.state) == view(s) and back.cursors == {"primary": 2}
     assert back.state.apply_all(events) == 0  # the recent ids came along
     with pytest.raises(ValueError, match="format"):
-        snapshot.decode(msgpack.packb({"format": 6, "state": {}, "cursors": {}, "outbox_seq": 0}))
+        snapshot.decode(msgpack.packb({"format": 7, "state": {}, "cursors": {}, "outbox_seq": 0}))
     new = msgpack.unpackb(snapshot.encode(snapshot.Snapshot(s, {}, 0)))
     for layout in (4, 6, None):
         new["state"]["layout"] = layout
         with pytest.raises(ValueError, match="layout"):
             snapshot.decode(msgpack.packb(new, use_bin_type=True))
+
+
+def test_a_damaged_snapshot_is_refused_and_a_format_5_one_without_a_crc_still_loads(events: list[ev.Event]) -> None:
+    """A reviewer flipped one bit of a format-5 snapshot: it loaded with an object of the wrong size, and the root,
+    restored with the registers, still said all was well. Format 6 ends with the CRC-32 of its contents."""
+    s = State()
+    s.apply_all(events)
+    data = snapshot.encode(snapshot.Snapshot(s, {"primary": 3}, 2))
+    assert data.endswith(snapshot.TAIL + zlib.crc32(data[:-4]).to_bytes(4, "big"))
+    assert msgpack.unpackb(data)["crc"] == zlib.crc32(data[:-4])  # a plain msgpack map still
+    obj = next(iter(s.objects))
+    size = s.object(obj)[0]  # type: ignore[index]
+    at = data.index(msgpack.packb(size), data.index(obj.encode(), data.index(b"objects")) + 64)
+    for damaged in (data[:at] + bytes([data[at] ^ 1]) + data[at + 1:],  # one bit of a register
+                    data[:-1] + bytes([data[-1] ^ 0x80]),  # one bit of the CRC
+                    data[:-9] + msgpack.packb("crx") + data[-5:]):  # the tail
+        with pytest.raises(ValueError, match="damaged"):
+            snapshot.decode(damaged)
+    assert snapshot.decode(data).state.root() == s.root()
+    old = msgpack.unpackb(data, use_list=True, strict_map_key=False)  # the same as format 5 wrote it
+    del old["crc"]
+    old["format"] = 5
+    back = snapshot.decode(msgpack.packb(old, use_bin_type=True))
+    assert back.state.root() == s.root() and view(back.state) == view(s) and back.cursors == {"primary": 3}
+
+
+@pytest.mark.parametrize("damage", ["outbox_seq", "cursor", "max_hlc", "node_record"])
+def test_a_snapshot_with_a_field_of_the_wrong_type_is_refused_as_unreadable(events: list[ev.Event],
+                                                                            damage: str) -> None:
+    """Each of these loaded before, then failed later: outbox_seq=inf raised OverflowError past the coordinator's
+    fallback to a rebuild, a max_hlc of strings a TypeError at start, a string capacity a 500 on every
+    /placement (a reviewer's findings)."""
+    s = State()
+    s.apply_all(events)
+    obj = msgpack.unpackb(snapshot.encode(snapshot.Snapshot(s, {"primary": 3}, 2)), use_list=True,
+                          strict_map_key=False)
+    del obj["crc"]
+    obj["format"] = 5
+    if damage == "outbox_seq":
+        obj["outbox_seq"] = float("inf")
+    elif damage == "cursor":
+        obj["cursors"]["primary"] = "3"
+    elif damage == "max_hlc":
+        obj["state"]["max_hlc"] = ["x", 0]
+    else:
+        record = next(r for _, _, r in obj["state"]["nodes"] if r is not None)
+        record[2] = "100"
+    with pytest.raises(ValueError, match=r"malformed|max_hlc|record"):
+        snapshot.decode(msgpack.packb(obj, use_bin_type=True))
 
 
 FORMAT_4 = Path(__file__).parent / "vectors" / "snapshot-format4.msgpack"
@@ -348,7 +398,7 @@ def test_a_format_4_snapshot_is_migrated_to_the_same_registers_and_root_as_a_rep
     assert (back.cursors, back.outbox_seq) == ({"primary": 7}, 3)
     assert back.state.apply_all(events) == 0  # every event is recognised as applied
     again = snapshot.decode(snapshot.encode(back))  # and it is saved again in the current format
-    assert msgpack.unpackb(snapshot.encode(back))["format"] == snapshot.FORMAT == 5
+    assert msgpack.unpackb(snapshot.encode(back))["format"] == snapshot.FORMAT == 6
     assert again.state.root() == replayed.root() and registers(again.state) == registers(replayed)
 
 
