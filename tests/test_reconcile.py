@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from deploy.devnet import serve_devnet
 from node.da.base import BlobRef
@@ -238,3 +239,59 @@ async def test_post_many_checks_the_total_before_any_io_and_included_reads_a_hei
         assert reads == 1 and results == [[True]] * 3
         assert await da.included(refs, [b"one", b"TWO", b"three"]) == [True, False, True]  # bytes, not claims
         assert reads == 2
+
+
+@pytest.mark.parametrize("batching", [True, False])
+async def test_a_blob_the_primary_takes_but_never_returns_is_held_back_not_blamed_on_the_primary(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock, batching: bool) -> None:
+    """One pending blob the primary takes and never gives back, and no other traffic: it used to count as the
+    primary's failure, so the monitor flipped a healthy primary to the fallback and back every health interval, for
+    ever, posting the blob again each time (a reviewer's run: 121 transitions and 180 posts in ten minutes). Now
+    the primary stays healthy and the monitor's passes hold the blob back, longer after each miss; it stays
+    pending with its error, and a manual pass tries it at once."""
+    primary = BatchingDA() if batching else MockDA()
+    poison = b"poison blob"
+    posted = {"poison": 0}
+    post = primary.post
+
+    async def counting_post(data: bytes) -> BlobRef:
+        posted["poison"] += data == poison
+        return await post(data)
+
+    primary.post = counting_post  # type: ignore[method-assign]
+    if batching:
+        primary.missing.add(poison)
+    else:
+        get = primary.get
+
+        async def wrong_bytes(ref: BlobRef) -> bytes:
+            data = await get(ref)
+            return b"other bytes" if data == poison else data
+
+        primary.get = wrong_bytes  # type: ignore[method-assign]
+    autojump_clock.autojump_threshold = 0.02  # (the pending store's SQLite calls run in threads: real time)
+    stack = make_stack(tmp_path, primary, health_interval_s=5.0, max_retries=1)
+    stack.reconciler.clock = lambda: int(trio.current_time() * 1000)
+    await fill(stack, [poison, b"fine"])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(stack.monitor)
+        await trio.sleep(600)
+        assert stack.machine.status is Status.HEALTHY and stack.machine.transitions == 0
+        # passes at about 0, 30, 90, 210 and 450 s (held 30 s after the first miss, doubling): two posts each
+        assert 6 <= posted["poison"] <= 10, posted
+        [left] = await stack.pending.pending()
+        assert left.data == poison and "the primary took the blob but" in (left.last_error or "")
+        last = stack.reconciler.last_report
+        assert last is not None and any("held back from automatic passes for 480 s" in e for e in last.errors)
+        assert stack.reconciler.waiting == 0 and stack.pending.pending_count == 1
+        before = posted["poison"]
+        report = await stack.reconciler.run_pass()  # manual: tried at once
+        assert report.blobs_failed == 1 and posted["poison"] == before + 2
+        if batching:
+            primary.missing.clear()
+        else:
+            primary.get = get  # type: ignore[method-assign]
+        assert (await stack.reconciler.run_pass()).blobs_reconciled == 1
+        assert stack.pending.pending_count == 0 and not stack.reconciler.held
+        nursery.cancel_scope.cancel()
+    await stack.aclose()

@@ -7,6 +7,12 @@ fails stays pending with its error. A blob the primary refuses as bad input (rou
 the primary's failure: it is not reported to the status machine, not retried within the pass (nor by the
 monitor's later passes; a manual pass tries it again), and stays pending with its error.
 
+A blob the primary took but did not give back (not included, other bytes, not found: it answered both calls)
+is the blob's failure, not the primary's: it is not reported to the status machine (one such blob used to flip a
+healthy primary to a fallback and back every health interval, for ever, and post it again each time: 180 paid
+posts in ten minutes), and the monitor's passes hold it back (``held``) for HOLD_BASE_S, doubling with each
+miss up to HOLD_MAX_S, while it stays pending with its error; a manual pass tries it at once.
+
 A primary that takes several blobs per call and reads them back in one (``post_many`` and ``included``:
 CelestiaDA, whose blob.Submit takes an array) gets them in calls of up to SUBMIT_BLOBS blobs and its
 ``max_submit_bytes`` bytes (pages of max(RECONCILE_BATCH_SIZE, SUBMIT_BLOBS) keys), SUBMITS_IN_FLIGHT calls
@@ -51,7 +57,7 @@ from typing import Any, TypeVar
 import trio
 
 from node.blob import MAGIC
-from node.da.base import DAError, DALayer, DATimeout
+from node.da.base import DAError, DALayer, DATimeout, DAUnavailable
 from node.da.pending import FallbackBlob, PageKey, PendingStore
 from node.da.router import is_caller_error
 from node.da.status import PRIMARY, DAStatusMachine, Status
@@ -63,6 +69,11 @@ T = TypeVar("T")
 #: carries (its byte limit, ``max_submit_bytes``, applies too), and how many such calls a pass keeps in flight.
 SUBMIT_BLOBS = 256
 SUBMITS_IN_FLIGHT = 4
+
+#: How long the monitor's passes hold back a blob the primary took but did not give back: HOLD_BASE_S after its
+#: first miss, doubling with each miss, at most HOLD_MAX_S.
+HOLD_BASE_S = 30.0
+HOLD_MAX_S = 3600.0
 
 #: Defaults of the consistency check's bounds.
 CHECK_LIMIT = 200
@@ -118,6 +129,9 @@ class Reconciler:
         self._stop_on_fallback = False
         self._rejected: set[str] = set()  # pending blobs the primary refused as bad input (automatic passes skip them)
         self._rejected_foreign: set[str] = set()  # the same for other members' blobs
+        # blobs the primary took but did not give back -> (wall ms until which automatic passes skip them, misses,
+        # another member's blob)
+        self.held: dict[str, tuple[int, int, bool]] = {}
         self._batching = False  # this pass posts several blobs per call (see _submitter)
         self._submits: trio.Nursery | None = None  # the pass's submits in flight
         self._in_flight = trio.Semaphore(SUBMITS_IN_FLIGHT)
@@ -131,8 +145,33 @@ class Reconciler:
 
     @property
     def waiting(self) -> int:
-        """Pending blobs worth another automatic pass (not those the primary refused as bad input)."""
-        return max(0, self.pending.pending_count - len(self._rejected))
+        """Pending blobs worth another automatic pass (not those the primary refused as bad input, nor those held
+        back for now)."""
+        now = self.clock()
+        held = sum(1 for blob_id, (until, _, foreign) in self.held.items()
+                   if until > now and not foreign and blob_id not in self._rejected)
+        return max(0, self.pending.pending_count - len(self._rejected) - held)
+
+    def _skipped(self, blob_id: str, rejected: set[str]) -> bool:
+        """An automatic pass leaves this blob be: refused as bad input, or held back for now."""
+        held_until = self.held.get(blob_id, (0, 0, False))[0]
+        return self._stop_on_fallback and (blob_id in rejected or held_until > self.clock())
+
+    def _hold(self, blob_ids: list[str], foreign: bool) -> None:
+        """These blobs were taken but not given back: the monitor's passes skip them for a while (see HOLD_*)."""
+        now = self.clock()
+        for blob_id in blob_ids:
+            misses = self.held.get(blob_id, (0, 0, foreign))[1] + 1
+            hold_ms = int(min(HOLD_MAX_S, HOLD_BASE_S * 2 ** min(misses - 1, 20)) * 1000)
+            self.held[blob_id] = (now + hold_ms, misses, foreign)
+
+    def _hold_s(self, blob_id: str) -> float:
+        return (self.held[blob_id][0] - self.clock()) / 1000
+
+    def _done(self, blob_ids: list[str], rejected: set[str]) -> None:
+        for blob_id in blob_ids:
+            rejected.discard(blob_id)
+            self.held.pop(blob_id, None)
 
     def adoption_due(self) -> bool:
         """Foreign blobs wait and the primary has worked for the grace period: worth an automatic pass."""
@@ -168,7 +207,7 @@ class Reconciler:
                     if not keys:
                         break
                     after = keys[-1]
-                    ids = [k.blob_id for k in keys if not (stop_on_fallback and k.blob_id in self._rejected)]
+                    ids = [k.blob_id for k in keys if not self._skipped(k.blob_id, self._rejected)]
                     batch = [b for b in await self.pending.load(ids) if b.primary_ref is None]
                     await self._run_batch(batch, report, foreign=False)
                 if not report.aborted:
@@ -254,6 +293,7 @@ class Reconciler:
         submitter = self._submitter()
         todo = list(group)
         error = ""
+        missed = False  # the latest attempt: the primary took the blobs but did not give them back
         for attempt in range(self.max_retries + 1):
             if attempt:
                 await trio.sleep(self.retry_delay_s)
@@ -265,7 +305,7 @@ class Reconciler:
             try:
                 refs = await self._on_primary("post", partial(submitter.post_many, datas))
             except DAError as exc:
-                error = str(exc)
+                error, missed = str(exc), False
                 if is_caller_error(exc):
                     if len(todo) > 1:  # not the primary's failure: find the blob at fault, post the others
                         half = len(todo) // 2
@@ -282,19 +322,20 @@ class Reconciler:
                 await mark_failed(ids, error)
                 self.machine.observe(PRIMARY, False, self.clock(), error, write=True)
                 continue
+            self.machine.observe(PRIMARY, True, self.clock(), write=True, since=since)  # it took them
             try:
                 back = await self._on_primary("get", partial(submitter.included, refs, datas))
             except DAError as exc:
                 error = str(exc)
-                self.machine.observe(PRIMARY, False, self.clock(), error)
+                if isinstance(exc, DAUnavailable):
+                    self.machine.observe(PRIMARY, False, self.clock(), error)
                 await mark_failed(ids, error)
+                missed = not isinstance(exc, DAUnavailable)  # answered: not found, say
                 continue
             done = [(b.blob_id, ref) for b, ref, ok in zip(todo, refs, back, strict=True) if ok]
             if done:
-                self.machine.observe(PRIMARY, True, self.clock(), write=True, since=since)
                 await mark_done(done)
-                for blob_id, _ in done:
-                    rejected.discard(blob_id)
+                self._done([blob_id for blob_id, _ in done], rejected)
                 if foreign:
                     report.blobs_adopted += len(done)
                 else:
@@ -302,9 +343,12 @@ class Reconciler:
             todo = [b for b, ok in zip(todo, back, strict=True) if not ok]
             if not todo:
                 return
-            error = f"the primary did not return the blob at height {refs[0].height}"
-            self.machine.observe(PRIMARY, False, self.clock(), error, write=True)
+            error = f"the primary took the blob but did not return it at height {refs[0].height}"
+            missed = True
             await mark_failed([b.blob_id for b in todo], error)
+        if missed:
+            self._hold([b.blob_id for b in todo], foreign)
+            error += f" (held back from automatic passes for {self._hold_s(todo[0].blob_id):.0f} s)"
         report.blobs_failed += len(todo)
         report.errors.extend(f"{self._what(b, foreign)}: {error} (stays pending)" for b in todo)
 
@@ -349,7 +393,7 @@ class Reconciler:
                 return
             after = keys[-1]
             due = [k.blob_id for k in keys if max(k.stored_ms, ok_since) + self._adopt_delay_ms(k.blob_id) <= limit_ms
-                   and not (self._stop_on_fallback and k.blob_id in self._rejected_foreign)]
+                   and not self._skipped(k.blob_id, self._rejected_foreign)]
             quiet_since = limit_ms - int(self.adopt_grace_s * 1000)
             batch = [b for b in await self.pending.load_foreign(due)
                      if self.signer_active.get(_signer(b.data), -1) < quiet_since]
@@ -370,6 +414,7 @@ class Reconciler:
             what, rejected = f"blob {blob.blob_id[:16]}", self._rejected
         primary = self.layers[PRIMARY]
         error = ""
+        missed = False  # the latest attempt: the primary took the blob but did not give it back
         for attempt in range(self.max_retries + 1):
             if attempt:
                 await trio.sleep(self.retry_delay_s)
@@ -379,7 +424,7 @@ class Reconciler:
             try:
                 ref = await primary.post(blob.data)
             except DAError as exc:
-                error = str(exc)
+                error, missed = str(exc), False
                 await mark_failed(blob.blob_id, error)
                 if is_caller_error(exc):  # the blob's fault, not the primary's: no retry, no failure counted
                     rejected.add(blob.blob_id)
@@ -389,26 +434,29 @@ class Reconciler:
                     return
                 self.machine.observe(PRIMARY, False, self.clock(), error, write=True)
                 continue
+            self.machine.observe(PRIMARY, True, self.clock(), write=True, since=since)  # it took it
             try:
                 back = await primary.get(ref)
             except DAError as exc:
-                error = str(exc)
-                self.machine.observe(PRIMARY, False, self.clock(), error)
+                error, missed = str(exc), not isinstance(exc, DAUnavailable)  # answered: not found, say
+                if not missed:
+                    self.machine.observe(PRIMARY, False, self.clock(), error)
                 await mark_failed(blob.blob_id, error)
                 continue
             if back != blob.data:
-                error = f"primary returned different bytes at height {ref.height}"
-                self.machine.observe(PRIMARY, False, self.clock(), error, write=True)
+                error, missed = f"the primary took the blob but returned different bytes at height {ref.height}", True
                 await mark_failed(blob.blob_id, error)
                 continue
-            self.machine.observe(PRIMARY, True, self.clock(), write=True, since=since)
             await mark_done(blob.blob_id, ref)
-            rejected.discard(blob.blob_id)
+            self._done([blob.blob_id], rejected)
             if foreign:
                 report.blobs_adopted += 1
             else:
                 report.blobs_reconciled += 1
             return
+        if missed:
+            self._hold([blob.blob_id], foreign)
+            error += f" (held back from automatic passes for {self._hold_s(blob.blob_id):.0f} s)"
         report.blobs_failed += 1
         report.errors.append(f"{what}: {error} (stays pending)")
 
