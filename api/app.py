@@ -33,7 +33,7 @@ from consensus.receipt_service import LedgerView, ReceiptService
 from node.coordinator import VERSION, Coordinator, NotFound
 from node.da.base import DAError
 from node.da.celestia import BlobTooLarge
-from node.da.reconcile import AlreadyRunning
+from node.da.reconcile import MANUAL_PASS_S, AlreadyRunning
 from node.da.router import is_caller_error
 from node.da.status import EMERGENCY, PRIMARY, SECONDARY, Status, StatusSnapshot
 from node.outbox import Overloaded
@@ -297,7 +297,7 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
     @mutating
     async def fallback_reconcile() -> JSONDict:
         try:
-            report = await coord.da.reconciler.run_pass()
+            report = await coord.da.reconciler.run_pass(deadline_s=MANUAL_PASS_S)
         except AlreadyRunning:
             raise ApiError(409, {"error": "reconciliation_running",  # noqa: B904 - the cause is not an error
                                  "message": "a reconciliation pass is already running; try again when it ends"})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from node.da.status import EMERGENCY, PRIMARY, SECONDARY, DAStatusMachine, Status
+from node.da.status import EMERGENCY, PRIMARY, SECONDARY, WRITE_FAILURES_FORGOTTEN_MS, DAStatusMachine, Status
 
 ALL = (PRIMARY, SECONDARY, EMERGENCY)
 
@@ -144,9 +144,49 @@ def test_recovery_by_health_checks_then_failed_writes_go_back_to_the_fallback() 
     assert fail(m, PRIMARY, write=True) is Status.RECOVERING
     assert ok(m, PRIMARY, 5) is Status.RECOVERING  # ... but reads do not excuse failed writes
     assert fail(m, PRIMARY, write=True) is Status.DEGRADED  # reconciliation's writes failed: back to the fallback
-    assert ok(m, PRIMARY, 2) is Status.RECOVERING
+    assert ok(m, PRIMARY, 3) is Status.DEGRADED and m.recovery_needed == 4  # a relapse: twice the successes
+    assert ok(m, PRIMARY) is Status.RECOVERING
     assert ok(m, PRIMARY, write=True) is Status.RECOVERING
-    assert m.reconciled(0, 3000) is Status.HEALTHY
+    assert m.reconciled(0, 3000) is Status.HEALTHY and m.recovery_needed == 2
+
+
+def test_each_relapse_doubles_the_successes_it_takes_to_leave_the_fallback() -> None:
+    """A primary that answers reads but refuses every write: reads brought it back to Recovering and its writes
+    sent it back to the fallback every few health checks, for ever (a reviewer's run: 66 transitions in ten
+    minutes). Each relapse doubles the successes needed, up to 64 times; a recovery that holds resets it."""
+    m = DAStatusMachine(ALL, failure_threshold=2, recovery_threshold=2)
+    fail(m, PRIMARY, 2, write=True)
+    checks = []
+    for _ in range(9):
+        needed = 0
+        while m.status is not Status.RECOVERING:
+            ok(m, PRIMARY)
+            needed += 1
+        checks.append(needed)
+        fail(m, PRIMARY, 2, write=True)
+    assert checks == [2, 4, 8, 16, 32, 64, 128, 128, 128]
+    ok(m, PRIMARY, 128)
+    assert ok(m, PRIMARY, write=True) is Status.RECOVERING and m.reconciled(0, 3000) is Status.HEALTHY
+    fail(m, PRIMARY, 2, write=True)
+    assert m.status is Status.DEGRADED and ok(m, PRIMARY, 2) is Status.RECOVERING  # back to 2
+
+
+def test_a_write_failure_is_forgotten_once_the_primary_answered_long_after_it() -> None:
+    """One failed write and no write since: the status stayed at Warning for ever, and isolated failures hours
+    apart added up to a failover (a reviewer's findings). Failures that keep coming still reach the threshold."""
+    m = DAStatusMachine(ALL, failure_threshold=3)
+    assert fail(m, PRIMARY, write=True, t=1_000) is Status.WARNING
+    assert ok(m, PRIMARY, 50, t=1_000 + WRITE_FAILURES_FORGOTTEN_MS - 1) is Status.WARNING
+    assert ok(m, PRIMARY, t=1_000 + WRITE_FAILURES_FORGOTTEN_MS) is Status.HEALTHY
+    hours = 3_600_000
+    for k in range(1, 4):  # one failed write every hour, health checks in between
+        fail(m, PRIMARY, write=True, t=k * hours)
+        ok(m, PRIMARY, t=k * hours + WRITE_FAILURES_FORGOTTEN_MS)
+    assert m.status is Status.HEALTHY and m.transitions == 8
+    for k in range(3):  # refused writes a minute apart, reads fine
+        fail(m, PRIMARY, write=True, t=5 * hours + k * 60_000)
+        ok(m, PRIMARY, t=5 * hours + k * 60_000 + 1)
+    assert m.status is Status.DEGRADED
 
 
 def test_a_fallback_layer_recovers_with_any_success() -> None:

@@ -295,3 +295,40 @@ async def test_a_blob_the_primary_takes_but_never_returns_is_held_back_not_blame
         assert stack.pending.pending_count == 0 and not stack.reconciler.held
         nursery.cancel_scope.cancel()
     await stack.aclose()
+
+
+async def test_a_manual_pass_stops_once_the_primary_keeps_failing_and_at_its_deadline(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """A manual pass against a primary that is down posted every pending blob with all its retries (a reviewer's
+    run: one HTTP request for 2.9 hours, 80 doomed posts): it stops once the primary failed failure_threshold times
+    in a row. And a manual pass has a deadline (POST /fallback/reconcile: MANUAL_PASS_S)."""
+    autojump_clock.autojump_threshold = 0.02
+    primary = MockDA()
+    stack = make_stack(tmp_path, primary, max_retries=3)
+    await fill(stack, [b"blob %d" % i for i in range(20)])
+    primary.down = True
+    posts = {"n": 0}
+    post = primary.post
+
+    async def counting(data: bytes) -> BlobRef:
+        posts["n"] += 1
+        return await post(data)
+
+    primary.post = counting  # type: ignore[method-assign]
+    report = await stack.reconciler.run_pass()
+    assert not report.success and report.aborted and posts["n"] == stack.machine.failure_threshold == 3
+    assert "failed 3 times in a row" in report.errors[-1] and stack.pending.pending_count == 20
+    primary.down = False
+    slow = primary.post
+
+    async def slow_post(data: bytes) -> BlobRef:
+        await trio.sleep(4)  # (under the layer's 5 s timeout)
+        return await slow(data)
+
+    primary.post = slow_post  # type: ignore[method-assign]
+    started = trio.current_time()
+    report = await stack.reconciler.run_pass(deadline_s=35)
+    assert trio.current_time() - started == pytest.approx(35, abs=1)
+    assert report.aborted and "deadline" in report.errors[-1] and 6 <= report.blobs_reconciled <= 9
+    assert stack.pending.pending_count == 20 - report.blobs_reconciled
+    await stack.aclose()

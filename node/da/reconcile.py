@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -74,6 +75,9 @@ SUBMITS_IN_FLIGHT = 4
 #: first miss, doubling with each miss, at most HOLD_MAX_S.
 HOLD_BASE_S = 30.0
 HOLD_MAX_S = 3600.0
+
+#: How long a manual pass (POST /fallback/reconcile) may run: what it left at that point stays pending.
+MANUAL_PASS_S = 120.0
 
 #: Defaults of the consistency check's bounds.
 CHECK_LIMIT = 200
@@ -127,6 +131,7 @@ class Reconciler:
         self.check_deadline_s = CHECK_DEADLINE_S
         self._lock = trio.Lock()
         self._stop_on_fallback = False
+        self._failed_in_row = 0  # the primary's failures in a row in the current pass
         self._rejected: set[str] = set()  # pending blobs the primary refused as bad input (automatic passes skip them)
         self._rejected_foreign: set[str] = set()  # the same for other members' blobs
         # blobs the primary took but did not give back -> (wall ms until which automatic passes skip them, misses,
@@ -185,10 +190,11 @@ class Reconciler:
         share = int.from_bytes(hashlib.blake2b(self._salt + bytes.fromhex(blob_id), digest_size=8).digest(), "big")
         return int(self.adopt_grace_s * 1000 * (1 + share / 2**64))
 
-    async def run_pass(self, *, stop_on_fallback: bool = False) -> Report:
+    async def run_pass(self, *, stop_on_fallback: bool = False, deadline_s: float | None = None) -> Report:
         """One pass over every pending blob. ``stop_on_fallback`` (the monitor's passes): stop once the status
-        machine has gone back to a fallback, and skip blobs the primary already refused as bad input; a
-        manual pass tries every blob."""
+        machine has gone back to a fallback, and skip blobs the primary already refused as bad input or holds
+        back; a manual pass tries every blob. Any pass stops once the primary failed ``failure_threshold`` times in
+        a row in it, and at ``deadline_s`` (a manual pass: see MANUAL_PASS_S); what it left stays pending."""
         if self._lock.locked():
             raise AlreadyRunning("a reconciliation pass is already running")
         async with self._lock:
@@ -196,23 +202,31 @@ class Reconciler:
             report = Report()
             after: PageKey | None = None
             self._stop_on_fallback = stop_on_fallback
+            self._failed_in_row = 0
             self._batching = self._submitter() is not None
-            async with trio.open_nursery() as nursery:  # the submits in flight (a primary that takes several)
-                self._submits = nursery
-                while True:
-                    if self._should_stop():
-                        report.aborted = True
-                        break
-                    keys = await self.pending.pending_keys(after, self._page_size)
-                    if not keys:
-                        break
-                    after = keys[-1]
-                    ids = [k.blob_id for k in keys if not self._skipped(k.blob_id, self._rejected)]
-                    batch = [b for b in await self.pending.load(ids) if b.primary_ref is None]
-                    await self._run_batch(batch, report, foreign=False)
-                if not report.aborted:
-                    await self._adopt(report)
+            with trio.move_on_after(deadline_s if deadline_s is not None else math.inf) as deadline:
+                async with trio.open_nursery() as nursery:  # the submits in flight (a primary that takes several)
+                    self._submits = nursery
+                    while True:
+                        if self._should_stop():
+                            report.aborted = True
+                            break
+                        keys = await self.pending.pending_keys(after, self._page_size)
+                        if not keys:
+                            break
+                        after = keys[-1]
+                        ids = [k.blob_id for k in keys if not self._skipped(k.blob_id, self._rejected)]
+                        batch = [b for b in await self.pending.load(ids) if b.primary_ref is None]
+                        await self._run_batch(batch, report, foreign=False)
+                    if not report.aborted:
+                        await self._adopt(report)
             self._submits = None
+            if deadline.cancelled_caught:
+                report.aborted = True
+                report.errors.append(f"stopped at the pass's {deadline_s:g} s deadline; the rest stays pending")
+            elif report.aborted and self._failed_in_row >= self.machine.failure_threshold:
+                report.errors.append(f"stopped: the primary failed {self._failed_in_row} times in a row; the rest "
+                                     "stays pending")
             report.success = report.blobs_failed == 0 and not report.aborted
             report.duration_ms = int((time.perf_counter() - started) * 1000)
             self.passes += 1
@@ -278,7 +292,10 @@ class Reconciler:
                                counted: bool = False) -> None:
         """Post ``group`` to the primary in one call, read it back in one call, and mark what came back byte for
         byte in one transaction; with the same retries as one blob. A group the primary refuses as bad input
-        (e.g. too large together) is split in halves, down to the one blob at fault."""
+        (e.g. too large together) is split in halves, down to the one blob at fault. Not if the pass is to stop:
+        they stay pending."""
+        if self._should_stop():
+            return
         if not counted:
             if foreign:
                 report.foreign_processed += len(group)
@@ -320,15 +337,15 @@ class Reconciler:
                                          "(stays pending)")
                     return
                 await mark_failed(ids, error)
-                self.machine.observe(PRIMARY, False, self.clock(), error, write=True)
+                self._primary_failed(error, write=True)
                 continue
-            self.machine.observe(PRIMARY, True, self.clock(), write=True, since=since)  # it took them
+            self._primary_took(since)
             try:
                 back = await self._on_primary("get", partial(submitter.included, refs, datas))
             except DAError as exc:
                 error = str(exc)
                 if isinstance(exc, DAUnavailable):
-                    self.machine.observe(PRIMARY, False, self.clock(), error)
+                    self._primary_failed(error, write=False)
                 await mark_failed(ids, error)
                 missed = not isinstance(exc, DAUnavailable)  # answered: not found, say
                 continue
@@ -400,10 +417,25 @@ class Reconciler:
             await self._run_batch(batch, report, foreign=True)
 
     def _should_stop(self) -> bool:
-        return self._stop_on_fallback and self.machine.status in (Status.DEGRADED, Status.EMERGENCY)
+        """The monitor's passes stop once the status went back to a fallback; every pass stops once the primary
+        failed ``failure_threshold`` times in a row in it (a manual pass against a primary that is down posted
+        every pending blob, each with its retries: 80 doomed posts in 2.9 hours of one HTTP request)."""
+        return ((self._stop_on_fallback and self.machine.status in (Status.DEGRADED, Status.EMERGENCY))
+                or self._failed_in_row >= self.machine.failure_threshold)
+
+    def _primary_failed(self, error: str, *, write: bool) -> None:
+        self._failed_in_row += 1
+        self.machine.observe(PRIMARY, False, self.clock(), error, write=write)
+
+    def _primary_took(self, since: int) -> None:
+        self._failed_in_row = 0
+        self.machine.observe(PRIMARY, True, self.clock(), write=True, since=since)
 
     async def _reconcile_one(self, blob: FallbackBlob, report: Report, foreign: bool = False) -> None:
-        """Post one blob (ours, or ``foreign``: another member's) to the primary and read it back."""
+        """Post one blob (ours, or ``foreign``: another member's) to the primary and read it back (not if the pass
+        is to stop: it stays pending)."""
+        if self._should_stop():
+            return
         if foreign:
             report.foreign_processed += 1
             mark_failed, mark_done = self.pending.mark_foreign_failed, self.pending.mark_adopted
@@ -432,15 +464,15 @@ class Reconciler:
                     report.blobs_rejected += 1
                     report.errors.append(f"{what}: rejected by the primary: {error} (stays pending)")
                     return
-                self.machine.observe(PRIMARY, False, self.clock(), error, write=True)
+                self._primary_failed(error, write=True)
                 continue
-            self.machine.observe(PRIMARY, True, self.clock(), write=True, since=since)  # it took it
+            self._primary_took(since)
             try:
                 back = await primary.get(ref)
             except DAError as exc:
                 error, missed = str(exc), not isinstance(exc, DAUnavailable)  # answered: not found, say
                 if not missed:
-                    self.machine.observe(PRIMARY, False, self.clock(), error)
+                    self._primary_failed(error, write=False)
                 await mark_failed(blob.blob_id, error)
                 continue
             if back != blob.data:

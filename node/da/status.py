@@ -34,6 +34,17 @@ again) is ignored; a failed write always counts. An outcome without ``since`` co
 ``on_change`` (if set) is called after every observation that changed the status or a layer's health (the
 stack logs it and abandons the writes in flight on a layer that failed).
 
+Relapses: a primary that serves reads but still fails writes comes back to Recovering on reads alone, fails its
+first writes and goes back to the fallback: for ever, every few health checks (a reviewer's run: 66 transitions in
+ten minutes, and with slow refusals the publisher blocked in doomed writes most of the time). So each return from
+Recovering to a fallback doubles the successes in a row it takes to leave the fallback again (``relapses``, at
+most 2^MAX_RELAPSE_DOUBLINGS times ``recovery_threshold``); Recovering → Healthy resets it.
+
+A write failure is forgotten once the primary answered a read or health check ``WRITE_FAILURES_FORGOTTEN_MS``
+after it: with no writes in between, one failed write kept the status at Warning for ever (and /health said
+degraded), and isolated failures hours apart added up to a failover. A primary refusing writes that keep coming
+still reaches the threshold.
+
 ``primary_ok_since`` is when the primary's current run of successes began (None after a failure): how long the
 primary has worked again, e.g. before adopting other members' fallback blobs.
 """
@@ -45,6 +56,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 PRIMARY, SECONDARY, EMERGENCY = "primary", "secondary", "emergency"
+MAX_RELAPSE_DOUBLINGS = 6  # leaving a fallback after relapses takes at most 64 times recovery_threshold successes
+WRITE_FAILURES_FORGOTTEN_MS = 600_000  # a read or health check this long after the latest failed write clears it
 
 
 class Status(Enum):
@@ -82,6 +95,7 @@ class _Layer:
     last_failure_seq: int = 0  # the machine's observation number of this layer's latest failure
     last_success_seq: int = 0  # ... and of its latest success
     ok_since_ms: int | None = None  # when the current run of successes began (None: the latest outcome failed)
+    write_failed_ms: int = 0  # when the latest write failed
 
     @property
     def failures(self) -> int:
@@ -97,6 +111,7 @@ class DAStatusMachine:
     fallback_reason: str | None = None
     last_fallback_at: int | None = None
     transitions: int = 0
+    relapses: int = 0  # returns from Recovering to a fallback since the primary was last fully back (see above)
     stale: int = 0  # outcomes ignored: their operation started before a later opposite outcome (see above)
     on_change: Callable[[], None] | None = None
     _state: dict[str, _Layer] = field(default_factory=dict)
@@ -130,7 +145,7 @@ class DAStatusMachine:
                 st.ok_since_ms = now_ms
             st.successes += 1
             st.read_failures = 0
-            if write or layer != PRIMARY:
+            if write or layer != PRIMARY or now_ms - st.write_failed_ms >= WRITE_FAILURES_FORGOTTEN_MS:
                 st.write_failures = 0
             if st.failures == 0:
                 st.last_error = None
@@ -141,6 +156,7 @@ class DAStatusMachine:
             st.last_failure_seq = self._seq
             if write:
                 st.write_failures += 1
+                st.write_failed_ms = now_ms
             else:
                 st.read_failures += 1
             if layer != PRIMARY or st.failures >= self.failure_threshold:
@@ -185,7 +201,7 @@ class DAStatusMachine:
             elif primary.failures == 0 and s is Status.WARNING:
                 self._go(Status.HEALTHY, None, now_ms)
         elif s in (Status.DEGRADED, Status.EMERGENCY):
-            if primary.successes >= self.recovery_threshold:
+            if primary.successes >= self.recovery_needed:
                 # reads alone may bring the primary back; Recovering starts with a clean count and its writes
                 # (reconciliation, then every write) decide whether it stays
                 primary.healthy, primary.write_failures, primary.read_failures = True, 0, 0
@@ -197,9 +213,16 @@ class DAStatusMachine:
                               if target is Status.EMERGENCY and SECONDARY in self._state else self.fallback_reason)
                     self._go(target, reason, now_ms)
 
+    @property
+    def recovery_needed(self) -> int:
+        """The primary's successes in a row that end a fallback now (see the module docstring on relapses)."""
+        return self.recovery_threshold * 2 ** min(self.relapses, MAX_RELAPSE_DOUBLINGS)
+
     def _go(self, status: Status, reason: str | None, now_ms: int) -> None:
         if status is self.status:
             return
+        if self.status is Status.RECOVERING:
+            self.relapses = 0 if status is Status.HEALTHY else self.relapses + 1
         if status in (Status.DEGRADED, Status.EMERGENCY):
             if self.status not in (Status.DEGRADED, Status.EMERGENCY):
                 self.last_fallback_at = now_ms
