@@ -201,7 +201,7 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
     @app.get("/placement/<key>")
     async def placement(key: str) -> Response:
         v.object_hash(key)
-        return json_response(coord.place(key, v.query_integer(request.args.get("rf"), "rf", 3, 1, 64)))
+        return json_response(await coord.place(key, v.query_integer(request.args.get("rf"), "rf", 3, 1, 64)))
 
     @app.post("/schedule")
     async def schedule() -> JSONDict:

@@ -277,7 +277,8 @@ class Coordinator:
 
     # ---- placement and scheduling ----------------------------------------------------------------
 
-    def place(self, key: str, rf: int) -> list[str]:
+    async def place(self, key: str, rf: int) -> list[str]:
+        await self.placement.follow()  # a large change is followed in a worker thread, not on the event loop
         return self.placement.place(key, rf)
 
     def weights(self) -> dict[str, float]:

@@ -16,7 +16,8 @@ The ring is a sorted sequence of (position, node id) points kept in blocks of ab
 with each block's last position in a small index list (a hand-written sorted list in the manner of
 ``sortedcontainers``): a lookup bisects the index, then one block; adding or removing a node inserts or
 deletes its points inside a few small blocks instead of shifting one list of up to 1.28M entries. The
-ring is built from scratch once (the first lookup); after that, when the registry's membership epoch
+ring is built from scratch once (the first lookup; a coordinator's lookups ``follow`` the registry first, so
+large work runs in a worker thread, not on the event loop); after that, when the registry's membership epoch
 changes, only the nodes whose registry entry changed are found (the registry's entries are immutable
 tuples, so a changed node is one whose entry is no longer the same object: compared a block of entries
 at a time in C) and their points removed or added. The ring holds exactly the points a fresh build for
@@ -29,8 +30,11 @@ import hashlib
 import struct
 from bisect import bisect_left
 from collections.abc import Iterator
+from dataclasses import dataclass
 from itertools import chain, compress, islice
 from operator import is_not
+
+import trio
 
 from node.state import NodeRecord, State, Version
 
@@ -39,6 +43,7 @@ MIN_VNODES = 32
 MAX_VNODES = 128
 GB_PER_VNODE = 8
 MAX_ROUNDS_PER_REPLICA = 4
+INLINE_UPDATES = 8  # nodes a lookup updates in the ring on the event loop (~1 ms each); more go to a worker thread
 BLOCK = 512  # target points per ring block; a block splits above 2 × BLOCK and merges below BLOCK / 2
 _DIFF_CHUNK = 256  # registry entries compared per slice when looking for changed nodes
 _RING = 1 << 64
@@ -223,6 +228,18 @@ class Ring:
         return ring
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """A copy of the registry (ids and entries, in its order), its membership epoch, and what following it takes:
+    (node id, its ring entry now, the one it should have) per changed node, or a full build."""
+
+    ids: list[str]
+    entries: list[tuple[Version, NodeRecord | None]]
+    epoch: int
+    updates: list[tuple[str, tuple[str, int] | None, tuple[str, int] | None]]
+    full: bool
+
+
 def _target(record: NodeRecord | None) -> tuple[str, int] | None:
     """What the ring holds for a registry record: (zone, weight), or nothing for an unregistered node."""
     return None if record is None else (record[0], vnodes(record[2]))
@@ -239,6 +256,7 @@ class Placement:
         self._seen: list[tuple[Version, NodeRecord | None]] = []  # the registry's entries, parallel to _seen_ids
         self.refreshes = 0  # membership changes followed (including the first build)
         self.full_builds = 0  # rings built from scratch
+        self._following = trio.Lock()  # one follow() at a time (its worker thread owns the ring meanwhile)
 
     def ring(self) -> Ring:
         if self._epoch != self._state.membership_epoch:
@@ -261,6 +279,11 @@ class Placement:
         return changed
 
     def _refresh(self) -> None:
+        self._apply(self._plan())
+
+    def _plan(self) -> _Plan:
+        """What following the registry takes now (the event loop's part: a copy of the registry's entries and the
+        nodes whose ring points change; cheap)."""
         nodes = self._state.nodes
         ids, entries = list(nodes), list(nodes.values())
         changed = self._changed(ids, entries)
@@ -274,18 +297,43 @@ class Placement:
             have = (ring.zone[nid], ring.weight[nid]) if nid in ring.zone else None
             if want != have:
                 updates.append((nid, have, want))
-        if updates and (not ring.zone or len(updates) > max(64, len(ring.zone) // 4)):  # first fill, or many
-            self._ring = Ring.build({nid: t for nid, (_, rec) in nodes.items() if (t := _target(rec)) is not None})
+        full = bool(updates) and (not ring.zone or len(updates) > max(64, len(ring.zone) // 4))  # first fill, or many
+        return _Plan(ids, entries, self._state.membership_epoch, updates, full)
+
+    def _apply(self, plan: _Plan) -> None:
+        """Build or update the ring as planned (only from the plan's copies: it may run in a worker thread)."""
+        if plan.full:
+            self._ring = Ring.build({nid: t for nid, (_, rec) in zip(plan.ids, plan.entries, strict=True)
+                                     if (t := _target(rec)) is not None})
             self.full_builds += 1
         else:
-            for nid, have, want in updates:
+            ring = self._ring
+            for nid, have, want in plan.updates:
                 if have is not None:
                     ring.remove(nid)
                 if want is not None:
                     ring.add(nid, *want)
-        self._seen_ids, self._seen = ids, entries
-        self._epoch = self._state.membership_epoch
+        self._seen_ids, self._seen = plan.ids, plan.entries
+        self._epoch = plan.epoch
         self.refreshes += 1
+
+    async def follow(self) -> None:
+        """Follow the registry before a lookup without holding the event loop: a full build at 10,000 nodes (the
+        first lookup after a start or a restore, or after many changes at once) took 0.5-2.7 s, and the event
+        loop (peer heartbeats included) stopped meanwhile. A plan with more than ``INLINE_UPDATES`` nodes to
+        update, or a full build, runs in a worker thread (the GIL's switch interval gives the loop its turn
+        every few milliseconds); lookups meanwhile wait for it (``_following``), and nothing else touches the
+        ring. Then ``place`` answers at once."""
+        if self._epoch == self._state.membership_epoch:
+            return
+        async with self._following:
+            if self._epoch == self._state.membership_epoch:
+                return
+            plan = self._plan()
+            if plan.full or len(plan.updates) > INLINE_UPDATES:
+                await trio.to_thread.run_sync(self._apply, plan)
+            else:
+                self._apply(plan)
 
     def place(self, key: str, rf: int) -> list[str]:
         """Up to ``rf`` distinct node ids for ``key``, distinct zones first."""
