@@ -1,6 +1,7 @@
 """Node stats as soft state over the peer protocol: every locally reported update is broadcast to the
 peers at once, a peer whose link comes up gets every fresh entry, and received updates are merged last
-writer wins by report time. Stats never go to DA.
+writer wins by report time. Stats never go to DA. The catch-up of a peer whose link came up is paced by its
+send queue (``CATCH_UP_RESERVE``), so it loses no entry and leaves room to other messages.
 
 Received stats are checked exactly as ``POST /node/{id}/stats`` checks them (``node.scheduler.check_stats``,
 the one validator), plus what only a peer can get wrong: the node id must be a valid id, the report time
@@ -33,6 +34,8 @@ _FIELDS = tuple(STAT_RANGES)
 SCHEMA = {"node_id": is_str(128), "reported_ms": is_int(), **{name: is_float() for name in _FIELDS}}
 MAX_WAITING = 1024  # stats of not-yet-registered nodes held at once
 FLUSH_INTERVAL_S = 1.0
+CATCH_UP_RESERVE = 512  # a link-up's catch-up leaves at least this much of the peer's send queue to other messages
+CATCH_UP_PAUSE_S = 0.02  # how long it waits for the queue to drain below that
 
 
 def register(registry: Registry) -> None:
@@ -103,11 +106,40 @@ async def run_stats_gossip(coord: Coordinator, peers: PeerManager, intake: Stats
     def share(node_id: str, stats: NodeStats) -> None:
         peers.broadcast(STATS, to_body(node_id, stats))
 
+    due: dict[str, None] = {}  # peers whose link came up and that still need every fresh entry
+    woken = trio.Event()
+
     def catch_up(peer_id: str) -> None:
+        nonlocal woken
+        due[peer_id] = None
+        woken.set()
+
+    async def send_catch_ups() -> None:
+        nonlocal woken
+        while True:
+            await woken.wait()
+            woken = trio.Event()
+            while due:
+                peer_id = next(iter(due))
+                del due[peer_id]
+                await send_fresh(peer_id)
+
+    async def send_fresh(peer_id: str) -> None:
+        """Every fresh entry to a peer whose link came up, paced so that it never fills more than half of the
+        peer's send queue: pushed all at once, entries past the queue's 1,024 were lost (and anything else sent
+        to that peer meanwhile, requests included, was refused; a reviewer's finding). A peer whose link goes down
+        meanwhile is left: its next link-up starts again."""
         now = wall_ms()
-        for node_id, stats in coord.stats.items():
-            if now - stats.reported_ms <= coord.stats.ttl_ms:
-                peers.send(peer_id, STATS, to_body(node_id, stats))
+        bodies = [to_body(node_id, stats) for node_id, stats in coord.stats.items()
+                  if now - stats.reported_ms <= coord.stats.ttl_ms]
+        room = getattr(peers, "queue_room", None)  # (the simulated network's queues are unbounded)
+        for body in bodies:
+            while room is not None and room(peer_id) <= CATCH_UP_RESERVE:
+                if peer_id not in peers.up_peers():
+                    return
+                await trio.sleep(CATCH_UP_PAUSE_S)
+            peers.send(peer_id, STATS, body)
+            await trio.lowlevel.checkpoint()
 
     async def flush_waiting() -> None:
         while True:
@@ -118,6 +150,7 @@ async def run_stats_gossip(coord: Coordinator, peers: PeerManager, intake: Stats
     peers.on_link_up(catch_up)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(flush_waiting)
+        nursery.start_soon(send_catch_ups)
         async for peer_id, msg in inbox:
             intake.receive(peer_id, msg.body, wall_ms())
         nursery.cancel_scope.cancel()

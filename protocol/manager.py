@@ -216,6 +216,11 @@ class PeerManager:
             return False
         return True
 
+    def queue_room(self, peer_id: str) -> int:
+        """How many more messages the peer's send queue takes now."""
+        stats = self.peers[peer_id].queue_send.statistics()
+        return int(stats.max_buffer_size) - stats.current_buffer_used
+
     def broadcast(self, type_: str, body: dict[str, Any]) -> int:
         """Queue a message to every peer; return how many queues took it."""
         return sum(self.send(peer_id, type_, body) for peer_id in self.peers)
