@@ -286,7 +286,7 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
         return {"current_status": fallback_status_text(snap), "fallback_active": snap.fallback_active,
                 "fallback_reason": snap.fallback_reason, "pending_reconcile_count": coord.da.pending.pending_count,
                 "last_fallback_at": snap.last_fallback_at, "status": snap.status.value,
-                "reconciling": coord.da.reconciler.running}
+                "reconciling": coord.da.reconciler.running, "reconciliation": coord.da.reconciler.progress()}
 
     @app.get("/fallback/pending")
     async def fallback_pending() -> Response:

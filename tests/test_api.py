@@ -363,12 +363,16 @@ async def test_routing_and_fallback_views(client: Any) -> None:
         "status": "Healthy", "write_order": ["primary"]}
     assert await get(client, "/fallback/status") == {
         "current_status": "primary_healthy", "fallback_active": False, "fallback_reason": None,
-        "pending_reconcile_count": 0, "last_fallback_at": None, "status": "Healthy", "reconciling": False}
+        "pending_reconcile_count": 0, "last_fallback_at": None, "status": "Healthy", "reconciling": False,
+        "reconciliation": {"passes": 0, "total_reconciled": 0, "last_pass": None, "held_back": 0, "rejected": 0}}
     assert await get(client, "/fallback/pending") == []
     report = await post(client, "/fallback/reconcile", None)
     assert 0 <= report.pop("duration_ms") < 1000  # an empty pass still takes a moment
     assert report == {"success": True, "blobs_processed": 0, "blobs_reconciled": 0, "blobs_failed": 0,
                       "errors": []}
+    progress = (await get(client, "/fallback/status"))["reconciliation"]
+    assert progress["passes"] == 1 and progress["last_pass"]["success"] is True
+    assert progress["last_pass"]["aborted"] is False and progress["last_pass"]["blobs_processed"] == 0
 
 
 async def test_consistency_checks_published_blobs(client: Any, coord: Coordinator) -> None:

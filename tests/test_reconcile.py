@@ -327,7 +327,16 @@ async def test_a_manual_pass_stops_once_the_primary_keeps_failing_and_at_its_dea
 
     primary.post = slow_post  # type: ignore[method-assign]
     started = trio.current_time()
-    report = await stack.reconciler.run_pass(deadline_s=35)
+    seen: list[dict[str, Any]] = []
+
+    async def watch() -> None:
+        await trio.sleep(10)
+        seen.append(stack.reconciler.progress())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        report = await stack.reconciler.run_pass(deadline_s=35)
+    assert seen[0]["current_pass"]["blobs_reconciled"] == 2 and "last_pass" not in seen[0]  # progress meanwhile
     assert trio.current_time() - started == pytest.approx(35, abs=1)
     assert report.aborted and "deadline" in report.errors[-1] and 6 <= report.blobs_reconciled <= 9
     assert stack.pending.pending_count == 20 - report.blobs_reconciled

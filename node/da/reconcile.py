@@ -143,6 +143,7 @@ class Reconciler:
         self.passes = 0
         self.total_reconciled = 0
         self.last_report: Report | None = None
+        self._report = Report()  # the pass running (while ``running``)
 
     @property
     def running(self) -> bool:
@@ -156,6 +157,18 @@ class Reconciler:
         held = sum(1 for blob_id, (until, _, foreign) in self.held.items()
                    if until > now and not foreign and blob_id not in self._rejected)
         return max(0, self.pending.pending_count - len(self._rejected) - held)
+
+    def progress(self) -> dict[str, Any]:
+        """What /fallback/status shows of reconciliation: passes so far, blobs reconciled in all, the pass running
+        now (its counts so far) or the latest one's report, and the blobs held back or refused as bad input."""
+        now = self.clock()
+        report = self._report if self.running else self.last_report
+        return {"passes": self.passes, "total_reconciled": self.total_reconciled,
+                "current_pass" if self.running else "last_pass": None if report is None else {
+                    **report.as_json(), "aborted": report.aborted, "foreign_processed": report.foreign_processed,
+                    "blobs_adopted": report.blobs_adopted, "errors": report.errors[-10:]},
+                "held_back": sum(1 for until, _, _ in self.held.values() if until > now),
+                "rejected": len(self._rejected) + len(self._rejected_foreign)}
 
     def _skipped(self, blob_id: str, rejected: set[str]) -> bool:
         """An automatic pass leaves this blob be: refused as bad input, or held back for now."""
@@ -199,7 +212,7 @@ class Reconciler:
             raise AlreadyRunning("a reconciliation pass is already running")
         async with self._lock:
             started = time.perf_counter()
-            report = Report()
+            report = self._report = Report()
             after: PageKey | None = None
             self._stop_on_fallback = stop_on_fallback
             self._failed_in_row = 0
