@@ -8,6 +8,8 @@ to the blob at fault, which alone stays pending. A fake batching layer here, and
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -22,6 +24,7 @@ from node.da.base import BlobRef
 from node.da.celestia import BlobTooLarge, CelestiaDA
 from node.da.mock import MockDA
 from node.da.namespace import namespace_from_name
+from node.da.pending import PendingStore
 from node.da.reconcile import SUBMIT_BLOBS, SUBMITS_IN_FLIGHT
 from node.da.stack import DAStack
 from node.da.status import PRIMARY, SECONDARY, Status
@@ -341,3 +344,30 @@ async def test_a_manual_pass_stops_once_the_primary_keeps_failing_and_at_its_dea
     assert report.aborted and "deadline" in report.errors[-1] and 6 <= report.blobs_reconciled <= 9
     assert stack.pending.pending_count == 20 - report.blobs_reconciled
     await stack.aclose()
+
+
+async def test_settled_fallback_records_are_pruned_and_pending_ones_never(tmp_path: Path) -> None:
+    """Every blob read from the primary added a row for ever, and reconciled blobs kept their data (a reviewer's
+    finding): what settled before the cut goes, but the most recent reconciled ones (the consistency check's
+    sample); pending blobs stay whatever their age. An older file's on_primary table gains its seen_ms column."""
+    path = tmp_path / "pending.sqlite"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE on_primary (blob_id TEXT PRIMARY KEY) WITHOUT ROWID")
+    old.execute("INSERT INTO on_primary VALUES ('ab')")
+    old.commit()
+    old.close()
+    store = PendingStore(path)
+    ids = [await store.record(BlobRef(SECONDARY, i, b"c"), b"blob %d" % i, certificate=b"cert") for i in range(6)]
+    for i, blob_id in enumerate(ids[:4]):
+        await store.mark_reconciled(blob_id, BlobRef(PRIMARY, 10 + i, b"p"))
+    await store.note_primary([(BlobRef(PRIMARY, 20 + i, b"p"), b"other %d" % i) for i in range(3)])
+    assert await store.note_fallback([(BlobRef(SECONDARY, 30 + i, b"f"), b"foreign %d" % i) for i in range(2)]) == 2
+    await store.note_primary([(BlobRef(PRIMARY, 40, b"p"), b"foreign 0")])  # one foreign blob resolved
+    assert await store.prune(1, 2) == (0, 0, 1)  # only the old file's row (seen_ms 0) is older than 1 ms
+    removed = await store.prune(int(time.time() * 1000) + 1, 2)
+    assert removed == (2, 1, 4)  # 2 of 4 reconciled (2 kept), 1 resolved foreign, 4 primary ids (3 + 1)
+    assert {b.blob_id for b in await store.pending()} == set(ids[4:]) and store.pending_count == 2
+    assert len(await store.reconciled()) == 2 and store.foreign_waiting == 1
+    certificates = store._db.execute("SELECT COUNT(*) FROM certificates").fetchone()[0]
+    assert certificates == 4  # those of the 2 pending and the 2 kept
+    store.close()

@@ -2,7 +2,8 @@
 
 Recorded when it lands (layer, reference, data); marked reconciled only after the primary returned it
 back byte for byte; never deleted by a failure (a blob that keeps failing stays pending with its last
-error). SQLite (WAL, synchronous=FULL) in the data dir, accessed through ``trio.to_thread``.
+error). What is settled is forgotten after a week (``prune``, run by the stack's monitor every hour). SQLite
+(WAL, synchronous=FULL) in the data dir, accessed through ``trio.to_thread``.
 
 Other members' fallback blobs too, so any member can move them to the primary (its writer may be gone for
 good): ``foreign_blobs`` holds the blobs signed by a cluster member that this coordinator read from a fallback
@@ -51,7 +52,8 @@ CREATE TABLE IF NOT EXISTS foreign_blobs (     -- members' blobs read from a fal
     primary_height INTEGER, primary_commitment BLOB
 );
 CREATE INDEX IF NOT EXISTS foreign_unresolved ON foreign_blobs (seen_ms) WHERE resolved_ms IS NULL;
-CREATE TABLE IF NOT EXISTS on_primary (blob_id TEXT PRIMARY KEY) WITHOUT ROWID;  -- event blobs read there
+CREATE TABLE IF NOT EXISTS on_primary (blob_id TEXT PRIMARY KEY) WITHOUT ROWID;  -- event blobs read there (and
+-- since when: seen_ms, a column added to older files at open)
 CREATE TABLE IF NOT EXISTS certificates (      -- what a fallback layer signed for a blob (QuorumDA)
     blob_id TEXT PRIMARY KEY,
     certificate BLOB NOT NULL
@@ -93,6 +95,8 @@ class PendingStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        if "seen_ms" not in {row[1] for row in self._db.execute("PRAGMA table_info(on_primary)")}:
+            self._db.execute("ALTER TABLE on_primary ADD COLUMN seen_ms INTEGER NOT NULL DEFAULT 0")
         self._lock = trio.Lock()
         self.pending_count = int(self._db.execute(
             "SELECT COUNT(*) FROM fallback_blobs WHERE reconciled_ms IS NULL").fetchone()[0])
@@ -253,8 +257,8 @@ class PendingStore:
             foreign = pending = 0
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany("INSERT OR IGNORE INTO on_primary (blob_id) VALUES (?)",
-                                     [(blob_id,) for blob_id, _ in rows])
+                self._db.executemany("INSERT OR IGNORE INTO on_primary (blob_id, seen_ms) VALUES (?, ?)",
+                                     [(blob_id, now) for blob_id, _ in rows])
                 for blob_id, ref in rows:
                     foreign += self._db.execute(
                         "UPDATE foreign_blobs SET resolved_ms = ?, resolution = 'on_primary', primary_height = ?, "
@@ -272,6 +276,29 @@ class PendingStore:
         self.foreign_waiting -= foreign
         self.pending_count -= pending
         return foreign + pending
+
+    async def prune(self, before_ms: int, keep_reconciled: int) -> tuple[int, int, int]:
+        """Forget what is settled and older than ``before_ms``: own blobs reconciled then (but the most recent
+        ``keep_reconciled``, the consistency check's sample) with their data and certificates, other members' blobs
+        resolved then, and the ids of blobs read from the primary then (a blob of such an old id met again on a
+        fallback log would be re-posted: harmless, events are deduplicated). Pending blobs are never touched.
+        Without this, every blob read from the primary added a row for ever, and reconciled blobs kept their data.
+        Returns the rows removed from each of the three."""
+        def delete() -> tuple[int, int, int]:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                old = ("SELECT blob_id FROM fallback_blobs WHERE reconciled_ms IS NOT NULL AND reconciled_ms < ? "
+                       "AND blob_id NOT IN (SELECT blob_id FROM fallback_blobs WHERE reconciled_ms IS NOT NULL "
+                       "ORDER BY reconciled_ms DESC LIMIT ?)")
+                self._db.execute(f"DELETE FROM certificates WHERE blob_id IN ({old})", (before_ms, keep_reconciled))
+                own = self._db.execute(f"DELETE FROM fallback_blobs WHERE blob_id IN ({old})",
+                                       (before_ms, keep_reconciled)).rowcount
+                foreign = self._db.execute("DELETE FROM foreign_blobs WHERE resolved_ms IS NOT NULL "
+                                           "AND resolved_ms < ?", (before_ms,)).rowcount
+                seen = self._db.execute("DELETE FROM on_primary WHERE seen_ms < ?", (before_ms,)).rowcount
+            return own, foreign, seen
+
+        return await self._call(delete)
 
     async def note_fallback(self, seen: Sequence[tuple[BlobRef, bytes]]) -> int:
         """Members' blobs read from a fallback log: each one we did not write and have not seen on the primary

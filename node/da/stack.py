@@ -37,7 +37,7 @@ from node.blob import HEADER, MAGIC, VERSION
 from node.da.base import DAError, DALayer, Page
 from node.da.metered import MeteredLayer
 from node.da.pending import PendingStore
-from node.da.reconcile import AlreadyRunning, Reconciler
+from node.da.reconcile import CHECK_LIMIT, AlreadyRunning, Reconciler
 from node.da.router import DARouter
 from node.da.status import PRIMARY, DAStatusMachine, Status, StatusSnapshot
 from node.hlc import wall_ms
@@ -53,6 +53,10 @@ MAX_PROBES_IN_FLIGHT = 2
 #: ``dsdn cluster up`` of 5 (1 s interval) this drops 25 of the 35 health requests a second (each QuorumDA probe
 #: asks every validator), whose bursts delayed the receipts in flight: the slowest tenth by 13 ms in a benchmark.
 STANDBY_MAX_AGE_S = 5.0
+#: Settled fallback records (reconciled blobs, resolved other members' blobs, ids of blobs read from the primary)
+#: are forgotten this long after they settled, checked every PRUNE_EVERY_S by the monitor.
+PRUNE_AFTER_S = 7 * 24 * 3600.0
+PRUNE_EVERY_S = 3600.0
 
 
 def member_signed(data: bytes, members: frozenset[bytes]) -> bool:
@@ -241,12 +245,27 @@ class DAStack:
             try:
                 task_status.started()
                 next_at = trio.current_time()
+                prune_at = next_at + PRUNE_EVERY_S
                 while True:  # a fixed cadence: a slow check does not delay the next one
                     nursery.start_soon(self.check_once)
+                    if trio.current_time() >= prune_at:
+                        prune_at = trio.current_time() + PRUNE_EVERY_S
+                        nursery.start_soon(self.prune)
                     next_at = max(next_at + self.health_interval_s, trio.current_time())
                     await trio.sleep_until(next_at)
             finally:
                 self._nursery = None
+
+    async def prune(self) -> None:
+        """Forget settled fallback records older than ``PRUNE_AFTER_S`` (see ``PendingStore.prune``)."""
+        try:
+            removed = await self.pending.prune(wall_ms() - int(PRUNE_AFTER_S * 1000), CHECK_LIMIT)
+        except sqlite3.Error as exc:
+            log.warning("cannot prune the fallback records: %s", exc)
+            return
+        if any(removed):
+            log.info("fallback records pruned: %d reconciled blobs, %d other members' blobs, %d primary blob ids",
+                     *removed)
 
     async def aclose(self, *, close_layers: bool = True) -> None:
         """Close every layer and followed log once each (``aclose()`` or ``close()``, whichever the layer has;
