@@ -15,11 +15,14 @@ store or QuorumDA validator log the position of its newest blob, for the Mock DA
 cursor and head are in the same unit (the consumer's cursor). Unknown (null) until the first report or while
 the layer does not answer.
 
-A *stuck* log (``Consumer.stuck``, ``stuck_logs``; /ready's 503 once rebuilt): its reads have kept failing with an
-answer — the layer replied, with an error (e.g. a pruned Celestia node's ``header: not found``), as opposed to an
-outage (``DAUnavailable``/``DATimeout``, which the DA status machine's health checks report) — for
-``STUCK_AFTER_S`` or longer with no successful read in between. Its cursor stays, so events after it may be
-missing from the state; the first successful read ends it.
+A *stuck* log (``Consumer.stuck``, ``stuck_logs``; /ready's 503 once rebuilt): its reads have kept failing for
+``STUCK_AFTER_S`` or longer with no successful read in between. An answered error (e.g. a pruned Celestia node's
+``header: not found``) counts, and so does an outage (``DAUnavailable``/``DATimeout``) unless the DA status machine
+reports the layer down (``stuck_logs``' ``down``: then /health and /da/routing say so, writes go to a fallback and
+the coordinator stays ready). An outage the status machine does not see used to leave the coordinator ready while
+it applied nothing: a node whose headers answer the health checks while every ``blob.GetAll`` fails (each such
+read, retried for seconds, overlapped a successful health check and so counted as a stale outcome). Its cursor
+stays, so events after it may be missing from the state; the first successful read ends it.
 """
 
 from __future__ import annotations
@@ -47,15 +50,15 @@ READ_LIMIT = 32
 LONG_POLL_S = 10.0
 PROGRESS_INTERVAL_S = 2.0
 HEAD_TIMEOUT_S = 5.0
-#: How long a followed log's reads must keep failing with an answered error (no successful read in between)
-#: before it counts as stuck and /ready answers 503 (see the module docstring). Why 30 s: one failed read, or a
-#: few in a row, is normal and heals by itself (a node restarting, a load-balanced RPC whose replica is a block
-#: behind and answers ``header: not found`` for a height it does not have yet), and readiness drives load
-#: balancers: flipping it for a blip would drain a coordinator that is fine. The consumer retries with backoff
-#: (0.1 s doubling to 10 s, full jitter), so 30 s spans about ten failed reads, and an error that outlasts them
-#: (a pruned height) will not heal alone. Only a successful read resets the streak, so a steadily failing log
-#: turns unready once and stays so (no flapping on every retry), while a log that fails now and then but keeps
-#: reading moves its cursor and stays ready. Short next to the alternative (a stuck log went unnoticed for ever).
+#: How long a followed log's reads must keep failing (no successful read in between; an outage the DA status reports is
+#: left out) before it counts as stuck and /ready answers 503 (see the module docstring). Why 30 s: one failed read, or
+#: a few in a row, is normal and heals by itself (a node restarting, a load-balanced RPC whose replica is a block behind
+#: and answers ``header: not found`` for a height it does not have yet), and readiness drives load balancers: flipping
+#: it for a blip would drain a coordinator that is fine. The consumer retries with backoff (0.1 s doubling to 10 s, full
+#: jitter), so 30 s spans about ten failed reads, and an error that outlasts them (a pruned height) will not heal alone.
+#: Only a successful read resets the streak, so a steadily failing log turns unready once and stays so (no flapping on
+#: every retry), while a log that fails now and then but keeps reading moves its cursor and stays ready. Short next to
+#: the alternative (a stuck log went unnoticed for ever).
 STUCK_AFTER_S = 30.0
 
 
@@ -116,7 +119,6 @@ class Consumer:
         self.failed_reads = 0
         self.failing_since: float | None = None  # trio time of the streak's first failed read
         self.failing_since_ms: int | None = None  # ... in wall ms (for /ready)
-        self.answered_since: float | None = None  # trio time of the streak's first failure the layer answered
 
     def ingest(self, data: bytes) -> int:
         """Verify and apply one blob; return the number of new events it brought."""
@@ -147,6 +149,10 @@ class Consumer:
         wait = self.wait_s if self._at_head else 0.0
         started, before = trio.current_time(), self.cursor
         page = await self.da.read_after(self.cursor, READ_LIMIT, wait)
+        if not page.items and not page.at_head and page.cursor <= before:
+            # nothing, not the head, and no step forward: read again at once, for ever (a faulty blob store did
+            # so 3,500 times a second, and the coordinator never became ready); a failed read backs off instead
+            raise DAError(f"{self.da.name}: a page with nothing after {before} that is not the head (no progress)")
         for _, data in page.items:
             self.ingest(data)
         spare_collector(catching_up=bool(page.items) and not page.at_head)
@@ -183,7 +189,7 @@ class Consumer:
                     log.info("reading %s works again (cursor %d)", self.da.name, self.cursor)
                 self.last_ok = True
                 self.last_error, self.failed_reads = None, 0
-                self.failing_since = self.failing_since_ms = self.answered_since = None
+                self.failing_since = self.failing_since_ms = None
                 self.on_result(True, None)
                 if at_head:
                     self.caught_up.set()
@@ -197,19 +203,17 @@ class Consumer:
         now = trio.current_time()
         if self.failing_since is None:
             self.failing_since, self.failing_since_ms = now, wall_ms()
-        self.last_error, answered = read_failure(self.cursor, exc)
-        if self.answered_since is None and answered:  # an outage is not an answer
-            self.answered_since = now
+        self.last_error, _ = read_failure(self.cursor, exc)
         self.failed_reads += 1
 
     def stuck(self) -> dict[str, Any] | None:
         """Why this log is stuck (see the module docstring), or None: ``cursor`` (where it stays), ``error``
         (the latest failure), ``failing_since_ms`` (wall ms of the streak's first failed read), ``failing_for_s``
         and ``failed_reads`` (in the streak)."""
-        if self.answered_since is None or self.failing_since is None:
+        if self.failing_since is None:
             return None
         now = trio.current_time()
-        if now - self.answered_since < self.stuck_after_s:
+        if now - self.failing_since < self.stuck_after_s:
             return None
         return {"cursor": self.cursor, "error": self.last_error, "failing_since_ms": self.failing_since_ms,
                 "failing_for_s": round(now - self.failing_since, 3), "failed_reads": self.failed_reads}

@@ -189,10 +189,12 @@ class ScriptedLog:
         return Page([], cursor + 1, True)
 
 
-async def test_the_stuck_rule_counts_answered_errors_only(autojump_clock: trio.testing.MockClock) -> None:
-    """Under trio's MockClock: an outage is never stuck (the DA status reports it), an answered error is stuck
-    once it lasted STUCK_AFTER_S, a successful read ends it; a layer the DA status reports down is left out, and
-    quorum validators' logs count only once as many as a quorum needs cannot be read (stuck, or in an outage)."""
+async def test_the_stuck_rule_counts_failures_the_da_status_does_not_report(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """Under trio's MockClock: reads failing for STUCK_AFTER_S make a log stuck, an answered error or an outage alike
+    (a reviewer's finding: a node answering health checks while every read failed left the coordinator ready and
+    applying nothing); a successful read ends it; a layer the DA status reports down is left out, and quorum
+    validators' logs count only once as many as a quorum needs cannot be read."""
     log = ScriptedLog()
     consumer = Consumer(log, len, frozenset())  # type: ignore[arg-type]
     assert consumer.stuck_after_s == 30.0
@@ -200,31 +202,31 @@ async def test_the_stuck_rule_counts_answered_errors_only(autojump_clock: trio.t
         nursery.start_soon(consumer.run)
         await trio.sleep(1)
         log.error = DAUnavailable("primary: connection refused")
-        await trio.sleep(100)
-        assert not consumer.last_ok and consumer.failed_reads > 5 and consumer.stuck() is None
-        log.error = DAError("primary: blob.GetAll: header: not found: height 2")
-        while consumer.answered_since is None:  # the next retry (the backoff is at its cap by now)
+        while consumer.failing_since is None:
             await trio.sleep(0.01)
+        began = consumer.failing_since
         await trio.sleep(29)
-        assert consumer.stuck() is None
-        await trio.sleep(1)
+        assert not consumer.last_ok and consumer.failed_reads > 5 and consumer.stuck() is None
+        log.error = DAError("primary: blob.GetAll: header: not found: height 2")  # the streak goes on
+        await trio.sleep(1.5)
         stuck = consumer.stuck()
-        assert stuck is not None and stuck["cursor"] == consumer.cursor
-        assert consumer.failing_since is not None and consumer.answered_since is not None
-        assert consumer.failing_since < consumer.answered_since - 99  # the outage began the streak
-        assert stuck["failing_for_s"] == round(trio.current_time() - consumer.failing_since, 3)  # the whole streak
+        assert stuck is not None and stuck["cursor"] == consumer.cursor and consumer.failing_since == began
+        assert stuck["failing_for_s"] == round(trio.current_time() - began, 3)  # the whole streak
+        await trio.sleep(11)  # a retry at the backoff's cap reported the latest error
+        stuck = consumer.stuck()
+        assert stuck is not None
         assert stuck["error"] == f"reading after {consumer.cursor} failed: primary: blob.GetAll: header: not found: " \
                                  "height 2"
         assert stuck_logs({PRIMARY: consumer}) == {PRIMARY: stuck}
-        assert stuck_logs({PRIMARY: consumer}, down=[PRIMARY]) == {}
+        assert stuck_logs({PRIMARY: consumer}, down=[PRIMARY]) == {}  # the DA status reports it: not stuck
         # as one of three quorum validators' logs: stuck only once as many as a quorum needs are stuck
         logs = {"v1": consumer, "v2": Consumer(ScriptedLog(), len, frozenset()),  # type: ignore[arg-type]
                 "v3": consumer}
         assert stuck_logs(logs, quorum_logs=["v1", "v2"], quorum_required=2) == {"v3": stuck}
         assert stuck_logs(logs, quorum_logs=["v1", "v2"], quorum_required=1) == {"v1": stuck, "v3": stuck}
         assert stuck_logs(logs, quorum_logs=["v1", "v2", "v3"], quorum_required=2) == {"v1": stuck, "v3": stuck}
-        # a validator in an outage is not stuck, but it cannot be read either: with one stuck beside it, a blob
-        # stored on just those two would be missed
+        # a validator failing for less than STUCK_AFTER_S is not stuck, but it cannot be read either: with one
+        # stuck beside it, a blob stored on just those two would be missed
         outage = ScriptedLog()
         outage.error = DAUnavailable("v2: connection refused")
         in_outage = Consumer(outage, len, frozenset())  # type: ignore[arg-type]
@@ -238,4 +240,28 @@ async def test_the_stuck_rule_counts_answered_errors_only(autojump_clock: trio.t
         log.error = None
         await trio.sleep(11)  # the backoff's cap
         assert consumer.last_ok and consumer.stuck() is None and stuck_logs({PRIMARY: consumer}) == {}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_page_with_nothing_that_is_not_the_head_and_no_step_forward_is_a_failed_read(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """A faulty blob store answered every read with no items, the same cursor and at_head false: the consumer read
+    again at once, 3,500 times a second, and never caught up (a reviewer's reproduction). Such a page is a failed
+    read now: the consumer backs off, the log is stuck after STUCK_AFTER_S, and it no longer holds up the rebuild."""
+
+    class Spinning(ScriptedLog):
+        reads = 0
+
+        async def read_after(self, cursor: int, limit: int, wait_s: float = 0.0) -> Page:
+            self.reads += 1
+            return Page([], cursor, False)
+
+    log = Spinning()
+    consumer = Consumer(log, len, frozenset())  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(consumer.run)
+        await trio.sleep(31)
+        assert log.reads < 20 and not consumer.last_ok and consumer.cursor == 0  # backing off, not spinning
+        stuck = consumer.stuck()
+        assert stuck is not None and "no progress" in stuck["error"]
         nursery.cancel_scope.cancel()
