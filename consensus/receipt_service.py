@@ -495,7 +495,7 @@ class ReceiptService:
             batch, self._queue = self._queue[: self.batch_max], self._queue[self.batch_max:]
             for r in batch:
                 self._queued.discard(r.id)
-            nursery.start_soon(self._run_batch_released, batch)
+            nursery.start_soon(self._run_batch_released, batch, self._take_off())
 
     async def _wait_for_queue(self) -> None:
         """Until a receipt is queued or a batch ends."""
@@ -521,11 +521,18 @@ class ReceiptService:
             while self._flights and len(self._queue) < self.batch_max:
                 await self._wait_for_queue()
 
-    async def _run_batch_released(self, batch: list[rc.Receipt]) -> None:
+    def _take_off(self) -> object:
+        """Count a batch in flight from now on (before its task starts: the batcher must see it at once)."""
+        token = object()
+        self._flights[token] = trio.current_time()
+        return token
+
+    async def _run_batch_released(self, batch: list[rc.Receipt], token: object | None = None) -> None:
         ids = {r.id for r in batch} - self._signing
         self._signing |= ids
-        token = object()
-        self._flights[token] = started = trio.current_time()
+        if token is None:
+            token = self._take_off()
+        started = self._flights[token]
         try:
             await self._run_batch(batch)
         except* LockTableBroken as group:  # raised in the batch's nursery too (the own lock's commit)
@@ -534,6 +541,8 @@ class ReceiptService:
             del self._flights[token]
             took = trio.current_time() - started
             # smoothed (the first batch sets it): a few slow batches do not make the next ones wait much longer
+            if self._batch_s:  # a stalled batch counts as the stall point at most: stalls cannot hide stalls
+                took = min(took, max(STALL_MIN_S, STALL_FACTOR * self._batch_s))
             self._batch_s = self._batch_s + (took - self._batch_s) / 8 if self._batch_s else took
             self._signing -= ids
             self._inflight.release()

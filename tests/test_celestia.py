@@ -4,6 +4,8 @@ servers for what the devnet cannot do (never answer, lie about a blob)."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import gzip
 import json
 import os
 from collections.abc import Callable
@@ -17,6 +19,7 @@ import trio
 
 from deploy.devnet import serve_devnet
 from node import config as config_mod
+from node.da import celestia as celestia_module
 from node.da.base import BlobNotFound, BlobRef, DATimeout, DAUnavailable
 from node.da.celestia import (
     BlobTooLarge,
@@ -402,6 +405,38 @@ async def test_an_undecodable_response_body_is_unavailable(nursery: trio.Nursery
         with pytest.raises(DAUnavailable, match="DecodingError"):
             await da.head()
         assert da.retries == 0
+
+
+async def test_an_answer_past_the_cap_is_refused_as_it_streams_in(nursery: trio.Nursery,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node's gzip answer of 0.9 MB inflated to 200 MiB, read and parsed whole: 34 -> 639 MiB of RSS (a
+    reviewer's reproduction). The answer is streamed, decoded, and refused past MAX_ANSWER_BYTES (here 1 MiB)."""
+    monkeypatch.setattr(celestia_module, "MAX_ANSWER_BYTES", 1 << 20)
+    sent = {"bytes": 0}
+
+    async def handle(stream: trio.SocketStream) -> None:
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += await stream.receive_some(65536)
+        head, rest = buf.split(b"\r\n\r\n", 1)
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length")))
+        while len(rest) < length:
+            rest += await stream.receive_some(65536)
+        request = json.loads(rest)
+        pad = b"A" * (8 << 20)  # 8 MiB once inflated
+        body = gzip.compress(b'{"jsonrpc":"2.0","id":%d,"result":{"header":{"height":"7"}},"pad":"%s"}'
+                             % (request["id"], pad), 1)
+        sent["bytes"] = len(body)
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+                                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+    listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+    async with make_client(f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}", retry_count=0) as da:
+        with pytest.raises(DARPCError, match="larger than 1 MiB"):
+            await da.head()
+    assert 0 < sent["bytes"] < 100_000  # a small compressed answer
 
 
 async def test_silent_peer_times_out(nursery: trio.Nursery) -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import types
 from pathlib import Path
+from typing import Any
 
 import nacl.signing
 import pytest
@@ -800,3 +802,51 @@ async def test_a_proposer_does_not_take_over_its_own_batch_while_signing_it(
         await cluster.wait_final({receipt.id}, timeout=10 * proposer.takeover_s)
         assert proposer.counters.takeovers == 0 and proposer.counters.batches == 1
         nursery.cancel_scope.cancel()
+
+
+def bare_service(batch_max: int, run: Any) -> ReceiptService:
+    """A ReceiptService with only what its batcher uses, whose ``_run_batch`` is ``run``."""
+    service = ReceiptService.__new__(ReceiptService)
+    service.batch_max, service.batch_wait_s = batch_max, 0.002
+    service._inflight = trio.Semaphore(2)
+    service._queue, service._queued, service._signing = [], set(), set()
+    service._queue_wake = trio.Event()
+    service._flights, service._batch_s = {}, 0.1
+    service._run_batch = run  # type: ignore[method-assign]
+    return service
+
+
+async def test_a_batch_counts_as_in_flight_before_its_task_runs(autojump_clock: trio.testing.MockClock) -> None:
+    """Receipts left in the queue behind a full batch: the batcher reached its next wait before the batch's task
+    had registered it, saw nothing in flight and started the next batch beside it (a reviewer's run: 112 times in
+    200)."""
+    for _ in range(50):
+        starts: list[float] = []
+
+        async def run(batch: list[Any], starts: list[float] = starts) -> None:
+            starts.append(trio.current_time())
+            await trio.sleep(0.1)
+
+        service = bare_service(4, run)
+        service._queue = [types.SimpleNamespace(id=bytes([i])) for i in range(5)]  # type: ignore[misc]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service._batcher, nursery)
+            await trio.sleep(0.5)
+            nursery.cancel_scope.cancel()
+        assert starts[1] - starts[0] == pytest.approx(0.1)  # after the first ended, never beside it
+
+
+async def test_a_stalled_batch_counts_as_the_stall_point_at_most_in_the_usual_time(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """Stalled batches (10 s each, against a usual 0.1 s) fed the usual time, and so the stall point, until stalls
+    no longer counted as stalls (a reviewer's note). Each counts as the stall point at most."""
+    durations = iter([10.0] * 5)
+
+    async def run(batch: list[Any]) -> None:
+        await trio.sleep(next(durations))
+
+    service = bare_service(1, run)
+    for k in range(5):
+        await service._run_batch_released([types.SimpleNamespace(id=bytes([k]))])  # type: ignore[list-item]
+    # without the cap: 0.1 -> 1.34 -> 2.42 -> ... ; with it each step is at most x(1 + (4 - 1) / 8)
+    assert service._batch_s == pytest.approx(0.1 * (1 + 3 / 8) ** 5)

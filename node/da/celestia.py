@@ -53,6 +53,10 @@ DEFAULT_MAX_BLOB_BYTES = 1_992_294
 MAX_BACKOFF_S = 30.0
 #: Heights fetched concurrently by ``read_after``.
 READ_CONCURRENCY = 8
+#: The largest answer read (decoded): all of our namespace's blobs at one height, in base64 inside JSON, from a block
+#: of up to 48 MiB of them (Celestia's blocks are 8 MiB today). An answer is streamed and refused past it: read whole,
+#: a hostile node's gzip of 0.9 MB inflating to 200 MiB took a coordinator from 34 to 639 MiB.
+MAX_ANSWER_BYTES = 64 << 20
 #: JSON-RPC 2.0 protocol-level error codes (parse error, invalid request, method not found, invalid params).
 _PROTOCOL_ERRORS = frozenset({-32700, -32600, -32601, -32602})
 #: celestia-node's blob.ErrBlobNotFound: the one answer that means "no such blob" / "no blob at this height".
@@ -232,7 +236,13 @@ class CelestiaDA:
         deadline = (self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s)) + wait_s
         try:
             with trio.fail_after(deadline):
-                response = await self._http().post(self.url, content=body, timeout=deadline)
+                async with self._http().stream("POST", self.url, content=body, timeout=deadline) as response:
+                    status = response.status_code
+                    content = bytearray()
+                    async for chunk in response.aiter_bytes():  # decoded (a gzip answer counts inflated)
+                        content += chunk
+                        if len(content) > MAX_ANSWER_BYTES:
+                            raise DARPCError(None, f"answer larger than {MAX_ANSWER_BYTES >> 20} MiB", method)
         except trio.TooSlowError:
             raise _Retryable(f"{method}: no answer within {deadline:.3g}s", timeout=True) from None
         except httpx.TimeoutException as exc:
@@ -242,12 +252,11 @@ class CelestiaDA:
         except httpx.HTTPError as exc:  # anything else httpx raises (bad encoding, redirects...): not retried
             raise DAUnavailable(f"{self.name}: {method}: {type(exc).__name__}: {exc or 'HTTP failure'}") from None
 
-        status = response.status_code
         if status in (401, 403):
             raise DAUnauthorized(f"{method}: HTTP {status} from the DA node (check DA_AUTH_TOKEN)")
         try:
-            envelope = response.json()
-        except (ValueError, RecursionError, httpx.HTTPError):  # not JSON (undecodable, or nested past the parser)
+            envelope = json.loads(content)
+        except (ValueError, RecursionError):  # not JSON (undecodable, or nested past the parser)
             envelope = None
         error = envelope.get("error") if isinstance(envelope, dict) else None
         if isinstance(error, dict):
