@@ -11,7 +11,10 @@ A blob the primary took but did not give back (not included, other bytes, not fo
 is the blob's failure, not the primary's: it is not reported to the status machine (one such blob used to flip a
 healthy primary to a fallback and back every health interval, for ever, and post it again each time: 180 paid
 posts in ten minutes), and the monitor's passes hold it back (``held``) for HOLD_BASE_S, doubling with each
-miss up to HOLD_MAX_S, while it stays pending with its error; a manual pass tries it at once.
+miss up to HOLD_MAX_S, while it stays pending with its error; a manual pass tries it at once, and so do the passes
+while Recovering (the primary's probe; a held blob also keeps the status in Recovering). Unless the pass saw
+no blob back at all: then the primary may be losing every blob, and each blob missed counts as its failure (up to
+the failure threshold; no return to Healthy from such a pass).
 
 A primary that takes several blobs per call and reads them back in one (``post_many`` and ``included``:
 CelestiaDA, whose blob.Submit takes an array) gets them in calls of up to SUBMIT_BLOBS blobs and its
@@ -132,6 +135,8 @@ class Reconciler:
         self._lock = trio.Lock()
         self._stop_on_fallback = False
         self._failed_in_row = 0  # the primary's failures in a row in the current pass
+        self._confirmed = 0  # blobs the current pass saw back on the primary
+        self._missed: list[str] = []  # errors of the blobs it took but did not give back, in the current pass
         self._rejected: set[str] = set()  # pending blobs the primary refused as bad input (automatic passes skip them)
         self._rejected_foreign: set[str] = set()  # the same for other members' blobs
         # blobs the primary took but did not give back -> (wall ms until which automatic passes skip them, misses,
@@ -172,21 +177,31 @@ class Reconciler:
 
     def _skipped(self, blob_id: str, rejected: set[str]) -> bool:
         """An automatic pass leaves this blob be: refused as bad input, or held back for now."""
-        held_until = self.held.get(blob_id, (0, 0, False))[0]
-        return self._stop_on_fallback and (blob_id in rejected or held_until > self.clock())
+        held = self.held.get(blob_id, (0, 0, False))[0] > self.clock() and self.machine.status is not Status.RECOVERING
+        return self._stop_on_fallback and (blob_id in rejected or held)
 
-    def _hold(self, blob_ids: list[str], foreign: bool) -> None:
+    def _hold(self, blob_ids: list[str], foreign: bool, error: str) -> None:
         """These blobs were taken but not given back: the monitor's passes skip them for a while (see HOLD_*)."""
+        self._missed.extend(error for _ in blob_ids)
         now = self.clock()
         for blob_id in blob_ids:
             misses = self.held.get(blob_id, (0, 0, foreign))[1] + 1
             hold_ms = int(min(HOLD_MAX_S, HOLD_BASE_S * 2 ** min(misses - 1, 20)) * 1000)
             self.held[blob_id] = (now + hold_ms, misses, foreign)
 
+    def forget(self, blob_ids: list[str]) -> None:
+        """These blobs are on the primary now (read from its log): no longer held back or refused (else they kept
+        counting against ``waiting``, hiding other blobs from the monitor for up to an hour)."""
+        for blob_id in blob_ids:
+            self.held.pop(blob_id, None)
+            self._rejected.discard(blob_id)
+            self._rejected_foreign.discard(blob_id)
+
     def _hold_s(self, blob_id: str) -> float:
         return (self.held[blob_id][0] - self.clock()) / 1000
 
     def _done(self, blob_ids: list[str], rejected: set[str]) -> None:
+        self._confirmed += len(blob_ids)
         for blob_id in blob_ids:
             rejected.discard(blob_id)
             self.held.pop(blob_id, None)
@@ -216,6 +231,7 @@ class Reconciler:
             after: PageKey | None = None
             self._stop_on_fallback = stop_on_fallback
             self._failed_in_row = 0
+            self._confirmed, self._missed = 0, []
             self._batching = self._submitter() is not None
             with trio.move_on_after(deadline_s if deadline_s is not None else math.inf) as deadline:
                 async with trio.open_nursery() as nursery:  # the submits in flight (a primary that takes several)
@@ -245,8 +261,16 @@ class Reconciler:
             self.passes += 1
             self.total_reconciled += report.blobs_reconciled
             self.last_report = report
-            if not report.aborted:  # blobs the primary refuses as bad input do not keep it in Recovering
-                self.machine.reconciled(self.waiting, self.clock())
+            if self._missed and not self._confirmed:
+                # it took blobs and gave none back: perhaps a poisoned blob, perhaps a primary that loses every blob
+                # (which is not to go back to Healthy and take the writes); one failure per blob missed
+                for error in self._missed[: self.machine.failure_threshold]:
+                    self.machine.observe(PRIMARY, False, self.clock(), error, write=True)
+                report.errors.append(f"the primary took {len(self._missed)} blob(s) and gave none back: counted as "
+                                     "its failures")
+            elif not report.aborted:  # blobs the primary refuses as bad input do not keep it in Recovering (held
+                # ones do: Recovering ends once the primary gave back every blob it is to take)
+                self.machine.reconciled(max(0, self.pending.pending_count - len(self._rejected)), self.clock())
             if report.blobs_processed or report.foreign_processed:
                 log.info("reconciliation: %d processed, %d reconciled, %d failed in %d ms (%d still pending); other "
                          "members' fallback blobs: %d tried, %d adopted (%d still waiting)%s",
@@ -377,7 +401,7 @@ class Reconciler:
             missed = True
             await mark_failed([b.blob_id for b in todo], error)
         if missed:
-            self._hold([b.blob_id for b in todo], foreign)
+            self._hold([b.blob_id for b in todo], foreign, error)
             error += f" (held back from automatic passes for {self._hold_s(todo[0].blob_id):.0f} s)"
         report.blobs_failed += len(todo)
         report.errors.extend(f"{self._what(b, foreign)}: {error} (stays pending)" for b in todo)
@@ -500,7 +524,7 @@ class Reconciler:
                 report.blobs_reconciled += 1
             return
         if missed:
-            self._hold([blob.blob_id], foreign)
+            self._hold([blob.blob_id], foreign, error)
             error += f" (held back from automatic passes for {self._hold_s(blob.blob_id):.0f} s)"
         report.blobs_failed += 1
         report.errors.append(f"{what}: {error} (stays pending)")

@@ -24,6 +24,7 @@ is gone. ``read_problems()`` tells which followed logs cannot be read, and why (
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import sqlite3
 from collections.abc import Callable, Mapping
@@ -155,6 +156,7 @@ class DAStack:
         for _, data in blobs:  # a writer still active on the primary reconciles its own fallback blobs
             if member_signed(data, members):  # (verified: nobody else can make a member look active)
                 self.reconciler.signer_active[data[len(MAGIC) + 1 : len(MAGIC) + 33]] = now
+        self.reconciler.forget([hashlib.sha256(data).hexdigest() for _, data in blobs])
         try:
             if blobs:
                 await self.pending.note_primary(blobs)
