@@ -166,7 +166,12 @@ class Coordinator:
         size = await snapshot.save(self.config.data_dir, snap)
         self._snapshot_mark = mark
         self.snapshots_written += 1
-        pruned = await self.outbox.prune(snap.outbox_seq)
+        try:  # (the snapshot is written: a failed prune is not a failed snapshot; the next one prunes again)
+            pruned = await self.outbox.prune(snap.outbox_seq)
+        except sqlite3.Error as exc:
+            log.warning("snapshot written, but pruning the outbox below it failed (%s); the next snapshot tries "
+                        "again", exc)
+            pruned = 0
         log.info("snapshot written: %d bytes, %d events, cursors %s, pruned %d outbox rows",
                  size, mark[0], mark[1], pruned)
         return True

@@ -36,6 +36,7 @@ MAX_WAITING = 1024  # stats of not-yet-registered nodes held at once
 FLUSH_INTERVAL_S = 1.0
 CATCH_UP_RESERVE = 512  # a link-up's catch-up leaves at least this much of the peer's send queue to other messages
 CATCH_UP_PAUSE_S = 0.02  # how long it waits for the queue to drain below that
+CATCH_UP_PATIENCE_S = 60.0  # ... before it gives up on that peer until its next link-up
 
 
 def register(registry: Registry) -> None:
@@ -106,38 +107,46 @@ async def run_stats_gossip(coord: Coordinator, peers: PeerManager, intake: Stats
     def share(node_id: str, stats: NodeStats) -> None:
         peers.broadcast(STATS, to_body(node_id, stats))
 
-    due: dict[str, None] = {}  # peers whose link came up and that still need every fresh entry
-    woken = trio.Event()
+    catching_up: dict[str, bool] = {}  # peers whose catch-up runs -> another link-up came meanwhile (run again)
+    tasks: list[trio.Nursery] = []  # where the catch-ups run (once the gossip runs)
 
     def catch_up(peer_id: str) -> None:
-        nonlocal woken
-        due[peer_id] = None
-        woken.set()
+        if peer_id in catching_up:
+            catching_up[peer_id] = True
+        elif tasks:
+            catching_up[peer_id] = False
+            tasks[0].start_soon(send_catch_up, peer_id)
 
-    async def send_catch_ups() -> None:
-        nonlocal woken
-        while True:
-            await woken.wait()
-            woken = trio.Event()
-            while due:
-                peer_id = next(iter(due))
-                del due[peer_id]
+    async def send_catch_up(peer_id: str) -> None:
+        """One task per peer: a peer that stops reading holds up its own catch-up only."""
+        try:
+            while True:
                 await send_fresh(peer_id)
+                if not catching_up[peer_id]:
+                    return
+                catching_up[peer_id] = False
+        finally:
+            del catching_up[peer_id]
 
     async def send_fresh(peer_id: str) -> None:
         """Every fresh entry to a peer whose link came up, paced so that it never fills more than half of the
         peer's send queue: pushed all at once, entries past the queue's 1,024 were lost (and anything else sent
         to that peer meanwhile, requests included, was refused; a reviewer's finding). A peer whose link goes down
-        meanwhile is left: its next link-up starts again."""
+        meanwhile, or whose queue does not drain for CATCH_UP_PATIENCE_S, is left: its next link-up starts again."""
         now = wall_ms()
         bodies = [to_body(node_id, stats) for node_id, stats in coord.stats.items()
                   if now - stats.reported_ms <= coord.stats.ttl_ms]
         room = getattr(peers, "queue_room", None)  # (the simulated network's queues are unbounded)
         for body in bodies:
-            while room is not None and room(peer_id) <= CATCH_UP_RESERVE:
-                if peer_id not in peers.up_peers():
-                    return
-                await trio.sleep(CATCH_UP_PAUSE_S)
+            with trio.move_on_after(CATCH_UP_PATIENCE_S) as patience:
+                while room is not None and room(peer_id) <= CATCH_UP_RESERVE:
+                    if peer_id not in peers.up_peers():
+                        return
+                    await trio.sleep(CATCH_UP_PAUSE_S)
+            if patience.cancelled_caught:
+                log.warning("stats catch-up of %s given up: its send queue did not drain for %g s", peer_id,
+                            CATCH_UP_PATIENCE_S)
+                return
             peers.send(peer_id, STATS, body)
             await trio.lowlevel.checkpoint()
 
@@ -149,8 +158,8 @@ async def run_stats_gossip(coord: Coordinator, peers: PeerManager, intake: Stats
     coord.on_stats = share  # type: ignore[method-assign]
     peers.on_link_up(catch_up)
     async with trio.open_nursery() as nursery:
+        tasks.append(nursery)
         nursery.start_soon(flush_waiting)
-        nursery.start_soon(send_catch_ups)
         async for peer_id, msg in inbox:
             intake.receive(peer_id, msg.body, wall_ms())
         nursery.cancel_scope.cancel()

@@ -323,17 +323,15 @@ class Placement:
         loop (peer heartbeats included) stopped meanwhile. A plan with more than ``INLINE_UPDATES`` nodes to
         update, or a full build, runs in a worker thread (the GIL's switch interval gives the loop its turn
         every few milliseconds); lookups meanwhile wait for it (``_following``), and nothing else touches the
-        ring. Then ``place`` answers at once."""
-        if self._epoch == self._state.membership_epoch:
-            return
+        ring. It follows again what changed meanwhile (registrations keep coming while a rebuild from DA catches
+        up), until the ring is current: then ``place`` answers at once."""
         async with self._following:
-            if self._epoch == self._state.membership_epoch:
-                return
-            plan = self._plan()
-            if plan.full or len(plan.updates) > INLINE_UPDATES:
-                await trio.to_thread.run_sync(self._apply, plan)
-            else:
-                self._apply(plan)
+            while self._epoch != self._state.membership_epoch:  # again if it changed while a thread worked
+                plan = self._plan()
+                if plan.full or len(plan.updates) > INLINE_UPDATES:
+                    await trio.to_thread.run_sync(self._apply, plan)
+                else:
+                    self._apply(plan)
 
     def place(self, key: str, rf: int) -> list[str]:
         """Up to ``rf`` distinct node ids for ``key``, distinct zones first."""

@@ -5,8 +5,8 @@
   connect timeout does not cover a silent peer). Refusals close with a code and reason and are logged.
   A failure of one link (a refusal, a broken frame, an unexpected error) ends that link only.
 * Unauthenticated inbound connections (from the TCP accept until the dialer's transcript signature is
-  verified) are bounded: at most ``max_unauthenticated`` at once (one more closes the oldest that has not asked for
-  the websocket upgrade, else the oldest: counted as ``evicted``),
+  verified) are bounded: at most ``max_unauthenticated`` at once (one more closes the oldest that has idled without
+  asking for the websocket upgrade, else the oldest that asked: counted as ``evicted``),
   ``upgrade_timeout_s`` to send the websocket upgrade, then ``handshake_timeout_s`` for the handshake,
   and websocket messages of at most ``PRE_AUTH_MAX_MESSAGE`` bytes (a larger one closes the connection
   with 1009 before it is read whole); the limit rises to ``WS_MAX_MESSAGE`` once the peer is verified
@@ -70,6 +70,7 @@ MAX_MALFORMED = 10
 HANDSHAKE_TIMEOUT_S = 5.0
 UPGRADE_TIMEOUT_S = 5.0  # from the TCP accept to the websocket upgrade request (the library waits 60 s)
 MAX_UNAUTHENTICATED = 16  # inbound connections not yet authenticated, at once
+IDLE_GRACE_S = 0.5  # an inbound connection that has not asked for the upgrade this long is the first to make room
 LOG_EVERY_S = 10.0  # at most one warning per kind and interval about inbound connections
 MAX_BATCH = 64  # messages per frame: a receiver's subscriber channels (1024) absorb several frames
 WS_MAX_MESSAGE = MAX_FRAME + 4096  # a sealed frame: a batch of at most MAX_FRAME bytes plus the AEAD tag
@@ -142,6 +143,7 @@ class _Unverified:
     """An inbound connection not authenticated yet: cancelling ``scope`` closes it."""
 
     scope: trio.CancelScope
+    since: float  # trio time of the TCP accept
     upgraded: bool = False  # it asked for the websocket upgrade
 
 
@@ -285,7 +287,7 @@ class PeerManager:
         if len(self._unverified) >= self.max_unauthenticated:
             self._evict(_remote(stream))
         self.inbound["accepted"] += 1
-        pending = _Unverified(trio.CancelScope())
+        pending = _Unverified(trio.CancelScope(), trio.current_time())
         self._unverified[pending] = None
 
         def authenticated() -> None:
@@ -310,11 +312,14 @@ class PeerManager:
             await trio.aclose_forcefully(stream)
 
     def _evict(self, newcomer: str) -> None:
-        """Make room for a new inbound connection: close the oldest unauthenticated one that has not asked for the
-        websocket upgrade yet, else the oldest of all. Refusing the newcomer instead let a stranger holding every
-        slot (reopening each as it timed out) keep every member from linking for ever; now a member's
-        connection, which asks at once and handshakes in milliseconds, pushes out those idling."""
-        victim = next((c for c in self._unverified if not c.upgraded), None) or next(iter(self._unverified))
+        """Make room for a new inbound connection: close one unauthenticated for ``IDLE_GRACE_S`` already (a member's
+        handshakes in milliseconds), among those the oldest that has not asked for the websocket upgrade, else the
+        oldest that asked (idling in the handshake); only then one of the younger, in the same order (a member's new
+        connection was the preferred victim while a stranger's upgraded ones idled). Refusing the newcomer instead let
+        a stranger holding every slot (reopening each as it timed out) keep every member from linking for ever; now a
+        member's connection, which asks at once and handshakes in milliseconds, pushes out those idling."""
+        idle_since = trio.current_time() - IDLE_GRACE_S  # a member's new connection handshakes within milliseconds
+        victim = min(self._unverified, key=lambda c: (c.since > idle_since, c.upgraded, c.since))
         del self._unverified[victim]
         victim.scope.cancel()
         self.inbound["evicted"] += 1

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from node import gossip
 from node.coordinator import Coordinator
@@ -170,3 +171,52 @@ class FakeCoord:
 
     def accept_stats(self, node_id: str, stats: NodeStats) -> None:
         self.got += 1
+
+
+async def test_a_peer_that_stops_reading_holds_up_its_own_catch_up_only(autojump_clock: trio.testing.MockClock) -> None:
+    """Catch-ups ran one peer after the other, and one waited for ever on a peer whose link stayed up while its
+    queue did not drain: no other peer got its catch-up (a reviewer's reproduction). One task per peer now, and a
+    peer whose queue does not drain for CATCH_UP_PATIENCE_S is given up until its next link-up."""
+
+    class Peers:
+        def __init__(self) -> None:
+            self.sent = {"stuck": 0, "healthy": 0}
+            self.callbacks: list[Any] = []
+            self.inbox = trio.open_memory_channel[Any](10)
+
+        def subscribe(self, type_: str) -> Any:
+            return self.inbox[1]
+
+        def broadcast(self, *args: Any) -> int:
+            return 0
+
+        def on_link_up(self, callback: Any) -> None:
+            self.callbacks.append(callback)
+
+        def up_peers(self) -> list[str]:
+            return ["stuck", "healthy"]
+
+        def queue_room(self, peer: str) -> int:
+            return 0 if peer == "stuck" and self.sent["stuck"] >= 1024 and not self.drained else 1024
+
+        drained = False
+
+        def send(self, peer: str, type_: str, body: Any) -> bool:
+            self.sent[peer] += 1
+            return True
+
+    peers, coord = Peers(), FakeCoord(3000)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(gossip.run_stats_gossip, coord, peers)
+        await trio.testing.wait_all_tasks_blocked()
+        peers.callbacks[0]("stuck")
+        await trio.sleep(1)
+        peers.callbacks[0]("healthy")
+        await trio.sleep(1)
+        assert peers.sent == {"stuck": 1024, "healthy": 3000}
+        await trio.sleep(gossip.CATCH_UP_PATIENCE_S)  # given up on "stuck"
+        peers.drained = True  # it reads again, and its link comes up again: a new catch-up, all of it
+        peers.callbacks[0]("stuck")
+        await trio.sleep(1)
+        assert peers.sent == {"stuck": 1024 + 3000, "healthy": 3000}
+        nursery.cancel_scope.cancel()

@@ -17,6 +17,7 @@ from wsproto import ConnectionType, WSConnection
 
 from protocol.envelope import Message
 from protocol.manager import (
+    IDLE_GRACE_S,
     MAX_UNAUTHENTICATED,
     PRE_AUTH_MAX_MESSAGE,
     UPGRADE_TIMEOUT_S,
@@ -81,9 +82,11 @@ async def test_unauthenticated_connections_are_bounded_and_the_oldest_idle_one_m
             await trio.testing.wait_all_tasks_blocked()
             await idle[1].receive_some(1)
         assert still_open.cancelled_caught
-        # one that asked for the upgrade is kept over idle ones, even older: the oldest idle one goes
+        # one that asked for the upgrade is kept over idle ones (idle for IDLE_GRACE_S), even older: the oldest idle
+        # one goes
         await idle[1].send_all(upgrade("/peer/v1"))
         await wait_for(lambda: any(c.upgraded for c in b._unverified), what="the upgrade")
+        await trio.sleep(IDLE_GRACE_S)
         newer = await trio.open_tcp_stream("127.0.0.1", ms[1].port)
         with trio.fail_after(1):
             assert await read_until_eof(idle[2]) == b""
@@ -120,6 +123,29 @@ async def test_a_stranger_holding_every_slot_does_not_keep_a_member_from_linking
         async with manager(ms[0], ms) as a:
             await wait_for(lambda: a.peers["b"].state is State.UP, what="the link despite the stranger")
         hogs.cancel_scope.cancel()
+
+
+async def test_a_members_new_connection_is_not_the_victim_of_strangers_idling_in_the_handshake() -> None:
+    """Strangers whose connections ask for the upgrade at once and idle in the handshake: a member's brand-new
+    connection, not upgraded yet, was the preferred victim of the strangers' next connection (a reviewer's note).
+    A connection counts as idle only after IDLE_GRACE_S; until then the strangers' upgraded ones go first."""
+    ms = members(["a", "b"])
+    async with manager(ms[1], ms, upgrade_timeout_s=60, handshake_timeout_s=60) as b:
+        strangers = []
+        for _ in range(MAX_UNAUTHENTICATED):
+            stream = await trio.open_tcp_stream("127.0.0.1", ms[1].port)
+            await stream.send_all(upgrade("/peer/v1"))
+            strangers.append(stream)
+        await wait_for(lambda: sum(c.upgraded for c in b._unverified) == MAX_UNAUTHENTICATED, what="16 upgraded")
+        await trio.sleep(IDLE_GRACE_S)  # idling in the handshake
+        member = await trio.open_tcp_stream("127.0.0.1", ms[1].port)  # evicts the oldest stranger
+        await wait_for(lambda: b.inbound["evicted"] == 1, what="the first eviction")
+        newest = b._unverified and list(b._unverified)[-1]
+        one_more = await trio.open_tcp_stream("127.0.0.1", ms[1].port)  # a stranger's next one
+        await wait_for(lambda: b.inbound["evicted"] == 2, what="the second eviction")
+        assert newest in b._unverified  # the member's, not upgraded yet, is still there
+        for stream in [*strangers, member, one_more]:
+            await stream.aclose()
 
 
 async def test_messages_before_authentication_are_small_and_full_size_after() -> None:
