@@ -17,7 +17,7 @@ import trio
 from hypercorn.trio import serve
 
 from api.blobstore import DEFAULT_MAX_BODY, MAX_BODY_LIMIT, BlobStore, create_blobstore_app
-from node.process import hypercorn_config, run_process, serve_until_signalled, setup_logging
+from node.process import hypercorn_config, lock_data, run_process, serve_until_signalled, setup_logging
 
 log = logging.getLogger("dsdn.blobstore")
 
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     if writers is not None and any(len(k) != 32 for k in writers):
         parser.error("--writers: each key is 64 hex characters")
     setup_logging()
+    lock_data("dsdn blobstore", Path(args.data_dir) / ".lock")
     run_process("dsdn blobstore", serve_until_signalled, partial(
         serve_blobstore, args.host, args.port, Path(args.data_dir), max_body_bytes=args.max_body_bytes,
         writers=writers), "blobstore")

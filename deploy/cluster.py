@@ -29,7 +29,7 @@ import trio
 
 from node import identity
 from node.da.namespace import namespace_from_name
-from node.process import run_process, stop_on_signals
+from node.process import STOP_AT_STDIN_EOF, lock_data, run_process, stop_on_signals
 
 STOP_TIMEOUT_S = 10.0
 READY_TIMEOUT_S = 60.0
@@ -151,10 +151,11 @@ async def _pump(member: Member, stream: trio.abc.ReceiveStream) -> None:
 
 
 async def _start(nursery: trio.Nursery, member: Member) -> None:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **member.env}
-    # A session of its own: Ctrl-C in the terminal reaches only us, and we stop the children in order.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", STOP_AT_STDIN_EOF: "1", **member.env}
+    # A session of its own: Ctrl-C in the terminal reaches only us, and we stop the children in order. Its stdin is a
+    # pipe we hold and never write to: if we die (kill -9), it closes and the child stops (node.process).
     member.process = await trio.lowlevel.open_process(member.argv, env=env, stdout=subprocess.PIPE,
-                                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                      stderr=subprocess.STDOUT, stdin=subprocess.PIPE,
                                                       start_new_session=True)
     assert member.process.stdout is not None
     nursery.start_soon(_pump, member, member.process.stdout)
@@ -283,4 +284,5 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("-n must be from 1 to 50")
     if not 1 <= args.base_port <= 65535 - 200 - args.n:
         parser.error("--base-port must leave room for base-port + 200 + n (the peer ports)")
+    lock_data("dsdn cluster", args.data_dir / ".lock")
     run_process("dsdn cluster", run_cluster, args.n, args.base_port, args.data_dir, args.block_interval_ms)

@@ -29,7 +29,15 @@ from node import config as config_mod
 from node import gossip
 from node.coordinator import Coordinator
 from node.da.factory import build_layers
-from node.process import hypercorn_config, run_process, set_log_context, setup_logging, stop_on_signals, tune_gc
+from node.process import (
+    hypercorn_config,
+    lock_data,
+    run_process,
+    set_log_context,
+    setup_logging,
+    stop_on_signals,
+    tune_gc,
+)
 from protocol.envelope import Registry
 from protocol.manager import Member, PeerManager
 
@@ -155,6 +163,7 @@ def main() -> None:
         print(f"dsdn-coordinator: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
     set_log_context(coordinator=cfg.coordinator_id)  # every JSON log line names this coordinator
+    lock_data("dsdn-coordinator", cfg.data_dir / ".lock")
     run_process("dsdn-coordinator", run, cfg)
 
 

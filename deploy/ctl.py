@@ -67,8 +67,8 @@ def targets(args: argparse.Namespace) -> list[Target]:
     if args.url:
         urls = [u.strip().rstrip("/") for given in args.url for u in given.split(",") if u.strip()]
         for url in urls:
-            if not url.startswith(("http://", "https://")):
-                raise CtlError(f"--url {url!r}: expected an http:// or https:// URL", 2)
+            if not url.startswith(("http://", "https://")) or not _usable(url):
+                raise CtlError(f"--url {url!r}: expected an http:// or https:// URL with a host (and a valid port)", 2)
         return [Target(url, url) for url in urls]
     path = Path(args.cluster)
     if not path.exists():
@@ -82,7 +82,21 @@ def targets(args: argparse.Namespace) -> list[Target]:
         raise CtlError(f"{path} is not a cluster file written by `dsdn cluster up`", 2) from None
     if not found:
         raise CtlError(f"{path} lists no coordinator", 2)
+    for target in found:
+        if not _usable(target.url):
+            raise CtlError(f"{path}: coordinator {target.id}'s URL {target.url!r} is not a usable http(s) URL", 2)
     return found
+
+
+def _usable(url: str) -> bool:
+    """An http(s) URL httpx can send a request to (``http://[::1`` or a bad port raised httpx.InvalidURL from the
+    first request: a traceback)."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError, TypeError):
+        return False
+    return parsed.scheme in ("http", "https") and bool(parsed.host) and (parsed.port is None or
+                                                                          0 < parsed.port < 65536)
 
 
 # ---- talking to a coordinator ---------------------------------------------------------------------------
@@ -425,6 +439,10 @@ def stdout_closed() -> int:
 def execute(prog: str, args: argparse.Namespace, command: Callable[[argparse.Namespace, Client], int]) -> NoReturn:
     """Run ``command(args, client)`` and exit with its code; every failure ends as one line on stderr."""
     token = args.token or os.environ.get(TOKEN_ENV) or None
+    if token is not None and not (token.isascii() and token.isprintable()):
+        _fail_line(f"{prog}: the token (--token or {TOKEN_ENV}) must be visible ASCII characters, as the "
+                   "coordinator's COORDINATOR_API_TOKEN is")
+        sys.exit(2)
     client = Client(token, args.timeout)
     try:
         code = command(args, client)

@@ -48,7 +48,7 @@ from api.auth import bearer_matches
 from node.da.celestia import b64, b64decode_strict
 from node.da.commitment import blob_commitment, share_count
 from node.da.namespace import NamespaceError, validate_namespace
-from node.process import hypercorn_config, run_process, serve_until_signalled, setup_logging
+from node.process import hypercorn_config, lock_data, run_process, serve_until_signalled, setup_logging
 
 log = logging.getLogger("dsdn.devnet")
 T = TypeVar("T")
@@ -61,6 +61,16 @@ DEFAULT_SLOW_MS = 1000
 #: go-jsonrpc reports errors returned by a method with code 1.
 SERVER_ERROR = 1
 INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, PARSE_ERROR = -32600, -32601, -32602, -32700
+MAX_NAMESPACES = 16  # namespaces one blob.GetAll may name (each answered once: listing one again used to repeat it)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _strict_json(data: bytes) -> Any:
+    """JSON as RFC 8259 has it: NaN and Infinity refused (a strict JSON-RPC client could not read them echoed)."""
+    return json.loads(data, parse_constant=_no_constant)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (
@@ -363,7 +373,9 @@ class Devnet:
         height = _height_param(height)
         if not isinstance(namespaces, list) or not namespaces:
             raise RPCError(INVALID_PARAMS, "invalid params: namespaces must be a non-empty list")
-        wanted = [_namespace_param(ns) for ns in namespaces]
+        if len(namespaces) > MAX_NAMESPACES:
+            raise RPCError(INVALID_PARAMS, f"invalid params: at most {MAX_NAMESPACES} namespaces per call")
+        wanted = list(dict.fromkeys(_namespace_param(ns) for ns in namespaces))  # each once: the answer is bounded
         await self._block_at(height)
         found = [blob_json(row) for ns in wanted for row in await self._read(self.store.blobs, height, ns)]
         return found or None
@@ -453,9 +465,9 @@ class Devnet:
             if (denied := unauthorized()) is not None:
                 return denied
             try:
-                envelope = json.loads(await request.get_data(as_text=False))
-            except (ValueError, UnicodeDecodeError) as exc:
-                return rpc_error(None, PARSE_ERROR, f"parse error: {exc}")
+                envelope = _strict_json(await request.get_data(as_text=False))
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+                return rpc_error(None, PARSE_ERROR, f"parse error: {type(exc).__name__}: {str(exc)[:200]}")
             if not isinstance(envelope, dict):
                 return rpc_error(None, INVALID_REQUEST, "invalid request: send one JSON-RPC 2.0 request object")
             request_id = envelope.get("id")
@@ -477,8 +489,8 @@ class Devnet:
             if (denied := unauthorized()) is not None:
                 return denied
             try:
-                self.set_fault(json.loads(await request.get_data(as_text=False)))
-            except ValueError as exc:
+                self.set_fault(_strict_json(await request.get_data(as_text=False)))
+            except (ValueError, RecursionError) as exc:
                 return reply({"error": "invalid_request", "message": str(exc)}, 422)
             return reply(self.status())
 
@@ -487,8 +499,8 @@ class Devnet:
             if (denied := unauthorized()) is not None:
                 return denied
             try:
-                self.set_prune(json.loads(await request.get_data(as_text=False)))
-            except ValueError as exc:
+                self.set_prune(_strict_json(await request.get_data(as_text=False)))
+            except (ValueError, RecursionError) as exc:
                 return reply({"error": "invalid_request", "message": str(exc)}, 422)
             return reply(self.status())
 
@@ -543,6 +555,8 @@ def main(argv: list[str] | None = None) -> None:
     if not 0 <= args.port <= 65535:
         parser.error("--port must be 0..65535")
     setup_logging()
+    if args.db != ":memory:":
+        lock_data("dsdn devnet", Path(args.db + ".lock"))
     run_process("dsdn devnet", serve_until_signalled, partial(
         serve_devnet, args.host, args.port, args.db, args.block_interval_ms / 1000, args.auth_token,
         max_blob_bytes=args.max_blob_bytes), "devnet")

@@ -1,11 +1,13 @@
 """What every long-running process of ours shares (coordinator, devnet, blob store, cluster launcher):
 logging set-up (LOG_LEVEL; LOG_FORMAT ``text``, the default, or ``json``: one object per line with time,
 level, logger, coordinator id, message and the structured fields a call passes in ``extra=``), a graceful
-stop on SIGTERM/SIGINT (hypercorn under trio installs no handlers), and start-up failures turned into one
-line on stderr and an exit code instead of a traceback."""
+stop on SIGTERM/SIGINT/SIGHUP (hypercorn under trio installs no handlers) or when the launcher is gone, a lock
+on the data folder, and start-up failures turned into one line on stderr and an exit code instead of a
+traceback."""
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import json
 import logging
@@ -16,6 +18,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -136,13 +139,38 @@ class StoppedBySignal(Exception):
         super().__init__(f"stopped at once by a second {signal.Signals(signum).name}")
 
 
+#: Set by ``dsdn cluster up`` in its children's environment, with their stdin a pipe it holds: when the launcher is
+#: gone, however it went (kill -9, the OOM killer), the pipe closes and the child stops as on SIGTERM. Its children
+#: run in sessions of their own (so Ctrl-C reaches the launcher only), and PR_SET_PDEATHSIG cannot help: trio starts
+#: processes from a worker thread, and the signal fires when that thread ends.
+STOP_AT_STDIN_EOF = "DSDN_STOP_AT_STDIN_EOF"
+
+
 async def stop_on_signals(stop: trio.Event, hurry: trio.Event | None = None) -> None:
-    """Set ``stop`` at the first SIGTERM or SIGINT. At a second one (Ctrl-C pressed again while a slow request or
-    child holds the graceful stop up): set ``hurry`` when given (the caller cuts its stop short), else raise
-    ``StoppedBySignal`` (everything is cancelled; ``finally`` blocks still close files). Listening until the end:
-    once the receiver closed, a second Ctrl-C was Python's KeyboardInterrupt, a traceback in the middle of the
-    stop (a cluster launcher left its DA services running, holding their ports)."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    """Set ``stop`` at the first SIGTERM, SIGINT or SIGHUP (the terminal or ssh session closed), or when the
+    launcher that started this process is gone (``STOP_AT_STDIN_EOF``). At a second signal (Ctrl-C pressed again
+    while a slow request or child holds the graceful stop up): set ``hurry`` when given (the caller cuts its stop
+    short), else raise ``StoppedBySignal`` (everything is cancelled; ``finally`` blocks still close files).
+    Listening until the end: once the receiver closed, a second Ctrl-C was Python's KeyboardInterrupt, a traceback
+    in the middle of the stop (a cluster launcher left its DA services running, holding their ports)."""
+    async with trio.open_nursery() as nursery:
+        if os.environ.get(STOP_AT_STDIN_EOF) == "1":
+            nursery.start_soon(_stop_at_stdin_eof, stop)
+        await _stop_on_signals(stop, hurry)
+        nursery.cancel_scope.cancel()
+
+
+async def _stop_at_stdin_eof(stop: trio.Event) -> None:
+    async with trio.lowlevel.FdStream(os.dup(0)) as stdin:
+        while await stdin.receive_some(4096):  # nothing is ever written: only its end matters
+            pass
+    if not stop.is_set():
+        log.warning("the process that started this one is gone (its pipe closed): shutting down")
+        stop.set()
+
+
+async def _stop_on_signals(stop: trio.Event, hurry: trio.Event | None) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             name = signal.Signals(signum).name
             if not stop.is_set():
@@ -164,6 +192,25 @@ async def serve_until_signalled(serve: Callable[..., Awaitable[Any]], what: str)
             await serving.start(partial(serve, shutdown_trigger=stop.wait))
         nursery.cancel_scope.cancel()
     logging.getLogger(f"dsdn.{what}").info("stopped cleanly")
+
+
+_held_locks: list[int] = []  # descriptors of the data locks this process holds (for its whole life)
+
+
+def lock_data(prog: str, path: Path) -> None:
+    """Take the exclusive lock ``path`` (created) for this process's life, or exit 1 with one line: two processes on
+    one data folder (a second ``cluster up`` on the default folder, or one beside orphans) corrupted each other's
+    state (two devnets on one chain file: the second stalled for good on its first block)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        print(f"{prog}: cannot start: another process uses {path.parent} (it holds {path.name}); stop it first",
+              file=sys.stderr)
+        sys.exit(1)
+    _held_locks.append(fd)
 
 
 def leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:

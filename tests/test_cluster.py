@@ -408,3 +408,37 @@ async def test_ctrl_c_twice_stops_every_process_of_the_cluster_at_once(tmp_path:
         await stream.aclose()
     finally:
         c.stop()
+
+
+async def test_a_launcher_killed_with_minus_9_takes_its_children_down_and_the_folder_is_locked(
+        tmp_path: Path) -> None:
+    """kill -9 (or the OOM killer, or a lost ssh session's SIGHUP before it was handled) ended the launcher and left
+    the devnet, blob store and coordinators running on their ports: the next `cluster up` failed (a reviewer's
+    reproduction). Each child's stdin is a pipe the launcher holds: it closes with the launcher, and the child stops.
+    And a second launcher on the same folder refuses to start while the first runs."""
+    c = Cluster(tmp_path / "cluster", tmp_path / "cluster.log", n=1)
+    c.start()
+    try:
+        await c.wait_up()
+        second = subprocess.run([sys.executable, "-c", "from deploy.cli import main; main()", "cluster", "up", "-n",
+                                 "1", "--base-port", str(free_base_port(1)), "--data-dir", str(c.data_dir)],
+                                capture_output=True, timeout=60)
+        assert second.returncode == 1 and b"another process uses" in second.stderr
+        children = [p["pid"] for p in c.info["processes"]]
+        assert c.proc is not None
+        c.proc.kill()
+        c.proc.wait()
+        with trio.fail_after(30):
+            while True:
+                alive = []
+                for pid in children:
+                    try:
+                        os.kill(pid, 0)
+                        alive.append(pid)
+                    except ProcessLookupError:
+                        pass
+                if not alive:
+                    break
+                await trio.sleep(0.1)
+    finally:
+        c.stop()

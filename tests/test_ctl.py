@@ -311,7 +311,16 @@ def test_bad_arguments_exit_2_with_one_line(in_cluster_dir: Procs, capsys: pytes
         (["nodes"], "dsdn nodes: error: the following arguments are required: action (see --help)"),
         (["objects", "register", "h", "--size", "big"], "dsdn objects register: error: argument --size: invalid "
                                                         "int value: 'big' (see --help)"),
-        (["status", "--url", "ftp://x"], "dsdn status: --url 'ftp://x': expected an http:// or https:// URL"),
+        (["status", "--url", "ftp://x"], "dsdn status: --url 'ftp://x': expected an http:// or https:// URL with a "
+                                         "host (and a valid port)"),
+        # httpx.InvalidURL from the first request was a traceback (a reviewer's finding), and a non-ASCII token too
+        (["status", "--url", "http://[::1"], "dsdn status: --url 'http://[::1': expected an http:// or https:// URL "
+                                             "with a host (and a valid port)"),
+        (["receipt", "list", "--url", "http://x:99999"], "dsdn receipt list: --url 'http://x:99999': expected an "
+                                                         "http:// or https:// URL with a host (and a valid port)"),
+        (["status", "--token", "h\u00e9llo", "--url", "http://127.0.0.1:1"],
+         "dsdn status: the token (--token or DSDN_API_TOKEN) must be visible ASCII characters, as the coordinator's "
+         "COORDINATOR_API_TOKEN is"),
         (["status", "--timeout", "0"], "dsdn status: error: --timeout must be above 0 and at most 3600"),
         (["status", "--timeout", "inf"], "dsdn status: error: --timeout must be above 0 and at most 3600"),
         (["status", "--timeout", "nan"], "dsdn status: error: --timeout must be above 0 and at most 3600"),
@@ -328,6 +337,11 @@ def test_bad_arguments_exit_2_with_one_line(in_cluster_dir: Procs, capsys: pytes
     broken.write_text("{not json")
     code, _, err = dsdn(capsys, "status", "--cluster", str(broken))
     assert code == 2 and one_line(err) == f"dsdn status: {broken} is not a cluster file written by `dsdn cluster up`"
+    odd = tmp_path / "odd.json"
+    odd.write_text(json.dumps({"processes": [{"id": "c0", "role": "coordinator", "url": "http://[::1"}]}))
+    code, _, err = dsdn(capsys, "status", "--cluster", str(odd))
+    assert code == 2 and one_line(err) == f"dsdn status: {odd}: coordinator c0's URL 'http://[::1' is not a usable " \
+                                          "http(s) URL"
 
 
 def test_the_dsdn_command_itself(in_cluster_dir: Procs) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import trio
 from deploy.devnet import Devnet, main
 from node.da.celestia import CelestiaDA, b64
 from node.da.namespace import namespace_from_name
+from node.process import STOP_AT_STDIN_EOF
 from tests.proc import free_port, wait_http_ok
 
 TOKEN = "proc-secret"
@@ -90,3 +92,39 @@ async def test_reads_do_not_wait_for_the_block_being_committed(tmp_path: Path) -
         assert header["header"]["height"] == "2"
     finally:
         devnet.close()
+
+
+async def test_sighup_a_closed_launcher_pipe_and_a_locked_data_file(tmp_path: Path) -> None:
+    """A closed terminal (SIGHUP) stops a process gracefully; so does the end of its stdin when its launcher set
+    DSDN_STOP_AT_STDIN_EOF (``dsdn cluster up``, killed with -9, left every child running on its ports: a
+    reviewer's reproduction); and a second process on the same data file refuses to start (two devnets on one chain
+    file: the second stalled for good)."""
+    db, log = tmp_path / "devnet.sqlite", tmp_path / "devnet.log"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = spawn(port, db, log)
+    try:
+        await wait_ready(url, proc)
+        other = subprocess.run([sys.executable, "-m", "deploy.devnet", "--port", str(free_port()), "--db", str(db)],
+                               capture_output=True, timeout=30)
+        assert other.returncode == 1 and b"another process uses" in other.stderr
+        proc.send_signal(signal.SIGHUP)
+        with trio.fail_after(10):
+            while proc.poll() is None:
+                await trio.sleep(0.02)
+        assert proc.returncode == 0 and "stopped cleanly" in log.read_text()
+        with open(log, "ab") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "deploy.devnet", "--port", str(port), "--db", str(db),
+                                     "--auth-token", TOKEN], stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.PIPE, env={**os.environ, STOP_AT_STDIN_EOF: "1"})
+        await wait_ready(url, proc)  # the lock was released with the first process
+        assert proc.stdin is not None
+        proc.stdin.close()  # what the kernel does when the launcher dies
+        with trio.fail_after(10):
+            while proc.poll() is None:
+                await trio.sleep(0.02)
+        assert proc.returncode == 0 and "its pipe closed" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
