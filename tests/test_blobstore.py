@@ -21,7 +21,8 @@ from quart_trio import QuartTrio
 
 from api.blobstore import LOG_PAGE_BYTES, MAX_BODY_LIMIT, BlobStore, register_blobstore_routes
 from deploy.blobstore import serve_blobstore, serve_store
-from node.da.base import BlobNotFound, BlobRef, DATimeout, DAUnavailable
+from node.consumer import Consumer
+from node.da.base import BlobNotFound, BlobRef, DAError, DATimeout, DAUnavailable
 from node.da.blobstore_client import (
     DEFAULT_NAMESPACE,
     MAX_ANSWER_BYTES,
@@ -434,3 +435,34 @@ async def test_an_answer_whose_signature_fails_does_not_pin_its_key() -> None:
         assert da._key == bytes(store.verify_key)
         with pytest.raises(VerificationFailed):  # and a claim of another key is refused from then on
             await da.health()
+
+
+async def test_a_store_whose_log_restarted_is_read_again_from_the_start(nursery: trio.Nursery,
+                                                                       tmp_path: Path) -> None:
+    """A store that comes back with an empty log (lost disk): its positions start again at 1, and a consumer whose
+    cursor was past them never read its new blobs (a reviewer's reproduction). A log head behind our cursor makes
+    the client read the log again from the start (applying is idempotent); saying so again within a minute is a
+    failed read, so a store that keeps saying it cannot make a consumer spin."""
+    first = await start_server(nursery, tmp_path / "first")
+    da = BlobStoreDA(first.url)
+    for i in range(5):
+        await da.post(b"old-%d" % i)
+    seen: list[bytes] = []
+    consumer = Consumer(da, lambda events: 0, frozenset())
+    consumer.ingest = lambda data: seen.append(data) or 0  # type: ignore[method-assign]
+    await consumer.poll_once()
+    assert consumer.cursor == 5 and len(seen) == 5
+    await first.shutdown()
+    second = await start_server(nursery, tmp_path / "second")
+    again = BlobStoreDA(second.url)
+    consumer.da = again
+    for i in range(3):
+        await again.post(b"new-%d" % i)
+    seen.clear()
+    assert await consumer.poll_once() and seen == [b"new-0", b"new-1", b"new-2"] and consumer.cursor == 3
+    consumer.cursor = 9  # the store says its head is behind our cursor again, at once
+    with pytest.raises(DAError, match="behind our cursor 9 again"):
+        await consumer.poll_once()
+    await second.shutdown()
+    await da.aclose()
+    await again.aclose()

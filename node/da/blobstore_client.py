@@ -21,6 +21,7 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,9 @@ MAX_LOG_LIMIT = 1000
 #: The largest answer read from a store: a log page is at most ~8 MiB of blobs plus one (the store's
 #: LOG_PAGE_BYTES), in base64 inside JSON. A store (or proxy) sending more is misbehaving: it is not read on.
 MAX_ANSWER_BYTES = 32 << 20
+log = logging.getLogger("dsdn.blobstore_client")
 MAX_LOG_WAIT_MS = 30_000  # the longest long poll of GET /log a store accepts
+RESTART_QUIET_S = 60.0  # a store's log found restarted again within this long is a failed read (see read_after)
 # Celestia v0 shape (version 0, 18 zero bytes, 10-byte id); the store accepts any 29 bytes.
 DEFAULT_NAMESPACE = bytes(19) + b"dsdn-coord"
 
@@ -113,6 +116,7 @@ class BlobStoreDA:
         self._base = self.url if self.url.endswith(PREFIX) else self.url + PREFIX
         self._key = public_key
         self._http = httpx.AsyncClient(timeout=timeout_s)
+        self._restarted_at: float | None = None  # trio time we last read its log again from the start
 
     @property
     def public_key(self) -> bytes | None:
@@ -148,6 +152,22 @@ class BlobStoreDA:
         raw_items, page_cursor, at_head = body.get("items"), body.get("cursor"), body.get("at_head")
         if type(raw_items) is not list or not _is_int(page_cursor) or type(at_head) is not bool:
             raise self._malformed("log page")
+        head = body.get("head")
+        if _is_int(head) and head < cursor and cursor > 0:
+            # The store's log is behind our cursor: it restarted (lost its disk, a new store at the same URL). Its
+            # positions start again at 1, and reading on from our cursor skipped every blob it takes now (a
+            # reviewer's reproduction). Read it again from the start (applying events is idempotent); a second
+            # time within RESTART_QUIET_S is a failed read (backoff), so a store that keeps saying so cannot make
+            # us spin.
+            now = trio.current_time()
+            if self._restarted_at is not None and now - self._restarted_at < RESTART_QUIET_S:
+                raise DAError(f"{self.name}: the store's log head {head} is behind our cursor {cursor} again")
+            self._restarted_at = now
+            log.warning("%s: the store's log head %d is behind our cursor %d (the store restarted?): reading its "
+                        "log again from the start", self.name, head, cursor)
+            return await self.read_after(0, limit, wait_s)
+        if _is_int(head) and page_cursor > max(head, cursor):
+            raise self._malformed("log cursor (beyond the head)")
         items: list[tuple[BlobRef, bytes]] = []
         last = cursor
         for item in raw_items:
