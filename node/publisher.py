@@ -1,15 +1,16 @@
 """The publisher: moves committed outbox events into signed blobs on DA, never dropping one.
 
-Batches up to the blob size cap, posts through the DA layer, records where each event landed, retries
-with exponential backoff and jitter while the layer fails (the events simply stay in the outbox), and
-posts at most once per publish interval unless a blob is full.
+Batches up to the blob size cap, posts through the DA layer, records where each event landed, retries with
+exponential backoff and jitter while the layer fails (the events simply stay in the outbox), and posts at most
+once per publish interval unless a blob is full.
 
 A blob the layer refuses as such (too large for a node or proxy whose limit is below ``DA_BLOB_MAX_BYTES``, or
-refused by every quorum validator: ``node.da.router.is_caller_error``) is split: at most half as many events
-per blob, at once, until one passes; the cap relaxes again after ``RELAX_AFTER`` posts. Before, the same
-oldest blob was rebuilt and refused for ever, and no later event reached DA. A failing outbox or pending-blob
-record (a full disk) is retried with the same backoff: the events stay in the outbox (a blob posted twice is
-harmless, events are deduplicated by id), and the task lives on.
+refused by every quorum validator: ``node.da.router.is_caller_error``) is split: at most half as many events per
+blob, at once, until one passes; the cap relaxes again after ``RELAX_AFTER`` posts. Before, the same oldest blob
+was rebuilt and refused for ever, and no later event reached DA. A blob of one event that a layer refuses as too
+large goes to the next layers (``DARouter.post(past_size_refusals=True)``): it lands on a fallback. A failing
+outbox or pending-blob record (a full disk) is retried with the same backoff: the events stay in the outbox (a
+blob posted twice is harmless, events are deduplicated by id), and the task lives on.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import trio
 from node.backoff import Backoff
 from node.blob import blob_size, encode_blob
 from node.da.base import DAError, DALayer
+from node.da.celestia import BlobTooLarge
 from node.da.router import is_caller_error
 from node.outbox import Outbox
 
@@ -55,6 +57,7 @@ class Publisher:
         self.last_error: str | None = None
         self._backoff = Backoff(0.2, 30.0, rng)
         self.cap: int | None = None  # events per blob while the layer refuses larger blobs (see the module doc)
+        self._alone_refused = False  # the latest blob, of one event, was refused as too large: next, any layer
         self._under_cap = 0  # posts since the cap last changed
         self._taken = 0  # events in the blob being posted
 
@@ -79,7 +82,11 @@ class Publisher:
         seqs, raws = self.take(rows)
         self._taken = len(seqs)
         blob = encode_blob(self.key, self.origin, raws)
-        ref = await self.da.post(blob)
+        if self._alone_refused and len(seqs) == 1 and getattr(self.da, "takes_size_fallthrough", False):
+            ref = await self.da.post(blob, past_size_refusals=True)  # type: ignore[call-arg]
+        else:
+            ref = await self.da.post(blob)
+        self._alone_refused = False
         await self.outbox.mark_published(seqs, ref)
         self.blobs_posted += 1
         self.events_published += len(seqs)
@@ -101,6 +108,9 @@ class Publisher:
                     log.warning("the DA layer refused a blob of %d events (%s): at most %d events per blob now",
                                 self._taken, exc, self.cap)
                     continue  # the smaller blob at once
+                if isinstance(exc, BlobTooLarge) and not self._alone_refused:
+                    self._alone_refused = True  # a blob of one event, too large for the layer: the next layers
+                    continue
                 self.on_result(False, str(exc))
                 delay = self._backoff.next()
                 if is_caller_error(exc):  # one event alone: it stays in the outbox, nothing is dropped

@@ -17,6 +17,9 @@ from node import events as ev
 from node.blob import HEADER
 from node.da.base import BlobRef
 from node.da.celestia import BlobTooLarge
+from node.da.pending import PendingStore
+from node.da.router import DARouter
+from node.da.status import PRIMARY, SECONDARY, DAStatusMachine, Status
 from node.outbox import Outbox
 from node.publisher import Publisher
 
@@ -109,3 +112,28 @@ async def test_a_failing_local_store_is_retried_not_fatal(tmp_path: Path,
     assert outbox.pending == 0 and publisher.failures == 2 and "disk is full" in (publisher.last_error or "")
     # the blob posted before each failed record is posted again: harmless (events are deduplicated by id)
     assert sorted(set(layer.events())) == sorted(event(k).raw for k in range(5))
+
+
+async def test_an_event_the_primary_refuses_as_too_large_goes_to_the_next_layer(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """Through the router: a primary whose limit is below even a blob of one event refused it for ever, and with it
+    every later event (a reviewer's reproduction: 52 refused submits, 50 events stuck, a healthy secondary unused).
+    A blob of one event refused as too large goes on to the next layer; the primary is not blamed for it."""
+    primary, secondary = SmallLayer(150), SmallLayer(1_000_000)  # (a blob of one event: ~190 bytes)
+    secondary.name = SECONDARY
+    machine = DAStatusMachine((PRIMARY, SECONDARY))
+    pending = PendingStore(tmp_path / "pending.sqlite")
+    router = DARouter({PRIMARY: primary, SECONDARY: secondary}, machine, pending, lambda: 0)
+    outbox = Outbox(tmp_path / "outbox.sqlite", lambda committed: None, run_blocking=_now)
+    publisher = Publisher(outbox, router, KEY, "c0", max_blob_bytes=1_000_000, interval_s=0.01)  # type: ignore[arg-type]
+    pending._call = _now  # type: ignore[method-assign,assignment]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(outbox.run)
+        await nursery.start(publisher.run)
+        for k in range(20):
+            await outbox.append(event(k))
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    assert outbox.pending == 0 and sorted(secondary.events()) == sorted(event(k).raw for k in range(20))
+    assert primary.blobs == [] and machine.status is Status.HEALTHY and pending.pending_count == len(secondary.blobs)
+    pending.close()
