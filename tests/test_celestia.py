@@ -32,6 +32,7 @@ from node.da.celestia import (
 )
 from node.da.commitment import blob_commitment
 from node.da.namespace import namespace_from_name
+from node.da.router import is_caller_error
 
 NS = namespace_from_name("dsdn-test")
 OTHER_NS = namespace_from_name("someone-else")
@@ -262,7 +263,7 @@ async def test_too_large_rejected_before_any_network_call(nursery: trio.Nursery)
     with pytest.raises(InvalidBlob):
         await da.post(b"")
     assert fake.connections == 0 and da.retries == 0
-    ref = await da.post(b"x" * 1000)  # at the limit: goes out (the fake answers height 5)
+    [ref] = await da.post_many([b"x" * 1000])  # at the limit: goes out (the fake answers height 5)
     assert ref.height == 5 and fake.connections == 1
     await da.aclose()
 
@@ -318,6 +319,26 @@ async def test_devnet_answers_malformed_json_with_a_parse_error(devnet: str) -> 
         response = await http.post(devnet.rstrip("/") + "/admin/fault", content=b"[" * 100_000,
                                    headers={"Authorization": f"Bearer {TOKEN}"})
         assert response.status_code == 422
+
+
+async def test_a_blob_the_node_acknowledges_but_does_not_have_is_a_failed_write(nursery: trio.Nursery) -> None:
+    """The writer marked its events published at the height blob.Submit answered and pruned them from its outbox:
+    a node that acknowledged a blob it never included lost them from DA for good (a reviewer's finding). post()
+    reads the blob back there; not found (three reads) is the layer's failure, not the caller's, so the router
+    moves the write on to the next layer."""
+    gets = {"n": 0}
+
+    def respond(req: dict[str, Any]) -> tuple[int, Any]:
+        if req["method"] == "blob.Submit":
+            return 200, {"jsonrpc": "2.0", "id": req["id"], "result": 5}
+        gets["n"] += 1
+        return 200, {"jsonrpc": "2.0", "id": req["id"], "result": None}  # blob.Get: nothing there
+
+    fake = await FakeServer(respond).start(nursery)
+    async with make_client(fake.url, retry_delay_s=0.01) as da:
+        with pytest.raises(DARPCError, match="acknowledged the blob at height 5 but does not have it") as info:
+            await da.post(b"vanishing")
+        assert not is_caller_error(info.value) and gets["n"] == 3
 
 
 async def test_commitment_is_verified_on_read(nursery: trio.Nursery) -> None:
@@ -585,8 +606,8 @@ async def test_gas_price_option_follows_celestia_node_txconfig(nursery: trio.Nur
 
     fake = await FakeServer(respond).start(nursery)
     async with make_client(fake.url) as estimate, make_client(fake.url, gas_price=0.004) as fixed:
-        await estimate.post(b"a")
-        await fixed.post(b"b")
+        await estimate.post_many([b"a"])
+        await fixed.post_many([b"b"])
     (blobs, opts_estimate), (_, opts_fixed) = seen
     assert blobs == [blob_obj(NS, b"a")]
     assert opts_estimate == {}

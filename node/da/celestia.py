@@ -57,6 +57,7 @@ READ_CONCURRENCY = 8
 #: of up to 48 MiB of them (Celestia's blocks are 8 MiB today). An answer is streamed and refused past it: read whole,
 #: a hostile node's gzip of 0.9 MB inflating to 200 MiB took a coordinator from 34 to 639 MiB.
 MAX_ANSWER_BYTES = 64 << 20
+READ_BACK_TRIES = 3  # reads of a blob just submitted before it counts as not included (see CelestiaDA.post)
 #: JSON-RPC 2.0 protocol-level error codes (parse error, invalid request, method not found, invalid params).
 _PROTOCOL_ERRORS = frozenset({-32700, -32600, -32601, -32602})
 #: celestia-node's blob.ErrBlobNotFound: the one answer that means "no such blob" / "no blob at this height".
@@ -303,7 +304,21 @@ class CelestiaDA:
     # ---- DALayer --------------------------------------------------------------------------------
 
     async def post(self, data: bytes) -> BlobRef:
-        return (await self.post_many([data]))[0]
+        """Submit one blob, then read it back at the height the node answered (``blob.Get``, which checks the
+        commitment): a node that acknowledges a blob it never included would otherwise have the writer mark its
+        events published and prune them from its outbox, lost to DA for good (a reviewer's finding). Not found
+        there (after ``READ_BACK_TRIES`` reads, ``retry_delay_s`` apart: a load-balanced node may lag a block) is
+        this layer's failure: the write goes on to the next layer."""
+        ref = (await self.post_many([data]))[0]
+        for attempt in range(READ_BACK_TRIES):
+            try:
+                await self.get(ref)
+                return ref
+            except BlobNotFound:
+                if attempt + 1 < READ_BACK_TRIES:
+                    await trio.sleep(self.retry_delay_s)
+        raise DARPCError(None, f"the node acknowledged the blob at height {ref.height} but does not have it "
+                         "there", "blob.Submit")
 
     def _checked(self, data: bytes) -> bytes:
         data = bytes(data)
