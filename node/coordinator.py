@@ -339,11 +339,15 @@ class Coordinator:
             return {"ready": False, "reason": "rebuilding state from DA" + (f": {why}" if why else ""),
                     "progress": self.progress.snapshot()}  # cursor/head per log, events/s, ETA
         snap = self.da_view()
-        # once rebuilt: a log whose reads keep failing with an answer (its cursor stays: events after it may be
-        # missing) — not a layer the DA status reports down: an outage is that view's matter (writes fall back)
+        # once rebuilt: a log whose reads keep failing (its cursor stays: events after it may be missing) — not a
+        # layer the DA status reports down: an outage is that view's matter (writes fall back); nor, with the quorum
+        # layer down, its validators' logs (they are that layer: all of them down made every coordinator unready
+        # while the primary took the writes, a reviewer's finding)
         quorum = getattr(self.da.layers.get(SECONDARY), "inner", None)  # a QuorumDA: its validators' logs
-        stuck = stuck_logs(self.consumers, down=[name for name, ok in snap.healthy.items() if not ok],
-                           quorum_logs=[name for name in self.consumers if name not in self.da.layers],
+        validator_logs = [name for name in self.consumers if name not in self.da.layers]
+        down = [name for name, ok in snap.healthy.items() if not ok]
+        stuck = stuck_logs(self.consumers, down=down + (validator_logs if SECONDARY in down else []),
+                           quorum_logs=validator_logs,
                            quorum_required=getattr(quorum, "required", 1))
         if stuck:
             why = "; ".join(f"{name} log: {s['error']} (cursor stays at {s['cursor']}; failing for "

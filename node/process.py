@@ -170,7 +170,10 @@ async def _stop_at_stdin_eof(stop: trio.Event) -> None:
 
 
 async def _stop_on_signals(stop: trio.Event, hurry: trio.Event | None) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+    wanted = [signal.SIGTERM, signal.SIGINT]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # nohup (SIG_IGN): the user asked to survive it
+        wanted.append(signal.SIGHUP)
+    with trio.open_signal_receiver(*wanted) as signals:
         async for signum in signals:
             name = signal.Signals(signum).name
             if not stop.is_set():
@@ -205,11 +208,15 @@ def lock_data(prog: str, path: Path) -> None:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         os.close(fd)
         print(f"{prog}: cannot start: another process uses {path.parent} (it holds {path.name}); stop it first",
               file=sys.stderr)
         sys.exit(1)
+    except OSError as exc:  # a file system without locks (ENOLCK): nothing to hold, say so and go on
+        os.close(fd)
+        log.warning("cannot lock %s (%s): nothing keeps a second process off this data folder", path, exc)
+        return
     _held_locks.append(fd)
 
 

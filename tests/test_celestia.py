@@ -341,6 +341,27 @@ async def test_a_blob_the_node_acknowledges_but_does_not_have_is_a_failed_write(
         assert not is_caller_error(info.value) and gets["n"] == 3
 
 
+async def test_the_read_back_waits_for_a_node_a_block_behind(nursery: trio.Nursery) -> None:
+    """A load-balanced node one block behind answers the read-back with "from the future": only "not found" was
+    retried, so the blob counted as lost and went to a fallback though it was on the primary (a reviewer's
+    reproduction)."""
+    calls: list[str] = []
+
+    def respond(req: dict[str, Any]) -> tuple[int, Any]:
+        calls.append(req["method"])
+        if req["method"] == "blob.Submit":
+            return 200, {"jsonrpc": "2.0", "id": req["id"], "result": 5}
+        if calls.count("blob.Get") == 1:
+            return 200, {"jsonrpc": "2.0", "id": req["id"], "error": {
+                "code": 1, "message": "header: given height is from the future: networkHeight: 4, requestedHeight: 5"}}
+        return 200, {"jsonrpc": "2.0", "id": req["id"], "result": {**blob_obj(NS, b"hello"), "index": 0}}
+
+    fake = await FakeServer(respond).start(nursery)
+    async with make_client(fake.url, retry_delay_s=0.01) as da:
+        assert (await da.post(b"hello")).height == 5
+    assert calls == ["blob.Submit", "blob.Get", "blob.Get"]
+
+
 async def test_commitment_is_verified_on_read(nursery: trio.Nursery) -> None:
     data, lie = b"what was posted", b"something else"
 

@@ -128,3 +128,25 @@ async def test_sighup_a_closed_launcher_pipe_and_a_locked_data_file(tmp_path: Pa
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_a_process_started_under_nohup_keeps_running_after_sighup(tmp_path: Path) -> None:
+    """nohup sets SIGHUP to be ignored: the process must honour that (trio's signal receiver replaced it, so a
+    process started with nohup stopped when its terminal closed: a reviewer's reproduction)."""
+    db, log = tmp_path / "devnet.sqlite", tmp_path / "devnet.log"
+    port = free_port()
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "deploy.devnet", "--port", str(port), "--db", str(db),
+                                 "--auth-token", TOKEN], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL,
+                                preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))  # what nohup does
+    try:
+        await wait_ready(f"http://127.0.0.1:{port}", proc)
+        proc.send_signal(signal.SIGHUP)
+        await trio.sleep(1)
+        assert proc.poll() is None
+        assert await stop(proc) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

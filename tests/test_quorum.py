@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from functools import partial
 from pathlib import Path
 
 import msgpack
@@ -10,8 +11,12 @@ import nacl.signing
 import pytest
 import trio
 
+from deploy.blobstore import serve_blobstore
+from node import config as config_mod
+from node.coordinator import Coordinator
 from node.da.base import BlobNotFound, BlobRef, DAUnavailable
 from node.da.blobstore_client import BlobRejected, BlobStoreDA
+from node.da.factory import build_layers
 from node.da.quorum import QuorumCertificate, QuorumDA, required_signatures
 from tests.test_blobstore import Server, dead_url, hung_url, start_server
 
@@ -188,3 +193,39 @@ async def test_every_validator_rejecting_is_not_an_outage(nursery: trio.Nursery,
         await q.post(b"more than eight bytes")
     assert await q.post(b"small") is not None
     await q.aclose()
+
+
+async def test_every_validator_down_with_a_healthy_primary_leaves_the_coordinator_ready(tmp_path: Path) -> None:
+    """The quorum layer's validators all stop (in `cluster up` they are the other coordinators) while the primary
+    takes the writes: the DA status reports the quorum layer down, so its validators' logs are that outage, not
+    stuck logs. Counting outages as stuck made every such coordinator unready (a reviewer's reproduction)."""
+    async with trio.open_nursery() as outer:
+        stops, urls = [], []
+        for i in range(3):
+            stop = trio.Event()
+            stops.append(stop)
+            urls.append(await outer.start(partial(serve_blobstore, "127.0.0.1", 0, tmp_path / f"v{i}",
+                                                  shutdown_trigger=stop.wait)))
+        cfg = config_mod.load({"USE_MOCK_DA": "true", "COORDINATOR_ID": "c0",
+                               "COORDINATOR_DATA_DIR": str(tmp_path / "c0"), "PUBLISH_INTERVAL_MS": "10",
+                               "DA_HEALTH_INTERVAL_MS": "200", "ENABLE_FALLBACK": "true", "FALLBACK_DA_TYPE": "quorum",
+                               "QUORUM_VALIDATORS": ",".join(urls), "DA_TIMEOUT_MS": "1000"})
+        layers = build_layers(cfg)
+        coord = Coordinator(cfg, layers.primary, layers.secondary, layers.emergency, layers.followed)
+        for consumer in coord.consumers.values():
+            consumer.stuck_after_s = 3.0
+        async with trio.open_nursery() as inner:
+            await inner.start(coord.run)
+            with trio.fail_after(20):
+                while coord.readiness() != {"ready": True}:
+                    await trio.sleep(0.1)
+            for stop in stops:
+                stop.set()
+            await trio.sleep(6)  # twice the (shortened) stuck threshold
+            snap = coord.da_view()
+            assert snap.healthy == {"primary": True, "secondary": False} and snap.takes_writes
+            assert any(c.failing_since is not None for name, c in coord.consumers.items() if name.startswith(
+                "secondary/"))  # the validators' logs do fail
+            assert coord.readiness() == {"ready": True}
+            inner.cancel_scope.cancel()
+        outer.cancel_scope.cancel()

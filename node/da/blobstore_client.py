@@ -162,10 +162,11 @@ class BlobStoreDA:
             now = trio.current_time()
             if self._restarted_at is not None and now - self._restarted_at < RESTART_QUIET_S:
                 raise DAError(f"{self.name}: the store's log head {head} is behind our cursor {cursor} again")
-            self._restarted_at = now
             log.warning("%s: the store's log head %d is behind our cursor %d (the store restarted?): reading its "
                         "log again from the start", self.name, head, cursor)
-            return await self.read_after(0, limit, wait_s)
+            page = await self.read_after(0, limit)  # no long poll: this call's deadline is spent in part
+            self._restarted_at = now  # (only once that read worked: a failed one is retried as any read)
+            return page
         if _is_int(head) and page_cursor > max(head, cursor):
             raise self._malformed("log cursor (beyond the head)")
         items: list[tuple[BlobRef, bytes]] = []

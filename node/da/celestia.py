@@ -310,15 +310,17 @@ class CelestiaDA:
         there (after ``READ_BACK_TRIES`` reads, ``retry_delay_s`` apart: a load-balanced node may lag a block) is
         this layer's failure: the write goes on to the next layer."""
         ref = (await self.post_many([data]))[0]
+        last = ""
         for attempt in range(READ_BACK_TRIES):
             try:
                 await self.get(ref)
                 return ref
-            except BlobNotFound:
+            except (BlobNotFound, DARPCError) as exc:  # not there, or not yet (a lagging node: "from the future")
+                last = str(exc)
                 if attempt + 1 < READ_BACK_TRIES:
                     await trio.sleep(self.retry_delay_s)
         raise DARPCError(None, f"the node acknowledged the blob at height {ref.height} but does not have it "
-                         "there", "blob.Submit")
+                         f"there ({last})", "blob.Submit")
 
     def _checked(self, data: bytes) -> bytes:
         data = bytes(data)
