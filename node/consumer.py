@@ -113,6 +113,7 @@ class Consumer:
         self.rejected: Counter[str] = Counter()
         self.last_ok = True
         self._backoff = Backoff(0.1, 10.0, rng)
+        self._retry_now = trio.Event()  # set: end the current backoff at once (see retry_now)
         self.stuck_after_s = STUCK_AFTER_S  # tests shorten it
         # the current streak of failed reads (all None/0 after a successful read)
         self.last_error: str | None = None  # the latest failure: "reading after <cursor> failed: <error>"
@@ -182,7 +183,9 @@ class Consumer:
                     self._at_head = False  # the retry reads at once: no long poll until the head is reached again
                     delay = self._backoff.next()
                     log.debug("reading %s failed again (retry in %.2fs): %s", self.da.name, delay, exc)
-                    await trio.sleep(delay)
+                    with trio.move_on_after(delay):
+                        await self._retry_now.wait()
+                    self._retry_now = trio.Event()
                     continue
                 self._backoff.reset()
                 if not self.last_ok:
@@ -198,6 +201,12 @@ class Consumer:
                     await trio.sleep(0)
         finally:  # stopped (cancelled) while catching up: hand the frozen heap back to the collector
             spare_collector(catching_up=False)
+
+    def retry_now(self) -> None:
+        """Cut a failed read's backoff short: its layer works again (the DA status says so). Its next read, up to
+        10 s away, would otherwise keep an old failure streak counting as stuck: /ready said 503 right after the
+        layer recovered."""
+        self._retry_now.set()
 
     def _note_failure(self, exc: DAError) -> None:
         now = trio.current_time()

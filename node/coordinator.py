@@ -101,12 +101,20 @@ class Coordinator:
         }
         # A pruned Celestia node does not keep old heights: start where the cluster's history begins.
         self.consumers[PRIMARY].cursor = config.da_start_height - 1
+        self.da.on_recovered = self._layer_recovered
         # logged every 2 s while the consumers catch up at start; /ready's 503 body carries it
         self.progress = RebuildProgress(self.consumers, lambda: self.state.events_applied, lambda: self.rebuilt)
         self.snapshots_written = 0
         self.snapshots_failed = 0
         self._snapshot_mark: tuple[int, dict[str, int]] = (-1, {})
         self.started_ms = wall_ms()
+
+    def _layer_recovered(self, layer: str) -> None:
+        """A DA layer works again: its logs (a quorum layer's: its validators') are read at once, not after their
+        backoff (an old failure streak counted as stuck meanwhile: /ready said 503 right after the recovery)."""
+        for name, consumer in self.consumers.items():
+            if name == layer or name.startswith(f"{layer}/"):
+                consumer.retry_now()
 
     # ---- life cycle ------------------------------------------------------------------------------
 

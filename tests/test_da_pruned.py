@@ -265,3 +265,23 @@ async def test_a_page_with_nothing_that_is_not_the_head_and_no_step_forward_is_a
         stuck = consumer.stuck()
         assert stuck is not None and "no progress" in stuck["error"]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_layer_that_works_again_is_read_at_once_not_after_its_backoff(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """After a long outage the consumer's backoff is at its cap (10 s): the layer recovered, the DA status said so,
+    and for up to 10 s its old failure streak counted as stuck (a reviewer's note: /ready 503 right after the
+    recovery). retry_now() (the coordinator calls it when the DA status holds the layer healthy again) ends the
+    backoff at once."""
+    log = ScriptedLog()
+    consumer = Consumer(log, len, frozenset())  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(consumer.run)
+        log.error = DAUnavailable("primary: connection refused")
+        await trio.sleep(120)  # the backoff is at its cap
+        assert consumer.stuck() is not None
+        log.error = None
+        consumer.retry_now()
+        await trio.sleep(0.01)
+        assert consumer.last_ok and consumer.stuck() is None
+        nursery.cancel_scope.cancel()

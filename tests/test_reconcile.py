@@ -429,3 +429,19 @@ async def test_a_held_blob_read_from_the_primary_log_no_longer_hides_other_blobs
     await fill(stack, [y])
     assert stack.reconciler.waiting == 1 and stack._should_reconcile()
     await stack.aclose()
+
+
+async def test_the_stack_says_when_a_layer_is_healthy_again(tmp_path: Path) -> None:
+    """What the coordinator hangs the consumers' retry_now on: a layer turning healthy again, once per recovery."""
+    stack = make_stack(tmp_path, MockDA())
+    recovered: list[str] = []
+    stack.on_recovered = recovered.append
+    for _ in range(3):
+        stack.machine.observe(PRIMARY, False, 0, "down", write=True)
+    stack.machine.observe(SECONDARY, False, 0, "down")
+    assert recovered == []
+    stack.machine.observe(SECONDARY, True, 0)
+    for _ in range(3):
+        stack.machine.observe(PRIMARY, True, 0)
+    assert recovered == [SECONDARY, PRIMARY]
+    await stack.aclose()

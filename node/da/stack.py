@@ -111,6 +111,10 @@ class DAStack:
         self._fallbacks_probed_at: float | None = None  # trio time of the latest probe of the fallbacks
         self._last_status = self.machine.status
         self.machine.on_change = self._on_change
+        self._was_healthy: dict[str, bool] = {}  # each layer's health at the latest change
+        #: called with a layer's name when the status machine holds it healthy again (the coordinator cuts the
+        #: backoff of the consumers reading it short)
+        self.on_recovered: Callable[[str], None] | None = None
         self._nursery: trio.Nursery | None = None
         self._pass_running = False
 
@@ -138,6 +142,11 @@ class DAStack:
         self._log_transition()
 
     def _on_change(self) -> None:
+        healthy = self.machine.snapshot().healthy
+        for name, ok in healthy.items():
+            if ok and not self._was_healthy.get(name, True) and self.on_recovered is not None:
+                self.on_recovered(name)
+        self._was_healthy = healthy
         left_healthy = self._last_status is Status.HEALTHY and self.machine.status is not Status.HEALTHY
         self._log_transition()
         self.router.abandon_unhealthy()
