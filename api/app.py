@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any
@@ -142,7 +143,8 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
     @app.errorhandler(HTTPException)
     async def http_error(e: HTTPException) -> Response:
         code = e.code or 500
-        names = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 400: "bad_request"}
+        names = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 400: "bad_request",
+                 408: "request_timeout"}
         message = e.description or e.name
         if code == 404:
             message = f"no route for {request.method} {request.path}"
@@ -158,6 +160,17 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
         return Response("", 200, {"Allow": _allow(())})
 
     app.make_default_options_response = options  # type: ignore[method-assign]
+
+    @app.errorhandler(sqlite3.Error)
+    @app.errorhandler(OSError)
+    async def storage_unavailable(e: Exception) -> Response:
+        """Local storage failing (a full disk, an I/O error) under a write: the write was not stored; a 500 said
+        less than this (the blob store answers the same)."""
+        log.error("local storage failed on %s %s: %s", request.method, request.path, e)
+        response = json_response({"error": "storage_unavailable", "message": f"local storage failed ({e}); the "
+                                  "request was not stored, retry later"}, 503)
+        response.headers["Retry-After"] = "5"
+        return response
 
     @app.errorhandler(Exception)
     async def internal(e: Exception) -> tuple[JSONDict, int]:

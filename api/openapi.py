@@ -16,7 +16,13 @@ from api import validation as v
 from api.dashboard import DASHBOARD_MEDIA, DASHBOARD_ROUTES
 from api.metrics import METRICS_MEDIA_TYPE, METRICS_ROUTE
 from api.receipts import RECEIPT_DOC, RECEIPT_PATH_PARAMS, RECEIPT_QUERY_PARAMS, RECEIPT_ROUTES, RECEIPT_SUCCESS
-from node.da.blobstore_client import MAX_LOG_LIMIT, NAMESPACE_LEN, WRITER_HEADER, WRITER_SIGNATURE_HEADER
+from node.da.blobstore_client import (
+    MAX_LOG_LIMIT,
+    MAX_LOG_WAIT_MS,
+    NAMESPACE_LEN,
+    WRITER_HEADER,
+    WRITER_SIGNATURE_HEADER,
+)
 from node.scheduler import STAT_DEFAULTS, STAT_RANGES, WEIGHT_NAMES, WEIGHT_RANGE
 
 Schema = dict[str, Any]
@@ -95,7 +101,7 @@ IDS = {"type": "array", "items": STR}
 
 # (method, path as Quart writes it, summary, request body schema or None, 200 schema, other statuses)
 ROUTES: list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any], tuple[int, ...]]] = [
-    ("POST", "/register", "Register or update a node", REGISTER, OK, (400, 401, 413, 415, 422)),
+    ("POST", "/register", "Register or update a node", REGISTER, OK, (400, 401, 413, 415, 422, 503)),
     ("GET", "/nodes", "List all nodes (sorted by id)", None, {"type": "array", "items": NODE}, ()),
     ("GET", "/node/<node_id>", "Get one node", None, NODE, (404,)),
     ("GET", "/node/<node_id>/stats", "Get a node's runtime stats (found: false when none are fresh)", None,
@@ -110,11 +116,12 @@ ROUTES: list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any], tuple[i
      {"type": "object", "required": ["ok", "config"], "properties": {
          "ok": {"const": True}, "message": STR, "config": {"type": "object", "required": list(WEIGHT_NAMES),
                                                           "properties": {k: NUM for k in WEIGHT_NAMES}}}},
-     (400, 401, 413, 415, 422)),
-    ("POST", "/object/register", "Register an object (or update its size)", OBJECT_IN, OK, (400, 401, 413, 415, 422)),
+     (400, 401, 413, 415, 422, 503)),
+    ("POST", "/object/register", "Register an object (or update its size)", OBJECT_IN, OK,
+     (400, 401, 413, 415, 422, 503)),
     ("GET", "/object/<obj>", "Get an object and its replicas", None, OBJECT, (404,)),
-    ("POST", "/replica/mark_missing", "Mark a replica missing", REPLICA_IN, OK, (400, 401, 404, 413, 415, 422)),
-    ("POST", "/replica/mark_healed", "Mark a replica healed", REPLICA_IN, OK, (400, 401, 404, 413, 415, 422)),
+    ("POST", "/replica/mark_missing", "Mark a replica missing", REPLICA_IN, OK, (400, 401, 404, 413, 415, 422, 503)),
+    ("POST", "/replica/mark_healed", "Mark a replica healed", REPLICA_IN, OK, (400, 401, 404, 413, 415, 422, 503)),
     ("POST", "/da/post", "Post a raw blob to DA", DA_POST_IN, DA_POSTED, (400, 401, 413, 415, 422, 503)),
     ("GET", "/da/metrics", "DA counters and latencies", None, OBJ, ()),
     ("GET", "/da/routing", "DA routing state", None, OBJ, ()),
@@ -163,7 +170,8 @@ _QUERY_PARAMS: dict[str, list[tuple[str, Schema, bool]]] = {
     "/quorum/v1/blobs/<blob_hash>": [("namespace", NAMESPACE, False)],
     "/quorum/v1/log": [("after", {"type": "integer", "minimum": 0, "maximum": v.MAX_U63, "default": 0}, False),
                        ("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LOG_LIMIT, "default": 100}, False),
-                       ("namespace", NAMESPACE, False)],
+                       ("namespace", NAMESPACE, False),
+                       ("wait_ms", {"type": "integer", "minimum": 0, "maximum": MAX_LOG_WAIT_MS, "default": 0}, False)],
 }
 
 # POST routes that take no COORDINATOR_API_TOKEN (every other POST does; tests/test_api.py checks both ways)

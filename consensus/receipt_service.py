@@ -68,6 +68,9 @@ REJECT_CAUSES = (("node_key", ("node_public_key", "public key")), ("node_signatu
                  ("epoch", ("epoch",)), ("not_registered", ("not registered", "not a present replica")),
                  ("commitment", ("commitment",)), ("malformed", ("malformed",)))
 MAX_QUEUED = 8192  # receipts waiting for a batch; beyond that a submission is refused (503, submit again)
+#: receipts kept waiting for a write not seen here yet (NOT_YET, retried for NOT_YET_GIVE_UP_S): their own quota, so
+#: a flood of them (any node id, self-signed) cannot take the room of receipts ready to be signed
+MAX_NOT_YET = 1024
 NOT_YET_RETRY_S = 0.5
 NOT_YET_GIVE_UP_S = 30.0
 BLAME_S = 60.0  # a signer proven to have sent a bad share is left out of signer sets this long
@@ -410,13 +413,20 @@ class ReceiptService:
             record = self._record(receipt)
             record.settle("final")
             return record
-        self.check_available()
-        if len(self._queue) + len(self._retry) >= MAX_QUEUED:
-            raise Unavailable(f"{MAX_QUEUED} receipts are waiting to be signed here: submit again shortly")
-        verdict, reason = self.validate(receipt)
+        # Checked first (a client learns its receipt can never be signed, not "retry later"), and the node
+        # signature against the key the receipt carries before anything else: a receipt of a node not registered
+        # here yet (NOT_YET) is kept for a while, and forged ones flooded that store (a reviewer's reproduction).
+        verdict, reason = ((Verdict.INVALID, "the node signature is invalid") if not receipt.node_signature_valid()
+                           else self.validate(receipt))
         if verdict is Verdict.INVALID:
             self._count_rejected(reason)
             return Record(receipt, "rejected", reason)
+        self.check_available()
+        if verdict is Verdict.NOT_YET and len(self._retry) >= MAX_NOT_YET:
+            raise Unavailable(f"{MAX_NOT_YET} receipts here wait for writes not seen here yet ({reason}): submit "
+                              "again shortly")
+        if len(self._queue) >= MAX_QUEUED:
+            raise Unavailable(f"{MAX_QUEUED} receipts are waiting to be signed here: submit again shortly")
         record = self._record(receipt)
         self.counters.proposed += 1
         if verdict is Verdict.NOT_YET:

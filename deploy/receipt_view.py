@@ -7,6 +7,8 @@ Merkle paths, batch signatures), which never import each other.
 from __future__ import annotations
 
 import hashlib
+import logging
+import sqlite3
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,6 +23,8 @@ from node import merkle
 from node.outbox import Overloaded
 from node.receipt_ledger import Batch, parse_batch
 from node.state import State
+
+log = logging.getLogger("dsdn.receipts")
 
 
 class StateLedgerView:
@@ -72,7 +76,9 @@ class StateLedgerView:
         return paths[index]
 
     async def publish_batch(self, fields: dict[str, Any]) -> bytes:
-        """A signed batch is never dropped: an outbox full of in-flight writes is waited out."""
+        """A signed batch is never dropped: an outbox full of in-flight writes is waited out, and so is a failing
+        outbox (a full disk: one such error escaped into the coordinator's nursery and took it down, a reviewer's
+        reproduction), retried with backoff and logged; the peers hear of the batch once it is durable."""
         delay = 0.01
         while True:
             try:
@@ -81,6 +87,11 @@ class StateLedgerView:
             except Overloaded:
                 await trio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+            except (sqlite3.Error, OSError) as exc:
+                delay = min(max(delay, 0.1) * 2, 5.0)
+                log.error("a signed receipt batch cannot be stored in the outbox (%s); retrying in %.1f s", exc,
+                          delay)
+                await trio.sleep(delay)
 
     def apply_batch_event(self, raw: bytes, origin: str) -> list[bytes] | None:
         try:

@@ -247,9 +247,11 @@ class Coordinator:
     async def register_node(self, node_id: str, zone: str, addr: str, capacity_gb: int,
                             public_key: str | None = None) -> None:
         """``public_key``: the node's Ed25519 key (64 lower-case hex), which it needs to earn receipts."""
-        await self._submit(ev.NODE_REGISTERED, id=node_id, zone=zone, addr=addr, capacity_gb=capacity_gb)
-        if public_key is not None:
-            await self._submit(ev.NODE_KEY, id=node_id, public_key=public_key)
+        events = [ev.make_event(ev.NODE_REGISTERED, self.hlc.now(), self.id, id=node_id, zone=zone, addr=addr,
+                                capacity_gb=capacity_gb)]
+        if public_key is not None:  # both or neither (Outbox.append_all)
+            events.append(ev.make_event(ev.NODE_KEY, self.hlc.now(), self.id, id=node_id, public_key=public_key))
+        await self.outbox.append_all(events)
 
     def node_json(self, node_id: str, rec: tuple[str, str, int]) -> dict[str, Any]:
         """The seed's node shape, plus ``public_key`` for a node that registered one."""

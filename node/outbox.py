@@ -103,17 +103,25 @@ class Outbox:
     async def append(self, event: Event) -> int:
         """Durably store one event; return its sequence number once committed (and applied). Raise
         ``Overloaded`` at once, storing nothing, when ``max_inflight`` appends already wait."""
-        if self.inflight >= self.max_inflight:
+        return (await self.append_all([event]))[0]
+
+    async def append_all(self, events: list[Event]) -> list[int]:
+        """Durably store these events, queued together (one commit unless a group fills up); their sequence
+        numbers once committed. ``Overloaded`` at once, storing none of them, unless all of them fit: a write of
+        two events (a node and its key) was refused half-way, the first stored, the client told 503."""
+        if self.inflight + len(events) > self.max_inflight:
             self.overloaded += 1
             raise Overloaded(self.max_inflight)
-        waiter = _Waiter(event)
-        self._queue.append(waiter)
+        waiters = [_Waiter(event) for event in events]
+        self._queue.extend(waiters)
         self._wake.set()
-        self.inflight += 1  # until the writer is done with it, whether or not the caller still waits
-        await waiter.done.wait()
-        if waiter.error is not None:
-            raise waiter.error
-        return waiter.seq
+        self.inflight += len(waiters)  # until the writer is done with them, whether or not the caller still waits
+        for waiter in waiters:
+            await waiter.done.wait()
+        for waiter in waiters:
+            if waiter.error is not None:
+                raise waiter.error
+        return [waiter.seq for waiter in waiters]
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The group-commit writer. Must run for ``append`` to complete."""

@@ -22,10 +22,11 @@ NS = namespace_from_name("dsdn-devnet-proc")
 
 
 def spawn(port: int, db: Path, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
+    with open(log, "ab") as out:  # SIGHUP as a terminal gives it (a test run under nohup would pass it on ignored)
         return subprocess.Popen([sys.executable, "-m", "deploy.devnet", "--port", str(port), "--db", str(db),
                                  "--block-interval-ms", "50", "--auth-token", TOKEN],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
 
 
 async def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:

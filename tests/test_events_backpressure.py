@@ -4,8 +4,10 @@ for the outbox commit, mutating routes answer 503 ``overloaded`` with Retry-Afte
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
+import nacl.signing
 import pytest
 import trio
 
@@ -58,3 +60,24 @@ async def test_writes_beyond_the_inflight_bound_get_503_with_retry_after(
     assert (await client.post("/register", json={"id": "later", "zone": "z", "addr": "10.0.0.1:1"})).status_code == 200
     assert coord.state.node_count == 5 and coord.state.object("h") == (1, [])  # nothing refused was applied
     assert coord.outbox.inflight == 0
+
+
+async def test_a_registration_with_a_key_is_stored_whole_or_refused_whole(
+        nursery: trio.Nursery, make_config: Callable[..., Config]) -> None:
+    """A node with a key is two events: with room for one only, the first was stored and the client told 503, and the
+    node was left without its key, unable to earn receipts (a reviewer's reproduction). Both or neither now."""
+    coord = await start(nursery, make_config(MAX_INFLIGHT_WRITES="4"))
+    client = create_app(coord).test_client()
+    key = bytes(nacl.signing.SigningKey(b"k" * 32).verify_key).hex()
+    async with trio.open_nursery() as writers, coord.outbox._lock:  # a slow disk: writes pile up in flight
+        for i in range(3):
+            writers.start_soon(partial(client.post, "/register", json={"id": f"n{i}", "zone": "z", "addr": "h:1"}))
+        await wait_for(lambda: coord.outbox.inflight == 3, what="3 writes in flight")
+        with trio.fail_after(5):  # (before: the first event went in, and its write waited for the disk)
+            response = await client.post("/register", json={"id": "keyed", "zone": "z", "addr": "h:1",
+                                                             "public_key": key})
+        assert response.status_code == 503 and coord.outbox.inflight == 3  # room for one event: none stored
+    assert coord.state.node("keyed") is None
+    response = await client.post("/register", json={"id": "keyed", "zone": "z", "addr": "h:1", "public_key": key})
+    assert response.status_code == 200
+    assert (await (await client.get("/node/keyed")).get_json())["public_key"] == key

@@ -850,3 +850,63 @@ async def test_a_stalled_batch_counts_as_the_stall_point_at_most_in_the_usual_ti
         await service._run_batch_released([types.SimpleNamespace(id=bytes([k]))])  # type: ignore[list-item]
     # without the cap: 0.1 -> 1.34 -> 2.42 -> ... ; with it each step is at most x(1 + (4 - 1) / 8)
     assert service._batch_s == pytest.approx(0.1 * (1 + 3 / 8) ** 5)
+
+
+async def test_a_failing_outbox_while_publishing_a_signed_batch_is_retried_not_fatal(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """One "database or disk is full" as the proposer stores its signed batch escaped into the coordinator's nursery
+    and took it down (a reviewer's reproduction). It is retried with backoff; the batch reaches every member."""
+    cluster = SimCluster(tmp_path, 4, seed=2, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        member = cluster.members["c0"]
+        real = member.outbox._insert
+
+        def full_disk_once(raws: list[bytes]) -> list[int]:
+            member.outbox._insert = real  # type: ignore[method-assign]
+            raise sqlite3.OperationalError("database or disk is full")
+
+        member.outbox._insert = full_disk_once  # type: ignore[method-assign]
+        receipt = cluster.receipt("n1", "obj1")
+        record = cluster.service("c0").submit(receipt)
+        await cluster.wait_final({receipt.id})
+        assert record.status == "final"
+        with trio.fail_after(10):  # every member's state holds it (rc.final went out once it was durable)
+            while not all(cluster.service(m).view.signed_document(receipt.id) for m in cluster.members):
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+
+
+async def test_receipts_of_unknown_nodes_have_a_quota_of_their_own_and_forged_ones_are_refused_at_once(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """8,192 receipts of nodes not registered here (NOT_YET, kept up to 30 s) took the whole queue: valid receipts
+    were refused with 503 for as long as the flood went on (a reviewer's reproduction). Forged ones (a signature that
+    does not verify under the key they carry) are now refused at once, and the self-signed ones of unknown nodes get
+    a quota of their own (MAX_NOT_YET)."""
+    cluster = SimCluster(tmp_path, 4, seed=9, delay=(0.001, 0.002))
+    cluster.seed_ledger()
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        service = cluster.service("c0")
+        ghost = nacl.signing.SigningKey(bytes(32))
+
+        def unknown(k: int, signed: bool = True) -> rc.Receipt:
+            receipt = rc.sign_as_node(ghost, receipt_type="compute", node_id=f"ghost{k}", subject=f"{k:064x}",
+                                      epoch=EPOCH, usage_proof_hash=f"{k:064x}", execution_commitment=[f"{k:064x}"] * 6,
+                                      reward_base=1, submitter_address="ab" * 20, timestamp=1)
+            if not signed:
+                receipt = rc.Receipt.from_wire(receipt.to_bytes() + bytes(64))
+            return receipt
+
+        forged = service.submit(unknown(0, signed=False))
+        assert forged.status == "rejected" and forged.reason == "the node signature is invalid"
+        for k in range(rs.MAX_NOT_YET):
+            assert service.submit(unknown(k)).status == "pending"
+        with pytest.raises(Unavailable, match="wait for writes not seen here yet"):
+            service.submit(unknown(rs.MAX_NOT_YET))
+        valid = cluster.receipt("n1", "obj1")
+        record = service.submit(valid)  # the room of receipts ready to be signed is untouched
+        await cluster.wait_final({valid.id})
+        assert record.status == "final"
+        nursery.cancel_scope.cancel()
