@@ -30,6 +30,9 @@ from api.limits import RECEIPT_ID as _RID
 from consensus import receipts as rc
 from consensus.receipt_service import LedgerView, ReceiptService, Record, Unavailable
 
+SCAN_MAX = 10_000  # receipts GET /receipts looks at per request (see list_receipts)
+SCAN_STEP = 500  # ... with a checkpoint every this many
+
 
 def node_public_key(value: Any) -> str | None:
     """``public_key`` of POST /register: absent/null, or a valid Ed25519 point (64 hex, canonical, not of small
@@ -215,7 +218,16 @@ def register_receipt_routes(app: QuartTrio, service: ReceiptService | None, view
         picked: list[dict[str, Any]] = []
         next_after = None
         start = bisect.bisect_right(ids, bytes.fromhex(after)) if after is not None else 0
-        for rid in itertools.islice(ids, start, None):
+        # A filter that matches little walked every known receipt in one go, the event loop held all along (16 µs
+        # a receipt: 16 s at a million, long past the peers' lock timeout; a reviewer's finding): at most SCAN_MAX
+        # receipts a request, the loop's turn every SCAN_STEP; a page may then hold fewer than ``limit`` and
+        # ``next_after`` says where to go on (null only at the end).
+        for scanned, rid in enumerate(itertools.islice(ids, start, start + SCAN_MAX + 1)):
+            if scanned and scanned % SCAN_STEP == 0:
+                await trio.lowlevel.checkpoint()
+            if scanned == SCAN_MAX:
+                next_after = ids[start + SCAN_MAX - 1].hex()
+                break
             doc = lookup(rid)
             if doc is None or (status is not None and doc["status"] != status):
                 continue
