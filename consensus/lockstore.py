@@ -102,12 +102,21 @@ class LockStore:
             try:
                 keys = [slot_key(r.slot) for r in receipts]
                 held: dict[bytes, bytes] = {}
+                closed: dict[bytes, Decision] = {}
                 for i in range(0, len(keys), 500):
                     chunk = keys[i:i + 500]
-                    rows = self.db.execute(f"SELECT slot, receipt_id FROM locks WHERE slot IN "
+                    rows = self.db.execute(f"SELECT slot, receipt_id, final FROM locks WHERE slot IN "
                                            f"({','.join('?' * len(chunk))})", chunk)
-                    held.update((bytes(s), bytes(r)) for s, r in rows)
-                decisions, new = decide(receipts, held, validate)
+                    for s, r, why in rows:
+                        held[bytes(s)] = rid = bytes(r)
+                        if why == CLOSED_REJECTED:
+                            closed[rid] = Decision(rid, Verdict.INVALID, "this receipt can no longer be signed")
+                        elif why == CLOSED_CONFLICT:
+                            rival = self.db.execute("SELECT conflicting_id FROM conflicts WHERE receipt_id = ? "
+                                                    "LIMIT 1", (rid,)).fetchone()
+                            closed[rid] = Decision(rid, Verdict.CONFLICT, "slot conflict",
+                                                   bytes(rival[0]) if rival else None)
+                decisions, new = decide(receipts, held, validate, closed)
                 index = {r.id: i for i, r in enumerate(receipts)}
                 self.db.executemany("INSERT INTO locks (slot, receipt_id, wire, proposer, locked_ms, batch, idx) "
                                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -116,7 +125,8 @@ class LockStore:
                 by_id = {r.id: r for r in receipts}
                 self.db.executemany("INSERT OR IGNORE INTO conflicts VALUES (?, ?, ?, ?)",
                                     [(d.receipt_id, d.conflicting_id, by_id[d.receipt_id].to_wire(), now)
-                                     for d in decisions if d.verdict is Verdict.CONFLICT])
+                                     for d in decisions
+                                     if d.verdict is Verdict.CONFLICT and d.conflicting_id is not None])
                 if commit:
                     self.db.execute("COMMIT")
             except BaseException:

@@ -40,10 +40,13 @@ def slot_key(slot: Slot) -> bytes:
     return msgpack.packb(list(slot), use_bin_type=True)
 
 
-def decide(receipts: Sequence[Receipt], locks: Mapping[bytes, bytes], validate: Validate
-           ) -> tuple[list[Decision], dict[bytes, Receipt]]:
+def decide(receipts: Sequence[Receipt], locks: Mapping[bytes, bytes], validate: Validate,
+           closed: Mapping[bytes, Decision] | None = None) -> tuple[list[Decision], dict[bytes, Receipt]]:
     """Decisions for ``receipts`` given the current ``locks`` (slot key -> receipt id) and the new locks to
-    store (slot key -> receipt)."""
+    store (slot key -> receipt). ``closed``: the decision for a receipt whose own lock here is closed for good (it
+    lost its slot to a rival, or can no longer be signed): submitted again, it is that, not a fresh OK (which
+    acknowledged it "locked" with a new optimistic promise)."""
+    closed = closed or {}
     decisions: list[Decision] = []
     new: dict[bytes, Receipt] = {}
     for receipt in receipts:
@@ -60,7 +63,7 @@ def decide(receipts: Sequence[Receipt], locks: Mapping[bytes, bytes], validate: 
             new[key] = receipt
             decisions.append(Decision(rid, Verdict.OK))
         elif held == rid:
-            decisions.append(Decision(rid, Verdict.OK))
+            decisions.append(closed.get(rid) or Decision(rid, Verdict.OK))
         else:
             decisions.append(Decision(rid, Verdict.CONFLICT, "slot conflict", held))
     return decisions, new

@@ -955,3 +955,35 @@ async def test_listing_receipts_looks_at_a_bounded_number_per_request_and_pages_
         final = await (await client.get("/receipts?status=final&limit=100")).get_json()
         assert len(final["receipts"]) == 5 and final["next_after"] is not None
         nursery.cancel_scope.cancel()
+
+
+async def test_a_receipt_that_lost_its_slot_here_is_not_acknowledged_again(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """A receipt whose lock here was closed for good (it lost its slot to a rival), submitted again after a restart
+    or once its record was gone: it was acknowledged "locked" with a fresh optimistic signature, then ended in
+    conflict (a reviewer's reproduction). The closed lock decides: a conflict at once, no promise made."""
+    cluster = SimCluster(tmp_path, 4, seed=6, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        a, b = cluster.receipt("n3", "obj3", reward=1), cluster.receipt("n3", "obj3", reward=2)
+        for member in ("c0", "c1", "c3"):  # b holds the slot on three members: a can only lose
+            await cluster.service(member)._on_lock("c1", {"batch": b"B" * 16, "receipts": [b.to_wire()]})
+        first = cluster.service("c2").submit(a)
+        with trio.fail_after(30):
+            while first.status in ("pending", "locked"):
+                await trio.sleep(0.01)
+        assert first.status == "conflict"
+        cluster.crash("c2")
+        await cluster.restart("c2")
+        await trio.sleep(3)
+        service = cluster.service("c2")
+        service.records.clear()
+        again = service.submit(a)
+        statuses = set()
+        with trio.fail_after(30):
+            while again.status in ("pending", "locked"):
+                statuses.add(again.status)
+                await trio.sleep(0.001)
+        assert again.status == "conflict" and "locked" not in statuses and again.optimistic is None
+        nursery.cancel_scope.cancel()
