@@ -31,6 +31,7 @@ Replies are taken only from the peer asked and of the expected type (the dispatc
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -199,6 +200,7 @@ class _Nonce:
     nonces: tuple[bytes, bytes]
     peer: str
     batch: bytes | None  # None: a spare, offered to ``peer`` for any one later batch
+    made: float = 0.0  # trio time it was offered
 
 
 @dataclass
@@ -707,7 +709,20 @@ class ReceiptService:
         key = self.keys.key
         assert key is not None
         nonces, commitment = frost.commit(key.secret_share, self.random_bytes(32), self.random_bytes(32))
-        self._nonces[commitment] = _Nonce(nonces, peer, batch_id)
+        now = trio.current_time()
+        self._nonces[commitment] = _Nonce(nonces, peer, batch_id, now)
+        # One offered for a batch that ended without needing it (the one-round path: the commitment of every lock
+        # reply, in case the fast set fell short) stayed until MAX_NONCES pushed it out, and with it, first, the
+        # spares of idle peers (a reviewer's reproduction). Such nonces are no use past the batch's deadline.
+        stale = now - self.batch_deadline_s
+        while self._nonces:
+            oldest = next(iter(self._nonces.values()))
+            if oldest.batch is None or oldest.made >= stale:
+                break
+            self._nonces.popitem(last=False)
+        for commitment_of_old in [c for c, n in itertools.islice(self._nonces.items(), 64)
+                                  if n.batch is not None and n.made < stale]:
+            del self._nonces[commitment_of_old]
         while len(self._nonces) > MAX_NONCES:
             self._nonces.popitem(last=False)
         return commitment

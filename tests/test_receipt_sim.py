@@ -987,3 +987,27 @@ async def test_a_receipt_that_lost_its_slot_here_is_not_acknowledged_again(
                 await trio.sleep(0.001)
         assert again.status == "conflict" and "locked" not in statuses and again.optimistic is None
         nursery.cancel_scope.cancel()
+
+
+async def test_nonces_offered_for_batches_that_ended_are_let_go(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """Every one-round batch left its lock-reply commitment unused at each signer in the fast set: one more held nonce
+    per batch until MAX_NONCES pushed out the oldest, the spares of idle peers first (a reviewer's reproduction).
+    Nonces bound to a batch go once the batch's deadline passed."""
+    cluster = SimCluster(tmp_path, 4, seed=3, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        for k in range(40):
+            receipt = distinct_receipt(cluster, k)
+            cluster.service("c0").submit(receipt)
+            await cluster.wait_final({receipt.id}, members={"c0"})
+        assert cluster.service("c0").counters.one_round >= 30
+        held = {m: cluster.service(m).status()["nonces_held"] for m in ("c1", "c2", "c3")}
+        await trio.sleep(cluster.service("c1").batch_deadline_s + 1)
+        receipt = distinct_receipt(cluster, 40)  # one more batch: its offers let the stale ones go
+        cluster.service("c0").submit(receipt)
+        await cluster.wait_final({receipt.id}, members={"c0"})
+        after = {m: cluster.service(m).status()["nonces_held"] for m in ("c1", "c2", "c3")}
+        assert max(held.values()) >= 30 and max(after.values()) <= 10, (held, after)
+        nursery.cancel_scope.cancel()
