@@ -124,16 +124,8 @@ async def test_an_event_the_primary_refuses_as_too_large_goes_to_the_next_layer(
     machine = DAStatusMachine((PRIMARY, SECONDARY))
     pending = PendingStore(tmp_path / "pending.sqlite")
     router = DARouter({PRIMARY: primary, SECONDARY: secondary}, machine, pending, lambda: 0)
-    outbox = Outbox(tmp_path / "outbox.sqlite", lambda committed: None, run_blocking=_now)
-    publisher = Publisher(outbox, router, KEY, "c0", max_blob_bytes=1_000_000, interval_s=0.01)  # type: ignore[arg-type]
     pending._call = _now  # type: ignore[method-assign,assignment]
-    async with trio.open_nursery() as nursery:
-        await nursery.start(outbox.run)
-        await nursery.start(publisher.run)
-        for k in range(20):
-            await outbox.append(event(k))
-        await trio.sleep(5)
-        nursery.cancel_scope.cancel()
+    _, outbox = await publish(tmp_path, router, 20, 5)  # type: ignore[arg-type]
     assert outbox.pending == 0 and sorted(secondary.events()) == sorted(event(k).raw for k in range(20))
     assert primary.blobs == [] and machine.status is Status.HEALTHY and pending.pending_count == len(secondary.blobs)
     pending.close()
