@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -478,3 +479,21 @@ async def test_cluster_status_without_a_cluster_has_the_shape_of_a_member(client
                         tmp_path / "keyshare.bin")
     assert set(body) == set(member.status()) | {"receipts"}
     assert set(body["dkg"]) == set(member.status()["dkg"])
+
+
+async def test_a_parameter_given_twice_and_a_body_not_in_utf8_are_refused(client: Any) -> None:
+    """Only the first value of a repeated parameter was checked and used (``?rf=3&rf=abc`` answered 200), the declared
+    charset was ignored, and a UTF-16 body was accepted (json.loads of bytes guesses the encoding; a reviewer's
+    findings). A UTF-8 byte-order mark stays accepted."""
+    for path in ("/placement/abc?rf=3&rf=abc", "/placement/abc?rf=3&rf=3", "/fallback/pending?limit=1&limit=2"):
+        body = await get(client, path, 422)
+        assert body["error"] == "invalid_request" and "more than once" in body["message"], path
+    assert len(await get(client, "/placement/abc?rf=3")) == 0  # (one value: fine; no nodes yet)
+    raw = json.dumps(NODE)
+    for content, content_type in ((raw.encode("latin-1"), "application/json; charset=latin-1"),
+                                  (raw.encode("utf-16"), "application/json")):
+        resp = await client.post("/register", data=content, headers={"Content-Type": content_type})
+        assert resp.status_code in (400, 415), content_type
+    resp = await client.post("/register", data=b"\xef\xbb\xbf" + raw.encode(),
+                             headers={"Content-Type": "application/json; charset=UTF-8"})
+    assert resp.status_code == 200
