@@ -571,6 +571,7 @@ class ReceiptService:
                     await self._lock_table_work(partial(self.locks.mark_final, closing))
                 self._let_go_of_finals(closing)
             now = trio.current_time()
+            self._let_go_of_stale_nonces(now, scan=None)  # a signer no proposer asks again holds none for ever
             for rid, when in list(self._retry.items()):
                 record = self.records.get(rid)
                 if record is None or record.status not in ("pending", "locked"):
@@ -711,21 +712,26 @@ class ReceiptService:
         nonces, commitment = frost.commit(key.secret_share, self.random_bytes(32), self.random_bytes(32))
         now = trio.current_time()
         self._nonces[commitment] = _Nonce(nonces, peer, batch_id, now)
-        # One offered for a batch that ended without needing it (the one-round path: the commitment of every lock
-        # reply, in case the fast set fell short) stayed until MAX_NONCES pushed it out, and with it, first, the
-        # spares of idle peers (a reviewer's reproduction). Such nonces are no use past the batch's deadline.
+        self._let_go_of_stale_nonces(now, scan=64)
+        while len(self._nonces) > MAX_NONCES:
+            self._nonces.popitem(last=False)
+        return commitment
+
+    def _let_go_of_stale_nonces(self, now: float, scan: int | None) -> None:
+        """Forget nonces offered for a batch whose deadline passed, looking at the oldest ``scan`` (all if None).
+
+        One offered for a batch that ended without needing it (the one-round path: the commitment of every lock
+        reply, in case the fast set fell short) stayed until MAX_NONCES pushed it out, and with it, first, the
+        spares of idle peers (a reviewer's reproduction). Such nonces are no use past the batch's deadline."""
         stale = now - self.batch_deadline_s
         while self._nonces:
             oldest = next(iter(self._nonces.values()))
             if oldest.batch is None or oldest.made >= stale:
                 break
             self._nonces.popitem(last=False)
-        for commitment_of_old in [c for c, n in itertools.islice(self._nonces.items(), 64)
+        for commitment_of_old in [c for c, n in itertools.islice(self._nonces.items(), scan)
                                   if n.batch is not None and n.made < stale]:
             del self._nonces[commitment_of_old]
-        while len(self._nonces) > MAX_NONCES:
-            self._nonces.popitem(last=False)
-        return commitment
 
     async def _run_batch(self, batch: list[rc.Receipt]) -> None:
         key = self.keys.key
