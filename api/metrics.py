@@ -355,6 +355,8 @@ class _Collector:
                 ("dsdn_receipt_one_round_batches", "one_round",
                  "Batches signed in the lock round itself (with spare nonce commitments), no ROAST session"),
                 ("dsdn_receipt_takeovers", "takeovers", "Open locks re-proposed by this coordinator"),
+                ("dsdn_receipt_batches_republished", "republished",
+                 "Signed batches whose announcers were gone and which DA lacked, published again here"),
                 ("dsdn_receipt_shares_released", "shares_released", "Signature shares released as a signer"),
                 ("dsdn_receipt_sign_refused", "sign_refused", "Signing requests refused as a signer")):
             yield _counter(name, doc, s[key])

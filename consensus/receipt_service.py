@@ -9,6 +9,10 @@ A thin trio layer over the pure cores (receipts, slots, roast, merkle). Roles, i
   the receipts locked by ≥ t members and
   a signer set that locked all of them (``slots.choose_batch``) → ROAST sessions of ``rc.sign`` requests until
   t valid shares aggregate → the batch event goes to the outbox (DA) and ``rc.final`` to every peer.
+* **announced batches**: a peer keeps an ``rc.final`` batch *heard* (served, not applied: the state holds only what
+  DA brings) and closes its locks once its state holds the batch. A heard batch still missing from the state
+  ``takeover_s`` (staggered by rank) after it was heard, while none of the members that announced it is connected
+  (the proposer died, its outbox perhaps with it), is published again by this member, under its own name.
 * **one round when it can**: FROST lets a signer publish nonce commitments ahead of use. Each lock reply may carry
   a *spare* commitment offered to that proposer for a later batch; a proposer holding spares from t − 1 peers
   names a signer set in its ``rc.lock`` (the spares plus a fresh commitment of its own), and each named peer that
@@ -130,24 +134,41 @@ class LedgerView(Protocol):
         """None: object unknown here; True: the node is a present replica; False: it is not."""
         ...
 
-    def signed_document(self, receipt_id: bytes) -> dict[str, Any] | None: ...
+    def signed_document(self, receipt_id: bytes) -> dict[str, Any] | None:
+        """The signed document of a receipt in the state or in a heard batch."""
+        ...
 
     def holds(self, receipt_id: bytes) -> bool:
-        """Whether the state holds the receipt as signed (``signed_document`` answers for it)."""
+        """Whether the state holds the receipt as signed."""
         ...
 
     def signed_ids(self) -> list[bytes]:
-        """Every receipt id the state holds as signed."""
+        """Every receipt id the state holds as signed, or a heard batch."""
         ...
 
     async def publish_batch(self, fields: dict[str, Any]) -> bytes:
         """Append the batch event durably (outbox → DA) and apply it; return its raw event bytes."""
         ...
 
-    def apply_batch_event(self, raw: bytes, origin: str) -> list[bytes] | None:
+    def hear_batch(self, raw: bytes, origin: str) -> list[bytes] | None:
         """Verify a peer's batch event (raw event bytes: kind, its origin is the sending member, group key,
-        Merkle root, signature) and apply it to the local state; the ids of its receipts, or None."""
+        Merkle root, signature) and keep it as heard (not applied); the ids of its receipts, or None."""
         ...
+
+    def settled_heard(self) -> list[bytes]:
+        """The receipt ids of heard batches the state now holds, which stop being heard."""
+        ...
+
+    def heard_batches(self) -> list[Heard]:
+        """The heard batches the state does not hold yet, oldest first."""
+        ...
+
+
+class Heard(Protocol):
+    fields: dict[str, Any]  # the batch event's fields
+    ids: list[bytes]
+    origins: set[str]  # the members that announced it
+    heard_at: float  # trio time
 
 
 class KeySource(Protocol):
@@ -217,6 +238,7 @@ class Counters:
     shares_released: int = 0
     sign_refused: int = 0
     one_round: int = 0  # batches signed in the lock round, with spare commitments
+    republished: int = 0  # batches announced by members now gone and missing from DA, published again here
 
     def as_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -265,6 +287,7 @@ class ReceiptService:
         self._locked: OrderedDict[bytes, rc.Receipt] = OrderedDict()  # recently locked here (durable)
         self._blamed_until: dict[int, float] = {}  # identifier -> until when it is left out of signer sets
         self._closing: list[bytes] = []  # final receipts whose locks are closed in the next housekeeping pass
+        self._republishing: set[bytes] = set()  # roots of heard batches being published again here
         self._retry: dict[bytes, float] = {}  # not-yet-valid receipts: id -> next try (monotonic)
         self._takeover_after: tuple[int, bytes, int] | None = None  # where the next takeover pass starts
         self._records_version = 0  # grows with every record added: receipt_ids' cache key
@@ -565,6 +588,8 @@ class ReceiptService:
         last_takeover = trio.current_time()
         while True:
             await trio.sleep(NOT_YET_RETRY_S)
+            self._closing.extend(self.view.settled_heard())  # heard batches DA has brought
+            self._publish_stranded(nursery)
             if self._closing:  # one transaction for every batch final since (none with a broken table)
                 closing, self._closing = self._closing, []
                 if self.locks.broken is None:
@@ -614,11 +639,14 @@ class ReceiptService:
                                                          self._takeover_after))
         last = open_locks[-1] if len(open_locks) == self.batch_max else None
         self._takeover_after = (last.locked_ms, last.batch, last.idx) if last is not None else None
-        final = [o.receipt.id for o in open_locks if self.view.signed_document(o.receipt.id) is not None]
+        final = [o.receipt.id for o in open_locks if self.view.holds(o.receipt.id)]
         if final:
             async with self._db:
                 await self.run_blocking(partial(self.locks.mark_final, final))
-        busy = set(final) | self._queued | self._signing  # final, or on its way in a batch of this coordinator
+        # final, on its way in a batch of this coordinator, or signed in a heard batch (``_publish_stranded``)
+        busy = set(final) | self._queued | self._signing
+        busy.update(o.receipt.id for o in open_locks if o.receipt.id not in busy
+                    and self.view.signed_document(o.receipt.id) is not None)
         candidates = [o for o in open_locks if o.receipt.id not in busy]
         # A lock whose receipt can no longer be signed anywhere (its epoch left the window while its proposer was
         # gone, say) is closed, not taken over: else every pass proposed it again, in vain, and such locks, the
@@ -654,6 +682,34 @@ class ReceiptService:
                 self._record(r)
             await self._inflight.acquire()
             nursery.start_soon(self._run_batch_released, receipts)
+
+    def _publish_stranded(self, nursery: trio.Nursery) -> None:
+        """Publish again, under this member's name, each heard batch DA has not brought ``takeover_s`` (staggered
+        by rank) after it was heard while none of the members that announced it is connected: its proposer may
+        have died with the only copy in its outbox, and its receipts were reported final. (While an announcer is
+        up, its durable outbox gets the batch to DA; the republished batch is announced too, so the other members
+        leave it to this one.)"""
+        now = trio.current_time()
+        patience = self.takeover_s * (1 + self._rank())
+        up = set(self.net.up_peers())
+        for heard in self.view.heard_batches():
+            if now - heard.heard_at < patience:
+                break
+            root = bytes.fromhex(heard.fields["root"])
+            if heard.origins & up or root in self._republishing:
+                continue
+            self._republishing.add(root)
+            nursery.start_soon(self._republish, heard, root)
+
+    async def _republish(self, heard: Heard, root: bytes) -> None:
+        try:
+            log.warning("a signed batch of %d receipt(s) announced by %s is still not on DA and they are gone: "
+                        "publishing it again", len(heard.ids), ",".join(sorted(heard.origins)))
+            raw_event = await self.view.publish_batch(heard.fields)
+            self.counters.republished += 1
+            self.net.broadcast(FINAL, {"event": raw_event})
+        finally:
+            self._republishing.discard(root)
 
     def _rank(self) -> int:
         """0 for the first member in id order, 1 for the next... (staggers takeovers)."""
@@ -1306,9 +1362,8 @@ class ReceiptService:
 
     async def _on_finals(self, inbox: trio.MemoryReceiveChannel[tuple[str, Message]]) -> None:
         async for peer, msg in inbox:
-            ids = self.view.apply_batch_event(msg.body["event"], peer)
+            ids = self.view.hear_batch(msg.body["event"], peer)
             if ids is None:
                 log.warning("ignored an invalid receipt batch from %s", peer)
                 continue
             self._settle_final([self.records[rid].receipt for rid in ids if rid in self.records])
-            self._closing.extend(ids)

@@ -65,7 +65,7 @@ async def run(cfg: config_mod.Config) -> None:
     if peers is not None and dkg is not None:
         receipts, locks = receipt_engine(cfg, coord, peers, dkg)
     # outside a cluster the signed receipts of the state are still served (a coordinator rebuilt from DA)
-    view = StateLedgerView(lambda: coord.state, coord.submit_event, coord.apply_peer_event, _NoKey())
+    view = StateLedgerView(lambda: coord.state, coord.submit_event, _NoKey())
     app = create_app(coord, validator, peers, dkg, receipts, view if receipts is None else None)
     hcfg = hypercorn_config(cfg.host, cfg.port)
     stop = trio.Event()
@@ -134,7 +134,7 @@ def receipt_engine(cfg: config_mod.Config, coord: Coordinator, peers: PeerManage
     locks = LockStore(cfg.data_dir / "locks.sqlite", expect_existing=(cfg.data_dir / "keyshare.bin").exists())
     if locks.broken:
         log.error("receipt signing disabled: %s", locks.broken)
-    view = StateLedgerView(lambda: coord.state, coord.submit_event, coord.apply_peer_event, dkg)
+    view = StateLedgerView(lambda: coord.state, coord.submit_event, dkg)
     service = ReceiptService(peers, coord.key, {p.id: p.public_key for p in cfg.peers}, dkg, view, locks,
                              batch_max=cfg.receipt_batch_max, batch_wait_s=cfg.receipt_batch_wait_ms / 1000,
                              epoch_length_s=cfg.epoch_length_s, epoch_grace=cfg.receipt_epoch_grace)

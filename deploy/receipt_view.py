@@ -2,6 +2,12 @@
 
 It lives with the composition root because it joins node (state, events) and consensus (receipt bytes,
 Merkle paths, batch signatures), which never import each other.
+
+A batch a member announces (``rc.final``) is *heard*, not applied: the state holds only what this coordinator wrote
+or read from DA, so every member's state stays the one DA rebuilds. Applied at once, a batch whose proposer died
+before its outbox reached DA (its disk lost) lived in every peer's state and snapshots and on no DA: a receipt
+reported final was lost to any coordinator rebuilt from DA. Heard batches are served (``signed_document``) until
+DA brings them, and the receipt engine publishes one again when its announcers are gone and DA still lacks it.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import logging
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -25,15 +32,32 @@ from node.receipt_ledger import Batch, parse_batch
 from node.state import State
 
 log = logging.getLogger("dsdn.receipts")
+MAX_HEARD_RECEIPTS = 65_536  # receipts of heard batches kept at once; beyond that the oldest batch goes (its locks
+#                              stay open here, and a takeover signs its receipts again if DA never brings them)
+_BATCH_FIELDS = tuple(name for name, _ in ev.SCHEMAS[ev.RECEIPT_BATCH])
+
+
+@dataclass
+class HeardBatch:
+    """A signed batch members announced, not (yet) in this coordinator's state."""
+
+    batch: Batch
+    fields: dict[str, Any]  # the batch event's fields, to publish it again
+    ids: list[bytes]  # its receipt ids in batch order
+    origins: set[str]  # the members that announced it (each has it in its outbox)
+    heard_at: float  # trio time it was first heard
 
 
 class StateLedgerView:
     def __init__(self, state: Callable[[], State], submit: Callable[..., Awaitable[ev.Event]],
-                 apply: Callable[[ev.Event], bool], keys: KeySource) -> None:
+                 keys: KeySource) -> None:
         """``state``: the current state; ``submit(kind, **fields)``: append an event of ours durably and apply
-        it; ``apply(event)``: apply a peer's event; ``keys``: the group key holder."""
-        self._state, self._submit, self._apply, self._keys = state, submit, apply, keys
+        it; ``keys``: the group key holder."""
+        self._state, self._submit, self._keys = state, submit, keys
         self._paths: OrderedDict[bytes, list[list[bytes]]] = OrderedDict()  # batch root -> every leaf's path
+        self._heard: OrderedDict[bytes, HeardBatch] = OrderedDict()  # batch root -> the batch, oldest first
+        self._heard_of: dict[bytes, tuple[bytes, int]] = {}  # receipt id -> (root, index) of a heard batch
+        self._heard_receipts = 0
 
     def node_key(self, node_id: str) -> tuple[bool, bytes | None]:
         state = self._state()
@@ -48,10 +72,14 @@ class StateLedgerView:
         return node_id in found[1]
 
     def signed_document(self, receipt_id: bytes) -> dict[str, Any] | None:
+        """The signed document of a receipt in the state, or else in a heard batch."""
         key = self._keys.key  # the cluster's: a member may have signed the receipt again under a key of its own
         located = self._state().ledger.locate(receipt_id, key.group_public_key.hex() if key is not None else None)
         if located is None:
-            return None
+            heard = self._heard_of.get(receipt_id)
+            if heard is None:
+                return None
+            located = self._heard[heard[0]].batch, heard[1]
         batch, index = located
         raw, node_signature = batch.wires[index]
         receipt = rc.decode(raw, node_signature)
@@ -63,7 +91,9 @@ class StateLedgerView:
         return receipt_id in self._state().ledger.receipts
 
     def signed_ids(self) -> list[bytes]:
-        return list(self._state().ledger.receipts)
+        """Every receipt signed in the state or in a heard batch."""
+        held = self._state().ledger.receipts
+        return [*held, *(rid for rid in self._heard_of if rid not in held)]
 
     def _path(self, batch: Batch, index: int) -> list[bytes]:
         root = bytes.fromhex(batch.root)
@@ -93,23 +123,56 @@ class StateLedgerView:
                           delay)
                 await trio.sleep(delay)
 
-    def apply_batch_event(self, raw: bytes, origin: str) -> list[bytes] | None:
+    def hear_batch(self, raw: bytes, origin: str) -> list[bytes] | None:
+        """A member's announced batch event (raw event bytes): its kind, its origin is the sending member, group
+        key, Merkle root, signature all checked; kept (not applied) until the state holds it. The ids of its
+        receipts, or None when it does not verify."""
         try:
             event = ev.decode_event(raw)
         except ev.EventDecodeError:
             return None
         if event.kind != ev.RECEIPT_BATCH or event.origin != origin:  # a member speaks only for itself
             return None
-        ids = verify_batch(event, self._keys)
-        if ids is None:
+        verified = verify_batch(event, self._keys)
+        if verified is None:
             return None
-        self._apply(event)
+        batch, ids = verified
+        root = bytes.fromhex(batch.root)
+        heard = self._heard.get(root)
+        if heard is None:
+            heard = self._heard[root] = HeardBatch(batch, dict(zip(_BATCH_FIELDS, event.fields, strict=True)), ids,
+                                                   set(), trio.current_time())
+            for index, rid in enumerate(ids):
+                self._heard_of[rid] = (root, index)
+            self._heard_receipts += len(ids)
+            while self._heard_receipts > MAX_HEARD_RECEIPTS and len(self._heard) > 1:
+                self._forget_heard(next(iter(self._heard)))
+        heard.origins.add(origin)
         return ids
 
+    def _forget_heard(self, root: bytes) -> HeardBatch:
+        heard = self._heard.pop(root)
+        self._heard_receipts -= len(heard.ids)
+        for index, rid in enumerate(heard.ids):
+            if self._heard_of.get(rid) == (root, index):
+                del self._heard_of[rid]
+        return heard
 
-def verify_batch(event: ev.Event, keys: KeySource) -> list[bytes] | None:
-    """The receipt ids of a batch event whose group key is ours, whose root is the Merkle root of its receipts
-    and whose signature verifies; None otherwise."""
+    def settled_heard(self) -> list[bytes]:
+        """The receipt ids of heard batches the state now holds (from DA, or published here), forgotten as
+        heard."""
+        held = self._state().ledger.receipts
+        done = [root for root, heard in self._heard.items() if all(rid in held for rid in heard.ids)]
+        return [rid for root in done for rid in self._forget_heard(root).ids]
+
+    def heard_batches(self) -> list[HeardBatch]:
+        """The heard batches the state does not hold yet, oldest first."""
+        return list(self._heard.values())
+
+
+def verify_batch(event: ev.Event, keys: KeySource) -> tuple[Batch, list[bytes]] | None:
+    """The batch and its receipt ids of a batch event whose group key is ours, whose root is the Merkle root of
+    its receipts and whose signature verifies; None otherwise."""
     key = keys.key
     batch = parse_batch(event.fields)
     if key is None or batch is None or batch.group_key != key.group_public_key.hex():
@@ -124,4 +187,4 @@ def verify_batch(event: ev.Event, keys: KeySource) -> list[bytes] | None:
         return None
     if not verify(key.group_public_key, rc.batch_message(key.group_public_key, root, len(raws)), signature):
         return None
-    return [hashlib.sha256(raw).digest() for raw in raws]
+    return batch, [hashlib.sha256(raw).digest() for raw in raws]

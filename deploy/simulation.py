@@ -330,7 +330,7 @@ class SimCluster:
         async def submit(kind: str, **fields: Any) -> ev.Event:
             return await self.write(m.id, kind, **fields)
 
-        view = StateLedgerView(lambda: m.state, submit, lambda event: m.state.apply(event), m.keys)
+        view = StateLedgerView(lambda: m.state, submit, m.keys)
         options = {"batch_wait_s": 0.002, "lock_timeout_s": 1.0, "sign_timeout_s": 1.0, "takeover_s": 3.0,
                    "batch_deadline_s": 5.0, **self.service_options}
         rng = random.Random(self.rng.getrandbits(64))

@@ -214,11 +214,6 @@ class Coordinator:
         self.hlc.observe_all(map(_hlc_of, events))
         return self.state.apply_events(events)
 
-    def apply_peer_event(self, event: Event) -> bool:
-        """An event a cluster member sent over its authenticated link (a signed receipt batch), applied
-        before its blob arrives from DA (where it is deduplicated)."""
-        return self._apply_remote_events([event]) == 1
-
     async def submit_event(self, kind: str, **fields: Any) -> Event:
         """Append an event of this coordinator durably (outbox → DA) and apply it; for the receipt engine."""
         return await self._submit(kind, **fields)

@@ -64,7 +64,7 @@ def compute_receipt(key: nacl.signing.SigningKey) -> rc.Receipt:
 async def test_a_node_key_that_is_not_hex_reads_as_no_key(client: Any, coord: Coordinator) -> None:
     """The API writes only valid keys, but the log may carry any string from a faulty member: it reads as no key
     (GET /node leaves it out, the receipt engine's validation finds no key), never as a 500."""
-    view = StateLedgerView(lambda: coord.state, None, None, None)  # type: ignore[arg-type]
+    view = StateLedgerView(lambda: coord.state, None, None)  # type: ignore[arg-type]
     key = nacl.signing.SigningKey(b"k" * 32)
     await post(client, "/register", {**NODE, "public_key": bytes(key.verify_key).hex()})
     assert (await get(client, "/node/node-1"))["public_key"] == bytes(key.verify_key).hex()

@@ -874,7 +874,7 @@ async def test_a_failing_outbox_while_publishing_a_signed_batch_is_retried_not_f
         record = cluster.service("c0").submit(receipt)
         await cluster.wait_final({receipt.id})
         assert record.status == "final"
-        with trio.fail_after(10):  # every member's state holds it (rc.final went out once it was durable)
+        with trio.fail_after(10):  # every member serves it (rc.final went out once it was durable)
             while not all(cluster.service(m).view.signed_document(receipt.id) for m in cluster.members):
                 await trio.sleep(0.05)
         nursery.cancel_scope.cancel()

@@ -23,6 +23,7 @@ from node.blob import decode_blob
 from node.da.base import BlobRef, DAUnavailable
 from node.outbox import Outbox
 from node.publisher import Publisher
+from node.state import State
 
 
 @pytest.fixture(autouse=True)
@@ -130,7 +131,8 @@ async def test_a_restarted_member_rebuilds_its_state_from_its_outbox_and_da(
         await cluster.wait_final(ids)
         cluster.da.down_until = trio.current_time() + 30  # nothing reaches DA or is read from it meanwhile
         more = await sign_some(cluster, "c0", 2, objects_from=4)  # other slots, signed while DA is down
-        await cluster.wait_final(more, members={"c0", "c1", "c3"})
+        await cluster.wait_final(more, members={"c0"})  # in the proposer's state, heard by the others
+        await wait_announced_final(cluster, more, {"c1", "c3"})
         cluster.crash("c2")
         await cluster.restart("c2")
         m = cluster.members["c2"]
@@ -191,3 +193,77 @@ def test_an_outbox_that_forgets_unpublished_writes_at_a_restart_is_caught(monkey
             assert any("an acknowledged write" in v for v in outcome.violations)
             return
     raise AssertionError("the forgetful outbox went unnoticed for 300 seeds")
+
+
+def rebuilt_from_da(cluster: SimCluster) -> State:
+    """A coordinator's state rebuilt from what DA holds alone (every member's blobs, in log order)."""
+    state, keys = State(), frozenset(cluster.member_keys.values())
+    for _, data in cluster.da.blobs:
+        state.apply_events(decode_blob(data, keys, member_ids=cluster.ids).events)
+    return state
+
+
+async def wait_announced_final(cluster: SimCluster, ids: set[bytes], members: set[str]) -> None:
+    """Until every member in ``members`` answers each receipt as final (its proposer's document, or a heard
+    batch's)."""
+    with trio.fail_after(30):
+        while not all((doc := cluster.service(m).lookup(rid)) is not None and doc["status"] == "final"
+                      for m in members for rid in ids):
+            await trio.sleep(0.05)
+
+
+async def test_a_batch_announced_final_reaches_da_when_its_proposer_dies_with_its_outbox(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """A proposer reported a batch final, then died for good, its disk lost, before its publisher posted the batch.
+    Peers applied announced batches to their state: the receipts were final in every state and snapshot, and in no
+    coordinator rebuilt from DA. Now an announced batch is heard (served, not applied) and, once its announcers
+    are gone and DA still lacks it, one member publishes it again."""
+    cluster = SimCluster(tmp_path, 4, seed=5, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        cluster.da.down_until = trio.current_time() + 3600  # c1's publisher cannot post the batch
+        ids = await sign_some(cluster, "c1", 3)
+        await wait_announced_final(cluster, ids, set(cluster.members))
+        heard_only = cluster.members["c2"].state.ledger.receipts
+        assert not ids & set(heard_only)  # served as final, not in the state: DA has not brought it
+        cluster.crash("c1")
+        (tmp_path / "c1.outbox.sqlite").unlink()  # for good
+        cluster.da.down_until = 0.0
+        alive = {"c0", "c2", "c3"}
+        await cluster.wait_final(ids, members=alive)
+        with trio.fail_after(60):
+            while not all((m := cluster.members[i]).outbox.pending == 0  # type: ignore[union-attr]
+                          and m.consumer.cursor == len(cluster.da.blobs) for i in alive):  # type: ignore[union-attr]
+                await trio.sleep(0.2)
+        rebuilt = rebuilt_from_da(cluster)
+        assert ids <= set(rebuilt.ledger.receipts)
+        assert {cluster.members[i].state.root() for i in alive} == {rebuilt.root()}
+        assert sum(cluster.service(i).counters.republished for i in alive) == 1  # one member did, the others saw it
+        await trio.sleep(1)  # a housekeeping pass
+        for i in alive:  # and their locks are closed as signed
+            assert cluster.service(i).locks.open_locks(2**62, 100, None) == []
+        nursery.cancel_scope.cancel()
+    cluster.close()
+
+
+async def test_an_announced_batch_is_not_published_again_while_its_proposer_is_up(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """Through a long DA outage the proposer's outbox holds the batch: nobody else publishes it (one copy on DA)."""
+    cluster = SimCluster(tmp_path, 4, seed=6, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        cluster.da.down_until = trio.current_time() + 120
+        ids = await sign_some(cluster, "c3", 3)
+        await wait_announced_final(cluster, ids, set(cluster.members))
+        await trio.sleep(121)
+        await cluster.wait_final(ids)
+        await wait_quiet(cluster)
+        batches = [e for m in cluster.members for events in blobs_of(cluster, m) for e in events
+                   if e.kind == ev.RECEIPT_BATCH]
+        assert len(batches) == 1 and batches[0].origin == "c3"
+        assert sum(cluster.service(i).counters.republished for i in cluster.members) == 0
+        assert len(cluster.roots()) == 1
+        nursery.cancel_scope.cancel()
+    cluster.close()
