@@ -2,9 +2,10 @@
 transaction per batch, committed before any signature share for the batch leaves the process.
 
 It also keeps the conflict evidence (both receipts of a slot) and each lock's receipt bytes, proposer and
-time, so a signer can take over a batch whose proposer died. A table that fails its integrity check, or that
-was lost while this member already holds a key share, puts the store in ``broken`` state: the coordinator
-then refuses to sign (never sign blind). Blocking calls: run them with ``trio.to_thread``.
+time, so a signer can take over a batch whose proposer died; and the signed batches peers announced (``heard``),
+until the state holds them, so one stays on disk here when its proposer's disk is lost. A table that fails its
+integrity check, or that was lost while this member already holds a key share, puts the store in ``broken``
+state: the coordinator then refuses to sign (never sign blind). Blocking calls: run them with ``trio.to_thread``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ CREATE INDEX IF NOT EXISTS locks_receipt ON locks (receipt_id);
 CREATE TABLE IF NOT EXISTS conflicts (
     receipt_id BLOB NOT NULL, conflicting_id BLOB NOT NULL, wire BLOB NOT NULL, seen_ms INTEGER NOT NULL,
     PRIMARY KEY (receipt_id, conflicting_id));
+CREATE TABLE IF NOT EXISTS heard (
+    root BLOB PRIMARY KEY, origin TEXT NOT NULL, batch BLOB NOT NULL, heard_ms INTEGER NOT NULL);
 """
 
 
@@ -164,12 +167,27 @@ class LockStore:
             return None
         return [found[r] for r in receipt_ids]
 
-    def mark_final(self, receipt_ids: Sequence[bytes], why: int = SIGNED) -> None:
-        """Close these locks (signed, or never signable: ``why``): no takeover re-proposes them. One
-        transaction."""
+    def mark_final(self, receipt_ids: Sequence[bytes], why: int = SIGNED, heard: Sequence[bytes] = ()) -> None:
+        """Close these locks (signed, or never signable: ``why``): no takeover re-proposes them; and forget the
+        heard batches with these roots (the state holds them). One transaction."""
         with self._using(), self.db:
             self.db.execute("BEGIN")
             self.db.executemany("UPDATE locks SET final = ? WHERE receipt_id = ?", [(why, r) for r in receipt_ids])
+            self.db.executemany("DELETE FROM heard WHERE root = ?", [(root,) for root in heard])
+
+    def keep_heard(self, root: bytes, origin: str, batch: bytes, now_ms: int | None = None) -> None:
+        """Keep a signed batch a peer announced (``batch``: its encoded fields) until ``mark_final`` forgets it;
+        durable when this returns (blocking)."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        with self._using(), self.db:
+            self.db.execute("BEGIN")
+            self.db.execute("INSERT OR IGNORE INTO heard VALUES (?, ?, ?, ?)", (root, origin, batch, now))
+
+    def heard(self) -> list[tuple[bytes, str, bytes]]:
+        """The heard batches kept: (root, origin, encoded fields), oldest first (blocking)."""
+        with self._using():
+            rows = self.db.execute("SELECT root, origin, batch FROM heard ORDER BY heard_ms").fetchall()
+        return [(bytes(r), o, bytes(b)) for r, o, b in rows]
 
     def close_conflicts(self, lost: Sequence[tuple[Receipt, bytes | None]], now_ms: int | None = None) -> None:
         """Close the locks of receipts that lost their slot to a rival (receipt, the rival's id when known), and

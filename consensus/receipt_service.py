@@ -8,11 +8,16 @@ A thin trio layer over the pure cores (receipts, slots, roast, merkle). Roles, i
   ``rc.lock`` to the peers (each validates, locks durably, answers per receipt, plus a fresh nonce commitment) →
   the receipts locked by ≥ t members and
   a signer set that locked all of them (``slots.choose_batch``) → ROAST sessions of ``rc.sign`` requests until
-  t valid shares aggregate → the batch event goes to the outbox (DA) and ``rc.final`` to every peer.
-* **announced batches**: a peer keeps an ``rc.final`` batch *heard* (served, not applied: the state holds only what
-  DA brings) and closes its locks once its state holds the batch. A heard batch still missing from the state
-  ``takeover_s`` (staggered by rank) after it was heard, while none of the members that announced it is connected
-  (the proposer died, its outbox perhaps with it), is published again by this member, under its own name.
+  t valid shares aggregate → ``rc.final`` (the signed batch) to every peer, until n − t of them answer that they
+  keep it on disk → the batch event goes to the outbox (DA), and only then are the receipts final for clients.
+  So losing the proposer for good, disk and all, within the fault budget loses no receipt reported final.
+* **announced batches**: a peer keeps an ``rc.final`` batch *heard* (durably in its lock table, served, not applied:
+  the state holds only what this member wrote or read from DA) and closes its locks and forgets the heard copy
+  once its state holds the batch. A heard batch still missing from the state after ``republish_after_s``
+  (staggered by rank) of DA working for this member since it was heard — this member's writes land and its reads
+  reach the head, so an honest proposer's would have too — is published again by this member, under its own name:
+  its proposer died with its outbox, or withholds it. (Whether the proposer is connected proves nothing: a liar
+  is, and a restarting honest one is not.)
 * **one round when it can**: FROST lets a signer publish nonce commitments ahead of use. Each lock reply may carry
   a *spare* commitment offered to that proposer for a later batch; a proposer holding spares from t − 1 peers
   names a signer set in its ``rc.lock`` (the spares plus a fresh commitment of its own), and each named peer that
@@ -52,7 +57,7 @@ import trio
 from consensus import frost
 from consensus import receipts as rc
 from consensus.dkg import assign_identifiers
-from consensus.lockstore import CLOSED_CONFLICT, CLOSED_REJECTED, LockStore, LockTableBroken
+from consensus.lockstore import CLOSED_CONFLICT, CLOSED_REJECTED, SIGNED, LockStore, LockTableBroken
 from consensus.roast import Outcome, RoastTracker, Session
 from consensus.slots import Decision, Verdict, choose_batch
 from node import merkle
@@ -61,7 +66,7 @@ from protocol.envelope import Message, Registry, is_bytes, is_int, is_list, is_s
 log = logging.getLogger("dsdn.receipts")
 LOCK, LOCK_REPLY = "rc.lock", "rc.lock.reply"
 SIGN, SIGN_REPLY = "rc.sign", "rc.sign.reply"
-FINAL = "rc.final"
+FINAL, FINAL_ACK = "rc.final", "rc.final.ack"
 BATCH_ID_SIZE = 16
 #: A batch in flight for ``STALL_FACTOR`` times the usual batch's time (and at least ``STALL_MIN_S``) counts as
 #: stalled: the next batch starts beside it instead of waiting for it to end (``ReceiptService._await_company``).
@@ -108,7 +113,10 @@ def register(registry: Registry) -> None:
                              "hiding": is_list(point, 255), "binding": is_list(point, 255)})
     registry.register(SIGN_REPLY, {"share": is_bytes(max_len=32), "commitment": is_list(point, 2),
                                    "error": is_str(200)})
-    registry.register(FINAL, {"event": is_bytes(max_len=900 * 1024)})
+    registry.register(FINAL, {"group_key": is_str(64), "root": is_str(64), "tree_size": is_int(1, MAX_BATCH),
+                              "signature": is_str(128), "signers": is_str(255 * 140),
+                              "receipts": is_bytes(max_len=900 * 1024)})
+    registry.register(FINAL_ACK, {"kept": is_int(0, 1)})
 
 
 class Network(Protocol):
@@ -150,17 +158,21 @@ class LedgerView(Protocol):
         """Append the batch event durably (outbox → DA) and apply it; return its raw event bytes."""
         ...
 
-    def hear_batch(self, raw: bytes, origin: str) -> list[bytes] | None:
-        """Verify a peer's batch event (raw event bytes: kind, its origin is the sending member, group key,
-        Merkle root, signature) and keep it as heard (not applied); the ids of its receipts, or None."""
+    def hear_batch(self, fields: dict[str, Any], origin: str) -> Heard | None:
+        """Verify a signed batch a member announced (a batch event's fields: group key, Merkle root, signature)
+        and keep it as heard (not applied); None when it does not verify."""
         ...
 
-    def settled_heard(self) -> list[bytes]:
-        """The receipt ids of heard batches the state now holds, which stop being heard."""
+    def settled_heard(self) -> list[Heard]:
+        """The heard batches the state now holds, which stop being heard."""
         ...
 
     def heard_batches(self) -> list[Heard]:
         """The heard batches the state does not hold yet, oldest first."""
+        ...
+
+    def da_flowing(self) -> bool:
+        """Whether this member's writes reach DA now and it reads DA up to its head."""
         ...
 
 
@@ -169,6 +181,7 @@ class Heard(Protocol):
     ids: list[bytes]
     origins: set[str]  # the members that announced it
     heard_at: float  # trio time
+    kept: bool  # in the lock table here
 
 
 class KeySource(Protocol):
@@ -253,7 +266,8 @@ class ReceiptService:
                  keys: KeySource, view: LedgerView, locks: LockStore, *, batch_max: int = 256,
                  batch_wait_s: float = 0.002, epoch_length_s: int = 3600, epoch_grace: int = 1,
                  lock_timeout_s: float = 2.0, sign_timeout_s: float = 2.0, batch_deadline_s: float = 10.0,
-                 takeover_s: float = 5.0, sign_patience_s: float = 0.1, lock_grace_s: float = 0.05,
+                 takeover_s: float = 5.0, republish_after_s: float = 60.0, sign_patience_s: float = 0.1,
+                 lock_grace_s: float = 0.05,
                  clock: Callable[[], float] = time.time,
                  run_blocking: RunBlocking = trio.to_thread.run_sync, max_inflight_batches: int = 2,
                  random_bytes: Callable[[int], bytes] = os.urandom) -> None:
@@ -265,6 +279,8 @@ class ReceiptService:
         self.lock_timeout_s, self.sign_timeout_s, self.batch_deadline_s = lock_timeout_s, sign_timeout_s, \
             batch_deadline_s
         self.takeover_s, self.run_blocking, self.sign_patience_s = takeover_s, run_blocking, sign_patience_s
+        self.republish_after_s = republish_after_s
+        self._da_flowing_since: float | None = None  # trio time DA started working for this member (None: not)
         self.random_bytes = random_bytes
         self.lock_grace_s = lock_grace_s
         self.identifiers = assign_identifiers(members.values())
@@ -288,6 +304,7 @@ class ReceiptService:
         self._blamed_until: dict[int, float] = {}  # identifier -> until when it is left out of signer sets
         self._closing: list[bytes] = []  # final receipts whose locks are closed in the next housekeeping pass
         self._republishing: set[bytes] = set()  # roots of heard batches being published again here
+        self._heard_loaded = False  # the heard batches kept on disk are heard again once the key is known
         self._retry: dict[bytes, float] = {}  # not-yet-valid receipts: id -> next try (monotonic)
         self._takeover_after: tuple[int, bytes, int] | None = None  # where the next takeover pass starts
         self._records_version = 0  # grows with every record added: receipt_ids' cache key
@@ -506,10 +523,9 @@ class ReceiptService:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.net.on_request(LOCK, LOCK_REPLY, self._on_lock)
         self.net.on_request(SIGN, SIGN_REPLY, self._on_sign)
-        finals = self.net.subscribe(FINAL)
+        self.net.on_request(FINAL, FINAL_ACK, self._on_final)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._batcher, nursery)
-            nursery.start_soon(self._on_finals, finals)
             nursery.start_soon(self._housekeeping, nursery)
             task_status.started()
 
@@ -588,12 +604,17 @@ class ReceiptService:
         last_takeover = trio.current_time()
         while True:
             await trio.sleep(NOT_YET_RETRY_S)
-            self._closing.extend(self.view.settled_heard())  # heard batches DA has brought
+            if not self._heard_loaded and self.keys.key is not None:
+                await self._load_heard()
+            settled = self.view.settled_heard()  # heard batches DA has brought (or this member published)
+            for heard in settled:
+                self._closing.extend(heard.ids)
             self._publish_stranded(nursery)
             if self._closing:  # one transaction for every batch final since (none with a broken table)
                 closing, self._closing = self._closing, []
                 if self.locks.broken is None:
-                    await self._lock_table_work(partial(self.locks.mark_final, closing))
+                    roots = [bytes.fromhex(h.fields["root"]) for h in settled if h.kept]
+                    await self._lock_table_work(partial(self.locks.mark_final, closing, SIGNED, roots))
                 self._let_go_of_finals(closing)
             now = trio.current_time()
             self._let_go_of_stale_nonces(now, scan=None)  # a signer no proposer asks again holds none for ever
@@ -684,19 +705,22 @@ class ReceiptService:
             nursery.start_soon(self._run_batch_released, receipts)
 
     def _publish_stranded(self, nursery: trio.Nursery) -> None:
-        """Publish again, under this member's name, each heard batch DA has not brought ``takeover_s`` (staggered
-        by rank) after it was heard while none of the members that announced it is connected: its proposer may
-        have died with the only copy in its outbox, and its receipts were reported final. (While an announcer is
-        up, its durable outbox gets the batch to DA; the republished batch is announced too, so the other members
-        leave it to this one.)"""
+        """Publish again, under this member's name, each heard batch DA has not brought although DA has worked for
+        this member ``republish_after_s`` (staggered by rank) since it was heard: its proposer died with the only
+        copy in its outbox, or withholds it, and its receipts were reported final. Another member's copy, once on
+        DA, settles it everywhere before the next rank's patience ends."""
         now = trio.current_time()
-        patience = self.takeover_s * (1 + self._rank())
-        up = set(self.net.up_peers())
+        if not self.view.da_flowing():
+            self._da_flowing_since = None
+            return
+        if self._da_flowing_since is None:
+            self._da_flowing_since = now
+        patience = self.republish_after_s * (1 + self._rank() / 2)
         for heard in self.view.heard_batches():
-            if now - heard.heard_at < patience:
+            if now - max(heard.heard_at, self._da_flowing_since) < patience:
                 break
             root = bytes.fromhex(heard.fields["root"])
-            if heard.origins & up or root in self._republishing:
+            if root in self._republishing:
                 continue
             self._republishing.add(root)
             nursery.start_soon(self._republish, heard, root)
@@ -705,11 +729,34 @@ class ReceiptService:
         try:
             log.warning("a signed batch of %d receipt(s) announced by %s is still not on DA and they are gone: "
                         "publishing it again", len(heard.ids), ",".join(sorted(heard.origins)))
-            raw_event = await self.view.publish_batch(heard.fields)
+            await self.view.publish_batch(heard.fields)
             self.counters.republished += 1
-            self.net.broadcast(FINAL, {"event": raw_event})
+            await self._announce(heard.fields, need=1, rounds=1)  # the others leave it to this member now
         finally:
             self._republishing.discard(root)
+
+    async def _load_heard(self) -> None:
+        """The heard batches kept on disk before a restart, heard again (once the group key is known); those
+        that no longer verify (another key) are forgotten."""
+        self._heard_loaded = True
+        try:
+            async with self._db:
+                rows = await self.run_blocking(self.locks.heard)
+            stale = []
+            for root, origin, packed in rows:
+                try:
+                    fields = msgpack.unpackb(packed, raw=False)
+                except Exception:  # msgpack raises several unrelated types for garbage
+                    fields = None
+                heard = self.view.hear_batch(fields, origin) if type(fields) is dict else None
+                if heard is None:
+                    stale.append(root)
+                else:
+                    heard.kept = True
+            if stale:
+                await self._lock_table_work(partial(self.locks.mark_final, [], SIGNED, stale))
+        except LockTableBroken as exc:
+            log.error("receipt signing stopped: %s", exc)
 
     def _rank(self) -> int:
         """0 for the first member in id order, 1 for the next... (staggers takeovers)."""
@@ -1219,25 +1266,57 @@ class ReceiptService:
 
     async def _finish(self, key: frost.KeyShare, final: list[rc.Receipt], signature: bytes,
                       signers: tuple[int, ...]) -> None:
-        """The signature exists: the receipts are final now (their documents answer clients at once); then the
-        batch event is made durable (outbox → DA), and only then do peers hear of it — a peer closes its locks
-        on ``rc.final``, so a batch lost with a proposer that died before its outbox commit is taken over."""
+        """The signature exists. The peers hear of the batch first, until n − t of them keep it on disk (one of
+        them outlives this member's loss, disk and all, within the fault budget, and publishes it); then it goes
+        to the outbox (DA) and the state; only then are the receipts final for clients. A member that dies
+        before that leaves its locks open at the peers that did not keep the batch: a takeover signs it again."""
         raws = [r.to_bytes() for r in final]
         root, paths = merkle.all_paths(raws)
         names = sorted(self.member_of[i] for i in signers)
+        fields = {"group_key": key.group_public_key.hex(), "root": root.hex(), "tree_size": len(final),
+                  "signature": signature.hex(), "signers": ",".join(names),
+                  "receipts": msgpack.packb([[raw, r.node_signature] for raw, r in zip(raws, final, strict=True)],
+                                            use_bin_type=True)}
+        await self._announce(fields, need=len(self.members) - key.threshold)
+        await self.view.publish_batch(fields)
         for i, r in enumerate(final):
             record = self.records.get(r.id)
             if record is not None:
                 record.document = rc.document(r, root, len(final), i, paths[i], signature, key.group_public_key,
                                               names)
         self._settle_final(final)
-        fields = {"group_key": key.group_public_key.hex(), "root": root.hex(), "tree_size": len(final),
-                  "signature": signature.hex(), "signers": ",".join(names),
-                  "receipts": msgpack.packb([[raw, r.node_signature] for raw, r in zip(raws, final, strict=True)],
-                                            use_bin_type=True)}
-        raw_event = await self.view.publish_batch(fields)
-        self.net.broadcast(FINAL, {"event": raw_event})
         self._closing.extend(r.id for r in final)
+
+    async def _announce(self, fields: dict[str, Any], need: int, rounds: int | None = None) -> None:
+        """Send a signed batch (``rc.final``) to every peer until ``need`` of them answer that they keep it on
+        disk; the others are asked again, with backoff, up to ``rounds`` times (None: until enough answered).
+        Requests are all sent before any answer is awaited: peers beyond ``need`` get it too."""
+        kept: set[str] = set()
+        peers = [m for m in self.members if m != self.my_id]
+        delay = self.lock_timeout_s
+        attempt = 0
+        while True:
+            attempt += 1
+            async with trio.open_nursery() as nursery:
+                async def ask(peer: str, timeout_s: float) -> None:
+                    try:
+                        msg = await self.net.request(peer, FINAL, fields, timeout_s=timeout_s, expect=FINAL_ACK)
+                    except TimeoutError:
+                        return
+                    if msg.body["kept"]:
+                        kept.add(peer)
+                        if len(kept) >= need:
+                            nursery.cancel_scope.cancel()
+
+                for peer in peers:
+                    if peer not in kept:
+                        nursery.start_soon(ask, peer, delay)
+            if len(kept) >= need or (rounds is not None and attempt >= rounds):
+                return
+            log.warning("a signed batch of %d receipt(s) is kept by %d peer(s) of the %d needed: announcing it "
+                        "again in %.1f s", fields["tree_size"], len(kept), need, delay)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
     def _settle_final(self, final: list[rc.Receipt]) -> None:
         now = trio.current_time()
@@ -1360,10 +1439,23 @@ class ReceiptService:
             return self._refuse(f"cannot sign: {exc}")
         return {"share": share, "commitment": list(self._offer(peer, body["batch"])), "error": ""}
 
-    async def _on_finals(self, inbox: trio.MemoryReceiveChannel[tuple[str, Message]]) -> None:
-        async for peer, msg in inbox:
-            ids = self.view.hear_batch(msg.body["event"], peer)
-            if ids is None:
-                log.warning("ignored an invalid receipt batch from %s", peer)
-                continue
-            self._settle_final([self.records[rid].receipt for rid in ids if rid in self.records])
+    async def _on_final(self, peer: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A signed batch a member announced: verified, heard (served until the state holds it), kept on disk,
+        then acknowledged (``kept``: 1 once it is durable here; 0 when it does not verify or the lock table
+        cannot keep it)."""
+        heard = self.view.hear_batch(body, peer)
+        if heard is None:
+            log.warning("ignored an invalid receipt batch from %s", peer)
+            return {"kept": 0}
+        self._settle_final([self.records[rid].receipt for rid in heard.ids if rid in self.records])
+        if not heard.kept:
+            packed = msgpack.packb(heard.fields, use_bin_type=True)
+            try:
+                async with self._db:
+                    await self.run_blocking(partial(self.locks.keep_heard, bytes.fromhex(heard.fields["root"]),
+                                                    peer, packed, int(self.clock() * 1000)))
+            except LockTableBroken as exc:
+                log.error("receipt signing stopped: %s", exc)
+                return {"kept": 0}
+            heard.kept = True
+        return {"kept": 1}

@@ -19,7 +19,7 @@ from consensus import frost
 from consensus import receipts as rc
 from consensus.dkg import DkgParticipant, Outgoing
 from consensus.dkg_messages import Round2
-from consensus.receipt_service import FINAL, LOCK, LOCK_REPLY, SIGN, SIGN_REPLY
+from consensus.receipt_service import FINAL, FINAL_ACK, LOCK, LOCK_REPLY, SIGN, SIGN_REPLY
 from consensus.slots import Decision, Verdict
 from node import merkle
 
@@ -268,5 +268,9 @@ class Adversary:
             else:
                 self.node.send(peer, LOCK_REPLY, {"verdicts": bytes(1), "conflicts": [], "reasons": [""],
                                                   "commitment": []}, re=re)
-            if self.rng.random() < 0.1:
-                self.node.send(peer, FINAL, {"event": self.rng.randbytes(64)})
+            if self.rng.random() < 0.1:  # a batch that does not verify, and a "kept" nobody asked for
+                self.node.send(peer, FINAL, {"group_key": self.rng.randbytes(32).hex(),
+                                             "root": self.rng.randbytes(32).hex(), "tree_size": 1,
+                                             "signature": self.rng.randbytes(64).hex(), "signers": "c0",
+                                             "receipts": self.rng.randbytes(64)}, id_=self.rng.randrange(1, 2**40))
+                self.node.send(peer, FINAL_ACK, {"kept": 1}, re=re)

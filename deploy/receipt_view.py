@@ -32,8 +32,6 @@ from node.receipt_ledger import Batch, parse_batch
 from node.state import State
 
 log = logging.getLogger("dsdn.receipts")
-MAX_HEARD_RECEIPTS = 65_536  # receipts of heard batches kept at once; beyond that the oldest batch goes (its locks
-#                              stay open here, and a takeover signs its receipts again if DA never brings them)
 _BATCH_FIELDS = tuple(name for name, _ in ev.SCHEMAS[ev.RECEIPT_BATCH])
 
 
@@ -46,18 +44,22 @@ class HeardBatch:
     ids: list[bytes]  # its receipt ids in batch order
     origins: set[str]  # the members that announced it (each has it in its outbox)
     heard_at: float  # trio time it was first heard
+    kept: bool = False  # on disk here (the lock table's ``heard``): set by the receipt engine
 
 
 class StateLedgerView:
     def __init__(self, state: Callable[[], State], submit: Callable[..., Awaitable[ev.Event]],
-                 keys: KeySource) -> None:
+                 keys: KeySource, da_flowing: Callable[[], bool] = lambda: True) -> None:
         """``state``: the current state; ``submit(kind, **fields)``: append an event of ours durably and apply
-        it; ``keys``: the group key holder."""
+        it; ``keys``: the group key holder; ``da_flowing()``: whether our writes reach DA and we read its head."""
         self._state, self._submit, self._keys = state, submit, keys
+        self.da_flowing = da_flowing
         self._paths: OrderedDict[bytes, list[list[bytes]]] = OrderedDict()  # batch root -> every leaf's path
-        self._heard: OrderedDict[bytes, HeardBatch] = OrderedDict()  # batch root -> the batch, oldest first
+        # batch root -> the batch, oldest first. Not capped: heard batches are kept until the state holds them (a
+        # long DA outage grows them as it grows the proposers' states), and one dropped here was signed again by a
+        # takeover, whose batch, announced, dropped another at the peers (a reviewer's run: every batch 4 times)
+        self._heard: OrderedDict[bytes, HeardBatch] = OrderedDict()
         self._heard_of: dict[bytes, tuple[bytes, int]] = {}  # receipt id -> (root, index) of a heard batch
-        self._heard_receipts = 0
 
     def node_key(self, node_id: str) -> tuple[bool, bytes | None]:
         state = self._state()
@@ -123,58 +125,50 @@ class StateLedgerView:
                           delay)
                 await trio.sleep(delay)
 
-    def hear_batch(self, raw: bytes, origin: str) -> list[bytes] | None:
-        """A member's announced batch event (raw event bytes): its kind, its origin is the sending member, group
-        key, Merkle root, signature all checked; kept (not applied) until the state holds it. The ids of its
-        receipts, or None when it does not verify."""
+    def hear_batch(self, fields: dict[str, Any], origin: str) -> HeardBatch | None:
+        """A signed batch a member announced (a batch event's fields): its group key (ours), Merkle root and
+        signature checked; kept (not applied) until the state holds it. None when it does not verify."""
         try:
-            event = ev.decode_event(raw)
-        except ev.EventDecodeError:
+            values = tuple(fields[name] for name in _BATCH_FIELDS)
+        except KeyError:
             return None
-        if event.kind != ev.RECEIPT_BATCH or event.origin != origin:  # a member speaks only for itself
-            return None
-        verified = verify_batch(event, self._keys)
+        verified = verify_batch(values, self._keys)
         if verified is None:
             return None
         batch, ids = verified
         root = bytes.fromhex(batch.root)
         heard = self._heard.get(root)
         if heard is None:
-            heard = self._heard[root] = HeardBatch(batch, dict(zip(_BATCH_FIELDS, event.fields, strict=True)), ids,
+            heard = self._heard[root] = HeardBatch(batch, dict(zip(_BATCH_FIELDS, values, strict=True)), ids,
                                                    set(), trio.current_time())
             for index, rid in enumerate(ids):
                 self._heard_of[rid] = (root, index)
-            self._heard_receipts += len(ids)
-            while self._heard_receipts > MAX_HEARD_RECEIPTS and len(self._heard) > 1:
-                self._forget_heard(next(iter(self._heard)))
         heard.origins.add(origin)
-        return ids
+        return heard
 
     def _forget_heard(self, root: bytes) -> HeardBatch:
         heard = self._heard.pop(root)
-        self._heard_receipts -= len(heard.ids)
         for index, rid in enumerate(heard.ids):
             if self._heard_of.get(rid) == (root, index):
                 del self._heard_of[rid]
         return heard
 
-    def settled_heard(self) -> list[bytes]:
-        """The receipt ids of heard batches the state now holds (from DA, or published here), forgotten as
-        heard."""
+    def settled_heard(self) -> list[HeardBatch]:
+        """The heard batches the state now holds (from DA, or published here), forgotten as heard."""
         held = self._state().ledger.receipts
         done = [root for root, heard in self._heard.items() if all(rid in held for rid in heard.ids)]
-        return [rid for root in done for rid in self._forget_heard(root).ids]
+        return [self._forget_heard(root) for root in done]
 
     def heard_batches(self) -> list[HeardBatch]:
         """The heard batches the state does not hold yet, oldest first."""
         return list(self._heard.values())
 
 
-def verify_batch(event: ev.Event, keys: KeySource) -> tuple[Batch, list[bytes]] | None:
-    """The batch and its receipt ids of a batch event whose group key is ours, whose root is the Merkle root of
-    its receipts and whose signature verifies; None otherwise."""
+def verify_batch(fields: tuple[Any, ...], keys: KeySource) -> tuple[Batch, list[bytes]] | None:
+    """The batch and its receipt ids of a batch event's fields whose group key is ours, whose root is the Merkle
+    root of its receipts and whose signature verifies; None otherwise."""
     key = keys.key
-    batch = parse_batch(event.fields)
+    batch = parse_batch(fields)
     if key is None or batch is None or batch.group_key != key.group_public_key.hex():
         return None
     raws = [raw for raw, _ in batch.wires]

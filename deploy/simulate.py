@@ -4,18 +4,21 @@ A seed fixes everything: the cluster size (4..7), the byzantine members and thei
 n − t), clock skews, the network (loss, duplication, delay), the workload (receipts, conflicting pairs for one slot,
 receipts of a node registered on DA only later) and the fault schedule (crashes and restarts — also right after a
 durable step, before what it guards leaves: a lock write and its share, an outbox commit and its acknowledgement, a
-blob on DA and the outbox's record of it —, symmetric and one-way partitions, a slow member, DA outages and
-inclusion lag). Every member runs a coordinator's real DA pipeline (outbox, publisher, consumer) over a shared
-in-memory DA (deploy/simulation.py). The run happens in one trio run under MockClock with deterministic scheduling,
-so a seed replays exactly. After the last fault heals, a client resubmits what is not final yet; then:
+blob on DA and the outbox's record of it —, a member lost for good with its disk (when the fault budget allows
+it: its outbox and lock table are gone, it never comes back), symmetric and one-way partitions, a slow member, DA
+outages and inclusion lag). Every member runs a coordinator's real DA pipeline (outbox, publisher, consumer) over a
+shared in-memory DA (deploy/simulation.py). The run happens in one trio run under MockClock with deterministic
+scheduling, so a seed replays exactly. After the last fault heals, a client resubmits what is not final yet; then:
 
 * safety — never two signed receipts for one slot (member ledgers, documents, adversary signatures), every
   signed batch verifies (Ed25519 under the group key + Merkle root), no nonce commitment used twice, no
   honest member blamed, every acknowledged node/object write (the workload writes some through members' outboxes)
-  present on every honest member;
+  present on every honest member (but those of a lost member: its outbox went with its disk), every receipt a
+  client was given a signed document for signed on every honest member (final stays final, lost proposer or not);
 * liveness — every valid receipt without a rival for its slot is final on every honest member within
   ``LIVENESS_BOUND_S`` of simulated time;
-* convergence — honest members hold the same state root and the same signed receipts.
+* convergence — honest members hold the same state root and the same signed receipts, and so does a coordinator
+  rebuilt from DA alone (what DA holds is the truth: nothing final lives only in members' memories).
 
 Keys: in a seeded fraction of the runs (``DKG_FRACTION``; ``--dkg all|none`` overrides) the members start
 without a key and run the real DKG (consensus/dkg_service.py) under the seed's message faults plus a crash and
@@ -61,6 +64,7 @@ LIVENESS_BOUND_S = 90.0
 SETTLE_S = 4.0
 RESUBMIT_S = 3.0  # how often the simulated client resubmits what is not final yet
 DKG_FRACTION = 0.25  # of the seeds run the DKG (see the module docstring)
+LOST_FRACTION = 0.2  # of the seeds with room in the fault budget lose a member for good (not with the DKG)
 DKG_MODES = ("seeded", "all", "none")
 PROGRESS_S = 10.0  # a long ``dsdn simulate`` prints its progress this often (wall-clock seconds)
 
@@ -68,7 +72,8 @@ PROGRESS_S = 10.0  # a long ``dsdn simulate`` prints its progress this often (wa
 @dataclass
 class Fault:
     at: float
-    kind: str  # crash | crash_after_{lock,dkg_share,commit,post} | partition | cut | slow | da_outage
+    kind: str  # crash | crash_after_{lock,dkg_share,commit,post} | lost[_{before,after}_announce] | partition | cut
+    #            | slow | da_outage
     members: tuple[str, ...]
     duration: float
 
@@ -199,6 +204,13 @@ def make_plan(seed: int, nodes: int | None = None, receipts: int | None = None,
         kind = dkg_rng.choice(["crash", "crash_after_dkg_share"])
         at = dkg_rng.uniform(0.1, 2.5) if kind == "crash" else 0.0
         faults.append(Fault(at, kind, (dkg_rng.choice(honest),), dkg_rng.uniform(0.3, 4)))
+    lost_rng = random.Random(seed ^ 0x10_57D15C)  # its own stream: the other draws stay as they were
+    if not with_dkg and len(byzantine) < budget and lost_rng.random() < LOST_FRACTION:
+        # one honest member dies for good with its disk: its outbox (batches maybe not on DA yet) and lock table;
+        # at once, or as it announces its next signed batch: before any peer heard of it, or once enough keep it
+        faults.append(Fault(lost_rng.uniform(0, 3), lost_rng.choice(["lost", "lost_before_announce",
+                                                                      "lost_after_announce"]),
+                            (lost_rng.choice(honest),), 0.0))
     writes: list[tuple[float, str, str, dict[str, Any]]] = []
     for i in range(rng.randint(0, 6)):  # writes to the ledger through a member's outbox: each must never be lost
         fields: dict[str, Any] = ({"id": f"w{i}", "zone": "z", "addr": "h:3", "capacity_gb": 1} if rng.random() < 0.5
@@ -315,6 +327,12 @@ async def inject(cluster: SimCluster, f: Fault) -> None:
         m = cluster.members[f.members[0]]
         if m.up:
             CRASH_AFTER[f.kind](cluster, m, lambda: _crash_now(cluster, m.id, f.duration))
+    elif f.kind == "lost":
+        cluster.lose(f.members[0])
+    elif f.kind.startswith("lost_"):
+        m = cluster.members[f.members[0]]
+        if m.up:
+            _lose_at_announce(cluster, m, announced=f.kind == "lost_after_announce")
     elif f.kind == "partition":
         cluster.net.partition(set(f.members), set(cluster.members) - set(f.members))
         cluster.nursery.start_soon(_later, f.duration, cluster.net.heal)
@@ -416,6 +434,27 @@ CRASH_AFTER: dict[str, Callable[[SimCluster, Member, Callable[[], None]], None]]
     "crash_after_commit": _after_commit, "crash_after_post": _after_post}
 
 
+def _lose_at_announce(cluster: SimCluster, m: Member, *, announced: bool) -> None:
+    """The member is lost for good as it announces its next signed batch: before any peer heard of it (their locks
+    stay open: a takeover signs the receipts again, if their slots allow), or once enough peers keep it, before its
+    own outbox has it (one of them publishes it again). Not lost if it signs no batch before the heal."""
+    service = m.service
+    if service is None:
+        return
+    if announced:
+        _crash_after_call(cluster, service, "_announce", lambda: cluster.lose(m.id))
+        return
+    original = service._announce
+
+    async def lose_first(*args: Any, **kwargs: Any) -> Any:
+        service._announce = original  # type: ignore[method-assign]
+        cluster.lose(m.id)
+        await trio.lowlevel.checkpoint()  # cancelled: it is gone
+
+    service._announce = lose_first  # type: ignore[method-assign]
+    cluster.traps.append(lambda: setattr(service, "_announce", original))
+
+
 async def _later(delay: float, undo: Callable[[], Any]) -> None:
     await trio.sleep(delay)
     undo()
@@ -423,7 +462,7 @@ async def _later(delay: float, undo: Callable[[], Any]) -> None:
 
 async def _restart_later(cluster: SimCluster, member: str, delay: float) -> None:
     await trio.sleep(delay)
-    if not cluster.members[member].up:
+    if not cluster.members[member].up and not cluster.members[member].lost:
         await cluster.restart(member)
 
 
@@ -436,7 +475,7 @@ async def heal(cluster: SimCluster) -> None:
     cluster.net.slow.clear()
     cluster.da.down_until = 0.0
     for m in cluster.members.values():
-        if not m.up:
+        if not m.up and not m.lost:
             await cluster.restart(m.id)
 
 
@@ -461,6 +500,11 @@ def check_safety(plan: Plan, cluster: SimCluster, records: list[Any], outcome: O
         if not valid:
             outcome.safety.append(f"a document given to a client does not verify: {reason}")
         signed.setdefault(receipt.slot, set()).add(receipt.id)
+    lost = sorted({receipt.id.hex()[:12] for receipt, _ in given
+                   for m in cluster.honest() if receipt.id not in m.state.ledger.receipts})
+    if lost:
+        outcome.safety.append(f"{len(lost)} receipt(s) given to clients as signed are not signed on every honest "
+                              f"member: {lost[:3]}")
     for receipts, root, signature in cluster.observed.adversary_signatures:
         if key is not None and rc_verify(key, root, len(receipts), signature):
             for r in receipts:
@@ -488,6 +532,8 @@ def check_safety(plan: Plan, cluster: SimCluster, records: list[Any], outcome: O
 def check_writes(cluster: SimCluster, acknowledged: list[ev.Event], outcome: Outcome) -> None:
     """Every acknowledged node/object write is in every honest member's state (nothing acknowledged is lost)."""
     for event in acknowledged:
+        if cluster.members[event.origin].lost:
+            continue  # acknowledged once durable in its outbox, which is gone with its disk (DA never had it)
         key = event.field("id" if event.kind == ev.NODE_REGISTERED else "hash")
         for m in cluster.honest():
             if (m.state.node(key) if event.kind == ev.NODE_REGISTERED else m.state.object(key)) is None:
@@ -510,6 +556,11 @@ def check_convergence(cluster: SimCluster, outcome: Outcome) -> None:
     roots = {m.state.root() for m in honest}
     if len(roots) > 1:
         outcome.convergence.append(f"{len(roots)} different state roots among honest members")
+    rebuilt = cluster.rebuilt_from_da()
+    if roots and rebuilt.root() not in roots:
+        outcome.convergence.append("a coordinator rebuilt from DA alone holds another state than the honest members"
+                                   f" ({len(set(rebuilt.ledger.receipts))} signed receipts, they hold "
+                                   f"{sorted(len(m.state.ledger.receipts) for m in honest)})")
     sets = {frozenset(m.state.ledger.receipts) for m in honest}
     if len(sets) > 1:
         outcome.convergence.append("honest members hold different signed receipts")

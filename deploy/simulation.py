@@ -44,7 +44,7 @@ from deploy.receipt_view import StateLedgerView
 from deploy.sim_da import MemoryDA
 from node import events as ev
 from node.backoff import Backoff
-from node.blob import encode_blob
+from node.blob import decode_blob, encode_blob
 from node.consumer import Consumer
 from node.da.base import DAUnavailable
 from node.outbox import Outbox
@@ -172,6 +172,7 @@ class Member:
     up: bool = False
     dkg: DkgService | None = None  # with SimCluster(dkg=True)
     incarnation: int = 0  # bumped by a crash: what the previous run of the member still tries is refused
+    lost: bool = False  # gone for good with its disk (``SimCluster.lose``)
     outbox: Outbox | None = None
     publisher: Publisher | None = None
     consumer: Consumer | None = None
@@ -330,9 +331,14 @@ class SimCluster:
         async def submit(kind: str, **fields: Any) -> ev.Event:
             return await self.write(m.id, kind, **fields)
 
-        view = StateLedgerView(lambda: m.state, submit, m.keys)
+        def da_flowing() -> bool:
+            return (trio.current_time() >= self.da.down_until and m.consumer is not None and m.consumer.last_ok
+                    and m.consumer.caught_up.is_set())
+
+        view = StateLedgerView(lambda: m.state, submit, m.keys, da_flowing)
         options = {"batch_wait_s": 0.002, "lock_timeout_s": 1.0, "sign_timeout_s": 1.0, "takeover_s": 3.0,
-                   "batch_deadline_s": 5.0, **self.service_options}
+                   "republish_after_s": 35.0, "batch_deadline_s": 5.0, **self.service_options}
+        # republish_after_s: above the publisher's longest backoff (30 s), so an honest proposer's batch lands first
         rng = random.Random(self.rng.getrandbits(64))
         service = ReceiptService(node, m.identity, self.member_keys, m.keys, view, m.locks,
                                  clock=lambda: NOW + m.skew_s + trio.current_time() - self.t0,
@@ -422,6 +428,17 @@ class SimCluster:
         if m.outbox is not None:
             m.outbox.close()
 
+    def lose(self, member_id: str) -> None:
+        """The member dies for good and its disk with it (its outbox, lock table): it never restarts, and the
+        checks leave it out (``honest``, ``quiet``)."""
+        m = self.members[member_id]
+        if m.up:
+            self.crash(member_id)
+        m.lost = True
+        for name in (f"{m.id}.outbox.sqlite", f"{m.id}.locks.sqlite"):
+            for suffix in ("", "-wal", "-shm"):
+                (self.tmp / (name + suffix)).unlink(missing_ok=True)
+
     async def restart(self, member_id: str) -> None:
         await self.start_member(member_id)
 
@@ -447,7 +464,8 @@ class SimCluster:
         return s
 
     def honest(self) -> list[Member]:
-        return [m for m in self.members.values() if m.behaviour is None]
+        """The honest members, but one lost for good."""
+        return [m for m in self.members.values() if m.behaviour is None and not m.lost]
 
     @property
     def group_key(self) -> bytes | None:
@@ -473,7 +491,7 @@ class SimCluster:
     def quiet(self) -> bool:
         """Nothing in flight: every member is up, its outbox is empty and its consumer has read every blob on DA."""
         return all(m.up and m.outbox is not None and m.outbox.pending == 0 and m.consumer is not None
-                   and m.consumer.cursor == len(self.da.blobs) for m in self.members.values())
+                   and m.consumer.cursor == len(self.da.blobs) for m in self.members.values() if not m.lost)
 
     def close(self) -> None:
         """Close every member's files (after the run)."""
@@ -482,8 +500,15 @@ class SimCluster:
                 if store is not None:
                     store.close()
 
+    def rebuilt_from_da(self) -> State:
+        """A coordinator's state rebuilt from what DA holds alone (every member's blobs, in log order)."""
+        state, keys = State(), frozenset(self.member_keys.values())
+        for _, data in self.da.blobs:
+            state.apply_events(decode_blob(data, keys, member_ids=self.ids).events)
+        return state
+
     def roots(self) -> set[bytes]:
-        return {m.state.root() for m in self.members.values()}
+        return {m.state.root() for m in self.members.values() if not m.lost}
 
     async def wait_final(self, ids: set[bytes], timeout: float = 60.0, members: set[str] | None = None) -> None:
         targets = [self.members[i] for i in (members or set(self.members))]

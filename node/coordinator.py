@@ -25,7 +25,7 @@ from node.consumer import LONG_POLL_S, Consumer, RebuildProgress, stuck_logs
 from node.da.base import BlobRef, DAError, DALayer
 from node.da.mock import MockDA
 from node.da.stack import DAStack
-from node.da.status import EMERGENCY, PRIMARY, SECONDARY, StatusSnapshot
+from node.da.status import EMERGENCY, PRIMARY, SECONDARY, Status, StatusSnapshot
 from node.events import Event, EventTuple
 from node.hlc import HybridLogicalClock, wall_ms
 from node.outbox import Outbox
@@ -229,6 +229,14 @@ class Coordinator:
                 self.da.observe(name, ok, error)
 
         return record
+
+    def da_flowing(self) -> bool:
+        """DA works for this coordinator now: the status is Healthy (its writes land on the primary) and the
+        primary log is read up to its head without failing (for the receipt engine: an honest member's batch
+        would be on DA by now)."""
+        primary = self.consumers[PRIMARY]
+        return (self.da.snapshot().status is Status.HEALTHY and primary.last_ok
+                and primary.caught_up.is_set())
 
     @property
     def rebuilt(self) -> bool:
