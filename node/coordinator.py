@@ -139,6 +139,7 @@ class Coordinator:
             replayed += self.state.apply(ev.decode_event(raw))
             self.applied_outbox_seq = seq
         self.hlc.observe(self.state.max_hlc)
+        self.hlc.resume(await self.outbox.high_water())
         log.info("restored: snapshot=%s cursors=%s events=%d outbox-replayed=%d pending=%d in %.3fs",
                  "yes" if snap else "no", self.cursors(), self.state.events_applied, replayed,
                  self.outbox.pending, time.perf_counter() - t0)

@@ -48,6 +48,14 @@ class HybridLogicalClock:
             self._wall, self._counter = self._wall + 1, 0
         return (self._wall, self._counter)
 
+    def resume(self, issued: Timestamp) -> None:
+        """Continue past a timestamp this clock issued in an earlier run (the outbox's high-water mark), however
+        far it is ahead of the wall clock now: our own earlier writes are not bounded by ``max_drift_ms`` (a wall
+        clock stepped back while the coordinator was down would otherwise order its new writes before them,
+        and last-writer-wins would keep the old values)."""
+        if issued > (self._wall, self._counter):
+            self._wall, self._counter = min(issued[0], MAX_PART - 1), issued[1]
+
     def observe(self, remote: Timestamp) -> None:
         """Fold in a timestamp seen on a remote event, so our next one orders after it; a timestamp more
         than ``max_drift_ms`` ahead of the wall clock only moves ours to that bound."""

@@ -2,7 +2,9 @@
 before the request that made it is answered. The publisher later records where each event landed.
 
 Writes are group-committed: concurrent ``append`` calls that arrive while a commit is in flight share
-the next transaction (one fsync), so throughput grows with concurrency instead of queueing on fsync.
+the next transaction (one fsync), so throughput grows with concurrency instead of queueing on fsync. Each
+commit also records the latest timestamp among the events (``clock``): the restarted coordinator's clock resumes
+past every timestamp it ever issued, pruned or not (``high_water``).
 At most ``max_inflight`` appends wait at once (queued or being committed); one more raises
 ``Overloaded`` at once (the API answers 503 with Retry-After), so a write flood cannot grow the queue
 without bound. All SQLite work runs in ``trio.to_thread`` (or the ``run_blocking`` given: the simulator runs
@@ -22,7 +24,7 @@ from typing import TypeVar
 import trio
 
 from node.da.base import BlobRef
-from node.events import Event
+from node.events import Event, EventDecodeError, decode_event
 
 T = TypeVar("T")
 
@@ -37,6 +39,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     published_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox (seq) WHERE layer IS NULL;
+CREATE TABLE IF NOT EXISTS clock (k INTEGER PRIMARY KEY CHECK (k = 0), wall INTEGER NOT NULL,
+                                  counter INTEGER NOT NULL);
 """
 
 MAX_GROUP = 1024
@@ -133,7 +137,8 @@ class Outbox:
                 group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
                 try:
                     with trio.CancelScope(shield=True):  # never abandon a commit half-way
-                        seqs = await self._db_call(self._insert, [w.event.raw for w in group])
+                        latest = max((w.event.wall, w.event.counter) for w in group)
+                        seqs = await self._db_call(self._insert, [w.event.raw for w in group], latest)
                 except (sqlite3.Error, OSError) as exc:
                     self.inflight -= len(group)
                     for w in group:
@@ -150,11 +155,30 @@ class Outbox:
                 self.appended.set()
                 self.appended = trio.Event()
 
-    def _insert(self, raws: list[bytes]) -> list[int]:
+    def _insert(self, raws: list[bytes], latest: tuple[int, int]) -> list[int]:
         now = time.time_ns() // 1_000_000
         with self._db_tx():
+            self._db.execute("INSERT INTO clock VALUES (0, ?, ?) ON CONFLICT (k) DO UPDATE SET wall = excluded.wall, "
+                             "counter = excluded.counter WHERE (excluded.wall, excluded.counter) > (wall, counter)",
+                             latest)
             return [int(self._db.execute("INSERT INTO outbox (raw, created_ms) VALUES (?, ?)", (r, now)).lastrowid
                         or 0) for r in raws]
+
+    async def high_water(self) -> tuple[int, int]:
+        """The latest timestamp of any event ever committed here ((0, 0) for none); an outbox written before
+        the ``clock`` table existed: the latest among the events it still holds."""
+        def read() -> tuple[int, int]:
+            row = self._db.execute("SELECT wall, counter FROM clock WHERE k = 0").fetchone()
+            if row is not None:
+                return int(row[0]), int(row[1])
+            latest = (0, 0)
+            for (raw,) in self._db.execute("SELECT raw FROM outbox"):
+                with contextlib.suppress(EventDecodeError):
+                    event = decode_event(bytes(raw))
+                    latest = max(latest, (event.wall, event.counter))
+            return latest
+
+        return await self._db_call(read)
 
     async def mark_published(self, seqs: list[int], ref: BlobRef) -> None:
         def mark() -> int:

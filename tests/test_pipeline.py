@@ -237,6 +237,27 @@ async def test_a_far_future_event_of_a_member_is_applied_without_breaking_local_
         assert again.hlc.last[0] <= wall_ms() + max_drift_ms
 
 
+async def test_a_restarted_coordinator_orders_its_writes_after_its_own_earlier_ones_whatever_its_wall_clock(
+        make_config: Callable[..., Config]) -> None:
+    """Its clock ran 5 minutes fast, then was stepped back while it was down: the restored clock took its own
+    latest timestamp as a remote one, clamped to the wall clock + 60 s, so its new write ordered before its old one
+    and last-writer-wins kept the old value (a reviewer's reproduction). The outbox keeps a high-water mark."""
+    from node.hlc import wall_ms
+
+    da = MockDA()
+    cfg = make_config("a")
+    async with running(cfg, da) as a:
+        a.hlc._clock = lambda: wall_ms() + 300_000
+        await a.register_node("n1", "zone-old", "1.1.1.1:1", 1)
+        issued = a.hlc.last
+        await wait_for(lambda: a.outbox.pending == 0, what="publication")
+        await a.outbox.prune(await a.outbox.last_seq())  # the high-water mark outlives the rows
+    async with running(cfg, da) as again:
+        assert again.hlc.last >= issued
+        await again.register_node("n1", "zone-new", "1.1.1.1:1", 1)
+        assert again.state.node("n1")[0] == "zone-new"  # type: ignore[index]
+
+
 async def test_the_clock_observes_the_latest_event_of_every_blob_read_from_da(
         make_config: Callable[..., Config]) -> None:
     from node.hlc import wall_ms

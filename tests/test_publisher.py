@@ -129,3 +129,21 @@ async def test_an_event_the_primary_refuses_as_too_large_goes_to_the_next_layer(
     assert outbox.pending == 0 and sorted(secondary.events()) == sorted(event(k).raw for k in range(20))
     assert primary.blobs == [] and machine.status is Status.HEALTHY and pending.pending_count == len(secondary.blobs)
     pending.close()
+
+
+async def test_the_outbox_keeps_the_latest_timestamp_it_committed_even_from_an_older_file(tmp_path: Path) -> None:
+    """``high_water`` is the latest timestamp of any event ever committed, the group's latest (not its last), and
+    an outbox from before the ``clock`` table answers from the events it holds."""
+    outbox = Outbox(tmp_path / "outbox.sqlite", lambda committed: None, run_blocking=_now)
+    stamps = [(5_000, 2), (9_000, 1), (7_000, 0)]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(outbox.run)
+        assert await outbox.high_water() == (0, 0)
+        await outbox.append_all([ev.make_event(ev.NODE_UNREGISTERED, t, "c0", id=f"n{i}")
+                                 for i, t in enumerate(stamps)])
+        await outbox.append(ev.make_event(ev.NODE_UNREGISTERED, (8_000, 0), "c0", id="later-but-lower"))
+        assert await outbox.high_water() == (9_000, 1)
+        outbox._db.execute("DELETE FROM clock")  # as a file written before the table existed (made empty at open)
+        assert await outbox.high_water() == (9_000, 1)
+        nursery.cancel_scope.cancel()
+    outbox.close()
