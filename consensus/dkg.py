@@ -714,8 +714,12 @@ class DkgParticipant:
         seen = self._seen_confirms.setdefault(m.sender, [])
         if any(s.same_content(m) for s in seen):
             return
-        if len(seen) >= 2:
-            return  # already proven an equivocator; more copies add nothing
+        if len(seen) >= 2:  # already proven an equivocator; more copies add nothing, but for the one that matches
+            #                 ours: two bogus confirmations sent first kept out its real one, relayed later in the
+            #                 certificate, and stranded this member without a key for ever (a reviewer's run)
+            if self._confirm is not None and m.body() == self._confirm.body():
+                seen.append(m)
+            return
         seen.append(m)
         if len(seen) == 2:
             self._complain(m.sender, "equivocation", seen)

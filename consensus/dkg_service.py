@@ -73,7 +73,10 @@ START, MSG, SYNC, PROOFS = "dkg.start", "dkg.msg", "dkg.sync", "dkg.proofs"
 MAX_BUFFERED = 4096  # messages of a session we have not joined yet
 MAX_BUFFERED_SESSIONS = 8  # sessions not joined yet whose messages are kept
 MAX_BUFFERED_BYTES = 32 << 20  # their messages together
-MAX_ABORTED = 256  # session ids left, remembered (journaled)
+MAX_ABORTED = 4096  # session ids left, remembered (journaled): one evicted could be joined and confirmed again, and
+#                     confirming a session this member signed an abort for proves it an "equivocator"
+MAX_REFUSED = 256  # session ids of refused starts (each answered with a signed abort), remembered apart: a flood of
+#                    refused starts evicted the sessions left (a reviewer's run)
 MAX_PROOF = 64 * 1024
 RunBlocking = Callable[..., Awaitable[Any]]
 
@@ -158,6 +161,7 @@ class DkgService:
         self._pending: dict[bytes, SessionInfo] = {}  # sessions confirmed and not yet resolved
         self._recent: dict[bytes, SessionInfo] = {}  # the last sessions left (late complaints still count)
         self._aborted: list[bytes] = []
+        self._refused: list[bytes] = []
         self._buffer: dict[bytes, list[bytes]] = {}
         self._buffered_bytes = 0
         self._lock = trio.Lock()
@@ -316,7 +320,7 @@ class DkgService:
             return
         if (self.session is not None and self.session.id == session_id) or session_id in self._pending:
             return
-        if session_id in self._aborted:
+        if session_id in self._aborted or session_id in self._refused:
             self._send_abort(peer, session_id, threshold, ids)
             return
         refusal, participants = await self._check_start(peer, threshold, ids, proofs)
@@ -338,7 +342,7 @@ class DkgService:
             self._send_certificate(peer)
             return
         s = self._find(session_id)
-        if s is None and session_id in self._aborted:
+        if s is None and (session_id in self._aborted or session_id in self._refused):
             self._send_abort(peer, session_id, threshold, ids)
             return
         if s is None and self.session is None:  # missed the start, or restarted before confirming: join now
@@ -440,14 +444,14 @@ class DkgService:
         self.refused_starts.append({"session": session_id.hex(), "from": peer, "threshold": threshold,
                                     "reason": reason, "count": 1})
         self.last_error = f"refused DKG session {session_id.hex()[:12]} started by {peer}: {reason}"
-        if self.me in ids and session_id not in self._aborted:
-            aborted = [*self._aborted, session_id][-MAX_ABORTED:]
+        if self.me in ids and session_id not in self._aborted and session_id not in self._refused:
+            refused = [*self._refused, session_id][-MAX_REFUSED:]
             try:
-                await self._save_journal(aborted)
+                await self._save_journal(refused=refused)
             except OSError as exc:
                 log.warning("cannot update the DKG journal: %s", exc)
                 return
-            self._aborted = aborted
+            self._refused = refused
             self._send_abort(peer, session_id, threshold, ids, f"refused: {reason}")
 
     def _new_session(self, session_id: bytes, threshold: int, participants: dict[int, bytes],
@@ -534,7 +538,10 @@ class DkgService:
         await self._share_new_proofs(s)
         if s.participant.committed and not s.abandoned:
             s.abandoned = True
-            await self._save_journal()
+            try:
+                await self._save_journal()
+            except OSError as exc:  # (it escaped into the coordinator's nursery and took it down: a reviewer's run)
+                log.warning("cannot update the DKG journal: %s", exc)
 
     async def _share_new_proofs(self, s: SessionInfo) -> None:
         """Learn the proofs of misbehaviour ``s`` holds and we did not know, and pass them on to every member."""
@@ -549,6 +556,17 @@ class DkgService:
         p = s.participant
         key = p.result
         assert key is not None
+        if self.key is not None:  # a session left earlier, completed late by a member's last confirmation: it
+            #                         replaced the key share in use, on disk too (a reviewer's run)
+            log.warning("DKG session %s completed after this member got its key: ignored", s.id.hex()[:12])
+            return
+        running = self.session
+        if running is not None and running is not s:
+            if running.participant.committed:  # confirmed the running session: that is the one it stands by
+                log.warning("DKG session %s completed while this member has confirmed session %s: ignored",
+                            s.id.hex()[:12], running.id.hex()[:12])
+                return
+            await self._leave(running, f"session {s.id.hex()[:12]} completed")  # an abort: no one waits for us
         cert = Certificate(s.id, s.threshold, tuple(s.participants),
                            tuple(msgpack.packb(c.to_wire(), use_bin_type=True) for c in p.certificate()))
         stale = [self._pending_path(sid) for sid in self._pending if sid != s.id]
@@ -648,12 +666,13 @@ class DkgService:
         await self._save_journal()
         s.durable = True
 
-    async def _save_journal(self, aborted: list[bytes] | None = None) -> None:
+    async def _save_journal(self, aborted: list[bytes] | None = None, refused: list[bytes] | None = None) -> None:
         pending = [{"session": s.id, "threshold": s.threshold, "participants": sorted(s.participants),
                     "confirm": msgpack.packb(s.participant.own_confirm.to_wire(), use_bin_type=True),  # type: ignore[union-attr]
                     "dealt": [msgpack.packb(m.to_wire(), use_bin_type=True) for m in s.participant.dealt],
                     "abandoned": s.abandoned} for s in self._pending.values() if self.key is None]
-        data = msgpack.packb({"v": 1, "aborted": self._aborted if aborted is None else aborted, "pending": pending,
+        data = msgpack.packb({"v": 1, "aborted": self._aborted if aborted is None else aborted,
+                              "refused": self._refused if refused is None else refused, "pending": pending,
                               "proofs": [p for p, _ in self.proofs.values()]}, use_bin_type=True)
         await self.run_blocking(keystore.write_private, self._journal_path, data)
 
@@ -720,6 +739,7 @@ class DkgService:
             return
         journal = state["journal"] or {}
         self._aborted = list(journal.get("aborted", []))[-MAX_ABORTED:]
+        self._refused = list(journal.get("refused", []))[-MAX_REFUSED:]
         for proof in journal.get("proofs", []):
             try:
                 record = check_exclusion_proof(proof, self.identifiers)

@@ -551,3 +551,167 @@ async def test_malformed_input_from_a_member_neither_kills_the_service_nor_grows
         one_group_key(honest)
         assert c1._buffer == {} and c1._buffered_bytes == 0
         nursery.cancel_scope.cancel()
+
+
+class BogusConfirmer(DkgParticipant):
+    """Answers the victim's confirmation with two bogus confirmations of its own (other transcripts)."""
+
+    victim = 0
+
+    def _on_confirm(self, m: Confirm) -> None:
+        super()._on_confirm(m)
+        if m.sender == self.victim and self._confirm is not None and not getattr(self, "sent", False):
+            self.sent = True
+            c = self._confirm
+            for k in range(2):
+                self._outbox.append(dkg.Outgoing(self.victim, self._sign(Confirm(
+                    self.session_id, self.identifier, c.group_public_key, c.verifying_shares, bytes([k + 1]) * 64))))
+
+
+async def test_two_bogus_confirmations_do_not_keep_out_the_real_one(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """A liar sent its victim two bogus confirmations and its real one only to the others: they completed, and the
+    victim, holding two distinct confirmations from the liar, dropped the real one when the certificate relayed
+    it, and stayed without a key for ever (a reviewer's run). The confirmation that matches ours always counts."""
+    net, services = setup(tmp_path, delay=(0.001, 0.01), classes={"c3": BogusConfirmer}, timeout_s=5)
+    BogusConfirmer.victim = ident(services["c0"])
+    liar = ident(services["c3"])
+
+    def tamper(src: str, dst: str, msg: Message) -> Message | None:  # the real one never goes to c0 directly
+        m = dkg_message(msg)
+        if (src == "c3" and dst == "c0" and isinstance(m, Confirm) and m.sender == liar
+                and m.transcript[:1] not in (b"\x01", b"\x02")):
+            return None
+        return msg
+
+    net.tamper = tamper
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        for s in services.values():
+            await nursery.start(s.run)
+        await wait_until(lambda: all(s.key is not None for s in services.values()), 300)
+        assert len({s.key.group_public_key for s in services.values()}) == 1  # type: ignore[union-attr]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_session_completed_late_never_replaces_the_key_in_use(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """A liar confirmed session W but sent everyone an abort instead; the honest members left W, ran X and hold
+    its key. The liar's W confirmation, sent to c1 later, completed W there: c1 swapped its key share for W's, on
+    disk too, while in use (a reviewer's run). A member with a key adopts no other."""
+    net, services = setup(tmp_path, delay=(0.001, 0.01))
+    captured: list[bytes] = []
+
+    def tamper(src: str, dst: str, msg: Message) -> Message | None:
+        m = dkg_message(msg)
+        if isinstance(m, Confirm) and src == "c3":
+            captured.append(msg.body["data"])
+            return None
+        return None if isinstance(m, Confirm) and dst == "c3" else msg
+
+    net.tamper = tamper
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        for s in services.values():
+            s.auto = False
+        scopes = {i: await run_service(nursery, s) for i, s in services.items()}
+        c0, c1, c2, c3 = (services[i] for i in IDS)
+        session_w = c0.start()
+        await wait_until(lambda: all(s.session is not None and s.session.participant.committed
+                                     for s in services.values()), 30)
+        w = c0.session
+        assert w is not None
+        abort = dkg.sign_abort(c3.identity, session_w, w.threshold, w.participants, "bye")
+        for i in ("c0", "c1", "c2"):
+            net.nodes["c3"].send(i, "dkg.msg", {"data": msgpack.packb(abort.to_wire(), use_bin_type=True)})
+        await wait_until(lambda: all(services[i].session is None for i in ("c0", "c1", "c2")), 30)
+        scopes["c3"].cancel()  # the liar comes back with a fresh data dir and joins the next session honestly
+        await trio.sleep(0.5)
+        net.tamper = None
+        liar = DkgService(net.add("c3"), c3.identity, c3.members, tmp_path / "liar.keyshare", timeout_s=5,
+                          run_blocking=inline)
+        await run_service(nursery, liar)
+        c0.auto = True
+        await wait_until(lambda: all(s.key is not None for s in (c0, c1, c2, liar)), 60)
+        key_x = c1.key.group_public_key  # type: ignore[union-attr]
+        assert captured
+        net.nodes["c3"].send("c1", "dkg.msg", {"data": captured[0]})
+        await trio.sleep(2)
+        assert c1.key.group_public_key == key_x  # type: ignore[union-attr]
+        assert keystore.load(c1.keystore_path, identity=c1.identity).group_public_key == key_x
+        assert c1.cert is not None and c1.cert.session != session_w
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_flood_of_refused_starts_does_not_make_a_member_forget_the_sessions_it_left(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """Refused starts went to the same bounded list as the sessions a member left: 256 of them evicted session W,
+    which c0 had left with a signed abort; a sync then made c0 join W again and confirm it, and every member held
+    c0 "proven" an equivocator (a reviewer's run). Refused starts are remembered apart."""
+    net, services = setup(tmp_path, delay=(0.001, 0.01), timeout_s=5)
+    c0, c1 = services["c0"], services["c1"]
+    withhold = True  # c3 withholds its share for c0: c0 times out and leaves W
+
+    def tamper(src: str, dst: str, msg: Message) -> Message | None:
+        return None if withhold and (src, dst) == ("c3", "c0") and isinstance(dkg_message(msg), Round2) else msg
+
+    net.tamper = tamper
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        for s in services.values():
+            s.auto = False
+            await nursery.start(s.run)
+        session_w = c0.start()
+        await wait_until(lambda: session_w in c0._aborted, 30)
+        ids = sorted(c0.identifiers)
+        for _ in range(300):  # refused: threshold 2 is below the floor
+            net.nodes["c3"].send("c0", "dkg.start", {"session": os.urandom(SESSION_ID_SIZE), "threshold": 2,
+                                                     "participants": ids, "proofs": []})
+        await trio.sleep(1)
+        assert session_w in c0._aborted and len(c0._refused) == 256
+        withhold = False
+        pending = c1._pending.get(session_w)
+        threshold = pending.threshold if pending is not None else 3
+        net.nodes["c3"].send("c0", "dkg.sync", {"session": session_w, "threshold": threshold, "participants": ids,
+                                                "round1": [], "round2": [], "confirm": []})
+        await trio.sleep(10)
+        assert session_w not in c0._pending
+        assert not any(s.status()["dkg"]["excluded"] for s in services.values())
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_journal_write_failing_as_a_confirmed_session_fails_does_not_stop_the_service(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """A full disk as a member's confirmed session failed: the journal write raised out of the service, into the
+    coordinator's nursery (a reviewer's run). It is logged; the service runs on."""
+    net, services = setup(tmp_path, delay=(0.001, 0.01))
+    disk_full = False
+
+    async def runner(fn: Callable[..., Any], *args: Any) -> Any:
+        if disk_full and fn is keystore.write_private:
+            raise OSError(28, "No space left on device")
+        return fn(*args)
+
+    c0 = services["c0"]
+    c0.run_blocking = runner
+    net.tamper = lambda src, dst, msg: None if isinstance(dkg_message(msg), Confirm) and dst == "c0" else msg
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        for s in services.values():
+            s.auto = False
+            await nursery.start(s.run)
+        session_w = c0.start()
+        await wait_until(lambda: c0.session is not None and c0.session.participant.committed and c0.session.durable,
+                         30)
+        disk_full = True
+        w = c0.session
+        assert w is not None
+        abort = dkg.sign_abort(services["c3"].identity, session_w, w.threshold, w.participants, "bye")
+        net.nodes["c3"].send("c0", "dkg.msg", {"data": msgpack.packb(abort.to_wire(), use_bin_type=True)})
+        await trio.sleep(2)
+        assert c0.session is None and "left the session" in (c0.last_error or "")  # ended, and still running:
+        disk_full = False
+        net.tamper = None
+        c0.auto = True
+        await wait_until(lambda: all(s.key is not None for s in services.values()), 120)
+        nursery.cancel_scope.cancel()
