@@ -225,7 +225,11 @@ class Nemesis:
         if self.converge_s is None or self.converge_s > CONVERGE_S:
             self.violations.append(f"state roots not equal within {CONVERGE_S:.0f}s of healing "
                                    f"({'never' if self.converge_s is None else f'{self.converge_s:.1f}s'})")
-        group = bytes.fromhex((await get(http, f"{coords[0].url}/cluster/status"))["group_public_key"])
+        group_hex = ((await get(http, f"{coords[0].url}/cluster/status")) or {}).get("group_public_key")
+        if not isinstance(group_hex, str):
+            self.violations.append(f"{coords[0].id} answers no group key after the heal")
+            return {"acked_receipts": 0, "final": 0, "registrations": 0}
+        group = bytes.fromhex(group_hex)
         liar = coords[-1].id if self.byzantine else None  # what a lying coordinator acknowledges proves nothing
         acked = [h for h in self.history if h["op"] == "receipt" and h["status"] in (200, 202)
                  and h["answer"].get("status") in ("locked", "final", None)  # not a "pending": not yet valid
@@ -263,25 +267,57 @@ class Nemesis:
             engines = [(await get(http, f"{m.url}/cluster/status") or {}).get("receipts") for m in coords]
             self.violations.append(f"{len(unsettled)} acknowledged receipt(s) neither final nor (with a rival "
                                    f"for their slot) in conflict, e.g. {examples}; engines: {engines}")
+        # One map of slot -> signed receipt ids across every coordinator (what each lists as final, and every
+        # acknowledged receipt as each answers for it): per coordinator, rivals final on two of them went unseen.
+        signed: dict[tuple[Any, ...], set[str]] = {}
+
+        def saw_final(doc: dict[str, Any]) -> None:
+            r = doc["receipt"]
+            signed.setdefault((r["receipt_type"], r["node_id"], r["subject"], r["epoch"]), set()).add(
+                doc["receipt_id"])
+
+        not_everywhere = []
         for h in acked:
-            doc = await get(http, f"{self.rng.choice(coords).url}/receipts/{h['answer']['receipt_id']}")
-            if doc and doc.get("status") == "final":
-                valid, reason = rc.verify_document(doc, group)
-                if not valid:
-                    self.violations.append(f"receipt {doc['receipt_id'][:12]}… does not verify: {reason}")
+            for m in coords:
+                if m.id == liar:
+                    continue
+                doc = await get(http, f"{m.url}/receipts/{h['answer']['receipt_id']}")
+                if isinstance(doc, dict) and doc.get("status") == "final":
+                    valid, reason = rc.verify_document(doc, group)
+                    if not valid:
+                        self.violations.append(f"receipt {doc['receipt_id'][:12]}… on {m.id} does not verify: "
+                                               f"{reason}")
+                    saw_final(doc)
+                elif not rival(h):
+                    not_everywhere.append(f"{h['answer']['receipt_id'][:12]}… on {m.id}: "
+                                          f"{doc.get('status') if isinstance(doc, dict) else 'no answer'}")
+        if not_everywhere:
+            self.violations.append(f"{len(not_everywhere)} acknowledged receipt(s) not final on every coordinator, "
+                                   f"e.g. {not_everywhere[:3]}")
         for m in coords:
-            slots: dict[tuple[Any, ...], str] = {}
-            for doc in await all_final(http, m.url):
-                r = doc["receipt"]
-                slot = (r["receipt_type"], r["node_id"], r["subject"], r["epoch"])
-                if slot in slots and slots[slot] != doc["receipt_id"]:
-                    self.violations.append(f"{m.id}: slot {slot} signed twice")
-                slots[slot] = doc["receipt_id"]
+            listed = await all_final(http, m.url)
+            if listed is None:
+                self.violations.append(f"could not list the final receipts of {m.id}")
+                continue
+            for doc in listed:
+                saw_final(doc)
+        for slot, ids in signed.items():
+            if len(ids) > 1:
+                self.violations.append(f"slot {slot} signed {len(ids)} times: {sorted(i[:12] for i in ids)}")
         registered = [h["body"]["id"] for h in self.history if h["op"] == "register" and h["status"] == 200]
         for m in coords:
-            missing = [node for node in registered if (await http.get(f"{m.url}/node/{node}")).status_code != 200]
+            missing = [node for node in registered if await status_of(http, f"{m.url}/node/{node}") != 200]
             if missing:
                 self.violations.append(f"{m.id} lacks {len(missing)} acknowledged node registration(s)")
+        if not acked or not registered:
+            self.violations.append(f"nothing to check: {len(acked)} receipt(s) and {len(registered)} "
+                                   "registration(s) acknowledged")
+        with trio.move_on_after(CONVERGE_S):  # and the states agree again, once every receipt settled
+            while len(roots := {(await get(http, f"{m.url}/state/root") or {}).get("root") for m in coords}) != 1 \
+                    or None in roots:
+                await trio.sleep(0.2)
+        if len(roots) != 1 or None in roots:
+            self.violations.append(f"state roots differ at the end of the check: {sorted(map(str, roots))}")
         return {"acked_receipts": len(acked), "final": final, "registrations": len(registered)}
 
 
@@ -293,12 +329,21 @@ async def get(http: httpx.AsyncClient, url: str) -> Any:
         return None
 
 
-async def all_final(http: httpx.AsyncClient, url: str) -> list[dict[str, Any]]:
+async def status_of(http: httpx.AsyncClient, url: str) -> int | None:
+    try:
+        return (await http.get(url, timeout=5.0)).status_code
+    except httpx.HTTPError:
+        return None
+
+
+async def all_final(http: httpx.AsyncClient, url: str) -> list[dict[str, Any]] | None:
+    """Every final receipt a coordinator lists; None when a page cannot be read (a partial list would pass the
+    slot check unseen)."""
     docs, after = [], None
     while True:
         page = await get(http, f"{url}/receipts?status=final&limit=1000" + (f"&after={after}" if after else ""))
-        if not page:
-            return docs
+        if not isinstance(page, dict) or not isinstance(page.get("receipts"), list):
+            return None
         docs += page["receipts"]
         after = page["next_after"]
         if after is None:
