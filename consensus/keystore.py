@@ -15,7 +15,6 @@ ciphertext, the key or the passphrase makes loading fail with :class:`KeystoreEr
 from __future__ import annotations
 
 import hashlib
-import os
 import stat
 import struct
 from pathlib import Path
@@ -28,7 +27,7 @@ import nacl.signing
 import nacl.utils
 
 from consensus.frost import FrostError, KeyShare
-from node.identity import KeyFileError
+from node.identity import KeyFileError, fsync_dir, write_private  # noqa: F401 (re-exported)
 
 MAGIC = b"DSDNKEY\x01"
 KDF_IDENTITY = 1
@@ -125,34 +124,6 @@ def save(path: Path, share: KeyShare, *, identity: nacl.signing.SigningKey | Non
         base = _base_key(KDF_IDENTITY, salt, 0, 0, identity, None)
     data = header + bytes(_box(header, base).encrypt(_encode(share)))
     write_private(Path(path), data)
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically and durably, readable by its owner only (0600): a temporary file,
-    fsync, rename, fsync of the directory."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename or an unlink in ``directory`` durable."""
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def load(path: Path, *, identity: nacl.signing.SigningKey | None = None, passphrase: bytes | None = None) -> KeyShare:

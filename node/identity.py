@@ -29,6 +29,41 @@ def check_private(path: Path, st: os.stat_result | None = None) -> None:
                            f"(run chmod 600 {path})")
 
 
+def write_private(path: Path, data: bytes, *, exclusive: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically and durably, readable by its owner only (0600): a temporary file of
+    this process (created anew, never through a symbolic link), fsync, rename (``exclusive``: a hard link that
+    fails with FileExistsError if ``path`` exists, so two writers cannot both create it), fsync of the
+    directory."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)  # a leftover of a crashed run with this pid (its mode could be anything)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if exclusive:
+            os.link(tmp, path, follow_symlinks=False)
+            tmp.unlink()
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or an unlink in ``directory`` durable."""
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def load_or_create(data_dir: Path) -> nacl.signing.SigningKey:
     """Read ``<data_dir>/identity.key`` (32-byte seed, mode 0600 or stricter), creating it (mode 0600) if missing."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -40,12 +75,9 @@ def load_or_create(data_dir: Path) -> nacl.signing.SigningKey:
             raise KeyFileError(f"{path}: expected a 32-byte Ed25519 seed, found {len(seed)} bytes")
         return nacl.signing.SigningKey(seed)
     key = nacl.signing.SigningKey.generate()
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, bytes(key))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    try:  # (a leftover identity.tmp of mode 0644 made a key file of mode 0644, refused at the next start; a
+        #    symbolic link there had the seed written wherever it pointed; two first starts made two keys)
+        write_private(path, bytes(key), exclusive=True)
+    except FileExistsError:  # another process created it meanwhile: that one is the identity
+        return load_or_create(data_dir)
     return key
