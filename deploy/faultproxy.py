@@ -41,27 +41,27 @@ class LinkProxy:
         await trio.serve_listeners(self._handle, listeners)
 
     async def _handle(self, client: trio.SocketStream) -> None:
-        if self.cut:
-            await client.aclose()
-            return
-        try:
-            with trio.fail_after(2):
-                upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
-        except (OSError, trio.TooSlowError):
-            await client.aclose()
-            return
-        self.connections += 1
-        with trio.CancelScope() as scope:
+        upstream: trio.SocketStream | None = None
+        with trio.CancelScope() as scope:  # registered before the connect: a cut during it ends this one too
             self._scopes.add(scope)
             try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(partial(self._pipe, client, upstream, nursery.cancel_scope))
-                    nursery.start_soon(partial(self._pipe, upstream, client, nursery.cancel_scope))
+                if not self.cut:
+                    try:
+                        with trio.fail_after(2):
+                            upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+                    except (OSError, trio.TooSlowError):
+                        upstream = None
+                if upstream is not None and not self.cut:
+                    self.connections += 1
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(partial(self._pipe, client, upstream, nursery.cancel_scope))
+                        nursery.start_soon(partial(self._pipe, upstream, client, nursery.cancel_scope))
             finally:
                 self._scopes.discard(scope)
         with trio.CancelScope(shield=True):
             await client.aclose()
-            await upstream.aclose()
+            if upstream is not None:
+                await upstream.aclose()
 
     async def _pipe(self, src: trio.SocketStream, dst: trio.SocketStream, done: trio.CancelScope) -> None:
         try:
