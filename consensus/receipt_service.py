@@ -66,7 +66,7 @@ from protocol.envelope import Message, Registry, is_bytes, is_int, is_list, is_s
 log = logging.getLogger("dsdn.receipts")
 LOCK, LOCK_REPLY = "rc.lock", "rc.lock.reply"
 SIGN, SIGN_REPLY = "rc.sign", "rc.sign.reply"
-FINAL, FINAL_ACK = "rc.final", "rc.final.ack"
+FINAL, FINAL_ACK = "rc.signed", "rc.signed.kept"  # (rc.final before: a broadcast of the event, applied at once)
 BATCH_ID_SIZE = 16
 #: A batch in flight for ``STALL_FACTOR`` times the usual batch's time (and at least ``STALL_MIN_S``) counts as
 #: stalled: the next batch starts beside it instead of waiting for it to end (``ReceiptService._await_company``).
@@ -77,6 +77,9 @@ MAX_LOCKED_CACHE = 65_536
 REJECT_CAUSES = (("node_key", ("node_public_key", "public key")), ("node_signature", ("node signature",)),
                  ("epoch", ("epoch",)), ("not_registered", ("not registered", "not a present replica")),
                  ("commitment", ("commitment",)), ("malformed", ("malformed",)))
+ANNOUNCE_BACKOFF_MAX_S = 5.0  # a signed batch not kept by enough peers is announced again at least this often
+MAX_REPUBLISHING = 4  # heard batches published again at once
+MAX_FINISHING = 64  # signed batches announced to peers and published at once; one more waits (backpressure)
 MAX_QUEUED = 8192  # receipts waiting for a batch; beyond that a submission is refused (503, submit again)
 #: receipts kept waiting for a write not seen here yet (NOT_YET, retried for NOT_YET_GIVE_UP_S): their own quota, so
 #: a flood of them (any node id, self-signed) cannot take the room of receipts ready to be signed
@@ -158,9 +161,17 @@ class LedgerView(Protocol):
         """Append the batch event durably (outbox → DA) and apply it; return its raw event bytes."""
         ...
 
-    def hear_batch(self, fields: dict[str, Any], origin: str) -> Heard | None:
-        """Verify a signed batch a member announced (a batch event's fields: group key, Merkle root, signature)
-        and keep it as heard (not applied); None when it does not verify."""
+    def check_batch(self, fields: dict[str, Any]) -> Heard | None:
+        """Verify a signed batch a member announced (a batch event's fields: group key, Merkle root, signature):
+        the heard batch with its root, or a new one not served yet; None when it does not verify."""
+        ...
+
+    def serve(self, heard: Heard, origin: str) -> Heard:
+        """Serve a checked batch until the state holds it (``origin`` announced it); the one served."""
+        ...
+
+    def in_state(self, heard: Heard) -> bool:
+        """Whether the state holds every receipt of the batch."""
         ...
 
     def settled_heard(self) -> list[Heard]:
@@ -171,8 +182,9 @@ class LedgerView(Protocol):
         """The heard batches the state does not hold yet, oldest first."""
         ...
 
-    def da_flowing(self) -> bool:
-        """Whether this member's writes reach DA now and it reads DA up to its head."""
+    def da_read_through(self) -> float | None:
+        """While DA works for this member (its writes land, its reads reach the head), the trio time its latest
+        read that reached the head began (all DA held then is in the state); None otherwise."""
         ...
 
 
@@ -182,6 +194,7 @@ class Heard(Protocol):
     origins: set[str]  # the members that announced it
     heard_at: float  # trio time
     kept: bool  # in the lock table here
+    flowing_mark: float  # ``ReceiptService._flowing_s`` when it was first served here
 
 
 class KeySource(Protocol):
@@ -266,7 +279,7 @@ class ReceiptService:
                  keys: KeySource, view: LedgerView, locks: LockStore, *, batch_max: int = 256,
                  batch_wait_s: float = 0.002, epoch_length_s: int = 3600, epoch_grace: int = 1,
                  lock_timeout_s: float = 2.0, sign_timeout_s: float = 2.0, batch_deadline_s: float = 10.0,
-                 takeover_s: float = 5.0, republish_after_s: float = 60.0, sign_patience_s: float = 0.1,
+                 takeover_s: float = 5.0, republish_after_s: float = 300.0, sign_patience_s: float = 0.1,
                  lock_grace_s: float = 0.05,
                  clock: Callable[[], float] = time.time,
                  run_blocking: RunBlocking = trio.to_thread.run_sync, max_inflight_batches: int = 2,
@@ -280,7 +293,8 @@ class ReceiptService:
             batch_deadline_s
         self.takeover_s, self.run_blocking, self.sign_patience_s = takeover_s, run_blocking, sign_patience_s
         self.republish_after_s = republish_after_s
-        self._da_flowing_since: float | None = None  # trio time DA started working for this member (None: not)
+        self._flowing_s = 0.0  # seconds DA has worked for this member, added up (``_publish_stranded``)
+        self._last_tick: float | None = None
         self.random_bytes = random_bytes
         self.lock_grace_s = lock_grace_s
         self.identifiers = assign_identifiers(members.values())
@@ -304,6 +318,9 @@ class ReceiptService:
         self._blamed_until: dict[int, float] = {}  # identifier -> until when it is left out of signer sets
         self._closing: list[bytes] = []  # final receipts whose locks are closed in the next housekeeping pass
         self._republishing: set[bytes] = set()  # roots of heard batches being published again here
+        self._nursery: trio.Nursery | None = None  # the service's own (``run``): batches signed finish there
+        self._finishing = trio.Semaphore(MAX_FINISHING)  # signed batches being announced and published
+        self._announcing: set[bytes] = set()  # their receipt ids (no takeover signs them again meanwhile)
         self._heard_loaded = False  # the heard batches kept on disk are heard again once the key is known
         self._retry: dict[bytes, float] = {}  # not-yet-valid receipts: id -> next try (monotonic)
         self._takeover_after: tuple[int, bytes, int] | None = None  # where the next takeover pass starts
@@ -525,6 +542,7 @@ class ReceiptService:
         self.net.on_request(SIGN, SIGN_REPLY, self._on_sign)
         self.net.on_request(FINAL, FINAL_ACK, self._on_final)
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._batcher, nursery)
             nursery.start_soon(self._housekeeping, nursery)
             task_status.started()
@@ -665,7 +683,7 @@ class ReceiptService:
             async with self._db:
                 await self.run_blocking(partial(self.locks.mark_final, final))
         # final, on its way in a batch of this coordinator, or signed in a heard batch (``_publish_stranded``)
-        busy = set(final) | self._queued | self._signing
+        busy = set(final) | self._queued | self._signing | self._announcing
         busy.update(o.receipt.id for o in open_locks if o.receipt.id not in busy
                     and self.view.signed_document(o.receipt.id) is not None)
         candidates = [o for o in open_locks if o.receipt.id not in busy]
@@ -699,25 +717,33 @@ class ReceiptService:
         log.info("taking over %d batch(es), %d receipt(s) locked here and still not final", len(groups),
                  sum(map(len, groups.values())))
         for receipts in groups.values():
+            try:  # never waits: housekeeping (closing locks, settling heard batches) must go on meanwhile
+                self._inflight.acquire_nowait()
+            except trio.WouldBlock:
+                return  # the next pass takes over the rest
             for r in receipts:
                 self._record(r)
-            await self._inflight.acquire()
             nursery.start_soon(self._run_batch_released, receipts)
 
     def _publish_stranded(self, nursery: trio.Nursery) -> None:
         """Publish again, under this member's name, each heard batch DA has not brought although DA has worked for
-        this member ``republish_after_s`` (staggered by rank) since it was heard: its proposer died with the only
-        copy in its outbox, or withholds it, and its receipts were reported final. Another member's copy, once on
-        DA, settles it everywhere before the next rank's patience ends."""
+        this member ``republish_after_s`` (staggered by rank; the seconds it worked are added up, so a flaky DA
+        delays this but cannot prevent it) since it was heard: its proposer died with the only copy in its outbox,
+        or withholds it, and its receipts were reported final. Another member's copy, once on DA, settles it
+        everywhere before the next rank's patience ends. At most MAX_REPUBLISHING at once."""
         now = trio.current_time()
-        if not self.view.da_flowing():
-            self._da_flowing_since = None
+        read_through = self.view.da_read_through()
+        if self._last_tick is not None and read_through is not None:
+            self._flowing_s += now - self._last_tick
+        self._last_tick = now
+        if read_through is None:
             return
-        if self._da_flowing_since is None:
-            self._da_flowing_since = now
         patience = self.republish_after_s * (1 + self._rank() / 2)
         for heard in self.view.heard_batches():
-            if now - max(heard.heard_at, self._da_flowing_since) < patience:
+            # DA worked that long since, and a read of it that began that long after the batch was heard reached
+            # the head without it (a member reading slowly has not read it yet: no evidence)
+            if (self._flowing_s - heard.flowing_mark < patience or read_through - heard.heard_at < patience
+                    or len(self._republishing) >= MAX_REPUBLISHING):
                 break
             root = bytes.fromhex(heard.fields["root"])
             if root in self._republishing:
@@ -748,11 +774,11 @@ class ReceiptService:
                     fields = msgpack.unpackb(packed, raw=False)
                 except Exception:  # msgpack raises several unrelated types for garbage
                     fields = None
-                heard = self.view.hear_batch(fields, origin) if type(fields) is dict else None
+                heard = self.view.check_batch(fields) if type(fields) is dict else None
                 if heard is None:
                     stale.append(root)
                 else:
-                    heard.kept = True
+                    self._serve(heard, origin)
             if stale:
                 await self._lock_table_work(partial(self.locks.mark_final, [], SIGNED, stale))
         except LockTableBroken as exc:
@@ -1025,10 +1051,23 @@ class ReceiptService:
         t_signed = time.perf_counter()
         self._observe("batch_size", len(final))
         self._observe("sign_seconds", t_signed - t_peers)
-        await self._finish(key, final, signature, signers)
-        log.debug("batch of %d signed: own lock %.1f ms, all locks %.1f ms, signing %.1f ms, publishing %.1f ms",
-                  len(final), (t_locked - t_start) * 1000, (t_peers - t_start) * 1000, (t_signed - t_peers) * 1000,
-                  (time.perf_counter() - t_signed) * 1000)
+        log.debug("batch of %d signed: own lock %.1f ms, all locks %.1f ms, signing %.1f ms", len(final),
+                  (t_locked - t_start) * 1000, (t_peers - t_start) * 1000, (t_signed - t_peers) * 1000)
+        # Announced and published in a task of its own: the batch's in-flight slot is free once it is signed (a
+        # proposer whose peers could not keep its batches stalled with both slots held, and its housekeeping
+        # with them: a reviewer's run); at most MAX_FINISHING at once
+        await self._finishing.acquire()
+        self._announcing.update(r.id for r in final)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._finish_released, key, final, signature, signers)
+
+    async def _finish_released(self, key: frost.KeyShare, final: list[rc.Receipt], signature: bytes,
+                               signers: tuple[int, ...]) -> None:
+        try:
+            await self._finish(key, final, signature, signers)
+        finally:
+            self._announcing.difference_update(r.id for r in final)
+            self._finishing.release()
 
     def _hedge_s(self, asked: list[str]) -> float:
         """How long the one-round set may take before the other peers are asked too: a few of its slowest
@@ -1316,7 +1355,7 @@ class ReceiptService:
             log.warning("a signed batch of %d receipt(s) is kept by %d peer(s) of the %d needed: announcing it "
                         "again in %.1f s", fields["tree_size"], len(kept), need, delay)
             await trio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            delay = min(delay * 2, ANNOUNCE_BACKOFF_MAX_S)
 
     def _settle_final(self, final: list[rc.Receipt]) -> None:
         now = trio.current_time()
@@ -1443,19 +1482,27 @@ class ReceiptService:
         """A signed batch a member announced: verified, heard (served until the state holds it), kept on disk,
         then acknowledged (``kept``: 1 once it is durable here; 0 when it does not verify or the lock table
         cannot keep it)."""
-        heard = self.view.hear_batch(body, peer)
+        heard = self.view.check_batch(body)
         if heard is None:
             log.warning("ignored an invalid receipt batch from %s", peer)
             return {"kept": 0}
+        if not self.view.in_state(heard):  # (one the state holds, announced again, is kept: nothing to write)
+            if not heard.kept:  # on disk before it is served or answered: "kept" means durable here
+                packed = msgpack.packb(heard.fields, use_bin_type=True)
+                try:
+                    async with self._db:
+                        await self.run_blocking(partial(self.locks.keep_heard, bytes.fromhex(heard.fields["root"]),
+                                                        peer, packed, int(self.clock() * 1000)))
+                except LockTableBroken as exc:
+                    log.error("receipt signing stopped: %s", exc)
+                    return {"kept": 0}
+            self._serve(heard, peer)
         self._settle_final([self.records[rid].receipt for rid in heard.ids if rid in self.records])
-        if not heard.kept:
-            packed = msgpack.packb(heard.fields, use_bin_type=True)
-            try:
-                async with self._db:
-                    await self.run_blocking(partial(self.locks.keep_heard, bytes.fromhex(heard.fields["root"]),
-                                                    peer, packed, int(self.clock() * 1000)))
-            except LockTableBroken as exc:
-                log.error("receipt signing stopped: %s", exc)
-                return {"kept": 0}
-            heard.kept = True
         return {"kept": 1}
+
+    def _serve(self, heard: Heard, origin: str) -> None:
+        new = not heard.origins
+        served = self.view.serve(heard, origin)
+        served.kept = True
+        if new:
+            served.flowing_mark = self._flowing_s

@@ -134,7 +134,7 @@ def receipt_engine(cfg: config_mod.Config, coord: Coordinator, peers: PeerManage
     locks = LockStore(cfg.data_dir / "locks.sqlite", expect_existing=(cfg.data_dir / "keyshare.bin").exists())
     if locks.broken:
         log.error("receipt signing disabled: %s", locks.broken)
-    view = StateLedgerView(lambda: coord.state, coord.submit_event, dkg, coord.da_flowing)
+    view = StateLedgerView(lambda: coord.state, coord.submit_event, dkg, coord.da_read_through)
     service = ReceiptService(peers, coord.key, {p.id: p.public_key for p in cfg.peers}, dkg, view, locks,
                              batch_max=cfg.receipt_batch_max, batch_wait_s=cfg.receipt_batch_wait_ms / 1000,
                              epoch_length_s=cfg.epoch_length_s, epoch_grace=cfg.receipt_epoch_grace)

@@ -45,15 +45,16 @@ class HeardBatch:
     origins: set[str]  # the members that announced it (each has it in its outbox)
     heard_at: float  # trio time it was first heard
     kept: bool = False  # on disk here (the lock table's ``heard``): set by the receipt engine
+    flowing_mark: float = 0.0  # the receipt engine's count of seconds DA worked for it, when it was heard
 
 
 class StateLedgerView:
     def __init__(self, state: Callable[[], State], submit: Callable[..., Awaitable[ev.Event]],
-                 keys: KeySource, da_flowing: Callable[[], bool] = lambda: True) -> None:
+                 keys: KeySource, da_read_through: Callable[[], float | None] = lambda: None) -> None:
         """``state``: the current state; ``submit(kind, **fields)``: append an event of ours durably and apply
-        it; ``keys``: the group key holder; ``da_flowing()``: whether our writes reach DA and we read its head."""
+        it; ``keys``: the group key holder; ``da_read_through()``: see ``LedgerView``."""
         self._state, self._submit, self._keys = state, submit, keys
-        self.da_flowing = da_flowing
+        self.da_read_through = da_read_through
         self._paths: OrderedDict[bytes, list[list[bytes]]] = OrderedDict()  # batch root -> every leaf's path
         # batch root -> the batch, oldest first. Not capped: heard batches are kept until the state holds them (a
         # long DA outage grows them as it grows the proposers' states), and one dropped here was signed again by a
@@ -125,9 +126,10 @@ class StateLedgerView:
                           delay)
                 await trio.sleep(delay)
 
-    def hear_batch(self, fields: dict[str, Any], origin: str) -> HeardBatch | None:
+    def check_batch(self, fields: dict[str, Any]) -> HeardBatch | None:
         """A signed batch a member announced (a batch event's fields): its group key (ours), Merkle root and
-        signature checked; kept (not applied) until the state holds it. None when it does not verify."""
+        signature checked. The heard batch with its root if there is one, else a new one, not served yet
+        (``serve``); None when it does not verify."""
         try:
             values = tuple(fields[name] for name in _BATCH_FIELDS)
         except KeyError:
@@ -136,15 +138,27 @@ class StateLedgerView:
         if verified is None:
             return None
         batch, ids = verified
-        root = bytes.fromhex(batch.root)
-        heard = self._heard.get(root)
-        if heard is None:
-            heard = self._heard[root] = HeardBatch(batch, dict(zip(_BATCH_FIELDS, values, strict=True)), ids,
-                                                   set(), trio.current_time())
-            for index, rid in enumerate(ids):
+        heard = self._heard.get(bytes.fromhex(batch.root))
+        if heard is not None:
+            return heard
+        return HeardBatch(batch, dict(zip(_BATCH_FIELDS, values, strict=True)), ids, set(), trio.current_time())
+
+    def serve(self, heard: HeardBatch, origin: str) -> HeardBatch:
+        """Serve a checked batch (its documents) until the state holds it; ``origin`` announced it. The batch
+        served: this one, or one with its root served already."""
+        root = bytes.fromhex(heard.batch.root)
+        served = self._heard.get(root)
+        if served is None:
+            served = self._heard[root] = heard
+            for index, rid in enumerate(heard.ids):
                 self._heard_of[rid] = (root, index)
-        heard.origins.add(origin)
-        return heard
+        served.origins.add(origin)
+        return served
+
+    def in_state(self, heard: HeardBatch) -> bool:
+        """Whether the state holds every receipt of the batch."""
+        held = self._state().ledger.receipts
+        return all(rid in held for rid in heard.ids)
 
     def _forget_heard(self, root: bytes) -> HeardBatch:
         heard = self._heard.pop(root)
@@ -155,8 +169,7 @@ class StateLedgerView:
 
     def settled_heard(self) -> list[HeardBatch]:
         """The heard batches the state now holds (from DA, or published here), forgotten as heard."""
-        held = self._state().ledger.receipts
-        done = [root for root, heard in self._heard.items() if all(rid in held for rid in heard.ids)]
+        done = [root for root, heard in self._heard.items() if self.in_state(heard)]
         return [self._forget_heard(root) for root in done]
 
     def heard_batches(self) -> list[HeardBatch]:

@@ -331,11 +331,13 @@ class SimCluster:
         async def submit(kind: str, **fields: Any) -> ev.Event:
             return await self.write(m.id, kind, **fields)
 
-        def da_flowing() -> bool:
-            return (trio.current_time() >= self.da.down_until and m.consumer is not None and m.consumer.last_ok
-                    and m.consumer.caught_up.is_set())
+        def da_read_through() -> float | None:
+            consumer = m.consumer
+            if trio.current_time() < self.da.down_until or consumer is None or not consumer.at_head:
+                return None
+            return consumer.head_read_started
 
-        view = StateLedgerView(lambda: m.state, submit, m.keys, da_flowing)
+        view = StateLedgerView(lambda: m.state, submit, m.keys, da_read_through)
         options = {"batch_wait_s": 0.002, "lock_timeout_s": 1.0, "sign_timeout_s": 1.0, "takeover_s": 3.0,
                    "republish_after_s": 35.0, "batch_deadline_s": 5.0, **self.service_options}
         # republish_after_s: above the publisher's longest backoff (30 s), so an honest proposer's batch lands first

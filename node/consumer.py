@@ -105,7 +105,9 @@ class Consumer:
         self._at_head = False  # the latest read reached the head: the next one is a long poll (if wait_s)
         self._pause = 0.0  # how long to sleep after the latest read, if it reached the head
         self.on_result = on_result
-        self.caught_up = trio.Event()
+        self.caught_up = trio.Event()  # the head was reached once (it stays set: see ``at_head``)
+        self.head_read_started: float | None = None  # trio time the latest read that reached the head began: what
+        #                                              the log held then, this member has read
         self.blobs_applied = 0
         self.events_new = 0
         self.events_invalid = 0
@@ -165,7 +167,14 @@ class Consumer:
         else:
             self._pause = self._idle
         self._at_head = page.at_head
+        if page.at_head:
+            self.head_read_started = started
         return page.at_head
+
+    @property
+    def at_head(self) -> bool:
+        """The latest read reached the log's head (and succeeded)."""
+        return self._at_head and self.last_ok
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

@@ -27,7 +27,7 @@ from node.da.mock import MockDA
 from node.da.stack import DAStack
 from node.da.status import EMERGENCY, PRIMARY, SECONDARY, Status, StatusSnapshot
 from node.events import Event, EventTuple
-from node.hlc import HybridLogicalClock, wall_ms
+from node.hlc import MAX_DRIFT_MS, HybridLogicalClock, wall_ms
 from node.outbox import Outbox
 from node.placement import Placement
 from node.publisher import Publisher
@@ -139,7 +139,13 @@ class Coordinator:
             replayed += self.state.apply(ev.decode_event(raw))
             self.applied_outbox_seq = seq
         self.hlc.observe(self.state.max_hlc)
-        self.hlc.resume(await self.outbox.high_water())
+        issued = await self.outbox.high_water()
+        ahead_s = (issued[0] - wall_ms()) / 1000
+        if ahead_s > MAX_DRIFT_MS / 1000:
+            log.error("this coordinator issued timestamps up to %.0f s ahead of its clock now (a clock stepped back, "
+                      "or once wrong): its writes go on after them, and win over others' until the clock catches up",
+                      ahead_s)
+        self.hlc.resume(issued)
         log.info("restored: snapshot=%s cursors=%s events=%d outbox-replayed=%d pending=%d in %.3fs",
                  "yes" if snap else "no", self.cursors(), self.state.events_applied, replayed,
                  self.outbox.pending, time.perf_counter() - t0)
@@ -231,13 +237,15 @@ class Coordinator:
 
         return record
 
-    def da_flowing(self) -> bool:
-        """DA works for this coordinator now: the status is Healthy (its writes land on the primary) and the
-        primary log is read up to its head without failing (for the receipt engine: an honest member's batch
-        would be on DA by now)."""
+    def da_read_through(self) -> float | None:
+        """While DA works for this coordinator (the status is Healthy: its writes land on the primary; and its
+        latest read of the primary log reached the head, not merely once: one catching up after an outage is not
+        there), the trio time its latest read that reached the head began: everything the log held then is in
+        the state. None otherwise. (For the receipt engine: whether a batch announced before then is missing.)"""
         primary = self.consumers[PRIMARY]
-        return (self.da.snapshot().status is Status.HEALTHY and primary.last_ok
-                and primary.caught_up.is_set())
+        if self.da.snapshot().status is not Status.HEALTHY or not primary.at_head:
+            return None
+        return primary.head_read_started
 
     @property
     def rebuilt(self) -> bool:

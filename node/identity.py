@@ -7,6 +7,7 @@ keystore.py) is encrypted with, so it gets the same protection: mode 0600, check
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 from pathlib import Path
 
@@ -31,11 +32,11 @@ def check_private(path: Path, st: os.stat_result | None = None) -> None:
 
 def write_private(path: Path, data: bytes, *, exclusive: bool = False) -> None:
     """Write ``data`` to ``path`` atomically and durably, readable by its owner only (0600): a temporary file of
-    this process (created anew, never through a symbolic link), fsync, rename (``exclusive``: a hard link that
-    fails with FileExistsError if ``path`` exists, so two writers cannot both create it), fsync of the
-    directory."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)  # a leftover of a crashed run with this pid (its mode could be anything)
+    a random name (created anew, never through a symbolic link), fsync, rename (``exclusive``: a hard link that
+    fails with FileExistsError if ``path`` exists, so two writers cannot both create it; on a file system without
+    hard links, an exclusive create of ``path`` itself), fsync of the directory."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")  # (by pid: two first starts in containers,
+    #                                                                    both pid 1, shared one and wrote 16 bytes)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         try:
@@ -44,15 +45,29 @@ def write_private(path: Path, data: bytes, *, exclusive: bool = False) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        if exclusive:
-            os.link(tmp, path, follow_symlinks=False)
-            tmp.unlink()
-        else:
+        if not exclusive:
             os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path, follow_symlinks=False)
+            except FileExistsError:
+                raise
+            except OSError:  # no hard links here (vfat, some network file systems)
+                _create_exclusive(path, data)
+            tmp.unlink()
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def _create_exclusive(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(directory: Path) -> None:

@@ -31,6 +31,10 @@ class ProtocolError(ValueError):
     """A frame or message that does not follow the protocol."""
 
 
+class UnknownType(ProtocolError):
+    """A well-formed envelope of a message type this build does not know (a newer member's, say)."""
+
+
 def is_str(max_len: int = 256) -> Checker:
     return lambda v: type(v) is str and len(v) <= max_len
 
@@ -98,7 +102,7 @@ class Registry:
     def check(self, type_: str, body: dict[str, Any]) -> None:
         schema = self._schemas.get(type_)
         if schema is None:
-            raise ProtocolError(f"unknown message type {type_!r}")
+            raise UnknownType(f"unknown message type {type_!r}")
         if body.keys() != schema.keys() and (body.keys() - schema.keys() or any(
                 not isinstance(schema[k], _Optional) for k in schema.keys() - body.keys())):
             raise ProtocolError(f"{type_}: fields {sorted(body)} != {sorted(schema)}")

@@ -21,7 +21,10 @@
   Delivery is at most once; layers that need an answer use ``request`` with a timeout. Whatever is
   queued goes out sealed as one batch frame (up to ``MAX_BATCH`` messages).
 * Receiving: frames that fail to open close the link; malformed messages are counted and dropped, and
-  a link that sends ``MAX_MALFORMED`` of them is closed (the dialer then redials with backoff).
+  a link that sends ``MAX_MALFORMED`` of them is closed (the dialer then redials with backoff). A message of a
+  type this build does not know is dropped and counted (``unknown_in``) but does not count as malformed: a
+  member upgraded first may send types its peers learn only with the upgrade, and closing the link every ten
+  of them made links between versions flap.
   Messages go to the dispatcher (protocol/dispatch.py): subscriptions, requests, handlers.
 """
 
@@ -50,7 +53,16 @@ from trio_websocket import (
 from wsproto import ConnectionType, WSConnection
 
 from protocol.dispatch import Dispatcher
-from protocol.envelope import MAX_FRAME, Message, ProtocolError, Registry, is_int, pack_batch, unpack_batch
+from protocol.envelope import (
+    MAX_FRAME,
+    Message,
+    ProtocolError,
+    Registry,
+    UnknownType,
+    is_int,
+    pack_batch,
+    unpack_batch,
+)
 from protocol.handshake import (
     CLOSE_PROTOCOL,
     CLOSE_REPLACED,
@@ -110,6 +122,7 @@ class PeerLink:
     bytes_out: int = 0
     errors: int = 0
     dropped: int = 0
+    unknown_in: int = 0  # messages of a type this build does not know
     links: int = 0  # how many times a link came up
     last_error: str | None = None
     conn: _Conn | None = None  # the current connection
@@ -122,6 +135,7 @@ class PeerLink:
                 "last_seen": None if self.last_seen is None else int(self.last_seen * 1000),
                 "messages_in": self.msgs_in, "messages_out": self.msgs_out, "bytes_in": self.bytes_in,
                 "bytes_out": self.bytes_out, "errors": self.errors, "dropped": self.dropped,
+                "unknown_in": self.unknown_in,
                 "links": self.links, "last_error": self.last_error}
 
 
@@ -447,6 +461,10 @@ class PeerManager:
                         for data in batch:
                             try:
                                 msg = self.registry.decode(data)
+                            except UnknownType as exc:
+                                link.unknown_in += 1
+                                link.last_error = str(exc)
+                                continue
                             except ProtocolError as exc:
                                 malformed += 1
                                 link.errors += 1

@@ -177,18 +177,34 @@ def test_a_non_loopback_bind_without_a_token_does_not_start(tmp_path: Path, host
 def test_the_identity_key_is_written_0600_never_through_a_link_and_never_twice(tmp_path: Path) -> None:
     """A leftover temporary file of mode 0644 made the key file 0644 (refused at the next start); a symbolic link
     in its place had the seed written wherever it pointed; two first starts could each write a key (a reviewer's
-    runs). Now: this process's own temporary file, created anew, then a hard link that refuses an existing key."""
+    runs). Now: a temporary file of a random name, created anew, then a hard link that refuses an existing key."""
     victim = tmp_path / "elsewhere"
     victim.write_bytes(b"")
     data = tmp_path / "data"
     data.mkdir()
-    tmp = data / f".{identity.KEY_FILE}.{os.getpid()}.tmp"
-    tmp.symlink_to(victim)
+    leftover = data / "identity.tmp"  # the name a crashed first start of an earlier build left behind
+    leftover.symlink_to(victim)
     key = identity.load_or_create(data)
-    assert victim.read_bytes() == b"" and not tmp.exists()
+    assert victim.read_bytes() == b""
+    leftover.unlink()
     path = data / identity.KEY_FILE
     assert (path.stat().st_mode & 0o777) == 0o600 and path.read_bytes() == bytes(key)
     assert identity.load_or_create(data).verify_key == key.verify_key
     with pytest.raises(FileExistsError):  # a second creator loses and reads the first one's key
         identity.write_private(path, b"x" * 32, exclusive=True)
     assert path.read_bytes() == bytes(key) and list(data.iterdir()) == [path]
+
+
+def test_the_identity_key_is_created_exclusively_where_there_are_no_hard_links(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_links(*args: object, **kwargs: object) -> None:
+        raise PermissionError("hard links are not supported here")
+
+    monkeypatch.setattr(os, "link", no_links)
+    key = identity.load_or_create(tmp_path)
+    path = tmp_path / identity.KEY_FILE
+    assert path.read_bytes() == bytes(key) and (path.stat().st_mode & 0o777) == 0o600
+    assert list(tmp_path.iterdir()) == [path]
+    with pytest.raises(FileExistsError):
+        identity.write_private(path, b"y" * 32, exclusive=True)
+    assert path.read_bytes() == bytes(key) and list(tmp_path.iterdir()) == [path]

@@ -140,7 +140,7 @@ def test_replacement_is_atomic(tmp_path: Path, share: frost.KeyShare, identity: 
     def crash(*_: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(keystore.os, "replace", crash)
+    monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError, match="disk full"):
         keystore.save(path, other, identity=identity)
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["k"]  # old file intact, no stray temp file

@@ -292,6 +292,23 @@ async def test_malformed_messages_are_counted_then_the_link_is_closed() -> None:
         assert b.peers["a"].errors >= 10
 
 
+async def test_messages_of_an_unknown_type_are_counted_and_keep_the_link_up() -> None:
+    """A member upgraded first sends types its peers do not know yet: dropped and counted, not malformed (ten of
+    them closed the link, so links between versions flapped through a rolling upgrade)."""
+    ms = members(["a", "b"])
+    async with running(ms[1], ms) as b, raw_dial(ms[1].port, ms) as (ws, session):
+        await wait_for(lambda: b.peers["a"].state is State.UP, what="link up")
+        newer = msgpack.packb({"v": 1, "type": "from.a.newer.build", "body": {"x": 1}})
+        for _ in range(25):
+            await ws.send_message(session.seal(pack_batch([newer])))
+        inbox = b.subscribe("chat")
+        await ws.send_message(session.seal(pack_batch([registry().encode(Message("chat", {"text": "ok",
+                                                                                          "n": 1}))])))
+        with trio.fail_after(5):
+            assert (await inbox.receive())[1].body["text"] == "ok"
+        assert b.peers["a"].state is State.UP and b.peers["a"].unknown_in == 25 and b.peers["a"].errors == 0
+
+
 async def test_a_restarted_peer_is_reconnected() -> None:
     ms = members(["a", "b"])
     async with running(ms[0], ms) as a:

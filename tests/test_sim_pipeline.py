@@ -309,3 +309,97 @@ async def test_an_announced_batch_is_not_published_again_while_its_proposer_is_u
         assert len(cluster.roots()) == 1
         nursery.cancel_scope.cancel()
     cluster.close()
+
+
+async def test_a_member_reading_da_slowly_does_not_publish_again_a_batch_already_there(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """c0 (rank 0) reads DA slowly (45 s a read, never failing): its consumer had reached the head once, which
+    counted as "DA works" for good, and it published again a batch that was on DA all along (a reviewer's run).
+    A batch is missing only once a read that began long enough after it was heard reached the head without it."""
+    cluster = SimCluster(tmp_path, 4, seed=5, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        consumer = cluster.members["c0"].consumer
+        assert consumer is not None
+        real = consumer.poll_once
+
+        async def slow_poll() -> bool:
+            await trio.sleep(45)
+            return await real()
+
+        consumer.poll_once = slow_poll  # type: ignore[method-assign]
+        ids = await sign_some(cluster, "c2", 3)
+        await wait_announced_final(cluster, ids, set(cluster.members))
+        await cluster.wait_final(ids, timeout=300)
+        await trio.sleep(120)
+        assert [b.origin for b in batches_on_da(cluster)] == ["c2"]
+        assert sum(cluster.service(i).counters.republished for i in cluster.members) == 0
+        nursery.cancel_scope.cancel()
+    cluster.close()
+
+
+async def test_a_proposer_whose_peers_do_not_keep_its_batch_still_signs_and_keeps_house(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """Peers that never answer rc.signed for one batch (a build that does not know it, a broken lock table): the
+    proposer awaited them while holding the batch's in-flight slot, and its housekeeping waited for a slot to take
+    over a lock: both froze (a reviewer's run). The slot is free once the batch is signed; takeovers never wait."""
+    from consensus.receipt_service import FINAL, FINAL_ACK
+
+    cluster = SimCluster(tmp_path, 4, seed=5, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        first = await sign_some(cluster, "c0", 2)
+        stuck_ids: set[bytes] = set()
+        for i in ("c1", "c2", "c3"):
+            service = cluster.service(i)
+            keep = service._on_final
+
+            async def never_for_the_first(peer: str, body: dict[str, Any], keep: Any = keep) -> dict[str, Any]:
+                heard = cluster.service("c1").view.check_batch(body)
+                if heard is not None and set(heard.ids) & first:
+                    stuck_ids.update(heard.ids)
+                    await trio.sleep_forever()
+                return await keep(peer, body)  # type: ignore[no-any-return]
+
+            service.net.on_request(FINAL, FINAL_ACK, never_for_the_first)
+        c0 = cluster.service("c0")
+        with trio.fail_after(30):
+            while not stuck_ids:
+                await trio.sleep(0.1)
+        # a lock c0 holds for a batch c2 never signed (c2 died after the lock round): a takeover candidate
+        orphan = cluster.receipt("n4", "obj4", proof=9)
+        c0.locks.lock_batch([orphan], c0.validate, "c2", int(c0.clock() * 1000) - 60_000, b"x" * 16)
+        later = await sign_some(cluster, "c0", 2, objects_from=3)
+        await cluster.wait_final(later | {orphan.id}, timeout=120)  # signed, and the orphan taken over
+        assert all(c0.records[r].status == "locked" for r in first)  # never reported final: not kept
+        assert c0._announcing >= first and not c0.view.holds(next(iter(first)))
+        nursery.cancel_scope.cancel()
+    cluster.close()
+
+
+async def test_a_peer_that_cannot_keep_a_batch_does_not_serve_it_as_final(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """A peer served an announced batch and settled its receipts final before writing it to disk, and even when
+    the write failed (a reviewer's finding): "final" was reported by a member that did not keep it."""
+    from consensus.lockstore import LockTableBroken
+
+    cluster = SimCluster(tmp_path, 4, seed=5, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        cluster.da.down_until = trio.current_time() + 3600  # the batch stays heard only
+
+        def broken(*args: Any, **kwargs: Any) -> None:
+            raise LockTableBroken("disk failure")
+
+        c3 = cluster.service("c3")
+        c3.locks.keep_heard = broken  # type: ignore[method-assign]
+        ids = await sign_some(cluster, "c1", 3)
+        await wait_announced_final(cluster, ids, {"c0", "c1", "c2"})
+        for rid in ids:
+            doc = c3.lookup(rid)
+            assert doc is None or doc["status"] != "final"
+        nursery.cancel_scope.cancel()
+    cluster.close()
