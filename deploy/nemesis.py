@@ -4,10 +4,12 @@ It starts a devnet, an emergency blob store and n coordinators (as ``dsdn cluste
 link through a fault proxy of its own (deploy/faultproxy.py), and optionally one coordinator started
 byzantine (``--byzantine bad_shares|withhold|equivocate``). A bounded client load (receipts, some of them rival receipts
 for one slot, and node registrations) runs throughout; each request, its answer and its time go into a
-history file (JSON lines). Meanwhile faults come one at a time: kill -9 and restart, SIGSTOP/SIGCONT, a cut
-link, a slow link, the devnet down or slow. Then everything heals and the checker reads every coordinator:
-no slot signed twice, every acknowledged node registration present everywhere, every acknowledged receipt
-final and verifiable under the group key, equal state roots within 10 s of healing. It prints a report and
+history file (JSON lines). Meanwhile faults come one after another: kill -9 and restart, SIGSTOP/SIGCONT, a cut
+link, a slow link, the devnet down or slow; a fault on a coordinator comes with the devnet down at the same time
+one time in ``OVERLAP`` (the fallback layers then run one member short). Then everything heals and the checker
+reads every coordinator: no slot signed twice (across all of them), every acknowledged node registration present
+everywhere, every acknowledged receipt final everywhere and verifiable under the group key, equal state roots
+within 10 s of healing and again at the end. It prints a report and
 exits 0 only if all of that holds.
 
 ``dsdn nemesis [--duration S] [-n N] [--seed X] [--byzantine B] [--history FILE] [--data-dir D]``
@@ -38,6 +40,8 @@ from deploy.adversary import BYZANTINE_BEHAVIOURS
 from deploy.faultproxy import LinkProxy
 
 FAULTS = ("kill", "pause", "cut", "slow_link", "devnet_down", "devnet_slow")
+MEMBER_FAULTS = ("kill", "pause", "cut", "slow_link")
+OVERLAP = 0.3  # the share of coordinator faults that come with the devnet down meanwhile
 CONVERGE_S = 10.0
 NODES = 6
 
@@ -163,10 +167,17 @@ class Nemesis:
                       sequence: list[str] | None) -> None:
         kinds = list(sequence or [])
         while trio.current_time() < until - 2:
+            given = bool(kinds)
             kind = kinds.pop(0) if kinds else self.rng.choice(FAULTS)
             span = self.rng.uniform(1.5, 3.0)
             self.faults[kind] = self.faults.get(kind, 0) + 1
-            await self.inject(nursery, http, kind, span)
+            overlap = not given and kind in MEMBER_FAULTS and self.rng.random() < OVERLAP
+            async with trio.open_nursery() as both:
+                both.start_soon(self.inject, nursery, http, kind, span)
+                if overlap:
+                    name = f"{kind}+devnet_down"
+                    self.faults[name] = self.faults.get(name, 0) + 1
+                    both.start_soon(self.inject, nursery, http, "devnet_down", span)
             await trio.sleep(self.rng.uniform(0.5, 1.5))
 
     async def inject(self, nursery: trio.Nursery, http: httpx.AsyncClient, kind: str, span: float) -> None:
@@ -196,8 +207,15 @@ class Nemesis:
             await self.devnet(http, "ok")
 
     async def devnet(self, http: httpx.AsyncClient, mode: str) -> None:
+        """Set the devnet's fault mode; a refusal is a violation (the fault would be counted, never injected)."""
         devnet = self.member("devnet")
-        await http.post(f"{devnet.url}/admin/fault", json={"mode": mode}, headers=devnet.headers)
+        try:
+            r = await http.post(f"{devnet.url}/admin/fault", json={"mode": mode}, headers=devnet.headers,
+                                timeout=5.0)
+            if r.status_code != 200:
+                self.violations.append(f"the devnet refused fault mode {mode!r}: HTTP {r.status_code}")
+        except httpx.HTTPError as exc:
+            self.violations.append(f"the devnet did not take fault mode {mode!r}: {type(exc).__name__}")
 
     async def heal(self, http: httpx.AsyncClient, nursery: trio.Nursery) -> None:
         for p in self.proxies.values():
