@@ -259,32 +259,27 @@ class Nemesis:
                 key = (b["receipt_type"], b["node_id"], b["subject"], b["epoch"])
                 per_slot[key] = per_slot.get(key, 0) + 1
 
-        def rival(h: dict[str, Any]) -> bool:
+        def slot_of(h: dict[str, Any]) -> tuple[Any, ...]:
             b = h["body"]
-            return per_slot[(b["receipt_type"], b["node_id"], b["subject"], b["epoch"])] > 1
+            return (b["receipt_type"], b["node_id"], b["subject"], b["epoch"])
+
+        def rival(h: dict[str, Any]) -> bool:
+            return per_slot[slot_of(h)] > 1
 
         final, unsettled = 0, acked
         with trio.move_on_after(90):  # a receipt with a rival may end in conflict; every other one final
-            while True:
-                final, unsettled = 0, []
-                for h in acked:
+            while unsettled:
+                still = []
+                for h in unsettled:
                     url = self.member(h["to"]).url if rival(h) else coords[0].url
                     status = ((await get(http, f"{url}/receipts/{h['answer']['receipt_id']}")) or {}).get("status")
                     final += status == "final"
                     if status != "final" and not (rival(h) and status == "conflict"):
-                        unsettled.append(h)
-                if not unsettled:
-                    break
-                await trio.sleep(0.5)
-        if unsettled:
-            examples = []
-            for h in unsettled[:3]:
-                doc = await get(http, f"{self.member(h['to']).url}/receipts/{h['answer']['receipt_id']}") or {}
-                examples.append(f"{h['answer']['receipt_id'][:12]}… on {h['to']}: {doc.get('status')} "
-                                f"{doc.get('reason', '')}".strip())
-            engines = [(await get(http, f"{m.url}/cluster/status") or {}).get("receipts") for m in coords]
-            self.violations.append(f"{len(unsettled)} acknowledged receipt(s) neither final nor (with a rival "
-                                   f"for their slot) in conflict, e.g. {examples}; engines: {engines}")
+                        still.append(h)
+                unsettled = still  # replaced whole: a pass cut short by the deadline left the list of the one
+                #                    before (a partial one was empty when cut early, and a stuck receipt passed)
+                if unsettled:
+                    await trio.sleep(0.5)
         # One map of slot -> signed receipt ids across every coordinator (what each lists as final, and every
         # acknowledged receipt as each answers for it): per coordinator, rivals final on two of them went unseen.
         signed: dict[tuple[Any, ...], set[str]] = {}
@@ -331,6 +326,20 @@ class Nemesis:
                 continue
             for doc in listed:
                 saw_final(doc)
+        # A receipt with a rival may also stay locked: when neither can get t shares (the slot's locks split, a
+        # liar among the holders), neither is signed ("at most one, possibly none"). It may not while its rival
+        # is final somewhere.
+        unsettled = [h for h in unsettled if not (rival(h) and not signed.get(slot_of(h)))]
+        if unsettled:
+            examples = []
+            for h in unsettled[:3]:
+                doc = await get(http, f"{self.member(h['to']).url}/receipts/{h['answer']['receipt_id']}") or {}
+                examples.append(f"{h['answer']['receipt_id'][:12]}… on {h['to']}: {doc.get('status')} "
+                                f"{doc.get('reason', '')}".strip())
+            engines = [(await get(http, f"{m.url}/cluster/status") or {}).get("receipts") for m in coords]
+            self.violations.append(f"{len(unsettled)} acknowledged receipt(s) neither final nor (with a rival "
+                                   f"for their slot) in conflict or unsigned with their rival, e.g. {examples}; "
+                                   f"engines: {engines}")
         for slot, ids in signed.items():
             if len(ids) > 1:
                 self.violations.append(f"slot {slot} signed {len(ids)} times: {sorted(i[:12] for i in ids)}")
