@@ -75,6 +75,15 @@ def setup(tmp_path: Path, ids: list[str] = IDS, seed: int = 7, thresholds: dict[
     return net, services
 
 
+async def start_all(nursery: trio.Nursery, net: SimNetwork, services: dict[str, DkgService], *,
+                    auto: bool = True) -> None:
+    """Start the network and every member's service (``auto=False``: none starts a session by itself)."""
+    await nursery.start(net.run)
+    for s in services.values():
+        s.auto = s.auto and auto
+        await nursery.start(s.run)
+
+
 async def run_service(nursery: trio.Nursery, service: DkgService) -> trio.CancelScope:
     """Run ``service`` in its own cancel scope (cancel it to "crash" that member)."""
     scope = trio.CancelScope()
@@ -586,9 +595,7 @@ async def test_two_bogus_confirmations_do_not_keep_out_the_real_one(
 
     net.tamper = tamper
     async with trio.open_nursery() as nursery:
-        await nursery.start(net.run)
-        for s in services.values():
-            await nursery.start(s.run)
+        await start_all(nursery, net, services)
         await wait_until(lambda: all(s.key is not None for s in services.values()), 300)
         assert len({s.key.group_public_key for s in services.values()}) == 1  # type: ignore[union-attr]
         nursery.cancel_scope.cancel()
@@ -657,10 +664,7 @@ async def test_a_flood_of_refused_starts_does_not_make_a_member_forget_the_sessi
 
     net.tamper = tamper
     async with trio.open_nursery() as nursery:
-        await nursery.start(net.run)
-        for s in services.values():
-            s.auto = False
-            await nursery.start(s.run)
+        await start_all(nursery, net, services, auto=False)
         session_w = c0.start()
         await wait_until(lambda: session_w in c0._aborted, 30)
         ids = sorted(c0.identifiers)
@@ -696,10 +700,7 @@ async def test_a_journal_write_failing_as_a_confirmed_session_fails_does_not_sto
     c0.run_blocking = runner
     net.tamper = lambda src, dst, msg: None if isinstance(dkg_message(msg), Confirm) and dst == "c0" else msg
     async with trio.open_nursery() as nursery:
-        await nursery.start(net.run)
-        for s in services.values():
-            s.auto = False
-            await nursery.start(s.run)
+        await start_all(nursery, net, services, auto=False)
         session_w = c0.start()
         await wait_until(lambda: c0.session is not None and c0.session.participant.committed and c0.session.durable,
                          30)
