@@ -7,7 +7,8 @@ publisher losing events DA refused, an outbox forgetting unpublished writes at a
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +206,18 @@ async def wait_announced_final(cluster: SimCluster, ids: set[bytes], members: se
             await trio.sleep(0.05)
 
 
+@asynccontextmanager
+async def started(tmp_path: Path, seed: int) -> AsyncIterator[SimCluster]:
+    """A running 4-member simulated cluster with the seeded ledger, closed afterwards."""
+    cluster = SimCluster(tmp_path, 4, seed=seed, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        yield cluster
+        nursery.cancel_scope.cancel()
+    cluster.close()
+
+
 def open_lock_ids(cluster: SimCluster, member: str) -> set[bytes]:
     return {o.receipt.id for o in cluster.service(member).locks.open_locks(2**62, 1000, None)}
 
@@ -230,11 +243,8 @@ async def test_a_batch_reported_final_reaches_da_when_its_proposer_dies_with_its
     coordinator rebuilt from DA. Now the proposer reports final only once n − t peers keep the batch on disk (as
     heard: served, not applied, their locks still open), and one of them publishes it again once DA has worked for
     a while without bringing it — also after a restart of every survivor (the heard copy is on their disks)."""
-    cluster = SimCluster(tmp_path, 4, seed=5, delay=(0.001, 0.01))
-    cluster.seed_ledger()
     alive = {"c0", "c2", "c3"}
-    async with trio.open_nursery() as nursery:
-        await cluster.start(nursery)
+    async with started(tmp_path, seed=5) as cluster:
         cluster.da.down_until = trio.current_time() + 3600  # c1's publisher cannot post the batch
         ids = await sign_some(cluster, "c1", 3)
         await wait_announced_final(cluster, ids, set(cluster.members))
@@ -260,18 +270,13 @@ async def test_a_batch_reported_final_reaches_da_when_its_proposer_dies_with_its
         await trio.sleep(1)  # a housekeeping pass
         for i in alive:  # their locks are closed as signed, and the heard copies forgotten
             assert not open_lock_ids(cluster, i) and cluster.service(i).locks.heard() == []
-        nursery.cancel_scope.cancel()
-    cluster.close()
 
 
 async def test_a_batch_its_proposer_announces_but_never_publishes_is_published_by_another(
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     """A lying proposer that announces a signed batch and keeps it off DA (connected all along): the honest members
     publish it once DA has worked for them a while without bringing it."""
-    cluster = SimCluster(tmp_path, 4, seed=7, delay=(0.001, 0.01))
-    cluster.seed_ledger()
-    async with trio.open_nursery() as nursery:
-        await cluster.start(nursery)
+    async with started(tmp_path, seed=7) as cluster:
 
         async def withhold(fields: dict[str, Any]) -> bytes:
             return b""
@@ -286,17 +291,12 @@ async def test_a_batch_its_proposer_announces_but_never_publishes_is_published_b
         assert len(cluster.roots()) == 1 and ids <= set(cluster.rebuilt_from_da().ledger.receipts)
         await trio.sleep(1)
         assert all(not open_lock_ids(cluster, i) for i in cluster.members)
-        nursery.cancel_scope.cancel()
-    cluster.close()
 
 
 async def test_an_announced_batch_is_not_published_again_while_its_proposer_is_up(
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     """Through a long DA outage the proposer's outbox holds the batch: nobody else publishes it (one copy on DA)."""
-    cluster = SimCluster(tmp_path, 4, seed=6, delay=(0.001, 0.01))
-    cluster.seed_ledger()
-    async with trio.open_nursery() as nursery:
-        await cluster.start(nursery)
+    async with started(tmp_path, seed=6) as cluster:
         cluster.da.down_until = trio.current_time() + 120
         ids = await sign_some(cluster, "c3", 3)
         await wait_announced_final(cluster, ids, set(cluster.members))
@@ -307,8 +307,6 @@ async def test_an_announced_batch_is_not_published_again_while_its_proposer_is_u
         assert len(batches) == 1 and batches[0].origin == "c3"
         assert sum(cluster.service(i).counters.republished for i in cluster.members) == 0
         assert len(cluster.roots()) == 1
-        nursery.cancel_scope.cancel()
-    cluster.close()
 
 
 async def test_a_member_reading_da_slowly_does_not_publish_again_a_batch_already_there(
@@ -316,10 +314,7 @@ async def test_a_member_reading_da_slowly_does_not_publish_again_a_batch_already
     """c0 (rank 0) reads DA slowly (45 s a read, never failing): its consumer had reached the head once, which
     counted as "DA works" for good, and it published again a batch that was on DA all along (a reviewer's run).
     A batch is missing only once a read that began long enough after it was heard reached the head without it."""
-    cluster = SimCluster(tmp_path, 4, seed=5, delay=(0.001, 0.01))
-    cluster.seed_ledger()
-    async with trio.open_nursery() as nursery:
-        await cluster.start(nursery)
+    async with started(tmp_path, seed=5) as cluster:
         consumer = cluster.members["c0"].consumer
         assert consumer is not None
         real = consumer.poll_once
@@ -335,8 +330,6 @@ async def test_a_member_reading_da_slowly_does_not_publish_again_a_batch_already
         await trio.sleep(120)
         assert [b.origin for b in batches_on_da(cluster)] == ["c2"]
         assert sum(cluster.service(i).counters.republished for i in cluster.members) == 0
-        nursery.cancel_scope.cancel()
-    cluster.close()
 
 
 async def test_a_proposer_whose_peers_do_not_keep_its_batch_still_signs_and_keeps_house(
@@ -346,10 +339,7 @@ async def test_a_proposer_whose_peers_do_not_keep_its_batch_still_signs_and_keep
     over a lock: both froze (a reviewer's run). The slot is free once the batch is signed; takeovers never wait."""
     from consensus.receipt_service import FINAL, FINAL_ACK
 
-    cluster = SimCluster(tmp_path, 4, seed=5, delay=(0.001, 0.01))
-    cluster.seed_ledger()
-    async with trio.open_nursery() as nursery:
-        await cluster.start(nursery)
+    async with started(tmp_path, seed=5) as cluster:
         first = await sign_some(cluster, "c0", 2)
         stuck_ids: set[bytes] = set()
         for i in ("c1", "c2", "c3"):
@@ -375,8 +365,6 @@ async def test_a_proposer_whose_peers_do_not_keep_its_batch_still_signs_and_keep
         await cluster.wait_final(later | {orphan.id}, timeout=120)  # signed, and the orphan taken over
         assert all(c0.records[r].status == "locked" for r in first)  # never reported final: not kept
         assert c0._announcing >= first and not c0.view.holds(next(iter(first)))
-        nursery.cancel_scope.cancel()
-    cluster.close()
 
 
 async def test_a_peer_that_cannot_keep_a_batch_does_not_serve_it_as_final(
@@ -385,10 +373,7 @@ async def test_a_peer_that_cannot_keep_a_batch_does_not_serve_it_as_final(
     the write failed (a reviewer's finding): "final" was reported by a member that did not keep it."""
     from consensus.lockstore import LockTableBroken
 
-    cluster = SimCluster(tmp_path, 4, seed=5, delay=(0.001, 0.01))
-    cluster.seed_ledger()
-    async with trio.open_nursery() as nursery:
-        await cluster.start(nursery)
+    async with started(tmp_path, seed=5) as cluster:
         cluster.da.down_until = trio.current_time() + 3600  # the batch stays heard only
 
         def broken(*args: Any, **kwargs: Any) -> None:
@@ -401,5 +386,3 @@ async def test_a_peer_that_cannot_keep_a_batch_does_not_serve_it_as_final(
         for rid in ids:
             doc = c3.lookup(rid)
             assert doc is None or doc["status"] != "final"
-        nursery.cancel_scope.cancel()
-    cluster.close()
