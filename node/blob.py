@@ -19,7 +19,7 @@ import msgpack
 import nacl.exceptions
 import nacl.signing
 
-from node.events import EventDecodeError, EventTuple, decode_event_tuple
+from node.events import EventTuple, decode_events
 
 MAGIC = b"DSDNEV"
 VERSION = 1
@@ -103,17 +103,5 @@ def decode_blob(data: bytes, members: frozenset[bytes], *,
     if type(obj) is not list or len(obj) != 2 or type(obj[0]) is not str or type(obj[1]) is not list:
         raise BlobError("malformed", "body is not [origin, [events]]")
     origin = expected_origin(pub, obj[0], member_ids or {})
-    events, invalid, wrong = [], 0, 0
-    for raw in obj[1]:
-        try:
-            if type(raw) is not bytes:
-                raise EventDecodeError("event is not bytes")
-            event = decode_event_tuple(raw)
-        except EventDecodeError:
-            invalid += 1
-            continue
-        if event[3] != origin:  # the origin
-            wrong += 1
-            continue
-        events.append(event)
+    events, invalid, wrong = decode_events(obj[1], origin)
     return DecodedBlob(pub, obj[0], events, invalid, wrong)

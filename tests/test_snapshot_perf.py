@@ -216,6 +216,39 @@ def test_the_decoder_accepts_and_rejects_exactly_what_the_previous_one_did(event
     assert 300 <= accepted < len(raws) // 2  # both paths exercised
 
 
+def test_a_blob_s_events_decode_as_each_on_its_own_followed_by_the_origin_check(events: list[ev.Event]) -> None:
+    """``decode_events`` (a blob's events in one loop, the encoding checked once for the blob) gives exactly what
+    the reference decoder gives event by event, then the origin check: the same events in the same order, the
+    same counts of invalid and of other origins. Among the candidates: events of the right length but not in
+    canonical encoding (a clock written as int64 rather than uint64), which only the blob-wide check catches."""
+    rng = random.Random(12)
+    raws: list[Any] = candidates(events, rng)
+    for e in rng.sample(events, 200):
+        raws.append(e.raw.replace(b"\xcf", b"\xd3", 1))  # the wall clock as int64: same length, not canonical
+    raws += ["not bytes", 7, None, bytearray(events[0].raw)]
+    rng.shuffle(raws)
+    taken = dropped = other = 0
+    start = 0
+    while start < len(raws):
+        blob = raws[start : start + rng.choice((1, 2, 50, 400))]
+        start += len(blob)
+        for origin in ("c0", "c1", "", "c" * 257, None):
+            want: list[ev.Event] = []
+            invalid = wrong = 0
+            for raw in blob:
+                event = outcome(reference_decode, raw) if type(raw) is bytes else None
+                if event is None:
+                    invalid += 1
+                elif event.origin != origin:
+                    wrong += 1
+                else:
+                    want.append(event)
+            got, got_invalid, got_wrong = ev.decode_events(blob, origin)
+            assert ([ev.Event._make(e) for e in got], got_invalid, got_wrong) == (want, invalid, wrong)
+            taken, dropped, other = taken + len(want), dropped + invalid, other + wrong
+    assert taken >= 300 and dropped >= 3000 and other >= 300  # every path exercised
+
+
 # ---- snapshots ----------------------------------------------------------------------------------------
 
 
