@@ -26,7 +26,7 @@ from api.auth import bearer_matches
 from api.blobstore import BlobStore, register_blobstore_routes
 from api.dashboard import register_dashboard_routes
 from api.metrics import register_metrics_routes
-from api.openapi import QUORUM_ROUTES, ROUTES, openapi_document
+from api.openapi import QUORUM_ROUTES, ROUTES, openapi_document, query_parameters
 from api.receipts import node_public_key, register_receipt_routes
 from consensus.dkg import DkgError
 from consensus.dkg_service import DkgService
@@ -88,12 +88,21 @@ async def json_body() -> JSONDict:
     if len(data) > MAX_BODY:  # a body without Content-Length
         raise ApiError(413, {"error": "payload_too_large", "message": f"request body is larger than {MAX_BODY} bytes"})
     try:  # UTF-8 only (a byte-order mark allowed): json.loads of bytes also guessed UTF-16 and UTF-32
-        body = json.loads(data.decode("utf-8-sig"), parse_constant=_reject_constant)
+        body = json.loads(data.decode("utf-8-sig"), parse_constant=_reject_constant, parse_int=_parse_int)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, {"error": "malformed_json", "message": f"body is not valid JSON: {exc}"}) from None
     except RecursionError:
         raise ApiError(400, {"error": "malformed_json", "message": "body is nested too deeply"}) from None
     return v.require_object(body)
+
+
+def _parse_int(text: str) -> int | float:
+    """A JSON integer; one of more digits than any field takes is read as ±infinity, so the field's check refuses
+    it as out of range (422), as it does 1e400: Python's limit on digits (4,300) answered 400 "malformed JSON"
+    with a message about ``sys.set_int_max_str_digits``."""
+    if len(text) > 64:
+        return float("-inf") if text.startswith("-") else float("inf")
+    return int(text)
 
 
 def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: PeerManager | None = None,
@@ -132,9 +141,13 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
 
     @app.before_request
     async def one_value_per_parameter() -> None:
-        """A query parameter given twice is refused: only the first value was checked and used, so ``?rf=3&rf=abc``
-        answered 200 (a reviewer's finding)."""
-        for name in request.args:
+        """A query parameter the route reads, given twice, is refused: only the first value was checked and used,
+        so ``?rf=3&rf=abc`` answered 200 (a reviewer's finding). Parameters a route does not read are ignored
+        (``/health?_=1&_=2`` is a health check; an unknown path stays a 404, a missing token a 401)."""
+        rule = request.url_rule
+        if rule is None:
+            return
+        for name in query_parameters(request.method, rule.rule):
             if len(request.args.getlist(name)) > 1:
                 raise v.Invalid(name, "one value (the parameter is given more than once)")
 
@@ -150,7 +163,7 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
 
     @app.errorhandler(NotFound)
     async def not_found(e: NotFound) -> tuple[JSONDict, int]:
-        return {**e.body, "message": e.body["error"]}, 404
+        return {"message": e.body["error"], **e.body}, 404
 
     @app.errorhandler(HTTPException)
     async def http_error(e: HTTPException) -> Response:
@@ -169,7 +182,7 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
         return response
 
     async def options() -> Response:
-        return Response("", 200, {"Allow": _allow(())})
+        return Response("", 204, {"Allow": _allow(())}, content_type="text/plain")
 
     app.make_default_options_response = options  # type: ignore[method-assign]
 
@@ -316,7 +329,14 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
     @app.get("/fallback/pending")
     async def fallback_pending() -> Response:
         limit = v.query_integer(request.args.get("limit"), "limit", 1000, 1, 1000)
-        return json_response(await coord.da.pending.list_pending(limit))
+        after = request.args.get("after")
+        if after is not None and not 0 < len(after) <= 256:
+            raise v.Invalid("after", "a blob_id from a previous page")
+        page = await coord.da.pending.list_pending(limit, after)
+        if page is None:
+            raise NotFound({"error": "not found", "after": after,
+                            "message": "no blob has this blob_id (any more): start again without after"})
+        return json_response(page)
 
     @app.post("/fallback/reconcile")
     @mutating

@@ -53,13 +53,17 @@ def _range(lo: float, hi: float, lo_open: bool, nullable: bool = False) -> Schem
     return schema
 
 
+NODE_KEY = {**HEX32, "description": "the node's Ed25519 public key (64 hex, a valid point): needed to earn receipts"}
 NODE = {"type": "object", "required": ["id", "zone", "addr", "capacity_gb", "meta"],
-        "properties": {"id": ID, "zone": STR, "addr": STR, "capacity_gb": INT, "meta": OBJ}}
+        "properties": {"id": ID, "zone": STR, "addr": STR, "capacity_gb": INT, "meta": OBJ,
+                       "public_key": {**NODE_KEY, "description": "present once the node registered a key"}}}
 STATS = {"type": "object", "required": list(STAT_RANGES),
          "properties": {k: _range(*r) for k, r in STAT_RANGES.items()}}
 REGISTER = {"type": "object", "required": ["id", "zone", "addr"], "properties": {
     "id": ID, "zone": ZONE, "addr": ADDR,
-    "capacity_gb": {**U63, "type": ["integer", "null"], "description": "GB; omitted or null: 100"}}}
+    "capacity_gb": {**U63, "type": ["integer", "null"], "description": "GB; omitted or null: 100"},
+    "public_key": {**NODE_KEY, "type": ["string", "null"], "description":
+                   NODE_KEY["description"] + "; omitted or null: none (a key registered before is kept)"}}}
 STATS_IN = {"type": "object", "required": [k for k in STAT_RANGES if k not in STAT_DEFAULTS], "properties": {
     k: {**_range(*r, nullable=k in STAT_DEFAULTS)} | (
         {"description": f"omitted or null: {STAT_DEFAULTS[k]:g}"} if k in STAT_DEFAULTS else {})
@@ -126,8 +130,9 @@ ROUTES: list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any], tuple[i
     ("GET", "/da/metrics", "DA counters and latencies", None, OBJ, ()),
     ("GET", "/da/routing", "DA routing state", None, OBJ, ()),
     ("GET", "/fallback/status", "Fallback status", None, OBJ, ()),
-    ("GET", "/fallback/pending", "Blobs pending reconciliation, oldest first (?limit=1..1000, default 1000)", None,
-     {"type": "array"}, (422,)),
+    ("GET", "/fallback/pending", "Blobs pending reconciliation, oldest first (?limit=1..1000, default 1000; "
+     "?after=<blob_id of the previous page's last blob> for the next page; 404 when no blob has it)", None,
+     {"type": "array"}, (404, 422)),
     ("POST", "/fallback/reconcile", "Run reconciliation now", None, OBJ, (401, 409)),
     ("GET", "/fallback/consistency", "Check the newest published blobs (200 of each kind, within 10 s, then the "
      "newest 100 event blobs, within 10 s more) are readable from DA", None, OBJ, ()),
@@ -160,12 +165,16 @@ QUORUM_ROUTES: list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any], 
 # What differs from "200, JSON, schema of the table": another success status, another body for an error.
 _SUCCESS = {("POST", "/cluster/dkg"): 202, **RECEIPT_SUCCESS}
 _ERROR_BODIES: dict[tuple[str, str, int], Schema] = {("GET", "/ready", 503): READY}
+_DESCRIBED = {("POST", "/quorum/v1/blobs", 415): "Content-Type is not application/octet-stream"}
 _REQUEST_OPTIONAL = {("POST", "/cluster/dkg")}  # an empty body is allowed
 _MEDIA_TYPES = {**DASHBOARD_MEDIA, METRICS_ROUTE[:2]: METRICS_MEDIA_TYPE}  # successes that are not JSON
 _PATH_PARAMS: dict[str, Schema] = {"node_id": ID, "key": HASH, "obj": HASH, "blob_hash": HEX32, **RECEIPT_PATH_PARAMS}
 _QUERY_PARAMS: dict[str, list[tuple[str, Schema, bool]]] = {
     "/placement/<key>": [("rf", {"type": "integer", "minimum": 1, "maximum": 64, "default": 3}, False)],
-    "/fallback/pending": [("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1000}, False)],
+    "/fallback/pending": [("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1000}, False),
+                          ("after", {"type": "string", "minLength": 1, "maxLength": 256, "description":
+                                     "the blob_id of the previous page's last blob: the page starts after it"},
+                           False)],
     "/quorum/v1/blobs": [("namespace", NAMESPACE, True)],
     "/quorum/v1/blobs/<blob_hash>": [("namespace", NAMESPACE, False)],
     "/quorum/v1/log": [("after", {"type": "integer", "minimum": 0, "maximum": v.MAX_U63, "default": 0}, False),
@@ -212,11 +221,18 @@ def _operation(method: str, rule: str, summary: str, request_schema: Schema | No
         op["requestBody"] = {"required": (method, rule) not in _REQUEST_OPTIONAL,
                              "content": {"application/json": {"schema": request_schema}}}
     for code in errors:
-        op["responses"][str(code)] = {"description": _DESCRIPTIONS[code], "content": {
+        described = _DESCRIBED.get((method, rule, code), _DESCRIPTIONS[code])
+        op["responses"][str(code)] = {"description": described, "content": {
             "application/json": {"schema": _ERROR_BODIES.get((method, rule, code), ERROR)}}}
     if method == "POST" and rule not in UNGUARDED_POSTS:
         op["security"] = [{"bearer": []}, {}]
     return op
+
+
+def query_parameters(method: str, rule: str) -> frozenset[str]:
+    """The query parameters the route ``rule`` (Quart's form) reads for ``method`` (HEAD as GET)."""
+    method = "GET" if method == "HEAD" else method
+    return frozenset(name for name, _, _ in RECEIPT_QUERY_PARAMS.get((method, rule), _QUERY_PARAMS.get(rule, [])))
 
 
 def openapi_document(version: str, quorum: bool = False) -> dict[str, Any]:

@@ -144,12 +144,23 @@ class PendingStore:
 
         return await self._call(read)
 
-    async def list_pending(self, limit: int) -> list[dict[str, object]]:
-        """The oldest ``limit`` pending blobs as /fallback/pending shows them (without their data)."""
-        def read() -> list[dict[str, object]]:
-            rows = self._db.execute(
-                "SELECT blob_id, layer, height, stored_ms, retry_count, last_error, length(data) FROM fallback_blobs "
-                "WHERE reconciled_ms IS NULL ORDER BY stored_ms, rowid LIMIT ?", (limit,)).fetchall()
+    async def list_pending(self, limit: int, after: str | None = None) -> list[dict[str, object]] | None:
+        """The oldest ``limit`` pending blobs as /fallback/pending shows them (without their data); with ``after``
+        (a blob id) those that come after that blob, for paging; None when no blob has that id (any more)."""
+        def read() -> list[dict[str, object]] | None:
+            columns = "blob_id, layer, height, stored_ms, retry_count, last_error, length(data)"
+            if after is None:
+                rows = self._db.execute(
+                    f"SELECT {columns} FROM fallback_blobs WHERE reconciled_ms IS NULL ORDER BY stored_ms, rowid "
+                    "LIMIT ?", (limit,)).fetchall()
+            else:
+                key = self._db.execute("SELECT stored_ms, rowid FROM fallback_blobs WHERE blob_id = ?",
+                                       (after,)).fetchone()
+                if key is None:
+                    return None
+                rows = self._db.execute(
+                    f"SELECT {columns} FROM fallback_blobs WHERE reconciled_ms IS NULL AND (stored_ms, rowid) > (?, ?) "
+                    "ORDER BY stored_ms, rowid LIMIT ?", (*key, limit)).fetchall()
             return [{"blob_id": b, "source_da": layer, "target_da": "primary", "stored_at": ms, "retry_count": r,
                      "last_error": err, "height": h, "size": size} for b, layer, h, ms, r, err, size in rows]
 
