@@ -1034,6 +1034,8 @@ class ReceiptService:
                 await self.run_blocking(partial(self.locks.mark_final, rejected, CLOSED_REJECTED))
         if not chosen:
             self.counters.batches_failed += 1
+            log.info("batch of %d receipt(s) not signed: no receipt accepted by %d signers that can sign (%s)",
+                     len(candidates), t, self._why_unsigned(candidates, accepted, refusals, answered | {me}))
             return
         by_id = {r.id: r for r in candidates}
         final = [by_id[i] for i in chosen]
@@ -1044,6 +1046,21 @@ class ReceiptService:
                 self._retry[r.id] = trio.current_time() + NOT_YET_RETRY_S
             return
         await self._signed(key, final, signature, signers, (t_start, t_locked, t_peers))
+
+    def _why_unsigned(self, candidates: list[rc.Receipt], accepted: dict[int, set[bytes]],
+                      refusals: dict[bytes, list[Decision]], answered: set[int]) -> str:
+        """For the log: who accepted how many of a batch's receipts, who refused them and why, who never
+        answered."""
+        usable = ", ".join(f"{self.member_of.get(i, i)} {len(ok)}" for i, ok in sorted(accepted.items()))
+        reasons: dict[str, int] = {}
+        for r in candidates:
+            for d in refusals[r.id]:
+                why = f"{d.verdict.name.lower()} {d.reason}".strip()
+                reasons[why] = reasons.get(why, 0) + 1
+        silent = sorted(self.member_of[i] for i in self.member_of if i not in answered)
+        return (f"accepted, with a commitment and not blamed: {usable or 'none'}; refusals: "
+                f"{'; '.join(f'{why} ×{n}' for why, n in reasons.items()) or 'none'}; no answer from "
+                f"{', '.join(silent) or 'none'}")
 
     async def _signed(self, key: frost.KeyShare, final: list[rc.Receipt], signature: bytes, signers: tuple[int, ...],
                       times: tuple[float, float, float]) -> None:

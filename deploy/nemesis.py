@@ -91,7 +91,7 @@ class Nemesis:
             view = [entries[b.id] if b.id == a.id else
                     f"{entries[b.id].split('@')[0]}@127.0.0.1:{self.proxies[(a.id, b.id)].port}" for b in coords]
             a.env["CLUSTER_PEERS"] = ",".join(view)
-            a.env["LOG_LEVEL"] = "WARNING"
+            a.env["LOG_LEVEL"] = os.environ.get("LOG_LEVEL", "WARNING")  # LOG_LEVEL=INFO dsdn nemesis: theirs too
         if self.byzantine:
             coords[-1].env["DSDN_BYZANTINE"] = self.byzantine
         for m in self.members[:2]:
@@ -182,6 +182,7 @@ class Nemesis:
 
     async def inject(self, nursery: trio.Nursery, http: httpx.AsyncClient, kind: str, span: float) -> None:
         victim = self.rng.choice(self.coordinators)
+        self.say(f"{kind} {'' if kind.startswith('devnet') else victim.id} for {span:.1f}s")
         if kind == "kill":
             assert victim.process is not None
             victim.process.kill()
@@ -195,6 +196,7 @@ class Nemesis:
             victim.process.send_signal(signal.SIGCONT)
         elif kind in ("cut", "slow_link"):
             other = self.rng.choice([m for m in self.coordinators if m is not victim])
+            self.say(f"  ({kind}: the links between {victim.id} and {other.id})")
             links = [self.proxies[(victim.id, other.id)], self.proxies[(other.id, victim.id)]]
             for p in links:
                 p.set(cut=kind == "cut", delay_ms=0 if kind == "cut" else 300, rate=0 if kind == "cut" else 20_000)
@@ -205,6 +207,10 @@ class Nemesis:
             await self.devnet(http, "down" if kind == "devnet_down" else "slow")
             await trio.sleep(span)
             await self.devnet(http, "ok")
+
+    def say(self, text: str) -> None:
+        """A line of the run's log: what happens when (faults; what the checker found), for reading a failure."""
+        print(f"[nemesis] {time.strftime('%H:%M:%S')}.{int(time.time() * 1000) % 1000:03d} {text}", flush=True)
 
     async def devnet(self, http: httpx.AsyncClient, mode: str) -> None:
         """Set the devnet's fault mode; a refusal is a violation (the fault would be counted, never injected)."""
@@ -218,6 +224,7 @@ class Nemesis:
             self.violations.append(f"the devnet did not take fault mode {mode!r}: {type(exc).__name__}")
 
     async def heal(self, http: httpx.AsyncClient, nursery: trio.Nursery) -> None:
+        self.say("healing: every link restored, the devnet up, every coordinator running")
         for p in self.proxies.values():
             p.set()
         await self.devnet(http, "ok")
@@ -357,6 +364,13 @@ class Nemesis:
                 await trio.sleep(0.2)
         if len(roots) != 1 or None in roots:
             self.violations.append(f"state roots differ at the end of the check: {sorted(map(str, roots))}")
+        if self.violations:  # how each coordinator sees its links now: a link that stayed down explains much
+            for m in coords:
+                links = await get(http, f"{m.url}/cluster/peers") or []
+                self.say(f"{m.id}'s links: " + ", ".join(
+                    f"{link.get('id')} {link.get('state')} (in {link.get('messages_in')}, out "
+                    f"{link.get('messages_out')}, errors {link.get('errors')}, last error {link.get('last_error')})"
+                    for link in links if isinstance(link, dict)))
         return {"acked_receipts": len(acked), "final": final, "registrations": len(registered)}
 
 
