@@ -87,7 +87,7 @@ class Coordinator:
             batch_size=config.reconcile_batch_size, retry_delay_s=config.reconcile_retry_delay_ms / 1000,
             max_retries=config.reconcile_max_retries, parallel=config.reconcile_parallel, followed=followed,
             health_timeout_s=config.da_health_timeout_ms / 1000, members=lambda: self.members,
-            adopt_grace_s=config.reconcile_adopt_grace_ms / 1000,
+            adopt_grace_s=config.reconcile_adopt_grace_ms / 1000, own_key=self.public_key,
         )
         self.publisher = Publisher(self.outbox, self.da.router, self.key, self.id, config.blob_max_bytes,
                                    config.publish_interval_ms / 1000)

@@ -293,6 +293,18 @@ async def test_blobstore_da_roundtrip(server: Server) -> None:
             await da.get(BlobRef("emergency", 9, hashlib.sha256(b"never").digest()))
 
 
+async def test_blobstore_da_ignores_proxy_variables(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP(S)_PROXY in the environment rerouted the emergency store's and every validator's traffic through a
+    proxy (the Celestia client already ignored them; a reviewer's finding): a dead proxy made the store unreachable."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    async with BlobStoreDA(server.url, public_key=server.store.public_key, timeout_s=5) as da:
+        ref = await da.post(b"through no proxy")
+        assert await da.get(ref) == b"through no proxy"
+
+
 async def test_blobstore_da_rejects_tampered_signature(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
     good_sign = server.store.sign
 

@@ -28,6 +28,7 @@ from node.da.celestia import (
     DARPCError,
     DAUnauthorized,
     InvalidBlob,
+    header_height,
     map_rpc_error,
 )
 from node.da.commitment import blob_commitment
@@ -703,3 +704,20 @@ async def test_admin_prune_validates(devnet: str) -> None:
             assert (await http.post("/admin/prune", json=body)).status_code == 422
     async with httpx.AsyncClient(base_url=devnet, timeout=5) as http:
         assert (await http.post("/admin/prune", json={"below": 2})).status_code == 401
+
+
+async def test_a_height_beyond_what_sqlite_holds_is_a_node_error_not_a_crash(nursery: trio.Nursery) -> None:
+    """A node answering blob.Submit (or a header) with a height of 2^63 or more: the publisher stored it, SQLite
+    raised OverflowError, which no DA error path catches, and the coordinator went down (a reviewer's finding)."""
+    def respond(req: dict[str, Any]) -> tuple[int, Any]:
+        if req["method"] == "blob.Submit":
+            return 200, {"jsonrpc": "2.0", "id": req["id"], "result": 2**63}
+        return 200, {"jsonrpc": "2.0", "id": req["id"], "result": {"header": {"height": str(2**63)}}}
+
+    fake = await FakeServer(respond).start(nursery)
+    async with make_client(fake.url, retry_count=0) as da:
+        with pytest.raises(DARPCError, match="not an inclusion height"):
+            await da.post(b"hello")
+    with pytest.raises(DARPCError, match="out of range"):
+        header_height({"header": {"height": str(2**63)}})
+    assert header_height({"header": {"height": str(2**63 - 1)}}) == 2**63 - 1

@@ -214,6 +214,43 @@ async def test_only_member_signed_blobs_are_adopted_after_the_grace_period_and_q
     await stack.aclose()
 
 
+async def test_a_blob_of_ours_whose_pending_record_was_lost_is_adopted_while_we_keep_writing(tmp_path: Path) -> None:
+    """Our own blob on a fallback log, not in our pending store (a data dir restored from a backup, the key kept):
+    it counted as foreign, and since we kept writing to the primary our key always looked active, so neither we nor
+    any member adopted it; it lived on the fallback only (a reviewer's reproduction). Our own key is never held
+    active: the blob is adopted after the grace period although we write on; another member's key still is."""
+    me, other = nacl.signing.SigningKey.generate(), nacl.signing.SigningKey.generate()
+    members = frozenset({bytes(me.verify_key), bytes(other.verify_key)})
+    primary, emergency = MockDA(), MockDA(name=EMERGENCY)
+    stack = DAStack({PRIMARY: primary, EMERGENCY: emergency}, tmp_path, timeout_s=2, retry_delay_s=0.01,
+                    members=lambda: members, adopt_grace_s=0.2, own_key=bytes(me.verify_key))
+    orphan, theirs = signed(me, b"written during the outage"), signed(other, b"theirs, during the outage")
+    await emergency.post(orphan)
+    await emergency.post(theirs)
+    cursors = dict.fromkeys(stack.followed, 0)
+
+    async def follow() -> None:
+        for name, log_ in stack.followed.items():
+            while True:
+                page = await log_.read_after(cursors[name], 100)
+                cursors[name] = page.cursor
+                if page.at_head:
+                    break
+
+    stack.observe(PRIMARY, True)
+    adopted = 0
+    for i in range(8):  # both of us write on the primary all along: 8 x 0.15 s, six grace periods
+        await primary.post(signed(me, b"our write %d" % i))
+        await primary.post(signed(other, b"their write %d" % i))
+        await follow()
+        adopted += (await stack.reconciler.run_pass()).blobs_adopted
+        await trio.sleep(0.15)
+    on_primary = [d for _, d in (await primary.read_after(0, 100)).items]
+    assert adopted == 1 and orphan in on_primary and theirs not in on_primary
+    assert stack.pending.foreign_waiting == 1  # theirs: its writer is active, and reconciles it itself
+    await stack.aclose()
+
+
 async def test_own_pending_blob_seen_on_the_primary_is_reconciled(tmp_path: Path) -> None:
     key = nacl.signing.SigningKey.generate()
     primary, emergency = MockDA(), MockDA(name=EMERGENCY)

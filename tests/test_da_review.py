@@ -420,3 +420,33 @@ async def test_leaving_healthy_by_failed_writes_probes_the_fallbacks_at_once(
         assert probes[SECONDARY] == 2  # at once, not at the next round
         nursery.cancel_scope.cancel()
     await stack.aclose()
+
+
+async def test_a_store_answering_a_position_beyond_what_sqlite_holds_is_malformed_not_a_crash() -> None:
+    """A blob store (or one quorum validator) answering a post with position 2^63, or a log page with a cursor of
+    2^64: the router's pending.record raised OverflowError from SQLite (or snapshot.save from msgpack), no DA
+    error path catches that, and the coordinator went down; one lying validator of three took down every writer
+    that fell back to the quorum (a reviewer's reproduction). Now the store's answer is malformed (DAUnavailable),
+    as any other lie."""
+    import hashlib
+
+    store = BlobStoreDA("http://127.0.0.1:9")
+    data = b"blob"
+    answers: list[dict[str, Any]] = [
+        {"position": 2**63, "hash": hashlib.sha256(data).hexdigest(), "signature": "00" * 64, "validator": "11" * 32},
+        {"items": [], "cursor": 2**64, "at_head": False},
+        {"items": [], "cursor": 3, "at_head": True, "head": 2**63},
+    ]
+
+    async def answer(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        return answers.pop(0)
+
+    store._call = answer  # type: ignore[method-assign]
+    try:
+        with pytest.raises(DAUnavailable, match="malformed post answer"):
+            await store.store(data)
+        for _ in range(2):
+            with pytest.raises(DAUnavailable, match=r"malformed log (page|head)"):
+                await store.read_after(2, 10)
+    finally:
+        await store.aclose()

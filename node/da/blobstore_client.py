@@ -115,7 +115,8 @@ class BlobStoreDA:
         self.timeout_s = timeout_s
         self._base = self.url if self.url.endswith(PREFIX) else self.url + PREFIX
         self._key = public_key
-        self._http = httpx.AsyncClient(timeout=timeout_s)
+        # trust_env=False: a blob store or validator is a private endpoint; HTTP(S)_PROXY must not reroute it
+        self._http = httpx.AsyncClient(timeout=timeout_s, trust_env=False)
         self._restarted_at: float | None = None  # trio time we last read its log again from the start
 
     @property
@@ -153,6 +154,8 @@ class BlobStoreDA:
         if type(raw_items) is not list or not _is_int(page_cursor) or type(at_head) is not bool:
             raise self._malformed("log page")
         head = body.get("head")
+        if head is not None and not _is_int(head):
+            raise self._malformed("log head")
         if _is_int(head) and head < cursor and cursor > 0:
             # The store's log is behind our cursor: it restarted (lost its disk, a new store at the same URL). Its
             # positions start again at 1, and reading on from our cursor skipped every blob it takes now (a
@@ -293,8 +296,13 @@ class BlobStoreDA:
         return body
 
 
+MAX_POSITION = 2**63 - 1  # what SQLite and msgpack hold: a store answering more would crash whoever stores it
+
+
 def _is_int(value: object) -> bool:
-    return type(value) is int
+    """A position, cursor or head as a store may answer it: an int in 0 .. 2^63 - 1 (one beyond took a coordinator
+    down with an OverflowError from SQLite or msgpack, outside every DA error path: a reviewer's reproduction)."""
+    return type(value) is int and 0 <= value <= MAX_POSITION
 
 
 def _hex(value: object, size: int) -> bytes | None:

@@ -133,6 +133,9 @@ def map_rpc_error(code: Any, message: str, method: str) -> DAError:
     return DARPCError(code if type(code) is int else None, message, method)
 
 
+MAX_HEIGHT = 2**63 - 1  # what SQLite and msgpack hold (a lying node's larger height crashed the publisher)
+
+
 def header_height(header: Any) -> int:
     """``result.header.height`` of an ExtendedHeader (a decimal string; a number is accepted too)."""
     try:
@@ -145,8 +148,8 @@ def header_height(header: Any) -> int:
         height = int(raw)
     except ValueError:
         raise DARPCError(None, f"header.height is {raw!r}, not a decimal string") from None
-    if height < 0:
-        raise DARPCError(None, f"header.height is negative: {raw!r}")
+    if not 0 <= height <= MAX_HEIGHT:
+        raise DARPCError(None, f"header.height is out of range: {raw!r}")
     return height
 
 
@@ -351,7 +354,7 @@ class CelestiaDA:
         if self.gas_price >= 0:
             options = {"gas_price": self.gas_price, "is_gas_price_set": True}
         result = await self.call("blob.Submit", [payload, options])
-        if isinstance(result, bool) or not isinstance(result, int) or result <= 0:
+        if isinstance(result, bool) or not isinstance(result, int) or not 0 < result <= MAX_HEIGHT:
             raise DARPCError(None, f"blob.Submit returned {result!r}, not an inclusion height", "blob.Submit")
         return [BlobRef(self.name, result, c) for c in commitments]
 

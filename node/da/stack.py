@@ -80,10 +80,13 @@ class DAStack:
                  failure_threshold: int = 3, recovery_threshold: int = 2, health_interval_s: float = 5.0,
                  batch_size: int = 10, retry_delay_s: float = 1.0, max_retries: int = 3, parallel: bool = False,
                  followed: Mapping[str, DALayer] | None = None, health_timeout_s: float = HEALTH_TIMEOUT_S,
-                 members: Callable[[], frozenset[bytes]] | None = None, adopt_grace_s: float | None = None) -> None:
+                 members: Callable[[], frozenset[bytes]] | None = None, adopt_grace_s: float | None = None,
+                 own_key: bytes | None = None) -> None:
         """``layers``: primary (required), secondary, emergency. ``followed``: extra logs for consumers
         (e.g. each quorum validator); by default every layer is followed. ``members`` (the cluster members' keys)
-        and ``adopt_grace_s``: reconcile other members' fallback blobs too (off without either)."""
+        and ``adopt_grace_s``: reconcile other members' fallback blobs too (off without either). ``own_key``: this
+        coordinator's key, never held "active" (see ``_primary_page``)."""
+        self.own_key = own_key
         # Layers that retry internally (Celestia) need room for every attempt and the backoff between them.
         backoff_s = sum(min(30.0, da_retry_delay_s * 2**k) * 1.25 for k in range(da_retry_count))
         budget_s = timeout_s * (da_retry_count + 1) + backoff_s
@@ -163,8 +166,12 @@ class DAStack:
         blobs = [(ref, data) for ref, data in page.items if data.startswith(MAGIC)]
         now, members = wall_ms(), self.members() if self.members is not None else frozenset()
         for _, data in blobs:  # a writer still active on the primary reconciles its own fallback blobs
-            if member_signed(data, members):  # (verified: nobody else can make a member look active)
-                self.reconciler.signer_active[data[len(MAGIC) + 1 : len(MAGIC) + 33]] = now
+            signer = data[len(MAGIC) + 1 : len(MAGIC) + 33]
+            # (verified: nobody else can make a member look active). Never ourselves: a blob of ours found on a
+            # fallback and not in our pending store is one whose record we lost (a data dir restored from a backup,
+            # the key kept); waiting for us to reconcile it would wait for ever, while we keep writing
+            if signer != self.own_key and member_signed(data, members):
+                self.reconciler.signer_active[signer] = now
         self.reconciler.forget([hashlib.sha256(data).hexdigest() for _, data in blobs])
         try:
             if blobs:
