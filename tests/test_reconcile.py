@@ -21,6 +21,7 @@ import trio.testing
 
 from deploy.devnet import serve_devnet
 from node.blob import MAGIC
+from node.da import reconcile
 from node.da.base import BlobNotFound, BlobRef
 from node.da.celestia import BlobTooLarge, CelestiaDA
 from node.da.mock import MockDA
@@ -444,4 +445,30 @@ async def test_the_stack_says_when_a_layer_is_healthy_again(tmp_path: Path) -> N
     for _ in range(3):
         stack.machine.observe(PRIMARY, True, 0)
     assert recovered == [SECONDARY, PRIMARY]
+    await stack.aclose()
+
+
+async def test_a_pass_loads_a_bounded_amount_of_blob_data_at_once(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page of 256 pending blobs was loaded whole, data and all: near 2 MB each after a long outage, 510 MB at once
+    (a reviewer's finding). A page is now loaded in parts of at most LOAD_BYTES (scaled down here), every blob still
+    reconciled in order."""
+    monkeypatch.setattr(reconcile, "LOAD_BYTES", 10_000)
+    primary = BatchingDA(max_submit_bytes=20_000)
+    stack = make_stack(tmp_path, primary)
+    loaded: list[int] = []
+    load = stack.pending.load
+
+    async def measured(blob_ids: Any) -> Any:
+        blobs = await load(blob_ids)
+        loaded.append(sum(len(b.data) for b in blobs))
+        return blobs
+
+    monkeypatch.setattr(stack.pending, "load", measured)
+    blobs = [os.urandom(1500) for _ in range(40)] + [os.urandom(12_000)]  # and one larger than a part alone
+    await fill(stack, blobs)
+    report = await stack.reconciler.run_pass()
+    assert report.success and report.blobs_reconciled == 41
+    assert sorted(await primary_blobs(primary)) == sorted(blobs)
+    assert max(loaded) == 12_000 and sorted(loaded)[-2] <= 10_000 and len(loaded) >= 7
     await stack.aclose()

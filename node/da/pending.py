@@ -350,6 +350,18 @@ class PendingStore:
 
         return await self._call(read)
 
+    async def sizes(self, blob_ids: Sequence[str], *, foreign: bool = False) -> dict[str, int]:
+        """The data size of each of these blobs (pending or ``foreign``) that the store holds, without reading it."""
+        def read() -> dict[str, int]:
+            marks = ",".join("?" * len(blob_ids))
+            table = "foreign_blobs" if foreign else "fallback_blobs"
+            return dict(self._db.execute(f"SELECT blob_id, length(data) FROM {table} WHERE blob_id IN ({marks})",
+                                         tuple(blob_ids)).fetchall())
+
+        if not blob_ids:
+            return {}
+        return await self._call(read)
+
     async def load_foreign(self, blob_ids: Sequence[str]) -> list[FallbackBlob]:
         """Unresolved foreign blobs with these ids (``stored_ms``: when we first read it), in the order given."""
         def read() -> list[FallbackBlob]:

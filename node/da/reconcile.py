@@ -73,6 +73,7 @@ T = TypeVar("T")
 #: carries (its byte limit, ``max_submit_bytes``, applies too), and how many such calls a pass keeps in flight.
 SUBMIT_BLOBS = 256
 SUBMITS_IN_FLIGHT = 4
+LOAD_BYTES = 32 << 20  # blob data loaded at once by a pass: a page of 256 blobs near 2 MB each held 510 MB
 
 #: How long the monitor's passes hold back a blob the primary took but did not give back: HOLD_BASE_S after its
 #: first miss, doubling with each miss, at most HOLD_MAX_S.
@@ -245,8 +246,9 @@ class Reconciler:
                             break
                         after = keys[-1]
                         ids = [k.blob_id for k in keys if not self._skipped(k.blob_id, self._rejected)]
-                        batch = [b for b in await self.pending.load(ids) if b.primary_ref is None]
-                        await self._run_batch(batch, report, foreign=False)
+                        for part in await self._by_size(ids, foreign=False):
+                            batch = [b for b in await self.pending.load(part) if b.primary_ref is None]
+                            await self._run_batch(batch, report, foreign=False)
                     if not report.aborted:
                         await self._adopt(report)
             self._submits = None
@@ -278,6 +280,21 @@ class Reconciler:
                          self.pending.pending_count, report.foreign_processed, report.blobs_adopted,
                          self.pending.foreign_waiting, "; stopped: the primary failed" if report.aborted else "")
             return report
+
+    async def _by_size(self, ids: list[str], *, foreign: bool) -> list[list[str]]:
+        """``ids`` in order, cut into parts of at most LOAD_BYTES of data each (a blob larger alone is a part):
+        a page's blobs are loaded part by part, so a pass holds a bounded amount of blob data."""
+        sizes = await self.pending.sizes(ids, foreign=foreign)
+        parts: list[list[str]] = []
+        total = LOAD_BYTES
+        for blob_id in ids:
+            size = sizes.get(blob_id, 0)
+            if total + size > LOAD_BYTES:
+                parts.append([])
+                total = 0
+            parts[-1].append(blob_id)
+            total += size
+        return parts
 
     @property
     def _page_size(self) -> int:
@@ -449,9 +466,10 @@ class Reconciler:
             due = [k.blob_id for k in keys if max(k.stored_ms, ok_since) + self._adopt_delay_ms(k.blob_id) <= limit_ms
                    and not self._skipped(k.blob_id, self._rejected_foreign)]
             quiet_since = limit_ms - int(self.adopt_grace_s * 1000)
-            batch = [b for b in await self.pending.load_foreign(due)
-                     if self.signer_active.get(_signer(b.data), -1) < quiet_since]
-            await self._run_batch(batch, report, foreign=True)
+            for part in await self._by_size(due, foreign=True):
+                batch = [b for b in await self.pending.load_foreign(part)
+                         if self.signer_active.get(_signer(b.data), -1) < quiet_since]
+                await self._run_batch(batch, report, foreign=True)
 
     def _should_stop(self) -> bool:
         """The monitor's passes stop once the status went back to a fallback; every pass stops once the primary
