@@ -48,9 +48,10 @@ async def run(cfg: config_mod.Config) -> None:
     tune_gc()
     layers = build_layers(cfg)
     coord = Coordinator(cfg, layers.primary, layers.secondary, layers.emergency, layers.followed)
-    # a hosted validator takes writes from cluster members only (from anyone when no member is configured)
-    writers = frozenset(coord.members) if cfg.cluster_member_keys else None
-    validator = BlobStore(cfg.data_dir, writers=writers) if cfg.quorum_validator else None
+    # a hosted validator takes writes from cluster members only, each signed by its key (our DA clients sign every
+    # write); a coordinator outside a cluster is its only member: it took anyone's write, token or not (a reviewer's
+    # finding: the one write route COORDINATOR_API_TOKEN did not guard)
+    validator = BlobStore(cfg.data_dir, writers=frozenset(coord.members)) if cfg.quorum_validator else None
     peers = peer_manager(cfg, coord)
     dkg = None
     if peers is not None:

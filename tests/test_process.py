@@ -104,6 +104,33 @@ async def test_sigterm_answers_a_peers_long_poll_on_the_hosted_validator_at_once
     assert answers[0].status_code == 200 and answers[0].json()["items"] == []
 
 
+async def test_a_hosted_validator_outside_a_cluster_takes_only_its_own_signed_writes(
+        procs: list[CoordinatorProcess], tmp_path: Path) -> None:
+    """A coordinator hosting a quorum validator without cluster members took anyone's write, with or without
+    COORDINATOR_API_TOKEN: the one write route the token did not guard (a reviewer's finding). Outside a cluster it
+    is the only member: a write signed by its own key is taken, an unsigned one (401) or a stranger's (403) not."""
+    import nacl.signing
+
+    from node import identity
+    from node.da.base import DAUnavailable
+    from node.da.blobstore_client import BlobStoreDA
+
+    c = launch(procs, tmp_path, "validator", QUORUM_VALIDATOR="true", COORDINATOR_API_TOKEN="s3cret")
+    await c.wait_ready()
+    own = identity.load_or_create(tmp_path / "validator")
+    for signer, refused in ((None, "401"), (nacl.signing.SigningKey.generate(), "403"), (own, None)):
+        async with BlobStoreDA(f"{c.url}/quorum/v1", name="validator", timeout_s=5, signer=signer) as store:
+            if refused is None:
+                ref = await store.post(b"a member's write")
+                assert await store.get(ref) == b"a member's write"
+            else:
+                with pytest.raises(DAUnavailable, match=f"refused with {refused}"):
+                    await store.post(b"an outsider's write")
+    async with httpx.AsyncClient(base_url=c.url, timeout=5) as http:
+        page = (await http.get("/quorum/v1/log", params={"after": 0})).json()
+    assert len(page["items"]) == 1
+
+
 async def test_an_idle_keepalive_connection_outlives_common_client_expiries(
         procs: list[CoordinatorProcess], tmp_path: Path) -> None:
     """Under load a client saw "server disconnected without sending a response": httpx reuses a connection idle
