@@ -673,9 +673,9 @@ class ReceiptService:
 
     async def _take_over(self, nursery: trio.Nursery) -> None:
         older = int(self.clock() * 1000 - self.takeover_s * 1000 * (1 + self._rank()))
+        start = self._takeover_after
         async with self._db:  # page through the open locks, so unsignable old ones cannot starve newer ones
-            open_locks = await self.run_blocking(partial(self.locks.open_locks, older, self.batch_max,
-                                                         self._takeover_after))
+            open_locks = await self.run_blocking(partial(self.locks.open_locks, older, self.batch_max, start))
         last = open_locks[-1] if len(open_locks) == self.batch_max else None
         self._takeover_after = (last.locked_ms, last.batch, last.idx) if last is not None else None
         final = [o.receipt.id for o in open_locks if self.view.holds(o.receipt.id)]
@@ -683,7 +683,8 @@ class ReceiptService:
             async with self._db:
                 await self.run_blocking(partial(self.locks.mark_final, final))
         # final, on its way in a batch of this coordinator, or signed in a heard batch (``_publish_stranded``)
-        busy = set(final) | self._queued | self._signing | self._announcing
+        busy = set(final) | self._queued | self._signing | self._announcing | set(self._retry)  # (_retry: tried again
+        #                                                                     by housekeeping once valid here)
         busy.update(o.receipt.id for o in open_locks if o.receipt.id not in busy
                     and self.view.signed_document(o.receipt.id) is not None)
         candidates = [o for o in open_locks if o.receipt.id not in busy]
@@ -707,20 +708,29 @@ class ReceiptService:
                     record.settle("rejected", reason)
             log.info("closed %d lock(s) whose receipts can no longer be signed (%s)", len(unsignable),
                      unsignable[0][1])
-        groups: dict[bytes, list[rc.Receipt]] = {}
-        for o in candidates:  # the batches as they were locked (same receipts, same order: same root)
+        groups: dict[bytes, list[rc.Receipt]] = {}  # the batches as they were locked (same receipts, same order:
+        resume: dict[bytes, tuple[int, bytes, int] | None] = {}  # same root); a batch -> the cursor just before it
+        previous = start
+        for o in open_locks:
             if o.receipt.id not in busy:
+                if o.batch not in groups:
+                    resume[o.batch] = previous
                 groups.setdefault(o.batch, []).append(o.receipt)
+            previous = (o.locked_ms, o.batch, o.idx)
         if not groups or len(self.net.up_peers()) + 1 < (self.threshold or 1):
             return
         self.counters.takeovers += 1
         log.info("taking over %d batch(es), %d receipt(s) locked here and still not final", len(groups),
                  sum(map(len, groups.values())))
-        for receipts in groups.values():
+        for batch, receipts in groups.items():
             try:  # never waits: housekeeping (closing locks, settling heard batches) must go on meanwhile
                 self._inflight.acquire_nowait()
             except trio.WouldBlock:
-                return  # the next pass takes over the rest
+                # The next pass takes over the rest, starting with this batch: started from the oldest again,
+                # old locks that cannot be signed yet took the free slots at every pass, and a signable batch
+                # behind them never had its turn (found by dsdn nemesis)
+                self._takeover_after = resume[batch]
+                return
             for r in receipts:
                 self._record(r)
             nursery.start_soon(self._run_batch_released, receipts)

@@ -209,6 +209,42 @@ async def test_a_proposer_dying_mid_batch_is_taken_over(tmp_path: Path,
         nursery.cancel_scope.cancel()
 
 
+async def test_locks_that_cannot_be_signed_yet_do_not_starve_a_later_takeover(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """Found by dsdn nemesis: a receipt locked at three honest members stayed "locked" for good. Each takeover pass
+    started as many of its batches as the in-flight slots allowed, oldest first, and began again from the oldest at
+    the next pass: a few old locks that could not be signed (their slots split with a rival, the liar blamed) took
+    the slots at every pass, and a signable batch behind them never got its turn. A pass now starts where the
+    previous one stopped."""
+    cluster = SimCluster(tmp_path, 4, seed=21, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        c0, c1, c2 = (cluster.service(i) for i in ("c0", "c1", "c2"))
+        split = [(cluster.receipt(f"n{k}", f"obj{k}"), cluster.receipt(f"n{k}", f"obj{k}", reward=7))
+                 for k in range(4)]
+        signable = cluster.receipt("n5", "obj5")
+        # c3 proposed each receipt in a batch of its own and died: c0 and c2 locked one of each rival pair, c1 the
+        # other (neither rival can ever get three honest shares), and c0 alone locked the signable one, last
+        for k, (r, rival) in enumerate(split):
+            for member in (c0, c2):
+                reply = await member._on_lock("c3", {"batch": bytes([k]) * 16, "receipts": [r.to_wire()]})
+                assert list(reply["verdicts"]) == [Verdict.OK]
+            reply = await c1._on_lock("c3", {"batch": bytes([k + 100]) * 16, "receipts": [rival.to_wire()]})
+            assert list(reply["verdicts"]) == [Verdict.OK]
+            await trio.sleep(0.01)
+        reply = await c0._on_lock("c3", {"batch": b"S" * 16, "receipts": [signable.to_wire()]})
+        assert list(reply["verdicts"]) == [Verdict.OK]
+        cluster.crash("c3")
+        for member in (c0, c1, c2):  # c3 was the liar: proven to send bad shares, left out of every signer set
+            member._blamed_until[member.identifier_of["c3"]] = trio.current_time() + 10**6
+        await cluster.wait_final({signable.id}, members={"c0", "c1", "c2"}, timeout=20 * c0.takeover_s)
+        assert c0.counters.takeovers >= 2
+        signed = set(cluster.members["c1"].state.ledger.receipts)
+        assert not any(r.id in signed or rival.id in signed for r, rival in split)  # those cannot be signed
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_lock_whose_epoch_left_the_window_is_closed_not_taken_over_again_and_again(
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     cluster = SimCluster(tmp_path, 4, seed=3, delay=(0.001, 0.01))
