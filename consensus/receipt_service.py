@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import time
 from collections import OrderedDict
@@ -87,6 +88,10 @@ MAX_NOT_YET = 1024
 NOT_YET_RETRY_S = 0.5
 NOT_YET_GIVE_UP_S = 30.0
 BLAME_S = 60.0  # a signer proven to have sent a bad share is left out of signer sets this long
+TAKEOVER_BACKOFF_MAX_S = 120.0  # the longest wait between two takeovers of one locked batch that stays unsigned
+MAX_TAKEOVER_TRIES = 4096  # locked batches whose takeovers are counted (the oldest forgotten: tried again sooner)
+TIMED_OUT_S = 30.0  # a signer that let a share request time out is left out of a batch's signers this long, when
+#                     the others locked enough of it
 SPARES = 2  # spare commitments a proposer keeps per peer for the one-round path
 HEDGE_LAGS = 3.0  # the one-round set's lock replies may take this many of their usual round trips before the
 #                   other peers are asked too
@@ -324,6 +329,9 @@ class ReceiptService:
         self._heard_loaded = False  # the heard batches kept on disk are heard again once the key is known
         self._retry: dict[bytes, float] = {}  # not-yet-valid receipts: id -> next try (monotonic)
         self._takeover_after: tuple[int, bytes, int] | None = None  # where the next takeover pass starts
+        self._taking_over = False  # a pass's batches still wait for in-flight slots (_run_takeovers)
+        self._takeover_tries: dict[bytes, tuple[int, float]] = {}  # locked batch -> (takeovers, next one not before)
+        self._timed_out: dict[str, float] = {}  # peer -> when it last let a share request time out
         self._records_version = 0  # grows with every record added: receipt_ids' cache key
         self._spares: dict[str, list[tuple[bytes, bytes]]] = {}  # peer -> commitments it offered us for later
         self._lag: dict[str, float] = {}  # peer -> smoothed lock reply time (s): the one-round path asks the fastest
@@ -636,6 +644,7 @@ class ReceiptService:
                 self._let_go_of_finals(closing)
             now = trio.current_time()
             self._let_go_of_stale_nonces(now, scan=None)  # a signer no proposer asks again holds none for ever
+            rejected_locks: list[bytes] = []
             for rid, when in list(self._retry.items()):
                 record = self.records.get(rid)
                 if record is None or record.status not in ("pending", "locked"):
@@ -652,8 +661,20 @@ class ReceiptService:
                     del self._retry[rid]
                     self._count_rejected(reason)
                     record.settle("rejected", reason)
+                elif record.status == "locked" and verdict is Verdict.INVALID:
+                    # locked here and never signable any more (its epoch left the window while the batch could
+                    # not be signed): its lock is closed, as a takeover closes one; it was tried again every half
+                    # second for ever, holding a place of the MAX_NOT_YET quota (a reviewer's reproduction)
+                    del self._retry[rid]
+                    self._count_rejected(reason)
+                    record.settle("rejected", reason)
+                    rejected_locks.append(rid)
+                elif record.status == "locked" and now - record.first_seen > NOT_YET_GIVE_UP_S:
+                    del self._retry[rid]  # not valid here for that long: left to the takeovers of its lock
                 else:
                     self._retry[rid] = now + NOT_YET_RETRY_S
+            if rejected_locks and self.locks.broken is None:
+                await self._lock_table_work(partial(self.locks.mark_final, rejected_locks, CLOSED_REJECTED))
             if now - last_takeover >= self.takeover_s / 2 and self.keys.key is not None \
                     and self.locks.broken is None:
                 last_takeover = now
@@ -672,6 +693,8 @@ class ReceiptService:
             log.error("receipt signing stopped: %s", exc)
 
     async def _take_over(self, nursery: trio.Nursery) -> None:
+        if self._taking_over:  # the previous pass's batches still wait for their turn
+            return
         older = int(self.clock() * 1000 - self.takeover_s * 1000 * (1 + self._rank()))
         start = self._takeover_after
         async with self._db:  # page through the open locks, so unsignable old ones cannot starve newer ones
@@ -683,8 +706,7 @@ class ReceiptService:
             async with self._db:
                 await self.run_blocking(partial(self.locks.mark_final, final))
         # final, on its way in a batch of this coordinator, or signed in a heard batch (``_publish_stranded``)
-        busy = set(final) | self._queued | self._signing | self._announcing | set(self._retry)  # (_retry: tried again
-        #                                                                     by housekeeping once valid here)
+        busy = set(final) | self._queued | self._signing | self._announcing
         busy.update(o.receipt.id for o in open_locks if o.receipt.id not in busy
                     and self.view.signed_document(o.receipt.id) is not None)
         candidates = [o for o in open_locks if o.receipt.id not in busy]
@@ -708,32 +730,52 @@ class ReceiptService:
                     record.settle("rejected", reason)
             log.info("closed %d lock(s) whose receipts can no longer be signed (%s)", len(unsignable),
                      unsignable[0][1])
+        now = trio.current_time()
         groups: dict[bytes, list[rc.Receipt]] = {}  # the batches as they were locked (same receipts, same order:
-        resume: dict[bytes, tuple[int, bytes, int] | None] = {}  # same root); a batch -> the cursor just before it
-        previous = start
-        for o in open_locks:
-            if o.receipt.id not in busy:
-                if o.batch not in groups:
-                    resume[o.batch] = previous
+        for o in candidates:  # same root), but those taken over lately in vain, until their back-off ends
+            if o.receipt.id not in busy and self._takeover_tries.get(o.batch, (0, 0.0))[1] <= now:
                 groups.setdefault(o.batch, []).append(o.receipt)
-            previous = (o.locked_ms, o.batch, o.idx)
         if not groups or len(self.net.up_peers()) + 1 < (self.threshold or 1):
+            if groups:
+                self._takeover_after = start  # this page again once enough peers are up
             return
         self.counters.takeovers += 1
         log.info("taking over %d batch(es), %d receipt(s) locked here and still not final", len(groups),
                  sum(map(len, groups.values())))
-        for batch, receipts in groups.items():
-            try:  # never waits: housekeeping (closing locks, settling heard batches) must go on meanwhile
-                self._inflight.acquire_nowait()
-            except trio.WouldBlock:
-                # The next pass takes over the rest, starting with this batch: started from the oldest again,
-                # old locks that cannot be signed yet took the free slots at every pass, and a signable batch
-                # behind them never had its turn (found by dsdn nemesis)
-                self._takeover_after = resume[batch]
-                return
-            for r in receipts:
-                self._record(r)
-            nursery.start_soon(self._run_batch_released, receipts)
+        self._taking_over = True
+        nursery.start_soon(self._run_takeovers, nursery, list(groups.items()))
+
+    async def _run_takeovers(self, nursery: trio.Nursery, groups: list[tuple[bytes, list[rc.Receipt]]]) -> None:
+        """A takeover pass's batches, each as an in-flight slot comes free: the takeovers and the batcher's queue
+        take turns (trio's semaphore serves its waiters first come, first served). A takeover that only took a
+        slot already free got none while its member had steady traffic (the batcher waits for the next slot as
+        soon as it starts a batch), and a pass that began from its oldest locks each time let old locks that
+        can never be signed (slots split with a rival, the liar blamed) take every free slot: in both cases a
+        receipt locked at every honest member stayed unsigned (a reviewer's reproduction; dsdn nemesis). A
+        batch taken over in vain waits longer each time before the next try (``_note_takeover``)."""
+        try:
+            for batch, receipts in groups:
+                await self._inflight.acquire()
+                busy = self._queued | self._signing | self._announcing  # (meanwhile: final, or signing here)
+                receipts = [r for r in receipts if r.id not in busy and not self.view.holds(r.id)]
+                if not receipts:
+                    self._inflight.release()
+                    continue
+                self._note_takeover(batch)
+                for r in receipts:
+                    self._record(r)
+                nursery.start_soon(self._run_batch_released, receipts)
+        finally:
+            self._taking_over = False
+
+    def _note_takeover(self, batch: bytes) -> None:
+        """Count a takeover of a locked batch: the next one waits takeover_s, then twice as long each time, up to
+        TAKEOVER_BACKOFF_MAX_S (a signed batch leaves the open locks, and this record ages out)."""
+        tries = self._takeover_tries.pop(batch, (0, 0.0))[0] + 1
+        wait = min(TAKEOVER_BACKOFF_MAX_S, self.takeover_s * 2 ** (tries - 1))
+        self._takeover_tries[batch] = (tries, trio.current_time() + wait)
+        while len(self._takeover_tries) > MAX_TAKEOVER_TRIES:
+            del self._takeover_tries[next(iter(self._takeover_tries))]
 
     def _publish_stranded(self, nursery: trio.Nursery) -> None:
         """Publish again, under this member's name, each heard batch DA has not brought although DA has worked for
@@ -1031,7 +1073,7 @@ class ReceiptService:
         accepted = {i: ok for i, ok in accepted.items()  # no commitment: cannot sign; proven liars: will not
                     if i in commitments and i in key.verifying_shares
                     and (i == me or self._blamed_until.get(i, 0.0) <= now)}
-        chosen, signer_set = choose_batch(ids, accepted, t)
+        chosen, signer_set = self._choose(ids, accepted, t, now)
         closed = self._settle_refused(candidates, set(chosen), accepted, refusals, t, conflicted_by)
         lost = [(r, next(d.conflicting_id for d in refusals[r.id] if d.verdict is Verdict.CONFLICT))
                 for r in candidates if closed.get(r.id) == CLOSED_CONFLICT]
@@ -1056,6 +1098,20 @@ class ReceiptService:
                 self._retry[r.id] = trio.current_time() + NOT_YET_RETRY_S
             return
         await self._signed(key, final, signature, signers, (t_start, t_locked, t_peers))
+
+    def _choose(self, ids: list[bytes], accepted: dict[int, set[bytes]], t: int,
+                now: float) -> tuple[list[bytes], set[int]]:
+        """``choose_batch``, leaving out the signers that let a share request go unanswered within TIMED_OUT_S,
+        when the others locked enough to sign some of the batch: a signer that withholds its shares (which proves
+        nothing: it is never blamed) and a receipt only it helped reach t locks made every receipt batched with
+        that one wait for a signer set with the withholder in it, batch after batch (a reviewer's reproduction).
+        The receipt left out is tried again on its own."""
+        quiet = {i for i in accepted if self._timed_out.get(self.member_of.get(i, ""), -math.inf) > now - TIMED_OUT_S}
+        if quiet:
+            chosen, signers = choose_batch(ids, {i: ok for i, ok in accepted.items() if i not in quiet}, t)
+            if chosen:
+                return chosen, signers
+        return choose_batch(ids, accepted, t)
 
     def _why_unsigned(self, candidates: list[rc.Receipt], accepted: dict[int, set[bytes]],
                       refusals: dict[bytes, list[Decision]], answered: set[int]) -> str:
@@ -1151,6 +1207,7 @@ class ReceiptService:
         """A peer that let a share request go unanswered is asked last for a while (its lag decays with every
         lock reply it sends)."""
         self._lag[peer] = self._lag.get(peer, 0.0) + 1.0
+        self._timed_out[peer] = trio.current_time()
 
     def _blame(self, culprit: int) -> None:
         self._blamed_until[culprit] = trio.current_time() + BLAME_S
