@@ -33,7 +33,8 @@ A thin trio layer over the pure cores (receipts, slots, roast, merkle). Roles, i
   nonces live in memory only, each bound to the proposer and batch it was offered to, used once, then gone;
   after a restart no earlier commitment is honoured.
 * **takeover**: a lock that stays open (its receipt not final) for ``takeover_s`` is re-proposed by a member
-  holding it (staggered by rank), so a proposer that died mid-batch strands no slot.
+  holding it (staggered by rank), so a proposer that died mid-batch strands no slot. Takeovers wait for in-flight
+  slots in turn with new batches; a batch taken over in vain waits longer before each next try (up to 120 s).
 
 Replies are taken only from the peer asked and of the expected type (the dispatcher's ``expect``).
 """
