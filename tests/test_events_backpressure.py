@@ -19,7 +19,7 @@ WRITES: list[tuple[str, dict[str, Any]]] = [
     ("/register", {"id": "flood", "zone": "z", "addr": "10.0.0.1:1"}),
     ("/object/register", {"hash": "h", "size": 1}),
     ("/scheduler/config", {"w_cpu": 2.0}),
-    ("/replica/mark_missing", {"hash": "h", "node_id": "flood"}),
+    ("/replica/mark_missing", {"hash": "h", "node_id": "holder"}),  # (a node it knows: a 404 else)
 ]
 
 
@@ -36,6 +36,7 @@ async def test_writes_beyond_the_inflight_bound_get_503_with_retry_after(
     coord = await start(nursery, make_config(MAX_INFLIGHT_WRITES="4"))
     client = create_app(coord).test_client()
     assert (await client.post("/object/register", json={"hash": "h", "size": 1})).status_code == 200
+    assert (await client.post("/register", json={"id": "holder", "zone": "z", "addr": "10.0.0.1:1"})).status_code == 200
     statuses: list[int] = []
 
     async def register(i: int) -> None:
@@ -58,7 +59,7 @@ async def test_writes_beyond_the_inflight_bound_get_503_with_retry_after(
         assert coord.outbox.inflight == 4 and coord.outbox.overloaded == len(WRITES) and statuses == []
     assert statuses == [200] * 4  # the ones in flight were committed once the disk came back
     assert (await client.post("/register", json={"id": "later", "zone": "z", "addr": "10.0.0.1:1"})).status_code == 200
-    assert coord.state.node_count == 5 and coord.state.object("h") == (1, [])  # nothing refused was applied
+    assert coord.state.node_count == 6 and coord.state.object("h") == (1, [])  # nothing refused was applied
     assert coord.outbox.inflight == 0
 
 
