@@ -90,6 +90,7 @@ NOT_YET_RETRY_S = 0.5
 NOT_YET_GIVE_UP_S = 30.0
 BLAME_S = 60.0  # a signer proven to have sent a bad share is left out of signer sets this long
 TAKEOVER_BACKOFF_MAX_S = 120.0  # the longest wait between two takeovers of one locked batch that stays unsigned
+TAKEOVER_BATCHES_PER_PASS = 8  # a pass waits for a slot for each in turn: a long pass held up the next ones
 MAX_TAKEOVER_TRIES = 4096  # locked batches whose takeovers are counted (the oldest forgotten: tried again sooner)
 TIMED_OUT_S = 30.0  # a signer that let a share request time out is left out of a batch's signers this long, when
 #                     the others locked enough of it
@@ -662,7 +663,8 @@ class ReceiptService:
                     del self._retry[rid]
                     self._count_rejected(reason)
                     record.settle("rejected", reason)
-                elif record.status == "locked" and verdict is Verdict.INVALID:
+                elif record.status == "locked" and verdict is Verdict.INVALID \
+                        and rid not in self._signing and rid not in self._announcing and rid not in self._queued:
                     # locked here and never signable any more (its epoch left the window while the batch could
                     # not be signed): its lock is closed, as a takeover closes one; it was tried again every half
                     # second for ever, holding a place of the MAX_NOT_YET quota (a reviewer's reproduction)
@@ -743,8 +745,8 @@ class ReceiptService:
         self.counters.takeovers += 1
         log.info("taking over %d batch(es), %d receipt(s) locked here and still not final", len(groups),
                  sum(map(len, groups.values())))
-        self._taking_over = True
-        nursery.start_soon(self._run_takeovers, nursery, list(groups.items()))
+        self._taking_over = True  # a few batches a pass: the back-off of those lets the next pass take others
+        nursery.start_soon(self._run_takeovers, nursery, list(groups.items())[:TAKEOVER_BATCHES_PER_PASS])
 
     async def _run_takeovers(self, nursery: trio.Nursery, groups: list[tuple[bytes, list[rc.Receipt]]]) -> None:
         """A takeover pass's batches, each as an in-flight slot comes free: the takeovers and the batcher's queue
@@ -757,8 +759,7 @@ class ReceiptService:
         try:
             for batch, receipts in groups:
                 await self._inflight.acquire()
-                busy = self._queued | self._signing | self._announcing  # (meanwhile: final, or signing here)
-                receipts = [r for r in receipts if r.id not in busy and not self.view.holds(r.id)]
+                receipts = [r for r in receipts if self._still_to_take_over(r.id)]
                 if not receipts:
                     self._inflight.release()
                     continue
@@ -768,6 +769,14 @@ class ReceiptService:
                 nursery.start_soon(self._run_batch_released, receipts)
         finally:
             self._taking_over = False
+
+    def _still_to_take_over(self, receipt_id: bytes) -> bool:
+        """Whether a receipt of a takeover pass still needs it once its turn came: not final meanwhile, not signing
+        or queued here, not signed in a heard batch. (A receipt reported in conflict keeps its lock open, and a
+        takeover may still sign it: it stays.)"""
+        if receipt_id in self._queued or receipt_id in self._signing or receipt_id in self._announcing:
+            return False
+        return not self.view.holds(receipt_id) and self.view.signed_document(receipt_id) is None
 
     def _note_takeover(self, batch: bytes) -> None:
         """Count a takeover of a locked batch: the next one waits takeover_s, then twice as long each time, up to
@@ -1102,16 +1111,17 @@ class ReceiptService:
 
     def _choose(self, ids: list[bytes], accepted: dict[int, set[bytes]], t: int,
                 now: float) -> tuple[list[bytes], set[int]]:
-        """``choose_batch``, leaving out the signers that let a share request go unanswered within TIMED_OUT_S,
-        when the others locked enough to sign some of the batch: a signer that withholds its shares (which proves
-        nothing: it is never blamed) and a receipt only it helped reach t locks made every receipt batched with
-        that one wait for a signer set with the withholder in it, batch after batch (a reviewer's reproduction).
-        The receipt left out is tried again on its own."""
+        """``choose_batch``'s receipts chosen without the signers that let a share request go unanswered within
+        TIMED_OUT_S, when the others locked enough to sign some of the batch: a signer that withholds its shares
+        (which proves nothing: it is never blamed) and a receipt only it helped reach t locks made every receipt
+        batched with that one wait for a signer set with the withholder in it, batch after batch (a reviewer's
+        reproduction). The receipt left out is tried again on its own. The signers are all that locked the chosen
+        receipts, the quiet ones too (asked last): ROAST needs every spare when another one refuses."""
         quiet = {i for i in accepted if self._timed_out.get(self.member_of.get(i, ""), -math.inf) > now - TIMED_OUT_S}
         if quiet:
-            chosen, signers = choose_batch(ids, {i: ok for i, ok in accepted.items() if i not in quiet}, t)
+            chosen, _ = choose_batch(ids, {i: ok for i, ok in accepted.items() if i not in quiet}, t)
             if chosen:
-                return chosen, signers
+                return chosen, {i for i, ok in accepted.items() if ok.issuperset(chosen)}
         return choose_batch(ids, accepted, t)
 
     def _why_unsigned(self, candidates: list[rc.Receipt], accepted: dict[int, set[bytes]],
@@ -1208,7 +1218,6 @@ class ReceiptService:
         """A peer that let a share request go unanswered is asked last for a while (its lag decays with every
         lock reply it sends)."""
         self._lag[peer] = self._lag.get(peer, 0.0) + 1.0
-        self._timed_out[peer] = trio.current_time()
 
     def _blame(self, culprit: int) -> None:
         self._blamed_until[culprit] = trio.current_time() + BLAME_S
@@ -1352,6 +1361,7 @@ class ReceiptService:
                     reply = msg.body
                 except TimeoutError:
                     self._penalize(peer)
+                    self._timed_out[peer] = trio.current_time()
                     handle(tracker.forget(ident))
                     return
             share = reply["share"] if len(reply["share"]) == 32 else None

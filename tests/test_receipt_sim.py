@@ -333,6 +333,33 @@ async def test_a_withholding_signer_and_a_receipt_only_it_can_complete_do_not_ho
         nursery.cancel_scope.cancel()
 
 
+async def test_a_signer_that_timed_out_lately_still_stands_by_when_another_refuses(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """A reviewer's reproduction of a first version of the rule above: c1 (honest) let one share request time out,
+    so the batch's signer set was {c0, c2, c3} alone, and c3 refused every sign request (which proves nothing): ROAST
+    had no one to turn to, and the receipt waited out c1's 30 s. A quiet signer only leaves the choice of receipts;
+    it stays a signer, asked last."""
+    cluster = SimCluster(tmp_path, 4, seed=31, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    cluster.service_options["takeover_s"] = 600.0  # no takeover rescues it
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        c0, c3 = cluster.service("c0"), cluster.service("c3")
+
+        async def refuse(peer: str, body: dict[str, Any]) -> dict[str, Any]:
+            return c3._refuse("unknown or already used commitment")
+
+        cluster.net.nodes["c3"].on_request(rs.SIGN, rs.SIGN_REPLY, refuse)
+        c0._fast_plan = lambda *a, **k: None  # type: ignore[method-assign]  # the two-round path
+        c0._timed_out["c1"] = trio.current_time()  # c1 let a share request time out just now
+        r = cluster.receipt("n1", "obj1")
+        started = trio.current_time()
+        c0.submit(r)
+        await cluster.wait_final({r.id}, members={"c0", "c1", "c2"}, timeout=60)
+        assert trio.current_time() - started < 5
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_lock_whose_epoch_left_the_window_is_closed_not_taken_over_again_and_again(
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     cluster = SimCluster(tmp_path, 4, seed=3, delay=(0.001, 0.01))
