@@ -160,6 +160,16 @@ def signed(key: nacl.signing.SigningKey, text: bytes) -> bytes:
     return encode_blob(key, "writer", [text])
 
 
+async def follow_to_heads(stack: DAStack, cursors: dict[str, int]) -> None:
+    """What the consumers do: read every followed log on to its head (``cursors``: where each one is)."""
+    for name, log_ in stack.followed.items():
+        while True:
+            page = await log_.read_after(cursors[name], 100)
+            cursors[name] = page.cursor
+            if page.at_head:
+                break
+
+
 async def test_only_member_signed_blobs_are_adopted_after_the_grace_period_and_quiet_writers(tmp_path: Path) -> None:
     writer, stranger = nacl.signing.SigningKey.generate(), nacl.signing.SigningKey.generate()
     members = frozenset({bytes(writer.verify_key)})
@@ -173,15 +183,7 @@ async def test_only_member_signed_blobs_are_adopted_after_the_grace_period_and_q
         await emergency.post(data)
     assert member_signed(good, members) and not member_signed(bytes(forged), members)
 
-    cursors = dict.fromkeys(stack.followed, 0)
-
-    async def follow() -> None:  # what the consumers do: read every followed log on to its head
-        for name, log_ in stack.followed.items():
-            while True:
-                page = await log_.read_after(cursors[name], 100)
-                cursors[name] = page.cursor
-                if page.at_head:
-                    break
+    follow = partial(follow_to_heads, stack, dict.fromkeys(stack.followed, 0))
 
     await follow()
     assert stack.pending.foreign_waiting == 1  # the member's blob only
@@ -227,15 +229,7 @@ async def test_a_blob_of_ours_whose_pending_record_was_lost_is_adopted_while_we_
     orphan, theirs = signed(me, b"written during the outage"), signed(other, b"theirs, during the outage")
     await emergency.post(orphan)
     await emergency.post(theirs)
-    cursors = dict.fromkeys(stack.followed, 0)
-
-    async def follow() -> None:
-        for name, log_ in stack.followed.items():
-            while True:
-                page = await log_.read_after(cursors[name], 100)
-                cursors[name] = page.cursor
-                if page.at_head:
-                    break
+    follow = partial(follow_to_heads, stack, dict.fromkeys(stack.followed, 0))
 
     stack.observe(PRIMARY, True)
     adopted = 0
