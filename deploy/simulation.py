@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -517,3 +518,15 @@ class SimCluster:
         with trio.fail_after(timeout):
             while not all(ids <= set(m.state.ledger.receipts) for m in targets):
                 await trio.sleep(0.1)
+
+
+@asynccontextmanager
+async def started(tmp: Path, seed: int, n: int = 4) -> AsyncIterator[SimCluster]:
+    """A running simulated cluster of ``n`` members with the seeded ledger (tests' set-up), closed afterwards."""
+    cluster = SimCluster(tmp, n, seed=seed, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        yield cluster
+        nursery.cancel_scope.cancel()
+    cluster.close()

@@ -23,7 +23,7 @@ from consensus.group import GroupError, deserialize_element
 from consensus.lockstore import LockTableBroken
 from consensus.receipt_service import LOCK, LOCK_REPLY, ReceiptService, Unavailable
 from consensus.slots import Verdict
-from deploy.simulation import EPOCH, SimCluster
+from deploy.simulation import EPOCH, SimCluster, started
 from node import merkle
 
 
@@ -216,10 +216,7 @@ async def test_locks_that_cannot_be_signed_yet_do_not_starve_a_later_takeover(
     the next pass: a few old locks that could not be signed (their slots split with a rival, the liar blamed) took
     the slots at every pass, and a signable batch behind them never got its turn. Now every batch of a pass gets its
     turn, and one taken over in vain waits longer before the next try."""
-    cluster = SimCluster(tmp_path, 4, seed=21, delay=(0.001, 0.01))
-    cluster.seed_ledger()
-    async with trio.open_nursery() as nursery:
-        await cluster.start(nursery)
+    async with started(tmp_path, seed=21) as cluster:
         c0, c1, c2 = (cluster.service(i) for i in ("c0", "c1", "c2"))
         split = [(cluster.receipt(f"n{k}", f"obj{k}"), cluster.receipt(f"n{k}", f"obj{k}", reward=7))
                  for k in range(4)]
@@ -242,7 +239,6 @@ async def test_locks_that_cannot_be_signed_yet_do_not_starve_a_later_takeover(
         assert c0.counters.takeovers >= 1
         signed = set(cluster.members["c1"].state.ledger.receipts)
         assert not any(r.id in signed or rival.id in signed for r, rival in split)  # those cannot be signed
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_takeover_gets_its_turn_while_its_member_has_steady_traffic(
@@ -289,10 +285,7 @@ async def test_a_locked_receipt_whose_epoch_left_the_window_while_it_waited_is_r
     to be tried again; its epoch left the window meanwhile. A "locked" receipt was never given up: tried again every
     half second for ever, reported "locked" to its client, holding a place of the not-yet-valid quota. Now it is
     rejected and its lock closed, as a takeover closes such a lock."""
-    cluster = SimCluster(tmp_path, 4, seed=3, delay=(0.001, 0.01))
-    cluster.seed_ledger()
-    async with trio.open_nursery() as nursery:
-        await cluster.start(nursery)
+    async with started(tmp_path, seed=3) as cluster:
         c0 = cluster.service("c0")
         r = cluster.receipt("n1", "obj1")
         record = c0.submit(r)
@@ -307,7 +300,6 @@ async def test_a_locked_receipt_whose_epoch_left_the_window_while_it_waited_is_r
         await trio.sleep(30)
         assert r.id not in c0._retry and record.status == "rejected"
         assert c0.locks.open_locks(10**15) == []
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_withholding_signer_and_a_receipt_only_it_can_complete_do_not_hold_back_the_rest(
@@ -362,10 +354,7 @@ async def test_a_signer_that_timed_out_lately_still_stands_by_when_another_refus
 
 async def test_a_lock_whose_epoch_left_the_window_is_closed_not_taken_over_again_and_again(
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
-    cluster = SimCluster(tmp_path, 4, seed=3, delay=(0.001, 0.01))
-    cluster.seed_ledger()
-    async with trio.open_nursery() as nursery:
-        await cluster.start(nursery)
+    async with started(tmp_path, seed=3) as cluster:
         c3 = cluster.service("c3")
         r = cluster.receipt("n1", "obj1")
         # c1 proposed r and died right after c3 locked it (no one else got the lock request)
@@ -386,7 +375,6 @@ async def test_a_lock_whose_epoch_left_the_window_is_closed_not_taken_over_again
         assert rival.slot == r.slot and rival.id != r.id
         held = c3.locks.lock_batch([rival], lambda _: (Verdict.OK, ""), "c0")
         assert held[0].verdict is Verdict.CONFLICT
-        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize("seed", range(8))

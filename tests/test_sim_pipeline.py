@@ -7,8 +7,7 @@ publisher losing events DA refused, an outbox forgetting unpublished writes at a
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import trio.testing
 
 from deploy import simulate
 from deploy.sim_da import MemoryDA
-from deploy.simulation import SimCluster
+from deploy.simulation import SimCluster, started
 from node import events as ev
 from node.blob import decode_blob
 from node.da.base import BlobRef, DAUnavailable
@@ -204,18 +203,6 @@ async def wait_announced_final(cluster: SimCluster, ids: set[bytes], members: se
         while not all((doc := cluster.service(m).lookup(rid)) is not None and doc["status"] == "final"
                       for m in members for rid in ids):
             await trio.sleep(0.05)
-
-
-@asynccontextmanager
-async def started(tmp_path: Path, seed: int) -> AsyncIterator[SimCluster]:
-    """A running 4-member simulated cluster with the seeded ledger, closed afterwards."""
-    cluster = SimCluster(tmp_path, 4, seed=seed, delay=(0.001, 0.01))
-    cluster.seed_ledger()
-    async with trio.open_nursery() as nursery:
-        await cluster.start(nursery)
-        yield cluster
-        nursery.cancel_scope.cancel()
-    cluster.close()
 
 
 def open_lock_ids(cluster: SimCluster, member: str) -> set[bytes]:
