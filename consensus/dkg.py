@@ -570,6 +570,12 @@ class DkgParticipant:
         return self._confirm
 
     @property
+    def round1(self) -> list[Round1]:
+        """The round-one messages held, this participant's own included: what its round-two shares are dealt
+        against (the recipients' encryption keys)."""
+        return list(self._round1.values())
+
+    @property
     def dealt(self) -> list[Round2]:
         """The round-two shares this participant sent (signed, sealed to their recipients), to keep with the
         confirmation: restored (see ``restore``), it can still answer a member that lost one."""

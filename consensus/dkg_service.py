@@ -64,7 +64,7 @@ from consensus.dkg import (
     threshold_floor,
     threshold_refusal,
 )
-from consensus.dkg_messages import SESSION_ID_SIZE, Confirm, DkgMessageError, decode
+from consensus.dkg_messages import SESSION_ID_SIZE, Confirm, DkgMessageError, Round2, decode
 from consensus.frost import KeyShare
 from protocol.envelope import Message, Registry, is_bytes, is_int, is_list
 
@@ -77,6 +77,10 @@ MAX_ABORTED = 4096  # session ids left, remembered (journaled): one evicted coul
 #                     confirming a session this member signed an abort for proves it an "equivocator"
 MAX_REFUSED = 256  # session ids of refused starts (each answered with a signed abort), remembered apart: a flood of
 #                    refused starts evicted the sessions left (a reviewer's run)
+MAX_PENDING = 8  # sessions confirmed, then failed, whose key shares are kept for a late certificate: the oldest go
+#                  beyond it (a liar confirming every session with a garbled transcript made them pile up: 688 files
+#                  and an 829 kB journal, rewritten whole at each session, in an hour; a reviewer's run)
+MAX_DEALING = 8  # sessions whose round-one messages are journaled as dealt against (see ``_deliver``)
 MAX_PROOF = 64 * 1024
 RunBlocking = Callable[..., Awaitable[Any]]
 
@@ -162,6 +166,7 @@ class DkgService:
         self._recent: dict[bytes, SessionInfo] = {}  # the last sessions left (late complaints still count)
         self._aborted: list[bytes] = []
         self._refused: list[bytes] = []
+        self._dealing: dict[bytes, list[bytes]] = {}  # session id -> the round-one messages we dealt shares against
         self._buffer: dict[bytes, list[bytes]] = {}
         self._buffered_bytes = 0
         self._lock = trio.Lock()
@@ -472,6 +477,11 @@ class DkgService:
         log.info("joining DKG session %s %s (%d-of-%d)", session_id.hex()[:12],
                  f"started by {starter}" if starter else "(asked for by a peer)", threshold, len(participants))
         out = s.participant.start()
+        for data in self._dealing.get(session_id, ()):  # rejoined after a restart: the round one we dealt against
+            try:
+                out += s.participant.receive(_unpack(data))
+            except (DkgMessageError, DkgError):
+                continue
         buffered = self._buffer.pop(session_id, [])
         self._buffered_bytes -= sum(map(len, buffered))
         for data in buffered:
@@ -500,6 +510,18 @@ class DkgService:
                 aborted = [*self._aborted, s.id][-MAX_ABORTED:]
                 await self._save_journal(aborted)
                 self._aborted = aborted
+            if s.id not in self._dealing and any(isinstance(o.message, Round2) and o.message.sender == p.identifier
+                                                 for o in out):
+                # Our shares are sealed to the recipients' round-one encryption keys. A member restarted before
+                # confirming rejoins with these messages, so it deals byte-identical shares again, and a dealer
+                # that shows it another round one now is the one proven an equivocator; before, the restarted
+                # member dealt a second share to such a liar, which then proved *it* an equivocator (a reviewer's
+                # reproduction)
+                dealing = {**self._dealing, s.id: [msgpack.packb(m.to_wire(), use_bin_type=True) for m in p.round1]}
+                for sid in list(dealing)[:-MAX_DEALING]:
+                    del dealing[sid]
+                await self._save_journal(dealing=dealing)
+                self._dealing = dealing
         except (OSError, keystore.KeystoreError) as exc:
             log.error("cannot store DKG state for session %s (will retry): %s", s.id.hex()[:12], exc)
             self.last_error = f"cannot store the DKG state: {exc}"
@@ -663,16 +685,31 @@ class DkgService:
         await self.run_blocking(partial(keystore.save, self._pending_path(s.id), share, identity=self.identity,
                                         passphrase=self.passphrase))
         self._pending[s.id] = s
+        dropped = [sid for sid, x in self._pending.items() if x.abandoned][:max(0, len(self._pending) - MAX_PENDING)]
+        for sid in dropped:
+            del self._pending[sid]
         await self._save_journal()
         s.durable = True
+        if dropped:
+            log.warning("forgetting the key shares of %d failed DKG session(s) confirmed here (at most %d kept for a "
+                        "late certificate)", len(dropped), MAX_PENDING)
+            await self.run_blocking(self._forget_pending, dropped)
 
-    async def _save_journal(self, aborted: list[bytes] | None = None, refused: list[bytes] | None = None) -> None:
+    def _forget_pending(self, session_ids: list[bytes]) -> None:
+        for sid in session_ids:
+            self._pending_path(sid).unlink(missing_ok=True)
+
+    async def _save_journal(self, aborted: list[bytes] | None = None, refused: list[bytes] | None = None,
+                            dealing: dict[bytes, list[bytes]] | None = None) -> None:
         pending = [{"session": s.id, "threshold": s.threshold, "participants": sorted(s.participants),
                     "confirm": msgpack.packb(s.participant.own_confirm.to_wire(), use_bin_type=True),  # type: ignore[union-attr]
                     "dealt": [msgpack.packb(m.to_wire(), use_bin_type=True) for m in s.participant.dealt],
                     "abandoned": s.abandoned} for s in self._pending.values() if self.key is None]
+        dealing = self._dealing if dealing is None else dealing
         data = msgpack.packb({"v": 1, "aborted": self._aborted if aborted is None else aborted,
                               "refused": self._refused if refused is None else refused, "pending": pending,
+                              "dealing": [{"session": sid, "round1": round1} for sid, round1 in dealing.items()]
+                              if self.key is None else [],
                               "proofs": [p for p, _ in self.proofs.values()]}, use_bin_type=True)
         await self.run_blocking(keystore.write_private, self._journal_path, data)
 
@@ -740,6 +777,10 @@ class DkgService:
         journal = state["journal"] or {}
         self._aborted = list(journal.get("aborted", []))[-MAX_ABORTED:]
         self._refused = list(journal.get("refused", []))[-MAX_REFUSED:]
+        for entry in journal.get("dealing", [])[-MAX_DEALING:]:  # (journals before it: none)
+            if isinstance(entry, dict) and type(entry.get("session")) is bytes \
+                    and isinstance(entry.get("round1"), list):
+                self._dealing[entry["session"]] = [d for d in entry["round1"] if type(d) is bytes]
         for proof in journal.get("proofs", []):
             try:
                 record = check_exclusion_proof(proof, self.identifiers)

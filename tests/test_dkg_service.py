@@ -24,7 +24,7 @@ from consensus import dkg, frost, keystore
 from consensus.dkg import DkgError, DkgParticipant
 from consensus.dkg_messages import SESSION_ID_SIZE, Complaint, Confirm, Round2
 from consensus.dkg_messages import Message as DkgMessage
-from consensus.dkg_service import MAX_BUFFERED_BYTES, MAX_BUFFERED_SESSIONS, DkgService, register
+from consensus.dkg_service import MAX_BUFFERED_BYTES, MAX_BUFFERED_SESSIONS, MAX_PENDING, DkgService, register
 from protocol.envelope import Message, Registry
 from protocol.simnet import SimNetwork
 
@@ -300,6 +300,66 @@ async def test_a_member_restarted_after_confirming_still_answers_for_a_share_it_
         nursery.cancel_scope.cancel()
 
 
+async def test_a_member_restarted_before_confirming_cannot_be_framed_by_a_two_faced_dealer(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """Liar c3 shows c1 one round one (v1), gets c1's share (sealed to v1's encryption key), and once c1 restarted
+    before confirming, shows it another (v2). The restarted c1 rejoins with the round one it dealt against
+    (journaled before its shares left), so it deals the very same share again and proves c3 the equivocator.
+    Before, it dealt c3 a second share under v2: two different signed shares, a valid equivocation proof against
+    honest c1, which every member then left out of DKG sessions for good (a reviewer's reproduction)."""
+    net, services = setup(tmp_path, delay=(0.001, 0.01), timeout_s=60)
+    c0, c1, c2, c3 = (services[i] for i in IDS)
+    id1, id3 = ident(c1), ident(c3)
+    round1: dict[int, dkg.Round1] = {}
+    to_c3: list[Round2] = []
+    block_sync_to_c1 = False
+
+    def tamper(src: str, dst: str, msg: Message) -> Message | None:
+        m = dkg_message(msg)
+        if isinstance(m, dkg.Round1):
+            round1.setdefault(m.sender, m)
+        if isinstance(m, Round2) and (src, dst) == ("c1", "c3") and not any(x.same_content(m) for x in to_c3):
+            to_c3.append(m)
+        return None if block_sync_to_c1 and dst == "c1" and msg.type == "dkg.sync" else msg
+
+    def wire(m: DkgMessage) -> dict[str, bytes]:
+        return {"data": msgpack.packb(m.to_wire(), use_bin_type=True)}
+
+    net.tamper = tamper
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        scopes = {}
+        for i in ("c0", "c1", "c2"):  # c3 is the liar: the test speaks for it
+            services[i].auto = False
+            scopes[i] = await run_service(nursery, services[i])
+        session_id = c0.start()
+        s = c0.session
+        assert s is not None
+        v1 = DkgParticipant(session_id, c3.identity, s.participants, s.threshold).start()[0].message
+        v2 = DkgParticipant(session_id, c3.identity, s.participants, s.threshold, entropy=b"x").start()[0].message
+        for i in ("c0", "c1", "c2"):
+            net.nodes["c3"].send(i, "dkg.msg", wire(v1))
+        await wait_until(lambda: len(to_c3) == 1, 10)
+        assert c1.status()["dkg"]["state"] != "confirm"  # c3 dealt no share: c1 cannot confirm
+        scopes["c1"].cancel()
+        block_sync_to_c1 = True
+        await trio.sleep(0.5)
+        again = DkgService(net.add("c1"), c1.identity, c1.members, c1.keystore_path, timeout_s=60, run_blocking=inline)
+        again.auto = False
+        await run_service(nursery, again)
+        for m in (v2, *[round1[j] for j in round1 if j not in (id1, id3)]):
+            net.nodes["c3"].send("c1", "dkg.msg", wire(m))
+        await trio.sleep(0.1)
+        block_sync_to_c1 = False
+        await wait_until(lambda: id3 in again.proofs, 10)
+        await trio.sleep(2)
+        assert len(to_c3) == 1  # every share c1 sent c3 is the same one
+        assert "equivocation by c3" in again.proofs[id3][1]
+        await wait_until(lambda: all(id3 in services[i].proofs for i in ("c0", "c2")), 10)
+        assert all(id1 not in x.proofs for x in (c0, c2, again))
+        nursery.cancel_scope.cancel()
+
+
 # ---- issue 8 §2.3: the threshold is not whatever the starter says ----------------------------------------------
 
 
@@ -491,6 +551,44 @@ async def test_a_complaint_without_evidence_does_not_stop_the_session(
         await wait_until(lambda: all(s.key for s in services.values()), timeout=60)
         one_group_key(list(services.values()))
         assert all(s.sessions_run == 1 for s in services.values())  # no rerun: the complaint changed nothing
+        nursery.cancel_scope.cancel()
+
+
+class UnprovableConfirmer(DkgParticipant):
+    """Confirms every session with a random transcript (not provably false) and never complains (that would
+    incriminate it): every session fails once the others confirmed it."""
+
+    def _sign(self, msg: DkgMessage) -> Any:
+        if isinstance(msg, Confirm):
+            msg = Confirm(msg.session, msg.sender, msg.group_public_key, msg.verifying_shares, os.urandom(64))
+        return super()._sign(msg)
+
+    def _complain(self, *args: Any, **kwargs: Any) -> None:
+        return
+
+
+async def test_sessions_failed_after_confirming_keep_a_bounded_number_of_key_shares(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """A liar can make every session fail after the others confirmed it (see UnprovableConfirmer); each such session
+    left a pending key share on disk and an entry in the journal, which is rewritten whole: hundreds an hour,
+    without end (a reviewer's run). At most MAX_PENDING are kept: the newest, so a late certificate of a recent
+    one still completes it."""
+    net, services = setup(tmp_path, delay=(0.001, 0.01), classes={"c3": UnprovableConfirmer}, timeout_s=5)
+    honest = [services[i] for i in ("c0", "c1", "c2")]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        for s in services.values():
+            await nursery.start(s.run)
+        await wait_until(lambda: all(s.sessions_run > MAX_PENDING + 4 for s in honest), timeout=1200)
+        await trio.sleep(1)
+        for s in honest:
+            assert s.key is None
+            pending_files = list(tmp_path.glob(f"{s.net.my_id}.keyshare.pending-*"))
+            journal = msgpack.unpackb(s._journal_path.read_bytes(), raw=False)
+            assert len(s._pending) <= MAX_PENDING and len(pending_files) <= MAX_PENDING
+            assert len(journal["pending"]) <= MAX_PENDING
+            assert {e["session"] for e in journal["pending"]} == set(s._pending)  # the newest ones, on disk
+            assert {p.name for p in pending_files} == {s._pending_path(sid).name for sid in s._pending}
         nursery.cancel_scope.cancel()
 
 
