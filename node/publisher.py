@@ -78,7 +78,7 @@ class Publisher:
 
     async def publish_once(self) -> int:
         """Post one blob of pending events; return how many events it carried (0 if none pending)."""
-        rows = await self.outbox.unpublished(READ_AHEAD)
+        rows = await self.outbox.unpublished(READ_AHEAD, self.max_blob_bytes)  # (take() may keep fewer)
         if not rows:
             return 0
         seqs, raws = self.take(rows)

@@ -3,8 +3,10 @@ for the outbox commit, mutating routes answer 503 ``overloaded`` with Retry-Afte
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import nacl.signing
@@ -12,7 +14,9 @@ import pytest
 import trio
 
 from api.app import create_app
+from node import events as ev
 from node.config import Config, ConfigError, load
+from node.outbox import MAX_GROUP, Outbox
 from tests.conftest import start, wait_for
 
 WRITES: list[tuple[str, dict[str, Any]]] = [
@@ -82,3 +86,63 @@ async def test_a_registration_with_a_key_is_stored_whole_or_refused_whole(
     response = await client.post("/register", json={"id": "keyed", "zone": "z", "addr": "h:1", "public_key": key})
     assert response.status_code == 200
     assert (await (await client.get("/node/keyed")).get_json())["public_key"] == key
+
+
+async def test_a_write_larger_than_the_bound_still_goes_through_alone(
+        nursery: trio.Nursery, make_config: Callable[..., Config]) -> None:
+    """With MAX_INFLIGHT_WRITES=1 (allowed), a node with its key (two events) was refused with 503 for ever, even by
+    an idle outbox (a reviewer's reproduction): alone, a write always fits."""
+    coord = await start(nursery, make_config(MAX_INFLIGHT_WRITES="1"))
+    client = create_app(coord).test_client()
+    key = bytes(nacl.signing.SigningKey(b"k" * 32).verify_key).hex()
+    response = await client.post("/register", json={"id": "keyed", "zone": "z", "addr": "h:1", "public_key": key})
+    assert response.status_code == 200
+    assert (await (await client.get("/node/keyed")).get_json())["public_key"] == key
+
+
+async def test_the_events_of_one_write_share_a_commit_even_behind_a_full_group(tmp_path: Path) -> None:
+    """Groups were cut every MAX_GROUP events, so a node-and-key write queued behind MAX_GROUP - 1 others spanned
+    two commits: when the second failed (a full disk), the first event was stored, applied and bound for DA while
+    its caller was told the write failed (a reviewer's reproduction). A call's events now always commit together."""
+    inserts: list[int] = []
+
+    async def disk_fills_on_the_second_commit(fn: Callable[..., Any], *args: Any) -> Any:
+        if getattr(fn, "__name__", "") == "_insert":
+            inserts.append(len(args[0]))
+            if len(inserts) == 2:
+                raise sqlite3.OperationalError("database or disk is full")
+        return fn(*args)
+
+    applied: list[ev.Event] = []
+    outbox = Outbox(tmp_path / "outbox.sqlite", lambda committed: applied.extend(e for _, e in committed),
+                    max_inflight=10_000, run_blocking=disk_fills_on_the_second_commit)
+
+    def node(k: int) -> ev.Event:
+        return ev.make_event(ev.NODE_REGISTERED, (1_000 + k, 0), "c0", id=f"n{k}", zone="z", addr="h:1",
+                             capacity_gb=1)
+
+    outcome: list[str] = []
+
+    async def pair() -> None:
+        try:
+            await outbox.append_all([node(90_000), node(90_001)])
+            outcome.append("stored")
+        except sqlite3.OperationalError:
+            outcome.append("failed")
+
+    async with trio.open_nursery() as writers:
+        for k in range(MAX_GROUP - 1):
+            writers.start_soon(outbox.append, node(k))
+        await trio.sleep(0.01)  # (queued before the pair: the writer is not running yet)
+        writers.start_soon(pair)
+        await trio.sleep(0.01)
+        await writers.start(outbox.run)
+        with trio.fail_after(10):
+            while not outcome:
+                await trio.sleep(0.01)
+        writers.cancel_scope.cancel()
+    stored = {bytes(raw) for (raw,) in outbox._db.execute("SELECT raw FROM outbox")}
+    assert inserts[:2] == [MAX_GROUP - 1, 2] and outcome == ["failed"]
+    assert node(90_000).raw not in stored and node(90_001).raw not in stored
+    assert not any(e.raw == node(90_000).raw for e in applied)
+    outbox.close()
