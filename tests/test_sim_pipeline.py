@@ -180,8 +180,8 @@ def test_an_outbox_that_forgets_unpublished_writes_at_a_restart_is_caught(monkey
         self.born = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0]  # type: ignore
         self.pending = 0
 
-    async def only_new(self: Outbox, limit: int) -> list[tuple[int, bytes]]:
-        return [(seq, raw) for seq, raw in await unpublished(self, limit) if seq > self.born]  # type: ignore
+    async def only_new(self: Outbox, limit: int, max_bytes: int | None = None) -> list[tuple[int, bytes]]:
+        return [(seq, raw) for seq, raw in await unpublished(self, limit, max_bytes) if seq > self.born]  # type: ignore
 
     monkeypatch.setattr(Outbox, "__init__", remember_the_start)
     monkeypatch.setattr(Outbox, "unpublished", only_new)
