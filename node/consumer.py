@@ -30,6 +30,7 @@ from __future__ import annotations
 import gc
 import logging
 import random
+import time
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
@@ -60,6 +61,7 @@ HEAD_TIMEOUT_S = 5.0
 #: every retry), while a log that fails now and then but keeps reading moves its cursor and stays ready. Short next to
 #: the alternative (a stuck log went unnoticed for ever).
 STUCK_AFTER_S = 30.0
+DROPPED_LOG_EVERY_S = 60.0  # a blob dropped for a reason already logged is logged again after this long at most
 
 
 def spare_collector(*, catching_up: bool) -> None:
@@ -113,6 +115,7 @@ class Consumer:
         self.events_invalid = 0
         self.events_wrong_origin = 0
         self.rejected: Counter[str] = Counter()
+        self._dropped_logged: dict[str, tuple[float, int]] = {}  # reason -> (when last logged, rejected count then)
         self.last_ok = True
         self._backoff = Backoff(0.1, 10.0, rng)
         self._retry_now = trio.Event()  # set: end the current backoff at once (see retry_now)
@@ -130,7 +133,7 @@ class Consumer:
         except BlobError as exc:
             self.rejected[exc.reason] += 1
             if exc.reason != "foreign":
-                log.warning("dropped blob: %s", exc)
+                self._log_dropped(exc)
             return 0
         self.events_invalid += blob.invalid_events
         if blob.wrong_origin:
@@ -141,6 +144,19 @@ class Consumer:
         self.blobs_applied += 1
         self.events_new += new
         return new
+
+    def _log_dropped(self, exc: BlobError) -> None:
+        """One warning per reason at most every DROPPED_LOG_EVERY_S, saying how many more were dropped meanwhile: the
+        namespace is public, so anyone could fill the log with a warning per junk blob (the counts are in
+        ``rejected``: dsdn_consumer_blobs_rejected on /metrics)."""
+        now, count = time.monotonic(), self.rejected[exc.reason]
+        last = self._dropped_logged.get(exc.reason)
+        if last is not None and now - last[0] < DROPPED_LOG_EVERY_S:
+            return
+        more = count - last[1] - 1 if last is not None else 0
+        log.warning("dropped blob: %s%s", exc, f" ({more} more dropped for this reason since the last warning)"
+                    if more else "")
+        self._dropped_logged[exc.reason] = (now, count)
 
     async def poll_once(self) -> bool:
         """Read and ingest the next blobs after the cursor; return True when the head was reached.

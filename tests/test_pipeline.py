@@ -6,6 +6,7 @@ Several coordinators share one Mock DA (the stand-in for Celestia); everything e
 from __future__ import annotations
 
 import errno
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ from node import events as ev
 from node import snapshot
 from node.blob import MAX_BLOB_BYTES, encode_blob
 from node.config import Config
+from node.consumer import DROPPED_LOG_EVERY_S, Consumer
 from node.coordinator import Coordinator
 from node.da.mock import MockDA
 from node.hlc import HybridLogicalClock
@@ -356,3 +358,22 @@ async def test_a_failed_outbox_commit_is_rolled_back_and_later_writes_go_through
         assert [ev.decode_event(raw).fields[0] for _, raw in await outbox.unpublished(10)] == ["n0", "n1", "n2"]
         nursery.cancel_scope.cancel()
     outbox.close()
+
+
+async def test_junk_blobs_are_counted_each_and_logged_a_few_times(caplog: pytest.LogCaptureFixture) -> None:
+    """The namespace is public: a warning per junk blob let anyone fill the coordinators' logs. Each is counted; one
+    warning per reason at most every DROPPED_LOG_EVERY_S, saying how many were dropped since."""
+    member, stranger = nacl.signing.SigningKey(b"m" * 32), nacl.signing.SigningKey(b"s" * 32)
+    consumer = Consumer(MockDA(), lambda events: 0, frozenset({bytes(member.verify_key)}))
+    junk = encode_blob(stranger, "evil", [ev.make_event(ev.NODE_UNREGISTERED, (1, 0), "evil", id="x").raw])
+    caplog.set_level(logging.WARNING, logger="dsdn.consumer")
+    clock = [1000.0]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("node.consumer.time.monotonic", lambda: clock[0])
+        for _ in range(500):
+            consumer.ingest(junk)
+        clock[0] += DROPPED_LOG_EVERY_S + 1
+        consumer.ingest(junk)
+    warnings = [r.getMessage() for r in caplog.records if "dropped blob" in r.getMessage()]
+    assert consumer.rejected["unknown_signer"] == 501
+    assert len(warnings) == 2 and "499 more dropped for this reason" in warnings[1]
