@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import trio
 
-from protocol.envelope import Message, ProtocolError
+from protocol.envelope import Message
 
 log = logging.getLogger("dsdn.peers")
 Handler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -94,8 +94,14 @@ class Dispatcher:
         finally:
             del self._pending[rid]
 
-    async def deliver(self, peer_id: str, msg: Message) -> int:
-        """Hand a received message to whoever wants it; return how many copies were dropped."""
+    async def deliver(self, peer_id: str, msg: Message, deadline: float | None = None) -> int:
+        """Hand a received message to whoever wants it; return how many copies were dropped. A full subscriber is
+        waited for until ``deadline`` (default: ``backpressure_s`` from now): a link's reader passes one deadline
+        for a whole frame, so a stuck subscriber holds the link up for ``backpressure_s`` a frame, not a message
+        (a batch of them kept the reader from the link's frames long enough for the heartbeat to close it: a
+        reviewer's reproduction)."""
+        if deadline is None:
+            deadline = trio.current_time() + self.backpressure_s
         if msg.re is not None:
             pending = self._pending.get(msg.re)
             if pending is None or pending.reply is not None:
@@ -127,7 +133,7 @@ class Dispatcher:
             except trio.BrokenResourceError:
                 dropped += 1
                 continue
-            with trio.move_on_after(self.backpressure_s):
+            with trio.move_on_at(deadline):
                 try:
                     await channel.send((peer_id, msg))
                     continue
@@ -155,5 +161,6 @@ class Dispatcher:
                 self._running_by_peer[peer_id] = left
         try:
             self._send(peer_id, reply_type, body, re=msg.id)
-        except ProtocolError:  # a handler's answer that breaks its schema: the requester times out
+        except Exception:  # a handler's answer that breaks its schema (not even a dict: an AttributeError took the
+            #                 manager down): the requester times out
             log.exception("handler for %s from %s answered what cannot be sent", msg.type, peer_id)

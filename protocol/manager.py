@@ -80,6 +80,7 @@ DOWN_AFTER = 6
 CLOSE_HEARTBEAT = 4007
 MAX_MALFORMED = 10
 HANDSHAKE_TIMEOUT_S = 5.0
+TEARDOWN_S = 3.0  # a dialed link's close, at most (the close frame, the library's reader task)
 UPGRADE_TIMEOUT_S = 5.0  # from the TCP accept to the websocket upgrade request (the library waits 60 s)
 MAX_UNAUTHENTICATED = 16  # inbound connections not yet authenticated, at once
 IDLE_GRACE_S = 0.5  # an inbound connection that has not asked for the upgrade this long is the first to make room
@@ -270,7 +271,7 @@ class PeerManager:
         while True:
             if link.conn is None:
                 link.state = State.CONNECTING
-            lasted = 0.0
+            lasted, served = 0.0, False
             try:
                 with trio.CancelScope(deadline=trio.current_time() + self.handshake_timeout_s) as handshake_scope:
                     async with open_websocket_url(url, max_message_size=PRE_AUTH_MAX_MESSAGE,
@@ -279,10 +280,15 @@ class PeerManager:
                         session = await self._handshake(ws, dialer=True, expect=m.id)
                         if session is not None:
                             handshake_scope.deadline = math.inf
-                            started = trio.current_time()
-                            await self._serve_link(link, ws, session)
-                            lasted = trio.current_time() - started
-                if handshake_scope.cancelled_caught:
+                            started, served = trio.current_time(), True
+                            try:
+                                await self._serve_link(link, ws, session)
+                            finally:
+                                lasted = trio.current_time() - started
+                                # the library's close waits for its reader task, which can be blocked for ever on
+                                # a peer gone silent: this dialer then never dialed again (a reviewer's reproduction)
+                                handshake_scope.deadline = trio.current_time() + TEARDOWN_S
+                if handshake_scope.cancelled_caught and not served:
                     link.last_error = f"handshake with {url} timed out"
             except (HandshakeError, ConnectionClosed, OSError, trio.BrokenResourceError, ProtocolError) as exc:
                 link.last_error = f"{type(exc).__name__}: {exc}"
@@ -458,6 +464,7 @@ class PeerManager:
                             malformed += 1
                             link.errors += 1
                             link.last_error = f"malformed batch: {exc}"
+                        deadline = trio.current_time() + self.dispatcher.backpressure_s  # for the whole frame
                         for data in batch:
                             try:
                                 msg = self.registry.decode(data)
@@ -471,7 +478,7 @@ class PeerManager:
                                 link.last_error = f"malformed message: {exc}"
                                 continue
                             link.msgs_in += 1
-                            await self._dispatch(link, msg)
+                            await self._dispatch(link, msg, deadline)
                         if malformed >= MAX_MALFORMED:
                             conn.close(CLOSE_PROTOCOL, "too many malformed messages")
         except* ChannelBroken as group:
@@ -492,7 +499,12 @@ class PeerManager:
 
     async def _sender(self, link: PeerLink, ws: WebSocketConnection, session: Session) -> None:
         """Seal whatever is queued (up to MAX_BATCH messages, MAX_FRAME bytes) into one frame: one message
-        when the link is idle, a batch when it is busy."""
+        when the link is idle, a batch when it is busy. A message carried over from the link's previous connection
+        (taken from the queue, its sender cancelled before sending it) goes first: the next connection's sender
+        overwrote it, losing it uncounted (a reviewer's reproduction)."""
+        if link.carry is not None:
+            await self._send_sealed(link, ws, session, [link.carry])
+            link.carry = None
         async for first in link.queue_recv:
             batch, size = [first], len(first)
             while size < MAX_FRAME and len(batch) < MAX_BATCH:
@@ -529,7 +541,7 @@ class PeerManager:
             if link.missed >= SUSPECT_AFTER:
                 link.state = State.SUSPECT
 
-    async def _dispatch(self, link: PeerLink, msg: Message) -> None:
+    async def _dispatch(self, link: PeerLink, msg: Message, deadline: float) -> None:
         peer_id = link.member.id
         if msg.type == PING:
             self.send(peer_id, PONG, {"t": msg.body["t"]})
@@ -537,7 +549,7 @@ class PeerManager:
         if msg.type == PONG:
             link.rtt_ms = (time.monotonic_ns() - msg.body["t"]) / 1e6
             return
-        link.dropped += await self.dispatcher.deliver(peer_id, msg)
+        link.dropped += await self.dispatcher.deliver(peer_id, msg, deadline)
 
 
 _PING_SCHEMA = {"t": is_int()}
