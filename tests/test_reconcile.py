@@ -7,6 +7,8 @@ to the blob at fault, which alone stays pending. A fake batching layer here, and
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sqlite3
 import time
@@ -15,6 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 import trio.testing
@@ -24,12 +27,13 @@ from node.blob import MAGIC
 from node.da import reconcile
 from node.da.base import BlobNotFound, BlobRef
 from node.da.celestia import BlobTooLarge, CelestiaDA
+from node.da.metered import MeteredLayer
 from node.da.mock import MockDA
 from node.da.namespace import namespace_from_name
 from node.da.pending import PendingStore
 from node.da.reconcile import SUBMIT_BLOBS, SUBMITS_IN_FLIGHT
 from node.da.stack import DAStack
-from node.da.status import PRIMARY, SECONDARY, Status
+from node.da.status import PRIMARY, SECONDARY, DAStatusMachine, Status
 
 NS = namespace_from_name("dsdn-reconcile")
 TOKEN = "reconcile-devnet"
@@ -472,3 +476,61 @@ async def test_a_pass_loads_a_bounded_amount_of_blob_data_at_once(tmp_path: Path
     assert sorted(await primary_blobs(primary)) == sorted(blobs)
     assert max(loaded) == 12_000 and sorted(loaded)[-2] <= 10_000 and len(loaded) >= 7
     await stack.aclose()
+
+
+def lagging_reader_node() -> tuple[dict[str, Any], Callable[[httpx.Request], httpx.Response]]:
+    """A Celestia node behind a load balancer whose reader is one block behind its writer: the first blob.GetAll of
+    each new height answers "from the future"."""
+    state: dict[str, Any] = {"height": 0, "chain": {}, "read": set(), "submits": 0}
+
+    def answer(rid: int, **what: Any) -> httpx.Response:
+        return httpx.Response(200, json={"jsonrpc": "2.0", "id": rid, **what})
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        req = json.loads(request.content)
+        method, rid = req["method"], req["id"]
+        if method == "blob.Submit":
+            state["submits"] += 1
+            state["height"] += 1
+            state["chain"][state["height"]] = req["params"][0]
+            return answer(rid, result=state["height"])
+        if method == "blob.GetAll":
+            height = req["params"][0]
+            if height not in state["read"]:
+                state["read"].add(height)
+                return answer(rid, error={"code": 1, "message": "header: given height is from the future: "
+                                          f"networkHeight: {height - 1}, requestedHeight: {height}"})
+            return answer(rid, result=state["chain"].get(height))
+        raise AssertionError(method)
+
+    return state, handler
+
+
+@pytest.mark.parametrize("recovering", [True, False])
+async def test_a_primary_reading_a_block_behind_gets_each_group_once_and_stays_in_use(
+        tmp_path: Path, recovering: bool) -> None:
+    """Reconciliation read a group back once: a lagging node's "from the future" made it post the group again, up
+    to 4 paid submits, and count its blobs as the primary's failures, so a Recovering primary relapsed and a
+    Healthy one failed over (a reviewer's reproduction). It reads again, as CelestiaDA.post does."""
+    state, handler = lagging_reader_node()
+    da = CelestiaDA("http://dsdn.invalid", NS, None, timeout_s=5, retry_count=0, retry_delay_s=0.01)
+    da._client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    da._client_run = trio.lowlevel.current_root_task()
+    machine = DAStatusMachine((PRIMARY, SECONDARY), 3, 2)
+    now: Callable[[], int] = lambda: time.time_ns() // 1_000_000  # noqa: E731
+    if recovering:
+        for _ in range(3):
+            machine.observe(PRIMARY, False, now(), "down", write=True)
+        for _ in range(2):
+            machine.observe(PRIMARY, True, now())
+        assert machine.status is Status.RECOVERING
+    pending = PendingStore(tmp_path / "pending.sqlite")
+    for i in range(3):
+        data = b"fell through %d" % i
+        await pending.record(BlobRef(SECONDARY, i + 1, hashlib.sha256(data).digest()), data)
+    reconciler = reconcile.Reconciler({PRIMARY: MeteredLayer(da, 5.0)}, pending, machine, now, batch_size=10,
+                                      retry_delay_s=0.05, max_retries=3)
+    report = await reconciler.run_pass(stop_on_fallback=True)
+    assert state["submits"] == 1 and report.blobs_reconciled == 3 and pending.pending_count == 0
+    assert machine.status is Status.HEALTHY and machine.relapses == 0
+    pending.close()

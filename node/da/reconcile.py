@@ -62,6 +62,7 @@ import trio
 
 from node.blob import MAGIC
 from node.da.base import DAError, DALayer, DATimeout, DAUnavailable
+from node.da.celestia import READ_BACK_TRIES
 from node.da.pending import FallbackBlob, PageKey, PendingStore
 from node.da.router import is_caller_error
 from node.da.status import PRIMARY, DAStatusMachine, Status
@@ -336,6 +337,27 @@ class Reconciler:
             size += len(blob.data)
         return groups
 
+    async def _read_back(self, submitter: Any, refs: list[Any], datas: list[bytes]) -> list[bool]:
+        """Whether the primary returns each blob just submitted, read up to READ_BACK_TRIES times ``retry_delay_s``
+        apart while an answer says not (yet): a load-balanced node one block behind answers "from the future" or
+        without the blob, as for ``CelestiaDA.post``. Read once, such a group was posted again up to 4 times, each a
+        paid submit, and its blobs counted as the primary's failures: a healthy primary failed over (a reviewer's
+        reproduction). DAUnavailable (no answer) is raised at once."""
+        for read in range(READ_BACK_TRIES):
+            last = read + 1 == READ_BACK_TRIES
+            try:
+                back: list[bool] = await self._on_primary("get", partial(submitter.included, refs, datas))
+            except DAUnavailable:
+                raise
+            except DAError:
+                if last:
+                    raise
+            else:
+                if all(back) or last:
+                    return back
+            await trio.sleep(self.retry_delay_s)
+        raise AssertionError("unreachable")
+
     async def _submit_group(self, group: list[FallbackBlob], report: Report, foreign: bool) -> None:
         try:
             await self._reconcile_group(group, report, foreign)
@@ -395,7 +417,7 @@ class Reconciler:
                 continue
             self._primary_took(since)
             try:
-                back = await self._on_primary("get", partial(submitter.included, refs, datas))
+                back = await self._read_back(submitter, refs, datas)
             except DAError as exc:
                 error = str(exc)
                 if isinstance(exc, DAUnavailable):
