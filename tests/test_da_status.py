@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from node.da.status import EMERGENCY, PRIMARY, SECONDARY, WRITE_FAILURES_FORGOTTEN_MS, DAStatusMachine, Status
+from node.da.status import (
+    EMERGENCY,
+    FALLBACK_WRITE_RETRY_MS,
+    PRIMARY,
+    SECONDARY,
+    WRITE_FAILURES_FORGOTTEN_MS,
+    DAStatusMachine,
+    Status,
+)
 
 ALL = (PRIMARY, SECONDARY, EMERGENCY)
 
@@ -189,11 +197,35 @@ def test_a_write_failure_is_forgotten_once_the_primary_answered_long_after_it() 
     assert m.status is Status.DEGRADED
 
 
-def test_a_fallback_layer_recovers_with_any_success() -> None:
+def test_a_fallback_layer_recovers_with_any_success_unless_it_failed_a_write_lately() -> None:
     m = DAStatusMachine(ALL, failure_threshold=1)
     fail(m, PRIMARY)
-    assert fail(m, SECONDARY, write=True) is Status.EMERGENCY
-    assert ok(m, SECONDARY) is Status.DEGRADED  # no other write probe exists for a fallback
+    assert fail(m, SECONDARY, t=1_000) is Status.EMERGENCY  # a failed health check: the next good one ends it
+    assert ok(m, SECONDARY, t=1_001) is Status.DEGRADED
+    assert fail(m, SECONDARY, write=True, t=2_000) is Status.EMERGENCY
+    assert ok(m, SECONDARY, write=True, t=2_001) is Status.DEGRADED  # a good write ends it at once
+
+
+def test_a_fallback_that_answers_health_checks_but_refuses_writes_does_not_flap() -> None:
+    """Health checks passed and every write failed: the status flipped Emergency ⇄ Degraded on each, and each write
+    tried the refusing layer first (a reviewer's reproduction: 40 transitions in 20 rounds). A health check brings it
+    back only FALLBACK_WRITE_RETRY_MS after its failed write, twice as long after each more."""
+    m = DAStatusMachine(ALL, failure_threshold=1)
+    fail(m, PRIMARY)
+    t = 10_000
+    assert fail(m, SECONDARY, write=True, t=t) is Status.EMERGENCY
+    transitions = m.transitions
+    for k in range(20):  # health checks a second apart
+        assert ok(m, SECONDARY, t=t + 1_000 * (k + 1)) is Status.EMERGENCY
+    assert m.transitions == transitions and m.write_order()[0] == EMERGENCY
+    assert ok(m, SECONDARY, t=t + FALLBACK_WRITE_RETRY_MS) is Status.DEGRADED  # worth another try
+    t += FALLBACK_WRITE_RETRY_MS + 1
+    assert fail(m, SECONDARY, write=True, t=t) is Status.EMERGENCY  # refused again: twice as long now
+    assert ok(m, SECONDARY, t=t + FALLBACK_WRITE_RETRY_MS) is Status.EMERGENCY
+    assert ok(m, SECONDARY, t=t + 2 * FALLBACK_WRITE_RETRY_MS) is Status.DEGRADED
+    assert ok(m, SECONDARY, write=True, t=t + 2 * FALLBACK_WRITE_RETRY_MS + 1) is Status.DEGRADED
+    assert fail(m, SECONDARY, write=True, t=t + 3 * FALLBACK_WRITE_RETRY_MS) is Status.EMERGENCY  # (reset by the write)
+    assert ok(m, SECONDARY, t=t + 4 * FALLBACK_WRITE_RETRY_MS) is Status.DEGRADED
 
 
 # ---- outcomes that arrive out of order (issue 8 §4.2) ----------------------------------------------------------

@@ -20,8 +20,11 @@ count is its failed writes plus its failed reads in a row; a successful read res
 failures, only a successful write resets the write failures. Recovery from Degraded/Emergency may come
 from reads alone (``recovery_threshold`` successes in a row): Recovering then starts with a clean count,
 and reconciliation's writes are the probe (if they fail, the status goes back to the fallback). A
-fallback layer is unhealthy after any failure and healthy again after any success (it has no other
-write probe; a write that fails on it falls through to the next layer at once).
+fallback layer is unhealthy after any failure and healthy again after a successful write, or after a successful
+read or health check, unless it failed a write lately: then only ``FALLBACK_WRITE_RETRY_MS`` after that failure,
+doubling with each failed write since its last good one. (A fallback answering health checks but refusing our
+writes, its writer list lacking our key say, flipped the status on every check and every write, each write
+trying it first in vain: a reviewer's reproduction.) A write that fails on it falls through to the next layer.
 
 Outcomes arrive out of order: a write or read that started before an outage may succeed after the first
 failures of that outage were observed. Such a success says nothing about the present, so a caller that
@@ -58,6 +61,8 @@ from enum import Enum
 PRIMARY, SECONDARY, EMERGENCY = "primary", "secondary", "emergency"
 MAX_RELAPSE_DOUBLINGS = 6  # leaving a fallback after relapses takes at most 64 times recovery_threshold successes
 WRITE_FAILURES_FORGOTTEN_MS = 600_000  # a read or health check this long after the latest failed write clears it
+FALLBACK_WRITE_RETRY_MS = 30_000  # a fallback that failed a write: trusted again on a health check this long after
+MAX_FALLBACK_RETRY_DOUBLINGS = 5  # ... doubling with each failed write since its last successful one (16 min at most)
 
 
 class Status(Enum):
@@ -145,12 +150,18 @@ class DAStatusMachine:
                 st.ok_since_ms = now_ms
             st.successes += 1
             st.read_failures = 0
-            if write or layer != PRIMARY or now_ms - st.write_failed_ms >= WRITE_FAILURES_FORGOTTEN_MS:
-                st.write_failures = 0
+            if layer == PRIMARY:
+                if write or now_ms - st.write_failed_ms >= WRITE_FAILURES_FORGOTTEN_MS:
+                    st.write_failures = 0
+                if st.failures < self.failure_threshold:
+                    st.healthy = True
+            elif write:
+                st.write_failures, st.healthy = 0, True
+            elif not st.write_failures or now_ms - st.write_failed_ms >= FALLBACK_WRITE_RETRY_MS * 2 ** min(
+                    st.write_failures - 1, MAX_FALLBACK_RETRY_DOUBLINGS):
+                st.healthy = True  # (its failed writes still count: the next one that fails waits twice as long)
             if st.failures == 0:
                 st.last_error = None
-            if layer != PRIMARY or st.failures < self.failure_threshold:
-                st.healthy = True
         else:
             st.successes, st.last_error, st.ok_since_ms = 0, error, None
             st.last_failure_seq = self._seq
