@@ -12,6 +12,7 @@ coordinators first (they write their final snapshots), then the blob store and t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -29,9 +30,13 @@ import trio
 
 from node import identity
 from node.da.namespace import namespace_from_name
-from node.process import STOP_AT_STDIN_EOF, lock_data, run_process, stop_on_signals
+from node.process import STOP_AT_STDIN_EOF, lock_data, mark_started, run_process, stop_on_signals
 
 STOP_TIMEOUT_S = 10.0
+OUTPUT_LINES = 10_000  # lines waiting for stdout at most (then dropped and counted)
+# what the local cluster sets itself: from our environment, these would reshape it (an inherited CLUSTER_CONFIG
+# took precedence over the cluster's own CLUSTER_PEERS, and every coordinator refused to start)
+NOT_INHERITED = ("CLUSTER_CONFIG", "CLUSTER_MEMBER_KEYS", "MOCK_DA_PATH", "DA_START_HEIGHT", "COORDINATOR_HOST")
 READY_TIMEOUT_S = 60.0
 
 
@@ -137,28 +142,81 @@ def plan(n: int, base_port: int, data_dir: Path, block_interval_ms: int = 500) -
     return [devnet, store, *coordinators]
 
 
-async def _pump(member: Member, stream: trio.abc.ReceiveStream) -> None:
-    """Copy a child's output to ours, one prefixed line at a time."""
+class Output:
+    """The launcher's output, its children's included: lines go to stdout through one task that writes in a worker
+    thread, so a terminal that stops reading (Ctrl-S, ``make run | less`` not scrolled) blocks that thread alone.
+    Before, the launcher printed from its event loop: it froze, SIGTERM went unheard, the children's pipes filled
+    and the coordinators stopped answering (a reviewer's reproduction). Lines past OUTPUT_LINES waiting are
+    dropped and counted; a closed stdout (EPIPE) drops the rest instead of stopping the cluster."""
+
+    def __init__(self, fd: int = 1) -> None:
+        self.fd, self.dropped, self.closed = fd, 0, False
+        self._send, self._recv = trio.open_memory_channel[str](OUTPUT_LINES)
+        self._written = trio.Event()  # every line taken was written (or dropped) and no more come
+
+    def say(self, line: str) -> None:
+        try:
+            self._send.send_nowait(line)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            self.dropped += 1
+
+    async def run(self) -> None:
+        async for line in self._recv:
+            lines = [line]
+            with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
+                while len(lines) < 1000:
+                    lines.append(self._recv.receive_nowait())
+            if self.dropped:
+                lines.insert(0, f"[cluster] ({self.dropped} lines of output dropped: stdout was not read)")
+                self.dropped = 0
+            if not self.closed:
+                await trio.to_thread.run_sync(self._write, ("\n".join(lines) + "\n").encode(errors="replace"),
+                                              abandon_on_cancel=True)
+        self._written.set()
+
+    def _write(self, data: bytes) -> None:
+        try:
+            while data:
+                data = data[os.write(self.fd, data):]
+        except OSError:  # stdout closed (EPIPE) or gone: the cluster runs on without it
+            self.closed = True
+
+    async def drain(self, timeout_s: float = 2.0) -> None:
+        """Stop taking lines and write what is waiting, for at most ``timeout_s``."""
+        self._send.close()
+        with trio.move_on_after(timeout_s):
+            await self._written.wait()
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+async def _pump(member: Member, stream: trio.abc.ReceiveStream, output: Output | None) -> None:
+    """Copy a child's output to ours, one prefixed line at a time (printed at once without ``output``: dsdn
+    nemesis, whose output is read)."""
+    say = output.say if output is not None else _print
     buffer = b""
     width = 16
     async for chunk in stream:
         buffer += chunk
         *lines, buffer = buffer.split(b"\n")
         for line in lines:
-            print(f"[{member.id:<{width}}] {line.decode(errors='replace')}", flush=True)
+            say(f"[{member.id:<{width}}] {line.decode(errors='replace')}")
     if buffer:
-        print(f"[{member.id:<{width}}] {buffer.decode(errors='replace')}", flush=True)
+        say(f"[{member.id:<{width}}] {buffer.decode(errors='replace')}")
 
 
-async def _start(nursery: trio.Nursery, member: Member) -> None:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", STOP_AT_STDIN_EOF: "1", **member.env}
+async def _start(nursery: trio.Nursery, member: Member, output: Output | None = None) -> None:
+    inherited = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
+    env = {**inherited, "PYTHONUNBUFFERED": "1", STOP_AT_STDIN_EOF: "1", **member.env}
     # A session of its own: Ctrl-C in the terminal reaches only us, and we stop the children in order. Its stdin is a
     # pipe we hold and never write to: if we die (kill -9), it closes and the child stops (node.process).
     member.process = await trio.lowlevel.open_process(member.argv, env=env, stdout=subprocess.PIPE,
                                                       stderr=subprocess.STDOUT, stdin=subprocess.PIPE,
                                                       start_new_session=True)
     assert member.process.stdout is not None
-    nursery.start_soon(_pump, member, member.process.stdout)
+    nursery.start_soon(_pump, member, member.process.stdout, output)
 
 
 async def _wait_ready(member: Member, http: httpx.AsyncClient) -> None:
@@ -176,7 +234,7 @@ async def _wait_ready(member: Member, http: httpx.AsyncClient) -> None:
     raise RuntimeError(f"{member.id} not ready after {READY_TIMEOUT_S:.0f}s ({member.url}{member.ready_path})")
 
 
-async def _stop(members: list[Member], hurry: trio.Event) -> None:
+async def _stop(members: list[Member], hurry: trio.Event, output: Output | None = None) -> None:
     """SIGTERM, wait, then SIGKILL what is left; coordinators first, the DA services last. Once ``hurry`` is set
     (Ctrl-C again), what is still running is killed at once."""
     for group in (
@@ -196,16 +254,19 @@ async def _stop(members: list[Member], hurry: trio.Event) -> None:
         for m in group:
             if m.process is not None and m.process.returncode is None:
                 why = "Ctrl-C again" if hurry.is_set() else f"it did not stop in {STOP_TIMEOUT_S:.0f}s"
-                print(f"[cluster] killing {m.id} ({why})", flush=True)
+                (output.say if output is not None else _print)(f"[cluster] killing {m.id} ({why})")
                 m.process.kill()
                 await m.process.wait()
 
 
 def _write_private(path: Path, text: str) -> None:
-    """Write a file only its owner can read (it holds the devnet's auth token)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Write a file only its owner can read (it holds the devnet's auth token), whole or not at all: a reader
+    polling for it never sees half of it."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.replace(tmp, path)
 
 
 def table(members: list[Member]) -> str:
@@ -221,35 +282,48 @@ async def run_cluster(n: int, base_port: int, data_dir: Path, block_interval_ms:
     data_dir.mkdir(parents=True, exist_ok=True)
     members = plan(n, base_port, data_dir, block_interval_ms)
     stop, hurry = trio.Event(), trio.Event()
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(stop_on_signals, stop, hurry)
-            try:
-                with trio.CancelScope() as startup:  # Ctrl-C during start-up stops at once, not after it
-                    nursery.start_soon(_cancel_when_set, stop, startup)
-                    async with httpx.AsyncClient(timeout=2.0) as http:
-                        for m in members[:2]:  # the DA services first
-                            await _start(nursery, m)
-                        for m in members[:2]:
-                            await _wait_ready(m, http)
-                        for m in members[2:]:
-                            await _start(nursery, m)
-                        for m in members[2:]:
-                            await _wait_ready(m, http)
-                if stop.is_set():
-                    return
-                _write_private(data_dir / "cluster.json", json.dumps(
-                    {"data_dir": str(data_dir), "processes": [m.record() for m in members]}, indent=2) + "\n")
-                print("\n" + table(members) + f"\n\ncluster.json: {data_dir / 'cluster.json'}\n"
-                      "Press Ctrl-C to stop.\n", flush=True)
-                task_status.started(members)
-                await _wait_for_stop_or_exit(stop, members)
-            finally:
-                with trio.CancelScope(shield=True):
-                    await _stop(members, hurry)
-                nursery.cancel_scope.cancel()
-    finally:
-        print("[cluster] stopped", flush=True)
+    output = Output()
+    info = data_dir / "cluster.json"
+    info.unlink(missing_ok=True)  # a previous run's: its pids and devnet token are stale (pollers took it as ours)
+    async with trio.open_nursery() as outside:
+        outside.start_soon(output.run)
+        try:
+            ignored = sorted(k for k in NOT_INHERITED if k in os.environ)
+            if ignored:
+                output.say(f"[cluster] ignoring {', '.join(ignored)} from the environment: the local cluster sets "
+                           "its own")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stop_on_signals, stop, hurry)
+                try:
+                    with trio.CancelScope() as startup:  # Ctrl-C during start-up stops at once, not after it
+                        nursery.start_soon(_cancel_when_set, stop, startup)
+                        async with httpx.AsyncClient(timeout=2.0) as http:
+                            for m in members[:2]:  # the DA services first
+                                await _start(nursery, m, output)
+                            for m in members[:2]:
+                                await _wait_ready(m, http)
+                            for m in members[2:]:
+                                await _start(nursery, m, output)
+                            for m in members[2:]:
+                                await _wait_ready(m, http)
+                    if stop.is_set():
+                        return
+                    _write_private(info, json.dumps(
+                        {"data_dir": str(data_dir), "processes": [m.record() for m in members]}, indent=2) + "\n")
+                    output.say("\n" + table(members) + f"\n\ncluster.json: {info}\nPress Ctrl-C to stop.\n")
+                    task_status.started(members)
+                    mark_started()
+                    await _wait_for_stop_or_exit(stop, members, output)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await _stop(members, hurry, output)
+                    nursery.cancel_scope.cancel()
+        finally:
+            info.unlink(missing_ok=True)
+            output.say("[cluster] stopped")
+            with trio.CancelScope(shield=True):
+                await output.drain()
+            outside.cancel_scope.cancel()
 
 
 async def _cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:
@@ -257,7 +331,7 @@ async def _cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:
     scope.cancel()
 
 
-async def _wait_for_stop_or_exit(stop: trio.Event, members: list[Member]) -> None:
+async def _wait_for_stop_or_exit(stop: trio.Event, members: list[Member], output: Output) -> None:
     """Until Ctrl-C; a member that exits is reported and the others keep running (so faults can be
     studied), except the DA services, without which the cluster cannot work."""
     reported: set[str] = set()
@@ -268,7 +342,7 @@ async def _wait_for_stop_or_exit(stop: trio.Event, members: list[Member]) -> Non
             if m.role != "coordinator":
                 raise RuntimeError(f"{m.id} exited unexpectedly with code {m.process.returncode}")
             reported.add(m.id)
-            print(f"[cluster] {m.id} exited with code {m.process.returncode}; the others keep running", flush=True)
+            output.say(f"[cluster] {m.id} exited with code {m.process.returncode}; the others keep running")
         with trio.move_on_after(0.5):
             await stop.wait()
 

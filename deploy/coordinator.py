@@ -31,7 +31,9 @@ from node.coordinator import Coordinator
 from node.da.factory import build_layers
 from node.process import (
     hypercorn_config,
+    leaves,
     lock_data,
+    mark_started,
     run_process,
     set_log_context,
     setup_logging,
@@ -81,14 +83,21 @@ async def run(cfg: config_mod.Config) -> None:
             outer.start_soon(stop_on_signals, stop)
             await outer.start(coord.run)
             if peers is not None:
-                await outer.start(peers.run)
+                try:
+                    await outer.start(peers.run)
+                except* OSError as group:  # (start() hands it over in a group)
+                    raise _bind_error(leaves(group)[0], "peer", peers.host, peers.port, "PEER_PORT") from None
                 outer.start_soon(gossip.run_stats_gossip, coord, peers)
             if dkg is not None:
                 await outer.start(dkg.run)
             if receipts is not None:
                 await outer.start(receipts.run)
             async with trio.open_nursery() as http:
-                binds = await http.start(partial(serve, app, hcfg, shutdown_trigger=shutdown_trigger))  # type: ignore[arg-type]
+                try:
+                    binds = await http.start(partial(serve, app, hcfg, shutdown_trigger=shutdown_trigger))  # type: ignore[arg-type]
+                except* OSError as group:
+                    raise _bind_error(leaves(group)[0], "API", cfg.host, cfg.port, "COORDINATOR_PORT") from None
+                mark_started()
                 primary = (("mock " + (cfg.mock_da_file if cfg.mock_da_path != ":memory:" else "in memory"))
                            if cfg.use_mock_da else f"celestia {cfg.da_rpc_url}")
                 log.info("coordinator %s listening on %s (public key %s; DA primary: %s; layers: %s; follows: %s%s%s)",
@@ -122,6 +131,13 @@ def peer_manager(cfg: config_mod.Config, coord: Coordinator) -> PeerManager | No
     members = [Member(p.id, p.public_key, p.host, p.port) for p in cfg.peers]
     return PeerManager(cfg.coordinator_id, coord.key, cfg.cluster_id, members, registry, host=cfg.peer_host,
                        port=cfg.peer_port or me.port, heartbeat_s=cfg.peer_heartbeat_ms / 1000)
+
+
+def _bind_error(exc: BaseException, what: str, host: str, port: int, variable: str) -> OSError:
+    """The error of a listener that could not bind, naming the address and the setting (it said only "[Errno 98]
+    Address already in use", the same for both ports)."""
+    errno, reason = getattr(exc, "errno", None), getattr(exc, "strerror", None) or exc
+    return OSError(errno, f"cannot listen on the {what} port {host}:{port} ({variable}): {reason}")
 
 
 class _NoKey:

@@ -193,19 +193,33 @@ async def serve_until_signalled(serve: Callable[..., Awaitable[Any]], what: str)
         nursery.start_soon(stop_on_signals, stop)  # listens until the end (a second signal: StoppedBySignal)
         async with trio.open_nursery() as serving:
             await serving.start(partial(serve, shutdown_trigger=stop.wait))
+            mark_started()
         nursery.cancel_scope.cancel()
     logging.getLogger(f"dsdn.{what}").info("stopped cleanly")
 
 
 _held_locks: list[int] = []  # descriptors of the data locks this process holds (for its whole life)
+_started = False  # the process is serving: a failure now stopped it, it did not keep it from starting
+
+
+def mark_started() -> None:
+    """Say the process is up: ``run_process`` then reports a failure as "stopped", not "cannot start" (a DA
+    service of the local cluster dying an hour in was reported as "cannot start")."""
+    global _started
+    _started = True
 
 
 def lock_data(prog: str, path: Path) -> None:
     """Take the exclusive lock ``path`` (created) for this process's life, or exit 1 with one line: two processes on
     one data folder (a second ``cluster up`` on the default folder, or one beside orphans) corrupted each other's
     state (two devnets on one chain file: the second stalled for good on its first block)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:  # (a traceback before: a file in the way, no permission)
+        print(f"{prog}: cannot start: cannot use the data folder {path.parent}: {exc.strerror or exc}",
+              file=sys.stderr)
+        sys.exit(1)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -244,5 +258,5 @@ def run_process(prog: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> Non
         sys.exit(2)
     except* (OSError, sqlite3.Error, RuntimeError) as group:
         for exc in leaves(group):
-            print(f"{prog}: cannot start: {exc}", file=sys.stderr)
+            print(f"{prog}: {'stopped' if _started else 'cannot start'}: {exc}", file=sys.stderr)
         sys.exit(1)

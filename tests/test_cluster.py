@@ -442,3 +442,57 @@ async def test_a_launcher_killed_with_minus_9_takes_its_children_down_and_the_fo
                 await trio.sleep(0.1)
     finally:
         c.stop()
+
+
+async def test_a_launcher_whose_output_is_not_read_keeps_the_cluster_serving_and_stops_on_sigterm(
+        tmp_path: Path) -> None:
+    """The launcher printed its children's lines from its event loop: with its stdout not read (Ctrl-S, `| less`
+    not scrolled) it froze, heard no SIGTERM, and the children, their own pipes full, stopped answering (a reviewer's
+    reproduction). Lines now wait in a bounded queue and are dropped past it. An inherited CLUSTER_CONFIG (another
+    cluster's) no longer overrides the local cluster's members either: every coordinator refused to start."""
+    data = tmp_path / "cluster"
+    base = free_base_port(1)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from deploy.cli import main; main()", "cluster", "up", "-n", "1", "--base-port",
+         str(base), "--data-dir", str(data)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "LOG_LEVEL": "DEBUG", "CLUSTER_CONFIG": str(Path("deploy/cluster.example.toml").resolve())})
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    seen = b""
+    try:
+        with trio.fail_after(90):
+            while not (data / "cluster.json").exists():
+                assert proc.poll() is None, seen.decode(errors="replace")[-3000:]
+                seen += proc.stdout.read() or b""
+                await trio.sleep(0.05)
+        assert b"ignoring CLUSTER_CONFIG" in seen + (proc.stdout.read() or b"")
+        url = next(p["url"] for p in json.loads((data / "cluster.json").read_text())["processes"]
+                   if p["role"] == "coordinator")
+        async with httpx.AsyncClient(timeout=3) as http:
+            for _ in range(15):  # the launcher's stdout is not read from now on: its pipe fills within a second
+                await trio.sleep(1)
+                assert (await http.get(f"{url}/health")).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            while proc.poll() is None:
+                await trio.sleep(0.1)
+        assert proc.returncode == 0 and not (data / "cluster.json").exists()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("command", [
+    ["cluster", "up", "--data-dir", "{blocked}/sub"],
+    ["blobstore", "--data-dir", "{blocked}/sub"],
+    ["devnet", "--db", "{blocked}/sub/devnet.sqlite"],
+])
+def test_a_data_folder_that_cannot_be_made_is_one_clear_line(tmp_path: Path, command: list[str]) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("in the way")
+    argv = [part.format(blocked=blocked) for part in command]
+    result = subprocess.run([sys.executable, "-c", "from deploy.cli import main; main()", *argv],
+                            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "cannot use the data folder" in result.stderr and str(blocked) in result.stderr

@@ -242,6 +242,7 @@ def test_port_in_use_exits_1_with_a_clear_message(tmp_path: Path) -> None:
     assert "cannot start" in result.stderr and "Traceback" not in result.stderr
     # the line names the cause, not the nursery that carried it
     assert "address already in use" in result.stderr.lower() and "nursery" not in result.stderr.lower()
+    assert f"the API port 127.0.0.1:{port} (COORDINATOR_PORT)" in result.stderr  # which of its two ports
 
 
 def test_dsdn_namespace_prints_a_valid_namespace() -> None:
