@@ -37,6 +37,7 @@ from node.stats import StatsTable
 
 log = logging.getLogger("dsdn.coordinator")
 VERSION = "0.1.0"
+REPLAY_PAGE = 4096  # outbox events read at a time when replaying it at start
 
 
 _hlc_of = operator.itemgetter(1, 2)  # an event's (hlc wall, hlc counter)
@@ -135,9 +136,11 @@ class Coordinator:
             self.applied_outbox_seq = snap.outbox_seq
             self._snapshot_mark = (snap.state.events_applied, snap.cursors)
         replayed = 0
-        for seq, raw in await self.outbox.since(self.applied_outbox_seq):
-            replayed += self.state.apply(ev.decode_event(raw))
-            self.applied_outbox_seq = seq
+        # a page at a time: read all at once, an outbox grown through a long DA outage filled the memory
+        while rows := await self.outbox.since(self.applied_outbox_seq, REPLAY_PAGE):
+            for seq, raw in rows:
+                replayed += self.state.apply(ev.decode_event(raw))
+                self.applied_outbox_seq = seq
         self.hlc.observe(self.state.max_hlc)
         issued = await self.outbox.high_water()
         ahead_s = (issued[0] - wall_ms()) / 1000

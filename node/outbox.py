@@ -223,10 +223,11 @@ class Outbox:
 
         return await self._db_call(read)
 
-    async def since(self, seq: int) -> list[tuple[int, bytes]]:
-        """Every stored event with a sequence number above ``seq`` (restart replay)."""
+    async def since(self, seq: int, limit: int = -1) -> list[tuple[int, bytes]]:
+        """The stored events with a sequence number above ``seq``, at most ``limit`` (-1: all) (restart replay)."""
         def read() -> list[tuple[int, bytes]]:
-            rows = self._db.execute("SELECT seq, raw FROM outbox WHERE seq > ? ORDER BY seq", (seq,)).fetchall()
+            rows = self._db.execute("SELECT seq, raw FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                                    (seq, limit)).fetchall()
             return [(int(s), bytes(r)) for s, r in rows]
 
         return await self._db_call(read)

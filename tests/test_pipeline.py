@@ -124,6 +124,34 @@ async def test_restart_restores_state_and_unpublished_writes(make_config: Callab
         await wait_for(lambda: again.outbox.pending == 0, what="the leftover write to be published")
 
 
+async def test_a_restart_replays_an_outbox_larger_than_a_page_a_page_at_a_time(
+        make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The outbox replay at start read every event above the snapshot's mark at once: after a long DA outage, the
+    whole backlog in memory. It is read a page at a time now, and nothing is skipped between pages."""
+    import node.coordinator
+
+    monkeypatch.setattr(node.coordinator, "REPLAY_PAGE", 3)
+    da = MockDA()
+    cfg = make_config("a", SNAPSHOT_INTERVAL_MS="3600000")
+    async with running(cfg, da) as a:
+        da.down = True
+        await register_nodes(a, 10)  # acknowledged, not on DA, not in any snapshot
+        root = a.state.root()
+    (cfg.data_dir / "snapshot.msgpack").unlink(missing_ok=True)
+    pages: list[int] = []
+    since = Outbox.since
+
+    async def counted(self: Outbox, seq: int, limit: int = -1) -> list[tuple[int, bytes]]:
+        rows = await since(self, seq, limit)
+        pages.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(Outbox, "since", counted)
+    async with running(cfg, da) as again:
+        assert again.state.node_count == 10 and again.state.root() == root
+    assert pages[:5] == [3, 3, 3, 1, 0]
+
+
 async def test_empty_data_dir_rebuilds_the_same_root_from_da(make_config: Callable[..., Config]) -> None:
     da = MockDA()
     async with running(make_config("a"), da) as a:
