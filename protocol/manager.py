@@ -85,6 +85,7 @@ UPGRADE_TIMEOUT_S = 5.0  # from the TCP accept to the websocket upgrade request 
 MAX_UNAUTHENTICATED = 16  # inbound connections not yet authenticated, at once
 IDLE_GRACE_S = 0.5  # an inbound connection that has not asked for the upgrade this long is the first to make room
 LOG_EVERY_S = 10.0  # at most one warning per kind and interval about inbound connections
+MAX_QUEUED_BYTES = 32 << 20  # waiting to be sent to one peer, at most (beyond: dropped and counted)
 MAX_BATCH = 64  # messages per frame: a receiver's subscriber channels (1024) absorb several frames
 WS_MAX_MESSAGE = MAX_FRAME + 4096  # a sealed frame: a batch of at most MAX_FRAME bytes plus the AEAD tag
 PRE_AUTH_MAX_MESSAGE = 4096  # a handshake message (at most MAX_HANDSHAKE_FRAME) before the peer is verified
@@ -128,6 +129,7 @@ class PeerLink:
     last_error: str | None = None
     conn: _Conn | None = None  # the current connection
     carry: bytes | None = None  # a message that did not fit in the previous batch
+    queued_bytes: int = 0  # the bytes of the messages in queue_send
     missed: int = 0
 
     def as_json(self) -> dict[str, Any]:
@@ -226,11 +228,15 @@ class PeerManager:
              re: int | None = None) -> bool:
         link = self.peers[peer_id]
         frame = self.registry.encode(Message(type_, body, id_, re))
+        if link.queued_bytes + len(frame) > MAX_QUEUED_BYTES:  # 1,024 messages of up to 1 MiB each waited for a
+            link.dropped += 1  #                                 peer gone silent, each peer (a reviewer's finding)
+            return False
         try:
             link.queue_send.send_nowait(frame)
         except trio.WouldBlock:
             link.dropped += 1
             return False
+        link.queued_bytes += len(frame)
         return True
 
     def queue_room(self, peer_id: str) -> int:
@@ -506,12 +512,14 @@ class PeerManager:
             await self._send_sealed(link, ws, session, [link.carry])
             link.carry = None
         async for first in link.queue_recv:
+            link.queued_bytes -= len(first)
             batch, size = [first], len(first)
             while size < MAX_FRAME and len(batch) < MAX_BATCH:
                 try:
                     nxt = link.queue_recv.receive_nowait()
                 except trio.WouldBlock:
                     break
+                link.queued_bytes -= len(nxt)
                 if size + len(nxt) + 4 > MAX_FRAME:
                     link.carry = nxt
                     break

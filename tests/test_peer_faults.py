@@ -14,7 +14,7 @@ import trio_websocket
 
 from protocol.envelope import Message, pack_batch, unpack_batch
 from protocol.handshake import Handshake
-from protocol.manager import Member, PeerManager, State
+from protocol.manager import MAX_QUEUED_BYTES, Member, PeerManager, State
 from tests.test_peers import KEYS, members, registry, wait_for
 
 
@@ -149,3 +149,19 @@ async def test_a_message_carried_over_a_reconnect_is_sent_first() -> None:
         await mgr._sender(link, second, ours)  # type: ignore[arg-type]
     got = [registry().decode(m).body["data"][:1] for f in second.frames for m in unpack_batch(theirs.open(f))]
     assert got == [b"2", b"3", b"4"] and link.carry is None
+
+
+async def test_what_waits_for_a_peer_is_bounded_in_bytes_too() -> None:
+    """1,024 messages of up to 1 MiB each could wait for a peer gone silent (a reviewer's finding): the queue is
+    bounded in bytes too, and what does not fit is dropped and counted, as a full queue's messages are."""
+    ms = members(["a", "b"])
+    mgr = PeerManager("a", KEYS["a"], "test", ms, registry())
+    sent = sum(mgr.send("b", "echo", {"data": b"x" * (512 * 1024)}) for _ in range(200))
+    link = mgr.peers["b"]
+    assert 0 < sent < MAX_QUEUED_BYTES // (512 * 1024) and link.dropped == 200 - sent
+    assert MAX_QUEUED_BYTES - 513 * 1024 < link.queued_bytes <= MAX_QUEUED_BYTES
+    assert mgr.send("b", "chat", {"text": "small", "n": 1})  # small ones still fit beside them
+    ours, _ = sessions()
+    with trio.move_on_after(0.5):  # once sent, they no longer count
+        await mgr._sender(link, FakeWebsocket(blocked=False), ours)  # type: ignore[arg-type]
+    assert link.queued_bytes == 0 and link.carry is None
