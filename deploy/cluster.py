@@ -5,7 +5,7 @@ coordinator hosts a quorum validator under /quorum/v1/ and the N of them form th
 linked by the peer protocol (CLUSTER_PEERS). Ports: coordinator i serves HTTP on base-port + i and peer
 links on base-port + 200 + i; the devnet on base-port + 100, the blob store on base-port + 101.
 Output lines of every process are prefixed with its name; ``cluster.json`` in the
-data dir lists every process (role, id, pid, URL). Ctrl-C (or SIGTERM) stops everything cleanly:
+data dir lists every process (role, id, pid, URL) while the cluster runs. Ctrl-C (or SIGTERM) stops everything cleanly:
 coordinators first (they write their final snapshots), then the blob store and the devnet.
 """
 
