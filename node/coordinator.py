@@ -31,7 +31,7 @@ from node.hlc import MAX_DRIFT_MS, HybridLogicalClock, wall_ms
 from node.outbox import Outbox
 from node.placement import Placement
 from node.publisher import Publisher
-from node.scheduler import DEFAULT_WEIGHTS, WEIGHT_NAMES, NodeStats, Workload, choose
+from node.scheduler import DEFAULT_WEIGHTS, WEIGHT_NAMES, WEIGHT_RANGE, NodeStats, Workload, choose
 from node.state import State
 from node.stats import StatsTable
 
@@ -312,8 +312,11 @@ class Coordinator:
         return self.placement.place(key, rf)
 
     def weights(self) -> dict[str, float]:
+        """The weights in force: the latest scheduler.config's, or the defaults while there is none, or while it
+        holds a weight outside WEIGHT_RANGE (the HTTP route refuses those, but a member's event is checked for
+        finite numbers only: -1e308 and 1e308 made every score NaN and every /schedule a 404)."""
         current = self.state.weights()
-        if current is None:
+        if current is None or not all(WEIGHT_RANGE[0] <= w <= WEIGHT_RANGE[1] for w in current):
             return dict(DEFAULT_WEIGHTS)
         return dict(zip(WEIGHT_NAMES, current, strict=True))
 

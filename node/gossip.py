@@ -23,7 +23,7 @@ import trio
 from node.coordinator import Coordinator
 from node.hlc import wall_ms
 from node.naming import ID_RE
-from node.scheduler import MAX_FUTURE_MS, STAT_RANGES, InvalidValue, NodeStats, check_stats
+from node.scheduler import MAX_FUTURE_MS, STAT_RANGES, InvalidValue, NodeStats, check_stats, supersedes
 from protocol.envelope import Registry, is_float, is_int, is_str
 from protocol.manager import PeerManager
 
@@ -57,7 +57,9 @@ def from_body(body: Mapping[str, Any], now_ms: int, ttl_ms: int) -> tuple[str, N
         raise InvalidValue("reported_ms", f"a time within the stats TTL ({ttl_ms} ms) and at most "
                                           f"{MAX_FUTURE_MS} ms ahead of this coordinator's clock")
     values = check_stats(body)  # all five required: a peer sends what it stored, defaults already applied
-    return node_id, NodeStats(reported_ms=min(reported, now_ms), **values)
+    # as stamped: clamped to our clock, a report from a peer whose clock runs ahead was another report here than
+    # there, and won or lost its merges differently (a reviewer's reproduction)
+    return node_id, NodeStats(reported_ms=reported, **values)
 
 
 class StatsIntake:
@@ -84,7 +86,7 @@ class StatsIntake:
         if current is None and len(self.waiting) >= self.max_waiting:
             self.dropped += 1
             return False
-        if current is None or stats.reported_ms >= current.reported_ms:
+        if current is None or supersedes(stats, current):
             self.waiting[node_id] = stats
         return True
 

@@ -119,8 +119,21 @@ def usable(s: NodeStats, now_ms: int, ttl_ms: int) -> bool:
     return True
 
 
+MIN_SCORED_LATENCY_MS = 1e-3  # below it, a latency scores as this: 1e-320 ms made the score inf, every such node
+#                               tied, and the smaller id won whatever its other stats (a reviewer's reproduction)
+
+
+def supersedes(new: NodeStats, old: NodeStats) -> bool:
+    """Whether report ``new`` replaces ``old`` of the same node: the later one, and of two stamped alike the larger
+    values, so every coordinator keeps the same one whatever order they arrived in (with ``>=`` on the time alone,
+    two coordinators holding each other's report of one millisecond swapped them, and scheduled differently)."""
+    return (new.reported_ms, new.cpu_free, new.ram_free_mb, new.gpu_free, new.latency_ms, new.io_pressure) >= (
+        old.reported_ms, old.cpu_free, old.ram_free_mb, old.gpu_free, old.latency_ms, old.io_pressure)
+
+
 def score(w: tuple[float, float, float, float, float], s: NodeStats) -> float:
-    latency = w[3] / s.latency_ms if s.latency_ms > 0 else 0.0  # never 0 for checked stats; no crash if it is
+    # (never 0 for checked stats; no crash if it is)
+    latency = w[3] / max(s.latency_ms, MIN_SCORED_LATENCY_MS) if s.latency_ms > 0 else 0.0
     return w[0] * s.cpu_free + w[1] * s.ram_free_mb + w[2] * s.gpu_free + latency - w[4] * s.io_pressure
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from node.scheduler import NodeStats
+from node.scheduler import NodeStats, supersedes
 
 
 class StatsTable:
@@ -18,7 +18,7 @@ class StatsTable:
 
     def put(self, node_id: str, stats: NodeStats) -> None:
         current = self._stats.get(node_id)
-        if current is None or stats.reported_ms >= current.reported_ms:
+        if current is None or supersedes(stats, current):
             self._stats[node_id] = stats
 
     def get(self, node_id: str, now_ms: int) -> NodeStats | None:

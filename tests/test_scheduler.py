@@ -90,3 +90,26 @@ def test_the_stats_rules_are_the_http_rules() -> None:
         check_stats({"cpu_free": 1, "ram_free_mb": 2})  # without defaults (peers), every field is required
     with pytest.raises(InvalidValue, match="cpu_free"):
         check_stats({"cpu_free": True, "ram_free_mb": 2}, STAT_DEFAULTS)
+
+
+def test_two_reports_stamped_alike_are_kept_alike_whatever_order_they_come_in() -> None:
+    """Two coordinators, each with a report of one node from the same millisecond, swapped them when they gossiped
+    (the later arrival won a tie on time), so each scheduled with the other's values (a reviewer's reproduction)."""
+    mine, theirs = stats(cpu=0.9, at=5000), stats(cpu=0.1, at=5000)
+    a, b = StatsTable(30_000), StatsTable(30_000)
+    a.put("n", mine)
+    a.put("n", theirs)
+    b.put("n", theirs)
+    b.put("n", mine)
+    assert a.get("n", 5001) == b.get("n", 5001) == mine
+    a.put("n", stats(cpu=0.0, at=5001))  # a later report still wins, whatever its values
+    assert a.get("n", 5002).cpu_free == 0.0  # type: ignore[union-attr]
+
+
+def test_a_latency_near_zero_scores_finitely_and_the_other_stats_still_count() -> None:
+    """latency_ms only has to be > 0: 1e-320 made the latency term inf, every such node tied, and the smaller id won
+    whatever its other stats (a reviewer's reproduction)."""
+    rich = stats(cpu=1e6, ram=1e12, gpu=1e6, lat=1e-320, io=0.0)
+    poor = stats(cpu=0.0, ram=0.0, gpu=0.0, lat=1e-308, io=1.0)
+    assert score(W, rich) < float("inf") and score(W, rich) > score(W, poor)
+    assert choose([("z-rich", rich), ("a-poor", poor)], Workload(), W, 1000, 30_000) == "z-rich"
