@@ -57,22 +57,31 @@ class LockStore:
         self.path = path
         self.broken: str | None = None
         self._count: int | None = None  # rows in ``locks``, counted at open, then kept (uncommitted ones included)
+        lost = (f"lock table {path} is missing although this coordinator holds a key share: its locks were lost, so "
+                "it will not sign (restore the file, or run a new DKG)")
+        if expect_existing and not path.exists():
+            # Not created in its place: an empty table made here passed for the real one at the next start, and
+            # this member signed again, rivals of slots it had locked included (a reviewer's reproduction)
+            self.broken = lost
+            self.db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            return
         existed = path.exists()
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            if existed:
+            if existed:  # (read-only checks first: a lost table's stand-in is left as it was found)
                 check = self.db.execute("PRAGMA quick_check").fetchone()
                 if check is None or check[0] != "ok":
                     self.broken = f"lock table {path} failed its integrity check: {check}"
-            self.db.executescript(SCHEMA)
-            self._count = int(self.db.execute("SELECT count(*) FROM locks").fetchone()[0])  # before any thread uses it
+                elif expect_existing and self.db.execute(
+                        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'locks'").fetchone() is None:
+                    self.broken = lost.replace("is missing", "holds no locks table (an empty or another file)")
+            if self.broken is None:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=FULL")
+                self.db.executescript(SCHEMA)
+                self._count = int(self.db.execute("SELECT count(*) FROM locks").fetchone()[0])  # (before any thread)
         except sqlite3.DatabaseError as exc:
             self.broken = f"lock table {path} is unreadable: {exc}"
-        if not existed and expect_existing and self.broken is None:
-            self.broken = (f"lock table {path} is missing although this coordinator holds a key share: its locks "
-                           "were lost, so it will not sign (restore the file, or run a new DKG)")
 
     def close(self) -> None:
         self.db.close()

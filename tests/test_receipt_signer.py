@@ -194,6 +194,15 @@ async def test_a_lost_lock_table_stops_signing(tmp_path: Path, cluster: SimClust
     reply = await service._on_lock("c0", {"batch": b"L" * 16, "receipts": [cluster.receipt("n1", "obj1").to_wire()]})
     assert list(reply["verdicts"]) == [Verdict.NOT_YET] and reply["commitment"] == []
     assert "missing" in reply["reasons"][0]
+    # and at every start after it: the first one made an empty table in its place, which the next one took for the
+    # real one, and this member signed again, a rival of a slot it had locked included (a reviewer's reproduction)
+    assert not (tmp_path / "c2.locks.sqlite").exists()
+    cluster.crash("c2")
+    await cluster.restart("c2")
+    assert m.locks.broken is not None and "missing" in m.locks.broken
+    reply = await cluster.service("c2")._on_lock("c0", {"batch": b"M" * 16,
+                                                         "receipts": [cluster.receipt("n1", "obj1").to_wire()]})
+    assert list(reply["verdicts"]) == [Verdict.NOT_YET] and reply["commitment"] == []
 
 
 def test_a_corrupt_lock_table_is_broken(tmp_path: Path) -> None:
@@ -203,6 +212,10 @@ def test_a_corrupt_lock_table_is_broken(tmp_path: Path) -> None:
     assert store.broken is not None
     fresh = LockStore(tmp_path / "new.sqlite")  # a first start: an empty table is fine
     assert fresh.broken is None and fresh.count() == 0
+    empty = tmp_path / "empty.sqlite"
+    empty.write_bytes(b"")  # a member with a key share: an empty file is a lost table, not a fresh one
+    assert LockStore(empty, expect_existing=True).broken is not None and empty.stat().st_size == 0
+    assert LockStore(tmp_path / "new.sqlite", expect_existing=True).broken is None  # its own table, reopened
 
 
 async def test_a_full_queue_refuses_new_receipts(cluster: SimCluster, monkeypatch: pytest.MonkeyPatch) -> None:
