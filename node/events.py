@@ -18,6 +18,7 @@ import msgpack
 
 FORMAT_VERSION = 1
 MAX_STR = 256
+MAX_NAMES = 255 * 129  # a "names" field: up to 255 member ids of up to 128 characters, comma-separated
 MAX_U63 = 2**63 - 1
 MAX_BIN = 512 * 1024  # a bin field (a signed receipt batch)
 
@@ -30,7 +31,8 @@ SCHEDULER_CONFIG = "scheduler.config"
 NODE_KEY = "node.key"
 RECEIPT_BATCH = "receipt.batch"
 
-# kind -> field names and their types ("str", "int", "float", "bin"). New kinds (receipts) are added here
+# kind -> field names and their types ("str", "int", "float", "bin"; "names": a str up to MAX_NAMES, the signers of a
+# batch: a "str" of 256 refused the batch of a cluster of long ids, a reviewer's reproduction). New kinds are added here
 # and in state.py; a decoder that meets an unknown kind rejects that event (and counts it).
 SCHEMAS: dict[str, tuple[tuple[str, str], ...]] = {
     NODE_REGISTERED: (("id", "str"), ("zone", "str"), ("addr", "str"), ("capacity_gb", "int")),
@@ -45,7 +47,7 @@ SCHEMAS: dict[str, tuple[tuple[str, str], ...]] = {
     # a threshold-signed batch of usage receipts: receipts = msgpack array of [receipt_bytes, node_signature]
     # in batch order; root = its RFC 9162 Merkle root; signature over the batch message (consensus/receipts.py)
     RECEIPT_BATCH: (("group_key", "str"), ("root", "str"), ("tree_size", "int"), ("signature", "str"),
-                    ("signers", "str"), ("receipts", "bin")),
+                    ("signers", "names"), ("receipts", "bin")),
 }
 
 
@@ -97,9 +99,10 @@ def _coerce(value: Any, typ: str) -> Any:
     return value
 
 
-_TYPES = {"str": "str", "int": "int", "float": "float", "bin": "bytes"}
+_TYPES = {"str": "str", "names": "str", "int": "int", "float": "float", "bin": "bytes"}
 _CHECKS = {
     "str": "0 < len({v}) <= MAX_STR",
+    "names": "0 < len({v}) <= MAX_NAMES",
     "int": "0 <= {v} <= MAX_U63",
     "float": "_isfinite({v})",
     "bin": "0 < len({v}) <= MAX_BIN",
@@ -128,7 +131,8 @@ def _compile_decoder(kind: str, schema: tuple[tuple[str, str], ...]) -> Callable
               f"        return (KIND, wall, counter, origin, ({''.join(n + ', ' for n in names)}), raw,\n"
               f"                _sha256(raw).digest())\n"
               f"    return None\n")
-    scope: dict[str, Any] = {"MAX_STR": MAX_STR, "MAX_U63": MAX_U63, "MAX_BIN": MAX_BIN, "_isfinite": math.isfinite,
+    scope: dict[str, Any] = {"MAX_STR": MAX_STR, "MAX_NAMES": MAX_NAMES, "MAX_U63": MAX_U63, "MAX_BIN": MAX_BIN,
+                             "_isfinite": math.isfinite,
                              "ONE": FORMAT_VERSION, "KIND": kind, "_sha256": hashlib.sha256}
     exec(compile(source, f"<event decoder {kind}>", "exec"), scope)  # the source is built from SCHEMAS alone
     return scope[name]  # type: ignore[no-any-return]
@@ -157,7 +161,7 @@ def decode_event_tuple(raw: bytes) -> EventTuple:
         if len(raw) <= _SMALL:  # too short for the limits to matter (< 1,024 items); what they stop, checks reject
             obj = _unpackb(raw)
         else:  # the limits bound what garbage costs (whatever they stop, the checks below would reject too)
-            obj = _unpackb(raw, max_str_len=1024, max_bin_len=MAX_BIN, max_array_len=64, max_map_len=0)
+            obj = _unpackb(raw, max_str_len=MAX_NAMES, max_bin_len=MAX_BIN, max_array_len=64, max_map_len=0)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         raise EventDecodeError(f"not msgpack: {exc}") from None
     if type(obj) is list and len(obj) == 6:
@@ -265,7 +269,8 @@ def _compile_blob_decoder() -> Callable[[list[Any], Any], tuple[list[EventTuple]
               "    if list(map(_pack, inline)) != inline_raws:\n"
               "        events, invalid = _drop_uncanonical(events, inline, inline_raws, invalid)\n"
               "    return events, invalid, wrong\n")
-    scope: dict[str, Any] = {"MAX_STR": MAX_STR, "MAX_U63": MAX_U63, "MAX_BIN": MAX_BIN, "_isfinite": math.isfinite,
+    scope: dict[str, Any] = {"MAX_STR": MAX_STR, "MAX_NAMES": MAX_NAMES, "MAX_U63": MAX_U63, "MAX_BIN": MAX_BIN,
+                             "_isfinite": math.isfinite,
                              "ONE": FORMAT_VERSION, "_sha256": hashlib.sha256, "_unpackb": msgpack.unpackb,
                              "_pack": _pack, "SMALL": _SMALL, "EventDecodeError": EventDecodeError,
                              "decode_event_tuple": decode_event_tuple, "_drop_uncanonical": _drop_uncanonical}

@@ -80,7 +80,12 @@ def decode(data: bytes | mmap.mmap) -> Snapshot:
     collecting = gc.isenabled()
     gc.disable()
     try:
-        obj: dict[str, Any] = msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=False)
+        try:
+            obj: dict[str, Any] = msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=False)
+        except ValueError:
+            raise
+        except Exception as exc:  # damage can make a map a key: TypeError (unhashable), not the ValueError promised
+            raise ValueError(f"malformed snapshot: {type(exc).__name__}: {exc}") from None
         if type(obj) is not dict or obj.get("format") not in READABLE:
             raise ValueError(f"unsupported snapshot format {obj.get('format') if type(obj) is dict else None!r}")
         layout = LAYOUTS.get(obj["format"])

@@ -316,3 +316,23 @@ def test_an_exhausted_counter_borrows_a_millisecond_instead_of_overflowing() -> 
     t = clock.now()
     assert t == (7, 0)
     make_event(ev.NODE_UNREGISTERED, t, "c0", id="n")
+
+
+def test_a_batch_signed_by_many_members_with_long_ids_is_a_valid_event() -> None:
+    """The signers were a "str" field of at most 256 characters: 18 ids like coordinator-NN, or two of the 128
+    characters ids may have, made a batch event that make_event and every decoder refused, so a signed batch could
+    not be published (a reviewer's reproduction). The field holds up to 255 ids of 128 characters now."""
+    def batch(signers: str) -> ev.Event:
+        return ev.make_event(ev.RECEIPT_BATCH, (1, 0), "c0", group_key="ab" * 32, root="cd" * 32, tree_size=1,
+                             signature="ef" * 64, signers=signers, receipts=b"\x90" * 2000)
+
+    for signers in (",".join(f"coordinator-{i:02d}" for i in range(18)), ",".join(f"{i:03d}" + "x" * 125
+                                                                                   for i in range(255))):
+        event = batch(signers)
+        assert ev.decode_event(event.raw) == event
+        events, invalid, wrong = ev.decode_events([event.raw], "c0")
+        assert (events[0][4][4], invalid, wrong) == (signers, 0, 0)
+    with pytest.raises(ev.EventDecodeError):
+        batch("x" * (ev.MAX_NAMES + 1))
+    with pytest.raises(ev.EventDecodeError):
+        ev.make_event(ev.NODE_KEY, (1, 0), "c0", id="x" * 257, public_key="ab" * 32)  # other strings keep their bound
