@@ -3,7 +3,9 @@
 * ``node_keys[id]``      -> the node's Ed25519 key (64 hex), a last-writer-wins register
 * ``receipts[id]``       -> (batch event id, index in the batch), a last-writer-wins register: a receipt
   signed in two batches (a takeover re-signed it) converges on one of them everywhere
-* ``batches[event id]``  -> the batch as published (group key, root, size, signature, signers, receipts)
+* ``batches[event id]``  -> the batch as published (group key, root, size, signature, signers, receipts); the
+  state root counts each (``batch_acc``): counting only the receipt registers, a member that missed a batch whose
+  receipts all point at a later one had the same root, yet served other documents (a reviewer's reproduction)
 
 The batch's signature is checked where it is made (consensus/receipt_service.py) and by anyone holding the
 document. Here a batch event comes signed by a cluster member, and is still checked on its own terms before it
@@ -109,6 +111,7 @@ class ReceiptLedger:
         self.node_keys: dict[str, tuple[Version, str]] = {}
         self.receipts: dict[bytes, tuple[Version, tuple[bytes, int]]] = {}
         self.batches: dict[bytes, Batch] = {}
+        self.batch_acc = 0  # the sum of the batches' terms (batch_term), added to the state's accumulator by its root
         self.info: dict[bytes, ReceiptInfo] = {}  # derived: receipt id -> its slot fields
         self.by_slot: dict[tuple[str, str, str, int], set[bytes]] = {}  # derived: slot -> signed receipt ids
         # derived: receipt id -> every (batch, index) holding it, for the receipts held by more than one batch (a
@@ -148,6 +151,7 @@ class ReceiptLedger:
         if any(i is None for i in infos) or not _signed(batch):
             return False
         self.batches[batch_id] = batch
+        self.batch_acc += batch_term(batch_id)
         for index, ((raw, _), info) in enumerate(zip(batch.wires, infos, strict=True)):
             assert info is not None
             rid = hashlib.sha256(raw).digest()
@@ -191,7 +195,7 @@ class ReceiptLedger:
         encoded, never queried (copying a set per slot took 200 ms at 100,000 receipts, on the event loop)."""
         other = ReceiptLedger(rehash)
         other.node_keys, other.receipts = self.node_keys.copy(), self.receipts.copy()
-        other.batches = self.batches.copy()
+        other.batches, other.batch_acc = self.batches.copy(), self.batch_acc
         return other
 
     def to_snapshot(self) -> dict[str, Any]:
@@ -242,6 +246,7 @@ class ReceiptLedger:
         for bid, gk, root, size, sig, signers, wires in snap.get("batches", []):
             self.batches[bid] = Batch(gk, root, size, sig, tuple(signers.split(",")),
                                       tuple((w[0], w[1]) for w in wires))
+        self.batch_acc = sum(map(batch_term, self.batches))  # (not in a snapshot's accumulator: counted here)
         for rid, v, bid, i in snap.get("receipts", []):
             version = tuple(v)
             self.receipts[rid] = (version, (bid, i))  # type: ignore[assignment]
@@ -260,6 +265,11 @@ class ReceiptLedger:
                     self.info[rid] = info
                     self.by_slot.setdefault((info.receipt_type, info.node_id, info.subject, info.epoch),
                                             set()).add(rid)
+
+
+def batch_term(batch_id: bytes) -> int:
+    """A batch's term of the state root: its event id (which covers its content), hashed under its own tag."""
+    return int.from_bytes(hashlib.sha256(b"dsdn-batch\x00" + batch_id).digest(), "big")
 
 
 def _key_entry(item: tuple[str, tuple[Version, str]]) -> list[Any]:

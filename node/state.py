@@ -54,7 +54,7 @@ from typing import Any, TypeVar
 import msgpack
 
 from node import events as ev
-from node.receipt_ledger import SAME, ReceiptLedger
+from node.receipt_ledger import SAME, ReceiptLedger, batch_term
 
 Version = tuple[int, int, str, bytes]
 NodeRecord = tuple[str, str, int]  # zone, addr, capacity_gb
@@ -406,11 +406,13 @@ class State:
         return self.scheduler[1] if self.scheduler is not None else None
 
     def root(self) -> bytes:
-        return hashlib.sha256(b"dsdn-state-root-v1" + (self._acc % _MOD).to_bytes(32, "big")).digest()
+        acc = self._acc + self.ledger.batch_acc
+        return hashlib.sha256(b"dsdn-state-root-v1" + (acc % _MOD).to_bytes(32, "big")).digest()
 
     def recomputed_root(self) -> bytes:
         """The root computed afresh from every register (slow: for tests and audits); equals ``root()``."""
-        return hashlib.sha256(b"dsdn-state-root-v1" + (self._recomputed_acc() % _MOD).to_bytes(32, "big")).digest()
+        acc = self._recomputed_acc() + sum(map(batch_term, self.ledger.batches))
+        return hashlib.sha256(b"dsdn-state-root-v1" + (acc % _MOD).to_bytes(32, "big")).digest()
 
     def _recomputed_acc(self) -> int:
         acc = sum(_event_hash(raw) for table in self._objects for raw in table.values())

@@ -571,6 +571,33 @@ def test_a_batch_that_does_not_verify_on_its_own_terms_is_kept_out_whole() -> No
     assert len(roots) == 1
 
 
+def test_the_root_tells_apart_a_state_missing_a_batch_whose_receipts_all_moved_on() -> None:
+    """The root counted the receipt registers only: a coordinator that missed batch B, whose receipts all point at a
+    later batch C, had the root of one that holds both, though it served other documents (locate under the cluster's
+    key finds B there, C here: a reviewer's reproduction). Each batch counts now, also across a snapshot."""
+    good = receipt_events(1, 3)
+    batch = good[-1]
+    fields = dict(zip([name for name, _ in ev.SCHEMAS[ev.RECEIPT_BATCH]], batch.fields, strict=True))
+    own = nacl.signing.SigningKey(b"o" * 32)
+    own_key, root = bytes(own.verify_key), bytes.fromhex(fields["root"])
+    signature = own.sign(rc.batch_message(own_key, root, 3)).signature.hex()
+    later = make_event(ev.RECEIPT_BATCH, (T0 + 99, 1), "c2", **{**fields, "group_key": own_key.hex(),
+                                                                "signature": signature})
+    both, missing = State(), State()
+    both.apply_all([*good, later])
+    missing.apply_all([*good[:-1], later])
+    assert both.ledger.receipts == missing.ledger.receipts  # the registers agree: only the batches differ
+    assert both.root() != missing.root()
+    for s in (both, missing):
+        assert s.root() == s.recomputed_root()
+        restored = snapshot.decode(snapshot.encode(snapshot.Snapshot(s, {}, 0))).state
+        assert restored.root() == s.root() == restored.recomputed_root()
+        assert s.frozen().root() == s.root()
+    again = State()
+    again.apply_all([later, *good])  # any order
+    assert again.root() == both.root()
+
+
 def test_a_receipt_signed_again_under_a_member_s_own_key_is_still_served_under_the_cluster_s() -> None:
     """A member signs the cluster's receipts again under a key of its own, later: that batch passes the ledger's
     check and the last-writer-wins register points at it, but a coordinator that knows the cluster's key locates
