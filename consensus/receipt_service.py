@@ -164,6 +164,10 @@ class LedgerView(Protocol):
         """Every receipt id the state holds as signed, or a heard batch."""
         ...
 
+    def signed_rival(self, receipt_id: bytes, slot: tuple[str, str, str, int]) -> bytes | None:
+        """A receipt other than ``receipt_id`` the state holds as signed for ``slot``, if any."""
+        ...
+
     async def publish_batch(self, fields: dict[str, Any]) -> bytes:
         """Append the batch event durably (outbox → DA) and apply it; return its raw event bytes."""
         ...
@@ -432,6 +436,10 @@ class ReceiptService:
     # ---- validation against the DA-derived state ---------------------------------------------------
 
     def validate(self, r: rc.Receipt) -> tuple[Verdict, str]:
+        rival = self.view.signed_rival(r.id, r.slot)
+        if rival is not None:  # the state holds another receipt of the slot signed: never lock this one (a member
+            #                    whose lock table was replaced, say after a new DKG, would have: a reviewer's finding)
+            return Verdict.INVALID, f"slot conflict: receipt {rival.hex()} of this slot is signed"
         registered, key = self.view.node_key(r.node_id)
         if not registered:
             return Verdict.NOT_YET, f"node {r.node_id} is not registered here (yet)"
@@ -481,6 +489,11 @@ class ReceiptService:
         if self.view.signed_document(rid) is not None:
             record = self._record(receipt)
             record.settle("final")
+            return record
+        rival = self.view.signed_rival(rid, receipt.slot)
+        if rival is not None and receipt.node_signature_valid():  # 409 with the rival, as for a conflict of locks
+            record = self._record(receipt)
+            record.settle("conflict", "slot conflict", rival)
             return record
         # Checked first (a client learns its receipt can never be signed, not "retry later"), and the node
         # signature against the key the receipt carries before anything else: a receipt of a node not registered

@@ -93,6 +93,10 @@ class StateLedgerView:
     def holds(self, receipt_id: bytes) -> bool:
         return receipt_id in self._state().ledger.receipts
 
+    def signed_rival(self, receipt_id: bytes, slot: tuple[str, str, str, int]) -> bytes | None:
+        ids = self._state().ledger.by_slot.get(slot)
+        return min((rid for rid in ids if rid != receipt_id), default=None) if ids else None
+
     def signed_ids(self) -> list[bytes]:
         """Every receipt signed in the state or in a heard batch."""
         held = self._state().ledger.receipts

@@ -1151,3 +1151,28 @@ async def test_nonces_offered_for_batches_that_ended_are_let_go(
         cluster.service("c0").submit(receipt)
         await cluster.wait_final({receipt.id}, members={"c0"})
         nursery.cancel_scope.cancel()
+
+
+async def test_a_member_that_never_locked_a_signed_slot_refuses_its_rivals(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """A member's lock table is its only guard against signing a rival of a slot: one that never locked the slot
+    (down while it was signed, or whose table was replaced, say after a new DKG) locked and signed a rival (a
+    reviewer's finding). A slot the state holds signed is checked too: the rival is refused, and its submitter gets
+    the conflict with the signed receipt's id."""
+    async with started(tmp_path, seed=41) as cluster:
+        a, b = cluster.receipt("n1", "obj1", reward=10), cluster.receipt("n1", "obj1", reward=20)
+        cluster.crash("c3")
+        cluster.service("c0").submit(a)
+        await cluster.wait_final({a.id}, members={"c0", "c1", "c2"})
+        await cluster.restart("c3")
+        with trio.fail_after(30):
+            while a.id not in cluster.members["c3"].state.ledger.receipts:
+                await trio.sleep(0.1)
+        c3 = cluster.service("c3")
+        verdict, reason = c3.validate(b)
+        assert verdict is Verdict.INVALID and a.id.hex() in reason
+        reply = await c3._on_lock("c1", {"batch": b"R" * 16, "receipts": [b.to_wire()]})
+        assert list(reply["verdicts"]) == [Verdict.INVALID] and reply["commitment"] == []
+        record = c3.submit(b)
+        assert record.status == "conflict" and record.conflicting_id == a.id
+        assert c3.validate(a)[0] is Verdict.OK  # the signed one itself is no rival of itself
