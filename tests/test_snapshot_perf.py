@@ -383,6 +383,10 @@ def test_a_damaged_snapshot_is_refused_and_a_format_5_one_without_a_crc_still_lo
         with pytest.raises(ValueError, match="damaged"):
             snapshot.decode(damaged)
     assert snapshot.decode(data).state.root() == s.root()
+    downgraded = data.replace(msgpack.packb("format") + msgpack.packb(6), msgpack.packb("format") + msgpack.packb(5), 1)
+    damaged = downgraded[:at] + bytes([downgraded[at] ^ 1]) + downgraded[at + 1:]  # and one bit of a register
+    with pytest.raises(ValueError, match="damaged"):  # (two bit flips made a format 6 a 5, read without its CRC)
+        snapshot.decode(damaged)
     old = msgpack.unpackb(data, use_list=True, strict_map_key=False)  # the same as format 5 wrote it
     del old["crc"]
     old["format"] = 5
