@@ -290,7 +290,9 @@ def _judge(c: Complaint, context: bytes, participants: Mapping[int, bytes], thre
         if {type(ev[0]), type(ev[1])} == {Confirm, Abort}:
             return True
         return (type(ev[0]) is type(ev[1]) and not isinstance(ev[0], Abort) and not ev[0].same_content(ev[1])
-                and (not isinstance(ev[0], Round2) or ev[0].recipient == ev[1].recipient))  # type: ignore[attr-defined]
+                # two shares for one recipient, dealt to one of its round ones (to two, the recipient equivocated)
+                and (not isinstance(ev[0], Round2) or (ev[0].recipient, ev[0].recipient_key)  # type: ignore[attr-defined]
+                     == (ev[1].recipient, ev[1].recipient_key)))  # type: ignore[attr-defined]
     if c.reason == "bad_proof":
         return (len(ev) == 1 and isinstance(ev[0], Round1) and signed_by(ev[0], c.accused)
                 and not _round1_valid(ev[0], context, threshold))
@@ -299,8 +301,8 @@ def _judge(c: Complaint, context: bytes, participants: Mapping[int, bytes], thre
             return False
         dealt, m, own = ev
         if not (signed_by(dealt, c.accused) and signed_by(m, c.accused) and signed_by(own, c.sender)
-                and m.recipient == c.sender != c.accused):
-            return False
+                and m.recipient == c.sender != c.accused and m.recipient_key == own.enc_key):
+            return False  # (a share is judged against the round one it was dealt to, not one the complainer shows)
         if not _round1_valid(dealt, context, threshold):
             return True  # the dealer signed an invalid round 1: misbehaviour whatever its share
         if not _round1_valid(own, context, threshold) or not _dleq_verify(
@@ -705,6 +707,8 @@ class DkgParticipant:
         if not self._round1_valid(dealt) or self._enc_secret is None or self._key_share is not None:
             return  # already complained about the dealer's round 1, left, or past this round
         m = self._round2[dealer]
+        if m.recipient_key != own.enc_key:  # not dealt to my round one: nothing to open, nothing to prove
+            return
         shared = mul(dealt.enc_key, self._enc_secret)
         share = self._decrypt_share(m, _pair_key(self._context, dealer, self.identifier, shared), dealt.commitment)
         if share is not None:
@@ -767,7 +771,8 @@ class DkgParticipant:
             for j in self.participants:
                 if j != self.identifier:
                     box = _seal(self._share_key(self.identifier, j), serialize_scalar(self._share_for(j)))
-                    self._dealt[j] = self._sign(Round2(self.session_id, self.identifier, j, box))
+                    self._dealt[j] = self._sign(Round2(self.session_id, self.identifier, j, box,
+                                                       self._round1[j].enc_key))
                     self._outbox.append(Outgoing(j, self._dealt[j]))
         if self.state is DkgState.ROUND2 and len(self._shares) == self.n - 1:
             self._derive_key()

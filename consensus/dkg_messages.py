@@ -156,18 +156,23 @@ class Round1(Message):
 
 @dataclass(frozen=True)
 class Round2(Message):
-    """To one recipient: the sender's polynomial evaluated at the recipient, SecretBox-encrypted to it."""
+    """To one recipient: the sender's polynomial evaluated at the recipient, SecretBox-encrypted to it, naming the
+    recipient's round-one encryption key it was sealed to (signed with it: else a complainer could sign a second
+    round one of its own, with a key the box does not open under, and "prove" any honest dealer's share bad; a
+    reviewer's reproduction framed every honest dealer of a session)."""
 
     TYPE: ClassVar[str] = "dkg.round2"
-    FIELDS: ClassVar[tuple[str, ...]] = ("recipient", "box")
+    FIELDS: ClassVar[tuple[str, ...]] = ("recipient", "box", "recipient_key")
 
     recipient: int
     box: bytes
+    recipient_key: bytes = b""
     signature: bytes = b""
 
     @classmethod
     def _parse(cls, d: Mapping[str, Any]) -> dict[str, Any]:
-        return {"recipient": _ident(d, "recipient"), "box": _bytes(d, "box", BOX_SIZE)}
+        return {"recipient": _ident(d, "recipient"), "box": _bytes(d, "box", BOX_SIZE),
+                "recipient_key": _bytes(d, "recipient_key", 32)}
 
 
 @dataclass(frozen=True)

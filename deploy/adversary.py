@@ -152,7 +152,8 @@ class GarblingDealer(DkgParticipant):
         for k, out in enumerate(self._outbox):
             m = out.message
             if isinstance(m, Round2) and m.recipient == target:
-                bad = Round2(self.session_id, self.identifier, m.recipient, bytes(b ^ 0xFF for b in m.box))
+                bad = Round2(self.session_id, self.identifier, m.recipient, bytes(b ^ 0xFF for b in m.box),
+                             m.recipient_key)
                 self._outbox[k] = Outgoing(out.to, self._sign(bad))
 
 

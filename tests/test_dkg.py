@@ -20,7 +20,7 @@ import pytest
 from consensus import dkg, frost
 from consensus.dkg import Complaint, Confirm, DkgError, DkgMessageError, DkgParticipant, DkgState, Round1, Round2
 from consensus.dkg_messages import Message
-from consensus.group import L, base_mul, serialize_scalar
+from consensus.group import L, base_mul, mul, serialize_scalar
 
 Tamper = Callable[[DkgParticipant, int, Message], Message | None]
 
@@ -355,6 +355,37 @@ def test_dealer_sending_a_bad_share_is_named(seed: int) -> None:
     assert [type(e) for e in complaints[0].evidence] == [Round1, Round2, Round1]
     for p in nodes.values():  # anyone can check the proof later, from the proof alone
         assert dkg.check_exclusion_proof(p.proofs()[liar], p.participants).culprit == liar
+
+
+def test_a_complainer_cannot_frame_an_honest_dealer_with_a_round_one_of_its_own() -> None:
+    """A member signs a second round one (same commitment and proof, a fresh encryption key), computes the
+    Diffie-Hellman point with the dealer under that key, proves it, and shows the honest dealer's share, which does
+    not open under it: the complaint was judged proven against the dealer, and one such member had every honest
+    dealer of a session proven bad, left out of DKG for good (a reviewer's reproduction). A share names the round-one
+    key it was sealed to, under the dealer's signature: the complaint proves its sender a liar instead."""
+    _, nodes = run_dkg(4, 1)
+    assert all(p.state is DkgState.COMPLETE for p in nodes.values())
+    liar = 4
+    ctx, keys = nodes[liar]._context, {i: nodes[i]._identity for i in nodes}
+    real = nodes[liar]._round1[liar]
+    fresh = 12345
+    forged = Round1(real.session, liar, real.commitment, real.proof, base_mul(fresh)).signed(keys[liar], ctx)
+    for dealer in (1, 2, 3):
+        dealt, share = nodes[liar]._round1[dealer], nodes[liar]._round2[dealer]
+        assert share.recipient_key == real.enc_key
+        shared = mul(dealt.enc_key, fresh)
+        k = 777
+        c = dkg._dleq_challenge(ctx, dealer, liar, forged.enc_key, dealt.enc_key, shared, base_mul(k),
+                                mul(dealt.enc_key, k))
+        complaint = Complaint(real.session, liar, dealer, "bad_share", shared,
+                              serialize_scalar(c) + serialize_scalar((k + c * fresh) % L),
+                              (dealt, share, forged)).signed(keys[liar], ctx)
+        record = dkg.check_exclusion_proof(dkg.exclusion_proof(real.session, nodes[1].threshold, nodes[1].participants,
+                                                               complaint), nodes[1].participants)
+        assert not record.proven and record.culprit == liar
+        tampered = dataclasses.replace(share, recipient_key=forged.enc_key).signed(keys[liar], ctx)  # not the dealer's
+        assert not dkg.judge_complaint(dataclasses.replace(complaint, evidence=(dealt, tampered, forged)).signed(
+            keys[liar], ctx), ctx, nodes[1].participants, nodes[1].threshold)
 
 
 def test_dealer_with_a_bad_proof_of_knowledge_is_named() -> None:

@@ -498,7 +498,8 @@ class GarblingDealer(DkgParticipant):
         super()._advance()
         for i, o in enumerate(self._outbox):
             if isinstance(o.message, Round2) and o.message.recipient == victim(self):
-                bad = Round2(self.session_id, self.identifier, o.message.recipient, os.urandom(len(o.message.box)))
+                bad = Round2(self.session_id, self.identifier, o.message.recipient, os.urandom(len(o.message.box)),
+                             o.message.recipient_key)
                 self._outbox[i] = type(o)(o.to, self._sign(bad))
 
 
