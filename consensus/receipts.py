@@ -269,6 +269,12 @@ def verify_document(doc: Any, group_public_key: bytes | None = None) -> tuple[bo
             return False, "receipt fields do not match receipt_bytes"
         if doc["receipt_id"] != receipt.id.hex():
             return False, "receipt_id is not SHA-256(receipt_bytes)"
+        # what readers take from the document's top level, checked as its fields are (an epoch other than the
+        # receipt's, or a status other than final, was reported valid: a reviewer's reproduction)
+        if type(doc["epoch"]) is not int or doc["epoch"] != receipt.epoch:
+            return False, "epoch does not match receipt_bytes"
+        if doc["status"] != "final":
+            return False, f"status is {doc['status']!r}, not 'final'"
         if not receipt.node_signature_valid():
             return False, "the node signature is invalid"
         key = bytes.fromhex(doc["group_public_key"])
@@ -285,6 +291,8 @@ def verify_document(doc: Any, group_public_key: bytes | None = None) -> tuple[bo
         nacl.signing.VerifyKey(key).verify(batch_message(key, root, size), signature)
     except nacl.exceptions.BadSignatureError:
         return False, "the batch signature is invalid"
+    except ReceiptError as exc:  # a document of the right shape whose receipt is no valid one (non-canonical bytes,
+        return False, f"invalid receipt: {exc}"  # a field out of range): invalid, not malformed (the CLI exits 1)
     except (KeyError, TypeError, ValueError, AttributeError, nacl.exceptions.CryptoError) as exc:
         return False, f"malformed document: {exc}"
     return True, "valid"

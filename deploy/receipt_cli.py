@@ -55,7 +55,10 @@ from deploy import ctl
 
 def _read_json(source: str) -> Any:
     text = sys.stdin.read() if source == "-" else Path(source).read_text()
-    return json.loads(text)
+    try:
+        return json.loads(text)
+    except RecursionError:  # (not a ValueError: it gave a traceback)
+        raise ValueError("the JSON is nested too deeply") from None
 
 
 def _node_key(path: Path) -> nacl.signing.SigningKey:
@@ -74,7 +77,7 @@ def _node_key(path: Path) -> nacl.signing.SigningKey:
 
 def make(args: argparse.Namespace) -> dict[str, Any]:
     key = _node_key(Path(args.node_key))
-    epoch = args.epoch or int(time.time() // args.epoch_length) + 1
+    epoch = args.epoch if args.epoch is not None else int(time.time() // args.epoch_length) + 1
     commitment = None
     subject = args.subject
     if args.type == "compute":
@@ -105,7 +108,7 @@ def _offline(args: argparse.Namespace) -> int:
     except BrokenPipeError:
         return ctl.stdout_closed()
     except OSError as exc:
-        ctl._fail_line(f"{prog}: {exc.filename or args.target}: {exc.strerror or exc}")
+        ctl._fail_line(f"{prog}: {exc.filename or 'standard output'}: {exc.strerror or exc}")
         return 2
     except (ValueError, rc.ReceiptError) as exc:
         ctl._fail_line(f"{prog}: {exc}")

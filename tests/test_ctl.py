@@ -592,3 +592,15 @@ def test_a_closed_stdout_ends_quietly(in_cluster_dir: Procs, tmp_path: Path) -> 
             os.close(write_end)
         assert done.returncode == ctl.EXIT_STDOUT_CLOSED == 141, (argv, done.stderr)
         assert "Traceback" not in done.stderr and done.stderr == "", (argv, done.stderr)
+
+
+def test_receipt_cli_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """From a review: a deeply nested JSON file was a RecursionError traceback (verify, submit); --epoch 0 silently
+    made a receipt of the current epoch."""
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    code, out, err = dsdn(capsys, "receipt", "verify", str(deep), "--group-key", "00" * 32)
+    assert (code, out) == (2, "") and one_line(err) == "dsdn receipt verify: the JSON is nested too deeply"
+    code, out, err = dsdn(capsys, "receipt", "make", "--node", "n", "--subject", "obj", "--epoch", "0",
+                          "--node-key", str(tmp_path / "k"))
+    assert code == 2 and out == "" and "epoch" in one_line(err) and "Traceback" not in err

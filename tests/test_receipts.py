@@ -395,8 +395,11 @@ def test_documents_verify_offline_and_tampering_is_caught(keys: dict[int, frost.
     doc = rc.document(receipts[3], root, 5, 3, paths[3], signature, group, ["c0", "c1", "c2"])
     assert rc.verify_document(doc) == (True, "valid") and rc.verify_document(doc, group) == (True, "valid")
     assert not rc.verify_document(doc, bytes(keys[1].verifying_shares[2]))[0]
+    # the top-level epoch and status are what readers take (and GET /receipts filters on): an epoch other than the
+    # receipt's, or a status other than final, was reported valid (a reviewer's reproduction)
     for path, value in [(("receipt", "reward_base"), 999), (("batch", "index"), 2), (("receipt_id",), "00" * 32),
-                        (("signature",), "00" * 64), (("batch", "tree_size"), 6)]:
+                        (("signature",), "00" * 64), (("batch", "tree_size"), 6), (("epoch",), 1),
+                        (("epoch",), 10.0), (("status",), "rejected")]:
         bad = {**doc, "receipt": dict(doc["receipt"]), "batch": dict(doc["batch"])}
         target = bad
         for p in path[:-1]:
@@ -405,6 +408,13 @@ def test_documents_verify_offline_and_tampering_is_caught(keys: dict[int, frost.
         valid, reason = rc.verify_document(bad)
         assert not valid and reason
     assert rc.verify_document("not a doc")[0] is False
+    raw = bytes.fromhex(doc["receipt_bytes"])
+    items = msgpack.unpackb(raw)
+    at = 1 + sum(len(msgpack.packb(item, use_bin_type=True)) for item in items[:5])  # the epoch (10), a fixint
+    assert items[5] == 10 and raw[at] == 10
+    uint64_epoch = raw[:at] + b"\xcf" + (10).to_bytes(8, "big") + raw[at + 1:]
+    valid, reason = rc.verify_document({**doc, "receipt_bytes": uint64_epoch.hex()})  # a non-canonical encoding:
+    assert not valid and reason.startswith("invalid receipt")  # the document is invalid, not malformed
 
 
 def test_roast_takes_nothing_more_from_a_signer_whose_share_just_failed(keys: dict[int, frost.KeyShare]) -> None:
