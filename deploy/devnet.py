@@ -61,6 +61,11 @@ DEFAULT_SLOW_MS = 1000
 #: go-jsonrpc reports errors returned by a method with code 1.
 SERVER_ERROR = 1
 INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, PARSE_ERROR = -32600, -32601, -32602, -32700
+# A Celestia block holds at most a 128 x 128 square of 512-byte shares, and a Submit is one transaction: the
+# devnet put whatever arrived in one block, so concurrent writers made blocks our client cannot read back (a
+# GetAll answer over its 64 MiB), and one Submit of 110,000 tiny blobs froze it for 1.8 s (a reviewer's runs).
+MAX_BLOCK_BYTES = 128 * 128 * 512
+MAX_BLOBS_PER_SUBMIT = 1024
 MAX_NAMESPACES = 16  # namespaces one blob.GetAll may name (each answered once: listing one again used to repeat it)
 
 
@@ -234,7 +239,7 @@ class Devnet:
         self.pruned_below = 0  # heights below this answer "header: not found", as on a pruned node
         self.blob_total = 0
         self.head: Block | None = None
-        self._pending: list[_Pending] = []
+        self._pending: list[list[_Pending]] = []  # the Submits waiting for a block, each whole, oldest first
         self._new_block = trio.Event()
         self._lock = trio.Lock()
         self._read_lock = trio.Lock()
@@ -269,7 +274,14 @@ class Devnet:
     # ---- blocks ---------------------------------------------------------------------------------
 
     async def produce_block(self) -> None:
-        pending, self._pending = self._pending, []
+        taken, size = 0, 0  # whole Submits, first come first served, while the square has room (one at least)
+        while taken < len(self._pending):
+            submit_size = sum(share_count(len(p.data)) for p in self._pending[taken]) * 512
+            if taken and size + submit_size > MAX_BLOCK_BYTES:
+                break
+            taken, size = taken + 1, size + submit_size
+        pending = [p for submit in self._pending[:taken] for p in submit]
+        del self._pending[:taken]
         pending.sort(key=lambda p: p.namespace)  # blobs sit in namespace order in a Celestia square
         height = self.height + 1
         prev_hash = self.head[2] if self.head else bytes(32)
@@ -332,9 +344,13 @@ class Devnet:
         blobs, options = _params(params, 1, 2, "blob.Submit")
         if not isinstance(blobs, list) or not blobs:
             raise RPCError(INVALID_PARAMS, "invalid params: blobs must be a non-empty list")
+        if len(blobs) > MAX_BLOBS_PER_SUBMIT:
+            raise RPCError(SERVER_ERROR, f"tx too large: {len(blobs)} blobs in one transaction; at most "
+                                         f"{MAX_BLOBS_PER_SUBMIT}")
         if options is not None and not isinstance(options, dict | int | float):
             raise RPCError(INVALID_PARAMS, "invalid params: options must be a TxConfig object")
         entries: list[_Pending] = []
+        total = 0
         for i, blob in enumerate(blobs):
             if not isinstance(blob, dict):
                 raise RPCError(INVALID_PARAMS, f"invalid params: blob {i} is not an object")
@@ -345,13 +361,17 @@ class Devnet:
             if len(data) > self.max_blob_bytes:
                 raise RPCError(SERVER_ERROR, f"blob too large: {len(data)} bytes exceeds the maximum blob size "
                                              f"of {self.max_blob_bytes} bytes")
+            total += len(data)
+            if total > self.max_blob_bytes:  # one transaction: what the client's max_submit_bytes assumes too
+                raise RPCError(SERVER_ERROR, f"blob too large: the transaction carries more than {self.max_blob_bytes} "
+                                             "bytes of blobs")
             if blob.get("share_version", 0) != 0:
                 raise RPCError(SERVER_ERROR, f"unsupported share version {blob.get('share_version')!r}")
             commitment = blob_commitment(namespace, data)
             if blob.get("commitment") is not None and _unb64(blob["commitment"], "commitment") != commitment:
                 raise RPCError(SERVER_ERROR, "blob: mismatched commitment")
             entries.append(_Pending(namespace, data, commitment))
-        self._pending.extend(entries)
+        self._pending.append(entries)
         for entry in entries:
             await entry.done.wait()
             if entry.error:
@@ -407,7 +427,7 @@ class Devnet:
 
     def status(self) -> dict[str, Any]:
         return {"height": self.height, "mode": self.mode, "latency_ms": round(self.latency_s * 1000),
-                "blobs": self.blob_total, "pending": len(self._pending), "chain_id": CHAIN_ID,
+                "blobs": self.blob_total, "pending": sum(map(len, self._pending)), "chain_id": CHAIN_ID,
                 "block_interval_ms": round(self.block_interval_s * 1000), "pruned_below": self.pruned_below}
 
     def set_prune(self, body: Any) -> None:

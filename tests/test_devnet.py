@@ -151,3 +151,43 @@ async def test_a_process_started_under_nohup_keeps_running_after_sighup(tmp_path
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_blocks_and_submits_are_bounded_like_celestia_s(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The devnet put whatever arrived in one block (concurrent writers made blocks our client cannot read back: a
+    GetAll answer over its 64 MiB) and took any number of blobs per Submit (110,000 tiny ones froze it for 1.8 s): a
+    reviewer's runs. A block holds at most a square's worth of whole Submits; a Submit is one bounded transaction."""
+    import deploy.devnet as devnet_mod
+
+    monkeypatch.setattr(devnet_mod, "MAX_BLOCK_BYTES", 64 * 1024)
+    devnet = Devnet(str(tmp_path / "devnet.sqlite"), 3600)  # blocks made by hand below
+    await devnet.open()
+    heights: list[int] = []
+
+    async def submit(k: int) -> None:
+        heights.append(await devnet.dispatch("blob.Submit", [[
+            {"namespace": b64(NS), "data": b64(bytes([k]) * 20_000), "share_version": 0},
+            {"namespace": b64(NS), "data": b64(bytes([k + 100]) * 100), "share_version": 0}]]))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for k in range(10):
+                nursery.start_soon(submit, k)
+            await trio.sleep(0.1)
+            while len(heights) < 10:
+                await devnet.produce_block()
+                await trio.sleep(0.01)
+        for height in sorted(set(heights)):
+            blobs = await devnet.dispatch("blob.GetAll", [height, [b64(NS)]])
+            assert 0 < sum(len(b["data"]) * 3 // 4 for b in blobs) <= 64 * 1024
+            assert len(blobs) % 2 == 0  # a Submit's two blobs share a block
+        assert len(set(heights)) >= 4
+        tiny = {"namespace": b64(NS), "data": b64(b"x"), "share_version": 0}
+        too_many = [tiny] * (devnet_mod.MAX_BLOBS_PER_SUBMIT + 1)
+        with pytest.raises(devnet_mod.RPCError, match="too large"):
+            await devnet.dispatch("blob.Submit", [too_many])
+        big = [{"namespace": b64(NS), "data": b64(bytes(devnet.max_blob_bytes // 2 + 1)), "share_version": 0}] * 2
+        with pytest.raises(devnet_mod.RPCError, match="too large"):
+            await devnet.dispatch("blob.Submit", [big])
+    finally:
+        devnet.close()
