@@ -314,7 +314,8 @@ async def test_devnet_answers_malformed_json_with_a_parse_error(devnet: str) -> 
     accepted and echoed back as an id no strict JSON-RPC client reads (a reviewer's findings)."""
     async with httpx.AsyncClient(timeout=10) as http:
         for body in (b"[" * 100_000, b'{"jsonrpc":"2.0","id":NaN,"method":"header.NetworkHead","params":[]}',
-                     b'{"jsonrpc":"2.0","id":1,"method":"x","params":[Infinity]}'):
+                     b'{"jsonrpc":"2.0","id":1,"method":"x","params":[Infinity]}',
+                     b'{"jsonrpc":"2.0","id":1e400,"method":"header.NetworkHead","params":[]}'):  # echoed: Infinity
             response = await http.post(devnet, content=body, headers={"Authorization": f"Bearer {TOKEN}"})
             assert response.status_code == 200 and response.json()["error"]["code"] == -32700, body[:40]
         response = await http.post(devnet.rstrip("/") + "/admin/fault", content=b"[" * 100_000,
