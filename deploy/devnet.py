@@ -250,6 +250,7 @@ class Devnet:
         self.head: Block | None = None
         self._pending: list[list[_Pending]] = []  # the Submits waiting for a block, each whole, oldest first
         self._new_block = trio.Event()
+        self.stopping = False  # a graceful stop began (see stop_waiting)
         self._lock = trio.Lock()
         self._read_lock = trio.Lock()
 
@@ -334,9 +335,18 @@ class Devnet:
     async def wait_for_height(self, height: int, max_wait_s: float) -> bool:
         with trio.move_on_after(max_wait_s):
             while self.height < height:
+                if self.stopping:
+                    raise RPCError(SERVER_ERROR, "devnet: shutting down")
                 await self._new_block.wait()
             return True
         return False
+
+    def stop_waiting(self) -> None:
+        """A graceful stop begins: the callers waiting for a height are answered now (the stop waited its whole
+        timeout for them, then dropped them without an answer: a reviewer's reproduction)."""
+        self.stopping = True
+        self._new_block.set()
+        self._new_block = trio.Event()
 
     # ---- JSON-RPC methods -------------------------------------------------------------------------
 
@@ -555,9 +565,16 @@ async def serve_devnet(host: str = "127.0.0.1", port: int = DEFAULT_PORT, db_pat
         async with trio.open_nursery() as nursery:
             nursery.start_soon(devnet.produce_blocks)
 
+            async def stop_then_answer_the_waiting() -> None:
+                if shutdown_trigger is None:
+                    await trio.sleep_forever()
+                else:
+                    await shutdown_trigger()
+                devnet.stop_waiting()
+
             async def http(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
                 await serve(devnet.create_app(), hypercorn_config(host, port),  # type: ignore[arg-type]
-                            shutdown_trigger=shutdown_trigger, task_status=task_status)
+                            shutdown_trigger=stop_then_answer_the_waiting, task_status=task_status)
                 nursery.cancel_scope.cancel()  # the server stopped: stop producing blocks too
 
             binds: list[str] = await nursery.start(http)

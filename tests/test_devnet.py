@@ -191,3 +191,32 @@ async def test_blocks_and_submits_are_bounded_like_celestia_s(tmp_path: Path, mo
             await devnet.dispatch("blob.Submit", [big])
     finally:
         devnet.close()
+
+
+async def test_a_graceful_stop_answers_the_callers_waiting_for_a_height(tmp_path: Path) -> None:
+    """A header.WaitForHeight for a far height held SIGTERM for hypercorn's whole graceful timeout (5 s), and its
+    caller was then dropped without an answer (a reviewer's reproduction)."""
+    import httpx
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = spawn(port, tmp_path / "devnet.sqlite", tmp_path / "devnet.log")
+    answers: list[dict[str, object]] = []
+    try:
+        await wait_ready(url, proc)
+        async with httpx.AsyncClient(timeout=30) as http, trio.open_nursery() as nursery:
+            async def waiter() -> None:
+                response = await http.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "header.WaitForHeight",
+                                                      "params": [10**9]}, headers={"Authorization": f"Bearer {TOKEN}"})
+                answers.append(response.json())
+
+            nursery.start_soon(waiter)
+            await trio.sleep(0.5)
+            started = trio.current_time()
+            assert await stop(proc) == 0
+            assert trio.current_time() - started < 3
+        assert answers and "shutting down" in answers[0]["error"]["message"]  # type: ignore[index]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
