@@ -492,6 +492,7 @@ class ReceiptService:
             return record
         rival = self.view.signed_rival(rid, receipt.slot)
         if rival is not None and receipt.node_signature_valid():  # 409 with the rival, as for a conflict of locks
+            self.counters.conflicts += 1
             record = self._record(receipt)
             record.settle("conflict", "slot conflict", rival)
             return record

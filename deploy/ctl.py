@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -142,13 +143,26 @@ class Client:
 
     def __init__(self, token: str | None, timeout_s: float) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.timeout_s = timeout_s
         self.http = httpx.Client(timeout=httpx.Timeout(timeout_s), headers=headers, follow_redirects=False)
 
     def close(self) -> None:
         self.http.close()
 
     def request(self, method: str, url: str, **kw: Any) -> httpx.Response:
-        return self.http.request(method, url, **kw)
+        """The whole exchange within ``timeout_s``: httpx's timeout bounds each read, so an answer sent a byte a
+        second kept a command running far past --timeout (a reviewer's reproduction)."""
+        deadline = time.monotonic() + self.timeout_s
+        with self.http.stream(method, url, **kw) as response:
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if time.monotonic() > deadline:
+                    raise httpx.ReadTimeout(f"no whole answer within {self.timeout_s:g}s", request=response.request)
+            headers = [(k, v) for k, v in response.headers.multi_items()
+                       if k.lower() not in ("content-encoding", "transfer-encoding", "content-length")]
+            return httpx.Response(response.status_code, headers=headers, content=bytes(body),
+                                  request=response.request)
 
     def call(self, method: str, found: list[Target], path: str, ok: tuple[int, ...] = (200,),
              **kw: Any) -> tuple[Target, Any]:
@@ -234,7 +248,15 @@ def _cell(value: Any) -> str:
         return "yes"
     if value is False:
         return "no"
-    return str(value)
+    return printable(str(value))
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable escaped: ids, zones and addresses come from the
+    cluster's members (a lying one's events too), and reached the terminal raw (escape sequences cleared the
+    screen or set the title, a newline forged a table row, U+202E reversed one: a reviewer's reproduction)."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else c.encode("unicode_escape").decode()
+                                                   for c in text)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -268,7 +290,7 @@ def status_table(report: dict[str, Any]) -> str:
 
 def _fail_line(text: str) -> None:
     """The error, as one line on stderr (a server's message could hold a newline)."""
-    print(" ".join(text.split()), file=sys.stderr)
+    print(" ".join(printable(part) for part in text.split()), file=sys.stderr)
 
 
 def _print_json(value: Any) -> None:

@@ -604,3 +604,37 @@ def test_receipt_cli_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixt
     code, out, err = dsdn(capsys, "receipt", "make", "--node", "n", "--subject", "obj", "--epoch", "0",
                           "--node-key", str(tmp_path / "k"))
     assert code == 2 and out == "" and "epoch" in one_line(err) and "Traceback" not in err
+
+
+def test_strings_from_the_cluster_reach_the_terminal_escaped() -> None:
+    """Ids, zones and addresses come from the cluster's members (a lying one's events too) and reached the terminal
+    raw: escape sequences cleared the screen or set the title, a newline forged a table row, U+202E reversed one (a
+    reviewer's reproduction)."""
+    out = ctl.table(["id", "zone"], [["n1\x1b[2J\x1b]0;owned\x07", "z\r\nfake-node  zone-x"], ["n2", "eu\u202e1"]])
+    assert all(c.isprintable() or c == "\n" for c in out)
+    assert out.count("\n") == 2  # the header and two rows: no forged one
+    assert "\\x1b[2J" in out and "\\r\\n" in out and "\\u202e" in out and "n2" in out
+
+
+async def test_timeout_bounds_the_whole_answer_not_each_read() -> None:
+    """httpx's timeout bounds each read: an answer sent a byte a second kept `dsdn nodes list --timeout 2` running
+    past 20 s (a reviewer's reproduction)."""
+    import trio
+
+    async def drip(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 40\r\n\r\n")
+        for _ in range(40):
+            await stream.send_all(b" ")
+            await trio.sleep(0.5)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, drip, 0)
+        port = listeners[0].socket.getsockname()[1]
+        client = ctl.Client(None, 1.0)
+        started = time.monotonic()
+        with pytest.raises(httpx.ReadTimeout):
+            await trio.to_thread.run_sync(client.request, "GET", f"http://127.0.0.1:{port}/nodes")
+        assert time.monotonic() - started < 3
+        client.close()
+        nursery.cancel_scope.cancel()

@@ -116,6 +116,20 @@ async def test_request_counters_and_scrape_time_values_of_one_coordinator(client
     assert not labelled(now, "dsdn_peer_up") and not labelled(now, "dsdn_receipts_final_total")
 
 
+async def test_a_request_an_earlier_check_refuses_is_timed_as_it_is_counted(client: Any) -> None:
+    """The timer ran after the app's own before-request check: a request it refused (a parameter given twice, 422)
+    was counted but never timed (a reviewer's reproduction)."""
+    before = await scrape(client)
+    for _ in range(5):
+        assert (await client.get("/placement/abc?rf=3&rf=4")).status_code == 422
+    after = await scrape(client)
+    counted = (value(after, "dsdn_http_requests_total", method="GET", route="/placement/{key}", status="422")
+               - value(before, "dsdn_http_requests_total", method="GET", route="/placement/{key}", status="422"))
+    timed = (value(after, "dsdn_http_request_duration_seconds_count", method="GET", route="/placement/{key}")
+             - value(before, "dsdn_http_request_duration_seconds_count", method="GET", route="/placement/{key}"))
+    assert counted == timed == 5
+
+
 async def test_a_da_outage_shows_in_errors_status_and_the_age_of_the_oldest_unpublished_event(
         nursery: trio.Nursery, make_config: Callable[..., Config]) -> None:
     mock = MockDA()
@@ -247,7 +261,7 @@ async def test_cluster_metrics_match_cluster_status_and_peers(
 
     status, m = await steady_status(c0)
     r = status["receipts"]
-    assert value(m, "dsdn_receipts_proposed_total") == r["proposed"] == 7  # 6 final + the rival
+    assert value(m, "dsdn_receipts_proposed_total") == r["proposed"] == 6  # the rival of a signed slot: refused
     assert value(m, "dsdn_receipts_final_total") == r["final"] == 6
     assert value(m, "dsdn_receipt_conflicts_total") == r["conflicts"] >= 1
     assert value(m, "dsdn_receipt_batches_total") == r["batches"]
