@@ -87,12 +87,14 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     c = Cluster(tmp_path / "cluster", tmp_path / "cluster.log")
     c.start()
     yield c
-    code = c.stop()
+    try:
+        code = c.stop()
+    finally:  # also when the launcher did not stop cleanly: a failed run left its extra coordinator running
+        for extra in c.extra:
+            if extra.poll() is None:
+                extra.terminate()
+                extra.wait(20)
     assert code == 0, f"the cluster did not stop cleanly (exit {code}):\n{c.log()}"
-    for extra in c.extra:
-        if extra.poll() is None:
-            extra.terminate()
-            extra.wait(20)
     assert "[cluster] stopped" in c.log()
 
 
