@@ -46,7 +46,8 @@ def equivocate_batches(service: ReceiptService) -> None:
     proposed, and to the other half as a different batch under the same batch id — each receipt for whose slot
     this coordinator has seen a rival (submitted to it, or in a peer's lock request) replaced by that rival, or
     else the first receipt replaced by another receipt it has seen, and the order reversed. It ignores its own
-    lock table for its own batches (it proposes a receipt whose slot it locked to a rival for another proposer).
+    lock table for its own batches (it proposes a receipt whose slot it locked to a rival for another proposer),
+    and the state's signed slots for what is submitted to it (it proposes the rival of a receipt already signed).
     Its signing requests are the honest ones (for the batch as proposed): the peers that locked the other batch
     must refuse them, and no slot may end up signed twice."""
     seen: OrderedDict[tuple[Any, ...], dict[bytes, bytes]] = OrderedDict()  # slot -> receipt id -> wire
@@ -58,9 +59,19 @@ def equivocate_batches(service: ReceiptService) -> None:
             seen.popitem(last=False)
 
     honest_submit, honest_lock, honest_lock_own = service.submit, service._on_lock, service._lock_own
+    honest_rival = service.view.signed_rival
+    proposing: set[bytes] = set()  # what is submitted to it, proposed whatever the state says
+
+    def signed_rival(receipt_id: bytes, slot: tuple[str, str, str, int]) -> bytes | None:
+        return None if receipt_id in proposing else honest_rival(receipt_id, slot)
+
+    service.view.signed_rival = signed_rival  # type: ignore[method-assign]
 
     def submit(receipt: rc.Receipt) -> Any:
         remember(receipt)
+        if len(proposing) >= 1 << 16:  # (bounded: a long run's earliest are long signed or given up)
+            proposing.clear()
+        proposing.add(receipt.id)
         return honest_submit(receipt)
 
     async def on_lock(peer: str, body: dict[str, Any]) -> dict[str, Any]:
