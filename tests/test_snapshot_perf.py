@@ -575,18 +575,23 @@ def test_a_batch_that_does_not_verify_on_its_own_terms_is_kept_out_whole() -> No
     assert len(roots) == 1
 
 
+def signed_again_under_an_own_key() -> tuple[list[ev.Event], ev.Event, bytes]:
+    """A signed batch of 3 receipts (with the node keys), and a later batch of the same receipts signed by a member
+    under a key of its own (it passes the ledger's own check): (events, that batch, its key)."""
+    good = receipt_events(1, 3)
+    fields = dict(zip([name for name, _ in ev.SCHEMAS[ev.RECEIPT_BATCH]], good[-1].fields, strict=True))
+    own = nacl.signing.SigningKey(b"o" * 32)
+    own_key, root = bytes(own.verify_key), bytes.fromhex(fields["root"])
+    signature = own.sign(rc.batch_message(own_key, root, 3)).signature.hex()
+    return good, make_event(ev.RECEIPT_BATCH, (T0 + 99, 1), "c2", **{**fields, "group_key": own_key.hex(),
+                                                                     "signature": signature}), own_key
+
+
 def test_the_root_tells_apart_a_state_missing_a_batch_whose_receipts_all_moved_on() -> None:
     """The root counted the receipt registers only: a coordinator that missed batch B, whose receipts all point at a
     later batch C, had the root of one that holds both, though it served other documents (locate under the cluster's
     key finds B there, C here: a reviewer's reproduction). Each batch counts now, also across a snapshot."""
-    good = receipt_events(1, 3)
-    batch = good[-1]
-    fields = dict(zip([name for name, _ in ev.SCHEMAS[ev.RECEIPT_BATCH]], batch.fields, strict=True))
-    own = nacl.signing.SigningKey(b"o" * 32)
-    own_key, root = bytes(own.verify_key), bytes.fromhex(fields["root"])
-    signature = own.sign(rc.batch_message(own_key, root, 3)).signature.hex()
-    later = make_event(ev.RECEIPT_BATCH, (T0 + 99, 1), "c2", **{**fields, "group_key": own_key.hex(),
-                                                                "signature": signature})
+    good, later, _ = signed_again_under_an_own_key()
     both, missing = State(), State()
     both.apply_all([*good, later])
     missing.apply_all([*good[:-1], later])
@@ -606,14 +611,8 @@ def test_a_receipt_signed_again_under_a_member_s_own_key_is_still_served_under_t
     """A member signs the cluster's receipts again under a key of its own, later: that batch passes the ledger's
     check and the last-writer-wins register points at it, but a coordinator that knows the cluster's key locates
     the batch signed under that key, also after a snapshot round trip (the index is rebuilt on load)."""
-    good = receipt_events(1, 3)
+    good, rival, own_key = signed_again_under_an_own_key()
     batch = good[-1]
-    fields = dict(zip([name for name, _ in ev.SCHEMAS[ev.RECEIPT_BATCH]], batch.fields, strict=True))
-    own = nacl.signing.SigningKey(b"o" * 32)
-    own_key, root = bytes(own.verify_key), bytes.fromhex(fields["root"])
-    signature = own.sign(rc.batch_message(own_key, root, 3)).signature.hex()
-    rival = make_event(ev.RECEIPT_BATCH, (T0 + 99, 1), "c2", **{**fields, "group_key": own_key.hex(),
-                                                               "signature": signature})
     cluster_key = bytes(GROUP.verify_key).hex()
     for order in ([*good, rival], [rival, *good]):
         s = State()
