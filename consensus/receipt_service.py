@@ -660,7 +660,7 @@ class ReceiptService:
                 self._let_go_of_finals(closing)
             now = trio.current_time()
             self._let_go_of_stale_nonces(now, scan=None)  # a signer no proposer asks again holds none for ever
-            rejected_locks: list[bytes] = []
+            unsignable_locks: list[tuple[rc.Receipt, str]] = []
             for rid, when in list(self._retry.items()):
                 record = self.records.get(rid)
                 if record is None or record.status not in ("pending", "locked"):
@@ -675,23 +675,20 @@ class ReceiptService:
                 elif record.status == "pending" and (verdict is Verdict.INVALID
                                                       or now - record.first_seen > NOT_YET_GIVE_UP_S):
                     del self._retry[rid]
-                    self._count_rejected(reason)
-                    record.settle("rejected", reason)
+                    self._settle_unsignable(record.receipt, reason)
                 elif record.status == "locked" and verdict is Verdict.INVALID \
                         and rid not in self._signing and rid not in self._announcing and rid not in self._queued:
                     # locked here and never signable any more (its epoch left the window while the batch could
                     # not be signed): its lock is closed, as a takeover closes one; it was tried again every half
                     # second for ever, holding a place of the MAX_NOT_YET quota (a reviewer's reproduction)
                     del self._retry[rid]
-                    self._count_rejected(reason)
-                    record.settle("rejected", reason)
-                    rejected_locks.append(rid)
+                    unsignable_locks.append((record.receipt, reason))
                 elif record.status == "locked" and now - record.first_seen > NOT_YET_GIVE_UP_S:
                     del self._retry[rid]  # not valid here for that long: left to the takeovers of its lock
                 else:
                     self._retry[rid] = now + NOT_YET_RETRY_S
-            if rejected_locks and self.locks.broken is None:
-                await self._lock_table_work(partial(self.locks.mark_final, rejected_locks, CLOSED_REJECTED))
+            if unsignable_locks and self.locks.broken is None:
+                await self._close_unsignable(unsignable_locks)
             if now - last_takeover >= self.takeover_s / 2 and self.keys.key is not None \
                     and self.locks.broken is None:
                 last_takeover = now
@@ -736,15 +733,10 @@ class ReceiptService:
             if verdict is Verdict.INVALID:
                 unsignable.append((o.receipt, reason))
         if unsignable:
-            async with self._db:
-                await self.run_blocking(partial(self.locks.mark_final, [r.id for r, _ in unsignable],
-                                                CLOSED_REJECTED))
-            for r, reason in unsignable:
-                busy.add(r.id)
-                self._count_rejected(reason)
-                record = self.records.get(r.id)
-                if record is not None and record.status in ("pending", "locked"):
-                    record.settle("rejected", reason)
+            await self._close_unsignable(unsignable)
+            if self.locks.broken is not None:
+                return
+            busy.update(r.id for r, _ in unsignable)
             log.info("closed %d lock(s) whose receipts can no longer be signed (%s)", len(unsignable),
                      unsignable[0][1])
         now = trio.current_time()
@@ -871,7 +863,50 @@ class ReceiptService:
         ``_durably``): in the event loop for a small batch, in a worker thread otherwise."""
         call = partial(self.locks.lock_batch, batch, self.validate, proposer, int(self.clock() * 1000), batch_id,
                        commit=False)
-        return call() if len(batch) <= INLINE_DECIDE_MAX else await self.run_blocking(call)
+        decisions = call() if len(batch) <= INLINE_DECIDE_MAX else await self.run_blocking(call)
+        return [self._as_conflict(d, r) for d, r in zip(decisions, batch, strict=True)]
+
+    def _as_conflict(self, decision: Decision, receipt: rc.Receipt) -> Decision:
+        """A receipt refused because the state holds a rival of its slot signed is a slot conflict, naming the
+        rival (its proposer closes it as one: 409 with the rival's id), not a plain rejection."""
+        if decision.verdict is Verdict.INVALID:
+            rival = self.view.signed_rival(receipt.id, receipt.slot)
+            if rival is not None:
+                return Decision(receipt.id, Verdict.CONFLICT, "slot conflict", rival)
+        return decision
+
+    def _settle_unsignable(self, receipt: rc.Receipt, reason: str) -> bytes | None:
+        """Settle a receipt that can never be signed (its record, when pending or locked, and the counters): a
+        slot conflict when the state holds a rival of its slot signed (that rival is returned), else rejected
+        for ``reason``."""
+        record = self.records.get(receipt.id)
+        open_ = record is not None and record.status in ("pending", "locked")
+        rival = self.view.signed_rival(receipt.id, receipt.slot)
+        if rival is not None:
+            self.counters.conflicts += 1
+            if open_:
+                record.settle("conflict", "slot conflict", rival)  # type: ignore[union-attr]
+        else:
+            self._count_rejected(reason)
+            if open_:
+                record.settle("rejected", reason)  # type: ignore[union-attr]
+        return rival
+
+    async def _close_unsignable(self, unsignable: list[tuple[rc.Receipt, str]]) -> None:
+        """Settle receipts locked here that can never be signed (``_settle_unsignable``) and close their locks,
+        as conflicts (with the rival kept as evidence) or as rejected, so no takeover proposes them again."""
+        lost: list[tuple[rc.Receipt, bytes | None]] = []
+        rejected: list[bytes] = []
+        for receipt, reason in unsignable:
+            rival = self._settle_unsignable(receipt, reason)
+            if rival is not None:
+                lost.append((receipt, rival))
+            else:
+                rejected.append(receipt.id)
+        if lost:
+            await self._lock_table_work(partial(self.locks.close_conflicts, lost, int(self.clock() * 1000)))
+        if rejected:
+            await self._lock_table_work(partial(self.locks.mark_final, rejected, CLOSED_REJECTED))
 
     async def _lock_own(self, batch: list[rc.Receipt], batch_id: bytes) -> list[Decision]:
         """The proposer's own lock for its batch, decided and left uncommitted (the caller holds ``_db`` and

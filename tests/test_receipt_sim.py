@@ -1172,7 +1172,31 @@ async def test_a_member_that_never_locked_a_signed_slot_refuses_its_rivals(
         verdict, reason = c3.validate(b)
         assert verdict is Verdict.INVALID and a.id.hex() in reason
         reply = await c3._on_lock("c1", {"batch": b"R" * 16, "receipts": [b.to_wire()]})
-        assert list(reply["verdicts"]) == [Verdict.INVALID] and reply["commitment"] == []
+        # a slot conflict naming the signed receipt (its proposer closes b as one), and no commitment
+        assert list(reply["verdicts"]) == [Verdict.CONFLICT] and reply["commitment"] == []
+        assert list(reply["conflicts"]) == [(0).to_bytes(4, "big") + a.id]
         record = c3.submit(b)
         assert record.status == "conflict" and record.conflicting_id == a.id
         assert c3.validate(a)[0] is Verdict.OK  # the signed one itself is no rival of itself
+
+
+async def test_a_lock_held_here_for_a_receipt_whose_rival_got_signed_closes_as_a_conflict(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """c3 locked b; its rival a was signed by the three others. b can never be signed: c3's takeover closes its lock
+    as a slot conflict naming a (409 to b's submitter, the rival kept as evidence), not as a plain rejection."""
+    async with started(tmp_path, seed=43) as cluster:
+        a, b = cluster.receipt("n1", "obj1", reward=10), cluster.receipt("n1", "obj1", reward=20)
+        c3 = cluster.service("c3")
+        reply = await c3._on_lock("c2", {"batch": b"B" * 16, "receipts": [b.to_wire()]})
+        assert list(reply["verdicts"]) == [Verdict.OK]
+        cluster.service("c0").submit(a)
+        await cluster.wait_final({a.id}, members={"c0", "c1", "c2", "c3"})
+        with trio.fail_after(20 * c3.takeover_s):
+            while c3.locks.open_locks(10**15):
+                await trio.sleep(1)
+        doc = await c3.lookup_durable(b.id)
+        assert doc is not None and doc["status"] == "conflict"
+        assert doc["conflicting_receipt_id"] == a.id.hex()
+        assert c3.counters.conflicts >= 1 and not c3.counters.rejected
+        rows = c3.locks.db.execute("SELECT conflicting_id FROM conflicts WHERE receipt_id = ?", (b.id,)).fetchall()
+        assert [bytes(r[0]) for r in rows] == [a.id]
