@@ -294,7 +294,10 @@ class Coordinator:
     def put_stats(self, node_id: str, values: dict[str, float]) -> None:
         if self.state.node(node_id) is None:
             raise NotFound({"error": "node not found", "node_id": node_id})
-        stats = NodeStats(reported_ms=wall_ms(), **values)
+        # stamped past what the table holds: a peer's report stamped ahead of this clock (up to MAX_FUTURE_MS, a
+        # clock running fast or a lying member) hid every report the node itself made until then (a reviewer's
+        # reproduction); the node's own latest report wins here, and everywhere it is sent with this stamp
+        stats = NodeStats(reported_ms=max(wall_ms(), self.stats.latest_ms(node_id) + 1), **values)
         self.stats.put(node_id, stats)
         self.on_stats(node_id, stats)
 

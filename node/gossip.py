@@ -6,7 +6,8 @@ send queue (``CATCH_UP_RESERVE``), so it loses no entry and leaves room to other
 Received stats are checked exactly as ``POST /node/{id}/stats`` checks them (``node.scheduler.check_stats``,
 the one validator), plus what only a peer can get wrong: the node id must be a valid id, the report time
 neither older than the TTL nor more than ``MAX_FUTURE_MS`` ahead of our clock (a report from the future
-would win every merge and never expire; a little skew is clamped to now). Stats of a node this coordinator
+would win every merge and never expire; a little skew is kept as stamped, and a node's own later report
+here is stamped past it). Stats of a node this coordinator
 does not know yet (its registration may still be on its way through DA) wait in a bounded buffer until it
 is registered or the report goes stale; when the buffer is full, more are dropped and counted. So nothing
 a peer sends can make ``/schedule`` fail or grow the stats table beyond the registered nodes.

@@ -21,6 +21,11 @@ class StatsTable:
         if current is None or supersedes(stats, current):
             self._stats[node_id] = stats
 
+    def latest_ms(self, node_id: str) -> int:
+        """The report time of the entry held for ``node_id`` (stale or not), or -1."""
+        stats = self._stats.get(node_id)
+        return -1 if stats is None else stats.reported_ms
+
     def get(self, node_id: str, now_ms: int) -> NodeStats | None:
         stats = self._stats.get(node_id)
         if stats is None or now_ms - stats.reported_ms > self.ttl_ms:

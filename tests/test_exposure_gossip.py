@@ -74,6 +74,25 @@ async def test_report_times_from_the_future_or_the_past_are_refused_and_small_sk
     assert coord.stats.get("n1", now).reported_ms == now + 5_000  # type: ignore[union-attr]
 
 
+async def test_a_report_stamped_ahead_by_a_peer_does_not_hide_the_nodes_own_later_report(
+        coord: Coordinator, client: Any) -> None:
+    await registered(client, "n1")
+    sent: list[NodeStats] = []
+    coord.on_stats = lambda node_id, stats: sent.append(stats)  # type: ignore[method-assign]
+    now = wall_ms()
+    ahead = now + MAX_FUTURE_MS - 1_000  # a peer whose clock runs fast, or a lying member
+    assert gossip.StatsIntake(coord).receive("peer", body(reported_ms=ahead, cpu_free=0.0, latency_ms=9e6), now)
+    resp = await client.post("/node/n1/stats", json={**GOOD, "cpu_free": 0.75})
+    assert resp.status_code == 200
+    held = coord.stats.get("n1", wall_ms())
+    assert held is not None and held.cpu_free == 0.75 and held.reported_ms > ahead
+    assert sent == [held]  # sent to the peers with that stamp: it wins there too
+    other = StatsTable(coord.stats.ttl_ms)
+    other.put("n1", gossip.from_body(body(reported_ms=ahead, cpu_free=0.0, latency_ms=9e6), now, other.ttl_ms)[1])
+    other.put("n1", gossip.from_body(gossip.to_body("n1", held), now, other.ttl_ms)[1])
+    assert other.get("n1", now).cpu_free == 0.75  # type: ignore[union-attr]
+
+
 async def test_unknown_node_ids_wait_in_a_bounded_buffer(coord: Coordinator, client: Any) -> None:
     intake = gossip.StatsIntake(coord, max_waiting=100)
     now = wall_ms()
