@@ -7,16 +7,45 @@
 2. Werkzeug's router merges repeated slashes by answering a 308 redirect with an HTML body, which Quart hands
    out without calling any error handler (``GET /system//info``): our errors are JSON everywhere, so such a path
    is simply not a route (a JSON 404).
+3. A WebSocket handshake (to any path: none of our apps has a WebSocket route) reached Quart, whose error
+   handling then ran ours outside any request context: a 500 and a logged traceback for any client that sent
+   ``Upgrade: websocket``. It is answered here with our JSON 404, before Quart sees it.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import trio
 from quart_trio import QuartTrio
 
 Scope = dict[str, Any]
+
+
+def refuse_websockets(asgi_app: Any) -> Any:
+    async def wrapped(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            await _refuse_websocket(scope, receive, send)
+        else:
+            await asgi_app(scope, receive, send)
+
+    return wrapped
+
+
+async def _refuse_websocket(scope: Scope, receive: Any, send: Any) -> None:
+    """Answer a WebSocket handshake with a JSON 404 (or a plain refusal where the server cannot send one)."""
+    message = await receive()
+    if message.get("type") != "websocket.connect":
+        return
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    body = json.dumps({"error": "not_found", "message": f"no WebSocket route for {scope.get('path', '')!r}: "
+                       "this server has none"}).encode()
+    await send({"type": "websocket.http.response.start", "status": 404,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "websocket.http.response.body", "body": body})
 
 
 def shield_final_send(asgi_app: Any) -> Any:
@@ -38,8 +67,9 @@ def shield_final_send(asgi_app: Any) -> Any:
 
 
 def quart_app(name: str) -> QuartTrio:
-    """A QuartTrio app with both workarounds, before any route is added (a rule takes the map's slash setting)."""
+    """A QuartTrio app with the three workarounds, before any route is added (a rule takes the map's slash
+    setting)."""
     app = QuartTrio(name)
     app.url_map.merge_slashes = False
-    app.asgi_app = shield_final_send(app.asgi_app)  # type: ignore[method-assign]
+    app.asgi_app = refuse_websockets(shield_final_send(app.asgi_app))  # type: ignore[method-assign]
     return app

@@ -7,6 +7,7 @@ traceback."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import gc
 import json
@@ -65,10 +66,43 @@ def close_connections_at_eof() -> None:
     TCPServer._dsdn_closes_at_eof = True  # type: ignore[attr-defined]
 
 
+def contain_connection_failures() -> None:
+    """Workaround for hypercorn 0.18 (pinned) letting an error in one connection's protocol handling end the whole
+    server: its HTTP/2 code looks up ``streams[stream_id]`` for a DATA frame on a stream it already answered and
+    closed (a 401 or 413 sent before the body was read), and the KeyError went up through ``serve_listeners`` and
+    stopped the process, from one unauthenticated connection of ~100 bytes (a reviewer's reproduction). An error
+    escaping one connection now ends that connection only, with a warning. Idempotent."""
+    if getattr(TCPServer, "_dsdn_contained", False):
+        return
+    run = TCPServer.run
+
+    async def run_contained(self: TCPServer) -> None:
+        peer = _peer(self)
+        try:
+            await run(self)
+        except Exception as exc:  # (an ExceptionGroup of such errors too; cancellation is not an Exception)
+            first = leaves(exc)[0] if isinstance(exc, BaseExceptionGroup) else exc
+            log.warning("HTTP connection from %s dropped: the server failed on what it sent (%s: %s)",
+                        peer, type(first).__name__, first)
+            with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await self.stream.aclose()
+
+    TCPServer.run = run_contained  # type: ignore[method-assign]
+    TCPServer._dsdn_contained = True  # type: ignore[attr-defined]
+
+
+def _peer(server: TCPServer) -> str:
+    try:
+        return str(server.stream.socket.getpeername())
+    except Exception:  # an SSL stream, or a socket already gone
+        return "a client"
+
+
 def hypercorn_config(host: str, port: int) -> HyperConfig:
     """The server settings every coordinator (and the blob store, the devnet, the socket tests and the HTTP
-    benchmark's coordinator) use; also applies ``close_connections_at_eof``."""
+    benchmark's coordinator) use; also applies ``close_connections_at_eof`` and ``contain_connection_failures``."""
     close_connections_at_eof()
+    contain_connection_failures()
     hcfg = HyperConfig()
     hcfg.bind = [_bind(host, port)]
     hcfg.accesslog = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator, Callable
 from functools import partial
@@ -107,3 +108,58 @@ async def test_connections_their_clients_close_are_closed_at_once(base_url: str)
         await list_nodes(stream)
         await trio.sleep(0.1)
     await stream.aclose()
+
+
+async def test_an_http2_frame_for_a_stream_already_answered_ends_that_connection_not_the_server(
+        nursery: trio.Nursery, make_config: Callable[..., Config]) -> None:
+    # hypercorn 0.18's HTTP/2 code raised KeyError for a DATA frame on a stream it had answered (here a 401 sent
+    # before the body was read), and that error stopped the whole server: one ~100-byte connection, no token
+    # needed (a reviewer's reproduction; node.process.contain_connection_failures)
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    coord = await start(nursery, make_config(COORDINATOR_API_TOKEN="secret"))
+    stopped = trio.Event()
+
+    async def serve_then_note(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        await serve(create_app(coord), hypercorn_config("127.0.0.1", 0), shutdown_trigger=trio.sleep_forever,
+                    task_status=task_status)
+        stopped.set()
+
+    base_url = (await nursery.start(serve_then_note))[0]
+    host, port = base_url.removeprefix("http://").split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "POST"), (":path", "/register"), (":scheme", "http"), (":authority", "x"),
+                          ("content-type", "application/json")])
+    await stream.send_all(conn.data_to_send())
+    status, ended = None, False
+    with trio.fail_after(5):
+        while not ended:
+            for event in conn.receive_data(await stream.receive_some(65536)):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = dict(event.headers)[b":status"]
+                ended = ended or isinstance(event, h2.events.StreamEnded)
+            await stream.send_all(conn.data_to_send())
+    assert status == b"401"
+    conn.send_data(1, b"{}", end_stream=True)  # the body a client was still uploading
+    await stream.send_all(conn.data_to_send())
+    with trio.move_on_after(1):
+        while await stream.receive_some(65536):
+            pass
+    await stream.aclose()
+    async with httpx.AsyncClient(base_url=base_url, timeout=5) as http:
+        assert (await http.get("/health")).status_code == 200  # the server still serves
+    assert not stopped.is_set()
+
+
+async def test_a_websocket_handshake_gets_a_json_404_not_a_500(base_url: str) -> None:
+    for path in (b"/nope", b"/register", b"/health"):
+        request = (b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        data, _ = await raw_exchange(base_url, request, 2)
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 404"), data
+        assert b"application/json" in head and json.loads(body)["error"] == "not_found"
