@@ -38,6 +38,9 @@ DEFAULT_OPSLIMIT = nacl.pwhash.argon2id.OPSLIMIT_MODERATE
 DEFAULT_MEMLIMIT = nacl.pwhash.argon2id.MEMLIMIT_MODERATE
 MAX_OPSLIMIT = 16  # refuse headers that would make loading take minutes (the header is checked only after the KDF)
 MAX_MEMLIMIT = 1 << 30
+# libsodium's own floors: below them the KDF raises a plain ValueError (a tampered header escaped as a traceback)
+MIN_OPSLIMIT = nacl.pwhash.argon2id.OPSLIMIT_MIN
+MIN_MEMLIMIT = nacl.pwhash.argon2id.MEMLIMIT_MIN
 MAX_FILE_SIZE = 64 * 1024
 
 
@@ -115,7 +118,7 @@ def save(path: Path, share: KeyShare, *, identity: nacl.signing.SigningKey | Non
     if passphrase is not None:
         if not isinstance(passphrase, bytes) or not passphrase:
             raise KeystoreError("passphrase must be non-empty bytes")
-        if not (0 < opslimit <= MAX_OPSLIMIT and 0 < memlimit <= MAX_MEMLIMIT):
+        if not (MIN_OPSLIMIT <= opslimit <= MAX_OPSLIMIT and MIN_MEMLIMIT <= memlimit <= MAX_MEMLIMIT):
             raise KeystoreError("Argon2id limits out of range")
         header = _HEADER.pack(MAGIC, KDF_ARGON2ID, salt, opslimit, memlimit)
         base = _base_key(KDF_ARGON2ID, salt, opslimit, memlimit, None, passphrase)
@@ -148,7 +151,7 @@ def load(path: Path, *, identity: nacl.signing.SigningKey | None = None, passphr
         if opslimit or memlimit:
             raise KeystoreError(f"{path}: corrupt header")
     elif kdf == KDF_ARGON2ID:
-        if not (0 < opslimit <= MAX_OPSLIMIT and 0 < memlimit <= MAX_MEMLIMIT):
+        if not (MIN_OPSLIMIT <= opslimit <= MAX_OPSLIMIT and MIN_MEMLIMIT <= memlimit <= MAX_MEMLIMIT):
             raise KeystoreError(f"{path}: Argon2id limits in the header are out of range (tampered?)")
     else:
         raise KeystoreError(f"{path}: unknown key derivation {kdf}")

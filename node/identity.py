@@ -83,16 +83,43 @@ def load_or_create(data_dir: Path) -> nacl.signing.SigningKey:
     """Read ``<data_dir>/identity.key`` (32-byte seed, mode 0600 or stricter), creating it (mode 0600) if missing."""
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / KEY_FILE
-    if path.exists():
-        check_private(path)
-        seed = path.read_bytes()
-        if len(seed) != 32:
-            raise KeyFileError(f"{path}: expected a 32-byte Ed25519 seed, found {len(seed)} bytes")
-        return nacl.signing.SigningKey(seed)
+    key = _load(path)
+    if key is not None:
+        return key
     key = nacl.signing.SigningKey.generate()
     try:  # (a leftover identity.tmp of mode 0644 made a key file of mode 0644, refused at the next start; a
         #    symbolic link there had the seed written wherever it pointed; two first starts made two keys)
         write_private(path, bytes(key), exclusive=True)
     except FileExistsError:  # another process created it meanwhile: that one is the identity
-        return load_or_create(data_dir)
+        key = _load(path)
+        if key is None:
+            raise KeyFileError(f"{path}: appeared and vanished while this process created it") from None
     return key
+
+
+def _load(path: Path) -> nacl.signing.SigningKey | None:
+    """The identity key at ``path``, or None when nothing is there; KeyFileError for anything else than a private
+    regular file of 32 bytes (a dangling symbolic link counted as missing, and creating the key beside it recursed
+    until RecursionError: a reviewer's reproduction)."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read the identity key: {exc.strerror or exc}") from None
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise KeyFileError(f"{path}: a symbolic link to nothing readable ({exc.strerror or exc}); remove it "
+                               f"or point it at the key") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise KeyFileError(f"{path}: not a regular file")
+    check_private(path, st)
+    try:
+        seed = path.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read the identity key: {exc.strerror or exc}") from None
+    if len(seed) != 32:
+        raise KeyFileError(f"{path}: expected a 32-byte Ed25519 seed, found {len(seed)} bytes")
+    return nacl.signing.SigningKey(seed)

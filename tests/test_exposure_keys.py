@@ -208,3 +208,23 @@ def test_the_identity_key_is_created_exclusively_where_there_are_no_hard_links(
     with pytest.raises(FileExistsError):
         identity.write_private(path, b"y" * 32, exclusive=True)
     assert path.read_bytes() == bytes(key) and list(tmp_path.iterdir()) == [path]
+
+
+@pytest.mark.parametrize("what", ["dangling link", "directory", "link to a directory"])
+def test_something_else_than_a_key_file_in_its_place_is_a_key_file_error(tmp_path: Path, what: str) -> None:
+    """A dangling symbolic link counted as no key: the key made beside it found the name taken, and the retry
+    recursed until RecursionError (a reviewer's reproduction). Whatever is there and is no key file: one clear
+    KeyFileError, and nothing written."""
+    data = tmp_path / "data"
+    data.mkdir()
+    path = data / identity.KEY_FILE
+    if what == "dangling link":
+        path.symlink_to(tmp_path / "gone")
+    elif what == "directory":
+        path.mkdir(mode=0o700)
+    else:
+        (tmp_path / "dir").mkdir(mode=0o700)
+        path.symlink_to(tmp_path / "dir")
+    with pytest.raises(KeyFileError, match=r"symbolic link to nothing|not a regular file"):
+        identity.load_or_create(data)
+    assert sorted(p.name for p in data.iterdir()) == [identity.KEY_FILE]

@@ -105,6 +105,14 @@ def test_tampered_argon2id_limits_are_refused_before_running_the_kdf(tmp_path: P
     path.write_bytes(bytes(data))
     with pytest.raises(KeystoreError, match="out of range"):
         keystore.load(path, passphrase=b"pw")
+    for low_ops, low_mem in ((ops, 1), (ops, nacl.pwhash.argon2id.MEMLIMIT_MIN - 1), (0, FAST["memlimit"])):
+        # below libsodium's floors: its KDF raised a plain ValueError, a traceback at start-up (a reviewer's find)
+        data[:HEADER] = keystore._HEADER.pack(magic, kdf, salt, low_ops, low_mem)
+        path.write_bytes(bytes(data))
+        with pytest.raises(KeystoreError, match="out of range"):
+            keystore.load(path, passphrase=b"pw")
+    with pytest.raises(KeystoreError, match="out of range"):
+        keystore.save(path, share, passphrase=b"pw", opslimit=ops, memlimit=1)
     data[:HEADER] = keystore._HEADER.pack(magic, kdf, salt, ops + 1, FAST["memlimit"])  # in range, but not the same
     path.write_bytes(bytes(data))
     with pytest.raises(KeystoreError, match="cannot decrypt"):
