@@ -41,7 +41,6 @@ Replies are taken only from the peer asked and of the expected type (the dispatc
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import os
@@ -60,6 +59,7 @@ from consensus import frost
 from consensus import receipts as rc
 from consensus.dkg import assign_identifiers
 from consensus.lockstore import CLOSED_CONFLICT, CLOSED_REJECTED, SIGNED, LockStore, LockTableBroken
+from consensus.nonces import Nonce, NonceTable
 from consensus.roast import Outcome, RoastTracker, Session
 from consensus.slots import Decision, Verdict, choose_batch
 from node import merkle
@@ -75,6 +75,7 @@ BATCH_ID_SIZE = 16
 STALL_FACTOR, STALL_MIN_S = 4.0, 0.05
 MAX_BATCH = 1024  # receipts per batch: an rc.lock message stays far below the 1 MiB frame
 MAX_NONCES = 8192
+MAX_NONCES_PER_PEER = 1024  # nonces offered to one peer (a flood of its lock requests pushes out only its own)
 MAX_LOCKED_CACHE = 65_536
 REJECT_CAUSES = (("node_key", ("node_public_key", "public key")), ("node_signature", ("node signature",)),
                  ("epoch", ("epoch",)), ("not_registered", ("not registered", "not a present replica")),
@@ -253,13 +254,6 @@ class Record:
         self.changed = trio.Event()
 
 
-@dataclass
-class _Nonce:
-    nonces: tuple[bytes, bytes]
-    peer: str
-    batch: bytes | None  # None: a spare, offered to ``peer`` for any one later batch
-    made: float = 0.0  # trio time it was offered
-
 
 @dataclass
 class Counters:
@@ -320,7 +314,7 @@ class ReceiptService:
         self._queued: set[bytes] = set()
         self._signing: set[bytes] = set()  # receipts of the batches in flight here (a takeover leaves them be)
         self._queue_wake = trio.Event()
-        self._nonces: OrderedDict[tuple[bytes, bytes], _Nonce] = OrderedDict()
+        self._nonces = NonceTable(MAX_NONCES, MAX_NONCES_PER_PEER, SPARES)
         self._db = trio.Lock()  # one lock-table call at a time (one SQLite connection)
         self._inflight = trio.Semaphore(max_inflight_batches)
         self._flights: dict[object, float] = {}  # the batches in flight here: when each started (trio time)
@@ -951,10 +945,8 @@ class ReceiptService:
         assert key is not None
         nonces, commitment = frost.commit(key.secret_share, self.random_bytes(32), self.random_bytes(32))
         now = trio.current_time()
-        self._nonces[commitment] = _Nonce(nonces, peer, batch_id, now)
+        self._nonces.add(commitment, Nonce(nonces, peer, batch_id, now))
         self._let_go_of_stale_nonces(now, scan=64)
-        while len(self._nonces) > MAX_NONCES:
-            self._nonces.popitem(last=False)
         return commitment
 
     def _let_go_of_stale_nonces(self, now: float, scan: int | None) -> None:
@@ -963,15 +955,7 @@ class ReceiptService:
         One offered for a batch that ended without needing it (the one-round path: the commitment of every lock
         reply, in case the fast set fell short) stayed until MAX_NONCES pushed it out, and with it, first, the
         spares of idle peers (a reviewer's reproduction). Such nonces are no use past the batch's deadline."""
-        stale = now - self.batch_deadline_s
-        while self._nonces:
-            oldest = next(iter(self._nonces.values()))
-            if oldest.batch is None or oldest.made >= stale:
-                break
-            self._nonces.popitem(last=False)
-        for commitment_of_old in [c for c, n in itertools.islice(self._nonces.items(), scan)
-                                  if n.batch is not None and n.made < stale]:
-            del self._nonces[commitment_of_old]
+        self._nonces.drop_stale(now - self.batch_deadline_s, scan)
 
     async def _run_batch(self, batch: list[rc.Receipt]) -> None:
         key = self.keys.key
@@ -1008,9 +992,12 @@ class ReceiptService:
         rest: list[str] = []  # those peers
         hedged_at: float | None = None  # when they were asked
 
-        def usable() -> int:  # this member and the peers that answered, proven liars left out
+        def usable() -> int:  # this member and the peers that locked something and offered a commitment for it,
+            #                   proven liars left out (a peer that answered refusing everything counted too: one
+            #                   fast refuser ended the wait before a slower honest signer's answer, so every batch
+            #                   missed it and failed; only takeovers signed, seconds later: a reviewer's finding)
             now = trio.current_time()
-            return 1 + sum(self._blamed_until.get(i, 0.0) <= now for i in answered)
+            return 1 + sum(self._blamed_until.get(i, 0.0) <= now for i in answered if i in commitments)
 
         async def ask(peer: str) -> None:
             nonlocal replies, enough
@@ -1552,7 +1539,8 @@ class ReceiptService:
         commitment: list[bytes] = []
         if self.keys.key is not None and any(v == Verdict.OK for v in verdicts):
             commitment = list(self._offer(peer, body["batch"]))
-        spare = list(self._offer(peer, None)) if body.get("spare") and self.keys.key is not None else []
+        # a spare only with something locked: a request locking nothing earns no nonce (NonceTable bounds the rest)
+        spare = list(self._offer(peer, None)) if body.get("spare") and commitment else []
         return {"verdicts": bytes(verdicts), "conflicts": conflicts, "reasons": reasons, "commitment": commitment,
                 "share": share, "spare": spare}
 
@@ -1571,7 +1559,7 @@ class ReceiptService:
         """A share for the one-round path (the same checks as an ``rc.sign``); empty when refused."""
         reply = self._sign_share(peer, body, held)
         if len(reply["commitment"]) == 2:  # the next-session commitment _sign_share offers: not needed here
-            self._nonces.pop(tuple(reply["commitment"]), None)  # type: ignore[call-overload]
+            self._nonces.pop(tuple(reply["commitment"]))  # type: ignore[arg-type]
         return bytes(reply["share"]) if len(reply["share"]) == 32 else b""
 
     async def _on_sign(self, peer: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -1612,7 +1600,7 @@ class ReceiptService:
         nonce = self._nonces.get(mine)
         if nonce is None or nonce.peer != peer or nonce.batch not in (None, body["batch"]):
             return self._refuse("unknown or already used commitment")
-        del self._nonces[mine]  # used at most once, whatever happens next
+        self._nonces.pop(mine)  # used at most once, whatever happens next
         root = merkle.root([r.to_bytes() for r in held])
         message = rc.batch_message(key.group_public_key, root, len(held))
         try:

@@ -21,6 +21,7 @@ from consensus import receipt_service as rs
 from consensus import receipts as rc
 from consensus.group import GroupError, deserialize_element
 from consensus.lockstore import LockTableBroken
+from consensus.nonces import Nonce, NonceTable
 from consensus.receipt_service import LOCK, LOCK_REPLY, ReceiptService, Unavailable
 from consensus.slots import Verdict
 from deploy.simulation import EPOCH, SimCluster, started
@@ -1200,3 +1201,67 @@ async def test_a_lock_held_here_for_a_receipt_whose_rival_got_signed_closes_as_a
         assert c3.counters.conflicts >= 1 and not c3.counters.rejected
         rows = c3.locks.db.execute("SELECT conflicting_id FROM conflicts WHERE receipt_id = ?", (b.id,)).fetchall()
         assert [bytes(r[0]) for r in rows] == [a.id]
+
+
+async def test_a_fast_refuser_does_not_cut_short_the_wait_for_a_slower_honest_signer(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """n = 4, t = 3: c3's DA view lags (it answers every lock "not yet" at once), c2 is honest on a slower link.
+    The refusal counted as an answer towards t, so the proposer waited only a short grace for c2, dropped its reply
+    and failed every batch; only takeovers signed the receipts, seconds later (a reviewer's reproduction)."""
+    async with started(tmp_path, seed=45) as cluster:
+        slow = cluster.service("c2")._on_lock
+
+        async def slow_lock(peer: str, body: dict[str, Any]) -> dict[str, Any]:
+            await trio.sleep(0.3)
+            return await slow(peer, body)
+
+        cluster.net.nodes["c2"].on_request(rs.LOCK, rs.LOCK_REPLY, slow_lock)
+        cluster.service("c3").validate = lambda r: (Verdict.NOT_YET, "not registered here (yet)")  # type: ignore
+        c0 = cluster.service("c0")
+        receipts = [cluster.receipt(f"n{k % 2 + 1}", f"obj{k + 1}") for k in range(3)]
+        started_at = trio.current_time()
+        for r in receipts:
+            c0.submit(r)
+        await cluster.wait_final({r.id for r in receipts}, members={"c0", "c1", "c2"}, timeout=30)
+        assert trio.current_time() - started_at < 2  # well before any takeover (takeover_s)
+        assert c0.counters.batches_failed == 0 and c0.counters.takeovers == 0
+
+
+async def test_a_peer_flooding_lock_requests_pushes_out_only_its_own_nonces(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """c3 sent thousands of lock requests asking for spares: each answer minted a nonce, and MAX_NONCES of them
+    pushed out every nonce c1 had offered the honest proposers, whose sign requests c1 then refused (a reviewer's
+    reproduction). Nonces are bounded per peer, spares to SPARES per peer, and nothing locked earns no spare."""
+    async with started(tmp_path, seed=47) as cluster:
+        c1 = cluster.service("c1")
+        spare = c1._offer("c0", None)
+        for_batch = c1._offer("c2", b"b" * 16)
+        reply = await c1._on_lock("c3", {"batch": b"m" * 16, "receipts": [b"\x00" * 70], "spare": 1})
+        assert reply["verdicts"] == bytes([Verdict.INVALID]) and reply["spare"] == [] and reply["commitment"] == []
+        valid = cluster.receipt("n1", "obj1").to_wire()  # locked once, then "fine" again and again
+        for k in range(rs.MAX_NONCES + 100):
+            reply = await c1._on_lock("c3", {"batch": k.to_bytes(16, "big"), "receipts": [valid], "spare": 1})
+            assert reply["verdicts"] == bytes([Verdict.OK]) and len(reply["spare"]) == 2
+        assert spare in c1._nonces and for_batch in c1._nonces
+        assert len(c1._nonces) <= rs.MAX_NONCES_PER_PEER + 2
+        held = list(c1._nonces._all.values())
+        assert tuple(reply["spare"]) in c1._nonces and sum(n.peer == "c3" and n.batch is None for n in held) == 2
+
+
+def test_the_nonce_table_keeps_its_bounds_and_its_books() -> None:
+    table = NonceTable(max_total=10, max_per_peer=4, max_spares=2)
+    for k in range(6):
+        table.add((b"s", bytes([k])), Nonce((b"", b""), "p", None, k))  # spares of p: the two newest stay
+    assert [c for c in [(b"s", bytes([k])) for k in range(6)] if c in table] == [(b"s", b"\x04"), (b"s", b"\x05")]
+    for k in range(6):
+        table.add((b"b", bytes([k])), Nonce((b"", b""), "p", b"batch", 10 + k))  # p holds at most 4 in all
+    assert len(table) == 4 and table.get((b"b", b"\x05")) is not None and (b"s", b"\x05") not in table
+    for peer in "qrs":
+        for k in range(4):
+            table.add((peer.encode(), bytes([k])), Nonce((b"", b""), peer, b"x", 20 + k))
+    assert len(table) == 10  # the oldest went first
+    assert table.pop((b"s", b"\x03")) is not None and table.pop((b"s", b"\x03")) is None
+    table.drop_stale(stale_before=22, scan=None)
+    assert all(n.made >= 22 for c in list(table._all) if (n := table.get(c)) is not None)
+    assert {p: len(c) for p, c in table._of_peer.items()} == {
+        p: sum(n.peer == p for n in table._all.values()) for p in table._of_peer}
