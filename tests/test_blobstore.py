@@ -4,7 +4,9 @@ The server helpers here are shared with tests/test_quorum.py."""
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
+import json
 import signal
 import subprocess
 import sys
@@ -478,3 +480,22 @@ async def test_a_store_whose_log_restarted_is_read_again_from_the_start(nursery:
     await second.shutdown()
     await da.aclose()
     await again.aclose()
+
+
+async def test_a_compressed_answer_is_refused_unread(nursery: trio.Nursery) -> None:
+    """httpx inflated a gzip answer chunk by chunk before our size limit saw it: one compressed chunk of a hostile
+    store grew a health check by 130 MiB (a reviewer's reproduction). We ask for none, and refuse one unread."""
+    body = gzip.compress(json.dumps({"ok": True, "head": 0, "public_key": "ab" * 32}).encode())
+    asked: list[bytes] = []
+
+    async def handler(stream: trio.SocketStream) -> None:
+        asked.append(await stream.receive_some(65536))
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+                              b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+    listeners = await nursery.start(trio.serve_tcp, handler, 0)
+    da = BlobStoreDA(f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}", timeout_s=5)
+    with pytest.raises(DAUnavailable, match="compressed"):
+        await da.health()
+    assert b"accept-encoding: identity" in asked[0].lower()
+    await da.aclose()

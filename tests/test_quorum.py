@@ -132,7 +132,19 @@ async def test_same_store_twice_counts_once(validators: list[Server]) -> None:
     q = quorum(urls, None, threshold=100)  # keys pinned on first use: the first two pin the same key
     with pytest.raises(DAUnavailable, match="counted once"):
         await q.post(b"batch")
+    # the health check counts stores as a post does: it passed here while every post failed (a reviewer's
+    # reproduction), and the DA status machine flapped between its checks and the writes
+    for check in (q.head, partial(q.probe, 2.0)):
+        with pytest.raises(DAUnavailable, match="3 of 3 validators answer \\(2 distinct stores\\)"):
+            await check()
     await q.aclose()
+    fresh = quorum(urls, None, threshold=100)  # nothing pinned yet: the keys their /health names count
+    with pytest.raises(DAUnavailable, match="2 distinct stores"):
+        await fresh.probe(2.0)
+    await fresh.aclose()
+    two_of_three = quorum(urls, None, threshold=67)  # two distinct stores of three URLs: 2 needed, met
+    assert await two_of_three.probe(2.0) == await two_of_three.head() == 1  # v0 holds the blob of the failed post
+    await two_of_three.aclose()
 
 
 async def test_hung_validator_bounded_by_signature_timeout(validators: list[Server], hung_url: str) -> None:

@@ -116,7 +116,10 @@ class BlobStoreDA:
         self._base = self.url if self.url.endswith(PREFIX) else self.url + PREFIX
         self._key = public_key
         # trust_env=False: a blob store or validator is a private endpoint; HTTP(S)_PROXY must not reroute it
-        self._http = httpx.AsyncClient(timeout=timeout_s, trust_env=False)
+        # identity: the store never compresses, and httpx inflated each gzip chunk before the size check saw it (one
+        # compressed chunk of a hostile store's answer grew a health check by 130 MiB: a reviewer's reproduction);
+        # a compressed answer is refused unread (``_call``)
+        self._http = httpx.AsyncClient(timeout=timeout_s, trust_env=False, headers={"Accept-Encoding": "identity"})
         self._restarted_at: float | None = None  # trio time we last read its log again from the start
 
     @property
@@ -267,8 +270,12 @@ class BlobStoreDA:
         try:
             with trio.fail_after(timeout):  # a total deadline; httpx's own timeouts are per phase
                 async with self._http.stream(method, self._base + path, timeout=timeout, **kwargs) as response:
+                    if response.headers.get("content-encoding", "identity").strip().lower() != "identity":
+                        raise DAUnavailable(f"{self.name} ({self.url}): {what} answered compressed "
+                                            f"({response.headers['content-encoding'][:40]!r}), unasked; is this a "
+                                            "blob store?")
                     content = bytearray()
-                    async for chunk in response.aiter_bytes():
+                    async for chunk in response.aiter_bytes():  # identity: as sent (checked above)
                         content += chunk
                         if len(content) > MAX_ANSWER_BYTES:
                             raise DAUnavailable(f"{self.name} ({self.url}): {what} answered more than "

@@ -133,6 +133,25 @@ class _Tally:
             self.decided.set()
 
 
+async def _head_and_key(validator: BlobStoreDA) -> tuple[int, bytes]:
+    """A validator's log head and the key it signs with (the pinned one, else the one its /health names)."""
+    body = await validator.health()
+    return int(body["head"]), validator.public_key or bytes.fromhex(body["public_key"])
+
+
+def _stores(heads: dict[int, tuple[int, bytes]]) -> int:
+    """How many distinct stores answered: validators answering under one key are one store, counted once, as a
+    post counts their signatures (two URLs of one store made the health check pass while every post failed, and
+    the status machine flapped: a reviewer's reproduction)."""
+    return len({key for _, key in heads.values()})
+
+
+def _answering(heads: dict[int, tuple[int, bytes]], total: int) -> str:
+    stores = _stores(heads)
+    return f"{len(heads)} of {total} validators answer" + (f" ({stores} distinct stores)" if stores < len(heads)
+                                                            else "")
+
+
 class QuorumDA:
     def __init__(self, urls: Sequence[str], *, threshold_percent: int, signature_timeout_s: float,
                  public_keys: Sequence[bytes | None] | None = None, namespace: bytes = DEFAULT_NAMESPACE,
@@ -222,48 +241,48 @@ class QuorumDA:
     async def head(self) -> int:
         """The followed validator's head, but only while enough validators answer to reach the threshold:
         a health check must fail when a post could not succeed."""
-        heads: dict[int, int] = {}
+        heads: dict[int, tuple[int, bytes]] = {}
         errors: list[str] = []
 
         async def ask(index: int, validator: BlobStoreDA) -> None:
             try:
                 with trio.fail_after(self.signature_timeout_s):
-                    heads[index] = await validator.head()
+                    heads[index] = await _head_and_key(validator)
             except (DAError, trio.TooSlowError) as exc:
                 errors.append(f"{validator.name}: {exc or 'no answer'}")
 
         async with trio.open_nursery() as nursery:
             for index, validator in enumerate(self._validators):
                 nursery.start_soon(ask, index, validator)
-        if len(heads) < self.required:
-            raise DAUnavailable(f"{self.name}: {len(heads)} of {len(self._validators)} validators answer, "
-                                f"{self.required} needed: " + "; ".join(errors))
-        return heads.get(self.follow_index, max(heads.values()))
+        if _stores(heads) < self.required:
+            raise DAUnavailable(f"{self.name}: {_answering(heads, len(self._validators))}, {self.required} "
+                                f"needed: " + "; ".join(errors))
+        return heads[self.follow_index][0] if self.follow_index in heads else max(h for h, _ in heads.values())
 
     async def probe(self, timeout_s: float) -> int:
         """The health check: like ``head`` within ``timeout_s``, but done as soon as enough validators answered
         (one slow or stopped validator of three does not fail it)."""
-        heads: dict[int, int] = {}
+        heads: dict[int, tuple[int, bytes]] = {}
         errors: list[str] = []
         with trio.move_on_after(timeout_s):
             async with trio.open_nursery() as nursery:
                 async def ask(index: int, validator: BlobStoreDA) -> None:
                     try:
-                        heads[index] = await validator.head()
+                        heads[index] = await _head_and_key(validator)
                     except DAError as exc:
                         errors.append(f"{validator.name}: {exc}")
                         return
-                    if len(heads) >= self.required:
+                    if _stores(heads) >= self.required:
                         nursery.cancel_scope.cancel()
 
                 for index, validator in enumerate(self._validators):
                     nursery.start_soon(ask, index, validator)
-        if len(heads) < self.required:
+        if _stores(heads) < self.required:
             silent = len(self._validators) - len(heads) - len(errors)
-            raise DAUnavailable(f"{self.name}: {len(heads)} of {len(self._validators)} validators answer within "
+            raise DAUnavailable(f"{self.name}: {_answering(heads, len(self._validators))} within "
                                 f"{timeout_s:.3g}s, {self.required} needed" + (f"; {silent} silent" if silent else "")
                                 + ("; " + "; ".join(errors) if errors else ""))
-        return heads.get(self.follow_index, max(heads.values()))
+        return heads[self.follow_index][0] if self.follow_index in heads else max(h for h, _ in heads.values())
 
     # ---- internals ---------------------------------------------------------------------------------
 
