@@ -21,7 +21,8 @@ application/octet-stream`` → 200 ``{"position", "hash", "signature", "validato
     404 ``{"error": "blob_not_found"}``; 422 bad hash or namespace.
 ``GET /quorum/v1/log?after=<position>&limit=<1..1000>[&namespace=<hex>][&wait_ms=<0..30000>]`` (defaults after=0,
     limit=100, wait_ms=0) →
-    200 ``{"items": [{"position", "hash", "namespace", "data"}, ...], "head", "cursor", "at_head"}``: blobs in
+    200 ``{"items": [{"position", "hash", "namespace", "data"}, ...], "head", "cursor", "at_head", "public_key"}``
+    (the key names the log: a store rebuilt at the same URL has another one): blobs in
     log order after ``after``, at most ``limit`` and about 8 MiB of data (always at least one). ``head`` is
     the newest position in the whole log; ``cursor`` is where to continue: the last item returned, or
     ``head`` when the page reached the end (so a follower of one namespace skips the others' blobs).
@@ -373,7 +374,8 @@ def register_blobstore_routes(app: QuartTrio, store: BlobStore) -> None:
                     page = await store.log(after, limit, namespace)
         items = [{"position": r.position, "hash": r.blob_hash.hex(), "namespace": r.namespace.hex(),
                   "data": base64.b64encode(r.data).decode()} for r in page.items]
-        return _json({"items": items, "head": page.head, "cursor": page.cursor, "at_head": page.at_head})
+        return _json({"items": items, "head": page.head, "cursor": page.cursor, "at_head": page.at_head,
+                      "public_key": store.public_key.hex()})
 
     @bp.get("/health")
     async def health() -> Response:

@@ -121,6 +121,7 @@ class BlobStoreDA:
         # a compressed answer is refused unread (``_call``)
         self._http = httpx.AsyncClient(timeout=timeout_s, trust_env=False, headers={"Accept-Encoding": "identity"})
         self._restarted_at: float | None = None  # trio time we last read its log again from the start
+        self._log_key: bytes | None = None  # the key the store's log answers named last (its log's identity)
 
     @property
     def public_key(self) -> bytes | None:
@@ -159,20 +160,28 @@ class BlobStoreDA:
         head = body.get("head")
         if head is not None and not _is_int(head):
             raise self._malformed("log head")
-        if _is_int(head) and head < cursor and cursor > 0:
-            # The store's log is behind our cursor: it restarted (lost its disk, a new store at the same URL). Its
-            # positions start again at 1, and reading on from our cursor skipped every blob it takes now (a
-            # reviewer's reproduction). Read it again from the start (applying events is idempotent); a second
-            # time within RESTART_QUIET_S is a failed read (backoff), so a store that keeps saying so cannot make
-            # us spin.
+        log_key = _hex(body.get("public_key"), KEY_LEN)  # names the log (absent from an older store's answers)
+        known = self._log_key or self._key
+        another_log = log_key is not None and known is not None and log_key != known
+        if ((_is_int(head) and head < cursor) or another_log) and cursor > 0:
+            # The store's log is another one: it restarted (lost its disk, a new store at the same URL). Its
+            # positions start again at 1, and reading on from our cursor skipped every blob it takes now, whether
+            # its head is still behind our cursor or already past it (reviewers' reproductions). Read it again
+            # from the start (applying events is idempotent); a second time within RESTART_QUIET_S is a failed
+            # read (backoff), so a store that keeps saying so cannot make us spin.
             now = trio.current_time()
             if self._restarted_at is not None and now - self._restarted_at < RESTART_QUIET_S:
-                raise DAError(f"{self.name}: the store's log head {head} is behind our cursor {cursor} again")
-            log.warning("%s: the store's log head %d is behind our cursor %d (the store restarted?): reading its "
-                        "log again from the start", self.name, head, cursor)
+                raise DAError(f"{self.name}: the store's log changed under our cursor {cursor} again")
+            why = (f"it names another key ({log_key.hex()[:16]}…)" if another_log and log_key is not None
+                   else f"its head {head} is behind our cursor {cursor}")
+            log.warning("%s: the store's log is another one (%s; the store was rebuilt?): reading it from the "
+                        "start", self.name, why)
+            self._log_key = log_key
             page = await self.read_after(0, limit)  # no long poll: this call's deadline is spent in part
             self._restarted_at = now  # (only once that read worked: a failed one is retried as any read)
             return page
+        if log_key is not None:
+            self._log_key = log_key
         if _is_int(head) and page_cursor > max(head, cursor):
             raise self._malformed("log cursor (beyond the head)")
         items: list[tuple[BlobRef, bytes]] = []
