@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import nacl.signing
 import pytest
@@ -177,3 +178,100 @@ async def test_the_checker_sees_rivals_final_on_different_coordinators_and_a_lis
         await nem.check(http, trio.current_time())
     assert any("signed 2 times" in v for v in nem.violations), nem.violations
     assert any("could not list" in v for v in nem.violations) == listing_fails, nem.violations
+
+
+SLOT = {"receipt_type": "compute", "node_id": "nem0", "subject": "ab" * 32, "epoch": 5}
+R1, R2 = "11" * 32, "22" * 32
+
+
+async def run_checker(tmp_path: Path, views: dict[str, dict[str, str]], history: list[dict[str, Any]],
+                      listed_signature: str = "good") -> list[str]:
+    """The checker against coordinators played by a mock transport: ``views`` member -> receipt id -> status;
+    documents verify when their signature is "good" (a real one is not needed to test the checker's logic)."""
+    import re
+
+    import httpx
+
+    from deploy import cluster as launcher
+    from deploy import nemesis
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        member, path = request.url.host.split(".")[0], request.url.path
+        if path == "/state/root":
+            return httpx.Response(200, json={"root": "same"})
+        if path == "/cluster/status":
+            return httpx.Response(200, json={"group_public_key": "00" * 32})
+        if path == "/receipts":
+            return httpx.Response(200, json={"receipts": [
+                {"receipt_id": rid, "status": s, "receipt": SLOT, "signature": listed_signature}
+                for rid, s in views[member].items() if s == "final"], "next_after": None})
+        if (found := re.fullmatch(r"/receipts/(\w+)", path)) is not None:
+            status = views[member].get(found[1])
+            return httpx.Response(200 if status else 404, json={"receipt_id": found[1], "status": status,
+                                                                "receipt": SLOT, "signature": "good"})
+        return httpx.Response(200, json={})
+
+    nem = nemesis.Nemesis(2, 1, 1, tmp_path, tmp_path / "history.jsonl")
+    nem.members = [launcher.Member("coordinator", c, f"http://{c}.test", "/ready", []) for c in views]
+    nem.history = [*history, {"op": "register", "to": "c0", "status": 200, "body": {"id": "n1"}, "answer": {}}]
+    original = nemesis.rc.verify_document
+    nemesis.rc.verify_document = lambda doc, group: ((True, "valid") if doc.get("signature") == "good"  # type: ignore
+                                                     else (False, "bad signature"))
+    try:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+            await nem.check(http, trio.current_time())
+    finally:
+        nemesis.rc.verify_document = original  # type: ignore[assignment]
+    return nem.violations
+
+
+def receipt_op(to: str, rid: str | None, status: int | None, answered: str | None = "locked",
+               **extra: Any) -> dict[str, Any]:
+    answer: Any = {"receipt_id": rid, "status": answered, **extra} if status is not None else \
+        "ConnectError: all attempts to connect failed"
+    return {"op": "receipt", "to": to, "status": status, "body": SLOT, "answer": answer}
+
+
+async def test_a_rival_that_never_reached_the_cluster_excuses_nothing(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """R1 acknowledged, then locked for ever; its "rival" got a refused connection (the coordinator was down): it
+    excused R1 (a reviewer's reproduction). A rival that may have reached the cluster (an answer, or a timeout)
+    still does."""
+    views = {"c0": {R1: "locked"}, "c1": {R1: "locked"}, "c2": {R1: "locked"}}
+    history = [receipt_op("c0", R1, 202), receipt_op("c1", None, None)]
+    violations = await run_checker(tmp_path, views, history)
+    assert any("neither final nor" in v for v in violations), violations
+    history[1] = {**history[1], "answer": "ReadTimeout: timed out"}  # may have arrived: a rival
+    assert not await run_checker(tmp_path / "again", views, history)
+
+
+async def test_a_receipt_answered_final_must_stay_final_rival_or_not(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """R1 answered final to its submitter, later "conflict" everywhere while its rival R2 is final: the slot is
+    signed twice, and R1 was excused as a receipt with a rival (a reviewer's reproduction)."""
+    views = {"c0": {R1: "conflict", R2: "final"}, "c1": {R1: "conflict", R2: "final"}}
+    history = [receipt_op("c0", R1, 200, "final", receipt=SLOT, signature="good"), receipt_op("c1", R2, 202)]
+    violations = await run_checker(tmp_path, views, history)
+    assert any("signed 2 times" in v for v in violations), violations
+    assert any("not final on every coordinator" in v for v in violations), violations
+
+
+async def test_a_listed_final_document_is_verified(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    views = {"c0": {R1: "final", R2: "final"}, "c1": {R1: "final"}}  # R2: never acknowledged, only listed
+    history = [receipt_op("c0", R1, 202)]
+    assert not any("does not verify" in v for v in await run_checker(tmp_path, views, history))
+    violations = await run_checker(tmp_path / "bad", views, history, listed_signature="forged")
+    assert any("listed final on c0 does not verify" in v for v in violations), violations
+
+
+def test_a_coordinator_that_exited_on_its_own_is_a_violation(tmp_path: Path) -> None:
+    from deploy import cluster as launcher
+    from deploy import nemesis
+
+    nem = nemesis.Nemesis(2, 1, 1, tmp_path, tmp_path / "history.jsonl")
+    m = launcher.Member("coordinator", "c1", "http://c1.test", "/ready", [])
+    m.process = SimpleNamespace(returncode=None)  # type: ignore[assignment]
+    assert nem.check_alive(m) and not nem.violations
+    m.process = SimpleNamespace(returncode=-11)  # type: ignore[assignment]  # a segfault, say
+    assert not nem.check_alive(m)
+    assert nem.violations == ["c1 exited on its own (exit code -11)"]
