@@ -187,6 +187,9 @@ class Observed:
     adversary_signatures: list[tuple[list[rc.Receipt], bytes, bytes]] = field(default_factory=list)
     # the signed documents as the clients waiting on them got them (the proposer lets go of them later)
     documents: list[tuple[rc.Receipt, dict[str, Any]]] = field(default_factory=list)
+    # (blamer, blamed) for every blame by any incarnation of a member (a crash replaced the service and its counters:
+    # a blame of an honest member by one that crashed later went unseen, a reviewer's reproduction)
+    blames: list[tuple[str, str]] = field(default_factory=list)
 
 
 class SimCluster:
@@ -376,6 +379,13 @@ class SimCluster:
             honest_settle(final)
 
         service._settle_final = settle_final  # type: ignore[method-assign]
+        honest_blame = service._blame
+
+        def blame(culprit: int) -> None:
+            self.observed.blames.append((m.id, service.member_of.get(culprit, str(culprit))))
+            honest_blame(culprit)
+
+        service._blame = blame  # type: ignore[method-assign]
 
     async def start(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery

@@ -2,10 +2,12 @@
 range and one that changes with every run, printed; a seeded quarter of them run the real DKG first, under the
 seed's message faults and a crash of a member while it runs), exact replay of a seed, and planted bugs it must
 catch — the slot-lock check disabled, a nonce commitment reused, share verification skipped, the DKG never
-started, an honest member left out of the DKG, members adopting different group keys."""
+started, an honest member left out of the DKG, members adopting different group keys, an exception in a request
+handler, a cluster that never goes quiet, an honest member blamed."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -14,16 +16,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
+import trio.testing
 
 from consensus import dkg_service, frost, lockstore, roast
 from consensus.dkg import DkgParticipant
 from consensus.dkg_service import DkgService
 from consensus.receipt_service import ReceiptService
 from consensus.slots import Decision, Verdict
-from deploy import simulate
+from deploy import simulate, simulation
+from node.da.base import DAUnavailable
 
 FIXED = (0, 500)
 ROTATING = 500
@@ -49,7 +55,7 @@ def test_a_thousand_seeds_hold_safety_liveness_and_convergence() -> None:
         last = out.strip().splitlines()[-1]
         print(last)
         assert proc.returncode == 0, out[-5000:]
-        assert ", 0 violations (0 safety, 0 liveness, 0 convergence)" in out
+        assert ", 0 violations (0 safety, 0 liveness, 0 convergence, 0 errors logged)" in out
         dkg_runs = int(last.rsplit("; ", 1)[1].split()[0])
         assert 0.15 * ROTATING < dkg_runs < 0.35 * ROTATING  # a seeded quarter ran the real DKG
 
@@ -134,25 +140,114 @@ def test_members_with_different_group_keys_are_caught(monkeypatch: pytest.Monkey
     assert any(v.startswith("convergence: honest members hold 2 different group keys") for v in violations)
 
 
+def lock_blind(self: lockstore.LockStore, receipts: list[Any], validate: Any, proposer: str,
+               now_ms: int | None = None, batch: bytes = b"", *, commit: bool = True) -> list[Decision]:
+    """A planted bug: signers lock every receipt they are asked about, whatever their table holds for its slot."""
+    decisions = []
+    for i, r in enumerate(receipts):
+        verdict, reason = validate(r)
+        if verdict is Verdict.OK:
+            self.db.execute("INSERT OR REPLACE INTO locks (slot, receipt_id, wire, proposer, locked_ms, batch, idx)"
+                            " VALUES (?, ?, ?, ?, ?, ?, ?)", (lockstore.slot_key(r.slot), r.id, r.to_wire(),
+                                                              proposer, now_ms or 0, batch, i))
+        decisions.append(Decision(r.id, verdict, reason))
+    return decisions
+
+
 def test_disabling_the_lock_check_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Signers lock every receipt they are asked about, whatever their table holds for its slot."""
-
-    def lock_blind(self: lockstore.LockStore, receipts: list[Any], validate: Any, proposer: str,
-                   now_ms: int | None = None, batch: bytes = b"", *, commit: bool = True) -> list[Decision]:
-        decisions = []
-        for i, r in enumerate(receipts):
-            verdict, reason = validate(r)
-            if verdict is Verdict.OK:
-                self.db.execute("INSERT OR REPLACE INTO locks (slot, receipt_id, wire, proposer, locked_ms, batch, idx)"
-                                " VALUES (?, ?, ?, ?, ?, ?, ?)", (lockstore.slot_key(r.slot), r.id, r.to_wire(),
-                                                                  proposer, now_ms or 0, batch, i))
-            decisions.append(Decision(r.id, verdict, reason))
-        return decisions
-
     monkeypatch.setattr(lockstore.LockStore, "lock_batch", lock_blind)
     seed, violations = first_violation()
     print(f"lock check disabled: caught at seed {seed}: {violations[0]}")
     assert any(v.startswith("safety: slot") and "signed receipts" in v for v in violations)
+
+
+def test_an_exception_in_a_request_handler_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planted bug: c1's sign handler raises. The dispatcher logs it and leaves the request unanswered, which the
+    protocol survives: the seeds passed (a reviewer's reproduction). Errors logged are violations."""
+    on_sign = ReceiptService._on_sign
+
+    async def buggy(self: ReceiptService, peer: str, body: dict[str, Any]) -> dict[str, Any]:
+        if self.my_id == "c1":
+            raise KeyError("a bug in the handler")
+        return await on_sign(self, peer, body)
+
+    monkeypatch.setattr(ReceiptService, "_on_sign", buggy)
+    seed, violations = first_violation(20)
+    print(f"handler exception: caught at seed {seed}: {violations[0]}")
+    assert any(v.startswith("error: ") and "KeyError" in v for v in violations)
+
+
+def test_a_cluster_that_never_goes_quiet_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planted bug: something posts the same blob again and again for ever; the wait for quiescence ran out and the
+    checks went on as if it had come (a reviewer's reproduction)."""
+    start = simulation.SimCluster.start
+
+    async def start_and_chatter(self: simulation.SimCluster, nursery: trio.Nursery) -> None:
+        await start(self, nursery)
+
+        async def chatter() -> None:
+            while True:
+                await trio.sleep(0.3)
+                with contextlib.suppress(DAUnavailable):
+                    await self.da.post(self.da.blobs[0][1])
+
+        nursery.start_soon(chatter)
+
+    monkeypatch.setattr(simulation.SimCluster, "start", start_and_chatter)
+    _, outcome = simulate.run_seed(2)
+    assert any("is not quiet" in v for v in outcome.liveness), outcome.violations
+
+
+def test_an_honest_member_blamed_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planted bug: a proposer blames an honest signer whose share it just verified."""
+    signed = ReceiptService._signed
+
+    async def blaming(self: ReceiptService, key: frost.KeyShare, final: list[Any], signature: bytes,
+                      signers: tuple[int, ...], times: tuple[float, float, float]) -> None:
+        honest = [i for i in signers if i != key.identifier]
+        if honest:
+            self._blame(honest[0])
+        await signed(self, key, final, signature, signers, times)
+
+    monkeypatch.setattr(ReceiptService, "_signed", blaming)
+    seed, violations = first_violation(20)
+    print(f"honest member blamed: caught at seed {seed}: {violations[0]}")
+    assert any(v.startswith("safety: ") and "blamed honest member" in v for v in violations)
+
+
+async def test_a_blame_is_recorded_beyond_the_incarnation_that_made_it(tmp_path: Path,
+                                                                        autojump_clock: trio.testing.MockClock) -> None:
+    """Blames were read from each member's current service at the end, so one made by an incarnation that crashed
+    later went unseen (a reviewer's reproduction): they are recorded as they happen."""
+    async with simulation.started(tmp_path, seed=5) as cluster:
+        c0 = cluster.service("c0")
+        c0._blame(c0.identifier_of["c1"])
+        cluster.crash("c0")
+        await cluster.restart("c0")
+        assert cluster.service("c0").counters.blamed == {}
+        assert cluster.observed.blames == [("c0", "c1")]
+
+
+@pytest.mark.parametrize("n", [4, 5, 6, 7])
+async def test_the_equivocator_gets_both_rivals_signed_by_signers_that_check_no_lock(
+        tmp_path: Path, n: int, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The simulator's equivocator must be able to succeed where the honest lock check is missing: it sent each
+    rival to one half of its peers, and for n >= 5 neither half could give it t - 1 shares (a reviewer's count)."""
+    from deploy.adversary import Adversary
+
+    monkeypatch.setattr(lockstore.LockStore, "lock_batch", lock_blind)
+    cluster = simulation.SimCluster(tmp_path, n, seed=n, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    liar = cluster.members[f"c{n - 1}"]
+    liar.behaviour = "equivocate"
+    a, b = cluster.receipt("n1", "obj1", reward=1), cluster.receipt("n1", "obj1", reward=2)
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        cluster.conflicts = [(a, b)]
+        await Adversary(cluster, liar).equivocate()
+        nursery.cancel_scope.cancel()
+    cluster.close()
+    assert {r.id for receipts, _, _ in cluster.observed.adversary_signatures for r in receipts} == {a.id, b.id}
 
 
 def test_reusing_a_nonce_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
