@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import struct
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -22,10 +23,15 @@ import nacl.exceptions
 import nacl.signing
 
 from node import merkle
-from node.receipt_ledger import batch_message  # (the ledger checks batches too)
 
 RECEIPT_VERSION = 1
 USAGE_DOMAIN = b"dsdn/usage/v1"
+BATCH_DOMAIN = b"dsdn/receipt-batch/v1"
+
+
+def batch_message(group_public_key: bytes, root: bytes, tree_size: int) -> bytes:
+    """What the cluster signs for a batch (issue 9 §2): the domain, its group key, its Merkle root, its size."""
+    return BATCH_DOMAIN + group_public_key + root + struct.pack(">Q", tree_size)
 OPTIMISTIC_DOMAIN = b"dsdn/receipt-optimistic/v1"
 TYPES = ("storage", "compute")
 MAX_REWARD = 10**12

@@ -9,18 +9,18 @@
 
 The batch's signature is checked where it is made (consensus/receipt_service.py) and by anyone holding the
 document. Here a batch event comes signed by a cluster member, and is still checked on its own terms before it
-counts: its root must be the Merkle root of its receipts and its signature must verify under the group key it
-names. Else a lying member could point every receipt at a batch of its own (the register is last-writer-wins)
-and leave no coordinator a document that verifies. A batch that fails, or whose receipts cannot be decoded, is
-kept out whole, the same way on every coordinator. A member may still sign a batch under a key of its own (the
-state does not know the cluster's key: it is no event), later than the cluster's batch of the same receipts, so
-the register points at it; ``locate`` given the cluster's key still finds the batch signed under it.
+counts: its root must be the Merkle root of its receipts, its signature must verify under the group key it
+names, and each receipt must be a valid one signed by its node. Else a lying member could point every receipt at
+a batch of its own (the register is last-writer-wins) and leave no coordinator a document that verifies. A batch
+that fails is kept out whole, the same way on every coordinator. A member may still sign a batch under a key of
+its own (the state does not know the cluster's key: it is no event), later than the cluster's batch of the same
+receipts, so the register points at it; ``locate`` given the cluster's key still finds the batch signed under it,
+and the receipt service's view (deploy/receipt_view.py) counts only batches under the cluster's key.
 """
 
 from __future__ import annotations
 
 import hashlib
-import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -29,9 +29,9 @@ import msgpack
 import nacl.exceptions
 import nacl.signing
 
+from consensus import receipts as rc
 from node import merkle
 
-BATCH_DOMAIN = b"dsdn/receipt-batch/v1"
 Version = tuple[int, int, str, bytes]
 Rehash = Callable[[str, Any, "tuple[Version, Any] | None", Version, Any], None]
 MAX_BATCH = 4096
@@ -71,9 +71,19 @@ def parse_receipt(receipt_bytes: bytes) -> ReceiptInfo | None:
     return ReceiptInfo(rtype, node_id, subject, epoch)
 
 
-def batch_message(group_public_key: bytes, root: bytes, tree_size: int) -> bytes:
-    """What the cluster signs for a batch (issue 9 §2): the domain, its group key, its Merkle root, its size."""
-    return BATCH_DOMAIN + group_public_key + root + struct.pack(">Q", tree_size)
+def _checked(receipt_bytes: bytes, node_signature: bytes) -> ReceiptInfo | None:
+    """The slot fields of a receipt of a batch, or None unless it is a valid receipt (strictly decoded, as every
+    reader decodes it) signed by its node. The batch's signature covers the receipt bytes, not the node signatures
+    beside them: a lying member republished the cluster's batch with garbage node signatures, later, so the register
+    pointed at it and every coordinator served "final" documents that fail verification; and receipt bytes that
+    pass a loose parse but not the strict decode made every listing answer 500 (a reviewer's reproductions)."""
+    try:
+        receipt = rc.decode(receipt_bytes, node_signature)
+    except rc.ReceiptError:
+        return None
+    if not receipt.node_signature_valid():
+        return None
+    return ReceiptInfo(receipt.receipt_type, receipt.node_id, receipt.subject, receipt.epoch)
 
 
 def _signed(batch: Batch) -> bool:
@@ -84,7 +94,7 @@ def _signed(batch: Batch) -> bool:
             return False
         if merkle.root([raw for raw, _ in batch.wires]) != root:
             return False
-        nacl.signing.VerifyKey(key).verify(batch_message(key, root, batch.tree_size), signature)
+        nacl.signing.VerifyKey(key).verify(rc.batch_message(key, root, batch.tree_size), signature)
     except (ValueError, nacl.exceptions.CryptoError):  # bad hex, a key that is no point, a bad signature
         return False
     return True
@@ -147,7 +157,7 @@ class ReceiptLedger:
         batch = parse_batch(fields)
         if batch is None:
             return False
-        infos = [parse_receipt(raw) for raw, _ in batch.wires]
+        infos = [_checked(raw, node_signature) for raw, node_signature in batch.wires]
         if any(i is None for i in infos) or not _signed(batch):
             return False
         self.batches[batch_id] = batch

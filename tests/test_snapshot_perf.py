@@ -284,13 +284,17 @@ def test_the_encoding_in_pieces_is_msgpack_of_the_snapshot(events: list[ev.Event
 
 
 def receipt_events(batches: int, per: int, t0: int = T0) -> list[ev.Event]:
-    """Node keys and receipt batches of ``per`` version-1 receipts each (what the ledger holds), each signed by a
-    stand-in group key over its Merkle root (the ledger keeps out a batch that is not)."""
-    out = [make_event(ev.NODE_KEY, (t0, i), "c0", id=f"n{i}", public_key=f"{i:064x}") for i in range(5)]
+    """Node keys and receipt batches of ``per`` valid receipts each, signed by their nodes (what the ledger holds),
+    each batch signed by a stand-in group key over its Merkle root (the ledger keeps out a batch that is not)."""
+    out = [make_event(ev.NODE_KEY, (t0, i), "c0", id=f"n{i}", public_key=bytes(NODE_KEYS[i].verify_key).hex())
+           for i in range(5)]
     group = GROUP
     for b in range(batches):
-        wires = [[msgpack.packb([1, "compute", f"n{i % 5}", bytes(32), f"{t0 + b:032x}{i:032x}", 1, bytes(32), None,
-                                 1, bytes(20), 0], use_bin_type=True), bytes(64)] for i in range(per)]
+        receipts = [rc.sign_as_node(NODE_KEYS[i % 5], receipt_type="storage", node_id=f"n{i % 5}",
+                                    subject=f"{t0 + b:032x}{i:032x}", epoch=1, usage_proof_hash="00" * 32,
+                                    execution_commitment=None, reward_base=1, submitter_address="00" * 20,
+                                    timestamp=0) for i in range(per)]
+        wires = [[r.to_bytes(), r.node_signature] for r in receipts]
         root = merkle.root([raw for raw, _ in wires])
         key = bytes(group.verify_key)
         signature = group.sign(rc.batch_message(key, root, per)).signature
@@ -301,6 +305,7 @@ def receipt_events(batches: int, per: int, t0: int = T0) -> list[ev.Event]:
 
 
 GROUP = nacl.signing.SigningKey(b"g" * 32)
+NODE_KEYS = [nacl.signing.SigningKey(bytes([i + 1]) * 32) for i in range(5)]
 
 
 def test_the_ledger_is_encoded_in_bounded_pieces_and_a_cut_keeps_it_as_it_was(
@@ -573,6 +578,37 @@ def test_a_batch_that_does_not_verify_on_its_own_terms_is_kept_out_whole() -> No
         assert all(s.ledger.locate(rid)[0] is s.ledger.batches[batch.id] for rid in s.ledger.receipts)  # type: ignore[index]
         roots.add(s.root())
     assert len(roots) == 1
+
+
+def test_a_batch_whose_receipts_are_not_valid_signed_receipts_is_kept_out_whole() -> None:
+    """The batch signature covers the receipt bytes only: a member republished the cluster's batch, later, with
+    garbage node signatures, so every coordinator served "final" documents that fail verification; and receipt
+    bytes a loose parse took but the strict decode refuses, in a batch under a member's own key, made every
+    listing answer 500 (a reviewer's reproductions). Each receipt of a batch must be a valid one, signed by its
+    node, or the batch is kept out."""
+    good = receipt_events(1, 3)
+    batch = good[-1]
+    fields = dict(zip([name for name, _ in ev.SCHEMAS[ev.RECEIPT_BATCH]], batch.fields, strict=True))
+    wires = msgpack.unpackb(fields["receipts"])
+    unsigned = make_event(ev.RECEIPT_BATCH, (T0 + 99, 1), "c2", **{**fields, "receipts": msgpack.packb(
+        [[raw, bytes(64)] for raw, _ in wires], use_bin_type=True)})
+    own = nacl.signing.SigningKey(b"o" * 32)
+    loose = msgpack.packb([1, "storage", "n1", bytes(9), "obj", 1, bytes(32), None, 1, bytes(20), 0],
+                          use_bin_type=True)  # the slot fields parse; a 9-byte node key does not decode
+    root = merkle.root([loose])
+    undecodable = make_event(ev.RECEIPT_BATCH, (T0 + 98, 1), "c2", group_key=bytes(own.verify_key).hex(),
+                             root=root.hex(), tree_size=1, signers="c2", receipts=msgpack.packb(
+                                 [[loose, bytes(64)]], use_bin_type=True),
+                             signature=own.sign(rc.batch_message(bytes(own.verify_key), root, 1)).signature.hex())
+    for order in ([*good, unsigned, undecodable], [undecodable, unsigned, *good]):
+        s = State()
+        s.apply_all(order)
+        assert set(s.ledger.batches) == {batch.id} and len(s.ledger.receipts) == 3
+        for rid in s.ledger.receipts:
+            held, index = s.ledger.locate(rid)  # type: ignore[misc]
+            assert held is s.ledger.batches[batch.id]
+            raw, node_signature = held.wires[index]
+            assert rc.decode(raw, node_signature).node_signature_valid()
 
 
 def signed_again_under_an_own_key() -> tuple[list[ev.Event], ev.Event, bytes]:
