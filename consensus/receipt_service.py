@@ -169,6 +169,10 @@ class LedgerView(Protocol):
         """A receipt other than ``receipt_id`` the state holds as signed for ``slot``, if any."""
         ...
 
+    def slot_of(self, receipt_id: bytes) -> tuple[str, str, str, int] | None:
+        """The slot of a receipt the state holds (cheap: no document is built), or None."""
+        ...
+
     async def publish_batch(self, fields: dict[str, Any]) -> bytes:
         """Append the batch event durably (outbox → DA) and apply it; return its raw event bytes."""
         ...

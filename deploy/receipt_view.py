@@ -74,10 +74,21 @@ class StateLedgerView:
             return None
         return node_id in found[1]
 
+    def _located(self, receipt_id: bytes) -> tuple[Batch, int] | None:
+        """Where the state holds a receipt signed under the cluster's key (any key while this coordinator knows
+        none). A batch a member signed under a key of its own is kept by the state (it cannot tell), but it is no
+        signed receipt: served as final, listed, and counted as the signed receipt of its slot, one made up for any
+        slot stopped the node's genuine receipt for it for good (409: a reviewer's reproduction)."""
+        key = self._keys.key
+        group = key.group_public_key.hex() if key is not None else None
+        located = self._state().ledger.locate(receipt_id, group)
+        if located is None or (group is not None and located[0].group_key != group):
+            return None
+        return located
+
     def signed_document(self, receipt_id: bytes) -> dict[str, Any] | None:
         """The signed document of a receipt in the state, or else in a heard batch."""
-        key = self._keys.key  # the cluster's: a member may have signed the receipt again under a key of its own
-        located = self._state().ledger.locate(receipt_id, key.group_public_key.hex() if key is not None else None)
+        located = self._located(receipt_id)
         if located is None:
             heard = self._heard_of.get(receipt_id)
             if heard is None:
@@ -91,16 +102,28 @@ class StateLedgerView:
                            bytes.fromhex(batch.signature), bytes.fromhex(batch.group_key), list(batch.signers))
 
     def holds(self, receipt_id: bytes) -> bool:
-        return receipt_id in self._state().ledger.receipts
+        return self._located(receipt_id) is not None
 
     def signed_rival(self, receipt_id: bytes, slot: tuple[str, str, str, int]) -> bytes | None:
         ids = self._state().ledger.by_slot.get(slot)
-        return min((rid for rid in ids if rid != receipt_id), default=None) if ids else None
+        return min((rid for rid in ids if rid != receipt_id and self._located(rid) is not None),
+                   default=None) if ids else None
+
+    def slot_of(self, receipt_id: bytes) -> tuple[str, str, str, int] | None:
+        info = self._state().ledger.info.get(receipt_id)
+        return (info.receipt_type, info.node_id, info.subject, info.epoch) if info is not None else None
 
     def signed_ids(self) -> list[bytes]:
-        """Every receipt signed in the state or in a heard batch."""
-        held = self._state().ledger.receipts
-        return [*held, *(rid for rid in self._heard_of if rid not in held)]
+        """Every receipt signed (under the cluster's key) in the state or in a heard batch."""
+        key = self._keys.key
+        ledger = self._state().ledger
+        held = ledger.receipts
+        if key is None or not ledger.batches or all(b.group_key == key.group_public_key.hex()
+                                                    for b in ledger.batches.values()):
+            signed = list(held)  # (the usual case, without a locate per receipt)
+        else:
+            signed = [rid for rid in held if self._located(rid) is not None]
+        return [*signed, *(rid for rid in self._heard_of if rid not in held)]
 
     def _path(self, batch: Batch, index: int) -> list[bytes]:
         root = bytes.fromhex(batch.root)
