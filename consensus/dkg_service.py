@@ -677,7 +677,10 @@ class DkgService:
     # ---- storage -------------------------------------------------------------------------------------
 
     def _pending_path(self, session_id: bytes) -> Path:
-        return self.keystore_path.with_name(f"{self.keystore_path.name}.pending-{session_id.hex()[:32]}")
+        """Named by the whole session id: by half of it, two sessions a liar started with ids sharing that half
+        shared one file, and the key share of one was renamed into the key store when the other completed (a
+        reviewer's reproduction)."""
+        return self.keystore_path.with_name(f"{self.keystore_path.name}.pending-{session_id.hex()}")
 
     async def _store_pending(self, s: SessionInfo) -> None:
         share = s.participant.key_share
@@ -718,13 +721,21 @@ class DkgService:
             {"session": cert.session, "threshold": cert.threshold, "participants": list(cert.participants),
              "confirms": list(cert.confirms)}, use_bin_type=True))
         pending = self._pending_path(session_id)
-        if pending.exists():
+        if pending.exists() and self._holds(pending, key):
             os.replace(pending, self.keystore_path)
             keystore.fsync_dir(self.keystore_path.parent)
         else:
             keystore.save(self.keystore_path, key, identity=self.identity, passphrase=self.passphrase)
         for path in stale:
             path.unlink(missing_ok=True)
+
+    def _holds(self, path: Path, key: KeyShare) -> bool:
+        """Whether the key store at ``path`` holds ``key`` (what the key store becomes is checked, never assumed)."""
+        try:
+            return keystore.load(path, identity=self.identity, passphrase=self.passphrase) == key
+        except keystore.KeystoreError as exc:
+            log.warning("the pending key share %s is not this session's (%s): the key is stored anew", path, exc)
+            return False
 
     def _read_state(self) -> dict[str, Any]:
         """Everything stored (blocking): the key and its certificate, or the journal and its pending shares."""

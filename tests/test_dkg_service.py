@@ -815,3 +815,52 @@ async def test_a_journal_write_failing_as_a_confirmed_session_fails_does_not_sto
         c0.auto = True
         await wait_until(lambda: all(s.key is not None for s in services.values()), 120)
         nursery.cancel_scope.cancel()
+
+
+async def test_two_sessions_whose_ids_share_half_keep_their_own_pending_shares(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A liar ran two sessions whose ids share their first 16 bytes, aborting each after the honest members had
+    confirmed it, then confirmed the first: the pending key share was named by half the id, so the second session's
+    share was renamed into the key store while the first's key was in use; after a restart the member held another
+    key (a reviewer's reproduction). Each pending share has a file of its own, and what the key store becomes is
+    checked against the key."""
+    saved: dict[bytes, Any] = {}
+
+    class Liar(DkgParticipant):
+        def _derive_key(self) -> None:
+            super()._derive_key()
+            if self._confirm is not None:  # withhold its confirmation, and abort instead
+                saved[self.session_id] = self._confirm
+                self._outbox = [o for o in self._outbox if o.message is not self._confirm]
+                self._seen_confirms.pop(self.identifier, None)
+                self._confirm = None
+                self._withdraw("not confirming")
+
+    half = b"\x00" * 16
+    ids = iter([half + b"\x11" * 16, half + b"\x22" * 16])
+
+    class ChosenIds:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(os, name)
+
+        def urandom(self, n: int) -> bytes:
+            return next(ids)
+
+    from consensus import dkg_service
+    monkeypatch.setattr(dkg_service, "os", ChosenIds())
+    net, services = setup(tmp_path, classes={"c3": Liar}, timeout_s=5)
+    honest = [services[i] for i in ("c0", "c1", "c2")]
+    async with trio.open_nursery() as nursery:
+        await start_manual(nursery, net, services)
+        a = services["c0"].start()
+        await wait_until(lambda: all(s.session is None and a in s._pending for s in honest))
+        b = services["c3"].start()
+        await wait_until(lambda: all(s.session is None and b in s._pending for s in honest))
+        assert a[:16] == b[:16] and services["c0"]._pending_path(a) != services["c0"]._pending_path(b)
+        for s in honest:  # the liar's confirmation of the first session, at last
+            net.nodes["c3"].send(s.net.my_id, "dkg.msg", {"data": msgpack.packb(saved[a].to_wire(),
+                                                                               use_bin_type=True)})
+        await wait_until(lambda: all(s.key is not None for s in honest))
+        for s in honest:
+            assert keystore.load(s.keystore_path, identity=s.identity) == s.key
+        nursery.cancel_scope.cancel()
