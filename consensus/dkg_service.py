@@ -772,7 +772,17 @@ class DkgService:
             self.cert = Certificate(cert["session"], cert["threshold"], tuple(cert["participants"]),
                                     tuple(cert["confirms"]))
         if state["key"] is not None:
-            self.key = state["key"]
+            key = state["key"]
+            if key.identifier != self.me or set(key.verifying_shares) != set(self.identifiers):
+                # made for another membership: identifiers follow the members' identity keys, so a member added or
+                # removed shifts them, and the key's signer numbers no longer name the members (it was loaded as
+                # is: signing failed or blamed honest members, and nothing said why; a reviewer's reproduction)
+                raise keystore.KeystoreError(
+                    f"{self.keystore_path}: this key share was made by a DKG of {len(key.verifying_shares)} members "
+                    f"(this member identifier {key.identifier}), and the cluster has {len(self.identifiers)} now "
+                    f"(this member identifier {self.me}): the membership changed since. Move "
+                    f"{self.keystore_path.name} aside on every member and run a new DKG (POST /cluster/dkg)")
+            self.key = key
             log.info("key share loaded: group key %s, identifier %d, %d-of-%d", self.key.group_public_key.hex(),
                      self.key.identifier, self.key.threshold, len(self.key.verifying_shares))
             floor = threshold_floor(len(self.identifiers))

@@ -864,3 +864,38 @@ async def test_two_sessions_whose_ids_share_half_keep_their_own_pending_shares(
         for s in honest:
             assert keystore.load(s.keystore_path, identity=s.identity) == s.key
         nursery.cancel_scope.cancel()
+
+
+async def test_a_key_made_for_another_membership_is_refused_at_start(tmp_path: Path,
+                                                                    autojump_clock: trio.testing.MockClock) -> None:
+    """A key of a 4-member DKG was loaded as is by a 5-member or 3-member configuration: identifiers follow the
+    members' identity keys, so they shifted, and nothing said so (a reviewer's reproduction). Start-up stops with
+    a key store error saying what to do."""
+    from consensus.dkg_service import assign_identifiers
+
+    net, services = setup(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await start_manual(nursery, net, services)
+        services["c0"].start()
+        await wait_until(lambda: all(s.key is not None for s in services.values()))
+        nursery.cancel_scope.cancel()
+    members = dict(services["c0"].members)
+    first = min(members.values())
+    newcomer = next(bytes(k.verify_key) for k in iter(nacl.signing.SigningKey.generate, None)
+                    if bytes(k.verify_key) < first)  # sorts first: every identifier shifts
+    for changed in ({**members, "c4": newcomer}, {m: k for m, k in members.items() if k != first}):
+        who = "c1" if "c1" in changed else "c2"
+        old = services[who]
+        registry = Registry()
+        register(registry)
+        again = DkgService(SimNetwork(registry).add(who), old.identity, changed, old.keystore_path,
+                           run_blocking=inline, auto=True)
+        assert assign_identifiers(changed.values()) != assign_identifiers(members.values())
+        with trio.fail_after(30), pytest.raises(keystore.KeystoreError, match="the membership changed since"):
+            await again.run()
+    same = DkgService(SimNetwork(Registry()).add("c1"), services["c1"].identity, members,
+                      services["c1"].keystore_path, run_blocking=inline, auto=True)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(same.run)
+        assert same.key == services["c1"].key  # the membership it was made for: loaded
+        nursery.cancel_scope.cancel()
