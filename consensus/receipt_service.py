@@ -89,6 +89,7 @@ MAX_QUEUED = 8192  # receipts waiting for a batch; beyond that a submission is r
 MAX_NOT_YET = 1024
 NOT_YET_RETRY_S = 0.5
 NOT_YET_GIVE_UP_S = 30.0
+EPOCH_SKEW_S = 10.0  # a receipt of the next epoch this close to its start is "not yet" here, not invalid (clock skew)
 BLAME_S = 60.0  # a signer proven to have sent a bad share is left out of signer sets this long
 TAKEOVER_BACKOFF_MAX_S = 120.0  # the longest wait between two takeovers of one locked batch that stays unsigned
 TAKEOVER_BATCHES_PER_PASS = 8  # a pass waits for a slot for each in turn: a long pass held up the next ones
@@ -448,6 +449,10 @@ class ReceiptService:
         if not r.node_signature_valid():
             return Verdict.INVALID, "the node signature is invalid"
         current = self.current_epoch()
+        if r.epoch == current + 1 and self.clock() >= current * self.epoch_length_s - EPOCH_SKEW_S:
+            # the next epoch, begun on a clock a little ahead of ours (its proposer's, at the boundary): not yet,
+            # not invalid (more than n - t members a little behind closed a receipt acknowledged as locked for good)
+            return Verdict.NOT_YET, f"epoch {r.epoch} has not begun here yet"
         if not current - self.epoch_grace <= r.epoch <= current:
             return Verdict.INVALID, f"epoch {r.epoch} is outside [{current - self.epoch_grace}, {current}]"
         if r.receipt_type == "storage":
@@ -1346,17 +1351,21 @@ class ReceiptService:
             refused = refusals[r.id]
             conflicts = [d for d in refused if d.verdict is Verdict.CONFLICT]
             invalid = [d for d in refused if d.verdict is Verdict.INVALID]
-            if len(conflicts) > n - t or len(invalid) > n - t:  # can never be signed: no takeover of our lock
-                closed[r.id] = CLOSED_CONFLICT if len(conflicts) > n - t else CLOSED_REJECTED
+            # can never be signed (more than n - t members refuse it for good, for either reason: counted apart,
+            # a receipt refused by some as a conflict and by others as invalid was proposed again every half second
+            # until its epoch left the window): no takeover of our lock
+            never = len(conflicts) + len(invalid) > n - t
+            if never:
+                closed[r.id] = CLOSED_CONFLICT if conflicts else CLOSED_REJECTED
             # members that hold the slot for a rival, and proven liars, will not sign this one: with fewer than t
             # others left it cannot be signed now (its lock stays open: a takeover may still sign it later)
             blocked = conflicted_by.get(r.id, set()) | {i for i, until in self._blamed_until.items()
                                                          if until > trio.current_time()}
-            if len(conflicts) > n - t or (conflicts and n - len(blocked) < t):
+            if (never and conflicts) or (conflicts and n - len(blocked) < t):
                 self.counters.conflicts += 1
                 if record is not None:
                     record.settle("conflict", "slot conflict", conflicts[0].conflicting_id)
-            elif len(invalid) > n - t:
+            elif never:
                 self._count_rejected(invalid[0].reason)
                 if record is not None:
                     record.settle("rejected", invalid[0].reason)

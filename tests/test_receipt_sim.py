@@ -25,6 +25,7 @@ from consensus.lockstore import LockTableBroken
 from consensus.nonces import Nonce, NonceTable
 from consensus.receipt_service import LOCK, LOCK_REPLY, ReceiptService, Unavailable
 from consensus.slots import Verdict
+from deploy import simulation as sim
 from deploy.simulation import EPOCH, SimCluster, started
 from node import events as ev
 from node import merkle
@@ -1308,3 +1309,53 @@ async def test_a_batch_a_member_signed_under_its_own_key_is_no_signed_receipt(
         await cluster.wait_final({b.id}, members={"c0", "c1", "c2"})
         doc = c0.lookup(b.id)
         assert doc is not None and doc["status"] == "final" and rc.verify_document(doc, cluster.group_key)[0]
+
+
+async def test_a_receipt_of_an_epoch_begun_on_its_proposers_clock_only_waits_for_the_others(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """At an epoch boundary, a proposer whose clock is a second ahead takes a receipt of the new epoch; members a
+    few seconds behind called it invalid (outside their window), and with more than n - t of them the receipt,
+    acknowledged as locked, was closed as rejected for good. A receipt of the next epoch that close to its start
+    is "not yet": it is signed once their clocks get there."""
+    async with started(tmp_path, seed=51) as cluster:
+        start_of_next = EPOCH * 3600 - sim.NOW  # seconds from NOW to the next epoch's start
+        for m in cluster.members.values():
+            m.skew_s = start_of_next - 3  # three seconds before it...
+        cluster.members["c0"].skew_s = start_of_next + 1  # ... and c0 a second after it
+        r = cluster.receipt("n1", "obj1", epoch=EPOCH + 1)
+        c0 = cluster.service("c0")
+        assert cluster.service("c1").validate(r)[0] is Verdict.NOT_YET
+        record = c0.submit(r)
+        assert record.status in ("pending", "locked")
+        await cluster.wait_final({r.id}, members={"c0", "c1", "c2", "c3"}, timeout=30)
+        far = cluster.receipt("n1", "obj2", epoch=EPOCH + 2)  # a later epoch is still invalid
+        assert cluster.service("c1").validate(far)[0] is Verdict.INVALID
+
+
+async def test_a_receipt_refused_for_good_by_more_than_n_minus_t_for_mixed_reasons_is_closed(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """n = 4, t = 3: c1 holds the slot for a rival (conflict), c2 finds the receipt invalid. Counted apart, neither
+    reason reached n - t + 1, and the receipt was proposed again every half second until its epoch left the window
+    (a reviewer's finding). Together they mean it can never be signed: it is closed, as a conflict."""
+    cluster = SimCluster(tmp_path, 4, seed=53, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    cluster.service_options["takeover_s"] = 600.0  # nothing but c0's own batches
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        r, rival = cluster.receipt("n1", "obj1", reward=10), cluster.receipt("n1", "obj1", reward=20)
+        c1, c2 = cluster.service("c1"), cluster.service("c2")
+        reply = await c1._on_lock("c3", {"batch": b"V" * 16, "receipts": [rival.to_wire()]})
+        assert list(reply["verdicts"]) == [Verdict.OK]
+        honest = c2.validate
+        c2.validate = lambda x: (Verdict.INVALID, "the node signature is invalid") if x.id == r.id else honest(x)  # type: ignore[method-assign]
+        c0 = cluster.service("c0")
+        record = c0.submit(r)
+        with trio.fail_after(10):
+            while record.status in ("pending", "locked"):
+                await trio.sleep(0.1)
+        assert record.status == "conflict" and record.conflicting_id == rival.id
+        batches = c0.counters.batches
+        await trio.sleep(10)
+        assert c0.counters.batches == batches  # not proposed again
+        assert c0.locks.open_locks(10**15) == []
+        nursery.cancel_scope.cancel()
