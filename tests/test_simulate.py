@@ -297,7 +297,7 @@ def test_the_cli_reports_exits_by_its_findings_and_replays_across_processes() ->
         assert done.returncode == 0, done.stdout + done.stderr
         assert "seed 9: n=" in done.stdout and "seed 10: n=" in done.stdout
         assert "keys=dealt" in done.stdout and "keys=DKG" in done.stdout  # seed 10 runs the DKG
-        assert "simulate: 2 seeds, 0 violations (0 safety, 0 liveness, 0 convergence)" in done.stdout
+        assert "simulate: 2 seeds, 0 violations (0 safety, 0 liveness, 0 convergence, 0 errors logged)" in done.stdout
     outcomes = [[line for line in done.stdout.splitlines() if "outcome" in line] for done in runs]
     assert len(outcomes[0]) == 2 and outcomes[0] == outcomes[1]  # same schedule, same result, other process
     bad = subprocess.run([sys.executable, "-m", "deploy.simulate", "--seeds", "x"], capture_output=True, text=True)
