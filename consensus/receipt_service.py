@@ -671,6 +671,9 @@ class ReceiptService:
                     continue
                 if when > now:
                     continue
+                if rid in self._signing or rid in self._announcing:  # in a batch in flight (a takeover's, say):
+                    self._retry[rid] = now + NOT_YET_RETRY_S  # not queued beside it (two batches signed it)
+                    continue
                 verdict, reason = self.validate(record.receipt)
                 if verdict is Verdict.OK:
                     del self._retry[rid]

@@ -1359,3 +1359,19 @@ async def test_a_receipt_refused_for_good_by_more_than_n_minus_t_for_mixed_reaso
         assert c0.counters.batches == batches  # not proposed again
         assert c0.locks.open_locks(10**15) == []
         nursery.cancel_scope.cancel()
+
+
+async def test_a_receipt_in_a_batch_in_flight_is_not_queued_again_by_its_retry(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """A receipt due for a retry while a batch in flight here holds it (a takeover's) was queued for another batch
+    beside it: two batches signed it (a reviewer's reading). The retry waits for the batch in flight."""
+    async with started(tmp_path, seed=55) as cluster:
+        c0 = cluster.service("c0")
+        r = cluster.receipt("n1", "obj1")
+        c0._record(r)
+        c0._signing.add(r.id)  # as a takeover's batch in flight holds it
+        c0._retry[r.id] = trio.current_time()
+        await trio.sleep(3 * rs.NOT_YET_RETRY_S)
+        assert r.id not in c0._queued and r.id in c0._retry and c0.counters.batches == 0
+        c0._signing.discard(r.id)  # the batch ended without it signed: the retry queues it now
+        await cluster.wait_final({r.id}, members={"c0"}, timeout=10)
