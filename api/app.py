@@ -121,6 +121,13 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
     def mutating(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         @wraps(fn)
         async def guarded(*args: Any, **kwargs: Any) -> Any:
+            origin = request.headers.get("Origin")
+            if origin is not None and origin != f"{request.scheme}://{request.host}":
+                # a browser's write on behalf of another site: a POST without a body needs no CORS preflight, so
+                # any web page could start a DKG on a coordinator without a token (a reviewer's reproduction).
+                # Our clients (CLI, SDKs, peers) send no Origin; the dashboard only reads.
+                raise ApiError(403, {"error": "forbidden", "message": f"cross-origin writes are refused (Origin "
+                                                                      f"{origin[:100]!r})"})
             if token is not None:
                 given = request.headers.get("Authorization", "")
                 if not bearer_matches(given, token):

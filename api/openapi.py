@@ -187,7 +187,8 @@ _QUERY_PARAMS: dict[str, list[tuple[str, Schema, bool]]] = {
 UNGUARDED_POSTS = frozenset({"/schedule", "/quorum/v1/blobs", "/receipts/verify"})
 
 _DESCRIPTIONS = {400: "Malformed JSON", 401: "Missing or wrong bearer token or signature",
-                 403: "Writer not allowed", 404: "Not found (also: a path parameter holding '/' matches no route)",
+                 403: "Writer not allowed, or a browser's write for another origin (Origin header)",
+                 404: "Not found (also: a path parameter holding '/' matches no route)",
                  413: "Body too large", 415: "Content-Type is not application/json",
                  409: "Conflict with the current state", 422: "Schema violation",
                  503: "Not ready / DA unavailable"}
@@ -220,11 +221,12 @@ def _operation(method: str, rule: str, summary: str, request_schema: Schema | No
     if request_schema is not None:
         op["requestBody"] = {"required": (method, rule) not in _REQUEST_OPTIONAL,
                              "content": {"application/json": {"schema": request_schema}}}
-    for code in errors:
+    guarded = method == "POST" and rule not in UNGUARDED_POSTS
+    for code in sorted({*errors, 403} if guarded else errors):  # 403: a browser's write for another origin
         described = _DESCRIBED.get((method, rule, code), _DESCRIPTIONS[code])
         op["responses"][str(code)] = {"description": described, "content": {
             "application/json": {"schema": _ERROR_BODIES.get((method, rule, code), ERROR)}}}
-    if method == "POST" and rule not in UNGUARDED_POSTS:
+    if guarded:
         op["security"] = [{"bearer": []}, {}]
     return op
 

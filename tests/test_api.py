@@ -457,6 +457,27 @@ async def test_token_guards_mutating_routes(nursery: trio.Nursery, make_config: 
     assert (await post(client, "/schedule", {}, 404))["error"] == "no suitable node"
 
 
+async def test_a_browser_write_for_another_origin_is_refused(nursery: trio.Nursery,
+                                                             make_config: Callable[..., Config]) -> None:
+    """Without a token, any web page could start a DKG on a coordinator: a POST without a body needs no CORS
+    preflight (a reviewer's reproduction in Chromium). A write carrying another origin's Origin is refused, with
+    or without a token; clients that send no Origin (CLI, SDKs), or this server's own origin, are not."""
+    coord = await start(nursery, make_config())
+    client = create_app(coord).test_client()
+    doc = await get(client, "/openapi.json")
+    guarded = [p for p, ops in doc["paths"].items() for m, op in ops.items() if {"bearer": []} in
+               op.get("security", [])]
+    evil = {"Origin": "http://evil.example"}
+    for path in guarded:
+        resp = await client.post(path.replace("{node_id}", "node-1"), headers=evil)
+        assert resp.status_code == 403 and (await resp.get_json())["error"] == "forbidden", path
+        assert "403" in doc["paths"][path]["post"]["responses"]
+    assert await post(client, "/register", NODE) == {"ok": True}
+    own = {"Origin": "http://localhost"}  # the test client's own origin
+    assert await post(client, "/register", NODE, headers=own) == {"ok": True}
+    assert (await client.post("/schedule", json={}, headers=evil)).status_code == 404  # not a guarded write
+
+
 async def test_openapi_documents_every_route(client: Any) -> None:
     doc = await get(client, "/openapi.json")
     assert doc["openapi"].startswith("3.")
