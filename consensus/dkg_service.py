@@ -60,6 +60,7 @@ from consensus.dkg import (
     check_exclusion_proof,
     check_threshold,
     default_threshold,
+    session_context,
     sign_abort,
     threshold_floor,
     threshold_refusal,
@@ -773,14 +774,14 @@ class DkgService:
                                     tuple(cert["confirms"]))
         if state["key"] is not None:
             key = state["key"]
-            if key.identifier != self.me or set(key.verifying_shares) != set(self.identifiers):
+            if not self._made_for_these_members(key):
                 # made for another membership: identifiers follow the members' identity keys, so a member added or
                 # removed shifts them, and the key's signer numbers no longer name the members (it was loaded as
                 # is: signing failed or blamed honest members, and nothing said why; a reviewer's reproduction)
                 raise keystore.KeystoreError(
-                    f"{self.keystore_path}: this key share was made by a DKG of {len(key.verifying_shares)} members "
-                    f"(this member identifier {key.identifier}), and the cluster has {len(self.identifiers)} now "
-                    f"(this member identifier {self.me}): the membership changed since. Move "
+                    f"{self.keystore_path}: this key share was made for other members ({len(key.verifying_shares)} "
+                    f"key holders, this member identifier {key.identifier}); the cluster has {len(self.identifiers)} "
+                    f"members now (this member identifier {self.me}): the membership changed since. Move "
                     f"{self.keystore_path.name} aside on every member and run a new DKG (POST /cluster/dkg)")
             self.key = key
             log.info("key share loaded: group key %s, identifier %d, %d-of-%d", self.key.group_public_key.hex(),
@@ -837,6 +838,28 @@ class DkgService:
                     break
             if s.participant.state is DkgState.COMPLETE:
                 await self._adopt(s)
+
+    def _made_for_these_members(self, key: KeyShare) -> bool:
+        """Whether ``key`` names the members as they are configured now: our identifier is the key's, every
+        identifier holding a share is a member's (a member left out of the DKG, a proven liar, holds none), and,
+        with the certificate, its first confirmation verifies under the identity keys our identifiers stand for
+        now (a membership of the same size whose identity keys changed order fails there)."""
+        if key.identifier != self.me or not set(key.verifying_shares) <= set(self.identifiers):
+            return False
+        cert = self.cert
+        if cert is None:
+            return True
+        if not set(cert.participants) <= set(self.identifiers):
+            return False
+        try:
+            first = decode(msgpack.unpackb(cert.confirms[0], raw=False))
+        except (DkgMessageError, ValueError, IndexError, TypeError):
+            return True  # no usable certificate (``_check_cert`` drops it): the checks above are all there is
+        if not isinstance(first, Confirm) or first.group_public_key != key.group_public_key \
+                or first.sender not in self.identifiers:
+            return True
+        context = session_context(cert.session, cert.threshold, {i: self.identifiers[i] for i in cert.participants})
+        return first.verify_signature(self.identifiers[first.sender], context)
 
     def _check_cert(self) -> None:
         """Drop a stored certificate that does not belong to the stored key."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import struct
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -23,49 +22,41 @@ import nacl.exceptions
 import nacl.signing
 
 from node import merkle
+from node.receipt_bytes import (  # the rules of receipt bytes live with the ledger, which checks them too
+    BATCH_DOMAIN,
+    HEX64,
+    ID,
+    MAX_RECEIPT_BYTES,
+    MAX_REWARD,
+    MAX_U63,
+    RECEIPT_VERSION,
+    SUBJECT,
+    TYPES,
+    USAGE_DOMAIN,
+    ReceiptError,
+    batch_message,
+    check_int,
+    parse,
+    signed_by_node,
+)
 
-RECEIPT_VERSION = 1
-USAGE_DOMAIN = b"dsdn/usage/v1"
-BATCH_DOMAIN = b"dsdn/receipt-batch/v1"
+__all__ = ["BATCH_DOMAIN", "MAX_RECEIPT_BYTES", "MAX_REWARD", "MAX_U63", "RECEIPT_VERSION", "TYPES", "USAGE_DOMAIN",
+           "Receipt", "ReceiptError", "batch_message", "decode", "document", "from_json", "sign_as_node",
+           "verify_document"]
 
-
-def batch_message(group_public_key: bytes, root: bytes, tree_size: int) -> bytes:
-    """What the cluster signs for a batch (issue 9 §2): the domain, its group key, its Merkle root, its size."""
-    return BATCH_DOMAIN + group_public_key + root + struct.pack(">Q", tree_size)
 OPTIMISTIC_DOMAIN = b"dsdn/receipt-optimistic/v1"
-TYPES = ("storage", "compute")
-MAX_REWARD = 10**12
-MAX_U63 = 2**63 - 1
-MAX_RECEIPT_BYTES = 1024
 COMMITMENT_FIELDS = ("workload_id", "input_hash", "output_hash", "state_root_before", "state_root_after",
                      "trace_root")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 _HEX128 = re.compile(r"^[0-9a-f]{128}$")
-_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_SUBJECT = re.compile(r"^[A-Za-z0-9._:-]{1,256}$")
 
 Slot = tuple[str, str, str, int]
-
-
-class ReceiptError(ValueError):
-    """A receipt whose fields are malformed; ``field`` names the first bad one."""
-
-    def __init__(self, field: str, expected: str) -> None:
-        super().__init__(f"{field}: expected {expected}")
-        self.field = field
 
 
 def _hex(value: Any, field: str, pattern: re.Pattern[str], what: str) -> str:
     if type(value) is not str or not pattern.fullmatch(value.lower()):
         raise ReceiptError(field, what)
     return value.lower()
-
-
-def _int(value: Any, field: str, lo: int, hi: int) -> int:
-    if type(value) is not int or not lo <= value <= hi:
-        raise ReceiptError(field, f"an integer from {lo} to {hi}")
-    return value
 
 
 def _json_int(value: Any) -> Any:
@@ -116,11 +107,7 @@ class Receipt:
 
     @cached_property
     def _signature_valid(self) -> bool:
-        try:
-            nacl.signing.VerifyKey(self.node_public_key).verify(self.signing_message(), self.node_signature)
-        except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, nacl.exceptions.TypeError):
-            return False
-        return True
+        return signed_by_node(self.to_bytes(), self.node_public_key, self.node_signature)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -152,15 +139,15 @@ def from_json(body: dict[str, Any], node_public_key: bytes | None = None) -> Rec
     if rtype not in TYPES:
         raise ReceiptError("receipt_type", "storage or compute")
     node_id = body.get("node_id")
-    if type(node_id) is not str or not _ID.fullmatch(node_id):
+    if type(node_id) is not str or not ID.fullmatch(node_id):
         raise ReceiptError("node_id", "a registered node id (1-128 characters of A-Z a-z 0-9 . _ : -)")
     subject = body.get("subject")
     if rtype == "compute":
-        subject = _hex(subject, "subject", _HEX64, "a workload id: 64 hex characters")
-    elif type(subject) is not str or not _SUBJECT.fullmatch(subject):
+        subject = _hex(subject, "subject", HEX64, "a workload id: 64 hex characters")
+    elif type(subject) is not str or not SUBJECT.fullmatch(subject):
         raise ReceiptError("subject", "a registered object hash (1-256 characters of A-Z a-z 0-9 . _ : -)")
-    epoch = _int(_json_int(body.get("epoch")), "epoch", 1, MAX_U63)
-    proof = bytes.fromhex(_hex(body.get("usage_proof_hash"), "usage_proof_hash", _HEX64, "64 hex characters"))
+    epoch = check_int(_json_int(body.get("epoch")), "epoch", 1, MAX_U63)
+    proof = bytes.fromhex(_hex(body.get("usage_proof_hash"), "usage_proof_hash", HEX64, "64 hex characters"))
     ec_raw = body.get("execution_commitment")
     commitment: tuple[bytes, ...] | None = None
     if rtype == "compute":
@@ -169,19 +156,19 @@ def from_json(body: dict[str, Any], node_public_key: bytes | None = None) -> Rec
         if not isinstance(ec_raw, list) or len(ec_raw) != 6:
             raise ReceiptError("execution_commitment", "6 hashes of 64 hex characters (workload_id, input_hash, "
                                                        "output_hash, state_root_before, state_root_after, trace_root)")
-        commitment = tuple(bytes.fromhex(_hex(c, f"execution_commitment[{i}]", _HEX64, "64 hex characters"))
+        commitment = tuple(bytes.fromhex(_hex(c, f"execution_commitment[{i}]", HEX64, "64 hex characters"))
                            for i, c in enumerate(ec_raw))
         if commitment[0].hex() != subject:
             raise ReceiptError("execution_commitment", "its workload_id equal to the subject")
     elif ec_raw is not None:
         raise ReceiptError("execution_commitment", "null for a storage receipt")
-    reward = _int(_json_int(body.get("reward_base")), "reward_base", 1, MAX_REWARD)
+    reward = check_int(_json_int(body.get("reward_base")), "reward_base", 1, MAX_REWARD)
     submitter = bytes.fromhex(_hex(body.get("submitter_address"), "submitter_address", _HEX40, "40 hex characters"))
-    timestamp = _int(_json_int(body.get("timestamp")), "timestamp", 0, MAX_U63)
+    timestamp = check_int(_json_int(body.get("timestamp")), "timestamp", 0, MAX_U63)
     signature = bytes.fromhex(_hex(body.get("node_signature"), "node_signature", _HEX128, "128 hex characters"))
     key_field = body.get("node_public_key")
     if key_field is not None:
-        node_public_key = bytes.fromhex(_hex(key_field, "node_public_key", _HEX64, "64 hex characters"))
+        node_public_key = bytes.fromhex(_hex(key_field, "node_public_key", HEX64, "64 hex characters"))
     if node_public_key is None:
         raise ReceiptError("node_public_key", "64 hex characters (or a registered node key)")
     return Receipt(rtype, node_id, node_public_key, subject, epoch, proof, commitment, reward, submitter, timestamp,
@@ -189,49 +176,12 @@ def from_json(body: dict[str, Any], node_public_key: bytes | None = None) -> Rec
 
 
 def decode(receipt_bytes: bytes, node_signature: bytes = bytes(64)) -> Receipt:
-    """Strictly decode canonical ``receipt_bytes``; ReceiptError if anything is off. The same rules as
-    ``from_json`` (hex fields are lower case in canonical bytes), checked on the binary fields directly: every
-    coordinator decodes every receipt of every batch it locks."""
-    if not isinstance(receipt_bytes, bytes) or len(receipt_bytes) > MAX_RECEIPT_BYTES:
-        raise ReceiptError("receipt_bytes", f"at most {MAX_RECEIPT_BYTES} bytes")
-    try:
-        obj = msgpack.unpackb(receipt_bytes, raw=False, max_str_len=256, max_bin_len=64, max_array_len=16,
-                              max_map_len=0)
-    except Exception:  # msgpack raises several unrelated types for garbage
-        raise ReceiptError("receipt_bytes", "msgpack") from None
-    if type(obj) is not list or len(obj) != 11 or obj[0] != RECEIPT_VERSION:
-        raise ReceiptError("receipt_bytes", "an 11-element array of version 1")
-    _, rtype, node_id, key, subject, epoch, proof, ec, reward, submitter, ts = obj
-    if not (type(key) is bytes and len(key) == 32 and type(proof) is bytes and len(proof) == 32
-            and type(submitter) is bytes and len(submitter) == 20):
-        raise ReceiptError("receipt_bytes", "32-byte key and proof, 20-byte submitter")
-    if rtype not in TYPES:
-        raise ReceiptError("receipt_type", "storage or compute")
-    if type(node_id) is not str or not _ID.fullmatch(node_id):
-        raise ReceiptError("node_id", "a registered node id (1-128 characters of A-Z a-z 0-9 . _ : -)")
-    commitment: tuple[bytes, ...] | None = None
-    if rtype == "compute":
-        if type(subject) is not str or not _HEX64.fullmatch(subject):
-            raise ReceiptError("subject", "a workload id: 64 hex characters")
-        if not (type(ec) is list and len(ec) == 6 and all(type(c) is bytes and len(c) == 32 for c in ec)):
-            raise ReceiptError("execution_commitment", "6 × 32 bytes")
-        commitment = tuple(ec)
-        if commitment[0].hex() != subject:
-            raise ReceiptError("execution_commitment", "its workload_id equal to the subject")
-    else:
-        if type(subject) is not str or not _SUBJECT.fullmatch(subject):
-            raise ReceiptError("subject", "a registered object hash (1-256 characters of A-Z a-z 0-9 . _ : -)")
-        if ec is not None:
-            raise ReceiptError("execution_commitment", "null for a storage receipt")
-    epoch = _int(epoch, "epoch", 1, MAX_U63)
-    reward = _int(reward, "reward_base", 1, MAX_REWARD)
-    ts = _int(ts, "timestamp", 0, MAX_U63)
+    """Strictly decode canonical ``receipt_bytes``; ReceiptError if anything is off (``node.receipt_bytes.parse``:
+    every coordinator decodes every receipt of every batch it locks)."""
+    fields = parse(receipt_bytes)
     if not isinstance(node_signature, bytes) or len(node_signature) != 64:
         raise ReceiptError("node_signature", "128 hex characters")
-    receipt = Receipt(rtype, node_id, key, subject, epoch, proof, commitment, reward, submitter, ts, node_signature)
-    if receipt.to_bytes() != receipt_bytes:
-        raise ReceiptError("receipt_bytes", "the canonical encoding")
-    return receipt
+    return Receipt(*fields, node_signature)
 
 
 def sign_as_node(key: nacl.signing.SigningKey, **fields: Any) -> Receipt:
