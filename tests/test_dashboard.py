@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -182,3 +183,96 @@ def test_dashboard_shows_every_member_and_a_killed_one_as_down(tmp_path: Path) -
         assert unexpected == [], unexpected
     finally:
         cluster.stop()
+
+
+LIAR_SERVER = r'''
+import json, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+ANSWERS = {
+    "/health": {"status": "healthy", "ready": True},
+    "/state/root": {"root": "ab" * 32, "events_applied": {"toString": 0}, "pending": {"valueOf": 1}},
+    "/cluster/peers": [None, 7, {"id": {"toString": 0}}],
+    "/cluster/status": {"group_public_key": None, "dkg": {"state": "none", "waiting_for": ["x"] * 100000},
+                        "receipts": {"final": {"toString": 0}, "final_latency_ms": {"p50": "x", "p99": None}}},
+    "/da/routing": {"current_state": "<img src=x onerror=\"document.title='PWNED'\">", "status": "ok",
+                    "write_order": ["primary"] * 100000, "primary_healthy": True},
+}
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ANSWERS.get(self.path.split("?")[0])
+        data = json.dumps(body).encode()
+        self.send_response(200 if body is not None else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Access-Control-Allow-Origin", "*")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def log_message(self, *args):
+        pass
+HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+'''
+
+
+def test_a_lying_member_cannot_blank_freeze_or_script_the_dashboard(tmp_path: Path) -> None:
+    """A member answering {"toString": 0} where a number goes made every render throw: the page stayed on
+    "loading…" for good, the honest members' rows included; 100,000 layer names froze it for seconds a tick (a
+    reviewer's reproductions in Chromium). Each part renders on its own, lists are capped, and markup is text."""
+    chromium, why = find_chromium()
+    if chromium is None:
+        pytest.skip(why)
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    from tests.proc import CoordinatorProcess, free_port
+
+    seed = bytes(range(1, 33))
+    data = tmp_path / "honest"
+    data.mkdir()
+    (data / "identity.key").write_bytes(seed)
+    (data / "identity.key").chmod(0o600)
+    me = bytes(nacl.signing.SigningKey(seed).verify_key).hex()
+    liar = bytes(nacl.signing.SigningKey(bytes(range(2, 34))).verify_key).hex()
+    port, liar_port = free_port(), free_port()
+    fake = subprocess.Popen([sys.executable, "-c", LIAR_SERVER, str(liar_port)])
+    honest = CoordinatorProcess(data, tmp_path / "honest.log", port=port, COORDINATOR_ID="honest",
+                                CLUSTER_PEERS=f"honest={me}@127.0.0.1:{free_port()},liar={liar}@127.0.0.1:{free_port()}",
+                                QUORUM_VALIDATORS=f"http://127.0.0.1:{port},http://127.0.0.1:{liar_port}",
+                                QUORUM_VALIDATOR_KEYS=f"{me},{liar}").start()
+    errors: list[str] = []
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{honest.url}/cluster/members", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, honest.log()
+            time.sleep(0.1)
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, headless=True,
+                                         args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
+            try:
+                page = browser.new_page()
+                page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+                page.goto(f"{honest.url}/dashboard")
+                expect = sync_api.expect
+                expect(page.locator("#members tbody tr[data-member='honest'] td.status")).to_have_text(
+                    "UP", timeout=15_000)
+                polls = int(page.locator("body").get_attribute("data-polls") or 0)
+                expect(page.locator("#members tbody tr[data-member='liar']")).to_have_count(1)
+                page.wait_for_function(f"() => Number(document.body.dataset.polls) >= {polls + 3}", timeout=15_000)
+                started = time.monotonic()
+                counts = page.evaluate("""() => ({chips: document.querySelectorAll('.chip').length,
+                    waiting: document.getElementById('dkg').textContent.length,
+                    images: document.querySelectorAll('main img').length, title: document.title})""")
+                assert time.monotonic() - started < 2  # the page answers at once
+                assert counts["chips"] <= 2 * 16 and counts["waiting"] < 5_000, counts
+                assert counts["images"] == 0 and "PWNED" not in counts["title"], counts
+            finally:
+                browser.close()
+    finally:
+        honest.kill(signal.SIGTERM)
+        if honest.proc is not None:
+            honest.proc.wait(timeout=15)
+        fake.kill()
+        fake.wait()
+    assert not errors, errors

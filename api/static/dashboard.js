@@ -14,6 +14,8 @@
   const RECEIPTS_SHOWN = 15;
   const COLORS = ["#2563eb", "#16a34a", "#d97706", "#db2777", "#7c3aed", "#0891b2", "#65a30d", "#dc2626"];
   const SVG_NS = "http://www.w3.org/2000/svg";
+  const MAX_LIST = 16;          // items of a list shown from one member's answer (a lying member sent 100,000)
+  const MAX_FIRST_SEEN = 5000;  // receipt ids remembered for the "newest first" order
 
   const state = {
     members: [],             // [{id, public_key, peer_address, http_url, self}]
@@ -34,13 +36,23 @@
     try {
       const resp = await fetch(url, {signal: ctrl.signal, cache: "no-store"});
       let body = null;
-      try { body = await resp.json(); } catch (_) { body = null; }
+      try { body = JSON.parse(await resp.text(), plain); } catch (_) { body = null; }
       return {answered: true, ok: resp.ok, status: resp.status, body};
     } catch (err) {
       return {answered: false, ok: false, status: 0, body: null, error: String(err && err.message || err)};
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  // A JSON reviver: only plain data. A member's answer {"toString": 0} made every String() of it throw, and with
+  // it every render: one lying member blanked the page for good (a reviewer's reproduction).
+  function plain(key, value) {
+    return key === "toString" || key === "valueOf" || key === "toJSON" ? undefined : value;
+  }
+
+  function list(value) {  // an array from an answer, at most MAX_LIST items
+    return Array.isArray(value) ? value.slice(0, MAX_LIST) : [];
   }
 
   function baseOf(member) {
@@ -81,13 +93,13 @@
     const now = Date.now() / 1000;
     const receipts = view.up && view.cluster ? view.cluster.receipts : null;
     const series = state.history.get(member.id) || [];
-    if (receipts) {
+    if (receipts && Number.isFinite(receipts.final)) {  // (numbers only: a member may answer anything)
       const prev = state.last.get(member.id);
       let rate = null;
       if (prev && now > prev.t && receipts.final >= prev.final) rate = (receipts.final - prev.final) / (now - prev.t);
       state.last.set(member.id, {t: now, final: receipts.final});
       const lat = receipts.final_latency_ms;
-      series.push({t: now, rate, p50: lat ? lat.p50 : null});
+      series.push({t: now, rate, p50: lat && Number.isFinite(lat.p50) ? lat.p50 : null});
     } else {
       state.last.delete(member.id);
       series.push({t: now, rate: null, p50: null});  // a gap in the line
@@ -111,10 +123,16 @@
       return;
     }
     const now = Date.now();
-    for (const doc of r.body.receipts) {
+    const docs = r.body.receipts.filter(d => d && typeof d === "object" && typeof d.receipt_id === "string")
+      .slice(0, RECEIPTS_LIMIT);
+    for (const doc of docs) {
       if (!state.firstSeen.has(doc.receipt_id)) state.firstSeen.set(doc.receipt_id, now);
     }
-    state.receipts = {source: source.id, docs: r.body.receipts, truncated: r.body.next_after !== null, error: null};
+    if (state.firstSeen.size > MAX_FIRST_SEEN) {  // forget those no longer listed (a page left open for days)
+      const listed = new Set(docs.map(d => d.receipt_id));
+      for (const id of state.firstSeen.keys()) if (!listed.has(id)) state.firstSeen.delete(id);
+    }
+    state.receipts = {source: source.id, docs, truncated: r.body.next_after !== null, error: null};
   }
 
   async function tick() {
@@ -144,9 +162,23 @@
     }
     for (const c of children) {
       if (c === null || c === undefined) continue;
-      node.append(c instanceof Node ? c : String(c));
+      node.append(c instanceof Node ? c : text(c));
     }
     return node;
+  }
+
+  function text(value) {  // what a cell shows of a value from an answer: never throws
+    if (typeof value === "string") return value;
+    if (typeof value === "number" || typeof value === "boolean") return String(value);
+    try { return String(value); } catch (_) { return "(invalid)"; }
+  }
+
+  // Render one part of the page, or say it failed: one member's malformed answer must not stop the rest.
+  function guarded(what, fn, fallback) {
+    try { return fn(); } catch (err) {
+      console.warn(`dashboard: cannot render ${what}`, err);
+      return fallback === undefined ? null : fallback(err);
+    }
   }
 
   function svg(tag, attrs, text) {
@@ -189,7 +221,7 @@
     const upViews = state.members.map(m => state.views.get(m.id)).filter(v => v && v.up);
     const roots = majority(upViews.map(v => v.root && v.root.root));
     const keys = majority(upViews.map(v => v.cluster && v.cluster.group_public_key));
-    const rows = state.members.map(m => {
+    const rows = state.members.map(m => guarded(`member ${m.id}`, () => {
       const v = state.views.get(m.id);
       const status = statusOf(v);
       const up = v && v.up;
@@ -198,7 +230,7 @@
       const receipts = up && v.cluster ? v.cluster.receipts : null;
       const lat = receipts ? receipts.final_latency_ms : null;
       const routing = up ? v.routing : null;
-      const layers = routing && Array.isArray(routing.write_order) ? routing.write_order.map(name => {
+      const layers = routing && Array.isArray(routing.write_order) ? list(routing.write_order).map(name => {
         const healthy = routing[`${name}_healthy`];
         return el("span", {class: `chip ${healthy ? "ok" : "bad"}${name === routing.current_state ? " current" : ""}`,
                            title: `${name}: ${healthy ? "healthy" : "unhealthy"}`
@@ -222,8 +254,9 @@
         el("td", {class: `mono group-key${key && keys.distinct > 1 && key !== keys.value ? " differs" : ""}`, title: key || ""},
            key ? short(key, 12) : (up && v.cluster ? (v.cluster.dkg ? `DKG ${v.cluster.dkg.state}` : "none") : "—")),
         el("td", {class: "num final"}, receipts ? receipts.final : "—"),
-        el("td", {class: "num"}, lat ? `${lat.p50} / ${lat.p99}` : "—"));
-    });
+        el("td", {class: "num"}, lat ? `${text(lat.p50)} / ${text(lat.p99)}` : "—"));
+    }, () => el("tr", {"data-member": m.id, class: "member status-invalid"},
+               el("td", {class: "id"}, m.id), el("td", {colspan: 10, class: "bad"}, "invalid answer"))));
     replaceRows(document.querySelector("#members tbody"), rows);
     const note = document.getElementById("members-note");
     note.textContent = state.membersError ? `Member list: ${state.membersError}` :
@@ -254,7 +287,7 @@
       const cells = ids.map(to => {
         if (to === m.id) return el("td", {class: "self"}, "—");
         if (!v || !v.up || !v.peers) return el("td", {class: "unknown", "data-link": `${m.id}>${to}`}, "?");
-        const link = v.peers.find(p => p.id === to);
+        const link = v.peers.find(p => p && typeof p === "object" && p.id === to);
         if (!link) return el("td", {class: "unknown", "data-link": `${m.id}>${to}`}, "not a peer");
         const cls = link.state === "up" ? "ok" : (link.state === "suspect" ? "warn" : "bad");
         const rtt = link.state !== "up" || link.rtt_ms === null || link.rtt_ms === undefined ? ""
@@ -341,13 +374,15 @@
       ["DKG state", d.state || "—"],
       ["session", d.session || "—"],
       ["sessions run", d.sessions_run === undefined ? "—" : d.sessions_run],
-      ["waiting for", d.waiting_for && d.waiting_for.length ? d.waiting_for.join(", ") : "—"],
+      ["waiting for", list(d.waiting_for).length ? list(d.waiting_for).map(text).join(", ") : "—"],
       ["error", d.error || "—"],
-      ["excluded", d.excluded && d.excluded.length ? d.excluded.map(e => `${e.id}: ${e.proof}`).join("; ") : "—"],
+      ["excluded", list(d.excluded).length
+        ? list(d.excluded).map(e => `${text(e && e.id)}: ${text(e && e.proof)}`).join("; ") : "—"],
     ];
     facts.replaceChildren(...pairs.flatMap(([k, val]) => [
       el("dt", {}, k), el("dd", {class: k === "group public key" || k === "session" ? "mono" : ""}, val)]));
-    replaceRows(document.querySelector("#dkg-members tbody"), (c.members || []).map(m => el("tr", {},
+    replaceRows(document.querySelector("#dkg-members tbody"), list(c.members).filter(m => m && typeof m === "object")
+      .map(m => el("tr", {},
       el("td", {}, m.id), el("td", {class: "num"}, m.identifier),
       el("td", {class: "mono", title: m.public_key}, short(m.public_key, 16)),
       el("td", {class: "mono", title: m.verifying_share || ""}, m.verifying_share ? short(m.verifying_share, 16) : "—"),
@@ -375,18 +410,18 @@
         el("td", {class: "mono", title: rc.subject || ""}, short(rc.subject, 20)),
         el("td", {class: "num"}, doc.epoch),
         el("td", {}, rc.timestamp ? new Date(rc.timestamp * 1000).toLocaleTimeString() : ""),
-        el("td", {}, Array.isArray(doc.signers) ? doc.signers.join(", ") : (doc.reason || "")));
+        el("td", {}, Array.isArray(doc.signers) ? list(doc.signers).map(text).join(", ") : (doc.reason || "")));
     });
     if (!rows.length) rows.push(el("tr", {}, el("td", {colspan: 8, class: "muted"}, "no receipts yet")));
     replaceRows(tbody, rows);
   }
 
   function render() {
-    renderMembers();
-    renderLinks();
-    renderCharts();
-    renderDkg();
-    renderReceipts();
+    guarded("the members", renderMembers);
+    guarded("the peer links", renderLinks);
+    guarded("the charts", renderCharts);
+    guarded("the DKG", renderDkg);
+    guarded("the receipts", renderReceipts);
     document.body.dataset.polls = String(state.tick + 1);
   }
 
