@@ -23,6 +23,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from node.config import Config
+from protocol.manager import host_port
 
 STATIC_PACKAGE = "api"
 # route → (file in api/static, media type)
@@ -77,7 +78,7 @@ def members_json(config: Config, public_key: bytes) -> dict[str, Any]:
                                            "peer_address": None, "http_url": None, "self": True}]}
     me = next((p.id for p in config.peers if p.public_key == public_key), None)
     return {"self": me, "members": [
-        {"id": p.id, "public_key": p.public_key.hex(), "peer_address": f"{p.host}:{p.port}",
+        {"id": p.id, "public_key": p.public_key.hex(), "peer_address": host_port(p.host, p.port),
          "http_url": None if p.id == me else by_key.get(p.public_key), "self": p.id == me}
         for p in config.peers]}
 

@@ -198,24 +198,33 @@ def _check_url(raw: str, var: str) -> None:
     except ValueError:
         parts, port = None, 0
     if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname or port == 0
-            or any(c.isspace() for c in raw)):
+            or not raw.isprintable() or any(c.isspace() for c in raw) or not _is_host(parts.hostname)):
+        # (a host name that is none, "a..b" say, passed and made the HTTP client fail at start with a traceback)
         raise ConfigError(var, raw, "an http:// or https:// URL (http(s)://host[:port][/path], port 1-65535)")
 
 
-def _host(env: Mapping[str, str]) -> str:
-    raw = _get(env, "COORDINATOR_HOST")
-    if raw is None:
-        return "127.0.0.1"
+def _is_host(host: str) -> bool:
+    """An IP address or a host name (letters, digits, hyphens, dots between labels of 1-63 characters)."""
     import ipaddress
 
     try:
-        ipaddress.ip_address(raw)
-        return raw
+        ipaddress.ip_address(host)
+        return True
     except ValueError:
-        pass
-    if not HOSTNAME_RE.fullmatch(raw):
-        raise ConfigError("COORDINATOR_HOST", raw, "an IP address or a host name")
+        return bool(HOSTNAME_RE.fullmatch(host))
+
+
+def _host(env: Mapping[str, str], var: str = "COORDINATOR_HOST") -> str:
+    raw = _get(env, var)
+    if raw is None:
+        return "127.0.0.1"
+    if not _is_host(raw):
+        raise ConfigError(var, raw, "an IP address or a host name")
     return raw
+
+
+def _visible_ascii(token: str) -> bool:
+    return all("!" <= c <= "~" for c in token)
 
 
 def is_loopback(host: str) -> bool:
@@ -290,10 +299,16 @@ def _member_keys(env: Mapping[str, str], peers: tuple[PeerSpec, ...]) -> tuple[t
 
 
 def _peer_address(var: str, raw: str, address: str) -> tuple[str, int]:
+    """(host, port) of ``host:port`` or ``[IPv6]:port``: the port in ASCII digits ("²" passed isdigit, then int()
+    failed with a traceback), the host an IP address or a host name (anything was taken, and never connected)."""
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ConfigError(var, raw, f"peer addresses as host:port, not {address!r}")
-    return host.strip("[]"), int(port)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:  # an IPv6 address needs its brackets: "::1:9000" is ambiguous
+        host = ""
+    if not host or not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535 or not _is_host(host):
+        raise ConfigError(var, raw, f"peer addresses as host:port or [IPv6]:port, not {address!r}")
+    return host, int(port)
 
 
 def _peer(var: str, raw: str, node_id: object, key: object, address: object) -> PeerSpec:
@@ -316,8 +331,8 @@ def _cluster(env: Mapping[str, str]) -> tuple[str | None, tuple[PeerSpec, ...]]:
         try:
             with open(path, "rb") as f:
                 doc = tomllib.load(f)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError("CLUSTER_CONFIG", path, f"a readable TOML file ({exc})") from None
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError("CLUSTER_CONFIG", path, f"a readable TOML file in UTF-8 ({exc})") from None
         members = doc.get("member")
         if not isinstance(members, list) or not members or not all(isinstance(m, dict) for m in members):
             raise ConfigError("CLUSTER_CONFIG", path, "[[member]] tables with id, public_key, peer_address")
@@ -361,6 +376,9 @@ def load(env: Mapping[str, str]) -> Config:
     rpc_url = _url(env, "DA_RPC_URL")
     namespace = _namespace(env)
     token = _get(env, "DA_AUTH_TOKEN")
+    if token is not None and not _visible_ascii(token):  # (it goes in a header: "é" crashed the client at start)
+        raise ConfigError("DA_AUTH_TOKEN", "<not shown>", "visible ASCII characters only (no spaces): it is sent in "
+                          "an HTTP header")
     if not use_mock:
         if rpc_url is None:
             raise ConfigError("DA_RPC_URL", None, "a Celestia node RPC URL (or set USE_MOCK_DA=true)")
@@ -377,9 +395,14 @@ def load(env: Mapping[str, str]) -> Config:
     validators = tuple(v.strip() for v in (validators_raw or "").split(",") if v.strip())
     for url in validators:
         _check_url(url, "QUORUM_VALIDATORS")
+    if len({url.rstrip("/").lower() for url in validators}) != len(validators):
+        # one store listed twice raised the signatures needed, yet its signature counts once
+        raise ConfigError("QUORUM_VALIDATORS", validators_raw, "distinct validator addresses")
     if enable_fallback and fallback_type == "quorum" and not validators:
         raise ConfigError("QUORUM_VALIDATORS", validators_raw, "comma-separated validator addresses")
     validator_keys = _keys(env, "QUORUM_VALIDATOR_KEYS")
+    if len(set(validator_keys)) != len(validator_keys):  # (the quorum refused them later, with a traceback)
+        raise ConfigError("QUORUM_VALIDATOR_KEYS", env.get("QUORUM_VALIDATOR_KEYS"), "distinct validator keys")
     if validator_keys and len(validator_keys) != len(validators):
         raise ConfigError("QUORUM_VALIDATOR_KEYS", env.get("QUORUM_VALIDATOR_KEYS"),
                           f"one key per QUORUM_VALIDATORS entry ({len(validators)}), in the same order")
@@ -391,7 +414,7 @@ def load(env: Mapping[str, str]) -> Config:
         raise ConfigError("EMERGENCY_DA_URL", None, "the emergency DA URL when FALLBACK_DA_TYPE=emergency")
 
     api_token = _get(env, "COORDINATOR_API_TOKEN")
-    if api_token is not None and not all("!" <= c <= "~" for c in api_token):
+    if api_token is not None and not _visible_ascii(api_token):
         # it travels in a header, which the server decodes as latin-1 and clients encode as they like: a token
         # with "é" in it could never match, whatever the client sent
         raise ConfigError("COORDINATOR_API_TOKEN", "<not shown>", "visible ASCII characters only (no spaces): it "
@@ -452,12 +475,13 @@ def load(env: Mapping[str, str]) -> Config:
         max_inflight_writes=_int(env, "MAX_INFLIGHT_WRITES", 1024, 1, 1_000_000),
         cluster_id=cluster_id,
         peers=peers,
-        peer_host=_get(env, "PEER_HOST") or "127.0.0.1",
+        peer_host=_host(env, "PEER_HOST"),
         peer_port=_int(env, "PEER_PORT", 0, 0, 65535),
         peer_heartbeat_ms=_int(env, "PEER_HEARTBEAT_MS", 1000, 10, 60_000),
         dkg_threshold=_dkg_threshold(env, len(peers)),
         dkg_auto=_bool(env, "DKG_AUTO", True),
-        keystore_passphrase=(env.get("KEYSTORE_PASSPHRASE") or "").encode() or None,
+        # the bytes the operator gave (a Latin-1 value reaches us as surrogates: .encode() failed with a traceback)
+        keystore_passphrase=(env.get("KEYSTORE_PASSPHRASE") or "").encode("utf-8", "surrogateescape") or None,
         receipt_batch_max=_int(env, "RECEIPT_BATCH_MAX", 256, 1, 1024),
         receipt_batch_wait_ms=_int(env, "RECEIPT_BATCH_WAIT_MS", 2, 0, 10_000),
         receipt_epoch_grace=_int(env, "RECEIPT_EPOCH_GRACE", 1, 0, 1_000_000),

@@ -28,6 +28,7 @@ from hypercorn.trio.tcp_server import TCPServer
 
 from node.config import ConfigError, log_format, log_level
 from node.identity import KeyFileError
+from protocol.manager import host_port
 
 log = logging.getLogger("dsdn.process")
 
@@ -41,8 +42,6 @@ def tune_gc() -> None:
 KEEP_ALIVE_S = 75.0
 
 
-def _bind(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def close_connections_at_eof() -> None:
@@ -104,7 +103,7 @@ def hypercorn_config(host: str, port: int) -> HyperConfig:
     close_connections_at_eof()
     contain_connection_failures()
     hcfg = HyperConfig()
-    hcfg.bind = [_bind(host, port)]
+    hcfg.bind = [host_port(host, port)]
     hcfg.accesslog = None
     hcfg.errorlog = logging.getLogger("hypercorn.error")
     hcfg.graceful_timeout = 5.0

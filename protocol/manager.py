@@ -107,7 +107,7 @@ class Member:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return host_port(self.host, self.port)
 
 
 @dataclass
@@ -264,7 +264,7 @@ class PeerManager:
             self.port = listeners[0].socket.getsockname()[1]
             await nursery.start(partial(trio.serve_listeners, self._inbound, list(listeners),
                                         handler_nursery=nursery))
-            self.url = f"ws://{self.host}:{self.port}{PATH}"
+            self.url = f"ws://{host_port(self.host, self.port)}{PATH}"
             for peer_id, link in self.peers.items():
                 if self.my_id < peer_id:
                     nursery.start_soon(self._dial_forever, link)
@@ -272,7 +272,7 @@ class PeerManager:
 
     async def _dial_forever(self, link: PeerLink) -> None:
         m = link.member
-        url = f"ws://{m.host}:{m.port}{PATH}"
+        url = f"ws://{host_port(m.host, m.port)}{PATH}"
         delay = 0.1
         while True:
             if link.conn is None:
@@ -580,7 +580,7 @@ def _allow_full_messages(ws: WebSocketConnection) -> None:
 
 def _address(ws: WebSocketConnection) -> str:
     remote = ws.remote
-    return f"{remote.address}:{remote.port}" if isinstance(remote, Endpoint) else str(remote)
+    return host_port(remote.address, remote.port) if isinstance(remote, Endpoint) else str(remote)
 
 
 def _remote(stream: trio.SocketStream) -> str:
@@ -588,4 +588,10 @@ def _remote(stream: trio.SocketStream) -> str:
         host, port = stream.socket.getpeername()[:2]
     except OSError:
         return "?"
-    return f"{host}:{port}"
+    return host_port(host, port)
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port``, an IPv6 address in brackets (``ws://::1:9000/...`` is no URL: links to an IPv6 peer never
+    came up, a reviewer's reproduction)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

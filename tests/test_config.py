@@ -192,6 +192,10 @@ def test_dkg_threshold_below_the_floor_is_a_configuration_error() -> None:
     ("DA_RPC_URL", "http://127.0.0.1:0", {}), ("DA_RPC_URL", "ftp://celestia:26658", {}),
     ("EMERGENCY_DA_URL", "http://x:abc", {"ENABLE_FALLBACK": "true", "FALLBACK_DA_TYPE": "emergency"}),
     ("QUORUM_VALIDATORS", "http://v1:8080,not-a-url", {"ENABLE_FALLBACK": "true", "FALLBACK_DA_TYPE": "quorum"}),
+    # a host name that is none ("a..b", a label of 64 characters) or a control character: the HTTP client failed
+    # at start with a UnicodeError or InvalidURL traceback (a reviewer's reproductions)
+    ("DA_RPC_URL", "http://a..b:9", {}), ("DA_RPC_URL", f"http://{'a' * 64}.example:9", {}),
+    ("DA_RPC_URL", "http://127.0.0.1:9/\x7f", {}),
 ])
 def test_a_url_the_http_client_cannot_use_is_a_configuration_error(var: str, value: str,
                                                                     extra: dict[str, str]) -> None:
@@ -203,4 +207,47 @@ def test_a_url_the_http_client_cannot_use_is_a_configuration_error(var: str, val
         load(env)
     assert err.value.var == var and "port 1-65535" in str(err.value)
     assert load({**env, var: value.replace("not-a-url", "http://v2:8080").replace("26658x", "26658")
-                 .replace("99999", "9999").replace(":0", ":1").replace("ftp", "https").replace(":abc", ":80")})
+                 .replace("99999", "9999").replace(":0", ":1").replace("ftp", "https").replace(":abc", ":80")
+                 .replace("a..b", "a.b").replace("a" * 64, "a" * 63).replace("\x7f", "")})
+
+
+K2 = "03" * 32
+
+
+@pytest.mark.parametrize(("env", "var", "expected"), [
+    ({"CLUSTER_PEERS": f"c0={K0}@h:\u00b2"}, "CLUSTER_PEERS", "host:port"),  # "²" passed isdigit(), int() failed
+    ({"CLUSTER_PEERS": f"c0={K0}@a b:80"}, "CLUSTER_PEERS", "host:port"),
+    ({"CLUSTER_PEERS": f"c0={K0}@http://x:80"}, "CLUSTER_PEERS", "host:port"),
+    ({"CLUSTER_PEERS": f"c0={K0}@[]:80"}, "CLUSTER_PEERS", "host:port"),
+    ({"CLUSTER_PEERS": f"c0={K0}@::1:80"}, "CLUSTER_PEERS", "[IPv6]:port"),
+    ({"DA_AUTH_TOKEN": "t\u00f6k\u00e9n"}, "DA_AUTH_TOKEN", "visible ASCII"),
+    ({"PEER_HOST": "[::1]"}, "PEER_HOST", "an IP address or a host name"),
+    ({"QUORUM_VALIDATORS": "http://v1:1,http://V1:1/", "ENABLE_FALLBACK": "true", "FALLBACK_DA_TYPE": "quorum"},
+     "QUORUM_VALIDATORS", "distinct"),
+    ({"QUORUM_VALIDATORS": "http://v1:1,http://v2:1", "QUORUM_VALIDATOR_KEYS": f"{K2},{K2}"},
+     "QUORUM_VALIDATOR_KEYS", "distinct"),
+])
+def test_values_that_failed_later_with_a_traceback_are_configuration_errors(env: dict[str, str], var: str,
+                                                                             expected: str) -> None:
+    """Each of these passed the configuration and then stopped the process with a traceback and exit 1 (systemd
+    restarts that), or left a peer link that could never come up (a reviewer's reproductions)."""
+    with pytest.raises(ConfigError) as err:
+        load({"USE_MOCK_DA": "true", "COORDINATOR_ID": "c0", **({} if "CLUSTER_PEERS" in env else
+                                                                 {"CLUSTER_PEERS": f"c0={K0}@127.0.0.1:9200"}), **env})
+    assert err.value.var == var and expected in str(err.value)
+    assert "t\u00f6k" not in str(err.value)  # a token is never shown
+
+
+def test_ipv6_peers_and_unusual_but_valid_values_are_taken(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from protocol.manager import host_port
+
+    cfg = load({"USE_MOCK_DA": "true", "COORDINATOR_ID": "c0", "PEER_HOST": "::1",
+                "CLUSTER_PEERS": f"c0={K0}@[::1]:9200,c1={K1}@[fe80::1]:9201",
+                "KEYSTORE_PASSPHRASE": "caf\udce9"})  # a Latin-1 "é" as Python reads it from the environment
+    assert cfg.peer_host == "::1" and [host_port(p.host, p.port) for p in cfg.peers] == ["[::1]:9200",
+                                                                                         "[fe80::1]:9201"]
+    assert cfg.keystore_passphrase == b"caf\xe9"  # the bytes the operator gave
+    toml = tmp_path / "latin1.toml"
+    toml.write_bytes(b"# caf\xe9\n")
+    with pytest.raises(ConfigError, match="UTF-8"):
+        load({"USE_MOCK_DA": "true", "COORDINATOR_ID": "c0", "CLUSTER_CONFIG": str(toml)})

@@ -229,6 +229,24 @@ async def test_three_managers_link_exchange_request_and_broadcast() -> None:
             await c.request("a", "echo", {"data": b"?"}, timeout_s=0.3, expect="echo.reply")  # a has no handler
 
 
+async def test_peers_on_ipv6_addresses_link() -> None:
+    """``ws://::1:9000/peer/v1`` is no URL: links to an IPv6 peer never came up (a reviewer's reproduction)."""
+    ms = [Member(i, bytes(KEYS[i].verify_key), "::1", free_port()) for i in ("a", "b")]
+
+    @asynccontextmanager
+    async def on_ipv6(member: Member) -> AsyncIterator[PeerManager]:
+        mgr = PeerManager(member.id, KEYS[member.id], "test", ms, registry(), host="::1", port=member.port,
+                          heartbeat_s=0.1)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(mgr.run)
+            yield mgr
+            nursery.cancel_scope.cancel()
+
+    async with on_ipv6(ms[0]) as a, on_ipv6(ms[1]) as b:
+        await wait_for(lambda: a.up_peers() == ["b"] and b.up_peers() == ["a"], what="the IPv6 link")
+        assert a.url.startswith("ws://[::1]:") and a.status()[0]["address"] == f"[::1]:{ms[1].port}"
+
+
 async def test_unknown_key_and_wrong_cluster_are_refused(caplog: pytest.LogCaptureFixture) -> None:
     ms = members(["a", "b"])
     async with running(ms[1], ms) as b:
