@@ -591,7 +591,8 @@ def _remote(stream: trio.SocketStream) -> str:
     return host_port(host, port)
 
 
-def host_port(host: str, port: int) -> str:
+def host_port(host: object, port: int) -> str:
     """``host:port``, an IPv6 address in brackets (``ws://::1:9000/...`` is no URL: links to an IPv6 peer never
-    came up, a reviewer's reproduction)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    came up, a reviewer's reproduction); ``host`` a name or an address (``ipaddress`` objects too)."""
+    text = str(host)
+    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
