@@ -78,6 +78,7 @@ MAX_ABORTED = 4096  # session ids left, remembered (journaled): one evicted coul
 #                     confirming a session this member signed an abort for proves it an "equivocator"
 MAX_REFUSED = 256  # session ids of refused starts (each answered with a signed abort), remembered apart: a flood of
 #                    refused starts evicted the sessions left (a reviewer's run)
+MAX_GROUP_KEYS = 64  # past group keys remembered (one per new DKG)
 MAX_PENDING = 8  # sessions confirmed, then failed, whose key shares are kept for a late certificate: the oldest go
 #                  beyond it (a liar confirming every session with a garbled transcript made them pile up: 688 files
 #                  and an 829 kB journal, rewritten whole at each session, in an hour; a reviewer's run)
@@ -179,6 +180,10 @@ class DkgService:
         path = Path(keystore_path)
         self._journal_path = path.with_name(path.name + ".dkg")
         self._cert_path = path.with_name(path.name + ".cert")
+        # every group key this member has held, oldest first: receipts signed under an earlier key (before a new
+        # DKG) are still the cluster's (``group_keys``)
+        self._group_keys_path = path.with_name(path.name + ".group-keys")
+        self._past_group_keys: list[bytes] = []
 
     # ---- views and commands ------------------------------------------------------------------------
 
@@ -717,7 +722,35 @@ class DkgService:
                               "proofs": [p for p, _ in self.proofs.values()]}, use_bin_type=True)
         await self.run_blocking(keystore.write_private, self._journal_path, data)
 
+    @property
+    def group_keys(self) -> frozenset[bytes]:
+        """Every group key the cluster has signed under, as this member knows: the current one and those it held
+        before a new DKG."""
+        current = [self.key.group_public_key] if self.key is not None else []
+        return frozenset([*self._past_group_keys, *current])
+
+    def _remember_group_key(self, group_key: bytes) -> None:
+        """Add ``group_key`` to the durable list of keys held (blocking)."""
+        if group_key in self._past_group_keys:
+            return
+        keys = [*self._past_group_keys, group_key][-MAX_GROUP_KEYS:]
+        keystore.write_private(self._group_keys_path, msgpack.packb(keys, use_bin_type=True))
+        self._past_group_keys = keys
+
+    def _read_group_keys(self) -> list[bytes]:
+        try:
+            keys = msgpack.unpackb(self._group_keys_path.read_bytes(), raw=False)
+        except FileNotFoundError:
+            return []
+        except Exception as exc:  # msgpack raises many unrelated types for garbage
+            log.warning("ignoring an unreadable list of past group keys %s: %s", self._group_keys_path, exc)
+            return []
+        if not isinstance(keys, list):
+            return []
+        return [k for k in keys if type(k) is bytes and len(k) == 32][-MAX_GROUP_KEYS:]
+
     def _store_final(self, session_id: bytes, key: KeyShare, cert: Certificate, stale: list[Path]) -> None:
+        self._remember_group_key(key.group_public_key)
         keystore.write_private(self._cert_path, msgpack.packb(
             {"session": cert.session, "threshold": cert.threshold, "participants": list(cert.participants),
              "confirms": list(cert.confirms)}, use_bin_type=True))
@@ -768,6 +801,7 @@ class DkgService:
 
     async def _restore(self) -> None:
         state = await self.run_blocking(self._read_state)
+        self._past_group_keys = await self.run_blocking(self._read_group_keys)
         cert = state["cert"]
         if isinstance(cert, dict):
             self.cert = Certificate(cert["session"], cert["threshold"], tuple(cert["participants"]),
@@ -784,6 +818,11 @@ class DkgService:
                     f"members now (this member identifier {self.me}): the membership changed since. Move "
                     f"{self.keystore_path.name} aside on every member and run a new DKG (POST /cluster/dkg)")
             self.key = key
+            if key.group_public_key not in self._past_group_keys:  # (a key share stored by an older version)
+                try:
+                    await self.run_blocking(self._remember_group_key, key.group_public_key)
+                except OSError as exc:
+                    log.warning("cannot record the group key in %s: %s", self._group_keys_path, exc)
             log.info("key share loaded: group key %s, identifier %d, %d-of-%d", self.key.group_public_key.hex(),
                      self.key.identifier, self.key.threshold, len(self.key.verifying_shares))
             floor = threshold_floor(len(self.identifiers))

@@ -74,15 +74,25 @@ class StateLedgerView:
             return None
         return node_id in found[1]
 
-    def _located(self, receipt_id: bytes) -> tuple[Batch, int] | None:
-        """Where the state holds a receipt signed under the cluster's key (any key while this coordinator knows
-        none). A batch a member signed under a key of its own is kept by the state (it cannot tell), but it is no
-        signed receipt: served as final, listed, and counted as the signed receipt of its slot, one made up for any
-        slot stopped the node's genuine receipt for it for good (409: a reviewer's reproduction)."""
+    def _group_keys(self) -> frozenset[str] | None:
+        """The cluster's group keys (hex): the current one and those before a new DKG; None while none is known."""
         key = self._keys.key
-        group = key.group_public_key.hex() if key is not None else None
-        located = self._state().ledger.locate(receipt_id, group)
-        if located is None or (group is not None and located[0].group_key != group):
+        if key is None:
+            return None
+        held = getattr(self._keys, "group_keys", None)
+        return frozenset(k.hex() for k in (held or (key.group_public_key,)))
+
+    def _located(self, receipt_id: bytes) -> tuple[Batch, int] | None:
+        """Where the state holds a receipt signed under one of the cluster's keys (any key while this coordinator
+        knows none). A batch a member signed under a key of its own is kept by the state (it cannot tell), but it
+        is no signed receipt: it was served as final and listed (a reviewer's reproduction). A batch signed under
+        an earlier cluster key, before a new DKG, still is one."""
+        groups = self._group_keys()
+        key = self._keys.key
+        located = self._state().ledger.locate(receipt_id, key.group_public_key.hex() if key is not None else None)
+        if located is None or (groups is not None and located[0].group_key not in groups):
+            if located is not None and groups is not None:  # another batch of it, under an earlier cluster key?
+                return self._state().ledger.locate_under(receipt_id, groups)
             return None
         return located
 
@@ -105,9 +115,12 @@ class StateLedgerView:
         return self._located(receipt_id) is not None
 
     def signed_rival(self, receipt_id: bytes, slot: tuple[str, str, str, int]) -> bytes | None:
+        """Any key counts here: safety first (a member whose lock table was replaced relies on this check, and a
+        batch under a key it does not know may be the cluster's from before it lost its data); a receipt re-signed
+        by a liar needs the node's own signature of a rival, so only a node that signed two receipts for one slot
+        can be held up by it."""
         ids = self._state().ledger.by_slot.get(slot)
-        return min((rid for rid in ids if rid != receipt_id and self._located(rid) is not None),
-                   default=None) if ids else None
+        return min((rid for rid in ids if rid != receipt_id), default=None) if ids else None
 
     def slot_of(self, receipt_id: bytes) -> tuple[str, str, str, int] | None:
         info = self._state().ledger.info.get(receipt_id)
@@ -115,11 +128,10 @@ class StateLedgerView:
 
     def signed_ids(self) -> list[bytes]:
         """Every receipt signed (under the cluster's key) in the state or in a heard batch."""
-        key = self._keys.key
+        groups = self._group_keys()
         ledger = self._state().ledger
         held = ledger.receipts
-        if key is None or not ledger.batches or all(b.group_key == key.group_public_key.hex()
-                                                    for b in ledger.batches.values()):
+        if groups is None or all(b.group_key in groups for b in ledger.batches.values()):
             signed = list(held)  # (the usual case, without a locate per receipt)
         else:
             signed = [rid for rid in held if self._located(rid) is not None]

@@ -193,6 +193,17 @@ class ReceiptLedger:
                     return other, other_index
         return batch, index
 
+    def locate_under(self, receipt_id: bytes, group_keys: frozenset[str]) -> tuple[Batch, int] | None:
+        """A batch signed under one of ``group_keys`` (hex) holding the receipt, and its place there, or None."""
+        entry = self.receipts.get(receipt_id)
+        if entry is None:
+            return None
+        for batch_id, index in sorted({entry[1], *self.also.get(receipt_id, ())}):
+            batch = self.batches[batch_id]
+            if batch.group_key in group_keys:
+                return batch, index
+        return None
+
     def double_signed(self) -> list[tuple[tuple[str, str, str, int], set[bytes]]]:
         """Slots holding more than one signed receipt (must always be empty)."""
         return [(slot, ids) for slot, ids in self.by_slot.items() if len(ids) > 1]

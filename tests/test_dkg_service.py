@@ -899,3 +899,29 @@ async def test_a_key_made_for_another_membership_is_refused_at_start(tmp_path: P
         await nursery.start(same.run)
         assert same.key == services["c1"].key  # the membership it was made for: loaded
         nursery.cancel_scope.cancel()
+
+
+async def test_every_group_key_held_is_remembered_across_restarts_and_new_dkgs(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """Receipts signed under the key of an earlier DKG stay the cluster's (deploy/receipt_view.py counts every key
+    the cluster held): each member keeps the list, durably, through restarts and a new DKG."""
+    net, services = setup(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await start_manual(nursery, net, services)
+        services["c0"].start()
+        await wait_until(lambda: all(s.key is not None for s in services.values()))
+        nursery.cancel_scope.cancel()
+    first = services["c1"].key.group_public_key  # type: ignore[union-attr]
+    assert services["c1"].group_keys == {first}
+    for s in services.values():  # the operator moves every key share aside: a new DKG
+        s.keystore_path.rename(s.keystore_path.with_name("old-share"))
+        s.keystore_path.with_name(s.keystore_path.name + ".cert").unlink(missing_ok=True)
+    net, services = setup(tmp_path, seed=8)
+    async with trio.open_nursery() as nursery:
+        await start_manual(nursery, net, services)
+        assert services["c1"].key is None and services["c1"].group_keys == {first}
+        services["c0"].start()
+        await wait_until(lambda: all(s.key is not None for s in services.values()))
+        second = services["c1"].key.group_public_key  # type: ignore[union-attr]
+        assert second != first and services["c1"].group_keys == {first, second}
+        nursery.cancel_scope.cancel()
