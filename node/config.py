@@ -204,7 +204,7 @@ def _check_url(raw: str, var: str) -> None:
 
 
 def _is_host(host: str) -> bool:
-    """An IP address or a host name (letters, digits, hyphens, dots between labels of 1-63 characters)."""
+    """An IP address or a host name (``HOSTNAME_RE``); "a..b", a label of 64 characters or spaces are neither."""
     import ipaddress
 
     try:
@@ -221,6 +221,14 @@ def _host(env: Mapping[str, str], var: str = "COORDINATOR_HOST") -> str:
     if not _is_host(raw):
         raise ConfigError(var, raw, "an IP address or a host name")
     return raw
+
+
+def _same_store(url: str) -> tuple[str, str, int | None, str]:
+    """What makes two validator URLs one store: scheme, host (any case), port (the scheme's default when absent),
+    path (case kept) without a trailing slash."""
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").rstrip("."), port, parts.path.rstrip("/")
 
 
 def _visible_ascii(token: str) -> bool:
@@ -395,7 +403,7 @@ def load(env: Mapping[str, str]) -> Config:
     validators = tuple(v.strip() for v in (validators_raw or "").split(",") if v.strip())
     for url in validators:
         _check_url(url, "QUORUM_VALIDATORS")
-    if len({url.rstrip("/").lower() for url in validators}) != len(validators):
+    if len({_same_store(url) for url in validators}) != len(validators):
         # one store listed twice raised the signatures needed, yet its signature counts once
         raise ConfigError("QUORUM_VALIDATORS", validators_raw, "distinct validator addresses")
     if enable_fallback and fallback_type == "quorum" and not validators:

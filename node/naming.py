@@ -5,5 +5,7 @@ from __future__ import annotations
 import re
 
 ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-HOSTNAME_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+# a host name as resolvers take it: labels of 1-63 letters, digits, hyphens or underscores (container and service
+# names have them), dots between, one trailing dot allowed (a fully qualified name)
+_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+HOSTNAME_RE = re.compile(rf"^(?=.{{1,253}}\.?$){_LABEL}(\.{_LABEL})*\.?$")

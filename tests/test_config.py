@@ -241,6 +241,16 @@ def test_values_that_failed_later_with_a_traceback_are_configuration_errors(env:
 def test_ipv6_peers_and_unusual_but_valid_values_are_taken(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from protocol.manager import host_port
 
+    # names resolvers take: underscores (container names), a trailing dot (a fully qualified name); the same store
+    # is told by scheme, host and port, its path's case kept (a reviewer's finding: all of these were refused)
+    ok = load({"DA_RPC_URL": "http://celestia_node.example.com.:26658",
+               "DA_NAMESPACE": "00" * 19 + "0123456789abcdef0123", "PEER_HOST": "coord_0", "COORDINATOR_ID": "c0",
+               "CLUSTER_PEERS": f"c0={K0}@coord_0.local.:9200",
+               "QUORUM_VALIDATORS": "http://v1:80/X,http://v1/x"})
+    assert ok.peer_host == "coord_0" and ok.peers[0].host == "coord_0.local." and len(ok.quorum_validators) == 2
+    with pytest.raises(ConfigError, match="distinct"):
+        load({"USE_MOCK_DA": "true", "QUORUM_VALIDATORS": "http://v1:80/x,http://V1/x/"})
+
     cfg = load({"USE_MOCK_DA": "true", "COORDINATOR_ID": "c0", "PEER_HOST": "::1",
                 "CLUSTER_PEERS": f"c0={K0}@[::1]:9200,c1={K1}@[fe80::1]:9201",
                 "KEYSTORE_PASSPHRASE": "caf\udce9"})  # a Latin-1 "é" as Python reads it from the environment
