@@ -8,6 +8,7 @@ timestamp]``. The node signs ``USAGE_DOMAIN + receipt_bytes``; the cluster signs
 
 from __future__ import annotations
 
+import hashlib
 import re
 import struct
 from typing import Any
@@ -94,9 +95,22 @@ def parse(receipt_bytes: bytes) -> Fields:
 
 
 def signed_by_node(receipt_bytes: bytes, node_public_key: bytes, node_signature: bytes) -> bool:
-    """Whether ``node_signature`` is the node's Ed25519 signature of ``USAGE_DOMAIN + receipt_bytes``."""
+    """Whether ``node_signature`` is the node's Ed25519 signature of ``USAGE_DOMAIN + receipt_bytes``. A signature
+    found valid is remembered (``VERIFIED_CACHE`` of them): a member checks each receipt when it locks it, then
+    again when the signed batch is applied to its state, and the second check, ~70 µs a receipt on the event
+    loop, made applying a batch of 1,024 receipts 11 times slower (a reviewer's measurement)."""
+    digest = hashlib.sha256(node_public_key + node_signature + receipt_bytes).digest()
+    if digest in _verified:
+        return True
     try:
         nacl.signing.VerifyKey(node_public_key).verify(USAGE_DOMAIN + receipt_bytes, node_signature)
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, nacl.exceptions.TypeError):
         return False
+    _verified[digest] = None
+    if len(_verified) > VERIFIED_CACHE:
+        del _verified[next(iter(_verified))]  # the oldest (dicts keep insertion order)
     return True
+
+
+VERIFIED_CACHE = 1 << 16  # valid signatures remembered (~100 B each)
+_verified: dict[bytes, None] = {}
