@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any
+from urllib.parse import urlsplit
 
 from quart import Response, request
 from quart.globals import request_ctx
@@ -105,6 +106,21 @@ def _parse_int(text: str) -> int | float:
     return int(text)
 
 
+def _same_origin(origin: str, host: str) -> bool:
+    """Whether a browser's ``Origin`` is this server: the same host, and the same port once defaults are filled in
+    (``http://h`` is ``http://h:80``); a Host without a port (a proxy in front, perhaps terminating TLS) matches the
+    origin's host whatever its scheme."""
+    defaults = {"http": 80, "https": 443}
+    try:
+        theirs, ours = urlsplit(origin), urlsplit(f"//{host}")
+        their_port, our_port = theirs.port or defaults.get(theirs.scheme), ours.port
+    except ValueError:  # a port that is no number
+        return False
+    if theirs.hostname is None or theirs.hostname != ours.hostname:
+        return False
+    return our_port is None or their_port == our_port
+
+
 def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: PeerManager | None = None,
                dkg: DkgService | None = None, receipts: ReceiptService | None = None,
                receipt_view: LedgerView | None = None) -> QuartTrio:
@@ -122,7 +138,7 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
         @wraps(fn)
         async def guarded(*args: Any, **kwargs: Any) -> Any:
             origin = request.headers.get("Origin")
-            if origin is not None and origin != f"{request.scheme}://{request.host}":
+            if origin is not None and not _same_origin(origin, request.host):
                 # a browser's write on behalf of another site: a POST without a body needs no CORS preflight, so
                 # any web page could start a DKG on a coordinator without a token (a reviewer's reproduction).
                 # Our clients (CLI, SDKs, peers) send no Origin; the dashboard only reads.

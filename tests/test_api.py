@@ -473,8 +473,14 @@ async def test_a_browser_write_for_another_origin_is_refused(nursery: trio.Nurse
         assert resp.status_code == 403 and (await resp.get_json())["error"] == "forbidden", path
         assert "403" in doc["paths"][path]["post"]["responses"]
     assert await post(client, "/register", NODE) == {"ok": True}
-    own = {"Origin": "http://localhost"}  # the test client's own origin
-    assert await post(client, "/register", NODE, headers=own) == {"ok": True}
+    for own in ("http://localhost", "https://localhost", "http://localhost:80"):  # the test client's own host,
+        #                       a proxy in front (TLS ended there), a default port spelled out (a reviewer's find)
+        assert await post(client, "/register", NODE, headers={"Origin": own}) == {"ok": True}
+    on_8080 = {"Host": "localhost:8080"}
+    assert await post(client, "/register", NODE, headers={**on_8080, "Origin": "http://localhost:8080"}) == {"ok": True}
+    for other in ("http://localhost:3000", "null", "http://localhost:xx"):  # another service on this host, ...
+        resp = await client.post("/register", json=NODE, headers={**on_8080, "Origin": other})
+        assert resp.status_code == 403, other
     assert (await client.post("/schedule", json={}, headers=evil)).status_code == 404  # not a guarded write
 
 
