@@ -53,8 +53,9 @@ class NonceTable:
             while len(spares) > self.max_spares:
                 self.pop(next(iter(spares)))
         mine = self._of_peer[nonce.peer]
-        while len(mine) > self.max_per_peer:
-            self.pop(next(iter(mine)))
+        while len(mine) > self.max_per_peer:  # the peer's oldest nonce bound to a batch goes first: its spares
+            spares = self._spares_of.get(nonce.peer, {})  # are few (max_spares), and its next batch may need one
+            self.pop(next((c for c in mine if c not in spares), next(iter(mine))))
         while len(self._all) > self.max_total:
             self.pop(next(iter(self._all)))
 
