@@ -262,7 +262,14 @@ def register_receipt_routes(app: QuartTrio, service: ReceiptService | None, view
             raise fail(503, "no_group_key", "this coordinator holds no group key yet (no cluster, or its key "
                        "generation has not finished), so it cannot tell the cluster's signature from anyone's: "
                        "verify offline with `dsdn receipt verify --group-key <the cluster's key>`")
-        valid, reason = rc.verify_document(doc, key.group_public_key)
+        # a receipt signed before a new DKG is the cluster's too: under a key the cluster held (its members keep
+        # them), the document is checked against that key; under any other, against the current one (and fails)
+        assert service is not None  # (a key comes from its key holder)
+        held = getattr(service.keys, "group_keys", None) or frozenset({key.group_public_key})
+        claimed = doc.get("group_public_key") if isinstance(doc, dict) else None
+        group = next((k for k in held if isinstance(claimed, str) and claimed.lower() == k.hex()),
+                     key.group_public_key)
+        valid, reason = rc.verify_document(doc, group)
         return {"valid": valid, "reason": reason}
 
 

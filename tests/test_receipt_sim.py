@@ -1332,6 +1332,27 @@ async def test_receipts_signed_under_the_key_of_an_earlier_dkg_stay_signed(
                                                                          new.group_public_key}))
         view = StateLedgerView(lambda: state, None, after_dkg)  # type: ignore[arg-type]
         assert view.signed_document(r.id) is not None and view.holds(r.id) and r.id in view.signed_ids()
+        c0 = cluster.service("c0")  # and POST /receipts/verify checks such a document against the key it names
+        doc = c0.lookup(r.id)
+        assert doc is not None
+        c0.keys = after_dkg  # type: ignore[assignment]
+        app = QuartTrio(__name__)
+
+        async def json_body() -> Any:
+            from quart import request
+            return await request.get_json()
+
+        api_receipts.register_receipt_routes(app, c0, None, lambda f: f, json_body, Exception,  # type: ignore[arg-type]
+                                             lambda node: None)
+
+        async def verify(document: dict[str, Any]) -> dict[str, Any]:
+            answer = await app.test_client().post("/receipts/verify", json=document)
+            return await answer.get_json()  # type: ignore[no-any-return]
+
+        assert await verify(doc) == {"valid": True, "reason": "valid"}
+        stranger = nacl.signing.SigningKey(b"s" * 32)
+        forged = {**doc, "group_public_key": bytes(stranger.verify_key).hex()}
+        assert (await verify(forged))["valid"] is False
         forgot = types.SimpleNamespace(key=new, group_keys=frozenset({new.group_public_key}))
         blind = StateLedgerView(lambda: state, None, forgot)  # type: ignore[arg-type]
         assert blind.signed_document(r.id) is None and not blind.holds(r.id)
