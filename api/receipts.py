@@ -103,6 +103,7 @@ def register_receipt_routes(app: QuartTrio, service: ReceiptService | None, view
     @mutating
     async def submit_receipt() -> Any:
         wait_ms = v.query_integer(request.args.get("wait_ms"), "wait_ms", 0, 0, MAX_WAIT_MS)
+        until = trio.current_time() + wait_ms / 1000  # wait_ms bounds the whole wait (the lock's included)
         body = await json_body()
         node_id = body.get("node_id")
         registered = node_key(node_id) if isinstance(node_id, str) else None
@@ -123,8 +124,8 @@ def register_receipt_routes(app: QuartTrio, service: ReceiptService | None, view
             raise error(503, {"error": "unavailable", "receipt_id": receipt.id.hex(),  # type: ignore[call-arg]
                               "message": "the receipt is not locked here durably yet: submit it again"},
                         {"Retry-After": "1"})
-        if wait_ms:
-            await wait_for(record, wait_ms / 1000, ("final", "conflict", "rejected"))
+        if wait_ms:  # (it waited for the lock first, up to LOCK_WAIT_S, and then wait_ms more: a reviewer's find)
+            await wait_for(record, until - trio.current_time(), ("final", "conflict", "rejected"))
         settled(record)
         if record.status == "final":
             doc = svc.lookup(receipt.id)
@@ -141,6 +142,7 @@ def register_receipt_routes(app: QuartTrio, service: ReceiptService | None, view
     @mutating
     async def submit_receipts() -> Any:
         wait_ms = v.query_integer(request.args.get("wait_ms"), "wait_ms", 0, 0, MAX_WAIT_MS)
+        until = trio.current_time() + wait_ms / 1000
         items = (await json_body()).get("receipts")
         if not isinstance(items, list) or not 1 <= len(items) <= MAX_BULK:
             raise v.Invalid("receipts", f"a list of 1 to {MAX_BULK} receipts")
@@ -171,7 +173,7 @@ def register_receipt_routes(app: QuartTrio, service: ReceiptService | None, view
                 while record is not None and record.awaiting_lock:
                     await record.changed.wait()
         if wait_ms:
-            with trio.move_on_after(wait_ms / 1000):
+            with trio.move_on_at(until):
                 for record in records:
                     if record is not None:
                         await wait_for(record, MAX_WAIT_MS / 1000, ("final", "conflict", "rejected"))

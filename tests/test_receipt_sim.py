@@ -1423,3 +1423,34 @@ async def test_a_receipt_in_a_batch_in_flight_is_not_queued_again_by_its_retry(
         assert r.id not in c0._queued and r.id in c0._retry and c0.counters.batches == 0
         c0._signing.discard(r.id)  # the batch ended without it signed: the retry queues it now
         await cluster.wait_final({r.id}, members={"c0"}, timeout=10)
+
+
+async def test_wait_ms_bounds_the_whole_wait_of_a_submission(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """POST /receipts?wait_ms=N waited for the receipt's own lock first (up to 10 s), then N more: N did not bound
+    the answer's time (a reviewer's reading). The lock's wait counts in N."""
+    async with started(tmp_path, seed=59) as cluster:
+        c0 = cluster.service("c0")
+        for member in ("c1", "c2", "c3"):  # never signable: it stays locked here
+            cluster.service(member).validate = lambda r: (Verdict.NOT_YET, "not here yet")  # type: ignore
+        lock_own = c0._lock_own
+
+        async def slow_lock(batch: list[rc.Receipt], batch_id: bytes) -> Any:
+            await trio.sleep(3)
+            return await lock_own(batch, batch_id)
+
+        c0._lock_own = slow_lock  # type: ignore[method-assign]
+        app = QuartTrio(__name__)
+
+        async def json_body() -> Any:
+            from quart import request
+            return await request.get_json()
+
+        api_receipts.register_receipt_routes(app, c0, None, lambda f: f, json_body, Exception,  # type: ignore[arg-type]
+                                             lambda node: None)
+        r = cluster.receipt("n1", "obj1")
+        started_at = trio.current_time()
+        answer = await app.test_client().post("/receipts?wait_ms=4000", json=r.to_json())
+        took = trio.current_time() - started_at
+        assert answer.status_code == 202 and (await answer.get_json())["status"] == "locked"
+        assert 3 <= took <= 4.5, took
