@@ -28,7 +28,7 @@ from consensus.receipt_service import KeySource
 from node import events as ev
 from node import merkle
 from node.outbox import Overloaded
-from node.receipt_ledger import Batch, parse_batch
+from node.receipt_ledger import Batch, checked_receipt, parse_batch
 from node.state import State
 
 log = logging.getLogger("dsdn.receipts")
@@ -233,4 +233,6 @@ def verify_batch(fields: tuple[Any, ...], keys: KeySource) -> tuple[Batch, list[
         return None
     if not verify(key.group_public_key, rc.batch_message(key.group_public_key, root, len(raws)), signature):
         return None
+    if not all(checked_receipt(raw, node_signature) is not None for raw, node_signature in batch.wires):
+        return None  # as the ledger keeps such a batch out (a liar re-announcing ours with other node signatures)
     return batch, [hashlib.sha256(raw).digest() for raw in raws]

@@ -71,7 +71,7 @@ def parse_receipt(receipt_bytes: bytes) -> ReceiptInfo | None:
     return ReceiptInfo(rtype, node_id, subject, epoch)
 
 
-def _checked(receipt_bytes: bytes, node_signature: bytes) -> ReceiptInfo | None:
+def checked_receipt(receipt_bytes: bytes, node_signature: bytes) -> ReceiptInfo | None:
     """The slot fields of a receipt of a batch, or None unless it is a valid receipt (strictly decoded, as every
     reader decodes it) signed by its node. The batch's signature covers the receipt bytes, not the node signatures
     beside them: a lying member republished the cluster's batch with garbage node signatures, later, so the register
@@ -157,7 +157,7 @@ class ReceiptLedger:
         batch = parse_batch(fields)
         if batch is None:
             return False
-        infos = [_checked(raw, node_signature) for raw, node_signature in batch.wires]
+        infos = [checked_receipt(raw, node_signature) for raw, node_signature in batch.wires]
         if any(i is None for i in infos) or not _signed(batch):
             return False
         self.batches[batch_id] = batch

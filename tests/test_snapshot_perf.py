@@ -611,6 +611,21 @@ def test_a_batch_whose_receipts_are_not_valid_signed_receipts_is_kept_out_whole(
             assert rc.decode(raw, node_signature).node_signature_valid()
 
 
+def test_an_announced_batch_whose_node_signatures_fail_is_not_heard() -> None:
+    """A batch announced by a peer is served before the state holds it: it is checked as the ledger checks it."""
+    from types import SimpleNamespace
+
+    from deploy.receipt_view import verify_batch
+
+    batch = receipt_events(1, 3)[-1]
+    fields = dict(zip([name for name, _ in ev.SCHEMAS[ev.RECEIPT_BATCH]], batch.fields, strict=True))
+    keys = SimpleNamespace(key=SimpleNamespace(group_public_key=bytes(GROUP.verify_key)))
+    assert verify_batch(batch.fields, keys) is not None  # type: ignore[arg-type]
+    wires = msgpack.unpackb(fields["receipts"])
+    garbled = {**fields, "receipts": msgpack.packb([[raw, bytes(64)] for raw, _ in wires], use_bin_type=True)}
+    assert verify_batch(tuple(garbled.values()), keys) is None  # type: ignore[arg-type]
+
+
 def signed_again_under_an_own_key() -> tuple[list[ev.Event], ev.Event, bytes]:
     """A signed batch of 3 receipts (with the node keys), and a later batch of the same receipts signed by a member
     under a key of its own (it passes the ledger's own check): (events, that batch, its key)."""
