@@ -36,10 +36,14 @@ from node.state import State
 
 FILE = "snapshot.msgpack"
 WRITE_BATCH = 4 << 20  # encoded bytes handed to the writing thread at a time
-FORMAT = 6
-READABLE = (2, 3, 4, 5, 6)
-LAYOUTS = {4: 4, 5: 5, 6: 5}  # format -> the state layout it carries (2 and 3 carry none)
+FORMAT = 7
+READABLE = (2, 3, 4, 5, 6, 7)
+LAYOUTS = {4: 4, 5: 5, 6: 5, 7: 5}  # format -> the state layout it carries (2 and 3 carry none)
 CHECKED = 6  # formats from this one on end with the CRC entry
+# formats from this one on were written by a version whose ledger checks every receipt of a batch (node signature
+# included): an older snapshot may hold a batch that check keeps out, and a coordinator restored from it would hold
+# another root than one rebuilt from DA, so its batches are checked once as it loads
+RECEIPTS_CHECKED = 7
 TAIL = msgpack.packb("crc") + b"\xce"  # the last entry's key and its value's header (uint 32): the CRC follows
 
 
@@ -98,9 +102,13 @@ def decode(data: bytes | mmap.mmap) -> Snapshot:
                     raise ValueError("snapshot damaged: its CRC-32 does not match its contents")
         try:
             cursors = {str(k): _int(v) for k, v in obj["cursors"].items()}
-            return Snapshot(State.from_snapshot(obj["state"]), cursors, _count(obj["outbox_seq"]))
+            snap = Snapshot(State.from_snapshot(obj["state"]), cursors, _count(obj["outbox_seq"]))
         except (KeyError, TypeError, AttributeError, IndexError, OverflowError) as exc:  # a field of the wrong shape
             raise ValueError(f"malformed snapshot: {type(exc).__name__}: {exc}") from None
+        if obj["format"] < RECEIPTS_CHECKED and (bad := snap.state.ledger.first_unchecked()) is not None:
+            raise ValueError(f"snapshot format {obj['format']} holds receipt batch {bad.hex()[:16]}, which this "
+                             "version keeps out (a receipt that is not valid and signed by its node)")
+        return snap
     finally:
         if collecting:
             gc.enable()
