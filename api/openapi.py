@@ -15,7 +15,14 @@ from typing import Any
 from api import validation as v
 from api.dashboard import DASHBOARD_MEDIA, DASHBOARD_ROUTES
 from api.metrics import METRICS_MEDIA_TYPE, METRICS_ROUTE
-from api.receipts import RECEIPT_DOC, RECEIPT_PATH_PARAMS, RECEIPT_QUERY_PARAMS, RECEIPT_ROUTES, RECEIPT_SUCCESS
+from api.receipts import (
+    RECEIPT_DOC,
+    RECEIPT_ERROR_BODIES,
+    RECEIPT_PATH_PARAMS,
+    RECEIPT_QUERY_PARAMS,
+    RECEIPT_ROUTES,
+    RECEIPT_SUCCESS,
+)
 from node.da.blobstore_client import (
     MAX_LOG_LIMIT,
     MAX_LOG_WAIT_MS,
@@ -164,7 +171,7 @@ QUORUM_ROUTES: list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any], 
 
 # What differs from "200, JSON, schema of the table": another success status, another body for an error.
 _SUCCESS = {("POST", "/cluster/dkg"): 202, **RECEIPT_SUCCESS}
-_ERROR_BODIES: dict[tuple[str, str, int], Schema] = {("GET", "/ready", 503): READY}
+_ERROR_BODIES: dict[tuple[str, str, int], Schema] = {("GET", "/ready", 503): READY, **RECEIPT_ERROR_BODIES}
 _DESCRIBED = {("POST", "/quorum/v1/blobs", 415): "Content-Type is not application/octet-stream"}
 _REQUEST_OPTIONAL = {("POST", "/cluster/dkg")}  # an empty body is allowed
 _MEDIA_TYPES = {**DASHBOARD_MEDIA, METRICS_ROUTE[:2]: METRICS_MEDIA_TYPE}  # successes that are not JSON

@@ -306,7 +306,25 @@ RECEIPT_IN = {"type": "object", "required": ["receipt_type", "node_id", "subject
                        "required": ["execution_commitment"]}}
 RECEIPT_DOC = {"type": "object", "required": ["receipt_id", "receipt", "receipt_bytes", "epoch", "status"],
                "description": "final: with batch {root, tree_size, index, path}, signature, group_public_key, "
-                              "signers — verifiable with Ed25519 and SHA-256 alone"}
+                              "signers — verifiable with Ed25519 and SHA-256 alone",
+               "properties": {
+                   "receipt_id": _HEX64, "receipt": RECEIPT_IN, "receipt_bytes": {"type": "string"},
+                   "epoch": {"type": "integer"}, "status": {"enum": list(STATUSES)},
+                   "batch": {"type": "object", "required": ["root", "tree_size", "index", "path"],
+                             "properties": {"root": _HEX64, "tree_size": {"type": "integer", "minimum": 1},
+                                            "index": {"type": "integer", "minimum": 0},
+                                            "path": {"type": "array", "items": _HEX64}}},
+                   "signature": {"type": "string", "pattern": "^[0-9a-f]{128}$"}, "group_public_key": _HEX64,
+                   "signers": {"type": "array", "items": {"type": "string"}},
+                   "conflicting_receipt_id": _HEX64, "reason": {"type": "string"}}}
+RECEIPT_ACK = {"type": "object", "required": ["receipt_id", "status"],
+               "properties": {"receipt_id": _HEX64, "status": {"enum": list(STATUSES)},
+                              "optimistic": {"type": "object", "description": "the proposer's own signed promise, "
+                                                                              "replaced by the final document"},
+                              "reason": {"type": "string", "description": "why it is still pending"}}}
+SLOT_CONFLICT = {"type": "object", "required": ["error", "message", "receipt_id", "conflicting_receipt_id"],
+                 "properties": {"error": {"const": "slot conflict"}, "message": {"type": "string"},
+                                "receipt_id": _HEX64, "conflicting_receipt_id": {**_HEX64, "type": ["string", "null"]}}}
 BULK_IN = {"type": "object", "required": ["receipts"],
            "properties": {"receipts": {"type": "array", "minItems": 1, "maxItems": MAX_BULK, "items": RECEIPT_IN}}}
 BULK_OUT = {"type": "object", "required": ["results"],
@@ -318,7 +336,7 @@ VERIFIED = {"type": "object", "required": ["valid", "reason"],
             "properties": {"valid": {"type": "boolean"}, "reason": {"type": "string"}}}
 RECEIPT_ROUTES: list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any], tuple[int, ...]]] = [
     ("POST", "/receipts", "Submit a usage receipt for threshold signing; 202 {receipt_id, status, optimistic?}, "
-     "or with ?wait_ms=N 200 and the signed document once final", RECEIPT_IN, _OBJ,
+     "or with ?wait_ms=N 200 and the signed document once final", RECEIPT_IN, RECEIPT_ACK,
      (400, 401, 409, 413, 415, 422, 503)),
     ("POST", "/receipts/batch", f"Submit up to {MAX_BULK} receipts in one request: 200 {{results}}, one entry per "
      "receipt in order ({receipt_id, status, ...}: locked = acknowledged, unavailable = submit it again; with "
@@ -332,6 +350,7 @@ RECEIPT_ROUTES: list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any],
      "reason}", _OBJ, VERIFIED, (400, 413, 415, 422, 503)),
 ]
 RECEIPT_SUCCESS = {("POST", "/receipts"): 202}
+RECEIPT_ERROR_BODIES = {("POST", "/receipts", 409): SLOT_CONFLICT}
 RECEIPT_PATH_PARAMS = {"receipt_id": {"type": "string", "description": "64 hex characters"}}
 RECEIPT_QUERY_PARAMS: dict[tuple[str, str], list[tuple[str, dict[str, Any], bool]]] = {
     ("POST", "/receipts"): [("wait_ms", {"type": "integer", "minimum": 0, "maximum": MAX_WAIT_MS, "default": 0},

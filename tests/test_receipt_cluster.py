@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema_rs
 import nacl.signing
 import pytest
 import trio
@@ -150,6 +151,20 @@ async def test_receipts_across_real_coordinators_with_a_kill_9(cluster4: Cluster
             if r.status_code == 409:
                 body = r.json()
                 assert body["error"] == "slot conflict" and body["conflicting_receipt_id"]
+
+        # 2a. the answers are what /openapi.json says, body by body (its schemas were bare objects before)
+        doc_api = (await http.get(f"{urls[0]}/openapi.json")).json()
+        responses = doc_api["paths"]["/receipts"]["post"]["responses"]
+        schema_of = {code: responses[code]["content"]["application/json"]["schema"] for code in ("202", "409")}
+        assert {"receipt_id", "status"} <= set(schema_of["202"]["required"])
+        assert {"receipt_id", "conflicting_receipt_id"} <= set(schema_of["409"]["required"])
+        for r in [*answers.values(), results[9]]:
+            jsonschema_rs.validate(responses[str(r.status_code)]["content"]["application/json"]["schema"], r.json())
+        acked = await http.post(f"{urls[0]}/receipts", json=make(node_keys, 91))
+        assert acked.status_code == 202
+        jsonschema_rs.validate(responses["202"]["content"]["application/json"]["schema"], acked.json())
+        got = doc_api["paths"]["/receipts/{receipt_id}"]["get"]["responses"]["200"]["content"]["application/json"]
+        jsonschema_rs.validate(got["schema"], doc)
 
         # 2b. one bulk request: valid receipts final and verifiable, rivals within it never both signed, the
         # malformed and the badly signed ones named in their own entries
