@@ -111,6 +111,17 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 120) -> Non
         while not predicate():
             await trio.sleep(0.1)
 
+async def completed_dkg(tmp_path: Path) -> dict[str, DkgService]:
+    """The services of a cluster that ran one DKG to its end, stopped (their key stores in ``tmp_path``)."""
+    net, services = setup(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await start_manual(nursery, net, services)
+        services["c0"].start()
+        await wait_until(lambda: all(s.key is not None for s in services.values()))
+        nursery.cancel_scope.cancel()
+    return services
+
+
 
 def ident(service: DkgService) -> int:
     return next(i for i, k in service.identifiers.items() if k == bytes(service.identity.verify_key))
@@ -873,12 +884,7 @@ async def test_a_key_made_for_another_membership_is_refused_at_start(tmp_path: P
     a key store error saying what to do."""
     from consensus.dkg_service import assign_identifiers
 
-    net, services = setup(tmp_path)
-    async with trio.open_nursery() as nursery:
-        await start_manual(nursery, net, services)
-        services["c0"].start()
-        await wait_until(lambda: all(s.key is not None for s in services.values()))
-        nursery.cancel_scope.cancel()
+    services = await completed_dkg(tmp_path)
     members = dict(services["c0"].members)
     first = min(members.values())
     newcomer = next(bytes(k.verify_key) for k in iter(nacl.signing.SigningKey.generate, None)
@@ -905,12 +911,7 @@ async def test_every_group_key_held_is_remembered_across_restarts_and_new_dkgs(
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     """Receipts signed under the key of an earlier DKG stay the cluster's (deploy/receipt_view.py counts every key
     the cluster held): each member keeps the list, durably, through restarts and a new DKG."""
-    net, services = setup(tmp_path)
-    async with trio.open_nursery() as nursery:
-        await start_manual(nursery, net, services)
-        services["c0"].start()
-        await wait_until(lambda: all(s.key is not None for s in services.values()))
-        nursery.cancel_scope.cancel()
+    services = await completed_dkg(tmp_path)
     first = services["c1"].key.group_public_key  # type: ignore[union-attr]
     assert services["c1"].group_keys == {first}
     for s in services.values():  # the operator moves every key share aside: a new DKG

@@ -133,59 +133,12 @@ def test_the_byzantine_switch_is_refused_on_mainnet(tmp_path: Path, behaviour: s
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("listing_fails", [False, True])
-async def test_the_checker_sees_rivals_final_on_different_coordinators_and_a_listing_it_cannot_read(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listing_fails: bool) -> None:
-    """Rivals for one slot, each final on the coordinator it was sent to (a conflict on the other), passed: slots
-    were checked per coordinator. And a listing that failed counted as an empty one (a reviewer's runs). The
-    coordinators are played by a mock HTTP transport; a real double signature would verify, so verification is
-    taken as passing."""
-    import re
-
-    import httpx
-
-    from deploy import cluster as launcher
-    from deploy import nemesis
-
-    monkeypatch.setattr(nemesis.rc, "verify_document", lambda doc, group: (True, "valid"))
-    r1, r2 = "11" * 32, "22" * 32
-    slot = {"receipt_type": "compute", "node_id": "nem0", "subject": "ab" * 32, "epoch": 5}
-    views = {"c0": {r1: "final", r2: "conflict"}, "c1": {r2: "final", r1: "conflict"}}
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        member, path = request.url.host.split(".")[0], request.url.path
-        if path == "/state/root":
-            return httpx.Response(200, json={"root": "same"})
-        if path == "/cluster/status":
-            return httpx.Response(200, json={"group_public_key": "00" * 32})
-        if path == "/receipts":
-            if listing_fails and member == "c1":
-                return httpx.Response(500, text="boom")
-            return httpx.Response(200, json={"receipts": [{"receipt_id": rid, "status": s, "receipt": slot}
-                                                          for rid, s in views[member].items() if s == "final"],
-                                             "next_after": None})
-        if (found := re.fullmatch(r"/receipts/(\w+)", path)) is not None:
-            return httpx.Response(200, json={"receipt_id": found[1], "status": views[member][found[1]],
-                                             "receipt": slot})
-        return httpx.Response(200, json={})
-
-    nem = nemesis.Nemesis(2, 1, 1, tmp_path, tmp_path / "history.jsonl")
-    nem.members = [launcher.Member("coordinator", c, f"http://{c}.test", "/ready", []) for c in ("c0", "c1")]
-    nem.history = [{"op": "receipt", "to": to, "status": 202, "body": slot, "answer": {"receipt_id": rid,
-                                                                                     "status": "locked"}}
-                   for to, rid in (("c0", r1), ("c1", r2))]
-    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
-        await nem.check(http, trio.current_time())
-    assert any("signed 2 times" in v for v in nem.violations), nem.violations
-    assert any("could not list" in v for v in nem.violations) == listing_fails, nem.violations
-
-
 SLOT = {"receipt_type": "compute", "node_id": "nem0", "subject": "ab" * 32, "epoch": 5}
 R1, R2 = "11" * 32, "22" * 32
 
 
 async def run_checker(tmp_path: Path, views: dict[str, dict[str, str]], history: list[dict[str, Any]],
-                      listed_signature: str = "good") -> list[str]:
+                      listed_signature: str = "good", failing_listing: set[str] | None = None) -> list[str]:
     """The checker against coordinators played by a mock transport: ``views`` member -> receipt id -> status;
     documents verify when their signature is "good" (a real one is not needed to test the checker's logic)."""
     import re
@@ -202,6 +155,8 @@ async def run_checker(tmp_path: Path, views: dict[str, dict[str, str]], history:
         if path == "/cluster/status":
             return httpx.Response(200, json={"group_public_key": "00" * 32})
         if path == "/receipts":
+            if member in (failing_listing or set()):
+                return httpx.Response(500, text="boom")
             return httpx.Response(200, json={"receipts": [
                 {"receipt_id": rid, "status": s, "receipt": SLOT, "signature": listed_signature}
                 for rid, s in views[member].items() if s == "final"], "next_after": None})
@@ -230,6 +185,20 @@ def receipt_op(to: str, rid: str | None, status: int | None, answered: str | Non
     answer: Any = {"receipt_id": rid, "status": answered, **extra} if status is not None else \
         "ConnectError: all attempts to connect failed"
     return {"op": "receipt", "to": to, "status": status, "body": SLOT, "answer": answer}
+
+
+@pytest.mark.parametrize("listing_fails", [False, True])
+async def test_the_checker_sees_rivals_final_on_different_coordinators_and_a_listing_it_cannot_read(
+        tmp_path: Path, listing_fails: bool) -> None:
+    """Rivals for one slot, each final on the coordinator it was sent to (a conflict on the other), passed: slots
+    were checked per coordinator. And a listing that failed counted as an empty one (a reviewer's runs). The
+    coordinators are played by a mock HTTP transport; a real double signature would verify, so a document
+    "verifies" here when its signature is "good"."""
+    views = {"c0": {R1: "final", R2: "conflict"}, "c1": {R2: "final", R1: "conflict"}}
+    history = [receipt_op("c0", R1, 202), receipt_op("c1", R2, 202)]
+    violations = await run_checker(tmp_path, views, history, failing_listing={"c1"} if listing_fails else set())
+    assert any("signed 2 times" in v for v in violations), violations
+    assert any("could not list" in v for v in violations) == listing_fails, violations
 
 
 async def test_a_rival_that_never_reached_the_cluster_excuses_nothing(
