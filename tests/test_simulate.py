@@ -304,7 +304,7 @@ def test_the_cli_reports_exits_by_its_findings_and_replays_across_processes() ->
     assert bad.returncode == 2 and "START:COUNT" in bad.stderr
 
 
-@pytest.mark.parametrize("seed", [534722, 15479, 247])
+@pytest.mark.parametrize("seed", [534722, 15479, 247, 214215])
 def test_seeds_that_once_failed_hold(seed: int) -> None:
     """534722: convergence was checked before a late batch reached every member through DA (checker bug).
     15479: a receipt answered "pending" (not yet valid, nothing durable) was lost when its member crashed, and
