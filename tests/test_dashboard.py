@@ -88,11 +88,19 @@ def sign_receipts(urls: list[str]) -> list[str]:
         return ids
 
 
-def test_dashboard_shows_every_member_and_a_killed_one_as_down(tmp_path: Path) -> None:
+@pytest.fixture
+def browser_tools() -> tuple[str, Any]:
+    """(chromium's path, playwright's sync API); the one skip of this module, saying why, when chromium cannot be
+    installed or playwright is missing."""
     chromium, why = find_chromium()
     if chromium is None:
         pytest.skip(why)
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    return chromium, pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+
+
+def test_dashboard_shows_every_member_and_a_killed_one_as_down(tmp_path: Path, browser_tools: tuple[str, Any]
+                                                               ) -> None:
+    chromium, sync_api = browser_tools
 
     cluster = Cluster(tmp_path / "cluster", tmp_path / "cluster.log", n=N)
     cluster.start()
@@ -213,14 +221,12 @@ HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
 '''
 
 
-def test_a_lying_member_cannot_blank_freeze_or_script_the_dashboard(tmp_path: Path) -> None:
+def test_a_lying_member_cannot_blank_freeze_or_script_the_dashboard(tmp_path: Path,
+                                                                   browser_tools: tuple[str, Any]) -> None:
     """A member answering {"toString": 0} where a number goes made every render throw: the page stayed on
     "loading…" for good, the honest members' rows included; 100,000 layer names froze it for seconds a tick (a
     reviewer's reproductions in Chromium). Each part renders on its own, lists are capped, and markup is text."""
-    chromium, why = find_chromium()
-    if chromium is None:
-        pytest.skip(why)
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    chromium, sync_api = browser_tools
     from tests.proc import CoordinatorProcess, free_port
 
     seed = bytes(range(1, 33))
