@@ -21,15 +21,16 @@ application/octet-stream`` → 200 ``{"position", "hash", "signature", "validato
     404 ``{"error": "blob_not_found"}``; 422 bad hash or namespace.
 ``GET /quorum/v1/log?after=<position>&limit=<1..1000>[&namespace=<hex>][&wait_ms=<0..30000>]`` (defaults after=0,
     limit=100, wait_ms=0) →
-    200 ``{"items": [{"position", "hash", "namespace", "data"}, ...], "head", "cursor", "at_head", "public_key"}``
-    (the key names the log: a store rebuilt at the same URL has another one): blobs in
+    200 ``{"items": [{"position", "hash", "namespace", "data"}, ...], "head", "cursor", "at_head", "public_key",
+    "log_id"}`` (``log_id``, 32 hex, names the log: random, made with the store's database, so a store rebuilt at
+    the same URL, or one that lost its database and kept its key, has another one): blobs in
     log order after ``after``, at most ``limit`` and about 8 MiB of data (always at least one). ``head`` is
     the newest position in the whole log; ``cursor`` is where to continue: the last item returned, or
     ``head`` when the page reached the end (so a follower of one namespace skips the others' blobs).
     ``wait_ms`` makes it a long poll: with nothing (of that namespace) after ``after``, the answer waits up to
     that long for a blob to be stored, so a follower learns of a new blob at once and an idle one asks once per
     wait instead of polling; the store's shutdown answers waiting polls at once (an empty page).
-``GET /quorum/v1/health`` → 200 ``{"ok": true, "head", "public_key"}``.
+``GET /quorum/v1/health`` → 200 ``{"ok": true, "head", "public_key", "log_id"}``.
 
 Positions start at 1 and grow by one per new blob, across namespaces. The signature is Ed25519 by the
 store's key over ``signed_message(namespace, sha256(data))`` (node/da/blobstore_client.py), exactly::
@@ -97,6 +98,8 @@ CREATE TABLE IF NOT EXISTS blobs (
 );
 CREATE INDEX IF NOT EXISTS blobs_by_hash ON blobs (hash);
 CREATE INDEX IF NOT EXISTS blobs_by_namespace ON blobs (namespace, position);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+INSERT OR IGNORE INTO meta (name, value) VALUES ('log_id', randomblob(16));
 """
 
 
@@ -139,6 +142,10 @@ class BlobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        # the log's identity, born with its database: a store whose database was lost (or replaced) while its key
+        # was kept has positions starting at 1 again under the same key, and a follower read on from its old
+        # cursor past the new log's first blobs (a reviewer's reproduction); it compares this instead
+        self.log_id: bytes = self._db.execute("SELECT value FROM meta WHERE name = 'log_id'").fetchone()[0]
         self._lock = trio.Lock()
         self.appended = 0  # blobs stored since start: a long poll waits for this to move
         self._append_event = trio.Event()  # set (and replaced) at each new blob and at stop_waiting
@@ -375,11 +382,12 @@ def register_blobstore_routes(app: QuartTrio, store: BlobStore) -> None:
         items = [{"position": r.position, "hash": r.blob_hash.hex(), "namespace": r.namespace.hex(),
                   "data": base64.b64encode(r.data).decode()} for r in page.items]
         return _json({"items": items, "head": page.head, "cursor": page.cursor, "at_head": page.at_head,
-                      "public_key": store.public_key.hex()})
+                      "public_key": store.public_key.hex(), "log_id": store.log_id.hex()})
 
     @bp.get("/health")
     async def health() -> Response:
-        return _json({"ok": True, "head": await store.head(), "public_key": store.public_key.hex()})
+        return _json({"ok": True, "head": await store.head(), "public_key": store.public_key.hex(),
+                      "log_id": store.log_id.hex()})
 
     app.register_blueprint(bp)
 

@@ -94,8 +94,9 @@ def register_receipt_routes(app: QuartTrio, service: ReceiptService | None, view
         if record.status == "rejected":
             raise fail(422, "receipt_rejected", record.reason, receipt_id=rid)
 
-    async def wait_for(record: Record, seconds: float, until: tuple[str, ...]) -> None:
-        with trio.move_on_after(seconds):
+    async def wait_for(record: Record, deadline: float, until: tuple[str, ...]) -> None:
+        """Wait until ``record``'s status is one of ``until`` or trio's clock passes ``deadline`` (past: no wait)."""
+        with trio.move_on_at(deadline):
             while record.status not in until:
                 await record.changed.wait()
 
@@ -125,7 +126,7 @@ def register_receipt_routes(app: QuartTrio, service: ReceiptService | None, view
                               "message": "the receipt is not locked here durably yet: submit it again"},
                         {"Retry-After": "1"})
         if wait_ms:  # (it waited for the lock first, up to LOCK_WAIT_S, and then wait_ms more: a reviewer's find)
-            await wait_for(record, until - trio.current_time(), ("final", "conflict", "rejected"))
+            await wait_for(record, until, ("final", "conflict", "rejected"))
         settled(record)
         if record.status == "final":
             doc = svc.lookup(receipt.id)
@@ -173,10 +174,9 @@ def register_receipt_routes(app: QuartTrio, service: ReceiptService | None, view
                 while record is not None and record.awaiting_lock:
                     await record.changed.wait()
         if wait_ms:
-            with trio.move_on_at(until):
-                for record in records:
-                    if record is not None:
-                        await wait_for(record, MAX_WAIT_MS / 1000, ("final", "conflict", "rejected"))
+            for record in records:
+                if record is not None:
+                    await wait_for(record, until, ("final", "conflict", "rejected"))
         for k, record in enumerate(records):
             if record is not None:
                 results[k] = bulk_answer(svc, record, with_document=bool(wait_ms))

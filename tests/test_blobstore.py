@@ -101,7 +101,8 @@ async def post_raw(http: httpx.AsyncClient, data: bytes, namespace: bytes = NS) 
 async def test_store_read_log_and_signature(server: Server) -> None:
     async with httpx.AsyncClient(base_url=server.url, timeout=5) as http:
         health = (await http.get("/quorum/v1/health")).json()
-        assert health == {"ok": True, "head": 0, "public_key": server.store.public_key.hex()}
+        assert health == {"ok": True, "head": 0, "public_key": server.store.public_key.hex(),
+                          "log_id": server.store.log_id.hex()}
         r = await post_raw(http, b"hello")
         assert r.status_code == 200 and r.headers["content-type"] == "application/json"
         body = r.json()
@@ -505,6 +506,64 @@ async def test_a_store_rebuilt_at_the_same_url_whose_log_grew_past_our_cursor_is
     await second.shutdown()
     await da.aclose()
     await writer.aclose()
+
+
+async def test_a_store_that_lost_its_database_but_kept_its_key_is_read_from_the_start(
+        nursery: trio.Nursery, tmp_path: Path) -> None:
+    """A store whose database was lost (an operator deleted a damaged file) while its key was kept: its positions
+    start again at 1 under the same key, and a follower read on from its old cursor past the new log's first blobs
+    (a reviewer's reproduction). The log id, made with the database, names the log."""
+    first = await start_server(nursery, tmp_path / "store")
+    port = int(first.url.rsplit(":", 1)[1])
+    da = BlobStoreDA(first.url)
+    for i in range(3):
+        await da.post(b"old-%d" % i)
+    assert (await da.read_after(0, 100)).cursor == 3
+    old_id = first.store.log_id
+    await first.shutdown()
+    for path in (tmp_path / "store").glob("blobs.sqlite3*"):
+        path.unlink()
+    second = await start_server(nursery, tmp_path / "store", port=port)
+    assert second.store.public_key == da.public_key and second.store.log_id != old_id
+    for i in range(5):
+        await da.post(b"new-%d" % i)
+    page = await da.read_after(3, 100)
+    assert [data for _, data in page.items] == [b"new-%d" % i for i in range(5)] and page.cursor == 5
+    assert (await da.health())["log_id"] == second.store.log_id.hex()
+    await second.shutdown()
+    third = await start_server(nursery, tmp_path / "store", port=port)  # a plain restart keeps its log id
+    assert third.store.log_id == second.store.log_id
+    assert (await da.read_after(5, 100)).items == []
+    await third.shutdown()
+    await da.aclose()
+
+
+async def test_a_failed_read_of_a_rebuilt_store_from_the_start_is_tried_again() -> None:
+    """The client took the rebuilt store's key as known before its read from the start: when that read failed, the
+    next read went on from the old cursor in the new log, its first blobs skipped (a reviewer's reproduction)."""
+    blobs = [(i, b"new-log-blob-%d" % i) for i in range(1, 11)]
+    state = {"key": b"\x01" * 32, "fail_from_start": False}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        after = int(request.url.params["after"])
+        if after == 0 and state["fail_from_start"]:
+            state["fail_from_start"] = False
+            return httpx.Response(503, json={"error": "busy", "message": "transient"})
+        items = [{"position": p, "hash": hashlib.sha256(d).hexdigest(), "namespace": DEFAULT_NAMESPACE.hex(),
+                  "data": base64.b64encode(d).decode()} for p, d in blobs if p > after]
+        return httpx.Response(200, json={"items": items, "head": 10, "cursor": 10, "at_head": True,
+                                         "public_key": state["key"].hex()})
+
+    da = BlobStoreDA("http://store.invalid:1", timeout_s=5)
+    await da._http.aclose()
+    da._http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    await da.read_after(0, 5)  # the old log, followed to 5
+    state["key"], state["fail_from_start"] = b"\x02" * 32, True  # rebuilt: another key, its head already past 5
+    with pytest.raises(DAError):
+        await da.read_after(5, 100)
+    page = await da.read_after(5, 100)
+    assert [ref.height for ref, _ in page.items] == list(range(1, 11))
+    await da.aclose()
 
 
 async def test_a_compressed_answer_is_refused_unread(nursery: trio.Nursery) -> None:

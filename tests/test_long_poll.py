@@ -59,7 +59,8 @@ async def test_a_waiting_log_read_with_nothing_new_answers_an_empty_page_after_i
         r = await http.get("/quorum/v1/log", params={"after": 1, "namespace": NS.hex(), "wait_ms": 400})
         took = time.monotonic() - start
         assert r.status_code == 200 and r.json() == {"items": [], "head": 1, "cursor": 1, "at_head": True,
-                                                     "public_key": server.store.public_key.hex()}
+                                                     "public_key": server.store.public_key.hex(),
+                                                     "log_id": server.store.log_id.hex()}
         assert 0.4 <= took < 3
         start = time.monotonic()  # something already after the cursor: no wait at all
         r = await http.get("/quorum/v1/log", params={"after": 0, "namespace": NS.hex(), "wait_ms": 20_000})

@@ -37,6 +37,7 @@ DOMAIN = b"dsdn-quorum-v1"
 NAMESPACE_LEN = 29
 HASH_LEN = 32
 KEY_LEN = 32
+LOG_ID_LEN = 16  # a blob store log id (api/blobstore.py)
 MAX_LOG_LIMIT = 1000
 #: The largest answer read from a store: a log page is at most ~8 MiB of blobs plus one (the store's
 #: LOG_PAGE_BYTES), in base64 inside JSON. A store (or proxy) sending more is misbehaving: it is not read on.
@@ -122,6 +123,7 @@ class BlobStoreDA:
         self._http = httpx.AsyncClient(timeout=timeout_s, trust_env=False, headers={"Accept-Encoding": "identity"})
         self._restarted_at: float | None = None  # trio time we last read its log again from the start
         self._log_key: bytes | None = None  # the key the store's log answers named last (its log's identity)
+        self._log_id: bytes | None = None  # the log id they named last (the same, for a store keeping its key)
 
     @property
     def public_key(self) -> bytes | None:
@@ -161,8 +163,10 @@ class BlobStoreDA:
         if head is not None and not _is_int(head):
             raise self._malformed("log head")
         log_key = _hex(body.get("public_key"), KEY_LEN)  # names the log (absent from an older store's answers)
+        log_id = _hex(body.get("log_id"), LOG_ID_LEN)  # so does its log id (a store's database lost, its key kept)
         known = self._log_key or self._key
-        another_log = log_key is not None and known is not None and log_key != known
+        another_log = ((log_key is not None and known is not None and log_key != known)
+                       or (log_id is not None and self._log_id is not None and log_id != self._log_id))
         if ((_is_int(head) and head < cursor) or another_log) and cursor > 0:
             # The store's log is another one: it restarted (lost its disk, a new store at the same URL). Its
             # positions start again at 1, and reading on from our cursor skipped every blob it takes now, whether
@@ -172,16 +176,19 @@ class BlobStoreDA:
             now = trio.current_time()
             if self._restarted_at is not None and now - self._restarted_at < RESTART_QUIET_S:
                 raise DAError(f"{self.name}: the store's log changed under our cursor {cursor} again")
-            why = (f"it names another key ({log_key.hex()[:16]}…)" if another_log and log_key is not None
-                   else f"its head {head} is behind our cursor {cursor}")
+            why = (f"it names another log (key {log_key.hex()[:16]}…, log id {log_id.hex() if log_id else '-'})"
+                   if another_log and log_key is not None else f"its head {head} is behind our cursor {cursor}")
             log.warning("%s: the store's log is another one (%s; the store was rebuilt?): reading it from the "
                         "start", self.name, why)
-            self._log_key = log_key
+            # (the new log's names are recorded by that read once it worked: recorded before, a failed read left
+            # the next one reading on from our old cursor in the new log: a reviewer's reproduction)
             page = await self.read_after(0, limit)  # no long poll: this call's deadline is spent in part
             self._restarted_at = now  # (only once that read worked: a failed one is retried as any read)
             return page
         if log_key is not None:
             self._log_key = log_key
+        if log_id is not None:
+            self._log_id = log_id
         if _is_int(head) and page_cursor > max(head, cursor):
             raise self._malformed("log cursor (beyond the head)")
         items: list[tuple[BlobRef, bytes]] = []
