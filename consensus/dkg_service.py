@@ -597,7 +597,7 @@ class DkgService:
             await self._leave(running, f"session {s.id.hex()[:12]} completed")  # an abort: no one waits for us
         cert = Certificate(s.id, s.threshold, tuple(s.participants),
                            tuple(msgpack.packb(c.to_wire(), use_bin_type=True) for c in p.certificate()))
-        stale = [self._pending_path(sid) for sid in self._pending if sid != s.id]
+        stale = [self._stored_pending(sid) for sid in self._pending if sid != s.id]
         try:
             await self.run_blocking(self._store_final, s.id, key, cert, stale)
         except (OSError, keystore.KeystoreError) as exc:
@@ -688,6 +688,15 @@ class DkgService:
         reviewer's reproduction)."""
         return self.keystore_path.with_name(f"{self.keystore_path.name}.pending-{session_id.hex()}")
 
+    def _stored_pending(self, session_id: bytes) -> Path:
+        """Where the pending share of ``session_id`` is stored: ``_pending_path``, or where a version before it put
+        it (named by half the id), so a member that confirmed before an upgrade still finds its share (it was lost,
+        and the key never adopted: a reviewer's reproduction). What it holds is checked where it is used: against
+        the stored confirmation (``restore``) or the completed key (``_holds``)."""
+        path = self._pending_path(session_id)
+        legacy = self.keystore_path.with_name(f"{self.keystore_path.name}.pending-{session_id.hex()[:32]}")
+        return legacy if not path.exists() and legacy.exists() else path
+
     async def _store_pending(self, s: SessionInfo) -> None:
         share = s.participant.key_share
         assert share is not None
@@ -706,7 +715,7 @@ class DkgService:
 
     def _forget_pending(self, session_ids: list[bytes]) -> None:
         for sid in session_ids:
-            self._pending_path(sid).unlink(missing_ok=True)
+            self._stored_pending(sid).unlink(missing_ok=True)
 
     async def _save_journal(self, aborted: list[bytes] | None = None, refused: list[bytes] | None = None,
                             dealing: dict[bytes, list[bytes]] | None = None) -> None:
@@ -754,7 +763,7 @@ class DkgService:
         keystore.write_private(self._cert_path, msgpack.packb(
             {"session": cert.session, "threshold": cert.threshold, "participants": list(cert.participants),
              "confirms": list(cert.confirms)}, use_bin_type=True))
-        pending = self._pending_path(session_id)
+        pending = self._stored_pending(session_id)
         if pending.exists() and self._holds(pending, key):
             os.replace(pending, self.keystore_path)
             keystore.fsync_dir(self.keystore_path.parent)
@@ -793,7 +802,7 @@ class DkgService:
             out["journal"] = journal
             for entry in journal.get("pending", []):
                 try:
-                    out["pending"][entry["session"]] = keystore.load(self._pending_path(entry["session"]),
+                    out["pending"][entry["session"]] = keystore.load(self._stored_pending(entry["session"]),
                                                                      identity=self.identity, passphrase=self.passphrase)
                 except keystore.KeystoreError as exc:
                     log.warning("ignoring pending DKG session %s: %s", entry["session"].hex()[:12], exc)

@@ -258,10 +258,13 @@ async def test_the_key_share_is_durable_before_the_confirmation_is_sent(
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("named_by", ["whole id", "half the id"])
 async def test_a_member_that_confirmed_then_crashed_completes_after_restarting(
-        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+        tmp_path: Path, autojump_clock: trio.testing.MockClock, named_by: str) -> None:
     """c3 confirms, but no confirmation reaches it; it crashes. Restarted from its data dir, it resumes the session
-    from its stored pending share and completes with the others' certificate."""
+    from its stored pending share and completes with the others' certificate; also when an older version stored
+    that share (its file named by half the session id: it was not found, the key never adopted; a reviewer's
+    reproduction)."""
     net, services = setup(tmp_path, delay=(0.001, 0.01))
     net.tamper = lambda src, dst, msg: None if dst == "c3" and isinstance(dkg_message(msg), Confirm) else msg
     async with trio.open_nursery() as nursery:
@@ -272,9 +275,12 @@ async def test_a_member_that_confirmed_then_crashed_completes_after_restarting(
         c3 = services["c3"]
         assert c3.key is None and c3.status()["dkg"]["state"] == "confirm"
         assert c3.status()["dkg"]["waiting_for"] == ["c0", "c1", "c2"]
-        assert list(tmp_path.glob("c3.keyshare.pending-*")) and not (tmp_path / "c3.keyshare").exists()
+        [pending] = list(tmp_path.glob("c3.keyshare.pending-*"))
+        assert not (tmp_path / "c3.keyshare").exists()
         scopes["c3"].cancel()
         await trio.sleep(1)
+        if named_by == "half the id":
+            pending.rename(pending.with_name(pending.name[:-32]))
         net.tamper = None
         again = DkgService(net.add("c3"), c3.identity, c3.members, c3.keystore_path, timeout_s=5, run_blocking=inline)
         await run_service(nursery, again)
@@ -282,6 +288,7 @@ async def test_a_member_that_confirmed_then_crashed_completes_after_restarting(
         await wait_until(lambda: again.key is not None, timeout=30)
         one_group_key([*[services[i] for i in ("c0", "c1", "c2")], again])
         assert again.sessions_run == 0  # it completed the session it had confirmed, nothing new
+        assert not list(tmp_path.glob("c3.keyshare.pending-*"))  # renamed into the key store
         nursery.cancel_scope.cancel()
 
 

@@ -146,3 +146,19 @@ async def test_the_events_of_one_write_share_a_commit_even_behind_a_full_group(t
     assert node(90_000).raw not in stored and node(90_001).raw not in stored
     assert not any(e.raw == node(90_000).raw for e in applied)
     outbox.close()
+
+
+async def test_an_empty_write_stores_nothing_and_the_writer_lives_on(tmp_path: Path) -> None:
+    """``append_all([])`` queued an empty group; reaching the writer alone, it killed it (``max`` of nothing), and
+    every later write waited for ever (a reviewer's reproduction)."""
+    applied: list[ev.Event] = []
+    outbox = Outbox(tmp_path / "outbox.sqlite", lambda committed: applied.extend(e for _, e in committed))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(outbox.run)
+        assert await outbox.append_all([]) == []
+        await trio.sleep(0.05)  # the writer's turn, alone with whatever was queued
+        event = ev.make_event(ev.NODE_REGISTERED, (1_000, 0), "c0", id="n1", zone="z", addr="h:1", capacity_gb=1)
+        with trio.fail_after(5):
+            seq = await outbox.append(event)
+        assert seq >= 1 and applied == [event] and outbox.inflight == 0
+        nursery.cancel_scope.cancel()
