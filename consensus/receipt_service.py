@@ -127,7 +127,7 @@ def register(registry: Registry) -> None:
                                    "error": is_str(200)})
     registry.register(FINAL, {"group_key": is_str(64), "root": is_str(64), "tree_size": is_int(1, MAX_BATCH),
                               "signature": is_str(128), "signers": is_str(255 * 140),
-                              "receipts": is_bytes(max_len=900 * 1024)})
+                              "receipts": is_bytes(max_len=rc.MAX_BATCH_BYTES)})
     registry.register(FINAL_ACK, {"kept": is_int(0, 1)})
 
 
@@ -588,7 +588,8 @@ class ReceiptService:
             except BaseException:
                 self._inflight.release()
                 raise
-            batch, self._queue = self._queue[: self.batch_max], self._queue[self.batch_max:]
+            cut = rc.fitting(self._queue, self.batch_max)  # (by count, and by size: see rc.MAX_BATCH_BYTES)
+            batch, self._queue = self._queue[:cut], self._queue[cut:]
             for r in batch:
                 self._queued.discard(r.id)
             nursery.start_soon(self._run_batch_released, batch, self._take_off())
@@ -664,6 +665,7 @@ class ReceiptService:
             now = trio.current_time()
             self._let_go_of_stale_nonces(now, scan=None)  # a signer no proposer asks again holds none for ever
             unsignable_locks: list[tuple[rc.Receipt, str]] = []
+            final_here: list[rc.Receipt] = []
             for rid, when in list(self._retry.items()):
                 record = self.records.get(rid)
                 if record is None or record.status not in ("pending", "locked"):
@@ -671,6 +673,9 @@ class ReceiptService:
                     continue
                 if when > now:
                     continue
+                if self.view.holds(rid):  # signed by a takeover while we were cut off from the peers, not from DA:
+                    final_here.append(record.receipt)  # it was queued and signed again, and its client waiting
+                    continue  # here was answered "locked" (a reviewer's reproduction)
                 if rid in self._signing or rid in self._announcing:  # in a batch in flight (a takeover's, say):
                     self._retry[rid] = now + NOT_YET_RETRY_S  # not queued beside it (two batches signed it)
                     continue
@@ -693,7 +698,10 @@ class ReceiptService:
                     del self._retry[rid]  # not valid here for that long: left to the takeovers of its lock
                 else:
                     self._retry[rid] = now + NOT_YET_RETRY_S
-            if unsignable_locks and self.locks.broken is None:
+            if final_here:
+                self._settle_final(final_here)  # (out of the retries; its lock marked final with the others')
+                self._closing.extend(r.id for r in final_here)
+            if unsignable_locks:  # (settled even with a broken lock table: its client read "locked" for ever)
                 await self._close_unsignable(unsignable_locks)
             if now - last_takeover >= self.takeover_s / 2 and self.keys.key is not None \
                     and self.locks.broken is None:
@@ -725,6 +733,7 @@ class ReceiptService:
         if final:
             async with self._db:
                 await self.run_blocking(partial(self.locks.mark_final, final))
+            self._settle_final([self.records[rid].receipt for rid in final if rid in self.records])
         # final, on its way in a batch of this coordinator, or signed in a heard batch (``_publish_stranded``)
         busy = set(final) | self._queued | self._signing | self._announcing
         busy.update(o.receipt.id for o in open_locks if o.receipt.id not in busy
@@ -772,6 +781,7 @@ class ReceiptService:
             for batch, receipts in groups:
                 await self._inflight.acquire()
                 receipts = [r for r in receipts if self._still_to_take_over(r.id)]
+                receipts = receipts[:rc.fitting(receipts, self.batch_max)]
                 if not receipts:
                     self._inflight.release()
                     continue
@@ -909,6 +919,8 @@ class ReceiptService:
                 lost.append((receipt, rival))
             else:
                 rejected.append(receipt.id)
+        if self.locks.broken is not None:  # settled; the locks stay as they are (nothing signs here any more)
+            return
         if lost:
             await self._lock_table_work(partial(self.locks.close_conflicts, lost, int(self.clock() * 1000)))
         if rejected:
@@ -1419,11 +1431,14 @@ class ReceiptService:
             share = reply["share"] if len(reply["share"]) == 32 else None
             commitment = tuple(reply["commitment"]) if len(reply["commitment"]) == 2 else None
             if share is None:
+                # out of R until the batch ends: an honest refusal carries no commitment, and a liar's refusals
+                # with fresh commitments put it in session after session (44 for one batch, where ROAST's bound
+                # is n - t + 1: a reviewer's reproduction)
                 handle(tracker.forget(ident))
                 if reply["error"]:
                     log.info("%s refused to sign: %s", self.member_of.get(ident), reply["error"])
-            handle(tracker.receive(ident, session.id if share is not None else None, share,
-                                   commitment))  # type: ignore[arg-type]
+                return
+            handle(tracker.receive(ident, session.id, share, commitment))  # type: ignore[arg-type]
 
         async with trio.open_nursery() as nursery:
             # the first session takes the first t ready signers: the responsive ones first, a member that lately
@@ -1525,6 +1540,11 @@ class ReceiptService:
                 receipts.append(rc.Receipt.from_wire(w))
             except rc.ReceiptError:
                 receipts.append(None)
+        if sum(rc.packed_size(len(w)) for w in body["receipts"]) + 5 > rc.MAX_BATCH_BYTES:
+            # signed, it could not be published (a lying proposer's, or one of an older version): nothing locked
+            return {"verdicts": bytes([Verdict.INVALID]) * len(receipts), "conflicts": [],
+                    "reasons": [f"batch over {rc.MAX_BATCH_BYTES} bytes"] * len(receipts), "commitment": [],
+                    "share": b"", "spare": []}
         valid = [r for r in receipts if r is not None]
         decisions: dict[bytes, Decision] = {}
         share = b""
@@ -1564,7 +1584,7 @@ class ReceiptService:
                     decisions: dict[bytes, Decision]) -> bytes:
         """The one-round share of an ``rc.lock`` that names us in its signer set, when every one of its ``count``
         receipts is locked here (decided; the caller releases it only once that is durable); empty otherwise."""
-        if body.get("fast_signers") is None or len(valid) != count or any(
+        if body.get("fast_signers") is None or len(valid) != count or len({r.id for r in valid}) != count or any(
                 (d := decisions.get(r.id)) is None or d.verdict is not Verdict.OK for r in valid):
             return b""
         return self._fast_share(peer, {"batch": body["batch"], "signers": body["fast_signers"],
@@ -1583,6 +1603,8 @@ class ReceiptService:
         if not ids or len(ids) % 32:
             return self._refuse("malformed receipt id list")
         receipt_ids = [ids[i:i + 32] for i in range(0, len(ids), 32)]
+        if len(set(receipt_ids)) != len(receipt_ids):  # a lying proposer minted batches without end from one
+            return self._refuse("a receipt appears twice in the batch")  # locked receipt (a reviewer's find)
         if self.locks.broken is not None:
             return self._refuse(self.locks.broken)
         held: list[rc.Receipt] | None = [self._locked[r] for r in receipt_ids if r in self._locked]
@@ -1594,6 +1616,8 @@ class ReceiptService:
                 return self._refuse(str(exc))
         if held is None:
             return self._refuse("not every receipt of the batch is locked here to that receipt")
+        if rc.fitting(held, len(held)) < len(held):
+            return self._refuse(f"batch over {rc.MAX_BATCH_BYTES} bytes")
         reply = self._sign_share(peer, body, held)
         if reply["share"]:
             self.counters.shares_released += 1

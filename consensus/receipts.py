@@ -22,6 +22,7 @@ import nacl.exceptions
 import nacl.signing
 
 from node import merkle
+from node.events import MAX_BIN
 from node.receipt_bytes import (  # the rules of receipt bytes live with the ledger, which checks them too
     BATCH_DOMAIN,
     HEX64,
@@ -195,6 +196,29 @@ def sign_as_node(key: nacl.signing.SigningKey, **fields: Any) -> Receipt:
 # ---- batches and documents --------------------------------------------------------------------------
 
 
+
+
+# A batch event's ``receipts`` field (msgpack of [[receipt_bytes, node_signature], ...]) is at most this long
+# (node.events.MAX_BIN): a batch of 1,024 receipts with long ids was signed, then could not be published, and its
+# proposer, and every peer keeping it, crashed (a reviewer's reproduction). Batches are cut by size too.
+MAX_BATCH_BYTES = MAX_BIN
+
+
+def packed_size(wire_len: int) -> int:
+    """An upper bound of what a receipt of ``to_wire()`` length ``wire_len`` adds to a batch's packed receipts: a
+    2-element array header, two bin headers (up to 3 and 2 bytes)."""
+    return wire_len + 6
+
+
+def fitting(receipts: list[Receipt], max_count: int) -> int:
+    """How many of ``receipts``, from the first, make a batch of at most ``max_count`` receipts whose packed
+    receipts stay within MAX_BATCH_BYTES (at least one: a receipt alone always fits)."""
+    budget = MAX_BATCH_BYTES - 5  # the outer array's header
+    for count, r in enumerate(receipts[:max_count]):
+        budget -= packed_size(len(r.to_bytes()) + 64)
+        if budget < 0:
+            return max(1, count)
+    return min(len(receipts), max_count)
 
 
 def optimistic_message(receipt_id: bytes) -> bytes:

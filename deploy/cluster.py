@@ -49,6 +49,11 @@ class Member:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)  # for the readiness probe
+    # the identity key (hex) its answers at ``key_path`` must name: another server on its port (a leftover
+    # coordinator, any dev server answering 200) passed the readiness probe while this member could not bind
+    # (a reviewer's reproduction)
+    key: str | None = None
+    key_path: str = ""
     process: trio.Process | None = None
     ready: bool = False
 
@@ -127,7 +132,8 @@ def plan(n: int, base_port: int, data_dir: Path, block_interval_ms: int = 500) -
     store_key = bytes(identity.load_or_create(data_dir / "blobstore").verify_key).hex()
     store = Member("emergency-da", "blobstore", store_url, "/quorum/v1/health", [
         py, "-c", "from deploy.blobstore import main; main()", "--port", str(base_port + 101),
-        "--data-dir", str(data_dir / "blobstore")], {"BLOBSTORE_WRITERS": ",".join(keys)})
+        "--data-dir", str(data_dir / "blobstore")], {"BLOBSTORE_WRITERS": ",".join(keys)}, key=store_key,
+        key_path="/quorum/v1/health")
     urls = [f"http://127.0.0.1:{base_port + i}" for i in range(n)]
     peers = ",".join(f"{cid}={key}@127.0.0.1:{base_port + 200 + i}" for i, (cid, key) in enumerate(zip(ids, keys,
                                                                                                        strict=True)))
@@ -146,8 +152,8 @@ def plan(n: int, base_port: int, data_dir: Path, block_interval_ms: int = 500) -
         Member("coordinator", cid, url, "/ready", [py, "-m", "deploy.coordinator"],
                {**common, "COORDINATOR_ID": cid, "COORDINATOR_PORT": str(base_port + i),
                 "PEER_PORT": str(base_port + 200 + i),
-                "COORDINATOR_DATA_DIR": str(data_dir / cid)})
-        for i, (cid, url) in enumerate(zip(ids, urls, strict=True))
+                "COORDINATOR_DATA_DIR": str(data_dir / cid)}, key=key, key_path="/system/info")
+        for i, (cid, url, key) in enumerate(zip(ids, urls, keys, strict=True))
     ]
     return [devnet, store, *coordinators]
 
@@ -236,12 +242,29 @@ async def _wait_ready(member: Member, http: httpx.AsyncClient) -> None:
                 raise RuntimeError(f"{member.id} exited with code {member.process.returncode}")
             try:
                 if (await http.get(member.url + member.ready_path, headers=member.headers)).status_code == 200:
+                    _check_identity(member, await http.get(member.url + member.key_path) if member.key else None)
                     member.ready = True
                     return
             except httpx.TransportError:
                 pass
             await trio.sleep(0.1)
     raise RuntimeError(f"{member.id} not ready after {READY_TIMEOUT_S:.0f}s ({member.url}{member.ready_path})")
+
+
+def _check_identity(member: Member, answer: httpx.Response | None) -> None:
+    """Raise RuntimeError unless ``answer`` (to ``member.key_path``) names the member's key (None: nothing to
+    check)."""
+    if answer is None:
+        return
+    try:
+        body = answer.json()
+    except ValueError:
+        body = None
+    named = body.get("public_key") if isinstance(body, dict) else None
+    if answer.status_code != 200 or named != member.key:
+        raise RuntimeError(f"{member.id}: another server answers at {member.url} (its {member.key_path} names "
+                           f"{'key ' + str(named)[:16] + '…' if named else 'no key'}, not this member's): is its "
+                           f"port taken?")
 
 
 async def _stop(members: list[Member], hurry: trio.Event, output: Output | None = None) -> None:
@@ -298,6 +321,9 @@ async def run_cluster(n: int, base_port: int, data_dir: Path, block_interval_ms:
     async with trio.open_nursery() as outside:
         outside.start_soon(output.run)
         try:
+            if n == 1:  # (its /cluster/status said the DKG failed, and nothing said why earlier)
+                output.say("[cluster] one coordinator runs no DKG: it keeps the registry but signs no receipts "
+                           "(-n 2 or more for receipts)")
             ignored = sorted(k for k in NOT_INHERITED if k in os.environ)
             if ignored:
                 output.say(f"[cluster] ignoring {', '.join(ignored)} from the environment: the local cluster sets "
@@ -366,6 +392,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not 1 <= args.n <= 50:
         parser.error("-n must be from 1 to 50")
+    if not 1 <= args.block_interval_ms <= 3_600_000:
+        parser.error("--block-interval-ms must be from 1 to 3600000")
     if not 1 <= args.base_port <= 65535 - 200 - args.n:
         parser.error("--base-port must leave room for base-port + 200 + n (the peer ports)")
     lock_data("dsdn cluster", args.data_dir / ".lock")

@@ -56,6 +56,7 @@ T = TypeVar("T")
 
 CHAIN_ID = "dsdn-devnet"
 DEFAULT_PORT = 26658
+MAX_BLOB_BYTES_LIMIT = 64 * 1024 * 1024  # the largest --max-blob-bytes (a real network's blobs are ~2 MB)
 DEFAULT_MAX_BLOB_BYTES = 1_992_294
 FAULT_MODES = ("ok", "down", "slow", "error")
 DEFAULT_SLOW_MS = 1000
@@ -600,6 +601,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--block-interval-ms must be >= 1")
     if not 0 <= args.port <= 65535:
         parser.error("--port must be 0..65535")
+    if not 1 <= args.max_blob_bytes <= MAX_BLOB_BYTES_LIMIT:  # (0 or less refused every blob; its body limit grows
+        parser.error(f"--max-blob-bytes must be from 1 to {MAX_BLOB_BYTES_LIMIT}")  # with it: a bound)
     setup_logging()
     if args.db != ":memory:":
         lock_data("dsdn devnet", Path(args.db + ".lock"))

@@ -180,7 +180,13 @@ class StateLedgerView:
         heard = self._heard.get(bytes.fromhex(batch.root))
         if heard is not None:
             return heard
-        return HeardBatch(batch, dict(zip(_BATCH_FIELDS, values, strict=True)), ids, set(), trio.current_time())
+        fields = dict(zip(_BATCH_FIELDS, values, strict=True))
+        try:  # what the signature does not cover (its signers, say) must still make a valid event: a liar's empty
+            # signers were kept, served, and crashed the service when it published the batch (a reviewer's find)
+            ev.make_event(ev.RECEIPT_BATCH, (0, 0), "check", **fields)
+        except ValueError:
+            return None
+        return HeardBatch(batch, fields, ids, set(), trio.current_time())
 
     def serve(self, heard: HeardBatch, origin: str) -> HeardBatch:
         """Serve a checked batch (its documents) until the state holds it; ``origin`` announced it. The batch
@@ -195,9 +201,11 @@ class StateLedgerView:
         return served
 
     def in_state(self, heard: HeardBatch) -> bool:
-        """Whether the state holds every receipt of the batch."""
+        """Whether the state holds every receipt of the batch signed under a cluster key: a liar's batch of them
+        under a key of its own made members forget a cluster-signed batch DA did not have, and close its locks
+        (a reviewer's reproduction)."""
         held = self._state().ledger.receipts
-        return all(rid in held for rid in heard.ids)
+        return all(rid in held for rid in heard.ids) and all(self.holds(rid) for rid in heard.ids)
 
     def _forget_heard(self, root: bytes) -> HeardBatch:
         heard = self._heard.pop(root)

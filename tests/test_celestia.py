@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from deploy.devnet import serve_devnet
 from node import config as config_mod
@@ -722,3 +723,48 @@ async def test_a_height_beyond_what_sqlite_holds_is_a_node_error_not_a_crash(nur
     with pytest.raises(DARPCError, match="out of range"):
         header_height({"header": {"height": str(2**63)}})
     assert header_height({"header": {"height": str(2**63 - 1)}}) == 2**63 - 1
+
+
+async def test_a_slow_but_healthy_node_lets_reads_and_posts_through_their_time_limits(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The DA stack bounds each operation by one call's time limit (with its retries), but a read is a head call
+    and rounds of GetAll calls, a post a Submit and reads back. A node answering each call in a quarter of the
+    limit never let a catching-up reader past its cursor, and a post it had included counted as failed (it went
+    to the next layer and was paid for twice): reviewers' reproductions. A read returns the heights read as its
+    deadline nears; a post may take its Submit and its reads back."""
+    from node.da.metered import MeteredLayer
+
+    stored: dict[str, Any] = {}
+    gets: list[int] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        req = json.loads(request.content)
+        method, result, error = req["method"], None, None
+        await trio.sleep(0.25 if method != "blob.Submit" else 0.7)
+        if method == "header.NetworkHead":
+            result = {"header": {"height": "1000"}}
+        elif method == "blob.Submit":
+            for blob in req["params"][0]:
+                stored[blob["commitment"]] = blob
+            result = 5
+        elif method == "blob.Get":
+            gets.append(1)
+            if len(gets) == 1:  # a load-balanced replica one block behind
+                error = {"code": 1, "message": "blob: not found"}
+            else:
+                result = stored[req["params"][2]]
+        body = {"jsonrpc": "2.0", "id": req["id"], **({"error": error} if error else {"result": result})}
+        return httpx.Response(200, json=body)
+
+    da = make_client("http://dsdn.invalid", timeout_s=1.0, retry_count=0, retry_delay_s=0.4)
+    da._client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    da._client_run = trio.lowlevel.current_root_task()
+    layer = MeteredLayer(da, 1.0)
+    cursor = 0
+    for _ in range(4):
+        page = await layer.read_after(cursor, 32)
+        assert page.cursor > cursor and not page.at_head
+        cursor = page.cursor
+    ref = await layer.post(b"an event blob")
+    assert ref.height == 5 and len(stored) == 1 and len(gets) == 2
+    await da.aclose()

@@ -468,7 +468,8 @@ async def test_a_launcher_whose_output_is_not_read_keeps_the_cluster_serving_and
                 assert proc.poll() is None, seen.decode(errors="replace")[-3000:]
                 seen += proc.stdout.read() or b""
                 await trio.sleep(0.05)
-        assert b"ignoring CLUSTER_CONFIG" in seen + (proc.stdout.read() or b"")
+        seen += proc.stdout.read() or b""
+        assert b"ignoring CLUSTER_CONFIG" in seen and b"signs no receipts" in seen
         url = next(p["url"] for p in json.loads((data / "cluster.json").read_text())["processes"]
                    if p["role"] == "coordinator")
         async with httpx.AsyncClient(timeout=3) as http:
@@ -511,3 +512,40 @@ def test_a_port_is_never_handed_out_twice_before_it_is_bound() -> None:
     assert len(set(ports)) == len(ports)
     base = free_base_port(4)
     assert not {base + offset for offset in (0, 1, 2, 3, 100, 101, 200, 201, 202, 203)} & set(ports)
+
+
+async def test_a_member_is_ready_only_when_the_server_answering_is_that_member() -> None:
+    """Another server on a coordinator's port (a leftover coordinator, a dev server answering 200 on any path)
+    passed the readiness probe while the coordinator could not bind: the launcher said "ready" and wrote its URL
+    into cluster.json (a reviewer's reproduction). The answer must name the member's key."""
+    from deploy.cluster import Member, _wait_ready
+
+    key = "ab" * 32
+    answers = {"key": "cd" * 32}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"ready": True, "public_key": answers["key"]})
+
+    member = Member("coordinator", "coordinator-0", "http://127.0.0.1:1", "/ready", [], key=key,
+                    key_path="/system/info")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        with pytest.raises(RuntimeError, match=r"another server answers at http://127\.0\.0\.1:1 .*port taken"):
+            await _wait_ready(member, http)
+        assert not member.ready
+        answers["key"] = key
+        await _wait_ready(member, http)
+        assert member.ready
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["devnet", "--max-blob-bytes", "0"], "--max-blob-bytes must be from 1 to"),
+    (["devnet", "--max-blob-bytes", str(2**40)], "--max-blob-bytes must be from 1 to"),
+    (["cluster", "up", "--block-interval-ms", "0"], "--block-interval-ms must be from 1 to"),
+])
+def test_launcher_limits_are_checked_up_front(argv: list[str], says: str, tmp_path: Path) -> None:
+    """A devnet with --max-blob-bytes 0 or less refused every blob; ``cluster up --block-interval-ms 0`` answered
+    with the devnet's usage text (reviewers' finds)."""
+    result = subprocess.run([sys.executable, "-c", "from deploy.cli import main; main()", *argv, *(
+        ["--db", str(tmp_path / "d.sqlite")] if argv[0] == "devnet" else ["--data-dir", str(tmp_path / "c")])],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2 and says in result.stderr and "Traceback" not in result.stderr

@@ -974,7 +974,7 @@ async def test_a_batch_counts_as_in_flight_before_its_task_runs(autojump_clock: 
             await trio.sleep(0.1)
 
         service = bare_service(4, run)
-        service._queue = [types.SimpleNamespace(id=bytes([i])) for i in range(5)]  # type: ignore[misc]
+        service._queue = [types.SimpleNamespace(id=bytes([i]), to_bytes=lambda: b"r") for i in range(5)]  # type: ignore[misc]
         async with trio.open_nursery() as nursery:
             nursery.start_soon(service._batcher, nursery)
             await trio.sleep(0.5)

@@ -66,15 +66,24 @@ class MeteredLayer:
         self.observers: list[Callable[[str, float], None]] = []
         self.head_seen: int | None = None  # the newest head a health check, head() or a read at the head reported
 
+    def _limit(self, what: str) -> float:
+        """The time ``what`` may take: ``timeout_s``, one call's (with its retries), or what the layer says the
+        operation needs when it makes several calls in a row (``op_timeout_s``: a Celestia post is a Submit and
+        its reads back; with one call's time, a post the node had included counted as failed, went to the next
+        layer and was paid for twice: a reviewer's reproduction)."""
+        op_timeout = getattr(self.inner, "op_timeout_s", None)
+        return float(op_timeout(what, self.timeout_s)) if callable(op_timeout) else self.timeout_s
+
     async def _call(self, what: str, fn: Callable[[], Awaitable[T]], wait_s: float = 0.0) -> T:
-        """``fn()`` within ``timeout_s`` (plus ``wait_s``, a long poll's own wait), counted."""
+        """``fn()`` within its limit (``_limit``, plus ``wait_s``, a long poll's own wait), counted."""
         start = time.perf_counter_ns()
+        limit = self._limit(what) + wait_s
         try:
-            with trio.fail_after(self.timeout_s + wait_s):
+            with trio.fail_after(limit):
                 result = await fn()
         except trio.TooSlowError:
             self.metrics.error_count += 1
-            raise DATimeout(f"{self.name}: {what} timed out after {self.timeout_s + wait_s:.3g}s") from None
+            raise DATimeout(f"{self.name}: {what} timed out after {limit:.3g}s") from None
         except DAError:
             self.metrics.error_count += 1
             raise

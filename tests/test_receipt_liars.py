@@ -1,0 +1,260 @@
+"""Receipt consensus against a lying member and at its limits, on the simulated network under MockClock: fields a
+batch signature does not cover, batches too large to publish, a batch signed again under a liar's own key,
+repeated receipt ids, and receipts that became final through DA alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import nacl.signing
+import pytest
+import trio
+import trio.testing
+
+from consensus import frost
+from consensus import receipts as rc
+from consensus.lockstore import SIGNED
+from deploy.simulation import EPOCH, NOW, SimCluster, started
+from node import events as ev
+from node import merkle
+
+
+def cluster_signed(cluster: SimCluster, receipts: list[rc.Receipt], signers: tuple[str, ...] = ("c0", "c1", "c2"),
+                   signers_field: str | None = None) -> dict[str, Any]:
+    """A batch event's fields, genuinely threshold-signed with the members' key shares."""
+    keys = {cluster.members[m].keys.key.identifier: cluster.members[m].keys.key for m in signers}
+    group = next(iter(keys.values())).group_public_key
+    raws = [r.to_bytes() for r in receipts]
+    root = merkle.root(raws)
+    message = rc.batch_message(group, root, len(raws))
+    nonces, commitments = {}, {}
+    for i, key in keys.items():
+        nonces[i], commitments[i] = frost.commit(key.secret_share)
+    shares = {i: frost.sign(i, key.secret_share, group, nonces[i], message, commitments) for i, key in keys.items()}
+    signature = frost.aggregate(commitments, message, group, shares)
+    return {"group_key": group.hex(), "root": root.hex(), "tree_size": len(raws), "signature": signature.hex(),
+            "signers": ",".join(signers) if signers_field is None else signers_field,
+            "receipts": msgpack.packb([[raw, r.node_signature] for raw, r in zip(raws, receipts, strict=True)],
+                                      use_bin_type=True)}
+
+
+async def test_a_signed_batch_whose_unsigned_fields_make_no_event_is_not_kept(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """A liar re-announced a genuinely signed batch with empty signers (a field its signature does not cover): it
+    was kept and served, and publishing it later raised out of the service and took the member down (a reviewer's
+    reproduction). A heard batch must make a valid event; the genuine one is kept."""
+    async with started(tmp_path, seed=5) as cluster:
+        r = cluster.receipt("n1", "obj1")
+        victim = cluster.service("c0")
+        assert await victim._on_final("c3", cluster_signed(cluster, [r], signers_field="")) == {"kept": 0}
+        assert victim.lookup(r.id) is None and victim.locks.heard() == []
+        assert await victim._on_final("c3", cluster_signed(cluster, [r])) == {"kept": 1}
+        assert victim.lookup(r.id)["signers"] == ["c0", "c1", "c2"]
+        await trio.sleep(400)  # republished once DA has not brought it (c3 never published it): no crash
+        assert victim.counters.republished == 1 and victim.lookup(r.id)["status"] == "final"
+
+
+def test_batches_are_cut_so_their_receipts_fit_one_event() -> None:
+    """A batch's packed receipts must fit the event's bin field (MAX_BIN): ``fitting`` cuts by size as well as by
+    count, never below one receipt."""
+    key = nacl.signing.SigningKey(b"k" * 32)
+
+    def long_receipt(k: int) -> rc.Receipt:
+        return rc.sign_as_node(key, receipt_type="storage", node_id=f"{k:04d}" + "N" * 124, subject="h" * 256,
+                               epoch=EPOCH, usage_proof_hash="ab" * 32, execution_commitment=None,
+                               reward_base=10**12, submitter_address="ab" * 20, timestamp=int(NOW))
+
+    receipts = [long_receipt(k) for k in range(1024)]
+    cut = rc.fitting(receipts, 1024)
+    assert 800 < cut < 1024
+    packed = msgpack.packb([[r.to_bytes(), r.node_signature] for r in receipts[:cut]], use_bin_type=True)
+    assert len(packed) <= ev.MAX_BIN
+    over = msgpack.packb([[r.to_bytes(), r.node_signature] for r in receipts[:cut + 1]], use_bin_type=True)
+    assert len(over) > ev.MAX_BIN - 6 * (cut + 1)  # (the bound is tight: a few bytes per receipt at most)
+    assert rc.fitting(receipts, 256) == 256 and rc.fitting(receipts[:3], 256) == 3 and rc.fitting([], 8) == 0
+
+
+async def test_a_thousand_long_receipts_are_signed_and_published_in_batches_that_fit(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """RECEIPT_BATCH_MAX 1024 (allowed) and receipts with long ids (allowed): the signed batch could not be made an
+    event, and the proposer, and each peer keeping it, crashed (a reviewer's reproduction)."""
+    cluster = SimCluster(tmp_path, 4, seed=7, delay=(0.001, 0.01))
+    cluster.service_options = {"batch_max": 1024}
+    raws, keys = [], {}
+    for k in range(8):
+        nid = f"{k}" + "N" * 127
+        keys[nid] = nacl.signing.SigningKey(bytes([k + 1]) * 32)
+        raws.append(ev.make_event(ev.NODE_REGISTERED, (1, k), "c0", id=nid, zone="z", addr="h:1", capacity_gb=10).raw)
+        raws.append(ev.make_event(ev.NODE_KEY, (1, 100 + k), "c0", id=nid,
+                                  public_key=bytes(keys[nid].verify_key).hex()).raw)
+    objects = [f"{o:03d}" + "h" * 253 for o in range(128)]
+    for o, h in enumerate(objects):
+        raws.append(ev.make_event(ev.OBJECT_REGISTERED, (2, o), "c0", hash=h, size=1).raw)
+        for k, nid in enumerate(keys):
+            raws.append(ev.make_event(ev.REPLICA_HEALED, (3, o * 8 + k), "c0", hash=h, node_id=nid).raw)
+    for i in range(0, len(raws), 200):
+        cluster.da.preload(cluster.blob_of_c0(raws[i:i + 200]))
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        receipts = [rc.sign_as_node(keys[nid], receipt_type="storage", node_id=nid, subject=h, epoch=EPOCH,
+                                    usage_proof_hash="ab" * 32, execution_commitment=None, reward_base=10**12,
+                                    submitter_address="ab" * 20, timestamp=int(NOW))
+                    for nid in keys for h in objects]
+        c0 = cluster.service("c0")
+        records = [c0.submit(r) for r in receipts]
+        await cluster.wait_final({r.id for r in receipts}, timeout=60)
+        assert {x.status for x in records} == {"final"} and c0.counters.batches >= 2
+        nursery.cancel_scope.cancel()
+    cluster.close()
+
+
+async def test_a_lock_request_too_large_to_publish_locks_nothing(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """A lying proposer's lock request whose batch, signed, could not be published: refused whole, nothing locked."""
+    async with started(tmp_path, seed=11) as cluster:
+        r = cluster.receipt("n1", "obj1")
+        padding = [b"\x00" * (rc.MAX_RECEIPT_BYTES + 64)] * 600  # malformed receipts, but they count in the size
+        reply = await cluster.service("c2")._on_lock("c3", {"batch": b"B" * 16, "receipts": [r.to_wire(), *padding]})
+        assert set(reply["verdicts"]) == {2} and reply["share"] == b"" and reply["commitment"] == []
+        assert cluster.service("c2").locks.lock_of(r.id) is None
+
+
+async def test_a_batch_naming_one_receipt_twice_gets_no_share(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """Signers released shares for an id list repeating one locked receipt: a liar could mint batches without end
+    (distinct roots) from one lock, each kept by every peer (a reviewer's reproduction)."""
+    async with started(tmp_path, seed=2) as cluster:
+        signer = cluster.service("c2")
+        me = signer.keys.key.identifier
+        r = cluster.receipt("n1", "obj1")
+        released = {}
+        for k in (1, 2, 3):
+            reply = await signer._on_lock("c3", {"batch": bytes([k]) * 16, "receipts": [r.to_wire()]})
+            commitments = {me: tuple(reply["commitment"])}
+            commitments.update({m.keys.key.identifier: frost.commit(m.keys.key.secret_share)[1]
+                                for m in cluster.members.values() if m.id in ("c0", "c3")})
+            ids = sorted(commitments)
+            answer = await signer._on_sign("c3", {"batch": bytes([k]) * 16, "ids": r.id * k, "session": 0,
+                                                  "signers": bytes(ids), "hiding": [commitments[i][0] for i in ids],
+                                                  "binding": [commitments[i][1] for i in ids]})
+            released[k] = (len(answer["share"]) == 32, answer["error"])
+        assert released == {1: (True, ""), 2: (False, "a receipt appears twice in the batch"),
+                            3: (False, "a receipt appears twice in the batch")}
+
+
+async def test_a_receipt_final_through_da_alone_is_final_at_its_proposer(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """c0 locks r everywhere, then is cut off from its peers (not from DA) before signing; c1 takes the batch over
+    and publishes it. c0's state held r signed, yet its record stayed "locked": a client waiting there was answered
+    "locked", and c0 proposed r again every half second (a reviewer's reproduction)."""
+    async with started(tmp_path, seed=3) as cluster:
+        c0 = cluster.service("c0")
+        sign = c0._sign
+
+        async def cut_then_sign(*args: Any, **kwargs: Any) -> Any:
+            cluster.net.partition({"c0"}, {"c1", "c2", "c3"})
+            return await sign(*args, **kwargs)
+
+        c0._sign = cut_then_sign  # type: ignore[method-assign]
+        r = cluster.receipt("n1", "obj1")
+        record = c0.submit(r)
+        with trio.fail_after(5):
+            while record.status == "pending":
+                await trio.sleep(0.001)
+        assert record.status == "locked"
+        started_at = trio.current_time()
+        with trio.fail_after(30):
+            while record.status != "final":
+                await record.changed.wait()
+        assert c0.view.holds(r.id) and cluster.service("c1").counters.takeovers >= 1
+        batches = c0.counters.batches
+        await trio.sleep(10)
+        assert c0.counters.batches == batches and r.id not in c0._retry  # not proposed again
+        assert trio.current_time() - started_at < 30
+
+
+async def test_a_liars_own_key_batch_does_not_settle_a_cluster_signed_batch_kept_here(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """n = 7, t = 5: c0's signed batch is kept by five members, then c0 is lost before publishing it, and liar c6
+    publishes the same receipt under a key of its own. Members counted the state's receipt as settling their kept
+    batch: they forgot it and closed its locks, and the cluster-signed batch never reached DA (a reviewer's
+    reproduction). Only a batch under a cluster key settles it: it is republished."""
+    cluster = SimCluster(tmp_path, 7, seed=9, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        r = cluster.receipt("n1", "obj1")
+        honest = ["c1", "c2", "c3", "c4", "c5"]
+        for m in honest:
+            reply = await cluster.service(m)._on_lock("c0", {"batch": b"B" * 16, "receipts": [r.to_wire()]})
+            assert list(reply["verdicts"]) == [0]
+        fields = cluster_signed(cluster, [r], signers=("c0", "c1", "c2", "c3", "c4"))
+        for m in honest:
+            assert (await cluster.service(m)._on_final("c0", fields))["kept"] == 1
+        cluster.lose("c0")
+        own = nacl.signing.SigningKey(b"\x07" * 32)
+        own_key, root = bytes(own.verify_key), bytes.fromhex(fields["root"])
+        await cluster.write("c6", ev.RECEIPT_BATCH, **{**fields, "group_key": own_key.hex(), "signers": "c6",
+                                                       "signature": own.sign(rc.batch_message(own_key, root, 1))
+                                                       .signature.hex()})
+        await trio.sleep(200)
+        on_da = cluster.rebuilt_from_da().ledger.batches.values()
+        assert any(b.group_key == cluster.group_key.hex() and b.root == fields["root"] for b in on_da)
+        c1 = cluster.service("c1")
+        assert c1.lookup(r.id)["status"] == "final" and c1.locks.lock_of(r.id)[1] == SIGNED
+        assert sum(cluster.service(m).counters.republished for m in honest) >= 1
+        nursery.cancel_scope.cancel()
+    cluster.close()
+
+
+async def test_an_unsignable_locked_receipt_is_settled_with_a_broken_lock_table(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """A receipt locked at its proposer whose epoch leaves the window while that proposer's lock table is broken
+    was taken out of the retries but never settled: its client read "locked" for ever (a reviewer's find)."""
+    async with started(tmp_path, seed=3) as cluster:
+        c0 = cluster.service("c0")
+        r = cluster.receipt("n1", "obj1")
+        record = c0.submit(r)
+        cluster.net.partition({"c0"}, {"c1", "c2", "c3"})
+        with trio.fail_after(10):
+            while not (record.status == "locked" and r.id in c0._retry):
+                await trio.sleep(0.05)
+        c0.locks.broken = "simulated: the disk failed"
+        for m in cluster.members.values():
+            m.skew_s = 2 * 3600.0
+        await trio.sleep(30)
+        assert record.status == "rejected" and "outside" in record.reason and r.id not in c0._retry
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_signers_refusing_with_fresh_commitments_do_not_get_into_session_after_session(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock, seed: int) -> None:
+    """Two liars of seven lock honestly, then answer every signing request at once with a refusal carrying a fresh
+    valid commitment: each refusal put the liar back among the ready signers, and one batch took up to 44 sessions
+    where ROAST's bound is n - t + 1 (a reviewer's reproduction). A refusal leaves a signer out for the batch."""
+    cluster = SimCluster(tmp_path, 7, seed=seed, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        for liar_id in ("c5", "c6"):
+            liar = cluster.service(liar_id)
+
+            def refusing(key: frost.KeyShare) -> Any:
+                async def refuse(peer: str, body: dict[str, Any]) -> dict[str, Any]:
+                    return {"share": b"", "commitment": list(frost.commit(key.secret_share)[1]), "error": "no"}
+                return refuse
+
+            liar.net.on_request("rc.sign", "rc.sign.reply", refusing(liar.keys.key))
+            liar._fast_share = lambda *args: b""  # type: ignore[method-assign]
+        c0 = cluster.service("c0")
+        r = cluster.receipt("n1", "obj1")
+        record = c0.submit(r)
+        with trio.fail_after(10):
+            while record.status != "final":
+                await record.changed.wait()
+        threshold = c0.keys.key.threshold
+        assert c0.counters.batches == 1 and 1 <= c0.counters.sessions <= 7 - threshold + 1
+        nursery.cancel_scope.cancel()
+    cluster.close()
