@@ -138,7 +138,8 @@ ROUTES: list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any], tuple[i
     ("GET", "/da/routing", "DA routing state", None, OBJ, ()),
     ("GET", "/fallback/status", "Fallback status", None, OBJ, ()),
     ("GET", "/fallback/pending", "Blobs pending reconciliation, oldest first (?limit=1..1000, default 1000; "
-     "?after=<blob_id of the previous page's last blob> for the next page; 404 when no blob has it)", None,
+     "?after=<blob_id of the previous page's last blob> for the next page; 404 when no blob has it). A full "
+     "page carries a Link header (rel=\"next\") to the next one", None,
      {"type": "array"}, (404, 422)),
     ("POST", "/fallback/reconcile", "Run reconciliation now", None, OBJ, (401, 409)),
     ("GET", "/fallback/consistency", "Check the newest published blobs (200 of each kind, within 10 s, then the "

@@ -74,6 +74,8 @@ BATCH_ID_SIZE = 16
 #: stalled: the next batch starts beside it instead of waiting for it to end (``ReceiptService._await_company``).
 STALL_FACTOR, STALL_MIN_S = 4.0, 0.05
 MAX_BATCH = 1024  # receipts per batch: an rc.lock message stays far below the 1 MiB frame
+# fewer receipts than this always fit one batch (rc.MAX_BATCH_BYTES), whatever their length
+FULL_BY_SIZE_FROM = rc.MAX_BATCH_BYTES // (rc.packed_size(rc.MAX_RECEIPT_BYTES + 64)) - 1
 MAX_NONCES = 8192
 MAX_NONCES_PER_PEER = 1024  # nonces offered to one peer (a flood of its lock requests pushes out only its own)
 MAX_LOCKED_CACHE = 65_536
@@ -612,11 +614,18 @@ class ReceiptService:
             return
         stalled_at = min(self._flights.values()) + max(STALL_MIN_S, STALL_FACTOR * self._batch_s)
         with trio.move_on_after(self.batch_wait_s):
-            while len(self._queue) < self.batch_max:
+            while not self._queue_full():
                 await self._wait_for_queue()
         with trio.move_on_at(stalled_at):
-            while self._flights and len(self._queue) < self.batch_max:
+            while self._flights and not self._queue_full():
                 await self._wait_for_queue()
+
+    def _queue_full(self) -> bool:
+        """Whether the queue holds a full batch: ``batch_max`` receipts, or as many as fit one (see rc.fitting;
+        counted only for queues long enough that long receipts could fill a batch before ``batch_max``)."""
+        queued = len(self._queue)
+        return queued >= self.batch_max or (queued > FULL_BY_SIZE_FROM
+                                            and rc.fitting(self._queue, self.batch_max) < queued)
 
     def _take_off(self) -> object:
         """Count a batch in flight from now on (before its task starts: the batcher must see it at once)."""

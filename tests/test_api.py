@@ -537,6 +537,10 @@ async def test_pending_blobs_page_past_any_limit_with_after(nursery: trio.Nurser
         if len(pages) == 1:  # the last blob of this page is reconciled before the next page is read
             await coord.da.pending.mark_reconciled(after, BlobRef("primary", 1, b"c"))
     assert pages == [ids[:3], ids[3:6], ids[6:]]
+    # a full page names the next one (the seed's bare array cannot: a client read the first 1,000 and no more)
+    resp = await client.get("/fallback/pending?limit=2")
+    assert resp.headers["Link"] == f'</fallback/pending?after={ids[1]}&limit=2>; rel="next"'
+    assert "Link" not in (await client.get("/fallback/pending?limit=1000")).headers
     body = await get(client, "/fallback/pending?after=" + "00" * 32, 404)
     assert body["after"] == "00" * 32 and "start again" in body["message"]
 
@@ -551,6 +555,12 @@ async def test_parameters_a_route_does_not_read_are_ignored_even_twice(
     assert (await get(client, "/no-such-route?a=1&a=2", 404))["error"] == "not_found"
     assert (await post(client, "/register?a=1&a=2", NODE, 401))["error"] == "unauthorized"
     assert "more than once" in (await get(client, "/fallback/pending?limit=1&limit=2", 422))["message"]
+    # a write's token (and origin) come first: a caller without one learnt which parameters count (a reviewer's find)
+    assert (await post(client, "/receipts?wait_ms=1&wait_ms=2", {}, 401))["error"] == "unauthorized"
+    resp = await client.post("/receipts?wait_ms=1&wait_ms=2", json={}, headers={"Origin": "http://elsewhere.example"})
+    assert resp.status_code == 403
+    resp = await client.post("/receipts?wait_ms=1&wait_ms=2", json={}, headers={"Authorization": "Bearer s3cret"})
+    assert resp.status_code == 422 and (await resp.get_json())["field"] == "wait_ms"
 
 
 async def test_a_huge_integer_is_out_of_range_not_malformed_json(client: Any) -> None:
@@ -594,3 +604,14 @@ async def test_a_parameter_given_twice_and_a_body_not_in_utf8_are_refused(client
     resp = await client.post("/register", data=b"\xef\xbb\xbf" + raw.encode(),
                              headers={"Content-Type": "application/json; charset=UTF-8"})
     assert resp.status_code == 200
+
+
+async def test_ids_of_dots_alone_are_refused(client: Any) -> None:
+    """A node or object named "." or ".." was registered, but HTTP clients (httpx, browsers, curl) turn
+    /node/.. into / and could never fetch it (a reviewer's reproduction). Dots among other characters stay fine."""
+    for bad in (".", ".."):
+        assert (await post(client, "/register", {**NODE, "id": bad}, 422))["field"] == "id"
+        assert (await post(client, "/object/register", {"hash": bad, "size": 1}, 422))["field"] == "hash"
+    await post(client, "/register", {**NODE, "id": "..."})
+    await post(client, "/object/register", {"hash": "a.b", "size": 1})
+    assert (await get(client, "/node/..."))["id"] == "..."
