@@ -238,7 +238,7 @@ def movement() -> bool:
     return verdict("rf=1 moved share ≤ 1.2/n (mean over the joins, each size)", all_ok)
 
 
-def churn(n: int = 10_000, changes: int = 40, warm_calls: int = 300) -> bool:
+def churn(n: int = 10_000, changes: int = 80, warm_calls: int = 300) -> bool:
     title(f"4. First lookup after a change, rf=3 ({n:,} nodes of capacity_gb=1, 10 zones; {changes // 2} joins of "
           f"32–125 points and {changes // 2} leaves, alternating)")
     state = registry(n, capacity_gb=1)
@@ -251,6 +251,8 @@ def churn(n: int = 10_000, changes: int = 40, warm_calls: int = 300) -> bool:
     warm_us: list[float] = []
     first_us: list[float] = []
     refresh_us: list[float] = []
+    kinds: list[str] = []  # each change's kind: the goal holds for every kind (a median over all of them, mostly
+    #                        small changes, said "met" while joins of large nodes missed it: a reviewer's reading)
     key = 0
     for c in range(changes):
         t0 = time.perf_counter()  # warm lookups right before each change: same machine load as the first one
@@ -261,12 +263,15 @@ def churn(n: int = 10_000, changes: int = 40, warm_calls: int = 300) -> bool:
         when = (1_900_000_000_000 + c, 0)
         if c % 2 == 0:
             new_id = f"node-join-{c}"
+            capacity = rng.choice((1, 100, 500, 1000))
             state.apply(ev.make_event(ev.NODE_REGISTERED, when, "coordinator-0", id=new_id, zone=f"zone-{c % 10}",
-                                      addr=ADDR, capacity_gb=rng.choice((1, 100, 500, 1000))))
+                                      addr=ADDR, capacity_gb=capacity))
             live.append(new_id)
+            kinds.append(f"join of {capacity:,} GB")
         else:
             gone = live.pop(rng.randrange(len(live)))
             state.apply(ev.make_event(ev.NODE_UNREGISTERED, when, "coordinator-0", id=gone))
+            kinds.append("leave")
         t0 = time.perf_counter()
         placement.ring()  # what place() does first: follow the change (timed apart to show the split)
         t1 = time.perf_counter()
@@ -276,7 +281,10 @@ def churn(n: int = 10_000, changes: int = 40, warm_calls: int = 300) -> bool:
         key += 1
     warm = statistics.median(warm_us)
     first = statistics.median(first_us)
-    ratio = first / warm
+    by_kind = {kind: statistics.median(t for t, k in zip(first_us, kinds, strict=True) if k == kind) / warm
+               for kind in sorted(set(kinds))}
+    worst_kind = max(by_kind, key=by_kind.__getitem__)
+    ratio = by_kind[worst_kind]
     fresh = Placement(state)
     same_ring = fresh.ring().points() == placement.ring().points()
     same_answers = all(fresh.place(_key(i), 3) == placement.place(_key(i), 3) for i in range(2_000))
@@ -284,11 +292,14 @@ def churn(n: int = 10_000, changes: int = 40, warm_calls: int = 300) -> bool:
         f"change) | first lookup after a change: median {first:,.0f} µs ({ratio:.1f}×), of which following the "
         f"change {statistics.median(refresh_us):,.0f} µs; mean {statistics.fmean(first_us):,.0f} µs "
         f"({statistics.fmean(first_us) / warm:.1f}×), worst {max(first_us):,.0f} µs ({max(first_us) / warm:.1f}×)")
+    say("         median per kind of change: " + "; ".join(
+        f"{kind} ({kinds.count(kind)}×) {r:.1f}×" for kind, r in by_kind.items()))
     say(f"         ring after the changes equals a fresh build: {'yes' if same_ring else 'NO'}; same answers for "
         f"2,000 keys: {'yes' if same_answers else 'NO'}; full builds {placement.full_builds}, changes followed in "
         f"place {placement.refreshes - placement.full_builds}")
     return verdict("first lookup after a change ≤ 10× warm", ratio <= 10 and same_ring and same_answers,
-                   f"{ratio:.1f}×, median over {changes} changes; mean {statistics.fmean(first_us) / warm:.1f}×")
+                   f"{ratio:.1f}× for the costliest kind ({worst_kind}, median); {first / warm:.1f}× median over "
+                   f"all {changes} changes")
 
 
 def main() -> int:

@@ -31,7 +31,15 @@ from node.hlc import MAX_DRIFT_MS, HybridLogicalClock, wall_ms
 from node.outbox import Outbox
 from node.placement import Placement
 from node.publisher import Publisher
-from node.scheduler import DEFAULT_WEIGHTS, WEIGHT_NAMES, WEIGHT_RANGE, NodeStats, Workload, choose
+from node.scheduler import (
+    DEFAULT_WEIGHTS,
+    MAX_FUTURE_MS,
+    WEIGHT_NAMES,
+    WEIGHT_RANGE,
+    NodeStats,
+    Workload,
+    choose,
+)
 from node.state import State
 from node.stats import StatsTable
 
@@ -297,7 +305,11 @@ class Coordinator:
         # stamped past what the table holds: a peer's report stamped ahead of this clock (up to MAX_FUTURE_MS, a
         # clock running fast or a lying member) hid every report the node itself made until then (a reviewer's
         # reproduction); the node's own latest report wins here, and everywhere it is sent with this stamp
-        stats = NodeStats(reported_ms=max(wall_ms(), self.stats.latest_ms(node_id) + 1), **values)
+        # ... but never so far ahead that it is ignored (here and by every peer, as from the future: reports coming
+        # faster than one per millisecond, or right behind such a peer's report, did; a reviewer's reproduction)
+        now = wall_ms()
+        stats = NodeStats(reported_ms=min(max(now, self.stats.latest_ms(node_id) + 1), now + MAX_FUTURE_MS - 1),
+                          **values)
         self.stats.put(node_id, stats)
         self.on_stats(node_id, stats)
 

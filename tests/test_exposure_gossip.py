@@ -253,3 +253,24 @@ async def test_a_peer_that_stops_reading_holds_up_its_own_catch_up_only(autojump
         await trio.sleep(1)
         assert peers.sent == {"stuck": 1024 + 3000, "healthy": 3000}
         nursery.cancel_scope.cancel()
+
+
+async def test_a_burst_of_reports_is_never_stamped_beyond_the_future_allowance(
+        coord: Coordinator, client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each report was stamped past the one held: a node reporting faster than once per millisecond pushed its
+    stamps ever further ahead, past MAX_FUTURE_MS, and from then on the scheduler here ignored the node and every
+    peer refused its reports (a reviewer's reproduction). The stamp stays within the allowance."""
+    import node.coordinator as coordinator_module
+
+    await registered(client, "n1")
+    clock = [wall_ms()]
+    monkeypatch.setattr(coordinator_module, "wall_ms", lambda: clock[0])
+    for _ in range(3):  # three frozen milliseconds of a burst
+        for _ in range(MAX_FUTURE_MS // 2 + 10):
+            coord.put_stats("n1", {**GOOD})
+        clock[0] += 1
+    held = coord.stats.get("n1", clock[0])
+    assert held is not None and held.reported_ms - clock[0] <= MAX_FUTURE_MS
+    gossip.from_body(gossip.to_body("n1", held), clock[0], coord.stats.ttl_ms)  # a peer takes it
+    resp = await client.post("/schedule", json={})
+    assert resp.status_code == 200 and (await resp.get_json())["node_id"] == "n1"
