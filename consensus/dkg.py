@@ -653,13 +653,19 @@ class DkgParticipant:
                   proof: bytes = b"") -> None:
         if (accused, reason) in self._complained:
             return
-        self._complained.add((accused, reason))
         c = self._sign(Complaint(self.session_id, self.identifier, accused, reason, key, proof, tuple(evidence)))
+        if not self._evidence_holds(c):
+            return  # evidence the others would judge false proves its sender the liar: never sent (a backstop)
+        self._complained.add((accused, reason))
         self.complaints.append(ComplaintRecord(self.identifier, accused, reason, True))
         self.proven_bad.setdefault(accused, c)
         self._complaint_msgs[(self.identifier, accused, reason)] = c
         self._outbox.append(Outgoing(None, c))
         self._withdraw(f"{reason} by participant {accused}")
+
+    def _evidence_holds(self, c: Complaint) -> bool:
+        """Whether the others will judge our complaint ``c`` proven (``judge_complaint``)."""
+        return judge_complaint(c, self._context, self.participants, self.threshold)
 
     def _withdraw(self, reason: str) -> None:
         """Leave, unless confirmed (then only completion or others' withdrawal decide) or already complete."""
@@ -693,6 +699,11 @@ class DkgParticipant:
             raise DkgMessageError(f"share addressed to {m.recipient}, not to {self.identifier}")
         if m.sender == self.identifier:
             raise DkgMessageError("a share from myself")
+        own = self._round1.get(self.identifier)
+        if own is not None and m.recipient_key != own.enc_key:
+            # a lying dealer's share dealt to another key, sent first: kept, the genuine one made us complain of an
+            # "equivocation" the others judge false, and we were proven the liar (a reviewer's reproduction)
+            raise DkgMessageError("a share dealt to another key than this participant's")
         prev = self._round2.get(m.sender)
         if prev is not None:
             if not prev.same_content(m):

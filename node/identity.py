@@ -6,6 +6,7 @@ keystore.py) is encrypted with, so it gets the same protection: mode 0600, check
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import stat
@@ -41,7 +42,7 @@ def write_private(path: Path, data: bytes, *, exclusive: bool = False) -> None:
     try:
         try:
             os.fchmod(fd, 0o600)
-            os.write(fd, data)
+            _write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -64,10 +65,22 @@ def write_private(path: Path, data: bytes, *, exclusive: bool = False) -> None:
 def _create_exclusive(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        os.write(fd, data)
+        _write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte of ``data``: ``os.write`` may write fewer (a nearly full disk), and a short file was renamed
+    into place as if whole (a truncated key share or DKG journal: a reviewer's reproduction). A write that
+    makes no progress raises OSError (ENOSPC)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, "no space left to write the file")
+        view = view[written:]
 
 
 def fsync_dir(directory: Path) -> None:

@@ -451,6 +451,9 @@ def test_false_accusation_proves_the_accuser_a_liar() -> None:
                 return None
             return super()._decrypt_share(m, key, commitment)
 
+        def _evidence_holds(self, c: Complaint) -> bool:
+            return True  # a liar sends its complaint whatever the others will judge
+
     net, nodes = run_dkg(4, 9, cls={accuser: FalseAccuser})
     assert net.rejected == 0
     for i, p in nodes.items():
@@ -675,3 +678,32 @@ def test_messages_received_before_start_are_kept() -> None:
     assert [o.message.sender for o in out[:4]] == [1, *round1]
     assert all(o.to is None for o in out[:4]) and sorted(o.to for o in out[4:]) == [2, 3, 4]  # type: ignore[type-var]
     assert late.state is DkgState.ROUND2 and late.waiting_for() == {2, 3, 4}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_dealer_cannot_frame_its_recipient_with_a_share_dealt_to_another_key(seed: int) -> None:
+    """A lying dealer sent a victim a signed share naming another recipient key, then its genuine share: the victim
+    kept the first and complained of an "equivocation" whose evidence (two shares for different keys) everyone
+    judged false, so the honest victim was proven the liar and excluded from later sessions (a reviewer's
+    reproduction). A share not dealt to our key is refused unkept, and a complaint the others would judge false is
+    never sent; the session completes with one key."""
+    sid, keys, participants = cluster(4)
+    liar, victim = max(participants), min(participants)
+    nodes: dict[int, DkgParticipant] = {}
+
+    def tamper(src: DkgParticipant, dst: int, m: Message) -> Message | None:
+        if src.identifier == liar and dst == victim and isinstance(m, Round2):
+            other = nodes[next(i for i in participants if i not in (liar, victim))]
+            bogus = dataclasses.replace(m, recipient_key=other._round1[other.identifier].enc_key).signed(
+                keys[liar], src._context)
+            net.queue.append(("msg", dst, msgpack.packb(bogus.to_wire()), True))  # (its order: the net's, random)
+        return m
+
+    net = Net(seed, tamper=tamper)
+    nodes.update({i: DkgParticipant(sid, keys[i], participants) for i in keys})
+    for i in random.Random(seed).sample(sorted(nodes), 4):
+        net.add(nodes[i])
+    net.run_with_repair()
+    assert net.rejected >= 1  # the bogus share, refused
+    assert all(p.state is DkgState.COMPLETE and not p.proven_bad and not p.complaints for p in nodes.values())
+    assert len({p.result.group_public_key for p in nodes.values() if p.result is not None}) == 1

@@ -508,6 +508,9 @@ class FalseAccuser(DkgParticipant):
     def _decrypt_share(self, m: Round2, key: bytes, commitment: tuple[bytes, ...]) -> int | None:
         return None if m.sender == victim(self) else super()._decrypt_share(m, key, commitment)
 
+    def _evidence_holds(self, c: dkg.Complaint) -> bool:
+        return True  # a liar sends its complaint whatever the others will judge
+
 
 class GarblingDealer(DkgParticipant):
     """Sends another member a share that does not decrypt, every session."""

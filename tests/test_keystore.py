@@ -174,3 +174,27 @@ def test_invalid_contents_are_refused(tmp_path: Path, share: frost.KeyShare, ide
         keystore.load(path, identity=identity)
     with pytest.raises(KeystoreError, match="non-empty"):
         keystore.save(path, share, passphrase=b"")
+
+
+def test_a_short_write_is_an_error_not_a_truncated_file_in_place(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``os.write`` may write fewer bytes than given (a nearly full disk); the short file was fsynced and renamed
+    into place without an error (a truncated key share: its member stranded; a reviewer's reproduction). Every
+    byte is written, or the save fails and the old file stays."""
+    from node import identity
+
+    identity_key = nacl.signing.SigningKey(bytes([1]) * 32)
+    share = frost.trusted_dealer_key_shares(4, 3)[1]
+    path = tmp_path / "k.keyshare"
+    keystore.save(path, share, identity=identity_key)
+    before = path.read_bytes()
+    real_write = os.write
+    monkeypatch.setattr(identity.os, "write", lambda fd, data: real_write(fd, bytes(data)[:100]))
+    other = frost.trusted_dealer_key_shares(4, 3)[2]
+    keystore.save(path, other, identity=identity_key)  # written 100 bytes at a time, whole
+    monkeypatch.setattr(identity.os, "write", lambda fd, data: 0)  # a disk that takes nothing more
+    with pytest.raises(OSError):
+        keystore.save(path, share, identity=identity_key)
+    monkeypatch.undo()
+    assert keystore.load(path, identity=identity_key) == other and path.read_bytes() != before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
