@@ -79,7 +79,7 @@ MAX_ABORTED = 4096  # session ids left, remembered (journaled): one evicted coul
 MAX_REFUSED = 256  # session ids of refused starts (each answered with a signed abort), remembered apart: a flood of
 #                    refused starts evicted the sessions left (a reviewer's run)
 MAX_GROUP_KEYS = 64  # past group keys remembered (one per new DKG)
-MAX_PENDING = 8  # sessions confirmed, then failed, whose key shares are kept for a late certificate: the oldest go
+MAX_PENDING = 1  # sessions confirmed whose key shares are kept for a late certificate: the one confirmed last
 #                  beyond it (a liar confirming every session with a garbled transcript made them pile up: 688 files
 #                  and an 829 kB journal, rewritten whole at each session, in an hour; a reviewer's run)
 MAX_DEALING = 8  # sessions whose round-one messages are journaled as dealt against (see ``_deliver``)
@@ -588,6 +588,10 @@ class DkgService:
             #                         replaced the key share in use, on disk too (a reviewer's run)
             log.warning("DKG session %s completed after this member got its key: ignored", s.id.hex()[:12])
             return
+        if s.id not in self._pending:  # confirmed here before another one (``_store_pending``): never adopted
+            log.warning("DKG session %s completed, but this member confirmed a later session since: ignored",
+                        s.id.hex()[:12])
+            return
         running = self.session
         if running is not None and running is not s:
             if running.participant.committed:  # confirmed the running session: that is the one it stands by
@@ -702,15 +706,18 @@ class DkgService:
         assert share is not None
         await self.run_blocking(partial(keystore.save, self._pending_path(s.id), share, identity=self.identity,
                                         passphrase=self.passphrase))
-        self._pending[s.id] = s
-        dropped = [sid for sid, x in self._pending.items() if x.abandoned][:max(0, len(self._pending) - MAX_PENDING)]
-        for sid in dropped:
-            del self._pending[sid]
+        # Only the session confirmed last may ever complete here: the others' shares go. Kept for a late
+        # certificate, a liar could complete a different one at each member (it withheld its confirmations and
+        # said it left, session after session, then confirmed one session to one member and another to another:
+        # two group keys, a reviewer's reproduction). A member runs, deals and confirms one session at a time, so
+        # two members' last confirmed sessions that both complete are one and the same.
+        dropped = [sid for sid in self._pending if sid != s.id]
+        self._pending = {s.id: s}
         await self._save_journal()
         s.durable = True
         if dropped:
-            log.warning("forgetting the key shares of %d failed DKG session(s) confirmed here (at most %d kept for a "
-                        "late certificate)", len(dropped), MAX_PENDING)
+            log.warning("forgetting the key shares of %d earlier DKG session(s) confirmed here: only the one "
+                        "confirmed last may complete", len(dropped))
             await self.run_blocking(self._forget_pending, dropped)
 
     def _forget_pending(self, session_ids: list[bytes]) -> None:
@@ -874,6 +881,9 @@ class DkgService:
             self._pending[s.id] = s
             log.info("resuming DKG session %s: confirmed before the restart, waiting for the certificate",
                      s.id.hex()[:12])
+        if len(self._pending) > MAX_PENDING:  # (an older version's journal kept several: only the last may complete)
+            last = list(self._pending)[-1]
+            self._pending = {last: self._pending[last]}
         active = [s for s in self._pending.values() if not s.abandoned]
         if active:
             self.session = active[-1]

@@ -878,12 +878,20 @@ async def test_two_sessions_whose_ids_share_half_keep_their_own_pending_shares(
         b = services["c3"].start()
         await wait_until(lambda: all(s.session is None and b in s._pending for s in honest))
         assert a[:16] == b[:16] and services["c0"]._pending_path(a) != services["c0"]._pending_path(b)
-        for s in honest:  # the liar's confirmation of the first session, at last
+        assert all(list(s._pending) == [b] for s in honest)  # only the session confirmed last may complete
+        for s in honest:  # the liar's confirmation of the first session: nothing completes
             net.nodes["c3"].send(s.net.my_id, "dkg.msg", {"data": msgpack.packb(saved[a].to_wire(),
                                                                                use_bin_type=True)})
+        await trio.sleep(10)
+        assert all(s.key is None for s in honest)
+        for s in honest:  # and of the second, at last
+            net.nodes["c3"].send(s.net.my_id, "dkg.msg", {"data": msgpack.packb(saved[b].to_wire(),
+                                                                               use_bin_type=True)})
         await wait_until(lambda: all(s.key is not None for s in honest))
+        assert len({s.key.group_public_key for s in honest if s.key is not None}) == 1
         for s in honest:
             assert keystore.load(s.keystore_path, identity=s.identity) == s.key
+            assert not list(tmp_path.glob(f"{s.net.my_id}.keyshare.pending-*"))
         nursery.cancel_scope.cancel()
 
 
@@ -935,4 +943,50 @@ async def test_every_group_key_held_is_remembered_across_restarts_and_new_dkgs(
         await wait_until(lambda: all(s.key is not None for s in services.values()))
         second = services["c1"].key.group_public_key  # type: ignore[union-attr]
         assert second != first and services["c1"].group_keys == {first, second}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_liar_cannot_complete_different_sessions_at_different_members(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """c3 lies: in two sessions in a row it withholds its confirmation and says it left, after everyone else
+    confirmed; each member kept both sessions' key shares for a late certificate. Then c3 sent its confirmation of
+    the first session to c0 and of the second to c1: c0 and c1 adopted different group keys (a reviewer's
+    reproduction). Only the session a member confirmed last may complete there: every member ends with one key."""
+    from consensus.dkg import sign_abort
+
+    net, services = setup(tmp_path, delay=(0.001, 0.01))
+    liar = services["c3"]
+    released: set[bytes] = set()
+
+    def withhold(src: str, dst: str, msg: Message) -> Message | None:
+        m = dkg_message(msg)
+        if isinstance(m, Confirm) and (m.sender == liar.me or dst == "c3") and m.signature not in released:
+            return None
+        return msg
+
+    net.tamper = withhold
+    honest = [services[i] for i in ("c0", "c1", "c2")]
+    async with trio.open_nursery() as nursery:
+        await start_manual(nursery, net, services)
+        held = []
+        for _ in range(2):
+            sid = services["c0"].start()
+            await wait_until(lambda: all(s.session is not None and s.session.id == sid  # noqa: B023
+                                         and s.session.participant.committed for s in services.values()))
+            assert liar.session is not None
+            held.append(liar.session.participant.own_confirm)
+            liar.session = None  # it forgets the session, and says it left
+            liar._pending.clear()
+            abort = sign_abort(liar.identity, sid, 3, dict(liar.identifiers), "bye")
+            for s in honest:
+                liar.net.send(s.net.my_id, "dkg.msg", {"data": msgpack.packb(abort.to_wire(), use_bin_type=True)})
+            await wait_until(lambda: all(s.session is None for s in honest))
+        assert all(len(s._pending) == 1 for s in honest)  # the session each confirmed last, only
+        for confirm, to in zip(held, ("c0", "c1"), strict=True):
+            assert confirm is not None
+            released.add(confirm.signature)
+            liar.net.send(to, "dkg.msg", {"data": msgpack.packb(confirm.to_wire(), use_bin_type=True)})
+        await wait_until(lambda: all(s.key is not None for s in honest), timeout=60)
+        await trio.sleep(20)
+        assert len({s.key.group_public_key for s in honest if s.key is not None}) == 1
         nursery.cancel_scope.cancel()

@@ -111,7 +111,8 @@ def test_a_dkg_that_never_starts_is_caught(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_an_honest_member_left_out_of_the_dkg_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """Planted bug: share decryption fails on a valid share (in the participant with the largest identifier, for
-    the dealer with the smallest), so an honest member complains falsely, is proven a liar and left out."""
+    the dealer with the smallest), and the check of its own complaint's evidence is gone too, so an honest member
+    complains falsely, is proven a liar and left out."""
     decrypt = DkgParticipant._decrypt_share
 
     def broken(self: DkgParticipant, m: Any, key: bytes, commitment: tuple[bytes, ...]) -> int | None:
@@ -120,6 +121,7 @@ def test_an_honest_member_left_out_of_the_dkg_is_caught(monkeypatch: pytest.Monk
         return decrypt(self, m, key, commitment)
 
     monkeypatch.setattr(DkgParticipant, "_decrypt_share", broken)
+    monkeypatch.setattr(DkgParticipant, "_evidence_holds", lambda self, c: True)
     seed, violations = first_violation(20, dkg="all")
     print(f"honest member left out of the DKG: caught at seed {seed}: {violations[0]}")
     assert any("left honest member(s) out of the DKG" in v for v in violations)
