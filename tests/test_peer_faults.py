@@ -147,7 +147,7 @@ async def test_a_message_carried_over_a_reconnect_is_sent_first() -> None:
     second = FakeWebsocket(blocked=False)
     with trio.move_on_after(0.2):
         await mgr._sender(link, second, ours)  # type: ignore[arg-type]
-    got = [registry().decode(m).body["data"][:1] for f in second.frames for m in unpack_batch(theirs.open(f))]
+    got = [registry().decode(m).body["data"][:1] for f in second.frames for m in unpack_batch(theirs.open(f), 64)]
     assert got == [b"2", b"3", b"4"] and link.carry is None
 
 

@@ -240,3 +240,38 @@ def test_rate_limited_log_reports_what_it_suppressed(caplog: pytest.LogCaptureFi
     limited.warning("path", "refused %d", 50)
     lines = [r.getMessage() for r in peer_warnings(caplog)]
     assert lines == ["refused 0", "busy 0", "refused 50 (49 similar suppressed since the last one)"]
+
+
+async def test_a_member_links_through_a_flood_of_connections_from_another_address() -> None:
+    """A stranger opening connections faster than one per IDLE_GRACE_S (each asks for the upgrade, then idles) made
+    every slot young: a member's connection, the oldest young one, was closed before its handshake ended, every
+    time (a reviewer's reproduction: 35k connections accepted in 10 s, none of the member's authenticated). The
+    slots of the address holding the most go first."""
+    ms = members(["a", "b"])
+    opened = [0]
+
+    async def flood() -> None:
+        while True:
+            try:
+                stream = await trio.open_tcp_stream("127.0.0.1", ms[1].port, local_address="127.0.0.2")
+            except OSError:
+                await trio.sleep(0.01)
+                continue
+            opened[0] += 1
+            try:
+                await stream.send_all(upgrade("/peer/v1"))
+                await read_until_eof(stream)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+            await stream.aclose()
+
+    async with manager(ms[1], ms) as b, trio.open_nursery() as flooders:
+        for _ in range(40):
+            flooders.start_soon(flood)
+        await wait_for(lambda: b.inbound["evicted"] > 200, what="the flood under way")
+        async with manager(ms[0], ms) as a:
+            with trio.fail_after(10):
+                while a.peers["b"].state is not State.UP:
+                    await trio.sleep(0.05)
+        assert b.inbound["authenticated"] >= 1
+        flooders.cancel_scope.cancel()

@@ -76,9 +76,27 @@ def test_envelope_roundtrip_and_strictness() -> None:
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.binary(max_size=50), min_size=1, max_size=5), st.binary(max_size=12))
 def test_batches_roundtrip_and_bad_framing_only_raises_protocol_error(msgs: list[bytes], junk: bytes) -> None:
-    assert unpack_batch(pack_batch(msgs)) == msgs
+    assert unpack_batch(pack_batch(msgs), 64) == msgs
     with suppress(ProtocolError):
-        unpack_batch(pack_batch(msgs)[:-1] + junk)
+        unpack_batch(pack_batch(msgs)[:-1] + junk, 64)
+
+
+def test_a_batch_holds_no_more_messages_than_a_sender_puts_in_one() -> None:
+    """A member's frame of 52k tiny messages was decoded whole, without a checkpoint (a reviewer's reproduction):
+    a batch of more than MAX_BATCH messages is a protocol error."""
+    from protocol.manager import MAX_BATCH
+
+    assert len(unpack_batch(pack_batch([b"x"] * MAX_BATCH), MAX_BATCH)) == MAX_BATCH
+    with pytest.raises(ProtocolError, match="more than 64 messages"):
+        unpack_batch(pack_batch([b"x"] * (MAX_BATCH + 1)), MAX_BATCH)
+
+
+def test_a_body_with_text_and_bytes_keys_is_a_protocol_error() -> None:
+    """sorted() of a body's keys raised TypeError for str and bytes keys mixed: the link ended as an "unexpected
+    error", uncounted (a reviewer's reproduction)."""
+    with pytest.raises(ProtocolError, match="fields"):
+        registry().decode(msgpack.packb({"v": 1, "type": "chat", "body": {"text": "hi", b"n": 1}},
+                                        use_bin_type=True))
 
 
 @settings(max_examples=400, deadline=None)
@@ -442,3 +460,19 @@ async def test_request_handlers_are_bounded_in_number_and_time(autojump_clock: t
         await trio.sleep(5)
         assert results == ["timeout"] * 3
         nursery.cancel_scope.cancel()
+
+
+async def test_a_peers_unknown_type_name_and_forged_pong_are_kept_small_and_sane() -> None:
+    """A member's message of a 1 MB unknown type name was kept whole as the link's last error (served by
+    /cluster/peers), and a pong carrying any time made any RTT, negative included (a reviewer's reproduction)."""
+    ms = members(["a", "b"])
+    async with running(ms[1], ms) as b, raw_dial(ms[1].port, ms) as (ws, session):
+        await wait_for(lambda: b.peers["a"].state is State.UP, what="link up")
+        big = msgpack.packb({"v": 1, "type": "x" * 1_000_000, "body": {}})
+        pong = msgpack.packb({"v": 1, "type": "peer.pong", "body": {"t": 2**63 - 1}})
+        await ws.send_message(session.seal(pack_batch([big, pong])))
+        await wait_for(lambda: b.peers["a"].unknown_in == 1, what="the unknown type counted")
+        await trio.sleep(0.2)
+        link = b.peers["a"]
+        assert link.last_error is not None and len(link.last_error) <= 200
+        assert link.rtt_ms is None or 0 <= link.rtt_ms < 10_000
