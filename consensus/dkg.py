@@ -409,6 +409,7 @@ class DkgParticipant:
         self._outbox: list[Outgoing] = []
         self._complained: set[tuple[int, str]] = set()
         self._complaint_msgs: dict[tuple[int, int, str], Complaint] = {}
+        self._false_complainers: set[int] = set()  # senders of a complaint judged false: the rest of theirs ignored
         self._round1: dict[int, Round1] = {}
         self._round2: dict[int, Round2] = {}  # shares addressed to me, by dealer
         self._dealt: dict[int, Round2] = {}  # shares I sent, by recipient (to answer who lost one)
@@ -759,7 +760,12 @@ class DkgParticipant:
         key = (c.sender, c.accused, c.reason)
         if c.sender == self.identifier or key in self._complaint_msgs:
             return  # my own complaint echoed back, or one already recorded
+        if c.accused not in self.participants or c.sender in self._false_complainers:
+            return  # one false complaint proves its sender a liar: more (each up to 512 kB, one per accused and
+            #         reason, and relayed in every sync answer: ~1 GB a liar a session) add nothing (a reviewer's find)
         proven = judge_complaint(c, self._context, self.participants, self.threshold)
+        if not proven:
+            self._false_complainers.add(c.sender)
         self._complaint_msgs[key] = c
         record = ComplaintRecord(c.sender, c.accused, c.reason, proven)
         self.complaints.append(record)

@@ -19,7 +19,7 @@ import pytest
 
 from consensus import dkg, frost
 from consensus.dkg import Complaint, Confirm, DkgError, DkgMessageError, DkgParticipant, DkgState, Round1, Round2
-from consensus.dkg_messages import Message
+from consensus.dkg_messages import REASONS, Message
 from consensus.group import L, base_mul, mul, serialize_scalar
 
 Tamper = Callable[[DkgParticipant, int, Message], Message | None]
@@ -707,3 +707,22 @@ def test_a_dealer_cannot_frame_its_recipient_with_a_share_dealt_to_another_key(s
     assert net.rejected >= 1  # the bogus share, refused
     assert all(p.state is DkgState.COMPLETE and not p.proven_bad and not p.complaints for p in nodes.values())
     assert len({p.result.group_public_key for p in nodes.values() if p.result is not None}) == 1
+
+
+def test_a_liars_false_complaints_are_kept_once() -> None:
+    """Every signed complaint was kept, one per (sender, accused, reason), accused anyone 1..255, each up to 512 kB,
+    and relayed in every sync answer: ~1 GB a liar a session (a reviewer's reproduction). One false complaint
+    proves its sender a liar; the rest of its complaints, and those naming no participant, are ignored."""
+    sid, keys, participants = cluster(4)
+    honest, liar = min(participants), max(participants)
+    victim = DkgParticipant(sid, keys[honest], participants)
+    victim.start()
+    context = DkgParticipant(sid, keys[liar], participants)._context
+    junk = Round1(sid, liar, tuple(os.urandom(32) for _ in range(255)), os.urandom(64), os.urandom(32), os.urandom(64))
+    for n in range(40):
+        accused, reason = n % 255 + 1, sorted(REASONS)[n % len(REASONS)]
+        c = Complaint(sid, liar, accused, reason, b"", b"", (junk,) * 20).signed(keys[liar], context)
+        victim.receive(msgpack.unpackb(msgpack.packb(c.to_wire(), use_bin_type=True), raw=False))
+    assert len(victim._complaint_msgs) == 1 and set(victim.proven_bad) == {liar}
+    assert [r.proven for r in victim.complaints] == [False]
+    assert len([o for o in victim.answer(sorted(participants)[1], dkg.Want()) if isinstance(o.message, Complaint)]) == 1
