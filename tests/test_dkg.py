@@ -496,7 +496,9 @@ def test_a_complaint_without_valid_evidence_does_not_stop_the_session(seed: int)
     assert len({p.result.group_public_key for p in nodes.values()}) == 1  # type: ignore[union-attr]
     for i in (1, 3, 4):
         p = nodes[i]
-        assert {(r.accused, r.proven) for r in p.complaints} == {(3, False), (4, False), (1, False)}
+        # the first of them to arrive is kept (one false complaint proves its sender a liar; the rest are ignored)
+        assert len(p.complaints) == 1 and {(r.complainer, r.proven) for r in p.complaints} == {(liar, False)}
+        assert p.complaints[0].accused in (3, 4, 1)
         assert set(p.proven_bad) == {liar}
         assert dkg.check_exclusion_proof(p.proofs()[liar], participants).culprit == liar
 
