@@ -410,6 +410,10 @@ class DkgParticipant:
         self._complained: set[tuple[int, str]] = set()
         self._complaint_msgs: dict[tuple[int, int, str], Complaint] = {}
         self._false_complainers: set[int] = set()  # senders of a complaint judged false: the rest of theirs ignored
+        # False: leave without a signed abort (the others wait for their timeout). A member that can no longer
+        # remember every session it left must not sign aborts: joined again and confirmed, a forgotten one made a
+        # proof of "equivocation" against it (``dkg_service.MAX_ABORTED``)
+        self.signs_aborts = True
         self._round1: dict[int, Round1] = {}
         self._round2: dict[int, Round2] = {}  # shares addressed to me, by dealer
         self._dealt: dict[int, Round2] = {}  # shares I sent, by recipient (to answer who lost one)
@@ -675,7 +679,7 @@ class DkgParticipant:
         self.state = DkgState.FAILED
         self.result = None
         self._coefficients = self._enc_secret = None
-        if self._abort is None:
+        if self._abort is None and self.signs_aborts:
             self._abort = self._sign(Abort(self.session_id, self.identifier, reason[:MAX_REASON]))
             self._outbox.append(Outgoing(None, self._abort))
 

@@ -74,8 +74,10 @@ START, MSG, SYNC, PROOFS = "dkg.start", "dkg.msg", "dkg.sync", "dkg.proofs"
 MAX_BUFFERED = 4096  # messages of a session we have not joined yet
 MAX_BUFFERED_SESSIONS = 8  # sessions not joined yet whose messages are kept
 MAX_BUFFERED_BYTES = 32 << 20  # their messages together
-MAX_ABORTED = 4096  # session ids left, remembered (journaled): one evicted could be joined and confirmed again, and
-#                     confirming a session this member signed an abort for proves it an "equivocator"
+MAX_ABORTED = 4096  # session ids left with a signed abort, remembered (journaled) for good: one forgotten could be
+#                     joined and confirmed again, and confirming a session this member signed an abort for proves it
+#                     an "equivocator" (a liar's 4,096 starts, each left, evicted one: a reviewer's reproduction).
+#                     Once as many are remembered, sessions are left without a signed abort.
 MAX_REFUSED = 256  # session ids of refused starts (each answered with a signed abort), remembered apart: a flood of
 #                    refused starts evicted the sessions left (a reviewer's run)
 MAX_GROUP_KEYS = 64  # past group keys remembered (one per new DKG)
@@ -468,6 +470,7 @@ class DkgService:
     def _new_session(self, session_id: bytes, threshold: int, participants: dict[int, bytes],
                      starter: str | None) -> SessionInfo:
         participant = self.participant_class(session_id, self.identity, participants, threshold)
+        participant.signs_aborts = len(self._aborted) < MAX_ABORTED
         s = self.session = SessionInfo(session_id, threshold, participant, starter)
         self.sessions_run += 1
         self.last_error = None
@@ -512,8 +515,8 @@ class DkgService:
         try:
             if p.committed and not s.durable:
                 await self._store_pending(s)
-            if p.left and s.id not in self._aborted:
-                aborted = [*self._aborted, s.id][-MAX_ABORTED:]
+            if p.left and p.signs_aborts and s.id not in self._aborted:
+                aborted = [*self._aborted, s.id]  # (never one forgotten: see MAX_ABORTED)
                 await self._save_journal(aborted)
                 self._aborted = aborted
             if s.id not in self._dealing and any(isinstance(o.message, Round2) and o.message.sender == p.identifier
@@ -852,7 +855,7 @@ class DkgService:
                 self._check_cert()
             return
         journal = state["journal"] or {}
-        self._aborted = list(journal.get("aborted", []))[-MAX_ABORTED:]
+        self._aborted = list(journal.get("aborted", []))
         self._refused = list(journal.get("refused", []))[-MAX_REFUSED:]
         for entry in journal.get("dealing", [])[-MAX_DEALING:]:  # (journals before it: none)
             if isinstance(entry, dict) and type(entry.get("session")) is bytes \

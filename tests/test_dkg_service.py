@@ -990,3 +990,52 @@ async def test_a_liar_cannot_complete_different_sessions_at_different_members(
         await trio.sleep(20)
         assert len({s.key.group_public_key for s in honest if s.key is not None}) == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_a_flood_of_starts_cannot_make_a_member_forget_a_session_it_left(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A liar's starts, each with a smaller id, made c0 leave session after session (a signed, journaled abort
+    each); the list of sessions left was bounded, so the first one was forgotten: restarted, c0 joined and
+    confirmed it, and its abort and confirmation proved it an equivocator (a reviewer's reproduction). A session
+    left with a signed abort is never forgotten; past MAX_ABORTED (3 here), sessions are left unsigned."""
+    from consensus import dkg_service
+    from consensus.dkg_messages import Abort
+
+    monkeypatch.setattr(dkg_service, "MAX_ABORTED", 3)
+    net, services = setup(tmp_path, delay=(0.001, 0.01))
+    liar, victim = services["c3"], services["c0"]
+    ids = sorted(victim.identifiers)
+    first = b"\xff" * 32
+    signed: dict[bytes, list[str]] = {}
+    isolated = [True]
+
+    def watch(src: str, dst: str, msg: Message) -> Message | None:
+        m = dkg_message(msg)
+        if m is not None and m.sender == victim.me and isinstance(m, (Abort, Confirm)):
+            signed.setdefault(m.session, []).append(type(m).__name__)
+        if isolated[0] and (src == "c0" or (dst == "c0" and msg.type != "dkg.start")):
+            return None
+        return msg
+
+    def start(to: str, sid: bytes) -> None:
+        liar.net.send(to, "dkg.start", {"session": sid, "threshold": 3, "participants": ids, "proofs": []})
+
+    net.tamper = watch
+    async with trio.open_nursery() as nursery:
+        await start_manual(nursery, net, services)
+        start("c0", first)
+        await wait_until(lambda: victim.session is not None and victim.session.id == first)
+        for k in range(1, 6):  # each smaller id wins the race: c0 leaves its session for it
+            sid = bytes([0xFF - k]) * 32
+            start("c0", sid)
+            await wait_until(lambda: victim.session is not None and victim.session.id == sid)  # noqa: B023
+        assert first in victim._aborted and len(victim._aborted) == 3  # never forgotten; the rest left unsigned
+        assert sum("Abort" in kinds for kinds in signed.values()) == 3
+        await wait_until(lambda: victim.session is None, timeout=60)
+        isolated[0] = False
+        for to in ("c0", "c1", "c2"):
+            start(to, first)
+        await trio.sleep(30)
+        assert "Confirm" not in signed.get(first, [])
+        assert all(not s.proofs for s in services.values() if s is not liar)
+        nursery.cancel_scope.cancel()
