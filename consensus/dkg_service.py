@@ -82,6 +82,7 @@ MAX_REFUSED = 256  # session ids of refused starts (each answered with a signed 
 #                    refused starts evicted the sessions left (a reviewer's run)
 MAX_GROUP_KEYS = 64  # past group keys remembered (one per new DKG)
 MAX_PENDING = 1  # sessions confirmed whose key shares are kept for a late certificate: the one confirmed last
+MAX_CONFIRMED = 4096  # sessions confirmed and never completed, remembered for good: past it, no session is joined
 #                  beyond it (a liar confirming every session with a garbled transcript made them pile up: 688 files
 #                  and an 829 kB journal, rewritten whole at each session, in an hour; a reviewer's run)
 MAX_DEALING = 8  # sessions whose round-one messages are journaled as dealt against (see ``_deliver``)
@@ -169,6 +170,10 @@ class DkgService:
         self._pending: dict[bytes, SessionInfo] = {}  # sessions confirmed and not yet resolved
         self._recent: dict[bytes, SessionInfo] = {}  # the last sessions left (late complaints still count)
         self._aborted: list[bytes] = []
+        # every session confirmed here (journaled, never forgotten): a superseded one (``_store_pending``) is never
+        # joined again, nor refused or left with a signed abort: joined again, a member signed an abort for a
+        # session it had confirmed, and was proven an equivocator (a reviewer's reproduction, no liar needed)
+        self._confirmed: list[bytes] = []
         self._refused: list[bytes] = []
         self._dealing: dict[bytes, list[bytes]] = {}  # session id -> the round-one messages we dealt shares against
         self._buffer: dict[bytes, list[bytes]] = {}
@@ -239,6 +244,9 @@ class DkgService:
             raise DkgError(refusal)
         if self.me in self.proofs:
             raise DkgError(f"this member is excluded from DKG: {self.proofs[self.me][1]}")
+        if len(self._confirmed) >= MAX_CONFIRMED:
+            raise DkgError(f"this member confirmed {len(self._confirmed)} sessions that never completed: move the DKG "
+                           f"journal {self._journal_path.name} aside")
         participants = {i: k for i, k in self.identifiers.items() if i not in self.proofs}
         if len(participants) < t:
             raise DkgError(f"only {len(participants)} members remain after leaving out "
@@ -331,10 +339,15 @@ class DkgService:
         if self.key is not None:
             self._send_certificate(peer)
             return
-        if (self.session is not None and self.session.id == session_id) or session_id in self._pending:
+        if (self.session is not None and self.session.id == session_id) or session_id in self._pending \
+                or session_id in self._confirmed:
             return
         if session_id in self._aborted or session_id in self._refused:
             self._send_abort(peer, session_id, threshold, ids)
+            return
+        if len(self._confirmed) >= MAX_CONFIRMED:
+            log.error("refusing DKG session %s: this member confirmed %d sessions that never completed; move the "
+                      "DKG journal aside once no session runs", session_id.hex()[:12], len(self._confirmed))
             return
         refusal, participants = await self._check_start(peer, threshold, ids, proofs)
         if refusal is not None:
@@ -355,10 +368,13 @@ class DkgService:
             self._send_certificate(peer)
             return
         s = self._find(session_id)
+        if s is None and session_id in self._confirmed:
+            return  # confirmed here, superseded since: never joined again (nor aborted)
         if s is None and (session_id in self._aborted or session_id in self._refused):
             self._send_abort(peer, session_id, threshold, ids)
             return
-        if s is None and self.session is None:  # missed the start, or restarted before confirming: join now
+        if s is None and self.session is None and len(self._confirmed) < MAX_CONFIRMED:
+            # missed the start, or restarted before confirming: join now
             refusal, participants = await self._check_start(peer, threshold, ids, [])
             if refusal is None:
                 await self._join(session_id, threshold, participants, None)
@@ -715,8 +731,9 @@ class DkgService:
         # two group keys, a reviewer's reproduction). A member runs, deals and confirms one session at a time, so
         # two members' last confirmed sessions that both complete are one and the same.
         dropped = [sid for sid in self._pending if sid != s.id]
-        self._pending = {s.id: s}
-        await self._save_journal()
+        confirmed = self._confirmed if s.id in self._confirmed else [*self._confirmed, s.id]
+        await self._save_journal(confirmed=confirmed, pending={s.id: s})
+        self._pending, self._confirmed = {s.id: s}, confirmed
         s.durable = True
         if dropped:
             log.warning("forgetting the key shares of %d earlier DKG session(s) confirmed here: only the one "
@@ -728,14 +745,18 @@ class DkgService:
             self._stored_pending(sid).unlink(missing_ok=True)
 
     async def _save_journal(self, aborted: list[bytes] | None = None, refused: list[bytes] | None = None,
-                            dealing: dict[bytes, list[bytes]] | None = None) -> None:
-        pending = [{"session": s.id, "threshold": s.threshold, "participants": sorted(s.participants),
-                    "confirm": msgpack.packb(s.participant.own_confirm.to_wire(), use_bin_type=True),  # type: ignore[union-attr]
-                    "dealt": [msgpack.packb(m.to_wire(), use_bin_type=True) for m in s.participant.dealt],
-                    "abandoned": s.abandoned} for s in self._pending.values() if self.key is None]
+                            dealing: dict[bytes, list[bytes]] | None = None, confirmed: list[bytes] | None = None,
+                            pending: dict[bytes, SessionInfo] | None = None) -> None:
+        pending_entries = [
+            {"session": s.id, "threshold": s.threshold, "participants": sorted(s.participants),
+             "confirm": msgpack.packb(s.participant.own_confirm.to_wire(), use_bin_type=True),  # type: ignore[union-attr]
+             "dealt": [msgpack.packb(m.to_wire(), use_bin_type=True) for m in s.participant.dealt],
+             "abandoned": s.abandoned} for s in (self._pending if pending is None else pending).values()
+            if self.key is None]
         dealing = self._dealing if dealing is None else dealing
         data = msgpack.packb({"v": 1, "aborted": self._aborted if aborted is None else aborted,
-                              "refused": self._refused if refused is None else refused, "pending": pending,
+                              "confirmed": self._confirmed if confirmed is None else confirmed,
+                              "refused": self._refused if refused is None else refused, "pending": pending_entries,
                               "dealing": [{"session": sid, "round1": round1} for sid, round1 in dealing.items()]
                               if self.key is None else [],
                               "proofs": [p for p, _ in self.proofs.values()]}, use_bin_type=True)
@@ -856,6 +877,11 @@ class DkgService:
             return
         journal = state["journal"] or {}
         self._aborted = list(journal.get("aborted", []))
+        self._confirmed = [sid for sid in journal.get("confirmed", []) if type(sid) is bytes]
+        for entry in journal.get("pending", []):  # (journals before it: the pending sessions were all it kept)
+            if isinstance(entry, dict) and type(entry.get("session")) is bytes and entry["session"] not in \
+                    self._confirmed:
+                self._confirmed.append(entry["session"])
         self._refused = list(journal.get("refused", []))[-MAX_REFUSED:]
         for entry in journal.get("dealing", [])[-MAX_DEALING:]:  # (journals before it: none)
             if isinstance(entry, dict) and type(entry.get("session")) is bytes \

@@ -351,7 +351,9 @@ class PeerManager:
         # period made every slot young, and a member's connection, the oldest young one, was closed before its
         # handshake ended, again and again (a reviewer's reproduction, ~3k connections/s from one address)
         held = Counter(c.host for c in self._unverified)
-        victim = min(self._unverified, key=lambda c: (-held[c.host], c.since > idle_since, c.upgraded, c.since))
+        # (idle ones first still: members behind one address, a NAT, lost their handshakes to a stranger's idle
+        # slots spread over many addresses otherwise: a reviewer's reproduction)
+        victim = min(self._unverified, key=lambda c: (c.since > idle_since, -held[c.host], c.upgraded, c.since))
         del self._unverified[victim]
         victim.scope.cancel()
         self.inbound["evicted"] += 1

@@ -1039,3 +1039,41 @@ async def test_a_flood_of_starts_cannot_make_a_member_forget_a_session_it_left(
         assert "Confirm" not in signed.get(first, [])
         assert all(not s.proofs for s in services.values() if s is not liar)
         nursery.cancel_scope.cancel()
+
+
+async def test_lost_shares_in_two_sessions_in_a_row_prove_no_honest_member_a_liar(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """No liar, only lost messages: c3 loses every share of S1 (c0, c1, c2 confirmed it), c1 every share of S2 (c0,
+    c2, c3 confirmed it). Keeping only the session confirmed last, c0 forgot it had confirmed S1; asked about S1 by
+    c1, it joined S1 again, signed an abort for it, and c1 proved it an equivocator (a reviewer's reproduction).
+    Sessions confirmed here are never joined again; the next session completes with one key."""
+    net, services = setup(tmp_path, delay=(0.001, 0.01), timeout_s=5)
+    dropping: list[str | None] = [None]
+    signed: set[tuple[str, str, bytes]] = set()
+
+    def lose_shares(src: str, dst: str, msg: Message) -> Message | None:
+        m = dkg_message(msg)
+        if isinstance(m, (dkg.Abort, Confirm)) and m.sender == services[src].me:
+            signed.add((src, type(m).__name__, m.session))
+        if isinstance(m, Round2) and dst == dropping[0]:
+            return None
+        return msg
+
+    net.tamper = lose_shares
+    async with trio.open_nursery() as nursery:
+        await start_manual(nursery, net, services)
+        sessions = []
+        for loser in ("c3", "c1"):
+            dropping[0] = loser
+            sessions.append(services["c0"].start())
+            await wait_until(lambda: all(s.session is None for s in services.values()), timeout=60)
+        dropping[0] = None
+        await trio.sleep(30)  # c1 asks about S1, the session it confirmed last
+        for sid in sessions:
+            assert not {m for m, kind, s in signed if s == sid and kind == "Abort"} & {
+                m for m, kind, s in signed if s == sid and kind == "Confirm"}
+        assert all(not s.proofs for s in services.values())
+        services["c0"].start()
+        await wait_until(lambda: all(s.key is not None for s in services.values()), timeout=60)
+        one_group_key(list(services.values()))
+        nursery.cancel_scope.cancel()

@@ -275,3 +275,26 @@ async def test_a_member_links_through_a_flood_of_connections_from_another_addres
                     await trio.sleep(0.05)
         assert b.inbound["authenticated"] >= 1
         flooders.cancel_scope.cancel()
+
+
+async def test_idle_handshakes_go_first_even_when_members_share_an_address() -> None:
+    """Members behind one address (a NAT) handshaking young, a stranger's idle slots one per address: the address
+    holding most slots gave one up first, a member's handshake (a reviewer's reproduction). Idle ones go first;
+    the address count orders the young."""
+    from protocol.manager import _Unverified
+
+    ms = members(["a", "b"])
+    mgr = PeerManager("b", KEYS["b"], "test", ms, registry(), port=ms[1].port)
+    now = trio.current_time()
+    strangers = [_Unverified(trio.CancelScope(), now - 3, False, f"2001:db8::{k}") for k in range(14)]
+    nat = [_Unverified(trio.CancelScope(), now - 0.01, True, "198.51.100.7") for _ in range(2)]
+    for c in [*strangers, *nat]:
+        mgr._unverified[c] = None
+    mgr._evict("203.0.113.1:4000")
+    assert all(c in mgr._unverified for c in nat) and sum(c in mgr._unverified for c in strangers) == 13
+    young = [_Unverified(trio.CancelScope(), now, True, "192.0.2.9") for _ in range(3)]
+    mgr._unverified.clear()
+    for c in [*nat, *young]:
+        mgr._unverified[c] = None
+    mgr._evict("203.0.113.1:4000")  # all young: the address holding the most gives one up
+    assert all(c in mgr._unverified for c in nat) and sum(c in mgr._unverified for c in young) == 2
