@@ -150,10 +150,42 @@ class _Conn:
     scope: trio.CancelScope
     code: int = 1000
     reason: str = "bye"
+    bytes_at: float = -math.inf  # trio time bytes last arrived on it (a frame's, complete or not)
 
     def close(self, code: int, reason: str) -> None:
         self.code, self.reason = code, reason
         self.scope.cancel()
+
+
+class _Stamping(trio.abc.Stream):
+    """A link's stream that stamps its connection each time bytes arrive: a frame under way on a slow link (1 MiB
+    takes 7 s at 150 kB/s) is a sign of life. Counting whole frames only, the receiver closed such a link mid-frame
+    every time, and the frame, retried, never arrived (a reviewer's reproduction)."""
+
+    def __init__(self, inner: trio.abc.Stream, conn: _Conn) -> None:
+        self.inner, self.conn = inner, conn
+
+    @property
+    def socket(self) -> Any:  # (trio-websocket reads the endpoints from it)
+        return getattr(self.inner, "socket", None)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self.inner.receive_some(max_bytes)
+        if data:
+            self.conn.bytes_at = trio.current_time()
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()  # type: ignore[attr-defined]
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 @dataclass(eq=False)
@@ -450,6 +482,7 @@ class PeerManager:
         if link.conn is not None:  # a new link from this peer replaces the old one
             link.conn.close(CLOSE_REPLACED, "replaced by a newer link")
         conn = link.conn = _Conn(trio.CancelScope())
+        ws._stream = _Stamping(ws._stream, conn)  # (trio-websocket's reader takes its stream anew for each read)
         link.links += 1
         link.state, link.missed, link.last_seen = State.UP, 0, time.time()
         log.info("peer link up: %s (%s)", link.member.id, "dialed" if self.my_id < link.member.id else "accepted")
@@ -548,7 +581,11 @@ class PeerManager:
     async def _heartbeat(self, link: PeerLink, conn: _Conn) -> None:
         while True:
             self.send(link.member.id, PING, {"t": time.monotonic_ns()})
+            tick = trio.current_time()
             await trio.sleep(self.heartbeat_s)
+            if conn.bytes_at >= tick:  # bytes came meanwhile: a frame under way, however slowly (see _Stamping)
+                link.missed = 0
+                continue
             link.missed += 1
             if link.missed >= DOWN_AFTER:
                 link.last_error = f"no answer for {link.missed} heartbeats"

@@ -165,3 +165,29 @@ async def test_what_waits_for_a_peer_is_bounded_in_bytes_too() -> None:
     with trio.move_on_after(0.5):  # once sent, they no longer count
         await mgr._sender(link, FakeWebsocket(blocked=False), ours)  # type: ignore[arg-type]
     assert link.queued_bytes == 0 and link.carry is None
+
+
+async def test_a_large_frame_on_a_slow_link_arrives_and_the_link_stays_up() -> None:
+    """A frame that takes longer than DOWN_AFTER heartbeats to arrive (900 kB at 300 kB/s, heartbeats of 0.2 s):
+    liveness counted whole frames only, so the receiver closed the link mid-frame every time, and the message,
+    retried, never arrived (a reviewer's reproduction). Bytes arriving are a sign of life."""
+    from deploy.faultproxy import LinkProxy
+
+    ms = members(["a", "b"])
+    proxy = LinkProxy("a->b", ms[1].port, rate=300_000)
+    async with trio.open_nursery() as nursery:
+        proxy_port = await nursery.start(proxy.serve)
+        via_proxy = [ms[0], Member("b", ms[1].public_key, "127.0.0.1", proxy_port)]
+        a = PeerManager("a", KEYS["a"], "test", via_proxy, registry(), port=ms[0].port, heartbeat_s=0.2)
+        b = PeerManager("b", KEYS["b"], "test", ms, registry(), port=ms[1].port, heartbeat_s=0.2)
+        inbox = b.subscribe("echo")
+        await nursery.start(a.run)
+        await nursery.start(b.run)
+        await wait_for(lambda: "b" in a.up_peers() and "a" in b.up_peers(), what="the link")
+        links = b.peers["a"].links
+        assert a.send("b", "echo", {"data": b"x" * 900_000})
+        with trio.fail_after(20):
+            peer, msg = await inbox.receive()
+        assert peer == "a" and len(msg.body["data"]) == 900_000
+        assert b.peers["a"].links == links  # never closed meanwhile
+        nursery.cancel_scope.cancel()
