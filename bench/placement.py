@@ -289,7 +289,7 @@ def churn(n: int = 10_000, changes: int = 80, warm_calls: int = 300) -> bool:
     same_ring = fresh.ring().points() == placement.ring().points()
     same_answers = all(fresh.place(_key(i), 3) == placement.place(_key(i), 3) for i in range(2_000))
     say(f"n={n:,}: warm {warm:.1f} µs/lookup (median of {changes} blocks of {warm_calls} calls, one before each "
-        f"change) | first lookup after a change: median {first:,.0f} µs ({ratio:.1f}×), of which following the "
+        f"change) | first lookup after a change: median {first:,.0f} µs ({first / warm:.1f}×), of which following the "
         f"change {statistics.median(refresh_us):,.0f} µs; mean {statistics.fmean(first_us):,.0f} µs "
         f"({statistics.fmean(first_us) / warm:.1f}×), worst {max(first_us):,.0f} µs ({max(first_us) / warm:.1f}×)")
     say("         median per kind of change: " + "; ".join(

@@ -233,8 +233,8 @@ class _Plan:
     """A copy of the registry (ids and entries, in its order), its membership epoch, and what following it takes:
     (node id, its ring entry now, the one it should have) per changed node, or a full build."""
 
-    ids: list[str]
-    entries: list[tuple[Version, NodeRecord | None]]
+    ids: list[str] | None  # (None: followed from the membership log; the copy seen last stays as it was)
+    entries: list[tuple[Version, NodeRecord | None]] | None
     epoch: int
     updates: list[tuple[str, tuple[str, int] | None, tuple[str, int] | None]]
     full: bool
@@ -281,13 +281,27 @@ class Placement:
     def _refresh(self) -> None:
         self._apply(self._plan())
 
+    def _logged_changes(self) -> list[str] | None:
+        """The node ids changed since the ring last followed the registry, from the state's membership log; None
+        unless the log holds every change since (one entry per epoch bump by an event; a snapshot restore bumps it
+        without entries)."""
+        log, since, now = self._state.membership_log, self._epoch, self._state.membership_epoch
+        count = now - since
+        if since < 0 or count <= 0 or count > len(log) or log[-1][0] != now or log[-count][0] != since + 1:
+            return None
+        return list(dict.fromkeys(nid for _, nid in log[-count:]))
+
     def _plan(self) -> _Plan:
-        """What following the registry takes now (the event loop's part: a copy of the registry's entries and the
-        nodes whose ring points change; cheap)."""
+        """What following the registry takes now (the event loop's part: the nodes whose ring points change, from
+        the state's membership log, else by comparing a copy of the registry's entries with the last one; cheap)."""
         nodes = self._state.nodes
-        ids, entries = list(nodes), list(nodes.values())
-        changed = self._changed(ids, entries)
         ring = self._ring
+        ids: list[str] | None = None
+        entries: list[tuple[Version, NodeRecord | None]] | None = None
+        changed = self._logged_changes()
+        if changed is None:
+            ids, entries = list(nodes), list(nodes.values())
+            changed = self._changed(ids, entries)
         if changed is None:
             changed = list(nodes.keys() | ring.zone.keys())
         updates: list[tuple[str, tuple[str, int] | None, tuple[str, int] | None]] = []
@@ -298,11 +312,14 @@ class Placement:
             if want != have:
                 updates.append((nid, have, want))
         full = bool(updates) and (not ring.zone or len(updates) > max(64, len(ring.zone) // 4))  # first fill, or many
+        if full and ids is None:
+            ids, entries = list(nodes), list(nodes.values())
         return _Plan(ids, entries, self._state.membership_epoch, updates, full)
 
     def _apply(self, plan: _Plan) -> None:
         """Build or update the ring as planned (only from the plan's copies: it may run in a worker thread)."""
         if plan.full:
+            assert plan.ids is not None and plan.entries is not None
             self._ring = Ring.build({nid: t for nid, (_, rec) in zip(plan.ids, plan.entries, strict=True)
                                      if (t := _target(rec)) is not None})
             self.full_builds += 1
@@ -313,7 +330,8 @@ class Placement:
                     ring.remove(nid)
                 if want is not None:
                     ring.add(nid, *want)
-        self._seen_ids, self._seen = plan.ids, plan.entries
+        if plan.ids is not None and plan.entries is not None:  # (else stale: ``_changed`` then finds a superset of
+            self._seen_ids, self._seen = plan.ids, plan.entries  # the changes, each checked against the ring)
         self._epoch = plan.epoch
         self.refreshes += 1
 

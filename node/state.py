@@ -64,6 +64,7 @@ V = TypeVar("V")
 _MOD = 1 << 256
 RECENT_IDS = 1 << 16  # ids of the latest applied events kept for duplicate detection (2 MiB in a snapshot)
 LAYOUT = 5  # the snapshot layout to_snapshot writes; from_snapshot also reads layout 4 and the earlier ones
+MEMBERSHIP_LOG = 4096  # membership changes kept in State.membership_log (at least)
 SHARDS = 32  # a key's shard: ord(its last character) % SHARDS (part of layouts 4 and 5: snapshots keep the shards)
 _MASK = SHARDS - 1
 CHUNK = 1024  # list items (recent ids) per piece of a snapshot's encoding: ~1-5 ms of work each at most
@@ -147,6 +148,9 @@ class State:
         self._applied = 0
         self._live_nodes = 0
         self.membership_epoch = 0  # bumps whenever a node's visible record changes (placement cache key)
+        # (epoch, node id) of each bump by an event, the last MEMBERSHIP_LOG at least: placement follows a change
+        # from it without comparing the whole registry (~450 µs at 10,000 nodes; see node/placement.py)
+        self.membership_log: list[tuple[int, str]] = []
         self.max_hlc: tuple[int, int] = (0, 0)
         self._acc = 0  # the set hash accumulator, reduced mod 2^256 when read (see root())
         self.ledger = ReceiptLedger(self._rehash)
@@ -313,6 +317,10 @@ class State:
         if old != record:
             self.membership_epoch += 1
             self._live_nodes += (record is not None) - (old is not None)
+            log = self.membership_log
+            log.append((self.membership_epoch, node_id))
+            if len(log) > 2 * MEMBERSHIP_LOG:
+                del log[:MEMBERSHIP_LOG]
         return True
 
     def _set_object(self, version: Version, obj: str, raw: bytes) -> int:

@@ -313,3 +313,42 @@ async def test_follow_catches_up_with_changes_made_while_its_thread_worked() -> 
     fresh = Placement(state)
     assert all(placement.place(f"k{i}", 3) == fresh.place(f"k{i}", 3) for i in range(100))
     assert placement.refreshes == refreshes  # place() had nothing left to do
+
+
+def test_a_change_is_followed_from_the_membership_log_and_a_gap_in_it_by_comparison() -> None:
+    """The first lookup after a change compared the whole registry with the copy seen last (~450 µs at 10,000
+    nodes, most of what a join cost): the state's membership log names the nodes changed. Where the log does not
+    hold every change since (trimmed, or bumps without entries, as a snapshot restore makes), the registry is
+    compared as before; the ring is a fresh build's either way."""
+    from node import state as state_module
+
+    rng = random.Random(11)
+    s = registry([(f"node-{i}", f"z{i % 4}", rng.choice([1, 100, 2000])) for i in range(60)])
+    p = Placement(s)
+    p.place("warm", 3)
+    keys = [f"key-{k}" for k in range(40)]
+    t = 10_000
+
+    def change() -> None:
+        nonlocal t
+        t += 1
+        nid = f"node-{rng.randrange(80)}"
+        if rng.random() < 0.6:
+            s.apply(make_event(ev.NODE_REGISTERED, (t, 0), "c0", id=nid, zone=f"z{rng.randrange(5)}",
+                               addr="1.1.1.1:1", capacity_gb=rng.choice([1, 100, 2000])))
+        else:
+            s.apply(make_event(ev.NODE_UNREGISTERED, (t, 0), "c0", id=nid))
+
+    with mock.patch.object(p, "_changed", side_effect=AssertionError("compared the registry")):
+        for _ in range(30):
+            change()
+            change()
+            _check_against_fresh(s, p, keys)  # (from the log: no comparison)
+    with mock.patch.object(state_module, "MEMBERSHIP_LOG", 3):
+        for _ in range(10):
+            change()  # more changes than the log keeps: compared
+        _check_against_fresh(s, p, keys)
+    s.membership_epoch += 1  # a bump without an entry (as a restore's)
+    change()
+    _check_against_fresh(s, p, keys)
+    assert p.full_builds == 1
