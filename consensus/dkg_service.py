@@ -821,8 +821,7 @@ class DkgService:
                 log.warning("ignoring an unreadable DKG certificate %s: %s", self._cert_path, exc)
         if self.keystore_path.exists():
             out["key"] = self._load()
-            return out
-        if self._journal_path.exists():
+        if self._journal_path.exists():  # (read with a key too: what it remembers of sessions must outlive it)
             try:
                 journal = msgpack.unpackb(self._journal_path.read_bytes(), raw=False)
                 if not isinstance(journal, dict) or journal.get("v") != 1:
@@ -831,7 +830,7 @@ class DkgService:
                 log.error("ignoring an unreadable DKG journal %s: %s", self._journal_path, exc)
                 return out
             out["journal"] = journal
-            for entry in journal.get("pending", []):
+            for entry in journal.get("pending", []) if out["key"] is None else []:
                 try:
                     out["pending"][entry["session"]] = keystore.load(self._stored_pending(entry["session"]),
                                                                      identity=self.identity, passphrase=self.passphrase)
@@ -846,6 +845,25 @@ class DkgService:
         if isinstance(cert, dict):
             self.cert = Certificate(cert["session"], cert["threshold"], tuple(cert["participants"]),
                                     tuple(cert["confirms"]))
+        journal = state["journal"] or {}
+        # Loaded with a key too: restarted with one, the sessions left and confirmed were forgotten, the next journal
+        # write (a proof learnt) wiped them, and once the key was moved aside for a new DKG, a replayed start of the
+        # completed session made the member sign an abort for it: an "equivocator" (a reviewer's reproduction)
+        self._aborted = list(journal.get("aborted", []))
+        self._confirmed = [sid for sid in journal.get("confirmed", []) if type(sid) is bytes]
+        for entry in journal.get("pending", []):  # (journals before it: the pending sessions were all it kept)
+            if isinstance(entry, dict) and type(entry.get("session")) is bytes and entry["session"] not in \
+                    self._confirmed:
+                self._confirmed.append(entry["session"])
+        if self.cert is not None and type(self.cert.session) is bytes and self.cert.session not in self._confirmed:
+            self._confirmed.append(self.cert.session)  # (the session completed here was confirmed here)
+        self._refused = list(journal.get("refused", []))[-MAX_REFUSED:]
+        for proof in journal.get("proofs", []):
+            try:
+                record = check_exclusion_proof(proof, self.identifiers)
+            except DkgMessageError:
+                continue
+            self.proofs.setdefault(record.culprit, (proof, self.describe(record)))
         if state["key"] is not None:
             key = state["key"]
             if not self._made_for_these_members(key):
@@ -875,24 +893,10 @@ class DkgService:
             if self.cert is not None:
                 self._check_cert()
             return
-        journal = state["journal"] or {}
-        self._aborted = list(journal.get("aborted", []))
-        self._confirmed = [sid for sid in journal.get("confirmed", []) if type(sid) is bytes]
-        for entry in journal.get("pending", []):  # (journals before it: the pending sessions were all it kept)
-            if isinstance(entry, dict) and type(entry.get("session")) is bytes and entry["session"] not in \
-                    self._confirmed:
-                self._confirmed.append(entry["session"])
-        self._refused = list(journal.get("refused", []))[-MAX_REFUSED:]
         for entry in journal.get("dealing", [])[-MAX_DEALING:]:  # (journals before it: none)
             if isinstance(entry, dict) and type(entry.get("session")) is bytes \
                     and isinstance(entry.get("round1"), list):
                 self._dealing[entry["session"]] = [d for d in entry["round1"] if type(d) is bytes]
-        for proof in journal.get("proofs", []):
-            try:
-                record = check_exclusion_proof(proof, self.identifiers)
-            except DkgMessageError:
-                continue
-            self.proofs.setdefault(record.culprit, (proof, self.describe(record)))
         for entry in journal.get("pending", []):
             share = state["pending"].get(entry["session"])
             if share is None:

@@ -165,10 +165,6 @@ class _Stamping(trio.abc.Stream):
     def __init__(self, inner: trio.abc.Stream, conn: _Conn) -> None:
         self.inner, self.conn = inner, conn
 
-    @property
-    def socket(self) -> Any:  # (trio-websocket reads the endpoints from it)
-        return getattr(self.inner, "socket", None)
-
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         data = await self.inner.receive_some(max_bytes)
         if data:
@@ -382,10 +378,14 @@ class PeerManager:
         # ... from the address holding the most slots: a stranger opening connections faster than one per grace
         # period made every slot young, and a member's connection, the oldest young one, was closed before its
         # handshake ended, again and again (a reviewer's reproduction, ~3k connections/s from one address)
-        held = Counter(c.host for c in self._unverified)
-        # (idle ones first still: members behind one address, a NAT, lost their handshakes to a stranger's idle
-        # slots spread over many addresses otherwise: a reviewer's reproduction)
-        victim = min(self._unverified, key=lambda c: (c.since > idle_since, -held[c.host], c.upgraded, c.since))
+        # An address holding more than half the slots gives one up (idle ones first among its own); otherwise the
+        # idle go first: members behind one address (a NAT) lost their young handshakes to a stranger's idle slots
+        # spread over many addresses when the count came first, and a member slower than the grace period lost its
+        # own to a one-address flood when idleness came first (reviewers' reproductions)
+        host, most = Counter(c.host for c in self._unverified).most_common(1)[0]
+        candidates = [c for c in self._unverified if c.host == host] if 2 * most > len(self._unverified) \
+            else list(self._unverified)
+        victim = min(candidates, key=lambda c: (c.since > idle_since, c.upgraded, c.since))
         del self._unverified[victim]
         victim.scope.cancel()
         self.inbound["evicted"] += 1
@@ -585,6 +585,8 @@ class PeerManager:
             await trio.sleep(self.heartbeat_s)
             if conn.bytes_at >= tick:  # bytes came meanwhile: a frame under way, however slowly (see _Stamping)
                 link.missed = 0
+                if link.state is State.SUSPECT:
+                    link.state = State.UP
                 continue
             link.missed += 1
             if link.missed >= DOWN_AFTER:

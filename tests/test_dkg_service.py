@@ -1077,3 +1077,39 @@ async def test_lost_shares_in_two_sessions_in_a_row_prove_no_honest_member_a_lia
         await wait_until(lambda: all(s.key is not None for s in services.values()), timeout=60)
         one_group_key(list(services.values()))
         nursery.cancel_scope.cancel()
+
+
+async def test_what_the_journal_remembers_of_sessions_outlives_a_restart_with_a_key(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """Restarted with a key, a member did not read its journal; the next journal write (a proof learnt: a liar can
+    make one against itself at will) wiped the sessions it had confirmed and left. Once the key was moved aside for
+    a new DKG, a replayed start of the completed session made it sign an abort for it: with its confirmation in
+    the certificate, a proof of "equivocation" (a reviewer's reproduction). The journal is read with a key too."""
+    services = await completed_dkg(tmp_path)
+    c1, liar = services["c1"], services["c3"]
+    assert c1.cert is not None
+    completed = c1.cert.session
+
+    def restarted() -> DkgService:
+        registry = Registry()
+        register(registry)
+        return DkgService(SimNetwork(registry).add("c1"), c1.identity, c1.members, c1.keystore_path,
+                          run_blocking=inline, auto=False)
+
+    again = restarted()
+    await again._restore()
+    assert again.key is not None and completed in again._confirmed
+    sid, ids = os.urandom(32), sorted(again.identifiers)
+    bogus = Complaint(sid, liar.me, c1.me, "bad_proof", b"", b"", ()).signed(
+        liar.identity, dkg.session_context(sid, 3, {i: again.identifiers[i] for i in ids}))
+    await again._on_proofs("c3", {"proofs": [dkg.exclusion_proof(sid, 3, ids, bogus)]})  # a journal write
+    assert completed in msgpack.unpackb(again._journal_path.read_bytes(), raw=False)["confirmed"]
+    c1.keystore_path.rename(c1.keystore_path.with_name("moved-aside"))  # for a new DKG
+    c1.keystore_path.with_name(c1.keystore_path.name + ".cert").unlink()
+    third = restarted()
+    await third._restore()
+    sent: list[tuple[str, str, dict[str, Any]]] = []
+    third.net.send = lambda peer, type_, body: sent.append((peer, type_, body)) or True  # type: ignore[method-assign]
+    await third._on_start("c3", {"session": completed, "threshold": c1.cert.threshold,
+                                 "participants": list(c1.cert.participants), "proofs": []})
+    assert third.session is None and not [body for _, type_, body in sent if type_ == "dkg.msg"]

@@ -279,8 +279,9 @@ async def test_a_member_links_through_a_flood_of_connections_from_another_addres
 
 async def test_idle_handshakes_go_first_even_when_members_share_an_address() -> None:
     """Members behind one address (a NAT) handshaking young, a stranger's idle slots one per address: the address
-    holding most slots gave one up first, a member's handshake (a reviewer's reproduction). Idle ones go first;
-    the address count orders the young."""
+    holding most slots gave one up first, a member's handshake; and with idleness first, a member slower than the
+    grace period lost its handshake to a one-address flood (reviewers' reproductions). An address holding more
+    than half the slots gives one up; otherwise the idle go first."""
     from protocol.manager import _Unverified
 
     ms = members(["a", "b"])
@@ -292,9 +293,10 @@ async def test_idle_handshakes_go_first_even_when_members_share_an_address() -> 
         mgr._unverified[c] = None
     mgr._evict("203.0.113.1:4000")
     assert all(c in mgr._unverified for c in nat) and sum(c in mgr._unverified for c in strangers) == 13
-    young = [_Unverified(trio.CancelScope(), now, True, "192.0.2.9") for _ in range(3)]
+    flood = [_Unverified(trio.CancelScope(), now - 0.05 * k / 15, True, "203.0.113.66") for k in range(15)]
+    slow_member = _Unverified(trio.CancelScope(), now - (IDLE_GRACE_S + 0.1), True, "198.51.100.7")
     mgr._unverified.clear()
-    for c in [*nat, *young]:
+    for c in [*flood, slow_member]:
         mgr._unverified[c] = None
-    mgr._evict("203.0.113.1:4000")  # all young: the address holding the most gives one up
-    assert all(c in mgr._unverified for c in nat) and sum(c in mgr._unverified for c in young) == 2
+    mgr._evict("203.0.113.66:5555")  # one address holds most slots: one of its own goes, not a slow member's
+    assert slow_member in mgr._unverified and sum(c in mgr._unverified for c in flood) == 14
