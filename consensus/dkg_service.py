@@ -78,8 +78,10 @@ MAX_ABORTED = 4096  # session ids left with a signed abort, remembered (journale
 #                     joined and confirmed again, and confirming a session this member signed an abort for proves it
 #                     an "equivocator" (a liar's 4,096 starts, each left, evicted one: a reviewer's reproduction).
 #                     Once as many are remembered, sessions are left without a signed abort.
-MAX_REFUSED = 256  # session ids of refused starts (each answered with a signed abort), remembered apart: a flood of
-#                    refused starts evicted the sessions left (a reviewer's run)
+MAX_REFUSED = 4096  # session ids of refused starts (each answered with a signed abort), remembered apart (a flood
+#                    of refused starts evicted the sessions left: a reviewer's run) and never forgotten: one forgotten
+#                    whose refusal reason went away could be joined and confirmed, its signed abort beside (a
+#                    reviewer's reading). Past it, starts are refused without a signed abort.
 MAX_GROUP_KEYS = 64  # past group keys remembered (one per new DKG)
 MAX_PENDING = 1  # sessions confirmed whose key shares are kept for a late certificate: the one confirmed last
 MAX_CONFIRMED = 4096  # sessions confirmed and never completed, remembered for good: past it, no session is joined
@@ -473,8 +475,9 @@ class DkgService:
         self.refused_starts.append({"session": session_id.hex(), "from": peer, "threshold": threshold,
                                     "reason": reason, "count": 1})
         self.last_error = f"refused DKG session {session_id.hex()[:12]} started by {peer}: {reason}"
-        if self.me in ids and session_id not in self._aborted and session_id not in self._refused:
-            refused = [*self._refused, session_id][-MAX_REFUSED:]
+        if self.me in ids and session_id not in self._aborted and session_id not in self._refused \
+                and len(self._refused) < MAX_REFUSED:  # (past it: refused unsigned, see MAX_REFUSED)
+            refused = [*self._refused, session_id]
             try:
                 await self._save_journal(refused=refused)
             except OSError as exc:
@@ -857,7 +860,7 @@ class DkgService:
                 self._confirmed.append(entry["session"])
         if self.cert is not None and type(self.cert.session) is bytes and self.cert.session not in self._confirmed:
             self._confirmed.append(self.cert.session)  # (the session completed here was confirmed here)
-        self._refused = list(journal.get("refused", []))[-MAX_REFUSED:]
+        self._refused = list(journal.get("refused", []))
         for proof in journal.get("proofs", []):
             try:
                 record = check_exclusion_proof(proof, self.identifiers)

@@ -792,7 +792,7 @@ async def test_a_flood_of_refused_starts_does_not_make_a_member_forget_the_sessi
             net.nodes["c3"].send("c0", "dkg.start", {"session": os.urandom(SESSION_ID_SIZE), "threshold": 2,
                                                      "participants": ids, "proofs": []})
         await trio.sleep(1)
-        assert session_w in c0._aborted and len(c0._refused) == 256
+        assert session_w in c0._aborted and len(c0._refused) == 300
         withhold = False
         pending = c1._pending.get(session_w)
         threshold = pending.threshold if pending is not None else 3
@@ -1113,3 +1113,37 @@ async def test_what_the_journal_remembers_of_sessions_outlives_a_restart_with_a_
     await third._on_start("c3", {"session": completed, "threshold": c1.cert.threshold,
                                  "participants": list(c1.cert.participants), "proofs": []})
     assert third.session is None and not [body for _, type_, body in sent if type_ == "dkg.msg"]
+
+
+async def test_refused_starts_are_never_forgotten_and_past_the_bound_refused_unsigned(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused start is answered with a signed abort; the list of them was bounded, the oldest evicted: one whose
+    refusal reason went away later (a liar proven since) could be joined and confirmed, its abort beside (a
+    reviewer's reading). None is forgotten; past MAX_REFUSED (3 here) a start is refused without a signed abort."""
+    from consensus import dkg_service
+    from consensus.dkg_messages import Abort
+
+    monkeypatch.setattr(dkg_service, "MAX_REFUSED", 3)
+    net, services = setup(tmp_path, delay=(0.001, 0.01), timeout_s=5)
+    c0 = services["c0"]
+    aborts: list[bytes] = []
+
+    def watch(src: str, dst: str, msg: Message) -> Message | None:
+        m = dkg_message(msg)
+        if src == "c0" and isinstance(m, Abort):
+            aborts.append(m.session)
+        return msg
+
+    net.tamper = watch
+    async with trio.open_nursery() as nursery:
+        await start_all(nursery, net, services, auto=False)
+        ids = sorted(c0.identifiers)
+        starts = [bytes([k]) * SESSION_ID_SIZE for k in range(1, 6)]
+        for sid in starts:  # refused: threshold 2 is below the floor
+            net.nodes["c3"].send("c0", "dkg.start", {"session": sid, "threshold": 2, "participants": ids,
+                                                     "proofs": []})
+            await trio.sleep(0.5)
+        assert c0._refused == starts[:3] and sorted(set(aborts)) == starts[:3]
+        journal = msgpack.unpackb(c0._journal_path.read_bytes(), raw=False)
+        assert journal["refused"] == starts[:3]
+        nursery.cancel_scope.cancel()
