@@ -1549,7 +1549,7 @@ class ReceiptService:
                 receipts.append(rc.Receipt.from_wire(w))
             except rc.ReceiptError:
                 receipts.append(None)
-        if sum(rc.packed_size(len(w)) for w in body["receipts"]) + 5 > rc.MAX_BATCH_BYTES:
+        if not rc.fits(map(len, body["receipts"])):
             # signed, it could not be published (a lying proposer's, or one of an older version): nothing locked
             return {"verdicts": bytes([Verdict.INVALID]) * len(receipts), "conflicts": [],
                     "reasons": [f"batch over {rc.MAX_BATCH_BYTES} bytes"] * len(receipts), "commitment": [],
@@ -1625,7 +1625,7 @@ class ReceiptService:
                 return self._refuse(str(exc))
         if held is None:
             return self._refuse("not every receipt of the batch is locked here to that receipt")
-        if rc.fitting(held, len(held)) < len(held):
+        if not rc.fits(len(r.to_bytes()) + 64 for r in held):
             return self._refuse(f"batch over {rc.MAX_BATCH_BYTES} bytes")
         reply = self._sign_share(peer, body, held)
         if reply["share"]:

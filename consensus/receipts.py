@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -208,6 +209,11 @@ def packed_size(wire_len: int) -> int:
     """An upper bound of what a receipt of ``to_wire()`` length ``wire_len`` adds to a batch's packed receipts: a
     2-element array header, two bin headers (up to 3 and 2 bytes)."""
     return wire_len + 6
+
+
+def fits(wire_lengths: Iterable[int]) -> bool:
+    """Whether receipts of these ``to_wire()`` lengths make a batch whose packed receipts fit MAX_BATCH_BYTES."""
+    return 5 + sum(map(packed_size, wire_lengths)) <= MAX_BATCH_BYTES
 
 
 def fitting(receipts: list[Receipt], max_count: int) -> int:

@@ -177,9 +177,6 @@ class _Stamping(trio.abc.Stream):
     async def wait_send_all_might_not_block(self) -> None:
         await self.inner.wait_send_all_might_not_block()
 
-    async def send_eof(self) -> None:
-        await self.inner.send_eof()  # type: ignore[attr-defined]
-
     async def aclose(self) -> None:
         await self.inner.aclose()
 

@@ -74,6 +74,7 @@ def test_batches_are_cut_so_their_receipts_fit_one_event() -> None:
     over = msgpack.packb([[r.to_bytes(), r.node_signature] for r in receipts[:cut + 1]], use_bin_type=True)
     assert len(over) > ev.MAX_BIN - 6 * (cut + 1)  # (the bound is tight: a few bytes per receipt at most)
     assert rc.fitting(receipts, 256) == 256 and rc.fitting(receipts[:3], 256) == 3 and rc.fitting([], 8) == 0
+    assert rc.fits(len(r.to_wire()) for r in receipts[:cut]) and not rc.fits(len(r.to_wire()) for r in receipts)
 
 
 async def test_a_thousand_long_receipts_are_signed_and_published_in_batches_that_fit(
