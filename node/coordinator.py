@@ -14,6 +14,7 @@ import logging
 import operator
 import sqlite3
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -57,6 +58,14 @@ class NotFound(Exception):
     def __init__(self, body: dict[str, Any]) -> None:
         super().__init__(body.get("error", "not found"))
         self.body = body
+
+
+@dataclass
+class _ConsistencyCheck:
+    """A consistency check in flight, shared by the callers that arrive while it runs."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    report: dict[str, Any] | None = None
 
 
 class Coordinator:
@@ -113,6 +122,7 @@ class Coordinator:
         self.da.on_recovered = self._layer_recovered
         # logged every 2 s while the consumers catch up at start; /ready's 503 body carries it
         self.progress = RebuildProgress(self.consumers, lambda: self.state.events_applied, lambda: self.rebuilt)
+        self._consistency_flight: _ConsistencyCheck | None = None  # the consistency check running, if any
         self.snapshots_written = 0
         self.snapshots_failed = 0
         self._snapshot_mark: tuple[int, dict[str, int]] = (-1, {})
@@ -405,7 +415,23 @@ class Coordinator:
         return {"ready": True}
 
     async def consistency(self) -> dict[str, Any]:
-        """Fallback blobs (pending and reconciled) and recently published event blobs, checked for real."""
+        """Fallback blobs (pending and reconciled) and recently published event blobs, checked for real. Callers
+        arriving while a check runs share its report (``GET /fallback/consistency`` is open and each check reads up
+        to a few hundred blobs: a hundred concurrent callers ran a hundred checks against DA); if the check they
+        waited for was cancelled with its caller, the next one runs its own."""
+        while (flight := self._consistency_flight) is not None:
+            await flight.done.wait()
+            if flight.report is not None:
+                return flight.report
+        flight = self._consistency_flight = _ConsistencyCheck()
+        try:
+            flight.report = await self._check_consistency()
+            return flight.report
+        finally:
+            self._consistency_flight = None
+            flight.done.set()
+
+    async def _check_consistency(self) -> dict[str, Any]:
         report = await self.da.reconciler.consistency()
         published = await self.published_consistency()
         details = report["details"] + published["details"]

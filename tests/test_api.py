@@ -10,6 +10,7 @@ from typing import Any
 import nacl.signing
 import pytest
 import trio
+import trio.testing
 
 from api.app import create_app
 from api.openapi import ROUTES, openapi_path
@@ -615,3 +616,50 @@ async def test_ids_of_dots_alone_are_refused(client: Any) -> None:
     await post(client, "/register", {**NODE, "id": "..."})
     await post(client, "/object/register", {"hash": "a.b", "size": 1})
     assert (await get(client, "/node/..."))["id"] == "..."
+
+
+async def test_concurrent_consistency_checks_share_one(coord: Coordinator) -> None:
+    """Callers arriving while a check runs get its report; a check cancelled with its caller is not waited on for
+    ever: the next caller runs its own."""
+    calls = 0
+    release = trio.Event()
+    real = coord.da.reconciler.consistency
+
+    async def slow_check() -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        await release.wait()
+        return await real()
+
+    coord.da.reconciler.consistency = slow_check  # type: ignore[method-assign]
+    reports: list[dict[str, Any]] = []
+
+    async def ask() -> None:
+        reports.append(await coord.consistency())
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for _ in range(20):
+                nursery.start_soon(ask)
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()
+    assert calls == 1 and len(reports) == 20 and all(r is reports[0] for r in reports)
+    assert reports[0]["is_consistent"] is True
+    # the leader cancelled mid-check: the waiter runs a check of its own and gets a report
+    release = trio.Event()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            leader = trio.CancelScope()
+
+            async def cancelled_leader() -> None:
+                with leader:
+                    await coord.consistency()
+
+            nursery.start_soon(cancelled_leader)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(ask)
+            await trio.testing.wait_all_tasks_blocked()
+            leader.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()
+    assert calls == 3 and len(reports) == 21 and reports[-1]["is_consistent"] is True
