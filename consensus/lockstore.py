@@ -10,6 +10,7 @@ state: the coordinator then refuses to sign (never sign blind). Blocking calls: 
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -17,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from consensus.receipts import Receipt
+from consensus.receipts import Receipt, ReceiptError
 from consensus.slots import Decision, Validate, Verdict, decide, slot_key
 
 SCHEMA = """
@@ -66,24 +67,57 @@ class LockStore:
             self.db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
             return
         existed = path.exists()
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        wal = path.with_name(path.name + "-wal")
+        wal_lost = existed and not wal.exists()
         try:
+            # EXCLUSIVE: the first write takes the file's lock until close, so no other process (a second
+            # coordinator on this data directory, an operator's sqlite3 shell) can hold it while this one locks
+            # slots: a batch decided in the event loop waited up to 5 s for such a lock, then broke the store
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=0)
+            self.db.execute("PRAGMA locking_mode=EXCLUSIVE")
             if existed:  # (read-only checks first: a lost table's stand-in is left as it was found)
-                check = self.db.execute("PRAGMA quick_check").fetchone()
+                # integrity_check, not quick_check: only it compares the slot index with the rows, and every
+                # slot lookup goes through that index (a stale index page passed quick_check, a rival's slot
+                # looked free and was locked beside the first: a reviewer's reproduction)
+                check = self.db.execute("PRAGMA integrity_check(1)").fetchone()
                 if check is None or check[0] != "ok":
                     self.broken = f"lock table {path} failed its integrity check: {check}"
                 elif expect_existing and self.db.execute(
                         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'locks'").fetchone() is None:
                     self.broken = lost.replace("is missing", "holds no locks table (an empty or another file)")
+                elif wal_lost and self._was_open():
+                    self.broken = (f"lock table {path} was not closed cleanly and its write-ahead log {wal.name} is "
+                                   "gone: the locks committed since its last checkpoint may be lost, so it will "
+                                   "not sign (restore the table with its -wal file; if another program opened the "
+                                   "table after the crash, it folded the log in: then run sqlite3 on it with "
+                                   "\"DELETE FROM meta WHERE k = 'open'\" once sure)")
             if self.broken is None:
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=FULL")
                 self.db.executescript(SCHEMA)
+                # Open until close() says otherwise, checkpointed into the table itself: a restart that finds
+                # the mark without the -wal file knows the log holding the latest locks was lost
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('open', 1)")
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 self._count = int(self.db.execute("SELECT count(*) FROM locks").fetchone()[0])  # (before any thread)
         except sqlite3.DatabaseError as exc:
             self.broken = f"lock table {path} is unreadable: {exc}"
+        if not hasattr(self, "db"):  # (not even opened: a directory in its place, no permission)
+            self.db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+
+    def _was_open(self) -> bool:
+        """Whether the table carries the mark of a process that had it open and never closed it."""
+        if self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
+            return False
+        return self.db.execute("SELECT 1 FROM meta WHERE k = 'open' AND v = 1").fetchone() is not None
 
     def close(self) -> None:
+        """Close the table, marked closed cleanly (SQLite folds the log into the table and removes it)."""
+        if self.broken is None:
+            with contextlib.suppress(sqlite3.DatabaseError):  # (left marked: the next start checks the log is there)
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")  # as a crash would
+                self.db.execute("DELETE FROM meta WHERE k = 'open'")
         self.db.close()
 
     def _check(self) -> None:
@@ -100,6 +134,9 @@ class LockStore:
             yield
         except sqlite3.DatabaseError as exc:
             self.broken = f"lock table {self.path} failed: {exc}"
+            raise LockTableBroken(self.broken) from None
+        except ReceiptError as exc:  # a stored receipt that no longer decodes: the table is damaged
+            self.broken = f"lock table {self.path} holds a receipt that does not decode: {exc}"
             raise LockTableBroken(self.broken) from None
 
     def lock_batch(self, receipts: Sequence[Receipt], validate: Validate, proposer: str,
@@ -220,7 +257,7 @@ class LockStore:
                                    "locked_ms < ? AND (locked_ms, batch, idx) > (?, ?, ?) "
                                    "ORDER BY locked_ms, batch, idx LIMIT ?",
                                    (older_than_ms, lo_ms, lo_batch, lo_idx, limit)).fetchall()
-        return [OpenLock(Receipt.from_wire(bytes(w)), p, t, bytes(b), i) for w, p, t, b, i in rows]
+            return [OpenLock(Receipt.from_wire(bytes(w)), p, t, bytes(b), i) for w, p, t, b, i in rows]
 
     def lock_of(self, receipt_id: bytes) -> tuple[Receipt, int, bytes | None] | None:
         """The receipt locked here under this id, why its lock is closed (OPEN, SIGNED, ...), and a rival
@@ -232,7 +269,7 @@ class LockStore:
             rival = self.db.execute("SELECT conflicting_id FROM conflicts WHERE receipt_id = ? UNION ALL "
                                     "SELECT receipt_id FROM conflicts WHERE conflicting_id = ? LIMIT 1",
                                     (receipt_id, receipt_id)).fetchone()
-        return Receipt.from_wire(bytes(row[0])), int(row[1]), bytes(rival[0]) if rival else None
+            return Receipt.from_wire(bytes(row[0])), int(row[1]), bytes(rival[0]) if rival else None
 
     def conflict_for(self, receipt_id: bytes) -> bytes | None:
         with self._using():

@@ -4,7 +4,6 @@ after a restart, and no signing at all with a lost or corrupt lock table (never 
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -171,11 +170,10 @@ async def test_a_lock_request_cancelled_while_its_lock_commits_leaves_it_durable
         await signer._on_lock("c0", {"batch": b"C" * 16, "receipts": [first.to_wire()]})
     assert trio.current_time() - t0 >= 0.01  # the commit ran to its end
     assert not signer.locks.db.in_transaction
-    other = sqlite3.connect(signer.locks.path)  # what another connection (a restart) sees: committed rows only
-    try:
-        assert other.execute("SELECT count(*) FROM locks WHERE receipt_id = ?", (first.id,)).fetchone() == (1,)
-    finally:
-        other.close()
+    cluster.crash("c2")  # what a restart sees: committed rows only (an open transaction is rolled back)
+    await cluster.restart("c2")
+    signer = cluster.service("c2")
+    assert signer.locks.holds([first.id]) == [first]
     reply = await signer._on_lock("c1", {"batch": b"D" * 16, "receipts": [second.to_wire()]})
     assert list(reply["verdicts"]) == [Verdict.OK] and signer.locks.broken is None
 
@@ -212,6 +210,7 @@ def test_a_corrupt_lock_table_is_broken(tmp_path: Path) -> None:
     assert store.broken is not None
     fresh = LockStore(tmp_path / "new.sqlite")  # a first start: an empty table is fine
     assert fresh.broken is None and fresh.count() == 0
+    fresh.close()  # (one process at a time holds a lock table)
     empty = tmp_path / "empty.sqlite"
     empty.write_bytes(b"")  # a member with a key share: an empty file is a lost table, not a fresh one
     assert LockStore(empty, expect_existing=True).broken is not None and empty.stat().st_size == 0

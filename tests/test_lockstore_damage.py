@@ -1,0 +1,149 @@
+"""The lock table's own damage checks: what a partial restore, a lost write-ahead log, a damaged row or a second
+opener does to it must stop signing (``broken``) rather than let a rival of a locked slot be locked, or crash."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import nacl.signing
+import pytest
+
+from consensus import receipts as rc
+from consensus.lockstore import LockStore, LockTableBroken
+from consensus.slots import Verdict
+
+KEY = nacl.signing.SigningKey(b"\x01" * 32)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def receipt(reward: int = 100, node: str = "n1") -> rc.Receipt:
+    subject = "ab" * 32
+    return rc.sign_as_node(KEY, receipt_type="compute", node_id=node, subject=subject, epoch=5,
+                           usage_proof_hash="00" * 32, execution_commitment=[subject] + ["11" * 32] * 5,
+                           reward_base=reward, submitter_address="ab" * 20, timestamp=1_800_000_000)
+
+
+def ok(_: rc.Receipt) -> tuple[Verdict, str]:
+    return Verdict.OK, ""
+
+
+def test_a_stale_slot_index_is_found_at_open(tmp_path: Path) -> None:
+    """A table whose slot index misses a row (pages from two moments: a torn copy) passes quick_check; the slot
+    looked free and a rival was locked beside the first receipt."""
+    path = tmp_path / "locks.sqlite"
+    store = LockStore(path)
+    store.lock_batch([receipt(node="n0")], ok, "c0", batch=b"x" * 16)
+    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    before = path.read_bytes()
+    a, b = receipt(reward=1), receipt(reward=2)  # rivals for one slot
+    assert [d.verdict for d in store.lock_batch([a], ok, "c0", batch=b"a" * 16)] == [Verdict.OK]
+    store.close()
+    db = sqlite3.connect(path)
+    root = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_locks_1'").fetchone()[0]
+    size = db.execute("PRAGMA page_size").fetchone()[0]
+    db.close()
+    torn = bytearray(path.read_bytes())
+    torn[(root - 1) * size: root * size] = before[(root - 1) * size: root * size]  # the index before A's lock
+    path.write_bytes(bytes(torn))
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA quick_check").fetchone() == ("ok",)  # what the old check saw
+    db.close()
+    again = LockStore(path, expect_existing=True)
+    assert again.broken is not None and "integrity" in again.broken
+    with pytest.raises(LockTableBroken):
+        again.lock_batch([b], ok, "c1", batch=b"b" * 16)
+
+
+CHILD = """
+import sys, time
+from pathlib import Path
+from consensus.lockstore import LockStore
+from tests.test_lockstore_damage import ok, receipt
+store = LockStore(Path(sys.argv[1]))
+store.lock_batch([receipt(int(sys.argv[2]))], ok, "c0", batch=b"k" * 16)
+print(store.broken, flush=True)
+time.sleep(60)
+"""
+
+
+def crash_after_locking(path: Path, reward: int) -> None:
+    """A process opens the table, locks one receipt durably, and is killed (-9)."""
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path), str(reward)], cwd=ROOT,
+                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "None"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+
+
+def test_a_lost_write_ahead_log_after_a_crash_stops_signing(tmp_path: Path) -> None:
+    path = tmp_path / "locks.sqlite"
+    crash_after_locking(path, 1)
+    wal = tmp_path / "locks.sqlite-wal"
+    assert wal.exists()
+    shutil.copy(path, tmp_path / "copy.sqlite")  # a copy of the table alone (without its log): a partial restore
+    store = LockStore(path, expect_existing=True)  # the log was there: the lock is found
+    assert store.broken is None and store.holds([receipt(1).id]) is not None
+    assert [d.verdict for d in store.lock_batch([receipt(2)], ok, "c1")] == [Verdict.CONFLICT]
+    store.close()
+    assert not wal.exists()  # closed cleanly: SQLite folded the log in
+    assert LockStore(path, expect_existing=True).broken is None  # and a clean close is no loss
+    copy = LockStore(tmp_path / "copy.sqlite", expect_existing=True)
+    assert copy.broken is not None and "write-ahead log" in copy.broken
+    with pytest.raises(LockTableBroken):
+        copy.lock_batch([receipt(2)], ok, "c1")  # a rival of the lock the copy lost
+    copy.close()
+    assert LockStore(tmp_path / "copy.sqlite", expect_existing=True).broken is not None  # still, at every start
+
+
+def test_a_receipt_that_no_longer_decodes_breaks_the_table(tmp_path: Path) -> None:
+    """One damaged row raised ReceiptError out of the takeover pass and took the receipt service down."""
+    path = tmp_path / "locks.sqlite"
+    store = LockStore(path)
+    r = receipt()
+    store.lock_batch([r], ok, "c0", batch=b"a" * 16)
+    wire = bytearray(store.db.execute("SELECT wire FROM locks").fetchone()[0])
+    wire[0] ^= 0xFF
+    store.db.execute("UPDATE locks SET wire = ?", (bytes(wire),))
+    with pytest.raises(LockTableBroken):
+        store.open_locks(older_than_ms=2**62)
+    assert store.broken is not None and "does not decode" in store.broken
+    store.broken = None
+    with pytest.raises(LockTableBroken):
+        store.lock_of(r.id)
+    store.broken = None
+    with pytest.raises(LockTableBroken):
+        store.holds([r.id])
+
+
+def test_a_second_opener_cannot_take_the_table(tmp_path: Path) -> None:
+    """The table's lock is held until close: another process's connection cannot write (it made a batch decided
+    in the event loop wait 5 s, then broke the store), and a second store on it (a second coordinator on one data
+    directory) does not sign."""
+    path = tmp_path / "locks.sqlite"
+    store = LockStore(path)
+    store.lock_batch([receipt(1)], ok, "c0")
+    other = sqlite3.connect(path, timeout=0)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        other.execute("BEGIN IMMEDIATE")
+    other.close()
+    second = LockStore(path, expect_existing=True)
+    assert second.broken is not None and "locked" in second.broken
+    second.close()
+    assert [d.verdict for d in store.lock_batch([receipt(2)], ok, "c0")] == [Verdict.CONFLICT]
+    assert store.broken is None
+
+
+def test_a_table_that_cannot_be_opened_is_broken_not_a_crash(tmp_path: Path) -> None:
+    (tmp_path / "locks.sqlite").mkdir()
+    store = LockStore(tmp_path / "locks.sqlite")
+    assert store.broken is not None and "unreadable" in store.broken
+    with pytest.raises(LockTableBroken):
+        store.lock_batch([receipt()], ok, "c0")
