@@ -56,6 +56,7 @@ import trio.testing
 
 from consensus import receipts as rc
 from consensus.dkg import default_threshold
+from consensus.lockstore import CLOSED_CONFLICT
 from consensus.receipt_service import Unavailable
 from deploy.simulation import EPOCH, IDLE_POLL_S, Member, SimCluster
 from node import events as ev
@@ -250,6 +251,7 @@ def make_plan(seed: int, nodes: int | None = None, receipts: int | None = None,
 async def run_plan(plan: Plan, cluster: SimCluster) -> Outcome:
     outcome = Outcome()
     records: list[Any] = []
+    submitted: list[tuple[str, Any]] = []  # (member, record) of every submission
     acknowledged: list[ev.Event] = []  # writes a member acknowledged
     async with trio.open_nursery() as nursery:
         await cluster.start(nursery)
@@ -261,6 +263,7 @@ async def run_plan(plan: Plan, cluster: SimCluster) -> Outcome:
             if m.up and m.service is not None:
                 with contextlib.suppress(Unavailable):  # the client is told to come back later; it resubmits
                     records.append(m.service.submit(receipt))
+                    submitted.append((member, records[-1]))
 
         async def write_at(at: float, member: str, kind: str, fields: dict[str, Any]) -> None:
             await trio.sleep_until(t0 + at)
@@ -287,8 +290,11 @@ async def run_plan(plan: Plan, cluster: SimCluster) -> Outcome:
         await trio.sleep_until(t0 + plan.heal_at + 0.01)
         await heal(cluster)
         # like a real client, resubmit what is not final yet (idempotent) to an honest member that is up, every
-        # few seconds: an answer "pending" (not yet valid here) is no acknowledgement, nothing of it is durable
+        # few seconds: an answer "pending" (not yet valid here) is no acknowledgement, nothing of it is durable.
+        # What a member acknowledged is never resubmitted: the cluster must finish it by itself (resubmitted, a
+        # receipt acknowledged and then dropped was signed anew and the loss went unseen: a reviewer's reproduction)
         rng = random.Random(plan.seed ^ 0x5EED)
+        acked = acknowledged_receipts(cluster, submitted)
         rivals = {r.id for pair in plan.conflicts for r in pair}
         expected = {r.id for _, _, r in plan.receipts if r.id not in rivals}
         def given() -> set[bytes]:  # receipts a client holds a signed document of (rivals included): they too
@@ -300,13 +306,13 @@ async def run_plan(plan: Plan, cluster: SimCluster) -> Outcome:
         with trio.move_on_after(LIVENESS_BOUND_S):  # the DKG too must complete within the bound
             resubmit_at = trio.current_time()
             while not all(expected | given() <= set(m.state.ledger.receipts) for m in cluster.honest()) \
-                    or cluster.keyless():
+                    or cluster.keyless() or unsettled_acknowledged(cluster, submitted):
                 if trio.current_time() >= resubmit_at:
                     resubmit_at += RESUBMIT_S
                     final_ids = cluster.signed_ids()
                     for _, _, receipt in plan.receipts:
                         honest = [m for m in cluster.honest() if m.up]
-                        if receipt.id not in final_ids and honest:
+                        if receipt.id not in final_ids and receipt.id not in acked and honest:
                             member = rng.choice(honest)
                             with contextlib.suppress(Unavailable):
                                 records.append(member.service.submit(receipt))  # type: ignore[union-attr]
@@ -336,6 +342,7 @@ async def run_plan(plan: Plan, cluster: SimCluster) -> Outcome:
             outcome.liveness.append(f"the cluster is not quiet {QUIET_BOUND_S:.0f}s after the liveness checks "
                                     f"({cluster.da.posts} DA posts so far)")
         check_safety(plan, cluster, records, outcome)
+        check_acknowledged(cluster, submitted, outcome)
         check_writes(cluster, acknowledged, outcome)
         check_convergence(cluster, outcome)
         outcome.fingerprint = hashlib.sha256(b"".join(
@@ -557,6 +564,50 @@ def check_safety(plan: Plan, cluster: SimCluster, records: list[Any], outcome: O
             left_out = {m.dkg.name(i) for i in m.dkg.proofs}
             if any(cluster.members[name].behaviour is None for name in left_out):
                 outcome.safety.append(f"{m.id} left honest member(s) out of the DKG: {sorted(left_out)}")
+
+
+def acknowledged_receipts(cluster: SimCluster, submitted: list[tuple[str, Any]]) -> dict[bytes, rc.Receipt]:
+    """Receipts a member acknowledged (its own lock durable: the optimistic promise; or final) and still answers
+    for: a member lost with its disk takes the acknowledgements only it held with it."""
+    return {record.receipt.id: record.receipt for member, record in submitted
+            if (record.optimistic is not None or record.status == "final") and not cluster.members[member].lost}
+
+
+def unsettled_acknowledged(cluster: SimCluster, submitted: list[tuple[str, Any]]) -> list[bytes]:
+    """Acknowledged receipts (``acknowledged_receipts``) neither final on every honest member nor a conflict at
+    the member that acknowledged it (its record, or its lock closed as one: what its client is told). Of two
+    receipts for one slot possibly neither is signed; then both clients must learn it."""
+    honest = cluster.honest()
+    acked: dict[bytes, set[str]] = {}
+    for member, record in submitted:
+        if (record.optimistic is not None or record.status == "final") and not cluster.members[member].lost:
+            acked.setdefault(record.receipt.id, set()).add(member)
+    unsettled = []
+    for rid, members in acked.items():
+        if all(rid in m.state.ledger.receipts for m in honest):
+            continue
+        if all(_conflict_at(cluster.members[name], rid) for name in members if cluster.members[name] in honest):
+            continue
+        unsettled.append(rid)
+    return sorted(unsettled)
+
+
+def _conflict_at(m: Any, rid: bytes) -> bool:
+    record = m.service.records.get(rid) if m.service is not None else None
+    if record is not None and record.status == "conflict":
+        return True
+    if m.locks is None or m.locks.broken is not None:
+        return False
+    held = m.locks.lock_of(rid)
+    return held is not None and held[1] == CLOSED_CONFLICT
+
+
+def check_acknowledged(cluster: SimCluster, submitted: list[tuple[str, Any]], outcome: Outcome) -> None:
+    """Every acknowledged receipt ends final on every honest member, or in conflict where it was acknowledged."""
+    lost = unsettled_acknowledged(cluster, submitted)
+    if lost:
+        outcome.safety.append(f"{len(lost)} acknowledged receipt(s) neither final on every honest member nor a "
+                              f"conflict where acknowledged: {[rid.hex()[:12] for rid in lost[:3]]}")
 
 
 def check_writes(cluster: SimCluster, acknowledged: list[ev.Event], outcome: Outcome) -> None:

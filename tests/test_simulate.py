@@ -163,6 +163,30 @@ def test_disabling_the_lock_check_is_caught(monkeypatch: pytest.MonkeyPatch) -> 
     assert any(v.startswith("safety: slot") and "signed receipts" in v for v in violations)
 
 
+def test_an_acknowledged_receipt_dropped_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planted bug: a member answers a receipt's first submission "locked" with its optimistic promise, then forgets
+    it (no lock, nothing queued). The simulated client resubmitted whatever was not final after the heal, so the
+    receipt was signed anew and the loss went unseen (a reviewer's reproduction): acknowledged receipts are not
+    resubmitted, and each must end final, or a conflict where it was acknowledged."""
+    from consensus import receipt_service
+
+    submit, dropped = ReceiptService.submit, set()
+
+    def ack_and_forget(self: ReceiptService, receipt: Any) -> Any:
+        if receipt.id in dropped:
+            return submit(self, receipt)
+        self.check_available()
+        dropped.add(receipt.id)
+        record = receipt_service.Record(receipt, "locked")
+        record.optimistic = self._optimistic(receipt.id)
+        return record
+
+    monkeypatch.setattr(ReceiptService, "submit", ack_and_forget)
+    seed, violations = first_violation(dkg="none")
+    print(f"acknowledged receipts dropped: caught at seed {seed}: {violations[0]}")
+    assert any(v.startswith("safety: ") and "acknowledged receipt(s) neither final" in v for v in violations)
+
+
 def test_an_exception_in_a_request_handler_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """Planted bug: c1's sign handler raises. The dispatcher logs it and leaves the request unanswered, which the
     protocol survives: the seeds passed (a reviewer's reproduction). Errors logged are violations."""
