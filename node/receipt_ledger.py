@@ -193,14 +193,6 @@ class ReceiptLedger:
                     return other, other_index
         return batch, index
 
-    def first_unchecked(self) -> bytes | None:
-        """The id of a batch held (from a snapshot an older version wrote) that ``add_batch`` would keep out: a
-        receipt of it not valid or not signed by its node; None when every batch passes."""
-        for batch_id, batch in self.batches.items():
-            if any(checked_receipt(raw, node_signature) is None for raw, node_signature in batch.wires):
-                return batch_id
-        return None
-
     def locate_under(self, receipt_id: bytes, group_keys: frozenset[str]) -> tuple[Batch, int] | None:
         """A batch signed under one of ``group_keys`` (hex) holding the receipt, and its place there, or None."""
         entry = self.receipts.get(receipt_id)

@@ -4,17 +4,21 @@ A snapshot lets a restart skip replaying DA from height 0. It is only an optimis
 snapshot (an empty data dir) the state is rebuilt from DA alone. Its size follows the registers, not
 the number of events ever applied.
 
-Format 6 (state layout 5, see ``State.to_snapshot``): objects and replicas as flat columns (per shard) of their
+Format 7 (state layout 5, see ``State.to_snapshot``): objects and replicas as flat columns (per shard) of their
 stored registers (the events that wrote them) plus the state root's accumulator, so a restore is one msgpack call
 and a few dict builds, with no register decoded or hashed again; the map's last entry, ``crc``, is the CRC-32 of
 every byte before it (``TAIL``): a snapshot damaged on disk is refused (the state is rebuilt from DA) rather than
 loaded (format 5, the same without it, loaded one flipped bit as a wrong object size, and the state root, restored
 with the registers, did not show it). A CRC, not a cryptographic hash: it guards against accidents (whoever can
 write the data folder can also replace the key share); zlib-ng computes it in 20 ms at 1M events (the standard
-library's zlib 79 ms, SHA-256 115 ms), against a restore of ~300 ms. Format 5 is still read. Format 4 (state
-layout 4: registers stored as re-encoded entries, the root defined over those) and formats 2 and 3 (registers as
-nested lists) are still read, and migrated (``State.from_snapshot``); a coordinator that knows only older formats
-refuses a newer one (its ``decode`` raises) and rebuilds from DA.
+library's zlib 79 ms, SHA-256 115 ms), against a restore of ~300 ms.
+
+Only this format is read. A snapshot holds what its version accepted from DA, and the rules for accepting events and
+receipt batches changed between formats (in both directions: a batch with a bad group signature kept, an event with
+``true`` for its version kept, a batch with 18 long signer ids refused and its blob passed by for good): a
+coordinator restored from an older one held another state root than one rebuilt from DA, for ever (a reviewer's
+reproductions). So an older format is refused and the state rebuilt from DA; ``FORMAT`` goes up whenever those rules
+change either way. A coordinator that knows only older formats refuses a newer one and rebuilds from DA too.
 ``save`` never holds the event loop for long: see there.
 """
 
@@ -32,18 +36,11 @@ import msgpack
 import trio
 from zlib_ng import zlib_ng as zlib  # the standard library's zlib.crc32, four times faster (pyproject)
 
-from node.state import State
+from node.state import LAYOUT, State
 
 FILE = "snapshot.msgpack"
 WRITE_BATCH = 4 << 20  # encoded bytes handed to the writing thread at a time
-FORMAT = 7
-READABLE = (2, 3, 4, 5, 6, 7)
-LAYOUTS = {4: 4, 5: 5, 6: 5, 7: 5}  # format -> the state layout it carries (2 and 3 carry none)
-CHECKED = 6  # formats from this one on end with the CRC entry
-# formats from this one on were written by a version whose ledger checks every receipt of a batch (node signature
-# included): an older snapshot may hold a batch that check keeps out, and a coordinator restored from it would hold
-# another root than one rebuilt from DA, so its batches are checked once as it loads
-RECEIPTS_CHECKED = 7
+FORMAT = 7  # raise it whenever the rules for accepting events or receipt batches change (see above)
 TAIL = msgpack.packb("crc") + b"\xce"  # the last entry's key and its value's header (uint 32): the CRC follows
 
 
@@ -90,24 +87,19 @@ def decode(data: bytes | mmap.mmap) -> Snapshot:
             raise
         except Exception as exc:  # damage can make a map a key: TypeError (unhashable), not the ValueError promised
             raise ValueError(f"malformed snapshot: {type(exc).__name__}: {exc}") from None
-        if type(obj) is not dict or obj.get("format") not in READABLE:
-            raise ValueError(f"unsupported snapshot format {obj.get('format') if type(obj) is dict else None!r}")
-        layout = LAYOUTS.get(obj["format"])
-        if type(obj.get("state")) is not dict or obj["state"].get("layout") != layout:
-            raise ValueError(f"snapshot format {obj['format']} without state layout {layout}")
-        if obj["format"] >= CHECKED or "crc" in obj:  # (a format 5 never had one: a damaged format byte, say)
-            with memoryview(data) as view:
-                if (view[-9:-4] != TAIL or type(obj.get("crc")) is not int
-                        or tail(zlib.crc32(view[:-4])) != view[-4:]):
-                    raise ValueError("snapshot damaged: its CRC-32 does not match its contents")
+        if type(obj) is not dict or obj.get("format") != FORMAT:
+            raise ValueError(f"unsupported snapshot format {obj.get('format') if type(obj) is dict else None!r}: "
+                             f"this version reads format {FORMAT} only")
+        if type(obj.get("state")) is not dict or obj["state"].get("layout") != LAYOUT:
+            raise ValueError(f"snapshot format {FORMAT} without state layout {LAYOUT}")
+        with memoryview(data) as view:
+            if view[-9:-4] != TAIL or type(obj.get("crc")) is not int or tail(zlib.crc32(view[:-4])) != view[-4:]:
+                raise ValueError("snapshot damaged: its CRC-32 does not match its contents")
         try:
             cursors = {str(k): _int(v) for k, v in obj["cursors"].items()}
             snap = Snapshot(State.from_snapshot(obj["state"]), cursors, _count(obj["outbox_seq"]))
         except (KeyError, TypeError, AttributeError, IndexError, OverflowError) as exc:  # a field of the wrong shape
             raise ValueError(f"malformed snapshot: {type(exc).__name__}: {exc}") from None
-        if obj["format"] < RECEIPTS_CHECKED and (bad := snap.state.ledger.first_unchecked()) is not None:
-            raise ValueError(f"snapshot format {obj['format']} holds receipt batch {bad.hex()[:16]}, which this "
-                             "version keeps out (a receipt that is not valid and signed by its node)")
         return snap
     finally:
         if collecting:

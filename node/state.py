@@ -63,7 +63,7 @@ V = TypeVar("V")
 
 _MOD = 1 << 256
 RECENT_IDS = 1 << 16  # ids of the latest applied events kept for duplicate detection (2 MiB in a snapshot)
-LAYOUT = 5  # the snapshot layout to_snapshot writes; from_snapshot also reads layout 4 and the earlier ones
+LAYOUT = 5  # the snapshot layout to_snapshot writes and from_snapshot reads
 MEMBERSHIP_LOG = 4096  # membership changes kept in State.membership_log (at least)
 SHARDS = 32  # a key's shard: ord(its last character) % SHARDS (part of layouts 4 and 5: snapshots keep the shards)
 _MASK = SHARDS - 1
@@ -96,16 +96,6 @@ def _event_version(raw: bytes) -> Version:
 def _present(raw: bytes) -> bool:
     """Whether a replica register (the event it holds) marks the replica present."""
     return raw.startswith(_HEALED_PREFIX)
-
-
-def _event_raw(kind: str, version: Version, fields: list[Any]) -> bytes:
-    """The canonical encoding of the event of ``kind`` with ``version`` and ``fields`` (a register read from an
-    older snapshot layout); ValueError unless its id is the version's."""
-    wall, counter, origin, eid = version
-    raw = _pack([ev.FORMAT_VERSION, kind, wall, counter, origin, fields])
-    if _sha256(raw).digest() != eid:
-        raise ValueError(f"snapshot register {kind} {fields!r}: its version's id is not that of its event")
-    return raw
 
 
 class ShardedView(Mapping[str, V]):
@@ -495,40 +485,19 @@ class State:
 
     @classmethod
     def from_snapshot(cls, snap: dict[str, Any], recent_ids: int = RECENT_IDS) -> State:
-        """The state of ``to_snapshot`` (lists may come back as tuples); also reads the earlier layouts: 4
-        (registers stored as ``("o"|"r", key, version, value)`` entries: each is turned back into the event
-        it came from, which must have the version's id, and the accumulator is recomputed), and those with
-        no ``layout`` key (every register is written and hashed again; the oldest has a ``seen`` set of
-        64-bit id prefixes instead of ``recent``: its size is the count, and duplicate detection restarts
-        from the registers). ValueError if it is none of these or inconsistent."""
+        """The state of ``to_snapshot`` (lists may come back as tuples). Only the current layout: a snapshot of
+        another was written under other rules for accepting events (see ``snapshot.FORMAT``). ValueError if it is
+        not one or inconsistent."""
+        if snap.get("layout") != LAYOUT:
+            raise ValueError(f"unknown state snapshot layout {snap.get('layout')!r}")
         st = cls(recent_ids)
-        if snap.get("layout") == LAYOUT:
-            st._load_columns(snap)
-        elif snap.get("layout") == 4:
-            st._load_columns(snap)
-            st._migrate_layout_4()
-        elif "layout" in snap:
-            raise ValueError(f"unknown state snapshot layout {snap['layout']!r}")
-        else:
-            for k, v, r in snap["nodes"]:
-                st._set_node(tuple(v), k, tuple(r) if r is not None else None)  # type: ignore[arg-type]
-            for k, v, size in snap["objects"]:
-                st._set_object(tuple(v), k, _event_raw(_OBJECT, tuple(v), [k, size]))  # type: ignore[arg-type]
-            for h, n, v, p in snap["replicas"]:
-                st._set_replica(tuple(v), h, n,  # type: ignore[arg-type]
-                                _event_raw(_HEALED if p else _MISSING, tuple(v), [h, n]))  # type: ignore[arg-type]
-            if snap["scheduler"] is not None:
-                st._set_scheduler(tuple(snap["scheduler"][0]), tuple(snap["scheduler"][1]))  # type: ignore[arg-type]
-            st.ledger.load_snapshot(snap.get("ledger", {}))
-        if "recent" in snap:
-            recent = snap["recent"]
-            if type(recent) is not bytes or len(recent) % 32:
-                raise ValueError("snapshot recent ids are not a bin of 32-byte ids")
-            ids = [recent[i : i + 32] for i in range(max(0, len(recent) - 32 * recent_ids), len(recent), 32)]
-            st._recent_order = deque(ids, maxlen=recent_ids)
-            st._applied = int(snap["applied"])
-        else:
-            st._applied = len(snap["seen"]) // 8
+        st._load_columns(snap)
+        recent = snap["recent"]
+        if type(recent) is not bytes or len(recent) % 32:
+            raise ValueError("snapshot recent ids are not a bin of 32-byte ids")
+        ids = [recent[i : i + 32] for i in range(max(0, len(recent) - 32 * recent_ids), len(recent), 32)]
+        st._recent_order = deque(ids, maxlen=recent_ids)
+        st._applied = int(snap["applied"])
         wall, counter = snap["max_hlc"]
         if type(wall) is not int or type(counter) is not int:
             raise ValueError(f"snapshot max_hlc is not two integers: {snap['max_hlc']!r}")
@@ -536,7 +505,7 @@ class State:
         return st
 
     def _load_columns(self, snap: dict[str, Any]) -> None:
-        """Layouts 4 and 5: the tables are rebuilt from their columns without decoding or hashing a register."""
+        """The tables are rebuilt from their columns without decoding or hashing a register."""
         for k, v, r in snap["nodes"]:
             record = tuple(r) if r is not None else None
             if record is not None and not (len(record) == 3 and type(record[0]) is str and type(record[1]) is str
@@ -559,27 +528,6 @@ class State:
         if type(acc) is not bytes or len(acc) != 32:
             raise ValueError("snapshot accumulator is not 32 bytes")
         self._acc = int.from_bytes(acc, "big")
-
-    def _migrate_layout_4(self) -> None:
-        """Turn layout 4's register entries into the events they came from; recompute the accumulator."""
-        for table in self._objects:
-            for obj, entry in table.items():
-                _, key, version, size = _unpack_tuples(entry)
-                if key != obj:
-                    raise ValueError(f"snapshot object register {obj!r} holds the entry of {key!r}")
-                table[obj] = _event_raw(_OBJECT, version, [key, size])
-        for table in self._replicas:
-            for obj, held in table.items():
-                events = []
-                for at in range(1, len(held), 2):
-                    _, (key, node_id), version, present = _unpack_tuples(held[at])
-                    if (key, node_id) != (obj, held[at - 1]):
-                        raise ValueError(f"snapshot replica register {obj!r}/{held[at - 1]!r} holds the entry of "
-                                         f"{key!r}/{node_id!r}")
-                    events.append(_event_raw(_HEALED if present else _MISSING, version, [key, node_id]))
-                table[obj] = tuple(itertools.chain.from_iterable(zip(held[::2], events, strict=True)))
-        self._acc = self._recomputed_acc()
-
 
 
 def _pack_list(packer: msgpack.Packer, items: list[Any]) -> Iterator[bytes]:

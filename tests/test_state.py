@@ -246,18 +246,6 @@ def test_the_recent_id_cache_and_the_snapshot_stay_bounded() -> None:
     assert back.root() == root and back.events_applied == 100 and back.apply_all(evs) == 0
 
 
-def test_a_snapshot_of_the_previous_format_is_still_read() -> None:
-    s = State()
-    evs = [reg("n1", "z", 1), reg("n2", "z", 2)]
-    s.apply_all(evs)
-    # format 2: registers as nested lists, a set of 64-bit id prefixes instead of the recent ids
-    old = {"nodes": [[k, list(v), list(r) if r is not None else None] for k, (v, r) in s.nodes.items()],
-           "objects": [], "replicas": [], "scheduler": None, "seen": b"".join(e.id[:8] for e in evs),
-           "max_hlc": list(s.max_hlc), "ledger": s.ledger.to_snapshot()}
-    back = State.from_snapshot(old)
-    assert back.root() == s.root() and back.events_applied == 2 and back.apply_all(evs) == 0
-
-
 @settings(max_examples=300, deadline=None)
 @given(st.lists(event_strategy, min_size=1, max_size=40), st.randoms(use_true_random=False), st.integers(1, 4))
 def test_the_root_ignores_order_and_duplicates_even_with_a_tiny_id_cache(events: list[ev.Event], rnd: random.Random,
