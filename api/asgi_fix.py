@@ -10,6 +10,10 @@
 3. A WebSocket handshake (to any path: none of our apps has a WebSocket route) reached Quart, whose error
    handling then ran ours outside any request context: a 500 and a logged traceback for any client that sent
    ``Upgrade: websocket``. It is answered here with our JSON 404, before Quart sees it.
+4. A ``Host`` header that is no valid host name (``..``, ``a..b``, a label of 64 characters) made Werkzeug raise
+   ``BadHost`` while Quart built the request context, before any error handler of ours: hypercorn answered an
+   empty 500 and logged a traceback, on every route, with no token needed (a reviewer's reproduction). It is
+   answered here with our JSON 400.
 """
 
 from __future__ import annotations
@@ -48,6 +52,32 @@ async def _refuse_websocket(scope: Scope, receive: Any, send: Any) -> None:
     await send({"type": "websocket.http.response.body", "body": body})
 
 
+def refuse_bad_host(asgi_app: Any) -> Any:
+    async def wrapped(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and not _valid_host(scope):
+            body = json.dumps({"error": "bad_request", "message": "invalid Host header"}).encode()
+            await send({"type": "http.response.start", "status": 400,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await asgi_app(scope, receive, send)
+
+    return wrapped
+
+
+def _valid_host(scope: Scope) -> bool:
+    """Whether Werkzeug's router takes the request's ``Host`` (its name part IDNA-encodes, as it checks)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"host":
+            try:
+                value.decode("latin-1").lower().partition(":")[0].encode("idna")
+            except UnicodeError:
+                return False
+            return True
+    return True
+
+
 def shield_final_send(asgi_app: Any) -> Any:
     async def wrapped(scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -67,9 +97,9 @@ def shield_final_send(asgi_app: Any) -> Any:
 
 
 def quart_app(name: str) -> QuartTrio:
-    """A QuartTrio app with the three workarounds, before any route is added (a rule takes the map's slash
+    """A QuartTrio app with the four workarounds, before any route is added (a rule takes the map's slash
     setting)."""
     app = QuartTrio(name)
     app.url_map.merge_slashes = False
-    app.asgi_app = refuse_websockets(shield_final_send(app.asgi_app))  # type: ignore[method-assign]
+    app.asgi_app = refuse_websockets(refuse_bad_host(shield_final_send(app.asgi_app)))  # type: ignore[method-assign]
     return app

@@ -163,3 +163,21 @@ async def test_a_websocket_handshake_gets_a_json_404_not_a_500(base_url: str) ->
         head, _, body = data.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 404"), data
         assert b"application/json" in head and json.loads(body)["error"] == "not_found"
+
+
+async def test_a_host_header_that_is_no_host_name_gets_a_json_400_not_a_500(base_url: str,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """Werkzeug raised BadHost while Quart built the request context, before any handler of ours: an empty 500 and
+    a traceback logged, on every route (a reviewer's reproduction)."""
+    for host in (b"..", b"a..b", b".x", b"x" * 64, b"x" * 64 + b":8080"):
+        request = b"GET /health HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n"
+        data, _ = await raw_exchange(base_url, request, 2)
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400"), data
+        assert b"application/json" in head and json.loads(body) == {"error": "bad_request",
+                                                                     "message": "invalid Host header"}
+    for host in (b"-", b"localhost:1", b"[::1]:80", b"x" * 63):  # odd but valid: served
+        data, _ = await raw_exchange(base_url, b"GET /health HTTP/1.1\r\nHost: " + host + b"\r\n"
+                                     b"Connection: close\r\n\r\n", 2)
+        assert data.startswith(b"HTTP/1.1 200"), data
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
