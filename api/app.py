@@ -32,6 +32,7 @@ from api.receipts import node_public_key, register_receipt_routes
 from consensus.dkg import DkgError
 from consensus.dkg_service import DkgService
 from consensus.receipt_service import LedgerView, ReceiptService
+from node.config import is_loopback
 from node.coordinator import VERSION, Coordinator, NotFound
 from node.da.base import DAError
 from node.da.celestia import BlobTooLarge
@@ -174,6 +175,19 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
         response = json_response(e.body, e.status)
         response.headers.update(e.headers)
         return response
+
+    if token is None and is_loopback(coord.config.host):
+        @app.before_request
+        async def loopback_names_only() -> None:
+            """Without a token, a server on loopback answers requests naming a loopback host only. DNS rebinding:
+            a web page at http://evil.example:8080 whose name its owner re-pointed at 127.0.0.1 reads and writes
+            this server as its own origin (Origin and Host both evil.example:8080, so the cross-origin check of
+            ``mutating`` passes: a reviewer's reproduction); its browser still names evil.example in Host."""
+            name = urlsplit(f"//{request.host}").hostname or ""
+            if not (is_loopback(name) or name.endswith(".localhost")):
+                raise ApiError(403, {"error": "forbidden", "message": f"Host {request.host[:100]!r} does not name "
+                                     "this server's loopback address (a name re-pointed at 127.0.0.1 by a web "
+                                     "page?): use 127.0.0.1 or localhost, or set COORDINATOR_API_TOKEN"})
 
     @app.before_request
     async def parameters_of_reads() -> None:

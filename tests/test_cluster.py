@@ -392,7 +392,7 @@ async def test_ctrl_c_twice_stops_every_process_of_the_cluster_at_once(tmp_path:
         pids = [p["pid"] for p in c.info["processes"]]
         host, port = c.coordinators[0].removeprefix("http://").split(":")
         stream = await trio.open_tcp_stream(host, int(port))
-        await stream.send_all(b"POST /register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        await stream.send_all(b"POST /register HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                               b"Content-Length: 100\r\n\r\n{")
         await trio.sleep(0.3)
         assert c.proc is not None

@@ -67,10 +67,11 @@ async def raw_exchange(base_url: str, request: bytes, timeout: float) -> tuple[b
 
 async def test_connection_close_is_honoured(base_url: str) -> None:
     # Regression test for the quart-trio/hypercorn bug worked around in api/asgi_fix.py.
-    data, closed = await raw_exchange(base_url, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 3)
+    data, closed = await raw_exchange(base_url, b"GET /health HTTP/1.1\r\nHost: localhost\r\n"
+                                      b"Connection: close\r\n\r\n", 3)
     assert data.startswith(b"HTTP/1.1 200") and closed
     body = b'{"id":"n","zone":"z","addr":"1.1.1.1:1"}'
-    request = (b"POST /register HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+    request = (b"POST /register HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\n"
                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     data, closed = await raw_exchange(base_url, request, 3)
     assert data.startswith(b"HTTP/1.1 200") and closed
@@ -85,7 +86,7 @@ async def test_connections_their_clients_close_are_closed_at_once(base_url: str)
         return len(os.listdir("/proc/self/fd"))
 
     async def list_nodes(stream: trio.SocketStream) -> None:  # keep-alive: the server keeps the connection
-        await stream.send_all(b"GET /nodes HTTP/1.1\r\nHost: x\r\n\r\n")
+        await stream.send_all(b"GET /nodes HTTP/1.1\r\nHost: localhost\r\n\r\n")
         data = b""
         while not data.endswith(b"\r\n\r\n[]"):  # the whole response: no node is registered
             chunk = await stream.receive_some(65536)
@@ -157,7 +158,7 @@ async def test_an_http2_frame_for_a_stream_already_answered_ends_that_connection
 
 async def test_a_websocket_handshake_gets_a_json_404_not_a_500(base_url: str) -> None:
     for path in (b"/nope", b"/register", b"/health"):
-        request = (b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        request = (b"GET " + path + b" HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
         data, _ = await raw_exchange(base_url, request, 2)
         head, _, body = data.partition(b"\r\n\r\n")
@@ -176,8 +177,39 @@ async def test_a_host_header_that_is_no_host_name_gets_a_json_400_not_a_500(base
         assert head.startswith(b"HTTP/1.1 400"), data
         assert b"application/json" in head and json.loads(body) == {"error": "bad_request",
                                                                      "message": "invalid Host header"}
-    for host in (b"-", b"localhost:1", b"[::1]:80", b"x" * 63):  # odd but valid: served
+    for host in (b"localhost:1", b"[::1]:80", b"127.0.0.2", b"a.localhost"):  # valid loopback names: served
         data, _ = await raw_exchange(base_url, b"GET /health HTTP/1.1\r\nHost: " + host + b"\r\n"
                                      b"Connection: close\r\n\r\n", 2)
         assert data.startswith(b"HTTP/1.1 200"), data
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_without_a_token_a_loopback_server_answers_loopback_names_only(base_url: str) -> None:
+    """DNS rebinding: a page at http://evil.example:8080, its name re-pointed at 127.0.0.1, sent Origin and Host
+    both evil.example:8080, passed the cross-origin check and wrote to a token-less coordinator (a reviewer's
+    reproduction); it could read every route too. Its browser still names evil.example in Host."""
+    port = base_url.rsplit(":", 1)[1]
+    register = json.dumps({"id": "n-rebind", "zone": "z", "addr": "h:1", "capacity_gb": 1}).encode()
+    for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1.nip.io:{port}"):
+        for request in (f"GET /nodes HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode(),
+                        f"POST /register HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\nConnection: close"
+                        f"\r\nContent-Type: application/json\r\nContent-Length: {len(register)}\r\n\r\n".encode()
+                        + register):
+            data, _ = await raw_exchange(base_url, request, 2)
+            head, _, body = data.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 403"), data
+            assert json.loads(body)["error"] == "forbidden" and "loopback" in json.loads(body)["message"]
+    async with httpx.AsyncClient(base_url=base_url, timeout=5) as http:  # the write above never happened
+        assert "n-rebind" not in {n["id"] for n in (await http.get("/nodes")).json()}
+        assert (await http.get("/nodes", headers={"Host": f"localhost:{port}"})).status_code == 200
+
+
+async def test_with_a_token_any_host_name_is_answered(nursery: trio.Nursery,
+                                                      make_config: Callable[..., Config]) -> None:
+    coord = await start(nursery, make_config(COORDINATOR_API_TOKEN="s3cret"))
+    stop = trio.Event()
+    binds = await nursery.start(partial(serve, create_app(coord), hypercorn_config("127.0.0.1", 0),
+                                        shutdown_trigger=stop.wait))
+    async with httpx.AsyncClient(base_url=binds[0], timeout=5) as http:
+        assert (await http.get("/nodes", headers={"Host": "coordinator.example"})).status_code == 200
+    stop.set()

@@ -70,7 +70,7 @@ async def test_a_second_signal_during_a_held_up_stop_exits_at_once_with_one_line
     c = launch(procs, tmp_path, "c0")
     await c.wait_ready()
     stream = await trio.open_tcp_stream("127.0.0.1", c.port)
-    await stream.send_all(b"POST /register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    await stream.send_all(b"POST /register HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                           b"Content-Length: 100\r\n\r\n{")  # and nothing more
     await trio.sleep(0.3)
     c.kill(signal.SIGINT)
