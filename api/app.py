@@ -17,12 +17,11 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from quart import Response, request
-from quart.globals import request_ctx
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from api import validation as v
-from api.asgi_fix import quart_app
+from api.asgi_fix import allowed_methods, quart_app
 from api.auth import bearer_matches
 from api.blobstore import BlobStore, register_blobstore_routes
 from api.dashboard import register_dashboard_routes
@@ -224,13 +223,8 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
         response = json_response({"error": names.get(code, e.name.lower().replace(" ", "_")), "message": message},
                                  code)
         if code == 405:  # RFC 9110 §15.5.6: a 405 lists the methods the resource supports
-            response.headers["Allow"] = _allow(getattr(e, "valid_methods", None) or ())
+            response.headers["Allow"] = allowed_methods(getattr(e, "valid_methods", None) or ())
         return response
-
-    async def options() -> Response:
-        return Response("", 204, {"Allow": _allow(())}, content_type="text/plain")
-
-    app.make_default_options_response = options  # type: ignore[method-assign]
 
     @app.errorhandler(sqlite3.Error)
     @app.errorhandler(OSError)
@@ -480,18 +474,6 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
         register_blobstore_routes(app, validator)
     _check_routes(app, quorum=validator is not None)
     return app
-
-
-def _allow(fallback: Any) -> str:
-    """The methods of the route the request's path names. A fixed route wins over one with a parameter:
-    /object/register allows POST (and OPTIONS), though GET /object/<obj> serves the object named register."""
-    try:
-        adapter = request_ctx.url_adapter
-        rule, _ = adapter.match(method="OPTIONS", return_rule=True)  # type: ignore[union-attr]
-        methods = {m for r in adapter.map.iter_rules() if r.rule == rule.rule for m in r.methods or ()}  # type: ignore[union-attr]
-    except HTTPException:
-        methods = fallback
-    return ", ".join(sorted(methods))
 
 
 def _check_routes(app: QuartTrio, quorum: bool) -> None:

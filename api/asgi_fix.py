@@ -14,6 +14,7 @@
    ``BadHost`` while Quart built the request context, before any error handler of ours: hypercorn answered an
    empty 500 and logged a traceback, on every route, with no token needed (a reviewer's reproduction). It is
    answered here with our JSON 400.
+5. Quart answers OPTIONS by itself with an empty ``text/html`` 200: a 204 with ``Allow`` (``allowed_methods``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ import json
 from typing import Any
 
 import trio
+from quart import Response
+from quart.globals import request_ctx
 from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
 
 Scope = dict[str, Any]
 
@@ -97,9 +101,27 @@ def shield_final_send(asgi_app: Any) -> Any:
 
 
 def quart_app(name: str) -> QuartTrio:
-    """A QuartTrio app with the four workarounds, before any route is added (a rule takes the map's slash
+    """A QuartTrio app with the five workarounds, before any route is added (a rule takes the map's slash
     setting)."""
     app = QuartTrio(name)
     app.url_map.merge_slashes = False
     app.asgi_app = refuse_websockets(refuse_bad_host(shield_final_send(app.asgi_app)))  # type: ignore[method-assign]
+    app.make_default_options_response = _options  # type: ignore[method-assign]
     return app
+
+
+async def _options() -> Response:
+    return Response("", 204, {"Allow": allowed_methods(())}, content_type="text/plain")
+
+
+def allowed_methods(fallback: Any) -> str:
+    """The methods of the route the request's path names (for ``Allow``: a 405 must list them, RFC 9110 §15.5.6).
+    A fixed route wins over one with a parameter: /object/register allows POST (and OPTIONS), though
+    GET /object/<obj> serves the object named register."""
+    try:
+        adapter = request_ctx.url_adapter
+        rule, _ = adapter.match(method="OPTIONS", return_rule=True)  # type: ignore[union-attr]
+        methods = {m for r in adapter.map.iter_rules() if r.rule == rule.rule for m in r.methods or ()}  # type: ignore[union-attr]
+    except HTTPException:
+        methods = fallback
+    return ", ".join(sorted(methods))

@@ -62,7 +62,7 @@ from quart import Blueprint, Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from api.asgi_fix import quart_app
+from api.asgi_fix import allowed_methods, quart_app
 from node.da.blobstore_client import (
     MAX_LOG_LIMIT,
     MAX_LOG_WAIT_MS,
@@ -271,14 +271,23 @@ def _hex_arg(raw: str | None, size: int, field: str) -> bytes:
     return bytes.fromhex(raw)
 
 
+def _arg(name: str) -> str | None:
+    """The query argument ``name``; given more than once it is refused (only the first value was read, so
+    ``?limit=1&limit=zz`` answered 200: the coordinator-hosted routes answered 422)."""
+    values = request.args.getlist(name)
+    if len(values) > 1:
+        raise Reject(422, "invalid_request", f"{name}: one value (the parameter is given more than once)")
+    return values[0] if values else None
+
+
 def _namespace_arg() -> bytes | None:
     """The optional ``namespace`` query argument."""
-    raw = request.args.get("namespace")
+    raw = _arg("namespace")
     return None if raw is None else _hex_arg(raw, NAMESPACE_LEN, "namespace")
 
 
 def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.args.get(name)
+    raw = _arg(name)
     if raw is None:
         return default
     if not re.fullmatch(r"[0-9]{1,19}", raw) or not lo <= int(raw) <= hi:
@@ -339,7 +348,7 @@ def register_blobstore_routes(app: QuartTrio, store: BlobStore) -> None:
         if request.mimetype != "application/octet-stream":
             raise Reject(415, "unsupported_media_type",
                          "send the blob as the raw body with Content-Type: application/octet-stream")
-        namespace = _hex_arg(request.args.get("namespace"), NAMESPACE_LEN, "namespace")
+        namespace = _hex_arg(_arg("namespace"), NAMESPACE_LEN, "namespace")
         if request.content_length is not None and request.content_length > store.max_body_bytes:
             return _too_large(store)
         data = await request.get_data(cache=False, as_text=False)
@@ -404,8 +413,11 @@ def create_blobstore_app(store: BlobStore) -> QuartTrio:
             return _too_large(store)
         names = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
         message = f"no route for {request.method} {request.path}" if e.code == 404 else (e.description or e.name)
-        return _json({"error": names.get(e.code or 500, e.name.lower().replace(" ", "_")), "message": message},
-                     e.code or 500)
+        response = _json({"error": names.get(e.code or 500, e.name.lower().replace(" ", "_")), "message": message},
+                         e.code or 500)
+        if e.code == 405:
+            response.headers["Allow"] = allowed_methods(getattr(e, "valid_methods", None) or ())
+        return response
 
     @app.errorhandler(Exception)
     async def internal(e: Exception) -> Response:

@@ -194,6 +194,10 @@ async def test_bad_input_gets_json_errors(server: Server) -> None:
             (http.get("/quorum/v1/log", params={"after": "9" * 40}), 422, "invalid_request"),
             (http.get("/quorum/v1/nowhere"), 404, "not_found"),
             (http.delete("/quorum/v1/blobs"), 405, "method_not_allowed"),
+            (http.get("/quorum/v1/log?limit=1&limit=zz"), 422, "invalid_request"),  # only the first was read
+            (http.get(f"/quorum/v1/log?namespace={ns}&namespace=zz"), 422, "invalid_request"),
+            (http.post(f"/quorum/v1/blobs?namespace={ns}&namespace={ns}", content=b"x", headers=OCTET), 422,
+             "invalid_request"),
         ]
         for request, status, error in cases:
             r = await request
@@ -201,6 +205,11 @@ async def test_bad_input_gets_json_errors(server: Server) -> None:
                                                                                      error), r.text
             assert r.json()["message"]
         assert (await http.get("/quorum/v1/health")).json()["head"] == 0
+        r = await http.delete("/quorum/v1/log")  # RFC 9110: a 405 lists the methods the resource supports
+        assert r.status_code == 405 and set(r.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}
+        r = await http.options("/quorum/v1/log")  # Quart's own answer was an empty text/html 200
+        assert (r.status_code, r.headers["content-type"], r.content) == (204, "text/plain", b"")
+        assert set(r.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}
 
 
 async def test_restart_keeps_log_and_key(tmp_path: Path) -> None:
