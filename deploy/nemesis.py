@@ -140,7 +140,8 @@ class Nemesis:
                                    epoch=epoch, usage_proof_hash=secrets.token_hex(32),
                                    execution_commitment=[workload, *(secrets.token_hex(32) for _ in range(5))],
                                    reward_base=10, submitter_address="ab" * 20, timestamp=int(time.time())).to_json()
-            await self.op(http, "receipt", "POST", "/receipts", body)
+            # some submitters wait for the signed document (the "final stays final" checks need answers "final")
+            await self.op(http, "receipt", "POST", "/receipts?wait_ms=1500" if choice < 0.45 else "/receipts", body)
             if choice > 0.9:  # a rival receipt for the same slot, sent to another coordinator
                 rival = {**body, "reward_base": 11}
                 rival.update(rc.sign_as_node(node_keys[node], **{f: v for f, v in rival.items()
@@ -260,33 +261,41 @@ class Nemesis:
         if self.converge_s is None or self.converge_s > CONVERGE_S:
             self.violations.append(f"state roots not equal within {CONVERGE_S:.0f}s of healing "
                                    f"({'never' if self.converge_s is None else f'{self.converge_s:.1f}s'})")
-        group_hex = ((await get(http, f"{coords[0].url}/cluster/status")) or {}).get("group_public_key")
-        if not isinstance(group_hex, str):
-            self.violations.append(f"{coords[0].id} answers no group key after the heal")
-            return {"acked_receipts": 0, "final": 0, "registrations": 0}
-        group = bytes.fromhex(group_hex)
         liar = coords[-1].id if self.byzantine else None  # what a lying coordinator acknowledges proves nothing
+        # the group key as every honest coordinator answers it (asked of one, a member holding another went unseen)
+        keys = {m.id: ((await get(http, f"{m.url}/cluster/status")) or {}).get("group_public_key")
+                for m in coords if m.id != liar}
+        if len(set(keys.values())) != 1 or not all(isinstance(k, str) for k in keys.values()):
+            self.violations.append(f"the coordinators do not all answer one group key after the heal: "
+                                   f"{ {i: k[:12] if isinstance(k, str) else k for i, k in keys.items()} }")
+            return {"acked_receipts": 0, "final": 0, "registrations": 0}
+        group = bytes.fromhex(next(iter(keys.values())))
         acked = [h for h in self.history if h["op"] == "receipt" and h["status"] in (200, 202)
                  and h["answer"].get("status") in ("locked", "final", None)  # not a "pending": not yet valid
                  and h["to"] != liar]
-        per_slot: dict[tuple[Any, ...], int] = {}
-        for h in self.history:
-            # a rival counts if the cluster may have got it: a refused connection never reached it (counted, it
-            # excused an acknowledged receipt left locked for ever: a reviewer's reproduction)
-            if h["op"] == "receipt" and (h["status"] is not None or not str(h["answer"]).startswith("ConnectError")):
-                b = h["body"]
-                key = (b["receipt_type"], b["node_id"], b["subject"], b["epoch"])
-                per_slot[key] = per_slot.get(key, 0) + 1
-
         def slot_of(h: dict[str, Any]) -> tuple[Any, ...]:
             b = h["body"]
             return (b["receipt_type"], b["node_id"], b["subject"], b["epoch"])
+
+        def receipt_of(h: dict[str, Any]) -> str:  # (the same receipt sent again has the same body)
+            return json.dumps(h["body"], sort_keys=True)
+
+        per_slot: dict[tuple[Any, ...], set[str]] = {}
+        for h in self.history:
+            # the receipts of a slot the cluster may have locked: acknowledged, answered 409 (refused by a lock of
+            # its rival, maybe after peers locked it), or unanswered; a refused connection never reached it, and a
+            # 503 or a 4xx was refused before any lock (counted, each excused an acknowledged receipt left locked
+            # for ever, as did the same receipt sent twice: a reviewer's reproductions)
+            if h["op"] == "receipt" and (h["status"] in (200, 202, 409) or (
+                    h["status"] is None and not str(h["answer"]).startswith("ConnectError"))):
+                per_slot.setdefault(slot_of(h), set()).add(receipt_of(h))
 
         def rival(h: dict[str, Any]) -> bool:
             """A receipt with a rival may end in conflict, or unsigned: unless its submitter was told it is final
             (final stays final: a receipt answered final that later read "conflict" went unnoticed, and its
             rival could be signed)."""
-            return per_slot.get(slot_of(h), 0) > 1 and h["answer"].get("status") != "final"
+            others = per_slot.get(slot_of(h), set()) - {receipt_of(h)}
+            return bool(others) and h["answer"].get("status") != "final"
 
         final, unsettled = 0, acked
         with trio.move_on_after(90):  # a receipt with a rival may end in conflict; every other one final
@@ -312,8 +321,13 @@ class Nemesis:
                 doc["receipt_id"])
 
         for h in acked:  # a document its submitter got as final is one more signed receipt of its slot
-            if h["answer"].get("status") == "final" and isinstance(h["answer"].get("receipt"), dict):
-                saw_final(h["answer"])
+            if h["answer"].get("status") == "final":
+                valid, reason = rc.verify_document(h["answer"], group)
+                if not valid:
+                    self.violations.append(f"the document {h['to']} answered final for receipt "
+                                           f"{str(h['answer'].get('receipt_id'))[:12]}… does not verify: {reason}")
+                elif isinstance(h["answer"].get("receipt"), dict):
+                    saw_final(h["answer"])
         to_check = [(h, m) for h in acked for m in coords if m.id != liar]
         seen_as: dict[tuple[str, str], str] = {}
         with trio.move_on_after(30):  # a coordinator that answers late, or still waits for DA, gets a while

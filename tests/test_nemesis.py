@@ -138,7 +138,8 @@ R1, R2 = "11" * 32, "22" * 32
 
 
 async def run_checker(tmp_path: Path, views: dict[str, dict[str, str]], history: list[dict[str, Any]],
-                      listed_signature: str = "good", failing_listing: set[str] | None = None) -> list[str]:
+                      listed_signature: str = "good", failing_listing: set[str] | None = None,
+                      group_keys: dict[str, str] | None = None) -> list[str]:
     """The checker against coordinators played by a mock transport: ``views`` member -> receipt id -> status;
     documents verify when their signature is "good" (a real one is not needed to test the checker's logic)."""
     import re
@@ -153,7 +154,7 @@ async def run_checker(tmp_path: Path, views: dict[str, dict[str, str]], history:
         if path == "/state/root":
             return httpx.Response(200, json={"root": "same"})
         if path == "/cluster/status":
-            return httpx.Response(200, json={"group_public_key": "00" * 32})
+            return httpx.Response(200, json={"group_public_key": (group_keys or {}).get(member, "00" * 32)})
         if path == "/receipts":
             if member in (failing_listing or set()):
                 return httpx.Response(500, text="boom")
@@ -184,7 +185,7 @@ def receipt_op(to: str, rid: str | None, status: int | None, answered: str | Non
                **extra: Any) -> dict[str, Any]:
     answer: Any = {"receipt_id": rid, "status": answered, **extra} if status is not None else \
         "ConnectError: all attempts to connect failed"
-    return {"op": "receipt", "to": to, "status": status, "body": SLOT, "answer": answer}
+    return {"op": "receipt", "to": to, "status": status, "body": {**SLOT, "reward_base": rid}, "answer": answer}
 
 
 @pytest.mark.parametrize("listing_fails", [False, True])
@@ -231,6 +232,41 @@ async def test_a_listed_final_document_is_verified(tmp_path: Path, autojump_cloc
     assert not any("does not verify" in v for v in await run_checker(tmp_path, views, history))
     violations = await run_checker(tmp_path / "bad", views, history, listed_signature="forged")
     assert any("listed final on c0 does not verify" in v for v in violations), violations
+
+
+@pytest.mark.parametrize("rival", ["refused 503", "rejected 422", "the same receipt again"])
+async def test_only_a_rival_the_cluster_may_have_locked_excuses_a_stuck_receipt(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock, rival: str) -> None:
+    """R1 acknowledged, then locked for ever; a "rival" answered 503 or 422 (refused before any lock), or R1
+    itself sent again, excused it (a reviewer's reproductions). A 409 answer may follow a peer's lock: it does."""
+    views = {"c0": {R1: "locked"}, "c1": {R1: "locked"}, "c2": {R1: "locked"}}
+    other = {"refused 503": {**receipt_op("c1", R2, 503), "answer": {"error": "unavailable"}},
+             "rejected 422": {**receipt_op("c1", R2, 422), "answer": {"error": "invalid_request"}},
+             "the same receipt again": receipt_op("c1", R1, 202)}[rival]
+    violations = await run_checker(tmp_path, views, [receipt_op("c0", R1, 202), other])
+    assert any("neither final nor" in v for v in violations), violations
+    conflict = {**receipt_op("c1", R2, 409), "answer": {"error": "slot conflict", "receipt_id": R2}}
+    assert not await run_checker(tmp_path / "409", views, [receipt_op("c0", R1, 202), conflict])
+
+
+async def test_a_document_answered_final_is_verified(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """The document a submitter got as final was never checked (a reviewer's reproduction)."""
+    views = {"c0": {R1: "final"}, "c1": {R1: "final"}}
+    history = [receipt_op("c0", R1, 200, "final", receipt=SLOT, signature="forged")]
+    violations = await run_checker(tmp_path, views, history)
+    assert any("answered final" in v and "does not verify" in v for v in violations), violations
+    history[0]["answer"]["signature"] = "good"
+    assert not await run_checker(tmp_path / "good", views, history)
+
+
+async def test_every_coordinator_must_answer_the_same_group_key(tmp_path: Path,
+                                                                autojump_clock: trio.testing.MockClock) -> None:
+    """The key was asked of the first coordinator only: a member holding another went unseen."""
+    views = {"c0": {R1: "final"}, "c1": {R1: "final"}}
+    history = [receipt_op("c0", R1, 202)]
+    violations = await run_checker(tmp_path, views, history, group_keys={"c1": "ff" * 32})
+    assert any("one group key" in v for v in violations), violations
+    assert not await run_checker(tmp_path / "same", views, history)
 
 
 def test_a_coordinator_that_exited_on_its_own_is_a_violation(tmp_path: Path) -> None:
