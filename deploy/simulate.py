@@ -61,6 +61,8 @@ from consensus.receipt_service import Unavailable
 from deploy.simulation import EPOCH, IDLE_POLL_S, Member, SimCluster
 from node import events as ev
 from node import merkle
+from node.blob import decode_blob
+from node.receipt_ledger import batch_verifies, parse_batch
 
 LIVENESS_BOUND_S = 90.0
 QUIET_BOUND_S = 60.0  # after the liveness checks, the cluster goes quiet within this (virtual) time
@@ -532,6 +534,21 @@ def check_safety(plan: Plan, cluster: SimCluster, records: list[Any], outcome: O
             if key is None or merkle.root(raws) != root or not rc_verify(key, root, len(raws),
                                                                          bytes.fromhex(batch.signature)):
                 outcome.safety.append(f"a batch on {m.id} does not verify under the group key")
+    # every receipt batch an honest member put on DA, read from DA itself: the states keep a batch out that fails
+    # its checks, so a member publishing a bad one went unseen there (a reviewer's reproduction)
+    keys, honest_ids = frozenset(cluster.member_keys.values()), {m.id for m in cluster.members.values()
+                                                                  if m.behaviour is None}
+    for _, data in cluster.da.blobs:
+        for kind, _, _, origin, fields, _, _ in decode_blob(data, keys, member_ids=cluster.ids).events:
+            if kind != ev.RECEIPT_BATCH or origin not in honest_ids:
+                continue
+            batch = parse_batch(fields)
+            if batch is None or key is None or batch.group_key != key.hex() or not batch_verifies(batch):
+                outcome.safety.append(f"{origin} published a receipt batch that does not verify under the group key")
+                continue
+            for raw, _ in batch.wires:
+                receipt = rc.decode(raw, bytes(64))
+                signed.setdefault(receipt.slot, set()).add(receipt.id)
     given = [*cluster.observed.documents, *((r.receipt, r.document) for r in records if r.document is not None)]
     for receipt, doc in given:
         valid, reason = rc.verify_document(doc, key) if key is not None else (False, "no group key")
@@ -611,15 +628,23 @@ def check_acknowledged(cluster: SimCluster, submitted: list[tuple[str, Any]], ou
 
 
 def check_writes(cluster: SimCluster, acknowledged: list[ev.Event], outcome: Outcome) -> None:
-    """Every acknowledged node/object write is in every honest member's state (nothing acknowledged is lost)."""
+    """Every acknowledged node/object write is in every honest member's state as written (nothing acknowledged is
+    lost or changed: a key present with other fields passed, a reviewer's reproduction)."""
     for event in acknowledged:
         if cluster.members[event.origin].lost:
             continue  # acknowledged once durable in its outbox, which is gone with its disk (DA never had it)
-        key = event.field("id" if event.kind == ev.NODE_REGISTERED else "hash")
+        node = event.kind == ev.NODE_REGISTERED
+        key = event.field("id" if node else "hash")
+        expected = ((event.field("zone"), event.field("addr"), event.field("capacity_gb")) if node
+                    else event.field("size"))
         for m in cluster.honest():
-            if (m.state.node(key) if event.kind == ev.NODE_REGISTERED else m.state.object(key)) is None:
+            held = m.state.node(key) if node else m.state.object(key)
+            if held is None:
                 outcome.safety.append(f"an acknowledged write ({event.kind} {key}, to {event.origin}) is missing "
                                       f"on {m.id}")
+            elif (tuple(held) if node else held[0]) != expected:  # type: ignore[index]
+                outcome.safety.append(f"an acknowledged write ({event.kind} {key}, to {event.origin}) holds other "
+                                      f"fields on {m.id}: {held!r}, written {expected!r}")
 
 
 def rc_verify(key: bytes, root: bytes, size: int, signature: bytes) -> bool:

@@ -86,7 +86,7 @@ def checked_receipt(receipt_bytes: bytes, node_signature: bytes) -> ReceiptInfo 
     return ReceiptInfo(rtype, node_id, subject, epoch)
 
 
-def _signed(batch: Batch) -> bool:
+def batch_verifies(batch: Batch) -> bool:
     """The batch's root is the Merkle root of its receipts, signed (the batch message) under its group key."""
     try:
         key, root, signature = bytes.fromhex(batch.group_key), bytes.fromhex(batch.root), bytes.fromhex(batch.signature)
@@ -158,7 +158,7 @@ class ReceiptLedger:
         if batch is None:
             return False
         infos = [checked_receipt(raw, node_signature) for raw, node_signature in batch.wires]
-        if any(i is None for i in infos) or not _signed(batch):
+        if any(i is None for i in infos) or not batch_verifies(batch):
             return False
         self.batches[batch_id] = batch
         self.batch_acc += batch_term(batch_id)
