@@ -60,6 +60,12 @@ class NotFound(Exception):
         self.body = body
 
 
+def _log_client(consumer: Consumer) -> Any:
+    """The blob store client a consumer reads through (under its metering), or None for another kind of log."""
+    layer = getattr(consumer.da, "inner", consumer.da)
+    return layer if hasattr(layer, "resume_log") else None
+
+
 @dataclass
 class _ConsistencyCheck:
     """A consistency check in flight, shared by the callers that arrive while it runs."""
@@ -151,6 +157,9 @@ class Coordinator:
             for name, cursor in snap.cursors.items():
                 if name in self.consumers:
                     self.consumers[name].cursor = cursor
+                    log_client = _log_client(self.consumers[name])
+                    if log_client is not None:
+                        log_client.resume_log(snap.logs.get(name), cursor)
             self.applied_outbox_seq = snap.outbox_seq
             self._snapshot_mark = (snap.state.events_applied, snap.cursors)
         replayed = 0
@@ -198,7 +207,9 @@ class Coordinator:
         mark = (self.state.events_applied, self.cursors())
         if mark == self._snapshot_mark:
             return False
-        snap = snapshot.Snapshot(self.state, mark[1], self.applied_outbox_seq)
+        logs = {name: identity for name, c in self.consumers.items()
+                if (log_client := _log_client(c)) is not None and (identity := log_client.log_identity) is not None}
+        snap = snapshot.Snapshot(self.state, mark[1], self.applied_outbox_seq, logs)
         size = await snapshot.save(self.config.data_dir, snap)
         self._snapshot_mark = mark
         self.snapshots_written += 1

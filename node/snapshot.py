@@ -28,7 +28,7 @@ import gc
 import mmap
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -49,15 +49,19 @@ class Snapshot:
     state: State
     cursors: dict[str, int]  # one per followed DA log
     outbox_seq: int
+    # the log each blob store cursor counts in (``BlobStoreDA.log_identity``): a store that lost its database while
+    # this coordinator was down is read again from the start (absent from snapshots of earlier versions)
+    logs: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def pieces(snap: Snapshot) -> Iterator[bytes]:
     """The encoding in pieces, each a short, bounded amount of work (see ``State.snapshot_pieces``), but for its
     last entry: ``tail`` of the CRC-32 of these pieces."""
     packer = msgpack.Packer(use_bin_type=True)
-    yield packer.pack_map_header(5)
+    yield packer.pack_map_header(6)
     yield packer.pack("format") + packer.pack(FORMAT)
     yield packer.pack("cursors") + packer.pack(snap.cursors)
+    yield packer.pack("logs") + packer.pack(snap.logs)
     yield packer.pack("outbox_seq") + packer.pack(snap.outbox_seq)
     yield packer.pack("state")
     yield from snap.state.snapshot_pieces()
@@ -97,7 +101,9 @@ def decode(data: bytes | mmap.mmap) -> Snapshot:
                 raise ValueError("snapshot damaged: its CRC-32 does not match its contents")
         try:
             cursors = {str(k): _int(v) for k, v in obj["cursors"].items()}
-            snap = Snapshot(State.from_snapshot(obj["state"]), cursors, _count(obj["outbox_seq"]))
+            logs = {str(k): {"key": str(v["key"]), "log_id": str(v["log_id"])}
+                    for k, v in obj.get("logs", {}).items()}
+            snap = Snapshot(State.from_snapshot(obj["state"]), cursors, _count(obj["outbox_seq"]), logs)
         except (KeyError, TypeError, AttributeError, IndexError, OverflowError) as exc:  # a field of the wrong shape
             raise ValueError(f"malformed snapshot: {type(exc).__name__}: {exc}") from None
         return snap
@@ -162,7 +168,7 @@ async def save(data_dir: Path, snap: Snapshot) -> int:
     caller's task; the encoding runs on the event loop one short piece at a time, with a checkpoint after
     each, and the file is written and fsynced in a thread, a few MiB at a time: however large the state,
     no step holds the loop (or the GIL) for long. Cancelled, it leaves the previous snapshot in place."""
-    cut = Snapshot(snap.state.frozen(), dict(snap.cursors), snap.outbox_seq)
+    cut = Snapshot(snap.state.frozen(), dict(snap.cursors), snap.outbox_seq, dict(snap.logs))
     path = data_dir / FILE
     tmp = path.with_suffix(".tmp")
     f: BinaryIO = await trio.to_thread.run_sync(open, tmp, "wb")

@@ -22,6 +22,7 @@ import binascii
 import hashlib
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,6 +125,27 @@ class BlobStoreDA:
         self._restarted_at: float | None = None  # trio time we last read its log again from the start
         self._log_key: bytes | None = None  # the key the store's log answers named last (its log's identity)
         self._log_id: bytes | None = None  # the log id they named last (the same, for a store keeping its key)
+        self._unverified = False  # a cursor resumed with no record of the log it counts in (see resume_log)
+
+    @property
+    def log_identity(self) -> dict[str, str] | None:
+        """The log our reads follow, as its answers named it (key, log id: hex; "" for one not named), None before
+        any did. A snapshot keeps it beside the cursor, which counts positions in that log (``resume_log``)."""
+        if self._log_key is None and self._log_id is None:
+            return None
+        return {"key": self._log_key.hex() if self._log_key else "",
+                "log_id": self._log_id.hex() if self._log_id else ""}
+
+    def resume_log(self, identity: Mapping[str, str] | None, cursor: int) -> None:
+        """Go on reading at ``cursor`` of the log ``identity`` names (a restored snapshot's): the first read then
+        compares the store's log with it. Without one (a snapshot written before they were kept) a cursor past 0
+        is read again from the start: the store may have lost its database and taken new blobs past our cursor
+        while this process was down, and this client knew nothing to compare with (the new log's first blobs were
+        skipped: a reviewer's reproduction)."""
+        identity = identity or {}
+        self._log_key = bytes.fromhex(identity["key"]) if identity.get("key") else None
+        self._log_id = bytes.fromhex(identity["log_id"]) if identity.get("log_id") else None
+        self._unverified = cursor > 0 and self._log_key is None and self._log_id is None
 
     @property
     def public_key(self) -> bytes | None:
@@ -166,7 +188,8 @@ class BlobStoreDA:
         log_id = _hex(body.get("log_id"), LOG_ID_LEN)  # so does its log id (a store's database lost, its key kept)
         known = self._log_key or self._key
         another_log = ((log_key is not None and known is not None and log_key != known)
-                       or (log_id is not None and self._log_id is not None and log_id != self._log_id))
+                       or (log_id is not None and self._log_id is not None and log_id != self._log_id)
+                       or self._unverified)
         if ((_is_int(head) and head < cursor) or another_log) and cursor > 0:
             # The store's log is another one: it restarted (lost its disk, a new store at the same URL). Its
             # positions start again at 1, and reading on from our cursor skipped every blob it takes now, whether
@@ -176,7 +199,8 @@ class BlobStoreDA:
             now = trio.current_time()
             if self._restarted_at is not None and now - self._restarted_at < RESTART_QUIET_S:
                 raise DAError(f"{self.name}: the store's log changed under our cursor {cursor} again")
-            why = (f"it names another log (key {log_key.hex()[:16]}…, log id {log_id.hex() if log_id else '-'})"
+            why = ("no record of the log our cursor counts in (a snapshot of an earlier version)" if self._unverified
+                   else f"it names another log (key {log_key.hex()[:16]}…, log id {log_id.hex() if log_id else '-'})"
                    if another_log and log_key is not None else f"its head {head} is behind our cursor {cursor}")
             log.warning("%s: the store's log is another one (%s; the store was rebuilt?): reading it from the "
                         "start", self.name, why)
@@ -189,6 +213,7 @@ class BlobStoreDA:
             self._log_key = log_key
         if log_id is not None:
             self._log_id = log_id
+        self._unverified = False
         if _is_int(head) and page_cursor > max(head, cursor):
             raise self._malformed("log cursor (beyond the head)")
         items: list[tuple[BlobRef, bytes]] = []
