@@ -129,6 +129,9 @@ class Outcome:
     fingerprint: str = ""
     group_key: bytes | None = None  # the key receipts were signed with (dealt, or the DKG's)
     signed: int = 0  # receipts final on some member
+    faults_planned: int = 0
+    faults_fired: int = 0  # the planned faults that took effect (a trap its member never reached, a crash of a
+    #                        member already down: planned, not fired)
 
     @property
     def violations(self) -> list[str]:
@@ -351,6 +354,7 @@ async def run_plan(plan: Plan, cluster: SimCluster) -> Outcome:
             [m.state.root() for m in cluster.members.values()] + sorted(cluster.signed_ids())
             + [cluster.group_key or b""])).hexdigest()[:16]
         outcome.group_key, outcome.signed = cluster.group_key, len(cluster.signed_ids())
+        outcome.faults_planned, outcome.faults_fired = len(plan.faults), cluster.faults_fired
         nursery.cancel_scope.cancel()
     cluster.close()
     return outcome
@@ -362,6 +366,7 @@ async def inject(cluster: SimCluster, f: Fault) -> None:
     if f.kind == "crash":
         if cluster.members[f.members[0]].up:
             cluster.crash(f.members[0])
+            cluster.faults_fired += 1
             cluster.nursery.start_soon(_restart_later, cluster, f.members[0], f.duration)
     elif f.kind in CRASH_AFTER:
         m = cluster.members[f.members[0]]
@@ -369,28 +374,34 @@ async def inject(cluster: SimCluster, f: Fault) -> None:
             CRASH_AFTER[f.kind](cluster, m, lambda: _crash_now(cluster, m.id, f.duration))
     elif f.kind == "lost":
         cluster.lose(f.members[0])
+        cluster.faults_fired += 1
     elif f.kind.startswith("lost_"):
         m = cluster.members[f.members[0]]
         if m.up:
             _lose_at_announce(cluster, m, announced=f.kind == "lost_after_announce")
     elif f.kind == "partition":
-        cluster.net.partition(set(f.members), set(cluster.members) - set(f.members))
-        cluster.nursery.start_soon(_later, f.duration, cluster.net.heal)
+        cut = cluster.net.partition(set(f.members), set(cluster.members) - set(f.members))
+        cluster.faults_fired += 1
+        cluster.nursery.start_soon(_later, f.duration, lambda: cluster.net.heal(cut))
     elif f.kind == "cut":
         pair = (f.members[0], f.members[1])
         cluster.net.cuts.add(pair)
+        cluster.faults_fired += 1
         cluster.nursery.start_soon(_later, f.duration, lambda: cluster.net.cuts.discard(pair))
     elif f.kind == "slow":
         cluster.net.slow[f.members[0]] = 0.4
+        cluster.faults_fired += 1
         cluster.nursery.start_soon(_later, f.duration, lambda: cluster.net.slow.pop(f.members[0], None))
     elif f.kind == "da_outage":
         cluster.da.down_until = max(cluster.da.down_until, trio.current_time() + f.duration)
+        cluster.faults_fired += 1
 
 
 def _crash_now(cluster: SimCluster, member: str, downtime: float) -> None:
     """A trap went off: the member crashes at once (unless it is down already) and restarts after ``downtime``."""
     if cluster.members[member].up:
         cluster.crash(member)
+        cluster.faults_fired += 1
         assert cluster.nursery is not None
         cluster.nursery.start_soon(_restart_later, cluster, member, downtime)
 
@@ -474,6 +485,11 @@ CRASH_AFTER: dict[str, Callable[[SimCluster, Member, Callable[[], None]], None]]
     "crash_after_commit": _after_commit, "crash_after_post": _after_post}
 
 
+def _lose_now(cluster: SimCluster, member: str) -> None:
+    cluster.lose(member)
+    cluster.faults_fired += 1
+
+
 def _lose_at_announce(cluster: SimCluster, m: Member, *, announced: bool) -> None:
     """The member is lost for good as it announces its next signed batch: before any peer heard of it (their locks
     stay open: a takeover signs the receipts again, if their slots allow), or once enough peers keep it, before its
@@ -482,13 +498,13 @@ def _lose_at_announce(cluster: SimCluster, m: Member, *, announced: bool) -> Non
     if service is None:
         return
     if announced:
-        _crash_after_call(cluster, service, "_announce", lambda: cluster.lose(m.id))
+        _crash_after_call(cluster, service, "_announce", lambda: _lose_now(cluster, m.id))
         return
     original = service._announce
 
     async def lose_first(*args: Any, **kwargs: Any) -> Any:
         service._announce = original  # type: ignore[method-assign]
-        cluster.lose(m.id)
+        _lose_now(cluster, m.id)
         await trio.lowlevel.checkpoint()  # cancelled: it is gone
 
     service._announce = lose_first  # type: ignore[method-assign]
@@ -711,7 +727,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="print every seed's schedule")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.disable(logging.WARNING)  # the engines' warnings are expected under faults
-    safety = liveness = convergence = errors = dkg_runs = 0
+    safety = liveness = convergence = errors = dkg_runs = planned = fired = 0
     started = time.perf_counter()
     report_at = started + PROGRESS_S
     for done, seed in enumerate(args.seeds):
@@ -725,10 +741,11 @@ def main(argv: list[str] | None = None) -> None:
                   flush=True)
         plan, outcome = run_seed(seed, args.nodes, args.receipts, args.dkg)
         dkg_runs += plan.dkg
+        planned, fired = planned + outcome.faults_planned, fired + outcome.faults_fired
         if args.verbose:
             key = outcome.group_key.hex()[:16] if outcome.group_key else None
-            print(f"{plan.describe()}\n  outcome {outcome.fingerprint} ({outcome.signed} signed, group key {key})",
-                  flush=True)
+            print(f"{plan.describe()}\n  outcome {outcome.fingerprint} ({outcome.signed} signed, group key {key}; "
+                  f"{outcome.faults_fired} of {outcome.faults_planned} faults took effect)", flush=True)
         for violation in outcome.violations:
             print(f"seed {seed}: {violation}\n  replay: dsdn simulate --seeds {seed}:1 -v"
                   + (f" --nodes {args.nodes}" if args.nodes else "")
@@ -741,7 +758,8 @@ def main(argv: list[str] | None = None) -> None:
     total = safety + liveness + convergence + errors
     print(f"simulate: {len(args.seeds)} seeds, {total} violations ({safety} safety, {liveness} liveness, "
           f"{convergence} convergence, {errors} errors logged) in {time.perf_counter() - started:.1f}s; {dkg_runs} "
-          "ran the DKG", flush=True)
+          f"ran the DKG; {fired} of {planned} planned faults took effect (a trap its member never reached, a crash "
+          "of a member already down: planned, not fired)", flush=True)
     sys.exit(1 if total else 0)
 
 

@@ -231,6 +231,7 @@ class SimCluster:
         self.observed = Observed()
         self.conflicts: list[tuple[rc.Receipt, rc.Receipt]] = []  # pairs of receipts for one slot
         self.traps: list[Callable[[], None]] = []  # how to disarm each armed crash-after-a-durable-step fault
+        self.faults_fired = 0  # faults of the schedule that took effect (deploy/simulate.py counts them)
 
     # ---- ledger set-up: nodes with keys, objects with replicas, the same on every member ------------
 

@@ -64,7 +64,7 @@ class SimNetwork:
         self.nodes: dict[str, SimNode] = {}
         self.incarnations = 0  # nodes added so far (a restarted node is added again)
         self.stats = SimStats()
-        self._group: dict[str, int] = {}
+        self._partitions: list[dict[str, int]] = []  # each: node -> its group (see partition)
         self._nursery: trio.Nursery | None = None
 
     def add(self, node_id: str) -> SimNode:
@@ -72,15 +72,21 @@ class SimNetwork:
         node.dispatcher.nursery = self._nursery
         return node
 
-    def partition(self, *groups: set[str]) -> None:
-        """Nodes in different groups cannot reach each other (nodes in no group reach only each other)."""
-        self._group = {node: i for i, group in enumerate(groups) for node in group}
+    def partition(self, *groups: set[str]) -> dict[str, int]:
+        """Nodes in different groups cannot reach each other (nodes in no group reach only each other). Partitions
+        add up: two nodes reach each other when none of those in force separates them (a new one replaced the one
+        in force, and each one's end healed every other: overlapping partitions cut each other short). Returns the
+        partition, for ``heal``."""
+        cut = {node: i for i, group in enumerate(groups) for node in group}
+        self._partitions.append(cut)
+        return cut
 
-    def heal(self) -> None:
-        self._group = {}
+    def heal(self, partition: dict[str, int] | None = None) -> None:
+        """End ``partition`` (what ``partition`` returned), or every one."""
+        self._partitions = [] if partition is None else [p for p in self._partitions if p is not partition]
 
     def reachable(self, a: str, b: str) -> bool:
-        return self._group.get(a, -1) == self._group.get(b, -1)
+        return all(p.get(a, -1) == p.get(b, -1) for p in self._partitions)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Delivery needs this running (deliveries are tasks in its nursery)."""

@@ -418,3 +418,23 @@ def test_forged_replies_name_requests_a_peer_has_pending(monkeypatch: pytest.Mon
     plan, outcome = simulate.run_seed(49, dkg="none")
     assert "'forge'" in plan.describe() and outcome.violations == []
     assert matched["stray"] > 0
+
+
+def test_faults_that_never_took_effect_are_not_counted_as_fired(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A third of the crash-after-a-step traps never went off and a crash of a member already down did nothing, yet
+    the schedule listed them all (a reviewer's count): the outcome says how many took effect."""
+    make_plan = simulate.make_plan
+
+    def planned(seed: int, *args: Any) -> Any:
+        plan, cluster = make_plan(seed, *args)
+        member = next(m for m in cluster.members if cluster.members[m].behaviour is None)
+        faults = [simulate.Fault(1.0, "crash", (member,), 3.0),  # takes effect
+                  simulate.Fault(1.5, "crash", (member,), 3.0),  # the member is down already: nothing
+                  simulate.Fault(2.0, "partition", (member,), 1.0),  # takes effect
+                  simulate.Fault(0.5, "crash_after_dkg_share", (member,), 1.0)]  # no DKG runs: never goes off
+        return dataclasses.replace(plan, faults=faults), cluster
+
+    monkeypatch.setattr(simulate, "make_plan", planned)
+    _, outcome = simulate.run_seed(3, dkg="none")
+    assert outcome.violations == []
+    assert (outcome.faults_planned, outcome.faults_fired) == (4, 2)
