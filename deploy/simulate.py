@@ -609,17 +609,27 @@ def acknowledged_receipts(cluster: SimCluster, submitted: list[tuple[str, Any]])
 def unsettled_acknowledged(cluster: SimCluster, submitted: list[tuple[str, Any]]) -> list[bytes]:
     """Acknowledged receipts (``acknowledged_receipts``) neither final on every honest member nor a conflict at
     the member that acknowledged it (its record, or its lock closed as one: what its client is told). Of two
-    receipts for one slot possibly neither is signed; then both clients must learn it."""
+    receipts for one slot possibly neither is signed; then both clients must learn it, unless a member lost for
+    good or a liar holds the deciding vote: then a receipt of a pair may stay locked while its rival is not signed
+    either (refused by n - t others it closes as a conflict; here fewer refuse it than it lacks signers: seed 690,
+    t = 5 of 6, one member lost, one holding the rival), as the nemesis checker allows."""
     honest = cluster.honest()
+    rivals = {r.id for pair in cluster.conflicts for r in pair}
+    undecidable = any(m.lost or m.behaviour is not None for m in cluster.members.values())
     acked: dict[bytes, set[str]] = {}
+    slots: dict[bytes, tuple[str, str, str, int]] = {}
     for member, record in submitted:
         if (record.optimistic is not None or record.status == "final") and not cluster.members[member].lost:
             acked.setdefault(record.receipt.id, set()).add(member)
+            slots[record.receipt.id] = record.receipt.slot
     unsettled = []
     for rid, members in acked.items():
         if all(rid in m.state.ledger.receipts for m in honest):
             continue
         if all(_conflict_at(cluster.members[name], rid) for name in members if cluster.members[name] in honest):
+            continue
+        if undecidable and rid in rivals and not any(m.state.ledger.by_slot.get(slot) for m in honest
+                                                     for slot in [slots[rid]]):
             continue
         unsettled.append(rid)
     return sorted(unsettled)
