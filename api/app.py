@@ -182,7 +182,9 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
             a web page at http://evil.example:8080 whose name its owner re-pointed at 127.0.0.1 reads and writes
             this server as its own origin (Origin and Host both evil.example:8080, so the cross-origin check of
             ``mutating`` passes: a reviewer's reproduction); its browser still names evil.example in Host."""
-            name = urlsplit(f"//{request.host}").hostname or ""
+            if not any(name == b"host" for name, _ in request.scope.get("headers", ())):
+                return  # (HTTP/1.0 from a health checker, say: no browser, so no page behind it)
+            name = (urlsplit(f"//{request.host}").hostname or "").rstrip(".")
             if not (is_loopback(name) or name.endswith(".localhost")):
                 raise ApiError(403, {"error": "forbidden", "message": f"Host {request.host[:100]!r} does not name "
                                      "this server's loopback address (a name re-pointed at 127.0.0.1 by a web "

@@ -610,11 +610,12 @@ def unsettled_acknowledged(cluster: SimCluster, submitted: list[tuple[str, Any]]
     """Acknowledged receipts (``acknowledged_receipts``) neither final on every honest member nor a conflict at
     the member that acknowledged it (its record, or its lock closed as one: what its client is told). Of two
     receipts for one slot possibly neither is signed; then both clients must learn it, unless a member lost for
-    good or a liar holds the deciding vote: then a receipt of a pair may stay locked while its rival is not signed
-    either (refused by n - t others it closes as a conflict; here fewer refuse it than it lacks signers: seed 690,
-    t = 5 of 6, one member lost, one holding the rival), as the nemesis checker allows."""
+    good or a liar holds the deciding vote, the honest members up that could sign it being fewer than t: then a
+    receipt of a pair may stay locked while its rival is not signed either (refused by n - t others it closes as a
+    conflict; here fewer refuse it than it lacks signers: seed 690, t = 5 of 6, one member lost, one holding the
+    rival), as the nemesis checker allows."""
     honest = cluster.honest()
-    rivals = {r.id for pair in cluster.conflicts for r in pair}
+    rivals = {a.id: b.id for pair in cluster.conflicts for a, b in (pair, pair[::-1])}  # receipt -> its rival
     undecidable = any(m.lost or m.behaviour is not None for m in cluster.members.values())
     acked: dict[bytes, set[str]] = {}
     slots: dict[bytes, tuple[str, str, str, int]] = {}
@@ -628,11 +629,18 @@ def unsettled_acknowledged(cluster: SimCluster, submitted: list[tuple[str, Any]]
             continue
         if all(_conflict_at(cluster.members[name], rid) for name in members if cluster.members[name] in honest):
             continue
-        if undecidable and rid in rivals and not any(m.state.ledger.by_slot.get(slot) for m in honest
-                                                     for slot in [slots[rid]]):
+        if undecidable and rid in rivals and not any(m.state.ledger.by_slot.get(slots[rid]) for m in honest) \
+                and _honest_signers_possible(cluster, rivals[rid]) < default_threshold(len(cluster.members)):
             continue
         unsettled.append(rid)
     return sorted(unsettled)
+
+
+def _honest_signers_possible(cluster: SimCluster, rival: bytes) -> int:
+    """Honest members up that could still sign a receipt: those not holding the lock of its rival (read from their
+    lock tables)."""
+    return sum(1 for m in cluster.honest() if m.up and m.locks is not None and m.locks.broken is None
+               and m.locks.lock_of(rival) is None)
 
 
 def _conflict_at(m: Any, rid: bytes) -> bool:

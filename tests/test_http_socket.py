@@ -177,7 +177,7 @@ async def test_a_host_header_that_is_no_host_name_gets_a_json_400_not_a_500(base
         assert head.startswith(b"HTTP/1.1 400"), data
         assert b"application/json" in head and json.loads(body) == {"error": "bad_request",
                                                                      "message": "invalid Host header"}
-    for host in (b"localhost:1", b"[::1]:80", b"127.0.0.2", b"a.localhost"):  # valid loopback names: served
+    for host in (b"localhost:1", b"[::1]:80", b"127.0.0.2", b"a.localhost", b"a.localhost.", b"127.0.0.1.:8080"):
         data, _ = await raw_exchange(base_url, b"GET /health HTTP/1.1\r\nHost: " + host + b"\r\n"
                                      b"Connection: close\r\n\r\n", 2)
         assert data.startswith(b"HTTP/1.1 200"), data
@@ -202,6 +202,8 @@ async def test_without_a_token_a_loopback_server_answers_loopback_names_only(bas
     async with httpx.AsyncClient(base_url=base_url, timeout=5) as http:  # the write above never happened
         assert "n-rebind" not in {n["id"] for n in (await http.get("/nodes")).json()}
         assert (await http.get("/nodes", headers={"Host": f"localhost:{port}"})).status_code == 200
+    data, _ = await raw_exchange(base_url, b"GET /health HTTP/1.0\r\n\r\n", 2)  # no Host (a health checker)
+    assert data.startswith(b"HTTP/1.0 200") or data.startswith(b"HTTP/1.1 200"), data
 
 
 async def test_with_a_token_any_host_name_is_answered(nursery: trio.Nursery,

@@ -220,7 +220,8 @@ async def test_a_receipt_answered_final_must_stay_final_rival_or_not(
     """R1 answered final to its submitter, later "conflict" everywhere while its rival R2 is final: the slot is
     signed twice, and R1 was excused as a receipt with a rival (a reviewer's reproduction)."""
     views = {"c0": {R1: "conflict", R2: "final"}, "c1": {R1: "conflict", R2: "final"}}
-    history = [receipt_op("c0", R1, 200, "final", receipt=SLOT, signature="good"), receipt_op("c1", R2, 202)]
+    history = [receipt_op("c0", R1, 200, "final", receipt=SLOT, signature="good", receipt_bytes="00"),
+               receipt_op("c1", R2, 202)]
     violations = await run_checker(tmp_path, views, history)
     assert any("signed 2 times" in v for v in violations), violations
     assert any("not final on every coordinator" in v for v in violations), violations
@@ -252,11 +253,39 @@ async def test_only_a_rival_the_cluster_may_have_locked_excuses_a_stuck_receipt(
 async def test_a_document_answered_final_is_verified(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     """The document a submitter got as final was never checked (a reviewer's reproduction)."""
     views = {"c0": {R1: "final"}, "c1": {R1: "final"}}
-    history = [receipt_op("c0", R1, 200, "final", receipt=SLOT, signature="forged")]
+    history = [receipt_op("c0", R1, 200, "final", receipt=SLOT, signature="forged", receipt_bytes="00")]
     violations = await run_checker(tmp_path, views, history)
     assert any("answered final" in v and "does not verify" in v for v in violations), violations
     history[0]["answer"]["signature"] = "good"
     assert not await run_checker(tmp_path / "good", views, history)
+    # a 202 "final" names a receipt already final, without its document: an acknowledgement, not a forgery
+    assert not await run_checker(tmp_path / "202", views, [receipt_op("c0", R1, 202, "final")])
+
+
+async def test_receipts_with_a_rival_wait_for_their_document_too(tmp_path: Path,
+                                                                 autojump_clock: trio.testing.MockClock) -> None:
+    """The wait and the rival were decided by one draw: no receipt with a rival ever waited, so "final stays
+    final" never met a rival slot in a real run (a reviewer's count)."""
+    import nacl.signing
+
+    from deploy import nemesis
+
+    nem = nemesis.Nemesis(2, 1, 7, tmp_path, tmp_path / "history.jsonl")
+    ops: list[tuple[str, dict[str, Any]]] = []
+
+    async def op(http: Any, kind: str, method: str, path: str, body: dict[str, Any]) -> None:
+        if kind == "receipt":
+            ops.append((path, body))
+
+    nem.op = op  # type: ignore[method-assign]
+    keys = {f"nem{i}": nacl.signing.SigningKey(bytes([i + 1]) * 32) for i in range(3)}
+    await nem.load(None, trio.current_time() + 100, keys)  # type: ignore[arg-type]
+    per_slot: dict[tuple[str, str, int], list[str]] = {}
+    for path, body in ops:
+        per_slot.setdefault((body["node_id"], body["subject"], body["epoch"]), []).append(path)
+    rival_slots = [paths for paths in per_slot.values() if len(paths) > 1]
+    assert rival_slots and any(all("wait_ms" in p for p in paths) for paths in rival_slots)
+    assert any("wait_ms" not in p for paths in rival_slots for p in paths)
 
 
 async def test_every_coordinator_must_answer_the_same_group_key(tmp_path: Path,

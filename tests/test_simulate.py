@@ -438,3 +438,27 @@ def test_faults_that_never_took_effect_are_not_counted_as_fired(monkeypatch: pyt
     _, outcome = simulate.run_seed(3, dkg="none")
     assert outcome.violations == []
     assert (outcome.faults_planned, outcome.faults_fired) == (4, 2)
+
+
+def test_a_rival_left_locked_is_excused_only_when_honest_members_cannot_sign_it() -> None:
+    """A receipt of a pair left locked for ever at an honest member, never told "conflict", was excused whenever
+    any member anywhere was lost or a liar (a reviewer's reproduction): only when the honest members up that
+    could sign it (not holding its rival's lock) are fewer than t."""
+    from types import SimpleNamespace as NS
+
+    slot = ("compute", "n1", "obj1", 7)
+    x, y = NS(id=b"X" * 32, slot=slot), NS(id=b"Y" * 32, slot=slot)
+
+    def member(name: str, behaviour: str | None = None, holds: bytes | None = None) -> Any:
+        return NS(id=name, behaviour=behaviour, lost=False, up=True, service=NS(records={}),
+                  state=NS(ledger=NS(receipts={}, by_slot={})),
+                  locks=NS(broken=None, lock_of=lambda rid: (None, 0, None) if rid == holds else None))
+
+    for liar, holders_of_y, flagged in ((None, "", True), ("forge", "", True), ("forge", "bc", False)):
+        members = {name: member(name, holds=x.id if name == "a" else y.id if name in holders_of_y else None)
+                   for name in "abc"}
+        members["d"] = member("d", liar)
+        cluster = NS(members=members, conflicts=[(x, y)],
+                     honest=lambda members=members: [m for m in members.values() if m.behaviour is None])
+        acked = NS(receipt=x, optimistic={"locked": True}, status="locked")
+        assert (simulate.unsettled_acknowledged(cluster, [("a", acked)]) == [x.id]) is flagged, (liar, holders_of_y)
