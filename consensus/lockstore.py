@@ -10,7 +10,6 @@ state: the coordinator then refuses to sign (never sign blind). Blocking calls: 
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -36,6 +35,7 @@ CREATE TABLE IF NOT EXISTS heard (
 """
 
 
+OPEN_WAIT_S = 5.0  # at open, how long another program's hold on the file is waited for
 OPEN, SIGNED, CLOSED_CONFLICT, CLOSED_REJECTED = 0, 1, 2, 3  # the ``final`` column: why a lock is closed
 
 
@@ -67,13 +67,11 @@ class LockStore:
             self.db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
             return
         existed = path.exists()
-        wal = path.with_name(path.name + "-wal")
-        wal_lost = existed and not wal.exists()
         try:
-            # EXCLUSIVE: the first write takes the file's lock until close, so no other process (a second
-            # coordinator on this data directory, an operator's sqlite3 shell) can hold it while this one locks
-            # slots: a batch decided in the event loop waited up to 5 s for such a lock, then broke the store
-            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=0)
+            # EXCLUSIVE: the file's lock is taken at open and held until close, so no other program (an operator's
+            # sqlite3 shell, a backup script) can hold it while this one locks slots: a batch decided in the event
+            # loop waited up to 5 s for such a lock, then broke the store. At open, another's is waited for a while.
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=OPEN_WAIT_S)
             self.db.execute("PRAGMA locking_mode=EXCLUSIVE")
             if existed:  # (read-only checks first: a lost table's stand-in is left as it was found)
                 # integrity_check, not quick_check: only it compares the slot index with the rows, and every
@@ -85,39 +83,24 @@ class LockStore:
                 elif expect_existing and self.db.execute(
                         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'locks'").fetchone() is None:
                     self.broken = lost.replace("is missing", "holds no locks table (an empty or another file)")
-                elif wal_lost and self._was_open():
-                    self.broken = (f"lock table {path} was not closed cleanly and its write-ahead log {wal.name} is "
-                                   "gone: the locks committed since its last checkpoint may be lost, so it will "
-                                   "not sign (restore the table with its -wal file; if another program opened the "
-                                   "table after the crash, it folded the log in: then run sqlite3 on it with "
-                                   "\"DELETE FROM meta WHERE k = 'open'\" once sure)")
             if self.broken is None:
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=FULL")
+                # Every commit is checkpointed into the table itself before it returns (~0.5 ms, in the
+                # committing thread): a copy of locks.sqlite alone, without its -wal file (a partial restore, a
+                # lost log after a crash), lacked the latest locks and let their rivals be locked
+                self.db.execute("PRAGMA wal_autocheckpoint=1")
                 self.db.executescript(SCHEMA)
-                # Open until close() says otherwise, checkpointed into the table itself: a restart that finds
-                # the mark without the -wal file knows the log holding the latest locks was lost
-                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('open', 1)")
-                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self.db.execute("BEGIN EXCLUSIVE")  # the file's lock, from now on
+                self.db.execute("COMMIT")
+                self.db.execute("PRAGMA busy_timeout=0")  # (nobody else can hold it now: never wait)
                 self._count = int(self.db.execute("SELECT count(*) FROM locks").fetchone()[0])  # (before any thread)
         except sqlite3.DatabaseError as exc:
             self.broken = f"lock table {path} is unreadable: {exc}"
         if not hasattr(self, "db"):  # (not even opened: a directory in its place, no permission)
             self.db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
 
-    def _was_open(self) -> bool:
-        """Whether the table carries the mark of a process that had it open and never closed it."""
-        if self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
-            return False
-        return self.db.execute("SELECT 1 FROM meta WHERE k = 'open' AND v = 1").fetchone() is not None
-
     def close(self) -> None:
-        """Close the table, marked closed cleanly (SQLite folds the log into the table and removes it)."""
-        if self.broken is None:
-            with contextlib.suppress(sqlite3.DatabaseError):  # (left marked: the next start checks the log is there)
-                if self.db.in_transaction:
-                    self.db.execute("ROLLBACK")  # as a crash would
-                self.db.execute("DELETE FROM meta WHERE k = 'open'")
         self.db.close()
 
     def _check(self) -> None:
