@@ -102,6 +102,7 @@ class Consumer:
         self.da, self.apply_events, self.members = da, apply_events, members
         self.member_ids: Mapping[bytes, str] = member_ids or {}
         self.cursor, self.poll_s, self.idle_poll_s = cursor, poll_s, idle_poll_s
+        self.log: dict[str, str] | None = None  # the log the cursor counts in, where the layer names it (Page.log)
         self._idle = poll_s  # the pause at the head: doubles while reads find nothing, back to poll_s on data
         self.wait_s = wait_s
         self._at_head = False  # the latest read reached the head: the next one is a long poll (if wait_s)
@@ -176,6 +177,8 @@ class Consumer:
             self.ingest(data)
         spare_collector(catching_up=bool(page.items) and not page.at_head)
         self.cursor = page.cursor
+        if page.log is not None:
+            self.log = page.log
         self._idle = self.poll_s if page.items else min(self._idle * 2, self.idle_poll_s)
         if self.wait_s and (not wait or page.items or page.cursor != before
                             or trio.current_time() - started >= wait / 2):

@@ -131,7 +131,7 @@ class Coordinator:
         self._consistency_flight: _ConsistencyCheck | None = None  # the consistency check running, if any
         self.snapshots_written = 0
         self.snapshots_failed = 0
-        self._snapshot_mark: tuple[int, dict[str, int]] = (-1, {})
+        self._snapshot_mark: tuple[int, dict[str, int], dict[str, dict[str, str]]] = (-1, {}, {})
         self.started_ms = wall_ms()
 
     def _layer_recovered(self, layer: str) -> None:
@@ -156,12 +156,13 @@ class Coordinator:
             self.placement = Placement(self.state)
             for name, cursor in snap.cursors.items():
                 if name in self.consumers:
-                    self.consumers[name].cursor = cursor
-                    log_client = _log_client(self.consumers[name])
+                    consumer = self.consumers[name]
+                    consumer.cursor, consumer.log = cursor, snap.logs.get(name)
+                    log_client = _log_client(consumer)
                     if log_client is not None:
-                        log_client.resume_log(snap.logs.get(name), cursor)
+                        log_client.resume_log(consumer.log, cursor)
             self.applied_outbox_seq = snap.outbox_seq
-            self._snapshot_mark = (snap.state.events_applied, snap.cursors)
+            self._snapshot_mark = (snap.state.events_applied, snap.cursors, snap.logs)
         replayed = 0
         # a page at a time: read all at once, an outbox grown through a long DA outage filled the memory
         while rows := await self.outbox.since(self.applied_outbox_seq, REPLAY_PAGE):
@@ -204,11 +205,12 @@ class Coordinator:
 
     async def write_snapshot(self) -> bool:
         """Write a snapshot if anything changed since the last one; prune the outbox below it."""
-        mark = (self.state.events_applied, self.cursors())
+        # (the logs too: restored from a snapshot without them, a log read again from the start ends where it was,
+        # and no snapshot was written to keep them: every restart read it again: a reviewer's reproduction)
+        logs = {name: c.log for name, c in self.consumers.items() if c.log is not None}
+        mark = (self.state.events_applied, self.cursors(), logs)
         if mark == self._snapshot_mark:
             return False
-        logs = {name: identity for name, c in self.consumers.items()
-                if (log_client := _log_client(c)) is not None and (identity := log_client.log_identity) is not None}
         snap = snapshot.Snapshot(self.state, mark[1], self.applied_outbox_seq, logs)
         size = await snapshot.save(self.config.data_dir, snap)
         self._snapshot_mark = mark

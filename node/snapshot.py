@@ -101,7 +101,7 @@ def decode(data: bytes | mmap.mmap) -> Snapshot:
                 raise ValueError("snapshot damaged: its CRC-32 does not match its contents")
         try:
             cursors = {str(k): _int(v) for k, v in obj["cursors"].items()}
-            logs = {str(k): {"key": str(v["key"]), "log_id": str(v["log_id"])}
+            logs = {str(k): {"key": _hex(v["key"]), "log_id": _hex(v["log_id"])}
                     for k, v in obj.get("logs", {}).items()}
             snap = Snapshot(State.from_snapshot(obj["state"]), cursors, _count(obj["outbox_seq"]), logs)
         except (KeyError, TypeError, AttributeError, IndexError, OverflowError) as exc:  # a field of the wrong shape
@@ -110,6 +110,12 @@ def decode(data: bytes | mmap.mmap) -> Snapshot:
     finally:
         if collecting:
             gc.enable()
+
+
+def _hex(value: Any) -> str:
+    if type(value) is not str or len(value) % 2 or any(c not in "0123456789abcdef" for c in value):
+        raise ValueError(f"malformed snapshot: {value!r} where lowercase hex belongs")
+    return value
 
 
 def _int(value: Any) -> int:

@@ -362,6 +362,9 @@ def test_older_formats_and_other_layouts_are_refused_for_a_rebuild(events: list[
     assert snapshot.decode(data).state.root() == s.root()
     current = msgpack.unpackb(data, use_list=True, strict_map_key=False)
     assert snapshot.decode(seal({k: v for k, v in current.items() if k != "logs"})).logs == {}  # (written before)
+    for bad in ("not hex", "ABCD", "abc", 7):  # refused here (a rebuild), not a failed start in resume_log
+        with pytest.raises(ValueError, match="malformed snapshot"):
+            snapshot.decode(seal({**current, "logs": {"emergency": {"key": bad, "log_id": ""}}}))
     for older in (2, 3, 4, 5, 6, snapshot.FORMAT + 1):
         with pytest.raises(ValueError, match=f"unsupported snapshot format {older}"):
             snapshot.decode(seal({**current, "format": older}))

@@ -43,6 +43,9 @@ class Page:
     items: list[tuple[BlobRef, bytes]]
     cursor: int
     at_head: bool
+    # the log ``cursor`` counts in, where the layer names it (a blob store: its key and log id, hex); the consumer
+    # keeps it with the cursor in the same step, so a snapshot never pairs a cursor with another log's name
+    log: dict[str, str] | None = None
 
 
 class DALayer(Protocol):

@@ -226,7 +226,7 @@ class BlobStoreDA:
             last = position
         if page_cursor < last:
             raise self._malformed("log cursor")
-        return Page(items, page_cursor, at_head)
+        return Page(items, page_cursor, at_head, self.log_identity)
 
     async def head(self) -> int:
         return int((await self.health())["head"])
