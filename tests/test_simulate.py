@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -56,7 +57,7 @@ def test_a_thousand_seeds_hold_safety_liveness_and_convergence() -> None:
         print(last)
         assert proc.returncode == 0, out[-5000:]
         assert ", 0 violations (0 safety, 0 liveness, 0 convergence, 0 errors logged)" in out
-        dkg_runs = int(last.rsplit("; ", 1)[1].split()[0])
+        dkg_runs = int(re.search(r"; (\d+) ran the DKG", last)[1])  # type: ignore[index]
         assert 0.15 * ROTATING < dkg_runs < 0.35 * ROTATING  # a seeded quarter ran the real DKG
 
 
