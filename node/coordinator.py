@@ -331,10 +331,10 @@ class Coordinator:
         # ... but never so far ahead that it is ignored (here and by every peer, as from the future: reports coming
         # faster than one per millisecond, or right behind such a peer's report, did; a reviewer's reproduction)
         now = wall_ms()
-        stats = NodeStats(reported_ms=min(max(now, self.stats.latest_ms(node_id) + 1), now + MAX_FUTURE_MS - 1),
+        stats = NodeStats(reported_ms=min(max(now, self.stats.latest_ms(node_id, now) + 1), now + MAX_FUTURE_MS - 1),
                           **values)
-        self.stats.put(node_id, stats)
-        self.on_stats(node_id, stats)
+        if self.stats.put(node_id, stats, now):  # (one refused here is not sent: peers held what this one did not)
+            self.on_stats(node_id, stats)
 
     def on_stats(self, node_id: str, stats: NodeStats) -> None:
         """Called with every locally reported stats update; the process entry shares them with peers."""

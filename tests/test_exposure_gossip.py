@@ -274,3 +274,24 @@ async def test_a_burst_of_reports_is_never_stamped_beyond_the_future_allowance(
     gossip.from_body(gossip.to_body("n1", held), clock[0], coord.stats.ttl_ms)  # a peer takes it
     resp = await client.post("/schedule", json={})
     assert resp.status_code == 200 and (await resp.get_json())["node_id"] == "n1"
+
+
+async def test_a_report_held_while_the_clock_ran_fast_does_not_pin_the_node_after_it_stepped_back(
+        coord: Coordinator, client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A report stamped while this clock ran an hour fast beat every later one (stamped by the clock once it stepped
+    back): the node showed the old values and could not be scheduled for the hour, while its later reports were
+    still sent to the peers (a reviewer's reproduction)."""
+    import node.coordinator as coordinator_module
+
+    await registered(client, "n1")
+    sent: list[NodeStats] = []
+    coord.on_stats = lambda node_id, stats: sent.append(stats)  # type: ignore[method-assign]
+    monkeypatch.setattr(coordinator_module, "wall_ms", lambda: wall_ms() + 3_600_000)
+    coord.put_stats("n1", {**GOOD, "cpu_free": 0.1})
+    monkeypatch.undo()
+    resp = await client.post("/node/n1/stats", json={**GOOD, "cpu_free": 0.9})
+    assert resp.status_code == 200
+    held = coord.stats.get("n1", wall_ms())
+    assert held is not None and held.cpu_free == 0.9 and sent[-1] is held
+    resp = await client.post("/schedule", json={})
+    assert resp.status_code == 200 and (await resp.get_json())["node_id"] == "n1"

@@ -47,8 +47,8 @@ def test_stale_stats_are_not_eligible() -> None:
 
 def test_stats_table_keeps_the_newest_report_and_prunes_by_ttl() -> None:
     table = StatsTable(ttl_ms=100)
-    table.put("n", stats(cpu=0.2, at=50))
-    table.put("n", stats(cpu=0.9, at=40))  # older report arrives late
+    table.put("n", stats(cpu=0.2, at=50), 50)
+    assert not table.put("n", stats(cpu=0.9, at=40), 55)  # older report arrives late
     assert table.get("n", 60).cpu_free == 0.2
     assert table.get("n", 200) is None
     assert table.prune(200) == 1 and list(table.items()) == []
@@ -97,12 +97,12 @@ def test_two_reports_stamped_alike_are_kept_alike_whatever_order_they_come_in() 
     (the later arrival won a tie on time), so each scheduled with the other's values (a reviewer's reproduction)."""
     mine, theirs = stats(cpu=0.9, at=5000), stats(cpu=0.1, at=5000)
     a, b = StatsTable(30_000), StatsTable(30_000)
-    a.put("n", mine)
-    a.put("n", theirs)
-    b.put("n", theirs)
-    b.put("n", mine)
+    a.put("n", mine, 5000)
+    a.put("n", theirs, 5000)
+    b.put("n", theirs, 5000)
+    b.put("n", mine, 5000)
     assert a.get("n", 5001) == b.get("n", 5001) == mine
-    a.put("n", stats(cpu=0.0, at=5001))  # a later report still wins, whatever its values
+    a.put("n", stats(cpu=0.0, at=5001), 5001)  # a later report still wins, whatever its values
     assert a.get("n", 5002).cpu_free == 0.0  # type: ignore[union-attr]
 
 
@@ -113,3 +113,20 @@ def test_a_latency_near_zero_scores_finitely_and_the_other_stats_still_count() -
     poor = stats(cpu=0.0, ram=0.0, gpu=0.0, lat=1e-308, io=1.0)
     assert score(W, rich) < float("inf") and score(W, rich) > score(W, poor)
     assert choose([("z-rich", rich), ("a-poor", poor)], Workload(), W, 1000, 30_000) == "z-rich"
+
+
+def test_an_entry_held_from_a_clock_that_ran_fast_is_absent_once_it_stepped_back() -> None:
+    """Held while this clock ran an hour fast, a report stamped then beat every later one of the node (they are
+    stamped by the clock), made the node unschedulable for the hour and never expired (a reviewer's reproduction)."""
+    from node.scheduler import MAX_FUTURE_MS
+
+    table = StatsTable(ttl_ms=30_000)
+    hour = 3_600_000
+    assert table.put("n", stats(cpu=0.1, at=1_000 + hour), 1_000 + hour)  # the clock ran an hour fast
+    assert table.get("n", 2_000) is None and table.latest_ms("n", 2_000) == -1  # stepped back: from the future
+    assert table.put("n", stats(cpu=0.9, at=2_000), 2_000)  # the node's next report is kept
+    assert table.get("n", 2_001).cpu_free == 0.9  # type: ignore[union-attr]
+    table.put("m", stats(cpu=0.5, at=3_000 + MAX_FUTURE_MS + 1), 3_000 + MAX_FUTURE_MS + 1)
+    assert table.prune(3_000) == 1 and table.get("m", 3_000) is None
+    table.put("k", stats(cpu=0.5, at=3_000 + MAX_FUTURE_MS), 3_000)  # within the allowance: held, and counted
+    assert table.get("k", 3_000) is not None and table.latest_ms("k", 3_000) == 3_000 + MAX_FUTURE_MS
