@@ -254,6 +254,14 @@ class LockStore:
                                     (receipt_id, receipt_id)).fetchone()
             return Receipt.from_wire(bytes(row[0])), int(row[1]), bytes(rival[0]) if rival else None
 
+    def refused_for_conflict(self, receipt_id: bytes) -> tuple[Receipt, bytes] | None:
+        """A receipt this table refused to lock because its slot was locked to a rival (kept as evidence, no lock
+        of its own), and that rival's id; None if it holds none (blocking)."""
+        with self._using():
+            row = self.db.execute("SELECT wire, conflicting_id FROM conflicts WHERE receipt_id = ? LIMIT 1",
+                                  (receipt_id,)).fetchone()
+            return (Receipt.from_wire(bytes(row[0])), bytes(row[1])) if row else None
+
     def conflict_for(self, receipt_id: bytes) -> bytes | None:
         with self._using():
             row = self.db.execute("SELECT conflicting_id FROM conflicts WHERE receipt_id = ? LIMIT 1",

@@ -398,7 +398,7 @@ class ReceiptService:
             out["reason"] = record.reason
         if record.conflicting_id is not None:
             out["conflicting_receipt_id"] = record.conflicting_id.hex()
-        if record.optimistic is not None:
+        if record.optimistic is not None and record.status in ("locked", "final"):  # (a promise the slot broke: not)
             out["optimistic"] = record.optimistic
         return out
 
@@ -414,7 +414,16 @@ class ReceiptService:
         except LockTableBroken:
             return None  # it just broke: this coordinator knows no more than its records
         if held is None:
-            return None
+            try:  # refused by its own lock here for a rival (a 409): kept as conflict evidence, not as a lock
+                async with self._db:
+                    refused = await self.run_blocking(partial(self.locks.refused_for_conflict, receipt_id))
+            except LockTableBroken:
+                return None
+            if refused is None:
+                return None
+            receipt, rival = refused
+            self._record(receipt).settle("conflict", "slot conflict", rival)
+            return self.lookup(receipt_id)
         receipt, why, rival = held
         record = self._record(receipt)
         if why == CLOSED_CONFLICT:
@@ -447,7 +456,10 @@ class ReceiptService:
         if key is None:
             return Verdict.NOT_YET, f"node {r.node_id} has no registered public key (yet)"
         if key != r.node_public_key:
-            return Verdict.INVALID, "node_public_key is not the node's registered key"
+            # not yet, not invalid: a node that registered a new key made receipts with it before every member read
+            # that write; refused as invalid by those, the receipt was closed as rejected for good (a reviewer's
+            # reproduction). One made with a key the node no longer holds waits until NOT_YET_GIVE_UP_S.
+            return Verdict.NOT_YET, "node_public_key is not the node's registered key here (yet)"
         if not r.node_signature_valid():
             return Verdict.INVALID, "the node signature is invalid"
         current = self.current_epoch()
@@ -736,8 +748,16 @@ class ReceiptService:
         start = self._takeover_after
         async with self._db:  # page through the open locks, so unsignable old ones cannot starve newer ones
             open_locks = await self.run_blocking(partial(self.locks.open_locks, older, self.batch_max, start))
-        last = open_locks[-1] if len(open_locks) == self.batch_max else None
-        self._takeover_after = (last.locked_ms, last.batch, last.idx) if last is not None else None
+        self._takeover_after = None
+        if len(open_locks) == self.batch_max:  # more may follow: the last batch of the page may go on past it, and
+            #                                    is left whole to the next pass (cut in two, each part was signed
+            #                                    as a batch of its own: not the same root; a reviewer's reproduction)
+            whole = len(open_locks)
+            while whole > 0 and open_locks[whole - 1].batch == open_locks[-1].batch:
+                whole -= 1
+            open_locks = open_locks[:whole] or open_locks  # (one batch larger than a page: taken as it comes)
+            last = open_locks[-1]
+            self._takeover_after = (last.locked_ms, last.batch, last.idx)
         final = [o.receipt.id for o in open_locks if self.view.holds(o.receipt.id)]
         if final:
             async with self._db:

@@ -326,3 +326,65 @@ async def test_an_uncommitted_own_lock_is_gone_after_a_crash_and_durable_once_co
     again = LockStore(tmp_path / "own.sqlite")
     assert again.holds([a.id]) == [a]
     assert [d.verdict for d in again.lock_batch([b], ok, "c1")] == [Verdict.CONFLICT]
+
+
+async def test_a_receipt_made_with_a_key_not_yet_seen_everywhere_waits_then_is_signed(cluster: SimCluster) -> None:
+    """A node registered a new key at one coordinator and made a receipt with it at once: the members that had not
+    read the write refused it as invalid, more than n - t of them, and it was closed as rejected for good (422,
+    then "can no longer be signed" once every member had the key; a reviewer's reproduction). Not yet, not
+    invalid."""
+    import nacl.signing
+
+    from node import events as ev
+
+    new = nacl.signing.SigningKey(b"\x77" * 32)
+    await cluster.write("c0", ev.NODE_KEY, id="n1", public_key=bytes(new.verify_key).hex())
+    cluster.nodes["n1"] = new
+    r = cluster.receipt("n1", "obj1")
+    assert cluster.service("c2").validate(r)[0] is Verdict.NOT_YET  # c2 has not read the new key yet
+    record = cluster.service("c0").submit(r)
+    assert record.status != "rejected"
+    await cluster.wait_final({r.id}, timeout=60)
+
+
+async def test_a_receipt_refused_for_a_rival_by_its_own_lock_is_still_a_conflict_after_a_restart(
+        cluster: SimCluster) -> None:
+    """Answered 409 (its own coordinator's lock held a rival), it read 404 there after a restart: the evidence was
+    kept, but looked for among the locks only (a reviewer's reproduction)."""
+    a, b = cluster.receipt("n1", "obj1", proof=1), cluster.receipt("n1", "obj1", proof=2)
+    c2 = cluster.service("c2")
+    await c2._on_lock("c1", {"batch": b"A" * 16, "receipts": [a.to_wire()]})  # c2 locked a for c1's batch
+    c2.submit(b)
+    with trio.fail_after(10):
+        while (c2.lookup(b.id) or {}).get("status") != "conflict":
+            await trio.sleep(0.05)
+    cluster.crash("c2")
+    await cluster.restart("c2")
+    doc = await cluster.service("c2").lookup_durable(b.id)
+    assert doc is not None and doc["status"] == "conflict" and doc["conflicting_receipt_id"] == a.id.hex()
+    assert "optimistic" not in doc
+
+
+async def test_a_takeover_signs_each_batch_as_it_was_locked_whatever_the_page_size(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """A dead proposer's two batches locked at the others were read in pages of batch_max locks: a page boundary
+    cut the second in two, each part signed as a batch of its own, under other roots (a reviewer's
+    reproduction). Same receipts, same root."""
+    cluster = SimCluster(tmp_path, 4, seed=11, delay=(0.001, 0.01))
+    cluster.service_options = {"batch_max": 4}
+    cluster.seed_ledger()
+    first = [cluster.receipt(f"n{k}", "obj1") for k in range(3)]
+    second = [cluster.receipt(f"n{k}", "obj2") for k in range(3)]
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        cluster.crash("c1")  # the proposer, dead after its peers locked its two batches
+        for m in ("c0", "c2", "c3"):
+            for batch_id, batch in ((b"1" * 16, first), (b"2" * 16, second)):
+                await cluster.service(m)._on_lock("c1", {"batch": batch_id, "receipts": [r.to_wire() for r in batch]})
+        await cluster.wait_final({r.id for r in first + second}, timeout=120, members={"c0", "c2", "c3"})
+        c0 = cluster.service("c0")
+        for batch in (first, second):
+            roots = {c0.lookup(r.id)["batch"]["root"] for r in batch}  # type: ignore[index]
+            assert roots == {merkle.root([r.to_bytes() for r in batch]).hex()}
+        nursery.cancel_scope.cancel()
+    cluster.close()
