@@ -599,11 +599,19 @@ def check_safety(plan: Plan, cluster: SimCluster, records: list[Any], outcome: O
                 outcome.safety.append(f"{m.id} left honest member(s) out of the DKG: {sorted(left_out)}")
 
 
+def _answers_for(cluster: SimCluster, member: str) -> bool:
+    """Whether ``member``'s acknowledgements bind the cluster: a member lost with its disk takes those only it held
+    with it, and a liar's prove nothing (seed 3416: one acknowledged by the equivocator alone was never sent to an
+    honest member again)."""
+    m = cluster.members[member]
+    return not m.lost and m.behaviour is None
+
+
 def acknowledged_receipts(cluster: SimCluster, submitted: list[tuple[str, Any]]) -> dict[bytes, rc.Receipt]:
-    """Receipts a member acknowledged (its own lock durable: the optimistic promise; or final) and still answers
-    for: a member lost with its disk takes the acknowledgements only it held with it."""
+    """Receipts an honest member acknowledged (its own lock durable: the optimistic promise; or final) and still
+    answers for (``_answers_for``)."""
     return {record.receipt.id: record.receipt for member, record in submitted
-            if (record.optimistic is not None or record.status == "final") and not cluster.members[member].lost}
+            if (record.optimistic is not None or record.status == "final") and _answers_for(cluster, member)}
 
 
 def unsettled_acknowledged(cluster: SimCluster, submitted: list[tuple[str, Any]]) -> list[bytes]:
@@ -620,7 +628,7 @@ def unsettled_acknowledged(cluster: SimCluster, submitted: list[tuple[str, Any]]
     acked: dict[bytes, set[str]] = {}
     slots: dict[bytes, tuple[str, str, str, int]] = {}
     for member, record in submitted:
-        if (record.optimistic is not None or record.status == "final") and not cluster.members[member].lost:
+        if (record.optimistic is not None or record.status == "final") and _answers_for(cluster, member):
             acked.setdefault(record.receipt.id, set()).add(member)
             slots[record.receipt.id] = record.receipt.slot
     unsettled = []
