@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,8 @@ OUTPUT_LINES = 10_000  # lines waiting for stdout at most (then dropped and coun
 # what the local cluster sets itself: from our environment, these would reshape it (an inherited CLUSTER_CONFIG
 # took precedence over the cluster's own CLUSTER_PEERS, and every coordinator refused to start)
 NOT_INHERITED = ("CLUSTER_CONFIG", "CLUSTER_MEMBER_KEYS", "MOCK_DA_PATH", "DA_START_HEIGHT", "COORDINATOR_HOST")
-READY_TIMEOUT_S = 60.0
+READY_TIMEOUT_S = 60.0  # a member not ready for this long, without progress, fails the start
+PROGRESS_SAY_S = 10.0
 
 
 @dataclass
@@ -235,20 +237,50 @@ async def _start(nursery: trio.Nursery, member: Member, output: Output | None = 
     nursery.start_soon(_pump, member, member.process.stdout, output)
 
 
-async def _wait_ready(member: Member, http: httpx.AsyncClient) -> None:
-    with trio.move_on_after(READY_TIMEOUT_S):
-        while True:
-            if member.process is not None and member.process.returncode is not None:
-                raise RuntimeError(f"{member.id} exited with code {member.process.returncode}")
-            try:
-                if (await http.get(member.url + member.ready_path, headers=member.headers)).status_code == 200:
-                    _check_identity(member, await http.get(member.url + member.key_path) if member.key else None)
-                    member.ready = True
-                    return
-            except httpx.TransportError:
-                pass
-            await trio.sleep(0.1)
-    raise RuntimeError(f"{member.id} not ready after {READY_TIMEOUT_S:.0f}s ({member.url}{member.ready_path})")
+async def _wait_ready(member: Member, http: httpx.AsyncClient, say: Callable[[str], None] = _print) -> None:
+    """Until ``member`` answers ready. It may take READY_TIMEOUT_S without progress: a coordinator rebuilding from DA
+    (its /ready 503 carries ``progress``) is waited for as long as its events or cursors move, its ETA said every
+    PROGRESS_SAY_S (the whole cluster was stopped after 60 s of a rebuild that said it needed 132: a reviewer's
+    reproduction)."""
+    deadline = trio.current_time() + READY_TIMEOUT_S
+    mark: object = None
+    said = trio.current_time()
+    while trio.current_time() < deadline:
+        if member.process is not None and member.process.returncode is not None:
+            raise RuntimeError(f"{member.id} exited with code {member.process.returncode}")
+        try:
+            answer = await http.get(member.url + member.ready_path, headers=member.headers)
+            if answer.status_code == 200:
+                _check_identity(member, await http.get(member.url + member.key_path) if member.key else None)
+                member.ready = True
+                return
+            progress = _progress(answer)
+            if progress is not None:
+                now_mark = (progress.get("events_applied"),
+                            sorted((name, log.get("cursor")) for name, log in (progress.get("logs") or {}).items()
+                                   if isinstance(log, dict)))
+                if now_mark != mark:
+                    mark, deadline = now_mark, trio.current_time() + READY_TIMEOUT_S
+                if trio.current_time() - said >= PROGRESS_SAY_S:
+                    said = trio.current_time()
+                    eta = progress.get("eta_s")
+                    say(f"[cluster] {member.id} is rebuilding its state from DA: {progress.get('events_applied')} "
+                        f"events applied, ETA {f'{eta:.0f}s' if isinstance(eta, int | float) else 'unknown'}")
+        except httpx.TransportError:
+            pass
+        await trio.sleep(0.1)
+    raise RuntimeError(f"{member.id} not ready after {READY_TIMEOUT_S:.0f}s without progress "
+                       f"({member.url}{member.ready_path})")
+
+
+def _progress(answer: httpx.Response) -> dict[str, Any] | None:
+    """The rebuild progress a 503 from /ready carries, if any."""
+    try:
+        body = answer.json()
+    except ValueError:
+        return None
+    progress = body.get("progress") if isinstance(body, dict) else None
+    return progress if isinstance(progress, dict) else None
 
 
 def _check_identity(member: Member, answer: httpx.Response | None) -> None:
@@ -337,11 +369,11 @@ async def run_cluster(n: int, base_port: int, data_dir: Path, block_interval_ms:
                             for m in members[:2]:  # the DA services first
                                 await _start(nursery, m, output)
                             for m in members[:2]:
-                                await _wait_ready(m, http)
+                                await _wait_ready(m, http, output.say)
                             for m in members[2:]:
                                 await _start(nursery, m, output)
                             for m in members[2:]:
-                                await _wait_ready(m, http)
+                                await _wait_ready(m, http, output.say)
                     if stop.is_set():
                         return
                     _write_private(info, json.dumps(

@@ -1,0 +1,46 @@
+"""dsdn cluster up waits for each member's /ready: a coordinator rebuilding from DA is waited for while it makes
+progress, one that makes none fails the start after READY_TIMEOUT_S."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from deploy import cluster as launcher
+
+
+def rebuilding(progress_until: float, ready_at: float) -> httpx.MockTransport:
+    """/ready: 503 with rebuild progress (events applied growing until ``progress_until``), 200 from ``ready_at``."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        now = trio.current_time()
+        if now >= ready_at:
+            return httpx.Response(200, json={"ready": True})
+        events = int(min(now, progress_until) * 100)
+        return httpx.Response(503, json={"ready": False, "reason": "rebuilding from DA", "progress": {
+            "events_applied": events, "eta_s": 12.0, "logs": {"primary": {"cursor": events // 10}}}})
+
+    return httpx.MockTransport(answer)
+
+
+async def test_a_member_rebuilding_with_progress_is_waited_for_past_the_timeout(
+        autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(launcher, "READY_TIMEOUT_S", 2.0)
+    member = launcher.Member("coordinator", "c0", "http://c0.test", "/ready", [])
+    said: list[str] = []
+    async with httpx.AsyncClient(transport=rebuilding(progress_until=30.0, ready_at=25.0)) as http:
+        await launcher._wait_ready(member, http, said.append)  # 25 s of a rebuild, past a 2 s timeout
+    assert member.ready and trio.current_time() >= 25.0
+    assert said and "rebuilding its state from DA" in said[0] and "ETA 12s" in said[0]
+
+
+async def test_a_member_whose_rebuild_stalls_fails_the_start(autojump_clock: trio.testing.MockClock,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(launcher, "READY_TIMEOUT_S", 2.0)
+    member = launcher.Member("coordinator", "c0", "http://c0.test", "/ready", [])
+    async with httpx.AsyncClient(transport=rebuilding(progress_until=5.0, ready_at=1e9)) as http:
+        with pytest.raises(RuntimeError, match="not ready after 2s without progress"):
+            await launcher._wait_ready(member, http, lambda line: None)
+    assert 7.0 <= trio.current_time() < 8.0  # progress until 5 s, then 2 s without
