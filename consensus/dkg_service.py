@@ -183,6 +183,7 @@ class DkgService:
         self._failures = 0
         self._next_auto = 0.0
         self._all_up_since: float | None = None
+        self._next_proofs_hint = 0.0  # when this member may next send its proofs to the expected starter
         self._cert_sent: dict[str, float] = {}
         self._last_pending_sync = 0.0
         path = Path(keystore_path)
@@ -314,9 +315,16 @@ class DkgService:
         if not self.auto or self.key is not None or self.session is not None or self.me in self.proofs:
             return
         participants = [i for i in self.identifiers if i not in self.proofs]
-        if self.net.my_id != min(self.name(i) for i in participants):
-            return
+        starter = min(self.name(i) for i in participants)
         up = set(self.net.up_peers())
+        if self.net.my_id != starter:
+            # The starter may lack a proof held here (it was down while the proof went round, once): it then waits
+            # for the proven member to start, which it never does, and no DKG ever completes (simulate seed 5066,
+            # --dkg all). Remind it now and then while no session runs here.
+            if self.proofs and starter in up and now >= self._next_proofs_hint:
+                self._next_proofs_hint = now + 4 * self.sync_interval_s
+                self.net.send(starter, PROOFS, {"proofs": [self.proofs[i][0] for i in sorted(self.proofs)]})
+            return
         if not all(self.name(i) in up for i in participants if i != self.me):
             self._all_up_since = None
             return

@@ -465,3 +465,11 @@ def test_a_rival_left_locked_is_excused_only_when_honest_members_cannot_sign_it(
                      honest=lambda members=members: [m for m in members.values() if m.behaviour is None])
         acked = NS(receipt=x, optimistic={"locked": True}, status="locked")
         assert (simulate.unsettled_acknowledged(cluster, [("a", acked)]) == [x.id]) is flagged, (liar, holders_of_y)
+
+
+def test_a_starter_that_missed_a_proof_is_told_it_and_the_dkg_completes() -> None:
+    """Seed 5066 (--dkg all): the liar c0 was proven while c1 was down; c1, then the smallest id not proven in the
+    others' view, still took c0 for the starter and waited, the others waited for c1: no DKG ever completed. The
+    members holding a proof now remind the starter they expect of it while no session runs."""
+    _, outcome = simulate.run_seed(5066, dkg="all")
+    assert outcome.violations == [] and outcome.group_key is not None
