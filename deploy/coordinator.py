@@ -61,6 +61,9 @@ async def run(cfg: config_mod.Config) -> None:
                          passphrase=cfg.keystore_passphrase, threshold=cfg.dkg_threshold, auto=cfg.dkg_auto)
         if cfg.keystore_passphrase is None:
             log.warning(keystore.at_rest_warning(cfg.data_dir / "keyshare.bin"))
+    if not cfg.enable_fallback and (cfg.quorum_validators or cfg.emergency_da_url):
+        log.warning("QUORUM_VALIDATORS / EMERGENCY_DA_URL are set but ENABLE_FALLBACK is not true: no fallback DA "
+                    "layer is used (the primary alone)")
     if cfg.api_token is None and not config_mod.is_loopback(cfg.host):  # ALLOW_UNAUTHENTICATED=true said so
         log.warning("HTTP on %s without COORDINATOR_API_TOKEN (ALLOW_UNAUTHENTICATED=true): POST /cluster/dkg and "
                     "every write are open to anyone who can reach it", cfg.host)

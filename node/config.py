@@ -420,6 +420,9 @@ def load(env: Mapping[str, str]) -> Config:
     emergency_url = _url(env, "EMERGENCY_DA_URL")
     if enable_fallback and fallback_type == "emergency" and emergency_url is None:
         raise ConfigError("EMERGENCY_DA_URL", None, "the emergency DA URL when FALLBACK_DA_TYPE=emergency")
+    if enable_fallback and not validators and emergency_url is None:  # (it started with the primary alone, unsaid)
+        raise ConfigError("ENABLE_FALLBACK", env.get("ENABLE_FALLBACK"),
+                          "a fallback layer with it: QUORUM_VALIDATORS and/or EMERGENCY_DA_URL")
 
     api_token = _get(env, "COORDINATOR_API_TOKEN")
     if api_token is not None and not _visible_ascii(api_token):

@@ -120,6 +120,11 @@ def test_fallback_consistency_rules() -> None:
     cfg = load({"USE_MOCK_DA": "true", "ENABLE_FALLBACK": "1", "FALLBACK_DA_TYPE": "Quorum",
                 "QUORUM_VALIDATORS": " http://a:1, ,https://b:2 "})
     assert cfg.quorum_validators == ("http://a:1", "https://b:2") and cfg.fallback_da_type == "quorum"
+    # fallback on with no fallback layer started with the primary alone, unsaid (a reviewer's run)
+    with pytest.raises(ConfigError) as err:
+        load({"USE_MOCK_DA": "true", "ENABLE_FALLBACK": "true"})
+    assert err.value.var == "ENABLE_FALLBACK" and "QUORUM_VALIDATORS and/or EMERGENCY_DA_URL" in str(err.value)
+    assert load({"USE_MOCK_DA": "true", "ENABLE_FALLBACK": "true", "EMERGENCY_DA_URL": "http://e:1"}).enable_fallback
 
 
 K0, K1 = "aa" * 32, "bb" * 32
