@@ -342,9 +342,24 @@ def table(members: list[Member]) -> str:
     return "\n".join(rows)
 
 
+def _check_chain_kept(data_dir: Path) -> None:
+    """RuntimeError if coordinators hold state read from a devnet chain that is gone: their cursors were past the
+    new chain's head, which read as caught up; once it grew past them, its first heights (other members' writes)
+    were never read, and the states diverged for good, every status saying Healthy (a reviewer's reproduction)."""
+    if (data_dir / "devnet.sqlite").exists():
+        return
+    holding = sorted(d.name for d in data_dir.glob("coordinator-*")
+                     if (d / "snapshot.msgpack").exists() or (d / "outbox.sqlite").exists())
+    if holding:
+        raise RuntimeError(f"{', '.join(holding)} hold state read from a devnet chain that is gone ({data_dir}/"
+                           f"devnet.sqlite is missing): a new chain would never be read from its start. Restore it, "
+                           f"or remove {data_dir} to start afresh")
+
+
 async def run_cluster(n: int, base_port: int, data_dir: Path, block_interval_ms: int = 500,
                       *, task_status: trio.TaskStatus[list[Member]] = trio.TASK_STATUS_IGNORED) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
+    _check_chain_kept(data_dir)
     members = plan(n, base_port, data_dir, block_interval_ms)
     stop, hurry = trio.Event(), trio.Event()
     output = Output()

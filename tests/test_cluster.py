@@ -550,3 +550,18 @@ def test_launcher_limits_are_checked_up_front(argv: list[str], says: str, tmp_pa
         ["--db", str(tmp_path / "d.sqlite")] if argv[0] == "devnet" else ["--data-dir", str(tmp_path / "c")])],
         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert result.returncode == 2 and says in result.stderr and "Traceback" not in result.stderr
+
+
+def test_coordinators_holding_state_of_a_devnet_chain_that_is_gone_do_not_start(tmp_path: Path) -> None:
+    """devnet.sqlite removed, the coordinators' data kept: their cursors were past the new chain's head, which read
+    as caught up; once it grew past them its first heights were never read, and the states diverged for good,
+    every status saying Healthy (a reviewer's reproduction)."""
+    data = tmp_path / "cluster"
+    (data / "coordinator-1").mkdir(parents=True)
+    (data / "coordinator-1" / "outbox.sqlite").write_bytes(b"")
+    result = subprocess.run([sys.executable, "-c", "from deploy.cli import main; main()", "cluster", "up",
+                             "--data-dir", str(data), "--base-port", "23000"],
+                            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "coordinator-1 hold state read from a devnet chain that is gone" in result.stderr
+    assert not (data / "devnet.sqlite").exists()
