@@ -455,11 +455,6 @@ class ReceiptService:
             return Verdict.NOT_YET, f"node {r.node_id} is not registered here (yet)"
         if key is None:
             return Verdict.NOT_YET, f"node {r.node_id} has no registered public key (yet)"
-        if key != r.node_public_key:
-            # not yet, not invalid: a node that registered a new key made receipts with it before every member read
-            # that write; refused as invalid by those, the receipt was closed as rejected for good (a reviewer's
-            # reproduction). One made with a key the node no longer holds waits until NOT_YET_GIVE_UP_S.
-            return Verdict.NOT_YET, "node_public_key is not the node's registered key here (yet)"
         if not r.node_signature_valid():
             return Verdict.INVALID, "the node signature is invalid"
         current = self.current_epoch()
@@ -477,6 +472,12 @@ class ReceiptService:
                 return Verdict.NOT_YET, f"node {r.node_id} is not a present replica of {r.subject} (yet)"
         elif r.execution_commitment is None:
             return Verdict.INVALID, "a compute receipt needs an execution commitment"
+        if key != r.node_public_key:
+            # not yet, not invalid: a node that registered a new key made receipts with it before every member read
+            # that write; refused as invalid by those, the receipt was closed as rejected for good (a reviewer's
+            # reproduction). Checked after every rule that refuses for good (its epoch, its fields): one made with
+            # a key the node no longer holds is closed once its epoch leaves the window, not proposed for ever.
+            return Verdict.NOT_YET, "node_public_key is not the node's registered key here (yet)"
         return Verdict.OK, ""
 
     # ---- submitting --------------------------------------------------------------------------------
