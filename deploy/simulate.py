@@ -576,7 +576,7 @@ def check_safety(plan: Plan, cluster: SimCluster, records: list[Any], outcome: O
     if lost:
         outcome.safety.append(f"{len(lost)} receipt(s) given to clients as signed are not signed on every honest "
                               f"member: {lost[:3]}")
-    for receipts, root, signature in cluster.observed.adversary_signatures:
+    for receipts, root, signature in [*cluster.observed.adversary_signatures, *cluster.observed.signatures]:
         if key is not None and rc_verify(key, root, len(receipts), signature):
             for r in receipts:
                 signed.setdefault(r.slot, set()).add(r.id)

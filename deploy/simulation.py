@@ -44,6 +44,7 @@ from deploy.adversary import SIGNER_BEHAVIOURS, Adversary, GarblingDealer, corru
 from deploy.receipt_view import StateLedgerView
 from deploy.sim_da import MemoryDA
 from node import events as ev
+from node import merkle
 from node.backoff import Backoff
 from node.blob import decode_blob, encode_blob
 from node.consumer import Consumer
@@ -185,6 +186,9 @@ class Observed:
 
     shares: list[tuple[str, tuple[bytes, bytes]]] = field(default_factory=list)
     adversary_signatures: list[tuple[list[rc.Receipt], bytes, bytes]] = field(default_factory=list)
+    # every batch signature a receipt service made (receipts, root, signature), whether it reached a state or not: a
+    # batch signed and lost before its announcement, then a rival signed in a takeover, left one signature unseen
+    signatures: list[tuple[list[rc.Receipt], bytes, bytes]] = field(default_factory=list)
     # the signed documents as the clients waiting on them got them (the proposer lets go of them later)
     documents: list[tuple[rc.Receipt, dict[str, Any]]] = field(default_factory=list)
     # (blamer, blamed) for every blame by any incarnation of a member (a crash replaced the service and its counters:
@@ -370,6 +374,13 @@ class SimCluster:
             return reply
 
         service._sign_share = sign_share  # type: ignore[method-assign]
+        honest_signed = service._signed
+
+        async def signed(key: Any, final: list[rc.Receipt], signature: bytes, *rest: Any) -> None:
+            self.observed.signatures.append((list(final), merkle.root([r.to_bytes() for r in final]), signature))
+            await honest_signed(key, final, signature, *rest)
+
+        service._signed = signed  # type: ignore[method-assign]
         honest_settle = service._settle_final
 
         def settle_final(final: list[rc.Receipt]) -> None:

@@ -473,3 +473,31 @@ def test_a_starter_that_missed_a_proof_is_told_it_and_the_dkg_completes() -> Non
     members holding a proof now remind the starter they expect of it while no session runs."""
     _, outcome = simulate.run_seed(5066, dkg="all")
     assert outcome.violations == [] and outcome.group_key is not None
+
+
+async def test_a_signature_made_but_never_announced_counts_against_its_slot(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """Only the states' batches and the adversary's own signatures were checked for a second signed receipt of a
+    slot: a batch an honest member signed and lost before announcing it, then a rival signed elsewhere, went
+    unseen. Every signature a receipt service makes is recorded."""
+    from tests.test_receipt_liars import cluster_signed
+
+    cluster = simulation.SimCluster(tmp_path, 4, seed=1)
+    cluster.seed_ledger()
+    a, b = cluster.receipt("n1", "obj1", proof=1), cluster.receipt("n1", "obj1", proof=2)  # rivals
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        service = cluster.service("c0")
+        key = cluster.members["c0"].keys.key
+        for receipt in (a, b):  # as if c0 had signed both (never announced, never in a state)
+            fields = cluster_signed(cluster, [receipt])
+            service._finishing = trio.Semaphore(0)  # type: ignore[assignment]  # (stop before the announcement)
+            with trio.move_on_after(0.1):
+                await service._signed(key, [receipt], bytes.fromhex(fields["signature"]), (0, 1, 2), (0.0, 0.0, 0.0))
+        nursery.cancel_scope.cancel()
+    try:
+        outcome = simulate.Outcome()
+        simulate.check_safety(None, cluster, [], outcome)  # type: ignore[arg-type]
+        assert any("signed receipts" in v and "slot" in v for v in outcome.safety), outcome.safety
+    finally:
+        cluster.close()
