@@ -607,11 +607,15 @@ def _answers_for(cluster: SimCluster, member: str) -> bool:
     return not m.lost and m.behaviour is None
 
 
-def acknowledged_receipts(cluster: SimCluster, submitted: list[tuple[str, Any]]) -> dict[bytes, rc.Receipt]:
+def acknowledged_receipts(cluster: SimCluster,
+                          submitted: list[tuple[str, Any]]) -> dict[bytes, tuple[rc.Receipt, set[str]]]:
     """Receipts an honest member acknowledged (its own lock durable: the optimistic promise; or final) and still
-    answers for (``_answers_for``)."""
-    return {record.receipt.id: record.receipt for member, record in submitted
-            if (record.optimistic is not None or record.status == "final") and _answers_for(cluster, member)}
+    answers for (``_answers_for``), each with the members that did."""
+    acked: dict[bytes, tuple[rc.Receipt, set[str]]] = {}
+    for member, record in submitted:
+        if (record.optimistic is not None or record.status == "final") and _answers_for(cluster, member):
+            acked.setdefault(record.receipt.id, (record.receipt, set()))[1].add(member)
+    return acked
 
 
 def unsettled_acknowledged(cluster: SimCluster, submitted: list[tuple[str, Any]]) -> list[bytes]:
@@ -625,19 +629,13 @@ def unsettled_acknowledged(cluster: SimCluster, submitted: list[tuple[str, Any]]
     honest = cluster.honest()
     rivals = {a.id: b.id for pair in cluster.conflicts for a, b in (pair, pair[::-1])}  # receipt -> its rival
     undecidable = any(m.lost or m.behaviour is not None for m in cluster.members.values())
-    acked: dict[bytes, set[str]] = {}
-    slots: dict[bytes, tuple[str, str, str, int]] = {}
-    for member, record in submitted:
-        if (record.optimistic is not None or record.status == "final") and _answers_for(cluster, member):
-            acked.setdefault(record.receipt.id, set()).add(member)
-            slots[record.receipt.id] = record.receipt.slot
     unsettled = []
-    for rid, members in acked.items():
+    for rid, (receipt, members) in acknowledged_receipts(cluster, submitted).items():
         if all(rid in m.state.ledger.receipts for m in honest):
             continue
         if all(_conflict_at(cluster.members[name], rid) for name in members if cluster.members[name] in honest):
             continue
-        if undecidable and rid in rivals and not any(m.state.ledger.by_slot.get(slots[rid]) for m in honest) \
+        if undecidable and rid in rivals and not any(m.state.ledger.by_slot.get(receipt.slot) for m in honest) \
                 and _honest_signers_possible(cluster, rivals[rid]) < default_threshold(len(cluster.members)):
             continue
         unsettled.append(rid)
