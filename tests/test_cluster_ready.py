@@ -44,3 +44,22 @@ async def test_a_member_whose_rebuild_stalls_fails_the_start(autojump_clock: tri
         with pytest.raises(RuntimeError, match="not ready after 2s without progress"):
             await launcher._wait_ready(member, http, lambda line: None)
     assert 7.0 <= trio.current_time() < 8.0  # progress until 5 s, then 2 s without
+
+
+async def test_a_caught_up_log_moving_or_a_cursor_going_back_and_forth_is_no_progress(
+        autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any change of (events, every cursor) counted: a caught-up log's cursor follows its head, events keep coming,
+    a cursor may step back: a member that never got ready was waited for, for ever (the regression review's run).
+    Only a log still catching up reading further than ever before counts."""
+    monkeypatch.setattr(launcher, "READY_TIMEOUT_S", 2.0)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        now = int(trio.current_time() * 10)
+        return httpx.Response(503, json={"ready": False, "progress": {"events_applied": now, "eta_s": None, "logs": {
+            "primary": {"cursor": now, "caught_up": True}, "secondary/0": {"cursor": 10 + now % 2}, "x": []}}})
+
+    member = launcher.Member("coordinator", "c0", "http://c0.test", "/ready", [])
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+        with pytest.raises(RuntimeError, match="without progress"):
+            await launcher._wait_ready(member, http, lambda line: None)
+    assert trio.current_time() < 5.0
