@@ -239,9 +239,9 @@ async def _start(nursery: trio.Nursery, member: Member, output: Output | None = 
 
 async def _wait_ready(member: Member, http: httpx.AsyncClient, say: Callable[[str], None] = _print) -> None:
     """Until ``member`` answers ready. It may take READY_TIMEOUT_S without progress: a coordinator rebuilding from DA
-    (its /ready 503 carries ``progress``) is waited for as long as its events or cursors move, its ETA said every
-    PROGRESS_SAY_S (the whole cluster was stopped after 60 s of a rebuild that said it needed 132: a reviewer's
-    reproduction)."""
+    (its /ready 503 carries ``progress``) is waited for as long as a log still catching up reads further
+    (``_catching_up``), its ETA said every PROGRESS_SAY_S (the whole cluster was stopped after 60 s of a rebuild that
+    said it needed 132: a reviewer's reproduction)."""
     deadline = trio.current_time() + READY_TIMEOUT_S
     best: dict[str, int] = {}  # the furthest cursor seen of each log still catching up
     said = trio.current_time()

@@ -81,7 +81,7 @@ def decode(data: bytes | mmap.mmap) -> Snapshot:
     """The snapshot in ``data``; ValueError if it is not one this version reads (whatever is wrong with it)."""
     # The collector is paused meanwhile: the decoding creates a tuple per replica holder, nothing cyclic, and
     # a collection every few ten thousand of them would walk the growing heap again and again (the load took
-    # twice as long). use_list=False: the replica tuples of layouts 4 and 5 come out as the tuples the state keeps.
+    # twice as long). use_list=False: the replica tuples come out as the tuples the state keeps.
     collecting = gc.isenabled()
     gc.disable()
     try:

@@ -28,7 +28,7 @@ SHA-256 of the msgpack of ``(tag, key, version, value)``. (An additive set hash 
 against an adversary who can choose many registers; it detects divergence between cluster members, whose
 events are all signed, which is what it is for.) Layout 5 defined object and replica registers this way
 (layout 4 hashed a msgpack ``("o"|"r", key, version, value)`` built and hashed again per write: a third of a
-rebuild's time); a layout-4 snapshot is migrated on load (``from_snapshot``).
+rebuild's time); a snapshot of another layout is refused (``from_snapshot``).
 
 Representation (the object and replica registers are nearly every register: a rebuild's hot path). Such a
 register is kept as the bytes of the event that wrote it: the very object the decoded blob holds, so a
@@ -65,7 +65,7 @@ _MOD = 1 << 256
 RECENT_IDS = 1 << 16  # ids of the latest applied events kept for duplicate detection (2 MiB in a snapshot)
 LAYOUT = 5  # the snapshot layout to_snapshot writes and from_snapshot reads
 MEMBERSHIP_LOG = 4096  # membership changes kept in State.membership_log (at least)
-SHARDS = 32  # a key's shard: ord(its last character) % SHARDS (part of layouts 4 and 5: snapshots keep the shards)
+SHARDS = 32  # a key's shard: ord(its last character) % SHARDS (part of the snapshot layout: snapshots keep the shards)
 _MASK = SHARDS - 1
 CHUNK = 1024  # list items (recent ids) per piece of a snapshot's encoding: ~1-5 ms of work each at most
 _SAME = SAME  # what a register write returns when the register already holds exactly this version
