@@ -192,6 +192,19 @@ async def baseline(da: MockDA, members: frozenset[bytes]) -> int:
             return seen
 
 
+def remote_applier(state: State, hlc: HybridLogicalClock) -> Callable[[list[ev.EventTuple]], int]:
+    """What a consumer applies a blob's events with, as the coordinator's ``_apply_remote_events`` does."""
+    apply_events = state.apply_events
+
+    def apply_remote(events: list[ev.EventTuple]) -> int:
+        try:
+            return apply_events(events)
+        finally:
+            hlc.observe_all(map(_hlc_of, events), state.last_hlc)
+
+    return apply_remote
+
+
 async def replay(consumer: Consumer) -> None:
     while not await consumer.poll_once():  # True once the head is reached
         pass
@@ -265,13 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         tune_gc()  # the same collector settings as a dsdn-coordinator process
         rss0, peak0 = rss_mb(), peak_rss_mb()
         state = State()
-        hlc, apply_events = HybridLogicalClock(), state.apply_events
-
-        def apply_remote(events: list[ev.EventTuple]) -> int:  # as the coordinator's _apply_remote_events does
-            hlc.observe_all(map(_hlc_of, events))
-            return apply_events(events)
-
-        consumer = Consumer(da, apply_remote, members, member_ids=member_ids)
+        consumer = Consumer(da, remote_applier(state, HybridLogicalClock()), members, member_ids=member_ids)
         with Clock() as ours:
             trio.run(replay, consumer)
         rate = consumer.events_new / ours.wall

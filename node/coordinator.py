@@ -251,9 +251,12 @@ class Coordinator:
             self.applied_outbox_seq = seq
 
     def _apply_remote_events(self, events: list[EventTuple]) -> int:
-        """Events of other members (a blob's, read from DA): the clock observes them, then they are applied."""
-        self.hlc.observe_all(map(_hlc_of, events))
-        return self.state.apply_events(events)
+        """Events of other members (a blob's, read from DA): they are applied, and the clock observes them (their
+        latest one, which the state found, when it is within the clock's bound)."""
+        try:
+            return self.state.apply_events(events)
+        finally:
+            self.hlc.observe_all(map(_hlc_of, events), self.state.last_hlc)
 
     async def submit_event(self, kind: str, **fields: Any) -> Event:
         """Append an event of this coordinator durably (outbox → DA) and apply it; for the receipt engine."""

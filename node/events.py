@@ -201,13 +201,16 @@ def decode_event(raw: bytes) -> Event:
     return _new_event(Event, decode_event_tuple(raw))  # type: ignore[no-any-return]
 
 
-def _drop_uncanonical(events: list[EventTuple], objs: list[Any], raws: list[bytes],
-                      invalid: int) -> tuple[list[EventTuple], int]:
-    """``decode_events``' rare path: drop the events taken inline whose bytes (``raws``, unpacked as ``objs``)
-    are not the canonical encoding, and count them invalid."""
-    bad = {id(raw) for obj, raw in zip(objs, raws, strict=True) if _pack(obj) != raw}
-    kept = [event for event in events if id(event[5]) not in bad]
+def _drop_uncanonical(events: list[EventTuple], invalid: int) -> tuple[list[EventTuple], int]:
+    """``decode_events``' rare path, when the blob's encoding check failed: drop the events whose bytes are not
+    the canonical encoding of what they unpack to, and count them invalid."""
+    kept = [event for event in events if _pack(_unpackb(event[5])) == event[5]]
     return kept, invalid + len(events) - len(kept)
+
+
+def _array_header(n: int) -> bytes:
+    """msgpack's header of an array of ``n`` items (what ``_pack`` writes before the items)."""
+    return _pack([None] * n)[:-n] if n else b"\x90"
 
 
 # the kinds in the order ``decode_events`` tries them: the most frequent in a rebuild first
@@ -217,8 +220,11 @@ _KIND_ORDER = _HOT_FIRST + tuple(kind for kind in SCHEMAS if kind not in _HOT_FI
 
 def _compile_blob_decoder() -> Callable[[list[Any], Any], tuple[list[EventTuple], int, int]]:
     """``decode_events`` as generated code: one loop over a blob's events with every kind's checks inline (the same
-    checks as ``_compile_decoder``'s, see there), the origin compared with the blob's expected one instead of
-    checked on its own, and the canonical-encoding check run once for the whole blob (one C call). An event the
+    checks as ``_compile_decoder``'s, see there; events unpacked as tuples, cheaper than lists, whose fields tuple is
+    the event's), the origin compared with the blob's expected one instead of checked on its own, and the
+    canonical-encoding check run once for the whole blob: the events taken inline packed in one C call equal their
+    bytes joined exactly when each event's bytes are its canonical encoding (each event's bytes unpacked to exactly
+    one value, and msgpack is prefix-free: no boundary can shift between the two). An event the
     inline checks do not take (too large, not msgpack, another origin, any check failing) goes through
     ``decode_event_tuple``, whose error says why."""
     branches = []
@@ -233,26 +239,24 @@ def _compile_blob_decoder() -> Callable[[list[Any], Any], tuple[list[EventTuple]
             f"                    if len(fields) == {len(schema)}:\n"
             f"                        {unpack}\n"
             f"                        if {types or 'True'} and {bounds or 'True'}:\n"
-            f"                            append((K{i}, wall, counter, origin, ({''.join(n + ', ' for n in names)}),"
-            f" raw, _sha256(raw).digest()))\n"
+            f"                            append((K{i}, wall, counter, origin, fields, raw, _sha256(raw).digest()))\n"
             f"                            inline_append(obj)\n"
-            f"                            raws_append(raw)\n"
             f"                            continue\n")
     source = ("def decode_events(raws, origin):\n"
-              "    events, inline, inline_raws, invalid, wrong = [], [], [], 0, 0\n"
-              "    append, inline_append, raws_append = events.append, inline.append, inline_raws.append\n"
+              "    events, inline, invalid, wrong = [], [], 0, 0\n"
+              "    append, inline_append = events.append, inline.append\n"
               "    fast = type(origin) is str and 0 < len(origin) <= MAX_STR\n"
               "    for raw in raws:\n"
               "        if fast and type(raw) is bytes and len(raw) <= SMALL:\n"
               "            try:\n"
-              "                obj = _unpackb(raw)\n"
+              "                obj = _unpackb(raw, use_list=False)\n"
               "            except Exception:\n"
               "                obj = None\n"
-              "            if type(obj) is list and len(obj) == 6:\n"
+              "            if type(obj) is tuple and len(obj) == 6:\n"
               "                version, kind, wall, counter, event_origin, fields = obj\n"
               "                if not (version is ONE and event_origin == origin and type(wall) is int\n"
               "                        and type(counter) is int and 0 <= wall <= MAX_U63 and 0 <= counter <= MAX_U63\n"
-              "                        and type(fields) is list):\n"
+              "                        and type(fields) is tuple):\n"
               "                    pass\n"
               + "".join(branches) +
               "        try:\n"
@@ -266,14 +270,16 @@ def _compile_blob_decoder() -> Callable[[list[Any], Any], tuple[list[EventTuple]
               "            wrong += 1\n"
               "            continue\n"
               "        append(event)\n"
-              "    if list(map(_pack, inline)) != inline_raws:\n"
-              "        events, invalid = _drop_uncanonical(events, inline, inline_raws, invalid)\n"
+              "    if inline and (len(inline) != len(raws)\n"
+              "                   or _pack(inline) != _array_header(len(raws)) + b''.join(raws)):\n"
+              "        events, invalid = _drop_uncanonical(events, invalid)\n"
               "    return events, invalid, wrong\n")
     scope: dict[str, Any] = {"MAX_STR": MAX_STR, "MAX_NAMES": MAX_NAMES, "MAX_U63": MAX_U63, "MAX_BIN": MAX_BIN,
                              "_isfinite": math.isfinite,
                              "ONE": FORMAT_VERSION, "_sha256": hashlib.sha256, "_unpackb": msgpack.unpackb,
                              "_pack": _pack, "SMALL": _SMALL, "EventDecodeError": EventDecodeError,
-                             "decode_event_tuple": decode_event_tuple, "_drop_uncanonical": _drop_uncanonical}
+                             "decode_event_tuple": decode_event_tuple, "_drop_uncanonical": _drop_uncanonical,
+                             "_array_header": _array_header}
     scope.update({f"K{i}": kind for i, kind in enumerate(_KIND_ORDER)})
     exec(compile(source, "<blob decoder>", "exec"), scope)  # the source is built from SCHEMAS alone
     return scope["decode_events"]  # type: ignore[no-any-return]

@@ -142,6 +142,7 @@ class State:
         # from it without comparing the whole registry (~450 µs at 10,000 nodes; see node/placement.py)
         self.membership_log: list[tuple[int, str]] = []
         self.max_hlc: tuple[int, int] = (0, 0)
+        self.last_hlc: tuple[int, int] = (0, 0)  # the latest (wall, counter) of the last apply_events call's events
         self._acc = 0  # the set hash accumulator, reduced mod 2^256 when read (see root())
         self.ledger = ReceiptLedger(self._rehash)
         self._handlers = {
@@ -181,7 +182,7 @@ class State:
         were new, i.e. not recognised as already applied (each a no-op either way). One loop with the tables in
         locals: a rebuild's hot path. The ids of new events join the recent ids once per call (``_note_new``)."""
         objects, replicas, shared, handlers = self._objects, self._replicas, self._shared, self._handlers
-        wall_max, counter_max = self.max_hlc
+        wall_max, counter_max = 0, 0  # the latest timestamp of these events (the clock observes it: last_hlc)
         applied_before, acc = self._applied, 0
         new: list[bytes] = []  # ids of the events found new since the last _note_new
         new_append = new.append
@@ -204,7 +205,7 @@ class State:
                         acc += _from_bytes(eid, "big")
                         wrote = True
                     elif node_id not in held[::2]:  # another node's replica of this object
-                        table[obj] = (*held, node_id, raw)
+                        table[obj] = held + (node_id, raw)  # noqa: RUF005 (faster than unpacking)
                         acc += _from_bytes(eid, "big")
                         wrote = True
                     else:
@@ -237,7 +238,9 @@ class State:
         finally:  # what the loop kept in locals (an exception cannot leave the state half-counted)
             self._acc += acc
             self._note_new(new)
-            self.max_hlc = (wall_max, counter_max)
+            self.last_hlc = (wall_max, counter_max)
+            if self.last_hlc > self.max_hlc:
+                self.max_hlc = self.last_hlc
         return self._applied - applied_before
 
     def _note_new(self, ids: list[bytes]) -> None:
@@ -354,7 +357,7 @@ class State:
             if held[at] == node_id:
                 break
         else:
-            table[obj] = (*held, node_id, raw)
+            table[obj] = held + (node_id, raw)  # noqa: RUF005 (faster than unpacking)
             self._acc += _from_bytes(version[3], "big")
             return True
         current = _event_version(held[at + 1])

@@ -324,3 +324,28 @@ def test_a_batch_signed_by_many_members_with_long_ids_is_a_valid_event() -> None
         batch("x" * (ev.MAX_NAMES + 1))
     with pytest.raises(ev.EventDecodeError):
         ev.make_event(ev.NODE_KEY, (1, 0), "c0", id="x" * 257, public_key="ab" * 32)  # other strings keep their bound
+
+
+def test_a_blob_s_latest_timestamp_observed_alone_moves_the_clock_as_all_of_them_do() -> None:
+    """A consumer applies a blob's events, then the clock observes them given their latest one, which the state found
+    while applying (``State.last_hlc``): the same clock and the same count of clamped stamps as observing each, for
+    batches within the bound, past it, and beside it."""
+    rng = random.Random(5)
+    for _ in range(400):
+        now = rng.randrange(1, 10_000)
+        stamps = [(rng.choice((rng.randrange(0, now + 300), rng.randrange(0, 2**63))), rng.randrange(0, 9))
+                  for _ in range(rng.randrange(1, 6))]
+        events = [(ev.NODE_UNREGISTERED, wall, counter, "c0", (f"n{i}",), b"x%d" % i, bytes(32)) for i, (wall, counter)
+                  in enumerate(stamps)]
+        state = State()
+        state.apply_events(events)
+        assert state.last_hlc == max(stamps) and state.max_hlc == max(stamps)
+        start = (rng.randrange(0, now + 200), rng.randrange(0, 5))
+        each, hinted = (HybridLogicalClock(lambda now=now: now, last=start, max_drift_ms=100) for _ in range(2))
+        each.observe_all(stamps)
+        hinted.observe_all(iter(stamps), state.last_hlc)
+        assert (hinted.last, hinted.clamped) == (each.last, each.clamped)
+    later = State()
+    later.apply_events([(ev.NODE_UNREGISTERED, 50, 1, "c0", ("m",), b"y", bytes(32))])
+    later.apply_events([(ev.NODE_UNREGISTERED, 7, 0, "c0", ("k",), b"z", bytes(32))])
+    assert later.last_hlc == (7, 0) and later.max_hlc == (50, 1)  # the last call's latest; the state's latest
