@@ -4,7 +4,8 @@ This module owns every metric of the coordinator and the route that serves them.
 ``CollectorRegistry`` (never the process-wide default: tests run many apps in one process). Most metrics are
 read at scrape time from the status objects the JSON routes already serve (the DA stack, the outbox, the
 consumers, the state, the peer links, the DKG, the receipt engine), so /metrics never disagrees with
-/da/metrics, /state/root, /cluster/peers or /cluster/status. The histograms are observed when things happen:
+/da/metrics, /state/root, /cluster/peers or /cluster/status (a layer's errors on /metrics also count its followed
+log's failed reads). The histograms are observed when things happen:
 HTTP requests through a before/after-request hook of the app, DA calls through ``MeteredLayer.observers``,
 receipt batches and finality through ``ReceiptService.observers``.
 
@@ -231,12 +232,14 @@ class _Collector:
                         "layer", total("get_count"))
         yield _labelled(CounterMetricFamily, "dsdn_da_reads", "Successful log reads (consumer polls), by layer or "
                         "followed log", "layer", total("read_count"))
-        yield _labelled(CounterMetricFamily, "dsdn_da_errors", "Failed or timed-out DA calls, by layer", "layer",
-                        total("error_count"))
+        yield _labelled(CounterMetricFamily, "dsdn_da_errors", "Failed or timed-out DA calls, by layer (its followed "
+                        "log's failed reads included)", "layer", total("error_count"))
         yield _labelled(CounterMetricFamily, "dsdn_da_health_checks", "Health checks, by layer", "layer",
                         total("health_check_count"))
+        # (a layer and its followed log may wrap one client: its retries counted once, not once for each wrapper)
         yield _labelled(CounterMetricFamily, "dsdn_da_retries", "Retries of layers that retry (Celestia), by layer",
-                        "layer", [(name, sum(int(getattr(m.inner, "retries", 0)) for m in ms))
+                        "layer", [(name, sum(int(getattr(inner, "retries", 0))
+                                             for inner in {id(m.inner): m.inner for m in ms}.values()))
                                   for name, ms in layers.items()])
         yield _labelled(GaugeMetricFamily, "dsdn_da_layer_healthy", "1 when the status machine holds the layer "
                         "healthy", "layer", [(name, int(ok)) for name, ok in snap.healthy.items()])

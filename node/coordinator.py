@@ -46,7 +46,8 @@ from node.stats import StatsTable
 
 log = logging.getLogger("dsdn.coordinator")
 VERSION = "0.1.0"
-REPLAY_PAGE = 4096  # outbox events read at a time when replaying it at start
+REPLAY_PAGE = 4096  # outbox events read at a time when replaying it at start, and at most
+REPLAY_PAGE_BYTES = 8 * 2**20  # this many bytes (the first event whatever its size)
 
 
 _hlc_of = operator.itemgetter(1, 2)  # an event's (hlc wall, hlc counter)
@@ -165,7 +166,7 @@ class Coordinator:
             self._snapshot_mark = (snap.state.events_applied, snap.cursors, snap.logs)
         replayed = 0
         # a page at a time: read all at once, an outbox grown through a long DA outage filled the memory
-        while rows := await self.outbox.since(self.applied_outbox_seq, REPLAY_PAGE):
+        while rows := await self.outbox.since(self.applied_outbox_seq, REPLAY_PAGE, REPLAY_PAGE_BYTES):
             for seq, raw in rows:
                 replayed += self.state.apply(ev.decode_event(raw))
                 self.applied_outbox_seq = seq

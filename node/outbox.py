@@ -141,7 +141,8 @@ class Outbox:
             while self._queue:
                 # whole calls only: a call's events cut across two commits were half stored when the second
                 # failed (a full disk), the caller told it failed (a reviewer's reproduction)
-                group = self._queue.popleft()
+                # a copy: the first call's own list, extended by the others, made it return their sequence numbers
+                group = list(self._queue.popleft())
                 while self._queue and len(group) + len(self._queue[0]) <= MAX_GROUP:
                     group += self._queue.popleft()
                 try:
@@ -213,27 +214,27 @@ class Outbox:
         event whatever its size). The publisher read 4,096 rows for each blob whatever their size, and posted one
         blob's worth: a backlog of large events (receipt batches) was read again for every blob (a reviewer's
         run: 378 MB read, 43 MB of heap, to post a 36 MB backlog)."""
-        def read() -> list[tuple[int, bytes]]:
-            rows: list[tuple[int, bytes]] = []
-            size = 0
-            for s, r in self._db.execute("SELECT seq, raw FROM outbox WHERE layer IS NULL ORDER BY seq LIMIT ?",
-                                         (limit,)):  # (stepped row by row: the rows past the budget stay unread)
-                if rows and max_bytes is not None and size + len(r) > max_bytes:
-                    break
-                rows.append((int(s), bytes(r)))
-                size += len(r)
-            return rows
+        return await self._db_call(self._read_rows, "SELECT seq, raw FROM outbox WHERE layer IS NULL ORDER BY seq "
+                                   "LIMIT ?", (limit,), max_bytes)
 
-        return await self._db_call(read)
+    async def since(self, seq: int, limit: int = -1, max_bytes: int | None = None) -> list[tuple[int, bytes]]:
+        """The stored events with a sequence number above ``seq``, at most ``limit`` (-1: all) and no more bytes than
+        ``max_bytes`` (the first event whatever its size) (restart replay: a page of 4,096 receipt batches was
+        ~2 GB in memory at once)."""
+        return await self._db_call(self._read_rows, "SELECT seq, raw FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                                   (seq, limit), max_bytes)
 
-    async def since(self, seq: int, limit: int = -1) -> list[tuple[int, bytes]]:
-        """The stored events with a sequence number above ``seq``, at most ``limit`` (-1: all) (restart replay)."""
-        def read() -> list[tuple[int, bytes]]:
-            rows = self._db.execute("SELECT seq, raw FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
-                                    (seq, limit)).fetchall()
-            return [(int(s), bytes(r)) for s, r in rows]
-
-        return await self._db_call(read)
+    def _read_rows(self, sql: str, params: tuple[int, ...], max_bytes: int | None) -> list[tuple[int, bytes]]:
+        """(seq, raw) rows of ``sql`` up to ``max_bytes`` (the first row whatever its size), stepped row by row: the
+        rows past the budget stay unread."""
+        rows: list[tuple[int, bytes]] = []
+        size = 0
+        for s, r in self._db.execute(sql, params):
+            if rows and max_bytes is not None and size + len(r) > max_bytes:
+                break
+            rows.append((int(s), bytes(r)))
+            size += len(r)
+        return rows
 
     async def recently_landed(self, limit: int) -> list[Landed]:
         def read() -> list[Landed]:

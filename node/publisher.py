@@ -10,7 +10,8 @@ A blob the layer refuses as such (too large for a node or proxy whose limit is b
 refused by every quorum validator: ``node.da.router.is_caller_error``) is split: at most half as many events per
 blob, at once, until one passes; the cap relaxes again after ``RELAX_AFTER`` posts. Before, the same oldest blob
 was rebuilt and refused for ever, and no later event reached DA. A blob of one event that a layer refuses as too
-large goes to the next layers (``DARouter.post(past_size_refusals=True)``): it lands on a fallback. A failing
+large, or refuses at all, goes to the next layers (``DARouter.post(past_size_refusals=True)``): it lands on a
+fallback. A failing
 outbox or pending-blob record (a full disk) is retried with the same backoff: the events stay in the outbox (a
 blob posted twice is harmless, events are deduplicated by id), and the task lives on.
 """
@@ -28,7 +29,6 @@ import trio
 from node.backoff import Backoff
 from node.blob import blob_size, encode_blob
 from node.da.base import DAError, DALayer
-from node.da.celestia import BlobTooLarge
 from node.da.router import is_caller_error
 from node.outbox import Outbox
 
@@ -110,8 +110,8 @@ class Publisher:
                     log.warning("the DA layer refused a blob of %d events (%s): at most %d events per blob now",
                                 self._taken, exc, self.cap)
                     continue  # the smaller blob at once
-                if isinstance(exc, BlobTooLarge) and not self._alone_refused:
-                    self._alone_refused = True  # a blob of one event, too large for the layer: the next layers
+                if is_caller_error(exc) and not self._alone_refused:
+                    self._alone_refused = True  # a blob of one event the layer refuses (too large?): the next layers
                     continue
                 self.on_result(False, str(exc))
                 delay = self._backoff.next()

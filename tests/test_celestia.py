@@ -615,10 +615,29 @@ def test_from_config() -> None:
                            "DA_TIMEOUT_MS": "1500", "DA_RETRY_COUNT": "4", "DA_RETRY_DELAY_MS": "250"})
     da = CelestiaDA.from_config(cfg)
     assert (da.url, da.namespace, da.auth_token) == ("http://127.0.0.1:26658", NS, "t")
-    assert (da.timeout_s, da.retry_count, da.retry_delay_s, da.max_blob_bytes) == (1.5, 4, 0.25, cfg.blob_max_bytes)
+    assert (da.timeout_s, da.retry_count, da.retry_delay_s) == (1.5, 4, 0.25)
+    assert da.max_blob_bytes == da.max_submit_bytes == cfg.blob_max_bytes  # (the default: the protocol's limit)
     assert da.name == "primary" and da.retries == 0
     with pytest.raises(ValueError):
         CelestiaDA("http://x", bytes(29))  # reserved namespace
+
+
+async def test_a_blob_larger_than_the_configured_cap_is_still_posted_alone(devnet: str) -> None:
+    """``DA_BLOB_MAX_BYTES`` bounds what the publisher packs into a blob and reconciliation into one transaction; a
+    blob of one event larger than that (a receipt batch takes up to ~560 KB) was refused by the client before any
+    I/O, for ever, and every later event stayed in the outbox behind it (a reviewer's reproduction). It is posted,
+    up to the protocol's limit."""
+    cfg = config_mod.load({"DA_RPC_URL": devnet, "DA_NAMESPACE": NS.hex(), "DA_AUTH_TOKEN": TOKEN,
+                           "DA_BLOB_MAX_BYTES": "100000", "DA_RETRY_DELAY_MS": "20"})
+    async with CelestiaDA.from_config(cfg) as da:
+        assert da.max_submit_bytes == 100_000
+        big = os.urandom(200_000)
+        ref = await da.post(big)
+        assert await da.get(ref) == big
+        with pytest.raises(BlobTooLarge):  # several blobs in one transaction: within the configured cap only
+            await da.post_many([os.urandom(60_000), os.urandom(60_000)])
+        with pytest.raises(BlobTooLarge):  # and the protocol's limit stays
+            await da.post(bytes(celestia_module.DEFAULT_MAX_BLOB_BYTES + 1))
 
 
 async def test_gas_price_option_follows_celestia_node_txconfig(nursery: trio.Nursery) -> None:

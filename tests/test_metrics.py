@@ -160,6 +160,23 @@ async def test_a_da_outage_shows_in_errors_status_and_the_age_of_the_oldest_unpu
     assert value(up, "dsdn_da_posts_total", layer="primary") == 1
 
 
+
+async def test_a_client_that_is_a_layer_and_its_followed_log_counts_its_retries_once(
+        nursery: trio.Nursery, make_config: Callable[..., Config]) -> None:
+    """In production the Celestia primary is one client, wrapped as the primary layer and as its followed log
+    (``node.da.factory``): /metrics summed its retries over both wrappers, twice what /da/metrics said."""
+    class Retrying(MockDA):
+        retries = 7
+
+    layer = Retrying()
+    coord = Coordinator(make_config(), layer, followed={"primary": layer})
+    await nursery.start(coord.run)
+    client = create_app(coord).test_client()
+    assert coord.da.layers["primary"] is not coord.da.followed["primary"]  # two wrappers of one client
+    samples = await scrape(client)
+    assert value(samples, "dsdn_da_retries_total", layer="primary") == 7
+
+
 # ---- a cluster of three coordinators in one process ----------------------------------------------------------
 
 async def start_cluster(nursery: trio.Nursery, make_config: Callable[..., Config], n: int = 3,

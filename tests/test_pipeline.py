@@ -141,8 +141,8 @@ async def test_a_restart_replays_an_outbox_larger_than_a_page_a_page_at_a_time(
     pages: list[int] = []
     since = Outbox.since
 
-    async def counted(self: Outbox, seq: int, limit: int = -1) -> list[tuple[int, bytes]]:
-        rows = await since(self, seq, limit)
+    async def counted(self: Outbox, seq: int, limit: int = -1, max_bytes: int | None = None) -> list[tuple[int, bytes]]:
+        rows = await since(self, seq, limit, max_bytes)
         pages.append(len(rows))
         return rows
 

@@ -16,10 +16,11 @@ import trio.testing
 from node import events as ev
 from node.blob import HEADER
 from node.da.base import BlobRef
+from node.da.blobstore_client import BlobRejected
 from node.da.celestia import BlobTooLarge
 from node.da.pending import PendingStore
 from node.da.router import DARouter
-from node.da.status import PRIMARY, SECONDARY, DAStatusMachine, Status
+from node.da.status import EMERGENCY, PRIMARY, SECONDARY, DAStatusMachine, Status
 from node.outbox import Outbox
 from node.publisher import Publisher
 
@@ -178,3 +179,76 @@ async def test_a_backlog_of_large_events_is_read_about_once_to_publish_it(
     total = sum(len(e.raw) for e in backlog)
     assert layer.events() == [e.raw for e in backlog] and len(layer.blobs) >= 8
     assert read_bytes <= total + len(layer.blobs) * 200_100  # each event read once, plus one spare per post at most
+
+
+class RefusingStore(SmallLayer):
+    """A fallback store (or a quorum of them) refusing larger blobs as such: ``BlobRejected`` (413), not
+    ``BlobTooLarge``."""
+
+    async def post(self, data: bytes) -> BlobRef:
+        await trio.sleep(0.001)
+        if len(data) > self.limit:
+            self.refused += 1
+            raise BlobRejected(f"{self.name}: every validator rejected the blob with 413")
+        self.blobs.append(data)
+        return BlobRef(self.name, len(self.blobs), b"c" * 32)
+
+
+async def test_an_event_every_layer_but_the_last_refuses_reaches_the_last(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """A blob of one event the primary refuses as too large and the quorum as rejected (413 from every validator)
+    still goes on to the emergency store, which takes it: the quorum's refusal stopped the write there, and the
+    event and every later one waited for the primary for ever (a reviewer's reproduction)."""
+    primary, secondary, emergency = SmallLayer(150), RefusingStore(150), RefusingStore(1_000_000)
+    secondary.name, emergency.name = SECONDARY, EMERGENCY
+    machine = DAStatusMachine((PRIMARY, SECONDARY, EMERGENCY))
+    pending = PendingStore(tmp_path / "pending.sqlite")
+    pending._call = _now  # type: ignore[method-assign,assignment]
+    router = DARouter({PRIMARY: primary, SECONDARY: secondary, EMERGENCY: emergency}, machine, pending, lambda: 0)
+    _, outbox = await publish(tmp_path, router, 6, 60)  # type: ignore[arg-type]
+    assert outbox.pending == 0 and sorted(emergency.events()) == sorted(event(k).raw for k in range(6))
+    assert primary.blobs == secondary.blobs == [] and secondary.refused >= 1
+    assert machine.status is Status.HEALTHY  # refusals blame no layer
+    pending.close()
+
+
+async def test_concurrent_appends_each_get_their_own_sequence_numbers(tmp_path: Path) -> None:
+    """Calls committed in one group: the first call's result was the whole group's sequence numbers (its own list
+    of waiters, extended in place by the others')."""
+    outbox = Outbox(tmp_path / "outbox.sqlite", lambda committed: None, run_blocking=_now)
+    results: dict[str, list[int]] = {}
+
+    async def call(name: str, events: list[ev.Event]) -> None:
+        results[name] = await outbox.append_all(events)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(outbox.run)
+        async with trio.open_nursery() as callers:
+            callers.start_soon(call, "a", [event(0), event(1)])
+            callers.start_soon(call, "b", [event(2)])
+            callers.start_soon(call, "c", [event(3), event(4)])
+        nursery.cancel_scope.cancel()
+    assert outbox.commits == 1  # one group: the case in question
+    stored = dict((raw, seq) for seq, raw in await outbox.since(0))
+    assert {name: [stored[e.raw] for e in events] for name, events in
+            [("a", [event(0), event(1)]), ("b", [event(2)]), ("c", [event(3), event(4)])]} == results
+    outbox.close()
+
+
+async def test_a_replay_page_holds_no_more_bytes_than_asked(tmp_path: Path) -> None:
+    """Restart replay reads the outbox a page at a time: 4,096 rows of receipt batches were ~2 GB at once."""
+    outbox = Outbox(tmp_path / "outbox.sqlite", lambda committed: None, run_blocking=_now)
+    batches = [ev.make_event(ev.RECEIPT_BATCH, (1_000 + k, 0), "c0", group_key="g", root="r", tree_size=1,
+                             signature="s", signers="a", receipts=bytes([k]) * 100_000) for k in range(8)]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(outbox.run)
+        await outbox.append_all(batches)
+        nursery.cancel_scope.cancel()
+    pages, seq = [], 0
+    while rows := await outbox.since(seq, 4096, 250_000):
+        pages.append([raw for _, raw in rows])
+        seq = rows[-1][0]
+    assert [raw for page in pages for raw in page] == [b.raw for b in batches]
+    assert [len(page) for page in pages] == [2, 2, 2, 2]
+    assert [len(raw) for _, raw in await outbox.since(0, 4096, 10)] == [len(batches[0].raw)]  # one, whatever its size
+    outbox.close()

@@ -167,7 +167,10 @@ class CelestiaDA:
 
     def __init__(self, url: str, namespace: bytes, auth_token: str | None = None, *, timeout_s: float = 30.0,
                  retry_count: int = 3, retry_delay_s: float = 1.0, gas_price: float = -1.0,
-                 max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES, name: str = "primary") -> None:
+                 max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES, max_submit_bytes: int | None = None,
+                 name: str = "primary") -> None:
+        """``max_blob_bytes``: the largest blob posted (larger ones are refused before any I/O); ``max_submit_bytes``
+        (default: the same): the most bytes of several blobs one ``post_many`` carries."""
         validate_namespace(namespace)
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
@@ -182,6 +185,7 @@ class CelestiaDA:
         self.retry_delay_s = float(retry_delay_s)
         self.gas_price = float(gas_price)
         self.max_blob_bytes = int(max_blob_bytes)
+        self._max_submit_bytes = int(max_submit_bytes if max_submit_bytes is not None else max_blob_bytes)
         self.retries = 0  # cumulative retried attempts (read by the metrics)
         self.long_polls = True  # off once the node refuses header.WaitForHeight (see read_after)
         self.skipped_blobs = 0  # blobs in our namespace read_after/blobs_at could not verify and skipped
@@ -194,11 +198,17 @@ class CelestiaDA:
 
     @classmethod
     def from_config(cls, cfg: Any, name: str = "primary") -> CelestiaDA:
+        """``DA_BLOB_MAX_BYTES`` bounds what the publisher packs in a blob and reconciliation in one transaction;
+        a blob of one event larger than that (a receipt batch of ~560 KB under a cap of 100 KB) is still posted, up
+        to the protocol's limit: refused here before any I/O, it was refused for ever, and every later event stayed
+        in the outbox with it (a reviewer's reproduction). The node's own limit, if lower, refuses it as too large:
+        then it goes to the fallbacks (``DARouter.post(past_size_refusals=True)``)."""
         if not cfg.da_rpc_url or cfg.da_namespace is None:
             raise ValueError("CelestiaDA needs DA_RPC_URL and DA_NAMESPACE")
         return cls(cfg.da_rpc_url, cfg.da_namespace, cfg.da_auth_token, timeout_s=cfg.da_timeout_ms / 1000,
                    retry_count=cfg.da_retry_count, retry_delay_s=cfg.da_retry_delay_ms / 1000,
-                   max_blob_bytes=cfg.blob_max_bytes, gas_price=cfg.da_gas_price, name=name)
+                   max_blob_bytes=DEFAULT_MAX_BLOB_BYTES, max_submit_bytes=cfg.blob_max_bytes,
+                   gas_price=cfg.da_gas_price, name=name)
 
     # ---- HTTP client lifecycle ------------------------------------------------------------------
 
@@ -344,7 +354,7 @@ class CelestiaDA:
     async def post_many(self, blobs: Sequence[bytes]) -> list[BlobRef]:
         """Several blobs in one ``blob.Submit`` call (one pay-for-blobs transaction: all of them are included at
         the same height, or none is). Each blob is checked before any I/O (InvalidBlob, BlobTooLarge), and so is
-        their total: at most ``max_blob_bytes`` together (``max_submit_bytes``), the most one transaction
+        their total: at most ``max_submit_bytes`` together, the most one transaction
         carries; a caller with more splits them into several calls. The refs, in the order given."""
         datas = [self._checked(d) for d in blobs]
         if not datas:
@@ -368,8 +378,8 @@ class CelestiaDA:
 
     @property
     def max_submit_bytes(self) -> int:
-        """The most blob bytes one ``post_many`` call takes (one transaction's worth: ``max_blob_bytes``)."""
-        return self.max_blob_bytes
+        """The most blob bytes one ``post_many`` call of several blobs takes (one transaction's worth)."""
+        return self._max_submit_bytes
 
     def _decode_blob(self, obj: Any, height: int) -> tuple[BlobRef, bytes, int] | None:
         """(ref, data, index) for a blob JSON of our namespace; None for another namespace, and None (counted

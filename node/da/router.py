@@ -60,11 +60,13 @@ class DARouter:
     takes_size_fallthrough = True
 
     async def post(self, data: bytes, *, past_size_refusals: bool = False) -> BlobRef:
-        """``past_size_refusals``: a layer refusing the blob as too large (``BlobTooLarge``: its node's limit is
-        below ours) passes it on to the next layer instead of failing the write, not as the layer's failure; for a
-        blob that cannot be split any more (one event), which the primary alone would refuse for ever, keeping
-        every later event from DA (a reviewer's reproduction: 52 refused submits, 50 events stuck, a healthy
-        secondary unused). The blob lands on a fallback, recorded for reconciliation like any other."""
+        """``past_size_refusals``: a layer refusing the blob (a caller error: ``BlobTooLarge``, its node's limit is
+        below ours, or ``BlobRejected``, its store or every quorum validator refusing it, 413 included) passes it on
+        to the next layer instead of failing the write, not as the layer's failure; for a blob that cannot be split
+        any more (one event), which the primary alone would refuse for ever, keeping every later event from DA (a
+        reviewer's reproduction: 52 refused submits, 50 events stuck, a healthy secondary unused; and a quorum's
+        "every validator refused" stopped the write before the emergency store, which takes 2 MiB). The blob lands
+        on a fallback, recorded for reconciliation like any other."""
         errors: list[str] = []
         size_refusals = 0
         for name in self.machine.write_order():
@@ -75,11 +77,10 @@ class DARouter:
                 try:
                     ref = await self.layers[name].post(data)
                 except DAError as exc:
-                    if past_size_refusals and isinstance(exc, BlobTooLarge):
+                    if past_size_refusals and is_caller_error(exc):
                         errors.append(f"{name}: {exc}")
                         size_refusals += 1
-                        log.warning("%s refuses a blob of %d bytes as too large, trying the next layer: %s", name,
-                                    len(data), exc)
+                        log.warning("%s refuses a blob of %d bytes, trying the next layer: %s", name, len(data), exc)
                         continue
                     if is_caller_error(exc):
                         self.rejected += 1
@@ -107,7 +108,7 @@ class DARouter:
             return ref
         if errors and size_refusals == len(errors):
             self.rejected += 1
-            raise BlobTooLarge("every DA layer refuses the blob as too large: " + "; ".join(errors))
+            raise BlobTooLarge("every DA layer refuses the blob: " + "; ".join(errors))
         raise DAUnavailable("no DA layer took the write: " + "; ".join(errors))
 
     async def get(self, ref: BlobRef) -> bytes:
