@@ -168,7 +168,11 @@ class Coordinator:
         # a page at a time: read all at once, an outbox grown through a long DA outage filled the memory
         while rows := await self.outbox.since(self.applied_outbox_seq, REPLAY_PAGE, REPLAY_PAGE_BYTES):
             for seq, raw in rows:
-                replayed += self.state.apply(ev.decode_event(raw))
+                try:
+                    replayed += self.state.apply(ev.decode_event(raw))
+                except ev.EventDecodeError as exc:  # (a damaged row: it stopped every start; no member accepts it)
+                    log.error("outbox event %d is no valid event (%s): not applied (no member accepts it either)",
+                              seq, exc)
                 self.applied_outbox_seq = seq
         self.hlc.observe(self.state.max_hlc)
         issued = await self.outbox.high_water()

@@ -152,6 +152,27 @@ async def test_a_restart_replays_an_outbox_larger_than_a_page_a_page_at_a_time(
     assert pages[:5] == [3, 3, 3, 1, 0]
 
 
+async def test_a_damaged_outbox_row_is_reported_and_passed_over_at_start(
+        make_config: Callable[..., Config], caplog: pytest.LogCaptureFixture) -> None:
+    """An outbox row that no longer decodes (a damaged file, or a row a later version refuses) raised out of the
+    restart replay: the coordinator could never start again. It is logged and passed over (no member accepts it
+    either); the rows after it are replayed."""
+    da = MockDA()
+    cfg = make_config("a", SNAPSHOT_INTERVAL_MS="3600000")
+    async with running(cfg, da) as a:
+        da.down = True
+        await register_nodes(a, 4)
+    (cfg.data_dir / "snapshot.msgpack").unlink(missing_ok=True)
+    db = sqlite3.connect(cfg.data_dir / "outbox.sqlite")
+    with db:
+        db.execute("UPDATE outbox SET raw = ? WHERE seq = 2", (b"\x93damaged",))
+    db.close()
+    caplog.set_level(logging.ERROR, logger="dsdn.coordinator")
+    async with running(cfg, da) as again:
+        assert again.state.node_count == 3 and again.applied_outbox_seq == 4
+    assert any("outbox event 2 is no valid event" in r.getMessage() for r in caplog.records)
+
+
 async def test_empty_data_dir_rebuilds_the_same_root_from_da(make_config: Callable[..., Config]) -> None:
     da = MockDA()
     async with running(make_config("a"), da) as a:
