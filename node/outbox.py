@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS clock (k INTEGER PRIMARY KEY CHECK (k = 0), wall INTE
 """
 
 MAX_GROUP = 1024
+PRUNE_CHUNK = 20_000  # published events forgotten per transaction (~10 ms each)
 MAX_INFLIGHT = 1024  # default bound of appends waiting at once (config MAX_INFLIGHT_WRITES)
 
 
@@ -254,13 +255,21 @@ class Outbox:
         return await self._db_call(read)
 
     async def prune(self, upto_seq: int) -> int:
-        """Forget published events at or below ``upto_seq`` (they are in a snapshot and on DA)."""
+        """Forget published events at or below ``upto_seq`` (they are in a snapshot and on DA), ``PRUNE_CHUNK`` at
+        a time, the outbox free for appends between chunks: one transaction for a backlog of a million events held
+        every append for ~0.5 s. Returns how many were forgotten."""
         def delete() -> int:
             with self._db_tx():
-                cur = self._db.execute("DELETE FROM outbox WHERE seq <= ? AND layer IS NOT NULL", (upto_seq,))
+                cur = self._db.execute("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE seq <= ? AND "
+                                       "layer IS NOT NULL ORDER BY seq LIMIT ?)", (upto_seq, PRUNE_CHUNK))
             return cur.rowcount
 
-        return await self._db_call(delete)
+        pruned = 0
+        while (deleted := await self._db_call(delete)) > 0:
+            pruned += deleted
+            if deleted < PRUNE_CHUNK:
+                break
+        return pruned
 
 
 class _Tx:

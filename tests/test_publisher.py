@@ -252,3 +252,30 @@ async def test_a_replay_page_holds_no_more_bytes_than_asked(tmp_path: Path) -> N
     assert [len(page) for page in pages] == [2, 2, 2, 2]
     assert [len(raw) for _, raw in await outbox.since(0, 4096, 10)] == [len(batches[0].raw)]  # one, whatever its size
     outbox.close()
+
+
+async def test_pruning_forgets_published_events_a_chunk_at_a_time(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pruning after a large backlog deleted every published event in one transaction, appends held meanwhile; it
+    goes a chunk at a time, and forgets exactly the published events at or below the mark."""
+    import node.outbox
+
+    monkeypatch.setattr(node.outbox, "PRUNE_CHUNK", 3)
+    outbox = Outbox(tmp_path / "outbox.sqlite", lambda committed: None, run_blocking=_now)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(outbox.run)
+        seqs = await outbox.append_all([event(k) for k in range(12)])
+        nursery.cancel_scope.cancel()
+    await outbox.mark_published(seqs[:9], BlobRef(PRIMARY, 1, b"c" * 32))
+    calls, db_call = [0], outbox._db_call
+
+    async def counted(*args: object) -> object:
+        calls[0] += 1
+        return await db_call(*args)  # type: ignore[arg-type]
+
+    outbox._db_call = counted  # type: ignore[method-assign,assignment]
+    assert await outbox.prune(seqs[7]) == 8 and calls[0] == 3  # 3 + 3 + 2: the last chunk is short
+    assert [seq for seq, _ in await outbox.since(0)] == seqs[8:] and outbox.pending == 3
+    assert await outbox.prune(seqs[-1]) == 1  # the published one left; unpublished events are kept
+    assert [seq for seq, _ in await outbox.since(0)] == seqs[9:]
+    outbox.close()
