@@ -287,3 +287,21 @@ def test_recovery_needs_fresh_successes() -> None:
     assert m.status is Status.DEGRADED and m.stale == 5
     ok(m, PRIMARY, 2)
     assert m.status is Status.RECOVERING
+
+
+def test_a_primary_failing_its_health_checks_but_taking_writes_fails_over_instead_of_flapping() -> None:
+    """Each successful write reset the read failures: a primary whose health checks time out but which takes every
+    write went Healthy -> Warning at each check and back at each write, for ever (a reviewer's run: 240 transitions
+    in ten minutes, each one abandoning writes and probing every fallback). Only reads reset read failures now."""
+    m = DAStatusMachine((PRIMARY, SECONDARY), failure_threshold=3)
+    for t in range(10):
+        m.observe(PRIMARY, False, t * 5000, "health check: no answer")
+        for dt in (2000, 4000):  # the writes meanwhile, to the layer the machine routes them to
+            m.observe(m.write_order()[0], True, t * 5000 + dt, write=True)
+    assert m.status is Status.DEGRADED and m.transitions == 2  # Healthy -> Warning -> Degraded, then settled
+    back = DAStatusMachine((PRIMARY, SECONDARY), failure_threshold=3)
+    back.observe(PRIMARY, False, 0, "health check: no answer")
+    back.observe(PRIMARY, True, 1000, write=True)
+    assert back.status is Status.WARNING  # a write says nothing of reads
+    back.observe(PRIMARY, True, 2000)
+    assert back.status is Status.HEALTHY  # a read does

@@ -25,7 +25,7 @@ import trio.testing
 from deploy.devnet import serve_devnet
 from node.blob import MAGIC
 from node.da import reconcile
-from node.da.base import BlobNotFound, BlobRef
+from node.da.base import BlobNotFound, BlobRef, DATimeout
 from node.da.celestia import BlobTooLarge, CelestiaDA
 from node.da.metered import MeteredLayer
 from node.da.mock import MockDA
@@ -51,6 +51,7 @@ class BatchingDA(MockDA):
         self.refused = 0
         self.in_flight = self.max_in_flight = 0
         self.missing: set[bytes] = set()
+        self.unanswered: set[bytes] = set()  # data whose read-back gets no answer (DATimeout)
         self.after_submit: Callable[[], None] | None = None
 
     async def post_many(self, datas: Sequence[bytes]) -> list[BlobRef]:
@@ -71,6 +72,8 @@ class BatchingDA(MockDA):
         return refs
 
     async def included(self, refs: Sequence[BlobRef], datas: Sequence[bytes]) -> list[bool]:
+        if self.unanswered.intersection(datas):
+            raise DATimeout(f"{self.name}: blob.GetAll got no answer")
         return [d not in self.missing and await self.get(r) == d for r, d in zip(refs, datas, strict=True)]
 
 
@@ -308,6 +311,95 @@ async def test_a_blob_the_primary_takes_but_never_returns_is_held_back_not_blame
         assert stack.pending.pending_count == 0 and not stack.reconciler.held
         nursery.cancel_scope.cancel()
     await stack.aclose()
+
+
+@pytest.mark.parametrize("batching", [True, False])
+async def test_a_blob_whose_read_back_gets_no_answer_is_held_back_not_posted_at_every_pass(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock, batching: bool) -> None:
+    """The primary takes the blob, but reading it back times out (no answer) while its health checks pass: the blob
+    was posted 1 + max_retries times at every pass, and a pass started at every health interval, for ever (a
+    reviewer's run: 480 paid posts in ten minutes, 959 status transitions). It is held back like a blob the
+    primary answered it has not got, after one post per pass; the read counts as the primary's failure."""
+    primary = BatchingDA() if batching else MockDA()
+    slow = b"a blob whose read-back times out"
+    posted = {"slow": 0}
+    post = primary.post
+
+    async def counting_post(data: bytes) -> BlobRef:
+        posted["slow"] += data == slow
+        return await post(data)
+
+    primary.post = counting_post  # type: ignore[method-assign]
+    if batching:
+        primary.unanswered.add(slow)
+    else:
+        get = primary.get
+
+        async def unanswered(ref: BlobRef) -> bytes:
+            data = await get(ref)
+            if data == slow:
+                raise DATimeout(f"{PRIMARY}: get got no answer within 5s")
+            return data
+
+        primary.get = unanswered  # type: ignore[method-assign]
+    autojump_clock.autojump_threshold = 0.02
+    stack = make_stack(tmp_path, primary, health_interval_s=5.0, max_retries=3)
+    stack.reconciler.clock = lambda: int(trio.current_time() * 1000)
+    await fill(stack, [slow])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(stack.monitor)
+        await trio.sleep(600)
+        # passes at about 0, 30, 90, 210 and 450 s (held 30 s after the first miss, doubling): one post each
+        assert 4 <= posted["slow"] <= 6, posted
+        assert stack.reconciler.held and stack.reconciler.waiting == 0 and stack.pending.pending_count == 1
+        assert stack.machine.last_fallback_at is None and stack.machine.transitions <= 12
+        last = stack.reconciler.last_report
+        assert last is not None and any("held back from automatic passes" in e for e in last.errors)
+        nursery.cancel_scope.cancel()
+    await stack.aclose()
+
+
+async def test_a_poisoned_blob_does_not_keep_a_working_primary_in_recovering(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """After an outage, one pending blob the primary takes and never gives back, beside one it gives back: while
+    Recovering, holds were ignored and held blobs kept the status there, so the status stayed Recovering for ever
+    and the blob was posted at every health interval (a reviewer's run: 1,438 paid posts in an hour). Once the
+    primary gave other blobs back since its miss, the blob is its own failure: held back, and Recovering ends."""
+    primary = MockDA()
+    poison = b"poison blob"
+    posted = {"poison": 0}
+    post, get = primary.post, primary.get
+
+    async def counting_post(data: bytes) -> BlobRef:
+        posted["poison"] += data == poison
+        return await post(data)
+
+    async def wrong_bytes(ref: BlobRef) -> bytes:
+        data = await get(ref)
+        return b"other bytes" if data == poison else data
+
+    primary.post, primary.get = counting_post, wrong_bytes  # type: ignore[method-assign]
+    autojump_clock.autojump_threshold = 0.02
+    stack = make_stack(tmp_path, primary, health_interval_s=5.0, max_retries=1)
+    stack.reconciler.clock = lambda: int(trio.current_time() * 1000)
+    await fill(stack, [poison, b"fine"])
+    for _ in range(3):  # an outage, over now
+        stack.machine.observe(PRIMARY, False, 0, "down", write=True)
+    assert stack.machine.status is Status.DEGRADED
+    statuses: list[Status] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(stack.monitor)
+        for i in range(360):  # an hour, a write every 10 s
+            await trio.sleep(10)
+            await stack.router.post(b"event %d" % i)
+            statuses.append(stack.machine.status)
+        nursery.cancel_scope.cancel()
+    assert statuses[-1] is Status.HEALTHY and statuses.count(Status.RECOVERING) <= 6
+    assert posted["poison"] <= 30, posted  # a few passes while Recovering, then held back, longer after each miss
+    [left] = await stack.pending.pending()
+    assert left.data == poison and stack.router.posts_by_layer[PRIMARY] >= 350
+    await stack.aclose()
+
 
 
 async def test_a_manual_pass_stops_once_the_primary_keeps_failing_and_at_its_deadline(

@@ -12,9 +12,13 @@ is the blob's failure, not the primary's: it is not reported to the status machi
 healthy primary to a fallback and back every health interval, for ever, and post it again each time: 180 paid
 posts in ten minutes), and the monitor's passes hold it back (``held``) for HOLD_BASE_S, doubling with each
 miss up to HOLD_MAX_S, while it stays pending with its error; a manual pass tries it at once, and so do the passes
-while Recovering (the primary's probe; a held blob also keeps the status in Recovering). Unless the pass saw
-no blob back at all: then the primary may be losing every blob, and each blob missed counts as its failure (up to
-the failure threshold; no return to Healthy from such a pass).
+while Recovering (the primary's probe; a held blob also keeps the status in Recovering) until the primary gave
+other blobs back since its miss: then it is the blob's failure, held back while Recovering too and no longer keeping
+the status there (one poisoned blob kept a working primary in Recovering for ever, posted again every health
+interval). Unless the pass saw no blob back at all: then the primary may be losing every blob, and each blob missed
+counts as its failure (up to the failure threshold; no return to Healthy from such a pass). A blob whose read-back
+got no answer (a timeout) is held back the same way at once, its read counted as the primary's failure: posted
+again at every attempt and every pass, it was paid for again and again, for ever.
 
 A primary that takes several blobs per call and reads them back in one (``post_many`` and ``included``:
 CelestiaDA, whose blob.Submit takes an array) gets them in calls of up to SUBMIT_BLOBS blobs and its
@@ -144,6 +148,8 @@ class Reconciler:
         # blobs the primary took but did not give back -> (wall ms until which automatic passes skip them, misses,
         # another member's blob)
         self.held: dict[str, tuple[int, int, bool]] = {}
+        self._served = 0  # blobs seen back from the primary so far (read back here, or read from its log)
+        self._missed_at: dict[str, int] = {}  # held blob -> ``_served`` at its latest miss (see _proven_held)
         self._batching = False  # this pass posts several blobs per call (see _submitter)
         self._submits: trio.Nursery | None = None  # the pass's submits in flight
         self._in_flight = trio.Semaphore(SUBMITS_IN_FLIGHT)
@@ -178,24 +184,40 @@ class Reconciler:
                 "rejected": len(self._rejected) + len(self._rejected_foreign)}
 
     def _skipped(self, blob_id: str, rejected: set[str]) -> bool:
-        """An automatic pass leaves this blob be: refused as bad input, or held back for now."""
-        held = self.held.get(blob_id, (0, 0, False))[0] > self.clock() and self.machine.status is not Status.RECOVERING
+        """An automatic pass leaves this blob be: refused as bad input, or held back for now (while Recovering, only
+        once the primary gave other blobs back since this one's miss: ``_proven_held``)."""
+        held = (self.held.get(blob_id, (0, 0, False))[0] > self.clock()
+                and (self.machine.status is not Status.RECOVERING or self._proven_held(blob_id)))
         return self._stop_on_fallback and (blob_id in rejected or held)
 
-    def _hold(self, blob_ids: list[str], foreign: bool, error: str) -> None:
-        """These blobs were taken but not given back: the monitor's passes skip them for a while (see HOLD_*)."""
-        self._missed.extend(error for _ in blob_ids)
+    def _proven_held(self, blob_id: str) -> bool:
+        """Held back, and the primary gave other blobs back since this one's latest miss: the blob's failure, not
+        the primary's. While Recovering such a blob is held back too and no longer keeps the status there: one
+        poisoned blob kept a working primary in Recovering for ever, posted again every health interval (1,438 paid
+        posts an hour, a reviewer's reproduction)."""
+        return self.held.get(blob_id, (0, 0, False))[0] > self.clock() and self._served > self._missed_at.get(
+            blob_id, self._served)
+
+    def _hold(self, blob_ids: list[str], foreign: bool, error: str, *, answered: bool = True) -> None:
+        """These blobs were taken but not given back (``answered``: the primary answered that it has not got them;
+        else its read-back went unanswered, already counted as its failed read): the monitor's passes skip them for
+        a while (see HOLD_*)."""
+        if answered:
+            self._missed.extend(error for _ in blob_ids)
         now = self.clock()
         for blob_id in blob_ids:
             misses = self.held.get(blob_id, (0, 0, foreign))[1] + 1
             hold_ms = int(min(HOLD_MAX_S, HOLD_BASE_S * 2 ** min(misses - 1, 20)) * 1000)
             self.held[blob_id] = (now + hold_ms, misses, foreign)
+            self._missed_at[blob_id] = self._served
 
     def forget(self, blob_ids: list[str]) -> None:
         """These blobs are on the primary now (read from its log): no longer held back or refused (else they kept
         counting against ``waiting``, hiding other blobs from the monitor for up to an hour)."""
+        self._served += len(blob_ids)
         for blob_id in blob_ids:
             self.held.pop(blob_id, None)
+            self._missed_at.pop(blob_id, None)
             self._rejected.discard(blob_id)
             self._rejected_foreign.discard(blob_id)
 
@@ -204,9 +226,11 @@ class Reconciler:
 
     def _done(self, blob_ids: list[str], rejected: set[str]) -> None:
         self._confirmed += len(blob_ids)
+        self._served += len(blob_ids)
         for blob_id in blob_ids:
             rejected.discard(blob_id)
             self.held.pop(blob_id, None)
+            self._missed_at.pop(blob_id, None)
 
     def adoption_due(self) -> bool:
         """Foreign blobs wait and the primary has worked for the grace period: worth an automatic pass."""
@@ -271,9 +295,13 @@ class Reconciler:
                     self.machine.observe(PRIMARY, False, self.clock(), error, write=True)
                 report.errors.append(f"the primary took {len(self._missed)} blob(s) and gave none back: counted as "
                                      "its failures")
-            elif not report.aborted:  # blobs the primary refuses as bad input do not keep it in Recovering (held
-                # ones do: Recovering ends once the primary gave back every blob it is to take)
-                self.machine.reconciled(max(0, self.pending.pending_count - len(self._rejected)), self.clock())
+            elif not report.aborted:  # blobs the primary refuses as bad input do not keep it in Recovering, nor do
+                # held ones it gave other blobs back since (_proven_held); the others do: Recovering ends once the
+                # primary gave back every blob it is to take
+                proven = sum(1 for blob_id, (_, _, foreign) in self.held.items()
+                             if not foreign and blob_id not in self._rejected and self._proven_held(blob_id))
+                self.machine.reconciled(max(0, self.pending.pending_count - len(self._rejected) - proven),
+                                        self.clock())
             if report.blobs_processed or report.foreign_processed:
                 log.info("reconciliation: %d processed, %d reconciled, %d failed in %d ms (%d still pending); other "
                          "members' fallback blobs: %d tried, %d adopted (%d still waiting)%s",
@@ -420,10 +448,14 @@ class Reconciler:
                 back = await self._read_back(submitter, refs, datas)
             except DAError as exc:
                 error = str(exc)
-                if isinstance(exc, DAUnavailable):
-                    self._primary_failed(error, write=False)
                 await mark_failed(ids, error)
-                missed = not isinstance(exc, DAUnavailable)  # answered: not found, say
+                if isinstance(exc, DAUnavailable):  # no answer: held back, not posted again (and paid) this pass
+                    self._primary_failed(error, write=False)
+                    self._hold(ids, foreign, error, answered=False)
+                    error += f" (held back from automatic passes for {self._hold_s(ids[0]):.0f} s)"
+                    missed = False
+                    break
+                missed = True  # answered: not found, say
                 continue
             done = [(b.blob_id, ref) for b, ref, ok in zip(todo, refs, back, strict=True) if ok]
             if done:
@@ -548,9 +580,12 @@ class Reconciler:
                 back = await primary.get(ref)
             except DAError as exc:
                 error, missed = str(exc), not isinstance(exc, DAUnavailable)  # answered: not found, say
-                if not missed:
-                    self._primary_failed(error, write=False)
                 await mark_failed(blob.blob_id, error)
+                if not missed:  # no answer: held back, not posted again (and paid) this pass
+                    self._primary_failed(error, write=False)
+                    self._hold([blob.blob_id], foreign, error, answered=False)
+                    error += f" (held back from automatic passes for {self._hold_s(blob.blob_id):.0f} s)"
+                    break
                 continue
             if back != blob.data:
                 error, missed = f"the primary took the blob but returned different bytes at height {ref.height}", True

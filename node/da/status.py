@@ -16,10 +16,11 @@ In Recovering the primary takes writes again while blobs stored on fallbacks are
 
 Writes and reads are told apart (``observe(..., write=True)`` for a post): a primary that serves reads and
 health checks but rejects every write must still reach the failure threshold. So the primary's failure
-count is its failed writes plus its failed reads in a row; a successful read resets only the read
-failures, only a successful write resets the write failures. Recovery from Degraded/Emergency may come
-from reads alone (``recovery_threshold`` successes in a row): Recovering then starts with a clean count,
-and reconciliation's writes are the probe (if they fail, the status goes back to the fallback). A
+count is its failed writes plus its failed reads in a row; only a successful read or health check resets the read
+failures, only a successful write resets the write failures (a primary failing its health checks but taking writes
+reaches the threshold too, instead of flipping Healthy ⇄ Warning at every check and write). Recovery from
+Degraded/Emergency may come from reads alone (``recovery_threshold`` successes in a row): Recovering then starts
+with a clean count, and reconciliation's writes are the probe (if they fail, the status goes back to the fallback). A
 fallback layer is unhealthy after any failure and healthy again after a successful write, or after a successful
 read or health check, unless it failed a write lately: then only ``FALLBACK_WRITE_RETRY_MS`` after that failure,
 doubling with each failed write since its last good one. (A fallback answering health checks but refusing our
@@ -149,7 +150,8 @@ class DAStatusMachine:
             if st.successes == 0:
                 st.ok_since_ms = now_ms
             st.successes += 1
-            st.read_failures = 0
+            if not write:  # (a write says nothing of reads: a primary failing every health check but taking
+                st.read_failures = 0  # writes went Healthy -> Warning -> Healthy at each check and write, for ever)
             if layer == PRIMARY:
                 if write or now_ms - st.write_failed_ms >= WRITE_FAILURES_FORGOTTEN_MS:
                     st.write_failures = 0
