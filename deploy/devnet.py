@@ -44,7 +44,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from api.asgi_fix import quart_app
+from api.asgi_fix import allowed_methods, quart_app
 from api.auth import bearer_matches
 from node.da.celestia import b64, b64decode_strict
 from node.da.commitment import blob_commitment, share_count
@@ -489,7 +489,11 @@ class Devnet:
 
         @app.errorhandler(HTTPException)
         async def http_error(e: HTTPException) -> Response:
-            return reply({"error": e.name.lower().replace(" ", "_"), "message": e.description or e.name}, e.code or 500)
+            response = reply({"error": e.name.lower().replace(" ", "_"), "message": e.description or e.name},
+                             e.code or 500)
+            if e.code == 405:  # RFC 9110 §15.5.6: a 405 lists the methods the resource supports
+                response.headers["Allow"] = allowed_methods(getattr(e, "valid_methods", None) or ())
+            return response
 
         @app.errorhandler(Exception)
         async def internal(e: Exception) -> Response:

@@ -227,6 +227,16 @@ async def test_wrong_or_missing_token_is_unauthorized_without_retries(devnet: st
     assert status == 401 and body["error"] == "unauthorized"
 
 
+async def test_the_devnet_answers_a_method_it_does_not_take_with_json_and_allow(devnet: str) -> None:
+    """A 405 lists the methods of the resource (RFC 9110 §15.5.6), in JSON like the devnet's other errors."""
+    async with httpx.AsyncClient(base_url=devnet, timeout=5) as http:
+        r = await http.get("/")
+        assert r.status_code == 405 and r.json()["error"] == "method_not_allowed"
+        assert set(r.headers["Allow"].split(", ")) == {"POST", "OPTIONS"}
+        r = await http.delete("/admin/fault", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 405 and "POST" in r.headers["Allow"].split(", ")
+
+
 async def test_missing_blob_is_blob_not_found(devnet: str) -> None:
     async with make_client(devnet) as da:
         ref = await da.post(b"exists")
