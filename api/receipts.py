@@ -308,13 +308,14 @@ RECEIPT_DOC = {"type": "object", "required": ["receipt_id", "receipt", "receipt_
                "description": "final: with batch {root, tree_size, index, path}, signature, group_public_key, "
                               "signers — verifiable with Ed25519 and SHA-256 alone",
                "properties": {
-                   "receipt_id": _HEX64, "receipt": RECEIPT_IN, "receipt_bytes": {"type": "string"},
+                   "receipt_id": _HEX64, "receipt": RECEIPT_IN,
+                   "receipt_bytes": {"type": "string", "pattern": "^([0-9a-fA-F]{2})*$"},
                    "epoch": {"type": "integer"}, "status": {"enum": list(STATUSES)},
                    "batch": {"type": "object", "required": ["root", "tree_size", "index", "path"],
                              "properties": {"root": _HEX64, "tree_size": {"type": "integer", "minimum": 1},
                                             "index": {"type": "integer", "minimum": 0},
                                             "path": {"type": "array", "items": _HEX64}}},
-                   "signature": {"type": "string", "pattern": "^[0-9a-f]{128}$"}, "group_public_key": _HEX64,
+                   "signature": {"type": "string", "pattern": "^[0-9a-fA-F]{128}$"}, "group_public_key": _HEX64,
                    "signers": {"type": "array", "items": {"type": "string"}},
                    "conflicting_receipt_id": _HEX64, "reason": {"type": "string"}}}
 RECEIPT_ACK = {"type": "object", "required": ["receipt_id", "status"],

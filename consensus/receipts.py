@@ -61,6 +61,18 @@ def _hex(value: Any, field: str, pattern: re.Pattern[str], what: str) -> str:
     return value.lower()
 
 
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2})*")
+
+
+def _doc_hex(value: Any, field: str, size: int | None = None) -> bytes:
+    """A hex field of a document: hex digits only, either case, ``size`` bytes if given (``bytes.fromhex`` alone
+    skips whitespace: a root or signature with spaces in it was reported valid, though no strict verifier takes
+    it); ValueError otherwise."""
+    if type(value) is not str or not _HEX.fullmatch(value) or (size is not None and len(value) != 2 * size):
+        raise ValueError(f"{field} is not {'' if size is None else f'{2 * size} '}hex characters")
+    return bytes.fromhex(value)
+
+
 def _json_int(value: Any) -> Any:
     """A JSON number as JSON Schema reads it: ``5.0`` is the integer 5 (``receipt_bytes`` keep strict types)."""
     return int(value) if type(value) is float and value.is_integer() else value
@@ -249,11 +261,11 @@ def verify_document(doc: Any, group_public_key: bytes | None = None) -> tuple[bo
     try:
         if not isinstance(doc, dict):
             return False, "the document is not a JSON object"
-        raw = bytes.fromhex(doc["receipt_bytes"])
-        receipt = decode(raw, bytes.fromhex(doc["receipt"]["node_signature"]))
+        raw = _doc_hex(doc["receipt_bytes"], "receipt_bytes")
+        receipt = decode(raw, _doc_hex(doc["receipt"]["node_signature"], "receipt.node_signature", 64))
         if receipt != from_json(doc["receipt"]):
             return False, "receipt fields do not match receipt_bytes"
-        if doc["receipt_id"] != receipt.id.hex():
+        if _doc_hex(doc["receipt_id"], "receipt_id", 32) != receipt.id:  # (either case, like every hex field)
             return False, "receipt_id is not SHA-256(receipt_bytes)"
         # what readers take from the document's top level, checked as its fields are (an epoch other than the
         # receipt's, or a status other than final, was reported valid: a reviewer's reproduction)
@@ -263,17 +275,19 @@ def verify_document(doc: Any, group_public_key: bytes | None = None) -> tuple[bo
             return False, f"status is {doc['status']!r}, not 'final'"
         if not receipt.node_signature_valid():
             return False, "the node signature is invalid"
-        key = bytes.fromhex(doc["group_public_key"])
+        key = _doc_hex(doc["group_public_key"], "group_public_key", 32)
         if group_public_key is not None and key != group_public_key:
             return False, "signed under another group key"
         batch = doc["batch"]
-        root, size, index = bytes.fromhex(batch["root"]), batch["tree_size"], batch["index"]
-        path = [bytes.fromhex(p) for p in batch["path"]]
+        root, size, index = _doc_hex(batch["root"], "batch.root", 32), batch["tree_size"], batch["index"]
+        if type(batch["path"]) is not list:
+            raise ValueError("batch.path is not a list")
+        path = [_doc_hex(p, "batch.path[]", 32) for p in batch["path"]]
         if type(size) is not int or type(index) is not int or not 1 <= size <= MAX_U63:
             return False, "bad tree_size or index"
         if not merkle.verify_inclusion(raw, index, size, path, root):
             return False, "the Merkle path does not lead to the batch root"
-        signature = bytes.fromhex(doc["signature"])
+        signature = _doc_hex(doc["signature"], "signature", 64)
         nacl.signing.VerifyKey(key).verify(batch_message(key, root, size), signature)
     except nacl.exceptions.BadSignatureError:
         return False, "the batch signature is invalid"

@@ -235,6 +235,8 @@ def parser() -> argparse.ArgumentParser:
 def _bad_argument(args: argparse.Namespace) -> str | None:
     if args.action == "make" and args.epoch_length < 1:  # (checked before the node key is made)
         return "--epoch-length must be 1 or more"
+    if args.action == "verify" and not _RID.fullmatch(args.group_key):  # (a short key read as "another group key")
+        return "--group-key must be the group's public key: 64 hex characters"
     if args.action in ("make", "verify"):
         return None
     if not 0 < args.timeout <= ctl.MAX_TIMEOUT_S:

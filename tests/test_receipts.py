@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import struct
+from typing import Any
 
 import msgpack
 import nacl.signing
@@ -408,6 +409,20 @@ def test_documents_verify_offline_and_tampering_is_caught(keys: dict[int, frost.
         valid, reason = rc.verify_document(bad)
         assert not valid and reason
     assert rc.verify_document("not a doc")[0] is False
+    # hex in either case, as the schema says, and nothing else: a receipt_id in upper case was found invalid, and
+    # whitespace in any other hex field (skipped by bytes.fromhex) valid (a reviewer's reproduction)
+    for field in ("receipt_id", "signature", "group_public_key", "receipt_bytes"):
+        assert rc.verify_document({**doc, field: doc[field].upper()}) == (True, "valid"), field
+    spaced: list[dict[str, Any]] = [{**doc, "batch": {**doc["batch"], "root": doc["batch"]["root"][:8] + " " +
+                                                       doc["batch"]["root"][8:]}},
+                                    {**doc, "batch": {**doc["batch"], "path": [" " + p for p in doc["batch"]["path"]]}},
+                                    {**doc, "batch": {**doc["batch"], "path": doc["batch"]["path"][0]}}]
+    spaced += [{**doc, field: doc[field][:6] + sep + doc[field][6:]} for field in
+               ("receipt_id", "signature", "group_public_key", "receipt_bytes") for sep in (" ", "\t", "\n")]
+    spaced.append({**doc, "receipt": {**doc["receipt"], "node_signature": " " + doc["receipt"]["node_signature"]}})
+    for bad in spaced:
+        valid, reason = rc.verify_document(bad)
+        assert not valid and reason.startswith(("malformed document", "invalid receipt")), reason
     raw = bytes.fromhex(doc["receipt_bytes"])
     items = msgpack.unpackb(raw)
     at = 1 + sum(len(msgpack.packb(item, use_bin_type=True)) for item in items[:5])  # the epoch (10), a fixint
