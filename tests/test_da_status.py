@@ -305,3 +305,21 @@ def test_a_primary_failing_its_health_checks_but_taking_writes_fails_over_instea
     assert back.status is Status.WARNING  # a write says nothing of reads
     back.observe(PRIMARY, True, 2000)
     assert back.status is Status.HEALTHY  # a read does
+
+
+def test_a_timed_out_health_check_counts_though_writes_succeeded_meanwhile() -> None:
+    """A failed read is ignored as stale only after a later successful read: with writes every 200 ms, every health
+    check that timed out had a write succeed meanwhile and was ignored, so a primary failing every check but taking
+    writes stayed Healthy, its failures uncounted (a regression review's run: 20 of 20 ignored)."""
+    m = DAStatusMachine((PRIMARY, SECONDARY), failure_threshold=3)
+    for t in range(5):
+        since = m.mark()  # the health check starts; it times out 1.5 s later
+        for dt in (200, 400, 600):
+            m.observe(m.write_order()[0], True, t * 5000 + dt, write=True)
+        m.observe(PRIMARY, False, t * 5000 + 1500, "health check: no answer", since=since)
+    assert m.status is Status.DEGRADED and m.stale == 0
+    late = DAStatusMachine((PRIMARY, SECONDARY), failure_threshold=3)
+    since = late.mark()
+    late.observe(PRIMARY, True, 100)  # a read answered after the check started: the check's failure is stale
+    late.observe(PRIMARY, False, 1500, "health check: no answer", since=since)
+    assert late.status is Status.HEALTHY and late.stale == 1

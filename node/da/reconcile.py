@@ -148,8 +148,10 @@ class Reconciler:
         # blobs the primary took but did not give back -> (wall ms until which automatic passes skip them, misses,
         # another member's blob)
         self.held: dict[str, tuple[int, int, bool]] = {}
-        self._served = 0  # blobs seen back from the primary so far (read back here, or read from its log)
-        self._missed_at: dict[str, int] = {}  # held blob -> ``_served`` at its latest miss (see _proven_held)
+        # the highest primary height at which a blob of ours came back (read back here, or read from its log)
+        self._served_height = 0
+        # held blob -> (the primary height of its latest missed post, wall ms of that miss) (see _proven_held)
+        self._missed_at: dict[str, tuple[int, int]] = {}
         self._batching = False  # this pass posts several blobs per call (see _submitter)
         self._submits: trio.Nursery | None = None  # the pass's submits in flight
         self._in_flight = trio.Semaphore(SUBMITS_IN_FLIGHT)
@@ -184,24 +186,35 @@ class Reconciler:
                 "rejected": len(self._rejected) + len(self._rejected_foreign)}
 
     def _skipped(self, blob_id: str, rejected: set[str]) -> bool:
-        """An automatic pass leaves this blob be: refused as bad input, or held back for now (while Recovering, only
-        once the primary gave other blobs back since this one's miss: ``_proven_held``)."""
-        held = (self.held.get(blob_id, (0, 0, False))[0] > self.clock()
-                and (self.machine.status is not Status.RECOVERING or self._proven_held(blob_id)))
-        return self._stop_on_fallback and (blob_id in rejected or held)
+        """An automatic pass leaves this blob be: refused as bad input, or held back for now. While Recovering a held
+        blob is the primary's probe, tried again HOLD_BASE_S after its miss at the earliest (every health interval,
+        it was 119 paid posts in ten minutes for one blob whose read-back timed out), and held back in full once
+        ``_proven_held``."""
+        until = self.held.get(blob_id, (0, 0, False))[0]
+        now = self.clock()
+        if until > now and self.machine.status is Status.RECOVERING and not self._proven_held(blob_id):
+            until = min(until, self._missed_at.get(blob_id, (0, 0))[1] + int(HOLD_BASE_S * 1000))
+        return self._stop_on_fallback and (blob_id in rejected or until > now)
 
     def _proven_held(self, blob_id: str) -> bool:
-        """Held back, and the primary gave other blobs back since this one's latest miss: the blob's failure, not
-        the primary's. While Recovering such a blob is held back too and no longer keeps the status there: one
-        poisoned blob kept a working primary in Recovering for ever, posted again every health interval (1,438 paid
-        posts an hour, a reviewer's reproduction)."""
-        return self.held.get(blob_id, (0, 0, False))[0] > self.clock() and self._served > self._missed_at.get(
-            blob_id, self._served)
+        """Held back, and a blob of ours posted after this one's latest miss came back from the primary (at a greater
+        height): the blob's failure, not the primary's. While Recovering such a blob is held back too and no longer
+        keeps the status there: one poisoned blob kept a working primary in Recovering for ever, posted again every
+        health interval (1,438 paid posts an hour, a reviewer's reproduction). Other members' blobs, and ours from
+        before the miss, prove nothing of what the primary does with our posts now (a first version counted every
+        blob read from its log: a primary losing every blob went back to Healthy, a regression review's run)."""
+        missed = self._missed_at.get(blob_id)
+        return (self.held.get(blob_id, (0, 0, False))[0] > self.clock() and missed is not None
+                and self._served_height > missed[0])
 
-    def _hold(self, blob_ids: list[str], foreign: bool, error: str, *, answered: bool = True) -> None:
-        """These blobs were taken but not given back (``answered``: the primary answered that it has not got them;
-        else its read-back went unanswered, already counted as its failed read): the monitor's passes skip them for
-        a while (see HOLD_*)."""
+    def served(self, height: int) -> None:
+        """A blob of ours came back from the primary at ``height`` (read from its log: see ``_proven_held``)."""
+        self._served_height = max(self._served_height, height)
+
+    def _hold(self, blob_ids: list[str], foreign: bool, error: str, height: int, *, answered: bool = True) -> None:
+        """These blobs were taken (at ``height``) but not given back (``answered``: the primary answered that it has
+        not got them; else its read-back went unanswered, already counted as its failed read): the monitor's passes
+        skip them for a while (see HOLD_*)."""
         if answered:
             self._missed.extend(error for _ in blob_ids)
         now = self.clock()
@@ -209,12 +222,11 @@ class Reconciler:
             misses = self.held.get(blob_id, (0, 0, foreign))[1] + 1
             hold_ms = int(min(HOLD_MAX_S, HOLD_BASE_S * 2 ** min(misses - 1, 20)) * 1000)
             self.held[blob_id] = (now + hold_ms, misses, foreign)
-            self._missed_at[blob_id] = self._served
+            self._missed_at[blob_id] = (height, now)
 
     def forget(self, blob_ids: list[str]) -> None:
         """These blobs are on the primary now (read from its log): no longer held back or refused (else they kept
         counting against ``waiting``, hiding other blobs from the monitor for up to an hour)."""
-        self._served += len(blob_ids)
         for blob_id in blob_ids:
             self.held.pop(blob_id, None)
             self._missed_at.pop(blob_id, None)
@@ -224,9 +236,10 @@ class Reconciler:
     def _hold_s(self, blob_id: str) -> float:
         return (self.held[blob_id][0] - self.clock()) / 1000
 
-    def _done(self, blob_ids: list[str], rejected: set[str]) -> None:
+    def _done(self, blob_ids: list[str], rejected: set[str], height: int) -> None:
+        """These blobs came back from the primary (at ``height`` at most)."""
         self._confirmed += len(blob_ids)
-        self._served += len(blob_ids)
+        self.served(height)
         for blob_id in blob_ids:
             rejected.discard(blob_id)
             self.held.pop(blob_id, None)
@@ -451,7 +464,7 @@ class Reconciler:
                 await mark_failed(ids, error)
                 if isinstance(exc, DAUnavailable):  # no answer: held back, not posted again (and paid) this pass
                     self._primary_failed(error, write=False)
-                    self._hold(ids, foreign, error, answered=False)
+                    self._hold(ids, foreign, error, max(r.height for r in refs), answered=False)
                     error += f" (held back from automatic passes for {self._hold_s(ids[0]):.0f} s)"
                     missed = False
                     break
@@ -460,7 +473,7 @@ class Reconciler:
             done = [(b.blob_id, ref) for b, ref, ok in zip(todo, refs, back, strict=True) if ok]
             if done:
                 await mark_done(done)
-                self._done([blob_id for blob_id, _ in done], rejected)
+                self._done([blob_id for blob_id, _ in done], rejected, max(ref.height for _, ref in done))
                 if foreign:
                     report.blobs_adopted += len(done)
                 else:
@@ -472,7 +485,7 @@ class Reconciler:
             missed = True
             await mark_failed([b.blob_id for b in todo], error)
         if missed:
-            self._hold([b.blob_id for b in todo], foreign, error)
+            self._hold([b.blob_id for b in todo], foreign, error, max(r.height for r in refs))
             error += f" (held back from automatic passes for {self._hold_s(todo[0].blob_id):.0f} s)"
         report.blobs_failed += len(todo)
         report.errors.extend(f"{self._what(b, foreign)}: {error} (stays pending)" for b in todo)
@@ -583,7 +596,7 @@ class Reconciler:
                 await mark_failed(blob.blob_id, error)
                 if not missed:  # no answer: held back, not posted again (and paid) this pass
                     self._primary_failed(error, write=False)
-                    self._hold([blob.blob_id], foreign, error, answered=False)
+                    self._hold([blob.blob_id], foreign, error, ref.height, answered=False)
                     error += f" (held back from automatic passes for {self._hold_s(blob.blob_id):.0f} s)"
                     break
                 continue
@@ -592,14 +605,14 @@ class Reconciler:
                 await mark_failed(blob.blob_id, error)
                 continue
             await mark_done(blob.blob_id, ref)
-            self._done([blob.blob_id], rejected)
+            self._done([blob.blob_id], rejected, ref.height)
             if foreign:
                 report.blobs_adopted += 1
             else:
                 report.blobs_reconciled += 1
             return
         if missed:
-            self._hold([blob.blob_id], foreign, error)
+            self._hold([blob.blob_id], foreign, error, ref.height)
             error += f" (held back from automatic passes for {self._hold_s(blob.blob_id):.0f} s)"
         report.blobs_failed += 1
         report.errors.append(f"{what}: {error} (stays pending)")

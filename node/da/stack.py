@@ -172,6 +172,11 @@ class DAStack:
             # the key kept); waiting for us to reconcile it would wait for ever, while we keep writing
             if signer != self.own_key and member_signed(data, members):
                 self.reconciler.signer_active[signer] = now
+        if self.reconciler.held and self.own_key is not None:  # ours, back from the primary: what proves a hold
+            own = frozenset((self.own_key,))  # (verified: nobody else signs with our key)
+            for ref, data in blobs:
+                if data[len(MAGIC) + 1 : len(MAGIC) + 33] == self.own_key and member_signed(data, own):
+                    self.reconciler.served(ref.height)
         self.reconciler.forget([hashlib.sha256(data).hexdigest() for _, data in blobs])
         try:
             if blobs:

@@ -33,7 +33,8 @@ takes ``mark()`` when an operation starts and passes it as ``since`` has a succe
 ``stale``) when the layer failed after the mark: one failure sequence gives one transition (Healthy →
 Warning → fallback), not Healthy → Warning → Healthy → Warning as late answers arrive. Likewise a failed
 read or health check that started before a later success (a slow read timing out after the layer answered
-again) is ignored; a failed write always counts. An outcome without ``since`` counts as fresh.
+again: a later read or health check, not a write) is ignored; a failed write always counts. An outcome without
+``since`` counts as fresh.
 
 ``on_change`` (if set) is called after every observation that changed the status or a layer's health (the
 stack logs it and abandons the writes in flight on a layer that failed).
@@ -95,11 +96,11 @@ class StatusSnapshot:
 class _Layer:
     healthy: bool = True
     write_failures: int = 0  # failed writes in a row; only a successful write resets them
-    read_failures: int = 0  # failed reads/health checks in a row; any success resets them
+    read_failures: int = 0  # failed reads/health checks in a row; a successful read or health check resets them
     successes: int = 0  # successes (of any kind) in a row
     last_error: str | None = None
     last_failure_seq: int = 0  # the machine's observation number of this layer's latest failure
-    last_success_seq: int = 0  # ... and of its latest success
+    last_read_success_seq: int = 0  # ... and of its latest successful read or health check (not a write)
     ok_since_ms: int | None = None  # when the current run of successes began (None: the latest outcome failed)
     write_failed_ms: int = 0  # when the latest write failed
 
@@ -140,13 +141,17 @@ class DAStatusMachine:
         st = self._state.get(layer)
         if st is None:
             return self.status
-        if since is not None and (st.last_failure_seq > since if ok else (not write and st.last_success_seq > since)):
+        # (a failed read is stale only after a later successful read: a write says nothing of reads, and with writes
+        # every 200 ms every timed-out health check was ignored as stale, a regression review's run)
+        if since is not None and (st.last_failure_seq > since if ok
+                                  else (not write and st.last_read_success_seq > since)):
             self.stale += 1
             return self.status
         before = (self.status, st.healthy)
         self._seq += 1
         if ok:
-            st.last_success_seq = self._seq
+            if not write:
+                st.last_read_success_seq = self._seq
             if st.successes == 0:
                 st.ok_since_ms = now_ms
             st.successes += 1
