@@ -13,8 +13,12 @@
   (both sides). An upgrade to another path than ``/peer/v1`` gets a 404 and its TCP connection is closed.
   Every rejected or failed connection is closed, and the warnings they cause are rate limited (one line
   per ``log_every_s`` and kind, with the number suppressed since); ``inbound`` counts them all.
-* Liveness: a ping every heartbeat; a link is ``up`` while pongs come back, ``suspect`` after
-  ``SUSPECT_AFTER`` missed heartbeats, closed (``down``) after ``DOWN_AFTER``; RTT from the pongs.
+* Liveness: a ping every heartbeat; a link is ``up`` while pongs (whole frames) come back, or bytes of a frame under
+  way for at most ``max_partial_s`` (a slow link's large frame), ``suspect`` after ``SUSPECT_AFTER`` missed
+  heartbeats, closed (``down``) after ``DOWN_AFTER``; RTT from the pongs. Websocket control frames (pings) and a
+  frame trickled for ever are no sign of life: either kept a member's dead link ``up`` for days (a reviewer's
+  reproduction). A message sent in more than one websocket frame closes the connection (1009): ours never
+  fragment, and empty continuation frames grew one message's parts for ever, under the size limit.
 * Send queues: one bounded queue per peer (``queue_size``), kept across reconnects, so messages sent
   while a link is being (re)established go out when it is up. Policy when full: the new message is
   dropped and counted (``send`` returns False; a caller that must not lose it waits and retries).
@@ -89,6 +93,7 @@ LOG_EVERY_S = 10.0  # at most one warning per kind and interval about inbound co
 MAX_QUEUED_BYTES = 32 << 20  # waiting to be sent to one peer, at most (beyond: dropped and counted)
 MAX_BATCH = 64  # messages per frame: a receiver's subscriber channels (1024) absorb several frames
 WS_MAX_MESSAGE = MAX_FRAME + 4096  # a sealed frame: a batch of at most MAX_FRAME bytes plus the AEAD tag
+MIN_PARTIAL_RATE = 16 << 10  # bytes/s: a frame under way slower than this (1 MiB in 64 s) is no sign of life
 PRE_AUTH_MAX_MESSAGE = 4096  # a handshake message (at most MAX_HANDSHAKE_FRAME) before the peer is verified
 
 
@@ -151,6 +156,8 @@ class _Conn:
     code: int = 1000
     reason: str = "bye"
     bytes_at: float = -math.inf  # trio time bytes last arrived on it (a frame's, complete or not)
+    frame_at: float = -math.inf  # trio time a whole frame last arrived on it
+    partial_since: float | None = None  # since when (about) a frame has been under way, if one is
 
     def close(self, code: int, reason: str) -> None:
         self.code, self.reason = code, reason
@@ -493,9 +500,10 @@ class PeerManager:
             with conn.scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._sender, link, ws, session)
-                    nursery.start_soon(self._heartbeat, link, conn)
+                    nursery.start_soon(self._heartbeat, link, conn, ws)
                     while True:
                         frame = await ws.get_message()
+                        conn.frame_at = trio.current_time()
                         link.last_seen, link.missed = time.time(), 0
                         if link.state is State.SUSPECT:
                             link.state = State.UP
@@ -575,12 +583,20 @@ class PeerManager:
         link.msgs_out += len(batch)
         link.bytes_out += len(sealed)
 
-    async def _heartbeat(self, link: PeerLink, conn: _Conn) -> None:
+    async def _heartbeat(self, link: PeerLink, conn: _Conn, ws: WebSocketConnection) -> None:
+        max_partial_s = max(DOWN_AFTER * self.heartbeat_s, WS_MAX_MESSAGE / MIN_PARTIAL_RATE)
         while True:
             self.send(link.member.id, PING, {"t": time.monotonic_ns()})
             tick = trio.current_time()
             await trio.sleep(self.heartbeat_s)
-            if conn.bytes_at >= tick:  # bytes came meanwhile: a frame under way, however slowly (see _Stamping)
+            under_way = ws._message_size > 0  # bytes of a data frame not yet whole (not a control frame's)
+            if conn.frame_at >= tick or not under_way:  # (a frame came whole meanwhile: any under way is another)
+                conn.partial_since = None
+            if under_way and conn.partial_since is None:
+                conn.partial_since = tick
+            # a whole frame came meanwhile, or bytes of one under way, however slowly, for a while (see _Stamping)
+            if conn.frame_at >= tick or (under_way and conn.bytes_at >= tick
+                                         and trio.current_time() - conn.partial_since <= max_partial_s):
                 link.missed = 0
                 if link.state is State.SUSPECT:
                     link.state = State.UP
@@ -613,6 +629,27 @@ def _as_bytes(data: bytes | str) -> bytes:
     if isinstance(data, str):
         raise ProtocolError("text frame on a binary protocol")
     return data
+
+
+def _refuse_fragmented_messages() -> None:
+    """Close a connection (1009) on a message sent in more than one websocket frame: ours never fragment, and
+    trio-websocket (pinned ==0.12.2) added each empty continuation frame to the message's parts for ever, the size
+    limit never reached (a reviewer's reproduction: 2.4 million parts in 12 s, the link up). The library's own
+    oversize path closes it. Idempotent; tests/test_peer_limits.py fails if the attributes used go away."""
+    if getattr(WebSocketConnection, "_dsdn_refuses_fragments", False):
+        return
+    handle = WebSocketConnection._handle_message_event
+
+    async def one_frame_messages(self: WebSocketConnection, event: Any) -> None:
+        if event.frame_finished and not event.message_finished:
+            self._message_size = self._max_message_size + 1  # (its size check closes the connection with 1009)
+        await handle(self, event)
+
+    WebSocketConnection._handle_message_event = one_frame_messages  # type: ignore[method-assign]
+    WebSocketConnection._dsdn_refuses_fragments = True  # type: ignore[attr-defined]
+
+
+_refuse_fragmented_messages()
 
 
 def _allow_full_messages(ws: WebSocketConnection) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 import pytest
 import trio
@@ -16,6 +16,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 from wsproto import ConnectionType, WSConnection
 
 from protocol.envelope import Message
+from protocol.handshake import Handshake
 from protocol.manager import (
     IDLE_GRACE_S,
     MAX_UNAUTHENTICATED,
@@ -300,3 +301,66 @@ async def test_idle_handshakes_go_first_even_when_members_share_an_address() -> 
         mgr._unverified[c] = None
     mgr._evict("203.0.113.66:5555")  # one address holds most slots: one of its own goes, not a slow member's
     assert slow_member in mgr._unverified and sum(c in mgr._unverified for c in flood) == 14
+
+
+# ---- an authenticated member that misbehaves below the message layer ---------------------------------------------
+
+async def _member_b_then(misbehave: str, ms: list[Member], task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                         ) -> None:
+    """Member b, played by hand: it accepts a's dial, completes the handshake, then writes raw websocket bytes
+    (``misbehave``) instead of answering a's pings."""
+    listeners = await trio.open_tcp_listeners(ms[1].port, host="127.0.0.1")
+    task_status.started()
+    stream = await listeners[0].accept()
+    async with trio.open_nursery() as nursery:
+        import trio_websocket
+
+        request = await trio_websocket.wrap_server_stream(nursery, stream, max_message_size=2**21)
+        ws = await request.accept()
+        hs = Handshake(dialer=False, my_id="b", identity=KEYS["b"], cluster="test",
+                       members={m.id: m.public_key for m in ms})
+        await ws.send_message(hs.receive_hello(await ws.get_message()))
+        welcome, _ = hs.receive_auth(await ws.get_message())
+        await ws.send_message(welcome)
+        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            if misbehave == "empty fragments":  # a binary frame without FIN, then empty continuation frames
+                await stream.send_all(b"\x02\x00")
+                for _ in range(200_000):
+                    await stream.send_all(b"\x00\x00" * 50)
+                    await trio.sleep(0.001)
+            elif misbehave == "pings":  # websocket control frames: bytes, but no frame of ours
+                while True:
+                    await stream.send_all(b"\x89\x00")
+                    await trio.sleep(0.05)
+            else:  # "trickle": a 1 MiB frame announced, then one byte at a time, for ever
+                await stream.send_all(b"\x82\x7f" + (2**20).to_bytes(8, "big"))
+                while True:
+                    await stream.send_all(b"\x00")
+                    await trio.sleep(0.05)
+        await trio.sleep_forever()
+
+
+@pytest.mark.parametrize("misbehave", ["empty fragments", "pings", "trickle"])
+async def test_a_member_sending_no_frame_of_ours_is_no_sign_of_life(misbehave: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any byte counted as a sign of life: a member sending websocket pings, or trickling one frame for ever, kept
+    its dead link up (for days: a reviewer's reproduction). Empty continuation frames grew one message's parts for
+    ever, under the size limit, the link up. Now: pings prove nothing, a frame under way counts for a while only
+    (monkeypatched here to about 1 s), and a message in more than one frame closes the connection at once."""
+    import protocol.manager
+
+    monkeypatch.setattr(protocol.manager, "MIN_PARTIAL_RATE", protocol.manager.WS_MAX_MESSAGE)  # 1 s under way
+    ms = members(["a", "b"])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(_member_b_then, misbehave, ms)
+        a = PeerManager("a", KEYS["a"], "test", ms, registry(), port=ms[0].port, heartbeat_s=0.1)
+        await nursery.start(a.run)
+        await wait_for(lambda: a.peers["b"].links >= 1, what="the link up")
+        went_up = trio.current_time()
+        await wait_for(lambda: a.peers["b"].state is State.DOWN, timeout=5, what="the link closed")
+        took = trio.current_time() - went_up
+        if misbehave == "empty fragments":
+            assert took < 1.0 and "1009" in (a.peers["b"].last_error or ""), a.peers["b"].last_error
+        else:
+            assert a.peers["b"].missed >= 6 and "no answer for" in (a.peers["b"].last_error or "")
+        nursery.cancel_scope.cancel()
