@@ -21,6 +21,7 @@ import trio
 
 from node import events as ev
 from node import identity, snapshot
+from node.blob import encode_blob
 from node.config import Config, ConfigError
 from node.consumer import LONG_POLL_S, Consumer, RebuildProgress, stuck_logs
 from node.da.base import BlobRef, DAError, DALayer
@@ -113,6 +114,7 @@ class Coordinator:
             max_retries=config.reconcile_max_retries, parallel=config.reconcile_parallel, followed=followed,
             health_timeout_s=config.da_health_timeout_ms / 1000, members=lambda: self.members,
             adopt_grace_s=config.reconcile_adopt_grace_ms / 1000, own_key=self.public_key,
+            probe=lambda: encode_blob(self.key, self.id, []),
         )
         self.publisher = Publisher(self.outbox, self.da.router, self.key, self.id, config.blob_max_bytes,
                                    config.publish_interval_ms / 1000)

@@ -323,3 +323,17 @@ def test_a_timed_out_health_check_counts_though_writes_succeeded_meanwhile() -> 
     late.observe(PRIMARY, True, 100)  # a read answered after the check started: the check's failure is stale
     late.observe(PRIMARY, False, 1500, "health check: no answer", since=since)
     assert late.status is Status.HEALTHY and late.stale == 1
+
+
+def test_a_slow_check_of_a_fallback_taking_writes_is_stale() -> None:
+    """A fallback is unhealthy at its first failure: a health check of the secondary that timed out after writes to
+    it succeeded took a Degraded cluster to Emergency and abandoned the writes in flight (a regression review's
+    run). For a fallback any later success makes a failed read stale; for the primary only a later read."""
+    m = DAStatusMachine((PRIMARY, SECONDARY, EMERGENCY), failure_threshold=3)
+    for _ in range(3):
+        m.observe(PRIMARY, False, 0, "down", write=True)
+    assert m.status is Status.DEGRADED
+    since = m.mark()
+    m.observe(SECONDARY, True, 100, write=True)
+    m.observe(SECONDARY, False, 1500, "health check: no answer", since=since)
+    assert m.status is Status.DEGRADED and m.is_healthy(SECONDARY) and m.stale == 1

@@ -433,7 +433,7 @@ async def test_only_our_own_later_blobs_back_from_the_primary_prove_a_held_blob_
         primary.get = wrong_bytes  # type: ignore[method-assign]
     autojump_clock.autojump_threshold = 0.02
     stack = make_stack(tmp_path, primary, health_interval_s=5.0, max_retries=1, members=lambda: frozenset(),
-                       adopt_grace_s=60.0, own_key=bytes(key.verify_key))
+                       adopt_grace_s=60.0, own_key=bytes(key.verify_key), probe=lambda: encode_blob(key, "c0", []))
     stack.reconciler.clock = lambda: int(trio.current_time() * 1000)
     await fill(stack, [poison] if ours_land else [MAGIC + b" ours %d" % i for i in range(5)])
     for _ in range(3):  # an outage, over now
@@ -455,6 +455,48 @@ async def test_only_our_own_later_blobs_back_from_the_primary_prove_a_held_blob_
         assert statuses[-1] is Status.HEALTHY and statuses.count(Status.HEALTHY) >= 200
     else:
         assert Status.HEALTHY not in statuses and stack.machine.relapses >= 3
+    await stack.aclose()
+
+
+
+async def test_a_member_that_writes_nothing_proves_a_poisoned_blob_with_a_probe(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """After an outage, a member whose only pending blob is one the primary never gives back, and which writes
+    nothing itself: nothing of ours came back to prove the blob its own failure, so the status stayed Recovering
+    for ever, the blob posted again every 30 s (a regression review's run: 206 paid posts an hour). A probe blob of
+    ours, posted and read back, proves it: Healthy, the blob held back and still pending."""
+    key = nacl.signing.SigningKey(b"p" * 32)
+    primary = MockDA()
+    poison = MAGIC + b" poison"
+    posted = {"poison": 0, "probe": 0}
+    post, get = primary.post, primary.get
+    probe = encode_blob(key, "c0", [])
+
+    async def counting_post(data: bytes) -> BlobRef:
+        posted["poison"] += data == poison
+        posted["probe"] += data == probe
+        return await post(data)
+
+    async def wrong_bytes(ref: BlobRef) -> bytes:
+        data = await get(ref)
+        return b"other bytes" if data == poison else data
+
+    primary.post, primary.get = counting_post, wrong_bytes  # type: ignore[method-assign]
+    autojump_clock.autojump_threshold = 0.02
+    stack = make_stack(tmp_path, primary, health_interval_s=5.0, max_retries=1, own_key=bytes(key.verify_key),
+                       probe=lambda: probe)
+    stack.reconciler.clock = lambda: int(trio.current_time() * 1000)
+    await fill(stack, [poison])
+    for _ in range(3):  # an outage, over now
+        stack.machine.observe(PRIMARY, False, 0, "down", write=True)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(stack.monitor)
+        await trio.sleep(60)
+        assert stack.machine.status is Status.HEALTHY
+        await trio.sleep(3540)
+        assert stack.machine.status is Status.HEALTHY and posted["poison"] <= 20 and 1 <= posted["probe"] <= 3
+        nursery.cancel_scope.cancel()
+    assert stack.pending.pending_count == 1
     await stack.aclose()
 
 

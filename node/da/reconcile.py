@@ -126,9 +126,12 @@ class Reconciler:
     def __init__(self, layers: Mapping[str, DALayer], pending: PendingStore, machine: DAStatusMachine,
                  clock: Callable[[], int], batch_size: int = 10, retry_delay_s: float = 1.0,
                  max_retries: int = 3, parallel: bool = False, *, adopt_grace_s: float | None = None,
-                 primary_read_ms: Callable[[], int | None] = lambda: None) -> None:
+                 primary_read_ms: Callable[[], int | None] = lambda: None,
+                 probe: Callable[[], bytes] | None = None) -> None:
         """``adopt_grace_s`` (None: off) and ``primary_read_ms`` (when the latest read of the primary log that
-        reached its head started, wall ms): see the module docstring on other members' blobs."""
+        reached its head started, wall ms): see the module docstring on other members' blobs. ``probe``: a small
+        blob of ours (an event blob of no event, signed by us) posted to test the primary (see ``_probe``)."""
+        self.probe = probe
         self.layers, self.pending, self.machine, self.clock = layers, pending, machine, clock
         self.adopt_grace_s, self.primary_read_ms = adopt_grace_s, primary_read_ms
         self._salt = os.urandom(16)  # this member's share of the grace period for each foreign blob
@@ -149,9 +152,8 @@ class Reconciler:
         # another member's blob)
         self.held: dict[str, tuple[int, int, bool]] = {}
         # the highest primary height at which a blob of ours came back (read back here, or read from its log)
-        self._served_height = 0
-        # held blob -> (the primary height of its latest missed post, wall ms of that miss) (see _proven_held)
-        self._missed_at: dict[str, tuple[int, int]] = {}
+        self.served_height = 0
+        self._missed_at: dict[str, int] = {}  # held blob -> the primary height of its latest missed post
         self._batching = False  # this pass posts several blobs per call (see _submitter)
         self._submits: trio.Nursery | None = None  # the pass's submits in flight
         self._in_flight = trio.Semaphore(SUBMITS_IN_FLIGHT)
@@ -186,30 +188,64 @@ class Reconciler:
                 "rejected": len(self._rejected) + len(self._rejected_foreign)}
 
     def _skipped(self, blob_id: str, rejected: set[str]) -> bool:
-        """An automatic pass leaves this blob be: refused as bad input, or held back for now. While Recovering a held
-        blob is the primary's probe, tried again HOLD_BASE_S after its miss at the earliest (every health interval,
-        it was 119 paid posts in ten minutes for one blob whose read-back timed out), and held back in full once
-        ``_proven_held``."""
-        until = self.held.get(blob_id, (0, 0, False))[0]
-        now = self.clock()
-        if until > now and self.machine.status is Status.RECOVERING and not self._proven_held(blob_id):
-            until = min(until, self._missed_at.get(blob_id, (0, 0))[1] + int(HOLD_BASE_S * 1000))
-        return self._stop_on_fallback and (blob_id in rejected or until > now)
+        """An automatic pass leaves this blob be: refused as bad input, or held back for now (while Recovering too:
+        retried there at every health interval, one blob whose read-back timed out cost 119 paid posts in ten
+        minutes, and one the primary never gave back 1,438 an hour; the probe tests the primary instead)."""
+        held = self.held.get(blob_id, (0, 0, False))[0] > self.clock()
+        return self._stop_on_fallback and (blob_id in rejected or held)
 
     def _proven_held(self, blob_id: str) -> bool:
         """Held back, and a blob of ours posted after this one's latest miss came back from the primary (at a greater
-        height): the blob's failure, not the primary's. While Recovering such a blob is held back too and no longer
-        keeps the status there: one poisoned blob kept a working primary in Recovering for ever, posted again every
-        health interval (1,438 paid posts an hour, a reviewer's reproduction). Other members' blobs, and ours from
-        before the miss, prove nothing of what the primary does with our posts now (a first version counted every
-        blob read from its log: a primary losing every blob went back to Healthy, a regression review's run)."""
+        height: another blob reconciled, our publisher's read from the log, or the probe): the blob's failure, not
+        the primary's, and no longer keeping the status in Recovering (one poisoned blob kept a working primary
+        there for ever). Other members' blobs, and ours from before the miss, prove nothing of what the primary does
+        with our posts now (a first version counted every blob read from its log: a primary losing every blob of
+        ours went back to Healthy, a regression review's run)."""
         missed = self._missed_at.get(blob_id)
         return (self.held.get(blob_id, (0, 0, False))[0] > self.clock() and missed is not None
-                and self._served_height > missed[0])
+                and self.served_height > missed)
+
+    def _unproven_held(self) -> bool:
+        """Some blob of ours is held back and nothing proves it its own failure yet (see ``_proven_held``)."""
+        return any(not foreign and blob_id not in self._rejected and not self._proven_held(blob_id)
+                   for blob_id, (until, _, foreign) in self.held.items() if until > self.clock())
+
+    async def _probe(self, report: Report) -> None:
+        """While Recovering with blobs of ours held back unproven: post a probe blob of ours and read it back. Back,
+        it proves the held blobs their own failures (Recovering can end: a member that writes nothing itself stayed
+        there for ever); not given back, the primary is losing our blobs: that counts as ``failure_threshold``
+        failures (back to the fallback, as when every blob of a pass is missed)."""
+        assert self.probe is not None
+        data, primary = self.probe(), self.layers[PRIMARY]
+        since = self.machine.mark()
+        try:
+            ref = await primary.post(data)
+        except DAError as exc:
+            if not is_caller_error(exc):
+                self._primary_failed(str(exc), write=True)
+            report.errors.append(f"probe: the primary did not take it: {exc}")
+            return
+        self._primary_took(since)
+        try:
+            back: bytes | None = await primary.get(ref)
+        except DAUnavailable as exc:
+            self._primary_failed(str(exc), write=False)
+            report.errors.append(f"probe: reading it back got no answer: {exc}")
+            return
+        except DAError:
+            back = None
+        if back == data:
+            self._confirmed += 1
+            self.served(ref.height)
+            return
+        error = f"the primary took a probe blob of ours but did not give it back at height {ref.height}"
+        report.errors.append(f"probe: {error}")
+        for _ in range(self.machine.failure_threshold):
+            self.machine.observe(PRIMARY, False, self.clock(), error, write=True)
 
     def served(self, height: int) -> None:
         """A blob of ours came back from the primary at ``height`` (read from its log: see ``_proven_held``)."""
-        self._served_height = max(self._served_height, height)
+        self.served_height = max(self.served_height, height)
 
     def _hold(self, blob_ids: list[str], foreign: bool, error: str, height: int, *, answered: bool = True) -> None:
         """These blobs were taken (at ``height``) but not given back (``answered``: the primary answered that it has
@@ -222,7 +258,7 @@ class Reconciler:
             misses = self.held.get(blob_id, (0, 0, foreign))[1] + 1
             hold_ms = int(min(HOLD_MAX_S, HOLD_BASE_S * 2 ** min(misses - 1, 20)) * 1000)
             self.held[blob_id] = (now + hold_ms, misses, foreign)
-            self._missed_at[blob_id] = (height, now)
+            self._missed_at[blob_id] = height
 
     def forget(self, blob_ids: list[str]) -> None:
         """These blobs are on the primary now (read from its log): no longer held back or refused (else they kept
@@ -289,6 +325,9 @@ class Reconciler:
                             await self._run_batch(batch, report, foreign=False)
                     if not report.aborted:
                         await self._adopt(report)
+                    if (stop_on_fallback and not report.aborted and self.probe is not None
+                            and self.machine.status is Status.RECOVERING and self._unproven_held()):
+                        await self._probe(report)
             self._submits = None
             if deadline.cancelled_caught:
                 report.aborted = True

@@ -81,11 +81,11 @@ class DAStack:
                  batch_size: int = 10, retry_delay_s: float = 1.0, max_retries: int = 3, parallel: bool = False,
                  followed: Mapping[str, DALayer] | None = None, health_timeout_s: float = HEALTH_TIMEOUT_S,
                  members: Callable[[], frozenset[bytes]] | None = None, adopt_grace_s: float | None = None,
-                 own_key: bytes | None = None) -> None:
+                 own_key: bytes | None = None, probe: Callable[[], bytes] | None = None) -> None:
         """``layers``: primary (required), secondary, emergency. ``followed``: extra logs for consumers
         (e.g. each quorum validator); by default every layer is followed. ``members`` (the cluster members' keys)
         and ``adopt_grace_s``: reconcile other members' fallback blobs too (off without either). ``own_key``: this
-        coordinator's key, never held "active" (see ``_primary_page``)."""
+        coordinator's key, never held "active" (see ``_primary_page``). ``probe``: see ``Reconciler``."""
         self.own_key = own_key
         # Layers that retry internally (Celestia) need room for every attempt and the backoff between them.
         backoff_s = sum(min(30.0, da_retry_delay_s * 2**k) * 1.25 for k in range(da_retry_count))
@@ -103,7 +103,7 @@ class DAStack:
         self.primary_head_read_ms: int | None = None  # start of the latest read that reached the primary's head
         self.reconciler = Reconciler(self.layers, self.pending, self.machine, wall_ms, batch_size, retry_delay_s,
                                      max_retries, parallel, adopt_grace_s=adopt_grace_s if adopting else None,
-                                     primary_read_ms=lambda: self.primary_head_read_ms)
+                                     primary_read_ms=lambda: self.primary_head_read_ms, probe=probe)
         for name, log_ in self.followed.items():
             log_.marker = self.machine.mark
             if adopting:
@@ -173,10 +173,13 @@ class DAStack:
             if signer != self.own_key and member_signed(data, members):
                 self.reconciler.signer_active[signer] = now
         if self.reconciler.held and self.own_key is not None:  # ours, back from the primary: what proves a hold
-            own = frozenset((self.own_key,))  # (verified: nobody else signs with our key)
-            for ref, data in blobs:
+            own = frozenset((self.own_key,))  # the highest one above what was seen, verified (nobody else signs
+            for ref, data in sorted(blobs, key=lambda b: -b[0].height):  # with our key): one check a page at most
+                if ref.height <= self.reconciler.served_height:
+                    break
                 if data[len(MAGIC) + 1 : len(MAGIC) + 33] == self.own_key and member_signed(data, own):
                     self.reconciler.served(ref.height)
+                    break
         self.reconciler.forget([hashlib.sha256(data).hexdigest() for _, data in blobs])
         try:
             if blobs:

@@ -33,8 +33,8 @@ takes ``mark()`` when an operation starts and passes it as ``since`` has a succe
 ``stale``) when the layer failed after the mark: one failure sequence gives one transition (Healthy →
 Warning → fallback), not Healthy → Warning → Healthy → Warning as late answers arrive. Likewise a failed
 read or health check that started before a later success (a slow read timing out after the layer answered
-again: a later read or health check, not a write) is ignored; a failed write always counts. An outcome without
-``since`` counts as fresh.
+again: for the primary, a later read or health check, not a write) is ignored; a failed write always counts. An
+outcome without ``since`` counts as fresh.
 
 ``on_change`` (if set) is called after every observation that changed the status or a layer's health (the
 stack logs it and abandons the writes in flight on a layer that failed).
@@ -100,6 +100,7 @@ class _Layer:
     successes: int = 0  # successes (of any kind) in a row
     last_error: str | None = None
     last_failure_seq: int = 0  # the machine's observation number of this layer's latest failure
+    last_success_seq: int = 0  # ... and of its latest success
     last_read_success_seq: int = 0  # ... and of its latest successful read or health check (not a write)
     ok_since_ms: int | None = None  # when the current run of successes began (None: the latest outcome failed)
     write_failed_ms: int = 0  # when the latest write failed
@@ -141,15 +142,18 @@ class DAStatusMachine:
         st = self._state.get(layer)
         if st is None:
             return self.status
-        # (a failed read is stale only after a later successful read: a write says nothing of reads, and with writes
-        # every 200 ms every timed-out health check was ignored as stale, a regression review's run)
-        if since is not None and (st.last_failure_seq > since if ok
-                                  else (not write and st.last_read_success_seq > since)):
+        # (a failed read of the primary is stale only after a later successful read: a write says nothing of reads,
+        # and with writes every 200 ms every timed-out health check was ignored as stale, a regression review's run;
+        # a fallback, unhealthy at its first failure, keeps any later success: a slow check of a secondary taking
+        # writes took the status to Emergency and abandoned the writes in flight on it)
+        later = st.last_read_success_seq if layer == PRIMARY else st.last_success_seq
+        if since is not None and (st.last_failure_seq > since if ok else (not write and later > since)):
             self.stale += 1
             return self.status
         before = (self.status, st.healthy)
         self._seq += 1
         if ok:
+            st.last_success_seq = self._seq
             if not write:
                 st.last_read_success_seq = self._seq
             if st.successes == 0:
