@@ -11,14 +11,15 @@ A blob the primary took but did not give back (not included, other bytes, not fo
 is the blob's failure, not the primary's: it is not reported to the status machine (one such blob used to flip a
 healthy primary to a fallback and back every health interval, for ever, and post it again each time: 180 paid
 posts in ten minutes), and the monitor's passes hold it back (``held``) for HOLD_BASE_S, doubling with each
-miss up to HOLD_MAX_S, while it stays pending with its error; a manual pass tries it at once, and so do the passes
-while Recovering (the primary's probe; a held blob also keeps the status in Recovering) until the primary gave
-other blobs back since its miss: then it is the blob's failure, held back while Recovering too and no longer keeping
-the status there (one poisoned blob kept a working primary in Recovering for ever, posted again every health
-interval). Unless the pass saw no blob back at all: then the primary may be losing every blob, and each blob missed
-counts as its failure (up to the failure threshold; no return to Healthy from such a pass). A blob whose read-back
-got no answer (a timeout) is held back the same way at once, its read counted as the primary's failure: posted
-again at every attempt and every pass, it was paid for again and again, for ever.
+miss up to HOLD_MAX_S, while it stays pending with its error; a manual pass tries it at once. A held blob keeps
+the status in Recovering until a blob of ours posted after its miss came back from the primary (``_proven_held``:
+another blob reconciled, our publisher's read from the log, or a probe blob of ours that a Recovering pass posts and
+reads back when nothing else proves it; a lost probe counts as ``failure_threshold`` failures). Unless the pass saw
+no blob back at all: then the primary may be losing every blob, and each blob missed counts as its failure (up to
+the failure threshold; no return to Healthy from such a pass). A blob whose read-back got no answer (a timeout) is
+held back the same way at once, its read counted as the primary's failure. (Posted again at every attempt and every
+pass, or at every health interval while Recovering, such blobs were paid for again and again, for ever: 1,438 posts
+an hour for one poisoned blob, and a member writing nothing itself stayed in Recovering for ever.)
 
 A primary that takes several blobs per call and reads them back in one (``post_many`` and ``included``:
 CelestiaDA, whose blob.Submit takes an array) gets them in calls of up to SUBMIT_BLOBS blobs and its
