@@ -459,12 +459,14 @@ async def test_only_our_own_later_blobs_back_from_the_primary_prove_a_held_blob_
 
 
 
+@pytest.mark.parametrize("probe_read_once_not_yet", [False, True])
 async def test_a_member_that_writes_nothing_proves_a_poisoned_blob_with_a_probe(
-        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+        tmp_path: Path, autojump_clock: trio.testing.MockClock, probe_read_once_not_yet: bool) -> None:
     """After an outage, a member whose only pending blob is one the primary never gives back, and which writes
     nothing itself: nothing of ours came back to prove the blob its own failure, so the status stayed Recovering
     for ever, the blob posted again every 30 s (a regression review's run: 206 paid posts an hour). A probe blob of
-    ours, posted and read back, proves it: Healthy, the blob held back and still pending."""
+    ours, posted and read back, proves it: Healthy, the blob held back and still pending. Read back once, a probe
+    a node one block behind did not have yet sent a working primary back to the fallback: it is read again."""
     key = nacl.signing.SigningKey(b"p" * 32)
     primary = MockDA()
     poison = MAGIC + b" poison"
@@ -477,8 +479,13 @@ async def test_a_member_that_writes_nothing_proves_a_poisoned_blob_with_a_probe(
         posted["probe"] += data == probe
         return await post(data)
 
+    not_yet = [probe_read_once_not_yet]
+
     async def wrong_bytes(ref: BlobRef) -> bytes:
         data = await get(ref)
+        if data == probe and not_yet[0]:
+            not_yet[0] = False
+            raise BlobNotFound(f"{PRIMARY}: no blob at height {ref.height} (this node is a block behind)")
         return b"other bytes" if data == poison else data
 
     primary.post, primary.get = counting_post, wrong_bytes  # type: ignore[method-assign]
@@ -489,10 +496,19 @@ async def test_a_member_that_writes_nothing_proves_a_poisoned_blob_with_a_probe(
     await fill(stack, [poison])
     for _ in range(3):  # an outage, over now
         stack.machine.observe(PRIMARY, False, 0, "down", write=True)
+    seen, on_change = [], stack.machine.on_change
+
+    def record() -> None:
+        seen.append(stack.machine.status)
+        if on_change is not None:
+            on_change()
+
+    stack.machine.on_change = record
     async with trio.open_nursery() as nursery:
         await nursery.start(stack.monitor)
         await trio.sleep(60)
-        assert stack.machine.status is Status.HEALTHY
+        assert stack.machine.status is Status.HEALTHY and not not_yet[0]
+        assert seen[seen.index(Status.RECOVERING):].count(Status.DEGRADED) == 0  # never back to the fallback
         await trio.sleep(3540)
         assert stack.machine.status is Status.HEALTHY and posted["poison"] <= 20 and 1 <= posted["probe"] <= 3
         nursery.cancel_scope.cancel()

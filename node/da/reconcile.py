@@ -212,10 +212,11 @@ class Reconciler:
                    for blob_id, (until, _, foreign) in self.held.items() if until > self.clock())
 
     async def _probe(self, report: Report) -> None:
-        """While Recovering with blobs of ours held back unproven: post a probe blob of ours and read it back. Back,
-        it proves the held blobs their own failures (Recovering can end: a member that writes nothing itself stayed
-        there for ever); not given back, the primary is losing our blobs: that counts as ``failure_threshold``
-        failures (back to the fallback, as when every blob of a pass is missed)."""
+        """While Recovering with blobs of ours held back unproven: post a probe blob of ours and read it back (up to
+        READ_BACK_TRIES times, ``retry_delay_s`` apart, while the answers say not yet: a node one block behind).
+        Back, it proves the held blobs their own failures (Recovering can end: a member that writes nothing itself
+        stayed there for ever); not given back, the primary is losing our blobs: that counts as
+        ``failure_threshold`` failures (back to the fallback)."""
         assert self.probe is not None
         data, primary = self.probe(), self.layers[PRIMARY]
         since = self.machine.mark()
@@ -227,18 +228,20 @@ class Reconciler:
             report.errors.append(f"probe: the primary did not take it: {exc}")
             return
         self._primary_took(since)
-        try:
-            back: bytes | None = await primary.get(ref)
-        except DAUnavailable as exc:
-            self._primary_failed(str(exc), write=False)
-            report.errors.append(f"probe: reading it back got no answer: {exc}")
-            return
-        except DAError:
-            back = None
-        if back == data:
-            self._confirmed += 1
-            self.served(ref.height)
-            return
+        for read in range(READ_BACK_TRIES):
+            if read:
+                await trio.sleep(self.retry_delay_s)
+            try:
+                back: bytes | None = await primary.get(ref)
+            except DAUnavailable as exc:
+                self._primary_failed(str(exc), write=False)
+                report.errors.append(f"probe: reading it back got no answer: {exc}")
+                return
+            except DAError:
+                back = None
+            if back == data:
+                self.served(ref.height)
+                return
         error = f"the primary took a probe blob of ours but did not give it back at height {ref.height}"
         report.errors.append(f"probe: {error}")
         for _ in range(self.machine.failure_threshold):
@@ -326,9 +329,11 @@ class Reconciler:
                             await self._run_batch(batch, report, foreign=False)
                     if not report.aborted:
                         await self._adopt(report)
-                    if (stop_on_fallback and not report.aborted and self.probe is not None
-                            and self.machine.status is Status.RECOVERING and self._unproven_held()):
-                        await self._probe(report)
+                self._submits = None  # (every submit of the pass done: what they proved is known)
+                # the probe proves blobs held before this pass only: a pass whose blobs all failed counts as below
+                if (stop_on_fallback and not report.aborted and self.probe is not None and not self._missed
+                        and self.machine.status is Status.RECOVERING and self._unproven_held()):
+                    await self._probe(report)
             self._submits = None
             if deadline.cancelled_caught:
                 report.aborted = True
