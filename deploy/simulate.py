@@ -272,9 +272,15 @@ async def run_plan(plan: Plan, cluster: SimCluster) -> Outcome:
 
         async def write_at(at: float, member: str, kind: str, fields: dict[str, Any]) -> None:
             await trio.sleep_until(t0 + at)
-            if cluster.members[member].up:
+            m = cluster.members[member]
+            if m.up:
+                incarnation = m.incarnation
                 with trio.move_on_after(5):  # a member that crashes meanwhile never answers: not acknowledged
                     acknowledged.append(await cluster.write(member, kind, **fields))
+                    return
+                if m.incarnation == incarnation:  # it did not crash: a write it swallowed (went unseen: a review)
+                    outcome.liveness.append(f"a {kind} write to {member} at {at:.2f}s got no answer within 5 s, "
+                                            "though the member did not crash")
 
         async def apply_fault(f: Fault) -> None:
             await trio.sleep_until(t0 + f.at)
@@ -315,12 +321,14 @@ async def run_plan(plan: Plan, cluster: SimCluster) -> Outcome:
                 if trio.current_time() >= resubmit_at:
                     resubmit_at += RESUBMIT_S
                     final_ids = cluster.signed_ids()
+                    acked = acknowledged_receipts(cluster, submitted)  # (resubmissions acknowledge receipts too)
                     for _, _, receipt in plan.receipts:
                         honest = [m for m in cluster.honest() if m.up]
                         if receipt.id not in final_ids and receipt.id not in acked and honest:
                             member = rng.choice(honest)
-                            with contextlib.suppress(Unavailable):
+                            with contextlib.suppress(Unavailable):  # its answer is checked like the first one's
                                 records.append(member.service.submit(receipt))  # type: ignore[union-attr]
+                                submitted.append((member.id, records[-1]))  # (a 202 given here went unchecked)
                 await trio.sleep(0.25)  # look often, resubmit every RESUBMIT_S: the run ends soon after the last
         if cluster.dkg and cluster.keyless():
             errors = sorted({str(m.dkg.status()["dkg"]["error"])[:120] for m in cluster.honest()
