@@ -10,12 +10,11 @@ from typing import Any
 
 import pytest
 import trio
-import trio_websocket
 
 from protocol.envelope import Message, pack_batch, unpack_batch
 from protocol.handshake import Handshake
 from protocol.manager import MAX_QUEUED_BYTES, Member, PeerManager, State
-from tests.test_peers import KEYS, members, registry, wait_for
+from tests.test_peers import KEYS, accept_by_hand, members, registry, wait_for
 
 
 @asynccontextmanager
@@ -42,13 +41,7 @@ async def test_a_dialer_whose_peer_froze_mid_link_dials_again_once_the_peer_is_b
         stream = await listeners[0].accept()
         await listeners[0].aclose()  # b "dies": its port is free for the restarted b
         async with trio.open_nursery() as nursery:
-            request = await trio_websocket.wrap_server_stream(nursery, stream, max_message_size=2**21)
-            ws = await request.accept()
-            hs = Handshake(dialer=False, my_id="b", identity=KEYS["b"], cluster="test",
-                           members={m.id: m.public_key for m in ms})
-            await ws.send_message(hs.receive_hello(await ws.get_message()))
-            welcome, session = hs.receive_auth(await ws.get_message())
-            await ws.send_message(welcome)
+            ws, session = await accept_by_hand(nursery, stream, "b", ms)
             await trio.sleep(1.5)
             for n in range(6):
                 await ws.send_message(session.seal(pack_batch([registry().encode(Message("chat", {"text": "x",

@@ -16,7 +16,6 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 from wsproto import ConnectionType, WSConnection
 
 from protocol.envelope import Message
-from protocol.handshake import Handshake
 from protocol.manager import (
     IDLE_GRACE_S,
     MAX_UNAUTHENTICATED,
@@ -28,7 +27,7 @@ from protocol.manager import (
     RateLimitedLog,
     State,
 )
-from tests.test_peers import KEYS, members, registry, wait_for
+from tests.test_peers import KEYS, accept_by_hand, members, registry, wait_for
 
 
 @asynccontextmanager
@@ -313,15 +312,7 @@ async def _member_b_then(misbehave: str, ms: list[Member], task_status: trio.Tas
     task_status.started()
     stream = await listeners[0].accept()
     async with trio.open_nursery() as nursery:
-        import trio_websocket
-
-        request = await trio_websocket.wrap_server_stream(nursery, stream, max_message_size=2**21)
-        ws = await request.accept()
-        hs = Handshake(dialer=False, my_id="b", identity=KEYS["b"], cluster="test",
-                       members={m.id: m.public_key for m in ms})
-        await ws.send_message(hs.receive_hello(await ws.get_message()))
-        welcome, _ = hs.receive_auth(await ws.get_message())
-        await ws.send_message(welcome)
+        await accept_by_hand(nursery, stream, "b", ms)
         with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             if misbehave == "empty fragments":  # a binary frame without FIN, then empty continuation frames
                 await stream.send_all(b"\x02\x00")

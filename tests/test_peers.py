@@ -125,6 +125,19 @@ KEYS = {name: nacl.signing.SigningKey.generate() for name in ("a", "b", "c", "st
 MEMBERS = {name: bytes(KEYS[name].verify_key) for name in ("a", "b", "c")}
 
 
+async def accept_by_hand(nursery: trio.Nursery, stream: trio.SocketStream, me: str, ms: list[Member]
+                         ) -> tuple[WebSocketConnection, Session]:
+    """Member ``me``, played by hand: accept a dialer's websocket on ``stream`` and complete the handshake."""
+    import trio_websocket
+
+    ws = await (await trio_websocket.wrap_server_stream(nursery, stream, max_message_size=2**21)).accept()
+    hs = Handshake(dialer=False, my_id=me, identity=KEYS[me], cluster="test", members={m.id: m.public_key for m in ms})
+    await ws.send_message(hs.receive_hello(await ws.get_message()))
+    welcome, session = hs.receive_auth(await ws.get_message())
+    await ws.send_message(welcome)
+    return ws, session
+
+
 def pair(**overrides: object) -> tuple[Handshake, Handshake]:
     dialer = Handshake(dialer=True, my_id="a", identity=KEYS["a"], cluster="test", members=MEMBERS, expect="b")
     kw: dict[str, object] = {"dialer": False, "my_id": "b", "identity": KEYS["b"], "cluster": "test",

@@ -89,6 +89,19 @@ async def fill(stack: DAStack, datas: Sequence[bytes]) -> None:
         await stack.pending.record(await stack.layers[SECONDARY].post(data), data)
 
 
+def count_posts(primary: MockDA, **watched: bytes) -> dict[str, int]:
+    """How many times each watched blob (name=data) is posted to ``primary`` from now on."""
+    posted, post = dict.fromkeys(watched, 0), primary.post
+
+    async def counting_post(data: bytes) -> BlobRef:
+        for name, blob in watched.items():
+            posted[name] += data == blob
+        return await post(data)
+
+    primary.post = counting_post  # type: ignore[method-assign]
+    return posted
+
+
 async def primary_blobs(primary: MockDA) -> list[bytes]:
     return [d for _, d in (await primary.read_after(0, 1_000_000)).items]
 
@@ -264,14 +277,7 @@ async def test_a_blob_the_primary_takes_but_never_returns_is_held_back_not_blame
     error, and a manual pass tries it at once."""
     primary = BatchingDA() if batching else MockDA()
     poison = b"poison blob"
-    posted = {"poison": 0}
-    post = primary.post
-
-    async def counting_post(data: bytes) -> BlobRef:
-        posted["poison"] += data == poison
-        return await post(data)
-
-    primary.post = counting_post  # type: ignore[method-assign]
+    posted = count_posts(primary, poison=poison)
     if batching:
         primary.missing.add(poison)
     else:
@@ -323,14 +329,7 @@ async def test_a_blob_whose_read_back_gets_no_answer_is_held_back_not_posted_at_
     primary answered it has not got, after one post per pass; the read counts as the primary's failure."""
     primary = BatchingDA() if batching else MockDA()
     slow = b"a blob whose read-back times out"
-    posted = {"slow": 0}
-    post = primary.post
-
-    async def counting_post(data: bytes) -> BlobRef:
-        posted["slow"] += data == slow
-        return await post(data)
-
-    primary.post = counting_post  # type: ignore[method-assign]
+    posted = count_posts(primary, slow=slow)
     if batching:
         primary.unanswered.add(slow)
     else:
@@ -368,18 +367,13 @@ async def test_a_poisoned_blob_does_not_keep_a_working_primary_in_recovering(
     primary gave other blobs back since its miss, the blob is its own failure: held back, and Recovering ends."""
     primary = MockDA()
     poison = b"poison blob"
-    posted = {"poison": 0}
-    post, get = primary.post, primary.get
-
-    async def counting_post(data: bytes) -> BlobRef:
-        posted["poison"] += data == poison
-        return await post(data)
+    posted, get = count_posts(primary, poison=poison), primary.get
 
     async def wrong_bytes(ref: BlobRef) -> bytes:
         data = await get(ref)
         return b"other bytes" if data == poison else data
 
-    primary.post, primary.get = counting_post, wrong_bytes  # type: ignore[method-assign]
+    primary.get = wrong_bytes  # type: ignore[method-assign]
     autojump_clock.autojump_threshold = 0.02
     stack = make_stack(tmp_path, primary, health_interval_s=5.0, max_retries=1)
     stack.reconciler.clock = lambda: int(trio.current_time() * 1000)
@@ -470,14 +464,8 @@ async def test_a_member_that_writes_nothing_proves_a_poisoned_blob_with_a_probe(
     key = nacl.signing.SigningKey(b"p" * 32)
     primary = MockDA()
     poison = MAGIC + b" poison"
-    posted = {"poison": 0, "probe": 0}
-    post, get = primary.post, primary.get
     probe = encode_blob(key, "c0", [])
-
-    async def counting_post(data: bytes) -> BlobRef:
-        posted["poison"] += data == poison
-        posted["probe"] += data == probe
-        return await post(data)
+    posted, get = count_posts(primary, poison=poison, probe=probe), primary.get
 
     not_yet = [probe_read_once_not_yet]
 
@@ -488,7 +476,7 @@ async def test_a_member_that_writes_nothing_proves_a_poisoned_blob_with_a_probe(
             raise BlobNotFound(f"{PRIMARY}: no blob at height {ref.height} (this node is a block behind)")
         return b"other bytes" if data == poison else data
 
-    primary.post, primary.get = counting_post, wrong_bytes  # type: ignore[method-assign]
+    primary.get = wrong_bytes  # type: ignore[method-assign]
     autojump_clock.autojump_threshold = 0.02
     stack = make_stack(tmp_path, primary, health_interval_s=5.0, max_retries=1, own_key=bytes(key.verify_key),
                        probe=lambda: probe)
