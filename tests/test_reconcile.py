@@ -505,6 +505,44 @@ async def test_a_member_that_writes_nothing_proves_a_poisoned_blob_with_a_probe(
 
 
 
+async def test_another_member_s_blob_missed_in_a_pass_does_not_stop_the_probe(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Recovering pass that misses only an adopted blob of another member still probes for our held blob: the
+    probe was skipped whenever any blob was missed in the pass, ours or not, and with nothing of ours back the
+    foreign miss counted as the primary's failure (a regression review)."""
+    key = nacl.signing.SigningKey(b"q" * 32)
+    primary = MockDA()
+    poison = MAGIC + b" poison"
+    get = primary.get
+
+    async def wrong_bytes(ref: BlobRef) -> bytes:
+        data = await get(ref)
+        return b"other bytes" if data == poison else data
+
+    primary.get = wrong_bytes  # type: ignore[method-assign]
+    autojump_clock.autojump_threshold = 0.02
+    stack = make_stack(tmp_path, primary, health_interval_s=5.0, max_retries=1, own_key=bytes(key.verify_key),
+                       probe=lambda: encode_blob(key, "c0", []))
+    stack.reconciler.clock = lambda: int(trio.current_time() * 1000)
+    await fill(stack, [poison])
+    await stack.reconciler.run_pass()  # missed once: held back, unproven
+    assert stack.reconciler.held
+
+    async def a_foreign_blob_missed(self: reconcile.Reconciler, report: reconcile.Report) -> None:
+        self._hold(["ab" * 32], True, "another member's blob: not given back", 10**6)
+
+    monkeypatch.setattr(reconcile.Reconciler, "_adopt", a_foreign_blob_missed)
+    for _ in range(3):  # an outage, over now
+        stack.machine.observe(PRIMARY, False, 0, "down", write=True)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(stack.monitor)
+        await trio.sleep(60)
+        assert stack.machine.status is Status.HEALTHY
+        nursery.cancel_scope.cancel()
+    await stack.aclose()
+
+
+
 async def test_a_manual_pass_stops_once_the_primary_keeps_failing_and_at_its_deadline(
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     """A manual pass against a primary that is down posted every pending blob with all its retries (a reviewer's

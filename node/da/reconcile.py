@@ -147,6 +147,7 @@ class Reconciler:
         self._failed_in_row = 0  # the primary's failures in a row in the current pass
         self._confirmed = 0  # blobs the current pass saw back on the primary
         self._missed: list[str] = []  # errors of the blobs it took but did not give back, in the current pass
+        self._missed_own = 0  # ... of those, blobs of ours (not other members' adopted ones)
         self._rejected: set[str] = set()  # pending blobs the primary refused as bad input (automatic passes skip them)
         self._rejected_foreign: set[str] = set()  # the same for other members' blobs
         # blobs the primary took but did not give back -> (wall ms until which automatic passes skip them, misses,
@@ -239,7 +240,8 @@ class Reconciler:
                 return
             except DAError:
                 back = None
-            if back == data:
+            if back == data:  # (a blob given back: another member's missed in this pass is not the primary's)
+                self._confirmed += 1
                 self.served(ref.height)
                 return
         error = f"the primary took a probe blob of ours but did not give it back at height {ref.height}"
@@ -257,6 +259,7 @@ class Reconciler:
         skip them for a while (see HOLD_*)."""
         if answered:
             self._missed.extend(error for _ in blob_ids)
+            self._missed_own += 0 if foreign else len(blob_ids)
         now = self.clock()
         for blob_id in blob_ids:
             misses = self.held.get(blob_id, (0, 0, foreign))[1] + 1
@@ -310,7 +313,7 @@ class Reconciler:
             after: PageKey | None = None
             self._stop_on_fallback = stop_on_fallback
             self._failed_in_row = 0
-            self._confirmed, self._missed = 0, []
+            self._confirmed, self._missed, self._missed_own = 0, [], 0
             self._batching = self._submitter() is not None
             with trio.move_on_after(deadline_s if deadline_s is not None else math.inf) as deadline:
                 async with trio.open_nursery() as nursery:  # the submits in flight (a primary that takes several)
@@ -330,8 +333,9 @@ class Reconciler:
                     if not report.aborted:
                         await self._adopt(report)
                 self._submits = None  # (every submit of the pass done: what they proved is known)
-                # the probe proves blobs held before this pass only: a pass whose blobs all failed counts as below
-                if (stop_on_fallback and not report.aborted and self.probe is not None and not self._missed
+                # the probe proves blobs held before this pass only: a pass that missed blobs of ours counts as below
+                # (another member's blob missed does not stop it: a regression review)
+                if (stop_on_fallback and not report.aborted and self.probe is not None and not self._missed_own
                         and self.machine.status is Status.RECOVERING and self._unproven_held()):
                     await self._probe(report)
             self._submits = None
