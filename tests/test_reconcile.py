@@ -102,6 +102,17 @@ def count_posts(primary: MockDA, **watched: bytes) -> dict[str, int]:
     return posted
 
 
+def garble_reads(primary: MockDA, blob: bytes) -> None:
+    """``primary`` takes ``blob`` but gives other bytes back for it from now on (a poisoned blob)."""
+    get = primary.get
+
+    async def wrong_bytes(ref: BlobRef) -> bytes:
+        data = await get(ref)
+        return b"other bytes" if data == blob else data
+
+    primary.get = wrong_bytes  # type: ignore[method-assign]
+
+
 async def primary_blobs(primary: MockDA) -> list[bytes]:
     return [d for _, d in (await primary.read_after(0, 1_000_000)).items]
 
@@ -282,12 +293,7 @@ async def test_a_blob_the_primary_takes_but_never_returns_is_held_back_not_blame
         primary.missing.add(poison)
     else:
         get = primary.get
-
-        async def wrong_bytes(ref: BlobRef) -> bytes:
-            data = await get(ref)
-            return b"other bytes" if data == poison else data
-
-        primary.get = wrong_bytes  # type: ignore[method-assign]
+        garble_reads(primary, poison)
     autojump_clock.autojump_threshold = 0.02  # (the pending store's SQLite calls run in threads: real time)
     stack = make_stack(tmp_path, primary, health_interval_s=5.0, max_retries=1)
     stack.reconciler.clock = lambda: int(trio.current_time() * 1000)
@@ -367,13 +373,8 @@ async def test_a_poisoned_blob_does_not_keep_a_working_primary_in_recovering(
     primary gave other blobs back since its miss, the blob is its own failure: held back, and Recovering ends."""
     primary = MockDA()
     poison = b"poison blob"
-    posted, get = count_posts(primary, poison=poison), primary.get
-
-    async def wrong_bytes(ref: BlobRef) -> bytes:
-        data = await get(ref)
-        return b"other bytes" if data == poison else data
-
-    primary.get = wrong_bytes  # type: ignore[method-assign]
+    posted = count_posts(primary, poison=poison)
+    garble_reads(primary, poison)
     autojump_clock.autojump_threshold = 0.02
     stack = make_stack(tmp_path, primary, health_interval_s=5.0, max_retries=1)
     stack.reconciler.clock = lambda: int(trio.current_time() * 1000)
@@ -418,13 +419,7 @@ async def test_only_our_own_later_blobs_back_from_the_primary_prove_a_held_blob_
     primary = MockDA() if ours_land else LosesOurs()
     poison = MAGIC + b" poison"
     if ours_land:
-        get = primary.get
-
-        async def wrong_bytes(ref: BlobRef) -> bytes:
-            data = await get(ref)
-            return b"other bytes" if data == poison else data
-
-        primary.get = wrong_bytes  # type: ignore[method-assign]
+        garble_reads(primary, poison)
     autojump_clock.autojump_threshold = 0.02
     stack = make_stack(tmp_path, primary, health_interval_s=5.0, max_retries=1, members=lambda: frozenset(),
                        adopt_grace_s=60.0, own_key=bytes(key.verify_key), probe=lambda: encode_blob(key, "c0", []))
@@ -513,13 +508,7 @@ async def test_another_member_s_blob_missed_in_a_pass_does_not_stop_the_probe(
     key = nacl.signing.SigningKey(b"q" * 32)
     primary = MockDA()
     poison = MAGIC + b" poison"
-    get = primary.get
-
-    async def wrong_bytes(ref: BlobRef) -> bytes:
-        data = await get(ref)
-        return b"other bytes" if data == poison else data
-
-    primary.get = wrong_bytes  # type: ignore[method-assign]
+    garble_reads(primary, poison)
     autojump_clock.autojump_threshold = 0.02
     stack = make_stack(tmp_path, primary, health_interval_s=5.0, max_retries=1, own_key=bytes(key.verify_key),
                        probe=lambda: encode_blob(key, "c0", []))
