@@ -84,6 +84,8 @@ async def run(cfg: config_mod.Config) -> None:
     try:
         async with trio.open_nursery() as outer:
             outer.start_soon(stop_on_signals, stop)
+            serving = trio.Event()
+            outer.start_soon(_stop_while_starting, stop, serving, outer.cancel_scope)
             await outer.start(coord.run)
             if peers is not None:
                 try:
@@ -101,6 +103,7 @@ async def run(cfg: config_mod.Config) -> None:
                 except* OSError as group:
                     raise _bind_error(leaves(group)[0], "API", cfg.host, cfg.port, "COORDINATOR_PORT") from None
                 mark_started()
+                serving.set()
                 primary = (("mock " + (cfg.mock_da_file if cfg.mock_da_path != ":memory:" else "in memory"))
                            if cfg.use_mock_da else f"celestia {cfg.da_rpc_url}")
                 log.info("coordinator %s listening on %s (public key %s; DA primary: %s; layers: %s; follows: %s%s%s)",
@@ -116,6 +119,16 @@ async def run(cfg: config_mod.Config) -> None:
         if validator is not None:
             validator.close()
     log.info("stopped cleanly")
+
+
+async def _stop_while_starting(stop: trio.Event, serving: trio.Event, scope: trio.CancelScope) -> None:
+    """A signal before the API serves cuts the start short: it went on restoring (a long outbox replay, a large
+    snapshot), started the API and only then stopped, however long that took (a second signal was the only way).
+    Nothing durable is half done there: the restore only reads, and only a started run writes its snapshot."""
+    await stop.wait()
+    if not serving.is_set():
+        log.info("stopping while starting: the start is cut short")
+        scope.cancel()
 
 
 def peer_manager(cfg: config_mod.Config, coord: Coordinator) -> PeerManager | None:

@@ -48,6 +48,7 @@ from node.stats import StatsTable
 log = logging.getLogger("dsdn.coordinator")
 VERSION = "0.1.0"
 REPLAY_PAGE = 4096  # outbox events read at a time when replaying it at start, and at most
+PROGRESS_EVERY_S = 5.0  # a long restore logs how far it got this often
 REPLAY_PAGE_BYTES = 8 * 2**20  # this many bytes (the first event whatever its size)
 
 
@@ -150,7 +151,8 @@ class Coordinator:
         """Load the snapshot and replay outbox events after its watermark (acknowledged writes)."""
         t0 = time.perf_counter()
         try:
-            snap = await trio.to_thread.run_sync(snapshot.load, self.config.data_dir)
+            # (abandoned when the start is cut short: it only reads, and a large one takes seconds)
+            snap = await trio.to_thread.run_sync(snapshot.load, self.config.data_dir, abandon_on_cancel=True)
         except Exception as exc:  # only an optimisation: rebuild from DA instead (whatever is wrong with it)
             log.warning("ignoring unreadable snapshot (%s: %s); rebuilding from DA", type(exc).__name__, exc)
             snap = None
@@ -167,6 +169,10 @@ class Coordinator:
             self.applied_outbox_seq = snap.outbox_seq
             self._snapshot_mark = (snap.state.events_applied, snap.cursors, snap.logs)
         replayed = 0
+        last = await self.outbox.last_seq()
+        log.info("restoring: %s, outbox events %d to %d to replay", f"a snapshot of {self.state.events_applied} events"
+                 if snap is not None else "no snapshot", self.applied_outbox_seq + 1, last)
+        told = time.perf_counter()
         # a page at a time: read all at once, an outbox grown through a long DA outage filled the memory
         while rows := await self.outbox.since(self.applied_outbox_seq, REPLAY_PAGE, REPLAY_PAGE_BYTES):
             for seq, raw in rows:
@@ -176,6 +182,10 @@ class Coordinator:
                     log.error("outbox event %d is no valid event (%s): not applied (no member accepts it either)",
                               seq, exc)
                 self.applied_outbox_seq = seq
+            if self.applied_outbox_seq < last and time.perf_counter() - told >= PROGRESS_EVERY_S:
+                told = time.perf_counter()  # (a long replay said nothing until its end)
+                log.info("restoring: %d events of the outbox replayed (at %d of %d) in %.0f s", replayed,
+                         self.applied_outbox_seq, last, told - t0)
         self.hlc.observe(self.state.max_hlc)
         issued = await self.outbox.high_water()
         ahead_s = (issued[0] - wall_ms()) / 1000

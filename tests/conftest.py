@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,10 @@ import trio
 
 from api.app import create_app
 from node import config as config_mod
+from node import events as ev
 from node.coordinator import Coordinator
 from node.da.mock import MockDA
+from node.outbox import _SCHEMA
 
 
 @pytest.fixture
@@ -48,3 +51,15 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: st
             await trio.sleep(0.01)
         return
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def fill_outbox(path: Path, count: int) -> None:
+    """``count`` unpublished node registrations in the outbox file ``path`` (created): what a coordinator holds
+    after a long DA outage, for its next start to replay."""
+    db = sqlite3.connect(path)
+    db.executescript(_SCHEMA)
+    db.executemany("INSERT INTO outbox (raw, created_ms) VALUES (?, 0)",
+                   [(ev.make_event(ev.NODE_REGISTERED, (1_000 + i, 0), "c0", id=f"n-{i}", zone="z",
+                                   addr="10.0.0.1:5000", capacity_gb=1).raw,) for i in range(count)])
+    db.commit()
+    db.close()

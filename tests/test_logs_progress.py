@@ -29,7 +29,7 @@ from node.coordinator import Coordinator
 from node.da.base import BlobNotFound, BlobRef, DAUnavailable, Page
 from node.da.metered import MeteredLayer
 from node.process import JsonFormatter, set_log_context
-from tests.conftest import wait_for
+from tests.conftest import fill_outbox, wait_for
 from tests.proc import CoordinatorProcess
 
 EVENTS_PER_BLOB = 5
@@ -292,3 +292,24 @@ async def test_catching_up_freezes_the_collected_heap_until_the_head(autojump_cl
         assert gc.get_freeze_count() == 0
     finally:
         gc.unfreeze()
+
+
+async def test_a_long_outbox_replay_at_start_says_how_far_it_got(
+        make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """It said nothing between the start and "restored:", however long the replay of a large outbox took."""
+    import node.coordinator as coordinator_mod
+    monkeypatch.setattr(coordinator_mod, "PROGRESS_EVERY_S", 0.0)  # every page, here
+    monkeypatch.setattr(coordinator_mod, "REPLAY_PAGE", 10)
+    cfg = make_config("c0")
+    cfg.data_dir.mkdir(parents=True)
+    fill_outbox(cfg.data_dir / "outbox.sqlite", 30)
+    coord = Coordinator(cfg, SlowLog([], read_s=0.0))
+    with caplog.at_level(logging.INFO, logger="dsdn.coordinator"):
+        await coord.restore()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("restoring")]
+    assert lines[0] == "restoring: no snapshot, outbox events 1 to 30 to replay"
+    assert [line.split(" in ")[0] for line in lines[1:]] == [
+        "restoring: 10 events of the outbox replayed (at 10 of 30)",
+        "restoring: 20 events of the outbox replayed (at 20 of 30)"]
+    assert coord.state.node_count == 30
+    coord.outbox.close()

@@ -13,6 +13,7 @@ import httpx
 import pytest
 import trio
 
+from tests.conftest import fill_outbox, wait_for
 from tests.proc import CoordinatorProcess, free_port
 
 
@@ -82,6 +83,29 @@ async def test_a_second_signal_during_a_held_up_stop_exits_at_once_with_one_line
     assert trio.current_time() - started < 3.0
     assert "stopped at once by a second SIGINT" in c.log() and "Traceback" not in c.log()
     await stream.aclose()
+
+
+async def test_sigterm_during_a_long_restore_stops_at_once(procs: list[CoordinatorProcess], tmp_path: Path) -> None:
+    """A large outbox (a long DA outage) takes seconds to replay at start; a SIGTERM then went on restoring,
+    started the API and only then stopped (a second signal was the only way out)."""
+    c = launch(procs, tmp_path, "c0")
+    await c.wait_ready()
+    c.kill(signal.SIGTERM)
+    assert await c.wait_exit() == 0
+    fill_outbox(tmp_path / "c0" / "outbox.sqlite", 250_000)  # ~2 s to replay here
+    c.start()
+    await wait_for(lambda: "restoring: a snapshot" in c.log(), timeout=20, what="the restore to start")
+    c.kill(signal.SIGTERM)
+    started = trio.current_time()
+    assert await c.wait_exit() == 0
+    assert trio.current_time() - started < 1.0
+    restarts = c.log().split("restoring: a snapshot")
+    assert "the start is cut short" in restarts[-1] and "restored:" not in restarts[-1]
+    assert "stopped cleanly" in restarts[-1] and "Traceback" not in c.log()
+    c.start()  # and the next start replays it all
+    await c.wait_ready(timeout=60)
+    async with httpx.AsyncClient(base_url=c.url, timeout=5) as http:
+        assert (await http.get("/system/info")).json()["node_count"] == 250_000
 
 
 async def test_sigterm_answers_a_peers_long_poll_on_the_hosted_validator_at_once(
