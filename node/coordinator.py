@@ -385,7 +385,7 @@ class Coordinator:
 
     def schedule(self, workload: Workload) -> str | None:
         now = wall_ms()
-        candidates = ((nid, s) for nid, s in self.stats.items() if self.state.node(nid) is not None)
+        candidates = ((nid, s) for nid, s in self.stats.current(now) if self.state.node(nid) is not None)
         w = self.weights()
         return choose(candidates, workload, tuple(w[n] for n in WEIGHT_NAMES),  # type: ignore[arg-type]
                       now, self.config.stats_ttl_ms)

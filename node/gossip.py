@@ -137,8 +137,7 @@ async def run_stats_gossip(coord: Coordinator, peers: PeerManager, intake: Stats
         to that peer meanwhile, requests included, was refused; a reviewer's finding). A peer whose link goes down
         meanwhile, or whose queue does not drain for CATCH_UP_PATIENCE_S, is left: its next link-up starts again."""
         now = wall_ms()
-        bodies = [to_body(node_id, stats) for node_id, stats in coord.stats.items()
-                  if now - stats.reported_ms <= coord.stats.ttl_ms]
+        bodies = [to_body(node_id, stats) for node_id, stats in coord.stats.current(now)]
         room = getattr(peers, "queue_room", None)  # (the simulated network's queues are unbounded)
         for body in bodies:
             with trio.move_on_after(CATCH_UP_PATIENCE_S) as patience:

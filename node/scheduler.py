@@ -59,7 +59,7 @@ def check_number(value: Any, field: str, lo: float, hi: float, lo_open: bool = F
         raise InvalidValue(field, "a finite number")
     if v < lo or v > hi or (lo_open and v == lo):
         raise InvalidValue(field, f"a number {'>' if lo_open else '>='} {lo:g} and <= {hi:g}")
-    return v
+    return v + 0.0  # -0.0 is 0.0: kept as sent, it was echoed, and (t, -0.0) and (t, 0.0) each superseded the other
 
 
 def check_stats(values: Mapping[str, Any], defaults: Mapping[str, float] | None = None) -> dict[str, float]:

@@ -51,7 +51,7 @@ def test_stats_table_keeps_the_newest_report_and_prunes_by_ttl() -> None:
     assert not table.put("n", stats(cpu=0.9, at=40), 55)  # older report arrives late
     assert table.get("n", 60).cpu_free == 0.2
     assert table.get("n", 200) is None
-    assert table.prune(200) == 1 and list(table.items()) == []
+    assert table.prune(200) == 1 and table.current(200) == []
 
 
 def test_zero_or_invalid_stats_are_never_eligible_and_never_crash() -> None:
@@ -130,3 +130,32 @@ def test_an_entry_held_from_a_clock_that_ran_fast_is_absent_once_it_stepped_back
     assert table.prune(3_000) == 1 and table.get("m", 3_000) is None
     table.put("k", stats(cpu=0.5, at=3_000 + MAX_FUTURE_MS), 3_000)  # within the allowance: held, and counted
     assert table.get("k", 3_000) is not None and table.latest_ms("k", 3_000) == 3_000 + MAX_FUTURE_MS
+
+
+def test_a_report_stamped_ahead_ages_from_its_arrival() -> None:
+    """A report stamped 50 s ahead (a peer's fast clock, within the allowance, or a lying member) kept a node that
+    stopped reporting schedulable for the TTL plus the skew: 52 s past a 2 s TTL (a reviewer's reproduction)."""
+    table = StatsTable(ttl_ms=2_000)
+    assert table.put("n", stats(at=1_000 + 50_000), 1_000)
+    assert table.get("n", 2_900) is not None and [nid for nid, _ in table.current(2_900)] == ["n"]
+    assert table.get("n", 3_001) is None and table.current(3_001) == []  # the TTL after it came, not the stamp
+    assert choose(table.current(3_001), Workload(), W, 3_001, 2_000) is None
+    assert table.prune(3_001) == 1
+
+
+def test_the_same_report_sent_again_does_not_refresh_it_but_a_newer_one_does() -> None:
+    table = StatsTable(ttl_ms=2_000)
+    report = stats(at=1_000 + 50_000)
+    table.put("n", report, 1_000)
+    assert table.put("n", report, 2_500)  # a peer's catch-up: the same report, later
+    assert table.get("n", 3_001) is None
+    table.put("n", report, 1_000)
+    assert table.put("n", stats(cpu=0.9, at=1_000 + 50_001), 2_500)  # the node reported again
+    assert table.get("n", 4_400).cpu_free == 0.9  # type: ignore[union-attr]
+    assert table.get("n", 4_501) is None
+
+
+def test_minus_zero_is_zero() -> None:
+    from node.scheduler import check_number
+
+    assert str(check_number(-0.0, "cpu_free", 0.0, 1.0)) == "0.0"
