@@ -175,6 +175,13 @@ async def save(data_dir: Path, snap: Snapshot) -> int:
     each, and the file is written and fsynced in a thread, a few MiB at a time: however large the state,
     no step holds the loop (or the GIL) for long. Cancelled, it leaves the previous snapshot in place."""
     cut = Snapshot(snap.state.frozen(), dict(snap.cursors), snap.outbox_seq, dict(snap.logs))
+    try:
+        return await _write_cut(data_dir, cut)
+    finally:
+        cut.state.release()  # (taken whole, it is a no-op; cut short, the live state stops noting changes for it)
+
+
+async def _write_cut(data_dir: Path, cut: Snapshot) -> int:
     path = data_dir / FILE
     tmp = path.with_suffix(".tmp")
     f: BinaryIO = await trio.to_thread.run_sync(open, tmp, "wb")

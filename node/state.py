@@ -68,6 +68,7 @@ MEMBERSHIP_LOG = 4096  # membership changes kept in State.membership_log (at lea
 SHARDS = 32  # a key's shard: ord(its last character) % SHARDS (part of the snapshot layout: snapshots keep the shards)
 _MASK = SHARDS - 1
 CHUNK = 1024  # list items (recent ids) per piece of a snapshot's encoding: ~1-5 ms of work each at most
+_ABSENT = object()  # (a key a cut's shard did not hold)
 _SAME = SAME  # what a register write returns when the register already holds exactly this version
 _pack = msgpack.Packer(use_bin_type=True).pack
 _sha256 = hashlib.sha256
@@ -128,7 +129,12 @@ class State:
         self._objects: list[dict[str, bytes]] = [{} for _ in range(SHARDS)]
         # object hash -> (node id, its replica.healed or replica.missing event, node id, event, ...)
         self._replicas: list[dict[str, tuple[Any, ...]]] = [{} for _ in range(SHARDS)]
-        self._shared: set[int] = set()  # shards a cut still holds (objects 0.., replicas SHARDS..): copy first
+        # shards a cut still reads in place (objects 0.., replicas SHARDS..), shared with that cut, and per shard the
+        # value each key had at the cut (_ABSENT: none), noted before its first change (see frozen)
+        self._shared: set[int] = set()
+        self._undo: list[dict[str, Any]] = []
+        self._cut: State | None = None  # the cut reading these shards (a live state's), settled by the next one
+        self._is_cut = False
         self.scheduler: tuple[Version, Weights] | None = None
         self._recent_cap = recent_ids
         # ids of the last `recent_ids` events applied (duplicate detection), oldest first; a cut has a tuple
@@ -159,11 +165,13 @@ class State:
     @property
     def objects(self) -> ShardedView[bytes]:
         """object hash -> its register's event (read-only; ``object()`` decodes one)."""
+        self._settle()
         return ShardedView(self._objects)
 
     @property
     def replicas(self) -> ShardedView[tuple[Any, ...]]:
         """object hash -> (node id, event, node id, event, ...) (read-only; ``object()`` decodes one)."""
+        self._settle()
         return ShardedView(self._replicas)
 
     # ---- applying events -------------------------------------------------------------------------
@@ -196,8 +204,8 @@ class State:
                 if kind is _HEALED or kind is _MISSING:
                     obj, node_id = f
                     shard = ord(obj[-1]) & _MASK
-                    if shared:
-                        self._own(SHARDS + shard)
+                    if shared and SHARDS + shard in shared:
+                        self._keep(SHARDS + shard, obj)
                     table = replicas[shard]
                     first = (node_id, raw)
                     held = table.setdefault(obj, first)  # one lookup for an object's first replica register
@@ -213,8 +221,8 @@ class State:
                 elif kind is _OBJECT:
                     obj = f[0]
                     shard = ord(obj[-1]) & _MASK
-                    if shared:
-                        self._own(shard)
+                    if shared and shard in shared:
+                        self._keep(shard, obj)
                     table = objects[shard]
                     old = table.get(obj)  # (not setdefault: a duplicate may hold this very bytes object)
                     if old is None:
@@ -282,14 +290,12 @@ class State:
     def apply_all(self, items: Iterable[ev.Event]) -> int:
         return self.apply_events(items)
 
-    def _own(self, shard: int) -> None:
-        """Copy a shard a cut still holds before the first write to it."""
-        if shard in self._shared:
-            self._shared.discard(shard)
-            if shard < SHARDS:
-                self._objects[shard] = self._objects[shard].copy()
-            else:
-                self._replicas[shard - SHARDS] = self._replicas[shard - SHARDS].copy()
+    def _keep(self, shard: int, key: str) -> None:
+        """Before the first change of ``key`` in a shard a cut still reads in place, note its value for the cut."""
+        undo = self._undo[shard]
+        if key not in undo:
+            table = self._objects[shard] if shard < SHARDS else self._replicas[shard - SHARDS]
+            undo[key] = table.get(key, _ABSENT)
 
     # Each register write returns True when it wrote, False when the register holds a later version and
     # _SAME when it holds exactly this one (the event was applied before).
@@ -319,8 +325,8 @@ class State:
     def _set_object(self, version: Version, obj: str, raw: bytes) -> int:
         """Write an object register: ``raw`` is the object.registered event of ``version``."""
         shard = ord(obj[-1]) & _MASK
-        if self._shared:
-            self._own(shard)
+        if shard in self._shared:
+            self._keep(shard, obj)
         table = self._objects[shard]
         old = table.get(obj)
         if old is None:
@@ -340,8 +346,8 @@ class State:
     def _set_replica(self, version: Version, obj: str, node_id: str, raw: bytes) -> int:
         """Write a replica register: ``raw`` is the replica.healed or replica.missing event of ``version``."""
         shard = ord(obj[-1]) & _MASK
-        if self._shared:
-            self._own(SHARDS + shard)
+        if SHARDS + shard in self._shared:
+            self._keep(SHARDS + shard, obj)
         table = self._replicas[shard]
         held = table.get(obj)
         if held is None:
@@ -391,12 +397,14 @@ class State:
     @property
     def replica_count(self) -> int:
         """Replica registers (present or missing)."""
+        self._settle()
         return sum(len(held) for table in self._replicas for held in table.values()) // 2
 
     def object(self, obj: str) -> tuple[int, list[str]] | None:
         """(size, sorted replica node ids) of a registered object."""
         if not obj:
             return None
+        self._settle()
         entry = self._objects[ord(obj[-1]) & _MASK].get(obj)
         if entry is None:
             return None
@@ -416,6 +424,7 @@ class State:
         return hashlib.sha256(b"dsdn-state-root-v1" + (acc % _MOD).to_bytes(32, "big")).digest()
 
     def _recomputed_acc(self) -> int:
+        self._settle()
         acc = sum(_event_hash(raw) for table in self._objects for raw in table.values())
         acc += sum(_event_hash(held[i]) for table in self._replicas for held in table.values()
                    for i in range(1, len(held), 2))
@@ -428,11 +437,18 @@ class State:
 
     def frozen(self) -> State:
         """A cut that later events do not change, taken in microseconds plus the small tables' copies: the
-        object and replica shards are shared, and the live state copies each before writing to it again.
+        object and replica shards are shared, the live state notes the value each key had at the cut before it
+        changes it, and the cut's encoder takes each shard as it was when it gets to it (``_take``). (The live state
+        copied each shard before writing to it again: one blob touches nearly all, so the first blob after every
+        cut copied the whole table on the event loop: 80-190 ms at a million objects; a reviewer's reproduction.)
         Encode it in pieces; it is for reading, not for applying events (its recent ids are a tuple)."""
+        if self._shared and self._cut is not None:  # a cut still reading in place: it takes its shards now
+            self._cut._settle()
         copy = State(self._recent_cap)
         copy._objects, copy._replicas = list(self._objects), list(self._replicas)
         self._shared = copy._shared = set(range(2 * SHARDS))
+        self._undo = copy._undo = [{} for _ in range(2 * SHARDS)]
+        self._cut, copy._is_cut = copy, True
         copy.nodes = self.nodes.copy()
         copy.scheduler, copy.max_hlc, copy._acc = self.scheduler, self.max_hlc, self._acc
         copy._recent_order, copy._applied = tuple(self._recent_order), self._applied  # a tuple: no events
@@ -440,9 +456,37 @@ class State:
         copy.ledger = self.ledger.cut(copy._rehash)
         return copy
 
+    def _take(self, shard: int) -> None:
+        """(A cut) its own copy of ``shard`` as it was at the cut, and the live state writes to it freely again."""
+        tables = self._objects if shard < SHARDS else self._replicas
+        table, undo = tables[shard % SHARDS].copy(), self._undo[shard]
+        for key, old in undo.items():
+            if old is _ABSENT:
+                del table[key]
+            else:
+                table[key] = old
+        tables[shard % SHARDS] = table
+        self._shared.discard(shard)
+        undo.clear()
+
+    def _settle(self) -> None:
+        """(A cut) its own copies of the shards it still reads in place: read otherwise than by its encoder."""
+        if self._is_cut:
+            for shard in sorted(self._shared):
+                self._take(shard)
+
+    def release(self) -> None:
+        """(A cut) no longer read: the live state stops noting changes for it (a save that failed or was cancelled
+        took only some shards; it stays unusable)."""
+        if self._is_cut:
+            self._shared.clear()
+            for undo in self._undo:
+                undo.clear()
+
     def to_snapshot(self) -> dict[str, Any]:
         """Layout 5: objects and replicas as flat columns (keys, stored registers: events) per shard, so a
         restore is a few C calls and no register is decoded or hashed: the accumulator is stored with them."""
+        self._settle()
         return {
             "layout": LAYOUT,
             "nodes": [[k, list(v), list(r) if r is not None else None] for k, (v, r) in self.nodes.items()],
@@ -469,12 +513,14 @@ class State:
         for i in range(0, len(nodes), CHUNK):
             yield b"".join([pack([k, list(v), list(r) if r is not None else None])
                             for k, (v, r) in nodes[i : i + CHUNK]])
-        for name, tables in (("objects", self._objects), ("replicas", self._replicas)):
+        for base, name, tables in ((0, "objects", self._objects), (SHARDS, "replicas", self._replicas)):
             yield pack(name) + packer.pack_array_header(len(tables))
-            for table in tables:
+            for i in range(len(tables)):
+                if base + i in self._shared:  # (a cut: the shard as it was, in one piece of work)
+                    self._take(base + i)
                 yield packer.pack_array_header(2)
-                yield from _pack_list(packer, list(table))
-                yield from _pack_list(packer, list(table.values()))
+                yield from _pack_list(packer, list(tables[i]))
+                yield from _pack_list(packer, list(tables[i].values()))
         yield pack("scheduler") + pack([list(self.scheduler[0]), list(self.scheduler[1])] if self.scheduler else None)
         yield pack("applied") + pack(self._applied)
         order = list(self._recent_order)  # oldest first, 32 bytes each, as one bin

@@ -9,6 +9,7 @@ runs beside the event loop.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import random
 import zlib
@@ -478,6 +479,57 @@ async def test_saving_a_snapshot_lets_the_event_loop_run(tmp_path: Path, events:
     assert ticks > 0 and size == (tmp_path / snapshot.FILE).stat().st_size
     back = snapshot.load(tmp_path)
     assert back is not None and back.state.root() == root and view(back.state) == view(s)
+
+
+def test_writes_after_a_cut_copy_no_shard_and_the_encoding_is_the_cut_interleaved_with_them(
+        events: list[ev.Event]) -> None:
+    """The first blob after a cut touches nearly every shard: the live state copied each (the whole table on the
+    event loop, 80-190 ms at a million objects, every snapshot; a reviewer's reproduction). Now it notes the
+    values the cut needs, and the cut's encoder takes each shard as it was when it gets to it."""
+    s = State()
+    s.apply_all(events[:4000])
+    expected = State()
+    expected.apply_all(events[:4000])
+    cut = s.frozen()
+    tables = list(s._objects) + list(s._replicas)
+    s.apply_all(events[4000:4400])  # touches every shard
+    assert all(a is b for a, b in zip(list(s._objects) + list(s._replicas), tables, strict=True))
+    pieces, rest = [], iter(events[4400:])
+    for piece in cut.snapshot_pieces():  # more writes between the pieces, as on the event loop
+        pieces.append(piece)
+        s.apply_all(itertools.islice(rest, 20))
+    assert b"".join(pieces) == b"".join(expected.snapshot_pieces())
+    assert not s._shared and all(not undo for undo in s._undo)  # every shard taken: nothing noted any more
+    later = State()
+    later.apply_all(events)
+    assert s.root() == later.root() and view(s) == view(later)
+    assert cut.recomputed_root() == expected.root() and view(cut) == view(expected)
+
+
+def test_a_cut_given_up_stops_the_notes_and_a_second_cut_settles_the_first(events: list[ev.Event]) -> None:
+    s = State()
+    s.apply_all(events[:3000])
+    expected = State()
+    expected.apply_all(events[:3000])
+    first = s.frozen()
+    s.apply_all(events[3000:3500])
+    second = s.frozen()  # the first takes its shards now: it reads as it was
+    s.apply_all(events[3500:4000])
+    assert view(first) == view(expected) and first.recomputed_root() == expected.root()
+    second.release()  # a save that failed: nothing is noted for it any more
+    s.apply_all(events[4000:])
+    assert not s._shared and all(not undo for undo in s._undo)
+    later = State()
+    later.apply_all(events)
+    assert s.root() == later.root() and view(s) == view(later)
+
+
+async def test_a_cancelled_save_releases_its_cut(tmp_path: Path, events: list[ev.Event]) -> None:
+    s = State()
+    s.apply_all(events)
+    with trio.move_on_after(0):
+        await snapshot.save(tmp_path, snapshot.Snapshot(s, {"primary": 1}, 0))
+    assert not s._shared and not (tmp_path / snapshot.FILE).exists()
 
 
 @pytest.mark.parametrize("cap", [0, 1, 3, 8])
