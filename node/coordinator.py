@@ -168,6 +168,11 @@ class Coordinator:
                         log_client.resume_log(consumer.log, cursor)
             self.applied_outbox_seq = snap.outbox_seq
             self._snapshot_mark = (snap.state.events_applied, snap.cursors, snap.logs)
+            issued = await self.outbox.issued_seq()
+            if issued < snap.outbox_seq:  # (its events after the snapshot's were skipped: acknowledged writes)
+                log.warning("the outbox is not the one the snapshot was taken with (it numbered up to %d, the "
+                            "snapshot is at %d: lost or replaced): all of it is replayed", issued, snap.outbox_seq)
+                self.applied_outbox_seq = 0
         replayed = 0
         last = await self.outbox.last_seq()
         log.info("restoring: %s, outbox events %d to %d to replay", f"a snapshot of {self.state.events_applied} events"

@@ -254,6 +254,14 @@ class Outbox:
 
         return await self._db_call(read)
 
+    async def issued_seq(self) -> int:
+        """The highest sequence number this outbox ever gave (pruned rows included; 0 for a new one)."""
+        def read() -> int:
+            row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._db_call(read)
+
     async def prune(self, upto_seq: int) -> int:
         """Forget published events at or below ``upto_seq`` (they are in a snapshot and on DA), ``PRUNE_CHUNK`` at
         a time, the outbox free for appends between chunks: one transaction for a backlog of a million events held

@@ -132,8 +132,11 @@ def _count(value: Any) -> int:
 
 def load(data_dir: Path) -> Snapshot | None:
     """The snapshot in ``data_dir`` (None if there is none), decoded straight from a read-only map of the
-    file; ValueError if it is unreadable (an empty file included)."""
+    file; ValueError if it is unreadable (an empty file included). Run at start: it removes a save's leftover."""
     path = data_dir / FILE
+    # a save killed midway leaves its temporary file (nearly a snapshot's size), and an idle coordinator writes no
+    # snapshot that would replace it: gone at the next start
+    path.with_suffix(".tmp").unlink(missing_ok=True)
     if not path.exists():
         return None
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
