@@ -12,6 +12,7 @@ import fcntl
 import gc
 import json
 import logging
+import math
 import os
 import signal
 import sqlite3
@@ -24,7 +25,9 @@ from typing import Any
 
 import trio
 from hypercorn.config import Config as HyperConfig
+from hypercorn.events import Closed, RawData
 from hypercorn.trio.tcp_server import TCPServer
+from trio.lowlevel import RunVar
 
 from node.config import ConfigError, log_format, log_level
 from node.identity import KeyFileError
@@ -97,16 +100,79 @@ def _peer(server: TCPServer) -> str:
         return "a client"
 
 
+GRACEFUL_TIMEOUT_S = 5.0  # how long a stop waits for requests under way
+def _stopping(grace_s: float) -> None:
+    """A stop begins (``GRACEFUL_TIMEOUT_S``) or a second signal hurries it (0): what must end by then."""
+    _cut_sends(grace_s)
+
+
+def cut_stalled_sends_at_stop() -> None:
+    """Workaround for hypercorn-trio 0.18 (pinned) shielding every send to a client from cancellation: a client
+    that never reads a large answer (a page of blobs of a blob store's log) kept its send, and so the process,
+    from stopping, a second SIGTERM included (only kill -9 stopped a blob store with three such readers). A stop
+    now gives sends ``GRACEFUL_TIMEOUT_S`` (a second signal: none), then closes those connections. Idempotent."""
+    if getattr(TCPServer, "_dsdn_cuts_sends", False):
+        return
+    send = TCPServer.protocol_send
+
+    async def protocol_send_until_cut(self: TCPServer, event: Any) -> None:
+        if not isinstance(event, RawData):
+            await send(self, event)
+            return
+        sends, closed = _sends(), False
+        async with self.send_lock:
+            with trio.CancelScope(shield=True, deadline=_CUT_AT.get()) as scope:
+                sends.add(scope)
+                try:
+                    await self.stream.send_all(event.data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    closed = True
+                finally:
+                    sends.discard(scope)
+            if scope.cancelled_caught:
+                log.warning("HTTP connection from %s closed: its client did not take the answer before the stop",
+                            _peer(self))
+                await trio.aclose_forcefully(self.stream)
+                closed = True
+            if closed:
+                await self.protocol.handle(Closed())
+
+    TCPServer.protocol_send = protocol_send_until_cut  # type: ignore[method-assign]
+    TCPServer._dsdn_cuts_sends = True  # type: ignore[attr-defined]
+
+
+_CUT_AT: RunVar[float] = RunVar("sends_cut_at", default=math.inf)
+_SENDS: RunVar[set[trio.CancelScope]] = RunVar("sends")
+
+
+def _sends() -> set[trio.CancelScope]:
+    try:
+        return _SENDS.get()
+    except LookupError:
+        sends: set[trio.CancelScope] = set()
+        _SENDS.set(sends)
+        return sends
+
+
+def _cut_sends(grace_s: float) -> None:
+    cut_at = min(_CUT_AT.get(), trio.current_time() + grace_s)
+    _CUT_AT.set(cut_at)
+    for scope in _sends():
+        scope.deadline = min(scope.deadline, cut_at)
+
+
 def hypercorn_config(host: str, port: int) -> HyperConfig:
     """The server settings every coordinator (and the blob store, the devnet, the socket tests and the HTTP
-    benchmark's coordinator) use; also applies ``close_connections_at_eof`` and ``contain_connection_failures``."""
+    benchmark's coordinator) use; also applies ``close_connections_at_eof``, ``contain_connection_failures`` and
+    ``cut_stalled_sends_at_stop``."""
     close_connections_at_eof()
     contain_connection_failures()
+    cut_stalled_sends_at_stop()
     hcfg = HyperConfig()
     hcfg.bind = [host_port(host, port)]
     hcfg.accesslog = None
     hcfg.errorlog = logging.getLogger("hypercorn.error")
-    hcfg.graceful_timeout = 5.0
+    hcfg.graceful_timeout = GRACEFUL_TIMEOUT_S
     # Longer than any client's idle-connection expiry (httpx 5 s, aiohttp 15 s, nginx 60 s): with hypercorn's
     # 5 s, a client reusing a connection idle for just under 5 s raced the server's close and got "server
     # disconnected without sending a response" (seen under load). Idle connections still close at once on
@@ -200,6 +266,7 @@ async def _stop_at_stdin_eof(stop: trio.Event) -> None:
     if not stop.is_set():
         log.warning("the process that started this one is gone (its pipe closed): shutting down")
         stop.set()
+        _stopping(GRACEFUL_TIMEOUT_S)
 
 
 async def _stop_on_signals(stop: trio.Event, hurry: trio.Event | None) -> None:
@@ -212,10 +279,13 @@ async def _stop_on_signals(stop: trio.Event, hurry: trio.Event | None) -> None:
             if not stop.is_set():
                 log.info("received %s, shutting down", name)
                 stop.set()
+                _stopping(GRACEFUL_TIMEOUT_S)
             elif hurry is not None:
                 log.warning("received %s again: stopping at once", name)
+                _stopping(0.0)
                 hurry.set()
             else:
+                _stopping(0.0)
                 raise StoppedBySignal(signum)
 
 

@@ -7,6 +7,7 @@ import base64
 import gzip
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from node.da.blobstore_client import (
     signed_message,
     verify_signature,
 )
+from node.process import GRACEFUL_TIMEOUT_S
 
 NS = DEFAULT_NAMESPACE
 OTHER_NS = bytes(19) + b"other-ns00"
@@ -266,6 +268,56 @@ async def test_process_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert await trio.to_thread.run_sync(partial(proc.wait, 10)) == 0
     finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+@pytest.mark.parametrize("second_signal", [False, True])
+async def test_readers_that_never_read_their_answer_do_not_keep_the_process_from_stopping(
+        tmp_path: Path, second_signal: bool) -> None:
+    """Hypercorn shields every send to a client: three readers of a page of 8 MiB that never read it kept the blob
+    store from stopping, a second SIGTERM included (only kill -9 did). Now a stop gives them the graceful timeout,
+    a second signal nothing."""
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.blobstore", "--port", "0", "--data-dir",
+                             str(tmp_path / "p")], stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            cwd=Path(__file__).parent.parent)
+    streams: list[trio.SocketStream] = []
+    try:
+        assert proc.stderr is not None
+        line = await trio.to_thread.run_sync(proc.stderr.readline)
+        while b"listening on" not in line:
+            assert line, "blob store exited before listening"
+            line = await trio.to_thread.run_sync(proc.stderr.readline)
+        url = line.split(b"listening on ")[1].split()[0].decode()
+        async with httpx.AsyncClient(timeout=10) as http:
+            for _ in range(4):
+                r = await http.post(f"{url}/quorum/v1/blobs?namespace={NS.hex()}",
+                                    content=os.urandom(2 * 1024 * 1024 - 16), headers=OCTET)
+                assert r.status_code == 200
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        for _ in range(3):
+            stream = await trio.open_tcp_stream(host, int(port))
+            await stream.send_all(b"GET /quorum/v1/log?limit=1000 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            streams.append(stream)  # and never read
+        await trio.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        started = trio.current_time()
+        if second_signal:
+            await trio.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            assert await trio.to_thread.run_sync(partial(proc.wait, 10)) == 128 + signal.SIGTERM
+            assert trio.current_time() - started < 3.0
+        else:
+            assert await trio.to_thread.run_sync(partial(proc.wait, 15)) == 0
+            assert trio.current_time() - started < GRACEFUL_TIMEOUT_S + 3.0
+        err = await trio.to_thread.run_sync(proc.stderr.read)
+        assert b"did not take the answer before the stop" in err and b"Traceback" not in err
+    finally:
+        for stream in streams:
+            await stream.aclose()
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
