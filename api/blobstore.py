@@ -51,6 +51,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -84,6 +85,9 @@ DEFAULT_MAX_BODY = 2 * 1024 * 1024
 MAX_BODY_LIMIT = 12 * 1024 * 1024
 DEFAULT_LOG_LIMIT = 100
 LOG_PAGE_BYTES = 8 * 1024 * 1024
+#: bytes of answers being sent (blobs, log pages) past which reads are refused (503, Retry-After) until they drain:
+#: readers that never read their answer each held a page (~12 MiB) for as long as they kept the connection
+SENDING_LIMIT_BYTES = 64 * 1024 * 1024
 DB_FILE = "blobs.sqlite3"
 JSONDict = dict[str, Any]
 
@@ -148,6 +152,7 @@ class BlobStore:
         self.log_id: bytes = self._db.execute("SELECT value FROM meta WHERE name = 'log_id'").fetchone()[0]
         self._lock = trio.Lock()
         self.appended = 0  # blobs stored since start: a long poll waits for this to move
+        self.sending = 0  # bytes of answers under /quorum/v1 read and not yet sent (count_answers)
         self._append_event = trio.Event()  # set (and replaced) at each new blob and at stop_waiting
         self.stopping = False
 
@@ -213,7 +218,7 @@ class BlobStore:
             else:
                 row = self._db.execute("SELECT position, namespace, hash, data FROM blobs WHERE hash = ? "
                                        "AND namespace = ?", (blob_hash, namespace)).fetchone()
-            return None if row is None else Record(int(row[0]), bytes(row[1]), bytes(row[2]), bytes(row[3]))
+            return None if row is None else _checked(row)
 
         return await self._db_call(read)
 
@@ -233,7 +238,7 @@ class BlobStore:
                     if items and size + len(row[3]) > LOG_PAGE_BYTES:
                         full = True
                         break
-                    items.append(Record(int(row[0]), bytes(row[1]), bytes(row[2]), bytes(row[3])))
+                    items.append(_checked(row))
                     size += len(row[3])
                 head = int(self._db.execute("SELECT MAX(position) FROM blobs").fetchone()[0] or 0)
             finally:
@@ -256,9 +261,58 @@ class BlobStore:
 class Reject(Exception):
     """A request the store refuses; becomes a JSON error answer."""
 
-    def __init__(self, status: int, error: str, message: str) -> None:
+    def __init__(self, status: int, error: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.error, self.message = status, error, message
+        self.status, self.error, self.message, self.headers = status, error, message, headers or {}
+
+
+class DamagedBlob(sqlite3.DatabaseError):
+    """A stored blob whose bytes no longer hash to its hash (bit rot, a hand edit): never served, nor signed."""
+
+
+def _checked(row: tuple[Any, ...]) -> Record:
+    """The record of a row (position, namespace, hash, data), its data checked against its hash: served as it
+    was, a damaged row went out with a valid signature over the hash (a reviewer's reproduction)."""
+    record = Record(int(row[0]), bytes(row[1]), bytes(row[2]), bytes(row[3]))
+    if hashlib.sha256(record.data).digest() != record.blob_hash:
+        raise DamagedBlob(f"the blob at position {record.position} does not match its hash "
+                          f"{record.blob_hash.hex()}: the database is damaged")
+    return record
+
+
+_HELD: ContextVar[list[int] | None] = ContextVar("blobstore_answer_bytes", default=None)
+
+
+def count_answers(asgi_app: Any, store: BlobStore) -> Any:
+    """``store.sending``: the bytes of /quorum/v1 answers read and not yet sent (``hold``), until their request ends
+    (a client that does not read holds its send: hypercorn sends each answer whole)."""
+    async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not str(scope.get("path", "")).startswith(PREFIX + "/"):
+            await asgi_app(scope, receive, send)
+            return
+        held = [0]
+        token = _HELD.set(held)
+        try:
+            await asgi_app(scope, receive, send)
+        finally:
+            _HELD.reset(token)
+            store.sending -= held[0]
+
+    return wrapped
+
+
+def hold(store: BlobStore, records: list[Record]) -> None:
+    """Count an answer of these blobs in ``store.sending`` until its request ends, or refuse it (503, Retry-After)
+    past ``SENDING_LIMIT_BYTES`` (readers that never read their answer each held a page, ~12 MiB, for as long as
+    they kept the connection: 40 of them grew a store by 480 MB; a reviewer's reproduction)."""
+    if store.sending > SENDING_LIMIT_BYTES:
+        raise Reject(503, "busy", f"{store.sending} bytes of answers are still being sent (clients slow to read "
+                     "them): try again shortly", {"Retry-After": "1"})
+    held = _HELD.get()
+    if held is not None:
+        size = sum(len(r.data) for r in records) * 4 // 3  # (base64)
+        held[0] += size
+        store.sending += size
 
 
 def _json(value: JSONDict, status: int = 200) -> Response:
@@ -327,10 +381,14 @@ def _too_large(store: BlobStore) -> Response:
 def register_blobstore_routes(app: QuartTrio, store: BlobStore) -> None:
     """Add the blob-store routes (under /quorum/v1) and their JSON error handlers to ``app``."""
     bp = Blueprint("blobstore", __name__, url_prefix=PREFIX)
+    app.asgi_app = count_answers(app.asgi_app, store)  # type: ignore[method-assign]
 
     @bp.errorhandler(Reject)
     async def rejected(e: Reject) -> Response:
-        return _json({"error": e.error, "message": e.message}, e.status)
+        response = _json({"error": e.error, "message": e.message}, e.status)
+        response.headers.update(e.headers)
+        return response
+
 
     @bp.errorhandler(sqlite3.Error)
     async def storage_failed(e: sqlite3.Error) -> Response:
@@ -369,6 +427,7 @@ def register_blobstore_routes(app: QuartTrio, store: BlobStore) -> None:
         record = await store.by_hash(wanted, _namespace_arg())
         if record is None:
             raise Reject(404, "blob_not_found", f"no blob with hash {wanted.hex()}")
+        hold(store, [record])
         return _json({"position": record.position, "hash": record.blob_hash.hex(), "namespace": record.namespace.hex(),
                       "data": base64.b64encode(record.data).decode(),
                       "signature": store.sign(record.namespace, record.blob_hash).hex(),
@@ -388,6 +447,7 @@ def register_blobstore_routes(app: QuartTrio, store: BlobStore) -> None:
                     await store.wait_appended(seen)
                     seen = store.appended
                     page = await store.log(after, limit, namespace)
+        hold(store, page.items)
         items = [{"position": r.position, "hash": r.blob_hash.hex(), "namespace": r.namespace.hex(),
                   "data": base64.b64encode(r.data).decode()} for r in page.items]
         return _json({"items": items, "head": page.head, "cursor": page.cursor, "at_head": page.at_head,

@@ -23,7 +23,8 @@ import pytest
 import trio
 from quart_trio import QuartTrio
 
-from api.blobstore import LOG_PAGE_BYTES, MAX_BODY_LIMIT, BlobStore, register_blobstore_routes
+from api import blobstore as blobstore_mod
+from api.blobstore import LOG_PAGE_BYTES, MAX_BODY_LIMIT, BlobStore, Record, register_blobstore_routes
 from deploy.blobstore import serve_blobstore, serve_store
 from node.consumer import Consumer
 from node.da.base import BlobNotFound, BlobRef, DAError, DATimeout, DAUnavailable
@@ -37,6 +38,7 @@ from node.da.blobstore_client import (
     verify_signature,
 )
 from node.process import GRACEFUL_TIMEOUT_S
+from tests.conftest import wait_for
 
 NS = DEFAULT_NAMESPACE
 OTHER_NS = bytes(19) + b"other-ns00"
@@ -405,15 +407,57 @@ async def test_blobstore_da_pins_key_on_first_use(server: Server) -> None:
             await da.head()
 
 
-async def test_blobstore_da_detects_corrupt_blob(server: Server) -> None:
-    async with BlobStoreDA(server.url, timeout_s=5) as da:
+async def test_a_damaged_blob_is_never_served_and_a_store_serving_one_is_caught(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row damaged on disk went out with a valid signature over its hash (our client re-hashes; another would
+    not: a reviewer's reproduction): the store now refuses it (503, naming the damage); and a store that serves one
+    anyway (a liar) is still caught by the client."""
+    async with BlobStoreDA(server.url, timeout_s=5) as da, httpx.AsyncClient(base_url=server.url) as http:
         ref = await da.post(b"original")
         await trio.to_thread.run_sync(
             lambda: server.store._db.execute("UPDATE blobs SET data = ? WHERE position = 1", (b"forged",)))
+        for path in (f"/quorum/v1/blobs/{ref.commitment.hex()}", "/quorum/v1/log?after=0"):
+            r = await http.get(path)
+            assert r.status_code == 503 and "does not match its hash" in r.json()["message"]
+        with pytest.raises(DAUnavailable):
+            await da.get(ref)
+        monkeypatch.setattr(blobstore_mod, "_checked", lambda row: Record(int(row[0]), *map(bytes, row[1:])))
         with pytest.raises(VerificationFailed):
             await da.get(ref)
         with pytest.raises(VerificationFailed):
             await da.read_after(0, 10)
+
+
+async def test_reads_wait_while_answers_are_stuck_with_readers_that_do_not_read(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each reader of a page that never reads it held the page (~12 MiB) for as long as it kept the connection:
+    40 of them grew the store by 480 MB (a reviewer's reproduction). Past SENDING_LIMIT_BYTES being sent, reads
+    get 503 with Retry-After until those answers drain."""
+    monkeypatch.setattr(blobstore_mod, "SENDING_LIMIT_BYTES", 8 * 1024 * 1024)
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        for _ in range(2):
+            r = await http.post(f"/quorum/v1/blobs?namespace={NS.hex()}", content=os.urandom(2 * 1024 * 1024 - 16),
+                                headers=OCTET)
+            assert r.status_code == 200
+            blob_hash = r.json()["hash"]
+        host, port = server.url.removeprefix("http://").rsplit(":", 1)
+        stuck = []
+        try:
+            for _ in range(6):
+                stream = await trio.open_tcp_stream(host, int(port))
+                await stream.send_all(b"GET /quorum/v1/log HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                stuck.append(stream)  # and never read
+            await wait_for(lambda: server.store.sending > 8 * 1024 * 1024, timeout=10, what="the answers to be held")
+            for path in ("/quorum/v1/log", f"/quorum/v1/blobs/{blob_hash}"):
+                r = await http.get(path)
+                assert r.status_code == 503 and r.headers["Retry-After"] == "1" and r.json()["error"] == "busy"
+            assert (await http.get(f"/quorum/v1/blobs/{'ab' * 32}")).status_code == 404  # (nothing to hold)
+        finally:  # (left open, the server could not be cancelled: hypercorn shields its sends)
+            for stream in stuck:
+                await stream.aclose()
+        await wait_for(lambda: server.store.sending == 0, timeout=10, what="the stuck answers to drain")
+        r = await http.get("/quorum/v1/log")
+        assert r.status_code == 200 and len(r.json()["items"]) == 2
 
 
 async def test_blobstore_da_errors(nursery: trio.Nursery, tmp_path: Path, hung_url: str) -> None:
