@@ -124,6 +124,20 @@ async def test_register_schema_violations_are_422(client: Any, patch: dict[str, 
     assert await get(client, "/nodes") == []
 
 
+async def test_a_name_given_twice_in_one_object_is_malformed(client: Any) -> None:
+    """The last value won, the first never checked: a capacity of -5 then 7 registered 7, and a proxy reading the
+    first value saw another request (a reviewer's reproduction)."""
+    resp = await client.post("/register", headers={"Content-Type": "application/json"},
+                             data=b'{"id": "node-1", "zone": "z", "addr": "10.0.0.1:1", "capacity_gb": -5, '
+                                  b'"capacity_gb": 7}')
+    body = await resp.get_json()
+    assert resp.status_code == 400 and body["error"] == "malformed_json" and "'capacity_gb'" in body["message"]
+    resp = await client.post("/object/register", headers={"Content-Type": "application/json"},
+                             data=b'{"hash": "abc", "size": 1, "meta": {"a": 1, "a": 2}}')
+    assert resp.status_code == 400 and "'a'" in (await resp.get_json())["message"]
+    assert await get(client, "/nodes") == []
+
+
 async def test_bad_bodies(client: Any) -> None:
     resp = await client.post("/register", data=b"{not json", headers={"Content-Type": "application/json"})
     assert resp.status_code == 400 and (await resp.get_json())["error"] == "malformed_json"
