@@ -116,9 +116,10 @@ class Publisher:
                 self.on_result(False, str(exc))
                 delay = self._backoff.next()
                 if is_caller_error(exc):  # one event alone: it stays in the outbox, nothing is dropped
-                    log.error("the DA layer refuses even a blob of one event (%s); it stays in the outbox with %d "
-                              "more after it: raise the layer's blob size limit (retry in %.2fs)", exc,
-                              self.outbox.pending - 1, delay)
+                    log.error("the DA layers refuse even a blob of one event (%s); it stays in the outbox with %d "
+                              "more after it until a layer takes it: mend what the reasons say (a blob size limit "
+                              "below the event, a store whose writers do not list this coordinator's key) (retry in "
+                              "%.2fs)", exc, self.outbox.pending - 1, delay)
                 else:
                     (log.warning if self._backoff.attempt == 1 else log.debug)(
                         "publish failed (%s pending events kept, retry in %.2fs): %s", self.outbox.pending, delay,

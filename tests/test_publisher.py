@@ -85,7 +85,7 @@ async def test_an_event_no_blob_can_carry_stays_in_the_outbox_and_the_publisher_
     caplog.set_level(logging.ERROR, logger="dsdn.publisher")
     publisher, outbox = await publish(tmp_path, layer, 3, run_s=60)
     assert outbox.pending == 3 and layer.blobs == [] and publisher.cap == 1
-    assert any("raise the layer's blob size limit" in r.getMessage() for r in caplog.records)
+    assert any("a blob size limit below the event" in r.getMessage() for r in caplog.records)
     assert layer.refused < 30  # with backoff, not a tight loop
 
 
