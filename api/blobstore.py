@@ -31,6 +31,9 @@ application/octet-stream`` → 200 ``{"position", "hash", "signature", "validato
     that long for a blob to be stored, so a follower learns of a new blob at once and an idle one asks once per
     wait instead of polling; the store's shutdown answers waiting polls at once (an empty page).
 ``GET /quorum/v1/health`` → 200 ``{"ok": true, "head", "public_key", "log_id"}``.
+Both reads of blobs answer 503 ``{"error": "busy"}`` with ``Retry-After: 1`` while more than 64 MiB of answers
+are still being sent (clients slow to read them), and 503 ``storage_unavailable`` for a blob whose stored data no
+longer hashes to its hash (a damaged database: never served, nor signed).
 
 Positions start at 1 and grow by one per new blob, across namespaces. The signature is Ed25519 by the
 store's key over ``signed_message(namespace, sha256(data))`` (node/da/blobstore_client.py), exactly::
