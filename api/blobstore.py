@@ -31,9 +31,10 @@ application/octet-stream`` → 200 ``{"position", "hash", "signature", "validato
     that long for a blob to be stored, so a follower learns of a new blob at once and an idle one asks once per
     wait instead of polling; the store's shutdown answers waiting polls at once (an empty page).
 ``GET /quorum/v1/health`` → 200 ``{"ok": true, "head", "public_key", "log_id"}``.
-Both reads of blobs answer 503 ``{"error": "busy"}`` with ``Retry-After: 1`` while more than 64 MiB of answers
-are still being sent (clients slow to read them), and 503 ``storage_unavailable`` for a blob whose stored data no
-longer hashes to its hash (a damaged database: never served, nor signed).
+Both reads of blobs answer 503 ``{"error": "busy"}`` with ``Retry-After: 1`` while more than 160 MiB of answers
+are still being sent (clients slow to read them), or 48 MiB to the asking client's address, and 503
+``storage_unavailable`` for a blob whose stored data no longer hashes to its hash (a damaged database: never
+served, nor signed).
 
 Positions start at 1 and grow by one per new blob, across namespaces. The signature is Ed25519 by the
 store's key over ``signed_message(namespace, sha256(data))`` (node/da/blobstore_client.py), exactly::
@@ -89,8 +90,10 @@ MAX_BODY_LIMIT = 12 * 1024 * 1024
 DEFAULT_LOG_LIMIT = 100
 LOG_PAGE_BYTES = 8 * 1024 * 1024
 #: bytes of answers being sent (blobs, log pages) past which reads are refused (503, Retry-After) until they drain:
-#: readers that never read their answer each held a page (~12 MiB) for as long as they kept the connection
-SENDING_LIMIT_BYTES = 64 * 1024 * 1024
+#: readers that never read their answer each held a page (~12 MiB) for as long as they kept the connection; one
+#: client address may hold only part of it (a few such sockets shut every reader out, not only their own)
+SENDING_LIMIT_BYTES = 160 * 1024 * 1024
+CLIENT_SENDING_LIMIT_BYTES = 48 * 1024 * 1024  # (a follower reads a page, ~11 MiB in base64, at a time)
 DB_FILE = "blobs.sqlite3"
 JSONDict = dict[str, Any]
 
@@ -156,6 +159,7 @@ class BlobStore:
         self._lock = trio.Lock()
         self.appended = 0  # blobs stored since start: a long poll waits for this to move
         self.sending = 0  # bytes of answers under /quorum/v1 read and not yet sent (count_answers)
+        self.sending_to: dict[str, int] = {}  # the same by client address
         self._append_event = trio.Event()  # set (and replaced) at each new blob and at stop_waiting
         self.stopping = False
 
@@ -283,7 +287,7 @@ def _checked(row: tuple[Any, ...]) -> Record:
     return record
 
 
-_HELD: ContextVar[list[int] | None] = ContextVar("blobstore_answer_bytes", default=None)
+_HELD: ContextVar[tuple[str, list[int]] | None] = ContextVar("blobstore_answer_bytes", default=None)
 
 
 def count_answers(asgi_app: Any, store: BlobStore) -> Any:
@@ -293,13 +297,17 @@ def count_answers(asgi_app: Any, store: BlobStore) -> Any:
         if scope["type"] != "http" or not str(scope.get("path", "")).startswith(PREFIX + "/"):
             await asgi_app(scope, receive, send)
             return
-        held = [0]
-        token = _HELD.set(held)
+        client, held = str((scope.get("client") or ("",))[0]), [0]
+        token = _HELD.set((client, held))
         try:
             await asgi_app(scope, receive, send)
         finally:
             _HELD.reset(token)
-            store.sending -= held[0]
+            if held[0]:
+                store.sending -= held[0]
+                left = store.sending_to.pop(client) - held[0]
+                if left:
+                    store.sending_to[client] = left
 
     return wrapped
 
@@ -308,14 +316,18 @@ def hold(store: BlobStore, records: list[Record]) -> None:
     """Count an answer of these blobs in ``store.sending`` until its request ends, or refuse it (503, Retry-After)
     past ``SENDING_LIMIT_BYTES`` (readers that never read their answer each held a page, ~12 MiB, for as long as
     they kept the connection: 40 of them grew a store by 480 MB; a reviewer's reproduction)."""
-    if store.sending > SENDING_LIMIT_BYTES:
-        raise Reject(503, "busy", f"{store.sending} bytes of answers are still being sent (clients slow to read "
-                     "them): try again shortly", {"Retry-After": "1"})
-    held = _HELD.get()
-    if held is not None:
-        size = sum(len(r.data) for r in records) * 4 // 3  # (base64)
-        held[0] += size
-        store.sending += size
+    context = _HELD.get()
+    if context is None:
+        return
+    client, held = context
+    if store.sending > SENDING_LIMIT_BYTES or store.sending_to.get(client, 0) > CLIENT_SENDING_LIMIT_BYTES:
+        raise Reject(503, "busy", f"{store.sending_to.get(client, 0)} bytes of answers to this client and "
+                     f"{store.sending} in all are still being sent (clients slow to read them): try again shortly",
+                     {"Retry-After": "1"})
+    size = sum(len(r.data) for r in records) * 4 // 3  # (base64)
+    held[0] += size
+    store.sending += size
+    store.sending_to[client] = store.sending_to.get(client, 0) + size
 
 
 def _json(value: JSONDict, status: int = 200) -> Response:

@@ -47,6 +47,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
+import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeVar
@@ -99,6 +100,13 @@ def _present(raw: bytes) -> bool:
     return raw.startswith(_HEALED_PREFIX)
 
 
+def _forget(shared: set[int], undo: list[dict[str, Any]]) -> None:
+    """A cut no longer reads its shards in place: the live state stops noting values for it."""
+    shared.clear()
+    for notes in undo:
+        notes.clear()
+
+
 class ShardedView(Mapping[str, V]):
     """A read-only mapping over the shards of a table (``State.objects``, ``State.replicas``)."""
 
@@ -133,7 +141,9 @@ class State:
         # value each key had at the cut (_ABSENT: none), noted before its first change (see frozen)
         self._shared: set[int] = set()
         self._undo: list[dict[str, Any]] = []
-        self._cut: State | None = None  # the cut reading these shards (a live state's), settled by the next one
+        # the cut reading these shards (a live state's), settled by the next one; weak: a finished save's cut,
+        # holding its own copy of every table, was kept until the next snapshot (a reviewer's find)
+        self._cut: weakref.ref[State] | None = None
         self._is_cut = False
         self.scheduler: tuple[Version, Weights] | None = None
         self._recent_cap = recent_ids
@@ -442,13 +452,15 @@ class State:
         copied each shard before writing to it again: one blob touches nearly all, so the first blob after every
         cut copied the whole table on the event loop: 80-190 ms at a million objects; a reviewer's reproduction.)
         Encode it in pieces; it is for reading, not for applying events (its recent ids are a tuple)."""
-        if self._shared and self._cut is not None:  # a cut still reading in place: it takes its shards now
-            self._cut._settle()
+        cut = self._cut() if self._cut is not None and self._shared else None
+        if cut is not None:  # a cut still reading in place: it takes its shards now
+            cut._settle()
         copy = State(self._recent_cap)
         copy._objects, copy._replicas = list(self._objects), list(self._replicas)
-        self._shared = copy._shared = set(range(2 * SHARDS))
-        self._undo = copy._undo = [{} for _ in range(2 * SHARDS)]
-        self._cut, copy._is_cut = copy, True
+        self._shared = copy._shared = shared = set(range(2 * SHARDS))
+        self._undo = copy._undo = undo = [{} for _ in range(2 * SHARDS)]
+        # (a cut dropped unreleased: the notes stop when it is collected)
+        self._cut, copy._is_cut = weakref.ref(copy, lambda _: _forget(shared, undo)), True
         copy.nodes = self.nodes.copy()
         copy.scheduler, copy.max_hlc, copy._acc = self.scheduler, self.max_hlc, self._acc
         copy._recent_order, copy._applied = tuple(self._recent_order), self._applied  # a tuple: no events
@@ -479,9 +491,7 @@ class State:
         """(A cut) no longer read: the live state stops noting changes for it (a save that failed or was cancelled
         took only some shards; it stays unusable)."""
         if self._is_cut:
-            self._shared.clear()
-            for undo in self._undo:
-                undo.clear()
+            _forget(self._shared, self._undo)
 
     def to_snapshot(self) -> dict[str, Any]:
         """Layout 5: objects and replicas as flat columns (keys, stored registers: events) per shard, so a

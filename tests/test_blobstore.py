@@ -431,10 +431,14 @@ async def test_a_damaged_blob_is_never_served_and_a_store_serving_one_is_caught(
 async def test_reads_wait_while_answers_are_stuck_with_readers_that_do_not_read(
         server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each reader of a page that never reads it held the page (~12 MiB) for as long as it kept the connection:
-    40 of them grew the store by 480 MB (a reviewer's reproduction). Past SENDING_LIMIT_BYTES being sent, reads
-    get 503 with Retry-After until those answers drain."""
-    monkeypatch.setattr(blobstore_mod, "SENDING_LIMIT_BYTES", 8 * 1024 * 1024)
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+    40 of them grew the store by 480 MB (a reviewer's reproduction). Past CLIENT_SENDING_LIMIT_BYTES being sent to
+    one address, that address's reads get 503 with Retry-After until those answers drain (a first version counted
+    only the total: six such sockets shut every reader out); past SENDING_LIMIT_BYTES in all, everyone's."""
+    monkeypatch.setattr(blobstore_mod, "CLIENT_SENDING_LIMIT_BYTES", 8 * 1024 * 1024)
+    monkeypatch.setattr(blobstore_mod, "SENDING_LIMIT_BYTES", 100 * 1024 * 1024)
+    liar = httpx.AsyncClient(base_url=server.url, timeout=10,
+                             transport=httpx.AsyncHTTPTransport(local_address="127.0.0.2"))
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http, liar:
         for _ in range(2):
             r = await http.post(f"/quorum/v1/blobs?namespace={NS.hex()}", content=os.urandom(2 * 1024 * 1024 - 16),
                                 headers=OCTET)
@@ -443,20 +447,25 @@ async def test_reads_wait_while_answers_are_stuck_with_readers_that_do_not_read(
         host, port = server.url.removeprefix("http://").rsplit(":", 1)
         stuck = []
         try:
-            for _ in range(6):
-                stream = await trio.open_tcp_stream(host, int(port))
+            for _ in range(6):  # from 127.0.0.2
+                stream = await trio.open_tcp_stream(host, int(port), local_address="127.0.0.2")
                 await stream.send_all(b"GET /quorum/v1/log HTTP/1.1\r\nHost: localhost\r\n\r\n")
                 stuck.append(stream)  # and never read
             await wait_for(lambda: server.store.sending > 8 * 1024 * 1024, timeout=10, what="the answers to be held")
             for path in ("/quorum/v1/log", f"/quorum/v1/blobs/{blob_hash}"):
-                r = await http.get(path)
+                r = await liar.get(path)
                 assert r.status_code == 503 and r.headers["Retry-After"] == "1" and r.json()["error"] == "busy"
-            assert (await http.get(f"/quorum/v1/blobs/{'ab' * 32}")).status_code == 404  # (nothing to hold)
+                assert (await http.get(path)).status_code == 200  # another address reads on
+            assert (await liar.get(f"/quorum/v1/blobs/{'ab' * 32}")).status_code == 404  # (nothing to hold)
+            monkeypatch.setattr(blobstore_mod, "SENDING_LIMIT_BYTES", 8 * 1024 * 1024)
+            r = await http.get("/quorum/v1/log")
+            assert r.status_code == 503 and r.json()["error"] == "busy"
         finally:  # (left open, the server could not be cancelled: hypercorn shields its sends)
             for stream in stuck:
                 await stream.aclose()
-        await wait_for(lambda: server.store.sending == 0, timeout=10, what="the stuck answers to drain")
-        r = await http.get("/quorum/v1/log")
+        await wait_for(lambda: server.store.sending == 0 and not server.store.sending_to, timeout=10,
+                       what="the stuck answers to drain")
+        r = await liar.get("/quorum/v1/log")
         assert r.status_code == 200 and len(r.json()["items"]) == 2
 
 

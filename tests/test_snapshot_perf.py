@@ -8,6 +8,7 @@ runs beside the event loop.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import itertools
 import math
@@ -524,12 +525,19 @@ def test_a_cut_given_up_stops_the_notes_and_a_second_cut_settles_the_first(event
     assert s.root() == later.root() and view(s) == view(later)
 
 
-async def test_a_cancelled_save_releases_its_cut(tmp_path: Path, events: list[ev.Event]) -> None:
+async def test_a_cancelled_save_releases_its_cut_and_no_cut_outlives_its_save(
+        tmp_path: Path, events: list[ev.Event]) -> None:
     s = State()
     s.apply_all(events)
     with trio.move_on_after(0):
         await snapshot.save(tmp_path, snapshot.Snapshot(s, {"primary": 1}, 0))
     assert not s._shared and not (tmp_path / snapshot.FILE).exists()
+    await snapshot.save(tmp_path, snapshot.Snapshot(s, {"primary": 1}, 0))
+    gc.collect()
+    assert s._cut is not None and s._cut() is None  # (it holds a copy of every table: it was kept till the next)
+    s.frozen()  # dropped unreleased: the notes stop once it is collected
+    gc.collect()
+    assert not s._shared
 
 
 @pytest.mark.parametrize("cap", [0, 1, 3, 8])
