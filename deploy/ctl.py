@@ -151,14 +151,19 @@ class Client:
 
     def request(self, method: str, url: str, **kw: Any) -> httpx.Response:
         """The whole exchange within ``timeout_s``: httpx's timeout bounds each read, so an answer sent a byte a
-        second kept a command running far past --timeout (a reviewer's reproduction)."""
-        deadline = time.monotonic() + self.timeout_s
+        second kept a command running far past --timeout (a reviewer's reproduction); or within a longer read
+        timeout given for this call (an answer the server holds back on purpose: `receipt submit --wait-ms`, whose
+        answer after the default 5 s wait always came past the default --timeout 5: "no answer in time")."""
+        timeout = kw.get("timeout")
+        read_s = timeout.read if isinstance(timeout, httpx.Timeout) and timeout.read is not None else 0.0
+        budget = max(self.timeout_s, read_s)
+        deadline = time.monotonic() + budget
         with self.http.stream(method, url, **kw) as response:
             body = bytearray()
             for chunk in response.iter_bytes():
                 body += chunk
                 if time.monotonic() > deadline:
-                    raise httpx.ReadTimeout(f"no whole answer within {self.timeout_s:g}s", request=response.request)
+                    raise httpx.ReadTimeout(f"no whole answer within {budget:g}s", request=response.request)
             headers = [(k, v) for k, v in response.headers.multi_items()
                        if k.lower() not in ("content-encoding", "transfer-encoding", "content-length")]
             return httpx.Response(response.status_code, headers=headers, content=bytes(body),

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -639,5 +640,31 @@ async def test_timeout_bounds_the_whole_answer_not_each_read() -> None:
         with pytest.raises(httpx.ReadTimeout):
             await trio.to_thread.run_sync(client.request, "GET", f"http://127.0.0.1:{port}/nodes")
         assert time.monotonic() - started < 3
+        client.close()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_call_given_a_longer_read_timeout_gets_its_answer_past_the_default_timeout() -> None:
+    """`dsdn receipt submit` with its defaults (--wait-ms 5000, --timeout 5): the server answers a receipt not final
+    yet after the 5 s wait, past the whole-exchange deadline of --timeout: "no answer in time", the answer lost (a
+    reviewer's reproduction). The read timeout the call gives (the wait plus --timeout) bounds it instead."""
+    import trio
+
+    async def late(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        await trio.sleep(1.5)  # the server's wait
+        await stream.send_all(b"HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\ncontent-length: 2\r\n"
+                              b"\r\n{}")
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, late, 0)
+        port = listeners[0].socket.getsockname()[1]
+        client = ctl.Client(None, 1.0)
+        call = partial(client.request, "POST", f"http://127.0.0.1:{port}/receipts",
+                       timeout=httpx.Timeout(1.0, read=3.0))
+        response = await trio.to_thread.run_sync(call)
+        assert response.status_code == 202
+        with pytest.raises(httpx.ReadTimeout):  # and without it, --timeout still bounds the exchange
+            await trio.to_thread.run_sync(client.request, "GET", f"http://127.0.0.1:{port}/nodes")
         client.close()
         nursery.cancel_scope.cancel()
