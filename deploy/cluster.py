@@ -252,6 +252,9 @@ async def _wait_ready(member: Member, http: httpx.AsyncClient, say: Callable[[st
             answer = await http.get(member.url + member.ready_path, headers=member.headers)
             if answer.status_code == 200:
                 _check_identity(member, await http.get(member.url + member.key_path) if member.key else None)
+                if member.key is None and member.headers:  # (the devnet: its token, new each run, is its identity)
+                    _check_token_known(member, await http.get(member.url + member.ready_path,
+                                                              headers={"Authorization": "Bearer not-the-token"}))
                 member.ready = True
                 return
             progress = _progress(answer)
@@ -292,6 +295,15 @@ def _progress(answer: httpx.Response) -> dict[str, Any] | None:
         return None
     progress = body.get("progress") if isinstance(body, dict) else None
     return progress if isinstance(progress, dict) else None
+
+
+def _check_token_known(member: Member, answer: httpx.Response) -> None:
+    """Raise RuntimeError unless ``answer`` (to a request with a wrong token) refuses it: a server that takes any
+    token is not the member started with this run's token (another devnet on its port passed the readiness probe
+    while this one could not bind, and the coordinators read its chain; a reviewer's reproduction)."""
+    if answer.status_code != 401:
+        raise RuntimeError(f"{member.id}: another server answers at {member.url} (it takes a wrong token: not the "
+                           f"{member.role} started now): is its port taken?")
 
 
 def _check_identity(member: Member, answer: httpx.Response | None) -> None:

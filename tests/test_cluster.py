@@ -538,6 +538,30 @@ async def test_a_member_is_ready_only_when_the_server_answering_is_that_member()
         assert member.ready
 
 
+async def test_the_devnet_is_ready_only_when_the_server_answering_knows_this_runs_token() -> None:
+    """Another devnet on the devnet's port (started by hand, without a token) passed the readiness probe while the
+    launcher's could not bind: the coordinators read that chain, and kept its cursors (a reviewer's reproduction).
+    The devnet has no key: it must refuse a wrong token."""
+    from deploy.cluster import Member, _wait_ready
+
+    token = {"value": None}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if token["value"] is not None and request.headers.get("Authorization") != f"Bearer {token['value']}":
+            return httpx.Response(401, json={"error": "unauthorized"})
+        return httpx.Response(200, json={"height": 1})
+
+    member = Member("devnet", "devnet", "http://127.0.0.1:1", "/admin/status", [],
+                    headers={"Authorization": "Bearer t0k3n"})
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        with pytest.raises(RuntimeError, match=r"another server answers at http://127\.0\.0\.1:1 .*port taken"):
+            await _wait_ready(member, http)
+        assert not member.ready
+        token["value"] = "t0k3n"
+        await _wait_ready(member, http)
+        assert member.ready
+
+
 @pytest.mark.parametrize("argv, says", [
     (["devnet", "--max-blob-bytes", "0"], "--max-blob-bytes must be from 1 to"),
     (["devnet", "--max-blob-bytes", str(2**40)], "--max-blob-bytes must be from 1 to"),
