@@ -485,6 +485,9 @@ def report(nem: Nemesis, summary: dict[str, Any]) -> str:
     return "\n".join(lines) + f"\nhistory: {nem.history_path}"
 
 
+MAX_DURATION_S = 86_400.0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="dsdn nemesis", description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load and faults")
@@ -497,11 +500,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--history", type=Path, help="history file (JSON lines); default in the data dir")
     parser.add_argument("--data-dir", type=Path, help="default: a new temporary directory")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 30)
-    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="dsdn-nemesis-"))
+    if not 1 <= args.duration <= MAX_DURATION_S:  # (nan fails this too; inf ran until killed)
+        parser.error(f"--duration must be from 1 to {MAX_DURATION_S:.0f} seconds")
     sequence = args.faults.split(",") if args.faults else None
     if sequence and any(k not in FAULTS for k in sequence):
         parser.error(f"--faults: kinds are {', '.join(FAULTS)}")
+    if args.data_dir is not None and args.data_dir.exists() and not args.data_dir.is_dir():
+        parser.error(f"--data-dir {args.data_dir} is not a folder")
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 30)
+    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="dsdn-nemesis-"))
     nem = Nemesis(args.n, args.duration, seed, data_dir, args.history or data_dir / "history.jsonl", args.byzantine)
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     started = time.perf_counter()

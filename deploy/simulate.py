@@ -752,7 +752,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="dsdn simulate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=parse_seeds, default=parse_seeds("0:100"), help="START:COUNT")
     parser.add_argument("--nodes", type=int, choices=range(4, 8), metavar="N", help="4..7 (default: from the seed)")
-    parser.add_argument("--receipts", type=int, help="receipts per seed (default: from the seed)")
+    parser.add_argument("--receipts", type=int, choices=range(1, 37), metavar="K",
+                        help="receipts per seed, 1..36 (default: from the seed)")
     parser.add_argument("--dkg", choices=DKG_MODES, default="seeded",
                         help=f"run the DKG first: in a seeded {DKG_FRACTION * 100:.0f}%% of the seeds (default), "
                              "all, none")

@@ -7,6 +7,7 @@ batches under one batch id, and no slot signed twice); the byzantine switch refu
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -309,3 +310,22 @@ def test_a_coordinator_that_exited_on_its_own_is_a_violation(tmp_path: Path) -> 
     m.process = SimpleNamespace(returncode=-11)  # type: ignore[assignment]  # a segfault, say
     assert not nem.check_alive(m)
     assert nem.violations == ["c1 exited on its own (exit code -11)"]
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--duration", "-1"], "--duration must be from 1 to"),
+    (["--duration", "nan"], "--duration must be from 1 to"),
+    (["--duration", "inf"], "--duration must be from 1 to"),
+    (["--faults", "kill,nope"], "--faults: kinds are"),
+    (["--data-dir", "FILE"], "is not a folder"),
+])
+def test_bad_arguments_exit_2_in_one_line_and_leave_nothing(tmp_path: Path, argv: list[str], says: str) -> None:
+    """A negative or nan duration started a whole cluster for nothing (inf: until killed), a file as --data-dir was
+    a traceback, a bad --faults left an empty temporary folder behind."""
+    (tmp_path / "FILE").write_text("")
+    argv = [str(tmp_path / "FILE") if a == "FILE" else a for a in argv]
+    r = subprocess.run([sys.executable, "-c", "from deploy.nemesis import main; main()", *argv],
+                       capture_output=True, text=True, timeout=60, env={**os.environ,
+                                                                        "TMPDIR": str(tmp_path)})
+    assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE"]

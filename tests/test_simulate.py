@@ -558,3 +558,13 @@ async def test_a_signature_made_but_never_announced_counts_against_its_slot(
         assert any("signed receipts" in v and "slot" in v for v in outcome.safety), outcome.safety
     finally:
         cluster.close()
+
+
+@pytest.mark.parametrize("receipts", ["-1", "0", "37"])
+def test_a_receipt_count_out_of_range_is_refused_in_one_line(capsys: pytest.CaptureFixture[str],
+                                                             receipts: str) -> None:
+    """-1 and 37 were a traceback (a sample larger than the 36 slots), 0 silently "from the seed"."""
+    with pytest.raises(SystemExit) as exit_:
+        simulate.main(["--seeds", "1:1", "--receipts", receipts])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--receipts" in err and "Traceback" not in err
