@@ -135,14 +135,17 @@ class ChainStore:
     def __init__(self, path: str) -> None:
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10.0)
-        if path != ":memory:":
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(_SCHEMA)
-        self.reader = self.db
-        if path != ":memory:":
-            self.reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10.0)
+        try:  # (the error named no file: "cannot start: file is not a database")
+            self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10.0)
+            if path != ":memory:":
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(_SCHEMA)
+            self.reader = self.db
+            if path != ":memory:":
+                self.reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10.0)
+        except sqlite3.Error as exc:
+            raise sqlite3.OperationalError(f"cannot use the chain file {path} (--db): {exc}") from None
 
     @property
     def separate_reader(self) -> bool:

@@ -254,6 +254,17 @@ def test_bad_configuration_exits_2_with_one_line(tmp_path: Path) -> None:
         "critical"]  # it was ignored, silently
 
 
+def test_an_unusable_mock_da_file_is_named(tmp_path: Path) -> None:
+    """It said "cannot start: unable to open database file" (or "file is not a database"), naming no file."""
+    (tmp_path / "junk").write_text("not a database, not empty" * 100)
+    for path, why in ((tmp_path, "unable to open database file"), (tmp_path / "junk", "file is not a database")):
+        result = run_cli({"USE_MOCK_DA": "true", "MOCK_DA_PATH": str(path),
+                          "COORDINATOR_DATA_DIR": str(tmp_path / "d")})
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines()[-1] == \
+            f"dsdn-coordinator: cannot start: cannot use the Mock DA file {path}: {why}"
+
+
 def test_port_in_use_exits_1_with_a_clear_message(tmp_path: Path) -> None:
     import socket
 

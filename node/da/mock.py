@@ -30,11 +30,14 @@ class MockDA:
         self.name = name
         self.path = path
         self.down = False
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10.0)
-        if path != ":memory:":
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(_SCHEMA)
+        try:  # (the error named no file: "cannot start: unable to open database file")
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10.0)
+            if path != ":memory:":
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise sqlite3.OperationalError(f"cannot use the Mock DA file {path}: {exc}") from None
         self._lock = trio.Lock()
 
     def close(self) -> None:
