@@ -61,12 +61,17 @@ def register_receipt_routes(app: QuartTrio, service: ReceiptService | None, view
             raise fail(503, "no_cluster", "this coordinator serves no receipts")
         return view.signed_document(receipt_id)
 
+    sorted_ids: list[Any] = [None, []]  # (the view's signed_version, its ids sorted): sorted once per change
+
     def known_ids() -> list[bytes]:
         if service is not None:
             return service.receipt_ids()
         if view is None:
             raise fail(503, "no_cluster", "this coordinator serves no receipts")
-        return sorted(view.signed_ids())
+        version = view.signed_version()
+        if sorted_ids[0] != version:
+            sorted_ids[:] = [version, sorted(view.signed_ids())]
+        return sorted_ids[1]
 
     def slot_of(receipt_id: bytes) -> tuple[str, str, str, int] | None:
         """A receipt's slot without building its document (a listing's filters look at it first: building every

@@ -168,6 +168,10 @@ class LedgerView(Protocol):
         """Every receipt id the state holds as signed, or a heard batch."""
         ...
 
+    def signed_version(self) -> object:
+        """A value that changes whenever ``signed_ids`` may."""
+        ...
+
     def signed_rival(self, receipt_id: bytes, slot: tuple[str, str, str, int]) -> bytes | None:
         """A receipt other than ``receipt_id`` the state holds as signed for ``slot``, if any."""
         ...
@@ -437,10 +441,10 @@ class ReceiptService:
     def receipt_ids(self) -> list[bytes]:
         """Every receipt known here (signed in the state, or seen by this coordinator), in id order. Sorted once
         per change, not per call (the dashboard lists receipts every second on every member)."""
-        signed = self.view.signed_ids()
-        key = (len(signed), signed[-1] if signed else None, self._records_version)
+        # (keyed by the count and last id, it went stale when one id left and another came between two calls)
+        key = (self.view.signed_version(), self._records_version)
         if self._sorted_ids is None or self._sorted_ids[0] != key:
-            self._sorted_ids = (key, sorted(set(signed) | set(self.records)))
+            self._sorted_ids = (key, sorted(set(self.view.signed_ids()) | set(self.records)))
         return self._sorted_ids[1]
 
     # ---- validation against the DA-derived state ---------------------------------------------------

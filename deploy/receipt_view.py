@@ -61,6 +61,7 @@ class StateLedgerView:
         # takeover, whose batch, announced, dropped another at the peers (a reviewer's run: every batch 4 times)
         self._heard: OrderedDict[bytes, HeardBatch] = OrderedDict()
         self._heard_of: dict[bytes, tuple[bytes, int]] = {}  # receipt id -> (root, index) of a heard batch
+        self._heard_version = 0  # bumps whenever _heard_of changes
 
     def node_key(self, node_id: str) -> tuple[bool, bytes | None]:
         state = self._state()
@@ -127,15 +128,22 @@ class StateLedgerView:
         return (info.receipt_type, info.node_id, info.subject, info.epoch) if info is not None else None
 
     def signed_ids(self) -> list[bytes]:
-        """Every receipt signed (under the cluster's key) in the state or in a heard batch."""
+        """Every receipt signed (under the cluster's key) in the state or in a heard batch. (A heard one held by the
+        state only under another key, a liar's batch of it, was left out of both: listed nowhere, served by id; a
+        reviewer's reproduction.)"""
         groups = self._group_keys()
         ledger = self._state().ledger
-        held = ledger.receipts
-        if groups is None or all(b.group_key in groups for b in ledger.batches.values()):
-            signed = list(held)  # (the usual case, without a locate per receipt)
-        else:
-            signed = [rid for rid in held if self._located(rid) is not None]
-        return [*signed, *(rid for rid in self._heard_of if rid not in held)]
+        if groups is None:  # (any key while this coordinator knows none)
+            signed = list(ledger.receipts)
+            return [*signed, *(rid for rid in self._heard_of if rid not in ledger.receipts)]
+        under = [ledger.under_key[g] for g in sorted(groups) if g in ledger.under_key]
+        signed = list(under[0]) if len(under) == 1 else list(dict.fromkeys(rid for ids in under for rid in ids))
+        return [*signed, *(rid for rid in self._heard_of if not any(rid in ids for ids in under))]
+
+    def signed_version(self) -> tuple[Any, ...]:
+        """Changes whenever ``signed_ids`` may (a cache of it is keyed by this)."""
+        state = self._state()
+        return id(state), state.ledger.version, self._heard_version, self._group_keys()
 
     def _path(self, batch: Batch, index: int) -> list[bytes]:
         root = bytes.fromhex(batch.root)
@@ -195,6 +203,7 @@ class StateLedgerView:
         served = self._heard.get(root)
         if served is None:
             served = self._heard[root] = heard
+            self._heard_version += 1
             for index, rid in enumerate(heard.ids):
                 self._heard_of[rid] = (root, index)
         served.origins.add(origin)
@@ -209,6 +218,7 @@ class StateLedgerView:
 
     def _forget_heard(self, root: bytes) -> HeardBatch:
         heard = self._heard.pop(root)
+        self._heard_version += 1
         for index, rid in enumerate(heard.ids):
             if self._heard_of.get(rid) == (root, index):
                 del self._heard_of[rid]

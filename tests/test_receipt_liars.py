@@ -259,3 +259,55 @@ async def test_signers_refusing_with_fresh_commitments_do_not_get_into_session_a
         assert c0.counters.batches == 1 and 1 <= c0.counters.sessions <= 7 - threshold + 1
         nursery.cancel_scope.cancel()
     cluster.close()
+
+
+async def test_a_heard_batch_a_liar_signed_again_stays_listed_and_the_listing_key_follows_every_change() -> None:
+    """A cluster-signed batch heard (not in DA yet) whose receipts a liar published first under a key of its own:
+    the listing dropped them (held by the state, but not as signed) while GET /receipts/{id} served them; and the
+    listing's cache, keyed by the count and the last id, went stale when one id left and another came (a
+    reviewer's reproductions). And the cluster's receipts are found without locating each one."""
+    from deploy.receipt_view import StateLedgerView
+    from node.state import State
+    from tests.test_snapshot_perf import GROUP, NODE_KEYS, T0, receipt_events
+
+    T1 = T0 + 1000
+
+    def batch_fields(receipts: list[rc.Receipt], group: nacl.signing.SigningKey) -> dict[str, Any]:
+        raws = [r.to_bytes() for r in receipts]
+        key, root = bytes(group.verify_key), merkle.root(raws)
+        return {"group_key": key.hex(), "root": root.hex(), "tree_size": len(raws), "signers": "c0,c1",
+                "signature": group.sign(rc.batch_message(key, root, len(raws))).signature.hex(),
+                "receipts": msgpack.packb([[raw, r.node_signature] for raw, r in zip(raws, receipts, strict=True)],
+                                          use_bin_type=True)}
+
+    def receipt(i: int) -> rc.Receipt:
+        return rc.sign_as_node(NODE_KEYS[i % 5], receipt_type="storage", node_id=f"n{i % 5}", subject=f"{i:064x}",
+                               epoch=1, usage_proof_hash="00" * 32, execution_commitment=None, reward_base=1,
+                               submitter_address="00" * 20, timestamp=0)
+
+    async def no_submit(*_: Any) -> bytes:
+        raise AssertionError("nothing is published here")
+
+    state = State()
+    state.apply_all(receipt_events(0, 0))  # the nodes' keys
+    keys = type("Keys", (), {"key": type("Key", (), {"group_public_key": bytes(GROUP.verify_key)})()})()
+    view = StateLedgerView(lambda: state, no_submit, keys)
+    ours, liar = [receipt(i) for i in range(3)], nacl.signing.SigningKey(b"\x07" * 32)
+    versions = {view.signed_version()}
+    heard = view.check_batch(batch_fields(ours, GROUP))
+    assert heard is not None
+    view.serve(heard, "c1")
+    versions.add(view.signed_version())
+    assert sorted(view.signed_ids()) == sorted(r.id for r in ours)
+    state.apply(ev.make_event(ev.RECEIPT_BATCH, (T1, 1), "c6", **batch_fields(ours, liar)))
+    versions.add(view.signed_version())
+    assert sorted(view.signed_ids()) == sorted(r.id for r in ours)  # (it was [])
+    assert all(view.signed_document(r.id)["group_public_key"] == bytes(GROUP.verify_key).hex() for r in ours)
+    state.apply(ev.make_event(ev.RECEIPT_BATCH, (T1, 2), "c0", **batch_fields(ours, GROUP)))  # DA brings ours
+    assert view.settled_heard() == [heard]
+    versions.add(view.signed_version())
+    assert sorted(view.signed_ids()) == sorted(r.id for r in ours)
+    assert len(versions) == 4  # every change: served, the liar's batch, ours in the state, heard forgotten
+    late = receipt(7)
+    state.apply(ev.make_event(ev.RECEIPT_BATCH, (T1, 3), "c6", **batch_fields([late], liar)))
+    assert late.id not in view.signed_ids() and view.signed_version() not in versions  # the liar's alone: not ours
