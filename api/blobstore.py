@@ -32,7 +32,7 @@ application/octet-stream`` → 200 ``{"position", "hash", "signature", "validato
     wait instead of polling; the store's shutdown answers waiting polls at once (an empty page).
 ``GET /quorum/v1/health`` → 200 ``{"ok": true, "head", "public_key", "log_id"}``.
 Both reads of blobs answer 503 ``{"error": "busy"}`` with ``Retry-After: 1`` while more than 160 MiB of answers
-are still being sent (clients slow to read them), or 48 MiB to the asking client's address, and 503
+are still being sent (clients slow to read them), or 64 MiB to the asking client's address, and 503
 ``storage_unavailable`` for a blob whose stored data no longer hashes to its hash (a damaged database: never
 served, nor signed).
 
@@ -93,7 +93,8 @@ LOG_PAGE_BYTES = 8 * 1024 * 1024
 #: readers that never read their answer each held a page (~12 MiB) for as long as they kept the connection; one
 #: client address may hold only part of it (a few such sockets shut every reader out, not only their own)
 SENDING_LIMIT_BYTES = 160 * 1024 * 1024
-CLIENT_SENDING_LIMIT_BYTES = 48 * 1024 * 1024  # (a follower reads a page, ~11 MiB in base64, at a time)
+CLIENT_SENDING_LIMIT_BYTES = 64 * 1024 * 1024  # (a follower reads a page, ~11 MiB in base64, at a time; the
+#                                               members of a local cluster all read from 127.0.0.1)
 DB_FILE = "blobs.sqlite3"
 JSONDict = dict[str, Any]
 
@@ -325,6 +326,8 @@ def hold(store: BlobStore, records: list[Record]) -> None:
                      f"{store.sending} in all are still being sent (clients slow to read them): try again shortly",
                      {"Retry-After": "1"})
     size = sum(len(r.data) for r in records) * 4 // 3  # (base64)
+    if not size:  # (an empty page, a long poll's: no entry for its client, which nothing would remove)
+        return
     held[0] += size
     store.sending += size
     store.sending_to[client] = store.sending_to.get(client, 0) + size

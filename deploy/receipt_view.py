@@ -143,7 +143,7 @@ class StateLedgerView:
     def signed_version(self) -> tuple[Any, ...]:
         """Changes whenever ``signed_ids`` may (a cache of it is keyed by this)."""
         state = self._state()
-        return id(state), state.ledger.version, self._heard_version, self._group_keys()
+        return state.ledger.version, self._heard_version, self._group_keys()
 
     def _path(self, batch: Batch, index: int) -> list[bytes]:
         root = bytes.fromhex(batch.root)

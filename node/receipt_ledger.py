@@ -21,6 +21,7 @@ and the receipt service's view (deploy/receipt_view.py) counts only batches unde
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -115,6 +116,9 @@ def parse_batch(fields: tuple[Any, ...]) -> Batch | None:
                  tuple((w[0], w[1]) for w in wires))
 
 
+_VERSIONS = itertools.count(1)
+
+
 class ReceiptLedger:
     def __init__(self, rehash: Rehash) -> None:
         self._rehash = rehash
@@ -131,7 +135,9 @@ class ReceiptLedger:
         # listing finds the cluster's receipts here: locating each one, as it did once a batch under another key
         # was held, cost 25 ms a listing at 40,000 receipts; a reviewer's measurement)
         self.under_key: dict[str, dict[bytes, None]] = {}
-        self.version = 0  # bumps with every batch added (what a listing's cache of ids depends on)
+        # bumps with every batch added (what a listing's cache of ids depends on); from a process-wide counter, so
+        # that a ledger replacing another (a restore) never repeats a version the other had
+        self.version = next(_VERSIONS)
 
     # Writes return True when they wrote, False when they did not (a later version, an unreadable batch) and
     # SAME when the register already holds exactly this version (the event was applied before).
@@ -174,7 +180,7 @@ class ReceiptLedger:
             infos.append(info)
         self.batches[batch_id] = batch
         self.batch_acc += batch_term(batch_id)
-        self.version += 1
+        self.version = next(_VERSIONS)
         under_key = self.under_key.setdefault(batch.group_key, {})
         for index, ((raw, _), info) in enumerate(zip(batch.wires, infos, strict=True)):
             assert info is not None
@@ -290,7 +296,7 @@ class ReceiptLedger:
             if rehash:
                 self._rehash("rc", rid, None, version, (bid, i))  # type: ignore[arg-type]
         first: dict[bytes, tuple[bytes, int]] = {}
-        self.version += 1
+        self.version = next(_VERSIONS)
         for bid, b in self.batches.items():
             under_key = self.under_key.setdefault(b.group_key, {})
             for index, (raw, _) in enumerate(b.wires):

@@ -467,6 +467,10 @@ async def test_reads_wait_while_answers_are_stuck_with_readers_that_do_not_read(
                        what="the stuck answers to drain")
         r = await liar.get("/quorum/v1/log")
         assert r.status_code == 200 and len(r.json()["items"]) == 2
+        r = await http.get("/quorum/v1/log?after=2")  # an empty page: nothing held, no entry kept for its client
+        assert r.status_code == 200 and r.json()["items"] == []
+        await wait_for(lambda: server.store.sending == 0 and not server.store.sending_to, timeout=10,
+                       what="nothing held")
 
 
 async def test_blobstore_da_errors(nursery: trio.Nursery, tmp_path: Path, hung_url: str) -> None:
