@@ -841,11 +841,16 @@ class DkgService:
                 return out
             out["journal"] = journal
             for entry in journal.get("pending", []) if out["key"] is None else []:
-                try:
-                    out["pending"][entry["session"]] = keystore.load(self._stored_pending(entry["session"]),
-                                                                     identity=self.identity, passphrase=self.passphrase)
-                except keystore.KeystoreError as exc:
-                    log.warning("ignoring pending DKG session %s: %s", entry["session"].hex()[:12], exc)
+                path = self._stored_pending(entry["session"])
+                if not path.exists():
+                    log.warning("ignoring pending DKG session %s: its key share %s is gone",
+                                entry["session"].hex()[:12], path)
+                    continue
+                # one that does not open stops the start, as keyshare.bin does: ignored, the session was dropped from
+                # the journal at its next write, and the member, which had confirmed it, was without a key for good,
+                # the right passphrase back or not (a reviewer's reproduction)
+                out["pending"][entry["session"]] = keystore.load(path, identity=self.identity,
+                                                                 passphrase=self.passphrase)
         return out
 
     async def _restore(self) -> None:

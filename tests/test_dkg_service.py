@@ -292,6 +292,37 @@ async def test_a_member_that_confirmed_then_crashed_completes_after_restarting(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_pending_share_that_does_not_open_stops_the_start_and_is_kept(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """c3 confirmed, then was restarted with another KEYSTORE_PASSPHRASE: its pending share was ignored with a
+    warning, the session dropped from its journal at the next write, and c3, which had confirmed it, stayed without
+    a key for good, the right passphrase back or not (a reviewer's reproduction). It stops the start now, as a
+    keyshare.bin that does not open does; with the right passphrase it completes."""
+    from consensus.keystore import KeystoreError
+
+    net, services = setup(tmp_path, delay=(0.001, 0.01))
+    net.tamper = lambda src, dst, msg: None if dst == "c3" and isinstance(dkg_message(msg), Confirm) else msg
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        scopes = {i: await run_service(nursery, s) for i, s in services.items()}
+        await wait_until(lambda: all(services[i].key for i in ("c0", "c1", "c2")), timeout=60)
+        c3 = services["c3"]
+        assert c3.key is None and c3.status()["dkg"]["state"] == "confirm"
+        scopes["c3"].cancel()
+        await trio.sleep(1)
+        net.tamper = None
+        wrong = DkgService(net.add("c3"), c3.identity, c3.members, c3.keystore_path, timeout_s=5,
+                           run_blocking=inline, passphrase=b"another passphrase")
+        with pytest.raises(KeystoreError, match="passphrase"):
+            await run_service(nursery, wrong)
+        assert list(tmp_path.glob("c3.keyshare.pending-*"))
+        again = DkgService(net.add("c3"), c3.identity, c3.members, c3.keystore_path, timeout_s=5, run_blocking=inline)
+        await run_service(nursery, again)
+        await wait_until(lambda: again.key is not None, timeout=30)
+        one_group_key([*[services[i] for i in ("c0", "c1", "c2")], again])
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_member_restarted_after_confirming_still_answers_for_a_share_it_had_sent(
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     """c0's round-two share for c3 is lost (every copy, the answers to c3's requests too); c0 confirms, then
