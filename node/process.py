@@ -101,9 +101,6 @@ def _peer(server: TCPServer) -> str:
 
 
 GRACEFUL_TIMEOUT_S = 5.0  # how long a stop waits for requests under way
-def _stopping(grace_s: float) -> None:
-    """A stop begins (``GRACEFUL_TIMEOUT_S``) or a second signal hurries it (0): what must end by then."""
-    _cut_sends(grace_s)
 
 
 def cut_stalled_sends_at_stop() -> None:
@@ -155,6 +152,7 @@ def _sends() -> set[trio.CancelScope]:
 
 
 def _cut_sends(grace_s: float) -> None:
+    """A stop begins (``GRACEFUL_TIMEOUT_S``) or a second signal hurries it (0): sends to clients end by then."""
     cut_at = min(_CUT_AT.get(), trio.current_time() + grace_s)
     _CUT_AT.set(cut_at)
     for scope in _sends():
@@ -266,7 +264,7 @@ async def _stop_at_stdin_eof(stop: trio.Event) -> None:
     if not stop.is_set():
         log.warning("the process that started this one is gone (its pipe closed): shutting down")
         stop.set()
-        _stopping(GRACEFUL_TIMEOUT_S)
+        _cut_sends(GRACEFUL_TIMEOUT_S)
 
 
 async def _stop_on_signals(stop: trio.Event, hurry: trio.Event | None) -> None:
@@ -279,13 +277,13 @@ async def _stop_on_signals(stop: trio.Event, hurry: trio.Event | None) -> None:
             if not stop.is_set():
                 log.info("received %s, shutting down", name)
                 stop.set()
-                _stopping(GRACEFUL_TIMEOUT_S)
+                _cut_sends(GRACEFUL_TIMEOUT_S)
             elif hurry is not None:
                 log.warning("received %s again: stopping at once", name)
-                _stopping(0.0)
+                _cut_sends(0.0)
                 hurry.set()
             else:
-                _stopping(0.0)
+                _cut_sends(0.0)
                 raise StoppedBySignal(signum)
 
 
