@@ -661,7 +661,7 @@ def _conflict_at(m: Any, rid: bytes) -> bool:
     record = m.service.records.get(rid) if m.service is not None else None
     if record is not None and record.status == "conflict":
         return True
-    if m.locks is None or m.locks.broken is not None:
+    if m.locks is None or m.locks.broken is not None or not m.up:  # (down: its table closed; seed 71419 crashed)
         return False
     held = m.locks.lock_of(rid)
     return held is not None and held[1] == CLOSED_CONFLICT

@@ -388,13 +388,15 @@ def test_the_cli_reports_exits_by_its_findings_and_replays_across_processes() ->
     assert bad.returncode == 2 and "START:COUNT" in bad.stderr
 
 
-@pytest.mark.parametrize("seed", [534722, 15479, 247, 214215, 690, 3416])
+@pytest.mark.parametrize("seed", [534722, 15479, 247, 214215, 690, 3416, 71419])
 def test_seeds_that_once_failed_hold(seed: int) -> None:
     """534722: convergence was checked before a late batch reached every member through DA (checker bug).
     15479: a receipt answered "pending" (not yet valid, nothing durable) was lost when its member crashed, and
     the simulated client never tried again; clients now resubmit until final, and crash traps end at the heal.
     690 and 3416 (checker bugs): a receipt of a pair left locked with a member lost and one holding the rival
-    (undecidable without them); a receipt acknowledged by the equivocator alone, never sent elsewhere again."""
+    (undecidable without them); a receipt acknowledged by the equivocator alone, never sent elsewhere again.
+    71419 (checker bug): waiting for the receipts to settle, the checker read the lock table of a member down at
+    that moment (closed): the campaign stopped with a traceback."""
     _, outcome = simulate.run_seed(seed)
     assert outcome.violations == []
 
