@@ -373,3 +373,34 @@ async def test_a_peer_that_cannot_keep_a_batch_does_not_serve_it_as_final(
         for rid in ids:
             doc = c3.lookup(rid)
             assert doc is None or doc["status"] != "final"
+
+
+async def test_a_batch_is_final_only_once_n_minus_t_peers_answer_that_they_keep_it(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """n = 7, t = 5: a signed batch is final at its proposer once n − t = 2 peers answer that they keep it on disk.
+    Peers answering kept: 0 (a full disk, a broken lock table) do not count: with one peer keeping it (n − t − 1)
+    the receipts stay locked; with a second they are final. (A kept: 0 counted as kept, or waiting for n − t − 1,
+    passed every test: a reviewer's planted bugs.)"""
+    from consensus.receipt_service import FINAL, FINAL_ACK
+
+    async with started(tmp_path, seed=5, n=7) as cluster:
+        keeping = {"c1"}
+        for i in ("c1", "c2", "c3", "c4", "c5", "c6"):
+            service = cluster.service(i)
+
+            async def kept_or_not(peer: str, body: dict[str, Any], keep: Any = service._on_final,
+                                  me: str = i) -> dict[str, Any]:
+                return await keep(peer, body) if me in keeping else {"kept": 0}  # type: ignore[no-any-return]
+
+            service.net.on_request(FINAL, FINAL_ACK, kept_or_not)
+        c0 = cluster.service("c0")
+        ids = await sign_some(cluster, "c0", 2)
+        with trio.fail_after(60):
+            while not c0._announcing >= ids:
+                await trio.sleep(0.1)
+        await trio.sleep(2)  # (a few announce rounds; before takeover_s, after which another member signs it too)
+        assert all(c0.records[r].status == "locked" for r in ids)  # kept by one peer only: not final
+        assert c0._announcing >= ids and not any(c0.view.holds(r) for r in ids)
+        keeping.add("c2")
+        await cluster.wait_final(ids, timeout=300, members={"c0"})
+        assert all(c0.records[r].status == "final" for r in ids)
