@@ -193,6 +193,8 @@ def test_every_proof_of_trees_of_1_to_65_leaves_verifies_and_nothing_else_does()
                 # accepts some paths for a neighbouring size, so a verifier must check the signed size)
                 assert not merkle.verify_inclusion(leaf, i, n, [*path[:-1], bytes(32)], root)
             assert not merkle.verify_inclusion(leaf, i, n, [*path, bytes(32)], root)
+            if n & (n - 1) == 0:  # a whole path of a full tree, claimed for a tree twice its size (it must end at 0)
+                assert not merkle.verify_inclusion(leaf, i, 2 * n, path, root)
         assert not merkle.verify_inclusion(leaves[0], n, n, paths[0], root)
 
 
@@ -296,6 +298,21 @@ def test_roast_excludes_a_bad_share_and_completes_with_others(keys: dict[int, fr
     assert blamed == {2} and 2 not in tr.signers and 2 in tr.malicious
     assert all(2 not in s.commitments for s in tr.sessions[1:])  # its next commitment was not taken either
     nacl.signing.VerifyKey(keys[1].group_public_key).verify(MESSAGE, tr.signature)  # type: ignore[arg-type]
+
+
+def test_roast_blames_a_signer_repeating_a_commitment_used_or_offered(keys: dict[int, frost.KeyShare]) -> None:
+    """A commitment offered by another signer, or one of its own already used, names the signer who repeats it (a
+    planted bug that blamed nobody passed every test: a reviewer's finding)."""
+    tr, signers = tracker(keys, eager=False), {i: Signer(k) for i, k in keys.items()}
+    offered = signers[1].commit()
+    tr.add_commitment(1, offered)
+    out = tr.add_commitment(2, offered)  # another signer's commitment
+    assert out.blamed == {2} and 2 in tr.malicious and not out.start
+    sessions = [s for i in (3, 4) for s in tr.add_commitment(i, signers[i].commit()).start]
+    [session] = sessions
+    used = session.commitments[3]
+    out = tr.receive(3, session.id, signers[3].share(session.commitments), used)  # its own, already used
+    assert 3 in out.blamed and 3 in tr.malicious
 
 
 def not_a_point() -> bytes:
