@@ -75,6 +75,20 @@ async def test_a_share_is_released_once_per_commitment_and_only_to_its_proposer(
     assert again["share"] == b"" and "already used" in again["error"]
 
 
+async def test_a_commitment_offered_for_one_batch_signs_no_other(cluster: SimCluster) -> None:
+    """A commitment c0 was offered for batch A, used in a sign request for its batch B (both locked here): refused;
+    for A it signs (a planted bug that ignored the batch passed every test: a reviewer's finding)."""
+    signer = cluster.service("c2")
+    a_receipts, b_receipts = [cluster.receipt("n1", "obj1")], [cluster.receipt("n2", "obj2")]
+    for_a = await lock_and_commit(signer, "c0", b"A" * 16, a_receipts)
+    await lock_and_commit(signer, "c0", b"B" * 16, b_receipts)
+    commitments = {signer.keys.key.identifier: for_a, **others(cluster, signer)}  # type: ignore[union-attr]
+    refused = await signer._on_sign("c0", sign_request(b"B" * 16, b_receipts, commitments))
+    assert refused["share"] == b"" and "commitment" in refused["error"]
+    signed = await signer._on_sign("c0", sign_request(b"A" * 16, a_receipts, commitments))
+    assert len(signed["share"]) == 32
+
+
 async def test_no_share_for_a_receipt_not_locked_here_or_locked_to_another(cluster: SimCluster) -> None:
     signer = cluster.service("c3")
     a, b = cluster.receipt("n1", "obj1", reward=1), cluster.receipt("n1", "obj1", reward=2)  # one slot
