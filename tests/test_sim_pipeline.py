@@ -404,3 +404,25 @@ async def test_a_batch_is_final_only_once_n_minus_t_peers_answer_that_they_keep_
         keeping.add("c2")
         await cluster.wait_final(ids, timeout=300, members={"c0"})
         assert all(c0.records[r].status == "final" for r in ids)
+
+
+async def test_a_receipt_one_member_refuses_waits_for_a_member_down_and_is_signed(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """n = 4, t = 3: one member finds a receipt invalid (n − t = 1 refusal) while another is down: the receipt waits
+    (two locks are not enough), and once the member is back the three sign it. A receipt is given up only when more
+    than n − t refuse it (giving up at n − t passed every test but a slow simulation: a reviewer's planted bug)."""
+    from consensus.slots import Verdict
+
+    async with started(tmp_path, seed=5) as cluster:
+        r = cluster.receipt("n1", "obj1")
+        c1 = cluster.service("c1")
+        valid = c1.validate
+        c1.validate = lambda x: (Verdict.INVALID, "c1 says no") if x.id == r.id else valid(x)  # type: ignore[method-assign]
+        cluster.crash("c3")
+        c0 = cluster.service("c0")
+        c0.submit(r)
+        await trio.sleep(5)
+        assert c0.records[r.id].status == "locked" and not c0.counters.rejected  # not given up
+        await cluster.restart("c3")
+        await cluster.wait_final({r.id}, timeout=120, members={"c0", "c2", "c3"})
+        assert c0.records[r.id].status == "final" and not c0.counters.rejected
