@@ -426,3 +426,26 @@ async def test_a_receipt_one_member_refuses_waits_for_a_member_down_and_is_signe
         await cluster.restart("c3")
         await cluster.wait_final({r.id}, timeout=120, members={"c0", "c2", "c3"})
         assert c0.records[r.id].status == "final" and not c0.counters.rejected
+
+
+async def test_a_peer_that_cannot_validate_a_receipt_yet_is_not_asked_to_sign_it(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """n = 4, t = 3: two peers answer "not yet valid" (a write they have not seen): nothing is locked there and no
+    nonce handed out, so no signing session starts and none of them is asked for a share; once they see the write,
+    the receipt is signed."""
+    from consensus.slots import Verdict
+
+    async with started(tmp_path, seed=5) as cluster:
+        r = cluster.receipt("n1", "obj1")
+        late = {"c1", "c2"}
+        for name in late:
+            service = cluster.service(name)
+            service.validate = (lambda x, valid=service.validate, me=name:  # type: ignore[method-assign]
+                                (Verdict.NOT_YET, "not seen yet") if x.id == r.id and me in late else valid(x))
+        c0 = cluster.service("c0")
+        c0.submit(r)
+        await trio.sleep(2)
+        assert c0.records[r.id].status in ("pending", "locked") and c0.counters.sessions == 0
+        assert all(cluster.service(m).counters.sign_refused == 0 for m in ("c1", "c2", "c3"))
+        late.clear()
+        await cluster.wait_final({r.id}, timeout=120, members={"c0", "c1", "c2", "c3"})
