@@ -231,7 +231,7 @@ async def measure(data: Path, receipts: int, concurrency: int, sequential: int, 
                     break
                 await trio.sleep(0.2)
         status = (await http.get(f"{urls[0]}/cluster/status")).json()
-        t = status["threshold"]
+        t, group = status["threshold"], bytes.fromhex(status["group_public_key"])
         title(f"receipts: {len(urls)} coordinator processes, t = {t}, group key {status['group_public_key'][:16]}…")
         node_keys = {f"bn{i}": nacl.signing.SigningKey(bytes([i + 1]) * 32) for i in range(NODES)}
         for node, key in node_keys.items():
@@ -383,7 +383,6 @@ async def measure(data: Path, receipts: int, concurrency: int, sequential: int, 
                 + "; RSS MiB " + ", ".join(f"{held[k][1]:.0f}→{after[k][1]:.0f}" for k in held))  # type: ignore[index]
         # "final" is what the server says: every document counted is checked here as a verifier would check it
         # (node signature, Merkle path, the group's Ed25519 signature under the cluster's key), off the clock
-        group = bytes.fromhex(status["group_public_key"])
         checked = [rc.verify_document(json.loads(d), group)[0] for d in documents]
         checked += [d is not None and rc.verify_document(d, group)[0] for d in bulk_documents]
         bad = checked.count(False)
