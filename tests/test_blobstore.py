@@ -253,17 +253,25 @@ async def test_routes_can_be_hosted_by_another_app(tmp_path: Path) -> None:
     store.close()
 
 
-async def test_process_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "deploy.blobstore", "--port", "0", "--data-dir",
-                             str(tmp_path / "p")], stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            cwd=Path(__file__).parent.parent)
-    try:
-        assert proc.stderr is not None
+async def blobstore_process(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A `dsdn blobstore` process on a free port, once it listens; its URL (its stderr stays a pipe: read it, close
+    it)."""
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.blobstore", "--port", "0", "--data-dir", str(data_dir)],
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=Path(__file__).parent.parent)
+    assert proc.stderr is not None
+    line = await trio.to_thread.run_sync(proc.stderr.readline)
+    while b"listening on" not in line:
+        if not line:
+            proc.wait(5)
+            proc.stderr.close()
+            raise AssertionError("blob store exited before listening")
         line = await trio.to_thread.run_sync(proc.stderr.readline)
-        while b"listening on" not in line:
-            assert line, "blob store exited before listening"
-            line = await trio.to_thread.run_sync(proc.stderr.readline)
-        url = line.split(b"listening on ")[1].split()[0].decode()
+    return proc, line.split(b"listening on ")[1].split()[0].decode()
+
+
+async def test_process_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+    proc, url = await blobstore_process(tmp_path / "p")
+    try:
         async with httpx.AsyncClient(timeout=5) as http:
             r = await http.get(f"{url}/quorum/v1/health")
             assert r.status_code == 200 and r.json()["ok"] is True
@@ -283,17 +291,9 @@ async def test_readers_that_never_read_their_answer_do_not_keep_the_process_from
     """Hypercorn shields every send to a client: three readers of a page of 8 MiB that never read it kept the blob
     store from stopping, a second SIGTERM included (only kill -9 did). Now a stop gives them the graceful timeout,
     a second signal nothing."""
-    proc = subprocess.Popen([sys.executable, "-m", "deploy.blobstore", "--port", "0", "--data-dir",
-                             str(tmp_path / "p")], stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            cwd=Path(__file__).parent.parent)
+    proc, url = await blobstore_process(tmp_path / "p")
     streams: list[trio.SocketStream] = []
     try:
-        assert proc.stderr is not None
-        line = await trio.to_thread.run_sync(proc.stderr.readline)
-        while b"listening on" not in line:
-            assert line, "blob store exited before listening"
-            line = await trio.to_thread.run_sync(proc.stderr.readline)
-        url = line.split(b"listening on ")[1].split()[0].decode()
         async with httpx.AsyncClient(timeout=10) as http:
             for _ in range(4):
                 r = await http.post(f"{url}/quorum/v1/blobs?namespace={NS.hex()}",

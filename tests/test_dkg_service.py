@@ -258,6 +258,17 @@ async def test_the_key_share_is_durable_before_the_confirmation_is_sent(
         nursery.cancel_scope.cancel()
 
 
+async def c3_confirmed_and_stranded(nursery: trio.Nursery, net: Any, services: dict[str, DkgService]
+                                    ) -> dict[str, trio.CancelScope]:
+    """Run the network and the four services until c0-c2 hold the key while c3, which confirmed, got no
+    confirmation (they are dropped until ``net.tamper`` is reset); the services' cancel scopes."""
+    net.tamper = lambda src, dst, msg: None if dst == "c3" and isinstance(dkg_message(msg), Confirm) else msg
+    await nursery.start(net.run)
+    scopes = {i: await run_service(nursery, s) for i, s in services.items()}
+    await wait_until(lambda: all(services[i].key for i in ("c0", "c1", "c2")), timeout=60)
+    return scopes
+
+
 @pytest.mark.parametrize("named_by", ["whole id", "half the id"])
 async def test_a_member_that_confirmed_then_crashed_completes_after_restarting(
         tmp_path: Path, autojump_clock: trio.testing.MockClock, named_by: str) -> None:
@@ -266,11 +277,8 @@ async def test_a_member_that_confirmed_then_crashed_completes_after_restarting(
     that share (its file named by half the session id: it was not found, the key never adopted; a reviewer's
     reproduction)."""
     net, services = setup(tmp_path, delay=(0.001, 0.01))
-    net.tamper = lambda src, dst, msg: None if dst == "c3" and isinstance(dkg_message(msg), Confirm) else msg
     async with trio.open_nursery() as nursery:
-        await nursery.start(net.run)
-        scopes = {i: await run_service(nursery, s) for i, s in services.items()}
-        await wait_until(lambda: all(services[i].key for i in ("c0", "c1", "c2")), timeout=60)
+        scopes = await c3_confirmed_and_stranded(nursery, net, services)
         await trio.sleep(3)  # c3 keeps asking; the certificates it is sent are lost
         c3 = services["c3"]
         assert c3.key is None and c3.status()["dkg"]["state"] == "confirm"
@@ -301,11 +309,8 @@ async def test_a_pending_share_that_does_not_open_stops_the_start_and_is_kept(
     from consensus.keystore import KeystoreError
 
     net, services = setup(tmp_path, delay=(0.001, 0.01))
-    net.tamper = lambda src, dst, msg: None if dst == "c3" and isinstance(dkg_message(msg), Confirm) else msg
     async with trio.open_nursery() as nursery:
-        await nursery.start(net.run)
-        scopes = {i: await run_service(nursery, s) for i, s in services.items()}
-        await wait_until(lambda: all(services[i].key for i in ("c0", "c1", "c2")), timeout=60)
+        scopes = await c3_confirmed_and_stranded(nursery, net, services)
         c3 = services["c3"]
         assert c3.key is None and c3.status()["dkg"]["state"] == "confirm"
         scopes["c3"].cancel()
