@@ -61,22 +61,28 @@ def _read_json(source: str) -> Any:
         raise ValueError("the JSON is nested too deeply") from None
 
 
-def _node_key(path: Path) -> nacl.signing.SigningKey:
+def _node_key(path: Path) -> tuple[nacl.signing.SigningKey, bool]:
+    """The node key kept at ``path``, or a new one (True: to be written with ``_keep_key`` once used)."""
     if path.exists():
         raw = path.read_bytes()
         if len(raw) != 32:
             raise ValueError(f"{path}: expected a 32-byte Ed25519 seed")
-        return nacl.signing.SigningKey(raw)
-    key = nacl.signing.SigningKey.generate()
+        return nacl.signing.SigningKey(raw), False
+    return nacl.signing.SigningKey.generate(), True
+
+
+def _keep_key(path: Path, key: nacl.signing.SigningKey) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(bytes(key))
-    return key
 
 
 def make(args: argparse.Namespace) -> dict[str, Any]:
-    key = _node_key(Path(args.node_key))
+    """A receipt signed by the node key; a new key is written only once the receipt is made (a bad argument left
+    a key file behind, for a receipt never made)."""
+    path = Path(args.node_key)
+    key, new = _node_key(path)
     epoch = args.epoch if args.epoch is not None else int(time.time() // args.epoch_length) + 1
     commitment = None
     subject = args.subject
@@ -86,6 +92,8 @@ def make(args: argparse.Namespace) -> dict[str, Any]:
     receipt = rc.sign_as_node(key, receipt_type=args.type, node_id=args.node, subject=subject, epoch=epoch,
                               usage_proof_hash=args.proof or secrets.token_hex(32), execution_commitment=commitment,
                               reward_base=args.reward, submitter_address=args.submitter, timestamp=int(time.time()))
+    if new:
+        _keep_key(path, key)
     print(f"node public key: {bytes(key.verify_key).hex()}", file=sys.stderr)
     return receipt.to_json()
 

@@ -605,6 +605,11 @@ def test_receipt_cli_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixt
     code, out, err = dsdn(capsys, "receipt", "make", "--node", "n", "--subject", "obj", "--epoch", "0",
                           "--node-key", str(tmp_path / "k"))
     assert code == 2 and out == "" and "epoch" in one_line(err) and "Traceback" not in err
+    for bad in (["--submitter", "zz"], ["--reward", "0"], ["--proof", "12"]):  # refused: no key file left behind
+        code, out, err = dsdn(capsys, "receipt", "make", "--node", "n", "--subject", "obj", *bad,
+                              "--node-key", str(tmp_path / "k"))
+        assert code == 2 and out == "" and "Traceback" not in err, bad
+    assert not (tmp_path / "k").exists()
     for short in ("abcd", "", " " + "00" * 32):  # not a key: bad input (2), not "signed under another key" (1)
         code, out, err = dsdn(capsys, "receipt", "verify", str(deep), "--group-key", short)
         assert (code, out) == (2, "") and "--group-key must be the group's public key" in one_line(err)
