@@ -604,8 +604,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="require Authorization: Bearer TOKEN (default: $DEVNET_AUTH_TOKEN, else no auth)")
     parser.add_argument("--max-blob-bytes", type=int, default=DEFAULT_MAX_BLOB_BYTES)
     args = parser.parse_args(argv)
-    if args.block_interval_ms < 1:
-        parser.error("--block-interval-ms must be >= 1")
+    if not 1 <= args.block_interval_ms <= 3_600_000:  # (as `dsdn cluster up`: 1e20 produced no block, silently)
+        parser.error("--block-interval-ms must be from 1 to 3600000")
     if not 0 <= args.port <= 65535:
         parser.error("--port must be 0..65535")
     if not 1 <= args.max_blob_bytes <= MAX_BLOB_BYTES_LIMIT:  # (0 or less refused every blob; its body limit grows
