@@ -42,6 +42,7 @@ from trio_websocket import (
 
 from bench._common import say, title, verdict
 from deploy.cluster import free_port
+from protocol.dispatch import Inbox
 from protocol.envelope import Message, Registry, is_bytes, is_int, is_str
 from protocol.handshake import Handshake
 from protocol.manager import Member, PeerManager
@@ -172,7 +173,7 @@ async def raw_oneway(ws: WebSocketConnection, n: int) -> tuple[float, int]:
     return n / (time.perf_counter() - t0), n - ack["count"]
 
 
-async def ours_oneway(mgr: PeerManager, acks: trio.MemoryReceiveChannel[tuple[str, Message]],
+async def ours_oneway(mgr: PeerManager, acks: Inbox,
                       n: int) -> tuple[float, int, int]:
     blocked = 0
     t0 = time.perf_counter()

@@ -67,7 +67,8 @@ from consensus.dkg import (
 )
 from consensus.dkg_messages import SESSION_ID_SIZE, Confirm, DkgMessageError, Round2, decode
 from consensus.frost import KeyShare
-from protocol.envelope import Message, Registry, is_bytes, is_int, is_list
+from protocol.dispatch import Inbox
+from protocol.envelope import Registry, is_bytes, is_int, is_list
 
 log = logging.getLogger("dsdn.dkg")
 START, MSG, SYNC, PROOFS = "dkg.start", "dkg.msg", "dkg.sync", "dkg.proofs"
@@ -96,7 +97,7 @@ class Network(Protocol):
 
     def send(self, peer_id: str, type_: str, body: dict[str, Any]) -> bool: ...
     def broadcast(self, type_: str, body: dict[str, Any]) -> int: ...
-    def subscribe(self, type_: str) -> trio.MemoryReceiveChannel[tuple[str, Message]]: ...
+    def subscribe(self, type_: str) -> Inbox: ...
     def up_peers(self) -> list[str]: ...
 
 
@@ -273,7 +274,7 @@ class DkgService:
     def _load(self) -> KeyShare:
         return keystore.load(self.keystore_path, identity=self.identity, passphrase=self.passphrase)
 
-    async def _inbox(self, type_: str, inbox: trio.MemoryReceiveChannel[tuple[str, Message]]) -> None:
+    async def _inbox(self, type_: str, inbox: Inbox) -> None:
         handler = {START: self._on_start, MSG: self._on_msg, SYNC: self._on_sync, PROOFS: self._on_proofs}[type_]
         async for peer, msg in inbox:
             if peer not in self._ident_of:

@@ -6,10 +6,12 @@ Request handlers are bounded too: at most ``max_handlers`` run at once, and at m
 from the others (a cluster tolerates at most three faulty members of ten); a request beyond either is dropped
 and counted (the requester times out). Each handler gets ``handler_timeout_s`` to answer; a reply that cannot
 be encoded (a handler's bug) is logged and not sent, never raised into the transport.
-Subscriber channels are bounded. A full one makes delivery wait (the link's reader stops reading, so
-TCP slows the sender down) for up to ``backpressure_s``; a subscriber stuck longer than that loses the
-message (counted by the caller), so one stuck layer cannot stall a link forever. A handler's exception
-is logged, never raised into the transport.
+Subscriber channels are bounded, in messages (``subscriber_buffer``) and in the bytes of their encodings
+(``subscriber_bytes``: a member's 1,024 messages of 1 MiB parked a GiB in a busy layer's channel, a reviewer's
+reproduction; one message larger than the budget still gets through an empty channel). A full one makes delivery
+wait (the link's reader stops reading, so TCP slows the sender down) for up to ``backpressure_s``; a subscriber stuck
+longer than that loses the message (counted by the caller), so one stuck layer cannot stall a link forever. A
+handler's exception is logged, never raised into the transport.
 
 A reply is bound to its request: it names its id, which starts at a random 62-bit number in every process (a
 reply queued for a previous run of this node, before a restart, names none of this run's requests), it must
@@ -39,6 +41,61 @@ class SendFn(Protocol):
                  re: int | None = None) -> bool: ...
 
 
+class Inbox:
+    """A subscriber's end of its channel: ``(peer id, message)`` in arrival order (``receive``, ``receive_nowait``,
+    ``async for``), with the bytes still queued counted for the dispatcher's budget."""
+
+    def __init__(self, send: trio.MemorySendChannel[tuple[str, Message, int]],
+                 recv: trio.MemoryReceiveChannel[tuple[str, Message, int]], max_bytes: int) -> None:
+        self._send, self._recv, self.max_bytes = send, recv, max_bytes
+        self.queued_bytes = 0
+        self._drained = trio.Event()  # set whenever a message is taken: a delivery over budget waits on it
+
+    def _taken(self, item: tuple[str, Message, int]) -> tuple[str, Message]:
+        self.queued_bytes -= item[2]
+        self._drained.set()
+        return item[0], item[1]
+
+    async def receive(self) -> tuple[str, Message]:
+        return self._taken(await self._recv.receive())
+
+    def receive_nowait(self) -> tuple[str, Message]:
+        return self._taken(self._recv.receive_nowait())
+
+    def __aiter__(self) -> Inbox:
+        return self
+
+    async def __anext__(self) -> tuple[str, Message]:
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+    def put_nowait(self, item: tuple[str, Message, int]) -> None:
+        """Queue ``item`` (its size last) if it fits in both budgets, else raise trio.WouldBlock."""
+        if self.queued_bytes and self.queued_bytes + item[2] > self.max_bytes:
+            raise trio.WouldBlock
+        self._send.send_nowait(item)
+        self.queued_bytes += item[2]
+
+    async def put(self, item: tuple[str, Message, int]) -> None:
+        """Queue ``item`` once it fits (the caller bounds the wait)."""
+        while True:
+            try:
+                self.put_nowait(item)
+                return
+            except trio.WouldBlock:
+                pass
+            if self.queued_bytes and self.queued_bytes + item[2] > self.max_bytes:
+                if self._drained.is_set():  # (one event for every waiting delivery: each gets its turn)
+                    self._drained = trio.Event()
+                await self._drained.wait()
+            else:
+                await self._send.send(item)
+                self.queued_bytes += item[2]
+                return
+
+
 @dataclass
 class _Pending:
     peer_id: str
@@ -49,7 +106,8 @@ class _Pending:
 
 class Dispatcher:
     def __init__(self, send: SendFn, subscriber_buffer: int = 1024, backpressure_s: float = 1.0,
-                 max_handlers: int = 64, handler_timeout_s: float = 30.0, *, first_id: int | None = None) -> None:
+                 max_handlers: int = 64, handler_timeout_s: float = 30.0, *, first_id: int | None = None,
+                 subscriber_bytes: int = 16 << 20) -> None:
         """``first_id``: the id of the first request (random unless given: the simulation's are seeded)."""
         self._send = send
         self.max_handlers, self.handler_timeout_s = max_handlers, handler_timeout_s
@@ -57,8 +115,8 @@ class Dispatcher:
         self.running_handlers = 0
         self._running_by_peer: dict[str, int] = {}
         self.backpressure_s = backpressure_s
-        self.subscriber_buffer = subscriber_buffer
-        self._subscribers: dict[str, list[trio.MemorySendChannel[tuple[str, Message]]]] = {}
+        self.subscriber_buffer, self.subscriber_bytes = subscriber_buffer, subscriber_bytes
+        self._subscribers: dict[str, list[Inbox]] = {}
         self._handlers: dict[str, tuple[str, Handler]] = {}
         self._pending: dict[int, _Pending] = {}
         self.stray_replies = 0  # from another peer than the one asked, or of another type than expected
@@ -66,11 +124,12 @@ class Dispatcher:
         self._next_id = first_id if first_id is not None else 1 + secrets.randbits(62)
         self.nursery: trio.Nursery | None = None  # where request handlers run; set by the transport
 
-    def subscribe(self, type_: str) -> trio.MemoryReceiveChannel[tuple[str, Message]]:
+    def subscribe(self, type_: str) -> Inbox:
         """Every message of ``type_`` as ``(peer id, message)``."""
-        send, recv = trio.open_memory_channel[tuple[str, Message]](self.subscriber_buffer)
-        self._subscribers.setdefault(type_, []).append(send)
-        return recv
+        send, recv = trio.open_memory_channel[tuple[str, Message, int]](self.subscriber_buffer)
+        inbox = Inbox(send, recv, self.subscriber_bytes)
+        self._subscribers.setdefault(type_, []).append(inbox)
+        return inbox
 
     def on_request(self, type_: str, reply_type: str, handler: Handler) -> None:
         """Answer requests of ``type_`` with ``reply_type`` messages whose body ``handler`` returns."""
@@ -94,12 +153,12 @@ class Dispatcher:
         finally:
             del self._pending[rid]
 
-    async def deliver(self, peer_id: str, msg: Message, deadline: float | None = None) -> int:
+    async def deliver(self, peer_id: str, msg: Message, deadline: float | None = None, size: int = 0) -> int:
         """Hand a received message to whoever wants it; return how many copies were dropped. A full subscriber is
         waited for until ``deadline`` (default: ``backpressure_s`` from now): a link's reader passes one deadline
         for a whole frame, so a stuck subscriber holds the link up for ``backpressure_s`` a frame, not a message
         (a batch of them kept the reader from the link's frames long enough for the heartbeat to close it: a
-        reviewer's reproduction)."""
+        reviewer's reproduction). ``size``: the bytes of the message's encoding (for the subscribers' budget)."""
         if deadline is None:
             deadline = trio.current_time() + self.backpressure_s
         if msg.re is not None:
@@ -124,9 +183,9 @@ class Dispatcher:
             self.nursery.start_soon(self._answer, peer_id, msg)
             return 0
         dropped = 0
-        for channel in self._subscribers.get(msg.type, ()):
+        for inbox in self._subscribers.get(msg.type, ()):
             try:
-                channel.send_nowait((peer_id, msg))
+                inbox.put_nowait((peer_id, msg, size))
                 continue
             except trio.WouldBlock:
                 pass
@@ -135,7 +194,7 @@ class Dispatcher:
                 continue
             with trio.move_on_at(deadline):
                 try:
-                    await channel.send((peer_id, msg))
+                    await inbox.put((peer_id, msg, size))
                     continue
                 except trio.BrokenResourceError:
                     pass

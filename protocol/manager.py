@@ -527,16 +527,21 @@ class PeerManager:
                             except ProtocolError as exc:
                                 malformed += 1
                                 link.errors += 1
-                                link.last_error = f"malformed message: {exc}"
+                                link.last_error = f"malformed message: {exc}"[:200]  # (a 1 MiB field name)
                                 continue
                             link.msgs_in += 1
-                            await self._dispatch(link, msg, deadline)
+                            await self._dispatch(link, msg, deadline, len(data))
                         if malformed >= MAX_MALFORMED:
                             conn.close(CLOSE_PROTOCOL, "too many malformed messages")
         except* ChannelBroken as group:
             link.errors += 1
             link.last_error = str(group.exceptions[0])
             conn.code, conn.reason = CLOSE_PROTOCOL, "frame failed authentication"
+            log.warning("peer link to %s closed: %s", link.member.id, link.last_error)
+        except* ProtocolError as group:  # a text frame (it escaped as an "unexpected error", the link uncounted)
+            link.errors += 1
+            link.last_error = str(group.exceptions[0])[:200]
+            conn.code, conn.reason = CLOSE_PROTOCOL, "protocol error"
             log.warning("peer link to %s closed: %s", link.member.id, link.last_error)
         except* (ConnectionClosed, trio.BrokenResourceError) as group:
             link.last_error = f"connection closed: {group.exceptions[0]}"
@@ -609,7 +614,7 @@ class PeerManager:
             if link.missed >= SUSPECT_AFTER:
                 link.state = State.SUSPECT
 
-    async def _dispatch(self, link: PeerLink, msg: Message, deadline: float) -> None:
+    async def _dispatch(self, link: PeerLink, msg: Message, deadline: float, size: int) -> None:
         peer_id = link.member.id
         if msg.type == PING:
             self.send(peer_id, PONG, {"t": msg.body["t"]})
@@ -619,7 +624,7 @@ class PeerManager:
             if 0 <= rtt_ms <= 60_000 * DOWN_AFTER:  # a forged pong's time made any RTT (a reviewer's reproduction)
                 link.rtt_ms = rtt_ms
             return
-        link.dropped += await self.dispatcher.deliver(peer_id, msg, deadline)
+        link.dropped += await self.dispatcher.deliver(peer_id, msg, deadline, size)
 
 
 _PING_SCHEMA = {"t": is_int()}

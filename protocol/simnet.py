@@ -121,4 +121,4 @@ class SimNetwork:
         node = self.nodes[dst]
         node.received += 1
         self.stats.delivered += 1
-        await node.dispatcher.deliver(src, self.registry.decode(frame))
+        await node.dispatcher.deliver(src, self.registry.decode(frame), size=len(frame))

@@ -15,7 +15,9 @@ import trio.testing
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 from wsproto import ConnectionType, WSConnection
 
+from protocol.dispatch import Dispatcher
 from protocol.envelope import Message
+from protocol.handshake import CLOSE_PROTOCOL
 from protocol.manager import (
     IDLE_GRACE_S,
     MAX_UNAUTHENTICATED,
@@ -27,7 +29,7 @@ from protocol.manager import (
     RateLimitedLog,
     State,
 )
-from tests.test_peers import KEYS, accept_by_hand, members, registry, wait_for
+from tests.test_peers import KEYS, accept_by_hand, members, raw_dial, registry, wait_for
 
 
 @asynccontextmanager
@@ -355,3 +357,60 @@ async def test_a_member_sending_no_frame_of_ours_is_no_sign_of_life(misbehave: s
         else:
             assert a.peers["b"].missed >= 6 and "no answer for" in (a.peers["b"].last_error or "")
         nursery.cancel_scope.cancel()
+
+
+async def test_a_subscriber_channel_is_bounded_in_bytes_too(autojump_clock: trio.testing.MockClock) -> None:
+    """From a review: a subscriber's channel was bounded in messages (1,024) only, and a member parked a GiB of
+    1 MiB messages in a busy layer's; the bytes queued are bounded now (a lone larger message still passes)."""
+    dispatcher = Dispatcher(lambda *a, **k: True, subscriber_bytes=10_000, backpressure_s=1.0)
+    inbox = dispatcher.subscribe("chat")
+    msg = Message("chat", {"text": "x", "n": 1})
+    assert await dispatcher.deliver("a", msg, size=4_000) == 0
+    assert await dispatcher.deliver("a", msg, size=4_000) == 0
+    t0 = trio.current_time()
+    assert await dispatcher.deliver("a", msg, size=4_000) == 1  # over the budget: waited, then dropped
+    assert trio.current_time() - t0 == pytest.approx(1.0) and inbox.queued_bytes == 8_000
+    waiting: list[int] = []
+    async with trio.open_nursery() as nursery:
+        for _ in range(2):  # two deliveries waiting for room: both get in as it is made
+            nursery.start_soon(lambda: _deliver_into(dispatcher, msg, waiting))
+        await trio.sleep(0.5)
+        assert waiting == []
+        inbox.receive_nowait()
+        inbox.receive_nowait()
+    assert waiting == [0, 0] and inbox.queued_bytes == 8_000
+    inbox.receive_nowait()
+    inbox.receive_nowait()
+    assert inbox.queued_bytes == 0
+    assert await dispatcher.deliver("a", msg, size=50_000) == 0  # larger than the budget, into an empty channel
+    assert (await inbox.receive())[1] == msg and inbox.queued_bytes == 0
+
+
+async def _deliver_into(dispatcher: Dispatcher, msg: Message, out: list[int]) -> None:
+    out.append(await dispatcher.deliver("a", msg, size=4_000))
+
+
+async def test_a_link_counts_what_it_hands_a_subscriber() -> None:
+    ms = members(["a", "b"])
+    async with manager(ms[1], ms) as b, manager(ms[0], ms) as a:
+        inbox = b.subscribe("echo")
+        body = {"data": b"\x01" * 1000}
+        assert a.send("b", "echo", body)
+        await wait_for(lambda: inbox.queued_bytes > 0, what="the message queued")
+        assert inbox.queued_bytes == len(registry().encode(Message("echo", body)))
+        assert (await inbox.receive())[1].body == body and inbox.queued_bytes == 0
+
+
+async def test_a_text_frame_closes_the_link_as_a_protocol_error(caplog: pytest.LogCaptureFixture) -> None:
+    """From a review: it escaped the link's handlers as an "unexpected error" (a traceback in the log), the link
+    closed as a normal "bye", and the member's error was not counted."""
+    ms = members(["a", "b"])
+    async with manager(ms[1], ms) as b, raw_dial(ms[1].port, ms) as (ws, _):
+        await wait_for(lambda: b.peers["a"].state is State.UP, what="the link up")
+        await ws.send_message("hello as text")
+        with pytest.raises(ConnectionClosed) as closed, trio.fail_after(5):
+            while True:
+                await ws.get_message()
+        assert closed.value.reason is not None and closed.value.reason.code == CLOSE_PROTOCOL
+    assert b.peers["a"].errors == 1 and b.peers["a"].last_error == "text frame on a binary protocol"
+    assert not [r for r in caplog.records if r.exc_info]
