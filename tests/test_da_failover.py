@@ -140,3 +140,16 @@ async def test_quorum_health_check_needs_only_enough_validators_within_its_deadl
     assert trio.current_time() - start < 1.5
     await quorum.aclose()
     await one_left.aclose()
+
+
+async def test_a_quorum_page_names_the_log_its_cursor_counts_in(tmp_path: Path, nursery: trio.Nursery) -> None:
+    """From a review: ``QuorumDA.read_after`` dropped the followed store's log identity, so a consumer following the
+    quorum layer kept cursors with no log name: a store rebuilt under it was not read again from the start."""
+    stores = [await nursery.start(partial(serve_blobstore, "127.0.0.1", 0, tmp_path / f"v{i}")) for i in range(2)]
+    quorum = QuorumDA(stores, threshold_percent=100, signature_timeout_s=5, namespace=NS)
+    await quorum.post(b"a blob")
+    page = await quorum.read_after(0, 10)
+    followed = await quorum.validators()[quorum.follow_index].read_after(0, 10)
+    assert [data for _, data in page.items] == [b"a blob"]
+    assert page.log is not None and page.log == followed.log
+    await quorum.aclose()

@@ -236,7 +236,7 @@ class QuorumDA:
         """Follows validator ``follow_index`` only (see the module docstring); a long poll waits on it."""
         page = await self._validators[self.follow_index].read_after(cursor, limit, wait_s)
         return Page([(BlobRef(self.name, ref.height, ref.commitment), data) for ref, data in page.items],
-                    page.cursor, page.at_head)
+                    page.cursor, page.at_head, page.log)
 
     async def head(self) -> int:
         """The followed validator's head, but only while enough validators answer to reach the threshold:
