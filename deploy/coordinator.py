@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import Any
 
 import trio
 from hypercorn.trio import serve
@@ -30,6 +32,7 @@ from node import gossip
 from node.coordinator import Coordinator
 from node.da.factory import build_layers
 from node.process import (
+    StoppedBySignal,
     hypercorn_config,
     leaves,
     lock_data,
@@ -73,7 +76,6 @@ async def run(cfg: config_mod.Config) -> None:
     # outside a cluster the signed receipts of the state are still served (a coordinator rebuilt from DA)
     view = StateLedgerView(lambda: coord.state, coord.submit_event, _NoKey())
     app = create_app(coord, validator, peers, dkg, receipts, view if receipts is None else None)
-    hcfg = hypercorn_config(cfg.host, cfg.port)
     stop = trio.Event()
 
     async def shutdown_trigger() -> None:
@@ -82,36 +84,10 @@ async def run(cfg: config_mod.Config) -> None:
             validator.stop_waiting()
 
     try:
-        async with trio.open_nursery() as outer:
-            outer.start_soon(stop_on_signals, stop)
-            serving = trio.Event()
-            outer.start_soon(_stop_while_starting, stop, serving, outer.cancel_scope)
-            await outer.start(coord.run)
-            if peers is not None:
-                try:
-                    await outer.start(peers.run)
-                except* OSError as group:  # (start() hands it over in a group)
-                    raise _bind_error(leaves(group)[0], "peer", peers.host, peers.port, "PEER_PORT") from None
-                outer.start_soon(gossip.run_stats_gossip, coord, peers)
-            if dkg is not None:
-                await outer.start(dkg.run)
-            if receipts is not None:
-                await outer.start(receipts.run)
-            async with trio.open_nursery() as http:
-                try:
-                    binds = await http.start(partial(serve, app, hcfg, shutdown_trigger=shutdown_trigger))  # type: ignore[arg-type]
-                except* OSError as group:
-                    raise _bind_error(leaves(group)[0], "API", cfg.host, cfg.port, "COORDINATOR_PORT") from None
-                mark_started()
-                serving.set()
-                primary = (("mock " + (cfg.mock_da_file if cfg.mock_da_path != ":memory:" else "in memory"))
-                           if cfg.use_mock_da else f"celestia {cfg.da_rpc_url}")
-                log.info("coordinator %s listening on %s (public key %s; DA primary: %s; layers: %s; follows: %s%s%s)",
-                         coord.id, ", ".join(binds), coord.public_key.hex(), primary, ", ".join(coord.da.layers),
-                         ", ".join(coord.da.followed), "; hosts a quorum validator" if validator else "",
-                         f"; peers at {peers.url} ({len(peers.peers)} members)" if peers else "")
-                outer.start_soon(_announce_ready, coord)
-            outer.cancel_scope.cancel()
+        async with trio.open_nursery() as listening:  # signals are heard until the stop is done (see _listen)
+            listening.start_soon(_listen, stop, coord)
+            await _serve(cfg, coord, validator, peers, dkg, receipts, app, stop, shutdown_trigger)
+            listening.cancel_scope.cancel()
     finally:  # also after a second signal (StoppedBySignal): the lock table and the DA clients are closed
         if locks is not None:
             locks.close()
@@ -119,6 +95,54 @@ async def run(cfg: config_mod.Config) -> None:
         if validator is not None:
             validator.close()
     log.info("stopped cleanly")
+
+
+async def _listen(stop: trio.Event, coord: Coordinator) -> None:
+    """``stop_on_signals`` for the whole stop: a second signal while the coordinator wrote its final snapshot (seconds
+    for a large state) was Python's KeyboardInterrupt (a traceback, exit 1), or a SIGTERM's default end (exit -15,
+    a snapshot.tmp left): the listener had stopped with the API. Now it cuts that snapshot short, cleanly."""
+    try:
+        await stop_on_signals(stop)
+    except StoppedBySignal:
+        coord.cut_final_snapshot()
+        raise
+
+
+async def _serve(cfg: config_mod.Config, coord: Coordinator, validator: BlobStore | None, peers: PeerManager | None,
+                 dkg: DkgService | None, receipts: ReceiptService | None, app: Any, stop: trio.Event,
+                 shutdown_trigger: Callable[[], Awaitable[None]]) -> None:
+    """Start everything, serve the API until ``stop``, then stop everything (the coordinator's final snapshot
+    last)."""
+    hcfg = hypercorn_config(cfg.host, cfg.port)
+    async with trio.open_nursery() as outer:
+        serving = trio.Event()
+        outer.start_soon(_stop_while_starting, stop, serving, outer.cancel_scope)
+        await outer.start(coord.run)
+        if peers is not None:
+            try:
+                await outer.start(peers.run)
+            except* OSError as group:  # (start() hands it over in a group)
+                raise _bind_error(leaves(group)[0], "peer", peers.host, peers.port, "PEER_PORT") from None
+            outer.start_soon(gossip.run_stats_gossip, coord, peers)
+        if dkg is not None:
+            await outer.start(dkg.run)
+        if receipts is not None:
+            await outer.start(receipts.run)
+        async with trio.open_nursery() as http:
+            try:
+                binds = await http.start(partial(serve, app, hcfg, shutdown_trigger=shutdown_trigger))  # type: ignore[arg-type]
+            except* OSError as group:
+                raise _bind_error(leaves(group)[0], "API", cfg.host, cfg.port, "COORDINATOR_PORT") from None
+            mark_started()
+            serving.set()
+            primary = (("mock " + (cfg.mock_da_file if cfg.mock_da_path != ":memory:" else "in memory"))
+                       if cfg.use_mock_da else f"celestia {cfg.da_rpc_url}")
+            log.info("coordinator %s listening on %s (public key %s; DA primary: %s; layers: %s; follows: %s%s%s)",
+                     coord.id, ", ".join(binds), coord.public_key.hex(), primary, ", ".join(coord.da.layers),
+                     ", ".join(coord.da.followed), "; hosts a quorum validator" if validator else "",
+                     f"; peers at {peers.url} ({len(peers.peers)} members)" if peers else "")
+            outer.start_soon(_announce_ready, coord)
+        outer.cancel_scope.cancel()
 
 
 async def _stop_while_starting(stop: trio.Event, serving: trio.Event, scope: trio.CancelScope) -> None:

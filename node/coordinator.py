@@ -135,6 +135,8 @@ class Coordinator:
         self._consistency_flight: _ConsistencyCheck | None = None  # the consistency check running, if any
         self.snapshots_written = 0
         self.snapshots_failed = 0
+        self._final_snapshot: trio.CancelScope | None = None  # the final snapshot's scope while ``run`` writes it
+        self._final_snapshot_cut = False
         self._snapshot_mark: tuple[int, dict[str, int], dict[str, dict[str, str]]] = (-1, {}, {})
         self.started_ms = wall_ms()
 
@@ -217,10 +219,21 @@ class Coordinator:
                 nursery.start_soon(self.progress.run)
                 task_status.started()
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(10):
-                await self._snapshot_or_log()
-            self.outbox.close()
-            await self.da.aclose(close_layers=False)  # the layers belong to whoever made them
+            try:
+                with trio.CancelScope(shield=not self._final_snapshot_cut) as self._final_snapshot, \
+                        trio.move_on_after(10):
+                    await self._snapshot_or_log()
+            finally:  # (also when a second signal cut the final snapshot short: cut_final_snapshot)
+                self.outbox.close()
+                await self.da.aclose(close_layers=False)  # the layers belong to whoever made them
+
+    def cut_final_snapshot(self) -> None:
+        """Let a cancel reach the final snapshot ``run`` writes as it stops (shielded: a stop's own cancel must not
+        cut it): a second SIGTERM or Ctrl-C during a long one (a large state) stops at once. The previous snapshot
+        stays; the next start replays the outbox beyond it."""
+        self._final_snapshot_cut = True
+        if self._final_snapshot is not None:
+            self._final_snapshot.shield = False
 
     def cursors(self) -> dict[str, int]:
         return {name: c.cursor for name, c in self.consumers.items()}

@@ -85,6 +85,30 @@ async def test_a_second_signal_during_a_held_up_stop_exits_at_once_with_one_line
     await stream.aclose()
 
 
+async def test_a_second_signal_during_the_final_snapshot_exits_at_once_with_one_line(
+        procs: list[CoordinatorProcess], tmp_path: Path) -> None:
+    """From a review: the signals were heard only until the API stopped; a second Ctrl-C while the final snapshot of a
+    large state was written was Python's KeyboardInterrupt (a traceback, exit 1), a second SIGTERM the default end
+    (exit -15, a snapshot.tmp left). Now it cuts the snapshot short: exit 128 + the signal, one line."""
+    (tmp_path / "c0").mkdir()
+    fill_outbox(tmp_path / "c0" / "outbox.sqlite", 400_000)  # a state whose final snapshot takes a while
+    c = launch(procs, tmp_path, "c0", SNAPSHOT_INTERVAL_MS="86400000")
+    await c.wait_ready(timeout=90)
+    c.kill(signal.SIGTERM)
+    with trio.fail_after(10):
+        while True:  # the API stops first; then the final snapshot is written
+            try:
+                await (await trio.open_tcp_stream("127.0.0.1", c.port)).aclose()
+            except OSError:
+                break
+            await trio.sleep(0.01)
+    assert c.proc is not None and c.proc.poll() is None, c.log()[-2000:]  # still stopping
+    c.kill(signal.SIGINT)
+    assert await c.wait_exit() == 128 + signal.SIGINT, c.log()[-3000:]
+    assert "stopped at once by a second SIGINT" in c.log() and "Traceback" not in c.log()
+    assert not (tmp_path / "c0" / "snapshot.tmp").exists()
+
+
 async def test_sigterm_during_a_long_restore_stops_at_once(procs: list[CoordinatorProcess], tmp_path: Path) -> None:
     """A large outbox (a long DA outage) takes seconds to replay at start; a SIGTERM then went on restoring,
     started the API and only then stopped (a second signal was the only way out)."""
