@@ -85,10 +85,13 @@ class Outbox:
         self.inflight = 0  # appends queued or being committed (a cancelled caller's stays until committed)
         self.overloaded = 0  # appends refused with Overloaded
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        try:  # (the error named no file: "cannot start: file is not a database")
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise sqlite3.OperationalError(f"cannot use the outbox file {path}: {exc}") from None
         self._lock = trio.Lock()
         self._queue: deque[list[_Waiter]] = deque()  # one entry per append_all call: its events commit together
         self._wake = trio.Event()

@@ -318,6 +318,18 @@ def test_an_unusable_mock_da_file_is_named(tmp_path: Path) -> None:
             f"dsdn-coordinator: cannot start: cannot use the Mock DA file {path}: {why}"
 
 
+def test_an_unusable_outbox_or_fallback_record_is_named(tmp_path: Path) -> None:
+    """From a review: a damaged outbox.sqlite or fallback.sqlite said "cannot start: file is not a database"."""
+    for name, what in (("outbox.sqlite", "the outbox file"), ("fallback.sqlite", "the fallback record file")):
+        data = tmp_path / name.split(".")[0]
+        data.mkdir()
+        (data / name).write_text("not a database, not empty" * 100)
+        result = run_cli({"USE_MOCK_DA": "true", "COORDINATOR_DATA_DIR": str(data)})
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines()[-1] == \
+            f"dsdn-coordinator: cannot start: cannot use {what} {data / name}: file is not a database"
+
+
 def test_port_in_use_exits_1_with_a_clear_message(tmp_path: Path) -> None:
     import socket
 

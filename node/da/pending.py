@@ -90,13 +90,16 @@ def _row(r: tuple) -> FallbackBlob:  # type: ignore[type-arg]
 
 class PendingStore:
     def __init__(self, path: Path | str) -> None:
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
-        if str(path) != ":memory:":
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        if "seen_ms" not in {row[1] for row in self._db.execute("PRAGMA table_info(on_primary)")}:
-            self._db.execute("ALTER TABLE on_primary ADD COLUMN seen_ms INTEGER NOT NULL DEFAULT 0")
+        try:  # (the error named no file: "cannot start: file is not a database")
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
+            if str(path) != ":memory:":
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            if "seen_ms" not in {row[1] for row in self._db.execute("PRAGMA table_info(on_primary)")}:
+                self._db.execute("ALTER TABLE on_primary ADD COLUMN seen_ms INTEGER NOT NULL DEFAULT 0")
+        except sqlite3.Error as exc:
+            raise sqlite3.OperationalError(f"cannot use the fallback record file {path}: {exc}") from None
         self._lock = trio.Lock()
         self.pending_count = int(self._db.execute(
             "SELECT COUNT(*) FROM fallback_blobs WHERE reconciled_ms IS NULL").fetchone()[0])
