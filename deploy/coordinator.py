@@ -122,7 +122,8 @@ async def _serve(cfg: config_mod.Config, coord: Coordinator, validator: BlobStor
             try:
                 await outer.start(peers.run)
             except* OSError as group:  # (start() hands it over in a group)
-                raise _bind_error(leaves(group)[0], "peer", peers.host, peers.port, "PEER_PORT") from None
+                where = "PEER_PORT" if cfg.peer_port else "this member's entry in CLUSTER_PEERS / CLUSTER_CONFIG"
+                raise _bind_error(leaves(group)[0], "peer", peers.host, peers.port, where) from None
             outer.start_soon(gossip.run_stats_gossip, coord, peers)
         if dkg is not None:
             await outer.start(dkg.run)

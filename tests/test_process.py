@@ -343,6 +343,17 @@ def test_port_in_use_exits_1_with_a_clear_message(tmp_path: Path) -> None:
     # the line names the cause, not the nursery that carried it
     assert "address already in use" in result.stderr.lower() and "nursery" not in result.stderr.lower()
     assert f"the API port 127.0.0.1:{port} (COORDINATOR_PORT)" in result.stderr  # which of its two ports
+    # the peer port from the member's entry in CLUSTER_PEERS (no PEER_PORT): that entry is named, not PEER_PORT
+    key = subprocess.run([sys.executable, "-m", "deploy.cli", "keys", "show", "--data-dir", str(tmp_path / "c0")],
+                         capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        result = run_cli({"USE_MOCK_DA": "true", "COORDINATOR_ID": "c0", "COORDINATOR_DATA_DIR": str(tmp_path / "c0"),
+                          "COORDINATOR_PORT": str(free_port()), "CLUSTER_PEERS": f"c0={key}@127.0.0.1:{port}"})
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert (f"the peer port 127.0.0.1:{port} (this member's entry in CLUSTER_PEERS / CLUSTER_CONFIG)"
+            in result.stderr), result.stderr
 
 
 def test_dsdn_namespace_prints_a_valid_namespace() -> None:
