@@ -4,7 +4,8 @@ A seed fixes everything: the cluster size (4..7), the byzantine members and thei
 n − t), clock skews, the network (loss, duplication, delay), the workload (receipts, conflicting pairs for one slot,
 receipts of a node registered on DA only later) and the fault schedule (crashes and restarts — also right after a
 durable step, before what it guards leaves: a lock write and its share, an outbox commit and its acknowledgement, a
-blob on DA and the outbox's record of it —, a member lost for good with its disk (when the fault budget allows
+blob on DA and the outbox's record of it —, a lock-table commit failing as on a full disk (the member stops signing
+until restarted), a member lost for good with its disk (when the fault budget allows
 it: its outbox and lock table are gone, it never comes back), symmetric and one-way partitions, a slow member, DA
 outages and inclusion lag). Every member runs a coordinator's real DA pipeline (outbox, publisher, consumer) over a
 shared in-memory DA (deploy/simulation.py). The run happens in one trio run under MockClock with deterministic
@@ -14,7 +15,9 @@ scheduling, so a seed replays exactly. After the last fault heals, a client resu
   signed batch verifies (Ed25519 under the group key + Merkle root), no nonce commitment used twice, no
   honest member blamed, every acknowledged node/object write (the workload writes some through members' outboxes)
   present on every honest member (but those of a lost member: its outbox went with its disk), every receipt a
-  client was given a signed document for signed on every honest member (final stays final, lost proposer or not);
+  client was given a signed document for signed on every honest member (final stays final, lost proposer or not),
+  nothing let out before what it rests on is durable (a signature share before its locks are committed, a DKG
+  confirmation before its key share is stored: checked as each leaves);
 * liveness — every valid receipt without a rival for its slot is final on every honest member within
   ``LIVENESS_BOUND_S`` of simulated time;
 * convergence — honest members hold the same state root and the same signed receipts, and so does a coordinator
@@ -42,6 +45,7 @@ import inspect
 import logging
 import os
 import random
+import sqlite3
 import sys
 import tempfile
 import time
@@ -70,6 +74,8 @@ SETTLE_S = 4.0
 RESUBMIT_S = 3.0  # how often the simulated client resubmits what is not final yet
 DKG_FRACTION = 0.25  # of the seeds run the DKG (see the module docstring)
 LOST_FRACTION = 0.2  # of the seeds with room in the fault budget lose a member for good (not with the DKG)
+DISK_ERROR_FRACTION = 0.2  # of the seeds see a lock-table commit of an honest member fail
+SIMULATED = "(simulated)"  # in the message of an injected error: its logged consequences are expected
 DKG_MODES = ("seeded", "all", "none")
 PROGRESS_S = 10.0  # a long ``dsdn simulate`` prints its progress this often (wall-clock seconds)
 
@@ -78,7 +84,7 @@ PROGRESS_S = 10.0  # a long ``dsdn simulate`` prints its progress this often (wa
 class Fault:
     at: float
     kind: str  # crash | crash_after_{lock,dkg_share,commit,post} | lost[_{before,after}_announce] | partition | cut
-    #            | slow | da_outage
+    #            | slow | da_outage | disk_error
     members: tuple[str, ...]
     duration: float
 
@@ -142,15 +148,15 @@ class Outcome:
 class ErrorLog(logging.Handler):
     """Keeps the ERROR records logged during a seed: an exception a request handler raised is logged and the
     request goes unanswered, which the protocols survive, so it passed unseen (a reviewer's reproduction). No
-    fault of the simulation makes an honest member log an error."""
+    fault of the simulation makes an honest member log an error, but the disk error it injects (``SIMULATED``: the
+    member must say it stops signing)."""
 
     def __init__(self) -> None:
         super().__init__(logging.ERROR)
         self.records: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if len(self.records) < 20:
-            text = record.getMessage()
+        if len(self.records) < 20 and SIMULATED not in (text := record.getMessage()):
             if record.exc_info and record.exc_info[1] is not None:
                 text += f" ({type(record.exc_info[1]).__name__}: {record.exc_info[1]})"
             self.records.append(f"{record.name}: {text}"[:300])
@@ -237,6 +243,10 @@ def make_plan(seed: int, nodes: int | None = None, receipts: int | None = None,
         faults.append(Fault(lost_rng.uniform(0, 3), lost_rng.choice(["lost", "lost_before_announce",
                                                                       "lost_after_announce"]),
                             (lost_rng.choice(honest),), 0.0))
+    disk_rng = random.Random(seed ^ 0xD15C_E770)  # its own stream too
+    if disk_rng.random() < DISK_ERROR_FRACTION:  # a lock commit fails (disk full, I/O error); restarted later
+        faults.append(Fault(disk_rng.uniform(0, 5), "disk_error", (disk_rng.choice(honest),),
+                            disk_rng.uniform(0.5, 4)))
     writes: list[tuple[float, str, str, dict[str, Any]]] = []
     for i in range(rng.randint(0, 6)):  # writes to the ledger through a member's outbox: each must never be lost
         fields: dict[str, Any] = ({"id": f"w{i}", "zone": "z", "addr": "h:3", "capacity_gb": 1} if rng.random() < 0.5
@@ -403,6 +413,37 @@ async def inject(cluster: SimCluster, f: Fault) -> None:
     elif f.kind == "da_outage":
         cluster.da.down_until = max(cluster.da.down_until, trio.current_time() + f.duration)
         cluster.faults_fired += 1
+    elif f.kind == "disk_error":
+        m = cluster.members[f.members[0]]
+        if m.up and m.locks is not None and m.locks.broken is None:
+            m.locks.db = FailingCommit(m.locks.db)  # type: ignore[assignment]
+            cluster.faults_fired += 1
+            # the member stops signing (its table is broken) until an operator restarts it
+            cluster.nursery.start_soon(_later, f.duration, lambda: _crash_now(cluster, m.id, 0.2))
+
+
+class FailingCommit:
+    """A lock table's connection whose next COMMIT fails as a full disk or an I/O error makes it fail: the store's
+    own error handling runs (rollback, the table marked broken, no more signing until a restart), and nothing made
+    from the locks it failed to commit may have left (``Observed.undurable``)."""
+
+    def __init__(self, db: Any) -> None:
+        self._db, self.armed = db, True
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if self.armed and sql.strip().upper() == "COMMIT":
+            self.armed = False
+            raise sqlite3.OperationalError(f"disk I/O error {SIMULATED}")
+        return self._db.execute(sql, *args)
+
+    def __enter__(self) -> Any:
+        return self._db.__enter__()
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._db.__exit__(*exc)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
 
 
 def _crash_now(cluster: SimCluster, member: str, downtime: float) -> None:
@@ -591,6 +632,8 @@ def check_safety(plan: Plan, cluster: SimCluster, records: list[Any], outcome: O
     for slot, ids in signed.items():
         if len(ids) > 1:
             outcome.safety.append(f"slot {slot} has {len(ids)} signed receipts")
+    for what in dict.fromkeys(cluster.observed.undurable):  # (each once, in order)
+        outcome.safety.append(what)
     seen: set[tuple[str, tuple[bytes, bytes]]] = set()
     for share in cluster.observed.shares:
         if share in seen:

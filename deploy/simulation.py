@@ -21,8 +21,10 @@ completes. The DKG's session ids come from a seeded RNG, so a run replays exactl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -32,9 +34,10 @@ from typing import Any
 import nacl.signing
 import trio
 
-from consensus import dkg_service, frost
+from consensus import dkg_service, frost, keystore
 from consensus import receipts as rc
 from consensus.dkg import DkgParticipant, assign_identifiers, default_threshold
+from consensus.dkg_messages import Confirm
 from consensus.dkg_service import DkgService
 from consensus.group import L, serialize_scalar
 from consensus.lockstore import LockStore
@@ -89,9 +92,29 @@ class _SeededOs:
 
 class SimDkgService(DkgService):
     """The real DKG service; only its session ids are seeded (``start`` is synchronous: nothing else runs while the
-    module's ``os`` is swapped)."""
+    module's ``os`` is swapped). An honest member's own confirmation is checked as it leaves: its key share must be
+    in the key store on disk by then (``Observed.undurable``)."""
 
     session_rng: random.Random
+    undurable: list[str] | None = None  # where a confirmation sent ahead of its stored share is noted
+
+    def _send(self, s: Any, out: list[Any], only: str | None = None) -> None:
+        share = s.participant.key_share
+        if self.undurable is not None and any(isinstance(o.message, Confirm) and o.message.sender == self.me
+                                              for o in out):
+            stored = None
+            for path in (self._pending_path(s.id), self.keystore_path):
+                try:
+                    stored = keystore.load(path, identity=self.identity, passphrase=self.passphrase)
+                except keystore.KeystoreError:
+                    continue
+                if share is not None and stored.secret_share == share.secret_share:
+                    break
+                stored = None
+            if stored is None:
+                self.undurable.append(f"{self.net.my_id} sent its DKG confirmation of session {s.id.hex()[:12]} "
+                                      f"before its key share was stored")
+        super()._send(s, out, only)
 
     def start(self, threshold: int | None = None) -> bytes:
         saved = dkg_service.os
@@ -178,6 +201,7 @@ class Member:
     outbox: Outbox | None = None
     publisher: Publisher | None = None
     consumer: Consumer | None = None
+    committed_locks: set[bytes] = field(default_factory=set)  # receipt ids its lock table holds committed
 
 
 @dataclass
@@ -194,6 +218,11 @@ class Observed:
     # (blamer, blamed) for every blame by any incarnation of a member (a crash replaced the service and its counters:
     # a blame of an honest member by one that crashed later went unseen, a reviewer's reproduction)
     blames: list[tuple[str, str]] = field(default_factory=list)
+    # what an honest member let out before what it rests on was on its disk (a signature share before its locks, a
+    # DKG confirmation before its key share): a crash right then loses the promise. Checked where it leaves, on
+    # the files (another connection sees committed rows only): a crash trap fires at a step, never in such a window
+    # (a reviewer's planted bugs: a failed lock commit ignored, a confirmation sent before its share was stored)
+    undurable: list[str] = field(default_factory=list)
 
 
 class SimCluster:
@@ -334,8 +363,11 @@ class SimCluster:
             m.dkg = SimDkgService(node, m.identity, self.member_keys, self.tmp / f"{m.id}.keyshare",
                                   timeout_s=self.dkg_timeout_s, run_blocking=blocking, participant_class=dealer)
             m.dkg.session_rng = random.Random(self.rng.getrandbits(64))
+            if m.behaviour is None:
+                m.dkg.undurable = self.observed.undurable
             m.keys = m.dkg
         m.locks = LockStore(self.tmp / f"{m.id}.locks.sqlite", expect_existing=m.locks is not None)
+        self._track_commits(m)
 
         async def submit(kind: str, **fields: Any) -> ev.Event:
             return await self.write(m.id, kind, **fields)
@@ -361,7 +393,51 @@ class SimCluster:
             equivocate_batches(service)
         return service
 
+    def _track_commits(self, m: Member) -> None:
+        """Keep ``m.committed_locks``: the receipt ids the member's lock table holds committed (no other connection
+        can read it: it is held EXCLUSIVE), read after every call of the store that ends outside a transaction."""
+        store = m.locks
+        assert store is not None
+
+        def refresh() -> None:
+            if not store.db.in_transaction:  # (a broken or closed store: what was committed stays as last read)
+                with contextlib.suppress(sqlite3.Error):
+                    m.committed_locks = {bytes(r) for (r,) in store.db.execute("SELECT receipt_id FROM locks")}
+
+        def tracked(method: Callable[..., Any]) -> Callable[..., Any]:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    return method(*args, **kwargs)
+                finally:
+                    refresh()
+            return call
+
+        for name in ("lock_batch", "commit", "mark_final", "close_conflicts", "keep_heard"):
+            setattr(store, name, tracked(getattr(store, name)))
+        refresh()
+
+    def _check_durable(self, m: Member, ids: list[bytes], what: str) -> None:
+        if m.behaviour is None and not set(ids) <= m.committed_locks:
+            self.observed.undurable.append(f"{m.id} let out {what} before its locks were committed")
+
     def _observe(self, m: Member, service: ReceiptService) -> None:
+        honest_on_lock, honest_on_sign = service._on_lock, service._on_sign
+
+        async def on_lock(peer: str, body: dict[str, Any]) -> dict[str, Any]:
+            reply = await honest_on_lock(peer, body)
+            if reply.get("share"):  # (the one-round path: a share for the whole batch, sent with the verdicts)
+                self._check_durable(m, [rc.Receipt.from_wire(w).id for w in body["receipts"]], "a one-round share")
+            return reply
+
+        async def on_sign(peer: str, body: dict[str, Any]) -> dict[str, Any]:
+            reply = await honest_on_sign(peer, body)
+            if reply.get("share"):
+                ids = body["ids"]
+                self._check_durable(m, [ids[i:i + 32] for i in range(0, len(ids), 32)], "a signature share")
+            return reply
+
+        service._on_lock = on_lock  # type: ignore[method-assign]
+        service._on_sign = on_sign  # type: ignore[method-assign]
         honest_sign = service._sign_share
 
         def sign_share(peer: str, body: dict[str, Any], held: list[rc.Receipt]) -> dict[str, Any]:
@@ -378,6 +454,7 @@ class SimCluster:
 
         async def signed(key: Any, final: list[rc.Receipt], signature: bytes, *rest: Any) -> None:
             self.observed.signatures.append((list(final), merkle.root([r.to_bytes() for r in final]), signature))
+            self._check_durable(m, [r.id for r in final], "a batch signature (its own share in it)")
             await honest_signed(key, final, signature, *rest)
 
         service._signed = signed  # type: ignore[method-assign]

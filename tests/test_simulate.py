@@ -3,7 +3,8 @@ range and one that changes with every run, printed; a seeded quarter of them run
 seed's message faults and a crash of a member while it runs), exact replay of a seed, and planted bugs it must
 catch — the slot-lock check disabled, a nonce commitment reused, share verification skipped, the DKG never
 started, an honest member left out of the DKG, members adopting different group keys, an exception in a request
-handler, a cluster that never goes quiet, an honest member blamed."""
+handler, a cluster that never goes quiet, an honest member blamed, a DKG confirmation sent before its key share is
+stored, a share released over a failed lock commit."""
 
 from __future__ import annotations
 
@@ -359,6 +360,50 @@ def test_reusing_a_nonce_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     seed, violations = first_violation()
     print(f"nonce reused: caught at seed {seed}: {violations[0]}")
     assert any(v.startswith("safety:") for v in violations)
+
+
+def test_a_dkg_confirmation_sent_before_its_key_share_is_stored_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planted bug (a reviewer's): the DKG service sends its messages, its confirmation included, before it stores
+    the session's key share: a crash right then leaves a key completed by the others that this member holds no
+    share of. No crash trap lands in that window (they fire after a durable step); the check as it leaves does."""
+    deliver = DkgService._deliver
+
+    async def send_first(self: DkgService, s: Any, out: list[Any]) -> None:
+        self._send(s, [*s.held, *out])
+        s.held = []
+        await deliver(self, s, [])
+
+    monkeypatch.setattr(DkgService, "_deliver", send_first)
+    seed, violations = first_violation(max_seeds=5, dkg="all", like="before its key share was stored")
+    print(f"confirmation before its share: caught at seed {seed}: {violations[0]}")
+
+
+def test_a_share_released_over_a_failed_lock_commit_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planted bug (a reviewer's): a failed lock commit (the injected disk error) is logged and the share made meanwhile
+    is released anyway: after a restart the table lacks those locks, so a rival can be locked and signed. It went
+    unseen: nothing ever made a commit fail, and nothing checked what a share rests on as it leaves."""
+
+    async def durably_blind(self: ReceiptService, work: Any) -> Any:
+        with contextlib.suppress(lockstore.LockTableBroken):  # (the planted bug: keep going, the share is made)
+            await self.run_blocking(self.locks.commit)
+        return work()
+
+    monkeypatch.setattr(ReceiptService, "_durably", durably_blind)
+    seed, violations = first_violation(like="before its locks were committed")
+    print(f"share over a failed commit: caught at seed {seed}: {violations[0]}")
+
+
+def test_a_lock_commit_failing_stops_the_member_signing_until_restarted_and_nothing_is_lost() -> None:
+    """The disk error fault: the member's table breaks (it logs that it stops signing: expected, not counted as an
+    error), it is restarted later, and every check holds."""
+    ran = 0
+    for seed in range(1000, 1100):
+        plan, outcome = simulate.run_seed(seed)
+        assert outcome.violations == [], (seed, outcome.violations)
+        ran += any(f.kind == "disk_error" for f in plan.faults)
+        if ran == 3:
+            break
+    assert ran == 3
 
 
 def test_skipping_share_verification_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
