@@ -110,6 +110,14 @@ RunBlocking = Callable[..., Awaitable[Any]]
 T = TypeVar("T")
 
 
+def named_rival(refusals: list[Decision]) -> bytes | None:
+    """The rival receipt id the most CONFLICT refusals name (the first named among those named as often): taken from
+    the first reply, a lying member answering first chose the ``conflicting_receipt_id`` the submitter saw and the
+    evidence kept, over the honest members' (a reviewer's reproduction)."""
+    named = [d.conflicting_id for d in refusals if d.verdict is Verdict.CONFLICT and d.conflicting_id is not None]
+    return max(dict.fromkeys(named), key=named.count) if named else None
+
+
 def register(registry: Registry) -> None:
     wire = is_bytes(max_len=rc.MAX_RECEIPT_BYTES + 64)
     point = is_bytes(32)
@@ -1180,8 +1188,7 @@ class ReceiptService:
                     and (i == me or self._blamed_until.get(i, 0.0) <= now)}
         chosen, signer_set = self._choose(ids, accepted, t, now)
         closed = self._settle_refused(candidates, set(chosen), accepted, refusals, t, conflicted_by)
-        lost = [(r, next(d.conflicting_id for d in refusals[r.id] if d.verdict is Verdict.CONFLICT))
-                for r in candidates if closed.get(r.id) == CLOSED_CONFLICT]
+        lost = [(r, named_rival(refusals[r.id])) for r in candidates if closed.get(r.id) == CLOSED_CONFLICT]
         rejected = [rid for rid, why in closed.items() if why == CLOSED_REJECTED]
         if lost:
             async with self._db:
@@ -1414,7 +1421,7 @@ class ReceiptService:
             if (never and conflicts) or (conflicts and n - len(blocked) < t):
                 self.counters.conflicts += 1
                 if record is not None:
-                    record.settle("conflict", "slot conflict", conflicts[0].conflicting_id)
+                    record.settle("conflict", "slot conflict", named_rival(conflicts))
             elif never:
                 self._count_rejected(invalid[0].reason)
                 if record is not None:

@@ -16,6 +16,8 @@ import trio.testing
 from consensus import frost
 from consensus import receipts as rc
 from consensus.lockstore import SIGNED
+from consensus.receipt_service import LOCK, LOCK_REPLY
+from consensus.slots import Verdict
 from deploy.simulation import EPOCH, NOW, SimCluster, started
 from node import events as ev
 from node import merkle
@@ -311,3 +313,37 @@ async def test_a_heard_batch_a_liar_signed_again_stays_listed_and_the_listing_ke
     late = receipt(7)
     state.apply(ev.make_event(ev.RECEIPT_BATCH, (T1, 3), "c6", **batch_fields([late], liar)))
     assert late.id not in view.signed_ids() and view.signed_version() not in versions  # the liar's alone: not ours
+
+
+async def test_a_liar_answering_first_does_not_choose_the_rival_a_submitter_is_shown(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """From a review: the rival id in the submitter's 409, and the evidence kept with the closed lock, came from the
+    first CONFLICT reply: a fast liar naming a made-up rival chose it over the honest members, who name the real
+    one. n = 7 (t = 5): the receipt closes on three refusals, two honest ones naming the real rival."""
+    fake = b"\xee" * 32
+    async with started(tmp_path, seed=6, n=7) as cluster:
+        a, b = cluster.receipt("n3", "obj3", reward=1), cluster.receipt("n3", "obj3", reward=2)
+        for member in ("c1", "c4"):  # they hold the slot for b, and answer a little later than the liar
+            await cluster.service(member)._on_lock("c0", {"batch": b"B" * 16, "receipts": [b.to_wire()]})
+            honest = cluster.service(member)._on_lock
+
+            async def slow(peer: str, body: dict[str, Any], honest: Any = honest) -> dict[str, Any]:
+                await trio.sleep(0.05)
+                return await honest(peer, body)  # type: ignore[no-any-return]
+
+            cluster.net.nodes[member].dispatcher.on_request(LOCK, LOCK_REPLY, slow)
+
+        async def liar(peer: str, body: dict[str, Any]) -> dict[str, Any]:  # every receipt "in conflict"
+            n = len(body["receipts"])
+            return {"verdicts": bytes([Verdict.CONFLICT]) * n, "conflicts": [i.to_bytes(4, "big") + fake
+                                                                              for i in range(n)],
+                    "reasons": ["slot conflict"] * n, "commitment": [], "share": b"", "spare": []}
+
+        cluster.net.nodes["c3"].dispatcher.on_request(LOCK, LOCK_REPLY, liar)
+        record = cluster.service("c2").submit(a)
+        with trio.fail_after(30):
+            while record.status in ("pending", "locked"):
+                await trio.sleep(0.01)
+        assert record.status == "conflict" and record.conflicting_id == b.id
+        held = cluster.members["c2"].locks.lock_of(a.id)  # (receipt, why closed, the rival kept as evidence)
+        assert held is not None and held[2] == b.id

@@ -14,8 +14,8 @@ import trio.testing
 from consensus import frost
 from consensus import receipts as rc
 from consensus.lockstore import LockStore, LockTableBroken
-from consensus.receipt_service import ReceiptService, Unavailable
-from consensus.slots import Verdict
+from consensus.receipt_service import ReceiptService, Unavailable, named_rival
+from consensus.slots import Decision, Verdict
 from deploy.simulation import EPOCH, SimCluster
 from node import merkle
 from tests.test_receipt_sim import distinct_receipt
@@ -409,3 +409,18 @@ async def test_a_takeover_signs_each_batch_as_it_was_locked_whatever_the_page_si
             assert roots == {merkle.root([r.to_bytes() for r in batch]).hex()}
         nursery.cancel_scope.cancel()
     cluster.close()
+
+
+def test_the_rival_named_is_the_one_most_refusers_name() -> None:
+    """From a review: the rival id a submitter saw in its 409 (and the evidence kept) was taken from the first CONFLICT
+    reply, so a lying member answering first chose it over the honest members'."""
+    real, fake = b"\x01" * 32, b"\xee" * 32
+    rid = b"\x02" * 32
+
+    def conflict(rival: bytes | None) -> Decision:
+        return Decision(rid, Verdict.CONFLICT, "slot conflict", rival)
+
+    assert named_rival([conflict(fake), conflict(real), conflict(real)]) == real
+    assert named_rival([Decision(rid, Verdict.INVALID, "bad"), conflict(None), conflict(real)]) == real
+    assert named_rival([conflict(fake), conflict(real)]) == fake  # (a tie: the first named; see the note)
+    assert named_rival([Decision(rid, Verdict.INVALID, "bad")]) is None
