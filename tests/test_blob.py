@@ -90,3 +90,22 @@ def test_a_member_listed_by_key_alone_speaks_only_for_the_origin_it_declares() -
     ids = {bytes(OTHER.verify_key): "b"}
     decoded = decode_blob(encode_blob(KEY, "b", [a.raw, b.raw]), members, member_ids=ids)
     assert decoded.events == [] and decoded.wrong_origin == 2
+
+
+def test_the_version_must_be_the_int_1_and_ints_stop_at_max_u63_in_both_decoders() -> None:
+    """From a review: the checks a blob's events go through inline (``decode_events``) and one event's
+    (``decode_event``) must refuse a version that only equals 1 (``True``, ``1.0``) and an int one past MAX_U63,
+    and take an int of exactly MAX_U63; a version compared with ``==``, or ints bounded with ``<``, slipped
+    through one of them."""
+    def raw(version: object, size: int) -> bytes:
+        return msgpack.packb([version, ev.OBJECT_REGISTERED, 5, 0, "c0", ["h", size]], use_bin_type=True)
+
+    good = raw(1, ev.MAX_U63)
+    assert ev.decode_event(good).fields == ("h", ev.MAX_U63)
+    events, invalid, wrong = ev.decode_events([good], "c0")
+    assert [e[4] for e in events] == [("h", ev.MAX_U63)] and invalid == wrong == 0
+    for bad in (raw(True, 1), raw(1.0, 1), raw(1, ev.MAX_U63 + 1)):
+        with pytest.raises(ev.EventDecodeError):
+            ev.decode_event(bad)
+        assert ev.decode_events([bad], "c0") == ([], 1, 0), bad
+        assert ev.decode_events([good, bad], "c0")[1:] == (1, 0), bad  # beside a good one: still refused

@@ -337,3 +337,30 @@ def test_a_slow_check_of_a_fallback_taking_writes_is_stale() -> None:
     m.observe(SECONDARY, True, 100, write=True)
     m.observe(SECONDARY, False, 1500, "health check: no answer", since=since)
     assert m.status is Status.DEGRADED and m.is_healthy(SECONDARY) and m.stale == 1
+
+
+def test_the_fallback_start_time_is_kept_from_degraded_to_emergency() -> None:
+    """From a review: ``last_fallback_at`` is when the fallback began; moving on from Degraded to Emergency (the
+    secondary failing too) restamped it, so the views said the outage had just started."""
+    m = DAStatusMachine(ALL, failure_threshold=1)
+    assert fail(m, PRIMARY, t=1000) is Status.DEGRADED and m.last_fallback_at == 1000
+    assert fail(m, SECONDARY, t=5000) is Status.EMERGENCY
+    assert m.last_fallback_at == 1000 and m.snapshot().last_fallback_at == 1000
+
+
+def test_successful_writes_do_not_restart_the_primary_s_run_of_successes() -> None:
+    """From a review: a successful write restarted ``primary_ok_since`` (the run was taken as beginning at each
+    write), so with writes coming the primary never seemed to have worked long enough (e.g. to adopt fallback
+    blobs)."""
+    m = DAStatusMachine(ALL, failure_threshold=3)
+    fail(m, PRIMARY)
+    assert m.observe(PRIMARY, True, 2000) is Status.HEALTHY and m.primary_ok_since == 2000
+    for t in (2500, 3000, 3500):
+        m.observe(PRIMARY, True, t, write=True)
+        m.observe(PRIMARY, True, t + 100)
+        assert m.primary_ok_since == 2000  # the run goes on
+    fail(m, PRIMARY, t=4000)
+    assert m.primary_ok_since is None
+    m.observe(PRIMARY, True, 4500, write=True)  # a write may begin a run too
+    m.observe(PRIMARY, True, 4600, write=True)
+    assert m.primary_ok_since == 4500

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import nacl.signing
@@ -15,7 +17,7 @@ import trio.testing
 
 from node import events as ev
 from node.blob import HEADER
-from node.da.base import BlobRef
+from node.da.base import BlobRef, DAUnavailable
 from node.da.blobstore_client import BlobRejected
 from node.da.celestia import BlobTooLarge
 from node.da.pending import PendingStore
@@ -278,4 +280,132 @@ async def test_pruning_forgets_published_events_a_chunk_at_a_time(tmp_path: Path
     assert [seq for seq, _ in await outbox.since(0)] == seqs[8:] and outbox.pending == 3
     assert await outbox.prune(seqs[-1]) == 1  # the published one left; unpublished events are kept
     assert [seq for seq, _ in await outbox.since(0)] == seqs[9:]
+    outbox.close()
+
+
+async def test_failed_commits_give_back_their_in_flight_slots(tmp_path: Path) -> None:
+    """From a review: a commit that failed (a full disk) kept its appends counted in flight (``inflight`` was not
+    lowered on the failure path), so after a few failures every write was refused with Overloaded for good."""
+    failures = [2]
+
+    async def disk_full_twice(fn: Callable[..., Any], *args: Any) -> Any:
+        if getattr(fn, "__name__", "") == "_insert" and failures[0]:
+            failures[0] -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return fn(*args)
+
+    outbox = Outbox(tmp_path / "outbox.sqlite", lambda committed: None, max_inflight=2,
+                    run_blocking=disk_full_twice)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(outbox.run)
+        with trio.fail_after(5):
+            for k in range(2):
+                with pytest.raises(sqlite3.OperationalError):
+                    await outbox.append(event(k))
+            assert outbox.inflight == 0
+            assert len(await outbox.append_all([event(10), event(11)])) == 2  # the whole bound is free again
+            assert await outbox.append(event(12)) >= 1
+        nursery.cancel_scope.cancel()
+    assert outbox.overloaded == 0 and outbox.pending == 3
+    outbox.close()
+
+
+async def test_reopening_an_outbox_counts_only_the_unpublished_events_as_pending(tmp_path: Path) -> None:
+    """From a review: the count at start-up must skip published rows not pruned yet; counting every row (the
+    ``layer IS NULL`` condition dropped) had the publisher wait for events that were already on DA."""
+    path = tmp_path / "outbox.sqlite"
+    outbox = Outbox(path, lambda committed: None, run_blocking=_now)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(outbox.run)
+            seqs = await outbox.append_all([event(k) for k in range(5)])
+            nursery.cancel_scope.cancel()
+        await outbox.mark_published(seqs[:3], BlobRef(PRIMARY, 1, b"c" * 32))
+    assert outbox.pending == 2
+    outbox.close()
+    again = Outbox(path, lambda committed: None, run_blocking=_now)
+    assert again.pending == 2
+    again.close()
+
+
+class RefusesOnce(SmallLayer):
+    """Refuses the first blob of more than one event as too large, then takes every blob; counts events per blob."""
+
+    def __init__(self) -> None:
+        super().__init__(limit=10_000_000)
+        self.armed = True
+
+    async def post(self, data: bytes) -> BlobRef:
+        if self.armed and len(msgpack.unpackb(data[HEADER:])[1]) > 1:
+            self.armed = False
+            self.refused += 1
+            raise BlobTooLarge("blob.Submit: blob is too large")
+        return await super().post(data)
+
+    def sizes(self) -> list[int]:
+        return [len(msgpack.unpackb(blob[HEADER:])[1]) for blob in self.blobs]
+
+
+async def test_the_blob_cap_relaxes_after_relax_after_posts_under_it(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From a review: the posts under a cap were not counted (``_under_cap`` never grew), so one refusal halved the
+    blobs for good and they never grew again."""
+    import node.publisher
+
+    monkeypatch.setattr(node.publisher, "RELAX_AFTER", 2)
+    layer = RefusesOnce()
+    outbox = Outbox(tmp_path / "outbox.sqlite", lambda committed: None, run_blocking=_now)
+    publisher = Publisher(outbox, layer, KEY, "c0", max_blob_bytes=1_000_000, interval_s=0.01)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(outbox.run)
+        await outbox.append_all([event(k) for k in range(8)])
+        await nursery.start(publisher.run)
+        await trio.sleep(5)
+        assert layer.sizes() == [4, 4] and publisher.cap == 8  # refused at 8: cap 4; two posts under it: doubled
+        await outbox.append_all([event(k) for k in range(8, 16)])
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    assert layer.refused == 1 and layer.sizes() == [4, 4, 8] and outbox.pending == 0
+    outbox.close()
+
+
+class FailsOnCue(SmallLayer):
+    """Fails (unavailable) whenever the next entry of ``script`` is False, takes the blob when it is True."""
+
+    def __init__(self, script: list[bool]) -> None:
+        super().__init__(limit=10_000_000)
+        self.script = script
+
+    async def post(self, data: bytes) -> BlobRef:
+        if self.script and not self.script.pop(0):
+            await trio.sleep(0.001)
+            raise DAUnavailable("primary: connection refused")
+        return await super().post(data)
+
+
+async def test_a_successful_post_resets_the_retry_backoff(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """From a review: the backoff was not reset after a successful post, so each later failure, however far apart,
+    waited a step longer than the one before (up to 30 s at once after an isolated failure)."""
+    layer = FailsOnCue([False, True, False, True])
+    outbox = Outbox(tmp_path / "outbox.sqlite", lambda committed: None, run_blocking=_now)
+    publisher = Publisher(outbox, layer, KEY, "c0", max_blob_bytes=1_000_000, interval_s=0.01)  # type: ignore[arg-type]
+    attempts: list[int] = []
+    backoff, step = publisher._backoff, publisher._backoff.next
+
+    def next_delay() -> float:
+        attempts.append(backoff.attempt)  # the step this retry's delay is drawn from
+        return step()
+
+    backoff.next = next_delay  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(outbox.run)
+        await nursery.start(publisher.run)
+        await outbox.append(event(0))  # fails, then posted
+        await trio.sleep(5)
+        await outbox.append(event(1))  # fails again, then posted
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    assert publisher.failures == 2 and len(layer.blobs) == 2 and outbox.pending == 0
+    assert attempts == [0, 0]  # the second failure waits the first step again
     outbox.close()

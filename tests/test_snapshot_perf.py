@@ -12,7 +12,10 @@ import gc
 import hashlib
 import itertools
 import math
+import os
 import random
+import stat
+import types
 import zlib
 from pathlib import Path
 from typing import Any
@@ -759,3 +762,29 @@ def test_a_batch_is_refused_at_its_first_failing_check(monkeypatch: pytest.Monke
     assert s.apply(bad_receipt) == 1 and s.ledger.batches == {} and len(checked) == 3
     checked.clear()
     assert s.apply(batch) == 1 and len(s.ledger.batches) == 1 and len(checked) == 8
+
+
+async def test_a_snapshot_is_complete_and_fsynced_before_it_replaces_the_last_and_the_folder_after(
+        tmp_path: Path, events: list[ev.Event], monkeypatch: pytest.MonkeyPatch) -> None:
+    """From a review: the file must be written, flushed and fsynced before ``os.replace`` puts it in place, and the
+    folder fsynced after: moved in first, a crash could leave a partial snapshot where the last good one was."""
+    calls: list[tuple[str, bytes | None]] = []
+    tmp = (tmp_path / snapshot.FILE).with_suffix(".tmp")
+
+    def fsync(fd: int) -> None:
+        calls.append(("fsync dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file", None))
+        os.fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        calls.append(("replace", Path(src).read_bytes()))  # what is in the file as it goes into place
+        os.replace(src, dst)
+
+    # node.snapshot's own `os` only: the rest of the process keeps the real one
+    monkeypatch.setattr(snapshot, "os", types.SimpleNamespace(**{**vars(os), "fsync": fsync, "replace": replace}))
+    s = State()
+    s.apply_all(events[:500])
+    size = await snapshot.save(tmp_path, snapshot.Snapshot(s, {"primary": 1}, 0))
+    written = (tmp_path / snapshot.FILE).read_bytes()
+    assert [what for what, _ in calls] == ["fsync file", "replace", "fsync dir"]
+    assert calls[1][1] == written and len(written) == size  # the whole snapshot, before it replaced anything
+    assert snapshot.decode(written).state.root() == s.root() and not tmp.exists()
