@@ -174,7 +174,7 @@ class FaultNet(SimNetwork):
             return
         node.received += 1
         self.stats.delivered += 1
-        await node.dispatcher.deliver(src, self.registry.decode(frame))
+        await node.dispatcher.deliver(src, self.registry.decode(frame), size=len(frame))
 
 
 @dataclass

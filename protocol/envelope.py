@@ -165,8 +165,8 @@ def _named_type(data: bytes) -> str | None:
     """The type an envelope names, read without building anything else (msgpack's ``skip`` walks a value without
     making objects); None unless ``data`` is a map of at most five entries with one ``"type"`` key (encoded as every
     member encodes it) whose value is a string (a longer one than any member registers: its first characters)."""
-    if data[1:9] == _CANONICAL_START and 0x83 <= data[0] <= 0x85 and 0xA0 <= data[9] <= 0xBF:  # as members write it
-        end = 10 + (data[9] & 0x1F)  # (a fixstr: a type name of up to 31 bytes)
+    if len(data) > 9 and data[1:9] == _CANONICAL_START and 0x83 <= data[0] <= 0x85 and 0xA0 <= data[9] <= 0xBF:
+        end = 10 + (data[9] & 0x1F)  # (as members write it: a fixstr, a type name of up to 31 bytes)
         try:
             return data[10:end].decode() if len(data) >= end else None
         except UnicodeDecodeError:

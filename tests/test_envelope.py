@@ -79,3 +79,13 @@ def test_a_huge_version_is_reported_short() -> None:
     with pytest.raises(ProtocolError) as info:
         registry().decode(data)
     assert len(str(info.value)) < 100
+
+
+def test_every_cut_of_a_message_is_malformed_and_nothing_else() -> None:
+    """From a review: a message cut after the type's first byte (9 bytes) raised IndexError from the look ahead, which
+    took the link down as an "unexpected error" instead of counting one malformed message."""
+    reg = registry()
+    whole = reg.encode(Message("t.msg", {"batch": b"abcd"}, id=7))
+    for n in range(len(whole)):
+        with pytest.raises(ProtocolError):
+            reg.decode(whole[:n])
