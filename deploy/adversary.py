@@ -292,7 +292,7 @@ class Adversary:
         heard: dict[str, list[int]] = {}  # request ids each peer sent here, latest last
         deliver = self.node.dispatcher.deliver
 
-        async def recording(peer: str, msg: Any, deadline: float | None = None) -> int:
+        async def recording(peer: str, msg: Any, deadline: float | None = None, size: int = 0) -> int:
             if msg.id is not None:
                 ids = heard.setdefault(peer, [])
                 ids.append(msg.id)
@@ -300,7 +300,7 @@ class Adversary:
                 for re in range(msg.id - 6, msg.id + 7):
                     if re != msg.id:
                         self._forge_reply(peer, re, lock=msg.type == LOCK)
-            return await deliver(peer, msg, deadline)
+            return await deliver(peer, msg, deadline, size)
 
         self.node.dispatcher.deliver = recording  # type: ignore[method-assign]
         while True:
