@@ -515,11 +515,11 @@ def test_forged_replies_name_requests_a_peer_has_pending(monkeypatch: pytest.Mon
     matched = {"stray": 0}
     deliver = dispatch.Dispatcher.deliver
 
-    async def counting(self: Any, peer_id: str, msg: Any, deadline: float | None = None) -> int:
+    async def counting(self: Any, peer_id: str, msg: Any, deadline: float | None = None, size: int = 0) -> int:
         pending = self._pending.get(msg.re) if msg.re is not None else None
         if pending is not None and pending.reply is None and pending.peer_id != peer_id:
             matched["stray"] += 1
-        return await deliver(self, peer_id, msg, deadline)
+        return await deliver(self, peer_id, msg, deadline, size)
 
     monkeypatch.setattr(dispatch.Dispatcher, "deliver", counting)
     plan, outcome = simulate.run_seed(49, dkg="none")
