@@ -418,8 +418,9 @@ async def inject(cluster: SimCluster, f: Fault) -> None:
         if m.up and m.locks is not None and m.locks.broken is None:
             m.locks.db = FailingCommit(m.locks.db)  # type: ignore[assignment]
             cluster.faults_fired += 1
-            # the member stops signing (its table is broken) until an operator restarts it
-            cluster.nursery.start_soon(_later, f.duration, lambda: _crash_now(cluster, m.id, 0.2))
+            # the member stops signing (its table is broken) until an operator restarts it (part of this fault: not
+            # counted again, as _crash_now counts a trap's crash)
+            cluster.nursery.start_soon(_later, f.duration, lambda: _restart_now(cluster, m.id))
 
 
 class FailingCommit:
@@ -444,6 +445,13 @@ class FailingCommit:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._db, name)
+
+
+def _restart_now(cluster: SimCluster, member: str) -> None:
+    if cluster.members[member].up:
+        cluster.crash(member)
+        assert cluster.nursery is not None
+        cluster.nursery.start_soon(_restart_later, cluster, member, 0.2)
 
 
 def _crash_now(cluster: SimCluster, member: str, downtime: float) -> None:
