@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     parser = argparse.ArgumentParser(prog="dsdn", description="DSDN coordinator tools")
     sub = parser.add_subparsers(dest="command", required=True)
-    cl = sub.add_parser("cluster", help="local cluster: `dsdn cluster up [-n N] [--base-port P] [--data-dir D]`")
+    cl = sub.add_parser("cluster", help="local cluster: `dsdn cluster up [-n N] [--base-port P] [--data-dir D] "
+                                        "[--block-interval-ms MS]` (`dsdn cluster up --help`)")
     cl.add_argument("action", choices=["up"])
     sub.add_parser("devnet", help="run the local Celestia-compatible devnet (`dsdn devnet --help`)")
     sub.add_parser("blobstore", help="run the blob-store service (`dsdn blobstore --help`)")

@@ -55,10 +55,15 @@ from deploy import ctl
 
 def _read_json(source: str) -> Any:
     text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    where = "stdin" if source == "-" else source
+    if not text.strip():  # (an empty file, say a failed submit's output: "Expecting value: line 1 column 1")
+        raise ValueError(f"{where} is empty: no JSON in it")
     try:
         return json.loads(text)
     except RecursionError:  # (not a ValueError: it gave a traceback)
         raise ValueError("the JSON is nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where} is not JSON: {exc}") from None
 
 
 def _node_key(path: Path) -> tuple[nacl.signing.SigningKey, bool]:
