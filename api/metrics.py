@@ -248,7 +248,9 @@ class _Collector:
         yield _labelled(GaugeMetricFamily, "dsdn_da_routing", "The layer writes try first (1) among the configured "
                         "layers", "layer", [(name, int(name == snap.routing)) for name in snap.healthy])
         yield _gauge("dsdn_da_available", "1 when a DA layer takes writes", int(snap.takes_writes))
-        yield _gauge("dsdn_da_fallback_active", "1 while writes go to a fallback layer", int(snap.fallback_active))
+        yield _gauge("dsdn_da_fallback_active", "1 while the DA status is Degraded or Emergency (the primary is "
+                     "failing: writes go to a fallback layer, if any takes them) or Recovering (fallback blobs being "
+                     "reconciled)", int(snap.fallback_active))
         yield _counter("dsdn_da_status_transitions", "Changes of the DA status", snap.transitions)
         yield _counter("dsdn_da_fallthroughs", "Writes that fell through to the next layer", da.router.fallthroughs)
         yield _labelled(CounterMetricFamily, "dsdn_da_router_posts", "Writes that landed, by layer", "layer",

@@ -282,3 +282,103 @@ def test_a_lying_member_cannot_blank_freeze_or_script_the_dashboard(tmp_path: Pa
         fake.kill()
         fake.wait()
     assert not errors, errors
+
+
+ODD_MEMBERS = r'''
+import json, sys
+from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
+from pathlib import Path
+STATIC, port = Path(sys.argv[1]), int(sys.argv[2])
+ASSETS = {"/dashboard": "dashboard.html", "/dashboard/dashboard.js": "dashboard.js",
+          "/dashboard/dashboard.css": "dashboard.css"}
+polls = {"n": 0}
+
+def answer(path):
+    """(status, body) of a coordinator c0 whose member c1 sits behind a failing proxy and whose member c2 reports a
+    latency of 1e308 ms."""
+    if path == "/cluster/members":
+        return 200, {"self": "c0", "members": [
+            {"id": f"c{i}", "public_key": f"{i:02x}" * 32, "peer_address": f"h:{i}",
+             "http_url": None if i == 0 else f"http://127.0.0.1:{port}/m{i}", "self": i == 0} for i in range(3)]}
+    if path.startswith("/m1/"):
+        return 502, "<html><body>502 Bad Gateway</body></html>"
+    huge = path.startswith("/m2/")
+    sub = path[3:] if huge else path
+    polls["n"] += sub == "/cluster/status"
+    return 200, {"/health": {"status": "healthy", "ready": True},
+                 "/state/root": {"root": "cd" * 32, "events_applied": 1, "pending": 0},
+                 "/cluster/peers": [], "/receipts": {"receipts": [], "next_after": None},
+                 "/da/routing": {"current_state": "primary", "status": "Healthy", "write_order": ["primary"],
+                                 "primary_healthy": True},
+                 "/cluster/status": {"group_public_key": "ab" * 32, "threshold": 2, "members": [],
+                                     "dkg": {"state": "complete"},
+                                     "receipts": {"final": polls["n"] * (10**300 if huge else 3),
+                                                  "final_latency_ms": {"p50": 1e308 if huge else 12.5,
+                                                                       "p99": 1e308 if huge else 20.0}}}}.get(sub)
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args): pass
+    def do_GET(self):
+        path = self.path.split("?")[0]
+        if path in ASSETS:
+            status, body, media = 200, (STATIC / ASSETS[path]).read_bytes(), "text/html"
+            media = {"js": "text/javascript", "css": "text/css"}.get(path.rsplit(".", 1)[-1], "text/html")
+        else:
+            status, obj = answer(path) or (404, {"error": "not found"})
+            body, media = (obj if isinstance(obj, str) else json.dumps(obj)).encode(), "application/json"
+        self.send_response(status)
+        self.send_header("Content-Type", media)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+'''
+
+
+def test_a_member_behind_a_failing_proxy_is_down_and_huge_numbers_break_no_chart(
+        tmp_path: Path, browser_tools: tuple[str, Any]) -> None:
+    """From a review: a member whose every answer was an HTTP error (a reverse proxy's 502 for a dead coordinator, a
+    wrong URL's 404) showed UP, since any answer counted; and one member's latency of 1e308 ms made every grid line
+    of the chart NaN (console errors) for the five minutes it stayed in the history. The members are served by a
+    stand-in here (a proxy's 502 and such numbers are what a real coordinator cannot be made to answer); the page
+    is the real one, in a real Chromium."""
+    chromium, sync_api = browser_tools
+    from tests.proc import free_port
+
+    port = free_port()
+    static = Path(__file__).resolve().parent.parent / "api" / "static"
+    server = subprocess.Popen([sys.executable, "-c", ODD_MEMBERS, str(static), str(port)])
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/cluster/members", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "the stand-in server did not start"
+                time.sleep(0.05)
+        errors: list[str] = []
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, headless=True,
+                                         args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
+            page = browser.new_page()
+            page.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+            page.goto(f"http://127.0.0.1:{port}/dashboard")
+            page.wait_for_function("document.querySelectorAll('#members tbody tr').length === 3", timeout=15_000)
+            time.sleep(4)  # a few polls: the history holds the huge samples
+            statuses = page.evaluate("[...document.querySelectorAll('#members td.status')].map(td => "
+                                     "[td.dataset.status, td.title])")
+            summary = page.locator("#summary-up").inner_text()
+            charts = page.evaluate("document.getElementById('chart-latency').innerHTML + "
+                                   "document.getElementById('chart-rate').innerHTML")
+            browser.close()
+        assert [s for s, _ in statuses] == ["UP", "DOWN", "UP"], statuses
+        assert "HTTP 502" in statuses[1][1], statuses
+        assert summary == "2 / 3 members up"
+        assert "NaN" not in charts and "Infinity" not in charts
+        assert [e for e in errors if "Failed to load resource" not in e] == [], errors  # (the 502s: the browser's)
+    finally:
+        server.kill()
+        server.wait()

@@ -14,6 +14,7 @@
   const RECEIPTS_SHOWN = 15;
   const COLORS = ["#2563eb", "#16a34a", "#d97706", "#db2777", "#7c3aed", "#0891b2", "#65a30d", "#dc2626"];
   const SVG_NS = "http://www.w3.org/2000/svg";
+  const MAX_PLOTTED = 1e12;     // chart samples at or above it are not plotted (a member may answer anything)
   const MAX_LIST = 16;          // items of a list shown from one member's answer (a lying member sent 100,000)
   const MAX_FIRST_SEEN = 5000;  // receipt ids remembered for the "newest first" order
 
@@ -76,15 +77,20 @@
     const before = state.views.get(member.id);
     if (before && before.up === false) {  // down: one probe until it answers again
       const probe = await getJSON(base + "/health");
-      if (!probe.answered) return {...before, at: Date.now()};
+      if (!probe.ok) {
+        return {...before, at: Date.now(),
+                error: probe.answered ? `/health answered HTTP ${probe.status}` : (probe.error || "no answer")};
+      }
     }
     const [health, root, peers, cluster, routing] = await Promise.all(
       ["/health", "/state/root", "/cluster/peers", "/cluster/status", "/da/routing"].map(p => getJSON(base + p)));
-    if (![health, root, peers, cluster, routing].some(r => r.answered)) {
+    if (!(health.ok && health.body && typeof health.body === "object")) {
+      // no answer, or one that is no coordinator's health (a proxy's 502 for a dead one, a wrong URL's 404):
+      // down, saying which (any answer at all counted as up: a member behind a failing proxy showed UP)
       return {up: false, at: Date.now(), since: before && before.up === false ? before.since : Date.now(),
-              error: health.error || "no answer"};
+              error: health.answered ? `/health answered HTTP ${health.status}` : (health.error || "no answer")};
     }
-    return {up: true, at: Date.now(), health: health.ok ? health.body : null, root: root.ok ? root.body : null,
+    return {up: true, at: Date.now(), health: health.body, root: root.ok ? root.body : null,
             peers: peers.ok && Array.isArray(peers.body) ? peers.body : null,
             cluster: cluster.ok ? cluster.body : null, routing: routing.ok ? routing.body : null};
   }
@@ -266,11 +272,11 @@
     const up = state.members.filter(m => (state.views.get(m.id) || {}).up).length;
     const summaryUp = document.getElementById("summary-up");
     summaryUp.textContent = `${up} / ${state.members.length} members up`;
-    summaryUp.className = `pill ${up === state.members.length ? "ok" : "bad"}`;
+    summaryUp.className = `pill ${up === state.members.length && up > 0 ? "ok" : "bad"}`;  // (0 / 0: not ok)
     const summaryRoots = document.getElementById("summary-roots");
     summaryRoots.textContent = roots.distinct > 1 ? `state roots differ (${roots.distinct})`
       : (roots.distinct === 1 ? "state roots agree" : "no state root");
-    summaryRoots.className = `pill ${roots.distinct > 1 ? "bad" : "ok"}`;
+    summaryRoots.className = `pill ${roots.distinct > 1 ? "bad" : (roots.distinct === 1 ? "ok" : "warn")}`;
     const summaryKey = document.getElementById("summary-key");
     summaryKey.textContent = keys.value ? `group key ${short(keys.value, 16)}` : "no group key yet";
     summaryKey.className = `pill ${keys.distinct > 1 ? "bad" : (keys.value ? "ok" : "warn")}`;
@@ -313,7 +319,10 @@
     const W = 600, H = 200, L = 44, R = 8, T = 10, B = 22;
     const now = Date.now() / 1000;
     let max = 0;
-    for (const series of state.history.values()) for (const p of series) if (p[field] !== null) max = Math.max(max, p[field]);
+    // a sample is plotted when finite and below MAX_PLOTTED: one member's 1e308 made every grid line NaN for the five
+    // minutes it stayed in the history (a reviewer's reproduction)
+    const val = p => (Number.isFinite(p[field]) && p[field] >= 0 && p[field] < MAX_PLOTTED ? p[field] : null);
+    for (const series of state.history.values()) for (const p of series) if (val(p) !== null) max = Math.max(max, val(p));
     max = niceCeil(max * 1.1);
     const x = t => L + (W - L - R) * (1 - (now - t) / HISTORY_S);
     const y = v => T + (H - T - B) * (1 - v / max);
@@ -332,14 +341,14 @@
       let d = "";
       const dots = [];  // samples with no neighbour to draw a line to
       series.forEach((p, i) => {
-        if (p[field] === null) return;
-        const joined = i > 0 && series[i - 1][field] !== null;
-        d += `${joined ? "L" : "M"}${x(p.t).toFixed(1)},${y(p[field]).toFixed(1)}`;
-        if (!joined && (i + 1 >= series.length || series[i + 1][field] === null)) dots.push(p);
+        if (val(p) === null) return;
+        const joined = i > 0 && val(series[i - 1]) !== null;
+        d += `${joined ? "L" : "M"}${x(p.t).toFixed(1)},${y(val(p)).toFixed(1)}`;
+        if (!joined && (i + 1 >= series.length || val(series[i + 1]) === null)) dots.push(p);
       });
       if (d) parts.push(svg("path", {d, fill: "none", stroke: colorOf(id), "stroke-width": 2, class: "series"}));
       for (const p of dots) {
-        parts.push(svg("circle", {cx: x(p.t).toFixed(1), cy: y(p[field]).toFixed(1), r: 2.5, fill: colorOf(id)}));
+        parts.push(svg("circle", {cx: x(p.t).toFixed(1), cy: y(val(p)).toFixed(1), r: 2.5, fill: colorOf(id)}));
       }
     }
     parts.push(svg("text", {x: L + 4, y: T + 10, class: "axis unit"}, unit));
