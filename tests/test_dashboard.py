@@ -285,7 +285,7 @@ def test_a_lying_member_cannot_blank_freeze_or_script_the_dashboard(tmp_path: Pa
 
 
 ODD_MEMBERS = r'''
-import json, sys
+import json, sys, time
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
 from pathlib import Path
 STATIC, port = Path(sys.argv[1]), int(sys.argv[2])
@@ -294,14 +294,17 @@ ASSETS = {"/dashboard": "dashboard.html", "/dashboard/dashboard.js": "dashboard.
 polls = {"n": 0}
 
 def answer(path):
-    """(status, body) of a coordinator c0 whose member c1 sits behind a failing proxy and whose member c2 reports a
-    latency of 1e308 ms."""
+    """(status, body) of a coordinator c0 whose member c1 sits behind a failing proxy, whose member c2 reports a
+    latency of 1e308 ms, and whose member c3 never answers in time."""
     if path == "/cluster/members":
         return 200, {"self": "c0", "members": [
             {"id": f"c{i}", "public_key": f"{i:02x}" * 32, "peer_address": f"h:{i}",
-             "http_url": None if i == 0 else f"http://127.0.0.1:{port}/m{i}", "self": i == 0} for i in range(3)]}
+             "http_url": None if i == 0 else f"http://127.0.0.1:{port}/m{i}", "self": i == 0} for i in range(4)]}
     if path.startswith("/m1/"):
         return 502, "<html><body>502 Bad Gateway</body></html>"
+    if path.startswith("/m3/"):  # hung: accepts, never answers in time
+        time.sleep(5)
+        return 503, {"error": "late"}
     huge = path.startswith("/m2/")
     sub = path[3:] if huge else path
     polls["n"] += sub == "/cluster/status"
@@ -340,7 +343,8 @@ def test_a_member_behind_a_failing_proxy_is_down_and_huge_numbers_break_no_chart
         tmp_path: Path, browser_tools: tuple[str, Any]) -> None:
     """From a review: a member whose every answer was an HTTP error (a reverse proxy's 502 for a dead coordinator, a
     wrong URL's 404) showed UP, since any answer counted; and one member's latency of 1e308 ms made every grid line
-    of the chart NaN (console errors) for the five minutes it stayed in the history. The members are served by a
+    of the chart NaN (console errors) for the five minutes it stayed in the history; a hung member's reason read
+    "signal is aborted without reason". The members are served by a
     stand-in here (a proxy's 502 and such numbers are what a real coordinator cannot be made to answer); the page
     is the real one, in a real Chromium."""
     chromium, sync_api = browser_tools
@@ -366,7 +370,7 @@ def test_a_member_behind_a_failing_proxy_is_down_and_huge_numbers_break_no_chart
             page.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
             page.goto(f"http://127.0.0.1:{port}/dashboard")
-            page.wait_for_function("document.querySelectorAll('#members tbody tr').length === 3", timeout=15_000)
+            page.wait_for_function("document.querySelectorAll('#members tbody tr').length === 4", timeout=15_000)
             time.sleep(4)  # a few polls: the history holds the huge samples
             statuses = page.evaluate("[...document.querySelectorAll('#members td.status')].map(td => "
                                      "[td.dataset.status, td.title])")
@@ -374,9 +378,9 @@ def test_a_member_behind_a_failing_proxy_is_down_and_huge_numbers_break_no_chart
             charts = page.evaluate("document.getElementById('chart-latency').innerHTML + "
                                    "document.getElementById('chart-rate').innerHTML")
             browser.close()
-        assert [s for s, _ in statuses] == ["UP", "DOWN", "UP"], statuses
-        assert "HTTP 502" in statuses[1][1], statuses
-        assert summary == "2 / 3 members up"
+        assert [s for s, _ in statuses] == ["UP", "DOWN", "UP", "DOWN"], statuses
+        assert "HTTP 502" in statuses[1][1] and "no answer within 2 s" in statuses[3][1], statuses
+        assert summary == "2 / 4 members up"
         assert "NaN" not in charts and "Infinity" not in charts
         assert [e for e in errors if "Failed to load resource" not in e] == [], errors  # (the 502s: the browser's)
     finally:

@@ -33,7 +33,7 @@
 
   async function getJSON(url) {
     const ctrl = new AbortController();
-    const timer = setTimeout(() => ctrl.abort(), TIMEOUT_MS);
+    const timer = setTimeout(() => ctrl.abort(new Error(`no answer within ${TIMEOUT_MS / 1000} s`)), TIMEOUT_MS);
     try {
       const resp = await fetch(url, {signal: ctrl.signal, cache: "no-store"});
       let body = null;
