@@ -344,9 +344,8 @@ def test_a_member_behind_a_failing_proxy_is_down_and_huge_numbers_break_no_chart
     """From a review: a member whose every answer was an HTTP error (a reverse proxy's 502 for a dead coordinator, a
     wrong URL's 404) showed UP, since any answer counted; and one member's latency of 1e308 ms made every grid line
     of the chart NaN (console errors) for the five minutes it stayed in the history; a hung member's reason read
-    "signal is aborted without reason". The members are served by a
-    stand-in here (a proxy's 502 and such numbers are what a real coordinator cannot be made to answer); the page
-    is the real one, in a real Chromium."""
+    "signal is aborted without reason". The members are served by a stand-in here (a proxy's 502 and such numbers
+    are what a real coordinator cannot be made to answer); the page is the real one, in a real Chromium."""
     chromium, sync_api = browser_tools
     from tests.proc import free_port
 
