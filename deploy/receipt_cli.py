@@ -61,7 +61,7 @@ def _read_json(source: str) -> Any:
     try:
         return json.loads(text)
     except RecursionError:  # (not a ValueError: it gave a traceback)
-        raise ValueError("the JSON is nested too deeply") from None
+        raise ValueError(f"{where}: the JSON is nested too deeply") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{where} is not JSON: {exc}") from None
 
@@ -159,8 +159,8 @@ def submit(args: argparse.Namespace, client: ctl.Client) -> int:
         body = _read_json(args.target)
     except OSError as exc:
         raise ctl.CtlError(f"cannot read {args.target}: {exc.strerror or exc}", 2) from None
-    except ValueError as exc:
-        raise ctl.CtlError(f"{args.target} is not JSON: {exc}", 2) from None
+    except ValueError as exc:  # (_read_json's message names the file)
+        raise ctl.CtlError(str(exc), 2) from None
     if not isinstance(body, dict):
         raise ctl.CtlError(f"{args.target}: a receipt is a JSON object (from `dsdn receipt make`)", 2)
     found = ctl.targets(args)

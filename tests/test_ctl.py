@@ -601,14 +601,16 @@ def test_receipt_cli_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixt
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100_000 + "]" * 100_000)
     code, out, err = dsdn(capsys, "receipt", "verify", str(deep), "--group-key", "00" * 32)
-    assert (code, out) == (2, "") and one_line(err) == "dsdn receipt verify: the JSON is nested too deeply"
+    assert (code, out) == (2, "") and one_line(err) == f"dsdn receipt verify: {deep}: the JSON is nested too deeply"
     empty = tmp_path / "signed.json"  # what `submit --json > signed.json` leaves when the submit failed
-    empty.write_text("")
-    code, out, err = dsdn(capsys, "receipt", "verify", str(empty), "--group-key", "00" * 32)
-    assert (code, out) == (2, "") and one_line(err) == f"dsdn receipt verify: {empty} is empty: no JSON in it"
-    empty.write_text("{nope")
-    code, out, err = dsdn(capsys, "receipt", "verify", str(empty), "--group-key", "00" * 32)
-    assert (code, out) == (2, "") and one_line(err).startswith(f"dsdn receipt verify: {empty} is not JSON: ")
+    for action in (["verify", "--group-key", "00" * 32], ["submit", "--url", "http://127.0.0.1:1"]):
+        empty.write_text("")
+        code, out, err = dsdn(capsys, "receipt", action[0], str(empty), *action[1:])
+        assert (code, out) == (2, "") and one_line(err) == f"dsdn receipt {action[0]}: {empty} is empty: no JSON in it"
+        empty.write_text("{nope")
+        code, out, err = dsdn(capsys, "receipt", action[0], str(empty), *action[1:])
+        assert (code, out) == (2, "") and one_line(err).startswith(f"dsdn receipt {action[0]}: {empty} is not JSON: ")
+        assert one_line(err).count("is not JSON") == 1, err
     code, out, err = dsdn(capsys, "receipt", "make", "--node", "n", "--subject", "obj", "--epoch", "0",
                           "--node-key", str(tmp_path / "k"))
     assert code == 2 and out == "" and "epoch" in one_line(err) and "Traceback" not in err

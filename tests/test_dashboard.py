@@ -295,16 +295,18 @@ polls = {"n": 0}
 
 def answer(path):
     """(status, body) of a coordinator c0 whose member c1 sits behind a failing proxy, whose member c2 reports a
-    latency of 1e308 ms, and whose member c3 never answers in time."""
+    latency of 1e308 ms, whose member c3 never answers in time and whose member c4 is a wrong URL."""
     if path == "/cluster/members":
         return 200, {"self": "c0", "members": [
             {"id": f"c{i}", "public_key": f"{i:02x}" * 32, "peer_address": f"h:{i}",
-             "http_url": None if i == 0 else f"http://127.0.0.1:{port}/m{i}", "self": i == 0} for i in range(4)]}
+             "http_url": None if i == 0 else f"http://127.0.0.1:{port}/m{i}", "self": i == 0} for i in range(5)]}
     if path.startswith("/m1/"):
         return 502, "<html><body>502 Bad Gateway</body></html>"
     if path.startswith("/m3/"):  # hung: accepts, never answers in time
         time.sleep(5)
         return 503, {"error": "late"}
+    if path.startswith("/m4/"):  # a wrong URL: 200, but no coordinator's health
+        return 200, []
     huge = path.startswith("/m2/")
     sub = path[3:] if huge else path
     polls["n"] += sub == "/cluster/status"
@@ -369,7 +371,7 @@ def test_a_member_behind_a_failing_proxy_is_down_and_huge_numbers_break_no_chart
             page.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
             page.goto(f"http://127.0.0.1:{port}/dashboard")
-            page.wait_for_function("document.querySelectorAll('#members tbody tr').length === 4", timeout=15_000)
+            page.wait_for_function("document.querySelectorAll('#members tbody tr').length === 5", timeout=15_000)
             time.sleep(4)  # a few polls: the history holds the huge samples
             statuses = page.evaluate("[...document.querySelectorAll('#members td.status')].map(td => "
                                      "[td.dataset.status, td.title])")
@@ -377,9 +379,10 @@ def test_a_member_behind_a_failing_proxy_is_down_and_huge_numbers_break_no_chart
             charts = page.evaluate("document.getElementById('chart-latency').innerHTML + "
                                    "document.getElementById('chart-rate').innerHTML")
             browser.close()
-        assert [s for s, _ in statuses] == ["UP", "DOWN", "UP", "DOWN"], statuses
+        assert [s for s, _ in statuses] == ["UP", "DOWN", "UP", "DOWN", "DOWN"], statuses
         assert "HTTP 502" in statuses[1][1] and "no answer within 2 s" in statuses[3][1], statuses
-        assert summary == "2 / 4 members up"
+        assert statuses[4][1] == "/health answered HTTP 200 without a JSON object", statuses
+        assert summary == "2 / 5 members up"
         assert "NaN" not in charts and "Infinity" not in charts
         assert [e for e in errors if "Failed to load resource" not in e] == [], errors  # (the 502s: the browser's)
     finally:

@@ -71,24 +71,30 @@
     }
   }
 
+  function isHealth(r) {  // a coordinator's /health: 2xx with a JSON object
+    return r.ok && r.body !== null && typeof r.body === "object" && !Array.isArray(r.body);
+  }
+
+  function whyNotHealth(r) {
+    if (!r.answered) return r.error || "no answer";
+    return r.ok ? `/health answered HTTP ${r.status} without a JSON object` : `/health answered HTTP ${r.status}`;
+  }
+
   async function pollMember(member) {
     const base = baseOf(member);
     if (base === null) return {up: null, at: Date.now(), error: "no HTTP URL known for this member"};
     const before = state.views.get(member.id);
     if (before && before.up === false) {  // down: one probe until it answers again
       const probe = await getJSON(base + "/health");
-      if (!probe.ok) {
-        return {...before, at: Date.now(),
-                error: probe.answered ? `/health answered HTTP ${probe.status}` : (probe.error || "no answer")};
-      }
+      if (!isHealth(probe)) return {...before, at: Date.now(), error: whyNotHealth(probe)};
     }
     const [health, root, peers, cluster, routing] = await Promise.all(
       ["/health", "/state/root", "/cluster/peers", "/cluster/status", "/da/routing"].map(p => getJSON(base + p)));
-    if (!(health.ok && health.body && typeof health.body === "object")) {
+    if (!isHealth(health)) {
       // no answer, or one that is no coordinator's health (a proxy's 502 for a dead one, a wrong URL's 404):
       // down, saying which (any answer at all counted as up: a member behind a failing proxy showed UP)
       return {up: false, at: Date.now(), since: before && before.up === false ? before.since : Date.now(),
-              error: health.answered ? `/health answered HTTP ${health.status}` : (health.error || "no answer")};
+              error: whyNotHealth(health)};
     }
     return {up: true, at: Date.now(), health: health.body, root: root.ok ? root.body : null,
             peers: peers.ok && Array.isArray(peers.body) ? peers.body : null,
