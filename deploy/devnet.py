@@ -16,7 +16,9 @@ Fault injection for tests and demos: ``POST /admin/fault {"mode": "down"|"slow"|
 JSON-RPC error), ``GET /admin/status``. Admin routes keep working in every mode. Pruning, as a pruned
 celestia-node behaves: ``POST /admin/prune {"below": N}`` makes every height below N answer go-header's
 ``header: not found`` (``blob.Get``, ``blob.GetAll``, ``header.GetByHeight``); ``{"below": 0}`` undoes it
-(the blocks are kept).
+(the blocks are kept). ``{"below": N, "data": true}`` prunes the data only, as a node past its storage window and
+within its header window does: the headers are served, ``blob.GetAll`` answers ``null`` and ``blob.Get``
+``blob: not found``, as for a height without the blob.
 
 Run: ``dsdn devnet --port 26658 --db .dsdn/devnet.sqlite`` (or ``python -m deploy.devnet``).
 """
@@ -250,6 +252,7 @@ class Devnet:
         self.mode = "ok"
         self.latency_s = 0.0
         self.pruned_below = 0  # heights below this answer "header: not found", as on a pruned node
+        self.data_pruned_below = 0  # heights below this have a header and no data (see the module docstring)
         self.blob_total = 0
         self.head: Block | None = None
         self._pending: list[list[_Pending]] = []  # the Submits waiting for a block, each whole, oldest first
@@ -406,7 +409,7 @@ class Devnet:
         height, namespace = _height_param(height), _namespace_param(ns)
         wanted = _unb64(commitment, "commitment")
         await self._block_at(height)
-        for row in await self._read(self.store.blobs, height, namespace):
+        for row in await self._read(self.store.blobs, height, namespace) if height >= self.data_pruned_below else ():
             if row[3] == wanted:
                 return blob_json(row)
         raise RPCError(SERVER_ERROR, "blob: not found")
@@ -420,6 +423,8 @@ class Devnet:
             raise RPCError(INVALID_PARAMS, f"invalid params: at most {MAX_NAMESPACES} namespaces per call")
         wanted = list(dict.fromkeys(_namespace_param(ns) for ns in namespaces))  # each once: the answer is bounded
         await self._block_at(height)
+        if height < self.data_pruned_below:  # (celestia-node: the data is gone, and GetAll says "no blobs")
+            return None
         found = [blob_json(row) for ns in wanted for row in await self._read(self.store.blobs, height, ns)]
         return found or None
 
@@ -451,14 +456,22 @@ class Devnet:
     def status(self) -> dict[str, Any]:
         return {"height": self.height, "mode": self.mode, "latency_ms": round(self.latency_s * 1000),
                 "blobs": self.blob_total, "pending": sum(map(len, self._pending)), "chain_id": CHAIN_ID,
-                "block_interval_ms": round(self.block_interval_s * 1000), "pruned_below": self.pruned_below}
+                "block_interval_ms": round(self.block_interval_s * 1000), "pruned_below": self.pruned_below,
+                "data_pruned_below": self.data_pruned_below}
 
     def set_prune(self, body: Any) -> None:
         below = body.get("below") if isinstance(body, dict) else None
-        if isinstance(below, bool) or not isinstance(below, int) or below < 0:
-            raise ValueError('send {"below": N}: heights below N (>= 0) answer "header: not found"')
-        self.pruned_below = below
-        log.info("pruned: heights below %d are gone", below)
+        data = body.get("data", False) if isinstance(body, dict) else False
+        if (isinstance(below, bool) or not isinstance(below, int) or below < 0 or not isinstance(data, bool)
+                or set(body) - {"below", "data"}):
+            raise ValueError('send {"below": N[, "data": true]}: heights below N (>= 0) answer "header: not found" '
+                             '(with "data": their data only is gone)')
+        if data:
+            self.data_pruned_below = below
+            log.info("pruned: the data of heights below %d is gone (their headers are kept)", below)
+        else:
+            self.pruned_below = below
+            log.info("pruned: heights below %d are gone", below)
 
     def set_fault(self, body: Any) -> None:
         if not isinstance(body, dict) or body.get("mode") not in FAULT_MODES:

@@ -56,6 +56,7 @@ class Config:
     da_retry_delay_ms: int = 1000
     da_gas_price: float = -1.0  # -1: the node estimates the gas price
     da_start_height: int = 1  # the first primary height read when no snapshot says where to resume
+    da_storage_window_s: int = 7 * 86400  # older primary heights' empty answers are not trusted (0: archival node)
     use_mock_da: bool = False
     mock_da_path: str = ""  # "" = <data_dir>/mock-da.sqlite; ":memory:" = in-process only
     # Fallback DA
@@ -458,6 +459,7 @@ def load(env: Mapping[str, str]) -> Config:
         da_retry_delay_ms=_int(env, "DA_RETRY_DELAY_MS", 1000, 0, 3_600_000),
         da_gas_price=_float(env, "DA_GAS_PRICE", -1.0, -1.0, 1e6),
         da_start_height=_int(env, "DA_START_HEIGHT", 1, 1, 2**62),
+        da_storage_window_s=_int(env, "DA_STORAGE_WINDOW_S", 7 * 86400, 0, 10 * 365 * 86400),
         use_mock_da=use_mock,
         mock_da_path=_get(env, "MOCK_DA_PATH") or "",
         enable_fallback=enable_fallback,

@@ -51,6 +51,8 @@ def make_client(url: str, token: str | None = TOKEN, **kw: Any) -> CelestiaDA:
     kw.setdefault("timeout_s", 5.0)
     kw.setdefault("retry_count", 2)
     kw.setdefault("retry_delay_s", 0.02)
+    # (the stub nodes here serve headers without a time: the storage-window check is tested in test_da_pruned.py)
+    kw.setdefault("storage_window_s", 0)
     return CelestiaDA(url, kw.pop("namespace", NS), token, **kw)
 
 

@@ -95,6 +95,7 @@ def test_member_keys_parse() -> None:
         ("FALLBACK_DA_TYPE", "carrier-pigeon", "none, quorum, emergency"),
         ("STATS_TTL_MS", "0", "integer"),
         ("DA_START_HEIGHT", "0", "from 1 to"),
+        ("DA_STORAGE_WINDOW_S", "-1", "from 0 to"),
         ("CLUSTER_MEMBER_KEYS", "abcd", "64 hex characters"),
         ("DA_NAMESPACE", "zz", "dsdn namespace"),
         ("DA_NAMESPACE", "0" * 58, "reserves"),

@@ -36,9 +36,9 @@ def celestia_env(url: str, **extra: str) -> dict[str, str]:
             "DA_TIMEOUT_MS": "2000", "DA_RETRY_COUNT": "0", "DA_HEALTH_INTERVAL_MS": "100", **extra}
 
 
-async def prune(url: str, below: int) -> None:
+async def prune(url: str, below: int, *, data: bool = False) -> None:
     async with httpx.AsyncClient(base_url=url, timeout=5, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
-        assert (await http.post("/admin/prune", json={"below": below})).status_code == 200
+        assert (await http.post("/admin/prune", json={"below": below, "data": data})).status_code == 200
 
 
 async def test_a_pruned_height_keeps_the_cursor_and_ready_says_why(make_config: Callable[..., Config],
@@ -80,6 +80,53 @@ async def test_a_pruned_height_keeps_the_cursor_and_ready_says_why(make_config: 
         assert response.status_code == 200 and b.da.read_problems() == {}
         inner.cancel_scope.cancel()
     await primary.aclose()
+    await a.da.primary.inner.aclose()  # type: ignore[attr-defined]
+
+
+async def test_heights_whose_data_the_node_pruned_are_not_taken_for_empty(make_config: Callable[..., Config],
+                                                                           nursery: trio.Nursery) -> None:
+    """From a review of celestia-node's source: past its storage window a pruned node keeps a height's header and
+    drops its data, and ``blob.GetAll`` then answers null, as for a height with no blob of ours: a coordinator whose
+    history was that old moved its cursor past it and was ready without its events. An empty answer for a height
+    older than DA_STORAGE_WINDOW_S (1 s here, 7 days by default) is not trusted: the cursor stays and /ready says
+    why; an archival node's (DA_STORAGE_WINDOW_S=0) is."""
+    url: str = await nursery.start(partial(serve_devnet, "127.0.0.1", 0, ":memory:", 0.05, TOKEN))
+    cfg_a = make_config("a", **celestia_env(url))
+    a = Coordinator(cfg_a, CelestiaDA.from_config(cfg_a))
+    async with trio.open_nursery() as inner:
+        await inner.start(a.run)
+        await a.register_node("from-history", "z", "10.0.0.1:1", 1)
+        await wait_for(lambda: a.outbox.pending == 0, what="A's event on the devnet")
+        [landed] = await a.outbox.recently_landed(1)
+        inner.cancel_scope.cancel()
+    history = landed.ref.height
+    await prune(url, history + 1, data=True)  # headers kept, data gone: GetAll answers null there
+    await trio.sleep(1.2)  # every height so far is older than the window of 1 s
+
+    members = {"CLUSTER_MEMBER_KEYS": a.public_key.hex(), "DA_START_HEIGHT": "1"}
+    cfg_b = make_config("b", **celestia_env(url, DA_STORAGE_WINDOW_S="1", **members))
+    primary = CelestiaDA.from_config(cfg_b)
+    b = Coordinator(cfg_b, primary)
+    client: Any = create_app(b).test_client()
+    async with trio.open_nursery() as inner:
+        await inner.start(b.run)
+        await wait_for(lambda: PRIMARY in b.da.read_problems(), what="B's primary read to fail")
+        await trio.sleep(0.5)  # several more polls: the cursor must not move past the heights the node pruned
+        assert b.consumers[PRIMARY].cursor == 0 and b.state.node("from-history") is None
+        status, body = await ready(client)
+        assert status == 503 and "beyond the node's storage window" in body["reason"], body
+        inner.cancel_scope.cancel()
+    await primary.aclose()
+
+    await prune(url, 0, data=True)  # an archival node: every height's data is there, its empty answers are true
+    cfg_c = make_config("c", **celestia_env(url, DA_STORAGE_WINDOW_S="0", **members))
+    c = Coordinator(cfg_c, CelestiaDA.from_config(cfg_c))
+    async with trio.open_nursery() as inner:
+        await inner.start(c.run)
+        await wait_for(lambda: c.rebuilt, what="C to rebuild from the archival node")
+        assert c.state.node("from-history") is not None
+        inner.cancel_scope.cancel()
+    await c.da.primary.inner.aclose()  # type: ignore[attr-defined]
     await a.da.primary.inner.aclose()  # type: ignore[attr-defined]
 
 

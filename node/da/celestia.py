@@ -18,6 +18,14 @@ Only celestia-node's ``blob: not found`` (``blob.ErrBlobNotFound``) means "no su
 ``header: not found`` (a pruned node that no longer has the height, or one that does not have it yet): a
 reader must not take it for an empty height and move its cursor past it.
 
+A pruned node keeps a height's header longer than its data (celestia-node: data for ``StorageWindow``, 7 days and an
+hour; headers for two weeks), and its ``blob.GetAll`` answers ``null`` for a height whose data it dropped, as for a
+height with no blob of ours: a follower took the history the node pruned for empty heights, moved its cursor past
+it and reported ready without its events (a reviewer's reading of celestia-node's source). So an empty answer for
+a height older than ``storage_window_s`` (``DA_STORAGE_WINDOW_S``; its header's time tells) is not trusted: the read
+fails there, saying why, and the cursor stays (an archival node keeps every height's data: 0 turns the check off).
+One header is asked per page of heights at most, and none once a height younger than the window was seen.
+
 Every attempt is bounded by ``timeout_s`` (a peer that accepts TCP and never answers times out).
 Transport failures (refused/reset connections, timeouts, HTTP 5xx without a JSON-RPC error body) are
 retried ``retry_count`` times with exponential backoff and jitter; JSON-RPC errors never are. Note
@@ -30,10 +38,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import itertools
 import json
 import logging
 import random
+import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -53,6 +64,9 @@ DEFAULT_MAX_BLOB_BYTES = 1_992_294
 MAX_BACKOFF_S = 30.0
 #: Heights fetched concurrently by ``read_after``.
 READ_CONCURRENCY = 8
+#: celestia-node's StorageWindow: a pruned node drops a height's data 7 days and an hour after it
+DEFAULT_STORAGE_WINDOW_S = 7 * 86400
+LONG_POLLS_AGAIN_S = 60.0  # long polls refused: tried again after this long (one error turned them off for good)
 #: The largest answer read (decoded): all of our namespace's blobs at one height, in base64 inside JSON, from a block
 #: of up to 48 MiB of them (Celestia's blocks are 8 MiB today). An answer is streamed and refused past it: read whole,
 #: a hostile node's gzip of 0.9 MB inflating to 200 MiB took a coordinator from 34 to 639 MiB.
@@ -136,6 +150,25 @@ def map_rpc_error(code: Any, message: str, method: str) -> DAError:
 MAX_HEIGHT = 2**63 - 1  # what SQLite and msgpack hold (a lying node's larger height crashed the publisher)
 
 
+def header_time(header: Any) -> float:
+    """``result.header.time`` of an ExtendedHeader (RFC 3339, nanoseconds) as unix seconds."""
+    raw = header.get("header", {}).get("time") if isinstance(header, dict) else None
+    if not isinstance(raw, str):
+        raise DARPCError(None, "header has no header.time")
+    match = _RFC3339.fullmatch(raw.strip())
+    if match is None:
+        raise DARPCError(None, f"header.time is {raw[:64]!r}, not an RFC 3339 time")
+    base, fraction, zone = match.groups()
+    try:
+        when = datetime.datetime.fromisoformat(base + (zone if zone not in ("Z", "z") else "+00:00"))
+    except ValueError:
+        raise DARPCError(None, f"header.time is {raw[:64]!r}, not an RFC 3339 time") from None
+    return when.timestamp() + (float("0" + fraction) if fraction else 0.0)
+
+
+_RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|z|[+-]\d\d:\d\d)")
+
+
 def header_height(header: Any) -> int:
     """``result.header.height`` of an ExtendedHeader (a decimal string; a number is accepted too)."""
     try:
@@ -168,9 +201,10 @@ class CelestiaDA:
     def __init__(self, url: str, namespace: bytes, auth_token: str | None = None, *, timeout_s: float = 30.0,
                  retry_count: int = 3, retry_delay_s: float = 1.0, gas_price: float = -1.0,
                  max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES, max_submit_bytes: int | None = None,
-                 name: str = "primary") -> None:
+                 name: str = "primary", storage_window_s: float = DEFAULT_STORAGE_WINDOW_S) -> None:
         """``max_blob_bytes``: the largest blob posted (larger ones are refused before any I/O); ``max_submit_bytes``
-        (default: the same): the most bytes of several blobs one ``post_many`` carries."""
+        (default: the same): the most bytes of several blobs one ``post_many`` carries; ``storage_window_s``: see
+        the module docstring (0: the node keeps every height's data)."""
         validate_namespace(namespace)
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
@@ -187,7 +221,10 @@ class CelestiaDA:
         self.max_blob_bytes = int(max_blob_bytes)
         self._max_submit_bytes = int(max_submit_bytes if max_submit_bytes is not None else max_blob_bytes)
         self.retries = 0  # cumulative retried attempts (read by the metrics)
-        self.long_polls = True  # off once the node refuses header.WaitForHeight (see read_after)
+        self.long_polls = True  # off for a while once the node refuses header.WaitForHeight (see read_after)
+        self._long_polls_again_at = 0.0
+        self.storage_window_s = float(storage_window_s)
+        self._young_from: int | None = None  # a height seen younger than the storage window: later ones are too
         self.skipped_blobs = 0  # blobs in our namespace read_after/blobs_at could not verify and skipped
         self.rng = random.Random()
         self._ns_b64 = b64(self.namespace)
@@ -208,7 +245,7 @@ class CelestiaDA:
         return cls(cfg.da_rpc_url, cfg.da_namespace, cfg.da_auth_token, timeout_s=cfg.da_timeout_ms / 1000,
                    retry_count=cfg.da_retry_count, retry_delay_s=cfg.da_retry_delay_ms / 1000,
                    max_blob_bytes=DEFAULT_MAX_BLOB_BYTES, max_submit_bytes=cfg.blob_max_bytes,
-                   gas_price=cfg.da_gas_price, name=name)
+                   gas_price=cfg.da_gas_price, name=name, storage_window_s=cfg.da_storage_window_s)
 
     # ---- HTTP client lifecycle ------------------------------------------------------------------
 
@@ -495,6 +532,8 @@ class CelestiaDA:
         on the way (the plain read retries), ends in that plain read too: a gateway that holds WaitForHeight slows
         the reads down but never stops them; one that refuses the method (an answered error) turns long polls off
         for this layer, logged once."""
+        if wait_s > 0 and not self.long_polls and trio.current_time() >= self._long_polls_again_at:
+            self.long_polls = True  # (tried again now and then: one error turned them off for good)
         if wait_s > 0 and self.long_polls:
             await self._wait_for_height(cursor + 1, wait_s)
         head = await self.head()
@@ -517,6 +556,14 @@ class CelestiaDA:
             async with trio.open_nursery() as nursery:
                 for h in batch:
                     nursery.start_soon(self._fetch_into, h, results, errors)
+            empty = [h for h in batch if h in results and not results[h]]
+            if empty and not self._trusts_empty(empty[0]):
+                trusted = False
+                with trio.move_on_at(deadline):  # (the page so far is kept if the header does not come in time)
+                    trusted = await self._check_kept(empty[0], errors)
+                if not trusted and empty[0] not in errors:
+                    errors[empty[0]] = DATimeout(f"{self.name}: no header for height {empty[0]} in time (its age "
+                                                 f"tells whether its empty answer can be trusted)")
             for h in batch:  # whole heights, in order; stop at the first failed one
                 if h in errors:
                     if height == cursor:
@@ -528,6 +575,28 @@ class CelestiaDA:
                     break
             round_s = trio.current_time() - round_started
         return Page(items, height, height >= head)
+
+    def _trusts_empty(self, height: int) -> bool:
+        """An empty answer for ``height`` is trusted without asking its header (see the module docstring)."""
+        return not self.storage_window_s or (self._young_from is not None and height >= self._young_from)
+
+    async def _check_kept(self, height: int, errors: dict[int, DAError]) -> bool:
+        """Whether the node's empty answer for ``height`` (the first empty one of a page) can be trusted: the height
+        is within the storage window (and so is every later one); else False, with an error for it in ``errors``."""
+        try:
+            header = await self.call("header.GetByHeight", [height])
+            age = time.time() - header_time(header)
+        except DAError as exc:
+            errors[height] = exc
+            return False
+        if age < self.storage_window_s:
+            self._young_from = height
+            return True
+        errors[height] = DAUnavailable(
+            f"{self.name}: height {height} is {age / 86400:.1f} days old, beyond the node's storage window "
+            f"(DA_STORAGE_WINDOW_S={self.storage_window_s:g} s): its empty answer may be data the node pruned; read "
+            f"the history from an archival node (and set DA_STORAGE_WINDOW_S=0), or restore a snapshot")
+        return False
 
     async def head(self) -> int:
         return header_height(await self.call("header.NetworkHead", []))
@@ -543,8 +612,9 @@ class CelestiaDA:
                 return
             except DAError as exc:  # refused (an RPC error, a gateway's 404 or non-JSON answer, no permission)
                 self.long_polls = False
-                log.warning("%s: header.WaitForHeight refused (%s): reading without long polls from now on",
-                            self.name, exc)
+                self._long_polls_again_at = trio.current_time() + LONG_POLLS_AGAIN_S
+                log.warning("%s: header.WaitForHeight refused (%s): reading without long polls for %g s",
+                            self.name, exc, LONG_POLLS_AGAIN_S)
 
     async def probe(self, timeout_s: float) -> int:
         """The health check: ``header.NetworkHead`` in one attempt within ``timeout_s`` (no retries)."""
