@@ -30,6 +30,7 @@ from node.da.celestia import (
     DAUnauthorized,
     InvalidBlob,
     header_height,
+    header_time,
     map_rpc_error,
 )
 from node.da.commitment import blob_commitment
@@ -799,3 +800,56 @@ async def test_a_slow_but_healthy_node_lets_reads_and_posts_through_their_time_l
     ref = await layer.post(b"an event blob")
     assert ref.height == 5 and len(stored) == 1 and len(gets) == 2
     await da.aclose()
+
+
+def test_a_header_time_is_read_as_celestia_node_writes_it_and_anything_else_is_an_answer_error() -> None:
+    """RFC 3339 with nanoseconds in UTC (CometBFT's JSON), an offset, no fraction; a header of another shape is a
+    DARPCError (a null header raised AttributeError, which took the coordinator down: a reviewer's reproduction)."""
+    at = 1_764_900_000  # 2025-12-05T02:00:00Z
+    assert header_time({"header": {"time": "2025-12-05T02:00:00.123456789Z"}}) == pytest.approx(at + 0.123456789)
+    assert header_time({"header": {"time": "2025-12-05T02:00:00Z"}}) == at
+    assert header_time({"header": {"time": "2025-12-05T04:00:00+02:00"}}) == at
+    for bad in (None, [], {"header": None}, {"header": "x"}, {"header": {}}, {"header": {"time": 5}},
+                {"header": {"time": "yesterday"}}, {"header": {"time": "2025-13-45T02:00:00Z"}}):
+        with pytest.raises(DARPCError):
+            header_time(bad)
+
+
+async def test_a_header_check_that_does_not_come_in_time_keeps_the_heights_read(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """From a review: the storage-window check of an empty height waited up to the read's own deadline, which
+    cancelled the whole read when it came: the heights read before it were lost, page after page."""
+    from node.da.metered import MeteredLayer
+
+    class HeaderNeverComes(CelestiaDA):
+        async def head(self) -> int:
+            return 20
+
+        async def blobs_at(self, height: int) -> list[tuple[BlobRef, bytes]]:
+            await trio.sleep(0.01)
+            return [(BlobRef("primary", height, b"c"), b"%d" % height)] if height <= 8 else []
+
+        async def call(self, method: str, params: list[Any], **kw: Any) -> Any:
+            assert method == "header.GetByHeight"
+            await trio.sleep(100)
+
+    layer = MeteredLayer(HeaderNeverComes("http://dsdn.invalid", NS, None, storage_window_s=3600), 1.0)
+    page = await layer.read_after(0, 100)
+    assert page.cursor == 8 and [d for _, d in page.items] == [b"%d" % h for h in range(1, 9)]
+    assert not page.at_head
+
+
+async def test_a_height_once_young_is_not_trusted_for_ever(nursery: trio.Nursery) -> None:
+    """From a review: the height seen younger than the storage window let every later empty answer through for the
+    life of the process; a reader that fell behind by more than the window took the data the node pruned since for
+    empty heights."""
+    url = await nursery.start(partial(serve_devnet, "127.0.0.1", 0, ":memory:", 0.05, TOKEN))
+    async with make_client(url, storage_window_s=2) as lagging:
+        await trio.sleep(0.3)
+        page = await lagging.read_after(0, 1000)  # young: trusted from here on...
+        ref = await lagging.post(b"an event")
+        await trio.sleep(2.5)  # ...until every height is older than the window
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+            assert (await http.post("/admin/prune", json={"below": ref.height + 1, "data": True})).status_code == 200
+        with pytest.raises(DARPCError, match="beyond the node's storage window"):
+            await lagging.read_after(page.cursor, 1000)

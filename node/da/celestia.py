@@ -66,6 +66,7 @@ MAX_BACKOFF_S = 30.0
 READ_CONCURRENCY = 8
 #: celestia-node's StorageWindow: a pruned node drops a height's data 7 days and an hour after it
 DEFAULT_STORAGE_WINDOW_S = 7 * 86400
+HEADER_CHECK_MARGIN_S = 0.5  # a storage-window check ends this long before the read's deadline
 LONG_POLLS_AGAIN_S = 60.0  # long polls refused: tried again after this long (one error turned them off for good)
 #: The largest answer read (decoded): all of our namespace's blobs at one height, in base64 inside JSON, from a block
 #: of up to 48 MiB of them (Celestia's blocks are 8 MiB today). An answer is streamed and refused past it: read whole,
@@ -152,7 +153,8 @@ MAX_HEIGHT = 2**63 - 1  # what SQLite and msgpack hold (a lying node's larger he
 
 def header_time(header: Any) -> float:
     """``result.header.time`` of an ExtendedHeader (RFC 3339, nanoseconds) as unix seconds."""
-    raw = header.get("header", {}).get("time") if isinstance(header, dict) else None
+    inner = header.get("header") if isinstance(header, dict) else None
+    raw = inner.get("time") if isinstance(inner, dict) else None  # (a null header raised AttributeError: a crash)
     if not isinstance(raw, str):
         raise DARPCError(None, "header has no header.time")
     match = _RFC3339.fullmatch(raw.strip())
@@ -223,8 +225,9 @@ class CelestiaDA:
         self.retries = 0  # cumulative retried attempts (read by the metrics)
         self.long_polls = True  # off for a while once the node refuses header.WaitForHeight (see read_after)
         self._long_polls_again_at = 0.0
+        self._long_polls_refusal = ""  # the last refusal logged
         self.storage_window_s = float(storage_window_s)
-        self._young_from: int | None = None  # a height seen younger than the storage window: later ones are too
+        self._young_from: tuple[int, float] | None = None  # a height and its header time, younger than the window
         self.skipped_blobs = 0  # blobs in our namespace read_after/blobs_at could not verify and skipped
         self.rng = random.Random()
         self._ns_b64 = b64(self.namespace)
@@ -531,7 +534,7 @@ class CelestiaDA:
         reads as a plain read does, so its page ends at the head it reports. A wait that gets no answer, or fails
         on the way (the plain read retries), ends in that plain read too: a gateway that holds WaitForHeight slows
         the reads down but never stops them; one that refuses the method (an answered error) turns long polls off
-        for this layer, logged once."""
+        for this layer for LONG_POLLS_AGAIN_S (logged once, and again if the refusal changes)."""
         if wait_s > 0 and not self.long_polls and trio.current_time() >= self._long_polls_again_at:
             self.long_polls = True  # (tried again now and then: one error turned them off for good)
         if wait_s > 0 and self.long_polls:
@@ -556,14 +559,16 @@ class CelestiaDA:
             async with trio.open_nursery() as nursery:
                 for h in batch:
                     nursery.start_soon(self._fetch_into, h, results, errors)
-            empty = [h for h in batch if h in results and not results[h]]
-            if empty and not self._trusts_empty(empty[0]):
+            first_empty = next((h for h in batch if h in errors or not results[h]), None)
+            if first_empty is not None and first_empty not in errors and not self._trusts_empty(first_empty):
                 trusted = False
-                with trio.move_on_at(deadline):  # (the page so far is kept if the header does not come in time)
-                    trusted = await self._check_kept(empty[0], errors)
-                if not trusted and empty[0] not in errors:
-                    errors[empty[0]] = DATimeout(f"{self.name}: no header for height {empty[0]} in time (its age "
-                                                 f"tells whether its empty answer can be trusted)")
+                # (before the read's own deadline: reached, that cancels the whole read, and the heights read so
+                # far were lost with it; a reviewer's reproduction)
+                with trio.move_on_at(deadline - HEADER_CHECK_MARGIN_S):
+                    trusted = await self._check_kept(first_empty, errors)
+                if not trusted and first_empty not in errors:
+                    errors[first_empty] = DATimeout(f"{self.name}: no header for height {first_empty} in time (its "
+                                                    f"age tells whether its empty answer can be trusted)")
             for h in batch:  # whole heights, in order; stop at the first failed one
                 if h in errors:
                     if height == cursor:
@@ -577,22 +582,30 @@ class CelestiaDA:
         return Page(items, height, height >= head)
 
     def _trusts_empty(self, height: int) -> bool:
-        """An empty answer for ``height`` is trusted without asking its header (see the module docstring)."""
-        return not self.storage_window_s or (self._young_from is not None and height >= self._young_from)
+        """An empty answer for ``height`` is trusted without asking its header (see the module docstring): a height at
+        or after one whose header is younger than the window still is (it is no older). Not for ever: a reader that
+        fell behind by more than the window, the process running all along, trusted what the node had pruned since."""
+        if not self.storage_window_s:
+            return True
+        if self._young_from is None:
+            return False
+        young_height, young_time = self._young_from
+        return height >= young_height and time.time() - young_time < self.storage_window_s
 
     async def _check_kept(self, height: int, errors: dict[int, DAError]) -> bool:
         """Whether the node's empty answer for ``height`` (the first empty one of a page) can be trusted: the height
         is within the storage window (and so is every later one); else False, with an error for it in ``errors``."""
         try:
             header = await self.call("header.GetByHeight", [height])
-            age = time.time() - header_time(header)
+            made = header_time(header)
         except DAError as exc:
             errors[height] = exc
             return False
+        age = time.time() - made
         if age < self.storage_window_s:
-            self._young_from = height
+            self._young_from = (height, made)
             return True
-        errors[height] = DAUnavailable(
+        errors[height] = DARPCError(None,  # (an answer, not an outage: the status machine must not count it)
             f"{self.name}: height {height} is {age / 86400:.1f} days old, beyond the node's storage window "
             f"(DA_STORAGE_WINDOW_S={self.storage_window_s:g} s): its empty answer may be data the node pruned; read "
             f"the history from an archival node (and set DA_STORAGE_WINDOW_S=0), or restore a snapshot")
@@ -613,8 +626,11 @@ class CelestiaDA:
             except DAError as exc:  # refused (an RPC error, a gateway's 404 or non-JSON answer, no permission)
                 self.long_polls = False
                 self._long_polls_again_at = trio.current_time() + LONG_POLLS_AGAIN_S
-                log.warning("%s: header.WaitForHeight refused (%s): reading without long polls for %g s",
-                            self.name, exc, LONG_POLLS_AGAIN_S)
+                # (said once, and again only if the refusal changes: a node that never long-polls is no news)
+                log.log(logging.WARNING if str(exc) != self._long_polls_refusal else logging.DEBUG,
+                        "%s: header.WaitForHeight refused (%s): reading without long polls (tried again every %g s)",
+                        self.name, exc, LONG_POLLS_AGAIN_S)
+                self._long_polls_refusal = str(exc)
 
     async def probe(self, timeout_s: float) -> int:
         """The health check: ``header.NetworkHead`` in one attempt within ``timeout_s`` (no retries)."""
