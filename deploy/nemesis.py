@@ -7,10 +7,12 @@ for one slot, and node registrations) runs throughout; each request, its answer 
 history file (JSON lines). Meanwhile faults come one after another: kill -9 and restart, SIGSTOP/SIGCONT, a cut
 link, a slow link, the devnet down or slow; a fault on a coordinator comes with the devnet down at the same time
 one time in ``OVERLAP`` (the fallback layers then run one member short). Then everything heals and the checker
-reads every coordinator: no slot signed twice (across all of them), every acknowledged node registration present
-everywhere, every acknowledged receipt final everywhere and verifiable under the group key, equal state roots
-within 10 s of healing and again at the end. It prints a report and
-exits 0 only if all of that holds.
+sends each coordinator a new receipt and registration, which it must take within 30 s, and reads every coordinator:
+no slot signed twice (across all of them), every acknowledged node registration present everywhere, every
+acknowledged receipt final everywhere and verifiable under the group key, equal state roots within 10 s and again at
+the end. It prints a report and exits 0 only if all of that holds. The faults draw from a random stream of their
+own (a seed gives the same faults whatever the load's timing); the data folder must be new or empty; a signal
+stops the run with its clean-up (paused processes resumed and stopped, the history written).
 
 ``dsdn nemesis [--duration S] [-n N] [--seed X] [--byzantine B] [--history FILE] [--data-dir D]``
 """
@@ -21,7 +23,6 @@ import argparse
 import json
 import os
 import random
-import secrets
 import signal
 import sys
 import tempfile
@@ -43,6 +44,7 @@ FAULTS = ("kill", "pause", "cut", "slow_link", "devnet_down", "devnet_slow")
 MEMBER_FAULTS = ("kill", "pause", "cut", "slow_link")
 OVERLAP = 0.3  # the share of coordinator faults that come with the devnet down meanwhile
 CONVERGE_S = 10.0
+FRESH_S = 30.0  # after the heal, each coordinator must take a new receipt and registration within this
 NODES = 6
 
 
@@ -54,7 +56,9 @@ class Nemesis:
     data_dir: Path
     history_path: Path
     byzantine: str | None = None
-    rng: random.Random = field(init=False)
+    rng: random.Random = field(init=False)  # the load's draws
+    fault_rng: random.Random = field(init=False)  # the faults': apart, so a seed gives the same faults whatever the
+    #                                               load's timing (one shared stream did not replay a run)
     members: list[launcher.Member] = field(default_factory=list)
     proxies: dict[tuple[str, str], LinkProxy] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -65,6 +69,7 @@ class Nemesis:
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
+        self.fault_rng = random.Random(self.seed ^ 0xFA_0175)
 
     @property
     def coordinators(self) -> list[launcher.Member]:
@@ -132,30 +137,60 @@ class Nemesis:
             choice = self.rng.random()
             if choice < 0.15:
                 await self.op(http, "register", "POST", "/register", {"id": f"w{self.seed}-{k}", "zone": "z",
-                                                                      "addr": "h:2"})
+                                                                      "addr": "h:2"}, phase="load")
                 continue
             node = self.rng.choice(list(node_keys))
-            workload = secrets.token_hex(32)
-            body = rc.sign_as_node(node_keys[node], receipt_type="compute", node_id=node, subject=workload,
-                                   epoch=epoch, usage_proof_hash=secrets.token_hex(32),
-                                   execution_commitment=[workload, *(secrets.token_hex(32) for _ in range(5))],
-                                   reward_base=10, submitter_address="ab" * 20, timestamp=int(time.time())).to_json()
+            body = self.receipt(node_keys, node, epoch)
             # some submitters wait for the signed document (the "final stays final" checks need answers "final"),
             # drawn apart from the rest (drawn with it, no receipt with a rival ever waited: a reviewer's count)
             path = "/receipts?wait_ms=1500" if self.rng.random() < 0.45 else "/receipts"
-            await self.op(http, "receipt", "POST", path, body)
-            if choice > 0.9:  # a rival receipt for the same slot, sent to another coordinator
+            if choice > 0.9:  # a rival receipt for the same slot, sent to another coordinator at the same time
                 rival = {**body, "reward_base": 11}
                 rival.update(rc.sign_as_node(node_keys[node], **{f: v for f, v in rival.items()
                                                                  if f not in ("node_public_key", "node_signature")}
                                              ).to_json())
-                await self.op(http, "receipt", "POST", path, rival)
+                first, second = self.rng.sample(self.coordinators, 2)  # (drawn each alone, 4 in 31 went to one)
+                async with trio.open_nursery() as both:
+                    both.start_soon(self.op, http, "receipt", "POST", path, body, "load", first)
+                    both.start_soon(self.op, http, "receipt", "POST", path, rival, "load", second)
+            else:
+                await self.op(http, "receipt", "POST", path, body, phase="load")
             await trio.sleep(0.05)
 
-    async def op(self, http: httpx.AsyncClient, kind: str, method: str, path: str, body: dict[str, Any]) -> None:
-        target = self.rng.choice(self.coordinators)
+    def receipt(self, node_keys: dict[str, nacl.signing.SigningKey], node: str, epoch: int) -> dict[str, Any]:
+        """A new compute receipt of ``node`` (its fields drawn from the load's stream)."""
+        draw = [self.rng.randbytes(32).hex() for _ in range(7)]
+        return rc.sign_as_node(node_keys[node], receipt_type="compute", node_id=node, subject=draw[0], epoch=epoch,
+                               usage_proof_hash=draw[1], execution_commitment=[draw[0], *draw[2:]], reward_base=10,
+                               submitter_address="ab" * 20, timestamp=int(time.time())).to_json()
+
+    async def after_heal(self, http: httpx.AsyncClient, node_keys: dict[str, nacl.signing.SigningKey]) -> None:
+        """New writes once everything healed, one of each kind to each coordinator, each retried until it is
+        acknowledged (``FRESH_S``): the checks then want them present and final like the others. A cluster that
+        took nothing new after its faults passed, as long as what it took before them was final (a reviewer's
+        finding)."""
+        epoch = int(time.time() // 3600) + 1
+        deadline = trio.current_time() + FRESH_S
+        for i, m in enumerate(self.coordinators):
+            for kind, path, body in (("register", "/register", {"id": f"f{self.seed}-{i}", "zone": "z",
+                                                                "addr": "h:3"}),
+                                     ("receipt", "/receipts?wait_ms=3000",
+                                      self.receipt(node_keys, self.rng.choice(list(node_keys)), epoch))):
+                while True:
+                    await self.op(http, kind, "POST", path, body, "fresh", m)
+                    if self.history[-1]["status"] in (200, 202) or trio.current_time() > deadline:
+                        break
+                    await trio.sleep(0.5)
+                if self.history[-1]["status"] not in (200, 202):
+                    what = "registration" if kind == "register" else kind
+                    self.violations.append(f"after the heal, {m.id} did not take a new {what} within {FRESH_S:.0f}s: "
+                                           f"{self.history[-1]['status']} {str(self.history[-1]['answer'])[:200]}")
+
+    async def op(self, http: httpx.AsyncClient, kind: str, method: str, path: str, body: dict[str, Any],
+                 phase: str = "setup", target: launcher.Member | None = None) -> None:
+        target = target or self.rng.choice(self.coordinators)
         entry: dict[str, Any] = {"t": round(time.time(), 3), "op": kind, "to": target.id, "path": path,
-                                 "body": body}
+                                 "body": body, "phase": phase}
         try:
             r = await http.request(method, target.url + path, json=body, timeout=5.0)
             entry["status"] = r.status_code
@@ -171,20 +206,20 @@ class Nemesis:
         kinds = list(sequence or [])
         while trio.current_time() < until - 2:
             given = bool(kinds)
-            kind = kinds.pop(0) if kinds else self.rng.choice(FAULTS)
-            span = self.rng.uniform(1.5, 3.0)
+            kind = kinds.pop(0) if kinds else self.fault_rng.choice(FAULTS)
+            span = self.fault_rng.uniform(1.5, 3.0)
             self.faults[kind] = self.faults.get(kind, 0) + 1
-            overlap = not given and kind in MEMBER_FAULTS and self.rng.random() < OVERLAP
+            overlap = not given and kind in MEMBER_FAULTS and self.fault_rng.random() < OVERLAP
             async with trio.open_nursery() as both:
                 both.start_soon(self.inject, nursery, http, kind, span)
                 if overlap:
                     name = f"{kind}+devnet_down"
                     self.faults[name] = self.faults.get(name, 0) + 1
                     both.start_soon(self.inject, nursery, http, "devnet_down", span)
-            await trio.sleep(self.rng.uniform(0.5, 1.5))
+            await trio.sleep(self.fault_rng.uniform(0.5, 1.5))
 
     async def inject(self, nursery: trio.Nursery, http: httpx.AsyncClient, kind: str, span: float) -> None:
-        victim = self.rng.choice(self.coordinators)
+        victim = self.fault_rng.choice(self.coordinators)
         self.say(f"{kind} {'' if kind.startswith('devnet') else victim.id} for {span:.1f}s")
         if kind == "kill":
             assert victim.process is not None
@@ -199,7 +234,7 @@ class Nemesis:
             await trio.sleep(span)
             victim.process.send_signal(signal.SIGCONT)
         elif kind in ("cut", "slow_link"):
-            other = self.rng.choice([m for m in self.coordinators if m is not victim])
+            other = self.fault_rng.choice([m for m in self.coordinators if m is not victim])
             self.say(f"  ({kind}: the links between {victim.id} and {other.id})")
             links = [self.proxies[(victim.id, other.id)], self.proxies[(other.id, victim.id)]]
             for p in links:
@@ -395,9 +430,12 @@ class Nemesis:
             missing = [node for node in registered if await status_of(http, f"{m.url}/node/{node}") != 200]
             if missing:
                 self.violations.append(f"{m.id} lacks {len(missing)} acknowledged node registration(s)")
-        if not acked or not registered:
-            self.violations.append(f"nothing to check: {len(acked)} receipt(s) and {len(registered)} "
-                                   "registration(s) acknowledged")
+        during = [h for h in self.history if h.get("phase") == "load" and h["status"] in (200, 202)]
+        if not any(h["op"] == "receipt" for h in during) or not any(h["op"] == "register" for h in during):
+            # (the set-up's registrations, made before any fault, counted: this could not fail for them)
+            self.violations.append(f"nothing to check: {sum(h['op'] == 'receipt' for h in during)} receipt(s) and "
+                                   f"{sum(h['op'] == 'register' for h in during)} registration(s) acknowledged "
+                                   "during the load")
         roots = set()  # (not the first loop's: a pass cut short here left those, and stale roots passed)
         with trio.move_on_after(CONVERGE_S):  # and the states agree again, once every receipt settled
             while len(roots := {(await get(http, f"{m.url}/state/root") or {}).get("root") for m in coords}) != 1 \
@@ -457,6 +495,7 @@ async def run(nem: Nemesis, sequence: list[str] | None) -> dict[str, Any]:
                 work.start_soon(nem.load, http, until, node_keys)
                 work.start_soon(nem.nemesis, nursery, http, until, sequence)
             await nem.heal(http, nursery)
+            await nem.after_heal(http, node_keys)
             summary = await nem.check(http, trio.current_time())
         finally:
             with trio.CancelScope(shield=True):
@@ -465,9 +504,29 @@ async def run(nem: Nemesis, sequence: list[str] | None) -> dict[str, Any]:
                         p.process.send_signal(signal.SIGCONT)
                 await launcher._stop(nem.members, trio.Event())
             nursery.cancel_scope.cancel()
-    with open(nem.history_path, "w") as f:
-        for entry in nem.history:
-            f.write(json.dumps(entry, separators=(",", ":")) + "\n")
+            # (written whatever happened: a run that failed on its way left nothing to look at)
+            with open(nem.history_path, "w") as f:
+                for entry in nem.history:
+                    f.write(json.dumps(entry, separators=(",", ":")) + "\n")
+    return summary
+
+
+async def _stop_on_signals(scope: trio.CancelScope, got: list[int]) -> None:
+    """SIGTERM, SIGINT or SIGHUP cut the run short, so its clean-up runs: killed by its default action, the nemesis
+    left a paused coordinator stopped for good, holding its ports (a reviewer's reproduction)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            got.append(signum)
+            scope.cancel()
+            return
+
+
+async def run_until_signalled(nem: Nemesis, sequence: list[str] | None, got: list[int]) -> dict[str, Any] | None:
+    summary = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signals, nursery.cancel_scope, got)
+        summary = await run(nem, sequence)
+        nursery.cancel_scope.cancel()
     return summary
 
 
@@ -507,13 +566,22 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--faults: kinds are {', '.join(FAULTS)}")
     if args.data_dir is not None and args.data_dir.exists() and not args.data_dir.is_dir():
         parser.error(f"--data-dir {args.data_dir} is not a folder")
+    if args.data_dir is not None and args.data_dir.is_dir() and any(args.data_dir.iterdir()):
+        # (a previous run's chain and states: its registrations, same ids for the same seed, passed this run's checks)
+        parser.error(f"--data-dir {args.data_dir} is not empty: give a new folder (a previous run's state would "
+                     "answer for this one's)")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 30)
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="dsdn-nemesis-"))
     nem = Nemesis(args.n, args.duration, seed, data_dir, args.history or data_dir / "history.jsonl", args.byzantine)
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     started = time.perf_counter()
-    summary = trio.run(run, nem, sequence)
+    got: list[int] = []
+    summary = trio.run(run_until_signalled, nem, sequence, got)
     nem.wall_s = time.perf_counter() - started
+    if summary is None:
+        print(f"[nemesis] stopped by {signal.Signals(got[0]).name if got else 'a signal'}; history: "
+              f"{nem.history_path}", flush=True)
+        sys.exit(128 + (got[0] if got else signal.SIGTERM))
     print(report(nem, summary), flush=True)
     sys.exit(1 if nem.violations else 0)
 

@@ -46,8 +46,11 @@ def test_a_short_nemesis_run_holds(tmp_path: Path) -> None:
     assert "violations                       0" in report
     history = [json.loads(line) for line in (tmp_path / "nem" / "history.jsonl").read_text().splitlines()]
     receipts = [h for h in history if h["op"] == "receipt"]
-    assert len(receipts) > 50 and all({"t", "to", "status", "answer", "body"} <= set(h) for h in history)
+    assert len(receipts) > 50 and all({"t", "to", "status", "answer", "body", "phase"} <= set(h) for h in history)
     assert sum(h["status"] in (200, 202) for h in receipts) > 30
+    # after the heal, every coordinator took a new receipt and a new registration (then checked like the others)
+    fresh = {(h["to"], h["op"]) for h in history if h["phase"] == "fresh" and h["status"] in (200, 202)}
+    assert fresh == {(f"coordinator-{i}", op) for i in range(4) for op in ("receipt", "register")}, fresh
 
 
 async def test_an_equivocating_proposer_sends_different_batches_under_one_id_and_no_slot_is_signed_twice(
@@ -170,7 +173,8 @@ async def run_checker(tmp_path: Path, views: dict[str, dict[str, str]], history:
 
     nem = nemesis.Nemesis(2, 1, 1, tmp_path, tmp_path / "history.jsonl")
     nem.members = [launcher.Member("coordinator", c, f"http://{c}.test", "/ready", []) for c in views]
-    nem.history = [*history, {"op": "register", "to": "c0", "status": 200, "body": {"id": "n1"}, "answer": {}}]
+    nem.history = [*history, {"op": "register", "to": "c0", "status": 200, "body": {"id": "n1"}, "answer": {},
+                              "phase": "load"}]
     original = nemesis.rc.verify_document
     nemesis.rc.verify_document = lambda doc, group: ((True, "valid") if doc.get("signature") == "good"  # type: ignore
                                                      else (False, "bad signature"))
@@ -186,7 +190,8 @@ def receipt_op(to: str, rid: str | None, status: int | None, answered: str | Non
                **extra: Any) -> dict[str, Any]:
     answer: Any = {"receipt_id": rid, "status": answered, **extra} if status is not None else \
         "ConnectError: all attempts to connect failed"
-    return {"op": "receipt", "to": to, "status": status, "body": {**SLOT, "reward_base": rid}, "answer": answer}
+    return {"op": "receipt", "to": to, "status": status, "body": {**SLOT, "reward_base": rid}, "answer": answer,
+            "phase": "load"}
 
 
 @pytest.mark.parametrize("listing_fails", [False, True])
@@ -269,24 +274,30 @@ async def test_receipts_with_a_rival_wait_for_their_document_too(tmp_path: Path,
     final" never met a rival slot in a real run (a reviewer's count)."""
     import nacl.signing
 
+    from deploy import cluster as launcher
     from deploy import nemesis
 
     nem = nemesis.Nemesis(2, 1, 7, tmp_path, tmp_path / "history.jsonl")
-    ops: list[tuple[str, dict[str, Any]]] = []
+    nem.members = [launcher.Member("coordinator", c, f"http://{c}.test", "/ready", []) for c in ("c0", "c1", "c2")]
+    ops: list[tuple[str, dict[str, Any], str | None]] = []
 
-    async def op(http: Any, kind: str, method: str, path: str, body: dict[str, Any]) -> None:
+    async def op(http: Any, kind: str, method: str, path: str, body: dict[str, Any], phase: str = "setup",
+                 target: Any = None) -> None:
         if kind == "receipt":
-            ops.append((path, body))
+            ops.append((path, body, target.id if target is not None else None))
 
     nem.op = op  # type: ignore[method-assign]
     keys = {f"nem{i}": nacl.signing.SigningKey(bytes([i + 1]) * 32) for i in range(3)}
     await nem.load(None, trio.current_time() + 100, keys)  # type: ignore[arg-type]
-    per_slot: dict[tuple[str, str, int], list[str]] = {}
-    for path, body in ops:
-        per_slot.setdefault((body["node_id"], body["subject"], body["epoch"]), []).append(path)
-    rival_slots = [paths for paths in per_slot.values() if len(paths) > 1]
-    assert rival_slots and any(all("wait_ms" in p for p in paths) for paths in rival_slots)
-    assert any("wait_ms" not in p for paths in rival_slots for p in paths)
+    per_slot: dict[tuple[str, str, int], list[tuple[str, str | None]]] = {}
+    for path, body, to in ops:
+        per_slot.setdefault((body["node_id"], body["subject"], body["epoch"]), []).append((path, to))
+    rival_slots = [sent for sent in per_slot.values() if len(sent) > 1]
+    assert rival_slots and any(all("wait_ms" in p for p, _ in sent) for sent in rival_slots)
+    assert any("wait_ms" not in p for sent in rival_slots for p, _ in sent)
+    # a rival goes to another coordinator than its original (4 pairs in 31 went to one, a reviewer's count)
+    assert all(len({to for _, to in sent}) == len(sent) and None not in {to for _, to in sent}
+               for sent in rival_slots)
 
 
 async def test_every_coordinator_must_answer_the_same_group_key(tmp_path: Path,
@@ -318,14 +329,35 @@ def test_a_coordinator_that_exited_on_its_own_is_a_violation(tmp_path: Path) -> 
     (["--duration", "inf"], "--duration must be from 1 to"),
     (["--faults", "kill,nope"], "--faults: kinds are"),
     (["--data-dir", "FILE"], "is not a folder"),
+    (["--data-dir", "."], "is not empty"),  # (tmp_path, holding FILE: a previous run's state answered for the next)
 ])
 def test_bad_arguments_exit_2_in_one_line_and_leave_nothing(tmp_path: Path, argv: list[str], says: str) -> None:
     """A negative or nan duration started a whole cluster for nothing (inf: until killed), a file as --data-dir was
     a traceback, a bad --faults left an empty temporary folder behind."""
     (tmp_path / "FILE").write_text("")
-    argv = [str(tmp_path / "FILE") if a == "FILE" else a for a in argv]
+    argv = [str(tmp_path / "FILE") if a == "FILE" else str(tmp_path) if a == "." else a for a in argv]
     r = subprocess.run([sys.executable, "-c", "from deploy.nemesis import main; main()", *argv],
                        capture_output=True, text=True, timeout=60, env={**os.environ,
                                                                         "TMPDIR": str(tmp_path)})
     assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE"]
+
+
+async def test_a_cluster_that_takes_nothing_new_after_the_heal_is_caught(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """From a review: the checks only read; a cluster answering 503 to every new write after its faults passed, as
+    long as what it took before them was final."""
+    import httpx
+
+    from deploy import cluster as launcher
+    from deploy import nemesis
+
+    nem = nemesis.Nemesis(2, 1, 1, tmp_path, tmp_path / "history.jsonl")
+    nem.members = [launcher.Member("coordinator", c, f"http://{c}.test", "/ready", []) for c in ("c0", "c1")]
+    keys = {"nem0": nacl.signing.SigningKey(bytes(32))}
+    refusing = httpx.MockTransport(lambda request: httpx.Response(503, json={"error": "unavailable"}))
+    async with httpx.AsyncClient(transport=refusing) as http:
+        await nem.after_heal(http, keys)
+    assert sorted(v.split(" within")[0] for v in nem.violations) == [
+        "after the heal, c0 did not take a new receipt", "after the heal, c0 did not take a new registration",
+        "after the heal, c1 did not take a new receipt", "after the heal, c1 did not take a new registration"]
