@@ -756,3 +756,33 @@ async def test_a_primary_reading_a_block_behind_gets_each_group_once_and_stays_i
     assert state["submits"] == 1 and report.blobs_reconciled == 3 and pending.pending_count == 0
     assert machine.status is Status.HEALTHY and machine.relapses == 0
     pending.close()
+
+
+async def test_a_primary_that_takes_blobs_and_never_answers_reading_them_is_not_probed_for_ever(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """From a review: a quiet member (no writes of its own) with one blob held back, and a primary that takes posts
+    and passes health checks but never answers a read: the probe's unanswered read-back counted as one read
+    failure, which the next health check undid, so the member stayed in Recovering and posted a paid probe every
+    health interval for ever (124 posts in ten minutes). Unanswered, the probe is not given back: as a lost one, the
+    primary goes back to the fallback, and each relapse waits longer."""
+    primary = MockDA()
+    posts = count_posts(primary, probe=b"probe blob")
+
+    async def hangs(ref: BlobRef) -> bytes:
+        await trio.sleep_forever()
+        raise AssertionError  # (never)
+
+    primary.get = hangs  # type: ignore[method-assign]
+    autojump_clock.autojump_threshold = 0.01
+    stack = make_stack(tmp_path, primary, health_interval_s=5.0, retry_delay_s=1.0, probe=lambda: b"probe blob")
+    stack.reconciler.clock = lambda: int(trio.current_time() * 1000)
+    await fill(stack, [b"written during the outage"])
+    for _ in range(3):  # an outage, over now
+        stack.machine.observe(PRIMARY, False, 0, "down", write=True)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(stack.monitor)
+        await trio.sleep(600)
+        nursery.cancel_scope.cancel()
+    assert stack.machine.status is Status.DEGRADED  # writes go to the fallback: the primary gives nothing back
+    assert 1 <= posts["probe"] <= 10, posts
+    await stack.aclose(close_layers=False)

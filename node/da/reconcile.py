@@ -229,22 +229,26 @@ class Reconciler:
             report.errors.append(f"probe: the primary did not take it: {exc}")
             return
         self._primary_took(since)
+        unanswered: DAUnavailable | None = None
         for read in range(READ_BACK_TRIES):
             if read:
                 await trio.sleep(self.retry_delay_s)
             try:
                 back: bytes | None = await primary.get(ref)
-            except DAUnavailable as exc:
-                self._primary_failed(str(exc), write=False)
-                report.errors.append(f"probe: reading it back got no answer: {exc}")
-                return
+            except DAUnavailable as exc:  # (tried again: one unanswered read is no verdict)
+                unanswered, back = exc, None
             except DAError:
                 back = None
             if back == data:  # (a blob given back: another member's missed in this pass is not the primary's)
                 self._confirmed += 1
                 self.served(ref.height)
                 return
-        error = f"the primary took a probe blob of ours but did not give it back at height {ref.height}"
+        # Not given back, answered or not: the primary failed as a write would have. Counted as one read failure, an
+        # unanswered read was undone by the next health check, and a member with no writes of its own stayed in
+        # Recovering, posting a paid probe every health interval for ever (a reviewer's reproduction).
+        error = (f"the primary took a probe blob of ours and gave no answer reading it back at height {ref.height}: "
+                 f"{unanswered}" if unanswered is not None else
+                 f"the primary took a probe blob of ours but did not give it back at height {ref.height}")
         report.errors.append(f"probe: {error}")
         for _ in range(self.machine.failure_threshold):
             self.machine.observe(PRIMARY, False, self.clock(), error, write=True)
