@@ -141,6 +141,7 @@ def plan(n: int, base_port: int, data_dir: Path, block_interval_ms: int = 500) -
                                                                                                        strict=True)))
     common = {
         "USE_MOCK_DA": "false", "DA_RPC_URL": devnet_url, "DA_AUTH_TOKEN": token, "DA_NETWORK": "local",
+        "DA_STORAGE_WINDOW_S": "0",  # (the devnet never prunes: its empty heights are empty, however old)
         "DA_NAMESPACE": namespace_from_name("dsdn-local-cluster").hex(), "DA_TIMEOUT_MS": "5000",
         "DA_RETRY_COUNT": "1", "DA_RETRY_DELAY_MS": "200", "DA_HEALTH_INTERVAL_MS": "1000",
         "ENABLE_FALLBACK": "true", "FALLBACK_DA_TYPE": "quorum", "QUORUM_VALIDATORS": ",".join(urls),

@@ -65,6 +65,7 @@ class Nemesis:
     faults: dict[str, int] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
     converge_s: float | None = None
+    summary: dict[str, Any] | None = None  # what the check found (None until it ran)
     wall_s: float = 0.0  # the whole run: cluster start, load and faults, heal, checks, stop
 
     def __post_init__(self) -> None:
@@ -178,10 +179,10 @@ class Nemesis:
                                       self.receipt(node_keys, self.rng.choice(list(node_keys)), epoch))):
                 while True:
                     await self.op(http, kind, "POST", path, body, "fresh", m)
-                    if self.history[-1]["status"] in (200, 202) or trio.current_time() > deadline:
+                    if _took(self.history[-1]) or trio.current_time() > deadline:
                         break
                     await trio.sleep(0.5)
-                if self.history[-1]["status"] not in (200, 202):
+                if not _took(self.history[-1]):
                     what = "registration" if kind == "register" else kind
                     self.violations.append(f"after the heal, {m.id} did not take a new {what} within {FRESH_S:.0f}s: "
                                            f"{self.history[-1]['status']} {str(self.history[-1]['answer'])[:200]}")
@@ -210,16 +211,20 @@ class Nemesis:
             span = self.fault_rng.uniform(1.5, 3.0)
             self.faults[kind] = self.faults.get(kind, 0) + 1
             overlap = not given and kind in MEMBER_FAULTS and self.fault_rng.random() < OVERLAP
+            # (drawn here, in this order: drawn by the tasks, in the order trio happened to run them, a seed did not
+            # give the same faults; a reviewer's reproduction)
+            victim = self.fault_rng.choice(self.coordinators)
+            other = self.fault_rng.choice([m for m in self.coordinators if m is not victim])
             async with trio.open_nursery() as both:
-                both.start_soon(self.inject, nursery, http, kind, span)
+                both.start_soon(self.inject, nursery, http, kind, span, victim, other)
                 if overlap:
                     name = f"{kind}+devnet_down"
                     self.faults[name] = self.faults.get(name, 0) + 1
-                    both.start_soon(self.inject, nursery, http, "devnet_down", span)
+                    both.start_soon(self.inject, nursery, http, "devnet_down", span, victim, other)
             await trio.sleep(self.fault_rng.uniform(0.5, 1.5))
 
-    async def inject(self, nursery: trio.Nursery, http: httpx.AsyncClient, kind: str, span: float) -> None:
-        victim = self.fault_rng.choice(self.coordinators)
+    async def inject(self, nursery: trio.Nursery, http: httpx.AsyncClient, kind: str, span: float,
+                     victim: launcher.Member, other: launcher.Member) -> None:
         self.say(f"{kind} {'' if kind.startswith('devnet') else victim.id} for {span:.1f}s")
         if kind == "kill":
             assert victim.process is not None
@@ -234,7 +239,6 @@ class Nemesis:
             await trio.sleep(span)
             victim.process.send_signal(signal.SIGCONT)
         elif kind in ("cut", "slow_link"):
-            other = self.fault_rng.choice([m for m in self.coordinators if m is not victim])
             self.say(f"  ({kind}: the links between {victim.id} and {other.id})")
             links = [self.proxies[(victim.id, other.id)], self.proxies[(other.id, victim.id)]]
             for p in links:
@@ -453,6 +457,15 @@ class Nemesis:
         return {"acked_receipts": len(acked), "final": final, "registrations": len(registered)}
 
 
+def _took(entry: dict[str, Any]) -> bool:
+    """A write acknowledged: a registration answered 200, a receipt locked or final (a 202 "pending": not yet
+    valid there, which the checks do not follow; a reviewer's finding)."""
+    if entry["op"] != "receipt":
+        return bool(entry["status"] == 200)
+    answer = entry["answer"]
+    return entry["status"] in (200, 202) and isinstance(answer, dict) and answer.get("status") in ("locked", "final")
+
+
 async def get(http: httpx.AsyncClient, url: str) -> Any:
     try:
         r = await http.get(url, timeout=5.0)
@@ -482,7 +495,15 @@ async def all_final(http: httpx.AsyncClient, url: str) -> list[dict[str, Any]] |
             return docs
 
 
-async def run(nem: Nemesis, sequence: list[str] | None) -> dict[str, Any]:
+def write_history(nem: Nemesis) -> None:
+    with open(nem.history_path, "w") as f:
+        for entry in nem.history:
+            f.write(json.dumps(entry, separators=(",", ":")) + "\n")
+
+
+async def run(nem: Nemesis, sequence: list[str] | None, hurry: trio.Event | None = None) -> dict[str, Any]:
+    """The whole run; its summary also in ``nem.summary`` (a signal during the clean-up lost it). ``hurry``: a second
+    signal, the processes are killed rather than stopped."""
     async with httpx.AsyncClient(timeout=10) as http, trio.open_nursery() as nursery:
         try:
             started = time.perf_counter()
@@ -495,39 +516,42 @@ async def run(nem: Nemesis, sequence: list[str] | None) -> dict[str, Any]:
                 work.start_soon(nem.load, http, until, node_keys)
                 work.start_soon(nem.nemesis, nursery, http, until, sequence)
             await nem.heal(http, nursery)
+            healed = trio.current_time()  # (convergence counts from here: the fresh writes' time too)
             await nem.after_heal(http, node_keys)
-            summary = await nem.check(http, trio.current_time())
+            nem.summary = await nem.check(http, healed)
         finally:
+            write_history(nem)  # first, whatever happened: a run that failed on its way left nothing to look at
             with trio.CancelScope(shield=True):
                 for p in nem.members:  # a paused process cannot stop
                     if p.process is not None and p.process.returncode is None:
                         p.process.send_signal(signal.SIGCONT)
-                await launcher._stop(nem.members, trio.Event())
+                await launcher._stop(nem.members, hurry or trio.Event())
             nursery.cancel_scope.cancel()
-            # (written whatever happened: a run that failed on its way left nothing to look at)
-            with open(nem.history_path, "w") as f:
-                for entry in nem.history:
-                    f.write(json.dumps(entry, separators=(",", ":")) + "\n")
-    return summary
+    return nem.summary
 
 
-async def _stop_on_signals(scope: trio.CancelScope, got: list[int]) -> None:
-    """SIGTERM, SIGINT or SIGHUP cut the run short, so its clean-up runs: killed by its default action, the nemesis
-    left a paused coordinator stopped for good, holding its ports (a reviewer's reproduction)."""
+async def _stop_on_signals(work: trio.CancelScope, hurry: trio.Event, got: list[int]) -> None:
+    """SIGTERM, SIGINT or SIGHUP cut the run short, so its clean-up runs (killed by its default action, the nemesis
+    left a paused coordinator stopped for good, holding its ports: a reviewer's reproduction); another one during
+    the clean-up kills the processes instead of waiting for them. Heard until the clean-up is done."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             got.append(signum)
-            scope.cancel()
-            return
+            if len(got) == 1:
+                work.cancel()
+            else:
+                hurry.set()
 
 
 async def run_until_signalled(nem: Nemesis, sequence: list[str] | None, got: list[int]) -> dict[str, Any] | None:
-    summary = None
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_stop_on_signals, nursery.cancel_scope, got)
-        summary = await run(nem, sequence)
-        nursery.cancel_scope.cancel()
-    return summary
+    hurry = trio.Event()
+    async with trio.open_nursery() as listening:
+        work = trio.CancelScope()
+        listening.start_soon(_stop_on_signals, work, hurry, got)
+        with work:
+            await run(nem, sequence, hurry)
+        listening.cancel_scope.cancel()
+    return nem.summary
 
 
 def report(nem: Nemesis, summary: dict[str, Any]) -> str:
@@ -578,7 +602,7 @@ def main(argv: list[str] | None = None) -> None:
     got: list[int] = []
     summary = trio.run(run_until_signalled, nem, sequence, got)
     nem.wall_s = time.perf_counter() - started
-    if summary is None:
+    if summary is None:  # (stopped before the check ended; a signal after it still reports what it found)
         print(f"[nemesis] stopped by {signal.Signals(got[0]).name if got else 'a signal'}; history: "
               f"{nem.history_path}", flush=True)
         sys.exit(128 + (got[0] if got else signal.SIGTERM))

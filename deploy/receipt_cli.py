@@ -54,8 +54,11 @@ from deploy import ctl
 # ---- offline: make, verify -----------------------------------------------------------------------------------
 
 def _read_json(source: str) -> Any:
-    text = sys.stdin.read() if source == "-" else Path(source).read_text()
     where = "stdin" if source == "-" else source
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    except UnicodeDecodeError as exc:  # (a ValueError: it was printed without the file's name)
+        raise ValueError(f"{where} is not JSON: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if not text.strip():  # (an empty file, say a failed submit's output: "Expecting value: line 1 column 1")
         raise ValueError(f"{where} is empty: no JSON in it")
     try:

@@ -459,9 +459,7 @@ def load(env: Mapping[str, str]) -> Config:
         da_retry_delay_ms=_int(env, "DA_RETRY_DELAY_MS", 1000, 0, 3_600_000),
         da_gas_price=_float(env, "DA_GAS_PRICE", -1.0, -1.0, 1e6),
         da_start_height=_int(env, "DA_START_HEIGHT", 1, 1, 2**62),
-        # (0 by default on the local devnet: it never prunes, and a chain older than a week refused new members)
-        da_storage_window_s=_int(env, "DA_STORAGE_WINDOW_S", 0 if network == "local" else 7 * 86400, 0,
-                                 10 * 365 * 86400),
+        da_storage_window_s=_int(env, "DA_STORAGE_WINDOW_S", 7 * 86400, 0, 10 * 365 * 86400),
         use_mock_da=use_mock,
         mock_da_path=_get(env, "MOCK_DA_PATH") or "",
         enable_fallback=enable_fallback,

@@ -88,8 +88,8 @@ async def test_heights_whose_data_the_node_pruned_are_not_taken_for_empty(make_c
     """From a review of celestia-node's source: past its storage window a pruned node keeps a height's header and
     drops its data, and ``blob.GetAll`` then answers null, as for a height with no blob of ours: a coordinator whose
     history was that old moved its cursor past it and was ready without its events. An empty answer for a height
-    older than DA_STORAGE_WINDOW_S (1 s here; 7 days by default, 0 with the local devnet, which never prunes) is
-    not trusted: the cursor stays and /ready says why; an archival node's (DA_STORAGE_WINDOW_S=0) is."""
+    older than DA_STORAGE_WINDOW_S (1 s here, 7 days by default; `dsdn cluster up` sets 0, the devnet never prunes)
+    is not trusted: the cursor stays and /ready says why; an archival node's (DA_STORAGE_WINDOW_S=0) is."""
     url: str = await nursery.start(partial(serve_devnet, "127.0.0.1", 0, ":memory:", 0.05, TOKEN))
     cfg_a = make_config("a", **celestia_env(url))
     a = Coordinator(cfg_a, CelestiaDA.from_config(cfg_a))
