@@ -525,7 +525,7 @@ async def run(nem: Nemesis, sequence: list[str] | None, hurry: trio.Event | None
                 for p in nem.members:  # a paused process cannot stop
                     if p.process is not None and p.process.returncode is None:
                         p.process.send_signal(signal.SIGCONT)
-                await launcher._stop(nem.members, hurry or trio.Event())
+                await launcher._stop(nem.members, hurry if hurry is not None else trio.Event())
             nursery.cancel_scope.cancel()
     return nem.summary
 
