@@ -86,9 +86,6 @@ LOAD_BYTES = 32 << 20  # blob data loaded at once by a pass: a page of 256 blobs
 HOLD_BASE_S = 30.0
 HOLD_MAX_S = 3600.0
 
-#: A pass stops once the primary took this many blobs and gave none of them back (see ``_should_stop``).
-MISSED_BEFORE_STOP = 8
-
 #: How long a manual pass (POST /fallback/reconcile) may run: what it left at that point stays pending.
 MANUAL_PASS_S = 120.0
 
@@ -597,12 +594,9 @@ class Reconciler:
     def _should_stop(self) -> bool:
         """The monitor's passes stop once the status went back to a fallback; every pass stops once the primary
         failed ``failure_threshold`` times in a row in it (a manual pass against a primary that is down posted
-        every pending blob, each with its retries: 80 doomed posts in 2.9 hours of one HTTP request), or took
-        ``MISSED_BEFORE_STOP`` blobs and gave none back (it answers every post: a pass posted each of 300 pending
-        blobs with its retries, 1,200 posts, before the status heard of it; a reviewer's reproduction)."""
+        every pending blob, each with its retries: 80 doomed posts in 2.9 hours of one HTTP request)."""
         return ((self._stop_on_fallback and self.machine.status in (Status.DEGRADED, Status.EMERGENCY))
-                or self._failed_in_row >= self.machine.failure_threshold
-                or (not self._confirmed and len(self._missed) >= MISSED_BEFORE_STOP))
+                or self._failed_in_row >= self.machine.failure_threshold)
 
     def _primary_failed(self, error: str, *, write: bool) -> None:
         self._failed_in_row += 1
