@@ -520,7 +520,10 @@ async def run(nem: Nemesis, sequence: list[str] | None, hurry: trio.Event | None
             await nem.after_heal(http, node_keys)
             nem.summary = await nem.check(http, healed)
         finally:
-            write_history(nem)  # first, whatever happened: a run that failed on its way left nothing to look at
+            try:  # first, whatever happened: a run that failed on its way left nothing to look at
+                write_history(nem)
+            except OSError as exc:  # (and the clean-up runs even so: a paused coordinator left stopped, else)
+                print(f"[nemesis] could not write the history to {nem.history_path}: {exc}", flush=True)
             with trio.CancelScope(shield=True):
                 for p in nem.members:  # a paused process cannot stop
                     if p.process is not None and p.process.returncode is None:
@@ -590,6 +593,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--faults: kinds are {', '.join(FAULTS)}")
     if args.data_dir is not None and args.data_dir.exists() and not args.data_dir.is_dir():
         parser.error(f"--data-dir {args.data_dir} is not a folder")
+    if args.history is not None and not (args.history.parent.is_dir() and os.access(args.history.parent, os.W_OK)):
+        parser.error(f"--history {args.history}: its folder is missing or not writable (found after the whole run)")
     if args.data_dir is not None and args.data_dir.is_dir() and any(args.data_dir.iterdir()):
         # (a previous run's chain and states: its registrations, same ids for the same seed, passed this run's checks)
         parser.error(f"--data-dir {args.data_dir} is not empty: give a new folder (a previous run's state would "

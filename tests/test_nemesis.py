@@ -330,12 +330,13 @@ def test_a_coordinator_that_exited_on_its_own_is_a_violation(tmp_path: Path) -> 
     (["--faults", "kill,nope"], "--faults: kinds are"),
     (["--data-dir", "FILE"], "is not a folder"),
     (["--data-dir", "."], "is not empty"),  # (tmp_path, holding FILE: a previous run's state answered for the next)
+    (["--history", "FILE/h.jsonl"], "its folder is missing or not writable"),
 ])
 def test_bad_arguments_exit_2_in_one_line_and_leave_nothing(tmp_path: Path, argv: list[str], says: str) -> None:
     """A negative or nan duration started a whole cluster for nothing (inf: until killed), a file as --data-dir was
     a traceback, a bad --faults left an empty temporary folder behind."""
     (tmp_path / "FILE").write_text("")
-    argv = [str(tmp_path / "FILE") if a == "FILE" else str(tmp_path) if a == "." else a for a in argv]
+    argv = [str(tmp_path / a) if a.startswith("FILE") else str(tmp_path) if a == "." else a for a in argv]
     r = subprocess.run([sys.executable, "-c", "from deploy.nemesis import main; main()", *argv],
                        capture_output=True, text=True, timeout=60, env={**os.environ,
                                                                         "TMPDIR": str(tmp_path)})
