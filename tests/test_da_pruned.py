@@ -41,8 +41,10 @@ async def prune(url: str, below: int, *, data: bool = False) -> None:
         assert (await http.post("/admin/prune", json={"below": below, "data": data})).status_code == 200
 
 
-async def test_a_pruned_height_keeps_the_cursor_and_ready_says_why(make_config: Callable[..., Config],
-                                                                    nursery: trio.Nursery) -> None:
+async def history_on_a_devnet(make_config: Callable[..., Config], nursery: trio.Nursery
+                              ) -> tuple[str, Coordinator, int]:
+    """A devnet where coordinator A (stopped again) wrote the cluster's history: a node registration; (its URL, A,
+    the height of that event)."""
     url: str = await nursery.start(partial(serve_devnet, "127.0.0.1", 0, ":memory:", 0.05, TOKEN))
     cfg_a = make_config("a", **celestia_env(url))
     a = Coordinator(cfg_a, CelestiaDA.from_config(cfg_a))
@@ -52,7 +54,12 @@ async def test_a_pruned_height_keeps_the_cursor_and_ready_says_why(make_config: 
         await wait_for(lambda: a.outbox.pending == 0, what="A's event on the devnet")
         [landed] = await a.outbox.recently_landed(1)
         inner.cancel_scope.cancel()
-    history = landed.ref.height
+    return url, a, landed.ref.height
+
+
+async def test_a_pruned_height_keeps_the_cursor_and_ready_says_why(make_config: Callable[..., Config],
+                                                                    nursery: trio.Nursery) -> None:
+    url, a, history = await history_on_a_devnet(make_config, nursery)
     await prune(url, history + 1)  # the node no longer has the height where the cluster's history begins
 
     cfg_b = make_config("b", **celestia_env(url, CLUSTER_MEMBER_KEYS=a.public_key.hex(), DA_START_HEIGHT="1"))
@@ -90,16 +97,7 @@ async def test_heights_whose_data_the_node_pruned_are_not_taken_for_empty(make_c
     history was that old moved its cursor past it and was ready without its events. An empty answer for a height
     older than DA_STORAGE_WINDOW_S (1 s here, 7 days by default; `dsdn cluster up` sets 0, the devnet never prunes)
     is not trusted: the cursor stays and /ready says why; an archival node's (DA_STORAGE_WINDOW_S=0) is."""
-    url: str = await nursery.start(partial(serve_devnet, "127.0.0.1", 0, ":memory:", 0.05, TOKEN))
-    cfg_a = make_config("a", **celestia_env(url))
-    a = Coordinator(cfg_a, CelestiaDA.from_config(cfg_a))
-    async with trio.open_nursery() as inner:
-        await inner.start(a.run)
-        await a.register_node("from-history", "z", "10.0.0.1:1", 1)
-        await wait_for(lambda: a.outbox.pending == 0, what="A's event on the devnet")
-        [landed] = await a.outbox.recently_landed(1)
-        inner.cancel_scope.cancel()
-    history = landed.ref.height
+    url, a, history = await history_on_a_devnet(make_config, nursery)
     await prune(url, history + 1, data=True)  # headers kept, data gone: GetAll answers null there
     await trio.sleep(1.2)  # every height so far is older than the window of 1 s
 
