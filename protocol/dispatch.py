@@ -90,9 +90,13 @@ class Inbox:
                 if self._drained.is_set():  # (one event for every waiting delivery: each gets its turn)
                     self._drained = trio.Event()
                 await self._drained.wait()
-            else:
-                await self._send.send(item)
+            else:  # (counted before it is handed over: the receiver may take it, and subtract it, at once)
                 self.queued_bytes += item[2]
+                try:
+                    await self._send.send(item)
+                except BaseException:  # not sent (cancelled, closed)
+                    self.queued_bytes -= item[2]
+                    raise
                 return
 
 

@@ -414,3 +414,21 @@ async def test_a_text_frame_closes_the_link_as_a_protocol_error(caplog: pytest.L
         assert closed.value.reason is not None and closed.value.reason.code == CLOSE_PROTOCOL
     assert b.peers["a"].errors == 1 and b.peers["a"].last_error == "text frame on a binary protocol"
     assert not [r for r in caplog.records if r.exc_info]
+
+
+async def test_a_delivery_handed_straight_to_a_waiting_subscriber_is_counted_right() -> None:
+    """From a review: a delivery that waited on a full channel added its bytes after the subscriber had taken (and
+    subtracted) them, so the count dipped below zero and let more than the budget in meanwhile."""
+    dispatcher = Dispatcher(lambda *a, **k: True, subscriber_buffer=0, subscriber_bytes=10_000)
+    inbox = dispatcher.subscribe("chat")
+    dropped: list[int] = []
+
+    async def deliver() -> None:
+        dropped.append(await dispatcher.deliver("a", Message("chat", {"text": "x", "n": 1}), size=4_000))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(deliver)
+        await trio.sleep(0.01)  # the delivery waits on the full channel; the subscriber then takes it from it
+        await inbox.receive()
+        assert inbox.queued_bytes == 0  # (it was -4,000 here)
+    assert dropped == [0] and inbox.queued_bytes == 0
