@@ -24,7 +24,14 @@ from consensus import dkg, frost, keystore
 from consensus.dkg import DkgError, DkgParticipant
 from consensus.dkg_messages import SESSION_ID_SIZE, Complaint, Confirm, Round2
 from consensus.dkg_messages import Message as DkgMessage
-from consensus.dkg_service import MAX_BUFFERED_BYTES, MAX_BUFFERED_SESSIONS, MAX_PENDING, DkgService, register
+from consensus.dkg_service import (
+    MAX_BUFFERED_BYTES,
+    MAX_BUFFERED_SESSIONS,
+    MAX_PENDING,
+    MAX_PROOF,
+    DkgService,
+    register,
+)
 from protocol.envelope import Message, Registry
 from protocol.simnet import SimNetwork
 
@@ -1183,3 +1190,33 @@ async def test_refused_starts_are_never_forgotten_and_past_the_bound_refused_uns
         journal = msgpack.unpackb(c0._journal_path.read_bytes(), raw=False)
         assert journal["refused"] == starts[:3]
         nursery.cancel_scope.cancel()
+
+
+class HugeFalseAccuser(DkgParticipant):
+    """A liar: a false complaint of ~300 kB (a dkg.msg takes 512 kB), then it leaves the session."""
+
+    def start(self) -> list[dkg.Outgoing]:
+        out = super().start()
+        victim = next(i for i in self.participants if i != self.identifier)
+        junk = tuple(dkg.Round1(self.session_id, self.identifier, tuple(os.urandom(32) for _ in range(255)),
+                                os.urandom(64), os.urandom(32), os.urandom(64)) for _ in range(35))
+        out.append(dkg.Outgoing(None, self._sign(Complaint(self.session_id, self.identifier, victim, "bad_share",
+                                                           b"", b"", junk))))
+        return out + self.abort("bye")
+
+
+async def test_a_liars_huge_false_complaint_crashes_no_member_now_or_at_its_next_start(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """From a review: judged false, a liar's complaint became the exclusion proof against it, larger than a member
+    may send (64 kB): passing it on raised out of the DKG service and took every honest coordinator down, and again
+    at each start (the proof was journaled). A proof too large to send is not kept."""
+    net, services = setup(tmp_path, delay=(0.001, 0.02), classes={"c1": HugeFalseAccuser})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        for s in services.values():
+            await nursery.start(s.run)
+        await trio.sleep(30)  # several sessions, each with its false complaint
+        nursery.cancel_scope.cancel()
+    honest = [s for name, s in services.items() if name != "c1"]
+    assert all(len(proof) <= MAX_PROOF for s in honest for proof, _ in s.proofs.values())
+    assert any(s.last_error for s in honest)  # (the sessions failed; nothing crashed)
