@@ -28,7 +28,7 @@ from consensus.receipt_service import KeySource
 from node import events as ev
 from node import merkle
 from node.outbox import Overloaded
-from node.receipt_ledger import Batch, checked_receipt, parse_batch
+from node.receipt_ledger import Batch, ReceiptInfo, checked_receipt, parse_batch, parse_receipt
 from node.state import State
 
 log = logging.getLogger("dsdn.receipts")
@@ -61,6 +61,7 @@ class StateLedgerView:
         # takeover, whose batch, announced, dropped another at the peers (a reviewer's run: every batch 4 times)
         self._heard: OrderedDict[bytes, HeardBatch] = OrderedDict()
         self._heard_of: dict[bytes, tuple[bytes, int]] = {}  # receipt id -> (root, index) of a heard batch
+        self._heard_slots: dict[tuple[str, str, str, int], set[bytes]] = {}  # slot -> receipt ids in heard batches
         self._heard_version = 0  # bumps whenever _heard_of changes
 
     def node_key(self, node_id: str) -> tuple[bool, bytes | None]:
@@ -120,8 +121,10 @@ class StateLedgerView:
         batch under a key it does not know may be the cluster's from before it lost its data); a receipt re-signed
         by a liar needs the node's own signature of a rival, so only a node that signed two receipts for one slot
         can be held up by it."""
-        ids = self._state().ledger.by_slot.get(slot)
-        return min((rid for rid in ids if rid != receipt_id), default=None) if ids else None
+        ids = self._state().ledger.by_slot.get(slot) or set()
+        heard = self._heard_slots.get(slot) or set()  # (a batch announced, not in the state yet: its receipt was
+        # served as final here while a rival was locked and promised, a reviewer's reproduction)
+        return min((rid for rid in ids | heard if rid != receipt_id), default=None)
 
     def slot_of(self, receipt_id: bytes) -> tuple[str, str, str, int] | None:
         info = self._state().ledger.info.get(receipt_id)
@@ -206,6 +209,9 @@ class StateLedgerView:
             self._heard_version += 1
             for index, rid in enumerate(heard.ids):
                 self._heard_of[rid] = (root, index)
+                info = parse_receipt(heard.batch.wires[index][0])
+                if info is not None:
+                    self._heard_slots.setdefault(_slot(info), set()).add(rid)
         served.origins.add(origin)
         return served
 
@@ -222,6 +228,12 @@ class StateLedgerView:
         for index, rid in enumerate(heard.ids):
             if self._heard_of.get(rid) == (root, index):
                 del self._heard_of[rid]
+                info = parse_receipt(heard.batch.wires[index][0])
+                held = self._heard_slots.get(_slot(info)) if info is not None else None
+                if held is not None:
+                    held.discard(rid)
+                    if not held:
+                        del self._heard_slots[_slot(info)]  # type: ignore[arg-type]
         return heard
 
     def settled_heard(self) -> list[HeardBatch]:
@@ -232,6 +244,10 @@ class StateLedgerView:
     def heard_batches(self) -> list[HeardBatch]:
         """The heard batches the state does not hold yet, oldest first."""
         return list(self._heard.values())
+
+
+def _slot(info: ReceiptInfo) -> tuple[str, str, str, int]:
+    return info.receipt_type, info.node_id, info.subject, info.epoch
 
 
 def verify_batch(fields: tuple[Any, ...], keys: KeySource) -> tuple[Batch, list[bytes]] | None:

@@ -347,3 +347,25 @@ async def test_a_liar_answering_first_does_not_choose_the_rival_a_submitter_is_s
         assert record.status == "conflict" and record.conflicting_id == b.id
         held = cluster.members["c2"].locks.lock_of(a.id)  # (receipt, why closed, the rival kept as evidence)
         assert held is not None and held[2] == b.id
+
+
+async def test_a_rival_of_a_receipt_final_in_an_announced_batch_is_a_conflict_at_once(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """From a review: a member that knew a receipt as final from its batch's announcement only (DA had not brought
+    it yet) served it as final, and yet locked a rival for its slot and promised it (202 "locked", optimistic):
+    the rival check read the state alone. The announced batches count too."""
+    async with started(tmp_path, seed=7) as cluster:
+        cluster.da.lag = 60.0  # DA brings nothing for a minute: the batch is known from its announcement only
+        ra, rb = cluster.receipt("n3", "obj3", reward=1), cluster.receipt("n3", "obj3", reward=2)
+        record = cluster.service("c0").submit(ra)
+        with trio.fail_after(20):
+            while record.status != "final":
+                await trio.sleep(0.01)
+        knowing = [m for m in ("c1", "c2", "c3") if cluster.service(m).view.signed_document(ra.id) is not None
+                   and not cluster.service(m).view.holds(ra.id)]
+        assert knowing  # (what this test is about: a member that has heard the batch, its state not yet)
+        service = cluster.service(knowing[0])
+        assert service.view.signed_rival(rb.id, rb.slot) == ra.id
+        rival = service.submit(rb)
+        assert rival.status == "conflict" and rival.conflicting_id == ra.id
+        assert service.locks.lock_of(rb.id) is None  # nothing locked for it
