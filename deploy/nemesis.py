@@ -7,12 +7,13 @@ for one slot, and node registrations) runs throughout; each request, its answer 
 history file (JSON lines). Meanwhile faults come one after another: kill -9 and restart, SIGSTOP/SIGCONT, a cut
 link, a slow link, the devnet down or slow; a fault on a coordinator comes with the devnet down at the same time
 one time in ``OVERLAP`` (the fallback layers then run one member short). Then everything heals and the checker
-sends each coordinator a new receipt and registration, which it must take within 30 s, and reads every coordinator:
-no slot signed twice (across all of them), every acknowledged node registration present everywhere, every
-acknowledged receipt final everywhere and verifiable under the group key, equal state roots within 10 s and again at
-the end. It prints a report and exits 0 only if all of that holds. The faults draw from a random stream of their
-own (a seed gives the same faults whatever the load's timing); the data folder must be new or empty; a signal
-stops the run with its clean-up (paused processes resumed and stopped, the history written).
+checks that the state roots are equal within 10 s, sends each coordinator a new receipt and registration, which it
+must take within 30 s, and reads every coordinator: no slot signed twice (across all of them), every acknowledged
+node registration present everywhere, every acknowledged receipt final everywhere and verifiable under the group
+key, equal state roots again at the end. It prints a report and exits 0 only if all of that holds. The faults draw
+from a random stream of their own (a seed gives the same faults whatever the load's timing); the data folder must
+be new or empty; a signal stops the run with its clean-up (paused processes resumed and stopped, the history
+written).
 
 ``dsdn nemesis [--duration S] [-n N] [--seed X] [--byzantine B] [--history FILE] [--data-dir D]``
 """
@@ -27,7 +28,9 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -289,7 +292,11 @@ class Nemesis:
 
     # ---- the checker ------------------------------------------------------------------------------------
 
-    async def check(self, http: httpx.AsyncClient, healed_at: float) -> dict[str, Any]:
+    async def check(self, http: httpx.AsyncClient, healed_at: float,
+                    then: Callable[[], Awaitable[None]] | None = None) -> dict[str, Any]:
+        """The checks; ``then`` runs once the roots were compared after the heal (the fresh writes: run before it,
+        their own time counted as the cluster's, 10.7 s "to converge" when the first one waited for a restarted
+        member), before anything is read for the other checks."""
         coords = self.coordinators
         roots: set[str] = set()
         with trio.move_on_after(60):  # processes restarted at the heal need a moment to come up
@@ -302,6 +309,8 @@ class Nemesis:
         if self.converge_s is None or self.converge_s > CONVERGE_S:
             self.violations.append(f"state roots not equal within {CONVERGE_S:.0f}s of healing "
                                    f"({'never' if self.converge_s is None else f'{self.converge_s:.1f}s'})")
+        if then is not None:
+            await then()
         liar = coords[-1].id if self.byzantine else None  # what a lying coordinator acknowledges proves nothing
         # the group key as every honest coordinator answers it (asked of one, a member holding another went unseen)
         keys = {m.id: ((await get(http, f"{m.url}/cluster/status")) or {}).get("group_public_key")
@@ -516,9 +525,7 @@ async def run(nem: Nemesis, sequence: list[str] | None, hurry: trio.Event | None
                 work.start_soon(nem.load, http, until, node_keys)
                 work.start_soon(nem.nemesis, nursery, http, until, sequence)
             await nem.heal(http, nursery)
-            healed = trio.current_time()  # (convergence counts from here: the fresh writes' time too)
-            await nem.after_heal(http, node_keys)
-            nem.summary = await nem.check(http, healed)
+            nem.summary = await nem.check(http, trio.current_time(), then=partial(nem.after_heal, http, node_keys))
         finally:
             try:  # first, whatever happened: a run that failed on its way left nothing to look at
                 write_history(nem)
