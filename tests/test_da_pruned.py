@@ -8,7 +8,8 @@ naming the log, its cursor and the error, until a read works again; a transient 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -57,20 +58,29 @@ async def history_on_a_devnet(make_config: Callable[..., Config], nursery: trio.
     return url, a, landed.ref.height
 
 
+@asynccontextmanager
+async def stuck_follower(make_config: Callable[..., Config], url: str, a: Coordinator,
+                         **env: str) -> AsyncIterator[tuple[Coordinator, Any, trio.Nursery]]:
+    """Coordinator B, reading the cluster's history from height 1, running once its primary read failed and its
+    cursor stayed before the history (checked over several more polls): (B, its API's test client, its nursery)."""
+    cfg_b = make_config("b", **celestia_env(url, CLUSTER_MEMBER_KEYS=a.public_key.hex(), DA_START_HEIGHT="1", **env))
+    primary = CelestiaDA.from_config(cfg_b)
+    b = Coordinator(cfg_b, primary)
+    async with trio.open_nursery() as inner:
+        await inner.start(b.run)
+        await wait_for(lambda: PRIMARY in b.da.read_problems(), what="B's primary read to fail")
+        await trio.sleep(0.5)  # several more polls: the cursor must not move past the heights it cannot read
+        assert b.consumers[PRIMARY].cursor == 0 and b.state.node("from-history") is None
+        yield b, create_app(b).test_client(), inner
+    await primary.aclose()
+
+
 async def test_a_pruned_height_keeps_the_cursor_and_ready_says_why(make_config: Callable[..., Config],
                                                                     nursery: trio.Nursery) -> None:
     url, a, history = await history_on_a_devnet(make_config, nursery)
     await prune(url, history + 1)  # the node no longer has the height where the cluster's history begins
 
-    cfg_b = make_config("b", **celestia_env(url, CLUSTER_MEMBER_KEYS=a.public_key.hex(), DA_START_HEIGHT="1"))
-    primary = CelestiaDA.from_config(cfg_b)
-    b = Coordinator(cfg_b, primary)
-    client: Any = create_app(b).test_client()
-    async with trio.open_nursery() as inner:
-        await inner.start(b.run)
-        await wait_for(lambda: PRIMARY in b.da.read_problems(), what="B's primary read to fail")
-        await trio.sleep(0.5)  # several more polls: the cursor must not move past the pruned heights
-        assert b.consumers[PRIMARY].cursor == 0 and b.state.node("from-history") is None
+    async with stuck_follower(make_config, url, a) as (b, client, inner):
         response = await client.get("/ready")
         body = await response.get_json()
         assert response.status_code == 503, body
@@ -86,7 +96,6 @@ async def test_a_pruned_height_keeps_the_cursor_and_ready_says_why(make_config: 
         response = await client.get("/ready")
         assert response.status_code == 200 and b.da.read_problems() == {}
         inner.cancel_scope.cancel()
-    await primary.aclose()
     await a.da.primary.inner.aclose()  # type: ignore[attr-defined]
 
 
@@ -101,25 +110,16 @@ async def test_heights_whose_data_the_node_pruned_are_not_taken_for_empty(make_c
     await prune(url, history + 1, data=True)  # headers kept, data gone: GetAll answers null there
     await trio.sleep(1.2)  # every height so far is older than the window of 1 s
 
-    members = {"CLUSTER_MEMBER_KEYS": a.public_key.hex(), "DA_START_HEIGHT": "1"}
-    cfg_b = make_config("b", **celestia_env(url, DA_STORAGE_WINDOW_S="1", **members))
-    primary = CelestiaDA.from_config(cfg_b)
-    b = Coordinator(cfg_b, primary)
-    client: Any = create_app(b).test_client()
-    async with trio.open_nursery() as inner:
-        await inner.start(b.run)
-        await wait_for(lambda: PRIMARY in b.da.read_problems(), what="B's primary read to fail")
-        await trio.sleep(0.5)  # several more polls: the cursor must not move past the heights the node pruned
-        assert b.consumers[PRIMARY].cursor == 0 and b.state.node("from-history") is None
+    async with stuck_follower(make_config, url, a, DA_STORAGE_WINDOW_S="1") as (b, client, inner):
         status, body = await ready(client)
         assert status == 503 and "beyond the node's storage window" in body["reason"], body
         # the node answered (a reviewer's finding: counted as an outage, it took the cluster to its fallback)
         assert b.da_view().status is Status.HEALTHY and b.da.machine.transitions == 0
         inner.cancel_scope.cancel()
-    await primary.aclose()
 
     await prune(url, 0, data=True)  # an archival node: every height's data is there, its empty answers are true
-    cfg_c = make_config("c", **celestia_env(url, DA_STORAGE_WINDOW_S="0", **members))
+    cfg_c = make_config("c", **celestia_env(url, DA_STORAGE_WINDOW_S="0", CLUSTER_MEMBER_KEYS=a.public_key.hex(),
+                                            DA_START_HEIGHT="1"))
     c = Coordinator(cfg_c, CelestiaDA.from_config(cfg_c))
     async with trio.open_nursery() as inner:
         await inner.start(c.run)
