@@ -786,3 +786,63 @@ async def test_a_primary_that_takes_blobs_and_never_answers_reading_them_is_not_
     assert stack.machine.status is Status.DEGRADED  # writes go to the fallback: the primary gives nothing back
     assert 1 <= posts["probe"] <= 10, posts
     await stack.aclose(close_layers=False)
+
+
+@pytest.mark.parametrize("batching", [False, True])
+async def test_a_primary_that_takes_every_blob_and_gives_none_back_is_caught_by_a_probe_within_the_pass(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock, batching: bool) -> None:
+    """A primary that takes every post and gives nothing back: one pass posted every pending blob with all its
+    retries (200 blobs, 800 paid posts; a whole outage's backlog, each time). Three blobs missed in a row call for a
+    probe of ours: lost too, the primary fails over and the pass stops, every blob still pending."""
+    key = nacl.signing.SigningKey(b"s" * 32)
+    primary = BatchingDA() if batching else MockDA()
+    probe = encode_blob(key, "c0", [])
+    blobs = [MAGIC + b" blob %03d" % i for i in range(200)]
+    posted = {"n": 0}
+    post = primary.post
+
+    async def counting(data: bytes) -> BlobRef:
+        posted["n"] += 1
+        return await post(data)
+
+    async def lost(ref: BlobRef) -> bytes:
+        raise BlobNotFound(f"{PRIMARY}: no blob at height {ref.height}")
+
+    primary.post = counting  # type: ignore[method-assign]
+    primary.get = lost  # type: ignore[method-assign]
+    if batching:
+        primary.missing.update([*blobs, probe])
+    autojump_clock.autojump_threshold = 0.02
+    stack = make_stack(tmp_path, primary, max_retries=3, own_key=bytes(key.verify_key), probe=lambda: probe)
+    await fill(stack, blobs)
+    report = await stack.reconciler.run_pass()
+    assert report.aborted and report.blobs_reconciled == 0 and stack.pending.pending_count == 200
+    assert stack.machine.status is not Status.HEALTHY and any("probe" in e for e in report.errors)
+    assert posted["n"] <= (201 if batching else 10)  # (batching: one call of 200 blobs, then the probe)
+    await stack.aclose()
+
+
+async def test_poisoned_blobs_in_a_row_do_not_stop_a_pass_when_the_probe_comes_back(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """Five blobs the primary never gives back, first in the queue: the probe comes back, so they are the blobs'
+    fault; the pass goes on and reconciles the 30 after them, and the primary stays usable."""
+    key = nacl.signing.SigningKey(b"t" * 32)
+    primary = MockDA()
+    poisoned = [MAGIC + b" poison %d" % i for i in range(5)]
+    good = [MAGIC + b" good %02d" % i for i in range(30)]
+    probe = encode_blob(key, "c0", [])
+    posted = count_posts(primary, probe=probe)
+    get = primary.get
+
+    async def garbled(ref: BlobRef) -> bytes:
+        data = await get(ref)
+        return b"other bytes" if data in poisoned else data
+
+    primary.get = garbled  # type: ignore[method-assign]
+    autojump_clock.autojump_threshold = 0.02
+    stack = make_stack(tmp_path, primary, max_retries=1, own_key=bytes(key.verify_key), probe=lambda: probe)
+    await fill(stack, poisoned + good)
+    report = await stack.reconciler.run_pass()
+    assert not report.aborted and report.blobs_reconciled == 30 and stack.pending.pending_count == 5
+    assert 1 <= posted["probe"] <= 2 and stack.machine.status is Status.HEALTHY
+    await stack.aclose()

@@ -19,7 +19,10 @@ no blob back at all: then the primary may be losing every blob, and each blob mi
 the failure threshold; no return to Healthy from such a pass). A blob whose read-back got no answer (a timeout) is
 held back the same way at once, its read counted as the primary's failure. (Posted again at every attempt and every
 pass, or at every health interval while Recovering, such blobs were paid for again and again, for ever: 1,438 posts
-an hour for one poisoned blob, and a member writing nothing itself stayed in Recovering for ever.)
+an hour for one poisoned blob, and a member writing nothing itself stayed in Recovering for ever.) Within a pass,
+``failure_threshold`` different blobs missed in a row (none given back since) call for a probe at once: lost too, the
+primary is losing our posts and the pass stops (it posted every pending blob with all its retries); given back, the
+blobs are at fault and the pass goes on.
 
 A primary that takes several blobs per call and reads them back in one (``post_many`` and ``included``:
 CelestiaDA, whose blob.Submit takes an array) gets them in calls of up to SUBMIT_BLOBS blobs and its
@@ -148,6 +151,8 @@ class Reconciler:
         self._confirmed = 0  # blobs the current pass saw back on the primary
         self._missed: list[str] = []  # errors of the blobs it took but did not give back, in the current pass
         self._missed_own = 0  # ... of those, blobs of ours (not other members' adopted ones)
+        self._missed_in_row: set[str] = set()  # blobs it took and did not give back since one last came back (the pass)
+        self._probing = False  # a probe decides whether the primary loses every blob (see ``_missed_some``)
         self._rejected: set[str] = set()  # pending blobs the primary refused as bad input (automatic passes skip them)
         self._rejected_foreign: set[str] = set()  # the same for other members' blobs
         # blobs the primary took but did not give back -> (wall ms until which automatic passes skip them, misses,
@@ -212,12 +217,13 @@ class Reconciler:
         return any(not foreign and blob_id not in self._rejected and not self._proven_held(blob_id)
                    for blob_id, (until, _, foreign) in self.held.items() if until > self.clock())
 
-    async def _probe(self, report: Report) -> None:
+    async def _probe(self, report: Report) -> bool | None:
         """While Recovering with blobs of ours held back unproven: post a probe blob of ours and read it back (up to
         READ_BACK_TRIES times, ``retry_delay_s`` apart, while the answers say not yet: a node one block behind).
         Back, it proves the held blobs their own failures (Recovering can end: a member that writes nothing itself
         stayed there for ever); not given back, the primary is losing our blobs: that counts as
-        ``failure_threshold`` failures (back to the fallback)."""
+        ``failure_threshold`` failures (back to the fallback). True: given back; False: taken, not given back; None:
+        not taken."""
         assert self.probe is not None
         data, primary = self.probe(), self.layers[PRIMARY]
         since = self.machine.mark()
@@ -227,7 +233,7 @@ class Reconciler:
             if not is_caller_error(exc):
                 self._primary_failed(str(exc), write=True)
             report.errors.append(f"probe: the primary did not take it: {exc}")
-            return
+            return None
         self._primary_took(since)
         unanswered: DAUnavailable | None = None
         for read in range(READ_BACK_TRIES):
@@ -242,7 +248,7 @@ class Reconciler:
             if back == data:  # (a blob given back: another member's missed in this pass is not the primary's)
                 self._confirmed += 1
                 self.served(ref.height)
-                return
+                return True
         # Not given back, answered or not: the primary failed as a write would have. Counted as one read failure, an
         # unanswered read was undone by the next health check, and a member with no writes of its own stayed in
         # Recovering, posting a paid probe every health interval for ever (a reviewer's reproduction).
@@ -252,6 +258,26 @@ class Reconciler:
         report.errors.append(f"probe: {error}")
         for _ in range(self.machine.failure_threshold):
             self.machine.observe(PRIMARY, False, self.clock(), error, write=True)
+        return False
+
+    async def _missed_some(self, blob_ids: list[str], report: Report) -> None:
+        """The primary took these blobs and did not give them back (one attempt's misses). Once
+        ``failure_threshold`` different blobs were missed in a row (none given back since), a probe blob of ours
+        decides: given back, these blobs are at fault (poisoned) and the pass goes on; taken and lost too, the
+        primary is losing our posts: counted as its failures (back to the fallback) and the pass stops. Without it
+        a primary that took every blob and gave none back had every pending blob posted in one pass, each with all
+        its retries (800 paid posts for 200 blobs, where this takes 10: a reviewer's reproduction)."""
+        self._missed_in_row.update(blob_ids)
+        if self.probe is None or self._probing or len(self._missed_in_row) < self.machine.failure_threshold:
+            return
+        self._probing = True
+        try:
+            back = await self._probe(report)
+        finally:
+            self._probing = False
+        self._missed_in_row.clear()
+        if back is False:
+            self._failed_in_row = max(self._failed_in_row, self.machine.failure_threshold)
 
     def served(self, height: int) -> None:
         """A blob of ours came back from the primary at ``height`` (read from its log: see ``_proven_held``)."""
@@ -286,6 +312,7 @@ class Reconciler:
     def _done(self, blob_ids: list[str], rejected: set[str], height: int) -> None:
         """These blobs came back from the primary (at ``height`` at most)."""
         self._confirmed += len(blob_ids)
+        self._missed_in_row.clear()
         self.served(height)
         for blob_id in blob_ids:
             rejected.discard(blob_id)
@@ -318,6 +345,7 @@ class Reconciler:
             self._stop_on_fallback = stop_on_fallback
             self._failed_in_row = 0
             self._confirmed, self._missed, self._missed_own = 0, [], 0
+            self._missed_in_row.clear()
             self._batching = self._submitter() is not None
             with trio.move_on_after(deadline_s if deadline_s is not None else math.inf) as deadline:
                 async with trio.open_nursery() as nursery:  # the submits in flight (a primary that takes several)
@@ -337,6 +365,7 @@ class Reconciler:
                     if not report.aborted:
                         await self._adopt(report)
                 self._submits = None  # (every submit of the pass done: what they proved is known)
+                report.aborted = report.aborted or self._failed_in_row >= self.machine.failure_threshold
                 # the probe proves blobs held before this pass only: a pass that missed blobs of ours counts as below
                 # (another member's blob missed does not stop it: a regression review)
                 if (stop_on_fallback and not report.aborted and self.probe is not None and not self._missed_own
@@ -522,6 +551,7 @@ class Reconciler:
                     missed = False
                     break
                 missed = True  # answered: not found, say
+                await self._missed_some(ids, report)
                 continue
             done = [(b.blob_id, ref) for b, ref, ok in zip(todo, refs, back, strict=True) if ok]
             if done:
@@ -537,6 +567,7 @@ class Reconciler:
             error = f"the primary took the blob but did not return it at height {refs[0].height}"
             missed = True
             await mark_failed([b.blob_id for b in todo], error)
+            await self._missed_some([b.blob_id for b in todo], report)
         if missed:
             self._hold([b.blob_id for b in todo], foreign, error, max(r.height for r in refs))
             error += f" (held back from automatic passes for {self._hold_s(todo[0].blob_id):.0f} s)"
@@ -652,10 +683,12 @@ class Reconciler:
                     self._hold([blob.blob_id], foreign, error, ref.height, answered=False)
                     error += f" (held back from automatic passes for {self._hold_s(blob.blob_id):.0f} s)"
                     break
+                await self._missed_some([blob.blob_id], report)
                 continue
             if back != blob.data:
                 error, missed = f"the primary took the blob but returned different bytes at height {ref.height}", True
                 await mark_failed(blob.blob_id, error)
+                await self._missed_some([blob.blob_id], report)
                 continue
             await mark_done(blob.blob_id, ref)
             self._done([blob.blob_id], rejected, ref.height)
