@@ -90,6 +90,7 @@ MAX_QUEUED = 8192  # receipts waiting for a batch; beyond that a submission is r
 #: receipts kept waiting for a write not seen here yet (NOT_YET, retried for NOT_YET_GIVE_UP_S): their own quota, so
 #: a flood of them (any node id, self-signed) cannot take the room of receipts ready to be signed
 MAX_NOT_YET = 1024
+EVICTION_SCAN = 1024  # records in flight passed over (to the back) to evict a settled one past ``max_records``
 NOT_YET_RETRY_S = 0.5
 NOT_YET_GIVE_UP_S = 30.0
 EPOCH_SKEW_S = 10.0  # a receipt of the next epoch this close to its start is "not yet" here, not invalid (clock skew)
@@ -557,8 +558,23 @@ class ReceiptService:
             self._by_status["pending"] = self._by_status.get("pending", 0) + 1
             self._records_version += 1
             while len(self.records) > self.max_records:
-                self._drop(next(iter(self.records)))
+                self._evict_one()
         return record
+
+    def _evict_one(self) -> None:
+        """Past ``max_records``, the oldest settled record goes (final, conflict, rejected: the state or the lock
+        table still answers for them). A record still in flight (pending, or locked and not final yet) goes to the
+        back instead: dropped, a receipt acknowledged a moment before answered 404, and whoever waited for it was
+        never woken (``wait_ms`` ran out). Past EVICTION_SCAN records in flight, the oldest goes all the same (the
+        bound holds, and a flood of records in flight costs a bounded scan per record)."""
+        for _ in range(min(len(self.records), EVICTION_SCAN)):
+            receipt_id, record = next(iter(self.records.items()))
+            if record.status not in ("pending", "locked") or record.abandoned:
+                self._drop(receipt_id)
+                return
+            del self.records[receipt_id]
+            self.records[receipt_id] = record
+        self._drop(next(iter(self.records)))._changed()
 
     def _let_go_of_finals(self, receipt_ids: list[bytes]) -> None:
         """What is kept of final receipts only until they are: their entries in the cache of receipts locked here

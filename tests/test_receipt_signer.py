@@ -424,3 +424,22 @@ def test_the_rival_named_is_the_one_most_refusers_name() -> None:
     assert named_rival([Decision(rid, Verdict.INVALID, "bad"), conflict(None), conflict(real)]) == real
     assert named_rival([conflict(fake), conflict(real)]) == fake  # (a tie: the first named; see the note)
     assert named_rival([Decision(rid, Verdict.INVALID, "bad")]) is None
+
+
+async def test_past_max_records_settled_records_go_before_ones_still_in_flight(cluster: SimCluster) -> None:
+    """Records past ``max_records`` went oldest first, whatever their status: a receipt acknowledged a moment
+    before (still waiting for a write, or locked and not final) answered 404, and a submitter waiting for it was
+    never woken. Settled records go first now; the one in flight stays."""
+    service = cluster.service("c1")
+    service.max_records = 6
+    waiting = cluster.receipt("n1", "obj99")  # its object is not registered (yet): in flight, retried
+    assert service.submit(waiting).status == "pending"
+    receipts = [distinct_receipt(cluster, k) for k in range(12)]
+    for k in range(0, 12, 2):
+        for r in receipts[k:k + 2]:
+            service.submit(r)
+        await cluster.wait_final({r.id for r in receipts[k:k + 2]})
+    assert len(service.records) == 6 and waiting.id in service.records
+    doc = service.lookup(waiting.id)
+    assert doc is not None and doc["status"] == "pending"
+    assert [r.id for r in receipts[-5:]] == [rid for rid in service.records if rid != waiting.id]
