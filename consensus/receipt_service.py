@@ -55,7 +55,7 @@ import msgpack
 import nacl.signing
 import trio
 
-from consensus import frost
+from consensus import frost, group
 from consensus import receipts as rc
 from consensus.dkg import assign_identifiers
 from consensus.lockstore import CLOSED_CONFLICT, CLOSED_REJECTED, SIGNED, LockStore, LockTableBroken
@@ -1106,7 +1106,7 @@ class ReceiptService:
                         if accepted.get(ident) == {r.id for r in mine}:  # locked it all, yet no share: withheld?
                             self._penalize(peer)
                 spare = msg.body.get("spare") or []
-                if len(spare) == 2:
+                if len(spare) == 2 and self._commitment_of(ident, spare) is not None:
                     self._spares[peer] = [*self._spares.get(peer, []), (spare[0], spare[1])][-SPARES:]
                 answered.add(ident)
                 if usable() >= t:
@@ -1337,12 +1337,27 @@ class ReceiptService:
         lock reply it sends)."""
         self._lag[peer] = self._lag.get(peer, 0.0) + 1.0
 
-    def _blame(self, culprit: int) -> None:
+    def _blame(self, culprit: int, what: str = "an invalid signature share") -> None:
         self._blamed_until[culprit] = trio.current_time() + BLAME_S
         name = self.member_of.get(culprit, str(culprit))
         self.counters.blamed[name] = self.counters.blamed.get(name, 0) + 1
         self._spares.pop(name, None)
-        log.warning("signer %s sent an invalid signature share: excluded from this batch", name)
+        log.warning("signer %s sent %s: excluded from this batch", name, what)
+
+    def _commitment_of(self, ident: int, pair: list[bytes]) -> tuple[bytes, bytes] | None:
+        """A peer's nonce commitment (a pair of points; none: empty), each checked as a group element as it arrives.
+        An invalid one (the identity, say) proves its sender lying: blamed, and not used. Taken unchecked, a liar's
+        spare put into the one-round signer set made every honest signer named beside it refuse (``frost.prepare``
+        rejects the set), and they were the ones penalised, while the one-round path never ran again and the liar
+        was never named; in a session, the honest refusals took the honest signers out of the batch (a reviewer's
+        reproduction)."""
+        if len(pair) != 2:
+            return None
+        if not (group.is_valid_element(pair[0]) and group.is_valid_element(pair[1])):
+            if self._blamed_until.get(ident, 0.0) <= trio.current_time():  # (once: a reply carries two pairs)
+                self._blame(ident, "an invalid nonce commitment")
+            return None
+        return pair[0], pair[1]
 
     def _acknowledge(self, decisions: list[Decision]) -> None:
         """The receipts locked here durably (the decisions committed): "locked", with the optimistic document."""
@@ -1407,8 +1422,9 @@ class ReceiptService:
                 if verdict is Verdict.CONFLICT:
                     conflicted_by.setdefault(r.id, set()).add(ident)
         accepted[ident] = ok
-        if len(body["commitment"]) == 2 and ok:
-            commitments[ident] = (body["commitment"][0], body["commitment"][1])
+        commitment = self._commitment_of(ident, body["commitment"])
+        if commitment is not None and ok:
+            commitments[ident] = commitment
 
     def _settle_refused(self, candidates: list[rc.Receipt], chosen: set[bytes], accepted: dict[int, set[bytes]],
                         refusals: dict[bytes, list[Decision]], t: int,
@@ -1487,7 +1503,7 @@ class ReceiptService:
                     handle(tracker.forget(ident))
                     return
             share = reply["share"] if len(reply["share"]) == 32 else None
-            commitment = tuple(reply["commitment"]) if len(reply["commitment"]) == 2 else None
+            commitment = self._commitment_of(ident, reply["commitment"])
             if share is None:
                 # out of R until the batch ends: an honest refusal carries no commitment, and a liar's refusals
                 # with fresh commitments put it in session after session (44 for one batch, where ROAST's bound

@@ -164,6 +164,9 @@ class RoastTracker:
             session.dead = True
             self._blame(out, set(exc.culprits))
             return
+        except frost.FrostError:  # every share verifies, the aggregate does not (no one to name): the session is over
+            session.dead = True
+            return
         self.signers = tuple(sorted(session.commitments))
         out.signature, out.signers = self.signature, self.signers
 

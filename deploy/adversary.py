@@ -19,6 +19,7 @@ from consensus import frost
 from consensus import receipts as rc
 from consensus.dkg import DkgParticipant, Outgoing
 from consensus.dkg_messages import Round2
+from consensus.group import IDENTITY
 from consensus.receipt_service import FINAL, FINAL_ACK, LOCK, LOCK_REPLY, SIGN, SIGN_REPLY
 from consensus.slots import Decision, Verdict
 from node import merkle
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from consensus.receipt_service import ReceiptService
     from deploy.simulation import Member, SimCluster
 
-SIGNER_BEHAVIOURS = ("bad_shares", "withhold")
+SIGNER_BEHAVIOURS = ("bad_shares", "withhold", "bad_commitments")
 BYZANTINE_BEHAVIOURS = (*SIGNER_BEHAVIOURS, "equivocate")  # what DSDN_BYZANTINE accepts
 SEEN_SLOTS = 4096  # slots whose receipts an equivocating proposer remembers
 
@@ -128,8 +129,9 @@ class _EquivocatingNet:
 
 def corrupt_signer(service: ReceiptService, behaviour: str) -> None:
     """Make a signer lie, before its service runs: ``bad_shares`` sends well-formed but wrong shares, ``withhold``
-    never answers another member's sign request (its own batches it still signs). Used by the simulator and by a
-    coordinator started with DSDN_BYZANTINE (test clusters only)."""
+    never answers another member's sign request (its own batches it still signs), ``bad_commitments`` offers other
+    members nonce commitments that are no group element (the identity point), in lock and sign replies, spares
+    included. Used by the simulator and by a coordinator started with DSDN_BYZANTINE (test clusters only)."""
     if behaviour not in SIGNER_BEHAVIOURS:
         raise ValueError(f"unknown byzantine behaviour {behaviour!r}: expected one of {SIGNER_BEHAVIOURS}")
     if behaviour == "withhold":
@@ -139,6 +141,22 @@ def corrupt_signer(service: ReceiptService, behaviour: str) -> None:
 
         service._on_sign = silent  # type: ignore[method-assign]  # run() registers what this attribute holds
         service._fast_share = lambda peer, body, held: b""  # type: ignore[method-assign]  # nor in a lock reply
+        return
+    if behaviour == "bad_commitments":
+        honest_lock, honest_share = service._on_lock, service._sign_share
+
+        def identity(pair: list[bytes]) -> list[bytes]:
+            return [IDENTITY, IDENTITY] if pair else []
+
+        async def lock(peer: str, body: dict[str, Any]) -> dict[str, Any]:
+            reply = await honest_lock(peer, body)
+            return {**reply, "commitment": identity(reply["commitment"]), "spare": identity(reply["spare"])}
+
+        def share(peer: str, body: dict[str, Any], held: list[rc.Receipt]) -> dict[str, Any]:
+            reply = honest_share(peer, body, held)
+            return reply if peer == service.my_id else {**reply, "commitment": identity(reply["commitment"])}
+
+        service._on_lock, service._sign_share = lock, share  # type: ignore[method-assign]
         return
     honest = service._sign_share
 

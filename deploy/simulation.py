@@ -226,7 +226,7 @@ class Observed:
 
 
 class SimCluster:
-    BEHAVIOURS = ("bad_shares", "withhold", "signs_anything", "equivocate", "replay", "forge")
+    BEHAVIOURS = ("bad_shares", "withhold", "signs_anything", "equivocate", "replay", "forge", "bad_commitments")
 
     def __init__(self, tmp: Path, n: int, seed: int, *, dkg: bool = False, dkg_timeout_s: float = 30.0,
                  **net_options: Any) -> None:
@@ -470,9 +470,9 @@ class SimCluster:
         service._settle_final = settle_final  # type: ignore[method-assign]
         honest_blame = service._blame
 
-        def blame(culprit: int) -> None:
+        def blame(culprit: int, *why: str) -> None:
             self.observed.blames.append((m.id, service.member_of.get(culprit, str(culprit))))
-            honest_blame(culprit)
+            honest_blame(culprit, *why)
 
         service._blame = blame  # type: ignore[method-assign]
 

@@ -116,12 +116,13 @@ def test_the_receipt_engine_takes_the_byzantine_switch_except_on_mainnet(
         service, locks = coordinator.receipt_engine(cfg, coord, peers, SimpleNamespace(key=None))  # type: ignore[arg-type]
         locks.close()
         replaced = {"bad_shares": ["_sign_share"], "withhold": ["_on_sign"],
+                    "bad_commitments": ["_on_lock", "_sign_share"],
                     "equivocate": ["_on_lock", "_lock_own", "submit", "net"]}[behaviour]
         assert all(name in vars(service) for name in replaced)  # the lying versions, installed on the instance
         assert (service.net is not peers) == (behaviour == "equivocate")
     monkeypatch.setenv("DSDN_BYZANTINE", "lies")
     (tmp_path / "x").mkdir()
-    with pytest.raises(config_mod.ConfigError, match="bad_shares or withhold or equivocate"):
+    with pytest.raises(config_mod.ConfigError, match="bad_shares or withhold or bad_commitments or equivocate"):
         coordinator.receipt_engine(SimpleNamespace(**{**vars(cfg), "data_dir": tmp_path / "x"}), coord, peers,
                                    SimpleNamespace(key=None))  # type: ignore[arg-type]
 

@@ -369,3 +369,34 @@ async def test_a_rival_of_a_receipt_final_in_an_announced_batch_is_a_conflict_at
         rival = service.submit(rb)
         assert rival.status == "conflict" and rival.conflicting_id == ra.id
         assert service.locks.lock_of(rb.id) is None  # nothing locked for it
+
+
+@pytest.mark.parametrize("one_round", [True, False])
+async def test_a_signer_offering_commitments_that_are_no_group_element_is_blamed_not_its_honest_peers(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock, one_round: bool) -> None:
+    """A liar answers lock and sign requests with the identity point as its nonce commitments, spares included.
+    Taken unchecked, its spare in a one-round signer set made each honest signer named beside it refuse (the set is
+    invalid), and those were penalised, while the one-round path never ran again and the liar was never named (a
+    reviewer's reproduction: 0 of 12 batches in one round, honest signers' lag growing); in a signing session the
+    honest refusals took the honest signers out of the batch. Checked as they arrive, such commitments name the
+    liar at once, and nothing else changes."""
+    cluster = SimCluster(tmp_path, 4, seed=4, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    cluster.members["c3"].behaviour = "bad_commitments"
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        c0 = cluster.service("c0")
+        if not one_round:
+            c0._fast_plan = lambda *args: None  # type: ignore[method-assign]
+        for k in range(12):
+            record = c0.submit(cluster.receipt(f"n{k % 6}", f"obj{k // 6}"))
+            with trio.fail_after(30):
+                while record.status != "final":
+                    await record.changed.wait()
+        assert c0.counters.batches == 12 and set(c0.counters.blamed) == {"c3"}
+        assert c0.counters.one_round >= (10 if one_round else 0) and c0.counters.sessions <= (2 if one_round else 12)
+        assert cluster.service("c1").counters.sign_refused == cluster.service("c2").counters.sign_refused == 0
+        assert max(c0._lag["c1"], c0._lag["c2"]) < 0.5  # never penalised for the liar's commitments
+        assert all(by != "c0" or name == "c3" for by, name in cluster.observed.blames)
+        nursery.cancel_scope.cancel()
+    cluster.close()

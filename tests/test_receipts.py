@@ -483,3 +483,16 @@ def test_a_node_signature_found_valid_is_not_verified_again(monkeypatch: pytest.
     assert len(calls) == 3  # an invalid signature is checked every time
     other = nacl.signing.SigningKey(b"d" * 32)  # the same signature under another key is another question
     assert not receipt_bytes.signed_by_node(raw, bytes(other.verify_key), receipt.node_signature)
+
+
+def test_roast_ends_a_session_whose_shares_verify_but_whose_aggregate_does_not(keys: dict[int, frost.KeyShare]
+                                                                               ) -> None:
+    """Every share verifies, the aggregate does not (here: a session below the key's threshold): FrostError without
+    a culprit escaped the tracker and took the receipt service down. The session ends; nobody is blamed."""
+    k = keys[1]
+    tr = RoastTracker(2, set(keys), MESSAGE, k.group_public_key, k.verifying_shares, eager=True)
+    signers = {i: Signer(key) for i, key in keys.items()}
+    started = [s for i in (1, 2) for s in tr.add_commitment(i, signers[i].commit()).start]
+    assert len(started) == 1
+    outs = [tr.receive(i, 0, signers[i].share(started[0].commitments), None) for i in (1, 2)]
+    assert not tr.done and tr.signature is None and not any(o.blamed for o in outs) and started[0].dead
