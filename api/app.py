@@ -32,7 +32,7 @@ from consensus.dkg import DkgError
 from consensus.dkg_service import DkgService
 from consensus.receipt_service import LedgerView, ReceiptService
 from node.config import is_loopback
-from node.coordinator import VERSION, Coordinator, NotFound
+from node.coordinator import VERSION, ClockConflict, Coordinator, NotFound
 from node.da.base import DAError
 from node.da.celestia import BlobTooLarge
 from node.da.reconcile import MANUAL_PASS_S, AlreadyRunning
@@ -220,6 +220,10 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
         response = json_response({"error": "overloaded", "message": str(e)}, 503)
         response.headers["Retry-After"] = "1"
         return response
+
+    @app.errorhandler(ClockConflict)
+    async def clock_conflict(e: ClockConflict) -> tuple[JSONDict, int]:
+        return {"error": "clock_conflict", "message": str(e)}, 409
 
     @app.errorhandler(NotFound)
     async def not_found(e: NotFound) -> tuple[JSONDict, int]:

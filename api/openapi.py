@@ -112,7 +112,7 @@ IDS = {"type": "array", "items": STR}
 
 # (method, path as Quart writes it, summary, request body schema or None, 200 schema, other statuses)
 ROUTES: list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any], tuple[int, ...]]] = [
-    ("POST", "/register", "Register or update a node", REGISTER, OK, (400, 401, 413, 415, 422, 503)),
+    ("POST", "/register", "Register or update a node", REGISTER, OK, (400, 401, 409, 413, 415, 422, 503)),
     ("GET", "/nodes", "List all nodes (sorted by id)", None, {"type": "array", "items": NODE}, ()),
     ("GET", "/node/<node_id>", "Get one node", None, NODE, (404,)),
     ("GET", "/node/<node_id>/stats", "Get a node's runtime stats (found: false when none are fresh)", None,
@@ -127,12 +127,14 @@ ROUTES: list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any], tuple[i
      {"type": "object", "required": ["ok", "config"], "properties": {
          "ok": {"const": True}, "message": STR, "config": {"type": "object", "required": list(WEIGHT_NAMES),
                                                           "properties": {k: NUM for k in WEIGHT_NAMES}}}},
-     (400, 401, 413, 415, 422, 503)),
+     (400, 401, 409, 413, 415, 422, 503)),
     ("POST", "/object/register", "Register an object (or update its size)", OBJECT_IN, OK,
-     (400, 401, 413, 415, 422, 503)),
+     (400, 401, 409, 413, 415, 422, 503)),
     ("GET", "/object/<obj>", "Get an object and its replicas", None, OBJECT, (404,)),
-    ("POST", "/replica/mark_missing", "Mark a replica missing", REPLICA_IN, OK, (400, 401, 404, 413, 415, 422, 503)),
-    ("POST", "/replica/mark_healed", "Mark a replica healed", REPLICA_IN, OK, (400, 401, 404, 413, 415, 422, 503)),
+    ("POST", "/replica/mark_missing", "Mark a replica missing", REPLICA_IN, OK,
+     (400, 401, 404, 409, 413, 415, 422, 503)),
+    ("POST", "/replica/mark_healed", "Mark a replica healed", REPLICA_IN, OK,
+     (400, 401, 404, 409, 413, 415, 422, 503)),
     ("POST", "/da/post", "Post a raw blob to DA", DA_POST_IN, DA_POSTED, (400, 401, 413, 415, 422, 503)),
     ("GET", "/da/metrics", "DA counters and latencies", None, OBJ, ()),
     ("GET", "/da/routing", "DA routing state", None, OBJ, ()),

@@ -29,7 +29,7 @@ from node.da.mock import MockDA
 from node.da.stack import DAStack
 from node.da.status import EMERGENCY, PRIMARY, SECONDARY, Status, StatusSnapshot
 from node.events import Event, EventTuple
-from node.hlc import MAX_DRIFT_MS, HybridLogicalClock, wall_ms
+from node.hlc import MAX_DRIFT_MS, MAX_PART, HybridLogicalClock, Timestamp, wall_ms
 from node.outbox import Outbox
 from node.placement import Placement
 from node.publisher import Publisher
@@ -50,6 +50,9 @@ VERSION = "0.1.0"
 REPLAY_PAGE = 4096  # outbox events read at a time when replaying it at start, and at most
 PROGRESS_EVERY_S = 5.0  # a long restore logs how far it got this often
 REPLAY_PAGE_BYTES = 8 * 2**20  # this many bytes (the first event whatever its size)
+#: How far past this coordinator's wall clock a local write may be stamped to follow the version its register holds
+#: (see ``Coordinator._stamp``); a register held by a member's write stamped further ahead refuses local writes.
+FUTURE_WRITE_LIMIT_MS = 24 * 3600 * 1000
 
 
 _hlc_of = operator.itemgetter(1, 2)  # an event's (hlc wall, hlc counter)
@@ -61,6 +64,11 @@ class NotFound(Exception):
     def __init__(self, body: dict[str, Any]) -> None:
         super().__init__(body.get("error", "not found"))
         self.body = body
+
+
+class ClockConflict(Exception):
+    """A local write cannot be stamped after the version its register holds (a member's write stamped more than
+    FUTURE_WRITE_LIMIT_MS ahead): it would be ignored, so it is refused (the API answers 409)."""
 
 
 def _log_client(consumer: Consumer) -> Any:
@@ -99,6 +107,7 @@ class Coordinator:
                         self.public_key.hex())
         self.state = State()
         self.hlc = HybridLogicalClock()
+        self._stamped_ahead: Timestamp = (0, 0)  # the latest local stamp issued after a register's version (_stamp)
         self.stats = StatsTable(config.stats_ttl_ms)
         self.placement = Placement(self.state)
         self.outbox = Outbox(config.data_dir / "outbox.sqlite", self._on_commit, config.max_inflight_writes)
@@ -298,9 +307,34 @@ class Coordinator:
         return await self._submit(kind, **fields)
 
     async def _submit(self, kind: str, **fields: Any) -> Event:
-        event = ev.make_event(kind, self.hlc.now(), self.id, **fields)
+        event = ev.make_event(kind, self._stamp(kind, fields), self.id, **fields)
         await self.outbox.append(event)
         return event
+
+    def _stamp(self, kind: str, fields: dict[str, Any]) -> Timestamp:
+        """The timestamp of a local write: the clock's next one, or, when the register the write is for holds a
+        version stamped at or after that, the next one after that version (and after any stamp issued so, for two
+        such writes in flight at once). Our clock follows an observed timestamp no further than MAX_DRIFT_MS past
+        the wall clock (a member's clock running fast, or a liar's, must not drag every later write with it); so a
+        write to a register a member with a fast clock wrote lost to its version, last writer wins, though
+        acknowledged (a reviewer's reproduction: a node re-registered here kept the member's zone). The register's
+        version is followed up to FUTURE_WRITE_LIMIT_MS ahead of the wall clock; past that the write is refused
+        (ClockConflict) rather than acknowledged and ignored."""
+        now = self.hlc.now()
+        held = self.state.held_version(kind, fields)
+        if held is None or (held[0], held[1]) < now:
+            return now
+        after = max((held[0], held[1]), self._stamped_ahead)
+        wall, counter = after if after[1] < MAX_PART else (after[0] + 1, -1)
+        ahead_ms = wall - self.hlc.wall()
+        if ahead_ms > FUTURE_WRITE_LIMIT_MS:
+            what = f"{kind} {fields.get('id') or fields.get('hash') or ''}".strip()
+            raise ClockConflict(f"the register this write is for ({what}) holds a write of member {held[2]!r} "
+                                f"stamped {ahead_ms / 3_600_000:.1f} h ahead of this coordinator's clock (more than "
+                                f"the {FUTURE_WRITE_LIMIT_MS // 3_600_000} h a write may be stamped ahead to follow "
+                                "it): this write would be ignored, so it is refused; check that member's clock")
+        self._stamped_ahead = (wall, counter + 1)
+        return self._stamped_ahead
 
     def _consumer_result(self, name: str) -> Any:
         def record(ok: bool, error: str | None) -> None:
@@ -331,10 +365,11 @@ class Coordinator:
     async def register_node(self, node_id: str, zone: str, addr: str, capacity_gb: int,
                             public_key: str | None = None) -> None:
         """``public_key``: the node's Ed25519 key (64 lower-case hex), which it needs to earn receipts."""
-        events = [ev.make_event(ev.NODE_REGISTERED, self.hlc.now(), self.id, id=node_id, zone=zone, addr=addr,
-                                capacity_gb=capacity_gb)]
+        node = {"id": node_id, "zone": zone, "addr": addr, "capacity_gb": capacity_gb}
+        events = [ev.make_event(ev.NODE_REGISTERED, self._stamp(ev.NODE_REGISTERED, node), self.id, **node)]
         if public_key is not None:  # both or neither (Outbox.append_all)
-            events.append(ev.make_event(ev.NODE_KEY, self.hlc.now(), self.id, id=node_id, public_key=public_key))
+            key = {"id": node_id, "public_key": public_key}
+            events.append(ev.make_event(ev.NODE_KEY, self._stamp(ev.NODE_KEY, key), self.id, **key))
         await self.outbox.append_all(events)
 
     def node_json(self, node_id: str, rec: tuple[str, str, int]) -> dict[str, Any]:

@@ -32,6 +32,10 @@ class HybridLogicalClock:
         self._wall, self._counter = 0, 0
         self.observe(last)
 
+    def wall(self) -> int:
+        """The wall clock this clock reads (ms)."""
+        return self._clock()
+
     @property
     def last(self) -> Timestamp:
         return (self._wall, self._counter)

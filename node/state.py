@@ -424,6 +424,31 @@ class State:
     def weights(self) -> Weights | None:
         return self.scheduler[1] if self.scheduler is not None else None
 
+    def held_version(self, kind: str, fields: dict[str, Any]) -> Version | None:
+        """The version the register an event of ``kind`` with ``fields`` would write holds now; None when it is empty
+        (or the kind writes no register: a receipt batch). For stamping a local write after it (the coordinator)."""
+        if kind in (ev.NODE_REGISTERED, ev.NODE_UNREGISTERED):
+            node = self.nodes.get(fields["id"])
+            return None if node is None else node[0]
+        if kind == ev.NODE_KEY:
+            key = self.ledger.node_keys.get(fields["id"])
+            return None if key is None else key[0]
+        if kind == ev.SCHEDULER_CONFIG:
+            return None if self.scheduler is None else self.scheduler[0]
+        obj = fields.get("hash")
+        if not obj or kind not in (ev.OBJECT_REGISTERED, ev.REPLICA_HEALED, ev.REPLICA_MISSING):
+            return None
+        self._settle()
+        shard = ord(obj[-1]) & _MASK
+        if kind == ev.OBJECT_REGISTERED:
+            raw = self._objects[shard].get(obj)
+            return None if raw is None else _event_version(raw)
+        held = self._replicas[shard].get(obj, ())
+        for at in range(0, len(held), 2):
+            if held[at] == fields["node_id"]:
+                return _event_version(held[at + 1])
+        return None
+
     def root(self) -> bytes:
         acc = self._acc + self.ledger.batch_acc
         return hashlib.sha256(b"dsdn-state-root-v1" + (acc % _MOD).to_bytes(32, "big")).digest()

@@ -677,3 +677,22 @@ async def test_concurrent_consistency_checks_share_one(coord: Coordinator) -> No
             await trio.testing.wait_all_tasks_blocked()
             release.set()
     assert calls == 3 and len(reports) == 21 and reports[-1]["is_consistent"] is True
+
+
+async def test_a_write_to_a_register_held_by_a_write_from_far_in_the_future_is_a_409(
+        nursery: trio.Nursery, make_config: Callable[..., Config]) -> None:
+    """A member's write stamped years ahead (a broken clock or a liar) holds n1: a local write of n1 would be
+    ignored (last writer wins), so it is refused with a 409 that says why, not acknowledged with a 200."""
+    from node.blob import encode_blob
+
+    da, member = MockDA(), nacl.signing.SigningKey.generate()
+    future = ev.make_event(ev.NODE_REGISTERED, (ev.MAX_U63, 0), "m", id="n1", zone="zone-m", addr="1.2.3.4:5",
+                           capacity_gb=1)
+    await da.post(encode_blob(member, "m", [future.raw]))
+    coord = await start(nursery, make_config(CLUSTER_MEMBER_KEYS=bytes(member.verify_key).hex()), da)
+    await wait_for(lambda: coord.state.node("n1") is not None, what="the member's write")
+    client = create_app(coord).test_client()
+    body = await post(client, "/register", {"id": "n1", "zone": "zone-local", "addr": "1.1.1.1:1"}, 409)
+    assert body["error"] == "clock_conflict" and "'m'" in body["message"] and "ahead" in body["message"]
+    assert (await get(client, "/node/n1"))["zone"] == "zone-m"
+    await post(client, "/register", {"id": "n2", "zone": "zone-local", "addr": "1.1.1.1:1"})  # other registers: fine

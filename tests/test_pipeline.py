@@ -426,3 +426,46 @@ async def test_junk_blobs_are_counted_each_and_logged_a_few_times(caplog: pytest
     warnings = [r.getMessage() for r in caplog.records if "dropped blob" in r.getMessage()]
     assert consumer.rejected["unknown_signer"] == 501
     assert len(warnings) == 2 and "499 more dropped for this reason" in warnings[1]
+
+
+async def test_a_local_write_after_a_member_s_write_stamped_ahead_takes_effect(
+        make_config: Callable[..., Config]) -> None:
+    """A member whose clock runs 10 minutes fast registered n1 and obj1: our clock follows an observed timestamp no
+    further than 60 s past the wall clock, so a later local write of those registers was stamped before the
+    member's, acknowledged, and ignored (last writer wins; a reviewer's reproduction). It is stamped after the
+    register's version now, and two such writes in flight keep their order. A register held by a write stamped
+    further ahead than a day refuses the write instead (ClockConflict: the API's 409)."""
+    from node.coordinator import ClockConflict
+    from node.hlc import wall_ms
+
+    da = MockDA()
+    member = nacl.signing.SigningKey.generate()
+    ahead = (wall_ms() + 600_000, 0)
+    events = [ev.make_event(ev.NODE_REGISTERED, ahead, "m", id="n1", zone="zone-member", addr="1.2.3.4:5",
+                            capacity_gb=1),
+              ev.make_event(ev.OBJECT_REGISTERED, ahead, "m", hash="obj1", size=1),
+              ev.make_event(ev.NODE_REGISTERED, (ev.MAX_U63, 0), "m", id="n2", zone="zone-liar", addr="1.2.3.4:5",
+                            capacity_gb=1)]
+    await da.post(encode_blob(member, "m", [e.raw for e in events]))
+    cfg = make_config("b", CLUSTER_MEMBER_KEYS=bytes(member.verify_key).hex())
+    async with running(cfg, da) as b:
+        await wait_for(lambda: b.rebuilt, what="catch-up")
+        assert b.state.node("n1")[0] == "zone-member"  # type: ignore[index]
+        await b.register_node("n1", "zone-local", "1.1.1.1:1", 1)
+        await b.register_object("obj1", 7)
+        assert b.state.node("n1")[0] == "zone-local" and b.state.object("obj1")[0] == 7  # type: ignore[index]
+        async with trio.open_nursery() as nursery:  # two in flight at once: the later one wins
+            for zone in ("zone-first", "zone-second"):
+                nursery.start_soon(b.register_node, "n1", zone, "1.1.1.1:1", 1)
+                await trio.sleep(0)
+        assert b.state.node("n1")[0] == "zone-second"  # type: ignore[index]
+        await b.register_node("n3", "z", "1.1.1.1:1", 1)  # another register: the clock itself was not dragged
+        assert b.hlc.last[0] <= wall_ms() + 60_000
+        with pytest.raises(ClockConflict, match="ahead of this coordinator"):
+            await b.register_node("n2", "zone-local", "1.1.1.1:1", 1)
+        assert b.state.node("n2")[0] == "zone-liar"  # type: ignore[index]
+    async with running(cfg, da) as again:  # restarted: its own stamps are followed, the writes still win
+        await wait_for(lambda: again.rebuilt, what="catch-up")
+        assert again.state.node("n1")[0] == "zone-second"  # type: ignore[index]
+        await again.register_node("n1", "zone-after-restart", "1.1.1.1:1", 1)
+        assert again.state.node("n1")[0] == "zone-after-restart"  # type: ignore[index]
