@@ -252,8 +252,11 @@ class Adversary:
         ids = sorted(chosen)
         request = {"batch": batch, "ids": b"".join(r.id for r in receipts), "session": 0, "signers": bytes(ids),
                    "hiding": [chosen[i][0] for i in ids], "binding": [chosen[i][1] for i in ids]}
-        shares = {key.identifier: frost.sign(key.identifier, key.secret_share, key.group_public_key, own_nonces,
-                                             message, chosen)}
+        try:
+            shares = {key.identifier: frost.sign(key.identifier, key.secret_share, key.group_public_key, own_nonces,
+                                                 message, chosen)}
+        except frost.FrostError:  # another liar's commitment that is no group element: no signature this time
+            return
         for ident in ids:
             if ident == key.identifier:
                 continue
