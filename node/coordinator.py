@@ -461,7 +461,7 @@ class Coordinator:
             raise NotFound({"error": "node not found", "node_id": node_id})
         # missing: a node registered once (its replicas outlive its unregistration) or holding a replica register
         # of the object; a name never seen would publish an event about nothing
-        if not present and node_id not in self.state.nodes and node_id not in self.state.replicas.get(obj, ())[::2]:
+        if not present and node_id not in self.state.nodes and not self.state.holds_replica_register(obj, node_id):
             raise NotFound({"error": "node not found", "node_id": node_id})
         kind = ev.REPLICA_HEALED if present else ev.REPLICA_MISSING
         await self._submit(kind, hash=obj, node_id=node_id)

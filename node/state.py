@@ -69,6 +69,12 @@ MEMBERSHIP_LOG = 4096  # membership changes kept in State.membership_log (at lea
 SHARDS = 32  # a key's shard: ord(its last character) % SHARDS (part of the snapshot layout: snapshots keep the shards)
 _MASK = SHARDS - 1
 CHUNK = 1024  # list items (recent ids) per piece of a snapshot's encoding: ~1-5 ms of work each at most
+#: An object's replica registers are a flat tuple (node id, event, node id, event, ...) of fewer than 2 * WIDE items,
+#: then a dict node id -> event (of WIDE entries at least: ``len(held) < WIDE`` finds a small tuple alone; the apply
+#: loop appends to those inline). Each write to a tuple copies and scans it: a member's blob of 51,000 replica events
+#: for one object (any node ids: they need not be registered) took 17 s of the event loop to apply, quadratic (a
+#: reviewer's find).
+WIDE = 32
 _ABSENT = object()  # (a key a cut's shard did not hold)
 _SAME = SAME  # what a register write returns when the register already holds exactly this version
 _pack = msgpack.Packer(use_bin_type=True).pack
@@ -98,6 +104,32 @@ def _event_version(raw: bytes) -> Version:
 def _present(raw: bytes) -> bool:
     """Whether a replica register (the event it holds) marks the replica present."""
     return raw.startswith(_HEALED_PREFIX)
+
+
+def _flat(held: tuple[Any, ...] | dict[str, bytes]) -> tuple[Any, ...]:
+    """An object's replica registers as the flat tuple (node id, event, ...), whichever form they are kept in."""
+    return held if type(held) is tuple else tuple(itertools.chain.from_iterable(held.items()))  # type: ignore[union-attr]
+
+
+class ReplicaView(Mapping[str, tuple[Any, ...]]):
+    """A read-only mapping: object hash -> its replica registers as a flat tuple (``State.replicas``)."""
+
+    __slots__ = ("_view",)
+
+    def __init__(self, shards: list[dict[str, Any]]) -> None:
+        self._view: ShardedView[Any] = ShardedView(shards)
+
+    def __getitem__(self, key: str) -> tuple[Any, ...]:
+        return _flat(self._view[key])
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._view
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._view)
+
+    def __len__(self) -> int:
+        return len(self._view)
 
 
 def _forget(shared: set[int], undo: list[dict[str, Any]]) -> None:
@@ -135,8 +167,11 @@ class State:
         self.nodes: dict[str, tuple[Version, NodeRecord | None]] = {}
         # object hash -> its register: the object.registered event that wrote it, in SHARDS dicts
         self._objects: list[dict[str, bytes]] = [{} for _ in range(SHARDS)]
-        # object hash -> (node id, its replica.healed or replica.missing event, node id, event, ...)
-        self._replicas: list[dict[str, tuple[Any, ...]]] = [{} for _ in range(SHARDS)]
+        # object hash -> (node id, its replica.healed or replica.missing event, node id, event, ...), or from WIDE
+        # items on {node id: event, ...}
+        self._replicas: list[dict[str, Any]] = [{} for _ in range(SHARDS)]
+        # per replica shard, the objects whose registers are a dict (they only grow; shared with cuts: see _take)
+        self._wide: list[set[str]] = [set() for _ in range(SHARDS)]
         # shards a cut still reads in place (objects 0.., replicas SHARDS..), shared with that cut, and per shard the
         # value each key had at the cut (_ABSENT: none), noted before its first change (see frozen)
         self._shared: set[int] = set()
@@ -179,10 +214,18 @@ class State:
         return ShardedView(self._objects)
 
     @property
-    def replicas(self) -> ShardedView[tuple[Any, ...]]:
+    def replicas(self) -> ReplicaView:
         """object hash -> (node id, event, node id, event, ...) (read-only; ``object()`` decodes one)."""
         self._settle()
-        return ShardedView(self._replicas)
+        return ReplicaView(self._replicas)
+
+    def holds_replica_register(self, obj: str, node_id: str) -> bool:
+        """Whether a replica register of ``obj`` on ``node_id`` exists (present or missing)."""
+        if not obj:
+            return False
+        self._settle()
+        held = self._replicas[ord(obj[-1]) & _MASK].get(obj, ())
+        return node_id in held if type(held) is dict else node_id in held[::2]
 
     # ---- applying events -------------------------------------------------------------------------
 
@@ -222,7 +265,7 @@ class State:
                     if held is first:
                         acc += _from_bytes(eid, "big")
                         wrote = True
-                    elif node_id not in held[::2]:  # another node's replica of this object
+                    elif len(held) < WIDE and node_id not in held[::2]:  # another node's replica of this object
                         table[obj] = held + (node_id, raw)  # noqa: RUF005 (faster than unpacking)
                         acc += _from_bytes(eid, "big")
                         wrote = True
@@ -301,11 +344,13 @@ class State:
         return self.apply_events(items)
 
     def _keep(self, shard: int, key: str) -> None:
-        """Before the first change of ``key`` in a shard a cut still reads in place, note its value for the cut."""
+        """Before the first change of ``key`` in a shard a cut still reads in place, note its value for the cut (a
+        copy of a dict of replica registers: it changes in place)."""
         undo = self._undo[shard]
         if key not in undo:
             table = self._objects[shard] if shard < SHARDS else self._replicas[shard - SHARDS]
-            undo[key] = table.get(key, _ABSENT)
+            old = table.get(key, _ABSENT)
+            undo[key] = old.copy() if type(old) is dict else old
 
     # Each register write returns True when it wrote, False when the register holds a later version and
     # _SAME when it holds exactly this one (the event was applied before).
@@ -366,9 +411,23 @@ class State:
             return True
         return self._replace_replica(table, held, obj, node_id, version, raw)
 
-    def _replace_replica(self, table: dict[str, tuple[Any, ...]], held: tuple[Any, ...], obj: str, node_id: str,
-                         version: Version, raw: bytes) -> int:
-        """Write a replica register of an object that already has some (``held``)."""
+    def _replace_replica(self, table: dict[str, Any], held: tuple[Any, ...] | dict[str, bytes], obj: str,
+                         node_id: str, version: Version, raw: bytes) -> int:
+        """Write a replica register of an object that already has some (``held``; see WIDE)."""
+        if type(held) is dict or len(held) >= 2 * WIDE:
+            if type(held) is tuple:
+                held = table[obj] = dict(zip(held[::2], held[1::2], strict=True))
+                self._wide[ord(obj[-1]) & _MASK].add(obj)
+            old = held.get(node_id)  # type: ignore[union-attr]
+            if old is not None:
+                current = _event_version(old)
+                if current >= version:
+                    return _SAME if current == version else False
+                self._acc -= _from_bytes(current[3], "big")
+            held[node_id] = raw  # type: ignore[index]
+            self._acc += _from_bytes(version[3], "big")
+            return True
+        assert type(held) is tuple
         for at in range(0, len(held), 2):
             if held[at] == node_id:
                 break
@@ -408,7 +467,8 @@ class State:
     def replica_count(self) -> int:
         """Replica registers (present or missing)."""
         self._settle()
-        return sum(len(held) for table in self._replicas for held in table.values()) // 2
+        return sum(len(held) * (2 if type(held) is dict else 1) for table in self._replicas
+                   for held in table.values()) // 2
 
     def object(self, obj: str) -> tuple[int, list[str]] | None:
         """(size, sorted replica node ids) of a registered object."""
@@ -418,7 +478,7 @@ class State:
         entry = self._objects[ord(obj[-1]) & _MASK].get(obj)
         if entry is None:
             return None
-        held = self._replicas[ord(obj[-1]) & _MASK].get(obj, ())
+        held = _flat(self._replicas[ord(obj[-1]) & _MASK].get(obj, ()))
         return _unpack_tuples(entry)[5][1], sorted(held[i] for i in range(0, len(held), 2) if _present(held[i + 1]))
 
     def weights(self) -> Weights | None:
@@ -443,7 +503,7 @@ class State:
         if kind == ev.OBJECT_REGISTERED:
             raw = self._objects[shard].get(obj)
             return None if raw is None else _event_version(raw)
-        held = self._replicas[shard].get(obj, ())
+        held = _flat(self._replicas[shard].get(obj, ()))
         for at in range(0, len(held), 2):
             if held[at] == fields["node_id"]:
                 return _event_version(held[at + 1])
@@ -461,7 +521,7 @@ class State:
     def _recomputed_acc(self) -> int:
         self._settle()
         acc = sum(_event_hash(raw) for table in self._objects for raw in table.values())
-        acc += sum(_event_hash(held[i]) for table in self._replicas for held in table.values()
+        acc += sum(_event_hash(held[i]) for table in self._replicas for held in map(_flat, table.values())
                    for i in range(1, len(held), 2))
         acc += sum(_entry_hash("n", k, v, r) for k, (v, r) in self.nodes.items())
         if self.scheduler is not None:
@@ -481,7 +541,7 @@ class State:
         if cut is not None:  # a cut still reading in place: it takes its shards now
             cut._settle()
         copy = State(self._recent_cap)
-        copy._objects, copy._replicas = list(self._objects), list(self._replicas)
+        copy._objects, copy._replicas, copy._wide = list(self._objects), list(self._replicas), self._wide
         self._shared = copy._shared = shared = set(range(2 * SHARDS))
         self._undo = copy._undo = undo = [{} for _ in range(2 * SHARDS)]
         # (a cut dropped unreleased: the notes stop when it is collected)
@@ -502,6 +562,11 @@ class State:
                 del table[key]
             else:
                 table[key] = old
+        if shard >= SHARDS:  # dicts of replica registers change in place: the cut's own copies (undo's are its own)
+            for key in self._wide[shard - SHARDS]:
+                held = table.get(key)
+                if type(held) is dict and key not in undo:
+                    table[key] = held.copy()
         tables[shard % SHARDS] = table
         self._shared.discard(shard)
         undo.clear()
@@ -526,7 +591,7 @@ class State:
             "layout": LAYOUT,
             "nodes": [[k, list(v), list(r) if r is not None else None] for k, (v, r) in self.nodes.items()],
             "objects": [[list(table), list(table.values())] for table in self._objects],
-            "replicas": [[list(table), list(table.values())] for table in self._replicas],
+            "replicas": [[list(table), list(map(_flat, table.values()))] for table in self._replicas],
             "scheduler": [list(self.scheduler[0]), list(self.scheduler[1])] if self.scheduler else None,
             "applied": self._applied,
             "recent": b"".join(self._recent_order),  # oldest first, 32 bytes each: bounded by RECENT_IDS
@@ -555,7 +620,8 @@ class State:
                     self._take(base + i)
                 yield packer.pack_array_header(2)
                 yield from _pack_list(packer, list(tables[i]))
-                yield from _pack_list(packer, list(tables[i].values()))
+                yield from _pack_list(packer, list(tables[i].values()) if base == 0 else
+                                      list(map(_flat, tables[i].values())))
         yield pack("scheduler") + pack([list(self.scheduler[0]), list(self.scheduler[1])] if self.scheduler else None)
         yield pack("applied") + pack(self._applied)
         order = list(self._recent_order)  # oldest first, 32 bytes each, as one bin

@@ -349,3 +349,71 @@ def test_a_blob_s_latest_timestamp_observed_alone_moves_the_clock_as_all_of_them
     later.apply_events([(ev.NODE_UNREGISTERED, 50, 1, "c0", ("m",), b"y", bytes(32))])
     later.apply_events([(ev.NODE_UNREGISTERED, 7, 0, "c0", ("k",), b"z", bytes(32))])
     assert later.last_hlc == (7, 0) and later.max_hlc == (50, 1)  # the last call's latest; the state's latest
+
+
+# ---- an object with many replica registers (node/state.py WIDE) --------------------------------------
+
+
+def test_an_object_with_thousands_of_replica_registers_keeps_them_in_a_dict_and_a_cut_unchanged() -> None:
+    """A member's blob of 51,000 replica events for one object (node ids need not be registered) took 17 s of the
+    event loop to apply: its registers were one flat tuple, copied and scanned at every write. Past 2 * WIDE items
+    they are a dict; the root, the reads, a cut taken midway and a snapshot are the same as before."""
+    from node import state as state_mod
+
+    events = [make_event(ev.REPLICA_HEALED if k % 3 else ev.REPLICA_MISSING, (10 + k, 0), "c0", hash="obj",
+                         node_id=f"node{k:05d}") for k in range(3000)]
+    s = State()
+    s.apply(make_event(ev.OBJECT_REGISTERED, (1, 0), "c0", hash="obj", size=5))
+    s.apply_all(events[:1500])
+    cut, cut_root = s.frozen(), s.root()
+    s.apply_all(events[1500:])
+    s.apply_all(events[:10])  # duplicates
+    s.apply(make_event(ev.REPLICA_MISSING, (9999, 0), "c1", hash="obj", node_id="node00001"))  # a later version
+    held = s._replicas[ord("j") & state_mod._MASK]["obj"]
+    assert type(held) is dict and len(held) == 3000
+    assert s.root() == s.recomputed_root() and s.replica_count == 3000
+    present = s.object("obj")
+    assert present is not None and len(present[1]) == 1999 and "node00001" not in present[1]
+    assert cut.root() == cut_root and cut.replica_count == 1500  # the cut kept its own registers
+    late, late_root = s.frozen(), s.root()
+    assert late.replica_count == 3000  # (the cut took its shards: the live state writes in place again)
+    s.apply(make_event(ev.REPLICA_HEALED, (10**5, 0), "c1", hash="obj", node_id="one-more"))
+    s.apply(make_event(ev.REPLICA_HEALED, (10**5, 0), "c1", hash="obj", node_id="node00002"))
+    assert late.replica_count == 3000 and late.recomputed_root() == late_root != s.root()
+    back = State.from_snapshot(msgpack.unpackb(b"".join(cut.snapshot_pieces()), use_list=False))
+    assert back.root() == cut_root == back.recomputed_root() and back.replica_count == 1500
+    again = State.from_snapshot(s.to_snapshot())  # kept as a tuple when restored; a dict again at its next write
+    assert again.root() == s.root() and again.object("obj") == s.object("obj")
+    again.apply(make_event(ev.REPLICA_HEALED, (10**6, 0), "c2", hash="obj", node_id="node00001"))
+    assert again.root() == again.recomputed_root() and "node00001" in again.object("obj")[1]  # type: ignore[index]
+
+
+def registers(s: State) -> dict[str, set[tuple[str, bytes]]]:
+    return {h: set(zip(t[::2], t[1::2], strict=True)) for h, t in s.replicas.items()}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(event_strategy, min_size=1, max_size=60), st.randoms(use_true_random=False))
+def test_replica_registers_in_dicts_give_the_same_state_as_tuples(events: list[ev.Event], rnd: random.Random) -> None:
+    """With WIDE at its smallest, nearly every object's registers become a dict: the same root and reads, in any
+    order, through a cut taken midway and a snapshot, as with flat tuples."""
+    from node import state as state_mod
+
+    a = State()
+    a.apply_all(events)
+    shuffled = events + rnd.sample(events, k=len(events) // 2)
+    rnd.shuffle(shuffled)
+    wide, state_mod.WIDE = state_mod.WIDE, 1
+    try:
+        b = State()
+        half = len(shuffled) // 2
+        b.apply_all(shuffled[:half])
+        cut, cut_root, cut_view = b.frozen(), b.root(), view(b)
+        b.apply_all(shuffled[half:])
+        assert b.root() == a.root() == b.recomputed_root() and view(b)[:3] == view(a)[:3]
+        assert b.replica_count == a.replica_count and registers(b) == registers(a)
+        assert cut.root() == cut_root and view(cut) == cut_view
+        c = State.from_snapshot(msgpack.unpackb(b"".join(b.snapshot_pieces()), use_list=False))
+        assert c.root() == a.root() and view(c)[:3] == view(a)[:3]
+    finally:
+        state_mod.WIDE = wide
