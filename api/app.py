@@ -227,7 +227,10 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
 
     @app.errorhandler(NotFound)
     async def not_found(e: NotFound) -> tuple[JSONDict, int]:
-        return {"message": e.body["error"], **e.body}, 404
+        body = e.body
+        message = ("no node {node_id!r} is registered here" if "node_id" in body else
+                   "no object {hash!r} is registered here" if "hash" in body else body["error"]).format_map(body)
+        return {"message": message, **body}, 404  # (the body's own message, when it has one, goes first)
 
     @app.errorhandler(HTTPException)
     async def http_error(e: HTTPException) -> Response:
@@ -290,7 +293,7 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
     @mutating
     async def put_node_stats(node_id: str) -> JSONDict:
         values = v.stats(await json_body())
-        coord.put_stats(node_id, values)
+        coord.put_stats(v.node_id(node_id, "node_id"), values)  # an id that can never be registered: 422, as GET
         return {"ok": True, "node_id": node_id}
 
     # ---- placement and scheduling ----------------------------------------------------------------

@@ -183,7 +183,8 @@ async def test_405_and_options_name_the_allowed_methods(client: Any, method: str
 async def test_node_stats(client: Any) -> None:
     assert await get(client, "/node/node-1/stats") == {"node_id": "node-1", "found": False}
     body = await post(client, "/node/node-1/stats", STATS, 404)
-    assert body == {"error": "node not found", "node_id": "node-1", "message": "node not found"}
+    assert body == {"error": "node not found", "node_id": "node-1", "message": "no node 'node-1' is registered here"}
+    assert (await post(client, "/node/bad%20id/stats", STATS, 422))["field"] == "node_id"  # as GET answers
     await post(client, "/register", NODE)
     assert await post(client, "/node/node-1/stats", STATS) == {"ok": True, "node_id": "node-1"}
     assert await get(client, "/node/node-1/stats") == {"node_id": "node-1", "found": True, "stats": STATS}
@@ -278,7 +279,8 @@ async def test_placement(client: Any) -> None:
 # ---- objects and replicas ------------------------------------------------------------------------
 
 async def test_objects_and_replicas(client: Any) -> None:
-    assert await get(client, "/object/abc123", 404) == {"error": "not found", "hash": "abc123", "message": "not found"}
+    assert await get(client, "/object/abc123", 404) == {"error": "not found", "hash": "abc123",
+                                                       "message": "no object 'abc123' is registered here"}
     assert await post(client, "/object/register", {"hash": "abc123", "size": 1048576}) == {"ok": True}
     assert await get(client, "/object/abc123") == {"hash": "abc123", "size": 1048576, "replicas": []}
     await post(client, "/object/register", {"hash": "abc123", "size": 2048})  # updates the size

@@ -289,9 +289,11 @@ def test_errors_are_one_line_with_the_servers_message(in_cluster_dir: Procs,
     a = in_cluster_dir.urls["ctl-a"]
     code, out, err = dsdn(capsys, "nodes", "get", "ghost")
     assert code == 1 and out == ""
-    assert one_line(err) == f"dsdn nodes get: {a}: HTTP 404 GET /node/ghost: node not found (node_id=ghost)"
+    assert one_line(err) == (f"dsdn nodes get: {a}: HTTP 404 GET /node/ghost: node not found: no node 'ghost' is "
+                              "registered here (node_id=ghost)")
     code, _, err = dsdn(capsys, "objects", "get", "nothing-here")
-    assert code == 1 and one_line(err).endswith("HTTP 404 GET /object/nothing-here: not found (hash=nothing-here)")
+    assert code == 1 and one_line(err).endswith(
+        "HTTP 404 GET /object/nothing-here: not found: no object 'nothing-here' is registered here (hash=nothing-here)")
     code, _, err = dsdn(capsys, "nodes", "register", "n-bad", "--zone", "z", "--addr", "no-port", "--token", TOKEN)
     assert code == 1 and "HTTP 422 POST /register: invalid_request: addr: " in one_line(err)
     code, _, err = dsdn(capsys, "objects", "register", "o", "--size", "-1", "--token", TOKEN)
