@@ -347,7 +347,8 @@ def test_a_member_behind_a_failing_proxy_is_down_and_huge_numbers_break_no_chart
     wrong URL's 404) showed UP, since any answer counted; and one member's latency of 1e308 ms made every grid line
     of the chart NaN (console errors) for the five minutes it stayed in the history; a hung member's reason read
     "signal is aborted without reason". The members are served by a stand-in here (a proxy's 502 and such numbers
-    are what a real coordinator cannot be made to answer); the page is the real one, in a real Chromium."""
+    are what a real coordinator cannot be made to answer); the page is the real one, in a real Chromium. And the
+    hung member's 2 s a poll no longer holds the others' updates back: each member is polled on its own."""
     chromium, sync_api = browser_tools
     from tests.proc import free_port
 
@@ -372,7 +373,10 @@ def test_a_member_behind_a_failing_proxy_is_down_and_huge_numbers_break_no_chart
             page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
             page.goto(f"http://127.0.0.1:{port}/dashboard")
             page.wait_for_function("document.querySelectorAll('#members tbody tr').length === 5", timeout=15_000)
-            time.sleep(4)  # a few polls: the history holds the huge samples
+            polls_of_c0 = "Number(document.querySelector('#members tr[data-member=c0]').dataset.polls)"
+            before = page.evaluate(polls_of_c0)
+            time.sleep(6)  # a few polls: the history holds the huge samples
+            polls = page.evaluate(polls_of_c0) - before
             statuses = page.evaluate("[...document.querySelectorAll('#members td.status')].map(td => "
                                      "[td.dataset.status, td.title])")
             summary = page.locator("#summary-up").inner_text()
@@ -384,6 +388,7 @@ def test_a_member_behind_a_failing_proxy_is_down_and_huge_numbers_break_no_chart
         assert statuses[4][1] == "/health answered HTTP 200 without a JSON object", statuses
         assert summary == "2 / 5 members up"
         assert "NaN" not in charts and "Infinity" not in charts
+        assert polls >= 5, polls  # once a second: the hung c3 (2 s a poll) held every member back (3 in 6 s)
         assert [e for e in errors if "Failed to load resource" not in e] == [], errors  # (the 502s: the browser's)
     finally:
         server.kill()

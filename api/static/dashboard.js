@@ -1,7 +1,9 @@
 // The DSDN cluster dashboard (served by GET /dashboard; api/dashboard.py).
 // It reads the member list from this coordinator's /cluster/members, then polls every member's own JSON
-// endpoints once a second (the other coordinators answer cross-origin: Access-Control-Allow-Origin: *).
-// A member that does not answer within TIMEOUT_MS is DOWN. History (the charts) is kept in this page only.
+// endpoints once a second (the other coordinators answer cross-origin: Access-Control-Allow-Origin: *), each member
+// on its own: a slow or silent one does not hold the others' updates back (one waiting for its TIMEOUT_MS halved
+// every member's refresh rate). A member that does not answer within TIMEOUT_MS is DOWN. History (the charts) is
+// kept in this page only.
 "use strict";
 
 (() => {
@@ -26,6 +28,8 @@
     last: new Map(),         // member id -> {t, final}
     receipts: null,          // {source, docs, truncated, error}
     firstSeen: new Map(),    // receipt id -> when this page first saw it
+    polling: new Set(),      // members whose poll loop runs
+    polls: new Map(),        // member id -> polls done (for the page's tests: data-polls on its row)
     tick: 0,
   };
 
@@ -147,12 +151,42 @@
     state.receipts = {source: source.id, docs, truncated: r.body.next_after !== null, error: null};
   }
 
+  function sleep(ms) {
+    return new Promise(resolve => setTimeout(resolve, ms));
+  }
+
+  async function pollLoop(id) {  // one member, once a second, until it leaves the member list
+    while (true) {
+      const member = state.members.find(m => m.id === id);
+      if (!member) break;
+      const started = Date.now();
+      let view;
+      try {
+        view = await pollMember(member);
+      } catch (err) {
+        view = {up: false, at: Date.now(), error: String(err && err.message || err)};
+      }
+      if (!state.members.some(m => m.id === id)) break;
+      state.views.set(id, view);
+      record(member, view);
+      state.polls.set(id, (state.polls.get(id) || 0) + 1);
+      render();
+      await sleep(Math.max(100, POLL_MS - (Date.now() - started)));
+    }
+    state.polling.delete(id);
+    state.views.delete(id);
+  }
+
   async function tick() {
     const started = Date.now();
     try {
       if (state.tick % MEMBERS_EVERY === 0 || !state.members.length) await loadMembers();
-      const views = await Promise.all(state.members.map(pollMember));
-      state.members.forEach((m, i) => { state.views.set(m.id, views[i]); record(m, views[i]); });
+      for (const m of state.members) {
+        if (!state.polling.has(m.id)) {
+          state.polling.add(m.id);
+          pollLoop(m.id);
+        }
+      }
       if (state.tick % RECEIPTS_EVERY === 0) await pollReceipts();
       render();
     } catch (err) {
@@ -251,7 +285,8 @@
       }) : [];
       const url = m.self ? location.origin : (m.http_url || "");
       const host = url.replace(/^https?:\/\//, "");
-      return el("tr", {"data-member": m.id, class: `member status-${status.toLowerCase().replace(" ", "-")}`},
+      return el("tr", {"data-member": m.id, "data-polls": String(state.polls.get(m.id) || 0),
+                       class: `member status-${status.toLowerCase().replace(" ", "-")}`},
         el("td", {class: "id"}, m.id, m.self ? el("span", {class: "muted"}, " (this page)") : null),
         el("td", {}, url ? el("a", {href: `${url}/dashboard`, title: `${url}/dashboard`}, host) : "unknown"),
         el("td", {class: `status ${status.toLowerCase().replace(" ", "-")}`, "data-status": status,
