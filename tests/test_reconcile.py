@@ -822,16 +822,18 @@ async def test_a_primary_that_takes_every_blob_and_gives_none_back_is_caught_by_
     await stack.aclose()
 
 
+@pytest.mark.parametrize("batching", [False, True])
 async def test_poisoned_blobs_in_a_row_do_not_stop_a_pass_when_the_probe_comes_back(
-        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+        tmp_path: Path, autojump_clock: trio.testing.MockClock, batching: bool) -> None:
     """Five blobs the primary never gives back, first in the queue: the probe comes back, so they are the blobs'
-    fault; the pass goes on and reconciles the 30 after them, and the primary stays usable."""
+    fault; the pass goes on and reconciles the 30 after them, and the primary stays usable. A blob a probe proved at
+    fault is not posted again in the pass (retried, each attempt called for another probe: twice the paid calls)."""
     key = nacl.signing.SigningKey(b"t" * 32)
-    primary = MockDA()
+    primary = BatchingDA() if batching else MockDA()
     poisoned = [MAGIC + b" poison %d" % i for i in range(5)]
     good = [MAGIC + b" good %02d" % i for i in range(30)]
     probe = encode_blob(key, "c0", [])
-    posted = count_posts(primary, probe=probe)
+    posted = count_posts(primary, probe=probe, **{f"poison{i}": p for i, p in enumerate(poisoned)})
     get = primary.get
 
     async def garbled(ref: BlobRef) -> bytes:
@@ -840,9 +842,14 @@ async def test_poisoned_blobs_in_a_row_do_not_stop_a_pass_when_the_probe_comes_b
 
     primary.get = garbled  # type: ignore[method-assign]
     autojump_clock.autojump_threshold = 0.02
-    stack = make_stack(tmp_path, primary, max_retries=1, own_key=bytes(key.verify_key), probe=lambda: probe)
+    stack = make_stack(tmp_path, primary, max_retries=3, own_key=bytes(key.verify_key), probe=lambda: probe)
     await fill(stack, poisoned + good)
     report = await stack.reconciler.run_pass()
     assert not report.aborted and report.blobs_reconciled == 30 and stack.pending.pending_count == 5
-    assert 1 <= posted["probe"] <= 2 and stack.machine.status is Status.HEALTHY
+    assert stack.machine.status is Status.HEALTHY
+    poison_posts = sum(n for name, n in posted.items() if name != "probe")
+    if batching:  # one call of all 35, then the probe (before: four calls, each posting the five again)
+        assert len(primary.calls) == 1 and posted["probe"] == 1 and poison_posts == 5
+    else:  # two blobs with all their attempts, the third once and the probe, then two more (before: 20 posts)
+        assert posted["probe"] == 1 and poison_posts + posted["probe"] <= 18
     await stack.aclose()

@@ -260,16 +260,18 @@ class Reconciler:
             self.machine.observe(PRIMARY, False, self.clock(), error, write=True)
         return False
 
-    async def _missed_some(self, blob_ids: list[str], report: Report) -> None:
+    async def _missed_some(self, blob_ids: list[str], report: Report) -> bool:
         """The primary took these blobs and did not give them back (one attempt's misses). Once
         ``failure_threshold`` different blobs were missed in a row (none given back since), a probe blob of ours
         decides: given back, these blobs are at fault (poisoned) and the pass goes on; taken and lost too, the
         primary is losing our posts: counted as its failures (back to the fallback) and the pass stops. Without it
         a primary that took every blob and gave none back had every pending blob posted in one pass, each with all
-        its retries (800 paid posts for 200 blobs, where this takes 10: a reviewer's reproduction)."""
+        its retries (800 paid posts for 200 blobs, where this takes 10: a reviewer's reproduction). True when the
+        probe came back: these blobs are at fault, and not posted again in this pass (retried, they called for a
+        probe at every attempt: twice the paid calls of a pass over poisoned blobs; a regression review)."""
         self._missed_in_row.update(blob_ids)
         if self.probe is None or self._probing or len(self._missed_in_row) < self.machine.failure_threshold:
-            return
+            return False
         self._probing = True
         try:
             back = await self._probe(report)
@@ -278,6 +280,7 @@ class Reconciler:
         self._missed_in_row.clear()
         if back is False:
             self._failed_in_row = max(self._failed_in_row, self.machine.failure_threshold)
+        return back is True
 
     def served(self, height: int) -> None:
         """A blob of ours came back from the primary at ``height`` (read from its log: see ``_proven_held``)."""
@@ -551,7 +554,8 @@ class Reconciler:
                     missed = False
                     break
                 missed = True  # answered: not found, say
-                await self._missed_some(ids, report)
+                if await self._missed_some(ids, report):
+                    break
                 continue
             done = [(b.blob_id, ref) for b, ref, ok in zip(todo, refs, back, strict=True) if ok]
             if done:
@@ -567,7 +571,8 @@ class Reconciler:
             error = f"the primary took the blob but did not return it at height {refs[0].height}"
             missed = True
             await mark_failed([b.blob_id for b in todo], error)
-            await self._missed_some([b.blob_id for b in todo], report)
+            if await self._missed_some([b.blob_id for b in todo], report):
+                break
         if missed:
             self._hold([b.blob_id for b in todo], foreign, error, max(r.height for r in refs))
             error += f" (held back from automatic passes for {self._hold_s(todo[0].blob_id):.0f} s)"
@@ -683,12 +688,14 @@ class Reconciler:
                     self._hold([blob.blob_id], foreign, error, ref.height, answered=False)
                     error += f" (held back from automatic passes for {self._hold_s(blob.blob_id):.0f} s)"
                     break
-                await self._missed_some([blob.blob_id], report)
+                if await self._missed_some([blob.blob_id], report):
+                    break
                 continue
             if back != blob.data:
                 error, missed = f"the primary took the blob but returned different bytes at height {ref.height}", True
                 await mark_failed(blob.blob_id, error)
-                await self._missed_some([blob.blob_id], report)
+                if await self._missed_some([blob.blob_id], report):
+                    break
                 continue
             await mark_done(blob.blob_id, ref)
             self._done([blob.blob_id], rejected, ref.height)
