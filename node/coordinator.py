@@ -58,6 +58,15 @@ FUTURE_WRITE_LIMIT_MS = 24 * 3600 * 1000
 _hlc_of = operator.itemgetter(1, 2)  # an event's (hlc wall, hlc counter)
 
 
+def _register_of(kind: str, fields: dict[str, Any]) -> tuple[str, ...]:
+    """The register a local event of ``kind`` writes (see ``State.held_version``)."""
+    if kind in (ev.NODE_REGISTERED, ev.NODE_UNREGISTERED):
+        return ("node", fields["id"])
+    if kind in (ev.REPLICA_HEALED, ev.REPLICA_MISSING):
+        return ("replica", fields["hash"], fields["node_id"])
+    return (kind, str(fields.get("id") or fields.get("hash") or ""))
+
+
 class NotFound(Exception):
     """A referenced entity does not exist; ``body`` is the JSON error the API returns."""
 
@@ -107,7 +116,8 @@ class Coordinator:
                         self.public_key.hex())
         self.state = State()
         self.hlc = HybridLogicalClock()
-        self._stamped_ahead: Timestamp = (0, 0)  # the latest local stamp issued after a register's version (_stamp)
+        # register -> the latest local stamp issued after its version, while that write is in flight (_stamp)
+        self._stamped_ahead: dict[tuple[str, ...], Timestamp] = {}
         self.stats = StatsTable(config.stats_ttl_ms)
         self.placement = Placement(self.state)
         self.outbox = Outbox(config.data_dir / "outbox.sqlite", self._on_commit, config.max_inflight_writes)
@@ -308,7 +318,10 @@ class Coordinator:
 
     async def _submit(self, kind: str, **fields: Any) -> Event:
         event = ev.make_event(kind, self._stamp(kind, fields), self.id, **fields)
-        await self.outbox.append(event)
+        try:
+            await self.outbox.append(event, self.hlc.last)
+        finally:
+            self._landed(kind, fields, event)
         return event
 
     def _stamp(self, kind: str, fields: dict[str, Any]) -> Timestamp:
@@ -319,22 +332,35 @@ class Coordinator:
         write to a register a member with a fast clock wrote lost to its version, last writer wins, though
         acknowledged (a reviewer's reproduction: a node re-registered here kept the member's zone). The register's
         version is followed up to FUTURE_WRITE_LIMIT_MS ahead of the wall clock; past that the write is refused
-        (ClockConflict) rather than acknowledged and ignored."""
+        (ClockConflict) rather than acknowledged and ignored. Such a stamp is kept per register while its write is
+        in flight (one shared by all registers carried a liar's lead to every other write: a regression review),
+        and the outbox's high-water mark takes the clock's own timestamp, not it (``Outbox.append_all``)."""
         now = self.hlc.now()
         held = self.state.held_version(kind, fields)
-        if held is None or (held[0], held[1]) < now:
+        register = _register_of(kind, fields)
+        after = self._stamped_ahead.get(register)  # a write of ours to it, stamped ahead, still in flight
+        if held is not None and (after is None or (held[0], held[1]) > after):
+            after = (held[0], held[1])
+        if after is None or after < now:
             return now
-        after = max((held[0], held[1]), self._stamped_ahead)
         wall, counter = after if after[1] < MAX_PART else (after[0] + 1, -1)
         ahead_ms = wall - self.hlc.wall()
         if ahead_ms > FUTURE_WRITE_LIMIT_MS:
             what = f"{kind} {fields.get('id') or fields.get('hash') or ''}".strip()
-            raise ClockConflict(f"the register this write is for ({what}) holds a write of member {held[2]!r} "
+            writer = held[2] if held is not None else self.id
+            raise ClockConflict(f"the register this write is for ({what}) holds a write of member {writer!r} "
                                 f"stamped {ahead_ms / 3_600_000:.1f} h ahead of this coordinator's clock (more than "
                                 f"the {FUTURE_WRITE_LIMIT_MS // 3_600_000} h a write may be stamped ahead to follow "
                                 "it): this write would be ignored, so it is refused; check that member's clock")
-        self._stamped_ahead = (wall, counter + 1)
-        return self._stamped_ahead
+        stamp = self._stamped_ahead[register] = (wall, counter + 1)
+        return stamp
+
+    def _landed(self, kind: str, fields: dict[str, Any], event: Event) -> None:
+        """A local write is committed (or failed): its register's stamp ahead, if it was the latest, is done with
+        (the state holds it now, and ``held_version`` finds it: the map holds the writes in flight only)."""
+        register = _register_of(kind, fields)
+        if self._stamped_ahead.get(register) == (event.wall, event.counter):
+            del self._stamped_ahead[register]
 
     def _consumer_result(self, name: str) -> Any:
         def record(ok: bool, error: str | None) -> None:
@@ -365,12 +391,18 @@ class Coordinator:
     async def register_node(self, node_id: str, zone: str, addr: str, capacity_gb: int,
                             public_key: str | None = None) -> None:
         """``public_key``: the node's Ed25519 key (64 lower-case hex), which it needs to earn receipts."""
-        node = {"id": node_id, "zone": zone, "addr": addr, "capacity_gb": capacity_gb}
-        events = [ev.make_event(ev.NODE_REGISTERED, self._stamp(ev.NODE_REGISTERED, node), self.id, **node)]
+        writes: list[tuple[str, dict[str, Any]]] = [
+            (ev.NODE_REGISTERED, {"id": node_id, "zone": zone, "addr": addr, "capacity_gb": capacity_gb})]
         if public_key is not None:  # both or neither (Outbox.append_all)
-            key = {"id": node_id, "public_key": public_key}
-            events.append(ev.make_event(ev.NODE_KEY, self._stamp(ev.NODE_KEY, key), self.id, **key))
-        await self.outbox.append_all(events)
+            writes.append((ev.NODE_KEY, {"id": node_id, "public_key": public_key}))
+        events: list[Event] = []
+        try:
+            for kind, fields in writes:
+                events.append(ev.make_event(kind, self._stamp(kind, fields), self.id, **fields))
+            await self.outbox.append_all(events, self.hlc.last)
+        finally:
+            for (kind, fields), event in zip(writes, events, strict=False):
+                self._landed(kind, fields, event)
 
     def node_json(self, node_id: str, rec: tuple[str, str, int]) -> dict[str, Any]:
         """The seed's node shape, plus ``public_key`` for a node that registered one."""

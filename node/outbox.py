@@ -3,8 +3,9 @@ before the request that made it is answered. The publisher later records where e
 
 Writes are group-committed: concurrent ``append`` calls that arrive while a commit is in flight share
 the next transaction (one fsync), so throughput grows with concurrency instead of queueing on fsync. Each
-commit also records the latest timestamp among the events (``clock``): the restarted coordinator's clock resumes
-past every timestamp it ever issued, pruned or not (``high_water``).
+commit also records the latest timestamp among the events (``clock``; or the one each ``append`` names as its
+clock's, see there): the restarted coordinator's clock resumes past every timestamp it ever issued, pruned or not
+(``high_water``).
 At most ``max_inflight`` appends wait at once (queued or being committed); one more raises
 ``Overloaded`` at once (the API answers 503 with Retry-After), so a write flood cannot grow the queue
 without bound. All SQLite work runs in ``trio.to_thread`` (or the ``run_blocking`` given: the simulator runs
@@ -60,6 +61,7 @@ class Overloaded(Exception):
 @dataclass
 class _Waiter:
     event: Event
+    clock: tuple[int, int]  # what the high-water mark takes from it
     done: trio.Event = field(default_factory=trio.Event)
     seq: int = 0
     error: BaseException | None = None
@@ -109,23 +111,26 @@ class Outbox:
 
     # ---- writing ---------------------------------------------------------------------------------
 
-    async def append(self, event: Event) -> int:
+    async def append(self, event: Event, clock: tuple[int, int] | None = None) -> int:
         """Durably store one event; return its sequence number once committed (and applied). Raise
-        ``Overloaded`` at once, storing nothing, when ``max_inflight`` appends already wait."""
-        return (await self.append_all([event]))[0]
+        ``Overloaded`` at once, storing nothing, when ``max_inflight`` appends already wait. ``clock``: see
+        ``append_all``."""
+        return (await self.append_all([event], clock))[0]
 
-    async def append_all(self, events: list[Event]) -> list[int]:
+    async def append_all(self, events: list[Event], clock: tuple[int, int] | None = None) -> list[int]:
         """Durably store these events, in one commit (all or none); their sequence numbers once committed.
         ``Overloaded`` at once, storing none of them, unless all of them fit: a write of two events (a node and its
         key) was refused half-way, the first stored, the client told 503. Alone, any write fits: with
         ``max_inflight`` 1, a node with its key was refused for ever. No events: nothing to store (an empty group
-        reaching the writer alone killed it: a reviewer's reproduction)."""
+        reaching the writer alone killed it: a reviewer's reproduction). ``clock``: the timestamp the high-water mark
+        takes from this call instead of its events' latest: its clock's own, when an event is stamped after a
+        register's version further ahead (``Coordinator._stamp``), which must not drag the clock of a restart."""
         if not events:
             return []
         if self.inflight and self.inflight + len(events) > self.max_inflight:
             self.overloaded += 1
             raise Overloaded(self.max_inflight)
-        waiters = [_Waiter(event) for event in events]
+        waiters = [_Waiter(event, (event.wall, event.counter) if clock is None else clock) for event in events]
         self._queue.append(waiters)
         self._wake.set()
         self.inflight += len(waiters)  # until the writer is done with them, whether or not the caller still waits
@@ -151,7 +156,7 @@ class Outbox:
                     group += self._queue.popleft()
                 try:
                     with trio.CancelScope(shield=True):  # never abandon a commit half-way
-                        latest = max((w.event.wall, w.event.counter) for w in group)
+                        latest = max(w.clock for w in group)
                         seqs = await self._db_call(self._insert, [w.event.raw for w in group], latest)
                 except (sqlite3.Error, OSError) as exc:
                     self.inflight -= len(group)

@@ -444,6 +444,7 @@ async def test_a_local_write_after_a_member_s_write_stamped_ahead_takes_effect(
     events = [ev.make_event(ev.NODE_REGISTERED, ahead, "m", id="n1", zone="zone-member", addr="1.2.3.4:5",
                             capacity_gb=1),
               ev.make_event(ev.OBJECT_REGISTERED, ahead, "m", hash="obj1", size=1),
+              ev.make_event(ev.OBJECT_REGISTERED, (wall_ms() + 90_000, 0), "m", hash="obj3", size=1),
               ev.make_event(ev.NODE_REGISTERED, (ev.MAX_U63, 0), "m", id="n2", zone="zone-liar", addr="1.2.3.4:5",
                             capacity_gb=1)]
     await da.post(encode_blob(member, "m", [e.raw for e in events]))
@@ -461,11 +462,15 @@ async def test_a_local_write_after_a_member_s_write_stamped_ahead_takes_effect(
         assert b.state.node("n1")[0] == "zone-second"  # type: ignore[index]
         await b.register_node("n3", "z", "1.1.1.1:1", 1)  # another register: the clock itself was not dragged
         assert b.hlc.last[0] <= wall_ms() + 60_000
+        await b.register_object("obj3", 3)  # held 90 s ahead: followed that far, not as far as n1 (10 min)
+        assert b.state.object("obj3")[0] == 3 and b.state.held_version(  # type: ignore[index]
+            ev.OBJECT_REGISTERED, {"hash": "obj3"})[0] < wall_ms() + 150_000  # type: ignore[index]
         with pytest.raises(ClockConflict, match="ahead of this coordinator"):
             await b.register_node("n2", "zone-local", "1.1.1.1:1", 1)
         assert b.state.node("n2")[0] == "zone-liar"  # type: ignore[index]
     async with running(cfg, da) as again:  # restarted: its own stamps are followed, the writes still win
         await wait_for(lambda: again.rebuilt, what="catch-up")
         assert again.state.node("n1")[0] == "zone-second"  # type: ignore[index]
+        assert again.hlc.last[0] <= wall_ms() + 60_000  # the stamps that followed n1 did not drag the clock
         await again.register_node("n1", "zone-after-restart", "1.1.1.1:1", 1)
         assert again.state.node("n1")[0] == "zone-after-restart"  # type: ignore[index]
