@@ -565,8 +565,9 @@ class ReceiptService:
         """Past ``max_records``, the oldest settled record goes (final, conflict, rejected: the state or the lock
         table still answers for them). A record still in flight (pending, or locked and not final yet) goes to the
         back instead: dropped, a receipt acknowledged a moment before answered 404, and whoever waited for it was
-        never woken (``wait_ms`` ran out). Past EVICTION_SCAN records in flight, the oldest goes all the same (the
-        bound holds, and a flood of records in flight costs a bounded scan per record)."""
+        never woken (``wait_ms`` ran out). When the EVICTION_SCAN oldest are all in flight, the oldest of them goes
+        all the same (the bound holds, and a flood of records in flight costs a bounded scan per record)."""
+        oldest = next(iter(self.records))
         for _ in range(min(len(self.records), EVICTION_SCAN)):
             receipt_id, record = next(iter(self.records.items()))
             if record.status not in ("pending", "locked") or record.abandoned:
@@ -574,7 +575,7 @@ class ReceiptService:
                 return
             del self.records[receipt_id]
             self.records[receipt_id] = record
-        self._drop(next(iter(self.records)))._changed()
+        self._drop(oldest)._changed()
 
     def _let_go_of_finals(self, receipt_ids: list[bytes]) -> None:
         """What is kept of final receipts only until they are: their entries in the cache of receipts locked here

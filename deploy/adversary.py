@@ -19,7 +19,7 @@ from consensus import frost
 from consensus import receipts as rc
 from consensus.dkg import DkgParticipant, Outgoing
 from consensus.dkg_messages import Round2
-from consensus.group import IDENTITY
+from consensus.group import IDENTITY, is_valid_element
 from consensus.receipt_service import FINAL, FINAL_ACK, LOCK, LOCK_REPLY, SIGN, SIGN_REPLY
 from consensus.slots import Decision, Verdict
 from node import merkle
@@ -239,7 +239,8 @@ class Adversary:
             except TimeoutError:
                 continue
             body = reply.body
-            if list(body["verdicts"]) == [Verdict.OK] * len(receipts) and len(body["commitment"]) == 2:
+            if (list(body["verdicts"]) == [Verdict.OK] * len(receipts) and len(body["commitment"]) == 2
+                    and all(map(is_valid_element, body["commitment"]))):  # (not another liar's non-points)
                 ident = self.cluster.service(self.member.id).identifier_of[peer]
                 commitments[ident], names[ident] = (body["commitment"][0], body["commitment"][1]), peer
         chosen = dict(list(commitments.items())[: key.threshold - 1])

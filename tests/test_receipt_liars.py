@@ -15,6 +15,7 @@ import trio.testing
 
 from consensus import frost
 from consensus import receipts as rc
+from consensus.group import IDENTITY
 from consensus.lockstore import SIGNED
 from consensus.receipt_service import LOCK, LOCK_REPLY
 from consensus.slots import Verdict
@@ -371,21 +372,30 @@ async def test_a_rival_of_a_receipt_final_in_an_announced_batch_is_a_conflict_at
         assert service.locks.lock_of(rb.id) is None  # nothing locked for it
 
 
-@pytest.mark.parametrize("one_round", [True, False])
+@pytest.mark.parametrize("one_round", [True, False, "spares only"])
 async def test_a_signer_offering_commitments_that_are_no_group_element_is_blamed_not_its_honest_peers(
-        tmp_path: Path, autojump_clock: trio.testing.MockClock, one_round: bool) -> None:
+        tmp_path: Path, autojump_clock: trio.testing.MockClock, one_round: bool | str) -> None:
     """A liar answers lock and sign requests with the identity point as its nonce commitments, spares included.
     Taken unchecked, its spare in a one-round signer set made each honest signer named beside it refuse (the set is
     invalid), and those were penalised, while the one-round path never ran again and the liar was never named (a
     reviewer's reproduction: 0 of 12 batches in one round, honest signers' lag growing); in a signing session the
     honest refusals took the honest signers out of the batch. Checked as they arrive, such commitments name the
-    liar at once, and nothing else changes."""
+    liar at once, and nothing else changes. ("spares only": its lock commitments are valid, its spares not.)"""
     cluster = SimCluster(tmp_path, 4, seed=4, delay=(0.001, 0.01))
     cluster.seed_ledger()
-    cluster.members["c3"].behaviour = "bad_commitments"
+    if one_round != "spares only":
+        cluster.members["c3"].behaviour = "bad_commitments"
     async with trio.open_nursery() as nursery:
         await cluster.start(nursery)
         c0 = cluster.service("c0")
+        if one_round == "spares only":
+            honest_lock = cluster.service("c3")._on_lock
+
+            async def lock(peer: str, body: dict[str, Any]) -> dict[str, Any]:
+                reply = await honest_lock(peer, body)
+                return {**reply, "spare": [IDENTITY, IDENTITY] if reply["spare"] else []}
+
+            cluster.net.nodes["c3"].on_request(LOCK, LOCK_REPLY, lock)
         if not one_round:
             c0._fast_plan = lambda *args: None  # type: ignore[method-assign]
         for k in range(12):

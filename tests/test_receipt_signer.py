@@ -443,3 +443,18 @@ async def test_past_max_records_settled_records_go_before_ones_still_in_flight(c
     doc = service.lookup(waiting.id)
     assert doc is not None and doc["status"] == "pending"
     assert [r.id for r in receipts[-5:]] == [rid for rid in service.records if rid != waiting.id]
+
+
+async def test_when_the_scanned_records_are_all_in_flight_the_oldest_goes_not_the_new_one(
+        cluster: SimCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past EVICTION_SCAN records in flight the oldest goes (a regression review: the record past the scan went,
+    the one just submitted when max_records was no more than the scan, answering 404 at once)."""
+    from consensus import receipt_service
+
+    monkeypatch.setattr(receipt_service, "EVICTION_SCAN", 4)
+    service = cluster.service("c1")
+    service.max_records = 4
+    waiting = [cluster.receipt(f"n{k}", "obj99") for k in range(1, 6)]  # objects not registered: all in flight
+    for r in waiting:
+        assert service.submit(r).status == "pending"
+    assert set(service.records) == {r.id for r in waiting[1:]}

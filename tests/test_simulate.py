@@ -235,10 +235,10 @@ def test_a_write_a_live_member_swallows_is_caught(monkeypatch: pytest.MonkeyPatc
 
     append_all = Outbox.append_all
 
-    async def swallow(self: Outbox, events: Any) -> Any:
+    async def swallow(self: Outbox, events: Any, *clock: Any) -> Any:
         if any(e.kind == "object.registered" for e in events):
             await trio.sleep_forever()
-        return await append_all(self, events)
+        return await append_all(self, events, *clock)
 
     monkeypatch.setattr(Outbox, "append_all", swallow)
     seed, violations = first_violation(dkg="none")
