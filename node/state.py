@@ -503,7 +503,10 @@ class State:
         if kind == ev.OBJECT_REGISTERED:
             raw = self._objects[shard].get(obj)
             return None if raw is None else _event_version(raw)
-        held = _flat(self._replicas[shard].get(obj, ()))
+        held = self._replicas[shard].get(obj, ())
+        if type(held) is dict:
+            raw = held.get(fields["node_id"])
+            return None if raw is None else _event_version(raw)
         for at in range(0, len(held), 2):
             if held[at] == fields["node_id"]:
                 return _event_version(held[at + 1])
@@ -591,7 +594,8 @@ class State:
             "layout": LAYOUT,
             "nodes": [[k, list(v), list(r) if r is not None else None] for k, (v, r) in self.nodes.items()],
             "objects": [[list(table), list(table.values())] for table in self._objects],
-            "replicas": [[list(table), list(map(_flat, table.values()))] for table in self._replicas],
+            "replicas": [[list(table), list(map(_flat, table.values())) if wide else list(table.values())]
+                         for table, wide in zip(self._replicas, self._wide, strict=True)],
             "scheduler": [list(self.scheduler[0]), list(self.scheduler[1])] if self.scheduler else None,
             "applied": self._applied,
             "recent": b"".join(self._recent_order),  # oldest first, 32 bytes each: bounded by RECENT_IDS
@@ -620,8 +624,8 @@ class State:
                     self._take(base + i)
                 yield packer.pack_array_header(2)
                 yield from _pack_list(packer, list(tables[i]))
-                yield from _pack_list(packer, list(tables[i].values()) if base == 0 else
-                                      list(map(_flat, tables[i].values())))
+                yield from _pack_list(packer, list(tables[i].values()) if base == 0 or not self._wide[i] else
+                                      list(map(_flat, tables[i].values())))  # (dicts, if any: flat as a tuple's)
         yield pack("scheduler") + pack([list(self.scheduler[0]), list(self.scheduler[1])] if self.scheduler else None)
         yield pack("applied") + pack(self._applied)
         order = list(self._recent_order)  # oldest first, 32 bytes each, as one bin
