@@ -463,15 +463,20 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
     @app.post("/cluster/dkg")
     @mutating
     async def cluster_dkg() -> tuple[JSONDict, int]:
-        threshold = None
+        threshold, leave_out = None, None
         if request.content_length or await request.get_data(as_text=False):  # the body {threshold?} is optional
             body = await json_body()
             if body.get("threshold") is not None:
                 threshold = v.integer(body["threshold"], "threshold", 1, 255)
+            if body.get("leave_out") is not None:  # members unreachable for good, left out without proof
+                given = body["leave_out"]
+                if not isinstance(given, list) or len(given) > 255:
+                    raise v.Invalid("leave_out", "a list of member ids")
+                leave_out = [v.node_id(m, "leave_out") for m in given]
         if dkg is None:
             raise ApiError(409, {"error": "no_cluster", "message": "this coordinator has no cluster configuration"})
         try:
-            session = dkg.start(threshold)
+            session = dkg.start(threshold, leave_out)
         except DkgError as exc:
             already = "already" in str(exc)
             raise ApiError(409 if already else 422, {"error": "dkg_refused", "message": str(exc)}) from None

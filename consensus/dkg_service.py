@@ -26,6 +26,14 @@
 * Timeouts: a session not confirmed within ``timeout_s`` is left (naming the members still waited for). A member
   that confirmed never leaves (others may complete with its confirmation); it gives up waiting only when some
   member withdrew, and even then completes if the certificate turns up.
+* Unreachable members: a member that stays unreachable (a machine that never came up, a withholding one cut off)
+  would keep every session from completing, and the cluster without a key for good. A start may leave out,
+  without proof, members its starter has not reached for ``leave_out_after_s`` (auto; default 10 × ``timeout_s``)
+  or for ``timeout_s`` (``start(leave_out=...)``, POST /cluster/dkg {"leave_out": [...]}) when at least the
+  threshold of participants remain; a joiner accepts it only if it has not reached those members for ``timeout_s``
+  either (a starter cannot leave out a member its peers see). Left out, a member holds no key share: it cannot sign
+  receipts until a new DKG includes it. Two keys cannot form: two participant sets of at least the threshold share
+  an honest member (t ≥ ⌊(n + f)/2⌋ + 1), which completes one session at most.
 * Misbehaviour: a participant proven to misbehave (see :mod:`consensus.dkg`; a complaint whose evidence does not
   hold proves its sender a liar) is left out of the next session when at least ``threshold`` members remain; the
   start carries the proofs, and every joiner checks them (and refuses a start that includes a member it holds a
@@ -148,7 +156,8 @@ class DkgService:
                  keystore_path: Path, *, passphrase: bytes | None = None, threshold: int | None = None,
                  auto: bool = True, timeout_s: float = 30.0, sync_interval_s: float = 1.0,
                  run_blocking: RunBlocking = trio.to_thread.run_sync,
-                 participant_class: type[DkgParticipant] = DkgParticipant) -> None:
+                 participant_class: type[DkgParticipant] = DkgParticipant,
+                 leave_out_after_s: float | None = None) -> None:
         """``members``: member id -> Ed25519 identity key, this coordinator included. ``run_blocking`` runs the
         key store's file I/O (tests pass an inline runner); ``participant_class`` lets tests inject misbehaviour."""
         if threshold is not None:
@@ -157,6 +166,8 @@ class DkgService:
         self.net, self.identity, self.members = net, identity, members
         self.keystore_path, self.passphrase, self.auto, self.timeout_s = keystore_path, passphrase, auto, timeout_s
         self.sync_interval_s, self.run_blocking = sync_interval_s, run_blocking
+        self.leave_out_after_s = 10 * timeout_s if leave_out_after_s is None else leave_out_after_s
+        self._missing_since: dict[int, float] = {}  # member -> since when it has not been reached (trio time)
         self.participant_class = participant_class
         self.identifiers = assign_identifiers(members.values())  # identifier -> key, the same on every member
         self._member_of = {key: member for member, key in members.items()}
@@ -233,9 +244,10 @@ class DkgService:
                     "pending_sessions": [sid.hex() for sid in self._pending if self.key is None]},
         }
 
-    def start(self, threshold: int | None = None) -> bytes:
+    def start(self, threshold: int | None = None, leave_out: list[str] | None = None) -> bytes:
         """Begin a session; DkgError if a key exists, a session is running, or the threshold or the members left
-        after exclusions do not allow one."""
+        after exclusions do not allow one. ``leave_out``: members left out without proof, each unreached here for
+        ``timeout_s`` at least (see the module docstring)."""
         if self.key is not None:
             raise DkgError("this cluster already has a key")
         if self.session is not None:
@@ -250,10 +262,20 @@ class DkgService:
         if len(self._confirmed) >= MAX_CONFIRMED:
             raise DkgError(f"this member confirmed {len(self._confirmed)} sessions that never completed: move the DKG "
                            f"journal {self._journal_path.name} aside")
-        participants = {i: k for i, k in self.identifiers.items() if i not in self.proofs}
+        unknown = sorted(set(leave_out or ()) - set(self._ident_of))
+        if unknown:
+            raise DkgError(f"cannot leave out {unknown}: not members of this cluster")
+        left = {self._ident_of[m] for m in leave_out or ()}
+        if self.me in left:
+            raise DkgError("cannot leave out this member: it starts the session")
+        reached = self._reached_lately(left, trio.current_time())
+        if reached:
+            raise DkgError(f"cannot leave out {self.names(reached)}: reached within the last {self.timeout_s:g} s "
+                           "(a member may be left out only when unreachable)")
+        participants = {i: k for i, k in self.identifiers.items() if i not in self.proofs and i not in left}
         if len(participants) < t:
             raise DkgError(f"only {len(participants)} members remain after leaving out "
-                           f"{self.names(list(self.proofs))} (proven to misbehave), fewer than the threshold {t}")
+                           f"{self.names(list(self.proofs) + sorted(left))}, fewer than the threshold {t}")
         session_id = os.urandom(SESSION_ID_SIZE)
         s = self._new_session(session_id, t, participants, self.net.my_id)
         self.net.broadcast(START, self._start_body(s))
@@ -289,8 +311,22 @@ class DkgService:
             async with self._lock:
                 await self._tick()
 
+    def _note_reachability(self, now: float) -> None:
+        up = set(self.net.up_peers())
+        for i in self.identifiers:
+            if i == self.me or self.name(i) in up:
+                self._missing_since.pop(i, None)
+            else:
+                self._missing_since.setdefault(i, now)
+
+    def _reached_lately(self, members: set[int], now: float) -> set[int]:
+        """Those of ``members`` reached here within the last ``timeout_s`` (or never watched yet)."""
+        self._note_reachability(now)
+        return {i for i in members if now - self._missing_since.get(i, now) < self.timeout_s}
+
     async def _tick(self) -> None:
         now = trio.current_time()
+        self._note_reachability(now)
         s = self.session
         if s is not None and s.held:
             await self._deliver(s, [])
@@ -316,7 +352,9 @@ class DkgService:
         if not self.auto or self.key is not None or self.session is not None or self.me in self.proofs:
             return
         participants = [i for i in self.identifiers if i not in self.proofs]
-        starter = min(self.name(i) for i in participants)
+        # members unreached here for leave_out_after_s: left out of the start (joiners check it for themselves)
+        gone = {i for i in participants if now - self._missing_since.get(i, now) >= self.leave_out_after_s}
+        starter = min(self.name(i) for i in participants if i not in gone)
         up = set(self.net.up_peers())
         if self.net.my_id != starter:
             # The starter may lack a proof held here (it was down while the proof went round, once): it then waits
@@ -326,16 +364,20 @@ class DkgService:
                 self._next_proofs_hint = now + 4 * self.sync_interval_s
                 self.net.send(starter, PROOFS, {"proofs": [self.proofs[i][0] for i in sorted(self.proofs)]})
             return
-        if not all(self.name(i) in up for i in participants if i != self.me):
+        if not all(self.name(i) in up for i in participants if i != self.me and i not in gone):
             self._all_up_since = None
             return
         if self._all_up_since is None:
             self._all_up_since = now
         if now - self._all_up_since < 0.2 or now < self._next_auto:  # let links settle; back off after failures
             return
-        log.info("every participant is connected and no key exists: starting a DKG session")
+        if gone:
+            log.warning("starting a DKG session without %s: not reached for %.0f s (they will hold no key share)",
+                        self.names(gone), self.leave_out_after_s)
+        else:
+            log.info("every participant is connected and no key exists: starting a DKG session")
         try:
-            self.start()
+            self.start(leave_out=self.names(gone) if gone else None)
         except DkgError as exc:
             if self.last_error != f"cannot start a DKG session: {exc}":
                 log.warning("cannot start a DKG session: %s", exc)
@@ -463,8 +505,9 @@ class DkgService:
             proven.setdefault(culprit, proof)
         left_out = set(self.identifiers) - set(ids)
         unproven = left_out - set(proven) - set(self.proofs)
-        if unproven:
-            return f"leaves out {self.names(unproven)} without proof", {}
+        reached = self._reached_lately(unproven, trio.current_time())
+        if reached:
+            return f"leaves out {self.names(reached)} without proof, reached here within {self.timeout_s:g} s", {}
         bad = set(ids) & set(self.proofs)
         if bad:
             self.net.send(peer, PROOFS, {"proofs": [self.proofs[i][0] for i in sorted(bad)]})

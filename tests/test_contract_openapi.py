@@ -65,6 +65,10 @@ CASES: list[tuple[str, dict[str, Any], bool]] = [
     ("/cluster/dkg", {"threshold": 0}, False),
     ("/cluster/dkg", {"threshold": None}, True),
     ("/cluster/dkg", {"threshold": 256}, False),
+    ("/cluster/dkg", {"leave_out": ["c3"]}, True),
+    ("/cluster/dkg", {"leave_out": None}, True),
+    ("/cluster/dkg", {"leave_out": "c3"}, False),
+    ("/cluster/dkg", {"leave_out": [3]}, False),
 ]
 
 

@@ -1220,3 +1220,53 @@ async def test_a_liars_huge_false_complaint_crashes_no_member_now_or_at_its_next
     honest = [s for name, s in services.items() if name != "c1"]
     assert all(len(proof) <= MAX_PROOF for s in honest for proof, _ in s.proofs.values())
     assert any(s.last_error for s in honest)  # (the sessions failed; nothing crashed)
+
+
+async def test_a_member_unreachable_from_the_start_is_left_out_after_a_while(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """A machine that never comes up kept every session from completing: the cluster had no key, and no receipt
+    could ever be signed. After ``leave_out_after_s`` unreached, the others make a key without it (t = 3 of the
+    3 left); it holds no share, and coming back later breaks nothing."""
+    net, services = setup(tmp_path, delay=(0.001, 0.01))
+    net.partition({"c0", "c1", "c2"}, {"c3"})
+    others = [services[i] for i in ("c0", "c1", "c2")]
+    async with trio.open_nursery() as nursery:
+        await start_all(nursery, net, services)
+        t0 = trio.current_time()
+        await wait_until(lambda: all(s.key is not None for s in others), timeout=300)
+        assert trio.current_time() - t0 >= services["c0"].leave_out_after_s == 50  # not before (10 × timeout_s)
+        group_key = one_group_key(others)
+        keys = [s.key for s in others]
+        assert set(keys[0].verifying_shares) == {ident(s) for s in others} and keys[0].threshold == 3  # type: ignore[union-attr]
+        nacl.signing.VerifyKey(group_key).verify(b"receipt", sign_with(keys, b"receipt"))  # type: ignore[arg-type]
+        assert services["c3"].key is None
+        net.heal()
+        await trio.sleep(60)  # back: no share for it, nothing breaks, the key stays
+        assert services["c3"].key is None and one_group_key(others) == group_key
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_start_may_leave_out_only_members_its_joiners_cannot_reach_either(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """c0 alone cannot reach c3: a start leaving c3 out is refused by c1 and c2, who reach it (a starter, lying or
+    badly connected, cannot leave out a member its peers see); nor can a start leave out a member its starter
+    reached lately, the starter itself, or a stranger."""
+    net, services = setup(tmp_path, delay=(0.001, 0.01))
+    reachable = net.reachable
+    net.reachable = lambda a, b: {a, b} != {"c0", "c3"} and reachable(a, b)  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        await start_manual(nursery, net, services)
+        with pytest.raises(DkgError, match="reached within"):
+            services["c0"].start(leave_out=["c1"])
+        with pytest.raises(DkgError, match="starts the session"):
+            services["c0"].start(leave_out=["c0"])
+        with pytest.raises(DkgError, match="not members"):
+            services["c0"].start(leave_out=["c9"])
+        await trio.sleep(10)  # c3 unreached by c0 for longer than timeout_s (5 s)
+        services["c0"].start(leave_out=["c3"])
+        await wait_until(lambda: services["c0"].session is None, timeout=30)
+        assert all(s.key is None for s in services.values())
+        for joiner in ("c1", "c2"):
+            refused = services[joiner].status()["dkg"]["refused_starts"]
+            assert refused and "leaves out ['c3'] without proof, reached here" in refused[-1]["reason"], refused
+        nursery.cancel_scope.cancel()
