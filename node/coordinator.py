@@ -53,6 +53,7 @@ REPLAY_PAGE_BYTES = 8 * 2**20  # this many bytes (the first event whatever its s
 #: How far past this coordinator's wall clock a local write may be stamped to follow the version its register holds
 #: (see ``Coordinator._stamp``); a register held by a member's write stamped further ahead refuses local writes.
 FUTURE_WRITE_LIMIT_MS = 24 * 3600 * 1000
+MAX_STAMPED_AHEAD = 4096  # registers whose latest stamp ahead is kept (past it, those the clock passed go at once)
 
 
 _hlc_of = operator.itemgetter(1, 2)  # an event's (hlc wall, hlc counter)
@@ -303,6 +304,10 @@ class Coordinator:
         for seq, event in committed:
             self.state.apply(event)
             self.applied_outbox_seq = seq
+            if self._stamped_ahead:  # the state holds it now: its stamp ahead is done with (see _stamp)
+                register = _register_of(event.kind, event.as_dict())
+                if self._stamped_ahead.get(register) == (event.wall, event.counter):
+                    del self._stamped_ahead[register]
 
     def _apply_remote_events(self, events: list[EventTuple]) -> int:
         """Events of other members (a blob's, read from DA): they are applied, and the clock observes them (their
@@ -318,10 +323,7 @@ class Coordinator:
 
     async def _submit(self, kind: str, **fields: Any) -> Event:
         event = ev.make_event(kind, self._stamp(kind, fields), self.id, **fields)
-        try:
-            await self.outbox.append(event, self.hlc.last)
-        finally:
-            self._landed(kind, fields, event)
+        await self.outbox.append(event, self.hlc.last)
         return event
 
     def _stamp(self, kind: str, fields: dict[str, Any]) -> Timestamp:
@@ -334,11 +336,18 @@ class Coordinator:
         version is followed up to FUTURE_WRITE_LIMIT_MS ahead of the wall clock; past that the write is refused
         (ClockConflict) rather than acknowledged and ignored. Such a stamp is kept per register while its write is
         in flight (one shared by all registers carried a liar's lead to every other write: a regression review),
-        and the outbox's high-water mark takes the clock's own timestamp, not it (``Outbox.append_all``)."""
+        and the outbox's high-water mark takes the clock's own timestamp, not it (``Outbox.append_all``). An entry
+        goes once its write commits (``_on_commit``) or the clock passes it, never when a write fails or its caller
+        goes (rolled back then, a later write got the very stamp of one still in flight: a regression review)."""
         now = self.hlc.now()
         held = self.state.held_version(kind, fields)
         register = _register_of(kind, fields)
         after = self._stamped_ahead.get(register)  # a write of ours to it, stamped ahead, still in flight
+        if after is not None and after < now:
+            del self._stamped_ahead[register]
+            after = None
+        if len(self._stamped_ahead) > MAX_STAMPED_AHEAD:
+            self._stamped_ahead = {r: t for r, t in self._stamped_ahead.items() if t > now}
         if held is not None and (after is None or (held[0], held[1]) > after):
             after = (held[0], held[1])
         if after is None or after < now:
@@ -354,13 +363,6 @@ class Coordinator:
                                 "it): this write would be ignored, so it is refused; check that member's clock")
         stamp = self._stamped_ahead[register] = (wall, counter + 1)
         return stamp
-
-    def _landed(self, kind: str, fields: dict[str, Any], event: Event) -> None:
-        """A local write is committed (or failed): its register's stamp ahead, if it was the latest, is done with
-        (the state holds it now, and ``held_version`` finds it: the map holds the writes in flight only)."""
-        register = _register_of(kind, fields)
-        if self._stamped_ahead.get(register) == (event.wall, event.counter):
-            del self._stamped_ahead[register]
 
     def _consumer_result(self, name: str) -> Any:
         def record(ok: bool, error: str | None) -> None:
@@ -395,14 +397,8 @@ class Coordinator:
             (ev.NODE_REGISTERED, {"id": node_id, "zone": zone, "addr": addr, "capacity_gb": capacity_gb})]
         if public_key is not None:  # both or neither (Outbox.append_all)
             writes.append((ev.NODE_KEY, {"id": node_id, "public_key": public_key}))
-        events: list[Event] = []
-        try:
-            for kind, fields in writes:
-                events.append(ev.make_event(kind, self._stamp(kind, fields), self.id, **fields))
-            await self.outbox.append_all(events, self.hlc.last)
-        finally:
-            for (kind, fields), event in zip(writes, events, strict=False):
-                self._landed(kind, fields, event)
+        events = [ev.make_event(kind, self._stamp(kind, fields), self.id, **fields) for kind, fields in writes]
+        await self.outbox.append_all(events, self.hlc.last)
 
     def node_json(self, node_id: str, rec: tuple[str, str, int]) -> dict[str, Any]:
         """The seed's node shape, plus ``public_key`` for a node that registered one."""
