@@ -116,11 +116,11 @@ class SimDkgService(DkgService):
                                       f"before its key share was stored")
         super()._send(s, out, only)
 
-    def start(self, threshold: int | None = None) -> bytes:
+    def start(self, threshold: int | None = None, leave_out: list[str] | None = None) -> bytes:
         saved = dkg_service.os
         dkg_service.os = _SeededOs(self.session_rng)  # type: ignore[assignment]
         try:
-            return super().start(threshold)
+            return super().start(threshold, leave_out)
         finally:
             dkg_service.os = saved
 
