@@ -31,9 +31,13 @@
   without proof, members its starter has not reached for ``leave_out_after_s`` (auto; default 10 × ``timeout_s``)
   or for ``timeout_s`` (``start(leave_out=...)``, POST /cluster/dkg {"leave_out": [...]}) when at least the
   threshold of participants remain; a joiner accepts it only if it has not reached those members for ``timeout_s``
-  either (a starter cannot leave out a member its peers see). Left out, a member holds no key share: it cannot sign
-  receipts until a new DKG includes it. Two keys cannot form: two participant sets of at least the threshold share
-  an honest member (t ≥ ⌊(n + f)/2⌋ + 1), which completes one session at most.
+  either (a starter cannot leave out a member its peers see), and only if it never confirmed a session that did not
+  complete here. Left out, a member holds no key share: it cannot sign receipts until a new DKG includes it. Two keys
+  cannot form: a key A exists only once every participant of A confirmed it; any later session B of at least the
+  threshold shares an honest member with A (t ≥ ⌊(n + f)/2⌋ + 1), which either holds A (and joins nothing) or
+  confirmed A without completing it, and then refuses every start that leaves anyone out without proof (a member
+  left out might hold A, and would not be there to hand its certificate round: a regression review's two keys,
+  with one liar confirming A to one member only and a short outage of that member).
 * Misbehaviour: a participant proven to misbehave (see :mod:`consensus.dkg`; a complaint whose evidence does not
   hold proves its sender a liar) is left out of the next session when at least ``threshold`` members remain; the
   start carries the proofs, and every joiner checks them (and refuses a start that includes a member it holds a
@@ -268,6 +272,9 @@ class DkgService:
         left = {self._ident_of[m] for m in leave_out or ()}
         if self.me in left:
             raise DkgError("cannot leave out this member: it starts the session")
+        if left and self._confirmed:
+            raise DkgError("cannot leave out a member without proof: this member confirmed a session that did not "
+                           "complete here (a member left out might hold its key)")
         reached = self._reached_lately(left, trio.current_time())
         if reached:
             raise DkgError(f"cannot leave out {self.names(reached)}: reached within the last {self.timeout_s:g} s "
@@ -505,6 +512,9 @@ class DkgService:
             proven.setdefault(culprit, proof)
         left_out = set(self.identifiers) - set(ids)
         unproven = left_out - set(proven) - set(self.proofs)
+        if unproven and self._confirmed:
+            return (f"leaves out {self.names(unproven)} without proof, and this member confirmed a session that did "
+                    "not complete here (a member left out might hold its key)"), {}
         reached = self._reached_lately(unproven, trio.current_time())
         if reached:
             return f"leaves out {self.names(reached)} without proof, reached here within {self.timeout_s:g} s", {}

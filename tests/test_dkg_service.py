@@ -1270,3 +1270,48 @@ async def test_a_start_may_leave_out_only_members_its_joiners_cannot_reach_eithe
             refused = services[joiner].status()["dkg"]["refused_starts"]
             assert refused and "leaves out ['c3'] without proof, reached here" in refused[-1]["reason"], refused
         nursery.cancel_scope.cancel()
+
+
+async def test_a_member_that_confirmed_a_session_never_leaves_anyone_out_without_proof(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """Two group keys (a regression review): the liar c3 confirms session A to c0 only and tells c1 and c2 it left;
+    c0 completes A (key A), then is unreachable for a while; a start leaving c0 out, accepted by c1 and c2, made key
+    B. c1 and c2 confirmed A: c0 might hold it, and is not there to hand its certificate round; they refuse."""
+    net, services = setup(tmp_path, delay=(0.001, 0.01))
+    liar = services["c3"]
+    first: list[bytes] = []
+
+    def tamper(src: str, dst: str, msg: Message) -> Message | None:
+        m = dkg_message(msg)
+        if isinstance(m, Confirm) and m.sender == liar.me and dst != "c0" and m.session in first:
+            return None
+        return msg
+
+    net.tamper = tamper
+    cut: set[frozenset[str]] = set()
+    reachable = net.reachable
+    net.reachable = lambda a, b: frozenset((a, b)) not in cut and reachable(a, b)  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        await start_manual(nursery, net, services)
+        first.append(services["c0"].start())
+        await wait_until(lambda: services["c0"].key is not None)
+        await wait_until(lambda: all(services[i].session is not None and services[i].session.participant.committed
+                                     for i in ("c1", "c2")))
+        cut.update(frozenset(("c0", x)) for x in ("c1", "c2", "c3"))
+        abort = dkg.sign_abort(liar.identity, first[0], 3, dict(liar.identifiers), "bye")
+        for to in ("c1", "c2"):
+            liar.net.send(to, "dkg.msg", {"data": msgpack.packb(abort.to_wire(), use_bin_type=True)})
+        await wait_until(lambda: all(services[i].session is None for i in ("c1", "c2")))
+        await trio.sleep(6)  # c0 unreached for longer than timeout_s (5 s)
+        liar.key, liar.cert, liar.session = None, None, None  # the liar starts B, leaving c0 out
+        liar._pending.clear()
+        liar._confirmed.clear()
+        liar.start(leave_out=["c0"])
+        await trio.sleep(60)
+        assert services["c1"].key is None and services["c2"].key is None
+        for joiner in ("c1", "c2"):
+            refused = services[joiner].status()["dkg"]["refused_starts"][-1]
+            assert refused["from"] == "c3" and "confirmed a session that did not complete" in refused["reason"]
+            with pytest.raises(DkgError, match="confirmed a session that did not complete"):
+                services[joiner].start(leave_out=["c0"])
+        nursery.cancel_scope.cancel()
