@@ -37,7 +37,11 @@
   threshold shares an honest member with A (t ≥ ⌊(n + f)/2⌋ + 1), which either holds A (and joins nothing) or
   confirmed A without completing it, and then refuses every start that leaves anyone out without proof (a member
   left out might hold A, and would not be there to hand its certificate round: a regression review's two keys,
-  with one liar confirming A to one member only and a short outage of that member).
+  with one liar confirming A to one member only and a short outage of that member). The member next in id order
+  starts such a session too once ``leave_out_after_s`` + 2 × ``timeout_s`` have passed (its rank times that after
+  the first), in case the first keeps restarting (each restart saw the missing member afresh). A member left out
+  learns it from the confirmations f + 1 members with the key send it (as they answer its start): it then stops
+  starting sessions (each timed out, for ever) and says so (``dkg.left_out``, ``dkg.error``).
 * Misbehaviour: a participant proven to misbehave (see :mod:`consensus.dkg`; a complaint whose evidence does not
   hold proves its sender a liar) is left out of the next session when at least ``threshold`` members remain; the
   start carries the proofs, and every joiner checks them (and refuses a start that includes a member it holds a
@@ -172,6 +176,9 @@ class DkgService:
         self.sync_interval_s, self.run_blocking = sync_interval_s, run_blocking
         self.leave_out_after_s = 10 * timeout_s if leave_out_after_s is None else leave_out_after_s
         self._missing_since: dict[int, float] = {}  # member -> since when it has not been reached (trio time)
+        # (session id, group key) of a session this member is not in -> its confirmations heard, by sender
+        self._foreign_keys: dict[tuple[bytes, bytes], dict[int, Confirm]] = {}
+        self.left_out: dict[str, str] | None = None  # the key the cluster made without this member, once known
         self.participant_class = participant_class
         self.identifiers = assign_identifiers(members.values())  # identifier -> key, the same on every member
         self._member_of = {key: member for member, key in members.items()}
@@ -239,13 +246,15 @@ class DkgService:
             "group_public_key": key.group_public_key.hex() if key else None,
             "threshold": key.threshold if key else (s.threshold if s else None),
             "members": members,
-            "dkg": {"state": state, "session": s.id.hex() if s else None, "error": self.last_error,
+            "dkg": {"state": state, "session": s.id.hex() if s else None,
+                    "error": self.left_out["message"] if self.left_out else self.last_error,
                     "waiting_for": self.names(s.participant.waiting_for())
                     if s and s.participant.state is not DkgState.COMPLETE else [],
                     "sessions_run": self.sessions_run,
                     "excluded": [{"id": self.name(i), "proof": what} for i, (_, what) in sorted(self.proofs.items())],
                     "refused_starts": list(self.refused_starts),
-                    "pending_sessions": [sid.hex() for sid in self._pending if self.key is None]},
+                    "pending_sessions": [sid.hex() for sid in self._pending if self.key is None],
+                    "left_out": self.left_out},
         }
 
     def start(self, threshold: int | None = None, leave_out: list[str] | None = None) -> bytes:
@@ -356,14 +365,18 @@ class DkgService:
         self._maybe_auto_start(now)
 
     def _maybe_auto_start(self, now: float) -> None:
-        if not self.auto or self.key is not None or self.session is not None or self.me in self.proofs:
+        if (not self.auto or self.key is not None or self.session is not None or self.me in self.proofs
+                or self.left_out is not None):
             return
         participants = [i for i in self.identifiers if i not in self.proofs]
         # members unreached here for leave_out_after_s: left out of the start (joiners check it for themselves)
         gone = {i for i in participants if now - self._missing_since.get(i, now) >= self.leave_out_after_s}
-        starter = min(self.name(i) for i in participants if i not in gone)
+        order = sorted(self.name(i) for i in participants if i not in gone)
+        starter, rank = order[0], order.index(self.net.my_id)
         up = set(self.net.up_peers())
-        if self.net.my_id != starter:
+        overdue = bool(gone) and now - min(self._missing_since[i] for i in gone) >= (
+            self.leave_out_after_s + 2 * rank * self.timeout_s)  # (the starter keeps restarting, say)
+        if self.net.my_id != starter and not overdue:
             # The starter may lack a proof held here (it was down while the proof went round, once): it then waits
             # for the proven member to start, which it never does, and no DKG ever completes (simulate seed 5066,
             # --dkg all). Remind it now and then while no session runs here.
@@ -454,6 +467,8 @@ class DkgService:
             log.warning("dropped a DKG message from %s: no session id of %d bytes", peer, SESSION_ID_SIZE)
             return
         s = self._find(session_id) or self._recent.get(session_id)
+        if s is None and self.key is None and self.left_out is None:
+            self._note_foreign_key(peer, session_id, wire)
         if s is None:  # kept for a session not joined yet, within bounds (a peer chooses both ids and sizes)
             buffered = self._buffer.get(session_id)
             if buffered is None and self.key is None and len(self._buffer) < MAX_BUFFERED_SESSIONS:
@@ -469,6 +484,39 @@ class DkgService:
             log.warning("dropped a DKG message from %s: %s", peer, exc)
             return
         await self._deliver(s, out)
+
+    def _note_foreign_key(self, peer: str, session_id: bytes, wire: Any) -> None:
+        """A confirmation of a session this member is not in (members with a key answer a start or a sync with their
+        certificate). Once every participant's is in, each signed for the session with those participants, this
+        member not among them, the cluster has a key without it (left out while unreachable)."""
+        try:
+            message = decode(wire)
+        except (DkgMessageError, ValueError, TypeError, KeyError):
+            return
+        if not isinstance(message, Confirm) or message.sender not in self.identifiers or message.sender == self.me:
+            return
+        key = (session_id, message.group_public_key)
+        if key not in self._foreign_keys and len(self._foreign_keys) >= MAX_BUFFERED_SESSIONS:
+            return
+        confirms = self._foreign_keys.setdefault(key, {})
+        confirms[message.sender] = message
+        count = len(message.verifying_shares)
+        if len(confirms) != count or any(len(c.verifying_shares) != count for c in confirms.values()):
+            return
+        members = {i: self.identifiers[i] for i in sorted(confirms)}
+        for threshold in range(threshold_floor(len(self.members)), count + 1):  # (the certificate does not say it)
+            context = session_context(session_id, threshold, members)
+            if all(c.verify_signature(self.identifiers[i], context) for i, c in confirms.items()):
+                break
+        else:
+            return
+        why = (f"the cluster made its key {message.group_public_key.hex()[:16]} without this member (session "
+               f"{session_id.hex()[:12]}, while it was unreachable): it holds no key share and signs no receipt until "
+               "a new DKG includes it")
+        self.left_out = {"session": session_id.hex(), "group_public_key": message.group_public_key.hex(),
+                         "message": why}
+        self.last_error = why
+        log.warning("%s", why)
 
     def _find(self, session_id: bytes) -> SessionInfo | None:
         """The running session or a confirmed one with that id."""

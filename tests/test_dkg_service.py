@@ -1315,3 +1315,50 @@ async def test_a_member_that_confirmed_a_session_never_leaves_anyone_out_without
             with pytest.raises(DkgError, match="confirmed a session that did not complete"):
                 services[joiner].start(leave_out=["c0"])
         nursery.cancel_scope.cancel()
+
+
+async def test_a_member_left_out_while_unreachable_learns_it_and_stops_starting_sessions(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """c0, the smallest id, is unreachable until the others made their key without it. Back, it was the starter in
+    its own view: a session every 2 × timeout_s for ever, each timed out (a regression review: 59 in 600 s, each a
+    warning and a journaled abort). The certificate the others answer with tells it: it stops, and says why."""
+    net, services = setup(tmp_path, delay=(0.001, 0.01))
+    cut = net.partition({"c1", "c2", "c3"}, {"c0"})
+    others = [services[i] for i in ("c1", "c2", "c3")]
+    async with trio.open_nursery() as nursery:
+        await start_all(nursery, net, services)
+        await wait_until(lambda: all(s.key is not None for s in others), timeout=300)
+        group_key = one_group_key(others)
+        net.heal(cut)
+        await trio.sleep(600)
+        c0 = services["c0"]
+        assert c0.key is None and c0.sessions_run <= 2, c0.sessions_run
+        status = c0.status()["dkg"]
+        assert status["left_out"]["group_public_key"] == group_key.hex()
+        assert "without this member" in status["error"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_next_member_starts_when_the_first_keeps_restarting(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """c0 never comes up, and c1 (the starter once c0 is left out) restarts every 40 s, less than leave_out_after_s
+    (50 s): each restart saw c0 missing afresh, and c2 and c3 waited for c1 for ever (a regression review). The next
+    member starts once leave_out_after_s + 2 × timeout_s have passed."""
+    net, services = setup(tmp_path, delay=(0.001, 0.01))
+    net.partition({"c1", "c2", "c3"}, {"c0"})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        for i in ("c0", "c2", "c3"):
+            await run_service(nursery, services[i])
+        c1 = services["c1"]
+        for _ in range(8):
+            scope = await run_service(nursery, c1)
+            await trio.sleep(40)
+            scope.cancel()
+            await trio.sleep(2)
+            c1 = DkgService(net.add("c1"), c1.identity, c1.members, c1.keystore_path, timeout_s=5, run_blocking=inline)
+            if services["c2"].key is not None and services["c3"].key is not None:
+                break
+        assert services["c2"].key is not None and services["c3"].key is not None
+        assert one_group_key([services["c2"], services["c3"]]) and services["c0"].key is None
+        nursery.cancel_scope.cancel()
