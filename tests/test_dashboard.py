@@ -388,7 +388,7 @@ def test_a_member_behind_a_failing_proxy_is_down_and_huge_numbers_break_no_chart
         assert statuses[4][1] == "/health answered HTTP 200 without a JSON object", statuses
         assert summary == "2 / 5 members up"
         assert "NaN" not in charts and "Infinity" not in charts
-        assert polls >= 5, polls  # once a second: the hung c3 (2 s a poll) held every member back (3 in 6 s)
+        assert polls >= 4, polls  # ~6 (once a second): the hung c3 (2 s a poll) held every member back (3 in 6 s)
         assert [e for e in errors if "Failed to load resource" not in e] == [], errors  # (the 502s: the browser's)
     finally:
         server.kill()

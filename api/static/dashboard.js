@@ -170,11 +170,22 @@
       state.views.set(id, view);
       record(member, view);
       state.polls.set(id, (state.polls.get(id) || 0) + 1);
-      render();
       await sleep(Math.max(100, POLL_MS - (Date.now() - started)));
     }
-    state.polling.delete(id);
-    state.views.delete(id);
+    state.polling.delete(id);  // (left the member list: its row, its chart line and its counters go)
+    for (const table of [state.views, state.history, state.last, state.polls]) table.delete(id);
+  }
+
+  async function receiptsLoop() {  // on its own too: a slow source does not hold the page's refresh back
+    while (true) {
+      const started = Date.now();
+      try {
+        await pollReceipts();
+      } catch (err) {
+        console.warn("dashboard: reading receipts failed", err);
+      }
+      await sleep(Math.max(100, RECEIPTS_EVERY * POLL_MS - (Date.now() - started)));
+    }
   }
 
   async function tick() {
@@ -187,8 +198,7 @@
           pollLoop(m.id);
         }
       }
-      if (state.tick % RECEIPTS_EVERY === 0) await pollReceipts();
-      render();
+      render();  // once a tick, whatever the loops brought in meanwhile
     } catch (err) {
       console.warn("dashboard: poll failed", err);
     }
@@ -476,4 +486,5 @@
   }
 
   tick();
+  receiptsLoop();
 })();
