@@ -1291,9 +1291,10 @@ class ReceiptService:
     def _fast_plan(self, key: frost.KeyShare, peers: list[str], batch_id: bytes
                    ) -> tuple[dict[int, tuple[bytes, bytes]], dict[str, Any]] | None:
         """A signer set for the one-round path: this member (a fresh commitment) and the t − 1 quickest peers
-        holding a spare commitment for us, not proven liars; None when there are not enough."""
+        holding a spare commitment for us, holding a share of the key (not a member a DKG left out: each attempt with
+        one failed), not proven liars; None when there are not enough."""
         now = trio.current_time()
-        ready = sorted((p for p in peers if self._spares.get(p)
+        ready = sorted((p for p in peers if self._spares.get(p) and self.identifier_of[p] in key.verifying_shares
                         and self._blamed_until.get(self.identifier_of[p], 0.0) <= now),
                        key=lambda p: self._lag.get(p, 1.0))
         if len(ready) < key.threshold - 1:

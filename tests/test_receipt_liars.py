@@ -410,3 +410,29 @@ async def test_a_signer_offering_commitments_that_are_no_group_element_is_blamed
         assert all(by != "c0" or name == "c3" for by, name in cluster.observed.blames)
         nursery.cancel_scope.cancel()
     cluster.close()
+
+
+async def test_a_member_without_a_share_of_the_key_is_never_named_for_one_round_signing(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """A member a DKG left out (unreachable then) holds no share, yet answers lock requests with spare commitments:
+    named in a one-round signer set, every such attempt failed ("no public share") and fell back to a session. Here
+    the proposer's key lacks c3's share."""
+    import dataclasses
+
+    cluster = SimCluster(tmp_path, 4, seed=4, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        c0 = cluster.service("c0")
+        key = c0.keys.key
+        assert key is not None
+        without = {i: v for i, v in key.verifying_shares.items() if i != c0.identifier_of["c3"]}
+        c0.keys.key = dataclasses.replace(key, verifying_shares=without)  # type: ignore[misc]
+        for k in range(12):
+            record = c0.submit(cluster.receipt(f"n{k % 6}", f"obj{k // 6}"))
+            with trio.fail_after(30):
+                while record.status != "final":
+                    await record.changed.wait()
+        assert c0.counters.batches == 12 and c0.counters.one_round >= 10 and c0.counters.sessions <= 2
+        nursery.cancel_scope.cancel()
+    cluster.close()
