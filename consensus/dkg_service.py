@@ -884,6 +884,8 @@ class DkgService:
         """Every group key the cluster has signed under, as this member knows: the current one and those it held
         before a new DKG."""
         current = [self.key.group_public_key] if self.key is not None else []
+        if self.key is None and self.left_out is not None:  # (made without this member: still the cluster's)
+            current = [bytes.fromhex(self.left_out["group_public_key"])]
         return frozenset([*self._past_group_keys, *current])
 
     def _remember_group_key(self, group_key: bytes) -> None:

@@ -77,10 +77,14 @@ class StateLedgerView:
         return node_id in found[1]
 
     def _group_keys(self) -> frozenset[str] | None:
-        """The cluster's group keys (hex): the current one and those before a new DKG; None while none is known."""
+        """The cluster's group keys (hex): the current one and those before a new DKG; None while none is known. A
+        member a DKG left out holds no key but knows the cluster's (``DkgService.left_out``): it served batches
+        signed under any key, a liar's own included, as final (a review's find)."""
         key = self._keys.key
         if key is None:
-            return None
+            left_out = getattr(self._keys, "left_out", None)
+            held = getattr(self._keys, "group_keys", None)
+            return frozenset(k.hex() for k in held) if left_out and held else None
         held = getattr(self._keys, "group_keys", None)
         return frozenset(k.hex() for k in (held or (key.group_public_key,)))
 

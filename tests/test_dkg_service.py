@@ -1336,6 +1336,7 @@ async def test_a_member_left_out_while_unreachable_learns_it_and_stops_starting_
         status = c0.status()["dkg"]
         assert status["left_out"]["group_public_key"] == group_key.hex()
         assert "without this member" in status["error"]
+        assert c0.group_keys == frozenset({group_key})  # (its receipt view serves the cluster's key's batches only)
         nursery.cancel_scope.cancel()
 
 

@@ -436,3 +436,37 @@ async def test_a_member_without_a_share_of_the_key_is_never_named_for_one_round_
         assert c0.counters.batches == 12 and c0.counters.one_round >= 10 and c0.counters.sessions <= 2
         nursery.cancel_scope.cancel()
     cluster.close()
+
+
+def test_a_member_left_out_of_the_key_serves_only_batches_signed_under_the_cluster_s_key() -> None:
+    """A member a DKG left out holds no key, and served batches under any key as final, a liar's own included: it
+    knows the cluster's key from the certificate (``left_out``), and serves only those."""
+    from deploy.receipt_view import StateLedgerView
+    from node.state import State
+    from tests.test_snapshot_perf import GROUP, NODE_KEYS, T0, receipt_events
+
+    def receipt(i: int) -> rc.Receipt:
+        return rc.sign_as_node(NODE_KEYS[i % 5], receipt_type="storage", node_id=f"n{i % 5}", subject=f"{i:064x}",
+                               epoch=1, usage_proof_hash="00" * 32, execution_commitment=None, reward_base=1,
+                               submitter_address="00" * 20, timestamp=0)
+
+    def fields(receipts: list[rc.Receipt], group: nacl.signing.SigningKey) -> dict[str, Any]:
+        raws = [r.to_bytes() for r in receipts]
+        key, root = bytes(group.verify_key), merkle.root(raws)
+        return {"group_key": key.hex(), "root": root.hex(), "tree_size": len(raws), "signers": "c0,c1",
+                "signature": group.sign(rc.batch_message(key, root, len(raws))).signature.hex(),
+                "receipts": msgpack.packb([[raw, r.node_signature] for raw, r in zip(raws, receipts, strict=True)],
+                                          use_bin_type=True)}
+
+    state = State()
+    state.apply_all(receipt_events(0, 0))
+    ours, theirs, liar = receipt(1), receipt(2), nacl.signing.SigningKey(b"\x07" * 32)
+    state.apply(ev.make_event(ev.RECEIPT_BATCH, (T0 + 10, 0), "c0", **fields([ours], GROUP)))
+    state.apply(ev.make_event(ev.RECEIPT_BATCH, (T0 + 11, 0), "c6", **fields([theirs], liar)))
+    keyless = type("Keys", (), {"key": None, "left_out": None, "group_keys": frozenset()})()
+    assert {ours.id, theirs.id} <= set(StateLedgerView(lambda: state, None, keyless).signed_ids())  # type: ignore[arg-type]
+    left_out = type("Keys", (), {"key": None, "left_out": {"group_public_key": bytes(GROUP.verify_key).hex()},
+                                 "group_keys": frozenset({bytes(GROUP.verify_key)})})()
+    view = StateLedgerView(lambda: state, None, left_out)  # type: ignore[arg-type]
+    assert ours.id in view.signed_ids() and theirs.id not in view.signed_ids()
+    assert view.signed_document(ours.id) is not None and view.signed_document(theirs.id) is None
