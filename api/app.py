@@ -456,7 +456,7 @@ def create_app(coord: Coordinator, validator: BlobStore | None = None, peers: Pe
             return {"group_public_key": None, "threshold": None, "members": [],
                     "dkg": {"state": "unavailable", "session": None, "error": "this coordinator has no cluster "
                             "configuration (CLUSTER_CONFIG or CLUSTER_PEERS)", "waiting_for": [], "sessions_run": 0,
-                            "excluded": [], "refused_starts": [], "pending_sessions": []},
+                            "excluded": [], "refused_starts": [], "pending_sessions": [], "left_out": None},
                     "receipts": None}
         return {**dkg.status(), "receipts": receipts.status() if receipts is not None else None}
 
