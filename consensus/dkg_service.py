@@ -40,8 +40,13 @@
   with one liar confirming A to one member only and a short outage of that member). The member next in id order
   starts such a session too once ``leave_out_after_s`` + 2 × ``timeout_s`` have passed (its rank times that after
   the first), in case the first keeps restarting (each restart saw the missing member afresh). A member left out
-  learns it from the confirmations f + 1 members with the key send it (as they answer its start): it then stops
-  starting sessions (each timed out, for ever) and says so (``dkg.left_out``, ``dkg.error``).
+  learns it from the certificate (every participant's confirmation, each checked) that f + 1 members relay (members
+  with the key answer its start with it): it then stops starting sessions (each timed out, for ever) and says so
+  (``dkg.left_out``, ``dkg.error``), and checks again after ``leave_out_after_s``, doubling each time (a new DKG may
+  include it). The next member in id order also starts when it has had neither a key nor a session for
+  ``leave_out_after_s`` + 2 × ``timeout_s`` (the first starts nothing: left out, say). A member
+  that withholds its confirmation and is then cut off is not covered: the others confirmed and wait for it (it may
+  hold the key; leaving it out could make a second one).
 * Misbehaviour: a participant proven to misbehave (see :mod:`consensus.dkg`; a complaint whose evidence does not
   hold proves its sender a liar) is left out of the next session when at least ``threshold`` members remain; the
   start carries the proofs, and every joiner checks them (and refuses a start that includes a member it holds a
@@ -53,7 +58,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -176,9 +181,16 @@ class DkgService:
         self.sync_interval_s, self.run_blocking = sync_interval_s, run_blocking
         self.leave_out_after_s = 10 * timeout_s if leave_out_after_s is None else leave_out_after_s
         self._missing_since: dict[int, float] = {}  # member -> since when it has not been reached (trio time)
-        # (session id, group key) of a session this member is not in -> its confirmations heard, by sender
-        self._foreign_keys: dict[tuple[bytes, bytes], dict[int, Confirm]] = {}
+        # per peer, the confirmations it relayed of sessions this member is not in: (session id, group key) -> by
+        # sender (its two latest sessions: a liar fills only its own), until they make a complete certificate
+        self._relayed: dict[str, OrderedDict[tuple[bytes, bytes], dict[int, Confirm]]] = {}
+        # complete certificates of keys made without this member -> the peers that relayed one (f + 1 needed)
+        self._certified: dict[tuple[bytes, bytes], set[str]] = {}
+        self._certified_at = 0.0  # when the latest such certificate came (trio time)
+        self._left_out_checks = 0  # times left_out was set: it is checked again after leave_out_after_s × 2^this
+        self._idle_since: float | None = None  # since when this member has had no key and no session (trio time)
         self.left_out: dict[str, str] | None = None  # the key the cluster made without this member, once known
+        self._completed: list[bytes] = []  # sessions completed here (journaled): see _unresolved
         self.participant_class = participant_class
         self.identifiers = assign_identifiers(members.values())  # identifier -> key, the same on every member
         self._member_of = {key: member for member, key in members.items()}
@@ -281,7 +293,7 @@ class DkgService:
         left = {self._ident_of[m] for m in leave_out or ()}
         if self.me in left:
             raise DkgError("cannot leave out this member: it starts the session")
-        if left and self._confirmed:
+        if left and self._unresolved():
             raise DkgError("cannot leave out a member without proof: this member confirmed a session that did not "
                            "complete here (a member left out might hold its key)")
         reached = self._reached_lately(left, trio.current_time())
@@ -327,6 +339,13 @@ class DkgService:
             async with self._lock:
                 await self._tick()
 
+    def _unresolved(self) -> bool:
+        """Whether this member confirmed a session, since the last one that completed here, that did not complete
+        here: a member left out might hold its key. (Sessions confirmed before one that completed here cannot have
+        completed anywhere: counting them, a new DKG after the key was moved aside could leave no one out.)"""
+        last = max((self._confirmed.index(sid) for sid in self._completed if sid in self._confirmed), default=-1)
+        return len(self._confirmed) > last + 1
+
     def _note_reachability(self, now: float) -> None:
         up = set(self.net.up_peers())
         for i in self.identifiers:
@@ -365,6 +384,12 @@ class DkgService:
         self._maybe_auto_start(now)
 
     def _maybe_auto_start(self, now: float) -> None:
+        idle = self.key is None and self.session is None
+        self._idle_since = (self._idle_since if self._idle_since is not None else now) if idle else None
+        if self.left_out is not None and now - self._certified_at >= (
+                self.leave_out_after_s * 2 ** min(self._left_out_checks, 8)):
+            self.left_out = None  # checked again now and then (a new DKG may include it): a start tells it again
+            self._certified.clear()
         if (not self.auto or self.key is not None or self.session is not None or self.me in self.proofs
                 or self.left_out is not None):
             return
@@ -374,8 +399,9 @@ class DkgService:
         order = sorted(self.name(i) for i in participants if i not in gone)
         starter, rank = order[0], order.index(self.net.my_id)
         up = set(self.net.up_peers())
-        overdue = bool(gone) and now - min(self._missing_since[i] for i in gone) >= (
-            self.leave_out_after_s + 2 * rank * self.timeout_s)  # (the starter keeps restarting, say)
+        wait = self.leave_out_after_s + 2 * rank * self.timeout_s
+        overdue = ((bool(gone) and now - min(self._missing_since[i] for i in gone) >= wait)  # (it keeps restarting)
+                   or (self._idle_since is not None and now - self._idle_since >= wait))  # (or starts nothing)
         if self.net.my_id != starter and not overdue:
             # The starter may lack a proof held here (it was down while the proof went round, once): it then waits
             # for the proven member to start, which it never does, and no DKG ever completes (simulate seed 5066,
@@ -496,9 +522,14 @@ class DkgService:
         if not isinstance(message, Confirm) or message.sender not in self.identifiers or message.sender == self.me:
             return
         key = (session_id, message.group_public_key)
-        if key not in self._foreign_keys and len(self._foreign_keys) >= MAX_BUFFERED_SESSIONS:
-            return
-        confirms = self._foreign_keys.setdefault(key, {})
+        relayed = self._relayed.setdefault(peer, OrderedDict())
+        if key not in relayed:
+            if len(relayed) >= 2:
+                relayed.popitem(last=False)
+            relayed[key] = {}
+        confirms = relayed[key]
+        if message.sender in confirms:
+            return  # (the first kept: another copy does not replace it)
         confirms[message.sender] = message
         count = len(message.verifying_shares)
         if len(confirms) != count or any(len(c.verifying_shares) != count for c in confirms.values()):
@@ -510,6 +541,15 @@ class DkgService:
                 break
         else:
             return
+        del relayed[key]
+        certified = self._certified.setdefault(key, set())
+        certified.add(peer)
+        self._certified_at = trio.current_time()
+        if len(certified) <= (len(self.members) - 1) // 3:  # f + 1 peers: one honest at least, holding that key
+            return
+        if self.left_out is not None:
+            return
+        self._left_out_checks += 1
         why = (f"the cluster made its key {message.group_public_key.hex()[:16]} without this member (session "
                f"{session_id.hex()[:12]}, while it was unreachable): it holds no key share and signs no receipt until "
                "a new DKG includes it")
@@ -560,7 +600,7 @@ class DkgService:
             proven.setdefault(culprit, proof)
         left_out = set(self.identifiers) - set(ids)
         unproven = left_out - set(proven) - set(self.proofs)
-        if unproven and self._confirmed:
+        if unproven and self._unresolved():
             return (f"leaves out {self.names(unproven)} without proof, and this member confirmed a session that did "
                     "not complete here (a member left out might hold its key)"), {}
         reached = self._reached_lately(unproven, trio.current_time())
@@ -741,6 +781,8 @@ class DkgService:
             return
         self.key, self.cert = key, cert
         self.session = None
+        self._completed = [*self._completed, s.id]
+        self.left_out = None
         self._pending.clear()
         self._buffer.clear()
         self._buffered_bytes = 0
@@ -876,7 +918,8 @@ class DkgService:
                               "refused": self._refused if refused is None else refused, "pending": pending_entries,
                               "dealing": [{"session": sid, "round1": round1} for sid, round1 in dealing.items()]
                               if self.key is None else [],
-                              "proofs": [p for p, _ in self.proofs.values()]}, use_bin_type=True)
+                              "proofs": [p for p, _ in self.proofs.values()], "completed": self._completed},
+                             use_bin_type=True)
         await self.run_blocking(keystore.write_private, self._journal_path, data)
 
     @property
@@ -981,6 +1024,9 @@ class DkgService:
                 self._confirmed.append(entry["session"])
         if self.cert is not None and type(self.cert.session) is bytes and self.cert.session not in self._confirmed:
             self._confirmed.append(self.cert.session)  # (the session completed here was confirmed here)
+        self._completed = [sid for sid in journal.get("completed", []) if type(sid) is bytes][-MAX_CONFIRMED:]
+        if self.cert is not None and type(self.cert.session) is bytes and self.cert.session not in self._completed:
+            self._completed.append(self.cert.session)
         self._refused = list(journal.get("refused", []))
         for proof in journal.get("proofs", []):
             if not isinstance(proof, bytes) or len(proof) > MAX_PROOF:  # (one journaled before the limit was kept:

@@ -1332,7 +1332,7 @@ async def test_a_member_left_out_while_unreachable_learns_it_and_stops_starting_
         net.heal(cut)
         await trio.sleep(600)
         c0 = services["c0"]
-        assert c0.key is None and c0.sessions_run <= 2, c0.sessions_run
+        assert c0.key is None and c0.sessions_run <= 4, c0.sessions_run  # (checked again at 50, 100, 200, 400 s)
         status = c0.status()["dkg"]
         assert status["left_out"]["group_public_key"] == group_key.hex()
         assert "without this member" in status["error"]
@@ -1362,4 +1362,74 @@ async def test_the_next_member_starts_when_the_first_keeps_restarting(
                 break
         assert services["c2"].key is not None and services["c3"].key is not None
         assert one_group_key([services["c2"], services["c3"]]) and services["c0"].key is None
+        nursery.cancel_scope.cancel()
+
+
+async def test_one_liar_relaying_a_certificate_of_a_session_that_never_completed_does_not_leave_a_member_out(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """The liar c3 starts S leaving out c0 (unreached for a while), c1 and c2 confirm it, and c3 withholds its own
+    confirmation from them: S completes nowhere honest. Relayed to c0 by c3 alone, S's certificate made c0 believe
+    it was left out: it stopped starting sessions, the others waited for it, and no key ever formed (a regression
+    review). f + 1 members must relay a certificate; and the keys form."""
+    net, services = setup(tmp_path, delay=(0.001, 0.01))
+    liar = services["c3"]
+    first: list[bytes] = []
+    seen: dict[int, Confirm] = {}
+
+    def tamper(src: str, dst: str, msg: Message) -> Message | None:
+        m = dkg_message(msg)
+        if isinstance(m, Confirm) and first and m.session == first[0]:
+            if "c3" in (src, dst):
+                seen[m.sender] = m
+            if src == "c3" and dst in ("c1", "c2"):
+                return None
+        return msg
+
+    net.tamper = tamper
+    cut = net.partition({"c1", "c2", "c3"}, {"c0"})
+    liar.auto = False
+    async with trio.open_nursery() as nursery:
+        await start_all(nursery, net, services)
+        await trio.sleep(6)
+        first.append(liar.start(leave_out=["c0"]))
+        await wait_until(lambda: all(services[i].session is not None and services[i].session.participant.committed
+                                     for i in ("c1", "c2")))
+        await trio.sleep(1)
+        abort = dkg.sign_abort(liar.identity, first[0], 3,
+                               {i: k for i, k in liar.identifiers.items() if i != services["c0"].me}, "bye")
+        for to in ("c1", "c2"):
+            liar.net.send(to, "dkg.msg", {"data": msgpack.packb(abort.to_wire(), use_bin_type=True)})
+        await wait_until(lambda: all(services[i].session is None for i in ("c1", "c2")))
+        liar.session, liar.key, liar.cert = None, None, None  # from now on the liar behaves
+        liar._pending.clear()
+        liar._confirmed.clear()
+        liar._aborted.append(first[0])
+        await trio.sleep(60)
+        net.heal(cut)
+        for m in seen.values():
+            liar.net.send("c0", "dkg.msg", {"data": msgpack.packb(m.to_wire(), use_bin_type=True)})
+        await trio.sleep(0.1)
+        assert services["c0"].left_out is None
+        await wait_until(lambda: all(s.key is not None for s in services.values()), timeout=600)
+        one_group_key(list(services.values()))
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_new_dkg_after_the_key_was_moved_aside_may_leave_an_unreachable_member_out(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """After a first DKG the key shares are moved aside for a new one, and c3 never comes back: the session that
+    completed here counted as "confirmed and not completed", so no start could leave c3 out, and no key formed
+    (a regression review). Sessions confirmed up to the last one completed here do not count."""
+    first = await completed_dkg(tmp_path)
+    old_key = one_group_key(list(first.values()))
+    for i in first:
+        path = tmp_path / f"{i}.keyshare"
+        path.rename(path.with_name(path.name + ".old"))
+    net, services = setup(tmp_path, delay=(0.001, 0.01))
+    net.partition({"c0", "c1", "c2"}, {"c3"})
+    others = [services[i] for i in ("c0", "c1", "c2")]
+    async with trio.open_nursery() as nursery:
+        await start_all(nursery, net, services)
+        await wait_until(lambda: all(s.key is not None for s in others), timeout=300)
+        assert one_group_key(others) != old_key and services["c3"].key is None
         nursery.cancel_scope.cancel()
