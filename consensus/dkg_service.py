@@ -42,11 +42,11 @@
   the first), in case the first keeps restarting (each restart saw the missing member afresh). A member left out
   learns it from the certificate (every participant's confirmation, each checked) that f + 1 members relay (members
   with the key answer its start with it): it then stops starting sessions (each timed out, for ever) and says so
-  (``dkg.left_out``, ``dkg.error``), and checks again after ``leave_out_after_s``, doubling each time (a new DKG may
-  include it). The next member in id order also starts when it has had neither a key nor a session for
-  ``leave_out_after_s`` + 2 × ``timeout_s`` (the first starts nothing: left out, say). A member
-  that withholds its confirmation and is then cut off is not covered: the others confirmed and wait for it (it may
-  hold the key; leaving it out could make a second one).
+  (``dkg.left_out``, ``dkg.error``, journaled; its receipt view serves that key's batches only), and checks again
+  after ``leave_out_after_s``, doubling each time, by a start (a new DKG may include it). The next member in id
+  order also starts when it has had neither a key nor a session for ``leave_out_after_s`` + 2 × ``timeout_s`` (the
+  first starts nothing: left out, say). A member that withholds its confirmation and is then cut off is not
+  covered: the others confirmed and wait for it (it may hold the key; leaving it out could make a second one).
 * Misbehaviour: a participant proven to misbehave (see :mod:`consensus.dkg`; a complaint whose evidence does not
   hold proves its sender a liar) is left out of the next session when at least ``threshold`` members remain; the
   start carries the proofs, and every joiner checks them (and refuses a start that includes a member it holds a
@@ -386,12 +386,12 @@ class DkgService:
     def _maybe_auto_start(self, now: float) -> None:
         idle = self.key is None and self.session is None
         self._idle_since = (self._idle_since if self._idle_since is not None else now) if idle else None
-        if self.left_out is not None and now - self._certified_at >= (
-                self.leave_out_after_s * 2 ** min(self._left_out_checks, 8)):
-            self.left_out = None  # checked again now and then (a new DKG may include it): a start tells it again
-            self._certified.clear()
+        # left out: checked again now and then (a new DKG may include it), by a start the key holders answer (left_out
+        # stays meanwhile: cleared, its receipt view knew no key and served any key's batches: a regression review)
+        recheck = self.left_out is not None and now - self._certified_at >= (
+            self.leave_out_after_s * 2 ** min(self._left_out_checks - 1, 8))
         if (not self.auto or self.key is not None or self.session is not None or self.me in self.proofs
-                or self.left_out is not None):
+                or (self.left_out is not None and not recheck)):
             return
         participants = [i for i in self.identifiers if i not in self.proofs]
         # members unreached here for leave_out_after_s: left out of the start (joiners check it for themselves)
@@ -417,6 +417,10 @@ class DkgService:
             self._all_up_since = now
         if now - self._all_up_since < 0.2 or now < self._next_auto:  # let links settle; back off after failures
             return
+        if recheck:
+            self._left_out_checks += 1
+            self._certified_at = now
+            log.info("left out of the cluster's key: starting a DKG session to see whether that still holds")
         if gone:
             log.warning("starting a DKG session without %s: not reached for %.0f s (they will hold no key share)",
                         self.names(gone), self.leave_out_after_s)
@@ -493,8 +497,11 @@ class DkgService:
             log.warning("dropped a DKG message from %s: no session id of %d bytes", peer, SESSION_ID_SIZE)
             return
         s = self._find(session_id) or self._recent.get(session_id)
-        if s is None and self.key is None and self.left_out is None:
-            self._note_foreign_key(peer, session_id, wire)
+        if s is None and self.key is None and self._note_foreign_key(peer, session_id, wire):
+            try:  # (journaled: a restarted member knows the cluster's key at once)
+                await self._save_journal()
+            except OSError as exc:
+                log.warning("cannot update the DKG journal: %s", exc)
         if s is None:  # kept for a session not joined yet, within bounds (a peer chooses both ids and sizes)
             buffered = self._buffer.get(session_id)
             if buffered is None and self.key is None and len(self._buffer) < MAX_BUFFERED_SESSIONS:
@@ -511,16 +518,16 @@ class DkgService:
             return
         await self._deliver(s, out)
 
-    def _note_foreign_key(self, peer: str, session_id: bytes, wire: Any) -> None:
+    def _note_foreign_key(self, peer: str, session_id: bytes, wire: Any) -> bool:
         """A confirmation of a session this member is not in (members with a key answer a start or a sync with their
         certificate). Once every participant's is in, each signed for the session with those participants, this
         member not among them, the cluster has a key without it (left out while unreachable)."""
         try:
             message = decode(wire)
         except (DkgMessageError, ValueError, TypeError, KeyError):
-            return
+            return False
         if not isinstance(message, Confirm) or message.sender not in self.identifiers or message.sender == self.me:
-            return
+            return False
         key = (session_id, message.group_public_key)
         relayed = self._relayed.setdefault(peer, OrderedDict())
         if key not in relayed:
@@ -529,27 +536,27 @@ class DkgService:
             relayed[key] = {}
         confirms = relayed[key]
         if message.sender in confirms:
-            return  # (the first kept: another copy does not replace it)
+            return False  # (the first kept: another copy does not replace it)
         confirms[message.sender] = message
         count = len(message.verifying_shares)
         if len(confirms) != count or any(len(c.verifying_shares) != count for c in confirms.values()):
-            return
+            return False
         members = {i: self.identifiers[i] for i in sorted(confirms)}
         for threshold in range(threshold_floor(len(self.members)), count + 1):  # (the certificate does not say it)
             context = session_context(session_id, threshold, members)
             if all(c.verify_signature(self.identifiers[i], context) for i, c in confirms.items()):
                 break
         else:
-            return
+            return False
         del relayed[key]
         certified = self._certified.setdefault(key, set())
         certified.add(peer)
         self._certified_at = trio.current_time()
         if len(certified) <= (len(self.members) - 1) // 3:  # f + 1 peers: one honest at least, holding that key
-            return
-        if self.left_out is not None:
-            return
-        self._left_out_checks += 1
+            return False
+        if self.left_out is not None and self.left_out["group_public_key"] == message.group_public_key.hex():
+            return False  # (still so: told again)
+        self._left_out_checks = 1
         why = (f"the cluster made its key {message.group_public_key.hex()[:16]} without this member (session "
                f"{session_id.hex()[:12]}, while it was unreachable): it holds no key share and signs no receipt until "
                "a new DKG includes it")
@@ -557,6 +564,7 @@ class DkgService:
                          "message": why}
         self.last_error = why
         log.warning("%s", why)
+        return True
 
     def _find(self, session_id: bytes) -> SessionInfo | None:
         """The running session or a confirmed one with that id."""
@@ -918,7 +926,8 @@ class DkgService:
                               "refused": self._refused if refused is None else refused, "pending": pending_entries,
                               "dealing": [{"session": sid, "round1": round1} for sid, round1 in dealing.items()]
                               if self.key is None else [],
-                              "proofs": [p for p, _ in self.proofs.values()], "completed": self._completed},
+                              "proofs": [p for p, _ in self.proofs.values()], "completed": self._completed,
+                              "left_out": self.left_out if self.key is None else None},
                              use_bin_type=True)
         await self.run_blocking(keystore.write_private, self._journal_path, data)
 
@@ -1024,7 +1033,13 @@ class DkgService:
                 self._confirmed.append(entry["session"])
         if self.cert is not None and type(self.cert.session) is bytes and self.cert.session not in self._confirmed:
             self._confirmed.append(self.cert.session)  # (the session completed here was confirmed here)
-        self._completed = [sid for sid in journal.get("completed", []) if type(sid) is bytes][-MAX_CONFIRMED:]
+        completed = journal.get("completed")
+        self._completed = [sid for sid in completed if type(sid) is bytes][-MAX_CONFIRMED:] \
+            if isinstance(completed, list) else []
+        left_out = journal.get("left_out")
+        if isinstance(left_out, dict) and all(type(v) is str for v in left_out.values()) and \
+                {"session", "group_public_key", "message"} <= set(left_out):
+            self.left_out, self._left_out_checks = left_out, 1
         if self.cert is not None and type(self.cert.session) is bytes and self.cert.session not in self._completed:
             self._completed.append(self.cert.session)
         self._refused = list(journal.get("refused", []))

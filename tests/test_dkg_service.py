@@ -1433,3 +1433,31 @@ async def test_a_new_dkg_after_the_key_was_moved_aside_may_leave_an_unreachable_
         await wait_until(lambda: all(s.key is not None for s in others), timeout=300)
         assert one_group_key(others) != old_key and services["c3"].key is None
         nursery.cancel_scope.cancel()
+
+
+async def test_a_left_out_member_keeps_knowing_the_cluster_s_key_between_checks_and_across_a_restart(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """Its left_out was cleared at each re-check, and not journaled: its receipt view then knew no key and served
+    any key's batches as final (a liar's own included) for minutes at a time, for good with auto-start off (a
+    regression review). It stays until a key of its own; the journal keeps it."""
+    net, services = setup(tmp_path, delay=(0.001, 0.01))
+    cut = net.partition({"c1", "c2", "c3"}, {"c0"})
+    others = [services[i] for i in ("c1", "c2", "c3")]
+    async with trio.open_nursery() as nursery:
+        await start_all(nursery, net, services)
+        await wait_until(lambda: all(s.key is not None for s in others), timeout=300)
+        group_key = one_group_key(others)
+        net.heal(cut)
+        c0 = services["c0"]
+        await wait_until(lambda: c0.left_out is not None, timeout=120)
+        for _ in range(400):  # through several re-checks
+            assert c0.group_keys == frozenset({group_key})
+            await trio.sleep(1)
+        c0.auto = False
+        await trio.sleep(300)
+        assert c0.group_keys == frozenset({group_key})
+        again = DkgService(net.add("c0"), c0.identity, c0.members, c0.keystore_path, timeout_s=5, run_blocking=inline)
+        restarted = await run_service(nursery, again)
+        assert again.left_out is not None and again.group_keys == frozenset({group_key})
+        restarted.cancel()
+        nursery.cancel_scope.cancel()
