@@ -1317,19 +1317,25 @@ async def test_a_member_that_confirmed_a_session_never_leaves_anyone_out_without
         nursery.cancel_scope.cancel()
 
 
+async def key_made_without_c0(nursery: trio.Nursery, net: FilterNet, services: dict[str, DkgService]) -> bytes:
+    """Every member running, c0 unreachable until c1..c3 made their key without it (leave_out_after_s), then back:
+    the group key."""
+    cut = net.partition({"c1", "c2", "c3"}, {"c0"})
+    others = [services[i] for i in ("c1", "c2", "c3")]
+    await start_all(nursery, net, services)
+    await wait_until(lambda: all(s.key is not None for s in others), timeout=300)
+    net.heal(cut)
+    return one_group_key(others)
+
+
 async def test_a_member_left_out_while_unreachable_learns_it_and_stops_starting_sessions(
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     """c0, the smallest id, is unreachable until the others made their key without it. Back, it was the starter in
     its own view: a session every 2 × timeout_s for ever, each timed out (a regression review: 59 in 600 s, each a
     warning and a journaled abort). The certificate the others answer with tells it: it stops, and says why."""
     net, services = setup(tmp_path, delay=(0.001, 0.01))
-    cut = net.partition({"c1", "c2", "c3"}, {"c0"})
-    others = [services[i] for i in ("c1", "c2", "c3")]
     async with trio.open_nursery() as nursery:
-        await start_all(nursery, net, services)
-        await wait_until(lambda: all(s.key is not None for s in others), timeout=300)
-        group_key = one_group_key(others)
-        net.heal(cut)
+        group_key = await key_made_without_c0(nursery, net, services)
         await trio.sleep(600)
         c0 = services["c0"]
         assert c0.key is None and c0.sessions_run <= 4, c0.sessions_run  # (checked again at 50, 100, 200, 400 s)
@@ -1441,13 +1447,8 @@ async def test_a_left_out_member_keeps_knowing_the_cluster_s_key_between_checks_
     any key's batches as final (a liar's own included) for minutes at a time, for good with auto-start off (a
     regression review). It stays until a key of its own; the journal keeps it."""
     net, services = setup(tmp_path, delay=(0.001, 0.01))
-    cut = net.partition({"c1", "c2", "c3"}, {"c0"})
-    others = [services[i] for i in ("c1", "c2", "c3")]
     async with trio.open_nursery() as nursery:
-        await start_all(nursery, net, services)
-        await wait_until(lambda: all(s.key is not None for s in others), timeout=300)
-        group_key = one_group_key(others)
-        net.heal(cut)
+        group_key = await key_made_without_c0(nursery, net, services)
         c0 = services["c0"]
         await wait_until(lambda: c0.left_out is not None, timeout=120)
         for _ in range(400):  # through several re-checks

@@ -43,6 +43,25 @@ def cluster_signed(cluster: SimCluster, receipts: list[rc.Receipt], signers: tup
                                       use_bin_type=True)}
 
 
+def signed_batch_fields(receipts: list[rc.Receipt], group: nacl.signing.SigningKey) -> dict[str, Any]:
+    """A batch event's fields signed with ``group`` as a plain Ed25519 key (the cluster's, or a liar's own)."""
+    raws = [r.to_bytes() for r in receipts]
+    key, root = bytes(group.verify_key), merkle.root(raws)
+    return {"group_key": key.hex(), "root": root.hex(), "tree_size": len(raws), "signers": "c0,c1",
+            "signature": group.sign(rc.batch_message(key, root, len(raws))).signature.hex(),
+            "receipts": msgpack.packb([[raw, r.node_signature] for raw, r in zip(raws, receipts, strict=True)],
+                                      use_bin_type=True)}
+
+
+def numbered_receipt(i: int) -> rc.Receipt:
+    """Receipt i of the nodes of tests/test_snapshot_perf.py's ledger (``receipt_events``)."""
+    from tests.test_snapshot_perf import NODE_KEYS
+
+    return rc.sign_as_node(NODE_KEYS[i % 5], receipt_type="storage", node_id=f"n{i % 5}", subject=f"{i:064x}",
+                           epoch=1, usage_proof_hash="00" * 32, execution_commitment=None, reward_base=1,
+                           submitter_address="00" * 20, timestamp=0)
+
+
 async def test_a_signed_batch_whose_unsigned_fields_make_no_event_is_not_kept(
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     """A liar re-announced a genuinely signed batch with empty signers (a field its signature does not cover): it
@@ -271,22 +290,11 @@ async def test_a_heard_batch_a_liar_signed_again_stays_listed_and_the_listing_ke
     reviewer's reproductions). And the cluster's receipts are found without locating each one."""
     from deploy.receipt_view import StateLedgerView
     from node.state import State
-    from tests.test_snapshot_perf import GROUP, NODE_KEYS, T0, receipt_events
+    from tests.test_snapshot_perf import GROUP, T0, receipt_events
 
     T1 = T0 + 1000
 
-    def batch_fields(receipts: list[rc.Receipt], group: nacl.signing.SigningKey) -> dict[str, Any]:
-        raws = [r.to_bytes() for r in receipts]
-        key, root = bytes(group.verify_key), merkle.root(raws)
-        return {"group_key": key.hex(), "root": root.hex(), "tree_size": len(raws), "signers": "c0,c1",
-                "signature": group.sign(rc.batch_message(key, root, len(raws))).signature.hex(),
-                "receipts": msgpack.packb([[raw, r.node_signature] for raw, r in zip(raws, receipts, strict=True)],
-                                          use_bin_type=True)}
-
-    def receipt(i: int) -> rc.Receipt:
-        return rc.sign_as_node(NODE_KEYS[i % 5], receipt_type="storage", node_id=f"n{i % 5}", subject=f"{i:064x}",
-                               epoch=1, usage_proof_hash="00" * 32, execution_commitment=None, reward_base=1,
-                               submitter_address="00" * 20, timestamp=0)
+    batch_fields, receipt = signed_batch_fields, numbered_receipt
 
     async def no_submit(*_: Any) -> bytes:
         raise AssertionError("nothing is published here")
@@ -443,20 +451,9 @@ def test_a_member_left_out_of_the_key_serves_only_batches_signed_under_the_clust
     knows the cluster's key from the certificate (``left_out``), and serves only those."""
     from deploy.receipt_view import StateLedgerView
     from node.state import State
-    from tests.test_snapshot_perf import GROUP, NODE_KEYS, T0, receipt_events
+    from tests.test_snapshot_perf import GROUP, T0, receipt_events
 
-    def receipt(i: int) -> rc.Receipt:
-        return rc.sign_as_node(NODE_KEYS[i % 5], receipt_type="storage", node_id=f"n{i % 5}", subject=f"{i:064x}",
-                               epoch=1, usage_proof_hash="00" * 32, execution_commitment=None, reward_base=1,
-                               submitter_address="00" * 20, timestamp=0)
-
-    def fields(receipts: list[rc.Receipt], group: nacl.signing.SigningKey) -> dict[str, Any]:
-        raws = [r.to_bytes() for r in receipts]
-        key, root = bytes(group.verify_key), merkle.root(raws)
-        return {"group_key": key.hex(), "root": root.hex(), "tree_size": len(raws), "signers": "c0,c1",
-                "signature": group.sign(rc.batch_message(key, root, len(raws))).signature.hex(),
-                "receipts": msgpack.packb([[raw, r.node_signature] for raw, r in zip(raws, receipts, strict=True)],
-                                          use_bin_type=True)}
+    receipt, fields = numbered_receipt, signed_batch_fields
 
     state = State()
     state.apply_all(receipt_events(0, 0))
