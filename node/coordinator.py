@@ -346,8 +346,9 @@ class Coordinator:
         if after is not None and after < now:
             del self._stamped_ahead[register]
             after = None
-        if len(self._stamped_ahead) > MAX_STAMPED_AHEAD:
-            self._stamped_ahead = {r: t for r, t in self._stamped_ahead.items() if t > now}
+        if len(self._stamped_ahead) > MAX_STAMPED_AHEAD:  # (entries of writes that failed, mostly)
+            kept = [(r, t) for r, t in self._stamped_ahead.items() if t > now]
+            self._stamped_ahead = dict(kept[-MAX_STAMPED_AHEAD // 2 :])  # the latest: writes in flight are among them
         if held is not None and (after is None or (held[0], held[1]) > after):
             after = (held[0], held[1])
         if after is None or after < now:
