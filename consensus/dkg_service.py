@@ -159,6 +159,17 @@ class Certificate:
     confirms: tuple[bytes, ...]  # msgpack wire of every participant's confirmation
 
 
+def _left_out_record(value: Any) -> bool:
+    """Whether a journal's ``left_out`` is one this service wrote: strings, a 32-byte group key in hex."""
+    if not (isinstance(value, dict) and {"session", "group_public_key", "message"} <= set(value)
+            and all(type(v) is str for v in value.values())):
+        return False
+    try:
+        return len(bytes.fromhex(value["group_public_key"])) == 32
+    except ValueError:
+        return False
+
+
 def _unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, max_bin_len=64 * 1024, max_str_len=1024, max_array_len=1024,
                            max_map_len=64)
@@ -186,8 +197,8 @@ class DkgService:
         self._relayed: dict[str, OrderedDict[tuple[bytes, bytes], dict[int, Confirm]]] = {}
         # complete certificates of keys made without this member -> the peers that relayed one (f + 1 needed)
         self._certified: dict[tuple[bytes, bytes], set[str]] = {}
-        self._certified_at = 0.0  # when the latest such certificate came (trio time)
-        self._left_out_checks = 0  # times left_out was set: it is checked again after leave_out_after_s × 2^this
+        self._next_recheck = 0.0  # while left out: when a start is to check whether that still holds (trio time)
+        self._left_out_checks = 0  # re-checks since left_out was set: the next comes after leave_out_after_s × 2^this
         self._idle_since: float | None = None  # since when this member has had no key and no session (trio time)
         self.left_out: dict[str, str] | None = None  # the key the cluster made without this member, once known
         self._completed: list[bytes] = []  # sessions completed here (journaled): see _unresolved
@@ -388,8 +399,7 @@ class DkgService:
         self._idle_since = (self._idle_since if self._idle_since is not None else now) if idle else None
         # left out: checked again now and then (a new DKG may include it), by a start the key holders answer (left_out
         # stays meanwhile: cleared, its receipt view knew no key and served any key's batches: a regression review)
-        recheck = self.left_out is not None and now - self._certified_at >= (
-            self.leave_out_after_s * 2 ** min(self._left_out_checks - 1, 8))
+        recheck = self.left_out is not None and now >= self._next_recheck
         if (not self.auto or self.key is not None or self.session is not None or self.me in self.proofs
                 or (self.left_out is not None and not recheck)):
             return
@@ -417,9 +427,11 @@ class DkgService:
             self._all_up_since = now
         if now - self._all_up_since < 0.2 or now < self._next_auto:  # let links settle; back off after failures
             return
-        if recheck:
+        if recheck:  # (what was relayed so far does not count: f + 1 fresh certificates are needed again)
             self._left_out_checks += 1
-            self._certified_at = now
+            self._next_recheck = now + self.leave_out_after_s * 2 ** min(self._left_out_checks, 8)
+            self._certified.clear()
+            self._relayed.clear()
             log.info("left out of the cluster's key: starting a DKG session to see whether that still holds")
         if gone:
             log.warning("starting a DKG session without %s: not reached for %.0f s (they will hold no key share)",
@@ -498,8 +510,11 @@ class DkgService:
             return
         s = self._find(session_id) or self._recent.get(session_id)
         if s is None and self.key is None and self._note_foreign_key(peer, session_id, wire):
-            try:  # (journaled: a restarted member knows the cluster's key at once)
+            try:  # (journaled, and kept among the keys the cluster signed under: a restarted member knows it at once,
+                #    and batches under it stay the cluster's after a new DKG)
                 await self._save_journal()
+                assert self.left_out is not None
+                await self.run_blocking(self._remember_group_key, bytes.fromhex(self.left_out["group_public_key"]))
             except OSError as exc:
                 log.warning("cannot update the DKG journal: %s", exc)
         if s is None:  # kept for a session not joined yet, within bounds (a peer chooses both ids and sizes)
@@ -551,12 +566,13 @@ class DkgService:
         del relayed[key]
         certified = self._certified.setdefault(key, set())
         certified.add(peer)
-        self._certified_at = trio.current_time()
         if len(certified) <= (len(self.members) - 1) // 3:  # f + 1 peers: one honest at least, holding that key
             return False
         if self.left_out is not None and self.left_out["group_public_key"] == message.group_public_key.hex():
             return False  # (still so: told again)
-        self._left_out_checks = 1
+        if self.left_out is None:  # (a key other than the one known: the re-check schedule goes on)
+            self._left_out_checks = 0
+            self._next_recheck = trio.current_time() + self.leave_out_after_s
         why = (f"the cluster made its key {message.group_public_key.hex()[:16]} without this member (session "
                f"{session_id.hex()[:12]}, while it was unreachable): it holds no key share and signs no receipt until "
                "a new DKG includes it")
@@ -1000,6 +1016,10 @@ class DkgService:
             except Exception as exc:  # msgpack raises many unrelated types for garbage
                 log.error("ignoring an unreadable DKG journal %s: %s", self._journal_path, exc)
                 return out
+            for name in ("aborted", "refused", "confirmed", "proofs", "pending", "dealing", "completed"):
+                value = journal.get(name, [])  # (a field of another shape is dropped, not a crash at every start)
+                journal[name] = [v for v in value if name not in ("pending", "dealing") or (isinstance(v, dict)
+                                 and type(v.get("session")) is bytes)] if isinstance(value, list) else []
             out["journal"] = journal
             for entry in journal.get("pending", []) if out["key"] is None else []:
                 path = self._stored_pending(entry["session"])
@@ -1037,9 +1057,8 @@ class DkgService:
         self._completed = [sid for sid in completed if type(sid) is bytes][-MAX_CONFIRMED:] \
             if isinstance(completed, list) else []
         left_out = journal.get("left_out")
-        if isinstance(left_out, dict) and all(type(v) is str for v in left_out.values()) and \
-                {"session", "group_public_key", "message"} <= set(left_out):
-            self.left_out, self._left_out_checks = left_out, 1
+        if state["key"] is None and _left_out_record(left_out):
+            self.left_out, self._next_recheck = left_out, trio.current_time() + self.leave_out_after_s
         if self.cert is not None and type(self.cert.session) is bytes and self.cert.session not in self._completed:
             self._completed.append(self.cert.session)
         self._refused = list(journal.get("refused", []))

@@ -1462,3 +1462,62 @@ async def test_a_left_out_member_keeps_knowing_the_cluster_s_key_between_checks_
         assert again.left_out is not None and again.group_keys == frozenset({group_key})
         restarted.cancel()
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("fields", [
+    {"left_out": {"session": "ab" * 32, "group_public_key": "zz", "message": "m"}}, {"left_out": [1, 2]},
+    {"completed": 5}, {"aborted": 5}, {"refused": 5}, {"confirmed": 5}, {"proofs": 5}, {"pending": 5},
+    {"pending": [5]}, {"dealing": 5}])
+async def test_a_journal_field_of_another_shape_does_not_stop_the_start(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock, fields: dict[str, Any]) -> None:
+    """A journal field of another type stopped every start (TypeError), and a left_out whose key was no hex made
+    group_keys raise on every receipt request (a regression review): such a field is dropped."""
+    net, services = setup(tmp_path)
+    c0 = services["c0"]
+    (tmp_path / "c0.keyshare.dkg").write_bytes(msgpack.packb({"v": 1, **fields}, use_bin_type=True))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        await run_service(nursery, c0)
+        await trio.sleep(0.5)
+        assert c0.group_keys == frozenset() and c0.left_out is None
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_key_restored_beside_a_stale_left_out_wins_and_a_key_learnt_left_out_is_kept(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """A crash between storing a new key and the journal write left a journaled left_out beside the key: status
+    said "made its key without this member" for good. And a member left out of K0, later in a DKG that made K1,
+    forgot K0 (its receipt view refused K0's batches the others serve): the key learnt is kept among the
+    cluster's keys (both from a regression review)."""
+    services = await completed_dkg(tmp_path)
+    c0 = services["c0"]
+    journal_path = tmp_path / "c0.keyshare.dkg"
+    journal = msgpack.unpackb(journal_path.read_bytes(), raw=False)
+    journal["left_out"] = {"session": "ab" * 32, "group_public_key": "cd" * 32, "message": "made without it"}
+    journal_path.write_bytes(msgpack.packb(journal, use_bin_type=True))
+    net, _ = setup(tmp_path)
+    again = DkgService(net.add("c0"), c0.identity, c0.members, c0.keystore_path, timeout_s=5, run_blocking=inline)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        await run_service(nursery, again)
+        status = again.status()
+        assert again.key is not None and again.left_out is None and status["dkg"]["left_out"] is None
+        assert status["dkg"]["error"] is None
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_member_left_out_of_one_key_keeps_it_after_a_key_of_its_own(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    net, services = setup(tmp_path, delay=(0.001, 0.01))
+    async with trio.open_nursery() as nursery:
+        first_key = await key_made_without_c0(nursery, net, services)
+        c0 = services["c0"]
+        await wait_until(lambda: c0.left_out is not None, timeout=120)
+        for s in services.values():  # a new DKG, with c0 this time
+            s.key, s.cert, s.auto = None, None, False
+        c0.left_out = None
+        services["c1"].start()
+        await wait_until(lambda: all(s.key is not None for s in services.values()), timeout=120)
+        new_key = one_group_key(list(services.values()))
+        assert c0.group_keys == frozenset({first_key, new_key}) == services["c1"].group_keys
+        nursery.cancel_scope.cancel()
