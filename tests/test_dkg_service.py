@@ -1521,3 +1521,15 @@ async def test_a_member_left_out_of_one_key_keeps_it_after_a_key_of_its_own(
         new_key = one_group_key(list(services.values()))
         assert c0.group_keys == frozenset({first_key, new_key}) == services["c1"].group_keys
         nursery.cancel_scope.cancel()
+
+
+def test_only_sessions_confirmed_after_the_last_one_completed_here_block_leaving_out(tmp_path: Path) -> None:
+    """``_unresolved``: a session confirmed after the last one that completed here blocks leaving a member out
+    (the member might hold its key); one confirmed before it does not (it cannot have completed anywhere)."""
+    _, services = setup(tmp_path)
+    c0 = services["c0"]
+    a, b = b"a" * SESSION_ID_SIZE, b"b" * SESSION_ID_SIZE
+    for confirmed, completed, unresolved in (([a, b], [a], True), ([b, a], [a], False), ([a], [], True),
+                                             ([], [], False), ([a, b], [a, b], False)):
+        c0._confirmed, c0._completed = confirmed, completed
+        assert c0._unresolved() is unresolved, (confirmed, completed)

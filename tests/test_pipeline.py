@@ -468,6 +468,7 @@ async def test_a_local_write_after_a_member_s_write_stamped_ahead_takes_effect(
         with pytest.raises(ClockConflict, match="ahead of this coordinator"):
             await b.register_node("n2", "zone-local", "1.1.1.1:1", 1)
         assert b.state.node("n2")[0] == "zone-liar"  # type: ignore[index]
+        assert b._stamped_ahead == {}  # every stamp kept ahead went with its write's commit
     async with running(cfg, da) as again:  # restarted: its own stamps are followed, the writes still win
         await wait_for(lambda: again.rebuilt, what="catch-up")
         assert again.state.node("n1")[0] == "zone-second"  # type: ignore[index]
