@@ -23,6 +23,7 @@ from node import identity
 from node.blob import encode_blob
 from node.config import Config
 from node.coordinator import Coordinator
+from node.da.base import BlobRef
 from node.da.blobstore_client import BlobStoreDA
 from node.da.celestia import CelestiaDA
 from node.da.mock import MockDA
@@ -260,4 +261,37 @@ async def test_own_pending_blob_seen_on_the_primary_is_reconciled(tmp_path: Path
     assert stack.pending.pending_count == 0
     [blob] = await stack.pending.reconciled()
     assert blob.primary_ref == where
+    await stack.aclose()
+
+
+async def test_a_primary_losing_every_adopted_blob_is_caught_by_a_probe_within_the_pass(tmp_path: Path) -> None:
+    """A member gone for good left 40 blobs on the emergency layer; we adopt them, and the primary takes every post
+    and gives none back. Missed adopted blobs count toward the probe as our own do: the probe of ours is lost too, so
+    the primary fails over and the pass stops after a few posts (not every blob with all its retries)."""
+    writer, me = nacl.signing.SigningKey.generate(), nacl.signing.SigningKey.generate()
+    members = frozenset({bytes(writer.verify_key), bytes(me.verify_key)})
+    primary, emergency = MockDA(), MockDA(name=EMERGENCY)
+    probe = encode_blob(me, "me", [])
+    stack = DAStack({PRIMARY: primary, EMERGENCY: emergency}, tmp_path, timeout_s=2, retry_delay_s=0.01,
+                    members=lambda: members, adopt_grace_s=0.05, own_key=bytes(me.verify_key),
+                    probe=lambda: probe)
+    for i in range(40):
+        await emergency.post(signed(writer, b"orphan %d" % i))
+    follow = partial(follow_to_heads, stack, dict.fromkeys(stack.followed, 0))
+    await follow()
+    assert stack.pending.foreign_waiting == 40
+    stack.observe(PRIMARY, True)
+    await trio.sleep(0.15)  # past grace and its random share
+    await follow()
+    posts = {"n": 0}
+
+    async def black_hole(data: bytes) -> BlobRef:  # taken, never stored: every read back finds nothing
+        posts["n"] += 1
+        return BlobRef(PRIMARY, 1000 + posts["n"], hashlib.sha256(data).digest())
+
+    primary.post = black_hole  # type: ignore[method-assign]
+    report = await stack.reconciler.run_pass()
+    assert report.blobs_adopted == 0 and report.aborted and stack.pending.foreign_waiting == 40
+    assert stack.machine.status is not Status.HEALTHY and any("probe" in e for e in report.errors)
+    assert 1 <= posts["n"] <= 10, posts  # three blobs with their retries at most, then the probe
     await stack.aclose()
