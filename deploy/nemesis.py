@@ -1,7 +1,8 @@
 """``dsdn nemesis``: break a real local cluster under load, then check the recorded history.
 
 It starts a devnet, an emergency blob store and n coordinators (as ``dsdn cluster up`` does), with every peer
-link through a fault proxy of its own (deploy/faultproxy.py), and optionally one coordinator started
+link, and every member's HTTP link to another's quorum validator, through a fault proxy of its own
+(deploy/faultproxy.py; a cut or slow link between two members affects both), and optionally one coordinator started
 byzantine (``--byzantine bad_shares|withhold|equivocate``). A bounded client load (receipts, some of them rival receipts
 for one slot, and node registrations) runs throughout; each request, its answer and its time go into a
 history file (JSON lines). Meanwhile faults come one after another: kill -9 and restart, SIGSTOP/SIGCONT, a cut
@@ -63,7 +64,8 @@ class Nemesis:
     fault_rng: random.Random = field(init=False)  # the faults': apart, so a seed gives the same faults whatever the
     #                                               load's timing (one shared stream did not replay a run)
     members: list[launcher.Member] = field(default_factory=list)
-    proxies: dict[tuple[str, str], LinkProxy] = field(default_factory=dict)
+    proxies: dict[tuple[str, str], LinkProxy] = field(default_factory=dict)  # (a, b): a's peer link to b
+    validator_proxies: dict[tuple[str, str], LinkProxy] = field(default_factory=dict)  # a's HTTP to b's validator
     history: list[dict[str, Any]] = field(default_factory=list)
     faults: dict[str, int] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
@@ -96,10 +98,16 @@ class Nemesis:
                     proxy = LinkProxy(f"{a.id}->{b.id}", int(b.env["PEER_PORT"]))
                     await nursery.start(proxy.serve)
                     self.proxies[(a.id, b.id)] = proxy
-        for a in coords:  # a reaches every other member b through proxy a->b
+                    proxy = LinkProxy(f"{a.id}->{b.id} validator", int(b.env["COORDINATOR_PORT"]))
+                    await nursery.start(proxy.serve)
+                    self.validator_proxies[(a.id, b.id)] = proxy
+        for a in coords:  # a reaches every other member b through proxy a->b (its validator too: a cut cuts both)
             view = [entries[b.id] if b.id == a.id else
                     f"{entries[b.id].split('@')[0]}@127.0.0.1:{self.proxies[(a.id, b.id)].port}" for b in coords]
             a.env["CLUSTER_PEERS"] = ",".join(view)
+            a.env["QUORUM_VALIDATORS"] = ",".join(
+                b.url if b.id == a.id else f"http://127.0.0.1:{self.validator_proxies[(a.id, b.id)].port}"
+                for b in coords)
             a.env["LOG_LEVEL"] = os.environ.get("LOG_LEVEL", "WARNING")  # LOG_LEVEL=INFO dsdn nemesis: theirs too
         if self.byzantine:
             coords[-1].env["DSDN_BYZANTINE"] = self.byzantine
@@ -243,7 +251,8 @@ class Nemesis:
             victim.process.send_signal(signal.SIGCONT)
         elif kind in ("cut", "slow_link"):
             self.say(f"  ({kind}: the links between {victim.id} and {other.id})")
-            links = [self.proxies[(victim.id, other.id)], self.proxies[(other.id, victim.id)]]
+            links = [proxies[pair] for proxies in (self.proxies, self.validator_proxies)
+                     for pair in ((victim.id, other.id), (other.id, victim.id))]
             for p in links:
                 p.set(cut=kind == "cut", delay_ms=0 if kind == "cut" else 300, rate=0 if kind == "cut" else 20_000)
             await trio.sleep(span)
@@ -271,7 +280,7 @@ class Nemesis:
 
     async def heal(self, http: httpx.AsyncClient, nursery: trio.Nursery) -> None:
         self.say("healing: every link restored, the devnet up, every coordinator running")
-        for p in self.proxies.values():
+        for p in [*self.proxies.values(), *self.validator_proxies.values()]:
             p.set()
         await self.devnet(http, "ok")
         for m in self.coordinators:
@@ -571,6 +580,9 @@ def report(nem: Nemesis, summary: dict[str, Any]) -> str:
             ("receipts acknowledged / final", f"{summary['acked_receipts']} / {summary['final']}"),
             ("node registrations acknowledged", str(summary["registrations"])),
             ("time to converge after healing", "never" if nem.converge_s is None else f"{nem.converge_s:.1f}s"),
+            ("proxied connections peer/quorum",  # (what the cuts act on: the quorum layer's HTTP too)
+             f"{sum(p.connections for p in nem.proxies.values())} / "
+             f"{sum(p.connections for p in nem.validator_proxies.values())}"),
             ("violations", str(len(nem.violations))),
             ("wall time", f"{nem.wall_s:.0f}s")]
     width = max(len(r[0]) for r in rows)

@@ -44,6 +44,9 @@ def test_a_short_nemesis_run_holds(tmp_path: Path) -> None:
     for kind in ("kill", "pause", "cut", "devnet_down"):
         assert f"{kind} " in report.splitlines()[0]
     assert "violations                       0" in report
+    # every member reached the others' quorum validators through the fault proxies (a cut cuts that HTTP too)
+    peer_links, validator_links = map(int, report.split("proxied connections peer/quorum")[1].split()[0::2][:2])
+    assert peer_links >= 6 and validator_links >= 12, report  # (a peer link per pair, dialed by one side)
     history = [json.loads(line) for line in (tmp_path / "nem" / "history.jsonl").read_text().splitlines()]
     receipts = [h for h in history if h["op"] == "receipt"]
     assert len(receipts) > 50 and all({"t", "to", "status", "answer", "body", "phase"} <= set(h) for h in history)
