@@ -41,8 +41,9 @@
   starts such a session too once ``leave_out_after_s`` + 2 × ``timeout_s`` have passed (its rank times that after
   the first), in case the first keeps restarting (each restart saw the missing member afresh). A member left out
   learns it from the certificate (every participant's confirmation, each checked) that f + 1 members relay (members
-  with the key answer its start with it): it then stops starting sessions (each timed out, for ever) and says so
-  (``dkg.left_out``, ``dkg.error``, journaled; its receipt view serves that key's batches only), and checks again
+  with the key answer its start, and the ``dkg.ask`` a keyless member sends now and then, with it): it then stops
+  starting sessions (each timed out, for ever) and says so (``dkg.left_out``, ``dkg.error``, journaled; its
+  receipt view serves that key's batches only), and checks again
   after ``leave_out_after_s``, doubling each time, by a start (a new DKG may include it). The next member in id
   order also starts when it has had neither a key nor a session for ``leave_out_after_s`` + 2 × ``timeout_s`` (the
   first starts nothing: left out, say). A member that withholds its confirmation and is then cut off is not
@@ -92,7 +93,7 @@ from protocol.dispatch import Inbox
 from protocol.envelope import Registry, is_bytes, is_int, is_list
 
 log = logging.getLogger("dsdn.dkg")
-START, MSG, SYNC, PROOFS = "dkg.start", "dkg.msg", "dkg.sync", "dkg.proofs"
+START, MSG, SYNC, PROOFS, ASK = "dkg.start", "dkg.msg", "dkg.sync", "dkg.proofs", "dkg.ask"
 MAX_BUFFERED = 4096  # messages of a session we have not joined yet
 MAX_BUFFERED_SESSIONS = 8  # sessions not joined yet whose messages are kept
 MAX_BUFFERED_BYTES = 32 << 20  # their messages together
@@ -131,6 +132,7 @@ def register(registry: Registry) -> None:
     registry.register(SYNC, {"session": is_bytes(SESSION_ID_SIZE), "threshold": is_int(1, 255),
                              "participants": ids, "round1": ids, "round2": ids, "confirm": ids})
     registry.register(PROOFS, {"proofs": proofs})
+    registry.register(ASK, {})
 
 
 @dataclass
@@ -232,6 +234,7 @@ class DkgService:
         self._next_proofs_hint = 0.0  # when this member may next send its proofs to the expected starter
         self._cert_sent: dict[str, float] = {}
         self._last_pending_sync = 0.0
+        self._next_ask, self._asks = 0.0, 0  # when a keyless member next asks for the cluster's certificate (ASK)
         path = Path(keystore_path)
         self._journal_path = path.with_name(path.name + ".dkg")
         self._cert_path = path.with_name(path.name + ".cert")
@@ -325,7 +328,7 @@ class DkgService:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self._restore()
-        channels = [(t, self.net.subscribe(t)) for t in (START, MSG, SYNC, PROOFS)]
+        channels = [(t, self.net.subscribe(t)) for t in (START, MSG, SYNC, PROOFS, ASK)]
         async with trio.open_nursery() as nursery:
             for type_, channel in channels:
                 nursery.start_soon(self._inbox, type_, channel)
@@ -336,7 +339,8 @@ class DkgService:
         return keystore.load(self.keystore_path, identity=self.identity, passphrase=self.passphrase)
 
     async def _inbox(self, type_: str, inbox: Inbox) -> None:
-        handler = {START: self._on_start, MSG: self._on_msg, SYNC: self._on_sync, PROOFS: self._on_proofs}[type_]
+        handler = {START: self._on_start, MSG: self._on_msg, SYNC: self._on_sync, PROOFS: self._on_proofs,
+                   ASK: self._on_ask}[type_]
         async for peer, msg in inbox:
             if peer not in self._ident_of:
                 continue
@@ -392,7 +396,24 @@ class DkgService:
         elif self.key is None and self._pending and now - self._last_pending_sync >= 4 * self.sync_interval_s:
             self._last_pending_sync = now  # ask for a late certificate of a session we confirmed
             self._send_sync(list(self._pending.values())[-1])
+        self._ask_for_certificate(now)
         self._maybe_auto_start(now)
+
+    def _ask_for_certificate(self, now: float) -> None:
+        """Keyless, in no session and not known to be left out: ask the members that are up for the cluster's
+        certificate now and then (2, 4, 8 … s apart, up to ``leave_out_after_s``). A member the others made their
+        key without while it was away (a machine replaced, say) learns it at once: it waited, saying nothing, until
+        its own start came round (``leave_out_after_s`` and more after a restart, unless it was the starter)."""
+        if self.key is not None or self.session is not None or self.left_out is not None:
+            self._next_ask, self._asks = 0.0, 0
+            return
+        up = self.net.up_peers()
+        if not up or now < self._next_ask:
+            return
+        self._asks += 1
+        self._next_ask = now + min(self.leave_out_after_s, self.sync_interval_s * 2 ** min(self._asks, 16))
+        for peer in up:
+            self.net.send(peer, ASK, {})
 
     def _maybe_auto_start(self, now: float) -> None:
         idle = self.key is None and self.session is None
@@ -587,6 +608,10 @@ class DkgService:
         if self.session is not None and self.session.id == session_id:
             return self.session
         return self._pending.get(session_id)
+
+    async def _on_ask(self, peer: str, body: dict[str, Any]) -> None:
+        if self.key is not None:  # (no key: nothing to tell; what it holds unfinished is its own business)
+            self._send_certificate(peer)
 
     async def _on_proofs(self, peer: str, body: dict[str, Any]) -> None:
         await self._learn_proofs(body["proofs"], peer)

@@ -1346,6 +1346,32 @@ async def test_a_member_left_out_while_unreachable_learns_it_and_stops_starting_
         nursery.cancel_scope.cancel()
 
 
+async def test_a_member_replaced_after_the_key_was_made_without_it_learns_it_within_seconds(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """c3 was unreachable while the others made their key without it; its machine is replaced (a fresh process and
+    key store). Not the starter, it waited saying nothing until its own start came round (leave_out_after_s + 6 ×
+    timeout_s: 80 s here). Keyless, it now asks the members that are up for their certificate, and learns at once."""
+    net, services = setup(tmp_path, delay=(0.001, 0.01))
+    cut = net.partition({"c0", "c1", "c2"}, {"c3"})
+    others = [services[i] for i in ("c0", "c1", "c2")]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        scopes = {i: await run_service(nursery, s) for i, s in services.items()}
+        await wait_until(lambda: all(s.key is not None for s in others), timeout=300)
+        group_key = one_group_key(others)
+        scopes["c3"].cancel()
+        old = services["c3"]
+        c3 = DkgService(net.add("c3"), old.identity, old.members, tmp_path / "c3-new.keyshare", timeout_s=5,
+                        run_blocking=inline)
+        net.heal(cut)
+        await run_service(nursery, c3)
+        await trio.sleep(15)
+        assert c3.key is None and c3.sessions_run == 0
+        assert c3.left_out is not None and c3.left_out["group_public_key"] == group_key.hex()
+        assert c3.group_keys == frozenset({group_key}) and "without this member" in c3.status()["dkg"]["error"]
+        nursery.cancel_scope.cancel()
+
+
 async def test_the_next_member_starts_when_the_first_keeps_restarting(
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     """c0 never comes up, and c1 (the starter once c0 is left out) restarts every 40 s, less than leave_out_after_s
