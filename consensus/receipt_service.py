@@ -1362,12 +1362,19 @@ class ReceiptService:
         return pair[0], pair[1]
 
     def _acknowledge(self, decisions: list[Decision]) -> None:
-        """The receipts locked here durably (the decisions committed): "locked", with the optimistic document."""
+        """The receipts locked here durably (the decisions committed): "locked", with the optimistic document; and
+        the rivals of those locks: "conflict" (answered before the commit, a rival's 409 named a lock the failed
+        commit then rolled back, and stayed so: a reviewer's reproduction)."""
         for d in decisions:
             record = self.records.get(d.receipt_id)
-            if d.verdict is Verdict.OK and record is not None and record.status == "pending":
+            if record is None or record.status != "pending":
+                continue
+            if d.verdict is Verdict.OK:
                 record.optimistic = self._optimistic(d.receipt_id)
                 record.settle("locked")
+            elif d.verdict is Verdict.CONFLICT:
+                self.counters.conflicts += 1
+                record.settle("conflict", "slot conflict", d.conflicting_id)
 
     def _forget_unlocked(self, decisions: list[Decision]) -> None:
         """The own lock's commit failed: the receipts it was to lock are not locked here. Their records go, so a
@@ -1375,7 +1382,7 @@ class ReceiptService:
         while the lock table is broken)."""
         for d in decisions:
             record = self.records.get(d.receipt_id)
-            if d.verdict is Verdict.OK and record is not None and record.status == "pending":
+            if d.verdict in (Verdict.OK, Verdict.CONFLICT) and record is not None and record.status == "pending":
                 self._drop(d.receipt_id)
                 self._records_version += 1
                 record.abandon()
@@ -1391,8 +1398,7 @@ class ReceiptService:
             if record is None:
                 continue
             if d.verdict is Verdict.CONFLICT:
-                self.counters.conflicts += 1
-                record.settle("conflict", "slot conflict", d.conflicting_id)
+                pass  # settled once the lock it conflicts with is durable (``_acknowledge``)
             elif d.verdict is Verdict.INVALID:
                 self._count_rejected(d.reason)
                 record.settle("rejected", d.reason)

@@ -836,6 +836,38 @@ async def test_a_receipt_whose_own_lock_failed_to_commit_is_not_acknowledged_and
         nursery.cancel_scope.cancel()
 
 
+async def test_a_rival_refused_by_a_lock_that_failed_to_commit_is_not_answered_slot_conflict(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """Rivals A and B for one slot in one batch: the own lock takes A and refuses B, and the commit fails. B was
+    settled "conflict" (409 naming A) before the commit, and stayed so, A locked nowhere; submitting B again gave the
+    same 409 until a restart (a reviewer's reproduction). Now B's record goes like A's: 503, judged again."""
+    cluster = SimCluster(tmp_path, 4, seed=44, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    a, b = cluster.receipt("n1", "obj1", reward=1), cluster.receipt("n1", "obj1", reward=2)
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        service = cluster.service("c1")
+        seen: dict[str, str] = {}
+
+        def failing_commit() -> None:
+            seen["b"] = service.records[b.id].status
+            service.locks.broken = "lock table failed: disk I/O error"
+            raise LockTableBroken(service.locks.broken)
+
+        service.locks.commit = failing_commit  # type: ignore[method-assign]
+        records = [service.submit(a), service.submit(b)]  # (one batch: the second comes within the batch wait)
+        with trio.fail_after(5):
+            for record in records:
+                while record.awaiting_lock:
+                    await record.changed.wait()
+        assert seen["b"] == "pending"  # (not answered before the commit)
+        assert all(r.abandoned and r.status == "pending" for r in records), [r.status for r in records]
+        assert a.id not in service.records and b.id not in service.records and service.counters.conflicts == 0
+        with pytest.raises(Unavailable, match="disk I/O error"):
+            service.submit(b)
+        nursery.cancel_scope.cancel()
+
+
 class DiskFullOnUpdates:
     """A lock table's connection whose UPDATEs fail as on a full disk (reads and lock inserts still work)."""
 
