@@ -1,12 +1,12 @@
 """Replica placement: multi-probe consistent hashing over a ring of virtual nodes, updated in place.
 
-Each node owns ``vnodes(capacity_gb)`` points on a 64-bit ring (one per started 8 GB, at least
-``MIN_VNODES``, at most ``MAX_VNODES`` so a huge capacity cannot blow up memory or time: 10k nodes cost
-at most 1.28M points). A key is hashed to ``PROBES`` positions; the point closest after any probe wins
-(multi-probe consistent hashing, Appleton & O'Reilly 2015). Probes bring the peak-to-mean load near
-1.05, where a plain ring would need ~1000 points per node; 32 points per node keep the least-loaded
-node near the mean too (with one point per node, nodes whose point follows closely after another's
-starve). A joining node takes keys only from the probes it wins.
+Each node owns ``vnodes(capacity_gb)`` points on a 64-bit ring (one per started 8 GB, at least ``MIN_VNODES``,
+at most ``MAX_VNODES`` so a huge capacity cannot blow up memory or time: 10k nodes cost at most 1.28M points);
+a node with ``capacity_gb`` 0 has none (it is placed nothing). A key is hashed to ``PROBES`` positions; the
+point closest after any probe wins (multi-probe consistent hashing, Appleton & O'Reilly 2015). Probes bring
+the peak-to-mean load near 1.05, where a plain ring would need ~1000 points per node; 32 points per node keep
+the least-loaded node near the mean too (with one point per node, nodes whose point follows closely after
+another's starve). A joining node takes keys only from the probes it wins.
 
 Replica ``r`` repeats the lookup with a per-round salt. Distinct zones come first; a node is never
 chosen twice; if rounds run out, the ring is walked clockwise from the primary. Every coordinator
@@ -241,8 +241,9 @@ class _Plan:
 
 
 def _target(record: NodeRecord | None) -> tuple[str, int] | None:
-    """What the ring holds for a registry record: (zone, weight), or nothing for an unregistered node."""
-    return None if record is None else (record[0], vnodes(record[2]))
+    """What the ring holds for a registry record: (zone, weight), or nothing for an unregistered node or one that
+    offers no capacity (``capacity_gb`` 0: it got the share of a 256 GB node, ``MIN_VNODES`` points)."""
+    return None if record is None or record[2] <= 0 else (record[0], vnodes(record[2]))
 
 
 class Placement:

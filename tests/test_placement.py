@@ -40,8 +40,9 @@ node_lists = st.lists(
 def test_no_duplicates_distinct_zones_first_and_all_nodes_when_rf_is_large(nodes, rf, key) -> None:
     placement = Placement(registry(nodes))
     chosen = placement.place(key, rf)
-    assert len(chosen) == len(set(chosen)) == min(rf, len(nodes))
-    zone_of = {n: z for n, z, _ in nodes}
+    offering = [(n, z, c) for n, z, c in nodes if c > 0]  # (a node of capacity 0 is placed nothing)
+    assert len(chosen) == len(set(chosen)) == min(rf, len(offering))
+    zone_of = {n: z for n, z, _ in offering}
     zones_available = len(set(zone_of.values()))
     assert len({zone_of[n] for n in chosen}) == min(len(chosen), zones_available)
 
@@ -63,9 +64,9 @@ def test_incremental_ring_equals_a_fresh_build() -> None:
     p.place("warm", 3)
     s.apply(make_event(ev.NODE_REGISTERED, (1000, 0), "c0", id="n5", zone="z9", addr="1.1.1.1:1", capacity_gb=900))
     s.apply(make_event(ev.NODE_UNREGISTERED, (1001, 0), "c0", id="n6"))
-    fresh = Ring.build({nid: (rec[0], vnodes(rec[2])) for nid, rec in s.live_nodes()})
+    fresh = Ring.build({nid: (rec[0], vnodes(rec[2])) for nid, rec in s.live_nodes() if rec[2] > 0})
     assert p.ring().points() == fresh.points() and p.ring().zone == fresh.zone
-    assert p.ring().zone_sizes == fresh.zone_sizes == {"z0": 13, "z1": 13, "z2": 12, "z9": 1}
+    assert p.ring().zone_sizes == fresh.zone_sizes == {"z0": 11, "z1": 11, "z2": 10, "z9": 1}  # (6 of capacity 0)
     assert p.full_builds == 1 and p.refreshes == 2  # the change was followed in place
 
 
@@ -92,6 +93,18 @@ def test_load_is_balanced_across_equal_nodes() -> None:
         counts[n] = counts.get(n, 0) + 1
     mean = 20_000 / 20
     assert max(counts.values()) / mean < 1.15 and min(counts.values()) / mean > 0.85
+
+
+def test_a_node_offering_no_capacity_is_placed_nothing_and_joins_once_it_offers_some() -> None:
+    """A node registered with capacity_gb 0 had MIN_VNODES points: as much data as a 256 GB node (a review)."""
+    s = registry([("empty", "z0", 0), ("big", "z1", 256), ("mid", "z2", 100)])
+    p = Placement(s)
+    assert {n for k in range(3000) for n in p.place(f"k{k}", 3)} == {"big", "mid"}
+    s.apply(make_event(ev.NODE_REGISTERED, (10_000, 0), "c0", id="empty", zone="z0", addr="1.1.1.1:1",
+                       capacity_gb=50))
+    assert "empty" in {p.place(f"k{k}", 1)[0] for k in range(300)}  # (followed in place, as any change)
+    s.apply(make_event(ev.NODE_REGISTERED, (10_001, 0), "c0", id="big", zone="z1", addr="1.1.1.1:1", capacity_gb=0))
+    assert "big" not in {n for k in range(300) for n in p.place(f"k{k}", 3)}
 
 
 def test_capacity_weights_but_is_capped() -> None:
