@@ -52,7 +52,11 @@ class StatsTable:
         return [(nid, held[0]) for nid, held in self._stats.items() if self._current(held, now_ms)]
 
     def prune(self, now_ms: int) -> int:
-        stale = [nid for nid, held in self._stats.items() if not self._current(held, now_ms)]
+        """Drop the entries stale by their stamp, or from the future. One stale only by its arrival (stamped ahead)
+        stays until its stamp is stale too: dropped, the same report re-sent by a peer (a catch-up at each link
+        coming up) came back as new, for another TTL, until stamp + TTL (a reviewer's reproduction)."""
+        stale = [nid for nid, (stats, _) in self._stats.items()
+                 if now_ms - stats.reported_ms > self.ttl_ms or stats.reported_ms - now_ms > MAX_FUTURE_MS]
         for nid in stale:
             del self._stats[nid]
         return len(stale)

@@ -140,7 +140,24 @@ def test_a_report_stamped_ahead_ages_from_its_arrival() -> None:
     assert table.get("n", 2_900) is not None and [nid for nid, _ in table.current(2_900)] == ["n"]
     assert table.get("n", 3_001) is None and table.current(3_001) == []  # the TTL after it came, not the stamp
     assert choose(table.current(3_001), Workload(), W, 3_001, 2_000) is None
-    assert table.prune(3_001) == 1
+    assert table.prune(3_001) == 0 and table.prune(51_000 + 2_001) == 1  # (kept until its stamp is stale too)
+
+
+def test_a_report_stamped_ahead_and_pruned_does_not_come_back_when_a_peer_sends_it_again() -> None:
+    """Pruned once stale by its arrival, the same report re-sent by a peer (a catch-up at every link coming up)
+    was taken as new, for another TTL, again and again until stamp + TTL (a reviewer's reproduction: schedulable
+    until 53 s for a report that came at 1 s with a 2 s TTL)."""
+    table = StatsTable(ttl_ms=2_000)
+    report = stats(at=1_000 + 50_000)
+    assert table.put("n", report, 1_000)
+    last_current = 0
+    for now in range(1_000, 60_000, 500):
+        table.prune(now)
+        if now % 1_500 == 0:
+            table.put("n", report, now)
+        if table.get("n", now) is not None:
+            last_current = now
+    assert last_current <= 3_000, last_current
 
 
 def test_the_same_report_sent_again_does_not_refresh_it_but_a_newer_one_does() -> None:
