@@ -428,6 +428,21 @@ async def test_a_damaged_blob_is_never_served_and_a_store_serving_one_is_caught(
             await da.read_after(0, 10)
 
 
+async def test_a_post_of_a_blob_whose_copy_is_damaged_repairs_it_before_signing(server: Server) -> None:
+    """A re-post found the row and signed "stored" again, the copy damaged: a validator counted toward the quorum
+    for a blob it answered 503 for, its log stuck at 503 for good (a reviewer's reproduction)."""
+    async with BlobStoreDA(server.url, timeout_s=5) as da, httpx.AsyncClient(base_url=server.url) as http:
+        ref = await da.post(b"original")
+        await trio.to_thread.run_sync(
+            lambda: server.store._db.execute("UPDATE blobs SET data = ? WHERE position = 1", (b"forged",)))
+        assert (await http.get("/quorum/v1/log?after=0")).status_code == 503
+        again = await da.post(b"original")  # (the client checks the signed answer)
+        assert again.height == ref.height == 1
+        assert await da.get(ref) == b"original"
+        r = await http.get("/quorum/v1/log?after=0")
+        assert r.status_code == 200 and len(r.json()["items"]) == 1
+
+
 async def test_reads_wait_while_answers_are_stuck_with_readers_that_do_not_read(
         server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each reader of a page that never reads it held the page (~12 MiB) for as long as it kept the connection:
@@ -520,6 +535,29 @@ async def test_a_store_with_a_writer_list_takes_only_signed_writes_from_listed_k
         ref = await da.post(b"from the writer")
         assert await da.get(ref) == b"from the writer"
     assert await server.store.head() == 1  # nothing else got in
+
+
+async def test_a_write_without_a_listed_writer_is_refused_before_its_body_is_read(
+        nursery: trio.Nursery, tmp_path: Path) -> None:
+    """The body was read first: a client with no writer headers held up to the body limit per connection for the
+    body timeout (40 stalled uploads: 490 MiB, a reviewer's reproduction). It is answered 401/403 at once now."""
+    import nacl.signing
+
+    writer, stranger = nacl.signing.SigningKey.generate(), nacl.signing.SigningKey.generate()
+    server = await start_server(nursery, tmp_path / "s", writers=frozenset({bytes(writer.verify_key)}))  # type: ignore[arg-type]
+    port = int(server.url.rsplit(":", 1)[1])
+    for headers, status in ((b"", b"401"), (b"X-Dsdn-Writer: " + bytes(stranger.verify_key).hex().encode() +
+                                            b"\r\nX-Dsdn-Writer-Signature: " + b"00" * 64 + b"\r\n", b"403")):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"POST /quorum/v1/blobs?namespace=" + NS.hex().encode() + b" HTTP/1.1\r\n"
+                              b"Host: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000000\r\n"
+                              + headers + b"\r\n" + b"x" * 1000)  # (and the rest never comes)
+        answer = b""
+        with trio.fail_after(5):  # (the body timeout is 30 s)
+            while b"\r\n\r\n" not in answer:
+                answer += await stream.receive_some(65536)
+        assert answer.startswith(b"HTTP/1.1 " + status), answer[:80]
+        await stream.aclose()
 
 
 @pytest.mark.parametrize("answer", [b"[" * 200_000, b'{"pad": "' + b"x" * (40 << 20) + b'"}'])
