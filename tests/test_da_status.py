@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from node.da.status import (
     EMERGENCY,
+    FALLBACK_READ_FAILURES,
     FALLBACK_WRITE_RETRY_MS,
     PRIMARY,
     SECONDARY,
@@ -49,7 +50,7 @@ def test_warning_to_degraded_at_the_failure_threshold() -> None:
 def test_degraded_to_emergency_when_the_secondary_fails_and_back() -> None:
     m = DAStatusMachine(ALL, failure_threshold=1)
     fail(m, PRIMARY)
-    assert fail(m, SECONDARY) is Status.EMERGENCY
+    assert fail(m, SECONDARY, FALLBACK_READ_FAILURES) is Status.EMERGENCY
     assert m.snapshot().routing == EMERGENCY and m.snapshot().write_order[0] == EMERGENCY
     assert "secondary" in (m.snapshot().fallback_reason or "")
     assert ok(m, SECONDARY) is Status.DEGRADED
@@ -77,7 +78,7 @@ def test_recovery_needs_recovery_threshold_successes_then_reconciliation() -> No
 def test_recovery_from_emergency_and_relapse_during_recovering() -> None:
     m = DAStatusMachine(ALL, failure_threshold=2, recovery_threshold=2)
     fail(m, PRIMARY, 2)
-    fail(m, SECONDARY)
+    fail(m, SECONDARY, FALLBACK_READ_FAILURES)
     assert m.status is Status.EMERGENCY
     assert ok(m, PRIMARY, 2) is Status.RECOVERING
     assert fail(m, PRIMARY, 1) is Status.RECOVERING  # one failure is tolerated
@@ -94,9 +95,9 @@ def test_success_interrupts_a_failure_streak() -> None:
 def test_nothing_takes_writes_when_every_layer_is_down() -> None:
     m = DAStatusMachine(ALL, failure_threshold=1)
     fail(m, PRIMARY)
-    fail(m, SECONDARY)
+    fail(m, SECONDARY, FALLBACK_READ_FAILURES)
     assert m.snapshot().takes_writes
-    fail(m, EMERGENCY)
+    fail(m, EMERGENCY, FALLBACK_READ_FAILURES)
     snap = m.snapshot()
     assert not snap.takes_writes and set(snap.write_order) == set(ALL)
 
@@ -107,6 +108,42 @@ def test_primary_only_cluster() -> None:
     assert not m.snapshot().takes_writes and m.snapshot().routing == PRIMARY
     assert ok(m, PRIMARY) is Status.RECOVERING
     assert m.reconciled(0, 5) is Status.HEALTHY
+
+
+def test_one_failed_check_of_a_fallback_in_use_changes_nothing_and_a_failed_write_does_at_once() -> None:
+    """From a review: one slow health check of a secondary taking writes (a QuorumDA write outlasting the check's
+    deadline) took the status to Emergency, abandoning the write in flight there, and back at the next check."""
+    m = DAStatusMachine(ALL, failure_threshold=1)
+    assert fail(m, EMERGENCY) is Status.HEALTHY and not m.is_healthy(EMERGENCY)  # (on standby: one failed check)
+    ok(m, EMERGENCY)
+    fail(m, PRIMARY)
+    changes = []
+    m.on_change = lambda: changes.append(m.status)
+    assert fail(m, SECONDARY) is Status.DEGRADED and m.is_healthy(SECONDARY) and changes == []
+    assert ok(m, SECONDARY) is Status.DEGRADED and fail(m, SECONDARY) is Status.DEGRADED  # (a success in between)
+    assert fail(m, SECONDARY) is Status.EMERGENCY and not m.is_healthy(SECONDARY)  # (two in a row)
+    assert ok(m, SECONDARY, write=True) is Status.DEGRADED
+    assert fail(m, SECONDARY, write=True) is Status.EMERGENCY  # a failed write: at once
+
+
+def test_back_from_emergency_to_degraded_the_reason_is_the_primary_s_again() -> None:
+    """From a review: back in Degraded, /fallback/status still gave the secondary's failure as the reason."""
+    m = DAStatusMachine(ALL, failure_threshold=1)
+    fail(m, PRIMARY)
+    fail(m, SECONDARY, write=True)
+    assert "secondary" in (m.snapshot().fallback_reason or "")
+    assert ok(m, SECONDARY, write=True) is Status.DEGRADED
+    assert "primary broke" in (m.snapshot().fallback_reason or ""), m.snapshot().fallback_reason
+
+
+def test_reconciliation_done_with_primary_failures_counted_meanwhile_ends_in_warning() -> None:
+    """From a review: Recovering -> Healthy with a failure counted; the next observation of any layer went Warning."""
+    m = DAStatusMachine(ALL, failure_threshold=3)
+    fail(m, PRIMARY, 3)
+    assert ok(m, PRIMARY, 2) is Status.RECOVERING
+    fail(m, PRIMARY)
+    assert m.reconciled(0, 5) is Status.WARNING and m.relapses == 0
+    assert ok(m, PRIMARY) is Status.HEALTHY
 
 
 def test_unconfigured_layers_are_ignored_and_transitions_counted() -> None:
@@ -200,7 +237,7 @@ def test_a_write_failure_is_forgotten_once_the_primary_answered_long_after_it() 
 def test_a_fallback_layer_recovers_with_any_success_unless_it_failed_a_write_lately() -> None:
     m = DAStatusMachine(ALL, failure_threshold=1)
     fail(m, PRIMARY)
-    assert fail(m, SECONDARY, t=1_000) is Status.EMERGENCY  # a failed health check: the next good one ends it
+    assert fail(m, SECONDARY, FALLBACK_READ_FAILURES, t=1_000) is Status.EMERGENCY  # (the next good check ends it)
     assert ok(m, SECONDARY, t=1_001) is Status.DEGRADED
     assert fail(m, SECONDARY, write=True, t=2_000) is Status.EMERGENCY
     assert ok(m, SECONDARY, write=True, t=2_001) is Status.DEGRADED  # a good write ends it at once
@@ -344,7 +381,7 @@ def test_the_fallback_start_time_is_kept_from_degraded_to_emergency() -> None:
     secondary failing too) restamped it, so the views said the outage had just started."""
     m = DAStatusMachine(ALL, failure_threshold=1)
     assert fail(m, PRIMARY, t=1000) is Status.DEGRADED and m.last_fallback_at == 1000
-    assert fail(m, SECONDARY, t=5000) is Status.EMERGENCY
+    assert fail(m, SECONDARY, FALLBACK_READ_FAILURES, t=5000) is Status.EMERGENCY
     assert m.last_fallback_at == 1000 and m.snapshot().last_fallback_at == 1000
 
 

@@ -34,7 +34,7 @@ from node.da.namespace import namespace_from_name
 from node.da.pending import PendingStore
 from node.da.reconcile import SUBMIT_BLOBS, SUBMITS_IN_FLIGHT
 from node.da.stack import DAStack
-from node.da.status import PRIMARY, SECONDARY, DAStatusMachine, Status
+from node.da.status import FALLBACK_READ_FAILURES, PRIMARY, SECONDARY, DAStatusMachine, Status
 
 NS = namespace_from_name("dsdn-reconcile")
 TOKEN = "reconcile-devnet"
@@ -665,7 +665,8 @@ async def test_the_stack_says_when_a_layer_is_healthy_again(tmp_path: Path) -> N
     stack.on_recovered = recovered.append
     for _ in range(3):
         stack.machine.observe(PRIMARY, False, 0, "down", write=True)
-    stack.machine.observe(SECONDARY, False, 0, "down")
+    for _ in range(FALLBACK_READ_FAILURES):
+        stack.machine.observe(SECONDARY, False, 0, "down")
     assert recovered == []
     stack.machine.observe(SECONDARY, True, 0)
     for _ in range(3):

@@ -14,18 +14,21 @@ reads one ``StatusSnapshot`` of it, so they never disagree.
 In Recovering the primary takes writes again while blobs stored on fallbacks are re-posted to it;
 ``failure_threshold`` failures in Recovering go back to Degraded/Emergency.
 
-Writes and reads are told apart (``observe(..., write=True)`` for a post): a primary that serves reads and
-health checks but rejects every write must still reach the failure threshold. So the primary's failure
-count is its failed writes plus its failed reads in a row; only a successful read or health check resets the read
-failures, only a successful write resets the write failures (a primary failing its health checks but taking writes
-reaches the threshold too, instead of flipping Healthy ⇄ Warning at every check and write). Recovery from
-Degraded/Emergency may come from reads alone (``recovery_threshold`` successes in a row): Recovering then starts
-with a clean count, and reconciliation's writes are the probe (if they fail, the status goes back to the fallback). A
-fallback layer is unhealthy after any failure and healthy again after a successful write, or after a successful
-read or health check, unless it failed a write lately: then only ``FALLBACK_WRITE_RETRY_MS`` after that failure,
-doubling with each failed write since its last good one. (A fallback answering health checks but refusing our
-writes, its writer list lacking our key say, flipped the status on every check and every write, each write
-trying it first in vain: a reviewer's reproduction.) A write that fails on it falls through to the next layer.
+Writes and reads are told apart (``observe(..., write=True)`` for a post): a primary that serves reads and health
+checks but rejects every write must still reach the failure threshold. So the primary's failure count is its failed
+writes plus its failed reads in a row; only a successful read or health check resets the read failures, only a
+successful write resets the write failures (a primary failing its health checks but taking writes reaches the
+threshold too, instead of flipping Healthy ⇄ Warning at every check and write). Recovery from Degraded/Emergency may
+come from reads alone (``recovery_threshold`` successes in a row): Recovering then starts with a clean count, and
+reconciliation's writes are the probe (if they fail, the status goes back to the fallback). A fallback layer is
+unhealthy after any failure, but the one taking writes only after a failed write or ``FALLBACK_READ_FAILURES`` failed
+reads or health checks in a row (one slow check of a secondary taking writes, a QuorumDA write outlasting the check's
+deadline, took the status to Emergency and abandoned the write in flight there: a reviewer's reproduction; its writes
+tell soon enough), and healthy again after a successful write, or after a successful read or health check, unless it
+failed a write lately: then only ``FALLBACK_WRITE_RETRY_MS`` after that failure, doubling with each failed write since
+its last good one. (A fallback answering health checks but refusing our writes, its writer list lacking our key say,
+flipped the status on every check and every write, each write trying it first in vain: a reviewer's reproduction.) A
+write that fails on it falls through to the next layer.
 
 Outcomes arrive out of order: a write or read that started before an outage may succeed after the first
 failures of that outage were observed. Such a success says nothing about the present, so a caller that
@@ -65,6 +68,7 @@ MAX_RELAPSE_DOUBLINGS = 6  # leaving a fallback after relapses takes at most 64 
 WRITE_FAILURES_FORGOTTEN_MS = 600_000  # a read or health check this long after the latest failed write clears it
 FALLBACK_WRITE_RETRY_MS = 30_000  # a fallback that failed a write: trusted again on a health check this long after
 MAX_FALLBACK_RETRY_DOUBLINGS = 5  # ... doubling with each failed write since its last successful one (16 min at most)
+FALLBACK_READ_FAILURES = 2  # failed reads or checks in a row that make the fallback taking writes unhealthy
 
 
 class Status(Enum):
@@ -124,6 +128,7 @@ class DAStatusMachine:
     on_change: Callable[[], None] | None = None
     _state: dict[str, _Layer] = field(default_factory=dict)
     _seq: int = 0  # observations so far (failures are stamped with it)
+    _primary_reason: str | None = None  # why the status last left the primary (the fallback's reason in Degraded)
 
     def __post_init__(self) -> None:
         self._state = {name: _Layer() for name in self.layers}
@@ -151,6 +156,7 @@ class DAStatusMachine:
             self.stale += 1
             return self.status
         before = (self.status, st.healthy)
+        in_use = layer != PRIMARY and not ok and not write and st.healthy and self.write_order()[0] == layer
         self._seq += 1
         if ok:
             st.last_success_seq = self._seq
@@ -181,7 +187,8 @@ class DAStatusMachine:
                 st.write_failed_ms = now_ms
             else:
                 st.read_failures += 1
-            if layer != PRIMARY or st.failures >= self.failure_threshold:
+            if st.failures >= (self.failure_threshold if layer == PRIMARY else
+                               FALLBACK_READ_FAILURES if in_use and not st.write_failures else 1):
                 st.healthy = False
         self._step(now_ms)
         if self.on_change is not None and (self.status, st.healthy) != before:
@@ -192,6 +199,7 @@ class DAStatusMachine:
         """Reconciliation finished a pass with ``pending`` blobs still waiting for the primary."""
         if self.status is Status.RECOVERING and pending == 0:
             self._go(Status.HEALTHY, None, now_ms)
+            self._step(now_ms)  # (a primary with failures counted meanwhile: Warning, as any failure from Healthy)
             if self.on_change is not None:
                 self.on_change()
         return self.status
@@ -217,7 +225,8 @@ class DAStatusMachine:
         if s in (Status.HEALTHY, Status.WARNING, Status.RECOVERING):
             if primary.failures >= self.failure_threshold:
                 target = self._fallback_status()
-                self._go(target, f"primary DA failed {primary.failures} times in a row: {primary.last_error}", now_ms)
+                self._primary_reason = f"primary DA failed {primary.failures} times in a row: {primary.last_error}"
+                self._go(target, self._primary_reason, now_ms)
             elif primary.failures > 0 and s is Status.HEALTHY:
                 self._go(Status.WARNING, None, now_ms)
             elif primary.failures == 0 and s is Status.WARNING:
@@ -231,8 +240,9 @@ class DAStatusMachine:
             else:
                 target = self._fallback_status()
                 if target is not s:
+                    # (back to Degraded: the primary's failure again, not the secondary's that led to Emergency)
                     reason = (f"secondary DA unavailable: {self._state[SECONDARY].last_error}"
-                              if target is Status.EMERGENCY and SECONDARY in self._state else self.fallback_reason)
+                              if target is Status.EMERGENCY and SECONDARY in self._state else self._primary_reason)
                     self._go(target, reason, now_ms)
 
     @property
