@@ -23,6 +23,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,10 @@ class Member:
     def record(self) -> dict[str, Any]:
         """Its cluster.json entry; ``env`` is what it was started with (enough to start it again)."""
         port = self.env.get("PEER_PORT")
-        return {"role": self.role, "id": self.id, "pid": self.process.pid if self.process else None,
+        gone = self.process is not None and self.process.returncode is not None
+        return {"role": self.role, "id": self.id,
+                "pid": self.process.pid if self.process is not None and not gone else None,
+                **({"exited": self.process.returncode} if gone and self.process is not None else {}),
                 "url": self.url, "peer_address": f"127.0.0.1:{port}" if port else None, "argv": self.argv,
                 "env": self.env}
 
@@ -415,12 +419,12 @@ async def run_cluster(n: int, base_port: int, data_dir: Path, block_interval_ms:
                                 await _wait_ready(m, http, output.say)
                     if stop.is_set():
                         return
-                    _write_private(info, json.dumps(
-                        {"data_dir": str(data_dir), "processes": [m.record() for m in members]}, indent=2) + "\n")
+                    write_info = partial(_write_cluster_json, info, data_dir, members)
+                    write_info()
                     output.say("\n" + table(members) + f"\n\ncluster.json: {info}\nPress Ctrl-C to stop.\n")
                     task_status.started(members)
                     mark_started()
-                    await _wait_for_stop_or_exit(stop, members, output)
+                    await _wait_for_stop_or_exit(stop, members, output, write_info)
                 finally:
                     with trio.CancelScope(shield=True):
                         await _stop(members, hurry, output)
@@ -438,8 +442,15 @@ async def _cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:
     scope.cancel()
 
 
-async def _wait_for_stop_or_exit(stop: trio.Event, members: list[Member], output: Output) -> None:
-    """Until Ctrl-C; a member that exits is reported and the others keep running (so faults can be
+def _write_cluster_json(info: Path, data_dir: Path, members: list[Member]) -> None:
+    _write_private(info, json.dumps({"data_dir": str(data_dir), "processes": [m.record() for m in members]},
+                                    indent=2) + "\n")
+
+
+async def _wait_for_stop_or_exit(stop: trio.Event, members: list[Member], output: Output,
+                                 write_info: Callable[[], None] = lambda: None) -> None:
+    """Until Ctrl-C; a member that exits is reported (and cluster.json rewritten: its pid null, its exit code
+    beside; a stale pid there could be another process's by now) and the others keep running (so faults can be
     studied), except the DA services, without which the cluster cannot work."""
     reported: set[str] = set()
     while not stop.is_set():
@@ -450,6 +461,10 @@ async def _wait_for_stop_or_exit(stop: trio.Event, members: list[Member], output
                 raise RuntimeError(f"{m.id} exited unexpectedly with code {m.process.returncode}")
             reported.add(m.id)
             output.say(f"[cluster] {m.id} exited with code {m.process.returncode}; the others keep running")
+            try:
+                write_info()
+            except OSError as exc:
+                output.say(f"[cluster] cannot update cluster.json: {exc}")
         with trio.move_on_after(0.5):
             await stop.wait()
 
@@ -467,5 +482,6 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--block-interval-ms must be from 1 to 3600000")
     if not 1 <= args.base_port <= 65535 - 200 - args.n:
         parser.error("--base-port must leave room for base-port + 200 + n (the peer ports)")
-    lock_data("dsdn cluster", args.data_dir / ".lock")
-    run_process("dsdn cluster", run_cluster, args.n, args.base_port, args.data_dir, args.block_interval_ms)
+    data_dir = args.data_dir.resolve()  # (cluster.json's entries must start a member again from any folder)
+    lock_data("dsdn cluster", data_dir / ".lock")
+    run_process("dsdn cluster", run_cluster, args.n, args.base_port, data_dir, args.block_interval_ms)

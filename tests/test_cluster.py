@@ -212,6 +212,13 @@ async def test_cluster_replicates_survives_outages_and_rebuilds(cluster: Cluster
     c2_proc = cluster.process("coordinator-2")
     os.kill(c2_proc["pid"], signal.SIGKILL)
 
+    async def marked_exited() -> bool:  # (its pid could be another process's by now)
+        entry = next(p for p in json.loads((cluster.data_dir / "cluster.json").read_text())["processes"]
+                     if p["id"] == "coordinator-2")
+        return entry["pid"] is None and entry["exited"] == -signal.SIGKILL
+
+    await until("cluster.json to say c2 exited", marked_exited, 10, cluster)
+
     async def c2_down_on_c0() -> bool:
         return any(p["id"] == "coordinator-2" and p["state"] != "up"
                    for p in (await http.get(f"{c0}/cluster/peers")).json())
@@ -451,13 +458,14 @@ async def test_a_launcher_whose_output_is_not_read_keeps_the_cluster_serving_and
     """The launcher printed its children's lines from its event loop: with its stdout not read (Ctrl-S, `| less`
     not scrolled) it froze, heard no SIGTERM, and the children, their own pipes full, stopped answering (a reviewer's
     reproduction). Lines now wait in a bounded queue and are dropped past it. An inherited CLUSTER_CONFIG (another
-    cluster's) no longer overrides the local cluster's members either: every coordinator refused to start."""
+    cluster's) no longer overrides the local cluster's members either: every coordinator refused to start. A
+    relative --data-dir is recorded in cluster.json resolved (its entries start a member again from any folder)."""
     data = tmp_path / "cluster"
     base = free_base_port(1)
     proc = subprocess.Popen(
         [sys.executable, "-c", "from deploy.cli import main; main()", "cluster", "up", "-n", "1", "--base-port",
-         str(base), "--data-dir", str(data)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL, start_new_session=True,
+         str(base), "--data-dir", "cluster"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, start_new_session=True, cwd=tmp_path,
         env={**os.environ, "LOG_LEVEL": "DEBUG", "CLUSTER_CONFIG": str(Path("deploy/cluster.example.toml").resolve())})
     assert proc.stdout is not None
     os.set_blocking(proc.stdout.fileno(), False)
@@ -470,8 +478,10 @@ async def test_a_launcher_whose_output_is_not_read_keeps_the_cluster_serving_and
                 await trio.sleep(0.05)
         seen += proc.stdout.read() or b""
         assert b"ignoring CLUSTER_CONFIG" in seen and b"signs no receipts" in seen
-        url = next(p["url"] for p in json.loads((data / "cluster.json").read_text())["processes"]
-                   if p["role"] == "coordinator")
+        info = json.loads((data / "cluster.json").read_text())
+        url = next(p["url"] for p in info["processes"] if p["role"] == "coordinator")
+        assert info["data_dir"] == str(data.resolve()) and all(Path(p["env"]["COORDINATOR_DATA_DIR"]).is_absolute()
+                                                               for p in info["processes"] if p["role"] == "coordinator")
         async with httpx.AsyncClient(timeout=3) as http:
             for _ in range(15):  # the launcher's stdout is not read from now on: its pipe fills within a second
                 await trio.sleep(1)
