@@ -53,8 +53,11 @@ class OpenLock:
 
 
 class LockStore:
-    def __init__(self, path: Path, *, expect_existing: bool = False) -> None:
-        """``expect_existing``: this member already holds a key share, so a missing table means it was lost."""
+    def __init__(self, path: Path, *, expect_existing: bool = False, owner: bytes | None = None) -> None:
+        """``expect_existing``: this member already holds a key share, so a missing table means it was lost.
+        ``owner``: this member's identity key, kept in the table (``meta``) the first time it is opened with one; a
+        table kept for another member (another coordinator's data folder copied in) is broken: its locks are not
+        this member's, and rivals of the slots this one locked would be locked."""
         self.path = path
         self.broken: str | None = None
         self._count: int | None = None  # rows in ``locks``, counted at open, then kept (uncommitted ones included)
@@ -95,10 +98,21 @@ class LockStore:
                 self.db.execute("COMMIT")
                 self.db.execute("PRAGMA busy_timeout=0")  # (nobody else can hold it now: never wait)
                 self._count = int(self.db.execute("SELECT count(*) FROM locks").fetchone()[0])  # (before any thread)
+                if owner is not None:
+                    self._check_owner(owner)
         except sqlite3.DatabaseError as exc:
             self.broken = f"lock table {path} is unreadable: {exc}"
         if not hasattr(self, "db"):  # (not even opened: a directory in its place, no permission)
             self.db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+
+    def _check_owner(self, owner: bytes) -> None:
+        row = self.db.execute("SELECT v FROM meta WHERE k = 'owner'").fetchone()
+        if row is None:  # (a new table, or one from before the owner was kept: this member's from now on)
+            self.db.execute("INSERT INTO meta (k, v) VALUES ('owner', ?)", (owner,))
+        elif bytes(row[0]) != owner:
+            self.broken = (f"lock table {self.path} is another member's (kept for {bytes(row[0]).hex()[:16]}…, this "
+                           f"member is {owner.hex()[:16]}…): its locks are not this member's, so it will not sign "
+                           "(put this member's own table back, or run a new DKG)")
 
     def close(self) -> None:
         self.db.close()

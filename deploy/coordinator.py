@@ -189,7 +189,8 @@ def receipt_engine(cfg: config_mod.Config, coord: Coordinator, peers: PeerManage
                    ) -> tuple[ReceiptService, LockStore]:
     """The receipt engine over the peer links, the DKG's key share and the coordinator's state. A member that
     already holds a key share must find its lock table (a lost one stops signing)."""
-    locks = LockStore(cfg.data_dir / "locks.sqlite", expect_existing=(cfg.data_dir / "keyshare.bin").exists())
+    locks = LockStore(cfg.data_dir / "locks.sqlite", expect_existing=(cfg.data_dir / "keyshare.bin").exists(),
+                      owner=bytes(coord.key.verify_key))
     if locks.broken:
         log.error("receipt signing disabled: %s", locks.broken)
     view = StateLedgerView(lambda: coord.state, coord.submit_event, dkg, coord.da_read_through)

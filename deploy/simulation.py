@@ -366,7 +366,8 @@ class SimCluster:
             if m.behaviour is None:
                 m.dkg.undurable = self.observed.undurable
             m.keys = m.dkg
-        m.locks = LockStore(self.tmp / f"{m.id}.locks.sqlite", expect_existing=m.locks is not None)
+        m.locks = LockStore(self.tmp / f"{m.id}.locks.sqlite", expect_existing=m.locks is not None,
+                            owner=bytes(m.identity.verify_key))
         self._track_commits(m)
 
         async def submit(kind: str, **fields: Any) -> ev.Event:

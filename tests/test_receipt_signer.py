@@ -231,6 +231,23 @@ def test_a_corrupt_lock_table_is_broken(tmp_path: Path) -> None:
     assert LockStore(tmp_path / "new.sqlite", expect_existing=True).broken is None  # its own table, reopened
 
 
+def test_another_member_s_lock_table_copied_in_is_broken(tmp_path: Path) -> None:
+    """Another coordinator's locks.sqlite copied into this member's folder was taken as its own: the slots this
+    member had locked looked free, and their rivals were locked (a reviewer's reproduction)."""
+    me, other = b"m" * 32, b"o" * 32
+    theirs = LockStore(tmp_path / "theirs.sqlite", owner=other)
+    assert theirs.broken is None
+    theirs.close()
+    copied = LockStore(tmp_path / "theirs.sqlite", expect_existing=True, owner=me)
+    assert copied.broken is not None and "another member's" in copied.broken
+    copied.close()
+    LockStore(tmp_path / "mine.sqlite").close()  # (a table from before the owner was kept: adopted at its next open)
+    for owner, broken in ((me, False), (me, False), (other, True)):
+        store = LockStore(tmp_path / "mine.sqlite", expect_existing=True, owner=owner)
+        assert (store.broken is not None) is broken, store.broken
+        store.close()
+
+
 async def test_a_full_queue_refuses_new_receipts(cluster: SimCluster, monkeypatch: pytest.MonkeyPatch) -> None:
     from consensus import receipt_service
 
