@@ -1,7 +1,8 @@
-"""Node stats as soft state over the peer protocol: every locally reported update is broadcast to the
-peers at once, a peer whose link comes up gets every fresh entry, and received updates are merged last
-writer wins by report time. Stats never go to DA. The catch-up of a peer whose link came up is paced by its
-send queue (``CATCH_UP_RESERVE``), so it loses no entry and leaves room to other messages.
+"""Node stats as soft state over the peer protocol: every locally reported update is broadcast to the peers
+that are up at once (while their send queues have room to spare), a peer whose link comes up gets every fresh
+entry, and received updates are merged last writer wins by report time. Stats never go to DA. The catch-up of
+a peer whose link came up is paced by its send queue (``CATCH_UP_RESERVE``), so it loses no entry and leaves
+room to other messages.
 
 Received stats are checked exactly as ``POST /node/{id}/stats`` checks them (``node.scheduler.check_stats``,
 the one validator), plus what only a peer can get wrong: the node id must be a valid id, the report time
@@ -70,6 +71,7 @@ class StatsIntake:
         self.coord, self.max_waiting = coord, max_waiting
         self.waiting: dict[str, NodeStats] = {}
         self.accepted = self.refused = self.dropped = 0
+        self.shed = 0  # live updates not sent to a peer whose send queue was short of room (see run_stats_gossip)
 
     def receive(self, peer_id: str, body: Mapping[str, Any], now_ms: int) -> bool:
         """True if the update was merged now or kept until its node is registered."""
@@ -107,8 +109,19 @@ async def run_stats_gossip(coord: Coordinator, peers: PeerManager, intake: Stats
     inbox = peers.subscribe(STATS)
     intake = intake or StatsIntake(coord)
 
+    room = getattr(peers, "queue_room", None)  # (the simulated network's queues are unbounded)
+
     def share(node_id: str, stats: NodeStats) -> None:
-        peers.broadcast(STATS, to_body(node_id, stats))
+        """To the peers that are up, each while its send queue has more room than ``CATCH_UP_RESERVE``: broadcast
+        to every peer, a stream of reports (10,000 nodes reporting every 10 s) filled the queue of a slow or down
+        peer, and the receipt engine's and the DKG's messages to it were refused (a reviewer's reading). A peer
+        down gets every fresh entry at its link-up; one skipped here, the node's next report."""
+        body = to_body(node_id, stats)
+        for peer_id in peers.up_peers():
+            if room is None or room(peer_id) > CATCH_UP_RESERVE:
+                peers.send(peer_id, STATS, body)
+            else:
+                intake.shed += 1
 
     catching_up: dict[str, bool] = {}  # peers whose catch-up runs -> another link-up came meanwhile (run again)
     tasks: list[trio.Nursery] = []  # where the catch-ups run (once the gossip runs)
@@ -138,7 +151,6 @@ async def run_stats_gossip(coord: Coordinator, peers: PeerManager, intake: Stats
         meanwhile, or whose queue does not drain for CATCH_UP_PATIENCE_S, is left: its next link-up starts again."""
         now = wall_ms()
         bodies = [to_body(node_id, stats) for node_id, stats in coord.stats.current(now)]
-        room = getattr(peers, "queue_room", None)  # (the simulated network's queues are unbounded)
         for body in bodies:
             with trio.move_on_after(CATCH_UP_PATIENCE_S) as patience:
                 while room is not None and room(peer_id) <= CATCH_UP_RESERVE:

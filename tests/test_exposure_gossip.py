@@ -255,6 +255,45 @@ async def test_a_peer_that_stops_reading_holds_up_its_own_catch_up_only(autojump
         nursery.cancel_scope.cancel()
 
 
+async def test_live_reports_go_to_the_peers_that_are_up_and_leave_room_in_their_queues(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """Every report was broadcast to every peer: a stream of them filled the queue of a slow or down peer, and the
+    receipt engine's and the DKG's messages to it were refused (a reviewer's reading). Now only peers that are up
+    get them, each while its queue has more room than CATCH_UP_RESERVE (a down peer gets a catch-up at link-up)."""
+
+    class Peers:
+        def __init__(self) -> None:
+            self.sent = {"fast": 0, "slow": 0, "down": 0}
+            self.inbox = trio.open_memory_channel[Any](10)
+
+        def subscribe(self, type_: str) -> Any:
+            return self.inbox[1]
+
+        def on_link_up(self, callback: Any) -> None:
+            pass
+
+        def up_peers(self) -> list[str]:
+            return ["fast", "slow"]
+
+        def queue_room(self, peer: str) -> int:
+            return 1024 - self.sent[peer] if peer == "slow" else 1024  # ("slow" never sends what it queued)
+
+        def send(self, peer: str, type_: str, body: Any) -> bool:
+            self.sent[peer] += 1
+            return True
+
+    peers, coord = Peers(), FakeCoord(0)
+    intake = gossip.StatsIntake(coord)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(gossip.run_stats_gossip, coord, peers, intake)
+        await trio.testing.wait_all_tasks_blocked()
+        for i in range(2000):
+            coord.on_stats(f"n{i}", NodeStats(reported_ms=wall_ms(), **GOOD))
+        assert peers.sent == {"fast": 2000, "slow": 1024 - gossip.CATCH_UP_RESERVE, "down": 0}
+        assert intake.shed == 2000 - (1024 - gossip.CATCH_UP_RESERVE)
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_burst_of_reports_is_never_stamped_beyond_the_future_allowance(
         coord: Coordinator, client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each report was stamped past the one held: a node reporting faster than once per millisecond pushed its
