@@ -523,7 +523,11 @@ class ReceiptService:
             record.settle("final")
             return record
         rival = self.view.signed_rival(rid, receipt.slot)
-        if rival is not None and receipt.node_signature_valid():  # 409 with the rival, as for a conflict of locks
+        # 409 with the rival, as for a conflict of locks; only for a receipt its node signed with its registered key
+        # (checked against the key it carries alone, anyone's receipt naming a node was kept and served as that
+        # node's conflict evidence: a reviewer's reproduction; others are judged below: not yet valid, or invalid)
+        if (rival is not None and self.view.node_key(receipt.node_id)[1] == receipt.node_public_key
+                and receipt.node_signature_valid()):
             self.counters.conflicts += 1
             record = self._record(receipt)
             record.settle("conflict", "slot conflict", rival)

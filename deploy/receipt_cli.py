@@ -62,11 +62,21 @@ def _read_json(source: str) -> Any:
     if not text.strip():  # (an empty file, say a failed submit's output: "Expecting value: line 1 column 1")
         raise ValueError(f"{where} is empty: no JSON in it")
     try:
-        return json.loads(text)
+        value = json.loads(text, parse_constant=_no_constant)
+        json.dumps(value, ensure_ascii=False).encode()  # (a lone surrogate: sent, it failed in the client)
+        return value
     except RecursionError:  # (not a ValueError: it gave a traceback)
         raise ValueError(f"{where}: the JSON is nested too deeply") from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeEncodeError) as exc:
         raise ValueError(f"{where} is not JSON: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"{where} is not JSON: {exc}") from None
+
+
+def _no_constant(name: str) -> Any:
+    """NaN and Infinity: Python's json takes them, JSON has no such numbers (sent, they failed in the client and
+    were reported as the coordinator's fault, exit 1: a reviewer's reproduction)."""
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _node_key(path: Path) -> tuple[nacl.signing.SigningKey, bool]:

@@ -613,9 +613,13 @@ def test_receipt_cli_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixt
         code, out, err = dsdn(capsys, "receipt", action[0], str(empty), *action[1:])
         assert (code, out) == (2, "") and one_line(err).startswith(f"dsdn receipt {action[0]}: {empty} is not JSON: ")
         assert one_line(err).count("is not JSON") == 1, err
-        empty.write_bytes(b"\xff\xfe{}")
-        code, out, err = dsdn(capsys, "receipt", action[0], str(empty), *action[1:])
-        assert (code, out) == (2, "") and one_line(err).startswith(f"dsdn receipt {action[0]}: {empty} is not JSON: ")
+        # not UTF-8; NaN, Infinity and a lone surrogate (Python's json reads them; sent, they failed in the client
+        # and were "an unexpected answer from the coordinator", exit 1: a reviewer's reproduction)
+        for bad in (b"\xff\xfe{}", b'{"a": NaN}', b'{"a": -Infinity}', b'{"node_id": "\\ud800"}'):
+            empty.write_bytes(bad)
+            code, out, err = dsdn(capsys, "receipt", action[0], str(empty), *action[1:])
+            assert (code, out) == (2, "") and one_line(err).startswith(
+                f"dsdn receipt {action[0]}: {empty} is not JSON: "), (bad, err)
     code, out, err = dsdn(capsys, "receipt", "make", "--node", "n", "--subject", "obj", "--epoch", "0",
                           "--node-key", str(tmp_path / "k"))
     assert code == 2 and out == "" and "epoch" in one_line(err) and "Traceback" not in err

@@ -1253,6 +1253,28 @@ async def test_a_lock_held_here_for_a_receipt_whose_rival_got_signed_closes_as_a
         assert [bytes(r[0]) for r in rows] == [a.id]
 
 
+async def test_a_receipt_signed_with_another_key_is_no_conflict_evidence_against_the_node(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """a is final; anyone re-signing a rival of it with a key of their own (carried in the receipt) got a 409 "slot
+    conflict" kept and served as the node's conflict evidence (GET, listings, counters; a reviewer's reproduction).
+    It is rejected (its key is not the node's); the node's own rival is still a conflict."""
+    async with started(tmp_path, seed=45) as cluster:
+        a = cluster.receipt("n1", "obj1", reward=10)
+        c0 = cluster.service("c0")
+        c0.submit(a)
+        await cluster.wait_final({a.id}, members={"c0"})
+        forged = rc.sign_as_node(nacl.signing.SigningKey(b"f" * 32), receipt_type="storage", node_id="n1",
+                                 subject="obj1", epoch=a.epoch, usage_proof_hash=a.usage_proof_hash.hex(),
+                                 execution_commitment=None, reward_base=20, submitter_address="ab" * 20,
+                                 timestamp=a.timestamp)
+        assert forged.node_signature_valid()  # (under the key it carries)
+        record = c0.submit(forged)
+        assert record.status == "rejected" and forged.id not in c0.records and c0.counters.conflicts == 0
+        rival = cluster.receipt("n1", "obj1", reward=30)  # signed by the node itself
+        record = c0.submit(rival)
+        assert record.status == "conflict" and record.conflicting_id == a.id and c0.counters.conflicts == 1
+
+
 async def test_a_fast_refuser_does_not_cut_short_the_wait_for_a_slower_honest_signer(
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     """n = 4, t = 3: c3's DA view lags (it answers every lock "not yet" at once), c2 is honest on a slower link.
