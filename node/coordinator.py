@@ -10,6 +10,7 @@ cursor.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import operator
 import sqlite3
@@ -17,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
 import trio
 
 from node import events as ev
@@ -81,6 +83,15 @@ class ClockConflict(Exception):
     FUTURE_WRITE_LIMIT_MS ahead): it would be ignored, so it is refused (the API answers 409)."""
 
 
+def snapshot_basis(config: Config, members: frozenset[bytes], member_ids: dict[bytes, str]) -> str:
+    """What a snapshot's state and cursors were read under, as a digest: the member keys whose blobs count and the
+    ids bound to them, and the primary log (its kind, network and namespace). A snapshot of another basis is
+    refused at restore (see ``Coordinator.restore``)."""
+    what = [sorted(members), sorted(member_ids.items()), "mock" if config.use_mock_da else "celestia",
+            config.da_network, (config.da_namespace or b"").hex()]
+    return hashlib.sha256(msgpack.packb(what, use_bin_type=True)).hexdigest()
+
+
 def _log_client(consumer: Consumer) -> Any:
     """The blob store client a consumer reads through (under its metering), or None for another kind of log."""
     layer = getattr(consumer.da, "inner", consumer.da)
@@ -115,6 +126,7 @@ class Coordinator:
             log.warning("this coordinator's key %s is not in CLUSTER_MEMBER_KEYS: if the other members' lists do "
                         "not have it either (a new data dir makes a new key), they will drop its writes",
                         self.public_key.hex())
+        self.basis = snapshot_basis(config, self.members, self.member_ids)
         self.state = State()
         self.hlc = HybridLogicalClock()
         # register -> the latest local stamp issued after its version, while that write is in flight (_stamp)
@@ -178,6 +190,14 @@ class Coordinator:
         except Exception as exc:  # only an optimisation: rebuild from DA instead (whatever is wrong with it)
             log.warning("ignoring unreadable snapshot (%s: %s); rebuilding from DA", type(exc).__name__, exc)
             snap = None
+        if snap is not None and snap.basis != self.basis:
+            # read under other members (blobs of a member added since were passed by as an unknown signer's, and
+            # its cursors are past them; a member's removed since are in its state) or another primary log (its
+            # cursor is another log's height): its state root would differ from a rebuild's for good
+            log.warning("ignoring the snapshot: it was taken under another member list or DA primary (namespace, "
+                        "network) than this configuration's; rebuilding from DA")
+            snap = None
+        replaced = False
         if snap is not None:
             self.state = snap.state
             self.placement = Placement(self.state)
@@ -194,7 +214,7 @@ class Coordinator:
             if issued < snap.outbox_seq:  # (its events after the snapshot's were skipped: acknowledged writes)
                 log.warning("the outbox is not the one the snapshot was taken with (it numbered up to %d, the "
                             "snapshot is at %d: lost or replaced): all of it is replayed", issued, snap.outbox_seq)
-                self.applied_outbox_seq = 0
+                self.applied_outbox_seq, replaced = 0, True
         replayed = 0
         last = await self.outbox.last_seq()
         log.info("restoring: %s, outbox events %d to %d to replay", f"a snapshot of {self.state.events_applied} events"
@@ -224,6 +244,11 @@ class Coordinator:
         log.info("restored: snapshot=%s cursors=%s events=%d outbox-replayed=%d pending=%d in %.3fs",
                  "yes" if snap else "no", self.cursors(), self.state.events_applied, replayed,
                  self.outbox.pending, time.perf_counter() - t0)
+        if replaced:  # at once: the old watermark left on disk, a crash once the new outbox numbered past it made
+            # the next start skip its rows up to there (acknowledged writes missing until DA gave them back: a
+            # reviewer's reproduction)
+            self._snapshot_mark = (-1, {}, {})
+            await self._snapshot_or_log()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every background task until cancelled; then write a final snapshot."""
@@ -266,7 +291,7 @@ class Coordinator:
         mark = (self.state.events_applied, self.cursors(), logs)
         if mark == self._snapshot_mark:
             return False
-        snap = snapshot.Snapshot(self.state, mark[1], self.applied_outbox_seq, logs)
+        snap = snapshot.Snapshot(self.state, mark[1], self.applied_outbox_seq, logs, self.basis)
         size = await snapshot.save(self.config.data_dir, snap)
         self._snapshot_mark = mark
         self.snapshots_written += 1

@@ -4,7 +4,7 @@ A snapshot lets a restart skip replaying DA from height 0. It is only an optimis
 snapshot (an empty data dir) the state is rebuilt from DA alone. Its size follows the registers, not
 the number of events ever applied.
 
-Format 7 (state layout 5, see ``State.to_snapshot``): objects and replicas as flat columns (per shard) of their
+Format 8 (state layout 5, see ``State.to_snapshot``): objects and replicas as flat columns (per shard) of their
 stored registers (the events that wrote them) plus the state root's accumulator, so a restore is one msgpack call
 and a few dict builds, with no register decoded or hashed again; the map's last entry, ``crc``, is the CRC-32 of
 every byte before it (``TAIL``): a snapshot damaged on disk is refused (the state is rebuilt from DA) rather than
@@ -18,7 +18,10 @@ receipt batches changed between formats (in both directions: a batch with a bad 
 ``true`` for its version kept, a batch with 18 long signer ids refused and its blob passed by for good): a
 coordinator restored from an older one held another state root than one rebuilt from DA, for ever (a reviewer's
 reproductions). So an older format is refused and the state rebuilt from DA; ``FORMAT`` goes up whenever those rules
-change either way. A coordinator that knows only older formats refuses a newer one and rebuilds from DA too.
+change either way. A coordinator that knows only older formats refuses a newer one and rebuilds from DA too. Format 8
+adds ``basis``: the member list and primary log the state was read under (format 7 had none: a member added to the
+configuration had its earlier blobs, passed by as an unknown signer's, never read after a restart, and its state root
+differed from a rebuild's for good; a reviewer's reproduction).
 ``save`` never holds the event loop for long: see there.
 """
 
@@ -40,7 +43,7 @@ from node.state import LAYOUT, State
 
 FILE = "snapshot.msgpack"
 WRITE_BATCH = 4 << 20  # encoded bytes handed to the writing thread at a time
-FORMAT = 7  # raise it whenever the rules for accepting events or receipt batches change (see above)
+FORMAT = 8  # raise it whenever the rules for accepting events or receipt batches change (see above)
 TAIL = msgpack.packb("crc") + b"\xce"  # the last entry's key and its value's header (uint 32): the CRC follows
 
 
@@ -52,14 +55,18 @@ class Snapshot:
     # the log each blob store cursor counts in (``BlobStoreDA.log_identity``): a store that lost its database while
     # this coordinator was down is read again from the start (absent from snapshots of earlier versions)
     logs: dict[str, dict[str, str]] = field(default_factory=dict)
+    # what the state and cursors were read under (the coordinator's ``basis``: its member keys and their ids, its
+    # primary log): restored under another, a snapshot is refused (see ``Coordinator.restore``)
+    basis: str = ""
 
 
 def pieces(snap: Snapshot) -> Iterator[bytes]:
     """The encoding in pieces, each a short, bounded amount of work (see ``State.snapshot_pieces``), but for its
     last entry: ``tail`` of the CRC-32 of these pieces."""
     packer = msgpack.Packer(use_bin_type=True)
-    yield packer.pack_map_header(6)
+    yield packer.pack_map_header(7)
     yield packer.pack("format") + packer.pack(FORMAT)
+    yield packer.pack("basis") + packer.pack(snap.basis)
     yield packer.pack("cursors") + packer.pack(snap.cursors)
     yield packer.pack("logs") + packer.pack(snap.logs)
     yield packer.pack("outbox_seq") + packer.pack(snap.outbox_seq)
@@ -103,7 +110,10 @@ def decode(data: bytes | mmap.mmap) -> Snapshot:
             cursors = {str(k): _int(v) for k, v in obj["cursors"].items()}
             logs = {str(k): {"key": _hex(v["key"]), "log_id": _hex(v["log_id"])}
                     for k, v in obj.get("logs", {}).items()}
-            snap = Snapshot(State.from_snapshot(obj["state"]), cursors, _count(obj["outbox_seq"]), logs)
+            basis = obj["basis"]
+            if type(basis) is not str:
+                raise ValueError(f"malformed snapshot: {basis!r} where its basis belongs")
+            snap = Snapshot(State.from_snapshot(obj["state"]), cursors, _count(obj["outbox_seq"]), logs, basis)
         except (KeyError, TypeError, AttributeError, IndexError, OverflowError) as exc:  # a field of the wrong shape
             raise ValueError(f"malformed snapshot: {type(exc).__name__}: {exc}") from None
         return snap
@@ -177,7 +187,7 @@ async def save(data_dir: Path, snap: Snapshot) -> int:
     caller's task; the encoding runs on the event loop one short piece at a time, with a checkpoint after
     each, and the file is written and fsynced in a thread, a few MiB at a time: however large the state,
     no step holds the loop (or the GIL) for long. Cancelled, it leaves the previous snapshot in place."""
-    cut = Snapshot(snap.state.frozen(), dict(snap.cursors), snap.outbox_seq, dict(snap.logs))
+    cut = Snapshot(snap.state.frozen(), dict(snap.cursors), snap.outbox_seq, dict(snap.logs), snap.basis)
     try:
         return await _write_cut(data_dir, cut)
     finally:

@@ -821,7 +821,8 @@ async def test_a_coordinator_snapshot_keeps_the_log_each_cursor_counts_in(nurser
     assert coord.consumers["emergency"].cursor == 3 and second.log_identity == first.log_identity
     # a snapshot of the previous version (no logs): the log is read again once, and its identity is then saved
     # though nothing else changed (the mark ignored it: every restart read the log again)
-    await snapshot.save(cfg.data_dir, snapshot.Snapshot(saved.state, saved.cursors, saved.outbox_seq))
+    await snapshot.save(cfg.data_dir, snapshot.Snapshot(saved.state, saved.cursors, saved.outbox_seq,
+                                                        basis=saved.basis))
     third = BlobStoreDA(server.url)
     await run_once(third)
     assert snapshot.load(cfg.data_dir).logs.get("emergency") == first.log_identity

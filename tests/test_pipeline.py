@@ -72,6 +72,34 @@ async def test_blobs_from_unknown_signers_are_dropped_and_counted(make_config: C
         assert a.state.node("evil-node") is None
 
 
+async def test_a_member_added_to_the_configuration_is_read_from_its_start_after_a_restart(
+        make_config: Callable[..., Config]) -> None:
+    """a did not list b while b wrote; then b is added to a's configuration and a restarts. Its snapshot's cursor was
+    past b's blobs (passed by as an unknown signer's): never read, a's state root differed from a rebuild's for good
+    (a reviewer's reproduction). A snapshot taken under another member list is refused: rebuilt from DA."""
+    from node import identity
+
+    da = MockDA()
+    b_cfg = make_config("b")
+    b_cfg.data_dir.mkdir(parents=True)
+    b_key = bytes(identity.load_or_create(b_cfg.data_dir).verify_key).hex()
+    async with running(make_config("a"), da) as a:
+        a_key = a.public_key.hex()
+        async with running(make_config("b", CLUSTER_MEMBER_KEYS=a_key), da) as b:
+            await register_nodes(b, 10, "b")
+            await wait_for(lambda: b.outbox.pending == 0, what="b's publication")
+            await a.register_node("a0", "z", "1.2.3.4:5", 10)
+            await wait_for(lambda: a.outbox.pending == 0 and a.consumers["primary"].rejected["unknown_signer"] >= 1,
+                           what="a to pass b's blobs by")
+    async with running(make_config("a", CLUSTER_MEMBER_KEYS=b_key), da) as a:
+        await wait_for(lambda: a.rebuilt, what="a's rebuild")
+        assert all(a.state.node(f"b-{i}") is not None for i in range(10)) and a.state.node("a0") is not None
+        root = a.state.root()
+    async with running(make_config("fresh", CLUSTER_MEMBER_KEYS=f"{a_key},{b_key}"), da) as fresh:
+        await wait_for(lambda: fresh.rebuilt, what="a fresh rebuild")
+        assert fresh.state.root() == root
+
+
 async def test_da_outage_loses_no_acknowledged_write(make_config: Callable[..., Config]) -> None:
     da = MockDA()
     async with running(make_config("a"), da) as a:
