@@ -448,6 +448,9 @@ def load(env: Mapping[str, str]) -> Config:
     member_keys, member_ids = _member_keys(env, peers)
     if not ID_RE.fullmatch(cluster_id):
         raise ConfigError("CLUSTER_ID", cluster_id, "1-128 characters of A-Z a-z 0-9 . _ : -")
+    gas_price = _float(env, "DA_GAS_PRICE", -1.0, -1.0, 1e6)
+    if gas_price != -1.0 and gas_price <= 0:  # (0 was sent as a price: a fee-less transaction a node refuses)
+        raise ConfigError("DA_GAS_PRICE", env.get("DA_GAS_PRICE"), "a price above 0, or -1 to let the node estimate it")
 
     return Config(
         da_rpc_url=rpc_url,
@@ -457,7 +460,7 @@ def load(env: Mapping[str, str]) -> Config:
         da_timeout_ms=_int(env, "DA_TIMEOUT_MS", 30000, 1, 3_600_000),
         da_retry_count=_int(env, "DA_RETRY_COUNT", 3, 0, 100),
         da_retry_delay_ms=_int(env, "DA_RETRY_DELAY_MS", 1000, 0, 3_600_000),
-        da_gas_price=_float(env, "DA_GAS_PRICE", -1.0, -1.0, 1e6),
+        da_gas_price=gas_price,
         da_start_height=_int(env, "DA_START_HEIGHT", 1, 1, 2**62),
         da_storage_window_s=_int(env, "DA_STORAGE_WINDOW_S", 7 * 86400, 0, 10 * 365 * 86400),
         use_mock_da=use_mock,

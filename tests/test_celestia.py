@@ -825,9 +825,9 @@ async def test_a_header_check_that_does_not_come_in_time_keeps_the_heights_read(
         async def head(self) -> int:
             return 20
 
-        async def blobs_at(self, height: int) -> list[tuple[BlobRef, bytes]]:
+        async def _blobs_at(self, height: int) -> tuple[list[tuple[BlobRef, bytes]], bool]:
             await trio.sleep(0.01)
-            return [(BlobRef("primary", height, b"c"), b"%d" % height)] if height <= 8 else []
+            return ([(BlobRef("primary", height, b"c"), b"%d" % height)], True) if height <= 8 else ([], False)
 
         async def call(self, method: str, params: list[Any], **kw: Any) -> Any:
             assert method == "header.GetByHeight"
@@ -837,6 +837,37 @@ async def test_a_header_check_that_does_not_come_in_time_keeps_the_heights_read(
     page = await layer.read_after(0, 100)
     assert page.cursor == 8 and [d for _, d in page.items] == [b"%d" % h for h in range(1, 9)]
     assert not page.at_head
+
+
+async def test_an_old_height_whose_only_blobs_are_skipped_is_read_past_not_taken_for_pruned() -> None:
+    """A height past the storage window whose only blob in our (public) namespace is one we cannot verify (share
+    version 1): the node plainly holds its data, but the empty result was taken for pruning and the read stopped
+    there for good (a reviewer's reproduction)."""
+    import datetime
+    import json
+    import time
+
+    old = datetime.datetime.fromtimestamp(time.time() - 7.5 * 86400, datetime.UTC).strftime(
+        "%Y-%m-%dT%H:%M:%S.000000000Z")
+    good = b"a blob of ours"
+    commitment = blob_commitment(NS, good, 0)
+
+    def node(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        method, params = body["method"], body["params"]
+        if method in ("header.NetworkHead", "header.GetByHeight"):
+            result: Any = {"header": {"height": str(3 if method == "header.NetworkHead" else params[0]), "time": old}}
+        elif params[0] == 3:
+            result = [{"namespace": b64(NS), "data": b64(good), "share_version": 0, "commitment": b64(commitment),
+                       "index": 1}]
+        else:
+            result = [{"namespace": b64(NS), "data": b64(b"x"), "share_version": 1, "commitment": b64(b"\0" * 32),
+                       "index": 5}]
+        return httpx.Response(200, json={"jsonrpc": "2.0", "id": body["id"], "result": result})
+
+    async with scripted_client(node, retry_count=0, storage_window_s=7 * 86400) as da:
+        page = await da.read_after(0, 32)
+    assert page.cursor == 3 and [d for _, d in page.items] == [good] and da.skipped_blobs == 2
 
 
 async def test_a_height_once_young_is_not_trusted_for_ever(nursery: trio.Nursery) -> None:

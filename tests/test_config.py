@@ -101,6 +101,8 @@ def test_member_keys_parse() -> None:
         ("DA_NAMESPACE", "0" * 58, "reserves"),
         ("EMERGENCY_DA_URL", "ftp://x", "http:// or https://"),
         ("ALLOW_UNAUTHENTICATED", "sure", "true or false"),
+        ("DA_GAS_PRICE", "0", "above 0, or -1"),  # (sent as a price: a fee-less transaction; a reviewer's find)
+        ("DA_GAS_PRICE", "-0.5", "above 0, or -1"),
     ],
 )
 def test_bad_values_name_the_variable_the_value_and_what_is_expected(var: str, value: str, expected: str) -> None:

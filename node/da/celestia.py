@@ -508,24 +508,32 @@ class CelestiaDA:
 
     async def blobs_at(self, height: int) -> list[tuple[BlobRef, bytes]]:
         """Every blob of our namespace at ``height``, in index order (empty if none)."""
+        return (await self._blobs_at(height))[0]
+
+    async def _blobs_at(self, height: int) -> tuple[list[tuple[BlobRef, bytes]], bool]:
+        """``blobs_at``, and whether the node answered with any blob at all (skipped ones included: it holds that
+        height's data, so an empty result is no sign of pruning)."""
         try:
             result = await self.call("blob.GetAll", [height, [self._ns_b64]])
         except BlobNotFound:  # celestia-node < 0.15 reports an empty height as "blob: not found" (only that)
-            return []
+            return [], False
         if result is None:
-            return []
+            return [], False
         if not isinstance(result, list):
             raise DARPCError(None, "blob.GetAll returned neither a list nor null", "blob.GetAll")
         found = [b for b in (self._decode_blob(obj, height) for obj in result) if b is not None]
         found.sort(key=lambda b: b[2])  # stable: blobs without an index keep the node's order
-        return [(ref, data) for ref, data, _ in found]
+        return [(ref, data) for ref, data, _ in found], bool(result)
 
     async def _fetch_into(self, height: int, results: dict[int, list[tuple[BlobRef, bytes]]],
-                          errors: dict[int, DAError]) -> None:
+                          errors: dict[int, DAError], answered: set[int]) -> None:
         try:
-            results[height] = await self.blobs_at(height)
+            results[height], held = await self._blobs_at(height)
         except DAError as exc:  # kept per height, so the caller can return the heights before it
             errors[height] = exc
+        else:
+            if held:
+                answered.add(height)
 
     async def read_after(self, cursor: int, limit: int, wait_s: float = 0.0) -> Page:
         """Whole heights after ``cursor``, up to the network head (``header.NetworkHead``). A long poll
@@ -556,10 +564,14 @@ class CelestiaDA:
             batch = list(range(height + 1, min(last, height + READ_CONCURRENCY) + 1))
             results: dict[int, list[tuple[BlobRef, bytes]]] = {}
             errors: dict[int, DAError] = {}
+            answered: set[int] = set()  # heights the node gave blobs for, none of them ours to keep: not pruned
             async with trio.open_nursery() as nursery:
                 for h in batch:
-                    nursery.start_soon(self._fetch_into, h, results, errors)
-            first_empty = next((h for h in batch if h in errors or not results[h]), None)
+                    nursery.start_soon(self._fetch_into, h, results, errors, answered)
+            # (a height whose only blobs were skipped, a share version 1 blob in our public namespace, say, was an
+            # empty answer: past the storage window, "maybe pruned", and the read stopped there for good; a
+            # reviewer's reproduction)
+            first_empty = next((h for h in batch if h in errors or not (results[h] or h in answered)), None)
             if first_empty is not None and first_empty not in errors and not self._trusts_empty(first_empty):
                 trusted = False
                 # (before the read's own deadline: reached, that cancels the whole read, and the heights read so
