@@ -13,7 +13,11 @@ application/octet-stream`` → 200 ``{"position", "hash", "signature", "validato
     Idempotent by (namespace, sha256(data)): the same blob again returns its first position with
     ``"duplicate": true``. A store with a writer list takes only writes signed by a listed key: headers
     ``X-Dsdn-Writer`` (hex key) and ``X-Dsdn-Writer-Signature`` (hex Ed25519 over ``write_message``);
-    401 without a valid signature, 403 for an unlisted writer.
+    401 without a valid signature, 403 for an unlisted writer. With ``X-Dsdn-Blob-Hash`` (hex sha256 of the body,
+    what our client sends) the signature is checked before the body is read (422 if the body then does not hash
+    to it); without it, the body is read first, and such reads may hold ``UNPROVEN_LIMIT_BYTES`` at once (503,
+    Retry-After, past it): a listed key is public, and a client naming one with a junk signature otherwise held up
+    to the body limit per connection for the body timeout (a reviewer's reproduction).
     Errors: 415 other content type, 422 missing/bad namespace or empty body,
     413 body over the limit, 503 storage failure.
 ``GET /quorum/v1/blobs/<hash>[?namespace=<hex>]`` → 200 ``{"position", "hash", "namespace", "data", "signature",
@@ -69,6 +73,7 @@ from werkzeug.exceptions import HTTPException
 
 from api.asgi_fix import allowed_methods, quart_app
 from node.da.blobstore_client import (
+    BLOB_HASH_HEADER,
     MAX_LOG_LIMIT,
     MAX_LOG_WAIT_MS,
     NAMESPACE_LEN,
@@ -93,6 +98,7 @@ LOG_PAGE_BYTES = 8 * 1024 * 1024
 #: readers that never read their answer each held a page (~12 MiB) for as long as they kept the connection; one
 #: client address may hold only part of it (a few such sockets shut every reader out, not only their own)
 SENDING_LIMIT_BYTES = 160 * 1024 * 1024
+UNPROVEN_LIMIT_BYTES = 32 * 1024 * 1024  # bodies being read before their writer's signature can be checked
 CLIENT_SENDING_LIMIT_BYTES = 64 * 1024 * 1024  # (a follower reads a page, ~11 MiB in base64, at a time; the
 #                                               members of a local cluster all read from 127.0.0.1)
 DB_FILE = "blobs.sqlite3"
@@ -160,6 +166,7 @@ class BlobStore:
         self._lock = trio.Lock()
         self.appended = 0  # blobs stored since start: a long poll waits for this to move
         self.sending = 0  # bytes of answers under /quorum/v1 read and not yet sent (count_answers)
+        self.unproven = 0  # bytes of write bodies being read before their signature can be checked
         self.sending_to: dict[str, int] = {}  # the same by client address
         self._append_event = trio.Event()  # set (and replaced) at each new blob and at stop_waiting
         self.stopping = False
@@ -374,23 +381,44 @@ def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
     return int(raw)
 
 
-def _listed_writer(writers: frozenset[bytes]) -> tuple[bytes, bytes]:
-    """The writer key and signature the request's headers name: 401 without them, 403 if the writer is not listed.
+def _listed_writer(writers: frozenset[bytes], namespace: bytes) -> tuple[bytes, bytes, bytes | None]:
+    """The writer key and signature the request's headers name, and the blob hash it declares (None: not declared):
+    401 without them or with a signature that does not cover the declared hash, 403 if the writer is not listed.
     Checked before the body is read (read first, a client with no writer headers at all had up to the body limit
     held per connection for the body timeout: 40 stalled uploads held 490 MiB, a reviewer's reproduction)."""
     key = _hex_header(WRITER_HEADER, 32)
     signature = _hex_header(WRITER_SIGNATURE_HEADER, 64)
     if key not in writers:
         raise Reject(403, "forbidden", f"writer {key.hex()} is not allowed to write to this store")
-    return key, signature
+    declared = request.headers.get(BLOB_HASH_HEADER)
+    if declared is None:
+        return key, signature, None
+    blob_hash = _hex_header(BLOB_HASH_HEADER, 32)
+    _check_signature(key, signature, namespace, blob_hash)
+    return key, signature, blob_hash
 
 
-def _check_writer(key: bytes, signature: bytes, namespace: bytes, data: bytes) -> None:
-    """401 unless ``signature`` by the writer ``key`` covers the blob."""
+def _check_signature(key: bytes, signature: bytes, namespace: bytes, blob_hash: bytes) -> None:
+    """401 unless ``signature`` by the writer ``key`` covers the blob of that hash."""
     try:
-        nacl.signing.VerifyKey(key).verify(write_message(namespace, hashlib.sha256(data).digest()), signature)
+        nacl.signing.VerifyKey(key).verify(write_message(namespace, blob_hash), signature)
     except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
         raise Reject(401, "unauthorized", "the writer signature does not verify") from None
+
+
+async def _unproven_body(store: BlobStore) -> bytes:
+    """The body of a write whose signature can be checked only once it is read: counted in ``store.unproven``
+    while it is, refused (503, Retry-After) past ``UNPROVEN_LIMIT_BYTES``."""
+    size = request.content_length if request.content_length is not None else store.max_body_bytes
+    if store.unproven + size > UNPROVEN_LIMIT_BYTES:
+        raise Reject(503, "busy", f"more than {UNPROVEN_LIMIT_BYTES} bytes of writes are being read before their "
+                                  f"signature can be checked: send {BLOB_HASH_HEADER}, or try again shortly",
+                     {"Retry-After": "1"})
+    store.unproven += size
+    try:
+        return await request.get_data(cache=False, as_text=False)
+    finally:
+        store.unproven -= size
 
 
 def _hex_header(name: str, size: int) -> bytes:
@@ -441,14 +469,21 @@ def register_blobstore_routes(app: QuartTrio, store: BlobStore) -> None:
         namespace = _hex_arg(_arg("namespace"), NAMESPACE_LEN, "namespace")
         if request.content_length is not None and request.content_length > store.max_body_bytes:
             return _too_large(store)
-        writer = _listed_writer(store.writers) if store.writers is not None else None
-        data = await request.get_data(cache=False, as_text=False)
+        writer = _listed_writer(store.writers, namespace) if store.writers is not None else None
+        if writer is not None and writer[2] is None:
+            data = await _unproven_body(store)
+        else:
+            data = await request.get_data(cache=False, as_text=False)
         if len(data) > store.max_body_bytes:
             return _too_large(store)
         if not data:
             raise Reject(422, "invalid_request", "the blob is empty")
         if writer is not None:
-            _check_writer(*writer, namespace, data)
+            key, signature, declared = writer
+            if declared is None:
+                _check_signature(key, signature, namespace, hashlib.sha256(data).digest())
+            elif hashlib.sha256(data).digest() != declared:
+                raise Reject(422, "invalid_request", f"the body does not hash to its {BLOB_HASH_HEADER}")
         stored = await store.put(namespace, data)
         return _json({"position": stored.position, "hash": stored.blob_hash.hex(),
                       "signature": store.sign(namespace, stored.blob_hash).hex(),

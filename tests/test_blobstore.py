@@ -540,24 +540,48 @@ async def test_a_store_with_a_writer_list_takes_only_signed_writes_from_listed_k
 async def test_a_write_without_a_listed_writer_is_refused_before_its_body_is_read(
         nursery: trio.Nursery, tmp_path: Path) -> None:
     """The body was read first: a client with no writer headers held up to the body limit per connection for the
-    body timeout (40 stalled uploads: 490 MiB, a reviewer's reproduction). It is answered 401/403 at once now."""
+    body timeout (40 stalled uploads: 490 MiB, a reviewer's reproduction), and a listed key (public) with a junk
+    signature did the same (a regression review). Answered 401/403 at once now, or held within a bound."""
     import nacl.signing
 
     writer, stranger = nacl.signing.SigningKey.generate(), nacl.signing.SigningKey.generate()
     server = await start_server(nursery, tmp_path / "s", writers=frozenset({bytes(writer.verify_key)}))  # type: ignore[arg-type]
     port = int(server.url.rsplit(":", 1)[1])
-    for headers, status in ((b"", b"401"), (b"X-Dsdn-Writer: " + bytes(stranger.verify_key).hex().encode() +
-                                            b"\r\nX-Dsdn-Writer-Signature: " + b"00" * 64 + b"\r\n", b"403")):
+
+    async def stalled_upload(headers: bytes, length: int = 1_000_000) -> trio.SocketStream:
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         await stream.send_all(b"POST /quorum/v1/blobs?namespace=" + NS.hex().encode() + b" HTTP/1.1\r\n"
-                              b"Host: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000000\r\n"
-                              + headers + b"\r\n" + b"x" * 1000)  # (and the rest never comes)
+                              b"Host: x\r\nContent-Type: application/octet-stream\r\nContent-Length: "
+                              + str(length).encode() + b"\r\n" + headers + b"\r\n" + b"x" * 1000)  # (no more comes)
+        return stream
+
+    async def answer_of(stream: trio.SocketStream) -> bytes:
         answer = b""
         with trio.fail_after(5):  # (the body timeout is 30 s)
             while b"\r\n\r\n" not in answer:
                 answer += await stream.receive_some(65536)
-        assert answer.startswith(b"HTTP/1.1 " + status), answer[:80]
         await stream.aclose()
+        return answer
+
+    def named(key: nacl.signing.SigningKey, declared: bytes | None = None) -> bytes:
+        return (b"X-Dsdn-Writer: " + bytes(key.verify_key).hex().encode() + b"\r\nX-Dsdn-Writer-Signature: "
+                + b"00" * 64 + b"\r\n" + (b"X-Dsdn-Blob-Hash: " + declared.hex().encode() + b"\r\n"
+                                           if declared is not None else b""))
+
+    # no writer; an unlisted one; a listed one (its key is public) with a junk signature over the hash it declares
+    for headers, status in ((b"", b"401"), (named(stranger), b"403"), (named(writer, b"h" * 32), b"401")):
+        answer = await answer_of(await stalled_upload(headers))
+        assert answer.startswith(b"HTTP/1.1 " + status), (headers, answer[:80])
+    # a listed writer declaring no hash (its signature can be checked only once the body is read): such reads hold
+    # UNPROVEN_LIMIT_BYTES at most, the next is refused at once
+    size = 2_000_000
+    held = [await stalled_upload(named(writer), size) for _ in range(blobstore_mod.UNPROVEN_LIMIT_BYTES // size)]
+    await wait_for(lambda: server.store.unproven == len(held) * size, what="the held uploads to be counted")
+    answer = await answer_of(await stalled_upload(named(writer), size))
+    assert answer.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in answer.replace(b"retry-after", b"Retry-After")
+    for stream in held:
+        await stream.aclose()
+    await wait_for(lambda: server.store.unproven == 0, what="the closed uploads to be released")
 
 
 @pytest.mark.parametrize("answer", [b"[" * 200_000, b'{"pad": "' + b"x" * (40 << 20) + b'"}'])

@@ -52,6 +52,7 @@ DEFAULT_NAMESPACE = bytes(19) + b"dsdn-coord"
 
 WRITE_DOMAIN = b"dsdn-blobstore-write-v1"
 WRITER_HEADER, WRITER_SIGNATURE_HEADER = "X-Dsdn-Writer", "X-Dsdn-Writer-Signature"
+BLOB_HASH_HEADER = "X-Dsdn-Blob-Hash"  # the sha256 the signature covers: the store checks it before the body
 
 
 def write_message(namespace: bytes, blob_hash: bytes) -> bytes:
@@ -239,7 +240,9 @@ class BlobStoreDA:
         data = bytes(data)
         headers = {"Content-Type": "application/octet-stream"}
         if self.signer is not None:
-            message = write_message(self.namespace, hashlib.sha256(data).digest())
+            blob_hash = hashlib.sha256(data).digest()
+            message = write_message(self.namespace, blob_hash)
+            headers[BLOB_HASH_HEADER] = blob_hash.hex()
             headers[WRITER_HEADER] = bytes(self.signer.verify_key).hex()
             headers[WRITER_SIGNATURE_HEADER] = self.signer.sign(message).signature.hex()
         body = await self._call("POST", "/blobs", "post", params={"namespace": self.namespace.hex()}, content=data,
