@@ -121,6 +121,8 @@ def test_one_failed_check_of_a_fallback_in_use_changes_nothing_and_a_failed_writ
     m.on_change = lambda: changes.append(m.status)
     assert fail(m, SECONDARY) is Status.DEGRADED and m.is_healthy(SECONDARY) and changes == []
     assert ok(m, SECONDARY) is Status.DEGRADED and fail(m, SECONDARY) is Status.DEGRADED  # (a success in between)
+    for _ in range(5):  # slow checks beside good writes: never two in a row
+        assert ok(m, SECONDARY, write=True) is Status.DEGRADED and fail(m, SECONDARY) is Status.DEGRADED
     assert fail(m, SECONDARY) is Status.EMERGENCY and not m.is_healthy(SECONDARY)  # (two in a row)
     assert ok(m, SECONDARY, write=True) is Status.DEGRADED
     assert fail(m, SECONDARY, write=True) is Status.EMERGENCY  # a failed write: at once

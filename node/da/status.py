@@ -172,8 +172,9 @@ class DAStatusMachine:
                     st.write_failures = 0
                 if st.failures < self.failure_threshold:
                     st.healthy = True
-            elif write:
-                st.write_failures, st.healthy = 0, True
+            elif write:  # (its failed checks too: slow checks beside good writes, two of them however far apart
+                #           took it out of use, and each one after that again: a regression review)
+                st.write_failures, st.read_failures, st.healthy = 0, 0, True
             elif not st.write_failures or now_ms - st.write_failed_ms >= FALLBACK_WRITE_RETRY_MS * 2 ** min(
                     st.write_failures - 1, MAX_FALLBACK_RETRY_DOUBLINGS):
                 st.healthy = True  # (its failed writes still count: the next one that fails waits twice as long)
