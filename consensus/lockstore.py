@@ -99,20 +99,24 @@ class LockStore:
                 self.db.execute("PRAGMA busy_timeout=0")  # (nobody else can hold it now: never wait)
                 self._count = int(self.db.execute("SELECT count(*) FROM locks").fetchone()[0])  # (before any thread)
                 if owner is not None:
-                    self._check_owner(owner)
+                    self._check_owner(owner, expect_existing)
         except sqlite3.DatabaseError as exc:
             self.broken = f"lock table {path} is unreadable: {exc}"
         if not hasattr(self, "db"):  # (not even opened: a directory in its place, no permission)
             self.db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
 
-    def _check_owner(self, owner: bytes) -> None:
+    def _check_owner(self, owner: bytes, holds_key: bool) -> None:
+        """Bind the table to ``owner`` (a new one, or one from before the owner was kept), or refuse it as another's
+        while this member holds a key share: its own locks would be missing. Without a key share (a new identity
+        starting over, its share moved aside) it is taken over: locks kept only ever refuse more."""
         row = self.db.execute("SELECT v FROM meta WHERE k = 'owner'").fetchone()
-        if row is None:  # (a new table, or one from before the owner was kept: this member's from now on)
-            self.db.execute("INSERT INTO meta (k, v) VALUES ('owner', ?)", (owner,))
-        elif bytes(row[0]) != owner:
+        if row is not None and bytes(row[0]) != owner and holds_key:
             self.broken = (f"lock table {self.path} is another member's (kept for {bytes(row[0]).hex()[:16]}…, this "
                            f"member is {owner.hex()[:16]}…): its locks are not this member's, so it will not sign "
-                           "(put this member's own table back, or run a new DKG)")
+                           "(put this member's own table back; or move keyshare.bin aside and run a new DKG: the "
+                           "table is then taken over)")
+        elif row is None or bytes(row[0]) != owner:
+            self.db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('owner', ?)", (owner,))
 
     def close(self) -> None:
         self.db.close()

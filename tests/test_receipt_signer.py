@@ -246,6 +246,14 @@ def test_another_member_s_lock_table_copied_in_is_broken(tmp_path: Path) -> None
         store = LockStore(tmp_path / "mine.sqlite", expect_existing=True, owner=owner)
         assert (store.broken is not None) is broken, store.broken
         store.close()
+    # a new identity starting over (its key share moved aside: a new DKG to come) takes its old table over, locks and
+    # all; it was refused for good (a regression review)
+    store = LockStore(tmp_path / "mine.sqlite", owner=other)
+    assert store.broken is None
+    store.close()
+    store = LockStore(tmp_path / "mine.sqlite", expect_existing=True, owner=other)
+    assert store.broken is None
+    store.close()
 
 
 async def test_a_full_queue_refuses_new_receipts(cluster: SimCluster, monkeypatch: pytest.MonkeyPatch) -> None:
