@@ -404,9 +404,11 @@ class DkgService:
         certificate now and then (2, 4, 8 … s apart, up to ``leave_out_after_s``). A member the others made their
         key without while it was away (a machine replaced, say) learns it at once: it waited, saying nothing, until
         its own start came round (``leave_out_after_s`` and more after a restart, unless it was the starter)."""
-        if self.key is not None or self.session is not None or self.left_out is not None:
+        if self.key is not None or self.left_out is not None:
             self._next_ask, self._asks = 0.0, 0
             return
+        if self.session is not None:  # (not reset: a member whose sessions all time out, one that lost its key
+            return  #                   share, say, asked every few seconds for ever; a regression review)
         up = self.net.up_peers()
         if not up or now < self._next_ask:
             return

@@ -1372,6 +1372,36 @@ async def test_a_member_replaced_after_the_key_was_made_without_it_learns_it_wit
         nursery.cancel_scope.cancel()
 
 
+async def test_a_member_whose_sessions_keep_timing_out_asks_for_the_certificate_ever_more_rarely(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """c3 lost its key store (same identity): keyless, it runs sessions that time out, and it asks for the cluster's
+    certificate. Each session reset the asks' schedule: one about every 14 s for ever, where it is to double up to
+    leave_out_after_s (a regression review)."""
+    net, services = setup(tmp_path, delay=(0.001, 0.01))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        scopes = {i: await run_service(nursery, s) for i, s in services.items()}
+        await wait_until(lambda: all(s.key is not None for s in services.values()), timeout=300)
+        scopes["c3"].cancel()
+        old = services["c3"]
+        c3 = DkgService(net.add("c3"), old.identity, old.members, tmp_path / "c3-lost.keyshare", timeout_s=5,
+                        run_blocking=inline)
+        asks = [0]
+        send = c3.net.send
+
+        def counting(peer: str, type_: str, body: dict[str, Any]) -> bool:
+            asks[0] += type_ == "dkg.ask"
+            return send(peer, type_, body)
+
+        c3.net.send = counting  # type: ignore[method-assign]
+        await run_service(nursery, c3)
+        await trio.sleep(1800)
+        assert c3.key is None and c3.sessions_run >= 3
+        # (2, 4, 8, 16, 32, then every 50 s: ~40 rounds of 3 in 1,800 s; reset at each session: ~130 in 1,800 s)
+        assert asks[0] <= 3 * 45, asks[0]
+        nursery.cancel_scope.cancel()
+
+
 async def test_the_next_member_starts_when_the_first_keeps_restarting(
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     """c0 never comes up, and c1 (the starter once c0 is left out) restarts every 40 s, less than leave_out_after_s
