@@ -51,6 +51,7 @@ log = logging.getLogger("dsdn.coordinator")
 VERSION = "0.1.0"
 REPLAY_PAGE = 4096  # outbox events read at a time when replaying it at start, and at most
 PROGRESS_EVERY_S = 5.0  # a long restore logs how far it got this often
+CURSORS_ONLY_SNAPSHOT_S = 600.0  # a periodic snapshot for moved cursors alone comes at most this often
 REPLAY_PAGE_BYTES = 8 * 2**20  # this many bytes (the first event whatever its size)
 #: How far past this coordinator's wall clock a local write may be stamped to follow the version its register holds
 #: (see ``Coordinator._stamp``); a register held by a member's write stamped further ahead refuses local writes.
@@ -170,6 +171,7 @@ class Coordinator:
         self._final_snapshot: trio.CancelScope | None = None  # the final snapshot's scope while ``run`` writes it
         self._final_snapshot_cut = False
         self._snapshot_mark: tuple[int, dict[str, int], dict[str, dict[str, str]]] = (-1, {}, {})
+        self._snapshot_at = -1e18  # trio time of the last snapshot written (see write_snapshot)
         self.started_ms = wall_ms()
 
     def _layer_recovered(self, layer: str) -> None:
@@ -283,17 +285,23 @@ class Coordinator:
     def cursors(self) -> dict[str, int]:
         return {name: c.cursor for name, c in self.consumers.items()}
 
-    async def write_snapshot(self) -> bool:
-        """Write a snapshot if anything changed since the last one; prune the outbox below it."""
+    async def write_snapshot(self, *, cursors_alone: bool = True) -> bool:
+        """Write a snapshot if anything changed since the last one; prune the outbox below it. ``cursors_alone``
+        False (the periodic ones): not when only the cursors moved, unless ``CURSORS_ONLY_SNAPSHOT_S`` passed since
+        the last one (a Celestia cursor moves at every block: an idle coordinator rewrote and fsynced its whole
+        state, 133 MiB at 1M events, every 30 s; a reviewer's reading). A restart reads those heights again."""
         # (the logs too: restored from a snapshot without them, a log read again from the start ends where it was,
         # and no snapshot was written to keep them: every restart read it again: a reviewer's reproduction)
         logs = {name: c.log for name, c in self.consumers.items() if c.log is not None}
         mark = (self.state.events_applied, self.cursors(), logs)
         if mark == self._snapshot_mark:
             return False
+        if (not cursors_alone and (mark[0], mark[2]) == (self._snapshot_mark[0], self._snapshot_mark[2])
+                and trio.current_time() - self._snapshot_at < CURSORS_ONLY_SNAPSHOT_S):
+            return False
         snap = snapshot.Snapshot(self.state, mark[1], self.applied_outbox_seq, logs, self.basis)
         size = await snapshot.save(self.config.data_dir, snap)
-        self._snapshot_mark = mark
+        self._snapshot_mark, self._snapshot_at = mark, trio.current_time()
         self.snapshots_written += 1
         try:  # (the snapshot is written: a failed prune is not a failed snapshot; the next one prunes again)
             pruned = await self.outbox.prune(snap.outbox_seq)
@@ -305,13 +313,13 @@ class Coordinator:
                  size, mark[0], mark[1], pruned)
         return True
 
-    async def _snapshot_or_log(self) -> None:
+    async def _snapshot_or_log(self, *, cursors_alone: bool = True) -> None:
         """``write_snapshot``, its failure logged and counted (``snapshots_failed``): a snapshot is only an
         optimisation, and a full disk must not take the coordinator down (it did), nor skip the clean-up after
         the final one. The previous snapshot stays in place, the outbox is not pruned; the next interval tries
         again."""
         try:
-            await self.write_snapshot()
+            await self.write_snapshot(cursors_alone=cursors_alone)
         except (OSError, sqlite3.Error) as exc:
             self.snapshots_failed += 1
             log.error("writing a snapshot failed (%s: %s); the previous one stays, trying again in %g s",
@@ -320,7 +328,7 @@ class Coordinator:
     async def _snapshot_loop(self) -> None:
         while True:
             await trio.sleep(self.config.snapshot_interval_ms / 1000)
-            await self._snapshot_or_log()
+            await self._snapshot_or_log(cursors_alone=False)
             self.stats.prune(wall_ms())
 
     # ---- applying --------------------------------------------------------------------------------

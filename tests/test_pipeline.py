@@ -100,6 +100,27 @@ async def test_a_member_added_to_the_configuration_is_read_from_its_start_after_
         assert fresh.state.root() == root
 
 
+async def test_a_periodic_snapshot_for_moved_cursors_alone_comes_rarely(make_config: Callable[..., Config],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Celestia cursor moves at every block: an idle coordinator rewrote and fsynced its whole state every 30 s
+    (133 MiB at 1M events; a reviewer's reading). Cursors alone make a periodic snapshot only every
+    CURSORS_ONLY_SNAPSHOT_S; a final one (at a stop) is written whatever moved."""
+    import node.coordinator as coordinator_module
+
+    coord = Coordinator(make_config("a"), MockDA())
+    await coord.restore()
+    assert await coord.write_snapshot(cursors_alone=False)  # (the first)
+    coord.consumers["primary"].cursor += 5
+    assert not await coord.write_snapshot(cursors_alone=False)
+    monkeypatch.setattr(coordinator_module, "CURSORS_ONLY_SNAPSHOT_S", 0.0)
+    assert await coord.write_snapshot(cursors_alone=False)
+    monkeypatch.undo()
+    coord.consumers["primary"].cursor += 5
+    assert await coord.write_snapshot()  # (a final one)
+    assert snapshot.load(coord.config.data_dir).cursors["primary"] == coord.consumers["primary"].cursor
+    coord.outbox.close()
+
+
 async def test_da_outage_loses_no_acknowledged_write(make_config: Callable[..., Config]) -> None:
     da = MockDA()
     async with running(make_config("a"), da) as a:
