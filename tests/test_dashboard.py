@@ -395,3 +395,99 @@ def test_a_member_behind_a_failing_proxy_is_down_and_huge_numbers_break_no_chart
     finally:
         server.kill()
         server.wait()
+
+
+SPLIT_MEMBERS = r'''
+import json, sys, time
+from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
+from pathlib import Path
+STATIC, port = Path(sys.argv[1]), int(sys.argv[2])
+ASSETS = {"/dashboard": "dashboard.html", "/dashboard/dashboard.js": "dashboard.js",
+          "/dashboard/dashboard.css": "dashboard.css"}
+ROOTS = ["aa", "bb", "aa", "bb"]  # two against two: no majority
+roots_asked = {"n": 0}
+
+def answer(path):
+    """c0..c3; c0's receipt counter grows 100 a second (read when answered), and its /state/root answers 1.2 s late
+    every other time."""
+    if path == "/cluster/members":
+        return 200, {"self": "c0", "members": [
+            {"id": f"c{i}", "public_key": f"{i:02x}" * 32, "peer_address": f"h:{i}",
+             "http_url": None if i == 0 else f"http://127.0.0.1:{port}/m{i}", "self": i == 0} for i in range(4)]}
+    i = int(path[2]) if path.startswith("/m") else 0
+    sub = path[3:] if path.startswith("/m") else path
+    if sub == "/state/root" and i == 0:
+        roots_asked["n"] += 1
+        if roots_asked["n"] % 2 == 0:
+            time.sleep(1.2)
+    return 200, {"/health": {"status": "healthy", "ready": True},
+                 "/state/root": {"root": ROOTS[i] * 32, "events_applied": 1, "pending": 0},
+                 "/cluster/peers": [], "/receipts": {"receipts": [], "next_after": None},
+                 "/da/routing": {"current_state": "primary", "status": "Healthy", "write_order": ["primary"],
+                                 "primary_healthy": True},
+                 "/cluster/status": {"group_public_key": "ab" * 32, "threshold": 3, "members": [],
+                                     "dkg": {"state": "complete"},
+                                     "receipts": {"final": int(time.time() * 100) if i == 0 else 7,
+                                                  "final_latency_ms": {"p50": 12.5, "p99": 20.0}}}}.get(sub)
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args): pass
+    def do_GET(self):
+        path = self.path.split("?")[0]
+        if path in ASSETS:
+            body = (STATIC / ASSETS[path]).read_bytes()
+            media = {"js": "text/javascript", "css": "text/css"}.get(path.rsplit(".", 1)[-1], "text/html")
+            status = 200
+        else:
+            status, obj = answer(path) or (404, {"error": "not found"})
+            body, media = json.dumps(obj).encode(), "application/json"
+        self.send_response(status)
+        self.send_header("Content-Type", media)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+'''
+
+
+def test_a_split_has_no_majority_and_a_slow_answer_does_not_skew_the_rate(
+        tmp_path: Path, browser_tools: tuple[str, Any]) -> None:
+    """From a review: with roots two against two the first member's was marked right and the others "≠" (the most
+    common value won, a majority or not); and the receipts/s were stamped when the slowest of a member's answers
+    came, so a slow /state/root every other poll drew 40 and 1,400 receipts/s by turns for a steady 100."""
+    chromium, sync_api = browser_tools
+    from tests.proc import free_port
+
+    port = free_port()
+    static = Path(__file__).resolve().parent.parent / "api" / "static"
+    server = subprocess.Popen([sys.executable, "-c", SPLIT_MEMBERS, str(static), str(port)])
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/cluster/members", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "the stand-in server did not start"
+                time.sleep(0.05)
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, headless=True,
+                                         args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/dashboard")
+            page.wait_for_function("Number(document.querySelector('#members tr[data-member=c0]')?.dataset.polls) >= 8",
+                                   timeout=30_000)
+            roots = page.evaluate("[...document.querySelectorAll('#members td.root')].map(td => td.className)")
+            keys = page.evaluate("[...document.querySelectorAll('#members td.group-key')].map(td => td.className)")
+            summary = page.locator("#summary-roots").inner_text()
+            labels = page.evaluate("[...document.querySelectorAll('#chart-rate text.axis')].map(t => t.textContent)")
+            browser.close()
+        assert all("differs" in c for c in roots) and len(roots) == 4, roots
+        assert not any("differs" in c for c in keys), keys
+        assert summary == "state roots differ (2)"
+        top = max(float(label) for label in labels if label.replace(".", "", 1).isdigit())
+        assert 50 <= top <= 500, labels  # (about 100/s: spikes drew the axis up to 2,000)
+    finally:
+        server.kill()
+        server.wait()

@@ -42,7 +42,7 @@
       const resp = await fetch(url, {signal: ctrl.signal, cache: "no-store"});
       let body = null;
       try { body = JSON.parse(await resp.text(), plain); } catch (_) { body = null; }
-      return {answered: true, ok: resp.ok, status: resp.status, body};
+      return {answered: true, ok: resp.ok, status: resp.status, body, at: Date.now()};
     } catch (err) {
       return {answered: false, ok: false, status: 0, body: null, error: String(err && err.message || err)};
     } finally {
@@ -102,11 +102,14 @@
     }
     return {up: true, at: Date.now(), health: health.body, root: root.ok ? root.body : null,
             peers: peers.ok && Array.isArray(peers.body) ? peers.body : null,
-            cluster: cluster.ok ? cluster.body : null, routing: routing.ok ? routing.body : null};
+            cluster: cluster.ok ? cluster.body : null, routing: routing.ok ? routing.body : null,
+            clusterAt: cluster.at};  // (when the receipt counters were read: a slow answer beside it skewed the rate)
   }
 
   function record(member, view) {
-    const now = Date.now() / 1000;
+    // the time the counters were read, not when the slowest of the member's answers came (a slow /state/root
+    // every other poll drew 40 and 1,400 receipts/s by turns for a steady 100: a reviewer's reproduction)
+    const now = (view.up && view.clusterAt ? view.clusterAt : Date.now()) / 1000;
     const receipts = view.up && view.cluster ? view.cluster.receipts : null;
     const series = state.history.get(member.id) || [];
     if (receipts && Number.isFinite(receipts.final)) {  // (numbers only: a member may answer anything)
@@ -253,8 +256,11 @@
     for (const v of values) if (v) counts.set(v, (counts.get(v) || 0) + 1);
     let best = null;
     let bestCount = 0;
-    for (const [v, c] of counts) if (c > bestCount) { best = v; bestCount = c; }
-    return {value: best, distinct: counts.size};
+    let total = 0;
+    for (const [v, c] of counts) { total += c; if (c > bestCount) { best = v; bestCount = c; } }
+    // a value only when more than half hold it (a split, or three roots, marked the first member's as right and
+    // the others as differing: a reviewer's reproduction; `dsdn status` asks more than half too)
+    return {value: bestCount * 2 > total ? best : null, distinct: counts.size};
   }
 
   function colorOf(id) {
@@ -329,7 +335,8 @@
       : (roots.distinct === 1 ? "state roots agree" : "no state root");
     summaryRoots.className = `pill ${roots.distinct > 1 ? "bad" : (roots.distinct === 1 ? "ok" : "warn")}`;
     const summaryKey = document.getElementById("summary-key");
-    summaryKey.textContent = keys.value ? `group key ${short(keys.value, 16)}` : "no group key yet";
+    summaryKey.textContent = keys.distinct > 1 && !keys.value ? `group keys differ (${keys.distinct})`
+      : (keys.value ? `group key ${short(keys.value, 16)}` : "no group key yet");
     summaryKey.className = `pill ${keys.distinct > 1 ? "bad" : (keys.value ? "ok" : "warn")}`;
     document.getElementById("summary-updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   }
