@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections import Counter
@@ -138,6 +139,14 @@ def _error_text(response: httpx.Response) -> str:
     return text
 
 
+class _OutOfTime(BaseException):
+    """Raised by the alarm that bounds a request (a BaseException: nothing on the way may take it for its own)."""
+
+
+def _out_of_time(signum: int, frame: Any) -> None:
+    raise _OutOfTime
+
+
 class Client:
     """A sync httpx client with timeouts and the bearer token on every request."""
 
@@ -158,16 +167,31 @@ class Client:
         read_s = timeout.read if isinstance(timeout, httpx.Timeout) and timeout.read is not None else 0.0
         budget = max(self.timeout_s, read_s)
         deadline = time.monotonic() + budget
-        with self.http.stream(method, url, **kw) as response:
-            body = bytearray()
-            for chunk in response.iter_bytes():
-                body += chunk
-                if time.monotonic() > deadline:
-                    raise httpx.ReadTimeout(f"no whole answer within {budget:g}s", request=response.request)
-            headers = [(k, v) for k, v in response.headers.multi_items()
-                       if k.lower() not in ("content-encoding", "transfer-encoding", "content-length")]
-            return httpx.Response(response.status_code, headers=headers, content=bytes(body),
-                                  request=response.request)
+        # An alarm bounds the headers too (an answer's headers sent a byte a second kept a command running for
+        # ever, the chunk loop below not reached yet: a reviewer's reproduction); main thread only, as signals are
+        try:
+            previous = signal.signal(signal.SIGALRM, _out_of_time)
+        except ValueError:
+            previous = None
+        else:
+            signal.setitimer(signal.ITIMER_REAL, budget + 0.5)  # (the chunk loop's own check first, if it runs)
+        try:
+            with self.http.stream(method, url, **kw) as response:
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if time.monotonic() > deadline:
+                        raise httpx.ReadTimeout(f"no whole answer within {budget:g}s", request=response.request)
+                headers = [(k, v) for k, v in response.headers.multi_items()
+                           if k.lower() not in ("content-encoding", "transfer-encoding", "content-length")]
+                return httpx.Response(response.status_code, headers=headers, content=bytes(body),
+                                      request=response.request)
+        except _OutOfTime:
+            raise httpx.ReadTimeout(f"no whole answer within {budget:g}s") from None
+        finally:
+            if previous is not None:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, previous)
 
     def call(self, method: str, found: list[Target], path: str, ok: tuple[int, ...] = (200,),
              **kw: Any) -> tuple[Target, Any]:
@@ -476,6 +500,11 @@ def execute(prog: str, args: argparse.Namespace, command: Callable[[argparse.Nam
         sys.stdout.flush()  # a closed stdout shows here, not in the interpreter's flush at exit
     except BrokenPipeError:
         code = stdout_closed()
+    except OSError as exc:  # any other failure of the output (a full disk: ENOSPC), or of a local file
+        if exc.filename is None:
+            stdout_closed()  # (the output cannot take Python's flush at exit either)
+        _fail_line(f"{prog}: {exc.filename if exc.filename else 'standard output'}: {exc.strerror or exc}")
+        code = 1
     except CtlError as exc:
         _fail_line(f"{prog}: {exc}")
         code = exc.code

@@ -667,6 +667,46 @@ async def test_timeout_bounds_the_whole_answer_not_each_read() -> None:
         nursery.cancel_scope.cancel()
 
 
+HEADER_DRIP = """
+import socket, sys, time
+server = socket.create_server(("127.0.0.1", 0))
+print(server.getsockname()[1], flush=True)
+conn, _ = server.accept()
+conn.recv(65536)
+conn.sendall(b"HTTP/1.1 200 OK\\r\\nx-pad: ")
+for _ in range(80):
+    conn.sendall(b"a")
+    time.sleep(0.5)
+"""
+
+
+def test_timeout_bounds_the_headers_too() -> None:
+    """The deadline was checked only once the headers were in: headers sent a byte a second kept `dsdn status
+    --timeout 2` running for ever (a reviewer's reproduction)."""
+    server = subprocess.Popen([sys.executable, "-c", HEADER_DRIP], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        client = ctl.Client(None, 1.0)
+        started = time.monotonic()
+        with pytest.raises(httpx.ReadTimeout):
+            client.request("GET", f"http://127.0.0.1:{port}/nodes")
+        assert time.monotonic() - started < 4
+        client.close()
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_an_output_that_fails_is_one_line_not_a_traceback() -> None:
+    """stdout on a full disk (ENOSPC, /dev/full here) ended in a traceback (a reviewer's reproduction)."""
+    with open("/dev/full", "w") as full:  # (`dsdn status` prints its table, the coordinator unreachable)
+        done = subprocess.run([sys.executable, "-c", "from deploy.cli import main; main()", "status", "--url",
+                               "http://127.0.0.1:1"], stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert one_line(done.stderr) == "dsdn status: standard output: No space left on device", done.stderr
+
+
 async def test_a_call_given_a_longer_read_timeout_gets_its_answer_past_the_default_timeout() -> None:
     """`dsdn receipt submit` with its defaults (--wait-ms 5000, --timeout 5): the server answers a receipt not final
     yet after the 5 s wait, past the whole-exchange deadline of --timeout: "no answer in time", the answer lost (a
