@@ -153,12 +153,15 @@ class Handshake:
         self._expect_step(dialer=False, step=0)
         self._step = 1
         obj = _unpack(frame, _HELLO_KEYS, "hello", max_str_len=256)
-        if obj["v"] != VERSION:
+        if type(obj["v"]) is not int or obj["v"] != VERSION:  # (true and 1.0 passed for 1)
             raise HandshakeRefused(CLOSE_BAD_VERSION, f"unsupported protocol version {obj['v']!r} (we speak {VERSION})")
         if obj["cluster"] != self.cluster:
             raise HandshakeRefused(CLOSE_WRONG_CLUSTER, f"wrong cluster id {obj['cluster']!r}")
         peer_id, key = obj["id"], obj["identity"]
-        if type(peer_id) is not str or self.members.get(peer_id) != key or peer_id == self.my_id:
+        # (in the members first: an unknown id with a nil identity passed, None == None, and was challenged, holding
+        # a slot for the handshake's time; a reviewer's reproduction)
+        if type(peer_id) is not str or peer_id not in self.members or self.members[peer_id] != key \
+                or peer_id == self.my_id:
             raise HandshakeRefused(CLOSE_UNKNOWN_PEER, f"identity {peer_id!r} is not a member with that key")
         if not _is_bytes(obj["ephemeral"], 32) or not _is_bytes(obj["nonce"], 32):
             raise HandshakeRefused(CLOSE_PROTOCOL, "malformed hello keys")

@@ -158,6 +158,11 @@ class _Conn:
     bytes_at: float = -math.inf  # trio time bytes last arrived on it (a frame's, complete or not)
     frame_at: float = -math.inf  # trio time a whole frame last arrived on it
     partial_since: float | None = None  # since when (about) a frame has been under way, if one is
+    # trio time the reader last was handing a frame's messages to local subscribers (it reads no frame meanwhile:
+    # a full subscriber held it up to backpressure_s, and with a heartbeat short beside that, six missed ticks closed
+    # a link whose peer was answering all along; a reviewer's reproduction)
+    delivering_at: float = -math.inf
+    delivering: bool = False
 
     def close(self, code: int, reason: str) -> None:
         self.code, self.reason = code, reason
@@ -517,6 +522,7 @@ class PeerManager:
                             link.errors += 1
                             link.last_error = f"malformed batch: {exc}"
                         deadline = trio.current_time() + self.dispatcher.backpressure_s  # for the whole frame
+                        conn.delivering = True
                         for data in batch:
                             try:
                                 msg = self.registry.decode(data)
@@ -531,6 +537,7 @@ class PeerManager:
                                 continue
                             link.msgs_in += 1
                             await self._dispatch(link, msg, deadline, len(data))
+                        conn.delivering, conn.delivering_at = False, trio.current_time()
                         if malformed >= MAX_MALFORMED:
                             conn.close(CLOSE_PROTOCOL, "too many malformed messages")
         except* ChannelBroken as group:
@@ -600,8 +607,8 @@ class PeerManager:
             if under_way and conn.partial_since is None:
                 conn.partial_since = tick
             # a whole frame came meanwhile, or bytes of one under way, however slowly, for a while (see _Stamping)
-            if conn.frame_at >= tick or (under_way and conn.bytes_at >= tick
-                                         and trio.current_time() - conn.partial_since <= max_partial_s):
+            if conn.frame_at >= tick or conn.delivering or conn.delivering_at >= tick or (
+                    under_way and conn.bytes_at >= tick and trio.current_time() - conn.partial_since <= max_partial_s):
                 link.missed = 0
                 if link.state is State.SUSPECT:
                     link.state = State.UP

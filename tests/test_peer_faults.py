@@ -66,13 +66,15 @@ async def test_a_dialer_whose_peer_froze_mid_link_dials_again_once_the_peer_is_b
         outer.cancel_scope.cancel()
 
 
-async def test_a_stuck_subscriber_does_not_get_a_healthy_link_closed() -> None:
+@pytest.mark.parametrize("heartbeat_s", [1.0, 0.1])
+async def test_a_stuck_subscriber_does_not_get_a_healthy_link_closed(heartbeat_s: float) -> None:
     """A full subscriber channel was waited for up to backpressure_s per message, so a frame of 20 such messages held
     the reader for 20 s: no frame read, so heartbeats counted as missed, and the link was closed under the requests
-    it carried (a reviewer's reproduction). The wait is per frame now."""
+    it carried (a reviewer's reproduction). The wait is per frame now; and with a heartbeat short beside that wait
+    (6 × 0.1 s < 1 s), the time spent delivering counts as the peer's sign of life (a reviewer's reproduction)."""
     ms = members(["a", "b"])
-    async with managed(ms[0], ms, heartbeat_s=1.0) as a, managed(ms[1], ms, heartbeat_s=1.0,
-                                                                   subscriber_buffer=4) as b:
+    async with managed(ms[0], ms, heartbeat_s=heartbeat_s) as a, managed(ms[1], ms, heartbeat_s=heartbeat_s,
+                                                                           subscriber_buffer=4) as b:
         await wait_for(lambda: a.peers["b"].state is State.UP and b.peers["a"].state is State.UP, what="linked")
 
         async def echo(peer: str, body: dict[str, Any]) -> dict[str, Any]:

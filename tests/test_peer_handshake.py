@@ -9,12 +9,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import msgpack
+import nacl.public
 import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, open_websocket_url, serve_websocket
 
 from protocol.handshake import (
     CLOSE_BAD_AUTH,
+    CLOSE_BAD_VERSION,
     CLOSE_PROTOCOL,
     CLOSE_UNKNOWN_PEER,
     Handshake,
@@ -42,6 +44,20 @@ def hello_with(ephemeral: bytes, my_id: str = "a", key: bytes | None = None) -> 
     return msgpack.packb({"v": 1, "cluster": "test", "id": my_id,
                           "identity": key if key is not None else MEMBERS[my_id],
                           "ephemeral": ephemeral, "nonce": bytes(32)}, use_bin_type=True)
+
+
+def test_a_stranger_with_a_nil_identity_or_a_version_of_another_type_is_refused_at_its_hello() -> None:
+    """An unknown id sent with a nil identity passed the membership check (None == None) and was challenged; and
+    true passed for version 1 (a reviewer's reproduction)."""
+    good = bytes(nacl.public.PrivateKey.generate().public_key)
+    for frame, code in ((msgpack.packb({"v": 1, "cluster": "test", "id": "stranger", "identity": None,
+                                        "ephemeral": good, "nonce": bytes(32)}), CLOSE_UNKNOWN_PEER),
+                        (msgpack.packb({"v": True, "cluster": "test", "id": "a", "identity": MEMBERS["a"],
+                                        "ephemeral": good, "nonce": bytes(32)}), CLOSE_BAD_VERSION)):
+        listener = Handshake(dialer=False, my_id="b", identity=KEYS["b"], cluster="test", members=MEMBERS)
+        with pytest.raises(HandshakeRefused) as err:
+            listener.receive_hello(frame)
+        assert err.value.code == code and listener.peer is None
 
 
 @asynccontextmanager
