@@ -523,11 +523,9 @@ class ReceiptService:
             record.settle("final")
             return record
         rival = self.view.signed_rival(rid, receipt.slot)
-        # 409 with the rival, as for a conflict of locks; only for a receipt its node signed with its registered key
-        # (checked against the key it carries alone, anyone's receipt naming a node was kept and served as that
-        # node's conflict evidence: a reviewer's reproduction; others are judged below: not yet valid, or invalid)
-        if (rival is not None and self.view.node_key(receipt.node_id)[1] == receipt.node_public_key
-                and receipt.node_signature_valid()):
+        # 409 with the rival, as for a conflict of locks; only for the node's own receipt (``_evidence``; others are
+        # judged below: not yet valid, or invalid)
+        if rival is not None and self._evidence(receipt):
             self.counters.conflicts += 1
             record = self._record(receipt)
             record.settle("conflict", "slot conflict", rival)
@@ -951,9 +949,17 @@ class ReceiptService:
         rival (its proposer closes it as one: 409 with the rival's id), not a plain rejection."""
         if decision.verdict is Verdict.INVALID:
             rival = self.view.signed_rival(receipt.id, receipt.slot)
-            if rival is not None:
+            if rival is not None and self._evidence(receipt):
                 return Decision(receipt.id, Verdict.CONFLICT, "slot conflict", rival)
         return decision
+
+    def _evidence(self, receipt: rc.Receipt) -> bool:
+        """Whether ``receipt`` is its node's own (signed with the key registered for it here): only such a rival of
+        a signed receipt is kept and served as the node's slot conflict. Checked against the key it carries alone,
+        anyone's receipt naming a node was (a reviewer's reproduction; and its retry took the same way round: a
+        regression review)."""
+        return (self.view.node_key(receipt.node_id)[1] == receipt.node_public_key
+                and receipt.node_signature_valid())
 
     def _settle_unsignable(self, receipt: rc.Receipt, reason: str) -> bytes | None:
         """Settle a receipt that can never be signed (its record, when pending or locked, and the counters): a
@@ -962,6 +968,8 @@ class ReceiptService:
         record = self.records.get(receipt.id)
         open_ = record is not None and record.status in ("pending", "locked")
         rival = self.view.signed_rival(receipt.id, receipt.slot)
+        if rival is not None and not self._evidence(receipt):
+            rival, reason = None, "the node signature is not the node's (not its registered key)"
         if rival is not None:
             self.counters.conflicts += 1
             if open_:

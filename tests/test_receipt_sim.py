@@ -1273,6 +1273,19 @@ async def test_a_receipt_signed_with_another_key_is_no_conflict_evidence_against
         rival = cluster.receipt("n1", "obj1", reward=30)  # signed by the node itself
         record = c0.submit(rival)
         assert record.status == "conflict" and record.conflicting_id == a.id and c0.counters.conflicts == 1
+        # the other way round: forged first (not the node's key: not yet valid, retried), then the node's receipt
+        # of that slot is signed: the retry took it for a conflict (a regression review)
+        b = cluster.receipt("n1", "obj2", reward=10)
+        early = rc.sign_as_node(nacl.signing.SigningKey(b"g" * 32), receipt_type="storage", node_id="n1",
+                                subject="obj2", epoch=b.epoch, usage_proof_hash=b.usage_proof_hash.hex(),
+                                execution_commitment=None, reward_base=20, submitter_address="ab" * 20,
+                                timestamp=b.timestamp)
+        record = c0.submit(early)
+        assert record.status == "pending"
+        c0.submit(b)
+        await cluster.wait_final({b.id}, members={"c0"})
+        await trio.sleep(10)  # (its retries)
+        assert record.status == "rejected" and c0.counters.conflicts == 1, (record.status, record.reason)
 
 
 async def test_a_fast_refuser_does_not_cut_short_the_wait_for_a_slower_honest_signer(
