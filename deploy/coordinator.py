@@ -61,7 +61,8 @@ async def run(cfg: config_mod.Config) -> None:
     dkg = None
     if peers is not None:
         dkg = DkgService(peers, coord.key, {p.id: p.public_key for p in cfg.peers}, cfg.data_dir / "keyshare.bin",
-                         passphrase=cfg.keystore_passphrase, threshold=cfg.dkg_threshold, auto=cfg.dkg_auto)
+                         passphrase=cfg.keystore_passphrase, threshold=cfg.dkg_threshold, auto=cfg.dkg_auto,
+                         timeout_s=cfg.dkg_timeout_ms / 1000)
         if cfg.keystore_passphrase is None:
             log.warning(keystore.at_rest_warning(cfg.data_dir / "keyshare.bin"))
     if not cfg.enable_fallback and (cfg.quorum_validators or cfg.emergency_da_url):

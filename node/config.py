@@ -100,6 +100,7 @@ class Config:
     peer_heartbeat_ms: int = 1000
     dkg_threshold: int | None = None  # None: floor(2n/3) + 1; else floor((n + f)/2) + 1 .. n (consensus.dkg)
     dkg_auto: bool = True
+    dkg_timeout_ms: int = 30_000  # a DKG session's deadline; a member unreached for 10 × it is left out of a start
     keystore_passphrase: bytes | None = field(default=None, repr=False)
     # Receipt consensus
     receipt_batch_max: int = 256
@@ -496,6 +497,7 @@ def load(env: Mapping[str, str]) -> Config:
         peer_heartbeat_ms=_int(env, "PEER_HEARTBEAT_MS", 1000, 10, 60_000),
         dkg_threshold=_dkg_threshold(env, len(peers)),
         dkg_auto=_bool(env, "DKG_AUTO", True),
+        dkg_timeout_ms=_int(env, "DKG_TIMEOUT_MS", 30_000, 1_000, 3_600_000),
         # the bytes the operator gave (a Latin-1 value reaches us as surrogates: .encode() failed with a traceback)
         keystore_passphrase=(env.get("KEYSTORE_PASSPHRASE") or "").encode("utf-8", "surrogateescape") or None,
         receipt_batch_max=_int(env, "RECEIPT_BATCH_MAX", 256, 1, 1024),

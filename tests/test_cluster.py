@@ -26,6 +26,18 @@ from node import identity
 BLOCK_MS = 500
 
 
+def sign_with_key_stores(data_dirs: list[Path], message: bytes) -> bytes:
+    """A FROST signature of ``message`` by the key shares kept in these coordinators' data folders (each decrypted
+    with its identity key, as its process does)."""
+    shares = [keystore.load(d / "keyshare.bin", identity=identity.load_or_create(d)) for d in data_dirs]
+    commitments, nonces = {}, {}
+    for sh in shares:
+        nonces[sh.identifier], commitments[sh.identifier] = frost.commit(sh.secret_share)
+    parts = {sh.identifier: frost.sign(sh.identifier, sh.secret_share, sh.group_public_key, nonces[sh.identifier],
+                                       message, commitments) for sh in shares}
+    return frost.aggregate(commitments, message, shares[0].group_public_key, parts)
+
+
 class Cluster:
     def __init__(self, data_dir: Path, log_path: Path, n: int = 3) -> None:
         self.data_dir, self.log_path, self.n = data_dir, log_path, n
@@ -198,14 +210,7 @@ async def test_cluster_replicates_survives_outages_and_rebuilds(cluster: Cluster
           f"{key_status['threshold']}-of-{len(key_status['members'])}")
     assert key_status["threshold"] == 3 and all(m["verifying_share"] for m in key_status["members"])
     assert (await http.post(f"{c0}/cluster/dkg", json={})).status_code == 409  # a key exists
-    shares = [keystore.load(cluster.data_dir / f"coordinator-{i}" / "keyshare.bin",
-                            identity=identity.load_or_create(cluster.data_dir / f"coordinator-{i}")) for i in range(3)]
-    commitments, nonces = {}, {}
-    for sh in shares:
-        nonces[sh.identifier], commitments[sh.identifier] = frost.commit(sh.secret_share)
-    parts = {sh.identifier: frost.sign(sh.identifier, sh.secret_share, sh.group_public_key, nonces[sh.identifier],
-                                       b"usage receipt", commitments) for sh in shares}
-    signature = frost.aggregate(commitments, b"usage receipt", shares[0].group_public_key, parts)
+    signature = sign_with_key_stores([cluster.data_dir / f"coordinator-{i}" for i in range(3)], b"usage receipt")
     nacl.signing.VerifyKey(bytes.fromhex(key_status["group_public_key"])).verify(b"usage receipt", signature)
 
     # a coordinator killed with SIGKILL and started again is relinked
