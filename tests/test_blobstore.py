@@ -572,6 +572,15 @@ async def test_a_write_without_a_listed_writer_is_refused_before_its_body_is_rea
     for headers, status in ((b"", b"401"), (named(stranger), b"403"), (named(writer, b"h" * 32), b"401")):
         answer = await answer_of(await stalled_upload(headers))
         assert answer.startswith(b"HTTP/1.1 " + status), (headers, answer[:80])
+    # a listed writer's good signature over the hash it declares, with another body: refused, nothing stored
+    declared = hashlib.sha256(b"what was signed").digest()
+    signature = writer.sign(b"dsdn-blobstore-write-v1" + NS + declared).signature
+    async with httpx.AsyncClient(base_url=server.url, timeout=5) as http:
+        r = await http.post("/quorum/v1/blobs", params={"namespace": NS.hex()}, content=b"another body",
+                            headers={"Content-Type": "application/octet-stream",
+                                     "X-Dsdn-Writer": bytes(writer.verify_key).hex(),
+                                     "X-Dsdn-Writer-Signature": signature.hex(), "X-Dsdn-Blob-Hash": declared.hex()})
+    assert r.status_code == 422 and "X-Dsdn-Blob-Hash" in r.json()["message"] and await server.store.head() == 0
     # a listed writer declaring no hash (its signature can be checked only once the body is read): such reads hold
     # UNPROVEN_LIMIT_BYTES at most, the next is refused at once
     size = 2_000_000

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -671,6 +672,10 @@ HEADER_DRIP = """
 import socket, sys, time
 server = socket.create_server(("127.0.0.1", 0))
 print(server.getsockname()[1], flush=True)
+conn, _ = server.accept()  # the first request: answered at once
+conn.recv(65536)
+conn.sendall(b"HTTP/1.1 200 OK\\r\\ncontent-type: application/json\\r\\ncontent-length: 2\\r\\n\\r\\n{}")
+conn.close()
 conn, _ = server.accept()
 conn.recv(65536)
 conn.sendall(b"HTTP/1.1 200 OK\\r\\nx-pad: ")
@@ -688,10 +693,15 @@ def test_timeout_bounds_the_headers_too() -> None:
         assert server.stdout is not None
         port = int(server.stdout.readline())
         client = ctl.Client(None, 1.0)
+        handler = signal.getsignal(signal.SIGALRM)
+        assert client.request("GET", f"http://127.0.0.1:{port}/nodes").json() == {}
+        # nothing left armed: a pending alarm would end a later, longer command
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0) and signal.getsignal(signal.SIGALRM) is handler
         started = time.monotonic()
         with pytest.raises(httpx.ReadTimeout):
             client.request("GET", f"http://127.0.0.1:{port}/nodes")
         assert time.monotonic() - started < 4
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0) and signal.getsignal(signal.SIGALRM) is handler
         client.close()
     finally:
         server.kill()

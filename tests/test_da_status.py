@@ -258,6 +258,8 @@ def test_a_fallback_that_answers_health_checks_but_refuses_writes_does_not_flap(
         assert ok(m, SECONDARY, t=t + 1_000 * (k + 1)) is Status.EMERGENCY
     assert m.transitions == transitions and m.write_order()[0] == EMERGENCY
     assert ok(m, SECONDARY, t=t + FALLBACK_WRITE_RETRY_MS) is Status.DEGRADED  # worth another try
+    assert fail(m, SECONDARY, t=t + FALLBACK_WRITE_RETRY_MS + 1) is Status.EMERGENCY  # (its write failed: one check)
+    assert ok(m, SECONDARY, t=t + FALLBACK_WRITE_RETRY_MS + 1) is Status.DEGRADED
     t += FALLBACK_WRITE_RETRY_MS + 1
     assert fail(m, SECONDARY, write=True, t=t) is Status.EMERGENCY  # refused again: twice as long now
     assert ok(m, SECONDARY, t=t + FALLBACK_WRITE_RETRY_MS) is Status.EMERGENCY

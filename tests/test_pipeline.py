@@ -121,6 +121,39 @@ async def test_a_periodic_snapshot_for_moved_cursors_alone_comes_rarely(make_con
     coord.outbox.close()
 
 
+async def test_a_snapshot_taken_on_another_da_primary_is_refused(make_config: Callable[..., Config]) -> None:
+    """The basis holds the primary's network and namespace too: a snapshot's cursor is another log's height."""
+    from node.da.namespace import namespace_from_name
+
+    a = Coordinator(make_config("a"), MockDA())
+    await a.restore()
+    a.state.apply(ev.make_event(ev.NODE_REGISTERED, (1, 0), "a", id="n1", zone="z", addr="h:1", capacity_gb=1))
+    assert await a.write_snapshot()
+    a.outbox.close()
+    for env, kept in (({}, True), ({"DA_NAMESPACE": namespace_from_name("another").hex()}, False),
+                      ({"DA_NETWORK": "mocha"}, False)):
+        again = Coordinator(make_config("a", **env), MockDA())
+        await again.restore()
+        assert (again.state.node("n1") is not None) is kept, env
+        again.outbox.close()
+
+
+async def test_the_snapshot_loop_asks_for_no_snapshot_of_moved_cursors_alone(
+        make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch) -> None:
+    coord = Coordinator(make_config("a", SNAPSHOT_INTERVAL_MS="100"), MockDA())
+    asked: list[bool] = []
+
+    async def write_snapshot(*, cursors_alone: bool = True) -> bool:
+        asked.append(cursors_alone)
+        return False
+
+    monkeypatch.setattr(coord, "write_snapshot", write_snapshot)
+    with trio.move_on_after(0.35):
+        await coord._snapshot_loop()
+    assert asked and not any(asked)
+    coord.outbox.close()
+
+
 async def test_da_outage_loses_no_acknowledged_write(make_config: Callable[..., Config]) -> None:
     da = MockDA()
     async with running(make_config("a"), da) as a:
