@@ -78,13 +78,13 @@ class StateLedgerView:
 
     def _group_keys(self) -> frozenset[str] | None:
         """The cluster's group keys (hex): the current one and those before a new DKG; None while none is known. A
-        member a DKG left out holds no key but knows the cluster's (``DkgService.left_out``): it served batches
-        signed under any key, a liar's own included, as final (a review's find)."""
+        member holding no key may still know the cluster's: left out by a DKG (``DkgService.left_out``), or its key
+        share lost, its past keys kept; it served batches signed under any key, a liar's own included, as final
+        (reviewers' finds)."""
         key = self._keys.key
         if key is None:
-            left_out = getattr(self._keys, "left_out", None)
             held = getattr(self._keys, "group_keys", None)
-            return frozenset(k.hex() for k in held) if left_out and held else None
+            return frozenset(k.hex() for k in held) if held else None
         held = getattr(self._keys, "group_keys", None)
         return frozenset(k.hex() for k in (held or (key.group_public_key,)))
 
@@ -121,14 +121,30 @@ class StateLedgerView:
         return self._located(receipt_id) is not None
 
     def signed_rival(self, receipt_id: bytes, slot: tuple[str, str, str, int]) -> bytes | None:
-        """Any key counts here: safety first (a member whose lock table was replaced relies on this check, and a
-        batch under a key it does not know may be the cluster's from before it lost its data); a receipt re-signed
-        by a liar needs the node's own signature of a rival, so only a node that signed two receipts for one slot
-        can be held up by it."""
-        ids = self._state().ledger.by_slot.get(slot) or set()
+        """A receipt of ``slot`` other than ``receipt_id`` signed under one of the cluster's keys, or one the node
+        itself signed (its registered key) under any key: safety first (a member whose lock table was replaced
+        relies on this check, and a batch under a key it does not know may be the cluster's from before it lost its
+        data). Not any batch's: a liar's batch under a key of its own, holding a receipt it signed with a key of its
+        own in the node's name, held up that node's real receipt for good (a reviewer's reproduction)."""
+        ledger = self._state().ledger
+        ids = ledger.by_slot.get(slot) or set()
         heard = self._heard_slots.get(slot) or set()  # (a batch announced, not in the state yet: its receipt was
         # served as final here while a rival was locked and promised, a reviewer's reproduction)
-        return min((rid for rid in ids | heard if rid != receipt_id), default=None)
+        rivals = [rid for rid in heard if rid != receipt_id]
+        if ids - {receipt_id}:
+            groups, node_key = self._group_keys(), ledger.key_of(slot[1])
+            rivals += [rid for rid in ids if rid != receipt_id and self._rival_counts(rid, groups, node_key)]
+        return min(rivals, default=None)
+
+    def _rival_counts(self, receipt_id: bytes, groups: frozenset[str] | None, node_key: bytes | None) -> bool:
+        ledger = self._state().ledger
+        if groups is not None and ledger.locate_under(receipt_id, groups) is not None:
+            return True
+        located = ledger.locate(receipt_id)
+        if located is None or node_key is None:
+            return False
+        raw, node_signature = located[0].wires[located[1]]
+        return rc.decode(raw, node_signature).node_public_key == node_key
 
     def slot_of(self, receipt_id: bytes) -> tuple[str, str, str, int] | None:
         info = self._state().ledger.info.get(receipt_id)

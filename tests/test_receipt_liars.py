@@ -464,6 +464,38 @@ def test_a_member_left_out_of_the_key_serves_only_batches_signed_under_the_clust
     assert {ours.id, theirs.id} <= set(StateLedgerView(lambda: state, None, keyless).signed_ids())  # type: ignore[arg-type]
     left_out = type("Keys", (), {"key": None, "left_out": {"group_public_key": bytes(GROUP.verify_key).hex()},
                                  "group_keys": frozenset({bytes(GROUP.verify_key)})})()
-    view = StateLedgerView(lambda: state, None, left_out)  # type: ignore[arg-type]
-    assert ours.id in view.signed_ids() and theirs.id not in view.signed_ids()
-    assert view.signed_document(ours.id) is not None and view.signed_document(theirs.id) is None
+    # and a member whose key share was lost (no key, not left out) that kept the cluster's past keys (a review)
+    lost = type("Keys", (), {"key": None, "left_out": None, "group_keys": frozenset({bytes(GROUP.verify_key)})})()
+    for keys in (left_out, lost):
+        view = StateLedgerView(lambda: state, None, keys)  # type: ignore[arg-type]
+        assert ours.id in view.signed_ids() and theirs.id not in view.signed_ids()
+        assert view.signed_document(ours.id) is not None and view.signed_document(theirs.id) is None
+
+
+async def test_a_liar_s_batch_in_a_node_s_name_does_not_block_the_node_s_own_receipt(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """c3 publishes, under a group key of its own, a batch holding a receipt for n1's slot that it signed with a key of
+    its own (no node signed it). Any batch's receipt counted as a signed rival: n1's real receipt for that slot was
+    refused as a slot conflict on every member, for good (a reviewer's reproduction). A rival counts when the
+    cluster signed it, or when the node itself did."""
+    async with started(tmp_path, seed=1) as cluster:
+        forged = rc.sign_as_node(nacl.signing.SigningKey(b"\x09" * 32), receipt_type="storage", node_id="n1",
+                                 subject="obj1", epoch=EPOCH, usage_proof_hash="11" * 32, execution_commitment=None,
+                                 reward_base=10**12, submitter_address="cd" * 20, timestamp=int(NOW))
+        own = nacl.signing.SigningKey(b"\x07" * 32)  # a group key the liar made up
+        group_key, raws = bytes(own.verify_key), [forged.to_bytes()]
+        root = merkle.root(raws)
+        await cluster.write("c3", ev.RECEIPT_BATCH, group_key=group_key.hex(), root=root.hex(), tree_size=1,
+                            signature=own.sign(rc.batch_message(group_key, root, 1)).signature.hex(), signers="c3",
+                            receipts=msgpack.packb([[raws[0], forged.node_signature]], use_bin_type=True))
+        with trio.fail_after(60):  # (DA brings it to every member)
+            while not all(forged.id in cluster.members[m].state.ledger.receipts for m in ("c0", "c1", "c2")):
+                await trio.sleep(1)
+        genuine = cluster.receipt("n1", "obj1")
+        assert cluster.service("c1").validate(genuine)[0] is Verdict.OK
+        cluster.service("c0").submit(genuine)
+        await cluster.wait_final({genuine.id}, members={"c0", "c1", "c2"})
+        # the node's own second receipt for that slot is still its conflict
+        second = cluster.receipt("n1", "obj1", reward=77)
+        record = cluster.service("c0").submit(second)
+        assert record.status == "conflict" and record.conflicting_id == genuine.id
