@@ -373,6 +373,11 @@ class ReceiptService:
         key = self.keys.key
         return key.threshold if key is not None else None
 
+    @property
+    def signing_now(self) -> frozenset[bytes]:
+        """The receipts of the batches this coordinator is locking or signing now."""
+        return frozenset(self._signing)
+
     def status(self) -> dict[str, Any]:
         by_status = {k: n for k, n in self._by_status.items() if n}
         lat = sorted(self.latencies)

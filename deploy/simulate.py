@@ -71,6 +71,7 @@ from node.receipt_ledger import batch_verifies, parse_batch
 LIVENESS_BOUND_S = 90.0
 QUIET_BOUND_S = 60.0  # after the liveness checks, the cluster goes quiet within this (virtual) time
 SETTLE_S = 4.0
+RECORDS_SETTLE_S = 1.5  # once quiet, before the records are judged: three housekeeping rounds of the receipt services
 RESUBMIT_S = 3.0  # how often the simulated client resubmits what is not final yet
 DKG_FRACTION = 0.25  # of the seeds run the DKG (see the module docstring)
 LOST_FRACTION = 0.2  # of the seeds with room in the fault budget lose a member for good (not with the DKG)
@@ -364,6 +365,8 @@ async def run_plan(plan: Plan, cluster: SimCluster) -> Outcome:
         if not cluster.quiet() or cluster.da.posts != posted:  # (it passed, and was checked as if quiet)
             outcome.liveness.append(f"the cluster is not quiet {QUIET_BOUND_S:.0f}s after the liveness checks "
                                     f"({cluster.da.posts} DA posts so far)")
+        await trio.sleep(RECORDS_SETTLE_S)  # (a batch that ended unsigned just before: its receipts, final here by
+        #                                      another's batch, settle at their next retry)
         check_safety(plan, cluster, records, outcome)
         check_acknowledged(cluster, submitted, outcome)
         check_writes(cluster, acknowledged, outcome)
@@ -642,6 +645,9 @@ def check_safety(plan: Plan, cluster: SimCluster, records: list[Any], outcome: O
             outcome.safety.append(f"slot {slot} has {len(ids)} signed receipts")
     for what in dict.fromkeys(cluster.observed.undurable):  # (each once, in order)
         outcome.safety.append(what)
+    for (member, slot), ids in cluster.observed.promised.items():
+        if len(ids) > 1:
+            outcome.safety.append(f"{member} released signature shares for {len(ids)} receipts of slot {slot}")
     seen: set[tuple[str, tuple[bytes, bytes]]] = set()
     for share in cluster.observed.shares:
         if share in seen:
@@ -719,11 +725,25 @@ def _conflict_at(m: Any, rid: bytes) -> bool:
 
 
 def check_acknowledged(cluster: SimCluster, submitted: list[tuple[str, Any]], outcome: Outcome) -> None:
-    """Every acknowledged receipt ends final on every honest member, or in conflict where it was acknowledged."""
+    """Every acknowledged receipt ends final on every honest member, or in conflict where it was acknowledged. And
+    every submission an honest member still holds (its record, not replaced by a crash or an eviction) is settled
+    there: final, a conflict or rejected (the client resubmits what is not final to another member, which signed
+    it, so a proposer that dropped receipts from its batches left its own clients waiting for ever unseen: a
+    reviewer's plant), unless it is one of a pair of rivals that may stay undecided (``unsettled_acknowledged``)."""
     lost = unsettled_acknowledged(cluster, submitted)
     if lost:
         outcome.safety.append(f"{len(lost)} acknowledged receipt(s) neither final on every honest member nor a "
                               f"conflict where acknowledged: {[rid.hex()[:12] for rid in lost[:3]]}")
+    rivals = {r.id for pair in cluster.conflicts for r in pair}
+    undecidable = any(m.lost or m.behaviour is not None for m in cluster.members.values())
+    stuck = sorted({(member, record.receipt.id.hex()[:12], record.status) for member, record in submitted
+                    if record.status in ("pending", "locked") and cluster.members[member] in cluster.honest()
+                    and cluster.members[member].up and cluster.members[member].service is not None
+                    and cluster.members[member].service.records.get(record.receipt.id) is record
+                    and not (undecidable and record.receipt.id in rivals)})
+    if stuck:
+        outcome.liveness.append(f"{len(stuck)} submission(s) an honest member holds never settled there: "
+                                f"{stuck[:3]}")
 
 
 def check_writes(cluster: SimCluster, acknowledged: list[ev.Event], outcome: Outcome) -> None:

@@ -223,6 +223,10 @@ class Observed:
     # the files (another connection sees committed rows only): a crash trap fires at a step, never in such a window
     # (a reviewer's planted bugs: a failed lock commit ignored, a confirmation sent before its share was stored)
     undurable: list[str] = field(default_factory=list)
+    # (member, slot) -> the receipts of that slot an honest member released a signature share for, across its
+    # restarts: never more than one. Judged only end to end (two signatures for one slot), a member that forgot its
+    # locks at a restart and locked and signed rivals went unseen while fewer than t did so (a reviewer's plant)
+    promised: dict[tuple[str, tuple[str, str, str, int]], set[bytes]] = field(default_factory=dict)
 
 
 class SimCluster:
@@ -448,6 +452,9 @@ class SimCluster:
                 signers = list(body["signers"])
                 i = signers.index(key.identifier)
                 self.observed.shares.append((m.id, (body["hiding"][i], body["binding"][i])))
+                if m.behaviour is None:
+                    for r in held:
+                        self.observed.promised.setdefault((m.id, r.slot), set()).add(r.id)
             return reply
 
         service._sign_share = sign_share  # type: ignore[method-assign]
@@ -592,9 +599,15 @@ class SimCluster:
         return [d for m in self.members.values() for d in m.state.ledger.double_signed()]
 
     def quiet(self) -> bool:
-        """Nothing in flight: every member is up, its outbox is empty and its consumer has read every blob on DA."""
+        """Nothing in flight: every member is up, its outbox is empty, its consumer has read every blob on DA, and
+        no batch of its is being locked or signed (one still in flight keeps its receipts' records open: judged
+        then, they looked stuck), but for receipts of contested slots: a lock no takeover can sign while a liar
+        holds the deciding vote stays open, tried again now and then, by design."""
+        contested = {r.id for pair in self.conflicts for r in pair}
         return all(m.up and m.outbox is not None and m.outbox.pending == 0 and m.consumer is not None
-                   and m.consumer.cursor == len(self.da.blobs) for m in self.members.values() if not m.lost)
+                   and m.consumer.cursor == len(self.da.blobs)
+                   and (m.service is None or m.service.signing_now <= contested)
+                   for m in self.members.values() if not m.lost)
 
     def close(self) -> None:
         """Close every member's files (after the run)."""

@@ -166,6 +166,38 @@ def test_disabling_the_lock_check_is_caught(monkeypatch: pytest.MonkeyPatch) -> 
     assert any(v.startswith("safety: slot") and "signed receipts" in v for v in violations)
 
 
+def test_a_signer_forgetting_its_locks_at_a_restart_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planted bug (a reviewer's): after a restart a signer no longer sees the locks it took before, and locks and
+    signs rivals. Judged only end to end (two signatures for one slot, which needs t such signers at once) it went
+    unseen; an honest member releasing shares for two receipts of one slot is caught now."""
+    honest = lockstore.LockStore.lock_batch
+
+    def forgetful(self: lockstore.LockStore, receipts: list[Any], validate: Any, proposer: str,
+                  now_ms: int | None = None, batch: bytes = b"", *, commit: bool = True) -> list[Decision]:
+        first = self.__dict__.setdefault("first_ms", now_ms or 0)
+        self.db.execute("DELETE FROM locks WHERE locked_ms < ?", (first,))  # (the planted bug: what came before)
+        return honest(self, receipts, validate, proposer, now_ms, batch, commit=commit)
+
+    monkeypatch.setattr(lockstore.LockStore, "lock_batch", forgetful)
+    seed, violations = first_violation(like="released signature shares for 2 receipts")
+    print(f"locks forgotten at a restart: caught at seed {seed}: {violations}")
+
+
+def test_a_proposer_dropping_receipts_from_its_batches_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planted bug (a reviewer's): the proposer silently drops the last receipt of every batch of two or more. The
+    client resubmits what is not final to another member, which signs it: the dropped record stayed "pending" (or
+    "locked") at the first for ever, its own client waiting, unseen. Every submission an honest member still holds
+    must settle there."""
+    honest = ReceiptService._run_batch_released
+
+    async def dropping(self: ReceiptService, batch: list[Any], token: object | None = None) -> None:
+        await honest(self, batch[:-1] if len(batch) > 1 else batch, token)
+
+    monkeypatch.setattr(ReceiptService, "_run_batch_released", dropping)
+    seed, violations = first_violation(like="never settled there")
+    print(f"receipts dropped from batches: caught at seed {seed}: {violations}")
+
+
 def test_an_acknowledged_receipt_dropped_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """Planted bug: a member answers a receipt's first submission "locked" with its optimistic promise, then forgets
     it (no lock, nothing queued). The simulated client resubmitted whatever was not final after the heal, so the
