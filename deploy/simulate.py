@@ -419,8 +419,10 @@ async def inject(cluster: SimCluster, f: Fault) -> None:
     elif f.kind == "disk_error":
         m = cluster.members[f.members[0]]
         if m.up and m.locks is not None and m.locks.broken is None:
-            m.locks.db = FailingCommit(m.locks.db)  # type: ignore[assignment]
-            cluster.faults_fired += 1
+            def fired() -> None:  # (counted when a commit fails: set up, one the member never reached counted too)
+                cluster.faults_fired += 1
+
+            m.locks.db = FailingCommit(m.locks.db, fired)  # type: ignore[assignment]
             # the member stops signing (its table is broken) until an operator restarts it (part of this fault: not
             # counted again, as _crash_now counts a trap's crash)
             cluster.nursery.start_soon(_later, f.duration, lambda: _restart_now(cluster, m.id))
@@ -431,19 +433,28 @@ class FailingCommit:
     own error handling runs (rollback, the table marked broken, no more signing until a restart), and nothing made
     from the locks it failed to commit may have left (``Observed.undurable``)."""
 
-    def __init__(self, db: Any) -> None:
-        self._db, self.armed = db, True
+    def __init__(self, db: Any, on_fire: Callable[[], None] | None = None) -> None:
+        self._db, self.armed, self.on_fire = db, True, on_fire
+
+    def _fire(self) -> None:
+        self.armed = False
+        if self.on_fire is not None:
+            self.on_fire()
+        raise sqlite3.OperationalError(f"disk I/O error {SIMULATED}")
 
     def execute(self, sql: str, *args: Any) -> Any:
         if self.armed and sql.strip().upper() == "COMMIT":
-            self.armed = False
-            raise sqlite3.OperationalError(f"disk I/O error {SIMULATED}")
+            self._fire()
         return self._db.execute(sql, *args)
 
     def __enter__(self) -> Any:
-        return self._db.__enter__()
+        self._db.__enter__()
+        return self
 
     def __exit__(self, *exc: Any) -> Any:
+        if self.armed and exc[0] is None and self._db.in_transaction:  # (``with conn:`` commits without execute)
+            self._db.rollback()
+            self._fire()
         return self._db.__exit__(*exc)
 
     def __getattr__(self, name: str) -> Any:

@@ -580,6 +580,27 @@ def test_faults_that_never_took_effect_are_not_counted_as_fired(monkeypatch: pyt
     assert (outcome.faults_planned, outcome.faults_fired) == (4, 2)
 
 
+def test_a_disk_error_fires_on_any_commit_and_is_counted_when_it_fires(tmp_path: Path) -> None:
+    """From a review: the fault was counted as fired when set up (a member that never committed again counted too),
+    and the commits of ``with conn:`` (closing locks, keeping heard batches) went through unharmed."""
+    import sqlite3
+
+    fired: list[int] = []
+    db = sqlite3.connect(tmp_path / "t.sqlite", isolation_level=None)
+    db.execute("CREATE TABLE t (x)")
+    failing = simulate.FailingCommit(db, lambda: fired.append(1))
+    assert fired == []
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"), failing:
+        failing.execute("BEGIN")
+        failing.execute("INSERT INTO t VALUES (1)")
+    assert fired == [1] and db.execute("SELECT count(*) FROM t").fetchone() == (0,)  # (rolled back)
+    with failing:  # (once only)
+        failing.execute("BEGIN")
+        failing.execute("INSERT INTO t VALUES (2)")
+    assert fired == [1] and db.execute("SELECT count(*) FROM t").fetchone() == (1,)
+    db.close()
+
+
 def test_a_rival_left_locked_is_excused_only_when_honest_members_cannot_sign_it() -> None:
     """A receipt of a pair left locked for ever at an honest member, never told "conflict", was excused whenever
     any member anywhere was lost or a liar (a reviewer's reproduction): only when the honest members up that
