@@ -745,13 +745,21 @@ def check_acknowledged(cluster: SimCluster, submitted: list[tuple[str, Any]], ou
     if lost:
         outcome.safety.append(f"{len(lost)} acknowledged receipt(s) neither final on every honest member nor a "
                               f"conflict where acknowledged: {[rid.hex()[:12] for rid in lost[:3]]}")
-    rivals = {r.id for pair in cluster.conflicts for r in pair}
+    rivals = {a.id: b.id for pair in cluster.conflicts for a, b in (pair, pair[::-1])}  # receipt -> its rival
     undecidable = any(m.lost or m.behaviour is not None for m in cluster.members.values())
+    t = default_threshold(len(cluster.members))
+
+    def may_stay_open(record: Any) -> bool:  # (as unsettled_acknowledged excuses it: locked, never "pending")
+        rid = record.receipt.id
+        return (record.status == "locked" and undecidable and rid in rivals
+                and not any(m.state.ledger.by_slot.get(record.receipt.slot) for m in cluster.honest())
+                and _honest_signers_possible(cluster, rivals[rid]) < t)
+
     stuck = sorted({(member, record.receipt.id.hex()[:12], record.status) for member, record in submitted
                     if record.status in ("pending", "locked") and cluster.members[member] in cluster.honest()
                     and cluster.members[member].up and cluster.members[member].service is not None
                     and cluster.members[member].service.records.get(record.receipt.id) is record
-                    and not (undecidable and record.receipt.id in rivals)})
+                    and not may_stay_open(record)})
     if stuck:
         outcome.liveness.append(f"{len(stuck)} submission(s) an honest member holds never settled there: "
                                 f"{stuck[:3]}")

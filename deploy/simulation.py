@@ -425,20 +425,33 @@ class SimCluster:
         if m.behaviour is None and not set(ids) <= m.committed_locks:
             self.observed.undurable.append(f"{m.id} let out {what} before its locks were committed")
 
+    def _promise(self, m: Member, receipts: list[rc.Receipt]) -> None:
+        """``m`` let out a signature share for these receipts (``Observed.promised``)."""
+        if m.behaviour is None:
+            for r in receipts:
+                self.observed.promised.setdefault((m.id, r.slot), set()).add(r.id)
+
     def _observe(self, m: Member, service: ReceiptService) -> None:
         honest_on_lock, honest_on_sign = service._on_lock, service._on_sign
+        # (peer, batch) -> the receipts of a share made for that peer, until the reply carrying it leaves: a share
+        # made while the lock commit ran and dropped when it failed never left (a regression review's false alarm)
+        made: dict[tuple[str, bytes], list[rc.Receipt]] = {}
 
         async def on_lock(peer: str, body: dict[str, Any]) -> dict[str, Any]:
             reply = await honest_on_lock(peer, body)
+            held = made.pop((peer, body["batch"]), None)
             if reply.get("share"):  # (the one-round path: a share for the whole batch, sent with the verdicts)
                 self._check_durable(m, [rc.Receipt.from_wire(w).id for w in body["receipts"]], "a one-round share")
+                self._promise(m, held or [rc.Receipt.from_wire(w) for w in body["receipts"]])
             return reply
 
         async def on_sign(peer: str, body: dict[str, Any]) -> dict[str, Any]:
             reply = await honest_on_sign(peer, body)
+            held = made.pop((peer, body["batch"]), None)
             if reply.get("share"):
                 ids = body["ids"]
                 self._check_durable(m, [ids[i:i + 32] for i in range(0, len(ids), 32)], "a signature share")
+                self._promise(m, held or [])
             return reply
 
         service._on_lock = on_lock  # type: ignore[method-assign]
@@ -452,9 +465,8 @@ class SimCluster:
                 signers = list(body["signers"])
                 i = signers.index(key.identifier)
                 self.observed.shares.append((m.id, (body["hiding"][i], body["binding"][i])))
-                if m.behaviour is None:
-                    for r in held:
-                        self.observed.promised.setdefault((m.id, r.slot), set()).add(r.id)
+                if peer != m.id:  # (counted as promised once it leaves: see on_lock, on_sign; its own in signed)
+                    made[(peer, body["batch"])] = held
             return reply
 
         service._sign_share = sign_share  # type: ignore[method-assign]
@@ -462,6 +474,7 @@ class SimCluster:
 
         async def signed(key: Any, final: list[rc.Receipt], signature: bytes, *rest: Any) -> None:
             self.observed.signatures.append((list(final), merkle.root([r.to_bytes() for r in final]), signature))
+            self._promise(m, final)  # (its own share is in the signature)
             self._check_durable(m, [r.id for r in final], "a batch signature (its own share in it)")
             await honest_signed(key, final, signature, *rest)
 
