@@ -359,14 +359,14 @@ async def run_plan(plan: Plan, cluster: SimCluster) -> Outcome:
                 while not cluster.quiet():
                     await trio.sleep(0.1)
                 posted = cluster.da.posts
-                await trio.sleep(2 * IDLE_POLL_S)
+                # (long enough for the records too: a batch that ended unsigned just before has its receipts, final
+                # here by another's batch, settled at their next retry; judged at once, they looked stuck)
+                await trio.sleep(max(2 * IDLE_POLL_S, RECORDS_SETTLE_S))
                 if cluster.da.posts == posted and cluster.quiet():
                     break
         if not cluster.quiet() or cluster.da.posts != posted:  # (it passed, and was checked as if quiet)
             outcome.liveness.append(f"the cluster is not quiet {QUIET_BOUND_S:.0f}s after the liveness checks "
                                     f"({cluster.da.posts} DA posts so far)")
-        await trio.sleep(RECORDS_SETTLE_S)  # (a batch that ended unsigned just before: its receipts, final here by
-        #                                      another's batch, settle at their next retry)
         check_safety(plan, cluster, records, outcome)
         check_acknowledged(cluster, submitted, outcome)
         check_writes(cluster, acknowledged, outcome)
