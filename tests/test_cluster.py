@@ -19,9 +19,10 @@ import nacl.signing
 import pytest
 import trio
 
-from consensus import frost, keystore
+from consensus import keystore
 from deploy.cluster import free_base_port
 from node import identity
+from tests.test_dkg_service import sign_with
 
 BLOCK_MS = 500
 
@@ -29,13 +30,8 @@ BLOCK_MS = 500
 def sign_with_key_stores(data_dirs: list[Path], message: bytes) -> bytes:
     """A FROST signature of ``message`` by the key shares kept in these coordinators' data folders (each decrypted
     with its identity key, as its process does)."""
-    shares = [keystore.load(d / "keyshare.bin", identity=identity.load_or_create(d)) for d in data_dirs]
-    commitments, nonces = {}, {}
-    for sh in shares:
-        nonces[sh.identifier], commitments[sh.identifier] = frost.commit(sh.secret_share)
-    parts = {sh.identifier: frost.sign(sh.identifier, sh.secret_share, sh.group_public_key, nonces[sh.identifier],
-                                       message, commitments) for sh in shares}
-    return frost.aggregate(commitments, message, shares[0].group_public_key, parts)
+    return sign_with([keystore.load(d / "keyshare.bin", identity=identity.load_or_create(d)) for d in data_dirs],
+                     message)
 
 
 class Cluster:

@@ -14,6 +14,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -284,13 +286,63 @@ def test_a_lying_member_cannot_blank_freeze_or_script_the_dashboard(tmp_path: Pa
     assert not errors, errors
 
 
-ODD_MEMBERS = r'''
+STAND_IN_HEAD = r'''
 import json, sys, time
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 STATIC, port = Path(sys.argv[1]), int(sys.argv[2])
 ASSETS = {"/dashboard": "dashboard.html", "/dashboard/dashboard.js": "dashboard.js",
           "/dashboard/dashboard.css": "dashboard.css"}
+'''
+# what a stand-in's ``answer(path)`` gives ((status, JSON or text) or None: 404) is served with the dashboard's assets
+STAND_IN_TAIL = r'''
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args): pass
+    def do_GET(self):
+        path = self.path.split("?")[0]
+        if path in ASSETS:
+            status, body, media = 200, (STATIC / ASSETS[path]).read_bytes(), "text/html"
+            media = {"js": "text/javascript", "css": "text/css"}.get(path.rsplit(".", 1)[-1], "text/html")
+        else:
+            status, obj = answer(path) or (404, {"error": "not found"})
+            body, media = (obj if isinstance(obj, str) else json.dumps(obj)).encode(), "application/json"
+        self.send_response(status)
+        self.send_header("Content-Type", media)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+'''
+
+
+@contextmanager
+def stand_in(script: str) -> Iterator[int]:
+    """A stand-in coordinator (``script``: STAND_IN_HEAD + its ``answer`` + STAND_IN_TAIL) serving the real dashboard
+    on a free port, until the block ends; its port."""
+    from tests.proc import free_port
+
+    port = free_port()
+    static = Path(__file__).resolve().parent.parent / "api" / "static"
+    server = subprocess.Popen([sys.executable, "-c", script, str(static), str(port)])
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/cluster/members", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "the stand-in server did not start"
+                time.sleep(0.05)
+        yield port
+    finally:
+        server.kill()
+        server.wait()
+
+
+ODD_MEMBERS = STAND_IN_HEAD + r'''
 polls = {"n": 0}
 
 def answer(path):
@@ -321,24 +373,7 @@ def answer(path):
                                                   "final_latency_ms": {"p50": 1e308 if huge else 12.5,
                                                                        "p99": 1e308 if huge else 20.0}}}}.get(sub)
 
-class Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args): pass
-    def do_GET(self):
-        path = self.path.split("?")[0]
-        if path in ASSETS:
-            status, body, media = 200, (STATIC / ASSETS[path]).read_bytes(), "text/html"
-            media = {"js": "text/javascript", "css": "text/css"}.get(path.rsplit(".", 1)[-1], "text/html")
-        else:
-            status, obj = answer(path) or (404, {"error": "not found"})
-            body, media = (obj if isinstance(obj, str) else json.dumps(obj)).encode(), "application/json"
-        self.send_response(status)
-        self.send_header("Content-Type", media)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
-'''
+''' + STAND_IN_TAIL
 
 
 def test_a_member_behind_a_failing_proxy_is_down_and_huge_numbers_break_no_chart(
@@ -350,20 +385,7 @@ def test_a_member_behind_a_failing_proxy_is_down_and_huge_numbers_break_no_chart
     are what a real coordinator cannot be made to answer); the page is the real one, in a real Chromium. And the
     hung member's 2 s a poll no longer holds the others' updates back: each member is polled on its own."""
     chromium, sync_api = browser_tools
-    from tests.proc import free_port
-
-    port = free_port()
-    static = Path(__file__).resolve().parent.parent / "api" / "static"
-    server = subprocess.Popen([sys.executable, "-c", ODD_MEMBERS, str(static), str(port)])
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/cluster/members", timeout=1)
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, "the stand-in server did not start"
-                time.sleep(0.05)
+    with stand_in(ODD_MEMBERS) as port:
         errors: list[str] = []
         with sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, headless=True,
@@ -392,18 +414,9 @@ def test_a_member_behind_a_failing_proxy_is_down_and_huge_numbers_break_no_chart
         assert polls >= 4, polls  # ~6 (once a second): the hung c3 (2 s a poll) held every member back (3 in 6 s)
         assert ticked >= 4, ticked  # the page's own refresh too (a tick waiting for the members' polls: 2 in 6 s)
         assert [e for e in errors if "Failed to load resource" not in e] == [], errors  # (the 502s: the browser's)
-    finally:
-        server.kill()
-        server.wait()
 
 
-SPLIT_MEMBERS = r'''
-import json, sys, time
-from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
-from pathlib import Path
-STATIC, port = Path(sys.argv[1]), int(sys.argv[2])
-ASSETS = {"/dashboard": "dashboard.html", "/dashboard/dashboard.js": "dashboard.js",
-          "/dashboard/dashboard.css": "dashboard.css"}
+SPLIT_MEMBERS = STAND_IN_HEAD + r'''
 ROOTS = ["aa", "bb", "aa", "bb"]  # two against two: no majority
 roots_asked = {"n": 0}
 
@@ -430,25 +443,7 @@ def answer(path):
                                      "receipts": {"final": int(time.time() * 100) if i == 0 else 7,
                                                   "final_latency_ms": {"p50": 12.5, "p99": 20.0}}}}.get(sub)
 
-class Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args): pass
-    def do_GET(self):
-        path = self.path.split("?")[0]
-        if path in ASSETS:
-            body = (STATIC / ASSETS[path]).read_bytes()
-            media = {"js": "text/javascript", "css": "text/css"}.get(path.rsplit(".", 1)[-1], "text/html")
-            status = 200
-        else:
-            status, obj = answer(path) or (404, {"error": "not found"})
-            body, media = json.dumps(obj).encode(), "application/json"
-        self.send_response(status)
-        self.send_header("Content-Type", media)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
-'''
+''' + STAND_IN_TAIL
 
 
 def test_a_split_has_no_majority_and_a_slow_answer_does_not_skew_the_rate(
@@ -457,20 +452,7 @@ def test_a_split_has_no_majority_and_a_slow_answer_does_not_skew_the_rate(
     common value won, a majority or not); and the receipts/s were stamped when the slowest of a member's answers
     came, so a slow /state/root every other poll drew 40 and 1,400 receipts/s by turns for a steady 100."""
     chromium, sync_api = browser_tools
-    from tests.proc import free_port
-
-    port = free_port()
-    static = Path(__file__).resolve().parent.parent / "api" / "static"
-    server = subprocess.Popen([sys.executable, "-c", SPLIT_MEMBERS, str(static), str(port)])
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/cluster/members", timeout=1)
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, "the stand-in server did not start"
-                time.sleep(0.05)
+    with stand_in(SPLIT_MEMBERS) as port:
         with sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, headless=True,
                                          args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
@@ -488,6 +470,3 @@ def test_a_split_has_no_majority_and_a_slow_answer_does_not_skew_the_rate(
         assert summary == "state roots differ (2)"
         top = max(float(label) for label in labels if label.replace(".", "", 1).isdigit())
         assert 50 <= top <= 500, labels  # (about 100/s: spikes drew the axis up to 2,000)
-    finally:
-        server.kill()
-        server.wait()
