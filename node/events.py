@@ -213,6 +213,12 @@ def _array_header(n: int) -> bytes:
     return _pack([None] * n)[:-n] if n else b"\x90"
 
 
+def _same_bytes(packed: bytes, header: bytes, parts: list[bytes]) -> bool:
+    """Whether ``packed`` is ``header`` followed by ``parts`` joined (compared in place: no copy of it is made)."""
+    joined = b"".join(parts)
+    return len(packed) == len(header) + len(joined) and packed.startswith(header) and packed.endswith(joined)
+
+
 # the kinds in the order ``decode_events`` tries them: the most frequent in a rebuild first
 _HOT_FIRST = (REPLICA_HEALED, OBJECT_REGISTERED, REPLICA_MISSING, NODE_REGISTERED)
 _KIND_ORDER = _HOT_FIRST + tuple(kind for kind in SCHEMAS if kind not in _HOT_FIRST)
@@ -233,11 +239,15 @@ def _compile_blob_decoder() -> Callable[[list[Any], Any], tuple[list[EventTuple]
         names = [f"f{j}" for j in range(len(schema))]
         types = " and ".join(f"type({n}) is {_TYPES[t]}" for n, (_, t) in zip(names, schema, strict=True))
         bounds = " and ".join(_CHECKS[t].format(v=n) for n, (_, t) in zip(names, schema, strict=True))
-        unpack = f"{', '.join(names)}, = fields" if names else "pass"
+        # (unpacking checks the arity: a ValueError, which costs nothing when not raised, unlike a len() call)
+        unpack = f"{', '.join(names)}, = fields" if names else "[] = fields"
         branches.append(
             f"                elif kind == K{i}:\n"
-            f"                    if len(fields) == {len(schema)}:\n"
+            f"                    try:\n"
             f"                        {unpack}\n"
+            f"                    except ValueError:\n"
+            f"                        pass\n"
+            f"                    else:\n"
             f"                        if {types or 'True'} and {bounds or 'True'}:\n"
             f"                            append((K{i}, wall, counter, origin, fields, raw, _sha256(raw).digest()))\n"
             f"                            inline_append(obj)\n"
@@ -252,8 +262,11 @@ def _compile_blob_decoder() -> Callable[[list[Any], Any], tuple[list[EventTuple]
               "                obj = _unpackb(raw, use_list=False)\n"
               "            except Exception:\n"
               "                obj = None\n"
-              "            if type(obj) is tuple and len(obj) == 6:\n"
-              "                version, kind, wall, counter, event_origin, fields = obj\n"
+              "            if type(obj) is tuple:\n"
+              "                try:\n"
+              "                    version, kind, wall, counter, event_origin, fields = obj\n"
+              "                except ValueError:\n"
+              "                    version = None\n"
               "                if not (version is ONE and event_origin == origin and type(wall) is int\n"
               "                        and type(counter) is int and 0 <= wall <= MAX_U63 and 0 <= counter <= MAX_U63\n"
               "                        and type(fields) is tuple):\n"
@@ -271,7 +284,7 @@ def _compile_blob_decoder() -> Callable[[list[Any], Any], tuple[list[EventTuple]
               "            continue\n"
               "        append(event)\n"
               "    if inline and (len(inline) != len(raws)\n"
-              "                   or _pack(inline) != _array_header(len(raws)) + b''.join(raws)):\n"
+              "                   or not _same_bytes(_pack(inline), _array_header(len(raws)), raws)):\n"
               "        events, invalid = _drop_uncanonical(events, invalid)\n"
               "    return events, invalid, wrong\n")
     scope: dict[str, Any] = {"MAX_STR": MAX_STR, "MAX_NAMES": MAX_NAMES, "MAX_U63": MAX_U63, "MAX_BIN": MAX_BIN,
@@ -279,7 +292,7 @@ def _compile_blob_decoder() -> Callable[[list[Any], Any], tuple[list[EventTuple]
                              "ONE": FORMAT_VERSION, "_sha256": hashlib.sha256, "_unpackb": msgpack.unpackb,
                              "_pack": _pack, "SMALL": _SMALL, "EventDecodeError": EventDecodeError,
                              "decode_event_tuple": decode_event_tuple, "_drop_uncanonical": _drop_uncanonical,
-                             "_array_header": _array_header}
+                             "_array_header": _array_header, "_same_bytes": _same_bytes}
     scope.update({f"K{i}": kind for i, kind in enumerate(_KIND_ORDER)})
     exec(compile(source, "<blob decoder>", "exec"), scope)  # the source is built from SCHEMAS alone
     return scope["decode_events"]  # type: ignore[no-any-return]

@@ -244,16 +244,25 @@ class State:
         locals: a rebuild's hot path. The ids of new events join the recent ids once per call (``_note_new``)."""
         objects, replicas, shared, handlers = self._objects, self._replicas, self._shared, self._handlers
         wall_max, counter_max = 0, 0  # the latest timestamp of these events (the clock observes it: last_hlc)
-        applied_before, acc = self._applied, 0
-        new: list[bytes] = []  # ids of the events found new since the last _note_new
+        applied_before = self._applied
+        new: list[bytes] = []  # ids of the events found new since the last flush
         new_append = new.append
+        slow: list[bytes] = []  # those of them that did not go the hot kinds' way (their writes added to _acc)
+
+        def flush() -> None:
+            """The new registers of the hot kinds' way join the accumulator (the sum of their ids: all new ids but
+            ``slow``), then every new id joins the recent ids (``_note_new``)."""
+            self._acc += sum(map(_from_bytes, new)) - sum(map(_from_bytes, slow))  # (from_bytes: big-endian)
+            slow.clear()
+            self._note_new(new)
+
         try:
             for kind, wall, counter, origin, f, raw, eid in events:
                 if wall >= wall_max and (wall > wall_max or counter > counter_max):
                     wall_max, counter_max = wall, counter
                 # The hot kinds, inlined (the same as _set_replica and _set_object): decode_event gives every
                 # event of a kind the same kind string, so they are found by identity; any other string goes
-                # through the handlers. A new register adds the event's id to the accumulator.
+                # through the handlers. A new register adds the event's id to the accumulator (at the flush: see there).
                 if kind is _HEALED or kind is _MISSING:
                     obj, node_id = f
                     shard = ord(obj[-1]) & _MASK
@@ -263,12 +272,12 @@ class State:
                     first = (node_id, raw)
                     held = table.setdefault(obj, first)  # one lookup for an object's first replica register
                     if held is first:
-                        acc += _from_bytes(eid, "big")
-                        wrote = True
-                    elif len(held) < WIDE and node_id not in held[::2]:  # another node's replica of this object
+                        new_append(eid)
+                        continue
+                    if len(held) < WIDE and node_id not in held[::2]:  # another node's replica of this object
                         table[obj] = held + (node_id, raw)  # noqa: RUF005 (faster than unpacking)
-                        acc += _from_bytes(eid, "big")
-                        wrote = True
+                        new_append(eid)
+                        continue
                     else:
                         wrote = self._replace_replica(table, held, obj, node_id, (wall, counter, origin, eid), raw)
                 elif kind is _OBJECT:
@@ -280,8 +289,8 @@ class State:
                     old = table.get(obj)  # (not setdefault: a duplicate may hold this very bytes object)
                     if old is None:
                         table[obj] = raw
-                        acc += _from_bytes(eid, "big")
-                        wrote = True
+                        new_append(eid)
+                        continue
                     else:
                         wrote = self._replace_object(table, old, obj, (wall, counter, origin, eid), raw)
                 else:
@@ -292,13 +301,13 @@ class State:
                 if wrote is not True:
                     if wrote == _SAME:
                         continue
-                    self._note_new(new)
+                    flush()
                     if self._recently_applied(eid):
                         continue
                 new_append(eid)
+                slow.append(eid)
         finally:  # what the loop kept in locals (an exception cannot leave the state half-counted)
-            self._acc += acc
-            self._note_new(new)
+            flush()
             self.last_hlc = (wall_max, counter_max)
             if self.last_hlc > self.max_hlc:
                 self.max_hlc = self.last_hlc

@@ -3,6 +3,8 @@ of another origin than the signer's counted."""
 
 from __future__ import annotations
 
+import struct
+
 import msgpack
 import nacl.signing
 import pytest
@@ -109,3 +111,33 @@ def test_the_version_must_be_the_int_1_and_ints_stop_at_max_u63_in_both_decoders
             ev.decode_event(bad)
         assert ev.decode_events([bad], "c0") == ([], 1, 0), bad
         assert ev.decode_events([good, bad], "c0")[1:] == (1, 0), bad  # beside a good one: still refused
+
+
+def test_the_fast_path_refuses_what_one_event_s_decoder_refuses_beside_good_events() -> None:
+    """``decode_events`` checks a blob's events inline and their encoding once for the whole blob: an event of
+    the wrong arity right after a good one (whose values it must not reuse), a map with the six keys of an
+    event, an int or a float not in its shortest form, and two events whose bytes are split at another
+    boundary (the bytes joined are the same) are each refused and counted, and the good events beside them
+    kept; the same verdicts as ``decode_event`` on each."""
+    good = [make_event(ev.REPLICA_HEALED, (5 + i, 0), "c0", hash="ab" * 32, node_id=f"n{i}") for i in range(3)]
+    sched = make_event(ev.SCHEDULER_CONFIG, (9, 0), "c0", w_cpu=1.0, w_ram=0.5, w_gpu=0.5, w_latency=0.8, w_io=0.6)
+    short = msgpack.packb([1, ev.REPLICA_HEALED, 6, 0, "c0"], use_bin_type=True)  # five elements
+    as_map = msgpack.packb({1: 0, ev.REPLICA_HEALED: 0, 6: 0, 0: 0, "c0": 0, ("ab" * 32, "n9"): 0})
+    wide_int = good[1].raw.replace(b"\x06", b"\xcd\x00\x06", 1)  # the wall 6 as a uint16
+    float32 = sched.raw.replace(msgpack.packb(0.5), b"\xca" + struct.pack(">f", 0.5), 1)
+    split = [good[1].raw + good[2].raw[:1], good[2].raw[1:]]  # two events' bytes, cut one byte late
+    for bad in (short, as_map, wide_int, float32):
+        with pytest.raises(ev.EventDecodeError):
+            ev.decode_event(bad)
+    assert ev.decode_event(sched.raw).fields == sched.fields
+    cases = {
+        "wrong arity after a good one": ([good[0].raw, short, good[2].raw], [good[0], good[2]], 1),
+        "a map of six keys": ([good[0].raw, as_map], [good[0]], 1),
+        "a wide int": ([good[0].raw, wide_int, good[2].raw], [good[0], good[2]], 1),
+        "a float32": ([good[0].raw, float32], [good[0]], 1),
+        "a shifted boundary": ([good[0].raw, *split], [good[0]], 2),
+        "all good": ([e.raw for e in good] + [sched.raw], [*good, sched], 0),
+    }
+    for name, (raws, kept, invalid) in cases.items():
+        decoded = decode_blob(encode_blob(KEY, "c0", raws), MEMBERS)
+        assert (decoded.events, decoded.invalid_events, decoded.wrong_origin) == (kept, invalid, 0), name
