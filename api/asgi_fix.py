@@ -15,6 +15,10 @@
    empty 500 and logged a traceback, on every route, with no token needed (a reviewer's reproduction). It is
    answered here with our JSON 400.
 5. Quart answers OPTIONS by itself with an empty ``text/html`` 200: a 204 with ``Allow`` (``allowed_methods``).
+6. An answer given before the request's body was all received (a 413 for its ``Content-Length``, a 401, a 415) ends
+   the connection: hypercorn cannot recycle it, but said nothing, and a keep-alive client sent its next request
+   on it and lost it ("server disconnected without sending a response": a POST is not retried; a reviewer's
+   reproduction). Such an answer says ``Connection: close`` (``close_if_body_unread``).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import json
 from typing import Any
 
 import trio
-from quart import Response
+from quart import Response, request
 from quart.globals import request_ctx
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -101,13 +105,26 @@ def shield_final_send(asgi_app: Any) -> Any:
 
 
 def quart_app(name: str) -> QuartTrio:
-    """A QuartTrio app with the five workarounds, before any route is added (a rule takes the map's slash
+    """A QuartTrio app with the six workarounds, before any route is added (a rule takes the map's slash
     setting)."""
     app = QuartTrio(name)
     app.url_map.merge_slashes = False
     app.asgi_app = refuse_websockets(refuse_bad_host(shield_final_send(app.asgi_app)))  # type: ignore[method-assign]
     app.make_default_options_response = _options  # type: ignore[method-assign]
+    app.after_request(close_if_body_unread)
     return app
+
+
+async def close_if_body_unread(response: Response) -> Response:
+    """``Connection: close`` on an HTTP/1 answer to a request that declared a body not yet all received (see 6.;
+    HTTP/2 has no such header, and a stream ends alone)."""
+    if request.http_version not in ("1.0", "1.1"):
+        return response
+    declared = (request.content_length or 0) > 0 or "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    complete = getattr(request.body, "_complete", None)  # (quart's Body: set once the last part arrived)
+    if declared and (complete is None or not complete.is_set()):
+        response.headers["Connection"] = "close"
+    return response
 
 
 async def _options() -> Response:

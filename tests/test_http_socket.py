@@ -77,6 +77,32 @@ async def test_connection_close_is_honoured(base_url: str) -> None:
     assert data.startswith(b"HTTP/1.1 200") and closed
 
 
+async def test_an_answer_before_the_body_was_read_says_the_connection_closes(base_url: str) -> None:
+    """A 413 for a declared length is answered before the body arrives, and hypercorn then drops the connection:
+    the answer says ``Connection: close``, so a keep-alive client does not send its next request on it (it did, and
+    lost it: a reviewer's reproduction). An error after the body was read (a 422) keeps the connection."""
+    host, port = base_url.removeprefix("http://").split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    head = (b"POST /register HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n")
+    with trio.fail_after(5):
+        await stream.send_all(head % (2 * 1024 * 1024))  # the body never follows
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += await stream.receive_some(65536)
+    assert answer.startswith(b"HTTP/1.1 413") and b"\r\nconnection: close\r\n" in answer.lower()
+    await stream.aclose()
+    async with httpx.AsyncClient(base_url=base_url, timeout=5) as http:
+        r = await http.post("/register", json={"id": "n"})  # read whole, then refused
+        assert r.status_code == 422 and "connection" not in r.headers
+        r = await http.post("/register", content=b"x" * (1024 * 1024 + 10),
+                            headers={"Content-Type": "application/json"})
+        assert r.status_code == 413  # (sent whole by httpx: closed or not, the next request must be answered)
+        for _ in range(3):  # on the same connection pool: none is lost to a connection the server dropped
+            r = await http.post("/register", json={"id": "n", "zone": "z", "addr": "1.1.1.1:1", "capacity_gb": 1})
+            assert r.status_code == 200
+
+
 async def test_connections_their_clients_close_are_closed_at_once(base_url: str) -> None:
     # hypercorn-trio kept each one open (CLOSE-WAIT) until its keep-alive timeout, 75 s: a client opening and
     # closing connections leaked a file descriptor per connection (node.process.close_connections_at_eof)
@@ -154,6 +180,32 @@ async def test_an_http2_frame_for_a_stream_already_answered_ends_that_connection
     async with httpx.AsyncClient(base_url=base_url, timeout=5) as http:
         assert (await http.get("/health")).status_code == 200  # the server still serves
     assert not stopped.is_set()
+
+
+async def test_over_http2_an_answer_before_the_body_names_no_connection_header(base_url: str) -> None:
+    """HTTP/2 has no ``Connection`` header (RFC 9113 §8.2.2: a response with one is malformed): the 413 for a declared
+    length is a well-formed answer there, without one (``close_if_body_unread`` adds none over HTTP/2, and
+    hypercorn would drop it)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    host, port = base_url.removeprefix("http://").split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "POST"), (":path", "/register"), (":scheme", "http"), (":authority", "localhost"),
+                          ("content-type", "application/json"), ("content-length", str(2 * 1024 * 1024))])
+    await stream.send_all(conn.data_to_send())
+    headers: dict[bytes, bytes] = {}
+    with trio.fail_after(5):
+        while not headers:
+            for event in conn.receive_data(await stream.receive_some(65536)):
+                if isinstance(event, h2.events.ResponseReceived):
+                    headers = dict(event.headers)
+            await stream.send_all(conn.data_to_send())
+    await stream.aclose()
+    assert headers[b":status"] == b"413" and b"connection" not in headers
 
 
 async def test_a_websocket_handshake_gets_a_json_404_not_a_500(base_url: str) -> None:
