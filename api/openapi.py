@@ -93,7 +93,7 @@ DA_POSTED = {"type": "object", "required": ["success", "commitment", "height", "
     "success": {"const": True}, "commitment": STR, "height": INT, "layer": STR}}
 DKG_IN = {"type": "object", "properties": {"threshold": {
     "type": ["integer", "null"], "minimum": 1, "maximum": 255, "description": "omitted or null: DKG_THRESHOLD"},
-    "leave_out": {"type": ["array", "null"], "items": STR, "maxItems": 255,
+    "leave_out": {"type": ["array", "null"], "items": ID, "maxItems": 255,
                   "description": "members left out without proof: each unreachable from every participant for the "
                                  "DKG timeout at least (they hold no key share)"}}}
 NODE_STATS = {"type": "object", "required": ["node_id", "found"],

@@ -296,10 +296,14 @@ RECEIPT_IN = {"type": "object", "required": ["receipt_type", "node_id", "subject
                               "description": "storage: a registered object hash; compute: a workload id (64 hex)"},
                   "epoch": {"type": "integer", "minimum": 1, "maximum": rc.MAX_U63},
                   "usage_proof_hash": _HEX64,
-                  "execution_commitment": {"type": ["array", "null"], "items": _HEX64, "minItems": 6, "maxItems": 6,
-                                           "description": "compute only: workload_id (= subject), input_hash, "
-                                                          "output_hash, state_root_before, state_root_after, "
-                                                          "trace_root"},
+                  "execution_commitment": {
+                      "oneOf": [{"type": "array", "items": _HEX64, "minItems": 6, "maxItems": 6},
+                                {"type": "object", "required": list(rc.COMMITMENT_FIELDS),
+                                 "properties": dict.fromkeys(rc.COMMITMENT_FIELDS, _HEX64),
+                                 "additionalProperties": False},
+                                {"type": "null"}],
+                      "description": "compute only: workload_id (= subject), input_hash, output_hash, "
+                                     "state_root_before, state_root_after, trace_root: in this order, or by name"},
                   "reward_base": {"type": "integer", "minimum": 1, "maximum": rc.MAX_REWARD},
                   "submitter_address": {"type": "string", "pattern": "^[0-9a-fA-F]{40}$"},
                   "timestamp": {"type": "integer", "minimum": 0, "maximum": rc.MAX_U63},
@@ -307,7 +311,7 @@ RECEIPT_IN = {"type": "object", "required": ["receipt_type", "node_id", "subject
               # storage: no execution commitment; compute: one, and its subject is a 64-hex workload id
               "if": {"properties": {"receipt_type": {"const": "storage"}}},
               "then": {"properties": {"execution_commitment": {"type": "null"}}},
-              "else": {"properties": {"subject": _HEX64, "execution_commitment": {"type": "array"}},
+              "else": {"properties": {"subject": _HEX64, "execution_commitment": {"type": ["array", "object"]}},
                        "required": ["execution_commitment"]}}
 RECEIPT_DOC = {"type": "object", "required": ["receipt_id", "receipt", "receipt_bytes", "epoch", "status"],
                "description": "final: with batch {root, tree_size, index, path}, signature, group_public_key, "

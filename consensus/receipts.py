@@ -165,8 +165,11 @@ def from_json(body: dict[str, Any], node_public_key: bytes | None = None) -> Rec
     ec_raw = body.get("execution_commitment")
     commitment: tuple[bytes, ...] | None = None
     if rtype == "compute":
-        if isinstance(ec_raw, dict):
-            ec_raw = [ec_raw.get(name) for name in COMMITMENT_FIELDS]
+        if isinstance(ec_raw, dict):  # the six by name (as /openapi.json documents): no other name, none missing
+            if set(ec_raw) != set(COMMITMENT_FIELDS):
+                raise ReceiptError("execution_commitment", f"exactly the names {', '.join(COMMITMENT_FIELDS)} "
+                                                           f"(given: {', '.join(map(repr, ec_raw))[:200]})")
+            ec_raw = [ec_raw[name] for name in COMMITMENT_FIELDS]
         if not isinstance(ec_raw, list) or len(ec_raw) != 6:
             raise ReceiptError("execution_commitment", "6 hashes of 64 hex characters (workload_id, input_hash, "
                                                        "output_hash, state_root_before, state_root_after, trace_root)")

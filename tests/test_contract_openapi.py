@@ -69,6 +69,7 @@ CASES: list[tuple[str, dict[str, Any], bool]] = [
     ("/cluster/dkg", {"leave_out": None}, True),
     ("/cluster/dkg", {"leave_out": "c3"}, False),
     ("/cluster/dkg", {"leave_out": [3]}, False),
+    ("/cluster/dkg", {"leave_out": ["member one"]}, False),  # (a member id: the schema said any string)
 ]
 
 
