@@ -109,11 +109,12 @@ class Plan:
     faults: list[Fault]
     dkg: bool = False  # members start without a key and run the DKG (one of ``faults`` crashes a member during it)
     writes: list[tuple[float, str, str, dict[str, Any]]] = field(default_factory=list)  # (time, member, kind, fields)
+    refused: list[tuple[float, str, rc.Receipt]] = field(default_factory=list)  # never valid: never to be signed
 
     @property
     def heal_at(self) -> float:
         return max([f.at + f.duration for f in self.faults] + [r[0] for r in self.receipts] + [self.late_node_at]
-                   + [w[0] for w in self.writes])
+                   + [w[0] for w in self.writes] + [r[0] for r in self.refused])
 
     def describe(self) -> str:
         lines = [f"seed {self.seed}: n={self.n} t={default_threshold(self.n)} byzantine={self.byzantine or 'none'} "
@@ -121,7 +122,8 @@ class Plan:
                  f"da_lag={self.da_lag:.2f}s skew={ {m: round(s, 2) for m, s in self.skew.items() if s} } "
                  f"keys={'DKG' if self.dkg else 'dealt'}",
                  f"  workload: {len(self.receipts)} submissions, {len(self.conflicts)} conflicting pairs, "
-                 f"{len(self.writes)} node/object writes, late node at {self.late_node_at:.2f}s; "
+                 f"{len(self.refused)} never valid, {len(self.writes)} node/object writes, late node at "
+                 f"{self.late_node_at:.2f}s; "
                  f"heal at {self.heal_at:.2f}s"]
         lines += [f"  fault {f.describe()}" for f in self.faults]
         return "\n".join(lines)
@@ -254,8 +256,11 @@ def make_plan(seed: int, nodes: int | None = None, receipts: int | None = None,
                                   else {"hash": f"wobj{i}", "size": rng.randint(1, 10**6)})
         kind = ev.NODE_REGISTERED if "id" in fields else ev.OBJECT_REGISTERED
         writes.append((rng.uniform(0, 6), rng.choice(honest), kind, fields))
+    refused_rng = random.Random(seed ^ 0x4EF_05ED)  # its own stream: the other draws stay as they were
+    refused = [(refused_rng.uniform(0, 5), refused_rng.choice(ids), r)
+               for r in refused_rng.sample(cluster.refused_receipts(), refused_rng.randint(0, 3))]
     plan = Plan(seed, n, byzantine, skew, drop, duplicate, delay, da_lag, work, conflicts, late_at,
-                sorted(faults, key=lambda f: f.at), with_dkg, writes)
+                sorted(faults, key=lambda f: f.at), with_dkg, writes, refused)
     for m, behaviour in byzantine.items():
         cluster.members[m].behaviour = behaviour
     for m, s in skew.items():
@@ -269,6 +274,7 @@ async def run_plan(plan: Plan, cluster: SimCluster) -> Outcome:
     records: list[Any] = []
     submitted: list[tuple[str, Any]] = []  # (member, record) of every submission
     acknowledged: list[ev.Event] = []  # writes a member acknowledged
+    refused_records: list[tuple[str, Any]] = []  # (member, record) of each submission of a never valid receipt
     async with trio.open_nursery() as nursery:
         await cluster.start(nursery)
         t0 = cluster.t0
@@ -280,6 +286,13 @@ async def run_plan(plan: Plan, cluster: SimCluster) -> Outcome:
                 with contextlib.suppress(Unavailable):  # the client is told to come back later; it resubmits
                     records.append(m.service.submit(receipt))
                     submitted.append((member, records[-1]))
+
+        async def submit_refused_at(at: float, member: str, receipt: rc.Receipt) -> None:
+            await trio.sleep_until(t0 + at)
+            m = cluster.members[member]
+            if m.up and m.service is not None:
+                with contextlib.suppress(Unavailable):
+                    refused_records.append((member, m.service.submit(receipt)))
 
         async def write_at(at: float, member: str, kind: str, fields: dict[str, Any]) -> None:
             await trio.sleep_until(t0 + at)
@@ -308,6 +321,8 @@ async def run_plan(plan: Plan, cluster: SimCluster) -> Outcome:
                 schedule.start_soon(apply_fault, f)
             for write in plan.writes:
                 schedule.start_soon(write_at, *write)
+            for at, member, receipt in plan.refused:
+                schedule.start_soon(submit_refused_at, at, member, receipt)
             schedule.start_soon(post_late_node)
         await trio.sleep_until(t0 + plan.heal_at + 0.01)
         await heal(cluster)
@@ -368,6 +383,7 @@ async def run_plan(plan: Plan, cluster: SimCluster) -> Outcome:
             outcome.liveness.append(f"the cluster is not quiet {QUIET_BOUND_S:.0f}s after the liveness checks "
                                     f"({cluster.da.posts} DA posts so far)")
         check_safety(plan, cluster, records, outcome)
+        check_refused(plan, cluster, refused_records, outcome)
         check_acknowledged(cluster, submitted, outcome)
         check_writes(cluster, acknowledged, outcome)
         check_convergence(cluster, outcome)
@@ -654,6 +670,9 @@ def check_safety(plan: Plan, cluster: SimCluster, records: list[Any], outcome: O
     for slot, ids in signed.items():
         if len(ids) > 1:
             outcome.safety.append(f"slot {slot} has {len(ids)} signed receipts")
+    never_valid = {r.id: r for _, _, r in plan.refused}
+    for rid in sorted(never_valid.keys() & set().union(*signed.values())):
+        outcome.safety.append(f"a receipt no state makes valid was signed: {never_valid[rid].slot}")
     for what in dict.fromkeys(cluster.observed.undurable):  # (each once, in order)
         outcome.safety.append(what)
     for (member, slot), ids in cluster.observed.promised.items():
@@ -673,6 +692,21 @@ def check_safety(plan: Plan, cluster: SimCluster, records: list[Any], outcome: O
             left_out = {m.dkg.name(i) for i in m.dkg.proofs}
             if any(cluster.members[name].behaviour is None for name in left_out):
                 outcome.safety.append(f"{m.id} left honest member(s) out of the DKG: {sorted(left_out)}")
+
+
+def check_refused(plan: Plan, cluster: SimCluster, refused_records: list[tuple[str, Any]],
+                  outcome: Outcome) -> None:
+    """Receipts no state makes valid (``SimCluster.refused_receipts``; their being signed is ``check_safety``'s):
+    no honest member locked one, nor acknowledged one to its client (its record pending, or rejected)."""
+    for _, _, receipt in plan.refused:
+        for m in cluster.honest():
+            if m.up and m.locks is not None and m.locks.broken is None and m.locks.lock_of(receipt.id) is not None:
+                outcome.safety.append(f"{m.id} locked a receipt no state makes valid: {receipt.slot}")
+    for member, record in refused_records:
+        if cluster.members[member].behaviour is None and (record.optimistic is not None
+                                                         or record.status not in ("pending", "rejected")):
+            outcome.safety.append(f"{member} answered {record.status} for a receipt no state makes valid: "
+                                  f"{record.receipt.slot}")
 
 
 def _answers_for(cluster: SimCluster, member: str) -> bool:

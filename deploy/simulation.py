@@ -27,7 +27,7 @@ import random
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -286,7 +286,28 @@ class SimCluster:
             for k in range(nodes):
                 raws.append(ev.make_event(ev.REPLICA_HEALED, (3, o * nodes + k), "c0", hash=f"obj{o}",
                                           node_id=f"n{k}").raw)
+        # two nodes no storage receipt may ever be signed for (``refused_receipts``): "gone" held obj0, then left the
+        # registry; "miss" held obj1, then its replica was marked missing
+        for k, (name, obj, undo) in enumerate((("gone", "obj0", ev.NODE_UNREGISTERED), ("miss", "obj1", None))):
+            key = nacl.signing.SigningKey(bytes([0xE0 + k]) * 32)
+            self.nodes[name] = key
+            raws += [ev.make_event(ev.NODE_REGISTERED, (4, 10 * k), "c0", id=name, zone="z", addr="h:4",
+                                   capacity_gb=10).raw,
+                     ev.make_event(ev.NODE_KEY, (4, 10 * k + 1), "c0", id=name,
+                                   public_key=bytes(key.verify_key).hex()).raw,
+                     ev.make_event(ev.REPLICA_HEALED, (4, 10 * k + 2), "c0", hash=obj, node_id=name).raw,
+                     ev.make_event(undo, (5, k), "c0", id=name).raw if undo is not None
+                     else ev.make_event(ev.REPLICA_MISSING, (5, k), "c0", hash=obj, node_id=name).raw]
         self.da.preload(self.blob_of_c0(raws))  # already on DA when the members start: they read it first
+
+    def refused_receipts(self) -> list[rc.Receipt]:
+        """Receipts no member's state ever makes valid (after ``seed_ledger``): of a node that left the registry,
+        of a replica marked missing, of an object never registered, of an epoch long gone, with a bad node
+        signature. Never signed, never locked by an honest member, whoever proposes them."""
+        bad_signature = replace(self.receipt("n0", "obj0", proof=901), node_signature=bytes(64))
+        return [self.receipt("gone", "obj0", proof=902), self.receipt("miss", "obj1", proof=903),
+                self.receipt("n1", "no-such-object", proof=904), self.receipt("n2", "obj2", epoch=EPOCH - 3, proof=905),
+                bad_signature]
 
     def blob_of_c0(self, raws: list[bytes]) -> bytes:
         """A blob of c0's events, signed by c0 (what c0's publisher would post)."""

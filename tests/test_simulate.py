@@ -166,6 +166,21 @@ def test_disabling_the_lock_check_is_caught(monkeypatch: pytest.MonkeyPatch) -> 
     assert any(v.startswith("safety: slot") and "signed receipts" in v for v in violations)
 
 
+def test_a_member_signing_for_a_replica_marked_missing_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planted bug: validation takes a node whose replica of the object is marked missing as a present replica.
+    The workload submits receipts no state makes valid (a node that left, a missing replica, an unknown object, a
+    past epoch, a bad node signature): one signed, or locked by an honest member, is caught."""
+    honest = ReceiptService.validate
+
+    def blind_to_missing(self: ReceiptService, r: Any) -> tuple[Verdict, str]:
+        verdict, reason = honest(self, r)
+        return (Verdict.OK, "") if "not a present replica" in reason else (verdict, reason)
+
+    monkeypatch.setattr(ReceiptService, "validate", blind_to_missing)
+    seed, violations = first_violation(like="no state makes valid")
+    print(f"a missing replica taken for a present one: caught at seed {seed}: {violations}")
+
+
 def test_a_signer_forgetting_its_locks_at_a_restart_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """Planted bug (a reviewer's): after a restart a signer no longer sees the locks it took before, and locks and
     signs rivals. Judged only end to end (two signatures for one slot, which needs t such signers at once) it went
