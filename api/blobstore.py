@@ -52,6 +52,7 @@ Files: ``<data_dir>/blobs.sqlite3`` and the key ``<data_dir>/identity.key`` (nod
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -205,8 +206,10 @@ class BlobStore:
                     log.warning("repaired the damaged copy of blob %s at position %d from a new post of it",
                                 blob_hash.hex(), row[0])
                 self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
+            except BaseException:  # (rolled back by SQLite itself already on a full disk: its error is the one)
+                if self._db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
                 raise
             if row is not None:
                 return Stored(int(row[0]), blob_hash, True)

@@ -10,6 +10,7 @@ state: the coordinator then refuses to sign (never sign blind). Blocking calls: 
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -179,8 +180,10 @@ class LockStore:
                                      if d.verdict is Verdict.CONFLICT and d.conflicting_id is not None])
                 if commit:
                     self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
+            except BaseException:  # (rolled back by SQLite itself already on a full disk: its error is the one)
+                if self.db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self.db.execute("ROLLBACK")
                 raise
         except sqlite3.DatabaseError as exc:
             self.broken = f"lock table {self.path} failed: {exc}"
@@ -197,7 +200,8 @@ class LockStore:
             self.db.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
             if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.execute("ROLLBACK")
             self.broken = f"lock table {self.path} failed: {exc}"
             raise LockTableBroken(self.broken) from None
 

@@ -297,7 +297,11 @@ class _Tx:
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         if exc_type:
-            self._db.execute("ROLLBACK")
+            # (SQLite rolls a transaction back itself on some errors, a full disk among them: a ROLLBACK then failed,
+            # "no transaction is active", and its error replaced the real one in the 503 and the logs: a review)
+            if self._db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
             return
         try:
             self._db.execute("COMMIT")
