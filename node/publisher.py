@@ -12,8 +12,10 @@ blob, at once, until one passes; the cap relaxes again after ``RELAX_AFTER`` pos
 was rebuilt and refused for ever, and no later event reached DA. A blob of one event that a layer refuses as too
 large, or refuses at all, goes to the next layers (``DARouter.post(past_size_refusals=True)``): it lands on a
 fallback. A failing
-outbox or pending-blob record (a full disk) is retried with the same backoff: the events stay in the outbox (a
-blob posted twice is harmless, events are deduplicated by id), and the task lives on.
+outbox or pending-blob record (a full disk) is retried with the same backoff: the events stay in the outbox, and the
+task lives on. A blob that landed but whose landing could not be recorded is not posted again: the record alone is
+retried (each post to Celestia is paid, and a full disk lasting an hour re-posted the same blob every 30 s: a review;
+after a restart it is posted again, harmless: events are deduplicated by id).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import trio
 
 from node.backoff import Backoff
 from node.blob import blob_size, encode_blob
-from node.da.base import DAError, DALayer
+from node.da.base import BlobRef, DAError, DALayer
 from node.da.router import is_caller_error
 from node.outbox import Outbox
 
@@ -62,6 +64,7 @@ class Publisher:
         self._alone_refused = False  # the latest blob, of one event, was refused as too large: next, any layer
         self._under_cap = 0  # posts since the cap last changed
         self._taken = 0  # events in the blob being posted
+        self._unrecorded: tuple[list[int], BlobRef] | None = None  # a blob that landed, its landing not recorded yet
 
     def take(self, rows: list[tuple[int, bytes]]) -> tuple[list[int], list[bytes]]:
         """The longest prefix of ``rows`` that fits in one blob and the cap (at least one event)."""
@@ -78,6 +81,10 @@ class Publisher:
 
     async def publish_once(self) -> int:
         """Post one blob of pending events; return how many events it carried (0 if none pending)."""
+        if self._unrecorded is not None:  # (its record failed: retried alone, the blob is not posted again)
+            seqs, ref = self._unrecorded
+            await self.outbox.mark_published(seqs, ref)
+            return self._recorded(seqs)
         rows = await self.outbox.unpublished(READ_AHEAD, self.max_blob_bytes)  # (take() may keep fewer)
         if not rows:
             return 0
@@ -89,7 +96,12 @@ class Publisher:
         else:
             ref = await self.da.post(blob)
         self._alone_refused = False
+        self._unrecorded = (seqs, ref)
         await self.outbox.mark_published(seqs, ref)
+        return self._recorded(seqs)
+
+    def _recorded(self, seqs: list[int]) -> int:
+        self._unrecorded = None
         self.blobs_posted += 1
         self.events_published += len(seqs)
         return len(seqs)
