@@ -330,6 +330,10 @@ def _check_identity(member: Member, answer: httpx.Response | None) -> None:
 async def _stop(members: list[Member], hurry: trio.Event, output: Output | None = None) -> None:
     """SIGTERM, wait, then SIGKILL what is left; coordinators first, the DA services last. Once ``hurry`` is set
     (Ctrl-C again), what is still running is killed at once."""
+    say = output.say if output is not None else _print
+    if any(m.process is not None and m.process.returncode is None for m in members) and not hurry.is_set():
+        say(f"[cluster] stopping: each process stops gracefully (up to {STOP_TIMEOUT_S:.0f}s); a second Ctrl-C or "
+            "SIGTERM kills what is left")
     for group in (
         [m for m in members if m.role == "coordinator"],
         [m for m in members if m.role != "coordinator"],
@@ -346,8 +350,8 @@ async def _stop(members: list[Member], hurry: trio.Event, output: Output | None 
                 nursery.cancel_scope.cancel()
         for m in group:
             if m.process is not None and m.process.returncode is None:
-                why = "Ctrl-C again" if hurry.is_set() else f"it did not stop in {STOP_TIMEOUT_S:.0f}s"
-                (output.say if output is not None else _print)(f"[cluster] killing {m.id} ({why})")
+                why = "a second stop signal" if hurry.is_set() else f"it did not stop in {STOP_TIMEOUT_S:.0f}s"
+                say(f"[cluster] killing {m.id} ({why})")
                 m.process.kill()
                 await m.process.wait()
 

@@ -254,8 +254,9 @@ STOP_AT_STDIN_EOF = "DSDN_STOP_AT_STDIN_EOF"
 async def stop_on_signals(stop: trio.Event, hurry: trio.Event | None = None) -> None:
     """Set ``stop`` at the first SIGTERM, SIGINT or SIGHUP (the terminal or ssh session closed), or when the
     launcher that started this process is gone (``STOP_AT_STDIN_EOF``). At a second signal (Ctrl-C pressed again
-    while a slow request or child holds the graceful stop up): set ``hurry`` when given (the caller cuts its stop
-    short), else raise ``StoppedBySignal`` (everything is cancelled; ``finally`` blocks still close files).
+    while a slow request or child holds the graceful stop up; not one within ``SAME_REQUEST_S``): set ``hurry``
+    when given (the caller cuts its stop short), else raise ``StoppedBySignal`` (everything is cancelled; ``finally``
+    blocks still close files).
     Listening until the end: once the receiver closed, a second Ctrl-C was Python's KeyboardInterrupt, a traceback
     in the middle of the stop (a cluster launcher left its DA services running, holding their ports)."""
     async with trio.open_nursery() as nursery:
@@ -275,17 +276,28 @@ async def _stop_at_stdin_eof(stop: trio.Event) -> None:
         _cut_sends(GRACEFUL_TIMEOUT_S)
 
 
+#: a signal within this long of the first is the same request, not a second one: ``kill -TERM -<group>`` reaches a
+#: process both from the shell and from its parent passing it on (make, the cluster launcher), and that second copy
+#: cut the graceful stop short (no final snapshot, the launcher killing every member: a reviewer's run)
+SAME_REQUEST_S = 0.25
+
+
 async def _stop_on_signals(stop: trio.Event, hurry: trio.Event | None) -> None:
     wanted = [signal.SIGTERM, signal.SIGINT]
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # nohup (SIG_IGN): the user asked to survive it
         wanted.append(signal.SIGHUP)
+    first_at = 0.0
     with trio.open_signal_receiver(*wanted) as signals:
         async for signum in signals:
             name = signal.Signals(signum).name
             if not stop.is_set():
                 log.info("received %s, shutting down", name)
                 stop.set()
+                first_at = trio.current_time()
                 _cut_sends(GRACEFUL_TIMEOUT_S)
+            elif trio.current_time() - first_at < SAME_REQUEST_S:
+                log.info("received %s again at once: the same request (passed on by a parent), still stopping "
+                         "gracefully", name)
             elif hurry is not None:
                 log.warning("received %s again: stopping at once", name)
                 _cut_sends(0.0)

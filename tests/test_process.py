@@ -13,6 +13,7 @@ import httpx
 import pytest
 import trio
 
+from node.process import SAME_REQUEST_S
 from tests.conftest import fill_outbox, wait_for
 from tests.proc import CoordinatorProcess, free_port
 
@@ -114,6 +115,27 @@ async def test_a_second_signal_during_a_held_up_stop_exits_at_once_with_one_line
     await stream.aclose()
 
 
+async def test_the_same_signal_twice_at_once_is_one_request_to_stop_gracefully(
+        procs: list[CoordinatorProcess], tmp_path: Path) -> None:
+    """``kill -TERM -<group>`` reaches a process from the shell and again from its parent passing it on (make, the
+    cluster launcher): that copy, a moment later, was taken for a second request and cut the stop short (no final
+    snapshot; a reviewer's run). A signal within SAME_REQUEST_S of the first is the same request."""
+    c = launch(procs, tmp_path, "c0")
+    await c.wait_ready()
+    stream = await trio.open_tcp_stream("127.0.0.1", c.port)  # a request that holds the graceful stop up
+    await stream.send_all(b"POST /register HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: 100\r\n\r\n{")
+    await trio.sleep(0.3)
+    c.kill(signal.SIGTERM)
+    await trio.sleep(SAME_REQUEST_S / 5)  # (sent together, the kernel may deliver the two as one)
+    c.kill(signal.SIGTERM)
+    await trio.sleep(0.5)
+    assert c.proc is not None and c.proc.poll() is None, c.log()[-2000:]  # still stopping gracefully
+    await stream.aclose()  # the request ends: the graceful stop goes on
+    assert await c.wait_exit() == 0, c.log()[-2000:]
+    assert "the same request" in c.log() and "stopped cleanly" in c.log() and "at once by" not in c.log()
+
+
 async def test_a_second_signal_during_the_final_snapshot_exits_at_once_with_one_line(
         procs: list[CoordinatorProcess], tmp_path: Path) -> None:
     """From a review: the signals were heard only until the API stopped; a second Ctrl-C while the final snapshot of a
@@ -132,6 +154,7 @@ async def test_a_second_signal_during_the_final_snapshot_exits_at_once_with_one_
                 break
             await trio.sleep(0.01)
     assert c.proc is not None and c.proc.poll() is None, c.log()[-2000:]  # still stopping
+    await trio.sleep(SAME_REQUEST_S)  # (a signal sooner is the same request: see the next test)
     c.kill(signal.SIGINT)
     assert await c.wait_exit() == 128 + signal.SIGINT, c.log()[-3000:]
     assert "stopped at once by a second SIGINT" in c.log() and "Traceback" not in c.log()
