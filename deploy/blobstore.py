@@ -17,7 +17,15 @@ import trio
 from hypercorn.trio import serve
 
 from api.blobstore import DEFAULT_MAX_BODY, MAX_BODY_LIMIT, BlobStore, create_blobstore_app
-from node.process import hypercorn_config, lock_data, run_process, serve_until_signalled, setup_logging
+from node.process import (
+    bind_error,
+    hypercorn_config,
+    leaves,
+    lock_data,
+    run_process,
+    serve_until_signalled,
+    setup_logging,
+)
 
 log = logging.getLogger("dsdn.blobstore")
 
@@ -35,8 +43,11 @@ async def serve_store(store: BlobStore, host: str, port: int, *,
             store.stop_waiting()  # answer the long polls now: the graceful stop would wait for them
 
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(partial(serve, app, hypercorn_config(host, port),  # type: ignore[arg-type]
-                                            shutdown_trigger=trigger))
+        try:
+            binds = await nursery.start(partial(serve, app, hypercorn_config(host, port),  # type: ignore[arg-type]
+                                                shutdown_trigger=trigger))
+        except* OSError as group:  # (start() hands it over in a group)
+            raise bind_error(leaves(group)[0], "blob store", host, port, "--port") from None
         task_status.started(binds[0])
 
 

@@ -33,6 +33,7 @@ from node.coordinator import Coordinator
 from node.da.factory import build_layers
 from node.process import (
     StoppedBySignal,
+    bind_error,
     hypercorn_config,
     leaves,
     lock_data,
@@ -124,7 +125,7 @@ async def _serve(cfg: config_mod.Config, coord: Coordinator, validator: BlobStor
                 await outer.start(peers.run)
             except* OSError as group:  # (start() hands it over in a group)
                 where = "PEER_PORT" if cfg.peer_port else "this member's entry in CLUSTER_PEERS / CLUSTER_CONFIG"
-                raise _bind_error(leaves(group)[0], "peer", peers.host, peers.port, where) from None
+                raise bind_error(leaves(group)[0], "peer", peers.host, peers.port, where) from None
             outer.start_soon(gossip.run_stats_gossip, coord, peers)
         if dkg is not None:
             await outer.start(dkg.run)
@@ -134,7 +135,7 @@ async def _serve(cfg: config_mod.Config, coord: Coordinator, validator: BlobStor
             try:
                 binds = await http.start(partial(serve, app, hcfg, shutdown_trigger=shutdown_trigger))  # type: ignore[arg-type]
             except* OSError as group:
-                raise _bind_error(leaves(group)[0], "API", cfg.host, cfg.port, "COORDINATOR_PORT") from None
+                raise bind_error(leaves(group)[0], "API", cfg.host, cfg.port, "COORDINATOR_PORT") from None
             mark_started()
             serving.set()
             primary = (("mock " + (cfg.mock_da_file if cfg.mock_da_path != ":memory:" else "in memory"))
@@ -173,13 +174,6 @@ def peer_manager(cfg: config_mod.Config, coord: Coordinator) -> PeerManager | No
     members = [Member(p.id, p.public_key, p.host, p.port) for p in cfg.peers]
     return PeerManager(cfg.coordinator_id, coord.key, cfg.cluster_id, members, registry, host=cfg.peer_host,
                        port=cfg.peer_port or me.port, heartbeat_s=cfg.peer_heartbeat_ms / 1000)
-
-
-def _bind_error(exc: BaseException, what: str, host: str, port: int, variable: str) -> OSError:
-    """The error of a listener that could not bind, naming the address and the setting (it said only "[Errno 98]
-    Address already in use", the same for both ports)."""
-    errno, reason = getattr(exc, "errno", None), getattr(exc, "strerror", None) or exc
-    return OSError(errno, f"cannot listen on the {what} port {host}:{port} ({variable}): {reason}")
 
 
 class _NoKey:

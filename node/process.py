@@ -355,6 +355,13 @@ def lock_data(prog: str, path: Path) -> None:
     _held_locks.append(fd)
 
 
+def bind_error(exc: BaseException, what: str, host: str, port: int, variable: str) -> OSError:
+    """The error of a listener that could not bind, naming the address and the setting (it said only "[Errno 98]
+    Address already in use", the same for every port)."""
+    errno, reason = getattr(exc, "errno", None), getattr(exc, "strerror", None) or exc
+    return OSError(errno, f"cannot listen on the {what} port {host}:{port} ({variable}): {reason}")
+
+
 def leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
     """The exceptions a (nested) exception group carries, without the groups: what to tell the user."""
     found: list[BaseException] = []

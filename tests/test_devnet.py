@@ -73,6 +73,25 @@ async def test_process_serves_stops_on_sigterm_and_keeps_its_chain(tmp_path: Pat
             proc.wait()
 
 
+@pytest.mark.parametrize("service", ["devnet", "blobstore"])
+def test_a_port_already_taken_is_named(service: str, tmp_path: Path) -> None:
+    """A DA service whose port is taken says which port and which flag (it said only "[Errno 98] Address already in
+    use", beside a coordinator naming its own: a fresh user's run)."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        extra = ["--data-dir", str(tmp_path / "store")] if service == "blobstore" else []
+        result = subprocess.run([sys.executable, "-c", f"from deploy.{service} import main; main()", "--port",
+                                 str(port), *extra], capture_output=True, text=True, timeout=60,
+                                cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 1, result.stderr
+    assert f"port 127.0.0.1:{port} (--port): Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_bad_flags_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     for argv in (["--block-interval-ms", "0"], ["--block-interval-ms", str(10**30)], ["--port", "70000"],
                  ["--port", "x"]):
