@@ -134,8 +134,9 @@ def _error_text(response: httpx.Response) -> str:
     else:
         detail = (response.text.strip().splitlines() or ["(no JSON body)"])[0][:200]
     text = f"HTTP {response.status_code} {response.request.method} {response.request.url.path}: {detail}"
-    if response.status_code == 401:
-        text += f" (pass --token or set {TOKEN_ENV})"
+    if response.status_code == 401:  # (a token given and refused is not a token missing: a fresh user's run)
+        text += (f" (the token given was refused: check --token or {TOKEN_ENV})"
+                 if "Authorization" in response.request.headers else f" (pass --token or set {TOKEN_ENV})")
     return text
 
 

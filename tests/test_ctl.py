@@ -277,6 +277,7 @@ def test_token_from_flag_or_environment(in_cluster_dir: Procs, capsys: pytest.Ca
         f"this route needs Authorization: Bearer <COORDINATOR_API_TOKEN> (pass --token or set DSDN_API_TOKEN)")
     code, _, err = dsdn(capsys, *args, "--token", "wrong")
     assert code == 1 and "HTTP 401" in one_line(err)
+    assert one_line(err).endswith("(the token given was refused: check --token or DSDN_API_TOKEN)")
     monkeypatch.setenv("DSDN_API_TOKEN", TOKEN)
     code, out, err = dsdn(capsys, *args)
     assert code == 0 and err == "" and out.startswith("object tok-obj registered")
