@@ -219,8 +219,9 @@ class Coordinator:
                 self.applied_outbox_seq, replaced = 0, True
         replayed = 0
         last = await self.outbox.last_seq()
-        log.info("restoring: %s, outbox events %d to %d to replay", f"a snapshot of {self.state.events_applied} events"
-                 if snap is not None else "no snapshot", self.applied_outbox_seq + 1, last)
+        log.info("restoring: %s, %s", f"a snapshot of {self.state.events_applied} events" if snap is not None
+                 else "no snapshot", f"outbox events {self.applied_outbox_seq + 1} to {last} to replay"
+                 if last > self.applied_outbox_seq else "no outbox event to replay")
         told = time.perf_counter()
         # a page at a time: read all at once, an outbox grown through a long DA outage filled the memory
         while rows := await self.outbox.since(self.applied_outbox_seq, REPLAY_PAGE, REPLAY_PAGE_BYTES):

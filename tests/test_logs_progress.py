@@ -313,6 +313,14 @@ async def test_a_long_outbox_replay_at_start_says_how_far_it_got(
         "restoring: 20 events of the outbox replayed (at 20 of 30)"]
     assert coord.state.node_count == 30
     coord.outbox.close()
+    caplog.clear()  # an empty outbox: "no outbox event to replay", not "1 to 0"
+    empty = make_config("c1")
+    empty.data_dir.mkdir(parents=True)
+    again = Coordinator(empty, SlowLog([], read_s=0.0))
+    with caplog.at_level(logging.INFO, logger="dsdn.coordinator"):
+        await again.restore()
+    assert "restoring: no snapshot, no outbox event to replay" in [r.getMessage() for r in caplog.records]
+    again.outbox.close()
 
 
 async def test_an_outbox_that_is_not_the_snapshots_is_replayed_whole(make_config: Callable[..., Config]) -> None:
