@@ -8,6 +8,7 @@ in process."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from functools import partial
@@ -38,7 +39,9 @@ STALL_BOUND_S = 8.5  # measured ~4.3 s; before: 10.6 s
 
 
 async def test_a_slow_primary_fails_over_in_seconds_without_flapping(make_config: Callable[..., Config],
-                                                                      tmp_path: Path, nursery: trio.Nursery) -> None:
+                                                                      tmp_path: Path, nursery: trio.Nursery,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="dsdn.da")
     devnet: str = await nursery.start(partial(serve_devnet, "127.0.0.1", 0, ":memory:", 0.2, TOKEN))
     store: str = await nursery.start(partial(serve_blobstore, "127.0.0.1", 0, tmp_path / "store"))
     keys = {name: bytes(identity.load_or_create(tmp_path / name).verify_key).hex() for name in ("a", "b")}
@@ -115,6 +118,11 @@ async def test_a_slow_primary_fails_over_in_seconds_without_flapping(make_config
         assert stall < STALL_BOUND_S and max(after) < STALL_BOUND_S, (stall, max(after))
         assert a.da.router.abandoned + a.da.router.fallthroughs >= 1
         assert a.da.pending.pending_count == 0  # everything that went to the emergency store is on the devnet now
+        # the way down is a warning, the way back good news (a fresh user read "Recovering -> Healthy" as a warning)
+        levels = {r.getMessage().split(" (")[0]: r.levelname for r in caplog.records
+                  if r.getMessage().startswith("DA status")}
+        assert levels["DA status Healthy -> Warning"] == levels["DA status Warning -> Emergency"] == "WARNING", levels
+        assert levels["DA status Emergency -> Recovering"] == levels["DA status Recovering -> Healthy"] == "INFO"
         running.cancel_scope.cancel()
     for coord in coords.values():
         await coord.da.primary.inner.aclose()  # type: ignore[attr-defined]

@@ -204,7 +204,9 @@ class DAStack:
     def _log_transition(self) -> None:
         if self.machine.status is not self._last_status:
             entering_fallback = self.machine.status in (Status.DEGRADED, Status.EMERGENCY)
-            log.warning("DA status %s -> %s (routing: %s)%s", self._last_status.value, self.machine.status.value,
+            # back to Healthy (or on the way, Recovering) is good news: INFO; any other change a WARNING
+            level = logging.INFO if self.machine.status in (Status.HEALTHY, Status.RECOVERING) else logging.WARNING
+            log.log(level, "DA status %s -> %s (routing: %s)%s", self._last_status.value, self.machine.status.value,
                         self.machine.snapshot().routing,
                         f": {self.machine.fallback_reason}" if entering_fallback else "")
             self._last_status = self.machine.status
