@@ -62,6 +62,10 @@ HEAD_TIMEOUT_S = 5.0
 #: the alternative (a stuck log went unnoticed for ever).
 STUCK_AFTER_S = 30.0
 DROPPED_LOG_EVERY_S = 60.0  # a blob dropped for a reason already logged is logged again after this long at most
+#: a log never read yet that fails within this long of the start is noted at INFO, and a WARNING comes only if it still
+#: fails after it: the members of a local cluster start one after another, and each start printed a dozen warnings
+#: about validators not listening yet (a fresh user's run)
+START_GRACE_S = 10.0
 
 
 def spare_collector(*, catching_up: bool) -> None:
@@ -197,14 +201,22 @@ class Consumer:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        started, ever_read, warn_later = trio.current_time(), False, False
         try:
             while True:
                 try:
                     at_head = await self.poll_once()
                 except DAError as exc:
+                    early = not ever_read and trio.current_time() - started < START_GRACE_S
                     if self.last_ok:  # once per failure streak; the rest at debug level
-                        log.warning("reading %s failed (cursor %d); retrying with backoff: %s", self.da.name,
-                                    self.cursor, exc)
+                        (log.info if early else log.warning)(
+                            "reading %s failed (cursor %d)%s; retrying with backoff: %s", self.da.name, self.cursor,
+                            " at start" if early else "", exc)
+                        warn_later = early
+                    elif warn_later and not early:
+                        log.warning("reading %s still fails %.0fs after the start (cursor %d): %s", self.da.name,
+                                    START_GRACE_S, self.cursor, exc)
+                        warn_later = False
                     self.last_ok = False
                     self._note_failure(exc)
                     self.on_result(False, str(exc))
@@ -217,8 +229,9 @@ class Consumer:
                     continue
                 self._backoff.reset()
                 if not self.last_ok:
-                    log.info("reading %s works again (cursor %d)", self.da.name, self.cursor)
-                self.last_ok = True
+                    log.info("reading %s works %s (cursor %d)", self.da.name, "again" if ever_read else "now",
+                             self.cursor)
+                self.last_ok, ever_read, warn_later = True, True, False
                 self.last_error, self.failed_reads = None, 0
                 self.failing_since = self.failing_since_ms = None
                 self.on_result(True, None)

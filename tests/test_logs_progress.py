@@ -344,3 +344,50 @@ async def test_an_outbox_that_is_not_the_snapshots_is_replayed_whole(make_config
     saved = snapshot.load(cfg.data_dir)
     assert saved is not None and saved.outbox_seq == 3 and coord.snapshots_written == 1
     coord.outbox.close()
+
+
+class DownFor(SlowLog):
+    """A log that refuses reads (connection refused) while ``down`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__([], read_s=0.0, name="secondary/0")
+        self.down = True
+
+    async def read_after(self, cursor: int, limit: int, wait_s: float = 0.0) -> Page:
+        if self.down:
+            raise DAUnavailable("ConnectError: [Errno 111] Connection refused")
+        return await super().read_after(cursor, limit, wait_s)
+
+
+async def test_a_log_not_listening_yet_at_start_is_noted_and_a_warning_comes_only_if_it_stays_so(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    """The members of a local cluster start one after another: each start printed a dozen warnings about validators
+    not listening yet (a fresh user's run). A log never read yet that fails within START_GRACE_S of the start is noted
+    at INFO; still failing after it, one WARNING; one that was read and then fails, a WARNING at once."""
+    from node.consumer import START_GRACE_S
+
+    def said() -> list[tuple[str, str]]:
+        found = [(r.levelname, r.getMessage().split(";")[0].split(":")[0]) for r in caplog.records
+                 if r.getMessage().startswith("reading secondary/0")]
+        caplog.clear()
+        return found
+
+    caplog.set_level(logging.INFO, logger="dsdn.consumer")
+    for stays_down_s, expected in ((1.0, [("INFO", "reading secondary/0 failed (cursor 0) at start"),
+                                          ("INFO", "reading secondary/0 works now (cursor 0)")]),
+                                   (START_GRACE_S + 15, [("INFO", "reading secondary/0 failed (cursor 0) at start"),
+                                                         ("WARNING", "reading secondary/0 still fails 10s after the "
+                                                                     "start (cursor 0)"),
+                                                         ("INFO", "reading secondary/0 works now (cursor 0)")])):
+        layer = DownFor()
+        consumer = Consumer(layer, lambda events: 0, frozenset())  # type: ignore[arg-type]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(consumer.run)
+            await trio.sleep(stays_down_s)
+            layer.down = False
+            await trio.sleep(12)  # (the backoff's longest wait: 10 s)
+            assert said() == expected
+            layer.down = True  # read once, then failing: a warning at once
+            await trio.sleep(12)
+            assert said()[0] == ("WARNING", "reading secondary/0 failed (cursor 0)")
+            nursery.cancel_scope.cancel()
