@@ -476,7 +476,9 @@ async def _wait_for_stop_or_exit(stop: trio.Event, members: list[Member], output
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="dsdn cluster up", description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=4, help="number of coordinators (default 4: one may crash or lie)")
-    parser.add_argument("--base-port", type=int, default=8080, help="coordinator i serves on base-port + i")
+    parser.add_argument("--base-port", type=int, default=8080,
+                        help="coordinator i serves on base-port + i, its peer links on base-port + 200 + i; the devnet "
+                             "on base-port + 100, the blob store on base-port + 101")
     parser.add_argument("--data-dir", type=Path, default=Path(".dsdn/cluster"))
     parser.add_argument("--block-interval-ms", type=int, default=500)
     args = parser.parse_args(argv)
