@@ -54,6 +54,7 @@ MEMBERS = {"type": "object", "required": ["self", "members"], "properties": {
 DASHBOARD_ROUTES: list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any], tuple[int, ...]]] = [
     ("GET", "/dashboard", "The live cluster dashboard (an HTML page that polls every member's JSON endpoints)",
      None, _STR, ()),
+    ("GET", "/dashboard/", "The same page (typed with a trailing slash)", None, _STR, ()),
     ("GET", "/dashboard/dashboard.js", "The dashboard's script", None, _STR, ()),
     ("GET", "/dashboard/dashboard.css", "The dashboard's style sheet", None, _STR, ()),
     ("GET", "/cluster/members", "Every cluster member: id, public key, peer address, HTTP URL (when known)",
@@ -62,6 +63,7 @@ DASHBOARD_ROUTES: list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any
 # The media type of each route whose 200 is not JSON (api/openapi.py documents it so).
 DASHBOARD_MEDIA: dict[tuple[str, str], str] = {("GET", path): media.split(";")[0] for path, (_, media) in
                                                ASSETS.items()}
+DASHBOARD_MEDIA["GET", "/dashboard/"] = DASHBOARD_MEDIA["GET", "/dashboard"]
 
 
 def load_assets() -> dict[str, tuple[bytes, str]]:
@@ -95,6 +97,7 @@ def register_dashboard_routes(app: QuartTrio, config: Config, public_key: bytes)
                                     "X-Content-Type-Options": "nosniff", "Content-Security-Policy": CSP})
 
     @app.get("/dashboard")
+    @app.get("/dashboard/")  # (typed with a slash, it was a 404: a fresh user's run; the page's links are absolute)
     async def dashboard() -> Response:
         return asset("/dashboard")
 

@@ -698,3 +698,11 @@ async def test_a_write_to_a_register_held_by_a_write_from_far_in_the_future_is_a
     assert body["error"] == "clock_conflict" and "'m'" in body["message"] and "ahead" in body["message"]
     assert (await get(client, "/node/n1"))["zone"] == "zone-m"
     await post(client, "/register", {"id": "n2", "zone": "zone-local", "addr": "1.1.1.1:1"})  # other registers: fine
+
+
+async def test_the_dashboard_is_served_with_or_without_a_trailing_slash(client: Any) -> None:
+    """``/dashboard/`` (typed with a slash) was a 404: a fresh user's run. The page's links are absolute."""
+    plain, slashed = await client.get("/dashboard"), await client.get("/dashboard/")
+    assert plain.status_code == slashed.status_code == 200
+    assert await plain.get_data() == await slashed.get_data() and b"/dashboard/dashboard.js" in await plain.get_data()
+    assert slashed.headers["Content-Security-Policy"] == plain.headers["Content-Security-Policy"]
