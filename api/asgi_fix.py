@@ -15,10 +15,11 @@
    empty 500 and logged a traceback, on every route, with no token needed (a reviewer's reproduction). It is
    answered here with our JSON 400.
 5. Quart answers OPTIONS by itself with an empty ``text/html`` 200: a 204 with ``Allow`` (``allowed_methods``).
-6. An answer given before the request's body was all received (a 413 for its ``Content-Length``, a 401, a 415) ends
+6. An answer given before the request's body was all received (a 413 for its ``Content-Length``, a 401, a 415) ended
    the connection: hypercorn cannot recycle it, but said nothing, and a keep-alive client sent its next request
    on it and lost it ("server disconnected without sending a response": a POST is not retried; a reviewer's
-   reproduction). Such an answer says ``Connection: close`` (``close_if_body_unread``).
+   reproduction). The rest of a small body is read first; otherwise the answer says ``Connection: close``
+   (``finish_body_or_close``).
 """
 
 from __future__ import annotations
@@ -111,18 +112,37 @@ def quart_app(name: str) -> QuartTrio:
     app.url_map.merge_slashes = False
     app.asgi_app = refuse_websockets(refuse_bad_host(shield_final_send(app.asgi_app)))  # type: ignore[method-assign]
     app.make_default_options_response = _options  # type: ignore[method-assign]
-    app.after_request(close_if_body_unread)
+    app.after_request(finish_body_or_close)
     return app
 
 
-async def close_if_body_unread(response: Response) -> Response:
-    """``Connection: close`` on an HTTP/1 answer to a request that declared a body not yet all received (see 6.;
-    HTTP/2 has no such header, and a stream ends alone)."""
+#: a body an early answer left unread, up to this size, is read before the answer goes (the connection stays usable);
+#: a larger one, one refused as too large (413) or under load (503), or one that does not come within DRAIN_S, closes
+DRAIN_BYTES = 1 << 20
+DRAIN_S = 2.0
+
+
+async def finish_body_or_close(response: Response) -> Response:
+    """An HTTP/1 answer given before the request's body was all read (see 6.; HTTP/2 has no such header, a stream
+    ends alone): the rest of a small body is read first, so hypercorn can take the connection's next request (saying
+    ``Connection: close`` to every early 401 or 422 cost a reconnect, and a request pipelined behind it was lost: a
+    regression review); else the answer says ``Connection: close``."""
     if request.http_version not in ("1.0", "1.1"):
         return response
-    declared = (request.content_length or 0) > 0 or "chunked" in request.headers.get("Transfer-Encoding", "").lower()
-    complete = getattr(request.body, "_complete", None)  # (quart's Body: set once the last part arrived)
-    if declared and (complete is None or not complete.is_set()):
+    length = request.content_length
+    if not (length or "chunked" in request.headers.get("Transfer-Encoding", "").lower()):
+        return response
+    complete = getattr(request.body, "_complete", None)  # (quart's Body: set once the last part arrived, or the
+    if response.status_code in (413, 503) or complete is None:  # limit passed: a 413 is never taken as read)
+        response.headers["Connection"] = "close"
+    elif not complete.is_set():
+        with trio.move_on_after(DRAIN_S):
+            try:
+                if length is not None and length <= DRAIN_BYTES:
+                    await request.get_data(cache=False)
+                    return response
+            except HTTPException:  # (over the app's limit as it arrived)
+                pass
         response.headers["Connection"] = "close"
     return response
 

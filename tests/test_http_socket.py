@@ -92,6 +92,12 @@ async def test_an_answer_before_the_body_was_read_says_the_connection_closes(bas
             answer += await stream.receive_some(65536)
     assert answer.startswith(b"HTTP/1.1 413") and b"\r\nconnection: close\r\n" in answer.lower()
     await stream.aclose()
+    chunk = b"x" * 65536  # a chunked body past the limit: quart takes it as complete once refused (a review)
+    chunked = (b"POST /register HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n"
+               + b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(20)) + b"0\r\n\r\n")
+    data, _ = await raw_exchange(base_url, chunked, 3)
+    assert data.startswith(b"HTTP/1.1 413") and b"\r\nconnection: close\r\n" in data.lower(), data[:300]
     async with httpx.AsyncClient(base_url=base_url, timeout=5) as http:
         r = await http.post("/register", json={"id": "n"})  # read whole, then refused
         assert r.status_code == 422 and "connection" not in r.headers
@@ -182,9 +188,24 @@ async def test_an_http2_frame_for_a_stream_already_answered_ends_that_connection
     assert not stopped.is_set()
 
 
+async def test_a_small_body_refused_unread_is_read_and_the_request_pipelined_behind_it_answered(
+        base_url: str) -> None:
+    """A 415 (or 401, 422 ...) is given before the handler reads the body: the rest of a small body is read first,
+    so the connection takes the next request. Saying ``Connection: close`` instead cost a reconnect, and a request
+    pipelined behind it was lost (a regression review)."""
+    body = b'{"id": "n"}'
+    refused = (b"POST /register HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\n"
+               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    health = b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    for _ in range(5):
+        data, closed = await raw_exchange(base_url, refused + health, 1.5)
+        assert data.startswith(b"HTTP/1.1 415") and data.count(b"HTTP/1.1 ") == 2, data[:400]
+        assert b"HTTP/1.1 200" in data and b"connection: close" not in data.lower() and not closed
+
+
 async def test_over_http2_an_answer_before_the_body_names_no_connection_header(base_url: str) -> None:
     """HTTP/2 has no ``Connection`` header (RFC 9113 §8.2.2: a response with one is malformed): the 413 for a declared
-    length is a well-formed answer there, without one (``close_if_body_unread`` adds none over HTTP/2, and
+    length is a well-formed answer there, without one (``finish_body_or_close`` adds none over HTTP/2, and
     hypercorn would drop it)."""
     import h2.config
     import h2.connection
