@@ -182,8 +182,10 @@ class LockStore:
                     self.db.execute("COMMIT")
             except BaseException:  # (rolled back by SQLite itself already on a full disk: its error is the one)
                 if self.db.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
+                    try:
                         self.db.execute("ROLLBACK")
+                    except sqlite3.Error as exc:  # its locks may stay pending, to be committed by the next batch's:
+                        self.broken = f"lock table {self.path} failed: cannot roll a batch back: {exc}"  # never
                 raise
         except sqlite3.DatabaseError as exc:
             self.broken = f"lock table {self.path} failed: {exc}"
@@ -196,6 +198,7 @@ class LockStore:
         """Make the locks of a ``lock_batch(commit=False)`` durable (blocking; nothing to do without one)."""
         if not self.db.in_transaction:
             return
+        self._check()  # (broken meanwhile: what is pending may be a batch that could not be rolled back)
         try:
             self.db.execute("COMMIT")
         except sqlite3.DatabaseError as exc:

@@ -185,3 +185,36 @@ def test_a_reader_that_lets_go_within_the_wait_does_not_break_the_table(tmp_path
     finally:
         timer.join()
     assert store.broken is None and [d.verdict for d in store.lock_batch([receipt(1)], ok, "c0")] == [Verdict.OK]
+
+
+def test_a_batch_that_cannot_be_rolled_back_breaks_the_table_and_is_never_committed(tmp_path: Path) -> None:
+    """A batch failing midway whose ROLLBACK fails too (an I/O error) left its first locks pending in the open
+    transaction, and the next batch's commit made them durable: the table is broken instead (a regression review)."""
+    store = LockStore(tmp_path / "locks.sqlite")
+    real = store.db
+
+    class NoRollback:
+        def execute(self, sql: str, *args: object) -> object:
+            if sql == "ROLLBACK":
+                raise sqlite3.OperationalError("disk I/O error")
+            return real.execute(sql, *args)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+    def fails_on_the_second(r: rc.Receipt) -> tuple[Verdict, str]:
+        if r.reward_base == 2:
+            raise RuntimeError("a validation bug")
+        return Verdict.OK, ""
+
+    store.db = NoRollback()  # type: ignore[assignment]
+    with pytest.raises(RuntimeError):
+        store.lock_batch([receipt(reward=1, node="a"), receipt(reward=2, node="b")], fails_on_the_second, "c0",
+                         batch=b"x" * 16, commit=False)
+    assert store.broken is not None and "cannot roll a batch back" in store.broken
+    with pytest.raises(LockTableBroken):
+        store.commit()
+    store.db = real
+    real.rollback()
+    assert real.execute("SELECT COUNT(*) FROM locks").fetchone() == (0,)
+    store.close()
