@@ -450,3 +450,25 @@ async def test_a_store_answering_a_position_beyond_what_sqlite_holds_is_malforme
                 await store.read_after(2, 10)
     finally:
         await store.aclose()
+
+
+async def test_a_fallback_down_at_the_start_is_checked_every_second_until_it_is_up(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """The members of a local cluster host each other's validators and start one after another: the secondary,
+    found down at the first check, was on standby (checked every 5 s) and showed as down for 5 s after every member
+    was ready (a fresh user's run). For START_S after the start, a layer found unhealthy is checked every second."""
+    from node.da.stack import START_PROBE_S
+
+    primary, secondary = MockDA(name=PRIMARY), MockDA(name=SECONDARY)
+    stack = make_stack(tmp_path, primary, secondary, health_interval_s=1.0)
+    probes = count_probes(stack)
+    secondary.down = True
+    async with trio.open_nursery() as nursery:
+        await nursery.start(stack.monitor)
+        await trio.sleep(2.5)
+        assert not stack.machine.is_healthy(SECONDARY) and stack.machine.status is Status.HEALTHY
+        secondary.down = False
+        await trio.sleep(2.5 * START_PROBE_S)
+        assert stack.machine.is_healthy(SECONDARY), probes  # (on standby, not before 5 s)
+        nursery.cancel_scope.cancel()
+    await stack.aclose()

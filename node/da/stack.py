@@ -54,6 +54,11 @@ MAX_PROBES_IN_FLIGHT = 2
 #: ``dsdn cluster up`` of 5 (1 s interval) this drops 25 of the 35 health requests a second (each QuorumDA probe
 #: asks every validator), whose bursts delayed the receipts in flight: the slowest tenth by 13 ms in a benchmark.
 STANDBY_MAX_AGE_S = 5.0
+#: for this long after the start, a layer found unhealthy is checked every START_PROBE_S instead of every health
+#: interval: the members of a local cluster host each other's validators and start one after another, and the
+#: secondary showed as down for a whole interval (5 s) after every member was ready (a fresh user's run)
+START_S = 30.0
+START_PROBE_S = 1.0
 #: Settled fallback records (reconciled blobs, resolved other members' blobs, ids of blobs read from the primary)
 #: are forgotten this long after they settled, checked every PRUNE_EVERY_S by the monitor.
 PRUNE_AFTER_S = 7 * 24 * 3600.0
@@ -109,6 +114,7 @@ class DAStack:
             if adopting:
                 log_.on_page = self._primary_page if name == PRIMARY else self._fallback_page
         self.health_interval_s = health_interval_s
+        self._started_at: float | None = None  # trio time the monitor started (see START_S)
         self.health_timeout_s = health_timeout_s
         self._probing: dict[str, int] = dict.fromkeys(self.layers, 0)
         self._fallbacks_probed_at: float | None = None  # trio time of the latest probe of the fallbacks
@@ -227,7 +233,8 @@ class DAStack:
         runs)."""
         now = trio.current_time()
         standby = (self.machine.status is Status.HEALTHY and self._fallbacks_probed_at is not None
-                   and now - self._fallbacks_probed_at < STANDBY_MAX_AGE_S - self.health_interval_s / 2)
+                   and now - self._fallbacks_probed_at < STANDBY_MAX_AGE_S - self.health_interval_s / 2
+                   and not self._starting())
         await self._probe([name for name in self.layers if not standby or name == PRIMARY])
         if self._should_reconcile() and not self._pass_running:
             self._pass_running = True
@@ -235,6 +242,11 @@ class DAStack:
                 self._nursery.start_soon(self._reconcile_pass)
             else:
                 await self._reconcile_pass()
+
+    def _starting(self) -> bool:
+        """Within START_S of the monitor's start, with a layer found unhealthy: checked every START_PROBE_S."""
+        return (self._started_at is not None and trio.current_time() - self._started_at < START_S
+                and not all(self.machine.snapshot().healthy.values()))
 
     async def _probe(self, names: list[str]) -> None:
         """Health-check these layers concurrently (a layer with MAX_PROBES_IN_FLIGHT checks running is skipped)."""
@@ -272,14 +284,16 @@ class DAStack:
             self._nursery = nursery
             try:
                 task_status.started()
-                next_at = trio.current_time()
+                next_at = self._started_at = trio.current_time()
                 prune_at = next_at + PRUNE_EVERY_S
                 while True:  # a fixed cadence: a slow check does not delay the next one
                     nursery.start_soon(self.check_once)
                     if trio.current_time() >= prune_at:
                         prune_at = trio.current_time() + PRUNE_EVERY_S
                         nursery.start_soon(self.prune)
-                    next_at = max(next_at + self.health_interval_s, trio.current_time())
+                    interval = min(self.health_interval_s, START_PROBE_S) if self._starting() else \
+                        self.health_interval_s
+                    next_at = max(next_at + interval, trio.current_time())
                     await trio.sleep_until(next_at)
             finally:
                 self._nursery = None
