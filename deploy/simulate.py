@@ -382,7 +382,7 @@ async def run_plan(plan: Plan, cluster: SimCluster) -> Outcome:
         if not cluster.quiet() or cluster.da.posts != posted:  # (it passed, and was checked as if quiet)
             outcome.liveness.append(f"the cluster is not quiet {QUIET_BOUND_S:.0f}s after the liveness checks "
                                     f"({cluster.da.posts} DA posts so far)")
-        check_safety(plan, cluster, records, outcome)
+        check_safety(cluster, records, outcome, [r for _, _, r in plan.refused])
         check_refused(plan, cluster, refused_records, outcome)
         check_acknowledged(cluster, submitted, outcome)
         check_writes(cluster, acknowledged, outcome)
@@ -622,7 +622,8 @@ async def heal(cluster: SimCluster) -> None:
             await cluster.restart(m.id)
 
 
-def check_safety(plan: Plan, cluster: SimCluster, records: list[Any], outcome: Outcome) -> None:
+def check_safety(cluster: SimCluster, records: list[Any], outcome: Outcome, never_valid: list[rc.Receipt]) -> None:
+    """``never_valid``: receipts no state makes valid (``SimCluster.refused_receipts``): none may be signed."""
     key = cluster.group_key  # None: no honest member has a key (the DKG did not complete: a liveness violation)
     if key is None and (cluster.signed_ids() or cluster.observed.documents
                         or any(r.document is not None for r in records)):
@@ -670,9 +671,9 @@ def check_safety(plan: Plan, cluster: SimCluster, records: list[Any], outcome: O
     for slot, ids in signed.items():
         if len(ids) > 1:
             outcome.safety.append(f"slot {slot} has {len(ids)} signed receipts")
-    never_valid = {r.id: r for _, _, r in plan.refused}
-    for rid in sorted(never_valid.keys() & set().union(*signed.values())):
-        outcome.safety.append(f"a receipt no state makes valid was signed: {never_valid[rid].slot}")
+    by_id = {r.id: r for r in never_valid}
+    for rid in sorted(by_id.keys() & set().union(*signed.values())):
+        outcome.safety.append(f"a receipt no state makes valid was signed: {by_id[rid].slot}")
     for what in dict.fromkeys(cluster.observed.undurable):  # (each once, in order)
         outcome.safety.append(what)
     for (member, slot), ids in cluster.observed.promised.items():

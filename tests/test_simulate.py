@@ -526,7 +526,7 @@ def test_a_batch_an_honest_member_published_that_does_not_verify_is_caught(tmp_p
         outcome = simulate.Outcome()
         cluster.da.preload(cluster.blob_of_c0([ev.make_event(ev.RECEIPT_BATCH, (9, 9), "c0", signature="00" * 64,
                                                              **fields).raw]))
-        simulate.check_safety(None, cluster, [], outcome)  # type: ignore[arg-type]
+        simulate.check_safety(cluster, [], outcome, [])
         assert any("c0 published a receipt batch that does not verify" in v for v in outcome.safety), outcome
     finally:
         cluster.close()
@@ -670,7 +670,7 @@ async def test_a_signature_made_but_never_announced_counts_against_its_slot(
         nursery.cancel_scope.cancel()
     try:
         outcome = simulate.Outcome()
-        simulate.check_safety(None, cluster, [], outcome)  # type: ignore[arg-type]
+        simulate.check_safety(cluster, [], outcome, [])
         assert any("signed receipts" in v and "slot" in v for v in outcome.safety), outcome.safety
     finally:
         cluster.close()
