@@ -518,7 +518,11 @@ class DkgService:
                 s = self.session if self.session is not None and self.session.id == session_id else None
         if s is not None:
             want = Want(frozenset(body["round1"]), frozenset(body["round2"]), frozenset(body["confirm"]))
-            self._send(s, s.participant.answer(self._ident_of[peer], want), only=peer)
+            # through _deliver, as any message of ours: the answer may hold our confirmation (or abort, or shares),
+            # never sent before what it requires is durable; answered directly, a peer's sync took our confirmation
+            # while our key share could not be stored, the others adopted the key, and we, crashed then, never
+            # had one (a reviewer's reproduction)
+            await self._deliver(s, s.participant.answer(self._ident_of[peer], want))
 
     async def _on_msg(self, peer: str, body: dict[str, Any]) -> None:
         data = body["data"]

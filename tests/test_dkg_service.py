@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -1589,3 +1590,43 @@ def test_only_sessions_confirmed_after_the_last_one_completed_here_block_leaving
                                              ([], [], False), ([a, b], [a, b], False)):
         c0._confirmed, c0._completed = confirmed, completed
         assert c0._unresolved() is unresolved, (confirmed, completed)
+
+
+async def test_a_confirmation_asked_for_by_a_sync_waits_for_its_key_share_to_be_stored(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """c0 cannot store its key share (a full disk): its confirmation is held, but a peer's dkg.sync asking for it got
+    it anyway (``answer`` went around ``_deliver``); the others adopted the key, and c0, crashed before its disk had
+    room, never had one: stranded for good (a reviewer's reproduction). No confirmation of c0 leaves before its key
+    share is durable, and once c0 restarts with room every member holds the same key."""
+    net, services = setup(tmp_path, delay=(0.001, 0.01))
+    disk_full = True
+
+    async def full_disk(fn: Callable[..., Any], *args: Any) -> Any:
+        if disk_full and isinstance(fn, partial) and fn.func is keystore.save:
+            raise OSError(28, "No space left on device")
+        return fn(*args)
+
+    c0 = services["c0"]
+    c0.run_blocking = full_disk
+    early: list[str] = []
+
+    def watch(src: str, dst: str, msg: Message) -> Message:
+        if src == "c0" and isinstance(dkg_message(msg), Confirm) and disk_full:
+            early.append(dst)
+        return msg
+
+    net.tamper = watch
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        scopes = {i: await run_service(nursery, s) for i, s in services.items()}
+        await trio.sleep(30)
+        assert early == [] and c0.key is None
+        scopes["c0"].cancel()  # crashed while its disk is full
+        await trio.sleep(1)
+        disk_full = False
+        again = DkgService(net.add("c0"), c0.identity, c0.members, c0.keystore_path, timeout_s=5, run_blocking=inline)
+        await run_service(nursery, again)
+        members = [again, *(services[i] for i in ("c1", "c2", "c3"))]
+        await wait_until(lambda: all(m.key is not None for m in members), timeout=600)
+        assert len({m.key.group_public_key for m in members if m.key is not None}) == 1
+        nursery.cancel_scope.cancel()
