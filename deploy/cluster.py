@@ -31,6 +31,7 @@ import httpx
 import trio
 
 from node import identity
+from node.config import MAX_MEMBERS
 from node.da.namespace import namespace_from_name
 from node.process import STOP_AT_STDIN_EOF, lock_data, mark_started, run_process, stop_on_signals
 
@@ -482,8 +483,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", type=Path, default=Path(".dsdn/cluster"))
     parser.add_argument("--block-interval-ms", type=int, default=500)
     args = parser.parse_args(argv)
-    if not 1 <= args.n <= 50:
-        parser.error("-n must be from 1 to 50")
+    if not 1 <= args.n <= MAX_MEMBERS:
+        parser.error(f"-n must be from 1 to {MAX_MEMBERS} (node.config.MAX_MEMBERS)")
     if not 1 <= args.block_interval_ms <= 3_600_000:
         parser.error("--block-interval-ms must be from 1 to 3600000")
     if not 1 <= args.base_port <= 65535 - 200 - args.n:

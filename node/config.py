@@ -331,6 +331,12 @@ def _peer(var: str, raw: str, node_id: object, key: object, address: object) -> 
     return PeerSpec(node_id, bytes.fromhex(key), *_peer_address(var, raw, address))
 
 
+#: The largest cluster: a DKG exclusion proof carries every participant's round-one message (~n·t·32 bytes) and
+#: proofs are bounded (consensus.dkg_service.MAX_PROOF, 64 KiB): from 48 members on, a liar's bad confirmation could
+#: no longer be proven, and it could fail every session (a reviewer's finding; 36 members with t = 36: 55 KB)
+MAX_MEMBERS = 36
+
+
 def _cluster(env: Mapping[str, str]) -> tuple[str | None, tuple[PeerSpec, ...]]:
     """(cluster id from the file, members) from CLUSTER_CONFIG (TOML) or CLUSTER_PEERS."""
     path = _get(env, "CLUSTER_CONFIG")
@@ -363,6 +369,9 @@ def _cluster(env: Mapping[str, str]) -> tuple[str | None, tuple[PeerSpec, ...]]:
     ids = [p.id for p in peers]
     if len(set(ids)) != len(ids) or len({p.public_key for p in peers}) != len(peers):
         raise ConfigError("CLUSTER_CONFIG" if path else "CLUSTER_PEERS", path or raw, "distinct member ids and keys")
+    if len(peers) > MAX_MEMBERS:
+        raise ConfigError("CLUSTER_CONFIG" if path else "CLUSTER_PEERS", f"{len(peers)} members",
+                          f"at most {MAX_MEMBERS} members (see node.config.MAX_MEMBERS)")
     return cluster_id, peers
 
 

@@ -277,3 +277,35 @@ def test_the_storage_window_is_a_week_unless_set() -> None:
     members: a reviewer's reproduction)."""
     assert load({"USE_MOCK_DA": "true"}).da_storage_window_s == 7 * 86400
     assert load({"USE_MOCK_DA": "true", "DA_STORAGE_WINDOW_S": "0"}).da_storage_window_s == 0
+
+
+def test_a_cluster_larger_than_its_dkg_can_prove_liars_in_is_refused() -> None:
+    """A DKG exclusion proof carries every participant's round one: from 48 members on (with t = n, 40), a liar's bad
+    confirmation could not be proven within MAX_PROOF and could fail every session (a reviewer's finding). The
+    largest cluster, at the largest threshold, still proves one; one member more is refused at configuration."""
+    import os
+
+    import nacl.signing
+
+    from consensus import dkg
+    from consensus.dkg import Complaint, Confirm, DkgParticipant
+    from consensus.dkg_service import MAX_PROOF
+    from node.config import MAX_MEMBERS
+
+    n = t = MAX_MEMBERS
+    keys = [nacl.signing.SigningKey(os.urandom(32)) for _ in range(n)]
+    ids = dkg.assign_identifiers(bytes(k.verify_key) for k in keys)
+    by_key = {bytes(k.verify_key): k for k in keys}
+    session = os.urandom(32)
+    round1 = [DkgParticipant(session, by_key[ids[i]], ids, t).round1[0] for i in sorted(ids)]
+    context = dkg.session_context(session, t, ids)
+    _, verifying = dkg._group_info(round1, t, ids)
+    bad = Confirm(session, 1, round1[1].commitment[0], tuple(verifying.values()),
+                  dkg._transcript(round1, context)).signed(by_key[ids[1]], context)
+    complaint = Complaint(session, 2, 1, "bad_confirm", b"", b"", (bad, *round1)).signed(by_key[ids[2]], context)
+    assert dkg.judge_complaint(complaint, context, ids, t)
+    assert len(dkg.exclusion_proof(session, t, ids, complaint)) <= MAX_PROOF
+    env = {"USE_MOCK_DA": "true", "COORDINATOR_ID": "c0"}
+    assert len(load({**env, "CLUSTER_PEERS": _members(MAX_MEMBERS)}).peers) == MAX_MEMBERS
+    with pytest.raises(ConfigError, match=f"at most {MAX_MEMBERS} members"):
+        load({**env, "CLUSTER_PEERS": _members(MAX_MEMBERS + 1)})
