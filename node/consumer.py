@@ -42,6 +42,7 @@ from node.blob import BlobError, decode_blob
 from node.da.base import DAError, DALayer, read_failure
 from node.events import EventTuple
 from node.hlc import wall_ms
+from node.process import stopping
 
 log = logging.getLogger("dsdn.consumer")
 READ_LIMIT = 32
@@ -209,9 +210,9 @@ class Consumer:
                 except DAError as exc:
                     early = not ever_read and trio.current_time() - started < START_GRACE_S
                     if self.last_ok:  # once per failure streak; the rest at debug level
-                        (log.info if early else log.warning)(
+                        (log.info if early or stopping() else log.warning)(
                             "reading %s failed (cursor %d)%s; retrying with backoff: %s", self.da.name, self.cursor,
-                            " at start" if early else "", exc)
+                            " at start" if early else " while stopping" if stopping() else "", exc)
                         warn_later = early
                     elif warn_later and not early:
                         log.warning("reading %s still fails %.0fs after the start (cursor %d): %s", self.da.name,

@@ -167,6 +167,12 @@ def _cut_sends(grace_s: float) -> None:
         scope.deadline = min(scope.deadline, cut_at)
 
 
+def stopping() -> bool:
+    """Whether this process's stop has begun (a stop signal, or the launcher gone): the cluster's other members stop
+    at the same moment, and what fails meanwhile (their validators going away under our reads) is no news."""
+    return _CUT_AT.get() < math.inf
+
+
 def hypercorn_config(host: str, port: int) -> HyperConfig:
     """The server settings every coordinator (and the blob store, the devnet, the socket tests and the HTTP
     benchmark's coordinator) use; also applies ``close_connections_at_eof``, ``contain_connection_failures`` and

@@ -391,3 +391,25 @@ async def test_a_log_not_listening_yet_at_start_is_noted_and_a_warning_comes_onl
             await trio.sleep(12)
             assert said()[0] == ("WARNING", "reading secondary/0 failed (cursor 0)")
             nursery.cancel_scope.cancel()
+
+
+async def test_a_log_failing_while_the_process_stops_is_noted_not_warned(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    """The members of a cluster stop at the same moment: each clean stop printed a dozen warnings about the others'
+    validators going away under its reads (a fresh user's run). Once its own stop has begun, they are INFO."""
+    from node import process
+
+    caplog.set_level(logging.INFO, logger="dsdn.consumer")
+    layer = DownFor()
+    layer.down = False
+    consumer = Consumer(layer, lambda events: 0, frozenset())  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(consumer.run)
+        await trio.sleep(1)
+        process._cut_sends(process.GRACEFUL_TIMEOUT_S)  # (what a stop signal does first)
+        assert process.stopping()
+        layer.down = True
+        await trio.sleep(2)
+        nursery.cancel_scope.cancel()
+    failed = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert failed and all(r.levelname == "INFO" and "while stopping" in r.getMessage() for r in failed), failed
