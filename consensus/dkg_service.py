@@ -242,6 +242,7 @@ class DkgService:
         # DKG) are still the cluster's (``group_keys``)
         self._group_keys_path = path.with_name(path.name + ".group-keys")
         self._past_group_keys: list[bytes] = []
+        self._stored: tuple[dict[str, Any], list[bytes]] | None = None  # (read_stored's, for _restore)
 
     # ---- views and commands ------------------------------------------------------------------------
 
@@ -1001,8 +1002,11 @@ class DkgService:
         except FileNotFoundError:
             return []
         except Exception as exc:  # msgpack raises many unrelated types for garbage
-            log.warning("ignoring an unreadable list of past group keys %s: %s", self._group_keys_path, exc)
-            return []
+            # not ignored: the next key adopted rewrote the file with itself alone, and the receipts signed under the
+            # cluster's earlier keys were no longer counted as signed here (a reviewer's reproduction)
+            raise keystore.KeystoreError(f"{self._group_keys_path}: unreadable list of the cluster's past group keys "
+                                         f"({type(exc).__name__}: {exc}); restore it from a backup, or move it aside "
+                                         "to start without it") from None
         if not isinstance(keys, list):
             return []
         return [k for k in keys if type(k) is bytes and len(k) == 32][-MAX_GROUP_KEYS:]
@@ -1037,8 +1041,8 @@ class DkgService:
                 out["cert"] = msgpack.unpackb(self._cert_path.read_bytes(), raw=False)
             except Exception as exc:  # msgpack raises many unrelated types for garbage
                 log.warning("ignoring an unreadable DKG certificate %s: %s", self._cert_path, exc)
-        if self.keystore_path.exists():
-            out["key"] = self._load()
+        if os.path.lexists(self.keystore_path):  # (a link to nowhere, a secrets volume not mounted, is no "no key":
+            out["key"] = self._load()            # a new DKG replaced it with a key of its own: a reviewer's finding)
         if self._journal_path.exists():  # (read with a key too: what it remembers of sessions must outlive it)
             try:
                 journal = msgpack.unpackb(self._journal_path.read_bytes(), raw=False)
@@ -1065,9 +1069,18 @@ class DkgService:
                                                                  passphrase=self.passphrase)
         return out
 
+    def read_stored(self) -> None:
+        """Read what is stored now (blocking; KeystoreError if a key file does not open), for ``run`` to use: a
+        process calls it before anything else starts, so a damaged key share is one line and exit 2 at once (it came
+        after a restore, a snapshot and a misleading error about the lock table: a reviewer's run)."""
+        self._stored = (self._read_state(), self._read_group_keys())
+
     async def _restore(self) -> None:
-        state = await self.run_blocking(self._read_state)
-        self._past_group_keys = await self.run_blocking(self._read_group_keys)
+        if self._stored is not None:
+            (state, self._past_group_keys), self._stored = self._stored, None
+        else:
+            state = await self.run_blocking(self._read_state)
+            self._past_group_keys = await self.run_blocking(self._read_group_keys)
         cert = state["cert"]
         if isinstance(cert, dict):
             self.cert = Certificate(cert["session"], cert["threshold"], tuple(cert["participants"]),

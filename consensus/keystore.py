@@ -15,7 +15,6 @@ ciphertext, the key or the passphrase makes loading fail with :class:`KeystoreEr
 from __future__ import annotations
 
 import hashlib
-import stat
 import struct
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import nacl.signing
 import nacl.utils
 
 from consensus.frost import FrostError, KeyShare
-from node.identity import KeyFileError, fsync_dir, write_private  # noqa: F401 (re-exported)
+from node.identity import KeyFileError, check_private, fsync_dir, write_private  # noqa: F401 (re-exported)
 
 MAGIC = b"DSDNKEY\x01"
 KDF_IDENTITY = 1
@@ -134,8 +133,10 @@ def load(path: Path, *, identity: nacl.signing.SigningKey | None = None, passphr
     path = Path(path)
     try:
         st = path.stat()
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise KeystoreError(f"{path}: permissions {stat.S_IMODE(st.st_mode):o} are too open (want 600)")
+        try:
+            check_private(path, st)
+        except KeyFileError as exc:
+            raise KeystoreError(str(exc)) from None
         if st.st_size > MAX_FILE_SIZE:
             raise KeystoreError(f"{path}: too large to be a key store")
         data = path.read_bytes()

@@ -66,6 +66,7 @@ async def run(cfg: config_mod.Config) -> None:
                          timeout_s=cfg.dkg_timeout_ms / 1000)
         if cfg.keystore_passphrase is None:
             log.warning(keystore.at_rest_warning(cfg.data_dir / "keyshare.bin"))
+        dkg.read_stored()  # (a key file that does not open: one line and exit 2 now, before anything starts)
     if not cfg.enable_fallback and (cfg.quorum_validators or cfg.emergency_da_url):
         log.warning("QUORUM_VALIDATORS / EMERGENCY_DA_URL are set but ENABLE_FALLBACK is not true: no fallback DA "
                     "layer is used (the primary alone)")

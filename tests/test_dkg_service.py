@@ -1630,3 +1630,26 @@ async def test_a_confirmation_asked_for_by_a_sync_waits_for_its_key_share_to_be_
         await wait_until(lambda: all(m.key is not None for m in members), timeout=600)
         assert len({m.key.group_public_key for m in members if m.key is not None}) == 1
         nursery.cancel_scope.cancel()
+
+
+def test_a_key_share_link_to_nowhere_or_unreadable_past_keys_stop_the_start_and_are_kept(tmp_path: Path) -> None:
+    """A keyshare.bin that links to nowhere (a secrets volume not mounted) counted as no key: a new DKG replaced
+    the link with a key of its own; an unreadable list of past group keys was ignored, then rewritten with the next
+    key alone, and receipts signed under the earlier keys no longer counted as signed (a reviewer's findings). Both
+    stop the start (``read_stored``: one line, exit 2, before anything runs), the files left as they are."""
+    from consensus.keystore import KeystoreError
+
+    _, services = setup(tmp_path)
+    c0 = services["c0"]
+    c0.keystore_path.symlink_to(tmp_path / "not-mounted" / "keyshare.bin")
+    with pytest.raises(KeystoreError, match="cannot read key store"):
+        c0.read_stored()
+    assert c0.keystore_path.is_symlink()
+    c0.keystore_path.unlink()
+    damaged = msgpack.packb([b"\x01" * 32, b"\x02" * 32], use_bin_type=True)[:-1]
+    c0._group_keys_path.write_bytes(damaged)
+    with pytest.raises(KeystoreError, match="unreadable list of the cluster's past group keys"):
+        c0.read_stored()
+    assert c0._group_keys_path.read_bytes() == damaged
+    c0._group_keys_path.unlink()
+    c0.read_stored()  # (nothing stored: a start without a key)

@@ -406,3 +406,20 @@ def test_keys_show_and_a_member_key_mismatch_is_a_clear_start_error(tmp_path: Pa
     assert result.returncode == 2, result.stderr
     line = result.stderr.strip().splitlines()[-1]
     assert "configuration error" in line and key in line and "Traceback" not in result.stderr
+
+
+def test_a_key_share_that_does_not_open_is_one_line_and_exit_2_before_anything_starts(tmp_path: Path) -> None:
+    """A damaged keyshare.bin was reported after an error about the lock table, a restore and a snapshot (a
+    reviewer's run): now at once, one line, exit 2, nothing else done."""
+    data_dir = tmp_path / "c0"
+    key = subprocess.run([sys.executable, "-m", "deploy.cli", "keys", "show", "--data-dir", str(data_dir)],
+                         capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    share = data_dir / "keyshare.bin"
+    share.write_bytes(b"DSDN")
+    share.chmod(0o600)
+    result = run_cli({"USE_MOCK_DA": "true", "COORDINATOR_ID": "c0", "COORDINATOR_DATA_DIR": str(data_dir),
+                      "COORDINATOR_PORT": str(free_port()), "CLUSTER_PEERS": f"c0={key}@127.0.0.1:{free_port()}"})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith(f"{share}: truncated key store"), result.stderr
+    assert "lock table" not in result.stderr and "restor" not in result.stderr and "Traceback" not in result.stderr
+    assert not (data_dir / "snapshot.msgpack").exists() and share.read_bytes() == b"DSDN"
