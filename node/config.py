@@ -142,10 +142,9 @@ def _int(env: Mapping[str, str], var: str, default: int, lo: int, hi: int, why: 
     if raw is None:
         return default
     expected = f"an integer from {lo} to {hi}" + (f" ({why})" if why else "")
-    try:
-        value = int(raw, 10)
-    except ValueError:
-        raise ConfigError(var, raw, expected) from None
+    if not re.fullmatch(r"[+-]?[0-9]{1,30}", raw.strip()):  # (int() also took "1_8086" and other scripts' digits)
+        raise ConfigError(var, raw, expected)
+    value = int(raw)
     if not lo <= value <= hi:
         raise ConfigError(var, raw, expected)
     return value
@@ -155,10 +154,9 @@ def _float(env: Mapping[str, str], var: str, default: float, lo: float, hi: floa
     raw = _get(env, var)
     if raw is None:
         return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(var, raw, f"a number from {lo:g} to {hi:g}") from None
+    if not re.fullmatch(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", raw.strip()):  # (ASCII, no "_", no nan)
+        raise ConfigError(var, raw, f"a number from {lo:g} to {hi:g}")
+    value = float(raw)
     if not lo <= value <= hi:
         raise ConfigError(var, raw, f"a number from {lo:g} to {hi:g}")
     return value
