@@ -1049,8 +1049,11 @@ class DkgService:
                 if not isinstance(journal, dict) or journal.get("v") != 1:
                     raise ValueError("unknown format")
             except Exception as exc:  # msgpack raises many unrelated types for garbage
-                log.error("ignoring an unreadable DKG journal %s: %s", self._journal_path, exc)
-                return out
+                # not ignored (then rewritten): it remembers the sessions this member confirmed or left, and without
+                # it the member could confirm a session it had left: an "equivocation" that proves it a liar
+                raise keystore.KeystoreError(f"{self._journal_path}: unreadable DKG journal ({type(exc).__name__}: "
+                                             f"{exc}); restore it from a backup, or move it aside once no DKG session "
+                                             "runs in the cluster") from None
             for name in ("aborted", "refused", "confirmed", "proofs", "pending", "dealing", "completed"):
                 value = journal.get(name, [])  # (a field of another shape is dropped, not a crash at every start)
                 journal[name] = [v for v in value if name not in ("pending", "dealing") or (isinstance(v, dict)

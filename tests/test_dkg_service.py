@@ -1635,8 +1635,9 @@ async def test_a_confirmation_asked_for_by_a_sync_waits_for_its_key_share_to_be_
 def test_a_key_share_link_to_nowhere_or_unreadable_past_keys_stop_the_start_and_are_kept(tmp_path: Path) -> None:
     """A keyshare.bin that links to nowhere (a secrets volume not mounted) counted as no key: a new DKG replaced
     the link with a key of its own; an unreadable list of past group keys was ignored, then rewritten with the next
-    key alone, and receipts signed under the earlier keys no longer counted as signed (a reviewer's findings). Both
-    stop the start (``read_stored``: one line, exit 2, before anything runs), the files left as they are."""
+    key alone, and receipts signed under the earlier keys no longer counted as signed; an unreadable journal was
+    ignored, then rewritten (a reviewer's findings). Each stops the start (``read_stored``: one line, exit 2, before
+    anything runs), the files left as they are."""
     from consensus.keystore import KeystoreError
 
     _, services = setup(tmp_path)
@@ -1652,4 +1653,9 @@ def test_a_key_share_link_to_nowhere_or_unreadable_past_keys_stop_the_start_and_
         c0.read_stored()
     assert c0._group_keys_path.read_bytes() == damaged
     c0._group_keys_path.unlink()
+    c0._journal_path.write_bytes(b"\x81\xa1v")  # a damaged journal: it remembers the sessions confirmed or left
+    with pytest.raises(KeystoreError, match="unreadable DKG journal"):
+        c0.read_stored()
+    assert c0._journal_path.read_bytes() == b"\x81\xa1v"
+    c0._journal_path.unlink()
     c0.read_stored()  # (nothing stored: a start without a key)
