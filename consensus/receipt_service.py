@@ -644,7 +644,7 @@ class ReceiptService:
             batch, self._queue = self._queue[:cut], self._queue[cut:]
             for r in batch:
                 self._queued.discard(r.id)
-            nursery.start_soon(self._run_batch_released, batch, self._take_off())
+            nursery.start_soon(self._run_batch_released, batch, self._take_off(), self._claim(batch))
 
     async def _wait_for_queue(self) -> None:
         """Until a receipt is queued or a batch ends."""
@@ -683,9 +683,18 @@ class ReceiptService:
         self._flights[token] = trio.current_time()
         return token
 
-    async def _run_batch_released(self, batch: list[rc.Receipt], token: object | None = None) -> None:
+    def _claim(self, batch: list[rc.Receipt]) -> set[bytes]:
+        """Mark the receipts of a batch about to start as signing here (those not already): done where the batch's
+        task is started, not when it first runs, else a takeover pass running in between took them for stranded
+        and signed them in a second batch of another root (a reviewer's reading)."""
         ids = {r.id for r in batch} - self._signing
         self._signing |= ids
+        return ids
+
+    async def _run_batch_released(self, batch: list[rc.Receipt], token: object | None = None,
+                                  ids: set[bytes] | None = None) -> None:
+        if ids is None:
+            ids = self._claim(batch)
         if token is None:
             token = self._take_off()
         started = self._flights[token]
@@ -855,7 +864,7 @@ class ReceiptService:
                 self._note_takeover(batch)
                 for r in receipts:
                     self._record(r)
-                nursery.start_soon(self._run_batch_released, receipts)
+                nursery.start_soon(self._run_batch_released, receipts, None, self._claim(receipts))
         finally:
             self._taking_over = False
 

@@ -214,6 +214,34 @@ async def test_a_proposer_dying_mid_batch_is_taken_over(tmp_path: Path,
         nursery.cancel_scope.cancel()
 
 
+async def test_a_batch_s_receipts_are_signing_here_before_its_task_first_runs(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batcher started a batch's task and marked its receipts as signing only when that task first ran: a
+    takeover pass running in between took them for stranded and signed them in a second batch of another root (a
+    reviewer's reading). Every batch's receipts are marked where its task is started."""
+    from consensus.receipt_service import ReceiptService
+
+    honest = ReceiptService._run_batch_released
+    unclaimed: list[int] = []
+
+    async def entered(self: ReceiptService, batch: list[Any], token: object | None = None,
+                      ids: set[bytes] | None = None) -> None:
+        unclaimed.append(sum(r.id not in self._signing for r in batch))  # (what a takeover pass could take now)
+        await (honest(self, batch, token) if ids is None else honest(self, batch, token, ids))
+
+    monkeypatch.setattr(ReceiptService, "_run_batch_released", entered)
+    cluster = SimCluster(tmp_path, 4, seed=3, delay=(0.001, 0.01))
+    cluster.seed_ledger()
+    receipts = [distinct_receipt(cluster, k) for k in range(12)]
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        for k, r in enumerate(receipts):
+            cluster.service(f"c{k % 4}").submit(r)
+        await cluster.wait_final({r.id for r in receipts})
+        nursery.cancel_scope.cancel()
+    assert unclaimed and not any(unclaimed), unclaimed
+
+
 async def test_locks_that_cannot_be_signed_yet_do_not_starve_a_later_takeover(
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     """Found by dsdn nemesis: a receipt locked at three honest members stayed "locked" for good. Each takeover pass

@@ -205,8 +205,9 @@ def test_a_proposer_dropping_receipts_from_its_batches_is_caught(monkeypatch: py
     must settle there."""
     honest = ReceiptService._run_batch_released
 
-    async def dropping(self: ReceiptService, batch: list[Any], token: object | None = None) -> None:
-        await honest(self, batch[:-1] if len(batch) > 1 else batch, token)
+    async def dropping(self: ReceiptService, batch: list[Any], token: object | None = None,
+                       ids: set[bytes] | None = None) -> None:
+        await honest(self, batch[:-1] if len(batch) > 1 else batch, token, ids)
 
     monkeypatch.setattr(ReceiptService, "_run_batch_released", dropping)
     seed, violations = first_violation(like="never settled there")
