@@ -138,25 +138,6 @@ def test_truncated_missing_and_too_open_files_fail(tmp_path: Path, share: frost.
     assert keystore.load(path, identity=identity) == share
 
 
-def test_a_key_store_another_user_owns_is_refused(tmp_path: Path, share: frost.KeyShare,
-                                                 identity: nacl.signing.SigningKey,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """0600 is private only to its owner: a key file another user owns is theirs to read (a reviewer's finding)."""
-    import os
-
-    from node import identity as identity_mod
-
-    path = tmp_path / "k"
-    keystore.save(path, share, identity=identity)
-    identity_mod.load_or_create(tmp_path)  # (an identity key, made by this user)
-    me = os.geteuid()
-    monkeypatch.setattr(identity_mod.os, "geteuid", lambda: me + 1)  # (as if another user owned the files)
-    with pytest.raises(KeystoreError, match=f"owned by user {me}, not by this process's"):
-        keystore.load(path, identity=identity)
-    with pytest.raises(identity_mod.KeyFileError, match="owned by user"):
-        identity_mod.load_or_create(tmp_path)  # the identity key too
-
-
 def test_replacement_is_atomic(tmp_path: Path, share: frost.KeyShare, identity: nacl.signing.SigningKey,
                                monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "k"
@@ -217,3 +198,21 @@ def test_a_short_write_is_an_error_not_a_truncated_file_in_place(tmp_path: Path,
     monkeypatch.undo()
     assert keystore.load(path, identity=identity_key) == other and path.read_bytes() != before
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_key_store_provisioned_by_another_user_is_taken(tmp_path: Path, share: frost.KeyShare,
+                                                        identity: nacl.signing.SigningKey,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root provisions the keys and hands them to the service user (deploy/compose.yaml's init, run again at every
+    ``up``): an owner check refused them at the second ``up`` (a regression review). The mode alone is checked."""
+    import os
+
+    from node import identity as identity_mod
+
+    path = tmp_path / "k"
+    keystore.save(path, share, identity=identity)
+    made = identity_mod.load_or_create(tmp_path)
+    me = os.geteuid()
+    monkeypatch.setattr(os, "geteuid", lambda: me + 1)  # (as if the files were another user's)
+    assert keystore.load(path, identity=identity) == share
+    assert bytes(identity_mod.load_or_create(tmp_path)) == bytes(made)
