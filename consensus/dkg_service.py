@@ -523,7 +523,7 @@ class DkgService:
             # never sent before what it requires is durable; answered directly, a peer's sync took our confirmation
             # while our key share could not be stored, the others adopted the key, and we, crashed then, never
             # had one (a reviewer's reproduction)
-            await self._deliver(s, s.participant.answer(self._ident_of[peer], want))
+            await self._deliver(s, s.participant.answer(self._ident_of[peer], want), keep=False)
 
     async def _on_msg(self, peer: str, body: dict[str, Any]) -> None:
         data = body["data"]
@@ -731,11 +731,14 @@ class DkgService:
         if self.session is s:
             await self._end(s, reason)
 
-    async def _deliver(self, s: SessionInfo, out: list[Outgoing]) -> None:
+    async def _deliver(self, s: SessionInfo, out: list[Outgoing], *, keep: bool = True) -> None:
         """Send ``out`` once what it requires is durable: the key share before a confirmation, the left session's
-        id before an abort. Then act on the session's new state."""
+        id before an abort. Then act on the session's new state. Held meanwhile if ``keep``, else dropped (an answer
+        to a sync: the next sync asks again; kept, the answers to peers syncing every few seconds piled up while the
+        disk was full, 10,000 an hour, and went out in one burst: a regression review)."""
         p = s.participant
-        out, s.held = s.held + out, []
+        held = s.held
+        out, s.held = held + out, []
         try:
             if p.committed and not s.durable:
                 await self._store_pending(s)
@@ -758,7 +761,7 @@ class DkgService:
         except (OSError, keystore.KeystoreError) as exc:
             log.error("cannot store DKG state for session %s (will retry): %s", s.id.hex()[:12], exc)
             self.last_error = f"cannot store the DKG state: {exc}"
-            s.held = out
+            s.held = out if keep else held
             return
         self._send(s, out)
         if p.state is DkgState.COMPLETE and p.result is not None:
