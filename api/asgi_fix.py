@@ -18,8 +18,8 @@
 6. An answer given before the request's body was all received (a 413 for its ``Content-Length``, a 401, a 415) ended
    the connection: hypercorn cannot recycle it, but said nothing, and a keep-alive client sent its next request
    on it and lost it ("server disconnected without sending a response": a POST is not retried; a reviewer's
-   reproduction). The rest of a small body is read first; otherwise the answer says ``Connection: close``
-   (``finish_body_or_close``).
+   reproduction). An error answer reads the rest of a small body for a moment first; otherwise the answer says
+   ``Connection: close`` (``finish_body_or_close``).
 """
 
 from __future__ import annotations
@@ -116,34 +116,37 @@ def quart_app(name: str) -> QuartTrio:
     return app
 
 
-#: a body an early answer left unread, up to this size, is read before the answer goes (the connection stays usable);
-#: a larger one, one refused as too large (413) or under load (503), or one that does not come within DRAIN_S, closes
-DRAIN_BYTES = 1 << 20
-DRAIN_S = 2.0
+#: an error answered before a small body (up to DRAIN_BYTES) was all read waits up to DRAIN_S for the rest, so the
+#: connection stays usable (a body in flight on a LAN arrives within that); anything else closes the connection
+DRAIN_BYTES = 64 * 1024
+DRAIN_S = 0.1
 
 
 async def finish_body_or_close(response: Response) -> Response:
     """An HTTP/1 answer given before the request's body was all read (see 6.; HTTP/2 has no such header, a stream
-    ends alone): the rest of a small body is read first, so hypercorn can take the connection's next request (saying
-    ``Connection: close`` to every early 401 or 422 cost a reconnect, and a request pipelined behind it was lost: a
-    regression review); else the answer says ``Connection: close``."""
+    ends alone): an error answer (401, 415, 422 ...) to a small body reads the rest of it for a moment first, so
+    hypercorn can take the connection's next request (saying ``Connection: close`` to every early 401 or 422 cost a
+    reconnect, and a request pipelined behind it was lost); any other answer, a 413 or 503, a larger body or one
+    that does not come within DRAIN_S, says ``Connection: close``. (Waiting up to 2 s for a 1 MiB body on any answer
+    let an anonymous client hold each request that long: a regression review.)"""
     if request.http_version not in ("1.0", "1.1"):
         return response
     length = request.content_length
     if not (length or "chunked" in request.headers.get("Transfer-Encoding", "").lower()):
         return response
     complete = getattr(request.body, "_complete", None)  # (quart's Body: set once the last part arrived, or the
-    if response.status_code in (413, 503) or complete is None:  # limit passed: a 413 is never taken as read)
-        response.headers["Connection"] = "close"
-    elif not complete.is_set():
+    if complete is not None and complete.is_set() and response.status_code not in (413, 503):  # limit passed)
+        return response
+    drain = (complete is not None and 400 <= response.status_code < 500 and response.status_code != 413
+             and length is not None and length <= DRAIN_BYTES)
+    if drain:
         with trio.move_on_after(DRAIN_S):
             try:
-                if length is not None and length <= DRAIN_BYTES:
-                    await request.get_data(cache=False)
-                    return response
+                await request.get_data(cache=False)
+                return response
             except HTTPException:  # (over the app's limit as it arrived)
                 pass
-        response.headers["Connection"] = "close"
+    response.headers["Connection"] = "close"
     return response
 
 

@@ -203,6 +203,22 @@ async def test_a_small_body_refused_unread_is_read_and_the_request_pipelined_beh
         assert b"HTTP/1.1 200" in data and b"connection: close" not in data.lower() and not closed
 
 
+async def test_an_early_answer_waits_for_a_slow_or_large_body_only_a_moment(base_url: str) -> None:
+    """Waiting up to 2 s for a declared body on any answer let an anonymous client hold each request that long (a
+    regression review): an error waits DRAIN_S at most for a small body, anything else not at all; both close."""
+    from api.asgi_fix import DRAIN_S
+
+    slow = (b"POST /register HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\n"
+            b"{")  # and nothing more for now
+    declared = b"GET /health HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\n"  # and no body
+    for request, status in ((slow, b"415"), (declared, b"200")):
+        started = trio.current_time()
+        data, _ = await raw_exchange(base_url, request, 3)
+        assert data.startswith(b"HTTP/1.1 " + status) and b"\r\nconnection: close\r\n" in data.lower(), data[:200]
+        assert trio.current_time() - started < 1.0
+    assert DRAIN_S <= 0.2
+
+
 async def test_over_http2_an_answer_before_the_body_names_no_connection_header(base_url: str) -> None:
     """HTTP/2 has no ``Connection`` header (RFC 9113 §8.2.2: a response with one is malformed): the 413 for a declared
     length is a well-formed answer there, without one (``finish_body_or_close`` adds none over HTTP/2, and
