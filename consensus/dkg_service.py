@@ -1010,9 +1010,10 @@ class DkgService:
             raise keystore.KeystoreError(f"{self._group_keys_path}: unreadable list of the cluster's past group keys "
                                          f"({type(exc).__name__}: {exc}); restore it from a backup, or move it aside "
                                          "to start without it") from None
-        if not isinstance(keys, list):
-            return []
-        return [k for k in keys if type(k) is bytes and len(k) == 32][-MAX_GROUP_KEYS:]
+        if not isinstance(keys, list) or not all(type(k) is bytes and len(k) == 32 for k in keys):
+            raise keystore.KeystoreError(f"{self._group_keys_path}: not a list of the cluster's past group keys (32-byte "
+                                         "keys); restore it from a backup, or move it aside to start without it")
+        return keys[-MAX_GROUP_KEYS:]
 
     def _store_final(self, session_id: bytes, key: KeyShare, cert: Certificate, stale: list[Path]) -> None:
         self._remember_group_key(key.group_public_key)

@@ -214,7 +214,7 @@ class Consumer:
                             "reading %s failed (cursor %d)%s; retrying with backoff: %s", self.da.name, self.cursor,
                             " at start" if early else " while stopping" if stopping() else "", exc)
                         warn_later = early
-                    elif warn_later and not early:
+                    elif warn_later and not early and not stopping():
                         log.warning("reading %s still fails %.0fs after the start (cursor %d): %s", self.da.name,
                                     START_GRACE_S, self.cursor, exc)
                         warn_later = False

@@ -1653,6 +1653,9 @@ def test_a_key_share_link_to_nowhere_or_unreadable_past_keys_stop_the_start_and_
     with pytest.raises(KeystoreError, match="unreadable list of the cluster's past group keys"):
         c0.read_stored()
     assert c0._group_keys_path.read_bytes() == damaged
+    c0._group_keys_path.write_bytes(msgpack.packb({"keys": []}))  # readable, but not the list it must be
+    with pytest.raises(KeystoreError, match="not a list of the cluster's past group keys"):
+        c0.read_stored()
     c0._group_keys_path.unlink()
     c0._journal_path.write_bytes(b"\x81\xa1v")  # a damaged journal: it remembers the sessions confirmed or left
     with pytest.raises(KeystoreError, match="unreadable DKG journal"):
