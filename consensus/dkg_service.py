@@ -1011,8 +1011,9 @@ class DkgService:
                                          f"({type(exc).__name__}: {exc}); restore it from a backup, or move it aside "
                                          "to start without it") from None
         if not isinstance(keys, list) or not all(type(k) is bytes and len(k) == 32 for k in keys):
-            raise keystore.KeystoreError(f"{self._group_keys_path}: not a list of the cluster's past group keys (32-byte "
-                                         "keys); restore it from a backup, or move it aside to start without it")
+            raise keystore.KeystoreError(f"{self._group_keys_path}: not a list of the cluster's past group keys "
+                                         "(32-byte keys); restore it from a backup, or move it aside to start "
+                                         "without it")
         return keys[-MAX_GROUP_KEYS:]
 
     def _store_final(self, session_id: bytes, key: KeyShare, cert: Certificate, stale: list[Path]) -> None:
