@@ -416,10 +416,10 @@ def test_a_dkg_confirmation_sent_before_its_key_share_is_stored_is_caught(monkey
     share of. No crash trap lands in that window (they fire after a durable step); the check as it leaves does."""
     deliver = DkgService._deliver
 
-    async def send_first(self: DkgService, s: Any, out: list[Any]) -> None:
+    async def send_first(self: DkgService, s: Any, out: list[Any], *, keep: bool = True) -> None:
         self._send(s, [*s.held, *out])
         s.held = []
-        await deliver(self, s, [])
+        await deliver(self, s, [], keep=keep)
 
     monkeypatch.setattr(DkgService, "_deliver", send_first)
     seed, violations = first_violation(max_seeds=5, dkg="all", like="before its key share was stored")
