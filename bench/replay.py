@@ -58,6 +58,10 @@ RESTORES = 3  # snapshot loads timed (the median is judged)
 NODES = 10_000
 ORIGINS = 3
 T0 = 1_760_000_000_000
+#: the state root the log of EVENTS events leads to (made with the state machine of this commit; a change of the
+#: rules, of the log or of the root's definition changes it, on purpose or not): the replay must reach it, not only
+#: agree with its own snapshot (an audit)
+EXPECTED_ROOTS = {1_000_000: "eb1fc881fa3746b69f54a298373f812abb86fac94765818ad9002021eb152ad4"}
 
 
 def _raw(kind: str, wall: int, counter: int, origin: str, fields: list[Any]) -> bytes:
@@ -71,16 +75,25 @@ def event_stream(rng: random.Random) -> Iterator[tuple[str, list[Any]]]:
         yield ev.NODE_REGISTERED, [f"node-{i:05d}", f"zone-{i % 10}", f"10.{i // 250 % 256}.{i % 250}.1:5000",
                                    100 * (1 + i % 40)]
     objects: list[str] = []
+    healed: list[list[str]] = []  # replicas marked healed, and marked missing: a later mark overwrites their register
+    missing: list[list[str]] = []
     for i in range(EVENTS - NODES):
         r = rng.random()
         if r < 0.40 or not objects:
             obj = hashlib.sha256(i.to_bytes(8, "big")).hexdigest()
             objects.append(obj)
             yield ev.OBJECT_REGISTERED, [obj, rng.randrange(1, 1 << 34)]
-        elif r < 0.85:
-            yield ev.REPLICA_HEALED, [rng.choice(objects), f"node-{rng.randrange(NODES):05d}"]
-        elif r < 0.97:
-            yield ev.REPLICA_MISSING, [rng.choice(objects), f"node-{rng.randrange(NODES):05d}"]
+        elif r < 0.80 or not healed:
+            pair = [rng.choice(objects), f"node-{rng.randrange(NODES):05d}"]
+            healed.append(pair)
+            yield ev.REPLICA_HEALED, pair
+        elif r < 0.85 and missing:  # a missing replica healed again
+            yield ev.REPLICA_HEALED, missing[rng.randrange(len(missing))]
+        elif r < 0.97:  # a healed replica found missing (on random pairs, a missing mark almost never met a healed
+            #             register: the version-compare path went unmeasured, ~10% of the ratio: an audit)
+            pair = healed[rng.randrange(len(healed))]
+            missing.append(pair)
+            yield ev.REPLICA_MISSING, pair
         elif r < 0.99:
             n = rng.randrange(NODES)
             yield ev.NODE_REGISTERED, [f"node-{n:05d}", f"zone-{n % 10}", f"10.9.{n % 250}.2:5000", 100 * (1 + n % 80)]
@@ -375,9 +388,12 @@ def main(argv: list[str] | None = None) -> int:
             f"in CPU time, {ratio_restore_wall:,.1f}× in wall time (both after a warmed-up allocator: see "
             f"touch_memory; a freshly booted machine pays more page faults, on both sides)")
         recomputed = restored.pop("recomputed")
-        same = restored == expect and recomputed == root.hex()
-        say(f"restored state: same root (also recomputed from every register), event count, cursors and sampled "
-            f"objects: {same}")
+        pinned = EXPECTED_ROOTS.get(EVENTS)
+        if pinned is not None and root.hex() != pinned:
+            say(f"WARNING: the replay reached root {root.hex()}, not the pinned {pinned} (EXPECTED_ROOTS)")
+        same = restored == expect and recomputed == root.hex() and (pinned is None or root.hex() == pinned)
+        say(f"restored state: same root (also recomputed from every register; the replay's root the pinned one), "
+            f"event count, cursors and sampled objects: {same}")
         da.close()
 
     ok = events_new == EVENTS and events_invalid == 0 and same
