@@ -318,7 +318,7 @@ async def measure(data: Path, receipts: int, concurrency: int, sequential: int, 
         bodies = [(urls[k % len(urls)], compute_receipt(node_keys[names[k % NODES]], names[k % NODES], epoch))
                   for k in range(receipts)]
         done, failed = 0, 0
-        documents: list[bytes] = []  # what each 200 carried: checked after the timed runs
+        documents: list[tuple[dict[str, Any], bytes]] = []  # (receipt sent, what its 200 carried): checked after
 
         async def submitter(items: list[tuple[str, dict[str, Any]]]) -> None:
             nonlocal done, failed
@@ -328,7 +328,7 @@ async def measure(data: Path, receipts: int, concurrency: int, sequential: int, 
                     status, text = await client.post_json(url, "/receipts?wait_ms=30000", body)
                     if status == 200:
                         done += 1
-                        documents.append(text)
+                        documents.append((body, text))
                     else:
                         failed += 1
             finally:
@@ -348,7 +348,7 @@ async def measure(data: Path, receipts: int, concurrency: int, sequential: int, 
         bulk_bodies = [compute_receipt(node_keys[names[k % NODES]], names[k % NODES], epoch) for k in range(receipts)]
         chunks = [bulk_bodies[i:i + bulk] for i in range(0, len(bulk_bodies), bulk)]
         bulk_done = bulk_failed = 0
-        bulk_documents: list[Any] = []
+        bulk_documents: list[tuple[dict[str, Any], Any]] = []  # (receipt sent, its document)
 
         async def bulk_submitter(items: list[tuple[str, list[dict[str, Any]]]]) -> None:
             nonlocal bulk_done, bulk_failed
@@ -358,7 +358,8 @@ async def measure(data: Path, receipts: int, concurrency: int, sequential: int, 
                     status, text = await client.post_json(url, "/receipts/batch?wait_ms=30000", {"receipts": chunk})
                     results = json.loads(text)["results"] if status == 200 else []
                     statuses = [e["status"] for e in results]
-                    bulk_documents.extend(e.get("document") for e in results if e["status"] == "final")
+                    bulk_documents.extend((r, e.get("document")) for r, e in zip(chunk, results, strict=False)
+                                          if e["status"] == "final")
                     bulk_done += statuses.count("final")
                     bulk_failed += len(chunk) - statuses.count("final")
             finally:
@@ -383,10 +384,18 @@ async def measure(data: Path, receipts: int, concurrency: int, sequential: int, 
                 + "; RSS MiB " + ", ".join(f"{held[k][1]:.0f}→{after[k][1]:.0f}" for k in held))  # type: ignore[index]
         # "final" is what the server says: every document counted is checked here as a verifier would check it
         # (node signature, Merkle path, the group's Ed25519 signature under the cluster's key), off the clock
-        checked = [rc.verify_document(json.loads(d), group)[0] for d in documents]
-        checked += [d is not None and rc.verify_document(d, group)[0] for d in bulk_documents]
+        # and each is the document of the receipt that was sent, each receipt counted once (an audit: a document of
+        # another receipt, or the same one twice, passed)
+        def sound_document(sent: dict[str, Any], doc: Any) -> bool:
+            return (isinstance(doc, dict) and doc.get("receipt_id") == rc.from_json(sent).id.hex()
+                    and rc.verify_document(doc, group)[0])
+
+        pairs = [(sent, json.loads(text)) for sent, text in documents] + bulk_documents
+        checked = [sound_document(sent, doc) for sent, doc in pairs]
+        checked += [False] * (len(pairs) - len({doc.get("receipt_id") for _, doc in pairs if isinstance(doc, dict)}))
         bad = checked.count(False)
-        say(f"documents counted as final, verified against the group key: {len(checked) - bad} valid, {bad} not"
+        say(f"documents counted as final, verified against the group key and matched to the receipt sent (each "
+            f"once): {len(checked) - bad} valid, {bad} not"
             + ("" if t == 4 else f"; NOTE: t = {t}, the issue's setting is t = 4"))
         sound = bad == 0 and t == 4
         verdict("receipt latency p50 ≤ 15 ms", p50 <= 0.015 and sound, f"{p50 * 1000:.1f} ms")
