@@ -47,6 +47,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
+import operator
 import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
@@ -80,6 +81,7 @@ _SAME = SAME  # what a register write returns when the register already holds ex
 _pack = msgpack.Packer(use_bin_type=True).pack
 _sha256 = hashlib.sha256
 _from_bytes = int.from_bytes
+_digest = operator.methodcaller("digest")
 _unpack_tuples = functools.partial(msgpack.unpackb, use_list=False)
 _HEALED, _OBJECT, _MISSING = ev.REPLICA_HEALED, ev.OBJECT_REGISTERED, ev.REPLICA_MISSING
 # what every replica.healed event starts with: its 6-element array header, the format version and the kind
@@ -248,12 +250,16 @@ class State:
         new: list[bytes] = []  # ids of the events found new since the last flush
         new_append = new.append
         slow: list[bytes] = []  # those of them that did not go the hot kinds' way (their writes added to _acc)
+        replaced: list[bytes] = []  # the events the hot kinds' way replaced in their registers
+        replaced_append = replaced.append
 
         def flush() -> None:
-            """The new registers of the hot kinds' way join the accumulator (the sum of their ids: all new ids but
-            ``slow``), then every new id joins the recent ids (``_note_new``)."""
-            self._acc += sum(map(_from_bytes, new)) - sum(map(_from_bytes, slow))  # (from_bytes: big-endian)
+            """The registers the hot kinds' way wrote join the accumulator (the sum of their ids: all new ids but
+            ``slow``), the events they replaced leave it, then every new id joins the recent ids (``_note_new``)."""
+            self._acc += (sum(map(_from_bytes, new)) - sum(map(_from_bytes, slow))  # (from_bytes: big-endian)
+                          - sum(map(_from_bytes, map(_digest, map(_sha256, replaced)))))
             slow.clear()
+            replaced.clear()
             self._note_new(new)
 
         try:
@@ -274,12 +280,25 @@ class State:
                     if held is first:
                         new_append(eid)
                         continue
-                    if len(held) < WIDE and node_id not in held[::2]:  # another node's replica of this object
-                        table[obj] = held + (node_id, raw)  # noqa: RUF005 (faster than unpacking)
-                        new_append(eid)
-                        continue
-                    else:
-                        wrote = self._replace_replica(table, held, obj, node_id, (wall, counter, origin, eid), raw)
+                    if len(held) < WIDE:
+                        try:
+                            at = held.index(node_id)  # (a node id; the events beside them are bytes, never equal)
+                        except ValueError:  # another node's replica of this object
+                            table[obj] = held + (node_id, raw)  # noqa: RUF005 (faster than unpacking)
+                            new_append(eid)
+                            continue
+                        # this node's register of this object, held: a later event (by wall, counter, origin)
+                        # replaces it here; the id of the event it held leaves the accumulator at the flush. Older or
+                        # as old (the ids decide a tie) go the general way
+                        old = held[at + 1]
+                        _, _, old_wall, old_counter, old_origin, _ = _unpack_tuples(old)
+                        if old_wall < wall or (old_wall == wall and (old_counter < counter or (
+                                old_counter == counter and old_origin < origin))):
+                            table[obj] = (*held[: at + 1], raw, *held[at + 2 :])
+                            replaced_append(old)
+                            new_append(eid)
+                            continue
+                    wrote = self._replace_replica(table, held, obj, node_id, (wall, counter, origin, eid), raw)
                 elif kind is _OBJECT:
                     obj = f[0]
                     shard = ord(obj[-1]) & _MASK
