@@ -460,6 +460,14 @@ def load(env: Mapping[str, str]) -> Config:
     if gas_price != -1.0 and gas_price <= 0:  # (0 was sent as a price: a fee-less transaction a node refuses)
         raise ConfigError("DA_GAS_PRICE", env.get("DA_GAS_PRICE"), "a price above 0, or -1 to let the node estimate it")
 
+    storage_window_s = _int(env, "DA_STORAGE_WINDOW_S", 7 * 86400, 0, 10 * 365 * 86400)
+    if network != "local" and not use_mock and storage_window_s > 0 and _get(env, "DA_START_HEIGHT") is None:
+        # (its default, 1, is older than any pruning node keeps: the first read stopped there for good, the
+        # coordinator never ready; the deployment example left it empty for the operator to fill: a review)
+        raise ConfigError("DA_START_HEIGHT", None, f"the height the cluster's history begins at on "
+                          f"DA_NETWORK={network}: a node that prunes (DA_STORAGE_WINDOW_S={storage_window_s}) keeps "
+                          "no height 1; or DA_STORAGE_WINDOW_S=0 with an archival node")
+
     return Config(
         da_rpc_url=rpc_url,
         da_namespace=namespace,
@@ -470,7 +478,7 @@ def load(env: Mapping[str, str]) -> Config:
         da_retry_delay_ms=_int(env, "DA_RETRY_DELAY_MS", 1000, 0, 3_600_000),
         da_gas_price=gas_price,
         da_start_height=_int(env, "DA_START_HEIGHT", 1, 1, 2**62),
-        da_storage_window_s=_int(env, "DA_STORAGE_WINDOW_S", 7 * 86400, 0, 10 * 365 * 86400),
+        da_storage_window_s=storage_window_s,
         use_mock_da=use_mock,
         mock_da_path=_get(env, "MOCK_DA_PATH") or "",
         enable_fallback=enable_fallback,

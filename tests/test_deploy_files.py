@@ -261,6 +261,7 @@ def example_env(unit: dict[str, list[tuple[str, str]]], tmp_path: Path, *, secre
     env["COORDINATOR_DATA_DIR"] = str(tmp_path / "data")
     if secrets:
         env.update({name: f"test-{name.lower()}" for name in SECRETS})
+        env["DA_START_HEIGHT"] = "4000000"  # (left to fill in too: see the next test)
     return env
 
 
@@ -290,8 +291,14 @@ def test_unit_and_env_example_set_only_variables_the_coordinator_reads(
 def test_env_example_leaves_the_secrets_to_fill_in(unit: dict[str, list[tuple[str, str]]], tmp_path: Path) -> None:
     example = parse_env_file(ENV_EXAMPLE)
     assert all(example[name] == "" for name in SECRETS)
-    # no start height to copy blindly: 1 on a pruning mainnet node (the window set beside it) stalls the first read
+    # no start height to copy blindly: 1 on a pruning mainnet node (the window set beside it) stalled the first read
+    # for good; left empty, the coordinator refuses to start until it is set
     assert example["DA_START_HEIGHT"] == "" and int(example["DA_STORAGE_WINDOW_S"]) > 0
+    env = example_env(unit, tmp_path, secrets=True)
+    del env["DA_START_HEIGHT"]
+    with pytest.raises(config.ConfigError, match="keeps no height 1") as refused:
+        config.load(env)
+    assert refused.value.var == "DA_START_HEIGHT"
     # as shipped it refuses to start (exit 2) rather than run with a placeholder token
     with pytest.raises(config.ConfigError) as refused:
         config.load(example_env(unit, tmp_path, secrets=False))
