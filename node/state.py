@@ -282,7 +282,8 @@ class State:
                         continue
                     if len(held) < WIDE:
                         try:
-                            at = held.index(node_id)  # (a node id; the events beside them are bytes, never equal)
+                            at = 2 * held[::2].index(node_id)  # (among the node ids only: str to bytes is a
+                            #                                        BytesWarning under python -b; a review)
                         except ValueError:  # another node's replica of this object
                             table[obj] = held + (node_id, raw)  # noqa: RUF005 (faster than unpacking)
                             new_append(eid)
