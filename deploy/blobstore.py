@@ -17,15 +17,8 @@ import trio
 from hypercorn.trio import serve
 
 from api.blobstore import DEFAULT_MAX_BODY, MAX_BODY_LIMIT, BlobStore, create_blobstore_app
-from node.process import (
-    bind_error,
-    hypercorn_config,
-    leaves,
-    lock_data,
-    run_process,
-    serve_until_signalled,
-    setup_logging,
-)
+from node import process
+from node.process import hypercorn_config, lock_data, run_process, serve_until_signalled, setup_logging
 
 log = logging.getLogger("dsdn.blobstore")
 
@@ -47,7 +40,7 @@ async def serve_store(store: BlobStore, host: str, port: int, *,
             binds = await nursery.start(partial(serve, app, hypercorn_config(host, port),  # type: ignore[arg-type]
                                                 shutdown_trigger=trigger))
         except* OSError as group:  # (start() hands it over in a group)
-            raise bind_error(leaves(group)[0], "blob store", host, port, "--port") from None
+            raise process.bind_error(process.leaves(group)[0], "blob store", host, port, "--port") from None
         task_status.started(binds[0])
 
 

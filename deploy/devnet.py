@@ -48,18 +48,11 @@ from werkzeug.exceptions import HTTPException
 
 from api.asgi_fix import allowed_methods, quart_app
 from api.auth import bearer_matches
+from node import process
 from node.da.celestia import b64, b64decode_strict
 from node.da.commitment import blob_commitment, share_count
 from node.da.namespace import NamespaceError, validate_namespace
-from node.process import (
-    bind_error,
-    hypercorn_config,
-    leaves,
-    lock_data,
-    run_process,
-    serve_until_signalled,
-    setup_logging,
-)
+from node.process import hypercorn_config, lock_data, run_process, serve_until_signalled, setup_logging
 
 log = logging.getLogger("dsdn.devnet")
 T = TypeVar("T")
@@ -609,7 +602,7 @@ async def serve_devnet(host: str = "127.0.0.1", port: int = DEFAULT_PORT, db_pat
             try:
                 binds: list[str] = await nursery.start(http)
             except* OSError as group:  # (start() hands it over in a group)
-                raise bind_error(leaves(group)[0], "devnet", host, port, "--port") from None
+                raise process.bind_error(process.leaves(group)[0], "devnet", host, port, "--port") from None
             log.info("devnet %s listening on %s (block interval %g ms, auth %s)", CHAIN_ID, ", ".join(binds),
                      block_interval_s * 1000, "on" if auth_token else "off")
             task_status.started(binds[0])
