@@ -25,6 +25,7 @@ from api.asgi_fix import allowed_methods, quart_app
 from api.auth import bearer_matches
 from api.blobstore import BlobStore, register_blobstore_routes
 from api.dashboard import register_dashboard_routes
+from api.limits import unique_names
 from api.metrics import register_metrics_routes
 from api.openapi import QUORUM_ROUTES, ROUTES, openapi_document, query_parameters
 from api.receipts import node_public_key, register_receipt_routes
@@ -90,24 +91,12 @@ async def json_body() -> JSONDict:
         raise ApiError(413, {"error": "payload_too_large", "message": f"request body is larger than {MAX_BODY} bytes"})
     try:  # UTF-8 only (a byte-order mark allowed): json.loads of bytes also guessed UTF-16 and UTF-32
         body = json.loads(data.decode("utf-8-sig"), parse_constant=_reject_constant, parse_int=_parse_int,
-                          object_pairs_hook=_unique_names)
+                          object_pairs_hook=unique_names)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, {"error": "malformed_json", "message": f"body is not valid JSON: {exc}"}) from None
     except RecursionError:
         raise ApiError(400, {"error": "malformed_json", "message": "body is nested too deeply"}) from None
     return v.require_object(body)
-
-
-def _unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object whose names are unique: ``{"capacity_gb": -5, "capacity_gb": 7}`` was taken as 7, the -5 never
-    checked, and a proxy or an audit log reading the first value saw another request than the one carried out
-    (a reviewer's reproduction)."""
-    body = dict(pairs)
-    if len(body) != len(pairs):
-        seen: set[str] = set()
-        twice = next(name for name, _ in pairs if name in seen or seen.add(name))  # type: ignore[func-returns-value]
-        raise ValueError(f"the name {twice!r} is given more than once in one object")
-    return body
 
 
 def _parse_int(text: str) -> int | float:

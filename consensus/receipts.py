@@ -257,6 +257,13 @@ def document(receipt: Receipt, root: bytes, tree_size: int, index: int, path: li
     }
 
 
+def _signer_list(value: Any) -> bool:
+    """Whether ``value`` is what a final document names as its signers: distinct coordinator ids, at least one (the
+    field was never read: a document without it, or with ``42`` or ``[1, null]`` in it, was reported valid)."""
+    return (type(value) is list and bool(value) and len(set(map(repr, value))) == len(value)
+            and all(type(v) is str and ID.fullmatch(v) for v in value))
+
+
 def verify_document(doc: Any, group_public_key: bytes | None = None) -> tuple[bool, str]:
     """Offline verification: the receipt bytes match its fields and id, the node signed them, the Merkle path
     leads to the root, and the root carries a valid Ed25519 signature of the group key (``group_public_key``
@@ -266,7 +273,12 @@ def verify_document(doc: Any, group_public_key: bytes | None = None) -> tuple[bo
             return False, "the document is not a JSON object"
         raw = _doc_hex(doc["receipt_bytes"], "receipt_bytes")
         receipt = decode(raw, _doc_hex(doc["receipt"]["node_signature"], "receipt.node_signature", 64))
-        if receipt != from_json(doc["receipt"]):
+        fields = doc["receipt"]
+        # a document's integers are JSON integers: 1700000000.0000001 reads as the float 1700000000.0, and matched
+        # the bytes' 1700000000 (a reviewer's reproduction); 5.0 is taken only from clients submitting receipts
+        if any(type(fields.get(name)) is not int for name in ("epoch", "reward_base", "timestamp")):
+            return False, "receipt fields do not match receipt_bytes: epoch, reward_base and timestamp are integers"
+        if receipt != from_json(fields):
             return False, "receipt fields do not match receipt_bytes"
         if _doc_hex(doc["receipt_id"], "receipt_id", 32) != receipt.id:  # (either case, like every hex field)
             return False, "receipt_id is not SHA-256(receipt_bytes)"
@@ -276,6 +288,8 @@ def verify_document(doc: Any, group_public_key: bytes | None = None) -> tuple[bo
             return False, "epoch does not match receipt_bytes"
         if doc["status"] != "final":
             return False, f"status is {doc['status']!r}, not 'final'"
+        if not _signer_list(doc["signers"]):  # (not covered by the signature: a shape check, as a reader needs)
+            return False, "signers is not a non-empty list of distinct coordinator ids"
         if not receipt.node_signature_valid():
             return False, "the node signature is invalid"
         key = _doc_hex(doc["group_public_key"], "group_public_key", 32)

@@ -46,7 +46,7 @@ import httpx
 import nacl.signing
 
 from api.limits import LOCK_WAIT_S as SERVER_LOCK_WAIT_S
-from api.limits import MAX_LIMIT, MAX_WAIT_MS, STATUSES
+from api.limits import MAX_LIMIT, MAX_WAIT_MS, STATUSES, unique_names
 from api.limits import RECEIPT_ID as _RID
 from consensus import receipts as rc
 from deploy import ctl
@@ -62,7 +62,7 @@ def _read_json(source: str) -> Any:
     if not text.strip():  # (an empty file, say a failed submit's output: "Expecting value: line 1 column 1")
         raise ValueError(f"{where} is empty: no JSON in it")
     try:
-        value = json.loads(text, parse_constant=_no_constant)
+        value = json.loads(text, parse_constant=_no_constant, object_pairs_hook=unique_names)
         json.dumps(value, ensure_ascii=False).encode()  # (a lone surrogate: sent, it failed in the client)
         return value
     except RecursionError:  # (not a ValueError: it gave a traceback)

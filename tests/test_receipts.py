@@ -442,7 +442,12 @@ def test_documents_verify_offline_and_tampering_is_caught(keys: dict[int, frost.
     # receipt's, or a status other than final, was reported valid (a reviewer's reproduction)
     for path, value in [(("receipt", "reward_base"), 999), (("batch", "index"), 2), (("receipt_id",), "00" * 32),
                         (("signature",), "00" * 64), (("batch", "tree_size"), 6), (("epoch",), 1),
-                        (("epoch",), 10.0), (("status",), "rejected")]:
+                        (("epoch",), 10.0), (("status",), "rejected"),
+                        # the signers (a shape check; the signature does not cover them) were never read, and a
+                        # fraction lost to the float's precision matched the bytes (a reviewer's reproductions)
+                        (("signers",), []), (("signers",), 42), (("signers",), ["c0", None]),
+                        (("signers",), ["c0", "c0"]), (("signers",), ["bad id"]),
+                        (("receipt", "timestamp"), float(doc["receipt"]["timestamp"])), (("receipt", "epoch"), 10.0)]:
         bad = {**doc, "receipt": dict(doc["receipt"]), "batch": dict(doc["batch"])}
         target = bad
         for p in path[:-1]:
@@ -451,6 +456,7 @@ def test_documents_verify_offline_and_tampering_is_caught(keys: dict[int, frost.
         valid, reason = rc.verify_document(bad)
         assert not valid and reason
     assert rc.verify_document("not a doc")[0] is False
+    assert not rc.verify_document({k: v for k, v in doc.items() if k != "signers"})[0]
     # hex in either case, as the schema says, and nothing else: a receipt_id in upper case was found invalid, and
     # whitespace in any other hex field (skipped by bytes.fromhex) valid (a reviewer's reproduction)
     for field in ("receipt_id", "signature", "group_public_key", "receipt_bytes"):
