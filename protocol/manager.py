@@ -49,6 +49,7 @@ import nacl.signing
 import trio
 from trio_websocket import (
     ConnectionClosed,
+    ConnectionRejected,
     Endpoint,
     HandshakeError,
     WebSocketConnection,
@@ -335,11 +336,13 @@ class PeerManager:
                                 handshake_scope.deadline = trio.current_time() + TEARDOWN_S
                 if handshake_scope.cancelled_caught and not served:
                     link.last_error = f"handshake with {url} timed out"
+            except ConnectionRejected as exc:  # (its text held the whole body: 4 MiB kept and served)
+                link.last_error = f"connection rejected: HTTP {exc.status_code}"
             except (HandshakeError, ConnectionClosed, OSError, trio.BrokenResourceError, ProtocolError) as exc:
-                link.last_error = f"{type(exc).__name__}: {exc}"
+                link.last_error = f"{type(exc).__name__}: {exc}"[:200]
             except Exception as exc:  # one link's failure never takes the manager down
                 link.errors += 1
-                link.last_error = f"{type(exc).__name__}: {exc}"
+                link.last_error = f"{type(exc).__name__}: {exc}"[:200]
                 self.warn.warning(f"dial {m.id}", "peer link to %s failed", m.id, exc_info=True)
             if link.conn is None:  # (an inbound link from this peer may have replaced ours: it is up)
                 link.state = State.DOWN
@@ -662,6 +665,25 @@ def _refuse_fragmented_messages() -> None:
 
 
 _refuse_fragmented_messages()
+
+
+def _refuse_rejection_bodies() -> None:
+    """End a dial refused with an HTTP answer at the answer's first body bytes: no body is needed, and
+    trio-websocket (pinned ==0.12.2) kept the whole body, copying it for every chunk (``+=`` on bytes), and put it
+    in the exception's text: anything listening at a member's address (no key needed: before authentication) held
+    a dialer at ~90% of a core with an endless body, and a 4 MiB one was kept and served as the link's last error
+    (a reviewer's reproduction). Idempotent; tests/test_peer_limits.py fails if the attributes used go away."""
+    if getattr(WebSocketConnection, "_dsdn_refuses_reject_bodies", False):
+        return
+
+    async def no_body(self: WebSocketConnection, event: Any) -> None:
+        raise ConnectionRejected(self._reject_status, self._reject_headers, body=None)
+
+    WebSocketConnection._handle_reject_data_event = no_body  # type: ignore[method-assign]
+    WebSocketConnection._dsdn_refuses_reject_bodies = True  # type: ignore[attr-defined]
+
+
+_refuse_rejection_bodies()
 
 
 def _allow_full_messages(ws: WebSocketConnection) -> None:

@@ -432,3 +432,44 @@ async def test_a_delivery_handed_straight_to_a_waiting_subscriber_is_counted_rig
         await inbox.receive()
         assert inbox.queued_bytes == 0  # (it was -4,000 here)
     assert dropped == [0] and inbox.queued_bytes == 0
+
+
+async def test_a_dial_refused_with_an_endless_http_body_ends_at_once_and_keeps_no_body() -> None:
+    """From a review: anything listening at a member's address (no key needed: the HTTP answer comes before
+    authentication) answered our upgrade with a 400 and an endless body; trio-websocket copied the growing body
+    for every chunk (a dialer at ~90% of a core until the handshake timed out, then again after each backoff),
+    and a finite 4 MiB one was kept in the exception's text, served as the link's last error."""
+    ms = members(["a", "b"])
+    answers = 0
+
+    async def rogue(stream: trio.SocketStream) -> None:
+        nonlocal answers
+        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.receive_some(65536)  # the upgrade request
+            answers += 1
+            await stream.send_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 1000000000\r\n\r\n")
+            while True:
+                await stream.send_all(b"A" * 65536)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await trio.open_tcp_listeners(ms[1].port, host="127.0.0.1")
+        nursery.start_soon(trio.serve_listeners, rogue, listeners)
+        async with manager(ms[0], ms) as a:
+            started = os.times()
+            await wait_for(lambda: answers >= 3, what="three dials refused")  # (backoff: 0.1, 0.2, 0.4 s)
+            used = os.times()
+            assert a.peers["b"].last_error == "connection rejected: HTTP 400"
+            assert a.peers["b"].state is State.DOWN
+        nursery.cancel_scope.cancel()
+    cpu = (used.user - started.user) + (used.system - started.system)
+    assert cpu < 0.5, cpu  # (each refused dial ran on until the 5 s handshake deadline, copying the body)
+
+
+def test_the_library_internals_the_dial_relies_on() -> None:
+    """manager.py replaces trio-websocket's (==0.12.2) handler of a rejection's body and reads the status and
+    headers it keeps: fail loudly if an upgrade renames them."""
+    ws = WebSocketConnection(trio.testing.memory_stream_pair()[0], WSConnection(ConnectionType.CLIENT), host="h",
+                             path="/")
+    assert ws._reject_status == 0 and ws._reject_headers == ()
+    assert getattr(WebSocketConnection, "_dsdn_refuses_reject_bodies", False)
+    assert "_handle_reject_data_event" in WebSocketConnection.__dict__
