@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -853,4 +854,47 @@ async def test_poisoned_blobs_in_a_row_do_not_stop_a_pass_when_the_probe_comes_b
         assert len(primary.calls) == 1 and posted["probe"] == 1 and poison_posts == 5
     else:  # two blobs with all their attempts, the third once and the probe, then two more (before: 20 posts)
         assert posted["probe"] == 1 and poison_posts + posted["probe"] <= 18
+    await stack.aclose()
+
+
+def refuse_writes(db: sqlite3.Connection, table: str) -> Callable[[], None]:
+    """Every change to ``table`` fails in SQLite as on a full disk (the schema's pages have room, so ``PRAGMA
+    max_page_count`` does not stop an UPDATE); returns what gives the room back."""
+    db.execute(f"CREATE TEMP TRIGGER full_disk BEFORE UPDATE ON {table} BEGIN "
+               "SELECT RAISE(ABORT, 'database or disk is full'); END")
+    return lambda: db.execute("DROP TRIGGER temp.full_disk")
+
+
+@pytest.mark.parametrize("batching", [True, False])
+async def test_blobs_that_landed_while_the_disk_is_full_are_posted_once_and_recorded_once_there_is_room(
+        tmp_path: Path, batching: bool, caplog: pytest.LogCaptureFixture) -> None:
+    """From a review: a full disk failed every mark after the primary gave the blobs back; each pass (every health
+    interval) posted, and paid for, the same blobs again (~720 paid posts an hour), logged a traceback, and the status
+    never left Recovering. The blobs that landed are now kept in memory and recorded first by the next passes, which
+    post nothing while the disk stays full."""
+    primary = BatchingDA() if batching else MockDA(name=PRIMARY)
+    stack = make_stack(tmp_path, primary)
+    datas = [b"on the fallback %d" % i for i in range(12)]
+    await fill(stack, datas)
+    posted = count_posts(primary, **{f"b{i}": d for i, d in enumerate(datas)})
+    room = refuse_writes(stack.pending._db, "fallback_blobs")
+    stack.machine.status = Status.RECOVERING
+    for _ in range(4):  # four health intervals with the disk full
+        await stack.check_once()
+        assert stack._should_reconcile()  # (the unrecorded blobs keep passes coming: they try to record them)
+    assert sum(posted.values()) > 0 and max(posted.values()) == 1  # each blob posted at most once
+    assert stack.reconciler.unrecorded == sum(posted.values()) and stack.pending.pending_count == 12
+    assert stack.machine.status is Status.RECOVERING
+    report = stack.reconciler.last_report
+    assert report is not None and report.aborted
+    assert "local storage failed: database or disk is full" in report.errors[0]
+    warnings = [r for r in caplog.records if r.name == "dsdn.reconcile" and r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "reconciliation paused" in warnings[0].getMessage()  # (one a minute at most)
+    assert not [r for r in caplog.records if r.exc_info]
+    room()
+    for _ in range(3):
+        await stack.check_once()
+    assert stack.pending.pending_count == 0 and stack.reconciler.unrecorded == 0
+    assert set(posted.values()) == {1}  # the rest posted once, the landed ones recorded without a second post
+    assert stack.machine.status is Status.HEALTHY
     await stack.aclose()

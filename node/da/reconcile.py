@@ -52,6 +52,11 @@ in Recovering.
 The consistency check reads the most recent ``check_limit`` pending blobs (from their fallback) and the
 most recent ``check_limit`` reconciled blobs (from the primary), ``check_concurrency`` at a time, within
 ``check_deadline_s``; what a deadline left unchecked is reported in ``details``.
+
+Local storage failing (a full disk: SQLite refuses the marks) stops a pass at once: the blobs the primary gave back
+whose mark failed are kept in memory (``unrecorded``) and recorded before anything else at the next passes, which
+post nothing until that works. Else each pass paid to post the same blobs again (their marks failing every time,
+every health interval: ~720 paid posts an hour) and logged a traceback (a reviewer's reproduction).
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ import hashlib
 import logging
 import math
 import os
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -88,6 +94,7 @@ LOAD_BYTES = 32 << 20  # blob data loaded at once by a pass: a page of 256 blobs
 #: first miss, doubling with each miss, at most HOLD_MAX_S.
 HOLD_BASE_S = 30.0
 HOLD_MAX_S = 3600.0
+STORAGE_WARN_EVERY_S = 60.0  # local storage failing: at most one warning a minute (a pass runs every health interval)
 
 #: How long a manual pass (POST /fallback/reconcile) may run: what it left at that point stays pending.
 MANUAL_PASS_S = 120.0
@@ -164,6 +171,11 @@ class Reconciler:
         self._batching = False  # this pass posts several blobs per call (see _submitter)
         self._submits: trio.Nursery | None = None  # the pass's submits in flight
         self._in_flight = trio.Semaphore(SUBMITS_IN_FLIGHT)
+        # blobs the primary gave back whose mark failed (local storage failing) -> (their ref there, another
+        # member's blob); recorded at the start of the next passes, never posted again
+        self._landed: dict[str, tuple[Any, bool]] = {}
+        self._storage_error: str | None = None  # local storage failed in the current pass: it stops
+        self._storage_warned_at = -math.inf
         self.passes = 0
         self.total_reconciled = 0
         self.last_report: Report | None = None
@@ -180,7 +192,13 @@ class Reconciler:
         now = self.clock()
         held = sum(1 for blob_id, (until, _, foreign) in self.held.items()
                    if until > now and not foreign and blob_id not in self._rejected)
-        return max(0, self.pending.pending_count - len(self._rejected) - held)
+        landed = sum(1 for _, foreign in self._landed.values() if not foreign)
+        return max(0, self.pending.pending_count - len(self._rejected) - held - landed)
+
+    @property
+    def unrecorded(self) -> int:
+        """Blobs on the primary whose mark local storage refused so far: a pass records them first."""
+        return len(self._landed)
 
     def progress(self) -> dict[str, Any]:
         """What /fallback/status shows of reconciliation: passes so far, blobs reconciled in all, the pass running
@@ -199,7 +217,7 @@ class Reconciler:
         retried there at every health interval, one blob whose read-back timed out cost 119 paid posts in ten
         minutes, and one the primary never gave back 1,438 an hour; the probe tests the primary instead)."""
         held = self.held.get(blob_id, (0, 0, False))[0] > self.clock()
-        return self._stop_on_fallback and (blob_id in rejected or held)
+        return blob_id in self._landed or (self._stop_on_fallback and (blob_id in rejected or held))
 
     def _proven_held(self, blob_id: str) -> bool:
         """Held back, and a blob of ours posted after this one's latest miss came back from the primary (at a greater
@@ -350,6 +368,9 @@ class Reconciler:
             self._confirmed, self._missed, self._missed_own = 0, [], 0
             self._missed_in_row.clear()
             self._batching = self._submitter() is not None
+            self._storage_error = None
+            if not await self._record_landed(report):
+                return self._ended(report, started)
             with trio.move_on_after(deadline_s if deadline_s is not None else math.inf) as deadline:
                 async with trio.open_nursery() as nursery:  # the submits in flight (a primary that takes several)
                     self._submits = nursery
@@ -381,11 +402,10 @@ class Reconciler:
             elif report.aborted and self._failed_in_row >= self.machine.failure_threshold:
                 report.errors.append(f"stopped: the primary failed {self._failed_in_row} times in a row; the rest "
                                      "stays pending")
-            report.success = report.blobs_failed == 0 and not report.aborted
-            report.duration_ms = int((time.perf_counter() - started) * 1000)
-            self.passes += 1
-            self.total_reconciled += report.blobs_reconciled
-            self.last_report = report
+            if self._storage_error is not None:
+                report.aborted = True
+                self._storage_failed(report, self._storage_error)
+            self._ended(report, started)
             if self._missed and not self._confirmed:
                 # it took blobs and gave none back: perhaps a poisoned blob, perhaps a primary that loses every blob
                 # (which is not to go back to Healthy and take the writes); one failure per blob missed
@@ -405,8 +425,53 @@ class Reconciler:
                          "members' fallback blobs: %d tried, %d adopted (%d still waiting)%s",
                          report.blobs_processed, report.blobs_reconciled, report.blobs_failed, report.duration_ms,
                          self.pending.pending_count, report.foreign_processed, report.blobs_adopted,
-                         self.pending.foreign_waiting, "; stopped: the primary failed" if report.aborted else "")
+                         self.pending.foreign_waiting, "; stopped: local storage failed" if self._storage_error is not None else
+                         "; stopped: the primary failed" if report.aborted else "")
             return report
+
+    def _ended(self, report: Report, started: float) -> Report:
+        report.success = report.blobs_failed == 0 and not report.aborted
+        report.duration_ms = int((time.perf_counter() - started) * 1000)
+        self.passes += 1
+        self.total_reconciled += report.blobs_reconciled
+        self.last_report = report
+        return report
+
+    async def _record_landed(self, report: Report) -> bool:
+        """Mark the blobs the primary gave back in an earlier pass whose mark failed; False (the pass to post
+        nothing) while local storage still refuses."""
+        if not self._landed:
+            return True
+        for foreign, mark_done in ((False, self.pending.mark_reconciled_many), (True, self.pending.mark_adopted_many)):
+            done = [(blob_id, ref) for blob_id, (ref, theirs) in self._landed.items() if theirs is foreign]
+            if not done:
+                continue
+            try:
+                await mark_done(done)
+            except sqlite3.Error as exc:
+                report.aborted = True
+                self._storage_failed(report, str(exc))
+                return False
+            for blob_id, _ in done:
+                del self._landed[blob_id]
+        return True
+
+    def _storage_failed(self, report: Report, error: str) -> None:
+        what = (f"local storage failed: {error}; {len(self._landed)} blob(s) on the primary wait to be recorded, "
+                "nothing is posted until they are")
+        report.errors.append(what)
+        if trio.current_time() - self._storage_warned_at >= STORAGE_WARN_EVERY_S:
+            self._storage_warned_at = trio.current_time()
+            log.warning("reconciliation paused: %s", what)
+
+    async def _marked(self, mark: Callable[..., Awaitable[None]], *args: Any) -> bool:
+        """Run a pending-store mark; False, the pass stopping, when local storage refuses it."""
+        try:
+            await mark(*args)
+        except sqlite3.Error as exc:
+            self._storage_error = str(exc)
+            return False
+        return True
 
     async def _by_size(self, ids: list[str], *, foreign: bool) -> list[list[str]]:
         """``ids`` in order, cut into parts of at most LOAD_BYTES of data each (a blob larger alone is a part):
@@ -531,14 +596,15 @@ class Reconciler:
                         await self._reconcile_group(todo[:half], report, foreign, True)
                         await self._reconcile_group(todo[half:], report, foreign, True)
                         return
-                    await mark_failed(ids, error)
+                    await self._marked(mark_failed, ids, error)
                     rejected.add(todo[0].blob_id)
                     report.blobs_failed += 1
                     report.blobs_rejected += 1
                     report.errors.append(f"{self._what(todo[0], foreign)}: rejected by the primary: {error} "
                                          "(stays pending)")
                     return
-                await mark_failed(ids, error)
+                if not await self._marked(mark_failed, ids, error):
+                    break
                 self._primary_failed(error, write=True)
                 continue
             self._primary_took(since)
@@ -546,7 +612,7 @@ class Reconciler:
                 back = await self._read_back(submitter, refs, datas)
             except DAError as exc:
                 error = str(exc)
-                await mark_failed(ids, error)
+                await self._marked(mark_failed, ids, error)
                 if isinstance(exc, DAUnavailable):  # no answer: held back, not posted again (and paid) this pass
                     self._primary_failed(error, write=False)
                     self._hold(ids, foreign, error, max(r.height for r in refs), answered=False)
@@ -559,7 +625,8 @@ class Reconciler:
                 continue
             done = [(b.blob_id, ref) for b, ref, ok in zip(todo, refs, back, strict=True) if ok]
             if done:
-                await mark_done(done)
+                if not await self._marked(mark_done, done):
+                    self._landed.update((blob_id, (ref, foreign)) for blob_id, ref in done)
                 self._done([blob_id for blob_id, _ in done], rejected, max(ref.height for _, ref in done))
                 if foreign:
                     report.blobs_adopted += len(done)
@@ -570,7 +637,8 @@ class Reconciler:
                 return
             error = f"the primary took the blob but did not return it at height {refs[0].height}"
             missed = True
-            await mark_failed([b.blob_id for b in todo], error)
+            if not await self._marked(mark_failed, [b.blob_id for b in todo], error):
+                break
             if await self._missed_some([b.blob_id for b in todo], report):
                 break
         if missed:
@@ -632,7 +700,7 @@ class Reconciler:
         failed ``failure_threshold`` times in a row in it (a manual pass against a primary that is down posted
         every pending blob, each with its retries: 80 doomed posts in 2.9 hours of one HTTP request)."""
         return ((self._stop_on_fallback and self.machine.status in (Status.DEGRADED, Status.EMERGENCY))
-                or self._failed_in_row >= self.machine.failure_threshold)
+                or self._failed_in_row >= self.machine.failure_threshold or self._storage_error is not None)
 
     def _primary_failed(self, error: str, *, write: bool) -> None:
         self._failed_in_row += 1
@@ -668,7 +736,8 @@ class Reconciler:
                 ref = await primary.post(blob.data)
             except DAError as exc:
                 error, missed = str(exc), False
-                await mark_failed(blob.blob_id, error)
+                if not await self._marked(mark_failed, blob.blob_id, error):
+                    break
                 if is_caller_error(exc):  # the blob's fault, not the primary's: no retry, no failure counted
                     rejected.add(blob.blob_id)
                     report.blobs_failed += 1
@@ -682,7 +751,7 @@ class Reconciler:
                 back = await primary.get(ref)
             except DAError as exc:
                 error, missed = str(exc), not isinstance(exc, DAUnavailable)  # answered: not found, say
-                await mark_failed(blob.blob_id, error)
+                await self._marked(mark_failed, blob.blob_id, error)
                 if not missed:  # no answer: held back, not posted again (and paid) this pass
                     self._primary_failed(error, write=False)
                     self._hold([blob.blob_id], foreign, error, ref.height, answered=False)
@@ -693,11 +762,13 @@ class Reconciler:
                 continue
             if back != blob.data:
                 error, missed = f"the primary took the blob but returned different bytes at height {ref.height}", True
-                await mark_failed(blob.blob_id, error)
+                if not await self._marked(mark_failed, blob.blob_id, error):
+                    break
                 if await self._missed_some([blob.blob_id], report):
                     break
                 continue
-            await mark_done(blob.blob_id, ref)
+            if not await self._marked(mark_done, blob.blob_id, ref):
+                self._landed[blob.blob_id] = (ref, foreign)
             self._done([blob.blob_id], rejected, ref.height)
             if foreign:
                 report.blobs_adopted += 1

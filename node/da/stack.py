@@ -223,7 +223,7 @@ class DAStack:
         if status is Status.RECOVERING:
             return True
         return status in (Status.HEALTHY, Status.WARNING) and (
-            self.reconciler.waiting > 0 or self.reconciler.adoption_due())
+            self.reconciler.waiting > 0 or self.reconciler.unrecorded > 0 or self.reconciler.adoption_due())
 
     async def check_once(self) -> None:
         """Health-check every layer concurrently (each within ``health_timeout_s``; a layer that already has
@@ -273,6 +273,8 @@ class DAStack:
         try:
             with contextlib.suppress(AlreadyRunning):  # a manual pass (POST /fallback/reconcile) is running
                 await self.reconciler.run_pass(stop_on_fallback=True)
+        except sqlite3.Error as exc:  # (reading the pending blobs: no traceback for a disk that fails)
+            log.warning("reconciliation pass failed: local storage: %s", exc)
         except Exception:  # a broken pass must not take the health monitor (and the coordinator) down
             log.exception("reconciliation pass failed")
         finally:
