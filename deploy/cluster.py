@@ -391,7 +391,7 @@ def _check_chain_kept(data_dir: Path) -> None:
 
 async def run_cluster(n: int, base_port: int, data_dir: Path, block_interval_ms: int = 500,
                       *, task_status: trio.TaskStatus[list[Member]] = trio.TASK_STATUS_IGNORED) -> None:
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # (created 755: every local user read its databases)
     _check_chain_kept(data_dir)
     members = plan(n, base_port, data_dir, block_interval_ms)
     stop, hurry = trio.Event(), trio.Event()

@@ -25,7 +25,9 @@ of the output is dropped). ``dsdn receipt submit|get|list`` (deploy/receipt_cli.
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import math
 import os
 import signal
 import sys
@@ -68,6 +70,8 @@ def targets(args: argparse.Namespace) -> list[Target]:
     """The coordinators: --url, else the coordinator entries of the cluster file."""
     if args.url:
         urls = [u.strip().rstrip("/") for given in args.url for u in given.split(",") if u.strip()]
+        if not urls:  # (an unset variable: `status` asked no one and said all was well, exit 0)
+            raise CtlError("--url: no URL given", 2)
         for url in urls:
             if not url.startswith(("http://", "https://")) or not _usable(url):
                 raise CtlError(f"--url {url!r}: expected an http:// or https:// URL with a host (and a valid port)", 2)
@@ -80,7 +84,7 @@ def targets(args: argparse.Namespace) -> list[Target]:
         found = [Target(str(p["id"]), str(p["url"]).rstrip("/")) for p in processes if p.get("role") == "coordinator"]
     except OSError as exc:
         raise CtlError(f"cannot read {path}: {exc.strerror or exc}", 2) from None
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise CtlError(f"{path} is not a cluster file written by `dsdn cluster up`", 2) from None
     if not found:
         raise CtlError(f"{path} lists no coordinator", 2)
@@ -238,7 +242,11 @@ def _status_of(client: Client, target: Target) -> dict[str, Any]:
         row["ready_reason"] = ready.get("reason")
         if "progress" in ready:
             row["progress"] = ready["progress"]
+        if not isinstance(row.get("progress", {}), dict):
+            raise TypeError("/ready's progress is no object")
         root = get("/state/root")
+        if type(root["root"]) is not str or type(root["events_applied"]) is not int:  # (a list blanked the table)
+            raise TypeError("/state/root's root is no string or its events_applied no integer")
         row["root"], row["events_applied"], row["pending"] = root["root"], root["events_applied"], root["pending"]
         info = get("/system/info")
         row["id"] = info.get("coordinator_id") or target.id
@@ -256,6 +264,8 @@ def _status_of(client: Client, target: Target) -> dict[str, Any]:
         row["error"] = str(exc)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         row["error"] = f"unexpected answer: {type(exc).__name__}: {exc}"
+    except RecursionError:
+        row["error"] = "unexpected answer: JSON nested too deeply"
     return row
 
 
@@ -305,7 +315,8 @@ def status_table(report: dict[str, Any]) -> str:
         ready = "unreachable" if not r["reachable"] else ("error" if r["ready"] is None else r["ready"])
         if r["ready"] is False and r.get("progress"):  # rebuilding from DA: say how long it should take
             eta = r["progress"].get("eta_s")
-            ready = "no (rebuilding" + ("" if eta is None else f", ETA {eta:.0f}s") + ")"
+            known = type(eta) in (int, float) and math.isfinite(eta)
+            ready = "no (rebuilding" + (f", ETA {eta:.0f}s" if known else "") + ")"
         rows.append([r["id"], ready, root, r["events_applied"], r["da_status"], peers, r["receipts_final"]])
     out = table(["ID", "READY", "ROOT", "EVENTS", "DA", "PEERS UP", "RECEIPTS FINAL"], rows)
     marked = [r for r in report["coordinators"] if r["root_matches_majority"] is False]
@@ -496,6 +507,8 @@ def execute(prog: str, args: argparse.Namespace, command: Callable[[argparse.Nam
                    "coordinator's COORDINATOR_API_TOKEN is")
         sys.exit(2)
     client = Client(token, args.timeout)
+    if isinstance(sys.stdout, io.TextIOWrapper):  # (a terminal that cannot show "…": blamed on the coordinator)
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         code = command(args, client)
         sys.stdout.flush()  # a closed stdout shows here, not in the interpreter's flush at exit
@@ -514,6 +527,9 @@ def execute(prog: str, args: argparse.Namespace, command: Callable[[argparse.Nam
         code = 1
     except (ValueError, KeyError, TypeError, AttributeError) as exc:  # an answer of an unexpected shape
         _fail_line(f"{prog}: unexpected answer from the coordinator: {type(exc).__name__}: {exc}")
+        code = 1
+    except RecursionError:  # (not a ValueError: a traceback)
+        _fail_line(f"{prog}: unexpected answer from the coordinator: JSON nested too deeply")
         code = 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

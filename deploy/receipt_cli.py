@@ -55,6 +55,8 @@ from deploy import ctl
 
 def _read_json(source: str) -> Any:
     where = "stdin" if source == "-" else source
+    if source == "-" and sys.stdin is None:  # (started with stdin closed: an AttributeError traceback)
+        raise ValueError("stdin is closed: no JSON to read")
     try:
         text = sys.stdin.read() if source == "-" else Path(source).read_text()
     except UnicodeDecodeError as exc:  # (a ValueError: it was printed without the file's name)
@@ -139,6 +141,9 @@ def _offline(args: argparse.Namespace) -> int:
     except (ValueError, rc.ReceiptError) as exc:
         ctl._fail_line(f"{prog}: {exc}")
         return 2
+    except KeyboardInterrupt:  # (waiting on stdin: a traceback)
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
     return code
 
 

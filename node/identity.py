@@ -96,7 +96,7 @@ def fsync_dir(directory: Path) -> None:
 
 def load_or_create(data_dir: Path) -> nacl.signing.SigningKey:
     """Read ``<data_dir>/identity.key`` (32-byte seed, mode 0600 or stricter), creating it (mode 0600) if missing."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # (created 755: readable by every local user)
     path = data_dir / KEY_FILE
     key = _load(path)
     if key is not None:

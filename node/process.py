@@ -341,7 +341,7 @@ def lock_data(prog: str, path: Path) -> None:
     one data folder (a second ``cluster up`` on the default folder, or one beside orphans) corrupted each other's
     state (two devnets on one chain file: the second stalled for good on its first block)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # (a new one was 755: every local user read it)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:  # (a traceback before: a file in the way, no permission)
         print(f"{prog}: cannot start: cannot use the data folder {path.parent}: {exc.strerror or exc}",
@@ -385,6 +385,9 @@ def run_process(prog: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> Non
         first = leaves(group)[0]
         print(f"{prog}: {first}", file=sys.stderr)
         sys.exit(128 + first.signum)  # type: ignore[attr-defined]
+    except* KeyboardInterrupt:  # Ctrl-C before the signal handlers are in place (a screen of traceback)
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(130)
     except* (KeyFileError, ConfigError) as group:
         for exc in leaves(group):
             kind = "configuration error: " if isinstance(exc, ConfigError) else ""

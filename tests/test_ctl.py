@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -745,3 +746,114 @@ async def test_a_call_given_a_longer_read_timeout_gets_its_answer_past_the_defau
             await trio.to_thread.run_sync(client.request, "GET", f"http://127.0.0.1:{port}/nodes")
         client.close()
         nursery.cancel_scope.cancel()
+
+
+LIAR = """
+import http.server, json, sys
+answers = json.loads(sys.stdin.read())
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        path = self.path.split("?")[0]
+        code, body = answers.get(path, [200, "{}"])
+        data = body.encode()
+        self.send_response(code)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+@contextmanager
+def lying_coordinator(answers: dict[str, tuple[int, str]]) -> Iterator[str]:
+    """A server answering each GET path with (status, raw JSON text): a member that lies, or a broken proxy."""
+    server = subprocess.Popen([sys.executable, "-c", LIAR], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdin is not None and server.stdout is not None
+        server.stdin.write(json.dumps(answers))
+        server.stdin.close()
+        yield f"http://127.0.0.1:{int(server.stdout.readline())}"
+    finally:
+        server.kill()
+        server.wait()
+
+
+def run_dsdn(*argv: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", "from deploy.cli import main; main()", *argv], capture_output=True,
+                          text=True, timeout=60, **kw)
+
+
+def test_answers_of_the_wrong_shape_or_nested_too_deeply_are_one_line_per_coordinator(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """From a review: JSON nested too deeply (a RecursionError, no ValueError) was a traceback from every client
+    command, and from a cluster file; one coordinator answering a list for its root (or a string for its ETA) blanked
+    `dsdn status` for the whole cluster, naming no one; `--url ""` asked no one and exited 0."""
+    deep = "[" * 100_000 + "]" * 100_000
+    with lying_coordinator({"/nodes": (200, deep), "/ready": (200, deep)}) as url:
+        code, out, err = dsdn(capsys, "nodes", "list", "--url", url)
+        assert (code, out) == (1, "")
+        assert one_line(err) == "dsdn nodes list: unexpected answer from the coordinator: JSON nested too deeply"
+        code, out, err = dsdn(capsys, "status", "--url", url)
+        assert code == 1 and "JSON nested too deeply" in one_line(err)
+    root = {"root": "ab" * 32, "events_applied": 3, "pending": 0}
+    with lying_coordinator({"/state/root": (200, json.dumps({**root, "root": ["x"]})),
+                            "/system/info": (200, '{"coordinator_id": "liar"}')}) as liar, \
+            lying_coordinator({"/ready": (503, '{"ready": false, "progress": {"eta_s": "soon"}}'),
+                               "/state/root": (200, json.dumps(root)), "/cluster/peers": (200, "[]"),
+                               "/system/info": (200, '{"coordinator_id": "rebuilding"}')}) as rebuilding:
+        code, out, err = dsdn(capsys, "status", "--url", f"{liar},{rebuilding}")
+        assert code == 1 and "dsdn status: 1 of 2 coordinators unreachable or failing:" in one_line(err)
+        assert "unexpected answer" in err and liar in out and "no (rebuilding)" in out  # every row printed
+    code, out, err = dsdn(capsys, "status", "--url", "")
+    assert (code, out) == (2, "") and one_line(err) == "dsdn status: --url: no URL given"
+    cluster_file = tmp_path / "cluster.json"
+    cluster_file.write_text(deep)
+    code, out, err = dsdn(capsys, "status", "--cluster", str(cluster_file))
+    assert (code, out) == (2, "") and "is not a cluster file" in one_line(err)
+
+
+def test_a_terminal_that_cannot_show_a_character_is_no_fault_of_the_coordinator() -> None:
+    """From a review: with an ASCII terminal, a character it cannot show (the CLI's own "…", a member's name) was
+    "unexpected answer from the coordinator: UnicodeEncodeError", exit 1."""
+    with lying_coordinator({"/system/info": (200, '{"coordinator_id": "c\\u00e4"}'),
+                            "/state/root": (200, '{"root": "' + "ab" * 32 + '", "events_applied": 1, "pending": 0}'),
+                            "/cluster/peers": (200, "[]"), "/ready": (200, '{"ready": true}')}) as url:
+        done = run_dsdn("status", "--url", url, env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert "c\\xe4" in done.stdout
+
+
+def test_ctrl_c_and_a_closed_stdin_are_one_line(tmp_path: Path) -> None:
+    """From a review: Ctrl-C while `dsdn receipt verify -` read stdin, and a closed stdin, were tracebacks; Ctrl-C
+    while `dsdn cluster up` made its keys (before its signal handlers were in place) a screen of ExceptionGroup.
+    The data folders it makes are for its user alone (they were 755, the databases in them readable by all)."""
+    waiting = subprocess.Popen([sys.executable, "-c", "from deploy.cli import main; main()", "receipt", "verify", "-",
+                                "--group-key", "00" * 32], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)  # (imports done: reading stdin)
+    waiting.send_signal(signal.SIGINT)
+    out, err = waiting.communicate(timeout=30)
+    assert (waiting.returncode, out) == (130, "") and one_line(err) == "dsdn receipt verify: interrupted"
+    done = subprocess.run(["bash", "-c", f'exec "{sys.executable}" -c "from deploy.cli import main; main()" receipt '
+                                         f'verify - --group-key {"00" * 32} <&-'], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and one_line(done.stderr) == "dsdn receipt verify: stdin is closed: no JSON to read"
+    data = tmp_path / "cluster"
+    up = subprocess.Popen([sys.executable, "-c", "from deploy.cli import main; main()", "cluster", "up", "-n", "4",
+                           "--base-port", str(free_port()), "--data-dir", str(data)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not data.exists() and time.monotonic() < deadline:  # inside trio.run: making its keys next
+        time.sleep(0.002)
+    up.send_signal(signal.SIGINT)
+    out, err = up.communicate(timeout=60)
+    assert up.returncode == 130 and "Traceback" not in err and "Traceback" not in out, err
+    assert data.stat().st_mode & 0o077 == 0
+    ident = tmp_path / "identity"
+    assert run_dsdn("identity", "--data-dir", str(ident)).returncode == 0
+    assert ident.stat().st_mode & 0o077 == 0

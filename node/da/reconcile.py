@@ -425,7 +425,8 @@ class Reconciler:
                          "members' fallback blobs: %d tried, %d adopted (%d still waiting)%s",
                          report.blobs_processed, report.blobs_reconciled, report.blobs_failed, report.duration_ms,
                          self.pending.pending_count, report.foreign_processed, report.blobs_adopted,
-                         self.pending.foreign_waiting, "; stopped: local storage failed" if self._storage_error is not None else
+                         self.pending.foreign_waiting,
+                         "; stopped: local storage failed" if self._storage_error is not None else
                          "; stopped: the primary failed" if report.aborted else "")
             return report
 
