@@ -20,6 +20,9 @@
    on it and lost it ("server disconnected without sending a response": a POST is not retried; a reviewer's
    reproduction). An error answer reads the rest of a small body for a moment first; otherwise the answer says
    ``Connection: close`` (``finish_body_or_close``).
+7. hypercorn hands the router the percent-decoded path: ``/node/n1%2Fstats`` was routed as ``/node/n1/stats`` (a
+   lookup of node ``n1/stats`` answered for ``n1``, and a POST stored stats for ``n1``: a reviewer's reproduction).
+   No id of ours holds a '/': a path with an encoded slash is a JSON 404 (``refuse_encoded_slashes``).
 """
 
 from __future__ import annotations
@@ -59,6 +62,22 @@ async def _refuse_websocket(scope: Scope, receive: Any, send: Any) -> None:
     await send({"type": "websocket.http.response.start", "status": 404,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "websocket.http.response.body", "body": body})
+
+
+def refuse_encoded_slashes(asgi_app: Any) -> Any:
+    async def wrapped(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and b"%2f" in scope.get("raw_path", b"").lower():
+            body = json.dumps({"error": "not_found", "message": "no route: a path parameter holding '/' (%2F) "
+                               "matches none"}).encode()
+            await send({"type": "http.response.start", "status": 404,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode()),
+                                    (b"connection", b"close")]})  # (its body, if any, is not read: see 6.)
+            await send({"type": "http.response.body", "body": body})
+            return
+        await asgi_app(scope, receive, send)
+
+    return wrapped
 
 
 def refuse_bad_host(asgi_app: Any) -> Any:
@@ -106,11 +125,12 @@ def shield_final_send(asgi_app: Any) -> Any:
 
 
 def quart_app(name: str) -> QuartTrio:
-    """A QuartTrio app with the six workarounds, before any route is added (a rule takes the map's slash
+    """A QuartTrio app with the seven workarounds, before any route is added (a rule takes the map's slash
     setting)."""
     app = QuartTrio(name)
     app.url_map.merge_slashes = False
-    app.asgi_app = refuse_websockets(refuse_bad_host(shield_final_send(app.asgi_app)))  # type: ignore[method-assign]
+    app.asgi_app = refuse_websockets(refuse_encoded_slashes(refuse_bad_host(  # type: ignore[method-assign]
+        shield_final_send(app.asgi_app))))
     app.make_default_options_response = _options  # type: ignore[method-assign]
     app.after_request(finish_body_or_close)
     return app

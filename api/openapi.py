@@ -207,6 +207,10 @@ _DESCRIPTIONS = {400: "Malformed JSON", 401: "Missing or wrong bearer token or s
                  503: "Not ready / DA unavailable"}
 
 
+LOOPBACK_HOST_ONLY = ("A Host header naming no loopback address, to a server on loopback without "
+                      "COORDINATOR_API_TOKEN (a web page's name re-pointed at 127.0.0.1)")
+
+
 def openapi_path(rule: str) -> str:
     return re.sub(r"<(?:[a-z]+:)?([A-Za-z_]+)>", r"{\1}", rule)
 
@@ -235,8 +239,13 @@ def _operation(method: str, rule: str, summary: str, request_schema: Schema | No
         op["requestBody"] = {"required": (method, rule) not in _REQUEST_OPTIONAL,
                              "content": {"application/json": {"schema": request_schema}}}
     guarded = method == "POST" and rule not in UNGUARDED_POSTS
-    for code in sorted({*errors, 403} if guarded else errors):  # 403: a browser's write for another origin
-        described = _DESCRIBED.get((method, rule, code), _DESCRIPTIONS[code])
+    # 403 on every route: a Host naming no loopback address, to a loopback server without a token (DNS rebinding:
+    # api/app.py's loopback_names_only); and a browser's write for another origin on a guarded one
+    for code in sorted({*errors, 403}):
+        described = (_DESCRIBED.get((method, rule, code), _DESCRIPTIONS[code]) if code != 403 or guarded else
+                     LOOPBACK_HOST_ONLY)
+        if code == 403 and guarded:
+            described += "; or " + LOOPBACK_HOST_ONLY[0].lower() + LOOPBACK_HOST_ONLY[1:]
         op["responses"][str(code)] = {"description": described, "content": {
             "application/json": {"schema": _ERROR_BODIES.get((method, rule, code), ERROR)}}}
     if guarded:

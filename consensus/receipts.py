@@ -40,6 +40,7 @@ from node.receipt_bytes import (  # the rules of receipt bytes live with the led
     check_int,
     parse,
     signed_by_node,
+    valid_signers,
 )
 
 __all__ = ["BATCH_DOMAIN", "MAX_RECEIPT_BYTES", "MAX_REWARD", "MAX_U63", "RECEIPT_VERSION", "TYPES", "USAGE_DOMAIN",
@@ -257,13 +258,6 @@ def document(receipt: Receipt, root: bytes, tree_size: int, index: int, path: li
     }
 
 
-def _signer_list(value: Any) -> bool:
-    """Whether ``value`` is what a final document names as its signers: distinct coordinator ids, at least one (the
-    field was never read: a document without it, or with ``42`` or ``[1, null]`` in it, was reported valid)."""
-    return (type(value) is list and bool(value) and len(set(map(repr, value))) == len(value)
-            and all(type(v) is str and ID.fullmatch(v) for v in value))
-
-
 def verify_document(doc: Any, group_public_key: bytes | None = None) -> tuple[bool, str]:
     """Offline verification: the receipt bytes match its fields and id, the node signed them, the Merkle path
     leads to the root, and the root carries a valid Ed25519 signature of the group key (``group_public_key``
@@ -288,7 +282,7 @@ def verify_document(doc: Any, group_public_key: bytes | None = None) -> tuple[bo
             return False, "epoch does not match receipt_bytes"
         if doc["status"] != "final":
             return False, f"status is {doc['status']!r}, not 'final'"
-        if not _signer_list(doc["signers"]):  # (not covered by the signature: a shape check, as a reader needs)
+        if not valid_signers(doc["signers"]):  # (not covered by the signature: a shape check, as a reader needs)
             return False, "signers is not a non-empty list of distinct coordinator ids"
         if not receipt.node_signature_valid():
             return False, "the node signature is invalid"

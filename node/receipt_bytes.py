@@ -33,6 +33,16 @@ SUBJECT = re.compile(r"^[A-Za-z0-9._:-]{1,256}$")
 Fields = tuple[str, str, bytes, str, int, bytes, "tuple[bytes, ...] | None", int, bytes, int]
 
 
+def valid_signers(names: Any) -> bool:
+    """Whether ``names`` is what a signed batch names as its signers: distinct coordinator ids, at least one. The
+    signature does not cover them: a batch whose signers are not such a list is refused where it comes in (an
+    announced batch, a batch event), so that every document served passes ``verify_document`` (a liar re-announcing
+    a signed batch with signers "c0,c0,c1" had it kept, served and republished by every member, each document
+    invalid: a regression review)."""
+    return (type(names) in (list, tuple) and bool(names) and len(set(map(repr, names))) == len(names)
+            and all(type(v) is str and ID.fullmatch(v) for v in names))
+
+
 class ReceiptError(ValueError):
     """A receipt whose fields are malformed; ``field`` names the first bad one."""
 

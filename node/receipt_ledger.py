@@ -31,7 +31,7 @@ import nacl.exceptions
 import nacl.signing
 
 from node import merkle
-from node.receipt_bytes import ReceiptError, batch_message, parse, signed_by_node
+from node.receipt_bytes import ReceiptError, batch_message, parse, signed_by_node, valid_signers
 
 Version = tuple[int, int, str, bytes]
 Rehash = Callable[[str, Any, "tuple[Version, Any] | None", Version, Any], None]
@@ -112,8 +112,10 @@ def parse_batch(fields: tuple[Any, ...]) -> Batch | None:
             or not all(type(w) is list and len(w) == 2 and type(w[0]) is bytes and type(w[1]) is bytes
                        and len(w[1]) == 64 for w in wires)):
         return None
-    return Batch(group_key, root, tree_size, signature, tuple(signers.split(",")),
-                 tuple((w[0], w[1]) for w in wires))
+    names = tuple(signers.split(","))
+    if not valid_signers(names):  # (see valid_signers: not covered by the signature)
+        return None
+    return Batch(group_key, root, tree_size, signature, names, tuple((w[0], w[1]) for w in wires))
 
 
 _VERSIONS = itertools.count(1)

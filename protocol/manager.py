@@ -668,18 +668,19 @@ _refuse_fragmented_messages()
 
 
 def _refuse_rejection_bodies() -> None:
-    """End a dial refused with an HTTP answer at the answer's first body bytes: no body is needed, and
-    trio-websocket (pinned ==0.12.2) kept the whole body, copying it for every chunk (``+=`` on bytes), and put it
+    """End a dial refused with an HTTP answer at the answer's status line and headers: its body is not needed, and
+    trio-websocket (pinned ==0.12.2) waited for all of it, copying it for every chunk (``+=`` on bytes), and put it
     in the exception's text: anything listening at a member's address (no key needed: before authentication) held
     a dialer at ~90% of a core with an endless body, and a 4 MiB one was kept and served as the link's last error
-    (a reviewer's reproduction). Idempotent; tests/test_peer_limits.py fails if the attributes used go away."""
+    (a reviewer's reproduction); a body announced and never sent held the dial for the handshake's timeout.
+    Idempotent; tests/test_peer_limits.py fails if the attributes used go away."""
     if getattr(WebSocketConnection, "_dsdn_refuses_reject_bodies", False):
         return
 
-    async def no_body(self: WebSocketConnection, event: Any) -> None:
-        raise ConnectionRejected(self._reject_status, self._reject_headers, body=None)
+    async def rejected(self: WebSocketConnection, event: Any) -> None:
+        raise ConnectionRejected(event.status_code, tuple(event.headers), body=None)
 
-    WebSocketConnection._handle_reject_data_event = no_body  # type: ignore[method-assign]
+    WebSocketConnection._handle_reject_connection_event = rejected  # type: ignore[method-assign]
     WebSocketConnection._dsdn_refuses_reject_bodies = True  # type: ignore[attr-defined]
 
 

@@ -848,11 +848,12 @@ def test_ctrl_c_and_a_closed_stdin_are_one_line(tmp_path: Path) -> None:
                            "--base-port", str(free_port()), "--data-dir", str(data)],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
-    while not data.exists() and time.monotonic() < deadline:  # inside trio.run: making its keys next
+    while not list(data.glob("coordinator-*")) and time.monotonic() < deadline:  # in trio.run, making its keys
         time.sleep(0.002)
     up.send_signal(signal.SIGINT)
     out, err = up.communicate(timeout=60)
-    assert up.returncode == 130 and "Traceback" not in err and "Traceback" not in out, err
+    # 130: interrupted before its signal handlers were in place; 0: stopped by them (a Ctrl-C once it runs)
+    assert up.returncode in (0, 130) and "Traceback" not in err and "Traceback" not in out, err
     assert data.stat().st_mode & 0o077 == 0
     ident = tmp_path / "identity"
     assert run_dsdn("identity", "--data-dir", str(ident)).returncode == 0

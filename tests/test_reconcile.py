@@ -898,3 +898,25 @@ async def test_blobs_that_landed_while_the_disk_is_full_are_posted_once_and_reco
     assert set(posted.values()) == {1}  # the rest posted once, the landed ones recorded without a second post
     assert stack.machine.status is Status.HEALTHY
     await stack.aclose()
+
+
+async def test_a_pass_whose_pending_blobs_cannot_be_read_says_so_in_one_line(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A failing disk under the pages a pass reads: an exception group out of the pass's nursery, logged as a
+    traceback at every health interval (a regression review). It ends the pass as local storage failing."""
+    stack = make_stack(tmp_path, MockDA(name=PRIMARY))
+    await fill(stack, [b"on the fallback"])
+
+    async def failing(*args: Any) -> Any:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    stack.pending.pending_keys = failing  # type: ignore[method-assign]
+    stack.machine.status = Status.RECOVERING
+    await stack.check_once()
+    report = stack.reconciler.last_report
+    assert report is not None and report.aborted and "local storage failed: disk I/O error" in report.errors[0]
+    assert not [r for r in caplog.records if r.exc_info]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        "reconciliation paused: local storage failed: disk I/O error; 0 blob(s) on the primary wait to be recorded, "
+        "nothing is posted until they are"]
+    await stack.aclose()

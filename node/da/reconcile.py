@@ -362,7 +362,6 @@ class Reconciler:
         async with self._lock:
             started = time.perf_counter()
             report = self._report = Report()
-            after: PageKey | None = None
             self._stop_on_fallback = stop_on_fallback
             self._failed_in_row = 0
             self._confirmed, self._missed, self._missed_own = 0, [], 0
@@ -374,20 +373,10 @@ class Reconciler:
             with trio.move_on_after(deadline_s if deadline_s is not None else math.inf) as deadline:
                 async with trio.open_nursery() as nursery:  # the submits in flight (a primary that takes several)
                     self._submits = nursery
-                    while True:
-                        if self._should_stop():
-                            report.aborted = True
-                            break
-                        keys = await self.pending.pending_keys(after, self._page_size)
-                        if not keys:
-                            break
-                        after = keys[-1]
-                        ids = [k.blob_id for k in keys if not self._skipped(k.blob_id, self._rejected)]
-                        for part in await self._by_size(ids, foreign=False):
-                            batch = [b for b in await self.pending.load(part) if b.primary_ref is None]
-                            await self._run_batch(batch, report, foreign=False)
-                    if not report.aborted:
-                        await self._adopt(report)
+                    try:
+                        await self._pages(report)
+                    except sqlite3.Error as exc:  # reading the pending blobs (here: out of the nursery, it was an
+                        self._storage_error = str(exc)  # exception group, logged as a traceback: a regression review)
                 self._submits = None  # (every submit of the pass done: what they proved is known)
                 report.aborted = report.aborted or self._failed_in_row >= self.machine.failure_threshold
                 # the probe proves blobs held before this pass only: a pass that missed blobs of ours counts as below
@@ -429,6 +418,23 @@ class Reconciler:
                          "; stopped: local storage failed" if self._storage_error is not None else
                          "; stopped: the primary failed" if report.aborted else "")
             return report
+
+    async def _pages(self, report: Report) -> None:
+        """Our pending blobs, page by page, then other members' that are due."""
+        after: PageKey | None = None
+        while True:
+            if self._should_stop():
+                report.aborted = True
+                return
+            keys = await self.pending.pending_keys(after, self._page_size)
+            if not keys:
+                break
+            after = keys[-1]
+            ids = [k.blob_id for k in keys if not self._skipped(k.blob_id, self._rejected)]
+            for part in await self._by_size(ids, foreign=False):
+                batch = [b for b in await self.pending.load(part) if b.primary_ref is None]
+                await self._run_batch(batch, report, foreign=False)
+        await self._adopt(report)
 
     def _ended(self, report: Report, started: float) -> Report:
         report.success = report.blobs_failed == 0 and not report.aborted
@@ -613,7 +619,7 @@ class Reconciler:
                 back = await self._read_back(submitter, refs, datas)
             except DAError as exc:
                 error = str(exc)
-                await self._marked(mark_failed, ids, error)
+                marked = await self._marked(mark_failed, ids, error)
                 if isinstance(exc, DAUnavailable):  # no answer: held back, not posted again (and paid) this pass
                     self._primary_failed(error, write=False)
                     self._hold(ids, foreign, error, max(r.height for r in refs), answered=False)
@@ -621,7 +627,7 @@ class Reconciler:
                     missed = False
                     break
                 missed = True  # answered: not found, say
-                if await self._missed_some(ids, report):
+                if not marked or await self._missed_some(ids, report):  # (no paid probe while storage fails)
                     break
                 continue
             done = [(b.blob_id, ref) for b, ref, ok in zip(todo, refs, back, strict=True) if ok]
@@ -752,13 +758,13 @@ class Reconciler:
                 back = await primary.get(ref)
             except DAError as exc:
                 error, missed = str(exc), not isinstance(exc, DAUnavailable)  # answered: not found, say
-                await self._marked(mark_failed, blob.blob_id, error)
+                marked = await self._marked(mark_failed, blob.blob_id, error)
                 if not missed:  # no answer: held back, not posted again (and paid) this pass
                     self._primary_failed(error, write=False)
                     self._hold([blob.blob_id], foreign, error, ref.height, answered=False)
                     error += f" (held back from automatic passes for {self._hold_s(blob.blob_id):.0f} s)"
                     break
-                if await self._missed_some([blob.blob_id], report):
+                if not marked or await self._missed_some([blob.blob_id], report):
                     break
                 continue
             if back != blob.data:

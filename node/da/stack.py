@@ -273,8 +273,6 @@ class DAStack:
         try:
             with contextlib.suppress(AlreadyRunning):  # a manual pass (POST /fallback/reconcile) is running
                 await self.reconciler.run_pass(stop_on_fallback=True)
-        except sqlite3.Error as exc:  # (reading the pending blobs: no traceback for a disk that fails)
-            log.warning("reconciliation pass failed: local storage: %s", exc)
         except Exception:  # a broken pass must not take the health monitor (and the coordinator) down
             log.exception("reconciliation pass failed")
         finally:
