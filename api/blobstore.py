@@ -31,9 +31,14 @@ application/octet-stream`` → 200 ``{"position", "hash", "signature", "validato
     log order after ``after``, at most ``limit`` and about 8 MiB of data (always at least one). ``head`` is
     the newest position in the whole log; ``cursor`` is where to continue: the last item returned, or
     ``head`` when the page reached the end (so a follower of one namespace skips the others' blobs).
+    ``after_hash`` and ``cursor_hash`` (64 hex, or null where no blob is) are the hashes of the blobs at ``after``
+    and at ``cursor``: a follower checks that its cursor still names the blob it read there (a store restored from
+    a backup keeps its key and log id, and gives the positions past the backup's head to other blobs: a follower
+    read on from its cursor and skipped them, a reviewer's reproduction).
     ``wait_ms`` makes it a long poll: with nothing (of that namespace) after ``after``, the answer waits up to
     that long for a blob to be stored, so a follower learns of a new blob at once and an idle one asks once per
-    wait instead of polling; the store's shutdown answers waiting polls at once (an empty page).
+    wait instead of polling (not past the head: that log is another one, told at once); the store's shutdown
+    answers waiting polls at once (an empty page).
 ``GET /quorum/v1/health`` → 200 ``{"ok": true, "head", "public_key", "log_id"}``.
 Both reads of blobs answer 503 ``{"error": "busy"}`` with ``Retry-After: 1`` while more than 160 MiB of answers
 are still being sent (clients slow to read them), or 64 MiB to the asking client's address, and 503
@@ -142,6 +147,8 @@ class LogPage:
     head: int
     cursor: int
     at_head: bool
+    after_hash: bytes | None = None  # the hash of the blob at ``after`` (None: none there), and at ``cursor``: a
+    cursor_hash: bytes | None = None  # follower checks its cursor still names the blob it read there
 
 
 class BlobStore:
@@ -168,6 +175,7 @@ class BlobStore:
         self.appended = 0  # blobs stored since start: a long poll waits for this to move
         self.sending = 0  # bytes of answers under /quorum/v1 read and not yet sent (count_answers)
         self.unproven = 0  # bytes of write bodies being read before their signature can be checked
+        self.declared: set[tuple[bytes, bytes]] = set()  # (namespace, declared hash) of the signed bodies being read
         self.sending_to: dict[str, int] = {}  # the same by client address
         self._append_event = trio.Event()  # set (and replaced) at each new blob and at stop_waiting
         self.stopping = False
@@ -266,12 +274,17 @@ class BlobStore:
                     items.append(_checked(row))
                     size += len(row[3])
                 head = int(self._db.execute("SELECT MAX(position) FROM blobs").fetchone()[0] or 0)
+                cursor = items[-1].position if full or len(items) == limit else max(after, head)
+                after_hash, cursor_hash = (self._hash_at(after), self._hash_at(cursor))
             finally:
                 self._db.execute("COMMIT")
-            cursor = items[-1].position if full or len(items) == limit else max(after, head)
-            return LogPage(items, head, cursor, cursor >= head)
+            return LogPage(items, head, cursor, cursor >= head, after_hash, cursor_hash)
 
         return await self._db_call(read)
+
+    def _hash_at(self, position: int) -> bytes | None:
+        row = self._db.execute("SELECT hash FROM blobs WHERE position = ?", (position,)).fetchone()
+        return None if row is None else bytes(row[0])
 
     async def head(self) -> int:
         def read() -> int:
@@ -293,6 +306,10 @@ class Reject(Exception):
 
 class DamagedBlob(sqlite3.DatabaseError):
     """A stored blob whose bytes no longer hash to its hash (bit rot, a hand edit): never served, nor signed."""
+
+
+def _hex_or_none(value: bytes | None) -> str | None:
+    return None if value is None else value.hex()
 
 
 def _checked(row: tuple[Any, ...]) -> Record:
@@ -409,6 +426,36 @@ def _check_signature(key: bytes, signature: bytes, namespace: bytes, blob_hash: 
         raise Reject(401, "unauthorized", "the writer signature does not verify") from None
 
 
+def _stored_answer(store: BlobStore, namespace: bytes, position: int, blob_hash: bytes, duplicate: bool) -> Response:
+    return _json({"position": position, "hash": blob_hash.hex(), "signature": store.sign(namespace, blob_hash).hex(),
+                  "validator": store.public_key.hex(), "duplicate": duplicate})
+
+
+async def _stored_copy(store: BlobStore, namespace: bytes, blob_hash: bytes) -> Record | None:
+    """The intact copy held of the blob a signed write declares (None: none, or a damaged one, which the write's
+    body repairs): its body need not be read."""
+    try:
+        return await store.by_hash(blob_hash, namespace)
+    except DamagedBlob:
+        return None
+
+
+async def _declared_body(store: BlobStore, namespace: bytes, blob_hash: bytes) -> bytes:
+    """The body of a signed write that declared its hash: one at a time per (namespace, hash), 503 (Retry-After)
+    for another meanwhile. The signature covers the hash only, so one header set, seen once (every validator gets
+    it with each write), could be replayed with any body: stalled uploads so held memory without a bound, the
+    budget of unproven bodies bypassed (a reviewer's reproduction: 40 uploads of 2 MiB, 82 MiB held). Now an
+    attacker holds one body per signed write it saw, and one already stored is answered without reading any."""
+    key = (namespace, blob_hash)
+    if key in store.declared:
+        raise Reject(503, "busy", "this blob is being written already: try again shortly", {"Retry-After": "1"})
+    store.declared.add(key)
+    try:
+        return await request.get_data(cache=False, as_text=False)
+    finally:
+        store.declared.discard(key)
+
+
 async def _unproven_body(store: BlobStore) -> bytes:
     """The body of a write whose signature can be checked only once it is read: counted in ``store.unproven``
     while it is, refused (503, Retry-After) past ``UNPROVEN_LIMIT_BYTES``."""
@@ -475,6 +522,11 @@ def register_blobstore_routes(app: QuartTrio, store: BlobStore) -> None:
         writer = _listed_writer(store.writers, namespace) if store.writers is not None else None
         if writer is not None and writer[2] is None:
             data = await _unproven_body(store)
+        elif writer is not None and writer[2] is not None:
+            known = await _stored_copy(store, namespace, writer[2])
+            if known is not None:
+                return _stored_answer(store, namespace, known.position, known.blob_hash, True)
+            data = await _declared_body(store, namespace, writer[2])
         else:
             data = await request.get_data(cache=False, as_text=False)
         if len(data) > store.max_body_bytes:
@@ -488,9 +540,7 @@ def register_blobstore_routes(app: QuartTrio, store: BlobStore) -> None:
             elif hashlib.sha256(data).digest() != declared:
                 raise Reject(422, "invalid_request", f"the body does not hash to its {BLOB_HASH_HEADER}")
         stored = await store.put(namespace, data)
-        return _json({"position": stored.position, "hash": stored.blob_hash.hex(),
-                      "signature": store.sign(namespace, stored.blob_hash).hex(),
-                      "validator": store.public_key.hex(), "duplicate": stored.duplicate})
+        return _stored_answer(store, namespace, stored.position, stored.blob_hash, stored.duplicate)
 
     @bp.get("/blobs/<blob_hash>")
     async def get_blob(blob_hash: str) -> Response:
@@ -513,8 +563,8 @@ def register_blobstore_routes(app: QuartTrio, store: BlobStore) -> None:
         seen = store.appended  # before the read: a blob stored during it ends the wait at once
         page = await store.log(after, limit, namespace)
         if wait_ms and not page.items:
-            with trio.move_on_after(wait_ms / 1000):
-                while not page.items and not store.stopping:
+            with trio.move_on_after(wait_ms / 1000):  # (not past the head: a replaced log, told at once)
+                while not page.items and not store.stopping and after <= page.head:
                     await store.wait_appended(seen)
                     seen = store.appended
                     page = await store.log(after, limit, namespace)
@@ -522,7 +572,8 @@ def register_blobstore_routes(app: QuartTrio, store: BlobStore) -> None:
         items = [{"position": r.position, "hash": r.blob_hash.hex(), "namespace": r.namespace.hex(),
                   "data": base64.b64encode(r.data).decode()} for r in page.items]
         return _json({"items": items, "head": page.head, "cursor": page.cursor, "at_head": page.at_head,
-                      "public_key": store.public_key.hex(), "log_id": store.log_id.hex()})
+                      "public_key": store.public_key.hex(), "log_id": store.log_id.hex(),
+                      "after_hash": _hex_or_none(page.after_hash), "cursor_hash": _hex_or_none(page.cursor_hash)})
 
     @bp.get("/health")
     async def health() -> Response:

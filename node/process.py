@@ -132,6 +132,8 @@ def cut_stalled_sends_at_stop() -> None:
                     await self.stream.send_all(event.data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     closed = True
+                except trio.BusyResourceError:  # hypercorn closing the connection meanwhile (its send_eof, outside
+                    closed = True  # the send lock): an ERROR traceback for each early answer to a client gone
                 finally:
                     sends.discard(scope)
             if scope.cancelled_caught:

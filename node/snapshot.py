@@ -108,7 +108,7 @@ def decode(data: bytes | mmap.mmap) -> Snapshot:
                 raise ValueError("snapshot damaged: its CRC-32 does not match its contents")
         try:
             cursors = {str(k): _int(v) for k, v in obj["cursors"].items()}
-            logs = {str(k): {"key": _hex(v["key"]), "log_id": _hex(v["log_id"])}
+            logs = {str(k): {"key": _hex(v["key"]), "log_id": _hex(v["log_id"]), "at": _hex(v.get("at", ""))}
                     for k, v in obj.get("logs", {}).items()}
             basis = obj["basis"]
             if type(basis) is not str:

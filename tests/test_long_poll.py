@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 from functools import partial
 from pathlib import Path
@@ -59,9 +60,11 @@ async def test_a_waiting_log_read_with_nothing_new_answers_an_empty_page_after_i
         start = time.monotonic()
         r = await http.get("/quorum/v1/log", params={"after": 1, "namespace": NS.hex(), "wait_ms": 400})
         took = time.monotonic() - start
+        old = hashlib.sha256(b"old").hexdigest()  # the blob at the cursor named (a follower checks it)
         assert r.status_code == 200 and r.json() == {"items": [], "head": 1, "cursor": 1, "at_head": True,
                                                      "public_key": server.store.public_key.hex(),
-                                                     "log_id": server.store.log_id.hex()}
+                                                     "log_id": server.store.log_id.hex(), "after_hash": old,
+                                                     "cursor_hash": old}
         assert 0.4 <= took < 3
         start = time.monotonic()  # something already after the cursor: no wait at all
         r = await http.get("/quorum/v1/log", params={"after": 0, "namespace": NS.hex(), "wait_ms": 20_000})

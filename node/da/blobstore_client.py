@@ -124,18 +124,21 @@ class BlobStoreDA:
         # a compressed answer is refused unread (``_call``)
         self._http = httpx.AsyncClient(timeout=timeout_s, trust_env=False, headers={"Accept-Encoding": "identity"})
         self._restarted_at: float | None = None  # trio time we last read its log again from the start
+        self._mark: tuple[int, bytes] | None = None  # the latest page's cursor and the hash of the blob there
         self._log_key: bytes | None = None  # the key the store's log answers named last (its log's identity)
         self._log_id: bytes | None = None  # the log id they named last (the same, for a store keeping its key)
         self._unverified = False  # a cursor resumed with no record of the log it counts in (see resume_log)
 
     @property
     def log_identity(self) -> dict[str, str] | None:
-        """The log our reads follow, as its answers named it (key, log id: hex; "" for one not named), None before
-        any did. A snapshot keeps it beside the cursor, which counts positions in that log (``resume_log``)."""
+        """The log our reads follow, as its answers named it (key, log id: hex; "" for one not named), and the hash
+        of the blob at the latest page's cursor ("at"; "" if none), None before any did. A snapshot keeps it beside
+        the cursor, which counts positions in that log (``resume_log``)."""
         if self._log_key is None and self._log_id is None:
             return None
         return {"key": self._log_key.hex() if self._log_key else "",
-                "log_id": self._log_id.hex() if self._log_id else ""}
+                "log_id": self._log_id.hex() if self._log_id else "",
+                "at": self._mark[1].hex() if self._mark is not None else ""}
 
     def resume_log(self, identity: Mapping[str, str] | None, cursor: int) -> None:
         """Go on reading at ``cursor`` of the log ``identity`` names (a restored snapshot's): the first read then
@@ -146,6 +149,7 @@ class BlobStoreDA:
         identity = identity or {}
         self._log_key = bytes.fromhex(identity["key"]) if identity.get("key") else None
         self._log_id = bytes.fromhex(identity["log_id"]) if identity.get("log_id") else None
+        self._mark = (cursor, bytes.fromhex(identity["at"])) if identity.get("at") else None
         self._unverified = cursor > 0 and self._log_key is None and self._log_id is None
 
     @property
@@ -188,9 +192,13 @@ class BlobStoreDA:
         log_key = _hex(body.get("public_key"), KEY_LEN)  # names the log (absent from an older store's answers)
         log_id = _hex(body.get("log_id"), LOG_ID_LEN)  # so does its log id (a store's database lost, its key kept)
         known = self._log_key or self._key
+        # and the blob at our cursor is still the one we read there (a store restored from a backup keeps both
+        # names, and its positions past the backup's head name other blobs: read on, they were skipped)
+        moved = (self._mark is not None and self._mark[0] == cursor and "after_hash" in body
+                 and _hex(body["after_hash"], HASH_LEN) != self._mark[1])
         another_log = ((log_key is not None and known is not None and log_key != known)
                        or (log_id is not None and self._log_id is not None and log_id != self._log_id)
-                       or self._unverified)
+                       or self._unverified or moved)
         if ((_is_int(head) and head < cursor) or another_log) and cursor > 0:
             # The store's log is another one: it restarted (lost its disk, a new store at the same URL). Its
             # positions start again at 1, and reading on from our cursor skipped every blob it takes now, whether
@@ -201,6 +209,7 @@ class BlobStoreDA:
             if self._restarted_at is not None and now - self._restarted_at < RESTART_QUIET_S:
                 raise DAError(f"{self.name}: the store's log changed under our cursor {cursor} again")
             why = ("no record of the log our cursor counts in (a snapshot of an earlier version)" if self._unverified
+                   else f"the blob at our cursor {cursor} is another one (restored from a backup?)" if moved
                    else f"it names another log (key {log_key.hex()[:16]}…, log id {log_id.hex() if log_id else '-'})"
                    if another_log and log_key is not None else f"its head {head} is behind our cursor {cursor}")
             log.warning("%s: the store's log is another one (%s; the store was rebuilt?): reading it from the "
@@ -227,6 +236,8 @@ class BlobStoreDA:
             last = position
         if page_cursor < last:
             raise self._malformed("log cursor")
+        cursor_hash = _hex(body.get("cursor_hash"), HASH_LEN)
+        self._mark = None if cursor_hash is None else (page_cursor, cursor_hash)
         return Page(items, page_cursor, at_head, self.log_identity)
 
     async def head(self) -> int:
