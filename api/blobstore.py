@@ -105,6 +105,8 @@ LOG_PAGE_BYTES = 8 * 1024 * 1024
 #: client address may hold only part of it (a few such sockets shut every reader out, not only their own)
 SENDING_LIMIT_BYTES = 160 * 1024 * 1024
 UNPROVEN_LIMIT_BYTES = 32 * 1024 * 1024  # bodies being read before their writer's signature can be checked
+MIN_BODY_RATE = 256 * 1024  # bytes a second a signed write's body must come at (after BODY_GRACE_S), else 408
+BODY_GRACE_S = 2.0
 CLIENT_SENDING_LIMIT_BYTES = 64 * 1024 * 1024  # (a follower reads a page, ~11 MiB in base64, at a time; the
 #                                               members of a local cluster all read from 127.0.0.1)
 DB_FILE = "blobs.sqlite3"
@@ -175,7 +177,6 @@ class BlobStore:
         self.appended = 0  # blobs stored since start: a long poll waits for this to move
         self.sending = 0  # bytes of answers under /quorum/v1 read and not yet sent (count_answers)
         self.unproven = 0  # bytes of write bodies being read before their signature can be checked
-        self.declared: set[tuple[bytes, bytes]] = set()  # (namespace, declared hash) of the signed bodies being read
         self.sending_to: dict[str, int] = {}  # the same by client address
         self._append_event = trio.Event()  # set (and replaced) at each new blob and at stop_waiting
         self.stopping = False
@@ -440,20 +441,17 @@ async def _stored_copy(store: BlobStore, namespace: bytes, blob_hash: bytes) -> 
         return None
 
 
-async def _declared_body(store: BlobStore, namespace: bytes, blob_hash: bytes) -> bytes:
-    """The body of a signed write that declared its hash: one at a time per (namespace, hash), 503 (Retry-After)
-    for another meanwhile. The signature covers the hash only, so one header set, seen once (every validator gets
-    it with each write), could be replayed with any body: stalled uploads so held memory without a bound, the
-    budget of unproven bodies bypassed (a reviewer's reproduction: 40 uploads of 2 MiB, 82 MiB held). Now an
-    attacker holds one body per signed write it saw, and one already stored is answered without reading any."""
-    key = (namespace, blob_hash)
-    if key in store.declared:
-        raise Reject(503, "busy", "this blob is being written already: try again shortly", {"Retry-After": "1"})
-    store.declared.add(key)
-    try:
+async def _declared_body(store: BlobStore) -> bytes:
+    """The body of a signed write that declared its hash, read at ``MIN_BODY_RATE`` at least (after a grace of
+    ``BODY_GRACE_S``), else 408. The signature covers the hash only, so one header set, seen once (every validator
+    gets it with each write), could be replayed with any body: stalled uploads held memory without a bound, the
+    budget of unproven bodies bypassed (a reviewer's reproduction: 40 uploads of 2 MiB, 82 MiB held). Now holding
+    memory costs sending it, as any upload does; and one already stored is answered without reading any. (One at a
+    time per hash let a replayer holding that slot refuse the writer's own post: a regression review.)"""
+    size = request.content_length if request.content_length is not None else store.max_body_bytes
+    with trio.move_on_after(BODY_GRACE_S + size / MIN_BODY_RATE):
         return await request.get_data(cache=False, as_text=False)
-    finally:
-        store.declared.discard(key)
+    raise Reject(408, "request_timeout", f"the body did not come at {MIN_BODY_RATE >> 10} KiB/s")
 
 
 async def _unproven_body(store: BlobStore) -> bytes:
@@ -526,7 +524,7 @@ def register_blobstore_routes(app: QuartTrio, store: BlobStore) -> None:
             known = await _stored_copy(store, namespace, writer[2])
             if known is not None:
                 return _stored_answer(store, namespace, known.position, known.blob_hash, True)
-            data = await _declared_body(store, namespace, writer[2])
+            data = await _declared_body(store)
         else:
             data = await request.get_data(cache=False, as_text=False)
         if len(data) > store.max_body_bytes:

@@ -21,7 +21,9 @@ reproductions). So an older format is refused and the state rebuilt from DA; ``F
 change either way. A coordinator that knows only older formats refuses a newer one and rebuilds from DA too. Format 8
 adds ``basis``: the member list and primary log the state was read under (format 7 had none: a member added to the
 configuration had its earlier blobs, passed by as an unknown signer's, never read after a restart, and its state root
-differed from a rebuild's for good; a reviewer's reproduction).
+differed from a rebuild's for good; a reviewer's reproduction). Format 9: a receipt batch whose signers are not
+distinct coordinator ids is refused (format 8 kept one; a regression review), and a blob store log's identity
+names the blob at its cursor (``at``).
 ``save`` never holds the event loop for long: see there.
 """
 
@@ -43,7 +45,7 @@ from node.state import LAYOUT, State
 
 FILE = "snapshot.msgpack"
 WRITE_BATCH = 4 << 20  # encoded bytes handed to the writing thread at a time
-FORMAT = 8  # raise it whenever the rules for accepting events or receipt batches change (see above)
+FORMAT = 9  # raise it whenever the rules for accepting events or receipt batches change (see above)
 TAIL = msgpack.packb("crc") + b"\xce"  # the last entry's key and its value's header (uint 32): the CRC follows
 
 

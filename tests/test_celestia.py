@@ -375,7 +375,67 @@ async def test_the_read_back_waits_for_a_node_a_block_behind(nursery: trio.Nurse
     fake = await FakeServer(respond).start(nursery)
     async with make_client(fake.url, retry_delay_s=0.01) as da:
         assert (await da.post(b"hello")).height == 5
-    assert calls == ["blob.Submit", "blob.Get", "blob.Get"]
+    assert calls == ["blob.Submit", "blob.Get", "header.WaitForHeight", "blob.Get"]
+
+
+def lagging_node(local_head: list[int]) -> tuple[list[str], Callable[[httpx.Request], httpx.Response]]:
+    """A node whose chain is at 100 and whose headers are at ``local_head[0]`` until something waits for height 100
+    (``header.WaitForHeight``): celestia-node's header service answers "syncing in progress" for a height past its
+    local head + 1 (nodebuilder/header/service.go). Returns the methods called, and the handler."""
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        req = json.loads(request.content)
+        method, params = req["method"], req["params"]
+        calls.append(method)
+
+        def answer(**kw: Any) -> httpx.Response:
+            return httpx.Response(200, json={"jsonrpc": "2.0", "id": req["id"], **kw})
+
+        if method == "blob.Submit":
+            return answer(result=100)
+        if method == "header.WaitForHeight":
+            local_head[0] = max(local_head[0], params[0])
+            return answer(result={"header": {"height": str(params[0]), "time": "2030-01-01T00:00:00Z"}})
+        if params[0] > local_head[0] + 1:
+            return answer(error={"code": 1, "message": f"header: syncing in progress: localHeadHeight: "
+                                                       f"{local_head[0]}, requestedHeight: {params[0]}"})
+        if method == "blob.Get":
+            return answer(result={**blob_obj(NS, b"hello"), "index": 0})
+        return answer(result=[{**blob_obj(NS, b"hello"), "index": 0}])  # blob.GetAll
+
+    return calls, handler
+
+
+async def test_a_node_whose_headers_lag_is_waited_for_not_paid_again() -> None:
+    """celestia-node answers "syncing in progress" for a height past its local head + 1: a node whose headers lag the
+    chain by two blocks failed the post's read-back (the write went to a fallback, and reconciliation paid for the
+    blob again) and reconciliation's (an answered miss: posted again at every attempt). Both wait for the height."""
+    calls, handler = lagging_node([97])
+    da = scripted_client(handler, retry_delay_s=0.001)
+    assert (await da.post(b"hello")).height == 100
+    assert calls.count("blob.Submit") == 1 and "header.WaitForHeight" in calls
+    await da.aclose()
+    calls, handler = lagging_node([97])
+    da = scripted_client(handler, retry_delay_s=0.001)
+    ref = BlobRef(da.name, 100, blob_commitment(NS, b"hello"))
+    assert await da.included([ref], [b"hello"]) == [True]
+    assert calls == ["blob.GetAll", "header.WaitForHeight", "blob.GetAll"]
+    await da.aclose()
+
+    _, lagging = lagging_node([97])
+
+    def never_catching_up(request: httpx.Request) -> httpx.Response:  # (a gateway refusing WaitForHeight)
+        req = json.loads(request.content)
+        if req["method"] == "header.WaitForHeight":
+            return httpx.Response(200, json={"jsonrpc": "2.0", "id": req["id"], "error": {
+                "code": -32601, "message": "method 'header.WaitForHeight' not found"}})
+        return lagging(request)
+
+    da = scripted_client(never_catching_up, retry_delay_s=0.001)
+    with pytest.raises(DAUnavailable, match="not caught up with height 100"):  # reconciliation holds it back
+        await da.included([ref], [b"hello"])
+    await da.aclose()
 
 
 async def test_commitment_is_verified_on_read(nursery: trio.Nursery) -> None:
@@ -449,12 +509,28 @@ async def test_every_httpx_error_and_a_non_json_body_is_a_da_error() -> None:
         assert not isinstance(info.value, DATimeout)
         assert da.retries == (2 if isinstance(exc, httpx.TransportError) else 0), exc
         await da.aclose()
-    # a transport-like failure is retried
+    # a transport-like failure is retried, but a blob.Submit the node may have got is not (each one is paid: a
+    # Submit retried after a timeout or a 502 landed three times, a reviewer's reproduction); one never sent is
+    for exc, retried in ((httpx.ReadError("reset"), 0), (httpx.ReadTimeout("slow"), 0), (httpx.ConnectError("no"), 2),
+                         (httpx.ConnectTimeout("no"), 2)):
+        da = scripted_client(raising(exc), retry_count=2, retry_delay_s=0.001)
+        with pytest.raises(DAUnavailable, match=type(exc).__name__) as raised:
+            await da.post(b"x")
+        assert da.retries == retried, exc
+        assert ("not sent again" in str(raised.value)) == (retried == 0)
+        await da.aclose()
     da = scripted_client(raising(httpx.ReadError("reset")), retry_count=2, retry_delay_s=0.001)
     with pytest.raises(DAUnavailable, match="ReadError"):
-        await da.post(b"x")
+        await da.head()  # a read is retried
     assert da.retries == 2
     await da.aclose()
+    for status, retried in ((502, 0), (504, 0), (500, 0), (503, 2)):  # a 503: not taken
+        da = scripted_client(lambda request, s=status: httpx.Response(s, text="gateway"), retry_count=2,
+                             retry_delay_s=0.001)
+        with pytest.raises(DAUnavailable, match=f"HTTP {status}"):
+            await da.post(b"x")
+        assert da.retries == retried, status
+        await da.aclose()
     # a body that is not JSON (a proxy's page, a body that does not decode) is "unavailable", not a crash
     for response in (httpx.Response(200, text="<html>hello</html>"), httpx.Response(404, text="nope"),
                      httpx.Response(200, content=b"\xff\xfe{", headers={"Content-Type": "application/json"})):
@@ -528,9 +604,11 @@ async def test_silent_peer_times_out(nursery: trio.Nursery) -> None:
     da = make_client(fake.url, timeout_s=0.2, retry_count=1, retry_delay_s=0.01)
     start = trio.current_time()
     with pytest.raises(DATimeout, match="after 1 retries"):
-        await da.post(b"x")
+        await da.head()
     assert da.retries == 1 and trio.current_time() - start >= 0.4
-    assert fake.connections == 3
+    with pytest.raises(DATimeout, match="not sent again"):  # a Submit the node may have taken: paid for once
+        await da.post(b"x")
+    assert da.retries == 1 and fake.connections == 4
 
 
 async def test_retries_until_the_node_comes_back(devnet: str, nursery: trio.Nursery) -> None:
@@ -671,6 +749,20 @@ async def test_gas_price_option_follows_celestia_node_txconfig(nursery: trio.Nur
 
 
 # ---- pruned heights (issue 8 §4.1) and the health check (§4.2) ----------------------------------------------------
+
+
+def test_real_node_refusals_are_mapped_by_what_they_say() -> None:
+    """celestia-node refuses a blob's size while decoding the params (go-jsonrpc: -32700, "blob data must be > 0 &&
+    <= N, but it was M bytes"): a protocol error, so a primary's failure, and posted again at every pass; and the
+    chain's "signature verification failed ...: unauthorized" (an account sequence) read as a bad DA_AUTH_TOKEN."""
+    too_large = ("unmarshaling params for 'blob.Submit' (param: *[]*blob.Blob): blob data must be > 0 && <= 1974272, "
+                 "but it was 1992294 bytes")
+    assert isinstance(map_rpc_error(-32700, too_large, "blob.Submit"), BlobTooLarge)
+    chain = ("signature verification failed; please verify account number (12), sequence (5) and chain-id (mocha-4): "
+             "unauthorized")
+    assert type(map_rpc_error(1, chain, "blob.Submit")) is DARPCError
+    assert isinstance(map_rpc_error(1, "missing permission to invoke 'blob.Submit' (need 'write')", "blob.Submit"),
+                      DAUnauthorized)
 
 
 def test_an_error_code_of_any_json_type_is_mapped_not_raised() -> None:

@@ -227,10 +227,10 @@ async def test_reconciliation_through_the_devnet_posts_many_blobs_per_submit(dev
     submits = 0
     call = primary.call
 
-    async def counting(method: str, params: Sequence[Any]) -> Any:
+    async def counting(method: str, params: Sequence[Any], **kw: Any) -> Any:
         nonlocal submits
         submits += method == "blob.Submit"
-        return await call(method, params)
+        return await call(method, params, **kw)
 
     primary.call = counting  # type: ignore[method-assign]
     report = await stack.reconciler.run_pass()
@@ -259,11 +259,11 @@ async def test_post_many_checks_the_total_before_any_io_and_included_reads_a_hei
         reads = 0
         call = da.call
 
-        async def counting(method: str, params: Sequence[Any]) -> Any:
+        async def counting(method: str, params: Sequence[Any], **kw: Any) -> Any:
             nonlocal reads
             reads += method == "blob.GetAll"
             await trio.sleep(0.05)  # the other callers arrive while it is in flight
-            return await call(method, params)
+            return await call(method, params, **kw)
 
         da.call = counting  # type: ignore[method-assign]
         results: list[list[bool]] = []
@@ -725,6 +725,8 @@ def lagging_reader_node() -> tuple[dict[str, Any], Callable[[httpx.Request], htt
                 return answer(rid, error={"code": 1, "message": "header: given height is from the future: "
                                           f"networkHeight: {height - 1}, requestedHeight: {height}"})
             return answer(rid, result=state["chain"].get(height))
+        if method == "header.WaitForHeight":  # (the read back waits for a lagging node)
+            return answer(rid, result={"header": {"height": str(req["params"][0]), "time": "2030-01-01T00:00:00Z"}})
         raise AssertionError(method)
 
     return state, handler

@@ -105,11 +105,12 @@ class DARPCError(DAError):
 
 
 class _Retryable(Exception):
-    """Internal: one attempt failed in a way worth retrying."""
+    """Internal: one attempt failed in a way worth retrying; ``sent``: the node may have got the request (all but a
+    connection never made), so a call that must not happen twice (``blob.Submit``: paid) is not retried."""
 
-    def __init__(self, message: str, timeout: bool = False) -> None:
+    def __init__(self, message: str, timeout: bool = False, sent: bool = True) -> None:
         super().__init__(message)
-        self.timeout = timeout
+        self.timeout, self.sent = timeout, sent
 
 
 def b64(raw: bytes) -> str:
@@ -133,15 +134,25 @@ def unb64(value: Any, what: str) -> bytes:
         raise DARPCError(None, str(exc)) from None
 
 
+def lagging(exc: DAError) -> bool:
+    """An answer of a node whose headers are behind the height asked (celestia-node's header service: "syncing in
+    progress" past its local head + 1; the devnet, and older nodes: "from the future")."""
+    low = str(exc).lower()
+    return "syncing in progress" in low or "from the future" in low
+
+
 def map_rpc_error(code: Any, message: str, method: str) -> DAError:
     """A JSON-RPC error object as the most specific DAError."""
     low = message.lower()
+    if "blob data must be" in low:  # celestia-node refusing a blob's size while decoding it: -32700, a parse error
+        return BlobTooLarge(f"{method}: {message}")
     if type(code) is int and code in _PROTOCOL_ERRORS:  # e.g. -32601 "method 'x' not found" is not a missing blob
         return DARPCError(code, message, method)
     if BLOB_NOT_FOUND in low:  # not any "not found": "header: not found" is a pruned (or missing) height
         return BlobNotFound(f"{method}: {message}")
-    if any(s in low for s in ("missing permission", "unauthorized", "permission denied", "invalid token",
-                              "jwt", "authorization")):
+    if "signature verification failed" not in low and any(  # (that one is the chain's: account, sequence)
+            s in low for s in ("missing permission", "unauthorized", "permission denied", "invalid token", "jwt",
+                               "authorization")):
         return DAUnauthorized(f"{method}: {message}")
     if "too large" in low or "too big" in low or ("exceeds" in low and "size" in low):
         return BlobTooLarge(f"{method}: {message}")
@@ -300,9 +311,11 @@ class CelestiaDA:
         except trio.TooSlowError:
             raise _Retryable(f"{method}: no answer within {deadline:.3g}s", timeout=True) from None
         except httpx.TimeoutException as exc:
-            raise _Retryable(f"{method}: timed out ({type(exc).__name__})", timeout=True) from None
+            raise _Retryable(f"{method}: timed out ({type(exc).__name__})", timeout=True,
+                             sent=not isinstance(exc, httpx.ConnectTimeout)) from None
         except httpx.TransportError as exc:
-            raise _Retryable(f"{method}: {type(exc).__name__}: {exc or 'transport failure'}") from None
+            raise _Retryable(f"{method}: {type(exc).__name__}: {exc or 'transport failure'}",
+                             sent=not isinstance(exc, httpx.ConnectError)) from None
         except httpx.HTTPError as exc:  # anything else httpx raises (bad encoding, redirects...): not retried
             raise DAUnavailable(f"{self.name}: {method}: {type(exc).__name__}: {exc or 'HTTP failure'}") from None
 
@@ -318,8 +331,8 @@ class CelestiaDA:
             raise map_rpc_error(error.get("code"), message if isinstance(message, str) else repr(error), method)
         if status == 413:
             raise BlobTooLarge(f"{method}: HTTP 413, the request is too large for the DA node")
-        if status >= 500:
-            raise _Retryable(f"{method}: HTTP {status} from the DA node")
+        if status >= 500:  # (a 503 says it is not serving: the request was not taken; a 502 or 504 may come after)
+            raise _Retryable(f"{method}: HTTP {status} from the DA node", sent=status != 503)
         if envelope is None:  # e.g. a proxy's HTML page: not a JSON-RPC endpoint (now)
             raise DAUnavailable(f"{self.name}: {method}: HTTP {status} answer is not JSON; is {self.url} a "
                                 "celestia-node RPC endpoint?")
@@ -337,15 +350,19 @@ class CelestiaDA:
         base = min(base, max(MAX_BACKOFF_S, self.retry_delay_s))
         return base * (0.75 + 0.5 * self.rng.random())
 
-    async def call(self, method: str, params: Sequence[Any]) -> Any:
-        """One JSON-RPC call with retries on transport failures; the ``result`` or a DAError."""
+    async def call(self, method: str, params: Sequence[Any], *, once: bool = False) -> Any:
+        """One JSON-RPC call with retries on transport failures; the ``result`` or a DAError. ``once``: a call the
+        node may have got is not made again (``blob.Submit``: each is a transaction, paid; retried after a timeout
+        or a proxy's 502, one post landed three times: a reviewer's reproduction); one never sent (no connection)
+        is."""
         attempt = 0
         while True:
             try:
                 return await self._attempt(method, list(params))
             except _Retryable as exc:
-                if attempt >= self.retry_count:
-                    tail = f" (after {attempt} retries)" if attempt else ""
+                if attempt >= self.retry_count or (once and exc.sent):
+                    tail = (f" (after {attempt} retries)" if attempt else "") + (
+                        " (not sent again: the node may have taken it)" if once and exc.sent else "")
                     cls = DATimeout if exc.timeout else DAUnavailable
                     raise cls(f"{self.name}: {exc}{tail}") from None
                 attempt += 1
@@ -379,7 +396,7 @@ class CelestiaDA:
             except (BlobNotFound, DARPCError) as exc:  # not there, or not yet (a lagging node: "from the future")
                 last = str(exc)
                 if attempt + 1 < READ_BACK_TRIES:
-                    await trio.sleep(self.retry_delay_s)
+                    await self._catch_up(exc, ref.height)
         raise DARPCError(None, f"the node acknowledged the blob at height {ref.height} but does not have it "
                          f"there ({last})", "blob.Submit")
 
@@ -411,7 +428,7 @@ class CelestiaDA:
         options: dict[str, Any] = {}
         if self.gas_price >= 0:
             options = {"gas_price": self.gas_price, "is_gas_price_set": True}
-        result = await self.call("blob.Submit", [payload, options])
+        result = await self.call("blob.Submit", [payload, options], once=True)
         if isinstance(result, bool) or not isinstance(result, int) or not 0 < result <= MAX_HEIGHT:
             raise DARPCError(None, f"blob.Submit returned {result!r}, not an inclusion height", "blob.Submit")
         return [BlobRef(self.name, result, c) for c in commitments]
@@ -464,6 +481,17 @@ class CelestiaDA:
                                      f"{ref.commitment.hex()}, got data with commitment {actual.hex()}")
         return data
 
+    async def _catch_up(self, exc: DAError, height: int) -> None:
+        """Before reading ``height`` again after ``exc``: a node whose headers lag the height it included a blob at
+        ("syncing in progress", "from the future": its header store is behind the chain by a block or more) is
+        waited for (``header.WaitForHeight``, up to the layer's timeout); else ``retry_delay_s``. A lag of two
+        blocks outlasted the read-back's tries: the write went to a fallback, and reconciliation posted the blob
+        again, paid twice (a reviewer's reading of celestia-node's header service)."""
+        if lagging(exc):
+            await self._wait_for_height(height, self.timeout_s)
+        else:
+            await trio.sleep(self.retry_delay_s)
+
     async def included(self, refs: Sequence[BlobRef], datas: Sequence[bytes]) -> list[bool]:
         """Whether the node returns each blob (a ref we hold, with the data we posted) byte for byte at its
         height: one ``blob.GetAll`` per height, shared by the callers that ask for the same height at the same
@@ -471,9 +499,27 @@ class CelestiaDA:
         the candidates; a blob counts as there only if the node returns exactly our bytes (compared in their
         base64 form: a node that encodes them otherwise only makes us post them again), whose commitment we
         computed ourselves."""
-        found = {height: await self._namespace_blobs(height) for height in sorted({ref.height for ref in refs})}
+        found = {height: await self._namespace_blobs_caught_up(height)
+                 for height in sorted({ref.height for ref in refs})}
         return [b64(data) in found[ref.height].get(b64(ref.commitment), ())
                 for ref, data in zip(refs, datas, strict=True)]
+
+    async def _namespace_blobs_caught_up(self, height: int) -> dict[str, list[str]]:
+        """``_namespace_blobs``, once more after the node caught up with ``height`` if it lagged behind it; still
+        lagging, DAUnavailable (the node does not serve that height yet): reconciliation then holds the blobs back
+        instead of posting them again (an answered miss), each post paid."""
+        try:
+            return await self._namespace_blobs(height)
+        except DARPCError as exc:
+            if not lagging(exc):
+                raise
+            await self._catch_up(exc, height)
+        try:
+            return await self._namespace_blobs(height)
+        except DARPCError as exc:
+            if lagging(exc):
+                raise DAUnavailable(f"{self.name}: the node has not caught up with height {height}: {exc}") from None
+            raise
 
     async def _namespace_blobs(self, height: int) -> dict[str, list[str]]:
         """Our namespace's share-version-0 blobs at ``height`` as {claimed commitment: [data]}, both base64 as
