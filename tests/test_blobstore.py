@@ -600,7 +600,7 @@ async def test_a_write_without_a_listed_writer_is_refused_before_its_body_is_rea
     # blob meanwhile is not held up; a blob already stored is answered without reading any
     good = (b"X-Dsdn-Writer: " + bytes(writer.verify_key).hex().encode() + b"\r\nX-Dsdn-Writer-Signature: "
             + signature.hex().encode() + b"\r\nX-Dsdn-Blob-Hash: " + declared.hex().encode() + b"\r\n")
-    small = 200_000  # (its time: BODY_GRACE_S + ~0.8 s)
+    small = 100_000  # (its time: BODY_GRACE_S + ~1.6 s)
     replays = [await stalled_upload(good, small) for _ in range(3)]
     async with httpx.AsyncClient(base_url=server.url, timeout=5) as http:
         signed = {"Content-Type": "application/octet-stream", "X-Dsdn-Writer": bytes(writer.verify_key).hex(),

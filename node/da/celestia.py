@@ -28,9 +28,11 @@ One header is asked per page of heights at most, and none once a height younger 
 
 Every attempt is bounded by ``timeout_s`` (a peer that accepts TCP and never answers times out).
 Transport failures (refused/reset connections, timeouts, HTTP 5xx without a JSON-RPC error body) are
-retried ``retry_count`` times with exponential backoff and jitter; JSON-RPC errors never are. Note
-that a retried ``blob.Submit`` whose first attempt timed out may have been included anyway: readers
-must tolerate a blob that appears twice. ``probe(timeout_s)`` is the health check: one attempt of
+retried ``retry_count`` times with exponential backoff and jitter; JSON-RPC errors never are. A ``blob.Submit`` is
+retried only when it never reached the node (its request headers were not sent, or an HTTP 503: not taken): each
+one is a transaction, paid, and one whose answer was lost may have been included anyway (retried after a timeout or
+a 502, one post landed three times: a reviewer's reproduction). Readers tolerate a blob that appears twice (a write
+that went on to a fallback is reconciled). ``probe(timeout_s)`` is the health check: one attempt of
 ``header.NetworkHead`` within its own deadline, never retried.
 """
 
@@ -299,23 +301,28 @@ class CelestiaDA:
         body = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params},
                           separators=(",", ":"))
         deadline = (self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s)) + wait_s
+        sent = False  # whether the request may have reached the node: its headers went out (httpcore's trace)
+
+        async def trace(event: str, info: dict[str, Any]) -> None:
+            nonlocal sent
+            sent = sent or event.endswith("send_request_headers.started")
+
         try:
             with trio.fail_after(deadline):
-                async with self._http().stream("POST", self.url, content=body, timeout=deadline) as response:
+                async with self._http().stream("POST", self.url, content=body, timeout=deadline,
+                                               extensions={"trace": trace}) as response:
                     status = response.status_code
                     content = bytearray()
                     async for chunk in response.aiter_bytes():  # decoded (a gzip answer counts inflated)
                         content += chunk
                         if len(content) > MAX_ANSWER_BYTES:
                             raise DARPCError(None, f"answer larger than {MAX_ANSWER_BYTES >> 20} MiB", method)
-        except trio.TooSlowError:
-            raise _Retryable(f"{method}: no answer within {deadline:.3g}s", timeout=True) from None
+        except trio.TooSlowError:  # (a connection never made times out here too: it is not sent)
+            raise _Retryable(f"{method}: no answer within {deadline:.3g}s", timeout=True, sent=sent) from None
         except httpx.TimeoutException as exc:
-            raise _Retryable(f"{method}: timed out ({type(exc).__name__})", timeout=True,
-                             sent=not isinstance(exc, httpx.ConnectTimeout)) from None
+            raise _Retryable(f"{method}: timed out ({type(exc).__name__})", timeout=True, sent=sent) from None
         except httpx.TransportError as exc:
-            raise _Retryable(f"{method}: {type(exc).__name__}: {exc or 'transport failure'}",
-                             sent=not isinstance(exc, httpx.ConnectError)) from None
+            raise _Retryable(f"{method}: {type(exc).__name__}: {exc or 'transport failure'}", sent=sent) from None
         except httpx.HTTPError as exc:  # anything else httpx raises (bad encoding, redirects...): not retried
             raise DAUnavailable(f"{self.name}: {method}: {type(exc).__name__}: {exc or 'HTTP failure'}") from None
 
@@ -482,15 +489,18 @@ class CelestiaDA:
         return data
 
     async def _catch_up(self, exc: DAError, height: int) -> None:
-        """Before reading ``height`` again after ``exc``: a node whose headers lag the height it included a blob at
-        ("syncing in progress", "from the future": its header store is behind the chain by a block or more) is
-        waited for (``header.WaitForHeight``, up to the layer's timeout); else ``retry_delay_s``. A lag of two
-        blocks outlasted the read-back's tries: the write went to a fallback, and reconciliation posted the blob
-        again, paid twice (a reviewer's reading of celestia-node's header service)."""
-        if lagging(exc):
-            await self._wait_for_height(height, self.timeout_s)
-        else:
-            await trio.sleep(self.retry_delay_s)
+        """Before reading ``height`` again after ``exc``: ``retry_delay_s``, and a node whose headers lag the height
+        it included a blob at ("syncing in progress", "from the future": its header store is behind the chain by a
+        block or more) is waited for too (``header.WaitForHeight``, up to the layer's timeout, leaving one call's
+        time before the caller's deadline). A lag of two blocks outlasted the read-back's tries: the write went to a
+        fallback, and reconciliation posted the blob again, paid twice (a reviewer's reading of celestia-node's
+        header service). (A wait answered at once, by a caught-up node behind the same balancer, is no delay: the
+        tries must still be ``retry_delay_s`` apart; a regression review.)"""
+        started = trio.current_time()
+        room = trio.current_effective_deadline() - started - self.timeout_s
+        if lagging(exc) and room > 0:
+            await self._wait_for_height(height, min(self.timeout_s, room), may_stop_long_polls=False)
+        await trio.sleep_until(started + self.retry_delay_s)
 
     async def included(self, refs: Sequence[BlobRef], datas: Sequence[bytes]) -> list[bool]:
         """Whether the node returns each blob (a ref we hold, with the data we posted) byte for byte at its
@@ -505,21 +515,16 @@ class CelestiaDA:
                 for ref, data in zip(refs, datas, strict=True)]
 
     async def _namespace_blobs_caught_up(self, height: int) -> dict[str, list[str]]:
-        """``_namespace_blobs``, once more after the node caught up with ``height`` if it lagged behind it; still
-        lagging, DAUnavailable (the node does not serve that height yet): reconciliation then holds the blobs back
-        instead of posting them again (an answered miss), each post paid."""
+        """``_namespace_blobs``, once more after the node caught up with ``height`` if it lagged behind it (still
+        lagging: its error, which reconciliation's read-back tries again, and then holds the blobs back rather than
+        post them again, each post paid)."""
         try:
             return await self._namespace_blobs(height)
         except DARPCError as exc:
             if not lagging(exc):
                 raise
             await self._catch_up(exc, height)
-        try:
-            return await self._namespace_blobs(height)
-        except DARPCError as exc:
-            if lagging(exc):
-                raise DAUnavailable(f"{self.name}: the node has not caught up with height {height}: {exc}") from None
-            raise
+        return await self._namespace_blobs(height)
 
     async def _namespace_blobs(self, height: int) -> dict[str, list[str]]:
         """Our namespace's share-version-0 blobs at ``height`` as {claimed commitment: [data]}, both base64 as
@@ -672,16 +677,19 @@ class CelestiaDA:
     async def head(self) -> int:
         return header_height(await self.call("header.NetworkHead", []))
 
-    async def _wait_for_height(self, height: int, wait_s: float) -> None:
+    async def _wait_for_height(self, height: int, wait_s: float, *, may_stop_long_polls: bool = True) -> None:
         """Return once the node has ``height`` (``header.WaitForHeight``, one attempt), or after ``wait_s``, or
         at once when the attempt fails (see ``read_after``): a best-effort wait, where ``wait_for_height`` is
-        the call that must succeed (retried, within the layer's timeout, the header returned)."""
+        the call that must succeed (retried, within the layer's timeout, the header returned). A refusal turns
+        long polls off for a while (see ``read_after``), unless ``may_stop_long_polls`` is False (a post's wait)."""
         with trio.move_on_after(wait_s):
             try:
                 await self._attempt("header.WaitForHeight", [height], wait_s=wait_s)
             except _Retryable:
                 return
             except DAError as exc:  # refused (an RPC error, a gateway's 404 or non-JSON answer, no permission)
+                if not may_stop_long_polls:
+                    return
                 self.long_polls = False
                 self._long_polls_again_at = trio.current_time() + LONG_POLLS_AGAIN_S
                 # (said once, and again only if the refusal changes: a node that never long-polls is no news)

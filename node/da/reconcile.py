@@ -76,7 +76,7 @@ import trio
 
 from node.blob import MAGIC
 from node.da.base import DAError, DALayer, DATimeout, DAUnavailable
-from node.da.celestia import READ_BACK_TRIES
+from node.da.celestia import READ_BACK_TRIES, lagging
 from node.da.pending import FallbackBlob, PageKey, PendingStore
 from node.da.router import is_caller_error
 from node.da.status import PRIMARY, DAStatusMachine, Status
@@ -620,8 +620,11 @@ class Reconciler:
             except DAError as exc:
                 error = str(exc)
                 marked = await self._marked(mark_failed, ids, error)
-                if isinstance(exc, DAUnavailable):  # no answer: held back, not posted again (and paid) this pass
-                    self._primary_failed(error, write=False)
+                # no answer, or a node still behind the height it took them at: held back, not posted again (and
+                # paid) this pass; only the silence is the primary's failure (a lagging node did take them)
+                if isinstance(exc, DAUnavailable) or lagging(exc):
+                    if isinstance(exc, DAUnavailable):
+                        self._primary_failed(error, write=False)
                     self._hold(ids, foreign, error, max(r.height for r in refs), answered=False)
                     error += f" (held back from automatic passes for {self._hold_s(ids[0]):.0f} s)"
                     missed = False
@@ -757,10 +760,13 @@ class Reconciler:
             try:
                 back = await primary.get(ref)
             except DAError as exc:
-                error, missed = str(exc), not isinstance(exc, DAUnavailable)  # answered: not found, say
+                # answered: not found, say; no answer, or a node still behind its height: held back, not posted
+                # again (and paid) this pass (only the silence counted as the primary's failure)
+                error, missed = str(exc), not isinstance(exc, DAUnavailable) and not lagging(exc)
                 marked = await self._marked(mark_failed, blob.blob_id, error)
-                if not missed:  # no answer: held back, not posted again (and paid) this pass
-                    self._primary_failed(error, write=False)
+                if not missed:
+                    if isinstance(exc, DAUnavailable):
+                        self._primary_failed(error, write=False)
                     self._hold([blob.blob_id], foreign, error, ref.height, answered=False)
                     error += f" (held back from automatic passes for {self._hold_s(blob.blob_id):.0f} s)"
                     break
