@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import trio
@@ -216,9 +216,14 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
-async def _pump(member: Member, stream: trio.abc.ReceiveStream, output: Output | None) -> None:
-    """Copy a child's output to ours, one prefixed line at a time (printed at once without ``output``: dsdn
-    nemesis, whose output is read)."""
+class Lines(Protocol):
+    """Where a child's output lines go (``Output``; dsdn nemesis reads them as they come)."""
+
+    def say(self, line: str) -> None: ...
+
+
+async def _pump(member: Member, stream: trio.abc.ReceiveStream, output: Lines | None) -> None:
+    """Copy a child's output to ours, one prefixed line at a time (printed at once without ``output``)."""
     say = output.say if output is not None else _print
     buffer = b""
     width = 16
@@ -231,7 +236,7 @@ async def _pump(member: Member, stream: trio.abc.ReceiveStream, output: Output |
         say(f"[{member.id:<{width}}] {buffer.decode(errors='replace')}")
 
 
-async def _start(nursery: trio.Nursery, member: Member, output: Output | None = None) -> None:
+async def _start(nursery: trio.Nursery, member: Member, output: Lines | None = None) -> None:
     inherited = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
     env = {**inherited, "PYTHONUNBUFFERED": "1", STOP_AT_STDIN_EOF: "1", **member.env}
     # A session of its own: Ctrl-C in the terminal reaches only us, and we stop the children in order. Its stdin is a

@@ -53,6 +53,21 @@ NODES = 6
 
 
 @dataclass
+class LogWatch:
+    """The members' output as it comes: printed, and every ERROR line or traceback of an honest member kept (a
+    checker audit's planted bug: a peer handler failing on every member, 35 tracebacks, a clean report)."""
+
+    liar: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+    def say(self, line: str) -> None:
+        print(line, flush=True)
+        if (" ERROR " in line or "Traceback (most recent call last)" in line) and not (
+                self.liar is not None and line.startswith(f"[{self.liar} ")):
+            self.errors.append(line[:300])
+
+
+@dataclass
 class Nemesis:
     n: int
     duration: float
@@ -71,11 +86,13 @@ class Nemesis:
     violations: list[str] = field(default_factory=list)
     converge_s: float | None = None
     summary: dict[str, Any] | None = None  # what the check found (None until it ran)
+    logs: LogWatch = field(init=False)  # the members' output, printed as it comes; their ERRORs kept
     wall_s: float = 0.0  # the whole run: cluster start, load and faults, heal, checks, stop
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
         self.fault_rng = random.Random(self.seed ^ 0xFA_0175)
+        self.logs = LogWatch()
 
     @property
     def coordinators(self) -> list[launcher.Member]:
@@ -111,11 +128,12 @@ class Nemesis:
             a.env["LOG_LEVEL"] = os.environ.get("LOG_LEVEL", "WARNING")  # LOG_LEVEL=INFO dsdn nemesis: theirs too
         if self.byzantine:
             coords[-1].env["DSDN_BYZANTINE"] = self.byzantine
+            self.logs.liar = coords[-1].id
         for m in self.members[:2]:
-            await launcher._start(nursery, m)
+            await launcher._start(nursery, m, self.logs)
             await launcher._wait_ready(m, http)
         for m in coords:
-            await launcher._start(nursery, m)
+            await launcher._start(nursery, m, self.logs)
         for m in coords:
             await launcher._wait_ready(m, http)
         with trio.fail_after(60):
@@ -243,7 +261,7 @@ class Nemesis:
             victim.process.kill()
             await victim.process.wait()
             await trio.sleep(span)
-            await launcher._start(nursery, victim)
+            await launcher._start(nursery, victim, self.logs)
         elif kind == "pause":
             assert victim.process is not None
             victim.process.send_signal(signal.SIGSTOP)
@@ -286,7 +304,7 @@ class Nemesis:
         for m in self.coordinators:
             assert m.process is not None
             if not self.check_alive(m):
-                await launcher._start(nursery, m)
+                await launcher._start(nursery, m, self.logs)
             else:
                 m.process.send_signal(signal.SIGCONT)
 
@@ -320,6 +338,9 @@ class Nemesis:
                                    f"({'never' if self.converge_s is None else f'{self.converge_s:.1f}s'})")
         if then is not None:
             await then()
+        if self.logs.errors:  # (a handler failing on every member went unseen: the output was only printed)
+            self.violations.append(f"{len(self.logs.errors)} ERROR line(s) or traceback(s) in the honest members' "
+                                   f"output, e.g. {self.logs.errors[:3]}")
         liar = coords[-1].id if self.byzantine else None  # what a lying coordinator acknowledges proves nothing
         # the group key as every honest coordinator answers it (asked of one, a member holding another went unseen)
         keys = {m.id: ((await get(http, f"{m.url}/cluster/status")) or {}).get("group_public_key")
@@ -332,6 +353,14 @@ class Nemesis:
         acked = [h for h in self.history if h["op"] == "receipt" and h["status"] in (200, 202)
                  and h["answer"].get("status") in ("locked", "final", None)  # not a "pending": not yet valid
                  and h["to"] != liar]
+        # each receipt followed by the id of the receipt sent, not by the id its answer names (a coordinator
+        # answering another receipt's id, or another receipt's document, went unseen: a checker audit)
+        for h in acked:
+            h["rid"] = rc.from_json(h["body"]).id.hex()
+            if h["answer"].get("receipt_id") != h["rid"]:
+                self.violations.append(f"{h['to']} answered receipt {h['rid'][:12]}… with the id "
+                                       f"{str(h['answer'].get('receipt_id'))[:12]}…")
+
         def slot_of(h: dict[str, Any]) -> tuple[Any, ...]:
             b = h["body"]
             return (b["receipt_type"], b["node_id"], b["subject"], b["epoch"])
@@ -362,7 +391,7 @@ class Nemesis:
                 still = []
                 for h in unsettled:
                     url = self.member(h["to"]).url if rival(h) else coords[0].url
-                    status = ((await get(http, f"{url}/receipts/{h['answer']['receipt_id']}")) or {}).get("status")
+                    status = ((await get(http, f"{url}/receipts/{h['rid']}")) or {}).get("status")
                     final += status == "final"
                     if status != "final" and not (rival(h) and status == "conflict"):
                         still.append(h)
@@ -383,6 +412,8 @@ class Nemesis:
             # (a 202 "final" names the receipt only: one already final here, answered without its document)
             if h["answer"].get("status") == "final" and "receipt_bytes" in h["answer"]:
                 valid, reason = rc.verify_document(h["answer"], group)
+                if valid and h["answer"].get("receipt_id") != h["rid"]:
+                    valid, reason = False, "it is another receipt's"
                 if not valid:
                     self.violations.append(f"the document {h['to']} answered final for receipt "
                                            f"{str(h['answer'].get('receipt_id'))[:12]}… does not verify: {reason}")
@@ -394,22 +425,24 @@ class Nemesis:
             while to_check:
                 again = []
                 for h, m in to_check:
-                    doc = await get(http, f"{m.url}/receipts/{h['answer']['receipt_id']}")
+                    doc = await get(http, f"{m.url}/receipts/{h['rid']}")
                     if isinstance(doc, dict) and doc.get("status") == "final":
                         valid, reason = rc.verify_document(doc, group)
+                        if valid and doc.get("receipt_id") != h["rid"]:
+                            valid, reason = False, "it is another receipt's"
                         if not valid:
                             self.violations.append(f"receipt {doc['receipt_id'][:12]}… on {m.id} does not verify: "
                                                    f"{reason}")
                         saw_final(doc)
                     elif not rival(h):
                         again.append((h, m))
-                        seen_as[(h["answer"]["receipt_id"], m.id)] = (
+                        seen_as[(h["rid"], m.id)] = (
                             str(doc.get("status")) if isinstance(doc, dict) else "no answer")
                 to_check = again  # (replaced whole: cut short mid-pass, the previous pass's list stands)
                 if to_check:
                     await trio.sleep(1)
-        not_everywhere = [f"{h['answer']['receipt_id'][:12]}… on {m.id}: "
-                          f"{seen_as.get((h['answer']['receipt_id'], m.id), 'not asked')}" for h, m in to_check]
+        not_everywhere = [f"{h['rid'][:12]}… on {m.id}: "
+                          f"{seen_as.get((h['rid'], m.id), 'not asked')}" for h, m in to_check]
         if not_everywhere:
             self.violations.append(f"{len(not_everywhere)} acknowledged receipt(s) not final on every coordinator, "
                                    f"e.g. {not_everywhere[:3]}")
@@ -437,8 +470,8 @@ class Nemesis:
         if unsettled:
             examples = []
             for h in unsettled[:3]:
-                doc = await get(http, f"{self.member(h['to']).url}/receipts/{h['answer']['receipt_id']}") or {}
-                examples.append(f"{h['answer']['receipt_id'][:12]}… on {h['to']}: {doc.get('status')} "
+                doc = await get(http, f"{self.member(h['to']).url}/receipts/{h['rid']}") or {}
+                examples.append(f"{h['rid'][:12]}… on {h['to']}: {doc.get('status')} "
                                 f"{doc.get('reason', '')}".strip())
             engines = [(await get(http, f"{m.url}/cluster/status") or {}).get("receipts") for m in coords]
             self.violations.append(f"{len(unsettled)} acknowledged receipt(s) neither final nor (with a rival "

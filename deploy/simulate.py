@@ -658,6 +658,8 @@ def check_safety(cluster: SimCluster, records: list[Any], outcome: Outcome, neve
         valid, reason = rc.verify_document(doc, key) if key is not None else (False, "no group key")
         if not valid:
             outcome.safety.append(f"a document given to a client does not verify: {reason}")
+        elif doc.get("receipt_id") != receipt.id.hex():  # (another receipt's valid document went unseen: an audit)
+            outcome.safety.append(f"a client got the document of another receipt for {receipt.id.hex()[:12]}")
         signed.setdefault(receipt.slot, set()).add(receipt.id)
     lost = sorted({receipt.id.hex()[:12] for receipt, _ in given
                    for m in cluster.honest() if receipt.id not in m.state.ledger.receipts})

@@ -828,13 +828,19 @@ def test_a_terminal_that_cannot_show_a_character_is_no_fault_of_the_coordinator(
     assert "c\\xe4" in done.stdout
 
 
+def ctrl_c_as_at_a_terminal() -> None:
+    """SIGINT as a terminal's Ctrl-C finds it: a test run in the background (CI: a non-interactive shell's `&`)
+    starts with SIGINT ignored, and children inherit that (Python then installs no KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_and_a_closed_stdin_are_one_line(tmp_path: Path) -> None:
     """From a review: Ctrl-C while `dsdn receipt verify -` read stdin, and a closed stdin, were tracebacks; Ctrl-C
     while `dsdn cluster up` made its keys (before its signal handlers were in place) a screen of ExceptionGroup.
     The data folders it makes are for its user alone (they were 755, the databases in them readable by all)."""
     waiting = subprocess.Popen([sys.executable, "-c", "from deploy.cli import main; main()", "receipt", "verify", "-",
                                 "--group-key", "00" * 32], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_as_at_a_terminal)
     time.sleep(1.5)  # (imports done: reading stdin)
     waiting.send_signal(signal.SIGINT)
     out, err = waiting.communicate(timeout=30)
@@ -846,7 +852,7 @@ def test_ctrl_c_and_a_closed_stdin_are_one_line(tmp_path: Path) -> None:
     data = tmp_path / "cluster"
     up = subprocess.Popen([sys.executable, "-c", "from deploy.cli import main; main()", "cluster", "up", "-n", "4",
                            "--base-port", str(free_port()), "--data-dir", str(data)],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_as_at_a_terminal)
     deadline = time.monotonic() + 30
     while not list(data.glob("coordinator-*")) and time.monotonic() < deadline:  # in trio.run, making its keys
         time.sleep(0.002)

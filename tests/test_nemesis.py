@@ -147,7 +147,7 @@ R1, R2 = "11" * 32, "22" * 32
 
 async def run_checker(tmp_path: Path, views: dict[str, dict[str, str]], history: list[dict[str, Any]],
                       listed_signature: str = "good", failing_listing: set[str] | None = None,
-                      group_keys: dict[str, str] | None = None) -> list[str]:
+                      group_keys: dict[str, str] | None = None, logged: list[str] | None = None) -> list[str]:
     """The checker against coordinators played by a mock transport: ``views`` member -> receipt id -> status;
     documents verify when their signature is "good" (a real one is not needed to test the checker's logic)."""
     import re
@@ -177,16 +177,20 @@ async def run_checker(tmp_path: Path, views: dict[str, dict[str, str]], history:
 
     nem = nemesis.Nemesis(2, 1, 1, tmp_path, tmp_path / "history.jsonl")
     nem.members = [launcher.Member("coordinator", c, f"http://{c}.test", "/ready", []) for c in views]
+    for line in logged or []:
+        nem.logs.say(line)
     nem.history = [*history, {"op": "register", "to": "c0", "status": 200, "body": {"id": "n1"}, "answer": {},
                               "phase": "load"}]
-    original = nemesis.rc.verify_document
+    original, parse = nemesis.rc.verify_document, nemesis.rc.from_json
     nemesis.rc.verify_document = lambda doc, group: ((True, "valid") if doc.get("signature") == "good"  # type: ignore
                                                      else (False, "bad signature"))
+    # a body's receipt id: the one receipt_op wrote in it (its reward_base), as the real one is its bytes' hash
+    nemesis.rc.from_json = lambda body: SimpleNamespace(id=bytes.fromhex(body["reward_base"]))  # type: ignore
     try:
         async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
             await nem.check(http, trio.current_time())
     finally:
-        nemesis.rc.verify_document = original  # type: ignore[assignment]
+        nemesis.rc.verify_document, nemesis.rc.from_json = original, parse  # type: ignore[assignment]
     return nem.violations
 
 
@@ -196,6 +200,35 @@ def receipt_op(to: str, rid: str | None, status: int | None, answered: str | Non
         "ConnectError: all attempts to connect failed"
     return {"op": "receipt", "to": to, "status": status, "body": {**SLOT, "reward_base": rid}, "answer": answer,
             "phase": "load"}
+
+
+async def test_an_error_in_an_honest_member_s_output_is_a_violation(tmp_path: Path) -> None:
+    """A checker audit's planted bug (a peer handler failing now and then on every member: 35 tracebacks) ended in
+    a clean report: the members' output was only printed. The liar's own errors prove nothing."""
+    views = {"c0": {R1: "final"}, "c1": {R1: "final"}}
+    quiet = await run_checker(tmp_path, views, [receipt_op("c0", R1, 202)],
+                              logged=["[c1 ] 2026-12-05 12:00:00,000 WARNING dsdn.da: the devnet is down"])
+    assert quiet == []
+    from deploy import nemesis
+    watch = nemesis.LogWatch(liar="c3")
+    for line in ("[c0 ] 2026-12-05 12:00:00,000 ERROR dsdn.peers: handler for rc.lock from c1 failed",
+                 "[c1 ] Traceback (most recent call last):", "[c3 ] 2026-12-05 12:00:00,000 ERROR dsdn.x: a liar's",
+                 "[c2 ] 2026-12-05 12:00:00,000 WARNING dsdn.x: a fault, as planned"):
+        watch.say(line)
+    assert [line[:4] for line in watch.errors] == ["[c0 ", "[c1 "]
+    loud = await run_checker(tmp_path / "again", views, [receipt_op("c0", R1, 202)], logged=watch.errors)
+    assert any("2 ERROR line(s) or traceback(s) in the honest members' output" in v for v in loud), loud
+
+
+async def test_an_answer_naming_another_receipt_is_caught(tmp_path: Path) -> None:
+    """A checker audit's: the receipt followed was the one the answer named, not the one sent: a coordinator that
+    acknowledged R1 with R2's id (R2 final everywhere, R1 known nowhere) passed."""
+    views = {"c0": {R2: "final"}, "c1": {R2: "final"}}
+    lost = receipt_op("c0", R2, 202)
+    lost["body"] = {**SLOT, "reward_base": R1, "subject": "cd" * 32}  # (its own slot: no rival excuses it)
+    violations = await run_checker(tmp_path, views, [receipt_op("c1", R2, 202), lost])
+    assert any("answered receipt 111111111111… with the id 222222222222…" in v for v in violations), violations
+    assert any("not final on every coordinator" in v for v in violations), violations
 
 
 @pytest.mark.parametrize("listing_fails", [False, True])

@@ -26,6 +26,7 @@ import trio
 import trio.testing
 
 from consensus import dkg_service, frost, lockstore, roast
+from consensus import receipts as rc
 from consensus.dkg import DkgParticipant
 from consensus.dkg_service import DkgService
 from consensus.receipt_service import ReceiptService
@@ -179,6 +180,23 @@ def test_a_member_signing_for_a_replica_marked_missing_is_caught(monkeypatch: py
     monkeypatch.setattr(ReceiptService, "validate", blind_to_missing)
     seed, violations = first_violation(like="no state makes valid")
     print(f"a missing replica taken for a present one: caught at seed {seed}: {violations}")
+
+
+def test_a_client_given_another_receipt_s_document_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planted bug (a checker audit's): a proposer hands each client of a batch after the first the document of the
+    receipt before it in the batch. Every such document verifies; the check counted the slot of the receipt the
+    client sent and never looked at whose document it got (86 of 477 documents, 0 violations)."""
+    honest = rc.document
+    made: dict[bytes, dict[str, Any]] = {}
+
+    def shifted(receipt: Any, root: bytes, size: int, index: int, *rest: Any) -> dict[str, Any]:
+        doc = honest(receipt, root, size, index, *rest)
+        before, made[root] = made.get(root), doc
+        return before if before is not None and index > 0 else doc
+
+    monkeypatch.setattr(rc, "document", shifted)
+    seed, violations = first_violation(like="the document of another receipt")
+    print(f"another receipt's document given: caught at seed {seed}: {violations}")
 
 
 def test_a_signer_forgetting_its_locks_at_a_restart_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
