@@ -129,6 +129,8 @@ class Nemesis:
         if self.byzantine:
             coords[-1].env["DSDN_BYZANTINE"] = self.byzantine
             self.logs.liar = coords[-1].id
+        for m in self.members:  # (their output is read for ERROR lines: LOG_FORMAT=json inherited hid them all)
+            m.env["LOG_FORMAT"] = "text"
         for m in self.members[:2]:
             await launcher._start(nursery, m, self.logs)
             await launcher._wait_ready(m, http)
@@ -338,9 +340,6 @@ class Nemesis:
                                    f"({'never' if self.converge_s is None else f'{self.converge_s:.1f}s'})")
         if then is not None:
             await then()
-        if self.logs.errors:  # (a handler failing on every member went unseen: the output was only printed)
-            self.violations.append(f"{len(self.logs.errors)} ERROR line(s) or traceback(s) in the honest members' "
-                                   f"output, e.g. {self.logs.errors[:3]}")
         liar = coords[-1].id if self.byzantine else None  # what a lying coordinator acknowledges proves nothing
         # the group key as every honest coordinator answers it (asked of one, a member holding another went unseen)
         keys = {m.id: ((await get(http, f"{m.url}/cluster/status")) or {}).get("group_public_key")
@@ -506,6 +505,9 @@ class Nemesis:
                 await trio.sleep(0.2)
         if len(roots) != 1 or None in roots:
             self.violations.append(f"state roots differ at the end of the check: {sorted(map(str, roots))}")
+        if self.logs.errors:  # (a handler failing on every member went unseen: the output was only printed) ...
+            self.violations.append(f"{len(self.logs.errors)} ERROR line(s) or traceback(s) in the honest members' "
+                                   f"output, e.g. {self.logs.errors[:3]}")  # ... checked last: the whole check's
         if self.violations:  # how each coordinator sees its links now: a link that stayed down explains much
             for m in coords:
                 links = await get(http, f"{m.url}/cluster/peers") or []

@@ -763,6 +763,36 @@ async def test_a_primary_reading_a_block_behind_gets_each_group_once_and_stays_i
     pending.close()
 
 
+def lagging_chain(lag_s: float) -> tuple[dict[str, int], Callable[[httpx.Request], httpx.Response]]:
+    """A Celestia node whose headers stay ``lag_s`` behind each block it includes ("syncing in progress", as
+    celestia-node's header service answers past its local head + 1), behind a balancer whose caught-up backend
+    answers header.WaitForHeight at once. Returns its Submit count and its handler."""
+    made: dict[int, float] = {}
+    chain: dict[int, Any] = {}
+    count = {"submits": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        req = json.loads(request.content)
+
+        def answer(**kw: Any) -> httpx.Response:
+            return httpx.Response(200, json={"jsonrpc": "2.0", "id": req["id"], **kw})
+
+        if req["method"] == "blob.Submit":
+            count["submits"] += 1
+            height = count["submits"]
+            chain[height], made[height] = req["params"][0], time.monotonic()
+            return answer(result=height)
+        if req["method"] == "header.WaitForHeight":
+            return answer(result={"header": {"height": str(req["params"][0]), "time": "2030-01-01T00:00:00Z"}})
+        height = req["params"][0]
+        if time.monotonic() - made[height] < lag_s:
+            return answer(error={"code": 1, "message": f"header: syncing in progress: localHeadHeight: "
+                                                       f"{height - 2}, requestedHeight: {height}"})
+        return answer(result=chain[height][0] if req["method"] == "blob.Get" else chain[height])
+
+    return count, handler
+
+
 @pytest.mark.parametrize("lag_s", [0.3, math.inf])
 async def test_a_primary_whose_headers_lag_gets_each_group_once_and_is_not_blamed(tmp_path: Path,
                                                                                  lag_s: float) -> None:
@@ -770,30 +800,9 @@ async def test_a_primary_whose_headers_lag_gets_each_group_once_and_is_not_blame
     behind the same balancer may answer header.WaitForHeight at once: a lag of 0.3 s failed every group's read-back
     (the reads no longer retry_delay_s apart), the primary counted as failing and the status went to Degraded (a
     regression review); a node that stays behind had the group posted again at every attempt (an answered miss),
-    each post paid. Read again retry_delay_s apart; still behind: held back, not posted again, no failure."""
-    made: dict[int, float] = {}
-    chain: dict[int, Any] = {}
-    submits = 0
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        nonlocal submits
-        req = json.loads(request.content)
-
-        def answer(**kw: Any) -> httpx.Response:
-            return httpx.Response(200, json={"jsonrpc": "2.0", "id": req["id"], **kw})
-
-        if req["method"] == "blob.Submit":
-            submits += 1
-            chain[submits], made[submits] = req["params"][0], time.monotonic()
-            return answer(result=submits)
-        if req["method"] == "header.WaitForHeight":
-            return answer(result={"header": {"height": str(req["params"][0]), "time": "2030-01-01T00:00:00Z"}})
-        height = req["params"][0]
-        if time.monotonic() - made[height] < lag_s:
-            return answer(error={"code": 1, "message": f"header: syncing in progress: localHeadHeight: "
-                                                       f"{height - 2}, requestedHeight: {height}"})
-        return answer(result=chain[height])
-
+    each post paid. Read again retry_delay_s apart; still behind: held back, not posted again, no failure; and a
+    Recovering pass's probe, taken but not read back from such a node, blames it no more (a regression review)."""
+    count, handler = lagging_chain(lag_s)
     da = CelestiaDA("http://dsdn.invalid", NS, None, timeout_s=5, retry_count=0, retry_delay_s=0.2,
                     max_submit_bytes=20)
     da._client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
@@ -805,14 +814,21 @@ async def test_a_primary_whose_headers_lag_gets_each_group_once_and_is_not_blame
         data = b"fell through %d" % i
         await pending.record(BlobRef(SECONDARY, i + 1, hashlib.sha256(data).digest()), data)
     reconciler = reconcile.Reconciler({PRIMARY: MeteredLayer(da, 5.0)}, pending, machine, now, batch_size=10,
-                                      retry_delay_s=0.2, max_retries=3)
+                                      retry_delay_s=0.2, max_retries=3, probe=lambda: b"probe blob")
     report = await reconciler.run_pass(stop_on_fallback=True)
-    assert submits == 3 and machine.status is Status.HEALTHY  # (max_submit_bytes: one blob a group)
+    assert count["submits"] == 3 and machine.status is Status.HEALTHY  # (max_submit_bytes: one blob a group)
     if lag_s < math.inf:
         assert report.blobs_reconciled == 3 and pending.pending_count == 0
     else:
         assert report.blobs_reconciled == 0 and pending.pending_count == 3 and len(reconciler.held) == 3
-        assert await reconciler.run_pass(stop_on_fallback=True) and submits == 3  # held: not posted again
+        assert await reconciler.run_pass(stop_on_fallback=True) and count["submits"] == 3  # held: not again
+        for _ in range(3):
+            machine.observe(PRIMARY, False, now(), "down", write=True)
+        for _ in range(2):
+            machine.observe(PRIMARY, True, now())
+        for _ in range(4):  # (failure_threshold 3: one blamed probe a pass)
+            await reconciler.run_pass(stop_on_fallback=True)
+            assert machine.status is Status.RECOVERING
     pending.close()
 
 

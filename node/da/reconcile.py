@@ -248,6 +248,9 @@ class Reconciler:
         try:
             ref = await primary.post(data)
         except DAError as exc:
+            if lagging(exc):  # taken, and its read-back found a node behind that height: no verdict (nor blame)
+                report.errors.append(f"probe: the primary took it, but its headers are behind: {exc}")
+                return None
             if not is_caller_error(exc):
                 self._primary_failed(str(exc), write=True)
             report.errors.append(f"probe: the primary did not take it: {exc}")
