@@ -87,6 +87,9 @@ CLOSE_HEARTBEAT = 4007
 MAX_MALFORMED = 10
 HANDSHAKE_TIMEOUT_S = 5.0
 TEARDOWN_S = 3.0  # a dialed link's close, at most (the close frame, the library's reader task)
+CLOSE_WAIT_S = 1.0  # a link's close: how long its close frame's answer is waited for
+CLOSE_WAIT_STOPPING_S = 0.05  # the same when this member stops (peers stopping at once never answer it)
+CLOSE_GOING_AWAY = 1001
 UPGRADE_TIMEOUT_S = 5.0  # from the TCP accept to the websocket upgrade request (the library waits 60 s)
 MAX_UNAUTHENTICATED = 16  # inbound connections not yet authenticated, at once
 IDLE_GRACE_S = 0.5  # an inbound connection that has not asked for the upgrade this long is the first to make room
@@ -559,10 +562,16 @@ class PeerManager:
             if link.conn is conn:
                 link.conn = None
                 link.state = State.DOWN
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
+            # cancelled from outside the link (its own scope is conn.scope, caught above): this member stops. A whole
+            # cluster stopping at once waited out every link's close answer, which peers stopping too never sent:
+            # each stop took a second more than its work
+            stopping = trio.current_effective_deadline() == -math.inf
+            if stopping and conn.code == 1000:
+                conn.code, conn.reason = CLOSE_GOING_AWAY, "stopping"
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_WAIT_STOPPING_S if stopping else CLOSE_WAIT_S):
                 await ws.aclose(conn.code, conn.reason)
             log.info("peer link down: %s (%s)", link.member.id, conn.reason if conn.code != 1000 else
-                     link.last_error)
+                     link.last_error or "closed")
 
     async def _sender(self, link: PeerLink, ws: WebSocketConnection, session: Session) -> None:
         """Seal whatever is queued (up to MAX_BATCH messages, MAX_FRAME bytes) into one frame: one message

@@ -27,7 +27,7 @@ from protocol.handshake import (
     HandshakeRefused,
     Session,
 )
-from protocol.manager import Member, PeerManager, State
+from protocol.manager import CLOSE_WAIT_S, Member, PeerManager, State
 from protocol.simnet import SimNetwork
 from tests.conftest import wait_for as _wait_for
 from tests.proc import free_port
@@ -370,6 +370,28 @@ async def test_a_restarted_peer_is_reconnected() -> None:
                              what="reconnection")
             assert trio.current_time() - started < 5
             assert a.peers["b"].links == 2
+
+
+async def test_a_stopping_member_says_so_and_does_not_wait_for_peers_stopping_with_it() -> None:
+    """A member cancelled from outside (it stops) closes its links with 1001 "stopping" and does not wait for the
+    close's answer, which peers stopping at the same moment never send: every member of a cluster stopped at once
+    spent a second more on its links than on its work (CLOSE_WAIT_S, a floor: before, the stop below took >= 1 s)."""
+    ms = members(["a", "b", "c"])
+    async with running(ms[0], ms) as a:
+        async with trio.open_nursery() as both:
+            b, c = (PeerManager(m.id, KEYS[m.id], "test", ms, registry(), port=m.port, heartbeat_s=0.1)
+                    for m in ms[1:])
+            await both.start(b.run)
+            await both.start(c.run)
+            await wait_for(lambda: all(len(m.up_peers()) == 2 for m in (a, b, c)), what="a full mesh")
+            started = trio.current_time()
+            both.cancel_scope.cancel()
+        took = trio.current_time() - started
+        assert took < CLOSE_WAIT_S, f"stopping two members at once took {took:.2f} s"
+        await wait_for(lambda: a.peers["b"].state is not State.UP and a.peers["c"].state is not State.UP,
+                       what="links down")
+        for peer in ("b", "c"):  # the member still running learns why
+            assert "code=1001" in (a.peers[peer].last_error or "") and "stopping" in (a.peers[peer].last_error or "")
 
 
 async def test_a_dialer_whose_link_an_inbound_one_replaced_does_not_mark_the_peer_down() -> None:
