@@ -110,6 +110,7 @@ MAX_PENDING = 1  # sessions confirmed whose key shares are kept for a late certi
 #                  for every failed session, a liar's made them pile up: 688 files and an 829 kB journal in an hour)
 MAX_CONFIRMED = 4096  # sessions confirmed and never completed, remembered for good: past it, no session is joined
 MAX_DEALING = 8  # sessions whose round-one messages are journaled as dealt against (see ``_deliver``)
+MAX_IGNORED = 64  # sessions completed too late to be adopted here, remembered so as to say so once
 MAX_PROOF = 64 * 1024
 RunBlocking = Callable[..., Awaitable[Any]]
 
@@ -218,6 +219,7 @@ class DkgService:
         self.proofs: dict[int, tuple[bytes, str]] = {}  # identifier -> (exclusion proof, what it proves)
         self._pending: dict[bytes, SessionInfo] = {}  # sessions confirmed and not yet resolved
         self._recent: dict[bytes, SessionInfo] = {}  # the last sessions left (late complaints still count)
+        self._ignored: dict[bytes, None] = {}  # sessions completed too late to be adopted, already said so
         self._aborted: list[bytes] = []
         # every session confirmed here (journaled, never forgotten): a superseded one (``_store_pending``) is never
         # joined again, nor refused or left with a signed abort: joined again, a member signed an abort for a
@@ -756,8 +758,19 @@ class DkgService:
                 dealing = {**self._dealing, s.id: [msgpack.packb(m.to_wire(), use_bin_type=True) for m in p.round1]}
                 for sid in list(dealing)[:-MAX_DEALING]:
                     del dealing[sid]
-                await self._save_journal(dealing=dealing)
-                self._dealing = dealing
+                # Once our shares of this session are out, the others may confirm it and forget the key shares of the
+                # sessions they confirmed before (``_store_pending``): none of those may complete here any more. A
+                # liar that withheld its confirmation of an earlier session and gave it to this member alone after
+                # the others confirmed this one left the cluster's only key with fewer holders than its threshold,
+                # and every member stuck for good (a reviewer's reproduction)
+                superseded = [sid for sid in self._pending if sid != s.id]
+                pending = {sid: info for sid, info in self._pending.items() if sid == s.id}
+                await self._save_journal(dealing=dealing, pending=pending)
+                self._dealing, self._pending = dealing, pending
+                if superseded:
+                    log.warning("forgetting the key shares of %d earlier DKG session(s) confirmed here: this member "
+                                "dealt in session %s", len(superseded), s.id.hex()[:12])
+                    await self.run_blocking(self._forget_pending, superseded)
         except (OSError, keystore.KeystoreError) as exc:
             log.error("cannot store DKG state for session %s (will retry): %s", s.id.hex()[:12], exc)
             self.last_error = f"cannot store the DKG state: {exc}"
@@ -818,9 +831,13 @@ class DkgService:
             #                         replaced the key share in use, on disk too (a reviewer's run)
             log.warning("DKG session %s completed after this member got its key: ignored", s.id.hex()[:12])
             return
-        if s.id not in self._pending:  # confirmed here before another one (``_store_pending``): never adopted
-            log.warning("DKG session %s completed, but this member confirmed a later session since: ignored",
-                        s.id.hex()[:12])
+        if s.id not in self._pending:  # confirmed here before another one was confirmed or dealt in: never adopted
+            if s.id not in self._ignored:  # (once: each copy of a peer's certificate logged it again, ~1/s for ever)
+                self._ignored[s.id] = None
+                while len(self._ignored) > MAX_IGNORED:
+                    del self._ignored[next(iter(self._ignored))]
+                log.warning("DKG session %s completed, but this member dealt in or confirmed a later session since: "
+                            "ignored", s.id.hex()[:12])
             return
         running = self.session
         if running is not None and running is not s:

@@ -814,6 +814,64 @@ async def test_a_session_completed_late_never_replaces_the_key_in_use(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_session_confirmed_before_one_a_member_dealt_in_never_completes_there(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    """The liar c3 withholds its confirmation of S1 and says it left, so S1 fails everywhere (each member keeps it
+    for a late certificate); in S2 it withholds only c1's share, so c0 and c2 confirm S2 and forget their S1 key
+    shares; then it hands its S1 confirmation to c1 alone. c1 completed S1 and adopted its key, held by c1 and the
+    liar only (2 < t = 3), then refused every new DKG with it: the cluster stuck for good (a reviewer's
+    reproduction). Dealing in S2 gives S1 up; the honest members then make a key together."""
+    caplog.set_level(logging.WARNING, logger="dsdn.dkg")
+    net, services = setup(tmp_path, delay=(0.001, 0.01))
+    c0, c1, c2, liar = (services[i] for i in IDS)
+    honest = (c0, c1, c2)
+    released: set[bytes] = set()
+    s2: list[bytes] = []
+
+    def tamper(src: str, dst: str, msg: Message) -> Message | None:
+        m = dkg_message(msg)
+        if isinstance(m, Confirm) and (m.sender == liar.me or dst == "c3") and m.signature not in released:
+            return None
+        if isinstance(m, Round2) and s2 and m.session == s2[0] and (src, dst) == ("c3", "c1"):
+            return None
+        return msg
+
+    net.tamper = tamper
+    async with trio.open_nursery() as nursery:
+        await start_manual(nursery, net, services)
+        sid1 = c0.start()
+        await wait_until(lambda: all(s.session is not None and s.session.id == sid1 and s.session.participant.committed
+                                     for s in services.values()))
+        assert liar.session is not None and liar.session.participant.own_confirm is not None
+        held = liar.session.participant.own_confirm
+        liar.session = None
+        liar._pending.clear()
+        abort = dkg.sign_abort(liar.identity, sid1, 3, dict(liar.identifiers), "bye")
+        for s in honest:
+            liar.net.send(s.net.my_id, "dkg.msg", {"data": msgpack.packb(abort.to_wire(), use_bin_type=True)})
+        await wait_until(lambda: all(s.session is None for s in honest))
+        assert all(sid1 in s._pending for s in honest)
+        await trio.sleep(1)
+        s2.append(c0.start())
+        await wait_until(lambda: all(s.session is not None and s.session.id == s2[0]
+                                     and s.session.participant.committed for s in (c0, c2)))
+        assert not any(s._stored_pending(sid1).exists() for s in (c0, c2))
+        released.add(held.signature)
+        for _ in range(3):  # (and again: each copy of the certificate is ignored, and said so once)
+            liar.net.send("c1", "dkg.msg", {"data": msgpack.packb(held.to_wire(), use_bin_type=True)})
+            await trio.sleep(20)
+        assert c1.key is None, "c1 completed S1 after dealing in S2: its key has fewer holders than the threshold"
+        assert sid1 not in c1._pending and not c1._stored_pending(sid1).exists()
+        ignored = [r for r in caplog.records if "ignored" in r.getMessage() and sid1.hex()[:12] in r.getMessage()]
+        assert len(ignored) <= len(honest)
+        net.tamper = None
+        c0.start()
+        await wait_until(lambda: all(s.key is not None for s in honest), 600)
+        assert len({s.key.group_public_key for s in honest if s.key is not None}) == 1
+        assert all(s.cert is not None and s.cert.session not in (sid1, s2[0]) for s in honest)
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_flood_of_refused_starts_does_not_make_a_member_forget_the_sessions_it_left(
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     """Refused starts went to the same bounded list as the sessions a member left: 256 of them evicted session W,
