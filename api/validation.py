@@ -25,7 +25,7 @@ MAX_U63 = 2**63 - 1
 
 # ... but not "." or "..": HTTP clients (httpx, browsers, curl) turn /node/.. into /, so such a node or object
 # could be registered and never fetched (a reviewer's reproduction)
-ID_PATTERN = r"^(?!\.\.?$)" + ID_RE.pattern[1:]  # ^[A-Za-z0-9._:-]{1,128}$ but . and ..
+ID_PATTERN = ID_RE.pattern  # ^[A-Za-z0-9._:-]{1,128}$ but . and ..
 HASH_PATTERN = r"^(?!\.\.?$)[A-Za-z0-9._:-]{1,256}$"
 # 1-128 characters, no control characters (C0, DEL, C1), neither starting nor ending with a space
 ZONE_PATTERN = r"^[^\x00-\x20\x7f-\x9f](?:[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\x9f])?$"

@@ -204,6 +204,11 @@ def test_dkg_threshold_below_the_floor_is_a_configuration_error() -> None:
     # at start with a UnicodeError or InvalidURL traceback (a reviewer's reproductions)
     ("DA_RPC_URL", "http://a..b:9", {}), ("DA_RPC_URL", f"http://{'a' * 64}.example:9", {}),
     ("DA_RPC_URL", "http://127.0.0.1:9/\x7f", {}),
+    # digits and dots that are no IPv4 address: taken as a host name, then refused by the HTTP client at start
+    ("DA_RPC_URL", "http://10.0.0.01:26658", {}), ("DA_RPC_URL", "http://127.0.0.256:26658", {}),
+    ("EMERGENCY_DA_URL", "http://10.0.0.01:9", {"ENABLE_FALLBACK": "true", "FALLBACK_DA_TYPE": "emergency"}),
+    ("QUORUM_VALIDATORS", "http://127.0.0.1:9,http://127.0.0.256:9",
+     {"ENABLE_FALLBACK": "true", "FALLBACK_DA_TYPE": "quorum"}),
 ])
 def test_a_url_the_http_client_cannot_use_is_a_configuration_error(var: str, value: str,
                                                                     extra: dict[str, str]) -> None:
@@ -216,7 +221,8 @@ def test_a_url_the_http_client_cannot_use_is_a_configuration_error(var: str, val
     assert err.value.var == var and "port 1-65535" in str(err.value)
     assert load({**env, var: value.replace("not-a-url", "http://v2:8080").replace("26658x", "26658")
                  .replace("99999", "9999").replace(":0", ":1").replace("ftp", "https").replace(":abc", ":80")
-                 .replace("a..b", "a.b").replace("a" * 64, "a" * 63).replace("\x7f", "")})
+                 .replace("a..b", "a.b").replace("a" * 64, "a" * 63).replace("\x7f", "")
+                 .replace("0.01:", "0.1:").replace(".256:", ".255:")})
 
 
 K2 = "03" * 32
@@ -232,6 +238,19 @@ K2 = "03" * 32
     ({"PEER_HOST": "[::1]"}, "PEER_HOST", "an IP address or a host name"),
     ({"QUORUM_VALIDATORS": "http://v1:1,http://V1:1/", "ENABLE_FALLBACK": "true", "FALLBACK_DA_TYPE": "quorum"},
      "QUORUM_VALIDATORS", "distinct"),
+    # one validator spelt two ways: a quorum of 2 could never be met
+    ({"QUORUM_VALIDATORS": "http://[::1]:7000,http://[0:0::1]:7000", "ENABLE_FALLBACK": "true",
+      "FALLBACK_DA_TYPE": "quorum"}, "QUORUM_VALIDATORS", "distinct"),
+    # two members at one address: c0 dialed itself as c1 for ever, and c1 was never reached
+    ({"CLUSTER_PEERS": f"c0={K0}@127.0.0.1:9200,c1={K1}@127.0.0.1:9200"}, "CLUSTER_PEERS", "distinct member addr"),
+    ({"CLUSTER_PEERS": f"c0={K0}@[::1]:9200,c1={K1}@[0::1]:9200"}, "CLUSTER_PEERS", "distinct member addr"),
+    ({"CLUSTER_PEERS": f"c0={K0}@Host.Example:9200,c1={K1}@host.example.:9200"}, "CLUSTER_PEERS",
+     "distinct member addr"),
+    ({"CLUSTER_PEERS": f"c0={K0}@999.999.999.999:9200"}, "CLUSTER_PEERS", "host:port"),
+    ({"COORDINATOR_HOST": "999.1.1.1"}, "COORDINATOR_HOST", "an IP address or a host name"),
+    # "." and "..": the data folder .dsdn/.. is the working directory (every file of the coordinator written there)
+    ({"COORDINATOR_ID": ".."}, "COORDINATOR_ID", "1-128"), ({"COORDINATOR_ID": "."}, "COORDINATOR_ID", "1-128"),
+    ({"CLUSTER_PEERS": f"..={K0}@127.0.0.1:9200"}, "CLUSTER_PEERS", "member ids"),
     ({"QUORUM_VALIDATORS": "http://v1:1,http://v2:1", "QUORUM_VALIDATOR_KEYS": f"{K2},{K2}"},
      "QUORUM_VALIDATOR_KEYS", "distinct"),
 ])
