@@ -28,6 +28,7 @@ from node.config import Config, ConfigError
 from node.consumer import LONG_POLL_S, Consumer, RebuildProgress, stuck_logs
 from node.da.base import BlobRef, DAError, DALayer
 from node.da.mock import MockDA
+from node.da.router import LandedUnrecorded
 from node.da.stack import DAStack
 from node.da.status import EMERGENCY, PRIMARY, SECONDARY, Status, StatusSnapshot
 from node.events import Event, EventTuple
@@ -538,7 +539,10 @@ class Coordinator:
     # ---- DA views (all read one snapshot of the health, so they never disagree) -------------------
 
     async def da_post(self, data: bytes) -> BlobRef:
-        return await self.da.router.post(data)
+        try:
+            return await self.da.router.post(data)
+        except LandedUnrecorded as landed:  # a local storage failure (503): the caller may post it again
+            raise landed.cause from landed
 
     def da_view(self) -> StatusSnapshot:
         return self.da.snapshot()

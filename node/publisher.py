@@ -15,7 +15,8 @@ fallback. A failing
 outbox or pending-blob record (a full disk) is retried with the same backoff: the events stay in the outbox, and the
 task lives on. A blob that landed but whose landing could not be recorded is not posted again: the record alone is
 retried (each post to Celestia is paid, and a full disk lasting an hour re-posted the same blob every 30 s: a review;
-after a restart it is posted again, harmless: events are deduplicated by id).
+after a restart it is posted again, harmless: events are deduplicated by id); the same for a blob that landed on a
+fallback whose record for reconciliation failed (``LandedUnrecorded``): that record first, then the outbox's.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import trio
 from node.backoff import Backoff
 from node.blob import blob_size, encode_blob
 from node.da.base import BlobRef, DAError, DALayer
-from node.da.router import is_caller_error
+from node.da.router import LandedUnrecorded, is_caller_error
 from node.outbox import Outbox
 
 log = logging.getLogger("dsdn.publisher")
@@ -65,6 +66,8 @@ class Publisher:
         self._under_cap = 0  # posts since the cap last changed
         self._taken = 0  # events in the blob being posted
         self._unrecorded: tuple[list[int], BlobRef] | None = None  # a blob that landed, its landing not recorded yet
+        self._landed: tuple[list[int], LandedUnrecorded] | None = None  # one that landed on a fallback, not recorded
+        #                                                                 there yet (node.da.pending)
 
     def take(self, rows: list[tuple[int, bytes]]) -> tuple[list[int], list[bytes]]:
         """The longest prefix of ``rows`` that fits in one blob and the cap (at least one event)."""
@@ -81,6 +84,13 @@ class Publisher:
 
     async def publish_once(self) -> int:
         """Post one blob of pending events; return how many events it carried (0 if none pending)."""
+        if self._landed is not None:  # (landed on a fallback, its pending record failed: retried alone first)
+            seqs, landed = self._landed
+            try:
+                await self.da.record_landed(landed)  # type: ignore[attr-defined]
+            except LandedUnrecorded as again:
+                raise again.cause from again
+            self._landed, self._unrecorded = None, (seqs, landed.ref)
         if self._unrecorded is not None:  # (its record failed: retried alone, the blob is not posted again)
             seqs, ref = self._unrecorded
             await self.outbox.mark_published(seqs, ref)
@@ -91,10 +101,14 @@ class Publisher:
         seqs, raws = self.take(rows)
         self._taken = len(seqs)
         blob = encode_blob(self.key, self.origin, raws)
-        if self._alone_refused and len(seqs) == 1 and getattr(self.da, "takes_size_fallthrough", False):
-            ref = await self.da.post(blob, past_size_refusals=True)  # type: ignore[call-arg]
-        else:
-            ref = await self.da.post(blob)
+        try:
+            if self._alone_refused and len(seqs) == 1 and getattr(self.da, "takes_size_fallthrough", False):
+                ref = await self.da.post(blob, past_size_refusals=True)  # type: ignore[call-arg]
+            else:
+                ref = await self.da.post(blob)
+        except LandedUnrecorded as landed:
+            self._alone_refused, self._landed = False, (seqs, landed)
+            raise landed.cause from landed
         self._alone_refused = False
         self._unrecorded = (seqs, ref)
         await self.outbox.mark_published(seqs, ref)

@@ -134,6 +134,48 @@ async def test_an_event_the_primary_refuses_as_too_large_goes_to_the_next_layer(
     pending.close()
 
 
+async def test_a_blob_that_landed_on_a_fallback_whose_record_fails_is_recorded_not_posted_again(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """The primary is down, the secondary takes the blob, and recording it for reconciliation fails (a full disk):
+    the publisher posted the same blob to the secondary at every retry (241 copies in an hour: a reviewer's
+    reproduction). The record alone is retried; once it works, the outbox's follows."""
+    primary, secondary = SmallLayer(1_000_000), SmallLayer(1_000_000)
+    secondary.name = SECONDARY
+
+    async def down(data: bytes) -> BlobRef:
+        raise DAUnavailable("primary down")
+
+    primary.post = down  # type: ignore[method-assign]
+    machine = DAStatusMachine((PRIMARY, SECONDARY))
+    pending = PendingStore(tmp_path / "pending.sqlite")
+    pending._call = _now  # type: ignore[method-assign,assignment]
+    record, full = pending.record, [True]
+
+    async def full_disk(*args: Any) -> None:
+        if full[0]:
+            raise sqlite3.OperationalError("database or disk is full")
+        await record(*args)
+
+    pending.record = full_disk  # type: ignore[method-assign]
+    router = DARouter({PRIMARY: primary, SECONDARY: secondary}, machine, pending, lambda: 0)
+    outbox = Outbox(tmp_path / "outbox.sqlite", lambda committed: None, run_blocking=_now)
+    publisher = Publisher(outbox, router, KEY, "c0", max_blob_bytes=1_000_000, interval_s=0.01)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(outbox.run)
+        await nursery.start(publisher.run)
+        for k in range(5):
+            await outbox.append(event(k))
+        await trio.sleep(600)
+        assert len(secondary.blobs) == 1 and publisher.failures > 5 and "disk is full" in (publisher.last_error or "")
+        assert outbox.pending == 5 and pending.pending_count == 0  # nothing marked before its record
+        full[0] = False
+        await trio.sleep(60)
+        nursery.cancel_scope.cancel()
+    assert len(secondary.blobs) == 1 and outbox.pending == 0 and pending.pending_count == 1
+    assert secondary.events() == [event(k).raw for k in range(5)] and publisher.blobs_posted == 1
+    pending.close()
+
+
 async def test_the_outbox_keeps_the_latest_timestamp_it_committed_even_from_an_older_file(tmp_path: Path) -> None:
     """``high_water`` is the latest timestamp of any event ever committed, the group's latest (not its last), and
     an outbox from before the ``clock`` table answers from the events it holds."""

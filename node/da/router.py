@@ -16,6 +16,7 @@ may still land: the blob then exists twice, which readers tolerate (events are d
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable, Mapping
 
 import trio
@@ -35,6 +36,17 @@ CALLER_ERRORS: tuple[type[DAError], ...] = (InvalidBlob, BlobTooLarge, BlobRejec
 def is_caller_error(exc: BaseException) -> bool:
     """The request was bad (see CALLER_ERRORS; any error may also say so with ``caller_error = True``)."""
     return isinstance(exc, CALLER_ERRORS) or getattr(exc, "caller_error", False) is True
+
+
+class LandedUnrecorded(Exception):
+    """A blob landed on a fallback layer (``ref``) but recording it (node.da.pending) failed on local storage
+    (``cause``, a full disk say): the caller records it with ``DARouter.record_landed`` before anything else, and
+    never posts it again (it did, at every retry: a blob a minute on the fallback while the disk stayed full, a
+    reviewer's reproduction)."""
+
+    def __init__(self, ref: BlobRef, data: bytes, cert: bytes | None, cause: sqlite3.Error | OSError) -> None:
+        super().__init__(f"landed on {ref.layer}, not recorded: {cause}")
+        self.ref, self.data, self.cert, self.cause = ref, data, cert, cause
 
 
 class DARouter:
@@ -102,14 +114,25 @@ class DARouter:
             if name != PRIMARY:
                 layer = getattr(self.layers[name], "inner", self.layers[name])
                 cert = layer.certificate(ref) if callable(getattr(layer, "certificate", None)) else None
-                with trio.CancelScope(shield=True):  # the blob is on the fallback now: it must be recorded
-                    await self.pending.record(ref, data, cert.to_bytes() if cert is not None else None)
+                self.posts_by_layer[name] += 1
+                await self.record_landed(LandedUnrecorded(ref, data, cert.to_bytes() if cert is not None else None,
+                                                          OSError("not recorded yet")))
+                return ref
             self.posts_by_layer[name] += 1
             return ref
         if errors and size_refusals == len(errors):
             self.rejected += 1
             raise BlobTooLarge("every DA layer refuses the blob: " + "; ".join(errors))
         raise DAUnavailable("no DA layer took the write: " + "; ".join(errors))
+
+    async def record_landed(self, landed: LandedUnrecorded) -> None:
+        """Record a blob that landed on a fallback (shielded: a caller that goes away cannot leave it unrecorded);
+        raise LandedUnrecorded again if local storage fails."""
+        with trio.CancelScope(shield=True):
+            try:
+                await self.pending.record(landed.ref, landed.data, landed.cert)
+            except (sqlite3.Error, OSError) as exc:
+                raise LandedUnrecorded(landed.ref, landed.data, landed.cert, exc) from exc
 
     async def get(self, ref: BlobRef) -> bytes:
         layer = self.layers.get(ref.layer)
