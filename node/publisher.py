@@ -7,16 +7,19 @@ the next blob is posted as soon as the last one landed. (Waiting an interval bet
 bench.receipts, changed nothing measurable: the posts are not what limits a loaded cluster.)
 
 A blob the layer refuses as such (too large for a node or proxy whose limit is below ``DA_BLOB_MAX_BYTES``, or
-refused by every quorum validator: ``node.da.router.is_caller_error``) is split: at most half as many events per
-blob, at once, until one passes; the cap relaxes again after ``RELAX_AFTER`` posts. Before, the same oldest blob
-was rebuilt and refused for ever, and no later event reached DA. A blob of one event that a layer refuses as too
-large, or refuses at all, goes to the next layers (``DARouter.post(past_size_refusals=True)``): it lands on a
-fallback. A failing
-outbox or pending-blob record (a full disk) is retried with the same backoff: the events stay in the outbox, and the
-task lives on. A blob that landed but whose landing could not be recorded is not posted again: the record alone is
-retried (each post to Celestia is paid, and a full disk lasting an hour re-posted the same blob every 30 s: a review;
-after a restart it is posted again, harmless: events are deduplicated by id); the same for a blob that landed on a
-fallback whose record for reconciliation failed (``LandedUnrecorded``): that record first, then the outbox's.
+refused by every quorum validator: ``node.da.router.is_caller_error``) is split: blobs of at most half its bytes, at
+once, until one passes; the cap relaxes again after ``RELAX_AFTER`` posts. Before, the same oldest blob was rebuilt
+and refused for ever, and no later event reached DA. (A cap counted in events, halved at each refusal, went down to
+1 for one event too large for the primary, and held every later event to blobs of one or two for ~1,200 posts: 2,000
+small events took 339 paid posts, a reviewer's reproduction. Counted in bytes, the events before the large one pass
+under half its blob, the large one goes alone, and those after it pass too.) A blob of one event that a layer
+refuses as too large, or refuses at all, goes to the next layers (``DARouter.post(past_size_refusals=True)``): it
+lands on a fallback. A failing outbox or pending-blob record (a full disk) is retried with the same backoff: the
+events stay in the outbox, and the task lives on. A blob that landed but whose landing could not be recorded is not
+posted again: the record alone is retried (each post to Celestia is paid, and a full disk lasting an hour re-posted
+the same blob every 30 s: a review; after a restart it is posted again, harmless: events are deduplicated by id);
+the same for a blob that landed on a fallback whose record for reconciliation failed (``LandedUnrecorded``): that
+record first, then the outbox's.
 """
 
 from __future__ import annotations
@@ -61,10 +64,11 @@ class Publisher:
         self.failures = 0
         self.last_error: str | None = None
         self._backoff = Backoff(0.2, 30.0, rng)
-        self.cap: int | None = None  # events per blob while the layer refuses larger blobs (see the module doc)
+        self.cap: int | None = None  # bytes per blob while the layer refuses larger blobs (see the module doc)
         self._alone_refused = False  # the latest blob, of one event, was refused as too large: next, any layer
         self._under_cap = 0  # posts since the cap last changed
         self._taken = 0  # events in the blob being posted
+        self._taken_bytes = 0  # its size
         self._unrecorded: tuple[list[int], BlobRef] | None = None  # a blob that landed, its landing not recorded yet
         self._landed: tuple[list[int], LandedUnrecorded] | None = None  # one that landed on a fallback, not recorded
         #                                                                 there yet (node.da.pending)
@@ -74,8 +78,9 @@ class Publisher:
         seqs: list[int] = []
         raws: list[bytes] = []
         size = blob_size(self.origin, [])
+        limit = self.max_blob_bytes if self.cap is None else min(self.cap, self.max_blob_bytes)
         for seq, raw in rows:
-            if raws and (size + len(raw) + 5 > self.max_blob_bytes or len(raws) == self.cap):
+            if raws and size + len(raw) + 5 > limit:
                 break
             seqs.append(seq)
             raws.append(raw)
@@ -101,6 +106,7 @@ class Publisher:
         seqs, raws = self.take(rows)
         self._taken = len(seqs)
         blob = encode_blob(self.key, self.origin, raws)
+        self._taken_bytes = blob_size(self.origin, raws)  # (what take() counts: an upper bound of len(blob))
         try:
             if self._alone_refused and len(seqs) == 1 and getattr(self.da, "takes_size_fallthrough", False):
                 ref = await self.da.post(blob, past_size_refusals=True)  # type: ignore[call-arg]
@@ -132,9 +138,9 @@ class Publisher:
                 self.failures += 1
                 self.last_error = str(exc)
                 if is_caller_error(exc) and self._taken > 1:
-                    self.cap, self._under_cap = self._taken // 2, 0
-                    log.warning("the DA layer refused a blob of %d events (%s): at most %d events per blob now",
-                                self._taken, exc, self.cap)
+                    self.cap, self._under_cap = self._taken_bytes // 2, 0
+                    log.warning("the DA layer refused a blob of %d events, %d bytes (%s): blobs of at most %d bytes "
+                                "now", self._taken, self._taken_bytes, exc, self.cap)
                     continue  # the smaller blob at once
                 if is_caller_error(exc) and not self._alone_refused:
                     self._alone_refused = True  # a blob of one event the layer refuses (too large?): the next layers
@@ -166,4 +172,4 @@ class Publisher:
             if self.cap is not None:
                 self._under_cap += 1
                 if self._under_cap >= RELAX_AFTER:
-                    self.cap, self._under_cap = (None if self.cap * 2 >= READ_AHEAD else self.cap * 2), 0
+                    self.cap, self._under_cap = (None if self.cap * 2 >= self.max_blob_bytes else self.cap * 2), 0

@@ -16,7 +16,7 @@ import trio
 import trio.testing
 
 from node import events as ev
-from node.blob import HEADER
+from node.blob import HEADER, blob_size
 from node.da.base import BlobRef, DAUnavailable
 from node.da.blobstore_client import BlobRejected
 from node.da.celestia import BlobTooLarge
@@ -86,7 +86,8 @@ async def test_an_event_no_blob_can_carry_stays_in_the_outbox_and_the_publisher_
     layer = SmallLayer(limit=100)  # not even one event fits
     caplog.set_level(logging.ERROR, logger="dsdn.publisher")
     publisher, outbox = await publish(tmp_path, layer, 3, run_s=60)
-    assert outbox.pending == 3 and layer.blobs == [] and publisher.cap == 1
+    assert outbox.pending == 3 and layer.blobs == [] and publisher.cap is not None
+    assert len(publisher.take([(k, event(k).raw) for k in range(3)])[0]) == 1  # blobs of one event, refused too
     assert any("a blob size limit below the event" in r.getMessage() for r in caplog.records)
     assert layer.refused < 30  # with backoff, not a tight loop
 
@@ -173,6 +174,37 @@ async def test_a_blob_that_landed_on_a_fallback_whose_record_fails_is_recorded_n
         nursery.cancel_scope.cancel()
     assert len(secondary.blobs) == 1 and outbox.pending == 0 and pending.pending_count == 1
     assert secondary.events() == [event(k).raw for k in range(5)] and publisher.blobs_posted == 1
+    pending.close()
+
+
+async def test_one_event_too_large_for_the_primary_does_not_hold_later_blobs_to_one_event(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """Each refusal halves the events per blob; one event too large for the primary halved it down to 1, the event
+    then went to the secondary alone, and the cap stayed at 1 for every later event, relaxing only every 100 posts
+    (2,000 small events took 339 paid posts instead of one or two: a reviewer's reproduction). Once that event
+    lands, the cap is what it was before the refusals it caused."""
+    primary, secondary = SmallLayer(200_000), SmallLayer(2_000_000)
+    secondary.name = SECONDARY
+    machine = DAStatusMachine((PRIMARY, SECONDARY))
+    pending = PendingStore(tmp_path / "pending.sqlite")
+    pending._call = _now  # type: ignore[method-assign,assignment]
+    router = DARouter({PRIMARY: primary, SECONDARY: secondary}, machine, pending, lambda: 0)
+    outbox = Outbox(tmp_path / "outbox.sqlite", lambda committed: None, run_blocking=_now)
+    publisher = Publisher(outbox, router, KEY, "c0", max_blob_bytes=1_900_000, interval_s=0.01)
+    big = ev.make_event(ev.RECEIPT_BATCH, (1_100, 0), "c0", group_key="g", root="r", tree_size=1, signature="s",
+                        signers="c0", receipts=b"x" * 300_000)
+    events = [big if k == 100 else event(k) for k in range(300)]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(outbox.run)
+        await outbox.append_all(events)
+        await nursery.start(publisher.run)
+        with trio.fail_after(600):
+            while outbox.pending:
+                await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    assert secondary.events() == [big.raw]
+    assert sorted(primary.events()) == sorted(e.raw for e in events if e is not big)
+    assert publisher.blobs_posted <= 4 and primary.refused <= 4, (publisher.blobs_posted, primary.refused)
     pending.close()
 
 
@@ -403,11 +435,16 @@ async def test_the_blob_cap_relaxes_after_relax_after_posts_under_it(
         await outbox.append_all([event(k) for k in range(8)])
         await nursery.start(publisher.run)
         await trio.sleep(5)
-        assert layer.sizes() == [4, 4] and publisher.cap == 8  # refused at 8: cap 4; two posts under it: doubled
+        # refused at 8 events: blobs of at most half its bytes (2 events: each has the blob's header); after two
+        # posts under the cap it doubles: the rest in one
+        refused = blob_size("c0", [event(k).raw for k in range(8)])
+        assert layer.sizes() == [2, 2, 4] and all(len(blob) <= refused // 2 for blob in layer.blobs[:2])
         await outbox.append_all([event(k) for k in range(8, 16)])
         await trio.sleep(5)
         nursery.cancel_scope.cancel()
-    assert layer.refused == 1 and layer.sizes() == [4, 4, 8] and outbox.pending == 0
+    assert layer.refused == 1 and layer.sizes()[3:] == [7, 1] and outbox.pending == 0  # (the cap doubled again after)
+    assert publisher.cap == 4 * (refused // 2)
+    assert layer.events() == [event(k).raw for k in range(16)]
     outbox.close()
 
 
