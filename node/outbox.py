@@ -29,6 +29,10 @@ from node.da.base import BlobRef
 from node.events import Event, EventDecodeError, decode_event
 
 T = TypeVar("T")
+#: how long a statement waits for a write lock another connection holds (a backup, the sqlite3 shell: this process
+#: holds the only connection) before it fails: an API write then answers 503. 30 s held every stop as long, per
+#: statement: the commit and the mark in a thread cannot be abandoned (a reviewer's reproduction)
+BUSY_TIMEOUT_S = 5.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -88,7 +92,8 @@ class Outbox:
         self.overloaded = 0  # appends refused with Overloaded
         path.parent.mkdir(parents=True, exist_ok=True)
         try:  # (the error named no file: "cannot start: file is not a database")
-            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
+                                       timeout=BUSY_TIMEOUT_S)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)

@@ -488,3 +488,30 @@ async def test_a_successful_post_resets_the_retry_backoff(
     assert publisher.failures == 2 and len(layer.blobs) == 2 and outbox.pending == 0
     assert attempts == [0, 0]  # the second failure waits the first step again
     outbox.close()
+
+
+async def test_a_write_lock_held_outside_fails_a_commit_soon_and_the_outbox_works_after_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another connection (a backup, the sqlite3 shell) holding the outbox's write lock made each statement wait the
+    30 s busy timeout, in a thread no stop can abandon: a stop took 30 s per blocked statement (a reviewer's
+    reproduction). The commit fails after BUSY_TIMEOUT_S (5 s; shortened here), the caller hears it (503 for an API
+    write), and once the lock is gone the outbox commits again."""
+    import node.outbox
+
+    assert node.outbox.BUSY_TIMEOUT_S <= 5
+    monkeypatch.setattr(node.outbox, "BUSY_TIMEOUT_S", 0.2)
+    path = tmp_path / "outbox.sqlite"
+    outbox = Outbox(path, lambda committed: None)
+    other = sqlite3.connect(str(path), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(outbox.run)
+        with trio.fail_after(10), pytest.raises(sqlite3.OperationalError, match="locked"):
+            await outbox.append(event(0))
+        other.execute("ROLLBACK")
+        with trio.fail_after(10):
+            await outbox.append(event(1))
+        nursery.cancel_scope.cancel()
+    assert outbox.pending == 1
+    other.close()
+    outbox.close()

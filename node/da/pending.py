@@ -25,6 +25,7 @@ from typing import TypeVar
 import trio
 
 from node.da.base import BlobRef
+from node.outbox import BUSY_TIMEOUT_S
 
 T = TypeVar("T")
 
@@ -91,7 +92,8 @@ def _row(r: tuple) -> FallbackBlob:  # type: ignore[type-arg]
 class PendingStore:
     def __init__(self, path: Path | str) -> None:
         try:  # (the error named no file: "cannot start: file is not a database")
-            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
+                                       timeout=BUSY_TIMEOUT_S)
             if str(path) != ":memory:":
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=FULL")
