@@ -61,6 +61,8 @@ class LockStore:
         this member's, and rivals of the slots this one locked would be locked."""
         self.path = path
         self.broken: str | None = None
+        self.held_until_ms = 0  # no slot is locked anew before then (``hold_new``)
+        self.held_reason = ""
         self._count: int | None = None  # rows in ``locks``, counted at open, then kept (uncommitted ones included)
         lost = (f"lock table {path} is missing although this coordinator holds a key share: its locks were lost, so "
                 "it will not sign (restore the file, or run a new DKG)")
@@ -105,6 +107,13 @@ class LockStore:
             self.broken = f"lock table {path} is unreadable: {exc}"
         if not hasattr(self, "db"):  # (not even opened: a directory in its place, no permission)
             self.db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+
+    def hold_new(self, until_ms: int, reason: str) -> None:
+        """Lock no slot anew until ``until_ms`` (unix ms): this table may miss locks taken since the copy it was
+        restored from (``Coordinator.restored_from_older_copy``); a slot locked then can no longer be signed once its
+        epoch is past the grace. The locks held here are still kept to."""
+        if until_ms > self.held_until_ms:
+            self.held_until_ms, self.held_reason = until_ms, reason
 
     def _check_owner(self, owner: bytes, holds_key: bool) -> None:
         """Bind the table to ``owner`` (a new one, or one from before the owner was kept), or refuse it as another's
@@ -167,7 +176,8 @@ class LockStore:
                                                     "LIMIT 1", (rid,)).fetchone()
                             closed[rid] = Decision(rid, Verdict.CONFLICT, "slot conflict",
                                                    bytes(rival[0]) if rival else None)
-                decisions, new = decide(receipts, held, validate, closed)
+                hold = self.held_reason if now < self.held_until_ms else None
+                decisions, new = decide(receipts, held, validate, closed, hold)
                 index = {r.id: i for i, r in enumerate(receipts)}
                 self.db.executemany("INSERT INTO locks (slot, receipt_id, wire, proposer, locked_ms, batch, idx) "
                                     "VALUES (?, ?, ?, ?, ?, ?, ?)",

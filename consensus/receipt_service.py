@@ -385,8 +385,25 @@ class ReceiptService:
                     "samples": len(lat)} if lat else None)
         return {**self.counters.as_json(), "by_status": by_status, "queued": len(self._queue),
                 "final_latency_ms": latency,
-                "lock_table": {"locks": self._safe_count(), "broken": self.locks.broken},
+                "lock_table": {"locks": self._safe_count(), "broken": self.locks.broken,
+                               "new_locks_held": self._held()},
                 "nonces_held": len(self._nonces)}
+
+    def hold_new_locks(self, why: str) -> None:
+        """Lock no slot anew while a slot this member may have locked before ``why`` happened can still be signed:
+        until its epoch, at most the one after the current (``validate`` takes it near the boundary), is older than
+        the grace allows. The locks held are kept to; clients are answered 503 meanwhile."""
+        epoch_now = int(self.clock() // self.epoch_length_s)
+        until_s = (epoch_now + self.epoch_grace + 2) * self.epoch_length_s
+        until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(until_s))
+        reason = (f"{why}: this member locks no slot anew until {until} (every slot it may have locked since is then "
+                  "past the epoch grace)")
+        self.locks.hold_new(int(until_s * 1000), reason)
+        log.error("%s", reason)
+
+    def _held(self) -> str | None:
+        """Why no slot is locked anew here now, if so (``hold_new_locks``)."""
+        return self.locks.held_reason if self.clock() * 1000 < self.locks.held_until_ms else None
 
     def _observe(self, what: str, value: float) -> None:
         for observe in self.observers:
@@ -507,6 +524,9 @@ class ReceiptService:
             raise Unavailable("the cluster has no group key yet (DKG not complete)")
         if self.locks.broken is not None:
             raise Unavailable(self.locks.broken)
+        held = self._held()
+        if held is not None:
+            raise Unavailable(held)
         up = len(self.net.up_peers()) + 1
         if up < key.threshold:
             raise Unavailable(f"only {up} of {len(self.members)} coordinators are connected; signing needs "

@@ -41,11 +41,13 @@ def slot_key(slot: Slot) -> bytes:
 
 
 def decide(receipts: Sequence[Receipt], locks: Mapping[bytes, bytes], validate: Validate,
-           closed: Mapping[bytes, Decision] | None = None) -> tuple[list[Decision], dict[bytes, Receipt]]:
+           closed: Mapping[bytes, Decision] | None = None, hold_new: str | None = None
+           ) -> tuple[list[Decision], dict[bytes, Receipt]]:
     """Decisions for ``receipts`` given the current ``locks`` (slot key -> receipt id) and the new locks to
     store (slot key -> receipt). ``closed``: the decision for a receipt whose own lock here is closed for good (it
     lost its slot to a rival, or can no longer be signed): submitted again, it is that, not a fresh OK (which
-    acknowledged it "locked" with a new optimistic promise)."""
+    acknowledged it "locked" with a new optimistic promise). ``hold_new``: no slot is locked anew (``not_yet``,
+    this reason); the locks held are kept to."""
     closed = closed or {}
     decisions: list[Decision] = []
     new: dict[bytes, Receipt] = {}
@@ -59,7 +61,9 @@ def decide(receipts: Sequence[Receipt], locks: Mapping[bytes, bytes], validate: 
         held = locks.get(key)
         if held is None and key in new:
             held = new[key].id
-        if held is None:
+        if held is None and hold_new is not None:
+            decisions.append(Decision(rid, Verdict.NOT_YET, hold_new))
+        elif held is None:
             new[key] = receipt
             decisions.append(Decision(rid, Verdict.OK))
         elif held == rid:

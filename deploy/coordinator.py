@@ -193,6 +193,9 @@ def receipt_engine(cfg: config_mod.Config, coord: Coordinator, peers: PeerManage
     service = ReceiptService(peers, coord.key, {p.id: p.public_key for p in cfg.peers}, dkg, view, locks,
                              batch_max=cfg.receipt_batch_max, batch_wait_s=cfg.receipt_batch_wait_ms / 1000,
                              epoch_length_s=cfg.epoch_length_s, epoch_grace=cfg.receipt_epoch_grace)
+    coord.on_older_copy = service.hold_new_locks  # (this data folder restored from an older copy of itself)
+    if coord.older_copy is not None:
+        service.hold_new_locks(coord.older_copy)
     behaviour = os.environ.get("DSDN_BYZANTINE")
     if behaviour:  # a lying member for fault-injection runs (dsdn nemesis); never on mainnet
         if cfg.da_network == "mainnet":

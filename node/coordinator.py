@@ -15,6 +15,7 @@ import logging
 import operator
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,6 +174,11 @@ class Coordinator:
         # logged every 2 s while the consumers catch up at start; /ready's 503 body carries it
         self.progress = RebuildProgress(self.consumers, lambda: self.state.events_applied, lambda: self.rebuilt)
         self._consistency_flight: _ConsistencyCheck | None = None  # the consistency check running, if any
+        # (latest timestamp of an event the outbox ever committed, this run's first stamp): an event of ours on DA
+        # between the two is one this data folder never wrote (``_check_own_events``); None: not checked
+        self._own_stamps: tuple[Timestamp, Timestamp] | None = None
+        self.older_copy: str | None = None  # why this data folder is an older copy of itself, once found
+        self.on_older_copy: Callable[[str], None] | None = None  # told so (the receipt engine)
         self.snapshots_written = 0
         self.snapshots_failed = 0
         self._final_snapshot: trio.CancelScope | None = None  # the final snapshot's scope while ``run`` writes it
@@ -251,6 +257,9 @@ class Coordinator:
                       "or once wrong): its writes go on after them, and win over others' until the clock catches up",
                       ahead_s)
         self.hlc.resume(issued)
+        own = await self.outbox.stamp_high_water()
+        if own is not None:  # (none recorded: an outbox made anew, or by an older version: nothing to tell by)
+            self._own_stamps = (own, max(self.hlc.last, (wall_ms(), 0)))
         log.info("restored: snapshot=%s cursors=%s events=%d outbox-replayed=%d pending=%d in %.3fs",
                  "yes" if snap else "no", self.cursors(), self.state.events_applied, replayed,
                  self.outbox.pending, time.perf_counter() - t0)
@@ -357,6 +366,27 @@ class Coordinator:
             return self.state.apply_events(events)
         finally:
             self.hlc.observe_all(map(_hlc_of, events), self.state.last_hlc)
+            if self._own_stamps is not None and events and events[-1][3] == self.id:
+                self._check_own_events(events)
+
+    def _check_own_events(self, events: list[EventTuple]) -> None:
+        """Events of ours read from DA (signed with our identity key: nobody else makes them). One stamped after
+        the latest the outbox ever committed, yet before this run began, was written by this coordinator from a data
+        folder that went on past this one: this folder is an older copy (a backup restored, a VM snapshot
+        reverted), or another process ran with this identity. Its lock table may miss the slot locks taken since,
+        and nothing in it tells: the receipt engine locks no slot anew until those could no longer be signed."""
+        assert self._own_stamps is not None
+        committed, started = self._own_stamps
+        latest = max((e[1], e[2]) for e in events if e[3] == self.id)
+        if not committed < latest < started:
+            return
+        self._own_stamps = None  # (found once)
+        self.older_copy = (f"an event of this coordinator on DA (stamped {latest[0]}) is later than any its outbox "
+                           f"ever committed ({committed[0]}): this data folder is an older copy of itself (restored "
+                           "from a backup, a snapshot reverted), or another process ran with its identity")
+        log.error("%s", self.older_copy)
+        if self.on_older_copy is not None:
+            self.on_older_copy(self.older_copy)
 
     async def submit_event(self, kind: str, **fields: Any) -> Event:
         """Append an event of this coordinator durably (outbox → DA) and apply it; for the receipt engine."""

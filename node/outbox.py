@@ -5,7 +5,9 @@ Writes are group-committed: concurrent ``append`` calls that arrive while a comm
 the next transaction (one fsync), so throughput grows with concurrency instead of queueing on fsync. Each
 commit also records the latest timestamp among the events (``clock``; or the one each ``append`` names as its
 clock's, see there): the restarted coordinator's clock resumes past every timestamp it ever issued, pruned or not
-(``high_water``).
+(``high_water``). It records too the latest timestamp of any event it committed (``stamps``: an event stamped after
+a register's version further ahead exceeds the clock's), which no event of this coordinator on DA exceeds unless this
+outbox is an older copy (``stamp_high_water``).
 At most ``max_inflight`` appends wait at once (queued or being committed); one more raises
 ``Overloaded`` at once (the API answers 503 with Retry-After), so a write flood cannot grow the queue
 without bound. All SQLite work runs in ``trio.to_thread`` (or the ``run_blocking`` given: the simulator runs
@@ -47,6 +49,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox (seq) WHERE layer IS NULL;
 CREATE TABLE IF NOT EXISTS clock (k INTEGER PRIMARY KEY CHECK (k = 0), wall INTEGER NOT NULL,
                                   counter INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS stamps (k INTEGER PRIMARY KEY CHECK (k = 0), wall INTEGER NOT NULL,
+                                   counter INTEGER NOT NULL);
 """
 
 MAX_GROUP = 1024
@@ -162,7 +166,8 @@ class Outbox:
                 try:
                     with trio.CancelScope(shield=True):  # never abandon a commit half-way
                         latest = max(w.clock for w in group)
-                        seqs = await self._db_call(self._insert, [w.event.raw for w in group], latest)
+                        stamped = max((w.event.wall, w.event.counter) for w in group)
+                        seqs = await self._db_call(self._insert, [w.event.raw for w in group], latest, stamped)
                 except (sqlite3.Error, OSError) as exc:
                     self.inflight -= len(group)
                     for w in group:
@@ -179,14 +184,21 @@ class Outbox:
                 self.appended.set()
                 self.appended = trio.Event()
 
-    def _insert(self, raws: list[bytes], latest: tuple[int, int]) -> list[int]:
+    def _insert(self, raws: list[bytes], latest: tuple[int, int], stamped: tuple[int, int]) -> list[int]:
         now = time.time_ns() // 1_000_000
         with self._db_tx():
-            self._db.execute("INSERT INTO clock VALUES (0, ?, ?) ON CONFLICT (k) DO UPDATE SET wall = excluded.wall, "
-                             "counter = excluded.counter WHERE (excluded.wall, excluded.counter) > (wall, counter)",
-                             latest)
+            for table, stamp in (("clock", latest), ("stamps", stamped)):
+                self._db.execute(f"INSERT INTO {table} VALUES (0, ?, ?) ON CONFLICT (k) DO UPDATE SET "
+                                 "wall = excluded.wall, counter = excluded.counter "
+                                 "WHERE (excluded.wall, excluded.counter) > (wall, counter)", stamp)
             return [int(self._db.execute("INSERT INTO outbox (raw, created_ms) VALUES (?, ?)", (r, now)).lastrowid
                         or 0) for r in raws]
+
+    async def stamp_high_water(self) -> tuple[int, int] | None:
+        """The latest timestamp of any event ever committed here; None when not recorded (an outbox that never
+        committed one, or written before ``stamps`` existed)."""
+        row = await self._db_call(lambda: self._db.execute("SELECT wall, counter FROM stamps WHERE k = 0").fetchone())
+        return None if row is None else (int(row[0]), int(row[1]))
 
     async def high_water(self) -> tuple[int, int]:
         """The latest timestamp of any event ever committed here ((0, 0) for none); an outbox written before

@@ -218,3 +218,19 @@ def test_a_batch_that_cannot_be_rolled_back_breaks_the_table_and_is_never_commit
     real.rollback()
     assert real.execute("SELECT COUNT(*) FROM locks").fetchone() == (0,)
     store.close()
+
+
+def test_a_table_holding_new_locks_keeps_to_the_ones_it_has_and_locks_no_slot_anew_until_then(tmp_path: Path) -> None:
+    """An older copy of the table (the coordinator found its own later events on DA) cannot tell which slots it
+    locked since: until those can no longer be signed, a free slot here is "not yet", not locked to a rival."""
+    store = LockStore(tmp_path / "locks.sqlite")
+    held, free, other = receipt(reward=1), receipt(reward=2, node="n0"), receipt(reward=3, node="n2")
+    assert [d.verdict for d in store.lock_batch([held], ok, "c0", now_ms=1_000, batch=b"h" * 16)] == [Verdict.OK]
+    store.hold_new(5_000, "restored from an older copy")
+    store.hold_new(4_000, "a shorter hold does not shorten it")
+    decisions = store.lock_batch([held, free, other], ok, "c0", now_ms=4_999, batch=b"x" * 16)
+    assert [d.verdict for d in decisions] == [Verdict.OK, Verdict.NOT_YET, Verdict.NOT_YET]
+    assert decisions[1].reason == "restored from an older copy" and store.count() == 1
+    later = store.lock_batch([free, other], ok, "c0", now_ms=5_000, batch=b"y" * 16)
+    assert [d.verdict for d in later] == [Verdict.OK, Verdict.OK] and store.count() == 3
+    store.close()

@@ -616,3 +616,37 @@ async def test_a_write_that_fails_or_is_abandoned_beside_one_in_flight_leaves_th
         cfg = make_config(f"t{trial}", MAX_INFLIGHT_WRITES="2" if mode == "overloaded" else "64")
         zone, acked = await write_beside_one_in_flight(cfg, mode)
         assert zone == "zone-c", (trial, acked)
+
+
+async def test_a_data_folder_restored_from_an_older_copy_is_found_by_its_own_later_events_on_da(
+        make_config: Callable[..., Config], tmp_path: Path) -> None:
+    """A coordinator's data folder put back from a backup holds a lock table missing the locks taken since, and
+    nothing in it tells (a reviewer's reproduction: rivals of slots locked meanwhile were locked). Its own events on
+    DA, signed with its identity key, written after the copy and before this run, tell: it says so, once, and the
+    receipt engine is told (``on_older_copy``). A plain restart says nothing."""
+    import shutil
+
+    da = MockDA()
+    cfg = make_config("a")
+    async with running(cfg, da) as a:
+        await register_nodes(a, 3)
+        await wait_for(lambda: a.outbox.pending == 0, what="publication")
+    backup = tmp_path / "backup"
+    shutil.copytree(cfg.data_dir, backup)
+    async with running(cfg, da) as a:
+        await wait_for(lambda: a.rebuilt, what="the rebuild")
+        assert a.older_copy is None  # a plain restart
+        await register_nodes(a, 3, prefix="later")
+        await wait_for(lambda: a.outbox.pending == 0, what="publication")
+        await trio.sleep(0.3)
+        assert a.older_copy is None  # its own events of this run
+    shutil.rmtree(cfg.data_dir)
+    shutil.copytree(backup, cfg.data_dir)
+    told: list[str] = []
+    coord = Coordinator(cfg, da)
+    coord.on_older_copy = told.append
+    async with trio.open_nursery() as nursery:
+        await nursery.start(coord.run)
+        await wait_for(lambda: coord.state.node("later-2") is not None, what="the later writes read back from DA")
+        assert coord.older_copy is not None and "older copy" in coord.older_copy and told == [coord.older_copy]
+        nursery.cancel_scope.cancel()

@@ -222,8 +222,16 @@ async def test_the_outbox_keeps_the_latest_timestamp_it_committed_even_from_an_o
         assert await outbox.high_water() == (9_000, 1)
         outbox._db.execute("DELETE FROM clock")  # as a file written before the table existed (made empty at open)
         assert await outbox.high_water() == (9_000, 1)
+        # an event stamped after a register's version further ahead names its clock's timestamp: the clock's high
+        # water stays, the latest stamp committed (no event of ours on DA goes past it: Coordinator) moves
+        assert await outbox.stamp_high_water() == (9_000, 1)
+        await outbox.append(ev.make_event(ev.NODE_UNREGISTERED, (20_000, 3), "c0", id="ahead"), (9_500, 0))
+        assert await outbox.high_water() == (9_500, 0) and await outbox.stamp_high_water() == (20_000, 3)
         nursery.cancel_scope.cancel()
     outbox.close()
+    fresh = Outbox(tmp_path / "new.sqlite", lambda committed: None)
+    assert await fresh.stamp_high_water() is None  # (nothing to tell by: the coordinator does not check)
+    fresh.close()
 
 
 async def test_a_backlog_of_large_events_is_read_about_once_to_publish_it(

@@ -217,6 +217,29 @@ async def test_a_lost_lock_table_stops_signing(tmp_path: Path, cluster: SimClust
     assert list(reply["verdicts"]) == [Verdict.NOT_YET] and reply["commitment"] == []
 
 
+async def test_a_member_told_its_data_is_an_older_copy_locks_no_slot_anew_until_those_it_may_have_locked_expire(
+        cluster: SimCluster) -> None:
+    """``hold_new_locks`` (the coordinator found its own later events on DA): the slots it locked before stay locked
+    to their receipts; a free one is "not yet" to a proposer and a client's receipt is refused (503), until every
+    epoch a lock of before may name is past the grace: then it locks again."""
+    service = cluster.service("c2")
+    kept = cluster.receipt("n1", "obj1")
+    await lock_and_commit(service, "c0", b"K" * 16, [kept])
+    service.hold_new_locks("an older copy")
+    status = service.status()["lock_table"]["new_locks_held"]
+    assert status is not None and status.startswith("an older copy: this member locks no slot anew until")
+    with pytest.raises(Unavailable, match="older copy"):
+        service.submit(cluster.receipt("n2", "obj2"))
+    reply = await service._on_lock("c0", {"batch": b"L" * 16, "receipts": [kept.to_wire(),
+                                                                             cluster.receipt("n2", "obj2").to_wire()]})
+    assert list(reply["verdicts"]) == [Verdict.OK, Verdict.NOT_YET] and "older copy" in reply["reasons"][1]
+    epoch_now = int(service.clock() // service.epoch_length_s)
+    assert service.locks.held_until_ms == (epoch_now + service.epoch_grace + 2) * service.epoch_length_s * 1000
+    service.locks.held_until_ms = int(service.clock() * 1000)  # (the hold over: as when the clock gets there)
+    assert service.status()["lock_table"]["new_locks_held"] is None
+    await lock_and_commit(service, "c0", b"M" * 16, [cluster.receipt("n2", "obj2")])
+
+
 def test_a_corrupt_lock_table_is_broken(tmp_path: Path) -> None:
     path = tmp_path / "locks.sqlite"
     path.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)

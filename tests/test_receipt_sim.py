@@ -1069,7 +1069,7 @@ async def test_a_failing_outbox_while_publishing_a_signed_batch_is_retried_not_f
         member = cluster.members["c0"]
         real = member.outbox._insert
 
-        def full_disk_once(raws: list[bytes], latest: tuple[int, int]) -> list[int]:
+        def full_disk_once(*args: object) -> list[int]:
             member.outbox._insert = real  # type: ignore[method-assign]
             raise sqlite3.OperationalError("database or disk is full")
 
