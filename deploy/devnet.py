@@ -70,6 +70,8 @@ INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, PARSE_ERROR = -32600, -32601,
 # devnet put whatever arrived in one block, so concurrent writers made blocks our client cannot read back (a
 # GetAll answer over its 64 MiB), and one Submit of 110,000 tiny blobs froze it for 1.8 s (a reviewer's runs).
 MAX_BLOCK_BYTES = 128 * 128 * 512
+MAX_MEMPOOL_BYTES = 4 * MAX_BLOCK_BYTES  # the Submits waiting for a block, at most (beyond: "mempool is full", as a
+#                                         node's bounded mempool answers; 60 waiting Submits of 1.9 MB held 730 MB)
 MAX_BLOBS_PER_SUBMIT = 1024
 MAX_NAMESPACES = 16  # namespaces one blob.GetAll may name (each answered once: listing one again used to repeat it)
 
@@ -257,6 +259,7 @@ class Devnet:
         self.blob_total = 0
         self.head: Block | None = None
         self._pending: list[list[_Pending]] = []  # the Submits waiting for a block, each whole, oldest first
+        self._pending_bytes = 0  # their blobs' data
         self._new_block = trio.Event()
         self.stopping = False  # a graceful stop began (see stop_waiting)
         self._lock = trio.Lock()
@@ -300,6 +303,7 @@ class Devnet:
             taken, size = taken + 1, size + submit_size
         pending = [p for submit in self._pending[:taken] for p in submit]
         del self._pending[:taken]
+        self._pending_bytes -= sum(len(p.data) for p in pending)
         pending.sort(key=lambda p: p.namespace)  # blobs sit in namespace order in a Celestia square
         height = self.height + 1
         prev_hash = self.head[2] if self.head else bytes(32)
@@ -398,7 +402,10 @@ class Devnet:
             if blob.get("commitment") is not None and _unb64(blob["commitment"], "commitment") != commitment:
                 raise RPCError(SERVER_ERROR, "blob: mismatched commitment")
             entries.append(_Pending(namespace, data, commitment))
+        if self._pending_bytes + total > MAX_MEMPOOL_BYTES:
+            raise RPCError(SERVER_ERROR, "mempool is full: try again after the next block")
         self._pending.append(entries)
+        self._pending_bytes += total
         for entry in entries:
             await entry.done.wait()
             if entry.error:

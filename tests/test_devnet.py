@@ -213,6 +213,43 @@ async def test_blocks_and_submits_are_bounded_like_celestia_s(tmp_path: Path, mo
         devnet.close()
 
 
+async def test_submits_waiting_for_a_block_are_bounded_like_a_node_s_mempool(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every Submit waiting for a block was kept in memory without bound (60 of 1.9 MB under slow blocks: 730 MB, a
+    reviewer's run). Past MAX_MEMPOOL_BYTES waiting, a Submit is refused at once ("mempool is full", as a node's
+    bounded mempool answers); once a block takes the waiting ones, Submits are taken again."""
+    import deploy.devnet as devnet_mod
+
+    monkeypatch.setattr(devnet_mod, "MAX_MEMPOOL_BYTES", 100_000)
+    devnet = Devnet(str(tmp_path / "devnet.sqlite"), 3600)  # blocks made by hand below
+    await devnet.open()
+    heights: list[int] = []
+    refused: list[str] = []
+
+    async def submit(k: int) -> None:
+        try:
+            heights.append(await devnet.dispatch("blob.Submit", [[
+                {"namespace": b64(NS), "data": b64(bytes([k]) * 20_000), "share_version": 0}]]))
+        except devnet_mod.RPCError as exc:
+            refused.append(str(exc))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for k in range(10):
+                nursery.start_soon(submit, k)
+            await trio.sleep(0.1)
+            assert len(refused) == 5 and all("mempool is full" in r for r in refused) and heights == []
+            await devnet.produce_block()
+            await trio.sleep(0.1)
+            assert len(heights) == 5
+            nursery.start_soon(submit, 99)  # room again
+            await trio.sleep(0.1)
+            await devnet.produce_block()
+        assert len(heights) == 6 and len(refused) == 5
+    finally:
+        devnet.close()
+
+
 async def test_a_graceful_stop_answers_the_callers_waiting_for_a_height(tmp_path: Path) -> None:
     """A header.WaitForHeight for a far height held SIGTERM for hypercorn's whole graceful timeout (5 s), and its
     caller was then dropped without an answer (a reviewer's reproduction)."""
