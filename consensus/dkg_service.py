@@ -52,6 +52,12 @@
   hold proves its sender a liar) is left out of the next session when at least ``threshold`` members remain; the
   start carries the proofs, and every joiner checks them (and refuses a start that includes a member it holds a
   proof against). Proofs are journaled: a proven member stays left out (``status()``: ``dkg.excluded``).
+* A key too few hold: a liar choosing who hears what when can still complete a session at one member after the
+  others gave it up (they dealt in or confirmed a later one: ``_deliver``, ``_store_pending``). Such a member, told
+  that key's certificate, answers with a signed ``dkg.noshare`` (it holds no share of it and never will); a holder
+  told so by enough participants that fewer than the threshold can hold the key sets it aside (it can never sign,
+  and its holder refused every new session) and takes part in the next DKG. A healthy key has at most f members
+  that could say so falsely, fewer than the n − t + 1 needed.
 * File I/O goes through ``run_blocking`` (a worker thread by default; tests run it inline under the MockClock).
 """
 
@@ -67,6 +73,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import msgpack
+import nacl.exceptions
 import nacl.signing
 import trio
 
@@ -94,6 +101,8 @@ from protocol.envelope import Registry, is_bytes, is_int, is_list
 
 log = logging.getLogger("dsdn.dkg")
 START, MSG, SYNC, PROOFS, ASK = "dkg.start", "dkg.msg", "dkg.sync", "dkg.proofs", "dkg.ask"
+NO_SHARE = "dkg.noshare"  # a signed statement: the sender holds no share of the key of that session, and never will
+NO_SHARE_CONTEXT = b"dsdn/dkg/no-share/v1"
 MAX_BUFFERED = 4096  # messages of a session we have not joined yet
 MAX_BUFFERED_SESSIONS = 8  # sessions not joined yet whose messages are kept
 MAX_BUFFERED_BYTES = 32 << 20  # their messages together
@@ -134,6 +143,7 @@ def register(registry: Registry) -> None:
                              "participants": ids, "round1": ids, "round2": ids, "confirm": ids})
     registry.register(PROOFS, {"proofs": proofs})
     registry.register(ASK, {})
+    registry.register(NO_SHARE, {"session": is_bytes(SESSION_ID_SIZE), "sig": is_bytes(64)})
 
 
 @dataclass
@@ -220,6 +230,8 @@ class DkgService:
         self._pending: dict[bytes, SessionInfo] = {}  # sessions confirmed and not yet resolved
         self._recent: dict[bytes, SessionInfo] = {}  # the last sessions left (late complaints still count)
         self._ignored: dict[bytes, None] = {}  # sessions completed too late to be adopted, already said so
+        self._no_share_sent: dict[tuple[str, bytes], float] = {}  # (peer, session) -> when we last told it (trio time)
+        self._disowned: set[int] = set()  # participants of our key's session that signed they hold no share of it
         self._aborted: list[bytes] = []
         # every session confirmed here (journaled, never forgotten): a superseded one (``_store_pending``) is never
         # joined again, nor refused or left with a signed abort: joined again, a member signed an abort for a
@@ -331,7 +343,7 @@ class DkgService:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self._restore()
-        channels = [(t, self.net.subscribe(t)) for t in (START, MSG, SYNC, PROOFS, ASK)]
+        channels = [(t, self.net.subscribe(t)) for t in (START, MSG, SYNC, PROOFS, ASK, NO_SHARE)]
         async with trio.open_nursery() as nursery:
             for type_, channel in channels:
                 nursery.start_soon(self._inbox, type_, channel)
@@ -343,7 +355,7 @@ class DkgService:
 
     async def _inbox(self, type_: str, inbox: Inbox) -> None:
         handler = {START: self._on_start, MSG: self._on_msg, SYNC: self._on_sync, PROOFS: self._on_proofs,
-                   ASK: self._on_ask}[type_]
+                   ASK: self._on_ask, NO_SHARE: self._on_no_share}[type_]
         async for peer, msg in inbox:
             if peer not in self._ident_of:
                 continue
@@ -538,6 +550,7 @@ class DkgService:
         if type(session_id) is not bytes or len(session_id) != SESSION_ID_SIZE:  # (a list was unhashable: crash)
             log.warning("dropped a DKG message from %s: no session id of %d bytes", peer, SESSION_ID_SIZE)
             return
+        self._maybe_disown(peer, session_id, wire)
         s = self._find(session_id) or self._recent.get(session_id)
         if s is None and self.key is None and self._note_foreign_key(peer, session_id, wire):
             try:  # (journaled, and kept among the keys the cluster signed under: a restarted member knows it at once,
@@ -611,6 +624,74 @@ class DkgService:
         self.last_error = why
         log.warning("%s", why)
         return True
+
+    def _maybe_disown(self, peer: str, session_id: bytes, wire: Any) -> None:
+        """A confirmation of a session this member confirmed but can never complete any more (it dealt in or
+        confirmed a later one since, and gave it up: ``_deliver``, ``_store_pending``), from a peer holding its key
+        (a certificate answers our asks and syncs): tell that peer, signed, that we hold no share of it. A liar can
+        still complete such a session at one member while the others gave it up (it chooses who hears what when):
+        that key, held by fewer than its threshold, can never sign, and its holder, refusing every new session,
+        kept the cluster without a usable key for good (a regression review's reproduction). Our statements tell it
+        (``_on_no_share``)."""
+        if (session_id not in self._confirmed or session_id in self._pending
+                or (self.cert is not None and self.cert.session == session_id)
+                or (self.session is not None and self.session.id == session_id)):
+            return
+        try:
+            if not isinstance(decode(wire), Confirm):
+                return
+        except (DkgMessageError, ValueError, TypeError, KeyError):
+            return
+        now = trio.current_time()
+        if now - self._no_share_sent.get((peer, session_id), -1e9) < 4 * self.sync_interval_s:
+            return
+        self._no_share_sent[(peer, session_id)] = now
+        while len(self._no_share_sent) > 4 * len(self.members):
+            del self._no_share_sent[next(iter(self._no_share_sent))]
+        signature = self.identity.sign(NO_SHARE_CONTEXT + session_id).signature
+        self.net.send(peer, NO_SHARE, {"session": session_id, "sig": signature})
+
+    async def _on_no_share(self, peer: str, body: dict[str, Any]) -> None:
+        """A participant of our key's session says, signed, that it holds no share of that key. Once so many say so
+        that fewer than the threshold can hold it (an honest member says so only when true; a healthy key has at
+        most f members that could lie so, fewer than that count), the key can never sign anything: it is set aside
+        (``keyshare.bin.dead-<session>``), and this member takes part in the next DKG."""
+        cert, key = self.cert, self.key
+        ident = self._ident_of.get(peer)
+        if (cert is None or key is None or body["session"] != cert.session or ident not in cert.participants
+                or ident in self._disowned):
+            return
+        try:
+            nacl.signing.VerifyKey(self.members[peer]).verify(NO_SHARE_CONTEXT + cert.session, body["sig"])
+        except nacl.exceptions.BadSignatureError:
+            return
+        self._disowned.add(ident)
+        if len(cert.participants) - len(self._disowned) >= cert.threshold:
+            return
+        why = (f"the cluster key {key.group_public_key.hex()[:16]} (session {cert.session.hex()[:12]}) can never sign: "
+               f"{', '.join(self.names(sorted(self._disowned)))} signed that they hold no share of it, so fewer than "
+               f"its threshold {cert.threshold} do; it is set aside and this member takes part in the next DKG")
+        try:
+            await self.run_blocking(self._set_aside, cert.session)
+        except OSError as exc:
+            log.error("cannot set the dead cluster key aside: %s", exc)
+            self._disowned.discard(ident)  # (asked again: the peer tells us again)
+            return
+        self.key, self.cert, self._disowned = None, None, set()
+        self.last_error = why
+        self._next_auto = 0.0
+        log.error("%s", why)
+        try:
+            await self._save_journal()
+        except OSError as exc:
+            log.warning("cannot update the DKG journal: %s", exc)
+
+    def _set_aside(self, session_id: bytes) -> None:
+        """Move the key store and its certificate aside (blocking): a restart finds no key."""
+        for path in (self.keystore_path, self._cert_path):
+            if path.exists():
+                os.replace(path, path.with_name(f"{path.name}.dead-{session_id.hex()}"))
+        keystore.fsync_dir(self.keystore_path.parent)
 
     def _find(self, session_id: bytes) -> SessionInfo | None:
         """The running session or a confirmed one with that id."""
@@ -855,7 +936,7 @@ class DkgService:
             log.error("cannot store the DKG key share: %s", exc)
             self.last_error = f"cannot store the key share: {exc}"
             return
-        self.key, self.cert = key, cert
+        self.key, self.cert, self._disowned = key, cert, set()
         self.session = None
         self._completed = [*self._completed, s.id]
         self.left_out = None

@@ -23,7 +23,7 @@ import trio.testing
 
 from consensus import dkg, frost, keystore
 from consensus.dkg import DkgError, DkgParticipant
-from consensus.dkg_messages import SESSION_ID_SIZE, Complaint, Confirm, Round2
+from consensus.dkg_messages import SESSION_ID_SIZE, Complaint, Confirm, Round1, Round2
 from consensus.dkg_messages import Message as DkgMessage
 from consensus.dkg_service import (
     MAX_BUFFERED_BYTES,
@@ -869,6 +869,94 @@ async def test_a_session_confirmed_before_one_a_member_dealt_in_never_completes_
         await wait_until(lambda: all(s.key is not None for s in honest), 600)
         assert len({s.key.group_public_key for s in honest if s.key is not None}) == 1
         assert all(s.cert is not None and s.cert.session not in (sid1, s2[0]) for s in honest)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_key_a_liar_completed_at_one_member_only_is_set_aside_once_too_few_hold_it(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """The liar c3 makes S1 fail (its confirmation withheld, a signed abort), holds back its S2 round one, then gives
+    it to c0 and c2 (who deal in S2, giving S1 up) and, at the same moment, its S1 confirmation to c1 alone (who has
+    not dealt: it completes S1). S1's key has two holders, c1 and the liar, below t = 3: it can never sign, and c1,
+    holding a key, refused every new session; the cluster stuck for good (a regression review's reproduction).
+    c0 and c2 tell c1, signed, that they hold no share of it; c1 sets it aside and the next DKG makes a key of all."""
+    net, services = setup(tmp_path, delay=(0.001, 0.01))
+    c0, c1, c2, liar = (services[i] for i in IDS)
+    honest = (c0, c1, c2)
+    released: set[bytes] = set()
+    s2: list[bytes] = []
+    round1_to: set[str] = set()
+
+    def tamper(src: str, dst: str, msg: Message) -> Message | None:
+        m = dkg_message(msg)
+        if isinstance(m, Confirm) and (m.sender == liar.me or dst == "c3") and m.signature not in released:
+            return None
+        if (isinstance(m, Round1) and s2 and m.session == s2[0] and m.sender == liar.me and src == "c3"
+                and dst not in round1_to):
+            return None
+        return msg
+
+    net.tamper = tamper
+    async with trio.open_nursery() as nursery:
+        await start_manual(nursery, net, services)
+        sid1 = c0.start()
+        await wait_until(lambda: all(s.session is not None and s.session.id == sid1 and s.session.participant.committed
+                                     for s in services.values()))
+        assert liar.session is not None and liar.session.participant.own_confirm is not None
+        held = liar.session.participant.own_confirm
+        liar.session = None
+        liar._pending.clear()
+        abort = dkg.sign_abort(liar.identity, sid1, 3, dict(liar.identifiers), "bye")
+        for s in honest:
+            liar.net.send(s.net.my_id, "dkg.msg", {"data": msgpack.packb(abort.to_wire(), use_bin_type=True)})
+        await wait_until(lambda: all(s.session is None for s in honest))
+        await trio.sleep(1)
+        s2.append(c0.start())
+        await wait_until(lambda: liar.session is not None and liar.session.id == s2[0])
+        await trio.sleep(0.5)
+        own = next(m for m in liar.session.participant.round1 if m.sender == liar.me)  # type: ignore[union-attr]
+        round1_to.update({"c0", "c2"})
+        released.add(held.signature)
+        for dst in ("c0", "c2"):
+            liar.net.send(dst, "dkg.msg", {"data": msgpack.packb(own.to_wire(), use_bin_type=True)})
+        liar.net.send("c1", "dkg.msg", {"data": msgpack.packb(held.to_wire(), use_bin_type=True)})
+        await wait_until(lambda: c1.cert is not None and c1.cert.session == sid1, 30)  # completed at c1 alone
+        dead_key = c1.key.group_public_key  # type: ignore[union-attr]
+        await wait_until(lambda: c1.key is None, 60)
+        assert (tmp_path / f"c1.keyshare.dead-{sid1.hex()}").exists() and not c1.keystore_path.exists()
+        assert c1.last_error is not None and "can never sign" in c1.last_error
+        restarted = DkgService(c1.net, c1.identity, c1.members, c1.keystore_path, run_blocking=inline)
+        restarted.read_stored()
+        await restarted._restore()  # what a restart finds: no key, no error
+        assert restarted.key is None and restarted.cert is None
+        net.tamper = None
+        c0.start()
+        await wait_until(lambda: all(s.key is not None for s in honest), 600)
+        assert len({s.key.group_public_key for s in honest if s.key is not None} | {dead_key}) == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_healthy_key_is_not_set_aside_by_one_liar_saying_it_holds_no_share(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """n = 4, t = 3: a member sets its key aside only once n − t + 1 = 2 participants say, signed, they hold no share
+    of it; the liar alone (its statement counted once, however often sent) and forged statements do not."""
+    from consensus.dkg_service import NO_SHARE, NO_SHARE_CONTEXT
+
+    net, services = setup(tmp_path, delay=(0.001, 0.01))
+    c0, c3 = services["c0"], services["c3"]
+    async with trio.open_nursery() as nursery:
+        await start_manual(nursery, net, services)
+        c0.start()
+        await wait_until(lambda: all(s.key is not None for s in services.values()))
+        assert c0.cert is not None
+        session = c0.cert.session
+        statement = {"session": session, "sig": c3.identity.sign(NO_SHARE_CONTEXT + session).signature}
+        for _ in range(3):
+            c3.net.send("c0", NO_SHARE, statement)
+        forged = {"session": session, "sig": services["c1"].identity.sign(NO_SHARE_CONTEXT + bytes(32)).signature}
+        services["c1"].net.send("c0", NO_SHARE, forged)
+        c3.net.send("c0", NO_SHARE, {"session": bytes(32), "sig": statement["sig"]})  # another session
+        await trio.sleep(5)
+        assert c0.key is not None and c0.keystore_path.exists() and c0._disowned == {c3.me}
         nursery.cancel_scope.cancel()
 
 
