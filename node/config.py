@@ -7,7 +7,9 @@ expected; the process entry turns it into one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,15 +218,26 @@ def _http_client_takes(url: str) -> bool:
 
 
 def _is_host(host: str) -> bool:
-    """An IP address or a host name (``HOSTNAME_RE``); "a..b", a label of 64 characters or spaces are neither."""
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host)
+    """An IP address (short IPv4 forms included, as the system reads them: 127.1 is 127.0.0.1) or a host name
+    (``HOSTNAME_RE``); "a..b", a label of 64 characters, spaces, or digits and dots that are no address
+    ("127.0.0.256" passed as a host name, and failed at start: a reviewer's find) are neither."""
+    if _ip(host) is not None:
         return True
-    except ValueError:  # (digits and dots alone are an IPv4 address or nothing: "10.0.0.01" passed as a host name,
-        #                 then the HTTP client refused it at start with a traceback: a reviewer's find)
-        return bool(HOSTNAME_RE.fullmatch(host)) and not re.fullmatch(r"[0-9.]+", host)
+    return bool(HOSTNAME_RE.fullmatch(host)) and not re.fullmatch(r"[0-9.]+", host)
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address ``host`` is, as the system reads it (``127.1``: 127.0.0.1), or None for a name."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if re.fullmatch(r"[0-9.]+", host):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
 
 
 def _host(env: Mapping[str, str], var: str = "COORDINATOR_HOST") -> str:
@@ -248,12 +261,8 @@ def _same_host(host: str) -> str:
     """One spelling per host: any case, no trailing dot, an IP address in its compressed form ([::1] and [0:0::1]
     were two validators, so a quorum of 2 could never be met: a reviewer's find). A name and an address of one host
     cannot be told apart without resolving it."""
-    import ipaddress
-
-    try:
-        return ipaddress.ip_address(host).compressed
-    except ValueError:
-        return host.lower().rstrip(".")
+    ip = _ip(host)
+    return ip.compressed if ip is not None else host.lower().rstrip(".")
 
 
 def _visible_ascii(token: str) -> bool:
@@ -263,14 +272,10 @@ def _visible_ascii(token: str) -> bool:
 def is_loopback(host: str) -> bool:
     """``localhost`` or a loopback IP address (127.0.0.0/8, ::1); a host name is not resolved, so any other
     name counts as reachable from the network."""
-    import ipaddress
-
     if host.lower().rstrip(".") == "localhost":
         return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    ip = _ip(host)
+    return ip is not None and ip.is_loopback
 
 
 def _namespace(env: Mapping[str, str]) -> bytes | None:

@@ -277,6 +277,11 @@ def test_ipv6_peers_and_unusual_but_valid_values_are_taken(tmp_path) -> None:  #
     assert ok.peer_host == "coord_0" and ok.peers[0].host == "coord_0.local." and len(ok.quorum_validators) == 2
     with pytest.raises(ConfigError, match="distinct"):
         load({"USE_MOCK_DA": "true", "QUORUM_VALIDATORS": "http://v1:80/x,http://V1/x/"})
+    # short IPv4 forms the system reads as addresses (127.1 is 127.0.0.1) stay taken (a regression review)
+    short = load({"USE_MOCK_DA": "true", "COORDINATOR_ID": "c0", "COORDINATOR_HOST": "127.1",
+                  "CLUSTER_PEERS": f"c0={K0}@127.1:9200,c1={K1}@10.1:9201"})
+    assert [p.host for p in short.peers] == ["127.1", "10.1"]
+    assert load({"DA_RPC_URL": "http://10.1:26658", "DA_NAMESPACE": "00" * 19 + "0123456789abcdef0123"})
 
     cfg = load({"USE_MOCK_DA": "true", "COORDINATOR_ID": "c0", "PEER_HOST": "::1",
                 "CLUSTER_PEERS": f"c0={K0}@[::1]:9200,c1={K1}@[fe80::1]:9201",
