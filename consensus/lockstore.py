@@ -103,6 +103,10 @@ class LockStore:
                 self._count = int(self.db.execute("SELECT count(*) FROM locks").fetchone()[0])  # (before any thread)
                 if owner is not None:
                     self._check_owner(owner, expect_existing)
+                held = dict(self.db.execute("SELECT k, v FROM meta WHERE k IN ('held_until_ms', 'held_reason')"))
+                if len(held) == 2:  # (a hold outlives restarts: see hold_new)
+                    self.held_until_ms = int(bytes(held["held_until_ms"]).decode())
+                    self.held_reason = bytes(held["held_reason"]).decode()
         except sqlite3.DatabaseError as exc:
             self.broken = f"lock table {path} is unreadable: {exc}"
         if not hasattr(self, "db"):  # (not even opened: a directory in its place, no permission)
@@ -112,8 +116,15 @@ class LockStore:
         """Lock no slot anew until ``until_ms`` (unix ms): this table may miss locks taken since the copy it was
         restored from (``Coordinator.restored_from_older_copy``); a slot locked then can no longer be signed once its
         epoch is past the grace. The locks held here are still kept to."""
-        if until_ms > self.held_until_ms:
-            self.held_until_ms, self.held_reason = until_ms, reason
+        if until_ms <= self.held_until_ms:
+            return
+        self.held_until_ms, self.held_reason = until_ms, reason
+        # Kept in the table (blocking, once): a restart during the hold found nothing to tell it again (its outbox
+        # and cursors past the lost copy's events) and locked anew at once (a regression review)
+        with self._using(), self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)",
+                                [("held_until_ms", str(until_ms).encode()), ("held_reason", reason.encode())])
 
     def _check_owner(self, owner: bytes, holds_key: bool) -> None:
         """Bind the table to ``owner`` (a new one, or one from before the owner was kept), or refuse it as another's

@@ -398,8 +398,11 @@ class ReceiptService:
         until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(until_s))
         reason = (f"{why}: this member locks no slot anew until {until} (every slot it may have locked since is then "
                   "past the epoch grace)")
-        self.locks.hold_new(int(until_s * 1000), reason)
         log.error("%s", reason)
+        try:  # (blocking, once: a few ms on the event loop)
+            self.locks.hold_new(int(until_s * 1000), reason)
+        except LockTableBroken as exc:  # (held in memory all the same; a broken table signs nothing anyway)
+            log.error("cannot keep the hold in the lock table: %s", exc)
 
     def _held(self) -> str | None:
         """Why no slot is locked anew here now, if so (``hold_new_locks``)."""

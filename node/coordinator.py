@@ -259,7 +259,10 @@ class Coordinator:
         self.hlc.resume(issued)
         own = await self.outbox.stamp_high_water()
         if own is not None:  # (none recorded: an outbox made anew, or by an older version: nothing to tell by)
-            self._own_stamps = (own, max(self.hlc.last, (wall_ms(), 0)))
+            started = max(self.hlc.last, (wall_ms(), 0))
+            self.hlc.resume(started)  # (our stamps from now on come after it, even if the wall clock steps back:
+            #                            such a stamp read back from DA passed for an older copy's: a regression review)
+            self._own_stamps = (own, started)
         log.info("restored: snapshot=%s cursors=%s events=%d outbox-replayed=%d pending=%d in %.3fs",
                  "yes" if snap else "no", self.cursors(), self.state.events_applied, replayed,
                  self.outbox.pending, time.perf_counter() - t0)

@@ -231,6 +231,11 @@ def test_a_table_holding_new_locks_keeps_to_the_ones_it_has_and_locks_no_slot_an
     decisions = store.lock_batch([held, free, other], ok, "c0", now_ms=4_999, batch=b"x" * 16)
     assert [d.verdict for d in decisions] == [Verdict.OK, Verdict.NOT_YET, Verdict.NOT_YET]
     assert decisions[1].reason == "restored from an older copy" and store.count() == 1
-    later = store.lock_batch([free, other], ok, "c0", now_ms=5_000, batch=b"y" * 16)
-    assert [d.verdict for d in later] == [Verdict.OK, Verdict.OK] and store.count() == 3
     store.close()
+    # the hold outlives a restart: one within it locked anew at once (nothing told it again: a regression review)
+    again = LockStore(tmp_path / "locks.sqlite", expect_existing=True)
+    assert again.held_until_ms == 5_000 and again.held_reason == "restored from an older copy"
+    assert [d.verdict for d in again.lock_batch([free], ok, "c0", now_ms=4_999, batch=b"z" * 16)] == [Verdict.NOT_YET]
+    later = again.lock_batch([free, other], ok, "c0", now_ms=5_000, batch=b"y" * 16)
+    assert [d.verdict for d in later] == [Verdict.OK, Verdict.OK] and again.count() == 3
+    again.close()
