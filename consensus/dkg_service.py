@@ -638,10 +638,12 @@ class DkgService:
                 or (self.session is not None and self.session.id == session_id)):
             return
         try:
-            if not isinstance(decode(wire), Confirm):
-                return
+            message = decode(wire)
         except (DkgMessageError, ValueError, TypeError, KeyError):
             return
+        if not isinstance(message, Confirm) or (self.key is not None
+                                                and message.group_public_key == self.key.group_public_key):
+            return  # (our own key, its certificate unreadable: never disowned)
         now = trio.current_time()
         if now - self._no_share_sent.get((peer, session_id), -1e9) < 4 * self.sync_interval_s:
             return
