@@ -88,6 +88,10 @@ _HEALED, _OBJECT, _MISSING = ev.REPLICA_HEALED, ev.OBJECT_REGISTERED, ev.REPLICA
 _HEALED_PREFIX = b"\x96" + _pack(ev.FORMAT_VERSION) + _pack(_HEALED)
 
 
+def _no_rehash(*_: Any) -> None:
+    """A cut's ledger changes nothing."""
+
+
 def _entry_hash(tag: str, key: Any, version: Version, value: Any) -> int:
     return _from_bytes(_sha256(_pack((tag, key, version, value))).digest(), "big")
 
@@ -582,7 +586,11 @@ class State:
         copy.scheduler, copy.max_hlc, copy._acc = self.scheduler, self.max_hlc, self._acc
         copy._recent_order, copy._applied = tuple(self._recent_order), self._applied  # a tuple: no events
         copy._live_nodes, copy.membership_epoch = self._live_nodes, self.membership_epoch
-        copy.ledger = self.ledger.cut(copy._rehash)
+        # a cut applies no events: without its handlers and its ledger's rehash (both refer to it), nothing but
+        # its holders keeps it alive, and dropped unreleased it stops sharing at once, not at the next collection
+        # of the cycle (meanwhile every first write to a key was noted for it: a reviewer's reading)
+        copy._handlers = {}
+        copy.ledger = self.ledger.cut(_no_rehash)
         return copy
 
     def _take(self, shard: int) -> None:
@@ -649,7 +657,8 @@ class State:
         for base, name, tables in ((0, "objects", self._objects), (SHARDS, "replicas", self._replicas)):
             yield pack(name) + packer.pack_array_header(len(tables))
             for i in range(len(tables)):
-                if base + i in self._shared:  # (a cut: the shard as it was, in one piece of work)
+                if self._is_cut and base + i in self._shared:  # (a cut: the shard as it was, in one piece of work;
+                    #  the live state, encoding itself beside a cut, undid its own writes: a reviewer's fuzzing)
                     self._take(base + i)
                 yield packer.pack_array_header(2)
                 yield from _pack_list(packer, list(tables[i]))

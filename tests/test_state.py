@@ -417,3 +417,36 @@ def test_replica_registers_in_dicts_give_the_same_state_as_tuples(events: list[e
         assert c.root() == a.root() and view(c)[:3] == view(a)[:3]
     finally:
         state_mod.WIDE = wide
+
+
+def test_the_live_state_encoded_beside_a_cut_keeps_its_writes_and_the_cut_its_view() -> None:
+    """``snapshot_pieces`` took the shards a cut shares whoever encoded: the live state, encoded while a cut was
+    outstanding, put the values of the cut's moment back into its own tables (its root no longer its registers'),
+    and the cut then read the live values (a reviewer's fuzzing)."""
+    from node import snapshot
+
+    s = State()
+    s.apply(make_event(ev.OBJECT_REGISTERED, (1, 0), "c0", hash="a0", size=1))
+    cut = s.frozen()
+    s.apply(make_event(ev.OBJECT_REGISTERED, (2, 0), "c0", hash="a0", size=2))
+    s.apply(make_event(ev.OBJECT_REGISTERED, (2, 0), "c0", hash="b1", size=7))
+    root = s.root()
+    snapshot.encode(snapshot.Snapshot(s, {}, 0))
+    assert s.object("a0") == (2, []) and s.object("b1") == (7, []) and s.root() == root == s.recomputed_root()
+    assert cut.object("a0") == (1, []) and cut.object("b1") is None and cut.recomputed_root() == cut.root()
+
+
+def test_a_cut_dropped_unreleased_stops_sharing_at_once() -> None:
+    """A cut referred to itself (its event handlers, its ledger's rehash): dropped without ``release``, it lived on
+    until the collector found the cycle, and meanwhile the live state noted every first write for it."""
+    import gc
+
+    s = State()
+    s.apply(make_event(ev.OBJECT_REGISTERED, (1, 0), "c0", hash="a0", size=1))
+    gc.disable()
+    try:
+        s.frozen()  # (dropped at once)
+        s.apply(make_event(ev.OBJECT_REGISTERED, (2, 0), "c0", hash="b1", size=7))
+        assert not s._shared and not any(s._undo)
+    finally:
+        gc.enable()
