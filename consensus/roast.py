@@ -99,6 +99,12 @@ class RoastTracker:
         elif signer in self.current:
             return out  # a commitment while a session of its own is pending: ignore it
         if commitment is not None:
+            if not (type(commitment) is tuple and len(commitment) == 2
+                    and all(type(p) is bytes and len(p) == 32 for p in commitment)):
+                # (not two 32-byte points: frost.prepare refused the session with no one named, and every honest
+                # signer's commitment in it was spent for nothing, session after session: a reviewer's find)
+                self._blame(out, {signer})
+                return out
             if commitment in self.used or signer in self.ready:
                 self._blame(out, {signer})  # a reused commitment
                 return out

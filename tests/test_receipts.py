@@ -372,6 +372,26 @@ def test_roast_names_a_commitment_that_is_no_point_before_anyone_is_asked(keys: 
     nacl.signing.VerifyKey(keys[1].group_public_key).verify(MESSAGE, tr.signature)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("junk", [(b"\x00" * 31, b"\x02" * 31), (b"\x01" * 32,), [b"\x01" * 32, b"\x02" * 32],
+                                  (b"\x01" * 32, "x" * 32), None])
+def test_roast_names_a_commitment_that_is_not_two_32_byte_points_at_once(keys: dict[int, frost.KeyShare],
+                                                                         junk: object) -> None:
+    """A commitment of the wrong shape (short points, one point, a list) was taken as ready: the session it joined
+    failed to prepare with no one named, and the honest signers' commitments in it were spent for nothing, session
+    after session (a list raised TypeError: unhashable). Its sender is named at once; the others sign."""
+    tr, signers = tracker(keys), {i: Signer(k) for i, k in keys.items()}
+    if junk is None:  # (the control: a well-formed commitment of a signer is taken)
+        out = tr.add_commitment(2, signers[2].commit())
+        assert not out.blamed and 2 in tr.ready
+        return
+    out = tr.add_commitment(2, junk)  # type: ignore[arg-type]
+    assert out.blamed == {2} and 2 in tr.malicious and 2 not in tr.ready
+    for i in (1, 3):
+        out = tr.add_commitment(i, signers[i].commit())
+    started = [s for s in tr.add_commitment(4, signers[4].commit()).start] + out.start
+    assert len(started) == 1 and set(started[0].commitments) == {1, 3, 4}
+
+
 def test_roast_withheld_shares_and_t_reached_late(keys: dict[int, frost.KeyShare]) -> None:
     tr, signers = tracker(keys, eager=False), {i: Signer(k) for i, k in keys.items()}
     assert not tr.add_commitment(1, signers[1].commit()).start
