@@ -239,9 +239,19 @@ class Abort(Message):
     @classmethod
     def _parse(cls, d: Mapping[str, Any]) -> dict[str, Any]:
         reason = d["reason"]
-        if type(reason) is not str or len(reason) > MAX_REASON:
+        if type(reason) is not str or len(reason) > MAX_REASON or not _encodable(reason):
             raise DkgMessageError(f"field 'reason': expected a string of at most {MAX_REASON} characters")
         return {"reason": reason}
+
+
+def _encodable(text: str) -> bool:
+    """Whether ``text`` has a UTF-8 encoding (a lone surrogate has none: signing_bytes raised UnicodeEncodeError out
+    of ``receive``, before any signature check: a reviewer's fuzzing of the pure core)."""
+    try:
+        text.encode()
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 _KINDS: dict[str, type[Message]] = {k.TYPE: k for k in (Round1, Round2, Confirm, Complaint, Abort)}

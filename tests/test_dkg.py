@@ -617,6 +617,10 @@ def test_wire_decoding_is_strict(transcript: dict[str, Any]) -> None:
     for bad in ({**r1, "commitment": []}, {**r1, "commitment": [b"\1" * 32] * 256}, [r1], None, b"x"):
         with pytest.raises(DkgMessageError):
             dkg.decode(bad)
+    abort = transcript["by_kind"][dkg.Abort].to_wire()
+    for reason in ("\udcff", "\ud800 left"):  # no UTF-8: UnicodeEncodeError escaped receive() (a reviewer's fuzzing)
+        with pytest.raises(DkgMessageError, match="reason"):
+            dkg.decode({**abort, "reason": reason})
 
 
 def test_unauthenticated_foreign_or_misaddressed_messages_change_nothing(transcript: dict[str, Any]) -> None:

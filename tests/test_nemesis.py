@@ -105,7 +105,8 @@ def test_the_receipt_engine_takes_the_byzantine_switch_except_on_mainnet(
     receipt_service.register(registry)
     keys = [nacl.signing.SigningKey(bytes([k + 1]) * 32) for k in range(4)]
     members = [SimpleNamespace(id=f"c{k}", public_key=bytes(key.verify_key)) for k, key in enumerate(keys)]
-    coord = SimpleNamespace(key=keys[0], state=State(), submit_event=None, da_read_through=lambda: None)
+    coord = SimpleNamespace(key=keys[0], state=State(), submit_event=None, da_read_through=lambda: None,
+                            older_copy=None, on_older_copy=None)
     peers = SimNetwork(registry).add("c0")
     monkeypatch.setenv("DSDN_BYZANTINE", behaviour)
     for network in ("mainnet", "mocha"):
