@@ -116,11 +116,16 @@ class LockStore:
         """Lock no slot anew until ``until_ms`` (unix ms): this table may miss locks taken since the copy it was
         restored from (``Coordinator.restored_from_older_copy``); a slot locked then can no longer be signed once its
         epoch is past the grace. The locks held here are still kept to."""
-        if until_ms <= self.held_until_ms:
+        if until_ms > self.held_until_ms:
+            self.held_until_ms, self.held_reason = until_ms, reason
+
+    def keep_hold(self) -> None:
+        """Keep the hold in the table (blocking; like every write, never beside another open transaction): a restart
+        during it found nothing to tell it again (its outbox and cursors past the lost copy's events) and locked
+        anew at once (a regression review)."""
+        if not self.held_until_ms:
             return
-        self.held_until_ms, self.held_reason = until_ms, reason
-        # Kept in the table (blocking, once): a restart during the hold found nothing to tell it again (its outbox
-        # and cursors past the lost copy's events) and locked anew at once (a regression review)
+        until_ms, reason = self.held_until_ms, self.held_reason
         with self._using(), self.db:
             self.db.execute("BEGIN")
             self.db.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)",

@@ -399,8 +399,13 @@ class ReceiptService:
         reason = (f"{why}: this member locks no slot anew until {until} (every slot it may have locked since is then "
                   "past the epoch grace)")
         log.error("%s", reason)
-        try:  # (blocking, once: a few ms on the event loop)
-            self.locks.hold_new(int(until_s * 1000), reason)
+        self.locks.hold_new(int(until_s * 1000), reason)  # (in force at once)
+        if self._nursery is not None:  # kept in the table as any write of the running service: never beside a
+            #                            batch's transaction left open on the same connection
+            self._nursery.start_soon(self._lock_table_work, self.locks.keep_hold)
+            return
+        try:  # (not running yet: no transaction can be open)
+            self.locks.keep_hold()
         except LockTableBroken as exc:  # (held in memory all the same; a broken table signs nothing anyway)
             log.error("cannot keep the hold in the lock table: %s", exc)
 

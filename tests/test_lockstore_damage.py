@@ -228,6 +228,7 @@ def test_a_table_holding_new_locks_keeps_to_the_ones_it_has_and_locks_no_slot_an
     assert [d.verdict for d in store.lock_batch([held], ok, "c0", now_ms=1_000, batch=b"h" * 16)] == [Verdict.OK]
     store.hold_new(5_000, "restored from an older copy")
     store.hold_new(4_000, "a shorter hold does not shorten it")
+    store.keep_hold()
     decisions = store.lock_batch([held, free, other], ok, "c0", now_ms=4_999, batch=b"x" * 16)
     assert [d.verdict for d in decisions] == [Verdict.OK, Verdict.NOT_YET, Verdict.NOT_YET]
     assert decisions[1].reason == "restored from an older copy" and store.count() == 1

@@ -240,6 +240,26 @@ async def test_a_member_told_its_data_is_an_older_copy_locks_no_slot_anew_until_
     await lock_and_commit(service, "c0", b"M" * 16, [cluster.receipt("n2", "obj2")])
 
 
+async def test_a_hold_told_while_a_batch_s_locks_are_uncommitted_waits_its_turn_to_be_kept(
+        cluster: SimCluster) -> None:
+    """The coordinator tells the hold from its DA reader, at any moment: a batch's locks may be decided and not yet
+    committed on the table's connection. Written at once, the hold's transaction met that one and broke the table
+    (a regression review's reading); it is kept once the batch lets go of the table."""
+    service = cluster.service("c2")
+    receipt = cluster.receipt("n1", "obj1")
+    async with service._db:  # (as a batch holds the table: its locks decided, the commit to come)
+        service.locks.lock_batch([receipt], service.validate, "c0", int(service.clock() * 1000), b"T" * 16,
+                                 commit=False)
+        service.hold_new_locks("an older copy")
+        await trio.sleep(0.5)
+        assert service.locks.broken is None and service.locks.db.in_transaction
+        service.locks.commit()
+    await trio.sleep(0.5)
+    kept = dict(service.locks.db.execute("SELECT k, v FROM meta WHERE k LIKE 'held_%'"))
+    assert int(bytes(kept["held_until_ms"])) == service.locks.held_until_ms and service.locks.broken is None
+    assert service.locks.lock_of(receipt.id) is not None
+
+
 def test_a_corrupt_lock_table_is_broken(tmp_path: Path) -> None:
     path = tmp_path / "locks.sqlite"
     path.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
