@@ -104,9 +104,12 @@ class LockStore:
                 if owner is not None:
                     self._check_owner(owner, expect_existing)
                 held = dict(self.db.execute("SELECT k, v FROM meta WHERE k IN ('held_until_ms', 'held_reason')"))
-                if len(held) == 2:  # (a hold outlives restarts: see hold_new)
-                    self.held_until_ms = int(bytes(held["held_until_ms"]).decode())
-                    self.held_reason = bytes(held["held_reason"]).decode()
+                if len(held) == 2:  # (a hold outlives restarts: see keep_hold)
+                    try:
+                        self.held_until_ms = int(bytes(held["held_until_ms"]).decode())
+                        self.held_reason = bytes(held["held_reason"]).decode()
+                    except ValueError:  # (UnicodeDecodeError too: a damaged row crashed the start)
+                        self.broken = f"lock table {path} holds a damaged hold on new locks: it will not sign"
         except sqlite3.DatabaseError as exc:
             self.broken = f"lock table {path} is unreadable: {exc}"
         if not hasattr(self, "db"):  # (not even opened: a directory in its place, no permission)
@@ -222,9 +225,10 @@ class LockStore:
 
     def commit(self) -> None:
         """Make the locks of a ``lock_batch(commit=False)`` durable (blocking; nothing to do without one)."""
+        self._check()  # (broken meanwhile: what is pending may be a batch that could not be rolled back, or none any
+        #               more: a failing write rolled it back, and a share on its locks must not go out)
         if not self.db.in_transaction:
             return
-        self._check()  # (broken meanwhile: what is pending may be a batch that could not be rolled back)
         try:
             self.db.execute("COMMIT")
         except sqlite3.DatabaseError as exc:

@@ -353,7 +353,8 @@ async def run_plan(plan: Plan, cluster: SimCluster) -> Outcome:
             return {r.id for r, _ in cluster.observed.documents} | {r.receipt.id for r in records
                                                                      if r.document is not None}
 
-        with trio.move_on_after(LIVENESS_BOUND_S):  # the DKG too must complete within the bound
+        liveness_deadline = trio.current_time() + LIVENESS_BOUND_S
+        with trio.move_on_at(liveness_deadline):  # the DKG too must complete within the bound
             resubmit_at = trio.current_time()
             while not all(expected | given() <= set(m.state.ledger.receipts) for m in cluster.honest()) \
                     or cluster.keyless() or unsettled_acknowledged(cluster, submitted):
@@ -381,27 +382,17 @@ async def run_plan(plan: Plan, cluster: SimCluster) -> Outcome:
                 outcome.liveness.append(f"{len(missing)} valid receipt(s) not final on {m.id} "
                                         f"{LIVENESS_BOUND_S:.0f}s after the heal; their records: {states}")
         await trio.sleep(SETTLE_S)
-        posted = -1
-        with trio.move_on_after(QUIET_BOUND_S):  # quiescence: nothing in flight, nothing new for two idle reads
-            while True:
-                while not cluster.quiet():
-                    await trio.sleep(0.1)
-                posted = cluster.da.posts
-                # (long enough for the records too: a batch that ended unsigned just before has its receipts, final
-                # here by another's batch, settled at their next retry; judged at once, they looked stuck)
-                await trio.sleep(max(2 * IDLE_POLL_S, RECORDS_SETTLE_S))
-                if cluster.da.posts == posted and cluster.quiet():
-                    break
-        if not cluster.quiet() or cluster.da.posts != posted:  # (it passed, and was checked as if quiet)
-            outcome.liveness.append(f"the cluster is not quiet {QUIET_BOUND_S:.0f}s after the liveness checks "
-                                    f"({cluster.da.posts} DA posts so far)")
+        await _wait_quiet(cluster, outcome)
         # A receipt of a pair left undecided when the loop above ended (its rival not signed yet, too few honest
         # signers for either) is decided if the rival was signed since: its member then closes its lock as a conflict
         # at its next takeover pass (rank-staggered: 21 s for the 7th member). Judged at once, it was reported
-        # unsettled (seeds 446722, 447071: a rival signed during the quiet wait)
-        with trio.move_on_after(LIVENESS_BOUND_S):
-            while unsettled_acknowledged(cluster, submitted):
-                await trio.sleep(0.25)
+        # unsettled (seeds 446722, 447071: a rival signed during the quiet wait). Within the same liveness bound;
+        # then quiet again (what settled meanwhile may have moved)
+        if unsettled_acknowledged(cluster, submitted):
+            with trio.move_on_at(liveness_deadline):
+                while unsettled_acknowledged(cluster, submitted):
+                    await trio.sleep(0.25)
+            await _wait_quiet(cluster, outcome)
         check_safety(cluster, records, outcome, [r for _, _, r in plan.refused])
         check_refused(plan, cluster, refused_records, outcome)
         check_acknowledged(cluster, submitted, outcome)
@@ -749,6 +740,25 @@ def acknowledged_receipts(cluster: SimCluster,
         if (record.optimistic is not None or record.status == "final") and _answers_for(cluster, member):
             acked.setdefault(record.receipt.id, (record.receipt, set()))[1].add(member)
     return acked
+
+
+async def _wait_quiet(cluster: SimCluster, outcome: Outcome) -> None:
+    """Until the cluster is quiet: nothing in flight, nothing new for two idle reads (a liveness finding if not within
+    QUIET_BOUND_S)."""
+    posted = -1
+    with trio.move_on_after(QUIET_BOUND_S):
+        while True:
+            while not cluster.quiet():
+                await trio.sleep(0.1)
+            posted = cluster.da.posts
+            # (long enough for the records too: a batch that ended unsigned just before has its receipts, final
+            # here by another's batch, settled at their next retry; judged at once, they looked stuck)
+            await trio.sleep(max(2 * IDLE_POLL_S, RECORDS_SETTLE_S))
+            if cluster.da.posts == posted and cluster.quiet():
+                break
+    if not cluster.quiet() or cluster.da.posts != posted:  # (it passed, and was checked as if quiet)
+        outcome.liveness.append(f"the cluster is not quiet {QUIET_BOUND_S:.0f}s after the liveness checks "
+                                f"({cluster.da.posts} DA posts so far)")
 
 
 def unsettled_acknowledged(cluster: SimCluster, submitted: list[tuple[str, Any]]) -> list[bytes]:

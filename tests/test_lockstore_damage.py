@@ -240,3 +240,30 @@ def test_a_table_holding_new_locks_keeps_to_the_ones_it_has_and_locks_no_slot_an
     later = again.lock_batch([free, other], ok, "c0", now_ms=5_000, batch=b"y" * 16)
     assert [d.verdict for d in later] == [Verdict.OK, Verdict.OK] and again.count() == 3
     again.close()
+
+
+def test_a_batch_whose_open_transaction_a_failing_write_rolled_back_is_never_committed_as_durable(
+        tmp_path: Path) -> None:
+    """A write that fails beside a batch's open transaction breaks the table and rolls that batch back: ``commit``
+    returned without a word (nothing in transaction), and the share on the lost locks went out; after a restart a
+    rival of the slot was locked (a regression review's reproduction). It raises."""
+    store = LockStore(tmp_path / "locks.sqlite")
+    decisions = store.lock_batch([receipt()], ok, "c0", batch=b"a" * 16, commit=False)
+    assert [d.verdict for d in decisions] == [Verdict.OK] and store.db.in_transaction
+    store.hold_new(10**13, "an older copy")
+    with pytest.raises(LockTableBroken):
+        store.keep_hold()  # (BEGIN within the open transaction: it fails, and the batch is rolled back)
+    with pytest.raises(LockTableBroken):
+        store.commit()
+    store.close()
+
+
+def test_a_damaged_hold_row_breaks_the_table_rather_than_the_start(tmp_path: Path) -> None:
+    store = LockStore(tmp_path / "locks.sqlite")
+    store.hold_new(10**13, "an older copy")
+    store.keep_hold()
+    store.db.execute("UPDATE meta SET v = ? WHERE k = 'held_until_ms'", (b"\xff",))
+    store.close()
+    again = LockStore(tmp_path / "locks.sqlite", expect_existing=True)
+    assert again.broken is not None and "hold" in again.broken
+    again.close()
