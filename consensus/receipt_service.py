@@ -207,6 +207,10 @@ class LedgerView(Protocol):
         """Whether the state holds every receipt of the batch."""
         ...
 
+    def covered(self, receipt_ids: list[bytes]) -> bool:
+        """Whether each of these receipts is signed in a batch served here already (heard) or held by the state."""
+        ...
+
     def settled_heard(self) -> list[Heard]:
         """The heard batches the state now holds, which stop being heard."""
         ...
@@ -1794,6 +1798,12 @@ class ReceiptService:
         if heard is None:
             log.warning("ignored an invalid receipt batch from %s", peer)
             return {"kept": 0}
+        if not self.view.in_state(heard) and not heard.kept and self.view.covered(heard.ids):
+            # every receipt of it is kept here already, signed in another batch: acknowledged, not kept again (a
+            # liar re-signing the same few receipts in every order and subset had each batch kept, on disk and in
+            # memory, without bound: a reviewer's reproduction); their documents are the other batch's
+            self._settle_final([self.records[rid].receipt for rid in heard.ids if rid in self.records])
+            return {"kept": 1}
         if not self.view.in_state(heard):  # (one the state holds, announced again, is kept: nothing to write)
             if not heard.kept:  # on disk before it is served or answered: "kept" means durable here
                 packed = msgpack.packb(heard.fields, use_bin_type=True)

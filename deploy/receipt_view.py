@@ -235,6 +235,10 @@ class StateLedgerView:
         served.origins.add(origin)
         return served
 
+    def covered(self, receipt_ids: list[bytes]) -> bool:
+        """Whether each of these receipts is signed in a batch served here already (heard) or held by the state."""
+        return all(rid in self._heard_of or self.holds(rid) for rid in receipt_ids)
+
     def in_state(self, heard: HeardBatch) -> bool:
         """Whether the state holds every receipt of the batch signed under a cluster key: a liar's batch of them
         under a key of its own made members forget a cluster-signed batch DA did not have, and close its locks

@@ -86,6 +86,30 @@ async def test_a_signed_batch_whose_unsigned_fields_make_no_event_is_not_kept(
         assert rc.verify_document(victim.lookup(r.id), cluster.group_key) == (True, "valid")
 
 
+async def test_batches_signed_again_over_receipts_kept_already_are_acknowledged_not_kept_again(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """A liar had the same few locked receipts signed again in every order and subset (each a new root, each a
+    genuine group signature) and announced them all: each was kept on disk and in memory, without bound (120
+    batches from 6 receipts: a reviewer's reproduction). A batch whose every receipt is signed in one kept here is
+    acknowledged, not kept again; one with a receipt not kept yet still is."""
+    from itertools import islice, permutations
+
+    from tests.test_receipt_sim import distinct_receipt
+
+    async with started(tmp_path, seed=5) as cluster:
+        target = cluster.service("c3")
+        receipts = [distinct_receipt(cluster, k) for k in range(5)]
+        before = len(target.view.heard_batches())
+        assert (await target._on_final("c0", cluster_signed(cluster, receipts)))["kept"] == 1
+        for order in islice(permutations(receipts), 1, 25):
+            assert (await target._on_final("c0", cluster_signed(cluster, list(order)[:4])))["kept"] == 1
+        assert len(target.view.heard_batches()) - before == 1 and len(target.locks.heard()) == 1
+        assert all(target.view.signed_document(r.id) is not None for r in receipts)
+        more = [*receipts[:2], distinct_receipt(cluster, 9)]
+        assert (await target._on_final("c0", cluster_signed(cluster, more)))["kept"] == 1
+        assert len(target.view.heard_batches()) - before == 2 and len(target.locks.heard()) == 2
+
+
 def test_batches_are_cut_so_their_receipts_fit_one_event() -> None:
     """A batch's packed receipts must fit the event's bin field (MAX_BIN): ``fitting`` cuts by size as well as by
     count, never below one receipt."""
