@@ -45,7 +45,7 @@ import logging
 import math
 import os
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -90,6 +90,7 @@ MAX_QUEUED = 8192  # receipts waiting for a batch; beyond that a submission is r
 #: receipts kept waiting for a write not seen here yet (NOT_YET, retried for NOT_YET_GIVE_UP_S): their own quota, so
 #: a flood of them (any node id, self-signed) cannot take the room of receipts ready to be signed
 MAX_NOT_YET = 1024
+MAX_REJECTED_RECORDS = 4096  # records settled as rejected kept to answer why (see ``_reject``)
 EVICTION_SCAN = 1024  # records in flight passed over (to the back) to evict a settled one past ``max_records``
 NOT_YET_RETRY_S = 0.5
 NOT_YET_GIVE_UP_S = 30.0
@@ -334,6 +335,7 @@ class ReceiptService:
         self.records: OrderedDict[bytes, Record] = OrderedDict()
         self._by_status: dict[str, int] = {}  # records per status, kept as they change (status() is polled)
         self.max_records = 200_000
+        self._rejected: deque[bytes] = deque()  # ids of the records settled as rejected, oldest first (``_reject``)
         self.counters = Counters()
         self._queue: list[rc.Receipt] = []
         self._queued: set[bytes] = set()
@@ -477,7 +479,7 @@ class ReceiptService:
         if why == CLOSED_CONFLICT:
             record.settle("conflict", "slot conflict", rival)
         elif why == CLOSED_REJECTED:
-            record.settle("rejected", "refused by more than n - t coordinators")
+            self._reject(record, "refused by more than n - t coordinators")
         else:  # open, or signed and on its way to the state: locked until the batch event arrives
             record.settle("locked")
         return self.lookup(receipt_id)
@@ -626,6 +628,19 @@ class ReceiptService:
             record = self.records.get(rid)
             if record is not None and record.document is not None and self.view.holds(rid):
                 record.document = None
+
+    def _reject(self, record: Record, reason: str) -> None:
+        """Settle a kept record as rejected. Of those, the latest MAX_REJECTED_RECORDS are kept to answer why (one
+        client's receipts of nodes registered nowhere, each given up after NOT_YET_GIVE_UP_S, filled the records up
+        to ``max_records`` as rejected ones: ~360 MiB, a reviewer's measurement); an older one is forgotten (404: its
+        client submits it again and it is judged anew)."""
+        record.settle("rejected", reason)
+        self._rejected.append(record.receipt.id)
+        while len(self._rejected) > MAX_REJECTED_RECORDS:
+            old = self.records.get(self._rejected.popleft())
+            if old is not None and old.status == "rejected":
+                self._drop(old.receipt.id)
+                self._records_version += 1
 
     def _drop(self, receipt_id: bytes) -> Record:
         record = self.records.pop(receipt_id)
@@ -1023,7 +1038,7 @@ class ReceiptService:
         else:
             self._count_rejected(reason)
             if open_:
-                record.settle("rejected", reason)  # type: ignore[union-attr]
+                self._reject(record, reason)  # type: ignore[arg-type]
         return rival
 
     async def _close_unsignable(self, unsignable: list[tuple[rc.Receipt, str]]) -> None:
@@ -1459,7 +1474,7 @@ class ReceiptService:
                 pass  # settled once the lock it conflicts with is durable (``_acknowledge``)
             elif d.verdict is Verdict.INVALID:
                 self._count_rejected(d.reason)
-                record.settle("rejected", d.reason)
+                self._reject(record, d.reason)
             else:
                 self._retry[d.receipt_id] = trio.current_time() + NOT_YET_RETRY_S
 
@@ -1523,7 +1538,7 @@ class ReceiptService:
             elif never:
                 self._count_rejected(invalid[0].reason)
                 if record is not None:
-                    record.settle("rejected", invalid[0].reason)
+                    self._reject(record, invalid[0].reason)
             else:  # not yet valid elsewhere, or too few answers: retry later
                 self._retry[r.id] = trio.current_time() + NOT_YET_RETRY_S
                 if record is None:

@@ -1058,6 +1058,37 @@ async def test_a_stalled_batch_counts_as_the_stall_point_at_most_in_the_usual_ti
     assert service._batch_s == pytest.approx(0.1 * (1 + 3 / 8) ** 5)
 
 
+
+async def test_receipts_given_up_as_rejected_are_kept_to_the_latest_few(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One client's receipts of nodes registered nowhere (not yet valid), each given up after NOT_YET_GIVE_UP_S and
+    kept as a rejected record, filled the records up to ``max_records`` (200,000: ~360 MiB; a reviewer's
+    measurement). The latest MAX_REJECTED_RECORDS of them answer why; older ones are forgotten (404)."""
+    import nacl.signing
+
+    import consensus.receipt_service as receipt_service
+    from deploy.simulation import NOW
+
+    monkeypatch.setattr(receipt_service, "MAX_REJECTED_RECORDS", 50)
+    cluster = SimCluster(tmp_path, 4, seed=3)
+    cluster.seed_ledger()
+    key = nacl.signing.SigningKey(b"\x07" * 32)
+    async with trio.open_nursery() as nursery:
+        await cluster.start(nursery)
+        service = cluster.service("c1")
+        sent = []
+        for k in range(120):
+            r = rc.sign_as_node(key, receipt_type="storage", node_id=f"ghost{k}", subject="ab" * 32, epoch=EPOCH,
+                                usage_proof_hash=f"{k:064x}", execution_commitment=None, reward_base=1,
+                                submitter_address="ab" * 20, timestamp=int(NOW))
+            assert service.submit(r).status == "pending"
+            sent.append(r)
+        await trio.sleep(receipt_service.NOT_YET_GIVE_UP_S + 5)
+        kept = [r for r in sent if r.id in service.records]
+        assert len(kept) == 50 and all(service.records[r.id].status == "rejected" for r in kept)
+        assert service.status()["by_status"] == {"rejected": 50}
+        nursery.cancel_scope.cancel()
+
 async def test_a_failing_outbox_while_publishing_a_signed_batch_is_retried_not_fatal(
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     """One "database or disk is full" as the proposer stores its signed batch escaped into the coordinator's nursery
