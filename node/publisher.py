@@ -117,7 +117,9 @@ class Publisher:
             raise landed.cause from landed
         self._alone_refused = False
         self._unrecorded = (seqs, ref)
-        await self.outbox.mark_published(seqs, ref)
+        with trio.CancelScope(shield=True):  # (the post landed, maybe paid: a stop waiting for the outbox's lock
+            #                                    left it unmarked, and it was posted again after the restart)
+            await self.outbox.mark_published(seqs, ref)
         return self._recorded(seqs)
 
     def _recorded(self, seqs: list[int]) -> int:

@@ -208,6 +208,32 @@ async def test_one_event_too_large_for_the_primary_does_not_hold_later_blobs_to_
     pending.close()
 
 
+async def test_a_stop_while_the_outbox_is_busy_does_not_leave_a_landed_blob_unmarked(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """The post landed (on Celestia, paid); the mark waited for the outbox's lock (a prune chunk, a commit) when the
+    stop came: cancelled there, the blob stayed unmarked and was posted again after the restart (a reviewer's
+    reading). The mark is shielded."""
+    layer = SmallLayer(limit=1_000_000)
+    outbox = Outbox(tmp_path / "outbox.sqlite", lambda committed: None, run_blocking=_now)
+    publisher = Publisher(outbox, layer, KEY, "c0", max_blob_bytes=1_000_000, interval_s=0.01)  # type: ignore[arg-type]
+    mark, marking = outbox.mark_published, trio.Event()
+
+    async def busy_outbox(*args: Any) -> None:
+        marking.set()
+        await trio.sleep(0.5)  # (waiting for the outbox's lock)
+        await mark(*args)
+
+    outbox.mark_published = busy_outbox  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(outbox.run)
+        await outbox.append(event(0))
+        nursery.start_soon(publisher.run)
+        await marking.wait()
+        nursery.cancel_scope.cancel()  # the stop
+    assert len(layer.blobs) == 1 and outbox.pending == 0
+    outbox.close()
+
+
 async def test_the_outbox_keeps_the_latest_timestamp_it_committed_even_from_an_older_file(tmp_path: Path) -> None:
     """``high_water`` is the latest timestamp of any event ever committed, the group's latest (not its last), and
     an outbox from before the ``clock`` table answers from the events it holds."""
