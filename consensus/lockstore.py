@@ -108,7 +108,8 @@ class LockStore:
                     try:
                         self.held_until_ms = int(bytes(held["held_until_ms"]).decode())
                         self.held_reason = bytes(held["held_reason"]).decode()
-                    except ValueError:  # (UnicodeDecodeError too: a damaged row crashed the start)
+                    except (ValueError, TypeError):  # (UnicodeDecodeError too; TypeError: a row of text or a number,
+                        #                              set by hand in a shell: a damaged row crashed the start)
                         self.broken = f"lock table {path} holds a damaged hold on new locks: it will not sign"
         except sqlite3.DatabaseError as exc:
             self.broken = f"lock table {path} is unreadable: {exc}"
@@ -139,6 +140,8 @@ class LockStore:
         while this member holds a key share: its own locks would be missing. Without a key share (a new identity
         starting over, its share moved aside) it is taken over: locks kept only ever refuse more."""
         row = self.db.execute("SELECT v FROM meta WHERE k = 'owner'").fetchone()
+        if row is not None and not isinstance(row[0], bytes):  # (text or a number set by hand: bytes() crashed)
+            row = (b"",)
         if row is not None and bytes(row[0]) != owner and holds_key:
             self.broken = (f"lock table {self.path} is another member's (kept for {bytes(row[0]).hex()[:16]}…, this "
                            f"member is {owner.hex()[:16]}…): its locks are not this member's, so it will not sign "

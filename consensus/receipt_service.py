@@ -45,7 +45,7 @@ import logging
 import math
 import os
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -335,7 +335,8 @@ class ReceiptService:
         self.records: OrderedDict[bytes, Record] = OrderedDict()
         self._by_status: dict[str, int] = {}  # records per status, kept as they change (status() is polled)
         self.max_records = 200_000
-        self._rejected: deque[bytes] = deque()  # ids of the records settled as rejected, oldest first (``_reject``)
+        # the records settled as rejected, oldest first (``_reject``)
+        self._rejected: OrderedDict[bytes, Record] = OrderedDict()
         self.counters = Counters()
         self._queue: list[rc.Receipt] = []
         self._queued: set[bytes] = set()
@@ -635,11 +636,13 @@ class ReceiptService:
         to ``max_records`` as rejected ones: ~360 MiB, a reviewer's measurement); an older one is forgotten (404: its
         client submits it again and it is judged anew)."""
         record.settle("rejected", reason)
-        self._rejected.append(record.receipt.id)
+        rid = record.receipt.id
+        self._rejected.pop(rid, None)  # (rejected again: the latest, not the first, decides when it goes)
+        self._rejected[rid] = record
         while len(self._rejected) > MAX_REJECTED_RECORDS:
-            old = self.records.get(self._rejected.popleft())
-            if old is not None and old.status == "rejected":
-                self._drop(old.receipt.id)
+            old_id, old = self._rejected.popitem(last=False)
+            if self.records.get(old_id) is old and old.status == "rejected":  # (only that very record: a regression
+                self._drop(old_id)  #                     review's receipt rejected twice had its new record dropped)
                 self._records_version += 1
 
     def _drop(self, receipt_id: bytes) -> Record:

@@ -258,12 +258,29 @@ def test_a_batch_whose_open_transaction_a_failing_write_rolled_back_is_never_com
     store.close()
 
 
-def test_a_damaged_hold_row_breaks_the_table_rather_than_the_start(tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", [b"\xff", "1999999999999", 1.5])
+def test_a_damaged_hold_row_breaks_the_table_rather_than_the_start(tmp_path: Path, damage: object) -> None:
+    """Bytes that are no number, or a value of another type (set by hand in a shell: the column takes any): the
+    start crashed with a traceback (a regression review)."""
     store = LockStore(tmp_path / "locks.sqlite")
     store.hold_new(10**13, "an older copy")
     store.keep_hold()
-    store.db.execute("UPDATE meta SET v = ? WHERE k = 'held_until_ms'", (b"\xff",))
+    store.db.execute("UPDATE meta SET v = ? WHERE k = 'held_until_ms'", (damage,))
     store.close()
     again = LockStore(tmp_path / "locks.sqlite", expect_existing=True)
     assert again.broken is not None and "hold" in again.broken
+    again.close()
+
+
+@pytest.mark.parametrize("damage", ["c0", 7])
+def test_an_owner_row_of_another_type_breaks_a_key_holder_s_table_rather_than_the_start(tmp_path: Path,
+                                                                                       damage: object) -> None:
+    owner = bytes(KEY.verify_key)
+    LockStore(tmp_path / "locks.sqlite", owner=owner).close()
+    db = sqlite3.connect(tmp_path / "locks.sqlite")
+    db.execute("UPDATE meta SET v = ? WHERE k = 'owner'", (damage,))
+    db.commit()
+    db.close()
+    again = LockStore(tmp_path / "locks.sqlite", expect_existing=True, owner=owner)
+    assert again.broken is not None and "another member" in again.broken
     again.close()
