@@ -165,6 +165,29 @@ async def test_hung_validator_bounded_by_signature_timeout(validators: list[Serv
     await strict.aclose()
 
 
+async def test_a_read_does_not_wait_out_a_hung_validator_and_is_bounded_in_all(validators: list[Server],
+                                                                               hung_url: str) -> None:
+    """Validators were asked one after another: a read without a certificate in memory (after a restart, or
+    another member's blob) waited each hung validator's whole timeout (3 reads: 6 s with a timeout of 2 s), and
+    with every validator hung n times it (a reviewer's reproduction). The next is asked once one is silent for a
+    while; the whole read is bounded by the timeout."""
+    urls = [hung_url] + [v.url for v in validators[1:]]
+    keys = [None, *keys_of(validators[1:])]
+    writer = quorum(urls, keys, timeout=1.0)
+    refs = [await writer.post(b"blob %d" % i) for i in range(3)]
+    reader = quorum(urls, keys)  # timeout_s 2.0, no certificates
+    start = trio.current_time()
+    assert [await reader.get(ref) for ref in refs] == [b"blob %d" % i for i in range(3)]
+    assert trio.current_time() - start < 3 * 1.0, trio.current_time() - start  # (sequential: 3 × 2.0 s)
+    all_hung = QuorumDA([hung_url] * 3, threshold_percent=67, signature_timeout_s=1.0, timeout_s=1.0)
+    start = trio.current_time()
+    with pytest.raises(DAUnavailable, match="no validator answered within 1 s"):
+        await all_hung.get(refs[0])
+    assert trio.current_time() - start < 1.5  # (sequential: 3.0 s)
+    for q in (writer, reader, all_hung):
+        await q.aclose()
+
+
 async def test_get_falls_back_when_a_signer_is_down(validators: list[Server]) -> None:
     q = quorum([v.url for v in validators], keys_of(validators), threshold=100)
     ref = await q.post(b"kept")

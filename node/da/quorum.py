@@ -175,6 +175,7 @@ class QuorumDA:
         self.threshold_percent = threshold_percent
         self.signature_timeout_s = signature_timeout_s
         self.follow_index = follow_index
+        self.timeout_s = timeout_s
         self._validators = [
             BlobStoreDA(url, name=f"{name}/{i}", namespace=namespace, public_key=key, timeout_s=timeout_s,
                         signer=signer)
@@ -216,17 +217,42 @@ class QuorumDA:
         return BlobRef(self.name, (followed or signers[0][1]).position, blob_hash)
 
     async def get(self, ref: BlobRef) -> bytes:
+        """The blob from the first validator that has it (each answer checked against the hash), within
+        ``timeout_s`` in all. Signers first; each next validator is asked as soon as the one before failed, or
+        once it has been silent for ``timeout_s`` / (validators + 1): one after another, a validator that took the
+        connection and never answered held every read its whole timeout, and all of them n times that (a reviewer's
+        reproduction)."""
         cert = self._certificates.get(ref.commitment)
         signed = {s.url for s in cert.signatures} if cert else set()
         order = sorted(self._validators, key=lambda v: v.url not in signed)  # stable: signers first
         reasons: list[str] = []
-        for validator in order:
+        found: list[bytes] = []
+        stagger = self.timeout_s / (len(order) + 1)
+
+        async def fetch(validator: BlobStoreDA, done: trio.Event, scope: trio.CancelScope) -> None:
             try:
-                return await validator.fetch(ref.commitment)
+                found.append(await validator.fetch(ref.commitment))
+                scope.cancel()
             except BlobNotFound:
                 reasons.append(f"{validator.url}: not found")
             except DAError as exc:
                 reasons.append(f"{validator.url}: {exc}")
+            finally:
+                done.set()
+
+        with trio.move_on_after(self.timeout_s) as overall:
+            async with trio.open_nursery() as nursery:
+                for validator in order:
+                    done = trio.Event()
+                    nursery.start_soon(fetch, validator, done, nursery.cancel_scope)
+                    with trio.move_on_after(stagger):
+                        await done.wait()
+                    if found:
+                        break
+        if found:
+            return found[0]
+        if overall.cancelled_caught:
+            reasons.append(f"no validator answered within {self.timeout_s:g} s")
         summary = "; ".join(reasons)
         if all(r.endswith(": not found") for r in reasons):
             raise BlobNotFound(f"{self.name}: no validator has blob {ref.commitment.hex()}: {summary}")
