@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--writers: comma-separated hex public keys")
     if writers is not None and any(len(k) != 32 for k in writers):
         parser.error("--writers: each key is 64 hex characters")
+    if writers is None and args.writers.strip():  # ("," or " , ": given, yet no key: it started open to anyone)
+        parser.error("--writers: comma-separated hex public keys (none given: leave it unset for an open store)")
     setup_logging()
     lock_data("dsdn blobstore", Path(args.data_dir) / ".lock")
     run_process("dsdn blobstore", serve_until_signalled, partial(

@@ -1097,3 +1097,14 @@ async def test_long_polls_on_a_namespace_nobody_writes_do_not_read_again_at_ever
     for a in answers:
         assert len((await a.get_json())["items"]) == 1
     store.close()
+
+
+@pytest.mark.parametrize("writers", [",", " , ", "zz"])
+def test_writers_given_but_naming_no_key_are_refused_not_an_open_store(writers: str, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """``--writers ","`` parsed to no key and started a store anyone may write to (a reviewer's find)."""
+    from deploy import blobstore
+
+    with pytest.raises(SystemExit) as exited:
+        blobstore.main(["--writers", writers, "--port", "0", "--data-dir", str(tmp_path)])
+    assert exited.value.code == 2 and "--writers" in capsys.readouterr().err
