@@ -71,7 +71,9 @@ async def test_all_up(validators: list[Server]) -> None:
     empty = QuorumCertificate(cert.namespace, cert.blob_hash, (), 0, 3)
     assert not empty.verify(keys, q.required) and not empty.verify(keys, 0)
     assert QuorumCertificate.from_bytes(cert.to_bytes()) == cert
-    for junk in (b"", b"\x93\x01\x02\x03", msgpack.packb({"namespace": 1})):
+    wrong_types = msgpack.unpackb(cert.to_bytes())
+    wrong_types["signatures"][0][1] = [1, 2]  # a public key as a list: verify() raised TypeError (a reviewer's find)
+    for junk in (b"", b"\x93\x01\x02\x03", msgpack.packb({"namespace": 1}), msgpack.packb(wrong_types)):
         with pytest.raises(ValueError, match="not a quorum certificate"):
             QuorumCertificate.from_bytes(junk)
     assert await q.get(ref) == b"batch-1"

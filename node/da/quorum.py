@@ -99,10 +99,17 @@ class QuorumCertificate:
         """The certificate ``to_bytes`` wrote; ValueError for anything else."""
         try:
             obj = msgpack.unpackb(data, raw=False)
-            return cls(obj["namespace"], obj["hash"], tuple(ValidatorSignature(*s) for s in obj["signatures"]),
+            cert = cls(obj["namespace"], obj["hash"], tuple(ValidatorSignature(*s) for s in obj["signatures"]),
                        obj["required"], obj["validators"])
         except Exception as exc:  # msgpack and a wrong shape raise many unrelated types
             raise ValueError(f"not a quorum certificate: {type(exc).__name__}: {exc}") from None
+        # the fields' types too: a public key given as a list made verify() raise TypeError (a reviewer's find)
+        if not (type(cert.namespace) is bytes and type(cert.blob_hash) is bytes and type(cert.required) is int
+                and type(cert.validators) is int
+                and all(type(s.url) is str and type(s.public_key) is bytes and type(s.signature) is bytes
+                        and type(s.position) is int for s in cert.signatures)):
+            raise ValueError("not a quorum certificate: a field of the wrong type")
+        return cert
 
 
 @dataclass
