@@ -105,11 +105,13 @@ class LockStore:
                     self._check_owner(owner, expect_existing)
                 held = dict(self.db.execute("SELECT k, v FROM meta WHERE k IN ('held_until_ms', 'held_reason')"))
                 if len(held) == 2:  # (a hold outlives restarts: see keep_hold)
-                    try:
-                        self.held_until_ms = int(bytes(held["held_until_ms"]).decode())
-                        self.held_reason = bytes(held["held_reason"]).decode()
-                    except (ValueError, TypeError):  # (UnicodeDecodeError too; TypeError: a row of text or a number,
-                        #                              set by hand in a shell: a damaged row crashed the start)
+                    try:  # (bytes only: text or a number set by hand in a shell crashed the start; bytes() of a
+                        #   millisecond time allocated terabytes: a regression review)
+                        if not all(type(v) is bytes for v in held.values()):
+                            raise ValueError("not bytes")
+                        self.held_until_ms = int(held["held_until_ms"].decode())
+                        self.held_reason = held["held_reason"].decode()
+                    except ValueError:  # (UnicodeDecodeError too)
                         self.broken = f"lock table {path} holds a damaged hold on new locks: it will not sign"
         except sqlite3.DatabaseError as exc:
             self.broken = f"lock table {path} is unreadable: {exc}"

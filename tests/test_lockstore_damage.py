@@ -258,7 +258,7 @@ def test_a_batch_whose_open_transaction_a_failing_write_rolled_back_is_never_com
     store.close()
 
 
-@pytest.mark.parametrize("damage", [b"\xff", "1999999999999", 1.5])
+@pytest.mark.parametrize("damage", [b"\xff", "1999999999999", 1.5, 1999999999999])
 def test_a_damaged_hold_row_breaks_the_table_rather_than_the_start(tmp_path: Path, damage: object) -> None:
     """Bytes that are no number, or a value of another type (set by hand in a shell: the column takes any): the
     start crashed with a traceback (a regression review)."""
