@@ -814,6 +814,25 @@ async def test_a_session_completed_late_never_replaces_the_key_in_use(
         nursery.cancel_scope.cancel()
 
 
+async def fail_with_a_withheld_confirmation(services: dict[str, DkgService], liar: DkgService,
+                                            honest: tuple[DkgService, ...]) -> tuple[bytes, Confirm]:
+    """Session S1, started by c0: every member confirms it, but the network tamper holds the liar's confirmation
+    back; the liar forgets S1 and sends every honest member a signed abort of it, so S1 fails everywhere. Returns
+    S1's id and the liar's withheld confirmation."""
+    sid1 = services["c0"].start()
+    await wait_until(lambda: all(s.session is not None and s.session.id == sid1 and s.session.participant.committed
+                                 for s in services.values()))
+    assert liar.session is not None and liar.session.participant.own_confirm is not None
+    held = liar.session.participant.own_confirm
+    liar.session = None
+    liar._pending.clear()
+    abort = dkg.sign_abort(liar.identity, sid1, 3, dict(liar.identifiers), "bye")
+    for s in honest:
+        liar.net.send(s.net.my_id, "dkg.msg", {"data": msgpack.packb(abort.to_wire(), use_bin_type=True)})
+    await wait_until(lambda: all(s.session is None for s in honest))
+    return sid1, held
+
+
 async def test_a_session_confirmed_before_one_a_member_dealt_in_never_completes_there(
         tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
     """The liar c3 withholds its confirmation of S1 and says it left, so S1 fails everywhere (each member keeps it
@@ -839,17 +858,7 @@ async def test_a_session_confirmed_before_one_a_member_dealt_in_never_completes_
     net.tamper = tamper
     async with trio.open_nursery() as nursery:
         await start_manual(nursery, net, services)
-        sid1 = c0.start()
-        await wait_until(lambda: all(s.session is not None and s.session.id == sid1 and s.session.participant.committed
-                                     for s in services.values()))
-        assert liar.session is not None and liar.session.participant.own_confirm is not None
-        held = liar.session.participant.own_confirm
-        liar.session = None
-        liar._pending.clear()
-        abort = dkg.sign_abort(liar.identity, sid1, 3, dict(liar.identifiers), "bye")
-        for s in honest:
-            liar.net.send(s.net.my_id, "dkg.msg", {"data": msgpack.packb(abort.to_wire(), use_bin_type=True)})
-        await wait_until(lambda: all(s.session is None for s in honest))
+        sid1, held = await fail_with_a_withheld_confirmation(services, liar, honest)
         assert all(sid1 in s._pending for s in honest)
         await trio.sleep(1)
         s2.append(c0.start())
@@ -898,17 +907,7 @@ async def test_a_key_a_liar_completed_at_one_member_only_is_set_aside_once_too_f
     net.tamper = tamper
     async with trio.open_nursery() as nursery:
         await start_manual(nursery, net, services)
-        sid1 = c0.start()
-        await wait_until(lambda: all(s.session is not None and s.session.id == sid1 and s.session.participant.committed
-                                     for s in services.values()))
-        assert liar.session is not None and liar.session.participant.own_confirm is not None
-        held = liar.session.participant.own_confirm
-        liar.session = None
-        liar._pending.clear()
-        abort = dkg.sign_abort(liar.identity, sid1, 3, dict(liar.identifiers), "bye")
-        for s in honest:
-            liar.net.send(s.net.my_id, "dkg.msg", {"data": msgpack.packb(abort.to_wire(), use_bin_type=True)})
-        await wait_until(lambda: all(s.session is None for s in honest))
+        sid1, held = await fail_with_a_withheld_confirmation(services, liar, honest)
         await trio.sleep(1)
         s2.append(c0.start())
         await wait_until(lambda: liar.session is not None and liar.session.id == s2[0])
