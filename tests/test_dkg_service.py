@@ -814,6 +814,12 @@ async def test_a_session_completed_late_never_replaces_the_key_in_use(
         nursery.cancel_scope.cancel()
 
 
+def withheld_confirmation(m: DkgMessage | None, dst: str, liar: DkgService, released: set[bytes]) -> bool:
+    """Whether a tamper drops ``m``: a confirmation of the liar's, or one sent to it, not released yet."""
+    return (isinstance(m, Confirm) and (m.sender == liar.me or dst == liar.net.my_id)
+            and m.signature not in released)
+
+
 async def fail_with_a_withheld_confirmation(services: dict[str, DkgService], liar: DkgService,
                                             honest: tuple[DkgService, ...]) -> tuple[bytes, Confirm]:
     """Session S1, started by c0: every member confirms it, but the network tamper holds the liar's confirmation
@@ -849,7 +855,7 @@ async def test_a_session_confirmed_before_one_a_member_dealt_in_never_completes_
 
     def tamper(src: str, dst: str, msg: Message) -> Message | None:
         m = dkg_message(msg)
-        if isinstance(m, Confirm) and (m.sender == liar.me or dst == "c3") and m.signature not in released:
+        if withheld_confirmation(m, dst, liar, released):
             return None
         if isinstance(m, Round2) and s2 and m.session == s2[0] and (src, dst) == ("c3", "c1"):
             return None
@@ -897,7 +903,7 @@ async def test_a_key_a_liar_completed_at_one_member_only_is_set_aside_once_too_f
 
     def tamper(src: str, dst: str, msg: Message) -> Message | None:
         m = dkg_message(msg)
-        if isinstance(m, Confirm) and (m.sender == liar.me or dst == "c3") and m.signature not in released:
+        if withheld_confirmation(m, dst, liar, released):
             return None
         if (isinstance(m, Round1) and s2 and m.session == s2[0] and m.sender == liar.me and src == "c3"
                 and dst not in round1_to):
@@ -1149,7 +1155,7 @@ async def test_a_liar_cannot_complete_different_sessions_at_different_members(
 
     def withhold(src: str, dst: str, msg: Message) -> Message | None:
         m = dkg_message(msg)
-        if isinstance(m, Confirm) and (m.sender == liar.me or dst == "c3") and m.signature not in released:
+        if withheld_confirmation(m, dst, liar, released):
             return None
         return msg
 
